@@ -1,0 +1,2 @@
+//! `veza-agent`: the command-line entry point.
+fn main() {}

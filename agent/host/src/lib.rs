@@ -1,0 +1,2 @@
+//! Effects on the host. The only crate that spawns processes (`process`) or writes
+//! host files (`fs`).

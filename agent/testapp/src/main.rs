@@ -1,0 +1,2 @@
+//! Tiny HTTP test app (placeholder until the test-host kit lands).
+fn main() {}

@@ -1,0 +1,1 @@
+//! Test-only kit for real-host tests: Incus containers, HAProxy, signed repositories.
