@@ -1,1 +1,5 @@
-//! Integration tests: one binary for the whole suite.
+//! Integration tests: one binary for the whole suite (one link step on 2 cores).
+//! Real-host tests run against real incusd, haproxy, systemd and git set up by
+//! `tests/host/setup`; they fail, never skip, when a component is missing.
+
+mod manifests;

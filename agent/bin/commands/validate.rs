@@ -1,0 +1,62 @@
+//! `veza-agent validate PATH...`: parse and validate manifests together.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Arguments of `validate`.
+#[derive(Debug, clap::Args)]
+pub struct ValidateArgs {
+    /// Manifest files, validated together as the manifests of one host.
+    #[arg(required = true, value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+}
+
+/// Runs `validate`: exit 0 when all files are valid, 1 otherwise.
+pub fn run(args: &ValidateArgs) -> ExitCode {
+    let mut files = Vec::new();
+    let mut failed = false;
+    for path in &args.paths {
+        let name = path.display().to_string();
+        match read_capped(path) {
+            Ok(bytes) => files.push((name, bytes)),
+            Err(message) => {
+                eprintln!("{name}:1:1: error: {message}");
+                failed = true;
+            }
+        }
+    }
+    match veza_model::load(&files) {
+        Ok(parsed) if !failed => {
+            for (name, p) in &parsed {
+                let m = &p.manifest;
+                println!(
+                    "{name}: ok (environment `{}` on host `{}`: {} instances, {} apps, {} jobs)",
+                    m.metadata.name,
+                    m.metadata.host,
+                    m.incus.instances.len(),
+                    m.apps.len(),
+                    m.jobs.len()
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Ok(_) => ExitCode::FAILURE,
+        Err(problems) => {
+            for p in &problems {
+                eprintln!("{p}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Reads a file, refusing to load more than the manifest size cap (plus one byte, so
+/// the parser reports the oversize with its limit).
+fn read_capped(path: &std::path::Path) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read manifest: {e}"))?;
+    let mut bytes = Vec::new();
+    let limit = veza_model::parse::MAX_MANIFEST_BYTES as u64 + 1;
+    file.take(limit).read_to_end(&mut bytes).map_err(|e| format!("cannot read manifest: {e}"))?;
+    Ok(bytes)
+}

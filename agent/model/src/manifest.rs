@@ -1,0 +1,584 @@
+//! The manifest types of `apiVersion: veza-agent/v1`.
+//!
+//! One file describes one environment (`kind: Environment`) bound to one host.
+//! Every struct rejects unknown keys. Values that have a syntax of their own
+//! (durations, releases, digests) are newtypes validated while deserializing, so
+//! their errors carry the YAML position. Rules that relate several values live in
+//! `validate`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+/// A whole manifest file: one environment on one host.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "veza-agent manifest (veza-agent/v1)")]
+pub struct Manifest {
+    /// Manifest format version. Only `veza-agent/v1` exists.
+    #[serde(rename = "apiVersion")]
+    pub api_version: ApiVersion,
+    /// The kind of document. Only `Environment` exists.
+    pub kind: Kind,
+    /// Which environment this is and which host applies it.
+    pub metadata: Metadata,
+    /// Incus resources: networks, profiles and plain (non blue/green) instances.
+    #[serde(default)]
+    pub incus: Incus,
+    /// Blue/green applications, by name.
+    #[serde(default)]
+    pub apps: BTreeMap<String, App>,
+    /// This environment's part of the host's shared HAProxy edge.
+    #[serde(default)]
+    pub edge: Option<Edge>,
+    /// Scheduled jobs (systemd timers), by name.
+    #[serde(default)]
+    pub jobs: BTreeMap<String, Job>,
+}
+
+/// The manifest format version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+pub enum ApiVersion {
+    /// Version 1 of the format.
+    #[serde(rename = "veza-agent/v1")]
+    V1,
+}
+
+/// The kind of document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+pub enum Kind {
+    /// One environment (for example `prod` or `staging`) on one host.
+    Environment,
+}
+
+/// Identity of the environment and the host it is bound to.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Metadata {
+    /// Environment name, e.g. `prod`. Lowercase letters, digits and dashes.
+    pub name: String,
+    /// The host that applies this manifest; an agent configured for another host ignores it.
+    pub host: String,
+    /// Prefix of the app slot instance names (`<prefix><app>-<color>`).
+    /// Defaults to `<name>-`.
+    #[serde(default)]
+    pub instance_prefix: Option<String>,
+}
+
+impl Metadata {
+    /// The prefix used for app slot instance names.
+    pub fn instance_prefix(&self) -> String {
+        self.instance_prefix.clone().unwrap_or_else(|| format!("{}-", self.name))
+    }
+}
+
+/// Incus resources of the environment.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Incus {
+    /// Incus project. Defaults to `default`.
+    #[serde(default)]
+    pub project: Option<String>,
+    /// Networks, referenced (must exist) or managed (created and owned by the agent).
+    #[serde(default)]
+    pub networks: BTreeMap<String, Network>,
+    /// Profiles owned by the agent.
+    #[serde(default)]
+    pub profiles: BTreeMap<String, Profile>,
+    /// Plain instances: data stores, the edge container, tools.
+    #[serde(default)]
+    pub instances: BTreeMap<String, Instance>,
+}
+
+/// An Incus network.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Network {
+    /// `false` (the default): the network exists already and is only referenced.
+    /// `true`: the agent creates it and owns it.
+    #[serde(default)]
+    pub managed: bool,
+    /// Network type for a managed network. Defaults to `bridge`.
+    #[serde(default, rename = "type")]
+    pub kind: Option<String>,
+    /// Incus network config keys for a managed network (e.g. `ipv4.address`).
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+}
+
+/// An Incus profile.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Profile {
+    /// Free text shown by `incus profile list`.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Incus config keys (e.g. `limits.cpu`).
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+    /// Devices, by name.
+    #[serde(default)]
+    pub devices: BTreeMap<String, Device>,
+}
+
+/// The type of an Incus device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceType {
+    /// A disk: the root filesystem or a mount.
+    Disk,
+    /// A proxy: forwards a listen address to a connect address.
+    Proxy,
+    /// A network interface.
+    Nic,
+}
+
+/// An Incus device. Which keys are required depends on `type`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Device {
+    /// `disk`, `proxy` or `nic`.
+    #[serde(rename = "type")]
+    pub kind: DeviceType,
+    /// disk: mount path inside the instance (`/` for the root disk).
+    #[serde(default)]
+    pub path: Option<String>,
+    /// disk: storage pool. `auto` picks the pool existing instances use, as the seed did.
+    #[serde(default)]
+    pub pool: Option<String>,
+    /// disk: host path or volume to mount.
+    #[serde(default)]
+    pub source: Option<String>,
+    /// disk: mount read-only.
+    #[serde(default)]
+    pub readonly: Option<bool>,
+    /// proxy: listen address, e.g. `tcp:0.0.0.0:80`.
+    #[serde(default)]
+    pub listen: Option<String>,
+    /// proxy: connect address, e.g. `tcp:127.0.0.1:80`.
+    #[serde(default)]
+    pub connect: Option<String>,
+    /// proxy: which side listens, `host` (default) or `instance`.
+    #[serde(default)]
+    pub bind: Option<ProxyBind>,
+    /// nic: the network to attach to.
+    #[serde(default)]
+    pub network: Option<String>,
+    /// nic: interface name inside the instance.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Other raw Incus device keys, passed through unchanged.
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+}
+
+/// Which side of a proxy device listens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyBind {
+    /// The host listens and forwards into the instance.
+    Host,
+    /// The instance listens and forwards to the host.
+    Instance,
+}
+
+/// Container or virtual machine.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum InstanceType {
+    /// A system container (the default).
+    #[default]
+    Container,
+    /// A virtual machine.
+    VirtualMachine,
+}
+
+/// A plain Incus instance.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Instance {
+    /// Image: a local alias (`veza-debian12`) or `remote:alias` (`images:debian/13`).
+    pub image: String,
+    /// Container (default) or virtual machine.
+    #[serde(default, rename = "type")]
+    pub kind: InstanceType,
+    /// Profiles, in order. `default` is implied only when listed.
+    #[serde(default)]
+    pub profiles: Vec<String>,
+    /// Incus config keys. `user.veza.*` and `volatile.*` are reserved.
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+    /// Devices, by name.
+    #[serde(default)]
+    pub devices: BTreeMap<String, Device>,
+    /// Protected data: never deleted, snapshotted before any change.
+    #[serde(default)]
+    pub protect: bool,
+    /// Snapshots kept before changes to a protected instance. Defaults to 3.
+    #[serde(default)]
+    pub snapshots_keep: Option<u32>,
+    /// Only report drift on this instance, never correct it.
+    #[serde(default)]
+    pub detect_only: bool,
+}
+
+/// One of the two colors of a blue/green app.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Color {
+    /// The blue slot.
+    Blue,
+    /// The green slot.
+    Green,
+}
+
+impl Color {
+    /// Both colors, blue first.
+    pub const ALL: [Color; 2] = [Color::Blue, Color::Green];
+
+    /// The lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Color::Blue => "blue",
+            Color::Green => "green",
+        }
+    }
+
+    /// The other color.
+    pub fn other(self) -> Color {
+        match self {
+            Color::Blue => Color::Green,
+            Color::Green => Color::Blue,
+        }
+    }
+}
+
+impl fmt::Display for Color {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A blue/green application: two slot instances, one of which receives traffic.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct App {
+    /// Image of the slot instances.
+    pub image: String,
+    /// Profiles of the slot instances.
+    #[serde(default)]
+    pub profiles: Vec<String>,
+    /// Extra Incus config keys of the slot instances.
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+    /// TCP port the app listens on inside its slot.
+    pub port: u16,
+    /// How a release is delivered: a tarball pinned by sha256.
+    pub artifact: Artifact,
+    /// Command that starts the app inside the slot, run after the artifact is unpacked.
+    /// `{release}`, `{port}` and `{dir}` are substituted. Defaults to `{dir}/start.sh`.
+    #[serde(default)]
+    pub start: Option<String>,
+    /// Health check used by the in-slot probe and by HAProxy.
+    pub health: Health,
+    /// How the edge reaches a slot.
+    #[serde(default)]
+    pub upstream: Upstream,
+    /// The two slots and the release each one runs.
+    pub slots: BTreeMap<Color, Slot>,
+    /// The color that receives traffic. A promotion is a change of this line.
+    pub active: Color,
+    /// Refuse promotions while one of these jobs (of this environment) is stale or failing.
+    #[serde(default)]
+    pub gate_on_jobs: Vec<String>,
+}
+
+/// The release artifact of an app.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Artifact {
+    /// Download URL; `{release}` is replaced by the slot's release.
+    pub url: String,
+    /// Expected SHA-256 (64 hex) of the artifact, per release.
+    pub sha256: BTreeMap<Release, Sha256Hex>,
+    /// Directory inside the slot where the artifact is unpacked. Defaults to `/opt/veza/<app>`.
+    #[serde(default)]
+    pub install_dir: Option<String>,
+}
+
+/// The health check of an app.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Health {
+    /// HTTP path probed, e.g. `/api/v1/health`.
+    pub path: String,
+    /// Time between checks. Defaults to `5s`.
+    #[serde(default)]
+    pub interval: Option<DurationSpec>,
+    /// Time limit of one check. Defaults to `2s`.
+    #[serde(default)]
+    pub timeout: Option<DurationSpec>,
+    /// Consecutive successes to be considered up. Defaults to 2.
+    #[serde(default)]
+    pub rise: Option<u32>,
+    /// Consecutive failures to be considered down. Defaults to 3.
+    #[serde(default)]
+    pub fall: Option<u32>,
+    /// Expected HTTP status. Defaults to 200.
+    #[serde(default)]
+    pub expect_status: Option<u16>,
+}
+
+/// How the edge reaches the slots of an app.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Upstream {
+    /// Reach a slot by Incus DNS name `<instance>.<dns_suffix>:<port>` on the bridge.
+    /// This is the default, with suffix `lxd`.
+    #[serde(default)]
+    pub dns_suffix: Option<String>,
+    /// Reach a slot through a proxy device on `127.0.0.1:<port>` of the host, per color.
+    #[serde(default)]
+    pub loopback_ports: Option<BTreeMap<Color, u16>>,
+}
+
+/// One slot of an app.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Slot {
+    /// The release (40-hex commit id) this slot runs; absent for an empty slot.
+    #[serde(default)]
+    pub release: Option<Release>,
+}
+
+/// The environment's part of the shared HAProxy edge.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Edge {
+    /// Where HAProxy runs: `host`, or the name of an Incus instance.
+    pub runs_in: String,
+    /// Public host names served for this environment's apps.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// Path routes to apps, first match wins; a route without `path_prefix` is the default.
+    #[serde(default)]
+    pub routes: Vec<Route>,
+    /// Name of the sticky-session cookie; must differ between environments.
+    #[serde(default)]
+    pub sticky_cookie: Option<String>,
+    /// Backends the edge fronts but the agent does not deploy (Forgejo, static sites).
+    #[serde(default)]
+    pub external_backends: BTreeMap<String, ExternalBackend>,
+    /// TLS termination.
+    #[serde(default)]
+    pub tls: Option<Tls>,
+    /// Listen addresses of the shared edge. Defaults to `0.0.0.0:80` and `0.0.0.0:443`.
+    #[serde(default)]
+    pub listen: Option<EdgeListen>,
+}
+
+/// A path route.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// Path prefix, e.g. `/api`. Absent: the default route.
+    #[serde(default)]
+    pub path_prefix: Option<String>,
+    /// The app that serves this route.
+    pub app: String,
+    /// Load-balancing algorithm. Defaults to `roundrobin`.
+    #[serde(default)]
+    pub balance: Option<Balance>,
+}
+
+/// HAProxy load-balancing algorithm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Balance {
+    /// Round robin.
+    Roundrobin,
+    /// Fewest connections.
+    Leastconn,
+    /// Hash of the URI (cache locality for streams).
+    Uri,
+    /// Hash of the client address.
+    Source,
+}
+
+/// A backend fronted by the edge but not deployed by the agent.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExternalBackend {
+    /// Host names routed to this backend.
+    pub hosts: Vec<String>,
+    /// Servers as `address:port`.
+    pub servers: Vec<String>,
+    /// Optional HTTP health-check path.
+    #[serde(default)]
+    pub health_path: Option<String>,
+}
+
+/// TLS settings of the edge.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    /// Directory of PEM certificates (HAProxy `crt` directory).
+    pub cert_dir: String,
+    /// Redirect plain HTTP to HTTPS. Defaults to true.
+    #[serde(default)]
+    pub redirect_http: Option<bool>,
+}
+
+/// Listen addresses of the edge.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EdgeListen {
+    /// Plain HTTP `address:port`.
+    pub http: String,
+    /// HTTPS `address:port` (used only with `tls`).
+    #[serde(default)]
+    pub https: Option<String>,
+}
+
+/// A scheduled job, rendered as a systemd service + timer.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Job {
+    /// Classic 5-field cron expression (`m h dom mon dow`) or `@daily`-style macro.
+    pub schedule: String,
+    /// Time zone of the schedule. Defaults to `UTC`.
+    #[serde(default)]
+    pub timezone: Option<String>,
+    /// Where the job runs: `host`, or an Incus instance name.
+    pub on: String,
+    /// User the command runs as. Defaults to root.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Shell command line.
+    pub command: String,
+    /// Random delay added to each run (`RandomizedDelaySec=`).
+    #[serde(default)]
+    pub randomized_delay: Option<DurationSpec>,
+    /// Catch up a run missed while the machine was off. Defaults to true.
+    #[serde(default)]
+    pub persistent: Option<bool>,
+    /// Time limit of one run.
+    #[serde(default)]
+    pub timeout: Option<DurationSpec>,
+    /// The job is unhealthy when its last success is older than this (e.g. `8d`).
+    #[serde(default)]
+    pub max_success_age: Option<DurationSpec>,
+}
+
+/// A duration such as `500ms`, `5s`, `10m`, `4h`, `8d` or `2w`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, JsonSchema)]
+#[serde(try_from = "String")]
+#[schemars(with = "String", regex(pattern = r"^[0-9]+(ms|s|m|h|d|w)$"))]
+pub struct DurationSpec(std::time::Duration);
+
+impl DurationSpec {
+    /// The duration.
+    pub fn get(self) -> std::time::Duration {
+        self.0
+    }
+}
+
+impl TryFrom<String> for DurationSpec {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let bad = || {
+            format!("invalid duration `{s}`: expected a number and a unit (ms, s, m, h, d, w), e.g. `5s` or `8d`")
+        };
+        if num.is_empty() || num.len() > 12 {
+            return Err(bad());
+        }
+        let n: u64 = num.parse().map_err(|_| bad())?;
+        let millis = match unit {
+            "ms" => Some(n),
+            "s" => n.checked_mul(1_000),
+            "m" => n.checked_mul(60_000),
+            "h" => n.checked_mul(3_600_000),
+            "d" => n.checked_mul(86_400_000),
+            "w" => n.checked_mul(604_800_000),
+            _ => return Err(bad()),
+        };
+        millis.map(|ms| DurationSpec(std::time::Duration::from_millis(ms))).ok_or_else(bad)
+    }
+}
+
+impl fmt::Display for DurationSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.0.as_millis();
+        for (unit, size) in [("w", 604_800_000), ("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1_000)] {
+            if ms != 0 && ms % size == 0 {
+                return write!(f, "{}{unit}", ms / size);
+            }
+        }
+        write!(f, "{ms}ms")
+    }
+}
+
+/// A release: the 40-hex commit id of the app's source, lowercase.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, JsonSchema)]
+#[serde(try_from = "String")]
+#[schemars(with = "String", regex(pattern = r"^[0-9a-f]{40}$"))]
+pub struct Release(String);
+
+impl Release {
+    /// The 40 hex characters.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+    /// The first 10 characters, as shown to humans.
+    pub fn short(&self) -> &str {
+        &self.0[..10]
+    }
+}
+
+impl TryFrom<String> for Release {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        if s.len() == 40 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            Ok(Release(s))
+        } else {
+            Err(format!(
+                "invalid release `{s}`: expected a full 40-character lowercase hex commit id (got {} characters)",
+                s.chars().count()
+            ))
+        }
+    }
+}
+
+impl fmt::Display for Release {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A SHA-256 digest as 64 lowercase hex characters.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(try_from = "String")]
+#[schemars(with = "String", regex(pattern = r"^[0-9a-f]{64}$"))]
+pub struct Sha256Hex(String);
+
+impl Sha256Hex {
+    /// The 64 hex characters.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for Sha256Hex {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        if s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            Ok(Sha256Hex(s))
+        } else {
+            Err(format!("invalid sha256 `{s}`: expected 64 lowercase hex characters"))
+        }
+    }
+}

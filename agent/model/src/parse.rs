@@ -1,0 +1,337 @@
+//! Strict parsing of manifest bytes into [`Manifest`], with every error located.
+//!
+//! Two passes over the same bytes:
+//! 1. an event pass (yaml-rust2, which never expands aliases) builds a [`Positions`]
+//!    index from each key path to its line and column, and rejects what the typed
+//!    pass should never see (several documents, oversized input, too many aliases);
+//! 2. the typed pass (serde_yaml_ng) deserializes with `deny_unknown_fields`.
+//!
+//! Semantic checks (`validate`) report a key path; the index turns it into `line:col`.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
+use yaml_rust2::scanner::Marker;
+
+use crate::manifest::Manifest;
+
+/// Largest manifest accepted, in bytes.
+pub const MAX_MANIFEST_BYTES: usize = 1024 * 1024;
+/// Most alias references (`*name`) accepted in one manifest.
+pub const MAX_ALIASES: usize = 64;
+/// Deepest nesting accepted.
+pub const MAX_DEPTH: usize = 64;
+
+/// A 1-based line and column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct Pos {
+    /// Line, from 1.
+    pub line: usize,
+    /// Column, from 1.
+    pub col: usize,
+}
+
+impl fmt::Display for Pos {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.line, self.col)
+    }
+}
+
+/// One located problem in one manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    /// Where the problem is.
+    pub pos: Pos,
+    /// What is wrong, for a human.
+    pub message: String,
+}
+
+/// A located diagnostic tied to its file, printed as `PATH:LINE:COL: error: MESSAGE`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileDiagnostic {
+    /// The file as the user named it.
+    pub file: String,
+    /// The problem.
+    pub diagnostic: Diagnostic,
+}
+
+impl fmt::Display for FileDiagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}: error: {}", self.file, self.diagnostic.pos, self.diagnostic.message)
+    }
+}
+
+/// One segment of a key path.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Seg {
+    /// A mapping key.
+    Key(String),
+    /// A sequence index.
+    Index(usize),
+}
+
+impl From<&str> for Seg {
+    fn from(s: &str) -> Seg {
+        Seg::Key(s.to_string())
+    }
+}
+impl From<String> for Seg {
+    fn from(s: String) -> Seg {
+        Seg::Key(s)
+    }
+}
+impl From<usize> for Seg {
+    fn from(i: usize) -> Seg {
+        Seg::Index(i)
+    }
+}
+
+/// Builds a key path: `path!["apps", name, "active"]`.
+#[macro_export]
+macro_rules! path {
+    ($($seg:expr),* $(,)?) => { vec![$($crate::parse::Seg::from($seg)),*] };
+}
+
+/// Positions of every node of a document, by key path.
+#[derive(Debug, Default, Clone)]
+pub struct Positions {
+    keys: HashMap<Vec<Seg>, Pos>,
+    values: HashMap<Vec<Seg>, Pos>,
+}
+
+impl Positions {
+    /// Where the key of `path` starts (for a sequence item: where the item starts).
+    /// Falls back to the nearest ancestor that is known.
+    pub fn key(&self, path: &[Seg]) -> Pos {
+        self.lookup(path, true)
+    }
+
+    /// Where the value of `path` starts. Falls back like [`Positions::key`].
+    pub fn value(&self, path: &[Seg]) -> Pos {
+        self.lookup(path, false)
+    }
+
+    fn lookup(&self, path: &[Seg], key: bool) -> Pos {
+        let mut p = path;
+        loop {
+            let hit = if key { self.keys.get(p) } else { self.values.get(p) }
+                .or_else(|| self.keys.get(p));
+            if let Some(pos) = hit {
+                return *pos;
+            }
+            match p.split_last() {
+                Some((_, rest)) => p = rest,
+                None => return Pos { line: 1, col: 1 },
+            }
+        }
+    }
+}
+
+fn pos_of(m: Marker) -> Pos {
+    Pos { line: m.line(), col: m.col() + 1 }
+}
+
+enum Frame {
+    Map { path: Vec<Seg>, pending_key: Option<(String, Pos)>, expecting_key: bool },
+    Seq { path: Vec<Seg>, next: usize },
+}
+
+#[derive(Default)]
+struct Indexer {
+    positions: Positions,
+    stack: Vec<Frame>,
+    documents: usize,
+    aliases: usize,
+    problem: Option<Diagnostic>,
+}
+
+impl Indexer {
+    fn fail(&mut self, pos: Pos, message: String) {
+        if self.problem.is_none() {
+            self.problem = Some(Diagnostic { pos, message });
+        }
+    }
+
+    /// Where the node that starts now lives, and records its position.
+    fn node_path(&mut self, pos: Pos) -> Option<Vec<Seg>> {
+        match self.stack.last_mut() {
+            None => Some(Vec::new()),
+            Some(Frame::Seq { path, next }) => {
+                let mut p = path.clone();
+                p.push(Seg::Index(*next));
+                *next += 1;
+                self.positions.keys.insert(p.clone(), pos);
+                self.positions.values.insert(p.clone(), pos);
+                Some(p)
+            }
+            Some(Frame::Map { path, pending_key, expecting_key }) => {
+                if *expecting_key {
+                    return None; // a key that is itself a collection
+                }
+                *expecting_key = true;
+                let (k, kpos) = pending_key.take()?;
+                let mut p = path.clone();
+                p.push(Seg::Key(k));
+                self.positions.keys.insert(p.clone(), kpos);
+                self.positions.values.insert(p.clone(), pos);
+                Some(p)
+            }
+        }
+    }
+
+    fn scalar(&mut self, value: String, pos: Pos) {
+        if let Some(Frame::Map { pending_key, expecting_key, .. }) = self.stack.last_mut() {
+            if *expecting_key {
+                *expecting_key = false;
+                *pending_key = Some((value, pos));
+                return;
+            }
+        }
+        let _ = self.node_path(pos);
+    }
+
+    fn open(&mut self, pos: Pos, map: bool) {
+        if self.stack.len() >= MAX_DEPTH {
+            self.fail(pos, format!("nesting deeper than {MAX_DEPTH} levels"));
+        }
+        match self.node_path(pos) {
+            Some(path) => self.stack.push(if map {
+                Frame::Map { path, pending_key: None, expecting_key: true }
+            } else {
+                Frame::Seq { path, next: 0 }
+            }),
+            None => {
+                self.fail(pos, "mapping keys must be plain strings".to_string());
+                self.stack.push(Frame::Seq { path: vec![Seg::Key("?".into())], next: 0 });
+            }
+        }
+    }
+}
+
+impl MarkedEventReceiver for Indexer {
+    fn on_event(&mut self, ev: Event, mark: Marker) {
+        let pos = pos_of(mark);
+        match ev {
+            Event::DocumentStart => {
+                self.documents += 1;
+                if self.documents > 1 {
+                    self.fail(pos, "a manifest file holds exactly one YAML document".to_string());
+                }
+            }
+            Event::Alias(_) => {
+                self.aliases += 1;
+                if self.aliases > MAX_ALIASES {
+                    self.fail(pos, format!("more than {MAX_ALIASES} YAML aliases; refusing to expand them"));
+                }
+                let _ = self.node_path(pos);
+            }
+            Event::Scalar(value, ..) => self.scalar(value, pos),
+            Event::MappingStart(..) => self.open(pos, true),
+            Event::SequenceStart(..) => self.open(pos, false),
+            Event::MappingEnd | Event::SequenceEnd => {
+                self.stack.pop();
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The result of a successful parse: the typed manifest and the position index.
+#[derive(Debug, Clone)]
+pub struct Parsed {
+    /// The typed manifest.
+    pub manifest: Manifest,
+    /// Where each key sits in the source.
+    pub positions: Positions,
+}
+
+/// Parses one manifest. Errors are located; no semantic validation happens here.
+pub fn parse(bytes: &[u8]) -> Result<Parsed, Diagnostic> {
+    let start = Pos { line: 1, col: 1 };
+    if bytes.len() > MAX_MANIFEST_BYTES {
+        return Err(Diagnostic {
+            pos: start,
+            message: format!(
+                "manifest is {} bytes, more than the limit of {MAX_MANIFEST_BYTES} bytes",
+                bytes.len()
+            ),
+        });
+    }
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        let before = &bytes[..e.valid_up_to()];
+        let line = before.iter().filter(|b| **b == b'\n').count() + 1;
+        let col = before.iter().rev().take_while(|b| **b != b'\n').count() + 1;
+        Diagnostic { pos: Pos { line, col }, message: "manifest is not valid UTF-8".to_string() }
+    })?;
+    let mut indexer = Indexer::default();
+    let mut parser = Parser::new_from_str(text);
+    if let Err(e) = parser.load(&mut indexer, true) {
+        return Err(Diagnostic {
+            pos: pos_of(*e.marker()),
+            message: format!("invalid YAML: {}", e.info()),
+        });
+    }
+    if let Some(problem) = indexer.problem {
+        return Err(problem);
+    }
+    if indexer.documents == 0 || text.trim().is_empty() {
+        return Err(Diagnostic { pos: start, message: "manifest is empty".to_string() });
+    }
+    let manifest: Manifest = serde_yaml_ng::from_str(text).map_err(|e| serde_diagnostic(&e))?;
+    Ok(Parsed { manifest, positions: indexer.positions })
+}
+
+fn serde_diagnostic(e: &serde_yaml_ng::Error) -> Diagnostic {
+    let pos = e.location().map_or(Pos { line: 1, col: 1 }, |l| Pos { line: l.line(), col: l.column() });
+    let raw = e.to_string();
+    // serde_yaml_ng appends " at line L column C"; the position is printed separately.
+    let message = match raw.find(" at line ") {
+        Some(i) => raw[..i].to_string(),
+        None => raw,
+    };
+    Diagnostic { pos, message: with_hint(message) }
+}
+
+/// Adds a did-you-mean hint to serde's `unknown field`/`unknown variant` messages.
+fn with_hint(message: String) -> String {
+    let Some((head, expected)) = message.split_once(", expected ") else {
+        return message;
+    };
+    let Some(unknown) = head.split('`').nth(1) else {
+        return message;
+    };
+    let candidates: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+    match crate::validate::closest(unknown, candidates.iter().copied()) {
+        Some(best) => format!("{message}; did you mean `{best}`?"),
+        None => message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn index_records_keys_values_and_sequence_items() {
+        let text = "a:\n  b: 1\n  list:\n    - x\n    - {c: 2}\n";
+        let mut idx = Indexer::default();
+        Parser::new_from_str(text).load(&mut idx, true).unwrap();
+        let p = idx.positions;
+        assert_eq!(p.key(&path!["a"]), Pos { line: 1, col: 1 });
+        assert_eq!(p.key(&path!["a", "b"]), Pos { line: 2, col: 3 });
+        assert_eq!(p.value(&path!["a", "b"]), Pos { line: 2, col: 6 });
+        assert_eq!(p.key(&path!["a", "list", 1usize]), Pos { line: 5, col: 7 });
+        assert_eq!(p.key(&path!["a", "list", 1usize, "c"]), Pos { line: 5, col: 8 });
+        // Unknown paths fall back to the nearest known ancestor.
+        assert_eq!(p.key(&path!["a", "b", "zzz"]), Pos { line: 2, col: 3 });
+    }
+
+    #[test]
+    fn hint_suggests_the_closest_field() {
+        let m = with_hint("unknown field `actve`, expected one of `image`, `active`, `port`".into());
+        assert!(m.ends_with("did you mean `active`?"), "{m}");
+        let m = with_hint("unknown field `zzzzzz`, expected one of `image`, `active`".into());
+        assert!(!m.contains("did you mean"), "{m}");
+    }
+}

@@ -1,0 +1,671 @@
+//! Semantic validation: rules that relate several values, within one manifest and
+//! across all the manifests one host applies.
+//!
+//! Every rule reports a key path; [`crate::parse::Positions`] turns it into a
+//! `line:col`. All problems are collected, none stops the others.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use crate::manifest::{Color, Device, DeviceType, Manifest};
+use crate::parse::{Diagnostic, FileDiagnostic, Parsed, Seg};
+use crate::path;
+
+/// Config key prefixes the agent reserves for its own marks or Incus reserves.
+const RESERVED_CONFIG_PREFIXES: [&str; 2] = ["user.veza.", "volatile."];
+
+/// One problem found by a rule, before it is located.
+#[derive(Debug, Clone)]
+struct Issue {
+    file: usize,
+    path: Vec<Seg>,
+    at_value: bool,
+    message: String,
+}
+
+/// Collects issues for one manifest.
+struct Rules<'a> {
+    file: usize,
+    issues: &'a mut Vec<Issue>,
+}
+
+impl Rules<'_> {
+    fn key(&mut self, path: Vec<Seg>, message: impl Into<String>) {
+        self.issues.push(Issue { file: self.file, path, at_value: false, message: message.into() });
+    }
+    fn value(&mut self, path: Vec<Seg>, message: impl Into<String>) {
+        self.issues.push(Issue { file: self.file, path, at_value: true, message: message.into() });
+    }
+}
+
+/// Names declared anywhere in the set of manifests of one host.
+#[derive(Default)]
+struct Declared {
+    profiles: BTreeSet<String>,
+    networks: BTreeSet<String>,
+    instances: BTreeSet<String>,
+}
+
+/// Validates a set of parsed manifests together (the manifests one host applies,
+/// or all manifests of a repository). Returns every problem, sorted by file and position.
+pub fn validate_set(files: &[(String, Parsed)]) -> Vec<FileDiagnostic> {
+    let mut issues = Vec::new();
+    let mut by_host: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (i, (_, parsed)) in files.iter().enumerate() {
+        by_host.entry(parsed.manifest.metadata.host.as_str()).or_default().push(i);
+    }
+    for members in by_host.values() {
+        let mut declared = Declared::default();
+        for &i in members {
+            let m = &files[i].1.manifest;
+            declared.profiles.extend(m.incus.profiles.keys().cloned());
+            declared.networks.extend(m.incus.networks.keys().cloned());
+            declared.instances.extend(m.incus.instances.keys().cloned());
+        }
+        for &i in members {
+            let mut rules = Rules { file: i, issues: &mut issues };
+            check_manifest(&files[i].1.manifest, &declared, &mut rules);
+        }
+        check_host_set(files, members, &mut issues);
+    }
+    let mut out: Vec<FileDiagnostic> = issues
+        .into_iter()
+        .map(|issue| {
+            let (name, parsed) = &files[issue.file];
+            let pos = if issue.at_value {
+                parsed.positions.value(&issue.path)
+            } else {
+                parsed.positions.key(&issue.path)
+            };
+            (issue.file, FileDiagnostic { file: name.clone(), diagnostic: Diagnostic { pos, message: issue.message } })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|(_, d)| d)
+        .collect();
+    out.sort_by(|a, b| {
+        (a.file.as_str(), a.diagnostic.pos, a.diagnostic.message.as_str()).cmp(&(
+            b.file.as_str(),
+            b.diagnostic.pos,
+            b.diagnostic.message.as_str(),
+        ))
+    });
+    out.dedup();
+    out
+}
+
+fn check_manifest(m: &Manifest, declared: &Declared, r: &mut Rules<'_>) {
+    let env = &m.metadata.name;
+    if !is_env_name(env) {
+        r.value(
+            path!["metadata", "name"],
+            format!("invalid environment name `{env}`: use 1-32 lowercase letters, digits and dashes, starting with a letter"),
+        );
+    }
+    if !is_dns_name(&m.metadata.host) {
+        r.value(path!["metadata", "host"], format!("invalid host name `{}`", m.metadata.host));
+    }
+    if let Some(prefix) = &m.metadata.instance_prefix {
+        if !prefix.is_empty() && !is_incus_name(prefix.trim_end_matches('-')) {
+            r.value(path!["metadata", "instance_prefix"], format!("invalid instance prefix `{prefix}`"));
+        }
+    }
+
+    for (name, net) in &m.incus.networks {
+        let p = path!["incus", "networks", name.as_str()];
+        if !is_incus_name(name) || name.len() > 15 {
+            r.key(p.clone(), format!("invalid network name `{name}`: 1-15 letters, digits and dashes, starting with a letter"));
+        }
+        if !net.managed && (net.kind.is_some() || !net.config.is_empty()) {
+            r.key(p.clone(), format!("network `{name}` is referenced (managed: false), so `type` and `config` do not apply; set `managed: true` to let the agent own it"));
+        }
+        if let Some(kind) = &net.kind {
+            if kind != "bridge" {
+                let mut q = p.clone();
+                q.push("type".into());
+                r.value(q, format!("unsupported network type `{kind}`: only `bridge` is supported"));
+            }
+        }
+    }
+
+    for (name, profile) in &m.incus.profiles {
+        let p = path!["incus", "profiles", name.as_str()];
+        if !is_incus_name(name) {
+            r.key(p.clone(), format!("invalid profile name `{name}`"));
+        }
+        check_config(&profile.config, &p, r);
+        for (dev_name, dev) in &profile.devices {
+            let mut q = p.clone();
+            q.extend(path!["devices", dev_name.as_str()]);
+            check_device(dev_name, dev, &q, declared, r);
+        }
+    }
+
+    for (name, inst) in &m.incus.instances {
+        let p = path!["incus", "instances", name.as_str()];
+        if !is_incus_name(name) {
+            r.key(p.clone(), format!("invalid instance name `{name}`: 1-63 letters, digits and dashes, starting with a letter, not ending with a dash"));
+        }
+        check_image(&inst.image, &extend(&p, "image"), r);
+        check_profiles(&inst.profiles, &extend(&p, "profiles"), declared, r);
+        check_config(&inst.config, &p, r);
+        for (dev_name, dev) in &inst.devices {
+            let mut q = p.clone();
+            q.extend(path!["devices", dev_name.as_str()]);
+            check_device(dev_name, dev, &q, declared, r);
+        }
+        if inst.snapshots_keep == Some(0) && inst.protect {
+            r.value(extend(&p, "snapshots_keep"), "a protected instance keeps at least one snapshot");
+        }
+    }
+
+    let prefix = m.metadata.instance_prefix();
+    for (app_name, app) in &m.apps {
+        let p = path!["apps", app_name.as_str()];
+        if !is_env_name(app_name) {
+            r.key(p.clone(), format!("invalid app name `{app_name}`: lowercase letters, digits and dashes, starting with a letter"));
+        }
+        for color in Color::ALL {
+            let inst = format!("{prefix}{app_name}-{color}");
+            if !is_incus_name(&inst) {
+                r.key(p.clone(), format!("slot instance name `{inst}` is not a valid Incus name (at most 63 characters)"));
+                break;
+            }
+            if m.incus.instances.contains_key(&inst) {
+                r.key(path!["incus", "instances", inst.as_str()], format!("instance `{inst}` collides with the {color} slot of app `{app_name}`"));
+            }
+        }
+        check_image(&app.image, &extend(&p, "image"), r);
+        check_profiles(&app.profiles, &extend(&p, "profiles"), declared, r);
+        check_config(&app.config, &p, r);
+        if app.port == 0 {
+            r.value(extend(&p, "port"), "port must be between 1 and 65535");
+        }
+        let url = &app.artifact.url;
+        let art = extend(&p, "artifact");
+        if !(url.starts_with("https://") || url.starts_with("http://") || url.starts_with("file://")) {
+            r.value(extend(&art, "url"), format!("artifact url `{url}` must start with https://, http:// or file://"));
+        } else if !url.contains("{release}") {
+            r.value(extend(&art, "url"), "artifact url must contain `{release}` so each release has its own artifact");
+        }
+        if let Some(dir) = &app.artifact.install_dir {
+            if !dir.starts_with('/') || dir.split('/').any(|s| s == "..") || dir == "/" {
+                r.value(extend(&art, "install_dir"), format!("install_dir `{dir}` must be an absolute path below `/`, without `..`"));
+            }
+        }
+        if !app.health.path.starts_with('/') {
+            r.value(path!["apps", app_name.as_str(), "health", "path"], format!("health path `{}` must start with `/`", app.health.path));
+        }
+        for (field, v) in [("rise", app.health.rise), ("fall", app.health.fall)] {
+            if v == Some(0) {
+                r.value(path!["apps", app_name.as_str(), "health", field], format!("{field} must be at least 1"));
+            }
+        }
+        if let Some(status) = app.health.expect_status {
+            if !(100..=599).contains(&status) {
+                r.value(path!["apps", app_name.as_str(), "health", "expect_status"], format!("`{status}` is not an HTTP status"));
+            }
+        }
+        match (&app.upstream.dns_suffix, &app.upstream.loopback_ports) {
+            (Some(_), Some(_)) => r.key(extend(&p, "upstream"), "set either `dns_suffix` or `loopback_ports`, not both"),
+            (None, Some(ports)) => {
+                let up = path!["apps", app_name.as_str(), "upstream", "loopback_ports"];
+                for color in Color::ALL {
+                    match ports.get(&color) {
+                        None => r.key(up.clone(), format!("loopback_ports needs a port for `{color}`")),
+                        Some(0) => r.value(extend(&up, color.as_str()), "port must be between 1 and 65535"),
+                        Some(_) => {}
+                    }
+                }
+                if ports.get(&Color::Blue).is_some() && ports.get(&Color::Blue) == ports.get(&Color::Green) {
+                    r.value(extend(&up, "green"), "blue and green need different loopback ports");
+                }
+            }
+            (Some(suffix), None) if !is_dns_name(suffix) => {
+                r.value(path!["apps", app_name.as_str(), "upstream", "dns_suffix"], format!("invalid DNS suffix `{suffix}`"));
+            }
+            _ => {}
+        }
+        // Slots, releases and artifacts.
+        let slots = extend(&p, "slots");
+        match app.slots.get(&app.active) {
+            None => r.value(extend(&p, "active"), format!("`active: {}` but app `{app_name}` declares no `{}` slot", app.active, app.active)),
+            Some(slot) if slot.release.is_none() => r.value(
+                extend(&p, "active"),
+                format!("`active: {}` but the `{}` slot has no release", app.active, app.active),
+            ),
+            Some(_) => {}
+        }
+        for (color, slot) in &app.slots {
+            if let Some(release) = &slot.release {
+                if !app.artifact.sha256.contains_key(release) {
+                    let mut q = slots.clone();
+                    q.extend(path![color.as_str(), "release"]);
+                    r.value(q, format!("release `{}` of the {color} slot has no sha256 in `artifact.sha256`; add its digest so the artifact can be verified", release.short()));
+                }
+            }
+        }
+        for job in &app.gate_on_jobs {
+            if !m.jobs.contains_key(job) {
+                r.value(extend(&p, "gate_on_jobs"), unknown_ref("job", job, m.jobs.keys()));
+            }
+        }
+    }
+
+    if let Some(edge) = &m.edge {
+        let p = path!["edge"];
+        if edge.runs_in != "host" && !declared.instances.contains(&edge.runs_in) {
+            r.value(extend(&p, "runs_in"), unknown_ref("instance", &edge.runs_in, declared.instances.iter()) + " (or `host`)");
+        }
+        for (i, host) in edge.hosts.iter().enumerate() {
+            if !is_dns_name(host) {
+                r.value(path!["edge", "hosts", i], format!("invalid host name `{host}`"));
+            }
+        }
+        let mut prefixes: HashMap<Option<&str>, usize> = HashMap::new();
+        for (i, route) in edge.routes.iter().enumerate() {
+            let rp = path!["edge", "routes", i];
+            if !m.apps.contains_key(&route.app) {
+                r.value(extend(&rp, "app"), format!("route to undefined app: {}", unknown_ref("app", &route.app, m.apps.keys())));
+            }
+            if let Some(prefix) = &route.path_prefix {
+                if !prefix.starts_with('/') || prefix.contains(char::is_whitespace) {
+                    r.value(extend(&rp, "path_prefix"), format!("path_prefix `{prefix}` must start with `/` and contain no spaces"));
+                }
+            }
+            if let Some(first) = prefixes.insert(route.path_prefix.as_deref(), i) {
+                let what = route.path_prefix.as_deref().map_or("a default route (no path_prefix)".to_string(), |s| format!("path_prefix `{s}`"));
+                r.key(rp, format!("duplicate route: {what} is already routed by route {first}"));
+            }
+        }
+        if !edge.routes.is_empty() && edge.hosts.is_empty() {
+            r.key(extend(&p, "routes"), "routes need at least one host name in `edge.hosts`");
+        }
+        if let Some(cookie) = &edge.sticky_cookie {
+            if cookie.is_empty() || !cookie.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+                r.value(extend(&p, "sticky_cookie"), format!("invalid cookie name `{cookie}`: letters, digits, `_` and `-`"));
+            }
+        }
+        for (name, ext) in &edge.external_backends {
+            let ep = path!["edge", "external_backends", name.as_str()];
+            if !is_env_name(name) {
+                r.key(ep.clone(), format!("invalid backend name `{name}`"));
+            }
+            if ext.hosts.is_empty() {
+                r.key(ep.clone(), format!("external backend `{name}` needs at least one host name"));
+            }
+            for (i, host) in ext.hosts.iter().enumerate() {
+                if !is_dns_name(host) {
+                    r.value(path!["edge", "external_backends", name.as_str(), "hosts", i], format!("invalid host name `{host}`"));
+                }
+            }
+            if ext.servers.is_empty() {
+                r.key(ep.clone(), format!("external backend `{name}` needs at least one server"));
+            }
+            for (i, server) in ext.servers.iter().enumerate() {
+                if parse_host_port(server).is_none() {
+                    r.value(path!["edge", "external_backends", name.as_str(), "servers", i], format!("invalid server `{server}`: expected `address:port`"));
+                }
+            }
+        }
+        if let Some(listen) = &edge.listen {
+            if parse_host_port(&listen.http).is_none() {
+                r.value(path!["edge", "listen", "http"], format!("invalid listen address `{}`: expected `address:port`", listen.http));
+            }
+            if let Some(https) = &listen.https {
+                if parse_host_port(https).is_none() {
+                    r.value(path!["edge", "listen", "https"], format!("invalid listen address `{https}`: expected `address:port`"));
+                }
+            }
+        }
+        if let Some(tls) = &edge.tls {
+            if !tls.cert_dir.starts_with('/') {
+                r.value(path!["edge", "tls", "cert_dir"], "cert_dir must be an absolute path");
+            }
+        }
+    } else if !m.apps.is_empty() {
+        r.key(path!["apps"], "apps are declared but no `edge` routes traffic to them");
+    }
+
+    for (name, job) in &m.jobs {
+        let p = path!["jobs", name.as_str()];
+        if !is_env_name(name) {
+            r.key(p.clone(), format!("invalid job name `{name}`: lowercase letters, digits and dashes, starting with a letter"));
+        }
+        if let Err(e) = crate::schedule::parse(&job.schedule) {
+            r.value(extend(&p, "schedule"), format!("invalid schedule `{}`: {e}", job.schedule));
+        }
+        if let Some(tz) = &job.timezone {
+            if tz.is_empty() || !tz.bytes().all(|b| b.is_ascii_alphanumeric() || b"/_+-".contains(&b)) {
+                r.value(extend(&p, "timezone"), format!("invalid time zone `{tz}`"));
+            }
+        }
+        if job.on != "host" && !declared.instances.contains(&job.on) {
+            r.value(extend(&p, "on"), unknown_ref("instance", &job.on, declared.instances.iter()) + " (or `host`)");
+        }
+        if job.command.trim().is_empty() || job.command.contains(['\n', '\0']) {
+            r.value(extend(&p, "command"), "command must be one non-empty line");
+        }
+        if let Some(user) = &job.user {
+            if user.is_empty() || !user.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b)) {
+                r.value(extend(&p, "user"), format!("invalid user name `{user}`"));
+            }
+        }
+    }
+}
+
+/// Rules across the manifests of one host.
+fn check_host_set(files: &[(String, Parsed)], members: &[usize], issues: &mut Vec<Issue>) {
+    let mut push = |file: usize, path: Vec<Seg>, at_value: bool, message: String| {
+        issues.push(Issue { file, path, at_value, message });
+    };
+    let mut envs: HashMap<&str, usize> = HashMap::new();
+    let mut public_hosts: HashMap<&str, (usize, &str)> = HashMap::new();
+    let mut cookies: HashMap<&str, usize> = HashMap::new();
+    let mut instances: HashMap<String, usize> = HashMap::new();
+    let mut profiles: HashMap<&str, usize> = HashMap::new();
+    let mut networks: HashMap<&str, usize> = HashMap::new();
+    let mut listens: HashMap<String, (usize, String)> = HashMap::new();
+    let mut edge_site: Option<(usize, &str)> = None;
+    let mut edge_listen: Option<(usize, String)> = None;
+    let name_of = |i: usize| files[i].0.as_str();
+
+    for &i in members {
+        let m = &files[i].1.manifest;
+        let env = m.metadata.name.as_str();
+        if let Some(first) = envs.insert(env, i) {
+            push(i, path!["metadata", "name"], true, format!("environment `{env}` is also declared in {}", name_of(first)));
+        }
+        for name in m.incus.profiles.keys() {
+            if let Some(first) = profiles.insert(name, i) {
+                push(i, path!["incus", "profiles", name.as_str()], false, format!("profile `{name}` is also declared in {}; declare it once", name_of(first)));
+            }
+        }
+        for name in m.incus.networks.keys() {
+            if let Some(first) = networks.insert(name, i) {
+                push(i, path!["incus", "networks", name.as_str()], false, format!("network `{name}` is also declared in {}; declare it once", name_of(first)));
+            }
+        }
+        let prefix = m.metadata.instance_prefix();
+        let mut names: Vec<(String, Vec<Seg>)> =
+            m.incus.instances.keys().map(|n| (n.clone(), path!["incus", "instances", n.as_str()])).collect();
+        for app in m.apps.keys() {
+            for color in Color::ALL {
+                names.push((format!("{prefix}{app}-{color}"), path!["apps", app.as_str()]));
+            }
+        }
+        for (name, p) in names {
+            if let Some(first) = instances.get(&name) {
+                if *first != i {
+                    push(i, p, false, format!("instance `{name}` is also declared in {}", name_of(*first)));
+                }
+            } else {
+                instances.insert(name, i);
+            }
+        }
+        // Listen addresses of proxy devices and loopback upstream ports.
+        let mut claim = |file: usize, path: Vec<Seg>, addr: String, what: String| {
+            let key = normalize_listen(&addr);
+            if let Some((first, first_what)) = listens.get(&key) {
+                let other = if *first == file { String::new() } else { format!(" in {}", name_of(*first)) };
+                push(file, path, true, format!("duplicate listen address `{addr}`: already used by {first_what}{other}"));
+            } else {
+                listens.insert(key, (file, what));
+            }
+        };
+        for (iname, inst) in &m.incus.instances {
+            for (dname, dev) in &inst.devices {
+                if let (DeviceType::Proxy, Some(listen)) = (dev.kind, &dev.listen) {
+                    if dev.bind != Some(crate::manifest::ProxyBind::Instance) {
+                        claim(i, path!["incus", "instances", iname.as_str(), "devices", dname.as_str(), "listen"], listen.clone(), format!("device `{dname}` of `{iname}`"));
+                    }
+                }
+            }
+        }
+        for (app, def) in &m.apps {
+            if let Some(ports) = &def.upstream.loopback_ports {
+                for (color, port) in ports {
+                    claim(i, path!["apps", app.as_str(), "upstream", "loopback_ports", color.as_str()], format!("tcp:127.0.0.1:{port}"), format!("the {color} slot of `{env}/{app}`"));
+                }
+            }
+        }
+        if let Some(edge) = &m.edge {
+            if let Some(first) = cookies.insert(edge.sticky_cookie.as_deref().unwrap_or(""), i) {
+                if edge.sticky_cookie.is_some() {
+                    push(i, path!["edge", "sticky_cookie"], true, format!("sticky cookie `{}` is also used by {}; each environment needs its own so sessions do not leak across environments", edge.sticky_cookie.as_deref().unwrap_or(""), name_of(first)));
+                }
+            }
+            let mut hosts: Vec<(&str, Vec<Seg>)> =
+                edge.hosts.iter().enumerate().map(|(k, h)| (h.as_str(), path!["edge", "hosts", k])).collect();
+            for (bname, ext) in &edge.external_backends {
+                hosts.extend(ext.hosts.iter().enumerate().map(|(k, h)| (h.as_str(), path!["edge", "external_backends", bname.as_str(), "hosts", k])));
+            }
+            for (host, p) in hosts {
+                if let Some((first, first_env)) = public_hosts.insert(host, (i, env)) {
+                    let where_ = if first == i { "this environment".to_string() } else { format!("environment `{first_env}` ({})", name_of(first)) };
+                    push(i, p, true, format!("host name `{host}` is already claimed by {where_}"));
+                }
+            }
+            match edge_site {
+                None => edge_site = Some((i, edge.runs_in.as_str())),
+                Some((first, site)) if site != edge.runs_in => push(
+                    i,
+                    path!["edge", "runs_in"],
+                    true,
+                    format!("the edge is shared by every environment of the host, but {} runs it in `{site}` and this manifest in `{}`", name_of(first), edge.runs_in),
+                ),
+                Some(_) => {}
+            }
+            if let Some(listen) = &edge.listen {
+                let this = format!("{} {}", listen.http, listen.https.as_deref().unwrap_or("-"));
+                match &edge_listen {
+                    None => edge_listen = Some((i, this)),
+                    Some((first, other)) if *other != this => push(i, path!["edge", "listen"], false, format!("edge listen addresses differ from {} (`{other}`); the shared edge has one set", name_of(*first))),
+                    Some(_) => {}
+                }
+            }
+        }
+    }
+}
+
+fn check_image(image: &str, p: &[Seg], r: &mut Rules<'_>) {
+    let alias = image.split_once(':').map_or(image, |(_, a)| a);
+    if image.is_empty() || alias.is_empty() || image.contains(char::is_whitespace) {
+        r.value(p.to_vec(), format!("invalid image `{image}`: expected a local alias or `remote:alias`"));
+    }
+}
+
+fn check_profiles(list: &[String], p: &[Seg], declared: &Declared, r: &mut Rules<'_>) {
+    for (i, name) in list.iter().enumerate() {
+        if name != "default" && !declared.profiles.contains(name) {
+            r.value(extend(p, i), unknown_ref("profile", name, declared.profiles.iter()));
+        }
+        if list[..i].contains(name) {
+            r.value(extend(p, i), format!("profile `{name}` is listed twice"));
+        }
+    }
+}
+
+fn check_config(config: &BTreeMap<String, String>, p: &[Seg], r: &mut Rules<'_>) {
+    for key in config.keys() {
+        if let Some(prefix) = RESERVED_CONFIG_PREFIXES.iter().find(|pre| key.starts_with(**pre)) {
+            let mut q = p.to_vec();
+            q.extend(path!["config", key.as_str()]);
+            r.key(q, format!("config key `{key}` is reserved (`{prefix}*` belongs to the agent or to Incus)"));
+        }
+    }
+}
+
+fn check_device(name: &str, dev: &Device, p: &[Seg], declared: &Declared, r: &mut Rules<'_>) {
+    let present = [
+        ("path", dev.path.is_some()),
+        ("pool", dev.pool.is_some()),
+        ("source", dev.source.is_some()),
+        ("readonly", dev.readonly.is_some()),
+        ("listen", dev.listen.is_some()),
+        ("connect", dev.connect.is_some()),
+        ("bind", dev.bind.is_some()),
+        ("network", dev.network.is_some()),
+        ("name", dev.name.is_some()),
+    ];
+    let (allowed, required, kind): (&[&str], &[&str], &str) = match dev.kind {
+        DeviceType::Disk => (&["path", "pool", "source", "readonly"], &["path"], "disk"),
+        DeviceType::Proxy => (&["listen", "connect", "bind"], &["listen", "connect"], "proxy"),
+        DeviceType::Nic => (&["network", "name"], &["network"], "nic"),
+    };
+    for (key, set) in present {
+        if set && !allowed.contains(&key) {
+            r.key(extend(p, key), format!("`{key}` does not apply to a {kind} device"));
+        }
+        if !set && required.contains(&key) {
+            r.key(p.to_vec(), format!("{kind} device `{name}` needs `{key}`"));
+        }
+    }
+    if dev.kind == DeviceType::Disk && dev.path.as_deref() != Some("/") && dev.source.is_none() {
+        r.key(p.to_vec(), format!("disk device `{name}` mounts `{}` but has no `source`", dev.path.as_deref().unwrap_or("")));
+    }
+    for (key, addr) in [("listen", &dev.listen), ("connect", &dev.connect)] {
+        if let Some(addr) = addr {
+            if !is_proxy_address(addr) {
+                r.value(extend(p, key), format!("invalid proxy address `{addr}`: expected `tcp:ADDRESS:PORT`, `udp:ADDRESS:PORT` or `unix:/PATH`"));
+            }
+        }
+    }
+    if let Some(net) = &dev.network {
+        if !declared.networks.contains(net) {
+            r.value(extend(p, "network"), unknown_ref("network", net, declared.networks.iter()));
+        }
+    }
+}
+
+fn extend(p: &[Seg], seg: impl Into<Seg>) -> Vec<Seg> {
+    let mut v = p.to_vec();
+    v.push(seg.into());
+    v
+}
+
+/// "unknown profile `x`" with a did-you-mean hint when a declared name is close.
+fn unknown_ref<'a>(what: &str, name: &str, known: impl Iterator<Item = &'a String>) -> String {
+    let known: Vec<&String> = known.collect();
+    match closest(name, known.iter().map(|s| s.as_str())) {
+        Some(best) => format!("unknown {what} `{name}`; did you mean `{best}`?"),
+        None if known.is_empty() => format!("unknown {what} `{name}`: none is declared"),
+        None => format!(
+            "unknown {what} `{name}`; declared: {}",
+            known.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", ")
+        ),
+    }
+}
+
+/// The candidate closest to `word` by edit distance, if it is close enough to be a typo.
+pub(crate) fn closest<'a>(word: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    let limit = (word.chars().count() / 3).max(1);
+    candidates
+        .map(|c| (levenshtein(word, c), c))
+        .filter(|(d, _)| *d <= limit)
+        .min()
+        .map(|(_, c)| c)
+}
+
+fn levenshtein(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != *cb);
+            cur.push((prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+fn is_env_name(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 32
+        && b[0].is_ascii_lowercase()
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && !s.ends_with('-')
+}
+
+/// Incus instance/profile name rules: 1-63 characters, ASCII letters, digits and
+/// dashes, starting with a letter, not ending with a dash.
+pub fn is_incus_name(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b[0].is_ascii_alphabetic()
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-')
+        && !s.ends_with('-')
+}
+
+fn is_dns_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+fn parse_host_port(s: &str) -> Option<(&str, u16)> {
+    let (host, port) = s.rsplit_once(':')?;
+    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    let port: u16 = port.parse().ok()?;
+    (port != 0 && !host.is_empty() && !host.contains(char::is_whitespace)).then_some((host, port))
+}
+
+fn is_proxy_address(s: &str) -> bool {
+    match s.split_once(':') {
+        Some(("tcp" | "udp", rest)) => parse_host_port(rest).is_some(),
+        Some(("unix", rest)) => rest.starts_with('/') || rest.starts_with('@'),
+        _ => false,
+    }
+}
+
+/// `tcp:0.0.0.0:80` and `tcp:127.0.0.1:80` conflict; so compare by protocol and port
+/// when either side is a wildcard address.
+fn normalize_listen(addr: &str) -> String {
+    match addr.split_once(':') {
+        Some((proto @ ("tcp" | "udp"), rest)) => match parse_host_port(rest) {
+            Some((host, port)) if host == "0.0.0.0" || host == "::" || host == "*" => format!("{proto}:*:{port}"),
+            Some((host, port)) => format!("{proto}:{host}:{port}"),
+            None => addr.to_string(),
+        },
+        _ => addr.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        for (name, ok) in [("veza-backend-blue", true), ("1abc", false), ("abc-", false), ("a_b", false), ("", false), (&"a".repeat(64), false)] {
+            assert_eq!(is_incus_name(name), ok, "{name}");
+        }
+        for (name, ok) in [("veza.fr", true), ("www.veza.fr", true), ("-x.fr", false), ("a..b", false), ("a b", false)] {
+            assert_eq!(is_dns_name(name), ok, "{name}");
+        }
+    }
+
+    #[test]
+    fn edit_distance_hints() {
+        assert_eq!(closest("blu", ["blue", "green"].into_iter()), Some("blue"));
+        assert_eq!(closest("xyz", ["blue", "green"].into_iter()), None);
+        assert_eq!(levenshtein("kitten", "sitting"), 3);
+    }
+
+    #[test]
+    fn proxy_addresses() {
+        for (addr, ok) in [("tcp:0.0.0.0:80", true), ("tcp:127.0.0.1:8080", true), ("udp:[::1]:53", true), ("unix:/run/x.sock", true), ("tcp:80", false), ("http:1.2.3.4:80", false), ("tcp:1.2.3.4:0", false)] {
+            assert_eq!(is_proxy_address(addr), ok, "{addr}");
+        }
+        assert_eq!(normalize_listen("tcp:0.0.0.0:80"), normalize_listen("tcp:*:80"));
+    }
+}
