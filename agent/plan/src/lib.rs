@@ -1,0 +1,3 @@
+//! Planning and rendering: desired state (validated manifests) × observed live state →
+//! an ordered, typed plan; and the files the plan installs (HAProxy config, systemd
+//! units), rendered before anything is written. Pure: no IO, no clock, no tokio.
