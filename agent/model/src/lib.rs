@@ -7,6 +7,7 @@
 pub mod manifest;
 pub mod parse;
 pub mod schedule;
+pub mod units;
 pub mod validate;
 
 pub use manifest::Manifest;

@@ -1,0 +1,587 @@
+//! systemd unit files for scheduled jobs: a `.service` and a `.timer` per job, as text.
+//!
+//! # Background
+//!
+//! Each manifest job becomes `veza-job-<env>-<name>.service` (`Type=oneshot`, the command run
+//! through `/bin/sh -c`) and `veza-job-<env>-<name>.timer` (one `OnCalendar=` per line of
+//! [`CronSchedule::on_calendar`]). Both files start with the ownership marker
+//! [`OWNER_MARKER_PREFIX`]`<env>/<name>`, which is how the agent recognises units it may change
+//! or prune ([`owner`]). Rendering is pure: the caller writes the files and runs
+//! `systemd-analyze verify` on them.
+//!
+//! The templates live in `agent/model/templates/` and are compiled in with `include_str!`.
+//! Values are escaped in Rust before they reach the templates, so the templates stay plain.
+//!
+//! # Choices
+//!
+//! - `AccuracySec=1s`: systemd's default of 1 min lets a run start anywhere in the minute after
+//!   its elapse. Cron users expect the job at the minute they wrote, and `veza-agent schedule`
+//!   and `status` print exact instants; one wake-up per job run costs nothing on a server. The
+//!   deliberate spreading knob is `RandomizedDelaySec=`, which stays explicit.
+//! - No timeout means `TimeoutStartSec=infinity`, written out: that is systemd's default for
+//!   `Type=oneshot`, and writing it makes the behaviour visible in the unit. A zero timeout is
+//!   rejected because systemd would read it as "no limit".
+//!
+//! # Current limitations
+//!
+//! Names must be lowercase letters, digits and dashes, so `veza-job-a-b-c` could be env `a`,
+//! job `b-c` or env `a-b`, job `c`: callers must reject two jobs on one host whose
+//! [`unit_stem`]s collide; the marker still tells them apart.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::schedule::CronSchedule;
+
+/// The first line of every unit we render, followed by `<env>/<name>`.
+pub const OWNER_MARKER_PREFIX: &str = "# Managed by veza-agent; do not edit. veza-agent-owner: ";
+
+/// The `AccuracySec=` of every timer (see the module docs for why).
+pub const TIMER_ACCURACY: &str = "1s";
+
+const SERVICE_TEMPLATE: &str = include_str!("../templates/job.service.tera");
+const TIMER_TEMPLATE: &str = include_str!("../templates/job.timer.tera");
+
+/// Everything needed to render one job's units. The caller maps the manifest's job onto it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobUnitSpec {
+    /// Environment (manifest `metadata.name`), e.g. `prod`.
+    pub env: String,
+    /// Job name, e.g. `pgbackrest-full`.
+    pub name: String,
+    /// When the job runs.
+    pub schedule: CronSchedule,
+    /// Time zone the schedule is read in; `None` means UTC.
+    pub tz: Option<String>,
+    /// `User=`; `None` runs as root.
+    pub user: Option<String>,
+    /// Shell command line, run with `/bin/sh -c`.
+    pub command: String,
+    /// `RandomizedDelaySec=`; `None` or zero means none.
+    pub randomized_delay: Option<Duration>,
+    /// `Persistent=`: run at activation if an elapse was missed while the timer was inactive.
+    pub persistent: bool,
+    /// `TimeoutStartSec=`; `None` means no limit (`infinity`).
+    pub timeout: Option<Duration>,
+    /// The service's `Description=`; `None` gives `veza job <env>/<name>`.
+    pub description: Option<String>,
+}
+
+/// One rendered unit file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnitFile {
+    /// File name, e.g. `veza-job-prod-dr-drill.timer`.
+    pub name: String,
+    /// File contents, ending with a newline.
+    pub contents: String,
+}
+
+/// A job's two unit files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobUnits {
+    /// `veza-job-<env>-<name>.service`.
+    pub service: UnitFile,
+    /// `veza-job-<env>-<name>.timer`, which activates the service.
+    pub timer: UnitFile,
+}
+
+/// Why a job's units could not be rendered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("job `{job}`: {kind}")]
+pub struct UnitError {
+    /// `<env>/<name>`.
+    pub job: String,
+    /// What is wrong.
+    pub kind: UnitErrorKind,
+}
+
+/// What is wrong with a [`JobUnitSpec`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UnitErrorKind {
+    /// The environment or job name cannot be part of a unit name.
+    #[error(
+        "invalid {what} name `{value}`: use 1-64 lowercase letters, digits and dashes, starting with a letter"
+    )]
+    InvalidName {
+        /// `environment` or `job`.
+        what: &'static str,
+        /// The name as given.
+        value: String,
+    },
+    /// `User=` would not be a single plain word.
+    #[error("invalid user name `{0}`: use letters, digits, `_`, `-` and `.`")]
+    InvalidUser(String),
+    /// The time zone would not be a single plain word.
+    #[error("invalid time zone `{0}`: use letters, digits, `/`, `_`, `+` and `-`")]
+    InvalidTimeZone(String),
+    /// The command is empty or contains a NUL byte.
+    #[error("invalid command: {0}")]
+    InvalidCommand(&'static str),
+    /// The description contains a control character or ends with a backslash.
+    #[error("invalid description `{0}`: use one line of printable text not ending with `\\`")]
+    InvalidDescription(String),
+    /// A zero timeout, which systemd would read as "no limit".
+    #[error("timeout must be greater than zero (leave it unset for no limit)")]
+    ZeroTimeout,
+    /// A template failed to render: a bug in this module, not in the input.
+    #[error("internal error: rendering `{template}` failed: {message}")]
+    Template {
+        /// Template name.
+        template: &'static str,
+        /// Tera's message, with its sources.
+        message: String,
+    },
+}
+
+/// `veza-job-<env>-<name>`, the name of both units without the suffix.
+pub fn unit_stem(env: &str, name: &str) -> String {
+    format!("veza-job-{env}-{name}")
+}
+
+/// The `(env, name)` owning a unit, read from its ownership marker line; `None` when the text
+/// has no marker, i.e. the unit is not ours.
+pub fn owner(contents: &str) -> Option<(&str, &str)> {
+    contents.lines().find_map(|line| {
+        let rest = line.strip_prefix(OWNER_MARKER_PREFIX)?;
+        let (env, name) = rest.trim_end().split_once('/')?;
+        (!env.is_empty() && !name.is_empty()).then_some((env, name))
+    })
+}
+
+/// Renders the job's `.service` and `.timer`.
+pub fn render(spec: &JobUnitSpec) -> Result<JobUnits, UnitError> {
+    let err = |kind| UnitError { job: format!("{}/{}", spec.env, spec.name), kind };
+    check_name("environment", &spec.env).map_err(err)?;
+    check_name("job", &spec.name).map_err(err)?;
+    let plain = |s: &str, extra: &[u8]| {
+        !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || extra.contains(&b))
+    };
+    if let Some(user) = spec.user.as_deref().filter(|u| !plain(u, b"_-.")) {
+        return Err(err(UnitErrorKind::InvalidUser(user.to_string())));
+    }
+    if let Some(tz) = spec.tz.as_deref().filter(|tz| !plain(tz, b"/_+-")) {
+        return Err(err(UnitErrorKind::InvalidTimeZone(tz.to_string())));
+    }
+    let exec_arg = exec_arg(&spec.command).map_err(err)?;
+    let description = match &spec.description {
+        Some(d) => {
+            if d.trim().is_empty() || d.chars().any(char::is_control) || d.ends_with('\\') {
+                return Err(err(UnitErrorKind::InvalidDescription(d.clone())));
+            }
+            d.clone()
+        }
+        None => format!("veza job {}/{}", spec.env, spec.name),
+    };
+    let timeout = match spec.timeout {
+        Some(d) if d.is_zero() => return Err(err(UnitErrorKind::ZeroTimeout)),
+        Some(d) => timespan(d),
+        None => "infinity".to_string(),
+    };
+
+    let stem = unit_stem(&spec.env, &spec.name);
+    let service_name = format!("{stem}.service");
+    let timer_name = format!("{stem}.timer");
+    let mut ctx = tera::Context::new();
+    ctx.insert("marker", &format!("{OWNER_MARKER_PREFIX}{}/{}", spec.env, spec.name));
+    ctx.insert("env", &spec.env);
+    ctx.insert("name", &spec.name);
+    ctx.insert("schedule", &spec.schedule.to_string());
+    ctx.insert("service_name", &service_name);
+    ctx.insert("timer_name", &timer_name);
+    ctx.insert("user", &spec.user);
+    ctx.insert("exec_arg", &exec_arg);
+    ctx.insert("timeout", &timeout);
+    ctx.insert("on_calendar", &spec.schedule.on_calendar(spec.tz.as_deref()));
+    ctx.insert("persistent", &spec.persistent);
+    ctx.insert("randomized_delay", &spec.randomized_delay.filter(|d| !d.is_zero()).map(timespan));
+    ctx.insert("accuracy", TIMER_ACCURACY);
+
+    ctx.insert("description", &escape_specifiers(&description));
+    let service = render_template("job.service", SERVICE_TEMPLATE, &ctx).map_err(err)?;
+    ctx.insert("description", &escape_specifiers(&format!("Timer for {description}")));
+    let timer = render_template("job.timer", TIMER_TEMPLATE, &ctx).map_err(err)?;
+    Ok(JobUnits {
+        service: UnitFile { name: service_name, contents: service },
+        timer: UnitFile { name: timer_name, contents: timer },
+    })
+}
+
+/// The command as one single-quoted `ExecStart=` word that systemd turns back into exactly
+/// `command`: C escapes for `\`, `'` and control characters (systemd unescapes inside quotes),
+/// `%%` for specifiers and `$$` for environment variable expansion.
+pub fn exec_arg(command: &str) -> Result<String, UnitErrorKind> {
+    if command.trim().is_empty() {
+        return Err(UnitErrorKind::InvalidCommand("the command is empty"));
+    }
+    if command.contains('\0') {
+        return Err(UnitErrorKind::InvalidCommand("the command contains a NUL byte"));
+    }
+    let mut out = String::with_capacity(command.len() + 2);
+    out.push('\'');
+    for c in command.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\'' => out.push_str("\\'"),
+            '%' => out.push_str("%%"),
+            '$' => out.push_str("$$"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if c.is_ascii_control() => out.push_str(&format!("\\x{:02x}", c as u32)),
+            // Non-ASCII control characters (C1) as UTF-8 byte escapes would not round-trip
+            // simply; systemd takes them literally inside quotes.
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    Ok(out)
+}
+
+/// A duration in systemd time-span syntax: `10min`, `1h 30min`, `1500ms`, `8d`.
+pub fn timespan(d: Duration) -> String {
+    if d.is_zero() {
+        return "0".to_string();
+    }
+    let mut rest = d.as_micros();
+    let mut parts = Vec::new();
+    for (unit, size) in [
+        ("d", 86_400_000_000u128),
+        ("h", 3_600_000_000),
+        ("min", 60_000_000),
+        ("s", 1_000_000),
+        ("ms", 1_000),
+        ("us", 1),
+    ] {
+        if rest >= size {
+            parts.push(format!("{}{unit}", rest / size));
+            rest %= size;
+        }
+    }
+    if parts.is_empty() {
+        // Less than a microsecond: systemd's resolution.
+        return "1us".to_string();
+    }
+    parts.join(" ")
+}
+
+fn check_name(what: &'static str, value: &str) -> Result<(), UnitErrorKind> {
+    let b = value.as_bytes();
+    let ok = !b.is_empty()
+        && b.len() <= 64
+        && b[0].is_ascii_lowercase()
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-');
+    if ok { Ok(()) } else { Err(UnitErrorKind::InvalidName { what, value: value.to_string() }) }
+}
+
+fn escape_specifiers(s: &str) -> String {
+    s.replace('%', "%%")
+}
+
+fn render_template(
+    template: &'static str,
+    source: &str,
+    ctx: &tera::Context,
+) -> Result<String, UnitErrorKind> {
+    let failed = |e: tera::Error| UnitErrorKind::Template { template, message: error_chain(&e) };
+    let mut tera = tera::Tera::default();
+    tera.autoescape_on(Vec::new());
+    tera.add_raw_template(template, source).map_err(failed)?;
+    tera.render(template, ctx).map_err(failed)
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    msg
+}
+
+impl fmt::Display for UnitFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "# {}\n{}", self.name, self.contents)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schedule::parse;
+
+    fn spec(env: &str, name: &str, schedule: &str, command: &str) -> JobUnitSpec {
+        JobUnitSpec {
+            env: env.into(),
+            name: name.into(),
+            schedule: parse(schedule).unwrap(),
+            tz: None,
+            user: None,
+            command: command.into(),
+            randomized_delay: None,
+            persistent: true,
+            timeout: None,
+            description: None,
+        }
+    }
+
+    #[test]
+    fn units_seed_pgbackrest_full() {
+        let units = render(&JobUnitSpec {
+            user: Some("postgres".into()),
+            randomized_delay: Some(Duration::from_secs(600)),
+            timeout: Some(Duration::from_secs(6 * 3600)),
+            ..spec(
+                "prod",
+                "pgbackrest-full",
+                "0 2 * * 0",
+                "pgbackrest --stanza=veza --type=full backup",
+            )
+        })
+        .unwrap();
+        assert_eq!(units.service.name, "veza-job-prod-pgbackrest-full.service");
+        assert_eq!(
+            units.service.contents,
+            "\
+# Managed by veza-agent; do not edit. veza-agent-owner: prod/pgbackrest-full
+# Runs job prod/pgbackrest-full when veza-job-prod-pgbackrest-full.timer fires (cron: 0 2 * * 0).
+[Unit]
+Description=veza job prod/pgbackrest-full
+
+[Service]
+Type=oneshot
+User=postgres
+ExecStart=/bin/sh -c 'pgbackrest --stanza=veza --type=full backup'
+TimeoutStartSec=6h
+"
+        );
+        assert_eq!(units.timer.name, "veza-job-prod-pgbackrest-full.timer");
+        assert_eq!(
+            units.timer.contents,
+            "\
+# Managed by veza-agent; do not edit. veza-agent-owner: prod/pgbackrest-full
+# Schedule of job prod/pgbackrest-full (cron: 0 2 * * 0).
+[Unit]
+Description=Timer for veza job prod/pgbackrest-full
+
+[Timer]
+OnCalendar=Sun *-*-* 02:00:00 UTC
+Persistent=true
+RandomizedDelaySec=10min
+AccuracySec=1s
+Unit=veza-job-prod-pgbackrest-full.service
+
+[Install]
+WantedBy=timers.target
+"
+        );
+    }
+
+    #[test]
+    fn units_seed_pgbackrest_diff() {
+        let units = render(&JobUnitSpec {
+            user: Some("postgres".into()),
+            ..spec(
+                "prod",
+                "pgbackrest-diff",
+                "0 2 * * 1-6",
+                "pgbackrest --stanza=veza --type=diff backup",
+            )
+        })
+        .unwrap();
+        assert_eq!(
+            units.service.contents,
+            "\
+# Managed by veza-agent; do not edit. veza-agent-owner: prod/pgbackrest-diff
+# Runs job prod/pgbackrest-diff when veza-job-prod-pgbackrest-diff.timer fires (cron: 0 2 * * 1-6).
+[Unit]
+Description=veza job prod/pgbackrest-diff
+
+[Service]
+Type=oneshot
+User=postgres
+ExecStart=/bin/sh -c 'pgbackrest --stanza=veza --type=diff backup'
+TimeoutStartSec=infinity
+"
+        );
+        assert_eq!(
+            units.timer.contents,
+            "\
+# Managed by veza-agent; do not edit. veza-agent-owner: prod/pgbackrest-diff
+# Schedule of job prod/pgbackrest-diff (cron: 0 2 * * 1-6).
+[Unit]
+Description=Timer for veza job prod/pgbackrest-diff
+
+[Timer]
+OnCalendar=Mon..Sat *-*-* 02:00:00 UTC
+Persistent=true
+AccuracySec=1s
+Unit=veza-job-prod-pgbackrest-diff.service
+
+[Install]
+WantedBy=timers.target
+"
+        );
+    }
+
+    #[test]
+    fn units_seed_dr_drill() {
+        let units = render(&JobUnitSpec {
+            timeout: Some(Duration::from_secs(90 * 60)),
+            persistent: false,
+            description: Some("Veza DR drill: restore the latest backup (100% check)".into()),
+            ..spec("prod", "dr-drill", "0 4 * * 0", "/usr/local/bin/dr-drill.sh")
+        })
+        .unwrap();
+        assert_eq!(
+            units.service.contents,
+            "\
+# Managed by veza-agent; do not edit. veza-agent-owner: prod/dr-drill
+# Runs job prod/dr-drill when veza-job-prod-dr-drill.timer fires (cron: 0 4 * * 0).
+[Unit]
+Description=Veza DR drill: restore the latest backup (100%% check)
+
+[Service]
+Type=oneshot
+ExecStart=/bin/sh -c '/usr/local/bin/dr-drill.sh'
+TimeoutStartSec=1h 30min
+"
+        );
+        assert_eq!(
+            units.timer.contents,
+            "\
+# Managed by veza-agent; do not edit. veza-agent-owner: prod/dr-drill
+# Schedule of job prod/dr-drill (cron: 0 4 * * 0).
+[Unit]
+Description=Timer for Veza DR drill: restore the latest backup (100%% check)
+
+[Timer]
+OnCalendar=Sun *-*-* 04:00:00 UTC
+Persistent=false
+AccuracySec=1s
+Unit=veza-job-prod-dr-drill.service
+
+[Install]
+WantedBy=timers.target
+"
+        );
+    }
+
+    #[test]
+    fn units_or_schedule_and_time_zone_give_one_line_each() {
+        let units = render(&JobUnitSpec {
+            tz: Some("Europe/Paris".into()),
+            ..spec("staging", "report", "30 6 1 * mon", "true")
+        })
+        .unwrap();
+        let on_calendar: Vec<&str> =
+            units.timer.contents.lines().filter(|l| l.starts_with("OnCalendar=")).collect();
+        assert_eq!(
+            on_calendar,
+            [
+                "OnCalendar=*-*-01 06:30:00 Europe/Paris",
+                "OnCalendar=Mon *-*-* 06:30:00 Europe/Paris"
+            ]
+        );
+    }
+
+    #[test]
+    fn units_exec_arg_escapes_for_systemd() {
+        let cases: &[(&str, &str)] = &[
+            ("true", "'true'"),
+            ("echo it's", r"'echo it\'s'"),
+            (r#"echo "$HOME" ${USER}"#, r#"'echo "$$HOME" $${USER}'"#),
+            ("date +%F 100%", "'date +%%F 100%%'"),
+            (r"printf 'a\nb\\'", r"'printf \'a\\nb\\\\\''"),
+            ("a\nb\tc\rd\x07e", r"'a\nb\tc\rd\x07e'"),
+            ("x ; y && z | w", "'x ; y && z | w'"),
+            ("echo é ✓", "'echo é ✓'"),
+        ];
+        for (command, want) in cases {
+            assert_eq!(exec_arg(command).unwrap(), *want, "command {command:?}");
+        }
+        assert_eq!(exec_arg(" ").unwrap_err().to_string(), "invalid command: the command is empty");
+        assert_eq!(
+            exec_arg("a\0b").unwrap_err().to_string(),
+            "invalid command: the command contains a NUL byte"
+        );
+    }
+
+    #[test]
+    fn units_timespan() {
+        let cases: &[(Duration, &str)] = &[
+            (Duration::ZERO, "0"),
+            (Duration::from_nanos(1), "1us"),
+            (Duration::from_millis(1500), "1s 500ms"),
+            (Duration::from_secs(600), "10min"),
+            (Duration::from_secs(5400), "1h 30min"),
+            (Duration::from_secs(8 * 86_400), "8d"),
+            (Duration::from_secs(86_400 + 61), "1d 1min 1s"),
+        ];
+        for (d, want) in cases {
+            assert_eq!(timespan(*d), *want, "{d:?}");
+        }
+    }
+
+    #[test]
+    fn units_owner_marker_round_trips() {
+        let units = render(&spec("prod", "dr-drill", "0 4 * * 0", "true")).unwrap();
+        assert_eq!(owner(&units.service.contents), Some(("prod", "dr-drill")));
+        assert_eq!(owner(&units.timer.contents), Some(("prod", "dr-drill")));
+        assert_eq!(owner("[Unit]\nDescription=someone else's\n"), None);
+        assert_eq!(owner(&format!("{OWNER_MARKER_PREFIX}\n")), None);
+    }
+
+    #[test]
+    fn units_reject_unsafe_input() {
+        let base = spec("prod", "x", "@daily", "true");
+        let cases: Vec<(JobUnitSpec, &str)> = vec![
+            (
+                JobUnitSpec { env: "Prod".into(), ..base.clone() },
+                "job `Prod/x`: invalid environment name `Prod`: use 1-64 lowercase letters, digits and dashes, starting with a letter",
+            ),
+            (
+                JobUnitSpec { name: "a/b".into(), ..base.clone() },
+                "job `prod/a/b`: invalid job name `a/b`: use 1-64 lowercase letters, digits and dashes, starting with a letter",
+            ),
+            (
+                JobUnitSpec { user: Some("root\nExecStartPre=/bin/evil".into()), ..base.clone() },
+                "job `prod/x`: invalid user name `root\nExecStartPre=/bin/evil`: use letters, digits, `_`, `-` and `.`",
+            ),
+            (
+                JobUnitSpec { tz: Some("UTC\nOnCalendar=minutely".into()), ..base.clone() },
+                "job `prod/x`: invalid time zone `UTC\nOnCalendar=minutely`: use letters, digits, `/`, `_`, `+` and `-`",
+            ),
+            (
+                JobUnitSpec { description: Some("a\n[Service]".into()), ..base.clone() },
+                "job `prod/x`: invalid description `a\n[Service]`: use one line of printable text not ending with `\\`",
+            ),
+            (
+                JobUnitSpec { description: Some("ends with \\".into()), ..base.clone() },
+                "job `prod/x`: invalid description `ends with \\`: use one line of printable text not ending with `\\`",
+            ),
+            (
+                JobUnitSpec { timeout: Some(Duration::ZERO), ..base.clone() },
+                "job `prod/x`: timeout must be greater than zero (leave it unset for no limit)",
+            ),
+            (
+                JobUnitSpec { command: "".into(), ..base.clone() },
+                "job `prod/x`: invalid command: the command is empty",
+            ),
+        ];
+        for (spec, want) in cases {
+            assert_eq!(render(&spec).unwrap_err().to_string(), want);
+        }
+    }
+
+    #[test]
+    fn units_zero_randomized_delay_is_omitted() {
+        let units = render(&JobUnitSpec {
+            randomized_delay: Some(Duration::ZERO),
+            ..spec("prod", "x", "@daily", "true")
+        })
+        .unwrap();
+        assert!(!units.timer.contents.contains("RandomizedDelaySec"), "{}", units.timer.contents);
+    }
+}
