@@ -2,7 +2,7 @@
 //! located error its first line announces, the schema matches the model, and the parser
 //! survives arbitrary bytes.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Output;
 
 use veza_host::process::Cmd;
@@ -26,7 +26,10 @@ fn shipped_manifests_validate_together() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "stderr:\n{stderr}");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("manifests/prod.yaml: ok (environment `prod` on host `r720`"), "{stdout}");
+    assert!(
+        stdout.contains("manifests/prod.yaml: ok (environment `prod` on host `r720`"),
+        "{stdout}"
+    );
     assert!(stdout.contains("manifests/staging.yaml: ok (environment `staging`"), "{stdout}");
 }
 
@@ -58,17 +61,21 @@ fn invalid_corpus_fails_with_located_errors() {
     let mut failures = Vec::new();
     for file in &files {
         let text = std::fs::read_to_string(file).unwrap();
-        let expect = text.lines().next().and_then(|l| l.strip_prefix("# expect: ")).unwrap_or_else(|| {
-            panic!("{} lacks a `# expect:` first line", file.display())
-        });
+        let expect = text
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix("# expect: "))
+            .unwrap_or_else(|| panic!("{} lacks a `# expect:` first line", file.display()));
         let rel = file.strip_prefix(repo_root()).unwrap().display().to_string();
         let out = agent(&["validate", &rel]);
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        let wanted = match split_location(expect) {
-            Some((loc, message)) => format!("{rel}:{loc}: error: {message}"),
-            None => expect.to_string(),
+        let (prefix, message) = match split_location(expect) {
+            Some((loc, message)) => (format!("{rel}:{loc}: error: "), message),
+            None => (format!("{rel}:"), expect),
         };
-        let ok = out.status.code() == Some(1) && stderr.lines().any(|l| l.contains(&wanted));
+        let wanted = format!("{prefix}…{message}…");
+        let ok = out.status.code() == Some(1)
+            && stderr.lines().any(|l| l.starts_with(&prefix) && l.contains(message));
         if !ok {
             failures.push(format!(
                 "{rel}: exit {:?}, wanted a line containing\n    {wanted}\n  got:\n    {}",
@@ -97,7 +104,10 @@ fn unreadable_file_is_reported_with_its_path() {
     let out = agent(&["validate", "manifests/does-not-exist.yaml"]);
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.starts_with("manifests/does-not-exist.yaml:1:1: error: cannot read manifest"), "{stderr}");
+    assert!(
+        stderr.starts_with("manifests/does-not-exist.yaml:1:1: error: cannot read manifest"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -127,7 +137,11 @@ fn committed_schema_matches_the_model() {
         path.display()
     );
     let v: serde_json::Value = serde_json::from_str(&generated).unwrap();
-    assert_eq!(v["additionalProperties"], serde_json::Value::Bool(false), "unknown keys must be refused");
+    assert_eq!(
+        v["additionalProperties"],
+        serde_json::Value::Bool(false),
+        "unknown keys must be refused"
+    );
 }
 
 /// Bounded fuzzing: mutated manifests and random bytes never panic the parser.
@@ -165,4 +179,3 @@ fn parser_survives_arbitrary_bytes() {
         let _ = veza_model::load(&[("fuzz.yaml".to_string(), bytes)]);
     }
 }
-

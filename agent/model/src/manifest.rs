@@ -473,9 +473,8 @@ pub struct Job {
 }
 
 /// A duration such as `500ms`, `5s`, `10m`, `4h`, `8d` or `2w`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
 #[serde(try_from = "String")]
-#[schemars(with = "String", regex(pattern = r"^[0-9]+(ms|s|m|h|d|w)$"))]
 pub struct DurationSpec(std::time::Duration);
 
 impl DurationSpec {
@@ -491,7 +490,9 @@ impl TryFrom<String> for DurationSpec {
         let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
         let (num, unit) = s.split_at(split);
         let bad = || {
-            format!("invalid duration `{s}`: expected a number and a unit (ms, s, m, h, d, w), e.g. `5s` or `8d`")
+            format!(
+                "invalid duration `{s}`: expected a number and a unit (ms, s, m, h, d, w), e.g. `5s` or `8d`"
+            )
         };
         if num.is_empty() || num.len() > 12 {
             return Err(bad());
@@ -513,7 +514,9 @@ impl TryFrom<String> for DurationSpec {
 impl fmt::Display for DurationSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = self.0.as_millis();
-        for (unit, size) in [("w", 604_800_000), ("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1_000)] {
+        for (unit, size) in
+            [("w", 604_800_000), ("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1_000)]
+        {
             if ms != 0 && ms % size == 0 {
                 return write!(f, "{}{unit}", ms / size);
             }
@@ -523,9 +526,8 @@ impl fmt::Display for DurationSpec {
 }
 
 /// A release: the 40-hex commit id of the app's source, lowercase.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
 #[serde(try_from = "String")]
-#[schemars(with = "String", regex(pattern = r"^[0-9a-f]{40}$"))]
 pub struct Release(String);
 
 impl Release {
@@ -560,9 +562,8 @@ impl fmt::Display for Release {
 }
 
 /// A SHA-256 digest as 64 lowercase hex characters.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "String")]
-#[schemars(with = "String", regex(pattern = r"^[0-9a-f]{64}$"))]
 pub struct Sha256Hex(String);
 
 impl Sha256Hex {
@@ -582,3 +583,35 @@ impl TryFrom<String> for Sha256Hex {
         }
     }
 }
+
+/// JSON Schema of a string newtype: a named definition with a pattern.
+macro_rules! string_schema {
+    ($ty:ty, $name:literal, $pattern:literal, $description:literal) => {
+        impl JsonSchema for $ty {
+            fn schema_name() -> std::borrow::Cow<'static, str> {
+                $name.into()
+            }
+            fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+                schemars::json_schema!({
+                    "type": "string",
+                    "pattern": $pattern,
+                    "description": $description,
+                })
+            }
+        }
+    };
+}
+
+string_schema!(
+    DurationSpec,
+    "Duration",
+    "^[0-9]+(ms|s|m|h|d|w)$",
+    "A duration: a number and a unit (ms, s, m, h, d, w), e.g. `5s` or `8d`."
+);
+string_schema!(Release, "Release", "^[0-9a-f]{40}$", "A release: a full 40-hex commit id.");
+string_schema!(
+    Sha256Hex,
+    "Sha256",
+    "^[0-9a-f]{64}$",
+    "A SHA-256 digest in 64 lowercase hex characters."
+);

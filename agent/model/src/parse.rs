@@ -98,6 +98,7 @@ macro_rules! path {
 pub struct Positions {
     keys: HashMap<Vec<Seg>, Pos>,
     values: HashMap<Vec<Seg>, Pos>,
+    scalars: HashMap<Vec<Seg>, String>,
 }
 
 impl Positions {
@@ -110,6 +111,15 @@ impl Positions {
     /// Where the value of `path` starts. Falls back like [`Positions::key`].
     pub fn value(&self, path: &[Seg]) -> Pos {
         self.lookup(path, false)
+    }
+
+    /// The first scalar value equal to `text` at or below `under`, by position.
+    pub fn find_scalar(&self, under: &[Seg], text: &str) -> Option<Pos> {
+        self.scalars
+            .iter()
+            .filter(|(path, value)| path.starts_with(under) && value.as_str() == text)
+            .filter_map(|(path, _)| self.values.get(path).copied())
+            .min()
     }
 
     fn lookup(&self, path: &[Seg], key: bool) -> Pos {
@@ -188,7 +198,9 @@ impl Indexer {
                 return;
             }
         }
-        let _ = self.node_path(pos);
+        if let Some(path) = self.node_path(pos) {
+            self.positions.scalars.insert(path, value);
+        }
     }
 
     fn open(&mut self, pos: Pos, map: bool) {
@@ -222,7 +234,10 @@ impl MarkedEventReceiver for Indexer {
             Event::Alias(_) => {
                 self.aliases += 1;
                 if self.aliases > MAX_ALIASES {
-                    self.fail(pos, format!("more than {MAX_ALIASES} YAML aliases; refusing to expand them"));
+                    self.fail(
+                        pos,
+                        format!("more than {MAX_ALIASES} YAML aliases; refusing to expand them"),
+                    );
                 }
                 let _ = self.node_path(pos);
             }
@@ -278,19 +293,50 @@ pub fn parse(bytes: &[u8]) -> Result<Parsed, Diagnostic> {
     if indexer.documents == 0 || text.trim().is_empty() {
         return Err(Diagnostic { pos: start, message: "manifest is empty".to_string() });
     }
-    let manifest: Manifest = serde_yaml_ng::from_str(text).map_err(|e| serde_diagnostic(&e))?;
+    let manifest: Manifest =
+        serde_yaml_ng::from_str(text).map_err(|e| serde_diagnostic(&e, &indexer.positions))?;
     Ok(Parsed { manifest, positions: indexer.positions })
 }
 
-fn serde_diagnostic(e: &serde_yaml_ng::Error) -> Diagnostic {
-    let pos = e.location().map_or(Pos { line: 1, col: 1 }, |l| Pos { line: l.line(), col: l.column() });
+fn serde_diagnostic(e: &serde_yaml_ng::Error, positions: &Positions) -> Diagnostic {
+    let mut pos =
+        e.location().map_or(Pos { line: 1, col: 1 }, |l| Pos { line: l.line(), col: l.column() });
     let raw = e.to_string();
     // serde_yaml_ng appends " at line L column C"; the position is printed separately.
     let message = match raw.find(" at line ") {
         Some(i) => raw[..i].to_string(),
         None => raw,
     };
+    // A value rejected by a newtype (`invalid release `x`: ...`) is reported by serde at
+    // its parent mapping; point at the offending value itself.
+    if let Some(bad) = message.split("invalid ").nth(1).and_then(|rest| rest.split('`').nth(1)) {
+        let under = message.split_once(": ").map_or_else(Vec::new, |(p, _)| serde_path(p));
+        if let Some(found) = positions.find_scalar(&under, bad) {
+            pos = found;
+        }
+    }
     Diagnostic { pos, message: with_hint(message) }
+}
+
+/// `apps.hello.slots[0].blue` as path segments.
+fn serde_path(text: &str) -> Vec<Seg> {
+    let mut out = Vec::new();
+    for part in text.split('.') {
+        let mut rest = part;
+        if let Some(i) = rest.find('[') {
+            out.push(Seg::Key(rest[..i].to_string()));
+            rest = &rest[i..];
+            while let Some(end) = rest.find(']') {
+                if let Ok(n) = rest[1..end].parse() {
+                    out.push(Seg::Index(n));
+                }
+                rest = &rest[end + 1..];
+            }
+        } else if !rest.is_empty() {
+            out.push(Seg::Key(rest.to_string()));
+        }
+    }
+    out
 }
 
 /// Adds a did-you-mean hint to serde's `unknown field`/`unknown variant` messages.
@@ -329,7 +375,8 @@ mod tests {
 
     #[test]
     fn hint_suggests_the_closest_field() {
-        let m = with_hint("unknown field `actve`, expected one of `image`, `active`, `port`".into());
+        let m =
+            with_hint("unknown field `actve`, expected one of `image`, `active`, `port`".into());
         assert!(m.ends_with("did you mean `active`?"), "{m}");
         let m = with_hint("unknown field `zzzzzz`, expected one of `image`, `active`".into());
         assert!(!m.contains("did you mean"), "{m}");
