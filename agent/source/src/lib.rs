@@ -1,2 +1,26 @@
 //! Signed source: fetch the manifests repository and verify SSH commit signatures
 //! against the host trust root before anything is read as desired state.
+//!
+//! Pipeline: [`fetch`] mirrors the repository (gix, bare, no worktree) and reads raw
+//! objects; [`object`] splits a raw commit/tag into signature and payload exactly as
+//! git does; [`sshsig`] parses and checks the SSH signature; [`allowed_signers`] is
+//! the trust root; [`verify`] ties them together without I/O or clock; [`policy`]
+//! decides whether the approvals suffice for the paths that changed.
+
+pub mod allowed_signers;
+pub mod error;
+pub mod fetch;
+pub mod object;
+pub mod policy;
+pub mod sshsig;
+pub mod time;
+pub mod verify;
+
+pub use allowed_signers::AllowedSigners;
+pub use error::{AllowedSignersError, FetchError, ObjectKind, PolicyError, VerifyError};
+pub use verify::{Verdict, verify_commit, verify_tag};
+
+#[cfg(test)]
+mod fuzz;
+#[cfg(test)]
+mod testdata;
