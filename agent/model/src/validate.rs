@@ -76,7 +76,13 @@ pub fn validate_set(files: &[(String, Parsed)]) -> Vec<FileDiagnostic> {
             } else {
                 parsed.positions.key(&issue.path)
             };
-            (issue.file, FileDiagnostic { file: name.clone(), diagnostic: Diagnostic { pos, message: issue.message } })
+            (
+                issue.file,
+                FileDiagnostic {
+                    file: name.clone(),
+                    diagnostic: Diagnostic { pos, message: issue.message },
+                },
+            )
         })
         .collect::<Vec<_>>()
         .into_iter()
@@ -106,7 +112,10 @@ fn check_manifest(m: &Manifest, declared: &Declared, r: &mut Rules<'_>) {
     }
     if let Some(prefix) = &m.metadata.instance_prefix {
         if !prefix.is_empty() && !is_incus_name(prefix.trim_end_matches('-')) {
-            r.value(path!["metadata", "instance_prefix"], format!("invalid instance prefix `{prefix}`"));
+            r.value(
+                path!["metadata", "instance_prefix"],
+                format!("invalid instance prefix `{prefix}`"),
+            );
         }
     }
 
@@ -122,7 +131,10 @@ fn check_manifest(m: &Manifest, declared: &Declared, r: &mut Rules<'_>) {
             if kind != "bridge" {
                 let mut q = p.clone();
                 q.push("type".into());
-                r.value(q, format!("unsupported network type `{kind}`: only `bridge` is supported"));
+                r.value(
+                    q,
+                    format!("unsupported network type `{kind}`: only `bridge` is supported"),
+                );
             }
         }
     }
@@ -154,7 +166,10 @@ fn check_manifest(m: &Manifest, declared: &Declared, r: &mut Rules<'_>) {
             check_device(dev_name, dev, &q, declared, r);
         }
         if inst.snapshots_keep == Some(0) && inst.protect {
-            r.value(extend(&p, "snapshots_keep"), "a protected instance keeps at least one snapshot");
+            r.value(
+                extend(&p, "snapshots_keep"),
+                "a protected instance keeps at least one snapshot",
+            );
         }
     }
 
@@ -171,7 +186,10 @@ fn check_manifest(m: &Manifest, declared: &Declared, r: &mut Rules<'_>) {
                 break;
             }
             if m.incus.instances.contains_key(&inst) {
-                r.key(path!["incus", "instances", inst.as_str()], format!("instance `{inst}` collides with the {color} slot of app `{app_name}`"));
+                r.key(
+                    path!["incus", "instances", inst.as_str()],
+                    format!("instance `{inst}` collides with the {color} slot of app `{app_name}`"),
+                );
             }
         }
         check_image(&app.image, &extend(&p, "image"), r);
@@ -182,53 +200,92 @@ fn check_manifest(m: &Manifest, declared: &Declared, r: &mut Rules<'_>) {
         }
         let url = &app.artifact.url;
         let art = extend(&p, "artifact");
-        if !(url.starts_with("https://") || url.starts_with("http://") || url.starts_with("file://")) {
-            r.value(extend(&art, "url"), format!("artifact url `{url}` must start with https://, http:// or file://"));
+        if !(url.starts_with("https://")
+            || url.starts_with("http://")
+            || url.starts_with("file://"))
+        {
+            r.value(
+                extend(&art, "url"),
+                format!("artifact url `{url}` must start with https://, http:// or file://"),
+            );
         } else if !url.contains("{release}") {
-            r.value(extend(&art, "url"), "artifact url must contain `{release}` so each release has its own artifact");
+            r.value(
+                extend(&art, "url"),
+                "artifact url must contain `{release}` so each release has its own artifact",
+            );
         }
         if let Some(dir) = &app.artifact.install_dir {
             if !dir.starts_with('/') || dir.split('/').any(|s| s == "..") || dir == "/" {
-                r.value(extend(&art, "install_dir"), format!("install_dir `{dir}` must be an absolute path below `/`, without `..`"));
+                r.value(
+                    extend(&art, "install_dir"),
+                    format!("install_dir `{dir}` must be an absolute path below `/`, without `..`"),
+                );
             }
         }
         if !app.health.path.starts_with('/') {
-            r.value(path!["apps", app_name.as_str(), "health", "path"], format!("health path `{}` must start with `/`", app.health.path));
+            r.value(
+                path!["apps", app_name.as_str(), "health", "path"],
+                format!("health path `{}` must start with `/`", app.health.path),
+            );
         }
         for (field, v) in [("rise", app.health.rise), ("fall", app.health.fall)] {
             if v == Some(0) {
-                r.value(path!["apps", app_name.as_str(), "health", field], format!("{field} must be at least 1"));
+                r.value(
+                    path!["apps", app_name.as_str(), "health", field],
+                    format!("{field} must be at least 1"),
+                );
             }
         }
         if let Some(status) = app.health.expect_status {
             if !(100..=599).contains(&status) {
-                r.value(path!["apps", app_name.as_str(), "health", "expect_status"], format!("`{status}` is not an HTTP status"));
+                r.value(
+                    path!["apps", app_name.as_str(), "health", "expect_status"],
+                    format!("`{status}` is not an HTTP status"),
+                );
             }
         }
         match (&app.upstream.dns_suffix, &app.upstream.loopback_ports) {
-            (Some(_), Some(_)) => r.key(extend(&p, "upstream"), "set either `dns_suffix` or `loopback_ports`, not both"),
+            (Some(_), Some(_)) => r.key(
+                extend(&p, "upstream"),
+                "set either `dns_suffix` or `loopback_ports`, not both",
+            ),
             (None, Some(ports)) => {
                 let up = path!["apps", app_name.as_str(), "upstream", "loopback_ports"];
                 for color in Color::ALL {
                     match ports.get(&color) {
-                        None => r.key(up.clone(), format!("loopback_ports needs a port for `{color}`")),
-                        Some(0) => r.value(extend(&up, color.as_str()), "port must be between 1 and 65535"),
+                        None => {
+                            r.key(up.clone(), format!("loopback_ports needs a port for `{color}`"))
+                        }
+                        Some(0) => {
+                            r.value(extend(&up, color.as_str()), "port must be between 1 and 65535")
+                        }
                         Some(_) => {}
                     }
                 }
-                if ports.get(&Color::Blue).is_some() && ports.get(&Color::Blue) == ports.get(&Color::Green) {
+                if ports.get(&Color::Blue).is_some()
+                    && ports.get(&Color::Blue) == ports.get(&Color::Green)
+                {
                     r.value(extend(&up, "green"), "blue and green need different loopback ports");
                 }
             }
             (Some(suffix), None) if !is_dns_name(suffix) => {
-                r.value(path!["apps", app_name.as_str(), "upstream", "dns_suffix"], format!("invalid DNS suffix `{suffix}`"));
+                r.value(
+                    path!["apps", app_name.as_str(), "upstream", "dns_suffix"],
+                    format!("invalid DNS suffix `{suffix}`"),
+                );
             }
             _ => {}
         }
         // Slots, releases and artifacts.
         let slots = extend(&p, "slots");
         match app.slots.get(&app.active) {
-            None => r.value(extend(&p, "active"), format!("`active: {}` but app `{app_name}` declares no `{}` slot", app.active, app.active)),
+            None => r.value(
+                extend(&p, "active"),
+                format!(
+                    "`active: {}` but app `{app_name}` declares no `{}` slot",
+                    app.active, app.active
+                ),
+            ),
             Some(slot) if slot.release.is_none() => r.value(
                 extend(&p, "active"),
                 format!("`active: {}` but the `{}` slot has no release", app.active, app.active),
@@ -254,7 +311,10 @@ fn check_manifest(m: &Manifest, declared: &Declared, r: &mut Rules<'_>) {
     if let Some(edge) = &m.edge {
         let p = path!["edge"];
         if edge.runs_in != "host" && !declared.instances.contains(&edge.runs_in) {
-            r.value(extend(&p, "runs_in"), unknown_ref("instance", &edge.runs_in, declared.instances.iter()) + " (or `host`)");
+            r.value(
+                extend(&p, "runs_in"),
+                unknown_ref("instance", &edge.runs_in, declared.instances.iter()) + " (or `host`)",
+            );
         }
         for (i, host) in edge.hosts.iter().enumerate() {
             if !is_dns_name(host) {
@@ -265,15 +325,29 @@ fn check_manifest(m: &Manifest, declared: &Declared, r: &mut Rules<'_>) {
         for (i, route) in edge.routes.iter().enumerate() {
             let rp = path!["edge", "routes", i];
             if !m.apps.contains_key(&route.app) {
-                r.value(extend(&rp, "app"), format!("route to undefined app: {}", unknown_ref("app", &route.app, m.apps.keys())));
+                r.value(
+                    extend(&rp, "app"),
+                    format!(
+                        "route to undefined app: {}",
+                        unknown_ref("app", &route.app, m.apps.keys())
+                    ),
+                );
             }
             if let Some(prefix) = &route.path_prefix {
                 if !prefix.starts_with('/') || prefix.contains(char::is_whitespace) {
-                    r.value(extend(&rp, "path_prefix"), format!("path_prefix `{prefix}` must start with `/` and contain no spaces"));
+                    r.value(
+                        extend(&rp, "path_prefix"),
+                        format!("path_prefix `{prefix}` must start with `/` and contain no spaces"),
+                    );
                 }
             }
             if let Some(first) = prefixes.insert(route.path_prefix.as_deref(), i) {
-                let what = route.path_prefix.as_deref().map_or("a default route (no path_prefix)".to_string(), |s| format!("path_prefix `{s}`"));
+                let what = route
+                    .path_prefix
+                    .as_deref()
+                    .map_or("a default route (no path_prefix)".to_string(), |s| {
+                        format!("path_prefix `{s}`")
+                    });
                 r.key(rp, format!("duplicate route: {what} is already routed by route {first}"));
             }
         }
@@ -281,8 +355,13 @@ fn check_manifest(m: &Manifest, declared: &Declared, r: &mut Rules<'_>) {
             r.key(extend(&p, "routes"), "routes need at least one host name in `edge.hosts`");
         }
         if let Some(cookie) = &edge.sticky_cookie {
-            if cookie.is_empty() || !cookie.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
-                r.value(extend(&p, "sticky_cookie"), format!("invalid cookie name `{cookie}`: letters, digits, `_` and `-`"));
+            if cookie.is_empty()
+                || !cookie.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            {
+                r.value(
+                    extend(&p, "sticky_cookie"),
+                    format!("invalid cookie name `{cookie}`: letters, digits, `_` and `-`"),
+                );
             }
         }
         for (name, ext) in &edge.external_backends {
@@ -291,11 +370,17 @@ fn check_manifest(m: &Manifest, declared: &Declared, r: &mut Rules<'_>) {
                 r.key(ep.clone(), format!("invalid backend name `{name}`"));
             }
             if ext.hosts.is_empty() {
-                r.key(ep.clone(), format!("external backend `{name}` needs at least one host name"));
+                r.key(
+                    ep.clone(),
+                    format!("external backend `{name}` needs at least one host name"),
+                );
             }
             for (i, host) in ext.hosts.iter().enumerate() {
                 if !is_dns_name(host) {
-                    r.value(path!["edge", "external_backends", name.as_str(), "hosts", i], format!("invalid host name `{host}`"));
+                    r.value(
+                        path!["edge", "external_backends", name.as_str(), "hosts", i],
+                        format!("invalid host name `{host}`"),
+                    );
                 }
             }
             if ext.servers.is_empty() {
@@ -303,17 +388,26 @@ fn check_manifest(m: &Manifest, declared: &Declared, r: &mut Rules<'_>) {
             }
             for (i, server) in ext.servers.iter().enumerate() {
                 if parse_host_port(server).is_none() {
-                    r.value(path!["edge", "external_backends", name.as_str(), "servers", i], format!("invalid server `{server}`: expected `address:port`"));
+                    r.value(
+                        path!["edge", "external_backends", name.as_str(), "servers", i],
+                        format!("invalid server `{server}`: expected `address:port`"),
+                    );
                 }
             }
         }
         if let Some(listen) = &edge.listen {
             if parse_host_port(&listen.http).is_none() {
-                r.value(path!["edge", "listen", "http"], format!("invalid listen address `{}`: expected `address:port`", listen.http));
+                r.value(
+                    path!["edge", "listen", "http"],
+                    format!("invalid listen address `{}`: expected `address:port`", listen.http),
+                );
             }
             if let Some(https) = &listen.https {
                 if parse_host_port(https).is_none() {
-                    r.value(path!["edge", "listen", "https"], format!("invalid listen address `{https}`: expected `address:port`"));
+                    r.value(
+                        path!["edge", "listen", "https"],
+                        format!("invalid listen address `{https}`: expected `address:port`"),
+                    );
                 }
             }
         }
@@ -335,18 +429,25 @@ fn check_manifest(m: &Manifest, declared: &Declared, r: &mut Rules<'_>) {
             r.value(extend(&p, "schedule"), format!("invalid schedule `{}`: {e}", job.schedule));
         }
         if let Some(tz) = &job.timezone {
-            if tz.is_empty() || !tz.bytes().all(|b| b.is_ascii_alphanumeric() || b"/_+-".contains(&b)) {
+            if tz.is_empty()
+                || !tz.bytes().all(|b| b.is_ascii_alphanumeric() || b"/_+-".contains(&b))
+            {
                 r.value(extend(&p, "timezone"), format!("invalid time zone `{tz}`"));
             }
         }
         if job.on != "host" && !declared.instances.contains(&job.on) {
-            r.value(extend(&p, "on"), unknown_ref("instance", &job.on, declared.instances.iter()) + " (or `host`)");
+            r.value(
+                extend(&p, "on"),
+                unknown_ref("instance", &job.on, declared.instances.iter()) + " (or `host`)",
+            );
         }
         if job.command.trim().is_empty() || job.command.contains(['\n', '\0']) {
             r.value(extend(&p, "command"), "command must be one non-empty line");
         }
         if let Some(user) = &job.user {
-            if user.is_empty() || !user.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b)) {
+            if user.is_empty()
+                || !user.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
+            {
                 r.value(extend(&p, "user"), format!("invalid user name `{user}`"));
             }
         }
@@ -373,21 +474,46 @@ fn check_host_set(files: &[(String, Parsed)], members: &[usize], issues: &mut Ve
         let m = &files[i].1.manifest;
         let env = m.metadata.name.as_str();
         if let Some(first) = envs.insert(env, i) {
-            push(i, path!["metadata", "name"], true, format!("environment `{env}` is also declared in {}", name_of(first)));
+            push(
+                i,
+                path!["metadata", "name"],
+                true,
+                format!("environment `{env}` is also declared in {}", name_of(first)),
+            );
         }
         for name in m.incus.profiles.keys() {
             if let Some(first) = profiles.insert(name, i) {
-                push(i, path!["incus", "profiles", name.as_str()], false, format!("profile `{name}` is also declared in {}; declare it once", name_of(first)));
+                push(
+                    i,
+                    path!["incus", "profiles", name.as_str()],
+                    false,
+                    format!(
+                        "profile `{name}` is also declared in {}; declare it once",
+                        name_of(first)
+                    ),
+                );
             }
         }
         for name in m.incus.networks.keys() {
             if let Some(first) = networks.insert(name, i) {
-                push(i, path!["incus", "networks", name.as_str()], false, format!("network `{name}` is also declared in {}; declare it once", name_of(first)));
+                push(
+                    i,
+                    path!["incus", "networks", name.as_str()],
+                    false,
+                    format!(
+                        "network `{name}` is also declared in {}; declare it once",
+                        name_of(first)
+                    ),
+                );
             }
         }
         let prefix = m.metadata.instance_prefix();
-        let mut names: Vec<(String, Vec<Seg>)> =
-            m.incus.instances.keys().map(|n| (n.clone(), path!["incus", "instances", n.as_str()])).collect();
+        let mut names: Vec<(String, Vec<Seg>)> = m
+            .incus
+            .instances
+            .keys()
+            .map(|n| (n.clone(), path!["incus", "instances", n.as_str()]))
+            .collect();
         for app in m.apps.keys() {
             for color in Color::ALL {
                 names.push((format!("{prefix}{app}-{color}"), path!["apps", app.as_str()]));
@@ -396,7 +522,12 @@ fn check_host_set(files: &[(String, Parsed)], members: &[usize], issues: &mut Ve
         for (name, p) in names {
             if let Some(first) = instances.get(&name) {
                 if *first != i {
-                    push(i, p, false, format!("instance `{name}` is also declared in {}", name_of(*first)));
+                    push(
+                        i,
+                        p,
+                        false,
+                        format!("instance `{name}` is also declared in {}", name_of(*first)),
+                    );
                 }
             } else {
                 instances.insert(name, i);
@@ -405,9 +536,28 @@ fn check_host_set(files: &[(String, Parsed)], members: &[usize], issues: &mut Ve
         // Listen addresses of proxy devices and loopback upstream ports.
         let mut claim = |file: usize, path: Vec<Seg>, addr: String, what: String| {
             let key = normalize_listen(&addr);
-            if let Some((first, first_what)) = listens.get(&key) {
-                let other = if *first == file { String::new() } else { format!(" in {}", name_of(*first)) };
-                push(file, path, true, format!("duplicate listen address `{addr}`: already used by {first_what}{other}"));
+            let clash = listens.get(&key).or_else(|| {
+                // A wildcard listener clashes with every address on the same port.
+                let (proto, port) = listen_port(&key)?;
+                listens
+                    .iter()
+                    .find(|(k, _)| {
+                        listen_port(k) == Some((proto, port))
+                            && (k.contains(":*:") || key.contains(":*:"))
+                    })
+                    .map(|(_, v)| v)
+            });
+            if let Some((first, first_what)) = clash {
+                let other =
+                    if *first == file { String::new() } else { format!(" in {}", name_of(*first)) };
+                push(
+                    file,
+                    path,
+                    true,
+                    format!(
+                        "duplicate listen address `{addr}`: already used by {first_what}{other}"
+                    ),
+                );
             } else {
                 listens.insert(key, (file, what));
             }
@@ -416,7 +566,19 @@ fn check_host_set(files: &[(String, Parsed)], members: &[usize], issues: &mut Ve
             for (dname, dev) in &inst.devices {
                 if let (DeviceType::Proxy, Some(listen)) = (dev.kind, &dev.listen) {
                     if dev.bind != Some(crate::manifest::ProxyBind::Instance) {
-                        claim(i, path!["incus", "instances", iname.as_str(), "devices", dname.as_str(), "listen"], listen.clone(), format!("device `{dname}` of `{iname}`"));
+                        claim(
+                            i,
+                            path![
+                                "incus",
+                                "instances",
+                                iname.as_str(),
+                                "devices",
+                                dname.as_str(),
+                                "listen"
+                            ],
+                            listen.clone(),
+                            format!("device `{dname}` of `{iname}`"),
+                        );
                     }
                 }
             }
@@ -424,24 +586,48 @@ fn check_host_set(files: &[(String, Parsed)], members: &[usize], issues: &mut Ve
         for (app, def) in &m.apps {
             if let Some(ports) = &def.upstream.loopback_ports {
                 for (color, port) in ports {
-                    claim(i, path!["apps", app.as_str(), "upstream", "loopback_ports", color.as_str()], format!("tcp:127.0.0.1:{port}"), format!("the {color} slot of `{env}/{app}`"));
+                    claim(
+                        i,
+                        path!["apps", app.as_str(), "upstream", "loopback_ports", color.as_str()],
+                        format!("tcp:127.0.0.1:{port}"),
+                        format!("the {color} slot of `{env}/{app}`"),
+                    );
                 }
             }
         }
         if let Some(edge) = &m.edge {
             if let Some(first) = cookies.insert(edge.sticky_cookie.as_deref().unwrap_or(""), i) {
                 if edge.sticky_cookie.is_some() {
-                    push(i, path!["edge", "sticky_cookie"], true, format!("sticky cookie `{}` is also used by {}; each environment needs its own so sessions do not leak across environments", edge.sticky_cookie.as_deref().unwrap_or(""), name_of(first)));
+                    push(
+                        i,
+                        path!["edge", "sticky_cookie"],
+                        true,
+                        format!(
+                            "sticky cookie `{}` is also used by {}; each environment needs its own so sessions do not leak across environments",
+                            edge.sticky_cookie.as_deref().unwrap_or(""),
+                            name_of(first)
+                        ),
+                    );
                 }
             }
-            let mut hosts: Vec<(&str, Vec<Seg>)> =
-                edge.hosts.iter().enumerate().map(|(k, h)| (h.as_str(), path!["edge", "hosts", k])).collect();
+            let mut hosts: Vec<(&str, Vec<Seg>)> = edge
+                .hosts
+                .iter()
+                .enumerate()
+                .map(|(k, h)| (h.as_str(), path!["edge", "hosts", k]))
+                .collect();
             for (bname, ext) in &edge.external_backends {
-                hosts.extend(ext.hosts.iter().enumerate().map(|(k, h)| (h.as_str(), path!["edge", "external_backends", bname.as_str(), "hosts", k])));
+                hosts.extend(ext.hosts.iter().enumerate().map(|(k, h)| {
+                    (h.as_str(), path!["edge", "external_backends", bname.as_str(), "hosts", k])
+                }));
             }
             for (host, p) in hosts {
                 if let Some((first, first_env)) = public_hosts.insert(host, (i, env)) {
-                    let where_ = if first == i { "this environment".to_string() } else { format!("environment `{first_env}` ({})", name_of(first)) };
+                    let where_ = if first == i {
+                        "this environment".to_string()
+                    } else {
+                        format!("environment `{first_env}` ({})", name_of(first))
+                    };
                     push(i, p, true, format!("host name `{host}` is already claimed by {where_}"));
                 }
             }
@@ -451,7 +637,11 @@ fn check_host_set(files: &[(String, Parsed)], members: &[usize], issues: &mut Ve
                     i,
                     path!["edge", "runs_in"],
                     true,
-                    format!("the edge is shared by every environment of the host, but {} runs it in `{site}` and this manifest in `{}`", name_of(first), edge.runs_in),
+                    format!(
+                        "the edge is shared by every environment of the host, but {} runs it in `{site}` and this manifest in `{}`",
+                        name_of(first),
+                        edge.runs_in
+                    ),
                 ),
                 Some(_) => {}
             }
@@ -459,7 +649,15 @@ fn check_host_set(files: &[(String, Parsed)], members: &[usize], issues: &mut Ve
                 let this = format!("{} {}", listen.http, listen.https.as_deref().unwrap_or("-"));
                 match &edge_listen {
                     None => edge_listen = Some((i, this)),
-                    Some((first, other)) if *other != this => push(i, path!["edge", "listen"], false, format!("edge listen addresses differ from {} (`{other}`); the shared edge has one set", name_of(*first))),
+                    Some((first, other)) if *other != this => push(
+                        i,
+                        path!["edge", "listen"],
+                        false,
+                        format!(
+                            "edge listen addresses differ from {} (`{other}`); the shared edge has one set",
+                            name_of(*first)
+                        ),
+                    ),
                     Some(_) => {}
                 }
             }
@@ -470,7 +668,10 @@ fn check_host_set(files: &[(String, Parsed)], members: &[usize], issues: &mut Ve
 fn check_image(image: &str, p: &[Seg], r: &mut Rules<'_>) {
     let alias = image.split_once(':').map_or(image, |(_, a)| a);
     if image.is_empty() || alias.is_empty() || image.contains(char::is_whitespace) {
-        r.value(p.to_vec(), format!("invalid image `{image}`: expected a local alias or `remote:alias`"));
+        r.value(
+            p.to_vec(),
+            format!("invalid image `{image}`: expected a local alias or `remote:alias`"),
+        );
     }
 }
 
@@ -490,7 +691,12 @@ fn check_config(config: &BTreeMap<String, String>, p: &[Seg], r: &mut Rules<'_>)
         if let Some(prefix) = RESERVED_CONFIG_PREFIXES.iter().find(|pre| key.starts_with(**pre)) {
             let mut q = p.to_vec();
             q.extend(path!["config", key.as_str()]);
-            r.key(q, format!("config key `{key}` is reserved (`{prefix}*` belongs to the agent or to Incus)"));
+            r.key(
+                q,
+                format!(
+                    "config key `{key}` is reserved (`{prefix}*` belongs to the agent or to Incus)"
+                ),
+            );
         }
     }
 }
@@ -521,7 +727,13 @@ fn check_device(name: &str, dev: &Device, p: &[Seg], declared: &Declared, r: &mu
         }
     }
     if dev.kind == DeviceType::Disk && dev.path.as_deref() != Some("/") && dev.source.is_none() {
-        r.key(p.to_vec(), format!("disk device `{name}` mounts `{}` but has no `source`", dev.path.as_deref().unwrap_or("")));
+        r.key(
+            p.to_vec(),
+            format!(
+                "disk device `{name}` mounts `{}` but has no `source`",
+                dev.path.as_deref().unwrap_or("")
+            ),
+        );
     }
     for (key, addr) in [("listen", &dev.listen), ("connect", &dev.connect)] {
         if let Some(addr) = addr {
@@ -557,13 +769,12 @@ fn unknown_ref<'a>(what: &str, name: &str, known: impl Iterator<Item = &'a Strin
 }
 
 /// The candidate closest to `word` by edit distance, if it is close enough to be a typo.
-pub(crate) fn closest<'a>(word: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+pub(crate) fn closest<'a>(
+    word: &str,
+    candidates: impl Iterator<Item = &'a str>,
+) -> Option<&'a str> {
     let limit = (word.chars().count() / 3).max(1);
-    candidates
-        .map(|c| (levenshtein(word, c), c))
-        .filter(|(d, _)| *d <= limit)
-        .min()
-        .map(|(_, c)| c)
+    candidates.map(|c| (levenshtein(word, c), c)).filter(|(d, _)| *d <= limit).min().map(|(_, c)| c)
 }
 
 fn levenshtein(a: &str, b: &str) -> usize {
@@ -627,12 +838,21 @@ fn is_proxy_address(s: &str) -> bool {
     }
 }
 
-/// `tcp:0.0.0.0:80` and `tcp:127.0.0.1:80` conflict; so compare by protocol and port
-/// when either side is a wildcard address.
+/// Protocol and port of a normalized `proto:host:port` listen key.
+fn listen_port(key: &str) -> Option<(&str, &str)> {
+    let (proto, rest) = key.split_once(':')?;
+    let (_, port) = rest.rsplit_once(':')?;
+    Some((proto, port))
+}
+
+/// A listen address with every wildcard host spelled `*`, so `tcp:0.0.0.0:80` and
+/// `tcp:[::]:80` compare equal; wildcard-versus-specific clashes are checked by the caller.
 fn normalize_listen(addr: &str) -> String {
     match addr.split_once(':') {
         Some((proto @ ("tcp" | "udp"), rest)) => match parse_host_port(rest) {
-            Some((host, port)) if host == "0.0.0.0" || host == "::" || host == "*" => format!("{proto}:*:{port}"),
+            Some((host, port)) if host == "0.0.0.0" || host == "::" || host == "*" => {
+                format!("{proto}:*:{port}")
+            }
             Some((host, port)) => format!("{proto}:{host}:{port}"),
             None => addr.to_string(),
         },
@@ -646,10 +866,23 @@ mod tests {
 
     #[test]
     fn names() {
-        for (name, ok) in [("veza-backend-blue", true), ("1abc", false), ("abc-", false), ("a_b", false), ("", false), (&"a".repeat(64), false)] {
+        for (name, ok) in [
+            ("veza-backend-blue", true),
+            ("1abc", false),
+            ("abc-", false),
+            ("a_b", false),
+            ("", false),
+            (&"a".repeat(64), false),
+        ] {
             assert_eq!(is_incus_name(name), ok, "{name}");
         }
-        for (name, ok) in [("veza.fr", true), ("www.veza.fr", true), ("-x.fr", false), ("a..b", false), ("a b", false)] {
+        for (name, ok) in [
+            ("veza.fr", true),
+            ("www.veza.fr", true),
+            ("-x.fr", false),
+            ("a..b", false),
+            ("a b", false),
+        ] {
             assert_eq!(is_dns_name(name), ok, "{name}");
         }
     }
@@ -663,9 +896,220 @@ mod tests {
 
     #[test]
     fn proxy_addresses() {
-        for (addr, ok) in [("tcp:0.0.0.0:80", true), ("tcp:127.0.0.1:8080", true), ("udp:[::1]:53", true), ("unix:/run/x.sock", true), ("tcp:80", false), ("http:1.2.3.4:80", false), ("tcp:1.2.3.4:0", false)] {
+        for (addr, ok) in [
+            ("tcp:0.0.0.0:80", true),
+            ("tcp:127.0.0.1:8080", true),
+            ("udp:[::1]:53", true),
+            ("unix:/run/x.sock", true),
+            ("tcp:80", false),
+            ("http:1.2.3.4:80", false),
+            ("tcp:1.2.3.4:0", false),
+        ] {
             assert_eq!(is_proxy_address(addr), ok, "{addr}");
         }
         assert_eq!(normalize_listen("tcp:0.0.0.0:80"), normalize_listen("tcp:*:80"));
+        assert_eq!(listen_port(&normalize_listen("tcp:127.0.0.1:80")), Some(("tcp", "80")));
+    }
+
+    const HEAD: &str = "apiVersion: veza-agent/v1\nkind: Environment\n";
+    const SHA: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+    const REL: &str = "1111111111111111111111111111111111111111";
+
+    /// A valid environment `env` with one app, served on `host_name` with `cookie`.
+    fn env(name: &str, host_name: &str, cookie: &str, extra: &str) -> String {
+        format!(
+            "{HEAD}metadata: {{name: {name}, host: h1}}\n\
+             apps:\n  web:\n    image: img\n    port: 8080\n\
+             \x20   artifact: {{url: \"https://x/{{release}}.tgz\", sha256: {{{REL}: {SHA}}}}}\n\
+             \x20   health: {{path: /health}}\n\
+             \x20   slots: {{blue: {{release: {REL}}}}}\n    active: blue\n\
+             edge: {{runs_in: host, hosts: [{host_name}], routes: [{{app: web}}], sticky_cookie: {cookie}}}\n{extra}"
+        )
+    }
+
+    /// Validates `files` together and returns `name:line:col: message` lines.
+    fn check(files: &[(&str, String)]) -> Vec<String> {
+        let parsed: Vec<(String, Parsed)> = files
+            .iter()
+            .map(|(n, text)| {
+                let p = crate::parse::parse(text.as_bytes())
+                    .unwrap_or_else(|d| panic!("{n} does not parse: {}: {}", d.pos, d.message));
+                ((*n).to_string(), p)
+            })
+            .collect();
+        validate_set(&parsed)
+            .into_iter()
+            .map(|d| format!("{}:{}: {}", d.file, d.diagnostic.pos, d.diagnostic.message))
+            .collect()
+    }
+
+    #[test]
+    fn a_valid_pair_of_environments_has_no_problem() {
+        let out = check(&[
+            ("a", env("prod", "a.example", "C_prod", "")),
+            ("b", env("staging", "b.example", "C_st", "")),
+        ]);
+        assert!(out.is_empty(), "{out:#?}");
+    }
+
+    /// Each row: the files validated together, and text the diagnostics must contain
+    /// (`file:line:col: message`), in order.
+    #[test]
+    fn every_rule_reports_where_and_why() {
+        let cases: Vec<(&str, Vec<(&str, String)>, &str)> = vec![
+            (
+                "two envs claim the same public host name",
+                vec![("a", env("prod", "veza.fr", "C1", "")), ("b", env("staging", "veza.fr", "C2", ""))],
+                "b:12:31: host name `veza.fr` is already claimed by environment `prod` (a)",
+            ),
+            (
+                "sticky cookies must differ per env",
+                vec![("a", env("prod", "a.fr", "SAME", "")), ("b", env("staging", "b.fr", "SAME", ""))],
+                "b:12:75: sticky cookie `SAME` is also used by a",
+            ),
+            (
+                "environment declared twice",
+                vec![("a", env("prod", "a.fr", "C1", "")), ("b", env("prod", "b.fr", "C2", ""))],
+                "b:3:18: environment `prod` is also declared in a",
+            ),
+            (
+                "slot instance collides with another env's instance",
+                vec![
+                    ("a", env("prod", "a.fr", "C1", "incus:\n  instances:\n    staging-web-blue: {image: img}\n")),
+                    ("b", env("staging", "b.fr", "C2", "")),
+                ],
+                "b:5:3: instance `staging-web-blue` is also declared in a",
+            ),
+            (
+                "edge must run in the same place for all envs",
+                vec![
+                    ("a", env("prod", "a.fr", "C1", "incus:\n  instances:\n    edge: {image: img}\n")),
+                    ("b", env("staging", "b.fr", "C2", "").replace("runs_in: host", "runs_in: edge")),
+                ],
+                "b:12:17: the edge is shared by every environment of the host, but a runs it in `host` and this manifest in `edge`",
+            ),
+            (
+                "profile declared in two files",
+                vec![
+                    ("a", env("prod", "a.fr", "C1", "incus:\n  profiles:\n    p: {}\n")),
+                    ("b", env("staging", "b.fr", "C2", "incus:\n  profiles:\n    p: {}\n")),
+                ],
+                "b:15:5: profile `p` is also declared in a; declare it once",
+            ),
+            (
+                "loopback ports collide across envs",
+                vec![
+                    ("a", env("prod", "a.fr", "C1", "").replace("    active: blue", "    active: blue\n    upstream: {loopback_ports: {blue: 18001, green: 18002}}")),
+                    ("b", env("staging", "b.fr", "C2", "").replace("    active: blue", "    active: blue\n    upstream: {loopback_ports: {blue: 18002, green: 18003}}")),
+                ],
+                "b:12:39: duplicate listen address `tcp:127.0.0.1:18002`: already used by the green slot of `prod/web` in a",
+            ),
+            (
+                "a wildcard listener clashes with a loopback one on the same port",
+                vec![
+                    ("a", env("prod", "a.fr", "C1", "incus:\n  instances:\n    e: {image: img, devices: {h: {type: proxy, listen: \"tcp:0.0.0.0:18001\", connect: \"tcp:127.0.0.1:80\"}}}\n")),
+                    ("b", env("staging", "b.fr", "C2", "").replace("    active: blue", "    active: blue\n    upstream: {loopback_ports: {blue: 18001, green: 18003}}")),
+                ],
+                "b:12:39: duplicate listen address `tcp:127.0.0.1:18001`: already used by device `h` of `e` in a",
+            ),
+            (
+                "upstream takes one mode",
+                vec![("a", env("prod", "a.fr", "C1", "").replace("    active: blue", "    active: blue\n    upstream: {dns_suffix: lxd, loopback_ports: {blue: 1, green: 2}}"))],
+                "a:12:5: set either `dns_suffix` or `loopback_ports`, not both",
+            ),
+            (
+                "loopback ports need both colors and distinct ports",
+                vec![("a", env("prod", "a.fr", "C1", "").replace("    active: blue", "    active: blue\n    upstream: {loopback_ports: {blue: 7}}"))],
+                "a:12:16: loopback_ports needs a port for `green`",
+            ),
+            (
+                "duplicate default route",
+                vec![("a", env("prod", "a.fr", "C1", "").replace("routes: [{app: web}]", "routes: [{app: web}, {app: web}]"))],
+                "a:12:59: duplicate route: a default route (no path_prefix) is already routed by route 0",
+            ),
+            (
+                "gate on an undeclared job",
+                vec![("a", env("prod", "a.fr", "C1", "").replace("    active: blue", "    active: blue\n    gate_on_jobs: [drill]"))],
+                "a:12:19: unknown job `drill`: none is declared",
+            ),
+            (
+                "apps without an edge",
+                vec![("a", format!("{HEAD}metadata: {{name: prod, host: h1}}\napps:\n  web:\n    image: img\n    port: 80\n    artifact: {{url: \"https://x/{{release}}\", sha256: {{}}}}\n    health: {{path: /h}}\n    slots: {{blue: {{}}}}\n    active: green\n"))],
+                "a:4:1: apps are declared but no `edge` routes traffic to them",
+            ),
+            (
+                "active color without a slot",
+                vec![("a", format!("{HEAD}metadata: {{name: prod, host: h1}}\napps:\n  web:\n    image: img\n    port: 80\n    artifact: {{url: \"https://x/{{release}}\", sha256: {{}}}}\n    health: {{path: /h}}\n    slots: {{blue: {{}}}}\n    active: green\n"))],
+                "a:11:13: `active: green` but app `web` declares no `green` slot",
+            ),
+            (
+                "artifact url must carry the release",
+                vec![("a", env("prod", "a.fr", "C1", "").replace("https://x/{release}.tgz", "https://x/latest.tgz"))],
+                "a:8:21: artifact url must contain `{release}`",
+            ),
+            (
+                "health path and counters",
+                vec![("a", env("prod", "a.fr", "C1", "").replace("health: {path: /health}", "health: {path: health, rise: 0}"))],
+                "a:9:20: health path `health` must start with `/`",
+            ),
+            (
+                "referenced network carries no config",
+                vec![("a", env("prod", "a.fr", "C1", "incus:\n  networks:\n    br0: {config: {ipv4.address: 10.0.0.1/24}}\n"))],
+                "a:15:5: network `br0` is referenced (managed: false), so `type` and `config` do not apply",
+            ),
+            (
+                "network names are interface names",
+                vec![("a", env("prod", "a.fr", "C1", "incus:\n  networks:\n    a-very-long-bridge-name: {}\n"))],
+                "a:15:5: invalid network name `a-very-long-bridge-name`",
+            ),
+            (
+                "nic on an undeclared network",
+                vec![("a", env("prod", "a.fr", "C1", "incus:\n  profiles:\n    p:\n      devices: {eth0: {type: nic, network: net-vez}}\n  networks:\n    net-veza: {}\n"))],
+                "a:16:44: unknown network `net-vez`; did you mean `net-veza`?",
+            ),
+            (
+                "device keys must fit the device type",
+                vec![("a", env("prod", "a.fr", "C1", "incus:\n  profiles:\n    p:\n      devices: {root: {type: disk, path: /, listen: \"tcp:0.0.0.0:1\"}}\n"))],
+                "a:16:45: `listen` does not apply to a disk device",
+            ),
+            (
+                "a non-root disk needs a source",
+                vec![("a", env("prod", "a.fr", "C1", "incus:\n  profiles:\n    p:\n      devices: {data: {type: disk, path: /srv}}\n"))],
+                "a:16:17: disk device `data` mounts `/srv` but has no `source`",
+            ),
+            (
+                "profile listed twice",
+                vec![("a", env("prod", "a.fr", "C1", "incus:\n  instances:\n    db: {image: img, profiles: [default, default]}\n"))],
+                "a:15:42: profile `default` is listed twice",
+            ),
+            (
+                "protected instances keep a snapshot",
+                vec![("a", env("prod", "a.fr", "C1", "incus:\n  instances:\n    db: {image: img, protect: true, snapshots_keep: 0}\n"))],
+                "a:15:53: a protected instance keeps at least one snapshot",
+            ),
+            (
+                "job command is one line, user is a user name",
+                vec![("a", env("prod", "a.fr", "C1", "jobs:\n  b:\n    schedule: '@daily'\n    on: host\n    command: ' '\n    user: 'ro ot'\n"))],
+                "a:17:14: command must be one non-empty line",
+            ),
+            (
+                "invalid external backend server",
+                vec![("a", env("prod", "a.fr", "C1", "").replace("sticky_cookie: C1}", "sticky_cookie: C1, external_backends: {forge: {hosts: [f.fr], servers: [nowhere]}}}"))],
+                "a:12:132: invalid server `nowhere`: expected `address:port`",
+            ),
+            (
+                "environment and app names",
+                vec![("a", env("Prod", "a.fr", "C1", ""))],
+                "a:3:18: invalid environment name `Prod`",
+            ),
+        ];
+        let mut failures = Vec::new();
+        for (what, files, expect) in &cases {
+            let out = check(files);
+            if !out.iter().any(|line| line.contains(expect)) {
+                failures.push(format!("{what}:\n  wanted: {expect}\n  got:    {out:#?}"));
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
     }
 }
