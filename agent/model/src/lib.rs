@@ -4,6 +4,7 @@
 //! Entry point: [`load`] turns the bytes of every manifest a host applies into
 //! validated [`Manifest`]s, or into every located problem at once.
 
+pub mod config;
 pub mod manifest;
 pub mod parse;
 pub mod schedule;

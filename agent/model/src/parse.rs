@@ -228,7 +228,7 @@ impl MarkedEventReceiver for Indexer {
             Event::DocumentStart => {
                 self.documents += 1;
                 if self.documents > 1 {
-                    self.fail(pos, "a manifest file holds exactly one YAML document".to_string());
+                    self.fail(pos, "the file must hold exactly one YAML document".to_string());
                 }
             }
             Event::Alias(_) => {
@@ -263,12 +263,22 @@ pub struct Parsed {
 
 /// Parses one manifest. Errors are located; no semantic validation happens here.
 pub fn parse(bytes: &[u8]) -> Result<Parsed, Diagnostic> {
+    let (manifest, positions) = parse_yaml::<Manifest>(bytes, "manifest")?;
+    Ok(Parsed { manifest, positions })
+}
+
+/// Parses any strict YAML document (a manifest, the host configuration) with the same
+/// bounds and located errors. `what` names the document in messages.
+pub fn parse_yaml<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    what: &str,
+) -> Result<(T, Positions), Diagnostic> {
     let start = Pos { line: 1, col: 1 };
     if bytes.len() > MAX_MANIFEST_BYTES {
         return Err(Diagnostic {
             pos: start,
             message: format!(
-                "manifest is {} bytes, more than the limit of {MAX_MANIFEST_BYTES} bytes",
+                "{what} is {} bytes, more than the limit of {MAX_MANIFEST_BYTES} bytes",
                 bytes.len()
             ),
         });
@@ -277,7 +287,7 @@ pub fn parse(bytes: &[u8]) -> Result<Parsed, Diagnostic> {
         let before = &bytes[..e.valid_up_to()];
         let line = before.iter().filter(|b| **b == b'\n').count() + 1;
         let col = before.iter().rev().take_while(|b| **b != b'\n').count() + 1;
-        Diagnostic { pos: Pos { line, col }, message: "manifest is not valid UTF-8".to_string() }
+        Diagnostic { pos: Pos { line, col }, message: format!("{what} is not valid UTF-8") }
     })?;
     let mut indexer = Indexer::default();
     let mut parser = Parser::new_from_str(text);
@@ -291,11 +301,11 @@ pub fn parse(bytes: &[u8]) -> Result<Parsed, Diagnostic> {
         return Err(problem);
     }
     if indexer.documents == 0 || text.trim().is_empty() {
-        return Err(Diagnostic { pos: start, message: "manifest is empty".to_string() });
+        return Err(Diagnostic { pos: start, message: format!("{what} is empty") });
     }
-    let manifest: Manifest =
+    let value: T =
         serde_yaml_ng::from_str(text).map_err(|e| serde_diagnostic(&e, &indexer.positions))?;
-    Ok(Parsed { manifest, positions: indexer.positions })
+    Ok((value, indexer.positions))
 }
 
 fn serde_diagnostic(e: &serde_yaml_ng::Error, positions: &Positions) -> Diagnostic {

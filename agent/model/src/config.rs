@@ -1,0 +1,304 @@
+//! The host configuration (`/etc/veza-agent/config.yaml`): where the manifests come
+//! from, which of them apply to this host, the trust root, and where the agent keeps
+//! state and talks to Incus, HAProxy and systemd.
+//!
+//! Parsed and validated like manifests: unknown keys are errors and every problem is
+//! reported as `PATH:LINE:COL: error: MESSAGE`.
+
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use crate::manifest::DurationSpec;
+use crate::parse::{Diagnostic, Positions, Seg, parse_yaml};
+use crate::path;
+
+/// The default location of the host configuration.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/veza-agent/config.yaml";
+
+/// The whole host configuration.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HostConfig {
+    /// This host's name; only manifests whose `metadata.host` equals it are applied.
+    pub host: String,
+    /// Where the manifests repository comes from.
+    pub source: SourceConfig,
+    /// The trust root: who may sign what.
+    pub trust: TrustConfig,
+    /// How often the agent polls.
+    #[serde(default)]
+    pub poll: PollConfig,
+    /// Directory for the bare mirror, state, history and journal. Defaults to `/var/lib/veza-agent`.
+    #[serde(default)]
+    pub state_dir: Option<String>,
+    /// How to reach Incus.
+    #[serde(default)]
+    pub incus: IncusConfig,
+    /// Where the shared HAProxy edge keeps its files and sockets.
+    #[serde(default)]
+    pub edge: EdgeConfig,
+    /// Where systemd units of jobs that run on the host are installed.
+    #[serde(default)]
+    pub systemd: SystemdConfig,
+    /// Prometheus textfile output.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    /// Promotion gates.
+    #[serde(default)]
+    pub promotion: PromotionConfig,
+}
+
+/// The manifests repository.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// Remote URLs in priority order (`https://`, `http://`, `file://`); the first that answers wins.
+    pub remotes: Vec<String>,
+    /// The branch to follow. Defaults to `main`.
+    #[serde(default)]
+    pub branch: Option<String>,
+    /// Manifest files (paths inside the repository) that this host applies.
+    pub manifests: Vec<String>,
+    /// File with `username:token` for private repositories over HTTP(S).
+    #[serde(default)]
+    pub credentials_file: Option<String>,
+    /// Time limit of one fetch. Defaults to `60s`.
+    #[serde(default)]
+    pub fetch_timeout: Option<DurationSpec>,
+}
+
+/// The trust root.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TrustConfig {
+    /// OpenSSH `allowed_signers` file. Lives on the host, never in the repository.
+    pub allowed_signers: String,
+    /// Optional per-path policy file (who must sign changes to which paths).
+    #[serde(default)]
+    pub policy: Option<String>,
+    /// Report `stale` when no verified fetch succeeded for this long. Defaults to `1h`.
+    #[serde(default)]
+    pub max_staleness: Option<DurationSpec>,
+}
+
+/// Polling.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PollConfig {
+    /// Time between polls. Defaults to `60s`.
+    #[serde(default)]
+    pub interval: Option<DurationSpec>,
+    /// Random extra delay added to each poll, so hosts do not poll in lockstep. Defaults to `10s`.
+    #[serde(default)]
+    pub jitter: Option<DurationSpec>,
+}
+
+/// Incus access.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IncusConfig {
+    /// Unix socket. Defaults to `/var/lib/incus/unix.socket`.
+    #[serde(default)]
+    pub socket: Option<String>,
+}
+
+/// The edge's files and sockets, on the host or inside the instance it runs in.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EdgeConfig {
+    /// Path of `haproxy.cfg`. Defaults to `/etc/haproxy/haproxy.cfg`.
+    #[serde(default)]
+    pub config_path: Option<String>,
+    /// Master CLI socket. Defaults to `/run/haproxy-master.sock`.
+    #[serde(default)]
+    pub master_socket: Option<String>,
+    /// Server-state file. Defaults to `/var/lib/haproxy/server-state`.
+    #[serde(default)]
+    pub state_file: Option<String>,
+}
+
+/// systemd.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SystemdConfig {
+    /// Unit directory. Defaults to `/etc/systemd/system`.
+    #[serde(default)]
+    pub unit_dir: Option<String>,
+}
+
+/// Metrics.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// node_exporter textfile path; no metrics file when absent.
+    #[serde(default)]
+    pub textfile: Option<String>,
+}
+
+/// Promotion gates.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PromotionConfig {
+    /// How long a new color may take to become healthy. Defaults to `60s`.
+    #[serde(default)]
+    pub health_timeout: Option<DurationSpec>,
+    /// Requests sent through the edge after a switch; all must reach the new release. Defaults to 5.
+    #[serde(default)]
+    pub verify_requests: Option<u32>,
+}
+
+impl HostConfig {
+    /// The branch followed.
+    pub fn branch(&self) -> &str {
+        self.source.branch.as_deref().unwrap_or("main")
+    }
+    /// The state directory.
+    pub fn state_dir(&self) -> &str {
+        self.state_dir.as_deref().unwrap_or("/var/lib/veza-agent")
+    }
+    /// The Incus socket.
+    pub fn incus_socket(&self) -> &str {
+        self.incus.socket.as_deref().unwrap_or("/var/lib/incus/unix.socket")
+    }
+    /// Poll interval.
+    pub fn poll_interval(&self) -> std::time::Duration {
+        self.poll.interval.map_or(std::time::Duration::from_secs(60), DurationSpec::get)
+    }
+    /// Poll jitter.
+    pub fn poll_jitter(&self) -> std::time::Duration {
+        self.poll.jitter.map_or(std::time::Duration::from_secs(10), DurationSpec::get)
+    }
+    /// Staleness limit.
+    pub fn max_staleness(&self) -> std::time::Duration {
+        self.trust.max_staleness.map_or(std::time::Duration::from_secs(3600), DurationSpec::get)
+    }
+    /// Fetch time limit.
+    pub fn fetch_timeout(&self) -> std::time::Duration {
+        self.source.fetch_timeout.map_or(std::time::Duration::from_secs(60), DurationSpec::get)
+    }
+    /// Health wait limit of a promotion.
+    pub fn health_timeout(&self) -> std::time::Duration {
+        self.promotion.health_timeout.map_or(std::time::Duration::from_secs(60), DurationSpec::get)
+    }
+}
+
+/// Parses and validates the host configuration. Errors are located.
+pub fn parse_config(bytes: &[u8]) -> Result<HostConfig, Vec<Diagnostic>> {
+    let (config, positions) =
+        parse_yaml::<HostConfig>(bytes, "configuration").map_err(|d| vec![d])?;
+    let problems = validate_config(&config, &positions);
+    if problems.is_empty() { Ok(config) } else { Err(problems) }
+}
+
+fn validate_config(c: &HostConfig, pos: &Positions) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    let mut at = |path: Vec<Seg>, message: String| {
+        out.push(Diagnostic { pos: pos.value(&path), message });
+    };
+    if c.host.is_empty() || c.host.contains(char::is_whitespace) {
+        at(path!["host"], format!("invalid host name `{}`", c.host));
+    }
+    if c.source.remotes.is_empty() {
+        at(path!["source", "remotes"], "at least one remote is needed".to_string());
+    }
+    for (i, remote) in c.source.remotes.iter().enumerate() {
+        let scheme_ok = ["https://", "http://", "file://"].iter().any(|s| remote.starts_with(s))
+            || remote.starts_with('/');
+        if !scheme_ok {
+            at(
+                path!["source", "remotes", i],
+                format!(
+                    "unsupported remote `{remote}`: use https://, http://, file:// or an absolute path"
+                ),
+            );
+        }
+        if remote.starts_with("http://") && !is_loopback_url(remote) {
+            at(
+                path!["source", "remotes", i],
+                format!(
+                    "remote `{remote}` uses plain http to a non-loopback host; signatures still protect content, but use https"
+                ),
+            );
+        }
+    }
+    if c.source.manifests.is_empty() {
+        at(path!["source", "manifests"], "list the manifest files this host applies".to_string());
+    }
+    for (i, m) in c.source.manifests.iter().enumerate() {
+        if m.starts_with('/') || m.split('/').any(|s| s == ".." || s == ".git" || s.is_empty()) {
+            at(
+                path!["source", "manifests", i],
+                format!(
+                    "manifest path `{m}` must be relative to the repository root, without `..`, `.git` or empty parts"
+                ),
+            );
+        }
+    }
+    for (p, value) in [
+        (path!["trust", "allowed_signers"], Some(c.trust.allowed_signers.as_str())),
+        (path!["trust", "policy"], c.trust.policy.as_deref()),
+        (path!["state_dir"], c.state_dir.as_deref()),
+        (path!["incus", "socket"], c.incus.socket.as_deref()),
+        (path!["edge", "config_path"], c.edge.config_path.as_deref()),
+        (path!["edge", "master_socket"], c.edge.master_socket.as_deref()),
+        (path!["edge", "state_file"], c.edge.state_file.as_deref()),
+        (path!["systemd", "unit_dir"], c.systemd.unit_dir.as_deref()),
+        (path!["metrics", "textfile"], c.metrics.textfile.as_deref()),
+        (path!["source", "credentials_file"], c.source.credentials_file.as_deref()),
+    ] {
+        if let Some(v) = value {
+            if !v.starts_with('/') {
+                at(p, format!("`{v}` must be an absolute path"));
+            }
+        }
+    }
+    if c.poll_interval() < std::time::Duration::from_secs(1) {
+        at(path!["poll", "interval"], "poll interval must be at least 1s".to_string());
+    }
+    out.sort_by_key(|d| d.pos);
+    out
+}
+
+fn is_loopback_url(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let host = rest.split(['/', ':']).next().unwrap_or("");
+    host == "localhost" || host.starts_with("127.") || host == "[::1]"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "host: r720\nsource:\n  remotes: [https://forge.example/veza/manifests.git]\n  manifests: [manifests/prod.yaml]\ntrust:\n  allowed_signers: /etc/veza-agent/allowed_signers\n";
+
+    #[test]
+    fn a_minimal_config_gets_defaults() {
+        let c = parse_config(GOOD.as_bytes()).unwrap();
+        assert_eq!(c.branch(), "main");
+        assert_eq!(c.state_dir(), "/var/lib/veza-agent");
+        assert_eq!(c.poll_interval(), std::time::Duration::from_secs(60));
+    }
+
+    #[test]
+    fn problems_are_located() {
+        let cases = [
+            (GOOD.replace("remotes: [https", "remotes: [ftp"), "3:13: unsupported remote"),
+            (
+                GOOD.replace("manifests/prod.yaml", "../prod.yaml"),
+                "4:15: manifest path `../prod.yaml`",
+            ),
+            (
+                GOOD.replace("/etc/veza-agent/allowed_signers", "allowed_signers"),
+                "6:20: `allowed_signers` must be an absolute path",
+            ),
+            (GOOD.replace("host: r720", "hots: r720"), "1:1: unknown field `hots`"),
+            (format!("{GOOD}poll: {{interval: 0s}}\n"), "7:18: poll interval must be at least 1s"),
+        ];
+        for (text, expect) in cases {
+            let errs = parse_config(text.as_bytes()).unwrap_err();
+            let got: Vec<String> =
+                errs.iter().map(|d| format!("{}: {}", d.pos, d.message)).collect();
+            assert!(got.iter().any(|g| g.starts_with(expect)), "wanted {expect}, got {got:#?}");
+        }
+    }
+}
