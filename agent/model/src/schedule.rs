@@ -14,7 +14,8 @@
 //! - Fields: minute 0-59, hour 0-23, day-of-month 1-31, month 1-12 or `jan`-`dec`,
 //!   day-of-week 0-7 or `sun`-`sat` (0 and 7 are Sunday). Names are case-insensitive.
 //! - Items: `*`, `a`, `a-b`, `*/n`, `a-b/n`, `a/n` (= `a-<max>/n`, as in cronie and systemd),
-//!   joined into lists with `,`.
+//!   joined into lists with `,`. Steps become bounded systemd ranges (`*/15` → `00..45/15`),
+//!   because systemd 252's open-ended `00/15` form skips runs after a month change.
 //! - Day matching follows Vixie cron: when both day fields are restricted a day matches if
 //!   *either* matches; a field whose text starts with `*` (including `*/n`) is unrestricted, and
 //!   then both must match.
@@ -451,11 +452,17 @@ impl Field {
     }
 
     /// The systemd token for this field (not used for day-of-week, which has no steps there).
+    ///
+    /// Steps are always rendered as bounded ranges, `start..last/n` (cron `*/5` in the hour
+    /// field is `00..20/5`), never as systemd's open-ended `start/n`: systemd 252 computes
+    /// the next match of an open-ended repetition by adding the step and letting `mktime`
+    /// normalise the overflow, which skips the first match after a month change (`00/5` from
+    /// `2026-11-30 20:00` gives `12-01 05:00`, not `00:00`; systemd issues #22665 and #40260).
+    /// With an explicit end the overflow carries into the next day correctly.
     fn render(&self) -> String {
         if self.items.iter().any(|i| i.base == Base::Star && i.step.is_none()) {
             return "*".to_string();
         }
-        let (min, max) = (self.kind.min(), self.kind.max());
         self.items
             .iter()
             .map(|item| match (item.base, item.step) {
@@ -463,14 +470,15 @@ impl Field {
                 (Base::Value(v), None) => format!("{v:02}"),
                 (Base::Range(a, b), None) if a == b => format!("{a:02}"),
                 (Base::Range(a, b), None) => format!("{a:02}..{b:02}"),
-                // systemd rejects `a/n` when a + n is past the field's end; such a step
-                // selects only `a` anyway.
-                (Base::Star, Some(n)) if min + n <= max => format!("{min:02}/{n}"),
-                (Base::Star, Some(_)) => format!("{min:02}"),
-                (Base::Value(v), Some(n)) if v + n <= max => format!("{v:02}/{n}"),
-                (Base::Value(v), Some(_)) => format!("{v:02}"),
-                (Base::Range(a, b), Some(n)) if a + n <= b => format!("{a:02}..{b:02}/{n}"),
-                (Base::Range(a, _), Some(_)) => format!("{a:02}"),
+                (_, Some(n)) => {
+                    let (start, end, _) = item.bounds(self.kind);
+                    let last = start + (end - start) / n * n;
+                    if last == start {
+                        format!("{start:02}")
+                    } else {
+                        format!("{start:02}..{last:02}/{n}")
+                    }
+                }
             })
             .collect::<Vec<_>>()
             .join(",")
@@ -653,17 +661,17 @@ mod tests {
         ("* * * * *", &["*-*-* *:*:00 UTC"], &["2026-11-29T12:01:00Z", "2026-11-29T12:02:00Z"]),
         (
             "*/15 * * * *",
-            &["*-*-* *:00/15:00 UTC"],
+            &["*-*-* *:00..45/15:00 UTC"],
             &["2026-11-29T12:15:00Z", "2026-11-29T12:30:00Z", "2026-11-29T12:45:00Z"],
         ),
         (
             "5/20 * * * *",
-            &["*-*-* *:05/20:00 UTC"],
+            &["*-*-* *:05..45/20:00 UTC"],
             &["2026-11-29T12:05:00Z", "2026-11-29T12:25:00Z", "2026-11-29T12:45:00Z"],
         ),
         (
             "10-30/10 */6 * * *",
-            &["*-*-* 00/6:10..30/10:00 UTC"],
+            &["*-*-* 00..18/6:10..30/10:00 UTC"],
             &[
                 "2026-11-29T12:10:00Z",
                 "2026-11-29T12:20:00Z",
@@ -687,7 +695,7 @@ mod tests {
         ),
         (
             "0 0 1 */3 *",
-            &["*-01/3-01 00:00:00 UTC"],
+            &["*-01..10/3-01 00:00:00 UTC"],
             &["2027-01-01T00:00:00Z", "2027-04-01T00:00:00Z"],
         ),
         (
@@ -729,7 +737,7 @@ mod tests {
         // A `*`-led day field is unrestricted: the other day field must also match (AND).
         (
             "0 0 */2 * 1",
-            &["Mon *-*-01/2 00:00:00 UTC"],
+            &["Mon *-*-01..31/2 00:00:00 UTC"],
             &["2026-12-07T00:00:00Z", "2026-12-21T00:00:00Z", "2027-01-11T00:00:00Z"],
         ),
         (
