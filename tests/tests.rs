@@ -3,3 +3,4 @@
 //! `tests/host/setup`; they fail, never skip, when a component is missing.
 
 mod manifests;
+mod jobs;
