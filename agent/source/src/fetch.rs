@@ -1,1 +1,668 @@
-//! placeholder
+//! Fetching the manifests repository into a local bare mirror with gix, and reading
+//! what the verifier needs from it without a worktree.
+//!
+//! * The mirror is a bare repository under a directory the caller owns. Each fetch uses an
+//!   anonymous remote with explicit refspecs `+refs/heads/<branch>:refs/remotes/origin/<branch>`
+//!   and `+refs/tags/*:refs/tags/*` (forced: the mirror is a cache; rollback protection is
+//!   the caller's ancestry check against the last applied commit, never the mirror's refs).
+//! * Several remotes are tried in priority order; the first that succeeds wins and the
+//!   failures of the ones before it are returned alongside.
+//! * Every fetch is bounded: it runs on a worker thread, and a watchdog raises gix's
+//!   interrupt flag and gives up when the timeout passes; curl's connect timeout and
+//!   low-speed limit are set to the same bound so a stalled server also ends the worker.
+//! * Reads are bounded too: file sizes are checked from the object header before a blob
+//!   is loaded, tree listings and ancestry walks have caps.
+//!
+//! The mirror's configuration is isolated from the host's global/system git config.
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+pub use gix::ObjectId;
+
+use crate::error::{FetchError, RemoteFailure};
+
+/// The local ref the fetched branch is stored under.
+pub fn tracking_ref(branch: &str) -> String {
+    format!("refs/remotes/origin/{branch}")
+}
+
+/// How long to wait for the worker after raising the interrupt flag.
+const INTERRUPT_GRACE: Duration = Duration::from_secs(2);
+
+/// What to fetch.
+#[derive(Debug, Clone)]
+pub struct FetchOptions {
+    /// Branch name without `refs/heads/` (e.g. `main`).
+    pub branch: String,
+    /// Also fetch `refs/tags/*` (approval tags).
+    pub tags: bool,
+    /// Upper bound for one remote's fetch.
+    pub timeout: Duration,
+}
+
+impl FetchOptions {
+    /// Branch + tags with the given timeout.
+    pub fn new(branch: impl Into<String>, timeout: Duration) -> FetchOptions {
+        FetchOptions { branch: branch.into(), tags: true, timeout }
+    }
+}
+
+/// Result of a successful fetch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fetched {
+    /// The remote that answered.
+    pub url: String,
+    /// The branch tip now in the mirror.
+    pub tip: ObjectId,
+    /// Whether a pack with new objects was received.
+    pub received_pack: bool,
+    /// Remotes tried before `url` that failed.
+    pub failures: Vec<RemoteFailure>,
+}
+
+/// Kind of a tree entry, for listings and diffs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum FileKind {
+    /// Regular file.
+    Blob,
+    /// Executable file.
+    Executable,
+    /// Symbolic link.
+    Symlink,
+    /// Submodule commit.
+    Submodule,
+}
+
+/// One file of a tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileEntry {
+    /// Its kind.
+    pub kind: FileKind,
+    /// Its blob (or submodule commit) id.
+    pub id: ObjectId,
+}
+
+fn why(e: impl std::fmt::Display) -> String {
+    format!("{e:#}")
+}
+
+fn open_options(timeout: Option<Duration>) -> gix::open::Options {
+    let mut overrides = vec!["core.bare=true".to_string()];
+    if let Some(t) = timeout {
+        let secs = t.as_secs().max(1);
+        overrides.push(format!("gitoxide.http.connectTimeout={}", t.as_millis().max(1)));
+        overrides.push("http.lowSpeedLimit=1".to_string());
+        overrides.push(format!("http.lowSpeedTime={secs}"));
+    }
+    gix::open::Options::isolated().config_overrides(overrides)
+}
+
+/// A git repository opened for reading: the agent's bare mirror or any local repository.
+pub struct Mirror {
+    dir: PathBuf,
+    repo: gix::Repository,
+}
+
+impl std::fmt::Debug for Mirror {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Mirror({})", self.dir.display())
+    }
+}
+
+impl Mirror {
+    /// Opens the bare mirror at `dir`, creating it (and parents) if it does not exist yet.
+    pub fn open_or_init(dir: &Path) -> Result<Mirror, FetchError> {
+        let open_err = |reason: String| FetchError::Open { dir: dir.to_path_buf(), reason };
+        if !dir.join("HEAD").exists() {
+            std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
+            gix::init_bare(dir).map_err(|e| open_err(format!("init: {}", why(e))))?;
+        }
+        Self::open(dir)
+    }
+
+    /// Opens an existing repository (bare, or a worktree's `.git`), with isolated config.
+    pub fn open(dir: &Path) -> Result<Mirror, FetchError> {
+        let repo = gix::open_opts(dir, open_options(None))
+            .map_err(|e| FetchError::Open { dir: dir.to_path_buf(), reason: why(e) })?;
+        Ok(Mirror { dir: dir.to_path_buf(), repo })
+    }
+
+    /// The repository directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Fetches `options.branch` (and tags) from the first of `remotes` that works.
+    pub fn fetch(&mut self, remotes: &[String], options: &FetchOptions) -> Result<Fetched, FetchError> {
+        if remotes.is_empty() {
+            return Err(FetchError::NoRemotes);
+        }
+        let mut refspecs =
+            vec![format!("+refs/heads/{}:{}", options.branch, tracking_ref(&options.branch))];
+        if options.tags {
+            refspecs.push("+refs/tags/*:refs/tags/*".to_string());
+        }
+        let mut failures = Vec::new();
+        for url in remotes {
+            match self.fetch_one(url, &refspecs, options.timeout) {
+                Ok(outcome) => {
+                    if !outcome.local_refs.contains(&tracking_ref(&options.branch)) {
+                        failures.push(RemoteFailure {
+                            url: url.clone(),
+                            reason: FetchError::BranchMissing {
+                                url: url.clone(),
+                                branch: options.branch.clone(),
+                            }
+                            .to_string(),
+                        });
+                        continue;
+                    }
+                    let tip = self.ref_target(&tracking_ref(&options.branch))?;
+                    return Ok(Fetched {
+                        url: url.clone(),
+                        tip,
+                        received_pack: outcome.received_pack,
+                        failures,
+                    });
+                }
+                Err(e) => failures.push(RemoteFailure { url: url.clone(), reason: e.to_string() }),
+            }
+        }
+        Err(FetchError::AllRemotesFailed { failures })
+    }
+
+    /// Fetches arbitrary `refspecs` from one `url` within `timeout`.
+    pub fn fetch_refspecs(
+        &mut self,
+        url: &str,
+        refspecs: &[String],
+        timeout: Duration,
+    ) -> Result<FetchOutcome, FetchError> {
+        self.fetch_one(url, refspecs, timeout)
+    }
+
+    fn fetch_one(
+        &mut self,
+        url: &str,
+        refspecs: &[String],
+        timeout: Duration,
+    ) -> Result<FetchOutcome, FetchError> {
+        let interrupt = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (dir, url_owned, specs, flag) =
+            (self.dir.clone(), url.to_string(), refspecs.to_vec(), Arc::clone(&interrupt));
+        let worker = std::thread::Builder::new()
+            .name("veza-fetch".into())
+            .spawn(move || {
+                let result = fetch_blocking(&dir, &url_owned, &specs, timeout, &flag);
+                let _ = tx.send(result);
+            })
+            .map_err(|e| FetchError::Remote { url: url.to_string(), reason: e.to_string() })?;
+        let result = match rx.recv_timeout(timeout) {
+            Ok(result) => result,
+            Err(_) => {
+                interrupt.store(true, Ordering::SeqCst);
+                // Give the worker a moment to notice; if it is stuck in I/O, leave it behind
+                // (curl's own timeouts end it) and report the timeout now.
+                let _ = rx.recv_timeout(INTERRUPT_GRACE);
+                return Err(FetchError::Timeout { url: url.to_string(), timeout });
+            }
+        };
+        let _ = worker.join();
+        let outcome = result?;
+        // Re-open so that refs and packs written by the worker are visible.
+        self.repo = gix::open_opts(&self.dir, open_options(None))
+            .map_err(|e| FetchError::Open { dir: self.dir.clone(), reason: why(e) })?;
+        Ok(outcome)
+    }
+
+    fn ref_target(&self, name: &str) -> Result<ObjectId, FetchError> {
+        let mut r = self
+            .repo
+            .find_reference(name)
+            .map_err(|e| FetchError::RevNotFound { rev: name.to_string(), reason: why(e) })?;
+        r.peel_to_id()
+            .map(|id| id.detach())
+            .map_err(|e| FetchError::RevNotFound { rev: name.to_string(), reason: why(e) })
+    }
+
+    /// Resolves a revision: a full or abbreviated (≥ 4) hex id, a full ref name, or a short
+    /// name tried as `refs/heads/`, `refs/remotes/origin/`, `refs/tags/`. Tags are **not**
+    /// peeled: a tag name resolves to the tag object so that its own signature can be checked.
+    pub fn resolve(&self, rev: &str) -> Result<ObjectId, FetchError> {
+        let not_found = |reason: &str| FetchError::RevNotFound {
+            rev: rev.to_string(),
+            reason: reason.to_string(),
+        };
+        if rev.len() >= 4 && rev.len() <= 40 && rev.bytes().all(|b| b.is_ascii_hexdigit()) {
+            if let Ok(id) = ObjectId::from_hex(rev.as_bytes())
+                && self.exists(id)
+            {
+                return Ok(id);
+            }
+            if let Ok(prefix) = gix::hash::Prefix::from_hex(rev) {
+                match self.repo.objects.lookup_prefix(prefix, None) {
+                    Ok(Some(Ok(id))) => return Ok(id),
+                    Ok(Some(Err(()))) => return Err(not_found("ambiguous abbreviated object id")),
+                    Ok(None) => {}
+                    Err(e) => return Err(not_found(&why(e))),
+                }
+            }
+        }
+        let candidates: Vec<String> = if rev.starts_with("refs/") {
+            vec![rev.to_string()]
+        } else if rev == "HEAD" {
+            vec!["HEAD".to_string()]
+        } else {
+            vec![format!("refs/heads/{rev}"), tracking_ref(rev), format!("refs/tags/{rev}")]
+        };
+        for name in &candidates {
+            if let Ok(Some(mut r)) = self.repo.try_find_reference(name.as_str()) {
+                let id = match r.target().try_id() {
+                    Some(id) => id.to_owned(),
+                    None => r.peel_to_id().map_err(|e| not_found(&why(e)))?.detach(),
+                };
+                return Ok(id);
+            }
+        }
+        Err(not_found("no such object id, branch or tag"))
+    }
+
+    /// Whether the object exists in the object database.
+    pub fn exists(&self, id: ObjectId) -> bool {
+        self.repo.find_header(id).is_ok()
+    }
+
+    /// The raw bytes and kind of an object (what `git cat-file <kind> <id>` prints).
+    pub fn raw_object(&self, id: ObjectId) -> Result<(gix::object::Kind, Vec<u8>), FetchError> {
+        let obj = self
+            .repo
+            .find_object(id)
+            .map_err(|_| FetchError::ObjectNotFound { id: id.to_string() })?
+            .detach();
+        Ok((obj.kind, obj.data))
+    }
+
+    /// The raw bytes of a commit; fails if `id` is not a commit.
+    pub fn raw_commit(&self, id: ObjectId) -> Result<Vec<u8>, FetchError> {
+        let (kind, data) = self.raw_object(id)?;
+        if kind != gix::object::Kind::Commit {
+            return Err(FetchError::WrongKind {
+                id: id.to_string(),
+                expected: "commit".into(),
+                actual: kind.to_string(),
+            });
+        }
+        Ok(data)
+    }
+
+    /// Follows tags to the commit they point at (at most 16 levels).
+    pub fn peel_to_commit(&self, id: ObjectId) -> Result<ObjectId, FetchError> {
+        let mut current = id;
+        for _ in 0..16 {
+            let (kind, data) = self.raw_object(current)?;
+            match kind {
+                gix::object::Kind::Commit => return Ok(current),
+                gix::object::Kind::Tag => {
+                    let info = crate::object::parse_tag(&data).map_err(|e| FetchError::Odb {
+                        what: format!("tag {current}"),
+                        reason: e.to_string(),
+                    })?;
+                    current = ObjectId::from_hex(info.object.as_bytes()).map_err(|e| {
+                        FetchError::Odb { what: format!("tag {current}"), reason: e.to_string() }
+                    })?;
+                }
+                other => {
+                    return Err(FetchError::WrongKind {
+                        id: current.to_string(),
+                        expected: "commit".into(),
+                        actual: other.to_string(),
+                    });
+                }
+            }
+        }
+        Err(FetchError::Odb { what: format!("tag chain from {id}"), reason: "too deep".into() })
+    }
+
+    fn commit_tree(&self, commit: ObjectId) -> Result<ObjectId, FetchError> {
+        let c = self.repo.find_commit(commit).map_err(|_| FetchError::WrongKind {
+            id: commit.to_string(),
+            expected: "commit".into(),
+            actual: "missing or other object".into(),
+        })?;
+        c.tree_id()
+            .map(|id| id.detach())
+            .map_err(|e| FetchError::Odb { what: format!("tree of {commit}"), reason: why(e) })
+    }
+
+    fn tree_entries(&self, tree: ObjectId) -> Result<BTreeMap<Vec<u8>, TreeItem>, FetchError> {
+        let t = self.repo.find_tree(tree).map_err(|e| FetchError::Odb {
+            what: format!("tree {tree}"),
+            reason: why(e),
+        })?;
+        let decoded = t
+            .decode()
+            .map_err(|e| FetchError::Odb { what: format!("tree {tree}"), reason: why(e) })?;
+        Ok(decoded
+            .entries
+            .iter()
+            .map(|e| {
+                let item = TreeItem { mode: e.mode, id: e.oid.to_owned() };
+                (e.filename.to_vec(), item)
+            })
+            .collect())
+    }
+
+    /// Reads `path` from `commit`'s tree (no worktree), refusing trees, symlinks, submodules
+    /// and blobs larger than `max_bytes` (checked from the object header before loading).
+    pub fn read_file(
+        &self,
+        commit: ObjectId,
+        path: &str,
+        max_bytes: u64,
+    ) -> Result<Vec<u8>, FetchError> {
+        let not_found =
+            || FetchError::PathNotFound { commit: commit.to_string(), path: path.to_string() };
+        let mut tree = self.commit_tree(commit)?;
+        let segments: Vec<&str> = path.split('/').collect();
+        if segments.iter().any(|s| s.is_empty() || *s == "." || *s == "..") {
+            return Err(not_found());
+        }
+        for (i, segment) in segments.iter().enumerate() {
+            let entries = self.tree_entries(tree)?;
+            let item = entries.get(segment.as_bytes()).ok_or_else(not_found)?;
+            let last = i + 1 == segments.len();
+            if !last {
+                if !item.mode.is_tree() {
+                    return Err(not_found());
+                }
+                tree = item.id;
+                continue;
+            }
+            let kind = match item.kind() {
+                Some(FileKind::Blob | FileKind::Executable) => {
+                    let header = self.repo.find_header(item.id).map_err(|e| FetchError::Odb {
+                        what: format!("`{path}` in {commit}"),
+                        reason: why(e),
+                    })?;
+                    if header.size() > max_bytes {
+                        return Err(FetchError::FileTooLarge {
+                            commit: commit.to_string(),
+                            path: path.to_string(),
+                            size: header.size(),
+                            limit: max_bytes,
+                        });
+                    }
+                    let mut blob = self.repo.find_blob(item.id).map_err(|e| FetchError::Odb {
+                        what: format!("`{path}` in {commit}"),
+                        reason: why(e),
+                    })?;
+                    return Ok(blob.take_data());
+                }
+                Some(FileKind::Symlink) => "symbolic link",
+                Some(FileKind::Submodule) => "submodule",
+                None => "directory",
+            };
+            return Err(FetchError::NotAFile {
+                commit: commit.to_string(),
+                path: path.to_string(),
+                kind: kind.to_string(),
+            });
+        }
+        Err(not_found())
+    }
+
+    /// All files of `commit`'s tree (path → kind + id), at most `max_files`.
+    pub fn list_files(
+        &self,
+        commit: ObjectId,
+        max_files: usize,
+    ) -> Result<BTreeMap<String, FileEntry>, FetchError> {
+        let mut out = BTreeMap::new();
+        let tree = self.commit_tree(commit)?;
+        let mut budget = Budget { left: max_files, limit: max_files, commit };
+        self.collect_files(tree, "", &mut out, &mut budget)?;
+        Ok(out)
+    }
+
+    fn collect_files(
+        &self,
+        tree: ObjectId,
+        prefix: &str,
+        out: &mut BTreeMap<String, FileEntry>,
+        budget: &mut Budget,
+    ) -> Result<(), FetchError> {
+        for (name, item) in self.tree_entries(tree)? {
+            budget.spend()?;
+            let path = join(prefix, &name);
+            match item.kind() {
+                None => self.collect_files(item.id, &path, out, budget)?,
+                Some(kind) => {
+                    out.insert(path, FileEntry { kind, id: item.id });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Paths (files, symlinks, submodules) that differ between the trees of `old` and `new`:
+    /// added, removed, modified or changed kind. Renames show as remove + add. Equal subtrees
+    /// are skipped by id, so the cost is proportional to the change; at most `max_entries`
+    /// tree entries are examined.
+    pub fn changed_paths(
+        &self,
+        old: ObjectId,
+        new: ObjectId,
+        max_entries: usize,
+    ) -> Result<Vec<String>, FetchError> {
+        let (old_tree, new_tree) = (self.commit_tree(old)?, self.commit_tree(new)?);
+        let mut out = Vec::new();
+        let mut budget = Budget { left: max_entries, limit: max_entries, commit: new };
+        self.diff_trees(Some(old_tree), Some(new_tree), "", &mut out, &mut budget)?;
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+
+    fn diff_trees(
+        &self,
+        old: Option<ObjectId>,
+        new: Option<ObjectId>,
+        prefix: &str,
+        out: &mut Vec<String>,
+        budget: &mut Budget,
+    ) -> Result<(), FetchError> {
+        if old == new {
+            return Ok(());
+        }
+        let empty = BTreeMap::new();
+        let old_entries = match old {
+            Some(t) => self.tree_entries(t)?,
+            None => empty.clone(),
+        };
+        let new_entries = match new {
+            Some(t) => self.tree_entries(t)?,
+            None => empty,
+        };
+        let names: std::collections::BTreeSet<&Vec<u8>> =
+            old_entries.keys().chain(new_entries.keys()).collect();
+        for name in names {
+            budget.spend()?;
+            let (o, n) = (old_entries.get(name), new_entries.get(name));
+            if o == n {
+                continue;
+            }
+            let path = join(prefix, name);
+            let o_tree = o.filter(|i| i.mode.is_tree()).map(|i| i.id);
+            let n_tree = n.filter(|i| i.mode.is_tree()).map(|i| i.id);
+            let o_file = o.is_some_and(|i| !i.mode.is_tree());
+            let n_file = n.is_some_and(|i| !i.mode.is_tree());
+            if o_file || n_file {
+                out.push(path.clone());
+            }
+            if o_tree.is_some() || n_tree.is_some() {
+                self.diff_trees(o_tree, n_tree, &path, out, budget)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `new` is `old` or has `old` as an ancestor. Walks at most `max_commits` commits;
+    /// returns `Ok(false)` at once if `old` is not in the object database at all.
+    pub fn is_descendant(
+        &self,
+        new: ObjectId,
+        old: ObjectId,
+        max_commits: usize,
+    ) -> Result<bool, FetchError> {
+        if new == old {
+            return Ok(true);
+        }
+        if !self.exists(old) {
+            return Ok(false);
+        }
+        let mut seen = HashSet::new();
+        let mut queue = VecDeque::from([new]);
+        seen.insert(new);
+        while let Some(id) = queue.pop_front() {
+            if seen.len() > max_commits {
+                return Err(FetchError::AncestryLimit {
+                    new: new.to_string(),
+                    old: old.to_string(),
+                    limit: max_commits,
+                });
+            }
+            let commit = self.repo.find_commit(id).map_err(|e| FetchError::Odb {
+                what: format!("commit {id} (history of {new})"),
+                reason: why(e),
+            })?;
+            for parent in commit.parent_ids() {
+                let parent = parent.detach();
+                if parent == old {
+                    return Ok(true);
+                }
+                if seen.insert(parent) {
+                    queue.push_back(parent);
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    /// Annotated tags under `refs/tags/` whose tag object directly points at `commit`:
+    /// (ref name, raw tag object). Lightweight tags are skipped (they carry no signature).
+    pub fn tags_pointing_at(&self, commit: ObjectId) -> Result<Vec<(String, Vec<u8>)>, FetchError> {
+        let odb = |e: gix::Error| FetchError::Odb { what: "tag refs".into(), reason: why(e) };
+        let platform = self.repo.references().map_err(odb)?;
+        let iter = platform.tags().map_err(odb)?;
+        let want = format!("object {commit}\n");
+        let mut out = Vec::new();
+        for r in iter {
+            let Ok(r) = r else { continue };
+            let Some(id) = r.target().try_id().map(ToOwned::to_owned) else { continue };
+            let Ok(header) = self.repo.find_header(id) else { continue };
+            if header.kind() != gix::object::Kind::Tag || header.size() > 64 * 1024 {
+                continue;
+            }
+            let (_, data) = self.raw_object(id)?;
+            if data.starts_with(want.as_bytes()) {
+                out.push((r.name().as_bstr().to_string(), data));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Outcome of one remote's fetch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchOutcome {
+    /// Whether a pack was received.
+    pub received_pack: bool,
+    /// Local refs the refspecs mapped to (those the remote advertised).
+    pub local_refs: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct TreeItem {
+    mode: gix::object::tree::EntryMode,
+    id: ObjectId,
+}
+
+impl TreeItem {
+    fn kind(&self) -> Option<FileKind> {
+        use gix::object::tree::EntryKind;
+        match self.mode.kind() {
+            EntryKind::Tree => None,
+            EntryKind::Blob => Some(FileKind::Blob),
+            EntryKind::BlobExecutable => Some(FileKind::Executable),
+            EntryKind::Link => Some(FileKind::Symlink),
+            EntryKind::Commit => Some(FileKind::Submodule),
+        }
+    }
+}
+
+struct Budget {
+    left: usize,
+    limit: usize,
+    commit: ObjectId,
+}
+
+impl Budget {
+    fn spend(&mut self) -> Result<(), FetchError> {
+        if self.left == 0 {
+            return Err(FetchError::TooManyFiles {
+                commit: self.commit.to_string(),
+                limit: self.limit,
+            });
+        }
+        self.left -= 1;
+        Ok(())
+    }
+}
+
+fn join(prefix: &str, name: &[u8]) -> String {
+    let name = String::from_utf8_lossy(name);
+    if prefix.is_empty() { name.into_owned() } else { format!("{prefix}/{name}") }
+}
+
+/// The blocking fetch, run on the worker thread with its own repository handle.
+fn fetch_blocking(
+    dir: &Path,
+    url: &str,
+    refspecs: &[String],
+    timeout: Duration,
+    interrupt: &AtomicBool,
+) -> Result<FetchOutcome, FetchError> {
+    let remote_err = |e: gix::Error| FetchError::Remote { url: url.to_string(), reason: why(e) };
+    let repo = gix::open_opts(dir, open_options(Some(timeout)))
+        .map_err(|e| FetchError::Open { dir: dir.to_path_buf(), reason: why(e) })?;
+    let remote = repo
+        .remote_at(url)
+        .map_err(remote_err)?
+        .with_fetch_tags(gix::remote::fetch::Tags::None)
+        .with_refspecs(refspecs.iter().map(String::as_str), gix::remote::Direction::Fetch)
+        .map_err(remote_err)?;
+    let connection = remote.connect(gix::remote::Direction::Fetch).map_err(remote_err)?;
+    let prepared = connection
+        .prepare_fetch(gix::progress::Discard, Default::default())
+        .map_err(remote_err)?;
+    let outcome = prepared.receive(gix::progress::Discard, interrupt).map_err(|e| {
+        if interrupt.load(Ordering::SeqCst) {
+            FetchError::Timeout { url: url.to_string(), timeout }
+        } else {
+            remote_err(e)
+        }
+    })?;
+    let local_refs = outcome
+        .ref_map
+        .mappings
+        .iter()
+        .filter_map(|m| m.local.as_ref().map(ToString::to_string))
+        .collect();
+    let received_pack = matches!(outcome.status, gix::remote::fetch::Status::Change { .. });
+    Ok(FetchOutcome { received_pack, local_refs })
+}
