@@ -66,6 +66,8 @@ const EXPRESSIONS: &[&str] = &[
     "0 0 31 2 mon",
     "0 0 1-7 * 1",
     "0 0 15 */2 3",
+    "0 0 1 * 0-6",
+    "0 0 1-31 * 1",
     // A `*`-led day field: AND (one line).
     "0 0 */2 * 1",
     "0 0 1 * */1",
@@ -217,7 +219,11 @@ fn seed_specs() -> Vec<JobUnitSpec> {
             ..job(
                 "awkward",
                 "0 0 1 * 1",
-                r#"echo "it's $HOME ${USER:-x}" 'a\b' 100% `date +%F` | tr a-z A-Z > /dev/null; printf 'x\ty\n'"#,
+                // Also a real tab, which is escaped as `\t`.
+                concat!(
+                    r#"echo "it's $HOME ${USER:-x}" 'a\b' 100% `date +%F` | tr a-z A-Z > /dev/null; printf 'x\ty\n'"#,
+                    "\ttab"
+                ),
             )
         },
     ]

@@ -228,8 +228,7 @@ pub fn exec_arg(command: &str) -> Result<String, UnitErrorKind> {
             '\t' => out.push_str("\\t"),
             '\r' => out.push_str("\\r"),
             c if c.is_ascii_control() => out.push_str(&format!("\\x{:02x}", c as u32)),
-            // Non-ASCII control characters (C1) as UTF-8 byte escapes would not round-trip
-            // simply; systemd takes them literally inside quotes.
+            // Everything else, non-ASCII included, is taken literally inside quotes.
             c => out.push(c),
         }
     }
