@@ -4,3 +4,4 @@
 
 mod manifests;
 mod jobs;
+mod host_kit;

@@ -1,1 +1,13 @@
 //! Test-only kit for real-host tests: Incus containers, HAProxy, signed repositories.
+
+pub mod app;
+pub mod haproxy;
+pub mod incus;
+pub mod ports;
+
+pub use app::{
+    HostApp, HttpReply, broken_release_artifact, http_get, release_artifact, testapp_binary,
+};
+pub use haproxy::Haproxy;
+pub use incus::{TestContainer, TestProfile, require_host, sweep_stale};
+pub use ports::free_port;

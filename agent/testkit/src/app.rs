@@ -1,0 +1,346 @@
+//! The test app (`veza-testapp`) as tests use it: its binary, release artifacts built
+//! from it (healthy and broken), deployment into a container, a copy running on the
+//! host, a minimal HTTP/1.1 GET client, and process liveness checks.
+//!
+//! How the binary is found: a library cannot use `env!("CARGO_BIN_EXE_…")`, and a
+//! dev-dependency on a binary-only crate does not build its binary. So the first call to
+//! [`testapp_binary`] runs `cargo build -p veza-testapp` once per test process, with the
+//! same cargo (`$CARGO`, set by `cargo test`) and profile as the running test, and takes
+//! the executable path from cargo's JSON messages. `cargo test` holds no build lock while
+//! tests run, so this nested build does not block; when the binary is fresh it is a
+//! no-op of a few hundred milliseconds. `VEZA_TESTAPP_BIN=/path` skips the build.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use sha2::{Digest, Sha256};
+use veza_host::process::Cmd;
+
+use crate::incus::TestContainer;
+
+/// Whether `pid` is a live process (not a zombie) that started no later than
+/// `created` (unix seconds, with slack), i.e. not a newer process reusing the pid.
+pub fn process_alive_since(pid: u32, created: Option<u64>) -> bool {
+    if pid == 0 {
+        return false;
+    }
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+    // Fields after the parenthesised command name: state is the 1st, starttime the 20th.
+    let Some((_, rest)) = stat.rsplit_once(") ") else { return true };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    if matches!(fields.first(), Some(&"Z") | Some(&"X")) {
+        return false;
+    }
+    let (Some(created), Some(start_ticks)) =
+        (created, fields.get(19).and_then(|s| s.parse::<u64>().ok()))
+    else {
+        return true;
+    };
+    match boot_time() {
+        // /proc reports start times in USER_HZ, which is 100 on Linux.
+        Some(btime) => btime + start_ticks / 100 <= created + 2,
+        None => true,
+    }
+}
+
+/// Whether `pid` is a live process (not a zombie).
+pub fn process_alive(pid: u32) -> bool {
+    process_alive_since(pid, None)
+}
+
+fn boot_time() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    stat.lines().find_map(|l| l.strip_prefix("btime ")).and_then(|s| s.trim().parse().ok())
+}
+
+/// Sends `signal` (e.g. `TERM`) to `pid` with `kill`, then waits up to `grace` for it to
+/// die, and sends `KILL` if it did not.
+pub fn kill_pid(pid: u32, signal: &str, grace: Duration) {
+    if !process_alive(pid) {
+        return;
+    }
+    let _ = Cmd::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).run();
+    let start = Instant::now();
+    while start.elapsed() < grace {
+        if !process_alive(pid) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = Cmd::new("kill").arg("-KILL").arg(pid.to_string()).run();
+}
+
+/// Path of the `veza-testapp` binary, built on first use (see the module docs).
+pub fn testapp_binary() -> Result<PathBuf> {
+    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let outcome = BIN.get_or_init(|| build_testapp().map_err(|e| format!("{e:#}")));
+    outcome.clone().map_err(|e| anyhow!("building veza-testapp: {e}"))
+}
+
+fn build_testapp() -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os("VEZA_TESTAPP_BIN") {
+        let path = PathBuf::from(path);
+        if !path.is_file() {
+            bail!("VEZA_TESTAPP_BIN={} is not a file", path.display());
+        }
+        return Ok(path);
+    }
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../testapp/Cargo.toml");
+    let out = Cmd::new(cargo)
+        .args(["build", "--quiet", "--message-format=json", "-p", "veza-testapp"])
+        .args(["--profile", &current_profile()])
+        .arg("--manifest-path")
+        .arg(manifest)
+        .timeout(Duration::from_secs(900))
+        .run_stdout()?;
+    out.lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|msg| {
+            msg["reason"] == "compiler-artifact" && msg["target"]["name"] == "veza-testapp"
+        })
+        .find_map(|msg| msg["executable"].as_str().map(PathBuf::from))
+        .context("cargo reported no veza-testapp executable")
+}
+
+/// The cargo profile the running test was built with, from its path
+/// (`target/<profile dir>/deps/<test>`): `debug` is the `dev` profile.
+fn current_profile() -> String {
+    let dir = std::env::current_exe().ok().and_then(|exe| {
+        let deps = exe.parent()?;
+        let profile_dir = if deps.file_name()? == "deps" { deps.parent()? } else { deps };
+        Some(profile_dir.file_name()?.to_string_lossy().into_owned())
+    });
+    match dir.as_deref() {
+        None | Some("debug") => "dev".to_string(),
+        Some(other) => other.to_string(),
+    }
+}
+
+/// A release artifact for `release_id`: a `.tar.gz` holding `veza-testapp` and
+/// `start.sh`, and the sha256 (hex) of the tarball. `/health` answers 200.
+///
+/// `start.sh` runs the app in the foreground on `$VEZA_LISTEN` (default
+/// `127.0.0.1:8080`); `/health` turns 503 while `$VEZA_UNHEALTHY_FILE` (default
+/// `<release dir>/unhealthy`) exists.
+pub fn release_artifact(release_id: &str) -> Result<(Vec<u8>, String)> {
+    artifact(release_id, false)
+}
+
+/// Like [`release_artifact`], but the app's `/health` always answers 503.
+pub fn broken_release_artifact(release_id: &str) -> Result<(Vec<u8>, String)> {
+    artifact(release_id, true)
+}
+
+fn artifact(release_id: &str, broken: bool) -> Result<(Vec<u8>, String)> {
+    if release_id.is_empty()
+        || !release_id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    {
+        bail!("release id {release_id:?} must be non-empty [A-Za-z0-9._-]");
+    }
+    let bin = testapp_binary()?;
+    let dir = tempfile::tempdir()?;
+    let app = dir.path().join("veza-testapp");
+    std::fs::copy(&bin, &app).with_context(|| format!("copying {}", bin.display()))?;
+    let start = dir.path().join("start.sh");
+    std::fs::write(&start, start_script(release_id, broken))?;
+    use std::os::unix::fs::PermissionsExt;
+    for f in [&app, &start] {
+        std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o755))?;
+    }
+    let tarball = dir.path().join("release.tar.gz");
+    Cmd::new("tar")
+        .args(["--owner=0", "--group=0", "--numeric-owner", "-czf"])
+        .arg(&tarball)
+        .arg("-C")
+        .arg(dir.path())
+        .args(["veza-testapp", "start.sh"])
+        .timeout(Duration::from_secs(60))
+        .run()?;
+    let bytes = std::fs::read(&tarball)?;
+    let sha = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+    Ok((bytes, sha))
+}
+
+fn start_script(release_id: &str, broken: bool) -> String {
+    let broken_flag = if broken { " --broken" } else { "" };
+    format!(
+        "#!/bin/sh\n\
+         # veza-testapp release {release_id}{broken_note}: runs in the foreground.\n\
+         dir=$(cd \"$(dirname \"$0\")\" && pwd)\n\
+         exec \"$dir/veza-testapp\" --listen \"${{VEZA_LISTEN:-127.0.0.1:8080}}\" \\\n  \
+         --release '{release_id}' --unhealthy-file \"${{VEZA_UNHEALTHY_FILE:-$dir/unhealthy}}\"{broken_flag}\n",
+        broken_note = if broken { " (broken: /health is 503)" } else { "" },
+    )
+}
+
+/// Unpacks `tarball` into `dir` inside `container` and starts its `start.sh` detached
+/// (own session, output to `<dir>/app.log`) listening on `127.0.0.1:<port>`; waits
+/// until the port listens.
+pub fn deploy_release(
+    container: &TestContainer,
+    tarball: &[u8],
+    dir: &str,
+    port: u16,
+) -> Result<()> {
+    let remote_tar = format!("/tmp/release-{port}.tar.gz");
+    container.push_bytes(tarball, &remote_tar, 0o644)?;
+    container.sh(&format!(
+        "mkdir -p '{dir}' && tar -xzf '{remote_tar}' -C '{dir}' && rm -f '{remote_tar}' && \
+         cd '{dir}' && VEZA_LISTEN=127.0.0.1:{port} setsid sh ./start.sh \
+         </dev/null >'{dir}/app.log' 2>&1 &"
+    ))?;
+    container.wait_listening(port, Duration::from_secs(10)).with_context(|| {
+        let log = container.exec(&["cat", &format!("{dir}/app.log")]).map(|o| o.stdout_str());
+        format!("release in {dir} did not start; app.log: {}", log.unwrap_or_default())
+    })
+}
+
+/// A `veza-testapp` running on the host on `127.0.0.1:<port>`, killed on drop.
+#[derive(Debug)]
+pub struct HostApp {
+    pid: u32,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl HostApp {
+    /// Starts release `release_id` on `127.0.0.1:port` (broken: `/health` is 503) and
+    /// waits until it answers.
+    pub fn start(release_id: &str, port: u16, broken: bool) -> Result<HostApp> {
+        let dir = tempfile::tempdir()?;
+        let mut cmd = Cmd::new(testapp_binary()?)
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--release", release_id])
+            .arg("--unhealthy-file")
+            .arg(dir.path().join("unhealthy"));
+        if broken {
+            cmd = cmd.arg("--broken");
+        }
+        let log = dir.path().join("app.log");
+        let pid = cmd.spawn_daemon(Some(&log))?;
+        let app = HostApp { pid, port, dir };
+        let start = Instant::now();
+        while http_get(("127.0.0.1", port), "/health").is_err() {
+            if !process_alive(pid) || start.elapsed() > Duration::from_secs(10) {
+                let log = std::fs::read_to_string(&log).unwrap_or_default();
+                bail!("veza-testapp on port {port} did not start: {log}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(app)
+    }
+
+    /// The port it listens on (127.0.0.1).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Makes `/health` answer 503 (`true`) or 200 (`false`).
+    pub fn set_unhealthy(&self, unhealthy: bool) -> Result<()> {
+        let flag = self.dir.path().join("unhealthy");
+        if unhealthy {
+            std::fs::write(flag, b"")?;
+        } else if flag.exists() {
+            std::fs::remove_file(flag)?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for HostApp {
+    fn drop(&mut self) {
+        kill_pid(self.pid, "TERM", Duration::from_secs(2));
+    }
+}
+
+/// An HTTP reply: status, headers (names lower-cased) and body.
+#[derive(Debug, Clone)]
+pub struct HttpReply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl HttpReply {
+    /// The first header named `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers.iter().find(|(k, _)| *k == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// `GET path` over a fresh connection (`Connection: close`), 5 s connect and 10 s read
+/// limits, body up to 1 MiB.
+pub fn http_get(addr: impl ToSocketAddrs, path: &str) -> Result<HttpReply> {
+    let addr: SocketAddr =
+        addr.to_socket_addrs()?.next().ok_or_else(|| anyhow!("address resolves to nothing"))?;
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .with_context(|| format!("connecting to {addr}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(10)))?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    let mut raw = Vec::new();
+    stream.take(1 << 20).read_to_end(&mut raw).with_context(|| format!("reading from {addr}"))?;
+    parse_reply(&raw).with_context(|| format!("reply from {addr}{path}"))
+}
+
+fn parse_reply(raw: &[u8]) -> Result<HttpReply> {
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| anyhow!("no complete HTTP head in {} bytes", raw.len()))?;
+    let head = String::from_utf8_lossy(&raw[..end]);
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| anyhow!("bad status line {status_line:?}"))?;
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let body = String::from_utf8_lossy(&raw[end + 4..]).into_owned();
+    Ok(HttpReply { status, headers, body })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_reply() {
+        let r = parse_reply(b"HTTP/1.1 503 Service Unavailable\r\nX-Release: a\r\n\r\nno").unwrap();
+        assert_eq!(r.status, 503);
+        assert_eq!(r.header("x-release"), Some("a"));
+        assert_eq!(r.body, "no");
+        assert!(parse_reply(b"HTTP/1.1 200 OK\r\n").is_err());
+    }
+
+    #[test]
+    fn liveness_of_self_zombies_and_reused_pids() {
+        assert!(process_alive(std::process::id()));
+        assert!(!process_alive(0));
+        let pid = Cmd::new("true").spawn_daemon(None).unwrap();
+        // Never reaped by us: it becomes a zombie, which counts as dead.
+        let start = Instant::now();
+        while process_alive(pid) && start.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(!process_alive(pid));
+        assert!(!process_alive_since(std::process::id(), Some(1000)));
+    }
+
+    #[test]
+    fn start_script_passes_release_and_broken_flag() {
+        let s = start_script("r-1", true);
+        assert!(s.contains("--release 'r-1'"), "{s}");
+        assert!(s.trim_end().ends_with("--broken"), "{s}");
+        assert!(!start_script("r-1", false).contains("--broken"));
+    }
+}
