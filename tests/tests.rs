@@ -2,6 +2,6 @@
 //! Real-host tests run against real incusd, haproxy, systemd and git set up by
 //! `tests/host/setup`; they fail, never skip, when a component is missing.
 
-mod manifests;
-mod jobs;
 mod host_kit;
+mod jobs;
+mod manifests;
