@@ -2,4 +2,5 @@
 //! host files (`fs`).
 
 pub mod fs;
+pub mod incus;
 pub mod process;

@@ -1,0 +1,331 @@
+//! Pure decoding of Incus's reply envelope and of `GET {operation}/wait` results.
+//!
+//! Every Incus reply is `{"type":"sync"|"async"|"error","status","status_code","operation",
+//! "error_code","error","metadata"}`. The traps handled here (interfaces.md §0, §1.4):
+//! `/wait` answers **HTTP 200 with `type:"error"`** both when the operation failed and when
+//! the wait itself timed out (`context deadline exceeded`), so the body's `type` and text
+//! decide, never the HTTP status alone; and a finished operation vanishes (404) after ~5 s.
+
+use serde::Deserialize;
+use serde_json::Value;
+
+#[derive(Debug, Deserialize)]
+struct Envelope {
+    #[serde(rename = "type", default)]
+    kind: String,
+    #[serde(default)]
+    operation: String,
+    #[serde(default)]
+    error_code: i64,
+    #[serde(default)]
+    error: String,
+    #[serde(default)]
+    metadata: Value,
+}
+
+/// A successful reply.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Reply {
+    /// Done: the `metadata`.
+    Sync(Value),
+    /// Accepted as a background operation (`/1.0/operations/UUID`).
+    Async { operation: String },
+}
+
+/// Why a reply is not a success.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum ReplyError {
+    /// Incus said no: its HTTP status (or `error_code`) and text.
+    Api { status: u16, message: String },
+    /// Not an Incus envelope.
+    Decode { detail: String, excerpt: String },
+}
+
+/// The outcome of one `GET {operation}/wait?timeout=N`.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum WaitOutcome {
+    /// The operation succeeded; its own `metadata` (exec: `{"return":N,"output":{…}}`).
+    Success(Value),
+    /// The operation failed with this text.
+    Failed { message: String },
+    /// The wait ended before the operation did; wait again.
+    StillRunning,
+    /// Incus no longer knows the operation.
+    Gone,
+}
+
+/// The first bytes of a body, for error messages.
+pub(crate) fn excerpt(body: &[u8]) -> String {
+    const MAX: usize = 200;
+    let text = String::from_utf8_lossy(&body[..body.len().min(MAX)]).into_owned();
+    let text = text.replace(['\n', '\r'], " ");
+    if body.len() > MAX { format!("{text}…") } else { text }
+}
+
+fn decode(body: &[u8]) -> Result<Envelope, ReplyError> {
+    serde_json::from_slice::<Envelope>(body)
+        .map_err(|e| ReplyError::Decode { detail: e.to_string(), excerpt: excerpt(body) })
+}
+
+/// Classifies a reply to an ordinary request.
+pub(crate) fn parse_reply(http_status: u16, body: &[u8]) -> Result<Reply, ReplyError> {
+    let env = match decode(body) {
+        Ok(env) => env,
+        // A non-JSON error page is still an HTTP error first.
+        Err(_) if !(200..300).contains(&http_status) => {
+            return Err(ReplyError::Api { status: http_status, message: excerpt(body) });
+        }
+        Err(e) => return Err(e),
+    };
+    match env.kind.as_str() {
+        "sync" if (200..300).contains(&http_status) => Ok(Reply::Sync(env.metadata)),
+        "async" if (200..300).contains(&http_status) => {
+            if env.operation.starts_with("/1.0/operations/") {
+                Ok(Reply::Async { operation: env.operation })
+            } else {
+                Err(ReplyError::Decode {
+                    detail: format!("async reply without a valid operation (`{}`)", env.operation),
+                    excerpt: excerpt(body),
+                })
+            }
+        }
+        "error" => {
+            let status = if (200..300).contains(&http_status) {
+                u16::try_from(env.error_code).unwrap_or(500)
+            } else {
+                http_status
+            };
+            let message =
+                if env.error.is_empty() { "(no error text)".to_string() } else { env.error };
+            Err(ReplyError::Api { status, message })
+        }
+        other => {
+            if (200..300).contains(&http_status) {
+                Err(ReplyError::Decode {
+                    detail: format!("unexpected reply type `{other}` with HTTP {http_status}"),
+                    excerpt: excerpt(body),
+                })
+            } else {
+                Err(ReplyError::Api { status: http_status, message: excerpt(body) })
+            }
+        }
+    }
+}
+
+/// Classifies a reply to `GET {operation}/wait?timeout=N`.
+pub(crate) fn parse_wait(http_status: u16, body: &[u8]) -> Result<WaitOutcome, ReplyError> {
+    match parse_reply(http_status, body) {
+        Ok(Reply::Sync(op)) => Ok(operation_outcome(&op)),
+        Ok(Reply::Async { operation }) => Err(ReplyError::Decode {
+            detail: format!("`/wait` answered with another operation `{operation}`"),
+            excerpt: excerpt(body),
+        }),
+        Err(ReplyError::Api { status, message }) => {
+            if message.contains("context deadline exceeded") {
+                Ok(WaitOutcome::StillRunning)
+            } else if status == 404 && message.contains("not found") {
+                Ok(WaitOutcome::Gone)
+            } else {
+                Ok(WaitOutcome::Failed { message })
+            }
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Classifies an operation object (`{"status":"Success","err":"","metadata":…}`).
+pub(crate) fn operation_outcome(op: &Value) -> WaitOutcome {
+    let status = op.get("status").and_then(Value::as_str).unwrap_or("");
+    let err = op.get("err").and_then(Value::as_str).unwrap_or("");
+    let metadata = op.get("metadata").cloned().unwrap_or(Value::Null);
+    match status {
+        "Success" => WaitOutcome::Success(metadata),
+        "Failure" | "Cancelled" => WaitOutcome::Failed {
+            message: if err.is_empty() {
+                format!("operation ended with status {status}")
+            } else {
+                err.to_string()
+            },
+        },
+        // Pending, Running, Cancelling, or an unknown status: not finished.
+        _ => WaitOutcome::StillRunning,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn replies_are_classified_by_body_type_and_http_status() {
+        let op = "/1.0/operations/1bdff0ee-5186-4ff9-8553-d41679ec3953";
+        let cases: Vec<(&str, u16, String, Result<Reply, ReplyError>)> = vec![
+            (
+                "sync list",
+                200,
+                json!({"type":"sync","status":"Success","status_code":200,"operation":"","error_code":0,"error":"","metadata":["/1.0/instances/t1"]}).to_string(),
+                Ok(Reply::Sync(json!(["/1.0/instances/t1"]))),
+            ),
+            (
+                "sync created (profiles)",
+                201,
+                json!({"type":"sync","status":"Success","status_code":200,"metadata":null}).to_string(),
+                Ok(Reply::Sync(Value::Null)),
+            ),
+            (
+                "async create",
+                202,
+                json!({"type":"async","status":"Operation created","status_code":100,"operation":op,"error_code":0,"error":"","metadata":{"id":"1bdff0ee","status":"Running"}}).to_string(),
+                Ok(Reply::Async { operation: op.to_string() }),
+            ),
+            (
+                "async without operation",
+                202,
+                json!({"type":"async","operation":""}).to_string(),
+                Err(ReplyError::Decode {
+                    detail: "async reply without a valid operation (``)".into(),
+                    excerpt: r#"{"operation":"","type":"async"}"#.into(),
+                }),
+            ),
+            (
+                "missing instance",
+                404,
+                json!({"type":"error","status":"","status_code":0,"operation":"","error_code":404,"error":"Failed to fetch instance \"nonexistent\" in project \"default\": Instance not found","metadata":null}).to_string(),
+                Err(ReplyError::Api { status: 404, message: "Failed to fetch instance \"nonexistent\" in project \"default\": Instance not found".into() }),
+            ),
+            (
+                "stale etag",
+                412,
+                json!({"type":"error","error_code":412,"error":"ETag doesn't match: ab7e vs 39d7"}).to_string(),
+                Err(ReplyError::Api { status: 412, message: "ETag doesn't match: ab7e vs 39d7".into() }),
+            ),
+            (
+                "error envelope with HTTP 200 takes error_code",
+                200,
+                json!({"type":"error","error_code":400,"error":"The instance is already stopped"}).to_string(),
+                Err(ReplyError::Api { status: 400, message: "The instance is already stopped".into() }),
+            ),
+            (
+                "error without text",
+                500,
+                json!({"type":"error","error_code":500,"error":""}).to_string(),
+                Err(ReplyError::Api { status: 500, message: "(no error text)".into() }),
+            ),
+            (
+                "plain-text error page",
+                502,
+                "Bad Gateway\n".to_string(),
+                Err(ReplyError::Api { status: 502, message: "Bad Gateway ".into() }),
+            ),
+            (
+                "garbage with 200",
+                200,
+                "<html>".to_string(),
+                Err(ReplyError::Decode {
+                    detail: "expected value at line 1 column 1".into(),
+                    excerpt: "<html>".into(),
+                }),
+            ),
+            (
+                "unknown type",
+                200,
+                json!({"type":"weird"}).to_string(),
+                Err(ReplyError::Decode {
+                    detail: "unexpected reply type `weird` with HTTP 200".into(),
+                    excerpt: r#"{"type":"weird"}"#.into(),
+                }),
+            ),
+        ];
+        for (name, status, body, want) in cases {
+            assert_eq!(parse_reply(status, body.as_bytes()), want, "case `{name}`");
+        }
+    }
+
+    #[test]
+    fn wait_results_distinguish_success_failure_timeout_and_gone() {
+        let cases: Vec<(&str, u16, String, WaitOutcome)> = vec![
+            (
+                "success with exec metadata",
+                200,
+                json!({"type":"sync","status":"Success","status_code":200,"metadata":{"id":"341a","class":"task","status":"Success","status_code":200,"err":"","metadata":{"output":{"1":"/o","2":"/e"},"return":3}}}).to_string(),
+                WaitOutcome::Success(json!({"output":{"1":"/o","2":"/e"},"return":3})),
+            ),
+            (
+                "success without metadata",
+                200,
+                json!({"type":"sync","metadata":{"status":"Success","err":"","metadata":null}}).to_string(),
+                WaitOutcome::Success(Value::Null),
+            ),
+            (
+                "failure reported as HTTP 200 type error",
+                200,
+                json!({"type":"error","status":"","status_code":0,"operation":"","error_code":500,"error":"The instance is already running","metadata":null}).to_string(),
+                WaitOutcome::Failed { message: "The instance is already running".into() },
+            ),
+            (
+                "wait timeout reported as HTTP 200 type error",
+                200,
+                json!({"type":"error","status":"","status_code":0,"operation":"","error_code":500,"error":"context deadline exceeded","metadata":null}).to_string(),
+                WaitOutcome::StillRunning,
+            ),
+            (
+                "command not found",
+                200,
+                json!({"type":"error","error_code":400,"error":"Command not found"}).to_string(),
+                WaitOutcome::Failed { message: "Command not found".into() },
+            ),
+            (
+                "websocket never connected",
+                200,
+                json!({"type":"error","error_code":500,"error":"Timed out waiting for websockets to connect"}).to_string(),
+                WaitOutcome::Failed { message: "Timed out waiting for websockets to connect".into() },
+            ),
+            (
+                "operation forgotten",
+                404,
+                json!({"type":"error","error_code":404,"error":"Operation not found"}).to_string(),
+                WaitOutcome::Gone,
+            ),
+            (
+                "sync failure object",
+                200,
+                json!({"type":"sync","metadata":{"status":"Failure","status_code":400,"err":"Command not found","metadata":{"return":127}}}).to_string(),
+                WaitOutcome::Failed { message: "Command not found".into() },
+            ),
+            (
+                "cancelled without text",
+                200,
+                json!({"type":"sync","metadata":{"status":"Cancelled","err":""}}).to_string(),
+                WaitOutcome::Failed { message: "operation ended with status Cancelled".into() },
+            ),
+            (
+                "still running (timeout=0 style)",
+                200,
+                json!({"type":"sync","metadata":{"status":"Running","err":""}}).to_string(),
+                WaitOutcome::StillRunning,
+            ),
+        ];
+        for (name, status, body, want) in cases {
+            assert_eq!(parse_wait(status, body.as_bytes()), Ok(want), "case `{name}`");
+        }
+    }
+
+    #[test]
+    fn wait_rejects_bodies_that_are_not_envelopes() {
+        assert!(matches!(parse_wait(200, b"not json"), Err(ReplyError::Decode { .. })));
+        assert!(matches!(
+            parse_wait(200, br#"{"type":"async","operation":"/1.0/operations/x"}"#),
+            Err(ReplyError::Decode { .. })
+        ));
+    }
+
+    #[test]
+    fn excerpt_is_bounded_and_single_line() {
+        let long = vec![b'a'; 500];
+        let e = excerpt(&long);
+        assert_eq!(e.chars().count(), 201);
+        assert!(e.ends_with('…'));
+        assert_eq!(excerpt(b"a\nb"), "a b");
+    }
+}
