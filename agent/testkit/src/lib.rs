@@ -11,3 +11,6 @@ pub use app::{
 pub use haproxy::Haproxy;
 pub use incus::{TestContainer, TestProfile, require_host, sweep_stale};
 pub use ports::free_port;
+
+pub mod http;
+pub mod repo;
