@@ -29,12 +29,18 @@ enum Command {
     Validate(commands::validate::ValidateArgs),
     /// Print the JSON Schema of the manifest format (as committed in `schemas/`).
     Schema,
+    /// Translate a cron expression into systemd `OnCalendar=` lines and show the next runs.
+    ///
+    /// Prints each `OnCalendar=...` line, then N lines `next: <RFC3339 UTC>`.
+    /// Exit 0 on success, 1 when the expression is invalid, 2 on usage errors.
+    Schedule(commands::schedule::ScheduleArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Validate(args) => commands::validate::run(&args),
+        Command::Schedule(args) => commands::schedule::run(args),
         Command::Schema => {
             print!("{}", veza_model::json_schema());
             ExitCode::SUCCESS

@@ -1,3 +1,10 @@
 //! Planning and rendering: desired state (validated manifests) × observed live state →
 //! an ordered, typed plan; and the files the plan installs (HAProxy config, systemd
 //! units), rendered before anything is written. Pure: no IO, no clock, no tokio.
+
+pub mod desired;
+pub mod edge;
+pub mod live;
+pub mod plan;
+
+pub use plan::{Action, Plan, PlanOptions, Step, plan};

@@ -1,0 +1,356 @@
+//! Desired state: what the validated manifests of one host ask for, resolved into the
+//! shapes Incus, HAProxy and systemd use (string maps, unit files, rendered config).
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use veza_model::Manifest;
+use veza_model::manifest::{Color, Device, DeviceType, InstanceType, ProxyBind};
+use veza_model::units::{JobUnitSpec, UnitFile};
+
+use crate::live::{
+    Devices, MARK_APP, MARK_COLOR, MARK_ENV, MARK_KEYS, MARK_MANAGED, MARK_PROTECT, UnitTarget,
+};
+
+/// A profile the agent owns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DesiredProfile {
+    /// Free text.
+    pub description: String,
+    /// Config, including the ownership mark.
+    pub config: BTreeMap<String, String>,
+    /// Devices, with `pool: auto` resolved.
+    pub devices: Devices,
+}
+
+/// A managed network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DesiredNetwork {
+    /// Whether the agent creates it (else it must exist).
+    pub managed: bool,
+    /// Config for a managed network.
+    pub config: BTreeMap<String, String>,
+}
+
+/// What an app slot runs and how it is checked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SlotSpec {
+    /// Environment.
+    pub env: String,
+    /// App.
+    pub app: String,
+    /// Color.
+    pub color: Color,
+    /// Release (40 hex).
+    pub release: String,
+    /// Artifact URL with the release substituted.
+    pub artifact_url: String,
+    /// Expected SHA-256 of the artifact.
+    pub sha256: String,
+    /// Where the artifact is unpacked inside the slot.
+    pub install_dir: String,
+    /// Command that starts the app (after unpacking), placeholders substituted.
+    pub start: String,
+    /// Port the app listens on inside the slot.
+    pub port: u16,
+    /// Health path.
+    pub health_path: String,
+    /// Expected health status.
+    pub expect_status: u16,
+    /// Host-side address of the slot when reachable on loopback (`127.0.0.1:P`).
+    pub loopback: Option<String>,
+}
+
+/// An instance the agent owns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DesiredInstance {
+    /// Environment that declares it.
+    pub env: String,
+    /// Image reference as written (`alias` or `remote:alias`).
+    pub image: String,
+    /// Container or VM.
+    pub kind: &'static str,
+    /// Profiles.
+    pub profiles: Vec<String>,
+    /// Config the agent manages, marks included.
+    pub config: BTreeMap<String, String>,
+    /// Instance-local devices.
+    pub devices: Devices,
+    /// Protected data.
+    pub protect: bool,
+    /// Snapshots kept before changes.
+    pub snapshots_keep: u32,
+    /// Only report drift.
+    pub detect_only: bool,
+    /// Set for app slots.
+    pub slot: Option<SlotSpec>,
+}
+
+/// A job's units at their target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DesiredJob {
+    /// Environment.
+    pub env: String,
+    /// Job name.
+    pub name: String,
+    /// Where the units are installed.
+    pub target: UnitTarget,
+    /// The service and timer files.
+    pub files: Vec<(String, String)>,
+    /// The timer to enable.
+    pub timer: String,
+}
+
+/// The desired state of one host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Desired {
+    /// Environments applied.
+    pub envs: Vec<String>,
+    /// Networks.
+    pub networks: BTreeMap<String, DesiredNetwork>,
+    /// Profiles.
+    pub profiles: BTreeMap<String, DesiredProfile>,
+    /// Instances, slots included.
+    pub instances: BTreeMap<String, DesiredInstance>,
+    /// Where the edge runs (`host` or an instance), if any env has an edge.
+    pub edge_runs_in: Option<String>,
+    /// Jobs.
+    pub jobs: Vec<DesiredJob>,
+}
+
+/// Why the desired state could not be built (the manifests passed validation, so these
+/// are rare: a rendering failure).
+#[derive(Debug, thiserror::Error)]
+pub enum DesiredError {
+    /// A job's units did not render.
+    #[error("job `{env}/{name}`: {message}")]
+    Job { env: String, name: String, message: String },
+}
+
+/// Resolves `pool: auto` and turns a manifest device into Incus's string map.
+pub fn device_map(dev: &Device, pool: &str) -> BTreeMap<String, String> {
+    let mut m = BTreeMap::new();
+    let kind = match dev.kind {
+        DeviceType::Disk => "disk",
+        DeviceType::Proxy => "proxy",
+        DeviceType::Nic => "nic",
+    };
+    m.insert("type".to_string(), kind.to_string());
+    let mut put = |k: &str, v: &Option<String>| {
+        if let Some(v) = v {
+            m.insert(k.to_string(), v.clone());
+        }
+    };
+    put("path", &dev.path);
+    put("source", &dev.source);
+    put("listen", &dev.listen);
+    put("connect", &dev.connect);
+    put("network", &dev.network);
+    put("name", &dev.name);
+    if let Some(p) = &dev.pool {
+        m.insert("pool".to_string(), if p == "auto" { pool.to_string() } else { p.clone() });
+    }
+    if let Some(ro) = dev.readonly {
+        m.insert("readonly".to_string(), ro.to_string());
+    }
+    if let Some(bind) = dev.bind {
+        let b = match bind {
+            ProxyBind::Host => "host",
+            ProxyBind::Instance => "instance",
+        };
+        m.insert("bind".to_string(), b.to_string());
+    }
+    for (k, v) in &dev.options {
+        m.insert(k.clone(), v.clone());
+    }
+    m
+}
+
+fn devices(map: &BTreeMap<String, Device>, pool: &str) -> Devices {
+    map.iter().map(|(k, d)| (k.clone(), device_map(d, pool))).collect()
+}
+
+/// Adds the agent's marks and the managed-keys list to an instance config.
+fn with_marks(
+    mut config: BTreeMap<String, String>,
+    marks: &[(&str, String)],
+) -> BTreeMap<String, String> {
+    let keys: Vec<String> = config.keys().cloned().collect();
+    config.insert(MARK_MANAGED.to_string(), "true".to_string());
+    for (k, v) in marks {
+        config.insert((*k).to_string(), v.clone());
+    }
+    config.insert(MARK_KEYS.to_string(), keys.join(","));
+    config
+}
+
+/// Builds the desired state of a host from its validated manifests. `pool` is the pool
+/// `pool: auto` resolves to (see [`crate::live::LiveState::detect_pool`]).
+pub fn desired(manifests: &[&Manifest], pool: &str) -> Result<Desired, DesiredError> {
+    let mut d = Desired {
+        envs: Vec::new(),
+        networks: BTreeMap::new(),
+        profiles: BTreeMap::new(),
+        instances: BTreeMap::new(),
+        edge_runs_in: None,
+        jobs: Vec::new(),
+    };
+    for m in manifests {
+        let env = m.metadata.name.clone();
+        d.envs.push(env.clone());
+        for (name, net) in &m.incus.networks {
+            d.networks.insert(
+                name.clone(),
+                DesiredNetwork { managed: net.managed, config: net.config.clone() },
+            );
+        }
+        for (name, p) in &m.incus.profiles {
+            let mut config = p.config.clone();
+            config.insert(MARK_MANAGED.to_string(), "true".to_string());
+            d.profiles.insert(
+                name.clone(),
+                DesiredProfile {
+                    description: p.description.clone().unwrap_or_default(),
+                    config,
+                    devices: devices(&p.devices, pool),
+                },
+            );
+        }
+        for (name, inst) in &m.incus.instances {
+            let mut marks = vec![(MARK_ENV, env.clone())];
+            if inst.protect {
+                marks.push((MARK_PROTECT, "true".to_string()));
+            }
+            d.instances.insert(
+                name.clone(),
+                DesiredInstance {
+                    env: env.clone(),
+                    image: inst.image.clone(),
+                    kind: kind_str(inst.kind),
+                    profiles: inst.profiles.clone(),
+                    config: with_marks(inst.config.clone(), &marks),
+                    devices: devices(&inst.devices, pool),
+                    protect: inst.protect,
+                    snapshots_keep: inst.snapshots_keep.unwrap_or(3),
+                    detect_only: inst.detect_only,
+                    slot: None,
+                },
+            );
+        }
+        let prefix = m.metadata.instance_prefix();
+        for (app_name, app) in &m.apps {
+            for (color, slot) in &app.slots {
+                let Some(release) = &slot.release else { continue };
+                let name = format!("{prefix}{app_name}-{color}");
+                let install_dir = app
+                    .artifact
+                    .install_dir
+                    .clone()
+                    .unwrap_or_else(|| format!("/opt/veza/{app_name}"));
+                let subst = |s: &str| {
+                    s.replace("{release}", release.as_str())
+                        .replace("{port}", &app.port.to_string())
+                        .replace("{dir}", &install_dir)
+                };
+                let start = subst(app.start.as_deref().unwrap_or("{dir}/start.sh"));
+                let mut devs = Devices::new();
+                let loopback =
+                    app.upstream.loopback_ports.as_ref().and_then(|p| p.get(color)).map(|port| {
+                        devs.insert(
+                            "veza-upstream".to_string(),
+                            BTreeMap::from([
+                                ("type".to_string(), "proxy".to_string()),
+                                ("listen".to_string(), format!("tcp:127.0.0.1:{port}")),
+                                ("connect".to_string(), format!("tcp:127.0.0.1:{}", app.port)),
+                            ]),
+                        );
+                        format!("127.0.0.1:{port}")
+                    });
+                let marks = [
+                    (MARK_ENV, env.clone()),
+                    (MARK_APP, app_name.clone()),
+                    (MARK_COLOR, color.to_string()),
+                ];
+                let sha256 = app
+                    .artifact
+                    .sha256
+                    .get(release)
+                    .map(|s| s.as_str().to_string())
+                    .unwrap_or_default();
+                d.instances.insert(
+                    name,
+                    DesiredInstance {
+                        env: env.clone(),
+                        image: app.image.clone(),
+                        kind: "container",
+                        profiles: app.profiles.clone(),
+                        config: with_marks(app.config.clone(), &marks),
+                        devices: devs,
+                        protect: false,
+                        snapshots_keep: 0,
+                        detect_only: false,
+                        slot: Some(SlotSpec {
+                            env: env.clone(),
+                            app: app_name.clone(),
+                            color: *color,
+                            release: release.to_string(),
+                            artifact_url: app.artifact.url.replace("{release}", release.as_str()),
+                            sha256,
+                            install_dir: install_dir.clone(),
+                            start,
+                            port: app.port,
+                            health_path: app.health.path.clone(),
+                            expect_status: app.health.expect_status.unwrap_or(200),
+                            loopback,
+                        }),
+                    },
+                );
+            }
+        }
+        if let Some(edge) = &m.edge {
+            d.edge_runs_in = Some(edge.runs_in.clone());
+        }
+        for (name, job) in &m.jobs {
+            let err = |message: String| DesiredError::Job {
+                env: env.clone(),
+                name: name.clone(),
+                message,
+            };
+            let schedule =
+                veza_model::schedule::parse(&job.schedule).map_err(|e| err(e.to_string()))?;
+            let spec = JobUnitSpec {
+                env: env.clone(),
+                name: name.clone(),
+                schedule,
+                tz: job.timezone.clone(),
+                user: job.user.clone(),
+                command: job.command.clone(),
+                randomized_delay: job.randomized_delay.map(|d| d.get()),
+                persistent: job.persistent.unwrap_or(true),
+                timeout: job.timeout.map(|d| d.get()),
+                description: None,
+            };
+            let units = veza_model::units::render(&spec).map_err(|e| err(e.to_string()))?;
+            let files: Vec<UnitFile> = vec![units.service.clone(), units.timer.clone()];
+            d.jobs.push(DesiredJob {
+                env: env.clone(),
+                name: name.clone(),
+                target: if job.on == "host" {
+                    UnitTarget::Host
+                } else {
+                    UnitTarget::Instance(job.on.clone())
+                },
+                files: files.into_iter().map(|f| (f.name, f.contents)).collect(),
+                timer: units.timer.name.clone(),
+            });
+        }
+    }
+    Ok(d)
+}
+
+fn kind_str(k: InstanceType) -> &'static str {
+    match k {
+        InstanceType::Container => "container",
+        InstanceType::VirtualMachine => "virtual-machine",
+    }
+}

@@ -1,0 +1,320 @@
+//! Planner specification: data in (manifests + live state), plan out, compared with the
+//! snapshots in `agent/plan/snapshots/`. Run with `UPDATE_SNAPSHOTS=1` to rewrite them,
+//! then review the diff: the snapshot is the contract.
+
+use std::collections::BTreeMap;
+
+use veza_model::Manifest;
+use veza_model::manifest::Color;
+
+use crate::edge::EdgeSettings;
+use crate::live::{
+    LiveInstance, LiveProfile, LiveState, MARK_RELEASE, UnitTarget, active_colors_from_config,
+};
+use crate::plan::{Action, Plan, PlanOptions, plan};
+
+const DEMO: &str = include_str!("../../../manifests/examples/minimal.yaml");
+const PROD: &str = include_str!("../../../manifests/prod.yaml");
+const STAGING: &str = include_str!("../../../manifests/staging.yaml");
+
+fn manifests(texts: &[&str]) -> Vec<Manifest> {
+    let files: Vec<(String, Vec<u8>)> = texts
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (format!("m{i}.yaml"), t.as_bytes().to_vec()))
+        .collect();
+    match veza_model::load(&files) {
+        Ok(parsed) => parsed.into_iter().map(|(_, p)| p.manifest).collect(),
+        Err(e) => panic!("test manifests are invalid: {e:#?}"),
+    }
+}
+
+fn opts() -> PlanOptions {
+    PlanOptions { edge_settings: EdgeSettings::default(), failing_jobs: BTreeMap::new() }
+}
+
+fn run(ms: &[Manifest], live: &LiveState, opts: &PlanOptions) -> Plan {
+    let refs: Vec<&Manifest> = ms.iter().collect();
+    match plan(&refs, live, opts) {
+        Ok(p) => p,
+        Err(e) => panic!("planning failed: {e}"),
+    }
+}
+
+/// What applying `plan` would leave behind: the planner's own model of its drivers.
+fn applied(live: &LiveState, plan: &Plan) -> LiveState {
+    let mut l = live.clone();
+    for s in &plan.steps {
+        match &s.action {
+            Action::CreateProfile { name, config, devices, .. }
+            | Action::UpdateProfile { name, config, devices, .. } => {
+                l.profiles.insert(
+                    name.clone(),
+                    LiveProfile { config: config.clone(), devices: devices.clone() },
+                );
+            }
+            Action::CreateInstance { name, profiles, config, devices, kind, .. } => {
+                l.instances.insert(
+                    name.clone(),
+                    LiveInstance {
+                        config: config.clone(),
+                        devices: devices.clone(),
+                        expanded_devices: devices.clone(),
+                        profiles: profiles.clone(),
+                        running: true,
+                        kind: kind.clone(),
+                    },
+                );
+            }
+            Action::UpdateInstance { name, profiles, config, remove_keys, devices } => {
+                let i = l.instances.get_mut(name).expect("updated instance exists");
+                i.config.extend(config.clone());
+                for k in remove_keys {
+                    i.config.remove(k);
+                }
+                i.devices = devices.clone();
+                i.profiles = profiles.clone();
+            }
+            Action::StartInstance { name } => {
+                l.instances.get_mut(name).expect("exists").running = true
+            }
+            Action::DeleteInstance { name } => {
+                l.instances.remove(name);
+            }
+            Action::DeployRelease { instance, slot } => {
+                l.instances
+                    .get_mut(instance)
+                    .expect("deployed instance exists")
+                    .config
+                    .insert(MARK_RELEASE.to_string(), slot.release.clone());
+            }
+            Action::InstallEdge { config, .. } => {
+                l.active_colors = active_colors_from_config(config);
+                l.edge_config = Some(config.clone());
+            }
+            Action::InstallUnits { target, files, .. } => {
+                l.units.entry(target.clone()).or_default().extend(files.iter().cloned());
+            }
+            Action::RemoveUnits { target, names } => {
+                let u = l.units.entry(target.clone()).or_default();
+                for n in names {
+                    u.remove(n);
+                }
+            }
+            Action::DeleteProfile { name } => {
+                l.profiles.remove(name);
+            }
+            Action::CreateNetwork { .. }
+            | Action::Snapshot { .. }
+            | Action::HealthGate { .. }
+            | Action::VerifyEdge { .. } => {}
+        }
+    }
+    l
+}
+
+fn check_snapshot(name: &str, plan: &Plan) {
+    let text = plan.to_string();
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("snapshots")
+        .join(format!("{name}.txt"));
+    if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
+        std::fs::write(&path, &text).expect("write snapshot");
+        return;
+    }
+    let expected = std::fs::read_to_string(&path).unwrap_or_default();
+    if expected != text {
+        panic!(
+            "plan `{name}` differs from {}:\n--- expected\n{expected}\n--- actual\n{text}\n(rerun with UPDATE_SNAPSHOTS=1 and review the diff)",
+            path.display()
+        );
+    }
+}
+
+fn live_with_default_pool() -> LiveState {
+    LiveState { pools: vec!["default".into()], ..LiveState::default() }
+}
+
+fn with_foreign_forgejo(mut l: LiveState) -> LiveState {
+    let mut forgejo =
+        LiveInstance { running: true, kind: "container".into(), ..LiveInstance::default() };
+    forgejo.expanded_devices.insert("root".into(), BTreeMap::from([("pool".into(), "ssd".into())]));
+    l.instances.insert("forgejo".into(), forgejo);
+    l.networks.insert("net-veza".into(), Default::default());
+    l
+}
+
+#[test]
+fn first_sync_builds_everything_in_order() {
+    let ms = manifests(&[DEMO]);
+    let p = run(&ms, &live_with_default_pool(), &opts());
+    check_snapshot("demo-first-sync", &p);
+    assert_eq!(p.promotions.len(), 1);
+    assert!(p.refusals.is_empty());
+}
+
+#[test]
+fn first_sync_of_the_veza_host_detects_the_pool_and_leaves_forgejo_alone() {
+    let ms = manifests(&[PROD, STAGING]);
+    let live = with_foreign_forgejo(live_with_default_pool());
+    let p = run(&ms, &live, &opts());
+    check_snapshot("veza-first-sync", &p);
+    let text = serde_json::to_string(&p).expect("plan serializes");
+    assert!(text.contains(r#""pool":"ssd""#), "pool: auto must follow forgejo's root disk");
+    assert!(!text.contains(r#""name":"forgejo""#), "forgejo is never in a plan");
+}
+
+#[test]
+fn applying_the_plan_converges_to_no_changes() {
+    for texts in [vec![DEMO], vec![PROD, STAGING]] {
+        let ms = manifests(&texts);
+        let live = with_foreign_forgejo(live_with_default_pool());
+        let first = run(&ms, &live, &opts());
+        let after = applied(&live, &first);
+        let second = run(&ms, &after, &opts());
+        assert!(second.is_empty(), "second plan is not empty:\n{second}");
+        assert_eq!(second.to_string(), "no changes\n");
+    }
+}
+
+fn converged(texts: &[&str]) -> (Vec<Manifest>, LiveState) {
+    let ms = manifests(texts);
+    let live = with_foreign_forgejo(live_with_default_pool());
+    let after = applied(&live, &run(&ms, &live, &opts()));
+    (ms, after)
+}
+
+const GREEN: &str = "2222222222222222222222222222222222222222";
+
+fn demo_with(edit: impl Fn(String) -> String) -> String {
+    edit(DEMO.to_string())
+}
+
+fn with_green_release(t: String) -> String {
+    t.replace(
+        "        1111111111111111111111111111111111111111: 0000000000000000000000000000000000000000000000000000000000000000",
+        &format!("        1111111111111111111111111111111111111111: 0000000000000000000000000000000000000000000000000000000000000000\n        {GREEN}: 1111111111111111111111111111111111111111111111111111111111111111"),
+    )
+    .replace("      green: {}", &format!("      green: {{release: {GREEN}}}"))
+}
+
+#[test]
+fn promotion_deploys_gates_switches_and_verifies() {
+    let (_, live) = converged(&[&demo_with(with_green_release)]);
+    let promoted =
+        demo_with(|t| with_green_release(t).replace("    active: blue", "    active: green"));
+    let p = run(&manifests(&[&promoted]), &live, &opts());
+    check_snapshot("demo-promotion", &p);
+    assert_eq!(p.promotions.len(), 1);
+    assert_eq!(p.promotions[0].from, Some(Color::Blue));
+    let fallback = p.fallback_edge.as_deref().expect("a promotion has a fallback edge");
+    let back = active_colors_from_config(fallback);
+    assert_eq!(back.get(&("demo".to_string(), "hello".to_string())), Some(&Color::Blue));
+}
+
+#[test]
+fn rollback_by_git_revert_is_a_promotion_back() {
+    let promoted =
+        demo_with(|t| with_green_release(t).replace("    active: blue", "    active: green"));
+    let (_, live) = converged(&[&promoted]);
+    let reverted = demo_with(with_green_release);
+    let p = run(&manifests(&[&reverted]), &live, &opts());
+    check_snapshot("demo-revert", &p);
+    assert_eq!(p.promotions[0].to, Color::Blue);
+}
+
+#[test]
+fn release_change_rebuilds_the_slot() {
+    let (_, live) = converged(&[&demo_with(with_green_release)]);
+    let newer = demo_with(|t| {
+        with_green_release(t)
+            .replace(
+                &format!("green: {{release: {GREEN}}}"),
+                "green: {release: 3333333333333333333333333333333333333333}",
+            )
+            .replace(
+                &format!("        {GREEN}: "),
+                "        3333333333333333333333333333333333333333: ",
+            )
+    });
+    let p = run(&manifests(&[&newer]), &live, &opts());
+    check_snapshot("demo-release-change", &p);
+}
+
+#[test]
+fn promotion_is_refused_while_a_gating_job_fails() {
+    // Prod's backend runs green; the PR asks for blue while the restore drill fails.
+    let on_green = PROD.replacen("    active: blue", "    active: green", 1);
+    let (_, live) = converged(&[&on_green, STAGING]);
+    assert_eq!(live.active_colors.get(&("prod".into(), "backend".into())), Some(&Color::Green));
+    let ms = manifests(&[PROD, STAGING]);
+    let mut o = opts();
+    o.failing_jobs.insert("prod/dr-drill".into(), "last success 9 days ago (max 8d)".into());
+    let p = run(&ms, &live, &o);
+    check_snapshot("veza-gated-promotion", &p);
+    assert!(p.promotions.is_empty());
+}
+
+#[test]
+fn prune_deletes_owned_leftovers_but_refuses_protected_data() {
+    let (_, mut live) = converged(&[PROD, STAGING]);
+    let mut old = live.instances.get("veza-postgres").expect("postgres").clone();
+    old.config.insert("user.veza.env".into(), "prod".into());
+    live.instances.insert("veza-old-db".into(), old);
+    let mut leftover = live.instances.get("veza-web-green").expect("web green").clone();
+    leftover.config.insert("user.veza.env".into(), "prod".into());
+    live.instances.insert("veza-tools".into(), leftover);
+    live.profiles.insert(
+        "veza-legacy".into(),
+        LiveProfile {
+            config: BTreeMap::from([("user.veza.managed".into(), "true".into())]),
+            ..LiveProfile::default()
+        },
+    );
+    live.units.entry(UnitTarget::Host).or_default().insert(
+        "veza-job-prod-old.timer".into(),
+        "# Managed by veza-agent; do not edit. veza-agent-owner: prod/old\n".into(),
+    );
+    let (ms, _) = converged(&[PROD, STAGING]);
+    let p = run(&ms, &live, &opts());
+    check_snapshot("veza-prune", &p);
+}
+
+#[test]
+fn foreign_collisions_are_refused_not_overwritten() {
+    let mut live = live_with_default_pool();
+    live.instances.insert(
+        "demo-hello-blue".into(),
+        LiveInstance { running: true, kind: "container".into(), ..LiveInstance::default() },
+    );
+    let p = run(&manifests(&[DEMO]), &live, &opts());
+    check_snapshot("demo-foreign-collision", &p);
+    assert!(
+        p.steps.iter().all(|s| !s.action.to_string().contains("create instance demo-hello-blue"))
+    );
+}
+
+#[test]
+fn protected_instance_changes_are_snapshotted_first() {
+    let (ms, mut live) = converged(&[PROD, STAGING]);
+    live.instances.get_mut("veza-postgres").expect("postgres").profiles = vec!["default".into()];
+    let p = run(&ms, &live, &opts());
+    check_snapshot("veza-protected-change", &p);
+    let kinds: Vec<String> = p.steps.iter().map(|s| s.action.to_string()).collect();
+    assert_eq!(
+        kinds[..2],
+        [
+            "snapshot veza-postgres (keep 5)".to_string(),
+            "update instance veza-postgres".to_string()
+        ]
+    );
+}
+
+#[test]
+fn plans_are_deterministic() {
+    let ms = manifests(&[PROD, STAGING]);
+    let live = with_foreign_forgejo(live_with_default_pool());
+    let a = serde_json::to_string(&run(&ms, &live, &opts())).expect("json");
+    let b = serde_json::to_string(&run(&ms, &live, &opts())).expect("json");
+    assert_eq!(a, b);
+}

@@ -1,0 +1,434 @@
+//! Record: what the agent applied, when, from which commit and signer, and how it went.
+//!
+//! Files under the state directory, each written atomically
+//! (`veza_host::fs::write_atomic_if_changed`):
+//! - `state.json`: the current [`AgentState`] (versioned; older versions are migrated
+//!   by pure functions before use);
+//! - `history.jsonl`: the bounded deploy history, newest last;
+//! - `journal.json`: the write-ahead journal of the apply in progress, removed when the
+//!   run ends, so a crash leaves a trace the next run reads;
+//! - `lock`: held (`flock`) by the one agent running on the host.
+//!
+//! A corrupted state file is moved aside (`state.json.corrupt-<time>`) and reported,
+//! never silently trusted.
+
+pub mod metrics;
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use veza_host::fs::{WriteError, write_atomic_if_changed};
+
+/// Current version of `state.json`.
+pub const STATE_SCHEMA_VERSION: u32 = 1;
+/// Deploy history entries kept.
+pub const HISTORY_LIMIT: usize = 200;
+
+/// Errors of the state store.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// The state directory could not be created or read.
+    #[error("state directory `{}`: {source}", path.display())]
+    Dir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Another agent holds the host lock.
+    #[error(
+        "another veza-agent is running on this host (lock `{}` is held); only one agent may apply at a time",
+        path.display()
+    )]
+    Locked { path: PathBuf },
+    /// A write failed (disk full, permissions).
+    #[error(transparent)]
+    Write(#[from] WriteError),
+    /// A state file is not valid JSON for its schema.
+    #[error("state file `{}` is corrupt ({reason}); it was moved to `{}` and the agent starts from empty state", path.display(), moved_to.display())]
+    Corrupt { path: PathBuf, moved_to: PathBuf, reason: String },
+    /// A state file was written by a newer agent.
+    #[error("state file `{}` has schema version {found}, newer than this agent's {STATE_SCHEMA_VERSION}; upgrade veza-agent", path.display())]
+    TooNew { path: PathBuf, found: u32 },
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    /// The commit was applied and every gate passed.
+    Applied,
+    /// A promotion failed a health gate; traffic went back to the previous color.
+    RolledBack,
+    /// The revision was refused before anything was applied (signature, policy, rollback, invalid manifest).
+    Rejected,
+    /// Applying failed; the last good edge was kept.
+    Failed,
+    /// Nothing to change.
+    NoChange,
+}
+
+impl Outcome {
+    /// The kebab-case name used in status and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Applied => "applied",
+            Outcome::RolledBack => "rolled-back",
+            Outcome::Rejected => "rejected",
+            Outcome::Failed => "failed",
+            Outcome::NoChange => "no-change",
+        }
+    }
+}
+
+/// The commit last applied, and who signed it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppliedRevision {
+    /// Full commit id.
+    pub commit: String,
+    /// Principal of the signer, from the allowed-signers file.
+    pub signer: String,
+    /// When it was applied (unix seconds).
+    pub applied_at: i64,
+}
+
+/// A revision the agent refused, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rejection {
+    /// Full commit id.
+    pub commit: String,
+    /// Why, for a human.
+    pub reason: String,
+    /// When (unix seconds).
+    pub at: i64,
+}
+
+/// Per-app record.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppState {
+    /// The color receiving traffic.
+    pub active: Option<String>,
+    /// Release per color (`blue`/`green`).
+    pub releases: BTreeMap<String, String>,
+    /// Outcome of the last change to this app.
+    pub last_outcome: Option<Outcome>,
+    /// Why, when it was not `applied`.
+    pub last_reason: Option<String>,
+}
+
+/// Per-environment record.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnvState {
+    /// Apps by name.
+    pub apps: BTreeMap<String, AppState>,
+}
+
+/// One finished run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunRecord {
+    /// Start (unix milliseconds).
+    pub started_ms: i64,
+    /// Duration in milliseconds.
+    pub duration_ms: u64,
+    /// Outcome.
+    pub outcome: Outcome,
+    /// Why, when it was not applied or no-change.
+    pub reason: Option<String>,
+    /// The commit the run worked on.
+    pub commit: Option<String>,
+}
+
+/// The agent's state, as stored in `state.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentState {
+    /// Schema version of this file.
+    pub schema_version: u32,
+    /// The last applied revision: also the anti-rollback high-water mark.
+    pub applied: Option<AppliedRevision>,
+    /// Last successful verified fetch (unix seconds), for freshness.
+    pub last_verified_fetch_at: Option<i64>,
+    /// Last fetch error, cleared by a successful fetch.
+    pub last_fetch_error: Option<String>,
+    /// The last refused revision.
+    pub rejected: Option<Rejection>,
+    /// Commits never retried (a promotion rolled back); a newer commit clears this.
+    pub quarantined: BTreeMap<String, Rejection>,
+    /// Per environment.
+    pub envs: BTreeMap<String, EnvState>,
+    /// The last run.
+    pub last_run: Option<RunRecord>,
+    /// Consecutive failed syncs.
+    pub sync_failures: u64,
+    /// Total rejected revisions.
+    pub rejected_total: u64,
+}
+
+impl Default for AgentState {
+    fn default() -> Self {
+        AgentState {
+            schema_version: STATE_SCHEMA_VERSION,
+            applied: None,
+            last_verified_fetch_at: None,
+            last_fetch_error: None,
+            rejected: None,
+            quarantined: BTreeMap::new(),
+            envs: BTreeMap::new(),
+            last_run: None,
+            sync_failures: 0,
+            rejected_total: 0,
+        }
+    }
+}
+
+/// One deploy history entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    /// When the run started (unix milliseconds).
+    pub at_ms: i64,
+    /// The commit.
+    pub commit: String,
+    /// Its signer.
+    pub signer: Option<String>,
+    /// Outcome.
+    pub outcome: Outcome,
+    /// Why, when not applied.
+    pub reason: Option<String>,
+    /// `env/app` → `color@release` after the run.
+    pub apps: BTreeMap<String, String>,
+    /// Duration in milliseconds.
+    pub duration_ms: u64,
+}
+
+/// The write-ahead journal of an apply in progress.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Journal {
+    /// The commit being applied.
+    pub commit: String,
+    /// Start (unix milliseconds).
+    pub started_ms: i64,
+    /// The plan's steps, as printed.
+    pub steps: Vec<String>,
+    /// How many steps completed.
+    pub done: usize,
+    /// The step in progress when the journal was last written.
+    pub current: Option<String>,
+}
+
+/// The state directory, opened and locked.
+#[derive(Debug)]
+pub struct Store {
+    dir: PathBuf,
+    _lock: File,
+}
+
+/// The state directory without the lock: for `status` and other readers.
+#[derive(Debug, Clone)]
+pub struct Reader {
+    dir: PathBuf,
+}
+
+impl Store {
+    /// Opens `dir` (created if missing) and takes the host lock, failing at once with
+    /// [`StateError::Locked`] when another agent holds it.
+    pub fn open(dir: &Path) -> Result<Store, StateError> {
+        let derr = |source| StateError::Dir { path: dir.to_path_buf(), source };
+        std::fs::create_dir_all(dir).map_err(derr)?;
+        let lock_path = dir.join("lock");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(derr)?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(StateError::Locked { path: lock_path });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(derr(e)),
+        }
+        Ok(Store { dir: dir.to_path_buf(), _lock: lock })
+    }
+
+    /// A reader over the same directory.
+    pub fn reader(&self) -> Reader {
+        Reader { dir: self.dir.clone() }
+    }
+
+    /// Writes the state atomically.
+    pub fn save(&self, state: &AgentState) -> Result<(), StateError> {
+        let mut bytes = serde_json::to_vec_pretty(state).unwrap_or_default();
+        bytes.push(b'\n');
+        write_atomic_if_changed(&self.dir.join("state.json"), &bytes, 0o644)?;
+        Ok(())
+    }
+
+    /// Appends a history entry, keeping the newest [`HISTORY_LIMIT`].
+    pub fn append_history(&self, entry: &HistoryEntry) -> Result<(), StateError> {
+        let mut entries = self.reader().history().unwrap_or_default();
+        entries.push(entry.clone());
+        let skip = entries.len().saturating_sub(HISTORY_LIMIT);
+        let mut text = String::new();
+        for e in &entries[skip..] {
+            text.push_str(&serde_json::to_string(e).unwrap_or_default());
+            text.push('\n');
+        }
+        write_atomic_if_changed(&self.dir.join("history.jsonl"), text.as_bytes(), 0o644)?;
+        Ok(())
+    }
+
+    /// Writes the journal before a step runs.
+    pub fn write_journal(&self, journal: &Journal) -> Result<(), StateError> {
+        let bytes = serde_json::to_vec_pretty(journal).unwrap_or_default();
+        write_atomic_if_changed(&self.dir.join("journal.json"), &bytes, 0o644)?;
+        Ok(())
+    }
+
+    /// Removes the journal at the end of a run.
+    pub fn clear_journal(&self) -> Result<(), StateError> {
+        match std::fs::remove_file(self.dir.join("journal.json")) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(StateError::Dir { path: self.dir.clone(), source }),
+        }
+    }
+
+    /// The state directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Reader {
+    /// A reader over `dir` (which may not exist yet).
+    pub fn new(dir: &Path) -> Reader {
+        Reader { dir: dir.to_path_buf() }
+    }
+
+    /// Loads the state. A missing file is empty state; a corrupt one is moved aside and
+    /// reported (the caller records the error and continues from empty state).
+    pub fn load(&self) -> Result<AgentState, StateError> {
+        let path = self.dir.join("state.json");
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(AgentState::default()),
+            Err(source) => return Err(StateError::Dir { path, source }),
+        };
+        let value: serde_json::Value = match serde_json::from_slice(&bytes) {
+            Ok(v) => v,
+            Err(e) => return Err(self.quarantine_corrupt(&path, &e.to_string())),
+        };
+        let version = value.get("schema_version").and_then(serde_json::Value::as_u64).unwrap_or(0);
+        if version > u64::from(STATE_SCHEMA_VERSION) {
+            return Err(StateError::TooNew { path, found: u32::try_from(version).unwrap_or(u32::MAX) });
+        }
+        let value = migrate(value);
+        serde_json::from_value(value).map_err(|e| self.quarantine_corrupt(&path, &e.to_string()))
+    }
+
+    fn quarantine_corrupt(&self, path: &Path, reason: &str) -> StateError {
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let moved_to = self.dir.join(format!("state.json.corrupt-{stamp}"));
+        let _ = std::fs::rename(path, &moved_to);
+        StateError::Corrupt { path: path.to_path_buf(), moved_to, reason: reason.to_string() }
+    }
+
+    /// The deploy history, oldest first. Unparseable lines are skipped.
+    pub fn history(&self) -> Result<Vec<HistoryEntry>, StateError> {
+        let path = self.dir.join("history.jsonl");
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => return Err(StateError::Dir { path, source }),
+        };
+        Ok(text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
+    }
+
+    /// The journal left by an interrupted run, if any.
+    pub fn journal(&self) -> Option<Journal> {
+        let bytes = std::fs::read(self.dir.join("journal.json")).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+}
+
+/// Upgrades an older `state.json` to the current schema. Pure.
+fn migrate(mut value: serde_json::Value) -> serde_json::Value {
+    // Version 0 (no `schema_version`) never shipped; stamp it so the typed read succeeds.
+    if let Some(obj) = value.as_object_mut() {
+        obj.entry("schema_version").or_insert(serde_json::json!(STATE_SCHEMA_VERSION));
+    }
+    value
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_round_trips_and_history_is_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut state = AgentState::default();
+        state.applied = Some(AppliedRevision { commit: "abc".into(), signer: "alice".into(), applied_at: 7 });
+        store.save(&state).unwrap();
+        assert_eq!(store.reader().load().unwrap(), state);
+        for i in 0..(HISTORY_LIMIT + 5) {
+            store
+                .append_history(&HistoryEntry {
+                    at_ms: i as i64,
+                    commit: format!("c{i}"),
+                    signer: None,
+                    outcome: Outcome::Applied,
+                    reason: None,
+                    apps: BTreeMap::new(),
+                    duration_ms: 1,
+                })
+                .unwrap();
+        }
+        let h = store.reader().history().unwrap();
+        assert_eq!(h.len(), HISTORY_LIMIT);
+        assert_eq!(h.last().unwrap().commit, format!("c{}", HISTORY_LIMIT + 4));
+    }
+
+    #[test]
+    fn second_store_on_the_same_dir_is_locked_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = Store::open(dir.path()).unwrap();
+        let err = Store::open(dir.path()).unwrap_err();
+        assert!(matches!(err, StateError::Locked { .. }), "{err}");
+        assert!(err.to_string().contains("another veza-agent is running"));
+    }
+
+    #[test]
+    fn corrupt_state_is_moved_aside_and_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("state.json"), b"{not json").unwrap();
+        let err = Reader::new(dir.path()).load().unwrap_err();
+        assert!(matches!(err, StateError::Corrupt { .. }), "{err}");
+        assert!(!dir.path().join("state.json").exists());
+        assert_eq!(Reader::new(dir.path()).load().unwrap(), AgentState::default());
+    }
+
+    #[test]
+    fn newer_state_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("state.json"), br#"{"schema_version": 99}"#).unwrap();
+        let err = Reader::new(dir.path()).load().unwrap_err();
+        assert!(matches!(err, StateError::TooNew { found: 99, .. }), "{err}");
+    }
+
+    #[test]
+    fn journal_survives_until_cleared() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let j = Journal { commit: "c".into(), started_ms: 1, steps: vec!["a".into()], done: 0, current: Some("a".into()) };
+        store.write_journal(&j).unwrap();
+        assert_eq!(store.reader().journal(), Some(j));
+        store.clear_journal().unwrap();
+        assert_eq!(store.reader().journal(), None);
+    }
+}
