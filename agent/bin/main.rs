@@ -34,6 +34,13 @@ enum Command {
     /// Prints each `OnCalendar=...` line, then N lines `next: <RFC3339 UTC>`.
     /// Exit 0 on success, 1 when the expression is invalid, 2 on usage errors.
     Schedule(commands::schedule::ScheduleArgs),
+    /// Verify the SSH signature of a commit against an allowed-signers file.
+    ///
+    /// Prints `good signature ...` with the signer's principal and exits 0, or prints why
+    /// the commit is rejected and exits 1 (unsigned, unknown key, bad signature, wrong
+    /// namespace, expired key, extra signature header, not a descendant of `--after`).
+    /// Exit 2 on usage or I/O errors.
+    Verify(commands::verify::VerifyArgs),
 }
 
 fn main() -> ExitCode {
@@ -41,6 +48,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Validate(args) => commands::validate::run(&args),
         Command::Schedule(args) => commands::schedule::run(args),
+        Command::Verify(args) => commands::verify::run(args),
         Command::Schema => {
             print!("{}", veza_model::json_schema());
             ExitCode::SUCCESS

@@ -2,3 +2,4 @@
 
 pub mod schedule;
 pub mod validate;
+pub mod verify;
