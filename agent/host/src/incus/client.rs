@@ -85,17 +85,18 @@ impl Default for ClientOptions {
 }
 
 /// A reply as received, for [`IncusClient::raw`].
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RawResponse {
     pub status: u16,
-    pub headers: HeaderMap,
+    /// Header names in lower case, in the order received.
+    pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
 }
 
 impl RawResponse {
-    /// A header's value, if present and text.
+    /// The first value of a header (name in any case), if present and text.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 }
 
@@ -235,21 +236,27 @@ impl IncusClient {
     /// a write unless `GET`/`HEAD`).
     pub async fn raw(
         &self,
-        method: Method,
+        method: &str,
         path: &str,
         headers: &[(&str, &str)],
         body: Vec<u8>,
     ) -> Result<RawResponse> {
+        let method = Method::from_bytes(method.as_bytes()).map_err(|_| IncusError::Invalid {
+            what: "HTTP method",
+            value: method.to_string(),
+            reason: "it is not a valid method token",
+        })?;
         let headers: Vec<(&str, String)> =
             headers.iter().map(|(k, v)| (*k, v.to_string())).collect();
         let resp = self
             .send(&method, path, &headers, Bytes::from(body), self.options.request_timeout)
             .await?;
-        Ok(RawResponse {
-            status: resp.status.as_u16(),
-            headers: resp.headers,
-            body: resp.body.to_vec(),
-        })
+        let headers = resp
+            .headers
+            .iter()
+            .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
+            .collect();
+        Ok(RawResponse { status: resp.status.as_u16(), headers, body: resp.body.to_vec() })
     }
 
     fn uri(&self, path: &str) -> Result<hyper::Uri> {
