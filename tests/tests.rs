@@ -3,5 +3,6 @@
 //! `tests/host/setup`; they fail, never skip, when a component is missing.
 
 mod host_kit;
+mod incus;
 mod jobs;
 mod manifests;
