@@ -1,0 +1,544 @@
+//! The apply engine: executes a [`Plan`] step by step through the drivers.
+//!
+//! - Steps run in plan order; the caller's [`Hooks::before_step`] writes the journal
+//!   before each one, so a crash leaves a trace of where it stopped.
+//! - The first failing step stops the run and is reported with its action and the
+//!   driver's error (command, exit status, stderr).
+//! - Promotions are health-gated and self-reverting: a slot that never becomes healthy
+//!   stops the run before traffic moves; a verification through the edge that fails
+//!   after the switch installs the fallback edge (previous colors) — both end as
+//!   [`ApplyOutcome::RolledBack`], never as success. The failed slot stays running for
+//!   forensics.
+//! - A stop request is honoured between steps only, and never between an edge switch
+//!   and its verification.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use veza_plan::desired::SlotSpec;
+use veza_plan::live::MARK_RELEASE;
+use veza_plan::{Action, Plan, Step};
+
+use crate::artifact::ArtifactStore;
+use crate::incus::{
+    ExecRequest, FilePush, ImageSource, Incus, InstanceKind, InstanceSpec, InstanceUpdate,
+    ProfileSpec, StateChange,
+};
+use crate::systemd::Units;
+
+/// The edge as the apply engine needs it.
+pub trait Edge {
+    /// The live config text, if any.
+    fn live_config(&self) -> impl Future<Output = Result<Option<String>, String>> + Send;
+    /// Validates, installs and reloads `config`; on any failure the previous config is
+    /// back in place and serving, and the error says why.
+    fn install(&self, config: &str) -> impl Future<Output = Result<(), String>> + Send;
+}
+
+/// What the caller wants to know or decide during a run.
+pub trait Hooks {
+    /// Called before step `index` runs (write the journal here).
+    fn before_step(&mut self, index: usize, step: &Step);
+    /// Whether a stop was requested (checked between steps).
+    fn stop_requested(&self) -> bool;
+    /// Whether a newer commit arrived (checked while waiting for health).
+    fn preempted(&self) -> bool;
+}
+
+/// Timing and limits of gates.
+#[derive(Debug, Clone)]
+pub struct Gates {
+    /// How long a slot may take to become healthy.
+    pub health_timeout: Duration,
+    /// Requests sent through the edge after a switch.
+    pub verify_requests: u32,
+    /// Time limit of one probe.
+    pub probe_timeout: Duration,
+}
+
+impl Default for Gates {
+    fn default() -> Self {
+        Gates {
+            health_timeout: Duration::from_secs(60),
+            verify_requests: 5,
+            probe_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// The drivers a run uses.
+pub struct Drivers<'a, I, E, U> {
+    /// Incus.
+    pub incus: &'a I,
+    /// The edge.
+    pub edge: &'a E,
+    /// systemd units.
+    pub units: &'a U,
+    /// Release artifacts.
+    pub artifacts: &'a ArtifactStore,
+    /// Gate settings.
+    pub gates: Gates,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "outcome", rename_all = "kebab-case")]
+pub enum ApplyOutcome {
+    /// Every step ran.
+    Applied,
+    /// A promotion gate failed; traffic is on the previous colors.
+    RolledBack { reason: String },
+    /// A step failed; the run stopped there.
+    Failed { step: String, error: String },
+    /// A stop was requested; the run stopped between steps.
+    Interrupted { before: String },
+    /// A newer commit arrived while waiting for health.
+    Preempted { during: String },
+}
+
+/// The result of a run.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ApplyReport {
+    /// How it ended.
+    pub outcome: ApplyOutcome,
+    /// Steps completed.
+    pub steps_done: usize,
+    /// Each completed step and how long it took, in milliseconds.
+    pub timings: Vec<(String, u64)>,
+}
+
+enum StepError {
+    Failed(String),
+    Unhealthy(String),
+    Preempted,
+}
+
+/// Runs `plan`.
+pub async fn apply<I, E, U, H>(plan: &Plan, d: &Drivers<'_, I, E, U>, hooks: &mut H) -> ApplyReport
+where
+    I: Incus + Sync,
+    E: Edge + Sync,
+    U: Units + Sync,
+    H: Hooks,
+{
+    let mut timings = Vec::new();
+    let mut previous_edge: Option<String> = None;
+    let mut switched = false;
+    for (i, step) in plan.steps.iter().enumerate() {
+        let in_edge_switch = switched && step.action.is_edge();
+        if hooks.stop_requested() && !in_edge_switch {
+            return ApplyReport {
+                outcome: ApplyOutcome::Interrupted { before: step.action.to_string() },
+                steps_done: i,
+                timings,
+            };
+        }
+        hooks.before_step(i, step);
+        let started = Instant::now();
+        let result = match &step.action {
+            Action::InstallEdge { config, switch, .. } => {
+                if previous_edge.is_none() {
+                    previous_edge = d.edge.live_config().await.ok().flatten();
+                }
+                let r = d.edge.install(config).await.map_err(StepError::Failed);
+                if r.is_ok() && *switch {
+                    switched = true;
+                }
+                r
+            }
+            Action::VerifyEdge { env, app, release, host, path, listen, color } => verify_edge(
+                listen,
+                host,
+                path,
+                release,
+                d.gates.verify_requests,
+                d.gates.probe_timeout,
+            )
+            .map_err(|why| StepError::Unhealthy(format!("{env}/{app} on {color}: {why}"))),
+            other => run_step(other, d, hooks).await,
+        };
+        match result {
+            Ok(()) => timings.push((step.action.to_string(), started.elapsed().as_millis() as u64)),
+            Err(StepError::Failed(error)) => {
+                return ApplyReport {
+                    outcome: ApplyOutcome::Failed { step: step.action.to_string(), error },
+                    steps_done: i,
+                    timings,
+                };
+            }
+            Err(StepError::Preempted) => {
+                return ApplyReport {
+                    outcome: ApplyOutcome::Preempted { during: step.action.to_string() },
+                    steps_done: i,
+                    timings,
+                };
+            }
+            Err(StepError::Unhealthy(why)) => {
+                let mut reason = why;
+                if switched {
+                    let back = plan.fallback_edge.clone().or(previous_edge.clone());
+                    match back {
+                        Some(cfg) => match d.edge.install(&cfg).await {
+                            Ok(()) => reason.push_str("; traffic went back to the previous color"),
+                            Err(e) => {
+                                return ApplyReport {
+                                    outcome: ApplyOutcome::Failed {
+                                        step: "roll back the edge".to_string(),
+                                        error: format!(
+                                            "{reason}; and restoring the previous edge failed: {e}"
+                                        ),
+                                    },
+                                    steps_done: i,
+                                    timings,
+                                };
+                            }
+                        },
+                        None => reason.push_str("; there was no previous edge to go back to"),
+                    }
+                } else {
+                    reason.push_str("; traffic was not moved");
+                }
+                return ApplyReport {
+                    outcome: ApplyOutcome::RolledBack { reason },
+                    steps_done: i,
+                    timings,
+                };
+            }
+        }
+    }
+    ApplyReport { outcome: ApplyOutcome::Applied, steps_done: plan.steps.len(), timings }
+}
+
+async fn run_step<I, E, U, H>(
+    action: &Action,
+    d: &Drivers<'_, I, E, U>,
+    hooks: &H,
+) -> Result<(), StepError>
+where
+    I: Incus + Sync,
+    E: Edge + Sync,
+    U: Units + Sync,
+    H: Hooks,
+{
+    let fail = |e: &dyn std::fmt::Display| StepError::Failed(e.to_string());
+    match action {
+        Action::CreateNetwork { name, .. } => Err(StepError::Failed(format!(
+            "creating managed network `{name}` is not supported by this agent version; create the bridge with `incus network create {name}` and reference it (managed: false)"
+        ))),
+        Action::CreateProfile { name, description, config, devices } => d
+            .incus
+            .create_profile(&ProfileSpec {
+                name: name.clone(),
+                description: description.clone(),
+                config: config.clone(),
+                devices: devices.clone(),
+            })
+            .await
+            .map_err(|e| fail(&e)),
+        Action::UpdateProfile { name, description, config, devices } => d
+            .incus
+            .update_profile(&ProfileSpec {
+                name: name.clone(),
+                description: description.clone(),
+                config: config.clone(),
+                devices: devices.clone(),
+            })
+            .await
+            .map(|_| ())
+            .map_err(|e| fail(&e)),
+        Action::DeleteProfile { name } => d.incus.delete_profile(name).await.map_err(|e| fail(&e)),
+        Action::Snapshot { instance, keep } => {
+            d.incus.create_snapshot(instance, None).await.map_err(|e| fail(&e))?;
+            crate::incus::prune_snapshots(d.incus, instance, *keep as usize)
+                .await
+                .map(|_| ())
+                .map_err(|e| fail(&e))
+        }
+        Action::CreateInstance { name, image, kind, profiles, config, devices } => {
+            let source = image_source(image).map_err(StepError::Failed)?;
+            let kind = if kind == "virtual-machine" {
+                InstanceKind::VirtualMachine
+            } else {
+                InstanceKind::Container
+            };
+            d.incus
+                .create_instance(&InstanceSpec {
+                    name: name.clone(),
+                    kind,
+                    source,
+                    config: config.clone(),
+                    devices: devices.clone(),
+                    profiles: profiles.clone(),
+                    start: true,
+                })
+                .await
+                .map_err(|e| fail(&e))
+        }
+        Action::UpdateInstance { name, profiles, config, remove_keys, devices } => {
+            let live = d
+                .incus
+                .instance(name)
+                .await
+                .map_err(|e| fail(&e))?
+                .ok_or_else(|| StepError::Failed(format!("instance `{name}` disappeared")))?;
+            let mut merged = live.settable_config();
+            for k in remove_keys {
+                merged.remove(k);
+            }
+            merged.extend(config.clone());
+            d.incus
+                .update_instance(
+                    name,
+                    &InstanceUpdate {
+                        config: merged,
+                        devices: devices.clone(),
+                        profiles: profiles.clone(),
+                    },
+                )
+                .await
+                .map(|_| ())
+                .map_err(|e| fail(&e))
+        }
+        Action::StartInstance { name } => {
+            d.incus.change_state(name, &StateChange::start()).await.map_err(|e| fail(&e))
+        }
+        Action::DeleteInstance { name } => {
+            d.incus.delete_instance(name).await.map_err(|e| fail(&e))
+        }
+        Action::DeployRelease { instance, slot } => {
+            deploy_release(d, instance, slot).await.map_err(StepError::Failed)
+        }
+        Action::HealthGate { instance, slot } => health_gate(d, instance, slot, hooks).await,
+        Action::InstallUnits { target, files, timers } => {
+            d.units.install(target, files, timers).await.map_err(|e| fail(&e))
+        }
+        Action::RemoveUnits { target, names } => {
+            d.units.remove(target, names).await.map_err(|e| fail(&e))
+        }
+        Action::InstallEdge { .. } | Action::VerifyEdge { .. } => Ok(()),
+    }
+}
+
+/// `images:debian/13` → the public simplestreams server; a bare name → a local alias.
+pub fn image_source(image: &str) -> Result<ImageSource, String> {
+    match image.split_once(':') {
+        None => Ok(ImageSource::local(image)),
+        Some(("images", alias)) => Ok(ImageSource::Simplestreams {
+            server: "https://images.linuxcontainers.org".to_string(),
+            alias: alias.to_string(),
+        }),
+        Some(("local", alias)) => Ok(ImageSource::local(alias)),
+        Some((remote, _)) => Err(format!(
+            "unknown image remote `{remote}` in `{image}`: use a local alias, `local:ALIAS` or `images:ALIAS`"
+        )),
+    }
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+async fn exec_ok<I: Incus + Sync>(
+    incus: &I,
+    instance: &str,
+    script: &str,
+    env: BTreeMap<String, String>,
+) -> Result<String, String> {
+    let mut req = ExecRequest::sh(script);
+    req.env = env;
+    req.timeout = Duration::from_secs(300);
+    let out = incus.exec(instance, &req).await.map_err(|e| e.to_string())?;
+    if out.exit_code != 0 {
+        return Err(format!(
+            "in `{instance}`: `sh -c {script}` exited {}: {}",
+            out.exit_code,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Downloads (or takes from the cache) the artifact, checks its digest, unpacks it in
+/// the slot, (re)starts the app, and marks the slot with the release.
+async fn deploy_release<I, E, U>(
+    d: &Drivers<'_, I, E, U>,
+    instance: &str,
+    slot: &SlotSpec,
+) -> Result<(), String>
+where
+    I: Incus + Sync,
+{
+    let bytes = d.artifacts.fetch(&slot.artifact_url, &slot.sha256).map_err(|e| e.to_string())?;
+    let tarball = "/tmp/veza-release.tar";
+    let mut push = FilePush::new(tarball, bytes);
+    push.mode = 0o600;
+    crate::incus::push_file_verified(d.incus, instance, &push).await.map_err(|e| e.to_string())?;
+    let dir = shell_quote(&slot.install_dir);
+    let decompress = if slot.artifact_url.ends_with(".gz") || slot.artifact_url.ends_with(".tgz") {
+        "-z"
+    } else if slot.artifact_url.ends_with(".zst") {
+        "--zstd"
+    } else {
+        ""
+    };
+    let unpack = format!(
+        "set -e; rm -rf {dir}.new; mkdir -p {dir}.new; tar {decompress} -xf {tarball} -C {dir}.new; \
+         if [ -f /run/veza-app.pid ]; then kill \"$(cat /run/veza-app.pid)\" 2>/dev/null || true; rm -f /run/veza-app.pid; fi; \
+         rm -rf {dir}; mv {dir}.new {dir}; rm -f {tarball}"
+    );
+    exec_ok(d.incus, instance, &unpack, BTreeMap::new()).await?;
+    let start = format!(
+        "cd {dir} && ( {} </dev/null >>/var/log/veza-app.log 2>&1 & echo $! > /run/veza-app.pid )",
+        slot.start
+    );
+    let env = BTreeMap::from([
+        ("VEZA_RELEASE".to_string(), slot.release.clone()),
+        ("VEZA_PORT".to_string(), slot.port.to_string()),
+        ("VEZA_ENV".to_string(), slot.env.clone()),
+        ("VEZA_APP".to_string(), slot.app.clone()),
+    ]);
+    exec_ok(d.incus, instance, &start, env).await?;
+    let live = d
+        .incus
+        .instance(instance)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("instance `{instance}` disappeared"))?;
+    let mut config = live.settable_config();
+    config.insert(MARK_RELEASE.to_string(), slot.release.clone());
+    d.incus
+        .update_instance(
+            instance,
+            &InstanceUpdate {
+                config,
+                devices: live.devices.clone(),
+                profiles: live.profiles.clone(),
+            },
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// One probe of a slot's health: on its loopback address from the host, or from inside
+/// the slot for bridge-addressed slots.
+async fn probe<I: Incus + Sync>(
+    incus: &I,
+    instance: &str,
+    slot: &SlotSpec,
+    timeout: Duration,
+) -> Result<(), String> {
+    if let Some(addr) = &slot.loopback {
+        let r = crate::http::get(addr, "localhost", &slot.health_path, timeout)
+            .map_err(|e| e.to_string())?;
+        if r.status != slot.expect_status {
+            return Err(format!(
+                "{} answered {} (expected {})",
+                slot.health_path, r.status, slot.expect_status
+            ));
+        }
+        if let Some(rel) = r.headers.get("x-release") {
+            if rel != &slot.release {
+                return Err(format!("it reports release {rel}, not {}", slot.release));
+            }
+        }
+        return Ok(());
+    }
+    let url = format!("http://127.0.0.1:{}{}", slot.port, slot.health_path);
+    let secs = timeout.as_secs().max(1);
+    let script = format!(
+        "if command -v curl >/dev/null 2>&1; then curl -s -o /dev/null -w '%{{http_code}}' --max-time {secs} {u}; \
+         else wget -q -S -T {secs} -O /dev/null {u} 2>&1 | awk '/HTTP\\//{{c=$2}} END{{print c}}'; fi",
+        u = shell_quote(&url)
+    );
+    let out = exec_ok(incus, instance, &script, BTreeMap::new()).await?;
+    let code = out.trim();
+    if code == slot.expect_status.to_string() {
+        Ok(())
+    } else {
+        Err(format!("{} answered `{code}` (expected {})", slot.health_path, slot.expect_status))
+    }
+}
+
+async fn health_gate<I, E, U, H>(
+    d: &Drivers<'_, I, E, U>,
+    instance: &str,
+    slot: &SlotSpec,
+    hooks: &H,
+) -> Result<(), StepError>
+where
+    I: Incus + Sync,
+    H: Hooks,
+{
+    let deadline = Instant::now() + d.gates.health_timeout;
+    let mut last = String::from("no probe ran");
+    let mut attempts = 0u32;
+    while Instant::now() < deadline {
+        if hooks.preempted() {
+            return Err(StepError::Preempted);
+        }
+        attempts += 1;
+        match probe(d.incus, instance, slot, d.gates.probe_timeout).await {
+            Ok(()) => return Ok(()),
+            Err(e) => last = e,
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Err(StepError::Unhealthy(format!(
+        "{} slot `{instance}` (release {}) was not healthy after {:?} ({attempts} probes; last: {last})",
+        slot.color,
+        &slot.release[..slot.release.len().min(10)],
+        d.gates.health_timeout
+    )))
+}
+
+/// Requests through the edge: every one must succeed (< 500) and, when the app reports
+/// its release in `X-Release`, reach the expected release.
+fn verify_edge(
+    listen: &str,
+    host: &str,
+    path: &str,
+    release: &str,
+    n: u32,
+    timeout: Duration,
+) -> Result<(), String> {
+    for i in 0..n.max(1) {
+        let r = crate::http::get(listen, host, path, timeout).map_err(|e| e.to_string())?;
+        if r.status >= 500 {
+            return Err(format!("request {} through the edge answered {}", i + 1, r.status));
+        }
+        if let Some(rel) = r.headers.get("x-release") {
+            if rel != release {
+                return Err(format!(
+                    "request {} through the edge reached release {rel}, not {release}",
+                    i + 1
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_sources() {
+        assert_eq!(
+            image_source("veza-test-busybox").unwrap(),
+            ImageSource::local("veza-test-busybox")
+        );
+        assert!(matches!(
+            image_source("images:debian/13").unwrap(),
+            ImageSource::Simplestreams { .. }
+        ));
+        assert!(image_source("ubuntu:24.04").unwrap_err().contains("unknown image remote"));
+    }
+
+    #[test]
+    fn quoting_survives_single_quotes() {
+        assert_eq!(shell_quote("a'b"), r"'a'\''b'");
+    }
+}

@@ -1,0 +1,127 @@
+//! A minimal HTTP/1.1 client for the agent's own probes: slot health checks and
+//! verification requests through the edge. Plain TCP to the addresses the manifests
+//! name (loopback in tests); bounded in time and size.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+/// Largest response read, in bytes.
+const MAX_RESPONSE: u64 = 1024 * 1024;
+
+/// A response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// Status code.
+    pub status: u16,
+    /// Headers, names lowercased.
+    pub headers: BTreeMap<String, String>,
+    /// Body (capped).
+    pub body: Vec<u8>,
+}
+
+/// Why a request failed.
+#[derive(Debug, thiserror::Error)]
+#[error("GET http://{addr}{path} (Host: {host}): {detail}")]
+pub struct HttpError {
+    /// Address.
+    pub addr: String,
+    /// Host header.
+    pub host: String,
+    /// Path.
+    pub path: String,
+    /// What went wrong.
+    pub detail: String,
+}
+
+/// `GET path` on `addr` (`host:port`) with a `Host:` header and optional cookie.
+/// `0.0.0.0` and `[::]` are probed on loopback.
+pub fn get(addr: &str, host: &str, path: &str, timeout: Duration) -> Result<Reply, HttpError> {
+    let err = |detail: String| HttpError {
+        addr: addr.to_string(),
+        host: host.to_string(),
+        path: path.to_string(),
+        detail,
+    };
+    let target = addr.replace("0.0.0.0:", "127.0.0.1:").replace("[::]:", "[::1]:");
+    let sock: SocketAddr = target
+        .to_socket_addrs()
+        .map_err(|e| err(format!("cannot resolve: {e}")))?
+        .next()
+        .ok_or_else(|| err("no address".to_string()))?;
+    let mut stream =
+        TcpStream::connect_timeout(&sock, timeout).map_err(|e| err(format!("connect: {e}")))?;
+    stream.set_read_timeout(Some(timeout)).map_err(|e| err(e.to_string()))?;
+    stream.set_write_timeout(Some(timeout)).map_err(|e| err(e.to_string()))?;
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: veza-agent\r\nAccept: */*\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(req.as_bytes()).map_err(|e| err(format!("send: {e}")))?;
+    let mut raw = Vec::new();
+    stream.take(MAX_RESPONSE).read_to_end(&mut raw).map_err(|e| err(format!("read: {e}")))?;
+    parse_reply(&raw).ok_or_else(|| err(format!("malformed response ({} bytes)", raw.len())))
+}
+
+/// Parses a raw HTTP/1.x response (headers, then the body as sent).
+pub fn parse_reply(raw: &[u8]) -> Option<Reply> {
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = std::str::from_utf8(&raw[..split]).ok()?;
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next()?;
+    let mut parts = status_line.split_whitespace();
+    if !parts.next()?.starts_with("HTTP/1.") {
+        return None;
+    }
+    let status: u16 = parts.next()?.parse().ok()?;
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Some(Reply { status, headers, body: raw[split + 4..].to_vec() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_status_headers_and_body() {
+        let r = parse_reply(
+            b"HTTP/1.1 503 Service Unavailable\r\nX-Release: abc\r\nContent-Length: 2\r\n\r\nno",
+        )
+        .unwrap();
+        assert_eq!(r.status, 503);
+        assert_eq!(r.headers.get("x-release").map(String::as_str), Some("abc"));
+        assert_eq!(r.body, b"no");
+        assert_eq!(parse_reply(b"garbage"), None);
+        assert_eq!(parse_reply(b"SSH-2.0\r\n\r\n"), None);
+    }
+
+    #[test]
+    fn a_closed_port_is_an_error_naming_the_address() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        drop(l);
+        let e = get(&addr, "x", "/health", Duration::from_millis(500)).unwrap_err();
+        assert!(e.to_string().contains(&addr), "{e}");
+    }
+
+    #[test]
+    fn talks_to_a_real_server() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let t = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut buf = [0u8; 1024];
+            let n = s.read(&mut buf).unwrap();
+            let req = String::from_utf8_lossy(&buf[..n]).to_string();
+            s.write_all(b"HTTP/1.1 200 OK\r\nX-Release: r1\r\n\r\nok").unwrap();
+            req
+        });
+        let r = get(&addr, "demo.localhost", "/health", Duration::from_secs(2)).unwrap();
+        assert_eq!((r.status, r.body.as_slice()), (200, &b"ok"[..]));
+        let req = t.join().unwrap();
+        assert!(req.starts_with("GET /health HTTP/1.1\r\nHost: demo.localhost\r\n"), "{req}");
+    }
+}

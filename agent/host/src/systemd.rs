@@ -1,0 +1,360 @@
+//! The systemd driver: install, update and prune the agent's job units, on the host
+//! (files in the unit directory + `systemctl`) or inside an Incus instance (file push +
+//! exec), and read each job's last result.
+//!
+//! Only units whose first line carries the agent's ownership marker are listed, changed
+//! or removed; anything else in the unit directory is never touched. Every unit is
+//! checked with `systemd-analyze verify` where it will run before it is enabled, and any
+//! diagnostic counts as a failure (verify exits 0 on unknown keys).
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use veza_model::units::OWNER_MARKER_PREFIX;
+use veza_plan::live::UnitTarget;
+
+use crate::incus::{ExecRequest, FilePush, Incus};
+use crate::process::Cmd;
+
+/// Why a unit operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SystemdError {
+    /// A command failed (locally).
+    #[error(transparent)]
+    Command(#[from] crate::process::ProcessError),
+    /// A command inside an instance failed.
+    #[error("in instance `{instance}`: `{command}` exited {code}: {stderr}")]
+    Exec { instance: String, command: String, code: i32, stderr: String },
+    /// The Incus driver failed.
+    #[error(transparent)]
+    Incus(#[from] crate::incus::IncusError),
+    /// `systemd-analyze verify` reported a problem.
+    #[error("units rejected by `systemd-analyze verify` on {target}: {diagnostics}")]
+    Verify { target: String, diagnostics: String },
+    /// A file could not be written or read on the host.
+    #[error("unit directory `{}`: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The last run of a job's service.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct JobRun {
+    /// `Result=` of the service (`success`, `exit-code`, …); empty when it never ran.
+    pub result: String,
+    /// Exit status of the last run.
+    pub exit_status: Option<i32>,
+    /// When the last run started (as systemd prints it), empty when never.
+    pub last_start: String,
+    /// `ActiveState=` of the timer.
+    pub timer_state: String,
+    /// Next elapse as systemd prints it.
+    pub next: String,
+}
+
+/// Job units at one target.
+pub trait Units {
+    /// The agent's unit files at `target`: name → contents.
+    fn list(
+        &self,
+        target: &UnitTarget,
+    ) -> impl Future<Output = Result<BTreeMap<String, String>, SystemdError>> + Send;
+    /// Writes `files`, verifies them, reloads systemd and enables + starts `timers`.
+    fn install(
+        &self,
+        target: &UnitTarget,
+        files: &[(String, String)],
+        timers: &[String],
+    ) -> impl Future<Output = Result<(), SystemdError>> + Send;
+    /// Disables, stops and removes the named unit files, then reloads systemd.
+    fn remove(
+        &self,
+        target: &UnitTarget,
+        names: &[String],
+    ) -> impl Future<Output = Result<(), SystemdError>> + Send;
+    /// The last run of `service` and the state of its timer.
+    fn job_run(
+        &self,
+        target: &UnitTarget,
+        service: &str,
+        timer: &str,
+    ) -> impl Future<Output = Result<JobRun, SystemdError>> + Send;
+}
+
+/// The real driver.
+#[derive(Debug, Clone)]
+pub struct Systemd<'a, I> {
+    incus: &'a I,
+    host_unit_dir: PathBuf,
+    /// Unit directory inside instances.
+    instance_unit_dir: String,
+}
+
+impl<'a, I: Incus + Sync> Systemd<'a, I> {
+    /// A driver that installs host units in `host_unit_dir` and instance units in
+    /// `/etc/systemd/system`.
+    pub fn new(incus: &'a I, host_unit_dir: impl Into<PathBuf>) -> Systemd<'a, I> {
+        Systemd {
+            incus,
+            host_unit_dir: host_unit_dir.into(),
+            instance_unit_dir: "/etc/systemd/system".to_string(),
+        }
+    }
+
+    async fn run_in(&self, target: &UnitTarget, argv: &[&str]) -> Result<String, SystemdError> {
+        match target {
+            UnitTarget::Host => Ok(Cmd::new(argv[0])
+                .args(&argv[1..])
+                .timeout(Duration::from_secs(120))
+                .run_stdout()?),
+            UnitTarget::Instance(name) => {
+                let mut req = ExecRequest::new(argv.iter().map(|s| (*s).to_string()));
+                req.timeout = Duration::from_secs(120);
+                let out = self.incus.exec(name, &req).await?;
+                if out.exit_code != 0 {
+                    return Err(SystemdError::Exec {
+                        instance: name.clone(),
+                        command: argv.join(" "),
+                        code: out.exit_code,
+                        stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+                    });
+                }
+                Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+            }
+        }
+    }
+
+    /// Runs `systemd-analyze verify` and treats any output on stderr as failure.
+    async fn verify(&self, target: &UnitTarget, paths: &[String]) -> Result<(), SystemdError> {
+        let mut argv = vec!["systemd-analyze", "verify"];
+        argv.extend(paths.iter().map(String::as_str));
+        let (code, stderr) = match target {
+            UnitTarget::Host => {
+                let out =
+                    Cmd::new(argv[0]).args(&argv[1..]).timeout(Duration::from_secs(60)).output()?;
+                (out.status.code().unwrap_or(-1), out.stderr_str())
+            }
+            UnitTarget::Instance(name) => {
+                let out = self
+                    .incus
+                    .exec(name, &ExecRequest::new(argv.iter().map(|s| (*s).to_string())))
+                    .await?;
+                (out.exit_code, String::from_utf8_lossy(&out.stderr).into_owned())
+            }
+        };
+        if code != 0 || !stderr.trim().is_empty() {
+            return Err(SystemdError::Verify {
+                target: target.to_string(),
+                diagnostics: stderr.trim().to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    fn host_path(&self, name: &str) -> PathBuf {
+        self.host_unit_dir.join(name)
+    }
+
+    fn instance_path(&self, name: &str) -> String {
+        format!("{}/{name}", self.instance_unit_dir)
+    }
+}
+
+fn is_ours(contents: &str) -> bool {
+    contents.lines().next().is_some_and(|l| l.starts_with(OWNER_MARKER_PREFIX))
+}
+
+impl<I: Incus + Sync> Units for Systemd<'_, I> {
+    async fn list(&self, target: &UnitTarget) -> Result<BTreeMap<String, String>, SystemdError> {
+        let mut out = BTreeMap::new();
+        match target {
+            UnitTarget::Host => {
+                let dir = &self.host_unit_dir;
+                let entries = match std::fs::read_dir(dir) {
+                    Ok(e) => e,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+                    Err(source) => return Err(SystemdError::Io { path: dir.clone(), source }),
+                };
+                for entry in entries.flatten() {
+                    let name = entry.file_name().to_string_lossy().into_owned();
+                    if !name.starts_with("veza-job-") {
+                        continue;
+                    }
+                    if let Ok(text) = std::fs::read_to_string(entry.path()) {
+                        if is_ours(&text) {
+                            out.insert(name, text);
+                        }
+                    }
+                }
+            }
+            UnitTarget::Instance(inst) => {
+                let script = format!(
+                    "cd {} 2>/dev/null || exit 0; for f in veza-job-*; do [ -f \"$f\" ] && echo \"$f\"; done; exit 0",
+                    self.instance_unit_dir
+                );
+                let names = self.run_in(target, &["sh", "-c", &script]).await?;
+                for name in names.lines().filter(|l| !l.is_empty()) {
+                    let bytes = self.incus.pull_file(inst, &self.instance_path(name)).await?;
+                    let text = String::from_utf8_lossy(&bytes).into_owned();
+                    if is_ours(&text) {
+                        out.insert(name.to_string(), text);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn install(
+        &self,
+        target: &UnitTarget,
+        files: &[(String, String)],
+        timers: &[String],
+    ) -> Result<(), SystemdError> {
+        let mut paths = Vec::new();
+        for (name, contents) in files {
+            match target {
+                UnitTarget::Host => {
+                    std::fs::create_dir_all(&self.host_unit_dir).map_err(|source| {
+                        SystemdError::Io { path: self.host_unit_dir.clone(), source }
+                    })?;
+                    let path = self.host_path(name);
+                    crate::fs::write_atomic_if_changed(&path, contents.as_bytes(), 0o644)
+                        .map_err(|e| SystemdError::Io { path: e.path, source: e.source })?;
+                    paths.push(path.display().to_string());
+                }
+                UnitTarget::Instance(inst) => {
+                    let mut push =
+                        FilePush::new(self.instance_path(name), contents.as_bytes().to_vec());
+                    push.create_parents = true;
+                    crate::incus::push_file_verified(self.incus, inst, &push).await?;
+                    paths.push(self.instance_path(name));
+                }
+            }
+        }
+        if !paths.is_empty() {
+            self.verify(target, &paths).await?;
+        }
+        self.run_in(target, &["systemctl", "daemon-reload"]).await?;
+        for timer in timers {
+            self.run_in(target, &["systemctl", "enable", "--now", timer]).await?;
+            // A changed schedule is picked up by restarting an already active timer.
+            self.run_in(target, &["systemctl", "restart", timer]).await?;
+        }
+        Ok(())
+    }
+
+    async fn remove(&self, target: &UnitTarget, names: &[String]) -> Result<(), SystemdError> {
+        for name in names {
+            if name.ends_with(".timer") {
+                // Disabling a unit that is already gone is fine; anything else is reported.
+                let _ = self.run_in(target, &["systemctl", "disable", "--now", name]).await;
+            }
+        }
+        for name in names {
+            match target {
+                UnitTarget::Host => {
+                    let path = self.host_path(name);
+                    match std::fs::remove_file(&path) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(source) => return Err(SystemdError::Io { path, source }),
+                    }
+                }
+                UnitTarget::Instance(_) => {
+                    let path = self.instance_path(name);
+                    self.run_in(target, &["rm", "-f", &path]).await?;
+                }
+            }
+        }
+        self.run_in(target, &["systemctl", "daemon-reload"]).await?;
+        Ok(())
+    }
+
+    async fn job_run(
+        &self,
+        target: &UnitTarget,
+        service: &str,
+        timer: &str,
+    ) -> Result<JobRun, SystemdError> {
+        let svc = self
+            .run_in(
+                target,
+                &[
+                    "systemctl",
+                    "show",
+                    "-p",
+                    "Result,ExecMainStatus,ExecMainStartTimestamp",
+                    service,
+                ],
+            )
+            .await?;
+        let tim = self
+            .run_in(
+                target,
+                &["systemctl", "show", "-p", "ActiveState,NextElapseUSecRealtime", timer],
+            )
+            .await?;
+        Ok(parse_job_run(&svc, &tim))
+    }
+}
+
+/// Reads `systemctl show` output (properties in systemd's own order).
+pub fn parse_job_run(service: &str, timer: &str) -> JobRun {
+    let props = |text: &str| -> BTreeMap<String, String> {
+        text.lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    let s = props(service);
+    let t = props(timer);
+    let started = s.get("ExecMainStartTimestamp").cloned().unwrap_or_default();
+    JobRun {
+        result: if started.is_empty() {
+            String::new()
+        } else {
+            s.get("Result").cloned().unwrap_or_default()
+        },
+        exit_status: if started.is_empty() {
+            None
+        } else {
+            s.get("ExecMainStatus").and_then(|v| v.parse().ok())
+        },
+        last_start: started,
+        timer_state: t.get("ActiveState").cloned().unwrap_or_default(),
+        next: t.get("NextElapseUSecRealtime").cloned().unwrap_or_default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_run_reads_systemctl_show() {
+        let r = parse_job_run(
+            "Result=exit-code\nExecMainStatus=3\nExecMainStartTimestamp=Sun 2026-11-29 22:35:50 UTC\n",
+            "NextElapseUSecRealtime=Sun 2026-11-29 22:36:00 UTC\nActiveState=active\n",
+        );
+        assert_eq!(r.result, "exit-code");
+        assert_eq!(r.exit_status, Some(3));
+        assert_eq!(r.timer_state, "active");
+        assert_eq!(r.next, "Sun 2026-11-29 22:36:00 UTC");
+        // `Result=success` of a service that never ran is not a success.
+        let never =
+            parse_job_run("Result=success\nExecMainStatus=0\nExecMainStartTimestamp=\n", "");
+        assert_eq!((never.result.as_str(), never.exit_status), ("", None));
+    }
+
+    #[test]
+    fn only_marked_units_are_ours() {
+        assert!(is_ours(&format!("{OWNER_MARKER_PREFIX}prod/x\n[Unit]\n")));
+        assert!(!is_ours("[Unit]\nDescription=# Managed by veza-agent\n"));
+    }
+}
