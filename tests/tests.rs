@@ -6,3 +6,4 @@ mod host_kit;
 mod incus;
 mod jobs;
 mod manifests;
+mod signed_source;

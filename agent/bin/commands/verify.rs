@@ -85,8 +85,8 @@ impl TempMirror {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
             .unwrap_or_default();
-        let dir = std::env::temp_dir()
-            .join(format!("veza-verify-{}-{nanos}.git", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("veza-verify-{}-{nanos}.git", std::process::id()));
         std::fs::create_dir_all(&dir).map_err(|e| {
             Failure::Error(format!("cannot create temporary mirror {}: {e}", dir.display()))
         })?;
@@ -112,9 +112,12 @@ fn verify(args: &VerifyArgs) -> Result<String, Failure> {
     let _temp;
     let mirror = if is_url(&args.repo) {
         let temp = TempMirror::new()?;
-        let mut mirror = Mirror::open_or_init(&temp.0).map_err(|e| Failure::Error(e.to_string()))?;
-        let refspecs =
-            ["+refs/heads/*:refs/remotes/origin/*".to_string(), "+refs/tags/*:refs/tags/*".to_string()];
+        let mut mirror =
+            Mirror::open_or_init(&temp.0).map_err(|e| Failure::Error(e.to_string()))?;
+        let refspecs = [
+            "+refs/heads/*:refs/remotes/origin/*".to_string(),
+            "+refs/tags/*:refs/tags/*".to_string(),
+        ];
         mirror
             .fetch_refspecs(&args.repo, &refspecs, Duration::from_secs(args.timeout.max(1)))
             .map_err(|e| Failure::Error(e.to_string()))?;
@@ -155,7 +158,9 @@ fn verify(args: &VerifyArgs) -> Result<String, Failure> {
             t.ok_or_else(|| Failure::Rejected(format!("{object_kind} {id} has no readable date")))?
         }
         n => n.parse().map_err(|_| {
-            Failure::Error(format!("--verify-time must be `now`, `committer` or Unix seconds, not `{n}`"))
+            Failure::Error(format!(
+                "--verify-time must be `now`, `committer` or Unix seconds, not `{n}`"
+            ))
         })?,
     };
 

@@ -22,6 +22,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 pub use gix::ObjectId;
+/// Kind of a git object (commit, tag, tree, blob).
+pub use gix::object::Kind as ObjectType;
 
 use crate::error::{FetchError, RemoteFailure};
 
@@ -31,7 +33,7 @@ pub fn tracking_ref(branch: &str) -> String {
 }
 
 /// How long to wait for the worker after raising the interrupt flag.
-const INTERRUPT_GRACE: Duration = Duration::from_secs(2);
+const INTERRUPT_GRACE: Duration = Duration::from_millis(500);
 
 /// What to fetch.
 #[derive(Debug, Clone)]
@@ -86,17 +88,30 @@ pub struct FileEntry {
     pub id: ObjectId,
 }
 
-fn why(e: impl std::fmt::Display) -> String {
-    format!("{e:#}")
+/// An error and its sources, `: `-joined, without repeating a message its source already says.
+fn why(e: impl std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
 }
 
 fn open_options(timeout: Option<Duration>) -> gix::open::Options {
-    let mut overrides = vec!["core.bare=true".to_string()];
+    let mut overrides = Vec::new();
     if let Some(t) = timeout {
-        let secs = t.as_secs().max(1);
-        overrides.push(format!("gitoxide.http.connectTimeout={}", t.as_millis().max(1)));
+        // Backstops that end a stuck worker thread; a little longer than the watchdog so
+        // that the watchdog, not curl, decides and reports the timeout.
+        let backstop = t + Duration::from_secs(5);
+        overrides.push(format!("gitoxide.http.connectTimeout={}", backstop.as_millis()));
         overrides.push("http.lowSpeedLimit=1".to_string());
-        overrides.push(format!("http.lowSpeedTime={secs}"));
+        overrides.push(format!("http.lowSpeedTime={}", backstop.as_secs()));
     }
     gix::open::Options::isolated().config_overrides(overrides)
 }
@@ -137,7 +152,11 @@ impl Mirror {
     }
 
     /// Fetches `options.branch` (and tags) from the first of `remotes` that works.
-    pub fn fetch(&mut self, remotes: &[String], options: &FetchOptions) -> Result<Fetched, FetchError> {
+    pub fn fetch(
+        &mut self,
+        remotes: &[String],
+        options: &FetchOptions,
+    ) -> Result<Fetched, FetchError> {
         if remotes.is_empty() {
             return Err(FetchError::NoRemotes);
         }
@@ -167,6 +186,20 @@ impl Mirror {
                         tip,
                         received_pack: outcome.received_pack,
                         failures,
+                    });
+                }
+                // gix refuses a fetch whose refspecs match nothing the remote advertises
+                // (no such branch and no tags); report that as the missing branch it is.
+                Err(FetchError::Remote { reason, .. })
+                    if reason.contains("None of the refspec") =>
+                {
+                    failures.push(RemoteFailure {
+                        url: url.clone(),
+                        reason: FetchError::BranchMissing {
+                            url: url.clone(),
+                            branch: options.branch.clone(),
+                        }
+                        .to_string(),
                     });
                 }
                 Err(e) => failures.push(RemoteFailure { url: url.clone(), reason: e.to_string() }),
@@ -340,10 +373,10 @@ impl Mirror {
     }
 
     fn tree_entries(&self, tree: ObjectId) -> Result<BTreeMap<Vec<u8>, TreeItem>, FetchError> {
-        let t = self.repo.find_tree(tree).map_err(|e| FetchError::Odb {
-            what: format!("tree {tree}"),
-            reason: why(e),
-        })?;
+        let t = self
+            .repo
+            .find_tree(tree)
+            .map_err(|e| FetchError::Odb { what: format!("tree {tree}"), reason: why(e) })?;
         let decoded = t
             .decode()
             .map_err(|e| FetchError::Odb { what: format!("tree {tree}"), reason: why(e) })?;
@@ -647,9 +680,8 @@ fn fetch_blocking(
         .with_refspecs(refspecs.iter().map(String::as_str), gix::remote::Direction::Fetch)
         .map_err(remote_err)?;
     let connection = remote.connect(gix::remote::Direction::Fetch).map_err(remote_err)?;
-    let prepared = connection
-        .prepare_fetch(gix::progress::Discard, Default::default())
-        .map_err(remote_err)?;
+    let prepared =
+        connection.prepare_fetch(gix::progress::Discard, Default::default()).map_err(remote_err)?;
     let outcome = prepared.receive(gix::progress::Discard, interrupt).map_err(|e| {
         if interrupt.load(Ordering::SeqCst) {
             FetchError::Timeout { url: url.to_string(), timeout }

@@ -103,7 +103,7 @@ impl GitHttpServer {
         }
     }
 
-    /// `METHOD /path?query` of every request seen so far.
+    /// `METHOD /path?query ENCODING` of every request seen so far.
     pub fn requests(&self) -> Vec<String> {
         self.shared.log.lock().map(|l| l.clone()).unwrap_or_default()
     }
@@ -167,7 +167,8 @@ fn handle_connection(stream: TcpStream, shared: &Shared) {
     let response = match read_request(BufReader::new(stream), &mut writer) {
         Ok(req) => {
             if let Ok(mut log) = shared.log.lock() {
-                log.push(format!("{} {}?{}", req.method, req.path, req.query));
+                let encoding = req.header("Content-Encoding").unwrap_or("");
+                log.push(format!("{} {}?{} {encoding}", req.method, req.path, req.query));
             }
             if fault == Fault::Error500 {
                 plain(500, "Internal Server Error", "injected fault\n")
@@ -224,7 +225,9 @@ fn read_request(mut r: BufReader<TcpStream>, w: &mut TcpStream) -> Result<Reques
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let headers: Vec<(String, String)> = lines
         .filter(|l| !l.is_empty())
-        .filter_map(|l| l.split_once(':').map(|(k, v)| (k.trim().to_string(), v.trim().to_string())))
+        .filter_map(|l| {
+            l.split_once(':').map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        })
         .collect();
     let mut req = Request {
         method: method.to_string(),
@@ -359,7 +362,8 @@ mod tests {
 
     #[test]
     fn cgi_status_and_headers_are_relayed() {
-        let resp = parse_cgi(b"Status: 404 Not Found\r\nContent-Type: text/plain\r\n\r\nnope").unwrap();
+        let resp =
+            parse_cgi(b"Status: 404 Not Found\r\nContent-Type: text/plain\r\n\r\nnope").unwrap();
         let text = String::from_utf8(resp).unwrap();
         assert!(text.starts_with("HTTP/1.1 404 Not Found\r\n"), "{text}");
         assert!(text.contains("Content-Type: text/plain\r\n"));

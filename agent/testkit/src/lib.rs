@@ -2,8 +2,10 @@
 
 pub mod app;
 pub mod haproxy;
+pub mod http;
 pub mod incus;
 pub mod ports;
+pub mod repo;
 
 pub use app::{
     HostApp, HttpReply, broken_release_artifact, http_get, release_artifact, testapp_binary,
@@ -11,6 +13,3 @@ pub use app::{
 pub use haproxy::Haproxy;
 pub use incus::{TestContainer, TestProfile, require_host, sweep_stale};
 pub use ports::free_port;
-
-pub mod http;
-pub mod repo;

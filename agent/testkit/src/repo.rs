@@ -49,7 +49,10 @@ impl SigningKey {
 
     /// `SHA256:…` as printed by `ssh-keygen -l`.
     pub fn fingerprint(&self) -> Result<String> {
-        let out = Cmd::new("ssh-keygen").args(["-l", "-E", "sha256", "-f"]).arg(&self.public).run_stdout()?;
+        let out = Cmd::new("ssh-keygen")
+            .args(["-l", "-E", "sha256", "-f"])
+            .arg(&self.public)
+            .run_stdout()?;
         out.split_whitespace()
             .nth(1)
             .map(str::to_string)
@@ -68,10 +71,7 @@ pub fn allowed_signers_line(principal: &str, key: &SigningKey, options: &str) ->
 
 /// allowed_signers text for `(principal, key)` pairs, each with `namespaces="git"`.
 pub fn allowed_signers(entries: &[(&str, &SigningKey)]) -> String {
-    entries
-        .iter()
-        .map(|(p, k)| allowed_signers_line(p, k, "namespaces=\"git\"") + "\n")
-        .collect()
+    entries.iter().map(|(p, k)| allowed_signers_line(p, k, "namespaces=\"git\"") + "\n").collect()
 }
 
 /// A `git` command with the host's global/system configuration ignored.
@@ -92,7 +92,12 @@ pub struct GitVerdict {
 }
 
 /// Runs `git -c gpg.ssh.allowedSignersFile=<file> verify-commit|verify-tag <id>` in `repo`.
-pub fn git_verify(repo: &Path, allowed_signers_file: &Path, object: &str, tag: bool) -> Result<GitVerdict> {
+pub fn git_verify(
+    repo: &Path,
+    allowed_signers_file: &Path,
+    object: &str,
+    tag: bool,
+) -> Result<GitVerdict> {
     let out = git()
         .arg("-c")
         .arg(format!("gpg.ssh.allowedSignersFile={}", allowed_signers_file.display()))
@@ -223,7 +228,15 @@ impl RepoBuilder {
                 .arg(format!("user.signingkey={}", key.private.display()))
                 .args(["commit", "-q", "-S", "--allow-empty", "-m", message]);
         } else {
-            cmd = cmd.args(["-c", "commit.gpgsign=false", "commit", "-q", "--allow-empty", "-m", message]);
+            cmd = cmd.args([
+                "-c",
+                "commit.gpgsign=false",
+                "commit",
+                "-q",
+                "--allow-empty",
+                "-m",
+                message,
+            ]);
         }
         cmd.run()?;
         let id = self.head()?;
@@ -346,12 +359,14 @@ impl RepoBuilder {
         Ok(())
     }
 
-    /// Builds a commit object by hand with `tree`, `parents`, extra raw `headers`, signed by
-    /// `key` over exactly those bytes (as git would), inserting `gpgsig` where git does.
-    /// `mutate` may then alter the final bytes (to craft rejection cases). Returns the id.
+    /// Builds a commit object by hand with `tree` and `parents`, signed by `key` for SSHSIG
+    /// `namespace` (git uses `git`) over exactly those bytes, inserting the `gpgsig` header
+    /// where git does. `mutate` may then alter the final bytes (to craft rejection cases).
+    /// Writes it into the bare repository and returns its id.
     pub fn craft_signed_commit(
         &self,
         key: &SigningKey,
+        namespace: &str,
         tree: &str,
         parents: &[&str],
         message: &str,
@@ -363,8 +378,9 @@ impl RepoBuilder {
             payload.push_str(&format!("parent {p}\n"));
         }
         payload.push_str(&format!("author Test Author <author@example.com> {date}\n"));
-        payload.push_str(&format!("committer Test Author <author@example.com> {date}\n\n{message}\n"));
-        let armor = ssh_sign(key, "git", payload.as_bytes())?;
+        payload
+            .push_str(&format!("committer Test Author <author@example.com> {date}\n\n{message}\n"));
+        let armor = ssh_sign(key, namespace, payload.as_bytes())?;
         let header_end = payload.find("\n\n").map(|i| i + 1).context("no blank line")?;
         let mut sig_header = String::from("gpgsig");
         for (i, line) in armor.lines().enumerate() {

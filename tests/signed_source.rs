@@ -1,0 +1,721 @@
+//! Signed source end to end: commits made at test time with real git + OpenSSH
+//! (`veza_testkit::repo`), served over smart HTTP (`git http-backend` behind
+//! `veza_testkit::http`) and `file://`, fetched with gix into a bare mirror and verified
+//! in-process. `git verify-commit` is the oracle wherever git's verdict is right (the
+//! extra `gpgsig-sha256` header is the known exception: git says Good, we refuse).
+//! The `veza-agent verify` CLI is driven for its exit-code contract and rollback refusal.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use veza_host::process::Cmd;
+use veza_source::fetch::{FetchOptions, Mirror, ObjectId};
+use veza_source::policy::{Policy, collect_approvals};
+use veza_source::{AllowedSigners, FetchError, VerifyError, verify_commit};
+use veza_testkit::http::{Fault, GitHttpServer, refused_url};
+use veza_testkit::repo::{RepoBuilder, SigningKey, allowed_signers_line, git_verify};
+
+const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
+}
+
+fn oid(hex: &str) -> ObjectId {
+    ObjectId::from_hex(hex.as_bytes()).unwrap()
+}
+
+/// What the agent must say about a case.
+#[derive(Clone, Copy, Debug)]
+enum Expect {
+    Good(&'static str),
+    Unsigned,
+    UnknownKey,
+    BadSignature,
+    WrongNamespace,
+    Expired,
+    NotYetValid,
+    NamespaceNotAllowed,
+    ExtraHeader,
+    MultipleSignatures,
+}
+
+impl Expect {
+    fn check(self, name: &str, result: &Result<veza_source::Verdict, VerifyError>) {
+        use VerifyError as E;
+        let ok = match (self, result) {
+            (Expect::Good(p), Ok(v)) => v.principal == p && v.fingerprint.starts_with("SHA256:"),
+            (Expect::Unsigned, Err(E::Unsigned { .. })) => true,
+            (Expect::UnknownKey, Err(E::UnknownKey { .. })) => true,
+            (Expect::BadSignature, Err(E::BadSignature { .. })) => true,
+            (Expect::WrongNamespace, Err(E::WrongNamespace { found, .. })) => found == "file",
+            (Expect::Expired, Err(E::KeyExpired { .. })) => true,
+            (Expect::NotYetValid, Err(E::KeyNotYetValid { .. })) => true,
+            (Expect::NamespaceNotAllowed, Err(E::NamespaceNotAllowed { .. })) => true,
+            (Expect::ExtraHeader, Err(E::ExtraSignatureHeader { header, .. })) => {
+                header == "gpgsig-sha256"
+            }
+            (Expect::MultipleSignatures, Err(E::MultipleSignatures { count: 2, .. })) => true,
+            _ => false,
+        };
+        assert!(ok, "case {name}: expected {self:?}, got {result:?}");
+    }
+
+    /// What `veza-agent verify` prints on stderr for a rejection.
+    fn cli_words(self) -> &'static str {
+        match self {
+            Expect::Good(_) => "good signature",
+            Expect::Unsigned => "is not signed",
+            Expect::UnknownKey => "not in allowed_signers",
+            Expect::BadSignature => "bad signature",
+            Expect::WrongNamespace => "namespace `file`",
+            Expect::Expired => "expired",
+            Expect::NotYetValid => "not yet valid",
+            Expect::NamespaceNotAllowed => "may only sign namespaces",
+            Expect::ExtraHeader => "extra signature header `gpgsig-sha256`",
+            Expect::MultipleSignatures => "2 signatures",
+        }
+    }
+}
+
+struct Case {
+    name: &'static str,
+    commit: String,
+    expect: Expect,
+    /// `git verify-commit` exit status 0? `None`: not used as an oracle.
+    git_good: Option<bool>,
+}
+
+struct Keys {
+    alice: SigningKey,
+    bob: SigningKey,
+    forgejo: SigningKey,
+    mallory: SigningKey,
+    carol: SigningKey,
+    dave: SigningKey,
+    erin: SigningKey,
+}
+
+impl Keys {
+    fn generate(dir: &Path) -> Keys {
+        let g = |n: &str| SigningKey::generate(dir, n).unwrap();
+        Keys {
+            alice: g("alice"),
+            bob: g("bob"),
+            forgejo: g("forgejo"),
+            mallory: g("mallory"),
+            carol: g("carol"),
+            dave: g("dave"),
+            erin: g("erin"),
+        }
+    }
+
+    /// Trust root: alice, bob, forgejo; carol expired; dave not yet valid; erin only for `file`.
+    fn allowed_signers(&self) -> String {
+        [
+            allowed_signers_line("alice@example.com", &self.alice, "namespaces=\"git\""),
+            allowed_signers_line("bob@example.com", &self.bob, "namespaces=\"git\""),
+            allowed_signers_line("forgejo@forge.example", &self.forgejo, "namespaces=\"git\""),
+            allowed_signers_line("carol@example.com", &self.carol, "valid-before=\"20200101Z\""),
+            allowed_signers_line("dave@example.com", &self.dave, "valid-after=\"20990101Z\""),
+            allowed_signers_line("erin@example.com", &self.erin, "namespaces=\"file\""),
+        ]
+        .join("\n")
+            + "\n"
+    }
+}
+
+/// The shared repository: built once, only read by the tests that use it.
+struct World {
+    tmp: tempfile::TempDir,
+    repo: RepoBuilder,
+    server: GitHttpServer,
+    signers_file: PathBuf,
+    signers: AllowedSigners,
+    cases: Vec<Case>,
+    c_bob: String,
+    tag_v1: String,
+}
+
+impl World {
+    fn http_url(&self) -> String {
+        self.server.url("origin.git")
+    }
+
+    fn case(&self, name: &str) -> &Case {
+        self.cases.iter().find(|c| c.name == name).unwrap()
+    }
+}
+
+fn build_world() -> World {
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = Keys::generate(&tmp.path().join("keys"));
+    let signers_text = keys.allowed_signers();
+    let signers_file = tmp.path().join("allowed_signers");
+    std::fs::write(&signers_file, &signers_text).unwrap();
+    let signers = AllowedSigners::parse(&signers_text).unwrap();
+
+    let srv = tmp.path().join("srv");
+    let repo = RepoBuilder::new(&srv).unwrap();
+    let c_alice = repo
+        .commit_files_signed(
+            &keys.alice,
+            &[("manifests/prod.yaml", "replicas: 1\n"), ("manifests/dev.yaml", "replicas: 1\n")],
+            "initial manifests",
+        )
+        .unwrap();
+    let c_bob = repo
+        .commit_files_signed(&keys.bob, &[("manifests/dev.yaml", "replicas: 2\n")], "scale dev")
+        .unwrap();
+    repo.branch("feature").unwrap();
+    repo.commit_files_signed(
+        &keys.alice,
+        &[("manifests/prod.yaml", "replicas: 3\n")],
+        "scale prod",
+    )
+    .unwrap();
+    repo.checkout("main").unwrap();
+    let merge = repo
+        .merge_signed(
+            "feature",
+            &keys.forgejo,
+            "Merge pull request 'scale prod' (#1) from feature into main",
+        )
+        .unwrap();
+    let tag_v1 = repo.tag_signed(&keys.alice, "v1", &c_bob, "release v1").unwrap();
+
+    // Negative cases live on their own branch so that `main` stays the good merge.
+    repo.branch("neg").unwrap();
+    let mut cases = vec![
+        Case {
+            name: "alice",
+            commit: c_alice.clone(),
+            expect: Expect::Good("alice@example.com"),
+            git_good: Some(true),
+        },
+        Case {
+            name: "bob",
+            commit: c_bob.clone(),
+            expect: Expect::Good("bob@example.com"),
+            git_good: Some(true),
+        },
+        Case {
+            name: "forgejo-merge",
+            commit: merge.clone(),
+            expect: Expect::Good("forgejo@forge.example"),
+            git_good: Some(true),
+        },
+    ];
+    let mut worktree_case = |name, key: Option<&SigningKey>, expect, git_good| {
+        repo.write("manifests/dev.yaml", &format!("# {name}\n")).unwrap();
+        let commit = match key {
+            Some(k) => repo.commit_signed(k, name).unwrap(),
+            None => repo.commit_unsigned(name).unwrap(),
+        };
+        cases.push(Case { name, commit, expect, git_good });
+    };
+    worktree_case("unsigned", None, Expect::Unsigned, Some(false));
+    worktree_case("unknown-key", Some(&keys.mallory), Expect::UnknownKey, Some(false));
+    worktree_case("expired-key", Some(&keys.carol), Expect::Expired, Some(false));
+    worktree_case("not-yet-valid-key", Some(&keys.dave), Expect::NotYetValid, Some(false));
+    worktree_case(
+        "namespace-not-allowed",
+        Some(&keys.erin),
+        Expect::NamespaceNotAllowed,
+        Some(false),
+    );
+
+    let tree = repo.git(&["rev-parse", &format!("{c_alice}^{{tree}}")]).unwrap().trim().to_string();
+    let mut crafted = |name, namespace, expect, git_good, mutate: fn(Vec<u8>) -> Vec<u8>| {
+        let commit = repo
+            .craft_signed_commit(&keys.alice, namespace, &tree, &[&merge], name, mutate)
+            .unwrap();
+        cases.push(Case { name, commit, expect, git_good });
+    };
+    crafted("crafted-good", "git", Expect::Good("alice@example.com"), Some(true), |raw| raw);
+    crafted("tampered", "git", Expect::BadSignature, Some(false), |raw| {
+        String::from_utf8(raw)
+            .unwrap()
+            .replace("\ntampered\n", "\ntampered: replicas 99\n")
+            .into_bytes()
+    });
+    crafted("wrong-namespace", "file", Expect::WrongNamespace, Some(false), |raw| raw);
+    // git drops the extra header from the payload and says Good: the known exception.
+    crafted("extra-gpgsig-sha256", "git", Expect::ExtraHeader, Some(true), |raw| {
+        let text = String::from_utf8(raw).unwrap();
+        text.replacen("\ngpgsig ", "\ngpgsig-sha256 smuggled\ngpgsig ", 1).into_bytes()
+    });
+    crafted("two-signatures", "git", Expect::MultipleSignatures, None, |raw| {
+        let text = String::from_utf8(raw).unwrap();
+        let start = text.find("gpgsig ").unwrap();
+        let end = text.find("\n\n").unwrap() + 1;
+        format!("{}{}", &text[..end], &text[start..]).into_bytes()
+    });
+    for case in &cases {
+        repo.set_ref(&format!("refs/heads/case/{}", case.name), &case.commit).unwrap();
+    }
+    let server = GitHttpServer::start(&srv).unwrap();
+    World { tmp, repo, server, signers_file, signers, cases, c_bob, tag_v1 }
+}
+
+fn world() -> &'static World {
+    static WORLD: OnceLock<World> = OnceLock::new();
+    WORLD.get_or_init(build_world)
+}
+
+fn run_table(url: &str, mirror_dir: &Path) {
+    let w = world();
+    let mut mirror = Mirror::open_or_init(mirror_dir).unwrap();
+    for case in &w.cases {
+        let branch = format!("case/{}", case.name);
+        let fetched = mirror
+            .fetch(&[url.to_string()], &FetchOptions::new(&branch, FETCH_TIMEOUT))
+            .unwrap_or_else(|e| panic!("fetch {branch}: {e}"));
+        assert_eq!(fetched.tip, oid(&case.commit), "{branch}");
+        assert!(fetched.failures.is_empty());
+        let raw = mirror.raw_commit(fetched.tip).unwrap();
+        case.expect.check(case.name, &verify_commit(&raw, &w.signers, now()));
+    }
+}
+
+#[test]
+fn every_case_over_smart_http() {
+    let dir = tempfile::tempdir().unwrap();
+    run_table(&world().http_url(), &dir.path().join("mirror.git"));
+    let requests = world().server.requests();
+    assert!(
+        requests.iter().any(|r| r.starts_with("POST /origin.git/git-upload-pack")),
+        "{requests:?}"
+    );
+}
+
+#[test]
+fn every_case_over_file_url() {
+    let dir = tempfile::tempdir().unwrap();
+    run_table(&world().repo.file_url(), &dir.path().join("mirror.git"));
+}
+
+#[test]
+fn git_verify_commit_agrees_except_for_the_extra_header() {
+    let w = world();
+    for case in &w.cases {
+        let Some(git_good) = case.git_good else { continue };
+        let git = git_verify(w.repo.bare(), &w.signers_file, &case.commit, false).unwrap();
+        assert_eq!(git.good, git_good, "case {}: git said {}", case.name, git.output);
+        let ours =
+            verify_commit(&w.repo.raw_object("commit", &case.commit).unwrap(), &w.signers, now());
+        if case.name == "extra-gpgsig-sha256" {
+            assert!(git.good && ours.is_err(), "the known exception: git Good, agent refuses");
+            continue;
+        }
+        assert_eq!(
+            ours.is_ok(),
+            git.good,
+            "case {}: ours {ours:?} vs git {}",
+            case.name,
+            git.output
+        );
+        if let Expect::Good(p) = case.expect {
+            assert!(
+                git.output.contains(&format!("Good \"git\" signature for {p}")),
+                "{}",
+                git.output
+            );
+            let fp = ours.unwrap().fingerprint;
+            assert!(git.output.contains(&fp), "git: {} / ours: {fp}", git.output);
+        }
+    }
+    // The annotated tag too.
+    let git = git_verify(w.repo.bare(), &w.signers_file, &w.tag_v1, true).unwrap();
+    assert!(git.good, "{}", git.output);
+    let raw = w.repo.raw_object("tag", &w.tag_v1).unwrap();
+    assert_eq!(
+        veza_source::verify_tag(&raw, &w.signers, now()).unwrap().principal,
+        "alice@example.com"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// CLI: `veza-agent verify`
+
+fn agent(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Cmd::new(env!("CARGO_BIN_EXE_veza-agent"))
+        .args(args)
+        .timeout(Duration::from_secs(120))
+        .output()
+        .expect("run veza-agent");
+    (out.status.code(), out.stdout_str(), out.stderr_str())
+}
+
+fn verify_cli(
+    repo: &str,
+    rev: &str,
+    signers: &Path,
+    extra: &[&str],
+) -> (Option<i32>, String, String) {
+    let mut args = vec![
+        "verify",
+        "--repo",
+        repo,
+        "--rev",
+        rev,
+        "--allowed-signers",
+        signers.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    agent(&args)
+}
+
+#[test]
+fn cli_verdicts_over_http_file_and_local_path() {
+    let w = world();
+    let http = w.http_url();
+    let file = w.repo.file_url();
+    let bare = w.repo.bare().display().to_string();
+    let work = w.repo.work().display().to_string();
+    let (http, file, bare) = (http.as_str(), file.as_str(), bare.as_str());
+    let runs: &[(&str, &str)] = &[
+        (http, "alice"),
+        (http, "forgejo-merge"),
+        (http, "unsigned"),
+        (http, "unknown-key"),
+        (http, "tampered"),
+        (http, "extra-gpgsig-sha256"),
+        (file, "wrong-namespace"),
+        (file, "expired-key"),
+        (bare, "not-yet-valid-key"),
+        (bare, "namespace-not-allowed"),
+        (bare, "two-signatures"),
+    ];
+    for (repo, name) in runs {
+        let case = w.case(name);
+        let (code, stdout, stderr) =
+            verify_cli(repo, &format!("case/{name}"), &w.signers_file, &[]);
+        match case.expect {
+            Expect::Good(p) => {
+                assert_eq!(code, Some(0), "{name} via {repo}: {stderr}");
+                assert!(stdout.contains("good signature"), "{stdout}");
+                assert!(stdout.contains(p) && stdout.contains(&case.commit), "{stdout}");
+            }
+            other => {
+                assert_eq!(code, Some(1), "{name} via {repo}: {stdout}{stderr}");
+                assert!(stderr.contains(other.cli_words()), "{name}: {stderr}");
+                assert!(stdout.is_empty(), "{name}: {stdout}");
+            }
+        }
+    }
+    // A non-bare repository opened in place, by abbreviated id.
+    let (code, stdout, stderr) = verify_cli(&work, &w.c_bob[..10], &w.signers_file, &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("signed by bob@example.com"), "{stdout}");
+    // A signed tag, by name, over HTTP.
+    let (code, stdout, stderr) = verify_cli(http, "v1", &w.signers_file, &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("good signature: tag v1") && stdout.contains(&w.c_bob), "{stdout}");
+    // --verify-time committer: the key window is checked at the commit date, as git does.
+    let (code, _, stderr) =
+        verify_cli(bare, "case/expired-key", &w.signers_file, &["--verify-time", "committer"]);
+    assert_eq!(code, Some(1), "{stderr}");
+}
+
+#[test]
+fn cli_usage_and_io_errors_exit_2() {
+    let w = world();
+    let bare = w.repo.bare().display().to_string();
+    let missing = w.tmp.path().join("no-such-file");
+    let (code, _, stderr) = verify_cli(&bare, "main", &missing, &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("no-such-file"), "{stderr}");
+    let bad = w.tmp.path().join("bad_signers");
+    std::fs::write(&bad, "alice@example.com cert-authority ssh-ed25519 AAAA\n").unwrap();
+    let (code, _, stderr) = verify_cli(&bare, "main", &bad, &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("line 1") && stderr.contains("cert-authority"), "{stderr}");
+    let (code, _, stderr) = verify_cli(&bare, "no-such-branch", &w.signers_file, &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("no-such-branch"), "{stderr}");
+    let refused = refused_url("origin.git").unwrap();
+    let (code, _, stderr) = verify_cli(&refused, "main", &w.signers_file, &["--timeout", "5"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    let (code, _, stderr) = agent(&["verify", "--repo", &bare]);
+    assert_eq!(code, Some(2), "{stderr}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Rollback, approvals + policy, remotes, bounded reads: each in its own repository.
+
+struct Small {
+    _tmp: tempfile::TempDir,
+    repo: RepoBuilder,
+    server: GitHttpServer,
+    signers_file: PathBuf,
+    signers: AllowedSigners,
+    alice: SigningKey,
+    bob: SigningKey,
+    forgejo: SigningKey,
+}
+
+fn small() -> Small {
+    let tmp = tempfile::tempdir().unwrap();
+    let keys_dir = tmp.path().join("keys");
+    let alice = SigningKey::generate(&keys_dir, "alice").unwrap();
+    let bob = SigningKey::generate(&keys_dir, "bob").unwrap();
+    let forgejo = SigningKey::generate(&keys_dir, "forgejo").unwrap();
+    let text = veza_testkit::repo::allowed_signers(&[
+        ("alice@example.com", &alice),
+        ("bob@example.com", &bob),
+        ("forgejo@forge.example", &forgejo),
+    ]);
+    let signers_file = tmp.path().join("allowed_signers");
+    std::fs::write(&signers_file, &text).unwrap();
+    let srv = tmp.path().join("srv");
+    let repo = RepoBuilder::new(&srv).unwrap();
+    let server = GitHttpServer::start(&srv).unwrap();
+    Small {
+        repo,
+        server,
+        signers_file,
+        signers: AllowedSigners::parse(&text).unwrap(),
+        alice,
+        bob,
+        forgejo,
+        _tmp: tmp,
+    }
+}
+
+#[test]
+fn force_push_back_to_an_older_signed_commit_is_refused() {
+    let s = small();
+    let url = s.server.url("origin.git");
+    let a =
+        s.repo.commit_files_signed(&s.alice, &[("manifests/prod.yaml", "v: 1\n")], "A").unwrap();
+    let b = s.repo.commit_files_signed(&s.bob, &[("manifests/prod.yaml", "v: 2\n")], "B").unwrap();
+
+    let mirror_dir = s._tmp.path().join("mirror.git");
+    let mut mirror = Mirror::open_or_init(&mirror_dir).unwrap();
+    let opts = FetchOptions::new("main", FETCH_TIMEOUT);
+    assert_eq!(mirror.fetch(&[url.clone()], &opts).unwrap().tip, oid(&b));
+    assert!(mirror.is_descendant(oid(&b), oid(&a), 1000).unwrap());
+    let (code, stdout, stderr) = verify_cli(&url, "main", &s.signers_file, &["--after", &a]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains(&format!("descends from {a}")), "{stdout}");
+
+    s.repo.force_reset(&a).unwrap();
+    let fetched = mirror.fetch(&[url.clone()], &opts).unwrap();
+    assert_eq!(fetched.tip, oid(&a), "the mirror follows the force-push");
+    // A is validly signed, yet it is not a descendant of B: refused.
+    assert!(verify_commit(&mirror.raw_commit(fetched.tip).unwrap(), &s.signers, now()).is_ok());
+    assert!(!mirror.is_descendant(oid(&a), oid(&b), 1000).unwrap());
+    let (code, stdout, stderr) = verify_cli(&url, "main", &s.signers_file, &["--after", &b]);
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(stderr.contains("not a descendant") && stderr.contains(&b), "{stderr}");
+    // Same through a fresh file:// mirror, where B is not even present any more.
+    let (code, _, stderr) =
+        verify_cli(&s.repo.file_url(), "main", &s.signers_file, &["--after", &b]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("history was rewritten"), "{stderr}");
+}
+
+#[test]
+fn approval_tags_and_path_policy_on_real_commits() {
+    let s = small();
+    let base = s
+        .repo
+        .commit_files_signed(
+            &s.alice,
+            &[("manifests/prod.yaml", "replicas: 1\n"), ("manifests/dev.yaml", "replicas: 1\n")],
+            "base",
+        )
+        .unwrap();
+    s.repo.branch("feature").unwrap();
+    s.repo
+        .commit_files_signed(&s.alice, &[("manifests/prod.yaml", "replicas: 3\n")], "prod")
+        .unwrap();
+    s.repo.checkout("main").unwrap();
+    let merge = s.repo.merge_signed("feature", &s.forgejo, "Merge PR #2").unwrap();
+    s.repo.approve(&s.bob, &merge).unwrap();
+    // An approval of another commit must not count.
+    s.repo.approve(&s.alice, &base).unwrap();
+
+    let policy = Policy::from_yaml_str(
+        r#"
+publishers: [forgejo@forge.example]
+approval_ref: refs/heads/main
+rules:
+  - name: prod
+    paths: ["manifests/prod.yaml"]
+    principals: [alice@example.com, bob@example.com]
+    threshold: 2
+  - name: rest
+    paths: ["**"]
+    principals: [forgejo@forge.example, alice@example.com, bob@example.com]
+    threshold: 1
+"#,
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut mirror = Mirror::open_or_init(&dir.path().join("m.git")).unwrap();
+    let url = s.server.url("origin.git");
+    let opts = FetchOptions::new("main", FETCH_TIMEOUT);
+    let tip = mirror.fetch(&[url.clone()], &opts).unwrap().tip;
+    assert_eq!(tip, oid(&merge));
+    assert!(mirror.is_descendant(tip, oid(&base), 1000).unwrap());
+    let changed = mirror.changed_paths(oid(&base), tip, 10_000).unwrap();
+    assert_eq!(changed, ["manifests/prod.yaml"]);
+
+    let evaluate = |mirror: &Mirror| {
+        let raw = mirror.raw_commit(tip).unwrap();
+        let verdict = verify_commit(&raw, &s.signers, now()).unwrap();
+        let tags = mirror.tags_pointing_at(tip).unwrap();
+        let (approvals, ignored) = collect_approvals(
+            &merge,
+            &verdict,
+            &tags,
+            &s.signers,
+            now(),
+            policy.approval_ref.as_deref(),
+        );
+        assert!(ignored.is_empty(), "{ignored:?}");
+        policy.evaluate(&verdict, &changed, &approvals)
+    };
+    // Forgejo (not in the prod set) + bob's tag = one of two: refused, and the message says who.
+    let violations = evaluate(&mirror).unwrap_err();
+    let msg = violations[0].to_string();
+    assert!(msg.contains("manifests/prod.yaml") && msg.contains("rule `prod`"), "{msg}");
+    assert!(msg.contains("only bob@example.com approved"), "{msg}");
+    assert!(msg.contains("forgejo@forge.example (commit signature)"), "{msg}");
+
+    s.repo.approve(&s.alice, &merge).unwrap();
+    mirror.fetch(&[url], &opts).unwrap();
+    let ok = evaluate(&mirror).unwrap();
+    assert_eq!(ok[0].counted, ["alice@example.com", "bob@example.com"]);
+}
+
+#[test]
+fn remotes_are_tried_in_order_and_a_stalled_one_is_bounded() {
+    let s = small();
+    let tip = s.repo.commit_files_signed(&s.alice, &[("a.yaml", "a\n")], "a").unwrap();
+    let stalled_dir = tempfile::tempdir().unwrap();
+    let stalled = GitHttpServer::start(stalled_dir.path()).unwrap();
+    stalled.set_fault(Fault::Stall);
+    let broken = GitHttpServer::start(stalled_dir.path()).unwrap();
+    broken.set_fault(Fault::Error500);
+    let down = GitHttpServer::start(stalled_dir.path()).unwrap();
+    down.set_fault(Fault::Down);
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut mirror = Mirror::open_or_init(&dir.path().join("m.git")).unwrap();
+    let remotes = vec![
+        refused_url("origin.git").unwrap(),
+        stalled.url("origin.git"),
+        broken.url("origin.git"),
+        down.url("origin.git"),
+        s.server.url("missing.git"),
+        s.server.url("origin.git"),
+    ];
+    let opts = FetchOptions::new("main", Duration::from_secs(2));
+    let started = Instant::now();
+    let fetched = mirror.fetch(&remotes, &opts).unwrap();
+    let elapsed = started.elapsed();
+    assert_eq!(fetched.tip, oid(&tip));
+    assert_eq!(fetched.url, s.server.url("origin.git"));
+    assert_eq!(fetched.failures.len(), 5, "{:#?}", fetched.failures);
+    assert!(
+        fetched.failures[1].reason.contains("did not finish within"),
+        "{:?}",
+        fetched.failures[1]
+    );
+    assert!(elapsed < Duration::from_secs(15), "took {elapsed:?}");
+    eprintln!("remote failures, as an operator sees them:");
+    for f in &fetched.failures {
+        eprintln!("  {}: {}", f.url, f.reason);
+    }
+
+    // Branch missing on the only remote, then every remote failing.
+    let err =
+        mirror.fetch(&[s.server.url("origin.git")], &FetchOptions::new("nope", FETCH_TIMEOUT));
+    match err {
+        Err(FetchError::AllRemotesFailed { failures }) => {
+            assert!(failures[0].reason.contains("has no branch `nope`"), "{failures:?}")
+        }
+        other => panic!("expected AllRemotesFailed, got {other:?}"),
+    }
+    let err = mirror.fetch(&remotes[..2], &opts).unwrap_err().to_string();
+    assert!(err.starts_with("all 2 remote(s) failed"), "{err}");
+}
+
+#[test]
+fn files_are_read_from_the_verified_tree_with_caps() {
+    let s = small();
+    s.repo.write("manifests/prod.yaml", "replicas: 3\n").unwrap();
+    s.repo.write("big.bin", &"x".repeat(100_000)).unwrap();
+    std::os::unix::fs::symlink("manifests/prod.yaml", s.repo.work().join("link.yaml")).unwrap();
+    let c = s.repo.commit_signed(&s.alice, "files").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut mirror = Mirror::open_or_init(&dir.path().join("m.git")).unwrap();
+    let tip =
+        mirror.fetch(&[s.repo.file_url()], &FetchOptions::new("main", FETCH_TIMEOUT)).unwrap().tip;
+    assert_eq!(tip, oid(&c));
+    assert_eq!(mirror.read_file(tip, "manifests/prod.yaml", 1024).unwrap(), b"replicas: 3\n");
+    let too_big = mirror.read_file(tip, "big.bin", 99_999).unwrap_err();
+    assert!(matches!(too_big, FetchError::FileTooLarge { size: 100_000, .. }), "{too_big}");
+    assert!(too_big.to_string().contains("above the limit"), "{too_big}");
+    assert!(matches!(mirror.read_file(tip, "link.yaml", 1024), Err(FetchError::NotAFile { .. })));
+    assert!(matches!(mirror.read_file(tip, "manifests", 1024), Err(FetchError::NotAFile { .. })));
+    for missing in
+        ["nope.yaml", "manifests/../big.bin", "/manifests/prod.yaml", "manifests/prod.yaml/x"]
+    {
+        assert!(
+            matches!(mirror.read_file(tip, missing, 1024), Err(FetchError::PathNotFound { .. })),
+            "{missing}"
+        );
+    }
+    let files = mirror.list_files(tip, 100).unwrap();
+    assert_eq!(files.keys().collect::<Vec<_>>(), ["big.bin", "link.yaml", "manifests/prod.yaml"]);
+    assert!(matches!(mirror.list_files(tip, 2), Err(FetchError::TooManyFiles { limit: 2, .. })));
+}
+
+#[test]
+fn real_git_client_through_the_test_server_with_gzip_bodies() {
+    let s = small();
+    for i in 0..40 {
+        s.repo.write("manifests/dev.yaml", &format!("n: {i}\n")).unwrap();
+        s.repo.commit_signed(&s.alice, &format!("c{i}")).unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let clone = dir.path().join("clone");
+    let url = s.server.url("origin.git");
+    veza_testkit::repo::git().args(["clone", "-q", &url]).arg(&clone).run().unwrap();
+    // Local history the server lacks makes the next request carry many "have" lines,
+    // which git's HTTP client gzips (bodies over 1 KiB).
+    for i in 0..40 {
+        veza_testkit::repo::git()
+            .current_dir(&clone)
+            .args([
+                "-c",
+                "user.name=x",
+                "-c",
+                "user.email=x@example.com",
+                "commit",
+                "-q",
+                "--allow-empty",
+            ])
+            .args(["-m", &format!("local {i}")])
+            .run()
+            .unwrap();
+    }
+    let tip = s.repo.commit_signed(&s.bob, "new").unwrap();
+    veza_testkit::repo::git().current_dir(&clone).args(["fetch", "-q", "origin"]).run().unwrap();
+    let fetched = veza_testkit::repo::git()
+        .current_dir(&clone)
+        .args(["rev-parse", "origin/main"])
+        .run_stdout()
+        .unwrap();
+    assert_eq!(fetched.trim(), tip);
+    let requests = s.server.requests();
+    assert!(
+        requests.iter().any(|r| r.starts_with("POST") && r.ends_with(" gzip")),
+        "{requests:#?}"
+    );
+}
