@@ -4,6 +4,7 @@
 pub mod apply;
 pub mod artifact;
 pub mod fs;
+pub mod haproxy;
 pub mod http;
 pub mod incus;
 pub mod process;
