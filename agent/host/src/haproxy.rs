@@ -22,5 +22,5 @@ pub use parse::{
     BackendHealth, ExpectedServer, ServerHealth, ServerStatus, config_servers, edge_health,
 };
 pub use runtime::{
-    EdgeError, EdgeRuntime, HostRuntime, InstanceExec, InstanceOutput, InstanceRuntime,
+    EdgeError, EdgeRuntime, HostRuntime, IncusExec, InstanceExec, InstanceOutput, InstanceRuntime,
 };

@@ -246,6 +246,62 @@ pub trait InstanceExec {
     fn pull_file(&self, instance: &str, path: &Path) -> Result<Option<Vec<u8>>, InstanceError>;
 }
 
+/// [`InstanceExec`] over the (async) Incus driver, for the blocking installer: run it
+/// on a blocking thread (`tokio::task::spawn_blocking`) with a handle to the runtime the
+/// driver lives on. Exec and push need an instance the agent owns.
+pub struct IncusExec<'a, I> {
+    /// The driver.
+    pub incus: &'a I,
+    /// The tokio runtime the driver's futures run on.
+    pub handle: tokio::runtime::Handle,
+}
+
+impl<I: crate::incus::Incus> InstanceExec for IncusExec<'_, I> {
+    fn exec(
+        &self,
+        instance: &str,
+        command: &[String],
+        timeout: Duration,
+    ) -> Result<InstanceOutput, InstanceError> {
+        let mut request = crate::incus::ExecRequest::new(command.iter().cloned());
+        request.timeout = timeout;
+        let out = self.handle.block_on(self.incus.exec(instance, &request)).map_err(|e| {
+            InstanceError {
+                message: format!("exec `{}`: {e}", command.join(" ")),
+                source: Some(Box::new(e)),
+            }
+        })?;
+        Ok(InstanceOutput { exit_code: out.exit_code, stdout: out.stdout, stderr: out.stderr })
+    }
+
+    fn push_file(
+        &self,
+        instance: &str,
+        path: &Path,
+        bytes: &[u8],
+        mode: u32,
+    ) -> Result<(), InstanceError> {
+        let mut file = crate::incus::FilePush::new(path.to_string_lossy(), bytes.to_vec());
+        file.mode = mode;
+        self.handle.block_on(self.incus.push_file(instance, &file)).map_err(|e| InstanceError {
+            message: format!("push `{}`: {e}", path.display()),
+            source: Some(Box::new(e)),
+        })
+    }
+
+    fn pull_file(&self, instance: &str, path: &Path) -> Result<Option<Vec<u8>>, InstanceError> {
+        use crate::incus::{IncusError, ResourceKind};
+        match self.handle.block_on(self.incus.pull_file(instance, &path.to_string_lossy())) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(IncusError::NotFound { kind: ResourceKind::File, .. }) => Ok(None),
+            Err(e) => Err(InstanceError {
+                message: format!("pull `{}`: {e}", path.display()),
+                source: Some(Box::new(e)),
+            }),
+        }
+    }
+}
+
 /// The master CLI client run inside the instance. Exit 3: nothing listens (not running),
 /// 4: timeout, 2: other failure.
 const PERL_CLI: &str = r#"use strict; use Socket;
