@@ -19,11 +19,12 @@ use veza_testkit::repo::{RepoBuilder, SigningKey, allowed_signers_line, git_veri
 const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("now").as_secs()
+        as i64
 }
 
 fn oid(hex: &str) -> ObjectId {
-    ObjectId::from_hex(hex.as_bytes()).unwrap()
+    ObjectId::from_hex(hex.as_bytes()).expect("oid")
 }
 
 /// What the agent must say about a case.
@@ -99,7 +100,7 @@ struct Keys {
 
 impl Keys {
     fn generate(dir: &Path) -> Keys {
-        let g = |n: &str| SigningKey::generate(dir, n).unwrap();
+        let g = |n: &str| SigningKey::generate(dir, n).expect("generate");
         Keys {
             alice: g("alice"),
             bob: g("bob"),
@@ -144,49 +145,49 @@ impl World {
     }
 
     fn case(&self, name: &str) -> &Case {
-        self.cases.iter().find(|c| c.name == name).unwrap()
+        self.cases.iter().find(|c| c.name == name).expect("case")
     }
 }
 
 fn build_world() -> World {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tempfile::tempdir().expect("build_world");
     let keys = Keys::generate(&tmp.path().join("keys"));
     let signers_text = keys.allowed_signers();
     let signers_file = tmp.path().join("allowed_signers");
-    std::fs::write(&signers_file, &signers_text).unwrap();
-    let signers = AllowedSigners::parse(&signers_text).unwrap();
+    std::fs::write(&signers_file, &signers_text).expect("build_world");
+    let signers = AllowedSigners::parse(&signers_text).expect("build_world");
 
     let srv = tmp.path().join("srv");
-    let repo = RepoBuilder::new(&srv).unwrap();
+    let repo = RepoBuilder::new(&srv).expect("build_world");
     let c_alice = repo
         .commit_files_signed(
             &keys.alice,
             &[("manifests/prod.yaml", "replicas: 1\n"), ("manifests/dev.yaml", "replicas: 1\n")],
             "initial manifests",
         )
-        .unwrap();
+        .expect("build_world");
     let c_bob = repo
         .commit_files_signed(&keys.bob, &[("manifests/dev.yaml", "replicas: 2\n")], "scale dev")
-        .unwrap();
-    repo.branch("feature").unwrap();
+        .expect("build_world");
+    repo.branch("feature").expect("build_world");
     repo.commit_files_signed(
         &keys.alice,
         &[("manifests/prod.yaml", "replicas: 3\n")],
         "scale prod",
     )
-    .unwrap();
-    repo.checkout("main").unwrap();
+    .expect("build_world");
+    repo.checkout("main").expect("build_world");
     let merge = repo
         .merge_signed(
             "feature",
             &keys.forgejo,
             "Merge pull request 'scale prod' (#1) from feature into main",
         )
-        .unwrap();
-    let tag_v1 = repo.tag_signed(&keys.alice, "v1", &c_bob, "release v1").unwrap();
+        .expect("build_world");
+    let tag_v1 = repo.tag_signed(&keys.alice, "v1", &c_bob, "release v1").expect("build_world");
 
     // Negative cases live on their own branch so that `main` stays the good merge.
-    repo.branch("neg").unwrap();
+    repo.branch("neg").expect("build_world");
     let mut cases = vec![
         Case {
             name: "alice",
@@ -208,10 +209,10 @@ fn build_world() -> World {
         },
     ];
     let mut worktree_case = |name, key: Option<&SigningKey>, expect, git_good| {
-        repo.write("manifests/dev.yaml", &format!("# {name}\n")).unwrap();
+        repo.write("manifests/dev.yaml", &format!("# {name}\n")).expect("worktree_case");
         let commit = match key {
-            Some(k) => repo.commit_signed(k, name).unwrap(),
-            None => repo.commit_unsigned(name).unwrap(),
+            Some(k) => repo.commit_signed(k, name).expect("worktree_case"),
+            None => repo.commit_unsigned(name).expect("worktree_case"),
         };
         cases.push(Case { name, commit, expect, git_good });
     };
@@ -226,36 +227,40 @@ fn build_world() -> World {
         Some(false),
     );
 
-    let tree = repo.git(&["rev-parse", &format!("{c_alice}^{{tree}}")]).unwrap().trim().to_string();
+    let tree = repo
+        .git(&["rev-parse", &format!("{c_alice}^{{tree}}")])
+        .expect("worktree_case")
+        .trim()
+        .to_string();
     let mut crafted = |name, namespace, expect, git_good, mutate: fn(Vec<u8>) -> Vec<u8>| {
         let commit = repo
             .craft_signed_commit(&keys.alice, namespace, &tree, &[&merge], name, mutate)
-            .unwrap();
+            .expect("build_world");
         cases.push(Case { name, commit, expect, git_good });
     };
     crafted("crafted-good", "git", Expect::Good("alice@example.com"), Some(true), |raw| raw);
     crafted("tampered", "git", Expect::BadSignature, Some(false), |raw| {
         String::from_utf8(raw)
-            .unwrap()
+            .expect("build_world")
             .replace("\ntampered\n", "\ntampered: replicas 99\n")
             .into_bytes()
     });
     crafted("wrong-namespace", "file", Expect::WrongNamespace, Some(false), |raw| raw);
     // git drops the extra header from the payload and says Good: the known exception.
     crafted("extra-gpgsig-sha256", "git", Expect::ExtraHeader, Some(true), |raw| {
-        let text = String::from_utf8(raw).unwrap();
+        let text = String::from_utf8(raw).expect("crafted");
         text.replacen("\ngpgsig ", "\ngpgsig-sha256 smuggled\ngpgsig ", 1).into_bytes()
     });
     crafted("two-signatures", "git", Expect::MultipleSignatures, None, |raw| {
-        let text = String::from_utf8(raw).unwrap();
-        let start = text.find("gpgsig ").unwrap();
-        let end = text.find("\n\n").unwrap() + 1;
+        let text = String::from_utf8(raw).expect("crafted");
+        let start = text.find("gpgsig ").expect("crafted");
+        let end = text.find("\n\n").expect("crafted") + 1;
         format!("{}{}", &text[..end], &text[start..]).into_bytes()
     });
     for case in &cases {
-        repo.set_ref(&format!("refs/heads/case/{}", case.name), &case.commit).unwrap();
+        repo.set_ref(&format!("refs/heads/case/{}", case.name), &case.commit).expect("crafted");
     }
-    let server = GitHttpServer::start(&srv).unwrap();
+    let server = GitHttpServer::start(&srv).expect("crafted");
     World { tmp, repo, server, signers_file, signers, cases, c_bob, tag_v1 }
 }
 
@@ -266,7 +271,7 @@ fn world() -> &'static World {
 
 fn run_table(url: &str, mirror_dir: &Path) {
     let w = world();
-    let mut mirror = Mirror::open_or_init(mirror_dir).unwrap();
+    let mut mirror = Mirror::open_or_init(mirror_dir).expect("run_table");
     for case in &w.cases {
         let branch = format!("case/{}", case.name);
         let fetched = mirror
@@ -274,7 +279,7 @@ fn run_table(url: &str, mirror_dir: &Path) {
             .unwrap_or_else(|e| panic!("fetch {branch}: {e}"));
         assert_eq!(fetched.tip, oid(&case.commit), "{branch}");
         assert!(fetched.failures.is_empty());
-        let raw = mirror.raw_commit(fetched.tip).unwrap();
+        let raw = mirror.raw_commit(fetched.tip).expect("run_table");
         case.expect.check(case.name, &verify_commit(&raw, &w.signers, now()));
     }
 }
@@ -361,7 +366,7 @@ fn verify_cli(
         "--rev",
         rev,
         "--allowed-signers",
-        signers.to_str().unwrap(),
+        signers.to_str().expect("verify_cli"),
     ];
     args.extend_from_slice(extra);
     agent(&args)
@@ -457,26 +462,26 @@ struct Small {
 }
 
 fn small() -> Small {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tempfile::tempdir().expect("small");
     let keys_dir = tmp.path().join("keys");
-    let alice = SigningKey::generate(&keys_dir, "alice").unwrap();
-    let bob = SigningKey::generate(&keys_dir, "bob").unwrap();
-    let forgejo = SigningKey::generate(&keys_dir, "forgejo").unwrap();
+    let alice = SigningKey::generate(&keys_dir, "alice").expect("small");
+    let bob = SigningKey::generate(&keys_dir, "bob").expect("small");
+    let forgejo = SigningKey::generate(&keys_dir, "forgejo").expect("small");
     let text = veza_testkit::repo::allowed_signers(&[
         ("alice@example.com", &alice),
         ("bob@example.com", &bob),
         ("forgejo@forge.example", &forgejo),
     ]);
     let signers_file = tmp.path().join("allowed_signers");
-    std::fs::write(&signers_file, &text).unwrap();
+    std::fs::write(&signers_file, &text).expect("small");
     let srv = tmp.path().join("srv");
-    let repo = RepoBuilder::new(&srv).unwrap();
-    let server = GitHttpServer::start(&srv).unwrap();
+    let repo = RepoBuilder::new(&srv).expect("small");
+    let server = GitHttpServer::start(&srv).expect("small");
     Small {
         repo,
         server,
         signers_file,
-        signers: AllowedSigners::parse(&text).unwrap(),
+        signers: AllowedSigners::parse(&text).expect("small"),
         alice,
         bob,
         forgejo,
@@ -495,14 +500,14 @@ fn force_push_back_to_an_older_signed_commit_is_refused() {
     let mirror_dir = s._tmp.path().join("mirror.git");
     let mut mirror = Mirror::open_or_init(&mirror_dir).unwrap();
     let opts = FetchOptions::new("main", FETCH_TIMEOUT);
-    assert_eq!(mirror.fetch(&[url.clone()], &opts).unwrap().tip, oid(&b));
+    assert_eq!(mirror.fetch(std::slice::from_ref(&url), &opts).unwrap().tip, oid(&b));
     assert!(mirror.is_descendant(oid(&b), oid(&a), 1000).unwrap());
     let (code, stdout, stderr) = verify_cli(&url, "main", &s.signers_file, &["--after", &a]);
     assert_eq!(code, Some(0), "{stderr}");
     assert!(stdout.contains(&format!("descends from {a}")), "{stdout}");
 
     s.repo.force_reset(&a).unwrap();
-    let fetched = mirror.fetch(&[url.clone()], &opts).unwrap();
+    let fetched = mirror.fetch(std::slice::from_ref(&url), &opts).unwrap();
     assert_eq!(fetched.tip, oid(&a), "the mirror follows the force-push");
     // A is validly signed, yet it is not a descendant of B: refused.
     assert!(verify_commit(&mirror.raw_commit(fetched.tip).unwrap(), &s.signers, now()).is_ok());
@@ -558,7 +563,7 @@ rules:
     let mut mirror = Mirror::open_or_init(&dir.path().join("m.git")).unwrap();
     let url = s.server.url("origin.git");
     let opts = FetchOptions::new("main", FETCH_TIMEOUT);
-    let tip = mirror.fetch(&[url.clone()], &opts).unwrap().tip;
+    let tip = mirror.fetch(std::slice::from_ref(&url), &opts).unwrap().tip;
     assert_eq!(tip, oid(&merge));
     assert!(mirror.is_descendant(tip, oid(&base), 1000).unwrap());
     let changed = mirror.changed_paths(oid(&base), tip, 10_000).unwrap();
