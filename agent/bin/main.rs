@@ -6,6 +6,8 @@
 //! 2 usage or environment errors (clap's own usage errors exit 2 too).
 
 mod commands;
+mod edge;
+mod reconcile;
 
 use std::process::ExitCode;
 
@@ -22,6 +24,25 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the agent: poll the manifests repository and reconcile the host (the daemon).
+    Run(commands::run::RunArgs),
+    /// Sync once now, without a daemon: fetch, verify, plan, apply, record.
+    ///
+    /// Exit 0 when applied or already in sync, 1 when the revision was rejected, a
+    /// promotion rolled back, or a step failed.
+    Apply(commands::apply::ApplyArgs),
+    /// Show what would change (a dry run against live state).
+    ///
+    /// Exit 0 when nothing would change, 2 when changes are pending, 1 on error.
+    Plan(commands::plan::PlanArgs),
+    /// Ask the running daemon to sync now and print the outcome.
+    Sync(commands::sync::SyncArgs),
+    /// What runs, from which commit, signed by whom, and what needs a human.
+    ///
+    /// Exit 0 when healthy, 1 when something needs attention, 2 on errors.
+    Status(commands::status::StatusArgs),
+    /// Recent deploys, newest first.
+    History(commands::history::HistoryArgs),
     /// Check manifests: syntax, unknown keys and semantic rules, all files together.
     ///
     /// Prints each problem as `PATH:LINE:COL: error: MESSAGE` on stderr.
@@ -45,7 +66,24 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let level = match std::env::var("VEZA_LOG").as_deref() {
+        Ok("debug") => tracing::Level::DEBUG,
+        Ok("warn") => tracing::Level::WARN,
+        Ok("error") => tracing::Level::ERROR,
+        _ => tracing::Level::INFO,
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(level)
+        .with_target(false)
+        .init();
     match cli.command {
+        Command::Run(args) => commands::run::run(&args),
+        Command::Apply(args) => commands::apply::run(&args),
+        Command::Plan(args) => commands::plan::run(&args),
+        Command::Sync(args) => commands::sync::run(&args),
+        Command::Status(args) => commands::status::run(&args),
+        Command::History(args) => commands::history::run(&args),
         Command::Validate(args) => commands::validate::run(&args),
         Command::Schedule(args) => commands::schedule::run(args),
         Command::Verify(args) => commands::verify::run(args),

@@ -1,5 +1,12 @@
 //! One module per subcommand.
 
+pub mod apply;
+pub mod common;
+pub mod history;
+pub mod plan;
+pub mod run;
 pub mod schedule;
+pub mod status;
+pub mod sync;
 pub mod validate;
 pub mod verify;

@@ -115,6 +115,9 @@ pub struct EdgeConfig {
     /// Server-state file. Defaults to `/var/lib/haproxy/server-state`.
     #[serde(default)]
     pub state_file: Option<String>,
+    /// Stats (admin) socket written into the config. Defaults to `/run/haproxy/admin.sock`.
+    #[serde(default)]
+    pub stats_socket: Option<String>,
 }
 
 /// systemd.
@@ -242,6 +245,7 @@ fn validate_config(c: &HostConfig, pos: &Positions) -> Vec<Diagnostic> {
         (path!["edge", "config_path"], c.edge.config_path.as_deref()),
         (path!["edge", "master_socket"], c.edge.master_socket.as_deref()),
         (path!["edge", "state_file"], c.edge.state_file.as_deref()),
+        (path!["edge", "stats_socket"], c.edge.stats_socket.as_deref()),
         (path!["systemd", "unit_dir"], c.systemd.unit_dir.as_deref()),
         (path!["metrics", "textfile"], c.metrics.textfile.as_deref()),
         (path!["source", "credentials_file"], c.source.credentials_file.as_deref()),

@@ -1,0 +1,47 @@
+//! `veza-agent apply`: one full sync now (fetch, verify, plan, apply, record), without
+//! a daemon. Exit 0 when applied or already in sync, 1 when the revision was rejected,
+//! the promotion rolled back, or a step failed.
+
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+
+use veza_state::{Outcome, Store};
+
+use crate::commands::common::{ConfigArg, fail, runtime};
+use crate::reconcile::Agent;
+
+/// Arguments of `apply`.
+#[derive(Debug, clap::Args)]
+pub struct ApplyArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+}
+
+/// Runs `apply`.
+pub fn run(args: &ApplyArgs) -> ExitCode {
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => return fail(&e, 1),
+    };
+    rt.block_on(async {
+        let agent = match Agent::load(&args.config.config) {
+            Ok(a) => a,
+            Err(e) => return fail(&e, 1),
+        };
+        let store = match Store::open(&agent.state_dir()) {
+            Ok(s) => s,
+            Err(e) => return fail(&e.into(), 1),
+        };
+        let stop = AtomicBool::new(false);
+        match agent.sync(&store, &stop).await {
+            Ok(summary) => {
+                println!("{summary}");
+                match summary.outcome {
+                    Outcome::Applied | Outcome::NoChange => ExitCode::SUCCESS,
+                    _ => ExitCode::from(1),
+                }
+            }
+            Err(e) => fail(&e, 1),
+        }
+    })
+}

@@ -1,0 +1,32 @@
+//! Pieces shared by the subcommands that talk to the host: the `--config` option and
+//! the async runtime.
+
+use std::path::PathBuf;
+
+/// `--config`, shared by every subcommand that needs the host configuration.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConfigArg {
+    /// Host configuration file.
+    #[arg(long, value_name = "PATH", env = "VEZA_AGENT_CONFIG", default_value = veza_model::config::DEFAULT_CONFIG_PATH)]
+    pub config: PathBuf,
+}
+
+/// The runtime every async subcommand runs on: two workers (the edge installer blocks
+/// in place while the Incus driver keeps running).
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
+}
+
+/// Unix time now, in seconds.
+pub fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+/// Prints an error with its causes and exits with `code`.
+pub fn fail(e: &anyhow::Error, code: u8) -> std::process::ExitCode {
+    eprintln!("error: {e}");
+    for cause in e.chain().skip(1) {
+        eprintln!("  caused by: {cause}");
+    }
+    std::process::ExitCode::from(code)
+}

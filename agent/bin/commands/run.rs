@@ -1,0 +1,184 @@
+//! `veza-agent run`: the daemon. Polls the manifests repository (interval + jitter),
+//! syncs, and serves `veza-agent sync` requests on a Unix socket in the state directory.
+//!
+//! Signals: SIGTERM/SIGINT stop between actions (never between an edge switch and its
+//! verification) and exit after recording the run; SIGHUP re-reads the configuration
+//! (an invalid one is rejected and the old one stays). The trust root and the
+//! configuration are also re-read at every cycle, so edits are picked up without a
+//! restart.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{mpsc, oneshot};
+use veza_state::Store;
+
+use crate::commands::common::{ConfigArg, fail, runtime};
+use crate::reconcile::{Agent, SyncSummary};
+
+/// Arguments of `run`.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Run this many syncs, then exit (for tests and benchmarks; default: forever).
+    #[arg(long, value_name = "N")]
+    pub max_syncs: Option<u64>,
+}
+
+/// The control socket of the daemon.
+pub fn control_socket(state_dir: &std::path::Path) -> PathBuf {
+    state_dir.join("control.sock")
+}
+
+type Waiter = oneshot::Sender<SyncSummary>;
+
+/// Runs the daemon.
+pub fn run(args: &RunArgs) -> ExitCode {
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => return fail(&e, 1),
+    };
+    rt.block_on(async {
+        match daemon(args).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&e, 1),
+        }
+    })
+}
+
+async fn daemon(args: &RunArgs) -> anyhow::Result<()> {
+    let mut agent = Agent::load(&args.config.config)?;
+    let state_dir = agent.state_dir();
+    let store = Store::open(&state_dir)?;
+    let sock = control_socket(&state_dir);
+    let _ = std::fs::remove_file(&sock);
+    let listener = UnixListener::bind(&sock)
+        .map_err(|e| anyhow::anyhow!("cannot listen on `{}`: {e}", sock.display()))?;
+    let (tx, mut requests) = mpsc::channel::<Waiter>(16);
+    tokio::spawn(serve_control(listener, tx));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    {
+        let stop = stop.clone();
+        let wake = wake.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            tracing::info!("stop requested; finishing the current action");
+            stop.store(true, Ordering::SeqCst);
+            wake.notify_one();
+        });
+    }
+    tracing::info!(host = %agent.config.host, "veza-agent running; control socket {}", sock.display());
+    let mut waiters: Vec<Waiter> = Vec::new();
+    let mut syncs = 0u64;
+    loop {
+        let summary = match agent.sync(&store, &stop).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!("sync failed: {e:#}");
+                SyncSummary {
+                    outcome: veza_state::Outcome::Failed,
+                    commit: None,
+                    reason: Some(format!("{e:#}")),
+                    steps: 0,
+                    duration_ms: 0,
+                }
+            }
+        };
+        tracing::info!("sync: {summary}");
+        for w in waiters.drain(..) {
+            let _ = w.send(summary.clone());
+        }
+        syncs += 1;
+        if stop.load(Ordering::SeqCst) || args.max_syncs.is_some_and(|m| syncs >= m) {
+            break;
+        }
+        let pause = agent.config.poll_interval() + jitter(agent.config.poll_jitter());
+        tokio::select! {
+            () = tokio::time::sleep(pause) => {}
+            Some(w) = requests.recv() => {
+                waiters.push(w);
+                while let Ok(w) = requests.try_recv() {
+                    waiters.push(w);
+                }
+            }
+            () = wake.notified() => {}
+            _ = hup.recv() => {
+                reload(&mut agent);
+            }
+        }
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
+        // Pick up configuration edits at every cycle, keeping the old one when invalid.
+        reload(&mut agent);
+    }
+    let _ = std::fs::remove_file(&sock);
+    tracing::info!("veza-agent stopped");
+    Ok(())
+}
+
+fn reload(agent: &mut Agent) {
+    match crate::reconcile::load_config(&agent.config_path) {
+        Ok(config) => {
+            if config.host != agent.config.host || config.state_dir() != agent.config.state_dir() {
+                tracing::warn!(
+                    "`host` and `state_dir` changes need a restart; keeping the running values"
+                );
+                return;
+            }
+            agent.config = config;
+        }
+        Err(e) => tracing::error!("new configuration rejected, keeping the previous one: {e:#}"),
+    }
+}
+
+fn jitter(max: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let ms = max.as_millis() as u64;
+    if ms == 0 { Duration::ZERO } else { Duration::from_millis(u64::from(nanos) % ms) }
+}
+
+/// Accepts `sync` requests; each gets the summary of the next completed sync.
+async fn serve_control(listener: UnixListener, tx: mpsc::Sender<Waiter>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let (read, mut write) = stream.into_split();
+            let mut line = String::new();
+            let mut reader = BufReader::new(read.take(64));
+            if reader.read_line(&mut line).await.is_err() || line.trim() != "sync" {
+                let _ = write.write_all(b"error: unknown request (expected `sync`)\n").await;
+                return;
+            }
+            let (done, wait) = oneshot::channel();
+            if tx.send(done).await.is_err() {
+                return;
+            }
+            if let Ok(summary) = wait.await {
+                let text = serde_json::to_string(&summary).unwrap_or_default();
+                let _ = write.write_all(format!("{text}\n").as_bytes()).await;
+            }
+        });
+    }
+}
+
+use tokio::io::AsyncReadExt as _;

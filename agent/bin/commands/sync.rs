@@ -1,0 +1,58 @@
+//! `veza-agent sync`: asks the running daemon to sync now and prints the outcome.
+//! Exit 0 when applied or in sync, 1 otherwise, 2 when no daemon answers.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use crate::commands::common::{ConfigArg, fail};
+use crate::reconcile::load_config;
+
+/// Arguments of `sync`.
+#[derive(Debug, clap::Args)]
+pub struct SyncArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 900)]
+    pub timeout: u64,
+}
+
+/// Runs `sync`.
+pub fn run(args: &SyncArgs) -> ExitCode {
+    let config = match load_config(&args.config.config) {
+        Ok(c) => c,
+        Err(e) => return fail(&e, 2),
+    };
+    let sock = crate::commands::run::control_socket(std::path::Path::new(config.state_dir()));
+    let mut stream = match UnixStream::connect(&sock) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!(
+                "error: no running veza-agent answers on `{}`: {e}\nhint: start it with `systemctl start veza-agent` or run `veza-agent apply` for a one-off sync",
+                sock.display()
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(args.timeout)));
+    if let Err(e) = stream.write_all(b"sync\n") {
+        return fail(&anyhow::anyhow!("cannot send the request: {e}"), 2);
+    }
+    let mut line = String::new();
+    if let Err(e) = BufReader::new(stream).read_line(&mut line) {
+        return fail(&anyhow::anyhow!("no answer from the daemon: {e}"), 2);
+    }
+    let v: serde_json::Value = serde_json::from_str(line.trim()).unwrap_or_default();
+    let outcome = v["outcome"].as_str().unwrap_or("unknown");
+    let commit = v["commit"].as_str().unwrap_or("-");
+    println!(
+        "{outcome} {} ({} steps, {} ms){}",
+        &commit[..commit.len().min(12)],
+        v["steps"],
+        v["duration_ms"],
+        v["reason"].as_str().map(|r| format!(": {r}")).unwrap_or_default()
+    );
+    if matches!(outcome, "applied" | "no-change") { ExitCode::SUCCESS } else { ExitCode::from(1) }
+}

@@ -1,0 +1,93 @@
+//! The edge as the reconciler uses it: HAProxy on the host (files + master socket) or
+//! inside an Incus instance (file push + exec through the Incus driver), behind the apply
+//! engine's [`Edge`] trait. The installer itself (`veza_host::haproxy::install`) is
+//! synchronous; it runs in `block_in_place`, and its in-instance operations call the
+//! async Incus driver on the same runtime.
+
+use std::path::PathBuf;
+
+use veza_host::apply::Edge;
+use veza_host::haproxy::install::{EdgePaths, InstallOptions, install};
+use veza_host::haproxy::runtime::{
+    EdgeRuntime as HaproxyRuntime, HostRuntime, IncusExec, InstanceRuntime,
+};
+use veza_host::incus::IncusClient;
+use veza_model::config::HostConfig;
+use veza_plan::edge::EdgeSettings;
+
+/// Paths the rendered config refers to, from the host configuration.
+pub fn settings(config: &HostConfig) -> EdgeSettings {
+    let mut s = EdgeSettings::default();
+    if let Some(p) = &config.edge.state_file {
+        s.server_state_file = p.clone();
+    }
+    if let Some(p) = &config.edge.stats_socket {
+        s.stats_socket = p.clone();
+    }
+    s
+}
+
+/// The edge of this host.
+pub struct EdgeRuntime<'a> {
+    incus: &'a IncusClient,
+    runs_in: Option<String>,
+    paths: EdgePaths,
+    master_socket: PathBuf,
+}
+
+impl<'a> EdgeRuntime<'a> {
+    /// The edge as configured; `runs_in` is `host` or an instance name (from the manifests).
+    pub fn new(
+        config: &HostConfig,
+        incus: &'a IncusClient,
+        runs_in: Option<&str>,
+    ) -> EdgeRuntime<'a> {
+        let mut paths = EdgePaths::debian();
+        if let Some(p) = &config.edge.config_path {
+            paths.config = PathBuf::from(p);
+        }
+        if let Some(p) = &config.edge.state_file {
+            paths.server_state_file = PathBuf::from(p);
+        }
+        let master_socket = PathBuf::from(
+            config.edge.master_socket.clone().unwrap_or_else(|| "/run/haproxy-master.sock".into()),
+        );
+        EdgeRuntime {
+            incus,
+            runs_in: runs_in.filter(|r| *r != "host").map(str::to_string),
+            paths,
+            master_socket,
+        }
+    }
+
+    fn with_runtime<T>(&self, f: impl FnOnce(&dyn HaproxyRuntime) -> T) -> T {
+        match &self.runs_in {
+            None => f(&HostRuntime::new(self.master_socket.clone())),
+            Some(instance) => {
+                let exec =
+                    IncusExec { incus: self.incus, handle: tokio::runtime::Handle::current() };
+                let mut rt = InstanceRuntime::new(exec, instance.clone());
+                rt.master_socket = self.master_socket.clone();
+                f(&rt)
+            }
+        }
+    }
+}
+
+impl Edge for EdgeRuntime<'_> {
+    async fn live_config(&self) -> Result<Option<String>, String> {
+        tokio::task::block_in_place(|| {
+            self.with_runtime(|rt| rt.read_file(&self.paths.config))
+                .map(|b| b.map(|b| String::from_utf8_lossy(&b).into_owned()))
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    async fn install(&self, config: &str) -> Result<(), String> {
+        tokio::task::block_in_place(|| {
+            self.with_runtime(|rt| install(rt, &self.paths, config, &InstallOptions::default()))
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
+    }
+}

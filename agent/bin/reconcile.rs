@@ -1,0 +1,769 @@
+//! One sync, end to end: source → verify → model → observe → plan → apply → record.
+//!
+//! Shared by `plan` (stops after planning), `apply` (one full run) and `run` (the daemon
+//! loop). Every stage returns data the next consumes; only this module decides what a
+//! failure at each stage means for the host (keep the last good state) and for the
+//! record (`rejected`, `failed`, `rolled-back`, quarantine).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use veza_host::apply::{ApplyOutcome, ApplyReport, Drivers, Edge, Gates, Hooks, apply};
+use veza_host::artifact::ArtifactStore;
+use veza_host::incus::{Incus, IncusClient, IncusLive};
+use veza_host::systemd::{Systemd, Units};
+use veza_model::Manifest;
+use veza_model::config::HostConfig;
+use veza_plan::live::{LiveInstance, LiveNetwork, LiveProfile, LiveState, UnitTarget};
+use veza_plan::{Plan, PlanOptions, Step};
+use veza_source::fetch::{FetchOptions, Mirror};
+use veza_source::{AllowedSigners, verify_commit};
+use veza_state::{
+    AgentState, AppState, AppliedRevision, EnvState, HistoryEntry, Journal, Outcome, Rejection,
+    RunRecord, Store,
+};
+
+use crate::edge::EdgeRuntime;
+
+/// Incus server config key mirroring the anti-rollback high-water mark, so wiping the
+/// state directory does not reopen rollback.
+pub const HIGH_WATER_KEY: &str = "user.veza-agent.applied";
+
+/// A verified revision and the manifests read from it.
+pub struct Source {
+    /// Tip commit id.
+    pub commit: String,
+    /// Signer principal.
+    pub signer: String,
+    /// The host's validated manifests (`metadata.host` = this host).
+    pub manifests: Vec<Manifest>,
+}
+
+/// Why a revision was not used.
+#[derive(Debug)]
+pub enum SourceProblem {
+    /// Fetch failed on every remote.
+    Fetch(String),
+    /// The revision was refused (signature, policy, rollback, invalid manifests).
+    Rejected { commit: String, reason: String },
+}
+
+/// What a sync did, for the caller (exit codes, `sync` replies, logs).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SyncSummary {
+    /// Outcome.
+    pub outcome: Outcome,
+    /// The commit worked on.
+    pub commit: Option<String>,
+    /// Why, when not applied or no-change.
+    pub reason: Option<String>,
+    /// Steps executed.
+    pub steps: usize,
+    /// Wall time in milliseconds.
+    pub duration_ms: u64,
+}
+
+impl std::fmt::Display for SyncSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.outcome.as_str())?;
+        if let Some(c) = &self.commit {
+            write!(f, " {}", &c[..c.len().min(12)])?;
+        }
+        write!(f, " ({} steps, {} ms)", self.steps, self.duration_ms)?;
+        if let Some(r) = &self.reason {
+            write!(f, ": {r}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The agent: configuration and long-lived clients.
+pub struct Agent {
+    /// Host configuration.
+    pub config: HostConfig,
+    /// Where the configuration came from (re-read on SIGHUP).
+    pub config_path: PathBuf,
+    /// Incus client (pooled connections).
+    pub incus: IncusClient,
+}
+
+impl Agent {
+    /// Loads the configuration and connects nothing yet.
+    pub fn load(config_path: &Path) -> Result<Agent> {
+        let config = load_config(config_path)?;
+        let incus = IncusClient::unix(config.incus_socket());
+        Ok(Agent { config, config_path: config_path.to_path_buf(), incus })
+    }
+
+    /// The state directory.
+    pub fn state_dir(&self) -> PathBuf {
+        PathBuf::from(self.config.state_dir())
+    }
+
+    fn edge(&self, runs_in: Option<&str>) -> EdgeRuntime<'_> {
+        EdgeRuntime::new(&self.config, &self.incus, runs_in)
+    }
+
+    fn units(&self) -> Systemd<'_, IncusClient> {
+        Systemd::new(
+            &self.incus,
+            self.config.systemd.unit_dir.clone().unwrap_or_else(|| "/etc/systemd/system".into()),
+        )
+    }
+
+    /// Source and verify: fetch the branch, verify the tip, check policy and ancestry,
+    /// read and validate the manifests. Pure decisions, effects limited to the mirror.
+    pub async fn source(&self, state: &AgentState, now: i64) -> Result<Source, SourceProblem> {
+        let c = &self.config;
+        let mirror_dir = self.state_dir().join("mirror.git");
+        let mut mirror =
+            Mirror::open_or_init(&mirror_dir).map_err(|e| SourceProblem::Fetch(e.to_string()))?;
+        let fetched = mirror
+            .fetch(&c.source.remotes, &FetchOptions::new(c.branch(), c.fetch_timeout()))
+            .map_err(|e| SourceProblem::Fetch(e.to_string()))?;
+        let commit = fetched.tip.to_string();
+        let reject = |reason: String| SourceProblem::Rejected { commit: commit.clone(), reason };
+        let signers = AllowedSigners::from_file(Path::new(&c.trust.allowed_signers))
+            .map_err(|e| reject(format!("trust root unusable: {e}")))?;
+        let raw = mirror.raw_commit(fetched.tip).map_err(|e| reject(e.to_string()))?;
+        let verdict =
+            verify_commit(&raw, &signers, now).map_err(|e| reject(format!("signature: {e}")))?;
+        // Anti-rollback: the tip must descend from the last applied commit, known from the
+        // state file or, when that is gone, from the mirror in Incus.
+        let applied = match &state.applied {
+            Some(a) => Some(a.commit.clone()),
+            None => self.incus.server_user_config(HIGH_WATER_KEY).await.ok().flatten(),
+        };
+        if let Some(last) = &applied {
+            let last_id = mirror.resolve(last).map_err(|_| {
+                reject(format!(
+                    "the last applied commit {last} is not in the fetched history: the branch was force-pushed or rewritten"
+                ))
+            })?;
+            let ok = mirror
+                .is_descendant(fetched.tip, last_id, 100_000)
+                .map_err(|e| reject(e.to_string()))?;
+            if !ok {
+                return Err(reject(format!(
+                    "{commit} does not descend from the last applied commit {last}: refusing a rollback or force-push (hint: undo a change with `git revert` in a new signed commit)"
+                )));
+            }
+            if let Some(policy_path) = &c.trust.policy {
+                let text = std::fs::read_to_string(policy_path)
+                    .map_err(|e| reject(format!("policy `{policy_path}` unreadable: {e}")))?;
+                let policy = veza_source::policy::Policy::from_yaml_str(&text)
+                    .map_err(|e| reject(format!("policy `{policy_path}`: {e}")))?;
+                let changed = mirror
+                    .changed_paths(last_id, fetched.tip, 1_000_000)
+                    .map_err(|e| reject(e.to_string()))?;
+                let tags =
+                    mirror.tags_pointing_at(fetched.tip).map_err(|e| reject(e.to_string()))?;
+                let (approvals, _) = veza_source::policy::collect_approvals(
+                    &commit, &verdict, &tags, &signers, now, None,
+                );
+                if let Err(violations) = policy.evaluate(&verdict, &changed, &approvals) {
+                    let text: Vec<String> = violations.iter().map(ToString::to_string).collect();
+                    return Err(reject(format!("trust policy: {}", text.join("; "))));
+                }
+            }
+        }
+        let mut files = Vec::new();
+        for path in &c.source.manifests {
+            let bytes = mirror
+                .read_file(fetched.tip, path, veza_model::parse::MAX_MANIFEST_BYTES as u64)
+                .map_err(|e| reject(format!("manifest `{path}`: {e}")))?;
+            files.push((path.clone(), bytes));
+        }
+        let parsed = veza_model::load(&files).map_err(|problems| {
+            let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
+            reject(format!("invalid manifests:\n{}", text.join("\n")))
+        })?;
+        let manifests = parsed
+            .into_iter()
+            .map(|(_, p)| p.manifest)
+            .filter(|m| m.metadata.host == c.host)
+            .collect();
+        Ok(Source { commit, signer: verdict.principal, manifests })
+    }
+
+    /// Observe: Incus, the edge's live config, job units.
+    pub async fn observe(&self, manifests: &[Manifest]) -> Result<LiveState> {
+        let live = self.incus.observe().await.context("observing Incus")?;
+        let mut state = to_live(&live);
+        let runs_in = manifests.iter().find_map(|m| m.edge.as_ref().map(|e| e.runs_in.clone()));
+        if let Some(r) = &runs_in {
+            let edge_ready = r == "host" || state.instances.get(r).is_some_and(|i| i.running);
+            if edge_ready {
+                state.edge_config = self.edge(Some(r)).live_config().await.ok().flatten();
+                if let Some(cfg) = &state.edge_config {
+                    state.active_colors = veza_plan::live::active_colors_from_config(cfg);
+                }
+            }
+        }
+        let units = self.units();
+        let mut targets: Vec<UnitTarget> = Vec::new();
+        for m in manifests {
+            for job in m.jobs.values() {
+                let t = if job.on == "host" {
+                    UnitTarget::Host
+                } else {
+                    UnitTarget::Instance(job.on.clone())
+                };
+                if !targets.contains(&t) {
+                    targets.push(t);
+                }
+            }
+        }
+        for t in targets {
+            let ready = match &t {
+                UnitTarget::Host => true,
+                UnitTarget::Instance(i) => {
+                    state.instances.get(i).is_some_and(|x| x.running && x.is_owned())
+                }
+            };
+            if ready {
+                if let Ok(files) = units.list(&t).await {
+                    state.units.insert(t, files);
+                }
+            }
+        }
+        Ok(state)
+    }
+
+    /// Plan options for this host.
+    pub fn plan_options(&self) -> PlanOptions {
+        PlanOptions {
+            edge_settings: crate::edge::settings(&self.config),
+            failing_jobs: BTreeMap::new(),
+        }
+    }
+
+    /// Runs the plan through the drivers.
+    pub async fn apply(
+        &self,
+        plan: &Plan,
+        runs_in: Option<&str>,
+        hooks: &mut impl Hooks,
+    ) -> ApplyReport {
+        let edge = self.edge(runs_in);
+        let units = self.units();
+        let artifacts = ArtifactStore::new(&self.state_dir().join("artifacts"));
+        let gates = Gates {
+            health_timeout: self.config.health_timeout(),
+            verify_requests: self.config.promotion.verify_requests.unwrap_or(5),
+            probe_timeout: Duration::from_secs(2),
+        };
+        let drivers = Drivers {
+            incus: &self.incus,
+            edge: &edge,
+            units: &units,
+            artifacts: &artifacts,
+            gates,
+        };
+        apply(plan, &drivers, hooks).await
+    }
+
+    /// One full sync with the store locked. `stop` is checked between steps.
+    pub async fn sync(&self, store: &Store, stop: &AtomicBool) -> Result<SyncSummary> {
+        let started = Instant::now();
+        let started_ms = chrono::Utc::now().timestamp_millis();
+        let now = started_ms / 1000;
+        let reader = store.reader();
+        let mut state = match reader.load() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!("{e}");
+                AgentState::default()
+            }
+        };
+        let interrupted = reader.journal();
+        let finish = |state: &mut AgentState,
+                      outcome: Outcome,
+                      commit: Option<String>,
+                      reason: Option<String>,
+                      steps: usize| {
+            let duration_ms = started.elapsed().as_millis() as u64;
+            state.last_run = Some(RunRecord {
+                started_ms,
+                duration_ms,
+                outcome,
+                reason: reason.clone(),
+                commit: commit.clone(),
+            });
+            SyncSummary { outcome, commit, reason, steps, duration_ms }
+        };
+        let source = match self.source(&state, now).await {
+            Ok(s) => s,
+            Err(SourceProblem::Fetch(e)) => {
+                state.last_fetch_error = Some(e.clone());
+                state.sync_failures += 1;
+                let s = finish(&mut state, Outcome::Failed, None, Some(format!("fetch: {e}")), 0);
+                store.save(&state)?;
+                self.write_metrics(&state, now);
+                return Ok(s);
+            }
+            Err(SourceProblem::Rejected { commit, reason }) => {
+                state.last_fetch_error = None;
+                let first_time = state.rejected.as_ref().map(|r| &r.commit) != Some(&commit);
+                if first_time {
+                    state.rejected_total += 1;
+                    store.append_history(&HistoryEntry {
+                        at_ms: started_ms,
+                        commit: commit.clone(),
+                        signer: None,
+                        outcome: Outcome::Rejected,
+                        reason: Some(reason.clone()),
+                        apps: BTreeMap::new(),
+                        duration_ms: started.elapsed().as_millis() as u64,
+                    })?;
+                }
+                state.rejected =
+                    Some(Rejection { commit: commit.clone(), reason: reason.clone(), at: now });
+                let s = finish(&mut state, Outcome::Rejected, Some(commit), Some(reason), 0);
+                store.save(&state)?;
+                self.write_metrics(&state, now);
+                return Ok(s);
+            }
+        };
+        state.last_verified_fetch_at = Some(now);
+        state.last_fetch_error = None;
+        if state.rejected.as_ref().is_some_and(|r| r.commit != source.commit) {
+            // A newer good commit supersedes the last rejection.
+            state.rejected = None;
+        }
+        if let Some(q) = state.quarantined.get(&source.commit) {
+            let reason = format!(
+                "commit is quarantined after a rolled-back promotion ({}); push a newer commit",
+                q.reason
+            );
+            let s = finish(
+                &mut state,
+                Outcome::RolledBack,
+                Some(source.commit.clone()),
+                Some(reason),
+                0,
+            );
+            store.save(&state)?;
+            self.write_metrics(&state, now);
+            return Ok(s);
+        }
+        state.quarantined.clear();
+
+        let live = match self.observe(&source.manifests).await {
+            Ok(l) => l,
+            Err(e) => {
+                state.sync_failures += 1;
+                let s = finish(
+                    &mut state,
+                    Outcome::Failed,
+                    Some(source.commit.clone()),
+                    Some(format!("{e:#}")),
+                    0,
+                );
+                store.save(&state)?;
+                return Ok(s);
+            }
+        };
+        let mut opts = self.plan_options();
+        opts.failing_jobs = self.failing_jobs(&source.manifests, now).await;
+        let refs: Vec<&Manifest> = source.manifests.iter().collect();
+        let plan = match veza_plan::plan(&refs, &live, &opts) {
+            Ok(p) => p,
+            Err(e) => {
+                let s = finish(
+                    &mut state,
+                    Outcome::Failed,
+                    Some(source.commit.clone()),
+                    Some(e.to_string()),
+                    0,
+                );
+                store.save(&state)?;
+                return Ok(s);
+            }
+        };
+        for r in &plan.refusals {
+            tracing::warn!(resource = %r.resource, "refused: {}", r.reason);
+        }
+        let already =
+            state.applied.as_ref().map(|a| a.commit.as_str()) == Some(source.commit.as_str());
+        if plan.is_empty() && interrupted.is_none() {
+            self.record_applied(&mut state, &source, &live, now).await;
+            state.sync_failures = 0;
+            let outcome = if already { Outcome::NoChange } else { Outcome::Applied };
+            if !already {
+                store.append_history(&history(
+                    started_ms,
+                    &source,
+                    outcome,
+                    None,
+                    &state,
+                    started.elapsed(),
+                ))?;
+            }
+            let s = finish(&mut state, outcome, Some(source.commit.clone()), None, 0);
+            store.save(&state)?;
+            self.write_metrics(&state, now);
+            return Ok(s);
+        }
+        if let Some(j) = &interrupted {
+            tracing::warn!(commit = %j.commit, step = ?j.current, "the previous run was interrupted; re-planned from live state");
+        }
+        let runs_in =
+            source.manifests.iter().find_map(|m| m.edge.as_ref().map(|e| e.runs_in.clone()));
+        let mut hooks = JournalHooks {
+            store,
+            journal: Journal {
+                commit: source.commit.clone(),
+                started_ms,
+                steps: plan.steps.iter().map(|s| s.action.to_string()).collect(),
+                done: 0,
+                current: None,
+            },
+            stop,
+        };
+        let report = self.apply(&plan, runs_in.as_deref(), &mut hooks).await;
+        store.clear_journal()?;
+        let (outcome, reason) = match &report.outcome {
+            ApplyOutcome::Applied => (Outcome::Applied, None),
+            ApplyOutcome::RolledBack { reason } => (Outcome::RolledBack, Some(reason.clone())),
+            ApplyOutcome::Failed { step, error } => {
+                (Outcome::Failed, Some(format!("step `{step}` failed: {error}")))
+            }
+            ApplyOutcome::Interrupted { before } => {
+                (Outcome::Failed, Some(format!("stopped before `{before}` (shutdown requested)")))
+            }
+            ApplyOutcome::Preempted { during } => {
+                (Outcome::Failed, Some(format!("preempted by a newer commit during `{during}`")))
+            }
+        };
+        let live_after = self.observe(&source.manifests).await.unwrap_or(live);
+        match outcome {
+            Outcome::Applied => {
+                state.sync_failures = 0;
+                self.record_applied(&mut state, &source, &live_after, now).await;
+            }
+            Outcome::RolledBack => {
+                state.quarantined.insert(
+                    source.commit.clone(),
+                    Rejection {
+                        commit: source.commit.clone(),
+                        reason: reason.clone().unwrap_or_default(),
+                        at: now,
+                    },
+                );
+                // The commit was verified and attempted: it becomes the high-water mark
+                // (only its descendants, e.g. a revert, are accepted next).
+                self.record_applied(&mut state, &source, &live_after, now).await;
+                for p in &plan.promotions {
+                    let app = state
+                        .envs
+                        .entry(p.env.clone())
+                        .or_default()
+                        .apps
+                        .entry(p.app.clone())
+                        .or_default();
+                    app.last_outcome = Some(Outcome::RolledBack);
+                    app.last_reason = reason.clone();
+                }
+            }
+            _ => state.sync_failures += 1,
+        }
+        store.append_history(&history(
+            started_ms,
+            &source,
+            outcome,
+            reason.clone(),
+            &state,
+            started.elapsed(),
+        ))?;
+        let s = finish(&mut state, outcome, Some(source.commit.clone()), reason, report.steps_done);
+        store.save(&state)?;
+        self.write_metrics(&state, now);
+        Ok(s)
+    }
+
+    async fn record_applied(
+        &self,
+        state: &mut AgentState,
+        source: &Source,
+        live: &LiveState,
+        now: i64,
+    ) {
+        let same = state.applied.as_ref().is_some_and(|a| a.commit == source.commit);
+        if !same {
+            state.applied = Some(AppliedRevision {
+                commit: source.commit.clone(),
+                signer: source.signer.clone(),
+                applied_at: now,
+            });
+        }
+        if self.incus.server_user_config(HIGH_WATER_KEY).await.ok().flatten().as_deref()
+            != Some(source.commit.as_str())
+        {
+            if let Err(e) =
+                self.incus.set_server_user_config(HIGH_WATER_KEY, Some(&source.commit)).await
+            {
+                tracing::warn!("could not mirror the high-water mark into Incus: {e}");
+            }
+        }
+        let mut envs: BTreeMap<String, EnvState> = BTreeMap::new();
+        for m in &source.manifests {
+            let env = envs.entry(m.metadata.name.clone()).or_default();
+            for (app_name, app) in &m.apps {
+                let prev = state.envs.get(&m.metadata.name).and_then(|e| e.apps.get(app_name));
+                let active =
+                    live.active_colors.get(&(m.metadata.name.clone(), app_name.clone())).copied();
+                let mut a =
+                    AppState { active: active.map(|c| c.to_string()), ..AppState::default() };
+                for (color, slot) in &app.slots {
+                    if let Some(r) = &slot.release {
+                        a.releases.insert(color.to_string(), r.to_string());
+                    }
+                }
+                let promoted = active == Some(app.active);
+                a.last_outcome = if promoted {
+                    Some(Outcome::Applied)
+                } else {
+                    prev.and_then(|p| p.last_outcome)
+                };
+                a.last_reason =
+                    if promoted { None } else { prev.and_then(|p| p.last_reason.clone()) };
+                env.apps.insert(app_name.clone(), a);
+            }
+        }
+        state.envs = envs;
+    }
+
+    /// Jobs whose last run failed or whose last success is too old, as `env/job` → why.
+    async fn failing_jobs(&self, manifests: &[Manifest], now: i64) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        let units = self.units();
+        for m in manifests {
+            let gated: std::collections::BTreeSet<&String> =
+                m.apps.values().flat_map(|a| a.gate_on_jobs.iter()).collect();
+            for (name, job) in &m.jobs {
+                if !gated.contains(name) {
+                    continue;
+                }
+                let target = if job.on == "host" {
+                    UnitTarget::Host
+                } else {
+                    UnitTarget::Instance(job.on.clone())
+                };
+                let stem = veza_model::units::unit_stem(&m.metadata.name, name);
+                match units
+                    .job_run(&target, &format!("{stem}.service"), &format!("{stem}.timer"))
+                    .await
+                {
+                    Ok(run) => {
+                        if let Some(why) =
+                            job_problem(&run, job.max_success_age.map(|d| d.get()), now)
+                        {
+                            out.insert(format!("{}/{name}", m.metadata.name), why);
+                        }
+                    }
+                    Err(e) => {
+                        out.insert(
+                            format!("{}/{name}", m.metadata.name),
+                            format!("status unknown: {e}"),
+                        );
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn write_metrics(&self, state: &AgentState, now: i64) {
+        let Some(path) = &self.config.metrics.textfile else { return };
+        let stale = state
+            .last_verified_fetch_at
+            .is_none_or(|t| now - t > self.config.max_staleness().as_secs() as i64);
+        let text = veza_state::metrics::render(state, &[], now, stale);
+        if let Err(e) =
+            veza_host::fs::write_atomic_if_changed(Path::new(path), text.as_bytes(), 0o644)
+        {
+            tracing::warn!("metrics: {e}");
+        }
+    }
+}
+
+/// Whether a job is a health problem: its last run failed, it never succeeded, or its
+/// last success is older than `max_age`.
+pub fn job_problem(
+    run: &veza_host::systemd::JobRun,
+    max_age: Option<Duration>,
+    now: i64,
+) -> Option<String> {
+    if !run.result.is_empty() && run.result != "success" {
+        return Some(format!(
+            "last run failed ({}, exit status {})",
+            run.result,
+            run.exit_status.unwrap_or(-1)
+        ));
+    }
+    let max_age = max_age?;
+    let last = parse_systemd_time(&run.last_start);
+    match last {
+        None => Some("it never ran successfully".to_string()),
+        Some(t) if now - t > max_age.as_secs() as i64 => Some(format!(
+            "last success {} h ago, more than {} h",
+            (now - t) / 3600,
+            max_age.as_secs() / 3600
+        )),
+        Some(_) => None,
+    }
+}
+
+/// `Sun 2026-11-29 22:35:50 UTC` → unix seconds.
+pub fn parse_systemd_time(s: &str) -> Option<i64> {
+    let mut parts = s.split_whitespace();
+    let _day = parts.next()?;
+    let date = parts.next()?;
+    let time = parts.next()?;
+    let dt = chrono::NaiveDateTime::parse_from_str(&format!("{date} {time}"), "%Y-%m-%d %H:%M:%S")
+        .ok()?;
+    Some(dt.and_utc().timestamp())
+}
+
+fn history(
+    started_ms: i64,
+    source: &Source,
+    outcome: Outcome,
+    reason: Option<String>,
+    state: &AgentState,
+    took: Duration,
+) -> HistoryEntry {
+    let mut apps = BTreeMap::new();
+    for (env, e) in &state.envs {
+        for (app, a) in &e.apps {
+            let color = a.active.clone().unwrap_or_else(|| "none".into());
+            let release = a
+                .releases
+                .get(&color)
+                .map(|r| r[..r.len().min(10)].to_string())
+                .unwrap_or_default();
+            apps.insert(format!("{env}/{app}"), format!("{color}@{release}"));
+        }
+    }
+    HistoryEntry {
+        at_ms: started_ms,
+        commit: source.commit.clone(),
+        signer: Some(source.signer.clone()),
+        outcome,
+        reason,
+        apps,
+        duration_ms: took.as_millis() as u64,
+    }
+}
+
+/// Converts the Incus driver's observation into the planner's live state.
+pub fn to_live(live: &IncusLive) -> LiveState {
+    LiveState {
+        instances: live
+            .instances
+            .iter()
+            .map(|(n, i)| {
+                (
+                    n.clone(),
+                    LiveInstance {
+                        config: i.config.clone(),
+                        devices: i.devices.clone(),
+                        expanded_devices: i.expanded_devices.clone(),
+                        profiles: i.profiles.clone(),
+                        running: i.is_running(),
+                        kind: i.kind.as_str().to_string(),
+                    },
+                )
+            })
+            .collect(),
+        profiles: live
+            .profiles
+            .iter()
+            .map(|(n, p)| {
+                (n.clone(), LiveProfile { config: p.config.clone(), devices: p.devices.clone() })
+            })
+            .collect(),
+        networks: live
+            .networks
+            .iter()
+            .map(|(n, x)| (n.clone(), LiveNetwork { managed: x.managed, config: x.config.clone() }))
+            .collect(),
+        pools: live.pools.keys().cloned().collect(),
+        ..LiveState::default()
+    }
+}
+
+/// Reads and validates the host configuration.
+pub fn load_config(path: &Path) -> Result<HostConfig> {
+    let bytes = std::fs::read(path)
+        .with_context(|| format!("cannot read configuration `{}`", path.display()))?;
+    veza_model::config::parse_config(&bytes).map_err(|problems| {
+        let text: Vec<String> = problems
+            .iter()
+            .map(|d| format!("{}:{}: error: {}", path.display(), d.pos, d.message))
+            .collect();
+        anyhow::anyhow!("invalid configuration:\n{}", text.join("\n"))
+    })
+}
+
+struct JournalHooks<'a> {
+    store: &'a Store,
+    journal: Journal,
+    stop: &'a AtomicBool,
+}
+
+impl Hooks for JournalHooks<'_> {
+    fn before_step(&mut self, index: usize, step: &Step) {
+        self.journal.done = index;
+        self.journal.current = Some(step.action.to_string());
+        tracing::info!(step = index + 1, "{} ({})", step.action, step.reason);
+        if let Err(e) = self.store.write_journal(&self.journal) {
+            tracing::warn!("journal: {e}");
+        }
+    }
+    fn stop_requested(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+    fn preempted(&self) -> bool {
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn systemd_times_and_job_problems() {
+        assert_eq!(parse_systemd_time("Sun 2026-11-29 22:35:50 UTC"), Some(1_795_991_750));
+        assert_eq!(parse_systemd_time(""), None);
+        let ok = veza_host::systemd::JobRun {
+            result: "success".into(),
+            exit_status: Some(0),
+            last_start: "Sun 2026-11-29 22:35:50 UTC".into(),
+            ..Default::default()
+        };
+        let now = 1_795_991_750 + 3600;
+        assert_eq!(job_problem(&ok, Some(Duration::from_secs(8 * 86400)), now), None);
+        assert!(
+            job_problem(&ok, Some(Duration::from_secs(60)), now)
+                .unwrap()
+                .contains("last success 1 h ago")
+        );
+        let failed = veza_host::systemd::JobRun {
+            result: "exit-code".into(),
+            exit_status: Some(3),
+            ..ok.clone()
+        };
+        assert!(job_problem(&failed, None, now).unwrap().contains("exit status 3"));
+        let never = veza_host::systemd::JobRun::default();
+        assert_eq!(
+            job_problem(&never, Some(Duration::from_secs(60)), now).as_deref(),
+            Some("it never ran successfully")
+        );
+    }
+}
