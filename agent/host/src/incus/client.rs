@@ -424,12 +424,13 @@ impl IncusClient {
             let resp = self.send(&Method::GET, &wait_path, &[], Bytes::new(), limit).await?;
             match envelope::parse_wait(resp.status.as_u16(), &resp.body) {
                 Ok(WaitOutcome::Success(metadata)) => return Ok(metadata),
-                Ok(WaitOutcome::Failed { message }) => {
+                Ok(WaitOutcome::Failed { message, code }) => {
                     return Err(IncusError::Operation {
                         method: method.to_string(),
                         path: path.to_string(),
                         operation: operation.to_string(),
                         message,
+                        code,
                         hint: String::new(),
                     });
                 }
@@ -579,7 +580,7 @@ impl IncusClient {
         match resp.status {
             StatusCode::NOT_FOUND => Ok(None),
             s if s.is_success() => {
-                Ok(Some(resp.header("x-incus-type").unwrap_or("file").to_string()))
+                Ok(Some(resp.header("x-incus-type").unwrap_or("directory").to_string()))
             }
             s => Err(IncusError::Api {
                 method: "HEAD".to_string(),
@@ -666,7 +667,7 @@ impl Incus for IncusClient {
         match self.call(Method::POST, "/1.0/instances", Some(&body), None, self.op_deadline()).await
         {
             Ok(_) => Ok(()),
-            Err(IncusError::Operation { method, path, operation, message, .. }) => {
+            Err(IncusError::Operation { method, path, operation, message, code, .. }) => {
                 let hint = if message.contains("Image not provided")
                     || message.contains("not found")
                 {
@@ -680,7 +681,7 @@ impl Incus for IncusClient {
                 } else {
                     String::new()
                 };
-                Err(IncusError::Operation { method, path, operation, message, hint })
+                Err(IncusError::Operation { method, path, operation, message, code, hint })
             }
             Err(e) => Err(e),
         }
@@ -1046,6 +1047,9 @@ fn wire_instance_view(inst: &wire::Instance) -> LiveInstance {
         description: inst.description.clone(),
     }
 }
+
+#[cfg(test)]
+mod scripted;
 
 #[cfg(test)]
 mod tests {

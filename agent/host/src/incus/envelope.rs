@@ -46,8 +46,9 @@ pub(crate) enum ReplyError {
 pub(crate) enum WaitOutcome {
     /// The operation succeeded; its own `metadata` (exec: `{"return":N,"output":{…}}`).
     Success(Value),
-    /// The operation failed with this text.
-    Failed { message: String },
+    /// The operation failed with this text and Incus's code (`error_code` of the `/wait`
+    /// reply, or the operation's `status_code`: 400 failure, 401 cancelled).
+    Failed { message: String, code: u16 },
     /// The wait ended before the operation did; wait again.
     StillRunning,
     /// Incus no longer knows the operation.
@@ -126,7 +127,7 @@ pub(crate) fn parse_wait(http_status: u16, body: &[u8]) -> Result<WaitOutcome, R
             } else if status == 404 && message.contains("not found") {
                 Ok(WaitOutcome::Gone)
             } else {
-                Ok(WaitOutcome::Failed { message })
+                Ok(WaitOutcome::Failed { message, code: status })
             }
         }
         Err(e) => Err(e),
@@ -138,9 +139,15 @@ pub(crate) fn operation_outcome(op: &Value) -> WaitOutcome {
     let status = op.get("status").and_then(Value::as_str).unwrap_or("");
     let err = op.get("err").and_then(Value::as_str).unwrap_or("");
     let metadata = op.get("metadata").cloned().unwrap_or(Value::Null);
+    let code = op
+        .get("status_code")
+        .and_then(Value::as_u64)
+        .and_then(|c| u16::try_from(c).ok())
+        .unwrap_or(400);
     match status {
         "Success" => WaitOutcome::Success(metadata),
         "Failure" | "Cancelled" => WaitOutcome::Failed {
+            code,
             message: if err.is_empty() {
                 format!("operation ended with status {status}")
             } else {
@@ -261,7 +268,7 @@ mod tests {
                 "failure reported as HTTP 200 type error",
                 200,
                 json!({"type":"error","status":"","status_code":0,"operation":"","error_code":500,"error":"The instance is already running","metadata":null}).to_string(),
-                WaitOutcome::Failed { message: "The instance is already running".into() },
+                WaitOutcome::Failed { message: "The instance is already running".into(), code: 500 },
             ),
             (
                 "wait timeout reported as HTTP 200 type error",
@@ -273,13 +280,16 @@ mod tests {
                 "command not found",
                 200,
                 json!({"type":"error","error_code":400,"error":"Command not found"}).to_string(),
-                WaitOutcome::Failed { message: "Command not found".into() },
+                WaitOutcome::Failed { message: "Command not found".into(), code: 400 },
             ),
             (
                 "websocket never connected",
                 200,
                 json!({"type":"error","error_code":500,"error":"Timed out waiting for websockets to connect"}).to_string(),
-                WaitOutcome::Failed { message: "Timed out waiting for websockets to connect".into() },
+                WaitOutcome::Failed {
+                    message: "Timed out waiting for websockets to connect".into(),
+                    code: 500,
+                },
             ),
             (
                 "operation forgotten",
@@ -291,13 +301,16 @@ mod tests {
                 "sync failure object",
                 200,
                 json!({"type":"sync","metadata":{"status":"Failure","status_code":400,"err":"Command not found","metadata":{"return":127}}}).to_string(),
-                WaitOutcome::Failed { message: "Command not found".into() },
+                WaitOutcome::Failed { message: "Command not found".into(), code: 400 },
             ),
             (
                 "cancelled without text",
                 200,
-                json!({"type":"sync","metadata":{"status":"Cancelled","err":""}}).to_string(),
-                WaitOutcome::Failed { message: "operation ended with status Cancelled".into() },
+                json!({"type":"sync","metadata":{"status":"Cancelled","status_code":401,"err":""}}).to_string(),
+                WaitOutcome::Failed {
+                    message: "operation ended with status Cancelled".into(),
+                    code: 401,
+                },
             ),
             (
                 "still running (timeout=0 style)",

@@ -46,9 +46,18 @@ pub enum IncusError {
     #[error("incus rejected `{method} {path}` (HTTP {status}): {message}")]
     Api { method: String, path: String, status: u16, message: String },
 
-    /// The request was accepted as a background operation, which then failed.
+    /// The request was accepted as a background operation, which then failed. `code` is
+    /// Incus's code for the failure (`error_code` of the `/wait` reply: 400 or 500 in
+    /// practice; the HTTP status of that reply is 200).
     #[error("incus operation {operation} for `{method} {path}` failed: {message}{hint}")]
-    Operation { method: String, path: String, operation: String, message: String, hint: String },
+    Operation {
+        method: String,
+        path: String,
+        operation: String,
+        message: String,
+        code: u16,
+        hint: String,
+    },
 
     /// Incus did not finish in time. The work may still complete in the background.
     #[error(
@@ -155,6 +164,16 @@ impl IncusError {
     pub fn http_status(&self) -> Option<u16> {
         match self {
             IncusError::Api { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// Incus's code for the failure: the HTTP status of a rejected request, or the
+    /// `error_code` of a failed operation.
+    pub fn incus_code(&self) -> Option<u16> {
+        match self {
+            IncusError::Api { status, .. } => Some(*status),
+            IncusError::Operation { code, .. } => Some(*code),
             _ => None,
         }
     }

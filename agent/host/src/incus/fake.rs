@@ -302,6 +302,7 @@ impl Incus for FakeIncus {
                 method: "POST".to_string(),
                 path: "/1.0/instances".to_string(),
                 operation: "/1.0/operations/fake".to_string(),
+                code: 500,
                 message: "Failed initializing instance: Invalid devices: Failed detecting root disk device: No root device could be found".to_string(),
                 hint: String::new(),
             });
@@ -457,6 +458,7 @@ impl Incus for FakeIncus {
                 method: "POST".to_string(),
                 path: format!("/1.0/instances/{instance}/snapshots"),
                 operation: "/1.0/operations/fake".to_string(),
+                code: 500,
                 message: format!("Snapshot \"{name}\" already exists"),
                 hint: String::new(),
             });

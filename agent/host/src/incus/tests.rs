@@ -413,3 +413,24 @@ fn errors_read_well() {
         assert!(err.to_string().starts_with(want), "got: {err}\nwant: {want}");
     }
 }
+
+#[test]
+fn image_sources_serialize_as_incus_expects() {
+    let cases = [
+        (
+            ImageSource::local("veza-test-busybox"),
+            serde_json::json!({"type":"image","alias":"veza-test-busybox"}),
+        ),
+        (
+            ImageSource::Simplestreams {
+                server: "https://images.linuxcontainers.org".into(),
+                alias: "debian/13".into(),
+            },
+            serde_json::json!({"type":"image","alias":"debian/13",
+                "server":"https://images.linuxcontainers.org","protocol":"simplestreams"}),
+        ),
+    ];
+    for (source, want) in cases {
+        assert_eq!(source.to_json(), want, "{source}");
+    }
+}
