@@ -87,6 +87,12 @@ pub struct EdgeSettings {
     pub hard_stop_after: Duration,
     /// Arguments of the global `log` line, e.g. `/dev/log local0`.
     pub log: String,
+    /// `user` the workers run as (none: the user that started HAProxy).
+    pub user: Option<String>,
+    /// `group` the workers run as.
+    pub group: Option<String>,
+    /// `chroot` of the workers.
+    pub chroot: Option<String>,
     /// `timeout connect`.
     pub timeout_connect: Duration,
     /// `timeout client`.
@@ -100,13 +106,17 @@ pub struct EdgeSettings {
 }
 
 impl Default for EdgeSettings {
-    /// The Debian package's paths (`/run/haproxy/admin.sock`, `/var/lib/haproxy`).
+    /// The Debian package's paths and account (`/run/haproxy/admin.sock`,
+    /// `/var/lib/haproxy`, user and group `haproxy`, chrooted).
     fn default() -> Self {
         EdgeSettings {
             stats_socket: "/run/haproxy/admin.sock".to_string(),
             server_state_file: "/var/lib/haproxy/server-state".to_string(),
             hard_stop_after: Duration::from_secs(30),
             log: "/dev/log local0".to_string(),
+            user: Some("haproxy".to_string()),
+            group: Some("haproxy".to_string()),
+            chroot: Some("/var/lib/haproxy".to_string()),
             timeout_connect: Duration::from_secs(5),
             timeout_client: Duration::from_secs(30),
             timeout_server: Duration::from_secs(30),
@@ -389,6 +399,9 @@ struct GlobalCtx {
     server_state_file: String,
     hard_stop_after: String,
     log: String,
+    user: Option<String>,
+    group: Option<String>,
+    chroot: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -759,6 +772,21 @@ pub fn render_edge(envs: &[EdgeEnv], settings: &EdgeSettings) -> Result<Rendered
             server_state_file: token("server-state file", &settings.server_state_file)?.to_string(),
             hard_stop_after: duration(settings.hard_stop_after),
             log: line("log target", &settings.log)?.to_string(),
+            user: settings
+                .user
+                .as_deref()
+                .map(|u| token("user", u).map(str::to_string))
+                .transpose()?,
+            group: settings
+                .group
+                .as_deref()
+                .map(|g| token("group", g).map(str::to_string))
+                .transpose()?,
+            chroot: settings
+                .chroot
+                .as_deref()
+                .map(|c| token("chroot", c).map(str::to_string))
+                .transpose()?,
         },
         defaults: DefaultsCtx {
             timeout_connect: duration(settings.timeout_connect),
