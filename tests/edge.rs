@@ -53,13 +53,18 @@ fn envs_from(files: &[(String, Vec<u8>)], overrides: &[(&str, &str, Color)]) -> 
                 .filter(|(e, _, _)| e == env)
                 .map(|(_, app, color)| (app.to_string(), *color))
                 .collect();
-            EdgeEnv::from_manifest(&p.manifest, &o).unwrap()
+            EdgeEnv::from_manifest(&p.manifest, &o).expect("edge of a valid manifest")
         })
         .collect()
 }
 
 fn shipped(paths: &[&str]) -> Vec<(String, Vec<u8>)> {
-    paths.iter().map(|p| (p.to_string(), std::fs::read(repo_root().join(p)).unwrap())).collect()
+    paths
+        .iter()
+        .map(|p| {
+            (p.to_string(), std::fs::read(repo_root().join(p)).expect("read a shipped manifest"))
+        })
+        .collect()
 }
 
 /// One app of a test environment: name, path prefix (none: default route), blue and
@@ -105,8 +110,9 @@ fn test_manifest(env: &str, host: &str, cookie: &str, listen: u16, apps: &[TestA
 fn assert_snapshot(name: &str, actual: &str) {
     let path = repo_root().join("tests/snapshots/edge").join(name);
     if std::env::var_os("VEZA_UPDATE_SNAPSHOTS").is_some() {
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, actual).unwrap();
+        std::fs::create_dir_all(repo_root().join("tests/snapshots/edge"))
+            .expect("create the snapshot dir");
+        std::fs::write(&path, actual).expect("write the snapshot");
         return;
     }
     let expected = std::fs::read_to_string(&path).unwrap_or_default();
@@ -116,7 +122,7 @@ fn assert_snapshot(name: &str, actual: &str) {
     let mut new = path.clone().into_os_string();
     new.push(".new");
     let new = PathBuf::from(new);
-    std::fs::write(&new, actual).unwrap();
+    std::fs::write(&new, actual).expect("write the new rendering");
     let diff = Cmd::new("diff")
         .arg("-u")
         .arg(&path)
@@ -366,8 +372,8 @@ struct Backend {
 
 impl Backend {
     fn start(label: &str) -> Backend {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind a backend port");
+        let port = listener.local_addr().expect("backend address").port();
         let healthy = Arc::new(AtomicBool::new(true));
         let stop = Arc::new(AtomicBool::new(false));
         let (h, s, label) = (healthy.clone(), stop.clone(), label.to_string());
@@ -490,7 +496,7 @@ struct Edge {
 
 impl Edge {
     fn start(render: impl Fn(&EdgeSettings) -> RenderedEdge) -> Edge {
-        require_haproxy().unwrap();
+        require_haproxy().expect("haproxy is installed (tests/host/setup)");
         let settings = std::cell::RefCell::new(None);
         let haproxy = Haproxy::start_with(|dir| {
             let s = test_settings(dir);
@@ -498,8 +504,8 @@ impl Edge {
             *settings.borrow_mut() = Some(s);
             cfg
         })
-        .unwrap();
-        let settings = settings.into_inner().unwrap();
+        .expect("start haproxy with the rendered edge");
+        let settings = settings.into_inner().expect("settings recorded by start_with");
         let runtime = HostRuntime::new(haproxy.master_socket());
         let paths = EdgePaths {
             config: haproxy.config_path(),
@@ -513,7 +519,10 @@ impl Edge {
     }
 
     fn reloads(&self) -> u64 {
-        parse_show_proc(&self.runtime.master("show proc").unwrap()).unwrap().master.reloads
+        parse_show_proc(&self.runtime.master("show proc").expect("master CLI"))
+            .expect("show proc")
+            .master
+            .reloads
     }
 
     /// Waits until `backend/server` shows `status` with a completed check.
@@ -522,7 +531,7 @@ impl Edge {
         let mut last = String::new();
         while start.elapsed() < timeout {
             if let Ok(text) = self.runtime.master("@1 show stat") {
-                let health = edge_health(&parse_show_stat(&text).unwrap(), None);
+                let health = edge_health(&parse_show_stat(&text).expect("show stat"), None);
                 if let Some(s) =
                     health.iter().find(|b| b.backend == backend).and_then(|b| b.server(server))
                 {
@@ -559,7 +568,7 @@ fn demo_env(listen: u16, blue: &Backend, green: &Backend, active: Color) -> Vec<
 }
 
 fn free_port() -> u16 {
-    veza_testkit::free_port().unwrap()
+    veza_testkit::free_port().expect("a free port")
 }
 
 #[test]
@@ -717,7 +726,10 @@ impl EdgeRuntime for KillMasterOnReload<'_> {
     }
     fn master(&self, command: &str) -> Result<String, EdgeError> {
         let kill = || {
-            Cmd::new("kill").args(["-KILL", &self.master_pid.to_string()]).run().unwrap();
+            Cmd::new("kill")
+                .args(["-KILL", &self.master_pid.to_string()])
+                .run()
+                .expect("kill -9 the master");
         };
         if command != "reload" {
             return self.inner.master(command);
@@ -816,7 +828,8 @@ fn sticky_cookies_do_not_leak_across_environments() {
     // only the cookie name keeps a prod session from pinning a staging server.
     let server = "blue-1111111111";
     // (host, path, cookie sent, expected body, expected Set-Cookie prefix or none)
-    let cases: Vec<(&str, &str, Option<String>, &str, Option<&str>)> = vec![
+    type Case = (&'static str, &'static str, Option<String>, &'static str, Option<&'static str>);
+    let cases: Vec<Case> = vec![
         ("prod.localhost", "/", None, "prod-web", Some("VEZA_tprod=blue-1111111111")),
         ("staging.localhost", "/", None, "staging-web", Some("VEZA_tstaging=blue-1111111111")),
         // A prod cookie sent to staging is not staging's persistence cookie.

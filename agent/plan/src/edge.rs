@@ -809,11 +809,19 @@ pub fn render_edge(envs: &[EdgeEnv], settings: &EdgeSettings) -> Result<Rendered
 }
 
 fn render_template(ctx: &Ctx) -> Result<String, RenderError> {
+    // The template is parsed once per process; rendering it is the only per-call work.
+    static TERA: std::sync::OnceLock<Result<tera::Tera, String>> = std::sync::OnceLock::new();
+    let tera = TERA
+        .get_or_init(|| {
+            let mut tera = tera::Tera::default();
+            tera.autoescape_on(Vec::new());
+            tera.add_raw_template(TEMPLATE_NAME, TEMPLATE).map_err(|e| error_chain(&e))?;
+            Ok(tera)
+        })
+        .as_ref()
+        .map_err(|message| RenderError::Template { message: message.clone() })?;
     let failed = |e: tera::Error| RenderError::Template { message: error_chain(&e) };
     let context = tera::Context::from_serialize(ctx).map_err(failed)?;
-    let mut tera = tera::Tera::default();
-    tera.autoescape_on(Vec::new());
-    tera.add_raw_template(TEMPLATE_NAME, TEMPLATE).map_err(failed)?;
     tera.render(TEMPLATE_NAME, &context).map_err(failed)
 }
 
