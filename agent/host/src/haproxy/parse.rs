@@ -100,8 +100,9 @@ pub fn parse_show_proc(text: &str) -> Result<ProcList, ParseError> {
             continue;
         }
         let words: Vec<&str> = trimmed.split_whitespace().collect();
+        let first = words.first().copied().unwrap_or_default();
         let pid = || -> Result<u32, ParseError> {
-            words[0].parse().map_err(|_| perr(WHAT, n, format!("bad pid `{}`", words[0])))
+            first.parse().map_err(|_| perr(WHAT, n, format!("bad pid `{first}`")))
         };
         match section {
             Section::Master if words.get(1) == Some(&"master") => {

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::cli::{self, CliError};
+use crate::incus::Incus as _;
 use crate::process::{Cmd, ProcessError};
 
 /// One effect on the edge that failed.
@@ -247,16 +248,21 @@ pub trait InstanceExec {
 }
 
 /// [`InstanceExec`] over the (async) Incus driver, for the blocking installer: run it
-/// on a blocking thread (`tokio::task::spawn_blocking`) with a handle to the runtime the
-/// driver lives on. Exec and push need an instance the agent owns.
-pub struct IncusExec<'a, I> {
+/// on a blocking thread (`tokio::task::spawn_blocking`, or `block_in_place`) with a
+/// handle to the runtime the driver lives on. `incus` is any pointer to the driver
+/// (`&IncusClient`, `Arc<IncusClient>`). Exec and push need an instance the agent owns.
+pub struct IncusExec<P> {
     /// The driver.
-    pub incus: &'a I,
+    pub incus: P,
     /// The tokio runtime the driver's futures run on.
     pub handle: tokio::runtime::Handle,
 }
 
-impl<I: crate::incus::Incus> InstanceExec for IncusExec<'_, I> {
+impl<P> InstanceExec for IncusExec<P>
+where
+    P: std::ops::Deref,
+    P::Target: crate::incus::Incus,
+{
     fn exec(
         &self,
         instance: &str,
