@@ -28,9 +28,11 @@ use veza_state::{
 
 use crate::edge::EdgeRuntime;
 
-/// Incus server config key mirroring the anti-rollback high-water mark, so wiping the
-/// state directory does not reopen rollback.
-pub const HIGH_WATER_KEY: &str = "user.veza-agent.applied";
+/// Incus server config key mirroring this host's anti-rollback high-water mark, so wiping
+/// the state directory does not reopen rollback.
+pub fn high_water_key(host: &str) -> String {
+    format!("user.veza-agent.applied.{host}")
+}
 
 /// A verified revision and the manifests read from it.
 pub struct Source {
@@ -135,7 +137,7 @@ impl Agent {
         // state file or, when that is gone, from the mirror in Incus.
         let applied = match &state.applied {
             Some(a) => Some(a.commit.clone()),
-            None => self.incus.server_user_config(HIGH_WATER_KEY).await.ok().flatten(),
+            None => self.incus.server_user_config(&high_water_key(&c.host)).await.ok().flatten(),
         };
         if let Some(last) = &applied {
             let last_id = mirror.resolve(last).map_err(|_| {
@@ -500,12 +502,11 @@ impl Agent {
                 applied_at: now,
             });
         }
-        if self.incus.server_user_config(HIGH_WATER_KEY).await.ok().flatten().as_deref()
+        let key = high_water_key(&self.config.host);
+        if self.incus.server_user_config(&key).await.ok().flatten().as_deref()
             != Some(source.commit.as_str())
         {
-            if let Err(e) =
-                self.incus.set_server_user_config(HIGH_WATER_KEY, Some(&source.commit)).await
-            {
+            if let Err(e) = self.incus.set_server_user_config(&key, Some(&source.commit)).await {
                 tracing::warn!("could not mirror the high-water mark into Incus: {e}");
             }
         }

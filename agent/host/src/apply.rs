@@ -395,6 +395,7 @@ where
     let env = BTreeMap::from([
         ("VEZA_RELEASE".to_string(), slot.release.clone()),
         ("VEZA_PORT".to_string(), slot.port.to_string()),
+        ("VEZA_LISTEN".to_string(), format!("127.0.0.1:{}", slot.port)),
         ("VEZA_ENV".to_string(), slot.env.clone()),
         ("VEZA_APP".to_string(), slot.app.clone()),
     ]);

@@ -108,11 +108,13 @@ fn build_testapp() -> Result<PathBuf> {
 }
 
 /// The cargo profile the running test was built with, from its path
-/// (`target/<profile dir>/deps/<test>`): `debug` is the `dev` profile.
+/// (`target/<profile dir>/deps/<test>` or `…/examples/<example>`): `debug` is the `dev`
+/// profile.
 fn current_profile() -> String {
     let dir = std::env::current_exe().ok().and_then(|exe| {
         let deps = exe.parent()?;
-        let profile_dir = if deps.file_name()? == "deps" { deps.parent()? } else { deps };
+        let name = deps.file_name()?;
+        let profile_dir = if name == "deps" || name == "examples" { deps.parent()? } else { deps };
         Some(profile_dir.file_name()?.to_string_lossy().into_owned())
     });
     match dir.as_deref() {

@@ -1,6 +1,7 @@
 //! Test-only kit for real-host tests: Incus containers, HAProxy, signed repositories.
 
 pub mod app;
+pub mod demo;
 pub mod haproxy;
 pub mod http;
 pub mod incus;

@@ -1,0 +1,221 @@
+//! End to end, driven only through the `veza-agent` command line against the real test
+//! host: real incusd, real HAProxy in master-worker mode, real signed commits served
+//! over smart HTTP on 127.0.0.1 (see `veza_testkit::demo`).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use veza_testkit::demo::DemoHost;
+
+fn host() -> DemoHost {
+    DemoHost::new(std::path::Path::new(env!("CARGO_BIN_EXE_veza-agent")), None)
+        .unwrap_or_else(|e| panic!("the real test host is not usable: {e:#}"))
+}
+
+/// Runs `veza-agent ARGS`, returns (exit code, stdout, stderr).
+fn agent(h: &DemoHost, args: &[&str]) -> (i32, String, String) {
+    let out = h.agent(args).expect("veza-agent runs");
+    (out.status.code().unwrap_or(-1), out.stdout_str(), out.stderr_str())
+}
+
+fn apply_ok(h: &DemoHost) -> String {
+    let (code, out, err) = agent(h, &["apply"]);
+    assert_eq!(code, 0, "apply failed:\n{out}\n{err}");
+    out
+}
+
+fn status_json(h: &DemoHost) -> serde_json::Value {
+    let (_, out, err) = agent(h, &["status", "--json"]);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("status --json: {e}\n{out}\n{err}"))
+}
+
+#[test]
+fn first_sync_builds_the_environment_and_a_second_sync_changes_nothing() {
+    let h = host();
+    let commit = h.commit(&h.manifest("blue", Some(0), None), "hello on blue").unwrap();
+    let (code, out, _) = agent(&h, &["plan"]);
+    assert_eq!(code, 2, "pending changes exit 2:\n{out}");
+    assert!(out.contains(&format!("create instance {}-hello-blue", h.env)), "{out}");
+    let out = apply_ok(&h);
+    assert!(out.starts_with(&format!("applied {}", &commit[..12])), "{out}");
+    assert_eq!(h.served_release().unwrap(), h.releases[0].id);
+
+    // No change: exit 0 from plan, and apply writes nothing (the edge config file and the
+    // slot's config stay byte-identical).
+    let edge_before = std::fs::read(h.haproxy.config_path()).unwrap();
+    let slot_before = incus_config(&format!("{}-hello-blue", h.env));
+    let (code, out, _) = agent(&h, &["plan"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("no changes"), "{out}");
+    let out = apply_ok(&h);
+    assert!(out.starts_with("no-change"), "{out}");
+    assert!(out.contains("(0 steps"), "{out}");
+    assert_eq!(std::fs::read(h.haproxy.config_path()).unwrap(), edge_before);
+    assert_eq!(incus_config(&format!("{}-hello-blue", h.env)), slot_before);
+    let st = status_json(&h);
+    assert_eq!(st["health"], "ok", "{st:#}");
+    assert_eq!(st["state"]["applied"]["commit"], commit);
+    assert_eq!(st["state"]["applied"]["signer"], "forgejo@forge.example");
+}
+
+fn incus_config(name: &str) -> String {
+    veza_host::process::Cmd::new("incus").args(["config", "show", name]).run_stdout().unwrap()
+}
+
+#[test]
+fn promotion_to_a_healthy_green_switches_with_zero_failed_requests() {
+    let h = host();
+    h.commit(&h.manifest("blue", Some(0), Some(1)), "blue and green deployed").unwrap();
+    apply_ok(&h);
+    assert_eq!(h.served_release().unwrap(), h.releases[0].id);
+
+    h.commit(&h.manifest("green", Some(0), Some(1)), "promote green").unwrap();
+    let ok = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers: Vec<_> = (0..3)
+        .map(|_| {
+            let (ok, failed, stop) = (ok.clone(), failed.clone(), stop.clone());
+            let (addr, name) = (format!("127.0.0.1:{}", h.edge_port), h.host_name.clone());
+            std::thread::spawn(move || {
+                for _ in 0..5000 {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    match veza_host::http::get(&addr, &name, "/", Duration::from_secs(3)) {
+                        Ok(r) if r.status == 200 => ok.fetch_add(1, Ordering::SeqCst),
+                        _ => failed.fetch_add(1, Ordering::SeqCst),
+                    };
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let out = apply_ok(&h);
+    std::thread::sleep(Duration::from_millis(200));
+    stop.store(true, Ordering::SeqCst);
+    for w in workers {
+        w.join().unwrap();
+    }
+    let (ok, failed) = (ok.load(Ordering::SeqCst), failed.load(Ordering::SeqCst));
+    assert!(ok > 20, "the request loop ran ({ok} ok)");
+    assert_eq!(failed, 0, "{failed} requests failed during the switch ({ok} ok)\n{out}");
+    assert_eq!(h.served_release().unwrap(), h.releases[1].id);
+    let st = status_json(&h);
+    assert_eq!(st["state"]["envs"][&h.env]["apps"]["hello"]["active"], "green", "{st:#}");
+}
+
+#[test]
+fn promotion_to_a_broken_release_rolls_back_and_is_not_retried() {
+    let h = host();
+    h.commit(&h.manifest("blue", Some(0), None), "blue").unwrap();
+    apply_ok(&h);
+    // Release 2's /health answers 503: the gate fails, traffic stays on blue.
+    let bad = h.commit(&h.manifest("green", Some(0), Some(2)), "promote broken green").unwrap();
+    let (code, out, err) = agent(&h, &["apply"]);
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(out.starts_with(&format!("rolled-back {}", &bad[..12])), "{out}");
+    assert!(out.contains("/health answered 503"), "{out}");
+    assert_eq!(h.served_release().unwrap(), h.releases[0].id, "traffic stayed on blue");
+    let st = status_json(&h);
+    assert_eq!(st["health"], "attention");
+    assert!(st["headline"].as_str().unwrap().contains("rolled back"), "{st:#}");
+    assert_eq!(st["state"]["envs"][&h.env]["apps"]["hello"]["last_outcome"], "rolled-back");
+    // The failed slot is kept for forensics.
+    assert!(incus_config(&format!("{}-hello-green", h.env)).contains(&h.releases[2].id));
+    // The commit is quarantined: the next sync does not retry it.
+    let (code, out, _) = agent(&h, &["apply"]);
+    assert_eq!(code, 1);
+    assert!(out.contains("quarantined"), "{out}");
+    assert!(out.contains("(0 steps"), "{out}");
+    // A newer commit (the revert) is applied.
+    h.commit(&h.manifest("blue", Some(0), None), "revert").unwrap();
+    apply_ok(&h);
+    assert_eq!(status_json(&h)["health"], "ok");
+}
+
+#[test]
+fn unsigned_and_untrusted_commits_change_nothing_and_status_says_why() {
+    let h = host();
+    h.commit(&h.manifest("blue", Some(0), None), "blue").unwrap();
+    apply_ok(&h);
+    let edge_before = std::fs::read(h.haproxy.config_path()).unwrap();
+
+    let unsigned = h.commit_unsigned(&h.manifest("blue", Some(1), None), "sneaky").unwrap();
+    let (code, out, _) = agent(&h, &["apply"]);
+    assert_eq!(code, 1);
+    assert!(out.starts_with(&format!("rejected {}", &unsigned[..12])), "{out}");
+    assert!(out.contains("not signed"), "{out}");
+    let st = status_json(&h);
+    assert!(
+        st["headline"].as_str().unwrap().contains("rejected: signature: commit is not signed"),
+        "{st:#}"
+    );
+    assert_eq!(h.served_release().unwrap(), h.releases[0].id);
+    assert_eq!(std::fs::read(h.haproxy.config_path()).unwrap(), edge_before);
+
+    h.repo.write(&h.manifest_path(), &h.manifest("blue", Some(1), None)).unwrap();
+    let untrusted = h.repo.commit_signed(&h.mallory, "mallory's change").unwrap();
+    h.repo.push().unwrap();
+    let (code, out, _) = agent(&h, &["apply"]);
+    assert_eq!(code, 1);
+    assert!(out.starts_with(&format!("rejected {}", &untrusted[..12])), "{out}");
+    assert_eq!(h.served_release().unwrap(), h.releases[0].id);
+    let (_, hist, _) = agent(&h, &["history", "--json"]);
+    let rejected = hist.lines().filter(|l| l.contains("\"rejected\"")).count();
+    assert_eq!(rejected, 2, "{hist}");
+}
+
+#[test]
+fn force_push_to_an_older_commit_is_refused_even_after_the_state_dir_is_wiped() {
+    let h = host();
+    let a = h.commit(&h.manifest("blue", Some(0), None), "A").unwrap();
+    apply_ok(&h);
+    h.commit(&h.manifest("blue", Some(0), Some(1)), "B").unwrap();
+    apply_ok(&h);
+    h.repo.force_reset(&a).unwrap();
+    let (code, out, _) = agent(&h, &["apply"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("does not descend from the last applied commit"), "{out}");
+    // Wipe the state directory: the high-water mark mirrored in Incus still refuses A.
+    std::fs::remove_dir_all(h.dir.join("state")).unwrap();
+    let (code, out, _) = agent(&h, &["apply"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.starts_with("rejected"), "{out}");
+}
+
+#[test]
+fn kill_during_apply_then_restart_converges() {
+    let h = host();
+    h.commit(&h.manifest("blue", Some(0), Some(1)), "two slots").unwrap();
+    // Start the apply and kill -9 it while it works (after the first slot is created).
+    let child = veza_host::process::Cmd::new(env!("CARGO_BIN_EXE_veza-agent"))
+        .args(["apply", "--config"])
+        .arg(&h.config_path)
+        .spawn_daemon(Some(&h.dir.join("killed-apply.log")))
+        .unwrap();
+    let journal = h.dir.join("state/journal.json");
+    let mut seen = false;
+    for _ in 0..1500 {
+        if std::fs::read_to_string(&journal).is_ok_and(|j| j.contains("\"done\": 1")) {
+            seen = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    veza_host::process::Cmd::new("kill").args(["-9", &child.to_string()]).run().unwrap();
+    assert!(seen, "the apply never reached its second step");
+    std::thread::sleep(Duration::from_millis(300));
+    // The edge still holds a valid config, the journal says where the run stopped, status
+    // tells the operator, and the next run converges.
+    veza_testkit::haproxy::check_config(&h.haproxy.config_path()).unwrap();
+    let st = status_json(&h);
+    assert!(st["interrupted"].as_str().is_some_and(|s| s.contains("deploy release")), "{st:#}");
+    assert!(st["problems"].to_string().contains("was interrupted"), "{st:#}");
+    apply_ok(&h);
+    assert_eq!(h.served_release().unwrap(), h.releases[0].id);
+    let out = apply_ok(&h);
+    assert!(out.starts_with("no-change"), "{out}");
+}
