@@ -321,7 +321,10 @@ impl Reader {
         };
         let version = value.get("schema_version").and_then(serde_json::Value::as_u64).unwrap_or(0);
         if version > u64::from(STATE_SCHEMA_VERSION) {
-            return Err(StateError::TooNew { path, found: u32::try_from(version).unwrap_or(u32::MAX) });
+            return Err(StateError::TooNew {
+                path,
+                found: u32::try_from(version).unwrap_or(u32::MAX),
+            });
         }
         let value = migrate(value);
         serde_json::from_value(value).map_err(|e| self.quarantine_corrupt(&path, &e.to_string()))
@@ -373,7 +376,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let mut state = AgentState::default();
-        state.applied = Some(AppliedRevision { commit: "abc".into(), signer: "alice".into(), applied_at: 7 });
+        state.applied =
+            Some(AppliedRevision { commit: "abc".into(), signer: "alice".into(), applied_at: 7 });
         store.save(&state).unwrap();
         assert_eq!(store.reader().load().unwrap(), state);
         for i in 0..(HISTORY_LIMIT + 5) {
@@ -425,7 +429,13 @@ mod tests {
     fn journal_survives_until_cleared() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let j = Journal { commit: "c".into(), started_ms: 1, steps: vec!["a".into()], done: 0, current: Some("a".into()) };
+        let j = Journal {
+            commit: "c".into(),
+            started_ms: 1,
+            steps: vec!["a".into()],
+            done: 0,
+            current: Some("a".into()),
+        };
         store.write_journal(&j).unwrap();
         assert_eq!(store.reader().journal(), Some(j));
         store.clear_journal().unwrap();

@@ -44,7 +44,12 @@ pub fn render(state: &AgentState, jobs: &[JobMetric], now: i64, stale: bool) -> 
             }
         }
     }
-    metric("veza_agent_app_active", "Active color and release of each app (value 1).", "gauge", active);
+    metric(
+        "veza_agent_app_active",
+        "Active color and release of each app (value 1).",
+        "gauge",
+        active,
+    );
     let applied_at = state.applied.as_ref().map_or(0, |a| a.applied_at);
     metric(
         "veza_agent_last_success_timestamp_seconds",
@@ -118,13 +123,16 @@ mod tests {
         let mut env = EnvState::default();
         env.apps.insert("backend".into(), app);
         state.envs.insert("prod".into(), env);
-        let jobs = [JobMetric { job: "prod/dr-drill".into(), last_success: Some(100), failed: false }];
+        let jobs =
+            [JobMetric { job: "prod/dr-drill".into(), last_success: Some(100), failed: false }];
         let text = render(&state, &jobs, 160, true);
         assert!(text.contains(
             "veza_agent_app_active{env=\"prod\",app=\"backend\",color=\"green\",release=\"e97b91f010\"} 1\n"
         ));
         assert!(text.contains("veza_agent_source_stale 1\n"));
-        assert!(text.contains("veza_agent_job_last_success_age_seconds{job=\"prod/dr-drill\"} 60\n"));
+        assert!(
+            text.contains("veza_agent_job_last_success_age_seconds{job=\"prod/dr-drill\"} 60\n")
+        );
         assert!(text.contains("veza_agent_last_run_outcome{outcome=\"none\"} 1\n"));
     }
 }
