@@ -60,7 +60,10 @@ fn first_sync_builds_the_environment_and_a_second_sync_changes_nothing() {
 }
 
 fn incus_config(name: &str) -> String {
-    veza_host::process::Cmd::new("incus").args(["config", "show", name]).run_stdout().unwrap()
+    veza_host::process::Cmd::new("incus")
+        .args(["config", "show", name])
+        .run_stdout()
+        .unwrap_or_else(|e| panic!("incus config show {name}: {e}"))
 }
 
 #[test]

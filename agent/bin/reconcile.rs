@@ -226,10 +226,8 @@ impl Agent {
                     state.instances.get(i).is_some_and(|x| x.running && x.is_owned())
                 }
             };
-            if ready {
-                if let Ok(files) = units.list(&t).await {
-                    state.units.insert(t, files);
-                }
+            if ready && let Ok(files) = units.list(&t).await {
+                state.units.insert(t, files);
             }
         }
         Ok(state)
@@ -505,10 +503,9 @@ impl Agent {
         let key = high_water_key(&self.config.host);
         if self.incus.server_user_config(&key).await.ok().flatten().as_deref()
             != Some(source.commit.as_str())
+            && let Err(e) = self.incus.set_server_user_config(&key, Some(&source.commit)).await
         {
-            if let Err(e) = self.incus.set_server_user_config(&key, Some(&source.commit)).await {
-                tracing::warn!("could not mirror the high-water mark into Incus: {e}");
-            }
+            tracing::warn!("could not mirror the high-water mark into Incus: {e}");
         }
         let mut envs: BTreeMap<String, EnvState> = BTreeMap::new();
         for m in &source.manifests {

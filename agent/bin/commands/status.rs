@@ -78,13 +78,13 @@ pub fn build(
             None => "source is stale: no verified fetch yet".to_string(),
         });
     }
-    if let Some(run) = &state.last_run {
-        if run.outcome == Outcome::Failed {
-            problems.push(format!(
-                "last sync failed: {}",
-                run.reason.as_deref().unwrap_or("unknown reason")
-            ));
-        }
+    if let Some(run) = &state.last_run
+        && run.outcome == Outcome::Failed
+    {
+        problems.push(format!(
+            "last sync failed: {}",
+            run.reason.as_deref().unwrap_or("unknown reason")
+        ));
     }
     if let Some(i) = &interrupted {
         problems
@@ -213,13 +213,15 @@ mod tests {
     use veza_state::{AppState, AppliedRevision, EnvState, Rejection};
 
     fn base() -> AgentState {
-        let mut st = AgentState::default();
-        st.applied = Some(AppliedRevision {
-            commit: "a".repeat(40),
-            signer: "forgejo@veza".into(),
-            applied_at: 1000,
-        });
-        st.last_verified_fetch_at = Some(1990);
+        let mut st = AgentState {
+            applied: Some(AppliedRevision {
+                commit: "a".repeat(40),
+                signer: "forgejo@veza".into(),
+                applied_at: 1000,
+            }),
+            last_verified_fetch_at: Some(1990),
+            ..AgentState::default()
+        };
         let mut app = AppState { active: Some("green".into()), ..AppState::default() };
         app.releases.insert("blue".into(), "1".repeat(40));
         app.releases.insert("green".into(), "2".repeat(40));
@@ -232,7 +234,8 @@ mod tests {
     /// Each row: a state edit, and the headline it must produce.
     #[test]
     fn headlines_say_what_needs_a_human() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut AgentState)>, &str)> = vec![
+        type Edit = Box<dyn Fn(&mut AgentState)>;
+        let cases: Vec<(&str, Edit, &str)> = vec![
             ("in sync", Box::new(|_| {}), "OK: in sync with aaaaaaaaaaaa signed by forgejo@veza"),
             (
                 "rejected",

@@ -439,10 +439,10 @@ async fn probe<I: Incus + Sync>(
                 slot.health_path, r.status, slot.expect_status
             ));
         }
-        if let Some(rel) = r.headers.get("x-release") {
-            if rel != &slot.release {
-                return Err(format!("it reports release {rel}, not {}", slot.release));
-            }
+        if let Some(rel) = r.headers.get("x-release")
+            && rel != &slot.release
+        {
+            return Err(format!("it reports release {rel}, not {}", slot.release));
         }
         return Ok(());
     }
@@ -509,13 +509,13 @@ fn verify_edge(
         if r.status >= 500 {
             return Err(format!("request {} through the edge answered {}", i + 1, r.status));
         }
-        if let Some(rel) = r.headers.get("x-release") {
-            if rel != release {
-                return Err(format!(
-                    "request {} through the edge reached release {rel}, not {release}",
-                    i + 1
-                ));
-            }
+        if let Some(rel) = r.headers.get("x-release")
+            && rel != release
+        {
+            return Err(format!(
+                "request {} through the edge reached release {rel}, not {release}",
+                i + 1
+            ));
         }
     }
     Ok(())

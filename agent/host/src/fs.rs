@@ -29,13 +29,12 @@ pub fn write_atomic_if_changed(
     mode: u32,
 ) -> Result<Written, WriteError> {
     let err = |source| WriteError { path: path.to_path_buf(), source };
-    if let Ok(meta) = std::fs::metadata(path) {
-        if meta.permissions().mode() & 0o7777 == mode
-            && meta.len() == bytes.len() as u64
-            && std::fs::read(path).map_err(err)? == bytes
-        {
-            return Ok(Written::Unchanged);
-        }
+    if let Ok(meta) = std::fs::metadata(path)
+        && meta.permissions().mode() & 0o7777 == mode
+        && meta.len() == bytes.len() as u64
+        && std::fs::read(path).map_err(err)? == bytes
+    {
+        return Ok(Written::Unchanged);
     }
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,

@@ -185,10 +185,10 @@ impl<I: Incus + Sync> Units for Systemd<'_, I> {
                     if !name.starts_with("veza-job-") {
                         continue;
                     }
-                    if let Ok(text) = std::fs::read_to_string(entry.path()) {
-                        if is_ours(&text) {
-                            out.insert(name, text);
-                        }
+                    if let Ok(text) = std::fs::read_to_string(entry.path())
+                        && is_ours(&text)
+                    {
+                        out.insert(name, text);
                     }
                 }
             }

@@ -250,10 +250,10 @@ fn validate_config(c: &HostConfig, pos: &Positions) -> Vec<Diagnostic> {
         (path!["metrics", "textfile"], c.metrics.textfile.as_deref()),
         (path!["source", "credentials_file"], c.source.credentials_file.as_deref()),
     ] {
-        if let Some(v) = value {
-            if !v.starts_with('/') {
-                at(p, format!("`{v}` must be an absolute path"));
-            }
+        if let Some(v) = value
+            && !v.starts_with('/')
+        {
+            at(p, format!("`{v}` must be an absolute path"));
         }
     }
     if c.poll_interval() < std::time::Duration::from_secs(1) {

@@ -191,12 +191,12 @@ impl Indexer {
     }
 
     fn scalar(&mut self, value: String, pos: Pos) {
-        if let Some(Frame::Map { pending_key, expecting_key, .. }) = self.stack.last_mut() {
-            if *expecting_key {
-                *expecting_key = false;
-                *pending_key = Some((value, pos));
-                return;
-            }
+        if let Some(Frame::Map { pending_key, expecting_key, .. }) = self.stack.last_mut()
+            && *expecting_key
+        {
+            *expecting_key = false;
+            *pending_key = Some((value, pos));
+            return;
         }
         if let Some(path) = self.node_path(pos) {
             self.positions.scalars.insert(path, value);
@@ -365,6 +365,7 @@ fn with_hint(message: String) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::useless_vec)] // reason: `path!` builds owned paths, as production code needs
 mod tests {
     use super::*;
 

@@ -110,13 +110,14 @@ fn check_manifest(m: &Manifest, declared: &Declared, r: &mut Rules<'_>) {
     if !is_dns_name(&m.metadata.host) {
         r.value(path!["metadata", "host"], format!("invalid host name `{}`", m.metadata.host));
     }
-    if let Some(prefix) = &m.metadata.instance_prefix {
-        if !prefix.is_empty() && !is_incus_name(prefix.trim_end_matches('-')) {
-            r.value(
-                path!["metadata", "instance_prefix"],
-                format!("invalid instance prefix `{prefix}`"),
-            );
-        }
+    if let Some(prefix) = &m.metadata.instance_prefix
+        && !prefix.is_empty()
+        && !is_incus_name(prefix.trim_end_matches('-'))
+    {
+        r.value(
+            path!["metadata", "instance_prefix"],
+            format!("invalid instance prefix `{prefix}`"),
+        );
     }
 
     for (name, net) in &m.incus.networks {
@@ -127,15 +128,12 @@ fn check_manifest(m: &Manifest, declared: &Declared, r: &mut Rules<'_>) {
         if !net.managed && (net.kind.is_some() || !net.config.is_empty()) {
             r.key(p.clone(), format!("network `{name}` is referenced (managed: false), so `type` and `config` do not apply; set `managed: true` to let the agent own it"));
         }
-        if let Some(kind) = &net.kind {
-            if kind != "bridge" {
-                let mut q = p.clone();
-                q.push("type".into());
-                r.value(
-                    q,
-                    format!("unsupported network type `{kind}`: only `bridge` is supported"),
-                );
-            }
+        if let Some(kind) = &net.kind
+            && kind != "bridge"
+        {
+            let mut q = p.clone();
+            q.push("type".into());
+            r.value(q, format!("unsupported network type `{kind}`: only `bridge` is supported"));
         }
     }
 
@@ -214,13 +212,13 @@ fn check_manifest(m: &Manifest, declared: &Declared, r: &mut Rules<'_>) {
                 "artifact url must contain `{release}` so each release has its own artifact",
             );
         }
-        if let Some(dir) = &app.artifact.install_dir {
-            if !dir.starts_with('/') || dir.split('/').any(|s| s == "..") || dir == "/" {
-                r.value(
-                    extend(&art, "install_dir"),
-                    format!("install_dir `{dir}` must be an absolute path below `/`, without `..`"),
-                );
-            }
+        if let Some(dir) = &app.artifact.install_dir
+            && (!dir.starts_with('/') || dir.split('/').any(|s| s == "..") || dir == "/")
+        {
+            r.value(
+                extend(&art, "install_dir"),
+                format!("install_dir `{dir}` must be an absolute path below `/`, without `..`"),
+            );
         }
         if !app.health.path.starts_with('/') {
             r.value(
@@ -236,13 +234,13 @@ fn check_manifest(m: &Manifest, declared: &Declared, r: &mut Rules<'_>) {
                 );
             }
         }
-        if let Some(status) = app.health.expect_status {
-            if !(100..=599).contains(&status) {
-                r.value(
-                    path!["apps", app_name.as_str(), "health", "expect_status"],
-                    format!("`{status}` is not an HTTP status"),
-                );
-            }
+        if let Some(status) = app.health.expect_status
+            && !(100..=599).contains(&status)
+        {
+            r.value(
+                path!["apps", app_name.as_str(), "health", "expect_status"],
+                format!("`{status}` is not an HTTP status"),
+            );
         }
         match (&app.upstream.dns_suffix, &app.upstream.loopback_ports) {
             (Some(_), Some(_)) => r.key(
@@ -293,12 +291,12 @@ fn check_manifest(m: &Manifest, declared: &Declared, r: &mut Rules<'_>) {
             Some(_) => {}
         }
         for (color, slot) in &app.slots {
-            if let Some(release) = &slot.release {
-                if !app.artifact.sha256.contains_key(release) {
-                    let mut q = slots.clone();
-                    q.extend(path![color.as_str(), "release"]);
-                    r.value(q, format!("release `{}` of the {color} slot has no sha256 in `artifact.sha256`; add its digest so the artifact can be verified", release.short()));
-                }
+            if let Some(release) = &slot.release
+                && !app.artifact.sha256.contains_key(release)
+            {
+                let mut q = slots.clone();
+                q.extend(path![color.as_str(), "release"]);
+                r.value(q, format!("release `{}` of the {color} slot has no sha256 in `artifact.sha256`; add its digest so the artifact can be verified", release.short()));
             }
         }
         for job in &app.gate_on_jobs {
@@ -333,13 +331,13 @@ fn check_manifest(m: &Manifest, declared: &Declared, r: &mut Rules<'_>) {
                     ),
                 );
             }
-            if let Some(prefix) = &route.path_prefix {
-                if !prefix.starts_with('/') || prefix.contains(char::is_whitespace) {
-                    r.value(
-                        extend(&rp, "path_prefix"),
-                        format!("path_prefix `{prefix}` must start with `/` and contain no spaces"),
-                    );
-                }
+            if let Some(prefix) = &route.path_prefix
+                && (!prefix.starts_with('/') || prefix.contains(char::is_whitespace))
+            {
+                r.value(
+                    extend(&rp, "path_prefix"),
+                    format!("path_prefix `{prefix}` must start with `/` and contain no spaces"),
+                );
             }
             if let Some(first) = prefixes.insert(route.path_prefix.as_deref(), i) {
                 let what = route
@@ -354,15 +352,14 @@ fn check_manifest(m: &Manifest, declared: &Declared, r: &mut Rules<'_>) {
         if !edge.routes.is_empty() && edge.hosts.is_empty() {
             r.key(extend(&p, "routes"), "routes need at least one host name in `edge.hosts`");
         }
-        if let Some(cookie) = &edge.sticky_cookie {
-            if cookie.is_empty()
-                || !cookie.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-            {
-                r.value(
-                    extend(&p, "sticky_cookie"),
-                    format!("invalid cookie name `{cookie}`: letters, digits, `_` and `-`"),
-                );
-            }
+        if let Some(cookie) = &edge.sticky_cookie
+            && (cookie.is_empty()
+                || !cookie.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'))
+        {
+            r.value(
+                extend(&p, "sticky_cookie"),
+                format!("invalid cookie name `{cookie}`: letters, digits, `_` and `-`"),
+            );
         }
         for (name, ext) in &edge.external_backends {
             let ep = path!["edge", "external_backends", name.as_str()];
@@ -402,19 +399,19 @@ fn check_manifest(m: &Manifest, declared: &Declared, r: &mut Rules<'_>) {
                     format!("invalid listen address `{}`: expected `address:port`", listen.http),
                 );
             }
-            if let Some(https) = &listen.https {
-                if parse_host_port(https).is_none() {
-                    r.value(
-                        path!["edge", "listen", "https"],
-                        format!("invalid listen address `{https}`: expected `address:port`"),
-                    );
-                }
+            if let Some(https) = &listen.https
+                && parse_host_port(https).is_none()
+            {
+                r.value(
+                    path!["edge", "listen", "https"],
+                    format!("invalid listen address `{https}`: expected `address:port`"),
+                );
             }
         }
-        if let Some(tls) = &edge.tls {
-            if !tls.cert_dir.starts_with('/') {
-                r.value(path!["edge", "tls", "cert_dir"], "cert_dir must be an absolute path");
-            }
+        if let Some(tls) = &edge.tls
+            && !tls.cert_dir.starts_with('/')
+        {
+            r.value(path!["edge", "tls", "cert_dir"], "cert_dir must be an absolute path");
         }
     } else if !m.apps.is_empty() {
         r.key(path!["apps"], "apps are declared but no `edge` routes traffic to them");
@@ -428,12 +425,11 @@ fn check_manifest(m: &Manifest, declared: &Declared, r: &mut Rules<'_>) {
         if let Err(e) = crate::schedule::parse(&job.schedule) {
             r.value(extend(&p, "schedule"), format!("invalid schedule `{}`: {e}", job.schedule));
         }
-        if let Some(tz) = &job.timezone {
-            if tz.is_empty()
-                || !tz.bytes().all(|b| b.is_ascii_alphanumeric() || b"/_+-".contains(&b))
-            {
-                r.value(extend(&p, "timezone"), format!("invalid time zone `{tz}`"));
-            }
+        if let Some(tz) = &job.timezone
+            && (tz.is_empty()
+                || !tz.bytes().all(|b| b.is_ascii_alphanumeric() || b"/_+-".contains(&b)))
+        {
+            r.value(extend(&p, "timezone"), format!("invalid time zone `{tz}`"));
         }
         if job.on != "host" && !declared.instances.contains(&job.on) {
             r.value(
@@ -444,12 +440,11 @@ fn check_manifest(m: &Manifest, declared: &Declared, r: &mut Rules<'_>) {
         if job.command.trim().is_empty() || job.command.contains(['\n', '\0']) {
             r.value(extend(&p, "command"), "command must be one non-empty line");
         }
-        if let Some(user) = &job.user {
-            if user.is_empty()
-                || !user.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
-            {
-                r.value(extend(&p, "user"), format!("invalid user name `{user}`"));
-            }
+        if let Some(user) = &job.user
+            && (user.is_empty()
+                || !user.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b)))
+        {
+            r.value(extend(&p, "user"), format!("invalid user name `{user}`"));
         }
     }
 }
@@ -564,22 +559,22 @@ fn check_host_set(files: &[(String, Parsed)], members: &[usize], issues: &mut Ve
         };
         for (iname, inst) in &m.incus.instances {
             for (dname, dev) in &inst.devices {
-                if let (DeviceType::Proxy, Some(listen)) = (dev.kind, &dev.listen) {
-                    if dev.bind != Some(crate::manifest::ProxyBind::Instance) {
-                        claim(
-                            i,
-                            path![
-                                "incus",
-                                "instances",
-                                iname.as_str(),
-                                "devices",
-                                dname.as_str(),
-                                "listen"
-                            ],
-                            listen.clone(),
-                            format!("device `{dname}` of `{iname}`"),
-                        );
-                    }
+                if let (DeviceType::Proxy, Some(listen)) = (dev.kind, &dev.listen)
+                    && dev.bind != Some(crate::manifest::ProxyBind::Instance)
+                {
+                    claim(
+                        i,
+                        path![
+                            "incus",
+                            "instances",
+                            iname.as_str(),
+                            "devices",
+                            dname.as_str(),
+                            "listen"
+                        ],
+                        listen.clone(),
+                        format!("device `{dname}` of `{iname}`"),
+                    );
                 }
             }
         }
@@ -596,19 +591,19 @@ fn check_host_set(files: &[(String, Parsed)], members: &[usize], issues: &mut Ve
             }
         }
         if let Some(edge) = &m.edge {
-            if let Some(first) = cookies.insert(edge.sticky_cookie.as_deref().unwrap_or(""), i) {
-                if edge.sticky_cookie.is_some() {
-                    push(
-                        i,
-                        path!["edge", "sticky_cookie"],
-                        true,
-                        format!(
-                            "sticky cookie `{}` is also used by {}; each environment needs its own so sessions do not leak across environments",
-                            edge.sticky_cookie.as_deref().unwrap_or(""),
-                            name_of(first)
-                        ),
-                    );
-                }
+            if let Some(first) = cookies.insert(edge.sticky_cookie.as_deref().unwrap_or(""), i)
+                && edge.sticky_cookie.is_some()
+            {
+                push(
+                    i,
+                    path!["edge", "sticky_cookie"],
+                    true,
+                    format!(
+                        "sticky cookie `{}` is also used by {}; each environment needs its own so sessions do not leak across environments",
+                        edge.sticky_cookie.as_deref().unwrap_or(""),
+                        name_of(first)
+                    ),
+                );
             }
             let mut hosts: Vec<(&str, Vec<Seg>)> = edge
                 .hosts
@@ -736,16 +731,16 @@ fn check_device(name: &str, dev: &Device, p: &[Seg], declared: &Declared, r: &mu
         );
     }
     for (key, addr) in [("listen", &dev.listen), ("connect", &dev.connect)] {
-        if let Some(addr) = addr {
-            if !is_proxy_address(addr) {
-                r.value(extend(p, key), format!("invalid proxy address `{addr}`: expected `tcp:ADDRESS:PORT`, `udp:ADDRESS:PORT` or `unix:/PATH`"));
-            }
+        if let Some(addr) = addr
+            && !is_proxy_address(addr)
+        {
+            r.value(extend(p, key), format!("invalid proxy address `{addr}`: expected `tcp:ADDRESS:PORT`, `udp:ADDRESS:PORT` or `unix:/PATH`"));
         }
     }
-    if let Some(net) = &dev.network {
-        if !declared.networks.contains(net) {
-            r.value(extend(p, "network"), unknown_ref("network", net, declared.networks.iter()));
-        }
+    if let Some(net) = &dev.network
+        && !declared.networks.contains(net)
+    {
+        r.value(extend(p, "network"), unknown_ref("network", net, declared.networks.iter()));
     }
 }
 
@@ -956,7 +951,8 @@ mod tests {
     /// (`file:line:col: message`), in order.
     #[test]
     fn every_rule_reports_where_and_why() {
-        let cases: Vec<(&str, Vec<(&str, String)>, &str)> = vec![
+        type Case = (&'static str, Vec<(&'static str, String)>, &'static str);
+        let cases: Vec<Case> = vec![
             (
                 "two envs claim the same public host name",
                 vec![("a", env("prod", "veza.fr", "C1", "")), ("b", env("staging", "veza.fr", "C2", ""))],

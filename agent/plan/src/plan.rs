@@ -536,30 +536,30 @@ fn plan_instance(
         );
         return;
     }
-    if let Some(slot) = &d.slot {
-        if l.release() != Some(slot.release.as_str()) {
-            let was = l.release().map_or("nothing".to_string(), |r| short(r).to_string());
-            b.step(
-                Action::DeleteInstance { name: name.to_string() },
-                format!(
-                    "release changes from {was} to {}: the slot is rebuilt from its image",
-                    short(&slot.release)
-                ),
-            );
-            create(b, format!("rebuild of the {} slot", slot.color));
-            b.step(
-                Action::DeployRelease { instance: name.to_string(), slot: slot.clone() },
-                format!(
-                    "the {} slot of {}/{} runs release {}",
-                    slot.color,
-                    slot.env,
-                    slot.app,
-                    short(&slot.release)
-                ),
-            );
-            deployed.insert(name.to_string());
-            return;
-        }
+    if let Some(slot) = &d.slot
+        && l.release() != Some(slot.release.as_str())
+    {
+        let was = l.release().map_or("nothing".to_string(), |r| short(r).to_string());
+        b.step(
+            Action::DeleteInstance { name: name.to_string() },
+            format!(
+                "release changes from {was} to {}: the slot is rebuilt from its image",
+                short(&slot.release)
+            ),
+        );
+        create(b, format!("rebuild of the {} slot", slot.color));
+        b.step(
+            Action::DeployRelease { instance: name.to_string(), slot: slot.clone() },
+            format!(
+                "the {} slot of {}/{} runs release {}",
+                slot.color,
+                slot.env,
+                slot.app,
+                short(&slot.release)
+            ),
+        );
+        deployed.insert(name.to_string());
+        return;
     }
     let managed_before: BTreeSet<&str> = l
         .config

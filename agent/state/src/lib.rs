@@ -375,9 +375,14 @@ mod tests {
     fn state_round_trips_and_history_is_bounded() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let mut state = AgentState::default();
-        state.applied =
-            Some(AppliedRevision { commit: "abc".into(), signer: "alice".into(), applied_at: 7 });
+        let state = AgentState {
+            applied: Some(AppliedRevision {
+                commit: "abc".into(),
+                signer: "alice".into(),
+                applied_at: 7,
+            }),
+            ..AgentState::default()
+        };
         store.save(&state).unwrap();
         assert_eq!(store.reader().load().unwrap(), state);
         for i in 0..(HISTORY_LIMIT + 5) {
