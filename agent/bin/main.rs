@@ -11,7 +11,7 @@ mod reconcile;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 /// GitOps pull agent: pulls a signed manifests repository, verifies it, and reconciles
 /// Incus instances, the HAProxy edge and systemd timers on this host.
@@ -62,6 +62,17 @@ enum Command {
     /// namespace, expired key, extra signature header, not a descendant of `--after`).
     /// Exit 2 on usage or I/O errors.
     Verify(commands::verify::VerifyArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout.
+    ///
+    /// The Debian package installs the bash and zsh scripts; for another shell, redirect
+    /// the output into its completion directory. Exit 0, or 2 when stdout is not writable.
+    #[command(hide = true)]
+    Completions(commands::completions::CompletionsArgs),
+    /// Write the man pages into DIR: `veza-agent.1` and `veza-agent-SUBCOMMAND.1`.
+    ///
+    /// Prints each path written. Exit 0, or 2 on I/O errors.
+    #[command(hide = true)]
+    Man(commands::man::ManArgs),
 }
 
 fn main() -> ExitCode {
@@ -87,6 +98,8 @@ fn main() -> ExitCode {
         Command::Validate(args) => commands::validate::run(&args),
         Command::Schedule(args) => commands::schedule::run(args),
         Command::Verify(args) => commands::verify::run(args),
+        Command::Completions(args) => commands::completions::run(&args, Cli::command()),
+        Command::Man(args) => commands::man::run(&args, Cli::command()),
         Command::Schema => {
             print!("{}", veza_model::json_schema());
             ExitCode::SUCCESS

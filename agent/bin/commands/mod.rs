@@ -2,7 +2,9 @@
 
 pub mod apply;
 pub mod common;
+pub mod completions;
 pub mod history;
+pub mod man;
 pub mod plan;
 pub mod run;
 pub mod schedule;
