@@ -15,8 +15,20 @@ use clap::{CommandFactory, Parser, Subcommand};
 
 /// GitOps pull agent: pulls a signed manifests repository, verifies it, and reconciles
 /// Incus instances, the HAProxy edge and systemd timers on this host.
+///
+/// Every poll interval the daemon (`veza-agent run`, normally the `veza-agent.service`
+/// unit) fetches the configured branch, verifies the tip commit's SSH signature against
+/// the host's own trust root (`trust.allowed_signers` in the host configuration), refuses
+/// anything that does not descend from the last applied commit, validates the manifests
+/// bound to this host, diffs them against live Incus, HAProxy and systemd state, and
+/// applies the difference. Promotions (`active:` edits) are health-gated and revert
+/// themselves when the new color fails its check.
+///
+/// Operators use `status` and `history` to see what runs and why, `plan` for a dry run,
+/// `apply` for a one-off sync without the daemon and `sync` to wake the daemon. Manifest
+/// authors and CI use `validate`, `schema`, `schedule` and `verify`, which need no host.
 #[derive(Debug, Parser)]
-#[command(name = "veza-agent", version, about, long_about = None, propagate_version = true)]
+#[command(name = "veza-agent", version, about, propagate_version = true)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -25,23 +37,65 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the agent: poll the manifests repository and reconcile the host (the daemon).
+    ///
+    /// Syncs at once, then every `poll.interval` plus up to `poll.jitter` (host
+    /// configuration), and whenever `veza-agent sync` asks on the control socket
+    /// (`STATE_DIR/control.sock`). The configuration and the trust root are re-read at
+    /// every cycle; SIGHUP re-reads at once (an invalid configuration is rejected and the
+    /// running one kept). SIGTERM and SIGINT stop between actions, never between an edge
+    /// switch and its verification. Logs go to stderr (the journal under systemd).
+    ///
+    /// Exit 0 after a requested stop, 1 when the configuration or state directory is
+    /// unusable at start.
     Run(commands::run::RunArgs),
     /// Sync once now, without a daemon: fetch, verify, plan, apply, record.
+    ///
+    /// Does exactly what one cycle of `run` does, in the foreground, and prints one line:
+    /// the outcome (`applied`, `no-change`, `rejected`, `rolled-back`, `failed`), the
+    /// commit, the number of steps and the wall time. Use it for the first sync after
+    /// installing. One agent applies at a time: while the daemon holds the state lock,
+    /// `apply` refuses at once; use `sync` instead.
     ///
     /// Exit 0 when applied or already in sync, 1 when the revision was rejected, a
     /// promotion rolled back, or a step failed.
     Apply(commands::apply::ApplyArgs),
     /// Show what would change (a dry run against live state).
     ///
-    /// Exit 0 when nothing would change, 2 when changes are pending, 1 on error.
+    /// Fetches and verifies the branch tip exactly as a sync would (a refused revision is
+    /// reported, never planned), observes Incus, HAProxy and systemd, and prints the
+    /// ordered steps a sync would execute. Changes nothing on the host; only the bare
+    /// mirror in the state directory is updated by the fetch.
+    ///
+    /// Exit 0 when nothing would change, 2 when changes are pending, 1 on error or when
+    /// the revision is refused (note: 1 and 2 differ from the other subcommands, so CI
+    /// can tell pending changes from failures).
     Plan(commands::plan::PlanArgs),
     /// Ask the running daemon to sync now and print the outcome.
+    ///
+    /// Connects to the daemon's control socket (`STATE_DIR/control.sock`), waits for the
+    /// next completed sync and prints its outcome line, as `apply` does.
+    ///
+    /// Exit 0 when applied or in sync, 1 when the sync did not succeed, 2 when no daemon
+    /// answers or the configuration is unreadable.
     Sync(commands::sync::SyncArgs),
     /// What runs, from which commit, signed by whom, and what needs a human.
+    ///
+    /// Reads the recorded state only (no network, no lock), so it answers instantly even
+    /// while a sync runs. Shows the applied commit and its signer, each app's colors,
+    /// releases and active color, and the problems that need a human: a rejected
+    /// revision, a rolled-back promotion, a quarantined commit, a stale source (no
+    /// verified fetch within `trust.max_staleness`), an interrupted run.
     ///
     /// Exit 0 when healthy, 1 when something needs attention, 2 on errors.
     Status(commands::status::StatusArgs),
     /// Recent deploys, newest first.
+    ///
+    /// One line per new commit the agent acted on (applied, rejected, rolled back,
+    /// failed; fetch failures, `no-change` syncs and repeated refusals of the same commit
+    /// are not recorded: `status` shows those): time (UTC), outcome, commit, signer, duration, the active color of each
+    /// app, and the reason when it did not succeed. Reads the state directory only.
+    ///
+    /// Exit 0, or 2 when the configuration or the history cannot be read.
     History(commands::history::HistoryArgs),
     /// Check manifests: syntax, unknown keys and semantic rules, all files together.
     ///
@@ -49,6 +103,9 @@ enum Command {
     /// Exit 0 when every file is valid, 1 otherwise, 2 on usage errors.
     Validate(commands::validate::ValidateArgs),
     /// Print the JSON Schema of the manifest format (as committed in `schemas/`).
+    ///
+    /// For editors and the manifests repository's CI. The schema checks shape only; run
+    /// `validate` for the semantic rules (cross-environment ones included). Exit 0.
     Schema,
     /// Translate a cron expression into systemd `OnCalendar=` lines and show the next runs.
     ///

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 /// `--config`, shared by every subcommand that needs the host configuration.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ConfigArg {
-    /// Host configuration file.
+    /// Host configuration file (YAML). The packaged default documents every key.
     #[arg(long, value_name = "PATH", env = "VEZA_AGENT_CONFIG", default_value = veza_model::config::DEFAULT_CONFIG_PATH)]
     pub config: PathBuf,
 }

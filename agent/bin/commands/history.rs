@@ -12,10 +12,10 @@ use crate::reconcile::load_config;
 pub struct HistoryArgs {
     #[command(flatten)]
     pub config: ConfigArg,
-    /// How many entries.
-    #[arg(short = 'n', long, default_value_t = 20)]
+    /// How many entries to print, newest first.
+    #[arg(short = 'n', long, value_name = "N", default_value_t = 20)]
     pub limit: usize,
-    /// Print JSON lines.
+    /// Print one JSON object per line instead of the table.
     #[arg(long)]
     pub json: bool,
 }

@@ -85,7 +85,9 @@ pub fn render(cmd: clap::Command) -> Result<Vec<(String, Vec<u8>)>> {
 }
 
 fn render_tree(cmd: &clap::Command, main: bool, pages: &mut Vec<(String, Vec<u8>)>) -> Result<()> {
-    let man = clap_mangen::Man::new(cmd.clone()).manual("veza-agent manual");
+    let man = clap_mangen::Man::new(cmd.clone())
+        .manual("veza-agent manual")
+        .source(format!("veza-agent {}", env!("CARGO_PKG_VERSION")));
     let mut page = Vec::new();
     man.render_title(&mut page)?;
     man.render_name_section(&mut page)?;

@@ -13,7 +13,7 @@ use crate::reconcile::{Agent, SourceProblem};
 pub struct PlanArgs {
     #[command(flatten)]
     pub config: ConfigArg,
-    /// Print the plan as JSON.
+    /// Print the commit, its signer and the plan as one JSON document.
     #[arg(long)]
     pub json: bool,
 }

@@ -16,7 +16,8 @@ use crate::reconcile::load_config;
 pub struct StatusArgs {
     #[command(flatten)]
     pub config: ConfigArg,
-    /// Print JSON.
+    /// Print the status document as JSON (health, headline, problems, staleness and
+    /// the whole recorded state) instead of text.
     #[arg(long)]
     pub json: bool,
 }

@@ -14,7 +14,8 @@ use crate::reconcile::load_config;
 pub struct SyncArgs {
     #[command(flatten)]
     pub config: ConfigArg,
-    /// Give up after this many seconds.
+    /// Give up waiting for the daemon's answer after this many seconds (a sync that
+    /// waits for a new color to become healthy can take minutes).
     #[arg(long, default_value_t = 900)]
     pub timeout: u64,
 }
