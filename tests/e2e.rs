@@ -34,8 +34,8 @@ fn status_json(h: &DemoHost) -> serde_json::Value {
 fn first_sync_builds_the_environment_and_a_second_sync_changes_nothing() {
     let h = host();
     let commit = h.commit(&h.manifest("blue", Some(0), None), "hello on blue").unwrap();
-    let (code, out, _) = agent(&h, &["plan"]);
-    assert_eq!(code, 2, "pending changes exit 2:\n{out}");
+    let (code, out, err) = agent(&h, &["plan"]);
+    assert_eq!(code, 2, "pending changes exit 2:\n{out}\n{err}");
     assert!(out.contains(&format!("create instance {}-hello-blue", h.env)), "{out}");
     let out = apply_ok(&h);
     assert!(out.starts_with(&format!("applied {}", &commit[..12])), "{out}");

@@ -59,7 +59,12 @@ pub struct DemoHost {
     pub config_path: PathBuf,
     agent_bin: PathBuf,
     created: u64,
+    _serial: std::sync::MutexGuard<'static, ()>,
 }
+
+/// Simulated hosts of one test process run one at a time: each starts containers with
+/// proxy devices, and on 2 cores several at once starve incusd's start hooks.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn random_suffix() -> String {
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
@@ -74,6 +79,7 @@ fn release_id(seed: &str) -> String {
 impl DemoHost {
     /// Builds the host in a temporary directory (tests) or in `keep` (the demo).
     pub fn new(agent_bin: &Path, keep: Option<&Path>) -> Result<DemoHost> {
+        let serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         crate::require_host()?;
         let (dir, tmp) = match keep {
             Some(k) => {
@@ -156,6 +162,7 @@ impl DemoHost {
             config_path,
             agent_bin: agent_bin.to_path_buf(),
             created: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+            _serial: serial,
         })
     }
 
