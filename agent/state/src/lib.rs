@@ -139,6 +139,40 @@ pub struct RunRecord {
     pub commit: Option<String>,
 }
 
+/// One scheduled job as last observed on its target (`systemctl show` of its service and
+/// timer), recorded at the end of each sync for `status` and metrics.
+///
+/// Times are RFC 3339 UTC when systemd printed them in UTC, otherwise systemd's own text.
+/// `last_success_at` is remembered across syncs: systemd only reports the *last* run, so
+/// after a failure (or a reboot of the target, which forgets the service's last run) the
+/// previous success comes from the previous record.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct JobState {
+    /// Where the units live: `host` or an Incus instance name.
+    pub target: String,
+    /// The cron expression, as written in the manifest.
+    pub schedule: String,
+    /// The timer's next elapse (random delay included); `None` when the timer is not active.
+    pub next: Option<String>,
+    /// `Result=` of the last run (`success`, `exit-code`, `timeout`, …); `None` when the
+    /// service has not run since the target booted.
+    pub last_result: Option<String>,
+    /// Exit status of the last run.
+    pub last_exit: Option<i32>,
+    /// When the last run started.
+    pub last_start: Option<String>,
+    /// When the last successful run started (unix seconds).
+    pub last_success_at: Option<i64>,
+    /// The manifest's `max_success_age`, in seconds.
+    pub max_success_age_s: Option<u64>,
+    /// When the agent first recorded this job (unix seconds): a job that never succeeded
+    /// is stale only once it has existed for longer than `max_success_age`.
+    pub first_seen_at: Option<i64>,
+    /// Why the job needed a human when it was observed (failed, stale, status unknown).
+    pub problem: Option<String>,
+}
+
 /// The agent's state, as stored in `state.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AgentState {
@@ -162,6 +196,10 @@ pub struct AgentState {
     pub sync_failures: u64,
     /// Total rejected revisions.
     pub rejected_total: u64,
+    /// Scheduled jobs by `env/job`, observed at the end of each sync. Absent from state
+    /// files written before jobs were recorded.
+    #[serde(default)]
+    pub jobs: BTreeMap<String, JobState>,
 }
 
 impl Default for AgentState {
@@ -177,6 +215,7 @@ impl Default for AgentState {
             last_run: None,
             sync_failures: 0,
             rejected_total: 0,
+            jobs: BTreeMap::new(),
         }
     }
 }
@@ -401,6 +440,34 @@ mod tests {
         let h = store.reader().history().unwrap();
         assert_eq!(h.len(), HISTORY_LIMIT);
         assert_eq!(h.last().unwrap().commit, format!("c{}", HISTORY_LIMIT + 4));
+    }
+
+    #[test]
+    fn state_without_jobs_still_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = br#"{"schema_version":1,"applied":null,"last_verified_fetch_at":5,"last_fetch_error":null,"rejected":null,"quarantined":{},"envs":{},"last_run":null,"sync_failures":0,"rejected_total":2}"#;
+        std::fs::write(dir.path().join("state.json"), old).unwrap();
+        let state = Reader::new(dir.path()).load().unwrap();
+        assert_eq!(state.rejected_total, 2);
+        assert!(state.jobs.is_empty());
+        // A job record round-trips, and a partial one (an older agent's) fills in defaults.
+        let store = Store::open(dir.path()).unwrap();
+        let mut with_jobs = state.clone();
+        with_jobs.jobs.insert(
+            "prod/dr-drill".into(),
+            JobState {
+                target: "host".into(),
+                schedule: "0 4 * * 0".into(),
+                last_result: Some("success".into()),
+                last_success_at: Some(100),
+                max_success_age_s: Some(8 * 86_400),
+                ..JobState::default()
+            },
+        );
+        store.save(&with_jobs).unwrap();
+        assert_eq!(store.reader().load().unwrap(), with_jobs);
+        let partial: JobState = serde_json::from_str(r#"{"target":"db"}"#).unwrap();
+        assert_eq!(partial, JobState { target: "db".into(), ..JobState::default() });
     }
 
     #[test]

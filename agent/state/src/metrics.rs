@@ -5,7 +5,8 @@ use std::fmt::Write;
 
 use crate::AgentState;
 
-/// Per-job facts the metrics need beyond the agent state.
+/// Per-job facts the metrics need, usually built from the recorded jobs with
+/// [`job_metrics`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobMetric {
     /// `env/name`.
@@ -14,6 +15,25 @@ pub struct JobMetric {
     pub last_success: Option<i64>,
     /// Whether the last run failed.
     pub failed: bool,
+    /// The job's `max_success_age` in seconds, when it declares one.
+    pub max_success_age: Option<u64>,
+    /// Whether the job needed attention when last observed (failed, stale, status unknown).
+    pub problem: bool,
+}
+
+/// One [`JobMetric`] per job recorded in `state.jobs`, in key order.
+pub fn job_metrics(state: &AgentState) -> Vec<JobMetric> {
+    state
+        .jobs
+        .iter()
+        .map(|(key, j)| JobMetric {
+            job: key.clone(),
+            last_success: j.last_success_at,
+            failed: j.last_result.as_deref().is_some_and(|r| r != "success"),
+            max_success_age: j.max_success_age_s,
+            problem: j.problem.is_some(),
+        })
+        .collect()
 }
 
 /// Renders the metrics text. `now` is unix seconds; `stale` is the freshness verdict.
@@ -90,11 +110,17 @@ pub fn render(state: &AgentState, jobs: &[JobMetric], now: i64, stale: bool) -> 
     );
     let mut ages = Vec::new();
     let mut failed = Vec::new();
+    let mut max_ages = Vec::new();
+    let mut problems = Vec::new();
     for j in jobs {
         let labels = format!("{{job=\"{}\"}}", esc(&j.job));
         let age = j.last_success.map_or(-1, |t| (now - t).max(0));
         ages.push((labels.clone(), age.to_string()));
-        failed.push((labels, u8::from(j.failed).to_string()));
+        failed.push((labels.clone(), u8::from(j.failed).to_string()));
+        if let Some(max) = j.max_success_age {
+            max_ages.push((labels.clone(), max.to_string()));
+        }
+        problems.push((labels, u8::from(j.problem).to_string()));
     }
     metric(
         "veza_agent_job_last_success_age_seconds",
@@ -103,6 +129,18 @@ pub fn render(state: &AgentState, jobs: &[JobMetric], now: i64, stale: bool) -> 
         ages,
     );
     metric("veza_agent_job_failed", "1 when the job's last run failed.", "gauge", failed);
+    metric(
+        "veza_agent_job_max_success_age_seconds",
+        "The job's declared max_success_age (only jobs that declare one).",
+        "gauge",
+        max_ages,
+    );
+    metric(
+        "veza_agent_job_problem",
+        "1 when the job needed attention at the last sync (failed, stale or status unknown).",
+        "gauge",
+        problems,
+    );
     out
 }
 
@@ -123,8 +161,13 @@ mod tests {
         let mut env = EnvState::default();
         env.apps.insert("backend".into(), app);
         state.envs.insert("prod".into(), env);
-        let jobs =
-            [JobMetric { job: "prod/dr-drill".into(), last_success: Some(100), failed: false }];
+        let jobs = [JobMetric {
+            job: "prod/dr-drill".into(),
+            last_success: Some(100),
+            failed: false,
+            max_success_age: None,
+            problem: false,
+        }];
         let text = render(&state, &jobs, 160, true);
         assert!(text.contains(
             "veza_agent_app_active{env=\"prod\",app=\"backend\",color=\"green\",release=\"e97b91f010\"} 1\n"
@@ -134,5 +177,72 @@ mod tests {
             text.contains("veza_agent_job_last_success_age_seconds{job=\"prod/dr-drill\"} 60\n")
         );
         assert!(text.contains("veza_agent_last_run_outcome{outcome=\"none\"} 1\n"));
+    }
+
+    #[test]
+    fn job_metrics_come_from_the_recorded_jobs() {
+        use crate::JobState;
+        let mut state = AgentState::default();
+        state.jobs.insert(
+            "prod/dr-drill".into(),
+            JobState {
+                last_result: Some("success".into()),
+                last_success_at: Some(1000),
+                max_success_age_s: Some(8 * 86_400),
+                problem: Some("last success 9 d ago (max 8 d)".into()),
+                ..JobState::default()
+            },
+        );
+        state.jobs.insert(
+            "prod/pgbackrest-diff".into(),
+            JobState {
+                last_result: Some("exit-code".into()),
+                last_exit: Some(3),
+                last_success_at: Some(900),
+                problem: Some("last run failed (exit-code, exit status 3)".into()),
+                ..JobState::default()
+            },
+        );
+        state.jobs.insert("prod/new".into(), JobState::default());
+        let jobs = job_metrics(&state);
+        assert_eq!(
+            jobs,
+            [
+                JobMetric {
+                    job: "prod/dr-drill".into(),
+                    last_success: Some(1000),
+                    failed: false,
+                    max_success_age: Some(691_200),
+                    problem: true,
+                },
+                JobMetric {
+                    job: "prod/new".into(),
+                    last_success: None,
+                    failed: false,
+                    max_success_age: None,
+                    problem: false,
+                },
+                JobMetric {
+                    job: "prod/pgbackrest-diff".into(),
+                    last_success: Some(900),
+                    failed: true,
+                    max_success_age: None,
+                    problem: true,
+                },
+            ]
+        );
+        let text = render(&state, &jobs, 1000 + 9 * 86_400, false);
+        for line in [
+            "veza_agent_job_last_success_age_seconds{job=\"prod/dr-drill\"} 777600\n",
+            "veza_agent_job_last_success_age_seconds{job=\"prod/new\"} -1\n",
+            "veza_agent_job_failed{job=\"prod/pgbackrest-diff\"} 1\n",
+            "veza_agent_job_failed{job=\"prod/dr-drill\"} 0\n",
+            "veza_agent_job_max_success_age_seconds{job=\"prod/dr-drill\"} 691200\n",
+            "veza_agent_job_problem{job=\"prod/dr-drill\"} 1\n",
+            "veza_agent_job_problem{job=\"prod/new\"} 0\n",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in:\n{text}");
+        }
+        assert!(!text.contains("veza_agent_job_max_success_age_seconds{job=\"prod/new\"}"));
     }
 }
