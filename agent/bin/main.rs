@@ -7,6 +7,7 @@
 
 mod commands;
 mod edge;
+mod jobs;
 mod reconcile;
 
 use std::process::ExitCode;

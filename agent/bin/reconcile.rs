@@ -533,6 +533,43 @@ impl Agent {
             }
         }
         state.envs = envs;
+        state.jobs = self.observe_jobs(&source.manifests, &state.jobs, now).await;
+    }
+
+    /// Every manifest job's last run, next elapse and verdict (`crate::jobs::record`), for
+    /// status and metrics; `prev` carries the last success across syncs.
+    async fn observe_jobs(
+        &self,
+        manifests: &[Manifest],
+        prev: &BTreeMap<String, veza_state::JobState>,
+        now: i64,
+    ) -> BTreeMap<String, veza_state::JobState> {
+        let units = self.units();
+        let mut out = BTreeMap::new();
+        for m in manifests {
+            for (name, job) in &m.jobs {
+                let key = format!("{}/{name}", m.metadata.name);
+                let target = if job.on == "host" {
+                    UnitTarget::Host
+                } else {
+                    UnitTarget::Instance(job.on.clone())
+                };
+                let stem = veza_model::units::unit_stem(&m.metadata.name, name);
+                let run = units
+                    .job_run(&target, &format!("{stem}.service"), &format!("{stem}.timer"))
+                    .await;
+                let record = crate::jobs::record(
+                    &job.on,
+                    &job.schedule,
+                    job.max_success_age.map(|d| d.get()),
+                    run.as_ref().map_err(ToString::to_string),
+                    prev.get(&key),
+                    now,
+                );
+                out.insert(key, record);
+            }
+        }
+        out
     }
 
     /// Jobs whose last run failed or whose last success is too old, as `env/job` → why.
@@ -580,7 +617,8 @@ impl Agent {
         let stale = state
             .last_verified_fetch_at
             .is_none_or(|t| now - t > self.config.max_staleness().as_secs() as i64);
-        let text = veza_state::metrics::render(state, &[], now, stale);
+        let jobs = veza_state::metrics::job_metrics(state);
+        let text = veza_state::metrics::render(state, &jobs, now, stale);
         if let Err(e) =
             veza_host::fs::write_atomic_if_changed(Path::new(path), text.as_bytes(), 0o644)
         {

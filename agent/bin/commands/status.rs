@@ -1,14 +1,17 @@
 //! `veza-agent status`: what runs on this host, from which commit, signed by whom,
-//! whether the last promotion held, and what needs a human. Human text or `--json`.
+//! whether the last promotion held, how the scheduled jobs went, and what needs a human.
+//! Human text or `--json`.
 //! Reads the recorded state only (no lock, no network), so it answers instantly even
 //! while the daemon applies.
 
+use std::collections::BTreeMap;
 use std::process::ExitCode;
 
 use serde::Serialize;
-use veza_state::{AgentState, Outcome, Reader};
+use veza_state::{AgentState, JobState, Outcome, Reader};
 
 use crate::commands::common::{ConfigArg, fail, now};
+use crate::jobs;
 use crate::reconcile::load_config;
 
 /// Arguments of `status`.
@@ -37,8 +40,49 @@ pub struct Status {
     pub last_fetch_age_s: Option<i64>,
     /// A run that was interrupted (crash) and will be resumed.
     pub interrupted: Option<String>,
+    /// Scheduled jobs by `env/job`, as recorded at the last sync and judged now.
+    pub jobs: BTreeMap<String, JobStatus>,
     /// The recorded state.
     pub state: AgentState,
+}
+
+/// One scheduled job in the status document.
+#[derive(Debug, Serialize)]
+pub struct JobStatus {
+    /// `host` or the Incus instance the job runs in.
+    pub target: String,
+    /// The cron expression.
+    pub schedule: String,
+    /// Next run (RFC 3339 UTC), when the timer is active.
+    pub next: Option<String>,
+    /// `Result=` of the last run (`success`, `exit-code`, …); `None` when none is known.
+    pub last_result: Option<String>,
+    /// Exit status of the last run.
+    pub last_exit: Option<i32>,
+    /// When the last run started.
+    pub last_start: Option<String>,
+    /// Seconds since the last successful run started.
+    pub last_success_age_s: Option<i64>,
+    /// The job's `max_success_age`, in seconds.
+    pub max_success_age_s: Option<u64>,
+    /// Why the job needs a human now, if it does.
+    pub problem: Option<String>,
+}
+
+impl JobStatus {
+    fn new(job: &JobState, now: i64) -> JobStatus {
+        JobStatus {
+            target: job.target.clone(),
+            schedule: job.schedule.clone(),
+            next: job.next.clone(),
+            last_result: job.last_result.clone(),
+            last_exit: job.last_exit,
+            last_start: job.last_start.clone(),
+            last_success_age_s: job.last_success_at.map(|t| now - t),
+            max_success_age_s: job.max_success_age_s,
+            problem: jobs::health(job, now),
+        }
+    }
 }
 
 /// Builds the status from recorded state. Pure: `now` and `max_staleness_s` are inputs.
@@ -87,6 +131,13 @@ pub fn build(
             run.reason.as_deref().unwrap_or("unknown reason")
         ));
     }
+    let jobs: BTreeMap<String, JobStatus> =
+        state.jobs.iter().map(|(key, j)| (key.clone(), JobStatus::new(j, now))).collect();
+    for (key, j) in &jobs {
+        if let Some(p) = &j.problem {
+            problems.push(format!("job {key}: {p}"));
+        }
+    }
     if let Some(i) = &interrupted {
         problems
             .push(format!("a run was interrupted at `{i}`; the next sync resumes from live state"));
@@ -103,6 +154,7 @@ pub fn build(
         stale,
         last_fetch_age_s: age,
         interrupted,
+        jobs,
         state,
     }
 }
@@ -193,10 +245,51 @@ pub fn render(s: &Status, now: i64) -> String {
             );
         }
     }
+    if !s.jobs.is_empty() {
+        let _ = writeln!(o, "jobs:");
+        let key_width = s.jobs.keys().map(String::len).max().unwrap_or(0);
+        let target_width = s.jobs.values().map(|j| j.target.len()).max().unwrap_or(0);
+        for (key, j) in &s.jobs {
+            let _ = writeln!(
+                o,
+                "  {key:<key_width$} on {:<target_width$}  next {}  last {}{}",
+                j.target,
+                j.next.as_deref().map_or_else(|| "none".to_string(), when),
+                last_run(j, now),
+                if j.problem.is_some() { "  [!]" } else { "" }
+            );
+        }
+    }
     for p in s.problems.iter().skip(1) {
         let _ = writeln!(o, "also:     {p}");
     }
     o
+}
+
+/// `2026-11-30 02:30 UTC` for an RFC 3339 time, the text itself otherwise.
+fn when(t: &str) -> String {
+    match chrono::DateTime::parse_from_rfc3339(t) {
+        Ok(t) => t.with_timezone(&chrono::Utc).format("%Y-%m-%d %H:%M UTC").to_string(),
+        Err(_) => t.to_string(),
+    }
+}
+
+/// The last run in a few words: `success 2d ago`, `FAILED exit-code (exit status 3) 1h ago`.
+fn last_run(j: &JobStatus, now: i64) -> String {
+    let started = j.last_start.as_deref().map(|t| match chrono::DateTime::parse_from_rfc3339(t) {
+        Ok(t) => format!(" {} ago", ago(now - t.timestamp())),
+        Err(_) => format!(" at {t}"),
+    });
+    match (j.last_result.as_deref(), j.last_success_age_s) {
+        (Some("success"), _) => format!("success{}", started.unwrap_or_default()),
+        (Some(result), _) => format!(
+            "FAILED {result}{}{}",
+            j.last_exit.map(|c| format!(" (exit status {c})")).unwrap_or_default(),
+            started.unwrap_or_default()
+        ),
+        (None, Some(age)) => format!("success {} ago (from an earlier sync)", ago(age)),
+        (None, None) => "never ran".to_string(),
+    }
 }
 
 fn ago(secs: i64) -> String {
@@ -212,6 +305,22 @@ fn ago(secs: i64) -> String {
 mod tests {
     use super::*;
     use veza_state::{AppState, AppliedRevision, EnvState, Rejection};
+
+    /// The weekly drill, last (successful) run at `at`.
+    fn drill(at: i64) -> JobState {
+        JobState {
+            target: "host".into(),
+            schedule: "0 4 * * 0".into(),
+            next: Some("1970-01-03T04:00:00Z".into()),
+            last_result: Some("success".into()),
+            last_exit: Some(0),
+            last_start: chrono::DateTime::from_timestamp(at, 0).map(|t| t.to_rfc3339()),
+            last_success_at: Some(at),
+            max_success_age_s: Some(8 * 86_400),
+            first_seen_at: Some(0),
+            problem: None,
+        }
+    }
 
     fn base() -> AgentState {
         let mut st = AgentState {
@@ -263,6 +372,89 @@ mod tests {
                 Box::new(|s| s.last_verified_fetch_at = Some(0)),
                 "NEEDS ATTENTION: source is stale: last verified fetch 2000 s ago (limit 600 s)",
             ),
+            (
+                "healthy job",
+                Box::new(|s| {
+                    s.jobs.insert("prod/dr-drill".into(), drill(2000 - 86_400));
+                }),
+                "OK: in sync with aaaaaaaaaaaa signed by forgejo@veza",
+            ),
+            (
+                "stale job",
+                Box::new(|s| {
+                    s.jobs.insert("prod/dr-drill".into(), drill(2000 - 9 * 86_400));
+                }),
+                "NEEDS ATTENTION: job prod/dr-drill: last success 9 d ago (max 8 d)",
+            ),
+            (
+                // Recorded fresh at the last sync, stale by now: judged at read time.
+                "job gone stale since the last sync",
+                Box::new(|s| {
+                    let j = JobState { problem: None, ..drill(2000 - 8 * 86_400 - 3_600) };
+                    s.jobs.insert("prod/dr-drill".into(), j);
+                }),
+                "NEEDS ATTENTION: job prod/dr-drill: last success 8 d 1 h ago (max 8 d)",
+            ),
+            (
+                "failed job",
+                Box::new(|s| {
+                    s.jobs.insert(
+                        "prod/pgbackrest-diff".into(),
+                        JobState {
+                            target: "veza-postgres".into(),
+                            schedule: "0 2 * * 1-6".into(),
+                            last_result: Some("exit-code".into()),
+                            last_exit: Some(3),
+                            last_start: Some("1970-01-01T00:30:00Z".into()),
+                            last_success_at: Some(100),
+                            ..JobState::default()
+                        },
+                    );
+                }),
+                "NEEDS ATTENTION: job prod/pgbackrest-diff: last run failed (exit-code, exit status 3)",
+            ),
+            (
+                "job whose state could not be read",
+                Box::new(|s| {
+                    s.jobs.insert(
+                        "prod/x".into(),
+                        JobState {
+                            target: "gone".into(),
+                            problem: Some("status unknown: instance `gone` not found".into()),
+                            ..JobState::default()
+                        },
+                    );
+                }),
+                "NEEDS ATTENTION: job prod/x: status unknown: instance `gone` not found",
+            ),
+            (
+                "new job that has not run yet",
+                Box::new(|s| {
+                    let j = JobState {
+                        last_result: None,
+                        last_start: None,
+                        last_success_at: None,
+                        first_seen_at: Some(1000),
+                        ..drill(0)
+                    };
+                    s.jobs.insert("prod/dr-drill".into(), j);
+                }),
+                "OK: in sync with aaaaaaaaaaaa signed by forgejo@veza",
+            ),
+            (
+                "job that never succeeded in longer than its max age",
+                Box::new(|s| {
+                    let j = JobState {
+                        last_result: None,
+                        last_start: None,
+                        last_success_at: None,
+                        first_seen_at: Some(2000 - 9 * 86_400),
+                        ..drill(0)
+                    };
+                    s.jobs.insert("prod/dr-drill".into(), j);
+                }),
+                "NEEDS ATTENTION: job prod/dr-drill: no successful run in 9 d (max 8 d)",
+            ),
         ];
         for (what, edit, want) in cases {
             let mut st = base();
@@ -281,5 +473,64 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("commit:   aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa signed by forgejo@veza (applied 16m ago)"), "{text}");
+    }
+
+    #[test]
+    fn human_and_json_forms_show_jobs() {
+        let mut st = base();
+        st.jobs.insert("prod/dr-drill".into(), drill(2000 - 9 * 86_400));
+        st.jobs.insert(
+            "prod/pgbackrest-diff".into(),
+            JobState {
+                target: "veza-postgres".into(),
+                schedule: "0 2 * * 1-6".into(),
+                next: Some("1970-01-02T02:00:00Z".into()),
+                last_result: Some("exit-code".into()),
+                last_exit: Some(3),
+                last_start: Some("1970-01-01T00:30:00Z".into()),
+                ..JobState::default()
+            },
+        );
+        st.jobs.insert(
+            "prod/report".into(),
+            JobState { target: "host".into(), ..JobState::default() },
+        );
+        let s = build(st, None, 2000, 600);
+        assert_eq!(s.health, "attention");
+        assert_eq!(
+            s.problems,
+            [
+                "job prod/dr-drill: last success 9 d ago (max 8 d)",
+                "job prod/pgbackrest-diff: last run failed (exit-code, exit status 3)",
+            ]
+        );
+        let text = render(&s, 2000);
+        for line in [
+            "jobs:\n",
+            "  prod/dr-drill        on host           next 1970-01-03 04:00 UTC  last success 9d ago  [!]\n",
+            "  prod/pgbackrest-diff on veza-postgres  next 1970-01-02 02:00 UTC  last FAILED exit-code (exit status 3) 3m ago  [!]\n",
+            "  prod/report          on host           next none  last never ran\n",
+            "also:     job prod/pgbackrest-diff: last run failed (exit-code, exit status 3)\n",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in:\n{text}");
+        }
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(
+            json["jobs"]["prod/dr-drill"],
+            serde_json::json!({
+                "target": "host",
+                "schedule": "0 4 * * 0",
+                "next": "1970-01-03T04:00:00Z",
+                "last_result": "success",
+                "last_exit": 0,
+                "last_start": chrono::DateTime::from_timestamp(2000 - 9 * 86_400, 0).unwrap().to_rfc3339(),
+                "last_success_age_s": 777_600,
+                "max_success_age_s": 691_200,
+                "problem": "last success 9 d ago (max 8 d)",
+            })
+        );
+        assert_eq!(json["jobs"]["prod/report"]["problem"], serde_json::Value::Null);
+        // The raw record stays under `state`.
+        assert_eq!(json["state"]["jobs"]["prod/pgbackrest-diff"]["last_exit"], 3);
     }
 }
