@@ -1,0 +1,136 @@
+//! The daemon (`veza-agent run`) on the real test host: polling, `sync` requests, one
+//! agent per host, SIGHUP with a bad configuration, drift correction, SIGTERM.
+
+use std::time::{Duration, Instant};
+
+use veza_host::process::Cmd;
+use veza_testkit::demo::DemoHost;
+
+fn host() -> DemoHost {
+    DemoHost::new(std::path::Path::new(env!("CARGO_BIN_EXE_veza-agent")), None)
+        .unwrap_or_else(|e| panic!("the real test host is not usable: {e:#}"))
+}
+
+struct Daemon {
+    pid: u32,
+    log: std::path::PathBuf,
+}
+
+impl Daemon {
+    fn start(h: &DemoHost) -> Daemon {
+        let log = h.dir.join("daemon.log");
+        let pid = Cmd::new(env!("CARGO_BIN_EXE_veza-agent"))
+            .args(["run", "--config"])
+            .arg(&h.config_path)
+            .spawn_daemon(Some(&log))
+            .expect("the daemon starts");
+        Daemon { pid, log }
+    }
+
+    fn alive(&self) -> bool {
+        std::path::Path::new(&format!("/proc/{}", self.pid)).exists()
+            && !std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).is_ok_and(|s| s.contains(") Z "))
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn signal(&self, sig: &str) {
+        Cmd::new("kill").args([&format!("-{sig}"), &self.pid.to_string()]).run().expect("kill");
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.alive() {
+            let _ = Cmd::new("kill").args(["-9", &self.pid.to_string()]).run();
+        }
+    }
+}
+
+fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out after {limit:?} waiting for {what}");
+}
+
+fn status(h: &DemoHost) -> serde_json::Value {
+    let out = h.agent(&["status", "--json"]).expect("status runs");
+    serde_json::from_str(&out.stdout_str()).unwrap_or(serde_json::Value::Null)
+}
+
+#[test]
+fn daemon_polls_answers_sync_keeps_one_agent_and_stops_cleanly() {
+    let h = host();
+    let first = h.commit(&h.manifest("blue", Some(0), Some(1)), "two slots").unwrap();
+    let d = Daemon::start(&h);
+    wait_for("the first sync", Duration::from_secs(90), || {
+        status(&h)["state"]["applied"]["commit"] == first
+    });
+    assert_eq!(h.served_release().unwrap(), h.releases[0].id);
+
+    // Only one agent per host: a one-off apply is refused while the daemon holds the lock.
+    let out = h.agent(&["apply"]).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", out.stdout_str());
+    assert!(out.stderr_str().contains("another veza-agent is running"), "{}", out.stderr_str());
+
+    // `sync` triggers a run now and reports its outcome.
+    let promote = h.commit(&h.manifest("green", Some(0), Some(1)), "promote green").unwrap();
+    let out = h.agent(&["sync"]).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}{}", out.stdout_str(), out.stderr_str());
+    assert!(
+        out.stdout_str().starts_with(&format!("applied {}", &promote[..12]))
+            || status(&h)["state"]["applied"]["commit"] == promote,
+        "{}",
+        out.stdout_str()
+    );
+    wait_for("the promotion", Duration::from_secs(60), || {
+        h.served_release().is_ok_and(|r| r == h.releases[1].id)
+    });
+
+    // Drift: someone removes the green slot's upstream proxy device by hand; the next
+    // cycle puts it back (the edge keeps serving green).
+    let green = format!("{}-hello-green", h.env);
+    Cmd::new("incus").args(["config", "device", "remove", &green, "veza-upstream"]).run().unwrap();
+    let out = h.agent(&["sync"]).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", out.stdout_str());
+    let devices = Cmd::new("incus").args(["config", "device", "list", &green]).run_stdout().unwrap();
+    assert!(devices.contains("veza-upstream"), "drift was not corrected: {devices}");
+    wait_for("green to serve again", Duration::from_secs(30), || {
+        h.served_release().is_ok_and(|r| r == h.releases[1].id)
+    });
+
+    // SIGHUP with an invalid configuration: rejected, the old one stays, syncs go on.
+    let good = std::fs::read_to_string(&h.config_path).unwrap();
+    std::fs::write(&h.config_path, good.replace("host:", "hots:")).unwrap();
+    d.signal("HUP");
+    std::thread::sleep(Duration::from_millis(500));
+    std::fs::write(&h.config_path, &good).unwrap();
+    assert!(d.alive(), "the daemon died on a bad configuration:\n{}", d.log());
+    assert!(d.log().contains("new configuration rejected"), "{}", d.log());
+    let out = h.agent(&["sync"]).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", out.stdout_str());
+
+    // SIGTERM: the daemon stops, removing its control socket and releasing the lock.
+    d.signal("TERM");
+    wait_for("the daemon to stop", Duration::from_secs(30), || !d.alive());
+    assert!(!h.dir.join("state/control.sock").exists());
+    assert!(d.log().contains("veza-agent stopped"), "{}", d.log());
+    let out = h.agent(&["apply"]).unwrap();
+    assert_eq!(out.status.code(), Some(0), "the lock was released: {}", out.stderr_str());
+    assert!(out.stdout_str().starts_with("no-change"), "{}", out.stdout_str());
+}
+
+#[test]
+fn sync_without_a_daemon_says_so() {
+    let h = host();
+    let out = h.agent(&["sync"]).unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stderr_str().contains("no running veza-agent answers"), "{}", out.stderr_str());
+}
