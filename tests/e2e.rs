@@ -222,3 +222,39 @@ fn kill_during_apply_then_restart_converges() {
     let out = apply_ok(&h);
     assert!(out.starts_with("no-change"), "{out}");
 }
+
+#[test]
+fn a_newer_commit_preempts_a_health_wait() {
+    let h = host();
+    h.commit(&h.manifest("blue", Some(0), None), "blue").unwrap();
+    apply_ok(&h);
+    // A promotion to the broken release waits for health (up to 15 s in this config)...
+    h.commit(&h.manifest("green", Some(0), Some(2)), "promote broken green").unwrap();
+    let log = h.dir.join("preempted-apply.log");
+    let started = std::time::Instant::now();
+    let pid = veza_host::process::Cmd::new(env!("CARGO_BIN_EXE_veza-agent"))
+        .args(["apply", "--config"])
+        .arg(&h.config_path)
+        .spawn_daemon(Some(&log))
+        .unwrap();
+    let journal = h.dir.join("state/journal.json");
+    for _ in 0..3000 {
+        if std::fs::read_to_string(&journal).is_ok_and(|j| j.contains("\"current\": \"wait for")) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // ...and a newer signed commit (the revert) lands while it waits.
+    let newer = h.commit(&h.manifest("blue", Some(0), Some(1)), "revert, deploy 1 on green").unwrap();
+    while std::path::Path::new(&format!("/proc/{pid}")).exists()
+        && started.elapsed() < Duration::from_secs(60)
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("preempted by a newer commit"), "{text}");
+    assert!(!text.contains("was not healthy after"), "the wait ran to its timeout: {text}");
+    assert_eq!(h.served_release().unwrap(), h.releases[0].id, "traffic never moved");
+    let out = apply_ok(&h);
+    assert!(out.starts_with(&format!("applied {}", &newer[..12])), "{out}");
+}

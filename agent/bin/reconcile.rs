@@ -66,6 +66,9 @@ pub struct SyncSummary {
     pub steps: usize,
     /// Wall time in milliseconds.
     pub duration_ms: u64,
+    /// A newer commit preempted this run: sync again at once.
+    #[serde(default)]
+    pub preempted: bool,
 }
 
 impl std::fmt::Display for SyncSummary {
@@ -293,7 +296,7 @@ impl Agent {
                 reason: reason.clone(),
                 commit: commit.clone(),
             });
-            SyncSummary { outcome, commit, reason, steps, duration_ms }
+            SyncSummary { outcome, commit, reason, steps, duration_ms, preempted: false }
         };
         let source = match self.source(&state, now).await {
             Ok(s) => s,
@@ -423,6 +426,12 @@ impl Agent {
                 current: None,
             },
             stop,
+            newer: NewerCommit {
+                config: &self.config,
+                mirror_dir: self.state_dir().join("mirror.git"),
+                commit: source.commit.clone(),
+                last_check: std::cell::Cell::new(Some(Instant::now())),
+            },
         };
         let report = self.apply(&plan, runs_in.as_deref(), &mut hooks).await;
         store.clear_journal()?;
@@ -479,7 +488,9 @@ impl Agent {
             &state,
             started.elapsed(),
         ))?;
-        let s = finish(&mut state, outcome, Some(source.commit.clone()), reason, report.steps_done);
+        let mut s =
+            finish(&mut state, outcome, Some(source.commit.clone()), reason, report.steps_done);
+        s.preempted = matches!(report.outcome, ApplyOutcome::Preempted { .. });
         store.save(&state)?;
         self.write_metrics(&state, now);
         Ok(s)
@@ -750,6 +761,41 @@ struct JournalHooks<'a> {
     store: &'a Store,
     journal: Journal,
     stop: &'a AtomicBool,
+    /// Looks for a newer commit on the branch while a health gate waits.
+    newer: NewerCommit<'a>,
+}
+
+/// Checks, at most every few seconds, whether the branch moved past the commit being
+/// applied: a newer commit preempts a health wait in progress.
+struct NewerCommit<'a> {
+    config: &'a HostConfig,
+    mirror_dir: PathBuf,
+    commit: String,
+    last_check: std::cell::Cell<Option<Instant>>,
+}
+
+impl NewerCommit<'_> {
+    const EVERY: Duration = Duration::from_secs(3);
+
+    fn check(&self) -> bool {
+        if self.last_check.get().is_some_and(|t| t.elapsed() < Self::EVERY) {
+            return false;
+        }
+        self.last_check.set(Some(Instant::now()));
+        let c = self.config;
+        let tip = tokio::task::block_in_place(|| {
+            let mut mirror = Mirror::open_or_init(&self.mirror_dir).ok()?;
+            let opts = FetchOptions::new(c.branch(), c.fetch_timeout().min(Duration::from_secs(10)));
+            mirror.fetch(&c.source.remotes, &opts).ok().map(|f| f.tip.to_string())
+        });
+        match tip {
+            Some(t) if t != self.commit => {
+                tracing::info!(newer = %t, "a newer commit arrived; preempting the health wait");
+                true
+            }
+            _ => false,
+        }
+    }
 }
 
 impl Hooks for JournalHooks<'_> {
@@ -765,7 +811,7 @@ impl Hooks for JournalHooks<'_> {
         self.stop.load(Ordering::SeqCst)
     }
     fn preempted(&self) -> bool {
-        false
+        self.newer.check()
     }
 }
 

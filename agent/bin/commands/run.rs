@@ -96,6 +96,7 @@ async fn daemon(args: &RunArgs) -> anyhow::Result<()> {
                     reason: Some(format!("{e:#}")),
                     steps: 0,
                     duration_ms: 0,
+                    preempted: false,
                 }
             }
         };
@@ -106,6 +107,9 @@ async fn daemon(args: &RunArgs) -> anyhow::Result<()> {
         syncs += 1;
         if stop.load(Ordering::SeqCst) || args.max_syncs.is_some_and(|m| syncs >= m) {
             break;
+        }
+        if summary.preempted {
+            continue; // a newer commit is waiting: sync it now
         }
         let pause = agent.config.poll_interval() + jitter(agent.config.poll_jitter());
         tokio::select! {
