@@ -29,7 +29,8 @@ impl Daemon {
 
     fn alive(&self) -> bool {
         std::path::Path::new(&format!("/proc/{}", self.pid)).exists()
-            && !std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).is_ok_and(|s| s.contains(") Z "))
+            && !std::fs::read_to_string(format!("/proc/{}/stat", self.pid))
+                .is_ok_and(|s| s.contains(") Z "))
     }
 
     fn log(&self) -> String {
@@ -100,7 +101,8 @@ fn daemon_polls_answers_sync_keeps_one_agent_and_stops_cleanly() {
     Cmd::new("incus").args(["config", "device", "remove", &green, "veza-upstream"]).run().unwrap();
     let out = h.agent(&["sync"]).unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", out.stdout_str());
-    let devices = Cmd::new("incus").args(["config", "device", "list", &green]).run_stdout().unwrap();
+    let devices =
+        Cmd::new("incus").args(["config", "device", "list", &green]).run_stdout().unwrap();
     assert!(devices.contains("veza-upstream"), "drift was not corrected: {devices}");
     wait_for("green to serve again", Duration::from_secs(30), || {
         h.served_release().is_ok_and(|r| r == h.releases[1].id)
@@ -133,4 +135,27 @@ fn sync_without_a_daemon_says_so() {
     let out = h.agent(&["sync"]).unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(out.stderr_str().contains("no running veza-agent answers"), "{}", out.stderr_str());
+}
+
+#[test]
+fn a_changed_configuration_wakes_the_daemon_without_waiting_for_the_poll() {
+    let h = host();
+    // Poll once an hour: only the file watch can wake the daemon within the test.
+    let text = std::fs::read_to_string(&h.config_path).unwrap();
+    std::fs::write(&h.config_path, text.replace("interval: 2s", "interval: 1h")).unwrap();
+    let first = h.commit(&h.manifest("blue", Some(0), None), "blue").unwrap();
+    let d = Daemon::start(&h);
+    wait_for("the first sync", Duration::from_secs(90), || {
+        status(&h)["state"]["applied"]["commit"] == first
+    });
+    let second = h.commit(&h.manifest("blue", Some(0), Some(1)), "deploy green").unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let edited = std::fs::read_to_string(&h.config_path).unwrap() + "# edited by an operator\n";
+    std::fs::write(&h.config_path, edited).unwrap();
+    wait_for("the sync woken by the config change", Duration::from_secs(60), || {
+        status(&h)["state"]["applied"]["commit"] == second
+    });
+    assert!(d.log().contains("configuration or trust root changed"), "{}", d.log());
+    d.signal("TERM");
+    wait_for("the daemon to stop", Duration::from_secs(30), || !d.alive());
 }

@@ -785,7 +785,8 @@ impl NewerCommit<'_> {
         let c = self.config;
         let tip = tokio::task::block_in_place(|| {
             let mut mirror = Mirror::open_or_init(&self.mirror_dir).ok()?;
-            let opts = FetchOptions::new(c.branch(), c.fetch_timeout().min(Duration::from_secs(10)));
+            let opts =
+                FetchOptions::new(c.branch(), c.fetch_timeout().min(Duration::from_secs(10)));
             mirror.fetch(&c.source.remotes, &opts).ok().map(|f| f.tip.to_string())
         });
         match tip {

@@ -82,6 +82,7 @@ async fn daemon(args: &RunArgs) -> anyhow::Result<()> {
             wake.notify_one();
         });
     }
+    let _watcher = watch_trust_files(&agent, wake.clone());
     tracing::info!(host = %agent.config.host, "veza-agent running; control socket {}", sock.display());
     let mut waiters: Vec<Waiter> = Vec::new();
     let mut syncs = 0u64;
@@ -134,6 +135,51 @@ async fn daemon(args: &RunArgs) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&sock);
     tracing::info!("veza-agent stopped");
     Ok(())
+}
+
+/// Wakes the loop when the configuration or the trust root (allowed signers, policy)
+/// changes on disk, so edits take effect without waiting for the next poll. The files
+/// are re-read at every cycle anyway; the watch only shortens the wait.
+fn watch_trust_files(
+    agent: &Agent,
+    wake: Arc<tokio::sync::Notify>,
+) -> Option<notify::RecommendedWatcher> {
+    use notify::Watcher as _;
+    let mut files: Vec<PathBuf> =
+        vec![agent.config_path.clone(), PathBuf::from(&agent.config.trust.allowed_signers)];
+    if let Some(p) = &agent.config.trust.policy {
+        files.push(PathBuf::from(p));
+    }
+    let watched = files.clone();
+    let handler = move |event: notify::Result<notify::Event>| {
+        let Ok(event) = event else { return };
+        let relevant = event
+            .paths
+            .iter()
+            .any(|p| watched.iter().any(|w| w == p || w.file_name() == p.file_name()));
+        if relevant && (event.kind.is_modify() || event.kind.is_create() || event.kind.is_remove())
+        {
+            tracing::info!("configuration or trust root changed on disk; syncing now");
+            wake.notify_one();
+        }
+    };
+    let mut watcher = match notify::recommended_watcher(handler) {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!("cannot watch the configuration for changes (polling only): {e}");
+            return None;
+        }
+    };
+    let mut dirs: Vec<PathBuf> =
+        files.iter().filter_map(|f| f.parent().map(std::path::Path::to_path_buf)).collect();
+    dirs.sort();
+    dirs.dedup();
+    for d in dirs {
+        if let Err(e) = watcher.watch(&d, notify::RecursiveMode::NonRecursive) {
+            tracing::warn!("cannot watch `{}` (polling only): {e}", d.display());
+        }
+    }
+    Some(watcher)
 }
 
 fn reload(agent: &mut Agent) {
