@@ -578,3 +578,38 @@ fn errors_name_the_request_and_incus_reason() {
         );
     });
 }
+
+/// A managed network is created with the agent's mark (no addresses, no NAT: nothing is
+/// routed); creating it again is `AlreadyExists`, and a foreign bridge is `NotOwned`.
+#[test]
+fn managed_network_is_created_marked_and_never_taken_over() {
+    require_incus().expect("real incusd");
+    let ours = format!("vtn{}", std::process::id() % 100_000);
+    let foreign = format!("vtf{}", std::process::id() % 100_000);
+    struct Nets(Vec<String>);
+    impl Drop for Nets {
+        fn drop(&mut self) {
+            for n in &self.0 {
+                let _ = incus_cli(&["network", "delete", n]).output();
+            }
+        }
+    }
+    let _nets = Nets(vec![ours.clone(), foreign.clone()]);
+    let quiet = cfg(&[("ipv4.address", "none"), ("ipv6.address", "none")]);
+    let rt = runtime().expect("runtime");
+    rt.block_on(async {
+        let c = IncusClient::local();
+        c.create_network(&ours, "bridge", &quiet).await.expect("create the bridge");
+        let live = c.observe().await.expect("observe");
+        let net = live.networks.get(&ours).expect("the bridge is observed");
+        assert!(net.managed);
+        assert_eq!(net.config.get(MARK_MANAGED).map(String::as_str), Some("true"));
+        let again = c.create_network(&ours, "bridge", &quiet).await.unwrap_err();
+        assert!(matches!(again, IncusError::AlreadyExists { .. }), "{again}");
+        incus_cli(&["network", "create", &foreign, "ipv4.address=none", "ipv6.address=none"])
+            .run()
+            .expect("a foreign bridge");
+        let theirs = c.create_network(&foreign, "bridge", &quiet).await.unwrap_err();
+        assert!(matches!(theirs, IncusError::NotOwned { .. }), "{theirs}");
+    });
+}

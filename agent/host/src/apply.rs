@@ -223,9 +223,9 @@ where
 {
     let fail = |e: &dyn std::fmt::Display| StepError::Failed(e.to_string());
     match action {
-        Action::CreateNetwork { name, .. } => Err(StepError::Failed(format!(
-            "creating managed network `{name}` is not supported by this agent version; create the bridge with `incus network create {name}` and reference it (managed: false)"
-        ))),
+        Action::CreateNetwork { name, config } => {
+            d.incus.create_network(name, "bridge", config).await.map_err(|e| fail(&e))
+        }
         Action::CreateProfile { name, description, config, devices } => d
             .incus
             .create_profile(&ProfileSpec {

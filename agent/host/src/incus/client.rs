@@ -764,6 +764,22 @@ impl Incus for IncusClient {
             .map(drop)
     }
 
+    async fn create_network(&self, name: &str, kind: &str, config: &Config) -> Result<()> {
+        validate_name("network name", name)?;
+        let networks = self.get_as::<Vec<wire::Network>>("/1.0/networks?recursion=1").await?;
+        if let Some(existing) = networks.into_iter().find(|n| n.name == name) {
+            require_owned(ResourceKind::Network, name, &existing.into_live().config)?;
+            return Err(IncusError::AlreadyExists {
+                kind: ResourceKind::Network,
+                name: name.to_string(),
+            });
+        }
+        let body = json!({ "name": name, "type": kind, "config": with_mark(config) });
+        self.call(Method::POST, "/1.0/networks", Some(&body), None, self.op_deadline())
+            .await
+            .map(drop)
+    }
+
     async fn update_profile(&self, spec: &ProfileSpec) -> Result<bool> {
         let path = format!("/1.0/profiles/{}", spec.name);
         for _ in 0..self.options.etag_attempts {

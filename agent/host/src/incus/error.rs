@@ -10,6 +10,7 @@ use std::time::Duration;
 pub enum ResourceKind {
     Instance,
     Profile,
+    Network,
     Snapshot,
     File,
     ServerConfig,
@@ -20,6 +21,7 @@ impl fmt::Display for ResourceKind {
         f.write_str(match self {
             ResourceKind::Instance => "instance",
             ResourceKind::Profile => "profile",
+            ResourceKind::Network => "network",
             ResourceKind::Snapshot => "snapshot",
             ResourceKind::File => "file",
             ResourceKind::ServerConfig => "server config key",

@@ -14,8 +14,8 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use super::error::{IncusError, ResourceKind};
 use super::types::{
     Config, Devices, ExecOutput, ExecRequest, FilePush, IncusLive, InstanceSpec, InstanceStatus,
-    InstanceUpdate, LiveInstance, LivePool, LiveProfile, ProfileSpec, SnapshotInfo, StateAction,
-    StateChange, with_mark,
+    InstanceUpdate, LiveInstance, LiveNetwork, LivePool, LiveProfile, ProfileSpec, SnapshotInfo,
+    StateAction, StateChange, with_mark,
 };
 use super::{
     Incus, Result, instance_matches, merged_put_config, profile_matches, require_deletable,
@@ -397,6 +397,30 @@ impl Incus for FakeIncus {
             },
         );
         s.refresh();
+        Ok(())
+    }
+
+    async fn create_network(&self, name: &str, kind: &str, config: &Config) -> Result<()> {
+        let mut s = self.lock();
+        if let Some(existing) = s.live.networks.get(name) {
+            require_owned(ResourceKind::Network, name, &existing.config)?;
+            return Err(IncusError::AlreadyExists {
+                kind: ResourceKind::Network,
+                name: name.to_string(),
+            });
+        }
+        s.record("POST /1.0/networks".to_string(), true)?;
+        s.live.networks.insert(
+            name.to_string(),
+            LiveNetwork {
+                name: name.to_string(),
+                kind: kind.to_string(),
+                managed: true,
+                status: "Created".to_string(),
+                description: String::new(),
+                config: with_mark(config),
+            },
+        );
         Ok(())
     }
 

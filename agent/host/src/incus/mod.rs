@@ -94,6 +94,15 @@ pub trait Incus {
     /// with Incus's `Profile is currently in use`.
     fn delete_profile(&self, name: &str) -> impl Future<Output = Result<()>> + Send;
 
+    /// Creates a managed network (a bridge by default) carrying the ownership mark. An
+    /// existing network of that name gives `AlreadyExists` (owned) or `NotOwned`.
+    fn create_network(
+        &self,
+        name: &str,
+        kind: &str,
+        config: &Config,
+    ) -> impl Future<Output = Result<()>> + Send;
+
     /// Snapshots an owned instance as `name`, or `veza-<unix time>` (with `-2`, `-3`, … on a
     /// collision), and returns the name used.
     fn create_snapshot(
