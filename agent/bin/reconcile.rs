@@ -126,9 +126,11 @@ impl Agent {
         let mirror_dir = self.state_dir().join("mirror.git");
         let mut mirror =
             Mirror::open_or_init(&mirror_dir).map_err(|e| SourceProblem::Fetch(e.to_string()))?;
+        let secret = read_credentials(c).map_err(SourceProblem::Fetch)?;
+        let remotes = with_credentials(&c.source.remotes, secret.as_deref());
         let fetched = mirror
-            .fetch(&c.source.remotes, &FetchOptions::new(c.branch(), c.fetch_timeout()))
-            .map_err(|e| SourceProblem::Fetch(e.to_string()))?;
+            .fetch(&remotes, &FetchOptions::new(c.branch(), c.fetch_timeout()))
+            .map_err(|e| SourceProblem::Fetch(redact(&e.to_string(), secret.as_deref())))?;
         let commit = fetched.tip.to_string();
         let reject = |reason: String| SourceProblem::Rejected { commit: commit.clone(), reason };
         let signers = AllowedSigners::from_file(Path::new(&c.trust.allowed_signers))
@@ -638,6 +640,57 @@ impl Agent {
     }
 }
 
+/// The `username:token` of `source.credentials_file`, if configured (first line, trimmed).
+fn read_credentials(c: &HostConfig) -> Result<Option<String>, String> {
+    let Some(path) = &c.source.credentials_file else { return Ok(None) };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("credentials file `{path}` unreadable: {e}"))?;
+    let line = text.lines().next().unwrap_or("").trim().to_string();
+    if !line.contains(':') || line.contains(char::is_whitespace) || line.contains('@') {
+        return Err(format!(
+            "credentials file `{path}` must hold one line `username:token` (no spaces, no `@`)"
+        ));
+    }
+    Ok(Some(line))
+}
+
+/// Puts `user:token` into the userinfo of http(s) remotes; other remotes are unchanged.
+pub fn with_credentials(remotes: &[String], secret: Option<&str>) -> Vec<String> {
+    remotes
+        .iter()
+        .map(|r| match (secret, r.split_once("://")) {
+            (Some(s), Some((scheme @ ("https" | "http"), rest))) if !rest.contains('@') => {
+                let (user, token) = s.split_once(':').unwrap_or((s, ""));
+                format!("{scheme}://{}:{}@{rest}", pct(user), pct(token))
+            }
+            _ => r.clone(),
+        })
+        .collect()
+}
+
+fn pct(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// Removes the token (plain and percent-encoded) from a message before it is logged or
+/// recorded.
+pub fn redact(message: &str, secret: Option<&str>) -> String {
+    let Some(s) = secret else { return message.to_string() };
+    let token = s.split_once(':').map_or(s, |(_, t)| t);
+    if token.is_empty() {
+        return message.to_string();
+    }
+    message.replace(&pct(token), "***").replace(token, "***")
+}
+
 /// Whether a job is a health problem: its last run failed, it never succeeded, or its
 /// last success is older than `max_age`.
 pub fn job_problem(
@@ -819,6 +872,23 @@ impl Hooks for JournalHooks<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_go_into_http_remotes_and_never_into_messages() {
+        let remotes = vec![
+            "https://forge.example/veza/manifests.git".to_string(),
+            "file:///srv/mirror.git".to_string(),
+            "https://other@forge.example/x.git".to_string(),
+        ];
+        let with = with_credentials(&remotes, Some("agent:s3cr/t"));
+        assert_eq!(with[0], "https://agent:s3cr%2Ft@forge.example/veza/manifests.git");
+        assert_eq!(with[1], remotes[1]);
+        assert_eq!(with[2], remotes[2], "explicit userinfo is kept");
+        let msg = format!("fetch {} failed; token s3cr/t", with[0]);
+        let clean = redact(&msg, Some("agent:s3cr/t"));
+        assert!(!clean.contains("s3cr"), "{clean}");
+        assert_eq!(with_credentials(&remotes, None), remotes);
+    }
 
     #[test]
     fn systemd_times_and_job_problems() {
