@@ -245,7 +245,8 @@ fn a_newer_commit_preempts_a_health_wait() {
         std::thread::sleep(Duration::from_millis(10));
     }
     // ...and a newer signed commit (the revert) lands while it waits.
-    let newer = h.commit(&h.manifest("blue", Some(0), Some(1)), "revert, deploy 1 on green").unwrap();
+    let newer =
+        h.commit(&h.manifest("blue", Some(0), Some(1)), "revert, deploy 1 on green").unwrap();
     while std::path::Path::new(&format!("/proc/{pid}")).exists()
         && started.elapsed() < Duration::from_secs(60)
     {
