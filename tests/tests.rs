@@ -8,5 +8,6 @@ mod edge;
 mod host_kit;
 mod incus;
 mod jobs;
+mod jobs_systemd;
 mod manifests;
 mod signed_source;
