@@ -353,3 +353,42 @@ fn jobs_schedule_cli_usage_errors_exit_2() {
         assert_eq!(code, Some(2), "{args:?}: {stderr}");
     }
 }
+
+/// Units rejected by `systemd-analyze verify` never stay in the unit directory: a new file
+/// is removed and a replaced one is put back, so the next plan installs again.
+#[test]
+fn units_rejected_by_verify_are_not_left_in_place() {
+    use veza_host::systemd::{Systemd, Units};
+    use veza_plan::live::UnitTarget;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let marker = veza_model::units::OWNER_MARKER_PREFIX;
+    let good = format!(
+        "{marker}t/x\n[Unit]\nDescription=x\n\n[Service]\nType=oneshot\nExecStart=/bin/true\n"
+    );
+    std::fs::write(dir.path().join("veza-job-t-x.service"), &good).expect("seed a unit");
+    let bad_timer = format!(
+        "{marker}t/x\n[Unit]\nDescription=x\n\n[Timer]\nOnCalendar=*-*-* 25:00:00\nUnit=veza-job-t-x.service\n\n[Install]\nWantedBy=timers.target\n"
+    );
+    let bad_service = format!(
+        "{marker}t/x\n[Unit]\nDescription=x\n\n[Service]\nType=oneshot\nExecStart=/nonexistent/veza\n"
+    );
+    let rt = veza_host::incus::runtime().expect("runtime");
+    let incus = veza_host::incus::IncusClient::local();
+    let units = Systemd::new(&incus, dir.path());
+    let err = rt
+        .block_on(units.install(
+            &UnitTarget::Host,
+            &[
+                ("veza-job-t-x.service".to_string(), bad_service),
+                ("veza-job-t-x.timer".to_string(), bad_timer),
+            ],
+            &["veza-job-t-x.timer".to_string()],
+        ))
+        .expect_err("verify must reject these units");
+    assert!(err.to_string().contains("systemd-analyze verify"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("veza-job-t-x.service")).expect("restored"),
+        good
+    );
+    assert!(!dir.path().join("veza-job-t-x.timer").exists(), "the new timer was removed");
+}

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use veza_host::apply::Edge;
 use veza_host::haproxy::install::{EdgePaths, InstallOptions, install};
+use veza_host::haproxy::parse::{BackendHealth, edge_health, parse_show_stat};
 use veza_host::haproxy::runtime::{
     EdgeRuntime as HaproxyRuntime, HostRuntime, IncusExec, InstanceRuntime,
 };
@@ -71,6 +72,18 @@ impl<'a> EdgeRuntime<'a> {
                 f(&rt)
             }
         }
+    }
+}
+
+impl EdgeRuntime<'_> {
+    /// Per-backend, per-server health as HAProxy sees it (`@1 show stat`).
+    pub async fn health(&self) -> Result<Vec<BackendHealth>, String> {
+        tokio::task::block_in_place(|| {
+            let text =
+                self.with_runtime(|rt| rt.master("@1 show stat")).map_err(|e| e.to_string())?;
+            let rows = parse_show_stat(&text).map_err(|e| e.to_string())?;
+            Ok(edge_health(&rows, None))
+        })
     }
 }
 

@@ -392,6 +392,9 @@ impl Agent {
         for r in &plan.refusals {
             tracing::warn!(resource = %r.resource, "refused: {}", r.reason);
         }
+        state.refusals =
+            plan.refusals.iter().map(|r| format!("{}: {}", r.resource, r.reason)).collect();
+        state.drift.clone_from(&plan.drift);
         let already =
             state.applied.as_ref().map(|a| a.commit.as_str()) == Some(source.commit.as_str());
         if plan.is_empty() && interrupted.is_none() {
@@ -520,6 +523,15 @@ impl Agent {
         {
             tracing::warn!("could not mirror the high-water mark into Incus: {e}");
         }
+        let runs_in =
+            source.manifests.iter().find_map(|m| m.edge.as_ref().map(|e| e.runs_in.clone()));
+        let health = match &runs_in {
+            Some(r) => self.edge(Some(r)).health().await.unwrap_or_else(|e| {
+                tracing::debug!("edge health unavailable: {e}");
+                Vec::new()
+            }),
+            None => Vec::new(),
+        };
         let mut envs: BTreeMap<String, EnvState> = BTreeMap::new();
         for m in &source.manifests {
             let env = envs.entry(m.metadata.name.clone()).or_default();
@@ -542,6 +554,15 @@ impl Agent {
                 };
                 a.last_reason =
                     if promoted { None } else { prev.and_then(|p| p.last_reason.clone()) };
+                let backend = format!("{}_{app_name}", m.metadata.name);
+                if let Some(b) = health.iter().find(|b| b.backend == backend) {
+                    for srv in &b.servers {
+                        let color = srv.server.split('-').next().unwrap_or("");
+                        if color == "blue" || color == "green" {
+                            a.health.insert(color.to_string(), srv.status_text.clone());
+                        }
+                    }
+                }
                 env.apps.insert(app_name.clone(), a);
             }
         }

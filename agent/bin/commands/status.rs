@@ -142,6 +142,23 @@ pub fn build(
         problems
             .push(format!("a run was interrupted at `{i}`; the next sync resumes from live state"));
     }
+    for r in &state.refusals {
+        problems.push(format!("refused: {r}"));
+    }
+    for d in &state.drift {
+        problems.push(format!("drift on a detect-only resource: {d}"));
+    }
+    for (env, e) in &state.envs {
+        for (app, a) in &e.apps {
+            if let Some(active) = &a.active
+                && let Some(h) = a.health.get(active)
+                && !h.starts_with("UP")
+                && !h.starts_with("no check")
+            {
+                problems.push(format!("{env}/{app}: the active {active} slot is {h} at the edge"));
+            }
+        }
+    }
     let headline = match (&problems.first(), &state.applied) {
         (Some(p), _) => format!("NEEDS ATTENTION: {p}"),
         (None, Some(a)) => format!("OK: in sync with {} signed by {}", short(&a.commit), a.signer),
@@ -234,7 +251,12 @@ pub fn render(s: &Status, now: i64) -> String {
                 .releases
                 .iter()
                 .map(|(c, r)| {
-                    format!("{c}={}{}", &r[..r.len().min(10)], if c == active { "*" } else { "" })
+                    let health = a.health.get(c).map(|h| format!(" {h}")).unwrap_or_default();
+                    format!(
+                        "{c}={}{}{health}",
+                        &r[..r.len().min(10)],
+                        if c == active { "*" } else { "" }
+                    )
                 })
                 .collect();
             let _ = writeln!(
@@ -473,6 +495,25 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("commit:   aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa signed by forgejo@veza (applied 16m ago)"), "{text}");
+        let mut st = base();
+        let app = st.envs.get_mut("prod").unwrap().apps.get_mut("backend").unwrap();
+        app.health.insert("green".into(), "UP".into());
+        app.health.insert("blue".into(), "MAINT".into());
+        let text = render(&build(st.clone(), None, 2000, 600), 2000);
+        assert!(text.contains("[blue=1111111111 MAINT green=2222222222* UP]"), "{text}");
+        // The active color DOWN at the edge needs a human.
+        let app = st.envs.get_mut("prod").unwrap().apps.get_mut("backend").unwrap();
+        app.health.insert("green".into(), "DOWN".into());
+        st.refusals.push("instance forgejo-like: not the agent's".into());
+        let s = build(st, None, 2000, 600);
+        assert_eq!(s.headline, "NEEDS ATTENTION: refused: instance forgejo-like: not the agent's");
+        assert!(
+            s.problems
+                .iter()
+                .any(|p| p == "prod/backend: the active green slot is DOWN at the edge"),
+            "{:?}",
+            s.problems
+        );
     }
 
     #[test]

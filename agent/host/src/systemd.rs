@@ -108,12 +108,15 @@ impl<'a, I: Incus + Sync> Systemd<'a, I> {
 
     async fn run_in(&self, target: &UnitTarget, argv: &[&str]) -> Result<String, SystemdError> {
         match target {
+            // Timestamps from `systemctl show` are read as UTC.
             UnitTarget::Host => Ok(Cmd::new(argv[0])
                 .args(&argv[1..])
+                .env("TZ", "UTC")
                 .timeout(Duration::from_secs(120))
                 .run_stdout()?),
             UnitTarget::Instance(name) => {
                 let mut req = ExecRequest::new(argv.iter().map(|s| (*s).to_string()));
+                req.env.insert("TZ".to_string(), "UTC".to_string());
                 req.timeout = Duration::from_secs(120);
                 let out = self.incus.exec(name, &req).await?;
                 if out.exit_code != 0 {
@@ -154,6 +157,43 @@ impl<'a, I: Incus + Sync> Systemd<'a, I> {
             });
         }
         Ok(())
+    }
+
+    /// Puts back the files `install` replaced (or removes the ones it created); best
+    /// effort, after a failed `verify`.
+    async fn restore(
+        &self,
+        target: &UnitTarget,
+        previous: &[(String, Option<Vec<u8>>)],
+    ) -> Vec<String> {
+        let mut problems = Vec::new();
+        for (name, old) in previous {
+            let result = match (target, old) {
+                (UnitTarget::Host, Some(bytes)) => {
+                    crate::fs::write_atomic_if_changed(&self.host_path(name), bytes, 0o644)
+                        .map(drop)
+                        .map_err(|e| e.to_string())
+                }
+                (UnitTarget::Host, None) => {
+                    std::fs::remove_file(self.host_path(name)).map_err(|e| e.to_string())
+                }
+                (UnitTarget::Instance(inst), Some(bytes)) => {
+                    let push = FilePush::new(self.instance_path(name), bytes.clone());
+                    self.incus.push_file(inst, &push).await.map_err(|e| e.to_string())
+                }
+                (UnitTarget::Instance(_), None) => {
+                    let path = self.instance_path(name);
+                    self.run_in(target, &["rm", "-f", &path])
+                        .await
+                        .map(drop)
+                        .map_err(|e| e.to_string())
+                }
+            };
+            if let Err(e) = result {
+                problems.push(format!("restoring `{name}` failed: {e}"));
+            }
+        }
+        problems
     }
 
     fn host_path(&self, name: &str) -> PathBuf {
@@ -216,6 +256,9 @@ impl<I: Incus + Sync> Units for Systemd<'_, I> {
         files: &[(String, String)],
         timers: &[String],
     ) -> Result<(), SystemdError> {
+        // Keep what was there, so files rejected by `verify` never stay in place (a unit
+        // left behind would look installed to the next plan and never be enabled).
+        let mut previous: Vec<(String, Option<Vec<u8>>)> = Vec::new();
         let mut paths = Vec::new();
         for (name, contents) in files {
             match target {
@@ -224,11 +267,14 @@ impl<I: Incus + Sync> Units for Systemd<'_, I> {
                         SystemdError::Io { path: self.host_unit_dir.clone(), source }
                     })?;
                     let path = self.host_path(name);
+                    previous.push((name.clone(), std::fs::read(&path).ok()));
                     crate::fs::write_atomic_if_changed(&path, contents.as_bytes(), 0o644)
                         .map_err(|e| SystemdError::Io { path: e.path, source: e.source })?;
                     paths.push(path.display().to_string());
                 }
                 UnitTarget::Instance(inst) => {
+                    let old = self.incus.pull_file(inst, &self.instance_path(name)).await.ok();
+                    previous.push((name.clone(), old));
                     let mut push =
                         FilePush::new(self.instance_path(name), contents.as_bytes().to_vec());
                     push.create_parents = true;
@@ -237,8 +283,19 @@ impl<I: Incus + Sync> Units for Systemd<'_, I> {
                 }
             }
         }
-        if !paths.is_empty() {
-            self.verify(target, &paths).await?;
+        if !paths.is_empty()
+            && let Err(e) = self.verify(target, &paths).await
+        {
+            let problems = self.restore(target, &previous).await;
+            return Err(match e {
+                SystemdError::Verify { target, diagnostics } if !problems.is_empty() => {
+                    SystemdError::Verify {
+                        target,
+                        diagnostics: format!("{diagnostics}; {}", problems.join("; ")),
+                    }
+                }
+                other => other,
+            });
         }
         self.run_in(target, &["systemctl", "daemon-reload"]).await?;
         for timer in timers {

@@ -115,6 +115,9 @@ pub struct AppState {
     pub last_outcome: Option<Outcome>,
     /// Why, when it was not `applied`.
     pub last_reason: Option<String>,
+    /// Health of each color's server as the edge sees it (`UP`, `DOWN 1/2`, `MAINT`…).
+    #[serde(default)]
+    pub health: BTreeMap<String, String>,
 }
 
 /// Per-environment record.
@@ -196,6 +199,13 @@ pub struct AgentState {
     pub sync_failures: u64,
     /// Total rejected revisions.
     pub rejected_total: u64,
+    /// What the last plan refused to do (foreign resources, protected data, gated
+    /// promotions), for a human.
+    #[serde(default)]
+    pub refusals: Vec<String>,
+    /// Drift found on detect-only resources by the last plan.
+    #[serde(default)]
+    pub drift: Vec<String>,
     /// Scheduled jobs by `env/job`, observed at the end of each sync. Absent from state
     /// files written before jobs were recorded.
     #[serde(default)]
@@ -215,6 +225,8 @@ impl Default for AgentState {
             last_run: None,
             sync_failures: 0,
             rejected_total: 0,
+            refusals: Vec::new(),
+            drift: Vec::new(),
             jobs: BTreeMap::new(),
         }
     }
