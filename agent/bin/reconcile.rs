@@ -373,7 +373,7 @@ impl Agent {
             }
         };
         let mut opts = self.plan_options();
-        opts.failing_jobs = self.failing_jobs(&source.manifests, now).await;
+        opts.failing_jobs = failing_jobs(&state, &source.manifests, now);
         let refs: Vec<&Manifest> = source.manifests.iter().collect();
         let plan = match veza_plan::plan(&refs, &live, &opts) {
             Ok(p) => p,
@@ -606,46 +606,6 @@ impl Agent {
         out
     }
 
-    /// Jobs whose last run failed or whose last success is too old, as `env/job` → why.
-    async fn failing_jobs(&self, manifests: &[Manifest], now: i64) -> BTreeMap<String, String> {
-        let mut out = BTreeMap::new();
-        let units = self.units();
-        for m in manifests {
-            let gated: std::collections::BTreeSet<&String> =
-                m.apps.values().flat_map(|a| a.gate_on_jobs.iter()).collect();
-            for (name, job) in &m.jobs {
-                if !gated.contains(name) {
-                    continue;
-                }
-                let target = if job.on == "host" {
-                    UnitTarget::Host
-                } else {
-                    UnitTarget::Instance(job.on.clone())
-                };
-                let stem = veza_model::units::unit_stem(&m.metadata.name, name);
-                match units
-                    .job_run(&target, &format!("{stem}.service"), &format!("{stem}.timer"))
-                    .await
-                {
-                    Ok(run) => {
-                        if let Some(why) =
-                            job_problem(&run, job.max_success_age.map(|d| d.get()), now)
-                        {
-                            out.insert(format!("{}/{name}", m.metadata.name), why);
-                        }
-                    }
-                    Err(e) => {
-                        out.insert(
-                            format!("{}/{name}", m.metadata.name),
-                            format!("status unknown: {e}"),
-                        );
-                    }
-                }
-            }
-        }
-        out
-    }
-
     fn write_metrics(&self, state: &AgentState, now: i64) {
         let Some(path) = &self.config.metrics.textfile else { return };
         let stale = state
@@ -712,42 +672,26 @@ pub fn redact(message: &str, secret: Option<&str>) -> String {
     message.replace(&pct(token), "***").replace(token, "***")
 }
 
-/// Whether a job is a health problem: its last run failed, it never succeeded, or its
-/// last success is older than `max_age`.
-pub fn job_problem(
-    run: &veza_host::systemd::JobRun,
-    max_age: Option<Duration>,
+/// Gated jobs whose last observed run failed, or whose last success is too old, as
+/// `env/job` → why. Reads what the previous sync recorded (a job never observed yet is
+/// not failing: a freshly installed weekly drill gets its grace period).
+pub fn failing_jobs(
+    state: &AgentState,
+    manifests: &[Manifest],
     now: i64,
-) -> Option<String> {
-    if !run.result.is_empty() && run.result != "success" {
-        return Some(format!(
-            "last run failed ({}, exit status {})",
-            run.result,
-            run.exit_status.unwrap_or(-1)
-        ));
+) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for m in manifests {
+        for app in m.apps.values() {
+            for job in &app.gate_on_jobs {
+                let key = format!("{}/{job}", m.metadata.name);
+                if let Some(why) = state.jobs.get(&key).and_then(|j| crate::jobs::health(j, now)) {
+                    out.insert(key, why);
+                }
+            }
+        }
     }
-    let max_age = max_age?;
-    let last = parse_systemd_time(&run.last_start);
-    match last {
-        None => Some("it never ran successfully".to_string()),
-        Some(t) if now - t > max_age.as_secs() as i64 => Some(format!(
-            "last success {} h ago, more than {} h",
-            (now - t) / 3600,
-            max_age.as_secs() / 3600
-        )),
-        Some(_) => None,
-    }
-}
-
-/// `Sun 2026-11-29 22:35:50 UTC` → unix seconds.
-pub fn parse_systemd_time(s: &str) -> Option<i64> {
-    let mut parts = s.split_whitespace();
-    let _day = parts.next()?;
-    let date = parts.next()?;
-    let time = parts.next()?;
-    let dt = chrono::NaiveDateTime::parse_from_str(&format!("{date} {time}"), "%Y-%m-%d %H:%M:%S")
-        .ok()?;
-    Some(dt.and_utc().timestamp())
+    out
 }
 
 fn history(
@@ -895,6 +839,34 @@ mod tests {
     use super::*;
 
     #[test]
+    fn gating_reads_the_recorded_job_health() {
+        let prod = include_str!("../../manifests/prod.yaml");
+        let staging = include_str!("../../manifests/staging.yaml");
+        let files = vec![
+            ("prod.yaml".to_string(), prod.as_bytes().to_vec()),
+            ("staging.yaml".to_string(), staging.as_bytes().to_vec()),
+        ];
+        let manifests: Vec<Manifest> = veza_model::load(&files)
+            .unwrap_or_else(|e| panic!("{e:?}"))
+            .into_iter()
+            .map(|(_, p)| p.manifest)
+            .collect();
+        let mut state = AgentState::default();
+        assert!(failing_jobs(&state, &manifests, 1_000_000).is_empty(), "unknown jobs do not gate");
+        let drill = veza_state::JobState {
+            max_success_age_s: Some(8 * 86_400),
+            last_success_at: Some(0),
+            first_seen_at: Some(0),
+            ..veza_state::JobState::default()
+        };
+        state.jobs.insert("prod/dr-drill".into(), drill);
+        let failing = failing_jobs(&state, &manifests, 9 * 86_400);
+        assert_eq!(failing.len(), 1, "{failing:?}");
+        assert!(failing["prod/dr-drill"].contains("last success 9 d ago"), "{failing:?}");
+        assert!(failing_jobs(&state, &manifests, 86_400).is_empty());
+    }
+
+    #[test]
     fn credentials_go_into_http_remotes_and_never_into_messages() {
         let remotes = vec![
             "https://forge.example/veza/manifests.git".to_string(),
@@ -909,35 +881,5 @@ mod tests {
         let clean = redact(&msg, Some("agent:s3cr/t"));
         assert!(!clean.contains("s3cr"), "{clean}");
         assert_eq!(with_credentials(&remotes, None), remotes);
-    }
-
-    #[test]
-    fn systemd_times_and_job_problems() {
-        assert_eq!(parse_systemd_time("Sun 2026-11-29 22:35:50 UTC"), Some(1_795_991_750));
-        assert_eq!(parse_systemd_time(""), None);
-        let ok = veza_host::systemd::JobRun {
-            result: "success".into(),
-            exit_status: Some(0),
-            last_start: "Sun 2026-11-29 22:35:50 UTC".into(),
-            ..Default::default()
-        };
-        let now = 1_795_991_750 + 3600;
-        assert_eq!(job_problem(&ok, Some(Duration::from_secs(8 * 86400)), now), None);
-        assert!(
-            job_problem(&ok, Some(Duration::from_secs(60)), now)
-                .unwrap()
-                .contains("last success 1 h ago")
-        );
-        let failed = veza_host::systemd::JobRun {
-            result: "exit-code".into(),
-            exit_status: Some(3),
-            ..ok.clone()
-        };
-        assert!(job_problem(&failed, None, now).unwrap().contains("exit status 3"));
-        let never = veza_host::systemd::JobRun::default();
-        assert_eq!(
-            job_problem(&never, Some(Duration::from_secs(60)), now).as_deref(),
-            Some("it never ran successfully")
-        );
     }
 }
