@@ -10,4 +10,5 @@ mod incus;
 mod jobs;
 mod jobs_systemd;
 mod manifests;
+mod packaging;
 mod signed_source;
