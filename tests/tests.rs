@@ -5,6 +5,7 @@
 mod daemon;
 mod e2e;
 mod edge;
+mod faults;
 mod host_kit;
 mod incus;
 mod jobs;
