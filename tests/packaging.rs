@@ -466,6 +466,18 @@ fn the_deb_installs_runs_under_systemd_and_uninstalls_cleanly_in_a_debian_contai
     );
     sh_ok(&c, "rm -r /etc/systemd/system/veza-agent.service.d && systemctl daemon-reload");
     sh_ok(&c, "systemctl start veza-agent");
+    wait_for(&c, "the agent is back", "systemctl is-active veza-agent", Duration::from_secs(20));
+
+    // Upgrade over the running agent: it is restarted (not left stopped), and the
+    // operator's edited config.yaml (a conffile) is kept without a prompt.
+    let pid = sh_ok(&c, "systemctl show -p MainPID --value veza-agent");
+    let started = Instant::now();
+    sh_ok(&c, "dpkg -i /tmp/veza-agent.deb 2>&1 </dev/null");
+    let upgrade_time = started.elapsed();
+    wait_for(&c, "the agent runs again", "systemctl is-active veza-agent", Duration::from_secs(20));
+    let restarted = sh_ok(&c, "systemctl show -p MainPID --value veza-agent");
+    assert_ne!(pid.trim(), restarted.trim(), "postinst try-restart on upgrade");
+    sh_ok(&c, &format!("grep -qx 'host: {HOST}' /etc/veza-agent/config.yaml"));
 
     // Remove: stopped, disabled, binary and unit gone; config, trust root, state stay.
     let started = Instant::now();
@@ -493,6 +505,6 @@ fn the_deb_installs_runs_under_systemd_and_uninstalls_cleanly_in_a_debian_contai
     );
     sh_ok(&c, "test -z \"$(dpkg -L veza-agent 2>/dev/null)\"");
     eprintln!(
-        "packaging: dpkg -i {install_time:?}, dpkg -r {remove_time:?}, dpkg -P {purge_time:?}"
+        "packaging: dpkg -i {install_time:?}, upgrade {upgrade_time:?}, dpkg -r {remove_time:?}, dpkg -P {purge_time:?}"
     );
 }
