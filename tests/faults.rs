@@ -1337,9 +1337,10 @@ fn huge_or_malformed_signature() {
     );
     let h = host();
     let a = baseline(&h);
-    h.repo.write(&h.manifest_path(), &h.manifest("blue", Some(1), None)).expect("write");
-    h.repo.git(&["add", "-A"]).expect("git add");
-    let tree = h.repo.git(&["write-tree"]).expect("write-tree").trim().to_string();
+    // The crafted commits reuse A's tree: it is in the served repository, and the
+    // signature is refused before any manifest is read.
+    let tree =
+        h.repo.git_bare(&["rev-parse", &format!("{a}^{{tree}}")]).expect("tree").trim().to_string();
     let head = h.repo.git_bare(&["rev-parse", "refs/heads/main"]).expect("head").trim().to_string();
     assert_eq!(head, a);
     let replace_sig = |raw: Vec<u8>, sig: &str| -> Vec<u8> {
@@ -1378,3 +1379,4 @@ fn huge_or_malformed_signature() {
     assert!(r.out.starts_with("no-change"), "{r}");
     case.saw("branch back on the applied commit: no-change");
 }
+
