@@ -5,6 +5,23 @@
 //! 0 success, 1 the input was rejected (invalid manifest, bad signature, …),
 //! 2 usage or environment errors (clap's own usage errors exit 2 too).
 
+/// `println!` that ignores a closed stdout (`veza-agent status | head -1` must not panic
+/// on the broken pipe).
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
+/// `print!` that ignores a closed stdout.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
 mod commands;
 mod edge;
 mod jobs;
@@ -159,7 +176,7 @@ fn main() -> ExitCode {
         Command::Completions(args) => commands::completions::run(&args, Cli::command()),
         Command::Man(args) => commands::man::run(&args, Cli::command()),
         Command::Schema => {
-            print!("{}", veza_model::json_schema());
+            out!("{}", veza_model::json_schema());
             ExitCode::SUCCESS
         }
     }

@@ -35,7 +35,7 @@ pub fn run(args: &ApplyArgs) -> ExitCode {
         let stop = AtomicBool::new(false);
         match agent.sync(&store, &stop).await {
             Ok(summary) => {
-                println!("{summary}");
+                outln!("{summary}");
                 match summary.outcome {
                     Outcome::Applied | Outcome::NoChange => ExitCode::SUCCESS,
                     _ => ExitCode::from(1),

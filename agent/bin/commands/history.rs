@@ -32,14 +32,14 @@ pub fn run(args: &HistoryArgs) -> ExitCode {
     };
     for e in entries.iter().rev().take(args.limit) {
         if args.json {
-            println!("{}", serde_json::to_string(e).unwrap_or_default());
+            outln!("{}", serde_json::to_string(e).unwrap_or_default());
             continue;
         }
         let when = chrono::DateTime::from_timestamp_millis(e.at_ms)
             .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
             .unwrap_or_default();
         let apps: Vec<String> = e.apps.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        println!(
+        outln!(
             "{when}  {:<11} {}  {:<24} {:>6} ms  {}{}",
             e.outcome.as_str(),
             &e.commit[..e.commit.len().min(12)],

@@ -154,7 +154,7 @@ pub fn run(args: &ManArgs, cmd: clap::Command) -> ExitCode {
     match write_pages(cmd, &args.dir) {
         Ok(paths) => {
             for p in paths {
-                println!("{}", p.display());
+                outln!("{}", p.display());
             }
             ExitCode::SUCCESS
         }

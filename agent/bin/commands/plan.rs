@@ -49,10 +49,10 @@ pub fn run(args: &PlanArgs) -> ExitCode {
         };
         if args.json {
             let v = serde_json::json!({ "commit": source.commit, "signer": source.signer, "plan": plan });
-            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            outln!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
         } else {
-            println!("commit {} signed by {}", source.commit, source.signer);
-            print!("{plan}");
+            outln!("commit {} signed by {}", source.commit, source.signer);
+            out!("{plan}");
         }
         if plan.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(2) }
     })

@@ -42,7 +42,7 @@ pub fn run(args: ScheduleArgs) -> ExitCode {
     for at in schedule.next_after(from, usize::from(args.next)) {
         out.push_str(&format!("next: {}\n", at.to_rfc3339_opts(SecondsFormat::Secs, true)));
     }
-    print!("{out}");
+    out!("{out}");
     ExitCode::SUCCESS
 }
 

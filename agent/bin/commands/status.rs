@@ -195,9 +195,9 @@ pub fn run(args: &StatusArgs) -> ExitCode {
     let now = now();
     let status = build(state, interrupted, now, config.max_staleness().as_secs() as i64);
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&status).unwrap_or_default());
+        outln!("{}", serde_json::to_string_pretty(&status).unwrap_or_default());
     } else {
-        print!("{}", render(&status, now));
+        out!("{}", render(&status, now));
     }
     if status.problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) }
 }

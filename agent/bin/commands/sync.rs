@@ -48,7 +48,7 @@ pub fn run(args: &SyncArgs) -> ExitCode {
     let v: serde_json::Value = serde_json::from_str(line.trim()).unwrap_or_default();
     let outcome = v["outcome"].as_str().unwrap_or("unknown");
     let commit = v["commit"].as_str().unwrap_or("-");
-    println!(
+    outln!(
         "{outcome} {} ({} steps, {} ms){}",
         &commit[..commit.len().min(12)],
         v["steps"],

@@ -29,7 +29,7 @@ pub fn run(args: &ValidateArgs) -> ExitCode {
         Ok(parsed) if !failed => {
             for (name, p) in &parsed {
                 let m = &p.manifest;
-                println!(
+                outln!(
                     "{name}: ok (environment `{}` on host `{}`: {} instances, {} apps, {} jobs)",
                     m.metadata.name,
                     m.metadata.host,

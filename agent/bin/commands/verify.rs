@@ -58,7 +58,7 @@ enum Failure {
 pub fn run(args: VerifyArgs) -> ExitCode {
     match verify(&args) {
         Ok(line) => {
-            println!("{line}");
+            outln!("{line}");
             ExitCode::SUCCESS
         }
         Err(Failure::Rejected(why)) => {

@@ -9,7 +9,8 @@ use veza_model::manifest::{Color, Device, DeviceType, InstanceType, ProxyBind};
 use veza_model::units::{JobUnitSpec, UnitFile};
 
 use crate::live::{
-    Devices, MARK_APP, MARK_COLOR, MARK_ENV, MARK_KEYS, MARK_MANAGED, MARK_PROTECT, UnitTarget,
+    Devices, MARK_APP, MARK_COLOR, MARK_ENV, MARK_HOST, MARK_KEYS, MARK_MANAGED, MARK_PROTECT,
+    UnitTarget,
 };
 
 /// A profile the agent owns.
@@ -106,6 +107,8 @@ pub struct DesiredJob {
 pub struct Desired {
     /// Environments applied.
     pub envs: Vec<String>,
+    /// The host the manifests are bound to.
+    pub host: String,
     /// Networks.
     pub networks: BTreeMap<String, DesiredNetwork>,
     /// Profiles.
@@ -189,6 +192,7 @@ fn with_marks(
 pub fn desired(manifests: &[&Manifest], pool: &str) -> Result<Desired, DesiredError> {
     let mut d = Desired {
         envs: Vec::new(),
+        host: manifests.first().map(|m| m.metadata.host.clone()).unwrap_or_default(),
         networks: BTreeMap::new(),
         profiles: BTreeMap::new(),
         instances: BTreeMap::new(),
@@ -207,6 +211,7 @@ pub fn desired(manifests: &[&Manifest], pool: &str) -> Result<Desired, DesiredEr
         for (name, p) in &m.incus.profiles {
             let mut config = p.config.clone();
             config.insert(MARK_MANAGED.to_string(), "true".to_string());
+            config.insert(MARK_HOST.to_string(), m.metadata.host.clone());
             d.profiles.insert(
                 name.clone(),
                 DesiredProfile {

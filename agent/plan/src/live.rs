@@ -20,6 +20,9 @@ pub const MARK_COLOR: &str = "user.veza.color";
 pub const MARK_RELEASE: &str = "user.veza.release";
 /// Protected data instance: never deleted.
 pub const MARK_PROTECT: &str = "user.veza.protect";
+/// Host whose manifests declare an owned profile: profiles are shared by the
+/// environments of one host, and only that host's agent prunes them.
+pub const MARK_HOST: &str = "user.veza.host";
 /// Config keys the agent manages on an instance (comma separated), so it can remove
 /// the ones that leave the manifest without touching keys set by hand.
 pub const MARK_KEYS: &str = "user.veza.keys";

@@ -16,7 +16,7 @@ use veza_model::manifest::Color;
 
 use crate::desired::{Desired, DesiredInstance, SlotSpec, desired};
 use crate::edge::{EdgeEnv, EdgeSettings, render_edge};
-use crate::live::{Devices, LiveState, MARK_KEYS, MARK_RELEASE, UnitTarget};
+use crate::live::{Devices, LiveState, MARK_HOST, MARK_KEYS, MARK_RELEASE, UnitTarget};
 
 /// What the planner needs besides desired and live state.
 #[derive(Debug, Clone)]
@@ -734,7 +734,8 @@ fn plan_prune(want: &Desired, live: &LiveState, b: &mut Builder) {
         }
     }
     for (name, p) in &live.profiles {
-        if p.is_owned() && !want.profiles.contains_key(name) {
+        let ours = p.config.get(MARK_HOST).is_some_and(|h| *h == want.host);
+        if p.is_owned() && ours && !want.profiles.contains_key(name) {
             b.step(
                 Action::DeleteProfile { name: name.clone() },
                 format!("profile `{name}` is no longer declared"),

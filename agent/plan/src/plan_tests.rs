@@ -267,7 +267,21 @@ fn prune_deletes_owned_leftovers_but_refuses_protected_data() {
     live.profiles.insert(
         "veza-legacy".into(),
         LiveProfile {
-            config: BTreeMap::from([("user.veza.managed".into(), "true".into())]),
+            config: BTreeMap::from([
+                ("user.veza.managed".into(), "true".into()),
+                ("user.veza.host".into(), "r720".into()),
+            ]),
+            ..LiveProfile::default()
+        },
+    );
+    // Another host's profile on a shared incusd is not ours to prune.
+    live.profiles.insert(
+        "other-host-app".into(),
+        LiveProfile {
+            config: BTreeMap::from([
+                ("user.veza.managed".into(), "true".into()),
+                ("user.veza.host".into(), "r630".into()),
+            ]),
             ..LiveProfile::default()
         },
     );

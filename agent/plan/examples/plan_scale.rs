@@ -1,0 +1,264 @@
+//! How planning cost grows with the number of declared resources: synthetic manifests
+//! with N top-level declarations (N/2 blue/green apps routed by the edge, N/2 plain
+//! instances), parsed and validated with `veza_model::load`, then planned with
+//! `veza_plan::plan` against
+//!
+//! - an empty host (the first sync: everything is created), and
+//! - a converged host (the live state the first plan leaves behind, modelled in memory
+//!   like the planner's own tests do; the plan must be empty, which is checked): the cost
+//!   of every poll that finds nothing to do.
+//!
+//! Pure and in-process: no Incus, no IO besides the optional JSON report.
+//!
+//! Run: `cargo run --release -p veza-plan --example plan_scale [-- --runs R] [--json PATH]
+//! [SIZES...]` (sizes default to 10 100 1000).
+
+use std::collections::BTreeMap;
+use std::error::Error;
+use std::time::{Duration, Instant};
+
+use veza_model::Manifest;
+use veza_plan::edge::EdgeSettings;
+use veza_plan::live::{
+    LiveInstance, LiveProfile, LiveState, MARK_RELEASE, active_colors_from_config,
+};
+use veza_plan::{Action, Plan, PlanOptions};
+
+type Res<T> = Result<T, Box<dyn Error>>;
+
+const BLUE: &str = "1111111111111111111111111111111111111111";
+const GREEN: &str = "2222222222222222222222222222222222222222";
+
+/// One environment with `apps` apps and `instances` plain instances, an edge instance
+/// (counted among the instances) and one path route per app.
+fn manifest(apps: usize, instances: usize) -> String {
+    let mut m = String::from(
+        "apiVersion: veza-agent/v1\nkind: Environment\nmetadata:\n  name: scale\n  host: bench\n\n",
+    );
+    m.push_str("incus:\n  instances:\n    edge: {image: veza-test-busybox, profiles: [default]}\n");
+    for i in 1..instances {
+        m.push_str(&format!(
+            "    i{i:04}: {{image: veza-test-busybox, profiles: [default], config: {{user.bench.index: \"{i}\"}}}}\n"
+        ));
+    }
+    m.push_str("\napps:\n");
+    for a in 0..apps {
+        m.push_str(&format!(
+            "  a{a:04}:\n    image: veza-test-busybox\n    profiles: [default]\n    port: 8080\n\
+             \x20   artifact:\n      url: \"file:///srv/artifacts/{{release}}/a{a:04}.tar.gz\"\n      sha256:\n\
+             \x20       {BLUE}: {z}\n        {GREEN}: {o}\n\
+             \x20   health: {{path: /health, interval: 1s, timeout: 1s, rise: 1, fall: 2}}\n\
+             \x20   slots:\n      blue: {{release: {BLUE}}}\n      green: {{release: {GREEN}}}\n    active: {color}\n",
+            z = "0".repeat(64),
+            o = "1".repeat(64),
+            color = if a % 2 == 0 { "blue" } else { "green" },
+        ));
+    }
+    m.push_str(
+        "\nedge:\n  runs_in: edge\n  hosts: [scale.example]\n  sticky_cookie: VEZA_scale\n  routes:\n",
+    );
+    for a in 0..apps {
+        m.push_str(&format!("    - {{path_prefix: /a{a:04}, app: a{a:04}}}\n"));
+    }
+    m
+}
+
+fn load(text: &str) -> Res<Vec<Manifest>> {
+    let files = vec![("scale.yaml".to_string(), text.as_bytes().to_vec())];
+    match veza_model::load(&files) {
+        Ok(parsed) => Ok(parsed.into_iter().map(|(_, p)| p.manifest).collect()),
+        Err(problems) => {
+            let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
+            Err(format!("synthetic manifest rejected:\n{}", text.join("\n")).into())
+        }
+    }
+}
+
+/// What executing `plan` leaves behind, as the planner's specification models its drivers.
+fn applied(live: &LiveState, plan: &Plan) -> Res<LiveState> {
+    let mut l = live.clone();
+    for s in &plan.steps {
+        match &s.action {
+            Action::CreateProfile { name, config, devices, .. }
+            | Action::UpdateProfile { name, config, devices, .. } => {
+                l.profiles.insert(
+                    name.clone(),
+                    LiveProfile { config: config.clone(), devices: devices.clone() },
+                );
+            }
+            Action::CreateInstance { name, profiles, config, devices, kind, .. } => {
+                l.instances.insert(
+                    name.clone(),
+                    LiveInstance {
+                        config: config.clone(),
+                        devices: devices.clone(),
+                        expanded_devices: devices.clone(),
+                        profiles: profiles.clone(),
+                        running: true,
+                        kind: kind.clone(),
+                    },
+                );
+            }
+            Action::UpdateInstance { name, profiles, config, remove_keys, devices } => {
+                let i = l.instances.get_mut(name).ok_or("update of a missing instance")?;
+                i.config.extend(config.clone());
+                for k in remove_keys {
+                    i.config.remove(k);
+                }
+                i.devices = devices.clone();
+                i.profiles = profiles.clone();
+            }
+            Action::StartInstance { name } => {
+                l.instances.get_mut(name).ok_or("start of a missing instance")?.running = true;
+            }
+            Action::DeleteInstance { name } => {
+                l.instances.remove(name);
+            }
+            Action::DeployRelease { instance, slot } => {
+                l.instances
+                    .get_mut(instance)
+                    .ok_or("deploy to a missing instance")?
+                    .config
+                    .insert(MARK_RELEASE.to_string(), slot.release.clone());
+            }
+            Action::InstallEdge { config, .. } => {
+                l.active_colors = active_colors_from_config(config);
+                l.edge_config = Some(config.clone());
+            }
+            Action::InstallUnits { target, files, .. } => {
+                l.units.entry(target.clone()).or_default().extend(files.iter().cloned());
+            }
+            Action::RemoveUnits { target, names } => {
+                let u = l.units.entry(target.clone()).or_default();
+                for n in names {
+                    u.remove(n);
+                }
+            }
+            Action::DeleteProfile { name } => {
+                l.profiles.remove(name);
+            }
+            Action::CreateNetwork { .. }
+            | Action::Snapshot { .. }
+            | Action::HealthGate { .. }
+            | Action::VerifyEdge { .. } => {}
+        }
+    }
+    Ok(l)
+}
+
+struct Stats {
+    n: usize,
+    median: f64,
+    min: f64,
+    max: f64,
+}
+
+/// Milliseconds.
+fn stats(xs: &[Duration]) -> Stats {
+    let mut v: Vec<f64> = xs.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    let median = if n == 0 {
+        0.0
+    } else if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    };
+    Stats {
+        n,
+        median,
+        min: v.first().copied().unwrap_or(0.0),
+        max: v.last().copied().unwrap_or(0.0),
+    }
+}
+
+fn time<T>(runs: usize, mut f: impl FnMut() -> Res<T>) -> Res<(Vec<Duration>, T)> {
+    let mut times = Vec::with_capacity(runs);
+    let mut last = f()?; // warm-up, not counted
+    for _ in 0..runs {
+        let t = Instant::now();
+        last = f()?;
+        times.push(t.elapsed());
+    }
+    Ok((times, last))
+}
+
+fn json_stats(s: &Stats) -> serde_json::Value {
+    serde_json::json!({"n": s.n, "median_ms": s.median, "min_ms": s.min, "max_ms": s.max})
+}
+
+fn main() -> Res<()> {
+    let mut runs = 15usize;
+    let mut json: Option<String> = None;
+    let mut sizes: Vec<usize> = Vec::new();
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--runs" => runs = args.next().ok_or("--runs needs a value")?.parse()?,
+            "--json" => json = Some(args.next().ok_or("--json needs a path")?),
+            s => sizes.push(s.parse().map_err(|e| format!("size `{s}`: {e}"))?),
+        }
+    }
+    if sizes.is_empty() {
+        sizes = vec![10, 100, 1000];
+    }
+    let runs = runs.max(1);
+    let opts =
+        PlanOptions { edge_settings: EdgeSettings::default(), failing_jobs: BTreeMap::new() };
+    let empty = LiveState { pools: vec!["default".into()], ..LiveState::default() };
+
+    println!("plan_scale: {runs} runs per median (after one warm-up run)");
+    println!(
+        "{:>9} {:>9} {:>10} {:>12} {:>14} {:>16} {:>14}",
+        "declared",
+        "apps",
+        "live inst.",
+        "yaml bytes",
+        "load (ms)",
+        "plan first (ms)",
+        "plan idle (ms)"
+    );
+    let mut rows = Vec::new();
+    for &n in &sizes {
+        let n = n.max(2);
+        let (apps, instances) = (n / 2, n - n / 2);
+        let text = manifest(apps, instances);
+        let (load_t, ms) = time(runs, || load(&text))?;
+        let refs: Vec<&Manifest> = ms.iter().collect();
+        let (first_t, first) = time(runs, || Ok(veza_plan::plan(&refs, &empty, &opts)?))?;
+        let live = applied(&empty, &first)?;
+        let (idle_t, idle) = time(runs, || Ok(veza_plan::plan(&refs, &live, &opts)?))?;
+        if !idle.is_empty() {
+            return Err(
+                format!("the converged plan for {n} resources is not empty:\n{idle}").into()
+            );
+        }
+        let (l, f, i) = (stats(&load_t), stats(&first_t), stats(&idle_t));
+        println!(
+            "{n:>9} {apps:>9} {:>10} {:>12} {:>14.3} {:>16.3} {:>14.3}",
+            live.instances.len(),
+            text.len(),
+            l.median,
+            f.median,
+            i.median
+        );
+        rows.push(serde_json::json!({
+            "declared": n,
+            "apps": apps,
+            "instances_declared": instances,
+            "live_instances": live.instances.len(),
+            "first_sync_steps": first.steps.len(),
+            "manifest_bytes": text.len(),
+            "load": json_stats(&l),
+            "plan_first_sync": json_stats(&f),
+            "plan_converged": json_stats(&i),
+        }));
+    }
+    if let Some(path) = json {
+        let doc = serde_json::json!({ "runs": runs, "sizes": rows });
+        std::fs::write(&path, serde_json::to_string_pretty(&doc)?)
+            .map_err(|e| format!("writing {path}: {e}"))?;
+    }
+    Ok(())
+}
