@@ -88,11 +88,20 @@ impl EdgeRuntime<'_> {
 }
 
 impl Edge for EdgeRuntime<'_> {
+    /// The config HAProxy runs. After an install interrupted between the swap and the
+    /// confirmed reload (its `.reload-pending` marker is still there), that is the
+    /// previous file, not the one on disk: reporting it makes the plan install again,
+    /// and the installer then reloads instead of taking the unchanged file as applied.
     async fn live_config(&self) -> Result<Option<String>, String> {
         tokio::task::block_in_place(|| {
-            self.with_runtime(|rt| rt.read_file(&self.paths.config))
-                .map(|b| b.map(|b| String::from_utf8_lossy(&b).into_owned()))
-                .map_err(|e| e.to_string())
+            self.with_runtime(|rt| {
+                let pending = rt.read_file(&self.paths.pending())?.is_some();
+                let running =
+                    if pending { self.paths.previous() } else { self.paths.config.clone() };
+                rt.read_file(&running)
+            })
+            .map(|b| b.map(|b| String::from_utf8_lossy(&b).into_owned()))
+            .map_err(|e| e.to_string())
         })
     }
 
