@@ -162,6 +162,8 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_max_level(level)
         .with_target(false)
+        // Colors only on a terminal: under systemd stderr goes to the journal.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match cli.command {
         Command::Run(args) => commands::run::run(&args),
