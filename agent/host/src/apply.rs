@@ -4,8 +4,9 @@
 //!   before each one, so a crash leaves a trace of where it stopped.
 //! - The first failing step stops the run and is reported with its action and the
 //!   driver's error (command, exit status, stderr).
-//! - Promotions are health-gated and self-reverting: a slot that never becomes healthy
-//!   stops the run before traffic moves; a verification through the edge that fails
+//! - Promotions are health-gated and self-reverting: a slot that never becomes healthy,
+//!   or not for [`GATE_STABLE_FOR`] in a row (a flapping slot), stops the run before
+//!   traffic moves; a verification through the edge that fails
 //!   after the switch installs the fallback edge (previous colors) — both end as
 //!   [`ApplyOutcome::RolledBack`], never as success. The failed slot stays running for
 //!   forensics.
@@ -462,6 +463,11 @@ async fn probe<I: Incus + Sync>(
     }
 }
 
+/// How long a slot must answer healthy, probe after probe (every 200 ms), before its
+/// gate opens: one good answer from a flapping slot is not health, and traffic moved on
+/// it lands on a server HAProxy marks DOWN moments later.
+pub const GATE_STABLE_FOR: Duration = Duration::from_secs(1);
+
 async fn health_gate<I, E, U, H>(
     d: &Drivers<'_, I, E, U>,
     instance: &str,
@@ -475,14 +481,28 @@ where
     let deadline = Instant::now() + d.gates.health_timeout;
     let mut last = String::from("no probe ran");
     let mut attempts = 0u32;
+    let mut healthy_since: Option<Instant> = None;
     while Instant::now() < deadline {
         if hooks.preempted() {
             return Err(StepError::Preempted);
         }
         attempts += 1;
         match probe(d.incus, instance, slot, d.gates.probe_timeout).await {
-            Ok(()) => return Ok(()),
-            Err(e) => last = e,
+            Ok(()) => {
+                let since = *healthy_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= GATE_STABLE_FOR {
+                    return Ok(());
+                }
+                last = format!(
+                    "healthy for {} ms, not yet the {} ms required",
+                    since.elapsed().as_millis(),
+                    GATE_STABLE_FOR.as_millis()
+                );
+            }
+            Err(e) => {
+                healthy_since = None;
+                last = e;
+            }
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
