@@ -12,15 +12,18 @@
 //! | `incusd_goes_away_mid_sync` | incusd's socket vanishes mid-apply and comes back (a proxy the test owns; the shared incusd is never restarted) |
 //! | `haproxy_rejects_the_rendered_config` | a manifest whose edge HAProxy refuses (TLS certificate directory missing) |
 //! | `live_edge_config_corrupted_on_disk` | garbage written over the live `haproxy.cfg` |
-//! | `slot_slow_to_become_healthy` / `health_flaps_during_promotion` | a green slot whose `/health` is late or flaps |
+//! | `slot_slow_to_become_healthy` / `slot_never_healthy_rolls_back_without_moving_traffic` / `health_flaps_during_promotion` | a green slot whose `/health` is late, never 200, or flaps |
 //! | `git_remote_down_or_failing` / `git_remote_stalls` | smart-HTTP remote closing connections, answering 500, or never answering |
 //! | `force_push_with_state_and_mirror_deleted` | history rewritten, then the state directory and the mirror deleted |
-//! | `state_dir_disk_full` | the state directory on a full 1 MiB tmpfs |
+//! | `state_dir_disk_full` | the state directory on a full 32 MiB tmpfs (mirror and artifact cache live there) |
 //! | `corrupted_state_file` | garbage in `state.json` (and in the journal) |
 //! | `two_agents_at_once` | two `apply` started together |
 //! | `manifest_over_the_size_cap` | a signed manifest above 1 MiB |
 //! | `yaml_alias_bomb` | a signed billion-laughs manifest |
 //! | `huge_or_malformed_signature` | a commit whose `gpgsig` is garbage, 1 MB, or a truncated SSHSIG |
+//!
+//! Setup applies (not the fault under test) retry once: the shared incusd sometimes
+//! stalls a container start for a minute while other engineers' suites load it.
 //!
 //! Every case writes its row to `target/faults/` and regenerates
 //! `target/faults-report.md` (cases, the fault, what the operator saw, the outcome).
