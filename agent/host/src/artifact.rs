@@ -48,6 +48,10 @@ impl ArtifactStore {
 
     /// The artifact at `url` whose sha256 must be `expected` (64 lowercase hex).
     pub fn fetch(&self, url: &str, expected: &str) -> Result<Vec<u8>, ArtifactError> {
+        let supported = ["file://", "https://", "http://"].iter().any(|p| url.starts_with(p));
+        if !supported {
+            return Err(ArtifactError::Scheme { url: url.to_string() });
+        }
         let cached = self.dir.join(expected);
         if let Ok(bytes) = std::fs::read(&cached) {
             if hex(&Sha256::digest(&bytes)) == expected {
