@@ -19,10 +19,8 @@ use std::time::{Duration, Instant};
 
 use veza_model::Manifest;
 use veza_plan::edge::EdgeSettings;
-use veza_plan::live::{
-    LiveInstance, LiveProfile, LiveState, MARK_RELEASE, active_colors_from_config,
-};
-use veza_plan::{Action, Plan, PlanOptions};
+use veza_plan::live::LiveState;
+use veza_plan::{Plan, PlanOptions};
 
 type Res<T> = Result<T, Box<dyn Error>>;
 
@@ -76,74 +74,7 @@ fn load(text: &str) -> Res<Vec<Manifest>> {
 
 /// What executing `plan` leaves behind, as the planner's specification models its drivers.
 fn applied(live: &LiveState, plan: &Plan) -> Res<LiveState> {
-    let mut l = live.clone();
-    for s in &plan.steps {
-        match &s.action {
-            Action::CreateProfile { name, config, devices, .. }
-            | Action::UpdateProfile { name, config, devices, .. } => {
-                l.profiles.insert(
-                    name.clone(),
-                    LiveProfile { config: config.clone(), devices: devices.clone() },
-                );
-            }
-            Action::CreateInstance { name, profiles, config, devices, kind, .. } => {
-                l.instances.insert(
-                    name.clone(),
-                    LiveInstance {
-                        config: config.clone(),
-                        devices: devices.clone(),
-                        expanded_devices: devices.clone(),
-                        profiles: profiles.clone(),
-                        running: true,
-                        kind: kind.clone(),
-                    },
-                );
-            }
-            Action::UpdateInstance { name, profiles, config, remove_keys, devices } => {
-                let i = l.instances.get_mut(name).ok_or("update of a missing instance")?;
-                i.config.extend(config.clone());
-                for k in remove_keys {
-                    i.config.remove(k);
-                }
-                i.devices = devices.clone();
-                i.profiles = profiles.clone();
-            }
-            Action::StartInstance { name } => {
-                l.instances.get_mut(name).ok_or("start of a missing instance")?.running = true;
-            }
-            Action::DeleteInstance { name } => {
-                l.instances.remove(name);
-            }
-            Action::DeployRelease { instance, slot } => {
-                l.instances
-                    .get_mut(instance)
-                    .ok_or("deploy to a missing instance")?
-                    .config
-                    .insert(MARK_RELEASE.to_string(), slot.release.clone());
-            }
-            Action::InstallEdge { config, .. } => {
-                l.active_colors = active_colors_from_config(config);
-                l.edge_config = Some(config.clone());
-            }
-            Action::InstallUnits { target, files, .. } => {
-                l.units.entry(target.clone()).or_default().extend(files.iter().cloned());
-            }
-            Action::RemoveUnits { target, names } => {
-                let u = l.units.entry(target.clone()).or_default();
-                for n in names {
-                    u.remove(n);
-                }
-            }
-            Action::DeleteProfile { name } => {
-                l.profiles.remove(name);
-            }
-            Action::CreateNetwork { .. }
-            | Action::Snapshot { .. }
-            | Action::HealthGate { .. }
-            | Action::VerifyEdge { .. } => {}
-        }
-    }
-    Ok(l)
+    Ok(veza_plan::simulate::applied(live, plan)?)
 }
 
 struct Stats {

@@ -6,5 +6,6 @@ pub mod desired;
 pub mod edge;
 pub mod live;
 pub mod plan;
+pub mod simulate;
 
 pub use plan::{Action, Plan, PlanOptions, Step, plan};

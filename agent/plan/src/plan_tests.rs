@@ -8,10 +8,8 @@ use veza_model::Manifest;
 use veza_model::manifest::Color;
 
 use crate::edge::EdgeSettings;
-use crate::live::{
-    LiveInstance, LiveProfile, LiveState, MARK_RELEASE, UnitTarget, active_colors_from_config,
-};
-use crate::plan::{Action, Plan, PlanOptions, plan};
+use crate::live::{LiveInstance, LiveProfile, LiveState, UnitTarget, active_colors_from_config};
+use crate::plan::{Plan, PlanOptions, plan};
 
 const DEMO: &str = include_str!("../../../manifests/examples/minimal.yaml");
 const PROD: &str = include_str!("../../../manifests/prod.yaml");
@@ -43,74 +41,7 @@ fn run(ms: &[Manifest], live: &LiveState, opts: &PlanOptions) -> Plan {
 
 /// What applying `plan` would leave behind: the planner's own model of its drivers.
 fn applied(live: &LiveState, plan: &Plan) -> LiveState {
-    let mut l = live.clone();
-    for s in &plan.steps {
-        match &s.action {
-            Action::CreateProfile { name, config, devices, .. }
-            | Action::UpdateProfile { name, config, devices, .. } => {
-                l.profiles.insert(
-                    name.clone(),
-                    LiveProfile { config: config.clone(), devices: devices.clone() },
-                );
-            }
-            Action::CreateInstance { name, profiles, config, devices, kind, .. } => {
-                l.instances.insert(
-                    name.clone(),
-                    LiveInstance {
-                        config: config.clone(),
-                        devices: devices.clone(),
-                        expanded_devices: devices.clone(),
-                        profiles: profiles.clone(),
-                        running: true,
-                        kind: kind.clone(),
-                    },
-                );
-            }
-            Action::UpdateInstance { name, profiles, config, remove_keys, devices } => {
-                let i = l.instances.get_mut(name).expect("updated instance exists");
-                i.config.extend(config.clone());
-                for k in remove_keys {
-                    i.config.remove(k);
-                }
-                i.devices = devices.clone();
-                i.profiles = profiles.clone();
-            }
-            Action::StartInstance { name } => {
-                l.instances.get_mut(name).expect("exists").running = true
-            }
-            Action::DeleteInstance { name } => {
-                l.instances.remove(name);
-            }
-            Action::DeployRelease { instance, slot } => {
-                l.instances
-                    .get_mut(instance)
-                    .expect("deployed instance exists")
-                    .config
-                    .insert(MARK_RELEASE.to_string(), slot.release.clone());
-            }
-            Action::InstallEdge { config, .. } => {
-                l.active_colors = active_colors_from_config(config);
-                l.edge_config = Some(config.clone());
-            }
-            Action::InstallUnits { target, files, .. } => {
-                l.units.entry(target.clone()).or_default().extend(files.iter().cloned());
-            }
-            Action::RemoveUnits { target, names } => {
-                let u = l.units.entry(target.clone()).or_default();
-                for n in names {
-                    u.remove(n);
-                }
-            }
-            Action::DeleteProfile { name } => {
-                l.profiles.remove(name);
-            }
-            Action::CreateNetwork { .. }
-            | Action::Snapshot { .. }
-            | Action::HealthGate { .. }
-            | Action::VerifyEdge { .. } => {}
-        }
-    }
-    l
+    crate::simulate::applied(live, plan).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn check_snapshot(name: &str, plan: &Plan) {

@@ -1,0 +1,95 @@
+//! The planner's model of its drivers: what live state executing a plan leaves behind.
+//! Used by the planner's specification (plan, apply, plan again: nothing to do) and by
+//! the planning benchmark. Pure.
+
+use crate::live::{LiveInstance, LiveProfile, LiveState, MARK_RELEASE, active_colors_from_config};
+use crate::plan::{Action, Plan};
+
+/// Why a plan cannot be replayed on the given live state.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("step `{step}` acts on instance `{instance}`, which the live state does not have")]
+pub struct SimulateError {
+    /// The step, as printed.
+    pub step: String,
+    /// The missing instance.
+    pub instance: String,
+}
+
+/// `live` after every step of `plan` succeeded.
+pub fn applied(live: &LiveState, plan: &Plan) -> Result<LiveState, SimulateError> {
+    let mut l = live.clone();
+    for s in &plan.steps {
+        let missing = |instance: &str| SimulateError {
+            step: s.action.to_string(),
+            instance: instance.to_string(),
+        };
+        match &s.action {
+            Action::CreateProfile { name, config, devices, .. }
+            | Action::UpdateProfile { name, config, devices, .. } => {
+                l.profiles.insert(
+                    name.clone(),
+                    LiveProfile { config: config.clone(), devices: devices.clone() },
+                );
+            }
+            Action::CreateInstance { name, profiles, config, devices, kind, .. } => {
+                l.instances.insert(
+                    name.clone(),
+                    LiveInstance {
+                        config: config.clone(),
+                        devices: devices.clone(),
+                        expanded_devices: devices.clone(),
+                        profiles: profiles.clone(),
+                        running: true,
+                        kind: kind.clone(),
+                    },
+                );
+            }
+            Action::UpdateInstance { name, profiles, config, remove_keys, devices } => {
+                let i = l.instances.get_mut(name).ok_or_else(|| missing(name))?;
+                i.config.extend(config.clone());
+                for k in remove_keys {
+                    i.config.remove(k);
+                }
+                i.devices.clone_from(devices);
+                i.profiles.clone_from(profiles);
+            }
+            Action::StartInstance { name } => {
+                l.instances.get_mut(name).ok_or_else(|| missing(name))?.running = true;
+            }
+            Action::DeleteInstance { name } => {
+                l.instances.remove(name);
+            }
+            Action::DeployRelease { instance, slot } => {
+                l.instances
+                    .get_mut(instance)
+                    .ok_or_else(|| missing(instance))?
+                    .config
+                    .insert(MARK_RELEASE.to_string(), slot.release.clone());
+            }
+            Action::InstallEdge { config, .. } => {
+                l.active_colors = active_colors_from_config(config);
+                l.edge_config = Some(config.clone());
+            }
+            Action::InstallUnits { target, files, .. } => {
+                l.units.entry(target.clone()).or_default().extend(files.iter().cloned());
+            }
+            Action::RemoveUnits { target, names } => {
+                let u = l.units.entry(target.clone()).or_default();
+                for n in names {
+                    u.remove(n);
+                }
+            }
+            Action::DeleteProfile { name } => {
+                l.profiles.remove(name);
+            }
+            Action::CreateNetwork { name, config } => {
+                l.networks.insert(
+                    name.clone(),
+                    crate::live::LiveNetwork { managed: true, config: config.clone() },
+                );
+            }
+            Action::Snapshot { .. } | Action::HealthGate { .. } | Action::VerifyEdge { .. } => {}
+        }
+    }
+    Ok(l)
+}
