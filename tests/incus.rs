@@ -613,3 +613,82 @@ fn managed_network_is_created_marked_and_never_taken_over() {
         assert!(matches!(theirs, IncusError::NotOwned { .. }), "{theirs}");
     });
 }
+
+/// The HTTPS transport (the way past one machine): a client certificate the server
+/// trusts, the server certificate pinned. Observed through HTTPS = observed through the
+/// socket; a different pinned certificate is refused before any request is sent.
+#[test]
+fn https_transport_with_a_client_certificate_and_a_pinned_server() {
+    require_incus().expect("real incusd");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert, key) = (dir.path().join("client.crt"), dir.path().join("client.key"));
+    Cmd::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"])
+        .args(["-nodes", "-days", "1", "-subj", "/CN=veza-agent-test"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .run()
+        .expect("a client certificate");
+    let port = free_port().expect("a free port");
+    let name = format!("vt-https-{}", std::process::id());
+    // Put the listener back as it was (a killed earlier run may have left one).
+    struct Undo(String, String);
+    impl Drop for Undo {
+        fn drop(&mut self) {
+            let _ = incus_cli(&["config", "trust", "remove", &self.0]).output();
+            let _ = if self.1.is_empty() {
+                incus_cli(&["config", "unset", "core.https_address"]).output()
+            } else {
+                incus_cli(&["config", "set", "core.https_address", &self.1]).output()
+            };
+        }
+    }
+    let previous = incus_cli(&["config", "get", "core.https_address"])
+        .run_stdout()
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    incus_cli(&["config", "set", "core.https_address", &format!("127.0.0.1:{port}")])
+        .run()
+        .expect("an HTTPS listener on loopback");
+    let cert_arg = cert.display().to_string();
+    incus_cli(&["config", "trust", "add-certificate", &cert_arg, "--name", &name])
+        .run()
+        .expect("trust the client certificate");
+    let _undo = Undo(name.clone(), previous);
+    let server_cert = std::path::PathBuf::from("/var/lib/incus/server.crt");
+    let https = |pinned: std::path::PathBuf| {
+        IncusClient::new(
+            Transport::Https {
+                url: format!("https://127.0.0.1:{port}"),
+                client_cert: cert.clone(),
+                client_key: key.clone(),
+                server_cert: pinned,
+            },
+            ClientOptions::default(),
+        )
+    };
+    let rt = runtime().expect("runtime");
+    rt.block_on(async {
+        let local = IncusClient::local().observe().await.expect("observe over the socket");
+        let mut remote = None;
+        for _ in 0..50 {
+            match https(server_cert.clone()).observe().await {
+                Ok(l) => {
+                    remote = Some(l);
+                    break;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+        let remote = remote.expect("observe over HTTPS");
+        assert_eq!(remote.pools.keys().collect::<Vec<_>>(), local.pools.keys().collect::<Vec<_>>());
+        assert_eq!(remote.profiles.contains_key("default"), local.profiles.contains_key("default"));
+        // Pinning our own client certificate as the "server" certificate must fail.
+        let err = https(cert.clone()).observe().await.unwrap_err();
+        assert!(matches!(err, IncusError::Connect { .. } | IncusError::Transport { .. }), "{err}");
+        assert!(err.to_string().contains("pinned"), "{err}");
+    });
+}

@@ -99,7 +99,23 @@ impl Agent {
     /// Loads the configuration and connects nothing yet.
     pub fn load(config_path: &Path) -> Result<Agent> {
         let config = load_config(config_path)?;
-        let incus = IncusClient::unix(config.incus_socket());
+        let incus = match (
+            &config.incus.endpoint,
+            &config.incus.client_cert,
+            &config.incus.client_key,
+            &config.incus.server_cert,
+        ) {
+            (Some(url), Some(cert), Some(key), Some(server)) => IncusClient::new(
+                veza_host::incus::Transport::Https {
+                    url: url.clone(),
+                    client_cert: cert.into(),
+                    client_key: key.into(),
+                    server_cert: server.into(),
+                },
+                veza_host::incus::ClientOptions::default(),
+            ),
+            _ => IncusClient::unix(config.incus_socket()),
+        };
         Ok(Agent { config, config_path: config_path.to_path_buf(), incus })
     }
 

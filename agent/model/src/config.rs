@@ -100,6 +100,19 @@ pub struct IncusConfig {
     /// Unix socket. Defaults to `/var/lib/incus/unix.socket`.
     #[serde(default)]
     pub socket: Option<String>,
+    /// A remote incusd (cluster member) instead of the socket: `https://HOST:PORT`.
+    /// Needs `client_cert`, `client_key` and `server_cert`.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// PEM client certificate the server trusts (`incus config trust add-certificate`).
+    #[serde(default)]
+    pub client_cert: Option<String>,
+    /// PEM key of the client certificate.
+    #[serde(default)]
+    pub client_key: Option<String>,
+    /// PEM certificate the server presents; pinned, nothing else is accepted.
+    #[serde(default)]
+    pub server_cert: Option<String>,
 }
 
 /// The edge's files and sockets, on the host or inside the instance it runs in.
@@ -242,6 +255,9 @@ fn validate_config(c: &HostConfig, pos: &Positions) -> Vec<Diagnostic> {
         (path!["trust", "policy"], c.trust.policy.as_deref()),
         (path!["state_dir"], c.state_dir.as_deref()),
         (path!["incus", "socket"], c.incus.socket.as_deref()),
+        (path!["incus", "client_cert"], c.incus.client_cert.as_deref()),
+        (path!["incus", "client_key"], c.incus.client_key.as_deref()),
+        (path!["incus", "server_cert"], c.incus.server_cert.as_deref()),
         (path!["edge", "config_path"], c.edge.config_path.as_deref()),
         (path!["edge", "master_socket"], c.edge.master_socket.as_deref()),
         (path!["edge", "state_file"], c.edge.state_file.as_deref()),
@@ -254,6 +270,25 @@ fn validate_config(c: &HostConfig, pos: &Positions) -> Vec<Diagnostic> {
             && !v.starts_with('/')
         {
             at(p, format!("`{v}` must be an absolute path"));
+        }
+    }
+    if let Some(endpoint) = &c.incus.endpoint {
+        if !endpoint.starts_with("https://")
+            || endpoint.trim_end_matches('/').matches('/').count() > 2
+        {
+            at(
+                path!["incus", "endpoint"],
+                format!("incus endpoint `{endpoint}` must be `https://HOST:PORT`"),
+            );
+        }
+        for (key, v) in [
+            ("client_cert", &c.incus.client_cert),
+            ("client_key", &c.incus.client_key),
+            ("server_cert", &c.incus.server_cert),
+        ] {
+            if v.is_none() {
+                at(path!["incus", "endpoint"], format!("an HTTPS endpoint needs `incus.{key}`"));
+            }
         }
     }
     if c.poll_interval() < std::time::Duration::from_secs(1) {
@@ -297,6 +332,10 @@ mod tests {
             ),
             (GOOD.replace("host: r720", "hots: r720"), "1:1: unknown field `hots`"),
             (format!("{GOOD}poll: {{interval: 0s}}\n"), "7:18: poll interval must be at least 1s"),
+            (
+                format!("{GOOD}incus: {{endpoint: \"https://10.0.0.2:8443\"}}\n"),
+                "7:19: an HTTPS endpoint needs `incus.client_cert`",
+            ),
         ];
         for (text, expect) in cases {
             let errs = parse_config(text.as_bytes()).unwrap_err();

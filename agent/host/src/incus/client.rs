@@ -33,17 +33,25 @@ use super::{
 pub const DEFAULT_SOCKET: &str = "/var/lib/incus/unix.socket";
 
 /// How to reach incusd.
-///
-/// Only the local unix socket is implemented. A cluster endpoint over HTTPS with a client
-/// certificate is meant to become a second variant (`Https { url, client_cert, client_key,
-/// server_cert }`) backed by a TLS connector in the same pooled client; every request
-/// builder in this module takes a path and leaves the endpoint to this enum, so adding it
-/// does not touch the API methods. It is **not implemented** yet.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Transport {
     /// The unix socket at `socket` (root, or a member of incusd's `--group`).
     Unix { socket: PathBuf },
+    /// A remote incusd (a cluster member) over HTTPS, authenticated with a client
+    /// certificate the server trusts (`incus config trust add-certificate`). The server's
+    /// own certificate (`/var/lib/incus/server.crt`, or the cluster certificate) is pinned:
+    /// no other certificate is accepted, whatever CA signed it.
+    Https {
+        /// `https://HOST:PORT` (no path).
+        url: String,
+        /// PEM client certificate.
+        client_cert: PathBuf,
+        /// PEM private key of the client certificate.
+        client_key: PathBuf,
+        /// PEM certificate the server must present.
+        server_cert: PathBuf,
+    },
 }
 
 impl Transport {
@@ -55,6 +63,7 @@ impl Transport {
     fn describe(&self) -> String {
         match self {
             Transport::Unix { socket } => socket.display().to_string(),
+            Transport::Https { url, .. } => url.clone(),
         }
     }
 }
@@ -102,6 +111,15 @@ impl RawResponse {
 
 enum Http {
     Unix(Client<UnixConnector, Full<Bytes>>),
+    Https(
+        Client<
+            hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+            Full<Bytes>,
+        >,
+    ),
+    /// The transport could not be set up (unreadable certificates); every request fails
+    /// with this message.
+    Broken(String),
 }
 
 /// The real Incus client. Cheap to share by reference; holds one connection pool.
@@ -198,14 +216,26 @@ fn json_body(value: &Value) -> Bytes {
 impl IncusClient {
     /// A client for `transport` with `options`.
     pub fn new(transport: Transport, options: ClientOptions) -> IncusClient {
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(8);
         let http = match &transport {
-            Transport::Unix { .. } => Http::Unix(
-                Client::builder(TokioExecutor::new())
-                    .pool_timer(TokioTimer::new())
-                    .pool_idle_timeout(Duration::from_secs(30))
-                    .pool_max_idle_per_host(8)
-                    .build(UnixConnector),
-            ),
+            Transport::Unix { .. } => Http::Unix(builder.build(UnixConnector)),
+            Transport::Https { client_cert, client_key, server_cert, .. } => {
+                match super::tls::client_config(client_cert, client_key, server_cert) {
+                    Ok(config) => {
+                        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+                            .with_tls_config(config)
+                            .https_only()
+                            .enable_http1()
+                            .build();
+                        Http::Https(builder.build(connector))
+                    }
+                    Err(e) => Http::Broken(e),
+                }
+            }
         };
         IncusClient { transport, http, options, writes: AtomicU64::new(0) }
     }
@@ -273,6 +303,9 @@ impl IncusClient {
                     .parse::<hyper::Uri>()
                     .map_err(|_| invalid("it is not a valid URI path"))
             }
+            Transport::Https { url, .. } => format!("{}{path}", url.trim_end_matches('/'))
+                .parse::<hyper::Uri>()
+                .map_err(|_| invalid("it does not make a valid URL with the endpoint")),
         }
     }
 
@@ -311,6 +344,15 @@ impl IncusClient {
         let exchange = async {
             let response = match &self.http {
                 Http::Unix(client) => client.request(request).await,
+                Http::Https(client) => client.request(request).await,
+                Http::Broken(why) => {
+                    return Err(IncusError::Connect {
+                        endpoint: endpoint.clone(),
+                        method: method.to_string(),
+                        path: path.to_string(),
+                        detail: why.clone(),
+                    });
+                }
             };
             let response = response.map_err(|e| {
                 let detail = chain(&e);

@@ -26,6 +26,7 @@ mod client;
 mod envelope;
 mod error;
 mod fake;
+mod tls;
 mod types;
 
 use std::future::Future;
