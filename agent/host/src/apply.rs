@@ -263,7 +263,8 @@ where
             } else {
                 InstanceKind::Container
             };
-            d.incus
+            let created = d
+                .incus
                 .create_instance(&InstanceSpec {
                     name: name.clone(),
                     kind,
@@ -273,8 +274,20 @@ where
                     profiles: profiles.clone(),
                     start: true,
                 })
-                .await
-                .map_err(|e| fail(&e))
+                .await;
+            match created {
+                Ok(()) => Ok(()),
+                // Created but not started (LXC's start hook timing out on a busy incusd):
+                // one more start before the step fails.
+                Err(first) => match d.incus.instance(name).await {
+                    Ok(Some(i)) if i.is_owned() && !i.is_running() => {
+                        d.incus.change_state(name, &StateChange::start()).await.map_err(|e| {
+                            StepError::Failed(format!("{first}; a second start failed too: {e}"))
+                        })
+                    }
+                    _ => Err(fail(&first)),
+                },
+            }
         }
         Action::UpdateInstance { name, profiles, config, remove_keys, devices } => {
             let live = d

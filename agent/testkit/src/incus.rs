@@ -234,10 +234,21 @@ impl TestContainer {
         &self.name
     }
 
-    /// Starts the container.
+    /// Starts the container. A start that fails in LXC's start hook (incusd busy on a
+    /// loaded 2-core machine: `forkstart … exit status 1`) is retried twice.
     pub fn start(&self) -> Result<()> {
-        incus(["start", self.name.as_str()]).run()?;
-        Ok(())
+        let mut attempt = 0;
+        loop {
+            match incus(["start", self.name.as_str()]).run() {
+                Ok(_) => return Ok(()),
+                Err(e) if attempt < 2 && e.to_string().contains("forkstart") => {
+                    attempt += 1;
+                    let _ = incus(["stop", "--force", self.name.as_str()]).run();
+                    std::thread::sleep(Duration::from_secs(2));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     /// Stops the container without waiting for a clean shutdown.
