@@ -201,7 +201,7 @@ fn kill_during_apply_then_restart_converges() {
         .unwrap();
     let journal = h.dir.join("state/journal.json");
     let mut seen = false;
-    for _ in 0..1500 {
+    for _ in 0..9000 {
         if std::fs::read_to_string(&journal).is_ok_and(|j| j.contains("\"done\": 1")) {
             seen = true;
             break;
