@@ -512,20 +512,23 @@ fn plan_instance(
             reason,
         );
     };
+    let deploy = |b: &mut Builder, deployed: &mut BTreeSet<String>, slot: &SlotSpec| {
+        b.step(
+            Action::DeployRelease { instance: name.to_string(), slot: slot.clone() },
+            format!(
+                "the {} slot of {}/{} runs release {}",
+                slot.color,
+                slot.env,
+                slot.app,
+                short(&slot.release)
+            ),
+        );
+        deployed.insert(name.to_string());
+    };
     let Some(l) = live.instances.get(name) else {
         create(b, format!("instance `{name}` does not exist"));
         if let Some(slot) = &d.slot {
-            b.step(
-                Action::DeployRelease { instance: name.to_string(), slot: slot.clone() },
-                format!(
-                    "the {} slot of {}/{} runs release {}",
-                    slot.color,
-                    slot.env,
-                    slot.app,
-                    short(&slot.release)
-                ),
-            );
-            deployed.insert(name.to_string());
+            deploy(b, deployed, slot);
         }
         return;
     };
@@ -548,17 +551,7 @@ fn plan_instance(
             ),
         );
         create(b, format!("rebuild of the {} slot", slot.color));
-        b.step(
-            Action::DeployRelease { instance: name.to_string(), slot: slot.clone() },
-            format!(
-                "the {} slot of {}/{} runs release {}",
-                slot.color,
-                slot.env,
-                slot.app,
-                short(&slot.release)
-            ),
-        );
-        deployed.insert(name.to_string());
+        deploy(b, deployed, slot);
         return;
     }
     let managed_before: BTreeSet<&str> = l
