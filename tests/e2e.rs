@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use veza_testkit::demo::DemoHost;
+use veza_testkit::incus::TrustedClient;
 
 fn host() -> DemoHost {
     DemoHost::new(std::path::Path::new(env!("CARGO_BIN_EXE_veza-agent")), None)
@@ -258,4 +259,42 @@ fn a_newer_commit_preempts_a_health_wait() {
     assert_eq!(h.served_release().unwrap(), h.releases[0].id, "traffic never moved");
     let out = apply_ok(&h);
     assert!(out.starts_with(&format!("applied {}", &newer[..12])), "{out}");
+}
+
+/// Past one machine: an agent whose host configuration names a remote incusd
+/// (`incus.endpoint`, client certificate, pinned server certificate) does all its Incus
+/// work over HTTPS. The unix socket it would otherwise use points nowhere, so a single
+/// request through it would fail the sync.
+#[test]
+fn an_agent_configured_for_a_remote_incusd_works_over_https() {
+    let mut client = TrustedClient::new().expect("a client certificate incusd trusts");
+    let h = host();
+    let mut config = std::fs::read_to_string(&h.config_path).unwrap();
+    config.push_str(&format!(
+        "incus:\n  socket: {dir}/no-such-incus.socket\n  endpoint: {url}\n  \
+         client_cert: {cert}\n  client_key: {key}\n  server_cert: {server}\n",
+        dir = h.dir.display(),
+        url = client.url,
+        cert = client.cert.display(),
+        key = client.key.display(),
+        server = client.server_cert.display(),
+    ));
+    std::fs::write(&h.config_path, config).unwrap();
+
+    let commit = h.commit(&h.manifest("blue", Some(0), None), "hello on blue, via HTTPS").unwrap();
+    let out = apply_ok(&h);
+    assert!(out.starts_with(&format!("applied {}", &commit[..12])), "{out}");
+    assert_eq!(h.served_release().unwrap(), h.releases[0].id);
+    let out = apply_ok(&h);
+    assert!(out.starts_with("no-change"), "{out}");
+    let st = status_json(&h);
+    assert_eq!(st["health"], "ok", "{st:#}");
+
+    // The same configuration without the trusted certificate: the sync fails and says
+    // that incusd refused the client (and nothing was reached through the socket).
+    client.revoke().expect("take the certificate out of incusd's trust");
+    let (code, out, err) = agent(&h, &["apply"]);
+    assert_ne!(code, 0, "apply with an untrusted certificate succeeded:\n{out}\n{err}");
+    let said = format!("{out}{err}");
+    assert!(said.contains("HTTP 403") && said.contains("not trusted by this incusd"), "{said}");
 }

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use veza_testkit::app::{deploy_release, process_alive};
-use veza_testkit::incus::{BUSYBOX_IMAGE, OWNER_KEY};
+use veza_testkit::incus::{BUSYBOX_IMAGE, OWNER_KEY, TrustedClient, self_signed_certificate};
 use veza_testkit::{
     Haproxy, TestContainer, broken_release_artifact, free_port, http_get, release_artifact,
     require_host, sweep_stale,
@@ -134,7 +134,7 @@ fn systemd_timers_run_in_the_debian_system_container() {
 }
 
 #[test]
-fn sweep_removes_only_marked_containers_whose_owner_is_dead() {
+fn sweep_removes_only_marked_containers_and_trust_entries_whose_owner_is_dead() {
     require_host().unwrap();
     // A pid that is certainly dead: a child that exited (a zombie counts as dead).
     let dead = veza_host::process::Cmd::new("true").spawn_daemon(None).unwrap();
@@ -147,6 +147,23 @@ fn sweep_removes_only_marked_containers_whose_owner_is_dead() {
     let live = TestContainer::spec(BUSYBOX_IMAGE).stopped().create().unwrap();
     let unmarked = TestContainer::spec(BUSYBOX_IMAGE).stopped().owner_pid(dead).create().unwrap();
     unmarked.unset_config(OWNER_KEY).unwrap();
+    // A test certificate left in incusd's trust store by that dead process, and one of ours.
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, _) = self_signed_certificate(dir.path(), "stale").unwrap();
+    let stale_trust = format!("vt-https-{dead}-0");
+    veza_host::process::Cmd::new("incus")
+        .args(["config", "trust", "add-certificate"])
+        .arg(&cert)
+        .args(["--name", &stale_trust])
+        .run()
+        .unwrap();
+    let ours = TrustedClient::new().unwrap();
+    let trusted = || {
+        veza_host::process::Cmd::new("incus")
+            .args(["config", "trust", "list", "--format", "csv"])
+            .run_stdout()
+            .unwrap()
+    };
 
     // Another process's sweep may get to the stale one first: check what is left.
     let removed = sweep_stale().unwrap();
@@ -155,4 +172,10 @@ fn sweep_removes_only_marked_containers_whose_owner_is_dead() {
     assert!(stale.info().is_err(), "stale container {} still exists", stale.name());
     live.info().unwrap();
     unmarked.info().unwrap();
+    let list = trusted();
+    assert!(!list.contains(&format!("{stale_trust},")), "stale trust entry survived:\n{list}");
+    assert!(list.contains(&format!("vt-https-{}-", std::process::id())), "{list}");
+    drop(ours);
+    let list = trusted();
+    assert!(!list.contains(&format!("vt-https-{}-", std::process::id())), "{list}");
 }

@@ -16,7 +16,9 @@ use veza_host::incus::{
     push_file_verified, runtime, verify_file,
 };
 use veza_host::process::Cmd;
-use veza_testkit::incus::{BUSYBOX_IMAGE, CREATED_KEY, OWNER_KEY, require_incus};
+use veza_testkit::incus::{
+    BUSYBOX_IMAGE, CREATED_KEY, OWNER_KEY, TrustedClient, require_incus, self_signed_certificate,
+};
 use veza_testkit::{TestContainer, free_port};
 
 fn name(tag: &str) -> String {
@@ -611,5 +613,73 @@ fn managed_network_is_created_marked_and_never_taken_over() {
             .expect("a foreign bridge");
         let theirs = c.create_network(&foreign, "bridge", &quiet).await.unwrap_err();
         assert!(matches!(theirs, IncusError::NotOwned { .. }), "{theirs}");
+    });
+}
+
+/// The HTTPS transport (the way past one machine): a client certificate the server
+/// trusts, the server certificate pinned. Observed through HTTPS = observed through the
+/// socket, and a change made over HTTPS is seen over the socket; a client certificate the
+/// server does not trust is refused by incusd; a server certificate other than the pinned
+/// one is refused before any request is sent. The listener itself is opened once by
+/// tests/host/setup (never toggled here); only the trust entry is added and removed.
+#[test]
+fn https_transport_with_a_client_certificate_and_a_pinned_server() {
+    let client = TrustedClient::new().expect("a client certificate incusd trusts");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (stranger_cert, stranger_key) =
+        self_signed_certificate(dir.path(), "veza-agent-stranger").expect("openssl");
+    let profile = name("https-profile");
+    let _cleanup = Cleanup::default().profile(&profile);
+    let https =
+        |client_cert: &std::path::Path, client_key: &std::path::Path, pinned: &std::path::Path| {
+            IncusClient::new(
+                Transport::Https {
+                    url: client.url.clone(),
+                    client_cert: client_cert.to_path_buf(),
+                    client_key: client_key.to_path_buf(),
+                    server_cert: pinned.to_path_buf(),
+                },
+                ClientOptions::default(),
+            )
+        };
+    let rt = runtime().expect("runtime");
+    rt.block_on(async {
+        let trusted = https(&client.cert, &client.key, &client.server_cert);
+        let local = IncusClient::local();
+        let before = local.observe().await.expect("observe over the socket");
+        let remote = trusted.observe().await.expect("observe over HTTPS");
+        assert_eq!(
+            remote.pools.keys().collect::<Vec<_>>(),
+            before.pools.keys().collect::<Vec<_>>()
+        );
+        assert_eq!(
+            remote.profiles.keys().collect::<Vec<_>>(),
+            before.profiles.keys().collect::<Vec<_>>()
+        );
+
+        // A write over HTTPS: create a marked profile, see it through the socket, delete it.
+        let p = ProfileSpec {
+            name: profile.clone(),
+            description: "made over HTTPS".into(),
+            config: owner_marks(),
+            ..ProfileSpec::default()
+        };
+        assert!(ensure_profile(&trusted, &p).await.expect("create a profile over HTTPS"));
+        let seen = local.observe().await.expect("observe over the socket");
+        assert!(seen.profiles.contains_key(&profile), "profile made over HTTPS is not visible");
+        trusted.delete_profile(&profile).await.expect("delete the profile over HTTPS");
+        let after = local.observe().await.expect("observe over the socket");
+        assert!(!after.profiles.contains_key(&profile));
+
+        // A certificate incusd does not trust: the TLS session works, incusd refuses.
+        let err =
+            https(&stranger_cert, &stranger_key, &client.server_cert).observe().await.unwrap_err();
+        assert!(matches!(err, IncusError::Api { status: 403, .. }), "{err}");
+        assert!(err.to_string().contains("not trusted by this incusd"), "{err}");
+
+        // Pinning another certificate than the server's: refused during the handshake.
+        let err = https(&client.cert, &client.key, &client.cert).observe().await.unwrap_err();
+        assert!(matches!(err, IncusError::Connect { .. } | IncusError::Transport { .. }), "{err}");
+        assert!(err.to_string().contains("pinned"), "{err}");
     });
 }

@@ -392,14 +392,22 @@ impl IncusClient {
         }
     }
 
-    fn reply_error(method: &Method, path: &str, e: ReplyError) -> IncusError {
+    fn reply_error(&self, method: &Method, path: &str, e: ReplyError) -> IncusError {
         match e {
-            ReplyError::Api { status, message } => IncusError::Api {
-                method: method.to_string(),
-                path: path.to_string(),
-                status,
-                message,
-            },
+            ReplyError::Api { status, mut message } => {
+                if status == 403 && matches!(self.transport, Transport::Https { .. }) {
+                    message.push_str(
+                        "; the client certificate is not trusted by this incusd (on the \
+                         server: `incus config trust add-certificate CERT`)",
+                    );
+                }
+                IncusError::Api {
+                    method: method.to_string(),
+                    path: path.to_string(),
+                    status,
+                    message,
+                }
+            }
             ReplyError::Decode { detail, excerpt } => IncusError::Decode {
                 method: method.to_string(),
                 path: path.to_string(),
@@ -431,7 +439,7 @@ impl IncusClient {
         match envelope::parse_reply(resp.status.as_u16(), &resp.body) {
             Ok(Reply::Sync(metadata)) => Ok(metadata),
             Ok(Reply::Async { operation }) => self.wait(&method, path, &operation, deadline).await,
-            Err(e) => Err(Self::reply_error(&method, path, e)),
+            Err(e) => Err(self.reply_error(&method, path, e)),
         }
     }
 
@@ -489,7 +497,7 @@ impl IncusClient {
                         operation: operation.to_string(),
                     });
                 }
-                Err(e) => return Err(Self::reply_error(&Method::GET, &wait_path, e)),
+                Err(e) => return Err(self.reply_error(&Method::GET, &wait_path, e)),
             }
         }
     }
@@ -535,7 +543,7 @@ impl IncusClient {
                 detail: format!("unexpected background operation `{operation}`"),
                 excerpt: envelope::excerpt(&resp.body),
             }),
-            Err(e) => Err(Self::reply_error(&Method::GET, path, e)),
+            Err(e) => Err(self.reply_error(&Method::GET, path, e)),
         }
     }
 
@@ -596,7 +604,7 @@ impl IncusClient {
                     message: "unexpected reply".into(),
                 },
             );
-            return Err(Self::reply_error(&Method::GET, url, e));
+            return Err(self.reply_error(&Method::GET, url, e));
         }
         self.call(Method::DELETE, url, None, None, self.op_deadline()).await?;
         Ok(resp.body.to_vec())
@@ -660,7 +668,7 @@ impl IncusClient {
                 .send(&Method::POST, &url, &headers, Bytes::new(), self.options.request_timeout)
                 .await?;
             envelope::parse_reply(resp.status.as_u16(), &resp.body)
-                .map_err(|e| Self::reply_error(&Method::POST, &url, e))?;
+                .map_err(|e| self.reply_error(&Method::POST, &url, e))?;
         }
         Ok(())
     }
@@ -961,7 +969,7 @@ impl Incus for IncusClient {
                     excerpt: envelope::excerpt(&resp.body),
                 });
             }
-            Err(e) => return Err(Self::reply_error(&Method::POST, &path, e)),
+            Err(e) => return Err(self.reply_error(&Method::POST, &path, e)),
         };
         let deadline = Instant::now() + request.timeout;
         let result = match self.wait(&Method::POST, &path, &operation, deadline).await {
@@ -1027,7 +1035,7 @@ impl Incus for IncusClient {
                     instance: Some(instance.to_string()),
                 })
             }
-            Err(e) => Err(Self::reply_error(&Method::POST, &url, e)),
+            Err(e) => Err(self.reply_error(&Method::POST, &url, e)),
         }
     }
 
@@ -1052,7 +1060,7 @@ impl Incus for IncusClient {
                         instance: Some(instance.to_string()),
                     })
                 }
-                e => Err(Self::reply_error(&Method::GET, &url, e)),
+                e => Err(self.reply_error(&Method::GET, &url, e)),
             };
         }
         match resp.header("x-incus-type") {
