@@ -54,7 +54,8 @@ pub struct Gates {
     pub health_timeout: Duration,
     /// Requests sent through the edge after a switch.
     pub verify_requests: u32,
-    /// Time limit of one probe.
+    /// Time limit of one request through the edge after a switch (a slot's own probes
+    /// use its `health.timeout`).
     pub probe_timeout: Duration,
 }
 
@@ -476,10 +477,38 @@ async fn probe<I: Incus + Sync>(
     }
 }
 
-/// How long a slot must answer healthy, probe after probe (every 200 ms), before its
-/// gate opens: one good answer from a flapping slot is not health, and traffic moved on
-/// it lands on a server HAProxy marks DOWN moments later.
+/// How long a slot must answer healthy, probe after probe, before its gate opens, at
+/// the least: one good answer from a flapping slot is not health, and traffic moved on it
+/// lands on a server HAProxy marks DOWN moments later.
 pub const GATE_STABLE_FOR: Duration = Duration::from_secs(1);
+
+/// Time between the gate's probes. The manifest's `health.interval` is the edge's check
+/// interval (HAProxy `inter`); the gate probes faster so that a promotion does not wait
+/// `rise × interval`.
+pub const GATE_PROBE_EVERY: Duration = Duration::from_millis(200);
+
+/// When the health gate opens: after `rise` consecutive healthy probes that also span
+/// [`GATE_STABLE_FOR`]. Any failed probe starts the count again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GateRule {
+    /// Consecutive healthy probes required (at least 1).
+    pub rise: u32,
+    /// The least time between the first and the last of them.
+    pub stable_for: Duration,
+}
+
+impl GateRule {
+    /// The rule for a slot.
+    pub fn for_slot(slot: &SlotSpec) -> GateRule {
+        GateRule { rise: slot.health_rise.max(1), stable_for: GATE_STABLE_FOR }
+    }
+
+    /// Whether `streak` consecutive healthy probes, the first of them `healthy_for` ago,
+    /// open the gate.
+    pub fn opens(&self, streak: u32, healthy_for: Duration) -> bool {
+        streak >= self.rise && healthy_for >= self.stable_for
+    }
+}
 
 async fn health_gate<I, E, U, H>(
     d: &Drivers<'_, I, E, U>,
@@ -491,33 +520,39 @@ where
     I: Incus + Sync,
     H: Hooks,
 {
+    let rule = GateRule::for_slot(slot);
+    let probe_timeout = Duration::from_millis(slot.health_timeout_ms.max(100));
     let deadline = Instant::now() + d.gates.health_timeout;
     let mut last = String::from("no probe ran");
     let mut attempts = 0u32;
+    let mut streak = 0u32;
     let mut healthy_since: Option<Instant> = None;
     while Instant::now() < deadline {
         if hooks.preempted() {
             return Err(StepError::Preempted);
         }
         attempts += 1;
-        match probe(d.incus, instance, slot, d.gates.probe_timeout).await {
+        match probe(d.incus, instance, slot, probe_timeout).await {
             Ok(()) => {
+                streak += 1;
                 let since = *healthy_since.get_or_insert_with(Instant::now);
-                if since.elapsed() >= GATE_STABLE_FOR {
+                if rule.opens(streak, since.elapsed()) {
                     return Ok(());
                 }
                 last = format!(
-                    "healthy for {} ms, not yet the {} ms required",
+                    "{streak} of {} healthy probes in a row, healthy for {} ms of the {} ms required",
+                    rule.rise,
                     since.elapsed().as_millis(),
-                    GATE_STABLE_FOR.as_millis()
+                    rule.stable_for.as_millis()
                 );
             }
             Err(e) => {
+                streak = 0;
                 healthy_since = None;
                 last = e;
             }
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(GATE_PROBE_EVERY).await;
     }
     Err(StepError::Unhealthy(format!(
         "{} slot `{instance}` (release {}) was not healthy after {:?} ({attempts} probes; last: {last})",
@@ -557,6 +592,30 @@ fn verify_edge(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_gate_opens_after_rise_healthy_probes_spanning_the_stable_time() {
+        let ms = Duration::from_millis;
+        let rule = |rise| GateRule { rise, stable_for: ms(1000) };
+        // (rise, healthy probes in a row, healthy for, opens)
+        let table = [
+            (2, 1, ms(5000), false), // one probe is not a streak, however long ago
+            (2, 2, ms(999), false),  // enough probes, not yet long enough
+            (2, 2, ms(1000), true),
+            (2, 6, ms(1000), true),
+            (10, 6, ms(1000), false), // a larger rise waits for more probes
+            (10, 10, ms(1800), true),
+            (1, 1, ms(1000), true),
+            (1, 0, ms(1000), false), // no healthy probe at all
+        ];
+        for (rise, streak, healthy_for, opens) in table {
+            assert_eq!(
+                rule(rise).opens(streak, healthy_for),
+                opens,
+                "rise {rise}, streak {streak}, healthy for {healthy_for:?}"
+            );
+        }
+    }
 
     #[test]
     fn image_sources() {

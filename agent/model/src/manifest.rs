@@ -326,13 +326,15 @@ pub struct Artifact {
 pub struct Health {
     /// HTTP path probed, e.g. `/api/v1/health`.
     pub path: String,
-    /// Time between checks. Defaults to `5s`.
+    /// Time between the edge's checks (HAProxy `inter`). Defaults to `5s`. The agent's
+    /// own promotion gate probes every 200 ms instead.
     #[serde(default)]
     pub interval: Option<DurationSpec>,
-    /// Time limit of one check. Defaults to `2s`.
+    /// Time limit of one check, by the edge and by the agent's gate. Defaults to `2s`.
     #[serde(default)]
     pub timeout: Option<DurationSpec>,
-    /// Consecutive successes to be considered up. Defaults to 2.
+    /// Consecutive successes to be considered up, by the edge and by the agent's
+    /// promotion gate (which also wants at least 1 s of health). Defaults to 2.
     #[serde(default)]
     pub rise: Option<u32>,
     /// Consecutive failures to be considered down. Defaults to 3.

@@ -58,6 +58,11 @@ pub struct SlotSpec {
     pub health_path: String,
     /// Expected health status.
     pub expect_status: u16,
+    /// Consecutive healthy probes before the slot counts as up (the manifest's
+    /// `health.rise`, at least 1).
+    pub health_rise: u32,
+    /// Time limit of one probe in milliseconds (the manifest's `health.timeout`).
+    pub health_timeout_ms: u64,
     /// Host-side address of the slot when reachable on loopback (`127.0.0.1:P`).
     pub loopback: Option<String>,
 }
@@ -306,6 +311,11 @@ pub fn desired(manifests: &[&Manifest], pool: &str) -> Result<Desired, DesiredEr
                             port: app.port,
                             health_path: app.health.path.clone(),
                             expect_status: app.health.expect_status.unwrap_or(200),
+                            health_rise: app.health.rise.unwrap_or(2).max(1),
+                            health_timeout_ms: app
+                                .health
+                                .timeout
+                                .map_or(2000, |t| t.get().as_millis() as u64),
                             loopback,
                         }),
                     },
