@@ -298,3 +298,88 @@ fn an_agent_configured_for_a_remote_incusd_works_over_https() {
     let said = format!("{out}{err}");
     assert!(said.contains("HTTP 403") && said.contains("not trusted by this incusd"), "{said}");
 }
+
+/// Waits (bounded) until the app in a slot answers on its loopback port with `release`.
+fn slot_serves(port: u16, release: &str, within: Duration) -> Result<(), String> {
+    let start = std::time::Instant::now();
+    let mut last = String::from("no request made");
+    while start.elapsed() < within {
+        match veza_host::http::get(
+            &format!("127.0.0.1:{port}"),
+            "localhost",
+            "/health",
+            Duration::from_secs(1),
+        ) {
+            Ok(r)
+                if r.status == 200
+                    && r.headers.get("x-release").map(String::as_str) == Some(release) =>
+            {
+                return Ok(());
+            }
+            Ok(r) => last = format!("answered {} {:?}", r.status, r.headers.get("x-release")),
+            Err(e) => last = e.to_string(),
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Err(format!("not serving {release} on 127.0.0.1:{port} after {within:?}: {last}"))
+}
+
+fn in_slot(name: &str, script: &str) -> String {
+    veza_host::process::Cmd::new("incus")
+        .args(["exec", name, "--", "sh", "-c", script])
+        .timeout(Duration::from_secs(60))
+        .run_stdout()
+        .unwrap_or_else(|e| panic!("incus exec {name}: {e}"))
+}
+
+/// The app in a slot is supervised by the slot's init: killed, it comes back; after a
+/// restart of the slot, it comes back — without a sync (status would otherwise show the
+/// active color DOWN until the next deploy). `image` picks busybox init (`respawn`) or
+/// systemd (`veza-app.service`).
+fn app_survives_crash_and_slot_restart(image: Option<&str>, supervisor: &str) {
+    let h = host();
+    let mut manifest = h.manifest("blue", Some(0), None);
+    if let Some(image) = image {
+        manifest = manifest.replace("image: veza-test-busybox", &format!("image: {image}"));
+    }
+    h.commit(&manifest, "hello on blue").unwrap();
+    apply_ok(&h);
+    let [blue, _] = h.slots();
+    let (port, release) = (h.slot_ports.0, h.releases[0].id.clone());
+    slot_serves(port, &release, Duration::from_secs(10)).unwrap();
+    let how = match supervisor {
+        "systemd" => {
+            "systemctl is-enabled veza-app.service && systemctl is-active veza-app.service"
+        }
+        _ => "grep -c '^::respawn:/etc/veza-app/run$' /etc/inittab",
+    };
+    let said = in_slot(&blue, how);
+    assert!(said.contains(if supervisor == "systemd" { "active" } else { "1" }), "{said}");
+
+    // The app dies: its supervisor starts it again.
+    let pid = in_slot(&blue, "cat /run/veza-app.pid").trim().to_string();
+    in_slot(&blue, &format!("kill -9 {pid}"));
+    slot_serves(port, &release, Duration::from_secs(20)).unwrap();
+    let new_pid = in_slot(&blue, "cat /run/veza-app.pid").trim().to_string();
+    assert_ne!(new_pid, pid, "the app was not restarted");
+
+    // The slot restarts: the app comes back with it.
+    veza_host::process::Cmd::new("incus")
+        .args(["restart", &blue, "--timeout", "30"])
+        .timeout(Duration::from_secs(120))
+        .run()
+        .unwrap_or_else(|e| panic!("incus restart {blue}: {e}"));
+    slot_serves(port, &release, Duration::from_secs(40)).unwrap();
+    let out = apply_ok(&h);
+    assert!(out.starts_with("no-change"), "nothing to repair after the restart: {out}");
+}
+
+#[test]
+fn the_app_comes_back_after_a_crash_and_a_slot_restart_under_busybox_init() {
+    app_survives_crash_and_slot_restart(None, "init");
+}
+
+#[test]
+fn the_app_comes_back_after_a_crash_and_a_slot_restart_under_systemd() {
+    app_survives_crash_and_slot_restart(Some(veza_testkit::incus::DEBIAN_IMAGE), "systemd");
+}

@@ -15,7 +15,7 @@
 //! | `slot_slow_to_become_healthy` / `slot_never_healthy_rolls_back_without_moving_traffic` / `health_flaps_during_promotion` | a green slot whose `/health` is late, never 200, or flaps |
 //! | `git_remote_down_or_failing` / `git_remote_stalls` | smart-HTTP remote closing connections, answering 500, or never answering |
 //! | `force_push_with_state_and_mirror_deleted` | history rewritten, then the state directory and the mirror deleted |
-//! | `state_dir_disk_full` | the state directory on a full 32 MiB tmpfs (mirror and artifact cache live there) |
+//! | `state_dir_disk_full` | the state directory on a full 32 MiB tmpfs (mirror and artifact cache live there); status must say so although nothing could be recorded |
 //! | `corrupted_state_file` | garbage in `state.json` (and in the journal) |
 //! | `two_agents_at_once` | two `apply` started together |
 //! | `manifest_over_the_size_cap` | a signed manifest above 1 MiB |
@@ -1192,9 +1192,14 @@ fn state_dir_disk_full() {
     let st = status(&cfg);
     case.saw(format!("status: {}", st["headline"].as_str().unwrap_or("")));
     assert_eq!(st["state"]["applied"]["commit"], a, "{st:#}");
-    // The failed sync could not be recorded (no space): only the exit code and stderr
-    // say so; `status` turns stale after `max_staleness`.
-    case.saw("status cannot show the failure it could not record (stale only after max_staleness)");
+    // The failed sync could not be recorded (no space), but `status` sees the full disk
+    // itself and says what to do.
+    assert_eq!(st["health"], "attention", "{st:#}");
+    let headline = st["headline"].as_str().unwrap_or_default();
+    assert!(
+        headline.starts_with("NEEDS ATTENTION: disk full: 0 KiB free for the state directory"),
+        "{headline}"
+    );
     let leftovers: Vec<String> = std::fs::read_dir(&small)
         .expect("ls")
         .filter_map(Result::ok)
@@ -1212,7 +1217,9 @@ fn state_dir_disk_full() {
     case.saw(format!("space freed: {}", r.out.trim()));
     assert_eq!(r.code, 0, "{r}");
     assert!(r.out.contains(short(&b)), "{r}");
-    assert_eq!(status(&cfg)["state"]["applied"]["commit"], b);
+    let st = status(&cfg);
+    assert_eq!(st["state"]["applied"]["commit"], b);
+    assert_eq!(st["health"], "ok", "{st:#}");
     drop(fs);
 }
 

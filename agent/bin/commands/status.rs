@@ -40,6 +40,8 @@ pub struct Status {
     pub last_fetch_age_s: Option<i64>,
     /// A run that was interrupted (crash) and will be resumed.
     pub interrupted: Option<String>,
+    /// Free bytes on the file system of the state directory (`None`: not measurable).
+    pub state_dir_free_bytes: Option<u64>,
     /// Scheduled jobs by `env/job`, as recorded at the last sync and judged now.
     pub jobs: BTreeMap<String, JobStatus>,
     /// The recorded state.
@@ -85,14 +87,38 @@ impl JobStatus {
     }
 }
 
-/// Builds the status from recorded state. Pure: `now` and `max_staleness_s` are inputs.
-pub fn build(
-    state: AgentState,
-    interrupted: Option<String>,
-    now: i64,
-    max_staleness_s: i64,
-) -> Status {
+/// Below this much free space in the state directory's file system, a sync can fail
+/// without being able to record why, so `status` says so itself.
+pub const LOW_SPACE_BYTES: u64 = 4 << 20;
+
+/// What `status` reads besides the recorded state.
+#[derive(Debug, Clone)]
+pub struct Observed {
+    /// The step a crashed run was at (from the journal).
+    pub interrupted: Option<String>,
+    /// Now, unix seconds.
+    pub now: i64,
+    /// The configured `trust.max_staleness`, seconds.
+    pub max_staleness_s: i64,
+    /// Where the state lives, and its file system's free bytes.
+    pub state_dir: String,
+    pub state_dir_free_bytes: Option<u64>,
+}
+
+/// Builds the status from recorded state. Pure: time, staleness limit and free space
+/// are inputs.
+pub fn build(state: AgentState, seen: Observed) -> Status {
+    let Observed { interrupted, now, max_staleness_s, state_dir, state_dir_free_bytes } = seen;
     let mut problems = Vec::new();
+    if let Some(free) = state_dir_free_bytes
+        && free < LOW_SPACE_BYTES
+    {
+        problems.push(format!(
+            "disk full: {} KiB free for the state directory {state_dir}; syncs fail and \
+             cannot record why (free space, then `veza-agent sync`)",
+            free / 1024
+        ));
+    }
     let age = state.last_verified_fetch_at.map(|t| now - t);
     let stale = age.is_none_or(|a| a > max_staleness_s);
     if let Some(r) = &state.rejected {
@@ -171,6 +197,7 @@ pub fn build(
         stale,
         last_fetch_age_s: age,
         interrupted,
+        state_dir_free_bytes,
         jobs,
         state,
     }
@@ -191,9 +218,16 @@ pub fn run(args: &StatusArgs) -> ExitCode {
         Ok(s) => s,
         Err(e) => return fail(&e.into(), 2),
     };
-    let interrupted = reader.journal().and_then(|j| j.current);
     let now = now();
-    let status = build(state, interrupted, now, config.max_staleness().as_secs() as i64);
+    let seen = Observed {
+        interrupted: reader.journal().and_then(|j| j.current),
+        now,
+        max_staleness_s: config.max_staleness().as_secs() as i64,
+        state_dir: config.state_dir().to_string(),
+        state_dir_free_bytes: veza_host::fs::free_bytes(std::path::Path::new(config.state_dir()))
+            .ok(),
+    };
+    let status = build(state, seen);
     if args.json {
         outln!("{}", serde_json::to_string_pretty(&status).unwrap_or_default());
     } else {
@@ -363,6 +397,44 @@ mod tests {
         st
     }
 
+    /// Read at 2000 s, staleness limit 600 s, plenty of space.
+    fn seen() -> Observed {
+        Observed {
+            interrupted: None,
+            now: 2000,
+            max_staleness_s: 600,
+            state_dir: "/var/lib/veza-agent".into(),
+            state_dir_free_bytes: Some(1 << 30),
+        }
+    }
+
+    #[test]
+    fn a_full_state_directory_needs_attention_even_when_nothing_could_be_recorded() {
+        // (free bytes, headline)
+        let table = [
+            (Some(1 << 30), "OK: in sync with aaaaaaaaaaaa signed by forgejo@veza"),
+            (Some(LOW_SPACE_BYTES), "OK: in sync with aaaaaaaaaaaa signed by forgejo@veza"),
+            (None, "OK: in sync with aaaaaaaaaaaa signed by forgejo@veza"),
+            (
+                Some(LOW_SPACE_BYTES - 1),
+                "NEEDS ATTENTION: disk full: 4095 KiB free for the state directory \
+                 /var/lib/veza-agent; syncs fail and cannot record why (free space, then \
+                 `veza-agent sync`)",
+            ),
+            (
+                Some(0),
+                "NEEDS ATTENTION: disk full: 0 KiB free for the state directory \
+                 /var/lib/veza-agent; syncs fail and cannot record why (free space, then \
+                 `veza-agent sync`)",
+            ),
+        ];
+        for (free, want) in table {
+            let s = build(base(), Observed { state_dir_free_bytes: free, ..seen() });
+            assert_eq!(s.headline, want, "free {free:?}");
+            assert_eq!(s.health == "ok", want.starts_with("OK"), "free {free:?}");
+        }
+    }
+
     /// Each row: a state edit, and the headline it must produce.
     #[test]
     fn headlines_say_what_needs_a_human() {
@@ -481,14 +553,14 @@ mod tests {
         for (what, edit, want) in cases {
             let mut st = base();
             edit(&mut st);
-            let s = build(st, None, 2000, 600);
+            let s = build(st, seen());
             assert_eq!(s.headline, want, "{what}");
         }
     }
 
     #[test]
     fn human_form_shows_colors_and_releases() {
-        let s = build(base(), None, 2000, 600);
+        let s = build(base(), seen());
         let text = render(&s, 2000);
         assert!(
             text.contains("  backend    active green [blue=1111111111 green=2222222222*]"),
@@ -499,13 +571,13 @@ mod tests {
         let app = st.envs.get_mut("prod").unwrap().apps.get_mut("backend").unwrap();
         app.health.insert("green".into(), "UP".into());
         app.health.insert("blue".into(), "MAINT".into());
-        let text = render(&build(st.clone(), None, 2000, 600), 2000);
+        let text = render(&build(st.clone(), seen()), 2000);
         assert!(text.contains("[blue=1111111111 MAINT green=2222222222* UP]"), "{text}");
         // The active color DOWN at the edge needs a human.
         let app = st.envs.get_mut("prod").unwrap().apps.get_mut("backend").unwrap();
         app.health.insert("green".into(), "DOWN".into());
         st.refusals.push("instance forgejo-like: not the agent's".into());
-        let s = build(st, None, 2000, 600);
+        let s = build(st, seen());
         assert_eq!(s.headline, "NEEDS ATTENTION: refused: instance forgejo-like: not the agent's");
         assert!(
             s.problems
@@ -536,7 +608,7 @@ mod tests {
             "prod/report".into(),
             JobState { target: "host".into(), ..JobState::default() },
         );
-        let s = build(st, None, 2000, 600);
+        let s = build(st, seen());
         assert_eq!(s.health, "attention");
         assert_eq!(
             s.problems,

@@ -374,8 +374,100 @@ async fn exec_ok<I: Incus + Sync>(
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Where the slot's app supervision lives inside the slot.
+pub const APP_RUN_SCRIPT: &str = "/etc/veza-app/run";
+
+/// The script that runs the app in the foreground, with its environment: what init
+/// (busybox `respawn`) or systemd (`veza-app.service`, `Restart=always`) supervises, so
+/// the app comes back after a crash and after the slot restarts.
+pub fn app_run_script(slot: &SlotSpec) -> String {
+    let env = [
+        ("VEZA_RELEASE", slot.release.clone()),
+        ("VEZA_PORT", slot.port.to_string()),
+        ("VEZA_LISTEN", format!("127.0.0.1:{}", slot.port)),
+        ("VEZA_ENV", slot.env.clone()),
+        ("VEZA_APP", slot.app.clone()),
+    ];
+    let mut out = String::from(
+        "#!/bin/sh\n# Written by veza-agent: runs this slot's app in the foreground under a \
+         supervisor\n# (init `respawn` or veza-app.service). Changed only by a deploy.\n",
+    );
+    for (k, v) in env {
+        out.push_str(&format!("export {k}={}\n", shell_quote(&v)));
+    }
+    out.push_str(&format!(
+        "cd {} || exit 1\necho $$ > /run/veza-app.pid\nexec >>/var/log/veza-app.log 2>&1 </dev/null\nexec /bin/sh -c {}\n",
+        shell_quote(&slot.install_dir),
+        shell_quote(&slot.start)
+    ));
+    out
+}
+
+/// systemd unit for slots whose PID 1 is systemd.
+pub fn app_unit(slot: &SlotSpec) -> String {
+    format!(
+        "# Written by veza-agent: the {env}/{app} app ({color} slot).\n[Unit]\n\
+         Description=veza-agent app {env}/{app}\nAfter=network.target\n\n[Service]\n\
+         ExecStart={APP_RUN_SCRIPT}\nRestart=always\nRestartSec=1\nKillMode=mixed\n\
+         TimeoutStopSec=10\n\n[Install]\nWantedBy=multi-user.target\n",
+        env = slot.env,
+        app = slot.app,
+        color = slot.color,
+    )
+}
+
+/// Puts the unpacked release (`DIR.new`) in place and (re)starts the app under the
+/// slot's supervisor: systemd when it is PID 1 (`unit` written to
+/// `/etc/systemd/system/veza-app.service`), busybox init's `respawn` when that is, else
+/// a detached process (which does not survive a restart of the slot). Prints
+/// `supervisor=systemd|init|none`.
+fn swap_and_restart_script(dir: &str, unit: &str) -> String {
+    format!(
+        r#"set -e
+stop_old() {{
+    pid=$(cat /run/veza-app.pid 2>/dev/null || true)
+    [ -n "$pid" ] || return 0
+    kill "$pid" 2>/dev/null || return 0
+    i=0
+    while kill -0 "$pid" 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+    kill -9 "$pid" 2>/dev/null || true
+}}
+swap() {{ rm -rf {dir}.old; if [ -e {dir} ]; then mv {dir} {dir}.old; fi; mv {dir}.new {dir}; rm -rf {dir}.old; }}
+if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
+    systemctl stop veza-app.service 2>/dev/null || true
+    stop_old
+    swap
+    cat > /etc/systemd/system/veza-app.service.tmp <<'VEZA_UNIT_END'
+{unit}VEZA_UNIT_END
+    mv /etc/systemd/system/veza-app.service.tmp /etc/systemd/system/veza-app.service
+    systemctl daemon-reload
+    systemctl enable --quiet veza-app.service
+    systemctl restart veza-app.service
+    echo supervisor=systemd
+elif [ -f /etc/inittab ] && [ "$(readlink /proc/1/exe 2>/dev/null)" = /bin/busybox ]; then
+    swap
+    if grep -q '^::respawn:{run}$' /etc/inittab; then
+        stop_old
+    else
+        stop_old
+        echo '::respawn:{run}' >> /etc/inittab
+        kill -HUP 1
+    fi
+    echo supervisor=init
+else
+    stop_old
+    swap
+    ( setsid {run} </dev/null >/dev/null 2>&1 & )
+    echo supervisor=none
+fi
+"#,
+        run = APP_RUN_SCRIPT,
+    )
+}
+
 /// Downloads (or takes from the cache) the artifact, checks its digest, unpacks it in
-/// the slot, (re)starts the app, and marks the slot with the release.
+/// the slot, (re)starts the app under the slot's supervisor, and marks the slot with the
+/// release.
 async fn deploy_release<I, E, U>(
     d: &Drivers<'_, I, E, U>,
     instance: &str,
@@ -398,23 +490,15 @@ where
         ""
     };
     let unpack = format!(
-        "set -e; rm -rf {dir}.new; mkdir -p {dir}.new; tar {decompress} -xf {tarball} -C {dir}.new; \
-         if [ -f /run/veza-app.pid ]; then kill \"$(cat /run/veza-app.pid)\" 2>/dev/null || true; rm -f /run/veza-app.pid; fi; \
-         rm -rf {dir}; mv {dir}.new {dir}; rm -f {tarball}"
+        "set -e; rm -rf {dir}.new; mkdir -p {dir}.new; tar {decompress} -xf {tarball} -C {dir}.new; rm -f {tarball}"
     );
     exec_ok(d.incus, instance, &unpack, BTreeMap::new()).await?;
-    let start = format!(
-        "cd {dir} && ( {} </dev/null >>/var/log/veza-app.log 2>&1 & echo $! > /run/veza-app.pid )",
-        slot.start
-    );
-    let env = BTreeMap::from([
-        ("VEZA_RELEASE".to_string(), slot.release.clone()),
-        ("VEZA_PORT".to_string(), slot.port.to_string()),
-        ("VEZA_LISTEN".to_string(), format!("127.0.0.1:{}", slot.port)),
-        ("VEZA_ENV".to_string(), slot.env.clone()),
-        ("VEZA_APP".to_string(), slot.app.clone()),
-    ]);
-    exec_ok(d.incus, instance, &start, env).await?;
+    let mut run = FilePush::new(APP_RUN_SCRIPT, app_run_script(slot));
+    run.mode = 0o755;
+    run.create_parents = true;
+    crate::incus::push_file_verified(d.incus, instance, &run).await.map_err(|e| e.to_string())?;
+    let script = swap_and_restart_script(&dir, &app_unit(slot));
+    exec_ok(d.incus, instance, &script, BTreeMap::new()).await?;
     let live = d
         .incus
         .instance(instance)
@@ -592,6 +676,52 @@ fn verify_edge(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn slot() -> SlotSpec {
+        SlotSpec {
+            env: "prod".into(),
+            app: "backend".into(),
+            color: veza_model::manifest::Color::Green,
+            release: "2".repeat(40),
+            artifact_url: "https://forge.example/backend.tar.gz".into(),
+            sha256: "0".repeat(64),
+            install_dir: "/srv/it's".into(),
+            start: "./bin/server --port 8080 && echo done".into(),
+            port: 8080,
+            health_path: "/health".into(),
+            expect_status: 200,
+            health_rise: 2,
+            health_timeout_ms: 2000,
+            loopback: None,
+        }
+    }
+
+    #[test]
+    fn the_app_runs_in_the_foreground_with_its_environment_quoted() {
+        let script = app_run_script(&slot());
+        let want = format!(
+            "export VEZA_RELEASE='{r}'\nexport VEZA_PORT='8080'\nexport VEZA_LISTEN='127.0.0.1:8080'\n\
+             export VEZA_ENV='prod'\nexport VEZA_APP='backend'\ncd '/srv/it'\\''s' || exit 1\n\
+             echo $$ > /run/veza-app.pid\nexec >>/var/log/veza-app.log 2>&1 </dev/null\n\
+             exec /bin/sh -c './bin/server --port 8080 && echo done'\n",
+            r = "2".repeat(40)
+        );
+        assert!(script.starts_with("#!/bin/sh\n"), "{script}");
+        assert!(script.ends_with(&want), "{script}");
+        let unit = app_unit(&slot());
+        for line in
+            ["ExecStart=/etc/veza-app/run\n", "Restart=always\n", "WantedBy=multi-user.target\n"]
+        {
+            assert!(unit.contains(line), "{line:?} missing in\n{unit}");
+        }
+        // The unit goes through a quoted here-document: its end marker must not occur in it.
+        let restart = swap_and_restart_script("'/srv/app'", &unit);
+        assert_eq!(restart.matches("VEZA_UNIT_END").count(), 2, "{restart}");
+        assert!(
+            restart.contains(&format!("<<'VEZA_UNIT_END'\n{unit}VEZA_UNIT_END\n")),
+            "{restart}"
+        );
+    }
 
     #[test]
     fn the_gate_opens_after_rise_healthy_probes_spanning_the_stable_time() {

@@ -1,5 +1,6 @@
 //! Atomic file writes: temp file in the same directory, fsync, rename, fsync the directory;
-//! skipped when the content is already the same.
+//! skipped when the content is already the same. And the free space of a file system
+//! (status warns when the state directory can no longer be written).
 
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
@@ -58,6 +59,13 @@ pub fn write_atomic_if_changed(
     Ok(Written::Changed)
 }
 
+/// Free bytes on the file system holding `path`, as root sees them (reserved blocks
+/// included: the agent runs as root).
+pub fn free_bytes(path: &Path) -> std::io::Result<u64> {
+    let st = rustix::fs::statvfs(path).map_err(std::io::Error::from)?;
+    Ok(st.f_bfree.saturating_mul(st.f_frsize))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -73,6 +81,15 @@ mod tests {
         assert_eq!(std::fs::read(&p).unwrap(), b"two");
         let leftovers: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
         assert_eq!(leftovers.len(), 1, "no temp file may remain");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn free_bytes_reads_the_file_system_and_names_a_missing_path() {
+        let dir = tempfile_dir();
+        assert!(free_bytes(&dir).unwrap() > 0);
+        let err = free_bytes(&dir.join("missing")).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
         std::fs::remove_dir_all(dir).unwrap();
     }
 

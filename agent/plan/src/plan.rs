@@ -598,7 +598,7 @@ fn plan_instance(
         if let Some(slot) = &d.slot {
             b.step(
                 Action::DeployRelease { instance: name.to_string(), slot: slot.clone() },
-                "the app does not survive a stop: unpack and start it again",
+                "after a stop, the release is unpacked and started again (a slot may have been changed while stopped)",
             );
             deployed.insert(name.to_string());
         }

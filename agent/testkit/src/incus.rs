@@ -523,35 +523,6 @@ pub fn sweep_stale() -> Result<Vec<String>> {
     Ok(removed)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names_are_valid_and_distinct() {
-        let a = unique_name();
-        let b = unique_name();
-        assert_ne!(a, b);
-        assert_eq!(a.len(), 13);
-        assert!(a.starts_with("vt-"));
-        assert!(a[3..].bytes().all(|c| c.is_ascii_hexdigit()));
-    }
-
-    #[test]
-    fn only_marked_objects_with_dead_owners_are_stale() {
-        let me = std::process::id().to_string();
-        let now = unix_now().to_string();
-        assert!(!owner_is_dead(&serde_json::json!({})));
-        assert!(!owner_is_dead(&serde_json::json!({OWNER_KEY: me, CREATED_KEY: now})));
-        assert!(!owner_is_dead(&serde_json::json!({OWNER_KEY: "garbage"})));
-        // pid 0 is never a live owner; pid_max is never a valid pid.
-        assert!(owner_is_dead(&serde_json::json!({OWNER_KEY: "0"})));
-        assert!(owner_is_dead(&serde_json::json!({OWNER_KEY: "4194304"})));
-        // Our own pid, but the record predates our start: the pid was reused.
-        assert!(owner_is_dead(&serde_json::json!({OWNER_KEY: me, CREATED_KEY: "1000"})));
-    }
-}
-
 /// A client certificate incusd trusts, for its HTTPS listener (`core.https_address`,
 /// opened on loopback by tests/host/setup): a fresh self-signed EC certificate in a
 /// temporary directory, added to incusd's trust store as `vt-https-<pid>-<unix seconds>`
@@ -668,4 +639,33 @@ pub fn self_signed_certificate(
         .arg(&cert)
         .run()?;
     Ok((cert, key))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_valid_and_distinct() {
+        let a = unique_name();
+        let b = unique_name();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 13);
+        assert!(a.starts_with("vt-"));
+        assert!(a[3..].bytes().all(|c| c.is_ascii_hexdigit()));
+    }
+
+    #[test]
+    fn only_marked_objects_with_dead_owners_are_stale() {
+        let me = std::process::id().to_string();
+        let now = unix_now().to_string();
+        assert!(!owner_is_dead(&serde_json::json!({})));
+        assert!(!owner_is_dead(&serde_json::json!({OWNER_KEY: me, CREATED_KEY: now})));
+        assert!(!owner_is_dead(&serde_json::json!({OWNER_KEY: "garbage"})));
+        // pid 0 is never a live owner; pid_max is never a valid pid.
+        assert!(owner_is_dead(&serde_json::json!({OWNER_KEY: "0"})));
+        assert!(owner_is_dead(&serde_json::json!({OWNER_KEY: "4194304"})));
+        // Our own pid, but the record predates our start: the pid was reused.
+        assert!(owner_is_dead(&serde_json::json!({OWNER_KEY: me, CREATED_KEY: "1000"})));
+    }
 }
