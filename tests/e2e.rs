@@ -383,3 +383,80 @@ fn the_app_comes_back_after_a_crash_and_a_slot_restart_under_busybox_init() {
 fn the_app_comes_back_after_a_crash_and_a_slot_restart_under_systemd() {
     app_survives_crash_and_slot_restart(Some(veza_testkit::incus::DEBIAN_IMAGE), "systemd");
 }
+
+/// The approval policy, through the agent: a change to the environment's manifest needs
+/// two distinct approvers (commit signature or signed approval tags for `refs/heads/main`).
+/// It holds on the very first sync too (a new or wiped host is no way around it), a tag
+/// approving another ref does not count, and a second approval tag lets the commit in.
+#[test]
+fn the_approval_policy_holds_from_the_first_sync_and_counts_signed_tags() {
+    use veza_testkit::repo::{SigningKey, allowed_signers};
+    let h = host();
+    let keys = h.dir.join("keys");
+    let alice = SigningKey::generate(&keys, "alice").unwrap();
+    let bob = SigningKey::generate(&keys, "bob").unwrap();
+    std::fs::write(
+        h.dir.join("allowed_signers"),
+        allowed_signers(&[
+            ("forgejo@forge.example", &h.forgejo),
+            ("alice@example.com", &alice),
+            ("bob@example.com", &bob),
+        ]),
+    )
+    .unwrap();
+    let policy = h.dir.join("policy.yaml");
+    std::fs::write(
+        &policy,
+        format!(
+            "publishers: [forgejo@forge.example]\napproval_ref: refs/heads/main\nrules:\n  \
+             - name: environment\n    paths: [\"{m}\"]\n    principals: [alice@example.com, bob@example.com]\n    threshold: 2\n  \
+             - name: rest\n    paths: [\"**\"]\n    principals: [forgejo@forge.example]\n    threshold: 1\n",
+            m = h.manifest_path()
+        ),
+    )
+    .unwrap();
+    let config = std::fs::read_to_string(&h.config_path).unwrap();
+    let marker = format!("allowed_signers: {}\n", h.dir.join("allowed_signers").display());
+    assert!(config.contains(&marker), "{config}");
+    let config = config.replacen(&marker, &format!("{marker}  policy: {}\n", policy.display()), 1);
+    std::fs::write(&h.config_path, config).unwrap();
+
+    // First sync, merged by Forgejo, approved by alice only: refused, nothing built.
+    let first = h.commit(&h.manifest("blue", Some(0), None), "hello on blue").unwrap();
+    h.repo.approve(&alice, &first).unwrap();
+    let (code, out, err) = agent(&h, &["apply"]);
+    assert_ne!(code, 0, "one approval of two was accepted:\n{out}\n{err}");
+    let said = format!("{out}{err}");
+    assert!(said.contains("trust policy") && said.contains("rule `environment`"), "{said}");
+    assert!(said.contains("only alice@example.com approved"), "{said}");
+    let st = status_json(&h);
+    assert!(st["state"]["applied"].is_null(), "{st:#}");
+    assert!(h.served_release().is_err(), "the edge serves an app nobody approved");
+
+    // Bob approves, but for another ref: still refused.
+    h.repo
+        .tag_signed(
+            &bob,
+            &format!("gitops/approve/{first}/bob-elsewhere"),
+            &first,
+            "gitops-approve-v1\nref: refs/heads/staging",
+        )
+        .unwrap();
+    let (code, out, err) = agent(&h, &["apply"]);
+    assert_ne!(code, 0, "an approval for another ref counted:\n{out}\n{err}");
+
+    // Bob approves main: applied.
+    h.repo.approve(&bob, &first).unwrap();
+    let out = apply_ok(&h);
+    assert!(out.starts_with(&format!("applied {}", &first[..12])), "{out}");
+    assert_eq!(h.served_release().unwrap(), h.releases[0].id);
+
+    // The next change is measured against what was applied: it needs its own approvals.
+    let second = h.commit(&h.manifest("blue", Some(1), None), "release 1 on blue").unwrap();
+    let (code, out, err) = agent(&h, &["apply"]);
+    assert_ne!(code, 0, "a change without approvals was accepted:\n{out}\n{err}");
+    h.repo.approve(&alice, &second).unwrap();
+    h.repo.approve(&bob, &second).unwrap();
+    let out = apply_ok(&h);
+    assert!(out.starts_with(&format!("applied {}", &second[..12])), "{out}");
+}

@@ -566,7 +566,7 @@ rules:
     let tip = mirror.fetch(std::slice::from_ref(&url), &opts).unwrap().tip;
     assert_eq!(tip, oid(&merge));
     assert!(mirror.is_descendant(tip, oid(&base), 1000).unwrap());
-    let changed = mirror.changed_paths(oid(&base), tip, 10_000).unwrap();
+    let changed = mirror.changed_paths(Some(oid(&base)), tip, 10_000).unwrap();
     assert_eq!(changed, ["manifests/prod.yaml"]);
 
     let evaluate = |mirror: &Mirror| {

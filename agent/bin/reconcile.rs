@@ -160,37 +160,46 @@ impl Agent {
             Some(a) => Some(a.commit.clone()),
             None => self.incus.server_user_config(&high_water_key(&c.host)).await.ok().flatten(),
         };
+        let mut last_id = None;
         if let Some(last) = &applied {
-            let last_id = mirror.resolve(last).map_err(|_| {
+            let id = mirror.resolve(last).map_err(|_| {
                 reject(format!(
                     "the last applied commit {last} is not in the fetched history: the branch was force-pushed or rewritten"
                 ))
             })?;
             let ok = mirror
-                .is_descendant(fetched.tip, last_id, 100_000)
+                .is_descendant(fetched.tip, id, 100_000)
                 .map_err(|e| reject(e.to_string()))?;
             if !ok {
                 return Err(reject(format!(
                     "{commit} does not descend from the last applied commit {last}: refusing a rollback or force-push (hint: undo a change with `git revert` in a new signed commit)"
                 )));
             }
-            if let Some(policy_path) = &c.trust.policy {
-                let text = std::fs::read_to_string(policy_path)
-                    .map_err(|e| reject(format!("policy `{policy_path}` unreadable: {e}")))?;
-                let policy = veza_source::policy::Policy::from_yaml_str(&text)
-                    .map_err(|e| reject(format!("policy `{policy_path}`: {e}")))?;
-                let changed = mirror
-                    .changed_paths(last_id, fetched.tip, 1_000_000)
-                    .map_err(|e| reject(e.to_string()))?;
-                let tags =
-                    mirror.tags_pointing_at(fetched.tip).map_err(|e| reject(e.to_string()))?;
-                let (approvals, _) = veza_source::policy::collect_approvals(
-                    &commit, &verdict, &tags, &signers, now, None,
-                );
-                if let Err(violations) = policy.evaluate(&verdict, &changed, &approvals) {
-                    let text: Vec<String> = violations.iter().map(ToString::to_string).collect();
-                    return Err(reject(format!("trust policy: {}", text.join("; "))));
-                }
+            last_id = Some(id);
+        }
+        // The approval policy covers the paths changed since the last applied commit; on
+        // a host that has applied nothing yet, every path of the tip (a fresh or wiped
+        // host is no way around the approvals).
+        if let Some(policy_path) = &c.trust.policy {
+            let text = std::fs::read_to_string(policy_path)
+                .map_err(|e| reject(format!("policy `{policy_path}` unreadable: {e}")))?;
+            let policy = veza_source::policy::Policy::from_yaml_str(&text)
+                .map_err(|e| reject(format!("policy `{policy_path}`: {e}")))?;
+            let changed = mirror
+                .changed_paths(last_id, fetched.tip, 1_000_000)
+                .map_err(|e| reject(e.to_string()))?;
+            let tags = mirror.tags_pointing_at(fetched.tip).map_err(|e| reject(e.to_string()))?;
+            let (approvals, _) = veza_source::policy::collect_approvals(
+                &commit,
+                &verdict,
+                &tags,
+                &signers,
+                now,
+                policy.approval_ref.as_deref(),
+            );
+            if let Err(violations) = policy.evaluate(&verdict, &changed, &approvals) {
+                let text: Vec<String> = violations.iter().map(ToString::to_string).collect();
+                return Err(reject(format!("trust policy: {}", text.join("; "))));
             }
         }
         let mut files = Vec::new();

@@ -41,7 +41,8 @@ fn main() -> anyhow::Result<()> {
         let tip = mirror.fetch(&url, &opts)?.tip;
         anyhow::ensure!(mirror.is_descendant(tip, last, 100_000)?, "not a descendant");
         veza_source::verify_commit(&mirror.raw_commit(tip)?, &signers, now)?;
-        let changed = if tip == last { 0 } else { mirror.changed_paths(last, tip, 100_000)?.len() };
+        let changed =
+            if tip == last { 0 } else { mirror.changed_paths(Some(last), tip, 100_000)?.len() };
         Ok((tip, changed))
     };
 

@@ -485,17 +485,22 @@ impl Mirror {
     /// Paths (files, symlinks, submodules) that differ between the trees of `old` and `new`:
     /// added, removed, modified or changed kind. Renames show as remove + add. Equal subtrees
     /// are skipped by id, so the cost is proportional to the change; at most `max_entries`
-    /// tree entries are examined.
+    /// tree entries are examined. Without `old` (nothing applied yet), every path of `new`
+    /// counts as changed.
     pub fn changed_paths(
         &self,
-        old: ObjectId,
+        old: Option<ObjectId>,
         new: ObjectId,
         max_entries: usize,
     ) -> Result<Vec<String>, FetchError> {
-        let (old_tree, new_tree) = (self.commit_tree(old)?, self.commit_tree(new)?);
+        let old_tree = match old {
+            Some(old) => Some(self.commit_tree(old)?),
+            None => None,
+        };
+        let new_tree = self.commit_tree(new)?;
         let mut out = Vec::new();
         let mut budget = Budget { left: max_entries, limit: max_entries, commit: new };
-        self.diff_trees(Some(old_tree), Some(new_tree), "", &mut out, &mut budget)?;
+        self.diff_trees(old_tree, Some(new_tree), "", &mut out, &mut budget)?;
         out.sort();
         out.dedup();
         Ok(out)
