@@ -342,11 +342,11 @@ fn app_survives_crash_and_slot_restart(image: Option<&str>, supervisor: &str) {
     if let Some(image) = image {
         manifest = manifest.replace("image: veza-test-busybox", &format!("image: {image}"));
     }
-    h.commit(&manifest, "hello on blue").unwrap();
+    h.commit(&manifest, "hello on blue").expect("commit");
     apply_ok(&h);
     let [blue, _] = h.slots();
     let (port, release) = (h.slot_ports.0, h.releases[0].id.clone());
-    slot_serves(port, &release, Duration::from_secs(10)).unwrap();
+    slot_serves(port, &release, Duration::from_secs(10)).expect("deployed app serves");
     let how = match supervisor {
         "systemd" => {
             "systemctl is-enabled veza-app.service && systemctl is-active veza-app.service"
@@ -359,7 +359,7 @@ fn app_survives_crash_and_slot_restart(image: Option<&str>, supervisor: &str) {
     // The app dies: its supervisor starts it again.
     let pid = in_slot(&blue, "cat /run/veza-app.pid").trim().to_string();
     in_slot(&blue, &format!("kill -9 {pid}"));
-    slot_serves(port, &release, Duration::from_secs(20)).unwrap();
+    slot_serves(port, &release, Duration::from_secs(20)).expect("app back after a crash");
     let new_pid = in_slot(&blue, "cat /run/veza-app.pid").trim().to_string();
     assert_ne!(new_pid, pid, "the app was not restarted");
 
@@ -369,7 +369,7 @@ fn app_survives_crash_and_slot_restart(image: Option<&str>, supervisor: &str) {
         .timeout(Duration::from_secs(120))
         .run()
         .unwrap_or_else(|e| panic!("incus restart {blue}: {e}"));
-    slot_serves(port, &release, Duration::from_secs(40)).unwrap();
+    slot_serves(port, &release, Duration::from_secs(40)).expect("app back after a restart");
     let out = apply_ok(&h);
     assert!(out.starts_with("no-change"), "nothing to repair after the restart: {out}");
 }
