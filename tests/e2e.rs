@@ -460,3 +460,88 @@ fn the_approval_policy_holds_from_the_first_sync_and_counts_signed_tags() {
     let out = apply_ok(&h);
     assert!(out.starts_with(&format!("applied {}", &second[..12])), "{out}");
 }
+
+/// A private manifests repository behind HTTPS with an internal CA (Forgejo answers 401
+/// without credentials): the agent trusts `source.ca_file`, authenticates with the token
+/// from `source.credentials_file`; without it, or with a wrong token, the sync fails
+/// saying what to fix; the token never shows in output, status, history or state. Over
+/// plain `http://` the token is never sent at all.
+#[test]
+fn a_private_remote_is_fetched_with_the_credentials_file_and_the_token_never_shows() {
+    let h = host();
+    let front = veza_testkit::http::TlsFront::start(h.http.addr()).expect("TLS front");
+    let token = format!("tok{}Secret", std::process::id());
+    h.http.require_basic_auth(Some(("veza-agent", &token)));
+    let commit = h.commit(&h.manifest("blue", Some(0), None), "hello on blue").unwrap();
+    let creds = h.dir.join("credentials");
+    let plain_url = h.http.url("manifests.git");
+    let config = std::fs::read_to_string(&h.config_path).unwrap();
+    let https = config.replacen(&plain_url, &front.url("manifests.git"), 1).replacen(
+        "  branch: main\n",
+        &format!("  branch: main\n  ca_file: {}\n", front.ca_file().display()),
+        1,
+    );
+    let with_creds = https.replacen(
+        "  branch: main\n",
+        &format!("  branch: main\n  credentials_file: {}\n", creds.display()),
+        1,
+    );
+    assert!(with_creds.contains("https://127.0.0.1:") && with_creds.contains("ca_file"));
+
+    // No credentials: refused by the server, and the agent says what to configure.
+    std::fs::write(&h.config_path, &https).unwrap();
+    let (code, out, err) = agent(&h, &["apply"]);
+    assert_ne!(code, 0, "{out}\n{err}");
+    assert!(format!("{out}{err}").contains("set source.credentials_file"), "{out}\n{err}");
+
+    // A wrong token: refused as well, said so, and the wrong token is not echoed.
+    std::fs::write(&h.config_path, &with_creds).unwrap();
+    std::fs::write(&creds, "veza-agent:wrong-token-xyz\n").unwrap();
+    let (code, out, err) = agent(&h, &["apply"]);
+    assert_ne!(code, 0, "{out}\n{err}");
+    let said = format!("{out}{err}");
+    assert!(
+        said.contains("were not accepted") && said.contains("source.credentials_file"),
+        "{said}"
+    );
+    assert!(!said.contains("wrong-token-xyz"), "{said}");
+
+    // The right token: fetched over HTTPS, verified, applied.
+    std::fs::write(&creds, format!("veza-agent:{token}\n")).unwrap();
+    let out = apply_ok(&h);
+    assert!(out.starts_with(&format!("applied {}", &commit[..12])), "{out}");
+    let requests = h.http.requests();
+    assert!(requests.iter().any(|r| r.ends_with(" auth=ok")), "{requests:#?}");
+    assert_eq!(h.served_release().unwrap(), h.releases[0].id);
+
+    // Nothing the agent recorded or printed holds the token.
+    let (_, status, _) = agent(&h, &["status", "--json"]);
+    let (_, history, _) = agent(&h, &["history", "--json"]);
+    let mut recorded = String::new();
+    for entry in std::fs::read_dir(h.dir.join("state")).unwrap().flatten() {
+        if entry.path().is_file() {
+            recorded.push_str(&String::from_utf8_lossy(&std::fs::read(entry.path()).unwrap()));
+        }
+    }
+    let mirror_config = std::fs::read_to_string(h.dir.join("state/mirror.git/config")).unwrap();
+    for (what, text) in [
+        ("apply output", &out),
+        ("status", &status),
+        ("history", &history),
+        ("state files", &recorded),
+        ("mirror config", &mirror_config),
+    ] {
+        assert!(!text.contains(&token), "the token shows in the {what}:\n{text}");
+    }
+
+    // Plain http with the same credentials: the token is not sent in clear text.
+    let before = h.http.requests().len();
+    std::fs::write(&h.config_path, with_creds.replacen(&front.url("manifests.git"), &plain_url, 1))
+        .unwrap();
+    h.commit(&h.manifest("blue", Some(1), None), "release 1").unwrap();
+    let (code, out, err) = agent(&h, &["apply"]);
+    assert_ne!(code, 0, "{out}\n{err}");
+    let sent: Vec<String> = h.http.requests().split_off(before);
+    assert!(sent.iter().all(|r| r.ends_with(" auth=none")), "{sent:#?}");
+    assert!(format!("{out}{err}").contains("clear text"), "{out}\n{err}");
+}

@@ -19,7 +19,7 @@ use veza_model::Manifest;
 use veza_model::config::HostConfig;
 use veza_plan::live::{LiveInstance, LiveNetwork, LiveProfile, LiveState, UnitTarget};
 use veza_plan::{Plan, PlanOptions, Step};
-use veza_source::fetch::{FetchOptions, Mirror};
+use veza_source::fetch::{Credentials, FetchOptions, Mirror};
 use veza_source::{AllowedSigners, verify_commit};
 use veza_state::{
     AgentState, AppState, AppliedRevision, EnvState, HistoryEntry, Journal, Outcome, Rejection,
@@ -142,10 +142,15 @@ impl Agent {
         let mirror_dir = self.state_dir().join("mirror.git");
         let mut mirror =
             Mirror::open_or_init(&mirror_dir).map_err(|e| SourceProblem::Fetch(e.to_string()))?;
-        let secret = read_credentials(c).map_err(SourceProblem::Fetch)?;
-        let remotes = with_credentials(&c.source.remotes, secret.as_deref());
+        let credentials = read_credentials(c).map_err(SourceProblem::Fetch)?;
+        let secret = credentials.as_ref().map(|c| c.token.clone());
+        let options = FetchOptions {
+            credentials,
+            ca_file: c.source.ca_file.as_ref().map(PathBuf::from),
+            ..FetchOptions::new(c.branch(), c.fetch_timeout())
+        };
         let fetched = mirror
-            .fetch(&remotes, &FetchOptions::new(c.branch(), c.fetch_timeout()))
+            .fetch(&c.source.remotes, &options)
             .map_err(|e| SourceProblem::Fetch(redact(&e.to_string(), secret.as_deref())))?;
         let commit = fetched.tip.to_string();
         let reject = |reason: String| SourceProblem::Rejected { commit: commit.clone(), reason };
@@ -647,31 +652,23 @@ impl Agent {
 }
 
 /// The `username:token` of `source.credentials_file`, if configured (first line, trimmed).
-fn read_credentials(c: &HostConfig) -> Result<Option<String>, String> {
+fn read_credentials(c: &HostConfig) -> Result<Option<Credentials>, String> {
     let Some(path) = &c.source.credentials_file else { return Ok(None) };
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("credentials file `{path}` unreadable: {e}"))?;
-    let line = text.lines().next().unwrap_or("").trim().to_string();
-    if !line.contains(':') || line.contains(char::is_whitespace) || line.contains('@') {
-        return Err(format!(
-            "credentials file `{path}` must hold one line `username:token` (no spaces, no `@`)"
-        ));
-    }
-    Ok(Some(line))
+    parse_credentials(&text).map(Some).ok_or_else(|| {
+        format!("credentials file `{path}` must hold one line `username:token` (no spaces)")
+    })
 }
 
-/// Puts `user:token` into the userinfo of http(s) remotes; other remotes are unchanged.
-pub fn with_credentials(remotes: &[String], secret: Option<&str>) -> Vec<String> {
-    remotes
-        .iter()
-        .map(|r| match (secret, r.split_once("://")) {
-            (Some(s), Some((scheme @ ("https" | "http"), rest))) if !rest.contains('@') => {
-                let (user, token) = s.split_once(':').unwrap_or((s, ""));
-                format!("{scheme}://{}:{}@{rest}", pct(user), pct(token))
-            }
-            _ => r.clone(),
-        })
-        .collect()
+/// `username:token` on the first line; neither part empty, no whitespace inside.
+fn parse_credentials(text: &str) -> Option<Credentials> {
+    let line = text.lines().next().unwrap_or("").trim();
+    let (username, token) = line.split_once(':')?;
+    if username.is_empty() || token.is_empty() || line.contains(char::is_whitespace) {
+        return None;
+    }
+    Some(Credentials { username: username.to_string(), token: token.to_string() })
 }
 
 fn pct(s: &str) -> String {
@@ -688,9 +685,8 @@ fn pct(s: &str) -> String {
 
 /// Removes the token (plain and percent-encoded) from a message before it is logged or
 /// recorded.
-pub fn redact(message: &str, secret: Option<&str>) -> String {
-    let Some(s) = secret else { return message.to_string() };
-    let token = s.split_once(':').map_or(s, |(_, t)| t);
+pub fn redact(message: &str, token: Option<&str>) -> String {
+    let Some(token) = token else { return message.to_string() };
     if token.is_empty() {
         return message.to_string();
     }
@@ -892,19 +888,31 @@ mod tests {
     }
 
     #[test]
-    fn credentials_go_into_http_remotes_and_never_into_messages() {
-        let remotes = vec![
-            "https://forge.example/veza/manifests.git".to_string(),
-            "file:///srv/mirror.git".to_string(),
-            "https://other@forge.example/x.git".to_string(),
+    fn credentials_are_one_line_user_colon_token_and_never_reach_messages() {
+        // (file content, parsed user and token)
+        let table: [(&str, Option<(&str, &str)>); 7] = [
+            ("agent:s3cr/t\n", Some(("agent", "s3cr/t"))),
+            ("agent:tok:with:colons", Some(("agent", "tok:with:colons"))),
+            ("  agent:tok  \nignored second line", Some(("agent", "tok"))),
+            ("agent", None),
+            (":tok", None),
+            ("agent:", None),
+            ("agent:to k", None),
         ];
-        let with = with_credentials(&remotes, Some("agent:s3cr/t"));
-        assert_eq!(with[0], "https://agent:s3cr%2Ft@forge.example/veza/manifests.git");
-        assert_eq!(with[1], remotes[1]);
-        assert_eq!(with[2], remotes[2], "explicit userinfo is kept");
-        let msg = format!("fetch {} failed; token s3cr/t", with[0]);
-        let clean = redact(&msg, Some("agent:s3cr/t"));
+        for (text, want) in table {
+            let got = parse_credentials(text);
+            assert_eq!(
+                got.as_ref().map(|c| (c.username.as_str(), c.token.as_str())),
+                want,
+                "{text:?}"
+            );
+            if let Some(c) = got {
+                assert!(!format!("{c:?}").contains(&c.token), "Debug shows the token");
+            }
+        }
+        let msg = "fetch https://agent:s3cr%2Ft@forge.example failed; token s3cr/t";
+        let clean = redact(msg, Some("s3cr/t"));
         assert!(!clean.contains("s3cr"), "{clean}");
-        assert_eq!(with_credentials(&remotes, None), remotes);
+        assert_eq!(redact(msg, None), msg);
     }
 }

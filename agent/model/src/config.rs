@@ -59,9 +59,14 @@ pub struct SourceConfig {
     pub branch: Option<String>,
     /// Manifest files (paths inside the repository) that this host applies.
     pub manifests: Vec<String>,
-    /// File with `username:token` for private repositories over HTTP(S).
+    /// File with `username:token` (a Forgejo access token) for private repositories.
+    /// Sent only over HTTPS, and only when the server asks.
     #[serde(default)]
     pub credentials_file: Option<String>,
+    /// PEM CA certificate(s) that HTTPS remotes are checked against instead of the
+    /// system's (a forge behind an internal CA).
+    #[serde(default)]
+    pub ca_file: Option<String>,
     /// Time limit of one fetch. Defaults to `60s`.
     #[serde(default)]
     pub fetch_timeout: Option<DurationSpec>,
@@ -265,6 +270,7 @@ fn validate_config(c: &HostConfig, pos: &Positions) -> Vec<Diagnostic> {
         (path!["systemd", "unit_dir"], c.systemd.unit_dir.as_deref()),
         (path!["metrics", "textfile"], c.metrics.textfile.as_deref()),
         (path!["source", "credentials_file"], c.source.credentials_file.as_deref()),
+        (path!["source", "ca_file"], c.source.ca_file.as_deref()),
     ] {
         if let Some(v) = value
             && !v.starts_with('/')

@@ -35,6 +35,22 @@ pub fn tracking_ref(branch: &str) -> String {
 /// How long to wait for the worker after raising the interrupt flag.
 const INTERRUPT_GRACE: Duration = Duration::from_millis(500);
 
+/// HTTP credentials for a private remote (a Forgejo user and access token). Given to
+/// the transport only when the server asks (a `401`), never put in a URL, never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// User name.
+    pub username: String,
+    /// Access token (password).
+    pub token: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Credentials({}:***)", self.username)
+    }
+}
+
 /// What to fetch.
 #[derive(Debug, Clone)]
 pub struct FetchOptions {
@@ -44,13 +60,33 @@ pub struct FetchOptions {
     pub tags: bool,
     /// Upper bound for one remote's fetch.
     pub timeout: Duration,
+    /// Answer to an HTTP authentication request. Without it a remote that asks for
+    /// credentials fails at once: the agent never prompts and never runs git's
+    /// credential helpers.
+    pub credentials: Option<Credentials>,
+    /// PEM CA bundle for HTTPS remotes instead of the system's (`http.sslCAInfo`).
+    pub ca_file: Option<PathBuf>,
 }
 
 impl FetchOptions {
-    /// Branch + tags with the given timeout.
+    /// Branch + tags with the given timeout, no credentials, the system's CAs.
     pub fn new(branch: impl Into<String>, timeout: Duration) -> FetchOptions {
-        FetchOptions { branch: branch.into(), tags: true, timeout }
+        FetchOptions {
+            branch: branch.into(),
+            tags: true,
+            timeout,
+            credentials: None,
+            ca_file: None,
+        }
     }
+}
+
+/// How one remote is fetched: the parts of [`FetchOptions`] the transport needs.
+#[derive(Debug, Clone)]
+struct Transfer {
+    timeout: Duration,
+    credentials: Option<Credentials>,
+    ca_file: Option<PathBuf>,
 }
 
 /// Result of a successful fetch.
@@ -103,9 +139,12 @@ fn why(e: impl std::error::Error) -> String {
     out
 }
 
-fn open_options(timeout: Option<Duration>) -> gix::open::Options {
+fn open_options(transfer: Option<&Transfer>) -> gix::open::Options {
     let mut overrides = Vec::new();
-    if let Some(t) = timeout {
+    if let Some(ca) = transfer.and_then(|t| t.ca_file.as_ref()) {
+        overrides.push(format!("http.sslCAInfo={}", ca.display()));
+    }
+    if let Some(t) = transfer.map(|t| t.timeout) {
         // Backstops that end a stuck worker thread; a little longer than the watchdog so
         // that the watchdog, not curl, decides and reports the timeout.
         let backstop = t + Duration::from_secs(5);
@@ -167,7 +206,12 @@ impl Mirror {
         }
         let mut failures = Vec::new();
         for url in remotes {
-            match self.fetch_one(url, &refspecs, options.timeout) {
+            let transfer = Transfer {
+                timeout: options.timeout,
+                credentials: options.credentials.clone(),
+                ca_file: options.ca_file.clone(),
+            };
+            match self.fetch_one(url, &refspecs, transfer) {
                 Ok(outcome) => {
                     if !outcome.local_refs.contains(&tracking_ref(&options.branch)) {
                         failures.push(RemoteFailure {
@@ -215,15 +259,16 @@ impl Mirror {
         refspecs: &[String],
         timeout: Duration,
     ) -> Result<FetchOutcome, FetchError> {
-        self.fetch_one(url, refspecs, timeout)
+        self.fetch_one(url, refspecs, Transfer { timeout, credentials: None, ca_file: None })
     }
 
     fn fetch_one(
         &mut self,
         url: &str,
         refspecs: &[String],
-        timeout: Duration,
+        transfer: Transfer,
     ) -> Result<FetchOutcome, FetchError> {
+        let timeout = transfer.timeout;
         let interrupt = Arc::new(AtomicBool::new(false));
         let (tx, rx) = std::sync::mpsc::channel();
         let (dir, url_owned, specs, flag) =
@@ -231,7 +276,7 @@ impl Mirror {
         let worker = std::thread::Builder::new()
             .name("veza-fetch".into())
             .spawn(move || {
-                let result = fetch_blocking(&dir, &url_owned, &specs, timeout, &flag);
+                let result = fetch_blocking(&dir, &url_owned, &specs, &transfer, &flag);
                 let _ = tx.send(result);
             })
             .map_err(|e| FetchError::Remote { url: url.to_string(), reason: e.to_string() })?;
@@ -672,11 +717,21 @@ fn fetch_blocking(
     dir: &Path,
     url: &str,
     refspecs: &[String],
-    timeout: Duration,
+    transfer: &Transfer,
     interrupt: &AtomicBool,
 ) -> Result<FetchOutcome, FetchError> {
-    let remote_err = |e: gix::Error| FetchError::Remote { url: url.to_string(), reason: why(e) };
-    let repo = gix::open_opts(dir, open_options(Some(timeout)))
+    let (timeout, credentials) = (transfer.timeout, transfer.credentials.as_ref());
+    let remote_err = |e: gix::Error| {
+        let mut reason = why(e);
+        if reason.contains("were not accepted by the remote") {
+            reason.push_str(
+                " (check the user and token in source.credentials_file, and that the token \
+                 may read the repository)",
+            );
+        }
+        FetchError::Remote { url: url.to_string(), reason }
+    };
+    let repo = gix::open_opts(dir, open_options(Some(transfer)))
         .map_err(|e| FetchError::Open { dir: dir.to_path_buf(), reason: why(e) })?;
     let remote = repo
         .remote_at(url)
@@ -684,7 +739,37 @@ fn fetch_blocking(
         .with_fetch_tags(gix::remote::fetch::Tags::None)
         .with_refspecs(refspecs.iter().map(String::as_str), gix::remote::Direction::Fetch)
         .map_err(remote_err)?;
-    let connection = remote.connect(gix::remote::Direction::Fetch).map_err(remote_err)?;
+    // Credentials come from the host config only: no prompt, no credential helpers. gix
+    // asks again after a rejection; the second ask (or any ask without credentials)
+    // ends the fetch with a message that says what to configure.
+    let mut asked = 0u32;
+    let answer = move |action: gix::credentials::helper::Action| -> gix::Result<
+        Option<gix::credentials::protocol::Outcome>,
+    > {
+        let gix::credentials::helper::Action::Get(ctx) = action else { return Ok(None) };
+        asked += 1;
+        match credentials {
+            Some(c) if asked == 1 => Ok(Some(gix::credentials::protocol::Outcome {
+                identity: gix::sec::identity::Account {
+                    username: c.username.clone(),
+                    password: c.token.clone(),
+                    oauth_refresh_token: None,
+                },
+                next: ctx.into(),
+            })),
+            Some(c) => Err(gix::Error::from_error(std::io::Error::other(format!(
+                "the server rejected the credentials of user `{}` (HTTP 401): check the token in \
+                 source.credentials_file and its access to the repository",
+                c.username
+            )))),
+            None => Err(gix::Error::from_error(std::io::Error::other(
+                "the server requires authentication (HTTP 401): set source.credentials_file to a \
+                 file holding `username:token`",
+            ))),
+        }
+    };
+    let connection =
+        remote.connect(gix::remote::Direction::Fetch).map_err(remote_err)?.with_credentials(answer);
     let prepared =
         connection.prepare_fetch(gix::progress::Discard, Default::default()).map_err(remote_err)?;
     let outcome = prepared.receive(gix::progress::Discard, interrupt).map_err(|e| {

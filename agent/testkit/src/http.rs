@@ -9,7 +9,9 @@
 //!
 //! Fault modes for failure tests: [`Fault::Stall`] accepts and never answers,
 //! [`Fault::Down`] accepts and closes at once, [`Fault::Error500`] answers 500.
-//! The server stops when dropped.
+//! [`GitHttpServer::require_basic_auth`] makes it answer `401` with a `Basic` challenge
+//! to any request without the right `Authorization` header, as Forgejo does for a
+//! private repository. The server stops when dropped.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -44,6 +46,8 @@ struct Shared {
     backend: PathBuf,
     stop: AtomicBool,
     fault: Mutex<Fault>,
+    /// `Basic <base64(user:token)>` every request must carry, when set.
+    auth: Mutex<Option<String>>,
     log: Mutex<Vec<String>>,
 }
 
@@ -76,6 +80,7 @@ impl GitHttpServer {
             backend,
             stop: AtomicBool::new(false),
             fault: Mutex::new(Fault::None),
+            auth: Mutex::new(None),
             log: Mutex::new(Vec::new()),
         });
         let s = Arc::clone(&shared);
@@ -103,7 +108,21 @@ impl GitHttpServer {
         }
     }
 
-    /// `METHOD /path?query ENCODING` of every request seen so far.
+    /// From now on, requests must authenticate as `user` with `token` (HTTP Basic);
+    /// `None` serves everyone again.
+    pub fn require_basic_auth(&self, credentials: Option<(&str, &str)>) {
+        use base64::Engine as _;
+        let expected = credentials.map(|(user, token)| {
+            let pair = format!("{user}:{token}");
+            format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(pair))
+        });
+        if let Ok(mut a) = self.shared.auth.lock() {
+            *a = expected;
+        }
+    }
+
+    /// `METHOD /path?query ENCODING AUTH` of every request seen so far, AUTH being
+    /// `auth=none`, `auth=ok` or `auth=wrong` (the credentials themselves are not logged).
     pub fn requests(&self) -> Vec<String> {
         self.shared.log.lock().map(|l| l.clone()).unwrap_or_default()
     }
@@ -166,11 +185,20 @@ fn handle_connection(stream: TcpStream, shared: &Shared) {
     };
     let response = match read_request(BufReader::new(stream), &mut writer) {
         Ok(req) => {
+            let expected = shared.auth.lock().ok().and_then(|a| a.clone());
+            let auth = match (req.header("Authorization"), &expected) {
+                (None, _) => "auth=none",
+                (Some(got), Some(want)) if got == want => "auth=ok",
+                (Some(_), None) => "auth=ok",
+                (Some(_), Some(_)) => "auth=wrong",
+            };
             if let Ok(mut log) = shared.log.lock() {
                 let encoding = req.header("Content-Encoding").unwrap_or("");
-                log.push(format!("{} {}?{} {encoding}", req.method, req.path, req.query));
+                log.push(format!("{} {}?{} {encoding} {auth}", req.method, req.path, req.query));
             }
-            if fault == Fault::Error500 {
+            if expected.is_some() && auth != "auth=ok" {
+                unauthorized()
+            } else if fault == Fault::Error500 {
                 plain(500, "Internal Server Error", "injected fault\n")
             } else {
                 run_backend(shared, &req).unwrap_or_else(|e| {
@@ -313,6 +341,17 @@ fn run_backend(shared: &Shared, req: &Request) -> Result<Vec<u8>> {
     parse_cgi(&out.stdout)
 }
 
+/// `401` with the challenge Forgejo sends for a private repository.
+fn unauthorized() -> Vec<u8> {
+    let body = "Unauthorized\n";
+    format!(
+        "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"Gitea\"\r\n\
+         Content-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
 /// Turns CGI output (headers, blank line, body) into an HTTP/1.1 response.
 fn parse_cgi(out: &[u8]) -> Result<Vec<u8>> {
     let (split, sep) = match (find(out, b"\r\n\r\n"), find(out, b"\n\n")) {
@@ -354,6 +393,62 @@ fn plain(code: u16, reason: &str, body: &str) -> Vec<u8> {
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// HTTPS in front of a [`GitHttpServer`], as a forge behind a TLS proxy: real HAProxy
+/// terminating TLS on 127.0.0.1 with a fresh self-signed certificate for `127.0.0.1`
+/// (also the CA file a client must trust), passing requests on to the plain server.
+pub struct TlsFront {
+    haproxy: crate::Haproxy,
+    port: u16,
+    ca: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl TlsFront {
+    /// Starts HAProxy with TLS on a free loopback port in front of `backend`.
+    pub fn start(backend: SocketAddr) -> Result<TlsFront> {
+        let dir = tempfile::Builder::new().prefix("veza-tls-front-").tempdir()?;
+        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        Cmd::new("openssl")
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"])
+            .args(["-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"])
+            .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .run()?;
+        let bundle = dir.path().join("front.pem");
+        let mut pem = std::fs::read(&cert)?;
+        pem.extend(std::fs::read(&key)?);
+        std::fs::write(&bundle, pem)?;
+        let port = crate::free_port()?;
+        let config = format!(
+            "global\n    maxconn 200\n\ndefaults\n    mode http\n    timeout connect 5s\n    \
+             timeout client 60s\n    timeout server 60s\n\nfrontend tls\n    \
+             bind 127.0.0.1:{port} ssl crt {bundle}\n    default_backend git\n\n\
+             backend git\n    server git {backend}\n",
+            bundle = bundle.display(),
+        );
+        let haproxy = crate::Haproxy::start(&config)?;
+        Ok(TlsFront { haproxy, port, ca: cert, _dir: dir })
+    }
+
+    /// `https://127.0.0.1:<port>/<repo>`.
+    pub fn url(&self, repo: &str) -> String {
+        format!("https://127.0.0.1:{}/{}", self.port, repo.trim_start_matches('/'))
+    }
+
+    /// The certificate to trust (PEM).
+    pub fn ca_file(&self) -> &Path {
+        &self.ca
+    }
+
+    /// The HAProxy doing TLS.
+    pub fn haproxy(&self) -> &crate::Haproxy {
+        &self.haproxy
+    }
 }
 
 #[cfg(test)]
