@@ -7,8 +7,7 @@ use std::sync::atomic::AtomicBool;
 
 use veza_state::{Outcome, Store};
 
-use crate::commands::common::{ConfigArg, fail, runtime};
-use crate::reconcile::Agent;
+use crate::commands::common::{ConfigArg, fail, with_agent};
 
 /// Arguments of `apply`.
 #[derive(Debug, clap::Args)]
@@ -19,15 +18,7 @@ pub struct ApplyArgs {
 
 /// Runs `apply`.
 pub fn run(args: &ApplyArgs) -> ExitCode {
-    let rt = match runtime() {
-        Ok(rt) => rt,
-        Err(e) => return fail(&e, 1),
-    };
-    rt.block_on(async {
-        let agent = match Agent::load(&args.config.config) {
-            Ok(a) => a,
-            Err(e) => return fail(&e, 1),
-        };
+    with_agent(&args.config, |agent| async move {
         let store = match Store::open(&agent.state_dir()) {
             Ok(s) => s,
             Err(e) => return fail(&e.into(), 1),

@@ -17,6 +17,25 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
 }
 
+/// Loads the agent from `--config` and runs `body` with it on the runtime; a runtime or
+/// configuration error exits 1 with the message.
+pub fn with_agent<F, Fut>(config: &ConfigArg, body: F) -> std::process::ExitCode
+where
+    F: FnOnce(crate::reconcile::Agent) -> Fut,
+    Fut: std::future::Future<Output = std::process::ExitCode>,
+{
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => return fail(&e, 1),
+    };
+    rt.block_on(async {
+        match crate::reconcile::Agent::load(&config.config) {
+            Ok(agent) => body(agent).await,
+            Err(e) => fail(&e, 1),
+        }
+    })
+}
+
 /// Unix time now, in seconds.
 pub fn now() -> i64 {
     chrono::Utc::now().timestamp()

@@ -5,8 +5,8 @@ use std::process::ExitCode;
 
 use veza_state::Reader;
 
-use crate::commands::common::{ConfigArg, fail, now, runtime};
-use crate::reconcile::{Agent, SourceProblem};
+use crate::commands::common::{ConfigArg, fail, now, with_agent};
+use crate::reconcile::SourceProblem;
 
 /// Arguments of `plan`.
 #[derive(Debug, clap::Args)]
@@ -20,15 +20,7 @@ pub struct PlanArgs {
 
 /// Runs `plan`.
 pub fn run(args: &PlanArgs) -> ExitCode {
-    let rt = match runtime() {
-        Ok(rt) => rt,
-        Err(e) => return fail(&e, 1),
-    };
-    rt.block_on(async {
-        let agent = match Agent::load(&args.config.config) {
-            Ok(a) => a,
-            Err(e) => return fail(&e, 1),
-        };
+    with_agent(&args.config, |agent| async move {
         let state = Reader::new(&agent.state_dir()).load().unwrap_or_default();
         let source = match agent.source(&state, now()).await {
             Ok(s) => s,

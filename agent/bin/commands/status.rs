@@ -48,42 +48,29 @@ pub struct Status {
     pub state: AgentState,
 }
 
-/// One scheduled job in the status document.
+/// One scheduled job in the status document: the recorded [`JobState`], with `problem`
+/// judged again now (a job recorded fresh may have gone stale since), plus the age of
+/// its last success.
 #[derive(Debug, Serialize)]
 pub struct JobStatus {
-    /// `host` or the Incus instance the job runs in.
-    pub target: String,
-    /// The cron expression.
-    pub schedule: String,
-    /// Next run (RFC 3339 UTC), when the timer is active.
-    pub next: Option<String>,
-    /// `Result=` of the last run (`success`, `exit-code`, …); `None` when none is known.
-    pub last_result: Option<String>,
-    /// Exit status of the last run.
-    pub last_exit: Option<i32>,
-    /// When the last run started.
-    pub last_start: Option<String>,
+    /// As recorded at the last sync; `problem` as judged now.
+    #[serde(flatten)]
+    pub job: JobState,
     /// Seconds since the last successful run started.
     pub last_success_age_s: Option<i64>,
-    /// The job's `max_success_age`, in seconds.
-    pub max_success_age_s: Option<u64>,
-    /// Why the job needs a human now, if it does.
-    pub problem: Option<String>,
 }
 
 impl JobStatus {
     fn new(job: &JobState, now: i64) -> JobStatus {
-        JobStatus {
-            target: job.target.clone(),
-            schedule: job.schedule.clone(),
-            next: job.next.clone(),
-            last_result: job.last_result.clone(),
-            last_exit: job.last_exit,
-            last_start: job.last_start.clone(),
-            last_success_age_s: job.last_success_at.map(|t| now - t),
-            max_success_age_s: job.max_success_age_s,
-            problem: jobs::health(job, now),
-        }
+        let judged = JobState { problem: jobs::health(job, now), ..job.clone() };
+        JobStatus { last_success_age_s: job.last_success_at.map(|t| now - t), job: judged }
+    }
+}
+
+impl std::ops::Deref for JobStatus {
+    type Target = JobState;
+    fn deref(&self) -> &JobState {
+        &self.job
     }
 }
 
@@ -637,8 +624,10 @@ mod tests {
                 "last_result": "success",
                 "last_exit": 0,
                 "last_start": chrono::DateTime::from_timestamp(2000 - 9 * 86_400, 0).unwrap().to_rfc3339(),
+                "last_success_at": 2000 - 9 * 86_400,
                 "last_success_age_s": 777_600,
                 "max_success_age_s": 691_200,
+                "first_seen_at": 0,
                 "problem": "last success 9 d ago (max 8 d)",
             })
         );

@@ -206,24 +206,24 @@ impl Mirror {
         }
         let mut failures = Vec::new();
         for url in remotes {
+            let branch_missing = || RemoteFailure {
+                url: url.clone(),
+                reason: FetchError::BranchMissing {
+                    url: url.clone(),
+                    branch: options.branch.clone(),
+                }
+                .to_string(),
+            };
             let transfer = Transfer {
                 timeout: options.timeout,
                 credentials: options.credentials.clone(),
                 ca_file: options.ca_file.clone(),
             };
             match self.fetch_one(url, &refspecs, transfer) {
+                Ok(outcome) if !outcome.local_refs.contains(&tracking_ref(&options.branch)) => {
+                    failures.push(branch_missing());
+                }
                 Ok(outcome) => {
-                    if !outcome.local_refs.contains(&tracking_ref(&options.branch)) {
-                        failures.push(RemoteFailure {
-                            url: url.clone(),
-                            reason: FetchError::BranchMissing {
-                                url: url.clone(),
-                                branch: options.branch.clone(),
-                            }
-                            .to_string(),
-                        });
-                        continue;
-                    }
                     let tip = self.ref_target(&tracking_ref(&options.branch))?;
                     return Ok(Fetched {
                         url: url.clone(),
@@ -237,14 +237,7 @@ impl Mirror {
                 Err(FetchError::Remote { reason, .. })
                     if reason.contains("None of the refspec") =>
                 {
-                    failures.push(RemoteFailure {
-                        url: url.clone(),
-                        reason: FetchError::BranchMissing {
-                            url: url.clone(),
-                            branch: options.branch.clone(),
-                        }
-                        .to_string(),
-                    });
+                    failures.push(branch_missing());
                 }
                 Err(e) => failures.push(RemoteFailure { url: url.clone(), reason: e.to_string() }),
             }
