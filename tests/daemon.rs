@@ -50,15 +50,18 @@ impl Drop for Daemon {
     }
 }
 
-fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if f() {
-            return;
+impl Daemon {
+    /// Polls `f` until it holds; on timeout fails with the daemon's log.
+    fn wait_for(&self, what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if f() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
         }
-        std::thread::sleep(Duration::from_millis(100));
+        panic!("timed out after {limit:?} waiting for {what}; daemon log:\n{}", self.log());
     }
-    panic!("timed out after {limit:?} waiting for {what}");
 }
 
 fn status(h: &DemoHost) -> serde_json::Value {
@@ -71,7 +74,7 @@ fn daemon_polls_answers_sync_keeps_one_agent_and_stops_cleanly() {
     let h = host();
     let first = h.commit(&h.manifest("blue", Some(0), Some(1)), "two slots").unwrap();
     let d = Daemon::start(&h);
-    wait_for("the first sync", Duration::from_secs(90), || {
+    d.wait_for("the first sync", Duration::from_secs(90), || {
         status(&h)["state"]["applied"]["commit"] == first
     });
     assert_eq!(h.served_release().unwrap(), h.releases[0].id);
@@ -91,7 +94,7 @@ fn daemon_polls_answers_sync_keeps_one_agent_and_stops_cleanly() {
         "{}",
         out.stdout_str()
     );
-    wait_for("the promotion", Duration::from_secs(60), || {
+    d.wait_for("the promotion", Duration::from_secs(60), || {
         h.served_release().is_ok_and(|r| r == h.releases[1].id)
     });
 
@@ -104,7 +107,7 @@ fn daemon_polls_answers_sync_keeps_one_agent_and_stops_cleanly() {
     let devices =
         Cmd::new("incus").args(["config", "device", "list", &green]).run_stdout().unwrap();
     assert!(devices.contains("veza-upstream"), "drift was not corrected: {devices}");
-    wait_for("green to serve again", Duration::from_secs(30), || {
+    d.wait_for("green to serve again", Duration::from_secs(30), || {
         h.served_release().is_ok_and(|r| r == h.releases[1].id)
     });
 
@@ -121,7 +124,7 @@ fn daemon_polls_answers_sync_keeps_one_agent_and_stops_cleanly() {
 
     // SIGTERM: the daemon stops, removing its control socket and releasing the lock.
     d.signal("TERM");
-    wait_for("the daemon to stop", Duration::from_secs(30), || !d.alive());
+    d.wait_for("the daemon to stop", Duration::from_secs(30), || !d.alive());
     assert!(!h.dir.join("state/control.sock").exists());
     assert!(d.log().contains("veza-agent stopped"), "{}", d.log());
     let out = h.agent(&["apply"]).unwrap();
@@ -145,17 +148,40 @@ fn a_changed_configuration_wakes_the_daemon_without_waiting_for_the_poll() {
     std::fs::write(&h.config_path, text.replace("interval: 2s", "interval: 1h")).unwrap();
     let first = h.commit(&h.manifest("blue", Some(0), None), "blue").unwrap();
     let d = Daemon::start(&h);
-    wait_for("the first sync", Duration::from_secs(90), || {
+    d.wait_for("the first sync", Duration::from_secs(90), || {
         status(&h)["state"]["applied"]["commit"] == first
     });
     let second = h.commit(&h.manifest("blue", Some(0), Some(1)), "deploy green").unwrap();
     std::thread::sleep(Duration::from_millis(500));
     let edited = std::fs::read_to_string(&h.config_path).unwrap() + "# edited by an operator\n";
     std::fs::write(&h.config_path, edited).unwrap();
-    wait_for("the sync woken by the config change", Duration::from_secs(60), || {
+    d.wait_for("the sync woken by the config change", Duration::from_secs(60), || {
         status(&h)["state"]["applied"]["commit"] == second
     });
     assert!(d.log().contains("configuration or trust root changed"), "{}", d.log());
     d.signal("TERM");
-    wait_for("the daemon to stop", Duration::from_secs(30), || !d.alive());
+    d.wait_for("the daemon to stop", Duration::from_secs(30), || !d.alive());
+}
+
+/// A failed sync is retried after 5 s, not after the poll interval (an hour here): the
+/// forge is down when the daemon starts, comes back, and the daemon applies on its own.
+#[test]
+fn a_failed_sync_is_retried_soon_not_at_the_next_poll() {
+    let h = host();
+    let text = std::fs::read_to_string(&h.config_path).unwrap();
+    std::fs::write(&h.config_path, text.replace("interval: 2s", "interval: 1h")).unwrap();
+    let first = h.commit(&h.manifest("blue", Some(0), None), "blue").unwrap();
+    h.http.set_fault(veza_testkit::http::Fault::Down);
+    let d = Daemon::start(&h);
+    d.wait_for("the first (failing) sync", Duration::from_secs(60), || {
+        d.log().contains("retrying in")
+    });
+    assert!(status(&h)["state"]["applied"].is_null());
+    h.http.set_fault(veza_testkit::http::Fault::None);
+    d.wait_for("the retried sync", Duration::from_secs(60), || {
+        status(&h)["state"]["applied"]["commit"] == first
+    });
+    assert!(d.log().contains("sync failed 1 time(s) in a row; retrying in 5"), "{}", d.log());
+    d.signal("TERM");
+    d.wait_for("the daemon to stop", Duration::from_secs(30), || !d.alive());
 }

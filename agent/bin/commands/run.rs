@@ -1,6 +1,10 @@
 //! `veza-agent run`: the daemon. Polls the manifests repository (interval + jitter),
 //! syncs, and serves `veza-agent sync` requests on a Unix socket in the state directory.
 //!
+//! A sync that failed (forge unreachable, incusd busy, a step that broke) is retried
+//! sooner than the next poll: after 5 s, then 10 s, 20 s, … up to the poll interval.
+//! A rejected revision or a rolled-back promotion waits for a new commit instead.
+//!
 //! Signals: SIGTERM/SIGINT stop between actions (never between an edge switch and its
 //! verification) and exit after recording the run; SIGHUP re-reads the configuration
 //! (an invalid one is rejected and the old one stays). The trust root and the
@@ -86,6 +90,7 @@ async fn daemon(args: &RunArgs) -> anyhow::Result<()> {
     tracing::info!(host = %agent.config.host, "veza-agent running; control socket {}", sock.display());
     let mut waiters: Vec<Waiter> = Vec::new();
     let mut syncs = 0u64;
+    let mut failures_in_a_row = 0u32;
     loop {
         let summary = match agent.sync(&store, &stop).await {
             Ok(s) => s,
@@ -112,7 +117,17 @@ async fn daemon(args: &RunArgs) -> anyhow::Result<()> {
         if summary.preempted {
             continue; // a newer commit is waiting: sync it now
         }
-        let pause = agent.config.poll_interval() + jitter(agent.config.poll_jitter());
+        failures_in_a_row = match summary.outcome {
+            veza_state::Outcome::Failed => failures_in_a_row.saturating_add(1),
+            _ => 0,
+        };
+        let pause = next_pause(agent.config.poll_interval(), failures_in_a_row)
+            + jitter(agent.config.poll_jitter());
+        if failures_in_a_row > 0 {
+            tracing::info!(
+                "sync failed {failures_in_a_row} time(s) in a row; retrying in {pause:?}"
+            );
+        }
         tokio::select! {
             () = tokio::time::sleep(pause) => {}
             Some(w) = requests.recv() => {
@@ -197,6 +212,19 @@ fn reload(agent: &mut Agent) {
     }
 }
 
+/// First retry delay after a failed sync; it doubles with each further failure.
+const FIRST_RETRY: Duration = Duration::from_secs(5);
+
+/// The wait before the next sync: the poll interval, or after `failures` failed syncs in
+/// a row, `FIRST_RETRY × 2^(failures-1)` when that is shorter.
+fn next_pause(poll: Duration, failures: u32) -> Duration {
+    if failures == 0 {
+        return poll;
+    }
+    let backoff = FIRST_RETRY.saturating_mul(1u32 << (failures - 1).min(20));
+    backoff.min(poll)
+}
+
 fn jitter(max: Duration) -> Duration {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -232,3 +260,28 @@ async fn serve_control(listener: UnixListener, tx: mpsc::Sender<Waiter>) {
 }
 
 use tokio::io::AsyncReadExt as _;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_syncs_are_retried_sooner_than_the_poll_with_a_doubling_delay() {
+        let s = Duration::from_secs;
+        // (poll interval, failures in a row, pause)
+        let table = [
+            (s(300), 0, s(300)),
+            (s(300), 1, s(5)),
+            (s(300), 2, s(10)),
+            (s(300), 3, s(20)),
+            (s(300), 6, s(160)),
+            (s(300), 7, s(300)), // capped at the poll interval
+            (s(300), 1000, s(300)),
+            (s(2), 1, s(2)), // a poll shorter than the first retry wins
+            (s(3600), 1, s(5)),
+        ];
+        for (poll, failures, want) in table {
+            assert_eq!(next_pause(poll, failures), want, "poll {poll:?}, {failures} failures");
+        }
+    }
+}
