@@ -434,8 +434,12 @@ stop_old() {{
 }}
 swap() {{ rm -rf {dir}.old; if [ -e {dir} ]; then mv {dir} {dir}.old; fi; mv {dir}.new {dir}; rm -rf {dir}.old; }}
 if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
-    systemctl stop veza-app.service 2>/dev/null || true
-    stop_old
+    if systemctl is-active --quiet veza-app.service; then
+        systemctl stop veza-app.service
+        rm -f /run/veza-app.pid
+    else
+        stop_old
+    fi
     swap
     cat > /etc/systemd/system/veza-app.service.tmp <<'VEZA_UNIT_END'
 {unit}VEZA_UNIT_END
