@@ -80,6 +80,12 @@ pub struct ClientOptions {
     pub wait_chunk: Duration,
     /// How many read-modify-write rounds an `If-Match` update tries before `Conflict`.
     pub etag_attempts: u32,
+    /// Limit for one attempt of a read (`GET` of a resource or a list).
+    pub read_timeout: Duration,
+    /// Attempts of a read that timed out or broke in transit. incusd occasionally leaves
+    /// one request unanswered (seen on list GETs while containers start); reads are
+    /// idempotent, so they are sent again on a fresh connection.
+    pub read_attempts: u32,
 }
 
 impl Default for ClientOptions {
@@ -89,6 +95,8 @@ impl Default for ClientOptions {
             operation_timeout: Duration::from_secs(300),
             wait_chunk: Duration::from_secs(30),
             etag_attempts: 3,
+            read_timeout: Duration::from_secs(20),
+            read_attempts: 3,
         }
     }
 }
@@ -506,15 +514,49 @@ impl IncusClient {
         Instant::now() + self.options.operation_timeout
     }
 
+    /// A GET, sent again (up to `read_attempts` times, `read_timeout` each) when it
+    /// timed out or broke in transit.
+    async fn send_read(&self, path: &str) -> Result<Resp> {
+        let mut attempt = 1;
+        loop {
+            match self.send(&Method::GET, path, &[], Bytes::new(), self.options.read_timeout).await
+            {
+                Err(IncusError::Timeout { .. } | IncusError::Transport { .. })
+                    if attempt < self.options.read_attempts =>
+                {
+                    attempt += 1;
+                }
+                Err(IncusError::Timeout { method, path, operation, waited }) => {
+                    return Err(IncusError::Timeout {
+                        method,
+                        path,
+                        operation,
+                        waited: waited.saturating_mul(attempt),
+                    });
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// GET returning the sync metadata decoded as `T`.
     async fn get_as<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
-        let value = self.call(Method::GET, path, None, None, self.op_deadline()).await?;
-        serde_json::from_value(value).map_err(|e| IncusError::Decode {
+        let resp = self.send_read(path).await?;
+        let decode = |detail: String| IncusError::Decode {
             method: "GET".to_string(),
             path: path.to_string(),
-            detail: e.to_string(),
-            excerpt: String::new(),
-        })
+            detail,
+            excerpt: envelope::excerpt(&resp.body),
+        };
+        match envelope::parse_reply(resp.status.as_u16(), &resp.body) {
+            Ok(Reply::Sync(value)) => {
+                serde_json::from_value(value).map_err(|e| decode(e.to_string()))
+            }
+            Ok(Reply::Async { operation }) => {
+                Err(decode(format!("unexpected background operation `{operation}`")))
+            }
+            Err(e) => Err(self.reply_error(&Method::GET, path, e)),
+        }
     }
 
     /// GET of one object with its ETag; `None` on 404.
@@ -522,8 +564,7 @@ impl IncusClient {
         &self,
         path: &str,
     ) -> Result<Option<(T, Option<String>)>> {
-        let resp =
-            self.send(&Method::GET, path, &[], Bytes::new(), self.options.request_timeout).await?;
+        let resp = self.send_read(path).await?;
         if resp.status == StatusCode::NOT_FOUND {
             return Ok(None);
         }

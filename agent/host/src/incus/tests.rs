@@ -434,3 +434,76 @@ fn image_sources_serialize_as_incus_expects() {
         assert_eq!(source.to_json(), want, "{source}");
     }
 }
+
+/// A stand-in incusd on a unix socket: every connection gets one request read and, except
+/// those listed in `stall` (1-based connection numbers), a sync reply with an empty list.
+/// Returns the socket path and a counter of accepted connections.
+fn stub_incusd(
+    tag: &str,
+    stall: &'static [usize],
+) -> (std::path::PathBuf, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{BufRead, BufReader, Write};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let dir = std::env::temp_dir().join(format!("veza-stub-incusd-{}-{tag}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("stub dir");
+    let socket = dir.join("unix.socket");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).expect("bind stub socket");
+    let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            let n = count.fetch_add(1, Ordering::SeqCst) + 1;
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|r| r > 0) && line != "\r\n" {
+                    line.clear();
+                }
+                if stall.contains(&n) {
+                    std::thread::sleep(Duration::from_secs(5)); // never answers in time
+                    return;
+                }
+                let body = r#"{"type":"sync","status":"Success","status_code":200,"metadata":[]}"#;
+                let mut out = stream;
+                let _ = write!(
+                    out,
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            });
+        }
+    });
+    (socket, accepted)
+}
+
+#[test]
+fn a_read_left_unanswered_is_sent_again_and_a_persistent_stall_is_a_timeout() {
+    use std::sync::atomic::Ordering;
+    let options = |attempts| ClientOptions {
+        read_timeout: Duration::from_millis(300),
+        read_attempts: attempts,
+        ..ClientOptions::default()
+    };
+    // One of the four list GETs of `observe` is left unanswered: it is sent again.
+    let (socket, accepted) = stub_incusd("retry", &[1]);
+    let client = IncusClient::new(Transport::Unix { socket }, options(3));
+    let live = block_on(client.observe()).expect("observe succeeds on the second attempt");
+    assert!(live.instances.is_empty() && live.networks.is_empty());
+    assert_eq!(accepted.load(Ordering::SeqCst), 5, "four GETs, one of them twice");
+
+    // Every attempt unanswered: a timeout that says how long it waited in all.
+    let (socket, _) = stub_incusd("stall", &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]);
+    let client = IncusClient::new(Transport::Unix { socket: socket.clone() }, options(2));
+    let err = block_on(client.observe()).expect_err("a persistent stall fails");
+    assert!(
+        matches!(err, IncusError::Timeout { waited, .. } if waited == Duration::from_millis(600)),
+        "{err}"
+    );
+    for tag in ["retry", "stall"] {
+        let dir =
+            std::env::temp_dir().join(format!("veza-stub-incusd-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
