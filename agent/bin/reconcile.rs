@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use veza_host::apply::{ApplyOutcome, ApplyReport, Drivers, Edge, Gates, Hooks, apply};
 use veza_host::artifact::ArtifactStore;
-use veza_host::incus::{Incus, IncusClient, IncusLive};
+use veza_host::incus::{Incus, IncusClient, IncusLive, Scope};
 use veza_host::systemd::{Systemd, Units};
 use veza_model::Manifest;
 use veza_model::config::HostConfig;
@@ -228,7 +228,14 @@ impl Agent {
 
     /// Observe: Incus, the edge's live config, job units.
     pub async fn observe(&self, manifests: &[Manifest]) -> Result<LiveState> {
-        let live = self.incus.observe().await.context("observing Incus")?;
+        // Networks only when a manifest declares some (incusd's network endpoints stall
+        // while containers start).
+        let scope = if manifests.iter().any(|m| !m.incus.networks.is_empty()) {
+            Scope::EVERYTHING
+        } else {
+            Scope::WITHOUT_NETWORKS
+        };
+        let live = self.incus.observe_scoped(scope).await.context("observing Incus")?;
         let mut state = to_live(&live);
         let runs_in = manifests.iter().find_map(|m| m.edge.as_ref().map(|e| e.runs_in.clone()));
         if let Some(r) = &runs_in {

@@ -24,7 +24,7 @@ use super::types::{
     with_mark,
 };
 use super::{
-    Incus, Result, ancestors, instance_matches, merged_put_config, profile_matches,
+    Incus, Result, Scope, ancestors, instance_matches, merged_put_config, profile_matches,
     require_deletable, require_owned, snapshot_name, validate_file_path, validate_name,
     validate_user_key,
 };
@@ -95,7 +95,7 @@ impl Default for ClientOptions {
             operation_timeout: Duration::from_secs(300),
             wait_chunk: Duration::from_secs(30),
             etag_attempts: 3,
-            read_timeout: Duration::from_secs(20),
+            read_timeout: Duration::from_secs(30),
             read_attempts: 3,
         }
     }
@@ -716,11 +716,18 @@ impl IncusClient {
 }
 
 impl Incus for IncusClient {
-    async fn observe(&self) -> Result<IncusLive> {
+    async fn observe_scoped(&self, scope: Scope) -> Result<IncusLive> {
+        let networks = async {
+            if scope.networks {
+                self.get_as::<Vec<wire::Network>>("/1.0/networks?recursion=1").await
+            } else {
+                Ok(Vec::new())
+            }
+        };
         let (instances, profiles, networks, pools) = tokio::try_join!(
             self.get_as::<Vec<wire::Instance>>("/1.0/instances?recursion=1"),
             self.get_as::<Vec<wire::Profile>>("/1.0/profiles?recursion=1"),
-            self.get_as::<Vec<wire::Network>>("/1.0/networks?recursion=1"),
+            networks,
             self.get_as::<Vec<wire::Pool>>("/1.0/storage-pools?recursion=1"),
         )?;
         Ok(IncusLive {

@@ -18,7 +18,7 @@ use super::types::{
     StateAction, StateChange, with_mark,
 };
 use super::{
-    Incus, Result, instance_matches, merged_put_config, profile_matches, require_deletable,
+    Incus, Result, Scope, instance_matches, merged_put_config, profile_matches, require_deletable,
     require_owned, snapshot_name, validate_file_path, validate_name, validate_user_key,
 };
 
@@ -273,12 +273,18 @@ impl FakeIncus {
 }
 
 impl Incus for FakeIncus {
-    async fn observe(&self) -> Result<IncusLive> {
+    async fn observe_scoped(&self, scope: Scope) -> Result<IncusLive> {
         let mut s = self.lock();
         for what in ["instances", "profiles", "networks", "storage-pools"] {
-            s.record(format!("GET /1.0/{what}?recursion=1"), false)?;
+            if what != "networks" || scope.networks {
+                s.record(format!("GET /1.0/{what}?recursion=1"), false)?;
+            }
         }
-        Ok(s.live.clone())
+        let mut live = s.live.clone();
+        if !scope.networks {
+            live.networks.clear();
+        }
+        Ok(live)
     }
 
     async fn instance(&self, name: &str) -> Result<Option<LiveInstance>> {

@@ -44,12 +44,33 @@ pub use types::{
 /// Result alias for the driver.
 pub type Result<T, E = IncusError> = std::result::Result<T, E>;
 
+/// What an observation covers. Networks are optional: incusd's network endpoints are
+/// slow (seconds, sometimes tens of seconds) while containers start, and the agent only
+/// needs them when a manifest declares networks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scope {
+    /// Also list networks (`GET /1.0/networks?recursion=1`).
+    pub networks: bool,
+}
+
+impl Scope {
+    /// Instances, profiles, networks and storage pools.
+    pub const EVERYTHING: Scope = Scope { networks: true };
+    /// Instances, profiles and storage pools.
+    pub const WITHOUT_NETWORKS: Scope = Scope { networks: false };
+}
+
 /// Everything the agent does with Incus. See the module documentation for the rules every
 /// implementation follows (ownership, protection, operation waits, ETags).
 pub trait Incus {
     /// Observes instances, profiles, networks and storage pools, one `?recursion=1` list
     /// request each.
-    fn observe(&self) -> impl Future<Output = Result<IncusLive>> + Send;
+    fn observe(&self) -> impl Future<Output = Result<IncusLive>> + Send {
+        self.observe_scoped(Scope::EVERYTHING)
+    }
+
+    /// Observes what `scope` asks for; what it leaves out stays empty in the result.
+    fn observe_scoped(&self, scope: Scope) -> impl Future<Output = Result<IncusLive>> + Send;
 
     /// One instance, freshly read; `None` when it does not exist.
     fn instance(&self, name: &str) -> impl Future<Output = Result<Option<LiveInstance>>> + Send;

@@ -215,6 +215,46 @@ fn fake_records_calls_and_ensure_is_idempotent() {
 }
 
 #[test]
+fn an_observation_without_networks_does_not_ask_for_them() {
+    let mut live = block_on(FakeIncus::with_default_host().observe()).unwrap();
+    live.networks.insert(
+        "eth0".into(),
+        LiveNetwork {
+            name: "eth0".into(),
+            kind: "physical".into(),
+            managed: false,
+            status: String::new(),
+            description: String::new(),
+            config: Config::new(),
+        },
+    );
+    let fake = FakeIncus::new(live);
+    let everything = block_on(fake.observe()).unwrap();
+    assert!(everything.networks.contains_key("eth0"));
+    assert_eq!(
+        fake.take_calls(),
+        [
+            "GET /1.0/instances?recursion=1",
+            "GET /1.0/profiles?recursion=1",
+            "GET /1.0/networks?recursion=1",
+            "GET /1.0/storage-pools?recursion=1"
+        ]
+    );
+    let scoped = block_on(fake.observe_scoped(Scope::WITHOUT_NETWORKS)).unwrap();
+    assert_eq!(
+        fake.take_calls(),
+        [
+            "GET /1.0/instances?recursion=1",
+            "GET /1.0/profiles?recursion=1",
+            "GET /1.0/storage-pools?recursion=1"
+        ]
+    );
+    assert!(scoped.networks.is_empty());
+    assert_eq!(scoped.instances, everything.instances);
+    assert_eq!(scoped.pools, everything.pools);
+}
+
+#[test]
 fn foreign_and_protected_instances_are_refused_by_every_mutation() {
     let fake = FakeIncus::with_default_host();
     let mut live = fake.live();
