@@ -338,7 +338,14 @@ fn in_slot(name: &str, script: &str) -> String {
 /// systemd (`veza-app.service`).
 fn app_survives_crash_and_slot_restart(image: Option<&str>, supervisor: &str) {
     let h = host();
-    let mut manifest = h.manifest("blue", Some(0), None);
+    // The start command keeps a shell as the app's parent (no `exec`): stopping the app
+    // must stop its whole process group, or the old server keeps the port.
+    let mut manifest = h.manifest("blue", Some(0), None).replacen(
+        "    port: 8080\n",
+        "    port: 8080\n    start: \"{dir}/start.sh & wait\"\n",
+        1,
+    );
+    assert!(manifest.contains("start.sh & wait"), "{manifest}");
     if let Some(image) = image {
         manifest = manifest.replace("image: veza-test-busybox", &format!("image: {image}"));
     }
@@ -356,12 +363,15 @@ fn app_survives_crash_and_slot_restart(image: Option<&str>, supervisor: &str) {
     let said = in_slot(&blue, how);
     assert!(said.contains(if supervisor == "systemd" { "active" } else { "1" }), "{said}");
 
-    // The app dies: its supervisor starts it again.
+    // The app dies (its whole process group): its supervisor starts it again.
     let pid = in_slot(&blue, "cat /run/veza-app.pid").trim().to_string();
-    in_slot(&blue, &format!("kill -9 {pid}"));
+    in_slot(&blue, &format!("kill -9 -{pid}"));
+    let started = std::time::Instant::now();
+    while in_slot(&blue, "cat /run/veza-app.pid 2>/dev/null || true").trim() == pid {
+        assert!(started.elapsed() < Duration::from_secs(20), "the app was not restarted");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     slot_serves(port, &release, Duration::from_secs(20)).expect("app back after a crash");
-    let new_pid = in_slot(&blue, "cat /run/veza-app.pid").trim().to_string();
-    assert_ne!(new_pid, pid, "the app was not restarted");
 
     // The slot restarts: the app comes back with it.
     veza_host::process::Cmd::new("incus")
@@ -372,6 +382,26 @@ fn app_survives_crash_and_slot_restart(image: Option<&str>, supervisor: &str) {
     slot_serves(port, &release, Duration::from_secs(40)).expect("app back after a restart");
     let out = apply_ok(&h);
     assert!(out.starts_with("no-change"), "nothing to repair after the restart: {out}");
+
+    // Stopped: the next sync starts the slot and deploys again, replacing the app its
+    // supervisor started at boot — one server process afterwards, not two.
+    veza_host::process::Cmd::new("incus")
+        .args(["stop", &blue, "--timeout", "30"])
+        .timeout(Duration::from_secs(120))
+        .run()
+        .unwrap_or_else(|e| panic!("incus stop {blue}: {e}"));
+    let out = apply_ok(&h);
+    assert!(!out.starts_with("no-change"), "a stopped slot is work to do: {out}");
+    slot_serves(port, &release, Duration::from_secs(20)).expect("app serves after start + deploy");
+    std::thread::sleep(Duration::from_millis(500));
+    // Every app server's process group: exactly one, the supervised run script's.
+    let groups = in_slot(
+        &blue,
+        "for p in /proc/[0-9]*; do if tr '\\0' ' ' < $p/cmdline 2>/dev/null | grep -q '^[^ ]*veza-testapp --listen'; then \
+         cut -d' ' -f5 $p/stat; fi; done",
+    );
+    let leader = in_slot(&blue, "cat /run/veza-app.pid").trim().to_string();
+    assert_eq!(groups.trim(), leader, "app servers' process groups vs the supervised app");
 }
 
 #[test]
@@ -444,6 +474,8 @@ fn the_approval_policy_holds_from_the_first_sync_and_counts_signed_tags() {
         .unwrap();
     let (code, out, err) = agent(&h, &["apply"]);
     assert_ne!(code, 0, "an approval for another ref counted:\n{out}\n{err}");
+    let said = format!("{out}{err}");
+    assert!(said.contains("only alice@example.com approved"), "{said}");
 
     // Bob approves main: applied.
     h.repo.approve(&bob, &first).unwrap();
@@ -542,6 +574,7 @@ fn a_private_remote_is_fetched_with_the_credentials_file_and_the_token_never_sho
     let (code, out, err) = agent(&h, &["apply"]);
     assert_ne!(code, 0, "{out}\n{err}");
     let sent: Vec<String> = h.http.requests().split_off(before);
+    assert!(!sent.is_empty(), "the agent did not even ask the plain-http remote");
     assert!(sent.iter().all(|r| r.ends_with(" auth=none")), "{sent:#?}");
     assert!(format!("{out}{err}").contains("clear text"), "{out}\n{err}");
 }

@@ -3,7 +3,8 @@
 //!
 //! A sync that failed (forge unreachable, incusd busy, a step that broke) is retried
 //! sooner than the next poll: after 5 s, then 10 s, 20 s, … up to the poll interval.
-//! A rejected revision or a rolled-back promotion waits for a new commit instead.
+//! A rejected revision or a rolled-back promotion waits for a new commit instead, and a
+//! failure on credentials waits for the next poll (repeated 401s can lock the account).
 //!
 //! Signals: SIGTERM/SIGINT stop between actions (never between an edge switch and its
 //! verification) and exit after recording the run; SIGHUP re-reads the configuration
@@ -117,10 +118,8 @@ async fn daemon(args: &RunArgs) -> anyhow::Result<()> {
         if summary.preempted {
             continue; // a newer commit is waiting: sync it now
         }
-        failures_in_a_row = match summary.outcome {
-            veza_state::Outcome::Failed => failures_in_a_row.saturating_add(1),
-            _ => 0,
-        };
+        failures_in_a_row =
+            if retry_soon(&summary) { failures_in_a_row.saturating_add(1) } else { 0 };
         let pause = next_pause(agent.config.poll_interval(), failures_in_a_row)
             + jitter(agent.config.poll_jitter());
         if failures_in_a_row > 0 {
@@ -212,6 +211,25 @@ fn reload(agent: &mut Agent) {
     }
 }
 
+/// Failures a quick retry cannot fix, and repeating which can hurt: the forge refusing
+/// the credentials (a lockout after repeated 401s) or credentials that must not be sent.
+const NOT_RETRIED_SOON: [&str; 5] = [
+    "were not accepted by the remote",
+    "requires authentication",
+    "rejected the credentials",
+    "clear text refused",
+    "they are only sent to",
+];
+
+/// Whether a sync is retried before the next poll: it failed, and not on credentials.
+fn retry_soon(summary: &SyncSummary) -> bool {
+    summary.outcome == veza_state::Outcome::Failed
+        && !summary
+            .reason
+            .as_deref()
+            .is_some_and(|r| NOT_RETRIED_SOON.iter().any(|marker| r.contains(marker)))
+}
+
 /// First retry delay after a failed sync; it doubles with each further failure.
 const FIRST_RETRY: Duration = Duration::from_secs(5);
 
@@ -264,6 +282,42 @@ use tokio::io::AsyncReadExt as _;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_failures_a_retry_may_fix_are_retried_soon() {
+        use veza_state::Outcome;
+        let summary = |outcome, reason: &str| SyncSummary {
+            outcome,
+            commit: None,
+            reason: Some(reason.to_string()),
+            steps: 0,
+            duration_ms: 0,
+            preempted: false,
+        };
+        // (outcome, reason, retried soon)
+        let table = [
+            (
+                Outcome::Failed,
+                "observing Incus: `GET /1.0/instances` did not finish within 30s",
+                true,
+            ),
+            (Outcome::Failed, "fetch: all 1 remote(s) failed: [connection refused]", true),
+            (Outcome::Failed, "step 2 (deploy release) failed: artifact download: HTTP 502", true),
+            (
+                Outcome::Failed,
+                "fetch: Credentials provided for \"https://f/x.git\" were not accepted by the remote",
+                false,
+            ),
+            (Outcome::Failed, "fetch: the server requires authentication (HTTP 401)", false),
+            (Outcome::Rejected, "signature: unsigned commit", false),
+            (Outcome::RolledBack, "green never became healthy", false),
+            (Outcome::Applied, "", false),
+            (Outcome::NoChange, "", false),
+        ];
+        for (outcome, reason, want) in table {
+            assert_eq!(retry_soon(&summary(outcome, reason)), want, "{outcome:?}: {reason}");
+        }
+    }
 
     #[test]
     fn failed_syncs_are_retried_sooner_than_the_poll_with_a_doubling_delay() {

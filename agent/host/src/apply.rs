@@ -407,7 +407,8 @@ pub fn app_run_script(slot: &SlotSpec) -> String {
 pub fn app_unit(slot: &SlotSpec) -> String {
     format!(
         "# Written by veza-agent: the {env}/{app} app ({color} slot).\n[Unit]\n\
-         Description=veza-agent app {env}/{app}\nAfter=network.target\n\n[Service]\n\
+         Description=veza-agent app {env}/{app}\nAfter=network.target\n\
+         StartLimitIntervalSec=0\n\n[Service]\n\
          ExecStart={APP_RUN_SCRIPT}\nRestart=always\nRestartSec=1\nKillMode=mixed\n\
          TimeoutStopSec=10\n\n[Install]\nWantedBy=multi-user.target\n",
         env = slot.env,
@@ -424,22 +425,30 @@ pub fn app_unit(slot: &SlotSpec) -> String {
 fn swap_and_restart_script(dir: &str, unit: &str) -> String {
     format!(
         r#"set -e
-stop_old() {{
+# The app's pid (its run script's, a process group leader) when it is still our app: a
+# pid file left by a dead app may name an unrelated process by now.
+app_pid() {{
     pid=$(cat /run/veza-app.pid 2>/dev/null || true)
-    [ -n "$pid" ] || return 0
-    kill "$pid" 2>/dev/null || return 0
-    i=0
-    while kill -0 "$pid" 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
-    kill -9 "$pid" 2>/dev/null || true
+    [ -n "$pid" ] && tr '\0' '\n' < /proc/"$pid"/environ 2>/dev/null | grep -q '^VEZA_APP=' && echo "$pid"
 }}
-swap() {{ rm -rf {dir}.old; if [ -e {dir} ]; then mv {dir} {dir}.old; fi; mv {dir}.new {dir}; rm -rf {dir}.old; }}
+# Stops the app and everything it started (its process group): TERM, 10 s, KILL.
+stop_old() {{
+    pid=$(app_pid || true)
+    [ -n "$pid" ] || return 0
+    kill -TERM -"$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || return 0
+    i=0
+    while [ -d /proc/"$pid" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+    kill -KILL -"$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
+}}
+# The new release in place; the old one is removed only after the app stopped.
+swap() {{ rm -rf {dir}.old; if [ -e {dir} ]; then mv {dir} {dir}.old; fi; mv {dir}.new {dir}; }}
 if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
     if systemctl is-active --quiet veza-app.service; then
         systemctl stop veza-app.service
-        rm -f /run/veza-app.pid
     else
         stop_old
     fi
+    rm -f /run/veza-app.pid
     swap
     cat > /etc/systemd/system/veza-app.service.tmp <<'VEZA_UNIT_END'
 {unit}VEZA_UNIT_END
@@ -447,13 +456,13 @@ if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
     systemctl daemon-reload
     systemctl enable --quiet veza-app.service
     systemctl restart veza-app.service
+    rm -rf {dir}.old
     echo supervisor=systemd
 elif [ -f /etc/inittab ] && [ "$(readlink /proc/1/exe 2>/dev/null)" = /bin/busybox ]; then
     swap
-    if grep -q '^::respawn:{run}$' /etc/inittab; then
-        stop_old
-    else
-        stop_old
+    stop_old
+    rm -rf {dir}.old
+    if ! grep -q '^::respawn:{run}$' /etc/inittab; then
         echo '::respawn:{run}' >> /etc/inittab
         kill -HUP 1
     fi
@@ -461,6 +470,7 @@ elif [ -f /etc/inittab ] && [ "$(readlink /proc/1/exe 2>/dev/null)" = /bin/busyb
 else
     stop_old
     swap
+    rm -rf {dir}.old
     ( setsid {run} </dev/null >/dev/null 2>&1 & )
     echo supervisor=none
 fi

@@ -334,10 +334,10 @@ pub struct Health {
     #[serde(default)]
     pub timeout: Option<DurationSpec>,
     /// Consecutive successes to be considered up, by the edge and by the agent's
-    /// promotion gate (which also wants at least 1 s of health). Defaults to 2.
+    /// promotion gate (which also wants at least 1 s of health). Defaults to 2, at most 20.
     #[serde(default)]
     pub rise: Option<u32>,
-    /// Consecutive failures to be considered down. Defaults to 3.
+    /// Consecutive failures to be considered down. Defaults to 3, at most 20.
     #[serde(default)]
     pub fall: Option<u32>,
     /// Expected HTTP status. Defaults to 200.

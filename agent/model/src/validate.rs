@@ -99,6 +99,10 @@ pub fn validate_set(files: &[(String, Parsed)]) -> Vec<FileDiagnostic> {
     out
 }
 
+/// Upper bound of `health.rise` and `health.fall`: the promotion gate probes a slot
+/// `rise` times in a row, 200 ms apart, within the host's `promotion.health_timeout`.
+const MAX_RISE_FALL: u32 = 20;
+
 fn check_manifest(m: &Manifest, declared: &Declared, r: &mut Rules<'_>) {
     let env = &m.metadata.name;
     if !is_env_name(env) {
@@ -227,10 +231,15 @@ fn check_manifest(m: &Manifest, declared: &Declared, r: &mut Rules<'_>) {
             );
         }
         for (field, v) in [("rise", app.health.rise), ("fall", app.health.fall)] {
-            if v == Some(0) {
+            if let Some(n) = v
+                && !(1..=MAX_RISE_FALL).contains(&n)
+            {
                 r.value(
                     path!["apps", app_name.as_str(), "health", field],
-                    format!("{field} must be at least 1"),
+                    format!(
+                        "{field} must be between 1 and {MAX_RISE_FALL} (the promotion gate probes \
+                         the slot {field} times in a row)"
+                    ),
                 );
             }
         }
@@ -1047,6 +1056,11 @@ mod tests {
                 "health path and counters",
                 vec![("a", env("prod", "a.fr", "C1", "").replace("health: {path: /health}", "health: {path: health, rise: 0}"))],
                 "a:9:20: health path `health` must start with `/`",
+            ),
+            (
+                "rise is bounded",
+                vec![("a", env("prod", "a.fr", "C1", "").replace("health: {path: /health}", "health: {path: /health, rise: 500}"))],
+                "a:9:35: rise must be between 1 and 20",
             ),
             (
                 "referenced network carries no config",

@@ -706,6 +706,24 @@ fn join(prefix: &str, name: &[u8]) -> String {
 }
 
 /// The blocking fetch, run on the worker thread with its own repository handle.
+/// `https://HOST[:PORT]` of an https URL (userinfo dropped, host lower-cased); `None` for
+/// any other scheme.
+fn https_authority(url: &str) -> Option<String> {
+    let rest = url.strip_prefix("https://")?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    Some(format!("https://{}", host.to_ascii_lowercase()))
+}
+
+/// Whether two `https://HOST[:PORT]` authorities name the same server (443 is implied).
+fn same_authority(a: &str, b: &str) -> bool {
+    let norm = |s: &str| {
+        let s = s.to_ascii_lowercase();
+        s.strip_suffix(":443").map(str::to_string).unwrap_or(s)
+    };
+    norm(a) == norm(b)
+}
+
 fn fetch_blocking(
     dir: &Path,
     url: &str,
@@ -732,17 +750,45 @@ fn fetch_blocking(
         .with_fetch_tags(gix::remote::fetch::Tags::None)
         .with_refspecs(refspecs.iter().map(String::as_str), gix::remote::Direction::Fetch)
         .map_err(remote_err)?;
-    // Credentials come from the host config only: no prompt, no credential helpers. gix
-    // asks again after a rejection; the second ask (or any ask without credentials)
-    // ends the fetch with a message that says what to configure.
+    // Credentials come from the host config only: no prompt, no credential helpers, and
+    // only for the https remote being fetched (not another host, not plain http, not a
+    // redirect elsewhere). gix asks again after a rejection; a second ask (or any ask
+    // without credentials) ends the fetch with a message that says what to configure.
     let mut asked = 0u32;
+    let home = https_authority(url);
     let answer = move |action: gix::credentials::helper::Action| -> gix::Result<
         Option<gix::credentials::protocol::Outcome>,
     > {
         let gix::credentials::helper::Action::Get(ctx) = action else { return Ok(None) };
         asked += 1;
-        match credentials {
-            Some(c) if asked == 1 => Ok(Some(gix::credentials::protocol::Outcome {
+        let refuse = |why: String| Err(gix::Error::from_error(std::io::Error::other(why)));
+        let Some(c) = credentials else {
+            return refuse(
+                "the server requires authentication (HTTP 401): set source.credentials_file to a \
+                 file holding `username:token`"
+                    .to_string(),
+            );
+        };
+        let asking = match (ctx.protocol.as_deref(), ctx.host.as_deref()) {
+            (Some(protocol), Some(host)) => Some(format!("{protocol}://{host}")),
+            _ => None,
+        };
+        match (&home, asking) {
+            (None, _) => refuse(
+                "the server asked for credentials over plain http: they are only ever sent over \
+                 https (clear text refused); use an https remote"
+                    .to_string(),
+            ),
+            (Some(home), Some(asking)) if !same_authority(home, &asking) => refuse(format!(
+                "{asking} asked for credentials: they are only sent to {home}, the remote being \
+                 fetched"
+            )),
+            _ if asked > 1 => refuse(format!(
+                "the server rejected the credentials of user `{}` (HTTP 401): check the token in \
+                 source.credentials_file and its access to the repository",
+                c.username
+            )),
+            _ => Ok(Some(gix::credentials::protocol::Outcome {
                 identity: gix::sec::identity::Account {
                     username: c.username.clone(),
                     password: c.token.clone(),
@@ -750,15 +796,6 @@ fn fetch_blocking(
                 },
                 next: ctx.into(),
             })),
-            Some(c) => Err(gix::Error::from_error(std::io::Error::other(format!(
-                "the server rejected the credentials of user `{}` (HTTP 401): check the token in \
-                 source.credentials_file and its access to the repository",
-                c.username
-            )))),
-            None => Err(gix::Error::from_error(std::io::Error::other(
-                "the server requires authentication (HTTP 401): set source.credentials_file to a \
-                 file holding `username:token`",
-            ))),
         }
     };
     let connection =
@@ -780,4 +817,36 @@ fn fetch_blocking(
         .collect();
     let received_pack = matches!(outcome.status, gix::remote::fetch::Status::Change { .. });
     Ok(FetchOutcome { received_pack, local_refs })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_go_only_to_the_https_server_being_fetched() {
+        // (remote URL, its authority)
+        let authorities = [
+            ("https://forge.example/veza/manifests.git", Some("https://forge.example")),
+            ("https://Forge.Example:8443/x.git", Some("https://forge.example:8443")),
+            ("https://agent:tok@forge.example/x.git", Some("https://forge.example")),
+            ("http://forge.example/x.git", None),
+            ("file:///srv/x.git", None),
+        ];
+        for (url, want) in authorities {
+            assert_eq!(https_authority(url).as_deref(), want, "{url}");
+        }
+        // (remote, who asks, same server)
+        let asks = [
+            ("https://forge.example", "https://forge.example", true),
+            ("https://forge.example", "https://forge.example:443", true),
+            ("https://forge.example", "https://FORGE.example", true),
+            ("https://forge.example", "https://mirror.example", false),
+            ("https://forge.example", "https://forge.example:8443", false),
+            ("https://forge.example", "http://forge.example", false),
+        ];
+        for (home, asking, same) in asks {
+            assert_eq!(same_authority(home, asking), same, "{home} vs {asking}");
+        }
+    }
 }
