@@ -529,6 +529,7 @@ fn a_private_remote_is_fetched_with_the_credentials_file_and_the_token_never_sho
     // A wrong token: refused as well, said so, and the wrong token is not echoed.
     std::fs::write(&h.config_path, &with_creds).unwrap();
     std::fs::write(&creds, "veza-agent:wrong-token-xyz\n").unwrap();
+    std::fs::set_permissions(&creds, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
     let (code, out, err) = agent(&h, &["apply"]);
     assert_ne!(code, 0, "{out}\n{err}");
     let said = format!("{out}{err}");
@@ -537,10 +538,15 @@ fn a_private_remote_is_fetched_with_the_credentials_file_and_the_token_never_sho
         "{said}"
     );
     assert!(!said.contains("wrong-token-xyz"), "{said}");
+    assert!(said.contains("is readable by others (mode 644)"), "{said}");
 
-    // The right token: fetched over HTTPS, verified, applied.
+    // The right token, in a file only root reads: fetched over HTTPS, verified, applied.
     std::fs::write(&creds, format!("veza-agent:{token}\n")).unwrap();
-    let out = apply_ok(&h);
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (code, out, err) = agent(&h, &["apply"]);
+    assert_eq!(code, 0, "apply failed:\n{out}\n{err}");
+    assert!(!err.contains("readable by others"), "{err}");
     assert!(out.starts_with(&format!("applied {}", &commit[..12])), "{out}");
     let requests = h.http.requests();
     assert!(requests.iter().any(|r| r.ends_with(" auth=ok")), "{requests:#?}");

@@ -663,6 +663,16 @@ fn read_credentials(c: &HostConfig) -> Result<Option<Credentials>, String> {
     let Some(path) = &c.source.credentials_file else { return Ok(None) };
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("credentials file `{path}` unreadable: {e}"))?;
+    if let Ok(meta) = std::fs::metadata(path) {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            tracing::warn!(
+                "credentials file `{path}` is readable by others (mode {mode:03o}); \
+                 `chmod 600 {path}`"
+            );
+        }
+    }
     parse_credentials(&text).map(Some).ok_or_else(|| {
         format!("credentials file `{path}` must hold one line `username:token` (no spaces)")
     })
