@@ -364,10 +364,10 @@ fn app_survives_crash_and_slot_restart(image: Option<&str>, supervisor: &str) {
     assert!(said.contains(if supervisor == "systemd" { "active" } else { "1" }), "{said}");
 
     // The app dies (its whole process group): its supervisor starts it again.
-    let pid = in_slot(&blue, "cat /run/veza-app.pid").trim().to_string();
+    let pid = in_slot(&blue, "cut -d' ' -f1 /run/veza-app.pid").trim().to_string();
     in_slot(&blue, &format!("kill -9 -{pid}"));
     let started = std::time::Instant::now();
-    while in_slot(&blue, "cat /run/veza-app.pid 2>/dev/null || true").trim() == pid {
+    while in_slot(&blue, "cut -d' ' -f1 /run/veza-app.pid 2>/dev/null || true").trim() == pid {
         assert!(started.elapsed() < Duration::from_secs(20), "the app was not restarted");
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -400,7 +400,7 @@ fn app_survives_crash_and_slot_restart(image: Option<&str>, supervisor: &str) {
         "for p in /proc/[0-9]*; do if tr '\\0' ' ' < $p/cmdline 2>/dev/null | grep -q '^[^ ]*veza-testapp --listen'; then \
          cut -d' ' -f5 $p/stat; fi; done",
     );
-    let leader = in_slot(&blue, "cat /run/veza-app.pid").trim().to_string();
+    let leader = in_slot(&blue, "cut -d' ' -f1 /run/veza-app.pid").trim().to_string();
     assert_eq!(groups.trim(), leader, "app servers' process groups vs the supervised app");
 }
 

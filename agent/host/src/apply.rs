@@ -396,7 +396,9 @@ pub fn app_run_script(slot: &SlotSpec) -> String {
         out.push_str(&format!("export {k}={}\n", shell_quote(&v)));
     }
     out.push_str(&format!(
-        "cd {} || exit 1\necho $$ > /run/veza-app.pid\nexec >>/var/log/veza-app.log 2>&1 </dev/null\nexec /bin/sh -c {}\n",
+        "cd {} || exit 1\n\
+         echo \"$$ $(sed 's/.*) //' /proc/$$/stat | cut -d' ' -f20)\" > /run/veza-app.pid\n\
+         exec >>/var/log/veza-app.log 2>&1 </dev/null\nexec /bin/sh -c {}\n",
         shell_quote(&slot.install_dir),
         shell_quote(&slot.start)
     ));
@@ -409,7 +411,7 @@ pub fn app_unit(slot: &SlotSpec) -> String {
         "# Written by veza-agent: the {env}/{app} app ({color} slot).\n[Unit]\n\
          Description=veza-agent app {env}/{app}\nAfter=network.target\n\
          StartLimitIntervalSec=0\n\n[Service]\n\
-         ExecStart={APP_RUN_SCRIPT}\nRestart=always\nRestartSec=1\nKillMode=mixed\n\
+         ExecStart={APP_RUN_SCRIPT}\nRestart=always\nRestartSec=1\nKillMode=control-group\n\
          TimeoutStopSec=10\n\n[Install]\nWantedBy=multi-user.target\n",
         env = slot.env,
         app = slot.app,
@@ -425,19 +427,27 @@ pub fn app_unit(slot: &SlotSpec) -> String {
 fn swap_and_restart_script(dir: &str, unit: &str) -> String {
     format!(
         r#"set -e
-# The app's pid (its run script's, a process group leader) when it is still our app: a
-# pid file left by a dead app may name an unrelated process by now.
+# The app's pid (its run script's, a process group leader) when it is still our app: the
+# pid file holds the pid and its start time, and a pid file left by a dead app may name
+# an unrelated process by now.
 app_pid() {{
-    pid=$(cat /run/veza-app.pid 2>/dev/null || true)
-    [ -n "$pid" ] && tr '\0' '\n' < /proc/"$pid"/environ 2>/dev/null | grep -q '^VEZA_APP=' && echo "$pid"
+    read -r pid started 2>/dev/null < /run/veza-app.pid || return 0
+    [ -n "$pid" ] && [ -n "$started" ] || return 0
+    now=$(sed 's/.*) //' /proc/"$pid"/stat 2>/dev/null | cut -d' ' -f20)
+    [ "$now" = "$started" ] && echo "$pid"
+    return 0
 }}
-# Stops the app and everything it started (its process group): TERM, 10 s, KILL.
+# Stops the app and everything it started (its process group): TERM, up to 10 s for the
+# whole group to exit, then KILL.
 stop_old() {{
-    pid=$(app_pid || true)
+    pid=$(app_pid)
     [ -n "$pid" ] || return 0
     kill -TERM -"$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || return 0
     i=0
-    while [ -d /proc/"$pid" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+    while {{ kill -0 -"$pid" 2>/dev/null || kill -0 "$pid" 2>/dev/null; }} && [ $i -lt 100 ]; do
+        sleep 0.1
+        i=$((i+1))
+    done
     kill -KILL -"$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
 }}
 # The new release in place; the old one is removed only after the app stopped.
@@ -601,6 +611,12 @@ impl GateRule {
         GateRule { rise: slot.health_rise.max(1), stable_for: GATE_STABLE_FOR }
     }
 
+    /// The shortest time in which the gate can open: `rise` probes [`GATE_PROBE_EVERY`]
+    /// apart, and at least `stable_for`.
+    pub fn least_time(&self) -> Duration {
+        GATE_PROBE_EVERY.saturating_mul(self.rise.saturating_sub(1)).max(self.stable_for)
+    }
+
     /// Whether `streak` consecutive healthy probes, the first of them `healthy_for` ago,
     /// open the gate.
     pub fn opens(&self, streak: u32, healthy_for: Duration) -> bool {
@@ -620,6 +636,14 @@ where
 {
     let rule = GateRule::for_slot(slot);
     let probe_timeout = Duration::from_millis(slot.health_timeout_ms.max(100));
+    let least = rule.least_time();
+    if least >= d.gates.health_timeout {
+        return Err(StepError::Unhealthy(format!(
+            "{} slot `{instance}` can never pass its gate: health.rise {} needs at least {least:?} \
+             of probes, but promotion.health_timeout is {:?}; raise the timeout or lower rise",
+            slot.color, rule.rise, d.gates.health_timeout
+        )));
+    }
     let deadline = Instant::now() + d.gates.health_timeout;
     let mut last = String::from("no probe ran");
     let mut attempts = 0u32;
@@ -716,7 +740,8 @@ mod tests {
         let want = format!(
             "export VEZA_RELEASE='{r}'\nexport VEZA_PORT='8080'\nexport VEZA_LISTEN='127.0.0.1:8080'\n\
              export VEZA_ENV='prod'\nexport VEZA_APP='backend'\ncd '/srv/it'\\''s' || exit 1\n\
-             echo $$ > /run/veza-app.pid\nexec >>/var/log/veza-app.log 2>&1 </dev/null\n\
+             echo \"$$ $(sed 's/.*) //' /proc/$$/stat | cut -d' ' -f20)\" > /run/veza-app.pid\n\
+             exec >>/var/log/veza-app.log 2>&1 </dev/null\n\
              exec /bin/sh -c './bin/server --port 8080 && echo done'\n",
             r = "2".repeat(40)
         );
@@ -758,6 +783,12 @@ mod tests {
                 opens,
                 "rise {rise}, streak {streak}, healthy for {healthy_for:?}"
             );
+        }
+        // The least time the gate needs (checked against promotion.health_timeout).
+        for (rise, least) in
+            [(1, ms(1000)), (2, ms(1000)), (6, ms(1000)), (10, ms(1800)), (20, ms(3800))]
+        {
+            assert_eq!(rule(rise).least_time(), least, "rise {rise}");
         }
     }
 

@@ -236,10 +236,7 @@ fn check_manifest(m: &Manifest, declared: &Declared, r: &mut Rules<'_>) {
             {
                 r.value(
                     path!["apps", app_name.as_str(), "health", field],
-                    format!(
-                        "{field} must be between 1 and {MAX_RISE_FALL} (the promotion gate probes \
-                         the slot {field} times in a row)"
-                    ),
+                    format!("{field} must be between 1 and {MAX_RISE_FALL}"),
                 );
             }
         }

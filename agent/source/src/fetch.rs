@@ -769,34 +769,46 @@ fn fetch_blocking(
                     .to_string(),
             );
         };
-        let asking = match (ctx.protocol.as_deref(), ctx.host.as_deref()) {
-            (Some(protocol), Some(host)) => Some(format!("{protocol}://{host}")),
+        // Who asks: gix fills in the URL it talks to (after redirects); protocol and host
+        // only in some versions.
+        let asking = match (ctx.url.as_ref(), ctx.protocol.as_deref(), ctx.host.as_deref()) {
+            (Some(u), _, _) => Some(u.to_string()),
+            (None, Some(protocol), Some(host)) => Some(format!("{protocol}://{host}")),
             _ => None,
         };
-        match (&home, asking) {
-            (None, _) => refuse(
+        let clear_text = || {
+            refuse(
                 "the server asked for credentials over plain http: they are only ever sent over \
                  https (clear text refused); use an https remote"
                     .to_string(),
-            ),
-            (Some(home), Some(asking)) if !same_authority(home, &asking) => refuse(format!(
+            )
+        };
+        let Some(home) = &home else { return clear_text() };
+        let Some(asking) = asking else {
+            return refuse("a server asked for credentials without saying which URL".to_string());
+        };
+        let Some(asking) = https_authority(&asking) else { return clear_text() };
+        if !same_authority(home, &asking) {
+            return refuse(format!(
                 "{asking} asked for credentials: they are only sent to {home}, the remote being \
                  fetched"
-            )),
-            _ if asked > 1 => refuse(format!(
+            ));
+        }
+        if asked > 1 {
+            return refuse(format!(
                 "the server rejected the credentials of user `{}` (HTTP 401): check the token in \
                  source.credentials_file and its access to the repository",
                 c.username
-            )),
-            _ => Ok(Some(gix::credentials::protocol::Outcome {
-                identity: gix::sec::identity::Account {
-                    username: c.username.clone(),
-                    password: c.token.clone(),
-                    oauth_refresh_token: None,
-                },
-                next: ctx.into(),
-            })),
+            ));
         }
+        Ok(Some(gix::credentials::protocol::Outcome {
+            identity: gix::sec::identity::Account {
+                username: c.username.clone(),
+                password: c.token.clone(),
+                oauth_refresh_token: None,
+            },
+            next: ctx.into(),
+        }))
     };
     let connection =
         remote.connect(gix::remote::Direction::Fetch).map_err(remote_err)?.with_credentials(answer);
