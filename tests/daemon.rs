@@ -64,6 +64,14 @@ impl Daemon {
     }
 }
 
+/// Sets the host's poll interval to an hour: only something else can wake the daemon
+/// within a test.
+fn poll_hourly(h: &DemoHost) {
+    let text = std::fs::read_to_string(&h.config_path).expect("config");
+    assert!(text.contains("interval: 2s"), "{text}");
+    std::fs::write(&h.config_path, text.replace("interval: 2s", "interval: 1h")).expect("config");
+}
+
 fn status(h: &DemoHost) -> serde_json::Value {
     let out = h.agent(&["status", "--json"]).expect("status runs");
     serde_json::from_str(&out.stdout_str()).unwrap_or(serde_json::Value::Null)
@@ -144,8 +152,7 @@ fn sync_without_a_daemon_says_so() {
 fn a_changed_configuration_wakes_the_daemon_without_waiting_for_the_poll() {
     let h = host();
     // Poll once an hour: only the file watch can wake the daemon within the test.
-    let text = std::fs::read_to_string(&h.config_path).unwrap();
-    std::fs::write(&h.config_path, text.replace("interval: 2s", "interval: 1h")).unwrap();
+    poll_hourly(&h);
     let first = h.commit(&h.manifest("blue", Some(0), None), "blue").unwrap();
     let d = Daemon::start(&h);
     d.wait_for("the first sync", Duration::from_secs(90), || {
@@ -168,8 +175,7 @@ fn a_changed_configuration_wakes_the_daemon_without_waiting_for_the_poll() {
 #[test]
 fn a_failed_sync_is_retried_soon_not_at_the_next_poll() {
     let h = host();
-    let text = std::fs::read_to_string(&h.config_path).unwrap();
-    std::fs::write(&h.config_path, text.replace("interval: 2s", "interval: 1h")).unwrap();
+    poll_hourly(&h);
     let first = h.commit(&h.manifest("blue", Some(0), None), "blue").unwrap();
     h.http.set_fault(veza_testkit::http::Fault::Down);
     let d = Daemon::start(&h);
