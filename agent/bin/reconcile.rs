@@ -661,10 +661,13 @@ impl Agent {
 /// The `username:token` of `source.credentials_file`, if configured (first line, trimmed).
 fn read_credentials(c: &HostConfig) -> Result<Option<Credentials>, String> {
     let Some(path) = &c.source.credentials_file else { return Ok(None) };
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("credentials file `{path}` unreadable: {e}"))?;
-    if let Ok(meta) = std::fs::metadata(path) {
-        use std::os::unix::fs::PermissionsExt as _;
+    use std::io::Read as _;
+    use std::os::unix::fs::PermissionsExt as _;
+    let unreadable = |e: std::io::Error| format!("credentials file `{path}` unreadable: {e}");
+    let mut file = std::fs::File::open(path).map_err(unreadable)?;
+    let mut text = String::new();
+    file.read_to_string(&mut text).map_err(unreadable)?;
+    if let Ok(meta) = file.metadata() {
         let mode = meta.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {
             tracing::warn!(

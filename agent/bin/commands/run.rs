@@ -211,23 +211,11 @@ fn reload(agent: &mut Agent) {
     }
 }
 
-/// Failures a quick retry cannot fix, and repeating which can hurt: the forge refusing
-/// the credentials (a lockout after repeated 401s) or credentials that must not be sent.
-const NOT_RETRIED_SOON: [&str; 5] = [
-    "were not accepted by the remote",
-    "requires authentication",
-    "rejected the credentials",
-    "clear text refused",
-    "they are only sent to",
-];
-
-/// Whether a sync is retried before the next poll: it failed, and not on credentials.
+/// Whether a sync is retried before the next poll: it failed, and not on credentials
+/// (a quick retry cannot fix those, and repeated 401s can lock the account).
 fn retry_soon(summary: &SyncSummary) -> bool {
     summary.outcome == veza_state::Outcome::Failed
-        && !summary
-            .reason
-            .as_deref()
-            .is_some_and(|r| NOT_RETRIED_SOON.iter().any(|marker| r.contains(marker)))
+        && !summary.reason.as_deref().is_some_and(veza_source::fetch::is_credentials_failure)
 }
 
 /// First retry delay after a failed sync; it doubles with each further failure.

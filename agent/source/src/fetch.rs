@@ -706,6 +706,21 @@ fn join(prefix: &str, name: &[u8]) -> String {
 }
 
 /// The blocking fetch, run on the worker thread with its own repository handle.
+/// Whether a fetch failure (its message) is about credentials: refused by the forge,
+/// missing, or not sent (plain http, another host). Retrying those soon cannot help and
+/// repeated 401s can lock the account. The phrases are the ones this module writes, plus
+/// gix's own for a rejected identity.
+pub fn is_credentials_failure(message: &str) -> bool {
+    const PHRASES: [&str; 5] = [
+        "were not accepted by the remote",
+        "the server requires authentication",
+        "rejected the credentials",
+        "clear text refused",
+        "they are only sent to",
+    ];
+    PHRASES.iter().any(|p| message.contains(p))
+}
+
 /// `https://HOST[:PORT]` of an https URL (userinfo dropped, host lower-cased); `None` for
 /// any other scheme.
 fn https_authority(url: &str) -> Option<String> {

@@ -409,16 +409,7 @@ impl TlsFront {
     /// Starts HAProxy with TLS on a free loopback port in front of `backend`.
     pub fn start(backend: SocketAddr) -> Result<TlsFront> {
         let dir = tempfile::Builder::new().prefix("veza-tls-front-").tempdir()?;
-        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-        Cmd::new("openssl")
-            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"])
-            .args(["-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"])
-            .args(["-addext", "subjectAltName=IP:127.0.0.1"])
-            .arg("-keyout")
-            .arg(&key)
-            .arg("-out")
-            .arg(&cert)
-            .run()?;
+        let (cert, key) = crate::incus::self_signed(dir.path(), "127.0.0.1", Some("IP:127.0.0.1"))?;
         let bundle = dir.path().join("front.pem");
         let mut pem = std::fs::read(&cert)?;
         pem.extend(std::fs::read(&key)?);

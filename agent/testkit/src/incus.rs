@@ -628,16 +628,24 @@ pub fn self_signed_certificate(
     dir: &Path,
     cn: &str,
 ) -> Result<(std::path::PathBuf, std::path::PathBuf)> {
+    self_signed(dir, cn, None)
+}
+
+/// [`self_signed_certificate`], with a `subjectAltName` (e.g. `IP:127.0.0.1`) when given.
+pub(crate) fn self_signed(
+    dir: &Path,
+    cn: &str,
+    subject_alt_name: Option<&str>,
+) -> Result<(std::path::PathBuf, std::path::PathBuf)> {
     let (cert, key) = (dir.join(format!("{cn}.crt")), dir.join(format!("{cn}.key")));
-    Cmd::new("openssl")
+    let mut openssl = Cmd::new("openssl")
         .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"])
         .args(["-nodes", "-days", "1", "-subj"])
-        .arg(format!("/CN={cn}"))
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .run()?;
+        .arg(format!("/CN={cn}"));
+    if let Some(san) = subject_alt_name {
+        openssl = openssl.arg("-addext").arg(format!("subjectAltName={san}"));
+    }
+    openssl.arg("-keyout").arg(&key).arg("-out").arg(&cert).run()?;
     Ok((cert, key))
 }
 

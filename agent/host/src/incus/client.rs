@@ -539,9 +539,8 @@ impl IncusClient {
         }
     }
 
-    /// GET returning the sync metadata decoded as `T`.
-    async fn get_as<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
-        let resp = self.send_read(path).await?;
+    /// The sync metadata of a GET's reply decoded as `T`.
+    fn decode_read<T: DeserializeOwned>(&self, path: &str, resp: &Resp) -> Result<T> {
         let decode = |detail: String| IncusError::Decode {
             method: "GET".to_string(),
             path: path.to_string(),
@@ -559,6 +558,12 @@ impl IncusClient {
         }
     }
 
+    /// GET returning the sync metadata decoded as `T`.
+    async fn get_as<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        let resp = self.send_read(path).await?;
+        self.decode_read(path, &resp)
+    }
+
     /// GET of one object with its ETag; `None` on 404.
     async fn get_with_etag<T: DeserializeOwned>(
         &self,
@@ -569,23 +574,7 @@ impl IncusClient {
             return Ok(None);
         }
         let etag = resp.header("etag").map(str::to_string);
-        match envelope::parse_reply(resp.status.as_u16(), &resp.body) {
-            Ok(Reply::Sync(value)) => serde_json::from_value(value)
-                .map(|v| Some((v, etag)))
-                .map_err(|e| IncusError::Decode {
-                    method: "GET".to_string(),
-                    path: path.to_string(),
-                    detail: e.to_string(),
-                    excerpt: envelope::excerpt(&resp.body),
-                }),
-            Ok(Reply::Async { operation }) => Err(IncusError::Decode {
-                method: "GET".to_string(),
-                path: path.to_string(),
-                detail: format!("unexpected background operation `{operation}`"),
-                excerpt: envelope::excerpt(&resp.body),
-            }),
-            Err(e) => Err(self.reply_error(&Method::GET, path, e)),
-        }
+        self.decode_read(path, &resp).map(|v| Some((v, etag)))
     }
 
     async fn get_instance(&self, name: &str) -> Result<Option<(wire::Instance, Option<String>)>> {
