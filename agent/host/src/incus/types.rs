@@ -36,7 +36,8 @@ pub const KEY_PROTECT: &str = "user.veza.protect";
 /// Prefix of the snapshots the agent creates and prunes.
 pub const SNAPSHOT_PREFIX: &str = "veza-";
 
-/// Everything the agent observes in Incus, in four requests.
+/// Everything the agent observes in Incus, one list request each (networks only when the
+/// observation scope asks for them).
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct IncusLive {
     pub instances: BTreeMap<String, LiveInstance>,
