@@ -1236,20 +1236,28 @@ fn corrupted_state_file() {
     case.saw(format!("status exit {}: {}", r.code, r.err.trim()));
     assert_eq!(r.code, 2, "{r}");
     assert!(r.err.contains("corrupt"), "{r}");
-    let moved: Vec<PathBuf> = std::fs::read_dir(&state)
-        .expect("ls")
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("state.json.corrupt-"))
-        })
-        .collect();
-    assert_eq!(moved.len(), 1, "the corrupt file was moved aside once: {moved:?}");
-    assert!(std::fs::read(&moved[0]).expect("kept").ends_with(b"garbage"), "kept for forensics");
-    // The next sync recovers: the high-water mark in Incus, the live state, no change to the host.
+    let moved_aside = || -> Vec<PathBuf> {
+        std::fs::read_dir(&state)
+            .expect("ls")
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("state.json.corrupt-"))
+            })
+            .collect()
+    };
+    // `status` only reads: the corrupt file stays where it is until a sync holds the lock.
+    assert!(moved_aside().is_empty(), "status moved the state file: {:?}", moved_aside());
+    assert!(state.join("state.json").exists(), "status removed the state file");
+    // The next sync recovers: moves it aside under the lock, then the high-water mark in
+    // Incus, the live state, no change to the host.
     let edge_before = edge_bytes(&h);
     let r = apply_ok(&h);
     case.saw(format!("next apply: {}", r.out.trim()));
+    let moved = moved_aside();
+    assert_eq!(moved.len(), 1, "the corrupt file was moved aside once: {moved:?}");
+    assert!(std::fs::read(&moved[0]).expect("kept").ends_with(b"garbage"), "kept for forensics");
     assert!(r.out.contains(short(&a)), "{r}");
     assert_eq!(edge_bytes(&h), edge_before, "the host was not touched");
     let st = status(&h.config_path);

@@ -54,7 +54,7 @@ pub enum SourceProblem {
 }
 
 /// What a sync did, for the caller (exit codes, `sync` replies, logs).
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct SyncSummary {
     /// Outcome.
     pub outcome: Outcome,
@@ -69,7 +69,12 @@ pub struct SyncSummary {
     /// A newer commit preempted this run: sync again at once.
     #[serde(default)]
     pub preempted: bool,
+    /// What the plan refused to do (`resource: reason`): the run is not clean even when
+    /// everything else applied.
+    #[serde(default)]
+    pub refusals: Vec<String>,
 }
+
 
 impl std::fmt::Display for SyncSummary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -81,7 +86,41 @@ impl std::fmt::Display for SyncSummary {
         if let Some(r) = &self.reason {
             write!(f, ": {r}")?;
         }
+        if !self.refusals.is_empty() {
+            write!(f, "; {} refused (not done):", self.refusals.len())?;
+            for r in &self.refusals {
+                write!(f, "\n  refused: {r}")?;
+            }
+        }
         Ok(())
+    }
+}
+
+/// What a verified revision would do on this host (see [`Agent::plan_for`]).
+#[derive(Debug)]
+pub enum Decision {
+    /// The commit's promotion was rolled back before: nothing is tried again.
+    Quarantined(String),
+    /// The plan to run.
+    Plan(Plan),
+}
+
+/// How the stages of one sync ended, for the one exit path that records it.
+struct End {
+    outcome: Outcome,
+    commit: Option<String>,
+    reason: Option<String>,
+    steps: usize,
+    preempted: bool,
+    /// The history entry to append, if this run is worth one.
+    history: Option<HistoryEntry>,
+    /// The apply engine ran and wrote the journal: clear it once the outcome is saved.
+    journaled: bool,
+}
+
+impl End {
+    fn new(outcome: Outcome, commit: Option<String>, reason: Option<String>) -> End {
+        End { outcome, commit, reason, steps: 0, preempted: false, history: None, journaled: false }
     }
 }
 
@@ -308,66 +347,120 @@ impl Agent {
         apply(plan, &drivers, hooks).await
     }
 
+    /// What this host would do with a verified revision, given the recorded state and
+    /// the live observation: the one decision shared by `sync` and `plan`, so a plan
+    /// never shows what an apply would refuse (quarantine, gated promotions). Pure.
+    pub fn plan_for(
+        &self,
+        state: &AgentState,
+        source: &Source,
+        live: &LiveState,
+        now: i64,
+    ) -> Result<Decision, veza_plan::PlanError> {
+        if let Some(q) = state.quarantined.get(&source.commit) {
+            return Ok(Decision::Quarantined(format!(
+                "commit is quarantined after a rolled-back promotion ({}); push a newer commit",
+                q.reason
+            )));
+        }
+        let mut opts = self.plan_options();
+        opts.failing_jobs = failing_jobs(state, &source.manifests, now);
+        let refs: Vec<&Manifest> = source.manifests.iter().collect();
+        veza_plan::plan(&refs, live, &opts).map(Decision::Plan)
+    }
+
     /// One full sync with the store locked. `stop` is checked between steps.
+    ///
+    /// The stages run in [`Agent::stages`]; whatever they end with, this one exit path
+    /// records the run, appends history, saves the state, writes the metrics and only
+    /// then clears the apply journal (a kill before the save leaves the journal, so
+    /// `status` says the run was interrupted rather than claim the old commit is live).
     pub async fn sync(&self, store: &Store, stop: &AtomicBool) -> Result<SyncSummary> {
         let started = Instant::now();
         let started_ms = chrono::Utc::now().timestamp_millis();
         let now = started_ms / 1000;
-        let reader = store.reader();
-        let mut state = match reader.load() {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!("{e}");
-                AgentState::default()
+        // A corrupt state file is moved aside here, under the lock; a state written by a
+        // newer agent stops the sync (never overwritten).
+        let (mut state, recovered) = store.load_or_recover()?;
+        if let Some(e) = recovered {
+            tracing::error!("{e}");
+        }
+        let interrupted = store.reader().journal();
+        let end = self.stages(&mut state, store, stop, interrupted.as_ref(), now).await;
+        let duration_ms = started.elapsed().as_millis() as u64;
+        match end.outcome {
+            Outcome::Applied | Outcome::NoChange => state.sync_failures = 0,
+            Outcome::Failed => state.sync_failures += 1,
+            Outcome::Rejected | Outcome::RolledBack => {}
+        }
+        state.last_run = Some(RunRecord {
+            started_ms,
+            duration_ms,
+            outcome: end.outcome,
+            reason: end.reason.clone(),
+            commit: end.commit.clone(),
+        });
+        let save = (|| {
+            if let Some(mut h) = end.history {
+                h.at_ms = started_ms;
+                h.duration_ms = duration_ms;
+                store.append_history(&h)?;
             }
-        };
-        let interrupted = reader.journal();
-        let finish = |state: &mut AgentState,
-                      outcome: Outcome,
-                      commit: Option<String>,
-                      reason: Option<String>,
-                      steps: usize| {
-            let duration_ms = started.elapsed().as_millis() as u64;
-            state.last_run = Some(RunRecord {
-                started_ms,
-                duration_ms,
-                outcome,
-                reason: reason.clone(),
-                commit: commit.clone(),
-            });
-            SyncSummary { outcome, commit, reason, steps, duration_ms, preempted: false }
-        };
-        let source = match self.source(&state, now).await {
+            store.save(&state)
+        })();
+        self.write_metrics(&state, now);
+        save?;
+        if end.journaled {
+            store.clear_journal()?;
+        }
+        Ok(SyncSummary {
+            outcome: end.outcome,
+            commit: end.commit,
+            reason: end.reason,
+            steps: end.steps,
+            duration_ms,
+            preempted: end.preempted,
+            refusals: state.refusals.clone(),
+        })
+    }
+
+    /// The stages of one sync: accept → observe → plan → apply → observe again →
+    /// record into `state`. Returns how the run ended; never saves (see [`Agent::sync`]).
+    async fn stages(
+        &self,
+        state: &mut AgentState,
+        store: &Store,
+        stop: &AtomicBool,
+        interrupted: Option<&Journal>,
+        now: i64,
+    ) -> End {
+        let source = match self.source(state, now).await {
             Ok(s) => s,
             Err(SourceProblem::Fetch(e)) => {
                 state.last_fetch_error = Some(e.clone());
-                state.sync_failures += 1;
-                let s = finish(&mut state, Outcome::Failed, None, Some(format!("fetch: {e}")), 0);
-                store.save(&state)?;
-                self.write_metrics(&state, now);
-                return Ok(s);
+                return End::new(Outcome::Failed, None, Some(format!("fetch: {e}")));
             }
             Err(SourceProblem::Rejected { commit, reason }) => {
                 state.last_fetch_error = None;
                 let first_time = state.rejected.as_ref().map(|r| &r.commit) != Some(&commit);
                 if first_time {
                     state.rejected_total += 1;
-                    store.append_history(&HistoryEntry {
-                        at_ms: started_ms,
-                        commit: commit.clone(),
-                        signer: None,
-                        outcome: Outcome::Rejected,
-                        reason: Some(reason.clone()),
-                        apps: BTreeMap::new(),
-                        duration_ms: started.elapsed().as_millis() as u64,
-                    })?;
                 }
                 state.rejected =
                     Some(Rejection { commit: commit.clone(), reason: reason.clone(), at: now });
-                let s = finish(&mut state, Outcome::Rejected, Some(commit), Some(reason), 0);
-                store.save(&state)?;
-                self.write_metrics(&state, now);
-                return Ok(s);
+                let mut end = End::new(Outcome::Rejected, Some(commit.clone()), Some(reason));
+                if first_time {
+                    end.history = Some(HistoryEntry {
+                        at_ms: 0,
+                        commit,
+                        signer: None,
+                        outcome: Outcome::Rejected,
+                        reason: end.reason.clone(),
+                        apps: BTreeMap::new(),
+                        duration_ms: 0,
+                    });
+                }
+                return end;
             }
         };
         state.last_verified_fetch_at = Some(now);
@@ -376,56 +469,19 @@ impl Agent {
             // A newer good commit supersedes the last rejection.
             state.rejected = None;
         }
-        if let Some(q) = state.quarantined.get(&source.commit) {
-            let reason = format!(
-                "commit is quarantined after a rolled-back promotion ({}); push a newer commit",
-                q.reason
-            );
-            let s = finish(
-                &mut state,
-                Outcome::RolledBack,
-                Some(source.commit.clone()),
-                Some(reason),
-                0,
-            );
-            store.save(&state)?;
-            self.write_metrics(&state, now);
-            return Ok(s);
-        }
-        state.quarantined.clear();
-
+        let commit = Some(source.commit.clone());
         let live = match self.observe(&source.manifests).await {
             Ok(l) => l,
-            Err(e) => {
-                state.sync_failures += 1;
-                let s = finish(
-                    &mut state,
-                    Outcome::Failed,
-                    Some(source.commit.clone()),
-                    Some(format!("{e:#}")),
-                    0,
-                );
-                store.save(&state)?;
-                return Ok(s);
-            }
+            Err(e) => return End::new(Outcome::Failed, commit, Some(format!("{e:#}"))),
         };
-        let mut opts = self.plan_options();
-        opts.failing_jobs = failing_jobs(&state, &source.manifests, now);
-        let refs: Vec<&Manifest> = source.manifests.iter().collect();
-        let plan = match veza_plan::plan(&refs, &live, &opts) {
-            Ok(p) => p,
-            Err(e) => {
-                let s = finish(
-                    &mut state,
-                    Outcome::Failed,
-                    Some(source.commit.clone()),
-                    Some(e.to_string()),
-                    0,
-                );
-                store.save(&state)?;
-                return Ok(s);
+        let plan = match self.plan_for(state, &source, &live, now) {
+            Ok(Decision::Plan(p)) => p,
+            Ok(Decision::Quarantined(reason)) => {
+                return End::new(Outcome::RolledBack, commit, Some(reason));
             }
+            Err(e) => return End::new(Outcome::Failed, commit, Some(format!("plan: {e}"))),
         };
+        state.quarantined.clear();
         for r in &plan.refusals {
             tracing::warn!(resource = %r.resource, "refused: {}", r.reason);
         }
@@ -435,25 +491,15 @@ impl Agent {
         let already =
             state.applied.as_ref().map(|a| a.commit.as_str()) == Some(source.commit.as_str());
         if plan.is_empty() && interrupted.is_none() {
-            self.record_applied(&mut state, &source, &live, now).await;
-            state.sync_failures = 0;
+            self.record_applied(state, &source, &live, now).await;
             let outcome = if already { Outcome::NoChange } else { Outcome::Applied };
+            let mut end = End::new(outcome, commit, None);
             if !already {
-                store.append_history(&history(
-                    started_ms,
-                    &source,
-                    outcome,
-                    None,
-                    &state,
-                    started.elapsed(),
-                ))?;
+                end.history = Some(history(&source, outcome, None, state));
             }
-            let s = finish(&mut state, outcome, Some(source.commit.clone()), None, 0);
-            store.save(&state)?;
-            self.write_metrics(&state, now);
-            return Ok(s);
+            return end;
         }
-        if let Some(j) = &interrupted {
+        if let Some(j) = interrupted {
             tracing::warn!(commit = %j.commit, step = ?j.current, "the previous run was interrupted; re-planned from live state");
         }
         let runs_in =
@@ -462,7 +508,7 @@ impl Agent {
             store,
             journal: Journal {
                 commit: source.commit.clone(),
-                started_ms,
+                started_ms: now * 1000,
                 steps: plan.steps.iter().map(|s| s.action.to_string()).collect(),
                 done: 0,
                 current: None,
@@ -476,7 +522,6 @@ impl Agent {
             },
         };
         let report = self.apply(&plan, runs_in.as_deref(), &mut hooks).await;
-        store.clear_journal()?;
         let (outcome, reason) = match &report.outcome {
             ApplyOutcome::Applied => (Outcome::Applied, None),
             ApplyOutcome::RolledBack { reason } => (Outcome::RolledBack, Some(reason.clone())),
@@ -493,8 +538,7 @@ impl Agent {
         let live_after = self.observe(&source.manifests).await.unwrap_or(live);
         match outcome {
             Outcome::Applied => {
-                state.sync_failures = 0;
-                self.record_applied(&mut state, &source, &live_after, now).await;
+                self.record_applied(state, &source, &live_after, now).await;
             }
             Outcome::RolledBack => {
                 state.quarantined.insert(
@@ -507,7 +551,7 @@ impl Agent {
                 );
                 // The commit was verified and attempted: it becomes the high-water mark
                 // (only its descendants, e.g. a revert, are accepted next).
-                self.record_applied(&mut state, &source, &live_after, now).await;
+                self.record_applied(state, &source, &live_after, now).await;
                 for p in &plan.promotions {
                     let app = state
                         .envs
@@ -520,22 +564,14 @@ impl Agent {
                     app.last_reason = reason.clone();
                 }
             }
-            _ => state.sync_failures += 1,
+            _ => {}
         }
-        store.append_history(&history(
-            started_ms,
-            &source,
-            outcome,
-            reason.clone(),
-            &state,
-            started.elapsed(),
-        ))?;
-        let mut s =
-            finish(&mut state, outcome, Some(source.commit.clone()), reason, report.steps_done);
-        s.preempted = matches!(report.outcome, ApplyOutcome::Preempted { .. });
-        store.save(&state)?;
-        self.write_metrics(&state, now);
-        Ok(s)
+        let mut end = End::new(outcome, commit, reason.clone());
+        end.history = Some(history(&source, outcome, reason, state));
+        end.steps = report.steps_done;
+        end.preempted = matches!(report.outcome, ApplyOutcome::Preempted { .. });
+        end.journaled = true;
+        end
     }
 
     async fn record_applied(
@@ -735,14 +771,9 @@ pub fn failing_jobs(
     out
 }
 
-fn history(
-    started_ms: i64,
-    source: &Source,
-    outcome: Outcome,
-    reason: Option<String>,
-    state: &AgentState,
-    took: Duration,
-) -> HistoryEntry {
+/// The history entry of a run that reached a verified revision (time and duration are
+/// filled in by the exit path).
+fn history(source: &Source, outcome: Outcome, reason: Option<String>, state: &AgentState) -> HistoryEntry {
     let mut apps = BTreeMap::new();
     for (env, e) in &state.envs {
         for (app, a) in &e.apps {
@@ -756,13 +787,13 @@ fn history(
         }
     }
     HistoryEntry {
-        at_ms: started_ms,
+        at_ms: 0,
         commit: source.commit.clone(),
         signer: Some(source.signer.clone()),
         outcome,
         reason,
         apps,
-        duration_ms: took.as_millis() as u64,
+        duration_ms: 0,
     }
 }
 

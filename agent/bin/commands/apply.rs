@@ -1,11 +1,14 @@
 //! `veza-agent apply`: one full sync now (fetch, verify, plan, apply, record), without
 //! a daemon. Exit 0 when applied or already in sync, 1 when the revision was rejected,
-//! the promotion rolled back, or a step failed.
+//! the promotion rolled back, or a step failed, 3 when everything else applied but the
+//! plan refused something (listed under the outcome line).
 
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 
 use veza_state::{Outcome, Store};
+
+use crate::reconcile::SyncSummary;
 
 use crate::commands::common::{ConfigArg, fail, with_agent};
 
@@ -27,12 +30,18 @@ pub fn run(args: &ApplyArgs) -> ExitCode {
         match agent.sync(&store, &stop).await {
             Ok(summary) => {
                 outln!("{summary}");
-                match summary.outcome {
-                    Outcome::Applied | Outcome::NoChange => ExitCode::SUCCESS,
-                    _ => ExitCode::from(1),
-                }
+                exit_code(&summary)
             }
             Err(e) => fail(&e, 1),
         }
     })
+}
+
+/// 0 clean, 3 applied with refusals, 1 anything else (shared by `apply` and `sync`).
+pub fn exit_code(summary: &SyncSummary) -> ExitCode {
+    match summary.outcome {
+        Outcome::Applied | Outcome::NoChange if summary.refusals.is_empty() => ExitCode::SUCCESS,
+        Outcome::Applied | Outcome::NoChange => ExitCode::from(3),
+        _ => ExitCode::from(1),
+    }
 }

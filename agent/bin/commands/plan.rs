@@ -1,12 +1,15 @@
-//! `veza-agent plan`: a dry run against live state. Exit 0 when nothing would change,
-//! 2 when changes are pending, 1 on error or when the revision is refused.
+//! `veza-agent plan`: a dry run against live state, deciding exactly as `apply` would
+//! (`Agent::plan_for`). Exit 0 when nothing would change, 2 when changes are pending,
+//! 3 when the plan refuses something the manifests ask for (foreign or protected
+//! resources, gated promotions, in-place changes of a serving slot), 1 on error or when
+//! the revision is refused or quarantined.
 
 use std::process::ExitCode;
 
 use veza_state::Reader;
 
 use crate::commands::common::{ConfigArg, fail, now, with_agent};
-use crate::reconcile::SourceProblem;
+use crate::reconcile::{Decision, SourceProblem};
 
 /// Arguments of `plan`.
 #[derive(Debug, clap::Args)]
@@ -21,6 +24,7 @@ pub struct PlanArgs {
 /// Runs `plan`.
 pub fn run(args: &PlanArgs) -> ExitCode {
     with_agent(&args.config, |agent| async move {
+        // A corrupt state file reads as empty state here (only a sync moves it aside).
         let state = Reader::new(&agent.state_dir()).load().unwrap_or_default();
         let source = match agent.source(&state, now()).await {
             Ok(s) => s,
@@ -34,9 +38,12 @@ pub fn run(args: &PlanArgs) -> ExitCode {
             Ok(l) => l,
             Err(e) => return fail(&e, 1),
         };
-        let refs: Vec<&veza_model::Manifest> = source.manifests.iter().collect();
-        let plan = match veza_plan::plan(&refs, &live, &agent.plan_options()) {
-            Ok(p) => p,
+        let plan = match agent.plan_for(&state, &source, &live, now()) {
+            Ok(Decision::Plan(p)) => p,
+            Ok(Decision::Quarantined(reason)) => {
+                eprintln!("quarantined {}: {reason}", source.commit);
+                return ExitCode::from(1);
+            }
             Err(e) => return fail(&e.into(), 1),
         };
         if args.json {
@@ -46,6 +53,16 @@ pub fn run(args: &PlanArgs) -> ExitCode {
             outln!("commit {} signed by {}", source.commit, source.signer);
             out!("{plan}");
         }
-        if plan.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(2) }
+        if !plan.refusals.is_empty() {
+            eprintln!(
+                "plan: {} refused (the manifests ask for something the agent will not do; see `refused` above)",
+                plan.refusals.len()
+            );
+            ExitCode::from(3)
+        } else if plan.is_empty() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(2)
+        }
     })
 }

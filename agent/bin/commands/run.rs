@@ -104,6 +104,7 @@ async fn daemon(args: &RunArgs) -> anyhow::Result<()> {
                     steps: 0,
                     duration_ms: 0,
                     preempted: false,
+                    refusals: Vec::new(),
                 }
             }
         };
@@ -281,6 +282,7 @@ mod tests {
             steps: 0,
             duration_ms: 0,
             preempted: false,
+            refusals: Vec::new(),
         };
         // (outcome, reason, retried soon)
         let table = [

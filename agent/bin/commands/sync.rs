@@ -1,5 +1,6 @@
 //! `veza-agent sync`: asks the running daemon to sync now and prints the outcome.
-//! Exit 0 when applied or in sync, 1 otherwise, 2 when no daemon answers.
+//! Exit 0 when applied or in sync, 3 when applied with refusals, 1 otherwise, 2 when no
+//! daemon answers.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -7,7 +8,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use crate::commands::common::{ConfigArg, fail};
-use crate::reconcile::load_config;
+use crate::reconcile::{SyncSummary, load_config};
 
 /// Arguments of `sync`.
 #[derive(Debug, clap::Args)]
@@ -45,15 +46,10 @@ pub fn run(args: &SyncArgs) -> ExitCode {
     if let Err(e) = BufReader::new(stream).read_line(&mut line) {
         return fail(&anyhow::anyhow!("no answer from the daemon: {e}"), 2);
     }
-    let v: serde_json::Value = serde_json::from_str(line.trim()).unwrap_or_default();
-    let outcome = v["outcome"].as_str().unwrap_or("unknown");
-    let commit = v["commit"].as_str().unwrap_or("-");
-    outln!(
-        "{outcome} {} ({} steps, {} ms){}",
-        &commit[..commit.len().min(12)],
-        v["steps"],
-        v["duration_ms"],
-        v["reason"].as_str().map(|r| format!(": {r}")).unwrap_or_default()
-    );
-    if matches!(outcome, "applied" | "no-change") { ExitCode::SUCCESS } else { ExitCode::from(1) }
+    let summary: SyncSummary = match serde_json::from_str(line.trim()) {
+        Ok(s) => s,
+        Err(e) => return fail(&anyhow::anyhow!("unreadable answer from the daemon ({e}): {line}"), 2),
+    };
+    outln!("{summary}");
+    crate::commands::apply::exit_code(&summary)
 }

@@ -305,6 +305,11 @@ pub struct App {
     /// Refuse promotions while one of these jobs (of this environment) is stale or failing.
     #[serde(default)]
     pub gate_on_jobs: Vec<String>,
+    /// Allow a change of the serving color's release (or image) to rebuild it in place,
+    /// interrupting its traffic. Off by default: such an edit is refused with a hint to
+    /// deploy to the idle color and promote it.
+    #[serde(default)]
+    pub in_place_updates: bool,
 }
 
 /// The release artifact of an app.

@@ -9,7 +9,7 @@ use veza_model::manifest::{Color, Device, DeviceType, InstanceType, ProxyBind};
 use veza_model::units::{JobUnitSpec, UnitFile};
 
 use crate::live::{
-    Devices, MARK_APP, MARK_COLOR, MARK_ENV, MARK_HOST, MARK_KEYS, MARK_MANAGED, MARK_PROTECT,
+    Devices, MARK_APP, MARK_COLOR, MARK_ENV, MARK_HOST, MARK_IMAGE, MARK_KEYS, MARK_MANAGED, MARK_PROTECT,
     UnitTarget,
 };
 
@@ -90,6 +90,8 @@ pub struct DesiredInstance {
     pub detect_only: bool,
     /// Set for app slots.
     pub slot: Option<SlotSpec>,
+    /// The app accepts rebuilding its serving slot in place (`in_place_updates`).
+    pub in_place_updates: bool,
 }
 
 /// A job's units at their target.
@@ -188,7 +190,11 @@ fn with_marks(
     for (k, v) in marks {
         config.insert((*k).to_string(), v.clone());
     }
-    config.insert(MARK_KEYS.to_string(), keys.join(","));
+    // Incus drops a key set to "": an empty list is no key at all, or the next
+    // observation would differ from what was written and the instance would never converge.
+    if !keys.is_empty() {
+        config.insert(MARK_KEYS.to_string(), keys.join(","));
+    }
     config
 }
 
@@ -227,7 +233,7 @@ pub fn desired(manifests: &[&Manifest], pool: &str) -> Result<Desired, DesiredEr
             );
         }
         for (name, inst) in &m.incus.instances {
-            let mut marks = vec![(MARK_ENV, env.clone())];
+            let mut marks = vec![(MARK_ENV, env.clone()), (MARK_IMAGE, inst.image.clone())];
             if inst.protect {
                 marks.push((MARK_PROTECT, "true".to_string()));
             }
@@ -244,6 +250,7 @@ pub fn desired(manifests: &[&Manifest], pool: &str) -> Result<Desired, DesiredEr
                     snapshots_keep: inst.snapshots_keep.unwrap_or(3),
                     detect_only: inst.detect_only,
                     slot: None,
+                    in_place_updates: false,
                 },
             );
         }
@@ -280,6 +287,7 @@ pub fn desired(manifests: &[&Manifest], pool: &str) -> Result<Desired, DesiredEr
                     (MARK_ENV, env.clone()),
                     (MARK_APP, app_name.clone()),
                     (MARK_COLOR, color.to_string()),
+                    (MARK_IMAGE, app.image.clone()),
                 ];
                 let sha256 = app
                     .artifact
@@ -299,6 +307,7 @@ pub fn desired(manifests: &[&Manifest], pool: &str) -> Result<Desired, DesiredEr
                         protect: false,
                         snapshots_keep: 0,
                         detect_only: false,
+                        in_place_updates: app.in_place_updates,
                         slot: Some(SlotSpec {
                             env: env.clone(),
                             app: app_name.clone(),

@@ -8,4 +8,4 @@ pub mod live;
 pub mod plan;
 pub mod simulate;
 
-pub use plan::{Action, Plan, PlanOptions, Step, plan};
+pub use plan::{Action, Plan, PlanError, PlanOptions, Step, plan};

@@ -23,6 +23,9 @@ pub const MARK_PROTECT: &str = "user.veza.protect";
 /// Host whose manifests declare an owned profile: profiles are shared by the
 /// environments of one host, and only that host's agent prunes them.
 pub const MARK_HOST: &str = "user.veza.host";
+/// The image reference an owned instance was created from, as the manifest wrote it: an
+/// edit of `image:` is detected by comparing it (Incus keeps only the fingerprint).
+pub const MARK_IMAGE: &str = "user.veza.image";
 /// Config keys the agent manages on an instance (comma separated), so it can remove
 /// the ones that leave the manifest without touching keys set by hand.
 pub const MARK_KEYS: &str = "user.veza.keys";
@@ -59,6 +62,10 @@ impl LiveInstance {
     /// The release installed in it, for a slot.
     pub fn release(&self) -> Option<&str> {
         self.config.get(MARK_RELEASE).map(String::as_str)
+    }
+    /// The image reference it was created from, when the agent recorded it.
+    pub fn image(&self) -> Option<&str> {
+        self.config.get(MARK_IMAGE).map(String::as_str)
     }
     /// The environment it belongs to.
     pub fn env(&self) -> Option<&str> {

@@ -16,7 +16,7 @@ use veza_model::manifest::Color;
 
 use crate::desired::{Desired, DesiredInstance, SlotSpec, desired};
 use crate::edge::{EdgeEnv, EdgeSettings, render_edge};
-use crate::live::{Devices, LiveState, MARK_HOST, MARK_KEYS, MARK_RELEASE, UnitTarget};
+use crate::live::{Devices, LiveState, MARK_HOST, MARK_IMAGE, MARK_KEYS, MARK_RELEASE, UnitTarget};
 
 /// What the planner needs besides desired and live state.
 #[derive(Debug, Clone)]
@@ -539,19 +539,65 @@ fn plan_instance(
         );
         return;
     }
-    if let Some(slot) = &d.slot
-        && l.release() != Some(slot.release.as_str())
+    // What Incus cannot change in place: the image an instance was created from (known by
+    // the agent's mark; an instance without it is not judged) and its type.
+    let mut rebuild_for = Vec::new();
+    if let (Some(was), Some(now)) = (l.image(), d.config.get(MARK_IMAGE))
+        && was != now
     {
-        let was = l.release().map_or("nothing".to_string(), |r| short(r).to_string());
-        b.step(
-            Action::DeleteInstance { name: name.to_string() },
-            format!(
-                "release changes from {was} to {}: the slot is rebuilt from its image",
-                short(&slot.release)
-            ),
-        );
-        create(b, format!("rebuild of the {} slot", slot.color));
-        deploy(b, deployed, slot);
+        rebuild_for.push(format!("image changes from {was} to {now}"));
+    }
+    if !l.kind.is_empty() && l.kind != d.kind {
+        rebuild_for.push(format!("type changes from {} to {}", l.kind, d.kind));
+    }
+    if let Some(slot) = &d.slot {
+        if l.release() != Some(slot.release.as_str()) {
+            let was = l.release().map_or("nothing".to_string(), |r| short(r).to_string());
+            rebuild_for.insert(0, format!("release changes from {was} to {}", short(&slot.release)));
+        }
+        if !rebuild_for.is_empty() {
+            let serving = live.active_colors.get(&(slot.env.clone(), slot.app.clone()))
+                == Some(&slot.color);
+            if serving && !d.in_place_updates {
+                b.refuse(
+                    format!("instance {name}"),
+                    format!(
+                        "it serves {}/{} traffic and its {}: rebuilding it in place would drop requests — deploy the change to the idle {} slot and promote it (`active: {}`), or set `in_place_updates: true` on the app to accept the interruption; it is rebuilt once traffic has moved off it",
+                        slot.env,
+                        slot.app,
+                        rebuild_for.join(", "),
+                        slot.color.other(),
+                        slot.color.other(),
+                    ),
+                );
+                return;
+            }
+            b.step(
+                Action::DeleteInstance { name: name.to_string() },
+                format!("{}: the slot is rebuilt from its image", rebuild_for.join(", ")),
+            );
+            create(b, format!("rebuild of the {} slot", slot.color));
+            deploy(b, deployed, slot);
+            return;
+        }
+    } else if !rebuild_for.is_empty() {
+        let why = rebuild_for.join(", ");
+        if d.detect_only {
+            drift.push(format!("instance {name}: {why}"));
+        } else if d.protect || l.is_protected() {
+            b.refuse(
+                format!("instance {name}"),
+                format!(
+                    "protected data: its {why}, which needs a new instance — migrate the data by hand (snapshot, new instance, restore), then update the manifest; it is never deleted by the agent"
+                ),
+            );
+        } else {
+            b.step(
+                Action::DeleteInstance { name: name.to_string() },
+                format!("{why}: the instance is recreated (its local changes are lost)"),
+            );
+            create(b, format!("recreated for the new {}", if l.kind != d.kind { "type" } else { "image" }));
+        }
         return;
     }
     let managed_before: BTreeSet<&str> = l
@@ -572,7 +618,16 @@ fn plan_instance(
         if d.detect_only {
             drift.push(format!("instance {name}: {reason}"));
         } else {
-            if d.protect {
+            // The agent's own marks (`user.veza.*`) change nothing the instance runs:
+            // recording one is no reason to snapshot (or pause) protected data.
+            let marks_only = remove_keys.is_empty()
+                && l.devices == d.devices
+                && l.profiles == d.profiles
+                && d.config
+                    .iter()
+                    .filter(|(k, v)| l.config.get(*k) != Some(*v))
+                    .all(|(k, _)| k.starts_with("user.veza."));
+            if d.protect && !marks_only {
                 b.step(
                     Action::Snapshot { instance: name.to_string(), keep: d.snapshots_keep.max(1) },
                     "protected data is snapshotted before any change",

@@ -45,9 +45,12 @@ pub enum StateError {
     /// A write failed (disk full, permissions).
     #[error(transparent)]
     Write(#[from] WriteError),
-    /// A state file is not valid JSON for its schema.
-    #[error("state file `{}` is corrupt ({reason}); it was moved to `{}` and the agent starts from empty state", path.display(), moved_to.display())]
-    Corrupt { path: PathBuf, moved_to: PathBuf, reason: String },
+    /// A state file is not valid JSON for its schema (as a reader sees it: nothing moved).
+    #[error("state file `{}` is corrupt ({reason}); the next sync moves it aside and starts from empty state", path.display())]
+    Corrupt { path: PathBuf, reason: String },
+    /// A corrupt state file was moved aside by a sync holding the lock.
+    #[error("state file `{}` was corrupt ({reason}); it was moved to `{}` and the agent starts from empty state", path.display(), moved_to.display())]
+    MovedAside { path: PathBuf, moved_to: PathBuf, reason: String },
     /// A state file was written by a newer agent.
     #[error("state file `{}` has schema version {found}, newer than this agent's {STATE_SCHEMA_VERSION}; upgrade veza-agent", path.display())]
     TooNew { path: PathBuf, found: u32 },
@@ -307,6 +310,27 @@ impl Store {
         Reader { dir: self.dir.clone() }
     }
 
+    /// Loads the state for a sync. A corrupt file is moved aside (under the lock, so no
+    /// reader ever renames anything) and the sync goes on from empty state, with the
+    /// [`StateError::MovedAside`] to report; a missing directory or a newer schema is an
+    /// error the sync must stop on (never overwrite what a newer agent wrote).
+    pub fn load_or_recover(&self) -> Result<(AgentState, Option<StateError>), StateError> {
+        match self.reader().load() {
+            Ok(s) => Ok((s, None)),
+            Err(StateError::Corrupt { path, reason }) => {
+                let stamp = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                let moved_to = self.dir.join(format!("state.json.corrupt-{stamp}"));
+                std::fs::rename(&path, &moved_to)
+                    .map_err(|source| StateError::Dir { path: path.clone(), source })?;
+                Ok((AgentState::default(), Some(StateError::MovedAside { path, moved_to, reason })))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Writes the state atomically.
     pub fn save(&self, state: &AgentState) -> Result<(), StateError> {
         let mut bytes = serde_json::to_vec_pretty(state).unwrap_or_default();
@@ -357,8 +381,8 @@ impl Reader {
         Reader { dir: dir.to_path_buf() }
     }
 
-    /// Loads the state. A missing file is empty state; a corrupt one is moved aside and
-    /// reported (the caller records the error and continues from empty state).
+    /// Loads the state. A missing file is empty state; a corrupt one is reported and left
+    /// where it is (readers never write: recovery is [`Store::load_or_recover`]'s job).
     pub fn load(&self) -> Result<AgentState, StateError> {
         let path = self.dir.join("state.json");
         let bytes = match std::fs::read(&path) {
@@ -368,7 +392,7 @@ impl Reader {
         };
         let value: serde_json::Value = match serde_json::from_slice(&bytes) {
             Ok(v) => v,
-            Err(e) => return Err(self.quarantine_corrupt(&path, &e.to_string())),
+            Err(e) => return Err(StateError::Corrupt { path, reason: e.to_string() }),
         };
         let version = value.get("schema_version").and_then(serde_json::Value::as_u64).unwrap_or(0);
         if version > u64::from(STATE_SCHEMA_VERSION) {
@@ -378,17 +402,8 @@ impl Reader {
             });
         }
         let value = migrate(value);
-        serde_json::from_value(value).map_err(|e| self.quarantine_corrupt(&path, &e.to_string()))
-    }
-
-    fn quarantine_corrupt(&self, path: &Path, reason: &str) -> StateError {
-        let stamp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        let moved_to = self.dir.join(format!("state.json.corrupt-{stamp}"));
-        let _ = std::fs::rename(path, &moved_to);
-        StateError::Corrupt { path: path.to_path_buf(), moved_to, reason: reason.to_string() }
+        serde_json::from_value(value)
+            .map_err(|e| StateError::Corrupt { path, reason: e.to_string() })
     }
 
     /// The deploy history, oldest first. Unparseable lines are skipped.
@@ -492,13 +507,20 @@ mod tests {
     }
 
     #[test]
-    fn corrupt_state_is_moved_aside_and_reported() {
+    fn corrupt_state_is_reported_by_readers_and_moved_aside_only_under_the_lock() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("state.json"), b"{not json").unwrap();
         let err = Reader::new(dir.path()).load().unwrap_err();
         assert!(matches!(err, StateError::Corrupt { .. }), "{err}");
+        assert!(dir.path().join("state.json").exists(), "a reader moved the state file");
+        let store = Store::open(dir.path()).unwrap();
+        let (state, recovered) = store.load_or_recover().unwrap();
+        assert_eq!(state, AgentState::default());
+        assert!(matches!(recovered, Some(StateError::MovedAside { .. })), "{recovered:?}");
         assert!(!dir.path().join("state.json").exists());
-        assert_eq!(Reader::new(dir.path()).load().unwrap(), AgentState::default());
+        let (again, none) = store.load_or_recover().unwrap();
+        assert_eq!(again, AgentState::default());
+        assert!(none.is_none(), "{none:?}");
     }
 
     #[test]
