@@ -292,7 +292,8 @@ impl Agent {
     ) -> ApplyReport {
         let edge = self.edge(runs_in);
         let units = self.units();
-        let artifacts = ArtifactStore::new(&self.state_dir().join("artifacts"));
+        let artifacts = ArtifactStore::new(&self.state_dir().join("artifacts"))
+            .with_max_bytes(self.config.artifact_max_bytes());
         let gates = Gates {
             health_timeout: self.config.health_timeout(),
             verify_requests: self.config.promotion.verify_requests.unwrap_or(5),

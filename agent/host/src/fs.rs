@@ -86,19 +86,74 @@ fn write_atomic(
     if holds(&dir, name, bytes, mode).map_err(err)? {
         return Ok(Written::Unchanged);
     }
-    let (tmp, mut file) = create_temp(&dir, name).map_err(err)?;
-    let result = (|| {
-        file.write_all(bytes)?;
-        file.set_permissions(std::fs::Permissions::from_mode(mode))?;
-        file.sync_all()?;
-        rustix::fs::renameat(&dir, &tmp, &dir, name)?;
-        dir.sync_all()
-    })();
-    if result.is_err() {
-        let _ = rustix::fs::unlinkat(&dir, &tmp, AtFlags::empty());
-    }
-    result.map_err(err)?;
+    let mut file = AtomicFile::create_in(path, dir, name)?;
+    file.write_all(bytes).map_err(err)?;
+    file.commit(mode)?;
     Ok(Written::Changed)
+}
+
+/// A file written in pieces (a download) that appears at its path only when
+/// [`AtomicFile::commit`] is called, with the same rules as [`write_atomic_if_changed`];
+/// dropped without a commit, it leaves nothing behind.
+#[derive(Debug)]
+pub struct AtomicFile {
+    path: PathBuf,
+    dir: std::fs::File,
+    tmp: PathBuf,
+    file: std::fs::File,
+    committed: bool,
+}
+
+impl AtomicFile {
+    /// Starts a new version of `path`, in a directory only root may write to.
+    pub fn create(path: &Path) -> Result<AtomicFile, WriteError> {
+        let err = |source| WriteError { path: path.to_path_buf(), source };
+        let (dir_path, name) = split(path).map_err(err)?;
+        let dir = open_dir(dir_path).map_err(err)?;
+        check_private(dir_path, &dir).map_err(err)?;
+        AtomicFile::create_in(path, dir, name)
+    }
+
+    fn create_in(
+        path: &Path,
+        dir: std::fs::File,
+        name: &std::ffi::OsStr,
+    ) -> Result<AtomicFile, WriteError> {
+        let (tmp, file) = create_temp(&dir, name)
+            .map_err(|source| WriteError { path: path.to_path_buf(), source })?;
+        Ok(AtomicFile { path: path.to_path_buf(), dir, tmp, file, committed: false })
+    }
+
+    /// Sets `mode`, flushes the file to disk and renames it into place.
+    pub fn commit(mut self, mode: u32) -> Result<(), WriteError> {
+        let name = split(&self.path).map(|(_, n)| n.to_os_string());
+        let result = (|| {
+            let name = name?;
+            self.file.set_permissions(std::fs::Permissions::from_mode(mode))?;
+            self.file.sync_all()?;
+            rustix::fs::renameat(&self.dir, &self.tmp, &self.dir, &name)?;
+            self.committed = true;
+            self.dir.sync_all()
+        })();
+        result.map_err(|source| WriteError { path: self.path.clone(), source })
+    }
+}
+
+impl Write for AtomicFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.file.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
+impl Drop for AtomicFile {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = rustix::fs::unlinkat(&self.dir, &self.tmp, AtFlags::empty());
+        }
+    }
 }
 
 /// The directory and the file name of `path`; the name must be a plain file name.

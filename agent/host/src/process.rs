@@ -335,8 +335,10 @@ fn supervise(
     use std::sync::mpsc::{RecvTimeoutError, sync_channel};
     let (out_tx, out_rx) = sync_channel(4);
     let (err_tx, err_rx) = sync_channel(4);
+    // A streamed stdout is the sink's to limit.
+    let out_limit = if sink.is_some() { u64::MAX } else { limit };
     let readers = [
-        child.stdout.take().map(|p| pump(p, limit, out_tx)),
+        child.stdout.take().map(|p| pump(p, out_limit, out_tx)),
         child.stderr.take().map(|p| pump(p, limit, err_tx)),
     ];
     let deadline = timeout.map(|t| Instant::now() + t);

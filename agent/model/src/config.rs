@@ -181,6 +181,10 @@ const BYTE_UNITS: [(&str, u64); 5] =
     [("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10), ("B", 1)];
 
 impl ByteSize {
+    /// A size of `bytes` bytes.
+    pub fn from_bytes(bytes: u64) -> ByteSize {
+        ByteSize(bytes)
+    }
     /// The size in bytes.
     pub fn bytes(self) -> u64 {
         self.0
