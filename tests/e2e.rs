@@ -584,3 +584,74 @@ fn a_private_remote_is_fetched_with_the_credentials_file_and_the_token_never_sho
     assert!(sent.iter().all(|r| r.ends_with(" auth=none")), "{sent:#?}");
     assert!(format!("{out}{err}").contains("clear text"), "{out}\n{err}");
 }
+
+/// node_exporter's textfile directory belongs to `prometheus` (here `nobody`): the agent
+/// writes its metrics there, replacing a symlink planted in it without writing through it;
+/// any other directory another user can write (here a world-writable state directory) is
+/// refused with the fix in the message. A refused remote keeps the sync short: a failed
+/// fetch still records state and metrics.
+#[test]
+fn metrics_replace_a_planted_symlink_and_a_world_writable_state_dir_is_refused() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let mode = |p: &std::path::Path, m| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+    };
+    mode(dir, 0o755);
+    let (textfile, state) = (dir.join("node-exporter"), dir.join("state"));
+    std::fs::create_dir(&textfile).unwrap();
+    std::os::unix::fs::chown(&textfile, Some(65534), Some(65534)).unwrap();
+    std::fs::create_dir(&state).unwrap();
+    mode(&state, 0o777);
+    let shadow = dir.join("shadow");
+    std::fs::write(&shadow, "root:secret\n").unwrap();
+    mode(&shadow, 0o600);
+    let prom = textfile.join("veza-agent.prom");
+    veza_host::process::Cmd::new("runuser")
+        .args(["-u", "nobody", "--", "ln", "-s"])
+        .args([&shadow, &prom])
+        .run()
+        .expect("nobody plants a symlink");
+    std::fs::write(dir.join("allowed_signers"), "").unwrap();
+    let config = dir.join("config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "host: h1\nsource:\n  remotes: [\"{remote}\"]\n  manifests: [m.yaml]\n\
+             trust: {{allowed_signers: {d}/allowed_signers}}\nstate_dir: {state}\n\
+             metrics: {{textfile: {prom}}}\n",
+            remote = veza_testkit::http::refused_url("m.git").unwrap(),
+            d = dir.display(),
+            state = state.display(),
+            prom = prom.display(),
+        ),
+    )
+    .unwrap();
+    let run = || {
+        let out = veza_host::process::Cmd::new(env!("CARGO_BIN_EXE_veza-agent"))
+            .args(["apply", "--config"])
+            .arg(&config)
+            .timeout(Duration::from_secs(60))
+            .output()
+            .expect("veza-agent runs");
+        (out.status.code(), format!("{}{}", out.stdout_str(), out.stderr_str()))
+    };
+
+    let (code, out) = run();
+    assert_ne!(code, Some(0), "{out}");
+    let refusal =
+        format!("refusing to write into `{}`: its mode 0777 lets others write", state.display());
+    assert!(out.contains(&refusal) && out.contains("chmod go-w"), "{out}");
+    assert!(!state.join("state.json").exists(), "state written into a world-writable dir");
+
+    mode(&state, 0o755);
+    let (code, out) = run();
+    assert_eq!(code, Some(1), "a failed fetch: {out}");
+    assert!(state.join("state.json").exists(), "{out}");
+    assert_eq!(std::fs::read_to_string(&shadow).unwrap(), "root:secret\n");
+    assert_eq!(std::fs::metadata(&shadow).unwrap().permissions().mode() & 0o777, 0o600);
+    assert!(std::fs::symlink_metadata(&prom).unwrap().file_type().is_file(), "still a symlink");
+    let metrics = std::fs::read_to_string(&prom).unwrap();
+    assert!(metrics.contains("veza_agent_sync_failures 1"), "{metrics}");
+}

@@ -108,6 +108,8 @@ fn the_unit_grants_writes_only_where_the_default_config_points() {
     assert_eq!(config.state_dir(), "/var/lib/veza-agent");
     assert!(unit.contains("StateDirectory=veza-agent\n"));
     assert!(unit.contains("ProtectSystem=strict\n"));
+    // Bounded: a runaway agent (or what it reads) cannot take the host's memory or pids.
+    assert!(unit.contains("\nMemoryMax=2G\n") && unit.contains("\nTasksMax=256\n"), "{unit}");
 }
 
 // ------------------------------------------------------------------ default config
@@ -167,6 +169,7 @@ fn the_default_config_parses_with_and_without_its_commented_examples() {
         ("metrics.textfile", c.metrics.textfile.is_some()),
         ("promotion.health_timeout", c.promotion.health_timeout.is_some()),
         ("promotion.verify_requests", c.promotion.verify_requests.is_some()),
+        ("artifacts.max_bytes", c.artifacts.max_bytes.is_some()),
     ];
     let missing: Vec<&str> = set.iter().filter(|(_, ok)| !ok).map(|(k, _)| *k).collect();
     assert!(missing.is_empty(), "keys without an example in packaging/config.yaml: {missing:?}");

@@ -331,7 +331,8 @@ impl Agent {
     ) -> ApplyReport {
         let edge = self.edge(runs_in);
         let units = self.units();
-        let artifacts = ArtifactStore::new(&self.state_dir().join("artifacts"));
+        let artifacts = ArtifactStore::new(&self.state_dir().join("artifacts"))
+            .with_max_bytes(self.config.artifact_max_bytes());
         let gates = Gates {
             health_timeout: self.config.health_timeout(),
             verify_requests: self.config.promotion.verify_requests.unwrap_or(5),
@@ -686,8 +687,10 @@ impl Agent {
             .is_none_or(|t| now - t > self.config.max_staleness().as_secs() as i64);
         let jobs = veza_state::metrics::job_metrics(state);
         let text = veza_state::metrics::render(state, &jobs, now, stale);
+        // node_exporter's directory belongs to `prometheus`: written without following
+        // anything planted there.
         if let Err(e) =
-            veza_host::fs::write_atomic_if_changed(Path::new(path), text.as_bytes(), 0o644)
+            veza_host::fs::write_atomic_in_shared_dir(Path::new(path), text.as_bytes(), 0o644)
         {
             tracing::warn!("metrics: {e}");
         }

@@ -1,15 +1,18 @@
 //! Release artifacts: downloaded once, checked against the sha256 pinned in the signed
 //! manifest, cached by digest. Nothing unverified is ever pushed into a slot.
 
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use crate::process::Cmd;
+use crate::fs::AtomicFile;
+use crate::process::{Cmd, ProcessError};
 
-/// Largest artifact accepted.
-pub const MAX_ARTIFACT_BYTES: u64 = 2 * 1024 * 1024 * 1024;
+/// Largest artifact accepted unless the host configuration says otherwise
+/// (`artifacts.max_bytes`).
+pub const MAX_ARTIFACT_BYTES: u64 = veza_model::config::DEFAULT_ARTIFACT_MAX_BYTES;
 
 /// Why an artifact could not be had.
 #[derive(Debug, thiserror::Error)]
@@ -17,6 +20,11 @@ pub enum ArtifactError {
     /// The download failed.
     #[error("downloading `{url}` failed: {detail}")]
     Download { url: String, detail: String },
+    /// The artifact is bigger than the configured limit.
+    #[error(
+        "artifact `{url}` is larger than {limit} (`artifacts.max_bytes`); the download was stopped and nothing was cached (hint: if the release really is that big, raise `artifacts.max_bytes` in the host configuration)"
+    )]
+    TooLarge { url: String, limit: veza_model::config::ByteSize },
     /// The bytes do not match the pinned digest.
     #[error(
         "artifact `{url}` has sha256 {actual}, but the manifest pins {expected}; it was not used (hint: a re-uploaded artifact needs a new release or a new digest in the manifest)"
@@ -25,6 +33,11 @@ pub enum ArtifactError {
     /// The URL scheme is not supported.
     #[error("unsupported artifact url `{url}`: use https://, http:// or file://")]
     Scheme { url: String },
+    /// Plain http to a host that is not this one.
+    #[error(
+        "refusing to download artifact `{url}` over plain http from a non-loopback host (hint: serve it over https://; plain http is only for 127.0.0.1, ::1 or localhost)"
+    )]
+    PlainHttp { url: String },
     /// The cache could not be written.
     #[error("artifact cache `{}`: {source}", path.display())]
     Cache {
@@ -38,47 +51,74 @@ pub enum ArtifactError {
 #[derive(Debug, Clone)]
 pub struct ArtifactStore {
     dir: PathBuf,
+    max_bytes: u64,
 }
 
 impl ArtifactStore {
-    /// A cache in `dir` (created on first use).
+    /// A cache in `dir` (created on first use), accepting artifacts up to
+    /// [`MAX_ARTIFACT_BYTES`].
     pub fn new(dir: &Path) -> ArtifactStore {
-        ArtifactStore { dir: dir.to_path_buf() }
+        ArtifactStore { dir: dir.to_path_buf(), max_bytes: MAX_ARTIFACT_BYTES }
+    }
+
+    /// The same cache with another size limit (`artifacts.max_bytes`).
+    pub fn with_max_bytes(mut self, max_bytes: u64) -> ArtifactStore {
+        self.max_bytes = max_bytes;
+        self
     }
 
     /// The artifact at `url` whose sha256 must be `expected` (64 lowercase hex).
+    ///
+    /// A download streams into a temp file in the cache while it is hashed, and stops as
+    /// soon as it passes the size limit; the file is renamed into the cache only when its
+    /// digest matches.
     pub fn fetch(&self, url: &str, expected: &str) -> Result<Vec<u8>, ArtifactError> {
         let supported = ["file://", "https://", "http://"].iter().any(|p| url.starts_with(p));
         if !supported {
             return Err(ArtifactError::Scheme { url: url.to_string() });
         }
-        let cached = self.dir.join(expected);
-        if let Ok(bytes) = std::fs::read(&cached) {
-            if hex(&Sha256::digest(&bytes)) == expected {
-                return Ok(bytes);
-            }
-            let _ = std::fs::remove_file(&cached);
+        if url.starts_with("http://") && !veza_model::config::is_loopback_url(url) {
+            return Err(ArtifactError::PlainHttp { url: url.to_string() });
         }
-        let bytes = if let Some(path) = url.strip_prefix("file://") {
-            let meta = std::fs::metadata(path).map_err(|e| ArtifactError::Download {
+        let valid_name = expected.len() == 64 && expected.bytes().all(|b| b.is_ascii_hexdigit());
+        if !valid_name {
+            return Err(ArtifactError::Digest {
                 url: url.to_string(),
-                detail: e.to_string(),
-            })?;
-            if meta.len() > MAX_ARTIFACT_BYTES {
-                return Err(ArtifactError::Download {
-                    url: url.to_string(),
-                    detail: format!(
-                        "{} bytes is more than the {MAX_ARTIFACT_BYTES}-byte limit",
-                        meta.len()
-                    ),
-                });
+                expected: expected.to_string(),
+                actual: "(not computed: the pinned digest is not 64 hex characters)".to_string(),
+            });
+        }
+        let cached = self.dir.join(expected);
+        if let Some(bytes) = self.cached(&cached, expected) {
+            return Ok(bytes);
+        }
+        std::fs::create_dir_all(&self.dir)
+            .map_err(|source| ArtifactError::Cache { path: self.dir.clone(), source })?;
+        let cache_err =
+            |e: crate::fs::WriteError| ArtifactError::Cache { path: e.path, source: e.source };
+        let mut sink = Sink {
+            file: AtomicFile::create(&cached).map_err(cache_err)?,
+            hasher: Sha256::new(),
+            len: 0,
+            max: self.max_bytes,
+            too_large: false,
+            write_error: None,
+        };
+        let download = |detail: String| ArtifactError::Download { url: url.to_string(), detail };
+        if let Some(path) = url.strip_prefix("file://") {
+            let mut src = std::fs::File::open(path).map_err(|e| download(e.to_string()))?;
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                let n = src.read(&mut buf).map_err(|e| download(e.to_string()))?;
+                if n == 0 {
+                    break;
+                }
+                if sink.take(&buf[..n]).is_err() {
+                    break;
+                }
             }
-            std::fs::read(path).map_err(|e| ArtifactError::Download {
-                url: url.to_string(),
-                detail: e.to_string(),
-            })?
-        } else if url.starts_with("https://") || url.starts_with("http://") {
-            Cmd::new("curl")
+        } else {
+            let result = Cmd::new("curl")
                 .args([
                     "--fail",
                     "--silent",
@@ -86,20 +126,38 @@ impl ArtifactStore {
                     "--location",
                     "--proto",
                     "=https,http",
+                    // A redirect may not downgrade to plain http (or leave loopback by it).
+                    "--proto-redir",
+                    "=https",
                 ])
-                .args(["--max-time", "600", "--max-filesize", &MAX_ARTIFACT_BYTES.to_string()])
+                .args(["--max-time", "600", "--max-filesize", &self.max_bytes.to_string()])
+                .arg("--")
                 .arg(url)
                 .timeout(Duration::from_secs(620))
-                .run()
-                .map_err(|e| ArtifactError::Download {
-                    url: url.to_string(),
-                    detail: e.to_string(),
-                })?
-                .stdout
-        } else {
-            return Err(ArtifactError::Scheme { url: url.to_string() });
-        };
-        let actual = hex(&Sha256::digest(&bytes));
+                .run_streaming(&mut |chunk| sink.take(chunk));
+            // curl stops by itself (exit 63) when the announced length is over the limit.
+            if result.as_ref().err().and_then(ProcessError::exit_code) == Some(63) {
+                sink.too_large = true;
+            }
+            if let Err(e) = result
+                && !sink.too_large
+            {
+                return Err(match sink.write_error.take() {
+                    Some(source) => ArtifactError::Cache { path: cached.clone(), source },
+                    None => download(e.to_string()),
+                });
+            }
+        }
+        if sink.too_large {
+            return Err(ArtifactError::TooLarge {
+                url: url.to_string(),
+                limit: veza_model::config::ByteSize::from_bytes(self.max_bytes),
+            });
+        }
+        if let Some(source) = sink.write_error {
+            return Err(ArtifactError::Cache { path: cached, source });
+        }
+        let actual = hex(&sink.hasher.finalize());
         if actual != expected {
             return Err(ArtifactError::Digest {
                 url: url.to_string(),
@@ -107,11 +165,50 @@ impl ArtifactStore {
                 actual,
             });
         }
-        std::fs::create_dir_all(&self.dir)
-            .map_err(|source| ArtifactError::Cache { path: self.dir.clone(), source })?;
-        crate::fs::write_atomic_if_changed(&cached, &bytes, 0o600)
-            .map_err(|e| ArtifactError::Cache { path: e.path, source: e.source })?;
-        Ok(bytes)
+        sink.file.commit(0o600).map_err(cache_err)?;
+        self.cached(&cached, expected).ok_or_else(|| ArtifactError::Cache {
+            path: cached,
+            source: std::io::Error::other("the artifact just cached does not read back intact"),
+        })
+    }
+
+    /// The cached artifact when it is there, within the limit and intact (a damaged one
+    /// is removed).
+    fn cached(&self, path: &Path, expected: &str) -> Option<Vec<u8>> {
+        let meta = std::fs::symlink_metadata(path).ok()?;
+        if meta.file_type().is_file() && meta.len() <= self.max_bytes {
+            let bytes = std::fs::read(path).ok()?;
+            if hex(&Sha256::digest(&bytes)) == expected {
+                return Some(bytes);
+            }
+        }
+        let _ = std::fs::remove_file(path);
+        None
+    }
+}
+
+/// Where a download goes: the temp file in the cache and the hash, with the size limit
+/// checked before each chunk is kept.
+struct Sink {
+    file: AtomicFile,
+    hasher: Sha256,
+    len: u64,
+    max: u64,
+    too_large: bool,
+    write_error: Option<std::io::Error>,
+}
+
+impl Sink {
+    fn take(&mut self, chunk: &[u8]) -> std::io::Result<()> {
+        self.len += chunk.len() as u64;
+        if self.len > self.max {
+            self.too_large = true;
+            return Err(std::io::Error::other("artifact larger than the limit"));
+        }
+        self.hasher.update(chunk);
+        self.file.write_all(chunk).inspect_err(|e| {
+            self.write_error = Some(std::io::Error::new(e.kind(), e.to_string()));
+        })
     }
 }
 
@@ -128,14 +225,38 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::TcpListener;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    struct Dir(PathBuf);
+
+    impl Dir {
+        fn new(tag: &str) -> Dir {
+            let d =
+                std::env::temp_dir().join(format!("veza-artifact-{tag}-{}", std::process::id()));
+            std::fs::create_dir_all(&d).unwrap();
+            Dir(d)
+        }
+        /// What the cache directory holds, temp files included.
+        fn cache_entries(&self) -> Vec<String> {
+            let Ok(rd) = std::fs::read_dir(self.0.join("cache")) else { return Vec::new() };
+            rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect()
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
 
     #[test]
     fn verifies_and_caches_by_digest() {
-        let dir = std::env::temp_dir().join(format!("veza-artifact-test-{}", std::process::id()));
-        let src = dir.join("src.tar.gz");
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = Dir::new("cache");
+        let src = dir.0.join("src.tar.gz");
         std::fs::write(&src, b"release bytes").unwrap();
-        let store = ArtifactStore::new(&dir.join("cache"));
+        let store = ArtifactStore::new(&dir.0.join("cache"));
         let good = sha256_hex(b"release bytes");
         let url = format!("file://{}", src.display());
         assert_eq!(store.fetch(&url, &good).unwrap(), b"release bytes");
@@ -146,10 +267,95 @@ mod tests {
         let wrong = sha256_hex(b"something else");
         let e = store.fetch(&url, &wrong).unwrap_err();
         assert!(matches!(e, ArtifactError::Digest { .. }), "{e}");
+        assert_eq!(dir.cache_entries(), [good.as_str()], "nothing unverified is cached");
         assert!(matches!(
             store.fetch("ftp://x/y", &good).unwrap_err(),
             ArtifactError::Scheme { .. }
         ));
-        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Serves one chunked response of `chunks` × 64 KiB on 127.0.0.1; counts what the
+    /// client accepted before it hung up.
+    fn chunked_server(chunks: usize) -> (String, Arc<AtomicU64>, std::thread::JoinHandle<()>) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/release.tar.gz", l.local_addr().unwrap());
+        let sent = Arc::new(AtomicU64::new(0));
+        let counter = Arc::clone(&sent);
+        let t = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let head = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
+            if s.write_all(head.as_bytes()).is_err() {
+                return;
+            }
+            let chunk = vec![b'x'; 64 * 1024];
+            for _ in 0..chunks {
+                let framed =
+                    [format!("{:x}\r\n", chunk.len()).as_bytes(), &chunk, b"\r\n"].concat();
+                if s.write_all(&framed).is_err() {
+                    return;
+                }
+                counter.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            }
+            let _ = s.write_all(b"0\r\n\r\n");
+        });
+        (url, sent, t)
+    }
+
+    #[test]
+    fn a_chunked_download_past_the_limit_is_stopped_while_it_streams_and_nothing_is_cached() {
+        let dir = Dir::new("chunked");
+        // 256 MiB offered (no Content-Length: curl's --max-filesize cannot see it coming).
+        let (url, sent, server) = chunked_server(4096);
+        let store = ArtifactStore::new(&dir.0.join("cache")).with_max_bytes(1024 * 1024);
+
+        let e = store.fetch(&url, &sha256_hex(b"whatever")).unwrap_err();
+
+        assert!(matches!(e, ArtifactError::TooLarge { .. }), "{e}");
+        assert!(e.to_string().contains("larger than 1MiB (`artifacts.max_bytes`)"), "{e}");
+        server.join().unwrap();
+        let sent = sent.load(Ordering::Relaxed);
+        assert!(sent < 32 * 1024 * 1024, "the download went on to {sent} bytes");
+        assert_eq!(dir.cache_entries(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_download_within_the_limit_streams_into_the_cache() {
+        let dir = Dir::new("within");
+        let (url, _, server) = chunked_server(4);
+        let body = vec![b'x'; 4 * 64 * 1024];
+        let store = ArtifactStore::new(&dir.0.join("cache")).with_max_bytes(body.len() as u64);
+        assert_eq!(store.fetch(&url, &sha256_hex(&body)).unwrap(), body);
+        server.join().unwrap();
+        assert_eq!(dir.cache_entries(), [sha256_hex(&body)]);
+    }
+
+    #[test]
+    fn plain_http_is_refused_before_any_connection_unless_loopback() {
+        let dir = Dir::new("plain");
+        let store = ArtifactStore::new(&dir.0.join("cache"));
+        let digest = sha256_hex(b"x");
+        for url in [
+            "http://releases.example/r.tgz",
+            "http://192.0.2.1/r.tgz",
+            "http://127.0.0.1@releases.example/r.tgz",
+        ] {
+            let e = store.fetch(url, &digest).unwrap_err();
+            assert!(matches!(e, ArtifactError::PlainHttp { .. }), "{url}: {e}");
+            assert!(e.to_string().contains("hint: serve it over https://"), "{e}");
+        }
+        assert!(!dir.0.join("cache").exists(), "refused before anything was prepared");
+    }
+
+    #[test]
+    fn a_local_file_past_the_limit_is_refused() {
+        let dir = Dir::new("file");
+        let src = dir.0.join("big.tar");
+        std::fs::write(&src, vec![0u8; 5000]).unwrap();
+        let store = ArtifactStore::new(&dir.0.join("cache")).with_max_bytes(4096);
+        let e = store.fetch(&format!("file://{}", src.display()), &sha256_hex(b"x")).unwrap_err();
+        assert!(e.to_string().contains("larger than 4KiB"), "{e}");
+        assert_eq!(dir.cache_entries(), Vec::<String>::new());
     }
 }

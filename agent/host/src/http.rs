@@ -3,9 +3,9 @@
 //! name (loopback in tests); bounded in time and size.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Largest response read, in bytes.
 const MAX_RESPONSE: u64 = 1024 * 1024;
@@ -36,7 +36,9 @@ pub struct HttpError {
 }
 
 /// `GET path` on `addr` (`host:port`) with a `Host:` header and optional cookie.
-/// `0.0.0.0` and `[::]` are probed on loopback.
+/// `0.0.0.0` and `[::]` are probed on loopback. `timeout` bounds the whole exchange
+/// (connect, request, headers and body): an app that answers one byte at a time cannot
+/// stall a sync or a shutdown.
 pub fn get(addr: &str, host: &str, path: &str, timeout: Duration) -> Result<Reply, HttpError> {
     let err = |detail: String| HttpError {
         addr: addr.to_string(),
@@ -50,16 +52,39 @@ pub fn get(addr: &str, host: &str, path: &str, timeout: Duration) -> Result<Repl
         .map_err(|e| err(format!("cannot resolve: {e}")))?
         .next()
         .ok_or_else(|| err("no address".to_string()))?;
+    let deadline = Instant::now() + timeout;
+    let late = |raw: &[u8]| {
+        err(format!("no complete reply within {timeout:?} (received {} bytes)", raw.len()))
+    };
+    // What is left of the deadline, or `None` once it passed.
+    let left = || deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero());
     let mut stream =
         TcpStream::connect_timeout(&sock, timeout).map_err(|e| err(format!("connect: {e}")))?;
-    stream.set_read_timeout(Some(timeout)).map_err(|e| err(e.to_string()))?;
-    stream.set_write_timeout(Some(timeout)).map_err(|e| err(e.to_string()))?;
     let req = format!(
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: veza-agent\r\nAccept: */*\r\nConnection: close\r\n\r\n"
     );
+    stream
+        .set_write_timeout(Some(left().ok_or_else(|| late(&[]))?))
+        .map_err(|e| err(e.to_string()))?;
     stream.write_all(req.as_bytes()).map_err(|e| err(format!("send: {e}")))?;
     let mut raw = Vec::new();
-    stream.take(MAX_RESPONSE).read_to_end(&mut raw).map_err(|e| err(format!("read: {e}")))?;
+    let mut buf = [0u8; 8192];
+    while (raw.len() as u64) < MAX_RESPONSE {
+        let Some(wait) = left() else { return Err(late(&raw)) };
+        stream.set_read_timeout(Some(wait)).map_err(|e| err(e.to_string()))?;
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                let room = (MAX_RESPONSE as usize).saturating_sub(raw.len());
+                raw.extend_from_slice(&buf[..n.min(room)]);
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                return Err(late(&raw));
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(err(format!("read: {e}"))),
+        }
+    }
     parse_reply(&raw).ok_or_else(|| err(format!("malformed response ({} bytes)", raw.len())))
 }
 
@@ -105,6 +130,35 @@ mod tests {
         drop(l);
         let e = get(&addr, "x", "/health", Duration::from_millis(500)).unwrap_err();
         assert!(e.to_string().contains(&addr), "{e}");
+    }
+
+    #[test]
+    fn a_slow_dripping_server_fails_the_probe_at_its_deadline() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        // One byte every 200 ms, at most 40 of them (8 s): each read sees data well within
+        // any per-read timeout, so only a deadline for the whole exchange stops it.
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf);
+            for b in b"HTTP/1.1 200 OK\r\nX-Release: r1\r\nContent-Length: 2\r\n\r\nok"
+                .iter()
+                .cycle()
+                .take(40)
+            {
+                if s.write_all(&[*b]).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        });
+        let started = Instant::now();
+        let e = get(&addr, "x", "/health", Duration::from_secs(1)).unwrap_err();
+        let took = started.elapsed();
+        assert!(took < Duration::from_millis(1500), "the probe took {took:?}: {e}");
+        assert!(e.to_string().contains("no complete reply within 1s"), "{e}");
+        server.join().unwrap();
     }
 
     #[test]

@@ -28,7 +28,14 @@ pub enum ProcessError {
     /// The program did not finish within its time limit and was killed.
     #[error("`{cmdline}` did not finish within {timeout:?} and was killed{}", stderr_suffix(.stderr))]
     Timeout { cmdline: String, timeout: Duration, stderr: String },
-    /// Reading or writing the child's pipes failed.
+    /// The program wrote more than its output limit and was killed.
+    #[error(
+        "`{cmdline}` wrote more than {limit} bytes to {stream} and was killed (hint: a command \
+         the agent runs should never say that much; run it by hand to see why)"
+    )]
+    OutputTooLarge { cmdline: String, stream: &'static str, limit: u64 },
+    /// Reading or writing the child's pipes failed (or the consumer of a streamed stdout
+    /// gave up, and the child was killed).
     #[error("i/o with `{cmdline}` failed: {source}")]
     Io {
         cmdline: String,
@@ -71,7 +78,12 @@ impl Output {
     }
 }
 
-/// A command to run: program, arguments, environment, working directory, stdin and a time limit.
+/// Default limit of what is kept of a child's stdout, and of its stderr: a command that
+/// says more is killed rather than allowed to fill the agent's memory.
+pub const DEFAULT_MAX_OUTPUT: u64 = 16 * 1024 * 1024;
+
+/// A command to run: program, arguments, environment, working directory, stdin, a time
+/// limit and an output limit.
 #[derive(Debug, Clone)]
 pub struct Cmd {
     program: OsString,
@@ -81,6 +93,7 @@ pub struct Cmd {
     cwd: Option<PathBuf>,
     stdin: Option<Vec<u8>>,
     timeout: Option<Duration>,
+    max_output: u64,
 }
 
 impl Cmd {
@@ -94,6 +107,7 @@ impl Cmd {
             cwd: None,
             stdin: None,
             timeout: None,
+            max_output: DEFAULT_MAX_OUTPUT,
         }
     }
 
@@ -143,6 +157,13 @@ impl Cmd {
         self
     }
 
+    /// Kills the child if it writes more than `bytes` to stdout or to stderr
+    /// (default [`DEFAULT_MAX_OUTPUT`]).
+    pub fn max_output(mut self, bytes: u64) -> Cmd {
+        self.max_output = bytes;
+        self
+    }
+
     /// The command line, shell-quoted where needed, for messages.
     pub fn cmdline(&self) -> String {
         std::iter::once(&self.program)
@@ -170,12 +191,35 @@ impl Cmd {
 
     /// Runs the command to completion and returns its output, whatever the exit status.
     pub fn output(&self) -> Result<Output, ProcessError> {
-        let cmdline = self.cmdline();
+        let (child, writer) = self.start()?;
+        let out = supervise(child, self.timeout, self.max_output, None, &self.cmdline());
+        if let Some(w) = writer {
+            let _ = w.join();
+        }
+        out
+    }
+
+    /// Runs the command to completion, handing its stdout to `sink` chunk by chunk as it
+    /// arrives (at most a few chunks are in memory at once); the returned output has an
+    /// empty stdout. When `sink` fails the child is killed and the sink's error is returned
+    /// as [`ProcessError::Io`]. Fails unless the command exits 0.
+    pub fn run_streaming(&self, sink: Sink<'_>) -> Result<Output, ProcessError> {
+        let (child, writer) = self.start()?;
+        let out = supervise(child, self.timeout, self.max_output, Some(sink), &self.cmdline());
+        if let Some(w) = writer {
+            let _ = w.join();
+        }
+        self.check(out?)
+    }
+
+    fn start(
+        &self,
+    ) -> Result<(std::process::Child, Option<std::thread::JoinHandle<()>>), ProcessError> {
         let mut c = self.command();
         c.stdin(if self.stdin.is_some() { Stdio::piped() } else { Stdio::null() });
         c.stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child =
-            c.spawn().map_err(|source| ProcessError::Spawn { cmdline: cmdline.clone(), source })?;
+            c.spawn().map_err(|source| ProcessError::Spawn { cmdline: self.cmdline(), source })?;
         let writer = match (self.stdin.clone(), child.stdin.take()) {
             (Some(bytes), Some(mut pipe)) => Some(std::thread::spawn(move || {
                 // A child that exits early closes the pipe; that is not our error to report.
@@ -183,21 +227,10 @@ impl Cmd {
             })),
             _ => None,
         };
-        let out = match self.timeout {
-            None => child
-                .wait_with_output()
-                .map_err(|source| ProcessError::Io { cmdline: cmdline.clone(), source })?,
-            Some(limit) => wait_with_timeout(child, limit, &cmdline)?,
-        };
-        if let Some(w) = writer {
-            let _ = w.join();
-        }
-        Ok(Output { status: out.status, stdout: out.stdout, stderr: out.stderr })
+        Ok((child, writer))
     }
 
-    /// Runs the command and fails unless it exits 0.
-    pub fn run(&self) -> Result<Output, ProcessError> {
-        let out = self.output()?;
+    fn check(&self, out: Output) -> Result<Output, ProcessError> {
         if out.status.success() {
             Ok(out)
         } else {
@@ -209,6 +242,11 @@ impl Cmd {
                 stderr: out.stderr_str(),
             })
         }
+    }
+
+    /// Runs the command and fails unless it exits 0.
+    pub fn run(&self) -> Result<Output, ProcessError> {
+        self.check(self.output()?)
     }
 
     /// Runs the command, fails unless it exits 0, and returns stdout as a string.
@@ -246,49 +284,143 @@ impl Cmd {
     }
 }
 
-fn wait_with_timeout(
+/// Where [`Cmd::run_streaming`] hands stdout.
+type Sink<'a> = &'a mut dyn FnMut(&[u8]) -> std::io::Result<()>;
+
+/// Size of one read from a child's pipe.
+const CHUNK: usize = 64 * 1024;
+
+/// What a pipe reader thread saw.
+enum Piped {
+    Chunk(Vec<u8>),
+    /// More than the limit arrived; the reader stopped (and closed its end).
+    TooLarge,
+}
+
+/// Reads `pipe` in chunks into `tx` until EOF, or until more than `limit` bytes came
+/// (then says so and stops). A bounded channel keeps at most a few chunks in flight.
+fn pump(
+    mut pipe: impl std::io::Read + Send + 'static,
+    limit: u64,
+    tx: std::sync::mpsc::SyncSender<Piped>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut total = 0u64;
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            let n = match pipe.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            total += n as u64;
+            let msg = if total > limit { Piped::TooLarge } else { Piped::Chunk(buf[..n].to_vec()) };
+            let stop = matches!(msg, Piped::TooLarge);
+            if tx.send(msg).is_err() || stop {
+                return;
+            }
+        }
+    })
+}
+
+/// Collects (or streams into `sink`) the child's stdout and collects its stderr, each
+/// capped at `limit`, until the child exits; kills it at `timeout`, past the limit, or
+/// when `sink` fails.
+fn supervise(
     mut child: std::process::Child,
-    limit: Duration,
+    timeout: Option<Duration>,
+    limit: u64,
+    mut sink: Option<Sink<'_>>,
     cmdline: &str,
-) -> Result<std::process::Output, ProcessError> {
-    use std::io::Read;
-    let io_err = |source| ProcessError::Io { cmdline: cmdline.to_string(), source };
-    let mut stdout = child.stdout.take();
-    let mut stderr = child.stderr.take();
-    let out_t = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        if let Some(s) = stdout.as_mut() {
-            let _ = s.read_to_end(&mut buf);
+) -> Result<Output, ProcessError> {
+    use std::sync::mpsc::{RecvTimeoutError, sync_channel};
+    let (out_tx, out_rx) = sync_channel(4);
+    let (err_tx, err_rx) = sync_channel(4);
+    // A streamed stdout is the sink's to limit.
+    let out_limit = if sink.is_some() { u64::MAX } else { limit };
+    let readers = [
+        child.stdout.take().map(|p| pump(p, out_limit, out_tx)),
+        child.stderr.take().map(|p| pump(p, limit, err_tx)),
+    ];
+    let deadline = timeout.map(|t| Instant::now() + t);
+    let mut stdout = Vec::new();
+    let mut stderr = Vec::new();
+    let mut open = [true, true];
+    let mut failure: Option<ProcessError> = None;
+    let mut status = None;
+    while failure.is_none() {
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            failure = Some(ProcessError::Timeout {
+                cmdline: cmdline.to_string(),
+                timeout: timeout.unwrap_or_default(),
+                stderr: String::from_utf8_lossy(&stderr).into_owned(),
+            });
+            break;
         }
-        buf
-    });
-    let err_t = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        if let Some(s) = stderr.as_mut() {
-            let _ = s.read_to_end(&mut buf);
+        if !open[0] && !open[1] {
+            match child.try_wait() {
+                Ok(Some(s)) => {
+                    status = Some(s);
+                    break;
+                }
+                Ok(None) => {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                }
+                Err(source) => {
+                    failure = Some(ProcessError::Io { cmdline: cmdline.to_string(), source });
+                    break;
+                }
+            }
         }
-        buf
-    });
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().map_err(io_err)? {
-            break Some(status);
+        for (i, (rx, stream)) in [(&out_rx, "stdout"), (&err_rx, "stderr")].into_iter().enumerate()
+        {
+            if !open[i] {
+                continue;
+            }
+            // Wait on stdout while it is open; only glance at stderr.
+            let wait = if i == 0 || !open[0] { Duration::from_millis(5) } else { Duration::ZERO };
+            match rx.recv_timeout(wait) {
+                Ok(Piped::Chunk(bytes)) => match (i, sink.as_mut()) {
+                    (0, Some(f)) => {
+                        if let Err(source) = f(&bytes) {
+                            failure =
+                                Some(ProcessError::Io { cmdline: cmdline.to_string(), source });
+                        }
+                    }
+                    (0, None) => stdout.extend_from_slice(&bytes),
+                    _ => stderr.extend_from_slice(&bytes),
+                },
+                Ok(Piped::TooLarge) => {
+                    failure = Some(ProcessError::OutputTooLarge {
+                        cmdline: cmdline.to_string(),
+                        stream,
+                        limit,
+                    });
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => open[i] = false,
+            }
+            if failure.is_some() {
+                break;
+            }
         }
-        if start.elapsed() >= limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    let stdout = out_t.join().unwrap_or_default();
-    let stderr = err_t.join().unwrap_or_default();
-    match status {
-        Some(status) => Ok(std::process::Output { status, stdout, stderr }),
-        None => Err(ProcessError::Timeout {
+    }
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    // Unblock and finish the readers: dropping the receivers ends any pending send, and
+    // the killed child's pipes reach EOF.
+    drop((out_rx, err_rx));
+    for r in readers.into_iter().flatten() {
+        let _ = r.join();
+    }
+    match (failure, status) {
+        (Some(e), _) => Err(e),
+        (None, Some(status)) => Ok(Output { status, stdout, stderr }),
+        (None, None) => Err(ProcessError::Io {
             cmdline: cmdline.to_string(),
-            timeout: limit,
-            stderr: String::from_utf8_lossy(&stderr).into_owned(),
+            source: std::io::Error::other("the child's status was lost"),
         }),
     }
 }
@@ -338,6 +470,64 @@ mod tests {
     fn stdin_is_fed_and_stdout_captured() {
         let out = Cmd::new("cat").stdin("hello").run_stdout().unwrap();
         assert_eq!(out, "hello");
+    }
+
+    #[test]
+    fn a_child_that_says_too_much_is_killed_at_the_output_limit() {
+        // (script, the stream that overflows)
+        let cases = [("yes", "stdout"), ("yes >&2", "stderr"), ("echo ok; yes >&2", "stderr")];
+        for (script, stream) in cases {
+            let started = Instant::now();
+            let err = Cmd::new("sh")
+                .args(["-c", script])
+                .max_output(256 * 1024)
+                .timeout(Duration::from_secs(10))
+                .run()
+                .unwrap_err();
+            let msg = err.to_string();
+            assert!(
+                matches!(err, ProcessError::OutputTooLarge { stream: s, limit: 262144, .. } if s == stream),
+                "{script}: {msg}"
+            );
+            assert!(msg.contains("more than 262144 bytes to"), "{msg}");
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "{script}: {:?}",
+                started.elapsed()
+            );
+        }
+        let within = Cmd::new("sh").args(["-c", "head -c 262144 /dev/zero"]).max_output(262144);
+        assert_eq!(within.run().unwrap().stdout.len(), 262144, "exactly the limit is fine");
+    }
+
+    #[test]
+    fn streamed_stdout_reaches_the_sink_and_a_failing_sink_stops_the_child() {
+        let mut seen = 0usize;
+        let out = Cmd::new("sh")
+            .args(["-c", "head -c 300000 /dev/zero; echo note >&2"])
+            .run_streaming(&mut |chunk| {
+                seen += chunk.len();
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!((seen, out.stdout.len(), out.stderr_str().as_str()), (300000, 0, "note\n"));
+
+        let started = Instant::now();
+        let mut seen = 0usize;
+        let err = Cmd::new("yes")
+            .timeout(Duration::from_secs(10))
+            .run_streaming(&mut |chunk| {
+                seen += chunk.len();
+                if seen > 100_000 { Err(std::io::Error::other("enough")) } else { Ok(()) }
+            })
+            .unwrap_err();
+        assert!(
+            matches!(err, ProcessError::Io { .. }) && err.to_string().contains("enough"),
+            "{err}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+        let err = Cmd::new("sh").args(["-c", "exit 4"]).run_streaming(&mut |_| Ok(())).unwrap_err();
+        assert_eq!(err.exit_code(), Some(4));
     }
 
     #[test]

@@ -46,6 +46,9 @@ pub struct HostConfig {
     /// Promotion gates.
     #[serde(default)]
     pub promotion: PromotionConfig,
+    /// Release artifact downloads.
+    #[serde(default)]
+    pub artifacts: ArtifactsConfig,
 }
 
 /// The manifests repository.
@@ -156,6 +159,78 @@ pub struct MetricsConfig {
     pub textfile: Option<String>,
 }
 
+/// Release artifact downloads.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ArtifactsConfig {
+    /// Largest artifact downloaded; a bigger one is stopped while it streams and nothing
+    /// is cached. Defaults to `512MiB`.
+    #[serde(default)]
+    pub max_bytes: Option<ByteSize>,
+}
+
+/// The default of `artifacts.max_bytes`.
+pub const DEFAULT_ARTIFACT_MAX_BYTES: u64 = 512 * 1024 * 1024;
+
+/// A size such as `4096B`, `64KiB`, `512MiB` or `2GiB`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(try_from = "String")]
+pub struct ByteSize(u64);
+
+const BYTE_UNITS: [(&str, u64); 5] =
+    [("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10), ("B", 1)];
+
+impl ByteSize {
+    /// A size of `bytes` bytes.
+    pub fn from_bytes(bytes: u64) -> ByteSize {
+        ByteSize(bytes)
+    }
+    /// The size in bytes.
+    pub fn bytes(self) -> u64 {
+        self.0
+    }
+}
+
+impl TryFrom<String> for ByteSize {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        let bad = || {
+            format!(
+                "invalid size `{s}`: expected a number and a unit (B, KiB, MiB, GiB, TiB), e.g. `512MiB`"
+            )
+        };
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let n: u64 = if num.is_empty() || num.len() > 15 { None } else { num.parse().ok() }
+            .ok_or_else(bad)?;
+        let (_, size) = BYTE_UNITS.iter().find(|(u, _)| *u == unit).ok_or_else(bad)?;
+        n.checked_mul(*size).map(ByteSize).ok_or_else(bad)
+    }
+}
+
+impl std::fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (unit, size) = BYTE_UNITS
+            .iter()
+            .find(|(_, size)| self.0 != 0 && self.0.is_multiple_of(*size))
+            .unwrap_or(&("B", 1));
+        write!(f, "{}{unit}", self.0 / size)
+    }
+}
+
+impl JsonSchema for ByteSize {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "ByteSize".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "pattern": "^[0-9]+(B|KiB|MiB|GiB|TiB)$",
+            "description": "A size: a number and a unit (B, KiB, MiB, GiB, TiB), e.g. `512MiB`.",
+        })
+    }
+}
+
 /// Promotion gates.
 #[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -196,6 +271,10 @@ impl HostConfig {
     /// Fetch time limit.
     pub fn fetch_timeout(&self) -> std::time::Duration {
         self.source.fetch_timeout.map_or(std::time::Duration::from_secs(60), DurationSpec::get)
+    }
+    /// Largest artifact downloaded, in bytes.
+    pub fn artifact_max_bytes(&self) -> u64 {
+        self.artifacts.max_bytes.map_or(DEFAULT_ARTIFACT_MAX_BYTES, ByteSize::bytes)
     }
     /// Health wait limit of a promotion.
     pub fn health_timeout(&self) -> std::time::Duration {
@@ -297,6 +376,12 @@ fn validate_config(c: &HostConfig, pos: &Positions) -> Vec<Diagnostic> {
             }
         }
     }
+    if c.artifacts.max_bytes.is_some_and(|b| b.bytes() < 1024) {
+        at(
+            path!["artifacts", "max_bytes"],
+            "artifacts.max_bytes must be at least 1KiB".to_string(),
+        );
+    }
     if c.poll_interval() < std::time::Duration::from_secs(1) {
         at(path!["poll", "interval"], "poll interval must be at least 1s".to_string());
     }
@@ -304,10 +389,18 @@ fn validate_config(c: &HostConfig, pos: &Positions) -> Vec<Diagnostic> {
     out
 }
 
-fn is_loopback_url(url: &str) -> bool {
+/// Whether `url` names a loopback host: `localhost`, an address in 127.0.0.0/8, or `[::1]`.
+/// User info (`user@`) is skipped, so `http://127.0.0.1@example.org/` is not loopback.
+pub fn is_loopback_url(url: &str) -> bool {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let host = rest.split(['/', ':']).next().unwrap_or("");
-    host == "localhost" || host.starts_with("127.") || host == "[::1]"
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = match host_port.strip_prefix('[') {
+        Some(v6) => v6.split_once(']').map_or("", |(h, _)| h),
+        None => host_port.split(':').next().unwrap_or(""),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 #[cfg(test)]
@@ -325,6 +418,43 @@ mod tests {
     }
 
     #[test]
+    fn loopback_urls_are_told_from_the_rest() {
+        let cases = [
+            ("http://127.0.0.1:8080/a.tgz", true),
+            ("http://127.1.2.3/a", true),
+            ("http://localhost/a", true),
+            ("http://LOCALHOST:80", true),
+            ("http://[::1]:8080/a", true),
+            ("http://user:pw@127.0.0.1/a", true),
+            ("http://example.org/a", false),
+            ("http://127.0.0.1.nip.io/a", false),
+            ("http://127.0.0.1@example.org/a", false),
+            ("http://localhost.example.org/a", false),
+            ("http://[::2]/a", false),
+            ("http://10.0.0.1/a", false),
+        ];
+        for (url, loopback) in cases {
+            assert_eq!(is_loopback_url(url), loopback, "{url}");
+        }
+    }
+
+    #[test]
+    fn sizes_have_a_unit() {
+        let c =
+            parse_config(format!("{GOOD}artifacts: {{max_bytes: 64MiB}}\n").as_bytes()).unwrap();
+        assert_eq!(c.artifact_max_bytes(), 64 << 20);
+        assert_eq!(parse_config(GOOD.as_bytes()).unwrap().artifact_max_bytes(), 512 << 20);
+        for (text, shown) in
+            [("2GiB", "2GiB"), ("1536MiB", "1536MiB"), ("1024KiB", "1MiB"), ("7B", "7B")]
+        {
+            assert_eq!(ByteSize::try_from(text.to_string()).unwrap().to_string(), shown);
+        }
+        for bad in ["", "12", "MiB", "1.5GiB", "1gb", "99999999999999TiB"] {
+            assert!(ByteSize::try_from(bad.to_string()).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn problems_are_located() {
         let cases = [
             (GOOD.replace("remotes: [https", "remotes: [ftp"), "3:13: unsupported remote"),
@@ -338,6 +468,14 @@ mod tests {
             ),
             (GOOD.replace("host: r720", "hots: r720"), "1:1: unknown field `hots`"),
             (format!("{GOOD}poll: {{interval: 0s}}\n"), "7:18: poll interval must be at least 1s"),
+            (
+                format!("{GOOD}artifacts: {{max_bytes: 2GB}}\n"),
+                "7:24: artifacts: invalid size `2GB`",
+            ),
+            (
+                format!("{GOOD}artifacts: {{max_bytes: 10B}}\n"),
+                "7:24: artifacts.max_bytes must be at least 1KiB",
+            ),
             (
                 format!("{GOOD}incus: {{endpoint: \"https://10.0.0.2:8443\"}}\n"),
                 "7:19: an HTTPS endpoint needs `incus.client_cert`",

@@ -215,6 +215,13 @@ fn check_manifest(m: &Manifest, declared: &Declared, r: &mut Rules<'_>) {
                 extend(&art, "url"),
                 "artifact url must contain `{release}` so each release has its own artifact",
             );
+        } else if url.starts_with("http://") && !crate::config::is_loopback_url(url) {
+            r.value(
+                extend(&art, "url"),
+                format!(
+                    "artifact url `{url}` uses plain http to a non-loopback host; the agent refuses to download it (hint: serve it over https://; plain http is only for 127.0.0.1, ::1 or localhost)"
+                ),
+            );
         }
         if let Some(dir) = &app.artifact.install_dir
             && (!dir.starts_with('/') || dir.split('/').any(|s| s == "..") || dir == "/")
@@ -1048,6 +1055,11 @@ mod tests {
                 "artifact url must carry the release",
                 vec![("a", env("prod", "a.fr", "C1", "").replace("https://x/{release}.tgz", "https://x/latest.tgz"))],
                 "a:8:21: artifact url must contain `{release}`",
+            ),
+            (
+                "plain http artifacts only from loopback",
+                vec![("a", env("prod", "a.fr", "C1", "").replace("https://x/{release}.tgz", "http://x/{release}.tgz"))],
+                "a:8:21: artifact url `http://x/{release}.tgz` uses plain http to a non-loopback host; the agent refuses to download it (hint: serve it over https://",
             ),
             (
                 "health path and counters",

@@ -86,6 +86,11 @@ pub struct ClientOptions {
     /// one request unanswered (seen on list GETs while containers start); reads are
     /// idempotent, so they are sent again on a fresh connection.
     pub read_attempts: u32,
+    /// Largest exec output (each of stdout and stderr) and pulled file read: what a
+    /// container writes must not be able to fill the agent's memory.
+    pub max_output_bytes: u64,
+    /// Largest reply to any other request (lists of instances, profiles, ...).
+    pub max_reply_bytes: u64,
 }
 
 impl Default for ClientOptions {
@@ -97,6 +102,8 @@ impl Default for ClientOptions {
             etag_attempts: 3,
             read_timeout: Duration::from_secs(30),
             read_attempts: 3,
+            max_output_bytes: 8 * 1024 * 1024,
+            max_reply_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -317,7 +324,7 @@ impl IncusClient {
         }
     }
 
-    /// Sends a request and reads the whole reply within `limit`.
+    /// Sends a request and reads the whole reply (up to `max_reply_bytes`) within `limit`.
     async fn send(
         &self,
         method: &Method,
@@ -325,6 +332,20 @@ impl IncusClient {
         headers: &[(&str, String)],
         body: Bytes,
         limit: Duration,
+    ) -> Result<Resp> {
+        self.send_capped(method, path, headers, body, limit, self.options.max_reply_bytes).await
+    }
+
+    /// [`Self::send`] reading at most `max_body` bytes of the reply: a longer one is
+    /// [`IncusError::TooLarge`], named after the request.
+    async fn send_capped(
+        &self,
+        method: &Method,
+        path: &str,
+        headers: &[(&str, String)],
+        body: Bytes,
+        limit: Duration,
+        max_body: u64,
     ) -> Result<Resp> {
         let uri = self.uri(path)?;
         let mut builder = Request::builder().method(method.clone()).uri(uri);
@@ -381,11 +402,22 @@ impl IncusClient {
                 }
             })?;
             let (parts, body) = response.into_parts();
-            let body = body.collect().await.map_err(|e| IncusError::Transport {
-                endpoint: endpoint.clone(),
-                method: method.to_string(),
-                path: path.to_string(),
-                detail: format!("reading the reply: {}", chain(&e)),
+            let cap = usize::try_from(max_body).unwrap_or(usize::MAX);
+            let body = http_body_util::Limited::new(body, cap).collect().await.map_err(|e| {
+                if e.is::<http_body_util::LengthLimitError>() {
+                    IncusError::TooLarge {
+                        what: format!("the reply to `{method} {path}`"),
+                        limit: max_body,
+                        hint: String::new(),
+                    }
+                } else {
+                    IncusError::Transport {
+                        endpoint: endpoint.clone(),
+                        method: method.to_string(),
+                        path: path.to_string(),
+                        detail: format!("reading the reply: {}", chain(&*e)),
+                    }
+                }
             })?;
             Ok(Resp { status: parts.status, headers: parts.headers, body: body.to_bytes() })
         };
@@ -615,8 +647,8 @@ impl IncusClient {
             .map(drop)
     }
 
-    /// Fetches and then deletes one exec output log.
-    async fn take_log(&self, instance: &str, url: &str) -> Result<Vec<u8>> {
+    /// Fetches (up to `max_output_bytes`) and then deletes one exec output log.
+    async fn take_log(&self, instance: &str, url: &str, what: &str) -> Result<Vec<u8>> {
         if !url.starts_with(&format!("/1.0/instances/{instance}/logs/")) {
             return Err(IncusError::Decode {
                 method: "POST".to_string(),
@@ -625,8 +657,25 @@ impl IncusClient {
                 excerpt: String::new(),
             });
         }
-        let resp =
-            self.send(&Method::GET, url, &[], Bytes::new(), self.options.request_timeout).await?;
+        let max = self.options.max_output_bytes;
+        let resp = match self
+            .send_capped(&Method::GET, url, &[], Bytes::new(), self.options.request_timeout, max)
+            .await
+        {
+            Err(IncusError::TooLarge { limit, .. }) => {
+                // Not read, but not left on incusd's disk either.
+                let _ = self.call(Method::DELETE, url, None, None, self.op_deadline()).await;
+                return Err(IncusError::TooLarge {
+                    what: format!("the {what} in instance `{instance}`"),
+                    limit,
+                    hint: format!(
+                        " (hint: something in `{instance}` writes far more than expected; look \
+                         with `incus exec {instance} -- ...`)"
+                    ),
+                });
+            }
+            other => other?,
+        };
         if !resp.status.is_success() {
             let e = envelope::parse_reply(resp.status.as_u16(), &resp.body).err().unwrap_or(
                 ReplyError::Api {
@@ -1027,12 +1076,13 @@ impl Incus for IncusClient {
         let url = |fd: &str| {
             result.pointer(&format!("/output/{fd}")).and_then(Value::as_str).map(str::to_string)
         };
+        let shown = request.command.join(" ");
         let stdout = match url("1") {
-            Some(u) => self.take_log(instance, &u).await?,
+            Some(u) => self.take_log(instance, &u, &format!("stdout of `{shown}`")).await?,
             None => Vec::new(),
         };
         let stderr = match url("2") {
-            Some(u) => self.take_log(instance, &u).await?,
+            Some(u) => self.take_log(instance, &u, &format!("stderr of `{shown}`")).await?,
             None => Vec::new(),
         };
         Ok(ExecOutput { exit_code: i32::try_from(exit).unwrap_or(-1), stdout, stderr })
@@ -1077,11 +1127,24 @@ impl Incus for IncusClient {
     }
 
     async fn pull_file(&self, instance: &str, path: &str) -> Result<Vec<u8>> {
+        self.pull_file_max(instance, path, self.options.max_output_bytes).await
+    }
+
+    async fn pull_file_max(&self, instance: &str, path: &str, max: u64) -> Result<Vec<u8>> {
         validate_name("instance name", instance)?;
         validate_file_path(path)?;
         let url = files_path(instance, path);
-        let resp =
-            self.send(&Method::GET, &url, &[], Bytes::new(), self.options.request_timeout).await?;
+        let resp = self
+            .send_capped(&Method::GET, &url, &[], Bytes::new(), self.options.request_timeout, max)
+            .await
+            .map_err(|e| match e {
+                IncusError::TooLarge { limit, .. } => IncusError::TooLarge {
+                    what: format!("file `{path}` in instance `{instance}`"),
+                    limit,
+                    hint: String::new(),
+                },
+                e => e,
+            })?;
         if !resp.status.is_success() {
             let e = envelope::parse_reply(resp.status.as_u16(), &resp.body).err().unwrap_or(
                 ReplyError::Api {

@@ -130,6 +130,11 @@ pub enum IncusError {
         first_difference: Option<usize>,
     },
 
+    /// A reply (exec output, a pulled file, a list) was larger than the agent reads; it
+    /// stopped reading there.
+    #[error("{what} is larger than the {limit}-byte limit; the agent stopped reading it{hint}")]
+    TooLarge { what: String, limit: u64, hint: String },
+
     /// A pull hit a directory (or something else that is not a regular file).
     #[error("`{path}` in instance `{instance}` is a {found}, not a regular file")]
     NotAFile { instance: String, path: String, found: String },

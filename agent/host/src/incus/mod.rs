@@ -157,9 +157,21 @@ pub trait Incus {
     fn push_file(&self, instance: &str, file: &FilePush)
     -> impl Future<Output = Result<()>> + Send;
 
-    /// Reads a regular file from an instance (owned or not: reading changes nothing).
+    /// Reads a regular file from an instance (owned or not: reading changes nothing), up
+    /// to the driver's output limit: a bigger one is [`IncusError::TooLarge`].
     fn pull_file(&self, instance: &str, path: &str)
     -> impl Future<Output = Result<Vec<u8>>> + Send;
+
+    /// [`Incus::pull_file`] with the limit `max` (bytes) instead of the driver's.
+    fn pull_file_max(
+        &self,
+        instance: &str,
+        path: &str,
+        max: u64,
+    ) -> impl Future<Output = Result<Vec<u8>>> + Send {
+        let _ = max;
+        self.pull_file(instance, path)
+    }
 
     /// Reads a server-wide `user.*` config key (`GET /1.0`).
     fn server_user_config(&self, key: &str) -> impl Future<Output = Result<Option<String>>> + Send;
@@ -274,7 +286,20 @@ pub async fn verify_file<I: Incus + Sync>(
     path: &str,
     expected: &[u8],
 ) -> Result<()> {
-    let actual = incus.pull_file(instance, path).await?;
+    // Read no more than what must be there (one byte more shows a longer file).
+    let actual = match incus.pull_file_max(instance, path, expected.len() as u64 + 1).await {
+        Err(IncusError::TooLarge { limit, .. }) => {
+            return Err(IncusError::TooLarge {
+                what: format!(
+                    "file `{path}` in instance `{instance}`, just pushed with {} bytes,",
+                    expected.len()
+                ),
+                limit,
+                hint: " (hint: something in the instance is writing to it)".to_string(),
+            });
+        }
+        other => other?,
+    };
     if actual == expected {
         return Ok(());
     }

@@ -412,3 +412,61 @@ fn exec_reads_and_deletes_both_output_logs() {
     );
     assert_eq!(c.writes(), 3);
 }
+
+fn small_output() -> ClientOptions {
+    ClientOptions { max_output_bytes: 1024, ..ClientOptions::default() }
+}
+
+fn raw_body(body: String) -> Canned {
+    Canned { status: 200, headers: Vec::new(), body }
+}
+
+#[test]
+fn exec_output_past_the_limit_is_an_error_naming_the_instance_and_the_limit() {
+    let out = "/1.0/instances/w/logs/exec-output/exec_y.stdout";
+    let server = Server::start(
+        vec![
+            reply(200, sync(instance("w", true))),
+            reply(202, async_op("y")),
+            reply(200, done(json!({"return": 0, "output": {"1": out}}))),
+            raw_body("x".repeat(4096)),
+            reply(200, sync(json!({}))),
+        ],
+        None,
+    );
+    let c = server.client(small_output());
+    let err = block_on(c.exec("w", &ExecRequest::new(["/bin/chatty"]))).unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, IncusError::TooLarge { limit: 1024, .. }), "{msg}");
+    assert!(
+        msg.starts_with(
+            "the stdout of `/bin/chatty` in instance `w` is larger than the 1024-byte limit"
+        ),
+        "{msg}"
+    );
+    assert_eq!(server.lines()[3..], [format!("GET {out}"), format!("DELETE {out}")], "log removed");
+}
+
+#[test]
+fn pulled_files_are_read_up_to_the_limit_unless_verifying_a_push() {
+    let server = Server::start(
+        vec![
+            // A pull past the limit.
+            raw_body("x".repeat(4096)),
+            // A push of 4096 bytes, verified by reading back exactly that much.
+            reply(200, sync(instance("w", true))),
+            reply(200, sync(json!({}))),
+            raw_body("y".repeat(4096)),
+        ],
+        None,
+    );
+    let c = server.client(small_output());
+    let err = block_on(c.pull_file("w", "/var/log/huge")).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.starts_with("file `/var/log/huge` in instance `w` is larger than the 1024-byte limit"),
+        "{msg}"
+    );
+    let push = FilePush::new("/tmp/release.tar", "y".repeat(4096).into_bytes());
+    block_on(crate::incus::push_file_verified(&c, "w", &push)).unwrap();
+}
