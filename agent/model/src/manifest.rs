@@ -78,8 +78,11 @@ impl Metadata {
 #[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Incus {
-    /// Incus project. Defaults to `default`.
+    /// Not supported: every resource lives in the `default` Incus project. Kept out of the
+    /// schema and parsed only so `validate` can refuse it with a hint instead of a bare
+    /// "unknown field".
     #[serde(default)]
+    #[schemars(skip)]
     pub project: Option<String>,
     /// Networks, referenced (must exist) or managed (created and owned by the agent).
     #[serde(default)]
