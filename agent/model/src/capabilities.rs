@@ -172,13 +172,13 @@ pub fn used(m: &Manifest) -> Vec<Use> {
     out
 }
 
-/// The capabilities each manifest of one host's set uses (same order as `manifests`): its
-/// own keys, plus what comes with each profile it attaches that another manifest declares
+/// The capabilities each manifest uses (same order as `manifests`): its own keys, plus what
+/// comes with each profile it attaches that another manifest of the same host declares
 /// (staging attaching prod's privileged profile uses `security-config` itself).
 pub fn used_by_set(manifests: &[&Manifest]) -> Vec<Vec<Use>> {
     let own: Vec<Vec<Use>> = manifests.iter().map(|m| used(m)).collect();
     // Profile name -> (declaring manifest, uses inside the profile relative to it).
-    let mut profiles: BTreeMap<&str, ProfileUses> = BTreeMap::new();
+    let mut profiles: BTreeMap<(&str, &str), ProfileUses> = BTreeMap::new();
     for (i, uses) in own.iter().enumerate() {
         for name in manifests[i].incus.profiles.keys() {
             let prefix = path!["incus", "profiles", name.as_str()];
@@ -189,7 +189,7 @@ pub fn used_by_set(manifests: &[&Manifest]) -> Vec<Vec<Use>> {
                     Some((u.capability, rest.to_vec()))
                 })
                 .collect();
-            profiles.insert(name, (i, inside));
+            profiles.insert((&manifests[i].metadata.host, name), (i, inside));
         }
     }
     let mut out = Vec::new();
@@ -203,7 +203,11 @@ pub fn used_by_set(manifests: &[&Manifest]) -> Vec<Vec<Use>> {
             m.apps.iter().map(|(n, app)| (path!["apps", n.as_str(), "profiles"], &app.profiles));
         for (list, attached) in instances.chain(apps) {
             for (k, profile) in attached.iter().enumerate() {
-                let Some((declared_in, inside)) = profiles.get(profile.as_str()) else { continue };
+                let Some((declared_in, inside)) =
+                    profiles.get(&(m.metadata.host.as_str(), profile.as_str()))
+                else {
+                    continue;
+                };
                 if *declared_in == i {
                     continue; // counted where it is declared, in this same manifest
                 }
