@@ -172,7 +172,9 @@ pub struct Device {
     /// nic: interface name inside the instance.
     #[serde(default)]
     pub name: Option<String>,
-    /// Other raw Incus device keys, passed through unchanged.
+    /// Other raw Incus device keys, passed through unchanged. Never `type` or a key that has
+    /// its own field above. `security.*` and `raw.*` keys are capabilities the host's trust
+    /// policy must grant.
     #[serde(default)]
     pub options: BTreeMap<String, String>,
 }

@@ -25,7 +25,7 @@
 //! # Current limitations
 //!
 //! Names must be lowercase letters, digits and dashes, so `veza-job-a-b-c` could be env `a`,
-//! job `b-c` or env `a-b`, job `c`: callers must reject two jobs on one host whose
+//! job `b-c` or env `a-b`, job `c`: `validate` rejects two jobs on one host whose
 //! [`unit_stem`]s collide; the marker still tells them apart.
 
 use std::fmt;
