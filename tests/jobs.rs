@@ -392,3 +392,51 @@ fn units_rejected_by_verify_are_not_left_in_place() {
     );
     assert!(!dir.path().join("veza-job-t-x.timer").exists(), "the new timer was removed");
 }
+
+/// A unit file in the host's unit directory without the agent's marker (an operator's own
+/// `veza-job-prod-db-backup.service`, or another tool's) is never overwritten: the install
+/// is refused, naming the file, before any unit is written.
+#[test]
+fn a_host_unit_file_without_the_marker_is_never_overwritten() {
+    use veza_host::systemd::{Systemd, Units};
+    use veza_plan::live::UnitTarget;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let theirs = "[Unit]\nDescription=the DBA's own backup\n\n[Service]\nType=oneshot\nExecStart=/bin/true\n";
+    let service = dir.path().join("veza-job-prod-db-backup.service");
+    std::fs::write(&service, theirs).expect("seed a foreign unit");
+    let units = units::render(&JobUnitSpec {
+        env: "prod-db".into(),
+        name: "backup".into(),
+        schedule: schedule::parse("@daily").expect("schedule"),
+        tz: None,
+        user: None,
+        command: "true".into(),
+        randomized_delay: None,
+        persistent: true,
+        timeout: None,
+        description: None,
+    })
+    .expect("render");
+    let rt = veza_host::incus::runtime().expect("runtime");
+    let incus = veza_host::incus::IncusClient::local();
+    let driver = Systemd::new(&incus, dir.path());
+    let err = rt
+        .block_on(driver.install(
+            &UnitTarget::Host,
+            &[
+                (units.timer.name.clone(), units.timer.contents.clone()),
+                (units.service.name.clone(), units.service.contents.clone()),
+            ],
+            std::slice::from_ref(&units.timer.name),
+        ))
+        .expect_err("a foreign unit file must not be overwritten");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "refusing to overwrite `{}` on host: the file exists without the veza-agent marker on its first line, so it belongs to someone else (hint: rename the job in the manifest, or move that file away if nobody needs it)",
+            service.display()
+        )
+    );
+    assert_eq!(std::fs::read_to_string(&service).expect("still there"), theirs);
+    assert!(!dir.path().join(&units.timer.name).exists(), "no unit was written");
+}

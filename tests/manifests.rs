@@ -31,6 +31,13 @@ fn shipped_manifests_validate_together() {
         "{stdout}"
     );
     assert!(stdout.contains("manifests/staging.yaml: ok (environment `staging`"), "{stdout}");
+    // The capabilities each one uses, for the host's trust policy (packaging/README.md §2):
+    // prod runs its restore drill on the host, staging asks for nothing.
+    assert!(
+        stdout.contains("manifests/prod.yaml: uses capabilities: host-jobs (jobs.dr-drill.on)\n"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("manifests/staging.yaml: uses capabilities"), "{stdout}");
 }
 
 #[test]

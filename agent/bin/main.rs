@@ -117,7 +117,10 @@ enum Command {
     History(commands::history::HistoryArgs),
     /// Check manifests: syntax, unknown keys and semantic rules, all files together.
     ///
-    /// Prints each problem as `PATH:LINE:COL: error: MESSAGE` on stderr.
+    /// Prints each problem as `PATH:LINE:COL: error: MESSAGE` on stderr. For a valid file,
+    /// also prints the capabilities it uses (powers over the host such as `host-jobs`,
+    /// which a host's trust policy must grant to its path), e.g.
+    /// `PATH: uses capabilities: host-jobs (jobs.dr-drill.on)`; that is not an error.
     /// Exit 0 when every file is valid, 1 otherwise, 2 on usage errors.
     Validate(commands::validate::ValidateArgs),
     /// Print the JSON Schema of the manifest format (as committed in `schemas/`).

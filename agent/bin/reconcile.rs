@@ -224,6 +224,7 @@ impl Agent {
         // The approval policy covers the paths changed since the last applied commit; on
         // a host that has applied nothing yet, every path of the tip (a fresh or wiped
         // host is no way around the approvals).
+        let mut confine = None;
         if let Some(policy_path) = &c.trust.policy {
             let text = std::fs::read_to_string(policy_path)
                 .map_err(|e| reject(format!("policy `{policy_path}` unreadable: {e}")))?;
@@ -245,6 +246,7 @@ impl Agent {
                 let text: Vec<String> = violations.iter().map(ToString::to_string).collect();
                 return Err(reject(format!("trust policy: {}", text.join("; "))));
             }
+            confine = Some((policy_path, policy));
         }
         let mut files = Vec::new();
         for path in &c.source.manifests {
@@ -257,11 +259,21 @@ impl Agent {
             let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
             reject(format!("invalid manifests:\n{}", text.join("\n")))
         })?;
-        let manifests = parsed
+        let manifests: Vec<(String, Manifest)> = parsed
             .into_iter()
-            .map(|(_, p)| p.manifest)
-            .filter(|m| m.metadata.host == c.host)
+            .map(|(path, p)| (path, p.manifest))
+            .filter(|(_, m)| m.metadata.host == c.host)
             .collect();
+        // Capabilities: powers over the host only where the manifest path is granted them.
+        if let Some((policy_path, policy)) = &confine {
+            let set: Vec<(&str, &Manifest)> =
+                manifests.iter().map(|(p, m)| (p.as_str(), m)).collect();
+            policy.confine(&set).map_err(|refused| {
+                let text: Vec<String> = refused.iter().map(ToString::to_string).collect();
+                reject(format!("trust policy `{policy_path}`: {}", text.join("; ")))
+            })?;
+        }
+        let manifests = manifests.into_iter().map(|(_, m)| m).collect();
         Ok(Source { commit, signer: verdict.principal, manifests })
     }
 

@@ -27,7 +27,9 @@ pub fn run(args: &ValidateArgs) -> ExitCode {
     }
     match veza_model::load(&files) {
         Ok(parsed) if !failed => {
-            for (name, p) in &parsed {
+            let set: Vec<&veza_model::Manifest> = parsed.iter().map(|(_, p)| &p.manifest).collect();
+            let uses = veza_model::capabilities::used_by_set(&set);
+            for ((name, p), uses) in parsed.iter().zip(&uses) {
                 let m = &p.manifest;
                 outln!(
                     "{name}: ok (environment `{}` on host `{}`: {} instances, {} apps, {} jobs)",
@@ -37,6 +39,13 @@ pub fn run(args: &ValidateArgs) -> ExitCode {
                     m.apps.len(),
                     m.jobs.len()
                 );
+                // Not an error: the host's trust policy decides (`capabilities:`).
+                if !uses.is_empty() {
+                    outln!(
+                        "{name}: uses capabilities: {}",
+                        veza_model::capabilities::summary(uses)
+                    );
+                }
             }
             ExitCode::SUCCESS
         }

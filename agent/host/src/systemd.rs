@@ -3,7 +3,8 @@
 //! exec), and read each job's last result.
 //!
 //! Only units whose first line carries the agent's ownership marker are listed, changed
-//! or removed; anything else in the unit directory is never touched. Every unit is
+//! or removed; anything else in the unit directory is never touched: installing over a
+//! file without the marker is refused ([`SystemdError::Foreign`]). Every unit is
 //! checked with `systemd-analyze verify` where it will run before it is enabled, and any
 //! diagnostic counts as a failure (verify exits 0 on unknown keys).
 
@@ -33,6 +34,12 @@ pub enum SystemdError {
     /// `systemd-analyze verify` reported a problem.
     #[error("units rejected by `systemd-analyze verify` on {target}: {diagnostics}")]
     Verify { target: String, diagnostics: String },
+    /// A unit file of that name exists and is not the agent's (no marker on its first
+    /// line): it is never overwritten.
+    #[error(
+        "refusing to overwrite `{path}` on {target}: the file exists without the veza-agent marker on its first line, so it belongs to someone else (hint: rename the job in the manifest, or move that file away if nobody needs it)"
+    )]
+    Foreign { target: String, path: String },
     /// A file could not be written or read on the host.
     #[error("unit directory `{}`: {source}", path.display())]
     Io {
@@ -257,8 +264,38 @@ impl<I: Incus + Sync> Units for Systemd<'_, I> {
         timers: &[String],
     ) -> Result<(), SystemdError> {
         // Keep what was there, so files rejected by `verify` never stay in place (a unit
-        // left behind would look installed to the next plan and never be enabled).
+        // left behind would look installed to the next plan and never be enabled). A file
+        // that is there without the marker is someone else's: refused before writing any.
         let mut previous: Vec<(String, Option<Vec<u8>>)> = Vec::new();
+        for (name, _) in files {
+            let old = match target {
+                UnitTarget::Host => {
+                    let path = self.host_path(name);
+                    match std::fs::read(&path) {
+                        Ok(bytes) => Some(bytes),
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                        Err(source) => return Err(SystemdError::Io { path, source }),
+                    }
+                }
+                UnitTarget::Instance(inst) => {
+                    match self.incus.pull_file(inst, &self.instance_path(name)).await {
+                        Ok(bytes) => Some(bytes),
+                        Err(crate::incus::IncusError::NotFound { .. }) => None,
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            };
+            if let Some(bytes) = &old
+                && !is_ours(&String::from_utf8_lossy(bytes))
+            {
+                let path = match target {
+                    UnitTarget::Host => self.host_path(name).display().to_string(),
+                    UnitTarget::Instance(_) => self.instance_path(name),
+                };
+                return Err(SystemdError::Foreign { target: target.to_string(), path });
+            }
+            previous.push((name.clone(), old));
+        }
         let mut paths = Vec::new();
         for (name, contents) in files {
             match target {
@@ -267,14 +304,11 @@ impl<I: Incus + Sync> Units for Systemd<'_, I> {
                         SystemdError::Io { path: self.host_unit_dir.clone(), source }
                     })?;
                     let path = self.host_path(name);
-                    previous.push((name.clone(), std::fs::read(&path).ok()));
                     crate::fs::write_atomic_if_changed(&path, contents.as_bytes(), 0o644)
                         .map_err(|e| SystemdError::Io { path: e.path, source: e.source })?;
                     paths.push(path.display().to_string());
                 }
                 UnitTarget::Instance(inst) => {
-                    let old = self.incus.pull_file(inst, &self.instance_path(name)).await.ok();
-                    previous.push((name.clone(), old));
                     let mut push =
                         FilePush::new(self.instance_path(name), contents.as_bytes().to_vec());
                     push.create_parents = true;
@@ -407,6 +441,40 @@ mod tests {
         let never =
             parse_job_run("Result=success\nExecMainStatus=0\nExecMainStartTimestamp=\n", "");
         assert_eq!((never.result.as_str(), never.exit_status), ("", None));
+    }
+
+    /// A unit file without the marker is never overwritten, in an instance (here) or on the
+    /// host (`tests/jobs.rs`): the install is refused before anything is written.
+    #[test]
+    fn a_unit_file_without_the_marker_is_never_overwritten() {
+        use crate::incus::FakeIncus;
+        let fake = FakeIncus::with_default_host();
+        let path = "/etc/systemd/system/veza-job-prod-db-backup.service";
+        let theirs = "[Unit]\nDescription=the DBA's own backup\n";
+        fake.set_file("db", path, theirs);
+        let units = Systemd::new(&fake, "/nonexistent");
+        let ours = format!("{OWNER_MARKER_PREFIX}prod-db/backup\n[Unit]\n");
+        let target = UnitTarget::Instance("db".to_string());
+        let err = crate::incus::runtime()
+            .expect("runtime")
+            .block_on(units.install(
+                &target,
+                &[
+                    ("veza-job-prod-db-backup.timer".to_string(), ours.clone()),
+                    ("veza-job-prod-db-backup.service".to_string(), ours),
+                ],
+                &["veza-job-prod-db-backup.timer".to_string()],
+            ))
+            .expect_err("a foreign unit file must not be overwritten");
+        assert!(matches!(err, SystemdError::Foreign { .. }), "{err}");
+        assert!(
+            err.to_string().starts_with(&format!("refusing to overwrite `{path}` on ")),
+            "{err}"
+        );
+        assert_eq!(fake.file("db", path).as_deref(), Some(theirs.as_bytes()));
+        let writes: Vec<String> =
+            fake.calls().into_iter().filter(|c| !c.starts_with("GET ")).collect();
+        assert!(writes.is_empty(), "nothing is written: {writes:?}");
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! Entry point: [`load`] turns the bytes of every manifest a host applies into
 //! validated [`Manifest`]s, or into every located problem at once.
 
+pub mod capabilities;
 pub mod config;
+pub mod lexical;
 pub mod manifest;
 pub mod parse;
 pub mod schedule;

@@ -78,8 +78,11 @@ impl Metadata {
 #[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Incus {
-    /// Incus project. Defaults to `default`.
+    /// Not supported: every resource lives in the `default` Incus project. Kept out of the
+    /// schema and parsed only so `validate` can refuse it with a hint instead of a bare
+    /// "unknown field".
     #[serde(default)]
+    #[schemars(skip)]
     pub project: Option<String>,
     /// Networks, referenced (must exist) or managed (created and owned by the agent).
     #[serde(default)]
@@ -169,7 +172,9 @@ pub struct Device {
     /// nic: interface name inside the instance.
     #[serde(default)]
     pub name: Option<String>,
-    /// Other raw Incus device keys, passed through unchanged.
+    /// Other raw Incus device keys, passed through unchanged. Never `type` or a key that has
+    /// its own field above. `security.*` and `raw.*` keys are capabilities the host's trust
+    /// policy must grant.
     #[serde(default)]
     pub options: BTreeMap<String, String>,
 }

@@ -25,12 +25,13 @@
 //! # Current limitations
 //!
 //! Names must be lowercase letters, digits and dashes, so `veza-job-a-b-c` could be env `a`,
-//! job `b-c` or env `a-b`, job `c`: callers must reject two jobs on one host whose
+//! job `b-c` or env `a-b`, job `c`: `validate` rejects two jobs on one host whose
 //! [`unit_stem`]s collide; the marker still tells them apart.
 
 use std::fmt;
 use std::time::Duration;
 
+use crate::lexical;
 use crate::schedule::CronSchedule;
 
 /// The first line of every unit we render, followed by `<env>/<name>`.
@@ -114,6 +115,14 @@ pub enum UnitErrorKind {
     /// The time zone would not be a single plain word.
     #[error("invalid time zone `{0}`: use letters, digits, `/`, `_`, `+` and `-`")]
     InvalidTimeZone(String),
+    /// The schedule's text would not fit on one line of the unit.
+    #[error("invalid schedule `{}`: {why}", .schedule.escape_debug())]
+    InvalidSchedule {
+        /// The schedule as written.
+        schedule: String,
+        /// What is wrong with it.
+        why: &'static str,
+    },
     /// The command is empty or contains a NUL byte.
     #[error("invalid command: {0}")]
     InvalidCommand(&'static str),
@@ -153,14 +162,15 @@ pub fn render(spec: &JobUnitSpec) -> Result<JobUnits, UnitError> {
     let err = |kind| UnitError { job: format!("{}/{}", spec.env, spec.name), kind };
     check_name("environment", &spec.env).map_err(err)?;
     check_name("job", &spec.name).map_err(err)?;
-    let plain = |s: &str, extra: &[u8]| {
-        !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || extra.contains(&b))
-    };
-    if let Some(user) = spec.user.as_deref().filter(|u| !plain(u, b"_-.")) {
+    if let Some(user) = spec.user.as_deref().filter(|u| lexical::unit_user(u).is_err()) {
         return Err(err(UnitErrorKind::InvalidUser(user.to_string())));
     }
-    if let Some(tz) = spec.tz.as_deref().filter(|tz| !plain(tz, b"/_+-")) {
+    if let Some(tz) = spec.tz.as_deref().filter(|tz| lexical::time_zone(tz).is_err()) {
         return Err(err(UnitErrorKind::InvalidTimeZone(tz.to_string())));
+    }
+    let schedule = spec.schedule.to_string();
+    if let Err(why) = lexical::unit_line(&schedule) {
+        return Err(err(UnitErrorKind::InvalidSchedule { schedule, why }));
     }
     let exec_arg = exec_arg(&spec.command).map_err(err)?;
     let description = match &spec.description {
@@ -185,7 +195,7 @@ pub fn render(spec: &JobUnitSpec) -> Result<JobUnits, UnitError> {
     ctx.insert("marker", &format!("{OWNER_MARKER_PREFIX}{}/{}", spec.env, spec.name));
     ctx.insert("env", &spec.env);
     ctx.insert("name", &spec.name);
-    ctx.insert("schedule", &spec.schedule.to_string());
+    ctx.insert("schedule", &schedule);
     ctx.insert("service_name", &service_name);
     ctx.insert("timer_name", &timer_name);
     ctx.insert("user", &spec.user);
@@ -563,6 +573,10 @@ WantedBy=timers.target
             (
                 JobUnitSpec { timeout: Some(Duration::ZERO), ..base.clone() },
                 "job `prod/x`: timeout must be greater than zero (leave it unset for no limit)",
+            ),
+            (
+                JobUnitSpec { schedule: parse("0 3\n* * *").unwrap(), ..base.clone() },
+                "job `prod/x`: invalid schedule `0 3\\n* * *`: it contains a newline or another control character",
             ),
             (
                 JobUnitSpec { command: "".into(), ..base.clone() },

@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use crate::lexical;
 use crate::manifest::{Color, Device, DeviceType, Manifest};
 use crate::parse::{Diagnostic, FileDiagnostic, Parsed, Seg};
 use crate::path;
@@ -124,6 +125,13 @@ fn check_manifest(m: &Manifest, declared: &Declared, r: &mut Rules<'_>) {
         );
     }
 
+    if let Some(project) = &m.incus.project {
+        r.key(
+            path!["incus", "project"],
+            format!("`incus.project: {project}` is not supported: the agent manages the `default` Incus project only (hint: remove the key; give each environment its own `instance_prefix` instead)"),
+        );
+    }
+
     for (name, net) in &m.incus.networks {
         let p = path!["incus", "networks", name.as_str()];
         if !is_incus_name(name) || name.len() > 15 {
@@ -231,12 +239,14 @@ fn check_manifest(m: &Manifest, declared: &Declared, r: &mut Rules<'_>) {
                 format!("install_dir `{dir}` must be an absolute path below `/`, without `..`"),
             );
         }
+        let health_path = path!["apps", app_name.as_str(), "health", "path"];
         if !app.health.path.starts_with('/') {
             r.value(
-                path!["apps", app_name.as_str(), "health", "path"],
+                health_path.clone(),
                 format!("health path `{}` must start with `/`", app.health.path),
             );
         }
+        haproxy_token(r, health_path, "health path", &app.health.path);
         for (field, v) in [("rise", app.health.rise), ("fall", app.health.fall)] {
             if let Some(n) = v
                 && !(1..=MAX_RISE_FALL).contains(&n)
@@ -344,13 +354,14 @@ fn check_manifest(m: &Manifest, declared: &Declared, r: &mut Rules<'_>) {
                     ),
                 );
             }
-            if let Some(prefix) = &route.path_prefix
-                && (!prefix.starts_with('/') || prefix.contains(char::is_whitespace))
-            {
-                r.value(
-                    extend(&rp, "path_prefix"),
-                    format!("path_prefix `{prefix}` must start with `/` and contain no spaces"),
-                );
+            if let Some(prefix) = &route.path_prefix {
+                if !prefix.starts_with('/') {
+                    r.value(
+                        extend(&rp, "path_prefix"),
+                        format!("path_prefix `{prefix}` must start with `/`"),
+                    );
+                }
+                haproxy_token(r, extend(&rp, "path_prefix"), "path_prefix", prefix);
             }
             if let Some(first) = prefixes.insert(route.path_prefix.as_deref(), i) {
                 let what = route
@@ -397,34 +408,42 @@ fn check_manifest(m: &Manifest, declared: &Declared, r: &mut Rules<'_>) {
                 r.key(ep.clone(), format!("external backend `{name}` needs at least one server"));
             }
             for (i, server) in ext.servers.iter().enumerate() {
+                let sp = path!["edge", "external_backends", name.as_str(), "servers", i];
                 if parse_host_port(server).is_none() {
                     r.value(
-                        path!["edge", "external_backends", name.as_str(), "servers", i],
+                        sp.clone(),
                         format!("invalid server `{server}`: expected `address:port`"),
                     );
                 }
+                haproxy_token(r, sp, "server address", server);
+            }
+            if let Some(health) = &ext.health_path {
+                let hp = path!["edge", "external_backends", name.as_str(), "health_path"];
+                if !health.starts_with('/') {
+                    r.value(hp.clone(), format!("health path `{health}` must start with `/`"));
+                }
+                haproxy_token(r, hp, "health path", health);
             }
         }
         if let Some(listen) = &edge.listen {
-            if parse_host_port(&listen.http).is_none() {
-                r.value(
-                    path!["edge", "listen", "http"],
-                    format!("invalid listen address `{}`: expected `address:port`", listen.http),
-                );
-            }
-            if let Some(https) = &listen.https
-                && parse_host_port(https).is_none()
-            {
-                r.value(
-                    path!["edge", "listen", "https"],
-                    format!("invalid listen address `{https}`: expected `address:port`"),
-                );
+            for (key, addr) in [("http", Some(&listen.http)), ("https", listen.https.as_ref())] {
+                let Some(addr) = addr else { continue };
+                let lp = path!["edge", "listen", key];
+                if parse_host_port(addr).is_none() {
+                    r.value(
+                        lp.clone(),
+                        format!("invalid listen address `{addr}`: expected `address:port`"),
+                    );
+                }
+                haproxy_token(r, lp, "listen address", addr);
             }
         }
-        if let Some(tls) = &edge.tls
-            && !tls.cert_dir.starts_with('/')
-        {
-            r.value(path!["edge", "tls", "cert_dir"], "cert_dir must be an absolute path");
+        if let Some(tls) = &edge.tls {
+            let cp = path!["edge", "tls", "cert_dir"];
+            if !tls.cert_dir.starts_with('/') {
+                r.value(cp.clone(), "cert_dir must be an absolute path");
+            }
+            haproxy_token(r, cp, "certificate directory", &tls.cert_dir);
         }
     } else if !m.apps.is_empty() {
         r.key(path!["apps"], "apps are declared but no `edge` routes traffic to them");
@@ -435,14 +454,18 @@ fn check_manifest(m: &Manifest, declared: &Declared, r: &mut Rules<'_>) {
         if !is_env_name(name) {
             r.key(p.clone(), format!("invalid job name `{name}`: lowercase letters, digits and dashes, starting with a letter"));
         }
-        if let Err(e) = crate::schedule::parse(&job.schedule) {
+        if let Err(why) = lexical::unit_line(&job.schedule) {
+            r.value(
+                extend(&p, "schedule"),
+                format!("invalid schedule `{}`: {why}", shown(&job.schedule)),
+            );
+        } else if let Err(e) = crate::schedule::parse(&job.schedule) {
             r.value(extend(&p, "schedule"), format!("invalid schedule `{}`: {e}", job.schedule));
         }
         if let Some(tz) = &job.timezone
-            && (tz.is_empty()
-                || !tz.bytes().all(|b| b.is_ascii_alphanumeric() || b"/_+-".contains(&b)))
+            && let Err(why) = lexical::time_zone(tz)
         {
-            r.value(extend(&p, "timezone"), format!("invalid time zone `{tz}`"));
+            r.value(extend(&p, "timezone"), format!("invalid time zone `{tz}`: {why}"));
         }
         if job.on != "host" && !declared.instances.contains(&job.on) {
             r.value(
@@ -454,10 +477,9 @@ fn check_manifest(m: &Manifest, declared: &Declared, r: &mut Rules<'_>) {
             r.value(extend(&p, "command"), "command must be one non-empty line");
         }
         if let Some(user) = &job.user
-            && (user.is_empty()
-                || !user.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b)))
+            && let Err(why) = lexical::unit_user(user)
         {
-            r.value(extend(&p, "user"), format!("invalid user name `{user}`"));
+            r.value(extend(&p, "user"), format!("invalid user name `{user}`: {why}"));
         }
     }
 }
@@ -474,6 +496,7 @@ fn check_host_set(files: &[(String, Parsed)], members: &[usize], issues: &mut Ve
     let mut profiles: HashMap<&str, usize> = HashMap::new();
     let mut networks: HashMap<&str, usize> = HashMap::new();
     let mut listens: HashMap<String, (usize, String)> = HashMap::new();
+    let mut unit_stems: HashMap<String, (usize, &str, &str)> = HashMap::new();
     let mut edge_site: Option<(usize, &str)> = None;
     let mut edge_listen: Option<(usize, String)> = None;
     let name_of = |i: usize| files[i].0.as_str();
@@ -513,6 +536,26 @@ fn check_host_set(files: &[(String, Parsed)], members: &[usize], issues: &mut Ve
                         name_of(first)
                     ),
                 );
+            }
+        }
+        // Job units are named `veza-job-<env>-<job>`: `prod`/`db-backup` and
+        // `prod-db`/`backup` would write the same files.
+        for job in m.jobs.keys() {
+            let stem = crate::units::unit_stem(env, job);
+            match unit_stems.get(&stem) {
+                Some((first, first_env, first_job)) if *first_env != env => push(
+                    i,
+                    path!["jobs", job.as_str()],
+                    false,
+                    format!(
+                        "job `{job}` of environment `{env}` would be installed as `{stem}.service` and `.timer`, the unit files of job `{first_job}` of environment `{first_env}` ({}); rename one of the jobs",
+                        name_of(*first)
+                    ),
+                ),
+                Some(_) => {}
+                None => {
+                    unit_stems.insert(stem, (i, env, job));
+                }
             }
         }
         let prefix = m.metadata.instance_prefix();
@@ -734,6 +777,14 @@ fn check_device(name: &str, dev: &Device, p: &[Seg], declared: &Declared, r: &mu
             r.key(p.to_vec(), format!("{kind} device `{name}` needs `{key}`"));
         }
     }
+    for key in dev.options.keys() {
+        if key == "type" || present.iter().any(|(field, _)| field == key) {
+            r.key(
+                extend(&extend(p, "options"), key.as_str()),
+                format!("`options.{key}` would override the device's own `{key}`: `options` carries only Incus keys the manifest has no field for (hint: set `{key}` on the device itself)"),
+            );
+        }
+    }
     if dev.kind == DeviceType::Disk && dev.path.as_deref() != Some("/") && dev.source.is_none() {
         r.key(
             p.to_vec(),
@@ -755,6 +806,24 @@ fn check_device(name: &str, dev: &Device, p: &[Seg], declared: &Declared, r: &mu
     {
         r.value(extend(p, "network"), unknown_ref("network", net, declared.networks.iter()));
     }
+}
+
+/// A value written into `haproxy.cfg` as one token: the renderer's own rule.
+fn haproxy_token(r: &mut Rules<'_>, path: Vec<Seg>, what: &str, value: &str) {
+    if let Err(why) = lexical::haproxy_token(value) {
+        r.value(
+            path,
+            format!("{what} `{}` cannot be written into haproxy.cfg: {why}", shown(value)),
+        );
+    }
+}
+
+/// A value with its control characters escaped (`\n`), so a message stays on one line.
+fn shown(value: &str) -> String {
+    value
+        .chars()
+        .map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() })
+        .collect()
 }
 
 fn extend(p: &[Seg], seg: impl Into<Seg>) -> Vec<Seg> {
@@ -1121,12 +1190,103 @@ mod tests {
                 vec![("a", env("Prod", "a.fr", "C1", ""))],
                 "a:3:18: invalid environment name `Prod`",
             ),
+            (
+                "two environments' jobs would write the same unit files",
+                vec![
+                    ("a", env("prod", "a.fr", "C1", "jobs:\n  db-backup: {schedule: '@daily', on: host, command: x}\n")),
+                    ("b", env("prod-db", "b.fr", "C2", "jobs:\n  backup: {schedule: '@daily', on: host, command: x}\n")),
+                ],
+                "b:14:3: job `backup` of environment `prod-db` would be installed as `veza-job-prod-db-backup.service` and `.timer`, the unit files of job `db-backup` of environment `prod` (a); rename one of the jobs",
+            ),
+            (
+                "device options cannot change the device type",
+                vec![("a", env("prod", "a.fr", "C1", "incus:\n  instances:\n    t: {image: img, devices: {d: {type: disk, path: /, pool: p, options: {type: unix-char}}}}\n"))],
+                "a:15:75: `options.type` would override the device's own `type`",
+            ),
+            (
+                "device options cannot set a key the model has a field for",
+                vec![("a", env("prod", "a.fr", "C1", "incus:\n  instances:\n    t: {image: img, devices: {d: {type: disk, path: /, pool: p, options: {source: /etc}}}}\n"))],
+                "a:15:75: `options.source` would override the device's own `source`: `options` carries only Incus keys the manifest has no field for (hint: set `source` on the device itself)",
+            ),
+            (
+                "Incus projects are not supported",
+                vec![("a", env("prod", "a.fr", "C1", "incus:\n  project: veza\n"))],
+                "a:14:3: `incus.project: veza` is not supported: the agent manages the `default` Incus project only",
+            ),
         ];
         let mut failures = Vec::new();
         for (what, files, expect) in &cases {
             let out = check(files);
             if !out.iter().any(|line| line.contains(expect)) {
                 failures.push(format!("{what}:\n  wanted: {expect}\n  got:    {out:#?}"));
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+
+    /// Values the edge and unit renderers would refuse at plan time are refused by
+    /// `validate` first, at the key, with the renderer's reason. Each row: what to replace
+    /// in a valid manifest, with what, and the diagnostic.
+    #[test]
+    fn values_the_renderers_refuse_fail_validation_at_their_key() {
+        let cases: &[(&str, &str, &str)] = &[
+            (
+                "health: {path: /health}",
+                "health: {path: \"/a b\"}",
+                "a:9:20: health path `/a b` cannot be written into haproxy.cfg: it contains whitespace or control characters",
+            ),
+            (
+                "health: {path: /health}",
+                "health: {path: \"/a#b\"}",
+                "a:9:20: health path `/a#b` cannot be written into haproxy.cfg: it contains `#`, a quote or a backslash",
+            ),
+            (
+                "health: {path: /health}",
+                "health: {path: \"/a\\nb\"}",
+                "a:9:20: health path `/a\\nb` cannot be written into haproxy.cfg: it contains whitespace or control characters",
+            ),
+            (
+                "routes: [{app: web}]",
+                "routes: [{app: web, path_prefix: \"/a#b\"}]",
+                "a:12:71: path_prefix `/a#b` cannot be written into haproxy.cfg: it contains `#`, a quote or a backslash",
+            ),
+            (
+                "routes: [{app: web}]",
+                "routes: [{app: web, path_prefix: \"/a'b\"}]",
+                "a:12:71: path_prefix `/a'b` cannot be written into haproxy.cfg: it contains `#`, a quote or a backslash",
+            ),
+            (
+                "sticky_cookie: C1}",
+                "sticky_cookie: C1, listen: {http: \"127.0.0.1#:80\"}}",
+                "a:12:94: listen address `127.0.0.1#:80` cannot be written into haproxy.cfg: it contains `#`, a quote or a backslash",
+            ),
+            (
+                "sticky_cookie: C1}",
+                "sticky_cookie: C1, tls: {cert_dir: \"/etc/certs\\n  bind :81\"}}",
+                "a:12:95: certificate directory `/etc/certs\\n  bind :81` cannot be written into haproxy.cfg: it contains whitespace or control characters",
+            ),
+            (
+                "sticky_cookie: C1}",
+                "sticky_cookie: C1, external_backends: {f: {hosts: [f.fr], servers: [\"10.0.0.1:80\\n\"]}}}",
+                "a:12:128: server address `10.0.0.1:80\\n` cannot be written into haproxy.cfg: it contains whitespace or control characters",
+            ),
+            (
+                "sticky_cookie: C1}",
+                "sticky_cookie: C1, external_backends: {f: {hosts: [f.fr], servers: [\"10.0.0.1:80\"], health_path: \"/ok now\"}}}",
+                "a:12:157: health path `/ok now` cannot be written into haproxy.cfg: it contains whitespace or control characters",
+            ),
+            (
+                "    active: blue\n",
+                "    active: blue\njobs:\n  b: {schedule: \"0 3\\n* * *\", on: host, command: x}\n",
+                "a:13:17: invalid schedule `0 3\\n* * *`: it contains a newline or another control character",
+            ),
+        ];
+        let mut failures = Vec::new();
+        for (from, to, expect) in cases {
+            let text = env("prod", "a.fr", "C1", "").replacen(from, to, 1);
+            let out = check(&[("a", text)]);
+            if !out.iter().any(|line| line.contains(expect)) {
+                failures.push(format!("{to}:\n  wanted: {expect}\n  got:    {out:#?}"));
             }
         }
         assert!(failures.is_empty(), "{}", failures.join("\n"));

@@ -882,42 +882,18 @@ fn duration(d: Duration) -> String {
 }
 
 /// A single config token: no whitespace, quotes, backslashes, comment signs or control
-/// characters.
+/// characters (the rule `validate` applies too: [`veza_model::lexical::haproxy_token`]).
 fn token<'a>(what: &str, value: &'a str) -> Result<&'a str, RenderError> {
-    let why = if value.is_empty() {
-        Some("it is empty")
-    } else if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        Some("it contains whitespace or control characters")
-    } else if value.chars().any(|c| matches!(c, '#' | '"' | '\'' | '\\')) {
-        Some("it contains `#`, a quote or a backslash")
-    } else {
-        None
-    };
-    match why {
-        Some(why) => {
-            Err(RenderError::UnsafeValue { what: what.to_string(), value: value.to_string(), why })
-        }
-        None => Ok(value),
-    }
+    veza_model::lexical::haproxy_token(value).map(|()| value).map_err(|why| {
+        RenderError::UnsafeValue { what: what.to_string(), value: value.to_string(), why }
+    })
 }
 
 /// Several space-separated tokens on one line.
 fn line<'a>(what: &str, value: &'a str) -> Result<&'a str, RenderError> {
-    if value.trim().is_empty() {
-        return Err(RenderError::UnsafeValue {
-            what: what.to_string(),
-            value: value.to_string(),
-            why: "it is empty",
-        });
-    }
-    for word in value.split(' ').filter(|w| !w.is_empty()) {
-        token(what, word).map_err(|_| RenderError::UnsafeValue {
-            what: what.to_string(),
-            value: value.to_string(),
-            why: "it must be plain words separated by spaces",
-        })?;
-    }
-    Ok(value)
+    veza_model::lexical::haproxy_words(value).map(|()| value).map_err(|why| {
+        RenderError::UnsafeValue { what: what.to_string(), value: value.to_string(), why }
+    })
 }
 
 #[cfg(test)]

@@ -28,11 +28,22 @@
 //!     paths: ["**"]
 //!     principals: [forgejo@forge.example, alice@example.com, bob@example.com]
 //!     threshold: 1
+//! capabilities:            # manifest path -> powers over the host it may use
+//!   manifests/prod.yaml: [host-jobs]
+//!   manifests/staging.yaml: []
 //! ```
+//!
+//! Capabilities ([`veza_model::capabilities`]) confine what a signed manifest may ask of
+//! the host (jobs on the host, host paths, `security.*`/`raw.*` keys, ...). With a policy,
+//! a manifest path absent from `capabilities` is granted none of them; without a policy
+//! file at all, nothing is confined (every allowed signer is trusted fully).
 
 use std::collections::BTreeSet;
 
 use serde::Deserialize;
+
+use veza_model::Manifest;
+use veza_model::capabilities::{Grants, Ungranted, check_grants, used_by_set};
 
 use crate::allowed_signers::{AllowedSigners, match_pattern};
 use crate::error::{PolicyError, VerifyError};
@@ -66,6 +77,10 @@ pub struct Policy {
     pub approval_ref: Option<String>,
     /// Ordered rules; first match wins per path.
     pub rules: Vec<Rule>,
+    /// Capabilities granted per manifest path (exact path, as in `source.manifests`).
+    /// A path that is not listed is granted none.
+    #[serde(default)]
+    pub capabilities: Grants,
 }
 
 /// Where an approval came from.
@@ -266,6 +281,16 @@ impl Policy {
         }
         if violations.is_empty() { Ok(satisfied) } else { Err(violations) }
     }
+
+    /// Checks that each manifest (path, parsed manifest: the manifests one host applies)
+    /// uses only the capabilities `capabilities` grants to its path.
+    pub fn confine(&self, manifests: &[(&str, &Manifest)]) -> Result<(), Vec<Ungranted>> {
+        let set: Vec<&Manifest> = manifests.iter().map(|(_, m)| *m).collect();
+        let used: Vec<(String, _)> =
+            manifests.iter().map(|(path, _)| (*path).to_string()).zip(used_by_set(&set)).collect();
+        let refused = check_grants(&used, &self.capabilities);
+        if refused.is_empty() { Ok(()) } else { Err(refused) }
+    }
 }
 
 /// Collects approvals for `commit_id` (40-hex): the commit's own signer plus every tag in
@@ -453,6 +478,53 @@ rules:
         let v =
             p.evaluate(&verdict("alice@example.com"), &["README.md".into()], &forge).unwrap_err();
         assert!(matches!(v[0], Violation::Uncovered { .. }), "{}", v[0]);
+    }
+
+    /// Each row: the policy's `capabilities:` (absent: none), whether staging adds a job on
+    /// the host, and the refusals (`path/capability`).
+    #[test]
+    fn capabilities_are_granted_per_manifest_path() {
+        let head = "apiVersion: veza-agent/v1\nkind: Environment\n";
+        let drill = "jobs:\n  dr-drill: {schedule: '@daily', on: host, command: x}\n";
+        let parse = |env: &str, body: &str| {
+            let text = format!("{head}metadata: {{name: {env}, host: h}}\n{body}");
+            veza_model::parse::parse(text.as_bytes()).expect("manifest parses").manifest
+        };
+        let prod = parse("prod", drill);
+        let staging_ok = parse("staging", "");
+        let staging_drill = parse("staging", drill);
+        let grants =
+            "capabilities:\n  manifests/prod.yaml: [host-jobs]\n  manifests/staging.yaml: []\n";
+        let cases: &[(&str, bool, &[&str])] = &[
+            (grants, false, &[]),
+            (grants, true, &["manifests/staging.yaml/host-jobs"]),
+            ("", false, &["manifests/prod.yaml/host-jobs"]),
+            (
+                "capabilities:\n  manifests/prod.yaml: [host-jobs]\n",
+                true,
+                &["manifests/staging.yaml/host-jobs"],
+            ),
+            (
+                "capabilities:\n  manifests/prod.yaml: [raw-config, host-jobs]\n  manifests/staging.yaml: [host-jobs]\n",
+                true,
+                &[],
+            ),
+        ];
+        for (caps, staging_has_drill, want) in cases {
+            let policy = Policy::from_yaml_str(&format!("{POLICY}{caps}")).expect("policy parses");
+            let staging = if *staging_has_drill { &staging_drill } else { &staging_ok };
+            let got: Vec<String> = policy
+                .confine(&[("manifests/prod.yaml", &prod), ("manifests/staging.yaml", staging)])
+                .err()
+                .unwrap_or_default()
+                .iter()
+                .map(|u| format!("{}/{}", u.manifest, u.capability))
+                .collect();
+            assert_eq!(got, *want, "{caps}, staging drill: {staging_has_drill}");
+        }
+        let typo = format!("{POLICY}capabilities:\n  manifests/prod.yaml: [host-job]\n");
+        let err = Policy::from_yaml_str(&typo).expect_err("unknown capability").to_string();
+        assert!(err.contains("unknown variant `host-job`") && err.contains("host-jobs"), "{err}");
     }
 
     #[test]
