@@ -15,6 +15,7 @@
 //! | `slot_slow_to_become_healthy` / `slot_never_healthy_rolls_back_without_moving_traffic` / `health_flaps_during_promotion` | a green slot whose `/health` is late, never 200, or flaps |
 //! | `git_remote_down_or_failing` / `git_remote_stalls` | smart-HTTP remote closing connections, answering 500, or never answering |
 //! | `force_push_with_state_and_mirror_deleted` | history rewritten, then the state directory and the mirror deleted |
+//! | `forged_tag_named_like_the_applied_commit` | branch rewound, a tag named like the applied commit's id pointing at the old commit, state directory deleted |
 //! | `state_dir_disk_full` | the state directory on a full 32 MiB tmpfs (mirror and artifact cache live there); status must say so although nothing could be recorded |
 //! | `corrupted_state_file` | garbage in `state.json` (and in the journal) |
 //! | `two_agents_at_once` | two `apply` started together |
@@ -1116,6 +1117,38 @@ fn force_push_with_state_and_mirror_deleted() {
     assert!(r.out.contains("force-pushed") || r.out.contains("does not descend"), "{r}");
     let st = status(&h.config_path);
     assert_eq!(st["state"]["rejected"]["commit"], c, "{st:#}");
+    case.saw(format!("status: {}", st["headline"].as_str().unwrap_or("")));
+    assert_eq!(history(&h.config_path)[0]["outcome"], "rejected");
+    assert_eq!(edge_bytes(&h), edge_before);
+    assert_nothing_lost(&h, &state_dir(&h), &h.releases[0].id);
+}
+
+#[test]
+fn forged_tag_named_like_the_applied_commit() {
+    let mut case = Case::new(
+        "forged tag named like the applied commit",
+        "branch rewound to an older signed commit A, plus a tag named like the applied commit B's id pointing at A; state dir (with the mirror) deleted, Incus still holds B",
+    );
+    let h = host();
+    let a = baseline(&h);
+    // B: same manifest, a new signed commit; applying it moves the high-water mark to B.
+    let b = h.commit(&h.manifest("blue", Some(0), None), "B").expect("commit");
+    let r = apply_ok(&h);
+    assert!(r.out.starts_with(&format!("applied {}", short(&b))), "{r}");
+    // The forge rewinds main to A and names a ref after B's id: a ref is not a commit.
+    h.repo.force_reset(&a).expect("force-push");
+    h.repo.set_ref(&format!("refs/tags/{b}"), &a).expect("forged tag");
+    std::fs::remove_dir_all(state_dir(&h)).expect("delete the state dir");
+    let edge_before = edge_bytes(&h);
+    let r = agent(&h.config_path, &["apply"]);
+    case.saw(format!("apply exit {}: {}", r.code, r.out.trim()));
+    assert_eq!(r.code, 1, "{r}");
+    assert!(r.out.starts_with(&format!("rejected {}", short(&a))), "{r}");
+    assert!(r.out.contains("refusing a rollback or force-push"), "{r}");
+    assert!(r.out.contains(&b), "names the high-water commit kept in Incus:\n{r}");
+    let st = status(&h.config_path);
+    assert_eq!(st["state"]["rejected"]["commit"], a, "{st:#}");
+    assert_eq!(st["state"]["applied"], Value::Null, "{st:#}");
     case.saw(format!("status: {}", st["headline"].as_str().unwrap_or("")));
     assert_eq!(history(&h.config_path)[0]["outcome"], "rejected");
     assert_eq!(edge_bytes(&h), edge_before);
