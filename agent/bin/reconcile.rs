@@ -888,7 +888,7 @@ impl NewerCommit<'_> {
                 ..FetchOptions::new(c.branch(), c.fetch_timeout().min(Duration::from_secs(10)))
             };
             let tip = mirror.fetch(&c.source.remotes, &opts).ok()?.tip;
-            if tip.to_string() == self.commit {
+            if tip == self.commit.as_str() {
                 return None;
             }
             let signers = AllowedSigners::from_file(Path::new(&c.trust.allowed_signers));

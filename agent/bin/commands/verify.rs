@@ -4,8 +4,9 @@
 //!
 //! REPO is a local repository (bare or with a worktree), opened in place, or a URL
 //! (`http://`, `https://`, `file://`, `ssh://`) fetched into a temporary bare mirror that
-//! is deleted afterwards. With `--after`, REV's commit must be COMMIT or a descendant
-//! of it (refuses rollbacks and force-pushes that drop COMMIT).
+//! is deleted afterwards. With `--after`, REV's commit must be COMMIT (a full commit id,
+//! looked up as an object, never as a name) or a descendant of it (refuses rollbacks and
+//! force-pushes that drop COMMIT).
 //!
 //! Exit codes: 0 good signature (one line on stdout containing `good signature`),
 //! 1 rejected (reason on stderr), 2 usage or I/O error.
