@@ -76,7 +76,7 @@ fn a_staging_manifest_adding_a_host_job_is_refused_unless_the_policy_grants_it()
     let (code, said) = agent(&h, &["apply"]);
     assert_eq!(code, 1, "an ungranted capability was accepted:\n{said}");
     let expected = format!(
-        "trust policy `{policy}`: manifest `{staging}` uses capability `host-jobs` (jobs.dr-drill.on), which the trust policy does not grant to it (hint: if this manifest may run jobs on the host, add `host-jobs` to `capabilities.\"{staging}\"` in the policy file; otherwise remove the key)",
+        "trust policy: `{policy}`: manifest `{staging}` uses capability `host-jobs` (jobs.dr-drill.on), which the trust policy does not grant to it (hint: if this manifest may run jobs on the host, add `host-jobs` to `capabilities.\"{staging}\"` in the policy file; otherwise remove the key)",
         policy = policy_file.display()
     );
     assert!(said.contains(&expected), "wanted:\n{expected}\ngot:\n{said}");

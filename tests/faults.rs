@@ -14,7 +14,9 @@
 //! | `live_edge_config_corrupted_on_disk` | garbage written over the live `haproxy.cfg` |
 //! | `slot_slow_to_become_healthy` / `slot_never_healthy_rolls_back_without_moving_traffic` / `health_flaps_during_promotion` | a green slot whose `/health` is late, never 200, or flaps |
 //! | `git_remote_down_or_failing` / `git_remote_stalls` | smart-HTTP remote closing connections, answering 500, or never answering |
+//! | `git_remote_sends_an_oversized_pack` | a pack above `source.max_pack_bytes` |
 //! | `force_push_with_state_and_mirror_deleted` | history rewritten, then the state directory and the mirror deleted |
+//! | `forged_tag_named_like_the_applied_commit` | branch rewound, a tag named like the applied commit's id pointing at the old commit, state directory deleted |
 //! | `state_dir_disk_full` | the state directory on a full 32 MiB tmpfs (mirror and artifact cache live there); status must say so although nothing could be recorded |
 //! | `corrupted_state_file` | garbage in `state.json` (and in the journal) |
 //! | `two_agents_at_once` | two `apply` started together |
@@ -580,6 +582,26 @@ fn incus_socket_unreachable() {
     case.saw(format!("status: {}", st["headline"].as_str().unwrap_or("")));
     assert_eq!(edge_bytes(&h), edge_before);
     assert_nothing_lost(&h, &state_dir(&h), &h.releases[0].id);
+    // The state file gone too: the anti-rollback mark in Incus cannot be read, so the
+    // revision is not used unchecked (fail closed), and the sync says why.
+    let wiped = config_variant(&h, "no-incus-no-state", |t| {
+        let state = state_dir(&h).display().to_string();
+        replace_once(
+            &t,
+            &format!("state_dir: {state}\n"),
+            &format!(
+                "incus: {{socket: /nonexistent/veza/incus.socket}}\nstate_dir: {state}-wiped\n"
+            ),
+        )
+    });
+    let r = agent(&wiped, &["apply"]);
+    case.saw(format!("state wiped too: apply exit {}: {}", r.code, r.out.trim()));
+    assert_eq!(r.code, 1, "{r}");
+    assert!(r.out.starts_with("failed"), "{r}");
+    assert!(r.out.contains("cannot read the anti-rollback mark"), "{r}");
+    assert!(r.out.contains(&format!("user.veza-agent.applied.{}", h.env)), "names the key:\n{r}");
+    assert_eq!(status(&wiped)["state"]["applied"], Value::Null);
+    assert_eq!(edge_bytes(&h), edge_before);
     // With Incus back (the right socket), the same commit applies.
     let r = apply_ok(&h);
     assert!(r.out.starts_with("applied"), "{r}");
@@ -1088,6 +1110,33 @@ fn git_remote_stalls() {
 }
 
 #[test]
+fn git_remote_sends_an_oversized_pack() {
+    let mut case = Case::new(
+        "oversized pack",
+        "a signed commit with a 3 MiB incompressible blob; source.max_pack_bytes 1 MiB",
+    );
+    let h = host();
+    let a = baseline(&h);
+    std::fs::write(h.repo.work().join("big.bin"), veza_testkit::repo::noise(3 << 20, 11))
+        .expect("write the blob");
+    let big = h.repo.commit_signed(&h.forgejo, "a 3 MiB blob").expect("commit");
+    let cfg = config_variant(&h, "small-pack", |t| {
+        replace_once(&t, "fetch_timeout: 20s", "fetch_timeout: 20s\n  max_pack_bytes: 1048576")
+    });
+    assert_fetch_failed(&h, &cfg, &mut case, &a, "pack over the cap");
+    let st = status(&cfg);
+    let error = st["state"]["last_fetch_error"].as_str().unwrap_or("");
+    assert!(
+        error.contains("larger than the cap of 1048576 bytes (source.max_pack_bytes)"),
+        "{st:#}"
+    );
+    // Under the default cap (512 MiB) the same commit applies.
+    let r = apply_ok(&h);
+    case.saw(format!("default cap: {}", r.out.trim()));
+    assert!(r.out.starts_with(&format!("applied {}", short(&big))), "{r}");
+}
+
+#[test]
 fn force_push_with_state_and_mirror_deleted() {
     let mut case = Case::new(
         "force-push, state dir and mirror deleted",
@@ -1116,6 +1165,38 @@ fn force_push_with_state_and_mirror_deleted() {
     assert!(r.out.contains("force-pushed") || r.out.contains("does not descend"), "{r}");
     let st = status(&h.config_path);
     assert_eq!(st["state"]["rejected"]["commit"], c, "{st:#}");
+    case.saw(format!("status: {}", st["headline"].as_str().unwrap_or("")));
+    assert_eq!(history(&h.config_path)[0]["outcome"], "rejected");
+    assert_eq!(edge_bytes(&h), edge_before);
+    assert_nothing_lost(&h, &state_dir(&h), &h.releases[0].id);
+}
+
+#[test]
+fn forged_tag_named_like_the_applied_commit() {
+    let mut case = Case::new(
+        "forged tag named like the applied commit",
+        "branch rewound to an older signed commit A, plus a tag named like the applied commit B's id pointing at A; state dir (with the mirror) deleted, Incus still holds B",
+    );
+    let h = host();
+    let a = baseline(&h);
+    // B: same manifest, a new signed commit; applying it moves the high-water mark to B.
+    let b = h.commit(&h.manifest("blue", Some(0), None), "B").expect("commit");
+    let r = apply_ok(&h);
+    assert!(r.out.starts_with(&format!("applied {}", short(&b))), "{r}");
+    // The forge rewinds main to A and names a ref after B's id: a ref is not a commit.
+    h.repo.force_reset(&a).expect("force-push");
+    h.repo.set_ref(&format!("refs/tags/{b}"), &a).expect("forged tag");
+    std::fs::remove_dir_all(state_dir(&h)).expect("delete the state dir");
+    let edge_before = edge_bytes(&h);
+    let r = agent(&h.config_path, &["apply"]);
+    case.saw(format!("apply exit {}: {}", r.code, r.out.trim()));
+    assert_eq!(r.code, 1, "{r}");
+    assert!(r.out.starts_with(&format!("rejected {}", short(&a))), "{r}");
+    assert!(r.out.contains("refusing a rollback or force-push"), "{r}");
+    assert!(r.out.contains(&b), "names the high-water commit kept in Incus:\n{r}");
+    let st = status(&h.config_path);
+    assert_eq!(st["state"]["rejected"]["commit"], a, "{st:#}");
+    assert_eq!(st["state"]["applied"], Value::Null, "{st:#}");
     case.saw(format!("status: {}", st["headline"].as_str().unwrap_or("")));
     assert_eq!(history(&h.config_path)[0]["outcome"], "rejected");
     assert_eq!(edge_bytes(&h), edge_before);

@@ -154,6 +154,8 @@ fn the_default_config_parses_with_and_without_its_commented_examples() {
     let set = [
         ("source.credentials_file", c.source.credentials_file.is_some()),
         ("source.fetch_timeout", c.source.fetch_timeout.is_some()),
+        ("source.max_pack_bytes", c.source.max_pack_bytes.is_some()),
+        ("source.max_refs", c.source.max_refs.is_some()),
         ("source.branch", c.source.branch.is_some()),
         ("trust.policy", c.trust.policy.is_some()),
         ("trust.max_staleness", c.trust.max_staleness.is_some()),
@@ -173,6 +175,77 @@ fn the_default_config_parses_with_and_without_its_commented_examples() {
     ];
     let missing: Vec<&str> = set.iter().filter(|(_, ok)| !ok).map(|(k, _)| *k).collect();
     assert!(missing.is_empty(), "keys without an example in packaging/config.yaml: {missing:?}");
+}
+
+// ------------------------------------------------------------------ runbook
+
+/// The runbook's table of rejection reasons: (first cell, cause cell) of each row.
+fn rejection_table(runbook: &str) -> Vec<(String, String)> {
+    runbook
+        .lines()
+        .skip_while(|l| !l.starts_with("| reason starts with |"))
+        .skip(2)
+        .take_while(|l| l.starts_with('|'))
+        .map(|row| {
+            let cells: Vec<&str> = row.split(" | ").collect();
+            let first = cells.first().map_or("", |c| c.trim_start_matches("| "));
+            (first.to_string(), cells.get(1).unwrap_or(&"").to_string())
+        })
+        .collect()
+}
+
+/// The `backticked` texts of a cell.
+fn quoted(cell: &str) -> Vec<&str> {
+    cell.split('`').skip(1).step_by(2).collect()
+}
+
+#[test]
+fn the_runbook_quotes_the_rejection_reasons_the_agent_writes() {
+    let runbook = read(&packaging("README.md"));
+    let rows = rejection_table(&runbook);
+    // One row per kind of rejection, in order, headed by the words every reason of that
+    // kind starts with.
+    let heads: Vec<Vec<&str>> = rows.iter().map(|(first, _)| quoted(first)).collect();
+    let kinds: Vec<String> =
+        veza_source::Refusal::ALL.iter().map(|k| format!("{}:", k.prefix())).collect();
+    assert_eq!(heads, kinds.iter().map(|k| vec![k.as_str()]).collect::<Vec<_>>());
+    // The examples quoted as causes are what the code writes (`...` stands for a value).
+    let sources = [
+        "agent/bin/reconcile.rs",
+        "agent/source/src/error.rs",
+        "agent/source/src/policy.rs",
+        "agent/model/src/config.rs",
+        "agent/model/src/capabilities.rs",
+    ];
+    let code: String = sources.iter().map(|f| read(&repo_root().join(f))).collect();
+    let code = format!("{code}{}", code.replace("{kind}", "commit"));
+    let mut checked = 0;
+    for (first, cause) in &rows {
+        for example in quoted(cause) {
+            for fragment in example.split("...").map(str::trim).filter(|f| !f.is_empty()) {
+                assert!(code.contains(fragment), "row {first}: `{fragment}` is in no message");
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 8, "only {checked} quoted examples");
+    // Every rejection goes through a kind, so no reason escapes the table.
+    let reconcile = read(&repo_root().join("agent/bin/reconcile.rs"));
+    let built: Vec<&str> = reconcile
+        .split("SourceProblem::Rejected {")
+        .skip(1)
+        .filter(|after| !after.trim_start().starts_with("commit, reason }"))
+        .collect();
+    assert!(!built.is_empty());
+    for after in built {
+        assert!(after[..after.len().min(120)].contains("kind.reason("), "{after:.120}");
+    }
+    // The failure that is not a rejection, and words the agent never prints.
+    assert!(runbook.contains("`cannot read the anti-rollback mark`"));
+    assert!(reconcile.contains("cannot read the anti-rollback mark"));
+    for stale in ["`signature: ... unsigned`", "\"force-pushed or rewritten\""] {
+        assert!(!runbook.contains(stale), "the runbook still says {stale}");
+    }
 }
 
 // ------------------------------------------------------------------ completions, man
@@ -418,25 +491,28 @@ fn the_deb_installs_runs_under_systemd_and_uninstalls_cleanly_in_a_debian_contai
     // The agent under its own unit: enabled and started as the runbook says.
     sh_ok(&c, "systemctl enable --now veza-agent 2>&1");
     wait_for(&c, "the agent is active", "systemctl is-active veza-agent", Duration::from_secs(20));
-    // Its first sync fetched and verified the signed commit inside the sandbox; it then
-    // stops at observing Incus (no Incus socket in this container) and records that.
+    // Its first sync fetched the signed commit into the mirror inside the sandbox and
+    // verified its signature; with nothing applied yet and no Incus in this container to
+    // hold the anti-rollback mark, it refuses to use it unchecked and records that.
     let status = wait_for(
         &c,
         "the first sync is recorded",
         "veza-agent status --json >/tmp/status.json; \
-         grep -q '\"last_verified_fetch_at\": [0-9]' /tmp/status.json && cat /tmp/status.json",
+         grep -q 'anti-rollback mark' /tmp/status.json && cat /tmp/status.json",
         Duration::from_secs(30),
     );
     let v: serde_json::Value =
         serde_json::from_str(status.trim()).unwrap_or_else(|e| panic!("{e}: {status}"));
-    assert_eq!(v["stale"], false, "{v:#}");
+    let reason = v["state"]["last_run"]["reason"].as_str().unwrap_or_default();
     assert!(
-        v["state"]["last_run"]["reason"].as_str().unwrap_or_default().contains("Incus"),
+        reason.contains("cannot read the anti-rollback mark") && reason.contains("Incus"),
         "{v:#}"
     );
+    sh_ok(&c, "test -n \"$(ls /var/lib/veza-agent/mirror.git/objects/pack/*.pack)\"");
     let (code, text) = sh(&c, "veza-agent status");
     assert_eq!(code, 1, "status: attention (the sync cannot reach Incus here):\n{text}");
-    assert!(text.starts_with("NEEDS ATTENTION: last sync failed"), "{text}");
+    assert!(text.starts_with("NEEDS ATTENTION: "), "{text}");
+    assert!(text.contains("last sync failed: cannot read the anti-rollback mark"), "{text}");
     // The control socket answers `sync` through the sandbox.
     let (code, text) = sh(&c, "veza-agent sync --timeout 60");
     assert_eq!(code, 1, "{text}");

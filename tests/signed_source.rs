@@ -14,7 +14,7 @@ use veza_source::fetch::{FetchOptions, Mirror, ObjectId};
 use veza_source::policy::{Policy, collect_approvals};
 use veza_source::{AllowedSigners, FetchError, VerifyError, verify_commit};
 use veza_testkit::http::{Fault, GitHttpServer, refused_url};
-use veza_testkit::repo::{RepoBuilder, SigningKey, allowed_signers_line, git_verify};
+use veza_testkit::repo::{RepoBuilder, SigningKey, allowed_signers_line, git_verify, noise};
 
 const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -520,6 +520,40 @@ fn force_push_back_to_an_older_signed_commit_is_refused() {
         verify_cli(&s.repo.file_url(), "main", &s.signers_file, &["--after", &b]);
     assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("history was rewritten"), "{stderr}");
+
+    // The forge names refs after B's id, pointing at A: refs are not commits. The last
+    // applied commit is looked up by object id only, so these prove nothing.
+    for name in [b.clone(), b[..12].to_string()] {
+        s.repo.set_ref(&format!("refs/tags/{name}"), &a).unwrap();
+    }
+    let fresh = tempfile::tempdir().unwrap();
+    let mut fresh_mirror = Mirror::open_or_init(&fresh.path().join("m.git")).unwrap();
+    let all =
+        ["+refs/heads/*:refs/remotes/origin/*".to_string(), "+refs/tags/*:refs/tags/*".into()];
+    fresh_mirror.fetch_refspecs(&url, &all, FETCH_TIMEOUT).unwrap();
+    assert_eq!(fresh_mirror.resolve(&format!("refs/tags/{b}")).unwrap(), oid(&a), "forged tag");
+    // (lookup, error)
+    let lookups = [
+        (b.clone(), "not found"),
+        (b[..12].to_string(), "not a full 40-hex commit id"),
+        (format!("refs/tags/{b}"), "not a full 40-hex commit id"),
+    ];
+    for (lookup, want) in lookups {
+        let e = fresh_mirror.commit_by_id(&lookup).unwrap_err().to_string();
+        assert!(e.contains(want), "{lookup}: {e}");
+    }
+    assert_eq!(fresh_mirror.commit_by_id(&a).unwrap(), oid(&a));
+    // Not a commit: the tree of A.
+    let tree = s.repo.git(&["rev-parse", &format!("{a}^{{tree}}")]).unwrap();
+    let e = fresh_mirror.commit_by_id(tree.trim()).unwrap_err().to_string();
+    assert!(e.contains("expected a commit"), "{e}");
+    // The CLI: a full id is rejected (not in the history), an abbreviation is a usage error.
+    let (code, _, stderr) = verify_cli(&url, "main", &s.signers_file, &["--after", &b]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("history was rewritten"), "{stderr}");
+    let (code, stdout, stderr) = verify_cli(&url, "main", &s.signers_file, &["--after", &b[..12]]);
+    assert_eq!(code, Some(2), "{stdout}{stderr}");
+    assert!(stderr.contains("not a full 40-hex commit id"), "{stderr}");
 }
 
 #[test]
@@ -562,7 +596,7 @@ rules:
     let dir = tempfile::tempdir().unwrap();
     let mut mirror = Mirror::open_or_init(&dir.path().join("m.git")).unwrap();
     let url = s.server.url("origin.git");
-    let opts = FetchOptions::new("main", FETCH_TIMEOUT);
+    let opts = FetchOptions { approval_tags: true, ..FetchOptions::new("main", FETCH_TIMEOUT) };
     let tip = mirror.fetch(std::slice::from_ref(&url), &opts).unwrap().tip;
     assert_eq!(tip, oid(&merge));
     assert!(mirror.is_descendant(tip, oid(&base), 1000).unwrap());
@@ -572,7 +606,7 @@ rules:
     let evaluate = |mirror: &Mirror| {
         let raw = mirror.raw_commit(tip).unwrap();
         let verdict = verify_commit(&raw, &s.signers, now()).unwrap();
-        let tags = mirror.tags_pointing_at(tip).unwrap();
+        let tags = mirror.tags_pointing_at(tip, 100).unwrap();
         let (approvals, ignored) = collect_approvals(
             &merge,
             &verdict,
@@ -595,6 +629,62 @@ rules:
     mirror.fetch(&[url], &opts).unwrap();
     let ok = evaluate(&mirror).unwrap();
     assert_eq!(ok[0].counted, ["alice@example.com", "bob@example.com"]);
+}
+
+#[test]
+fn a_fetch_brings_only_the_branch_and_the_tips_approvals_within_caps() {
+    let s = small();
+    let url = s.server.url("origin.git");
+    let tip = s.repo.commit_files_signed(&s.alice, &[("m.yaml", "v: 1\n")], "tip").unwrap();
+    for i in 0..30 {
+        s.repo.git(&["tag", &format!("release/{i}"), &tip]).unwrap();
+    }
+    s.repo.git(&["push", "-q", "origin", "--tags"]).unwrap();
+    for key in [&s.alice, &s.bob, &s.forgejo] {
+        s.repo.approve(key, &tip).unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut mirror = Mirror::open_or_init(&dir.path().join("m.git")).unwrap();
+    let capped = |approval_tags: bool, max_refs: usize| FetchOptions {
+        approval_tags,
+        max_refs,
+        ..FetchOptions::new("main", FETCH_TIMEOUT)
+    };
+
+    // The branch alone: one ref asked for, the 33 tags neither counted nor fetched.
+    assert_eq!(mirror.fetch(std::slice::from_ref(&url), &capped(false, 1)).unwrap().tip, oid(&tip));
+    assert!(mirror.tags_pointing_at(oid(&tip), 100).unwrap().is_empty());
+    assert!(mirror.resolve("refs/tags/release/1").is_err(), "other tags are not fetched");
+    // With approvals: the tip's three approval tags, within a cap of 3 but not of 2.
+    mirror.fetch(std::slice::from_ref(&url), &capped(true, 3)).unwrap();
+    let tags = mirror.tags_pointing_at(oid(&tip), 100).unwrap();
+    assert_eq!(tags.len(), 3, "{tags:?}");
+    assert!(
+        tags.iter().all(|(name, _)| name.starts_with(&format!("refs/tags/gitops/approve/{tip}/")))
+    );
+    let e = mirror.tags_pointing_at(oid(&tip), 2).unwrap_err().to_string();
+    assert!(e.contains("more than 2 approval tags"), "{e}");
+    let e = mirror.fetch(std::slice::from_ref(&url), &capped(true, 2)).unwrap_err().to_string();
+    assert!(e.contains("advertised 3 refs, above the cap of 2 (source.max_refs)"), "{e}");
+
+    // A pack above the cap is interrupted and leaves nothing behind.
+    let before = std::fs::read_dir(dir.path().join("m.git/objects/pack")).unwrap().count();
+    std::fs::write(s.repo.work().join("big.bin"), noise(3 << 20, 7)).unwrap();
+    let big = s.repo.commit_signed(&s.alice, "a 3 MiB blob").unwrap();
+    let small_pack =
+        FetchOptions { max_pack_bytes: 1 << 20, ..FetchOptions::new("main", FETCH_TIMEOUT) };
+    let e = mirror.fetch(std::slice::from_ref(&url), &small_pack).unwrap_err();
+    let text = e.to_string();
+    assert!(
+        text.contains("sent a pack larger than the cap of 1048576 bytes (source.max_pack_bytes)"),
+        "{text}"
+    );
+    assert!(!mirror.exists(oid(&big)), "nothing of the oversized pack is kept");
+    let after = std::fs::read_dir(dir.path().join("m.git/objects/pack")).unwrap().count();
+    assert_eq!(after, before, "no temporary pack file left behind");
+    // Under the default cap the same fetch succeeds.
+    let fetched = mirror.fetch(&[url], &FetchOptions::new("main", FETCH_TIMEOUT)).unwrap();
+    assert_eq!(fetched.tip, oid(&big));
 }
 
 #[test]

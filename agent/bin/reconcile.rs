@@ -20,7 +20,7 @@ use veza_model::config::HostConfig;
 use veza_plan::live::{LiveInstance, LiveNetwork, LiveProfile, LiveState, UnitTarget};
 use veza_plan::{Plan, PlanOptions, Step};
 use veza_source::fetch::{Credentials, FetchOptions, Mirror};
-use veza_source::{AllowedSigners, verify_commit};
+use veza_source::{AllowedSigners, FetchError, Refusal, verify_commit};
 use veza_state::{
     AgentState, AppState, AppliedRevision, EnvState, HistoryEntry, Journal, Outcome, Rejection,
     RunRecord, Store,
@@ -49,6 +49,8 @@ pub struct Source {
 pub enum SourceProblem {
     /// Fetch failed on every remote.
     Fetch(String),
+    /// The revision could not be checked (the anti-rollback mark unreadable); nothing used.
+    Failed(String),
     /// The revision was refused (signature, policy, rollback, invalid manifests).
     Rejected { commit: String, reason: String },
 }
@@ -74,7 +76,6 @@ pub struct SyncSummary {
     #[serde(default)]
     pub refusals: Vec<String>,
 }
-
 
 impl std::fmt::Display for SyncSummary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -186,38 +187,65 @@ impl Agent {
         let options = FetchOptions {
             credentials,
             ca_file: c.source.ca_file.as_ref().map(PathBuf::from),
+            approval_tags: c.trust.policy.is_some(),
+            max_refs: c.max_refs(),
+            max_pack_bytes: c.max_pack_bytes(),
             ..FetchOptions::new(c.branch(), c.fetch_timeout())
         };
         let fetched = mirror
             .fetch(&c.source.remotes, &options)
             .map_err(|e| SourceProblem::Fetch(redact(&e.to_string(), secret.as_deref())))?;
         let commit = fetched.tip.to_string();
-        let reject = |reason: String| SourceProblem::Rejected { commit: commit.clone(), reason };
+        let reject = |kind: Refusal, detail: String| SourceProblem::Rejected {
+            commit: commit.clone(),
+            reason: kind.reason(&detail),
+        };
         let signers = AllowedSigners::from_file(Path::new(&c.trust.allowed_signers))
-            .map_err(|e| reject(format!("trust root unusable: {e}")))?;
-        let raw = mirror.raw_commit(fetched.tip).map_err(|e| reject(e.to_string()))?;
-        let verdict =
-            verify_commit(&raw, &signers, now).map_err(|e| reject(format!("signature: {e}")))?;
+            .map_err(|e| reject(Refusal::TrustRoot, e.to_string()))?;
+        let raw = mirror
+            .raw_commit(fetched.tip)
+            .map_err(|e| reject(Refusal::Signature, e.to_string()))?;
+        let verdict = verify_commit(&raw, &signers, now)
+            .map_err(|e| reject(Refusal::Signature, e.to_string()))?;
         // Anti-rollback: the tip must descend from the last applied commit, known from the
-        // state file or, when that is gone, from the mirror in Incus.
+        // state file or, when that is gone, from the mirror in Incus. Unknown is not "none":
+        // without the state file and without Incus, nothing is checked, so nothing is used.
+        let key = high_water_key(&c.host);
         let applied = match &state.applied {
             Some(a) => Some(a.commit.clone()),
-            None => self.incus.server_user_config(&high_water_key(&c.host)).await.ok().flatten(),
+            None => self.incus.server_user_config(&key).await.map_err(|e| {
+                SourceProblem::Failed(format!(
+                    "cannot read the anti-rollback mark `{key}` from Incus ({e}), and the state \
+                     file has no applied commit: refusing to use {commit} unchecked (hint: is \
+                     incusd running? `incus info`)"
+                ))
+            })?,
         };
         let mut last_id = None;
         if let Some(last) = &applied {
-            let id = mirror.resolve(last).map_err(|_| {
-                reject(format!(
-                    "the last applied commit {last} is not in the fetched history: the branch was force-pushed or rewritten"
-                ))
+            // By object id only: a ref the forge names like the id proves nothing.
+            let id = mirror.commit_by_id(last).map_err(|e| match e {
+                FetchError::ObjectNotFound { .. } => reject(
+                    Refusal::Rollback,
+                    format!(
+                        "the last applied commit {last} is not in the fetched history: the \
+                         branch was force-pushed or rewritten (hint: push the old tip back, then \
+                         undo changes with `git revert` in new signed commits)"
+                    ),
+                ),
+                e => reject(Refusal::Ancestry, format!("the last applied commit: {e}")),
             })?;
             let ok = mirror
                 .is_descendant(fetched.tip, id, 100_000)
-                .map_err(|e| reject(e.to_string()))?;
+                .map_err(|e| reject(Refusal::Ancestry, e.to_string()))?;
             if !ok {
-                return Err(reject(format!(
-                    "{commit} does not descend from the last applied commit {last}: refusing a rollback or force-push (hint: undo a change with `git revert` in a new signed commit)"
-                )));
+                return Err(reject(
+                    Refusal::Rollback,
+                    format!(
+                        "{commit} does not descend from the last applied commit {last} (hint: \
+                         undo a change with `git revert` in a new signed commit)"
+                    ),
+                ));
             }
             last_id = Some(id);
         }
@@ -227,13 +255,15 @@ impl Agent {
         let mut confine = None;
         if let Some(policy_path) = &c.trust.policy {
             let text = std::fs::read_to_string(policy_path)
-                .map_err(|e| reject(format!("policy `{policy_path}` unreadable: {e}")))?;
+                .map_err(|e| reject(Refusal::Policy, format!("`{policy_path}` unreadable: {e}")))?;
             let policy = veza_source::policy::Policy::from_yaml_str(&text)
-                .map_err(|e| reject(format!("policy `{policy_path}`: {e}")))?;
+                .map_err(|e| reject(Refusal::Policy, format!("`{policy_path}`: {e}")))?;
             let changed = mirror
                 .changed_paths(last_id, fetched.tip, 1_000_000)
-                .map_err(|e| reject(e.to_string()))?;
-            let tags = mirror.tags_pointing_at(fetched.tip).map_err(|e| reject(e.to_string()))?;
+                .map_err(|e| reject(Refusal::Policy, e.to_string()))?;
+            let tags = mirror
+                .tags_pointing_at(fetched.tip, c.max_refs())
+                .map_err(|e| reject(Refusal::Policy, e.to_string()))?;
             let (approvals, _) = veza_source::policy::collect_approvals(
                 &commit,
                 &verdict,
@@ -244,7 +274,7 @@ impl Agent {
             );
             if let Err(violations) = policy.evaluate(&verdict, &changed, &approvals) {
                 let text: Vec<String> = violations.iter().map(ToString::to_string).collect();
-                return Err(reject(format!("trust policy: {}", text.join("; "))));
+                return Err(reject(Refusal::Policy, text.join("; ")));
             }
             confine = Some((policy_path, policy));
         }
@@ -252,12 +282,12 @@ impl Agent {
         for path in &c.source.manifests {
             let bytes = mirror
                 .read_file(fetched.tip, path, veza_model::parse::MAX_MANIFEST_BYTES as u64)
-                .map_err(|e| reject(format!("manifest `{path}`: {e}")))?;
+                .map_err(|e| reject(Refusal::Manifest, e.to_string()))?;
             files.push((path.clone(), bytes));
         }
         let parsed = veza_model::load(&files).map_err(|problems| {
             let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
-            reject(format!("invalid manifests:\n{}", text.join("\n")))
+            reject(Refusal::InvalidManifests, format!("\n{}", text.join("\n")))
         })?;
         let manifests: Vec<(String, Manifest)> = parsed
             .into_iter()
@@ -270,7 +300,7 @@ impl Agent {
                 manifests.iter().map(|(p, m)| (p.as_str(), m)).collect();
             policy.confine(&set).map_err(|refused| {
                 let text: Vec<String> = refused.iter().map(ToString::to_string).collect();
-                reject(format!("trust policy `{policy_path}`: {}", text.join("; ")))
+                reject(Refusal::Policy, format!("`{policy_path}`: {}", text.join("; ")))
             })?;
         }
         let manifests = manifests.into_iter().map(|(_, m)| m).collect();
@@ -453,6 +483,7 @@ impl Agent {
                 state.last_fetch_error = Some(e.clone());
                 return End::new(Outcome::Failed, None, Some(format!("fetch: {e}")));
             }
+            Err(SourceProblem::Failed(e)) => return End::new(Outcome::Failed, None, Some(e)),
             Err(SourceProblem::Rejected { commit, reason }) => {
                 state.last_fetch_error = None;
                 let first_time = state.rejected.as_ref().map(|r| &r.commit) != Some(&commit);
@@ -788,7 +819,12 @@ pub fn failing_jobs(
 
 /// The history entry of a run that reached a verified revision (time and duration are
 /// filled in by the exit path).
-fn history(source: &Source, outcome: Outcome, reason: Option<String>, state: &AgentState) -> HistoryEntry {
+fn history(
+    source: &Source,
+    outcome: Outcome,
+    reason: Option<String>,
+    state: &AgentState,
+) -> HistoryEntry {
     let mut apps = BTreeMap::new();
     for (env, e) in &state.envs {
         for (app, a) in &e.apps {
@@ -871,7 +907,7 @@ struct JournalHooks<'a> {
 }
 
 /// Checks, at most every few seconds, whether the branch moved past the commit being
-/// applied: a newer commit preempts a health wait in progress.
+/// applied: a newer commit that verifies preempts a health wait in progress.
 struct NewerCommit<'a> {
     config: &'a HostConfig,
     mirror_dir: PathBuf,
@@ -888,19 +924,60 @@ impl NewerCommit<'_> {
         }
         self.last_check.set(Some(Instant::now()));
         let c = self.config;
-        let tip = tokio::task::block_in_place(|| {
+        let verdict = tokio::task::block_in_place(|| {
             let mut mirror = Mirror::open_or_init(&self.mirror_dir).ok()?;
-            let opts =
-                FetchOptions::new(c.branch(), c.fetch_timeout().min(Duration::from_secs(10)));
-            mirror.fetch(&c.source.remotes, &opts).ok().map(|f| f.tip.to_string())
+            let opts = FetchOptions {
+                max_refs: c.max_refs(),
+                max_pack_bytes: c.max_pack_bytes(),
+                ..FetchOptions::new(c.branch(), c.fetch_timeout().min(Duration::from_secs(10)))
+            };
+            let tip = mirror.fetch(&c.source.remotes, &opts).ok()?.tip;
+            if tip == self.commit.as_str() {
+                return None;
+            }
+            let signers = AllowedSigners::from_file(Path::new(&c.trust.allowed_signers));
+            let raw = mirror.raw_commit(tip).map_err(|e| e.to_string());
+            let descends = || {
+                let applying = mirror.commit_by_id(&self.commit).map_err(|e| e.to_string())?;
+                mirror.is_descendant(tip, applying, 100_000).map_err(|e| e.to_string())
+            };
+            let now = chrono::Utc::now().timestamp();
+            let verdict = match (signers, raw) {
+                (Ok(signers), Ok(raw)) => preempts(&raw, &signers, now, descends),
+                (Err(e), _) => Err(format!("trust root unusable: {e}")),
+                (_, Err(e)) => Err(e),
+            };
+            Some((tip, verdict))
         });
-        match tip {
-            Some(t) if t != self.commit => {
-                tracing::info!(newer = %t, "a newer commit arrived; preempting the health wait");
+        match verdict {
+            Some((tip, Ok(()))) => {
+                tracing::info!(newer = %tip, "a newer commit arrived; preempting the health wait");
                 true
             }
-            _ => false,
+            Some((tip, Err(why))) => {
+                tracing::warn!(tip = %tip, "the branch moved, but not to a commit that may preempt the health wait: {why}");
+                false
+            }
+            None => false,
         }
+    }
+}
+
+/// Whether a new branch tip (`raw_tip`, another commit than the one being applied) may
+/// preempt a health wait: only when its signature verifies against the trust root and it
+/// descends from the commit being applied. An unsigned or untrusted tip, or a rewind,
+/// never interrupts a promotion (it would be rejected anyway). `Err` says why not.
+fn preempts(
+    raw_tip: &[u8],
+    signers: &AllowedSigners,
+    now: i64,
+    descends: impl FnOnce() -> Result<bool, String>,
+) -> Result<(), String> {
+    verify_commit(raw_tip, signers, now).map_err(|e| Refusal::Signature.reason(&e.to_string()))?;
+    match descends() {
+        Ok(true) => Ok(()),
+        Ok(false) => Err("it does not descend from the commit being applied".to_string()),
+        Err(e) => Err(format!("its ancestry is unknown: {e}")),
     }
 }
 
@@ -951,6 +1028,29 @@ mod tests {
         assert_eq!(failing.len(), 1, "{failing:?}");
         assert!(failing["prod/dr-drill"].contains("last success 9 d ago"), "{failing:?}");
         assert!(failing_jobs(&state, &manifests, 86_400).is_empty());
+    }
+
+    #[test]
+    fn only_a_verified_descendant_preempts_a_health_wait() {
+        let vectors = Path::new(env!("CARGO_MANIFEST_DIR")).join("signing/vectors");
+        let read = |name: &str| std::fs::read(vectors.join(name)).expect("signing vector");
+        let signers = AllowedSigners::from_file(&vectors.join("allowed_signers")).expect("trust");
+        // (new tip, its ancestry, preempts?, why not)
+        let table: [(&str, Result<bool, String>, bool, &str); 6] = [
+            ("commit2.raw", Ok(true), true, ""),
+            ("commit2.raw", Ok(false), false, "does not descend"),
+            ("commit2.raw", Err("walk limit".into()), false, "ancestry is unknown"),
+            ("neg-unsigned.raw", Ok(true), false, "signature: commit is not signed"),
+            ("neg-untrusted-key.raw", Ok(true), false, "not in allowed_signers"),
+            ("neg-tampered.raw", Ok(true), false, "bad signature"),
+        ];
+        for (tip, ancestry, want, why) in table {
+            let got = preempts(&read(tip), &signers, 1_800_000_000, || ancestry.clone());
+            assert_eq!(got.is_ok(), want, "{tip} {ancestry:?}: {got:?}");
+            if let Err(e) = got {
+                assert!(e.contains(why), "{tip}: {e}");
+            }
+        }
     }
 
     #[test]

@@ -29,6 +29,7 @@ pub fn run(args: &PlanArgs) -> ExitCode {
         let source = match agent.source(&state, now()).await {
             Ok(s) => s,
             Err(SourceProblem::Fetch(e)) => return fail(&anyhow::anyhow!("fetch failed: {e}"), 1),
+            Err(SourceProblem::Failed(e)) => return fail(&anyhow::anyhow!("{e}"), 1),
             Err(SourceProblem::Rejected { commit, reason }) => {
                 eprintln!("rejected {commit}: {reason}");
                 return ExitCode::from(1);

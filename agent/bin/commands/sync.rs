@@ -48,7 +48,9 @@ pub fn run(args: &SyncArgs) -> ExitCode {
     }
     let summary: SyncSummary = match serde_json::from_str(line.trim()) {
         Ok(s) => s,
-        Err(e) => return fail(&anyhow::anyhow!("unreadable answer from the daemon ({e}): {line}"), 2),
+        Err(e) => {
+            return fail(&anyhow::anyhow!("unreadable answer from the daemon ({e}): {line}"), 2);
+        }
     };
     outln!("{summary}");
     crate::commands::apply::exit_code(&summary)

@@ -4,8 +4,9 @@
 //!
 //! REPO is a local repository (bare or with a worktree), opened in place, or a URL
 //! (`http://`, `https://`, `file://`, `ssh://`) fetched into a temporary bare mirror that
-//! is deleted afterwards. With `--after`, REV's commit must be COMMIT or a descendant
-//! of it (refuses rollbacks and force-pushes that drop COMMIT).
+//! is deleted afterwards. With `--after`, REV's commit must be COMMIT (a full commit id,
+//! looked up as an object, never as a name) or a descendant of it (refuses rollbacks and
+//! force-pushes that drop COMMIT).
 //!
 //! Exit codes: 0 good signature (one line on stdout containing `good signature`),
 //! 1 rejected (reason on stderr), 2 usage or I/O error.
@@ -16,7 +17,7 @@ use std::time::Duration;
 
 use veza_source::fetch::{Mirror, ObjectId, ObjectType};
 use veza_source::object::{committer_time, parse_tag};
-use veza_source::{AllowedSigners, ObjectKind, verify_commit, verify_tag};
+use veza_source::{AllowedSigners, FetchError, ObjectKind, verify_commit, verify_tag};
 
 /// Bound on the ancestry walk for `--after`.
 const MAX_ANCESTRY_WALK: usize = 1_000_000;
@@ -35,6 +36,7 @@ pub struct VerifyArgs {
     #[arg(long, value_name = "FILE")]
     pub allowed_signers: PathBuf,
     /// Refuse unless REV's commit is COMMIT or a descendant of it (rollback protection).
+    /// COMMIT is a full 40-hex commit id, looked up as an object only (never a name).
     #[arg(long, value_name = "COMMIT")]
     pub after: Option<String>,
     /// Time against which `valid-after`/`valid-before` are checked: `now`, `committer`
@@ -185,30 +187,31 @@ fn verify(args: &VerifyArgs) -> Result<String, Failure> {
 }
 
 fn check_after(mirror: &Mirror, commit: ObjectId, after: &str) -> Result<(), Failure> {
-    // A full id that the repository does not have cannot be an ancestor: that is a
-    // rejection (history rewritten), not a usage error.
-    let after_id = match ObjectId::from_hex(after.as_bytes()) {
+    // By object id only: a branch or tag (even one named like an id) is whatever the forge
+    // says it is. A full id that the repository does not have cannot be an ancestor: that
+    // is a rejection (history rewritten), not a usage error.
+    let after_commit = match mirror.commit_by_id(after) {
         Ok(id) => id,
-        Err(_) => mirror.resolve(after).map_err(|e| Failure::Error(format!("--after: {e}")))?,
-    };
-    let after_commit = if mirror.exists(after_id) {
-        mirror.peel_to_commit(after_id).map_err(|e| Failure::Error(format!("--after: {e}")))?
-    } else {
-        after_id
+        Err(FetchError::ObjectNotFound { .. }) => {
+            return Err(Failure::Rejected(format!(
+                "commit {commit} is not a descendant of --after {after} (it is not in the \
+                 repository at all: history was rewritten): refusing a rollback or force-push"
+            )));
+        }
+        Err(e @ FetchError::NotAnObjectId { .. }) => {
+            return Err(Failure::Error(format!(
+                "--after: {e} (give the full id of the last trusted commit, e.g. from \
+                 `veza-agent status`; names and abbreviations are not accepted)"
+            )));
+        }
+        Err(e) => return Err(Failure::Error(format!("--after: {e}"))),
     };
     match mirror.is_descendant(commit, after_commit, MAX_ANCESTRY_WALK) {
         Ok(true) => Ok(()),
-        Ok(false) => {
-            let missing = if mirror.exists(after_commit) {
-                ""
-            } else {
-                " (it is not in the repository at all: history was rewritten)"
-            };
-            Err(Failure::Rejected(format!(
-                "commit {commit} is not a descendant of --after {after_commit}{missing}: \
-                 refusing a rollback or force-push"
-            )))
-        }
+        Ok(false) => Err(Failure::Rejected(format!(
+            "commit {commit} is not a descendant of --after {after_commit}: refusing a \
+             rollback or force-push"
+        ))),
         Err(e) => Err(Failure::Rejected(e.to_string())),
     }
 }

@@ -73,6 +73,13 @@ pub struct SourceConfig {
     /// Time limit of one fetch. Defaults to `60s`.
     #[serde(default)]
     pub fetch_timeout: Option<DurationSpec>,
+    /// Largest pack one fetch may receive, in bytes; the fetch is interrupted beyond it.
+    /// Defaults to 536870912 (512 MiB).
+    #[serde(default)]
+    pub max_pack_bytes: Option<u64>,
+    /// Most refs a remote may advertise to one fetch. Defaults to 10000.
+    #[serde(default)]
+    pub max_refs: Option<usize>,
 }
 
 /// The trust root.
@@ -276,6 +283,14 @@ impl HostConfig {
     pub fn artifact_max_bytes(&self) -> u64 {
         self.artifacts.max_bytes.map_or(DEFAULT_ARTIFACT_MAX_BYTES, ByteSize::bytes)
     }
+    /// Cap on the pack of one fetch, in bytes.
+    pub fn max_pack_bytes(&self) -> u64 {
+        self.source.max_pack_bytes.unwrap_or(512 * 1024 * 1024)
+    }
+    /// Cap on the refs a remote may advertise to one fetch.
+    pub fn max_refs(&self) -> usize {
+        self.source.max_refs.unwrap_or(10_000)
+    }
     /// Health wait limit of a promotion.
     pub fn health_timeout(&self) -> std::time::Duration {
         self.promotion.health_timeout.map_or(std::time::Duration::from_secs(60), DurationSpec::get)
@@ -382,6 +397,12 @@ fn validate_config(c: &HostConfig, pos: &Positions) -> Vec<Diagnostic> {
             "artifacts.max_bytes must be at least 1KiB".to_string(),
         );
     }
+    if c.source.max_pack_bytes == Some(0) {
+        at(path!["source", "max_pack_bytes"], "max_pack_bytes must be at least 1".to_string());
+    }
+    if c.source.max_refs == Some(0) {
+        at(path!["source", "max_refs"], "max_refs must be at least 1 (the branch)".to_string());
+    }
     if c.poll_interval() < std::time::Duration::from_secs(1) {
         at(path!["poll", "interval"], "poll interval must be at least 1s".to_string());
     }
@@ -415,6 +436,12 @@ mod tests {
         assert_eq!(c.branch(), "main");
         assert_eq!(c.state_dir(), "/var/lib/veza-agent");
         assert_eq!(c.poll_interval(), std::time::Duration::from_secs(60));
+        assert_eq!(c.max_pack_bytes(), 512 * 1024 * 1024);
+        assert_eq!(c.max_refs(), 10_000);
+        let capped =
+            GOOD.replace("  manifests:", "  max_pack_bytes: 1048576\n  max_refs: 50\n  manifests:");
+        let c = parse_config(capped.as_bytes()).unwrap();
+        assert_eq!((c.max_pack_bytes(), c.max_refs()), (1_048_576, 50));
     }
 
     #[test]
@@ -467,6 +494,14 @@ mod tests {
                 "6:20: `allowed_signers` must be an absolute path",
             ),
             (GOOD.replace("host: r720", "hots: r720"), "1:1: unknown field `hots`"),
+            (
+                GOOD.replace("  manifests:", "  max_refs: 0\n  manifests:"),
+                "4:13: max_refs must be at least 1",
+            ),
+            (
+                GOOD.replace("  manifests:", "  max_pack_bytes: 0\n  manifests:"),
+                "4:19: max_pack_bytes must be at least 1",
+            ),
             (format!("{GOOD}poll: {{interval: 0s}}\n"), "7:18: poll interval must be at least 1s"),
             (
                 format!("{GOOD}artifacts: {{max_bytes: 2GB}}\n"),

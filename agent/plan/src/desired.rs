@@ -9,8 +9,8 @@ use veza_model::manifest::{Color, Device, DeviceType, InstanceType, ProxyBind};
 use veza_model::units::{JobUnitSpec, UnitFile};
 
 use crate::live::{
-    Devices, MARK_APP, MARK_COLOR, MARK_ENV, MARK_HOST, MARK_IMAGE, MARK_KEYS, MARK_MANAGED, MARK_PROTECT,
-    UnitTarget,
+    Devices, MARK_APP, MARK_COLOR, MARK_ENV, MARK_HOST, MARK_IMAGE, MARK_KEYS, MARK_MANAGED,
+    MARK_PROTECT, UnitTarget,
 };
 
 /// A profile the agent owns.

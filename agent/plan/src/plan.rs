@@ -553,11 +553,12 @@ fn plan_instance(
     if let Some(slot) = &d.slot {
         if l.release() != Some(slot.release.as_str()) {
             let was = l.release().map_or("nothing".to_string(), |r| short(r).to_string());
-            rebuild_for.insert(0, format!("release changes from {was} to {}", short(&slot.release)));
+            rebuild_for
+                .insert(0, format!("release changes from {was} to {}", short(&slot.release)));
         }
         if !rebuild_for.is_empty() {
-            let serving = live.active_colors.get(&(slot.env.clone(), slot.app.clone()))
-                == Some(&slot.color);
+            let serving =
+                live.active_colors.get(&(slot.env.clone(), slot.app.clone())) == Some(&slot.color);
             if serving && !d.in_place_updates {
                 b.refuse(
                     format!("instance {name}"),
@@ -596,7 +597,13 @@ fn plan_instance(
                 Action::DeleteInstance { name: name.to_string() },
                 format!("{why}: the instance is recreated (its local changes are lost)"),
             );
-            create(b, format!("recreated for the new {}", if l.kind != d.kind { "type" } else { "image" }));
+            create(
+                b,
+                format!(
+                    "recreated for the new {}",
+                    if l.kind != d.kind { "type" } else { "image" }
+                ),
+            );
         }
         return;
     }

@@ -243,12 +243,29 @@ pub enum FetchError {
     /// The remote does not have the branch.
     #[error("remote {url} has no branch `{branch}`")]
     BranchMissing { url: String, branch: String },
+    /// The remote advertised more refs than `source.max_refs` allows.
+    #[error(
+        "remote {url} advertised {count} refs, above the cap of {limit} (source.max_refs); \
+         refusing to fetch (hint: prune old branches and tags on the forge, or raise \
+         source.max_refs)"
+    )]
+    TooManyRefs { url: String, count: usize, limit: usize },
+    /// The pack grew beyond `source.max_pack_bytes`; the fetch was interrupted.
+    #[error(
+        "remote {url} sent a pack larger than the cap of {limit} bytes (source.max_pack_bytes); \
+         fetch interrupted, nothing kept (hint: keep large files out of the manifests \
+         repository, or raise source.max_pack_bytes)"
+    )]
+    PackTooLarge { url: String, limit: u64 },
     /// Any other transport/protocol error from gix.
     #[error("fetch from {url} failed: {reason}")]
     Remote { url: String, reason: String },
     /// Creating or opening the local bare mirror failed.
     #[error("cannot open git repository {}: {reason}", .dir.display())]
     Open { dir: PathBuf, reason: String },
+    /// A value that must be a full 40-hex object id is not one.
+    #[error("`{value}` is not a full 40-hex commit id")]
+    NotAnObjectId { value: String },
     /// A revision name could not be resolved.
     #[error("revision `{rev}` not found: {reason}")]
     RevNotFound { rev: String, reason: String },
@@ -270,6 +287,9 @@ pub enum FetchError {
     /// The tree has more files than allowed.
     #[error("commit {commit} has more than {limit} files; refusing to list it")]
     TooManyFiles { commit: String, limit: usize },
+    /// A commit carries more approval tags than allowed.
+    #[error("commit {commit} has more than {limit} approval tags; refusing to read them")]
+    TooManyTags { commit: String, limit: usize },
     /// The ancestry walk hit its bound before reaching a verdict.
     #[error(
         "ancestry check of {new} against {old} gave up after walking {limit} commits; history too long or unrelated"

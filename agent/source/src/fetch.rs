@@ -2,9 +2,13 @@
 //! what the verifier needs from it without a worktree.
 //!
 //! * The mirror is a bare repository under a directory the caller owns. Each fetch uses an
-//!   anonymous remote with explicit refspecs `+refs/heads/<branch>:refs/remotes/origin/<branch>`
-//!   and `+refs/tags/*:refs/tags/*` (forced: the mirror is a cache; rollback protection is
-//!   the caller's ancestry check against the last applied commit, never the mirror's refs).
+//!   anonymous remote with the explicit refspec `+refs/heads/<branch>:refs/remotes/origin/<branch>`
+//!   and, only when approvals are needed, a second one for the approval tags of the tip,
+//!   `+refs/tags/gitops/approve/<tip>/*` (forced: the mirror is a cache; rollback
+//!   protection is the caller's ancestry check against the last applied commit, looked up
+//!   by object id with [`Mirror::commit_by_id`], never through the mirror's refs).
+//! * What a forge may send is capped: the refs it advertises (`max_refs`) and the bytes of
+//!   the pack (`max_pack_bytes`, counted as they arrive; the fetch is interrupted at the cap).
 //! * Several remotes are tried in priority order; the first that succeeds wins and the
 //!   failures of the ones before it are returned alongside.
 //! * Every fetch is bounded: it runs on a worker thread, and a watchdog raises gix's
@@ -32,6 +36,20 @@ pub fn tracking_ref(branch: &str) -> String {
     format!("refs/remotes/origin/{branch}")
 }
 
+/// Where approval tags live: `refs/tags/gitops/approve/<commit>/<name>`. Only the tags of
+/// the tip being verified are fetched and read.
+pub const APPROVAL_TAGS: &str = "refs/tags/gitops/approve/";
+
+/// The ref prefix of the approval tags of `commit`.
+pub fn approval_tags_of(commit: ObjectId) -> String {
+    format!("{APPROVAL_TAGS}{commit}/")
+}
+
+/// Default cap on the pack one fetch may receive (`source.max_pack_bytes`): 512 MiB.
+pub const DEFAULT_MAX_PACK_BYTES: u64 = 512 * 1024 * 1024;
+/// Default cap on the refs a remote may advertise to one fetch (`source.max_refs`).
+pub const DEFAULT_MAX_REFS: usize = 10_000;
+
 /// How long to wait for the worker after raising the interrupt flag.
 const INTERRUPT_GRACE: Duration = Duration::from_millis(500);
 
@@ -56,8 +74,12 @@ impl std::fmt::Debug for Credentials {
 pub struct FetchOptions {
     /// Branch name without `refs/heads/` (e.g. `main`).
     pub branch: String,
-    /// Also fetch `refs/tags/*` (approval tags).
-    pub tags: bool,
+    /// Also fetch the approval tags of the tip ([`APPROVAL_TAGS`]`<tip>/*`), for a trust policy.
+    pub approval_tags: bool,
+    /// Refuse a remote that advertises more refs than this (`source.max_refs`).
+    pub max_refs: usize,
+    /// Interrupt a fetch whose pack grows beyond this many bytes (`source.max_pack_bytes`).
+    pub max_pack_bytes: u64,
     /// Upper bound for one remote's fetch.
     pub timeout: Duration,
     /// Answer to an HTTP authentication request. Without it a remote that asks for
@@ -69,11 +91,14 @@ pub struct FetchOptions {
 }
 
 impl FetchOptions {
-    /// Branch + tags with the given timeout, no credentials, the system's CAs.
+    /// The branch alone with the given timeout and the default caps, no credentials, the
+    /// system's CAs.
     pub fn new(branch: impl Into<String>, timeout: Duration) -> FetchOptions {
         FetchOptions {
             branch: branch.into(),
-            tags: true,
+            approval_tags: false,
+            max_refs: DEFAULT_MAX_REFS,
+            max_pack_bytes: DEFAULT_MAX_PACK_BYTES,
             timeout,
             credentials: None,
             ca_file: None,
@@ -87,6 +112,8 @@ struct Transfer {
     timeout: Duration,
     credentials: Option<Credentials>,
     ca_file: Option<PathBuf>,
+    max_refs: usize,
+    max_pack_bytes: u64,
 }
 
 /// Result of a successful fetch.
@@ -190,7 +217,8 @@ impl Mirror {
         &self.dir
     }
 
-    /// Fetches `options.branch` (and tags) from the first of `remotes` that works.
+    /// Fetches `options.branch` (and, when asked, the tip's approval tags) from the first
+    /// of `remotes` that works.
     pub fn fetch(
         &mut self,
         remotes: &[String],
@@ -199,11 +227,8 @@ impl Mirror {
         if remotes.is_empty() {
             return Err(FetchError::NoRemotes);
         }
-        let mut refspecs =
+        let refspecs =
             vec![format!("+refs/heads/{}:{}", options.branch, tracking_ref(&options.branch))];
-        if options.tags {
-            refspecs.push("+refs/tags/*:refs/tags/*".to_string());
-        }
         let mut failures = Vec::new();
         for url in remotes {
             let branch_missing = || RemoteFailure {
@@ -218,13 +243,21 @@ impl Mirror {
                 timeout: options.timeout,
                 credentials: options.credentials.clone(),
                 ca_file: options.ca_file.clone(),
+                max_refs: options.max_refs,
+                max_pack_bytes: options.max_pack_bytes,
             };
-            match self.fetch_one(url, &refspecs, transfer) {
+            match self.fetch_one(url, &refspecs, transfer.clone()) {
                 Ok(outcome) if !outcome.local_refs.contains(&tracking_ref(&options.branch)) => {
                     failures.push(branch_missing());
                 }
                 Ok(outcome) => {
                     let tip = self.ref_target(&tracking_ref(&options.branch))?;
+                    if options.approval_tags
+                        && let Err(e) = self.fetch_approval_tags(url, tip, transfer)
+                    {
+                        failures.push(RemoteFailure { url: url.clone(), reason: e.to_string() });
+                        continue;
+                    }
                     return Ok(Fetched {
                         url: url.clone(),
                         tip,
@@ -232,8 +265,8 @@ impl Mirror {
                         failures,
                     });
                 }
-                // gix refuses a fetch whose refspecs match nothing the remote advertises
-                // (no such branch and no tags); report that as the missing branch it is.
+                // gix refuses a fetch whose refspecs match nothing the remote advertises;
+                // report that as the missing branch it is.
                 Err(FetchError::Remote { reason, .. })
                     if reason.contains("None of the refspec") =>
                 {
@@ -245,14 +278,40 @@ impl Mirror {
         Err(FetchError::AllRemotesFailed { failures })
     }
 
-    /// Fetches arbitrary `refspecs` from one `url` within `timeout`.
+    /// Fetches the approval tags of `tip` ([`approval_tags_of`]) from `url`; none is fine.
+    fn fetch_approval_tags(
+        &mut self,
+        url: &str,
+        tip: ObjectId,
+        transfer: Transfer,
+    ) -> Result<(), FetchError> {
+        let prefix = approval_tags_of(tip);
+        let refspecs = [format!("+{prefix}*:{prefix}*")];
+        match self.fetch_one(url, &refspecs, transfer) {
+            Ok(_) => Ok(()),
+            // No approval tag on the tip (a remote speaking protocol v1 lists its other refs).
+            Err(FetchError::Remote { reason, .. }) if reason.contains("None of the refspec") => {
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Fetches arbitrary `refspecs` from one `url` within `timeout`, with the default caps.
     pub fn fetch_refspecs(
         &mut self,
         url: &str,
         refspecs: &[String],
         timeout: Duration,
     ) -> Result<FetchOutcome, FetchError> {
-        self.fetch_one(url, refspecs, Transfer { timeout, credentials: None, ca_file: None })
+        let transfer = Transfer {
+            timeout,
+            credentials: None,
+            ca_file: None,
+            max_refs: DEFAULT_MAX_REFS,
+            max_pack_bytes: DEFAULT_MAX_PACK_BYTES,
+        };
+        self.fetch_one(url, refspecs, transfer)
     }
 
     fn fetch_one(
@@ -269,7 +328,7 @@ impl Mirror {
         let worker = std::thread::Builder::new()
             .name("veza-fetch".into())
             .spawn(move || {
-                let result = fetch_blocking(&dir, &url_owned, &specs, &transfer, &flag);
+                let result = fetch_blocking(&dir, &url_owned, &specs, &transfer, flag);
                 let _ = tx.send(result);
             })
             .map_err(|e| FetchError::Remote { url: url.to_string(), reason: e.to_string() })?;
@@ -301,19 +360,41 @@ impl Mirror {
             .map_err(|e| FetchError::RevNotFound { rev: name.to_string(), reason: why(e) })
     }
 
+    /// The commit whose full 40-hex object id is `hex`, looked up in the object database
+    /// only: the object must be there and be a commit. Never a ref name, never an
+    /// abbreviation — a tag or branch *named* like an id is ignored. Use this for anything
+    /// that checks ancestry (a forge can create refs, not objects with a given id).
+    pub fn commit_by_id(&self, hex: &str) -> Result<ObjectId, FetchError> {
+        let not_an_id = || FetchError::NotAnObjectId { value: hex.to_string() };
+        if hex.len() != 40 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(not_an_id());
+        }
+        let id = ObjectId::from_hex(hex.as_bytes()).map_err(|_| not_an_id())?;
+        let header =
+            self.repo.find_header(id).map_err(|_| FetchError::ObjectNotFound { id: hex.into() })?;
+        if header.kind() != gix::object::Kind::Commit {
+            return Err(FetchError::WrongKind {
+                id: hex.to_string(),
+                expected: "commit".into(),
+                actual: header.kind().to_string(),
+            });
+        }
+        Ok(id)
+    }
+
     /// Resolves a revision: a full or abbreviated (≥ 4) hex id, a full ref name, or a short
     /// name tried as `refs/heads/`, `refs/remotes/origin/`, `refs/tags/`. Tags are **not**
     /// peeled: a tag name resolves to the tag object so that its own signature can be checked.
+    /// A full 40-hex id is only ever an object id. Not for ancestry checks: see
+    /// [`Mirror::commit_by_id`].
     pub fn resolve(&self, rev: &str) -> Result<ObjectId, FetchError> {
         let not_found = |reason: &str| FetchError::RevNotFound {
             rev: rev.to_string(),
             reason: reason.to_string(),
         };
         if rev.len() >= 4 && rev.len() <= 40 && rev.bytes().all(|b| b.is_ascii_hexdigit()) {
-            if let Ok(id) = ObjectId::from_hex(rev.as_bytes())
-                && self.exists(id)
-            {
-                return Ok(id);
+            if let Ok(id) = ObjectId::from_hex(rev.as_bytes()) {
+                return if self.exists(id) { Ok(id) } else { Err(not_found("no such object")) };
             }
             if let Ok(prefix) = gix::hash::Prefix::from_hex(rev) {
                 match self.repo.objects.lookup_prefix(prefix, None) {
@@ -629,15 +710,29 @@ impl Mirror {
         Ok(false)
     }
 
-    /// Annotated tags under `refs/tags/` whose tag object directly points at `commit`:
-    /// (ref name, raw tag object). Lightweight tags are skipped (they carry no signature).
-    pub fn tags_pointing_at(&self, commit: ObjectId) -> Result<Vec<(String, Vec<u8>)>, FetchError> {
-        let odb = |e: gix::Error| FetchError::Odb { what: "tag refs".into(), reason: why(e) };
+    /// Annotated approval tags of `commit` ([`approval_tags_of`]) whose tag object directly
+    /// points at it: (ref name, raw tag object). Only that prefix is read, so the cost does
+    /// not grow with the repository's other tags. Lightweight tags are skipped (they carry
+    /// no signature); at most `max_tags` are read.
+    pub fn tags_pointing_at(
+        &self,
+        commit: ObjectId,
+        max_tags: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, FetchError> {
+        let odb =
+            |e: gix::Error| FetchError::Odb { what: "approval tag refs".into(), reason: why(e) };
         let platform = self.repo.references().map_err(odb)?;
-        let iter = platform.tags().map_err(odb)?;
+        let prefix = approval_tags_of(commit);
+        let iter = platform.prefixed(prefix.as_str()).map_err(odb)?;
         let want = format!("object {commit}\n");
         let mut out = Vec::new();
-        for r in iter {
+        for (seen, r) in iter.enumerate() {
+            if seen >= max_tags {
+                return Err(FetchError::TooManyTags {
+                    commit: commit.to_string(),
+                    limit: max_tags,
+                });
+            }
             let Ok(r) = r else { continue };
             let Some(id) = r.target().try_id().map(ToOwned::to_owned) else { continue };
             let Ok(header) = self.repo.find_header(id) else { continue };
@@ -739,12 +834,98 @@ fn same_authority(a: &str, b: &str) -> bool {
     norm(a) == norm(b)
 }
 
+/// A progress sink that counts the bytes of the pack as gix reads them from the remote
+/// and raises the fetch's interrupt flag once they pass the cap (gix checks the flag on
+/// every read of the pack stream, and removes its temporary pack file when interrupted).
+#[derive(Clone)]
+struct PackCap {
+    id: gix::progress::Id,
+    limit: u64,
+    received: Arc<std::sync::atomic::AtomicU64>,
+    exceeded: Arc<AtomicBool>,
+    interrupt: Arc<AtomicBool>,
+}
+
+impl PackCap {
+    /// gix-pack's progress id for the bytes of the pack being read (`ReadPackBytes`).
+    const PACK_BYTES: gix::progress::Id = *b"BWRB";
+
+    fn new(limit: u64, interrupt: Arc<AtomicBool>) -> PackCap {
+        PackCap {
+            id: gix::progress::UNKNOWN,
+            limit,
+            received: Arc::default(),
+            exceeded: Arc::default(),
+            interrupt,
+        }
+    }
+
+    fn exceeded(&self) -> bool {
+        self.exceeded.load(Ordering::SeqCst)
+    }
+
+    fn child(&self, id: gix::progress::Id) -> PackCap {
+        PackCap { id, ..self.clone() }
+    }
+}
+
+impl gix::progress::Count for PackCap {
+    fn set(&self, _step: gix::progress::Step) {}
+
+    fn step(&self) -> gix::progress::Step {
+        0
+    }
+
+    fn inc_by(&self, step: gix::progress::Step) {
+        if self.id != Self::PACK_BYTES {
+            return;
+        }
+        let total = self.received.fetch_add(step as u64, Ordering::SeqCst) + step as u64;
+        if total > self.limit {
+            self.exceeded.store(true, Ordering::SeqCst);
+            self.interrupt.store(true, Ordering::SeqCst);
+        }
+    }
+
+    fn counter(&self) -> gix::progress::StepShared {
+        Arc::default()
+    }
+}
+
+impl gix::progress::Progress for PackCap {
+    fn init(&mut self, _max: Option<gix::progress::Step>, _unit: Option<gix::progress::Unit>) {}
+
+    fn set_name(&mut self, _name: String) {}
+
+    fn name(&self) -> Option<String> {
+        None
+    }
+
+    fn id(&self) -> gix::progress::Id {
+        self.id
+    }
+
+    fn message(&self, _level: gix::progress::MessageLevel, _message: String) {}
+}
+
+impl gix::progress::NestedProgress for PackCap {
+    type SubProgress = PackCap;
+
+    fn add_child(&mut self, _name: impl Into<String>) -> PackCap {
+        self.child(gix::progress::UNKNOWN)
+    }
+
+    fn add_child_with_id(&mut self, _name: impl Into<String>, id: gix::progress::Id) -> PackCap {
+        self.child(id)
+    }
+}
+
 fn fetch_blocking(
     dir: &Path,
     url: &str,
     refspecs: &[String],
     transfer: &Transfer,
-    interrupt: &AtomicBool,
+    interrupt: Arc<AtomicBool>,
 ) -> Result<FetchOutcome, FetchError> {
     let (timeout, credentials) = (transfer.timeout, transfer.credentials.as_ref());
     let remote_err = |e: gix::Error| {
@@ -829,8 +1010,19 @@ fn fetch_blocking(
         remote.connect(gix::remote::Direction::Fetch).map_err(remote_err)?.with_credentials(answer);
     let prepared =
         connection.prepare_fetch(gix::progress::Discard, Default::default()).map_err(remote_err)?;
-    let outcome = prepared.receive(gix::progress::Discard, interrupt).map_err(|e| {
-        if interrupt.load(Ordering::SeqCst) {
+    let advertised = prepared.ref_map().remote_refs.len();
+    if advertised > transfer.max_refs {
+        return Err(FetchError::TooManyRefs {
+            url: url.to_string(),
+            count: advertised,
+            limit: transfer.max_refs,
+        });
+    }
+    let cap = PackCap::new(transfer.max_pack_bytes, Arc::clone(&interrupt));
+    let outcome = prepared.receive(cap.clone(), &interrupt).map_err(|e| {
+        if cap.exceeded() {
+            FetchError::PackTooLarge { url: url.to_string(), limit: transfer.max_pack_bytes }
+        } else if interrupt.load(Ordering::SeqCst) {
             FetchError::Timeout { url: url.to_string(), timeout }
         } else {
             remote_err(e)

@@ -5,19 +5,22 @@
 //! objects; [`object`] splits a raw commit/tag into signature and payload exactly as
 //! git does; [`sshsig`] parses and checks the SSH signature; [`allowed_signers`] is
 //! the trust root; [`verify`] ties them together without I/O or clock; [`policy`]
-//! decides whether the approvals suffice for the paths that changed.
+//! decides whether the approvals suffice for the paths that changed; [`refusal`] names
+//! the kinds of rejected revision.
 
 pub mod allowed_signers;
 pub mod error;
 pub mod fetch;
 pub mod object;
 pub mod policy;
+pub mod refusal;
 pub mod sshsig;
 pub mod time;
 pub mod verify;
 
 pub use allowed_signers::AllowedSigners;
 pub use error::{AllowedSignersError, FetchError, ObjectKind, PolicyError, VerifyError};
+pub use refusal::Refusal;
 pub use verify::{Verdict, verify_commit, verify_tag};
 
 #[cfg(test)]

@@ -394,6 +394,20 @@ impl RepoBuilder {
     }
 }
 
+/// `len` bytes that do not compress (xorshift64 from `seed`): a blob whose pack is as big
+/// as the blob.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
 /// `ssh-keygen -Y sign -n <namespace> -f <key>` over `data`; returns the armor.
 pub fn ssh_sign(key: &SigningKey, namespace: &str, data: &[u8]) -> Result<String> {
     let out = Cmd::new("ssh-keygen")
