@@ -198,6 +198,15 @@ where
                         },
                         None => reason.push_str("; there was no previous edge to go back to"),
                     }
+                } else if let Action::HealthGate { instance, slot } = &step.action
+                    && !plan.promotions.iter().any(|p| p.env == slot.env && p.app == slot.app)
+                {
+                    // No promotion: the gate is on the serving slot itself, rebuilt in
+                    // place (`in_place_updates`). Say what is true: it still gets traffic.
+                    reason.push_str(&format!(
+                        "; {instance} was rebuilt in place and still receives {}/{}'s traffic (in_place_updates: true); fix the release or promote the other color",
+                        slot.env, slot.app
+                    ));
                 } else {
                     reason.push_str("; traffic was not moved");
                 }

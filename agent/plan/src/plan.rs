@@ -12,7 +12,7 @@ use std::fmt;
 
 use serde::Serialize;
 use veza_model::Manifest;
-use veza_model::manifest::Color;
+use veza_model::manifest::{Color, Release};
 
 use crate::desired::{Desired, DesiredInstance, SlotSpec, desired};
 use crate::edge::{EdgeEnv, EdgeSettings, render_edge};
@@ -316,9 +316,38 @@ pub fn plan(
     let mut order: Vec<(&String, &DesiredInstance)> = want.instances.iter().collect();
     order.sort_by_key(|(name, d)| (!d.protect, d.slot.is_some(), (*name).clone()));
     let mut deployed: BTreeSet<String> = BTreeSet::new();
+    let mut kept: Vec<KeptSlot> = Vec::new();
     for (name, d) in order {
-        plan_instance(name, d, live, &mut b, &mut drift, &mut deployed);
+        plan_instance(name, d, live, &mut b, &mut drift, &mut deployed, &mut kept);
     }
+    // What an instance that is recreated held is gone with it: the edge's config (when the
+    // edge runs in it) and its job units are installed again.
+    let recreated: BTreeSet<&str> = b
+        .steps
+        .iter()
+        .filter_map(|s| match &s.action {
+            Action::DeleteInstance { name } => Some(name.as_str()),
+            _ => None,
+        })
+        .collect();
+    let fresh;
+    let live = if recreated.is_empty() {
+        live
+    } else {
+        let mut l = live.clone();
+        if want.edge_runs_in.as_deref().is_some_and(|r| recreated.contains(r)) {
+            l.edge_config = None;
+        }
+        l.units
+            .retain(|t, _| !matches!(t, UnitTarget::Instance(n) if recreated.contains(n.as_str())));
+        fresh = l;
+        &fresh
+    };
+    // A serving slot whose rebuild is refused keeps its live release: the edge goes on
+    // naming what really runs there.
+    let kept_manifests = keep_live_releases(manifests, &kept);
+    let manifests: Vec<&Manifest> = kept_manifests.iter().collect();
+    let manifests = manifests.as_slice();
 
     // Promotions, health gates and the edge.
     let mut promotions = Vec::new();
@@ -491,6 +520,31 @@ pub fn render_for(
     Ok(render_edge(&envs, settings)?.config)
 }
 
+/// A serving slot the plan leaves as it is (its rebuild was refused), with the release
+/// it runs.
+struct KeptSlot {
+    env: String,
+    app: String,
+    color: Color,
+    release: Release,
+}
+
+/// The manifests as the edge must see them: kept slots at their live release.
+fn keep_live_releases(manifests: &[&Manifest], kept: &[KeptSlot]) -> Vec<Manifest> {
+    manifests
+        .iter()
+        .map(|m| {
+            let mut m = (*m).clone();
+            for k in kept.iter().filter(|k| k.env == m.metadata.name) {
+                if let Some(slot) = m.apps.get_mut(&k.app).and_then(|a| a.slots.get_mut(&k.color)) {
+                    slot.release = Some(k.release.clone());
+                }
+            }
+            m
+        })
+        .collect()
+}
+
 fn plan_instance(
     name: &str,
     d: &DesiredInstance,
@@ -498,6 +552,7 @@ fn plan_instance(
     b: &mut Builder,
     drift: &mut Vec<String>,
     deployed: &mut BTreeSet<String>,
+    kept: &mut Vec<KeptSlot>,
 ) {
     let create = |b: &mut Builder, reason: String| {
         b.step(
@@ -571,6 +626,16 @@ fn plan_instance(
                         slot.color.other(),
                     ),
                 );
+                if let Some(release) =
+                    l.release().and_then(|r| Release::try_from(r.to_string()).ok())
+                {
+                    kept.push(KeptSlot {
+                        env: slot.env.clone(),
+                        app: slot.app.clone(),
+                        color: slot.color,
+                        release,
+                    });
+                }
                 return;
             }
             b.step(

@@ -263,3 +263,170 @@ fn plans_are_deterministic() {
     let b = serde_json::to_string(&run(&ms, &live, &opts())).expect("json");
     assert_eq!(a, b);
 }
+
+/// Every manifest edit of an existing instance either happens without dropping traffic or
+/// data, or is refused with a reason: what Incus cannot change in place (the release of a
+/// slot, the image, the type) is a rebuild where nothing depends on the instance, and a
+/// refusal where traffic (the serving color) or protected data does.
+#[test]
+fn edits_incus_cannot_apply_in_place_are_rebuilds_or_refusals() {
+    let blue_release = "1111111111111111111111111111111111111111";
+    let newer = "3333333333333333333333333333333333333333";
+    let new_blue = |t: String| {
+        with_green_release(t)
+            .replace(&format!("blue: {{release: {blue_release}}}"), &format!("blue: {{release: {newer}}}"))
+            .replace(&format!("        {GREEN}: "), &format!("        {newer}: 3333333333333333333333333333333333333333333333333333333333333333\n        {GREEN}: "))
+    };
+    let new_green = |t: String| {
+        with_green_release(t)
+            .replace(
+                &format!("green: {{release: {GREEN}}}"),
+                &format!("green: {{release: {newer}}}"),
+            )
+            .replace(&format!("        {GREEN}: "), &format!("        {newer}: "))
+    };
+    let in_place =
+        |t: String| t.replace("    active: blue", "    in_place_updates: true\n    active: blue");
+    let haproxy_image = |t: String| {
+        t.replacen(
+            "      image: images:debian/13\n      profiles: [veza-app]",
+            "      image: images:debian/14\n      profiles: [veza-app]",
+            1,
+        )
+    };
+    let haproxy_vm = |t: String| {
+        t.replacen("      image: images:debian/13\n      profiles: [veza-app]", "      image: images:debian/13\n      type: virtual-machine\n      profiles: [veza-app]", 1)
+    };
+    let postgres_image = |t: String| {
+        t.replace(
+            "veza-postgres: {image: images:debian/13,",
+            "veza-postgres: {image: images:debian/14,",
+        )
+    };
+    let watched_image = |t: String| {
+        t.replace(
+            "veza-redis:    {image: images:debian/13, profiles: [veza-data], protect: true}",
+            "veza-redis:    {image: images:debian/14, profiles: [veza-data], detect_only: true}",
+        )
+    };
+    struct Case {
+        what: &'static str,
+        before: Vec<String>,
+        after: Vec<String>,
+        steps: &'static [&'static str],
+        refused: &'static [&'static str],
+        drift: &'static [&'static str],
+    }
+    let demo = |f: &dyn Fn(String) -> String| vec![demo_with(f)];
+    let veza = |f: &dyn Fn(String) -> String| vec![f(PROD.to_string()), STAGING.to_string()];
+    let watched_before = |t: String| {
+        t.replace(
+            "veza-redis:    {image: images:debian/13, profiles: [veza-data], protect: true}",
+            "veza-redis:    {image: images:debian/13, profiles: [veza-data], detect_only: true}",
+        )
+    };
+    let cases = [
+        Case {
+            what: "the serving color's release is edited",
+            before: demo(&with_green_release),
+            after: demo(&new_blue),
+            steps: &[],
+            refused: &[
+                "instance demo-hello-blue: it serves demo/hello traffic and its release changes from 1111111111 to 3333333333: rebuilding it in place would drop requests — deploy the change to the idle green slot and promote it (`active: green`)",
+            ],
+            drift: &[],
+        },
+        Case {
+            what: "the serving color's release is edited where the app accepts in-place updates",
+            before: demo(&with_green_release),
+            after: demo(&|t| in_place(new_blue(t))),
+            steps: &[
+                "delete instance demo-hello-blue",
+                "create instance demo-hello-blue",
+                "deploy release 3333333333 to demo-hello-blue",
+            ],
+            refused: &[],
+            drift: &[],
+        },
+        Case {
+            what: "the idle color's release is edited",
+            before: demo(&with_green_release),
+            after: demo(&new_green),
+            steps: &[
+                "delete instance demo-hello-green",
+                "create instance demo-hello-green",
+                "deploy release 3333333333 to demo-hello-green",
+            ],
+            refused: &[],
+            drift: &[],
+        },
+        Case {
+            what: "a plain instance's image is edited",
+            before: veza(&|t| t),
+            after: veza(&haproxy_image),
+            // The edge ran in it: its config is installed again in the new instance.
+            steps: &["delete instance veza-haproxy", "create instance veza-haproxy", "update edge config"],
+            refused: &[],
+            drift: &[],
+        },
+        Case {
+            what: "a plain instance's type is edited",
+            before: veza(&|t| t),
+            after: veza(&haproxy_vm),
+            steps: &["delete instance veza-haproxy", "create instance veza-haproxy"],
+            refused: &[],
+            drift: &[],
+        },
+        Case {
+            what: "a protected instance's image is edited",
+            before: veza(&|t| t),
+            after: veza(&postgres_image),
+            steps: &[],
+            refused: &[
+                "instance veza-postgres: protected data: its image changes from images:debian/13 to images:debian/14, which needs a new instance",
+            ],
+            drift: &[],
+        },
+        Case {
+            what: "a detect-only instance's image is edited",
+            before: veza(&watched_before),
+            after: veza(&watched_image),
+            steps: &[],
+            refused: &[],
+            drift: &[
+                "instance veza-redis: image changes from images:debian/13 to images:debian/14",
+            ],
+        },
+    ];
+    for case in cases {
+        let before: Vec<&str> = case.before.iter().map(String::as_str).collect();
+        let (_, live) = converged(&before);
+        let after: Vec<&str> = case.after.iter().map(String::as_str).collect();
+        let p = run(&manifests(&after), &live, &opts());
+        let steps: Vec<String> = p.steps.iter().map(|s| s.action.to_string()).collect();
+        for want in case.steps {
+            assert!(
+                steps.iter().any(|s| s.starts_with(want)),
+                "{}: no step `{want}` in\n{p}",
+                case.what
+            );
+        }
+        if case.steps.is_empty() {
+            assert!(steps.is_empty(), "{}: unexpected steps\n{p}", case.what);
+        }
+        let refusals: Vec<String> =
+            p.refusals.iter().map(|r| format!("{}: {}", r.resource, r.reason)).collect();
+        assert_eq!(refusals.len(), case.refused.len(), "{}: refusals {refusals:#?}", case.what);
+        for (got, want) in refusals.iter().zip(case.refused) {
+            assert!(got.starts_with(want), "{}: refusal\n  {got}\nwanted\n  {want}…", case.what);
+        }
+        // And the plan converges: once applied, the same manifests plan nothing more.
+        let again = run(&manifests(&after), &applied(&live, &p), &opts());
+        assert!(again.steps.is_empty(), "{}: not converged:\n{again}", case.what);
+        assert_eq!(again.refusals.len(), p.refusals.len(), "{}", case.what);
+        assert_eq!(p.drift.len(), case.drift.len(), "{}: drift {:#?}", case.what, p.drift);
+        for (got, want) in p.drift.iter().zip(case.drift) {
+            assert!(got.starts_with(want), "{}: drift `{got}`, wanted `{want}`", case.what);
+        }
+    }
+}
