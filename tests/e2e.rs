@@ -75,35 +75,9 @@ fn promotion_to_a_healthy_green_switches_with_zero_failed_requests() {
     assert_eq!(h.served_release().unwrap(), h.releases[0].id);
 
     h.commit(&h.manifest("green", Some(0), Some(1)), "promote green").unwrap();
-    let ok = Arc::new(AtomicU64::new(0));
-    let failed = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let workers: Vec<_> = (0..3)
-        .map(|_| {
-            let (ok, failed, stop) = (ok.clone(), failed.clone(), stop.clone());
-            let (addr, name) = (format!("127.0.0.1:{}", h.edge_port), h.host_name.clone());
-            std::thread::spawn(move || {
-                for _ in 0..5000 {
-                    if stop.load(Ordering::SeqCst) {
-                        break;
-                    }
-                    match veza_host::http::get(&addr, &name, "/", Duration::from_secs(3)) {
-                        Ok(r) if r.status == 200 => ok.fetch_add(1, Ordering::SeqCst),
-                        _ => failed.fetch_add(1, Ordering::SeqCst),
-                    };
-                    std::thread::sleep(Duration::from_millis(2));
-                }
-            })
-        })
-        .collect();
-    std::thread::sleep(Duration::from_millis(200));
+    let traffic = Traffic::start(&h);
     let out = apply_ok(&h);
-    std::thread::sleep(Duration::from_millis(200));
-    stop.store(true, Ordering::SeqCst);
-    for w in workers {
-        w.join().unwrap();
-    }
-    let (ok, failed) = (ok.load(Ordering::SeqCst), failed.load(Ordering::SeqCst));
+    let (ok, failed) = traffic.stop();
     assert!(ok > 20, "the request loop ran ({ok} ok)");
     assert_eq!(failed, 0, "{failed} requests failed during the switch ({ok} ok)\n{out}");
     assert_eq!(h.served_release().unwrap(), h.releases[1].id);
@@ -134,6 +108,11 @@ fn promotion_to_a_broken_release_rolls_back_and_is_not_retried() {
     assert_eq!(code, 1);
     assert!(out.contains("quarantined"), "{out}");
     assert!(out.contains("(0 steps"), "{out}");
+    // `plan` decides as `apply` does: it shows no promotion for the quarantined commit.
+    let (code, out, err) = agent(&h, &["plan"]);
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(err.contains(&format!("quarantined {bad}")), "{out}\n{err}");
+    assert!(!out.contains("wait for"), "{out}");
     // A newer commit (the revert) is applied.
     h.commit(&h.manifest("blue", Some(0), None), "revert").unwrap();
     apply_ok(&h);
@@ -654,4 +633,139 @@ fn metrics_replace_a_planted_symlink_and_a_world_writable_state_dir_is_refused()
     assert!(std::fs::symlink_metadata(&prom).unwrap().file_type().is_file(), "still a symlink");
     let metrics = std::fs::read_to_string(&prom).unwrap();
     assert!(metrics.contains("veza_agent_sync_failures 1"), "{metrics}");
+}
+
+/// A manifest whose instances declare no `config:` (like the shipped `prod.yaml`) converges
+/// on the first sync: the second is `no-change` with zero Incus writes and zero snapshots,
+/// for an app slot, a plain instance and a protected one.
+#[test]
+fn the_first_sync_converges_without_instance_config() {
+    let h = host();
+    let env = h.env.clone();
+    let (owner, plain, data) =
+        (format!("{env}-owner"), format!("{env}-plain"), format!("{env}-data"));
+    let _cleanup = veza_testkit::incus::DeleteOnDrop {
+        instances: vec![plain.clone(), data.clone()],
+        profiles: vec![owner.clone()],
+    };
+    // The test's owner marks (for the sweep of a killed run) live in a managed profile.
+    let marks = format!(
+        "{{{}: \"{}\", {}: \"{}\"}}",
+        veza_testkit::incus::OWNER_KEY,
+        std::process::id(),
+        veza_testkit::incus::CREATED_KEY,
+        h.created
+    );
+    let app_config = h
+        .manifest("blue", Some(0), None)
+        .lines()
+        .find(|l| l.trim_start().starts_with("config: {user.veza-test.owner"))
+        .expect("the demo app carries the owner marks")
+        .to_string();
+    let manifest = h
+        .manifest("blue", Some(0), None)
+        .replace(&format!("{app_config}\n"), "")
+        .replace("    profiles: [default]\n", &format!("    profiles: [default, {owner}]\n"))
+        .replace(
+            "\napps:\n",
+            &format!(
+                "\nincus:\n  profiles:\n    {owner}: {{config: {marks}}}\n  instances:\n    \
+                 {plain}: {{image: veza-test-busybox, profiles: [default, {owner}]}}\n    \
+                 {data}: {{image: veza-test-busybox, profiles: [default, {owner}], protect: true}}\n\napps:\n"
+            ),
+        );
+    assert!(!manifest.contains(&app_config), "{manifest}");
+    h.commit(&manifest, "no instance config").unwrap();
+    let out = apply_ok(&h);
+    assert!(out.starts_with("applied"), "{out}");
+    assert_eq!(h.served_release().unwrap(), h.releases[0].id);
+
+    let watch = veza_testkit::incus::LifecycleWatch::start(&h.dir.join("lifecycle.json")).unwrap();
+    let (code, plan, err) = agent(&h, &["plan"]);
+    assert_eq!(code, 0, "the plan after the first sync is not empty:\n{plan}\n{err}");
+    let out = apply_ok(&h);
+    assert!(out.starts_with("no-change"), "{out}");
+    std::thread::sleep(Duration::from_millis(300));
+    let writes = watch.about(&env);
+    assert!(writes.is_empty(), "the no-change sync wrote to Incus:\n{}", writes.join("\n"));
+    for name in [&plain, &data, &h.slots()[0]] {
+        let snaps = veza_host::process::Cmd::new("incus")
+            .args(["query", &format!("/1.0/instances/{name}/snapshots")])
+            .run_stdout()
+            .unwrap();
+        let snaps: serde_json::Value = serde_json::from_str(&snaps).unwrap();
+        assert_eq!(snaps.as_array().map(Vec::len), Some(0), "{name} was snapshotted: {snaps}");
+    }
+}
+
+/// Editing the release of the color that serves is refused (it would be rebuilt in place,
+/// dropping requests): no request fails, the outcome line and exit code say so, and the
+/// idle color is where the change goes.
+#[test]
+fn an_edit_of_the_serving_color_is_refused_and_drops_no_request() {
+    let h = host();
+    h.commit(&h.manifest("blue", Some(0), Some(1)), "blue serves, green idle").unwrap();
+    apply_ok(&h);
+    h.commit(&h.manifest("blue", Some(1), Some(1)), "release 1 on blue, in place").unwrap();
+    let (code, plan, _) = agent(&h, &["plan"]);
+    assert_eq!(code, 3, "a plan with refusals exits 3:\n{plan}");
+    assert!(plan.contains("it serves") && plan.contains("idle green slot"), "{plan}");
+    let traffic = Traffic::start(&h);
+    let (code, out, err) = agent(&h, &["apply"]);
+    let (ok, failed) = traffic.stop();
+    assert_eq!(code, 3, "an apply with refusals exits 3:\n{out}\n{err}");
+    assert!(out.starts_with("applied") && out.contains("(0 steps"), "{out}");
+    assert!(out.contains("; 1 refused (not done):"), "{out}");
+    assert!(out.contains("refused: instance"), "{out}");
+    assert!(ok > 20, "the request loop ran ({ok} ok)");
+    assert_eq!(failed, 0, "{failed} requests failed ({ok} ok)\n{out}");
+    assert_eq!(h.served_release().unwrap(), h.releases[0].id, "blue still runs release 0");
+    let st = status_json(&h);
+    assert_eq!(st["state"]["envs"][&h.env]["apps"]["hello"]["active"], "blue", "{st:#}");
+}
+
+/// A request loop through the edge (3 workers, bounded), counting answers other than 200.
+struct Traffic {
+    ok: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    workers: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Traffic {
+    fn start(h: &DemoHost) -> Traffic {
+        let ok = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let workers = (0..3)
+            .map(|_| {
+                let (ok, failed, stop) = (ok.clone(), failed.clone(), stop.clone());
+                let (addr, name) = (format!("127.0.0.1:{}", h.edge_port), h.host_name.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..5000 {
+                        if stop.load(Ordering::SeqCst) {
+                            break;
+                        }
+                        match veza_host::http::get(&addr, &name, "/", Duration::from_secs(3)) {
+                            Ok(r) if r.status == 200 => ok.fetch_add(1, Ordering::SeqCst),
+                            _ => failed.fetch_add(1, Ordering::SeqCst),
+                        };
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(200));
+        Traffic { ok, failed, stop, workers }
+    }
+
+    /// Stops the loop (after 200 ms more) and returns (ok, failed).
+    fn stop(self) -> (u64, u64) {
+        std::thread::sleep(Duration::from_millis(200));
+        self.stop.store(true, Ordering::SeqCst);
+        for w in self.workers {
+            let _ = w.join();
+        }
+        (self.ok.load(Ordering::SeqCst), self.failed.load(Ordering::SeqCst))
+    }
 }

@@ -365,7 +365,11 @@ fn edits_incus_cannot_apply_in_place_are_rebuilds_or_refusals() {
             before: veza(&|t| t),
             after: veza(&haproxy_image),
             // The edge ran in it: its config is installed again in the new instance.
-            steps: &["delete instance veza-haproxy", "create instance veza-haproxy", "update edge config"],
+            steps: &[
+                "delete instance veza-haproxy",
+                "create instance veza-haproxy",
+                "update edge config",
+            ],
             refused: &[],
             drift: &[],
         },

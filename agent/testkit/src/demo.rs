@@ -58,7 +58,8 @@ pub struct DemoHost {
     /// The agent's configuration file.
     pub config_path: PathBuf,
     agent_bin: PathBuf,
-    created: u64,
+    /// When this host was made (unix seconds): the test owner mark `user.veza-test.created`.
+    pub created: u64,
     _serial: std::sync::MutexGuard<'static, ()>,
 }
 

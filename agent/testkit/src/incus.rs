@@ -402,6 +402,97 @@ impl Drop for TestContainer {
     }
 }
 
+/// Deletes these instances, then these profiles, when dropped (names a test made a
+/// manifest create; a name that does not exist is fine).
+#[derive(Debug, Default)]
+pub struct DeleteOnDrop {
+    /// Instances, deleted first.
+    pub instances: Vec<String>,
+    /// Profiles, deleted once the instances are gone.
+    pub profiles: Vec<String>,
+}
+
+impl Drop for DeleteOnDrop {
+    fn drop(&mut self) {
+        for name in &self.instances {
+            delete_instance(name);
+        }
+        for name in &self.profiles {
+            if let Err(e) = incus(["profile", "delete", name.as_str()]).run() {
+                let msg = e.to_string();
+                if !msg.contains("not found") {
+                    eprintln!("veza-testkit: could not delete profile {name}: {msg}");
+                }
+            }
+        }
+    }
+}
+
+/// Incus lifecycle events (every write: created, updated, started, snapshot-created, ...)
+/// recorded by `incus monitor` from the moment [`LifecycleWatch::start`] returns.
+#[derive(Debug)]
+pub struct LifecycleWatch {
+    pid: u32,
+    log: std::path::PathBuf,
+}
+
+impl LifecycleWatch {
+    /// Starts `incus monitor --type=lifecycle` into `log` and returns once it records
+    /// (a throwaway profile created and seen), so no later event is missed.
+    pub fn start(log: &std::path::Path) -> Result<LifecycleWatch> {
+        let pid =
+            incus(["monitor", "--type=lifecycle", "--format=json"]).spawn_daemon(Some(log))?;
+        let watch = LifecycleWatch { pid, log: log.to_path_buf() };
+        let sentinel = TestProfile::create(&[], serde_json::json!({}))?;
+        for _ in 0..500 {
+            if watch
+                .events()
+                .iter()
+                .any(|e| e.contains(&format!("/1.0/profiles/{}", sentinel.name())))
+            {
+                return Ok(watch);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        anyhow::bail!("`incus monitor` recorded nothing within 5s (see {})", log.display())
+    }
+
+    /// The events recorded so far, one JSON document per entry.
+    pub fn events(&self) -> Vec<String> {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        // `--format=json` prints one pretty-printed document per event.
+        let mut docs = Vec::new();
+        let stream = serde_json::Deserializer::from_str(&text).into_iter::<Value>();
+        for doc in stream {
+            match doc {
+                Ok(v) => docs.push(v.to_string()),
+                Err(_) => break, // a document still being written
+            }
+        }
+        docs
+    }
+
+    /// The events about an object whose name contains `needle`: `ACTION SOURCE` lines.
+    pub fn about(&self, needle: &str) -> Vec<String> {
+        self.events()
+            .iter()
+            .filter_map(|e| serde_json::from_str::<Value>(e).ok())
+            .filter_map(|e| {
+                let m = e.get("metadata")?;
+                let source = m.get("source")?.as_str()?;
+                let action = m.get("action")?.as_str()?;
+                source.contains(needle).then(|| format!("{action} {source}"))
+            })
+            .collect()
+    }
+}
+
+impl Drop for LifecycleWatch {
+    fn drop(&mut self) {
+        let _ = Cmd::new("kill").args([self.pid.to_string()]).run();
+    }
+}
+
 fn delete_instance(name: &str) {
     if let Err(e) = incus(["delete", "--force", name]).run() {
         let msg = e.to_string();
@@ -469,9 +560,12 @@ pub fn sweep_stale() -> Result<Vec<String>> {
     let mut errors = String::new();
     let instances = query("/1.0/instances?recursion=1")?;
     for inst in instances.as_array().into_iter().flatten() {
-        let (Some(name), Some(config)) =
-            (inst.get("name").and_then(Value::as_str), inst.get("config"))
-        else {
+        // The owner mark may come from a profile (a manifest whose instances declare no
+        // config of their own carries it in an agent-managed profile).
+        let (Some(name), Some(config)) = (
+            inst.get("name").and_then(Value::as_str),
+            inst.get("expanded_config").or_else(|| inst.get("config")),
+        ) else {
             continue;
         };
         if owner_is_dead(config) {
