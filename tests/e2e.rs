@@ -769,3 +769,40 @@ impl Traffic {
         (self.ok.load(Ordering::SeqCst), self.failed.load(Ordering::SeqCst))
     }
 }
+
+/// kill -9 the moment the journal of a promotion goes away: by then the outcome is
+/// recorded, so `status` names the commit the edge serves (before, a kill in that window
+/// left "in sync with" the previous commit while the edge served the new release).
+#[test]
+fn a_kill_when_the_journal_is_cleared_leaves_status_telling_the_truth() {
+    let h = host();
+    h.commit(&h.manifest("blue", Some(0), Some(1)), "blue").unwrap();
+    apply_ok(&h);
+    let promoted = h.commit(&h.manifest("green", Some(0), Some(1)), "promote green").unwrap();
+    let pid = veza_host::process::Cmd::new(env!("CARGO_BIN_EXE_veza-agent"))
+        .args(["apply", "--config"])
+        .arg(&h.config_path)
+        .spawn_daemon(Some(&h.dir.join("killed-at-clear.log")))
+        .unwrap();
+    let journal = h.dir.join("state/journal.json");
+    let (mut seen, mut cleared) = (false, false);
+    for _ in 0..120_000 {
+        let exists = journal.exists();
+        if seen && !exists {
+            cleared = true;
+            break;
+        }
+        seen |= exists;
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_micros(250));
+    }
+    let _ = veza_host::process::Cmd::new("kill").args(["-9", &pid.to_string()]).run();
+    assert!(seen && cleared, "the apply never journaled and cleared (seen {seen})");
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(h.served_release().unwrap(), h.releases[1].id, "the promotion happened");
+    let st = status_json(&h);
+    assert_eq!(st["state"]["applied"]["commit"], promoted, "status lies:\n{st:#}");
+    assert_eq!(st["state"]["envs"][&h.env]["apps"]["hello"]["active"], "green", "{st:#}");
+}
