@@ -570,11 +570,18 @@ fn incus_socket_unreachable() {
         )
     });
     let edge_before = edge_bytes(&h);
+    let metrics = h.dir.join("veza-agent.prom");
+    let _ = std::fs::remove_file(&metrics);
     let r = agent(&cfg, &["apply"]);
     case.saw(format!("apply exit {}: {}", r.code, r.out.trim()));
     assert_eq!(r.code, 1, "{r}");
     assert!(r.out.starts_with("failed"), "{r}");
     assert!(r.out.contains("Incus") || r.out.contains("incus"), "names Incus:\n{r}");
+    // A sync that fails while observing is recorded like any other: counted as failed,
+    // and the metrics file is written.
+    let text = std::fs::read_to_string(&metrics).expect("metrics written on an observe failure");
+    assert!(text.lines().any(|l| l == "veza_agent_sync_failures 1"), "{text}");
+    case.saw("metrics written, veza_agent_sync_failures 1");
     assert!(r.out.contains("/nonexistent/veza/incus.socket"), "names the socket:\n{r}");
     let st = status(&cfg);
     assert!(st["problems"].to_string().contains("last sync failed"), "{st:#}");
