@@ -722,6 +722,21 @@ fn an_edit_of_the_serving_color_is_refused_and_drops_no_request() {
     assert_eq!(h.served_release().unwrap(), h.releases[0].id, "blue still runs release 0");
     let st = status_json(&h);
     assert_eq!(st["state"]["envs"][&h.env]["apps"]["hello"]["active"], "blue", "{st:#}");
+    // An app that opts into in-place updates gets its serving slot rebuilt; when the new
+    // release is broken, the outcome says the slot still gets the traffic (it does), not
+    // that "traffic was not moved".
+    let in_place = h
+        .manifest("blue", Some(2), Some(1))
+        .replace("    active: blue", "    in_place_updates: true\n    active: blue");
+    let broken = h.commit(&in_place, "release 2 on blue, in place").unwrap();
+    let (code, out, err) = agent(&h, &["apply"]);
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(out.starts_with(&format!("rolled-back {}", &broken[..12])), "{out}");
+    assert!(!out.contains("traffic was not moved"), "{out}");
+    assert!(
+        out.contains(&format!("{}-hello-blue was rebuilt in place and still receives", h.env)),
+        "{out}"
+    );
 }
 
 /// A request loop through the edge (3 workers, bounded), counting answers other than 200.
