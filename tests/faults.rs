@@ -8,7 +8,7 @@
 //! |---|---|
 //! | `kill_9_at_apply_step_*` | kill -9 of `apply` at each step of a promotion plan |
 //! | `kill_9_between_edge_swap_and_reload` | kill -9 after the new edge config is on disk, before HAProxy's reload is confirmed |
-//! | `incus_socket_unreachable` | the Incus socket path leads nowhere |
+//! | `incus_socket_unreachable` | the Incus socket path leads nowhere (state present: the failure is counted and the metrics written; state wiped: the anti-rollback mark cannot be read, so the sync fails closed) |
 //! | `incusd_goes_away_mid_sync` | incusd's socket vanishes mid-apply and comes back (a proxy the test owns; the shared incusd is never restarted) |
 //! | `haproxy_rejects_the_rendered_config` | a manifest whose edge HAProxy refuses (TLS certificate directory missing) |
 //! | `live_edge_config_corrupted_on_disk` | garbage written over the live `haproxy.cfg` |
@@ -18,7 +18,7 @@
 //! | `force_push_with_state_and_mirror_deleted` | history rewritten, then the state directory and the mirror deleted |
 //! | `forged_tag_named_like_the_applied_commit` | branch rewound, a tag named like the applied commit's id pointing at the old commit, state directory deleted |
 //! | `state_dir_disk_full` | the state directory on a full 32 MiB tmpfs (mirror and artifact cache live there); status must say so although nothing could be recorded |
-//! | `corrupted_state_file` | garbage in `state.json` (and in the journal) |
+//! | `corrupted_state_file` | garbage in `state.json` (and in the journal): `status` reports it and writes nothing; the next sync moves it aside under the lock |
 //! | `two_agents_at_once` | two `apply` started together |
 //! | `manifest_over_the_size_cap` | a signed manifest above 1 MiB |
 //! | `yaml_alias_bomb` | a signed billion-laughs manifest |
