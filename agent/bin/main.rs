@@ -74,8 +74,10 @@ enum Command {
     /// installing. One agent applies at a time: while the daemon holds the state lock,
     /// `apply` refuses at once; use `sync` instead.
     ///
-    /// Exit 0 when applied or already in sync, 1 when the revision was rejected, a
-    /// promotion rolled back, or a step failed.
+    /// Exit 0 when applied or already in sync, 3 when applied or in sync but something
+    /// the manifests ask for was refused (the outcome line says `N refused (not done)`),
+    /// 1 when the revision was rejected or quarantined, a promotion rolled back, or a
+    /// step failed.
     Apply(commands::apply::ApplyArgs),
     /// Show what would change (a dry run against live state).
     ///
@@ -84,17 +86,21 @@ enum Command {
     /// ordered steps a sync would execute. Changes nothing on the host; only the bare
     /// mirror in the state directory is updated by the fetch.
     ///
-    /// Exit 0 when nothing would change, 2 when changes are pending, 1 on error or when
-    /// the revision is refused (note: 1 and 2 differ from the other subcommands, so CI
-    /// can tell pending changes from failures).
+    /// Decides exactly as a sync would (`apply` and `plan` share one decision: quarantined
+    /// commits and job gates included).
+    ///
+    /// Exit 0 when nothing would change, 2 when changes are pending, 3 when the agent
+    /// would refuse something the manifests ask for, 1 on error or when the revision is
+    /// refused or quarantined (note: 2 differs from the other subcommands, so CI can tell
+    /// pending changes from failures).
     Plan(commands::plan::PlanArgs),
     /// Ask the running daemon to sync now and print the outcome.
     ///
     /// Connects to the daemon's control socket (`STATE_DIR/control.sock`), waits for the
     /// next completed sync and prints its outcome line, as `apply` does.
     ///
-    /// Exit 0 when applied or in sync, 1 when the sync did not succeed, 2 when no daemon
-    /// answers or the configuration is unreadable.
+    /// Exit 0 when applied or in sync, 3 when it was with refusals, 1 when the sync did
+    /// not succeed, 2 when no daemon answers or the configuration is unreadable.
     Sync(commands::sync::SyncArgs),
     /// What runs, from which commit, signed by whom, and what needs a human.
     ///
