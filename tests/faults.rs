@@ -8,6 +8,7 @@
 //! |---|---|
 //! | `kill_9_at_apply_step_*` | kill -9 of `apply` at each step of a promotion plan |
 //! | `kill_9_between_edge_swap_and_reload` | kill -9 after the new edge config is on disk, before HAProxy's reload is confirmed |
+//! | `kill_9_while_incus_creates_the_instance` | kill -9 while incusd still runs the agent's create (and start) of a slot, then an immediate `apply` |
 //! | `incus_socket_unreachable` | the Incus socket path leads nowhere (state present: the failure is counted and the metrics written; state wiped: the anti-rollback mark cannot be read, so the sync fails closed) |
 //! | `incusd_goes_away_mid_sync` | incusd's socket vanishes mid-apply and comes back (a proxy the test owns; the shared incusd is never restarted) |
 //! | `haproxy_rejects_the_rendered_config` | a manifest whose edge HAProxy refuses (TLS certificate directory missing) |
@@ -1497,4 +1498,78 @@ fn huge_or_malformed_signature() {
     let r = apply_ok(&h);
     assert!(r.out.starts_with("no-change"), "{r}");
     case.saw("branch back on the applied commit: no-change");
+}
+
+// ---------------------------------------------------------------------------------------
+// Incus operations left running by a killed agent.
+
+/// The Incus operations still running on `instance` (`GET /1.0/operations?recursion=1`):
+/// their descriptions. An error (incusd slow under the other suites' load) is an empty
+/// answer: the caller polls again within its deadline.
+fn running_operations_on(instance: &str) -> Vec<String> {
+    let Ok(out) = Cmd::new("incus")
+        .args(["query", "/1.0/operations?recursion=1"])
+        .timeout(Duration::from_secs(10))
+        .run_stdout()
+    else {
+        return Vec::new();
+    };
+    let ops: Value = serde_json::from_str(&out).unwrap_or(Value::Null);
+    let me = Value::from(format!("/1.0/instances/{instance}"));
+    ops["running"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|op| op["resources"]["instances"].as_array().is_some_and(|v| v.contains(&me)))
+        .filter_map(|op| op["description"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// One attempt: kill `apply` while incusd runs its create of the blue slot, then apply
+/// at once. `Err` when the create was over before it was seen (retried).
+fn try_kill_while_incus_creates(case: &mut Case) -> Result<(), String> {
+    let h = host();
+    let a = h.commit(&h.manifest("blue", Some(0), None), "blue on release 0").expect("commit");
+    let blue = h.slots()[0].clone();
+    let pid = spawn_apply(&h.config_path, &h.dir.join("killed-apply.log"));
+    let killer = Killer::arm(&h.dir, pid);
+    let state = state_dir(&h);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let seen = loop {
+        assert!(Instant::now() < deadline, "incusd never showed the creation of {blue}");
+        if !process_alive(pid) || journal(&state).is_some_and(|j| j.done > 0) {
+            return Err("the create was over before it was seen".to_string());
+        }
+        let ops = running_operations_on(&blue);
+        if ops.iter().any(|d| d == "Creating instance" || d == "Starting instance") {
+            killer.fire();
+            break ops;
+        }
+    };
+    wait_dead(pid);
+    case.saw(format!("killed while incusd ran `{}` on the slot", seen.join(", ")));
+    let r = agent(&h.config_path, &["apply"]);
+    case.saw(format!("next apply exit {}: {}", r.code, r.out.trim()));
+    assert_eq!(r.code, 0, "the apply after the kill must wait for incusd's operation:\n{r}");
+    assert!(r.out.starts_with(&format!("applied {}", short(&a))), "{r}");
+    assert_eq!(h.served_release().expect("edge serves"), h.releases[0].id);
+    let r = apply_ok(&h);
+    assert!(r.out.starts_with("no-change"), "{r}");
+    case.saw("the apply after that: no-change");
+    Ok(())
+}
+
+#[test]
+fn kill_9_while_incus_creates_the_instance() {
+    let mut case = Case::new(
+        "kill -9 while Incus creates the instance",
+        "kill -9 of `apply` while incusd runs its `POST /1.0/instances` (create and start), then an immediate `apply`",
+    );
+    for attempt in 1..=3 {
+        match try_kill_while_incus_creates(&mut case) {
+            Ok(()) => return,
+            Err(why) => case.saw(format!("attempt {attempt}: {why}; retried")),
+        }
+    }
+    panic!("could not catch incusd's create in 3 attempts");
 }

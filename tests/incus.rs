@@ -1,7 +1,8 @@
 //! The Incus driver (`veza_host::incus`) against the real incusd and the
 //! `veza-test-busybox` image: lifecycle, device changes, snapshots, exec, files,
 //! idempotence counted in API writes, foreign and protected instances, profiles, the
-//! server config mirror, and operation waits. Names are `vt-incus-<pid>-<tag>`; every
+//! server config mirror, and operation waits (the agent's own, and those someone else left
+//! running on an instance). Names are `vt-incus-<pid>-<tag>`; every
 //! instance and profile carries `user.veza-test.owner=<pid>` (the testkit's dead-owner
 //! sweep removes leftovers of killed runs) and is deleted on drop by name.
 
@@ -422,6 +423,52 @@ fn exec_failures_timeouts_and_long_waits() {
         c.change_state(&n, &StateChange::stop(Duration::from_secs(10), true)).await.unwrap();
         let err = c.exec(&n, &ExecRequest::sh("true")).await.unwrap_err();
         assert!(err.to_string().contains("not running"), "{err}");
+    });
+}
+
+#[test]
+fn operations_left_running_on_an_instance_are_waited_for_within_a_limit() {
+    require_incus().unwrap();
+    let n = name("busy");
+    let _cleanup = Cleanup::default().instance(&n);
+    runtime().unwrap().block_on(async {
+        let c = IncusClient::local();
+        c.create_instance(&spec("busy", true)).await.unwrap();
+        // Someone else's restart, not waited for by its sender (a killed agent's request):
+        // the busybox slot takes seconds to shut down cleanly.
+        let r = c
+            .raw(
+                "PUT",
+                &format!("/1.0/instances/{n}/state"),
+                &[("Content-Type", "application/json")],
+                br#"{"action":"restart","timeout":30}"#.to_vec(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+        let mine = vec![n.clone()];
+
+        // Nothing runs on other instances: no wait at all.
+        let others =
+            c.wait_for_operations(&[name("not-there")], Duration::from_secs(30)).await.unwrap();
+        assert!(others.is_empty(), "{others:?}");
+
+        // Past the limit: a clear error naming the instance and the operation.
+        let err = c.wait_for_operations(&mine, Duration::from_millis(500)).await.unwrap_err();
+        assert!(matches!(err, IncusError::Busy { .. }), "{err}");
+        let text = err.to_string();
+        for part in [&format!("instance `{n}` is still busy"), "\"Restarting instance\"", "hint"] {
+            assert!(text.contains(part), "`{part}` missing in: {text}");
+        }
+
+        // Within the limit: waited for, and the instance is free again.
+        let waited = c.wait_for_operations(&mine, Duration::from_secs(60)).await.unwrap();
+        let what: Vec<&str> = waited.iter().map(|o| o.description.as_str()).collect();
+        assert_eq!(what, ["Restarting instance"]);
+        assert!(c.wait_for_operations(&mine, Duration::from_secs(1)).await.unwrap().is_empty());
+        let mut update = spec("busy", true).update();
+        update.config.insert("user.veza-test.after".into(), "restart".into());
+        assert!(c.update_instance(&n, &update).await.unwrap());
     });
 }
 

@@ -379,6 +379,7 @@ impl Agent {
             health_timeout: self.config.health_timeout(),
             verify_requests: self.config.promotion.verify_requests.unwrap_or(5),
             probe_timeout: Duration::from_secs(2),
+            ..Gates::default()
         };
         let drivers = Drivers {
             incus: &self.incus,

@@ -12,19 +12,23 @@
 //!   forensics.
 //! - A stop request is honoured between steps only, and never between an edge switch
 //!   and its verification.
+//! - Before the first step that touches an instance, Incus operations still running on
+//!   the plan's instances (a killed run's create or start, which hold Incus's instance
+//!   lock) are waited for, up to [`Gates::operations_timeout`]: one `GET /1.0/operations`
+//!   per run with such steps, none on a run without.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::time::{Duration, Instant};
 
 use veza_plan::desired::SlotSpec;
-use veza_plan::live::MARK_RELEASE;
+use veza_plan::live::{MARK_RELEASE, UnitTarget};
 use veza_plan::{Action, Plan, Step};
 
 use crate::artifact::ArtifactStore;
 use crate::incus::{
-    ExecRequest, FilePush, ImageSource, Incus, InstanceKind, InstanceSpec, InstanceUpdate,
-    ProfileSpec, StateChange,
+    ExecRequest, FilePush, ImageSource, Incus, IncusError, InstanceKind, InstanceSpec,
+    InstanceUpdate, ProfileSpec, StateChange,
 };
 use crate::systemd::Units;
 
@@ -57,6 +61,9 @@ pub struct Gates {
     /// Time limit of one request through the edge after a switch (a slot's own probes
     /// use its `health.timeout`).
     pub probe_timeout: Duration,
+    /// How long to wait for Incus operations still running on the plan's instances (a
+    /// killed run's create or start) before the first step that touches one.
+    pub operations_timeout: Duration,
 }
 
 impl Default for Gates {
@@ -65,6 +72,7 @@ impl Default for Gates {
             health_timeout: Duration::from_secs(60),
             verify_requests: 5,
             probe_timeout: Duration::from_secs(2),
+            operations_timeout: Duration::from_secs(120),
         }
     }
 }
@@ -127,6 +135,9 @@ where
     let mut timings = Vec::new();
     let mut previous_edge: Option<String> = None;
     let mut switched = false;
+    let touched: BTreeSet<&str> =
+        plan.steps.iter().filter_map(|s| touched_instance(&s.action)).collect();
+    let mut settled = touched.is_empty();
     for (i, step) in plan.steps.iter().enumerate() {
         let in_edge_switch = switched && step.action.is_edge();
         if hooks.stop_requested() && !in_edge_switch {
@@ -138,6 +149,22 @@ where
         }
         hooks.before_step(i, step);
         let started = Instant::now();
+        if !settled && touched_instance(&step.action).is_some() {
+            // Once per run, before the first step that touches an instance: what a killed
+            // run left running there (a create, a start) holds Incus's instance lock.
+            settled = true;
+            let names: Vec<String> = touched.iter().map(|n| (*n).to_string()).collect();
+            if let Err(e) = d.incus.wait_for_operations(&names, d.gates.operations_timeout).await {
+                return ApplyReport {
+                    outcome: ApplyOutcome::Failed {
+                        step: step.action.to_string(),
+                        error: e.to_string(),
+                    },
+                    steps_done: i,
+                    timings,
+                };
+            }
+        }
         let result = match &step.action {
             Action::InstallEdge { config, switch, .. } => {
                 if previous_edge.is_none() {
@@ -221,6 +248,30 @@ where
     ApplyReport { outcome: ApplyOutcome::Applied, steps_done: plan.steps.len(), timings }
 }
 
+/// The instance a step changes or runs something in, if any.
+fn touched_instance(action: &Action) -> Option<&str> {
+    match action {
+        Action::Snapshot { instance, .. }
+        | Action::DeployRelease { instance, .. }
+        | Action::HealthGate { instance, .. } => Some(instance),
+        Action::CreateInstance { name, .. }
+        | Action::UpdateInstance { name, .. }
+        | Action::StartInstance { name }
+        | Action::DeleteInstance { name } => Some(name),
+        Action::InstallUnits { target: UnitTarget::Instance(name), .. }
+        | Action::RemoveUnits { target: UnitTarget::Instance(name), .. } => Some(name),
+        Action::InstallEdge { runs_in, .. } if runs_in != "host" => Some(runs_in),
+        Action::InstallUnits { .. }
+        | Action::RemoveUnits { .. }
+        | Action::InstallEdge { .. }
+        | Action::VerifyEdge { .. }
+        | Action::CreateNetwork { .. }
+        | Action::CreateProfile { .. }
+        | Action::UpdateProfile { .. }
+        | Action::DeleteProfile { .. } => None,
+    }
+}
+
 async fn run_step<I, E, U, H>(
     action: &Action,
     d: &Drivers<'_, I, E, U>,
@@ -273,20 +324,22 @@ where
             } else {
                 InstanceKind::Container
             };
-            let created = d
-                .incus
-                .create_instance(&InstanceSpec {
-                    name: name.clone(),
-                    kind,
-                    source,
-                    config: config.clone(),
-                    devices: devices.clone(),
-                    profiles: profiles.clone(),
-                    start: true,
-                })
-                .await;
-            match created {
+            let spec = InstanceSpec {
+                name: name.clone(),
+                kind,
+                source,
+                config: config.clone(),
+                devices: devices.clone(),
+                profiles: profiles.clone(),
+                start: true,
+            };
+            match d.incus.create_instance(&spec).await {
                 Ok(()) => Ok(()),
+                // Created meanwhile by a run killed after its request (its operation was
+                // waited for above): adopted when it is exactly what this step creates.
+                Err(first @ IncusError::AlreadyExists { .. }) => adopt_created(d.incus, &spec)
+                    .await
+                    .map_err(|e| StepError::Failed(format!("{first}; {e}"))),
                 // Created but not started (LXC's start hook timing out on a busy incusd):
                 // one more start before the step fails.
                 Err(first) => match d.incus.instance(name).await {
@@ -342,6 +395,28 @@ where
         }
         Action::InstallEdge { .. } | Action::VerifyEdge { .. } => Ok(()),
     }
+}
+
+/// Adopts an owned instance that appeared between the observation and its create step
+/// (an earlier run's create, finished meanwhile) when its config, devices and profiles are
+/// the ones `spec` asks for, and starts it if needed. Anything else is left for the next
+/// sync to plan from a fresh observation.
+async fn adopt_created<I: Incus + Sync>(incus: &I, spec: &InstanceSpec) -> Result<(), String> {
+    let name = &spec.name;
+    let live = incus
+        .instance(name)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("instance `{name}` is gone again"))?;
+    if !crate::incus::instance_matches(&live, &spec.update()) {
+        return Err("it is not what this step would create (another run made it with other \
+                    settings); the next sync plans from what is there now"
+            .to_string());
+    }
+    if !live.is_running() {
+        incus.change_state(name, &StateChange::start()).await.map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
 /// `images:debian/13` → the public simplestreams server; a bare name → a local alias.
@@ -798,6 +873,193 @@ mod tests {
             [(1, ms(1000)), (2, ms(1000)), (6, ms(1000)), (10, ms(1800)), (20, ms(3800))]
         {
             assert_eq!(rule(rise).least_time(), least, "rise {rise}");
+        }
+    }
+
+    // ------------------------------------------------------------ operations left running
+
+    use crate::incus::{FakeIncus, InstanceStatus, LiveInstance};
+    use veza_plan::{Plan, Step};
+
+    struct NoEdge;
+
+    impl Edge for NoEdge {
+        async fn live_config(&self) -> Result<Option<String>, String> {
+            Ok(None)
+        }
+        async fn install(&self, _: &str) -> Result<(), String> {
+            Err("no edge in this test".to_string())
+        }
+    }
+
+    struct Quiet;
+
+    impl Hooks for Quiet {
+        fn before_step(&mut self, _: usize, _: &Step) {}
+        fn stop_requested(&self) -> bool {
+            false
+        }
+        fn preempted(&self) -> bool {
+            false
+        }
+    }
+
+    fn plan_of(actions: Vec<Action>) -> Plan {
+        Plan {
+            steps: actions
+                .into_iter()
+                .map(|action| Step { action, reason: "test".into() })
+                .collect(),
+            refusals: Vec::new(),
+            promotions: Vec::new(),
+            drift: Vec::new(),
+            fallback_edge: None,
+        }
+    }
+
+    fn create(name: &str) -> Action {
+        Action::CreateInstance {
+            name: name.into(),
+            image: "veza-test-busybox".into(),
+            kind: "container".into(),
+            profiles: vec!["default".into()],
+            config: [("user.veza.app".to_string(), "web".to_string())].into_iter().collect(),
+            devices: Default::default(),
+        }
+    }
+
+    /// An owned, stopped instance as `create(name)` would have made it.
+    fn created_by_an_earlier_run(fake: &FakeIncus, name: &str, app: &str) {
+        let mut live = fake.live();
+        let config = [("user.veza.managed", "true"), ("user.veza.app", app)]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        live.instances.insert(
+            name.into(),
+            LiveInstance {
+                name: name.into(),
+                kind: Default::default(),
+                status: InstanceStatus::Stopped,
+                config,
+                devices: Default::default(),
+                expanded_devices: Default::default(),
+                profiles: vec!["default".into()],
+                description: String::new(),
+            },
+        );
+        fake.set_live(live);
+    }
+
+    fn run(fake: &FakeIncus, plan: &Plan, operations_timeout: Duration) -> ApplyReport {
+        // Neither is used by these plans (no deploy, no host units): nothing is written.
+        let unused = std::path::Path::new("/nonexistent/veza-apply-test");
+        let artifacts = ArtifactStore::new(unused);
+        let units = crate::systemd::Systemd::new(fake, unused.join("units"));
+        let drivers = Drivers {
+            incus: fake,
+            edge: &NoEdge,
+            units: &units,
+            artifacts: &artifacts,
+            gates: Gates { operations_timeout, ..Gates::default() },
+        };
+        crate::incus::runtime().expect("runtime").block_on(apply(plan, &drivers, &mut Quiet))
+    }
+
+    #[test]
+    fn an_operation_still_running_past_the_limit_fails_the_run_before_anything_is_changed() {
+        let fake = FakeIncus::with_default_host();
+        created_by_an_earlier_run(&fake, "web-blue", "web");
+        let op = fake.start_endless_operation("web-blue", "Starting instance");
+        let plan = plan_of(vec![
+            Action::CreateProfile {
+                name: "web".into(),
+                description: String::new(),
+                config: Default::default(),
+                devices: Default::default(),
+            },
+            Action::StartInstance { name: "web-blue".into() },
+        ]);
+        let report = run(&fake, &plan, Duration::from_secs(90));
+        let ApplyOutcome::Failed { step, error } = &report.outcome else {
+            panic!("expected a failure, got {report:?}");
+        };
+        assert_eq!(step, "start instance web-blue");
+        assert_eq!(report.steps_done, 1, "the profile step before it ran");
+        for part in [
+            "instance `web-blue` is still busy",
+            &op,
+            "\"Starting instance\"",
+            "after waiting 90.0 s",
+            "nothing was changed",
+            "hint: `incus operation show fake-1`",
+        ] {
+            assert!(error.contains(part), "`{part}` missing in: {error}");
+        }
+        assert_eq!(fake.write_calls(), ["POST /1.0/profiles"], "the instance was not touched");
+    }
+
+    #[test]
+    fn operations_left_running_are_waited_for_once_before_the_first_instance_step() {
+        let fake = FakeIncus::with_default_host();
+        created_by_an_earlier_run(&fake, "web-blue", "web");
+        let op = fake.start_operation("web-blue", "Creating instance");
+        fake.start_operation("someone-elses", "Starting instance");
+        let plan = plan_of(vec![
+            Action::StartInstance { name: "web-blue".into() },
+            Action::StartInstance { name: "web-blue".into() },
+        ]);
+        let report = run(&fake, &plan, Duration::from_secs(90));
+        assert_eq!(report.outcome, ApplyOutcome::Applied, "{report:?}");
+        assert_eq!(
+            fake.calls(),
+            [
+                "GET /1.0/operations?recursion=1".to_string(),
+                format!("GET {op}/wait"),
+                "GET /1.0/instances/web-blue".to_string(),
+                "PUT /1.0/instances/web-blue/state".to_string(),
+                "GET /1.0/instances/web-blue".to_string(),
+            ],
+            "one look at the operations, a wait for the one on web-blue only"
+        );
+    }
+
+    #[test]
+    fn a_run_without_instance_steps_does_not_look_at_operations() {
+        let fake = FakeIncus::with_default_host();
+        fake.start_endless_operation("web-blue", "Starting instance");
+        for plan in
+            [plan_of(Vec::new()), plan_of(vec![Action::DeleteProfile { name: "gone".into() }])]
+        {
+            let report = run(&fake, &plan, Duration::from_secs(90));
+            assert_eq!(report.outcome, ApplyOutcome::Applied, "{report:?}");
+        }
+        assert_eq!(fake.calls(), ["GET /1.0/profiles/gone"]);
+    }
+
+    #[test]
+    fn an_instance_created_meanwhile_is_adopted_only_when_it_is_what_the_step_creates() {
+        // (app mark of the instance found, outcome)
+        let table: [(&str, Result<(), &str>); 2] =
+            [("web", Ok(())), ("api", Err("it is not what this step would create"))];
+        for (app, want) in table {
+            let fake = FakeIncus::with_default_host();
+            created_by_an_earlier_run(&fake, "web-blue", app);
+            let report = run(&fake, &plan_of(vec![create("web-blue")]), Duration::from_secs(90));
+            match want {
+                Ok(()) => {
+                    assert_eq!(report.outcome, ApplyOutcome::Applied, "{app}: {report:?}");
+                    assert_eq!(fake.write_calls(), ["PUT /1.0/instances/web-blue/state"], "{app}");
+                    assert!(fake.live().instances["web-blue"].is_running(), "{app}");
+                }
+                Err(why) => {
+                    let ApplyOutcome::Failed { error, .. } = &report.outcome else {
+                        panic!("{app}: expected a failure, got {report:?}");
+                    };
+                    assert!(error.contains(why), "{app}: {error}");
+                    assert!(fake.write_calls().is_empty(), "{app}: {:?}", fake.write_calls());
+                }
+            }
         }
     }
 

@@ -20,8 +20,8 @@ use super::envelope::{self, Reply, ReplyError, WaitOutcome};
 use super::error::{IncusError, ResourceKind};
 use super::types::{
     Config, ExecOutput, ExecRequest, FilePush, IncusLive, InstanceSpec, InstanceUpdate,
-    LiveInstance, LiveProfile, ProfileSpec, SnapshotInfo, StateAction, StateChange, wire,
-    with_mark,
+    LiveInstance, LiveProfile, ProfileSpec, RunningOperation, SnapshotInfo, StateAction,
+    StateChange, wire, with_mark,
 };
 use super::{
     Incus, Result, Scope, ancestors, instance_matches, merged_put_config, profile_matches,
@@ -1193,6 +1193,36 @@ impl Incus for IncusClient {
         config.insert(key.to_string(), value.unwrap_or("").to_string());
         let body = json!({"config": config});
         self.call(Method::PATCH, "/1.0", Some(&body), None, self.op_deadline()).await.map(drop)
+    }
+
+    async fn wait_for_operations(
+        &self,
+        instances: &[String],
+        limit: Duration,
+    ) -> Result<Vec<RunningOperation>> {
+        if instances.is_empty() {
+            return Ok(Vec::new());
+        }
+        let started = Instant::now();
+        let deadline = started + limit;
+        let list: Value = self.get_as("/1.0/operations?recursion=1").await?;
+        let running = envelope::running_operations(&list, instances);
+        for op in &running {
+            match self.wait(&Method::GET, &op.operation, &op.operation, deadline).await {
+                // Its result is the instance's state, which the caller reads afresh.
+                Ok(_) | Err(IncusError::Operation { .. } | IncusError::OperationLost { .. }) => {}
+                Err(IncusError::Timeout { operation: Some(_), .. }) => {
+                    return Err(IncusError::Busy {
+                        instance: op.instance.clone(),
+                        operation: op.operation.clone(),
+                        description: op.description.clone(),
+                        waited: started.elapsed(),
+                    });
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(running)
     }
 
     fn api_writes(&self) -> u64 {

@@ -9,6 +9,8 @@
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::types::RunningOperation;
+
 #[derive(Debug, Deserialize)]
 struct Envelope {
     #[serde(rename = "type", default)]
@@ -157,6 +159,58 @@ pub(crate) fn operation_outcome(op: &Value) -> WaitOutcome {
         // Pending, Running, Cancelling, or an unknown status: not finished.
         _ => WaitOutcome::StillRunning,
     }
+}
+
+/// The operations of `GET /1.0/operations?recursion=1` (metadata: lists of operations by
+/// status, `{"running":[…],"success":[…]}`) that are still running on one of `instances`.
+///
+/// Only `task` operations count: they run to completion on their own and hold Incus's
+/// per-instance lock (create, start, stop, restart, update, delete, snapshot, and an exec
+/// a killed agent started). `websocket` operations (an operator's interactive `incus
+/// exec`, a console) and `token` operations end only when someone disconnects, and lock
+/// nothing.
+pub(crate) fn running_operations(list: &Value, instances: &[String]) -> Vec<RunningOperation> {
+    let groups: Vec<&Value> = match list {
+        Value::Object(by_status) => by_status.values().collect(),
+        Value::Array(_) => vec![list],
+        _ => Vec::new(),
+    };
+    let mut out = Vec::new();
+    for op in groups.into_iter().filter_map(Value::as_array).flatten() {
+        let text = |key: &str| op.get(key).and_then(Value::as_str).unwrap_or("");
+        if text("class") != "task" || operation_outcome(op) != WaitOutcome::StillRunning {
+            continue;
+        }
+        let id = text("id");
+        let uuid_like =
+            !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        if !uuid_like {
+            continue;
+        }
+        let named: Vec<&str> = op
+            .pointer("/resources/instances")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .filter_map(instance_of)
+            .collect();
+        if let Some(instance) = instances.iter().find(|i| named.contains(&i.as_str())) {
+            out.push(RunningOperation {
+                operation: format!("/1.0/operations/{id}"),
+                description: text("description").to_string(),
+                instance: instance.clone(),
+            });
+        }
+    }
+    out
+}
+
+/// `/1.0/instances/NAME` (or `…/NAME/snapshots/S`, `…/NAME?project=P`) → `NAME`.
+fn instance_of(resource: &str) -> Option<&str> {
+    let rest = resource.strip_prefix("/1.0/instances/")?;
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    Some(&rest[..end]).filter(|n| !n.is_empty())
 }
 
 #[cfg(test)]
@@ -331,6 +385,45 @@ mod tests {
             parse_wait(200, br#"{"type":"async","operation":"/1.0/operations/x"}"#),
             Err(ReplyError::Decode { .. })
         ));
+    }
+
+    #[test]
+    fn running_task_operations_on_the_given_instances_are_found() {
+        let op = |id: &str, class: &str, status: &str, desc: &str, resources: Value| {
+            json!({"id": id, "class": class, "description": desc, "status": status,
+                   "status_code": 103, "resources": {"instances": resources}, "err": ""})
+        };
+        let list = json!({
+            "running": [
+                op("c1", "task", "Running", "Creating instance", json!(["/1.0/instances/web-blue"])),
+                op("s1", "task", "Pending", "Snapshotting instance",
+                   json!(["/1.0/instances/db", "/1.0/instances/db/snapshots/veza-1"])),
+                op("p1", "task", "Running", "Starting instance", json!(["/1.0/instances/web-green?project=p"])),
+                op("x1", "websocket", "Running", "Executing command", json!(["/1.0/instances/web-blue"])),
+                op("t1", "token", "Running", "Migration token", json!(["/1.0/instances/web-blue"])),
+                op("o1", "task", "Running", "Starting instance", json!(["/1.0/instances/other"])),
+                op("../x", "task", "Running", "Starting instance", json!(["/1.0/instances/db"])),
+            ],
+            "success": [op("d1", "task", "Success", "Deleting instance", json!(["/1.0/instances/db"]))],
+            "failure": [op("f1", "task", "Failure", "Starting instance", json!(["/1.0/instances/db"]))],
+        });
+        let mine: Vec<String> =
+            ["web-blue", "web-green", "db"].iter().map(|s| s.to_string()).collect();
+        let found: Vec<(String, String, String)> = running_operations(&list, &mine)
+            .into_iter()
+            .map(|o| (o.operation, o.description, o.instance))
+            .collect();
+        let want = [
+            ("/1.0/operations/c1", "Creating instance", "web-blue"),
+            ("/1.0/operations/s1", "Snapshotting instance", "db"),
+            ("/1.0/operations/p1", "Starting instance", "web-green"),
+        ];
+        let want: Vec<(String, String, String)> =
+            want.iter().map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string())).collect();
+        assert_eq!(found, want);
+        // Nothing running, or nothing at all (`null` metadata), finds nothing.
+        assert!(running_operations(&json!({"success": []}), &mine).is_empty());
+        assert!(running_operations(&Value::Null, &mine).is_empty());
     }
 
     #[test]

@@ -135,6 +135,19 @@ pub enum IncusError {
     #[error("{what} is larger than the {limit}-byte limit; the agent stopped reading it{hint}")]
     TooLarge { what: String, limit: u64, hint: String },
 
+    /// An Incus operation on an instance (one a killed agent left behind, or someone
+    /// else's) was still running when the agent stopped waiting for it.
+    #[error(
+        "instance `{instance}` is still busy with incus operation {operation} (\"{description}\") \
+         after waiting {}; nothing was changed. hint: `incus operation show {}` shows what it \
+         does; let it finish (or cancel it with `incus operation delete {}` if it may be \
+         cancelled) and the next sync continues",
+        seconds(.waited),
+        op_id(.operation),
+        op_id(.operation)
+    )]
+    Busy { instance: String, operation: String, description: String, waited: Duration },
+
     /// A pull hit a directory (or something else that is not a regular file).
     #[error("`{path}` in instance `{instance}` is a {found}, not a regular file")]
     NotAFile { instance: String, path: String, found: String },
@@ -145,6 +158,10 @@ fn op_suffix(op: &Option<String>) -> String {
         Some(op) => format!(" (operation {op}; see `incus operation show {}`)", op_id(op)),
         None => String::new(),
     }
+}
+
+fn seconds(d: &Duration) -> String {
+    format!("{:.1} s", d.as_secs_f64())
 }
 
 fn in_instance(instance: &Option<String>) -> String {
@@ -189,7 +206,8 @@ impl IncusError {
     pub fn operation(&self) -> Option<&str> {
         match self {
             IncusError::Operation { operation, .. }
-            | IncusError::OperationLost { operation, .. } => Some(operation),
+            | IncusError::OperationLost { operation, .. }
+            | IncusError::Busy { operation, .. } => Some(operation),
             IncusError::Timeout { operation, .. } => operation.as_deref(),
             _ => None,
         }

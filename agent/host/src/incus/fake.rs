@@ -4,7 +4,9 @@
 //! ownership and protection rules as the real client (they share the checks). Every request
 //! the real client would send is recorded as one readable line (`GET /1.0/instances/x`,
 //! `PUT /1.0/instances/x`), including the fresh ownership `GET` before each write;
-//! operation waits and exec-log fetches are not recorded. Any recorded call can be made to
+//! waits on the agent's own operations and exec-log fetches are not recorded. Operations
+//! left running by someone else can be planted ([`FakeIncus::start_operation`],
+//! [`FakeIncus::start_endless_operation`]); waiting for them is recorded. Any recorded call can be made to
 //! fail with [`FakeIncus::fail_on`] (by index or by substring), once per injection; the
 //! failed call changes nothing.
 
@@ -14,8 +16,8 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use super::error::{IncusError, ResourceKind};
 use super::types::{
     Config, Devices, ExecOutput, ExecRequest, FilePush, IncusLive, InstanceSpec, InstanceStatus,
-    InstanceUpdate, LiveInstance, LiveNetwork, LivePool, LiveProfile, ProfileSpec, SnapshotInfo,
-    StateAction, StateChange, with_mark,
+    InstanceUpdate, LiveInstance, LiveNetwork, LivePool, LiveProfile, ProfileSpec,
+    RunningOperation, SnapshotInfo, StateAction, StateChange, with_mark,
 };
 use super::{
     Incus, Result, Scope, instance_matches, merged_put_config, profile_matches, require_deletable,
@@ -61,6 +63,15 @@ struct State {
     exec_results: VecDeque<ExecOutput>,
     execs: Vec<(String, ExecRequest)>,
     clock: i64,
+    operations: Vec<FakeOperation>,
+}
+
+/// An operation someone else left running on an instance.
+#[derive(Debug, Clone)]
+struct FakeOperation {
+    op: RunningOperation,
+    /// Still running however long the caller waits.
+    endless: bool,
 }
 
 /// An in-memory Incus. See the module documentation.
@@ -263,6 +274,32 @@ impl FakeIncus {
     /// Puts a file in place without a recorded call (e.g. a file the image ships).
     pub fn set_file(&self, instance: &str, path: &str, content: impl Into<Vec<u8>>) {
         self.lock().files.insert((instance.to_string(), path.to_string()), content.into());
+    }
+
+    /// Leaves an operation running on `instance` (as a killed agent's create would), one
+    /// that ends when waited for. Returns its path (`/1.0/operations/…`).
+    pub fn start_operation(&self, instance: &str, description: &str) -> String {
+        self.add_operation(instance, description, false)
+    }
+
+    /// Leaves an operation running on `instance` that never ends: waiting for it runs into
+    /// the caller's limit ([`IncusError::Busy`]). Returns its path.
+    pub fn start_endless_operation(&self, instance: &str, description: &str) -> String {
+        self.add_operation(instance, description, true)
+    }
+
+    fn add_operation(&self, instance: &str, description: &str, endless: bool) -> String {
+        let mut s = self.lock();
+        let operation = format!("/1.0/operations/fake-{}", s.operations.len() + 1);
+        s.operations.push(FakeOperation {
+            op: RunningOperation {
+                operation: operation.clone(),
+                description: description.to_string(),
+                instance: instance.to_string(),
+            },
+            endless,
+        });
+        operation
     }
 
     /// Sets the clock (unix seconds) used for snapshot names and times; each snapshot
@@ -607,6 +644,33 @@ impl Incus for FakeIncus {
             None => s.server_config.remove(key),
         };
         Ok(())
+    }
+
+    async fn wait_for_operations(
+        &self,
+        instances: &[String],
+        limit: std::time::Duration,
+    ) -> Result<Vec<RunningOperation>> {
+        let mut s = self.lock();
+        if instances.is_empty() {
+            return Ok(Vec::new());
+        }
+        s.record("GET /1.0/operations?recursion=1".to_string(), false)?;
+        let running: Vec<FakeOperation> =
+            s.operations.iter().filter(|o| instances.contains(&o.op.instance)).cloned().collect();
+        for o in &running {
+            s.record(format!("GET {}/wait", o.op.operation), false)?;
+            if o.endless {
+                return Err(IncusError::Busy {
+                    instance: o.op.instance.clone(),
+                    operation: o.op.operation.clone(),
+                    description: o.op.description.clone(),
+                    waited: limit,
+                });
+            }
+            s.operations.retain(|x| x.op.operation != o.op.operation);
+        }
+        Ok(running.into_iter().map(|o| o.op).collect())
     }
 
     fn api_writes(&self) -> u64 {

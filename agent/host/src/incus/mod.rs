@@ -12,7 +12,9 @@
 //!   never deleted ([`IncusError::Protected`]).
 //! - **Async operations** are awaited with `GET {operation}/wait?timeout=N`, treating a
 //!   `type:"error"` body as a failure even under HTTP 200, and polling again on
-//!   `context deadline exceeded` until the caller's deadline (see `envelope`).
+//!   `context deadline exceeded` until the caller's deadline (see `envelope`). Operations
+//!   someone else left running on an instance (a killed agent's create) are awaited, with
+//!   a deadline, through [`Incus::wait_for_operations`] before the instance is touched.
 //! - **Updates** read the ETag and `PUT` with `If-Match` (devices can only be removed by a
 //!   full `PUT`), retrying a bounded number of times on HTTP 412, and write nothing when
 //!   the resource already matches. [`ensure_instance`] builds idempotent convergence on that.
@@ -38,7 +40,7 @@ pub use types::{
     Config, Device, Devices, ExecOutput, ExecRequest, FilePush, ImageSource, IncusLive,
     InstanceKind, InstanceSpec, InstanceStatus, InstanceUpdate, KEY_APP, KEY_COLOR, KEY_ENV,
     KEY_PROTECT, KEY_RELEASE, LiveInstance, LiveNetwork, LivePool, LiveProfile, MARK_MANAGED,
-    ProfileSpec, SNAPSHOT_PREFIX, SnapshotInfo, StateAction, StateChange,
+    ProfileSpec, RunningOperation, SNAPSHOT_PREFIX, SnapshotInfo, StateAction, StateChange,
 };
 
 /// Result alias for the driver.
@@ -183,6 +185,20 @@ pub trait Incus {
         key: &str,
         value: Option<&str>,
     ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Waits, for at most `limit`, until no Incus operation still runs on any of
+    /// `instances` — the create or start a killed agent left behind holds Incus's
+    /// per-instance lock, and any change sent meanwhile fails with `Instance is busy
+    /// running a "start" operation`. One `GET /1.0/operations?recursion=1`, then
+    /// `GET {operation}/wait` for each one found (only `task` operations: an interactive
+    /// exec or a console locks nothing and is not waited for). How an operation ended is
+    /// not an error here: the caller reads the instance afresh. Returns the operations
+    /// waited for; one still running at the limit is [`IncusError::Busy`].
+    fn wait_for_operations(
+        &self,
+        instances: &[String],
+        limit: std::time::Duration,
+    ) -> impl Future<Output = Result<Vec<RunningOperation>>> + Send;
 
     /// How many writing requests (POST, PUT, PATCH, DELETE) were sent so far.
     fn api_writes(&self) -> u64;

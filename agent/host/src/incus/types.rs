@@ -1,6 +1,7 @@
 //! Plain data for the Incus driver: the observed state (`IncusLive` and its parts), the
 //! requests callers build (`InstanceSpec`, `InstanceUpdate`, `ProfileSpec`, `StateChange`,
-//! `ExecRequest`, `FilePush`) and the results (`ExecOutput`, `SnapshotInfo`).
+//! `ExecRequest`, `FilePush`) and the results (`ExecOutput`, `SnapshotInfo`,
+//! `RunningOperation`).
 //!
 //! The observed types derive `Serialize`/`Deserialize` and `PartialEq` so that the planner
 //! and snapshot tests can use them as plain data. Their wire forms (the JSON Incus sends)
@@ -478,6 +479,18 @@ impl SnapshotInfo {
     pub fn is_agents(&self) -> bool {
         self.name.starts_with(SNAPSHOT_PREFIX)
     }
+}
+
+/// An Incus operation still running on an instance: the create or start a killed agent
+/// left behind, or someone else's change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunningOperation {
+    /// `/1.0/operations/UUID`.
+    pub operation: String,
+    /// Incus's description (`Creating instance`, `Starting instance`, …).
+    pub description: String,
+    /// The instance it concerns (the first of the caller's instances it names).
+    pub instance: String,
 }
 
 /// Whether a config carries the ownership mark.
