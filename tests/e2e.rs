@@ -463,7 +463,7 @@ fn the_approval_policy_holds_from_the_first_sync_and_counts_signed_tags() {
     assert_eq!(h.served_release().unwrap(), h.releases[0].id);
 
     // The next change is measured against what was applied: it needs its own approvals.
-    let second = h.commit(&h.manifest("blue", Some(1), None), "release 1 on blue").unwrap();
+    let second = h.commit(&h.manifest("blue", Some(0), Some(1)), "release 1 on green").unwrap();
     let (code, out, err) = agent(&h, &["apply"]);
     assert_ne!(code, 0, "a change without approvals was accepted:\n{out}\n{err}");
     h.repo.approve(&alice, &second).unwrap();

@@ -21,10 +21,8 @@ use veza_plan::live::{LiveInstance, LiveNetwork, LiveProfile, LiveState, UnitTar
 use veza_plan::{Plan, PlanOptions, Step};
 use veza_source::fetch::{Credentials, FetchOptions, Mirror};
 use veza_source::{AllowedSigners, FetchError, Refusal, verify_commit};
-use veza_state::{
-    AgentState, AppState, AppliedRevision, EnvState, HistoryEntry, Journal, Outcome, Rejection,
-    RunRecord, Store,
-};
+use veza_state::record::{Event, ObservedApp, history_entry, record};
+use veza_state::{AgentState, AppliedRevision, HistoryEntry, Journal, Outcome, RunRecord, Store};
 
 use crate::edge::EdgeRuntime;
 
@@ -432,18 +430,16 @@ impl Agent {
         let interrupted = store.reader().journal();
         let end = self.stages(&mut state, store, stop, interrupted.as_ref(), now).await;
         let duration_ms = started.elapsed().as_millis() as u64;
-        match end.outcome {
-            Outcome::Applied | Outcome::NoChange => state.sync_failures = 0,
-            Outcome::Failed => state.sync_failures += 1,
-            Outcome::Rejected | Outcome::RolledBack => {}
-        }
-        state.last_run = Some(RunRecord {
-            started_ms,
-            duration_ms,
-            outcome: end.outcome,
-            reason: end.reason.clone(),
-            commit: end.commit.clone(),
-        });
+        record(
+            &mut state,
+            Event::Finished(RunRecord {
+                started_ms,
+                duration_ms,
+                outcome: end.outcome,
+                reason: end.reason.clone(),
+                commit: end.commit.clone(),
+            }),
+        );
         let save = (|| {
             if let Some(mut h) = end.history {
                 h.at_ms = started_ms;
@@ -481,39 +477,18 @@ impl Agent {
         let source = match self.source(state, now).await {
             Ok(s) => s,
             Err(SourceProblem::Fetch(e)) => {
-                state.last_fetch_error = Some(e.clone());
+                record(state, Event::FetchFailed { error: e.clone() });
                 return End::new(Outcome::Failed, None, Some(format!("fetch: {e}")));
             }
             Err(SourceProblem::Failed(e)) => return End::new(Outcome::Failed, None, Some(e)),
             Err(SourceProblem::Rejected { commit, reason }) => {
-                state.last_fetch_error = None;
-                let first_time = state.rejected.as_ref().map(|r| &r.commit) != Some(&commit);
-                if first_time {
-                    state.rejected_total += 1;
-                }
-                state.rejected =
-                    Some(Rejection { commit: commit.clone(), reason: reason.clone(), at: now });
-                let mut end = End::new(Outcome::Rejected, Some(commit.clone()), Some(reason));
-                if first_time {
-                    end.history = Some(HistoryEntry {
-                        at_ms: 0,
-                        commit,
-                        signer: None,
-                        outcome: Outcome::Rejected,
-                        reason: end.reason.clone(),
-                        apps: BTreeMap::new(),
-                        duration_ms: 0,
-                    });
-                }
+                let mut end =
+                    End::new(Outcome::Rejected, Some(commit.clone()), Some(reason.clone()));
+                end.history = record(state, Event::Rejected { commit, reason, at: now });
                 return end;
             }
         };
-        state.last_verified_fetch_at = Some(now);
-        state.last_fetch_error = None;
-        if state.rejected.as_ref().is_some_and(|r| r.commit != source.commit) {
-            // A newer good commit supersedes the last rejection.
-            state.rejected = None;
-        }
+        record(state, Event::Accepted { commit: source.commit.clone(), at: now });
         let commit = Some(source.commit.clone());
         let live = match self.observe(&source.manifests).await {
             Ok(l) => l,
@@ -526,13 +501,20 @@ impl Agent {
             }
             Err(e) => return End::new(Outcome::Failed, commit, Some(format!("plan: {e}"))),
         };
-        state.quarantined.clear();
         for r in &plan.refusals {
             tracing::warn!(resource = %r.resource, "refused: {}", r.reason);
         }
-        state.refusals =
-            plan.refusals.iter().map(|r| format!("{}: {}", r.resource, r.reason)).collect();
-        state.drift.clone_from(&plan.drift);
+        record(
+            state,
+            Event::Planned {
+                refusals: plan
+                    .refusals
+                    .iter()
+                    .map(|r| format!("{}: {}", r.resource, r.reason))
+                    .collect(),
+                drift: plan.drift.clone(),
+            },
+        );
         let already =
             state.applied.as_ref().map(|a| a.commit.as_str()) == Some(source.commit.as_str());
         if plan.is_empty() && interrupted.is_none() {
@@ -540,7 +522,8 @@ impl Agent {
             let outcome = if already { Outcome::NoChange } else { Outcome::Applied };
             let mut end = End::new(outcome, commit, None);
             if !already {
-                end.history = Some(history(&source, outcome, None, state));
+                end.history =
+                    Some(history_entry(state, &source.commit, &source.signer, outcome, None));
             }
             return end;
         }
@@ -586,39 +569,35 @@ impl Agent {
                 self.record_applied(state, &source, &live_after, now).await;
             }
             Outcome::RolledBack => {
-                state.quarantined.insert(
-                    source.commit.clone(),
-                    Rejection {
-                        commit: source.commit.clone(),
-                        reason: reason.clone().unwrap_or_default(),
-                        at: now,
-                    },
-                );
                 // The commit was verified and attempted: it becomes the high-water mark
                 // (only its descendants, e.g. a revert, are accepted next).
                 self.record_applied(state, &source, &live_after, now).await;
-                for p in &plan.promotions {
-                    let app = state
-                        .envs
-                        .entry(p.env.clone())
-                        .or_default()
-                        .apps
-                        .entry(p.app.clone())
-                        .or_default();
-                    app.last_outcome = Some(Outcome::RolledBack);
-                    app.last_reason = reason.clone();
-                }
+                record(
+                    state,
+                    Event::RolledBack {
+                        commit: source.commit.clone(),
+                        reason: reason.clone().unwrap_or_default(),
+                        promotions: plan
+                            .promotions
+                            .iter()
+                            .map(|p| (p.env.clone(), p.app.clone()))
+                            .collect(),
+                        at: now,
+                    },
+                );
             }
             _ => {}
         }
         let mut end = End::new(outcome, commit, reason.clone());
-        end.history = Some(history(&source, outcome, reason, state));
+        end.history = Some(history_entry(state, &source.commit, &source.signer, outcome, reason));
         end.steps = report.steps_done;
         end.preempted = matches!(report.outcome, ApplyOutcome::Preempted { .. });
         end.journaled = true;
         end
     }
 
+    /// Records `source` as what the host runs, as observed in `live` (the edge's active
+    /// colors and health, the jobs), and mirrors the high-water mark into Incus.
     async fn record_applied(
         &self,
         state: &mut AgentState,
@@ -626,14 +605,6 @@ impl Agent {
         live: &LiveState,
         now: i64,
     ) {
-        let same = state.applied.as_ref().is_some_and(|a| a.commit == source.commit);
-        if !same {
-            state.applied = Some(AppliedRevision {
-                commit: source.commit.clone(),
-                signer: source.signer.clone(),
-                applied_at: now,
-            });
-        }
         let key = high_water_key(&self.config.host);
         if self.incus.server_user_config(&key).await.ok().flatten().as_deref()
             != Some(source.commit.as_str())
@@ -650,42 +621,44 @@ impl Agent {
             }),
             None => Vec::new(),
         };
-        let mut envs: BTreeMap<String, EnvState> = BTreeMap::new();
+        let mut apps = Vec::new();
         for m in &source.manifests {
-            let env = envs.entry(m.metadata.name.clone()).or_default();
+            let env = &m.metadata.name;
             for (app_name, app) in &m.apps {
-                let prev = state.envs.get(&m.metadata.name).and_then(|e| e.apps.get(app_name));
-                let active =
-                    live.active_colors.get(&(m.metadata.name.clone(), app_name.clone())).copied();
-                let mut a =
-                    AppState { active: active.map(|c| c.to_string()), ..AppState::default() };
-                for (color, slot) in &app.slots {
-                    if let Some(r) = &slot.release {
-                        a.releases.insert(color.to_string(), r.to_string());
-                    }
-                }
-                let promoted = active == Some(app.active);
-                a.last_outcome = if promoted {
-                    Some(Outcome::Applied)
-                } else {
-                    prev.and_then(|p| p.last_outcome)
-                };
-                a.last_reason =
-                    if promoted { None } else { prev.and_then(|p| p.last_reason.clone()) };
-                let backend = format!("{}_{app_name}", m.metadata.name);
+                let backend = format!("{env}_{app_name}");
+                let mut colors = BTreeMap::new();
                 if let Some(b) = health.iter().find(|b| b.backend == backend) {
                     for srv in &b.servers {
                         let color = srv.server.split('-').next().unwrap_or("");
                         if color == "blue" || color == "green" {
-                            a.health.insert(color.to_string(), srv.status_text.clone());
+                            colors.insert(color.to_string(), srv.status_text.clone());
                         }
                     }
                 }
-                env.apps.insert(app_name.clone(), a);
+                apps.push(ObservedApp {
+                    env: env.clone(),
+                    app: app_name.clone(),
+                    declared_active: app.active.to_string(),
+                    live_active: live
+                        .active_colors
+                        .get(&(env.clone(), app_name.clone()))
+                        .map(ToString::to_string),
+                    releases: app
+                        .slots
+                        .iter()
+                        .filter_map(|(c, s)| Some((c.to_string(), s.release.as_ref()?.to_string())))
+                        .collect(),
+                    health: colors,
+                });
             }
         }
-        state.envs = envs;
-        state.jobs = self.observe_jobs(&source.manifests, &state.jobs, now).await;
+        let jobs = self.observe_jobs(&source.manifests, &state.jobs, now).await;
+        let revision = AppliedRevision {
+            commit: source.commit.clone(),
+            signer: source.signer.clone(),
+            applied_at: now,
+        };
+        record(state, Event::Applied { revision, apps, jobs });
     }
 
     /// Every manifest job's last run, next elapse and verdict (`crate::jobs::record`), for
@@ -816,37 +789,6 @@ pub fn failing_jobs(
         }
     }
     out
-}
-
-/// The history entry of a run that reached a verified revision (time and duration are
-/// filled in by the exit path).
-fn history(
-    source: &Source,
-    outcome: Outcome,
-    reason: Option<String>,
-    state: &AgentState,
-) -> HistoryEntry {
-    let mut apps = BTreeMap::new();
-    for (env, e) in &state.envs {
-        for (app, a) in &e.apps {
-            let color = a.active.clone().unwrap_or_else(|| "none".into());
-            let release = a
-                .releases
-                .get(&color)
-                .map(|r| r[..r.len().min(10)].to_string())
-                .unwrap_or_default();
-            apps.insert(format!("{env}/{app}"), format!("{color}@{release}"));
-        }
-    }
-    HistoryEntry {
-        at_ms: 0,
-        commit: source.commit.clone(),
-        signer: Some(source.signer.clone()),
-        outcome,
-        reason,
-        apps,
-        duration_ms: 0,
-    }
 }
 
 /// Converts the Incus driver's observation into the planner's live state.

@@ -13,6 +13,7 @@
 //! never silently trusted.
 
 pub mod metrics;
+pub mod record;
 
 use std::collections::BTreeMap;
 use std::fs::File;

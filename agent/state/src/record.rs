@@ -1,0 +1,360 @@
+//! Recording: how each event of a sync changes the agent's state, and which history entry
+//! it is worth. Pure functions over data (time passed in); the binary reports each stage's
+//! outcome as an [`Event`], then saves the state, appends the history entries and writes
+//! the metrics once, at its one exit path.
+
+use std::collections::BTreeMap;
+
+use crate::{
+    AgentState, AppState, AppliedRevision, EnvState, HistoryEntry, JobState, Outcome, Rejection,
+    RunRecord,
+};
+
+/// What an app looks like after a sync, as observed on the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObservedApp {
+    /// Environment name.
+    pub env: String,
+    /// App name.
+    pub app: String,
+    /// The color the manifest asks to serve.
+    pub declared_active: String,
+    /// The color the edge serves (`None`: no edge, or the app is not on it).
+    pub live_active: Option<String>,
+    /// Release per color, for the colors that have one.
+    pub releases: BTreeMap<String, String>,
+    /// Health of each color's server as the edge reports it.
+    pub health: BTreeMap<String, String>,
+}
+
+/// One event of a sync.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The fetch failed (forge unreachable, over a cap, ...).
+    FetchFailed {
+        /// What went wrong.
+        error: String,
+    },
+    /// The revision was refused (signature, ancestry, policy, manifests).
+    Rejected {
+        /// The refused commit.
+        commit: String,
+        /// Why, for a human.
+        reason: String,
+        /// When (unix seconds).
+        at: i64,
+    },
+    /// The tip verified and was accepted.
+    Accepted {
+        /// The accepted commit.
+        commit: String,
+        /// When (unix seconds).
+        at: i64,
+    },
+    /// What the plan refuses and the drift it found (a plan was made: the quarantine of
+    /// older commits no longer matters).
+    Planned {
+        /// `resource: reason` per refusal.
+        refusals: Vec<String>,
+        /// Drift on detect-only resources.
+        drift: Vec<String>,
+    },
+    /// The revision is what the host runs now (observed after the apply).
+    Applied {
+        /// The commit and its signer; `applied_at` is kept when the commit is the same.
+        revision: AppliedRevision,
+        /// Every app of the manifests, as observed.
+        apps: Vec<ObservedApp>,
+        /// Every job, as observed.
+        jobs: BTreeMap<String, JobState>,
+    },
+    /// A promotion was rolled back: the commit is quarantined (never retried) and the
+    /// promoted apps say why.
+    RolledBack {
+        /// The commit.
+        commit: String,
+        /// Why.
+        reason: String,
+        /// `(env, app)` of each promotion of the plan.
+        promotions: Vec<(String, String)>,
+        /// When (unix seconds).
+        at: i64,
+    },
+    /// The run ended.
+    Finished(RunRecord),
+}
+
+/// Applies `event` to `state`; returns the history entry it is worth, if any (only a
+/// first rejection of a commit is: the daemon sees the same refused tip every poll).
+pub fn record(state: &mut AgentState, event: Event) -> Option<HistoryEntry> {
+    match event {
+        Event::FetchFailed { error } => {
+            state.last_fetch_error = Some(error);
+            None
+        }
+        Event::Rejected { commit, reason, at } => {
+            state.last_fetch_error = None;
+            let first_time = state.rejected.as_ref().map(|r| &r.commit) != Some(&commit);
+            if first_time {
+                state.rejected_total += 1;
+            }
+            state.rejected = Some(Rejection { commit: commit.clone(), reason: reason.clone(), at });
+            first_time.then(|| HistoryEntry {
+                at_ms: 0,
+                commit,
+                signer: None,
+                outcome: Outcome::Rejected,
+                reason: Some(reason),
+                apps: BTreeMap::new(),
+                duration_ms: 0,
+            })
+        }
+        Event::Accepted { commit, at } => {
+            state.last_verified_fetch_at = Some(at);
+            state.last_fetch_error = None;
+            if state.rejected.as_ref().is_some_and(|r| r.commit != commit) {
+                // A newer good commit supersedes the last rejection.
+                state.rejected = None;
+            }
+            None
+        }
+        Event::Planned { refusals, drift } => {
+            state.quarantined.clear();
+            state.refusals = refusals;
+            state.drift = drift;
+            None
+        }
+        Event::Applied { revision, apps, jobs } => {
+            if state.applied.as_ref().is_none_or(|a| a.commit != revision.commit) {
+                state.applied = Some(revision);
+            }
+            state.envs = envs(&state.envs, apps);
+            state.jobs = jobs;
+            None
+        }
+        Event::RolledBack { commit, reason, promotions, at } => {
+            state
+                .quarantined
+                .insert(commit.clone(), Rejection { commit, reason: reason.clone(), at });
+            for (env, app) in promotions {
+                let a = state.envs.entry(env).or_default().apps.entry(app).or_default();
+                a.last_outcome = Some(Outcome::RolledBack);
+                a.last_reason = Some(reason.clone());
+            }
+            None
+        }
+        Event::Finished(run) => {
+            match run.outcome {
+                Outcome::Applied | Outcome::NoChange => state.sync_failures = 0,
+                Outcome::Failed => state.sync_failures += 1,
+                Outcome::Rejected | Outcome::RolledBack => {}
+            }
+            state.last_run = Some(run);
+            None
+        }
+    }
+}
+
+/// The per-app record after a sync: an app whose edge serves the declared color has
+/// `applied` as its last outcome; any other keeps its previous outcome and reason (a
+/// rolled-back promotion stays visible until a later one succeeds).
+fn envs(prev: &BTreeMap<String, EnvState>, apps: Vec<ObservedApp>) -> BTreeMap<String, EnvState> {
+    let mut out: BTreeMap<String, EnvState> = BTreeMap::new();
+    for o in apps {
+        let before = prev.get(&o.env).and_then(|e| e.apps.get(&o.app));
+        let promoted = o.live_active.as_deref() == Some(o.declared_active.as_str());
+        let a = AppState {
+            active: o.live_active,
+            releases: o.releases,
+            last_outcome: if promoted {
+                Some(Outcome::Applied)
+            } else {
+                before.and_then(|p| p.last_outcome)
+            },
+            last_reason: if promoted { None } else { before.and_then(|p| p.last_reason.clone()) },
+            health: o.health,
+        };
+        out.entry(o.env).or_default().apps.insert(o.app, a);
+    }
+    out
+}
+
+/// The history entry of a run on `commit`: `env/app` → `color@release` from the state
+/// as recorded after it.
+pub fn history_entry(
+    state: &AgentState,
+    commit: &str,
+    signer: &str,
+    outcome: Outcome,
+    reason: Option<String>,
+) -> HistoryEntry {
+    let mut apps = BTreeMap::new();
+    for (env, e) in &state.envs {
+        for (app, a) in &e.apps {
+            let color = a.active.clone().unwrap_or_else(|| "none".into());
+            let release = a
+                .releases
+                .get(&color)
+                .map(|r| r[..r.len().min(10)].to_string())
+                .unwrap_or_default();
+            apps.insert(format!("{env}/{app}"), format!("{color}@{release}"));
+        }
+    }
+    HistoryEntry {
+        at_ms: 0,
+        commit: commit.to_string(),
+        signer: Some(signer.to_string()),
+        outcome,
+        reason,
+        apps,
+        duration_ms: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(outcome: Outcome) -> Event {
+        Event::Finished(RunRecord {
+            started_ms: 1_000,
+            duration_ms: 5,
+            outcome,
+            reason: None,
+            commit: None,
+        })
+    }
+
+    fn observed(declared: &str, live: Option<&str>) -> ObservedApp {
+        ObservedApp {
+            env: "prod".into(),
+            app: "backend".into(),
+            declared_active: declared.into(),
+            live_active: live.map(str::to_string),
+            releases: BTreeMap::from([
+                ("blue".to_string(), "1".repeat(40)),
+                ("green".to_string(), "2".repeat(40)),
+            ]),
+            health: BTreeMap::from([("blue".to_string(), "UP".to_string())]),
+        }
+    }
+
+    fn revision(commit: &str, at: i64) -> AppliedRevision {
+        AppliedRevision { commit: commit.into(), signer: "forgejo".into(), applied_at: at }
+    }
+
+    #[test]
+    fn consecutive_failures_are_counted_until_a_sync_succeeds() {
+        // (outcomes in order, failures after)
+        let table: &[(&[Outcome], u64)] = &[
+            (&[Outcome::Failed], 1),
+            (&[Outcome::Failed, Outcome::Failed], 2),
+            (&[Outcome::Failed, Outcome::Rejected], 1), // a refusal is no failure, no reset
+            (&[Outcome::Failed, Outcome::RolledBack], 1),
+            (&[Outcome::Failed, Outcome::NoChange], 0),
+            (&[Outcome::Failed, Outcome::Failed, Outcome::Applied, Outcome::Failed], 1),
+        ];
+        for (outcomes, failures) in table {
+            let mut s = AgentState::default();
+            for o in *outcomes {
+                assert_eq!(record(&mut s, run(*o)), None);
+            }
+            assert_eq!(s.sync_failures, *failures, "{outcomes:?}");
+            assert_eq!(s.last_run.as_ref().map(|r| r.outcome), outcomes.last().copied());
+        }
+    }
+
+    #[test]
+    fn a_rejected_commit_is_written_to_history_once_and_a_newer_good_one_clears_it() {
+        let mut s = AgentState::default();
+        let reject = |at| Event::Rejected {
+            commit: "bad".into(),
+            reason: "signature: commit is not signed".into(),
+            at,
+        };
+        let first = record(&mut s, reject(10)).expect("the first rejection is history");
+        assert_eq!((first.outcome, first.commit.as_str()), (Outcome::Rejected, "bad"));
+        assert_eq!(record(&mut s, reject(70)), None, "the same tip next poll is not");
+        assert_eq!((s.rejected_total, s.rejected.as_ref().map(|r| r.at)), (1, Some(70)));
+        // A newer commit that verifies supersedes the rejection.
+        record(&mut s, Event::Accepted { commit: "good".into(), at: 80 });
+        assert_eq!((s.rejected.clone(), s.last_verified_fetch_at), (None, Some(80)));
+        record(&mut s, Event::FetchFailed { error: "forge down".into() });
+        assert_eq!(s.last_fetch_error.as_deref(), Some("forge down"));
+        assert_eq!(s.last_verified_fetch_at, Some(80), "freshness is kept from the last fetch");
+        record(&mut s, Event::Accepted { commit: "good".into(), at: 90 });
+        assert_eq!(s.last_fetch_error, None);
+    }
+
+    #[test]
+    fn an_app_is_applied_when_the_edge_serves_the_declared_color_else_keeps_its_outcome() {
+        let mut s = AgentState::default();
+        let applied =
+            |apps| Event::Applied { revision: revision("c1", 100), apps, jobs: BTreeMap::new() };
+        record(&mut s, applied(vec![observed("blue", Some("blue"))]));
+        let app = |s: &AgentState| s.envs["prod"].apps["backend"].clone();
+        assert_eq!(app(&s).last_outcome, Some(Outcome::Applied));
+        assert_eq!(app(&s).health.get("blue").map(String::as_str), Some("UP"));
+        // A promotion to green rolls back: the app says so, the commit is quarantined...
+        record(
+            &mut s,
+            Event::RolledBack {
+                commit: "c2".into(),
+                reason: "green: /health answered 503".into(),
+                promotions: vec![("prod".into(), "backend".into())],
+                at: 200,
+            },
+        );
+        assert!(s.quarantined.contains_key("c2"));
+        record(&mut s, applied(vec![observed("green", Some("blue"))]));
+        assert_eq!(app(&s).last_outcome, Some(Outcome::RolledBack), "still visible");
+        assert_eq!(app(&s).active.as_deref(), Some("blue"));
+        // ...until a newer plan (quarantine cleared) and a promotion that holds.
+        record(&mut s, Event::Planned { refusals: vec!["x: y".into()], drift: vec![] });
+        assert!(s.quarantined.is_empty());
+        assert_eq!(s.refusals, ["x: y"]);
+        record(&mut s, applied(vec![observed("green", Some("green"))]));
+        assert_eq!((app(&s).last_outcome, app(&s).last_reason), (Some(Outcome::Applied), None));
+    }
+
+    #[test]
+    fn the_applied_time_is_kept_for_the_same_commit_and_apps_gone_from_the_manifests_go() {
+        let mut s = AgentState::default();
+        let event = |commit: &str, at, apps| Event::Applied {
+            revision: revision(commit, at),
+            apps,
+            jobs: BTreeMap::new(),
+        };
+        record(&mut s, event("c1", 100, vec![observed("blue", Some("blue"))]));
+        record(&mut s, event("c1", 500, vec![]));
+        assert_eq!(s.applied, Some(revision("c1", 100)));
+        assert!(s.envs.is_empty(), "{:?}", s.envs);
+        record(&mut s, event("c2", 600, vec![]));
+        assert_eq!(s.applied, Some(revision("c2", 600)));
+    }
+
+    #[test]
+    fn history_entries_name_each_app_by_its_serving_color_and_short_release() {
+        let mut s = AgentState::default();
+        record(
+            &mut s,
+            Event::Applied {
+                revision: revision("c1", 1),
+                apps: vec![
+                    observed("green", Some("green")),
+                    ObservedApp { app: "web".into(), ..observed("blue", None) },
+                ],
+                jobs: BTreeMap::new(),
+            },
+        );
+        let h = history_entry(&s, "c1", "forgejo", Outcome::Applied, None);
+        assert_eq!(
+            h.apps,
+            BTreeMap::from([
+                ("prod/backend".to_string(), "green@2222222222".to_string()),
+                ("prod/web".to_string(), "none@".to_string()),
+            ])
+        );
+        assert_eq!(h.signer.as_deref(), Some("forgejo"));
+    }
+}
