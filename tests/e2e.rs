@@ -414,6 +414,72 @@ fn the_app_comes_back_after_a_crash_and_a_slot_restart_under_systemd() {
     app_survives_crash_and_slot_restart(Some(veza_testkit::incus::DEBIAN_IMAGE), "systemd");
 }
 
+/// Release artifacts packed as the runbook promises ("What a release artifact must
+/// contain"): a `.tar.zst` (what prod ships) and a plain `.tar` are deployed into Debian
+/// slots whose image has no `zstd`, and serve. (`.tar.gz` is what every other test ships.)
+#[test]
+fn zstd_and_plain_tar_release_artifacts_are_deployed_into_slots_without_zstd() {
+    let h = host();
+    let dir = tempfile::tempdir().unwrap();
+    let run = |program: &str, args: &[&str]| {
+        veza_host::process::Cmd::new(program)
+            .args(args)
+            .timeout(Duration::from_secs(60))
+            .run()
+            .unwrap_or_else(|e| panic!("{program}: {e}"));
+    };
+    // The kit's `.tar.gz` of a release, repacked with the real tools as `.tar` or `.tar.zst`.
+    let repack = |i: usize, name: &str| -> String {
+        let release = &h.releases[i].id;
+        let src = h.dir.join("artifacts").join(release).join("hello.tar.gz");
+        let tar = dir.path().join(format!("{release}.tar"));
+        let tar = tar.to_str().unwrap();
+        run("sh", &["-c", "gzip -dc -- \"$1\" > \"$2\"", "sh", src.to_str().unwrap(), tar]);
+        let dest = h.dir.join("artifacts").join(release).join(name);
+        if name.ends_with(".zst") {
+            run("zstd", &["-q", "-19", "-f", "-o", dest.to_str().unwrap(), tar]);
+        } else {
+            std::fs::copy(tar, &dest).unwrap();
+        }
+        veza_host::artifact::sha256_hex(&std::fs::read(&dest).unwrap())
+    };
+    // The manifest on the Debian image, with artifacts named `name` and their digests.
+    let debian = |m: String, name: &str, shas: &[(usize, &str)]| {
+        let mut m = m
+            .replace(
+                "image: veza-test-busybox",
+                &format!("image: {}", veza_testkit::incus::DEBIAN_IMAGE),
+            )
+            .replace("/hello.tar.gz\"", &format!("/{name}\""));
+        for (i, sha) in shas {
+            m = m.replace(&h.releases[*i].sha256, sha);
+        }
+        m
+    };
+
+    // Blue from a .tar.zst.
+    let zst = repack(0, "hello.tar.zst");
+    let m = debian(h.manifest("blue", Some(0), None), "hello.tar.zst", &[(0, &zst)]);
+    h.commit(&m, "blue: zst").unwrap();
+    let out = apply_ok(&h);
+    assert!(out.starts_with("applied"), "{out}");
+    let [blue, green] = h.slots();
+    let zstd = in_slot(&blue, "command -v zstd || echo none");
+    assert_eq!(zstd.trim(), "none", "the slot image must lack zstd for this test to mean anything");
+    slot_serves(h.slot_ports.0, &h.releases[0].id, Duration::from_secs(20)).expect("zst release");
+    assert_eq!(h.served_release().unwrap(), h.releases[0].id);
+
+    // Green from a plain .tar.
+    let tars = [repack(0, "hello.tar"), repack(1, "hello.tar")];
+    let m =
+        debian(h.manifest("blue", Some(0), Some(1)), "hello.tar", &[(0, &tars[0]), (1, &tars[1])]);
+    h.commit(&m, "green: plain tar").unwrap();
+    let out = apply_ok(&h);
+    assert!(out.starts_with("applied"), "{out}");
+    slot_serves(h.slot_ports.1, &h.releases[1].id, Duration::from_secs(20)).expect("tar release");
+    assert!(in_slot(&green, "ls /opt/veza/hello").contains("start.sh"));
+}
+
 /// The approval policy, through the agent: a change to the environment's manifest needs
 /// two distinct approvers (commit signature or signed approval tags for `refs/heads/main`).
 /// It holds on the very first sync too (a new or wiped host is no way around it), a tag
