@@ -480,6 +480,32 @@ fn zstd_and_plain_tar_release_artifacts_are_deployed_into_slots_without_zstd() {
     assert!(in_slot(&green, "ls /opt/veza/hello").contains("start.sh"));
 }
 
+/// HAProxy running without the master socket the agent reloads through (Debian's unit
+/// with its own EXTRAOPTS): the agent cannot tell it from a stopped HAProxy, leaves the
+/// config on disk, and says so, naming the socket and the fix.
+#[test]
+fn an_edge_without_its_master_socket_is_reported_not_silently_left_on_disk() {
+    let h = host();
+    let socket = h.haproxy.master_socket().display().to_string();
+    let config = std::fs::read_to_string(&h.config_path).unwrap();
+    let elsewhere = h.dir.join("no-such-master.sock").display().to_string();
+    assert!(config.contains(&socket), "{config}");
+    std::fs::write(&h.config_path, config.replace(&socket, &elsewhere)).unwrap();
+    h.commit(&h.manifest("blue", Some(0), None), "hello on blue").unwrap();
+
+    let (code, out, err) = agent(&h, &["apply"]);
+
+    assert_eq!(code, 1, "the edge does not serve the release:\n{out}\n{err}");
+    assert!(
+        err.contains(&format!("HAProxy did not answer on its master socket `{elsewhere}`"))
+            && err.contains("is not serving")
+            && err.contains("hint: start HAProxy with `-S"),
+        "{err}"
+    );
+    // The running HAProxy still serves what it was started with.
+    assert_eq!(h.get("/").unwrap().status, 503);
+}
+
 /// The approval policy, through the agent: a change to the environment's manifest needs
 /// two distinct approvers (commit signature or signed approval tags for `refs/heads/main`).
 /// It holds on the very first sync too (a new or wiped host is no way around it), a tag
