@@ -506,6 +506,114 @@ fn an_edge_without_its_master_socket_is_reported_not_silently_left_on_disk() {
     assert_eq!(h.get("/").unwrap().status, 503);
 }
 
+/// What the minimal example's first lines promise, done by the test: its instance, host
+/// mark and artifact path are fixed names, removed on drop.
+struct MinimalExample {
+    artifact_dir: std::path::PathBuf,
+}
+
+impl MinimalExample {
+    const SLOTS: [&str; 2] = ["demo-hello-blue", "demo-hello-green"];
+
+    fn clean() {
+        for name in Self::SLOTS {
+            let _ = veza_host::process::Cmd::new("incus")
+                .args(["delete", "--force", name])
+                .timeout(Duration::from_secs(60))
+                .output();
+        }
+        let _ = veza_host::process::Cmd::new("incus")
+            .args(["config", "unset", "user.veza-agent.applied.localhost"])
+            .timeout(Duration::from_secs(30))
+            .output();
+    }
+}
+
+impl Drop for MinimalExample {
+    fn drop(&mut self) {
+        Self::clean();
+        let _ = std::fs::remove_dir_all(&self.artifact_dir);
+    }
+}
+
+/// `manifests/examples/minimal.yaml` runs as shipped (byte for byte) on a machine prepared
+/// by tests/host/setup, following the steps its header comment gives.
+#[test]
+fn the_minimal_example_runs_as_shipped() {
+    use veza_testkit::repo::{RepoBuilder, SigningKey, allowed_signers};
+    veza_testkit::require_host().unwrap();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let example = std::fs::read_to_string(root.join("manifests/examples/minimal.yaml")).unwrap();
+    // The header's steps: the release where the URL points, `host: localhost`.
+    let install = example
+        .lines()
+        .skip_while(|l| !l.contains("install -D -m 0644 manifests/examples/hello.tar.gz"))
+        .nth(1)
+        .expect("the header says where the artifact goes");
+    let dest = install.trim_start_matches(['#', ' ']);
+    let url = format!(
+        "url: \"file://{}\"",
+        dest.replace("1111111111111111111111111111111111111111", "{release}")
+    );
+    assert!(example.contains(&url), "the header's path is the artifact URL: {url}");
+    let artifact_dir = std::path::Path::new("/var/lib/veza-agent-demo");
+    assert!(!artifact_dir.exists(), "{} is in the way", artifact_dir.display());
+    MinimalExample::clean();
+    let _guard = MinimalExample { artifact_dir: artifact_dir.to_path_buf() };
+    std::fs::create_dir_all(std::path::Path::new(dest).parent().unwrap()).unwrap();
+    std::fs::copy(root.join("manifests/examples/hello.tar.gz"), dest).unwrap();
+
+    // A host as the runbook sets one up: a signed repository holding the example, HAProxy
+    // in master-worker mode with its master socket, a configuration for `localhost`.
+    let dir = tempfile::tempdir().unwrap();
+    let key = SigningKey::generate(&dir.path().join("keys"), "forgejo").unwrap();
+    let repos = dir.path().join("repos");
+    let repo = RepoBuilder::with_name(&repos, "manifests.git").unwrap();
+    repo.commit_files_signed(&key, &[("manifests/examples/minimal.yaml", &example)], "example")
+        .unwrap();
+    let server = veza_testkit::http::GitHttpServer::start(&repos).unwrap();
+    let trust = dir.path().join("allowed_signers");
+    std::fs::write(&trust, allowed_signers(&[("forgejo@forge.example", &key)])).unwrap();
+    let haproxy = veza_testkit::Haproxy::start_with(|d| {
+        format!(
+            "global\n    master-worker\n    stats socket {d}/admin.sock mode 600 level admin\n\
+             defaults\n    mode http\n    timeout connect 2s\n    timeout client 5s\n    timeout server 5s\n\
+             frontend fe\n    bind 127.0.0.1:18100\n    http-request return status 503\n",
+            d = d.display()
+        )
+    })
+    .unwrap();
+    let hd = haproxy.dir().display().to_string();
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "host: localhost\nsource:\n  remotes: [\"{url}\"]\n  branch: main\n  manifests: [manifests/examples/minimal.yaml]\n\
+             trust:\n  allowed_signers: {trust}\nstate_dir: {state}\n\
+             edge:\n  config_path: {cfg}\n  master_socket: {master}\n  state_file: {hd}/server-state\n  stats_socket: {hd}/admin.sock\n\
+             systemd: {{unit_dir: {units}}}\n",
+            url = server.url("manifests.git"),
+            trust = trust.display(),
+            state = dir.path().join("state").display(),
+            cfg = haproxy.config_path().display(),
+            master = haproxy.master_socket().display(),
+            units = dir.path().join("units").display(),
+        ),
+    )
+    .unwrap();
+
+    let out = veza_host::process::Cmd::new(env!("CARGO_BIN_EXE_veza-agent"))
+        .args(["apply", "--config"])
+        .arg(&config)
+        .timeout(Duration::from_secs(300))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}\n{}", out.stdout_str(), out.stderr_str());
+    let r = veza_host::http::get("127.0.0.1:18100", "demo.localhost", "/", Duration::from_secs(3))
+        .unwrap();
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"hello from veza-agent\n"[..]));
+}
+
 /// The approval policy, through the agent: a change to the environment's manifest needs
 /// two distinct approvers (commit signature or signed approval tags for `refs/heads/main`).
 /// It holds on the very first sync too (a new or wiped host is no way around it), a tag
