@@ -393,6 +393,206 @@ fn the_app_comes_back_after_a_crash_and_a_slot_restart_under_systemd() {
     app_survives_crash_and_slot_restart(Some(veza_testkit::incus::DEBIAN_IMAGE), "systemd");
 }
 
+/// Release artifacts packed as the runbook promises ("What a release artifact must
+/// contain"): a `.tar.zst` (what prod ships) and a plain `.tar` are deployed into Debian
+/// slots whose image has no `zstd`, and serve. (`.tar.gz` is what every other test ships.)
+#[test]
+fn zstd_and_plain_tar_release_artifacts_are_deployed_into_slots_without_zstd() {
+    let h = host();
+    let dir = tempfile::tempdir().unwrap();
+    let run = |program: &str, args: &[&str]| {
+        veza_host::process::Cmd::new(program)
+            .args(args)
+            .timeout(Duration::from_secs(60))
+            .run()
+            .unwrap_or_else(|e| panic!("{program}: {e}"));
+    };
+    // The kit's `.tar.gz` of a release, repacked with the real tools as `.tar` or `.tar.zst`.
+    let repack = |i: usize, name: &str| -> String {
+        let release = &h.releases[i].id;
+        let src = h.dir.join("artifacts").join(release).join("hello.tar.gz");
+        let tar = dir.path().join(format!("{release}.tar"));
+        let tar = tar.to_str().unwrap();
+        run("sh", &["-c", "gzip -dc -- \"$1\" > \"$2\"", "sh", src.to_str().unwrap(), tar]);
+        let dest = h.dir.join("artifacts").join(release).join(name);
+        if name.ends_with(".zst") {
+            run("zstd", &["-q", "-19", "-f", "-o", dest.to_str().unwrap(), tar]);
+        } else {
+            std::fs::copy(tar, &dest).unwrap();
+        }
+        veza_host::artifact::sha256_hex(&std::fs::read(&dest).unwrap())
+    };
+    // The manifest on the Debian image, with artifacts named `name` and their digests.
+    let debian = |m: String, name: &str, shas: &[(usize, &str)]| {
+        let mut m = m
+            .replace(
+                "image: veza-test-busybox",
+                &format!("image: {}", veza_testkit::incus::DEBIAN_IMAGE),
+            )
+            .replace("/hello.tar.gz\"", &format!("/{name}\""));
+        for (i, sha) in shas {
+            m = m.replace(&h.releases[*i].sha256, sha);
+        }
+        m
+    };
+
+    // Blue from a .tar.zst.
+    let zst = repack(0, "hello.tar.zst");
+    let m = debian(h.manifest("blue", Some(0), None), "hello.tar.zst", &[(0, &zst)]);
+    h.commit(&m, "blue: zst").unwrap();
+    let out = apply_ok(&h);
+    assert!(out.starts_with("applied"), "{out}");
+    let [blue, green] = h.slots();
+    let zstd = in_slot(&blue, "command -v zstd || echo none");
+    assert_eq!(zstd.trim(), "none", "the slot image must lack zstd for this test to mean anything");
+    slot_serves(h.slot_ports.0, &h.releases[0].id, Duration::from_secs(20)).expect("zst release");
+    assert_eq!(h.served_release().unwrap(), h.releases[0].id);
+
+    // Green from a plain .tar.
+    let tars = [repack(0, "hello.tar"), repack(1, "hello.tar")];
+    let m =
+        debian(h.manifest("blue", Some(0), Some(1)), "hello.tar", &[(0, &tars[0]), (1, &tars[1])]);
+    h.commit(&m, "green: plain tar").unwrap();
+    let out = apply_ok(&h);
+    assert!(out.starts_with("applied"), "{out}");
+    slot_serves(h.slot_ports.1, &h.releases[1].id, Duration::from_secs(20)).expect("tar release");
+    assert!(in_slot(&green, "ls /opt/veza/hello").contains("start.sh"));
+}
+
+/// HAProxy running without the master socket the agent reloads through (Debian's unit
+/// with its own EXTRAOPTS): the agent cannot tell it from a stopped HAProxy, leaves the
+/// config on disk, and says so, naming the socket and the fix.
+#[test]
+fn an_edge_without_its_master_socket_is_reported_not_silently_left_on_disk() {
+    let h = host();
+    let socket = h.haproxy.master_socket().display().to_string();
+    let config = std::fs::read_to_string(&h.config_path).unwrap();
+    let elsewhere = h.dir.join("no-such-master.sock").display().to_string();
+    assert!(config.contains(&socket), "{config}");
+    std::fs::write(&h.config_path, config.replace(&socket, &elsewhere)).unwrap();
+    h.commit(&h.manifest("blue", Some(0), None), "hello on blue").unwrap();
+
+    let (code, out, err) = agent(&h, &["apply"]);
+
+    assert_eq!(code, 1, "the edge does not serve the release:\n{out}\n{err}");
+    assert!(
+        err.contains(&format!("HAProxy did not answer on its master socket `{elsewhere}`"))
+            && err.contains("is not serving")
+            && err.contains("hint: start HAProxy with `-S"),
+        "{err}"
+    );
+    // The running HAProxy still serves what it was started with.
+    assert_eq!(h.get("/").unwrap().status, 503);
+}
+
+/// What the minimal example's first lines promise, done by the test: its instance, host
+/// mark and artifact path are fixed names, removed on drop.
+struct MinimalExample {
+    artifact_dir: std::path::PathBuf,
+}
+
+impl MinimalExample {
+    const SLOTS: [&str; 2] = ["demo-hello-blue", "demo-hello-green"];
+
+    fn clean() {
+        for name in Self::SLOTS {
+            let _ = veza_host::process::Cmd::new("incus")
+                .args(["delete", "--force", name])
+                .timeout(Duration::from_secs(60))
+                .output();
+        }
+        let _ = veza_host::process::Cmd::new("incus")
+            .args(["config", "unset", "user.veza-agent.applied.localhost"])
+            .timeout(Duration::from_secs(30))
+            .output();
+    }
+}
+
+impl Drop for MinimalExample {
+    fn drop(&mut self) {
+        Self::clean();
+        let _ = std::fs::remove_dir_all(&self.artifact_dir);
+    }
+}
+
+/// `manifests/examples/minimal.yaml` runs as shipped (byte for byte) on a machine prepared
+/// by tests/host/setup, following the steps its header comment gives.
+#[test]
+fn the_minimal_example_runs_as_shipped() {
+    use veza_testkit::repo::{RepoBuilder, SigningKey, allowed_signers};
+    veza_testkit::require_host().unwrap();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let example = std::fs::read_to_string(root.join("manifests/examples/minimal.yaml")).unwrap();
+    // The header's steps: the release where the URL points, `host: localhost`.
+    let install = example
+        .lines()
+        .skip_while(|l| !l.contains("install -D -m 0644 manifests/examples/hello.tar.gz"))
+        .nth(1)
+        .expect("the header says where the artifact goes");
+    let dest = install.trim_start_matches(['#', ' ']);
+    let url = format!(
+        "url: \"file://{}\"",
+        dest.replace("1111111111111111111111111111111111111111", "{release}")
+    );
+    assert!(example.contains(&url), "the header's path is the artifact URL: {url}");
+    let artifact_dir = std::path::Path::new("/var/lib/veza-agent-demo");
+    assert!(!artifact_dir.exists(), "{} is in the way", artifact_dir.display());
+    MinimalExample::clean();
+    let _guard = MinimalExample { artifact_dir: artifact_dir.to_path_buf() };
+    std::fs::create_dir_all(std::path::Path::new(dest).parent().unwrap()).unwrap();
+    std::fs::copy(root.join("manifests/examples/hello.tar.gz"), dest).unwrap();
+
+    // A host as the runbook sets one up: a signed repository holding the example, HAProxy
+    // in master-worker mode with its master socket, a configuration for `localhost`.
+    let dir = tempfile::tempdir().unwrap();
+    let key = SigningKey::generate(&dir.path().join("keys"), "forgejo").unwrap();
+    let repos = dir.path().join("repos");
+    let repo = RepoBuilder::with_name(&repos, "manifests.git").unwrap();
+    repo.commit_files_signed(&key, &[("manifests/examples/minimal.yaml", &example)], "example")
+        .unwrap();
+    let server = veza_testkit::http::GitHttpServer::start(&repos).unwrap();
+    let trust = dir.path().join("allowed_signers");
+    std::fs::write(&trust, allowed_signers(&[("forgejo@forge.example", &key)])).unwrap();
+    let haproxy = veza_testkit::Haproxy::start_with(|d| {
+        format!(
+            "global\n    master-worker\n    stats socket {d}/admin.sock mode 600 level admin\n\
+             defaults\n    mode http\n    timeout connect 2s\n    timeout client 5s\n    timeout server 5s\n\
+             frontend fe\n    bind 127.0.0.1:18100\n    http-request return status 503\n",
+            d = d.display()
+        )
+    })
+    .unwrap();
+    let hd = haproxy.dir().display().to_string();
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "host: localhost\nsource:\n  remotes: [\"{url}\"]\n  branch: main\n  manifests: [manifests/examples/minimal.yaml]\n\
+             trust:\n  allowed_signers: {trust}\nstate_dir: {state}\n\
+             edge:\n  config_path: {cfg}\n  master_socket: {master}\n  state_file: {hd}/server-state\n  stats_socket: {hd}/admin.sock\n\
+             systemd: {{unit_dir: {units}}}\n",
+            url = server.url("manifests.git"),
+            trust = trust.display(),
+            state = dir.path().join("state").display(),
+            cfg = haproxy.config_path().display(),
+            master = haproxy.master_socket().display(),
+            units = dir.path().join("units").display(),
+        ),
+    )
+    .unwrap();
+
+    let out = veza_host::process::Cmd::new(env!("CARGO_BIN_EXE_veza-agent"))
+        .args(["apply", "--config"])
+        .arg(&config)
+        .timeout(Duration::from_secs(300))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}\n{}", out.stdout_str(), out.stderr_str());
+    let r = veza_host::http::get("127.0.0.1:18100", "demo.localhost", "/", Duration::from_secs(3))
+        .unwrap();
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"hello from veza-agent\n"[..]));
+}
+
 /// The approval policy, through the agent: a change to the environment's manifest needs
 /// two distinct approvers (commit signature or signed approval tags for `refs/heads/main`).
 /// It holds on the very first sync too (a new or wiped host is no way around it), a tag

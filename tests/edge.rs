@@ -990,8 +990,8 @@ fn edge_inside_an_incus_instance() {
         let yaml =
             std::fs::read_to_string(repo_root().join("manifests/examples/minimal.yaml")).unwrap();
         let yaml = yaml.replace("green: {}", &format!("green: {{release: {GREEN}}}")).replace(
-            &format!("{BLUE}: {}", "0".repeat(64)),
-            &format!("{BLUE}: {z}\n        {GREEN}: {z}", z = "0".repeat(64)),
+            "      sha256:\n",
+            &format!("      sha256:\n        {GREEN}: {z}\n", z = "0".repeat(64)),
         );
         let envs =
             envs_from(&[("minimal.yaml".into(), yaml.into_bytes())], &[("demo", "hello", active)]);

@@ -7,6 +7,10 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use veza_host::haproxy::{
+    EdgeError, EdgePaths, EdgeRuntime, IncusExec, InstallOptions, InstallOutcome, InstanceRuntime,
+    ReloadOutcome, install,
+};
 use veza_host::process::{Cmd, Output};
 use veza_testkit::TestContainer;
 use veza_testkit::http::GitHttpServer;
@@ -110,6 +114,108 @@ fn the_unit_grants_writes_only_where_the_default_config_points() {
     assert!(unit.contains("ProtectSystem=strict\n"));
     // Bounded: a runaway agent (or what it reads) cannot take the host's memory or pids.
     assert!(unit.contains("\nMemoryMax=2G\n") && unit.contains("\nTasksMax=256\n"), "{unit}");
+}
+
+// ------------------------------------------------------------------ HAProxy on the host
+
+/// Debian's haproxy.service with the shipped drop-in, as systemd reads it offline.
+#[test]
+fn the_haproxy_drop_in_passes_systemd_analyze_verify_and_names_the_agents_socket() {
+    let drop_in = read(&packaging("haproxy-master-socket.conf"));
+    let config = veza_model::config::parse_config(read(&packaging("config.yaml")).as_bytes())
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    let socket = config.edge.master_socket.expect("config.yaml sets edge.master_socket");
+    let exec_start: Vec<&str> = drop_in.lines().filter(|l| l.starts_with("ExecStart=")).collect();
+    assert_eq!(exec_start.len(), 2, "a reset, then the command:\n{drop_in}");
+    assert!(exec_start[1].contains(" -Ws "), "master-worker under systemd: {drop_in}");
+    assert!(exec_start[1].contains(&format!(" -S {socket} ")), "{socket}: {drop_in}");
+
+    // Verified next to the haproxy.service Debian ships (tests/host/setup installs it).
+    let dir = tempfile::tempdir().unwrap();
+    let debian = read(Path::new("/lib/systemd/system/haproxy.service"));
+    std::fs::write(dir.path().join("haproxy.service"), debian).unwrap();
+    let d = dir.path().join("haproxy.service.d");
+    std::fs::create_dir(&d).unwrap();
+    std::fs::write(d.join("veza-agent.conf"), &drop_in).unwrap();
+    let out = Cmd::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(dir.path().join("haproxy.service"))
+        .env("SYSTEMD_LOG_LEVEL", "debug")
+        .timeout(Duration::from_secs(60))
+        .output()
+        .expect("systemd-analyze runs");
+    let log = format!("{}{}", out.stdout_str(), out.stderr_str());
+    assert!(out.status.success(), "{log}");
+    assert!(
+        log.contains(&format!("{}", d.join("veza-agent.conf").display())),
+        "drop-in not read:\n{log}"
+    );
+    let complaints: Vec<&str> = log
+        .lines()
+        .filter(|l| {
+            l.contains("haproxy.service") && (l.contains("ignoring") || l.contains("Invalid"))
+        })
+        .collect();
+    assert!(complaints.is_empty(), "{complaints:#?}");
+}
+
+/// On Debian 12, HAProxy keeps the master socket the agent reloads through with the
+/// shipped drop-in, even when /etc/default/haproxy sets its own EXTRAOPTS (which takes
+/// the socket away from the stock unit); the agent's installer then reloads it.
+#[test]
+fn debian_haproxy_keeps_the_agents_master_socket_with_the_drop_in() {
+    veza_testkit::require_host().unwrap();
+    let c = TestContainer::spec(veza_testkit::incus::DEBIAN_IMAGE)
+        .config("user.veza.managed", "true")
+        .create()
+        .unwrap();
+    c.wait_for_systemd(Duration::from_secs(60)).unwrap();
+    // The agent's own in-instance edge runtime (master CLI, files, `haproxy -c`).
+    let tokio =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let incus = veza_host::incus::IncusClient::local();
+    let exec = IncusExec { incus: &incus, handle: tokio.handle().clone() };
+    let rt = InstanceRuntime::new(exec, c.name());
+    let show_proc = || rt.master("show proc");
+    assert!(show_proc().unwrap().contains("master"), "the stock unit has the socket");
+
+    // The operator sets EXTRAOPTS as /etc/default/haproxy suggests: no master socket.
+    sh_ok(&c, "echo 'EXTRAOPTS=\"-de\"' >>/etc/default/haproxy && systemctl restart haproxy");
+    wait_for(&c, "haproxy restarted", "systemctl is-active haproxy", Duration::from_secs(20));
+    let err = show_proc().unwrap_err();
+    assert!(matches!(err, EdgeError::NotRunning { .. }), "{err}");
+
+    // With the drop-in, the socket is there again, and the agent reloads through it.
+    c.push_bytes(
+        read(&packaging("haproxy-master-socket.conf")).as_bytes(),
+        "/etc/systemd/system/haproxy.service.d/veza-agent.conf",
+        0o644,
+    )
+    .unwrap();
+    sh_ok(&c, "systemctl daemon-reload && systemctl restart haproxy");
+    wait_for(&c, "haproxy restarted", "systemctl is-active haproxy", Duration::from_secs(20));
+    let verify = sh(&c, "systemd-analyze verify --man=no haproxy.service 2>&1");
+    assert_eq!(verify, (0, String::new()), "systemd-analyze verify inside the container");
+    let started = Instant::now();
+    while show_proc().is_err() && started.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let procs = show_proc().expect("the master socket answers");
+    let cmdline =
+        sh_ok(&c, "tr '\\0' ' ' </proc/$(systemctl show -p MainPID --value haproxy)/cmdline");
+    assert!(cmdline.contains(" -de"), "EXTRAOPTS still applies: {cmdline}");
+
+    let config = "global\n    master-worker\n    stats socket /run/haproxy/admin.sock mode 600 level admin\n\
+                  defaults\n    mode http\n    timeout connect 2s\n    timeout client 5s\n    timeout server 5s\n\
+                  frontend fe\n    bind 127.0.0.1:18100\n    http-request return status 200 content-type text/plain string veza\n";
+    let installed = install(&rt, &EdgePaths::debian(), config, &InstallOptions::default()).unwrap();
+    let InstallOutcome::Installed(report) = installed else { panic!("{installed:?}") };
+    assert!(
+        matches!(report.reload, ReloadOutcome::Reloaded { .. }),
+        "reloaded through the master socket, not left on disk: {report:?}\n{procs}"
+    );
+    let served = sh_ok(&c, "curl -s -m 2 http://127.0.0.1:18100/");
+    assert_eq!(served, "veza");
 }
 
 // ------------------------------------------------------------------ default config
@@ -441,6 +547,7 @@ fn the_deb_installs_runs_under_systemd_and_uninstalls_cleanly_in_a_debian_contai
         "./usr/share/doc/veza-agent/README.md",
         "./usr/share/doc/veza-agent/copyright",
         "./usr/share/doc/veza-agent/runbook.md",
+        "./usr/share/doc/veza-agent/haproxy-master-socket.conf",
     ] {
         assert!(contents.lines().any(|l| l.ends_with(path)), "{path} not packaged:\n{contents}");
     }

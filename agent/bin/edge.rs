@@ -7,7 +7,9 @@
 use std::path::PathBuf;
 
 use veza_host::apply::Edge;
-use veza_host::haproxy::install::{EdgePaths, InstallOptions, install};
+use veza_host::haproxy::install::{
+    EdgePaths, InstallOptions, InstallOutcome, ReloadOutcome, install,
+};
 use veza_host::haproxy::parse::{BackendHealth, edge_health, parse_show_stat};
 use veza_host::haproxy::runtime::{
     EdgeRuntime as HaproxyRuntime, HostRuntime, IncusExec, InstanceRuntime,
@@ -107,9 +109,21 @@ impl Edge for EdgeRuntime<'_> {
 
     async fn install(&self, config: &str) -> Result<(), String> {
         tokio::task::block_in_place(|| {
-            self.with_runtime(|rt| install(rt, &self.paths, config, &InstallOptions::default()))
-                .map(|_| ())
-                .map_err(|e| e.to_string())
+            self.with_runtime(|rt| {
+                let outcome = install(rt, &self.paths, config, &InstallOptions::default());
+                if let Ok(InstallOutcome::Installed(report)) = &outcome
+                    && report.reload == ReloadOutcome::NotRunning
+                {
+                    tracing::warn!(
+                        "HAProxy did not answer on its master socket `{socket}` ({location}): the new config is on disk for its next start and is not serving; a HAProxy running without that socket keeps its old config (hint: start HAProxy with `-S {socket}`, or set `edge.master_socket`; runbook, \"HAProxy on the host\")",
+                        socket = self.master_socket.display(),
+                        location = rt.location(),
+                    );
+                }
+                outcome
+            })
+            .map(|_| ())
+            .map_err(|e| e.to_string())
         })
     }
 }

@@ -464,11 +464,16 @@ pub const APP_RUN_SCRIPT: &str = "/etc/veza-app/run";
 /// The script that runs the app in the foreground, with its environment: what init
 /// (busybox `respawn`) or systemd (`veza-app.service`, `Restart=always`) supervises, so
 /// the app comes back after a crash and after the slot restarts.
+///
+/// `VEZA_LISTEN` is where the edge can reach the app: `127.0.0.1:<port>` when a proxy
+/// device carries it to the host's loopback, every IPv4 address of the slot otherwise
+/// (the edge connects over the bridge).
 pub fn app_run_script(slot: &SlotSpec) -> String {
+    let listen = if slot.loopback.is_some() { "127.0.0.1" } else { "0.0.0.0" };
     let env = [
         ("VEZA_RELEASE", slot.release.clone()),
         ("VEZA_PORT", slot.port.to_string()),
-        ("VEZA_LISTEN", format!("127.0.0.1:{}", slot.port)),
+        ("VEZA_LISTEN", format!("{listen}:{}", slot.port)),
         ("VEZA_ENV", slot.env.clone()),
         ("VEZA_APP", slot.app.clone()),
     ];
@@ -585,20 +590,15 @@ where
     I: Incus + Sync,
 {
     let bytes = d.artifacts.fetch(&slot.artifact_url, &slot.sha256).map_err(|e| e.to_string())?;
+    let archive = d.artifacts.for_slot(&slot.artifact_url, bytes).map_err(|e| e.to_string())?;
     let tarball = "/tmp/veza-release.tar";
-    let mut push = FilePush::new(tarball, bytes);
+    let mut push = FilePush::new(tarball, archive.bytes);
     push.mode = 0o600;
     crate::incus::push_file_verified(d.incus, instance, &push).await.map_err(|e| e.to_string())?;
     let dir = shell_quote(&slot.install_dir);
-    let decompress = if slot.artifact_url.ends_with(".gz") || slot.artifact_url.ends_with(".tgz") {
-        "-z"
-    } else if slot.artifact_url.ends_with(".zst") {
-        "--zstd"
-    } else {
-        ""
-    };
     let unpack = format!(
-        "set -e; rm -rf {dir}.new; mkdir -p {dir}.new; tar {decompress} -xf {tarball} -C {dir}.new; rm -f {tarball}"
+        "set -e; rm -rf {dir}.new; mkdir -p {dir}.new; tar {opt} -xf {tarball} -C {dir}.new; rm -f {tarball}",
+        opt = archive.tar_option,
     );
     exec_ok(d.incus, instance, &unpack, BTreeMap::new()).await?;
     let mut run = FilePush::new(APP_RUN_SCRIPT, app_run_script(slot));
@@ -819,10 +819,24 @@ mod tests {
     }
 
     #[test]
+    fn the_app_listens_where_the_edge_reaches_it() {
+        // (how the edge reaches the slot, VEZA_LISTEN)
+        let table = [
+            (None, "0.0.0.0:8080"), // over the bridge, by the slot's DNS name
+            (Some("127.0.0.1:18101".to_string()), "127.0.0.1:8080"), // a proxy device
+        ];
+        for (loopback, listen) in table {
+            let script = app_run_script(&SlotSpec { loopback: loopback.clone(), ..slot() });
+            let line = format!("\nexport VEZA_LISTEN='{listen}'\n");
+            assert!(script.contains(&line), "{loopback:?}: {script}");
+        }
+    }
+
+    #[test]
     fn the_app_runs_in_the_foreground_with_its_environment_quoted() {
         let script = app_run_script(&slot());
         let want = format!(
-            "export VEZA_RELEASE='{r}'\nexport VEZA_PORT='8080'\nexport VEZA_LISTEN='127.0.0.1:8080'\n\
+            "export VEZA_RELEASE='{r}'\nexport VEZA_PORT='8080'\nexport VEZA_LISTEN='0.0.0.0:8080'\n\
              export VEZA_ENV='prod'\nexport VEZA_APP='backend'\ncd '/srv/it'\\''s' || exit 1\n\
              echo \"$$ $(sed 's/.*) //' /proc/$$/stat | cut -d' ' -f20)\" > /run/veza-app.pid\n\
              exec >>/var/log/veza-app.log 2>&1 </dev/null\n\

@@ -38,6 +38,16 @@ pub enum ArtifactError {
         "refusing to download artifact `{url}` over plain http from a non-loopback host (hint: serve it over https://; plain http is only for 127.0.0.1, ::1 or localhost)"
     )]
     PlainHttp { url: String },
+    /// The artifact is not packed in a way a slot can unpack.
+    #[error(
+        "artifact `{url}` is {found}; a release artifact must be a tar archive, plain, gzip- or zstd-compressed (hint: build it with `tar -czf` or `tar --zstd -cf`; see the runbook, \"What a release artifact must contain\")"
+    )]
+    Packing { url: String, found: String },
+    /// A `.tar.zst` that unpacks past the size limit.
+    #[error(
+        "artifact `{url}` decompresses to more than {limit} (`artifacts.max_bytes`); it was not used (hint: if the release really is that big, raise `artifacts.max_bytes` in the host configuration)"
+    )]
+    UnpackedTooLarge { url: String, limit: veza_model::config::ByteSize },
     /// The cache could not be written.
     #[error("artifact cache `{}`: {source}", path.display())]
     Cache {
@@ -185,6 +195,128 @@ impl ArtifactStore {
         let _ = std::fs::remove_file(path);
         None
     }
+
+    /// The verified artifact `bytes` (from `url`) as a slot unpacks it with its own
+    /// `tar` (busybox or GNU): a plain or gzip-compressed tar is pushed as it is; a zstd
+    /// one is decompressed here, up to the size limit, because slot images rarely carry
+    /// `zstd` (Debian's minbase and busybox do not). The packing is read from the bytes,
+    /// never from the URL.
+    pub fn for_slot(&self, url: &str, bytes: Vec<u8>) -> Result<SlotArchive, ArtifactError> {
+        let packing =
+            |found: &str| ArtifactError::Packing { url: url.to_string(), found: found.to_string() };
+        match Packing::of(&bytes) {
+            Packing::Tar => Ok(SlotArchive { bytes, tar_option: "" }),
+            Packing::Gzip => Ok(SlotArchive { bytes, tar_option: "-z" }),
+            Packing::Zstd => {
+                let tar = unzstd(&bytes, self.max_bytes).map_err(|e| match e {
+                    Unzstd::TooLarge => ArtifactError::UnpackedTooLarge {
+                        url: url.to_string(),
+                        limit: veza_model::config::ByteSize::from_bytes(self.max_bytes),
+                    },
+                    Unzstd::Invalid(detail) => {
+                        packing(&format!("not a valid zstd stream ({detail})"))
+                    }
+                })?;
+                match Packing::of(&tar) {
+                    Packing::Tar => Ok(SlotArchive { bytes: tar, tar_option: "" }),
+                    inner => Err(packing(&format!(
+                        "zstd-compressed, but what it holds is {}",
+                        inner.describe()
+                    ))),
+                }
+            }
+            other => Err(packing(&other.describe())),
+        }
+    }
+}
+
+/// A release artifact ready to unpack in a slot: `tar {tar_option} -xf` reads `bytes`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotArchive {
+    /// What is pushed into the slot.
+    pub bytes: Vec<u8>,
+    /// `-z` for a gzip-compressed tar, empty for a plain one.
+    pub tar_option: &'static str,
+}
+
+/// How an artifact is packed, from its first bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Packing {
+    Tar,
+    Gzip,
+    Zstd,
+    Xz,
+    Bzip2,
+    Zip,
+    Unknown,
+}
+
+impl Packing {
+    fn of(bytes: &[u8]) -> Packing {
+        if bytes.starts_with(&[0x1f, 0x8b]) {
+            Packing::Gzip
+        } else if bytes.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+            Packing::Zstd
+        } else if bytes.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
+            Packing::Xz
+        } else if bytes.starts_with(b"BZh") {
+            Packing::Bzip2
+        } else if bytes.starts_with(b"PK\x03\x04") {
+            Packing::Zip
+        } else if bytes.get(257..262) == Some(b"ustar") {
+            // POSIX (`ustar\0`) and GNU (`ustar  \0`) tar headers.
+            Packing::Tar
+        } else {
+            Packing::Unknown
+        }
+    }
+
+    fn describe(self) -> String {
+        match self {
+            Packing::Tar => "a tar archive",
+            Packing::Gzip => "gzip-compressed",
+            Packing::Zstd => "zstd-compressed",
+            Packing::Xz => "xz-compressed (not supported: slot images lack xz)",
+            Packing::Bzip2 => "bzip2-compressed (not supported: slot images lack bzip2)",
+            Packing::Zip => "a zip archive",
+            Packing::Unknown => "not a tar archive (no `ustar` header)",
+        }
+        .to_string()
+    }
+}
+
+enum Unzstd {
+    TooLarge,
+    Invalid(String),
+}
+
+/// Decompresses every frame of a zstd stream (skippable frames skipped), stopping past
+/// `max` bytes of output.
+fn unzstd(mut input: &[u8], max: u64) -> Result<Vec<u8>, Unzstd> {
+    use ruzstd::decoding::StreamingDecoder;
+    use ruzstd::decoding::errors::{FrameDecoderError, ReadFrameHeaderError};
+    let mut out = Vec::new();
+    while !input.is_empty() {
+        let decoder = match StreamingDecoder::new(&mut input) {
+            Ok(d) => d,
+            Err(FrameDecoderError::ReadFrameHeaderError(ReadFrameHeaderError::SkipFrame {
+                length,
+                ..
+            })) => {
+                input = input.get(length as usize..).ok_or_else(|| {
+                    Unzstd::Invalid("a skippable frame runs past the end".to_string())
+                })?;
+                continue;
+            }
+            Err(e) => return Err(Unzstd::Invalid(e.to_string())),
+        };
+        let room = max.saturating_sub(out.len() as u64);
+        decoder.take(room + 1).read_to_end(&mut out).map_err(|e| Unzstd::Invalid(e.to_string()))?;
+        if out.len() as u64 > max {
+            return Err(Unzstd::TooLarge);
+        }
+    }
+    Ok(out)
 }
 
 /// Where a download goes: the temp file in the cache and the hash, with the size limit
@@ -357,5 +489,69 @@ mod tests {
         let e = store.fetch(&format!("file://{}", src.display()), &sha256_hex(b"x")).unwrap_err();
         assert!(e.to_string().contains("larger than 4KiB"), "{e}");
         assert_eq!(dir.cache_entries(), Vec::<String>::new());
+    }
+
+    /// Fixtures made with the real tools from one `start.sh` (GNU tar `-b 1`, `gzip -n`,
+    /// `zstd -19`, `xz`, `bzip2`); `release-frames.tar.zst` is two zstd frames with a
+    /// skippable frame between them, as `pzstd` and concatenated streams make.
+    fn fixture(name: &str) -> Vec<u8> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/testdata/artifact").join(name);
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    #[test]
+    fn what_a_slot_is_handed_for_each_packing() {
+        let store = ArtifactStore::new(Path::new("/nonexistent")).with_max_bytes(1024 * 1024);
+        let tar = fixture("release.tar");
+        // (fixture, tar option, bytes pushed) or the error it gets.
+        let accepted: [(&str, &str, Vec<u8>); 4] = [
+            ("release.tar", "", tar.clone()),
+            ("release.tar.gz", "-z", fixture("release.tar.gz")),
+            ("release.tar.zst", "", tar.clone()),
+            ("release-frames.tar.zst", "", tar.clone()),
+        ];
+        for (name, option, pushed) in accepted {
+            // The URL's suffix proves nothing: the bytes decide.
+            let url = format!("https://forge.example/{name}.bin");
+            let got = store.for_slot(&url, fixture(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(got.tar_option, option, "{name}");
+            assert!(got.bytes == pushed, "{name}: not the bytes expected");
+        }
+        let refused = [
+            ("release.tar.xz", "is xz-compressed (not supported"),
+            ("release.tar.bz2", "is bzip2-compressed (not supported"),
+            ("not-a-tar.zst", "is zstd-compressed, but what it holds is not a tar archive"),
+        ];
+        for (name, message) in refused {
+            let e = store.for_slot(name, fixture(name)).unwrap_err();
+            assert!(matches!(e, ArtifactError::Packing { .. }), "{name}: {e}");
+            assert!(e.to_string().contains(message), "{name}: {e}");
+            assert!(e.to_string().contains("hint: build it with `tar -czf`"), "{e}");
+        }
+        for (what, bytes) in [
+            ("a zip archive", b"PK\x03\x04rest".to_vec()),
+            ("not a tar archive", b"#!/bin/sh\necho not packed\n".to_vec()),
+            ("not a valid zstd stream", fixture("release.tar.zst")[..40].to_vec()),
+        ] {
+            let e = store.for_slot("r", bytes).unwrap_err();
+            assert!(e.to_string().contains(&format!("`r` is {what}")), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_zstd_artifact_that_unpacks_past_the_limit_is_refused() {
+        let zeros = fixture("zeros-2MiB.zst");
+        assert!(zeros.len() < 100, "a 2 MiB bomb in a few bytes");
+        let store = ArtifactStore::new(Path::new("/nonexistent")).with_max_bytes(1024 * 1024);
+        let e = store.for_slot("https://forge.example/r.tar.zst", zeros).unwrap_err();
+        assert!(matches!(e, ArtifactError::UnpackedTooLarge { .. }), "{e}");
+        assert!(e.to_string().contains("decompresses to more than 1MiB (`artifacts.max_bytes`)"));
+        // Exactly at the limit is fine.
+        let tar = fixture("release.tar");
+        let store = store.with_max_bytes(tar.len() as u64);
+        assert_eq!(store.for_slot("r", fixture("release.tar.zst")).unwrap().bytes, tar);
+        let store = store.with_max_bytes(tar.len() as u64 - 1);
+        let e = store.for_slot("r", fixture("release.tar.zst")).unwrap_err();
+        assert!(matches!(e, ArtifactError::UnpackedTooLarge { .. }), "{e}");
     }
 }
