@@ -126,8 +126,7 @@ impl EdgeRuntime for HostRuntime {
     }
 
     fn rename(&self, from: &Path, to: &Path) -> Result<(), EdgeError> {
-        crate::fs::rename(from, to)
-            .map_err(|e| self.file_err("rename into place", &e.path)(e.source))
+        veza_fs::rename(from, to).map_err(|e| self.file_err("rename into place", &e.path)(e.source))
     }
 
     fn remove_file(&self, path: &Path) -> Result<(), EdgeError> {
