@@ -155,22 +155,25 @@ fn check_source(kind: &FileKind, text: &str) -> Vec<Finding> {
     }
     let krate = kind.krate();
     let test_file = kind.is_test_file();
-    for Line { no, code, test } in lines(text) {
+    let raw: Vec<&str> = text.lines().collect();
+    for Line { no, code: stripped, test } in lines(text) {
         let product = !test && !test_file;
+        // Matched without comments or literals; shown as written.
+        let (code, stripped) = (raw.get(no - 1).map_or("", |l| l.trim()), stripped.as_str());
         if product && krate.is_some_and(|k| PURE.contains(&k)) {
             for (token, what) in IMPURE {
-                if mentions(&code, token) {
+                if mentions(stripped, token) {
                     out.push(finding(no, "pure", format!("`{token}` reaches {what}: {code}")));
                 }
             }
-            if let Some(group) = code.split("std::{").nth(1) {
+            if let Some(group) = stripped.split("std::{").nth(1) {
                 for m in IMPURE_STD_MODULES.iter().filter(|m| mentions(group, m)) {
                     out.push(finding(no, "pure", format!("`std::{m}` in a use group: {code}")));
                 }
             }
         }
         if path != SPAWN_MODULE {
-            for token in SPAWN.iter().filter(|t| mentions(&code, t)) {
+            for token in SPAWN.iter().filter(|t| mentions(stripped, t)) {
                 out.push(finding(
                     no,
                     "spawn",
@@ -180,11 +183,12 @@ fn check_source(kind: &FileKind, text: &str) -> Vec<Finding> {
                 ));
             }
         }
-        if product && krate.is_some_and(|k| LIBRARIES.contains(&k)) && mentions(&code, "anyhow") {
+        if product && krate.is_some_and(|k| LIBRARIES.contains(&k)) && mentions(stripped, "anyhow")
+        {
             out.push(finding(no, "anyhow", format!("`anyhow` in a library crate: {code}")));
         }
         if product && krate.is_some_and(|k| k != "fs") {
-            for token in WRITE.iter().filter(|t| mentions(&code, t)) {
+            for token in WRITE.iter().filter(|t| mentions(stripped, t)) {
                 if !WRITE_ALLOWED.iter().any(|(f, t, _)| *f == path && t == token) {
                     out.push(finding(
                         no,
