@@ -1,5 +1,5 @@
-//! Effects on the host. The only crate that spawns processes (`process`) or writes
-//! host files (`fs`).
+//! Effects on the host. The only crate that spawns processes (`process`); files are
+//! written through the leaf crate `veza-fs`, re-exported here as `fs`.
 
 /// Atomic file writes: the leaf crate `veza-fs`, re-exported so `veza_host::fs::…` keeps
 /// working.
