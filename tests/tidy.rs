@@ -19,11 +19,13 @@
 //!   `File::create`, `OpenOptions` and `std::fs::rename` appear in `agent/fs` only), with
 //!   the exceptions in [`WRITE_ALLOWED`], each with its reason.
 //! - doc: every Rust file starts with a `//!` comment saying what it is for.
+//! - modules: within a crate, top-level modules do not import each other (through
+//!   `crate::`, outside test code) in a circle.
 //! - crates: each crate depends only on the `veza-*` crates [`CRATE_DEPS`] allows (the
 //!   pipeline order; `veza-state` not on `veza-host`; `veza-testkit` only as a
 //!   dev-dependency).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// Library crates (`agent/<dir>`): no `anyhow`.
@@ -332,6 +334,121 @@ fn prev_ident(chars: &[char], i: usize) -> bool {
     i > 0 && (chars[i - 1].is_alphanumeric() || chars[i - 1] == '_')
 }
 
+/// Where a module first names another: (file, line).
+type Edges = BTreeMap<String, BTreeMap<String, (String, usize)>>;
+
+/// Findings of the module rule over `sources` (path, text): per crate, each circle of
+/// top-level modules naming each other through `crate::` in code other than tests.
+fn check_modules(sources: &[(&str, &str)]) -> Vec<Finding> {
+    let mut crates: BTreeMap<&str, Edges> = BTreeMap::new();
+    for (path, text) in sources {
+        let Some((krate, in_src)) = path.strip_prefix("agent/").and_then(|r| r.split_once("/src/"))
+        else {
+            continue;
+        };
+        let module = in_src.split('/').next().unwrap_or("").trim_end_matches(".rs");
+        if matches!(module, "lib" | "main") {
+            continue;
+        }
+        let edges = crates.entry(krate).or_default().entry(module.to_string()).or_default();
+        let code: String = lines(text)
+            .iter()
+            .map(|l| if l.test { "\n".to_string() } else { format!("{}\n", l.code) })
+            .collect();
+        for (at, target) in crate_refs(&code) {
+            let line = code[..at].matches('\n').count() + 1;
+            if target != module {
+                edges.entry(target).or_insert_with(|| (path.to_string(), line));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for (krate, edges) in &crates {
+        for start in edges.keys() {
+            let Some(circle) = circle_from(edges, start) else { continue };
+            let (file, line) = edges[start][&circle[1]].clone();
+            out.push(Finding {
+                file,
+                line,
+                rule: "modules",
+                text: format!(
+                    "modules of agent/{krate} import each other in a circle: {} (hint: move \
+                     what they share into a module of its own)",
+                    circle.join(" → ")
+                ),
+            });
+        }
+    }
+    out
+}
+
+/// The shortest circle from `start` back to it through modules named after `start` (so
+/// each circle is reported once, from its first module), if any.
+fn circle_from(edges: &Edges, start: &str) -> Option<Vec<String>> {
+    let mut from: BTreeMap<&str, &str> = BTreeMap::new();
+    let mut queue = std::collections::VecDeque::from([start]);
+    while let Some(m) = queue.pop_front() {
+        for next in edges.get(m).into_iter().flat_map(|e| e.keys()) {
+            if next == start {
+                let mut back = Vec::new();
+                let mut at = m;
+                while at != start {
+                    back.push(at.to_string());
+                    at = from[at];
+                }
+                let mut path = vec![start.to_string()];
+                path.extend(back.into_iter().rev());
+                path.push(start.to_string());
+                return Some(path);
+            }
+            let next = next.as_str();
+            if next > start && edges.contains_key(next) && !from.contains_key(next) {
+                from.insert(next, m);
+                queue.push_back(next);
+            }
+        }
+    }
+    None
+}
+
+/// The modules `code` names through `crate::` (`crate::a::b`, `crate::{a, b::c}`), with
+/// the offset of each mention.
+fn crate_refs(code: &str) -> Vec<(usize, String)> {
+    let ident = |s: &str| -> String {
+        s.trim_start().chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect()
+    };
+    let mut out = Vec::new();
+    for (at, _) in code.match_indices("crate::") {
+        if code[..at].chars().next_back().is_some_and(|c| c.is_alphanumeric() || c == '_') {
+            continue;
+        }
+        let rest = &code[at + "crate::".len()..];
+        if let Some(group) = rest.strip_prefix('{') {
+            let mut depth = 0;
+            let mut item_start = 0;
+            for (i, c) in group.char_indices() {
+                match c {
+                    '{' => depth += 1,
+                    '}' if depth == 0 => {
+                        out.push((at, ident(&group[item_start..i])));
+                        break;
+                    }
+                    '}' => depth -= 1,
+                    ',' if depth == 0 => {
+                        out.push((at, ident(&group[item_start..i])));
+                        item_start = i + 1;
+                    }
+                    _ => {}
+                }
+            }
+        } else {
+            out.push((at, ident(rest)));
+        }
+    }
+    out.retain(|(_, m)| !m.is_empty() && m != "self");
+    out
+}
+
 /// Module files declared under `#[cfg(test)]` (`mod tests;`, with or without `#[path]`).
 fn test_modules(path: &Path, text: &str) -> Vec<PathBuf> {
     let raw: Vec<&str> = text.lines().collect();
@@ -452,6 +569,13 @@ fn check_tree() -> Vec<Finding> {
             text,
         ));
     }
+    let sources: Vec<(String, &str)> = texts
+        .iter()
+        .filter(|(p, _)| !test_files.contains(p))
+        .map(|(p, t)| (relative(p), t.as_str()))
+        .collect();
+    let sources: Vec<(&str, &str)> = sources.iter().map(|(p, t)| (p.as_str(), *t)).collect();
+    out.extend(check_modules(&sources));
     let mut manifests = vec![root.join("Cargo.toml")];
     files(&root.join("agent"), "Cargo.toml", &mut manifests);
     for p in manifests {
@@ -467,8 +591,8 @@ fn the_source_tree_keeps_the_architecture_rules() {
     assert!(
         findings.is_empty(),
         "{} architecture rule(s) broken (rules: tests/tidy.rs, ARCHITECTURE.md \"Invariants\"):\n{}\n\
-         hint: move the effect behind veza-host (or veza-fs for a file write), or narrow the rule \
-         in tests/tidy.rs with a reason",
+         hint: the rules are listed at the top of tests/tidy.rs; fix the code (an effect goes \
+         behind veza-host, a file write through veza-fs), or narrow the rule there with a reason",
         findings.len(),
         findings.iter().map(|f| format!("  {f}\n")).collect::<String>()
     );
@@ -581,5 +705,54 @@ fn the_crate_graph_rule_reads_normal_dependencies_only() {
         let found: Vec<(usize, &str)> =
             check_manifest("Cargo.toml", manifest).iter().map(|f| (f.line, f.rule)).collect();
         assert_eq!(&found, expected, "{manifest}");
+    }
+}
+
+#[test]
+fn the_module_rule_finds_circles_of_imports_outside_tests() {
+    // (files of one crate, circles found as (file, line, text ending))
+    type Circles = &'static [(&'static str, usize, &'static str)];
+    let cases: &[(&[(&str, &str)], Circles)] = &[
+        (
+            &[
+                ("agent/model/src/parse.rs", "//! p\nfn f() { crate::validate::closest(); }\n"),
+                (
+                    "agent/model/src/validate.rs",
+                    "//! v\nuse crate::{lexical, parse::{Seg, Pos}};\n",
+                ),
+                ("agent/model/src/lexical.rs", "//! l\n"),
+            ],
+            &[("agent/model/src/parse.rs", 2, "parse → validate → parse")],
+        ),
+        (
+            &[
+                (
+                    "agent/testkit/src/app.rs",
+                    "//! a\nuse crate::{\n    ports::x,\n    incus::TestContainer,\n};\n",
+                ),
+                ("agent/testkit/src/incus.rs", "//! i\nuse crate::proc::alive;\n"),
+                ("agent/testkit/src/proc.rs", "//! p\nuse crate::app::x;\n"),
+            ],
+            &[("agent/testkit/src/app.rs", 2, "app → incus → proc → app")],
+        ),
+        (
+            &[
+                ("agent/model/src/parse.rs", "//! p\nuse crate::hint::closest;\n"),
+                ("agent/model/src/validate.rs", "//! v\nuse crate::{hint::closest, parse::Seg};\n"),
+                (
+                    "agent/model/src/hint.rs",
+                    "//! h\n#[cfg(test)]\nmod tests {\n    use crate::validate::x;\n}\n",
+                ),
+            ],
+            &[],
+        ),
+    ];
+    for (files, expected) in cases {
+        let found = check_modules(files);
+        assert_eq!(found.len(), expected.len(), "{found:#?}");
+        for (f, (file, line, circle)) in found.iter().zip(expected.iter()) {
+            assert_eq!((f.file.as_str(), f.line, f.rule), (*file, *line, "modules"), "{f}");
+            assert!(f.text.contains(&format!(": {circle} (hint:")), "{f}");
+        }
     }
 }
