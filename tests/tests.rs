@@ -14,3 +14,4 @@ mod jobs_systemd;
 mod manifests;
 mod packaging;
 mod signed_source;
+mod tidy;

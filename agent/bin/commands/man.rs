@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use veza_host::fs::write_atomic_if_changed;
+use veza_fs::write_atomic_if_changed;
 
 /// Arguments of `man`.
 #[derive(Debug, clap::Args)]

@@ -63,7 +63,7 @@ async fn daemon(args: &RunArgs) -> anyhow::Result<()> {
     let state_dir = agent.state_dir();
     let store = Store::open(&state_dir)?;
     let sock = control_socket(&state_dir);
-    let _ = std::fs::remove_file(&sock);
+    let _ = veza_fs::remove_if_exists(&sock);
     let listener = UnixListener::bind(&sock)
         .map_err(|e| anyhow::anyhow!("cannot listen on `{}`: {e}", sock.display()))?;
     let (tx, mut requests) = mpsc::channel::<Waiter>(16);
@@ -147,7 +147,7 @@ async fn daemon(args: &RunArgs) -> anyhow::Result<()> {
         // Pick up configuration edits at every cycle, keeping the old one when invalid.
         reload(&mut agent);
     }
-    let _ = std::fs::remove_file(&sock);
+    let _ = veza_fs::remove_if_exists(&sock);
     tracing::info!("veza-agent stopped");
     Ok(())
 }

@@ -1,9 +1,12 @@
-//! Effects on the host. The only crate that spawns processes (`process`) or writes
-//! host files (`fs`).
+//! Effects on the host. The only crate that spawns processes (`process`); files are
+//! written through the leaf crate `veza-fs`, re-exported here as `fs`.
+
+/// Atomic file writes: the leaf crate `veza-fs`, re-exported so `veza_host::fs::…` keeps
+/// working.
+pub use veza_fs as fs;
 
 pub mod apply;
 pub mod artifact;
-pub mod fs;
 pub mod haproxy;
 pub mod http;
 pub mod incus;

@@ -6,6 +6,7 @@
 
 pub mod capabilities;
 pub mod config;
+mod hint;
 pub mod lexical;
 pub mod manifest;
 pub mod parse;

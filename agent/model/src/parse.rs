@@ -358,7 +358,7 @@ fn with_hint(message: String) -> String {
         return message;
     };
     let candidates: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
-    match crate::validate::closest(unknown, candidates.iter().copied()) {
+    match crate::hint::closest(unknown, candidates.iter().copied()) {
         Some(best) => format!("{message}; did you mean `{best}`?"),
         None => message,
     }

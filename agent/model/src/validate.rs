@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use crate::hint::closest;
 use crate::lexical;
 use crate::manifest::{Color, Device, DeviceType, Manifest};
 use crate::parse::{Diagnostic, FileDiagnostic, Parsed, Seg};
@@ -845,29 +846,6 @@ fn unknown_ref<'a>(what: &str, name: &str, known: impl Iterator<Item = &'a Strin
     }
 }
 
-/// The candidate closest to `word` by edit distance, if it is close enough to be a typo.
-pub(crate) fn closest<'a>(
-    word: &str,
-    candidates: impl Iterator<Item = &'a str>,
-) -> Option<&'a str> {
-    let limit = (word.chars().count() / 3).max(1);
-    candidates.map(|c| (levenshtein(word, c), c)).filter(|(d, _)| *d <= limit).min().map(|(_, c)| c)
-}
-
-fn levenshtein(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let cost = usize::from(ca != *cb);
-            cur.push((prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1));
-        }
-        prev = cur;
-    }
-    prev[b.len()]
-}
-
 fn is_env_name(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
@@ -962,13 +940,6 @@ mod tests {
         ] {
             assert_eq!(is_dns_name(name), ok, "{name}");
         }
-    }
-
-    #[test]
-    fn edit_distance_hints() {
-        assert_eq!(closest("blu", ["blue", "green"].into_iter()), Some("blue"));
-        assert_eq!(closest("xyz", ["blue", "green"].into_iter()), None);
-        assert_eq!(levenshtein("kitten", "sitting"), 3);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Record: what the agent applied, when, from which commit and signer, and how it went.
 //!
 //! Files under the state directory, each written atomically
-//! (`veza_host::fs::write_atomic_if_changed`):
+//! (`veza_fs::write_atomic_if_changed`):
 //! - `state.json`: the current [`AgentState`] (versioned; older versions are migrated
 //!   by pure functions before use);
 //! - `history.jsonl`: the bounded deploy history, newest last;
@@ -20,7 +20,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use veza_host::fs::{WriteError, write_atomic_if_changed};
+use veza_fs::{WriteError, write_atomic_if_changed};
 
 /// Current version of `state.json`.
 pub const STATE_SCHEMA_VERSION: u32 = 1;
@@ -290,19 +290,9 @@ impl Store {
         let derr = |source| StateError::Dir { path: dir.to_path_buf(), source };
         std::fs::create_dir_all(dir).map_err(derr)?;
         let lock_path = dir.join("lock");
-        let lock = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(derr)?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(StateError::Locked { path: lock_path });
-            }
-            Err(std::fs::TryLockError::Error(e)) => return Err(derr(e)),
-        }
+        let Some(lock) = veza_fs::try_lock(&lock_path)? else {
+            return Err(StateError::Locked { path: lock_path });
+        };
         Ok(Store { dir: dir.to_path_buf(), _lock: lock })
     }
 
@@ -324,8 +314,8 @@ impl Store {
                     .map(|d| d.as_secs())
                     .unwrap_or(0);
                 let moved_to = self.dir.join(format!("state.json.corrupt-{stamp}"));
-                std::fs::rename(&path, &moved_to)
-                    .map_err(|source| StateError::Dir { path: path.clone(), source })?;
+                veza_fs::rename(&path, &moved_to)
+                    .map_err(|e| StateError::Dir { path: path.clone(), source: e.source })?;
                 Ok((AgentState::default(), Some(StateError::MovedAside { path, moved_to, reason })))
             }
             Err(e) => Err(e),
@@ -363,11 +353,9 @@ impl Store {
 
     /// Removes the journal at the end of a run.
     pub fn clear_journal(&self) -> Result<(), StateError> {
-        match std::fs::remove_file(self.dir.join("journal.json")) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(StateError::Dir { path: self.dir.clone(), source }),
-        }
+        veza_fs::remove_if_exists(&self.dir.join("journal.json"))
+            .map(|_| ())
+            .map_err(|e| StateError::Dir { path: self.dir.clone(), source: e.source })
     }
 
     /// The state directory.

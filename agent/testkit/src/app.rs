@@ -1,6 +1,6 @@
 //! The test app (`veza-testapp`) as tests use it: its binary, release artifacts built
 //! from it (healthy and broken), deployment into a container, a copy running on the
-//! host, a minimal HTTP/1.1 GET client, and process liveness checks.
+//! host, a minimal HTTP/1.1 GET client (process liveness checks live in [`crate::proc`]).
 //!
 //! How the binary is found: a library cannot use `env!("CARGO_BIN_EXE_…")`, and a
 //! dev-dependency on a binary-only crate does not build its binary. So the first call to
@@ -21,58 +21,7 @@ use sha2::{Digest, Sha256};
 use veza_host::process::Cmd;
 
 use crate::incus::TestContainer;
-
-/// Whether `pid` is a live process (not a zombie) that started no later than
-/// `created` (unix seconds, with slack), i.e. not a newer process reusing the pid.
-pub fn process_alive_since(pid: u32, created: Option<u64>) -> bool {
-    if pid == 0 {
-        return false;
-    }
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
-    // Fields after the parenthesised command name: state is the 1st, starttime the 20th.
-    let Some((_, rest)) = stat.rsplit_once(") ") else { return true };
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    if matches!(fields.first(), Some(&"Z") | Some(&"X")) {
-        return false;
-    }
-    let (Some(created), Some(start_ticks)) =
-        (created, fields.get(19).and_then(|s| s.parse::<u64>().ok()))
-    else {
-        return true;
-    };
-    match boot_time() {
-        // /proc reports start times in USER_HZ, which is 100 on Linux.
-        Some(btime) => btime + start_ticks / 100 <= created + 2,
-        None => true,
-    }
-}
-
-/// Whether `pid` is a live process (not a zombie).
-pub fn process_alive(pid: u32) -> bool {
-    process_alive_since(pid, None)
-}
-
-fn boot_time() -> Option<u64> {
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    stat.lines().find_map(|l| l.strip_prefix("btime ")).and_then(|s| s.trim().parse().ok())
-}
-
-/// Sends `signal` (e.g. `TERM`) to `pid` with `kill`, then waits up to `grace` for it to
-/// die, and sends `KILL` if it did not.
-pub fn kill_pid(pid: u32, signal: &str, grace: Duration) {
-    if !process_alive(pid) {
-        return;
-    }
-    let _ = Cmd::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).run();
-    let start = Instant::now();
-    while start.elapsed() < grace {
-        if !process_alive(pid) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = Cmd::new("kill").arg("-KILL").arg(pid.to_string()).run();
-}
+pub use crate::proc::{kill_pid, process_alive, process_alive_since};
 
 /// Path of the `veza-testapp` binary, built on first use (see the module docs).
 pub fn testapp_binary() -> Result<PathBuf> {
@@ -322,20 +271,6 @@ mod tests {
         assert_eq!(r.header("x-release"), Some("a"));
         assert_eq!(r.body, "no");
         assert!(parse_reply(b"HTTP/1.1 200 OK\r\n").is_err());
-    }
-
-    #[test]
-    fn liveness_of_self_zombies_and_reused_pids() {
-        assert!(process_alive(std::process::id()));
-        assert!(!process_alive(0));
-        let pid = Cmd::new("true").spawn_daemon(None).unwrap();
-        // Never reaped by us: it becomes a zombie, which counts as dead.
-        let start = Instant::now();
-        while process_alive(pid) && start.elapsed() < Duration::from_secs(5) {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        assert!(!process_alive(pid));
-        assert!(!process_alive_since(std::process::id(), Some(1000)));
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use veza_host::process::Cmd;
 
-use crate::app::{kill_pid, process_alive};
+use crate::proc::{kill_pid, process_alive};
 
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 const RELOAD_TIMEOUT: Duration = Duration::from_secs(10);

@@ -15,8 +15,8 @@ use anyhow::{Context, Result, anyhow, bail};
 use serde_json::Value;
 use veza_host::process::{Cmd, Output};
 
-use crate::app::process_alive_since;
 use crate::ports::rand_u64;
+use crate::proc::process_alive_since;
 
 /// Busybox rootfs plus the host's glibc runtime; loopback is up after boot.
 pub const BUSYBOX_IMAGE: &str = "veza-test-busybox";

@@ -6,6 +6,7 @@ pub mod haproxy;
 pub mod http;
 pub mod incus;
 pub mod ports;
+pub mod proc;
 pub mod repo;
 
 pub use app::{

@@ -126,14 +126,7 @@ impl EdgeRuntime for HostRuntime {
     }
 
     fn rename(&self, from: &Path, to: &Path) -> Result<(), EdgeError> {
-        std::fs::rename(from, to).map_err(self.file_err("rename into place", from))?;
-        let dir = match to.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
-        };
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(self.file_err("sync the directory of", to))
+        veza_fs::rename(from, to).map_err(|e| self.file_err("rename into place", &e.path)(e.source))
     }
 
     fn remove_file(&self, path: &Path) -> Result<(), EdgeError> {

@@ -1,6 +1,13 @@
 //! Atomic file writes: temp file in the same directory, fsync, rename, fsync the directory;
-//! skipped when the content is already the same. And the free space of a file system
-//! (status warns when the state directory can no longer be written).
+//! skipped when the content is already the same. And the few other changes the agent makes
+//! to its own files (the host lock, a rename in place, a removal), and the free space of a
+//! file system (status warns when the state directory can no longer be written).
+//!
+//! A leaf crate (no other `veza-*` dependency) so that every crate that writes a file —
+//! `veza-state`, `veza-host` (re-exported as `veza_host::fs`), the binary — writes it the
+//! same way, without depending on the effects crate. The tidy test
+//! (`tests/tidy.rs`) refuses `std::fs::write`, `File::create`, `OpenOptions` and
+//! `std::fs::rename` in product code outside this crate.
 //!
 //! The agent runs as root and some of the directories it writes into may be writable by
 //! another user (node_exporter's textfile directory belongs to `prometheus`). So every
@@ -284,6 +291,41 @@ fn random_u64() -> u64 {
     h.finish()
 }
 
+/// Renames `from` to `to` (replacing it, never following a symlink there) and flushes
+/// the directory of `to`, so the rename survives a crash.
+pub fn rename(from: &Path, to: &Path) -> Result<(), WriteError> {
+    let err = |source| WriteError { path: to.to_path_buf(), source };
+    std::fs::rename(from, to).map_err(|source| WriteError { path: from.to_path_buf(), source })?;
+    let (dir, _) = split(to).map_err(err)?;
+    open_dir(dir).and_then(|d| d.sync_all()).map_err(err)
+}
+
+/// Removes the file (or socket, or symlink: never followed) at `path`; `false` when there
+/// was nothing to remove.
+pub fn remove_if_exists(path: &Path) -> Result<bool, WriteError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(source) => Err(WriteError { path: path.to_path_buf(), source }),
+    }
+}
+
+/// Opens the lock file `path` (created, mode 0600, when missing; never through a symlink)
+/// and takes an exclusive `flock` on it without waiting: `None` when another process
+/// holds it. The lock lasts as long as the returned file is open.
+pub fn try_lock(path: &Path) -> Result<Option<std::fs::File>, WriteError> {
+    let err = |source| WriteError { path: path.to_path_buf(), source };
+    let flags = OFlags::RDWR | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let fd = rustix::fs::openat(rustix::fs::CWD, path, flags, Mode::from_raw_mode(0o600))
+        .map_err(|e| err(e.into()))?;
+    let file = std::fs::File::from(fd);
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+        Err(std::fs::TryLockError::Error(e)) => Err(err(e)),
+    }
+}
+
 /// Free bytes on the file system holding `path`, as root sees them (reserved blocks
 /// included: the agent runs as root).
 pub fn free_bytes(path: &Path) -> std::io::Result<u64> {
@@ -358,12 +400,10 @@ mod tests {
 
         /// `nobody` plants `link` → `target` (replacing what was there).
         fn plant(&self, target: &Path, link: &str) {
-            crate::process::Cmd::new("runuser")
-                .args(["-u", "nobody", "--", "ln", "-sfn"])
-                .arg(target)
-                .arg(self.shared.join(link))
-                .run()
-                .expect("runuser -u nobody ln -s");
+            let link = self.shared.join(link);
+            let _ = std::fs::remove_file(&link);
+            std::os::unix::fs::symlink(target, &link).expect("plant a symlink");
+            std::os::unix::fs::lchown(&link, Some(NOBODY), Some(NOBODY)).expect("chown it");
         }
     }
 
@@ -459,6 +499,40 @@ mod tests {
             assert!(msg.contains("is a symlink"), "{msg}");
         }
         assert!(std::fs::read_dir(&d.private).unwrap().next().is_none());
+    }
+
+    #[test]
+    fn the_lock_is_exclusive_released_on_drop_and_never_taken_through_a_symlink() {
+        let d = SharedDir::new("lock");
+        let lock = d.private.join("lock");
+
+        let held = try_lock(&lock).unwrap();
+        assert!(held.is_some(), "a free lock is taken");
+        assert!(try_lock(&lock).unwrap().is_none(), "a held lock is refused, without waiting");
+        drop(held);
+        assert!(try_lock(&lock).unwrap().is_some(), "a dropped lock is free again");
+        assert_eq!(mode_of(&lock), 0o600);
+
+        let target = d.secret("target", b"", 0o600);
+        d.plant(&target, "lock");
+        let err = try_lock(&d.shared.join("lock")).unwrap_err();
+        assert!(err.to_string().contains("lock"), "{err}");
+    }
+
+    #[test]
+    fn rename_replaces_the_destination_and_remove_reports_what_it_did() {
+        let d = SharedDir::new("rename");
+        let from = d.secret("state.json", b"{bad", 0o644);
+        let to = d.private.join("state.json.corrupt-1");
+
+        rename(&from, &to).unwrap();
+
+        assert_eq!(std::fs::read(&to).unwrap(), b"{bad");
+        assert!(!from.exists());
+        assert!(remove_if_exists(&to).unwrap(), "an existing file is removed");
+        assert!(!remove_if_exists(&to).unwrap(), "a missing file is not an error");
+        let err = rename(&from, &to).unwrap_err();
+        assert!(err.to_string().contains("state.json"), "{err}");
     }
 
     fn tempfile_dir() -> PathBuf {
