@@ -3,6 +3,7 @@
 
 pub mod apply;
 pub mod artifact;
+pub mod clock;
 pub mod fs;
 pub mod haproxy;
 pub mod http;

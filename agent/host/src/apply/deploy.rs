@@ -152,8 +152,8 @@ fi
 /// Downloads (or takes from the cache) the artifact, checks its digest, unpacks it in
 /// the slot, (re)starts the app under the slot's supervisor, and marks the slot with the
 /// release.
-pub(super) async fn deploy_release<I, E, U>(
-    d: &Drivers<'_, I, E, U>,
+pub(super) async fn deploy_release<I, E, U, P, C>(
+    d: &Drivers<'_, I, E, U, P, C>,
     instance: &str,
     slot: &SlotSpec,
 ) -> Result<(), String>

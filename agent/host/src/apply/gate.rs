@@ -2,24 +2,29 @@
 //! after a switch.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use veza_plan::desired::SlotSpec;
 
 use super::deploy::{exec_ok, shell_quote};
 use super::{Drivers, Hooks, StepError};
+use crate::clock::Clock;
+use crate::http::Probe;
 use crate::incus::Incus;
 
 /// One probe of a slot's health: on its loopback address from the host, or from inside
 /// the slot for bridge-addressed slots.
-async fn probe<I: Incus + Sync>(
+async fn probe<I: Incus + Sync, P: Probe + Sync>(
     incus: &I,
+    http: &P,
     instance: &str,
     slot: &SlotSpec,
     timeout: Duration,
 ) -> Result<(), String> {
     if let Some(addr) = &slot.loopback {
-        let r = crate::http::get(addr, "localhost", &slot.health_path, timeout)
+        let r = http
+            .get(addr, "localhost", &slot.health_path, timeout)
+            .await
             .map_err(|e| e.to_string())?;
         if r.status != slot.expect_status {
             return Err(format!(
@@ -89,14 +94,16 @@ impl GateRule {
     }
 }
 
-pub(super) async fn health_gate<I, E, U, H>(
-    d: &Drivers<'_, I, E, U>,
+pub(super) async fn health_gate<I, E, U, P, C, H>(
+    d: &Drivers<'_, I, E, U, P, C>,
     instance: &str,
     slot: &SlotSpec,
     hooks: &H,
 ) -> Result<(), StepError>
 where
     I: Incus + Sync,
+    P: Probe + Sync,
+    C: Clock + Sync,
     H: Hooks,
 {
     let rule = GateRule::for_slot(slot);
@@ -109,27 +116,28 @@ where
             slot.color, rule.rise, d.gates.health_timeout
         )));
     }
-    let deadline = Instant::now() + d.gates.health_timeout;
+    let deadline = d.clock.now() + d.gates.health_timeout;
     let mut last = String::from("no probe ran");
     let mut attempts = 0u32;
     let mut streak = 0u32;
-    let mut healthy_since: Option<Instant> = None;
-    while Instant::now() < deadline {
+    let mut healthy_since = None;
+    while d.clock.now() < deadline {
         if hooks.preempted() {
             return Err(StepError::Preempted);
         }
         attempts += 1;
-        match probe(d.incus, instance, slot, probe_timeout).await {
+        match probe(d.incus, d.probe, instance, slot, probe_timeout).await {
             Ok(()) => {
                 streak += 1;
-                let since = *healthy_since.get_or_insert_with(Instant::now);
-                if rule.opens(streak, since.elapsed()) {
+                let since = *healthy_since.get_or_insert_with(|| d.clock.now());
+                let healthy_for = d.clock.now().saturating_duration_since(since);
+                if rule.opens(streak, healthy_for) {
                     return Ok(());
                 }
                 last = format!(
                     "{streak} of {} healthy probes in a row, healthy for {} ms of the {} ms required",
                     rule.rise,
-                    since.elapsed().as_millis(),
+                    healthy_for.as_millis(),
                     rule.stable_for.as_millis()
                 );
             }
@@ -139,7 +147,7 @@ where
                 last = e;
             }
         }
-        tokio::time::sleep(GATE_PROBE_EVERY).await;
+        d.clock.sleep(GATE_PROBE_EVERY).await;
     }
     Err(StepError::Unhealthy(format!(
         "{} slot `{instance}` (release {}) was not healthy after {:?} ({attempts} probes; last: {last})",
@@ -151,7 +159,8 @@ where
 
 /// Requests through the edge: every one must succeed (< 500) and, when the app reports
 /// its release in `X-Release`, reach the expected release.
-pub(super) fn verify_edge(
+pub(super) async fn verify_edge<P: Probe + Sync>(
+    http: &P,
     listen: &str,
     host: &str,
     path: &str,
@@ -160,7 +169,7 @@ pub(super) fn verify_edge(
     timeout: Duration,
 ) -> Result<(), String> {
     for i in 0..n.max(1) {
-        let r = crate::http::get(listen, host, path, timeout).map_err(|e| e.to_string())?;
+        let r = http.get(listen, host, path, timeout).await.map_err(|e| e.to_string())?;
         if r.status >= 500 {
             return Err(format!("request {} through the edge answered {}", i + 1, r.status));
         }

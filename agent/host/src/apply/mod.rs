@@ -19,12 +19,14 @@
 
 use std::collections::BTreeSet;
 use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use veza_plan::live::UnitTarget;
 use veza_plan::{Action, Plan, Step};
 
 use crate::artifact::ArtifactStore;
+use crate::clock::{Clock, SystemClock};
+use crate::http::{HttpProbe, Probe};
 use crate::incus::{
     ImageSource, Incus, IncusError, InstanceKind, InstanceSpec, InstanceUpdate, ProfileSpec,
     StateChange,
@@ -86,8 +88,9 @@ impl Default for Gates {
     }
 }
 
-/// The drivers a run uses.
-pub struct Drivers<'a, I, E, U> {
+/// The drivers a run uses. The probe and the clock default to the real ones
+/// ([`HttpProbe`], [`SystemClock`]); tests give scripted ones.
+pub struct Drivers<'a, I, E, U, P = HttpProbe, C = SystemClock> {
     /// Incus.
     pub incus: &'a I,
     /// The edge.
@@ -96,6 +99,11 @@ pub struct Drivers<'a, I, E, U> {
     pub units: &'a U,
     /// Release artifacts.
     pub artifacts: &'a ArtifactStore,
+    /// HTTP requests of health probes on loopback addresses and of verifications
+    /// through the edge.
+    pub probe: &'a P,
+    /// The time source of the health gate and of step timings.
+    pub clock: &'a C,
     /// Gate settings.
     pub gates: Gates,
 }
@@ -134,11 +142,17 @@ enum StepError {
 }
 
 /// Runs `plan`.
-pub async fn apply<I, E, U, H>(plan: &Plan, d: &Drivers<'_, I, E, U>, hooks: &mut H) -> ApplyReport
+pub async fn apply<I, E, U, P, C, H>(
+    plan: &Plan,
+    d: &Drivers<'_, I, E, U, P, C>,
+    hooks: &mut H,
+) -> ApplyReport
 where
     I: Incus + Sync,
     E: Edge + Sync,
     U: Units + Sync,
+    P: Probe + Sync,
+    C: Clock + Sync,
     H: Hooks,
 {
     let mut timings = Vec::new();
@@ -157,7 +171,7 @@ where
             };
         }
         hooks.before_step(i, step);
-        let started = Instant::now();
+        let started = d.clock.now();
         if !settled && touched_instance(&step.action).is_some() {
             // Once per run, before the first step that touches an instance: what a killed
             // run left running there (a create, a start) holds Incus's instance lock.
@@ -186,6 +200,7 @@ where
                 r
             }
             Action::VerifyEdge { env, app, release, host, path, listen, color } => verify_edge(
+                d.probe,
                 listen,
                 host,
                 path,
@@ -193,11 +208,15 @@ where
                 d.gates.verify_requests,
                 d.gates.probe_timeout,
             )
+            .await
             .map_err(|why| StepError::Unhealthy(format!("{env}/{app} on {color}: {why}"))),
             other => run_step(other, d, hooks).await,
         };
         match result {
-            Ok(()) => timings.push((step.action.to_string(), started.elapsed().as_millis() as u64)),
+            Ok(()) => timings.push((
+                step.action.to_string(),
+                d.clock.now().saturating_duration_since(started).as_millis() as u64,
+            )),
             Err(StepError::Failed(error)) => {
                 return ApplyReport {
                     outcome: ApplyOutcome::Failed { step: step.action.to_string(), error },
@@ -281,15 +300,17 @@ fn touched_instance(action: &Action) -> Option<&str> {
     }
 }
 
-async fn run_step<I, E, U, H>(
+async fn run_step<I, E, U, P, C, H>(
     action: &Action,
-    d: &Drivers<'_, I, E, U>,
+    d: &Drivers<'_, I, E, U, P, C>,
     hooks: &H,
 ) -> Result<(), StepError>
 where
     I: Incus + Sync,
     E: Edge + Sync,
     U: Units + Sync,
+    P: Probe + Sync,
+    C: Clock + Sync,
     H: Hooks,
 {
     let fail = |e: &dyn std::fmt::Display| StepError::Failed(e.to_string());
