@@ -16,6 +16,11 @@
 //!   the plan's instances (a killed run's create or start, which hold Incus's instance
 //!   lock) are waited for, up to [`Gates::operations_timeout`]: one `GET /1.0/operations`
 //!   per run with such steps, none on a run without.
+//!
+//! The engine reaches the world only through [`Drivers`]: Incus, the edge, units,
+//! artifacts, the HTTP [`Probe`] and the [`Clock`], so that `tests.rs` runs plans in
+//! process over the fakes. `deploy.rs` puts a release into a slot; `gate.rs` holds the
+//! health gate and the verification through the edge.
 
 use std::collections::BTreeSet;
 use std::future::Future;
