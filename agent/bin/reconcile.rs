@@ -384,6 +384,8 @@ impl Agent {
             edge: &edge,
             units: &units,
             artifacts: &artifacts,
+            probe: &veza_host::http::HttpProbe,
+            clock: &veza_host::clock::SystemClock,
             gates,
         };
         apply(plan, &drivers, hooks).await

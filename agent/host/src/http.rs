@@ -1,8 +1,12 @@
 //! A minimal HTTP/1.1 client for the agent's own probes: slot health checks and
 //! verification requests through the edge. Plain TCP to the addresses the manifests
-//! name (loopback in tests); bounded in time and size.
+//! name (loopback in tests); bounded in time and size. [`Probe`] is that client as the
+//! apply engine takes it from its drivers; [`fake`] scripts its answers for tests.
+
+pub mod fake;
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
@@ -86,6 +90,36 @@ pub fn get(addr: &str, host: &str, path: &str, timeout: Duration) -> Result<Repl
         }
     }
     parse_reply(&raw).ok_or_else(|| err(format!("malformed response ({} bytes)", raw.len())))
+}
+
+/// The requests the apply engine sends on its own: a slot's health probe on its loopback
+/// address and the verification requests through the edge after a switch. The engine
+/// takes it from its drivers so that tests can script the answers ([`fake::ScriptedProbe`]).
+pub trait Probe {
+    /// `GET path` on `addr` with a `Host:` header, bounded by `timeout` (as [`get`]).
+    fn get(
+        &self,
+        addr: &str,
+        host: &str,
+        path: &str,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<Reply, HttpError>> + Send;
+}
+
+/// The real probe: [`get`] over TCP.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HttpProbe;
+
+impl Probe for HttpProbe {
+    async fn get(
+        &self,
+        addr: &str,
+        host: &str,
+        path: &str,
+        timeout: Duration,
+    ) -> Result<Reply, HttpError> {
+        get(addr, host, path, timeout)
+    }
 }
 
 /// Parses a raw HTTP/1.x response (headers, then the body as sent).

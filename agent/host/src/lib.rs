@@ -7,6 +7,7 @@ pub use veza_fs as fs;
 
 pub mod apply;
 pub mod artifact;
+pub mod clock;
 pub mod haproxy;
 pub mod http;
 pub mod incus;

@@ -6,7 +6,10 @@
 //! or removed; anything else in the unit directory is never touched: installing over a
 //! file without the marker is refused ([`SystemdError::Foreign`]). Every unit is
 //! checked with `systemd-analyze verify` where it will run before it is enabled, and any
-//! diagnostic counts as a failure (verify exits 0 on unknown keys).
+//! diagnostic counts as a failure (verify exits 0 on unknown keys). [`fake`] holds
+//! in-memory units for tests.
+
+pub mod fake;
 
 use std::collections::BTreeMap;
 use std::future::Future;

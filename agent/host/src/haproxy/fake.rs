@@ -1,12 +1,14 @@
 //! An in-memory [`EdgeRuntime`] for tests: files in a map, a simulated master process
 //! (reload counter, `[failed: N]`, worker pids, `show proc` in HAProxy 2.6's format), a
 //! validator that rejects configs containing a marker (`bogus` by default), a record of
-//! every operation, and injectable faults.
+//! every operation, and injectable faults. It is also the apply engine's [`Edge`](crate::apply::Edge)
+//! (the real installer over this runtime, at [`EdgePaths::debian`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
+use super::install::{EdgePaths, InstallOptions, install};
 use super::parse::EMPTY_STATE_FILE;
 use super::runtime::{EdgeError, EdgeRuntime};
 
@@ -300,5 +302,20 @@ impl EdgeRuntime for FakeEdge {
             }
             _ => Ok(String::new()),
         }
+    }
+}
+
+impl crate::apply::Edge for FakeEdge {
+    async fn live_config(&self) -> Result<Option<String>, String> {
+        self.read_file(&EdgePaths::debian().config)
+            .map(|b| b.map(|b| String::from_utf8_lossy(&b).into_owned()))
+            .map_err(|e| e.to_string())
+    }
+
+    async fn install(&self, config: &str) -> Result<(), String> {
+        // The fake confirms a reload at the first poll: no need to wait between polls.
+        let opts =
+            InstallOptions { poll_interval: std::time::Duration::ZERO, ..Default::default() };
+        install(self, &EdgePaths::debian(), config, &opts).map(|_| ()).map_err(|e| e.to_string())
     }
 }

@@ -1,0 +1,277 @@
+//! Deploying a release into a slot: the artifact pushed and unpacked, the app's run
+//! script and unit, the swap and restart under the slot's supervisor, the release mark.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use veza_plan::desired::SlotSpec;
+use veza_plan::live::MARK_RELEASE;
+
+use super::Drivers;
+use crate::incus::{ExecRequest, FilePush, Incus, InstanceUpdate};
+
+pub(super) fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+pub(super) async fn exec_ok<I: Incus + Sync>(
+    incus: &I,
+    instance: &str,
+    script: &str,
+    env: BTreeMap<String, String>,
+) -> Result<String, String> {
+    let mut req = ExecRequest::sh(script);
+    req.env = env;
+    req.timeout = Duration::from_secs(300);
+    let out = incus.exec(instance, &req).await.map_err(|e| e.to_string())?;
+    if out.exit_code != 0 {
+        return Err(format!(
+            "in `{instance}`: `sh -c {script}` exited {}: {}",
+            out.exit_code,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Where the slot's app supervision lives inside the slot.
+pub const APP_RUN_SCRIPT: &str = "/etc/veza-app/run";
+
+/// The script that runs the app in the foreground, with its environment: what init
+/// (busybox `respawn`) or systemd (`veza-app.service`, `Restart=always`) supervises, so
+/// the app comes back after a crash and after the slot restarts.
+///
+/// `VEZA_LISTEN` is where the edge can reach the app: `127.0.0.1:<port>` when a proxy
+/// device carries it to the host's loopback, every IPv4 address of the slot otherwise
+/// (the edge connects over the bridge).
+pub fn app_run_script(slot: &SlotSpec) -> String {
+    let listen = if slot.loopback.is_some() { "127.0.0.1" } else { "0.0.0.0" };
+    let env = [
+        ("VEZA_RELEASE", slot.release.clone()),
+        ("VEZA_PORT", slot.port.to_string()),
+        ("VEZA_LISTEN", format!("{listen}:{}", slot.port)),
+        ("VEZA_ENV", slot.env.clone()),
+        ("VEZA_APP", slot.app.clone()),
+    ];
+    let mut out = String::from(
+        "#!/bin/sh\n# Written by veza-agent: runs this slot's app in the foreground under a \
+         supervisor\n# (init `respawn` or veza-app.service). Changed only by a deploy.\n",
+    );
+    for (k, v) in env {
+        out.push_str(&format!("export {k}={}\n", shell_quote(&v)));
+    }
+    out.push_str(&format!(
+        "cd {} || exit 1\n\
+         echo \"$$ $(sed 's/.*) //' /proc/$$/stat | cut -d' ' -f20)\" > /run/veza-app.pid\n\
+         exec >>/var/log/veza-app.log 2>&1 </dev/null\nexec /bin/sh -c {}\n",
+        shell_quote(&slot.install_dir),
+        shell_quote(&slot.start)
+    ));
+    out
+}
+
+/// systemd unit for slots whose PID 1 is systemd.
+pub fn app_unit(slot: &SlotSpec) -> String {
+    format!(
+        "# Written by veza-agent: the {env}/{app} app ({color} slot).\n[Unit]\n\
+         Description=veza-agent app {env}/{app}\nAfter=network.target\n\
+         StartLimitIntervalSec=0\n\n[Service]\n\
+         ExecStart={APP_RUN_SCRIPT}\nRestart=always\nRestartSec=1\nKillMode=control-group\n\
+         TimeoutStopSec=10\n\n[Install]\nWantedBy=multi-user.target\n",
+        env = slot.env,
+        app = slot.app,
+        color = slot.color,
+    )
+}
+
+/// Puts the unpacked release (`DIR.new`) in place and (re)starts the app under the
+/// slot's supervisor: systemd when it is PID 1 (`unit` written to
+/// `/etc/systemd/system/veza-app.service`), busybox init's `respawn` when that is, else
+/// a detached process (which does not survive a restart of the slot). Prints
+/// `supervisor=systemd|init|none`.
+fn swap_and_restart_script(dir: &str, unit: &str) -> String {
+    format!(
+        r#"set -e
+# The app's pid (its run script's, a process group leader) when it is still our app: the
+# pid file holds the pid and its start time, and a pid file left by a dead app may name
+# an unrelated process by now.
+app_pid() {{
+    read -r pid started 2>/dev/null < /run/veza-app.pid || return 0
+    [ -n "$pid" ] && [ -n "$started" ] || return 0
+    now=$(sed 's/.*) //' /proc/"$pid"/stat 2>/dev/null | cut -d' ' -f20)
+    [ "$now" = "$started" ] && echo "$pid"
+    return 0
+}}
+# Stops the app and everything it started (its process group): TERM, up to 10 s for the
+# whole group to exit, then KILL.
+stop_old() {{
+    pid=$(app_pid)
+    [ -n "$pid" ] || return 0
+    kill -TERM -"$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || return 0
+    i=0
+    while {{ kill -0 -"$pid" 2>/dev/null || kill -0 "$pid" 2>/dev/null; }} && [ $i -lt 100 ]; do
+        sleep 0.1
+        i=$((i+1))
+    done
+    kill -KILL -"$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
+}}
+# The new release in place; the old one is removed only after the app stopped.
+swap() {{ rm -rf {dir}.old; if [ -e {dir} ]; then mv {dir} {dir}.old; fi; mv {dir}.new {dir}; }}
+if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
+    if systemctl is-active --quiet veza-app.service; then
+        systemctl stop veza-app.service
+    else
+        stop_old
+    fi
+    rm -f /run/veza-app.pid
+    swap
+    cat > /etc/systemd/system/veza-app.service.tmp <<'VEZA_UNIT_END'
+{unit}VEZA_UNIT_END
+    mv /etc/systemd/system/veza-app.service.tmp /etc/systemd/system/veza-app.service
+    systemctl daemon-reload
+    systemctl enable --quiet veza-app.service
+    systemctl restart veza-app.service
+    rm -rf {dir}.old
+    echo supervisor=systemd
+elif [ -f /etc/inittab ] && [ "$(readlink /proc/1/exe 2>/dev/null)" = /bin/busybox ]; then
+    swap
+    stop_old
+    rm -rf {dir}.old
+    if ! grep -q '^::respawn:{run}$' /etc/inittab; then
+        echo '::respawn:{run}' >> /etc/inittab
+        kill -HUP 1
+    fi
+    echo supervisor=init
+else
+    stop_old
+    swap
+    rm -rf {dir}.old
+    ( setsid {run} </dev/null >/dev/null 2>&1 & )
+    echo supervisor=none
+fi
+"#,
+        run = APP_RUN_SCRIPT,
+    )
+}
+
+/// Downloads (or takes from the cache) the artifact, checks its digest, unpacks it in
+/// the slot, (re)starts the app under the slot's supervisor, and marks the slot with the
+/// release.
+pub(super) async fn deploy_release<I, E, U, P, C>(
+    d: &Drivers<'_, I, E, U, P, C>,
+    instance: &str,
+    slot: &SlotSpec,
+) -> Result<(), String>
+where
+    I: Incus + Sync,
+{
+    let bytes = d.artifacts.fetch(&slot.artifact_url, &slot.sha256).map_err(|e| e.to_string())?;
+    let archive = d.artifacts.for_slot(&slot.artifact_url, bytes).map_err(|e| e.to_string())?;
+    let tarball = "/tmp/veza-release.tar";
+    let mut push = FilePush::new(tarball, archive.bytes);
+    push.mode = 0o600;
+    crate::incus::push_file_verified(d.incus, instance, &push).await.map_err(|e| e.to_string())?;
+    let dir = shell_quote(&slot.install_dir);
+    let unpack = format!(
+        "set -e; rm -rf {dir}.new; mkdir -p {dir}.new; tar {opt} -xf {tarball} -C {dir}.new; rm -f {tarball}",
+        opt = archive.tar_option,
+    );
+    exec_ok(d.incus, instance, &unpack, BTreeMap::new()).await?;
+    let mut run = FilePush::new(APP_RUN_SCRIPT, app_run_script(slot));
+    run.mode = 0o755;
+    run.create_parents = true;
+    crate::incus::push_file_verified(d.incus, instance, &run).await.map_err(|e| e.to_string())?;
+    let script = swap_and_restart_script(&dir, &app_unit(slot));
+    exec_ok(d.incus, instance, &script, BTreeMap::new()).await?;
+    let live = d
+        .incus
+        .instance(instance)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("instance `{instance}` disappeared"))?;
+    let mut config = live.settable_config();
+    config.insert(MARK_RELEASE.to_string(), slot.release.clone());
+    d.incus
+        .update_instance(
+            instance,
+            &InstanceUpdate {
+                config,
+                devices: live.devices.clone(),
+                profiles: live.profiles.clone(),
+            },
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slot() -> SlotSpec {
+        SlotSpec {
+            env: "prod".into(),
+            app: "backend".into(),
+            color: veza_model::manifest::Color::Green,
+            release: "2".repeat(40),
+            artifact_url: "https://forge.example/backend.tar.gz".into(),
+            sha256: "0".repeat(64),
+            install_dir: "/srv/it's".into(),
+            start: "./bin/server --port 8080 && echo done".into(),
+            port: 8080,
+            health_path: "/health".into(),
+            expect_status: 200,
+            health_rise: 2,
+            health_timeout_ms: 2000,
+            loopback: None,
+        }
+    }
+
+    #[test]
+    fn the_app_listens_where_the_edge_reaches_it() {
+        // (how the edge reaches the slot, VEZA_LISTEN)
+        let table = [
+            (None, "0.0.0.0:8080"), // over the bridge, by the slot's DNS name
+            (Some("127.0.0.1:18101".to_string()), "127.0.0.1:8080"), // a proxy device
+        ];
+        for (loopback, listen) in table {
+            let script = app_run_script(&SlotSpec { loopback: loopback.clone(), ..slot() });
+            let line = format!("\nexport VEZA_LISTEN='{listen}'\n");
+            assert!(script.contains(&line), "{loopback:?}: {script}");
+        }
+    }
+
+    #[test]
+    fn the_app_runs_in_the_foreground_with_its_environment_quoted() {
+        let script = app_run_script(&slot());
+        let want = format!(
+            "export VEZA_RELEASE='{r}'\nexport VEZA_PORT='8080'\nexport VEZA_LISTEN='0.0.0.0:8080'\n\
+             export VEZA_ENV='prod'\nexport VEZA_APP='backend'\ncd '/srv/it'\\''s' || exit 1\n\
+             echo \"$$ $(sed 's/.*) //' /proc/$$/stat | cut -d' ' -f20)\" > /run/veza-app.pid\n\
+             exec >>/var/log/veza-app.log 2>&1 </dev/null\n\
+             exec /bin/sh -c './bin/server --port 8080 && echo done'\n",
+            r = "2".repeat(40)
+        );
+        assert!(script.starts_with("#!/bin/sh\n"), "{script}");
+        assert!(script.ends_with(&want), "{script}");
+        let unit = app_unit(&slot());
+        for line in
+            ["ExecStart=/etc/veza-app/run\n", "Restart=always\n", "WantedBy=multi-user.target\n"]
+        {
+            assert!(unit.contains(line), "{line:?} missing in\n{unit}");
+        }
+        // The unit goes through a quoted here-document: its end marker must not occur in it.
+        let restart = swap_and_restart_script("'/srv/app'", &unit);
+        assert_eq!(restart.matches("VEZA_UNIT_END").count(), 2, "{restart}");
+        assert!(
+            restart.contains(&format!("<<'VEZA_UNIT_END'\n{unit}VEZA_UNIT_END\n")),
+            "{restart}"
+        );
+    }
+
+    #[test]
+    fn quoting_survives_single_quotes() {
+        assert_eq!(shell_quote("a'b"), r"'a'\''b'");
+    }
+}

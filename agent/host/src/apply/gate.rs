@@ -1,0 +1,221 @@
+//! The health gate (its rule and its probes) and the verification through the edge
+//! after a switch.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use veza_plan::desired::SlotSpec;
+
+use super::deploy::{exec_ok, shell_quote};
+use super::{Drivers, Hooks, StepError};
+use crate::clock::Clock;
+use crate::http::Probe;
+use crate::incus::Incus;
+
+/// One probe of a slot's health: on its loopback address from the host, or from inside
+/// the slot for bridge-addressed slots.
+async fn probe<I: Incus + Sync, P: Probe + Sync>(
+    incus: &I,
+    http: &P,
+    instance: &str,
+    slot: &SlotSpec,
+    timeout: Duration,
+) -> Result<(), String> {
+    if let Some(addr) = &slot.loopback {
+        let r = http
+            .get(addr, "localhost", &slot.health_path, timeout)
+            .await
+            .map_err(|e| e.to_string())?;
+        if r.status != slot.expect_status {
+            return Err(format!(
+                "{} answered {} (expected {})",
+                slot.health_path, r.status, slot.expect_status
+            ));
+        }
+        if let Some(rel) = r.headers.get("x-release")
+            && rel != &slot.release
+        {
+            return Err(format!("it reports release {rel}, not {}", slot.release));
+        }
+        return Ok(());
+    }
+    let url = format!("http://127.0.0.1:{}{}", slot.port, slot.health_path);
+    let secs = timeout.as_secs().max(1);
+    let script = format!(
+        "if command -v curl >/dev/null 2>&1; then curl -s -o /dev/null -w '%{{http_code}}' --max-time {secs} {u}; \
+         else wget -q -S -T {secs} -O /dev/null {u} 2>&1 | awk '/HTTP\\//{{c=$2}} END{{print c}}'; fi",
+        u = shell_quote(&url)
+    );
+    let out = exec_ok(incus, instance, &script, BTreeMap::new()).await?;
+    let code = out.trim();
+    if code == slot.expect_status.to_string() {
+        Ok(())
+    } else {
+        Err(format!("{} answered `{code}` (expected {})", slot.health_path, slot.expect_status))
+    }
+}
+
+/// How long a slot must answer healthy, probe after probe, before its gate opens, at
+/// the least: one good answer from a flapping slot is not health, and traffic moved on it
+/// lands on a server HAProxy marks DOWN moments later.
+pub const GATE_STABLE_FOR: Duration = Duration::from_secs(1);
+
+/// Time between the gate's probes. The manifest's `health.interval` is the edge's check
+/// interval (HAProxy `inter`); the gate probes faster so that a promotion does not wait
+/// `rise × interval`.
+pub const GATE_PROBE_EVERY: Duration = Duration::from_millis(200);
+
+/// When the health gate opens: after `rise` consecutive healthy probes that also span
+/// [`GATE_STABLE_FOR`]. Any failed probe starts the count again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GateRule {
+    /// Consecutive healthy probes required (at least 1).
+    pub rise: u32,
+    /// The least time between the first and the last of them.
+    pub stable_for: Duration,
+}
+
+impl GateRule {
+    /// The rule for a slot.
+    pub fn for_slot(slot: &SlotSpec) -> GateRule {
+        GateRule { rise: slot.health_rise.max(1), stable_for: GATE_STABLE_FOR }
+    }
+
+    /// The shortest time in which the gate can open: `rise` probes [`GATE_PROBE_EVERY`]
+    /// apart, and at least `stable_for`.
+    pub fn least_time(&self) -> Duration {
+        GATE_PROBE_EVERY.saturating_mul(self.rise.saturating_sub(1)).max(self.stable_for)
+    }
+
+    /// Whether `streak` consecutive healthy probes, the first of them `healthy_for` ago,
+    /// open the gate.
+    pub fn opens(&self, streak: u32, healthy_for: Duration) -> bool {
+        streak >= self.rise && healthy_for >= self.stable_for
+    }
+}
+
+pub(super) async fn health_gate<I, E, U, P, C, H>(
+    d: &Drivers<'_, I, E, U, P, C>,
+    instance: &str,
+    slot: &SlotSpec,
+    hooks: &H,
+) -> Result<(), StepError>
+where
+    I: Incus + Sync,
+    P: Probe + Sync,
+    C: Clock + Sync,
+    H: Hooks,
+{
+    let rule = GateRule::for_slot(slot);
+    let probe_timeout = Duration::from_millis(slot.health_timeout_ms.max(100));
+    let least = rule.least_time();
+    if least >= d.gates.health_timeout {
+        return Err(StepError::Unhealthy(format!(
+            "{} slot `{instance}` can never pass its gate: health.rise {} needs at least {least:?} \
+             of probes, but promotion.health_timeout is {:?}; raise the timeout or lower rise",
+            slot.color, rule.rise, d.gates.health_timeout
+        )));
+    }
+    let deadline = d.clock.now() + d.gates.health_timeout;
+    let mut last = String::from("no probe ran");
+    let mut attempts = 0u32;
+    let mut streak = 0u32;
+    let mut healthy_since = None;
+    while d.clock.now() < deadline {
+        if hooks.preempted() {
+            return Err(StepError::Preempted);
+        }
+        attempts += 1;
+        match probe(d.incus, d.probe, instance, slot, probe_timeout).await {
+            Ok(()) => {
+                streak += 1;
+                let since = *healthy_since.get_or_insert_with(|| d.clock.now());
+                let healthy_for = d.clock.now().saturating_duration_since(since);
+                if rule.opens(streak, healthy_for) {
+                    return Ok(());
+                }
+                last = format!(
+                    "{streak} of {} healthy probes in a row, healthy for {} ms of the {} ms required",
+                    rule.rise,
+                    healthy_for.as_millis(),
+                    rule.stable_for.as_millis()
+                );
+            }
+            Err(e) => {
+                streak = 0;
+                healthy_since = None;
+                last = e;
+            }
+        }
+        d.clock.sleep(GATE_PROBE_EVERY).await;
+    }
+    Err(StepError::Unhealthy(format!(
+        "{} slot `{instance}` (release {}) was not healthy after {:?} ({attempts} probes; last: {last})",
+        slot.color,
+        &slot.release[..slot.release.len().min(10)],
+        d.gates.health_timeout
+    )))
+}
+
+/// Requests through the edge: every one must succeed (< 500) and, when the app reports
+/// its release in `X-Release`, reach the expected release.
+pub(super) async fn verify_edge<P: Probe + Sync>(
+    http: &P,
+    listen: &str,
+    host: &str,
+    path: &str,
+    release: &str,
+    n: u32,
+    timeout: Duration,
+) -> Result<(), String> {
+    for i in 0..n.max(1) {
+        let r = http.get(listen, host, path, timeout).await.map_err(|e| e.to_string())?;
+        if r.status >= 500 {
+            return Err(format!("request {} through the edge answered {}", i + 1, r.status));
+        }
+        if let Some(rel) = r.headers.get("x-release")
+            && rel != release
+        {
+            return Err(format!(
+                "request {} through the edge reached release {rel}, not {release}",
+                i + 1
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_gate_opens_after_rise_healthy_probes_spanning_the_stable_time() {
+        let ms = Duration::from_millis;
+        let rule = |rise| GateRule { rise, stable_for: ms(1000) };
+        // (rise, healthy probes in a row, healthy for, opens)
+        let table = [
+            (2, 1, ms(5000), false), // one probe is not a streak, however long ago
+            (2, 2, ms(999), false),  // enough probes, not yet long enough
+            (2, 2, ms(1000), true),
+            (2, 6, ms(1000), true),
+            (10, 6, ms(1000), false), // a larger rise waits for more probes
+            (10, 10, ms(1800), true),
+            (1, 1, ms(1000), true),
+            (1, 0, ms(1000), false), // no healthy probe at all
+        ];
+        for (rise, streak, healthy_for, opens) in table {
+            assert_eq!(
+                rule(rise).opens(streak, healthy_for),
+                opens,
+                "rise {rise}, streak {streak}, healthy for {healthy_for:?}"
+            );
+        }
+        // The least time the gate needs (checked against promotion.health_timeout).
+        for (rise, least) in
+            [(1, ms(1000)), (2, ms(1000)), (6, ms(1000)), (10, ms(1800)), (20, ms(3800))]
+        {
+            assert_eq!(rule(rise).least_time(), least, "rise {rise}");
+        }
+    }
+}

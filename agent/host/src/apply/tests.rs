@@ -1,0 +1,659 @@
+//! The engine in process: plans run over the fakes (Incus, the edge, units, probes and the
+//! clock), asserting the recorded calls and the report. No test sleeps: the gate's pauses
+//! move a fake clock, and probe answers are scripted.
+
+use std::cell::Cell;
+use std::path::Path;
+use std::time::Duration;
+
+use veza_model::manifest::Color;
+use veza_plan::desired::SlotSpec;
+use veza_plan::plan::Promotion;
+use veza_plan::{Action, Plan, Step};
+
+use super::*;
+use crate::artifact::ArtifactStore;
+use crate::clock::FakeClock;
+use crate::haproxy::fake::FakeEdge;
+use crate::haproxy::install::EdgePaths;
+use crate::http::fake::{Answer, ScriptedProbe};
+use crate::incus::{FakeIncus, ImageSource, IncusError, InstanceStatus, LiveInstance};
+use crate::systemd::fake::FakeUnits;
+
+// ------------------------------------------------------------ the world of a run
+
+/// Every driver a run uses, as fakes.
+struct World {
+    incus: FakeIncus,
+    edge: FakeEdge,
+    units: FakeUnits,
+    probe: ScriptedProbe,
+    clock: FakeClock,
+    gates: Gates,
+}
+
+impl World {
+    /// The test host's Incus, an edge serving [`EDGE_BLUE`], nothing answering probes.
+    fn new() -> World {
+        let edge = FakeEdge::new();
+        edge.set_file(&EdgePaths::debian().config, EDGE_BLUE.as_bytes());
+        World {
+            incus: FakeIncus::with_default_host(),
+            edge,
+            units: FakeUnits::new(),
+            probe: ScriptedProbe::new(),
+            clock: FakeClock::new(),
+            gates: Gates {
+                health_timeout: Duration::from_secs(10),
+                verify_requests: 3,
+                probe_timeout: Duration::from_secs(2),
+                operations_timeout: Duration::from_secs(90),
+            },
+        }
+    }
+
+    fn run(&self, plan: &Plan, hooks: &mut impl Hooks) -> ApplyReport {
+        self.run_over(&self.incus, plan, hooks)
+    }
+
+    /// Runs `plan` with `incus` in place of this world's.
+    fn run_over(&self, incus: &FakeIncus, plan: &Plan, hooks: &mut impl Hooks) -> ApplyReport {
+        // No plan here deploys a release: the artifact store is never read or written.
+        let artifacts = ArtifactStore::new(Path::new("/nonexistent/veza-apply-test"));
+        let drivers = Drivers {
+            incus,
+            edge: &self.edge,
+            units: &self.units,
+            artifacts: &artifacts,
+            probe: &self.probe,
+            clock: &self.clock,
+            gates: self.gates.clone(),
+        };
+        crate::incus::runtime().expect("runtime").block_on(apply(plan, &drivers, hooks))
+    }
+
+    /// The config the edge serves.
+    fn edge_config(&self) -> String {
+        let bytes = self.edge.file(&EdgePaths::debian().config).expect("an edge config");
+        String::from_utf8(bytes).expect("utf-8")
+    }
+}
+
+/// Hooks that record the steps started and request a stop or report a newer commit when
+/// told to.
+#[derive(Default)]
+struct Script {
+    /// Steps started (`before_step`), by index.
+    started: Vec<usize>,
+    /// A stop is requested once this many steps have started.
+    stop_after: Option<usize>,
+    /// A newer commit is there from this look on (counting from 1).
+    newer_commit_at: Option<u32>,
+    looks: Cell<u32>,
+}
+
+impl Hooks for Script {
+    fn before_step(&mut self, index: usize, _: &Step) {
+        self.started.push(index);
+    }
+    fn stop_requested(&self) -> bool {
+        self.stop_after.is_some_and(|n| self.started.len() >= n)
+    }
+    fn preempted(&self) -> bool {
+        self.looks.set(self.looks.get() + 1);
+        self.newer_commit_at.is_some_and(|n| self.looks.get() >= n)
+    }
+}
+
+const EDGE_BLUE: &str = "# edge: prod/web on blue\n";
+const EDGE_GREEN: &str = "# edge: prod/web on green\n";
+/// Where the green slot answers its health probes.
+const GREEN: &str = "127.0.0.1:18081";
+/// Where the edge listens.
+const LISTEN: &str = "127.0.0.1:18080";
+
+fn release(n: char) -> String {
+    n.to_string().repeat(40)
+}
+
+fn ok(n: char) -> Answer {
+    Answer::Release(200, release(n))
+}
+
+/// The `color` slot of prod/web with release 2, probed on `GREEN` (rise 2).
+fn slot(color: Color) -> SlotSpec {
+    SlotSpec {
+        env: "prod".into(),
+        app: "web".into(),
+        color,
+        release: release('2'),
+        artifact_url: "https://forge.example/web.tar.gz".into(),
+        sha256: "0".repeat(64),
+        install_dir: "/srv/web".into(),
+        start: "./server".into(),
+        port: 8080,
+        health_path: "/health".into(),
+        expect_status: 200,
+        health_rise: 2,
+        health_timeout_ms: 2000,
+        loopback: Some(GREEN.into()),
+    }
+}
+
+fn gate(instance: &str, color: Color) -> Action {
+    Action::HealthGate { instance: instance.into(), slot: slot(color) }
+}
+
+fn switch() -> Action {
+    Action::InstallEdge { runs_in: "host".into(), config: EDGE_GREEN.into(), switch: true }
+}
+
+fn verify() -> Action {
+    Action::VerifyEdge {
+        env: "prod".into(),
+        app: "web".into(),
+        color: Color::Green,
+        release: release('2'),
+        host: "web.example".into(),
+        path: "/".into(),
+        listen: LISTEN.into(),
+    }
+}
+
+fn job_units() -> Action {
+    Action::InstallUnits {
+        target: UnitTarget::Host,
+        files: vec![("veza-job-prod-web-backup.service".into(), "[Service]\n".into())],
+        timers: Vec::new(),
+    }
+}
+
+/// prod/web from blue to green: gate → switch → verify, then `after`; blue's edge as the
+/// fallback.
+fn promotion(after: Vec<Action>) -> Plan {
+    let mut plan =
+        plan_of([vec![gate("web-green", Color::Green), switch(), verify()], after].concat());
+    plan.promotions.push(Promotion {
+        env: "prod".into(),
+        app: "web".into(),
+        from: Some(Color::Blue),
+        to: Color::Green,
+        release: release('2'),
+    });
+    plan.fallback_edge = Some(EDGE_BLUE.into());
+    plan
+}
+
+fn completed(report: &ApplyReport) -> Vec<&str> {
+    report.timings.iter().map(|(step, _)| step.as_str()).collect()
+}
+
+// ------------------------------------------------------------ promotions
+
+#[test]
+fn a_promotion_gates_switches_and_verifies() {
+    let w = World::new();
+    w.probe.script(GREEN, [ok('2')]);
+    w.probe.script(LISTEN, [ok('2')]);
+    let mut hooks = Script::default();
+    let report = w.run(&promotion(Vec::new()), &mut hooks);
+    assert_eq!(report.outcome, ApplyOutcome::Applied, "{report:?}");
+    assert_eq!(report.steps_done, 3);
+    assert_eq!(hooks.started, [0, 1, 2], "the journal saw every step");
+    assert_eq!(
+        completed(&report),
+        [
+            "wait for web-green to be healthy (/health 200)",
+            "switch edge config (haproxy on host)",
+            "verify prod/web serves green 2222222222 through the edge (Host: web.example)",
+        ]
+    );
+    // rise 2 over at least 1 s, probes 200 ms apart: 6 probes, the last one at 1 s.
+    assert_eq!(w.probe.requests_to(GREEN), 6, "{:?}", w.probe.requests());
+    assert_eq!(w.clock.elapsed(), Duration::from_secs(1));
+    assert_eq!(report.timings[0].1, 1000, "the gate's time on the clock");
+    assert_eq!(w.edge_config(), EDGE_GREEN);
+    assert_eq!(w.edge.reloads(), 1);
+    assert_eq!(
+        w.probe.requests()[6..],
+        ["GET http://127.0.0.1:18080/ (Host: web.example)"; 3],
+        "the verification: 3 requests through the edge, after the gate's probes"
+    );
+    assert_eq!(
+        w.incus.calls(),
+        ["GET /1.0/operations?recursion=1"],
+        "a look at the operations, no exec: a loopback slot is probed from the host"
+    );
+}
+
+#[test]
+fn the_gate_opens_after_rise_healthy_probes_over_the_stable_time_and_starts_over_on_a_failure() {
+    let refused = || Answer::Refused;
+    // (answers of the slot, probes sent, clock when the gate opened)
+    let table: [(Vec<Answer>, usize, u64); 4] = [
+        (vec![ok('2')], 6, 1000),
+        (vec![refused(), refused(), ok('2')], 8, 1400),
+        // One failed probe in the streak starts the count again.
+        (vec![ok('2'), ok('2'), Answer::Status(503), ok('2')], 9, 1600),
+        // No X-Release header: the status decides.
+        (vec![Answer::Status(200)], 6, 1000),
+    ];
+    for (answers, probes, opened_at) in table {
+        let w = World::new();
+        w.probe.script(GREEN, answers.clone());
+        w.probe.script(LISTEN, [ok('2')]);
+        let report = w.run(&promotion(Vec::new()), &mut Script::default());
+        assert_eq!(report.outcome, ApplyOutcome::Applied, "{answers:?}: {report:?}");
+        assert_eq!(w.probe.requests_to(GREEN), probes, "{answers:?}");
+        assert_eq!(report.timings[0].1, opened_at, "{answers:?}");
+    }
+}
+
+#[test]
+fn a_slot_that_never_passes_its_gate_keeps_the_traffic_where_it_is() {
+    // (answers of the slot, the reason's telling part)
+    let table = [
+        (Answer::Status(503), "last: /health answered 503 (expected 200)"),
+        (ok('1'), "last: it reports release 1111111111111111111111111111111111111111, not 2222"),
+        (Answer::Refused, "last: GET http://127.0.0.1:18081/health (Host: localhost): connect"),
+    ];
+    for (answer, why) in table {
+        let w = World::new();
+        w.probe.script(GREEN, [answer.clone()]);
+        let report = w.run(&promotion(Vec::new()), &mut Script::default());
+        let ApplyOutcome::RolledBack { reason } = &report.outcome else {
+            panic!("{answer:?}: expected a roll-back, got {report:?}");
+        };
+        for part in [
+            "green slot `web-green` (release 2222222222) was not healthy after 10s (50 probes; ",
+            why,
+            "; traffic was not moved",
+        ] {
+            assert!(reason.contains(part), "{answer:?}: `{part}` missing in: {reason}");
+        }
+        assert_eq!(report.steps_done, 0);
+        assert_eq!(w.clock.elapsed(), Duration::from_secs(10), "it waited health_timeout");
+        assert_eq!(w.edge_config(), EDGE_BLUE);
+        assert_eq!(w.edge.reloads(), 0, "the edge was not touched");
+        assert_eq!(w.probe.requests_to(LISTEN), 0);
+    }
+}
+
+#[test]
+fn a_failed_verification_puts_the_previous_edge_back_and_says_why() {
+    // (answers through the edge, the reason)
+    let table = [
+        (
+            vec![ok('2'), Answer::Status(503)],
+            "prod/web on green: request 2 through the edge answered 503; traffic went back to the previous color",
+        ),
+        (
+            vec![ok('1')],
+            "prod/web on green: request 1 through the edge reached release 1111111111111111111111111111111111111111, not 2222222222222222222222222222222222222222; traffic went back to the previous color",
+        ),
+        (
+            vec![Answer::Refused],
+            "prod/web on green: GET http://127.0.0.1:18080/ (Host: web.example): connect: Connection refused (scripted); traffic went back to the previous color",
+        ),
+    ];
+    for (answers, reason) in table {
+        let w = World::new();
+        w.probe.script(GREEN, [ok('2')]);
+        w.probe.script(LISTEN, answers.clone());
+        let report = w.run(&promotion(vec![job_units()]), &mut Script::default());
+        assert_eq!(
+            report.outcome,
+            ApplyOutcome::RolledBack { reason: reason.to_string() },
+            "{answers:?}"
+        );
+        assert_eq!(report.steps_done, 2, "{answers:?}: the gate and the switch");
+        assert_eq!(w.edge_config(), EDGE_BLUE, "{answers:?}: the fallback edge serves");
+        assert_eq!(w.edge.reloads(), 2, "{answers:?}: switched, then back");
+        assert!(w.units.calls().is_empty(), "{answers:?}: nothing after the verification ran");
+    }
+}
+
+#[test]
+fn a_fallback_edge_that_cannot_be_installed_fails_the_run_with_both_reasons() {
+    let w = World::new();
+    w.probe.script(GREEN, [ok('2')]);
+    w.probe.script(LISTEN, [Answer::Status(502)]);
+    let mut plan = promotion(Vec::new());
+    plan.fallback_edge = Some("# bogus fallback\n".into());
+    let report = w.run(&plan, &mut Script::default());
+    let ApplyOutcome::Failed { step, error } = &report.outcome else {
+        panic!("expected a failure, got {report:?}");
+    };
+    assert_eq!(step, "roll back the edge");
+    for part in [
+        "prod/web on green: request 1 through the edge answered 502",
+        "; and restoring the previous edge failed: ",
+        "bogus_keyword",
+    ] {
+        assert!(error.contains(part), "`{part}` missing in: {error}");
+    }
+    assert_eq!(w.edge_config(), EDGE_GREEN, "the installer kept the last valid config");
+}
+
+// ------------------------------------------------------------ stops, failures, preemption
+
+#[test]
+fn a_stop_is_honoured_between_steps_but_never_between_a_switch_and_its_verification() {
+    // (stop requested once this many steps started, interrupted before, steps done,
+    //  edge serving, requests through the edge)
+    let table = [
+        (0, "wait for web-green to be healthy (/health 200)", 0, EDGE_BLUE, 0),
+        (1, "switch edge config (haproxy on host)", 1, EDGE_BLUE, 0),
+        // Requested during the switch: the verification runs all the same.
+        (2, "install units on host: veza-job-prod-web-backup.service", 3, EDGE_GREEN, 3),
+        (3, "install units on host: veza-job-prod-web-backup.service", 3, EDGE_GREEN, 3),
+    ];
+    for (stop_after, before, done, serving, verified) in table {
+        let w = World::new();
+        w.probe.script(GREEN, [ok('2')]);
+        w.probe.script(LISTEN, [ok('2')]);
+        let mut hooks = Script { stop_after: Some(stop_after), ..Script::default() };
+        let report = w.run(&promotion(vec![job_units()]), &mut hooks);
+        assert_eq!(
+            report.outcome,
+            ApplyOutcome::Interrupted { before: before.to_string() },
+            "stop after {stop_after}"
+        );
+        assert_eq!(report.steps_done, done, "stop after {stop_after}");
+        assert_eq!(hooks.started, (0..done).collect::<Vec<_>>(), "stop after {stop_after}");
+        assert_eq!(w.edge_config(), serving, "stop after {stop_after}");
+        assert_eq!(w.probe.requests_to(LISTEN), verified, "stop after {stop_after}");
+        assert!(w.units.calls().is_empty(), "stop after {stop_after}");
+    }
+}
+
+#[test]
+fn a_failing_step_stops_the_run_there_and_names_the_step() {
+    let steps = || {
+        let profile = Action::CreateProfile {
+            name: "web".into(),
+            description: String::new(),
+            config: Default::default(),
+            devices: Default::default(),
+        };
+        promotion(Vec::new()).steps.into_iter().map(|s| s.action).fold(
+            vec![profile, job_units(), Action::StartInstance { name: "web-green".into() }],
+            |mut all, a| {
+                all.push(a);
+                all
+            },
+        )
+    };
+    // (the fault, the failing step, its index, the error's telling part)
+    type Fault = fn(&World);
+    let table: [(Fault, &str, usize, &str); 2] = [
+        (
+            |w| w.units.reject_installs("Unknown key name 'Bogus'"),
+            "install units on host: veza-job-prod-web-backup.service",
+            1,
+            "units rejected by `systemd-analyze verify` on host: Unknown key name 'Bogus'",
+        ),
+        (
+            |w| {
+                w.incus.fail_on(
+                    "PUT /1.0/instances/web-green/state",
+                    IncusError::Api {
+                        method: "PUT".into(),
+                        path: "/1.0/instances/web-green/state".into(),
+                        status: 500,
+                        message: "Failed to start device \"eth0\"".into(),
+                    },
+                )
+            },
+            "start instance web-green",
+            2,
+            "(HTTP 500): Failed to start device \"eth0\"",
+        ),
+    ];
+    for (fault, failing, n, why) in table {
+        let w = World::new();
+        created_by_an_earlier_run(&w.incus, "web-green", "web");
+        w.probe.script(GREEN, [ok('2')]);
+        w.probe.script(LISTEN, [ok('2')]);
+        fault(&w);
+        let mut plan = promotion(Vec::new());
+        plan.steps = plan_of(steps()).steps;
+        let mut hooks = Script::default();
+        let report = w.run(&plan, &mut hooks);
+        let ApplyOutcome::Failed { step, error } = &report.outcome else {
+            panic!("{failing}: expected a failure, got {report:?}");
+        };
+        assert_eq!(step, failing);
+        assert!(error.contains(why), "{failing}: `{why}` missing in: {error}");
+        assert_eq!(report.steps_done, n, "{failing}");
+        assert_eq!(report.timings.len(), n, "{failing}");
+        assert_eq!(
+            hooks.started,
+            (0..=n).collect::<Vec<_>>(),
+            "{failing}: nothing after it started"
+        );
+        assert!(w.probe.requests().is_empty(), "{failing}: no gate ran");
+        assert_eq!(w.edge_config(), EDGE_BLUE, "{failing}");
+        assert_eq!(w.edge.reloads(), 0, "{failing}");
+    }
+}
+
+#[test]
+fn a_newer_commit_during_the_health_wait_preempts_the_run() {
+    let w = World::new();
+    w.probe.script(GREEN, [Answer::Status(503)]);
+    let mut hooks = Script { newer_commit_at: Some(4), ..Script::default() };
+    let report = w.run(&promotion(Vec::new()), &mut hooks);
+    assert_eq!(
+        report.outcome,
+        ApplyOutcome::Preempted {
+            during: "wait for web-green to be healthy (/health 200)".to_string()
+        }
+    );
+    assert_eq!(report.steps_done, 0);
+    assert_eq!(w.probe.requests_to(GREEN), 3, "a look before each probe; the 4th saw it");
+    assert_eq!(w.clock.elapsed(), Duration::from_millis(600));
+    assert_eq!(w.edge_config(), EDGE_BLUE);
+    assert_eq!(w.edge.reloads(), 0);
+}
+
+#[test]
+fn a_failed_gate_says_whether_the_slot_still_receives_the_traffic() {
+    // (the plan, the end of the reason)
+    let in_place = plan_of(vec![gate("web-blue", Color::Blue)]);
+    let table = [
+        (
+            in_place,
+            "; web-blue was rebuilt in place and still receives prod/web's traffic \
+             (in_place_updates: true); fix the release or promote the other color",
+        ),
+        (promotion(Vec::new()), "; traffic was not moved"),
+    ];
+    for (plan, end) in table {
+        let w = World::new();
+        w.probe.script(GREEN, [Answer::Status(500)]);
+        let report = w.run(&plan, &mut Script::default());
+        let ApplyOutcome::RolledBack { reason } = &report.outcome else {
+            panic!("expected a roll-back, got {report:?}");
+        };
+        assert!(reason.ends_with(end), "{reason}");
+        assert!(reason.contains("last: /health answered 500 (expected 200)"), "{reason}");
+        assert_eq!(w.edge_config(), EDGE_BLUE);
+        assert_eq!(w.edge.reloads(), 0);
+    }
+}
+
+#[test]
+fn a_rise_the_timeout_cannot_fit_fails_the_gate_without_probing() {
+    let w = World::new();
+    let mut plan = promotion(Vec::new());
+    if let Action::HealthGate { slot, .. } = &mut plan.steps[0].action {
+        slot.health_rise = 60; // 59 × 200 ms = 11.8 s > 10 s
+    }
+    let report = w.run(&plan, &mut Script::default());
+    let ApplyOutcome::RolledBack { reason } = &report.outcome else {
+        panic!("expected a roll-back, got {report:?}");
+    };
+    assert!(
+        reason.contains("can never pass its gate: health.rise 60 needs at least 11.8s"),
+        "{reason}"
+    );
+    assert!(w.probe.requests().is_empty());
+    assert_eq!(w.clock.elapsed(), Duration::ZERO);
+}
+
+// ------------------------------------------------------------ operations left running
+
+fn plan_of(actions: Vec<Action>) -> Plan {
+    Plan {
+        steps: actions.into_iter().map(|action| Step { action, reason: "test".into() }).collect(),
+        refusals: Vec::new(),
+        promotions: Vec::new(),
+        drift: Vec::new(),
+        fallback_edge: None,
+    }
+}
+
+fn create(name: &str) -> Action {
+    Action::CreateInstance {
+        name: name.into(),
+        image: "veza-test-busybox".into(),
+        kind: "container".into(),
+        profiles: vec!["default".into()],
+        config: [("user.veza.app".to_string(), "web".to_string())].into_iter().collect(),
+        devices: Default::default(),
+    }
+}
+
+/// An owned, stopped instance as `create(name)` would have made it.
+fn created_by_an_earlier_run(fake: &FakeIncus, name: &str, app: &str) {
+    let mut live = fake.live();
+    let config = [("user.veza.managed", "true"), ("user.veza.app", app)]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    live.instances.insert(
+        name.into(),
+        LiveInstance {
+            name: name.into(),
+            kind: Default::default(),
+            status: InstanceStatus::Stopped,
+            config,
+            devices: Default::default(),
+            expanded_devices: Default::default(),
+            profiles: vec!["default".into()],
+            description: String::new(),
+        },
+    );
+    fake.set_live(live);
+}
+
+/// Runs `plan` over `fake`, the other drivers idle.
+fn run(fake: &FakeIncus, plan: &Plan, operations_timeout: Duration) -> ApplyReport {
+    let mut w = World::new();
+    w.gates.operations_timeout = operations_timeout;
+    w.run_over(fake, plan, &mut Script::default())
+}
+
+#[test]
+fn an_operation_still_running_past_the_limit_fails_the_run_before_anything_is_changed() {
+    let fake = FakeIncus::with_default_host();
+    created_by_an_earlier_run(&fake, "web-blue", "web");
+    let op = fake.start_endless_operation("web-blue", "Starting instance");
+    let plan = plan_of(vec![
+        Action::CreateProfile {
+            name: "web".into(),
+            description: String::new(),
+            config: Default::default(),
+            devices: Default::default(),
+        },
+        Action::StartInstance { name: "web-blue".into() },
+    ]);
+    let report = run(&fake, &plan, Duration::from_secs(90));
+    let ApplyOutcome::Failed { step, error } = &report.outcome else {
+        panic!("expected a failure, got {report:?}");
+    };
+    assert_eq!(step, "start instance web-blue");
+    assert_eq!(report.steps_done, 1, "the profile step before it ran");
+    for part in [
+        "instance `web-blue` is still busy",
+        &op,
+        "\"Starting instance\"",
+        "after waiting 90.0 s",
+        "nothing was changed",
+        "hint: `incus operation show fake-1`",
+    ] {
+        assert!(error.contains(part), "`{part}` missing in: {error}");
+    }
+    assert_eq!(fake.write_calls(), ["POST /1.0/profiles"], "the instance was not touched");
+}
+
+#[test]
+fn operations_left_running_are_waited_for_once_before_the_first_instance_step() {
+    let fake = FakeIncus::with_default_host();
+    created_by_an_earlier_run(&fake, "web-blue", "web");
+    let op = fake.start_operation("web-blue", "Creating instance");
+    fake.start_operation("someone-elses", "Starting instance");
+    let plan = plan_of(vec![
+        Action::StartInstance { name: "web-blue".into() },
+        Action::StartInstance { name: "web-blue".into() },
+    ]);
+    let report = run(&fake, &plan, Duration::from_secs(90));
+    assert_eq!(report.outcome, ApplyOutcome::Applied, "{report:?}");
+    assert_eq!(
+        fake.calls(),
+        [
+            "GET /1.0/operations?recursion=1".to_string(),
+            format!("GET {op}/wait"),
+            "GET /1.0/instances/web-blue".to_string(),
+            "PUT /1.0/instances/web-blue/state".to_string(),
+            "GET /1.0/instances/web-blue".to_string(),
+        ],
+        "one look at the operations, a wait for the one on web-blue only"
+    );
+}
+
+#[test]
+fn a_run_without_instance_steps_does_not_look_at_operations() {
+    let fake = FakeIncus::with_default_host();
+    fake.start_endless_operation("web-blue", "Starting instance");
+    for plan in [plan_of(Vec::new()), plan_of(vec![Action::DeleteProfile { name: "gone".into() }])]
+    {
+        let report = run(&fake, &plan, Duration::from_secs(90));
+        assert_eq!(report.outcome, ApplyOutcome::Applied, "{report:?}");
+    }
+    assert_eq!(fake.calls(), ["GET /1.0/profiles/gone"]);
+}
+
+#[test]
+fn an_instance_created_meanwhile_is_adopted_only_when_it_is_what_the_step_creates() {
+    // (app mark of the instance found, outcome)
+    let table: [(&str, Result<(), &str>); 2] =
+        [("web", Ok(())), ("api", Err("it is not what this step would create"))];
+    for (app, want) in table {
+        let fake = FakeIncus::with_default_host();
+        created_by_an_earlier_run(&fake, "web-blue", app);
+        let report = run(&fake, &plan_of(vec![create("web-blue")]), Duration::from_secs(90));
+        match want {
+            Ok(()) => {
+                assert_eq!(report.outcome, ApplyOutcome::Applied, "{app}: {report:?}");
+                assert_eq!(fake.write_calls(), ["PUT /1.0/instances/web-blue/state"], "{app}");
+                assert!(fake.live().instances["web-blue"].is_running(), "{app}");
+            }
+            Err(why) => {
+                let ApplyOutcome::Failed { error, .. } = &report.outcome else {
+                    panic!("{app}: expected a failure, got {report:?}");
+                };
+                assert!(error.contains(why), "{app}: {error}");
+                assert!(fake.write_calls().is_empty(), "{app}: {:?}", fake.write_calls());
+            }
+        }
+    }
+}
+
+#[test]
+fn image_sources() {
+    assert_eq!(image_source("veza-test-busybox").unwrap(), ImageSource::local("veza-test-busybox"));
+    assert!(matches!(image_source("images:debian/13").unwrap(), ImageSource::Simplestreams { .. }));
+    assert!(image_source("ubuntu:24.04").unwrap_err().contains("unknown image remote"));
+}

@@ -1,0 +1,91 @@
+//! In-memory [`Units`] for tests: unit files per target, a record of every change, and an
+//! injectable rejection.
+
+use std::collections::BTreeMap;
+use std::sync::{Mutex, MutexGuard};
+
+use veza_plan::live::UnitTarget;
+
+use super::{JobRun, SystemdError, Units};
+
+#[derive(Debug, Default)]
+struct State {
+    files: BTreeMap<UnitTarget, BTreeMap<String, String>>,
+    calls: Vec<String>,
+    reject: Option<String>,
+}
+
+/// The fake units. Safe to share between threads.
+#[derive(Debug, Default)]
+pub struct FakeUnits {
+    state: Mutex<State>,
+}
+
+impl FakeUnits {
+    /// No units anywhere.
+    pub fn new() -> FakeUnits {
+        FakeUnits::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A test that panicked while holding the lock must not hide the state.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Every install and remove so far, as `install TARGET: FILES; enable TIMERS` and
+    /// `remove TARGET: NAMES`.
+    pub fn calls(&self) -> Vec<String> {
+        self.lock().calls.clone()
+    }
+
+    /// Installs are rejected from now on, as `systemd-analyze verify` would reject them.
+    pub fn reject_installs(&self, diagnostics: &str) {
+        self.lock().reject = Some(diagnostics.to_string());
+    }
+}
+
+impl Units for FakeUnits {
+    async fn list(&self, target: &UnitTarget) -> Result<BTreeMap<String, String>, SystemdError> {
+        Ok(self.lock().files.get(target).cloned().unwrap_or_default())
+    }
+
+    async fn install(
+        &self,
+        target: &UnitTarget,
+        files: &[(String, String)],
+        timers: &[String],
+    ) -> Result<(), SystemdError> {
+        let mut st = self.lock();
+        let names: Vec<&str> = files.iter().map(|(name, _)| name.as_str()).collect();
+        st.calls.push(format!(
+            "install {target}: {}; enable {}",
+            names.join(" "),
+            timers.join(" ")
+        ));
+        if let Some(diagnostics) = st.reject.clone() {
+            return Err(SystemdError::Verify { target: target.to_string(), diagnostics });
+        }
+        st.files.entry(target.clone()).or_default().extend(files.iter().cloned());
+        Ok(())
+    }
+
+    async fn remove(&self, target: &UnitTarget, names: &[String]) -> Result<(), SystemdError> {
+        let mut st = self.lock();
+        st.calls.push(format!("remove {target}: {}", names.join(" ")));
+        if let Some(files) = st.files.get_mut(target) {
+            for name in names {
+                files.remove(name);
+            }
+        }
+        Ok(())
+    }
+
+    async fn job_run(
+        &self,
+        _target: &UnitTarget,
+        _service: &str,
+        _timer: &str,
+    ) -> Result<JobRun, SystemdError> {
+        Ok(JobRun::default())
+    }
+}
