@@ -536,10 +536,20 @@ fn the_minimal_example_runs_as_shipped() {
     );
     assert!(example.contains(&url), "the header's path is the artifact URL: {url}");
     let artifact_dir = std::path::Path::new("/var/lib/veza-agent-demo");
+    // A run killed before its cleanup left its owner mark: that leftover is removed; a
+    // directory anyone else made is never touched.
+    let owner_mark = artifact_dir.join(".veza-test-owner");
+    if let Ok(owner) = std::fs::read_to_string(&owner_mark) {
+        let pid = owner.trim().parse::<u32>().unwrap_or(0);
+        if pid != 0 && !veza_testkit::proc::process_alive(pid) {
+            std::fs::remove_dir_all(artifact_dir).unwrap();
+        }
+    }
     assert!(!artifact_dir.exists(), "{} is in the way", artifact_dir.display());
     MinimalExample::clean();
     let _guard = MinimalExample { artifact_dir: artifact_dir.to_path_buf() };
     std::fs::create_dir_all(std::path::Path::new(dest).parent().unwrap()).unwrap();
+    std::fs::write(&owner_mark, std::process::id().to_string()).unwrap();
     std::fs::copy(root.join("manifests/examples/hello.tar.gz"), dest).unwrap();
 
     // A host as the runbook sets one up: a signed repository holding the example, HAProxy
