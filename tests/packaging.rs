@@ -317,7 +317,7 @@ fn the_runbook_quotes_the_rejection_reasons_the_agent_writes() {
     assert_eq!(heads, kinds.iter().map(|k| vec![k.as_str()]).collect::<Vec<_>>());
     // The examples quoted as causes are what the code writes (`...` stands for a value).
     let sources = [
-        "agent/bin/reconcile.rs",
+        "agent/bin/reconcile/accept.rs",
         "agent/source/src/error.rs",
         "agent/source/src/policy.rs",
         "agent/model/src/config.rs",
@@ -336,7 +336,8 @@ fn the_runbook_quotes_the_rejection_reasons_the_agent_writes() {
     }
     assert!(checked >= 8, "only {checked} quoted examples");
     // Every rejection goes through a kind, so no reason escapes the table.
-    let reconcile = read(&repo_root().join("agent/bin/reconcile.rs"));
+    let reconcile = read(&repo_root().join("agent/bin/reconcile/accept.rs"))
+        + &read(&repo_root().join("agent/bin/reconcile/mod.rs"));
     let built: Vec<&str> = reconcile
         .split("SourceProblem::Rejected {")
         .skip(1)

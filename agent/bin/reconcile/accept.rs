@@ -1,0 +1,259 @@
+//! Accept: fetch the branch, verify the tip's signature against the host's trust root,
+//! check it descends from the last applied commit (looked up by id, or from the Incus
+//! high-water mark), hold it to the trust policy and its capability grants, and read and
+//! validate the manifests bound to this host. Nothing is read as desired state otherwise.
+
+use std::path::{Path, PathBuf};
+
+use veza_host::incus::Incus;
+use veza_model::Manifest;
+use veza_model::config::HostConfig;
+use veza_source::fetch::{Credentials, FetchOptions, Mirror};
+use veza_source::{AllowedSigners, FetchError, Refusal, verify_commit};
+use veza_state::AgentState;
+
+use super::{Agent, high_water_key};
+
+/// A verified revision and the manifests read from it.
+pub struct Source {
+    /// Tip commit id.
+    pub commit: String,
+    /// Signer principal.
+    pub signer: String,
+    /// The host's validated manifests (`metadata.host` = this host).
+    pub manifests: Vec<Manifest>,
+}
+
+/// Why a revision was not used.
+#[derive(Debug)]
+pub enum SourceProblem {
+    /// Fetch failed on every remote.
+    Fetch(String),
+    /// The revision could not be checked (the anti-rollback mark unreadable); nothing used.
+    Failed(String),
+    /// The revision was refused (signature, policy, rollback, invalid manifests).
+    Rejected { commit: String, reason: String },
+}
+
+/// The `username:token` of `source.credentials_file`, if configured (first line, trimmed).
+fn read_credentials(c: &HostConfig) -> Result<Option<Credentials>, String> {
+    let Some(path) = &c.source.credentials_file else { return Ok(None) };
+    use std::io::Read as _;
+    use std::os::unix::fs::PermissionsExt as _;
+    let unreadable = |e: std::io::Error| format!("credentials file `{path}` unreadable: {e}");
+    let mut file = std::fs::File::open(path).map_err(unreadable)?;
+    let mut text = String::new();
+    file.read_to_string(&mut text).map_err(unreadable)?;
+    if let Ok(meta) = file.metadata() {
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            tracing::warn!(
+                "credentials file `{path}` is readable by others (mode {mode:03o}); \
+                 `chmod 600 {path}`"
+            );
+        }
+    }
+    parse_credentials(&text).map(Some).ok_or_else(|| {
+        format!("credentials file `{path}` must hold one line `username:token` (no spaces)")
+    })
+}
+
+/// `username:token` on the first line; neither part empty, no whitespace inside.
+fn parse_credentials(text: &str) -> Option<Credentials> {
+    let line = text.lines().next().unwrap_or("").trim();
+    let (username, token) = line.split_once(':')?;
+    if username.is_empty() || token.is_empty() || line.contains(char::is_whitespace) {
+        return None;
+    }
+    Some(Credentials { username: username.to_string(), token: token.to_string() })
+}
+
+fn pct(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// Removes the token (plain and percent-encoded) from a message before it is logged or
+/// recorded.
+pub fn redact(message: &str, token: Option<&str>) -> String {
+    let Some(token) = token else { return message.to_string() };
+    if token.is_empty() {
+        return message.to_string();
+    }
+    message.replace(&pct(token), "***").replace(token, "***")
+}
+
+impl Agent {
+    /// Source and verify: fetch the branch, verify the tip, check policy and ancestry,
+    /// read and validate the manifests. Pure decisions, effects limited to the mirror.
+    pub async fn source(&self, state: &AgentState, now: i64) -> Result<Source, SourceProblem> {
+        let c = &self.config;
+        let mirror_dir = self.state_dir().join("mirror.git");
+        let mut mirror =
+            Mirror::open_or_init(&mirror_dir).map_err(|e| SourceProblem::Fetch(e.to_string()))?;
+        let credentials = read_credentials(c).map_err(SourceProblem::Fetch)?;
+        let secret = credentials.as_ref().map(|c| c.token.clone());
+        let options = FetchOptions {
+            credentials,
+            ca_file: c.source.ca_file.as_ref().map(PathBuf::from),
+            approval_tags: c.trust.policy.is_some(),
+            max_refs: c.max_refs(),
+            max_pack_bytes: c.max_pack_bytes(),
+            ..FetchOptions::new(c.branch(), c.fetch_timeout())
+        };
+        let fetched = mirror
+            .fetch(&c.source.remotes, &options)
+            .map_err(|e| SourceProblem::Fetch(redact(&e.to_string(), secret.as_deref())))?;
+        let commit = fetched.tip.to_string();
+        let reject = |kind: Refusal, detail: String| SourceProblem::Rejected {
+            commit: commit.clone(),
+            reason: kind.reason(&detail),
+        };
+        let signers = AllowedSigners::from_file(Path::new(&c.trust.allowed_signers))
+            .map_err(|e| reject(Refusal::TrustRoot, e.to_string()))?;
+        let raw = mirror
+            .raw_commit(fetched.tip)
+            .map_err(|e| reject(Refusal::Signature, e.to_string()))?;
+        let verdict = verify_commit(&raw, &signers, now)
+            .map_err(|e| reject(Refusal::Signature, e.to_string()))?;
+        // Anti-rollback: the tip must descend from the last applied commit, known from the
+        // state file or, when that is gone, from the mirror in Incus. Unknown is not "none":
+        // without the state file and without Incus, nothing is checked, so nothing is used.
+        let key = high_water_key(&c.host);
+        let applied = match &state.applied {
+            Some(a) => Some(a.commit.clone()),
+            None => self.incus.server_user_config(&key).await.map_err(|e| {
+                SourceProblem::Failed(format!(
+                    "cannot read the anti-rollback mark `{key}` from Incus ({e}), and the state \
+                     file has no applied commit: refusing to use {commit} unchecked (hint: is \
+                     incusd running? `incus info`)"
+                ))
+            })?,
+        };
+        let mut last_id = None;
+        if let Some(last) = &applied {
+            // By object id only: a ref the forge names like the id proves nothing.
+            let id = mirror.commit_by_id(last).map_err(|e| match e {
+                FetchError::ObjectNotFound { .. } => reject(
+                    Refusal::Rollback,
+                    format!(
+                        "the last applied commit {last} is not in the fetched history: the \
+                         branch was force-pushed or rewritten (hint: push the old tip back, then \
+                         undo changes with `git revert` in new signed commits)"
+                    ),
+                ),
+                e => reject(Refusal::Ancestry, format!("the last applied commit: {e}")),
+            })?;
+            let ok = mirror
+                .is_descendant(fetched.tip, id, 100_000)
+                .map_err(|e| reject(Refusal::Ancestry, e.to_string()))?;
+            if !ok {
+                return Err(reject(
+                    Refusal::Rollback,
+                    format!(
+                        "{commit} does not descend from the last applied commit {last} (hint: \
+                         undo a change with `git revert` in a new signed commit)"
+                    ),
+                ));
+            }
+            last_id = Some(id);
+        }
+        // The approval policy covers the paths changed since the last applied commit; on
+        // a host that has applied nothing yet, every path of the tip (a fresh or wiped
+        // host is no way around the approvals).
+        let mut confine = None;
+        if let Some(policy_path) = &c.trust.policy {
+            let text = std::fs::read_to_string(policy_path)
+                .map_err(|e| reject(Refusal::Policy, format!("`{policy_path}` unreadable: {e}")))?;
+            let policy = veza_source::policy::Policy::from_yaml_str(&text)
+                .map_err(|e| reject(Refusal::Policy, format!("`{policy_path}`: {e}")))?;
+            let changed = mirror
+                .changed_paths(last_id, fetched.tip, 1_000_000)
+                .map_err(|e| reject(Refusal::Policy, e.to_string()))?;
+            let tags = mirror
+                .tags_pointing_at(fetched.tip, c.max_refs())
+                .map_err(|e| reject(Refusal::Policy, e.to_string()))?;
+            let (approvals, _) = veza_source::policy::collect_approvals(
+                &commit,
+                &verdict,
+                &tags,
+                &signers,
+                now,
+                policy.approval_ref.as_deref(),
+            );
+            if let Err(violations) = policy.evaluate(&verdict, &changed, &approvals) {
+                let text: Vec<String> = violations.iter().map(ToString::to_string).collect();
+                return Err(reject(Refusal::Policy, text.join("; ")));
+            }
+            confine = Some((policy_path, policy));
+        }
+        let mut files = Vec::new();
+        for path in &c.source.manifests {
+            let bytes = mirror
+                .read_file(fetched.tip, path, veza_model::parse::MAX_MANIFEST_BYTES as u64)
+                .map_err(|e| reject(Refusal::Manifest, e.to_string()))?;
+            files.push((path.clone(), bytes));
+        }
+        let parsed = veza_model::load(&files).map_err(|problems| {
+            let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
+            reject(Refusal::InvalidManifests, format!("\n{}", text.join("\n")))
+        })?;
+        let manifests: Vec<(String, Manifest)> = parsed
+            .into_iter()
+            .map(|(path, p)| (path, p.manifest))
+            .filter(|(_, m)| m.metadata.host == c.host)
+            .collect();
+        // Capabilities: powers over the host only where the manifest path is granted them.
+        if let Some((policy_path, policy)) = &confine {
+            let set: Vec<(&str, &Manifest)> =
+                manifests.iter().map(|(p, m)| (p.as_str(), m)).collect();
+            policy.confine(&set).map_err(|refused| {
+                let text: Vec<String> = refused.iter().map(ToString::to_string).collect();
+                reject(Refusal::Policy, format!("`{policy_path}`: {}", text.join("; ")))
+            })?;
+        }
+        let manifests = manifests.into_iter().map(|(_, m)| m).collect();
+        Ok(Source { commit, signer: verdict.principal, manifests })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_are_one_line_user_colon_token_and_never_reach_messages() {
+        // (file content, parsed user and token)
+        let table: [(&str, Option<(&str, &str)>); 7] = [
+            ("agent:s3cr/t\n", Some(("agent", "s3cr/t"))),
+            ("agent:tok:with:colons", Some(("agent", "tok:with:colons"))),
+            ("  agent:tok  \nignored second line", Some(("agent", "tok"))),
+            ("agent", None),
+            (":tok", None),
+            ("agent:", None),
+            ("agent:to k", None),
+        ];
+        for (text, want) in table {
+            let got = parse_credentials(text);
+            assert_eq!(
+                got.as_ref().map(|c| (c.username.as_str(), c.token.as_str())),
+                want,
+                "{text:?}"
+            );
+            if let Some(c) = got {
+                assert!(!format!("{c:?}").contains(&c.token), "Debug shows the token");
+            }
+        }
+        let msg = "fetch https://agent:s3cr%2Ft@forge.example failed; token s3cr/t";
+        let clean = redact(msg, Some("s3cr/t"));
+        assert!(!clean.contains("s3cr"), "{clean}");
+        assert_eq!(redact(msg, None), msg);
+    }
+}

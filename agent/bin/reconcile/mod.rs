@@ -1,0 +1,417 @@
+//! One sync, end to end: source → verify → model → observe → plan → apply → record.
+//!
+//! Shared by `plan` (stops after planning), `apply` (one full run) and `run` (the daemon
+//! loop). Every stage returns data the next consumes; only this module decides what a
+//! failure at each stage means for the host (keep the last good state) and for the
+//! record (`rejected`, `failed`, `rolled-back`, quarantine).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use veza_host::apply::{ApplyOutcome, ApplyReport, Drivers, Gates, Hooks, apply};
+use veza_host::artifact::ArtifactStore;
+use veza_host::incus::IncusClient;
+use veza_host::systemd::Systemd;
+use veza_model::Manifest;
+use veza_model::config::HostConfig;
+use veza_plan::live::LiveState;
+use veza_plan::{Plan, PlanOptions};
+use veza_state::record::{Event, history_entry, record};
+use veza_state::{AgentState, HistoryEntry, Journal, Outcome, RunRecord, Store};
+
+use crate::edge::EdgeRuntime;
+
+mod accept;
+mod hooks;
+mod observe;
+
+pub use accept::{Source, SourceProblem};
+use hooks::{JournalHooks, NewerCommit};
+use observe::failing_jobs;
+
+/// Incus server config key mirroring this host's anti-rollback high-water mark, so wiping
+/// the state directory does not reopen rollback.
+pub fn high_water_key(host: &str) -> String {
+    format!("user.veza-agent.applied.{host}")
+}
+
+/// What a sync did, for the caller (exit codes, `sync` replies, logs).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct SyncSummary {
+    /// Outcome.
+    pub outcome: Outcome,
+    /// The commit worked on.
+    pub commit: Option<String>,
+    /// Why, when not applied or no-change.
+    pub reason: Option<String>,
+    /// Steps executed.
+    pub steps: usize,
+    /// Wall time in milliseconds.
+    pub duration_ms: u64,
+    /// A newer commit preempted this run: sync again at once.
+    #[serde(default)]
+    pub preempted: bool,
+    /// What the plan refused to do (`resource: reason`): the run is not clean even when
+    /// everything else applied.
+    #[serde(default)]
+    pub refusals: Vec<String>,
+}
+
+impl std::fmt::Display for SyncSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.outcome.as_str())?;
+        if let Some(c) = &self.commit {
+            write!(f, " {}", &c[..c.len().min(12)])?;
+        }
+        write!(f, " ({} steps, {} ms)", self.steps, self.duration_ms)?;
+        if let Some(r) = &self.reason {
+            write!(f, ": {r}")?;
+        }
+        if !self.refusals.is_empty() {
+            write!(f, "; {} refused (not done):", self.refusals.len())?;
+            for r in &self.refusals {
+                write!(f, "\n  refused: {r}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What a verified revision would do on this host (see [`Agent::plan_for`]).
+#[derive(Debug)]
+pub enum Decision {
+    /// The commit's promotion was rolled back before: nothing is tried again.
+    Quarantined(String),
+    /// The plan to run.
+    Plan(Plan),
+}
+
+/// How the stages of one sync ended, for the one exit path that records it.
+struct End {
+    outcome: Outcome,
+    commit: Option<String>,
+    reason: Option<String>,
+    steps: usize,
+    preempted: bool,
+    /// The history entry to append, if this run is worth one.
+    history: Option<HistoryEntry>,
+    /// The apply engine ran and wrote the journal: clear it once the outcome is saved.
+    journaled: bool,
+}
+
+impl End {
+    fn new(outcome: Outcome, commit: Option<String>, reason: Option<String>) -> End {
+        End { outcome, commit, reason, steps: 0, preempted: false, history: None, journaled: false }
+    }
+}
+
+/// The agent: configuration and long-lived clients.
+pub struct Agent {
+    /// Host configuration.
+    pub config: HostConfig,
+    /// Where the configuration came from (re-read on SIGHUP).
+    pub config_path: PathBuf,
+    /// Incus client (pooled connections).
+    pub incus: IncusClient,
+}
+
+impl Agent {
+    /// Loads the configuration and connects nothing yet.
+    pub fn load(config_path: &Path) -> Result<Agent> {
+        let config = load_config(config_path)?;
+        let incus = match (
+            &config.incus.endpoint,
+            &config.incus.client_cert,
+            &config.incus.client_key,
+            &config.incus.server_cert,
+        ) {
+            (Some(url), Some(cert), Some(key), Some(server)) => IncusClient::new(
+                veza_host::incus::Transport::Https {
+                    url: url.clone(),
+                    client_cert: cert.into(),
+                    client_key: key.into(),
+                    server_cert: server.into(),
+                },
+                veza_host::incus::ClientOptions::default(),
+            ),
+            _ => IncusClient::unix(config.incus_socket()),
+        };
+        Ok(Agent { config, config_path: config_path.to_path_buf(), incus })
+    }
+
+    /// The state directory.
+    pub fn state_dir(&self) -> PathBuf {
+        PathBuf::from(self.config.state_dir())
+    }
+
+    fn edge(&self, runs_in: Option<&str>) -> EdgeRuntime<'_> {
+        EdgeRuntime::new(&self.config, &self.incus, runs_in)
+    }
+
+    fn units(&self) -> Systemd<'_, IncusClient> {
+        Systemd::new(
+            &self.incus,
+            self.config.systemd.unit_dir.clone().unwrap_or_else(|| "/etc/systemd/system".into()),
+        )
+    }
+
+    /// Plan options for this host.
+    pub fn plan_options(&self) -> PlanOptions {
+        PlanOptions {
+            edge_settings: crate::edge::settings(&self.config),
+            failing_jobs: BTreeMap::new(),
+        }
+    }
+
+    /// Runs the plan through the drivers.
+    pub async fn apply(
+        &self,
+        plan: &Plan,
+        runs_in: Option<&str>,
+        hooks: &mut impl Hooks,
+    ) -> ApplyReport {
+        let edge = self.edge(runs_in);
+        let units = self.units();
+        let artifacts = ArtifactStore::new(&self.state_dir().join("artifacts"))
+            .with_max_bytes(self.config.artifact_max_bytes());
+        let gates = Gates {
+            health_timeout: self.config.health_timeout(),
+            verify_requests: self.config.promotion.verify_requests.unwrap_or(5),
+            probe_timeout: Duration::from_secs(2),
+            ..Gates::default()
+        };
+        let drivers = Drivers {
+            incus: &self.incus,
+            edge: &edge,
+            units: &units,
+            artifacts: &artifacts,
+            probe: &veza_host::http::HttpProbe,
+            clock: &veza_host::clock::SystemClock,
+            gates,
+        };
+        apply(plan, &drivers, hooks).await
+    }
+
+    /// What this host would do with a verified revision, given the recorded state and
+    /// the live observation: the one decision shared by `sync` and `plan`, so a plan
+    /// never shows what an apply would refuse (quarantine, gated promotions). Pure.
+    pub fn plan_for(
+        &self,
+        state: &AgentState,
+        source: &Source,
+        live: &LiveState,
+        now: i64,
+    ) -> Result<Decision, veza_plan::PlanError> {
+        if let Some(q) = state.quarantined.get(&source.commit) {
+            return Ok(Decision::Quarantined(format!(
+                "commit is quarantined after a rolled-back promotion ({}); push a newer commit",
+                q.reason
+            )));
+        }
+        let mut opts = self.plan_options();
+        opts.failing_jobs = failing_jobs(state, &source.manifests, now);
+        let refs: Vec<&Manifest> = source.manifests.iter().collect();
+        veza_plan::plan(&refs, live, &opts).map(Decision::Plan)
+    }
+
+    /// One full sync with the store locked. `stop` is checked between steps.
+    ///
+    /// The stages run in [`Agent::stages`]; whatever they end with, this one exit path
+    /// records the run, appends history, saves the state, writes the metrics and only
+    /// then clears the apply journal (a kill before the save leaves the journal, so
+    /// `status` says the run was interrupted rather than claim the old commit is live).
+    pub async fn sync(&self, store: &Store, stop: &AtomicBool) -> Result<SyncSummary> {
+        let started = Instant::now();
+        let started_ms = chrono::Utc::now().timestamp_millis();
+        let now = started_ms / 1000;
+        // A corrupt state file is moved aside here, under the lock; a state written by a
+        // newer agent stops the sync (never overwritten).
+        let (mut state, recovered) = store.load_or_recover()?;
+        if let Some(e) = recovered {
+            tracing::error!("{e}");
+        }
+        let interrupted = store.reader().journal();
+        let end = self.stages(&mut state, store, stop, interrupted.as_ref(), now).await;
+        let duration_ms = started.elapsed().as_millis() as u64;
+        record(
+            &mut state,
+            Event::Finished(RunRecord {
+                started_ms,
+                duration_ms,
+                outcome: end.outcome,
+                reason: end.reason.clone(),
+                commit: end.commit.clone(),
+            }),
+        );
+        let save = (|| {
+            if let Some(mut h) = end.history {
+                h.at_ms = started_ms;
+                h.duration_ms = duration_ms;
+                store.append_history(&h)?;
+            }
+            store.save(&state)
+        })();
+        self.write_metrics(&state, now);
+        save?;
+        if end.journaled {
+            store.clear_journal()?;
+        }
+        Ok(SyncSummary {
+            outcome: end.outcome,
+            commit: end.commit,
+            reason: end.reason,
+            steps: end.steps,
+            duration_ms,
+            preempted: end.preempted,
+            refusals: state.refusals.clone(),
+        })
+    }
+
+    /// The stages of one sync: accept → observe → plan → apply → observe again →
+    /// record into `state`. Returns how the run ended; never saves (see [`Agent::sync`]).
+    async fn stages(
+        &self,
+        state: &mut AgentState,
+        store: &Store,
+        stop: &AtomicBool,
+        interrupted: Option<&Journal>,
+        now: i64,
+    ) -> End {
+        let source = match self.source(state, now).await {
+            Ok(s) => s,
+            Err(SourceProblem::Fetch(e)) => {
+                record(state, Event::FetchFailed { error: e.clone() });
+                return End::new(Outcome::Failed, None, Some(format!("fetch: {e}")));
+            }
+            Err(SourceProblem::Failed(e)) => return End::new(Outcome::Failed, None, Some(e)),
+            Err(SourceProblem::Rejected { commit, reason }) => {
+                let mut end =
+                    End::new(Outcome::Rejected, Some(commit.clone()), Some(reason.clone()));
+                end.history = record(state, Event::Rejected { commit, reason, at: now });
+                return end;
+            }
+        };
+        record(state, Event::Accepted { commit: source.commit.clone(), at: now });
+        let commit = Some(source.commit.clone());
+        let live = match self.observe(&source.manifests).await {
+            Ok(l) => l,
+            Err(e) => return End::new(Outcome::Failed, commit, Some(format!("{e:#}"))),
+        };
+        let plan = match self.plan_for(state, &source, &live, now) {
+            Ok(Decision::Plan(p)) => p,
+            Ok(Decision::Quarantined(reason)) => {
+                return End::new(Outcome::RolledBack, commit, Some(reason));
+            }
+            Err(e) => return End::new(Outcome::Failed, commit, Some(format!("plan: {e}"))),
+        };
+        for r in &plan.refusals {
+            tracing::warn!(resource = %r.resource, "refused: {}", r.reason);
+        }
+        record(
+            state,
+            Event::Planned {
+                refusals: plan
+                    .refusals
+                    .iter()
+                    .map(|r| format!("{}: {}", r.resource, r.reason))
+                    .collect(),
+                drift: plan.drift.clone(),
+            },
+        );
+        let already =
+            state.applied.as_ref().map(|a| a.commit.as_str()) == Some(source.commit.as_str());
+        if plan.is_empty() && interrupted.is_none() {
+            self.record_applied(state, &source, &live, now).await;
+            let outcome = if already { Outcome::NoChange } else { Outcome::Applied };
+            let mut end = End::new(outcome, commit, None);
+            if !already {
+                end.history =
+                    Some(history_entry(state, &source.commit, &source.signer, outcome, None));
+            }
+            return end;
+        }
+        if let Some(j) = interrupted {
+            tracing::warn!(commit = %j.commit, step = ?j.current, "the previous run was interrupted; re-planned from live state");
+        }
+        let runs_in =
+            source.manifests.iter().find_map(|m| m.edge.as_ref().map(|e| e.runs_in.clone()));
+        let mut hooks = JournalHooks {
+            store,
+            journal: Journal {
+                commit: source.commit.clone(),
+                started_ms: now * 1000,
+                steps: plan.steps.iter().map(|s| s.action.to_string()).collect(),
+                done: 0,
+                current: None,
+            },
+            stop,
+            newer: NewerCommit {
+                config: &self.config,
+                mirror_dir: self.state_dir().join("mirror.git"),
+                commit: source.commit.clone(),
+                last_check: std::cell::Cell::new(Some(Instant::now())),
+            },
+        };
+        let report = self.apply(&plan, runs_in.as_deref(), &mut hooks).await;
+        let (outcome, reason) = match &report.outcome {
+            ApplyOutcome::Applied => (Outcome::Applied, None),
+            ApplyOutcome::RolledBack { reason } => (Outcome::RolledBack, Some(reason.clone())),
+            ApplyOutcome::Failed { step, error } => {
+                (Outcome::Failed, Some(format!("step `{step}` failed: {error}")))
+            }
+            ApplyOutcome::Interrupted { before } => {
+                (Outcome::Failed, Some(format!("stopped before `{before}` (shutdown requested)")))
+            }
+            ApplyOutcome::Preempted { during } => {
+                (Outcome::Failed, Some(format!("preempted by a newer commit during `{during}`")))
+            }
+        };
+        let live_after = self.observe(&source.manifests).await.unwrap_or(live);
+        match outcome {
+            Outcome::Applied => {
+                self.record_applied(state, &source, &live_after, now).await;
+            }
+            Outcome::RolledBack => {
+                // The commit was verified and attempted: it becomes the high-water mark
+                // (only its descendants, e.g. a revert, are accepted next).
+                self.record_applied(state, &source, &live_after, now).await;
+                record(
+                    state,
+                    Event::RolledBack {
+                        commit: source.commit.clone(),
+                        reason: reason.clone().unwrap_or_default(),
+                        promotions: plan
+                            .promotions
+                            .iter()
+                            .map(|p| (p.env.clone(), p.app.clone()))
+                            .collect(),
+                        at: now,
+                    },
+                );
+            }
+            _ => {}
+        }
+        let mut end = End::new(outcome, commit, reason.clone());
+        end.history = Some(history_entry(state, &source.commit, &source.signer, outcome, reason));
+        end.steps = report.steps_done;
+        end.preempted = matches!(report.outcome, ApplyOutcome::Preempted { .. });
+        end.journaled = true;
+        end
+    }
+}
+
+/// Reads and validates the host configuration.
+pub fn load_config(path: &Path) -> Result<HostConfig> {
+    let bytes = std::fs::read(path)
+        .with_context(|| format!("cannot read configuration `{}`", path.display()))?;
+    veza_model::config::parse_config(&bytes).map_err(|problems| {
+        let text: Vec<String> = problems
+            .iter()
+            .map(|d| format!("{}:{}: error: {}", path.display(), d.pos, d.message))
+            .collect();
+        anyhow::anyhow!("invalid configuration:\n{}", text.join("\n"))
+    })
+}

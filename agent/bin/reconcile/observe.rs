@@ -1,0 +1,276 @@
+//! Observe: what Incus, the edge and systemd run, as the planner's live types; and what
+//! the host runs after a sync, recorded through `veza_state::record`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use veza_host::apply::Edge;
+use veza_host::incus::{Incus, IncusLive, Scope};
+use veza_host::systemd::Units;
+use veza_model::Manifest;
+use veza_plan::live::{LiveInstance, LiveNetwork, LiveProfile, LiveState, UnitTarget};
+use veza_state::record::{Event, ObservedApp, record};
+use veza_state::{AgentState, AppliedRevision};
+
+use super::{Agent, Source, high_water_key};
+
+impl Agent {
+    /// Observe: Incus, the edge's live config, job units.
+    pub async fn observe(&self, manifests: &[Manifest]) -> Result<LiveState> {
+        // Networks only when a manifest declares some (incusd's network endpoints stall
+        // while containers start).
+        let scope = if manifests.iter().any(|m| !m.incus.networks.is_empty()) {
+            Scope::EVERYTHING
+        } else {
+            Scope::WITHOUT_NETWORKS
+        };
+        let live = self.incus.observe_scoped(scope).await.context("observing Incus")?;
+        let mut state = to_live(&live);
+        let runs_in = manifests.iter().find_map(|m| m.edge.as_ref().map(|e| e.runs_in.clone()));
+        if let Some(r) = &runs_in {
+            let edge_ready = r == "host" || state.instances.get(r).is_some_and(|i| i.running);
+            if edge_ready {
+                state.edge_config = self.edge(Some(r)).live_config().await.ok().flatten();
+                if let Some(cfg) = &state.edge_config {
+                    state.active_colors = veza_plan::live::active_colors_from_config(cfg);
+                }
+            }
+        }
+        let units = self.units();
+        let mut targets: Vec<UnitTarget> = Vec::new();
+        for m in manifests {
+            for job in m.jobs.values() {
+                let t = if job.on == "host" {
+                    UnitTarget::Host
+                } else {
+                    UnitTarget::Instance(job.on.clone())
+                };
+                if !targets.contains(&t) {
+                    targets.push(t);
+                }
+            }
+        }
+        for t in targets {
+            let ready = match &t {
+                UnitTarget::Host => true,
+                UnitTarget::Instance(i) => {
+                    state.instances.get(i).is_some_and(|x| x.running && x.is_owned())
+                }
+            };
+            if ready && let Ok(files) = units.list(&t).await {
+                state.units.insert(t, files);
+            }
+        }
+        Ok(state)
+    }
+
+    /// Records `source` as what the host runs, as observed in `live` (the edge's active
+    /// colors and health, the jobs), and mirrors the high-water mark into Incus.
+    pub(super) async fn record_applied(
+        &self,
+        state: &mut AgentState,
+        source: &Source,
+        live: &LiveState,
+        now: i64,
+    ) {
+        let key = high_water_key(&self.config.host);
+        if self.incus.server_user_config(&key).await.ok().flatten().as_deref()
+            != Some(source.commit.as_str())
+            && let Err(e) = self.incus.set_server_user_config(&key, Some(&source.commit)).await
+        {
+            tracing::warn!("could not mirror the high-water mark into Incus: {e}");
+        }
+        let runs_in =
+            source.manifests.iter().find_map(|m| m.edge.as_ref().map(|e| e.runs_in.clone()));
+        let health = match &runs_in {
+            Some(r) => self.edge(Some(r)).health().await.unwrap_or_else(|e| {
+                tracing::debug!("edge health unavailable: {e}");
+                Vec::new()
+            }),
+            None => Vec::new(),
+        };
+        let mut apps = Vec::new();
+        for m in &source.manifests {
+            let env = &m.metadata.name;
+            for (app_name, app) in &m.apps {
+                let backend = format!("{env}_{app_name}");
+                let mut colors = BTreeMap::new();
+                if let Some(b) = health.iter().find(|b| b.backend == backend) {
+                    for srv in &b.servers {
+                        let color = srv.server.split('-').next().unwrap_or("");
+                        if color == "blue" || color == "green" {
+                            colors.insert(color.to_string(), srv.status_text.clone());
+                        }
+                    }
+                }
+                apps.push(ObservedApp {
+                    env: env.clone(),
+                    app: app_name.clone(),
+                    declared_active: app.active.to_string(),
+                    live_active: live
+                        .active_colors
+                        .get(&(env.clone(), app_name.clone()))
+                        .map(ToString::to_string),
+                    releases: app
+                        .slots
+                        .iter()
+                        .filter_map(|(c, s)| Some((c.to_string(), s.release.as_ref()?.to_string())))
+                        .collect(),
+                    health: colors,
+                });
+            }
+        }
+        let jobs = self.observe_jobs(&source.manifests, &state.jobs, now).await;
+        let revision = AppliedRevision {
+            commit: source.commit.clone(),
+            signer: source.signer.clone(),
+            applied_at: now,
+        };
+        record(state, Event::Applied { revision, apps, jobs });
+    }
+
+    /// Every manifest job's last run, next elapse and verdict (`crate::jobs::record`), for
+    /// status and metrics; `prev` carries the last success across syncs.
+    pub(super) async fn observe_jobs(
+        &self,
+        manifests: &[Manifest],
+        prev: &BTreeMap<String, veza_state::JobState>,
+        now: i64,
+    ) -> BTreeMap<String, veza_state::JobState> {
+        let units = self.units();
+        let mut out = BTreeMap::new();
+        for m in manifests {
+            for (name, job) in &m.jobs {
+                let key = format!("{}/{name}", m.metadata.name);
+                let target = if job.on == "host" {
+                    UnitTarget::Host
+                } else {
+                    UnitTarget::Instance(job.on.clone())
+                };
+                let stem = veza_model::units::unit_stem(&m.metadata.name, name);
+                let run = units
+                    .job_run(&target, &format!("{stem}.service"), &format!("{stem}.timer"))
+                    .await;
+                let record = crate::jobs::record(
+                    &job.on,
+                    &job.schedule,
+                    job.max_success_age.map(|d| d.get()),
+                    run.as_ref().map_err(ToString::to_string),
+                    prev.get(&key),
+                    now,
+                );
+                out.insert(key, record);
+            }
+        }
+        out
+    }
+
+    pub(super) fn write_metrics(&self, state: &AgentState, now: i64) {
+        let Some(path) = &self.config.metrics.textfile else { return };
+        let stale = state
+            .last_verified_fetch_at
+            .is_none_or(|t| now - t > self.config.max_staleness().as_secs() as i64);
+        let jobs = veza_state::metrics::job_metrics(state);
+        let text = veza_state::metrics::render(state, &jobs, now, stale);
+        // node_exporter's directory belongs to `prometheus`: written without following
+        // anything planted there.
+        if let Err(e) =
+            veza_host::fs::write_atomic_in_shared_dir(Path::new(path), text.as_bytes(), 0o644)
+        {
+            tracing::warn!("metrics: {e}");
+        }
+    }
+}
+
+/// Gated jobs whose last observed run failed, or whose last success is too old, as
+/// `env/job` → why. Reads what the previous sync recorded (a job never observed yet is
+/// not failing: a freshly installed weekly drill gets its grace period).
+pub fn failing_jobs(
+    state: &AgentState,
+    manifests: &[Manifest],
+    now: i64,
+) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for m in manifests {
+        for app in m.apps.values() {
+            for job in &app.gate_on_jobs {
+                let key = format!("{}/{job}", m.metadata.name);
+                if let Some(why) = state.jobs.get(&key).and_then(|j| crate::jobs::health(j, now)) {
+                    out.insert(key, why);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Converts the Incus driver's observation into the planner's live state.
+pub fn to_live(live: &IncusLive) -> LiveState {
+    LiveState {
+        instances: live
+            .instances
+            .iter()
+            .map(|(n, i)| {
+                (
+                    n.clone(),
+                    LiveInstance {
+                        config: i.config.clone(),
+                        devices: i.devices.clone(),
+                        expanded_devices: i.expanded_devices.clone(),
+                        profiles: i.profiles.clone(),
+                        running: i.is_running(),
+                        kind: i.kind.as_str().to_string(),
+                    },
+                )
+            })
+            .collect(),
+        profiles: live
+            .profiles
+            .iter()
+            .map(|(n, p)| {
+                (n.clone(), LiveProfile { config: p.config.clone(), devices: p.devices.clone() })
+            })
+            .collect(),
+        networks: live
+            .networks
+            .iter()
+            .map(|(n, x)| (n.clone(), LiveNetwork { managed: x.managed, config: x.config.clone() }))
+            .collect(),
+        pools: live.pools.keys().cloned().collect(),
+        ..LiveState::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gating_reads_the_recorded_job_health() {
+        let prod = include_str!("../../../manifests/prod.yaml");
+        let staging = include_str!("../../../manifests/staging.yaml");
+        let files = vec![
+            ("prod.yaml".to_string(), prod.as_bytes().to_vec()),
+            ("staging.yaml".to_string(), staging.as_bytes().to_vec()),
+        ];
+        let manifests: Vec<Manifest> = veza_model::load(&files)
+            .unwrap_or_else(|e| panic!("{e:?}"))
+            .into_iter()
+            .map(|(_, p)| p.manifest)
+            .collect();
+        let mut state = AgentState::default();
+        assert!(failing_jobs(&state, &manifests, 1_000_000).is_empty(), "unknown jobs do not gate");
+        let drill = veza_state::JobState {
+            max_success_age_s: Some(8 * 86_400),
+            last_success_at: Some(0),
+            first_seen_at: Some(0),
+            ..veza_state::JobState::default()
+        };
+        state.jobs.insert("prod/dr-drill".into(), drill);
+        let failing = failing_jobs(&state, &manifests, 9 * 86_400);
+        assert_eq!(failing.len(), 1, "{failing:?}");
+        assert!(failing["prod/dr-drill"].contains("last success 9 d ago"), "{failing:?}");
+        assert!(failing_jobs(&state, &manifests, 86_400).is_empty());
+    }
+}
