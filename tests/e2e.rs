@@ -2,12 +2,11 @@
 //! host: real incusd, real HAProxy in master-worker mode, real signed commits served
 //! over smart HTTP on 127.0.0.1 (see `veza_testkit::demo`).
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use veza_testkit::demo::DemoHost;
 use veza_testkit::incus::TrustedClient;
+use veza_testkit::traffic::Traffic;
 
 fn host() -> DemoHost {
     DemoHost::new(std::path::Path::new(env!("CARGO_BIN_EXE_veza-agent")), None)
@@ -75,8 +74,10 @@ fn promotion_to_a_healthy_green_switches_with_zero_failed_requests() {
     assert_eq!(h.served_release().unwrap(), h.releases[0].id);
 
     h.commit(&h.manifest("green", Some(0), Some(1)), "promote green").unwrap();
-    let traffic = Traffic::start(&h);
+    let traffic = Traffic::start(&h, 3, Duration::from_millis(2));
+    std::thread::sleep(Duration::from_millis(200));
     let out = apply_ok(&h);
+    std::thread::sleep(Duration::from_millis(200));
     let (ok, failed) = traffic.stop();
     assert!(ok > 20, "the request loop ran ({ok} ok)");
     assert_eq!(failed, 0, "{failed} requests failed during the switch ({ok} ok)\n{out}");
@@ -906,6 +907,31 @@ fn the_first_sync_converges_without_instance_config() {
         let snaps: serde_json::Value = serde_json::from_str(&snaps).unwrap();
         assert_eq!(snaps.as_array().map(Vec::len), Some(0), "{name} was snapshotted: {snaps}");
     }
+    // An image edit Incus cannot apply in place is shown by `plan`, never ignored: the
+    // plain instance is recreated, the protected one is a refusal (exit 3).
+    let reimaged = manifest
+        .replace(
+            &format!("{plain}: {{image: veza-test-busybox,"),
+            &format!("{plain}: {{image: veza-test-debian12,"),
+        )
+        .replace(
+            &format!("{data}: {{image: veza-test-busybox,"),
+            &format!("{data}: {{image: veza-test-debian12,"),
+        );
+    assert_ne!(reimaged, manifest);
+    h.commit(&reimaged, "new images").unwrap();
+    let (code, plan, err) = agent(&h, &["plan"]);
+    assert_eq!(code, 3, "{plan}\n{err}");
+    for line in [
+        format!("delete instance {plain}"),
+        format!("create instance {plain} from veza-test-debian12"),
+        format!(
+            "refused: instance {data}: protected data: its image changes from veza-test-busybox to veza-test-debian12"
+        ),
+    ] {
+        assert!(plan.contains(&line), "no `{line}` in\n{plan}");
+    }
+    assert!(!plan.contains(&format!("delete instance {data}")), "{plan}");
 }
 
 /// Editing the release of the color that serves is refused (it would be rebuilt in place,
@@ -920,8 +946,10 @@ fn an_edit_of_the_serving_color_is_refused_and_drops_no_request() {
     let (code, plan, _) = agent(&h, &["plan"]);
     assert_eq!(code, 3, "a plan with refusals exits 3:\n{plan}");
     assert!(plan.contains("it serves") && plan.contains("idle green slot"), "{plan}");
-    let traffic = Traffic::start(&h);
+    let traffic = Traffic::start(&h, 3, Duration::from_millis(2));
+    std::thread::sleep(Duration::from_millis(200));
     let (code, out, err) = agent(&h, &["apply"]);
+    std::thread::sleep(Duration::from_millis(200));
     let (ok, failed) = traffic.stop();
     assert_eq!(code, 3, "an apply with refusals exits 3:\n{out}\n{err}");
     assert!(out.starts_with("applied") && out.contains("(0 steps"), "{out}");
@@ -947,52 +975,6 @@ fn an_edit_of_the_serving_color_is_refused_and_drops_no_request() {
         out.contains(&format!("{}-hello-blue was rebuilt in place and still receives", h.env)),
         "{out}"
     );
-}
-
-/// A request loop through the edge (3 workers, bounded), counting answers other than 200.
-struct Traffic {
-    ok: Arc<AtomicU64>,
-    failed: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
-    workers: Vec<std::thread::JoinHandle<()>>,
-}
-
-impl Traffic {
-    fn start(h: &DemoHost) -> Traffic {
-        let ok = Arc::new(AtomicU64::new(0));
-        let failed = Arc::new(AtomicU64::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let workers = (0..3)
-            .map(|_| {
-                let (ok, failed, stop) = (ok.clone(), failed.clone(), stop.clone());
-                let (addr, name) = (format!("127.0.0.1:{}", h.edge_port), h.host_name.clone());
-                std::thread::spawn(move || {
-                    for _ in 0..5000 {
-                        if stop.load(Ordering::SeqCst) {
-                            break;
-                        }
-                        match veza_host::http::get(&addr, &name, "/", Duration::from_secs(3)) {
-                            Ok(r) if r.status == 200 => ok.fetch_add(1, Ordering::SeqCst),
-                            _ => failed.fetch_add(1, Ordering::SeqCst),
-                        };
-                        std::thread::sleep(Duration::from_millis(2));
-                    }
-                })
-            })
-            .collect();
-        std::thread::sleep(Duration::from_millis(200));
-        Traffic { ok, failed, stop, workers }
-    }
-
-    /// Stops the loop (after 200 ms more) and returns (ok, failed).
-    fn stop(self) -> (u64, u64) {
-        std::thread::sleep(Duration::from_millis(200));
-        self.stop.store(true, Ordering::SeqCst);
-        for w in self.workers {
-            let _ = w.join();
-        }
-        (self.ok.load(Ordering::SeqCst), self.failed.load(Ordering::SeqCst))
-    }
 }
 
 /// kill -9 the moment the journal of a promotion goes away: by then the outcome is

@@ -44,6 +44,7 @@ use veza_host::process::Cmd;
 use veza_testkit::app::process_alive;
 use veza_testkit::demo::DemoHost;
 use veza_testkit::http::Fault;
+use veza_testkit::traffic::Traffic;
 
 const AGENT: &str = env!("CARGO_BIN_EXE_veza-agent");
 /// The unhealthy flag the gated manifests point the test app at (inside the slot).
@@ -931,7 +932,7 @@ fn slot_never_healthy_rolls_back_without_moving_traffic() {
     set_unhealthy(&green, true);
     let b =
         h.commit(&gated_manifest(&h, "green", Some(0), Some(1)), "promote green").expect("commit");
-    let load = Load::start(&h);
+    let load = Traffic::start(&h, 1, Duration::from_millis(5));
     let r = agent(&h.config_path, &["apply"]);
     let (ok, bad) = load.stop();
     case.saw(format!("apply exit {}: {}", r.code, r.out.trim()));
@@ -968,7 +969,7 @@ fn health_flaps_during_promotion() {
         .spawn_daemon(None)
         .expect("start the flapper");
     std::thread::sleep(Duration::from_secs(2));
-    let load = Load::start(&h);
+    let load = Traffic::start(&h, 1, Duration::from_millis(5));
     let r = agent(&h.config_path, &["apply"]);
     let (ok_during, bad_during) = load.counts();
     // HAProxy's own checks (inter 1 s, fall 2) judge the slot now serving.
@@ -1007,47 +1008,6 @@ fn health_flaps_during_promotion() {
     let color = app["active"].as_str().unwrap_or("");
     let release = app["releases"][color].as_str().unwrap_or("").to_string();
     assert_nothing_lost(&h, &state_dir(&h), &release);
-}
-
-/// A client looping GET / through the edge (bounded: 20 000 requests), counting failures.
-struct Load {
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicU64>,
-    bad: Arc<AtomicU64>,
-    worker: JoinHandle<()>,
-}
-
-impl Load {
-    fn start(h: &DemoHost) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let ok = Arc::new(AtomicU64::new(0));
-        let bad = Arc::new(AtomicU64::new(0));
-        let (s, o, b) = (stop.clone(), ok.clone(), bad.clone());
-        let (addr, name) = (format!("127.0.0.1:{}", h.edge_port), h.host_name.clone());
-        let worker = std::thread::spawn(move || {
-            for _ in 0..20_000 {
-                if s.load(Ordering::SeqCst) {
-                    break;
-                }
-                match veza_host::http::get(&addr, &name, "/", Duration::from_secs(3)) {
-                    Ok(r) if r.status == 200 => o.fetch_add(1, Ordering::SeqCst),
-                    _ => b.fetch_add(1, Ordering::SeqCst),
-                };
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        });
-        Load { stop, ok, bad, worker }
-    }
-
-    fn counts(&self) -> (u64, u64) {
-        (self.ok.load(Ordering::SeqCst), self.bad.load(Ordering::SeqCst))
-    }
-
-    fn stop(self) -> (u64, u64) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = self.worker.join();
-        (self.ok.load(Ordering::SeqCst), self.bad.load(Ordering::SeqCst))
-    }
 }
 
 // ---------------------------------------------------------------------------------------

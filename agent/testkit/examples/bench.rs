@@ -24,8 +24,6 @@
 //! --playbooks DIR] [--plan-scale JSON] [--quick]`.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
@@ -36,6 +34,7 @@ use veza_source::AllowedSigners;
 use veza_source::fetch::{FetchOptions, Mirror};
 use veza_testkit::app::{kill_pid, process_alive};
 use veza_testkit::demo::DemoHost;
+use veza_testkit::traffic::Traffic;
 
 // ------------------------------------------------------------------------------- args
 
@@ -272,55 +271,6 @@ impl Desired {
 
     fn commit(&self, host: &DemoHost, message: &str) -> Result<String> {
         host.commit(&self.text(host)?, message)
-    }
-}
-
-/// A bounded request loop through the edge, counting failures (non-200 or errors).
-struct RequestLoop {
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicU64>,
-    failed: Arc<AtomicU64>,
-    handle: Option<std::thread::JoinHandle<()>>,
-}
-
-impl RequestLoop {
-    fn start(host: &DemoHost) -> RequestLoop {
-        let stop = Arc::new(AtomicBool::new(false));
-        let ok = Arc::new(AtomicU64::new(0));
-        let failed = Arc::new(AtomicU64::new(0));
-        let (s, o, f) = (stop.clone(), ok.clone(), failed.clone());
-        let (addr, name) = (format!("127.0.0.1:{}", host.edge_port), host.host_name.clone());
-        let handle = std::thread::spawn(move || {
-            for _ in 0..20_000 {
-                if s.load(Ordering::SeqCst) {
-                    break;
-                }
-                match veza_host::http::get(&addr, &name, "/", Duration::from_secs(2)) {
-                    Ok(r) if r.status == 200 => o.fetch_add(1, Ordering::SeqCst),
-                    _ => f.fetch_add(1, Ordering::SeqCst),
-                };
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        });
-        RequestLoop { stop, ok, failed, handle: Some(handle) }
-    }
-
-    /// Stops the loop; returns (ok, failed).
-    fn finish(mut self) -> (u64, u64) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
-        }
-        (self.ok.load(Ordering::SeqCst), self.failed.load(Ordering::SeqCst))
-    }
-}
-
-impl Drop for RequestLoop {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
-        }
     }
 }
 
@@ -612,9 +562,9 @@ fn run() -> Result<()> {
         if i == 0 {
             promo.notes.push(format!("steps: {}", plan_steps(&host)?));
         }
-        let load = RequestLoop::start(&host);
+        let load = Traffic::start(&host, 1, Duration::from_millis(5));
         let r = apply(&host, &["applied"])?;
-        let (ok, bad) = load.finish();
+        let (ok, bad) = load.stop();
         promo.samples.push(r.wall_ms);
         promo_in.samples.push(r.inproc_ms);
         failed.push(bad as f64);
@@ -884,9 +834,9 @@ fn ansible_phase(
     let mut active = d.active;
     for i in 0..sizes.ansible_promotion {
         active = if i % 2 == 0 { "green" } else { "blue" };
-        let load = RequestLoop::start(host);
+        let load = Traffic::start(host, 1, Duration::from_millis(5));
         let (ms, recap, _) = a.run("edge.yml", &[color(active), cfgv(&d.rev)], false)?;
-        let (_, bad) = load.finish();
+        let (_, bad) = load.stop();
         if recap.changed == 0 {
             bail!("the ansible promotion changed nothing");
         }

@@ -8,6 +8,7 @@ pub mod incus;
 pub mod ports;
 pub mod proc;
 pub mod repo;
+pub mod traffic;
 
 pub use app::{
     HostApp, HttpReply, broken_release_artifact, http_get, release_artifact, testapp_binary,
