@@ -94,12 +94,11 @@ impl Agent {
         for m in &source.manifests {
             let env = &m.metadata.name;
             for (app_name, app) in &m.apps {
-                let backend = format!("{env}_{app_name}");
+                let backend = veza_model::naming::backend(env, app_name);
                 let mut colors = BTreeMap::new();
                 if let Some(b) = health.iter().find(|b| b.backend == backend) {
                     for srv in &b.servers {
-                        let color = srv.server.split('-').next().unwrap_or("");
-                        if color == "blue" || color == "green" {
+                        if let Some(color) = veza_model::naming::server_color(&srv.server) {
                             colors.insert(color.to_string(), srv.status_text.clone());
                         }
                     }

@@ -9,6 +9,7 @@ pub mod config;
 mod hint;
 pub mod lexical;
 pub mod manifest;
+pub mod naming;
 pub mod parse;
 pub mod schedule;
 pub mod units;

@@ -191,7 +191,7 @@ fn check_manifest(m: &Manifest, declared: &Declared, r: &mut Rules<'_>) {
             r.key(p.clone(), format!("invalid app name `{app_name}`: lowercase letters, digits and dashes, starting with a letter"));
         }
         for color in Color::ALL {
-            let inst = format!("{prefix}{app_name}-{color}");
+            let inst = crate::naming::slot_instance(&prefix, app_name, color);
             if !is_incus_name(&inst) {
                 r.key(p.clone(), format!("slot instance name `{inst}` is not a valid Incus name (at most 63 characters)"));
                 break;
@@ -568,7 +568,10 @@ fn check_host_set(files: &[(String, Parsed)], members: &[usize], issues: &mut Ve
             .collect();
         for app in m.apps.keys() {
             for color in Color::ALL {
-                names.push((format!("{prefix}{app}-{color}"), path!["apps", app.as_str()]));
+                names.push((
+                    crate::naming::slot_instance(&prefix, app, color),
+                    path!["apps", app.as_str()],
+                ));
             }
         }
         for (name, p) in names {

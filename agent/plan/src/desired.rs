@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use veza_model::Manifest;
 use veza_model::manifest::{Color, Device, DeviceType, InstanceType, ProxyBind};
+use veza_model::naming;
 use veza_model::units::{JobUnitSpec, UnitFile};
 
 use crate::live::{
@@ -258,7 +259,7 @@ pub fn desired(manifests: &[&Manifest], pool: &str) -> Result<Desired, DesiredEr
         for (app_name, app) in &m.apps {
             for (color, slot) in &app.slots {
                 let Some(release) = &slot.release else { continue };
-                let name = format!("{prefix}{app_name}-{color}");
+                let name = naming::slot_instance(&prefix, app_name, *color);
                 let install_dir = app
                     .artifact
                     .install_dir

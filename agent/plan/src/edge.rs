@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 use veza_model::manifest::{Balance, Color, Manifest, Release};
+use veza_model::naming;
 
 /// The template shipped with the project.
 const TEMPLATE: &str = include_str!("../templates/haproxy.cfg.tera");
@@ -579,7 +580,7 @@ pub fn render_edge(envs: &[EdgeEnv], settings: &EdgeSettings) -> Result<Rendered
                     balances.insert(&route.app, (balance, route_name));
                 }
             }
-            let backend = format!("{}_{}", env.name, route.app);
+            let backend = naming::backend(&env.name, &route.app);
             if hosts.is_empty() {
                 continue;
             }
@@ -624,7 +625,7 @@ pub fn render_edge(envs: &[EdgeEnv], settings: &EdgeSettings) -> Result<Rendered
         }
         for (app_name, app) in &env.apps {
             token("app name", app_name)?;
-            let name = format!("{}_{}", env.name, app_name);
+            let name = naming::backend(&env.name, app_name);
             claim(&name, format!("app `{app_name}` of environment `{}`", env.name))?;
             if !app.slots.contains_key(&app.active) {
                 return Err(RenderError::ActiveSlotEmpty {
@@ -638,7 +639,7 @@ pub fn render_edge(envs: &[EdgeEnv], settings: &EdgeSettings) -> Result<Rendered
             let mut server_summaries = Vec::new();
             for color in Color::ALL {
                 let Some(slot) = app.slots.get(&color) else { continue };
-                let server = format!("{color}-{}", slot.release.short());
+                let server = naming::server(color, &slot.release);
                 token("server address", &slot.address)?;
                 let enabled = color == app.active;
                 servers.push(ServerCtx {

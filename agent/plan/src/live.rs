@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use veza_model::manifest::Color;
+use veza_model::naming;
 
 /// The agent's ownership mark on instances and profiles.
 pub const MARK_MANAGED: &str = "user.veza.managed";
@@ -156,7 +157,8 @@ pub fn active_colors_from_config(config: &str) -> BTreeMap<(String, String), Col
     for line in config.lines() {
         let t = line.trim();
         if let Some(name) = t.strip_prefix("backend ") {
-            backend = name.trim().split_once('_').map(|(e, a)| (e.to_string(), a.to_string()));
+            backend =
+                naming::parse_backend(name.trim()).map(|(e, a)| (e.to_string(), a.to_string()));
             continue;
         }
         if !line.starts_with(' ') && !line.starts_with('\t') && !t.is_empty() {
@@ -168,13 +170,7 @@ pub fn active_colors_from_config(config: &str) -> BTreeMap<(String, String), Col
         if words.any(|w| w == "disabled") {
             continue;
         }
-        let color = if name.starts_with("blue") {
-            Color::Blue
-        } else if name.starts_with("green") {
-            Color::Green
-        } else {
-            continue;
-        };
+        let Some(color) = naming::server_color(name) else { continue };
         out.insert(key.clone(), color);
     }
     out

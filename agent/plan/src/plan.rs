@@ -13,6 +13,7 @@ use std::fmt;
 use serde::Serialize;
 use veza_model::Manifest;
 use veza_model::manifest::{Color, Release};
+use veza_model::naming;
 
 use crate::desired::{Desired, DesiredInstance, SlotSpec, desired};
 use crate::edge::{EdgeEnv, EdgeSettings, render_edge};
@@ -361,7 +362,7 @@ pub fn plan(
         for (app_name, app) in &m.apps {
             let target = app.active;
             let live_active = live.active_colors.get(&(env.clone(), app_name.clone())).copied();
-            let instance = format!("{prefix}{app_name}-{target}");
+            let instance = naming::slot_instance(&prefix, app_name, target);
             let Some(slot) = want.instances.get(&instance).and_then(|d| d.slot.clone()) else {
                 continue;
             };
