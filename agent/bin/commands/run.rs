@@ -59,14 +59,14 @@ pub fn run(args: &RunArgs) -> ExitCode {
 }
 
 async fn daemon(args: &RunArgs) -> anyhow::Result<()> {
-    let mut agent = Agent::load(&args.config.config)?;
+    let agent = Agent::load(&args.config.config)?;
     let state_dir = agent.state_dir();
     let store = Store::open(&state_dir)?;
     let sock = control_socket(&state_dir);
     let _ = veza_fs::remove_if_exists(&sock);
     let listener = UnixListener::bind(&sock)
         .map_err(|e| anyhow::anyhow!("cannot listen on `{}`: {e}", sock.display()))?;
-    let (tx, mut requests) = mpsc::channel::<Waiter>(16);
+    let (tx, requests) = mpsc::channel::<Waiter>(16);
     tokio::spawn(serve_control(listener, tx));
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -87,13 +87,110 @@ async fn daemon(args: &RunArgs) -> anyhow::Result<()> {
             wake.notify_one();
         });
     }
+    let (reload_tx, reloads) = mpsc::channel::<()>(4);
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            if reload_tx.send(()).await.is_err() {
+                break;
+            }
+        }
+    });
     let _watcher = watch_trust_files(&agent, wake.clone());
     tracing::info!(host = %agent.config.host, "veza-agent running; control socket {}", sock.display());
+    let mut cycle = AgentCycle { agent, store };
+    let inputs = Inputs { requests, reloads, wake, stop, max_syncs: args.max_syncs };
+    drive(&mut cycle, inputs, jitter).await;
+    let _ = veza_fs::remove_if_exists(&sock);
+    tracing::info!("veza-agent stopped");
+    Ok(())
+}
+
+/// What the daemon loop drives: one sync, the schedule, and a configuration reload.
+pub(crate) trait Cycle {
+    /// One sync (never an error: a failure is a `failed` summary).
+    async fn sync(&mut self, stop: &AtomicBool) -> SyncSummary;
+    /// The poll interval and the most jitter added to it.
+    fn schedule(&self) -> (Duration, Duration);
+    /// Re-reads the configuration (an invalid one is rejected, the running one kept).
+    fn reload(&mut self);
+}
+
+/// What wakes or stops the loop besides its timer; injected, so the loop is tested with
+/// channels and tokio's paused clock instead of signals and real time.
+pub(crate) struct Inputs {
+    /// `sync` requests: each waiter gets the summary of the next completed sync.
+    pub requests: mpsc::Receiver<Waiter>,
+    /// Reload requests (SIGHUP).
+    pub reloads: mpsc::Receiver<()>,
+    /// Wakes the wait early (a stop, an edit of the configuration or trust root).
+    pub wake: Arc<tokio::sync::Notify>,
+    /// Set on SIGTERM/SIGINT: the sync in progress finishes its action, then the loop ends.
+    pub stop: Arc<AtomicBool>,
+    /// Stop after this many syncs (tests and benches).
+    pub max_syncs: Option<u64>,
+}
+
+/// The daemon loop: sync, answer the waiters, wait for the poll (sooner after a failure,
+/// at once after a preemption or a `sync` request), re-read the configuration, again;
+/// until `stop`. `jitter` draws the random part of each wait.
+pub(crate) async fn drive<C: Cycle>(
+    cycle: &mut C,
+    mut inputs: Inputs,
+    jitter: impl Fn(Duration) -> Duration,
+) {
     let mut waiters: Vec<Waiter> = Vec::new();
     let mut syncs = 0u64;
     let mut failures_in_a_row = 0u32;
     loop {
-        let summary = match agent.sync(&store, &stop).await {
+        let summary = cycle.sync(&inputs.stop).await;
+        tracing::info!("sync: {summary}");
+        for w in waiters.drain(..) {
+            let _ = w.send(summary.clone());
+        }
+        syncs += 1;
+        if inputs.stop.load(Ordering::SeqCst) || inputs.max_syncs.is_some_and(|m| syncs >= m) {
+            break;
+        }
+        if summary.preempted {
+            continue; // a newer commit is waiting: sync it now
+        }
+        failures_in_a_row =
+            if retry_soon(&summary) { failures_in_a_row.saturating_add(1) } else { 0 };
+        let (poll, max_jitter) = cycle.schedule();
+        let pause = next_pause(poll, failures_in_a_row) + jitter(max_jitter);
+        if failures_in_a_row > 0 {
+            tracing::info!(
+                "sync failed {failures_in_a_row} time(s) in a row; retrying in {pause:?}"
+            );
+        }
+        tokio::select! {
+            () = tokio::time::sleep(pause) => {}
+            Some(w) = inputs.requests.recv() => {
+                waiters.push(w);
+                while let Ok(w) = inputs.requests.try_recv() {
+                    waiters.push(w);
+                }
+            }
+            () = inputs.wake.notified() => {}
+            Some(()) = inputs.reloads.recv() => cycle.reload(),
+        }
+        if inputs.stop.load(Ordering::SeqCst) {
+            break;
+        }
+        // Pick up configuration edits at every cycle, keeping the old one when invalid.
+        cycle.reload();
+    }
+}
+
+/// The real cycle: the agent's sync against its store.
+struct AgentCycle {
+    agent: Agent,
+    store: Store,
+}
+
+impl Cycle for AgentCycle {
+    async fn sync(&mut self, stop: &AtomicBool) -> SyncSummary {
+        match self.agent.sync(&self.store, stop).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!("sync failed: {e:#}");
@@ -107,49 +204,16 @@ async fn daemon(args: &RunArgs) -> anyhow::Result<()> {
                     refusals: Vec::new(),
                 }
             }
-        };
-        tracing::info!("sync: {summary}");
-        for w in waiters.drain(..) {
-            let _ = w.send(summary.clone());
         }
-        syncs += 1;
-        if stop.load(Ordering::SeqCst) || args.max_syncs.is_some_and(|m| syncs >= m) {
-            break;
-        }
-        if summary.preempted {
-            continue; // a newer commit is waiting: sync it now
-        }
-        failures_in_a_row =
-            if retry_soon(&summary) { failures_in_a_row.saturating_add(1) } else { 0 };
-        let pause = next_pause(agent.config.poll_interval(), failures_in_a_row)
-            + jitter(agent.config.poll_jitter());
-        if failures_in_a_row > 0 {
-            tracing::info!(
-                "sync failed {failures_in_a_row} time(s) in a row; retrying in {pause:?}"
-            );
-        }
-        tokio::select! {
-            () = tokio::time::sleep(pause) => {}
-            Some(w) = requests.recv() => {
-                waiters.push(w);
-                while let Ok(w) = requests.try_recv() {
-                    waiters.push(w);
-                }
-            }
-            () = wake.notified() => {}
-            _ = hup.recv() => {
-                reload(&mut agent);
-            }
-        }
-        if stop.load(Ordering::SeqCst) {
-            break;
-        }
-        // Pick up configuration edits at every cycle, keeping the old one when invalid.
-        reload(&mut agent);
     }
-    let _ = veza_fs::remove_if_exists(&sock);
-    tracing::info!("veza-agent stopped");
-    Ok(())
+
+    fn schedule(&self) -> (Duration, Duration) {
+        (self.agent.config.poll_interval(), self.agent.config.poll_jitter())
+    }
+
+    fn reload(&mut self) {
+        reload(&mut self.agent);
+    }
 }
 
 /// Wakes the loop when the configuration or the trust root (allowed signers, policy)
@@ -327,5 +391,161 @@ mod tests {
         for (poll, failures, want) in table {
             assert_eq!(next_pause(poll, failures), want, "poll {poll:?}, {failures} failures");
         }
+    }
+
+    /// One scripted sync: its outcome, and whether a newer commit preempted it.
+    type Scripted1 = (veza_state::Outcome, bool);
+
+    /// A scripted cycle: each sync returns the next outcome (then `no-change` forever) and
+    /// records when it ran on tokio's (paused) clock.
+    struct Scripted {
+        outcomes: std::collections::VecDeque<(veza_state::Outcome, bool)>,
+        started: tokio::time::Instant,
+        at: Vec<Duration>,
+        reloads: usize,
+        poll: Duration,
+        stop_after: Option<(usize, Arc<AtomicBool>)>,
+    }
+
+    impl Scripted {
+        fn new(poll: Duration, outcomes: &[(veza_state::Outcome, bool)]) -> Scripted {
+            Scripted {
+                outcomes: outcomes.iter().copied().collect(),
+                started: tokio::time::Instant::now(),
+                at: Vec::new(),
+                reloads: 0,
+                poll,
+                stop_after: None,
+            }
+        }
+        fn seconds(&self) -> Vec<u64> {
+            self.at.iter().map(Duration::as_secs).collect()
+        }
+    }
+
+    impl Cycle for Scripted {
+        async fn sync(&mut self, _stop: &AtomicBool) -> SyncSummary {
+            self.at.push(self.started.elapsed());
+            if let Some((n, stop)) = &self.stop_after
+                && self.at.len() >= *n
+            {
+                stop.store(true, Ordering::SeqCst);
+            }
+            let (outcome, preempted) =
+                self.outcomes.pop_front().unwrap_or((veza_state::Outcome::NoChange, false));
+            SyncSummary {
+                outcome,
+                commit: None,
+                reason: Some("observing Incus: timed out".into()),
+                steps: 0,
+                duration_ms: 0,
+                preempted,
+                refusals: Vec::new(),
+            }
+        }
+        fn schedule(&self) -> (Duration, Duration) {
+            (self.poll, Duration::from_secs(3))
+        }
+        fn reload(&mut self) {
+            self.reloads += 1;
+        }
+    }
+
+    struct Handles {
+        requests: mpsc::Sender<Waiter>,
+        reloads: mpsc::Sender<()>,
+        wake: Arc<tokio::sync::Notify>,
+        stop: Arc<AtomicBool>,
+    }
+
+    fn loop_inputs(max_syncs: Option<u64>) -> (Inputs, Handles) {
+        let (requests_tx, requests) = mpsc::channel(4);
+        let (reloads_tx, reloads) = mpsc::channel(4);
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let stop = Arc::new(AtomicBool::new(false));
+        let handles = Handles {
+            requests: requests_tx,
+            reloads: reloads_tx,
+            wake: wake.clone(),
+            stop: stop.clone(),
+        };
+        (Inputs { requests, reloads, wake, stop, max_syncs }, handles)
+    }
+
+    /// The jitter drawn: its maximum, so the tests know each wait exactly.
+    fn full_jitter(max: Duration) -> Duration {
+        max
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_loop_polls_backs_off_after_failures_and_syncs_at_once_after_a_preemption() {
+        use veza_state::Outcome::{Applied, Failed, NoChange, Rejected};
+        let poll = Duration::from_secs(60);
+        // (outcomes, when each sync ran in seconds): poll 60 s + jitter 3 s; retries
+        // after 5, 10, 20 s (+3) while failing; a preempted sync is followed at once; a
+        // refusal is not retried sooner.
+        let table: [(&[Scripted1], &[u64]); 4] = [
+            (&[], &[0, 63, 126, 189]),
+            (&[(Failed, false), (Failed, false), (Failed, false)], &[0, 8, 21, 44]),
+            (&[(Failed, false), (Applied, false), (Failed, false)], &[0, 8, 71, 79]),
+            (&[(NoChange, true), (Rejected, false)], &[0, 0, 63, 126]),
+        ];
+        for (outcomes, want) in table {
+            let mut cycle = Scripted::new(poll, outcomes);
+            let (inputs, _handles) = loop_inputs(Some(want.len() as u64));
+            drive(&mut cycle, inputs, full_jitter).await;
+            assert_eq!(cycle.seconds(), want, "{outcomes:?}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_sync_request_is_answered_by_the_next_sync_without_waiting_for_the_poll() {
+        let mut cycle = Scripted::new(Duration::from_secs(3600), &[]);
+        let (inputs, handles) = loop_inputs(Some(2));
+        let (tx, rx) = oneshot::channel();
+        let asked = async move {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            handles.requests.send(tx).await.expect("the loop listens");
+            rx.await.expect("answered")
+        };
+        let ((), answer) = tokio::join!(drive(&mut cycle, inputs, full_jitter), asked);
+        assert_eq!(answer.outcome, veza_state::Outcome::NoChange);
+        assert_eq!(cycle.seconds(), [0, 10]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stop_ends_the_wait_at_once_and_a_stop_during_a_sync_ends_the_loop_after_it() {
+        // Requested while waiting: the loop wakes and ends without another sync.
+        let mut cycle = Scripted::new(Duration::from_secs(3600), &[]);
+        let (inputs, handles) = loop_inputs(None);
+        let stopper = async move {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            handles.stop.store(true, Ordering::SeqCst);
+            handles.wake.notify_one();
+        };
+        let started = tokio::time::Instant::now();
+        tokio::join!(drive(&mut cycle, inputs, full_jitter), stopper);
+        assert_eq!((cycle.seconds(), started.elapsed().as_secs()), (vec![0], 30));
+        // Requested during the third sync: that sync completes, then the loop ends.
+        let mut cycle = Scripted::new(Duration::from_secs(10), &[]);
+        let (inputs, handles) = loop_inputs(None);
+        cycle.stop_after = Some((3, handles.stop.clone()));
+        drive(&mut cycle, inputs, full_jitter).await;
+        assert_eq!(cycle.seconds(), [0, 13, 26]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reload_request_rereads_the_configuration_and_each_cycle_does_too() {
+        let mut cycle = Scripted::new(Duration::from_secs(3600), &[]);
+        let (inputs, handles) = loop_inputs(Some(2));
+        let hup = async move {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            handles.reloads.send(()).await.expect("the loop listens");
+            handles
+        };
+        let ((), _handles) = tokio::join!(drive(&mut cycle, inputs, full_jitter), hup);
+        // SIGHUP cuts the hour's wait short: the configuration is re-read (then once more
+        // at the end of the cycle, as every cycle does) and the next sync runs at once.
+        assert_eq!((cycle.reloads, cycle.seconds()), (2, vec![0, 5]));
     }
 }
