@@ -318,6 +318,7 @@ fn the_runbook_quotes_the_rejection_reasons_the_agent_writes() {
     // The examples quoted as causes are what the code writes (`...` stands for a value).
     let sources = [
         "agent/bin/reconcile/accept.rs",
+        "agent/source/src/accept.rs",
         "agent/source/src/error.rs",
         "agent/source/src/policy.rs",
         "agent/model/src/config.rs",
@@ -335,17 +336,23 @@ fn the_runbook_quotes_the_rejection_reasons_the_agent_writes() {
         }
     }
     assert!(checked >= 8, "only {checked} quoted examples");
-    // Every rejection goes through a kind, so no reason escapes the table.
-    let reconcile = read(&repo_root().join("agent/bin/reconcile/accept.rs"))
-        + &read(&repo_root().join("agent/bin/reconcile/mod.rs"));
-    let built: Vec<&str> = reconcile
-        .split("SourceProblem::Rejected {")
-        .skip(1)
-        .filter(|after| !after.trim_start().starts_with("commit, reason }"))
-        .collect();
+    // Every rejection goes through a kind, so no reason escapes the table: the one
+    // acceptance function builds every `Rejected` with its kind's reason, and the binary
+    // only passes them on.
+    let acceptance = read(&repo_root().join("agent/source/src/accept.rs"));
+    let built: Vec<&str> = acceptance.split("Rejected {").skip(1).collect();
     assert!(!built.is_empty());
     for after in built {
-        assert!(after[..after.len().min(120)].contains("kind.reason("), "{after:.120}");
+        let after = &after[..after.len().min(160)];
+        assert!(
+            after.contains("reason: kind.reason(") || after.trim_start().starts_with("///"),
+            "a rejection built without its kind's reason: {after}"
+        );
+    }
+    let reconcile = read(&repo_root().join("agent/bin/reconcile/accept.rs"))
+        + &read(&repo_root().join("agent/bin/reconcile/mod.rs"));
+    for after in reconcile.split("SourceProblem::Rejected {").skip(1) {
+        assert!(after.trim_start().starts_with("commit, reason }"), "{after:.120}");
     }
     // The failure that is not a rejection, and words the agent never prints.
     assert!(runbook.contains("`cannot read the anti-rollback mark`"));

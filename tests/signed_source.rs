@@ -814,3 +814,88 @@ fn real_git_client_through_the_test_server_with_gzip_bodies() {
         "{requests:#?}"
     );
 }
+
+/// The one acceptance decision (`veza_source::accept`), over real signed commits in a real
+/// mirror: each case is a tip, the last applied commit and the trust inputs, and the
+/// verdict is `Accepted` (with this host's manifests only) or a `Rejected` of one kind.
+#[test]
+fn acceptance_is_one_decision_with_one_kind_per_refusal() {
+    use veza_source::{Acceptance, Refusal, accept};
+    let s = small();
+    let manifest = |host: &str, name: &str| {
+        format!(
+            "apiVersion: veza-agent/v1\nkind: Environment\nmetadata: {{name: {name}, host: {host}}}\n"
+        )
+    };
+    let paths = ["manifests/prod.yaml".to_string(), "manifests/other.yaml".to_string()];
+    let files = |prod: &str| {
+        [
+            ("manifests/prod.yaml", prod.to_string()),
+            ("manifests/other.yaml", manifest("r630", "other")),
+        ]
+    };
+    let f1 = files(&manifest("r720", "prod"));
+    let f1: Vec<(&str, &str)> = f1.iter().map(|(p, t)| (*p, t.as_str())).collect();
+    let a = s.repo.commit_files_signed(&s.forgejo, &f1, "A").unwrap();
+    let broken = files("apiVersion: veza-agent/v1\nkind: Environment\nmetadata: {name: prod}\n");
+    let broken: Vec<(&str, &str)> = broken.iter().map(|(p, t)| (*p, t.as_str())).collect();
+    let b = s.repo.commit_files_signed(&s.forgejo, &broken, "B, invalid").unwrap();
+    let mirror_dir = s._tmp.path().join("mirror.git");
+    let mut mirror = Mirror::open_or_init(&mirror_dir).unwrap();
+    let url = s.server.url("origin.git");
+    mirror.fetch(std::slice::from_ref(&url), &FetchOptions::new("main", FETCH_TIMEOUT)).unwrap();
+    let untrusted = s._tmp.path().join("untrusted_signers");
+    std::fs::write(&untrusted, veza_testkit::repo::allowed_signers(&[("bob@example.com", &s.bob)]))
+        .unwrap();
+    let missing_policy = s._tmp.path().join("no-policy.yaml").display().to_string();
+    let unknown = "0123456789abcdef0123456789abcdef01234567";
+    // (case, tip, last applied, signers file, policy, verdict: Ok(signer) or Err(kind))
+    let table: [(&str, &str, Option<&str>, &Path, Option<&str>, Result<&str, Refusal>); 7] = [
+        ("first sync", &a, None, &s.signers_file, None, Ok("forgejo@forge.example")),
+        ("same commit again", &a, Some(&a), &s.signers_file, None, Ok("forgejo@forge.example")),
+        ("invalid manifests", &b, Some(&a), &s.signers_file, None, Err(Refusal::InvalidManifests)),
+        ("rewind to an older commit", &a, Some(&b), &s.signers_file, None, Err(Refusal::Rollback)),
+        (
+            "last applied never seen",
+            &a,
+            Some(unknown),
+            &s.signers_file,
+            None,
+            Err(Refusal::Rollback),
+        ),
+        ("untrusted signer", &a, None, &untrusted, None, Err(Refusal::Signature)),
+        (
+            "policy unreadable",
+            &a,
+            None,
+            &s.signers_file,
+            Some(&missing_policy),
+            Err(Refusal::Policy),
+        ),
+    ];
+    for (case, tip, last, signers, policy, want) in table {
+        let acceptance = Acceptance {
+            allowed_signers: signers,
+            policy,
+            last_applied: last,
+            manifests: &paths,
+            host: "r720",
+            max_refs: 100,
+            now: now(),
+        };
+        match (accept(&mirror, oid(tip), &acceptance), want) {
+            (Ok(accepted), Ok(signer)) => {
+                assert_eq!((accepted.commit(), accepted.signer()), (tip, signer), "{case}");
+                let names: Vec<&str> =
+                    accepted.manifests().iter().map(|(_, m)| m.metadata.name.as_str()).collect();
+                assert_eq!(names, ["prod"], "{case}: only this host's manifests");
+            }
+            (Err(rejected), Err(kind)) => {
+                assert_eq!(rejected.kind, kind, "{case}: {}", rejected.reason);
+                assert_eq!(rejected.commit, tip, "{case}");
+                assert!(rejected.reason.starts_with(kind.prefix()), "{case}: {}", rejected.reason);
+            }
+            (got, want) => panic!("{case}: got {got:?}, wanted {want:?}"),
+        }
+    }
+}

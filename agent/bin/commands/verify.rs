@@ -15,12 +15,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+use veza_source::accept::descends_from;
 use veza_source::fetch::{Mirror, ObjectId, ObjectType};
 use veza_source::object::{committer_time, parse_tag};
-use veza_source::{AllowedSigners, FetchError, ObjectKind, verify_commit, verify_tag};
-
-/// Bound on the ancestry walk for `--after`.
-const MAX_ANCESTRY_WALK: usize = 1_000_000;
+use veza_source::{AllowedSigners, ObjectKind, Refusal, verify_commit, verify_tag};
 
 /// Arguments of `verify`.
 #[derive(Debug, clap::Args)]
@@ -187,31 +185,22 @@ fn verify(args: &VerifyArgs) -> Result<String, Failure> {
 }
 
 fn check_after(mirror: &Mirror, commit: ObjectId, after: &str) -> Result<(), Failure> {
-    // By object id only: a branch or tag (even one named like an id) is whatever the forge
-    // says it is. A full id that the repository does not have cannot be an ancestor: that
-    // is a rejection (history rewritten), not a usage error.
-    let after_commit = match mirror.commit_by_id(after) {
-        Ok(id) => id,
-        Err(FetchError::ObjectNotFound { .. }) => {
-            return Err(Failure::Rejected(format!(
-                "commit {commit} is not a descendant of --after {after} (it is not in the \
-                 repository at all: history was rewritten): refusing a rollback or force-push"
-            )));
-        }
-        Err(e @ FetchError::NotAnObjectId { .. }) => {
-            return Err(Failure::Error(format!(
-                "--after: {e} (give the full id of the last trusted commit, e.g. from \
-                 `veza-agent status`; names and abbreviations are not accepted)"
-            )));
-        }
-        Err(e) => return Err(Failure::Error(format!("--after: {e}"))),
-    };
-    match mirror.is_descendant(commit, after_commit, MAX_ANCESTRY_WALK) {
-        Ok(true) => Ok(()),
-        Ok(false) => Err(Failure::Rejected(format!(
-            "commit {commit} is not a descendant of --after {after_commit}: refusing a \
-             rollback or force-push"
+    // By object id only, as the agent decides (`veza_source::accept::descends_from`): a
+    // branch or tag (even one named like an id) is whatever the forge says it is. A full id
+    // that the repository does not have cannot be an ancestor: that is a rejection (history
+    // rewritten), not a usage error.
+    if after.len() != 40 || !after.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(Failure::Error(format!(
+            "--after: `{after}` is not a full 40-hex commit id (give the full id of the last trusted \
+             commit, e.g. from `veza-agent status`; names and abbreviations are not accepted)"
+        )));
+    }
+    match descends_from(mirror, commit, after) {
+        Ok(_) => Ok(()),
+        Err((Refusal::Rollback, why)) => Err(Failure::Rejected(format!(
+            "commit {commit} is not a descendant of --after {after}: refusing a rollback or \
+             force-push ({why})"
         ))),
-        Err(e) => Err(Failure::Rejected(e.to_string())),
+        Err((_, why)) => Err(Failure::Rejected(why)),
     }
 }

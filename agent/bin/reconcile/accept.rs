@@ -9,7 +9,7 @@ use veza_host::incus::Incus;
 use veza_model::Manifest;
 use veza_model::config::HostConfig;
 use veza_source::fetch::{Credentials, FetchOptions, Mirror};
-use veza_source::{AllowedSigners, FetchError, Refusal, verify_commit};
+use veza_source::{Acceptance, Rejected, accept};
 use veza_state::AgentState;
 
 use super::{Agent, high_water_key};
@@ -112,17 +112,6 @@ impl Agent {
             .fetch(&c.source.remotes, &options)
             .map_err(|e| SourceProblem::Fetch(redact(&e.to_string(), secret.as_deref())))?;
         let commit = fetched.tip.to_string();
-        let reject = |kind: Refusal, detail: String| SourceProblem::Rejected {
-            commit: commit.clone(),
-            reason: kind.reason(&detail),
-        };
-        let signers = AllowedSigners::from_file(Path::new(&c.trust.allowed_signers))
-            .map_err(|e| reject(Refusal::TrustRoot, e.to_string()))?;
-        let raw = mirror
-            .raw_commit(fetched.tip)
-            .map_err(|e| reject(Refusal::Signature, e.to_string()))?;
-        let verdict = verify_commit(&raw, &signers, now)
-            .map_err(|e| reject(Refusal::Signature, e.to_string()))?;
         // Anti-rollback: the tip must descend from the last applied commit, known from the
         // state file or, when that is gone, from the mirror in Incus. Unknown is not "none":
         // without the state file and without Incus, nothing is checked, so nothing is used.
@@ -137,90 +126,20 @@ impl Agent {
                 ))
             })?,
         };
-        let mut last_id = None;
-        if let Some(last) = &applied {
-            // By object id only: a ref the forge names like the id proves nothing.
-            let id = mirror.commit_by_id(last).map_err(|e| match e {
-                FetchError::ObjectNotFound { .. } => reject(
-                    Refusal::Rollback,
-                    format!(
-                        "the last applied commit {last} is not in the fetched history: the \
-                         branch was force-pushed or rewritten (hint: push the old tip back, then \
-                         undo changes with `git revert` in new signed commits)"
-                    ),
-                ),
-                e => reject(Refusal::Ancestry, format!("the last applied commit: {e}")),
-            })?;
-            let ok = mirror
-                .is_descendant(fetched.tip, id, 100_000)
-                .map_err(|e| reject(Refusal::Ancestry, e.to_string()))?;
-            if !ok {
-                return Err(reject(
-                    Refusal::Rollback,
-                    format!(
-                        "{commit} does not descend from the last applied commit {last} (hint: \
-                         undo a change with `git revert` in a new signed commit)"
-                    ),
-                ));
-            }
-            last_id = Some(id);
-        }
-        // The approval policy covers the paths changed since the last applied commit; on
-        // a host that has applied nothing yet, every path of the tip (a fresh or wiped
-        // host is no way around the approvals).
-        let mut confine = None;
-        if let Some(policy_path) = &c.trust.policy {
-            let text = std::fs::read_to_string(policy_path)
-                .map_err(|e| reject(Refusal::Policy, format!("`{policy_path}` unreadable: {e}")))?;
-            let policy = veza_source::policy::Policy::from_yaml_str(&text)
-                .map_err(|e| reject(Refusal::Policy, format!("`{policy_path}`: {e}")))?;
-            let changed = mirror
-                .changed_paths(last_id, fetched.tip, 1_000_000)
-                .map_err(|e| reject(Refusal::Policy, e.to_string()))?;
-            let tags = mirror
-                .tags_pointing_at(fetched.tip, c.max_refs())
-                .map_err(|e| reject(Refusal::Policy, e.to_string()))?;
-            let (approvals, _) = veza_source::policy::collect_approvals(
-                &commit,
-                &verdict,
-                &tags,
-                &signers,
-                now,
-                policy.approval_ref.as_deref(),
-            );
-            if let Err(violations) = policy.evaluate(&verdict, &changed, &approvals) {
-                let text: Vec<String> = violations.iter().map(ToString::to_string).collect();
-                return Err(reject(Refusal::Policy, text.join("; ")));
-            }
-            confine = Some((policy_path, policy));
-        }
-        let mut files = Vec::new();
-        for path in &c.source.manifests {
-            let bytes = mirror
-                .read_file(fetched.tip, path, veza_model::parse::MAX_MANIFEST_BYTES as u64)
-                .map_err(|e| reject(Refusal::Manifest, e.to_string()))?;
-            files.push((path.clone(), bytes));
-        }
-        let parsed = veza_model::load(&files).map_err(|problems| {
-            let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
-            reject(Refusal::InvalidManifests, format!("\n{}", text.join("\n")))
-        })?;
-        let manifests: Vec<(String, Manifest)> = parsed
-            .into_iter()
-            .map(|(path, p)| (path, p.manifest))
-            .filter(|(_, m)| m.metadata.host == c.host)
-            .collect();
-        // Capabilities: powers over the host only where the manifest path is granted them.
-        if let Some((policy_path, policy)) = &confine {
-            let set: Vec<(&str, &Manifest)> =
-                manifests.iter().map(|(p, m)| (p.as_str(), m)).collect();
-            policy.confine(&set).map_err(|refused| {
-                let text: Vec<String> = refused.iter().map(ToString::to_string).collect();
-                reject(Refusal::Policy, format!("`{policy_path}`: {}", text.join("; ")))
-            })?;
-        }
-        let manifests = manifests.into_iter().map(|(_, m)| m).collect();
-        Ok(Source { commit, signer: verdict.principal, manifests })
+        let acceptance = Acceptance {
+            allowed_signers: Path::new(&c.trust.allowed_signers),
+            policy: c.trust.policy.as_deref(),
+            last_applied: applied.as_deref(),
+            manifests: &c.source.manifests,
+            host: &c.host,
+            max_refs: c.max_refs(),
+            now,
+        };
+        let accepted = accept(&mirror, fetched.tip, &acceptance).map_err(
+            |Rejected { commit, reason, .. }| SourceProblem::Rejected { commit, reason },
+        )?;
+        let (commit, signer, manifests) = accepted.into_parts();
+        Ok(Source { commit, signer, manifests })
     }
 }
 

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use veza_host::apply::Hooks;
 use veza_model::config::HostConfig;
 use veza_plan::Step;
+use veza_source::accept::descends_from;
 use veza_source::fetch::{FetchOptions, Mirror};
 use veza_source::{AllowedSigners, Refusal, verify_commit};
 use veza_state::{Journal, Store};
@@ -51,9 +52,10 @@ impl NewerCommit<'_> {
             }
             let signers = AllowedSigners::from_file(Path::new(&c.trust.allowed_signers));
             let raw = mirror.raw_commit(tip).map_err(|e| e.to_string());
-            let descends = || {
-                let applying = mirror.commit_by_id(&self.commit).map_err(|e| e.to_string())?;
-                mirror.is_descendant(tip, applying, 100_000).map_err(|e| e.to_string())
+            let descends = || match descends_from(&mirror, tip, &self.commit) {
+                Ok(_) => Ok(true),
+                Err((Refusal::Rollback, _)) => Ok(false),
+                Err((_, why)) => Err(why),
             };
             let now = chrono::Utc::now().timestamp();
             let verdict = match (signers, raw) {

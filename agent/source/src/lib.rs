@@ -6,8 +6,10 @@
 //! git does; [`sshsig`] parses and checks the SSH signature; [`allowed_signers`] is
 //! the trust root; [`verify`] ties them together without I/O or clock; [`policy`]
 //! decides whether the approvals suffice for the paths that changed; [`refusal`] names
-//! the kinds of rejected revision.
+//! the kinds of rejected revision; [`accept`] is the one decision that composes them all
+//! (signature, anti-rollback, policy, manifests, capabilities) into an `Accepted` tip.
 
+pub mod accept;
 pub mod allowed_signers;
 pub mod error;
 pub mod fetch;
@@ -18,6 +20,7 @@ pub mod sshsig;
 pub mod time;
 pub mod verify;
 
+pub use accept::{Acceptance, Accepted, Rejected, accept};
 pub use allowed_signers::AllowedSigners;
 pub use error::{AllowedSignersError, FetchError, ObjectKind, PolicyError, VerifyError};
 pub use refusal::Refusal;

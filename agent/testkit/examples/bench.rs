@@ -30,7 +30,6 @@ use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 use veza_host::incus::{Incus, IncusClient};
 use veza_host::process::{Cmd, Output};
-use veza_source::AllowedSigners;
 use veza_source::fetch::{FetchOptions, Mirror};
 use veza_testkit::app::{kill_pid, process_alive};
 use veza_testkit::demo::DemoHost;
@@ -683,7 +682,7 @@ fn fetch_verify(host: &DemoHost, d: &mut Desired, sizes: &Sizes, b: &mut Bench) 
     let mut mirror = Mirror::open_or_init(&mirror_dir)?;
     let urls = vec![host.http.url("manifests.git")];
     let opts = FetchOptions::new("main", Duration::from_secs(20));
-    let signers = AllowedSigners::from_file(&host.dir.join("allowed_signers"))?;
+    let signers = host.dir.join("allowed_signers");
     let path = host.manifest_path();
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
     let mut last = mirror.fetch(&urls, &opts)?.tip;
@@ -691,14 +690,17 @@ fn fetch_verify(host: &DemoHost, d: &mut Desired, sizes: &Sizes, b: &mut Bench) 
                 last: veza_source::fetch::ObjectId|
      -> Result<veza_source::fetch::ObjectId> {
         let tip = mirror.fetch(&urls, &opts)?.tip;
-        if !mirror.is_descendant(tip, last, 100_000)? {
-            bail!("{tip} does not descend from {last}");
-        }
-        veza_source::verify_commit(&mirror.raw_commit(tip)?, &signers, now)?;
-        let bytes = mirror.read_file(tip, &path, veza_model::parse::MAX_MANIFEST_BYTES as u64)?;
-        if veza_model::load(&[(path.clone(), bytes)]).is_err() {
-            bail!("the manifest at {tip} does not validate");
-        }
+        let last = last.to_string();
+        let acceptance = veza_source::Acceptance {
+            allowed_signers: &signers,
+            policy: None,
+            last_applied: Some(&last),
+            manifests: std::slice::from_ref(&path),
+            host: &host.env,
+            max_refs: 10_000,
+            now,
+        };
+        veza_source::accept(mirror, tip, &acceptance).map_err(|r| anyhow::anyhow!(r.reason))?;
         Ok(tip)
     };
     let mut idle =

@@ -1,0 +1,182 @@
+//! Acceptance: the one function that decides whether a fetched tip may be read as desired
+//! state. The tip's signature must verify against the host's trust root, the tip must
+//! descend from the last applied commit (looked up by object id only), the trust policy
+//! (if configured) must hold for every path changed since then — every path of the tip on
+//! a host that has applied nothing — and the manifests bound to this host must parse,
+//! validate and use only the capabilities their paths are granted. Only an [`Accepted`]
+//! holds manifests, and only [`accept`] makes one.
+
+use std::path::Path;
+
+use veza_model::Manifest;
+
+use crate::fetch::{Mirror, ObjectId};
+use crate::policy::{Policy, collect_approvals};
+use crate::{AllowedSigners, FetchError, Refusal, verify_commit};
+
+/// The longest ancestry walk from the tip to the last applied commit.
+pub const MAX_ANCESTRY_WALK: usize = 100_000;
+
+/// What a tip is held to.
+#[derive(Debug, Clone, Copy)]
+pub struct Acceptance<'a> {
+    /// The allowed signers file (the trust root), read at each call.
+    pub allowed_signers: &'a Path,
+    /// The trust policy file, if one is configured, read at each call.
+    pub policy: Option<&'a str>,
+    /// The last applied commit id: the anti-rollback high-water mark. `None` only on a
+    /// host that has applied nothing (the caller tells that from "unknown").
+    pub last_applied: Option<&'a str>,
+    /// The manifest files to read from the tip.
+    pub manifests: &'a [String],
+    /// This host: only manifests with `metadata.host` equal to it are kept.
+    pub host: &'a str,
+    /// The most tags looked at for approvals.
+    pub max_refs: usize,
+    /// The verification time (unix seconds).
+    pub now: i64,
+}
+
+/// A tip that passed every check, with the manifests read from it.
+#[derive(Debug)]
+pub struct Accepted {
+    commit: String,
+    signer: String,
+    manifests: Vec<(String, Manifest)>,
+}
+
+impl Accepted {
+    /// The full commit id.
+    pub fn commit(&self) -> &str {
+        &self.commit
+    }
+    /// The principal who signed it.
+    pub fn signer(&self) -> &str {
+        &self.signer
+    }
+    /// The manifests bound to this host, with their paths.
+    pub fn manifests(&self) -> &[(String, Manifest)] {
+        &self.manifests
+    }
+    /// `(commit, signer, manifests)`.
+    pub fn into_parts(self) -> (String, String, Vec<Manifest>) {
+        (self.commit, self.signer, self.manifests.into_iter().map(|(_, m)| m).collect())
+    }
+}
+
+/// A refused tip: its kind, and the reason written to status and history (it starts with
+/// the kind's prefix).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    /// Which check refused it.
+    pub kind: Refusal,
+    /// The tip.
+    pub commit: String,
+    /// `PREFIX: DETAIL`, for a human.
+    pub reason: String,
+}
+
+/// Decides whether `tip` is accepted (see the module documentation).
+pub fn accept(mirror: &Mirror, tip: ObjectId, a: &Acceptance<'_>) -> Result<Accepted, Rejected> {
+    let commit = tip.to_string();
+    let reject = |kind: Refusal, detail: String| Rejected {
+        kind,
+        commit: commit.clone(),
+        reason: kind.reason(&detail),
+    };
+    let signers = AllowedSigners::from_file(a.allowed_signers)
+        .map_err(|e| reject(Refusal::TrustRoot, e.to_string()))?;
+    let raw = mirror.raw_commit(tip).map_err(|e| reject(Refusal::Signature, e.to_string()))?;
+    let verdict = verify_commit(&raw, &signers, a.now)
+        .map_err(|e| reject(Refusal::Signature, e.to_string()))?;
+    let last = match a.last_applied {
+        Some(last) => Some(descends_from(mirror, tip, last).map_err(|(k, d)| reject(k, d))?),
+        None => None,
+    };
+    // The approval policy covers the paths changed since the last applied commit; on a
+    // host that has applied nothing yet, every path of the tip (a fresh or wiped host is
+    // no way around the approvals).
+    let mut confine = None;
+    if let Some(policy_path) = a.policy {
+        let text = std::fs::read_to_string(policy_path)
+            .map_err(|e| reject(Refusal::Policy, format!("`{policy_path}` unreadable: {e}")))?;
+        let policy = Policy::from_yaml_str(&text)
+            .map_err(|e| reject(Refusal::Policy, format!("`{policy_path}`: {e}")))?;
+        let changed = mirror
+            .changed_paths(last, tip, 1_000_000)
+            .map_err(|e| reject(Refusal::Policy, e.to_string()))?;
+        let tags = mirror
+            .tags_pointing_at(tip, a.max_refs)
+            .map_err(|e| reject(Refusal::Policy, e.to_string()))?;
+        let (approvals, _) = collect_approvals(
+            &commit,
+            &verdict,
+            &tags,
+            &signers,
+            a.now,
+            policy.approval_ref.as_deref(),
+        );
+        if let Err(violations) = policy.evaluate(&verdict, &changed, &approvals) {
+            let text: Vec<String> = violations.iter().map(ToString::to_string).collect();
+            return Err(reject(Refusal::Policy, text.join("; ")));
+        }
+        confine = Some((policy_path, policy));
+    }
+    let mut files = Vec::new();
+    for path in a.manifests {
+        let bytes = mirror
+            .read_file(tip, path, veza_model::parse::MAX_MANIFEST_BYTES as u64)
+            .map_err(|e| reject(Refusal::Manifest, e.to_string()))?;
+        files.push((path.clone(), bytes));
+    }
+    let parsed = veza_model::load(&files).map_err(|problems| {
+        let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        reject(Refusal::InvalidManifests, format!("\n{}", text.join("\n")))
+    })?;
+    let manifests: Vec<(String, Manifest)> = parsed
+        .into_iter()
+        .map(|(path, p)| (path, p.manifest))
+        .filter(|(_, m)| m.metadata.host == a.host)
+        .collect();
+    // Capabilities: powers over the host only where the manifest path is granted them.
+    if let Some((policy_path, policy)) = &confine {
+        let set: Vec<(&str, &Manifest)> = manifests.iter().map(|(p, m)| (p.as_str(), m)).collect();
+        policy.confine(&set).map_err(|refused| {
+            let text: Vec<String> = refused.iter().map(ToString::to_string).collect();
+            reject(Refusal::Policy, format!("`{policy_path}`: {}", text.join("; ")))
+        })?;
+    }
+    Ok(Accepted { commit, signer: verdict.principal, manifests })
+}
+
+/// Anti-rollback: `tip` must descend from `last` (a full commit id, looked up by object id
+/// only: a ref the forge names like the id proves nothing). Returns `last`'s object id,
+/// or the kind of refusal and its detail.
+pub fn descends_from(
+    mirror: &Mirror,
+    tip: ObjectId,
+    last: &str,
+) -> Result<ObjectId, (Refusal, String)> {
+    let id = mirror.commit_by_id(last).map_err(|e| match e {
+        FetchError::ObjectNotFound { .. } => (
+            Refusal::Rollback,
+            format!(
+                "the last applied commit {last} is not in the fetched history: history was \
+                 rewritten (the branch was force-pushed) (hint: push the old tip back, then undo \
+                 changes with `git revert` in new signed commits)"
+            ),
+        ),
+        e => (Refusal::Ancestry, format!("the last applied commit: {e}")),
+    })?;
+    match mirror.is_descendant(tip, id, MAX_ANCESTRY_WALK) {
+        Ok(true) => Ok(id),
+        Ok(false) => Err((
+            Refusal::Rollback,
+            format!(
+                "{tip} does not descend from the last applied commit {last} (hint: undo a \
+                 change with `git revert` in a new signed commit)"
+            ),
+        )),
+        Err(e) => Err((Refusal::Ancestry, e.to_string())),
+    }
+}
