@@ -45,19 +45,23 @@ enum Expect {
 impl Expect {
     fn check(self, name: &str, result: &Result<veza_source::Verdict, VerifyError>) {
         use VerifyError as E;
+        use veza_source::error::ObjectError as O;
         let ok = match (self, result) {
             (Expect::Good(p), Ok(v)) => v.principal == p && v.fingerprint.starts_with("SHA256:"),
-            (Expect::Unsigned, Err(E::Unsigned { .. })) => true,
+            (Expect::Unsigned, Err(E::Object(O::Unsigned { .. }))) => true,
             (Expect::UnknownKey, Err(E::UnknownKey { .. })) => true,
             (Expect::BadSignature, Err(E::BadSignature { .. })) => true,
             (Expect::WrongNamespace, Err(E::WrongNamespace { found, .. })) => found == "file",
             (Expect::Expired, Err(E::KeyExpired { .. })) => true,
             (Expect::NotYetValid, Err(E::KeyNotYetValid { .. })) => true,
             (Expect::NamespaceNotAllowed, Err(E::NamespaceNotAllowed { .. })) => true,
-            (Expect::ExtraHeader, Err(E::ExtraSignatureHeader { header, .. })) => {
+            (Expect::ExtraHeader, Err(E::Object(O::ExtraSignatureHeader { header, .. }))) => {
                 header == "gpgsig-sha256"
             }
-            (Expect::MultipleSignatures, Err(E::MultipleSignatures { count: 2, .. })) => true,
+            (
+                Expect::MultipleSignatures,
+                Err(E::Object(O::MultipleSignatures { count: 2, .. })),
+            ) => true,
             _ => false,
         };
         assert!(ok, "case {name}: expected {self:?}, got {result:?}");
@@ -850,7 +854,9 @@ fn acceptance_is_one_decision_with_one_kind_per_refusal() {
     let missing_policy = s._tmp.path().join("no-policy.yaml").display().to_string();
     let unknown = "0123456789abcdef0123456789abcdef01234567";
     // (case, tip, last applied, signers file, policy, verdict: Ok(signer) or Err(kind))
-    let table: [(&str, &str, Option<&str>, &Path, Option<&str>, Result<&str, Refusal>); 7] = [
+    type Case<'a> =
+        (&'a str, &'a str, Option<&'a str>, &'a Path, Option<&'a str>, Result<&'a str, Refusal>);
+    let table: [Case; 7] = [
         ("first sync", &a, None, &s.signers_file, None, Ok("forgejo@forge.example")),
         ("same commit again", &a, Some(&a), &s.signers_file, None, Ok("forgejo@forge.example")),
         ("invalid manifests", &b, Some(&a), &s.signers_file, None, Err(Refusal::InvalidManifests)),

@@ -77,21 +77,10 @@ pub enum ObjectError {
 /// Why a signed commit or tag was rejected. Each variant is a distinct rejection class.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum VerifyError {
-    /// The object has no signature.
-    #[error("{kind} is not signed")]
-    Unsigned { kind: ObjectKind },
-    /// The object has more than one signature.
-    #[error("{kind} carries {count} signatures; exactly one is required")]
-    MultipleSignatures { kind: ObjectKind, count: usize },
-    /// The object has a `gpgsig*` header besides `gpgsig` (e.g. `gpgsig-sha256`).
-    #[error(
-        "{kind} carries an extra signature header `{header}`; git ignores it when verifying, \
-         so it could smuggle unsigned bytes (refusing)"
-    )]
-    ExtraSignatureHeader { kind: ObjectKind, header: String },
-    /// OpenPGP / X.509 signature.
-    #[error("{kind} is signed with {format}, only SSH signatures are supported")]
-    UnsupportedSignatureFormat { kind: ObjectKind, format: String },
+    /// The object itself: unsigned, several signatures, an extra signature header, an
+    /// OpenPGP/X.509 signature, or malformed.
+    #[error(transparent)]
+    Object(#[from] ObjectError),
     /// The signing key is in no allowed_signers line.
     #[error("signing key {fingerprint} is not in allowed_signers (unknown or untrusted signer)")]
     UnknownKey { fingerprint: String },
@@ -139,24 +128,6 @@ pub enum VerifyError {
     /// Structurally broken object or signature.
     #[error("malformed signed object: {reason}")]
     Malformed { reason: String },
-}
-
-impl From<ObjectError> for VerifyError {
-    fn from(e: ObjectError) -> Self {
-        match e {
-            ObjectError::Unsigned { kind } => VerifyError::Unsigned { kind },
-            ObjectError::MultipleSignatures { kind, count } => {
-                VerifyError::MultipleSignatures { kind, count }
-            }
-            ObjectError::ExtraSignatureHeader { kind, header } => {
-                VerifyError::ExtraSignatureHeader { kind, header }
-            }
-            ObjectError::UnsupportedSignatureFormat { kind, format } => {
-                VerifyError::UnsupportedSignatureFormat { kind, format }
-            }
-            e @ ObjectError::Malformed { .. } => VerifyError::Malformed { reason: e.to_string() },
-        }
-    }
 }
 
 impl From<SshSigError> for VerifyError {

@@ -165,14 +165,24 @@ mod tests {
                 "REJECT" => {
                     let e = result.expect_err(file);
                     let ok = match file {
-                        "neg-unsigned.raw" => matches!(e, VerifyError::Unsigned { .. }),
+                        "neg-unsigned.raw" => {
+                            matches!(
+                                e,
+                                VerifyError::Object(crate::error::ObjectError::Unsigned { .. })
+                            )
+                        }
                         "neg-untrusted-key.raw" => matches!(e, VerifyError::UnknownKey { .. }),
                         "neg-tampered.raw" => matches!(e, VerifyError::BadSignature { .. }),
                         "neg-wrong-namespace.raw" => {
                             matches!(e, VerifyError::WrongNamespace { ref found, .. } if found == "file")
                         }
                         "edge-extra-gpgsig-sha256.raw" => {
-                            matches!(e, VerifyError::ExtraSignatureHeader { .. })
+                            matches!(
+                                e,
+                                VerifyError::Object(
+                                    crate::error::ObjectError::ExtraSignatureHeader { .. }
+                                )
+                            )
                         }
                         _ => panic!("no expectation for {file}: {e}"),
                     };
@@ -243,7 +253,7 @@ mod tests {
         assert!(matches!(verify_tag(&tampered, &trust, 0), Err(VerifyError::BadSignature { .. })));
         assert!(matches!(
             verify_tag(&vector("commit1.raw"), &trust, 0),
-            Err(VerifyError::Malformed { .. })
+            Err(VerifyError::Object(crate::error::ObjectError::Malformed { .. }))
         ));
     }
 }
