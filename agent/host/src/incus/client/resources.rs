@@ -143,7 +143,7 @@ impl Incus for IncusClient {
         let path = format!("/1.0/instances/{name}");
         for _ in 0..self.options.etag_attempts {
             let (inst, etag) = self.owned_instance(name).await?;
-            let live = wire_instance_view(&inst);
+            let live = inst.clone().into_live();
             if instance_matches(&live, update) {
                 return Ok(false);
             }
@@ -543,19 +543,5 @@ impl Incus for IncusClient {
 
     fn api_writes(&self) -> u64 {
         self.writes()
-    }
-}
-
-/// The comparable view of a freshly read instance (without consuming it).
-fn wire_instance_view(inst: &wire::Instance) -> LiveInstance {
-    LiveInstance {
-        name: inst.name.clone(),
-        kind: inst.kind.unwrap_or_default(),
-        status: inst.status.clone().into(),
-        config: inst.config.clone(),
-        devices: inst.devices.clone(),
-        expanded_devices: inst.expanded_devices.clone(),
-        profiles: inst.profiles.clone(),
-        description: inst.description.clone(),
     }
 }
