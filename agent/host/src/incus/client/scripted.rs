@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use super::*;
+use crate::incus::{ExecRequest, FilePush, Incus, InstanceUpdate, StateChange};
 
 struct Canned {
     status: u16,

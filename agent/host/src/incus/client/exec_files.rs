@@ -1,0 +1,118 @@
+//! Exec output and file helpers: exec logs fetched under a cap and deleted, and the
+//! parent directories of a pushed file created.
+
+use hyper::body::Bytes;
+use hyper::{Method, StatusCode};
+use serde_json::Value;
+
+use super::super::envelope::{self, ReplyError};
+use super::super::error::IncusError;
+use super::super::{Result, ancestors};
+use super::{IncusClient, files_path};
+
+impl IncusClient {
+    /// Fetches (up to `max_output_bytes`) and then deletes one exec output log.
+    pub(super) async fn take_log(&self, instance: &str, url: &str, what: &str) -> Result<Vec<u8>> {
+        if !url.starts_with(&format!("/1.0/instances/{instance}/logs/")) {
+            return Err(IncusError::Decode {
+                method: "POST".to_string(),
+                path: format!("/1.0/instances/{instance}/exec"),
+                detail: format!("unexpected exec output location `{url}`"),
+                excerpt: String::new(),
+            });
+        }
+        let max = self.options.max_output_bytes;
+        let resp = match self
+            .send_capped(&Method::GET, url, &[], Bytes::new(), self.options.request_timeout, max)
+            .await
+        {
+            Err(IncusError::TooLarge { limit, .. }) => {
+                // Not read, but not left on incusd's disk either.
+                let _ = self.call(Method::DELETE, url, None, None, self.op_deadline()).await;
+                return Err(IncusError::TooLarge {
+                    what: format!("the {what} in instance `{instance}`"),
+                    limit,
+                    hint: format!(
+                        " (hint: something in `{instance}` writes far more than expected; look \
+                         with `incus exec {instance} -- ...`)"
+                    ),
+                });
+            }
+            other => other?,
+        };
+        if !resp.status.is_success() {
+            let e = envelope::parse_reply(resp.status.as_u16(), &resp.body).err().unwrap_or(
+                ReplyError::Api {
+                    status: resp.status.as_u16(),
+                    message: "unexpected reply".into(),
+                },
+            );
+            return Err(self.reply_error(&Method::GET, url, e));
+        }
+        self.call(Method::DELETE, url, None, None, self.op_deadline()).await?;
+        Ok(resp.body.to_vec())
+    }
+
+    /// After a failed exec, deletes its output logs if the operation still lists them.
+    pub(super) async fn discard_exec_logs(&self, instance: &str, operation: &str) {
+        let Ok(op) = self.get_as::<Value>(operation).await else { return };
+        let Some(output) = op.pointer("/metadata/output").and_then(Value::as_object) else {
+            return;
+        };
+        for url in output.values().filter_map(Value::as_str) {
+            if url.starts_with(&format!("/1.0/instances/{instance}/logs/")) {
+                let _ = self.call(Method::DELETE, url, None, None, self.op_deadline()).await;
+            }
+        }
+    }
+
+    pub(super) async fn file_type(&self, instance: &str, path: &str) -> Result<Option<String>> {
+        let url = files_path(instance, path);
+        let resp =
+            self.send(&Method::HEAD, &url, &[], Bytes::new(), self.options.request_timeout).await?;
+        match resp.status {
+            StatusCode::NOT_FOUND => Ok(None),
+            s if s.is_success() => {
+                Ok(Some(resp.header("x-incus-type").unwrap_or("directory").to_string()))
+            }
+            s => Err(IncusError::Api {
+                method: "HEAD".to_string(),
+                path: url,
+                status: s.as_u16(),
+                message: "unexpected reply to a file check".to_string(),
+            }),
+        }
+    }
+
+    pub(super) async fn make_parents(&self, instance: &str, path: &str) -> Result<()> {
+        let mut missing = Vec::new();
+        for dir in ancestors(path) {
+            match self.file_type(instance, &dir).await? {
+                None => missing.push(dir),
+                Some(t) if t == "directory" => break,
+                Some(t) => {
+                    return Err(IncusError::NotAFile {
+                        instance: instance.to_string(),
+                        path: dir,
+                        found: format!("{t} where a directory is needed"),
+                    });
+                }
+            }
+        }
+        for dir in missing.iter().rev() {
+            let headers = [
+                ("X-Incus-type", "directory".to_string()),
+                ("X-Incus-mode", "0755".to_string()),
+                ("X-Incus-uid", "0".to_string()),
+                ("X-Incus-gid", "0".to_string()),
+            ];
+            let url = files_path(instance, dir);
+            let resp = self
+                .send(&Method::POST, &url, &headers, Bytes::new(), self.options.request_timeout)
+                .await?;
+            envelope::parse_reply(resp.status.as_u16(), &resp.body)
+                .map_err(|e| self.reply_error(&Method::POST, &url, e))?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,384 @@
+//! The fake's [`Incus`] behaviour: each call recorded as the request the real client
+//! would send, then applied to the in-memory state the way incusd would, with the same
+//! ownership and protection checks.
+
+use super::super::error::{IncusError, ResourceKind};
+use super::super::types::{
+    Config, ExecOutput, ExecRequest, FilePush, IncusLive, InstanceSpec, InstanceStatus,
+    InstanceUpdate, LiveInstance, LiveNetwork, LiveProfile, ProfileSpec, RunningOperation,
+    SnapshotInfo, StateAction, StateChange, with_mark,
+};
+use super::super::{
+    Incus, Result, Scope, instance_matches, merged_put_config, profile_matches, require_deletable,
+    require_owned, snapshot_name, validate_file_path, validate_name, validate_user_key,
+};
+use super::{FakeIncus, FakeOperation, expand, has_root_disk};
+
+impl Incus for FakeIncus {
+    async fn observe_scoped(&self, scope: Scope) -> Result<IncusLive> {
+        let mut s = self.lock();
+        for what in ["instances", "profiles", "networks", "storage-pools"] {
+            if what != "networks" || scope.networks {
+                s.record(format!("GET /1.0/{what}?recursion=1"), false)?;
+            }
+        }
+        let mut live = s.live.clone();
+        if !scope.networks {
+            live.networks.clear();
+        }
+        Ok(live)
+    }
+
+    async fn instance(&self, name: &str) -> Result<Option<LiveInstance>> {
+        self.lock().get_instance(name)
+    }
+
+    async fn create_instance(&self, spec: &InstanceSpec) -> Result<()> {
+        let mut s = self.lock();
+        if let Some(existing) = s.get_instance(&spec.name)? {
+            require_owned(ResourceKind::Instance, &spec.name, &existing.config)?;
+            return Err(IncusError::AlreadyExists {
+                kind: ResourceKind::Instance,
+                name: spec.name.clone(),
+            });
+        }
+        s.record("POST /1.0/instances".to_string(), true)?;
+        s.check_profiles_exist(&spec.profiles)?;
+        let expanded = expand(&s.live.profiles, &spec.profiles, &spec.devices);
+        if !has_root_disk(&expanded) {
+            return Err(IncusError::Operation {
+                method: "POST".to_string(),
+                path: "/1.0/instances".to_string(),
+                operation: "/1.0/operations/fake".to_string(),
+                code: 500,
+                message: "Failed initializing instance: Invalid devices: Failed detecting root disk device: No root device could be found".to_string(),
+                hint: String::new(),
+            });
+        }
+        let mut config = with_mark(&spec.config);
+        config.insert("volatile.base_image".to_string(), "fake".to_string());
+        let inst = LiveInstance {
+            name: spec.name.clone(),
+            kind: spec.kind,
+            status: if spec.start { InstanceStatus::Running } else { InstanceStatus::Stopped },
+            config,
+            devices: spec.devices.clone(),
+            expanded_devices: expanded,
+            profiles: spec.profiles.clone(),
+            description: String::new(),
+        };
+        s.live.instances.insert(spec.name.clone(), inst);
+        s.refresh();
+        Ok(())
+    }
+
+    async fn update_instance(&self, name: &str, update: &InstanceUpdate) -> Result<bool> {
+        let mut s = self.lock();
+        let inst = s.owned_instance(name)?;
+        if instance_matches(&inst, update) {
+            return Ok(false);
+        }
+        s.record(format!("PUT /1.0/instances/{name}"), true)?;
+        s.check_profiles_exist(&update.profiles)?;
+        let config = merged_put_config(&inst.config, &update.config);
+        if let Some(i) = s.live.instances.get_mut(name) {
+            i.config = config;
+            i.devices = update.devices.clone();
+            i.profiles = update.profiles.clone();
+        }
+        s.refresh();
+        Ok(true)
+    }
+
+    async fn change_state(&self, name: &str, change: &StateChange) -> Result<()> {
+        let mut s = self.lock();
+        let inst = s.owned_instance(name)?;
+        let target = match (change.action, inst.is_running()) {
+            (StateAction::Start, true) => return Ok(()),
+            (StateAction::Stop, false) if inst.status == InstanceStatus::Stopped => return Ok(()),
+            (StateAction::Stop, _) => InstanceStatus::Stopped,
+            (StateAction::Start | StateAction::Restart, _) => InstanceStatus::Running,
+        };
+        s.record(format!("PUT /1.0/instances/{name}/state"), true)?;
+        s.set_status(name, target);
+        Ok(())
+    }
+
+    async fn delete_instance(&self, name: &str) -> Result<()> {
+        let mut s = self.lock();
+        let Some(inst) = s.get_instance(name)? else { return Ok(()) };
+        require_deletable(name, &inst.config)?;
+        if inst.status != InstanceStatus::Stopped {
+            s.record(format!("PUT /1.0/instances/{name}/state"), true)?;
+            s.set_status(name, InstanceStatus::Stopped);
+        }
+        s.record(format!("DELETE /1.0/instances/{name}"), true)?;
+        s.live.instances.remove(name);
+        s.snapshots.remove(name);
+        s.files.retain(|(i, _), _| i != name);
+        s.refresh();
+        Ok(())
+    }
+
+    async fn profile(&self, name: &str) -> Result<Option<LiveProfile>> {
+        self.lock().get_profile(name)
+    }
+
+    async fn create_profile(&self, spec: &ProfileSpec) -> Result<()> {
+        let mut s = self.lock();
+        if let Some(existing) = s.get_profile(&spec.name)? {
+            require_owned(ResourceKind::Profile, &spec.name, &existing.config)?;
+            return Err(IncusError::AlreadyExists {
+                kind: ResourceKind::Profile,
+                name: spec.name.clone(),
+            });
+        }
+        s.record("POST /1.0/profiles".to_string(), true)?;
+        s.live.profiles.insert(
+            spec.name.clone(),
+            LiveProfile {
+                name: spec.name.clone(),
+                description: spec.description.clone(),
+                config: with_mark(&spec.config),
+                devices: spec.devices.clone(),
+                used_by: Vec::new(),
+            },
+        );
+        s.refresh();
+        Ok(())
+    }
+
+    async fn create_network(&self, name: &str, kind: &str, config: &Config) -> Result<()> {
+        let mut s = self.lock();
+        if let Some(existing) = s.live.networks.get(name) {
+            require_owned(ResourceKind::Network, name, &existing.config)?;
+            return Err(IncusError::AlreadyExists {
+                kind: ResourceKind::Network,
+                name: name.to_string(),
+            });
+        }
+        s.record("POST /1.0/networks".to_string(), true)?;
+        s.live.networks.insert(
+            name.to_string(),
+            LiveNetwork {
+                name: name.to_string(),
+                kind: kind.to_string(),
+                managed: true,
+                status: "Created".to_string(),
+                description: String::new(),
+                config: with_mark(config),
+            },
+        );
+        Ok(())
+    }
+
+    async fn update_profile(&self, spec: &ProfileSpec) -> Result<bool> {
+        let mut s = self.lock();
+        let p = s.get_profile(&spec.name)?.ok_or_else(|| IncusError::NotFound {
+            kind: ResourceKind::Profile,
+            name: spec.name.clone(),
+            instance: None,
+        })?;
+        require_owned(ResourceKind::Profile, &spec.name, &p.config)?;
+        if profile_matches(&p.description, &p.config, &p.devices, spec) {
+            return Ok(false);
+        }
+        s.record(format!("PUT /1.0/profiles/{}", spec.name), true)?;
+        if let Some(p) = s.live.profiles.get_mut(&spec.name) {
+            p.description = spec.description.clone();
+            p.config = with_mark(&spec.config);
+            p.devices = spec.devices.clone();
+        }
+        s.refresh();
+        Ok(true)
+    }
+
+    async fn delete_profile(&self, name: &str) -> Result<()> {
+        let mut s = self.lock();
+        let Some(p) = s.get_profile(name)? else { return Ok(()) };
+        require_owned(ResourceKind::Profile, name, &p.config)?;
+        s.record(format!("DELETE /1.0/profiles/{name}"), true)?;
+        if !p.used_by.is_empty() {
+            return Err(IncusError::Api {
+                method: "DELETE".to_string(),
+                path: format!("/1.0/profiles/{name}"),
+                status: 400,
+                message: "Profile is currently in use".to_string(),
+            });
+        }
+        s.live.profiles.remove(name);
+        Ok(())
+    }
+
+    async fn create_snapshot(&self, instance: &str, name: Option<&str>) -> Result<String> {
+        let mut s = self.lock();
+        s.owned_instance(instance)?;
+        let name = match name {
+            Some(n) => {
+                validate_name("snapshot name", n)?;
+                n.to_string()
+            }
+            None => {
+                s.record(format!("GET /1.0/instances/{instance}/snapshots?recursion=1"), false)?;
+                let existing = s.snapshots.get(instance).cloned().unwrap_or_default();
+                snapshot_name(s.clock, &existing)
+            }
+        };
+        s.record(format!("POST /1.0/instances/{instance}/snapshots"), true)?;
+        if s.snapshots.get(instance).is_some_and(|v| v.iter().any(|x| x.name == name)) {
+            return Err(IncusError::Operation {
+                method: "POST".to_string(),
+                path: format!("/1.0/instances/{instance}/snapshots"),
+                operation: "/1.0/operations/fake".to_string(),
+                code: 500,
+                message: format!("Snapshot \"{name}\" already exists"),
+                hint: String::new(),
+            });
+        }
+        let created_at = chrono::DateTime::from_timestamp(s.clock, 0)
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true))
+            .unwrap_or_default();
+        s.clock += 1;
+        s.snapshots.entry(instance.to_string()).or_default().push(SnapshotInfo {
+            name: name.clone(),
+            created_at,
+            stateful: false,
+        });
+        Ok(name)
+    }
+
+    async fn list_snapshots(&self, instance: &str) -> Result<Vec<SnapshotInfo>> {
+        let mut s = self.lock();
+        validate_name("instance name", instance)?;
+        s.record(format!("GET /1.0/instances/{instance}/snapshots?recursion=1"), false)?;
+        if !s.live.instances.contains_key(instance) {
+            return Err(IncusError::NotFound {
+                kind: ResourceKind::Instance,
+                name: instance.to_string(),
+                instance: None,
+            });
+        }
+        Ok(s.snapshots.get(instance).cloned().unwrap_or_default())
+    }
+
+    async fn delete_snapshot(&self, instance: &str, name: &str) -> Result<()> {
+        let mut s = self.lock();
+        validate_name("snapshot name", name)?;
+        s.owned_instance(instance)?;
+        s.record(format!("DELETE /1.0/instances/{instance}/snapshots/{name}"), true)?;
+        let snaps = s.snapshots.entry(instance.to_string()).or_default();
+        let before = snaps.len();
+        snaps.retain(|x| x.name != name);
+        if snaps.len() == before {
+            return Err(IncusError::NotFound {
+                kind: ResourceKind::Snapshot,
+                name: name.to_string(),
+                instance: Some(instance.to_string()),
+            });
+        }
+        Ok(())
+    }
+
+    async fn exec(&self, instance: &str, request: &ExecRequest) -> Result<ExecOutput> {
+        let mut s = self.lock();
+        if request.command.is_empty() {
+            return Err(IncusError::Invalid {
+                what: "command",
+                value: String::new(),
+                reason: "it is empty",
+            });
+        }
+        let inst = s.owned_instance(instance)?;
+        s.record(format!("POST /1.0/instances/{instance}/exec"), true)?;
+        if !inst.is_running() {
+            return Err(IncusError::Api {
+                method: "POST".to_string(),
+                path: format!("/1.0/instances/{instance}/exec"),
+                status: 400,
+                message: "Instance is not running".to_string(),
+            });
+        }
+        s.execs.push((instance.to_string(), request.clone()));
+        Ok(s.exec_results.pop_front().unwrap_or_default())
+    }
+
+    async fn push_file(&self, instance: &str, file: &FilePush) -> Result<()> {
+        let mut s = self.lock();
+        validate_file_path(&file.path)?;
+        s.owned_instance(instance)?;
+        s.record(format!("POST /1.0/instances/{instance}/files?path={}", file.path), true)?;
+        let entry = s.files.entry((instance.to_string(), file.path.clone())).or_default();
+        if !file.append {
+            entry.clear();
+        }
+        entry.extend_from_slice(&file.content);
+        Ok(())
+    }
+
+    async fn pull_file(&self, instance: &str, path: &str) -> Result<Vec<u8>> {
+        let mut s = self.lock();
+        validate_name("instance name", instance)?;
+        validate_file_path(path)?;
+        s.record(format!("GET /1.0/instances/{instance}/files?path={path}"), false)?;
+        s.files.get(&(instance.to_string(), path.to_string())).cloned().ok_or_else(|| {
+            IncusError::NotFound {
+                kind: ResourceKind::File,
+                name: path.to_string(),
+                instance: Some(instance.to_string()),
+            }
+        })
+    }
+
+    async fn server_user_config(&self, key: &str) -> Result<Option<String>> {
+        let mut s = self.lock();
+        validate_user_key(key)?;
+        s.record("GET /1.0".to_string(), false)?;
+        Ok(s.server_config.get(key).cloned())
+    }
+
+    async fn set_server_user_config(&self, key: &str, value: Option<&str>) -> Result<()> {
+        let mut s = self.lock();
+        validate_user_key(key)?;
+        s.record("GET /1.0".to_string(), false)?;
+        if s.server_config.get(key).map(String::as_str) == value {
+            return Ok(());
+        }
+        s.record("PATCH /1.0".to_string(), true)?;
+        match value {
+            Some(v) => s.server_config.insert(key.to_string(), v.to_string()),
+            None => s.server_config.remove(key),
+        };
+        Ok(())
+    }
+
+    async fn wait_for_operations(
+        &self,
+        instances: &[String],
+        limit: std::time::Duration,
+    ) -> Result<Vec<RunningOperation>> {
+        let mut s = self.lock();
+        if instances.is_empty() {
+            return Ok(Vec::new());
+        }
+        s.record("GET /1.0/operations?recursion=1".to_string(), false)?;
+        let running: Vec<FakeOperation> =
+            s.operations.iter().filter(|o| instances.contains(&o.op.instance)).cloned().collect();
+        for o in &running {
+            s.record(format!("GET {}/wait", o.op.operation), false)?;
+            if o.endless {
+                return Err(IncusError::Busy {
+                    instance: o.op.instance.clone(),
+                    operation: o.op.operation.clone(),
+                    description: o.op.description.clone(),
+                    waited: limit,
+                });
+            }
+            s.operations.retain(|x| x.op.operation != o.op.operation);
+        }
+        Ok(running.into_iter().map(|o| o.op).collect())
+    }
+
+    fn api_writes(&self) -> u64 {
+        self.lock().writes
+    }
+}

@@ -1,0 +1,142 @@
+//! The JSON shapes Incus sends, decoded leniently (every field defaults) and converted to
+//! the public types.
+
+use super::*;
+
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct Instance {
+    pub name: String,
+    #[serde(default, rename = "type")]
+    pub kind: Option<InstanceKind>,
+    #[serde(default)]
+    pub status: String,
+    #[serde(default)]
+    pub config: Config,
+    #[serde(default)]
+    pub devices: Devices,
+    #[serde(default)]
+    pub expanded_devices: Devices,
+    #[serde(default)]
+    pub profiles: Vec<String>,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub architecture: String,
+    #[serde(default)]
+    pub ephemeral: bool,
+    #[serde(default)]
+    pub stateful: bool,
+}
+
+impl Instance {
+    pub(crate) fn into_live(self) -> LiveInstance {
+        LiveInstance {
+            name: self.name,
+            kind: self.kind.unwrap_or_default(),
+            status: InstanceStatus::from(self.status),
+            config: self.config,
+            devices: self.devices,
+            expanded_devices: self.expanded_devices,
+            profiles: self.profiles,
+            description: self.description,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct Profile {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub config: Config,
+    #[serde(default)]
+    pub devices: Devices,
+    #[serde(default)]
+    pub used_by: Vec<String>,
+}
+
+impl Profile {
+    pub(crate) fn into_live(self) -> LiveProfile {
+        LiveProfile {
+            name: self.name,
+            description: self.description,
+            config: self.config,
+            devices: self.devices,
+            used_by: self.used_by,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct Network {
+    pub name: String,
+    #[serde(default, rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub managed: bool,
+    #[serde(default)]
+    pub status: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub config: Config,
+}
+
+impl Network {
+    pub(crate) fn into_live(self) -> LiveNetwork {
+        LiveNetwork {
+            name: self.name,
+            kind: self.kind,
+            managed: self.managed,
+            status: self.status,
+            description: self.description,
+            config: self.config,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct Pool {
+    pub name: String,
+    #[serde(default)]
+    pub driver: String,
+    #[serde(default)]
+    pub status: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub config: Config,
+}
+
+impl Pool {
+    pub(crate) fn into_live(self) -> LivePool {
+        LivePool {
+            name: self.name,
+            driver: self.driver,
+            status: self.status,
+            description: self.description,
+            config: self.config,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct Snapshot {
+    pub name: String,
+    #[serde(default)]
+    pub created_at: String,
+    #[serde(default)]
+    pub stateful: bool,
+}
+
+impl Snapshot {
+    pub(crate) fn into_info(self) -> SnapshotInfo {
+        // Some Incus versions report `instance/snap`; keep the snapshot part.
+        let name = match self.name.rsplit_once('/') {
+            Some((_, n)) => n.to_string(),
+            None => self.name,
+        };
+        SnapshotInfo { name, created_at: self.created_at, stateful: self.stateful }
+    }
+}

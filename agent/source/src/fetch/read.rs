@@ -1,0 +1,449 @@
+//! Reading the mirror without a worktree: refs and commits by id, raw objects, files,
+//! tree listings and diffs, ancestry and the tags pointing at a commit. Every read is
+//! bounded (file sizes from the object header, caps on listings and walks).
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+
+use super::{FileEntry, FileKind, Mirror, ObjectId, approval_tags_of, tracking_ref, why};
+use crate::error::FetchError;
+
+impl Mirror {
+    pub(super) fn ref_target(&self, name: &str) -> Result<ObjectId, FetchError> {
+        let mut r = self
+            .repo
+            .find_reference(name)
+            .map_err(|e| FetchError::RevNotFound { rev: name.to_string(), reason: why(e) })?;
+        r.peel_to_id()
+            .map(|id| id.detach())
+            .map_err(|e| FetchError::RevNotFound { rev: name.to_string(), reason: why(e) })
+    }
+
+    /// The commit whose full 40-hex object id is `hex`, looked up in the object database
+    /// only: the object must be there and be a commit. Never a ref name, never an
+    /// abbreviation — a tag or branch *named* like an id is ignored. Use this for anything
+    /// that checks ancestry (a forge can create refs, not objects with a given id).
+    pub fn commit_by_id(&self, hex: &str) -> Result<ObjectId, FetchError> {
+        let not_an_id = || FetchError::NotAnObjectId { value: hex.to_string() };
+        if hex.len() != 40 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(not_an_id());
+        }
+        let id = ObjectId::from_hex(hex.as_bytes()).map_err(|_| not_an_id())?;
+        let header =
+            self.repo.find_header(id).map_err(|_| FetchError::ObjectNotFound { id: hex.into() })?;
+        if header.kind() != gix::object::Kind::Commit {
+            return Err(FetchError::WrongKind {
+                id: hex.to_string(),
+                expected: "commit".into(),
+                actual: header.kind().to_string(),
+            });
+        }
+        Ok(id)
+    }
+
+    /// Resolves a revision: a full or abbreviated (≥ 4) hex id, a full ref name, or a short
+    /// name tried as `refs/heads/`, `refs/remotes/origin/`, `refs/tags/`. Tags are **not**
+    /// peeled: a tag name resolves to the tag object so that its own signature can be checked.
+    /// A full 40-hex id is only ever an object id. Not for ancestry checks: see
+    /// [`Mirror::commit_by_id`].
+    pub fn resolve(&self, rev: &str) -> Result<ObjectId, FetchError> {
+        let not_found = |reason: &str| FetchError::RevNotFound {
+            rev: rev.to_string(),
+            reason: reason.to_string(),
+        };
+        if rev.len() >= 4 && rev.len() <= 40 && rev.bytes().all(|b| b.is_ascii_hexdigit()) {
+            if let Ok(id) = ObjectId::from_hex(rev.as_bytes()) {
+                return if self.exists(id) { Ok(id) } else { Err(not_found("no such object")) };
+            }
+            if let Ok(prefix) = gix::hash::Prefix::from_hex(rev) {
+                match self.repo.objects.lookup_prefix(prefix, None) {
+                    Ok(Some(Ok(id))) => return Ok(id),
+                    Ok(Some(Err(()))) => return Err(not_found("ambiguous abbreviated object id")),
+                    Ok(None) => {}
+                    Err(e) => return Err(not_found(&why(e))),
+                }
+            }
+        }
+        let candidates: Vec<String> = if rev.starts_with("refs/") {
+            vec![rev.to_string()]
+        } else if rev == "HEAD" {
+            vec!["HEAD".to_string()]
+        } else {
+            vec![format!("refs/heads/{rev}"), tracking_ref(rev), format!("refs/tags/{rev}")]
+        };
+        for name in &candidates {
+            if let Ok(Some(mut r)) = self.repo.try_find_reference(name.as_str()) {
+                let id = match r.target().try_id() {
+                    Some(id) => id.to_owned(),
+                    None => r.peel_to_id().map_err(|e| not_found(&why(e)))?.detach(),
+                };
+                return Ok(id);
+            }
+        }
+        Err(not_found("no such object id, branch or tag"))
+    }
+
+    /// Whether the object exists in the object database.
+    pub fn exists(&self, id: ObjectId) -> bool {
+        self.repo.find_header(id).is_ok()
+    }
+
+    /// The raw bytes and kind of an object (what `git cat-file <kind> <id>` prints).
+    pub fn raw_object(&self, id: ObjectId) -> Result<(gix::object::Kind, Vec<u8>), FetchError> {
+        let obj = self
+            .repo
+            .find_object(id)
+            .map_err(|_| FetchError::ObjectNotFound { id: id.to_string() })?
+            .detach();
+        Ok((obj.kind, obj.data))
+    }
+
+    /// The raw bytes of a commit; fails if `id` is not a commit.
+    pub fn raw_commit(&self, id: ObjectId) -> Result<Vec<u8>, FetchError> {
+        let (kind, data) = self.raw_object(id)?;
+        if kind != gix::object::Kind::Commit {
+            return Err(FetchError::WrongKind {
+                id: id.to_string(),
+                expected: "commit".into(),
+                actual: kind.to_string(),
+            });
+        }
+        Ok(data)
+    }
+
+    /// Follows tags to the commit they point at (at most 16 levels).
+    pub fn peel_to_commit(&self, id: ObjectId) -> Result<ObjectId, FetchError> {
+        let mut current = id;
+        for _ in 0..16 {
+            let (kind, data) = self.raw_object(current)?;
+            match kind {
+                gix::object::Kind::Commit => return Ok(current),
+                gix::object::Kind::Tag => {
+                    let info = crate::object::parse_tag(&data).map_err(|e| FetchError::Odb {
+                        what: format!("tag {current}"),
+                        reason: e.to_string(),
+                    })?;
+                    current = ObjectId::from_hex(info.object.as_bytes()).map_err(|e| {
+                        FetchError::Odb { what: format!("tag {current}"), reason: e.to_string() }
+                    })?;
+                }
+                other => {
+                    return Err(FetchError::WrongKind {
+                        id: current.to_string(),
+                        expected: "commit".into(),
+                        actual: other.to_string(),
+                    });
+                }
+            }
+        }
+        Err(FetchError::Odb { what: format!("tag chain from {id}"), reason: "too deep".into() })
+    }
+
+    fn commit_tree(&self, commit: ObjectId) -> Result<ObjectId, FetchError> {
+        let c = self.repo.find_commit(commit).map_err(|_| FetchError::WrongKind {
+            id: commit.to_string(),
+            expected: "commit".into(),
+            actual: "missing or other object".into(),
+        })?;
+        c.tree_id()
+            .map(|id| id.detach())
+            .map_err(|e| FetchError::Odb { what: format!("tree of {commit}"), reason: why(e) })
+    }
+
+    fn tree_entries(&self, tree: ObjectId) -> Result<BTreeMap<Vec<u8>, TreeItem>, FetchError> {
+        let t = self
+            .repo
+            .find_tree(tree)
+            .map_err(|e| FetchError::Odb { what: format!("tree {tree}"), reason: why(e) })?;
+        let decoded = t
+            .decode()
+            .map_err(|e| FetchError::Odb { what: format!("tree {tree}"), reason: why(e) })?;
+        Ok(decoded
+            .entries
+            .iter()
+            .map(|e| {
+                let item = TreeItem { mode: e.mode, id: e.oid.to_owned() };
+                (e.filename.to_vec(), item)
+            })
+            .collect())
+    }
+
+    /// Reads `path` from `commit`'s tree (no worktree), refusing trees, symlinks, submodules
+    /// and blobs larger than `max_bytes` (checked from the object header before loading).
+    pub fn read_file(
+        &self,
+        commit: ObjectId,
+        path: &str,
+        max_bytes: u64,
+    ) -> Result<Vec<u8>, FetchError> {
+        let not_found =
+            || FetchError::PathNotFound { commit: commit.to_string(), path: path.to_string() };
+        let mut tree = self.commit_tree(commit)?;
+        let segments: Vec<&str> = path.split('/').collect();
+        if segments.iter().any(|s| s.is_empty() || *s == "." || *s == "..") {
+            return Err(not_found());
+        }
+        for (i, segment) in segments.iter().enumerate() {
+            let entries = self.tree_entries(tree)?;
+            let item = entries.get(segment.as_bytes()).ok_or_else(not_found)?;
+            let last = i + 1 == segments.len();
+            if !last {
+                if !item.mode.is_tree() {
+                    return Err(not_found());
+                }
+                tree = item.id;
+                continue;
+            }
+            let kind = match item.kind() {
+                Some(FileKind::Blob | FileKind::Executable) => {
+                    let header = self.repo.find_header(item.id).map_err(|e| FetchError::Odb {
+                        what: format!("`{path}` in {commit}"),
+                        reason: why(e),
+                    })?;
+                    if header.size() > max_bytes {
+                        return Err(FetchError::FileTooLarge {
+                            commit: commit.to_string(),
+                            path: path.to_string(),
+                            size: header.size(),
+                            limit: max_bytes,
+                        });
+                    }
+                    let mut blob = self.repo.find_blob(item.id).map_err(|e| FetchError::Odb {
+                        what: format!("`{path}` in {commit}"),
+                        reason: why(e),
+                    })?;
+                    return Ok(blob.take_data());
+                }
+                Some(FileKind::Symlink) => "symbolic link",
+                Some(FileKind::Submodule) => "submodule",
+                None => "directory",
+            };
+            return Err(FetchError::NotAFile {
+                commit: commit.to_string(),
+                path: path.to_string(),
+                kind: kind.to_string(),
+            });
+        }
+        Err(not_found())
+    }
+
+    /// All files of `commit`'s tree (path → kind + id), at most `max_files`.
+    pub fn list_files(
+        &self,
+        commit: ObjectId,
+        max_files: usize,
+    ) -> Result<BTreeMap<String, FileEntry>, FetchError> {
+        let mut out = BTreeMap::new();
+        let tree = self.commit_tree(commit)?;
+        let mut budget = Budget { left: max_files, limit: max_files, commit };
+        self.collect_files(tree, "", &mut out, &mut budget)?;
+        Ok(out)
+    }
+
+    fn collect_files(
+        &self,
+        tree: ObjectId,
+        prefix: &str,
+        out: &mut BTreeMap<String, FileEntry>,
+        budget: &mut Budget,
+    ) -> Result<(), FetchError> {
+        for (name, item) in self.tree_entries(tree)? {
+            budget.spend()?;
+            let path = join(prefix, &name);
+            match item.kind() {
+                None => self.collect_files(item.id, &path, out, budget)?,
+                Some(kind) => {
+                    out.insert(path, FileEntry { kind, id: item.id });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Paths (files, symlinks, submodules) that differ between the trees of `old` and `new`:
+    /// added, removed, modified or changed kind. Renames show as remove + add. Equal subtrees
+    /// are skipped by id, so the cost is proportional to the change; at most `max_entries`
+    /// tree entries are examined. Without `old` (nothing applied yet), every path of `new`
+    /// counts as changed.
+    pub fn changed_paths(
+        &self,
+        old: Option<ObjectId>,
+        new: ObjectId,
+        max_entries: usize,
+    ) -> Result<Vec<String>, FetchError> {
+        let old_tree = match old {
+            Some(old) => Some(self.commit_tree(old)?),
+            None => None,
+        };
+        let new_tree = self.commit_tree(new)?;
+        let mut out = Vec::new();
+        let mut budget = Budget { left: max_entries, limit: max_entries, commit: new };
+        self.diff_trees(old_tree, Some(new_tree), "", &mut out, &mut budget)?;
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+
+    fn diff_trees(
+        &self,
+        old: Option<ObjectId>,
+        new: Option<ObjectId>,
+        prefix: &str,
+        out: &mut Vec<String>,
+        budget: &mut Budget,
+    ) -> Result<(), FetchError> {
+        if old == new {
+            return Ok(());
+        }
+        let empty = BTreeMap::new();
+        let old_entries = match old {
+            Some(t) => self.tree_entries(t)?,
+            None => empty.clone(),
+        };
+        let new_entries = match new {
+            Some(t) => self.tree_entries(t)?,
+            None => empty,
+        };
+        let names: std::collections::BTreeSet<&Vec<u8>> =
+            old_entries.keys().chain(new_entries.keys()).collect();
+        for name in names {
+            budget.spend()?;
+            let (o, n) = (old_entries.get(name), new_entries.get(name));
+            if o == n {
+                continue;
+            }
+            let path = join(prefix, name);
+            let o_tree = o.filter(|i| i.mode.is_tree()).map(|i| i.id);
+            let n_tree = n.filter(|i| i.mode.is_tree()).map(|i| i.id);
+            let o_file = o.is_some_and(|i| !i.mode.is_tree());
+            let n_file = n.is_some_and(|i| !i.mode.is_tree());
+            if o_file || n_file {
+                out.push(path.clone());
+            }
+            if o_tree.is_some() || n_tree.is_some() {
+                self.diff_trees(o_tree, n_tree, &path, out, budget)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `new` is `old` or has `old` as an ancestor. Walks at most `max_commits` commits;
+    /// returns `Ok(false)` at once if `old` is not in the object database at all.
+    pub fn is_descendant(
+        &self,
+        new: ObjectId,
+        old: ObjectId,
+        max_commits: usize,
+    ) -> Result<bool, FetchError> {
+        if new == old {
+            return Ok(true);
+        }
+        if !self.exists(old) {
+            return Ok(false);
+        }
+        let mut seen = HashSet::new();
+        let mut queue = VecDeque::from([new]);
+        seen.insert(new);
+        while let Some(id) = queue.pop_front() {
+            if seen.len() > max_commits {
+                return Err(FetchError::AncestryLimit {
+                    new: new.to_string(),
+                    old: old.to_string(),
+                    limit: max_commits,
+                });
+            }
+            let commit = self.repo.find_commit(id).map_err(|e| FetchError::Odb {
+                what: format!("commit {id} (history of {new})"),
+                reason: why(e),
+            })?;
+            for parent in commit.parent_ids() {
+                let parent = parent.detach();
+                if parent == old {
+                    return Ok(true);
+                }
+                if seen.insert(parent) {
+                    queue.push_back(parent);
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    /// Annotated approval tags of `commit` ([`approval_tags_of`]) whose tag object directly
+    /// points at it: (ref name, raw tag object). Only that prefix is read, so the cost does
+    /// not grow with the repository's other tags. Lightweight tags are skipped (they carry
+    /// no signature); at most `max_tags` are read.
+    pub fn tags_pointing_at(
+        &self,
+        commit: ObjectId,
+        max_tags: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, FetchError> {
+        let odb =
+            |e: gix::Error| FetchError::Odb { what: "approval tag refs".into(), reason: why(e) };
+        let platform = self.repo.references().map_err(odb)?;
+        let prefix = approval_tags_of(commit);
+        let iter = platform.prefixed(prefix.as_str()).map_err(odb)?;
+        let want = format!("object {commit}\n");
+        let mut out = Vec::new();
+        for (seen, r) in iter.enumerate() {
+            if seen >= max_tags {
+                return Err(FetchError::TooManyTags {
+                    commit: commit.to_string(),
+                    limit: max_tags,
+                });
+            }
+            let Ok(r) = r else { continue };
+            let Some(id) = r.target().try_id().map(ToOwned::to_owned) else { continue };
+            let Ok(header) = self.repo.find_header(id) else { continue };
+            if header.kind() != gix::object::Kind::Tag || header.size() > 64 * 1024 {
+                continue;
+            }
+            let (_, data) = self.raw_object(id)?;
+            if data.starts_with(want.as_bytes()) {
+                out.push((r.name().as_bstr().to_string(), data));
+            }
+        }
+        Ok(out)
+    }
+}
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct TreeItem {
+    mode: gix::object::tree::EntryMode,
+    id: ObjectId,
+}
+
+impl TreeItem {
+    fn kind(&self) -> Option<FileKind> {
+        use gix::object::tree::EntryKind;
+        match self.mode.kind() {
+            EntryKind::Tree => None,
+            EntryKind::Blob => Some(FileKind::Blob),
+            EntryKind::BlobExecutable => Some(FileKind::Executable),
+            EntryKind::Link => Some(FileKind::Symlink),
+            EntryKind::Commit => Some(FileKind::Submodule),
+        }
+    }
+}
+
+struct Budget {
+    left: usize,
+    limit: usize,
+    commit: ObjectId,
+}
+
+impl Budget {
+    fn spend(&mut self) -> Result<(), FetchError> {
+        if self.left == 0 {
+            return Err(FetchError::TooManyFiles {
+                commit: self.commit.to_string(),
+                limit: self.limit,
+            });
+        }
+        self.left -= 1;
+        Ok(())
+    }
+}
+
+fn join(prefix: &str, name: &[u8]) -> String {
+    let name = String::from_utf8_lossy(name);
+    if prefix.is_empty() { name.into_owned() } else { format!("{prefix}/{name}") }
+}
