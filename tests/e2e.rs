@@ -972,7 +972,10 @@ fn an_edit_of_the_serving_color_is_refused_and_drops_no_request() {
     assert!(out.starts_with(&format!("rolled-back {}", &broken[..12])), "{out}");
     assert!(!out.contains("traffic was not moved"), "{out}");
     assert!(
-        out.contains(&format!("{}-hello-blue was rebuilt in place and still receives", h.env)),
+        out.contains(&format!(
+            "{}-hello-blue was rebuilt in place (in_place_updates: true) and still receives",
+            h.env
+        )),
         "{out}"
     );
 }

@@ -246,14 +246,18 @@ impl Agent {
                 commit: end.commit.clone(),
             }),
         );
-        let save = (|| {
-            if let Some(mut h) = end.history {
-                h.at_ms = started_ms;
-                h.duration_ms = duration_ms;
-                store.append_history(&h)?;
+        // The state (the applied commit: the anti-rollback mark) is saved first; history is
+        // a log, and failing to append to it must not leave the state behind.
+        let save = store.save(&state);
+        if save.is_ok()
+            && let Some(mut h) = end.history
+        {
+            h.at_ms = started_ms;
+            h.duration_ms = duration_ms;
+            if let Err(e) = store.append_history(&h) {
+                tracing::warn!("history: {e}");
             }
-            store.save(&state)
-        })();
+        }
         self.write_metrics(&state, now);
         save?;
         if end.journaled {
@@ -266,7 +270,12 @@ impl Agent {
             steps: end.steps,
             duration_ms,
             preempted: end.preempted,
-            refusals: state.refusals.clone(),
+            // Only a run that planned has refusals of its own (the state keeps the last
+            // plan's for status).
+            refusals: match end.outcome {
+                Outcome::Applied | Outcome::NoChange => state.refusals.clone(),
+                _ => Vec::new(),
+            },
         })
     }
 

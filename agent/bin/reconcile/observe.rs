@@ -31,7 +31,12 @@ impl Agent {
         if let Some(r) = &runs_in {
             let edge_ready = r == "host" || state.instances.get(r).is_some_and(|i| i.running);
             if edge_ready {
-                state.edge_config = self.edge(Some(r)).live_config().await.ok().flatten();
+                // Unreadable is not "no config": which color serves is unknown then, and a
+                // plan from that could rebuild the serving slot in place. Fail the sync.
+                state.edge_config =
+                    self.edge(Some(r)).live_config().await.map_err(|e| {
+                        anyhow::anyhow!("reading the edge's live config (in {r}): {e}")
+                    })?;
                 if let Some(cfg) = &state.edge_config {
                     state.active_colors = veza_plan::live::active_colors_from_config(cfg);
                 }

@@ -262,9 +262,18 @@ where
                     && !plan.promotions.iter().any(|p| p.env == slot.env && p.app == slot.app)
                 {
                     // No promotion: the gate is on the serving slot itself, rebuilt in
-                    // place (`in_place_updates`). Say what is true: it still gets traffic.
+                    // place (`in_place_updates`) or started again. Say what is true: it
+                    // still gets the traffic.
+                    let rebuilt = plan.steps.iter().any(|s| {
+                        matches!(&s.action, Action::DeleteInstance { name } if name == instance)
+                    });
+                    let what = if rebuilt {
+                        "was rebuilt in place (in_place_updates: true)"
+                    } else {
+                        "was started again"
+                    };
                     reason.push_str(&format!(
-                        "; {instance} was rebuilt in place and still receives {}/{}'s traffic (in_place_updates: true); fix the release or promote the other color",
+                        "; {instance} {what} and still receives {}/{}'s traffic; fix the release or promote the other color",
                         slot.env, slot.app
                     ));
                 } else {

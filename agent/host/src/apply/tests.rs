@@ -460,12 +460,21 @@ fn a_newer_commit_during_the_health_wait_preempts_the_run() {
 #[test]
 fn a_failed_gate_says_whether_the_slot_still_receives_the_traffic() {
     // (the plan, the end of the reason)
-    let in_place = plan_of(vec![gate("web-blue", Color::Blue)]);
+    let in_place = plan_of(vec![
+        Action::DeleteInstance { name: "web-blue".into() },
+        gate("web-blue", Color::Blue),
+    ]);
+    let started_again = plan_of(vec![gate("web-blue", Color::Blue)]);
     let table = [
         (
             in_place,
-            "; web-blue was rebuilt in place and still receives prod/web's traffic \
-             (in_place_updates: true); fix the release or promote the other color",
+            "; web-blue was rebuilt in place (in_place_updates: true) and still receives \
+             prod/web's traffic; fix the release or promote the other color",
+        ),
+        (
+            started_again,
+            "; web-blue was started again and still receives prod/web's traffic; fix the \
+             release or promote the other color",
         ),
         (promotion(Vec::new()), "; traffic was not moved"),
     ];
