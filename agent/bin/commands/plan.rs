@@ -6,7 +6,7 @@
 
 use std::process::ExitCode;
 
-use veza_state::Reader;
+use veza_state::{AgentState, Reader, StateError};
 
 use crate::commands::common::{ConfigArg, fail, now, with_agent};
 use crate::reconcile::{Decision, SourceProblem};
@@ -24,8 +24,13 @@ pub struct PlanArgs {
 /// Runs `plan`.
 pub fn run(args: &PlanArgs) -> ExitCode {
     with_agent(&args.config, |agent| async move {
-        // A corrupt state file reads as empty state here (only a sync moves it aside).
-        let state = Reader::new(&agent.state_dir()).load().unwrap_or_default();
+        // As a sync decides: a corrupt state file counts as empty (the sync moves it aside
+        // and starts from nothing), a state written by a newer agent stops everything.
+        let state = match Reader::new(&agent.state_dir()).load() {
+            Ok(s) => s,
+            Err(e @ StateError::TooNew { .. }) => return fail(&e.into(), 1),
+            Err(_) => AgentState::default(),
+        };
         let source = match agent.source(&state, now()).await {
             Ok(s) => s,
             Err(SourceProblem::Fetch(e)) => return fail(&anyhow::anyhow!("fetch failed: {e}"), 1),
