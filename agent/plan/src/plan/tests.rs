@@ -11,9 +11,9 @@ use crate::edge::EdgeSettings;
 use crate::live::{LiveInstance, LiveProfile, LiveState, UnitTarget, active_colors_from_config};
 use crate::plan::{Plan, PlanOptions, plan};
 
-const DEMO: &str = include_str!("../../../manifests/examples/minimal.yaml");
-const PROD: &str = include_str!("../../../manifests/prod.yaml");
-const STAGING: &str = include_str!("../../../manifests/staging.yaml");
+const DEMO: &str = include_str!("../../../../manifests/examples/minimal.yaml");
+const PROD: &str = include_str!("../../../../manifests/prod.yaml");
+const STAGING: &str = include_str!("../../../../manifests/staging.yaml");
 
 fn manifests(texts: &[&str]) -> Vec<Manifest> {
     let files: Vec<(String, Vec<u8>)> = texts

@@ -1,0 +1,286 @@
+//! Tests of `veza-agent status`: the report read from recorded state, as text and JSON.
+
+use super::*;
+use veza_state::{AppState, AppliedRevision, EnvState, Rejection};
+
+/// The weekly drill, last (successful) run at `at`.
+fn drill(at: i64) -> JobState {
+    JobState {
+        target: "host".into(),
+        schedule: "0 4 * * 0".into(),
+        next: Some("1970-01-03T04:00:00Z".into()),
+        last_result: Some("success".into()),
+        last_exit: Some(0),
+        last_start: chrono::DateTime::from_timestamp(at, 0).map(|t| t.to_rfc3339()),
+        last_success_at: Some(at),
+        max_success_age_s: Some(8 * 86_400),
+        first_seen_at: Some(0),
+        problem: None,
+    }
+}
+
+fn base() -> AgentState {
+    let mut st = AgentState {
+        applied: Some(AppliedRevision {
+            commit: "a".repeat(40),
+            signer: "forgejo@veza".into(),
+            applied_at: 1000,
+        }),
+        last_verified_fetch_at: Some(1990),
+        ..AgentState::default()
+    };
+    let mut app = AppState { active: Some("green".into()), ..AppState::default() };
+    app.releases.insert("blue".into(), "1".repeat(40));
+    app.releases.insert("green".into(), "2".repeat(40));
+    let mut env = EnvState::default();
+    env.apps.insert("backend".into(), app);
+    st.envs.insert("prod".into(), env);
+    st
+}
+
+/// Read at 2000 s, staleness limit 600 s, plenty of space.
+fn seen() -> Observed {
+    Observed {
+        interrupted: None,
+        now: 2000,
+        max_staleness_s: 600,
+        state_dir: "/var/lib/veza-agent".into(),
+        state_dir_free_bytes: Some(1 << 30),
+    }
+}
+
+#[test]
+fn a_full_state_directory_needs_attention_even_when_nothing_could_be_recorded() {
+    // (free bytes, headline)
+    let table = [
+        (Some(1 << 30), "OK: in sync with aaaaaaaaaaaa signed by forgejo@veza"),
+        (Some(LOW_SPACE_BYTES), "OK: in sync with aaaaaaaaaaaa signed by forgejo@veza"),
+        (None, "OK: in sync with aaaaaaaaaaaa signed by forgejo@veza"),
+        (
+            Some(LOW_SPACE_BYTES - 1),
+            "NEEDS ATTENTION: disk full: 4095 KiB free for the state directory \
+             /var/lib/veza-agent; syncs fail and cannot record why (free space, then \
+             `veza-agent sync`)",
+        ),
+        (
+            Some(0),
+            "NEEDS ATTENTION: disk full: 0 KiB free for the state directory \
+             /var/lib/veza-agent; syncs fail and cannot record why (free space, then \
+             `veza-agent sync`)",
+        ),
+    ];
+    for (free, want) in table {
+        let s = build(base(), Observed { state_dir_free_bytes: free, ..seen() });
+        assert_eq!(s.headline, want, "free {free:?}");
+        assert_eq!(s.health == "ok", want.starts_with("OK"), "free {free:?}");
+    }
+}
+
+/// Each row: a state edit, and the headline it must produce.
+#[test]
+fn headlines_say_what_needs_a_human() {
+    type Edit = Box<dyn Fn(&mut AgentState)>;
+    let cases: Vec<(&str, Edit, &str)> = vec![
+        ("in sync", Box::new(|_| {}), "OK: in sync with aaaaaaaaaaaa signed by forgejo@veza"),
+        (
+            "rejected",
+            Box::new(|s| {
+                s.rejected = Some(Rejection {
+                    commit: "b".repeat(40),
+                    reason: "signature: unsigned commit".into(),
+                    at: 1,
+                })
+            }),
+            "NEEDS ATTENTION: revision bbbbbbbbbbbb rejected: signature: unsigned commit",
+        ),
+        (
+            "rolled back",
+            Box::new(|s| {
+                let a = s.envs.get_mut("prod").unwrap().apps.get_mut("backend").unwrap();
+                a.last_outcome = Some(Outcome::RolledBack);
+                a.last_reason = Some("green never became healthy".into());
+            }),
+            "NEEDS ATTENTION: promotion of prod/backend rolled back: green never became healthy",
+        ),
+        (
+            "stale",
+            Box::new(|s| s.last_verified_fetch_at = Some(0)),
+            "NEEDS ATTENTION: source is stale: last verified fetch 2000 s ago (limit 600 s)",
+        ),
+        (
+            "healthy job",
+            Box::new(|s| {
+                s.jobs.insert("prod/dr-drill".into(), drill(2000 - 86_400));
+            }),
+            "OK: in sync with aaaaaaaaaaaa signed by forgejo@veza",
+        ),
+        (
+            "stale job",
+            Box::new(|s| {
+                s.jobs.insert("prod/dr-drill".into(), drill(2000 - 9 * 86_400));
+            }),
+            "NEEDS ATTENTION: job prod/dr-drill: last success 9 d ago (max 8 d)",
+        ),
+        (
+            // Recorded fresh at the last sync, stale by now: judged at read time.
+            "job gone stale since the last sync",
+            Box::new(|s| {
+                let j = JobState { problem: None, ..drill(2000 - 8 * 86_400 - 3_600) };
+                s.jobs.insert("prod/dr-drill".into(), j);
+            }),
+            "NEEDS ATTENTION: job prod/dr-drill: last success 8 d 1 h ago (max 8 d)",
+        ),
+        (
+            "failed job",
+            Box::new(|s| {
+                s.jobs.insert(
+                    "prod/pgbackrest-diff".into(),
+                    JobState {
+                        target: "veza-postgres".into(),
+                        schedule: "0 2 * * 1-6".into(),
+                        last_result: Some("exit-code".into()),
+                        last_exit: Some(3),
+                        last_start: Some("1970-01-01T00:30:00Z".into()),
+                        last_success_at: Some(100),
+                        ..JobState::default()
+                    },
+                );
+            }),
+            "NEEDS ATTENTION: job prod/pgbackrest-diff: last run failed (exit-code, exit status 3)",
+        ),
+        (
+            "job whose state could not be read",
+            Box::new(|s| {
+                s.jobs.insert(
+                    "prod/x".into(),
+                    JobState {
+                        target: "gone".into(),
+                        problem: Some("status unknown: instance `gone` not found".into()),
+                        ..JobState::default()
+                    },
+                );
+            }),
+            "NEEDS ATTENTION: job prod/x: status unknown: instance `gone` not found",
+        ),
+        (
+            "new job that has not run yet",
+            Box::new(|s| {
+                let j = JobState {
+                    last_result: None,
+                    last_start: None,
+                    last_success_at: None,
+                    first_seen_at: Some(1000),
+                    ..drill(0)
+                };
+                s.jobs.insert("prod/dr-drill".into(), j);
+            }),
+            "OK: in sync with aaaaaaaaaaaa signed by forgejo@veza",
+        ),
+        (
+            "job that never succeeded in longer than its max age",
+            Box::new(|s| {
+                let j = JobState {
+                    last_result: None,
+                    last_start: None,
+                    last_success_at: None,
+                    first_seen_at: Some(2000 - 9 * 86_400),
+                    ..drill(0)
+                };
+                s.jobs.insert("prod/dr-drill".into(), j);
+            }),
+            "NEEDS ATTENTION: job prod/dr-drill: no successful run in 9 d (max 8 d)",
+        ),
+    ];
+    for (what, edit, want) in cases {
+        let mut st = base();
+        edit(&mut st);
+        let s = build(st, seen());
+        assert_eq!(s.headline, want, "{what}");
+    }
+}
+
+#[test]
+fn human_form_shows_colors_and_releases() {
+    let s = build(base(), seen());
+    let text = render(&s, 2000);
+    assert!(
+        text.contains("  backend    active green [blue=1111111111 green=2222222222*]"),
+        "{text}"
+    );
+    assert!(text.contains("commit:   aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa signed by forgejo@veza (applied 16m ago)"), "{text}");
+    let mut st = base();
+    let app = st.envs.get_mut("prod").unwrap().apps.get_mut("backend").unwrap();
+    app.health.insert("green".into(), "UP".into());
+    app.health.insert("blue".into(), "MAINT".into());
+    let text = render(&build(st.clone(), seen()), 2000);
+    assert!(text.contains("[blue=1111111111 MAINT green=2222222222* UP]"), "{text}");
+    // The active color DOWN at the edge needs a human.
+    let app = st.envs.get_mut("prod").unwrap().apps.get_mut("backend").unwrap();
+    app.health.insert("green".into(), "DOWN".into());
+    st.refusals.push("instance forgejo-like: not the agent's".into());
+    let s = build(st, seen());
+    assert_eq!(s.headline, "NEEDS ATTENTION: refused: instance forgejo-like: not the agent's");
+    assert!(
+        s.problems.iter().any(|p| p == "prod/backend: the active green slot is DOWN at the edge"),
+        "{:?}",
+        s.problems
+    );
+}
+
+#[test]
+fn human_and_json_forms_show_jobs() {
+    let mut st = base();
+    st.jobs.insert("prod/dr-drill".into(), drill(2000 - 9 * 86_400));
+    st.jobs.insert(
+        "prod/pgbackrest-diff".into(),
+        JobState {
+            target: "veza-postgres".into(),
+            schedule: "0 2 * * 1-6".into(),
+            next: Some("1970-01-02T02:00:00Z".into()),
+            last_result: Some("exit-code".into()),
+            last_exit: Some(3),
+            last_start: Some("1970-01-01T00:30:00Z".into()),
+            ..JobState::default()
+        },
+    );
+    st.jobs.insert("prod/report".into(), JobState { target: "host".into(), ..JobState::default() });
+    let s = build(st, seen());
+    assert_eq!(s.health, "attention");
+    assert_eq!(
+        s.problems,
+        [
+            "job prod/dr-drill: last success 9 d ago (max 8 d)",
+            "job prod/pgbackrest-diff: last run failed (exit-code, exit status 3)",
+        ]
+    );
+    let text = render(&s, 2000);
+    for line in [
+        "jobs:\n",
+        "  prod/dr-drill        on host           next 1970-01-03 04:00 UTC  last success 9d ago  [!]\n",
+        "  prod/pgbackrest-diff on veza-postgres  next 1970-01-02 02:00 UTC  last FAILED exit-code (exit status 3) 3m ago  [!]\n",
+        "  prod/report          on host           next none  last never ran\n",
+        "also:     job prod/pgbackrest-diff: last run failed (exit-code, exit status 3)\n",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in:\n{text}");
+    }
+    let json = serde_json::to_value(&s).unwrap();
+    assert_eq!(
+        json["jobs"]["prod/dr-drill"],
+        serde_json::json!({
+            "target": "host",
+            "schedule": "0 4 * * 0",
+            "next": "1970-01-03T04:00:00Z",
+            "last_result": "success",
+            "last_exit": 0,
+            "last_start": chrono::DateTime::from_timestamp(2000 - 9 * 86_400, 0).unwrap().to_rfc3339(),
+            "last_success_at": 2000 - 9 * 86_400,
+            "last_success_age_s": 777_600,
+            "max_success_age_s": 691_200,
+            "first_seen_at": 0,
+            "problem": "last success 9 d ago (max 8 d)",
+        })
+    );
+    assert_eq!(json["jobs"]["prod/report"]["problem"], serde_json::Value::Null);
+    // The raw record stays under `state`.
+    assert_eq!(json["state"]["jobs"]["prod/pgbackrest-diff"]["last_exit"], 3);
+}

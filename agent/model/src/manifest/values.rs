@@ -1,0 +1,151 @@
+//! Manifest values with a syntax of their own (durations, releases, SHA-256 digests):
+//! newtypes checked while deserializing, with their JSON Schema.
+
+use std::fmt;
+
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+/// A duration such as `500ms`, `5s`, `10m`, `4h`, `8d` or `2w`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(try_from = "String")]
+pub struct DurationSpec(std::time::Duration);
+
+impl DurationSpec {
+    /// The duration.
+    pub fn get(self) -> std::time::Duration {
+        self.0
+    }
+}
+
+impl TryFrom<String> for DurationSpec {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let bad = || {
+            format!(
+                "invalid duration `{s}`: expected a number and a unit (ms, s, m, h, d, w), e.g. `5s` or `8d`"
+            )
+        };
+        if num.is_empty() || num.len() > 12 {
+            return Err(bad());
+        }
+        let n: u64 = num.parse().map_err(|_| bad())?;
+        let millis = match unit {
+            "ms" => Some(n),
+            "s" => n.checked_mul(1_000),
+            "m" => n.checked_mul(60_000),
+            "h" => n.checked_mul(3_600_000),
+            "d" => n.checked_mul(86_400_000),
+            "w" => n.checked_mul(604_800_000),
+            _ => return Err(bad()),
+        };
+        millis.map(|ms| DurationSpec(std::time::Duration::from_millis(ms))).ok_or_else(bad)
+    }
+}
+
+impl fmt::Display for DurationSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.0.as_millis();
+        for (unit, size) in
+            [("w", 604_800_000), ("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1_000)]
+        {
+            if ms != 0 && ms.is_multiple_of(size) {
+                return write!(f, "{}{unit}", ms / size);
+            }
+        }
+        write!(f, "{ms}ms")
+    }
+}
+
+/// A release: the 40-hex commit id of the app's source, lowercase.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+#[serde(try_from = "String")]
+pub struct Release(String);
+
+impl Release {
+    /// The 40 hex characters.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+    /// The first 10 characters, as shown to humans.
+    pub fn short(&self) -> &str {
+        &self.0[..10]
+    }
+}
+
+impl TryFrom<String> for Release {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        if s.len() == 40 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            Ok(Release(s))
+        } else {
+            Err(format!(
+                "invalid release `{s}`: expected a full 40-character lowercase hex commit id (got {} characters)",
+                s.chars().count()
+            ))
+        }
+    }
+}
+
+impl fmt::Display for Release {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A SHA-256 digest as 64 lowercase hex characters.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct Sha256Hex(String);
+
+impl Sha256Hex {
+    /// The 64 hex characters.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for Sha256Hex {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        if s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            Ok(Sha256Hex(s))
+        } else {
+            Err(format!("invalid sha256 `{s}`: expected 64 lowercase hex characters"))
+        }
+    }
+}
+
+/// JSON Schema of a string newtype: a named definition with a pattern.
+macro_rules! string_schema {
+    ($ty:ty, $name:literal, $pattern:literal, $description:literal) => {
+        impl JsonSchema for $ty {
+            fn schema_name() -> std::borrow::Cow<'static, str> {
+                $name.into()
+            }
+            fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+                schemars::json_schema!({
+                    "type": "string",
+                    "pattern": $pattern,
+                    "description": $description,
+                })
+            }
+        }
+    };
+}
+
+string_schema!(
+    DurationSpec,
+    "Duration",
+    "^[0-9]+(ms|s|m|h|d|w)$",
+    "A duration: a number and a unit (ms, s, m, h, d, w), e.g. `5s` or `8d`."
+);
+string_schema!(Release, "Release", "^[0-9a-f]{40}$", "A release: a full 40-hex commit id.");
+string_schema!(
+    Sha256Hex,
+    "Sha256",
+    "^[0-9a-f]{64}$",
+    "A SHA-256 digest in 64 lowercase hex characters."
+);
