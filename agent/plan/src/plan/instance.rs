@@ -77,8 +77,10 @@ pub(super) fn plan_instance(
                 .insert(0, format!("release changes from {was} to {}", short(&slot.release)));
         }
         if !rebuild_for.is_empty() {
-            let serving =
-                live.active_colors.get(&(slot.env.clone(), slot.app.clone())) == Some(&slot.color);
+            // A stopped slot serves nothing, whatever the edge names: it may be rebuilt.
+            let serving = l.running
+                && live.active_colors.get(&(slot.env.clone(), slot.app.clone()))
+                    == Some(&slot.color);
             if serving && !d.in_place_updates {
                 b.refuse(
                     format!("instance {name}"),
@@ -142,11 +144,16 @@ pub(super) fn plan_instance(
         .get(MARK_KEYS)
         .map(|k| k.split(',').filter(|s| !s.is_empty()).collect())
         .unwrap_or_default();
-    let remove_keys: Vec<String> = managed_before
+    let mut remove_keys: Vec<String> = managed_before
         .iter()
         .filter(|k| !d.config.contains_key(**k) && l.config.contains_key(**k))
         .map(|k| (*k).to_string())
         .collect();
+    // No managed keys any more: the list of them goes too, or keys set by hand later
+    // would be taken for the agent's.
+    if !d.config.contains_key(MARK_KEYS) && l.config.contains_key(MARK_KEYS) {
+        remove_keys.push(MARK_KEYS.to_string());
+    }
     let config_differs =
         d.config.iter().any(|(k, v)| l.config.get(k) != Some(v)) || !remove_keys.is_empty();
     let changed = config_differs || l.devices != d.devices || l.profiles != d.profiles;

@@ -434,3 +434,35 @@ fn edits_incus_cannot_apply_in_place_are_rebuilds_or_refusals() {
         }
     }
 }
+
+/// A serving slot that is stopped serves nothing: an edit of its release rebuilds it
+/// (refusing would leave the color the edge names down for good).
+#[test]
+fn a_stopped_serving_slot_is_rebuilt_not_refused() {
+    let (_, mut live) = converged(&[&demo_with(with_green_release)]);
+    live.instances.get_mut("demo-hello-blue").expect("blue").running = false;
+    let newer = "3333333333333333333333333333333333333333";
+    let edited = demo_with(|t| {
+        with_green_release(t)
+            .replace("blue: {release: 1111111111111111111111111111111111111111}", &format!("blue: {{release: {newer}}}"))
+            .replace(&format!("        {GREEN}: "), &format!("        {newer}: 3333333333333333333333333333333333333333333333333333333333333333\n        {GREEN}: "))
+    });
+    let p = run(&manifests(&[&edited]), &live, &opts());
+    assert!(p.refusals.is_empty(), "{p}");
+    let steps: Vec<String> = p.steps.iter().map(|s| s.action.to_string()).collect();
+    assert!(steps.iter().any(|s| s == "delete instance demo-hello-blue"), "{p}");
+}
+
+/// When an instance no longer has keys of the agent's, the list of them (`user.veza.keys`)
+/// is removed too, and the plan converges.
+#[test]
+fn the_managed_keys_list_goes_when_no_key_is_managed_any_more() {
+    let (ms, mut live) = converged(&[PROD, STAGING]);
+    let haproxy = live.instances.get_mut("veza-haproxy").expect("veza-haproxy");
+    assert!(!haproxy.config.contains_key(crate::live::MARK_KEYS));
+    haproxy.config.insert(crate::live::MARK_KEYS.into(), "limits.cpu".into());
+    let p = run(&ms, &live, &opts());
+    assert!(p.to_string().contains("user.veza.keys"), "{p}");
+    let again = run(&ms, &applied(&live, &p), &opts());
+    assert!(again.is_empty(), "not converged:\n{again}");
+}
