@@ -10,8 +10,8 @@ use veza_model::naming;
 use veza_model::units::{JobUnitSpec, UnitFile};
 
 use crate::live::{
-    Devices, MARK_APP, MARK_COLOR, MARK_ENV, MARK_HOST, MARK_IMAGE, MARK_KEYS, MARK_MANAGED,
-    MARK_PROTECT, UnitTarget,
+    Devices, MARK_APP, MARK_APP_SPEC, MARK_COLOR, MARK_ENV, MARK_HOST, MARK_IMAGE, MARK_KEYS,
+    MARK_MANAGED, MARK_PROTECT, UnitTarget,
 };
 
 /// A profile the agent owns.
@@ -182,6 +182,19 @@ fn devices(map: &BTreeMap<String, Device>, pool: &str) -> Devices {
 }
 
 /// Adds the agent's marks and the managed-keys list to an instance config.
+/// A stable digest (FNV-1a, 64 bits, hex) of what a slot's app is started with besides its
+/// release; recorded as [`MARK_APP_SPEC`]. Not a security check: it only tells a change.
+fn app_spec_digest(port: u16, start: &str, install_dir: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in [port.to_string().as_str(), start, install_dir] {
+        for b in part.bytes().chain([0]) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    format!("{h:016x}")
+}
+
 fn with_marks(
     mut config: BTreeMap<String, String>,
     marks: &[(&str, String)],
@@ -289,6 +302,14 @@ pub fn desired(manifests: &[&Manifest], pool: &str) -> Result<Desired, DesiredEr
                     (MARK_APP, app_name.clone()),
                     (MARK_COLOR, color.to_string()),
                     (MARK_IMAGE, app.image.clone()),
+                    (
+                        MARK_APP_SPEC,
+                        app_spec_digest(
+                            app.port,
+                            app.start.as_deref().unwrap_or("{dir}/start.sh"),
+                            &install_dir,
+                        ),
+                    ),
                 ];
                 let sha256 = app
                     .artifact

@@ -27,6 +27,9 @@ pub const MARK_HOST: &str = "user.veza.host";
 /// The image reference an owned instance was created from, as the manifest wrote it: an
 /// edit of `image:` is detected by comparing it (Incus keeps only the fingerprint).
 pub const MARK_IMAGE: &str = "user.veza.image";
+/// A digest of what a slot's app is started with besides its release (port, `start`,
+/// install directory): a change needs a redeploy, like a new release.
+pub const MARK_APP_SPEC: &str = "user.veza.app-spec";
 /// Config keys the agent manages on an instance (comma separated), so it can remove
 /// the ones that leave the manifest without touching keys set by hand.
 pub const MARK_KEYS: &str = "user.veza.keys";
@@ -63,6 +66,10 @@ impl LiveInstance {
     /// The release installed in it, for a slot.
     pub fn release(&self) -> Option<&str> {
         self.config.get(MARK_RELEASE).map(String::as_str)
+    }
+    /// The digest of its app's start settings, when the agent recorded it.
+    pub fn app_spec(&self) -> Option<&str> {
+        self.config.get(MARK_APP_SPEC).map(String::as_str)
     }
     /// The image reference it was created from, when the agent recorded it.
     pub fn image(&self) -> Option<&str> {

@@ -8,7 +8,7 @@ use veza_model::manifest::Release;
 use super::types::{Action, short};
 use super::{Builder, KeptSlot};
 use crate::desired::{DesiredInstance, SlotSpec};
-use crate::live::{Devices, LiveState, MARK_IMAGE, MARK_KEYS, MARK_RELEASE};
+use crate::live::{Devices, LiveState, MARK_APP_SPEC, MARK_IMAGE, MARK_KEYS, MARK_RELEASE};
 
 pub(super) fn plan_instance(
     name: &str,
@@ -75,6 +75,11 @@ pub(super) fn plan_instance(
             let was = l.release().map_or("nothing".to_string(), |r| short(r).to_string());
             rebuild_for
                 .insert(0, format!("release changes from {was} to {}", short(&slot.release)));
+        }
+        if let (Some(was), Some(now)) = (l.app_spec(), d.config.get(MARK_APP_SPEC))
+            && was != now
+        {
+            rebuild_for.push("app settings (port, start or install_dir) change".to_string());
         }
         if !rebuild_for.is_empty() {
             // A stopped slot serves nothing, whatever the edge names: it may be rebuilt.

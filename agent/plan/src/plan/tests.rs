@@ -349,6 +349,16 @@ fn edits_incus_cannot_apply_in_place_are_rebuilds_or_refusals() {
             drift: &[],
         },
         Case {
+            what: "the app's port is edited (both colors run with the old one)",
+            before: demo(&with_green_release),
+            after: demo(&|t| with_green_release(t).replace("    port: 8080", "    port: 9090")),
+            steps: &["delete instance demo-hello-green", "create instance demo-hello-green"],
+            refused: &[
+                "instance demo-hello-blue: it serves demo/hello traffic and its app settings (port, start or install_dir) change: rebuilding it in place would drop requests",
+            ],
+            drift: &[],
+        },
+        Case {
             what: "the idle color's release is edited",
             before: demo(&with_green_release),
             after: demo(&new_green),
