@@ -12,6 +12,7 @@ pub mod manifest;
 pub mod naming;
 pub mod parse;
 pub mod schedule;
+pub mod template;
 pub mod units;
 pub mod validate;
 

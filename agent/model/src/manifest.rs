@@ -299,9 +299,21 @@ pub struct App {
     /// How a release is delivered: a tarball pinned by sha256.
     pub artifact: Artifact,
     /// Command that starts the app inside the slot, run after the artifact is unpacked.
-    /// `{release}`, `{port}` and `{dir}` are substituted. Defaults to `{dir}/start.sh`.
+    /// `{release}`, `{port}`, `{dir}`, `{env}`, `{app}` and `{color}` are substituted.
+    /// Defaults to `{dir}/start.sh`. Secrets are not allowed here (a command line is
+    /// visible in `ps`): put them in `env`.
     #[serde(default)]
     pub start: Option<String>,
+    /// Environment variables of the app (and of its migration), by name. Values take the
+    /// placeholders of `start` and `{secret:NAME}`, the value of the age-encrypted file
+    /// `secrets/<env>/NAME.age` of the same commit, decrypted on the host only. Delivered
+    /// as a root-only file in the slot, never on a command line or in Incus config.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Database migration run with the new release and its environment before the new
+    /// color gets traffic, at most once per release in this environment.
+    #[serde(default)]
+    pub migrate: Option<Migrate>,
     /// Health check used by the in-slot probe and by HAProxy.
     pub health: Health,
     /// How the edge reaches a slot.
@@ -319,6 +331,23 @@ pub struct App {
     /// deploy to the idle color and promote it.
     #[serde(default)]
     pub in_place_updates: bool,
+}
+
+/// A migration (the seed's phase A: `migrate_tool --up`). It must keep the previous
+/// release working (expand/contract), since traffic may go back to it.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Migrate {
+    /// Shell command, run in the release's directory with the app's environment; takes
+    /// the placeholders of `start`.
+    pub command: String,
+    /// Where it runs: `slot` (the new color's slot, the default) or the name of an
+    /// instance of this environment (a tools container), which gets the release unpacked.
+    #[serde(default)]
+    pub on: Option<String>,
+    /// Time limit. Defaults to `10m`.
+    #[serde(default)]
+    pub timeout: Option<DurationSpec>,
 }
 
 /// The release artifact of an app.
@@ -484,8 +513,12 @@ pub struct Job {
     /// User the command runs as. Defaults to root.
     #[serde(default)]
     pub user: Option<String>,
-    /// Shell command line.
+    /// Shell command line. Secrets are not allowed here: put them in `env`.
     pub command: String,
+    /// Environment variables of the job, by name; values take `{secret:NAME}` (see the
+    /// app's `env`). Delivered in a root-only file next to the unit, not in the unit.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
     /// Random delay added to each run (`RandomizedDelaySec=`).
     #[serde(default)]
     pub randomized_delay: Option<DurationSpec>,

@@ -9,6 +9,7 @@ use super::values::{
 };
 use super::{Declared, Rules};
 use crate::lexical;
+use crate::template;
 use crate::manifest::{Color, Device, DeviceType, Manifest};
 use crate::parse::Seg;
 use crate::path;
@@ -243,6 +244,25 @@ pub(super) fn check_manifest(m: &Manifest, declared: &Declared, r: &mut Rules<'_
                 r.value(extend(&p, "gate_on_jobs"), unknown_ref("job", job, m.jobs.keys()));
             }
         }
+        check_env(&app.env, &extend(&p, "env"), r);
+        no_secret_in_command(app.start.as_deref().unwrap_or(""), extend(&p, "start"), r);
+        if let Some(mig) = &app.migrate {
+            let mp = extend(&p, "migrate");
+            if mig.command.trim().is_empty() || mig.command.contains(['\n', '\0']) {
+                r.value(extend(&mp, "command"), "command must be one non-empty line");
+            }
+            no_secret_in_command(&mig.command, extend(&mp, "command"), r);
+            if let Some(on) = &mig.on
+                && on != "slot"
+                && !m.incus.instances.contains_key(on)
+            {
+                r.value(
+                    extend(&mp, "on"),
+                    unknown_ref("instance of this environment", on, m.incus.instances.keys())
+                        + " (or `slot`)",
+                );
+            }
+        }
     }
 
     if let Some(edge) = &m.edge {
@@ -397,6 +417,39 @@ pub(super) fn check_manifest(m: &Manifest, declared: &Declared, r: &mut Rules<'_
         {
             r.value(extend(&p, "user"), format!("invalid user name `{user}`: {why}"));
         }
+        check_env(&job.env, &extend(&p, "env"), r);
+        no_secret_in_command(&job.command, extend(&p, "command"), r);
+    }
+}
+
+/// Environment variables: portable names, not the agent's own `VEZA_*`, one-line values,
+/// well-formed secret references.
+fn check_env(env: &BTreeMap<String, String>, p: &[Seg], r: &mut Rules<'_>) {
+    for (var, value) in env {
+        let vp = extend(p, var.as_str());
+        if !template::is_env_var_name(var) {
+            r.key(vp.clone(), format!("invalid variable name `{}`: letters, digits and `_`, not starting with a digit", shown(var)));
+        } else if var.starts_with("VEZA_") {
+            r.key(vp.clone(), format!("`{var}`: names starting with VEZA_ are set by the agent"));
+        }
+        if value.contains(['\n', '\r', '\0']) {
+            r.value(vp.clone(), "the value must be one line (an environment file cannot hold line breaks)");
+        }
+        match template::secret_refs(value) {
+            Err(why) => r.value(vp, why),
+            Ok(names) => {
+                for name in names.into_iter().filter(|n| !template::is_secret_name(n)) {
+                    r.value(vp.clone(), format!("invalid secret name `{}` in `{{secret:…}}`: 1-64 lowercase letters, digits, `_` and `-`", shown(name)));
+                }
+            }
+        }
+    }
+}
+
+/// A command line is visible to every user of the machine (`ps`): no secret on it.
+fn no_secret_in_command(command: &str, p: Vec<Seg>, r: &mut Rules<'_>) {
+    if command.contains("{secret:") {
+        r.value(p, "secrets are not allowed on a command line (visible in `ps`): set a variable in `env` to `{secret:NAME}` and use the variable");
     }
 }
 

@@ -265,6 +265,41 @@ fn every_rule_reports_where_and_why() {
             "a:15:75: `options.source` would override the device's own `source`: `options` carries only Incus keys the manifest has no field for (hint: set `source` on the device itself)",
         ),
         (
+            "a secret on the start command line",
+            vec![("a", env("prod", "a.fr", "C1", "").replace("active: blue", "active: blue\n    start: 'run --pw {secret:pw}'"))],
+            "secrets are not allowed on a command line (visible in `ps`)",
+        ),
+        (
+            "a secret on a job's command line",
+            vec![("a", env("prod", "a.fr", "C1", "jobs:\n  b: {schedule: '@daily', on: host, command: 'x {secret:k}'}\n"))],
+            "secrets are not allowed on a command line",
+        ),
+        (
+            "environment variable names",
+            vec![("a", env("prod", "a.fr", "C1", "").replace("active: blue", "active: blue\n    env: {1X: a}"))],
+            "invalid variable name `1X`",
+        ),
+        (
+            "the agent's own variables",
+            vec![("a", env("prod", "a.fr", "C1", "").replace("active: blue", "active: blue\n    env: {VEZA_PORT: '1'}"))],
+            "`VEZA_PORT`: names starting with VEZA_ are set by the agent",
+        ),
+        (
+            "secret names become file names",
+            vec![("a", env("prod", "a.fr", "C1", "").replace("active: blue", "active: blue\n    env: {PW: '{secret:../x}'}"))],
+            "invalid secret name `../x`",
+        ),
+        (
+            "an unterminated secret reference",
+            vec![("a", env("prod", "a.fr", "C1", "").replace("active: blue", "active: blue\n    env: {PW: '{secret:pw'}"))],
+            "without its closing",
+        ),
+        (
+            "a migration runs in the slot or an instance of the environment",
+            vec![("a", env("prod", "a.fr", "C1", "").replace("active: blue", "active: blue\n    migrate: {command: m, on: tools}"))],
+            "unknown instance of this environment `tools`",
+        ),
+        (
             "Incus projects are not supported",
             vec![("a", env("prod", "a.fr", "C1", "incus:\n  project: veza\n"))],
             "a:14:3: `incus.project: veza` is not supported: the agent manages the `default` Incus project only",
