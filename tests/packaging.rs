@@ -323,6 +323,7 @@ fn the_runbook_quotes_the_rejection_reasons_the_agent_writes() {
         "agent/source/src/policy.rs",
         "agent/model/src/config.rs",
         "agent/model/src/capabilities.rs",
+        "agent/secrets/src/lib.rs",
     ];
     let code: String = sources.iter().map(|f| read(&repo_root().join(f))).collect();
     let code = format!("{code}{}", code.replace("{kind}", "commit"));

@@ -49,7 +49,23 @@ pub struct HostConfig {
     /// Release artifact downloads.
     #[serde(default)]
     pub artifacts: ArtifactsConfig,
+    /// Keys that decrypt the manifests' secrets.
+    #[serde(default)]
+    pub secrets: SecretsConfig,
 }
+
+/// The host's keys for the manifests' age-encrypted secrets.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SecretsConfig {
+    /// Private key files: unencrypted OpenSSH keys or age identity files. Defaults to the
+    /// host's own SSH key, `/etc/ssh/ssh_host_ed25519_key` (no new key to manage).
+    #[serde(default)]
+    pub identities: Option<Vec<String>>,
+}
+
+/// The default of `secrets.identities`.
+pub const DEFAULT_SECRET_IDENTITY: &str = "/etc/ssh/ssh_host_ed25519_key";
 
 /// The manifests repository.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -278,6 +294,10 @@ impl HostConfig {
     /// Fetch time limit.
     pub fn fetch_timeout(&self) -> std::time::Duration {
         self.source.fetch_timeout.map_or(std::time::Duration::from_secs(60), DurationSpec::get)
+    }
+    /// The key files tried on secrets.
+    pub fn secret_identities(&self) -> Vec<String> {
+        self.secrets.identities.clone().unwrap_or_else(|| vec![DEFAULT_SECRET_IDENTITY.to_string()])
     }
     /// Largest artifact downloaded, in bytes.
     pub fn artifact_max_bytes(&self) -> u64 {

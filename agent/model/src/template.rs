@@ -83,6 +83,25 @@ pub fn secret_path(env: &str, name: &str) -> String {
     format!("secrets/{env}/{name}.age")
 }
 
+/// Every secret a manifest references (apps' and jobs' `env`), with the first variable
+/// that uses it (`apps.backend.env.DATABASE_URL`), for messages.
+pub fn manifest_secrets(m: &crate::Manifest) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let envs = m
+        .apps
+        .iter()
+        .map(|(n, a)| (format!("apps.{n}.env"), &a.env))
+        .chain(m.jobs.iter().map(|(n, j)| (format!("jobs.{n}.env"), &j.env)));
+    for (at, env) in envs {
+        for (var, value) in env {
+            for name in secret_refs(value).unwrap_or_default() {
+                out.entry(name.to_string()).or_insert_with(|| format!("{at}.{var}"));
+            }
+        }
+    }
+    out
+}
+
 /// Why an environment file cannot be rendered. Never carries a value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EnvFileError {
@@ -96,7 +115,9 @@ pub enum EnvFileError {
     },
     /// A value (after substitution) holds a line break or NUL, which an environment file
     /// cannot carry.
-    #[error("variable {var}: its value contains a line break or NUL byte, which an environment file cannot hold")]
+    #[error(
+        "variable {var}: its value contains a line break or NUL byte, which an environment file cannot hold"
+    )]
     Unrepresentable {
         /// The variable.
         var: String,
@@ -165,19 +186,39 @@ mod tests {
 
     #[test]
     fn names_are_checked() {
-        for (name, ok) in [("db_password", true), ("1key", true), ("", false), ("Up", false), ("a/b", false), ("../x", false), ("-x", false)] {
+        for (name, ok) in [
+            ("db_password", true),
+            ("1key", true),
+            ("", false),
+            ("Up", false),
+            ("a/b", false),
+            ("../x", false),
+            ("-x", false),
+        ] {
             assert_eq!(is_secret_name(name), ok, "{name}");
         }
-        for (name, ok) in [("DATABASE_URL", true), ("_x1", true), ("1X", false), ("A-B", false), ("", false)] {
+        for (name, ok) in
+            [("DATABASE_URL", true), ("_x1", true), ("1X", false), ("A-B", false), ("", false)]
+        {
             assert_eq!(is_env_var_name(name), ok, "{name}");
         }
     }
 
     #[test]
     fn plain_placeholders_are_substituted_and_secrets_left_for_apply() {
-        let v = Vars { release: "r1", port: 8080, dir: "/opt/b", env: "prod", app: "backend", color: "blue" };
+        let v = Vars {
+            release: "r1",
+            port: 8080,
+            dir: "/opt/b",
+            env: "prod",
+            app: "backend",
+            color: "blue",
+        };
         assert_eq!(
-            substitute("{dir}/bin --port {port} {env}-{app}-{color} {release} {secret:pw} {other}", &v),
+            substitute(
+                "{dir}/bin --port {port} {env}-{app}-{color} {release} {secret:pw} {other}",
+                &v
+            ),
             "/opt/b/bin --port 8080 prod-backend-blue r1 {secret:pw} {other}"
         );
     }
@@ -191,7 +232,10 @@ mod tests {
         let file = render_env_file(&vars, |n| (n == "pw").then_some("p$w\"d\n")).expect("render");
         assert_eq!(
             file.lines().skip(1).collect::<Vec<_>>(),
-            [r#"DATABASE_URL="postgres://veza:p\$w\"d@db/veza""#, r#"PLAIN="a \"b\" \$HOME \`x\` \\""#]
+            [
+                r#"DATABASE_URL="postgres://veza:p\$w\"d@db/veza""#,
+                r#"PLAIN="a \"b\" \$HOME \`x\` \\""#
+            ]
         );
         let missing = render_env_file(&vars, |_| None).expect_err("missing");
         assert_eq!(missing.to_string(), "variable DATABASE_URL: secret `pw` is not available");

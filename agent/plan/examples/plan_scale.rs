@@ -13,7 +13,6 @@
 //! Run: `cargo run --release -p veza-plan --example plan_scale [-- --runs R] [--json PATH]
 //! [SIZES...]` (sizes default to 10 100 1000).
 
-use std::collections::BTreeMap;
 use std::error::Error;
 use std::time::{Duration, Instant};
 
@@ -135,8 +134,7 @@ fn main() -> Res<()> {
         sizes = vec![10, 100, 1000];
     }
     let runs = runs.max(1);
-    let opts =
-        PlanOptions { edge_settings: EdgeSettings::default(), failing_jobs: BTreeMap::new() };
+    let opts = PlanOptions { edge_settings: EdgeSettings::default(), ..PlanOptions::default() };
     let empty = LiveState { pools: vec!["default".into()], ..LiveState::default() };
 
     println!("plan_scale: {runs} runs per median (after one warm-up run)");

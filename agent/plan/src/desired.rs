@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use veza_model::Manifest;
 use veza_model::manifest::{Color, Device, DeviceType, InstanceType, ProxyBind};
-use veza_model::naming;
 use veza_model::units::{JobUnitSpec, UnitFile};
+use veza_model::{naming, template};
 
 use crate::live::{
     Devices, MARK_APP, MARK_APP_SPEC, MARK_COLOR, MARK_ENV, MARK_HOST, MARK_IMAGE, MARK_KEYS,
@@ -66,7 +66,32 @@ pub struct SlotSpec {
     pub health_timeout_ms: u64,
     /// Host-side address of the slot when reachable on loopback (`127.0.0.1:P`).
     pub loopback: Option<String>,
+    /// The app's environment: values with the plain placeholders substituted and
+    /// `{secret:NAME}` left for apply (a plan never holds a secret's value).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub environment: BTreeMap<String, String>,
+    /// The secrets the environment references: name → SHA-256 of its age file in the
+    /// commit. A rotated secret changes it, so the slot is redeployed like a new release.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, String>,
+    /// The app's migration, if it declares one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub migrate: Option<MigrateSpec>,
 }
+
+/// An app's migration, placeholders substituted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MigrateSpec {
+    /// Shell command run in the release's directory with the app's environment.
+    pub command: String,
+    /// The instance it runs in: `None` for the slot being deployed.
+    pub on: Option<String>,
+    /// Time limit in milliseconds.
+    pub timeout_ms: u64,
+}
+
+/// `(environment, secret name)` → SHA-256 of the secret's age file in the commit.
+pub type SecretDigests = BTreeMap<(String, String), String>;
 
 /// An instance the agent owns.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -184,9 +209,21 @@ fn devices(map: &BTreeMap<String, Device>, pool: &str) -> Devices {
 /// Adds the agent's marks and the managed-keys list to an instance config.
 /// A stable digest (FNV-1a, 64 bits, hex) of what a slot's app is started with besides its
 /// release; recorded as [`MARK_APP_SPEC`]. Not a security check: it only tells a change.
-fn app_spec_digest(port: u16, start: &str, install_dir: &str) -> String {
+/// The environment and its secrets' digests count only when there are any, so a slot
+/// without them keeps the digest it was marked with before environments existed.
+fn app_spec_digest(
+    port: u16,
+    start: &str,
+    install_dir: &str,
+    environment: &BTreeMap<String, String>,
+    secrets: &BTreeMap<String, String>,
+) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for part in [port.to_string().as_str(), start, install_dir] {
+    let mut parts = vec![port.to_string(), start.to_string(), install_dir.to_string()];
+    for (k, v) in environment.iter().chain(secrets) {
+        parts.push(format!("{k}={v}"));
+    }
+    for part in parts.iter().map(String::as_str) {
         for b in part.bytes().chain([0]) {
             h ^= u64::from(b);
             h = h.wrapping_mul(0x0100_0000_01b3);
@@ -214,7 +251,12 @@ fn with_marks(
 
 /// Builds the desired state of a host from its validated manifests. `pool` is the pool
 /// `pool: auto` resolves to (see [`crate::live::LiveState::detect_pool`]).
-pub fn desired(manifests: &[&Manifest], pool: &str) -> Result<Desired, DesiredError> {
+/// `secrets` are the digests of the secrets the manifests reference.
+pub fn desired(
+    manifests: &[&Manifest],
+    pool: &str,
+    secrets: &SecretDigests,
+) -> Result<Desired, DesiredError> {
     let mut d = Desired {
         envs: Vec::new(),
         host: manifests.first().map(|m| m.metadata.host.clone()).unwrap_or_default(),
@@ -278,12 +320,34 @@ pub fn desired(manifests: &[&Manifest], pool: &str) -> Result<Desired, DesiredEr
                     .install_dir
                     .clone()
                     .unwrap_or_else(|| format!("/opt/veza/{app_name}"));
-                let subst = |s: &str| {
-                    s.replace("{release}", release.as_str())
-                        .replace("{port}", &app.port.to_string())
-                        .replace("{dir}", &install_dir)
+                let vars = template::Vars {
+                    release: release.as_str(),
+                    port: app.port,
+                    dir: &install_dir,
+                    env: &env,
+                    app: app_name,
+                    color: color.as_str(),
                 };
+                let subst = |s: &str| template::substitute(s, &vars);
                 let start = subst(app.start.as_deref().unwrap_or("{dir}/start.sh"));
+                let environment: BTreeMap<String, String> =
+                    app.env.iter().map(|(k, v)| (k.clone(), subst(v))).collect();
+                let slot_secrets: BTreeMap<String, String> = environment
+                    .values()
+                    .flat_map(|v| template::secret_refs(v).unwrap_or_default())
+                    .map(|name| {
+                        let digest = secrets
+                            .get(&(env.clone(), name.to_string()))
+                            .cloned()
+                            .unwrap_or_default();
+                        (name.to_string(), digest)
+                    })
+                    .collect();
+                let migrate = app.migrate.as_ref().map(|m| MigrateSpec {
+                    command: subst(&m.command),
+                    on: m.on.clone().filter(|on| on != "slot"),
+                    timeout_ms: m.timeout.map_or(600_000, |t| t.get().as_millis() as u64),
+                });
                 let mut devs = Devices::new();
                 let loopback =
                     app.upstream.loopback_ports.as_ref().and_then(|p| p.get(color)).map(|port| {
@@ -308,6 +372,8 @@ pub fn desired(manifests: &[&Manifest], pool: &str) -> Result<Desired, DesiredEr
                             app.port,
                             app.start.as_deref().unwrap_or("{dir}/start.sh"),
                             &install_dir,
+                            &app.env,
+                            &slot_secrets,
                         ),
                     ),
                 ];
@@ -348,6 +414,9 @@ pub fn desired(manifests: &[&Manifest], pool: &str) -> Result<Desired, DesiredEr
                                 .timeout
                                 .map_or(2000, |t| t.get().as_millis() as u64),
                             loopback,
+                            environment,
+                            secrets: slot_secrets,
+                            migrate,
                         }),
                     },
                 );

@@ -25,12 +25,16 @@ use types::short;
 pub use types::{Action, Plan, Promotion, Refusal, Step};
 
 /// What the planner needs besides desired and live state.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct PlanOptions {
     /// Paths the rendered HAProxy config refers to.
     pub edge_settings: EdgeSettings,
     /// Failing or stale jobs (`env/job` → why), for promotion gates.
     pub failing_jobs: BTreeMap<String, String>,
+    /// Digests of the secrets the manifests reference (never their values).
+    pub secrets: crate::desired::SecretDigests,
+    /// `(env, app, release)` whose migration already ran: not run again.
+    pub migrated: BTreeSet<(String, String, String)>,
 }
 
 /// Why planning failed.
@@ -58,6 +62,34 @@ impl Builder {
     }
 }
 
+/// Puts each app's migration before the first deploy of a release it has not run for
+/// (once per `(env, app, release)`, whichever color deploys it first).
+fn insert_migrations(steps: &mut Vec<Step>, migrated: &BTreeSet<(String, String, String)>) {
+    let mut planned = BTreeSet::new();
+    let mut out = Vec::with_capacity(steps.len());
+    for step in steps.drain(..) {
+        if let Action::DeployRelease { instance, slot } = &step.action
+            && let Some(m) = &slot.migrate
+        {
+            let key = (slot.env.clone(), slot.app.clone(), slot.release.clone());
+            if !migrated.contains(&key) && planned.insert(key) {
+                let on = m.on.clone().unwrap_or_else(|| instance.clone());
+                out.push(Step {
+                    action: Action::Migrate { instance: on, slot: slot.clone() },
+                    reason: format!(
+                        "release {} of {}/{} has not been migrated yet (once per release, before the new color gets traffic)",
+                        types::short(&slot.release),
+                        slot.env,
+                        slot.app
+                    ),
+                });
+            }
+        }
+        out.push(step);
+    }
+    *steps = out;
+}
+
 /// Plans the changes that bring `live` to what `manifests` (all manifests this host
 /// applies, already validated) declare.
 pub fn plan(
@@ -65,7 +97,7 @@ pub fn plan(
     live: &LiveState,
     opts: &PlanOptions,
 ) -> Result<Plan, PlanError> {
-    let want = desired(manifests, &live.detect_pool())?;
+    let want = desired(manifests, &live.detect_pool(), &opts.secrets)?;
     let mut b = Builder { steps: Vec::new(), refusals: Vec::new() };
     let mut drift = Vec::new();
 
@@ -119,6 +151,7 @@ pub fn plan(
     for (name, d) in order {
         plan_instance(name, d, live, &mut b, &mut drift, &mut deployed, &mut kept);
     }
+    insert_migrations(&mut b.steps, &opts.migrated);
     // What an instance that is recreated held is gone with it: the edge's config (when the
     // edge runs in it) and its job units are installed again.
     let recreated: BTreeSet<&str> = b

@@ -88,7 +88,10 @@ pub fn applied(live: &LiveState, plan: &Plan) -> Result<LiveState, SimulateError
                     crate::live::LiveNetwork { managed: true, config: config.clone() },
                 );
             }
-            Action::Snapshot { .. } | Action::HealthGate { .. } | Action::VerifyEdge { .. } => {}
+            Action::Snapshot { .. }
+            | Action::Migrate { .. }
+            | Action::HealthGate { .. }
+            | Action::VerifyEdge { .. } => {}
         }
     }
     Ok(l)

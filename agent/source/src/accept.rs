@@ -6,9 +6,11 @@
 //! validate and use only the capabilities their paths are granted. Only an [`Accepted`]
 //! holds manifests, and only [`accept`] makes one.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
-use veza_model::Manifest;
+use veza_model::{Manifest, template};
+use veza_secrets::{Ciphertext, Identities, SecretValue};
 
 use crate::fetch::{Mirror, ObjectId};
 use crate::policy::{Policy, collect_approvals};
@@ -35,6 +37,9 @@ pub struct Acceptance<'a> {
     pub max_refs: usize,
     /// The verification time (unix seconds).
     pub now: i64,
+    /// This host's keys: every referenced secret must open with them. `None` checks only
+    /// that each secret is present and an age file (authors' tools, which have no host key).
+    pub identities: Option<&'a Identities>,
 }
 
 /// A tip that passed every check, with the manifests read from it.
@@ -43,6 +48,38 @@ pub struct Accepted {
     commit: String,
     signer: String,
     manifests: Vec<(String, Manifest)>,
+    secrets: Secrets,
+}
+
+/// One referenced secret of the accepted commit.
+#[derive(Debug, Clone)]
+pub struct SecretEntry {
+    /// Its path in the repository (`secrets/<env>/<name>.age`).
+    pub path: String,
+    /// SHA-256 of the file: a new value (or a re-encryption) changes it.
+    pub sha256: String,
+    /// Whom it was encrypted to.
+    pub recipients: String,
+    /// The value, when the acceptance was given this host's keys.
+    pub value: Option<SecretValue>,
+}
+
+/// The secrets the accepted manifests reference, by `(environment, name)`.
+#[derive(Debug, Clone, Default)]
+pub struct Secrets(pub BTreeMap<(String, String), SecretEntry>);
+
+impl Secrets {
+    /// `(env, name) → sha256` of every secret: what plans record.
+    pub fn digests(&self) -> BTreeMap<(String, String), String> {
+        self.0.iter().map(|(k, e)| (k.clone(), e.sha256.clone())).collect()
+    }
+    /// The decrypted value of secret `name` of `env`.
+    pub fn value(&self, env: &str, name: &str) -> Option<&str> {
+        self.0
+            .get(&(env.to_string(), name.to_string()))
+            .and_then(|e| e.value.as_ref())
+            .map(SecretValue::expose)
+    }
 }
 
 impl Accepted {
@@ -58,9 +95,18 @@ impl Accepted {
     pub fn manifests(&self) -> &[(String, Manifest)] {
         &self.manifests
     }
-    /// `(commit, signer, manifests)`.
-    pub fn into_parts(self) -> (String, String, Vec<Manifest>) {
-        (self.commit, self.signer, self.manifests.into_iter().map(|(_, m)| m).collect())
+    /// The secrets they reference.
+    pub fn secrets(&self) -> &Secrets {
+        &self.secrets
+    }
+    /// `(commit, signer, manifests, secrets)`.
+    pub fn into_parts(self) -> (String, String, Vec<Manifest>, Secrets) {
+        (
+            self.commit,
+            self.signer,
+            self.manifests.into_iter().map(|(_, m)| m).collect(),
+            self.secrets,
+        )
     }
 }
 
@@ -146,7 +192,52 @@ pub fn accept(mirror: &Mirror, tip: ObjectId, a: &Acceptance<'_>) -> Result<Acce
             reject(Refusal::Policy, format!("`{policy_path}`: {}", text.join("; ")))
         })?;
     }
-    Ok(Accepted { commit, signer: verdict.principal, manifests })
+    let secrets = read_secrets(mirror, tip, &manifests, a.identities)
+        .map_err(|detail| reject(Refusal::Secret, detail))?;
+    Ok(Accepted { commit, signer: verdict.principal, manifests, secrets })
+}
+
+/// Reads every secret the manifests reference from `tip`, checks it is an age file and,
+/// given the host's keys, decrypts it (in memory only).
+fn read_secrets(
+    mirror: &Mirror,
+    tip: ObjectId,
+    manifests: &[(String, Manifest)],
+    identities: Option<&Identities>,
+) -> Result<Secrets, String> {
+    let mut out = Secrets::default();
+    for (file, m) in manifests {
+        let env = &m.metadata.name;
+        for (name, used_by) in template::manifest_secrets(m) {
+            let path = template::secret_path(env, &name);
+            let what = format!("`{path}` ({used_by} in {file})");
+            let bytes = mirror
+                .read_file(tip, &path, veza_secrets::MAX_CIPHERTEXT_BYTES as u64)
+                .map_err(|e| match e {
+                    FetchError::PathNotFound { .. } => format!(
+                        "{what} is not in the commit (hint: `veza-agent secret encrypt --to HOST_KEY > {path}` and commit it)"
+                    ),
+                    e => format!("{what}: {e}"),
+                })?;
+            let ct = Ciphertext::parse(&bytes).map_err(|e| format!("{what}: {e}"))?;
+            let value = match identities {
+                Some(ids) => {
+                    Some(veza_secrets::decrypt(&ct, ids).map_err(|e| format!("{what}: {e}"))?)
+                }
+                None => None,
+            };
+            out.0.insert(
+                (env.clone(), name),
+                SecretEntry {
+                    path,
+                    sha256: ct.sha256().to_string(),
+                    recipients: ct.recipients(),
+                    value,
+                },
+            );
+        }
+    }
+    Ok(out)
 }
 
 /// Anti-rollback: `tip` must descend from `last` (a full commit id, looked up by object id

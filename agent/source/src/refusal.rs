@@ -22,17 +22,21 @@ pub enum Refusal {
     Manifest,
     /// The manifests do not parse or validate.
     InvalidManifests,
+    /// A secret the manifests reference is missing from the commit, is not an age file,
+    /// or cannot be decrypted by this host.
+    Secret,
 }
 
 impl Refusal {
     /// Every kind, in the runbook's order.
-    pub const ALL: [Refusal; 7] = [
+    pub const ALL: [Refusal; 8] = [
         Refusal::Signature,
         Refusal::Rollback,
         Refusal::Ancestry,
         Refusal::Policy,
         Refusal::Manifest,
         Refusal::InvalidManifests,
+        Refusal::Secret,
         Refusal::TrustRoot,
     ];
 
@@ -46,6 +50,7 @@ impl Refusal {
             Refusal::Policy => "trust policy",
             Refusal::Manifest => "manifest",
             Refusal::InvalidManifests => "invalid manifests",
+            Refusal::Secret => "secret",
         }
     }
 

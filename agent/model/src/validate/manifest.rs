@@ -9,10 +9,10 @@ use super::values::{
 };
 use super::{Declared, Rules};
 use crate::lexical;
-use crate::template;
 use crate::manifest::{Color, Device, DeviceType, Manifest};
 use crate::parse::Seg;
 use crate::path;
+use crate::template;
 
 /// Config key prefixes the agent reserves for its own marks or Incus reserves.
 const RESERVED_CONFIG_PREFIXES: [&str; 2] = ["user.veza.", "volatile."];
@@ -433,7 +433,10 @@ fn check_env(env: &BTreeMap<String, String>, p: &[Seg], r: &mut Rules<'_>) {
             r.key(vp.clone(), format!("`{var}`: names starting with VEZA_ are set by the agent"));
         }
         if value.contains(['\n', '\r', '\0']) {
-            r.value(vp.clone(), "the value must be one line (an environment file cannot hold line breaks)");
+            r.value(
+                vp.clone(),
+                "the value must be one line (an environment file cannot hold line breaks)",
+            );
         }
         match template::secret_refs(value) {
             Err(why) => r.value(vp, why),

@@ -79,7 +79,10 @@ pub(super) fn plan_instance(
         if let (Some(was), Some(now)) = (l.app_spec(), d.config.get(MARK_APP_SPEC))
             && was != now
         {
-            rebuild_for.push("app settings (port, start or install_dir) change".to_string());
+            rebuild_for.push(
+                "app settings (port, start, install_dir, environment or secrets) change"
+                    .to_string(),
+            );
         }
         if !rebuild_for.is_empty() {
             // A stopped slot serves nothing, whatever the edge names: it may be rebuilt.

@@ -28,7 +28,7 @@ fn manifests(texts: &[&str]) -> Vec<Manifest> {
 }
 
 fn opts() -> PlanOptions {
-    PlanOptions { edge_settings: EdgeSettings::default(), failing_jobs: BTreeMap::new() }
+    PlanOptions { edge_settings: EdgeSettings::default(), ..PlanOptions::default() }
 }
 
 fn run(ms: &[Manifest], live: &LiveState, opts: &PlanOptions) -> Plan {
@@ -354,7 +354,7 @@ fn edits_incus_cannot_apply_in_place_are_rebuilds_or_refusals() {
             after: demo(&|t| with_green_release(t).replace("    port: 8080", "    port: 9090")),
             steps: &["delete instance demo-hello-green", "create instance demo-hello-green"],
             refused: &[
-                "instance demo-hello-blue: it serves demo/hello traffic and its app settings (port, start or install_dir) change: rebuilding it in place would drop requests",
+                "instance demo-hello-blue: it serves demo/hello traffic and its app settings (port, start, install_dir, environment or secrets) change: rebuilding it in place would drop requests",
             ],
             drift: &[],
         },
@@ -475,4 +475,103 @@ fn the_managed_keys_list_goes_when_no_key_is_managed_any_more() {
     assert!(p.to_string().contains("user.veza.keys"), "{p}");
     let again = run(&ms, &applied(&live, &p), &opts());
     assert!(again.is_empty(), "not converged:\n{again}");
+}
+
+fn with_env_and_migration(t: String) -> String {
+    t.replace(
+        "    active: blue\n",
+        "    active: blue\n    env:\n      DATABASE_URL: 'postgres://veza:{secret:db_password}@db/{env}'\n      COLOR: '{color}'\n    migrate: {command: '{dir}/migrate --up'}\n",
+    )
+}
+
+fn secret_opts(digest: &str) -> PlanOptions {
+    let mut o = opts();
+    o.secrets.insert(("demo".into(), "db_password".into()), digest.into());
+    o
+}
+
+#[test]
+fn a_plan_names_secrets_by_digest_never_by_value_and_migrates_once() {
+    let ms = manifests(&[&demo_with(|t| with_env_and_migration(with_green_release(t)))]);
+    let p = run(&ms, &live_with_default_pool(), &secret_opts("aa11"));
+    let json = serde_json::to_string(&p).expect("json");
+    assert!(
+        json.contains(r#""DATABASE_URL":"postgres://veza:{secret:db_password}@db/demo""#),
+        "{json}"
+    );
+    assert!(json.contains(r#""secrets":{"db_password":"aa11"}"#), "{json}");
+    let steps: Vec<String> = p.steps.iter().map(|s| s.action.to_string()).collect();
+    // Both colors deploy the same release: one migration, before the first deploy.
+    let migrations: Vec<&String> = steps.iter().filter(|s| s.starts_with("migrate ")).collect();
+    let blue = "migrate demo/hello for release 1111111111 in demo-hello-blue";
+    let green = "migrate demo/hello for release 2222222222 in demo-hello-green";
+    assert_eq!(migrations, [blue, green], "{steps:#?}");
+    for (migration, deploy) in [
+        (blue, "deploy release 1111111111 to demo-hello-blue"),
+        (green, "deploy release 2222222222 to demo-hello-green"),
+    ] {
+        let m = steps.iter().position(|s| s == migration).expect("migration");
+        let d = steps.iter().position(|s| s == deploy).expect("deploy");
+        assert_eq!(m + 1, d, "{steps:#?}");
+    }
+    // A release already migrated in this environment is not migrated again.
+    let mut o = secret_opts("aa11");
+    o.migrated.insert(("demo".into(), "hello".into(), "1".repeat(40)));
+    let again = run(&ms, &live_with_default_pool(), &o);
+    let names: Vec<String> = again.steps.iter().map(|s| s.action.to_string()).collect();
+    assert!(!names.iter().any(|s| s == blue) && names.iter().any(|s| s == green), "{names:#?}");
+}
+
+#[test]
+fn a_rotated_secret_rebuilds_the_idle_color_and_never_the_serving_one() {
+    let text = demo_with(|t| with_env_and_migration(with_green_release(t)));
+    let ms = manifests(&[&text]);
+    let live = live_with_default_pool();
+    let after = applied(&live, &run(&ms, &live, &secret_opts("aa11")));
+    assert!(run(&ms, &after, &secret_opts("aa11")).is_empty(), "converged");
+    let mut rotated = secret_opts("bb22");
+    rotated.migrated.insert(("demo".into(), "hello".into(), "1".repeat(40)));
+    rotated.migrated.insert(("demo".into(), "hello".into(), GREEN.into()));
+    let p = run(&ms, &after, &rotated);
+    let steps: Vec<String> = p.steps.iter().map(|s| s.action.to_string()).collect();
+    assert!(steps.contains(&"delete instance demo-hello-green".to_string()), "{steps:#?}");
+    assert!(
+        !steps.iter().any(|s| s.contains("demo-hello-blue")),
+        "serving blue untouched: {steps:#?}"
+    );
+    assert!(
+        !steps.iter().any(|s| s.starts_with("migrate ")),
+        "the release was migrated before: {steps:#?}"
+    );
+    let refusal =
+        p.refusals.iter().find(|r| r.resource == "instance demo-hello-blue").expect("refused");
+    assert!(refusal.reason.contains("environment or secrets"), "{}", refusal.reason);
+    // The promotion that moves traffic to the rebuilt green is a normal, gated one.
+    let promoted = manifests(&[&text.replace("    active: blue", "    active: green")]);
+    let p = run(&promoted, &after, &rotated);
+    assert_eq!(p.promotions.len(), 1, "{p}");
+    assert!(p.steps.iter().any(|s| matches!(&s.action, crate::Action::HealthGate { instance, .. } if instance == "demo-hello-green")));
+}
+
+#[test]
+fn a_migration_in_a_tools_instance_runs_there() {
+    let text = demo_with(|t| {
+        with_env_and_migration(t)
+            .replace(
+                "migrate: {command: '{dir}/migrate --up'}",
+                "migrate: {command: '{dir}/migrate --up', on: tools}",
+            )
+            .replace(
+                "edge:\n",
+                "incus:\n  instances:\n    tools: {image: veza-test-busybox}\n\nedge:\n",
+            )
+    });
+    let p = run(&manifests(&[&text]), &live_with_default_pool(), &secret_opts("aa11"));
+    let steps: Vec<String> = p.steps.iter().map(|s| s.action.to_string()).collect();
+    let create = steps.iter().position(|s| s.starts_with("create instance tools")).expect("tools");
+    let migrate = steps
+        .iter()
+        .position(|s| s == "migrate demo/hello for release 1111111111 in tools")
+        .expect("migration in tools");
+    assert!(create < migrate, "{steps:#?}");
 }

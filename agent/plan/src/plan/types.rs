@@ -56,6 +56,9 @@ pub enum Action {
     /// Download the artifact, check its sha256, unpack it in the slot, start the app,
     /// and mark the slot with the release.
     DeployRelease { instance: String, slot: SlotSpec },
+    /// Run the app's migration with the release and its environment, in the slot or the
+    /// declared tools instance, before the release is started.
+    Migrate { instance: String, slot: SlotSpec },
     /// Wait until the slot answers its health check.
     HealthGate { instance: String, slot: SlotSpec },
     /// Validate and install the edge config, then reload HAProxy.
@@ -104,6 +107,13 @@ impl fmt::Display for Action {
             Action::DeployRelease { instance, slot } => {
                 write!(f, "deploy release {} to {instance}", short(&slot.release))
             }
+            Action::Migrate { instance, slot } => write!(
+                f,
+                "migrate {}/{} for release {} in {instance}",
+                slot.env,
+                slot.app,
+                short(&slot.release)
+            ),
             Action::HealthGate { instance, slot } => {
                 write!(
                     f,
