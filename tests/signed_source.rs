@@ -888,6 +888,7 @@ fn acceptance_is_one_decision_with_one_kind_per_refusal() {
             host: "r720",
             max_refs: 100,
             now: now(),
+            identities: None,
         };
         match (accept(&mirror, oid(tip), &acceptance), want) {
             (Ok(accepted), Ok(signer)) => {

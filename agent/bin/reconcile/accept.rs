@@ -9,7 +9,8 @@ use veza_host::incus::Incus;
 use veza_model::Manifest;
 use veza_model::config::HostConfig;
 use veza_source::fetch::{Credentials, FetchOptions, Mirror};
-use veza_source::{Acceptance, Rejected, accept};
+use veza_secrets::Identities;
+use veza_source::{Acceptance, Rejected, Secrets, accept};
 use veza_state::AgentState;
 
 use super::{Agent, high_water_key};
@@ -22,6 +23,33 @@ pub struct Source {
     pub signer: String,
     /// The host's validated manifests (`metadata.host` = this host).
     pub manifests: Vec<Manifest>,
+    /// The secrets they reference, decrypted with this host's keys.
+    pub secrets: Secrets,
+}
+
+/// The largest key file read.
+const MAX_KEY_FILE_BYTES: u64 = 64 * 1024;
+
+/// This host's keys for secrets (`secrets.identities`): each file read now; one that is
+/// missing or unusable is noted, so a secret it cannot open says why.
+pub fn host_identities(c: &HostConfig) -> Identities {
+    let mut ids = Identities::none();
+    for path in c.secret_identities() {
+        let read = std::fs::File::open(&path).and_then(|f| {
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::Read::take(f, MAX_KEY_FILE_BYTES), &mut bytes)
+                .map(|_| bytes)
+        });
+        match read {
+            Ok(bytes) => {
+                if let Err(e) = ids.add(&path, &bytes) {
+                    ids.note_unusable(e.to_string());
+                }
+            }
+            Err(e) => ids.note_unusable(format!("{path}: {e}")),
+        }
+    }
+    ids
 }
 
 /// Why a revision was not used.
@@ -126,6 +154,7 @@ impl Agent {
                 ))
             })?,
         };
+        let identities = host_identities(c);
         let acceptance = Acceptance {
             allowed_signers: Path::new(&c.trust.allowed_signers),
             policy: c.trust.policy.as_deref(),
@@ -134,12 +163,13 @@ impl Agent {
             host: &c.host,
             max_refs: c.max_refs(),
             now,
+            identities: Some(&identities),
         };
         let accepted = accept(&mirror, fetched.tip, &acceptance).map_err(
             |Rejected { commit, reason, .. }| SourceProblem::Rejected { commit, reason },
         )?;
-        let (commit, signer, manifests) = accepted.into_parts();
-        Ok(Source { commit, signer, manifests })
+        let (commit, signer, manifests, secrets) = accepted.into_parts();
+        Ok(Source { commit, signer, manifests, secrets })
     }
 }
 

@@ -5,7 +5,6 @@
 //! failure at each stage means for the host (keep the last good state) and for the
 //! record (`rejected`, `failed`, `rolled-back`, quarantine).
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
@@ -160,10 +159,7 @@ impl Agent {
 
     /// Plan options for this host.
     pub fn plan_options(&self) -> PlanOptions {
-        PlanOptions {
-            edge_settings: crate::edge::settings(&self.config),
-            failing_jobs: BTreeMap::new(),
-        }
+        PlanOptions { edge_settings: crate::edge::settings(&self.config), ..PlanOptions::default() }
     }
 
     /// Runs the plan through the drivers.
@@ -171,6 +167,7 @@ impl Agent {
         &self,
         plan: &Plan,
         runs_in: Option<&str>,
+        secrets: &veza_secrets::SecretValues,
         hooks: &mut impl Hooks,
     ) -> ApplyReport {
         let edge = self.edge(runs_in);
@@ -190,6 +187,7 @@ impl Agent {
             artifacts: &artifacts,
             probe: &veza_host::http::HttpProbe,
             clock: &veza_host::clock::SystemClock,
+            secrets,
             gates,
         };
         apply(plan, &drivers, hooks).await
@@ -213,6 +211,8 @@ impl Agent {
         }
         let mut opts = self.plan_options();
         opts.failing_jobs = failing_jobs(state, &source.manifests, now);
+        opts.secrets = source.secrets.digests();
+        opts.migrated = state.migrated();
         let refs: Vec<&Manifest> = source.manifests.iter().collect();
         veza_plan::plan(&refs, live, &opts).map(Decision::Plan)
     }
@@ -364,7 +364,14 @@ impl Agent {
                 last_check: std::cell::Cell::new(Some(Instant::now())),
             },
         };
-        let report = self.apply(&plan, runs_in.as_deref(), &mut hooks).await;
+        let report =
+            self.apply(&plan, runs_in.as_deref(), &source.secrets.values(), &mut hooks).await;
+        for (env, app, release) in &report.migrated {
+            record(
+                state,
+                Event::Migrated { env: env.clone(), app: app.clone(), release: release.clone(), at: now },
+            );
+        }
         let (outcome, reason) = match &report.outcome {
             ApplyOutcome::Applied => (Outcome::Applied, None),
             ApplyOutcome::RolledBack { reason } => (Outcome::RolledBack, Some(reason.clone())),
@@ -396,6 +403,13 @@ impl Agent {
                             .promotions
                             .iter()
                             .map(|p| (p.env.clone(), p.app.clone()))
+                            // A failed migration stops the deploy of its app.
+                            .chain(plan.steps.get(report.steps_done).and_then(|s| match &s.action {
+                                veza_plan::Action::Migrate { slot, .. } => {
+                                    Some((slot.env.clone(), slot.app.clone()))
+                                }
+                                _ => None,
+                            }))
                             .collect(),
                         at: now,
                     },

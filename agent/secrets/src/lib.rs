@@ -257,6 +257,28 @@ impl fmt::Debug for SecretValue {
     }
 }
 
+/// Decrypted secrets by `(environment, name)`: what the apply engine renders environment
+/// files from. `Debug` shows names only.
+#[derive(Clone, Default)]
+pub struct SecretValues(std::collections::BTreeMap<(String, String), SecretValue>);
+
+impl SecretValues {
+    /// Adds a value.
+    pub fn insert(&mut self, env: &str, name: &str, value: SecretValue) {
+        self.0.insert((env.to_string(), name.to_string()), value);
+    }
+    /// The value of secret `name` of `env`.
+    pub fn get(&self, env: &str, name: &str) -> Option<&str> {
+        self.0.get(&(env.to_string(), name.to_string())).map(SecretValue::expose)
+    }
+}
+
+impl fmt::Debug for SecretValues {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.0.keys()).finish()
+    }
+}
+
 /// One private key of the host.
 enum Key {
     Ssh(age::ssh::Identity),
@@ -266,6 +288,7 @@ enum Key {
 /// The host's private keys, with a public description of each.
 pub struct Identities {
     keys: Vec<(Key, String)>,
+    unusable: Vec<String>,
 }
 
 impl fmt::Debug for Identities {
@@ -277,7 +300,13 @@ impl fmt::Debug for Identities {
 impl Identities {
     /// No keys: nothing decrypts.
     pub fn none() -> Identities {
-        Identities { keys: Vec::new() }
+        Identities { keys: Vec::new(), unusable: Vec::new() }
+    }
+
+    /// Records a key file that could not be used (unreadable, not a key), so a refusal
+    /// says why this host has fewer keys than configured.
+    pub fn note_unusable(&mut self, why: String) {
+        self.unusable.push(why);
     }
 
     /// Adds the keys of one file: an unencrypted OpenSSH private key (the host key), or
@@ -323,11 +352,16 @@ impl Identities {
 
     /// The keys, by public description.
     pub fn describe(&self) -> String {
-        if self.keys.is_empty() {
-            return "no key".to_string();
+        let mut out = if self.keys.is_empty() {
+            "no key".to_string()
+        } else {
+            let list: Vec<&str> = self.keys.iter().map(|(_, d)| d.as_str()).collect();
+            list.join(", ")
+        };
+        if !self.unusable.is_empty() {
+            out.push_str(&format!(" (unusable: {})", self.unusable.join("; ")));
         }
-        let list: Vec<&str> = self.keys.iter().map(|(_, d)| d.as_str()).collect();
-        list.join(", ")
+        out
     }
 }
 

@@ -73,6 +73,16 @@ impl Secrets {
     pub fn digests(&self) -> BTreeMap<(String, String), String> {
         self.0.iter().map(|(k, e)| (k.clone(), e.sha256.clone())).collect()
     }
+    /// The decrypted values, for the apply engine.
+    pub fn values(&self) -> veza_secrets::SecretValues {
+        let mut out = veza_secrets::SecretValues::default();
+        for ((env, name), e) in &self.0 {
+            if let Some(v) = &e.value {
+                out.insert(env, name, v.clone());
+            }
+        }
+        out
+    }
     /// The decrypted value of secret `name` of `env`.
     pub fn value(&self, env: &str, name: &str) -> Option<&str> {
         self.0

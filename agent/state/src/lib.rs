@@ -214,6 +214,29 @@ pub struct AgentState {
     /// files written before jobs were recorded.
     #[serde(default)]
     pub jobs: BTreeMap<String, JobState>,
+    /// Releases whose migration ran, by `env/app`: release → when (unix seconds). A
+    /// migration runs at most once per release and environment; the newest
+    /// [`MIGRATIONS_KEPT`] per app are kept.
+    #[serde(default)]
+    pub migrations: BTreeMap<String, BTreeMap<String, i64>>,
+}
+
+/// How many migrated releases are remembered per app.
+pub const MIGRATIONS_KEPT: usize = 100;
+
+impl AgentState {
+    /// `(env, app, release)` of every recorded migration, for the planner.
+    pub fn migrated(&self) -> std::collections::BTreeSet<(String, String, String)> {
+        let mut out = std::collections::BTreeSet::new();
+        for (key, releases) in &self.migrations {
+            if let Some((env, app)) = key.split_once('/') {
+                for release in releases.keys() {
+                    out.insert((env.to_string(), app.to_string(), release.clone()));
+                }
+            }
+        }
+        out
+    }
 }
 
 impl Default for AgentState {
@@ -232,6 +255,7 @@ impl Default for AgentState {
             refusals: Vec::new(),
             drift: Vec::new(),
             jobs: BTreeMap::new(),
+            migrations: BTreeMap::new(),
         }
     }
 }

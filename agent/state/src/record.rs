@@ -68,6 +68,17 @@ pub enum Event {
         /// Every job, as observed.
         jobs: BTreeMap<String, JobState>,
     },
+    /// An app's migration succeeded for a release (never run again for it).
+    Migrated {
+        /// Environment.
+        env: String,
+        /// App.
+        app: String,
+        /// Release.
+        release: String,
+        /// When (unix seconds).
+        at: i64,
+    },
     /// A promotion was rolled back: the commit is quarantined (never retried) and the
     /// promoted apps say why.
     RolledBack {
@@ -130,6 +141,19 @@ pub fn record(state: &mut AgentState, event: Event) -> Option<HistoryEntry> {
             }
             state.envs = envs(&state.envs, apps);
             state.jobs = jobs;
+            None
+        }
+        Event::Migrated { env, app, release, at } => {
+            let done = state.migrations.entry(format!("{env}/{app}")).or_default();
+            done.insert(release, at);
+            while done.len() > crate::MIGRATIONS_KEPT {
+                let oldest =
+                    done.iter().min_by_key(|(r, at)| (**at, (*r).clone())).map(|(r, _)| r.clone());
+                match oldest {
+                    Some(r) => done.remove(&r),
+                    None => break,
+                };
+            }
             None
         }
         Event::RolledBack { commit, reason, promotions, at } => {
@@ -356,5 +380,23 @@ mod tests {
             ])
         );
         assert_eq!(h.signer.as_deref(), Some("forgejo"));
+    }
+    #[test]
+    fn a_migration_is_remembered_per_release_and_the_oldest_are_forgotten() {
+        let mut state = AgentState::default();
+        for n in 0..(crate::MIGRATIONS_KEPT as i64 + 2) {
+            let release = format!("{n:040}");
+            record(
+                &mut state,
+                Event::Migrated { env: "prod".into(), app: "backend".into(), release, at: n },
+            );
+        }
+        let done = state.migrated();
+        assert_eq!(done.len(), crate::MIGRATIONS_KEPT);
+        assert!(!done.contains(&("prod".into(), "backend".into(), format!("{:040}", 0))));
+        assert!(done.contains(&("prod".into(), "backend".into(), format!("{:040}", 101))));
+        let json = serde_json::to_string(&state).expect("json");
+        let back: AgentState = serde_json::from_str(&json).expect("round trip");
+        assert_eq!(back.migrated(), done);
     }
 }

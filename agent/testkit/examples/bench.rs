@@ -699,6 +699,7 @@ fn fetch_verify(host: &DemoHost, d: &mut Desired, sizes: &Sizes, b: &mut Bench) 
             host: &host.env,
             max_refs: 10_000,
             now,
+            identities: None,
         };
         veza_source::accept(mirror, tip, &acceptance).map_err(|r| anyhow::anyhow!(r.reason))?;
         Ok(tip)

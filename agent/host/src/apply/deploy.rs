@@ -7,6 +7,9 @@ use std::time::Duration;
 use veza_plan::desired::SlotSpec;
 use veza_plan::live::MARK_RELEASE;
 
+use veza_model::template;
+use veza_secrets::SecretValues;
+
 use super::Drivers;
 use crate::incus::{ExecRequest, FilePush, Incus, InstanceUpdate};
 
@@ -37,6 +40,29 @@ pub(super) async fn exec_ok<I: Incus + Sync>(
 /// Where the slot's app supervision lives inside the slot.
 pub const APP_RUN_SCRIPT: &str = "/etc/veza-app/run";
 
+/// The app's environment file inside the slot: root-owned, mode 0600, read by the run
+/// script (so by either supervisor), never passed on a command line.
+pub const APP_ENV_FILE: &str = "/etc/veza-app/env";
+
+/// Renders the slot's environment file, secrets decrypted in memory.
+fn env_file(d_secrets: &SecretValues, slot: &SlotSpec) -> Result<String, String> {
+    template::render_env_file(&slot.environment, |name| d_secrets.get(&slot.env, name))
+        .map_err(|e| format!("{}/{}: {e}", slot.env, slot.app))
+}
+
+/// Pushes `content` as a root-only (0600) file.
+async fn push_private<I: Incus + Sync>(
+    incus: &I,
+    instance: &str,
+    path: &str,
+    content: String,
+) -> Result<(), String> {
+    let mut push = FilePush::new(path, content);
+    push.mode = 0o600;
+    push.create_parents = true;
+    crate::incus::push_file_verified(incus, instance, &push).await.map_err(|e| e.to_string())
+}
+
 /// The script that runs the app in the foreground, with its environment: what init
 /// (busybox `respawn`) or systemd (`veza-app.service`, `Restart=always`) supervises, so
 /// the app comes back after a crash and after the slot restarts.
@@ -57,6 +83,9 @@ pub fn app_run_script(slot: &SlotSpec) -> String {
         "#!/bin/sh\n# Written by veza-agent: runs this slot's app in the foreground under a \
          supervisor\n# (init `respawn` or veza-app.service). Changed only by a deploy.\n",
     );
+    out.push_str(&format!(
+        "# The app's environment (root only; it may hold secrets).\nset -a\n. {APP_ENV_FILE} || exit 1\nset +a\n"
+    ));
     for (k, v) in env {
         out.push_str(&format!("export {k}={}\n", shell_quote(&v)));
     }
@@ -154,6 +183,82 @@ fi
     )
 }
 
+/// Downloads (or takes from the cache) the artifact, checks its digest, and unpacks it
+/// into `target` (a shell-quoted directory, emptied first) in `instance`.
+async fn unpack_release<I, E, U, P, C>(
+    d: &Drivers<'_, I, E, U, P, C>,
+    instance: &str,
+    slot: &SlotSpec,
+    target: &str,
+) -> Result<(), String>
+where
+    I: Incus + Sync,
+{
+    let bytes = d.artifacts.fetch(&slot.artifact_url, &slot.sha256).map_err(|e| e.to_string())?;
+    let archive = d.artifacts.for_slot(&slot.artifact_url, bytes).map_err(|e| e.to_string())?;
+    let tarball = "/tmp/veza-release.tar";
+    let mut push = FilePush::new(tarball, archive.bytes);
+    push.mode = 0o600;
+    crate::incus::push_file_verified(d.incus, instance, &push).await.map_err(|e| e.to_string())?;
+    let unpack = format!(
+        "set -e; rm -rf {target}; mkdir -p {target}; tar {opt} -xf {tarball} -C {target}; rm -f {tarball}",
+        opt = archive.tar_option,
+    );
+    exec_ok(d.incus, instance, &unpack, BTreeMap::new()).await.map(|_| ())
+}
+
+/// Where a migration unpacks its release and keeps its environment while it runs.
+const MIGRATE_DIR: &str = "/var/lib/veza-migrate";
+
+/// Runs the app's migration for `slot`'s release in `instance` (the slot itself or the
+/// declared tools instance): the release unpacked in a scratch directory, the app's
+/// environment in a root-only file, the command run there with the environment and a
+/// time limit, then both removed. A non-zero exit (or the time limit) is the error.
+pub(super) async fn run_migration<I, E, U, P, C>(
+    d: &Drivers<'_, I, E, U, P, C>,
+    instance: &str,
+    slot: &SlotSpec,
+) -> Result<(), String>
+where
+    I: Incus + Sync,
+{
+    let Some(m) = &slot.migrate else { return Ok(()) };
+    let scratch = format!("{MIGRATE_DIR}/{}-{}", slot.env, slot.app);
+    let dir = shell_quote(&format!("{scratch}/release"));
+    let env_path = format!("{scratch}/env");
+    unpack_release(d, instance, slot, &dir).await?;
+    push_private(d.incus, instance, &env_path, env_file(d.secrets, slot)?).await?;
+    // The command sees `{dir}` as the install dir it was written for; it runs from the
+    // scratch copy, which it finds in VEZA_RELEASE_DIR and as its working directory.
+    let secs = m.timeout_ms.div_ceil(1000).max(1);
+    let script = format!(
+        "cd {dir} || exit 1\nset -a\n. {env} || exit 1\nset +a\nexport VEZA_RELEASE={release} VEZA_RELEASE_DIR={dir} VEZA_ENV={envname} VEZA_APP={app}\n\
+         if command -v timeout >/dev/null 2>&1; then timeout {secs} /bin/sh -c {cmd}; else /bin/sh -c {cmd}; fi\n\
+         rc=$?\nrm -rf {scratch}\n[ $rc -eq 124 ] && echo \"timed out after {secs}s\" >&2\nexit $rc\n",
+        env = shell_quote(&env_path),
+        release = shell_quote(&slot.release),
+        envname = shell_quote(&slot.env),
+        app = shell_quote(&slot.app),
+        cmd = shell_quote(&m.command),
+        scratch = shell_quote(&scratch),
+    );
+    let mut req = ExecRequest::sh(&script);
+    req.timeout = Duration::from_millis(m.timeout_ms) + Duration::from_secs(30);
+    let out = d.incus.exec(instance, &req).await.map_err(|e| e.to_string())?;
+    if out.exit_code != 0 {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let tail: Vec<&str> = stderr.trim().lines().rev().take(5).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        return Err(format!(
+            "`{}` exited {} in `{instance}`: {}",
+            m.command,
+            out.exit_code,
+            tail.join(" | ")
+        ));
+    }
+    Ok(())
+}
+
 /// Downloads (or takes from the cache) the artifact, checks its digest, unpacks it in
 /// the slot, (re)starts the app under the slot's supervisor, and marks the slot with the
 /// release.
@@ -165,18 +270,9 @@ pub(super) async fn deploy_release<I, E, U, P, C>(
 where
     I: Incus + Sync,
 {
-    let bytes = d.artifacts.fetch(&slot.artifact_url, &slot.sha256).map_err(|e| e.to_string())?;
-    let archive = d.artifacts.for_slot(&slot.artifact_url, bytes).map_err(|e| e.to_string())?;
-    let tarball = "/tmp/veza-release.tar";
-    let mut push = FilePush::new(tarball, archive.bytes);
-    push.mode = 0o600;
-    crate::incus::push_file_verified(d.incus, instance, &push).await.map_err(|e| e.to_string())?;
     let dir = shell_quote(&slot.install_dir);
-    let unpack = format!(
-        "set -e; rm -rf {dir}.new; mkdir -p {dir}.new; tar {opt} -xf {tarball} -C {dir}.new; rm -f {tarball}",
-        opt = archive.tar_option,
-    );
-    exec_ok(d.incus, instance, &unpack, BTreeMap::new()).await?;
+    unpack_release(d, instance, slot, &format!("{dir}.new")).await?;
+    push_private(d.incus, instance, APP_ENV_FILE, env_file(d.secrets, slot)?).await?;
     let mut run = FilePush::new(APP_RUN_SCRIPT, app_run_script(slot));
     run.mode = 0o755;
     run.create_parents = true;
@@ -225,6 +321,9 @@ mod tests {
             health_rise: 2,
             health_timeout_ms: 2000,
             loopback: None,
+            environment: BTreeMap::new(),
+            secrets: BTreeMap::new(),
+            migrate: None,
         }
     }
 
@@ -273,5 +372,19 @@ mod tests {
     #[test]
     fn quoting_survives_single_quotes() {
         assert_eq!(shell_quote("a'b"), r"'a'\''b'");
+    }
+    #[test]
+    fn the_environment_comes_from_a_root_only_file_never_from_the_script() {
+        let mut s = slot();
+        s.environment.insert("DATABASE_URL".into(), "postgres://u:{secret:pw}@db/x".into());
+        let mut values = SecretValues::default();
+        values.insert("prod", "pw", veza_secrets::SecretValue::new("hunter2"));
+        let script = app_run_script(&s);
+        assert!(script.contains("set -a\n. /etc/veza-app/env || exit 1\nset +a\n"), "{script}");
+        assert!(!script.contains("hunter2") && !script.contains("DATABASE_URL"), "{script}");
+        let file = env_file(&values, &s).expect("rendered");
+        assert!(file.contains("DATABASE_URL=\"postgres://u:hunter2@db/x\"\n"), "{file}");
+        let missing = env_file(&SecretValues::default(), &s).expect_err("no value");
+        assert_eq!(missing, "prod/backend: variable DATABASE_URL: secret `pw` is not available");
     }
 }

@@ -43,8 +43,8 @@ mod gate;
 #[cfg(test)]
 mod tests;
 
-use deploy::deploy_release;
-pub use deploy::{APP_RUN_SCRIPT, app_run_script, app_unit};
+pub use deploy::{APP_ENV_FILE, APP_RUN_SCRIPT, app_run_script, app_unit};
+use deploy::{deploy_release, run_migration};
 pub use gate::{GATE_PROBE_EVERY, GATE_STABLE_FOR, GateRule};
 use gate::{health_gate, verify_edge};
 
@@ -109,6 +109,8 @@ pub struct Drivers<'a, I, E, U, P = HttpProbe, C = SystemClock> {
     pub probe: &'a P,
     /// The time source of the health gate and of step timings.
     pub clock: &'a C,
+    /// The decrypted secrets environment files are rendered from.
+    pub secrets: &'a veza_secrets::SecretValues,
     /// Gate settings.
     pub gates: Gates,
 }
@@ -138,10 +140,14 @@ pub struct ApplyReport {
     pub steps_done: usize,
     /// Each completed step and how long it took, in milliseconds.
     pub timings: Vec<(String, u64)>,
+    /// `(env, app, release)` of each migration that succeeded in this run.
+    pub migrated: Vec<(String, String, String)>,
 }
 
 enum StepError {
     Failed(String),
+    /// A migration failed: the deploy stops before traffic moves.
+    Migration(String),
     Unhealthy(String),
     Preempted,
 }
@@ -161,6 +167,7 @@ where
     H: Hooks,
 {
     let mut timings = Vec::new();
+    let mut migrated = Vec::new();
     let mut previous_edge: Option<String> = None;
     let mut switched = false;
     let touched: BTreeSet<&str> =
@@ -173,6 +180,7 @@ where
                 outcome: ApplyOutcome::Interrupted { before: step.action.to_string() },
                 steps_done: i,
                 timings,
+                migrated,
             };
         }
         hooks.before_step(i, step);
@@ -190,6 +198,7 @@ where
                     },
                     steps_done: i,
                     timings,
+                    migrated,
                 };
             }
         }
@@ -218,15 +227,33 @@ where
             other => run_step(other, d, hooks).await,
         };
         match result {
-            Ok(()) => timings.push((
-                step.action.to_string(),
-                d.clock.now().saturating_duration_since(started).as_millis() as u64,
-            )),
+            Ok(()) => {
+                if let Action::Migrate { slot, .. } = &step.action {
+                    migrated.push((slot.env.clone(), slot.app.clone(), slot.release.clone()));
+                }
+                timings.push((
+                    step.action.to_string(),
+                    d.clock.now().saturating_duration_since(started).as_millis() as u64,
+                ))
+            }
+            Err(StepError::Migration(why)) => {
+                // Nothing moved yet: the new release was not started, the serving color
+                // still serves. Ends like a failed gate (the commit is quarantined).
+                return ApplyReport {
+                    outcome: ApplyOutcome::RolledBack {
+                        reason: format!("{why}; traffic was not moved"),
+                    },
+                    steps_done: i,
+                    timings,
+                    migrated,
+                };
+            }
             Err(StepError::Failed(error)) => {
                 return ApplyReport {
                     outcome: ApplyOutcome::Failed { step: step.action.to_string(), error },
                     steps_done: i,
                     timings,
+                    migrated,
                 };
             }
             Err(StepError::Preempted) => {
@@ -234,6 +261,7 @@ where
                     outcome: ApplyOutcome::Preempted { during: step.action.to_string() },
                     steps_done: i,
                     timings,
+                    migrated,
                 };
             }
             Err(StepError::Unhealthy(why)) => {
@@ -253,6 +281,7 @@ where
                                     },
                                     steps_done: i,
                                     timings,
+                                    migrated,
                                 };
                             }
                         },
@@ -283,11 +312,12 @@ where
                     outcome: ApplyOutcome::RolledBack { reason },
                     steps_done: i,
                     timings,
+                    migrated,
                 };
             }
         }
     }
-    ApplyReport { outcome: ApplyOutcome::Applied, steps_done: plan.steps.len(), timings }
+    ApplyReport { outcome: ApplyOutcome::Applied, steps_done: plan.steps.len(), timings, migrated }
 }
 
 /// The instance a step changes or runs something in, if any.
@@ -295,6 +325,7 @@ fn touched_instance(action: &Action) -> Option<&str> {
     match action {
         Action::Snapshot { instance, .. }
         | Action::DeployRelease { instance, .. }
+        | Action::Migrate { instance, .. }
         | Action::HealthGate { instance, .. } => Some(instance),
         Action::CreateInstance { name, .. }
         | Action::UpdateInstance { name, .. }
@@ -430,6 +461,14 @@ where
         Action::DeployRelease { instance, slot } => {
             deploy_release(d, instance, slot).await.map_err(StepError::Failed)
         }
+        Action::Migrate { instance, slot } => run_migration(d, instance, slot).await.map_err(|e| {
+            StepError::Migration(format!(
+                "the migration of {}/{} for release {} failed: {e}",
+                slot.env,
+                slot.app,
+                &slot.release[..slot.release.len().min(10)]
+            ))
+        }),
         Action::HealthGate { instance, slot } => health_gate(d, instance, slot, hooks).await,
         Action::InstallUnits { target, files, timers } => {
             d.units.install(target, files, timers).await.map_err(|e| fail(&e))

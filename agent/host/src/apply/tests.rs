@@ -3,6 +3,7 @@
 //! move a fake clock, and probe answers are scripted.
 
 use std::cell::Cell;
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -67,6 +68,7 @@ impl World {
             artifacts: &artifacts,
             probe: &self.probe,
             clock: &self.clock,
+            secrets: &veza_secrets::SecretValues::default(),
             gates: self.gates.clone(),
         };
         crate::incus::runtime().expect("runtime").block_on(apply(plan, &drivers, hooks))
@@ -137,6 +139,9 @@ fn slot(color: Color) -> SlotSpec {
         health_rise: 2,
         health_timeout_ms: 2000,
         loopback: Some(GREEN.into()),
+        environment: BTreeMap::new(),
+        secrets: BTreeMap::new(),
+        migrate: None,
     }
 }
 
