@@ -129,6 +129,13 @@ enum Command {
     /// `PATH: uses capabilities: host-jobs (jobs.dr-drill.on)`; that is not an error.
     /// Exit 0 when every file is valid, 1 otherwise, 2 on usage errors.
     Validate(commands::validate::ValidateArgs),
+    /// Encrypt a secret for the manifests, or list whom a secret was encrypted to.
+    ///
+    /// `secret encrypt --to "$(cat /etc/ssh/ssh_host_ed25519_key.pub)" [FILE|-] >
+    /// secrets/ENV/NAME.age`; `secret recipients FILE [--key PUB]`. The value is read from a
+    /// file or stdin, never from the command line. Exit 0, 1 on a bad recipient or a key
+    /// that is not a recipient, 2 on I/O errors.
+    Secret(commands::secret::SecretArgs),
     /// Print the JSON Schema of the manifest format (as committed in `schemas/`).
     ///
     /// For editors and the manifests repository's CI. The schema checks shape only; run
@@ -183,6 +190,7 @@ fn main() -> ExitCode {
         Command::History(args) => commands::history::run(&args),
         Command::Validate(args) => commands::validate::run(&args),
         Command::Schedule(args) => commands::schedule::run(args),
+        Command::Secret(args) => commands::secret::run(&args),
         Command::Verify(args) => commands::verify::run(args),
         Command::Completions(args) => commands::completions::run(&args, Cli::command()),
         Command::Man(args) => commands::man::run(&args, Cli::command()),

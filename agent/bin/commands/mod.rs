@@ -8,6 +8,7 @@ pub mod man;
 pub mod plan;
 pub mod run;
 pub mod schedule;
+pub mod secret;
 pub mod status;
 pub mod sync;
 pub mod validate;

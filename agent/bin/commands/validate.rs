@@ -1,6 +1,7 @@
 //! `veza-agent validate PATH...`: parse and validate manifests together.
 
-use std::path::PathBuf;
+use std::io::Read;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 /// Arguments of `validate`.
@@ -9,6 +10,9 @@ pub struct ValidateArgs {
     /// Manifest files, validated together as the manifests of one host.
     #[arg(required = true, value_name = "PATH")]
     pub paths: Vec<PathBuf>,
+    /// The repository's root, where `secrets/<env>/<name>.age` files are looked up.
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    pub root: PathBuf,
 }
 
 /// Runs `validate`: exit 0 when all files are valid, 1 otherwise.
@@ -47,7 +51,11 @@ pub fn run(args: &ValidateArgs) -> ExitCode {
                     );
                 }
             }
-            ExitCode::SUCCESS
+            let problems = check_secrets(&args.root, &parsed);
+            for p in &problems {
+                eprintln!("{p}");
+            }
+            if problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
         }
         Ok(_) => ExitCode::FAILURE,
         Err(problems) => {
@@ -59,10 +67,42 @@ pub fn run(args: &ValidateArgs) -> ExitCode {
     }
 }
 
+/// Every `{secret:NAME}` must name an age file under `root` (`secrets/<env>/NAME.age`),
+/// well-formed; nothing is decrypted (an author has no host key). Returns one
+/// `PATH:1:1: error: …` line per problem.
+fn check_secrets(root: &Path, parsed: &[(String, veza_model::parse::Parsed)]) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (name, p) in parsed {
+        let env = &p.manifest.metadata.name;
+        for (secret, used_by) in veza_model::template::manifest_secrets(&p.manifest) {
+            let rel = veza_model::template::secret_path(env, &secret);
+            let path = root.join(&rel);
+            let read = std::fs::File::open(&path).and_then(|f| {
+                let mut bytes = Vec::new();
+                f.take(veza_secrets::MAX_CIPHERTEXT_BYTES as u64 + 1)
+                    .read_to_end(&mut bytes)
+                    .map(|_| bytes)
+            });
+            let problem = match read {
+                Err(e) => Some(format!(
+                    "secret `{secret}` ({used_by}) has no file {}: {e} (hint: `veza-agent secret encrypt --to KEY > {rel}`; --root names the repository's root)",
+                    path.display()
+                )),
+                Ok(bytes) => veza_secrets::Ciphertext::parse(&bytes)
+                    .err()
+                    .map(|e| format!("secret `{secret}` ({used_by}), {}: {e}", path.display())),
+            };
+            if let Some(problem) = problem {
+                problems.push(format!("{name}:1:1: error: {problem}"));
+            }
+        }
+    }
+    problems
+}
+
 /// Reads a file, refusing to load more than the manifest size cap (plus one byte, so
 /// the parser reports the oversize with its limit).
 fn read_capped(path: &std::path::Path) -> Result<Vec<u8>, String> {
-    use std::io::Read;
     let file = std::fs::File::open(path).map_err(|e| format!("cannot read manifest: {e}"))?;
     let mut bytes = Vec::new();
     let limit = veza_model::parse::MAX_MANIFEST_BYTES as u64 + 1;

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use veza_host::incus::Incus;
 use veza_model::Manifest;
 use veza_model::config::HostConfig;
-use veza_source::fetch::{Credentials, FetchOptions, Mirror};
 use veza_secrets::Identities;
+use veza_source::fetch::{Credentials, FetchOptions, Mirror};
 use veza_source::{Acceptance, Rejected, Secrets, accept};
 use veza_state::AgentState;
 

@@ -369,7 +369,12 @@ impl Agent {
         for (env, app, release) in &report.migrated {
             record(
                 state,
-                Event::Migrated { env: env.clone(), app: app.clone(), release: release.clone(), at: now },
+                Event::Migrated {
+                    env: env.clone(),
+                    app: app.clone(),
+                    release: release.clone(),
+                    at: now,
+                },
             );
         }
         let (outcome, reason) = match &report.outcome {
@@ -404,12 +409,14 @@ impl Agent {
                             .iter()
                             .map(|p| (p.env.clone(), p.app.clone()))
                             // A failed migration stops the deploy of its app.
-                            .chain(plan.steps.get(report.steps_done).and_then(|s| match &s.action {
-                                veza_plan::Action::Migrate { slot, .. } => {
-                                    Some((slot.env.clone(), slot.app.clone()))
-                                }
-                                _ => None,
-                            }))
+                            .chain(plan.steps.get(report.steps_done).and_then(
+                                |s| match &s.action {
+                                    veza_plan::Action::Migrate { slot, .. } => {
+                                        Some((slot.env.clone(), slot.app.clone()))
+                                    }
+                                    _ => None,
+                                },
+                            ))
                             .collect(),
                         at: now,
                     },
