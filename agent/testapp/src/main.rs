@@ -6,6 +6,11 @@
 //!   when started with `--broken`;
 //! - any other path answers `200` with `release=<id> path=<path>\n`.
 //!
+//! When `TESTAPP_REQUIRE_ENV` names a variable, the app refuses to start unless that
+//! variable is set and non-empty (as an app that needs its `DATABASE_URL`), and every
+//! non-health reply adds `env-sha256=<hex>`: the SHA-256 of the value, so a test proves
+//! the app read its secret without the value ever being printed.
+//!
 //! Every reply carries `X-Release: <id>`, `Content-Length` and `Connection: close`.
 //! One thread per connection, bounded in number, with a bounded request head and read
 //! timeouts. It never forks: tests detach it with `setsid ... &`. It writes nothing but
@@ -33,6 +38,20 @@ struct Config {
     release: String,
     unhealthy_file: Option<PathBuf>,
     broken: bool,
+    /// SHA-256 (hex) of the required variable's value, when one is required.
+    env_sha256: Option<String>,
+}
+
+/// Reads the variable `TESTAPP_REQUIRE_ENV` names: `Ok(None)` when none is required.
+fn required_env() -> Result<Option<String>, String> {
+    use sha2::{Digest, Sha256};
+    let Ok(name) = std::env::var("TESTAPP_REQUIRE_ENV") else { return Ok(None) };
+    match std::env::var(&name) {
+        Ok(v) if !v.is_empty() => {
+            Ok(Some(Sha256::digest(v.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()))
+        }
+        _ => Err(format!("{name} is not set: refusing to start without it")),
+    }
 }
 
 fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Config, String> {
@@ -55,11 +74,17 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Config, String> 
     if release.is_empty() || release.bytes().any(|b| b.is_ascii_control()) {
         return Err("--release must be non-empty printable text".to_string());
     }
-    Ok(Config { listen: listen.ok_or("--listen is required")?, release, unhealthy_file, broken })
+    Ok(Config {
+        listen: listen.ok_or("--listen is required")?,
+        release,
+        unhealthy_file,
+        broken,
+        env_sha256: None,
+    })
 }
 
 fn main() -> ExitCode {
-    let config = match parse_args(std::env::args().skip(1)) {
+    let mut config = match parse_args(std::env::args().skip(1)) {
         Ok(c) => c,
         Err(msg) => {
             if !msg.is_empty() {
@@ -69,6 +94,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    match required_env() {
+        Ok(hash) => config.env_sha256 = hash,
+        Err(msg) => {
+            eprintln!("veza-testapp: {msg}");
+            return ExitCode::from(1);
+        }
+    }
     let listener = match TcpListener::bind(&config.listen) {
         Ok(l) => l,
         Err(e) => {
@@ -122,7 +154,9 @@ fn serve(mut stream: TcpStream, config: &Config) {
         let unhealthy = config.broken || config.unhealthy_file.as_ref().is_some_and(|f| f.exists());
         if unhealthy { (503, "unhealthy".to_string()) } else { (200, "ok".to_string()) }
     } else {
-        (200, format!("release={} path={}\n", config.release, target))
+        let env =
+            config.env_sha256.as_ref().map(|h| format!(" env-sha256={h}")).unwrap_or_default();
+        (200, format!("release={} path={}{env}\n", config.release, target))
     };
     let _ = respond(&stream, &config.release, status, &body, head_only);
     let _ = stream.shutdown(std::net::Shutdown::Both);
@@ -218,6 +252,7 @@ mod tests {
             release: "rel-1".into(),
             unhealthy_file: Some(flag.clone()),
             broken: false,
+            env_sha256: Some("ab12".into()),
         });
         let server_config = Arc::clone(&config);
         std::thread::spawn(move || {
@@ -240,7 +275,7 @@ mod tests {
         assert!(health.contains("Connection: close\r\n"), "{health}");
         let root = get("/a/b?q=1");
         assert!(root.contains("X-Release: rel-1\r\n"), "{root}");
-        assert!(root.ends_with("\r\n\r\nrelease=rel-1 path=/a/b?q=1\n"), "{root}");
+        assert!(root.ends_with("\r\n\r\nrelease=rel-1 path=/a/b?q=1 env-sha256=ab12\n"), "{root}");
         std::fs::write(&flag, b"").unwrap();
         let down = get("/health");
         std::fs::remove_file(&flag).unwrap();
