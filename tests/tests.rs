@@ -13,5 +13,6 @@ mod jobs;
 mod jobs_systemd;
 mod manifests;
 mod packaging;
+mod secrets;
 mod signed_source;
 mod tidy;
