@@ -6,6 +6,7 @@
 
 pub mod capabilities;
 pub mod config;
+pub mod error;
 mod hint;
 pub mod lexical;
 pub mod manifest;

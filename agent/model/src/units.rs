@@ -31,6 +31,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use crate::error::error_chain;
 use crate::lexical;
 use crate::schedule::CronSchedule;
 
@@ -296,17 +297,6 @@ fn render_template(
     tera.autoescape_on(Vec::new());
     tera.add_raw_template(template, source).map_err(failed)?;
     tera.render(template, ctx).map_err(failed)
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut msg = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        source = s.source();
-    }
-    msg
 }
 
 impl fmt::Display for UnitFile {

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 use veza_model::manifest::{Balance, Color};
+use veza_model::error::error_chain;
 use veza_model::naming;
 
 use super::model::{
@@ -465,17 +466,6 @@ fn render_template(ctx: &Ctx) -> Result<String, RenderError> {
     let failed = |e: tera::Error| RenderError::Template { message: error_chain(&e) };
     let context = tera::Context::from_serialize(ctx).map_err(failed)?;
     tera.render(TEMPLATE_NAME, &context).map_err(failed)
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut msg = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        source = s.source();
-    }
-    msg
 }
 
 /// Lowercased, checked host names, in input order.
