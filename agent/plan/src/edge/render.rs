@@ -5,8 +5,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use serde::Serialize;
-use veza_model::manifest::{Balance, Color};
 use veza_model::error::error_chain;
+use veza_model::manifest::{Balance, Color};
 use veza_model::naming;
 
 use super::model::{

@@ -29,6 +29,39 @@ impl IncusClient {
         self.get_with_etag(&format!("/1.0/instances/{name}")).await
     }
 
+    /// A read-modify-write under `If-Match`: `desired` reads the resource afresh and gives
+    /// the body to `PUT` with the ETag it read, or `None` when it already matches (no
+    /// write: `Ok(false)`). A 412 means someone else wrote in between: read and try
+    /// again, up to `etag_attempts` times, then [`IncusError::Conflict`].
+    async fn put_if_changed<F, Fut>(
+        &self,
+        kind: ResourceKind,
+        name: &str,
+        path: &str,
+        mut desired: F,
+    ) -> Result<bool>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<Option<(Value, Option<String>)>>>,
+    {
+        for _ in 0..self.options.etag_attempts {
+            let Some((body, etag)) = desired().await? else { return Ok(false) };
+            match self
+                .call(Method::PUT, path, Some(&body), etag.as_deref(), self.op_deadline())
+                .await
+            {
+                Ok(_) => return Ok(true),
+                Err(e) if e.http_status() == Some(412) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(IncusError::Conflict {
+            kind,
+            name: name.to_string(),
+            attempts: self.options.etag_attempts,
+        })
+    }
+
     /// A fresh read of an instance that must exist and be owned.
     pub(super) async fn owned_instance(
         &self,
@@ -141,11 +174,11 @@ impl Incus for IncusClient {
 
     async fn update_instance(&self, name: &str, update: &InstanceUpdate) -> Result<bool> {
         let path = format!("/1.0/instances/{name}");
-        for _ in 0..self.options.etag_attempts {
+        self.put_if_changed(ResourceKind::Instance, name, &path, move || async move {
             let (inst, etag) = self.owned_instance(name).await?;
             let live = inst.clone().into_live();
             if instance_matches(&live, update) {
-                return Ok(false);
+                return Ok(None);
             }
             let body = json!({
                 "architecture": inst.architecture,
@@ -156,20 +189,9 @@ impl Incus for IncusClient {
                 "stateful": inst.stateful,
                 "description": inst.description,
             });
-            match self
-                .call(Method::PUT, &path, Some(&body), etag.as_deref(), self.op_deadline())
-                .await
-            {
-                Ok(_) => return Ok(true),
-                Err(e) if e.http_status() == Some(412) => continue,
-                Err(e) => return Err(e),
-            }
-        }
-        Err(IncusError::Conflict {
-            kind: ResourceKind::Instance,
-            name: name.to_string(),
-            attempts: self.options.etag_attempts,
+            Ok(Some((body, etag)))
         })
+        .await
     }
 
     async fn change_state(&self, name: &str, change: &StateChange) -> Result<()> {
@@ -234,7 +256,7 @@ impl Incus for IncusClient {
 
     async fn update_profile(&self, spec: &ProfileSpec) -> Result<bool> {
         let path = format!("/1.0/profiles/{}", spec.name);
-        for _ in 0..self.options.etag_attempts {
+        self.put_if_changed(ResourceKind::Profile, &spec.name, &path, move || async move {
             let Some((p, etag)) = self.get_profile(&spec.name).await? else {
                 return Err(IncusError::NotFound {
                     kind: ResourceKind::Profile,
@@ -244,27 +266,16 @@ impl Incus for IncusClient {
             };
             require_owned(ResourceKind::Profile, &spec.name, &p.config)?;
             if profile_matches(&p.description, &p.config, &p.devices, spec) {
-                return Ok(false);
+                return Ok(None);
             }
             let body = json!({
                 "description": spec.description,
                 "config": with_mark(&spec.config),
                 "devices": spec.devices,
             });
-            match self
-                .call(Method::PUT, &path, Some(&body), etag.as_deref(), self.op_deadline())
-                .await
-            {
-                Ok(_) => return Ok(true),
-                Err(e) if e.http_status() == Some(412) => continue,
-                Err(e) => return Err(e),
-            }
-        }
-        Err(IncusError::Conflict {
-            kind: ResourceKind::Profile,
-            name: spec.name.clone(),
-            attempts: self.options.etag_attempts,
+            Ok(Some((body, etag)))
         })
+        .await
     }
 
     async fn delete_profile(&self, name: &str) -> Result<()> {

@@ -13,7 +13,9 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use super::*;
-use crate::incus::{ExecRequest, FilePush, Incus, InstanceUpdate, StateChange};
+use crate::incus::{
+    ExecRequest, FilePush, Incus, InstanceUpdate, ProfileSpec, ResourceKind, StateChange,
+};
 
 struct Canned {
     status: u16,
@@ -246,19 +248,46 @@ fn put_retries_after_412_with_the_fresh_etag_and_polls_wait_until_done() {
 
 #[test]
 fn persistent_412_gives_up_after_the_bounded_attempts() {
-    let server = Server::start(
-        vec![
-            with_etag(reply(200, sync(instance("w", true))), "e1"),
-            reply(412, error(412, "ETag doesn't match")),
-            with_etag(reply(200, sync(instance("w", true))), "e2"),
-            reply(412, error(412, "ETag doesn't match")),
-        ],
-        None,
-    );
-    let c = server.client(ClientOptions { etag_attempts: 2, ..ClientOptions::default() });
-    let err = block_on(c.update_instance("w", &update())).unwrap_err();
-    assert!(matches!(err, IncusError::Conflict { attempts: 2, .. }), "{err}");
-    assert_eq!(server.requests().len(), 4);
+    let profile = json!({"name":"p","description":"","config":{MARK:"true"},"devices":{}});
+    let spec =
+        ProfileSpec { name: "p".into(), description: "changed".into(), ..Default::default() };
+    type Update = Box<dyn Fn(&IncusClient) -> Result<bool>>;
+    // Instances and profiles share the read-modify-write loop under `If-Match`.
+    let cases: [(ResourceKind, Value, &str, Update); 2] = [
+        (
+            ResourceKind::Instance,
+            instance("w", true),
+            "/1.0/instances/w",
+            Box::new(|c| block_on(c.update_instance("w", &update()))),
+        ),
+        (
+            ResourceKind::Profile,
+            profile,
+            "/1.0/profiles/p",
+            Box::new(move |c| block_on(c.update_profile(&spec))),
+        ),
+    ];
+    for (kind, live, path, update) in cases {
+        let server = Server::start(
+            vec![
+                with_etag(reply(200, sync(live.clone())), "e1"),
+                reply(412, error(412, "ETag doesn't match")),
+                with_etag(reply(200, sync(live)), "e2"),
+                reply(412, error(412, "ETag doesn't match")),
+            ],
+            None,
+        );
+        let c = server.client(ClientOptions { etag_attempts: 2, ..ClientOptions::default() });
+        let err = update(&c).unwrap_err();
+        assert!(
+            matches!(err, IncusError::Conflict { kind: k, attempts: 2, .. } if k == kind),
+            "{kind:?}: {err}"
+        );
+        let (get, put) = (format!("GET {path}"), format!("PUT {path}"));
+        assert_eq!(server.lines(), [get.as_str(), &put, &get, &put], "{kind:?}");
+        let reqs = server.requests();
+        assert_eq!(reqs[3].header("if-match"), Some("\"e2\""), "{kind:?}: the fresh ETag");
+    }
 }
 
 #[test]
