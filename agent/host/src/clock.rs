@@ -6,8 +6,8 @@ use std::future::Future;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// A time source.
-pub trait Clock {
+/// A time source (`Sync`: shared by the apply engine across awaits).
+pub trait Clock: Sync {
     /// The current instant.
     fn now(&self) -> Instant;
     /// Waits `duration`.

@@ -95,7 +95,7 @@ pub fn get(addr: &str, host: &str, path: &str, timeout: Duration) -> Result<Repl
 /// The requests the apply engine sends on its own: a slot's health probe on its loopback
 /// address and the verification requests through the edge after a switch. The engine
 /// takes it from its drivers so that tests can script the answers ([`fake::ScriptedProbe`]).
-pub trait Probe {
+pub trait Probe: Sync {
     /// `GET path` on `addr` with a `Host:` header, bounded by `timeout` (as [`get`]).
     fn get(
         &self,

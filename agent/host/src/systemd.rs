@@ -67,8 +67,8 @@ pub struct JobRun {
     pub next: String,
 }
 
-/// Job units at one target.
-pub trait Units {
+/// Job units at one target (`Sync`: shared by the apply engine across awaits).
+pub trait Units: Sync {
     /// The agent's unit files at `target`: name → contents.
     fn list(
         &self,
@@ -105,7 +105,7 @@ pub struct Systemd<'a, I> {
     instance_unit_dir: String,
 }
 
-impl<'a, I: Incus + Sync> Systemd<'a, I> {
+impl<'a, I: Incus> Systemd<'a, I> {
     /// A driver that installs host units in `host_unit_dir` and instance units in
     /// `/etc/systemd/system`.
     pub fn new(incus: &'a I, host_unit_dir: impl Into<PathBuf>) -> Systemd<'a, I> {
@@ -219,7 +219,7 @@ fn is_ours(contents: &str) -> bool {
     contents.lines().next().is_some_and(|l| l.starts_with(OWNER_MARKER_PREFIX))
 }
 
-impl<I: Incus + Sync> Units for Systemd<'_, I> {
+impl<I: Incus> Units for Systemd<'_, I> {
     async fn list(&self, target: &UnitTarget) -> Result<BTreeMap<String, String>, SystemdError> {
         let mut out = BTreeMap::new();
         match target {

@@ -14,7 +14,7 @@ use crate::incus::Incus;
 
 /// One probe of a slot's health: on its loopback address from the host, or from inside
 /// the slot for bridge-addressed slots.
-async fn probe<I: Incus + Sync, P: Probe + Sync>(
+async fn probe<I: Incus, P: Probe>(
     incus: &I,
     http: &P,
     instance: &str,
@@ -101,9 +101,9 @@ pub(super) async fn health_gate<I, E, U, P, C, H>(
     hooks: &H,
 ) -> Result<(), StepError>
 where
-    I: Incus + Sync,
-    P: Probe + Sync,
-    C: Clock + Sync,
+    I: Incus,
+    P: Probe,
+    C: Clock,
     H: Hooks,
 {
     let rule = GateRule::for_slot(slot);
@@ -159,7 +159,7 @@ where
 
 /// Requests through the edge: every one must succeed (< 500) and, when the app reports
 /// its release in `X-Release`, reach the expected release.
-pub(super) async fn verify_edge<P: Probe + Sync>(
+pub(super) async fn verify_edge<P: Probe>(
     http: &P,
     listen: &str,
     host: &str,

@@ -48,8 +48,9 @@ use deploy::{deploy_release, run_migration};
 pub use gate::{GATE_PROBE_EVERY, GATE_STABLE_FOR, GateRule};
 use gate::{health_gate, verify_edge};
 
-/// The edge as the apply engine needs it.
-pub trait Edge {
+/// The edge as the apply engine needs it (`Sync`, as every driver: the engine shares its
+/// drivers across awaits).
+pub trait Edge: Sync {
     /// The live config text, if any.
     fn live_config(&self) -> impl Future<Output = Result<Option<String>, String>> + Send;
     /// Validates, installs and reloads `config`; on any failure the previous config is
@@ -153,19 +154,11 @@ enum StepError {
 }
 
 /// Runs `plan`.
-pub async fn apply<I, E, U, P, C, H>(
+pub async fn apply<I: Incus, E: Edge, U: Units, P: Probe, C: Clock, H: Hooks>(
     plan: &Plan,
     d: &Drivers<'_, I, E, U, P, C>,
     hooks: &mut H,
-) -> ApplyReport
-where
-    I: Incus + Sync,
-    E: Edge + Sync,
-    U: Units + Sync,
-    P: Probe + Sync,
-    C: Clock + Sync,
-    H: Hooks,
-{
+) -> ApplyReport {
     let mut timings = Vec::new();
     let mut migrated = Vec::new();
     let mut previous_edge: Option<String> = None;
@@ -345,19 +338,11 @@ fn touched_instance(action: &Action) -> Option<&str> {
     }
 }
 
-async fn run_step<I, E, U, P, C, H>(
+async fn run_step<I: Incus, E: Edge, U: Units, P: Probe, C: Clock, H: Hooks>(
     action: &Action,
     d: &Drivers<'_, I, E, U, P, C>,
     hooks: &H,
-) -> Result<(), StepError>
-where
-    I: Incus + Sync,
-    E: Edge + Sync,
-    U: Units + Sync,
-    P: Probe + Sync,
-    C: Clock + Sync,
-    H: Hooks,
-{
+) -> Result<(), StepError> {
     let fail = |e: &dyn std::fmt::Display| StepError::Failed(e.to_string());
     match action {
         Action::CreateNetwork { name, config } => {
@@ -484,7 +469,7 @@ where
 /// (an earlier run's create, finished meanwhile) when its config, devices and profiles are
 /// the ones `spec` asks for, and starts it if needed. Anything else is left for the next
 /// sync to plan from a fresh observation.
-async fn adopt_created<I: Incus + Sync>(incus: &I, spec: &InstanceSpec) -> Result<(), String> {
+async fn adopt_created<I: Incus>(incus: &I, spec: &InstanceSpec) -> Result<(), String> {
     let name = &spec.name;
     let live = incus
         .instance(name)

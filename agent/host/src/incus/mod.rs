@@ -63,8 +63,9 @@ impl Scope {
 }
 
 /// Everything the agent does with Incus. See the module documentation for the rules every
-/// implementation follows (ownership, protection, operation waits, ETags).
-pub trait Incus {
+/// implementation follows (ownership, protection, operation waits, ETags). `Sync`: the apply
+/// engine shares its drivers across awaits.
+pub trait Incus: Sync {
     /// Observes instances, profiles, networks and storage pools, one `?recursion=1` list
     /// request each.
     fn observe(&self) -> impl Future<Output = Result<IncusLive>> + Send {
@@ -221,10 +222,7 @@ pub enum Ensured {
 /// is not compared (a different image means a new instance, the planner's call).
 ///
 /// A second call with the same `desired` makes no API writes.
-pub async fn ensure_instance<I: Incus + Sync>(
-    incus: &I,
-    desired: &InstanceSpec,
-) -> Result<Ensured> {
+pub async fn ensure_instance<I: Incus>(incus: &I, desired: &InstanceSpec) -> Result<Ensured> {
     let Some(live) = incus.instance(&desired.name).await? else {
         incus.create_instance(desired).await?;
         return Ok(Ensured::Created);
@@ -246,7 +244,7 @@ pub async fn ensure_instance<I: Incus + Sync>(
 
 /// Converges one profile: creates it when missing, else updates it when it differs.
 /// Returns whether anything was written.
-pub async fn ensure_profile<I: Incus + Sync>(incus: &I, desired: &ProfileSpec) -> Result<bool> {
+pub async fn ensure_profile<I: Incus>(incus: &I, desired: &ProfileSpec) -> Result<bool> {
     match incus.profile(&desired.name).await? {
         None => incus.create_profile(desired).await.map(|()| true),
         Some(p) => {
@@ -263,7 +261,7 @@ pub async fn ensure_profile<I: Incus + Sync>(incus: &I, desired: &ProfileSpec) -
 /// Keeps the newest `keep` of the agent's snapshots (`veza-*`) of an owned instance and
 /// deletes the older ones; other snapshots are left alone. Returns the deleted names,
 /// oldest first.
-pub async fn prune_snapshots<I: Incus + Sync>(
+pub async fn prune_snapshots<I: Incus>(
     incus: &I,
     instance: &str,
     keep: usize,
@@ -282,7 +280,7 @@ pub async fn prune_snapshots<I: Incus + Sync>(
 
 /// Pushes a file, then pulls it back and compares byte for byte. Catches the silent
 /// failures a push can have (an empty file written under "Success", interfaces.md §1.11).
-pub async fn push_file_verified<I: Incus + Sync>(
+pub async fn push_file_verified<I: Incus>(
     incus: &I,
     instance: &str,
     file: &FilePush,
@@ -296,7 +294,7 @@ pub async fn push_file_verified<I: Incus + Sync>(
 
 /// Pulls a file and fails with [`IncusError::FileMismatch`] unless it holds exactly
 /// `expected`.
-pub async fn verify_file<I: Incus + Sync>(
+pub async fn verify_file<I: Incus>(
     incus: &I,
     instance: &str,
     path: &str,
