@@ -1,6 +1,7 @@
 //! Test-only kit for real-host tests: Incus containers, HAProxy, signed repositories.
 
 pub mod app;
+pub mod cli;
 pub mod demo;
 pub mod haproxy;
 pub mod http;
@@ -8,6 +9,9 @@ pub mod incus;
 pub mod ports;
 pub mod proc;
 pub mod repo;
+pub mod report;
+pub mod sockproxy;
+pub mod tmpfs;
 pub mod traffic;
 
 pub use app::{

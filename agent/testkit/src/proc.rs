@@ -1,6 +1,9 @@
 //! Processes as tests see them: liveness (not a zombie, not a newer process reusing the
-//! pid) and a bounded kill. A leaf of the kit: `app`, `haproxy` and `incus` use it.
+//! pid), a bounded kill, and a kill -9 at a precise moment ([`Killer`]). A leaf of the kit:
+//! `app`, `haproxy` and `incus` use it.
 
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use veza_host::process::Cmd;
@@ -55,6 +58,49 @@ pub fn kill_pid(pid: u32, signal: &str, grace: Duration) {
         std::thread::sleep(Duration::from_millis(20));
     }
     let _ = Cmd::new("kill").arg("-KILL").arg(pid.to_string()).run();
+}
+
+/// Waits (up to 10 s) for `pid` to be gone after a kill -9; panics if it survives.
+pub fn wait_dead(pid: u32) {
+    let start = Instant::now();
+    while process_alive(pid) {
+        assert!(start.elapsed() < Duration::from_secs(10), "pid {pid} survived kill -9");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// SIGKILL for `pid` with no process start in between: a shell blocked reading a FIFO
+/// kills the moment [`Killer::fire`] writes to it.
+pub struct Killer {
+    fifo: PathBuf,
+    shell: u32,
+}
+
+impl Killer {
+    /// Starts the shell that will kill `pid`, its FIFO in `dir`. Panics when it cannot.
+    pub fn arm(dir: &Path, pid: u32) -> Killer {
+        let fifo = dir.join(format!("kill-{pid}.fifo"));
+        Cmd::new("mkfifo").arg(&fifo).run().expect("mkfifo");
+        let shell = Cmd::new("sh")
+            .arg("-c")
+            .arg(format!("read _ < '{}'; kill -9 {pid}", fifo.display()))
+            .spawn_daemon(None)
+            .expect("spawn the killer");
+        Killer { fifo, shell }
+    }
+
+    /// Kills now.
+    pub fn fire(&self) {
+        let mut f = std::fs::OpenOptions::new().write(true).open(&self.fifo).expect("open fifo");
+        f.write_all(b"now\n").expect("write fifo");
+    }
+}
+
+impl Drop for Killer {
+    fn drop(&mut self) {
+        kill_pid(self.shell, "KILL", Duration::from_millis(100));
+        let _ = std::fs::remove_file(&self.fifo);
+    }
 }
 
 #[cfg(test)]

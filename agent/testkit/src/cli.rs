@@ -1,0 +1,36 @@
+//! The `veza-agent` command line as tests drive it: one invocation against a
+//! configuration file, and what it printed.
+
+use std::path::Path;
+use std::time::Duration;
+
+use veza_host::process::Cmd;
+
+/// What one `veza-agent` invocation printed.
+#[derive(Debug)]
+pub struct Run {
+    /// Its exit code (-1 when killed by a signal).
+    pub code: i32,
+    /// Its standard output.
+    pub out: String,
+    /// Its standard error.
+    pub err: String,
+}
+
+impl std::fmt::Display for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit {}\n--- stdout\n{}--- stderr\n{}", self.code, self.out, self.err)
+    }
+}
+
+/// `BIN ARGS --config CONFIG`, bounded by five minutes. Panics when it cannot run.
+pub fn agent(bin: &Path, config: &Path, args: &[&str]) -> Run {
+    let out = Cmd::new(bin)
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .timeout(Duration::from_secs(300))
+        .output()
+        .unwrap_or_else(|e| panic!("veza-agent {args:?}: {e}"));
+    Run { code: out.status.code().unwrap_or(-1), out: out.stdout_str(), err: out.stderr_str() }
+}

@@ -1,0 +1,97 @@
+//! Hostile input, signed or not: a manifest over the size cap, a YAML alias bomb, huge
+//! or malformed signatures. Each is refused and nothing changes.
+
+use std::time::{Duration, Instant};
+
+use veza_testkit::report::Case;
+
+use super::*;
+
+#[test]
+fn manifest_over_the_size_cap() {
+    let mut case =
+        Case::new("manifest over the size cap", "signed manifest of 1.1 MiB (limit 1 MiB)");
+    let h = host();
+    let a = baseline(&h);
+    let mut big = h.manifest("blue", Some(0), Some(1));
+    while big.len() <= 1024 * 1024 + 100 * 1024 {
+        big.push_str("# padding padding padding padding padding padding padding padding padding\n");
+    }
+    let c = h.commit(&big, "huge manifest").expect("commit");
+    assert_rejected(&h, &mut case, &c, "above the limit of 1048576 bytes", &a);
+}
+
+#[test]
+fn yaml_alias_bomb() {
+    let mut case =
+        Case::new("YAML alias bomb", "signed billion-laughs manifest (9 levels × 9 aliases)");
+    let h = host();
+    let a = baseline(&h);
+    let mut bomb = format!(
+        "apiVersion: veza-agent/v1\nkind: Environment\nmetadata: {{name: {e}, host: {e}}}\n",
+        e = h.env
+    );
+    bomb.push_str(
+        "a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n",
+    );
+    let names = ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"];
+    for w in names.windows(2) {
+        let refs = vec![format!("*{}", w[0]); 9].join(",");
+        bomb.push_str(&format!("{}: &{} [{refs}]\n", w[1], w[1]));
+    }
+    let started = Instant::now();
+    let c = h.commit(&bomb, "alias bomb").expect("commit");
+    assert_rejected(&h, &mut case, &c, "YAML aliases; refusing to expand them", &a);
+    assert!(started.elapsed() < Duration::from_secs(60), "rejected without expanding");
+}
+
+#[test]
+fn huge_or_malformed_signature() {
+    let mut case = Case::new(
+        "huge or malformed signature",
+        "commits whose gpgsig is garbage text, a 1 MB armor, and a valid armor with a truncated SSHSIG blob",
+    );
+    let h = host();
+    let a = baseline(&h);
+    // The crafted commits reuse A's tree: it is in the served repository, and the
+    // signature is refused before any manifest is read.
+    let tree =
+        h.repo.git_bare(&["rev-parse", &format!("{a}^{{tree}}")]).expect("tree").trim().to_string();
+    let head = h.repo.git_bare(&["rev-parse", "refs/heads/main"]).expect("head").trim().to_string();
+    assert_eq!(head, a);
+    let replace_sig = |raw: Vec<u8>, sig: &str| -> Vec<u8> {
+        let text = String::from_utf8(raw).expect("commit is text");
+        let start = text.find("gpgsig ").expect("gpgsig header");
+        let end = text.find(" -----END SSH SIGNATURE-----\n").expect("armor end")
+            + " -----END SSH SIGNATURE-----\n".len();
+        let continued: String = sig.lines().collect::<Vec<_>>().join("\n ");
+        format!("{}gpgsig {continued}\n{}", &text[..start], &text[end..]).into_bytes()
+    };
+    let garbage =
+        "-----BEGIN SSH SIGNATURE-----\nthis is not base64 !!!\n-----END SSH SIGNATURE-----";
+    let huge = format!(
+        "-----BEGIN SSH SIGNATURE-----\n{}-----END SSH SIGNATURE-----",
+        "U1NIU0lHAAAAAQAAADMAAAALc3NoLWVkMjU1MTkAAAAg\n".repeat(1024 * 1024 / 45)
+    );
+    let truncated = "-----BEGIN SSH SIGNATURE-----\nU1NIU0lHAAAAAQAAADMAAAALc3NoLWVkMjU1MTkAAAAg\n-----END SSH SIGNATURE-----";
+    let cases: [(&str, &str, &str); 3] = [
+        ("garbage armor", garbage, "non-base64"),
+        ("1 MB armor", &huge, "larger than"),
+        ("truncated SSHSIG", truncated, "signature"),
+    ];
+    for (what, sig, needle) in cases {
+        let id = h
+            .repo
+            .craft_signed_commit(&h.forgejo, "git", &tree, &[&a], what, |raw| replace_sig(raw, sig))
+            .expect("craft commit");
+        h.repo.set_ref("refs/heads/main", &id).expect("point main at it");
+        case.saw(format!("{what} ({} bytes of signature)", sig.len()));
+        assert_rejected(&h, &mut case, &id, needle, &a);
+        assert!(agent(&h.config_path, &["apply"]).out.contains("signature"));
+    }
+    // The branch back on the applied commit: in sync, nothing to do.
+    h.repo.set_ref("refs/heads/main", &a).expect("reset main");
+    let r = apply_ok(&h);
+    assert!(r.out.starts_with("no-change"), "{r}");
+    case.saw("branch back on the applied commit: no-change");
+}

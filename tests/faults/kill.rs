@@ -1,0 +1,268 @@
+//! kill -9 of `apply` at each step of a promotion, between the edge swap and its
+//! reload, and while incusd still runs the agent's create of a slot.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use veza_host::process::Cmd;
+use veza_testkit::proc::{Killer, process_alive, wait_dead};
+use veza_testkit::report::Case;
+
+use super::*;
+
+/// Steps of the promotion plan the kill cases interrupt (blue on 0 → green on 1 active).
+const PROMOTION_STEPS: usize = 5;
+
+/// One attempt at killing `apply` while step `k` runs. `Err` when the journal had
+/// already moved past `k` at the first look (a step too short to catch): retried.
+fn try_kill_at_step(k: usize, case: &mut Case) -> Result<(), String> {
+    let h = host();
+    // 200 requests through the edge make the verification step last long enough to
+    // be caught; the gate step is held open with the unhealthy flag when it is the target.
+    let cfg = std::fs::read_to_string(&h.config_path).expect("config");
+    std::fs::write(
+        &h.config_path,
+        replace_once(&cfg, "verify_requests: 5", "verify_requests: 200"),
+    )
+    .expect("write config");
+    let a = h.commit(&gated_manifest(&h, "blue", Some(0), None), "A: blue").expect("commit");
+    setup_apply(&h.config_path);
+    let b = h.commit(&gated_manifest(&h, "green", Some(0), Some(1)), "B: green").expect("commit");
+    let green = h.slots()[1].clone();
+    let state = state_dir(&h);
+    let pid = spawn_apply(&h.config_path, &h.dir.join("killed-apply.log"));
+    let killer = Killer::arm(&h.dir, pid);
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let mut flagged = false;
+    let steps = loop {
+        assert!(Instant::now() < deadline, "apply never reached step {k}");
+        let Some(j) = journal(&state) else {
+            assert!(
+                process_alive(pid),
+                "apply ended before step {k}:\n{}",
+                std::fs::read_to_string(h.dir.join("killed-apply.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(1));
+            continue;
+        };
+        assert_eq!(j.steps.len(), PROMOTION_STEPS, "the promotion plan changed: {:#?}", j.steps);
+        let gate = j.steps.iter().position(|s| s.starts_with("wait for")).expect("a gate step");
+        if j.done > k {
+            return Err(format!("journal at step {} before step {k} was seen", j.done));
+        }
+        if k == gate && !flagged && j.done >= 1 {
+            // The slot exists (its creation was step 0): hold the gate open.
+            set_unhealthy(&green, true);
+            flagged = true;
+        }
+        if j.done == k {
+            killer.fire();
+            break j.steps;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    wait_dead(pid);
+    if flagged {
+        set_unhealthy(&green, false);
+    }
+    case.saw(format!("killed in `{}`", steps[k]));
+
+    // What the operator sees: the interrupted step, and no record of B yet.
+    let st = status(&h.config_path);
+    assert_eq!(st["interrupted"], steps[k], "{st:#}");
+    assert!(st["problems"].to_string().contains("was interrupted"), "{st:#}");
+    assert_eq!(st["state"]["applied"]["commit"], a, "{st:#}");
+    let hist = history(&h.config_path);
+    assert_eq!(hist[0]["commit"], a, "no record of the interrupted commit: {hist:#?}");
+    // Nothing lost: a valid edge serving blue (or green when killed after the switch).
+    let switch = steps.iter().position(|s| s.starts_with("switch edge")).expect("switch step");
+    let served = if k > switch { &h.releases[1].id } else { &h.releases[0].id };
+    if k == switch {
+        // Killed while installing: HAProxy runs either config, both valid and healthy.
+        veza_testkit::haproxy::check_config(&h.haproxy.config_path()).expect("valid edge");
+        let now = h.served_release().expect("the edge serves");
+        assert!(now == h.releases[0].id || now == h.releases[1].id, "{now}");
+        veza_state::Reader::new(&state).load().expect("state loads");
+    } else {
+        assert_nothing_lost(&h, &state, served);
+    }
+    // The next apply converges, and the one after changes nothing.
+    let r = apply_ok(&h);
+    assert!(r.out.starts_with(&format!("applied {}", short(&b))), "{r}");
+    assert_eq!(h.served_release().expect("edge serves"), h.releases[1].id, "{r}");
+    let st = status(&h.config_path);
+    assert_eq!(st["health"], "ok", "{st:#}");
+    assert_eq!(st["interrupted"], Value::Null, "{st:#}");
+    assert_eq!(st["state"]["envs"][&h.env]["apps"]["hello"]["active"], "green", "{st:#}");
+    let r = apply_ok(&h);
+    assert!(r.out.starts_with("no-change"), "{r}");
+    case.saw(format!(
+        "status showed `interrupted: {}`; next apply converged; then no-change",
+        steps[k]
+    ));
+    Ok(())
+}
+
+fn kill_at_step(k: usize) {
+    let mut case = Case::new(
+        &format!("kill -9 at apply step {k}"),
+        &format!(
+            "kill -9 of `apply` while step {k} of {PROMOTION_STEPS} runs (journal `done: {k}`)"
+        ),
+    );
+    for attempt in 1..=3 {
+        match try_kill_at_step(k, &mut case) {
+            Ok(()) => return,
+            Err(why) => case.saw(format!("attempt {attempt} missed the step ({why}); retried")),
+        }
+    }
+    panic!("could not catch step {k} in 3 attempts");
+}
+
+#[test]
+fn kill_9_at_apply_step_0() {
+    kill_at_step(0);
+}
+#[test]
+fn kill_9_at_apply_step_1() {
+    kill_at_step(1);
+}
+#[test]
+fn kill_9_at_apply_step_2() {
+    kill_at_step(2);
+}
+#[test]
+fn kill_9_at_apply_step_3() {
+    kill_at_step(3);
+}
+#[test]
+fn kill_9_at_apply_step_4() {
+    kill_at_step(4);
+}
+
+#[test]
+fn kill_9_between_edge_swap_and_reload() {
+    let mut case = Case::new(
+        "kill -9 between edge swap and reload",
+        "kill -9 while `<haproxy.cfg>.reload-pending` exists (new config on disk, reload not confirmed)",
+    );
+    let mut caught = false;
+    for attempt in 1..=4 {
+        let h = host();
+        baseline(&h);
+        let b = h.commit(&h.manifest("green", Some(0), Some(1)), "promote green").expect("commit");
+        let marker = PathBuf::from(format!("{}.reload-pending", h.haproxy.config_path().display()));
+        let pid = spawn_apply(&h.config_path, &h.dir.join("killed-apply.log"));
+        let killer = Killer::arm(&h.dir, pid);
+        let deadline = Instant::now() + Duration::from_secs(240);
+        while process_alive(pid) && Instant::now() < deadline {
+            // The marker is written just before the rename: wait for the new file too.
+            if marker.exists()
+                && String::from_utf8_lossy(&edge_bytes(&h)).contains(&h.releases[1].id[..10])
+            {
+                killer.fire();
+                caught = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        wait_dead(pid);
+        if !caught {
+            case.saw(format!("attempt {attempt}: the swap window was missed; retried"));
+            continue;
+        }
+        let served = h.served_release().expect("edge serves");
+        case.saw(format!(
+            "killed with the new config on disk; HAProxy served {}",
+            if served == h.releases[0].id { "blue (reload not done)" } else { "green (reloaded)" }
+        ));
+        veza_testkit::haproxy::check_config(&h.haproxy.config_path()).expect("valid live config");
+        let r = apply_ok(&h);
+        case.saw(format!("next apply: {}", r.out.trim()));
+        assert!(r.out.starts_with(&format!("applied {}", short(&b))), "{r}");
+        assert!(!marker.exists(), "the reload marker was consumed");
+        assert_eq!(
+            h.served_release().expect("edge serves"),
+            h.releases[1].id,
+            "after the next apply HAProxy must serve green, as status says:\n{r}"
+        );
+        let st = status(&h.config_path);
+        assert_eq!(st["state"]["envs"][&h.env]["apps"]["hello"]["active"], "green", "{st:#}");
+        let r = apply_ok(&h);
+        assert!(r.out.starts_with("no-change"), "{r}");
+        break;
+    }
+    assert!(caught, "never caught the window between the swap and the reload");
+}
+
+/// The Incus operations still running on `instance` (`GET /1.0/operations?recursion=1`):
+/// their descriptions. An error (incusd slow under the other suites' load) is an empty
+/// answer: the caller polls again within its deadline.
+fn running_operations_on(instance: &str) -> Vec<String> {
+    let Ok(out) = Cmd::new("incus")
+        .args(["query", "/1.0/operations?recursion=1"])
+        .timeout(Duration::from_secs(10))
+        .run_stdout()
+    else {
+        return Vec::new();
+    };
+    let ops: Value = serde_json::from_str(&out).unwrap_or(Value::Null);
+    let me = Value::from(format!("/1.0/instances/{instance}"));
+    ops["running"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|op| op["resources"]["instances"].as_array().is_some_and(|v| v.contains(&me)))
+        .filter_map(|op| op["description"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// One attempt: kill `apply` while incusd runs its create of the blue slot, then apply
+/// at once. `Err` when the create was over before it was seen (retried).
+fn try_kill_while_incus_creates(case: &mut Case) -> Result<(), String> {
+    let h = host();
+    let a = h.commit(&h.manifest("blue", Some(0), None), "blue on release 0").expect("commit");
+    let blue = h.slots()[0].clone();
+    let pid = spawn_apply(&h.config_path, &h.dir.join("killed-apply.log"));
+    let killer = Killer::arm(&h.dir, pid);
+    let state = state_dir(&h);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let seen = loop {
+        assert!(Instant::now() < deadline, "incusd never showed the creation of {blue}");
+        if !process_alive(pid) || journal(&state).is_some_and(|j| j.done > 0) {
+            return Err("the create was over before it was seen".to_string());
+        }
+        let ops = running_operations_on(&blue);
+        if ops.iter().any(|d| d == "Creating instance" || d == "Starting instance") {
+            killer.fire();
+            break ops;
+        }
+    };
+    wait_dead(pid);
+    case.saw(format!("killed while incusd ran `{}` on the slot", seen.join(", ")));
+    let r = agent(&h.config_path, &["apply"]);
+    case.saw(format!("next apply exit {}: {}", r.code, r.out.trim()));
+    assert_eq!(r.code, 0, "the apply after the kill must wait for incusd's operation:\n{r}");
+    assert!(r.out.starts_with(&format!("applied {}", short(&a))), "{r}");
+    assert_eq!(h.served_release().expect("edge serves"), h.releases[0].id);
+    let r = apply_ok(&h);
+    assert!(r.out.starts_with("no-change"), "{r}");
+    case.saw("the apply after that: no-change");
+    Ok(())
+}
+
+#[test]
+fn kill_9_while_incus_creates_the_instance() {
+    let mut case = Case::new(
+        "kill -9 while Incus creates the instance",
+        "kill -9 of `apply` while incusd runs its `POST /1.0/instances` (create and start), then an immediate `apply`",
+    );
+    for attempt in 1..=3 {
+        match try_kill_while_incus_creates(&mut case) {
+            Ok(()) => return,
+            Err(why) => case.saw(format!("attempt {attempt}: {why}; retried")),
+        }
+    }
+    panic!("could not catch incusd's create in 3 attempts");
+}
