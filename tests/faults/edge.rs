@@ -2,18 +2,14 @@
 
 use std::path::PathBuf;
 
-use veza_testkit::report::Case;
-
 use super::*;
 
 #[test]
 fn haproxy_rejects_the_rendered_config() {
-    let mut case = Case::new(
+    let (mut case, h, a) = case_at_baseline(
         "HAProxy rejects the rendered config",
         "signed manifest turning on TLS with a certificate directory that does not exist: renders fine, `haproxy -c` refuses it",
     );
-    let h = host();
-    let a = baseline(&h);
     let https = veza_testkit::free_port().expect("port");
     let tls = replace_once(
         &h.manifest("blue", Some(0), None),
@@ -24,10 +20,7 @@ fn haproxy_rejects_the_rendered_config() {
         ),
     );
     let bad = h.commit(&tls, "turn on TLS").expect("commit");
-    let edge_before = edge_bytes(&h);
-    let r = agent(&h.config_path, &["apply"]);
-    case.saw(format!("apply exit {}: {}", r.code, r.out.trim()));
-    assert_eq!(r.code, 1, "{r}");
+    let (r, edge_before) = apply_exits_1(&h, &mut case);
     assert!(r.out.starts_with(&format!("failed {}", short(&bad))), "{r}");
     assert!(r.out.contains("edge config"), "names the step:\n{r}");
     assert!(r.out.contains("/nonexistent/veza-certs"), "carries HAProxy's diagnostic:\n{r}");
@@ -49,12 +42,10 @@ fn haproxy_rejects_the_rendered_config() {
 
 #[test]
 fn live_edge_config_corrupted_on_disk() {
-    let mut case = Case::new(
+    let (mut case, h, _) = case_at_baseline(
         "live edge config corrupted on disk",
         "garbage written over the live haproxy.cfg behind the agent's back",
     );
-    let h = host();
-    baseline(&h);
     let good = edge_bytes(&h);
     std::fs::write(h.haproxy.config_path(), b"frontend {{ broken\n  bind nowhere\n\x00garbage\n")
         .expect("corrupt the edge");

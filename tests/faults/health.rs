@@ -4,7 +4,6 @@ use std::time::{Duration, Instant};
 
 use veza_host::process::Cmd;
 use veza_testkit::proc::process_alive;
-use veza_testkit::report::Case;
 use veza_testkit::traffic::Traffic;
 
 use super::*;
@@ -16,18 +15,26 @@ fn two_colors(h: &DemoHost) {
     assert_eq!(h.served_release().expect("serves"), h.releases[0].id);
 }
 
+/// [`two_colors`], green's health flag set when `unhealthy`, then green's promotion
+/// committed. Returns green's slot and the commit.
+fn promote_green(h: &DemoHost, unhealthy: bool) -> (String, String) {
+    two_colors(h);
+    let green = h.slots()[1].clone();
+    if unhealthy {
+        set_unhealthy(&green, true);
+    }
+    let b =
+        h.commit(&gated_manifest(h, "green", Some(0), Some(1)), "promote green").expect("commit");
+    (green, b)
+}
+
 #[test]
 fn slot_slow_to_become_healthy() {
-    let mut case = Case::new(
+    let (mut case, h) = case_on_host(
         "health: slot slow to become healthy",
         "green's /health answers 503 for the first 4 s of the promotion, then 200 (gate limit 15 s)",
     );
-    let h = host();
-    two_colors(&h);
-    let green = h.slots()[1].clone();
-    set_unhealthy(&green, true);
-    let b =
-        h.commit(&gated_manifest(&h, "green", Some(0), Some(1)), "promote green").expect("commit");
+    let (green, b) = promote_green(&h, true);
     let healer = {
         let green = green.clone();
         std::thread::spawn(move || {
@@ -48,16 +55,11 @@ fn slot_slow_to_become_healthy() {
 
 #[test]
 fn slot_never_healthy_rolls_back_without_moving_traffic() {
-    let mut case = Case::new(
+    let (mut case, h) = case_on_host(
         "health: slot never healthy",
         "green's /health answers 503 for the whole promotion (gate limit 15 s) while a client loads the edge",
     );
-    let h = host();
-    two_colors(&h);
-    let green = h.slots()[1].clone();
-    set_unhealthy(&green, true);
-    let b =
-        h.commit(&gated_manifest(&h, "green", Some(0), Some(1)), "promote green").expect("commit");
+    let (green, b) = promote_green(&h, true);
     let load = Traffic::start(&h, 1, Duration::from_millis(5));
     let r = agent(&h.config_path, &["apply"]);
     let (ok, bad) = load.stop();
@@ -76,15 +78,11 @@ fn slot_never_healthy_rolls_back_without_moving_traffic() {
 
 #[test]
 fn health_flaps_during_promotion() {
-    let mut case = Case::new(
+    let (mut case, h) = case_on_host(
         "health: flapping slot",
         "green's /health is 200 for 0.3 s then 503 for 1.7 s, repeating, during the promotion; a client loads the edge during it and for 4 s after",
     );
-    let h = host();
-    two_colors(&h);
-    let green = h.slots()[1].clone();
-    let b =
-        h.commit(&gated_manifest(&h, "green", Some(0), Some(1)), "promote green").expect("commit");
+    let (green, b) = promote_green(&h, false);
     // The flapping runs inside the slot (bounded: 60 cycles, or until the stop file).
     let flapper = Cmd::new("incus")
         .args(["exec", &green, "--", "sh", "-c"])

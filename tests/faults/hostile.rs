@@ -3,16 +3,12 @@
 
 use std::time::{Duration, Instant};
 
-use veza_testkit::report::Case;
-
 use super::*;
 
 #[test]
 fn manifest_over_the_size_cap() {
-    let mut case =
-        Case::new("manifest over the size cap", "signed manifest of 1.1 MiB (limit 1 MiB)");
-    let h = host();
-    let a = baseline(&h);
+    let (mut case, h, a) =
+        case_at_baseline("manifest over the size cap", "signed manifest of 1.1 MiB (limit 1 MiB)");
     let mut big = h.manifest("blue", Some(0), Some(1));
     while big.len() <= 1024 * 1024 + 100 * 1024 {
         big.push_str("# padding padding padding padding padding padding padding padding padding\n");
@@ -23,10 +19,10 @@ fn manifest_over_the_size_cap() {
 
 #[test]
 fn yaml_alias_bomb() {
-    let mut case =
-        Case::new("YAML alias bomb", "signed billion-laughs manifest (9 levels × 9 aliases)");
-    let h = host();
-    let a = baseline(&h);
+    let (mut case, h, a) = case_at_baseline(
+        "YAML alias bomb",
+        "signed billion-laughs manifest (9 levels × 9 aliases)",
+    );
     let mut bomb = format!(
         "apiVersion: veza-agent/v1\nkind: Environment\nmetadata: {{name: {e}, host: {e}}}\n",
         e = h.env
@@ -47,12 +43,10 @@ fn yaml_alias_bomb() {
 
 #[test]
 fn huge_or_malformed_signature() {
-    let mut case = Case::new(
+    let (mut case, h, a) = case_at_baseline(
         "huge or malformed signature",
         "commits whose gpgsig is garbage text, a 1 MB armor, and a valid armor with a truncated SSHSIG blob",
     );
-    let h = host();
-    let a = baseline(&h);
     // The crafted commits reuse A's tree: it is in the served repository, and the
     // signature is refused before any manifest is read.
     let tree =

@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use veza_testkit::proc::process_alive;
-use veza_testkit::report::Case;
 use veza_testkit::sockproxy::SocketProxy;
 
 use super::*;
@@ -16,12 +15,10 @@ const INCUS_SOCKET: &str = "/var/lib/incus/unix.socket";
 
 #[test]
 fn incus_socket_unreachable() {
-    let mut case = Case::new(
+    let (mut case, h, a) = case_at_baseline(
         "Incus unreachable",
         "config points at an Incus socket that does not exist (stands in for incusd down; the shared incusd is never restarted)",
     );
-    let h = host();
-    let a = baseline(&h);
     h.commit(&h.manifest("green", Some(0), Some(1)), "promote green").expect("commit");
     let cfg = config_variant(&h, "no-incus", |t| {
         replace_once(
@@ -79,11 +76,10 @@ fn incus_socket_unreachable() {
 
 #[test]
 fn incusd_goes_away_mid_sync() {
-    let mut case = Case::new(
+    let (mut case, h) = case_on_host(
         "incusd restarted mid-sync",
         "the Incus socket (a proxy the test owns) resets every connection and disappears during the deploy step, back 3 s later",
     );
-    let h = host();
     let proxy = SocketProxy::start(&h.dir.join("incus-proxy.sock"), Path::new(INCUS_SOCKET));
     let cfg = config_variant(&h, "proxy", |t| {
         replace_once(

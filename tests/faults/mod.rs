@@ -58,6 +58,20 @@ const AGENT: &str = env!("CARGO_BIN_EXE_veza-agent");
 /// The unhealthy flag the gated manifests point the test app at (inside the slot).
 const UNHEALTHY: &str = "/tmp/veza-unhealthy";
 
+/// A fault case on a fresh host: the report row first (a host that cannot be built is a
+/// `FAIL` row), then the host.
+fn case_on_host(name: &str, fault: &str) -> (Case, DemoHost) {
+    let case = Case::new(name, fault);
+    (case, host())
+}
+
+/// [`case_on_host`] at the [`baseline`]; also returns the baseline commit.
+fn case_at_baseline(name: &str, fault: &str) -> (Case, DemoHost, String) {
+    let (case, h) = case_on_host(name, fault);
+    let a = baseline(&h);
+    (case, h, a)
+}
+
 fn host() -> DemoHost {
     DemoHost::new(Path::new(AGENT), None)
         .unwrap_or_else(|e| panic!("the real test host is not usable: {e:#}"))
@@ -179,13 +193,20 @@ fn baseline(h: &DemoHost) -> String {
     a
 }
 
-/// Asserts a revision was refused and nothing changed: exit 1, `rejected <commit>`,
-/// `status` names it, a `rejected` history entry, the edge file and served release intact.
-fn assert_rejected(h: &DemoHost, case: &mut Case, commit: &str, needle: &str, good: &str) {
+/// `apply` expected to exit 1 (a refused or failed revision), what it printed recorded in
+/// the case. Returns the run and the live edge config's bytes from before it.
+fn apply_exits_1(h: &DemoHost, case: &mut Case) -> (Run, Vec<u8>) {
     let edge_before = edge_bytes(h);
     let r = agent(&h.config_path, &["apply"]);
     case.saw(format!("apply exit {}: {}", r.code, r.out.trim()));
     assert_eq!(r.code, 1, "{r}");
+    (r, edge_before)
+}
+
+/// Asserts a revision was refused and nothing changed: exit 1, `rejected <commit>`,
+/// `status` names it, a `rejected` history entry, the edge file and served release intact.
+fn assert_rejected(h: &DemoHost, case: &mut Case, commit: &str, needle: &str, good: &str) {
+    let (r, edge_before) = apply_exits_1(h, case);
     assert!(r.out.starts_with(&format!("rejected {}", short(commit))), "{r}");
     assert!(r.out.contains(needle), "expected `{needle}`:\n{r}");
     let st = status(&h.config_path);

@@ -28,12 +28,10 @@ fn assert_fetch_failed(h: &DemoHost, config: &Path, case: &mut Case, applied: &s
 
 #[test]
 fn git_remote_down_or_failing() {
-    let mut case = Case::new(
+    let (mut case, h, a) = case_at_baseline(
         "git remote down / failing",
         "smart-HTTP remote closes every connection, then answers 500; a new signed commit waits behind it",
     );
-    let h = host();
-    let a = baseline(&h);
     let b = h.commit(&h.manifest("blue", Some(0), Some(1)), "add green").expect("commit");
     h.http.set_fault(Fault::Down);
     assert_fetch_failed(&h, &h.config_path, &mut case, &a, "remote down");
@@ -50,12 +48,10 @@ fn git_remote_down_or_failing() {
 
 #[test]
 fn git_remote_stalls() {
-    let mut case = Case::new(
+    let (mut case, h, a) = case_at_baseline(
         "git remote stalls",
         "smart-HTTP remote accepts and never answers; fetch_timeout 2 s",
     );
-    let h = host();
-    let a = baseline(&h);
     let b = h.commit(&h.manifest("blue", Some(0), Some(1)), "add green").expect("commit");
     let cfg = config_variant(&h, "short-fetch", |t| {
         replace_once(&t, "fetch_timeout: 20s", "fetch_timeout: 2s")
@@ -76,12 +72,10 @@ fn git_remote_stalls() {
 
 #[test]
 fn git_remote_sends_an_oversized_pack() {
-    let mut case = Case::new(
+    let (mut case, h, a) = case_at_baseline(
         "oversized pack",
         "a signed commit with a 3 MiB incompressible blob; source.max_pack_bytes 1 MiB",
     );
-    let h = host();
-    let a = baseline(&h);
     std::fs::write(h.repo.work().join("big.bin"), veza_testkit::repo::noise(3 << 20, 11))
         .expect("write the blob");
     let big = h.repo.commit_signed(&h.forgejo, "a 3 MiB blob").expect("commit");
@@ -103,12 +97,10 @@ fn git_remote_sends_an_oversized_pack() {
 
 #[test]
 fn force_push_with_state_and_mirror_deleted() {
-    let mut case = Case::new(
+    let (mut case, h, a) = case_at_baseline(
         "force-push, state dir and mirror deleted",
         "branch rewritten to an older commit plus a new signed commit on top; state dir (with the mirror) deleted",
     );
-    let h = host();
-    let a = baseline(&h);
     let b = h.commit(&h.manifest("blue", Some(0), Some(1)), "B").expect("commit");
     apply_ok(&h);
     // The mirror alone deleted: re-fetched, nothing to do.
@@ -121,10 +113,7 @@ fn force_push_with_state_and_mirror_deleted() {
     let c = h.commit(&h.manifest("blue", Some(1), None), "C, rewritten history").expect("commit");
     std::fs::remove_dir_all(state_dir(&h)).expect("delete the state dir");
     assert!(!state_dir(&h).join("mirror.git").exists());
-    let edge_before = edge_bytes(&h);
-    let r = agent(&h.config_path, &["apply"]);
-    case.saw(format!("apply exit {}: {}", r.code, r.out.trim()));
-    assert_eq!(r.code, 1, "{r}");
+    let (r, edge_before) = apply_exits_1(&h, &mut case);
     assert!(r.out.starts_with(&format!("rejected {}", short(&c))), "{r}");
     assert!(r.out.contains(&b), "names the high-water commit kept in Incus:\n{r}");
     assert!(r.out.contains("force-pushed") || r.out.contains("does not descend"), "{r}");
@@ -138,12 +127,10 @@ fn force_push_with_state_and_mirror_deleted() {
 
 #[test]
 fn forged_tag_named_like_the_applied_commit() {
-    let mut case = Case::new(
+    let (mut case, h, a) = case_at_baseline(
         "forged tag named like the applied commit",
         "branch rewound to an older signed commit A, plus a tag named like the applied commit B's id pointing at A; state dir (with the mirror) deleted, Incus still holds B",
     );
-    let h = host();
-    let a = baseline(&h);
     // B: same manifest, a new signed commit; applying it moves the high-water mark to B.
     let b = h.commit(&h.manifest("blue", Some(0), None), "B").expect("commit");
     let r = apply_ok(&h);
@@ -152,10 +139,7 @@ fn forged_tag_named_like_the_applied_commit() {
     h.repo.force_reset(&a).expect("force-push");
     h.repo.set_ref(&format!("refs/tags/{b}"), &a).expect("forged tag");
     std::fs::remove_dir_all(state_dir(&h)).expect("delete the state dir");
-    let edge_before = edge_bytes(&h);
-    let r = agent(&h.config_path, &["apply"]);
-    case.saw(format!("apply exit {}: {}", r.code, r.out.trim()));
-    assert_eq!(r.code, 1, "{r}");
+    let (r, edge_before) = apply_exits_1(&h, &mut case);
     assert!(r.out.starts_with(&format!("rejected {}", short(&a))), "{r}");
     assert!(r.out.contains("refusing a rollback or force-push"), "{r}");
     assert!(r.out.contains(&b), "names the high-water commit kept in Incus:\n{r}");

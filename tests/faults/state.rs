@@ -6,18 +6,16 @@ use std::thread::JoinHandle;
 
 use serde_json::Value;
 use veza_testkit::cli::Run;
-use veza_testkit::report::Case;
 use veza_testkit::tmpfs::Tmpfs;
 
 use super::*;
 
 #[test]
 fn state_dir_disk_full() {
-    let mut case = Case::new(
+    let (mut case, h) = case_on_host(
         "state dir disk full",
         "state_dir on a 32 MiB tmpfs (it holds the mirror and the artifact cache), filled to the last byte before a sync with a new commit",
     );
-    let h = host();
     let small = h.dir.join("small-state");
     let fs = Tmpfs::mount(&small, "32m");
     let cfg = config_variant(&h, "small-state", |t| {
@@ -90,9 +88,8 @@ fn state_dir_disk_full() {
 
 #[test]
 fn corrupted_state_file() {
-    let mut case = Case::new("corrupted state file", "garbage in state.json and in journal.json");
-    let h = host();
-    let a = baseline(&h);
+    let (mut case, h, a) =
+        case_at_baseline("corrupted state file", "garbage in state.json and in journal.json");
     let state = state_dir(&h);
     std::fs::write(state.join("state.json"), b"{\"schema_version\": 1, \"applied\": {\x00garbage")
         .expect("corrupt");
@@ -144,12 +141,10 @@ fn corrupted_state_file() {
 
 #[test]
 fn two_agents_at_once() {
-    let mut case = Case::new(
+    let (mut case, h, _) = case_at_baseline(
         "two agents at once",
         "two `veza-agent apply` started together on a pending promotion",
     );
-    let h = host();
-    baseline(&h);
     let b = h.commit(&h.manifest("green", Some(0), Some(1)), "promote green").expect("commit");
     let cfg = h.config_path.clone();
     let runs: Vec<JoinHandle<Run>> = (0..2)
