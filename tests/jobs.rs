@@ -183,17 +183,9 @@ fn jobs_time_zone_lines_are_accepted_by_systemd() {
 }
 
 fn seed_specs() -> Vec<JobUnitSpec> {
-    let job = |name: &str, cron: &str, command: &str| JobUnitSpec {
-        env: "prod".into(),
-        name: name.into(),
-        schedule: schedule::parse(cron).unwrap_or_else(|e| panic!("`{cron}`: {e}")),
-        tz: None,
-        user: None,
-        command: command.into(),
-        randomized_delay: None,
-        persistent: true,
-        timeout: None,
-        description: None,
+    let job = |name: &str, cron: &str, command: &str| {
+        let schedule = schedule::parse(cron).unwrap_or_else(|e| panic!("`{cron}`: {e}"));
+        JobUnitSpec::new("prod", name, schedule, command)
     };
     vec![
         JobUnitSpec {

@@ -69,6 +69,25 @@ pub struct JobUnitSpec {
     pub description: Option<String>,
 }
 
+impl JobUnitSpec {
+    /// A job with a manifest's defaults: read in UTC, run as root, no random delay,
+    /// persistent, no time limit, the default description.
+    pub fn new(env: &str, name: &str, schedule: CronSchedule, command: &str) -> JobUnitSpec {
+        JobUnitSpec {
+            env: env.into(),
+            name: name.into(),
+            schedule,
+            tz: None,
+            user: None,
+            command: command.into(),
+            randomized_delay: None,
+            persistent: true,
+            timeout: None,
+            description: None,
+        }
+    }
+}
+
 /// One rendered unit file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UnitFile {
@@ -311,18 +330,7 @@ mod tests {
     use crate::schedule::parse;
 
     fn spec(env: &str, name: &str, schedule: &str, command: &str) -> JobUnitSpec {
-        JobUnitSpec {
-            env: env.into(),
-            name: name.into(),
-            schedule: parse(schedule).unwrap(),
-            tz: None,
-            user: None,
-            command: command.into(),
-            randomized_delay: None,
-            persistent: true,
-            timeout: None,
-            description: None,
-        }
+        JobUnitSpec::new(env, name, parse(schedule).unwrap(), command)
     }
 
     #[test]

@@ -186,6 +186,20 @@ pub enum InstallError {
     ReloadFailed { cause: String, restore: Restore },
 }
 
+/// The processes of `rt`'s HAProxy master (`show proc`); `None` when HAProxy is not running.
+fn master_processes(rt: &dyn EdgeRuntime) -> Result<Option<ProcList>, InstallError> {
+    match rt.master("show proc") {
+        Ok(text) => Ok(Some(parse_show_proc(&text).map_err(|source| InstallError::Parse {
+            step: "read the HAProxy processes",
+            source,
+        })?)),
+        Err(EdgeError::NotRunning { .. }) => Ok(None),
+        Err(source) => {
+            Err(InstallError::Prepare { step: "ask the HAProxy master for its processes", source })
+        }
+    }
+}
+
 /// Installs `config` as the live HAProxy config of `rt` (see the module documentation).
 /// The server-state dump is pruned against the servers `config` declares.
 pub fn install(
@@ -202,14 +216,7 @@ pub fn install(
             return Ok(InstallOutcome::Unchanged);
         }
         // An earlier install was interrupted between the swap and the confirmation.
-        let before = match rt.master("show proc") {
-            Ok(text) => Some(parse_show_proc(&text).map_err(|source| InstallError::Parse {
-                step: "read the HAProxy processes",
-                source,
-            })?),
-            Err(EdgeError::NotRunning { .. }) => None,
-            Err(e) => return Err(prepare("ask the HAProxy master for its processes")(e)),
-        };
+        let before = master_processes(rt)?;
         let previous =
             rt.read_file(&paths.previous()).map_err(prepare("read the previous config"))?;
         return finish(rt, paths, before, previous.as_deref(), Vec::new(), Duration::ZERO, opts);
@@ -231,14 +238,7 @@ pub fn install(
 
     // Everything below until the rename may fail without touching the live file.
     let prepared = (|| {
-        let before = match rt.master("show proc") {
-            Ok(text) => Some(parse_show_proc(&text).map_err(|source| InstallError::Parse {
-                step: "read the HAProxy processes",
-                source,
-            })?),
-            Err(EdgeError::NotRunning { .. }) => None,
-            Err(e) => return Err(prepare("ask the HAProxy master for its processes")(e)),
-        };
+        let before = master_processes(rt)?;
         let dump = match &before {
             Some(_) => rt
                 .master("@1 show servers state")
