@@ -345,6 +345,13 @@ pub(crate) fn require_owned(kind: ResourceKind, name: &str, config: &Config) -> 
     }
 }
 
+/// What a create that finds `name` already there says: `NotOwned` when the resource is
+/// not the agent's, else `AlreadyExists`.
+pub(crate) fn refuse_existing(kind: ResourceKind, name: &str, config: &Config) -> Result<()> {
+    require_owned(kind, name, config)?;
+    Err(IncusError::AlreadyExists { kind, name: name.to_string() })
+}
+
 /// `NotOwned` or `Protected` unless the instance may be deleted.
 pub(crate) fn require_deletable(name: &str, config: &Config) -> Result<()> {
     require_owned(ResourceKind::Instance, name, config)?;

@@ -323,6 +323,32 @@ fn foreign_profiles_are_refused_and_owned_ones_managed() {
 }
 
 #[test]
+fn creating_what_the_agent_already_owns_is_already_exists_for_every_kind() {
+    let fake = FakeIncus::with_default_host();
+    let profile = ProfileSpec { name: "veza-app".into(), ..ProfileSpec::default() };
+    type Create<'a> = Box<dyn Fn() -> Result<()> + 'a>;
+    let cases: [(ResourceKind, &str, Create<'_>); 3] = [
+        (ResourceKind::Instance, "w", Box::new(|| block_on(fake.create_instance(&spec("w"))))),
+        (ResourceKind::Profile, "veza-app", Box::new(|| block_on(fake.create_profile(&profile)))),
+        (
+            ResourceKind::Network,
+            "veza-br",
+            Box::new(|| block_on(fake.create_network("veza-br", "bridge", &Config::new()))),
+        ),
+    ];
+    for (kind, name, create) in cases {
+        create().unwrap_or_else(|e| panic!("{kind:?} first create: {e}"));
+        let writes = fake.api_writes();
+        let err = create().unwrap_err();
+        assert!(
+            matches!(err, IncusError::AlreadyExists { kind: k, name: ref n } if k == kind && n == name),
+            "{kind:?}: {err}"
+        );
+        assert_eq!(fake.api_writes(), writes, "{kind:?}: nothing written the second time");
+    }
+}
+
+#[test]
 fn a_profile_without_root_disk_fails_like_incus() {
     let fake = FakeIncus::with_default_host();
     block_on(fake.create_profile(&ProfileSpec { name: "empty".into(), ..ProfileSpec::default() }))

@@ -15,8 +15,9 @@ use super::super::types::{
     StateChange, wire, with_mark,
 };
 use super::super::{
-    Incus, Result, Scope, instance_matches, merged_put_config, profile_matches, require_deletable,
-    require_owned, snapshot_name, validate_file_path, validate_name, validate_user_key,
+    Incus, Result, Scope, instance_matches, merged_put_config, profile_matches, refuse_existing,
+    require_deletable, require_owned, snapshot_name, validate_file_path, validate_name,
+    validate_user_key,
 };
 use super::{IncusClient, files_path, json_body, unix_now};
 
@@ -131,11 +132,7 @@ impl Incus for IncusClient {
 
     async fn create_instance(&self, spec: &InstanceSpec) -> Result<()> {
         if let Some((existing, _)) = self.get_instance(&spec.name).await? {
-            require_owned(ResourceKind::Instance, &spec.name, &existing.config)?;
-            return Err(IncusError::AlreadyExists {
-                kind: ResourceKind::Instance,
-                name: spec.name.clone(),
-            });
+            return refuse_existing(ResourceKind::Instance, &spec.name, &existing.config);
         }
         for p in &spec.profiles {
             validate_name("profile name", p)?;
@@ -221,11 +218,7 @@ impl Incus for IncusClient {
 
     async fn create_profile(&self, spec: &ProfileSpec) -> Result<()> {
         if let Some((existing, _)) = self.get_profile(&spec.name).await? {
-            require_owned(ResourceKind::Profile, &spec.name, &existing.config)?;
-            return Err(IncusError::AlreadyExists {
-                kind: ResourceKind::Profile,
-                name: spec.name.clone(),
-            });
+            return refuse_existing(ResourceKind::Profile, &spec.name, &existing.config);
         }
         let body = json!({
             "name": spec.name,
@@ -242,11 +235,7 @@ impl Incus for IncusClient {
         validate_name("network name", name)?;
         let networks = self.get_as::<Vec<wire::Network>>("/1.0/networks?recursion=1").await?;
         if let Some(existing) = networks.into_iter().find(|n| n.name == name) {
-            require_owned(ResourceKind::Network, name, &existing.into_live().config)?;
-            return Err(IncusError::AlreadyExists {
-                kind: ResourceKind::Network,
-                name: name.to_string(),
-            });
+            return refuse_existing(ResourceKind::Network, name, &existing.into_live().config);
         }
         let body = json!({ "name": name, "type": kind, "config": with_mark(config) });
         self.call(Method::POST, "/1.0/networks", Some(&body), None, self.op_deadline())

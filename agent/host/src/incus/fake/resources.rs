@@ -9,8 +9,9 @@ use super::super::types::{
     SnapshotInfo, StateAction, StateChange, with_mark,
 };
 use super::super::{
-    Incus, Result, Scope, instance_matches, merged_put_config, profile_matches, require_deletable,
-    require_owned, snapshot_name, validate_file_path, validate_name, validate_user_key,
+    Incus, Result, Scope, instance_matches, merged_put_config, profile_matches, refuse_existing,
+    require_deletable, require_owned, snapshot_name, validate_file_path, validate_name,
+    validate_user_key,
 };
 use super::{FakeIncus, FakeOperation, expand, has_root_disk};
 
@@ -36,11 +37,7 @@ impl Incus for FakeIncus {
     async fn create_instance(&self, spec: &InstanceSpec) -> Result<()> {
         let mut s = self.lock();
         if let Some(existing) = s.get_instance(&spec.name)? {
-            require_owned(ResourceKind::Instance, &spec.name, &existing.config)?;
-            return Err(IncusError::AlreadyExists {
-                kind: ResourceKind::Instance,
-                name: spec.name.clone(),
-            });
+            return refuse_existing(ResourceKind::Instance, &spec.name, &existing.config);
         }
         s.record("POST /1.0/instances".to_string(), true)?;
         s.check_profiles_exist(&spec.profiles)?;
@@ -127,11 +124,7 @@ impl Incus for FakeIncus {
     async fn create_profile(&self, spec: &ProfileSpec) -> Result<()> {
         let mut s = self.lock();
         if let Some(existing) = s.get_profile(&spec.name)? {
-            require_owned(ResourceKind::Profile, &spec.name, &existing.config)?;
-            return Err(IncusError::AlreadyExists {
-                kind: ResourceKind::Profile,
-                name: spec.name.clone(),
-            });
+            return refuse_existing(ResourceKind::Profile, &spec.name, &existing.config);
         }
         s.record("POST /1.0/profiles".to_string(), true)?;
         s.live.profiles.insert(
@@ -151,11 +144,7 @@ impl Incus for FakeIncus {
     async fn create_network(&self, name: &str, kind: &str, config: &Config) -> Result<()> {
         let mut s = self.lock();
         if let Some(existing) = s.live.networks.get(name) {
-            require_owned(ResourceKind::Network, name, &existing.config)?;
-            return Err(IncusError::AlreadyExists {
-                kind: ResourceKind::Network,
-                name: name.to_string(),
-            });
+            return refuse_existing(ResourceKind::Network, name, &existing.config);
         }
         s.record("POST /1.0/networks".to_string(), true)?;
         s.live.networks.insert(
