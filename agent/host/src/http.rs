@@ -144,6 +144,22 @@ pub fn parse_reply(raw: &[u8]) -> Option<Reply> {
 mod tests {
     use super::*;
 
+    /// A server on a free loopback port for one connection: `serve` gets it and the first
+    /// bytes read from it (the request). Returns the address and the server's thread.
+    fn serve_once<T: Send + 'static>(
+        serve: impl FnOnce(std::net::TcpStream, Vec<u8>) -> T + Send + 'static,
+    ) -> (String, std::thread::JoinHandle<T>) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut buf = [0u8; 1024];
+            let n = s.read(&mut buf).unwrap_or(0);
+            serve(s, buf[..n].to_vec())
+        });
+        (addr, server)
+    }
+
     #[test]
     fn parses_status_headers_and_body() {
         let r = parse_reply(
@@ -168,14 +184,9 @@ mod tests {
 
     #[test]
     fn a_slow_dripping_server_fails_the_probe_at_its_deadline() {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap().to_string();
         // One byte every 200 ms, at most 40 of them (8 s): each read sees data well within
         // any per-read timeout, so only a deadline for the whole exchange stops it.
-        let server = std::thread::spawn(move || {
-            let (mut s, _) = l.accept().unwrap();
-            let mut buf = [0u8; 1024];
-            let _ = s.read(&mut buf);
+        let (addr, server) = serve_once(|mut s, _| {
             for b in b"HTTP/1.1 200 OK\r\nX-Release: r1\r\nContent-Length: 2\r\n\r\nok"
                 .iter()
                 .cycle()
@@ -197,15 +208,9 @@ mod tests {
 
     #[test]
     fn talks_to_a_real_server() {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap().to_string();
-        let t = std::thread::spawn(move || {
-            let (mut s, _) = l.accept().unwrap();
-            let mut buf = [0u8; 1024];
-            let n = s.read(&mut buf).unwrap();
-            let req = String::from_utf8_lossy(&buf[..n]).to_string();
+        let (addr, t) = serve_once(|mut s, req| {
             s.write_all(b"HTTP/1.1 200 OK\r\nX-Release: r1\r\n\r\nok").unwrap();
-            req
+            String::from_utf8_lossy(&req).to_string()
         });
         let r = get(&addr, "demo.localhost", "/health", Duration::from_secs(2)).unwrap();
         assert_eq!((r.status, r.body.as_slice()), (200, &b"ok"[..]));

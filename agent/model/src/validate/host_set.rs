@@ -41,30 +41,24 @@ pub(super) fn check_host_set(
                 format!("environment `{env}` is also declared in {}", name_of(first)),
             );
         }
-        for name in m.incus.profiles.keys() {
-            if let Some(first) = profiles.insert(name, i) {
-                push(
-                    i,
-                    path!["incus", "profiles", name.as_str()],
-                    false,
-                    format!(
-                        "profile `{name}` is also declared in {}; declare it once",
-                        name_of(first)
-                    ),
-                );
-            }
-        }
-        for name in m.incus.networks.keys() {
-            if let Some(first) = networks.insert(name, i) {
-                push(
-                    i,
-                    path!["incus", "networks", name.as_str()],
-                    false,
-                    format!(
-                        "network `{name}` is also declared in {}; declare it once",
-                        name_of(first)
-                    ),
-                );
+        // Profiles and networks are shared by the host: each declared once.
+        let shared = [
+            ("profile", "profiles", m.incus.profiles.keys().collect::<Vec<_>>(), &mut profiles),
+            ("network", "networks", m.incus.networks.keys().collect(), &mut networks),
+        ];
+        for (kind, key, names, seen) in shared {
+            for name in names {
+                if let Some(first) = seen.insert(name, i) {
+                    push(
+                        i,
+                        path!["incus", key, name.as_str()],
+                        false,
+                        format!(
+                            "{kind} `{name}` is also declared in {}; declare it once",
+                            name_of(first)
+                        ),
+                    );
+                }
             }
         }
         // Job units are named `veza-job-<env>-<job>`: `prod`/`db-backup` and

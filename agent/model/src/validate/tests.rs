@@ -131,6 +131,14 @@ fn every_rule_reports_where_and_why() {
             "b:15:5: profile `p` is also declared in a; declare it once",
         ),
         (
+            "network declared in two files",
+            vec![
+                ("a", env("prod", "a.fr", "C1", "incus:\n  networks:\n    n: {}\n")),
+                ("b", env("staging", "b.fr", "C2", "incus:\n  networks:\n    n: {}\n")),
+            ],
+            "b:15:5: network `n` is also declared in a; declare it once",
+        ),
+        (
             "loopback ports collide across envs",
             vec![
                 ("a", env("prod", "a.fr", "C1", "").replace("    active: blue", "    active: blue\n    upstream: {loopback_ports: {blue: 18001, green: 18002}}")),
