@@ -396,19 +396,9 @@ fn a_host_unit_file_without_the_marker_is_never_overwritten() {
     let theirs = "[Unit]\nDescription=the DBA's own backup\n\n[Service]\nType=oneshot\nExecStart=/bin/true\n";
     let service = dir.path().join("veza-job-prod-db-backup.service");
     std::fs::write(&service, theirs).expect("seed a foreign unit");
-    let units = units::render(&JobUnitSpec {
-        env: "prod-db".into(),
-        name: "backup".into(),
-        schedule: schedule::parse("@daily").expect("schedule"),
-        tz: None,
-        user: None,
-        command: "true".into(),
-        randomized_delay: None,
-        persistent: true,
-        timeout: None,
-        description: None,
-    })
-    .expect("render");
+    let daily = schedule::parse("@daily").expect("schedule");
+    let units =
+        units::render(&JobUnitSpec::new("prod-db", "backup", daily, "true")).expect("render");
     let rt = veza_host::incus::runtime().expect("runtime");
     let incus = veza_host::incus::IncusClient::local();
     let driver = Systemd::new(&incus, dir.path());

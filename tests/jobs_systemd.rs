@@ -158,17 +158,10 @@ impl Fixture {
 }
 
 fn spec(name: &str, cron: &str, command: &str) -> JobUnitSpec {
+    let schedule = schedule::parse(cron).expect("test schedule");
     JobUnitSpec {
-        env: "test".into(),
-        name: name.into(),
-        schedule: schedule::parse(cron).expect("test schedule"),
-        tz: None,
-        user: None,
-        command: command.into(),
-        randomized_delay: None,
-        persistent: true,
         timeout: Some(Duration::from_secs(60)),
-        description: None,
+        ..JobUnitSpec::new("test", name, schedule, command)
     }
 }
 
