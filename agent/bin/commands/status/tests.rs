@@ -19,6 +19,17 @@ fn drill(at: i64) -> JobState {
     }
 }
 
+/// The drill, first seen at `first_seen_at` and never run since.
+fn never_ran(first_seen_at: i64) -> JobState {
+    JobState {
+        last_result: None,
+        last_start: None,
+        last_success_at: None,
+        first_seen_at: Some(first_seen_at),
+        ..drill(0)
+    }
+}
+
 fn base() -> AgentState {
     let mut st = AgentState {
         applied: Some(AppliedRevision {
@@ -165,28 +176,14 @@ fn headlines_say_what_needs_a_human() {
         (
             "new job that has not run yet",
             Box::new(|s| {
-                let j = JobState {
-                    last_result: None,
-                    last_start: None,
-                    last_success_at: None,
-                    first_seen_at: Some(1000),
-                    ..drill(0)
-                };
-                s.jobs.insert("prod/dr-drill".into(), j);
+                s.jobs.insert("prod/dr-drill".into(), never_ran(1000));
             }),
             "OK: in sync with aaaaaaaaaaaa signed by forgejo@veza",
         ),
         (
             "job that never succeeded in longer than its max age",
             Box::new(|s| {
-                let j = JobState {
-                    last_result: None,
-                    last_start: None,
-                    last_success_at: None,
-                    first_seen_at: Some(2000 - 9 * 86_400),
-                    ..drill(0)
-                };
-                s.jobs.insert("prod/dr-drill".into(), j);
+                s.jobs.insert("prod/dr-drill".into(), never_ran(2000 - 9 * 86_400));
             }),
             "NEEDS ATTENTION: job prod/dr-drill: no successful run in 9 d (max 8 d)",
         ),

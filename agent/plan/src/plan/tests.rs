@@ -195,27 +195,14 @@ fn prune_deletes_owned_leftovers_but_refuses_protected_data() {
     let mut leftover = live.instances.get("veza-web-green").expect("web green").clone();
     leftover.config.insert("user.veza.env".into(), "prod".into());
     live.instances.insert("veza-tools".into(), leftover);
-    live.profiles.insert(
-        "veza-legacy".into(),
-        LiveProfile {
-            config: BTreeMap::from([
-                ("user.veza.managed".into(), "true".into()),
-                ("user.veza.host".into(), "r720".into()),
-            ]),
-            ..LiveProfile::default()
-        },
-    );
-    // Another host's profile on a shared incusd is not ours to prune.
-    live.profiles.insert(
-        "other-host-app".into(),
-        LiveProfile {
-            config: BTreeMap::from([
-                ("user.veza.managed".into(), "true".into()),
-                ("user.veza.host".into(), "r630".into()),
-            ]),
-            ..LiveProfile::default()
-        },
-    );
+    // This host's leftover profile, and another host's on a shared incusd: not ours to prune.
+    for (name, host) in [("veza-legacy", "r720"), ("other-host-app", "r630")] {
+        let config = BTreeMap::from([
+            ("user.veza.managed".into(), "true".into()),
+            ("user.veza.host".into(), host.into()),
+        ]);
+        live.profiles.insert(name.into(), LiveProfile { config, ..LiveProfile::default() });
+    }
     live.units.entry(UnitTarget::Host).or_default().insert(
         "veza-job-prod-old.timer".into(),
         "# Managed by veza-agent; do not edit. veza-agent-owner: prod/old\n".into(),
