@@ -19,11 +19,8 @@ struct Daemon {
 impl Daemon {
     fn start(h: &DemoHost) -> Daemon {
         let log = h.dir.join("daemon.log");
-        let pid = Cmd::new(env!("CARGO_BIN_EXE_veza-agent"))
-            .args(["run", "--config"])
-            .arg(&h.config_path)
-            .spawn_daemon(Some(&log))
-            .expect("the daemon starts");
+        let agent = std::path::Path::new(env!("CARGO_BIN_EXE_veza-agent"));
+        let pid = veza_testkit::cli::spawn(agent, &h.config_path, "run", &log);
         Daemon { pid, log }
     }
 

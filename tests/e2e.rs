@@ -8,6 +8,12 @@ use veza_testkit::demo::DemoHost;
 use veza_testkit::incus::TrustedClient;
 use veza_testkit::traffic::Traffic;
 
+/// `veza-agent apply` for `h`, detached, its output in `log`; returns its pid.
+fn spawn_apply(h: &DemoHost, log: &std::path::Path) -> u32 {
+    let agent = std::path::Path::new(env!("CARGO_BIN_EXE_veza-agent"));
+    veza_testkit::cli::spawn(agent, &h.config_path, "apply", log)
+}
+
 fn host() -> DemoHost {
     DemoHost::new(std::path::Path::new(env!("CARGO_BIN_EXE_veza-agent")), None)
         .unwrap_or_else(|e| panic!("the real test host is not usable: {e:#}"))
@@ -175,11 +181,7 @@ fn kill_during_apply_then_restart_converges() {
     let h = host();
     h.commit(&h.manifest("blue", Some(0), Some(1)), "two slots").unwrap();
     // Start the apply and kill -9 it while it works (after the first slot is created).
-    let child = veza_host::process::Cmd::new(env!("CARGO_BIN_EXE_veza-agent"))
-        .args(["apply", "--config"])
-        .arg(&h.config_path)
-        .spawn_daemon(Some(&h.dir.join("killed-apply.log")))
-        .unwrap();
+    let child = spawn_apply(&h, &h.dir.join("killed-apply.log"));
     let journal = h.dir.join("state/journal.json");
     let mut seen = false;
     for _ in 0..9000 {
@@ -213,11 +215,7 @@ fn a_newer_commit_preempts_a_health_wait() {
     h.commit(&h.manifest("green", Some(0), Some(2)), "promote broken green").unwrap();
     let log = h.dir.join("preempted-apply.log");
     let started = std::time::Instant::now();
-    let pid = veza_host::process::Cmd::new(env!("CARGO_BIN_EXE_veza-agent"))
-        .args(["apply", "--config"])
-        .arg(&h.config_path)
-        .spawn_daemon(Some(&log))
-        .unwrap();
+    let pid = spawn_apply(&h, &log);
     let journal = h.dir.join("state/journal.json");
     for _ in 0..3000 {
         if std::fs::read_to_string(&journal).is_ok_and(|j| j.contains("\"current\": \"wait for")) {
@@ -989,11 +987,7 @@ fn a_kill_when_the_journal_is_cleared_leaves_status_telling_the_truth() {
     h.commit(&h.manifest("blue", Some(0), Some(1)), "blue").unwrap();
     apply_ok(&h);
     let promoted = h.commit(&h.manifest("green", Some(0), Some(1)), "promote green").unwrap();
-    let pid = veza_host::process::Cmd::new(env!("CARGO_BIN_EXE_veza-agent"))
-        .args(["apply", "--config"])
-        .arg(&h.config_path)
-        .spawn_daemon(Some(&h.dir.join("killed-at-clear.log")))
-        .unwrap();
+    let pid = spawn_apply(&h, &h.dir.join("killed-at-clear.log"));
     let journal = h.dir.join("state/journal.json");
     let (mut seen, mut cleared) = (false, false);
     for _ in 0..120_000 {

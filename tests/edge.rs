@@ -27,8 +27,8 @@ use veza_host::haproxy::{
 use veza_host::process::Cmd;
 use veza_model::manifest::Color;
 use veza_plan::edge::{BackendKind, EdgeEnv, EdgeSettings, RenderError, RenderedEdge, render_edge};
-use veza_testkit::Haproxy;
 use veza_testkit::incus::{DEBIAN_IMAGE, require_haproxy, require_incus};
+use veza_testkit::{Haproxy, HttpReply};
 
 const BLUE: &str = "1111111111111111111111111111111111111111";
 const GREEN: &str = "2222222222222222222222222222222222222222";
@@ -433,23 +433,6 @@ fn serve(mut conn: TcpStream, label: &str, healthy: &AtomicBool) {
     let _ = conn.write_all(reply.as_bytes());
 }
 
-#[derive(Debug)]
-struct Reply {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Reply {
-    fn set_cookies(&self) -> Vec<&str> {
-        self.headers
-            .iter()
-            .filter(|(k, _)| k.eq_ignore_ascii_case("set-cookie"))
-            .map(|(_, v)| v.as_str())
-            .collect()
-    }
-}
-
 /// One GET through the edge with a new connection, bounded by `timeout`.
 fn get(
     port: u16,
@@ -457,33 +440,9 @@ fn get(
     path: &str,
     cookie: Option<&str>,
     timeout: Duration,
-) -> Result<Reply, String> {
+) -> Result<HttpReply, String> {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect: {e}"))?;
-    s.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
-    s.set_write_timeout(Some(timeout)).map_err(|e| e.to_string())?;
-    let cookie = cookie.map(|c| format!("Cookie: {c}\r\n")).unwrap_or_default();
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{cookie}Connection: close\r\n\r\n")
-            .as_bytes(),
-    )
-    .map_err(|e| format!("write: {e}"))?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).map_err(|e| format!("read: {e}"))?;
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) =
-        text.split_once("\r\n\r\n").ok_or_else(|| format!("no header end in {text:?}"))?;
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| format!("bad status line in {head:?}"))?;
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        .collect();
-    Ok(Reply { status, headers, body: body.to_string() })
+    veza_testkit::http_get_as(addr, host, path, cookie, timeout).map_err(|e| format!("{e:#}"))
 }
 
 /// A real HAProxy serving a rendered edge, with the installer's view of it.
@@ -861,7 +820,7 @@ fn sticky_cookies_do_not_leak_across_environments() {
         let r = get(port, host, path, cookie.as_deref(), t).unwrap();
         let what = format!("{host}{path} cookie={cookie:?}");
         assert_eq!((r.status, r.body.trim()), (200, body), "{what}");
-        let sc = r.set_cookies();
+        let sc = r.headers_named("set-cookie");
         match set_cookie {
             Some(prefix) => {
                 assert_eq!(sc.len(), 1, "{what}: {sc:?}");

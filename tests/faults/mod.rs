@@ -228,11 +228,7 @@ fn assert_rejected(h: &DemoHost, case: &mut Case, commit: &str, needle: &str, go
 
 /// Starts `veza-agent apply` detached; returns its pid.
 fn spawn_apply(config: &Path, log: &Path) -> u32 {
-    Cmd::new(AGENT)
-        .args(["apply", "--config"])
-        .arg(config)
-        .spawn_daemon(Some(log))
-        .expect("spawn veza-agent apply")
+    veza_testkit::cli::spawn(Path::new(AGENT), config, "apply", log)
 }
 
 fn journal(state: &Path) -> Option<veza_state::Journal> {

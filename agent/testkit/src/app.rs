@@ -219,8 +219,13 @@ pub struct HttpReply {
 impl HttpReply {
     /// The first header named `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers_named(name).into_iter().next()
+    }
+
+    /// Every header named `name` (case-insensitive), in order (`Set-Cookie` may repeat).
+    pub fn headers_named(&self, name: &str) -> Vec<&str> {
         let name = name.to_ascii_lowercase();
-        self.headers.iter().find(|(k, _)| *k == name).map(|(_, v)| v.as_str())
+        self.headers.iter().filter(|(k, _)| *k == name).map(|(_, v)| v.as_str()).collect()
     }
 }
 
@@ -229,11 +234,37 @@ impl HttpReply {
 pub fn http_get(addr: impl ToSocketAddrs, path: &str) -> Result<HttpReply> {
     let addr: SocketAddr =
         addr.to_socket_addrs()?.next().ok_or_else(|| anyhow!("address resolves to nothing"))?;
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+    let limits = (Duration::from_secs(5), Duration::from_secs(10));
+    get_over(addr, &addr.to_string(), path, None, limits)
+}
+
+/// `GET path` to `addr` as `Host: host` (with `Cookie: cookie` when given) over a fresh
+/// connection (`Connection: close`); connect, write and each read bounded by `timeout`,
+/// body up to 1 MiB.
+pub fn http_get_as(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    cookie: Option<&str>,
+    timeout: Duration,
+) -> Result<HttpReply> {
+    get_over(addr, host, path, cookie, (timeout, timeout))
+}
+
+/// One GET; `limits` are the connect and the read/write timeouts.
+fn get_over(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    cookie: Option<&str>,
+    (connect, io): (Duration, Duration),
+) -> Result<HttpReply> {
+    let mut stream = TcpStream::connect_timeout(&addr, connect)
         .with_context(|| format!("connecting to {addr}"))?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    stream.set_write_timeout(Some(Duration::from_secs(10)))?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    stream.set_read_timeout(Some(io))?;
+    stream.set_write_timeout(Some(io))?;
+    let cookie = cookie.map(|c| format!("Cookie: {c}\r\n")).unwrap_or_default();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {host}\r\n{cookie}Connection: close\r\n\r\n")?;
     let mut raw = Vec::new();
     stream.take(1 << 20).read_to_end(&mut raw).with_context(|| format!("reading from {addr}"))?;
     parse_reply(&raw).with_context(|| format!("reply from {addr}{path}"))

@@ -1,5 +1,5 @@
 //! The `veza-agent` command line as tests drive it: one invocation against a
-//! configuration file, and what it printed.
+//! configuration file and what it printed, or one started detached.
 
 use std::path::Path;
 use std::time::Duration;
@@ -33,4 +33,14 @@ pub fn agent(bin: &Path, config: &Path, args: &[&str]) -> Run {
         .output()
         .unwrap_or_else(|e| panic!("veza-agent {args:?}: {e}"));
     Run { code: out.status.code().unwrap_or(-1), out: out.stdout_str(), err: out.stderr_str() }
+}
+
+/// `BIN COMMAND --config CONFIG` started detached (its own session), stdout and stderr
+/// in `log`; returns its pid. Panics when it cannot start.
+pub fn spawn(bin: &Path, config: &Path, command: &str, log: &Path) -> u32 {
+    Cmd::new(bin)
+        .args([command, "--config"])
+        .arg(config)
+        .spawn_daemon(Some(log))
+        .unwrap_or_else(|e| panic!("veza-agent {command}: {e}"))
 }

@@ -15,7 +15,8 @@ pub mod tmpfs;
 pub mod traffic;
 
 pub use app::{
-    HostApp, HttpReply, broken_release_artifact, http_get, release_artifact, testapp_binary,
+    HostApp, HttpReply, broken_release_artifact, http_get, http_get_as, release_artifact,
+    testapp_binary,
 };
 pub use haproxy::Haproxy;
 pub use incus::{TestContainer, TestProfile, require_host, sweep_stale};
