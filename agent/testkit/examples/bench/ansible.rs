@@ -41,6 +41,26 @@ pub(crate) fn parse_recap(stdout: &str) -> Option<Recap> {
 }
 
 impl Ansible {
+    /// `runs` timed runs of `edge.yml` with the extra variables `vars(i)`: each must change
+    /// something when `changes`, else nothing. Returns the times (ms).
+    pub(crate) fn timed_edge_runs(
+        &self,
+        runs: usize,
+        changes: bool,
+        mut vars: impl FnMut(usize) -> Vec<String>,
+    ) -> Result<Vec<f64>> {
+        let mut samples = Vec::new();
+        for i in 0..runs {
+            let (ms, recap, _) = self.run("edge.yml", &vars(i), false)?;
+            match (changes, recap.changed) {
+                (false, n) if n != 0 => bail!("a no-change ansible run changed {n} things"),
+                (true, 0) => bail!("the ansible config change changed nothing"),
+                _ => samples.push(ms),
+            }
+        }
+        Ok(samples)
+    }
+
     pub(crate) fn run(
         &self,
         playbook: &str,
@@ -160,13 +180,8 @@ pub(crate) fn ansible_phase(
 
     progress("ansible: no-change");
     let mut nc = Figure::new("ansible_no_change", "ansible: no-change run of edge.yml", "ms");
-    for _ in 0..sizes.ansible {
-        let (ms, recap, _) = a.run("edge.yml", &[color(d.active), cfgv(&d.rev)], false)?;
-        if recap.changed != 0 {
-            bail!("a no-change ansible run changed {} things", recap.changed);
-        }
-        nc.samples.push(ms);
-    }
+    nc.samples =
+        a.timed_edge_runs(sizes.ansible, false, |_| vec![color(d.active), cfgv(&d.rev)])?;
     nc.notes.push("incus info ×2, incus config get ×2, haproxy -c, active-color file, template compare: nothing changes, no reload".into());
     b.figures.push(nc);
 
@@ -176,14 +191,9 @@ pub(crate) fn ansible_phase(
         "ansible: config-only change (incus config set on both slots)",
         "ms",
     );
-    for i in 0..sizes.ansible.min(5) {
-        let (ms, recap, _) =
-            a.run("edge.yml", &[color(d.active), cfgv(&format!("ansible-{i}"))], false)?;
-        if recap.changed == 0 {
-            bail!("the ansible config change changed nothing");
-        }
-        cc.samples.push(ms);
-    }
+    cc.samples = a.timed_edge_runs(sizes.ansible.min(5), true, |i| {
+        vec![color(d.active), cfgv(&format!("ansible-{i}"))]
+    })?;
     a.run("edge.yml", &[color(d.active), cfgv(&d.rev)], false)?; // back to the agent's value
     cc.notes.push("the no-change checks plus `incus config set` on both slots; no new commit to fetch or verify".into());
     b.figures.push(cc);
