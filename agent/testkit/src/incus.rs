@@ -418,12 +418,7 @@ impl Drop for DeleteOnDrop {
             delete_instance(name);
         }
         for name in &self.profiles {
-            if let Err(e) = incus(["profile", "delete", name.as_str()]).run() {
-                let msg = e.to_string();
-                if !msg.contains("not found") {
-                    eprintln!("veza-testkit: could not delete profile {name}: {msg}");
-                }
-            }
+            delete_profile(name);
         }
     }
 }
@@ -494,10 +489,20 @@ impl Drop for LifecycleWatch {
 }
 
 fn delete_instance(name: &str) {
-    if let Err(e) = incus(["delete", "--force", name]).run() {
+    delete_quietly("container", name, ["delete", "--force", name]);
+}
+
+fn delete_profile(name: &str) {
+    delete_quietly("profile", name, ["profile", "delete", name]);
+}
+
+/// Runs `incus ARGS` deleting `what` `name`: one already gone is fine, any other failure
+/// is printed (cleanup never panics).
+fn delete_quietly(what: &str, name: &str, args: [&str; 3]) {
+    if let Err(e) = incus(args).run() {
         let msg = e.to_string();
         if !msg.contains("not found") {
-            eprintln!("veza-testkit: could not delete container {name}: {msg}");
+            eprintln!("veza-testkit: could not delete {what} {name}: {msg}");
         }
     }
 }
@@ -533,12 +538,7 @@ impl TestProfile {
 
 impl Drop for TestProfile {
     fn drop(&mut self) {
-        if let Err(e) = incus(["profile", "delete", self.name.as_str()]).run() {
-            let msg = e.to_string();
-            if !msg.contains("not found") {
-                eprintln!("veza-testkit: could not delete profile {}: {msg}", self.name);
-            }
-        }
+        delete_profile(&self.name);
     }
 }
 
