@@ -94,18 +94,12 @@ impl GateRule {
     }
 }
 
-pub(super) async fn health_gate<I, E, U, P, C, H>(
+pub(super) async fn health_gate<I: Incus, E, U, P: Probe, C: Clock, H: Hooks>(
     d: &Drivers<'_, I, E, U, P, C>,
     instance: &str,
     slot: &SlotSpec,
     hooks: &H,
-) -> Result<(), StepError>
-where
-    I: Incus,
-    P: Probe,
-    C: Clock,
-    H: Hooks,
-{
+) -> Result<(), StepError> {
     let rule = GateRule::for_slot(slot);
     let probe_timeout = Duration::from_millis(slot.health_timeout_ms.max(100));
     let least = rule.least_time();

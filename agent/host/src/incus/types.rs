@@ -21,19 +21,15 @@ pub type Device = BTreeMap<String, String>;
 /// Devices by name.
 pub type Devices = BTreeMap<String, Device>;
 
-/// The ownership mark: only resources whose config holds `user.veza.managed=true` are ever
-/// changed or deleted by the agent.
-pub const MARK_MANAGED: &str = "user.veza.managed";
-/// Environment the resource belongs to (set by callers).
-pub const KEY_ENV: &str = "user.veza.env";
-/// Application name (set by callers).
-pub const KEY_APP: &str = "user.veza.app";
-/// Blue/green color (set by callers).
-pub const KEY_COLOR: &str = "user.veza.color";
-/// Release the instance runs (set by callers).
-pub const KEY_RELEASE: &str = "user.veza.release";
-/// `true` forbids deletion by the agent (data containers).
-pub const KEY_PROTECT: &str = "user.veza.protect";
+/// The agent's marks, defined once with the planner that reads them
+/// ([`veza_plan::live`]): the ownership mark `user.veza.managed` (only resources whose
+/// config holds it set to `true` are ever changed or deleted by the agent), and the
+/// environment, app, color, release (set by callers) and protection (`true` forbids
+/// deletion: data containers) of an instance.
+pub use veza_plan::live::{
+    MARK_APP as KEY_APP, MARK_COLOR as KEY_COLOR, MARK_ENV as KEY_ENV, MARK_MANAGED,
+    MARK_PROTECT as KEY_PROTECT, MARK_RELEASE as KEY_RELEASE,
+};
 /// Prefix of the snapshots the agent creates and prunes.
 pub const SNAPSHOT_PREFIX: &str = "veza-";
 
