@@ -72,15 +72,27 @@ fn check_format(kind: ObjectKind, armor: &[u8]) -> Result<(), ObjectError> {
     })
 }
 
+/// `Malformed` unless `raw` starts with the `header` line every object of `kind` starts
+/// with (`article` for the message: "a `tree` header").
+fn starts_with_header(
+    raw: &[u8],
+    kind: ObjectKind,
+    header: &str,
+    article: &str,
+) -> Result<(), ObjectError> {
+    if raw.starts_with(header.as_bytes()) && raw.get(header.len()) == Some(&b' ') {
+        return Ok(());
+    }
+    Err(ObjectError::Malformed {
+        kind,
+        reason: format!("does not start with {article} `{header}` header"),
+    })
+}
+
 /// Splits a raw commit object (the bytes of `git cat-file commit <id>`).
 pub fn split_commit(raw: &[u8]) -> Result<Signed, ObjectError> {
     let kind = ObjectKind::Commit;
-    if !raw.starts_with(b"tree ") {
-        return Err(ObjectError::Malformed {
-            kind,
-            reason: "does not start with a `tree` header".to_string(),
-        });
-    }
+    starts_with_header(raw, kind, "tree", "a")?;
     let mut payload = Vec::with_capacity(raw.len());
     let mut armor = Vec::new();
     let mut count = 0usize;
@@ -133,12 +145,7 @@ pub fn split_commit(raw: &[u8]) -> Result<Signed, ObjectError> {
 /// Splits a raw annotated tag object (the bytes of `git cat-file tag <id>`).
 pub fn split_tag(raw: &[u8]) -> Result<Signed, ObjectError> {
     let kind = ObjectKind::Tag;
-    if !raw.starts_with(b"object ") {
-        return Err(ObjectError::Malformed {
-            kind,
-            reason: "does not start with an `object` header".to_string(),
-        });
-    }
+    starts_with_header(raw, kind, "object", "an")?;
     let mut in_headers = true;
     let mut markers = Vec::new();
     for (start, line) in lines(raw) {
@@ -277,6 +284,25 @@ mod tests {
             let s = split_tag(&vector(&format!("{name}.raw"))).unwrap();
             assert_eq!(s.payload, vector(&format!("{name}.payload")), "{name} payload");
             assert_eq!(s.armor, vector(&format!("{name}.sig")), "{name} armor");
+        }
+    }
+
+    #[test]
+    fn an_object_without_its_first_header_is_malformed() {
+        type Split = fn(&[u8]) -> Result<Signed, ObjectError>;
+        let cases: [(Split, &[u8], &str); 4] = [
+            (split_commit, b"parent 1\n\nmsg\n", "does not start with a `tree` header"),
+            (split_commit, b"treetop 1\n\nmsg\n", "does not start with a `tree` header"),
+            (split_tag, b"tree 1\n\nmsg\n", "does not start with an `object` header"),
+            (split_tag, b"", "does not start with an `object` header"),
+        ];
+        for (split, raw, want) in cases {
+            let err = split(raw).expect_err("malformed");
+            assert!(
+                matches!(&err, ObjectError::Malformed { reason, .. } if reason == want),
+                "{:?}: {err}",
+                String::from_utf8_lossy(raw)
+            );
         }
     }
 

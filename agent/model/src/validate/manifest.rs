@@ -4,8 +4,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use super::values::{
-    extend, haproxy_token, is_dns_name, is_env_name, is_incus_name, is_proxy_address,
-    parse_host_port, shown, unknown_ref,
+    extend, haproxy_address_port, haproxy_token, is_dns_name, is_env_name, is_incus_name,
+    is_proxy_address, shown, unknown_ref,
 };
 use super::{Declared, Rules};
 use crate::lexical;
@@ -345,13 +345,7 @@ pub(super) fn check_manifest(m: &Manifest, declared: &Declared, r: &mut Rules<'_
             }
             for (i, server) in ext.servers.iter().enumerate() {
                 let sp = path!["edge", "external_backends", name.as_str(), "servers", i];
-                if parse_host_port(server).is_none() {
-                    r.value(
-                        sp.clone(),
-                        format!("invalid server `{server}`: expected `address:port`"),
-                    );
-                }
-                haproxy_token(r, sp, "server address", server);
+                haproxy_address_port(r, sp, ("server", "server address"), server);
             }
             if let Some(health) = &ext.health_path {
                 let hp = path!["edge", "external_backends", name.as_str(), "health_path"];
@@ -365,13 +359,7 @@ pub(super) fn check_manifest(m: &Manifest, declared: &Declared, r: &mut Rules<'_
             for (key, addr) in [("http", Some(&listen.http)), ("https", listen.https.as_ref())] {
                 let Some(addr) = addr else { continue };
                 let lp = path!["edge", "listen", key];
-                if parse_host_port(addr).is_none() {
-                    r.value(
-                        lp.clone(),
-                        format!("invalid listen address `{addr}`: expected `address:port`"),
-                    );
-                }
-                haproxy_token(r, lp, "listen address", addr);
+                haproxy_address_port(r, lp, ("listen address", "listen address"), addr);
             }
         }
         if let Some(tls) = &edge.tls {

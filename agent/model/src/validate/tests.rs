@@ -356,6 +356,11 @@ fn values_the_renderers_refuse_fail_validation_at_their_key() {
         ),
         (
             "sticky_cookie: C1}",
+            "sticky_cookie: C1, listen: {http: \"nowhere\"}}",
+            "a:12:94: invalid listen address `nowhere`: expected `address:port`",
+        ),
+        (
+            "sticky_cookie: C1}",
             "sticky_cookie: C1, listen: {http: \"127.0.0.1#:80\"}}",
             "a:12:94: listen address `127.0.0.1#:80` cannot be written into haproxy.cfg: it contains `#`, a quote or a backslash",
         ),

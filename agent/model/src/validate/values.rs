@@ -6,6 +6,20 @@ use crate::hint::closest;
 use crate::lexical;
 use crate::parse::Seg;
 
+/// An `address:port` written into `haproxy.cfg`: `what` names it in the error (`server`,
+/// `listen address`) and `token` in the renderer's own rule ([`haproxy_token`]).
+pub(super) fn haproxy_address_port(
+    r: &mut Rules<'_>,
+    path: Vec<Seg>,
+    (what, token): (&str, &str),
+    value: &str,
+) {
+    if parse_host_port(value).is_none() {
+        r.value(path.clone(), format!("invalid {what} `{value}`: expected `address:port`"));
+    }
+    haproxy_token(r, path, token, value);
+}
+
 /// A value written into `haproxy.cfg` as one token: the renderer's own rule.
 pub(super) fn haproxy_token(r: &mut Rules<'_>, path: Vec<Seg>, what: &str, value: &str) {
     if let Err(why) = lexical::haproxy_token(value) {
