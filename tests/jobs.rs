@@ -266,11 +266,8 @@ fn jobs_verify_harness_catches_warnings() {
 }
 
 fn agent(args: &[&str]) -> (Option<i32>, String, String) {
-    let out = Cmd::new(env!("CARGO_BIN_EXE_veza-agent"))
-        .args(args)
-        .timeout(Duration::from_secs(60))
-        .output()
-        .expect("run veza-agent");
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_veza-agent"));
+    let out = veza_testkit::cli::output(bin, args, Duration::from_secs(60));
     (out.status.code(), out.stdout_str(), out.stderr_str())
 }
 
@@ -346,12 +343,25 @@ fn jobs_schedule_cli_usage_errors_exit_2() {
     }
 }
 
+/// The systemd driver's `install` of `files` (enabling `timers`) into the unit directory
+/// `dir` on the host; the error as the driver words it.
+fn install_on_host(
+    dir: &Path,
+    files: &[(String, String)],
+    timers: &[String],
+) -> Result<(), String> {
+    use veza_host::systemd::{Systemd, Units};
+    let rt = veza_host::incus::runtime().expect("runtime");
+    let incus = veza_host::incus::IncusClient::local();
+    let driver = Systemd::new(&incus, dir);
+    rt.block_on(driver.install(&veza_plan::live::UnitTarget::Host, files, timers))
+        .map_err(|e| e.to_string())
+}
+
 /// Units rejected by `systemd-analyze verify` never stay in the unit directory: a new file
 /// is removed and a replaced one is put back, so the next plan installs again.
 #[test]
 fn units_rejected_by_verify_are_not_left_in_place() {
-    use veza_host::systemd::{Systemd, Units};
-    use veza_plan::live::UnitTarget;
     let dir = tempfile::tempdir().expect("tempdir");
     let marker = veza_model::units::OWNER_MARKER_PREFIX;
     let good = format!(
@@ -364,19 +374,15 @@ fn units_rejected_by_verify_are_not_left_in_place() {
     let bad_service = format!(
         "{marker}t/x\n[Unit]\nDescription=x\n\n[Service]\nType=oneshot\nExecStart=/nonexistent/veza\n"
     );
-    let rt = veza_host::incus::runtime().expect("runtime");
-    let incus = veza_host::incus::IncusClient::local();
-    let units = Systemd::new(&incus, dir.path());
-    let err = rt
-        .block_on(units.install(
-            &UnitTarget::Host,
-            &[
-                ("veza-job-t-x.service".to_string(), bad_service),
-                ("veza-job-t-x.timer".to_string(), bad_timer),
-            ],
-            &["veza-job-t-x.timer".to_string()],
-        ))
-        .expect_err("verify must reject these units");
+    let err = install_on_host(
+        dir.path(),
+        &[
+            ("veza-job-t-x.service".to_string(), bad_service),
+            ("veza-job-t-x.timer".to_string(), bad_timer),
+        ],
+        &["veza-job-t-x.timer".to_string()],
+    )
+    .expect_err("verify must reject these units");
     assert!(err.to_string().contains("systemd-analyze verify"), "{err}");
     assert_eq!(
         std::fs::read_to_string(dir.path().join("veza-job-t-x.service")).expect("restored"),
@@ -390,8 +396,6 @@ fn units_rejected_by_verify_are_not_left_in_place() {
 /// is refused, naming the file, before any unit is written.
 #[test]
 fn a_host_unit_file_without_the_marker_is_never_overwritten() {
-    use veza_host::systemd::{Systemd, Units};
-    use veza_plan::live::UnitTarget;
     let dir = tempfile::tempdir().expect("tempdir");
     let theirs = "[Unit]\nDescription=the DBA's own backup\n\n[Service]\nType=oneshot\nExecStart=/bin/true\n";
     let service = dir.path().join("veza-job-prod-db-backup.service");
@@ -399,19 +403,15 @@ fn a_host_unit_file_without_the_marker_is_never_overwritten() {
     let daily = schedule::parse("@daily").expect("schedule");
     let units =
         units::render(&JobUnitSpec::new("prod-db", "backup", daily, "true")).expect("render");
-    let rt = veza_host::incus::runtime().expect("runtime");
-    let incus = veza_host::incus::IncusClient::local();
-    let driver = Systemd::new(&incus, dir.path());
-    let err = rt
-        .block_on(driver.install(
-            &UnitTarget::Host,
-            &[
-                (units.timer.name.clone(), units.timer.contents.clone()),
-                (units.service.name.clone(), units.service.contents.clone()),
-            ],
-            std::slice::from_ref(&units.timer.name),
-        ))
-        .expect_err("a foreign unit file must not be overwritten");
+    let err = install_on_host(
+        dir.path(),
+        &[
+            (units.timer.name.clone(), units.timer.contents.clone()),
+            (units.service.name.clone(), units.service.contents.clone()),
+        ],
+        std::slice::from_ref(&units.timer.name),
+    )
+    .expect_err("a foreign unit file must not be overwritten");
     assert_eq!(
         err.to_string(),
         format!(

@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use veza_host::process::Cmd;
 use veza_source::fetch::{FetchOptions, Mirror, ObjectId};
 use veza_source::policy::{Policy, collect_approvals};
 use veza_source::{AllowedSigners, FetchError, VerifyError, verify_commit};
@@ -349,11 +348,8 @@ fn git_verify_commit_agrees_except_for_the_extra_header() {
 // CLI: `veza-agent verify`
 
 fn agent(args: &[&str]) -> (Option<i32>, String, String) {
-    let out = Cmd::new(env!("CARGO_BIN_EXE_veza-agent"))
-        .args(args)
-        .timeout(Duration::from_secs(120))
-        .output()
-        .expect("run veza-agent");
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_veza-agent"));
+    let out = veza_testkit::cli::output(bin, args, Duration::from_secs(120));
     (out.status.code(), out.stdout_str(), out.stderr_str())
 }
 
