@@ -558,37 +558,24 @@ fn owner_is_dead(config: &Value) -> bool {
 pub fn sweep_stale() -> Result<Vec<String>> {
     let mut removed = Vec::new();
     let mut errors = String::new();
-    let instances = query("/1.0/instances?recursion=1")?;
-    for inst in instances.as_array().into_iter().flatten() {
-        // The owner mark may come from a profile (a manifest whose instances declare no
-        // config of their own carries it in an agent-managed profile).
-        let (Some(name), Some(config)) = (
-            inst.get("name").and_then(Value::as_str),
-            inst.get("expanded_config").or_else(|| inst.get("config")),
-        ) else {
-            continue;
-        };
-        if owner_is_dead(config) {
-            match incus(["delete", "--force", name]).run() {
-                Ok(_) => removed.push(name.to_string()),
-                Err(e) => {
-                    let _ = writeln!(errors, "{e}");
-                }
-            }
-        }
-    }
-    let profiles = query("/1.0/profiles?recursion=1")?;
-    for prof in profiles.as_array().into_iter().flatten() {
-        let (Some(name), Some(config)) =
-            (prof.get("name").and_then(Value::as_str), prof.get("config"))
-        else {
-            continue;
-        };
-        if owner_is_dead(config) {
-            match incus(["profile", "delete", name]).run() {
-                Ok(_) => removed.push(name.to_string()),
-                Err(e) => {
-                    let _ = writeln!(errors, "{e}");
+    // Instances, then profiles: (list, where the owner mark is, the delete command). An
+    // instance's mark may come from a profile (a manifest whose instances declare no
+    // config of their own carries it in an agent-managed profile).
+    let kinds: [(&str, &[&str], &[&str]); 2] = [
+        ("/1.0/instances?recursion=1", &["expanded_config", "config"], &["delete", "--force"]),
+        ("/1.0/profiles?recursion=1", &["config"], &["profile", "delete"]),
+    ];
+    for (list, config_keys, delete) in kinds {
+        for item in query(list)?.as_array().into_iter().flatten() {
+            let name = item.get("name").and_then(Value::as_str);
+            let config = config_keys.iter().find_map(|k| item.get(*k));
+            let (Some(name), Some(config)) = (name, config) else { continue };
+            if owner_is_dead(config) {
+                match incus(delete.iter().copied().chain([name])).run() {
+                    Ok(_) => removed.push(name.to_string()),
+                    Err(e) => {
+                        let _ = writeln!(errors, "{e}");
+                    }
                 }
             }
         }
