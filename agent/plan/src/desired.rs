@@ -133,6 +133,20 @@ pub struct DesiredJob {
     pub files: Vec<(String, String)>,
     /// The timer to enable.
     pub timer: String,
+    /// The job's environment file, when it has variables.
+    pub environment: Option<JobEnvironment>,
+}
+
+/// A job's environment file: rendered at apply time (secrets decrypted in memory) and
+/// written root-only beside the service unit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct JobEnvironment {
+    /// File name in the unit directory (`veza-job-<env>-<name>.env`).
+    pub file: String,
+    /// Environment the secrets belong to.
+    pub env: String,
+    /// Variables as written (`{secret:NAME}` left for apply).
+    pub vars: BTreeMap<String, String>,
 }
 
 /// The desired state of one host.
@@ -445,7 +459,24 @@ pub fn desired(
                 timeout: job.timeout.map(|d| d.get()),
                 description: None,
             };
-            let units = veza_model::units::render(&spec).map_err(|e| err(e.to_string()))?;
+            let mut units = veza_model::units::render(&spec).map_err(|e| err(e.to_string()))?;
+            let environment = (!job.env.is_empty()).then(|| {
+                let used: BTreeMap<String, String> = job
+                    .env
+                    .values()
+                    .flat_map(|v| template::secret_refs(v).unwrap_or_default())
+                    .map(|n| {
+                        let digest = secrets.get(&(env.clone(), n.to_string())).cloned();
+                        (n.to_string(), digest.unwrap_or_default())
+                    })
+                    .collect();
+                veza_model::units::with_environment(&mut units, &job.env, &used);
+                JobEnvironment {
+                    file: veza_model::units::environment_file_name(&units),
+                    env: env.clone(),
+                    vars: job.env.clone(),
+                }
+            });
             let files: Vec<UnitFile> = vec![units.service.clone(), units.timer.clone()];
             d.jobs.push(DesiredJob {
                 env: env.clone(),
@@ -457,6 +488,7 @@ pub fn desired(
                 },
                 files: files.into_iter().map(|f| (f.name, f.contents)).collect(),
                 timer: units.timer.name.clone(),
+                environment,
             });
         }
     }

@@ -387,18 +387,20 @@ fn plan_jobs(want: &Desired, live: &LiveState, b: &mut Builder) {
         let have = live.units.get(*target).unwrap_or(&empty);
         let mut files = Vec::new();
         let mut timers = Vec::new();
+        let mut environments = Vec::new();
         for j in jobs {
             let stale = j.files.iter().any(|(n, c)| have.get(n) != Some(c));
             if stale {
                 files.extend(j.files.iter().cloned());
                 timers.push(j.timer.clone());
+                environments.extend(j.environment.clone());
             }
         }
         if !files.is_empty() {
             let names: Vec<String> =
                 timers.iter().map(|t| t.trim_end_matches(".timer").to_string()).collect();
             b.step(
-                Action::InstallUnits { target: (*target).clone(), files, timers },
+                Action::InstallUnits { target: (*target).clone(), files, timers, environments },
                 format!("job units are missing or differ: {}", names.join(", ")),
             );
         }

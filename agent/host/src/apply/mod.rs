@@ -470,7 +470,18 @@ where
             ))
         }),
         Action::HealthGate { instance, slot } => health_gate(d, instance, slot, hooks).await,
-        Action::InstallUnits { target, files, timers } => {
+        Action::InstallUnits { target, files, timers, environments } => {
+            let mut private = Vec::new();
+            for e in environments {
+                let text = veza_model::template::render_env_file(&e.vars, |name| {
+                    d.secrets.get(&e.env, name)
+                })
+                .map_err(|why| StepError::Failed(format!("{}: {why}", e.file)))?;
+                private.push((e.file.clone(), text));
+            }
+            if !private.is_empty() {
+                d.units.install_private(target, &private).await.map_err(|e| fail(&e))?;
+            }
             d.units.install(target, files, timers).await.map_err(|e| fail(&e))
         }
         Action::RemoveUnits { target, names } => {

@@ -170,6 +170,7 @@ fn job_units() -> Action {
         target: UnitTarget::Host,
         files: vec![("veza-job-prod-web-backup.service".into(), "[Service]\n".into())],
         timers: Vec::new(),
+        environments: Vec::new(),
     }
 }
 

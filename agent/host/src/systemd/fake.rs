@@ -69,6 +69,16 @@ impl Units for FakeUnits {
         Ok(())
     }
 
+    async fn install_private(
+        &self,
+        target: &UnitTarget,
+        files: &[(String, String)],
+    ) -> Result<(), SystemdError> {
+        let names: Vec<&str> = files.iter().map(|(name, _)| name.as_str()).collect();
+        self.lock().calls.push(format!("install private {target}: {}", names.join(" ")));
+        Ok(())
+    }
+
     async fn remove(&self, target: &UnitTarget, names: &[String]) -> Result<(), SystemdError> {
         let mut st = self.lock();
         st.calls.push(format!("remove {target}: {}", names.join(" ")));
