@@ -88,7 +88,7 @@ fn secrets_reach_the_app_only_and_migrations_run_once_before_traffic_moves() {
         format!("{config}secrets:\n  identities: [{}]\n", host_key.private.display()),
     )
     .expect("config");
-    let secret_path = format!("secrets/{}/db_password.age", h.env);
+    let secret_path = format!("manifests/secrets/{}/db_password.age", h.env);
     let value = format!("pw-{}-Zq9", std::process::id());
     let url = |color: &str, v: &str| format!("postgres://veza:{v}@db.{}/veza?c={color}", h.env);
     let (r0, r1) = (h.releases[0].id.clone(), h.releases[1].id.clone());
