@@ -306,7 +306,7 @@ fn job_environment_reaches_the_command_only(f: &Fixture) {
     let env_file = units::environment_file_name(&job);
     let text = veza_model::template::render_env_file(&vars, |_| Some(value)).expect("env file");
     f.container.push_bytes(value.as_bytes(), "/var/tmp/veza-test-expected", 0o600).expect("push");
-    f.rt.block_on(f.units().install_private(&f.target(), &[(env_file.clone(), text)]))
+    f.rt.block_on(f.units().install_private(&f.target(), &[(env_file.clone(), text)], &[]))
         .expect("install_private");
     f.install(&[&job]);
     let out = f.container.exec(&["systemctl", "start", &job.service.name]).expect("start");

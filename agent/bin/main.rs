@@ -101,8 +101,8 @@ enum Command {
     /// next completed sync and prints its outcome line, as `apply` does.
     ///
     /// Exit 0 when applied or in sync, 3 when it was with refusals, 4 when suspended or in
-    /// report mode, 1 when the sync did
-    /// not succeed, 2 when no daemon answers or the configuration is unreadable.
+    /// report mode, 1 when the sync did not succeed, 2 when no daemon answers or the
+    /// configuration is unreadable.
     Sync(commands::sync::SyncArgs),
     /// What runs, from which commit, signed by whom, and what needs a human.
     ///
@@ -137,7 +137,9 @@ enum Command {
     /// who and why in the history; `status` shows what would be applied. Exit 0, 1 when
     /// not root, 2 on errors.
     Suspend(commands::suspend::SuspendArgs),
-    /// Lift a suspension: the next sync applies. Root only. Exit 0, 1 when not root, 2 on errors.
+    /// Lift a suspension: the next sync applies.
+    ///
+    /// Root only. Exit 0, 1 when not root, 2 on errors.
     Resume(commands::suspend::ResumeArgs),
     /// Encrypt a secret for the manifests, or list whom a secret was encrypted to.
     ///

@@ -82,12 +82,13 @@ pub trait Units {
         timers: &[String],
     ) -> impl Future<Output = Result<(), SystemdError>> + Send;
     /// Writes root-only (0600) files beside the units (jobs' environment files, which
-    /// may hold secrets). They are not unit files: never listed, removed with their
-    /// service.
+    /// may hold secrets) and removes the `stale` ones (a job that no longer has an
+    /// environment). They are not unit files: never listed, removed with their service.
     fn install_private(
         &self,
         target: &UnitTarget,
         files: &[(String, String)],
+        stale: &[String],
     ) -> impl Future<Output = Result<(), SystemdError>> + Send;
     /// Disables, stops and removes the named unit files (and a service's environment
     /// file), then reloads systemd.
@@ -356,7 +357,20 @@ impl<I: Incus + Sync> Units for Systemd<'_, I> {
         &self,
         target: &UnitTarget,
         files: &[(String, String)],
+        stale: &[String],
     ) -> Result<(), SystemdError> {
+        for name in stale {
+            match target {
+                UnitTarget::Host => {
+                    let path = self.host_path(name);
+                    crate::fs::remove_if_exists(&path)
+                        .map_err(|e| SystemdError::Io { path: e.path, source: e.source })?;
+                }
+                UnitTarget::Instance(_) => {
+                    self.run_in(target, &["rm", "-f", &self.instance_path(name)]).await?;
+                }
+            }
+        }
         for (name, contents) in files {
             match target {
                 UnitTarget::Host => {

@@ -79,7 +79,8 @@ pub struct SlotSpec {
     pub migrate: Option<MigrateSpec>,
 }
 
-/// An app's migration, placeholders substituted.
+/// An app's migration, placeholders substituted but `{dir}`, which the engine sets to the
+/// scratch copy of the release the command runs from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct MigrateSpec {
     /// Shell command run in the release's directory with the app's environment.
@@ -357,8 +358,13 @@ pub fn desired(
                         (name.to_string(), digest)
                     })
                     .collect();
+                // `{dir}` of a migration is where it runs from (a scratch copy of the
+                // release, known at apply time), not the install directory.
                 let migrate = app.migrate.as_ref().map(|m| MigrateSpec {
-                    command: subst(&m.command),
+                    command: template::substitute(
+                        &m.command,
+                        &template::Vars { dir: "{dir}", ..vars },
+                    ),
                     on: m.on.clone().filter(|on| on != "slot"),
                     timeout_ms: m.timeout.map_or(600_000, |t| t.get().as_millis() as u64),
                 });

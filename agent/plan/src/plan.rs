@@ -63,8 +63,15 @@ impl Builder {
 }
 
 /// Puts each app's migration before the first deploy of a release it has not run for
-/// (once per `(env, app, release)`, whichever color deploys it first).
-fn insert_migrations(steps: &mut Vec<Step>, migrated: &BTreeSet<(String, String, String)>) {
+/// (once per `(env, app, release)`, whichever color deploys it first). A slot rebuilt with
+/// the release it already runs (an environment or secret change) migrates nothing: that
+/// release ran against this database before, and an older release's migration must not
+/// run after a newer one's.
+fn insert_migrations(
+    steps: &mut Vec<Step>,
+    migrated: &BTreeSet<(String, String, String)>,
+    live: &LiveState,
+) {
     let mut planned = BTreeSet::new();
     let mut out = Vec::with_capacity(steps.len());
     for step in steps.drain(..) {
@@ -72,7 +79,12 @@ fn insert_migrations(steps: &mut Vec<Step>, migrated: &BTreeSet<(String, String,
             && let Some(m) = &slot.migrate
         {
             let key = (slot.env.clone(), slot.app.clone(), slot.release.clone());
-            if !migrated.contains(&key) && planned.insert(key) {
+            let ran_here = live
+                .instances
+                .get(instance)
+                .and_then(|l| l.release())
+                .is_some_and(|r| r == slot.release);
+            if !ran_here && !migrated.contains(&key) && planned.insert(key) {
                 let on = m.on.clone().unwrap_or_else(|| instance.clone());
                 out.push(Step {
                     action: Action::Migrate { instance: on, slot: slot.clone() },
@@ -151,7 +163,7 @@ pub fn plan(
     for (name, d) in order {
         plan_instance(name, d, live, &mut b, &mut drift, &mut deployed, &mut kept);
     }
-    insert_migrations(&mut b.steps, &opts.migrated);
+    insert_migrations(&mut b.steps, &opts.migrated, live);
     // What an instance that is recreated held is gone with it: the edge's config (when the
     // edge runs in it) and its job units are installed again.
     let recreated: BTreeSet<&str> = b

@@ -429,8 +429,9 @@ impl ExecOutput {
     }
 }
 
-/// A file to write into an instance.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A file to write into an instance. `Debug` shows its size, never its content (an
+/// environment file holds secrets).
+#[derive(Clone, PartialEq, Eq)]
 pub struct FilePush {
     /// Absolute path inside the instance.
     pub path: String,
@@ -443,6 +444,20 @@ pub struct FilePush {
     pub create_parents: bool,
     /// Append instead of overwrite.
     pub append: bool,
+}
+
+impl std::fmt::Debug for FilePush {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FilePush")
+            .field("path", &self.path)
+            .field("bytes", &self.content.len())
+            .field("uid", &self.uid)
+            .field("gid", &self.gid)
+            .field("mode", &format_args!("{:o}", self.mode))
+            .field("create_parents", &self.create_parents)
+            .field("append", &self.append)
+            .finish()
+    }
 }
 
 impl FilePush {

@@ -501,7 +501,7 @@ fn a_plan_names_secrets_by_digest_never_by_value_and_migrates_once() {
     );
     assert!(json.contains(r#""secrets":{"db_password":"aa11"}"#), "{json}");
     let steps: Vec<String> = p.steps.iter().map(|s| s.action.to_string()).collect();
-    // Both colors deploy the same release: one migration, before the first deploy.
+    // Each color deploys its own release: one migration each, right before its deploy.
     let migrations: Vec<&String> = steps.iter().filter(|s| s.starts_with("migrate ")).collect();
     let blue = "migrate demo/hello for release 1111111111 in demo-hello-blue";
     let green = "migrate demo/hello for release 2222222222 in demo-hello-green";
@@ -520,6 +520,41 @@ fn a_plan_names_secrets_by_digest_never_by_value_and_migrates_once() {
     let again = run(&ms, &live_with_default_pool(), &o);
     let names: Vec<String> = again.steps.iter().map(|s| s.action.to_string()).collect();
     assert!(!names.iter().any(|s| s == blue) && names.iter().any(|s| s == green), "{names:#?}");
+}
+
+#[test]
+fn two_colors_deploying_one_release_migrate_once_and_a_rebuild_with_the_same_release_never() {
+    let same = demo_with(|t| {
+        with_env_and_migration(t).replace(
+            "      green: {}",
+            "      green: {release: 1111111111111111111111111111111111111111}",
+        )
+    });
+    let ms = manifests(&[&same]);
+    let p = run(&ms, &live_with_default_pool(), &secret_opts("aa11"));
+    let migrations: Vec<String> = p
+        .steps
+        .iter()
+        .map(|s| s.action.to_string())
+        .filter(|s| s.starts_with("migrate "))
+        .collect();
+    assert_eq!(migrations, ["migrate demo/hello for release 1111111111 in demo-hello-blue"]);
+    let json = serde_json::to_string(&p).expect("json");
+    assert!(
+        json.contains(r#""command":"{dir}/migrate --up""#),
+        "{{dir}} is set at apply time: {json}"
+    );
+    // Converged, then the secret rotates: both slots would be rebuilt with the release they
+    // run; nothing is migrated, even with no migration on record (a state file lost).
+    let after = applied(&live_with_default_pool(), &p);
+    let rotated = run(&ms, &after, &secret_opts("bb22"));
+    assert!(
+        rotated.steps.iter().any(|s| s.action.to_string() == "delete instance demo-hello-green")
+    );
+    assert!(
+        !rotated.steps.iter().any(|s| s.action.to_string().starts_with("migrate ")),
+        "{rotated}"
+    );
 }
 
 #[test]
