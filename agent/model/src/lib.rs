@@ -8,6 +8,7 @@ pub mod capabilities;
 pub mod config;
 mod hint;
 pub mod lexical;
+pub mod live;
 pub mod manifest;
 pub mod naming;
 pub mod parse;

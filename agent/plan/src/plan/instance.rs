@@ -67,7 +67,7 @@ pub(super) fn plan_instance(
     {
         rebuild_for.push(format!("image changes from {was} to {now}"));
     }
-    if !l.kind.is_empty() && l.kind != d.kind {
+    if l.kind.as_str() != d.kind {
         rebuild_for.push(format!("type changes from {} to {}", l.kind, d.kind));
     }
     if let Some(slot) = &d.slot {
@@ -83,9 +83,8 @@ pub(super) fn plan_instance(
         }
         if !rebuild_for.is_empty() {
             // A stopped slot serves nothing, whatever the edge names: it may be rebuilt.
-            let serving = l.running
-                && live.active_colors.get(&(slot.env.clone(), slot.app.clone()))
-                    == Some(&slot.color);
+            let serving =
+                l.is_running() && live.active_color(&slot.env, &slot.app) == Some(slot.color);
             if serving && !d.in_place_updates {
                 b.refuse(
                     format!("instance {name}"),
@@ -138,7 +137,7 @@ pub(super) fn plan_instance(
                 b,
                 format!(
                     "recreated for the new {}",
-                    if l.kind != d.kind { "type" } else { "image" }
+                    if l.kind.as_str() != d.kind { "type" } else { "image" }
                 ),
             );
         }
@@ -194,7 +193,7 @@ pub(super) fn plan_instance(
             );
         }
     }
-    if !l.running && !d.detect_only {
+    if !l.is_running() && !d.detect_only {
         b.step(
             Action::StartInstance { name: name.to_string() },
             format!("instance `{name}` is stopped"),
