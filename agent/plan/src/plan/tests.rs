@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use veza_model::Manifest;
 use veza_model::manifest::Color;
 
-use crate::edge::EdgeSettings;
+use crate::edge::{EdgeEnv, EdgeSettings, render_edge};
 use crate::live::{
     InstanceKind, InstanceStatus, LiveEdge, LiveInstance, LivePool, LiveProfile, LiveState,
     UnitTarget,
@@ -161,6 +161,40 @@ fn promotion_deploys_gates_switches_and_verifies() {
     let fallback = p.fallback_edge.as_deref().expect("a promotion has a fallback edge");
     let back = LiveEdge::from_config(fallback.to_string());
     assert_eq!(back.active.get(&("demo".to_string(), "hello".to_string())), Some(&Color::Blue));
+}
+
+/// The observer reads back, from the config text alone, the colors the renderer routed
+/// to: a promotion, a fallback and `simulate` all rely on it.
+#[test]
+fn the_observed_edge_reads_back_the_rendered_colors() {
+    let ms = manifests(&[PROD, STAGING]);
+    // (environment, app, override of the manifest's `active`)
+    let cases: [&[(&str, &str, Color)]; 3] = [
+        &[],
+        &[("prod", "backend", Color::Green)],
+        &[("prod", "backend", Color::Green), ("staging", "backend", Color::Blue)],
+    ];
+    for overrides in cases {
+        let envs: Vec<EdgeEnv> = ms
+            .iter()
+            .filter_map(|m| {
+                let o: BTreeMap<String, Color> = overrides
+                    .iter()
+                    .filter(|(e, _, _)| *e == m.metadata.name)
+                    .map(|(_, a, c)| (a.to_string(), *c))
+                    .collect();
+                EdgeEnv::from_manifest(m, &o).expect("edge of a valid manifest")
+            })
+            .collect();
+        let rendered = render_edge(&envs, &EdgeSettings::default()).expect("renders");
+        let want = rendered.summary.active_colors();
+        assert_eq!(want.len(), 6, "{overrides:?}: every app of prod and staging routes somewhere");
+        for (env, app, color) in overrides {
+            assert_eq!(want.get(&(env.to_string(), app.to_string())), Some(color));
+        }
+        let observed = LiveEdge::from_config(rendered.config.clone());
+        assert_eq!(observed.active, want, "{overrides:?}");
+    }
 }
 
 #[test]
