@@ -17,6 +17,9 @@ mod edge;
 
 pub use edge::{ConfigServer, LiveEdge, config_servers};
 
+/// The namespace of the agent's marks: a manifest may not set keys in it, and a change of
+/// them alone changes nothing an instance runs.
+pub const MARK_PREFIX: &str = "user.veza.";
 /// The agent's ownership mark on instances, profiles and networks: only resources whose
 /// config holds `user.veza.managed=true` are ever changed or deleted by the agent.
 pub const MARK_MANAGED: &str = "user.veza.managed";

@@ -8,7 +8,9 @@ use veza_model::manifest::Release;
 use super::types::{Action, short};
 use super::{Builder, KeptSlot};
 use crate::desired::{DesiredInstance, SlotSpec};
-use crate::live::{Devices, LiveState, MARK_APP_SPEC, MARK_IMAGE, MARK_KEYS, MARK_RELEASE};
+use crate::live::{
+    Devices, LiveState, MARK_APP_SPEC, MARK_IMAGE, MARK_KEYS, MARK_PREFIX, MARK_RELEASE,
+};
 
 pub(super) fn plan_instance(
     name: &str,
@@ -174,7 +176,7 @@ pub(super) fn plan_instance(
                 && d.config
                     .iter()
                     .filter(|(k, v)| l.config.get(*k) != Some(*v))
-                    .all(|(k, _)| k.starts_with("user.veza."));
+                    .all(|(k, _)| k.starts_with(MARK_PREFIX));
             if d.protect && !marks_only {
                 b.step(
                     Action::Snapshot { instance: name.to_string(), keep: d.snapshots_keep.max(1) },
