@@ -213,7 +213,7 @@ fn with_marks(
 }
 
 /// Builds the desired state of a host from its validated manifests. `pool` is the pool
-/// `pool: auto` resolves to (see [`crate::live::LiveState::detect_pool`]).
+/// `pool: auto` resolves to (see [`crate::live::LiveState::root_pool`]).
 pub fn desired(manifests: &[&Manifest], pool: &str) -> Result<Desired, DesiredError> {
     let mut d = Desired {
         envs: Vec::new(),
