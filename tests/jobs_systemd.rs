@@ -21,11 +21,11 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use veza_host::incus::{IncusClient, MARK_MANAGED};
+use veza_host::incus::IncusClient;
 use veza_host::systemd::{JobRun, Systemd, Units};
+use veza_model::live::{MARK_MANAGED, UnitTarget};
 use veza_model::schedule::{self, CronSchedule};
 use veza_model::units::{self, JobUnitSpec, JobUnits};
-use veza_plan::live::UnitTarget;
 use veza_testkit::TestContainer;
 use veza_testkit::incus::{DEBIAN_IMAGE, require_incus};
 

@@ -265,7 +265,7 @@ fn with_marks(
 }
 
 /// Builds the desired state of a host from its validated manifests. `pool` is the pool
-/// `pool: auto` resolves to (see [`crate::live::LiveState::detect_pool`]).
+/// `pool: auto` resolves to (see [`crate::live::LiveState::root_pool`]).
 /// `secrets` are the digests of the secrets the manifests reference.
 pub fn desired(
     manifests: &[&Manifest],

@@ -109,7 +109,7 @@ pub fn plan(
     live: &LiveState,
     opts: &PlanOptions,
 ) -> Result<Plan, PlanError> {
-    let want = desired(manifests, &live.detect_pool(), &opts.secrets)?;
+    let want = desired(manifests, &live.root_pool(), &opts.secrets)?;
     let mut b = Builder { steps: Vec::new(), refusals: Vec::new() };
     let mut drift = Vec::new();
 
@@ -180,7 +180,7 @@ pub fn plan(
     } else {
         let mut l = live.clone();
         if want.edge_runs_in.as_deref().is_some_and(|r| recreated.contains(r)) {
-            l.edge_config = None;
+            l.edge.config = None;
         }
         l.units
             .retain(|t, _| !matches!(t, UnitTarget::Instance(n) if recreated.contains(n.as_str())));
@@ -204,7 +204,7 @@ pub fn plan(
         let prefix = m.metadata.instance_prefix();
         for (app_name, app) in &m.apps {
             let target = app.active;
-            let live_active = live.active_colors.get(&(env.clone(), app_name.clone())).copied();
+            let live_active = live.active_color(env, app_name);
             let instance = naming::slot_instance(&prefix, app_name, target);
             let Some(slot) = want.instances.get(&instance).and_then(|d| d.slot.clone()) else {
                 continue;
@@ -314,7 +314,7 @@ pub fn plan(
         );
     } else if let Some(runs_in) = &want.edge_runs_in {
         let config = render_for(manifests, &overrides, &opts.edge_settings)?;
-        if live.edge_config.as_deref() != Some(config.as_str()) {
+        if live.edge_config() != Some(config.as_str()) {
             let switch = !promotions.is_empty();
             b.step(
                 Action::InstallEdge { runs_in: runs_in.clone(), config, switch },
@@ -324,7 +324,7 @@ pub fn plan(
                         .map(|p| format!("{}/{} -> {}", p.env, p.app, p.to))
                         .collect();
                     format!("promotion: {}", list.join(", "))
-                } else if live.edge_config.is_none() {
+                } else if live.edge_config().is_none() {
                     "the edge has no config yet".to_string()
                 } else {
                     "the rendered edge config differs from the live one".to_string()

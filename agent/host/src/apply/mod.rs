@@ -32,9 +32,10 @@ use veza_plan::{Action, Plan, Step};
 use crate::artifact::ArtifactStore;
 use crate::clock::{Clock, SystemClock};
 use crate::http::{HttpProbe, Probe};
+use veza_model::live::InstanceKind;
+
 use crate::incus::{
-    ImageSource, Incus, IncusError, InstanceKind, InstanceSpec, InstanceUpdate, ProfileSpec,
-    StateChange,
+    ImageSource, Incus, IncusError, InstanceSpec, InstanceUpdate, ProfileSpec, StateChange,
 };
 use crate::systemd::Units;
 

@@ -18,7 +18,9 @@ use crate::clock::FakeClock;
 use crate::haproxy::fake::FakeEdge;
 use crate::haproxy::install::EdgePaths;
 use crate::http::fake::{Answer, ScriptedProbe};
-use crate::incus::{ExecOutput, FakeIncus, ImageSource, IncusError, InstanceStatus, LiveInstance};
+use veza_model::live::{InstanceStatus, LiveInstance};
+
+use crate::incus::{ExecOutput, FakeIncus, ImageSource, IncusError};
 use crate::systemd::fake::FakeUnits;
 
 // ------------------------------------------------------------ the world of a run
