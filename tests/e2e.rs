@@ -1010,3 +1010,53 @@ fn a_kill_when_the_journal_is_cleared_leaves_status_telling_the_truth() {
     assert_eq!(st["state"]["applied"]["commit"], promoted, "status lies:\n{st:#}");
     assert_eq!(st["state"]["envs"][&h.env]["apps"]["hello"]["active"], "green", "{st:#}");
 }
+
+/// `suspend` pauses applying (the daemon-less `apply` answers `suspended`, exit 4, and
+/// changes nothing) while the agent still fetches and plans: `status` says who, why and
+/// what would be applied; the history keeps who and why; `resume` and the next sync apply
+/// (a promotion, under a request loop). Report mode (`mode: report`) holds the same way.
+#[test]
+fn suspend_and_report_mode_plan_but_apply_nothing_until_resumed() {
+    let h = host();
+    h.commit(&h.manifest("blue", Some(0), None), "blue").unwrap();
+    apply_ok(&h);
+    let (code, out, err) = agent(&h, &["suspend", "--reason", "db maintenance"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    h.commit(&h.manifest("green", Some(0), Some(1)), "promote green").unwrap();
+    let (code, out, err) = agent(&h, &["apply"]);
+    assert_eq!(code, 4, "{out}\n{err}");
+    assert!(out.starts_with("suspended "), "{out}");
+    assert!(out.contains("db maintenance") && out.contains("nothing applied"), "{out}");
+    assert_eq!(h.served_release().unwrap(), h.releases[0].id, "nothing moved");
+    let green = veza_host::process::Cmd::new("incus")
+        .args(["list", "--format", "csv", "-c", "n", &format!("^{}-hello-green$", h.env)])
+        .run_stdout()
+        .unwrap();
+    assert_eq!(green.trim(), "", "nothing created");
+    let st = status_json(&h);
+    let headline = st["headline"].as_str().unwrap_or_default();
+    assert!(headline.contains("suspended by") && headline.contains("db maintenance"), "{st:#}");
+    assert!(headline.contains(&format!("create instance {}-hello-green", h.env)), "{headline}");
+    let metrics = std::fs::read_to_string(h.dir.join("veza-agent.prom")).unwrap();
+    assert!(metrics.contains("veza_agent_suspended 1"), "{metrics}");
+
+    let (code, out, err) = agent(&h, &["resume"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let traffic = Traffic::start(&h, 2, Duration::from_millis(5));
+    let out = apply_ok(&h);
+    let (ok, failed) = traffic.stop();
+    assert_eq!((failed, ok > 10), (0, true), "{failed} failed, {ok} ok\n{out}");
+    assert_eq!(h.served_release().unwrap(), h.releases[1].id);
+    let (_, history, _) = agent(&h, &["history", "--json"]);
+    assert!(history.contains("suspended by") && history.contains("db maintenance"), "{history}");
+    assert!(history.contains("\"resumed\""), "{history}");
+
+    // Report mode: the same hold, from the configuration.
+    let config = std::fs::read_to_string(&h.config_path).unwrap();
+    std::fs::write(&h.config_path, format!("{config}mode: report\n")).unwrap();
+    h.commit(&h.manifest("blue", Some(0), Some(1)), "back to blue").unwrap();
+    let (code, out, err) = agent(&h, &["apply"]);
+    assert_eq!(code, 4, "{out}\n{err}");
+    assert!(out.contains("report mode"), "{out}");
+    assert_eq!(h.served_release().unwrap(), h.releases[1].id, "nothing moved");
+}

@@ -11,12 +11,14 @@ use std::net::TcpStream;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use veza_host::incus::{
-    ClientOptions, Config, Device, Ensured, ExecRequest, FilePush, Incus, IncusClient, IncusError,
-    InstanceSpec, InstanceStatus, KEY_APP, KEY_PROTECT, KEY_RELEASE, MARK_MANAGED, ProfileSpec,
-    ResourceKind, StateChange, Transport, ensure_instance, ensure_profile, prune_snapshots,
-    push_file_verified, runtime, verify_file,
+    ClientOptions, Ensured, ExecRequest, FilePush, Incus, IncusClient, IncusError, InstanceSpec,
+    ProfileSpec, ResourceKind, StateChange, Transport, ensure_instance, ensure_profile,
+    prune_snapshots, push_file_verified, runtime, verify_file,
 };
 use veza_host::process::Cmd;
+use veza_model::live::{
+    Config, Device, InstanceStatus, MARK_APP, MARK_MANAGED, MARK_PROTECT, MARK_RELEASE,
+};
 use veza_testkit::incus::{
     BUSYBOX_IMAGE, CREATED_KEY, OWNER_KEY, TrustedClient, require_incus, self_signed_certificate,
 };
@@ -43,8 +45,8 @@ fn owner_marks() -> Config {
 fn spec(tag: &str, start: bool) -> InstanceSpec {
     let mut s = InstanceSpec::container(name(tag), BUSYBOX_IMAGE);
     s.config = owner_marks();
-    s.config.insert(KEY_APP.into(), "web".into());
-    s.config.insert(KEY_RELEASE.into(), "rel-1".into());
+    s.config.insert(MARK_APP.into(), "web".into());
+    s.config.insert(MARK_RELEASE.into(), "rel-1".into());
     s.start = start;
     s
 }
@@ -148,7 +150,7 @@ fn lifecycle_create_observe_device_snapshot_exec_files_delete() {
         assert!(inst.devices.is_empty(), "{:?}", inst.devices);
         assert_eq!(inst.root_disk_pool(), Some("default"));
         assert_eq!(inst.config[MARK_MANAGED], "true");
-        assert_eq!(live.detect_root_pool(&[]).as_deref(), Some("default"));
+        assert_eq!(live.root_pool(), "default");
         assert!(live.profiles.contains_key("default") && live.pools.contains_key("default"));
         assert!(live.networks.contains_key("lo"), "{:?}", live.networks.keys());
 
@@ -263,7 +265,7 @@ fn ensure_instance_twice_makes_no_writes_the_second_time() {
         assert_eq!(c.writes(), before, "the second ensure wrote to the API");
 
         // A real change writes once, and converges.
-        desired.config.insert(KEY_RELEASE.into(), "rel-2".into());
+        desired.config.insert(MARK_RELEASE.into(), "rel-2".into());
         desired.devices.clear();
         let before = c.writes();
         assert_eq!(
@@ -286,7 +288,7 @@ fn ensure_instance_twice_makes_no_writes_the_second_time() {
         assert_eq!(ensure_instance(&c, &desired).await.unwrap(), Ensured::Unchanged);
         assert_eq!(c.writes(), before, "start of a running instance wrote");
         let live = c.instance(&n).await.unwrap().unwrap();
-        assert_eq!(live.config[KEY_RELEASE], "rel-2");
+        assert_eq!(live.config[MARK_RELEASE], "rel-2");
         assert_eq!(live.config["limits.memory"], "256MiB");
     });
 }
@@ -350,7 +352,7 @@ fn protected_instance_is_never_deleted() {
     runtime().unwrap().block_on(async {
         let c = IncusClient::local();
         let mut s = spec("prot", false);
-        s.config.insert(KEY_PROTECT.into(), "true".into());
+        s.config.insert(MARK_PROTECT.into(), "true".into());
         c.create_instance(&s).await.unwrap();
         let writes = c.writes();
         let err = c.delete_instance(&n).await.unwrap_err();

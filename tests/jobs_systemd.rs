@@ -21,11 +21,11 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use veza_host::incus::{IncusClient, MARK_MANAGED};
+use veza_host::incus::IncusClient;
 use veza_host::systemd::{JobRun, Systemd, Units};
+use veza_model::live::{MARK_MANAGED, UnitTarget};
 use veza_model::schedule::{self, CronSchedule};
 use veza_model::units::{self, JobUnitSpec, JobUnits};
-use veza_plan::live::UnitTarget;
 use veza_testkit::TestContainer;
 use veza_testkit::incus::{DEBIAN_IMAGE, require_incus};
 
@@ -283,9 +283,40 @@ fn jobs_systemd_install_change_and_prune_in_a_container() {
     );
 }
 
+/// A job's environment (a secret among it) reaches its command through the root-only
+/// file beside the unit (`EnvironmentFile=%Y/…`), never through the unit; the file goes
+/// with the job.
+fn job_environment_reaches_the_command_only(f: &Fixture) {
+    let value = "k3y w$th \"quotes\" and 'single' \\ too";
+    let mut job = render(&spec(
+        "with-secret",
+        "0 3 * * *",
+        "test \"$CIPHER_PASS\" = \"$(cat /var/tmp/veza-test-expected)\" && echo ok > /var/tmp/veza-test-secret",
+    ));
+    let vars = BTreeMap::from([("CIPHER_PASS".to_string(), "{secret:cipher}".to_string())]);
+    units::with_environment(&mut job, &vars, &BTreeMap::from([("cipher".into(), "ab12".into())]));
+    assert!(!job.service.contents.contains(value), "{}", job.service.contents);
+    let env_file = units::environment_file_name(&job);
+    let text = veza_model::template::render_env_file(&vars, |_| Some(value)).expect("env file");
+    f.container.push_bytes(value.as_bytes(), "/var/tmp/veza-test-expected", 0o600).expect("push");
+    f.rt.block_on(f.units().install_private(&f.target(), &[(env_file.clone(), text)], &[]))
+        .expect("install_private");
+    f.install(&[&job]);
+    let out = f.container.exec(&["systemctl", "start", &job.service.name]).expect("start");
+    assert!(out.status.success(), "the job failed: {}", out.stderr_str());
+    assert!(f.exists("/var/tmp/veza-test-secret"), "the command did not see its variable");
+    let path = format!("{UNIT_DIR}/{env_file}");
+    let mode = f.container.exec_ok(&["stat", "-c", "%a %u", &path]).expect("stat");
+    assert_eq!(mode.trim(), "600 0");
+    assert!(!f.list().contains_key(&env_file), "an environment file is not a unit");
+    f.remove(&[job.service.name.clone(), job.timer.name.clone()]);
+    assert!(!f.exists(&path), "the environment file leaves with its job");
+}
+
 #[test]
 fn jobs_systemd_results_failure_success_and_staleness() {
     let f = Fixture::new();
+    job_environment_reaches_the_command_only(&f);
     let now = || Utc::now().timestamp();
     let fails = render(&spec("fails", "0 3 * * *", "echo about to fail; exit 3"));
     let works_spec = spec("works", "0 3 * * *", "echo ok > /var/tmp/veza-test-works");

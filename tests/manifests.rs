@@ -40,6 +40,62 @@ fn shipped_manifests_validate_together() {
     assert!(!stdout.contains("manifests/staging.yaml: uses capabilities"), "{stdout}");
 }
 
+/// `validate` checks each referenced secret beside its manifest without decrypting it
+/// (authors have no host key): a missing file and a file that is not age are errors that
+/// name the secret and the variable using it; the shipped example secrets open with the
+/// documented example host key.
+#[test]
+fn validate_checks_the_secrets_the_manifests_reference() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("manifests");
+    std::fs::create_dir_all(dir.join("secrets/prod")).unwrap();
+    for f in ["prod.yaml", "staging.yaml"] {
+        std::fs::copy(repo_root().join("manifests").join(f), dir.join(f)).unwrap();
+    }
+    let shipped = repo_root().join("manifests/secrets");
+    let staging = dir.join("secrets/staging");
+    std::fs::create_dir_all(&staging).unwrap();
+    for entry in std::fs::read_dir(shipped.join("staging")).unwrap().flatten() {
+        std::fs::copy(entry.path(), staging.join(entry.file_name())).unwrap();
+    }
+    for name in
+        ["redis_password", "rabbitmq_password", "minio_secret_key", "pgbackrest_cipher_pass"]
+    {
+        let from = shipped.join(format!("prod/{name}.age"));
+        std::fs::copy(from, dir.join(format!("secrets/prod/{name}.age"))).unwrap();
+    }
+    // postgres_password is missing; the cipher pass is replaced by plain text.
+    std::fs::write(dir.join("secrets/prod/pgbackrest_cipher_pass.age"), "hunter2\n").unwrap();
+    let prod = dir.join("prod.yaml").display().to_string();
+    let staging_yaml = dir.join("staging.yaml").display().to_string();
+    let out = agent(&["validate", &prod, &staging_yaml]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    for expect in [
+        "secret `postgres_password` (apps.backend.env.DATABASE_URL) has no file",
+        "secrets/prod/postgres_password.age",
+        "secret `pgbackrest_cipher_pass` (jobs.pgbackrest-diff.env.PGBACKREST_REPO1_CIPHER_PASS)",
+        "not an age-encrypted file",
+    ] {
+        assert!(stderr.contains(expect), "{expect:?} not in:\n{stderr}");
+    }
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 2, "only prod's two secrets are wrong:\n{stderr}");
+
+    // The shipped ciphertexts are for the example host key.
+    let key = repo_root().join("agent/secrets/testdata/host_ed25519.pub");
+    let secret = repo_root().join("manifests/secrets/prod/postgres_password.age");
+    let out = agent(&[
+        "secret",
+        "recipients",
+        &secret.display().to_string(),
+        "--key",
+        &key.display().to_string(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("is a recipient"));
+}
+
 #[test]
 fn example_manifest_validates_alone() {
     let out = agent(&["validate", "manifests/examples/minimal.yaml"]);

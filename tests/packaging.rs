@@ -37,7 +37,11 @@ fn agent(args: &[&str]) -> Output {
 
 /// The visible subcommands, from the binary's own help.
 fn subcommands() -> Vec<String> {
-    let help = agent(&["help"]).stdout_str();
+    commands_in(&agent(&["help"]).stdout_str())
+}
+
+/// The commands a `--help` text lists (its `Commands:` section), without `help`.
+fn commands_in(help: &str) -> Vec<String> {
     help.lines()
         .skip_while(|l| !l.starts_with("Commands:"))
         .skip(1)
@@ -396,7 +400,13 @@ fn man_writes_one_page_per_subcommand() {
     let out = agent(&["man", &target.display().to_string()]);
     assert!(out.status.success(), "{}", out.stderr_str());
     let mut want = vec!["veza-agent.1".to_string()];
-    want.extend(subcommands().iter().map(|s| format!("veza-agent-{s}.1")));
+    for s in subcommands() {
+        // A subcommand with subcommands of its own gets a page for each of them too.
+        for nested in commands_in(&agent(&[s.as_str(), "--help"]).stdout_str()) {
+            want.push(format!("veza-agent-{s}-{nested}.1"));
+        }
+        want.push(format!("veza-agent-{s}.1"));
+    }
     let mut got: Vec<String> = std::fs::read_dir(&target)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

@@ -56,7 +56,9 @@ fn in_slot(name: &str, script: &str) -> String {
 /// secret) and a migration that fails for `failing_release`, if any.
 fn manifest(h: &DemoHost, active: &str, green: Option<usize>, failing: Option<&str>) -> String {
     let fail = failing
-        .map(|r| format!("[ {{release}} = {r} ] && {{ echo schema lock held >&2; exit 3; }}; "))
+        .map(|r| {
+            format!("[ {{release}} = {r} ] && {{ echo \"schema lock held at $DATABASE_URL\" >&2; exit 3; }}; ")
+        })
         .unwrap_or_default();
     h.manifest(active, Some(0), green).replacen(
         "    port: 8080\n",
@@ -88,7 +90,7 @@ fn secrets_reach_the_app_only_and_migrations_run_once_before_traffic_moves() {
         format!("{config}secrets:\n  identities: [{}]\n", host_key.private.display()),
     )
     .expect("config");
-    let secret_path = format!("secrets/{}/db_password.age", h.env);
+    let secret_path = format!("manifests/secrets/{}/db_password.age", h.env);
     let value = format!("pw-{}-Zq9", std::process::id());
     let url = |color: &str, v: &str| format!("postgres://veza:{v}@db.{}/veza?c={color}", h.env);
     let (r0, r1) = (h.releases[0].id.clone(), h.releases[1].id.clone());
@@ -133,9 +135,12 @@ fn secrets_reach_the_app_only_and_migrations_run_once_before_traffic_moves() {
             .run_stdout()
             .expect("config"),
     ));
-    for (what, text) in &seen {
-        assert!(!text.contains(&value), "the secret shows in {what}:\n{text}");
-    }
+    let leaks = |seen: &[(&str, String)], value: &str| {
+        for (what, text) in seen {
+            assert!(!text.contains(value), "the secret shows in {what}:\n{text}");
+        }
+    };
+    leaks(&seen, &value);
 
     // 3. A failing migration for green's release: traffic never moves, 0 failed requests,
     //    the commit is quarantined and status says why.
@@ -153,11 +158,18 @@ fn secrets_reach_the_app_only_and_migrations_run_once_before_traffic_moves() {
     let (ok, failed) = traffic.stop();
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("the migration of") && out.contains("schema lock held"), "{out}");
+    // What the failing command printed is kept, its secret replaced by its name.
+    assert!(out.contains("postgres://veza:{secret:db_password}@db."), "{out}");
+    seen.push(("the failed migration's outcome", out.clone()));
     assert!(out.contains("traffic was not moved"), "{out}");
     assert_eq!((failed, ok > 10), (0, true), "{failed} failed, {ok} ok");
     assert!(served(&h).contains(&format!("release={r0}")));
     let (_, status) = agent(&h, &["status", "--json"]);
     assert!(status.contains("schema lock held") && status.contains(&bad), "{status}");
+    let (_, history) = agent(&h, &["history", "--json"]);
+    seen.push(("status after the failed migration", status));
+    seen.push(("history after the failed migration", history));
+    leaks(&seen, &value);
 
     // 4. Fixed: the migration runs for green's release, then the gated switch.
     h.commit(&manifest(&h, "green", Some(1), None), "green, migration fixed").expect("commit");
@@ -205,4 +217,16 @@ fn secrets_reach_the_app_only_and_migrations_run_once_before_traffic_moves() {
         assert!(out.contains(expect), "{expect:?} not in:\n{out}");
     }
     assert!(served(&h).contains(&format!("env-sha256={}", sha256(&url("blue", &rotated)))));
+    seen.push(("the refusal", out));
+    for args in [&["status", "--json"][..], &["history", "--json"]] {
+        seen.push((args[0], agent(&h, args).1));
+    }
+    for entry in std::fs::read_dir(h.dir.join("state")).expect("state dir").flatten() {
+        if entry.path().is_file() {
+            let bytes = std::fs::read(entry.path()).expect("read");
+            seen.push(("a state file at the end", String::from_utf8_lossy(&bytes).into_owned()));
+        }
+    }
+    leaks(&seen, &value);
+    leaks(&seen, &rotated);
 }

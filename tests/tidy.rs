@@ -29,9 +29,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// Library crates (`agent/<dir>`): no `anyhow`.
-const LIBRARIES: &[&str] = &["fs", "model", "source", "plan", "state", "host"];
+const LIBRARIES: &[&str] = &["fs", "model", "secrets", "source", "plan", "state", "host"];
 /// Pure crates: no effects.
-const PURE: &[&str] = &["model", "plan"];
+const PURE: &[&str] = &["model", "secrets", "plan"];
 /// Dev-only crates: test code as a whole.
 const DEV_CRATES: &[&str] = &["testkit", "testapp"];
 
@@ -83,13 +83,22 @@ const WRITE_ALLOWED: &[(&str, &str, &str)] = &[(
 const CRATE_DEPS: &[(&str, &[&str])] = &[
     ("veza-fs", &[]),
     ("veza-model", &[]),
-    ("veza-source", &["veza-model"]),
+    ("veza-secrets", &[]),
+    ("veza-source", &["veza-model", "veza-secrets"]),
     ("veza-plan", &["veza-model"]),
     ("veza-state", &["veza-fs", "veza-model"]),
-    ("veza-host", &["veza-fs", "veza-model", "veza-plan"]),
+    ("veza-host", &["veza-fs", "veza-model", "veza-secrets", "veza-plan"]),
     (
         "veza-agent",
-        &["veza-fs", "veza-model", "veza-source", "veza-plan", "veza-state", "veza-host"],
+        &[
+            "veza-fs",
+            "veza-model",
+            "veza-secrets",
+            "veza-source",
+            "veza-plan",
+            "veza-state",
+            "veza-host",
+        ],
     ),
     (
         "veza-testkit",

@@ -16,6 +16,7 @@ use veza_host::haproxy::runtime::{
 };
 use veza_host::incus::IncusClient;
 use veza_model::config::HostConfig;
+use veza_model::live::LiveEdge;
 use veza_plan::edge::EdgeSettings;
 
 /// Paths the rendered config refers to, from the host configuration.
@@ -78,6 +79,13 @@ impl<'a> EdgeRuntime<'a> {
 }
 
 impl EdgeRuntime<'_> {
+    /// The edge as the planner reads it: the config HAProxy runs (see
+    /// [`Edge::live_config`]) and the color each app's backend routes to; no config
+    /// observed gives an empty [`LiveEdge`].
+    pub async fn observe(&self) -> Result<LiveEdge, String> {
+        Ok(self.live_config().await?.map(LiveEdge::from_config).unwrap_or_default())
+    }
+
     /// Per-backend, per-server health as HAProxy sees it (`@1 show stat`).
     pub async fn health(&self) -> Result<Vec<BackendHealth>, String> {
         tokio::task::block_in_place(|| {

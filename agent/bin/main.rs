@@ -77,7 +77,8 @@ enum Command {
     /// Exit 0 when applied or already in sync, 3 when applied or in sync but something
     /// the manifests ask for was refused (the outcome line says `N refused (not done)`),
     /// 1 when the revision was rejected or quarantined, a promotion rolled back, or a
-    /// step failed.
+    /// step failed, 4 when the host is suspended or in report mode (planned, nothing
+    /// applied).
     Apply(commands::apply::ApplyArgs),
     /// Show what would change (a dry run against live state).
     ///
@@ -99,8 +100,9 @@ enum Command {
     /// Connects to the daemon's control socket (`STATE_DIR/control.sock`), waits for the
     /// next completed sync and prints its outcome line, as `apply` does.
     ///
-    /// Exit 0 when applied or in sync, 3 when it was with refusals, 1 when the sync did
-    /// not succeed, 2 when no daemon answers or the configuration is unreadable.
+    /// Exit 0 when applied or in sync, 3 when it was with refusals, 4 when suspended or in
+    /// report mode, 1 when the sync did not succeed, 2 when no daemon answers or the
+    /// configuration is unreadable.
     Sync(commands::sync::SyncArgs),
     /// What runs, from which commit, signed by whom, and what needs a human.
     ///
@@ -129,6 +131,16 @@ enum Command {
     /// `PATH: uses capabilities: host-jobs (jobs.dr-drill.on)`; that is not an error.
     /// Exit 0 when every file is valid, 1 otherwise, 2 on usage errors.
     Validate(commands::validate::ValidateArgs),
+    /// Pause applying: the agent goes on fetching, verifying and planning, applies nothing.
+    ///
+    /// Root only. Kept in the state directory (survives restarts); the next sync records
+    /// who and why in the history; `status` shows what would be applied. Exit 0, 1 when
+    /// not root, 2 on errors.
+    Suspend(commands::suspend::SuspendArgs),
+    /// Lift a suspension: the next sync applies.
+    ///
+    /// Root only. Exit 0, 1 when not root, 2 on errors.
+    Resume(commands::suspend::ResumeArgs),
     /// Encrypt a secret for the manifests, or list whom a secret was encrypted to.
     ///
     /// `secret encrypt --to "$(cat /etc/ssh/ssh_host_ed25519_key.pub)" [FILE|-] >
@@ -191,6 +203,8 @@ fn main() -> ExitCode {
         Command::Validate(args) => commands::validate::run(&args),
         Command::Schedule(args) => commands::schedule::run(args),
         Command::Secret(args) => commands::secret::run(&args),
+        Command::Suspend(args) => commands::suspend::suspend(&args),
+        Command::Resume(args) => commands::suspend::resume(&args),
         Command::Verify(args) => commands::verify::run(args),
         Command::Completions(args) => commands::completions::run(&args, Cli::command()),
         Command::Man(args) => commands::man::run(&args, Cli::command()),

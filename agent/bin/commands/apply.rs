@@ -1,7 +1,8 @@
 //! `veza-agent apply`: one full sync now (fetch, verify, plan, apply, record), without
 //! a daemon. Exit 0 when applied or already in sync, 1 when the revision was rejected,
 //! the promotion rolled back, or a step failed, 3 when everything else applied but the
-//! plan refused something (listed under the outcome line).
+//! plan refused something (listed under the outcome line), 4 when the host is suspended
+//! or in report mode and the plan was not applied.
 
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
@@ -37,9 +38,11 @@ pub fn run(args: &ApplyArgs) -> ExitCode {
     })
 }
 
-/// 0 clean, 3 applied with refusals, 1 anything else (shared by `apply` and `sync`).
+/// 0 clean, 3 applied with refusals, 4 planned but not applied (suspended, report mode),
+/// 1 anything else (shared by `apply` and `sync`).
 pub fn exit_code(summary: &SyncSummary) -> ExitCode {
     match summary.outcome {
+        Outcome::Suspended => ExitCode::from(4),
         Outcome::Applied | Outcome::NoChange if summary.refusals.is_empty() => ExitCode::SUCCESS,
         Outcome::Applied | Outcome::NoChange => ExitCode::from(3),
         _ => ExitCode::from(1),

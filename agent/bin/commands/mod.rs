@@ -10,6 +10,7 @@ pub mod run;
 pub mod schedule;
 pub mod secret;
 pub mod status;
+pub mod suspend;
 pub mod sync;
 pub mod validate;
 pub mod verify;

@@ -90,13 +90,40 @@ pub struct Observed {
     /// Where the state lives, and its file system's free bytes.
     pub state_dir: String,
     pub state_dir_free_bytes: Option<u64>,
+    /// The suspension in force (`suspended.json`), read now: a pause shows before the next
+    /// sync.
+    pub suspension: Option<veza_state::Suspension>,
+    /// `mode: report` in the configuration.
+    pub report_mode: bool,
 }
 
 /// Builds the status from recorded state. Pure: time, staleness limit and free space
 /// are inputs.
 pub fn build(state: AgentState, seen: Observed) -> Status {
-    let Observed { interrupted, now, max_staleness_s, state_dir, state_dir_free_bytes } = seen;
+    let Observed {
+        interrupted,
+        now,
+        max_staleness_s,
+        state_dir,
+        state_dir_free_bytes,
+        suspension,
+        report_mode,
+    } = seen;
     let mut problems = Vec::new();
+    let held = match state.held.len() {
+        0 => "nothing pending".to_string(),
+        n => format!("would apply {n} step(s): {}", state.held.join("; ")),
+    };
+    if let Some(s) = &suspension {
+        let since = chrono::DateTime::from_timestamp(s.since, 0)
+            .map_or_else(|| s.since.to_string(), |t| t.to_rfc3339());
+        problems.push(format!(
+            "suspended by {} since {since}: {}; {held} (`veza-agent resume` lifts it)",
+            s.by, s.reason
+        ));
+    } else if report_mode {
+        problems.push(format!("report mode (`mode: report`): nothing is applied; {held}"));
+    }
     if let Some(free) = state_dir_free_bytes
         && free < LOW_SPACE_BYTES
     {
@@ -213,6 +240,8 @@ pub fn run(args: &StatusArgs) -> ExitCode {
         state_dir: config.state_dir().to_string(),
         state_dir_free_bytes: veza_host::fs::free_bytes(std::path::Path::new(config.state_dir()))
             .ok(),
+        suspension: reader.suspension(),
+        report_mode: config.mode == veza_model::config::Mode::Report,
     };
     let status = build(state, seen);
     if args.json {

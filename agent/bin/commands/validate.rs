@@ -10,9 +10,6 @@ pub struct ValidateArgs {
     /// Manifest files, validated together as the manifests of one host.
     #[arg(required = true, value_name = "PATH")]
     pub paths: Vec<PathBuf>,
-    /// The repository's root, where `secrets/<env>/<name>.age` files are looked up.
-    #[arg(long, value_name = "DIR", default_value = ".")]
-    pub root: PathBuf,
 }
 
 /// Runs `validate`: exit 0 when all files are valid, 1 otherwise.
@@ -51,7 +48,7 @@ pub fn run(args: &ValidateArgs) -> ExitCode {
                     );
                 }
             }
-            let problems = check_secrets(&args.root, &parsed);
+            let problems = check_secrets(&parsed);
             for p in &problems {
                 eprintln!("{p}");
             }
@@ -67,17 +64,17 @@ pub fn run(args: &ValidateArgs) -> ExitCode {
     }
 }
 
-/// Every `{secret:NAME}` must name an age file under `root` (`secrets/<env>/NAME.age`),
-/// well-formed; nothing is decrypted (an author has no host key). Returns one
+/// Every `{secret:NAME}` must name an age file `secrets/<env>/NAME.age` beside its
+/// manifest, well-formed; nothing is decrypted (an author has no host key). Returns one
 /// `PATH:1:1: error: …` line per problem.
-fn check_secrets(root: &Path, parsed: &[(String, veza_model::parse::Parsed)]) -> Vec<String> {
+fn check_secrets(parsed: &[(String, veza_model::parse::Parsed)]) -> Vec<String> {
     let mut problems = Vec::new();
     for (name, p) in parsed {
         let env = &p.manifest.metadata.name;
         for (secret, used_by) in veza_model::template::manifest_secrets(&p.manifest) {
-            let rel = veza_model::template::secret_path(env, &secret);
-            let path = root.join(&rel);
-            let read = std::fs::File::open(&path).and_then(|f| {
+            let rel = veza_model::template::secret_path(name, env, &secret);
+            let path = Path::new(&rel);
+            let read = std::fs::File::open(path).and_then(|f| {
                 let mut bytes = Vec::new();
                 f.take(veza_secrets::MAX_CIPHERTEXT_BYTES as u64 + 1)
                     .read_to_end(&mut bytes)
@@ -85,8 +82,7 @@ fn check_secrets(root: &Path, parsed: &[(String, veza_model::parse::Parsed)]) ->
             });
             let problem = match read {
                 Err(e) => Some(format!(
-                    "secret `{secret}` ({used_by}) has no file {}: {e} (hint: `veza-agent secret encrypt --to KEY > {rel}`; --root names the repository's root)",
-                    path.display()
+                    "secret `{secret}` ({used_by}) has no file {rel}: {e} (hint: `veza-agent secret encrypt --to KEY > {rel}`)"
                 )),
                 Ok(bytes) => veza_secrets::Ciphertext::parse(&bytes)
                     .err()

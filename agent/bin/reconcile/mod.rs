@@ -15,7 +15,7 @@ use veza_host::artifact::ArtifactStore;
 use veza_host::incus::IncusClient;
 use veza_host::systemd::Systemd;
 use veza_model::Manifest;
-use veza_model::config::HostConfig;
+use veza_model::config::{HostConfig, Mode};
 use veza_plan::live::LiveState;
 use veza_plan::{Plan, PlanOptions};
 use veza_state::record::{Event, history_entry, record};
@@ -234,7 +234,29 @@ impl Agent {
             tracing::error!("{e}");
         }
         let interrupted = store.reader().journal();
-        let end = self.stages(&mut state, store, stop, interrupted.as_ref(), now).await;
+        // A suspension (`veza-agent suspend`, a file in the state directory) or report
+        // mode: everything up to the plan runs, nothing is applied.
+        let suspension = store.reader().suspension();
+        let applied_commit = state.applied.as_ref().map(|a| a.commit.clone()).unwrap_or_default();
+        let suspension_entry = record(
+            &mut state,
+            Event::Suspension { now: suspension.clone(), commit: applied_commit },
+        );
+        let hold = match (&suspension, self.config.mode) {
+            (Some(s), _) => Some(format!(
+                "suspended by {} since {}: {} (`veza-agent resume` lifts it)",
+                s.by,
+                chrono::DateTime::from_timestamp(s.since, 0)
+                    .map_or_else(|| s.since.to_string(), |t| t.to_rfc3339()),
+                s.reason
+            )),
+            (None, Mode::Report) => {
+                Some("report mode (`mode: report` in the configuration)".to_string())
+            }
+            (None, Mode::Apply) => None,
+        };
+        let end =
+            self.stages(&mut state, store, stop, interrupted.as_ref(), hold.as_deref(), now).await;
         let duration_ms = started.elapsed().as_millis() as u64;
         record(
             &mut state,
@@ -249,13 +271,19 @@ impl Agent {
         // The state (the applied commit: the anti-rollback mark) is saved first; history is
         // a log, and failing to append to it must not leave the state behind.
         let save = store.save(&state);
-        if save.is_ok()
-            && let Some(mut h) = end.history
-        {
-            h.at_ms = started_ms;
-            h.duration_ms = duration_ms;
-            if let Err(e) = store.append_history(&h) {
-                tracing::warn!("history: {e}");
+        if save.is_ok() {
+            for (mut h, run) in suspension_entry
+                .map(|h| (h, false))
+                .into_iter()
+                .chain(end.history.map(|h| (h, true)))
+            {
+                h.at_ms = started_ms;
+                if run {
+                    h.duration_ms = duration_ms;
+                }
+                if let Err(e) = store.append_history(&h) {
+                    tracing::warn!("history: {e}");
+                }
             }
         }
         self.write_metrics(&state, now);
@@ -287,6 +315,7 @@ impl Agent {
         store: &Store,
         stop: &AtomicBool,
         interrupted: Option<&Journal>,
+        hold: Option<&str>,
         now: i64,
     ) -> End {
         let source = match self.source(state, now).await {
@@ -330,6 +359,16 @@ impl Agent {
                 drift: plan.drift.clone(),
             },
         );
+        if let Some(why) = hold
+            && (!plan.is_empty() || interrupted.is_some())
+        {
+            let steps: Vec<String> = plan.steps.iter().map(|s| s.action.to_string()).collect();
+            let reason = format!("{why}; would apply {} step(s), nothing applied", steps.len());
+            record(state, Event::Held { steps });
+            let mut end = End::new(Outcome::Suspended, commit, Some(reason));
+            end.steps = 0;
+            return end;
+        }
         let already =
             state.applied.as_ref().map(|a| a.commit.as_str()) == Some(source.commit.as_str());
         if plan.is_empty() && interrupted.is_none() {

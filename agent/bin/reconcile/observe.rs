@@ -5,11 +5,10 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use veza_host::apply::Edge;
-use veza_host::incus::{Incus, IncusLive, Scope};
+use veza_host::incus::{Incus, Scope};
 use veza_host::systemd::Units;
 use veza_model::Manifest;
-use veza_plan::live::{LiveInstance, LiveNetwork, LiveProfile, LiveState, UnitTarget};
+use veza_model::live::{LiveState, UnitTarget};
 use veza_state::record::{Event, ObservedApp, record};
 use veza_state::{AgentState, AppliedRevision};
 
@@ -25,21 +24,17 @@ impl Agent {
         } else {
             Scope::WITHOUT_NETWORKS
         };
-        let live = self.incus.observe_scoped(scope).await.context("observing Incus")?;
-        let mut state = to_live(&live);
+        let mut state = self.incus.observe_scoped(scope).await.context("observing Incus")?;
         let runs_in = manifests.iter().find_map(|m| m.edge.as_ref().map(|e| e.runs_in.clone()));
         if let Some(r) = &runs_in {
-            let edge_ready = r == "host" || state.instances.get(r).is_some_and(|i| i.running);
+            let edge_ready = r == "host" || state.instances.get(r).is_some_and(|i| i.is_running());
             if edge_ready {
                 // Unreadable is not "no config": which color serves is unknown then, and a
                 // plan from that could rebuild the serving slot in place. Fail the sync.
-                state.edge_config =
-                    self.edge(Some(r)).live_config().await.map_err(|e| {
+                state.edge =
+                    self.edge(Some(r)).observe().await.map_err(|e| {
                         anyhow::anyhow!("reading the edge's live config (in {r}): {e}")
                     })?;
-                if let Some(cfg) = &state.edge_config {
-                    state.active_colors = veza_plan::live::active_colors_from_config(cfg);
-                }
             }
         }
         let units = self.units();
@@ -60,7 +55,7 @@ impl Agent {
             let ready = match &t {
                 UnitTarget::Host => true,
                 UnitTarget::Instance(i) => {
-                    state.instances.get(i).is_some_and(|x| x.running && x.is_owned())
+                    state.instances.get(i).is_some_and(|x| x.is_running() && x.is_owned())
                 }
             };
             if ready && let Ok(files) = units.list(&t).await {
@@ -103,7 +98,7 @@ impl Agent {
                 let mut colors = BTreeMap::new();
                 if let Some(b) = health.iter().find(|b| b.backend == backend) {
                     for srv in &b.servers {
-                        if let Some(color) = veza_model::naming::server_color(&srv.server) {
+                        if let Some(color) = srv.color {
                             colors.insert(color.to_string(), srv.status_text.clone());
                         }
                     }
@@ -112,10 +107,7 @@ impl Agent {
                     env: env.clone(),
                     app: app_name.clone(),
                     declared_active: app.active.to_string(),
-                    live_active: live
-                        .active_colors
-                        .get(&(env.clone(), app_name.clone()))
-                        .map(ToString::to_string),
+                    live_active: live.active_color(env, app_name).map(|c| c.to_string()),
                     releases: app
                         .slots
                         .iter()
@@ -207,43 +199,6 @@ pub fn failing_jobs(
         }
     }
     out
-}
-
-/// Converts the Incus driver's observation into the planner's live state.
-pub fn to_live(live: &IncusLive) -> LiveState {
-    LiveState {
-        instances: live
-            .instances
-            .iter()
-            .map(|(n, i)| {
-                (
-                    n.clone(),
-                    LiveInstance {
-                        config: i.config.clone(),
-                        devices: i.devices.clone(),
-                        expanded_devices: i.expanded_devices.clone(),
-                        profiles: i.profiles.clone(),
-                        running: i.is_running(),
-                        kind: i.kind.as_str().to_string(),
-                    },
-                )
-            })
-            .collect(),
-        profiles: live
-            .profiles
-            .iter()
-            .map(|(n, p)| {
-                (n.clone(), LiveProfile { config: p.config.clone(), devices: p.devices.clone() })
-            })
-            .collect(),
-        networks: live
-            .networks
-            .iter()
-            .map(|(n, x)| (n.clone(), LiveNetwork { managed: x.managed, config: x.config.clone() }))
-            .collect(),
-        pools: live.pools.keys().cloned().collect(),
-        ..LiveState::default()
-    }
 }
 
 #[cfg(test)]

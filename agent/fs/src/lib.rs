@@ -228,7 +228,7 @@ fn check_private(dir_path: &Path, dir: &std::fs::File) -> std::io::Result<()> {
 }
 
 /// The effective uid of this process (`Uid:` in `/proc/self/status`).
-fn effective_uid() -> Option<u32> {
+pub fn effective_uid() -> Option<u32> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find_map(|l| l.strip_prefix("Uid:"))?;
     line.split_whitespace().nth(1)?.parse().ok()

@@ -18,9 +18,7 @@ pub use install::{
     EdgePaths, InstallError, InstallOptions, InstallOutcome, InstallReport, ReloadOutcome, Restore,
     install,
 };
-pub use parse::{
-    BackendHealth, ExpectedServer, ServerHealth, ServerStatus, config_servers, edge_health,
-};
+pub use parse::{BackendHealth, ServerHealth, ServerStatus, edge_health};
 pub use runtime::{
     EdgeError, EdgeRuntime, HostRuntime, IncusExec, InstanceExec, InstanceOutput, InstanceRuntime,
 };

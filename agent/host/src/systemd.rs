@@ -81,7 +81,17 @@ pub trait Units: Sync {
         files: &[(String, String)],
         timers: &[String],
     ) -> impl Future<Output = Result<(), SystemdError>> + Send;
-    /// Disables, stops and removes the named unit files, then reloads systemd.
+    /// Writes root-only (0600) files beside the units (jobs' environment files, which
+    /// may hold secrets) and removes the `stale` ones (a job that no longer has an
+    /// environment). They are not unit files: never listed, removed with their service.
+    fn install_private(
+        &self,
+        target: &UnitTarget,
+        files: &[(String, String)],
+        stale: &[String],
+    ) -> impl Future<Output = Result<(), SystemdError>> + Send;
+    /// Disables, stops and removes the named unit files (and a service's environment
+    /// file), then reloads systemd.
     fn remove(
         &self,
         target: &UnitTarget,
@@ -343,7 +353,56 @@ impl<I: Incus> Units for Systemd<'_, I> {
         Ok(())
     }
 
+    async fn install_private(
+        &self,
+        target: &UnitTarget,
+        files: &[(String, String)],
+        stale: &[String],
+    ) -> Result<(), SystemdError> {
+        for name in stale {
+            match target {
+                UnitTarget::Host => {
+                    let path = self.host_path(name);
+                    crate::fs::remove_if_exists(&path)
+                        .map_err(|e| SystemdError::Io { path: e.path, source: e.source })?;
+                }
+                UnitTarget::Instance(_) => {
+                    self.run_in(target, &["rm", "-f", &self.instance_path(name)]).await?;
+                }
+            }
+        }
+        for (name, contents) in files {
+            match target {
+                UnitTarget::Host => {
+                    std::fs::create_dir_all(&self.host_unit_dir).map_err(|source| {
+                        SystemdError::Io { path: self.host_unit_dir.clone(), source }
+                    })?;
+                    crate::fs::write_atomic_if_changed(
+                        &self.host_path(name),
+                        contents.as_bytes(),
+                        0o600,
+                    )
+                    .map_err(|e| SystemdError::Io { path: e.path, source: e.source })?;
+                }
+                UnitTarget::Instance(inst) => {
+                    let mut push =
+                        FilePush::new(self.instance_path(name), contents.as_bytes().to_vec());
+                    push.mode = 0o600;
+                    push.create_parents = true;
+                    crate::incus::push_file_verified(self.incus, inst, &push).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     async fn remove(&self, target: &UnitTarget, names: &[String]) -> Result<(), SystemdError> {
+        let env_files: Vec<String> = names
+            .iter()
+            .filter_map(|n| n.strip_suffix(".service").map(|stem| format!("{stem}.env")))
+            .collect();
+        let names: Vec<String> = names.iter().cloned().chain(env_files).collect();
+        let names = &names;
         for name in names {
             if name.ends_with(".timer") {
                 // Disabling a unit that is already gone is fine; anything else is reported.

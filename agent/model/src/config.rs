@@ -52,6 +52,21 @@ pub struct HostConfig {
     /// Keys that decrypt the manifests' secrets.
     #[serde(default)]
     pub secrets: SecretsConfig,
+    /// `apply` (the default) or `report`: fetch, verify, plan and report drift, apply
+    /// nothing (a first week on a new host).
+    #[serde(default)]
+    pub mode: Mode,
+}
+
+/// Whether the agent applies what it plans.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// Apply plans (the default).
+    #[default]
+    Apply,
+    /// Plan and report only; nothing is changed on the host.
+    Report,
 }
 
 /// The host's keys for the manifests' age-encrypted secrets.

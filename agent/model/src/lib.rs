@@ -1,5 +1,6 @@
 //! Manifest model v1 (`apiVersion: veza-agent/v1`): serde types, strict parsing with
-//! `file:line:col` errors, semantic validation and cron schedules. No IO, no clock, no tokio.
+//! `file:line:col` errors, semantic validation and cron schedules; and the live model
+//! (`live`): what the observers saw, as the planner reads it. No IO, no clock, no tokio.
 //!
 //! Entry point: [`load`] turns the bytes of every manifest a host applies into
 //! validated [`Manifest`]s, or into every located problem at once.
@@ -9,6 +10,7 @@ pub mod config;
 pub mod error;
 mod hint;
 pub mod lexical;
+pub mod live;
 pub mod manifest;
 pub mod naming;
 pub mod parse;

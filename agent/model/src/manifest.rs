@@ -306,7 +306,8 @@ pub struct App {
     pub start: Option<String>,
     /// Environment variables of the app (and of its migration), by name. Values take the
     /// placeholders of `start` and `{secret:NAME}`, the value of the age-encrypted file
-    /// `secrets/<env>/NAME.age` of the same commit, decrypted on the host only. Delivered
+    /// `secrets/<env>/NAME.age` beside the manifest in the same commit, decrypted on the
+    /// host only. Delivered
     /// as a root-only file in the slot, never on a command line or in Incus config.
     #[serde(default)]
     pub env: BTreeMap<String, String>,

@@ -14,25 +14,34 @@ pub fn backend(env: &str, app: &str) -> String {
     format!("{env}_{app}")
 }
 
-/// The `(env, app)` of an edge backend named by [`backend`]; `None` for a name without
-/// both parts.
-pub fn parse_backend(name: &str) -> Option<(&str, &str)> {
-    name.split_once('_').filter(|(e, a)| !e.is_empty() && !a.is_empty())
-}
-
 /// The edge server of a slot: `<color>-<short release>`, so a new release is a new server
 /// (HAProxy keeps no health state across releases).
 pub fn server(color: Color, release: &Release) -> String {
     format!("{color}-{}", release.short())
 }
 
-/// The color of an edge server named by [`server`]; `None` for any other.
-pub fn server_color(name: &str) -> Option<Color> {
-    match name.split_once('-').map_or(name, |(c, _)| c) {
-        "blue" => Some(Color::Blue),
-        "green" => Some(Color::Green),
-        _ => None,
-    }
+/// The slot an edge server of an app backend routes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServedSlot<'a> {
+    /// Environment of the backend.
+    pub env: &'a str,
+    /// App of the backend.
+    pub app: &'a str,
+    /// Color of the server.
+    pub color: Color,
+}
+
+/// Reads back server `server` of backend `backend`, named by [`backend`] and [`server`]:
+/// the one place a name is read back. `None` for any backend or server the agent did not
+/// name that way (the 503 backend, external backends).
+pub fn read_server<'a>(backend: &'a str, server: &str) -> Option<ServedSlot<'a>> {
+    let (env, app) = backend.split_once('_').filter(|(e, a)| !e.is_empty() && !a.is_empty())?;
+    let color = match server.split_once('-').map_or(server, |(c, _)| c) {
+        "blue" => Color::Blue,
+        "green" => Color::Green,
+        _ => return None,
+    };
+    Some(ServedSlot { env, app, color })
 }
 
 #[cfg(test)]
@@ -44,20 +53,26 @@ mod tests {
         let release = Release::try_from("0bd3e563b2".repeat(4)).expect("release");
         assert_eq!(slot_instance("veza-", "backend", Color::Green), "veza-backend-green");
         assert_eq!(backend("prod", "web"), "prod_web");
-        assert_eq!(parse_backend(&backend("staging", "stream")), Some(("staging", "stream")));
-        for color in [Color::Blue, Color::Green] {
-            assert_eq!(server_color(&server(color, &release)), Some(color));
-        }
         assert_eq!(server(Color::Blue, &release), "blue-0bd3e563b2");
-        // (name, color) — names the agent did not make are nobody's color.
-        for (name, color) in [("blue", Some(Color::Blue)), ("bluish-1", None), ("s1", None)] {
-            assert_eq!(server_color(name), color, "{name}");
+        let staging_stream = backend("staging", "stream");
+        for color in [Color::Blue, Color::Green] {
+            let got = read_server(&staging_stream, &server(color, &release))
+                .expect("an app server reads back");
+            assert_eq!((got.env, got.app, got.color), ("staging", "stream", color));
         }
-        for name in ["default_503", "prod_web"] {
-            assert!(parse_backend(name).is_some(), "{name}");
-        }
-        for name in ["fe_http", "_x", "x_", "nounderscore"] {
-            assert_eq!(parse_backend(name).is_some(), name == "fe_http", "{name}");
+        // (backend, server, color) — names the agent did not make are nobody's slot.
+        let cases = [
+            ("prod_web", "blue", Some(Color::Blue)),
+            ("prod_web", "green-1", Some(Color::Green)),
+            ("prod_web", "bluish-1", None),
+            ("prod_web", "s1", None),
+            ("default_503", "s1", None),
+            ("_web", "blue-1", None),
+            ("prod_", "blue-1", None),
+            ("nounderscore", "blue-1", None),
+        ];
+        for (backend, server, color) in cases {
+            assert_eq!(read_server(backend, server).map(|s| s.color), color, "{backend} {server}");
         }
     }
 }

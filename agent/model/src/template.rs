@@ -3,8 +3,8 @@
 //!
 //! - Plain placeholders (`{release}`, `{port}`, `{dir}`, `{env}`, `{app}`, `{color}`) are
 //!   substituted by [`substitute`] while planning; other braces are left as written.
-//! - `{secret:NAME}` names the age file `secrets/<env>/NAME.age` of the same commit
-//!   ([`secret_path`]). The planner leaves it in place (a plan never holds a value); only
+//! - `{secret:NAME}` names the age file `secrets/<env>/NAME.age` beside the manifest, in
+//!   the same commit ([`secret_path`]). The planner leaves it in place (a plan never holds a value); only
 //!   [`render_env_file`], at apply time, puts the decrypted value in.
 //! - [`render_env_file`] writes `KEY="value"` lines that both `sh` (`set -a; . FILE`) and
 //!   systemd's `EnvironmentFile=` read the same way.
@@ -78,9 +78,14 @@ pub fn is_env_var_name(s: &str) -> bool {
         && s.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_')
 }
 
-/// The repository path of secret `name` of environment `env`.
-pub fn secret_path(env: &str, name: &str) -> String {
-    format!("secrets/{env}/{name}.age")
+/// Where secret `name` of environment `env` lives: `secrets/<env>/<name>.age` in the
+/// directory of the manifest that references it (`manifests/prod.yaml` →
+/// `manifests/secrets/prod/<name>.age`).
+pub fn secret_path(manifest_path: &str, env: &str, name: &str) -> String {
+    match manifest_path.rsplit_once('/') {
+        Some((dir, _)) if !dir.is_empty() => format!("{dir}/secrets/{env}/{name}.age"),
+        _ => format!("secrets/{env}/{name}.age"),
+    }
 }
 
 /// Every secret a manifest references (apps' and jobs' `env`), with the first variable
@@ -201,6 +206,17 @@ mod tests {
             [("DATABASE_URL", true), ("_x1", true), ("1X", false), ("A-B", false), ("", false)]
         {
             assert_eq!(is_env_var_name(name), ok, "{name}");
+        }
+    }
+
+    #[test]
+    fn secrets_live_beside_their_manifest() {
+        for (manifest, want) in [
+            ("manifests/prod.yaml", "manifests/secrets/prod/pw.age"),
+            ("prod.yaml", "secrets/prod/pw.age"),
+            ("/repo/m/prod.yaml", "/repo/m/secrets/prod/pw.age"),
+        ] {
+            assert_eq!(secret_path(manifest, "prod", "pw"), want);
         }
     }
 

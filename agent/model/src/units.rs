@@ -28,6 +28,7 @@
 //! job `b-c` or env `a-b`, job `c`: `validate` rejects two jobs on one host whose
 //! [`unit_stem`]s collide; the marker still tells them apart.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
@@ -234,6 +235,40 @@ pub fn render(spec: &JobUnitSpec) -> Result<JobUnits, UnitError> {
         service: UnitFile { name: service_name, contents: service },
         timer: UnitFile { name: timer_name, contents: timer },
     })
+}
+
+/// The environment file of a job's service: beside the unit file (`%Y` is the unit
+/// file's directory, systemd ≥ 249), root-only, written by the apply engine.
+pub fn environment_file_name(units: &JobUnits) -> String {
+    format!("{}.env", units.service.name.trim_end_matches(".service"))
+}
+
+/// Makes the service read its environment from [`environment_file_name`], and records in
+/// a comment which variables it sets and the digests of the secrets they use, so a changed
+/// value (a rotated secret) changes the unit and the job is installed again.
+pub fn with_environment(
+    units: &mut JobUnits,
+    vars: &BTreeMap<String, String>,
+    secrets: &BTreeMap<String, String>,
+) {
+    if vars.is_empty() {
+        return;
+    }
+    let names: Vec<&str> = vars.keys().map(String::as_str).collect();
+    let mut lines = format!("# Environment: {}\n", names.join(", "));
+    for (name, digest) in secrets {
+        lines.push_str(&format!("# Secret {name}: sha256 {digest}\n"));
+    }
+    // A digest of the values as written: an edit of a plain value changes the unit too.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in vars.iter().flat_map(|(k, v)| k.bytes().chain([0]).chain(v.bytes()).chain([0])) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    lines.push_str(&format!("# Environment digest: {h:016x}\n"));
+    lines.push_str(&format!("EnvironmentFile=%Y/{}\n", environment_file_name(units)));
+    units.service.contents =
+        units.service.contents.replacen("[Service]\n", &format!("[Service]\n{lines}"), 1);
 }
 
 /// The command as one single-quoted `ExecStart=` word that systemd turns back into exactly

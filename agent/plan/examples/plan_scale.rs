@@ -13,12 +13,13 @@
 //! Run: `cargo run --release -p veza-plan --example plan_scale [-- --runs R] [--json PATH]
 //! [SIZES...]` (sizes default to 10 100 1000).
 
+use std::collections::BTreeMap;
 use std::error::Error;
 use std::time::{Duration, Instant};
 
 use veza_model::Manifest;
+use veza_model::live::{LivePool, LiveState};
 use veza_plan::edge::EdgeSettings;
-use veza_plan::live::LiveState;
 use veza_plan::{Plan, PlanOptions};
 
 type Res<T> = Result<T, Box<dyn Error>>;
@@ -135,7 +136,11 @@ fn main() -> Res<()> {
     }
     let runs = runs.max(1);
     let opts = PlanOptions { edge_settings: EdgeSettings::default(), ..PlanOptions::default() };
-    let empty = LiveState { pools: vec!["default".into()], ..LiveState::default() };
+    let pool = LivePool { name: "default".into(), status: "Created".into(), ..LivePool::default() };
+    let empty = LiveState {
+        pools: BTreeMap::from([("default".to_string(), pool)]),
+        ..LiveState::default()
+    };
 
     println!("plan_scale: {runs} runs per median (after one warm-up run)");
     println!(

@@ -79,7 +79,8 @@ pub struct SlotSpec {
     pub migrate: Option<MigrateSpec>,
 }
 
-/// An app's migration, placeholders substituted.
+/// An app's migration, placeholders substituted but `{dir}`, which the engine sets to the
+/// scratch copy of the release the command runs from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct MigrateSpec {
     /// Shell command run in the release's directory with the app's environment.
@@ -133,6 +134,20 @@ pub struct DesiredJob {
     pub files: Vec<(String, String)>,
     /// The timer to enable.
     pub timer: String,
+    /// The job's environment file, when it has variables.
+    pub environment: Option<JobEnvironment>,
+}
+
+/// A job's environment file: rendered at apply time (secrets decrypted in memory) and
+/// written root-only beside the service unit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct JobEnvironment {
+    /// File name in the unit directory (`veza-job-<env>-<name>.env`).
+    pub file: String,
+    /// Environment the secrets belong to.
+    pub env: String,
+    /// Variables as written (`{secret:NAME}` left for apply).
+    pub vars: BTreeMap<String, String>,
 }
 
 /// The desired state of one host.
@@ -250,7 +265,7 @@ fn with_marks(
 }
 
 /// Builds the desired state of a host from its validated manifests. `pool` is the pool
-/// `pool: auto` resolves to (see [`crate::live::LiveState::detect_pool`]).
+/// `pool: auto` resolves to (see [`crate::live::LiveState::root_pool`]).
 /// `secrets` are the digests of the secrets the manifests reference.
 pub fn desired(
     manifests: &[&Manifest],
@@ -343,8 +358,13 @@ pub fn desired(
                         (name.to_string(), digest)
                     })
                     .collect();
+                // `{dir}` of a migration is where it runs from (a scratch copy of the
+                // release, known at apply time), not the install directory.
                 let migrate = app.migrate.as_ref().map(|m| MigrateSpec {
-                    command: subst(&m.command),
+                    command: template::substitute(
+                        &m.command,
+                        &template::Vars { dir: "{dir}", ..vars },
+                    ),
                     on: m.on.clone().filter(|on| on != "slot"),
                     timeout_ms: m.timeout.map_or(600_000, |t| t.get().as_millis() as u64),
                 });
@@ -445,7 +465,24 @@ pub fn desired(
                 timeout: job.timeout.map(|d| d.get()),
                 description: None,
             };
-            let units = veza_model::units::render(&spec).map_err(|e| err(e.to_string()))?;
+            let mut units = veza_model::units::render(&spec).map_err(|e| err(e.to_string()))?;
+            let environment = (!job.env.is_empty()).then(|| {
+                let used: BTreeMap<String, String> = job
+                    .env
+                    .values()
+                    .flat_map(|v| template::secret_refs(v).unwrap_or_default())
+                    .map(|n| {
+                        let digest = secrets.get(&(env.clone(), n.to_string())).cloned();
+                        (n.to_string(), digest.unwrap_or_default())
+                    })
+                    .collect();
+                veza_model::units::with_environment(&mut units, &job.env, &used);
+                JobEnvironment {
+                    file: veza_model::units::environment_file_name(&units),
+                    env: env.clone(),
+                    vars: job.env.clone(),
+                }
+            });
             let files: Vec<UnitFile> = vec![units.service.clone(), units.timer.clone()];
             d.jobs.push(DesiredJob {
                 env: env.clone(),
@@ -457,6 +494,7 @@ pub fn desired(
                 },
                 files: files.into_iter().map(|f| (f.name, f.contents)).collect(),
                 timer: units.timer.name.clone(),
+                environment,
             });
         }
     }

@@ -4,8 +4,11 @@
 
 pub mod desired;
 pub mod edge;
-pub mod live;
 pub mod plan;
 pub mod simulate;
+
+/// The live state the planner reads: one model, defined in `veza-model` and filled by the
+/// observers of `veza-host`.
+pub use veza_model::live;
 
 pub use plan::{Action, Plan, PlanError, PlanOptions, Step, plan};

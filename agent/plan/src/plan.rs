@@ -63,8 +63,15 @@ impl Builder {
 }
 
 /// Puts each app's migration before the first deploy of a release it has not run for
-/// (once per `(env, app, release)`, whichever color deploys it first).
-fn insert_migrations(steps: &mut Vec<Step>, migrated: &BTreeSet<(String, String, String)>) {
+/// (once per `(env, app, release)`, whichever color deploys it first). A slot rebuilt with
+/// the release it already runs (an environment or secret change) migrates nothing: that
+/// release ran against this database before, and an older release's migration must not
+/// run after a newer one's.
+fn insert_migrations(
+    steps: &mut Vec<Step>,
+    migrated: &BTreeSet<(String, String, String)>,
+    live: &LiveState,
+) {
     let mut planned = BTreeSet::new();
     let mut out = Vec::with_capacity(steps.len());
     for step in steps.drain(..) {
@@ -72,7 +79,12 @@ fn insert_migrations(steps: &mut Vec<Step>, migrated: &BTreeSet<(String, String,
             && let Some(m) = &slot.migrate
         {
             let key = (slot.env.clone(), slot.app.clone(), slot.release.clone());
-            if !migrated.contains(&key) && planned.insert(key) {
+            let ran_here = live
+                .instances
+                .get(instance)
+                .and_then(|l| l.release())
+                .is_some_and(|r| r == slot.release);
+            if !ran_here && !migrated.contains(&key) && planned.insert(key) {
                 let on = m.on.clone().unwrap_or_else(|| instance.clone());
                 out.push(Step {
                     action: Action::Migrate { instance: on, slot: slot.clone() },
@@ -97,7 +109,7 @@ pub fn plan(
     live: &LiveState,
     opts: &PlanOptions,
 ) -> Result<Plan, PlanError> {
-    let want = desired(manifests, &live.detect_pool(), &opts.secrets)?;
+    let want = desired(manifests, &live.root_pool(), &opts.secrets)?;
     let mut b = Builder { steps: Vec::new(), refusals: Vec::new() };
     let mut drift = Vec::new();
 
@@ -151,7 +163,7 @@ pub fn plan(
     for (name, d) in order {
         plan_instance(name, d, live, &mut b, &mut drift, &mut deployed, &mut kept);
     }
-    insert_migrations(&mut b.steps, &opts.migrated);
+    insert_migrations(&mut b.steps, &opts.migrated, live);
     // What an instance that is recreated held is gone with it: the edge's config (when the
     // edge runs in it) and its job units are installed again.
     let recreated: BTreeSet<&str> = b
@@ -168,7 +180,7 @@ pub fn plan(
     } else {
         let mut l = live.clone();
         if want.edge_runs_in.as_deref().is_some_and(|r| recreated.contains(r)) {
-            l.edge_config = None;
+            l.edge.config = None;
         }
         l.units
             .retain(|t, _| !matches!(t, UnitTarget::Instance(n) if recreated.contains(n.as_str())));
@@ -192,7 +204,7 @@ pub fn plan(
         let prefix = m.metadata.instance_prefix();
         for (app_name, app) in &m.apps {
             let target = app.active;
-            let live_active = live.active_colors.get(&(env.clone(), app_name.clone())).copied();
+            let live_active = live.active_color(env, app_name);
             let instance = naming::slot_instance(&prefix, app_name, target);
             let Some(slot) = want.instances.get(&instance).and_then(|d| d.slot.clone()) else {
                 continue;
@@ -302,7 +314,7 @@ pub fn plan(
         );
     } else if let Some(runs_in) = &want.edge_runs_in {
         let config = render_for(manifests, &overrides, &opts.edge_settings)?;
-        if live.edge_config.as_deref() != Some(config.as_str()) {
+        if live.edge_config() != Some(config.as_str()) {
             let switch = !promotions.is_empty();
             b.step(
                 Action::InstallEdge { runs_in: runs_in.clone(), config, switch },
@@ -312,7 +324,7 @@ pub fn plan(
                         .map(|p| format!("{}/{} -> {}", p.env, p.app, p.to))
                         .collect();
                     format!("promotion: {}", list.join(", "))
-                } else if live.edge_config.is_none() {
+                } else if live.edge_config().is_none() {
                     "the edge has no config yet".to_string()
                 } else {
                     "the rendered edge config differs from the live one".to_string()
@@ -387,18 +399,20 @@ fn plan_jobs(want: &Desired, live: &LiveState, b: &mut Builder) {
         let have = live.units.get(*target).unwrap_or(&empty);
         let mut files = Vec::new();
         let mut timers = Vec::new();
+        let mut environments = Vec::new();
         for j in jobs {
             let stale = j.files.iter().any(|(n, c)| have.get(n) != Some(c));
             if stale {
                 files.extend(j.files.iter().cloned());
                 timers.push(j.timer.clone());
+                environments.extend(j.environment.clone());
             }
         }
         if !files.is_empty() {
             let names: Vec<String> =
                 timers.iter().map(|t| t.trim_end_matches(".timer").to_string()).collect();
             b.step(
-                Action::InstallUnits { target: (*target).clone(), files, timers },
+                Action::InstallUnits { target: (*target).clone(), files, timers, environments },
                 format!("job units are missing or differ: {}", names.join(", ")),
             );
         }

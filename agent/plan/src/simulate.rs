@@ -2,7 +2,10 @@
 //! Used by the planner's specification (plan, apply, plan again: nothing to do) and by
 //! the planning benchmark. Pure.
 
-use crate::live::{LiveInstance, LiveProfile, LiveState, MARK_RELEASE, active_colors_from_config};
+use crate::live::{
+    InstanceKind, InstanceStatus, LiveEdge, LiveInstance, LiveNetwork, LiveProfile, LiveState,
+    MARK_RELEASE,
+};
 use crate::plan::{Action, Plan};
 
 /// Why a plan cannot be replayed on the given live state.
@@ -26,21 +29,26 @@ pub fn applied(live: &LiveState, plan: &Plan) -> Result<LiveState, SimulateError
         match &s.action {
             Action::CreateProfile { name, config, devices, .. }
             | Action::UpdateProfile { name, config, devices, .. } => {
-                l.profiles.insert(
-                    name.clone(),
-                    LiveProfile { config: config.clone(), devices: devices.clone() },
-                );
+                let profile = LiveProfile {
+                    name: name.clone(),
+                    config: config.clone(),
+                    devices: devices.clone(),
+                    ..LiveProfile::default()
+                };
+                l.profiles.insert(name.clone(), profile);
             }
             Action::CreateInstance { name, profiles, config, devices, kind, .. } => {
                 l.instances.insert(
                     name.clone(),
                     LiveInstance {
+                        name: name.clone(),
+                        kind: InstanceKind::parse(kind).unwrap_or_default(),
+                        status: InstanceStatus::Running,
                         config: config.clone(),
                         devices: devices.clone(),
                         expanded_devices: devices.clone(),
                         profiles: profiles.clone(),
-                        running: true,
-                        kind: kind.clone(),
+                        description: String::new(),
                     },
                 );
             }
@@ -54,7 +62,8 @@ pub fn applied(live: &LiveState, plan: &Plan) -> Result<LiveState, SimulateError
                 i.profiles.clone_from(profiles);
             }
             Action::StartInstance { name } => {
-                l.instances.get_mut(name).ok_or_else(|| missing(name))?.running = true;
+                l.instances.get_mut(name).ok_or_else(|| missing(name))?.status =
+                    InstanceStatus::Running;
             }
             Action::DeleteInstance { name } => {
                 l.instances.remove(name);
@@ -67,8 +76,7 @@ pub fn applied(live: &LiveState, plan: &Plan) -> Result<LiveState, SimulateError
                     .insert(MARK_RELEASE.to_string(), slot.release.clone());
             }
             Action::InstallEdge { config, .. } => {
-                l.active_colors = active_colors_from_config(config);
-                l.edge_config = Some(config.clone());
+                l.edge = LiveEdge::from_config(config.clone());
             }
             Action::InstallUnits { target, files, .. } => {
                 l.units.entry(target.clone()).or_default().extend(files.iter().cloned());
@@ -83,10 +91,13 @@ pub fn applied(live: &LiveState, plan: &Plan) -> Result<LiveState, SimulateError
                 l.profiles.remove(name);
             }
             Action::CreateNetwork { name, config } => {
-                l.networks.insert(
-                    name.clone(),
-                    crate::live::LiveNetwork { managed: true, config: config.clone() },
-                );
+                let network = LiveNetwork {
+                    name: name.clone(),
+                    managed: true,
+                    config: config.clone(),
+                    ..LiveNetwork::default()
+                };
+                l.networks.insert(name.clone(), network);
             }
             Action::Snapshot { .. }
             | Action::Migrate { .. }

@@ -219,7 +219,7 @@ fn read_secrets(
     for (file, m) in manifests {
         let env = &m.metadata.name;
         for (name, used_by) in template::manifest_secrets(m) {
-            let path = template::secret_path(env, &name);
+            let path = template::secret_path(file, env, &name);
             let what = format!("`{path}` ({used_by} in {file})");
             let bytes = mirror
                 .read_file(tip, &path, veza_secrets::MAX_CIPHERTEXT_BYTES as u64)

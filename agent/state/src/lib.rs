@@ -71,6 +71,11 @@ pub enum Outcome {
     Failed,
     /// Nothing to change.
     NoChange,
+    /// Planned but not applied: the host is suspended (`veza-agent suspend`) or in report
+    /// mode (`mode: report`). Also the history entry of a suspension.
+    Suspended,
+    /// The history entry of `veza-agent resume`.
+    Resumed,
 }
 
 impl Outcome {
@@ -82,6 +87,8 @@ impl Outcome {
             Outcome::Rejected => "rejected",
             Outcome::Failed => "failed",
             Outcome::NoChange => "no-change",
+            Outcome::Suspended => "suspended",
+            Outcome::Resumed => "resumed",
         }
     }
 }
@@ -219,6 +226,46 @@ pub struct AgentState {
     /// [`MIGRATIONS_KEPT`] per app are kept.
     #[serde(default)]
     pub migrations: BTreeMap<String, BTreeMap<String, i64>>,
+    /// The suspension in force when the last sync ran (`veza-agent suspend`).
+    #[serde(default)]
+    pub suspended: Option<Suspension>,
+    /// What the last plan would have applied but did not (suspended or report mode).
+    #[serde(default)]
+    pub held: Vec<String>,
+}
+
+/// An operator's pause: nothing is applied until `veza-agent resume`; fetch, verification
+/// and planning go on. Kept in `suspended.json` in the state directory, so it survives
+/// restarts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Suspension {
+    /// Since when (unix seconds).
+    pub since: i64,
+    /// Who asked (the login behind `sudo`, else the user).
+    pub by: String,
+    /// Why, as given with `--reason`.
+    pub reason: String,
+}
+
+/// The file that holds a suspension.
+const SUSPENSION_FILE: &str = "suspended.json";
+
+/// Suspends the host whose state lives in `dir`: written atomically (root-only), read by
+/// every sync. Needs no lock, so it works while the daemon runs.
+pub fn suspend(dir: &Path, s: &Suspension) -> Result<(), StateError> {
+    let json = serde_json::to_vec_pretty(s).map_err(|e| StateError::Corrupt {
+        path: dir.join(SUSPENSION_FILE),
+        reason: e.to_string(),
+    })?;
+    std::fs::create_dir_all(dir)
+        .map_err(|source| StateError::Dir { path: dir.to_path_buf(), source })?;
+    veza_fs::write_atomic_if_changed(&dir.join(SUSPENSION_FILE), &json, 0o600)?;
+    Ok(())
+}
+
+/// Lifts the suspension; `false` when there was none.
+pub fn resume(dir: &Path) -> Result<bool, StateError> {
+    Ok(veza_fs::remove_if_exists(&dir.join(SUSPENSION_FILE))?)
 }
 
 /// How many migrated releases are remembered per app.
@@ -256,6 +303,8 @@ impl Default for AgentState {
             drift: Vec::new(),
             jobs: BTreeMap::new(),
             migrations: BTreeMap::new(),
+            suspended: None,
+            held: Vec::new(),
         }
     }
 }
@@ -428,6 +477,28 @@ impl Reader {
             Err(source) => return Err(StateError::Dir { path, source }),
         };
         Ok(text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
+    }
+
+    /// The suspension in force, if any. An unreadable file counts as a suspension (with
+    /// the error as its reason): a pause is never lifted by a broken file.
+    pub fn suspension(&self) -> Option<Suspension> {
+        let path = self.dir.join(SUSPENSION_FILE);
+        match std::fs::read(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => Some(Suspension {
+                since: 0,
+                by: "?".into(),
+                reason: format!("{} unreadable: {e}", path.display()),
+            }),
+            Ok(bytes) => Some(serde_json::from_slice(&bytes).unwrap_or_else(|e| Suspension {
+                since: 0,
+                by: "?".into(),
+                reason: format!(
+                    "{} is not valid ({e}); `veza-agent resume` removes it",
+                    path.display()
+                ),
+            })),
+        }
     }
 
     /// The journal left by an interrupted run, if any.

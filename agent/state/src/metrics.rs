@@ -96,6 +96,18 @@ pub fn render(state: &AgentState, jobs: &[JobMetric], now: i64, stale: bool) -> 
         vec![(String::new(), state.sync_failures.to_string())],
     );
     metric(
+        "veza_agent_suspended",
+        "1 while an operator has suspended applying (`veza-agent suspend`).",
+        "gauge",
+        vec![(String::new(), u8::from(state.suspended.is_some()).to_string())],
+    );
+    metric(
+        "veza_agent_held_steps",
+        "Steps the last plan would apply but did not (suspended or report mode).",
+        "gauge",
+        vec![(String::new(), state.held.len().to_string())],
+    );
+    metric(
         "veza_agent_rejected_revisions_total",
         "Revisions refused (signature, policy, rollback, invalid manifest).",
         "counter",

@@ -5,6 +5,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::Suspension;
+
 use crate::{
     AgentState, AppState, AppliedRevision, EnvState, HistoryEntry, JobState, Outcome, Rejection,
     RunRecord,
@@ -68,6 +70,19 @@ pub enum Event {
         /// Every job, as observed.
         jobs: BTreeMap<String, JobState>,
     },
+    /// The suspension read at the start of a sync (`None`: not suspended). A change is a
+    /// history entry.
+    Suspension {
+        /// What `suspended.json` says now.
+        now: Option<Suspension>,
+        /// The applied commit, for the history entry.
+        commit: String,
+    },
+    /// A plan was made and not applied (suspended or report mode): its steps, for status.
+    Held {
+        /// The steps, as printed.
+        steps: Vec<String>,
+    },
     /// An app's migration succeeded for a release (never run again for it).
     Migrated {
         /// Environment.
@@ -129,7 +144,48 @@ pub fn record(state: &mut AgentState, event: Event) -> Option<HistoryEntry> {
             }
             None
         }
+        Event::Suspension { now, commit } => {
+            if state.suspended == now {
+                return None;
+            }
+            let entry = match (&now, &state.suspended) {
+                (Some(s), _) => HistoryEntry {
+                    signer: None,
+                    ..history_entry(
+                        state,
+                        &commit,
+                        "",
+                        Outcome::Suspended,
+                        Some(format!("suspended by {}: {}", s.by, s.reason)),
+                    )
+                },
+                (None, Some(was)) => HistoryEntry {
+                    signer: None,
+                    ..history_entry(
+                        state,
+                        &commit,
+                        "",
+                        Outcome::Resumed,
+                        Some(format!(
+                            "resumed (suspended by {} since {}: {})",
+                            was.by, was.since, was.reason
+                        )),
+                    )
+                },
+                (None, None) => return None,
+            };
+            state.suspended = now;
+            if state.suspended.is_none() {
+                state.held.clear();
+            }
+            Some(entry)
+        }
+        Event::Held { steps } => {
+            state.held = steps;
+            None
+        }
         Event::Planned { refusals, drift } => {
+            state.held.clear();
             state.quarantined.clear();
             state.refusals = refusals;
             state.drift = drift;
@@ -171,7 +227,8 @@ pub fn record(state: &mut AgentState, event: Event) -> Option<HistoryEntry> {
             match run.outcome {
                 Outcome::Applied | Outcome::NoChange => state.sync_failures = 0,
                 Outcome::Failed => state.sync_failures += 1,
-                Outcome::Rejected | Outcome::RolledBack => {}
+                Outcome::Rejected | Outcome::RolledBack | Outcome::Suspended | Outcome::Resumed => {
+                }
             }
             state.last_run = Some(run);
             None

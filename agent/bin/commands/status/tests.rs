@@ -57,7 +57,30 @@ fn seen() -> Observed {
         max_staleness_s: 600,
         state_dir: "/var/lib/veza-agent".into(),
         state_dir_free_bytes: Some(1 << 30),
+        suspension: None,
+        report_mode: false,
     }
+}
+
+/// A suspension shows from the file at once (before any sync recorded it), with what the
+/// last plan would apply; report mode says the same without a person behind it.
+#[test]
+fn a_suspended_or_report_mode_host_says_what_it_would_do() {
+    let mut state = base();
+    state.held = vec!["deploy release 2222222222 to veza-web-green".into()];
+    let suspension =
+        veza_state::Suspension { since: 0, by: "alice".into(), reason: "db maintenance".into() };
+    let s = build(state.clone(), Observed { suspension: Some(suspension), ..seen() });
+    assert_eq!(
+        s.headline,
+        "NEEDS ATTENTION: suspended by alice since 1970-01-01T00:00:00+00:00: db maintenance; would apply 1 step(s): deploy release 2222222222 to veza-web-green (`veza-agent resume` lifts it)"
+    );
+    let s = build(state, Observed { report_mode: true, ..seen() });
+    assert_eq!(
+        s.headline,
+        "NEEDS ATTENTION: report mode (`mode: report`): nothing is applied; would apply 1 step(s): deploy release 2222222222 to veza-web-green"
+    );
+    assert_eq!(build(base(), seen()).health, "ok");
 }
 
 #[test]

@@ -210,53 +210,99 @@ where
 /// Where a migration unpacks its release and keeps its environment while it runs.
 const MIGRATE_DIR: &str = "/var/lib/veza-migrate";
 
+/// How a migration did not succeed.
+pub(super) enum MigrationError {
+    /// It could not be run (download, push, Incus, the scratch directory): an ordinary
+    /// failed step, retried by the next sync.
+    NotRun(String),
+    /// The command ran and failed (or hit its time limit): the release is not deployed.
+    Failed(String),
+}
+
+/// Exit codes of the migration wrapper itself (not of the command).
+const WRAPPER_NO_DIR: i32 = 201;
+const WRAPPER_NO_ENV: i32 = 202;
+
 /// Runs the app's migration for `slot`'s release in `instance` (the slot itself or the
-/// declared tools instance): the release unpacked in a scratch directory, the app's
-/// environment in a root-only file, the command run there with the environment and a
-/// time limit, then both removed. A non-zero exit (or the time limit) is the error.
+/// declared tools instance): the release unpacked in a scratch directory (`{dir}` of the
+/// command), the app's environment from a root-only file removed as soon as it is read,
+/// the command run there with a time limit, the scratch directory removed on every exit.
 pub(super) async fn run_migration<I, E, U, P, C>(
     d: &Drivers<'_, I, E, U, P, C>,
     instance: &str,
     slot: &SlotSpec,
-) -> Result<(), String>
+) -> Result<(), MigrationError>
 where
     I: Incus + Sync,
 {
     let Some(m) = &slot.migrate else { return Ok(()) };
+    let not_run = MigrationError::NotRun;
     let scratch = format!("{MIGRATE_DIR}/{}-{}", slot.env, slot.app);
-    let dir = shell_quote(&format!("{scratch}/release"));
+    let release_dir = format!("{scratch}/release");
+    let dir = shell_quote(&release_dir);
     let env_path = format!("{scratch}/env");
-    unpack_release(d, instance, slot, &dir).await?;
-    push_private(d.incus, instance, &env_path, env_file(d.secrets, slot)?).await?;
-    // The command sees `{dir}` as the install dir it was written for; it runs from the
-    // scratch copy, which it finds in VEZA_RELEASE_DIR and as its working directory.
+    unpack_release(d, instance, slot, &dir).await.map_err(not_run)?;
+    let env = env_file(d.secrets, slot).map_err(not_run)?;
+    push_private(d.incus, instance, &env_path, env).await.map_err(not_run)?;
+    let command = m.command.replace("{dir}", &release_dir);
     let secs = m.timeout_ms.div_ceil(1000).max(1);
     let script = format!(
-        "cd {dir} || exit 1\nset -a\n. {env} || exit 1\nset +a\nexport VEZA_RELEASE={release} VEZA_RELEASE_DIR={dir} VEZA_ENV={envname} VEZA_APP={app}\n\
+        "trap 'rm -rf {scratch}' EXIT\ncd {dir} || exit {WRAPPER_NO_DIR}\nset -a\n. {env} || exit {WRAPPER_NO_ENV}\nset +a\nrm -f {env}\n\
+         export VEZA_RELEASE={release} VEZA_RELEASE_DIR={dir} VEZA_ENV={envname} VEZA_APP={app}\n\
          if command -v timeout >/dev/null 2>&1; then timeout {secs} /bin/sh -c {cmd}; else /bin/sh -c {cmd}; fi\n\
-         rc=$?\nrm -rf {scratch}\n[ $rc -eq 124 ] && echo \"timed out after {secs}s\" >&2\nexit $rc\n",
+         rc=$?\n[ $rc -eq 124 ] && echo \"timed out after {secs}s\" >&2\nexit $rc\n",
         env = shell_quote(&env_path),
         release = shell_quote(&slot.release),
         envname = shell_quote(&slot.env),
         app = shell_quote(&slot.app),
-        cmd = shell_quote(&m.command),
+        cmd = shell_quote(&command),
         scratch = shell_quote(&scratch),
     );
     let mut req = ExecRequest::sh(&script);
     req.timeout = Duration::from_millis(m.timeout_ms) + Duration::from_secs(30);
-    let out = d.incus.exec(instance, &req).await.map_err(|e| e.to_string())?;
-    if out.exit_code != 0 {
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        let tail: Vec<&str> = stderr.trim().lines().rev().take(5).collect();
-        let tail: Vec<&str> = tail.into_iter().rev().collect();
-        return Err(format!(
-            "`{}` exited {} in `{instance}`: {}",
-            m.command,
-            out.exit_code,
+    let out = d.incus.exec(instance, &req).await.map_err(|e| not_run(e.to_string()))?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let tail: Vec<&str> = stderr.trim().lines().rev().take(5).collect();
+    let tail: Vec<&str> = tail.into_iter().rev().collect();
+    match out.exit_code {
+        0 => Ok(()),
+        WRAPPER_NO_DIR | WRAPPER_NO_ENV => Err(not_run(format!(
+            "the migration could not start in `{instance}`: {}",
             tail.join(" | ")
-        ));
+        ))),
+        code => Err(MigrationError::Failed(format!(
+            "`{}` exited {code} in `{instance}`: {}",
+            m.command,
+            tail.join(" | ")
+        ))),
     }
-    Ok(())
+}
+
+/// `text` with every secret value of `slot` (as is, and percent-encoded as it would be in
+/// a URL) replaced by `{secret:NAME}`: what a failing command printed may quote its
+/// environment (`could not connect to postgres://veza:PW@…`), and errors are recorded.
+pub(super) fn redact(text: &str, secrets: &SecretValues, slot: &SlotSpec) -> String {
+    let mut out = text.to_string();
+    for name in slot.secrets.keys() {
+        let Some(value) = secrets.get(&slot.env, name) else { continue };
+        let value = value.strip_suffix('\n').unwrap_or(value);
+        if value.is_empty() {
+            continue;
+        }
+        let encoded: String = value
+            .bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect();
+        let mark = format!("{{secret:{name}}}");
+        out = out.replace(value, &mark).replace(&encoded, &mark);
+    }
+    out
 }
 
 /// Downloads (or takes from the cache) the artifact, checks its digest, unpacks it in

@@ -32,9 +32,10 @@ use veza_plan::{Action, Plan, Step};
 use crate::artifact::ArtifactStore;
 use crate::clock::{Clock, SystemClock};
 use crate::http::{HttpProbe, Probe};
+use veza_model::live::InstanceKind;
+
 use crate::incus::{
-    ImageSource, Incus, IncusError, InstanceKind, InstanceSpec, InstanceUpdate, ProfileSpec,
-    StateChange,
+    ImageSource, Incus, IncusError, InstanceSpec, InstanceUpdate, ProfileSpec, StateChange,
 };
 use crate::systemd::Units;
 
@@ -44,7 +45,7 @@ mod gate;
 mod tests;
 
 pub use deploy::{APP_ENV_FILE, APP_RUN_SCRIPT, app_run_script, app_unit};
-use deploy::{deploy_release, run_migration};
+use deploy::{MigrationError, deploy_release, redact, run_migration};
 pub use gate::{GATE_PROBE_EVERY, GATE_STABLE_FOR, GateRule};
 use gate::{health_gate, verify_edge};
 
@@ -443,19 +444,43 @@ async fn run_step<I: Incus, E: Edge, U: Units, P: Probe, C: Clock, H: Hooks>(
         Action::DeleteInstance { name } => {
             d.incus.delete_instance(name).await.map_err(|e| fail(&e))
         }
-        Action::DeployRelease { instance, slot } => {
-            deploy_release(d, instance, slot).await.map_err(StepError::Failed)
-        }
-        Action::Migrate { instance, slot } => run_migration(d, instance, slot).await.map_err(|e| {
-            StepError::Migration(format!(
-                "the migration of {}/{} for release {} failed: {e}",
+        Action::DeployRelease { instance, slot } => deploy_release(d, instance, slot)
+            .await
+            .map_err(|e| StepError::Failed(redact(&e, d.secrets, slot))),
+        Action::Migrate { instance, slot } => {
+            let what = format!(
+                "the migration of {}/{} for release {}",
                 slot.env,
                 slot.app,
                 &slot.release[..slot.release.len().min(10)]
-            ))
-        }),
+            );
+            run_migration(d, instance, slot).await.map_err(|e| match e {
+                MigrationError::NotRun(e) => {
+                    StepError::Failed(redact(&format!("{what} did not run: {e}"), d.secrets, slot))
+                }
+                MigrationError::Failed(e) => {
+                    StepError::Migration(redact(&format!("{what} failed: {e}"), d.secrets, slot))
+                }
+            })
+        }
         Action::HealthGate { instance, slot } => health_gate(d, instance, slot, hooks).await,
-        Action::InstallUnits { target, files, timers } => {
+        Action::InstallUnits { target, files, timers, environments } => {
+            let mut private = Vec::new();
+            for e in environments {
+                let text = veza_model::template::render_env_file(&e.vars, |name| {
+                    d.secrets.get(&e.env, name)
+                })
+                .map_err(|why| StepError::Failed(format!("{}: {why}", e.file)))?;
+                private.push((e.file.clone(), text));
+            }
+            // A job installed without an environment keeps no file from an older one.
+            let stale: Vec<String> = files
+                .iter()
+                .filter_map(|(n, _)| n.strip_suffix(".service"))
+                .map(|stem| format!("{stem}.env"))
+                .filter(|env| !private.iter().any(|(n, _)| n == env))
+                .collect();
+            d.units.install_private(target, &private, &stale).await.map_err(|e| fail(&e))?;
             d.units.install(target, files, timers).await.map_err(|e| fail(&e))
         }
         Action::RemoveUnits { target, names } => {

@@ -18,7 +18,9 @@ use crate::clock::FakeClock;
 use crate::haproxy::fake::FakeEdge;
 use crate::haproxy::install::EdgePaths;
 use crate::http::fake::{Answer, ScriptedProbe};
-use crate::incus::{FakeIncus, ImageSource, IncusError, InstanceStatus, LiveInstance};
+use veza_model::live::{InstanceStatus, LiveInstance};
+
+use crate::incus::{ExecOutput, FakeIncus, ImageSource, IncusError};
 use crate::systemd::fake::FakeUnits;
 
 // ------------------------------------------------------------ the world of a run
@@ -170,6 +172,7 @@ fn job_units() -> Action {
         target: UnitTarget::Host,
         files: vec![("veza-job-prod-web-backup.service".into(), "[Service]\n".into())],
         timers: Vec::new(),
+        environments: Vec::new(),
     }
 }
 
@@ -670,4 +673,189 @@ fn image_sources() {
     assert_eq!(image_source("veza-test-busybox").unwrap(), ImageSource::local("veza-test-busybox"));
     assert!(matches!(image_source("images:debian/13").unwrap(), ImageSource::Simplestreams { .. }));
     assert!(image_source("ubuntu:24.04").unwrap_err().contains("unknown image remote"));
+}
+
+// ------------------------------------------------------------ migrations and secrets
+
+/// `slot(Green)` with a migration and a secret-backed `DATABASE_URL`, its artifact a
+/// file in `dir` (a gzip header is all the engine looks at; the fake unpacks nothing).
+fn migrating_slot(dir: &Path) -> SlotSpec {
+    let bytes = [0x1f_u8, 0x8b, 8, 0, 0, 0, 0, 0];
+    let sha: String = {
+        use sha2::Digest;
+        sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    };
+    std::fs::write(dir.join("web.tar.gz"), bytes).expect("artifact");
+    let mut s = slot(Color::Green);
+    s.artifact_url = format!("file://{}/web.tar.gz", dir.display());
+    s.sha256 = sha;
+    s.environment.insert("DATABASE_URL".into(), "postgres://web:{secret:pw}@db/web".into());
+    s.secrets.insert("pw".into(), "ab12".into());
+    s.migrate = Some(veza_plan::desired::MigrateSpec {
+        command: "{dir}/migrate --up".into(),
+        on: None,
+        timeout_ms: 60_000,
+    });
+    s
+}
+
+/// An owned, running slot `name`.
+fn running_slot(fake: &FakeIncus, name: &str) {
+    created_by_an_earlier_run(fake, name, "web");
+    let mut live = fake.live();
+    if let Some(i) = live.instances.get_mut(name) {
+        i.status = InstanceStatus::Running;
+    }
+    fake.set_live(live);
+}
+
+/// Runs `plan` over `w` with real artifacts from `dir` and the secret `pw` = `value`.
+fn run_with_secret(w: &World, plan: &Plan, dir: &Path, value: &str) -> ApplyReport {
+    let artifacts = ArtifactStore::new(&dir.join("cache"));
+    let mut secrets = veza_secrets::SecretValues::default();
+    secrets.insert("prod", "pw", veza_secrets::SecretValue::new(value));
+    let drivers = Drivers {
+        incus: &w.incus,
+        edge: &w.edge,
+        units: &w.units,
+        artifacts: &artifacts,
+        probe: &w.probe,
+        clock: &w.clock,
+        secrets: &secrets,
+        gates: w.gates.clone(),
+    };
+    crate::incus::runtime().expect("runtime").block_on(apply(
+        plan,
+        &drivers,
+        &mut Script::default(),
+    ))
+}
+
+#[test]
+fn a_failing_migration_stops_before_traffic_moves_and_never_quotes_the_secret() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let w = World::new();
+    running_slot(&w.incus, "web-green");
+    let s = migrating_slot(tmp.path());
+    let plan = promotion_after_deploy(&s);
+    // unpack, then the migration: it fails and prints its connection string.
+    w.incus.push_exec_result(ExecOutput::default());
+    w.incus.push_exec_result(ExecOutput {
+        exit_code: 3,
+        stdout: Vec::new(),
+        stderr: b"connecting to postgres://web:p%40ss%2Fw0rd@db/web\nFATAL: p@ss/w0rd rejected\n"
+            .to_vec(),
+    });
+    let report = run_with_secret(&w, &plan, tmp.path(), "p@ss/w0rd");
+    let ApplyOutcome::RolledBack { reason } = &report.outcome else {
+        panic!("a failed migration ends as rolled back: {report:?}")
+    };
+    assert!(
+        reason.starts_with(
+            "the migration of prod/web for release 2222222222 failed: `{dir}/migrate --up` exited 3"
+        ),
+        "{reason}"
+    );
+    assert!(
+        reason.contains("postgres://web:{secret:pw}@db/web")
+            && reason.ends_with("traffic was not moved"),
+        "{reason}"
+    );
+    assert!(!reason.contains("p@ss") && !reason.contains("p%40ss"), "{reason}");
+    assert_eq!(report.steps_done, 0);
+    assert!(report.migrated.is_empty());
+    assert_eq!(w.edge_config(), EDGE_BLUE, "traffic stayed on blue");
+    assert_eq!(w.edge.reloads(), 0);
+    // The command ran from the scratch copy, with `{dir}` pointing at it; the environment
+    // file was root-only and removed by the script itself.
+    let execs = w.incus.execs();
+    let script = execs[1].1.command.join(" ");
+    assert!(
+        script.contains("/bin/sh -c '/var/lib/veza-migrate/prod-web/release/migrate --up'"),
+        "{script}"
+    );
+    assert!(
+        script.contains("rm -f '/var/lib/veza-migrate/prod-web/env'") && script.contains("trap"),
+        "{script}"
+    );
+    assert!(!script.contains("p@ss"), "{script}");
+    let env = w.incus.file("web-green", "/var/lib/veza-migrate/prod-web/env").expect("env pushed");
+    assert_eq!(
+        String::from_utf8_lossy(&env).lines().nth(1),
+        Some("DATABASE_URL=\"postgres://web:p@ss/w0rd@db/web\"")
+    );
+}
+
+#[test]
+fn a_migration_that_cannot_run_is_an_ordinary_failure_retried_next_sync() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let w = World::new();
+    running_slot(&w.incus, "web-green");
+    let mut s = migrating_slot(tmp.path());
+    s.sha256 = "0".repeat(64); // the artifact does not match: nothing ran
+    let report = run_with_secret(&w, &promotion_after_deploy(&s), tmp.path(), "pw");
+    assert!(
+        matches!(&report.outcome, ApplyOutcome::Failed { error, .. } if error.contains("did not run")),
+        "{report:?}"
+    );
+}
+
+#[test]
+fn a_successful_migration_is_reported_and_the_deploy_goes_on() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let w = World::new();
+    running_slot(&w.incus, "web-green");
+    let s = migrating_slot(tmp.path());
+    let plan = plan_of(vec![Action::Migrate { instance: "web-green".into(), slot: s.clone() }]);
+    let report = run_with_secret(&w, &plan, tmp.path(), "pw");
+    assert_eq!(report.outcome, ApplyOutcome::Applied, "{report:?}");
+    assert_eq!(report.migrated, [("prod".to_string(), "web".to_string(), release('2'))]);
+}
+
+#[test]
+fn job_environments_are_rendered_into_root_only_files_and_dropped_with_the_env() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let w = World::new();
+    let with_env = Action::InstallUnits {
+        target: UnitTarget::Host,
+        files: vec![("veza-job-prod-backup.service".into(), "[Service]\n".into())],
+        timers: Vec::new(),
+        environments: vec![veza_plan::desired::JobEnvironment {
+            file: "veza-job-prod-backup.env".into(),
+            env: "prod".into(),
+            vars: BTreeMap::from([("CIPHER".to_string(), "{secret:pw}".to_string())]),
+        }],
+    };
+    let report = run_with_secret(&w, &plan_of(vec![with_env]), tmp.path(), "k3y");
+    assert_eq!(report.outcome, ApplyOutcome::Applied, "{report:?}");
+    let files = w.units.private_files();
+    assert_eq!(files["veza-job-prod-backup.env"].lines().nth(1), Some("CIPHER=\"k3y\""));
+    // The same job without an environment: its old file goes.
+    let without = Action::InstallUnits {
+        target: UnitTarget::Host,
+        files: vec![("veza-job-prod-backup.service".into(), "[Service]\n".into())],
+        timers: Vec::new(),
+        environments: Vec::new(),
+    };
+    run_with_secret(&w, &plan_of(vec![without]), tmp.path(), "k3y");
+    assert!(w.units.private_files().is_empty(), "{:?}", w.units.calls());
+}
+
+/// Migrate, deploy, gate, switch, verify for green.
+fn promotion_after_deploy(s: &SlotSpec) -> Plan {
+    let mut plan = plan_of(vec![
+        Action::Migrate { instance: "web-green".into(), slot: s.clone() },
+        Action::DeployRelease { instance: "web-green".into(), slot: s.clone() },
+        gate("web-green", Color::Green),
+        switch(),
+        verify(),
+    ]);
+    plan.promotions.push(Promotion {
+        env: "prod".into(),
+        app: "web".into(),
+        from: Some(Color::Blue),
+        to: Color::Green,
+        release: release('2'),
+    });
+    plan
 }

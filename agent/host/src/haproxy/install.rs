@@ -20,9 +20,9 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::parse::{
-    DroppedServer, ParseError, ProcList, config_servers, parse_show_proc, prune_servers_state,
-};
+use veza_model::live::config_servers;
+
+use super::parse::{DroppedServer, ParseError, ProcList, parse_show_proc, prune_servers_state};
 use super::runtime::{EdgeError, EdgeRuntime};
 
 /// The files of an edge.

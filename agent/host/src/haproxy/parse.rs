@@ -13,10 +13,7 @@ mod health;
 mod prune;
 
 pub use health::{BackendHealth, ServerHealth, edge_health};
-pub use prune::{
-    DropReason, DroppedServer, EMPTY_STATE_FILE, ExpectedServer, PrunedState, config_servers,
-    prune_servers_state,
-};
+pub use prune::{DropReason, DroppedServer, EMPTY_STATE_FILE, PrunedState, prune_servers_state};
 
 /// Output that does not have the expected shape.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -1,6 +1,6 @@
 //! `FakeIncus`: an in-memory [`Incus`](super::Incus) for planner and apply tests.
 //!
-//! It holds an [`IncusLive`] and changes it the way incusd would, enforcing the same
+//! It holds an [`LiveState`] and changes it the way incusd would, enforcing the same
 //! ownership and protection rules as the real client (they share the checks). Every request
 //! the real client would send is recorded as one readable line (`GET /1.0/instances/x`,
 //! `PUT /1.0/instances/x`), including the fresh ownership `GET` before each write;
@@ -17,8 +17,8 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use super::error::{IncusError, ResourceKind};
 use super::types::{
-    Config, Devices, ExecOutput, ExecRequest, IncusLive, InstanceStatus, LiveInstance, LivePool,
-    LiveProfile, RunningOperation, SnapshotInfo,
+    Config, Devices, ExecOutput, ExecRequest, InstanceStatus, LiveInstance, LivePool, LiveProfile,
+    LiveState, RunningOperation, SnapshotInfo,
 };
 use super::{Result, require_owned, validate_name};
 
@@ -53,7 +53,7 @@ impl From<String> for FailOn {
 
 #[derive(Debug, Default)]
 struct State {
-    live: IncusLive,
+    live: LiveState,
     calls: Vec<String>,
     failures: Vec<(FailOn, Option<IncusError>)>,
     writes: u64,
@@ -177,7 +177,7 @@ fn has_root_disk(devices: &Devices) -> bool {
 
 impl FakeIncus {
     /// A fake holding `live`.
-    pub fn new(live: IncusLive) -> FakeIncus {
+    pub fn new(live: LiveState) -> FakeIncus {
         let mut state = State { live, clock: 1_800_000_000, ..State::default() };
         state.refresh();
         FakeIncus { state: Mutex::new(state) }
@@ -186,7 +186,7 @@ impl FakeIncus {
     /// A fake shaped like the test host: a `dir` pool `default` and a `default` profile
     /// with a root disk on it, no instances.
     pub fn with_default_host() -> FakeIncus {
-        let mut live = IncusLive::default();
+        let mut live = LiveState::default();
         live.pools.insert(
             "default".to_string(),
             LivePool {
@@ -239,12 +239,12 @@ impl FakeIncus {
     }
 
     /// The current state.
-    pub fn live(&self) -> IncusLive {
+    pub fn live(&self) -> LiveState {
         self.lock().live.clone()
     }
 
     /// Replaces the state (e.g. to simulate someone else's change).
-    pub fn set_live(&self, live: IncusLive) {
+    pub fn set_live(&self, live: LiveState) {
         let mut s = self.lock();
         s.live = live;
         s.refresh();

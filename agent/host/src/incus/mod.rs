@@ -3,7 +3,9 @@
 //!
 //! - [`Incus`] is the one trait the rest of the agent uses. [`IncusClient`] talks to a real
 //!   incusd (pooled HTTP/1.1 over the unix socket); [`FakeIncus`] keeps an in-memory
-//!   [`IncusLive`], records every call and injects errors, for planner/apply tests.
+//!   [`LiveState`], records every call and injects errors, for planner/apply tests.
+//! - **Observation** returns the planner's live model (`veza_model::live`) directly: the
+//!   Incus part of a [`LiveState`] (instances, profiles, networks, pools).
 //! - **Ownership.** The agent's mark is `user.veza.managed=true` in an instance's or
 //!   profile's config. Resources without it are observed but never changed: every mutating
 //!   method first re-reads the resource (a fresh `GET`, never the observed snapshot) and
@@ -37,11 +39,10 @@ pub use client::{ClientOptions, IncusClient, RawResponse, Transport};
 pub use error::{IncusError, ResourceKind};
 pub use fake::{FailOn, FakeIncus};
 pub use types::{
-    Config, Device, Devices, ExecOutput, ExecRequest, FilePush, ImageSource, IncusLive,
-    InstanceKind, InstanceSpec, InstanceStatus, InstanceUpdate, KEY_APP, KEY_COLOR, KEY_ENV,
-    KEY_PROTECT, KEY_RELEASE, LiveInstance, LiveNetwork, LivePool, LiveProfile, MARK_MANAGED,
-    ProfileSpec, RunningOperation, SNAPSHOT_PREFIX, SnapshotInfo, StateAction, StateChange,
+    ExecOutput, ExecRequest, FilePush, ImageSource, InstanceSpec, InstanceUpdate, ProfileSpec,
+    RunningOperation, SNAPSHOT_PREFIX, SnapshotInfo, StateAction, StateChange,
 };
+use veza_model::live::{Config, Devices, LiveInstance, LiveProfile, LiveState, MARK_PROTECT};
 
 /// Result alias for the driver.
 pub type Result<T, E = IncusError> = std::result::Result<T, E>;
@@ -68,12 +69,13 @@ impl Scope {
 pub trait Incus: Sync {
     /// Observes instances, profiles, networks and storage pools, one `?recursion=1` list
     /// request each.
-    fn observe(&self) -> impl Future<Output = Result<IncusLive>> + Send {
+    fn observe(&self) -> impl Future<Output = Result<LiveState>> + Send {
         self.observe_scoped(Scope::EVERYTHING)
     }
 
-    /// Observes what `scope` asks for; what it leaves out stays empty in the result.
-    fn observe_scoped(&self, scope: Scope) -> impl Future<Output = Result<IncusLive>> + Send;
+    /// Observes what `scope` asks for; what it leaves out stays empty in the result, and
+    /// so do the edge and the units (other observers fill them).
+    fn observe_scoped(&self, scope: Scope) -> impl Future<Output = Result<LiveState>> + Send;
 
     /// One instance, freshly read; `None` when it does not exist.
     fn instance(&self, name: &str) -> impl Future<Output = Result<Option<LiveInstance>>> + Send;
@@ -355,7 +357,7 @@ pub(crate) fn refuse_existing(kind: ResourceKind, name: &str, config: &Config) -
 /// `NotOwned` or `Protected` unless the instance may be deleted.
 pub(crate) fn require_deletable(name: &str, config: &Config) -> Result<()> {
     require_owned(ResourceKind::Instance, name, config)?;
-    if config.get(KEY_PROTECT).is_some_and(|v| v == "true") {
+    if config.get(MARK_PROTECT).is_some_and(|v| v == "true") {
         return Err(IncusError::Protected { name: name.to_string() });
     }
     Ok(())

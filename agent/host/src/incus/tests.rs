@@ -4,6 +4,11 @@
 
 use std::time::Duration;
 
+use veza_model::live::{
+    Device, InstanceKind, InstanceStatus, LiveNetwork, MARK_APP, MARK_MANAGED, MARK_PROTECT,
+    MARK_RELEASE,
+};
+
 use super::*;
 
 fn block_on<F: Future>(f: F) -> F::Output {
@@ -33,7 +38,7 @@ fn foreign(name: &str) -> LiveInstance {
 
 fn spec(name: &str) -> InstanceSpec {
     let mut s = InstanceSpec::container(name, "veza-test-busybox");
-    s.config = cfg(&[(KEY_APP, "web"), (KEY_RELEASE, "abc")]);
+    s.config = cfg(&[(MARK_APP, "web"), (MARK_RELEASE, "abc")]);
     s.devices.insert("http".into(), proxy("tcp:127.0.0.1:18001"));
     s.start = true;
     s
@@ -119,65 +124,6 @@ fn put_config_keeps_incus_keys_and_replaces_the_rest() {
             (MARK_MANAGED, "true"),
         ])
     );
-}
-
-#[test]
-fn root_pool_detection_follows_the_seed() {
-    let pool = |name: &str, status: &str| LivePool {
-        name: name.into(),
-        driver: "dir".into(),
-        status: status.into(),
-        description: String::new(),
-        config: Config::new(),
-    };
-    let with_root = |name: &str, pool: &str| {
-        let mut i = foreign(name);
-        i.expanded_devices
-            .insert("root".into(), cfg(&[("type", "disk"), ("path", "/"), ("pool", pool)]));
-        i
-    };
-    let live = |instances: Vec<LiveInstance>, pools: Vec<LivePool>| IncusLive {
-        instances: instances.into_iter().map(|i| (i.name.clone(), i)).collect(),
-        pools: pools.into_iter().map(|p| (p.name.clone(), p)).collect(),
-        ..IncusLive::default()
-    };
-    let cases: Vec<(&str, IncusLive, &[&str], Option<&str>)> = vec![
-        (
-            "preferred instance wins",
-            live(
-                vec![with_root("a", "fast"), with_root("forgejo", "data")],
-                vec![pool("data", "Created"), pool("fast", "Created")],
-            ),
-            &["forgejo"],
-            Some("data"),
-        ),
-        (
-            "else any instance",
-            live(
-                vec![with_root("a", "fast")],
-                vec![pool("data", "Created"), pool("fast", "Created")],
-            ),
-            &["forgejo"],
-            Some("fast"),
-        ),
-        (
-            "pool of a vanished pool is skipped",
-            live(vec![with_root("a", "gone")], vec![pool("data", "Created")]),
-            &[],
-            Some("data"),
-        ),
-        (
-            "else first created pool",
-            live(vec![], vec![pool("broken", "Unavailable"), pool("ok", "Created")]),
-            &[],
-            Some("ok"),
-        ),
-        ("else first pool", live(vec![], vec![pool("b", "Errored")]), &[], Some("b")),
-        ("no pools", live(vec![], vec![]), &[], None),
-    ];
-    for (name, live, preferred, want) in cases {
-        assert_eq!(live.detect_root_pool(preferred).as_deref(), want, "case `{name}`");
-    }
 }
 
 #[test]
@@ -280,7 +226,7 @@ fn foreign_and_protected_instances_are_refused_by_every_mutation() {
     assert_eq!(fake.live(), before);
 
     let mut p = spec("db");
-    p.config.insert(KEY_PROTECT.into(), "true".into());
+    p.config.insert(MARK_PROTECT.into(), "true".into());
     block_on(fake.create_instance(&p)).unwrap();
     let err = block_on(fake.delete_instance("db")).unwrap_err();
     assert!(matches!(err, IncusError::Protected { ref name } if name == "db"), "{err}");

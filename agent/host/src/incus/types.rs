@@ -1,232 +1,23 @@
-//! Plain data for the Incus driver: the observed state (`IncusLive` and its parts), the
-//! requests callers build (`InstanceSpec`, `InstanceUpdate`, `ProfileSpec`, `StateChange`,
-//! `ExecRequest`, `FilePush`) and the results (`ExecOutput`, `SnapshotInfo`,
-//! `RunningOperation`).
+//! Plain data for the Incus driver: the requests callers build (`InstanceSpec`,
+//! `InstanceUpdate`, `ProfileSpec`, `StateChange`, `ExecRequest`, `FilePush`) and the
+//! results (`ExecOutput`, `SnapshotInfo`, `RunningOperation`).
 //!
-//! The observed types derive `Serialize`/`Deserialize` and `PartialEq` so that the planner
-//! and snapshot tests can use them as plain data. Their wire forms (the JSON Incus sends)
-//! live in `wire` (`types/wire.rs`) and are converted once, at the edge.
+//! What the driver observes is the planner's live model, `veza_model::live` (`LiveState`
+//! and its parts, with the ownership marks); the JSON shapes Incus sends live in `wire`
+//! (`types/wire.rs`) and are converted to it once, at the edge.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-
-/// Config keys and values (`limits.cpu = "2"`, `user.veza.release = "…"`). Incus keeps
-/// every value as a string.
-pub type Config = BTreeMap<String, String>;
-/// One device: its keys (`type`, `listen`, `connect`, `path`, `pool`, …).
-pub type Device = BTreeMap<String, String>;
-/// Devices by name.
-pub type Devices = BTreeMap<String, Device>;
-
-/// The agent's marks, defined once with the planner that reads them
-/// ([`veza_plan::live`]): the ownership mark `user.veza.managed` (only resources whose
-/// config holds it set to `true` are ever changed or deleted by the agent), and the
-/// environment, app, color, release (set by callers) and protection (`true` forbids
-/// deletion: data containers) of an instance.
-pub use veza_plan::live::{
-    MARK_APP as KEY_APP, MARK_COLOR as KEY_COLOR, MARK_ENV as KEY_ENV, MARK_MANAGED,
-    MARK_PROTECT as KEY_PROTECT, MARK_RELEASE as KEY_RELEASE,
+pub(crate) use veza_model::live::{
+    Config, Devices, InstanceKind, InstanceStatus, LiveInstance, LiveNetwork, LivePool,
+    LiveProfile, LiveState, MARK_MANAGED, is_incus_key, is_marked,
 };
+
 /// Prefix of the snapshots the agent creates and prunes.
 pub const SNAPSHOT_PREFIX: &str = "veza-";
-
-/// Everything the agent observes in Incus, one list request each (networks only when the
-/// observation scope asks for them).
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct IncusLive {
-    pub instances: BTreeMap<String, LiveInstance>,
-    pub profiles: BTreeMap<String, LiveProfile>,
-    pub networks: BTreeMap<String, LiveNetwork>,
-    pub pools: BTreeMap<String, LivePool>,
-}
-
-impl IncusLive {
-    /// The storage pool to put root disks on, detected the way the seed playbooks ended up
-    /// doing it (commit 5f6625cc56): the pool that an existing instance's root disk uses
-    /// (from `expanded_devices`, so a pool inherited from a profile counts), trying the
-    /// `preferred` instances first and then every instance in name order; else the first
-    /// pool (in name order) whose status is `Created`; else the first pool at all.
-    ///
-    /// Only pools that still exist are returned from the instance search.
-    pub fn detect_root_pool(&self, preferred: &[&str]) -> Option<String> {
-        let from_instance = |inst: &LiveInstance| {
-            inst.root_disk_pool().filter(|p| self.pools.contains_key(*p)).map(str::to_string)
-        };
-        preferred
-            .iter()
-            .filter_map(|name| self.instances.get(*name))
-            .chain(self.instances.values())
-            .find_map(from_instance)
-            .or_else(|| self.pools.values().find(|p| p.status == "Created").map(|p| p.name.clone()))
-            .or_else(|| self.pools.keys().next().cloned())
-    }
-
-    /// Instances carrying the ownership mark.
-    pub fn owned_instances(&self) -> impl Iterator<Item = &LiveInstance> {
-        self.instances.values().filter(|i| i.is_owned())
-    }
-}
-
-/// Container or virtual machine.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub enum InstanceKind {
-    #[default]
-    #[serde(rename = "container")]
-    Container,
-    #[serde(rename = "virtual-machine")]
-    VirtualMachine,
-}
-
-impl InstanceKind {
-    /// The name Incus uses (`container`, `virtual-machine`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            InstanceKind::Container => "container",
-            InstanceKind::VirtualMachine => "virtual-machine",
-        }
-    }
-}
-
-/// An instance's power status as Incus reports it in `status`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(from = "String", into = "String")]
-pub enum InstanceStatus {
-    Running,
-    Stopped,
-    Frozen,
-    Error,
-    /// Any other status text (`Starting`, `Stopping`, …), kept verbatim.
-    Other(String),
-}
-
-impl From<String> for InstanceStatus {
-    fn from(s: String) -> Self {
-        match s.as_str() {
-            "Running" => InstanceStatus::Running,
-            "Stopped" => InstanceStatus::Stopped,
-            "Frozen" => InstanceStatus::Frozen,
-            "Error" => InstanceStatus::Error,
-            _ => InstanceStatus::Other(s),
-        }
-    }
-}
-
-impl From<InstanceStatus> for String {
-    fn from(s: InstanceStatus) -> Self {
-        s.to_string()
-    }
-}
-
-impl fmt::Display for InstanceStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            InstanceStatus::Running => "Running",
-            InstanceStatus::Stopped => "Stopped",
-            InstanceStatus::Frozen => "Frozen",
-            InstanceStatus::Error => "Error",
-            InstanceStatus::Other(s) => s,
-        })
-    }
-}
-
-/// One instance as observed with `GET /1.0/instances?recursion=1`.
-///
-/// `config` is the instance's own config, verbatim (it includes Incus's `volatile.*` and
-/// `image.*` keys; see [`LiveInstance::settable_config`]). `devices` are the
-/// instance-local devices (what the agent owns and reconciles), `expanded_devices` the
-/// effective ones after profiles are applied (where the root disk usually comes from).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LiveInstance {
-    pub name: String,
-    pub kind: InstanceKind,
-    pub status: InstanceStatus,
-    pub config: Config,
-    pub devices: Devices,
-    pub expanded_devices: Devices,
-    pub profiles: Vec<String>,
-    pub description: String,
-}
-
-impl LiveInstance {
-    /// Whether the agent owns this instance (`user.veza.managed=true`).
-    pub fn is_owned(&self) -> bool {
-        is_marked(&self.config)
-    }
-
-    /// Whether the instance is protected from deletion (`user.veza.protect=true`).
-    pub fn is_protected(&self) -> bool {
-        self.config.get(KEY_PROTECT).is_some_and(|v| v == "true")
-    }
-
-    /// Whether the instance is running.
-    pub fn is_running(&self) -> bool {
-        self.status == InstanceStatus::Running
-    }
-
-    /// The config without the keys Incus manages itself (`volatile.*`, `image.*`): what
-    /// [`InstanceUpdate::config`] is compared against and replaces.
-    pub fn settable_config(&self) -> Config {
-        settable_config(&self.config)
-    }
-
-    /// The pool of the effective root disk (a `disk` device with `path=/`), if any.
-    pub fn root_disk_pool(&self) -> Option<&str> {
-        self.expanded_devices
-            .values()
-            .find(|d| {
-                d.get("type").is_some_and(|t| t == "disk")
-                    && d.get("path").is_some_and(|p| p == "/")
-            })
-            .and_then(|d| d.get("pool"))
-            .map(String::as_str)
-    }
-}
-
-/// One profile as observed with `GET /1.0/profiles?recursion=1`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LiveProfile {
-    pub name: String,
-    pub description: String,
-    pub config: Config,
-    pub devices: Devices,
-    /// API paths of the instances using this profile (`/1.0/instances/NAME`).
-    pub used_by: Vec<String>,
-}
-
-impl LiveProfile {
-    /// Whether the agent owns this profile (`user.veza.managed=true` in its config).
-    pub fn is_owned(&self) -> bool {
-        is_marked(&self.config)
-    }
-}
-
-/// One network as observed with `GET /1.0/networks?recursion=1`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LiveNetwork {
-    pub name: String,
-    /// `bridge`, `loopback`, `physical`, …
-    pub kind: String,
-    /// Whether Incus manages it (a bridge it created) or merely sees it (a host interface).
-    pub managed: bool,
-    pub status: String,
-    pub description: String,
-    pub config: Config,
-}
-
-/// One storage pool as observed with `GET /1.0/storage-pools?recursion=1`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LivePool {
-    pub name: String,
-    /// `dir`, `zfs`, `btrfs`, `lvm`, …
-    pub driver: String,
-    /// `Created` when usable; anything else (`Unavailable`, `Errored`) is a warning sign.
-    pub status: String,
-    pub description: String,
-    pub config: Config,
-}
 
 /// Where an instance's image comes from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -425,8 +216,9 @@ impl ExecOutput {
     }
 }
 
-/// A file to write into an instance.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A file to write into an instance. `Debug` shows its size, never its content (an
+/// environment file holds secrets).
+#[derive(Clone, PartialEq, Eq)]
 pub struct FilePush {
     /// Absolute path inside the instance.
     pub path: String,
@@ -439,6 +231,20 @@ pub struct FilePush {
     pub create_parents: bool,
     /// Append instead of overwrite.
     pub append: bool,
+}
+
+impl std::fmt::Debug for FilePush {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FilePush")
+            .field("path", &self.path)
+            .field("bytes", &self.content.len())
+            .field("uid", &self.uid)
+            .field("gid", &self.gid)
+            .field("mode", &format_args!("{:o}", self.mode))
+            .field("create_parents", &self.create_parents)
+            .field("append", &self.append)
+            .finish()
+    }
 }
 
 impl FilePush {
@@ -487,21 +293,6 @@ pub struct RunningOperation {
     pub description: String,
     /// The instance it concerns (the first of the caller's instances it names).
     pub instance: String,
-}
-
-/// Whether a config carries the ownership mark.
-pub(crate) fn is_marked(config: &Config) -> bool {
-    config.get(MARK_MANAGED).is_some_and(|v| v == "true")
-}
-
-/// Whether Incus manages `key` itself (never compared, always preserved).
-pub(crate) fn is_incus_key(key: &str) -> bool {
-    key.starts_with("volatile.") || key.starts_with("image.")
-}
-
-/// The keys of `config` the agent reconciles.
-pub(crate) fn settable_config(config: &Config) -> Config {
-    config.iter().filter(|(k, _)| !is_incus_key(k)).map(|(k, v)| (k.clone(), v.clone())).collect()
 }
 
 /// `config` with the ownership mark added.

@@ -11,6 +11,8 @@ use super::{JobRun, SystemdError, Units};
 #[derive(Debug, Default)]
 struct State {
     files: BTreeMap<UnitTarget, BTreeMap<String, String>>,
+    /// Root-only files beside the units (every target), by name.
+    private: BTreeMap<String, String>,
     calls: Vec<String>,
     reject: Option<String>,
 }
@@ -36,6 +38,11 @@ impl FakeUnits {
     /// `remove TARGET: NAMES`.
     pub fn calls(&self) -> Vec<String> {
         self.lock().calls.clone()
+    }
+
+    /// The root-only files beside the units (jobs' environment files), by name.
+    pub fn private_files(&self) -> BTreeMap<String, String> {
+        self.lock().private.clone()
     }
 
     /// Installs are rejected from now on, as `systemd-analyze verify` would reject them.
@@ -66,6 +73,26 @@ impl Units for FakeUnits {
             return Err(SystemdError::Verify { target: target.to_string(), diagnostics });
         }
         st.files.entry(target.clone()).or_default().extend(files.iter().cloned());
+        Ok(())
+    }
+
+    async fn install_private(
+        &self,
+        target: &UnitTarget,
+        files: &[(String, String)],
+        stale: &[String],
+    ) -> Result<(), SystemdError> {
+        let names: Vec<&str> = files.iter().map(|(name, _)| name.as_str()).collect();
+        let mut st = self.lock();
+        st.calls.push(format!(
+            "install private {target}: {}; remove {}",
+            names.join(" "),
+            stale.join(" ")
+        ));
+        st.private.extend(files.iter().cloned());
+        for name in stale {
+            st.private.remove(name);
+        }
         Ok(())
     }
 

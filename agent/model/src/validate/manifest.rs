@@ -15,7 +15,7 @@ use crate::path;
 use crate::template;
 
 /// Config key prefixes the agent reserves for its own marks or Incus reserves.
-const RESERVED_CONFIG_PREFIXES: [&str; 2] = ["user.veza.", "volatile."];
+const RESERVED_CONFIG_PREFIXES: [&str; 2] = [crate::live::MARK_PREFIX, "volatile."];
 
 /// Upper bound of `health.rise` and `health.fall`: the promotion gate probes a slot
 /// `rise` times in a row, 200 ms apart, within the host's `promotion.health_timeout`.

@@ -255,6 +255,22 @@ pub struct EdgeSummary {
     pub backends: Vec<BackendSummary>,
 }
 
+impl EdgeSummary {
+    /// The color each app's backend routes to, by `(env, app)`: what an observer of this
+    /// config reads back (`veza_model::live::LiveEdge`).
+    pub fn active_colors(&self) -> BTreeMap<(String, String), Color> {
+        self.backends
+            .iter()
+            .filter_map(|b| match (&b.kind, b.active().and_then(|s| s.color)) {
+                (BackendKind::App { env, app }, Some(color)) => {
+                    Some(((env.clone(), app.clone()), color))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+}
+
 /// What a backend serves.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]

@@ -8,7 +8,9 @@ use veza_model::manifest::Release;
 use super::types::{Action, short};
 use super::{Builder, KeptSlot};
 use crate::desired::{DesiredInstance, SlotSpec};
-use crate::live::{Devices, LiveState, MARK_APP_SPEC, MARK_IMAGE, MARK_KEYS, MARK_RELEASE};
+use crate::live::{
+    Devices, LiveState, MARK_APP_SPEC, MARK_IMAGE, MARK_KEYS, MARK_PREFIX, MARK_RELEASE,
+};
 
 pub(super) fn plan_instance(
     name: &str,
@@ -67,7 +69,7 @@ pub(super) fn plan_instance(
     {
         rebuild_for.push(format!("image changes from {was} to {now}"));
     }
-    if !l.kind.is_empty() && l.kind != d.kind {
+    if l.kind.as_str() != d.kind {
         rebuild_for.push(format!("type changes from {} to {}", l.kind, d.kind));
     }
     if let Some(slot) = &d.slot {
@@ -86,9 +88,8 @@ pub(super) fn plan_instance(
         }
         if !rebuild_for.is_empty() {
             // A stopped slot serves nothing, whatever the edge names: it may be rebuilt.
-            let serving = l.running
-                && live.active_colors.get(&(slot.env.clone(), slot.app.clone()))
-                    == Some(&slot.color);
+            let serving =
+                l.is_running() && live.active_color(&slot.env, &slot.app) == Some(slot.color);
             if serving && !d.in_place_updates {
                 b.refuse(
                     format!("instance {name}"),
@@ -141,7 +142,7 @@ pub(super) fn plan_instance(
                 b,
                 format!(
                     "recreated for the new {}",
-                    if l.kind != d.kind { "type" } else { "image" }
+                    if l.kind.as_str() != d.kind { "type" } else { "image" }
                 ),
             );
         }
@@ -178,7 +179,7 @@ pub(super) fn plan_instance(
                 && d.config
                     .iter()
                     .filter(|(k, v)| l.config.get(*k) != Some(*v))
-                    .all(|(k, _)| k.starts_with("user.veza."));
+                    .all(|(k, _)| k.starts_with(MARK_PREFIX));
             if d.protect && !marks_only {
                 b.step(
                     Action::Snapshot { instance: name.to_string(), keep: d.snapshots_keep.max(1) },
@@ -197,7 +198,7 @@ pub(super) fn plan_instance(
             );
         }
     }
-    if !l.running && !d.detect_only {
+    if !l.is_running() && !d.detect_only {
         b.step(
             Action::StartInstance { name: name.to_string() },
             format!("instance `{name}` is stopped"),

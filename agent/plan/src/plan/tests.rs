@@ -7,8 +7,11 @@ use std::collections::BTreeMap;
 use veza_model::Manifest;
 use veza_model::manifest::Color;
 
-use crate::edge::EdgeSettings;
-use crate::live::{LiveInstance, LiveProfile, LiveState, UnitTarget, active_colors_from_config};
+use crate::edge::{EdgeEnv, EdgeSettings, render_edge};
+use crate::live::{
+    InstanceKind, InstanceStatus, LiveEdge, LiveInstance, LivePool, LiveProfile, LiveState,
+    UnitTarget,
+};
 use crate::plan::{Plan, PlanOptions, plan};
 
 const DEMO: &str = include_str!("../../../../manifests/examples/minimal.yaml");
@@ -62,14 +65,31 @@ fn check_snapshot(name: &str, plan: &Plan) {
     }
 }
 
+fn pool(name: &str) -> (String, LivePool) {
+    let p = LivePool { name: name.into(), status: "Created".into(), ..LivePool::default() };
+    (name.to_string(), p)
+}
+
 fn live_with_default_pool() -> LiveState {
-    LiveState { pools: vec!["default".into()], ..LiveState::default() }
+    LiveState { pools: BTreeMap::from([pool("default")]), ..LiveState::default() }
+}
+
+fn running_container(name: &str) -> LiveInstance {
+    LiveInstance {
+        name: name.into(),
+        kind: InstanceKind::Container,
+        status: InstanceStatus::Running,
+        ..LiveInstance::default()
+    }
 }
 
 fn with_foreign_forgejo(mut l: LiveState) -> LiveState {
-    let mut forgejo =
-        LiveInstance { running: true, kind: "container".into(), ..LiveInstance::default() };
-    forgejo.expanded_devices.insert("root".into(), BTreeMap::from([("pool".into(), "ssd".into())]));
+    let mut forgejo = running_container("forgejo");
+    let root = [("type", "disk"), ("path", "/"), ("pool", "ssd")];
+    forgejo
+        .expanded_devices
+        .insert("root".into(), root.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
+    l.pools.extend([pool("ssd")]);
     l.instances.insert("forgejo".into(), forgejo);
     l.networks.insert("net-veza".into(), Default::default());
     l
@@ -139,8 +159,42 @@ fn promotion_deploys_gates_switches_and_verifies() {
     assert_eq!(p.promotions.len(), 1);
     assert_eq!(p.promotions[0].from, Some(Color::Blue));
     let fallback = p.fallback_edge.as_deref().expect("a promotion has a fallback edge");
-    let back = active_colors_from_config(fallback);
-    assert_eq!(back.get(&("demo".to_string(), "hello".to_string())), Some(&Color::Blue));
+    let back = LiveEdge::from_config(fallback.to_string());
+    assert_eq!(back.active.get(&("demo".to_string(), "hello".to_string())), Some(&Color::Blue));
+}
+
+/// The observer reads back, from the config text alone, the colors the renderer routed
+/// to: a promotion, a fallback and `simulate` all rely on it.
+#[test]
+fn the_observed_edge_reads_back_the_rendered_colors() {
+    let ms = manifests(&[PROD, STAGING]);
+    // (environment, app, override of the manifest's `active`)
+    let cases: [&[(&str, &str, Color)]; 3] = [
+        &[],
+        &[("prod", "backend", Color::Green)],
+        &[("prod", "backend", Color::Green), ("staging", "backend", Color::Blue)],
+    ];
+    for overrides in cases {
+        let envs: Vec<EdgeEnv> = ms
+            .iter()
+            .filter_map(|m| {
+                let o: BTreeMap<String, Color> = overrides
+                    .iter()
+                    .filter(|(e, _, _)| *e == m.metadata.name)
+                    .map(|(_, a, c)| (a.to_string(), *c))
+                    .collect();
+                EdgeEnv::from_manifest(m, &o).expect("edge of a valid manifest")
+            })
+            .collect();
+        let rendered = render_edge(&envs, &EdgeSettings::default()).expect("renders");
+        let want = rendered.summary.active_colors();
+        assert_eq!(want.len(), 6, "{overrides:?}: every app of prod and staging routes somewhere");
+        for (env, app, color) in overrides {
+            assert_eq!(want.get(&(env.to_string(), app.to_string())), Some(color));
+        }
+        let observed = LiveEdge::from_config(rendered.config.clone());
+        assert_eq!(observed.active, want, "{overrides:?}");
+    }
 }
 
 #[test]
@@ -177,7 +231,7 @@ fn promotion_is_refused_while_a_gating_job_fails() {
     // Prod's backend runs green; the PR asks for blue while the restore drill fails.
     let on_green = PROD.replacen("    active: blue", "    active: green", 1);
     let (_, live) = converged(&[&on_green, STAGING]);
-    assert_eq!(live.active_colors.get(&("prod".into(), "backend".into())), Some(&Color::Green));
+    assert_eq!(live.active_color("prod", "backend"), Some(Color::Green));
     let ms = manifests(&[PROD, STAGING]);
     let mut o = opts();
     o.failing_jobs.insert("prod/dr-drill".into(), "last success 9 days ago (max 8d)".into());
@@ -215,10 +269,7 @@ fn prune_deletes_owned_leftovers_but_refuses_protected_data() {
 #[test]
 fn foreign_collisions_are_refused_not_overwritten() {
     let mut live = live_with_default_pool();
-    live.instances.insert(
-        "demo-hello-blue".into(),
-        LiveInstance { running: true, kind: "container".into(), ..LiveInstance::default() },
-    );
+    live.instances.insert("demo-hello-blue".into(), running_container("demo-hello-blue"));
     let p = run(&manifests(&[DEMO]), &live, &opts());
     check_snapshot("demo-foreign-collision", &p);
     assert!(
@@ -437,7 +488,7 @@ fn edits_incus_cannot_apply_in_place_are_rebuilds_or_refusals() {
 #[test]
 fn a_stopped_serving_slot_is_rebuilt_not_refused() {
     let (_, mut live) = converged(&[&demo_with(with_green_release)]);
-    live.instances.get_mut("demo-hello-blue").expect("blue").running = false;
+    live.instances.get_mut("demo-hello-blue").expect("blue").status = InstanceStatus::Stopped;
     let newer = "3333333333333333333333333333333333333333";
     let edited = demo_with(|t| {
         with_green_release(t)
@@ -488,7 +539,7 @@ fn a_plan_names_secrets_by_digest_never_by_value_and_migrates_once() {
     );
     assert!(json.contains(r#""secrets":{"db_password":"aa11"}"#), "{json}");
     let steps: Vec<String> = p.steps.iter().map(|s| s.action.to_string()).collect();
-    // Both colors deploy the same release: one migration, before the first deploy.
+    // Each color deploys its own release: one migration each, right before its deploy.
     let migrations: Vec<&String> = steps.iter().filter(|s| s.starts_with("migrate ")).collect();
     let blue = "migrate demo/hello for release 1111111111 in demo-hello-blue";
     let green = "migrate demo/hello for release 2222222222 in demo-hello-green";
@@ -507,6 +558,41 @@ fn a_plan_names_secrets_by_digest_never_by_value_and_migrates_once() {
     let again = run(&ms, &live_with_default_pool(), &o);
     let names: Vec<String> = again.steps.iter().map(|s| s.action.to_string()).collect();
     assert!(!names.iter().any(|s| s == blue) && names.iter().any(|s| s == green), "{names:#?}");
+}
+
+#[test]
+fn two_colors_deploying_one_release_migrate_once_and_a_rebuild_with_the_same_release_never() {
+    let same = demo_with(|t| {
+        with_env_and_migration(t).replace(
+            "      green: {}",
+            "      green: {release: 1111111111111111111111111111111111111111}",
+        )
+    });
+    let ms = manifests(&[&same]);
+    let p = run(&ms, &live_with_default_pool(), &secret_opts("aa11"));
+    let migrations: Vec<String> = p
+        .steps
+        .iter()
+        .map(|s| s.action.to_string())
+        .filter(|s| s.starts_with("migrate "))
+        .collect();
+    assert_eq!(migrations, ["migrate demo/hello for release 1111111111 in demo-hello-blue"]);
+    let json = serde_json::to_string(&p).expect("json");
+    assert!(
+        json.contains(r#""command":"{dir}/migrate --up""#),
+        "{{dir}} is set at apply time: {json}"
+    );
+    // Converged, then the secret rotates: both slots would be rebuilt with the release they
+    // run; nothing is migrated, even with no migration on record (a state file lost).
+    let after = applied(&live_with_default_pool(), &p);
+    let rotated = run(&ms, &after, &secret_opts("bb22"));
+    assert!(
+        rotated.steps.iter().any(|s| s.action.to_string() == "delete instance demo-hello-green")
+    );
+    assert!(
+        !rotated.steps.iter().any(|s| s.action.to_string().starts_with("migrate ")),
+        "{rotated}"
+    );
 }
 
 #[test]

@@ -7,7 +7,7 @@ use std::fmt;
 use serde::Serialize;
 use veza_model::manifest::Color;
 
-use crate::desired::SlotSpec;
+use crate::desired::{JobEnvironment, SlotSpec};
 use crate::live::{Devices, UnitTarget};
 
 /// One action.
@@ -74,7 +74,14 @@ pub enum Action {
         listen: String,
     },
     /// Install (or update) job unit files and enable their timers.
-    InstallUnits { target: UnitTarget, files: Vec<(String, String)>, timers: Vec<String> },
+    /// Each job's environment file (root-only, beside its unit) is rendered at apply time.
+    InstallUnits {
+        target: UnitTarget,
+        files: Vec<(String, String)>,
+        timers: Vec<String>,
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        environments: Vec<JobEnvironment>,
+    },
     /// Disable and remove job unit files that left the manifests.
     RemoveUnits { target: UnitTarget, names: Vec<String> },
     /// Delete an owned profile no longer declared.

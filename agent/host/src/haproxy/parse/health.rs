@@ -3,6 +3,9 @@
 
 use std::collections::BTreeMap;
 
+use veza_model::manifest::Color;
+use veza_model::naming;
+
 use super::{AdminState, ServerStatus, ServersState, StatRow, StatType};
 
 /// Health of one server, for status and health gates.
@@ -10,6 +13,9 @@ use super::{AdminState, ServerStatus, ServersState, StatRow, StatType};
 pub struct ServerHealth {
     /// Server name.
     pub server: String,
+    /// The slot color it routes to, for an app backend's server (read once, here, through
+    /// `veza_model::naming`); `None` for any other.
+    pub color: Option<Color>,
     /// Parsed `status`.
     pub status: ServerStatus,
     /// `status` as printed (`UP 1/2`).
@@ -78,6 +84,7 @@ pub fn edge_health(stat: &[StatRow], state: Option<&ServersState>) -> Vec<Backen
                 let i = entry(&mut out, &row.proxy);
                 out[i].servers.push(ServerHealth {
                     server: row.name.clone(),
+                    color: naming::read_server(&row.proxy, &row.name).map(|s| s.color),
                     status: ServerStatus::parse(&row.status),
                     status_text: row.status.clone(),
                     check_status: row.check_status.clone(),

@@ -1,53 +1,12 @@
-//! Pruning of a `show servers state` dump before a reload: the servers a `haproxy.cfg`
-//! declares, and the state lines that may safely be carried over to the new config.
+//! Pruning of a `show servers state` dump before a reload: the state lines that may
+//! safely be carried over to the new config (its servers as `veza_model::live::config_servers`
+//! reads them).
 
 use std::collections::BTreeMap;
 
+use veza_model::live::ConfigServer;
+
 use super::{ParseError, ServerStateRow, parse_servers_state, state_lines};
-
-/// A server as the new config declares it, to prune the state dump against.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExpectedServer {
-    /// Backend name.
-    pub backend: String,
-    /// Server name.
-    pub server: String,
-    /// `address:port` in the config (an IP or a DNS name).
-    pub address: String,
-    /// `false` when the config renders it `disabled`.
-    pub enabled: bool,
-}
-
-/// The servers a `haproxy.cfg` declares, read from its `backend` sections
-/// (`server NAME ADDRESS … [disabled]`), for pruning the state dump against it.
-pub fn config_servers(config: &str) -> Vec<ExpectedServer> {
-    let mut out = Vec::new();
-    let mut backend: Option<&str> = None;
-    for line in config.lines() {
-        let line = line.split('#').next().unwrap_or_default();
-        let words: Vec<&str> = line.split_whitespace().collect();
-        match words.as_slice() {
-            ["backend", name, ..] => backend = Some(name),
-            [
-                "frontend" | "listen" | "defaults" | "global" | "resolvers" | "peers" | "userlist"
-                | "program" | "http-errors" | "ring" | "cache" | "mailers",
-                ..,
-            ] => backend = None,
-            ["server", name, address, rest @ ..] => {
-                if let Some(be) = backend {
-                    out.push(ExpectedServer {
-                        backend: be.to_string(),
-                        server: name.to_string(),
-                        address: address.to_string(),
-                        enabled: !rest.contains(&"disabled"),
-                    });
-                }
-            }
-            _ => {}
-        }
-    }
-    out
-}
 
 /// Why a state line was left out of the state file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,14 +52,14 @@ pub const EMPTY_STATE_FILE: &str = "1\n# be_id be_name srv_id srv_name srv_addr 
 /// An empty dump gives [`EMPTY_STATE_FILE`].
 pub fn prune_servers_state(
     dump: &str,
-    expected: &[ExpectedServer],
+    expected: &[ConfigServer],
 ) -> Result<PrunedState, ParseError> {
     if dump.trim().is_empty() {
         return Ok(PrunedState { text: EMPTY_STATE_FILE.to_string(), dropped: Vec::new() });
     }
     let (version, layout, data) = state_lines(dump)?;
     let parsed = parse_servers_state(dump)?;
-    let by_name: BTreeMap<(&str, &str), &ExpectedServer> =
+    let by_name: BTreeMap<(&str, &str), &ConfigServer> =
         expected.iter().map(|e| ((e.backend.as_str(), e.server.as_str()), e)).collect();
     let mut text = format!("{version}\n# ");
     let mut header: Vec<(&String, &usize)> = layout.columns.iter().collect();

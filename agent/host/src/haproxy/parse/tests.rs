@@ -1,5 +1,8 @@
 //! Tests of the HAProxy output parsers over real HAProxy 2.6.12 output (`../testdata/`).
 
+use veza_model::live::ConfigServer;
+use veza_model::manifest::Color;
+
 use super::*;
 
 const PROC: &str = include_str!("../testdata/show-proc.txt");
@@ -114,6 +117,26 @@ fn show_stat_samples() {
 }
 
 #[test]
+fn health_carries_the_color_of_each_app_server() {
+    let stat = "# pxname,svname,status,type\nprod_web,blue-0bd3e563b2,UP,2\nprod_web,green-e97b91f010,MAINT,2\nprod_web,BACKEND,UP,1\next_forgejo,srv-10.0.20.105-3000,UP,2\nbe,blue,UP,2\n";
+    let health = edge_health(&parse_show_stat(stat).unwrap(), None);
+    // (backend, server, color)
+    let want = [
+        ("prod_web", "blue-0bd3e563b2", Some(Color::Blue)),
+        ("prod_web", "green-e97b91f010", Some(Color::Green)),
+        ("ext_forgejo", "srv-10.0.20.105-3000", None),
+        ("be", "blue", None),
+    ];
+    let got: Vec<(&str, &str, Option<Color>)> = health
+        .iter()
+        .flat_map(|b| {
+            b.servers.iter().map(move |s| (b.backend.as_str(), s.server.as_str(), s.color))
+        })
+        .collect();
+    assert_eq!(got, want);
+}
+
+#[test]
 fn status_strings() {
     for (text, want) in [
         ("UP", ServerStatus::Up),
@@ -141,33 +164,15 @@ fn csv_quoting() {
 }
 
 #[test]
-fn servers_of_a_config() {
-    let cfg = "global\n    master-worker\nfrontend fe\n    bind 127.0.0.1:1\nbackend be_app # app\n    default-server inter 1s\n    server blue-1 127.0.0.1:18101 check cookie blue-1\n    server green-2 x.lxd:80 check disabled\n    # server ghost 1.2.3.4:5\nbackend other\n    server s 10.0.0.1:3000\n";
-    let got: Vec<(String, String, String, bool)> = config_servers(cfg)
-        .into_iter()
-        .map(|e| (e.backend, e.server, e.address, e.enabled))
-        .collect();
-    let want = [
-        ("be_app", "blue-1", "127.0.0.1:18101", true),
-        ("be_app", "green-2", "x.lxd:80", false),
-        ("other", "s", "10.0.0.1:3000", true),
-    ];
-    assert_eq!(got.len(), want.len());
-    for (g, w) in got.iter().zip(want) {
-        assert_eq!((g.0.as_str(), g.1.as_str(), g.2.as_str(), g.3), w);
-    }
-}
-
-#[test]
 fn prune_keeps_continuity_and_drops_what_would_be_stale() {
-    let exp = |srv: &str, addr: &str, enabled: bool| ExpectedServer {
+    let exp = |srv: &str, addr: &str, enabled: bool| ConfigServer {
         backend: "be_app".into(),
         server: srv.into(),
         address: addr.into(),
         enabled,
     };
     // (expected servers, kept server names, dropped (name, reason))
-    type Case = (Vec<ExpectedServer>, Vec<&'static str>, Vec<(&'static str, DropReason)>);
+    type Case = (Vec<ConfigServer>, Vec<&'static str>, Vec<(&'static str, DropReason)>);
     let cases: Vec<Case> = vec![
         // same config: everything kept
         (

@@ -10,9 +10,9 @@ use serde_json::{Value, json};
 use super::super::envelope::{self, Reply, ReplyError};
 use super::super::error::{IncusError, ResourceKind};
 use super::super::types::{
-    Config, ExecOutput, ExecRequest, FilePush, IncusLive, InstanceSpec, InstanceUpdate,
-    LiveInstance, LiveProfile, ProfileSpec, RunningOperation, SnapshotInfo, StateAction,
-    StateChange, wire, with_mark,
+    Config, ExecOutput, ExecRequest, FilePush, InstanceSpec, InstanceUpdate, LiveInstance,
+    LiveProfile, LiveState, ProfileSpec, RunningOperation, SnapshotInfo, StateAction, StateChange,
+    wire, with_mark,
 };
 use super::super::{
     Incus, Result, Scope, instance_matches, merged_put_config, profile_matches, refuse_existing,
@@ -104,7 +104,7 @@ impl IncusClient {
 }
 
 impl Incus for IncusClient {
-    async fn observe_scoped(&self, scope: Scope) -> Result<IncusLive> {
+    async fn observe_scoped(&self, scope: Scope) -> Result<LiveState> {
         let networks = async {
             if scope.networks {
                 self.get_as::<Vec<wire::Network>>("/1.0/networks?recursion=1").await
@@ -118,11 +118,12 @@ impl Incus for IncusClient {
             networks,
             self.get_as::<Vec<wire::Pool>>("/1.0/storage-pools?recursion=1"),
         )?;
-        Ok(IncusLive {
+        Ok(LiveState {
             instances: instances.into_iter().map(|i| (i.name.clone(), i.into_live())).collect(),
             profiles: profiles.into_iter().map(|p| (p.name.clone(), p.into_live())).collect(),
             networks: networks.into_iter().map(|n| (n.name.clone(), n.into_live())).collect(),
             pools: pools.into_iter().map(|p| (p.name.clone(), p.into_live())).collect(),
+            ..LiveState::default()
         })
     }
 

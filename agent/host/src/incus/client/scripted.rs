@@ -197,7 +197,7 @@ fn instance(name: &str, owned: bool) -> Value {
            "profiles":["default"],"architecture":"x86_64","ephemeral":false,"stateful":false,"description":""})
 }
 
-const MARK: &str = super::super::MARK_MANAGED;
+const MARK: &str = veza_model::live::MARK_MANAGED;
 
 fn block_on<F: std::future::Future>(f: F) -> F::Output {
     super::super::runtime().expect("runtime").block_on(f)

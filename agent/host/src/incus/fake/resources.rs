@@ -4,9 +4,9 @@
 
 use super::super::error::{IncusError, ResourceKind};
 use super::super::types::{
-    Config, ExecOutput, ExecRequest, FilePush, IncusLive, InstanceSpec, InstanceStatus,
-    InstanceUpdate, LiveInstance, LiveNetwork, LiveProfile, ProfileSpec, RunningOperation,
-    SnapshotInfo, StateAction, StateChange, with_mark,
+    Config, ExecOutput, ExecRequest, FilePush, InstanceSpec, InstanceStatus, InstanceUpdate,
+    LiveInstance, LiveNetwork, LiveProfile, LiveState, ProfileSpec, RunningOperation, SnapshotInfo,
+    StateAction, StateChange, with_mark,
 };
 use super::super::{
     Incus, Result, Scope, instance_matches, merged_put_config, profile_matches, refuse_existing,
@@ -16,7 +16,7 @@ use super::super::{
 use super::{FakeIncus, FakeOperation, expand, has_root_disk};
 
 impl Incus for FakeIncus {
-    async fn observe_scoped(&self, scope: Scope) -> Result<IncusLive> {
+    async fn observe_scoped(&self, scope: Scope) -> Result<LiveState> {
         let mut s = self.lock();
         for what in ["instances", "profiles", "networks", "storage-pools"] {
             if what != "networks" || scope.networks {
