@@ -28,13 +28,20 @@ fn promote_green(h: &DemoHost, unhealthy: bool) -> (String, String) {
     (green, b)
 }
 
+/// A case whose green slot answers 503 when its promotion starts: [`case_on_host`], then
+/// [`promote_green`] with the flag set. Returns the case, the host, green and the commit.
+fn case_with_unhealthy_green(name: &str, fault: &str) -> (Case, DemoHost, String, String) {
+    let (case, h) = case_on_host(name, fault);
+    let (green, b) = promote_green(&h, true);
+    (case, h, green, b)
+}
+
 #[test]
 fn slot_slow_to_become_healthy() {
-    let (mut case, h) = case_on_host(
+    let (mut case, h, green, b) = case_with_unhealthy_green(
         "health: slot slow to become healthy",
         "green's /health answers 503 for the first 4 s of the promotion, then 200 (gate limit 15 s)",
     );
-    let (green, b) = promote_green(&h, true);
     let healer = {
         let green = green.clone();
         std::thread::spawn(move || {
@@ -55,11 +62,10 @@ fn slot_slow_to_become_healthy() {
 
 #[test]
 fn slot_never_healthy_rolls_back_without_moving_traffic() {
-    let (mut case, h) = case_on_host(
+    let (mut case, h, green, b) = case_with_unhealthy_green(
         "health: slot never healthy",
         "green's /health answers 503 for the whole promotion (gate limit 15 s) while a client loads the edge",
     );
-    let (green, b) = promote_green(&h, true);
     let load = Traffic::start(&h, 1, Duration::from_millis(5));
     let r = agent(&h.config_path, &["apply"]);
     let (ok, bad) = load.stop();

@@ -15,11 +15,10 @@ const INCUS_SOCKET: &str = "/var/lib/incus/unix.socket";
 
 #[test]
 fn incus_socket_unreachable() {
-    let (mut case, h, a) = case_at_baseline(
+    let (mut case, h, a, _) = case_with_green_promoted(
         "Incus unreachable",
         "config points at an Incus socket that does not exist (stands in for incusd down; the shared incusd is never restarted)",
     );
-    h.commit(&h.manifest("green", Some(0), Some(1)), "promote green").expect("commit");
     let cfg = config_variant(&h, "no-incus", |t| {
         replace_once(
             &t,

@@ -72,6 +72,22 @@ fn case_at_baseline(name: &str, fault: &str) -> (Case, DemoHost, String) {
     (case, h, a)
 }
 
+/// [`case_at_baseline`], then a new signed commit waiting on the branch that adds green
+/// (blue still active). Returns the case, the host, the baseline commit and the new one.
+fn case_with_green_added(name: &str, fault: &str) -> (Case, DemoHost, String, String) {
+    let (case, h, a) = case_at_baseline(name, fault);
+    let b = h.commit(&h.manifest("blue", Some(0), Some(1)), "add green").expect("commit");
+    (case, h, a, b)
+}
+
+/// [`case_at_baseline`], then green's promotion committed and waiting. Returns the case,
+/// the host, the baseline commit and the promotion's.
+fn case_with_green_promoted(name: &str, fault: &str) -> (Case, DemoHost, String, String) {
+    let (case, h, a) = case_at_baseline(name, fault);
+    let b = h.commit(&h.manifest("green", Some(0), Some(1)), "promote green").expect("commit");
+    (case, h, a, b)
+}
+
 fn host() -> DemoHost {
     DemoHost::new(Path::new(AGENT), None)
         .unwrap_or_else(|e| panic!("the real test host is not usable: {e:#}"))

@@ -28,11 +28,10 @@ fn assert_fetch_failed(h: &DemoHost, config: &Path, case: &mut Case, applied: &s
 
 #[test]
 fn git_remote_down_or_failing() {
-    let (mut case, h, a) = case_at_baseline(
+    let (mut case, h, a, b) = case_with_green_added(
         "git remote down / failing",
         "smart-HTTP remote closes every connection, then answers 500; a new signed commit waits behind it",
     );
-    let b = h.commit(&h.manifest("blue", Some(0), Some(1)), "add green").expect("commit");
     h.http.set_fault(Fault::Down);
     assert_fetch_failed(&h, &h.config_path, &mut case, &a, "remote down");
     h.http.set_fault(Fault::Error500);
@@ -48,11 +47,10 @@ fn git_remote_down_or_failing() {
 
 #[test]
 fn git_remote_stalls() {
-    let (mut case, h, a) = case_at_baseline(
+    let (mut case, h, a, b) = case_with_green_added(
         "git remote stalls",
         "smart-HTTP remote accepts and never answers; fetch_timeout 2 s",
     );
-    let b = h.commit(&h.manifest("blue", Some(0), Some(1)), "add green").expect("commit");
     let cfg = config_variant(&h, "short-fetch", |t| {
         replace_once(&t, "fetch_timeout: 20s", "fetch_timeout: 2s")
     });

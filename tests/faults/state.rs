@@ -141,11 +141,10 @@ fn corrupted_state_file() {
 
 #[test]
 fn two_agents_at_once() {
-    let (mut case, h, _) = case_at_baseline(
+    let (mut case, h, _, b) = case_with_green_promoted(
         "two agents at once",
         "two `veza-agent apply` started together on a pending promotion",
     );
-    let b = h.commit(&h.manifest("green", Some(0), Some(1)), "promote green").expect("commit");
     let cfg = h.config_path.clone();
     let runs: Vec<JoinHandle<Run>> = (0..2)
         .map(|_| {

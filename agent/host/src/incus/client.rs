@@ -26,6 +26,9 @@ mod exec_files;
 mod request;
 mod resources;
 
+/// A resource as read, with its ETag: the `If-Match` of the write that follows.
+type Tagged<T> = (T, Option<String>);
+
 /// The default socket of a Debian-packaged incusd.
 pub const DEFAULT_SOCKET: &str = "/var/lib/incus/unix.socket";
 

@@ -20,7 +20,7 @@ use super::types::{
     Config, Devices, ExecOutput, ExecRequest, InstanceStatus, LiveInstance, LivePool, LiveProfile,
     LiveState, RunningOperation, SnapshotInfo,
 };
-use super::{Result, require_owned, validate_name};
+use super::{Result, refuse_existing, require_owned, validate_name};
 
 mod resources;
 
@@ -81,6 +81,21 @@ pub struct FakeIncus {
 }
 
 impl State {
+    /// The start of every create: `NotOwned` or `AlreadyExists` when the resource is
+    /// already there (`existing`: its config), else `POST /1.0/<collection>` recorded.
+    fn begin_create(
+        &mut self,
+        kind: ResourceKind,
+        name: &str,
+        existing: Option<Config>,
+        collection: &str,
+    ) -> Result<()> {
+        if let Some(config) = existing {
+            return refuse_existing(kind, name, &config);
+        }
+        self.record(format!("POST /1.0/{collection}"), true)
+    }
+
     /// Records a call and fires a matching injected failure.
     fn record(&mut self, call: String, write: bool) -> Result<()> {
         let index = self.calls.len();

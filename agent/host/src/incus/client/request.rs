@@ -15,7 +15,7 @@ use serde_json::Value;
 use super::super::Result;
 use super::super::envelope::{self, Reply, ReplyError, WaitOutcome};
 use super::super::error::IncusError;
-use super::{Http, IncusClient, Resp, Transport, chain, hex, is_write, json_body};
+use super::{Http, IncusClient, Resp, Tagged, Transport, chain, hex, is_write, json_body};
 
 impl IncusClient {
     pub(super) fn uri(&self, path: &str) -> Result<hyper::Uri> {
@@ -314,7 +314,7 @@ impl IncusClient {
     pub(super) async fn get_with_etag<T: DeserializeOwned>(
         &self,
         path: &str,
-    ) -> Result<Option<(T, Option<String>)>> {
+    ) -> Result<Option<Tagged<T>>> {
         let resp = self.send_read(path).await?;
         if resp.status == StatusCode::NOT_FOUND {
             return Ok(None);

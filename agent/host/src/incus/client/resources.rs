@@ -19,13 +19,10 @@ use super::super::{
     require_deletable, require_owned, snapshot_name, validate_file_path, validate_name,
     validate_user_key,
 };
-use super::{IncusClient, files_path, json_body, unix_now};
+use super::{IncusClient, Tagged, files_path, json_body, unix_now};
 
 impl IncusClient {
-    pub(super) async fn get_instance(
-        &self,
-        name: &str,
-    ) -> Result<Option<(wire::Instance, Option<String>)>> {
+    pub(super) async fn get_instance(&self, name: &str) -> Result<Option<Tagged<wire::Instance>>> {
         validate_name("instance name", name)?;
         self.get_with_etag(&format!("/1.0/instances/{name}")).await
     }
@@ -43,7 +40,7 @@ impl IncusClient {
     ) -> Result<bool>
     where
         F: FnMut() -> Fut,
-        Fut: Future<Output = Result<Option<(Value, Option<String>)>>>,
+        Fut: Future<Output = Result<Option<Tagged<Value>>>>,
     {
         for _ in 0..self.options.etag_attempts {
             let Some((body, etag)) = desired().await? else { return Ok(false) };
@@ -64,10 +61,7 @@ impl IncusClient {
     }
 
     /// A fresh read of an instance that must exist and be owned.
-    pub(super) async fn owned_instance(
-        &self,
-        name: &str,
-    ) -> Result<(wire::Instance, Option<String>)> {
+    pub(super) async fn owned_instance(&self, name: &str) -> Result<Tagged<wire::Instance>> {
         let Some((inst, etag)) = self.get_instance(name).await? else {
             return Err(IncusError::NotFound {
                 kind: ResourceKind::Instance,
@@ -79,10 +73,7 @@ impl IncusClient {
         Ok((inst, etag))
     }
 
-    pub(super) async fn get_profile(
-        &self,
-        name: &str,
-    ) -> Result<Option<(wire::Profile, Option<String>)>> {
+    pub(super) async fn get_profile(&self, name: &str) -> Result<Option<Tagged<wire::Profile>>> {
         validate_name("profile name", name)?;
         self.get_with_etag(&format!("/1.0/profiles/{name}")).await
     }

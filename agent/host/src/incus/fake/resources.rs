@@ -9,9 +9,8 @@ use super::super::types::{
     StateAction, StateChange, with_mark,
 };
 use super::super::{
-    Incus, Result, Scope, instance_matches, merged_put_config, profile_matches, refuse_existing,
-    require_deletable, require_owned, snapshot_name, validate_file_path, validate_name,
-    validate_user_key,
+    Incus, Result, Scope, instance_matches, merged_put_config, profile_matches, require_deletable,
+    require_owned, snapshot_name, validate_file_path, validate_name, validate_user_key,
 };
 use super::{FakeIncus, FakeOperation, expand, has_root_disk};
 
@@ -36,10 +35,8 @@ impl Incus for FakeIncus {
 
     async fn create_instance(&self, spec: &InstanceSpec) -> Result<()> {
         let mut s = self.lock();
-        if let Some(existing) = s.get_instance(&spec.name)? {
-            return refuse_existing(ResourceKind::Instance, &spec.name, &existing.config);
-        }
-        s.record("POST /1.0/instances".to_string(), true)?;
+        let existing = s.get_instance(&spec.name)?.map(|i| i.config);
+        s.begin_create(ResourceKind::Instance, &spec.name, existing, "instances")?;
         s.check_profiles_exist(&spec.profiles)?;
         let expanded = expand(&s.live.profiles, &spec.profiles, &spec.devices);
         if !has_root_disk(&expanded) {
@@ -123,10 +120,8 @@ impl Incus for FakeIncus {
 
     async fn create_profile(&self, spec: &ProfileSpec) -> Result<()> {
         let mut s = self.lock();
-        if let Some(existing) = s.get_profile(&spec.name)? {
-            return refuse_existing(ResourceKind::Profile, &spec.name, &existing.config);
-        }
-        s.record("POST /1.0/profiles".to_string(), true)?;
+        let existing = s.get_profile(&spec.name)?.map(|p| p.config);
+        s.begin_create(ResourceKind::Profile, &spec.name, existing, "profiles")?;
         s.live.profiles.insert(
             spec.name.clone(),
             LiveProfile {
@@ -143,10 +138,8 @@ impl Incus for FakeIncus {
 
     async fn create_network(&self, name: &str, kind: &str, config: &Config) -> Result<()> {
         let mut s = self.lock();
-        if let Some(existing) = s.live.networks.get(name) {
-            return refuse_existing(ResourceKind::Network, name, &existing.config);
-        }
-        s.record("POST /1.0/networks".to_string(), true)?;
+        let existing = s.live.networks.get(name).map(|n| n.config.clone());
+        s.begin_create(ResourceKind::Network, name, existing, "networks")?;
         s.live.networks.insert(
             name.to_string(),
             LiveNetwork {
