@@ -1,0 +1,269 @@
+//! Tests of the job unit rendering: the seed jobs byte for byte, schedules and time zones,
+//! escaping, and what the renderer refuses.
+
+use super::*;
+use crate::schedule::parse;
+
+fn spec(env: &str, name: &str, schedule: &str, command: &str) -> JobUnitSpec {
+    JobUnitSpec::new(env, name, parse(schedule).unwrap(), command)
+}
+
+#[test]
+fn units_seed_pgbackrest_full() {
+    let units = render(&JobUnitSpec {
+        user: Some("postgres".into()),
+        randomized_delay: Some(Duration::from_secs(600)),
+        timeout: Some(Duration::from_secs(6 * 3600)),
+        ..spec(
+            "prod",
+            "pgbackrest-full",
+            "0 2 * * 0",
+            "pgbackrest --stanza=veza --type=full backup",
+        )
+    })
+    .unwrap();
+    assert_eq!(units.service.name, "veza-job-prod-pgbackrest-full.service");
+    assert_eq!(
+        units.service.contents,
+        "\
+# Managed by veza-agent; do not edit. veza-agent-owner: prod/pgbackrest-full
+# Runs job prod/pgbackrest-full when veza-job-prod-pgbackrest-full.timer fires (cron: 0 2 * * 0).
+[Unit]
+Description=veza job prod/pgbackrest-full
+
+[Service]
+Type=oneshot
+User=postgres
+ExecStart=/bin/sh -c 'pgbackrest --stanza=veza --type=full backup'
+TimeoutStartSec=6h
+"
+    );
+    assert_eq!(units.timer.name, "veza-job-prod-pgbackrest-full.timer");
+    assert_eq!(
+        units.timer.contents,
+        "\
+# Managed by veza-agent; do not edit. veza-agent-owner: prod/pgbackrest-full
+# Schedule of job prod/pgbackrest-full (cron: 0 2 * * 0).
+[Unit]
+Description=Timer for veza job prod/pgbackrest-full
+
+[Timer]
+OnCalendar=Sun *-*-* 02:00:00 UTC
+Persistent=true
+RandomizedDelaySec=10min
+AccuracySec=1s
+Unit=veza-job-prod-pgbackrest-full.service
+
+[Install]
+WantedBy=timers.target
+"
+    );
+}
+
+#[test]
+fn units_seed_pgbackrest_diff() {
+    let units = render(&JobUnitSpec {
+        user: Some("postgres".into()),
+        ..spec(
+            "prod",
+            "pgbackrest-diff",
+            "0 2 * * 1-6",
+            "pgbackrest --stanza=veza --type=diff backup",
+        )
+    })
+    .unwrap();
+    assert_eq!(
+        units.service.contents,
+        "\
+# Managed by veza-agent; do not edit. veza-agent-owner: prod/pgbackrest-diff
+# Runs job prod/pgbackrest-diff when veza-job-prod-pgbackrest-diff.timer fires (cron: 0 2 * * 1-6).
+[Unit]
+Description=veza job prod/pgbackrest-diff
+
+[Service]
+Type=oneshot
+User=postgres
+ExecStart=/bin/sh -c 'pgbackrest --stanza=veza --type=diff backup'
+TimeoutStartSec=infinity
+"
+    );
+    assert_eq!(
+        units.timer.contents,
+        "\
+# Managed by veza-agent; do not edit. veza-agent-owner: prod/pgbackrest-diff
+# Schedule of job prod/pgbackrest-diff (cron: 0 2 * * 1-6).
+[Unit]
+Description=Timer for veza job prod/pgbackrest-diff
+
+[Timer]
+OnCalendar=Mon..Sat *-*-* 02:00:00 UTC
+Persistent=true
+AccuracySec=1s
+Unit=veza-job-prod-pgbackrest-diff.service
+
+[Install]
+WantedBy=timers.target
+"
+    );
+}
+
+#[test]
+fn units_seed_dr_drill() {
+    let units = render(&JobUnitSpec {
+        timeout: Some(Duration::from_secs(90 * 60)),
+        persistent: false,
+        description: Some("Veza DR drill: restore the latest backup (100% check)".into()),
+        ..spec("prod", "dr-drill", "0 4 * * 0", "/usr/local/bin/dr-drill.sh")
+    })
+    .unwrap();
+    assert_eq!(
+        units.service.contents,
+        "\
+# Managed by veza-agent; do not edit. veza-agent-owner: prod/dr-drill
+# Runs job prod/dr-drill when veza-job-prod-dr-drill.timer fires (cron: 0 4 * * 0).
+[Unit]
+Description=Veza DR drill: restore the latest backup (100%% check)
+
+[Service]
+Type=oneshot
+ExecStart=/bin/sh -c '/usr/local/bin/dr-drill.sh'
+TimeoutStartSec=1h 30min
+"
+    );
+    assert_eq!(
+        units.timer.contents,
+        "\
+# Managed by veza-agent; do not edit. veza-agent-owner: prod/dr-drill
+# Schedule of job prod/dr-drill (cron: 0 4 * * 0).
+[Unit]
+Description=Timer for Veza DR drill: restore the latest backup (100%% check)
+
+[Timer]
+OnCalendar=Sun *-*-* 04:00:00 UTC
+Persistent=false
+AccuracySec=1s
+Unit=veza-job-prod-dr-drill.service
+
+[Install]
+WantedBy=timers.target
+"
+    );
+}
+
+#[test]
+fn units_or_schedule_and_time_zone_give_one_line_each() {
+    let units = render(&JobUnitSpec {
+        tz: Some("Europe/Paris".into()),
+        ..spec("staging", "report", "30 6 1 * mon", "true")
+    })
+    .unwrap();
+    let on_calendar: Vec<&str> =
+        units.timer.contents.lines().filter(|l| l.starts_with("OnCalendar=")).collect();
+    assert_eq!(
+        on_calendar,
+        ["OnCalendar=*-*-01 06:30:00 Europe/Paris", "OnCalendar=Mon *-*-* 06:30:00 Europe/Paris"]
+    );
+}
+
+#[test]
+fn units_exec_arg_escapes_for_systemd() {
+    let cases: &[(&str, &str)] = &[
+        ("true", "'true'"),
+        ("echo it's", r"'echo it\'s'"),
+        (r#"echo "$HOME" ${USER}"#, r#"'echo "$$HOME" $${USER}'"#),
+        ("date +%F 100%", "'date +%%F 100%%'"),
+        (r"printf 'a\nb\\'", r"'printf \'a\\nb\\\\\''"),
+        ("a\nb\tc\rd\x07e", r"'a\nb\tc\rd\x07e'"),
+        ("x ; y && z | w", "'x ; y && z | w'"),
+        ("echo é ✓", "'echo é ✓'"),
+    ];
+    for (command, want) in cases {
+        assert_eq!(exec_arg(command).unwrap(), *want, "command {command:?}");
+    }
+    assert_eq!(exec_arg(" ").unwrap_err().to_string(), "invalid command: the command is empty");
+    assert_eq!(
+        exec_arg("a\0b").unwrap_err().to_string(),
+        "invalid command: the command contains a NUL byte"
+    );
+}
+
+#[test]
+fn units_timespan() {
+    let cases: &[(Duration, &str)] = &[
+        (Duration::ZERO, "0"),
+        (Duration::from_nanos(1), "1us"),
+        (Duration::from_millis(1500), "1s 500ms"),
+        (Duration::from_secs(600), "10min"),
+        (Duration::from_secs(5400), "1h 30min"),
+        (Duration::from_secs(8 * 86_400), "8d"),
+        (Duration::from_secs(86_400 + 61), "1d 1min 1s"),
+    ];
+    for (d, want) in cases {
+        assert_eq!(timespan(*d), *want, "{d:?}");
+    }
+}
+
+#[test]
+fn units_owner_marker_round_trips() {
+    let units = render(&spec("prod", "dr-drill", "0 4 * * 0", "true")).unwrap();
+    assert_eq!(owner(&units.service.contents), Some(("prod", "dr-drill")));
+    assert_eq!(owner(&units.timer.contents), Some(("prod", "dr-drill")));
+    assert_eq!(owner("[Unit]\nDescription=someone else's\n"), None);
+    assert_eq!(owner(&format!("{OWNER_MARKER_PREFIX}\n")), None);
+}
+
+#[test]
+fn units_reject_unsafe_input() {
+    let base = spec("prod", "x", "@daily", "true");
+    let cases: Vec<(JobUnitSpec, &str)> = vec![
+        (
+            JobUnitSpec { env: "Prod".into(), ..base.clone() },
+            "job `Prod/x`: invalid environment name `Prod`: use 1-64 lowercase letters, digits and dashes, starting with a letter",
+        ),
+        (
+            JobUnitSpec { name: "a/b".into(), ..base.clone() },
+            "job `prod/a/b`: invalid job name `a/b`: use 1-64 lowercase letters, digits and dashes, starting with a letter",
+        ),
+        (
+            JobUnitSpec { user: Some("root\nExecStartPre=/bin/evil".into()), ..base.clone() },
+            "job `prod/x`: invalid user name `root\nExecStartPre=/bin/evil`: use letters, digits, `_`, `-` and `.`",
+        ),
+        (
+            JobUnitSpec { tz: Some("UTC\nOnCalendar=minutely".into()), ..base.clone() },
+            "job `prod/x`: invalid time zone `UTC\nOnCalendar=minutely`: use letters, digits, `/`, `_`, `+` and `-`",
+        ),
+        (
+            JobUnitSpec { description: Some("a\n[Service]".into()), ..base.clone() },
+            "job `prod/x`: invalid description `a\n[Service]`: use one line of printable text not ending with `\\`",
+        ),
+        (
+            JobUnitSpec { description: Some("ends with \\".into()), ..base.clone() },
+            "job `prod/x`: invalid description `ends with \\`: use one line of printable text not ending with `\\`",
+        ),
+        (
+            JobUnitSpec { timeout: Some(Duration::ZERO), ..base.clone() },
+            "job `prod/x`: timeout must be greater than zero (leave it unset for no limit)",
+        ),
+        (
+            JobUnitSpec { schedule: parse("0 3\n* * *").unwrap(), ..base.clone() },
+            "job `prod/x`: invalid schedule `0 3\\n* * *`: it contains a newline or another control character",
+        ),
+        (
+            JobUnitSpec { command: "".into(), ..base.clone() },
+            "job `prod/x`: invalid command: the command is empty",
+        ),
+    ];
+    for (spec, want) in cases {
+        assert_eq!(render(&spec).unwrap_err().to_string(), want);
+    }
+}
+
+#[test]
+fn units_zero_randomized_delay_is_omitted() {
+    let units = render(&JobUnitSpec {
+        randomized_delay: Some(Duration::ZERO),
+        ..spec("prod", "x", "@daily", "true")
+    })
+    .unwrap();
+    assert!(!units.timer.contents.contains("RandomizedDelaySec"), "{}", units.timer.contents);
+}

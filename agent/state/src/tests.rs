@@ -1,0 +1,114 @@
+//! Tests of the state directory: loading, saving, history, the journal, corruption and locking.
+
+use super::*;
+
+#[test]
+fn state_round_trips_and_history_is_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let state = AgentState {
+        applied: Some(AppliedRevision {
+            commit: "abc".into(),
+            signer: "alice".into(),
+            applied_at: 7,
+        }),
+        ..AgentState::default()
+    };
+    store.save(&state).unwrap();
+    assert_eq!(store.reader().load().unwrap(), state);
+    for i in 0..(HISTORY_LIMIT + 5) {
+        store
+            .append_history(&HistoryEntry {
+                at_ms: i as i64,
+                commit: format!("c{i}"),
+                signer: None,
+                outcome: Outcome::Applied,
+                reason: None,
+                apps: BTreeMap::new(),
+                duration_ms: 1,
+            })
+            .unwrap();
+    }
+    let h = store.reader().history().unwrap();
+    assert_eq!(h.len(), HISTORY_LIMIT);
+    assert_eq!(h.last().unwrap().commit, format!("c{}", HISTORY_LIMIT + 4));
+}
+
+#[test]
+fn state_without_jobs_still_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = br#"{"schema_version":1,"applied":null,"last_verified_fetch_at":5,"last_fetch_error":null,"rejected":null,"quarantined":{},"envs":{},"last_run":null,"sync_failures":0,"rejected_total":2}"#;
+    std::fs::write(dir.path().join("state.json"), old).unwrap();
+    let state = Reader::new(dir.path()).load().unwrap();
+    assert_eq!(state.rejected_total, 2);
+    assert!(state.jobs.is_empty());
+    // A job record round-trips, and a partial one (an older agent's) fills in defaults.
+    let store = Store::open(dir.path()).unwrap();
+    let mut with_jobs = state.clone();
+    with_jobs.jobs.insert(
+        "prod/dr-drill".into(),
+        JobState {
+            target: "host".into(),
+            schedule: "0 4 * * 0".into(),
+            last_result: Some("success".into()),
+            last_success_at: Some(100),
+            max_success_age_s: Some(8 * 86_400),
+            ..JobState::default()
+        },
+    );
+    store.save(&with_jobs).unwrap();
+    assert_eq!(store.reader().load().unwrap(), with_jobs);
+    let partial: JobState = serde_json::from_str(r#"{"target":"db"}"#).unwrap();
+    assert_eq!(partial, JobState { target: "db".into(), ..JobState::default() });
+}
+
+#[test]
+fn second_store_on_the_same_dir_is_locked_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let _first = Store::open(dir.path()).unwrap();
+    let err = Store::open(dir.path()).unwrap_err();
+    assert!(matches!(err, StateError::Locked { .. }), "{err}");
+    assert!(err.to_string().contains("another veza-agent is running"));
+}
+
+#[test]
+fn corrupt_state_is_reported_by_readers_and_moved_aside_only_under_the_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("state.json"), b"{not json").unwrap();
+    let err = Reader::new(dir.path()).load().unwrap_err();
+    assert!(matches!(err, StateError::Corrupt { .. }), "{err}");
+    assert!(dir.path().join("state.json").exists(), "a reader moved the state file");
+    let store = Store::open(dir.path()).unwrap();
+    let (state, recovered) = store.load_or_recover().unwrap();
+    assert_eq!(state, AgentState::default());
+    assert!(matches!(recovered, Some(StateError::MovedAside { .. })), "{recovered:?}");
+    assert!(!dir.path().join("state.json").exists());
+    let (again, none) = store.load_or_recover().unwrap();
+    assert_eq!(again, AgentState::default());
+    assert!(none.is_none(), "{none:?}");
+}
+
+#[test]
+fn newer_state_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("state.json"), br#"{"schema_version": 99}"#).unwrap();
+    let err = Reader::new(dir.path()).load().unwrap_err();
+    assert!(matches!(err, StateError::TooNew { found: 99, .. }), "{err}");
+}
+
+#[test]
+fn journal_survives_until_cleared() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let j = Journal {
+        commit: "c".into(),
+        started_ms: 1,
+        steps: vec!["a".into()],
+        done: 0,
+        current: Some("a".into()),
+    };
+    store.write_journal(&j).unwrap();
+    assert_eq!(store.reader().journal(), Some(j));
+    store.clear_journal().unwrap();
+    assert_eq!(store.reader().journal(), None);
+}
