@@ -1060,3 +1060,84 @@ fn suspend_and_report_mode_plan_but_apply_nothing_until_resumed() {
     assert!(out.contains("report mode"), "{out}");
     assert_eq!(h.served_release().unwrap(), h.releases[1].id, "nothing moved");
 }
+
+/// After each sync the handled commit gets a status on the forge (a stand-in that checks
+/// requests as Forgejo's API spec says): success when applied, failure with the reason
+/// when a promotion rolls back, posted once per change; when the forge fails, the sync is
+/// not affected, the failure is counted and the status is posted at the next sync. The
+/// hook runs after each outcome with it in its environment; the token shows nowhere.
+#[test]
+fn outcomes_are_posted_as_commit_statuses_and_given_to_the_hook() {
+    let h = host();
+    let token = format!("st{}Token", std::process::id());
+    let forge = veza_testkit::forge::StatusServer::start("talas/manifests", &token).unwrap();
+    let token_file = h.dir.join("status-token");
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    let hook_log = h.dir.join("hook.log");
+    let hook = h.dir.join("hook.sh");
+    std::fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\necho \"$VEZA_OUTCOME $VEZA_STATE $VEZA_COMMIT\" >> {}\n",
+            hook_log.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let config = std::fs::read_to_string(&h.config_path).unwrap();
+    std::fs::write(
+        &h.config_path,
+        format!(
+            "{config}feedback:\n  forgejo: {{api_url: \"{}\", repo: talas/manifests, token_file: {}}}\n  hook: {}\n",
+            forge.api_url(),
+            token_file.display(),
+            hook.display()
+        ),
+    )
+    .unwrap();
+
+    let first = h.commit(&h.manifest("blue", Some(0), None), "blue").unwrap();
+    apply_ok(&h);
+    apply_ok(&h); // no change: nothing new to say
+    let got = forge.received();
+    assert_eq!(got.len(), 1, "{got:#?}");
+    assert!(got[0].violations.is_empty(), "{:?}", got[0].violations);
+    assert_eq!(got[0].line, format!("POST /api/v1/repos/talas/manifests/statuses/{first}"));
+    assert_eq!(got[0].body["state"], "success");
+    assert_eq!(got[0].body["context"], format!("veza-agent/{}", h.env));
+
+    // The forge is down: the rolled-back promotion is still recorded and reported by the
+    // agent; the status waits.
+    forge.set_failing(true);
+    let bad = h.commit(&h.manifest("green", Some(0), Some(2)), "broken green").unwrap();
+    let traffic = Traffic::start(&h, 2, Duration::from_millis(5));
+    let (code, out, _) = agent(&h, &["apply"]);
+    let (ok, failed) = traffic.stop();
+    assert_eq!((failed, ok > 10), (0, true), "{failed} failed, {ok} ok");
+    assert_eq!(code, 1, "{out}");
+    assert!(out.starts_with("rolled-back"), "{out}");
+    let metrics = std::fs::read_to_string(h.dir.join("veza-agent.prom")).unwrap();
+    assert!(metrics.contains("veza_agent_status_post_failures_total 1"), "{metrics}");
+    assert!(metrics.contains("veza_agent_statuses_pending 1"), "{metrics}");
+
+    // Back up: the next sync posts what was waiting.
+    forge.set_failing(false);
+    agent(&h, &["apply"]);
+    let got = forge.received();
+    let last = got.last().unwrap();
+    assert!(last.violations.is_empty(), "{:?}", last.violations);
+    assert!(last.line.ends_with(&bad), "{last:?}");
+    assert_eq!(last.body["state"], "failure");
+    let description = last.body["description"].as_str().unwrap_or_default();
+    assert!(description.starts_with("rolled back: "), "{description}");
+
+    let hooked = std::fs::read_to_string(&hook_log).unwrap();
+    assert!(hooked.contains(&format!("applied success {first}")), "{hooked}");
+    assert!(hooked.contains(&format!("rolled-back failure {bad}")), "{hooked}");
+    let (_, status, _) = agent(&h, &["status", "--json"]);
+    let state = std::fs::read_to_string(h.dir.join("state/state.json")).unwrap();
+    for text in [&out, &status, &state, &hooked] {
+        assert!(!text.contains(&token), "the token shows:\n{text}");
+    }
+}

@@ -24,6 +24,7 @@ use veza_state::{AgentState, HistoryEntry, Journal, Outcome, RunRecord, Store};
 use crate::edge::EdgeRuntime;
 
 mod accept;
+mod feedback;
 mod hooks;
 mod observe;
 
@@ -291,7 +292,7 @@ impl Agent {
         if end.journaled {
             store.clear_journal()?;
         }
-        Ok(SyncSummary {
+        let summary = SyncSummary {
             outcome: end.outcome,
             commit: end.commit,
             reason: end.reason,
@@ -304,7 +305,15 @@ impl Agent {
                 Outcome::Applied | Outcome::NoChange => state.refusals.clone(),
                 _ => Vec::new(),
             },
-        })
+        };
+        // After everything is recorded: the commit status and the hook (best effort).
+        if self.feedback(&mut state, &summary) {
+            if let Err(e) = store.save(&state) {
+                tracing::warn!("saving the pending commit statuses: {e}");
+            }
+            self.write_metrics(&state, now);
+        }
+        Ok(summary)
     }
 
     /// The stages of one sync: accept → observe → plan → apply → observe again →

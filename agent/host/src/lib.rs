@@ -8,6 +8,7 @@ pub use veza_fs as fs;
 pub mod apply;
 pub mod artifact;
 pub mod clock;
+pub mod forge;
 pub mod haproxy;
 pub mod http;
 pub mod incus;

@@ -56,6 +56,37 @@ pub struct HostConfig {
     /// nothing (a first week on a new host).
     #[serde(default)]
     pub mode: Mode,
+    /// Where each sync's outcome is reported: a commit status on the forge, a hook.
+    #[serde(default)]
+    pub feedback: FeedbackConfig,
+}
+
+/// Outcome feedback after each sync.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FeedbackConfig {
+    /// Post a commit status on the handled commit through Forgejo's API.
+    #[serde(default)]
+    pub forgejo: Option<ForgejoStatusConfig>,
+    /// A command run after each outcome (no shell), with `VEZA_OUTCOME`, `VEZA_COMMIT`,
+    /// `VEZA_REASON`, `VEZA_HOST` and `VEZA_STATE` in its environment; 30 s at most.
+    #[serde(default)]
+    pub hook: Option<String>,
+}
+
+/// Forgejo's commit status API (`POST /repos/{owner}/{repo}/statuses/{sha}`).
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ForgejoStatusConfig {
+    /// The API base, e.g. `https://forgejo.example/api/v1`.
+    pub api_url: String,
+    /// `owner/name` of the manifests repository.
+    pub repo: String,
+    /// A file holding only a token with write access to commit statuses (mode 0600).
+    pub token_file: String,
+    /// A CA bundle for the forge's certificate (an internal CA).
+    #[serde(default)]
+    pub ca_file: Option<String>,
 }
 
 /// Whether the agent applies what it plans.

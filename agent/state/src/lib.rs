@@ -232,6 +232,26 @@ pub struct AgentState {
     /// What the last plan would have applied but did not (suspended or report mode).
     #[serde(default)]
     pub held: Vec<String>,
+    /// Commit statuses not yet accepted by the forge, retried at the next sync.
+    #[serde(default)]
+    pub statuses_pending: Vec<PendingStatus>,
+    /// The last commit status the forge accepted: the same one is not posted again.
+    #[serde(default)]
+    pub status_posted: Option<PendingStatus>,
+    /// Commit statuses the forge did not accept (a counter).
+    #[serde(default)]
+    pub status_post_failures_total: u64,
+}
+
+/// A commit status waiting to be posted again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingStatus {
+    /// The commit.
+    pub sha: String,
+    /// `success`, `failure`, `error` or `pending`.
+    pub state: String,
+    /// One line.
+    pub description: String,
 }
 
 /// An operator's pause: nothing is applied until `veza-agent resume`; fetch, verification
@@ -305,6 +325,9 @@ impl Default for AgentState {
             migrations: BTreeMap::new(),
             suspended: None,
             held: Vec::new(),
+            statuses_pending: Vec::new(),
+            status_posted: None,
+            status_post_failures_total: 0,
         }
     }
 }

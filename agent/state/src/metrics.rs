@@ -102,6 +102,18 @@ pub fn render(state: &AgentState, jobs: &[JobMetric], now: i64, stale: bool) -> 
         vec![(String::new(), u8::from(state.suspended.is_some()).to_string())],
     );
     metric(
+        "veza_agent_status_post_failures_total",
+        "Commit statuses the forge did not accept (retried at the next sync).",
+        "counter",
+        vec![(String::new(), state.status_post_failures_total.to_string())],
+    );
+    metric(
+        "veza_agent_statuses_pending",
+        "Commit statuses waiting to be posted again.",
+        "gauge",
+        vec![(String::new(), state.statuses_pending.len().to_string())],
+    );
+    metric(
         "veza_agent_held_steps",
         "Steps the last plan would apply but did not (suspended or report mode).",
         "gauge",

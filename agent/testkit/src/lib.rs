@@ -3,6 +3,7 @@
 pub mod app;
 pub mod cli;
 pub mod demo;
+pub mod forge;
 pub mod haproxy;
 pub mod http;
 pub mod incus;
