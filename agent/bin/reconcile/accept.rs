@@ -154,7 +154,7 @@ impl Agent {
                 ))
             })?,
         };
-        let identities = host_identities(c);
+        let read_keys = || host_identities(c);
         let acceptance = Acceptance {
             allowed_signers: Path::new(&c.trust.allowed_signers),
             policy: c.trust.policy.as_deref(),
@@ -163,7 +163,7 @@ impl Agent {
             host: &c.host,
             max_refs: c.max_refs(),
             now,
-            identities: Some(&identities),
+            identities: Some(&read_keys),
         };
         let accepted = accept(&mirror, fetched.tip, &acceptance).map_err(
             |Rejected { commit, reason, .. }| SourceProblem::Rejected { commit, reason },

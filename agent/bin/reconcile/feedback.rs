@@ -34,24 +34,6 @@ pub fn status_of(summary: &SyncSummary) -> Option<(StatusState, String)> {
     })
 }
 
-fn state_name(s: StatusState) -> &'static str {
-    match s {
-        StatusState::Pending => "pending",
-        StatusState::Success => "success",
-        StatusState::Failure => "failure",
-        StatusState::Error => "error",
-    }
-}
-
-fn state_of(name: &str) -> StatusState {
-    match name {
-        "success" => StatusState::Success,
-        "failure" => StatusState::Failure,
-        "pending" => StatusState::Pending,
-        _ => StatusState::Error,
-    }
-}
-
 impl Agent {
     /// Posts the status of this sync (and any left from earlier ones) and runs the hook.
     /// Returns whether `state` changed (pending statuses, the failure counter).
@@ -62,7 +44,7 @@ impl Agent {
             if let (Some(sha), Some((st, description))) = (&summary.commit, status_of(summary)) {
                 let status = PendingStatus {
                     sha: sha.clone(),
-                    state: state_name(st).to_string(),
+                    state: st.as_str().to_string(),
                     description: one_line(&description),
                 };
                 // Posted once per change of the commit's state: a daemon in sync does not
@@ -91,7 +73,7 @@ impl Agent {
                     }
                     .post(&CommitStatus {
                         sha: p.sha.clone(),
-                        state: state_of(&p.state),
+                        state: StatusState::named(&p.state),
                         context: format!("veza-agent/{}", self.config.host),
                         description: p.description.clone(),
                     })
@@ -118,7 +100,7 @@ impl Agent {
                 .env("VEZA_COMMIT", summary.commit.clone().unwrap_or_default())
                 .env("VEZA_REASON", summary.reason.clone().unwrap_or_default())
                 .env("VEZA_HOST", &self.config.host)
-                .env("VEZA_STATE", status_of(summary).map_or("none", |(s, _)| state_name(s)))
+                .env("VEZA_STATE", status_of(summary).map_or("none", |(s, _)| s.as_str()))
                 .timeout(Duration::from_secs(30))
                 .run();
             if let Err(e) = out {

@@ -23,6 +23,26 @@ pub enum StatusState {
     Error,
 }
 
+impl StatusState {
+    /// The name Forgejo uses (what the JSON carries).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StatusState::Pending => "pending",
+            StatusState::Success => "success",
+            StatusState::Failure => "failure",
+            StatusState::Error => "error",
+        }
+    }
+
+    /// The state named `name` ([`StatusState::as_str`]); anything else is `Error`.
+    pub fn named(name: &str) -> StatusState {
+        [StatusState::Pending, StatusState::Success, StatusState::Failure]
+            .into_iter()
+            .find(|s| s.as_str() == name)
+            .unwrap_or(StatusState::Error)
+    }
+}
+
 /// One status to post.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CommitStatus {

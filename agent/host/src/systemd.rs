@@ -216,6 +216,48 @@ impl<'a, I: Incus> Systemd<'a, I> {
         problems
     }
 
+    /// Writes `contents` as `name` in the unit directory of `target` (created if missing)
+    /// with `mode`, verified; returns the path written.
+    async fn write_file(
+        &self,
+        target: &UnitTarget,
+        name: &str,
+        contents: &str,
+        mode: u32,
+    ) -> Result<String, SystemdError> {
+        match target {
+            UnitTarget::Host => {
+                std::fs::create_dir_all(&self.host_unit_dir).map_err(|source| {
+                    SystemdError::Io { path: self.host_unit_dir.clone(), source }
+                })?;
+                let path = self.host_path(name);
+                crate::fs::write_atomic_if_changed(&path, contents.as_bytes(), mode)
+                    .map_err(|e| SystemdError::Io { path: e.path, source: e.source })?;
+                Ok(path.display().to_string())
+            }
+            UnitTarget::Instance(inst) => {
+                let mut push =
+                    FilePush::new(self.instance_path(name), contents.as_bytes().to_vec());
+                push.mode = mode;
+                push.create_parents = true;
+                crate::incus::push_file_verified(self.incus, inst, &push).await?;
+                Ok(self.instance_path(name))
+            }
+        }
+    }
+
+    /// Removes `name` from the unit directory of `target`; a file already gone is fine.
+    async fn remove_file(&self, target: &UnitTarget, name: &str) -> Result<(), SystemdError> {
+        match target {
+            UnitTarget::Host => crate::fs::remove_if_exists(&self.host_path(name))
+                .map(drop)
+                .map_err(|e| SystemdError::Io { path: e.path, source: e.source }),
+            UnitTarget::Instance(_) => {
+                self.run_in(target, &["rm", "-f", &self.instance_path(name)]).await.map(drop)
+            }
+        }
+    }
+
     fn host_path(&self, name: &str) -> PathBuf {
         self.host_unit_dir.join(name)
     }
@@ -311,24 +353,7 @@ impl<I: Incus> Units for Systemd<'_, I> {
         }
         let mut paths = Vec::new();
         for (name, contents) in files {
-            match target {
-                UnitTarget::Host => {
-                    std::fs::create_dir_all(&self.host_unit_dir).map_err(|source| {
-                        SystemdError::Io { path: self.host_unit_dir.clone(), source }
-                    })?;
-                    let path = self.host_path(name);
-                    crate::fs::write_atomic_if_changed(&path, contents.as_bytes(), 0o644)
-                        .map_err(|e| SystemdError::Io { path: e.path, source: e.source })?;
-                    paths.push(path.display().to_string());
-                }
-                UnitTarget::Instance(inst) => {
-                    let mut push =
-                        FilePush::new(self.instance_path(name), contents.as_bytes().to_vec());
-                    push.create_parents = true;
-                    crate::incus::push_file_verified(self.incus, inst, &push).await?;
-                    paths.push(self.instance_path(name));
-                }
-            }
+            paths.push(self.write_file(target, name, contents, 0o644).await?);
         }
         if !paths.is_empty()
             && let Err(e) = self.verify(target, &paths).await
@@ -360,38 +385,10 @@ impl<I: Incus> Units for Systemd<'_, I> {
         stale: &[String],
     ) -> Result<(), SystemdError> {
         for name in stale {
-            match target {
-                UnitTarget::Host => {
-                    let path = self.host_path(name);
-                    crate::fs::remove_if_exists(&path)
-                        .map_err(|e| SystemdError::Io { path: e.path, source: e.source })?;
-                }
-                UnitTarget::Instance(_) => {
-                    self.run_in(target, &["rm", "-f", &self.instance_path(name)]).await?;
-                }
-            }
+            self.remove_file(target, name).await?;
         }
         for (name, contents) in files {
-            match target {
-                UnitTarget::Host => {
-                    std::fs::create_dir_all(&self.host_unit_dir).map_err(|source| {
-                        SystemdError::Io { path: self.host_unit_dir.clone(), source }
-                    })?;
-                    crate::fs::write_atomic_if_changed(
-                        &self.host_path(name),
-                        contents.as_bytes(),
-                        0o600,
-                    )
-                    .map_err(|e| SystemdError::Io { path: e.path, source: e.source })?;
-                }
-                UnitTarget::Instance(inst) => {
-                    let mut push =
-                        FilePush::new(self.instance_path(name), contents.as_bytes().to_vec());
-                    push.mode = 0o600;
-                    push.create_parents = true;
-                    crate::incus::push_file_verified(self.incus, inst, &push).await?;
-                }
-            }
+            self.write_file(target, name, contents, 0o600).await?;
         }
         Ok(())
     }
@@ -410,20 +407,7 @@ impl<I: Incus> Units for Systemd<'_, I> {
             }
         }
         for name in names {
-            match target {
-                UnitTarget::Host => {
-                    let path = self.host_path(name);
-                    match std::fs::remove_file(&path) {
-                        Ok(()) => {}
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                        Err(source) => return Err(SystemdError::Io { path, source }),
-                    }
-                }
-                UnitTarget::Instance(_) => {
-                    let path = self.instance_path(name);
-                    self.run_in(target, &["rm", "-f", &path]).await?;
-                }
-            }
+            self.remove_file(target, name).await?;
         }
         self.run_in(target, &["systemctl", "daemon-reload"]).await?;
         Ok(())

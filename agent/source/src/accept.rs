@@ -20,7 +20,7 @@ use crate::{AllowedSigners, FetchError, Refusal, verify_commit};
 pub const MAX_ANCESTRY_WALK: usize = 100_000;
 
 /// What a tip is held to.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct Acceptance<'a> {
     /// The allowed signers file (the trust root), read at each call.
     pub allowed_signers: &'a Path,
@@ -37,9 +37,11 @@ pub struct Acceptance<'a> {
     pub max_refs: usize,
     /// The verification time (unix seconds).
     pub now: i64,
-    /// This host's keys: every referenced secret must open with them. `None` checks only
-    /// that each secret is present and an age file (authors' tools, which have no host key).
-    pub identities: Option<&'a Identities>,
+    /// Reads this host's keys: every referenced secret must open with them. Called only
+    /// when a manifest references a secret (a host without secrets never reads a key).
+    /// `None` checks only that each secret is present and an age file (authors' tools,
+    /// which have no host key).
+    pub identities: Option<&'a dyn Fn() -> Identities>,
 }
 
 /// A tip that passed every check, with the manifests read from it.
@@ -82,13 +84,6 @@ impl Secrets {
             }
         }
         out
-    }
-    /// The decrypted value of secret `name` of `env`.
-    pub fn value(&self, env: &str, name: &str) -> Option<&str> {
-        self.0
-            .get(&(env.to_string(), name.to_string()))
-            .and_then(|e| e.value.as_ref())
-            .map(SecretValue::expose)
     }
 }
 
@@ -213,9 +208,10 @@ fn read_secrets(
     mirror: &Mirror,
     tip: ObjectId,
     manifests: &[(String, Manifest)],
-    identities: Option<&Identities>,
+    identities: Option<&dyn Fn() -> Identities>,
 ) -> Result<Secrets, String> {
     let mut out = Secrets::default();
+    let mut keys: Option<Identities> = None;
     for (file, m) in manifests {
         let env = &m.metadata.name;
         for (name, used_by) in template::manifest_secrets(m) {
@@ -231,7 +227,8 @@ fn read_secrets(
                 })?;
             let ct = Ciphertext::parse(&bytes).map_err(|e| format!("{what}: {e}"))?;
             let value = match identities {
-                Some(ids) => {
+                Some(read) => {
+                    let ids = keys.get_or_insert_with(read);
                     Some(veza_secrets::decrypt(&ct, ids).map_err(|e| format!("{what}: {e}"))?)
                 }
                 None => None,
