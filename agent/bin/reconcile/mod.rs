@@ -453,8 +453,8 @@ impl Agent {
                         commit: source.commit.clone(),
                         reason: reason.clone().unwrap_or_default(),
                         promotions: plan
-                            .promotions
-                            .iter()
+                            .promotions()
+                            .into_iter()
                             .map(|p| (p.env.clone(), p.app.clone()))
                             // A failed migration stops the deploy of its app.
                             .chain(plan.steps.get(report.steps_done).and_then(

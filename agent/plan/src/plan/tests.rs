@@ -48,12 +48,28 @@ fn applied(live: &LiveState, plan: &Plan) -> LiveState {
 }
 
 fn check_snapshot(name: &str, plan: &Plan) {
-    let text = plan.to_string();
+    check_text(name, &plan.to_string());
+}
+
+/// The files `plan` writes (run scripts, units, migration wrappers, edge configs, job
+/// units), as rendered by the planner: `snapshots/<name>.files.txt`.
+fn check_files_snapshot(name: &str, plan: &Plan) {
+    let mut text = String::new();
+    for (at, body) in plan.rendered_files() {
+        text.push_str(&format!("==> {at} <==\n{body}"));
+        if !body.ends_with('\n') {
+            text.push('\n');
+        }
+    }
+    check_text(&format!("{name}.files"), &text);
+}
+
+fn check_text(name: &str, text: &str) {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("snapshots")
         .join(format!("{name}.txt"));
     if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
-        std::fs::write(&path, &text).expect("write snapshot");
+        std::fs::write(&path, text).expect("write snapshot");
         return;
     }
     let expected = std::fs::read_to_string(&path).unwrap_or_default();
@@ -100,7 +116,8 @@ fn first_sync_builds_everything_in_order() {
     let ms = manifests(&[DEMO]);
     let p = run(&ms, &live_with_default_pool(), &opts());
     check_snapshot("demo-first-sync", &p);
-    assert_eq!(p.promotions.len(), 1);
+    check_files_snapshot("demo-first-sync", &p);
+    assert_eq!(p.promotions().len(), 1);
     assert!(p.refusals.is_empty());
 }
 
@@ -110,6 +127,7 @@ fn first_sync_of_the_veza_host_detects_the_pool_and_leaves_forgejo_alone() {
     let live = with_foreign_forgejo(live_with_default_pool());
     let p = run(&ms, &live, &opts());
     check_snapshot("veza-first-sync", &p);
+    check_files_snapshot("veza-first-sync", &p);
     let text = serde_json::to_string(&p).expect("plan serializes");
     assert!(text.contains(r#""pool":"ssd""#), "pool: auto must follow forgejo's root disk");
     assert!(!text.contains(r#""name":"forgejo""#), "forgejo is never in a plan");
@@ -156,9 +174,11 @@ fn promotion_deploys_gates_switches_and_verifies() {
         demo_with(|t| with_green_release(t).replace("    active: blue", "    active: green"));
     let p = run(&manifests(&[&promoted]), &live, &opts());
     check_snapshot("demo-promotion", &p);
-    assert_eq!(p.promotions.len(), 1);
-    assert_eq!(p.promotions[0].from, Some(Color::Blue));
-    let fallback = p.fallback_edge.as_deref().expect("a promotion has a fallback edge");
+    check_files_snapshot("demo-promotion", &p);
+    assert_eq!(p.promotions().len(), 1);
+    assert_eq!(p.promotions()[0].from, Some(Color::Blue));
+    let fallback =
+        p.switch().and_then(|s| s.fallback.as_deref()).expect("a promotion has a fallback edge");
     let back = LiveEdge::from_config(fallback.to_string());
     assert_eq!(back.active.get(&("demo".to_string(), "hello".to_string())), Some(&Color::Blue));
 }
@@ -205,7 +225,7 @@ fn rollback_by_git_revert_is_a_promotion_back() {
     let reverted = demo_with(with_green_release);
     let p = run(&manifests(&[&reverted]), &live, &opts());
     check_snapshot("demo-revert", &p);
-    assert_eq!(p.promotions[0].to, Color::Blue);
+    assert_eq!(p.promotions()[0].to, Color::Blue);
 }
 
 #[test]
@@ -237,7 +257,7 @@ fn promotion_is_refused_while_a_gating_job_fails() {
     o.failing_jobs.insert("prod/dr-drill".into(), "last success 9 days ago (max 8d)".into());
     let p = run(&ms, &live, &o);
     check_snapshot("veza-gated-promotion", &p);
-    assert!(p.promotions.is_empty());
+    assert!(p.promotions().is_empty());
 }
 
 #[test]
@@ -622,8 +642,10 @@ fn a_rotated_secret_rebuilds_the_idle_color_and_never_the_serving_one() {
     // The promotion that moves traffic to the rebuilt green is a normal, gated one.
     let promoted = manifests(&[&text.replace("    active: blue", "    active: green")]);
     let p = run(&promoted, &after, &rotated);
-    assert_eq!(p.promotions.len(), 1, "{p}");
-    assert!(p.steps.iter().any(|s| matches!(&s.action, crate::Action::HealthGate { instance, .. } if instance == "demo-hello-green")));
+    assert_eq!(p.promotions().len(), 1, "{p}");
+    let switch = p.switch().expect("a promotion step");
+    assert_eq!(switch.gates.len(), 1, "{p}");
+    assert_eq!(switch.gates[0].instance, "demo-hello-green", "{p}");
 }
 
 #[test]
