@@ -12,7 +12,7 @@ use crate::live::{
     InstanceKind, InstanceStatus, LiveEdge, LiveInstance, LivePool, LiveProfile, LiveState,
     UnitTarget,
 };
-use crate::plan::{Plan, PlanOptions, plan};
+use crate::plan::{Action, Plan, PlanOptions, plan};
 
 const DEMO: &str = include_str!("../../../../manifests/examples/minimal.yaml");
 const PROD: &str = include_str!("../../../../manifests/prod.yaml");
@@ -669,4 +669,37 @@ fn a_migration_in_a_tools_instance_runs_there() {
         .position(|s| s == "migrate demo/hello for release 1111111111 in tools")
         .expect("migration in tools");
     assert!(create < migrate, "{steps:#?}");
+}
+
+#[test]
+fn a_local_nic_equal_to_the_profiles_is_kept_not_unplugged() {
+    let ms = manifests(&[PROD, STAGING]);
+    let live = with_foreign_forgejo(live_with_default_pool());
+    let after = applied(&live, &run(&ms, &live, &opts()));
+    let nic = |network: &str| -> BTreeMap<String, String> {
+        [("type", "nic"), ("network", network), ("name", "eth0")]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    // (the local eth0 `incus launch --network` left on veza-postgres, whether the plan
+    //  updates the instance)
+    let table = [(nic("net-veza"), false), (nic("incusbr0"), true)];
+    for (local, updates) in table {
+        let mut l = after.clone();
+        let pg = l.instances.get_mut("veza-postgres").expect("created by the first sync");
+        pg.devices.insert("eth0".into(), local.clone());
+        let p = run(&ms, &l, &opts());
+        let update = p.steps.iter().any(
+            |s| matches!(&s.action, Action::UpdateInstance { name, .. } if name == "veza-postgres"),
+        );
+        assert_eq!(update, updates, "{local:?}:\n{p}");
+        if updates {
+            let kept = p.steps.iter().find_map(|s| match &s.action {
+                Action::UpdateInstance { devices, .. } => Some(devices.contains_key("eth0")),
+                _ => None,
+            });
+            assert_eq!(kept, Some(false), "a NIC unlike the profile's goes: {p}");
+        }
+    }
 }
