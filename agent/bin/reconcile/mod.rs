@@ -160,7 +160,11 @@ impl Agent {
 
     /// Plan options for this host.
     pub fn plan_options(&self) -> PlanOptions {
-        PlanOptions { edge_settings: crate::edge::settings(&self.config), ..PlanOptions::default() }
+        PlanOptions {
+            edge_settings: crate::edge::settings(&self.config),
+            images: self.config.incus.images.clone(),
+            ..PlanOptions::default()
+        }
     }
 
     /// Runs the plan through the drivers.

@@ -36,6 +36,9 @@ pub struct PlanOptions {
     pub secrets: crate::desired::SecretDigests,
     /// `(env, app, release)` whose migration already ran: not run again.
     pub migrated: BTreeSet<(String, String, String)>,
+    /// The host's image mapping (`incus.images`): reference in the manifests → what
+    /// Incus is asked for when an instance is created.
+    pub images: BTreeMap<String, String>,
 }
 
 /// Why planning failed.
@@ -115,7 +118,12 @@ pub fn plan(
     live: &LiveState,
     opts: &PlanOptions,
 ) -> Result<Plan, PlanError> {
-    let want = desired(manifests, &live.root_pool(), &opts.secrets)?;
+    let mut want = desired(manifests, &live.root_pool(), &opts.secrets)?;
+    for d in want.instances.values_mut() {
+        if let Some(mapped) = opts.images.get(&d.image) {
+            d.image.clone_from(mapped);
+        }
+    }
     let mut b = Builder { steps: Vec::new(), refusals: Vec::new() };
     let mut drift = Vec::new();
 

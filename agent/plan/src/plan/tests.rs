@@ -703,3 +703,29 @@ fn a_local_nic_equal_to_the_profiles_is_kept_not_unplugged() {
         }
     }
 }
+
+#[test]
+fn the_host_image_mapping_decides_what_incus_is_asked_for_and_the_mark_keeps_the_reference() {
+    let ms = manifests(&[PROD]);
+    let live = with_foreign_forgejo(live_with_default_pool());
+    let mut o = opts();
+    o.images.insert("images:debian/13".into(), "veza-test-debian12".into());
+    let p = run(&ms, &live, &o);
+    let created: Vec<(&str, &str)> = p
+        .steps
+        .iter()
+        .filter_map(|s| match &s.action {
+            Action::CreateInstance { image, config, .. } => {
+                Some((image.as_str(), config["user.veza.image"].as_str()))
+            }
+            _ => None,
+        })
+        .collect();
+    assert!(!created.is_empty());
+    for (image, mark) in created {
+        assert_eq!((image, mark), ("veza-test-debian12", "images:debian/13"));
+    }
+    // Mapped or not, the instances it made are what the manifests ask: nothing to do next.
+    let after = applied(&live, &p);
+    assert!(run(&ms, &after, &o).is_empty(), "{}", run(&ms, &after, &o));
+}
