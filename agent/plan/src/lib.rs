@@ -4,6 +4,7 @@
 
 pub mod desired;
 pub mod edge;
+pub mod maintenance;
 pub mod plan;
 pub mod simulate;
 

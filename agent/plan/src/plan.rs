@@ -344,7 +344,14 @@ pub fn plan(
     plan_jobs(&want, live, &mut b);
     plan_prune(&want, live, &mut b);
 
-    Ok(Plan { steps: b.steps, refusals: b.refusals, promotions, drift, fallback_edge })
+    Ok(Plan {
+        steps: b.steps,
+        refusals: b.refusals,
+        promotions,
+        drift,
+        fallback_edge,
+        waiting: Vec::new(),
+    })
 }
 
 /// Renders the edge for all manifests, with per-env active-color overrides.

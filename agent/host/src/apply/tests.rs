@@ -528,6 +528,7 @@ fn plan_of(actions: Vec<Action>) -> Plan {
         promotions: Vec::new(),
         drift: Vec::new(),
         fallback_edge: None,
+        waiting: Vec::new(),
     }
 }
 

@@ -51,7 +51,10 @@ impl TryFrom<String> for WindowStart {
     type Error = String;
     fn try_from(s: String) -> Result<Self, String> {
         if s.chars().any(char::is_control) {
-            return Err(format!("invalid window start `{}`: it contains a control character", s.escape_debug()));
+            return Err(format!(
+                "invalid window start `{}`: it contains a control character",
+                s.escape_debug()
+            ));
         }
         crate::schedule::parse(&s)
             .map(WindowStart)

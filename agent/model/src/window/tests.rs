@@ -53,7 +53,8 @@ fn a_window_is_open_from_its_start_until_its_end_and_says_when_it_opens_next() {
     for (start, duration, now, offset, open, next) in table {
         let w = window(start, duration);
         let now = at(now);
-        let what = format!("`{start}` for {duration} at {} (offset {offset})", local_rfc3339(now, 0));
+        let what =
+            format!("`{start}` for {duration} at {} (offset {offset})", local_rfc3339(now, 0));
         assert_eq!(w.open_at(now, *offset), *open, "open: {what}");
         let got = w.next_open(now, *offset).map(|t| local_rfc3339(t, 0));
         assert_eq!(got.as_deref(), Some(next.replace('Z', "+00:00").as_str()), "next: {what}");
@@ -87,7 +88,12 @@ fn several_windows_are_open_when_any_is_and_the_earliest_opens_next() {
         ),
     ];
     for (windows, now, want) in table {
-        assert_eq!(availability(windows, at(now), 0), want, "{now} with {} window(s)", windows.len());
+        assert_eq!(
+            availability(windows, at(now), 0),
+            want,
+            "{now} with {} window(s)",
+            windows.len()
+        );
     }
 }
 

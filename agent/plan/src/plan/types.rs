@@ -202,6 +202,10 @@ pub struct Plan {
     /// when a post-switch check fails.
     #[serde(skip)]
     pub fallback_edge: Option<String>,
+    /// Disruptive steps (and their dependants) held until their environment's next
+    /// maintenance window (`crate::maintenance::hold`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub waiting: Vec<crate::maintenance::Waiting>,
 }
 
 impl Plan {
@@ -214,11 +218,18 @@ impl Plan {
 impl fmt::Display for Plan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.steps.is_empty() {
-            writeln!(f, "no changes")?;
+            writeln!(
+                f,
+                "{}",
+                if self.waiting.is_empty() { "no changes" } else { "nothing to apply now" }
+            )?;
         }
         for (i, s) in self.steps.iter().enumerate() {
             writeln!(f, "{:>3}. {}", i + 1, s.action)?;
             writeln!(f, "     because {}", s.reason)?;
+        }
+        for w in &self.waiting {
+            write!(f, "{w}")?;
         }
         for p in &self.promotions {
             let from = p.from.map_or("none".to_string(), |c| c.to_string());
