@@ -92,8 +92,10 @@ mod tests {
 
     #[test]
     fn requests_are_a_plain_sync_or_a_sync_now_by_root() {
-        // (line, client is root, what it asks)
-        let table: &[(&str, bool, Result<Option<&str>, &str>)] = &[
+        /// (line, client is root, what it asks: a plain sync, `--now` by whom, or the
+        /// start of why it is refused)
+        type Case<'a> = (&'a str, bool, Result<Option<&'a str>, &'a str>);
+        let table: &[Case] = &[
             ("sync\n", false, Ok(None)),
             ("sync\n", true, Ok(None)),
             ("sync --now alice\n", true, Ok(Some("alice"))),

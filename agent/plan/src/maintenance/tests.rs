@@ -141,8 +141,9 @@ fn what_interrupts_something_running_is_disruptive_and_nothing_else() {
     let profile_change = |running: &[&str]| {
         Some(ChangesProfileDevices(running.iter().map(|s| s.to_string()).collect()))
     };
-    // (what, the plan's actions, the verdict of each)
-    let table: Vec<(&str, Vec<Action>, Vec<Option<Disruption>>)> = vec![
+    /// (what, the plan's actions, the verdict of each)
+    type Case<'a> = (&'a str, Vec<Action>, Vec<Option<Disruption>>);
+    let table: Vec<Case> = vec![
         (
             "a plain instance deleted",
             vec![Action::DeleteInstance { name: "tools".into() }],
