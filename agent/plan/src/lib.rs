@@ -4,7 +4,6 @@
 
 pub mod desired;
 pub mod edge;
-pub mod maintenance;
 pub mod plan;
 pub mod simulate;
 
@@ -12,4 +11,4 @@ pub mod simulate;
 /// observers of `veza-host`.
 pub use veza_model::live;
 
-pub use plan::{Action, Plan, PlanError, PlanOptions, Step, plan};
+pub use plan::{Action, Plan, PlanError, PlanOptions, Step, maintenance, plan};

@@ -18,6 +18,7 @@ use crate::edge::{EdgeEnv, EdgeSettings, render_edge};
 use crate::live::{LiveState, MARK_HOST, UnitTarget};
 
 mod instance;
+pub mod maintenance;
 mod types;
 
 use instance::{diff_reason, plan_instance};

@@ -203,9 +203,9 @@ pub struct Plan {
     #[serde(skip)]
     pub fallback_edge: Option<String>,
     /// Disruptive steps (and their dependants) held until their environment's next
-    /// maintenance window (`crate::maintenance::hold`).
+    /// maintenance window (`super::maintenance::hold`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub waiting: Vec<crate::maintenance::Waiting>,
+    pub waiting: Vec<super::maintenance::Waiting>,
 }
 
 impl Plan {
