@@ -342,6 +342,8 @@ mod tests {
             (Outcome::RolledBack, "green never became healthy", false),
             (Outcome::Applied, "", false),
             (Outcome::NoChange, "", false),
+            // Held for a maintenance window: the next poll (or `sync --now`) runs it.
+            (Outcome::Waiting, "waiting for window, opens at 2026-01-04T02:00:00+01:00", false),
         ];
         for (outcome, reason, want) in table {
             assert_eq!(retry_soon(&summary(outcome, reason)), want, "{outcome:?}: {reason}");

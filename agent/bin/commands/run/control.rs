@@ -32,16 +32,21 @@ const MAX_REQUEST: u64 = 96;
 /// What a request line asks for: `Ok(None)` a plain sync, `Ok(Some(name))` a sync with
 /// `--now` by `name`, `Err` why it is refused. `root`: the client runs as root.
 pub(crate) fn parse_request(line: &str, root: bool) -> Result<Option<String>, String> {
-    let words: Vec<&str> = line.split_whitespace().collect();
-    match words[..] {
-        ["sync"] => Ok(None),
-        ["sync", "--now", by] if !root => {
+    let line = line.trim();
+    if line == "sync" {
+        return Ok(None);
+    }
+    // The name is the rest of the line (`uid 0` when the caller has no login name).
+    let by = line
+        .strip_prefix("sync --now ")
+        .map(str::trim)
+        .filter(|by| !by.is_empty() && by.len() <= 64 && !by.chars().any(char::is_control));
+    match by {
+        Some(by) if !root => {
             Err(format!("`--now` is for root only (asked by {by}); run it with sudo"))
         }
-        ["sync", "--now", by] if by.len() <= 64 && by.chars().all(|c| c.is_ascii_graphic()) => {
-            Ok(Some(by.to_string()))
-        }
-        _ => Err("unknown request (expected `sync` or `sync --now NAME`)".to_string()),
+        Some(by) => Ok(Some(by.to_string())),
+        None => Err("unknown request (expected `sync` or `sync --now NAME`)".to_string()),
     }
 }
 
@@ -101,7 +106,8 @@ mod tests {
             ("sync --now alice\n", true, Ok(Some("alice"))),
             ("sync --now alice\n", false, Err("`--now` is for root only (asked by alice)")),
             ("sync --now\n", true, Err("unknown request")),
-            ("sync --now a b\n", true, Err("unknown request")),
+            ("sync --now uid 0\n", true, Ok(Some("uid 0"))),
+            ("sync --now \n", true, Err("unknown request")),
             ("sync --later alice\n", true, Err("unknown request")),
             ("status\n", true, Err("unknown request")),
             ("", true, Err("unknown request")),
