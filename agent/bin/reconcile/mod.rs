@@ -379,7 +379,9 @@ impl Agent {
             && (!plan.is_empty() || waits.is_some() || interrupted.is_some())
         {
             let steps: Vec<String> = plan.steps.iter().map(|s| s.action.to_string()).collect();
-            let reason = format!("{why}; would apply {} step(s), nothing applied", steps.len());
+            let also = waits.as_ref().map(|w| format!("; {w}")).unwrap_or_default();
+            let reason =
+                format!("{why}; would apply {} step(s), nothing applied{also}", steps.len());
             record(state, Event::Held { steps });
             let mut end = End::new(Outcome::Suspended, commit, Some(reason));
             end.steps = 0;

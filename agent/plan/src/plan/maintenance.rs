@@ -31,9 +31,10 @@
 //!   recreate waits as a whole, with the job units, releases and edge config that go
 //!   into it; a slot's health gate waits with its deploy);
 //! - the deploy of a release whose migration is held;
-//! - every edge step (install, switch, verification) after a held deploy, migration or
-//!   health gate, so traffic never moves to a slot that was not brought up; the plan's
-//!   promotions and fallback edge go with them;
+//! - every edge step (install, switch, verification) after a held deploy, migration,
+//!   health gate or edge step (the edge runs in an instance whose recreate waits), so
+//!   traffic never moves to a slot that was not brought up and a switch that waits is
+//!   never verified; the plan's promotions and fallback edge go with them;
 //! - deleting a profile that an instance with a held step still uses.
 //!
 //! A step belongs to the environment that declares the resource (an instance or a
@@ -250,6 +251,8 @@ pub fn hold(plan: Plan, live: &LiveState, manifests: &[&Manifest], clock: Window
     // Releases whose migration waits, and the first held slot step (the edge waits).
     let mut unmigrated: BTreeMap<(String, String, String), Cause> = BTreeMap::new();
     let mut slot_held: Option<Cause> = None;
+    // The first held edge step: the edge steps after it (its verification) wait too.
+    let mut edge_held: Option<Cause> = None;
     let mut held_instances: BTreeMap<String, Cause> = BTreeMap::new();
     for (step, disruption) in steps.into_iter().zip(disruptions) {
         let text = step.action.to_string();
@@ -270,7 +273,12 @@ pub fn hold(plan: Plan, live: &LiveState, manifests: &[&Manifest], clock: Window
                     .map(|c| by(c, "the migration of its release waits".to_string())),
                 a if a.is_edge() => slot_held
                     .as_ref()
-                    .map(|c| by(c, "a slot it routes to is not brought up yet".to_string())),
+                    .map(|c| by(c, "a slot it routes to is not brought up yet".to_string()))
+                    .or_else(|| {
+                        edge_held
+                            .as_ref()
+                            .map(|c| by(c, format!("it goes with `{}`, which waits", c.because)))
+                    }),
                 Action::DeleteProfile { name } => held_instances
                     .iter()
                     .find(|(i, _)| {
@@ -307,6 +315,7 @@ pub fn hold(plan: Plan, live: &LiveState, manifests: &[&Manifest], clock: Window
             a if a.is_edge() => {
                 promotions.clear();
                 fallback_edge = None;
+                edge_held.get_or_insert_with(|| root.clone());
             }
             _ => {}
         }

@@ -494,6 +494,44 @@ fn a_held_recreate_holds_what_depends_on_it_and_the_promotion_waits() {
     assert_eq!(held(&texts, &live, THREE_AM, 0), all);
 }
 
+/// The edge runs in a plain instance whose recreate waits: the switch waits with it, and
+/// so does its verification (it would check a switch that did not happen); the new
+/// color's health gate runs (it changes nothing), the promotion leaves the plan.
+#[test]
+fn an_edge_in_an_instance_whose_recreate_waits_holds_the_switch_and_its_verification() {
+    let base = |t: String| {
+        t.replace("green: {}", &format!("green: {{release: {R1}}}"))
+            .replace("    migrate: {command: \"{dir}/migrate\", on: tools}\n", "")
+            .replace("runs_in: host", "runs_in: tools")
+    };
+    let live = converged(&[prod(NIGHTLY, base)]);
+    let edit = |t: String| {
+        base(t)
+            .replace("tools: {image: img,", "tools: {image: img2,")
+            .replace("active: blue", "active: green")
+    };
+    let texts = [prod(NIGHTLY, edit)];
+    let all = planned(&manifests(&texts), &live);
+    assert_eq!(all.promotions.len(), 1, "{all}");
+    let p = held(&texts, &live, NOON, 0);
+    assert!(p.promotions.is_empty() && p.fallback_edge.is_none(), "{p}");
+    assert_eq!(actions(&p.steps), ["wait for prod-web-green to be healthy (/health 200)"], "{p}");
+    let because: BTreeMap<String, &str> =
+        p.waiting.iter().map(|w| (w.step.action.to_string(), w.because.as_str())).collect();
+    assert_eq!(
+        because.get("switch edge config (haproxy on tools)").copied(),
+        Some("it goes with `delete instance tools`, which waits"),
+        "{p}"
+    );
+    assert_eq!(
+        because
+            .get("verify prod/web serves green 1111111111 through the edge (Host: a.fr)")
+            .copied(),
+        Some("it goes with `switch edge config (haproxy on tools)`, which waits"),
+        "{p}"
+    );
+}
+
 /// A profile device edit waits while a plain instance using it runs; a config-only edit
 /// of the same profile does not.
 #[test]
