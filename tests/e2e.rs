@@ -119,7 +119,7 @@ fn promotion_to_a_broken_release_rolls_back_and_is_not_retried() {
     let (code, out, err) = agent(&h, &["plan"]);
     assert_eq!(code, 1, "{out}\n{err}");
     assert!(err.contains(&format!("quarantined {bad}")), "{out}\n{err}");
-    assert!(!out.contains("wait for"), "{out}");
+    assert!(!out.contains("promote "), "{out}");
     // A newer commit (the revert) is applied.
     h.commit(&h.manifest("blue", Some(0), None), "revert").unwrap();
     apply_ok(&h);
@@ -218,7 +218,7 @@ fn a_newer_commit_preempts_a_health_wait() {
     let pid = spawn_apply(&h, &log);
     let journal = h.dir.join("state/journal.json");
     for _ in 0..3000 {
-        if std::fs::read_to_string(&journal).is_ok_and(|j| j.contains("\"current\": \"wait for")) {
+        if std::fs::read_to_string(&journal).is_ok_and(|j| j.contains(": gate ")) {
             break;
         }
         std::thread::sleep(Duration::from_millis(10));

@@ -11,12 +11,46 @@ use veza_testkit::report::Case;
 
 use super::*;
 
-/// Steps of the promotion plan the kill cases interrupt (blue on 0 → green on 1 active).
-const PROMOTION_STEPS: usize = 5;
+/// Steps of the promotion plan the kill cases interrupt (blue on 0 → green on 1 active):
+/// create the green slot, deploy to it, promote (gate → switch → verify).
+const PROMOTION_STEPS: usize = 3;
 
-/// One attempt at killing `apply` while step `k` runs. `Err` when the journal had
-/// already moved past `k` at the first look (a step too short to catch): retried.
-fn try_kill_at_step(k: usize, case: &mut Case) -> Result<(), String> {
+/// The promotion's step.
+const PROMOTE: usize = 2;
+
+/// Where in the run a kill lands: a step, and for the promotion, one of its phases (as
+/// the journal's `current` names it: `gate`, `switch`, `verify`).
+#[derive(Clone, Copy)]
+struct At {
+    step: usize,
+    phase: Option<&'static str>,
+}
+
+impl At {
+    fn reached(&self, j: &veza_state::Journal) -> bool {
+        j.done == self.step
+            && self.phase.is_none_or(|p| {
+                j.current.as_deref().is_some_and(|c| c.contains(&format!(": {p} ")))
+            })
+    }
+    /// Whether the run is already past this point.
+    fn passed(&self, j: &veza_state::Journal) -> bool {
+        const ORDER: [&str; 3] = ["gate", "switch", "verify"];
+        let rank = |c: Option<&str>| {
+            ORDER.iter().position(|p| c.is_some_and(|c| c.contains(&format!(": {p} "))))
+        };
+        j.done > self.step
+            || (j.done == self.step
+                && self.phase.is_some_and(|p| {
+                    rank(j.current.as_deref()) > ORDER.iter().position(|o| *o == p)
+                }))
+    }
+}
+
+/// One attempt at killing `apply` at `at`. `Err` when the journal had already moved past
+/// it at the first look (a step too short to catch): retried.
+fn try_kill_at(at: At, case: &mut Case) -> Result<(), String> {
+    let k = at.step;
     let h = host();
     // 200 requests through the edge make the verification step last long enough to
     // be caught; the gate step is held open with the unhealthy flag when it is the target.
@@ -35,7 +69,7 @@ fn try_kill_at_step(k: usize, case: &mut Case) -> Result<(), String> {
     let killer = Killer::arm(&h.dir, pid);
     let deadline = Instant::now() + Duration::from_secs(240);
     let mut flagged = false;
-    let steps = loop {
+    let (steps, current) = loop {
         assert!(Instant::now() < deadline, "apply never reached step {k}");
         let Some(j) = journal(&state) else {
             assert!(
@@ -47,18 +81,18 @@ fn try_kill_at_step(k: usize, case: &mut Case) -> Result<(), String> {
             continue;
         };
         assert_eq!(j.steps.len(), PROMOTION_STEPS, "the promotion plan changed: {:#?}", j.steps);
-        let gate = j.steps.iter().position(|s| s.starts_with("wait for")).expect("a gate step");
-        if j.done > k {
-            return Err(format!("journal at step {} before step {k} was seen", j.done));
+        assert!(j.steps[PROMOTE].starts_with("promote "), "{:#?}", j.steps);
+        if at.passed(&j) {
+            return Err(format!("journal at `{:?}` before it was seen", j.current));
         }
-        if k == gate && !flagged && j.done >= 1 {
+        if at.phase == Some("gate") && !flagged && j.done >= 1 {
             // The slot exists (its creation was step 0): hold the gate open.
             set_unhealthy(&green, true);
             flagged = true;
         }
-        if j.done == k {
+        if at.reached(&j) {
             killer.fire();
-            break j.steps;
+            break (j.steps, j.current.unwrap_or_default());
         }
         std::thread::sleep(Duration::from_millis(1));
     };
@@ -66,19 +100,19 @@ fn try_kill_at_step(k: usize, case: &mut Case) -> Result<(), String> {
     if flagged {
         set_unhealthy(&green, false);
     }
-    case.saw(format!("killed in `{}`", steps[k]));
+    case.saw(format!("killed in `{current}`"));
 
-    // What the operator sees: the interrupted step, and no record of B yet.
+    // What the operator sees: the interrupted step (and phase), and no record of B yet.
     let st = status(&h.config_path);
-    assert_eq!(st["interrupted"], steps[k], "{st:#}");
+    assert_eq!(st["interrupted"], current.as_str(), "{st:#}");
+    assert!(current.starts_with(&steps[k]), "{current} is in {}", steps[k]);
     assert!(st["problems"].to_string().contains("was interrupted"), "{st:#}");
     assert_eq!(st["state"]["applied"]["commit"], a, "{st:#}");
     let hist = history(&h.config_path);
     assert_eq!(hist[0]["commit"], a, "no record of the interrupted commit: {hist:#?}");
     // Nothing lost: a valid edge serving blue (or green when killed after the switch).
-    let switch = steps.iter().position(|s| s.starts_with("switch edge")).expect("switch step");
-    let served = if k > switch { &h.releases[1].id } else { &h.releases[0].id };
-    if k == switch {
+    let served = if at.phase == Some("verify") { &h.releases[1].id } else { &h.releases[0].id };
+    if at.phase == Some("switch") {
         // Killed while installing: HAProxy runs either config, both valid and healthy.
         veza_testkit::haproxy::check_config(&h.haproxy.config_path()).expect("valid edge");
         let now = h.served_release().expect("the edge serves");
@@ -98,47 +132,56 @@ fn try_kill_at_step(k: usize, case: &mut Case) -> Result<(), String> {
     let r = apply_ok(&h);
     assert!(r.out.starts_with("no-change"), "{r}");
     case.saw(format!(
-        "status showed `interrupted: {}`; next apply converged; then no-change",
-        steps[k]
+        "status showed `interrupted: {current}`; next apply converged; then no-change"
     ));
     Ok(())
 }
 
-fn kill_at_step(k: usize) {
-    let mut case = Case::new(
-        &format!("kill -9 at apply step {k}"),
-        &format!(
-            "kill -9 of `apply` while step {k} of {PROMOTION_STEPS} runs (journal `done: {k}`)"
+fn kill_at(step: usize, phase: Option<&'static str>) {
+    let at = At { step, phase };
+    let (name, what) = match phase {
+        None => (
+            format!("kill -9 at apply step {step}"),
+            format!(
+                "kill -9 of `apply` while step {step} of {PROMOTION_STEPS} runs (journal `done: {step}`)"
+            ),
         ),
-    );
+        Some(p) => (
+            format!("kill -9 in the promotion's {p}"),
+            format!(
+                "kill -9 of `apply` in the {p} phase of the promotion (step {step} of {PROMOTION_STEPS}, journal `current: promote …: {p} …`)"
+            ),
+        ),
+    };
+    let mut case = Case::new(&name, &what);
     for attempt in 1..=3 {
-        match try_kill_at_step(k, &mut case) {
+        match try_kill_at(at, &mut case) {
             Ok(()) => return,
             Err(why) => case.saw(format!("attempt {attempt} missed the step ({why}); retried")),
         }
     }
-    panic!("could not catch step {k} in 3 attempts");
+    panic!("could not catch `{name}` in 3 attempts");
 }
 
 #[test]
 fn kill_9_at_apply_step_0() {
-    kill_at_step(0);
+    kill_at(0, None);
 }
 #[test]
 fn kill_9_at_apply_step_1() {
-    kill_at_step(1);
+    kill_at(1, None);
 }
 #[test]
-fn kill_9_at_apply_step_2() {
-    kill_at_step(2);
+fn kill_9_in_the_promotion_gate() {
+    kill_at(PROMOTE, Some("gate"));
 }
 #[test]
-fn kill_9_at_apply_step_3() {
-    kill_at_step(3);
+fn kill_9_in_the_promotion_switch() {
+    kill_at(PROMOTE, Some("switch"));
 }
 #[test]
-fn kill_9_at_apply_step_4() {
-    kill_at_step(4);
+fn kill_9_in_the_promotion_verify() {
+    kill_at(PROMOTE, Some("verify"));
 }
 
 #[test]

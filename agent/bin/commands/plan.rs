@@ -125,9 +125,7 @@ mod tests {
             steps: (0..steps).map(|_| step()).collect(),
             waiting: (0..waits).map(|_| waiting()).collect(),
             refusals: (0..refusals).map(|_| refusal()).collect(),
-            promotions: Vec::new(),
             drift: Vec::new(),
-            fallback_edge: None,
         };
         // (steps, waiting steps, refusals, suspended or report mode, exit code)
         let table = [

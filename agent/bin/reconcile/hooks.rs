@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use veza_host::apply::Hooks;
 use veza_model::config::HostConfig;
 use veza_plan::Step;
+use veza_plan::plan::Phase;
 use veza_source::accept::descends_from;
 use veza_source::fetch::{FetchOptions, Mirror};
 use veza_source::{AllowedSigners, Refusal, verify_commit};
@@ -102,6 +103,14 @@ impl Hooks for JournalHooks<'_> {
         self.journal.done = index;
         self.journal.current = Some(step.action.to_string());
         tracing::info!(step = index + 1, "{} ({})", step.action, step.reason);
+        if let Err(e) = self.store.write_journal(&self.journal) {
+            tracing::warn!("journal: {e}");
+        }
+    }
+    fn phase(&mut self, index: usize, step: &Step, phase: Phase, what: &str) {
+        self.journal.done = index;
+        self.journal.current = Some(format!("{}: {phase} {what}", step.action));
+        tracing::info!(step = index + 1, "{phase} {what}");
         if let Err(e) = self.store.write_journal(&self.journal) {
             tracing::warn!("journal: {e}");
         }

@@ -163,7 +163,11 @@ impl Agent {
 
     /// Plan options for this host.
     pub fn plan_options(&self) -> PlanOptions {
-        PlanOptions { edge_settings: crate::edge::settings(&self.config), ..PlanOptions::default() }
+        PlanOptions {
+            edge_settings: crate::edge::settings(&self.config),
+            images: self.config.incus.images.clone(),
+            ..PlanOptions::default()
+        }
     }
 
     /// Runs the plan through the drivers.
@@ -477,8 +481,8 @@ impl Agent {
                         commit: source.commit.clone(),
                         reason: reason.clone().unwrap_or_default(),
                         promotions: plan
-                            .promotions
-                            .iter()
+                            .promotions()
+                            .into_iter()
                             .map(|p| (p.env.clone(), p.app.clone()))
                             // A failed migration stops the deploy of its app.
                             .chain(plan.steps.get(report.steps_done).and_then(

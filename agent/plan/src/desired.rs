@@ -5,13 +5,13 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 use veza_model::Manifest;
-use veza_model::manifest::{Color, Device, DeviceType, InstanceType, ProxyBind};
+use veza_model::manifest::{Color, Device, DeviceType, InstanceType, ProxyBind, Release};
 use veza_model::units::{JobUnitSpec, UnitFile};
 use veza_model::{naming, template};
 
 use crate::live::{
-    Devices, MARK_APP, MARK_APP_SPEC, MARK_COLOR, MARK_ENV, MARK_HOST, MARK_IMAGE, MARK_KEYS,
-    MARK_MANAGED, MARK_PROTECT, UnitTarget,
+    Devices, InstanceKind, MARK_APP, MARK_APP_SPEC, MARK_COLOR, MARK_ENV, MARK_HOST, MARK_IMAGE,
+    MARK_KEYS, MARK_MANAGED, MARK_PROTECT, UnitTarget,
 };
 
 /// A profile the agent owns.
@@ -44,7 +44,7 @@ pub struct SlotSpec {
     /// Color.
     pub color: Color,
     /// Release (40 hex).
-    pub release: String,
+    pub release: Release,
     /// Artifact URL with the release substituted.
     pub artifact_url: String,
     /// Expected SHA-256 of the artifact.
@@ -102,7 +102,7 @@ pub struct DesiredInstance {
     /// Image reference as written (`alias` or `remote:alias`).
     pub image: String,
     /// Container or VM.
-    pub kind: &'static str,
+    pub kind: InstanceKind,
     /// Profiles.
     pub profiles: Vec<String>,
     /// Config the agent manages, marks included.
@@ -119,6 +119,10 @@ pub struct DesiredInstance {
     pub slot: Option<SlotSpec>,
     /// The app accepts rebuilding its serving slot in place (`in_place_updates`).
     pub in_place_updates: bool,
+    /// The devices its declared profiles give it (a local device equal to one of these,
+    /// by name and settings, changes nothing the instance runs).
+    #[serde(skip)]
+    pub profile_devices: Devices,
 }
 
 /// A job's units at their target.
@@ -313,7 +317,7 @@ pub fn desired(
                 DesiredInstance {
                     env: env.clone(),
                     image: inst.image.clone(),
-                    kind: kind_str(inst.kind),
+                    kind: kind_of(inst.kind),
                     profiles: inst.profiles.clone(),
                     config: with_marks(inst.config.clone(), &marks),
                     devices: devices(&inst.devices, pool),
@@ -322,6 +326,7 @@ pub fn desired(
                     detect_only: inst.detect_only,
                     slot: None,
                     in_place_updates: false,
+                    profile_devices: Devices::new(),
                 },
             );
         }
@@ -408,7 +413,7 @@ pub fn desired(
                     DesiredInstance {
                         env: env.clone(),
                         image: app.image.clone(),
-                        kind: "container",
+                        kind: InstanceKind::Container,
                         profiles: app.profiles.clone(),
                         config: with_marks(app.config.clone(), &marks),
                         devices: devs,
@@ -416,11 +421,12 @@ pub fn desired(
                         snapshots_keep: 0,
                         detect_only: false,
                         in_place_updates: app.in_place_updates,
+                        profile_devices: Devices::new(),
                         slot: Some(SlotSpec {
                             env: env.clone(),
                             app: app_name.clone(),
                             color: *color,
-                            release: release.to_string(),
+                            release: release.clone(),
                             artifact_url: app.artifact.url.replace("{release}", release.as_str()),
                             sha256,
                             install_dir: install_dir.clone(),
@@ -498,12 +504,19 @@ pub fn desired(
             });
         }
     }
+    for inst in d.instances.values_mut() {
+        for p in &inst.profiles {
+            if let Some(profile) = d.profiles.get(p) {
+                inst.profile_devices.extend(profile.devices.clone());
+            }
+        }
+    }
     Ok(d)
 }
 
-fn kind_str(k: InstanceType) -> &'static str {
+fn kind_of(k: InstanceType) -> InstanceKind {
     match k {
-        InstanceType::Container => "container",
-        InstanceType::VirtualMachine => "virtual-machine",
+        InstanceType::Container => InstanceKind::Container,
+        InstanceType::VirtualMachine => InstanceKind::VirtualMachine,
     }
 }

@@ -6,6 +6,7 @@ pub mod desired;
 pub mod edge;
 pub mod plan;
 pub mod simulate;
+pub mod slot;
 
 /// The live state the planner reads: one model, defined in `veza-model` and filled by the
 /// observers of `veza-host`.

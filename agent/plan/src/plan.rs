@@ -2,8 +2,10 @@
 //! its reason. Pure and deterministic: the same inputs give the same plan, byte for byte.
 //!
 //! Order: networks → profiles → protected data instances (snapshot first) → other
-//! instances → app slots (create, deploy) → health gates → edge switch → verification
-//! through the edge → jobs → prune. Anything the agent must not do (touch a foreign
+//! instances → app slots (create, migrate, deploy) → health gates of slots that keep
+//! their traffic → the edge: one [`Action::Promote`] (gates of the new colors → switch →
+//! verification through the edge → fallback) when a color changes, else an edge update
+//! and its verification → jobs → prune. Anything the agent must not do (touch a foreign
 //! resource, delete protected data, promote while a gating job fails) becomes a
 //! [`Refusal`], reported and never executed.
 
@@ -22,8 +24,7 @@ pub mod maintenance;
 mod types;
 
 use instance::{diff_reason, plan_instance};
-use types::short;
-pub use types::{Action, Plan, Promotion, Refusal, Step};
+pub use types::{Action, EdgeCheck, Gate, Phase, Plan, Promotion, Refusal, Step, Switch};
 
 /// What the planner needs besides desired and live state.
 #[derive(Debug, Clone, Default)]
@@ -36,6 +37,9 @@ pub struct PlanOptions {
     pub secrets: crate::desired::SecretDigests,
     /// `(env, app, release)` whose migration already ran: not run again.
     pub migrated: BTreeSet<(String, String, String)>,
+    /// The host's image mapping (`incus.images`): reference in the manifests → what
+    /// Incus is asked for when an instance is created.
+    pub images: BTreeMap<String, String>,
 }
 
 /// Why planning failed.
@@ -76,22 +80,27 @@ fn insert_migrations(
     let mut planned = BTreeSet::new();
     let mut out = Vec::with_capacity(steps.len());
     for step in steps.drain(..) {
-        if let Action::DeployRelease { instance, slot } = &step.action
+        if let Action::DeployRelease { instance, slot, .. } = &step.action
             && let Some(m) = &slot.migrate
         {
-            let key = (slot.env.clone(), slot.app.clone(), slot.release.clone());
+            let key = (slot.env.clone(), slot.app.clone(), slot.release.to_string());
             let ran_here = live
                 .instances
                 .get(instance)
                 .and_then(|l| l.release())
-                .is_some_and(|r| r == slot.release);
-            if !ran_here && !migrated.contains(&key) && planned.insert(key) {
+                .is_some_and(|r| r == slot.release.as_str());
+            let files = crate::slot::migration_files(slot);
+            if let Some(files) = files
+                && !ran_here
+                && !migrated.contains(&key)
+                && planned.insert(key)
+            {
                 let on = m.on.clone().unwrap_or_else(|| instance.clone());
                 out.push(Step {
-                    action: Action::Migrate { instance: on, slot: slot.clone() },
+                    action: Action::Migrate { instance: on, slot: slot.clone(), files },
                     reason: format!(
                         "release {} of {}/{} has not been migrated yet (once per release, before the new color gets traffic)",
-                        types::short(&slot.release),
+                        slot.release.short(),
                         slot.env,
                         slot.app
                     ),
@@ -110,7 +119,12 @@ pub fn plan(
     live: &LiveState,
     opts: &PlanOptions,
 ) -> Result<Plan, PlanError> {
-    let want = desired(manifests, &live.root_pool(), &opts.secrets)?;
+    let mut want = desired(manifests, &live.root_pool(), &opts.secrets)?;
+    for d in want.instances.values_mut() {
+        if let Some(mapped) = opts.images.get(&d.image) {
+            d.image.clone_from(mapped);
+        }
+    }
     let mut b = Builder { steps: Vec::new(), refusals: Vec::new() };
     let mut drift = Vec::new();
 
@@ -196,9 +210,10 @@ pub fn plan(
 
     // Promotions, health gates and the edge.
     let mut promotions = Vec::new();
+    let mut promoted_gates = Vec::new();
     let mut overrides: BTreeMap<String, BTreeMap<String, Color>> = BTreeMap::new();
     let mut fallback_overrides: BTreeMap<String, BTreeMap<String, Color>> = BTreeMap::new();
-    let mut verify = Vec::new();
+    let mut checks = Vec::new();
     let mut blocked_edge: Vec<String> = Vec::new();
     for m in manifests {
         let env = &m.metadata.name;
@@ -254,15 +269,9 @@ pub fn plan(
                     continue;
                 }
             }
-            b.step(
-                Action::HealthGate { instance: instance.clone(), slot: slot.clone() },
-                if changes_color {
-                    format!("{target} must be healthy before traffic moves to it")
-                } else {
-                    format!("the active slot was redeployed with release {}", short(&slot.release))
-                },
-            );
+            let gate = Gate { instance: instance.clone(), slot: slot.clone() };
             if changes_color {
+                promoted_gates.push(gate);
                 promotions.push(Promotion {
                     env: env.clone(),
                     app: app_name.clone(),
@@ -276,6 +285,11 @@ pub fn plan(
                         .or_default()
                         .insert(app_name.clone(), prev);
                 }
+            } else {
+                b.step(
+                    Action::HealthGate(gate),
+                    format!("the active slot was redeployed with release {}", slot.release.short()),
+                );
             }
             if let Some(edge) = &m.edge {
                 let path = edge
@@ -287,25 +301,21 @@ pub fn plan(
                 let listen =
                     edge.listen.as_ref().map_or("0.0.0.0:80".to_string(), |l| l.http.clone());
                 if let Some(host) = edge.hosts.first() {
-                    verify.push(Step {
-                        action: Action::VerifyEdge {
-                            env: env.clone(),
-                            app: app_name.clone(),
-                            color: target,
-                            release: slot.release.clone(),
-                            host: host.clone(),
-                            path,
-                            listen,
-                        },
-                        reason: "the switch is confirmed through the edge itself".to_string(),
+                    checks.push(EdgeCheck {
+                        env: env.clone(),
+                        app: app_name.clone(),
+                        color: target,
+                        release: slot.release.clone(),
+                        host: host.clone(),
+                        path,
+                        listen,
                     });
                 }
             }
         }
     }
 
-    let mut fallback_edge = None;
-    if !blocked_edge.is_empty() {
+    let install = if !blocked_edge.is_empty() {
         b.refuse(
             "edge",
             format!(
@@ -313,46 +323,71 @@ pub fn plan(
                 blocked_edge.join(", ")
             ),
         );
+        None
     } else if let Some(runs_in) = &want.edge_runs_in {
         let config = render_for(manifests, &overrides, &opts.edge_settings)?;
-        if live.edge_config() != Some(config.as_str()) {
-            let switch = !promotions.is_empty();
-            b.step(
-                Action::InstallEdge { runs_in: runs_in.clone(), config, switch },
-                if switch {
-                    let list: Vec<String> = promotions
-                        .iter()
-                        .map(|p| format!("{}/{} -> {}", p.env, p.app, p.to))
-                        .collect();
-                    format!("promotion: {}", list.join(", "))
-                } else if live.edge_config().is_none() {
-                    "the edge has no config yet".to_string()
-                } else {
-                    "the rendered edge config differs from the live one".to_string()
-                },
-            );
-            if !fallback_overrides.is_empty() {
+        (live.edge_config() != Some(config.as_str())).then(|| (runs_in.clone(), config))
+    } else {
+        None
+    };
+    match install {
+        Some((runs_in, config)) if !promotions.is_empty() => {
+            let fallback = if fallback_overrides.is_empty() {
+                None
+            } else {
                 let mut merged = overrides.clone();
                 for (env, apps) in fallback_overrides {
                     merged.entry(env).or_default().extend(apps);
                 }
-                fallback_edge = Some(render_for(manifests, &merged, &opts.edge_settings)?);
+                Some(render_for(manifests, &merged, &opts.edge_settings)?)
+            };
+            let reason = if promotions.iter().all(|p| p.from.is_none()) {
+                "these slots get their first traffic, once healthy".to_string()
+            } else {
+                "the manifests change the active color: traffic moves only to healthy slots, and back when the edge does not serve them".to_string()
+            };
+            b.step(
+                Action::Promote(Switch {
+                    promotions,
+                    gates: promoted_gates,
+                    runs_in,
+                    config,
+                    checks,
+                    fallback,
+                }),
+                reason,
+            );
+        }
+        Some((runs_in, config)) => {
+            let reason = if live.edge_config().is_none() {
+                "the edge has no config yet"
+            } else {
+                "the rendered edge config differs from the live one"
+            };
+            b.step(Action::InstallEdge { runs_in, config }, reason);
+            for check in checks {
+                b.step(
+                    Action::VerifyEdge(check),
+                    "the new config is confirmed through the edge itself",
+                );
             }
-            b.steps.extend(verify);
+        }
+        None => {
+            // Traffic cannot move: the new colors are only checked for health.
+            for gate in promoted_gates {
+                let reason = format!(
+                    "{} {}/{} must be healthy (the edge is not changed by this plan)",
+                    gate.slot.color, gate.slot.env, gate.slot.app
+                );
+                b.step(Action::HealthGate(gate), reason);
+            }
         }
     }
 
     plan_jobs(&want, live, &mut b);
     plan_prune(&want, live, &mut b);
 
-    Ok(Plan {
-        steps: b.steps,
-        refusals: b.refusals,
-        promotions,
-        drift,
-        fallback_edge,
-        waiting: Vec::new(),
-    })
+    Ok(Plan { steps: b.steps, refusals: b.refusals, drift, waiting: Vec::new() })
 }
 
 /// Renders the edge for all manifests, with per-env active-color overrides.

@@ -3,8 +3,7 @@
 //! the planning benchmark. Pure.
 
 use crate::live::{
-    InstanceKind, InstanceStatus, LiveEdge, LiveInstance, LiveNetwork, LiveProfile, LiveState,
-    MARK_RELEASE,
+    InstanceStatus, LiveEdge, LiveInstance, LiveNetwork, LiveProfile, LiveState, MARK_RELEASE,
 };
 use crate::plan::{Action, Plan};
 
@@ -42,7 +41,7 @@ pub fn applied(live: &LiveState, plan: &Plan) -> Result<LiveState, SimulateError
                     name.clone(),
                     LiveInstance {
                         name: name.clone(),
-                        kind: InstanceKind::parse(kind).unwrap_or_default(),
+                        kind: *kind,
                         status: InstanceStatus::Running,
                         config: config.clone(),
                         devices: devices.clone(),
@@ -68,14 +67,15 @@ pub fn applied(live: &LiveState, plan: &Plan) -> Result<LiveState, SimulateError
             Action::DeleteInstance { name } => {
                 l.instances.remove(name);
             }
-            Action::DeployRelease { instance, slot } => {
+            Action::DeployRelease { instance, slot, .. } => {
                 l.instances
                     .get_mut(instance)
                     .ok_or_else(|| missing(instance))?
                     .config
-                    .insert(MARK_RELEASE.to_string(), slot.release.clone());
+                    .insert(MARK_RELEASE.to_string(), slot.release.to_string());
             }
-            Action::InstallEdge { config, .. } => {
+            Action::InstallEdge { config, .. }
+            | Action::Promote(crate::plan::Switch { config, .. }) => {
                 l.edge = LiveEdge::from_config(config.clone());
             }
             Action::InstallUnits { target, files, .. } => {
@@ -101,8 +101,8 @@ pub fn applied(live: &LiveState, plan: &Plan) -> Result<LiveState, SimulateError
             }
             Action::Snapshot { .. }
             | Action::Migrate { .. }
-            | Action::HealthGate { .. }
-            | Action::VerifyEdge { .. } => {}
+            | Action::HealthGate(_)
+            | Action::VerifyEdge(_) => {}
         }
     }
     Ok(l)

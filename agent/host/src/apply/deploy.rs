@@ -6,6 +6,9 @@ use std::time::Duration;
 
 use veza_plan::desired::SlotSpec;
 use veza_plan::live::MARK_RELEASE;
+use veza_plan::slot::{
+    APP_ENV_FILE, APP_RUN_SCRIPT, MIGRATE_NO_DIR, MIGRATE_NO_ENV, MigrationFiles, SlotFiles,
+};
 
 use veza_model::template;
 use veza_secrets::SecretValues;
@@ -13,9 +16,7 @@ use veza_secrets::SecretValues;
 use super::Drivers;
 use crate::incus::{ExecRequest, FilePush, Incus, InstanceUpdate};
 
-pub(super) fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
-}
+pub(super) use veza_plan::slot::shell_quote;
 
 pub(super) async fn exec_ok<I: Incus + Sync>(
     incus: &I,
@@ -37,13 +38,6 @@ pub(super) async fn exec_ok<I: Incus + Sync>(
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Where the slot's app supervision lives inside the slot.
-pub const APP_RUN_SCRIPT: &str = "/etc/veza-app/run";
-
-/// The app's environment file inside the slot: root-owned, mode 0600, read by the run
-/// script (so by either supervisor), never passed on a command line.
-pub const APP_ENV_FILE: &str = "/etc/veza-app/env";
-
 /// Renders the slot's environment file, secrets decrypted in memory.
 fn env_file(d_secrets: &SecretValues, slot: &SlotSpec) -> Result<String, String> {
     template::render_env_file(&slot.environment, |name| d_secrets.get(&slot.env, name))
@@ -61,56 +55,6 @@ async fn push_private<I: Incus + Sync>(
     push.mode = 0o600;
     push.create_parents = true;
     crate::incus::push_file_verified(incus, instance, &push).await.map_err(|e| e.to_string())
-}
-
-/// The script that runs the app in the foreground, with its environment: what init
-/// (busybox `respawn`) or systemd (`veza-app.service`, `Restart=always`) supervises, so
-/// the app comes back after a crash and after the slot restarts.
-///
-/// `VEZA_LISTEN` is where the edge can reach the app: `127.0.0.1:<port>` when a proxy
-/// device carries it to the host's loopback, every IPv4 address of the slot otherwise
-/// (the edge connects over the bridge).
-pub fn app_run_script(slot: &SlotSpec) -> String {
-    let listen = if slot.loopback.is_some() { "127.0.0.1" } else { "0.0.0.0" };
-    let env = [
-        ("VEZA_RELEASE", slot.release.clone()),
-        ("VEZA_PORT", slot.port.to_string()),
-        ("VEZA_LISTEN", format!("{listen}:{}", slot.port)),
-        ("VEZA_ENV", slot.env.clone()),
-        ("VEZA_APP", slot.app.clone()),
-    ];
-    let mut out = String::from(
-        "#!/bin/sh\n# Written by veza-agent: runs this slot's app in the foreground under a \
-         supervisor\n# (init `respawn` or veza-app.service). Changed only by a deploy.\n",
-    );
-    out.push_str(&format!(
-        "# The app's environment (root only; it may hold secrets).\nset -a\n. {APP_ENV_FILE} || exit 1\nset +a\n"
-    ));
-    for (k, v) in env {
-        out.push_str(&format!("export {k}={}\n", shell_quote(&v)));
-    }
-    out.push_str(&format!(
-        "cd {} || exit 1\n\
-         echo \"$$ $(sed 's/.*) //' /proc/$$/stat | cut -d' ' -f20)\" > /run/veza-app.pid\n\
-         exec >>/var/log/veza-app.log 2>&1 </dev/null\nexec /bin/sh -c {}\n",
-        shell_quote(&slot.install_dir),
-        shell_quote(&slot.start)
-    ));
-    out
-}
-
-/// systemd unit for slots whose PID 1 is systemd.
-pub fn app_unit(slot: &SlotSpec) -> String {
-    format!(
-        "# Written by veza-agent: the {env}/{app} app ({color} slot).\n[Unit]\n\
-         Description=veza-agent app {env}/{app}\nAfter=network.target\n\
-         StartLimitIntervalSec=0\n\n[Service]\n\
-         ExecStart={APP_RUN_SCRIPT}\nRestart=always\nRestartSec=1\nKillMode=control-group\n\
-         TimeoutStopSec=10\n\n[Install]\nWantedBy=multi-user.target\n",
-        env = slot.env,
-        app = slot.app,
-        color = slot.color,
-    )
 }
 
 /// Puts the unpacked release (`DIR.new`) in place and (re)starts the app under the
@@ -207,9 +151,6 @@ where
     exec_ok(d.incus, instance, &unpack, BTreeMap::new()).await.map(|_| ())
 }
 
-/// Where a migration unpacks its release and keeps its environment while it runs.
-const MIGRATE_DIR: &str = "/var/lib/veza-migrate";
-
 /// How a migration did not succeed.
 pub(super) enum MigrationError {
     /// It could not be run (download, push, Incus, the scratch directory): an ordinary
@@ -219,46 +160,25 @@ pub(super) enum MigrationError {
     Failed(String),
 }
 
-/// Exit codes of the migration wrapper itself (not of the command).
-const WRAPPER_NO_DIR: i32 = 201;
-const WRAPPER_NO_ENV: i32 = 202;
-
 /// Runs the app's migration for `slot`'s release in `instance` (the slot itself or the
-/// declared tools instance): the release unpacked in a scratch directory (`{dir}` of the
-/// command), the app's environment from a root-only file removed as soon as it is read,
-/// the command run there with a time limit, the scratch directory removed on every exit.
+/// declared tools instance) with the wrapper the planner rendered: the release unpacked
+/// in its scratch directory, the app's environment in a root-only file the wrapper
+/// removes as soon as it read it, the command run with its time limit.
 pub(super) async fn run_migration<I, E, U, P, C>(
     d: &Drivers<'_, I, E, U, P, C>,
     instance: &str,
     slot: &SlotSpec,
+    files: &MigrationFiles,
 ) -> Result<(), MigrationError>
 where
     I: Incus + Sync,
 {
     let Some(m) = &slot.migrate else { return Ok(()) };
     let not_run = MigrationError::NotRun;
-    let scratch = format!("{MIGRATE_DIR}/{}-{}", slot.env, slot.app);
-    let release_dir = format!("{scratch}/release");
-    let dir = shell_quote(&release_dir);
-    let env_path = format!("{scratch}/env");
-    unpack_release(d, instance, slot, &dir).await.map_err(not_run)?;
+    unpack_release(d, instance, slot, &shell_quote(&files.release_dir)).await.map_err(not_run)?;
     let env = env_file(d.secrets, slot).map_err(not_run)?;
-    push_private(d.incus, instance, &env_path, env).await.map_err(not_run)?;
-    let command = m.command.replace("{dir}", &release_dir);
-    let secs = m.timeout_ms.div_ceil(1000).max(1);
-    let script = format!(
-        "trap 'rm -rf {scratch}' EXIT\ncd {dir} || exit {WRAPPER_NO_DIR}\nset -a\n. {env} || exit {WRAPPER_NO_ENV}\nset +a\nrm -f {env}\n\
-         export VEZA_RELEASE={release} VEZA_RELEASE_DIR={dir} VEZA_ENV={envname} VEZA_APP={app}\n\
-         if command -v timeout >/dev/null 2>&1; then timeout {secs} /bin/sh -c {cmd}; else /bin/sh -c {cmd}; fi\n\
-         rc=$?\n[ $rc -eq 124 ] && echo \"timed out after {secs}s\" >&2\nexit $rc\n",
-        env = shell_quote(&env_path),
-        release = shell_quote(&slot.release),
-        envname = shell_quote(&slot.env),
-        app = shell_quote(&slot.app),
-        cmd = shell_quote(&command),
-        scratch = shell_quote(&scratch),
-    );
-    let mut req = ExecRequest::sh(&script);
+    push_private(d.incus, instance, &files.env_file, env).await.map_err(not_run)?;
+    let mut req = ExecRequest::sh(&files.script);
     req.timeout = Duration::from_millis(m.timeout_ms) + Duration::from_secs(30);
     let out = d.incus.exec(instance, &req).await.map_err(|e| not_run(e.to_string()))?;
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -266,7 +186,7 @@ where
     let tail: Vec<&str> = tail.into_iter().rev().collect();
     match out.exit_code {
         0 => Ok(()),
-        WRAPPER_NO_DIR | WRAPPER_NO_ENV => Err(not_run(format!(
+        MIGRATE_NO_DIR | MIGRATE_NO_ENV => Err(not_run(format!(
             "the migration could not start in `{instance}`: {}",
             tail.join(" | ")
         ))),
@@ -312,6 +232,7 @@ pub(super) async fn deploy_release<I, E, U, P, C>(
     d: &Drivers<'_, I, E, U, P, C>,
     instance: &str,
     slot: &SlotSpec,
+    files: &SlotFiles,
 ) -> Result<(), String>
 where
     I: Incus + Sync,
@@ -319,11 +240,11 @@ where
     let dir = shell_quote(&slot.install_dir);
     unpack_release(d, instance, slot, &format!("{dir}.new")).await?;
     push_private(d.incus, instance, APP_ENV_FILE, env_file(d.secrets, slot)?).await?;
-    let mut run = FilePush::new(APP_RUN_SCRIPT, app_run_script(slot));
+    let mut run = FilePush::new(APP_RUN_SCRIPT, files.run_script.clone());
     run.mode = 0o755;
     run.create_parents = true;
     crate::incus::push_file_verified(d.incus, instance, &run).await.map_err(|e| e.to_string())?;
-    let script = swap_and_restart_script(&dir, &app_unit(slot));
+    let script = swap_and_restart_script(&dir, &files.unit);
     exec_ok(d.incus, instance, &script, BTreeMap::new()).await?;
     let live = d
         .incus
@@ -332,7 +253,7 @@ where
         .map_err(|e| e.to_string())?
         .ok_or_else(|| format!("instance `{instance}` disappeared"))?;
     let mut config = live.settable_config();
-    config.insert(MARK_RELEASE.to_string(), slot.release.clone());
+    config.insert(MARK_RELEASE.to_string(), slot.release.to_string());
     d.incus
         .update_instance(
             instance,
@@ -349,6 +270,10 @@ where
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
+    use veza_model::manifest::Release;
+
     use super::*;
 
     fn slot() -> SlotSpec {
@@ -356,11 +281,11 @@ mod tests {
             env: "prod".into(),
             app: "backend".into(),
             color: veza_model::manifest::Color::Green,
-            release: "2".repeat(40),
+            release: Release::try_from("2".repeat(40)).expect("a release"),
             artifact_url: "https://forge.example/backend.tar.gz".into(),
             sha256: "0".repeat(64),
-            install_dir: "/srv/it's".into(),
-            start: "./bin/server --port 8080 && echo done".into(),
+            install_dir: "/srv/app".into(),
+            start: "./bin/server".into(),
             port: 8080,
             health_path: "/health".into(),
             expect_status: 200,
@@ -374,39 +299,9 @@ mod tests {
     }
 
     #[test]
-    fn the_app_listens_where_the_edge_reaches_it() {
-        // (how the edge reaches the slot, VEZA_LISTEN)
-        let table = [
-            (None, "0.0.0.0:8080"), // over the bridge, by the slot's DNS name
-            (Some("127.0.0.1:18101".to_string()), "127.0.0.1:8080"), // a proxy device
-        ];
-        for (loopback, listen) in table {
-            let script = app_run_script(&SlotSpec { loopback: loopback.clone(), ..slot() });
-            let line = format!("\nexport VEZA_LISTEN='{listen}'\n");
-            assert!(script.contains(&line), "{loopback:?}: {script}");
-        }
-    }
-
-    #[test]
-    fn the_app_runs_in_the_foreground_with_its_environment_quoted() {
-        let script = app_run_script(&slot());
-        let want = format!(
-            "export VEZA_RELEASE='{r}'\nexport VEZA_PORT='8080'\nexport VEZA_LISTEN='0.0.0.0:8080'\n\
-             export VEZA_ENV='prod'\nexport VEZA_APP='backend'\ncd '/srv/it'\\''s' || exit 1\n\
-             echo \"$$ $(sed 's/.*) //' /proc/$$/stat | cut -d' ' -f20)\" > /run/veza-app.pid\n\
-             exec >>/var/log/veza-app.log 2>&1 </dev/null\n\
-             exec /bin/sh -c './bin/server --port 8080 && echo done'\n",
-            r = "2".repeat(40)
-        );
-        assert!(script.starts_with("#!/bin/sh\n"), "{script}");
-        assert!(script.ends_with(&want), "{script}");
-        let unit = app_unit(&slot());
-        for line in
-            ["ExecStart=/etc/veza-app/run\n", "Restart=always\n", "WantedBy=multi-user.target\n"]
-        {
-            assert!(unit.contains(line), "{line:?} missing in\n{unit}");
-        }
-        // The unit goes through a quoted here-document: its end marker must not occur in it.
+    fn the_unit_goes_into_the_restart_script_through_a_quoted_here_document() {
+        let unit = veza_plan::slot::slot_files(&slot()).unit;
+        // Its end marker must not occur in it.
         let restart = swap_and_restart_script("'/srv/app'", &unit);
         assert_eq!(restart.matches("VEZA_UNIT_END").count(), 2, "{restart}");
         assert!(
@@ -416,18 +311,11 @@ mod tests {
     }
 
     #[test]
-    fn quoting_survives_single_quotes() {
-        assert_eq!(shell_quote("a'b"), r"'a'\''b'");
-    }
-    #[test]
-    fn the_environment_comes_from_a_root_only_file_never_from_the_script() {
+    fn the_environment_file_holds_the_values_and_names_a_missing_secret() {
         let mut s = slot();
         s.environment.insert("DATABASE_URL".into(), "postgres://u:{secret:pw}@db/x".into());
         let mut values = SecretValues::default();
         values.insert("prod", "pw", veza_secrets::SecretValue::new("hunter2"));
-        let script = app_run_script(&s);
-        assert!(script.contains("set -a\n. /etc/veza-app/env || exit 1\nset +a\n"), "{script}");
-        assert!(!script.contains("hunter2") && !script.contains("DATABASE_URL"), "{script}");
         let file = env_file(&values, &s).expect("rendered");
         assert!(file.contains("DATABASE_URL=\"postgres://u:hunter2@db/x\"\n"), "{file}");
         let missing = env_file(&SecretValues::default(), &s).expect_err("no value");

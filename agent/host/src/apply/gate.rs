@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use veza_plan::desired::SlotSpec;
+use veza_plan::plan::EdgeCheck;
 
 use super::deploy::{exec_ok, shell_quote};
 use super::{Drivers, Hooks, StepError};
@@ -33,7 +34,7 @@ async fn probe<I: Incus, P: Probe>(
             ));
         }
         if let Some(rel) = r.headers.get("x-release")
-            && rel != &slot.release
+            && rel != slot.release.as_str()
         {
             return Err(format!("it reports release {rel}, not {}", slot.release));
         }
@@ -146,7 +147,7 @@ pub(super) async fn health_gate<I: Incus, E, U, P: Probe, C: Clock, H: Hooks>(
     Err(StepError::Unhealthy(format!(
         "{} slot `{instance}` (release {}) was not healthy after {:?} ({attempts} probes; last: {last})",
         slot.color,
-        &slot.release[..slot.release.len().min(10)],
+        slot.release.short(),
         d.gates.health_timeout
     )))
 }
@@ -155,15 +156,16 @@ pub(super) async fn health_gate<I: Incus, E, U, P: Probe, C: Clock, H: Hooks>(
 /// its release in `X-Release`, reach the expected release.
 pub(super) async fn verify_edge<P: Probe>(
     http: &P,
-    listen: &str,
-    host: &str,
-    path: &str,
-    release: &str,
+    check: &EdgeCheck,
     n: u32,
     timeout: Duration,
 ) -> Result<(), String> {
+    let release = check.release.as_str();
     for i in 0..n.max(1) {
-        let r = http.get(listen, host, path, timeout).await.map_err(|e| e.to_string())?;
+        let r = http
+            .get(&check.listen, &check.host, &check.path, timeout)
+            .await
+            .map_err(|e| e.to_string())?;
         if r.status >= 500 {
             return Err(format!("request {} through the edge answered {}", i + 1, r.status));
         }

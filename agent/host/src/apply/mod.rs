@@ -4,14 +4,15 @@
 //!   before each one, so a crash leaves a trace of where it stopped.
 //! - The first failing step stops the run and is reported with its action and the
 //!   driver's error (command, exit status, stderr).
-//! - Promotions are health-gated and self-reverting: a slot that never becomes healthy,
-//!   or not for [`GATE_STABLE_FOR`] in a row (a flapping slot), stops the run before
-//!   traffic moves; a verification through the edge that fails
-//!   after the switch installs the fallback edge (previous colors) — both end as
-//!   [`ApplyOutcome::RolledBack`], never as success. The failed slot stays running for
-//!   forensics.
-//! - A stop request is honoured between steps only, and never between an edge switch
-//!   and its verification.
+//! - A promotion is one step ([`Action::Promote`]), run as one unit: its gates, the
+//!   switch, its checks through the edge, and the fallback. A slot that never becomes
+//!   healthy, or not for [`GATE_STABLE_FOR`] in a row (a flapping slot), stops the run
+//!   before traffic moves; a check through the edge that fails after the switch installs
+//!   the fallback edge (previous colors) — both end as [`ApplyOutcome::RolledBack`], never
+//!   as success. The failed slot stays running for forensics. [`Hooks::phase`] tells
+//!   the journal which part of the promotion runs.
+//! - A stop request is honoured between steps, and between the gates of a promotion;
+//!   never once its switch began.
 //! - Before the first step that touches an instance, Incus operations still running on
 //!   the plan's instances (a killed run's create or start, which hold Incus's instance
 //!   lock) are waited for, up to [`Gates::operations_timeout`]: one `GET /1.0/operations`
@@ -27,12 +28,12 @@ use std::future::Future;
 use std::time::Duration;
 
 use veza_plan::live::UnitTarget;
+use veza_plan::plan::{Gate, Phase, Switch};
 use veza_plan::{Action, Plan, Step};
 
 use crate::artifact::ArtifactStore;
 use crate::clock::{Clock, SystemClock};
 use crate::http::{HttpProbe, Probe};
-use veza_model::live::InstanceKind;
 
 use crate::incus::{
     ImageSource, Incus, IncusError, InstanceSpec, InstanceUpdate, ProfileSpec, StateChange,
@@ -44,10 +45,10 @@ mod gate;
 #[cfg(test)]
 mod tests;
 
-pub use deploy::{APP_ENV_FILE, APP_RUN_SCRIPT, app_run_script, app_unit};
 use deploy::{MigrationError, deploy_release, redact, run_migration};
 pub use gate::{GATE_PROBE_EVERY, GATE_STABLE_FOR, GateRule};
 use gate::{health_gate, verify_edge};
+pub use veza_plan::slot::{APP_ENV_FILE, APP_RUN_SCRIPT};
 
 /// The edge as the apply engine needs it (`Sync`, as every driver: the engine shares its
 /// drivers across awaits).
@@ -63,6 +64,11 @@ pub trait Edge: Sync {
 pub trait Hooks {
     /// Called before step `index` runs (write the journal here).
     fn before_step(&mut self, index: usize, step: &Step);
+    /// Called when promotion step `index` enters `phase` (on `what`: the gated instance,
+    /// or where the edge runs), so the journal tells how far it got.
+    fn phase(&mut self, index: usize, step: &Step, phase: Phase, what: &str) {
+        let _ = (index, step, phase, what);
+    }
     /// Whether a stop was requested (checked between steps).
     fn stop_requested(&self) -> bool;
     /// Whether a newer commit arrived (checked while waiting for health).
@@ -148,10 +154,21 @@ pub struct ApplyReport {
 
 enum StepError {
     Failed(String),
+    /// A step failed while doing something the outcome names instead of the step (the
+    /// rollback of a promotion).
+    FailedAt {
+        step: String,
+        error: String,
+    },
     /// A migration failed: the deploy stops before traffic moves.
     Migration(String),
+    /// A slot did not pass its gate (the caller says where traffic is).
     Unhealthy(String),
+    /// A gate or a check failed; the reason says where traffic is.
+    RolledBack(String),
     Preempted,
+    /// A stop was requested during a promotion, before its switch.
+    Stopped,
 }
 
 /// Runs `plan`.
@@ -162,68 +179,63 @@ pub async fn apply<I: Incus, E: Edge, U: Units, P: Probe, C: Clock, H: Hooks>(
 ) -> ApplyReport {
     let mut timings = Vec::new();
     let mut migrated = Vec::new();
-    let mut previous_edge: Option<String> = None;
-    let mut switched = false;
     let touched: BTreeSet<&str> =
-        plan.steps.iter().filter_map(|s| touched_instance(&s.action)).collect();
+        plan.steps.iter().flat_map(|s| touched_instances(&s.action)).collect();
     let mut settled = touched.is_empty();
     for (i, step) in plan.steps.iter().enumerate() {
-        let in_edge_switch = switched && step.action.is_edge();
-        if hooks.stop_requested() && !in_edge_switch {
-            return ApplyReport {
-                outcome: ApplyOutcome::Interrupted { before: step.action.to_string() },
-                steps_done: i,
-                timings,
-                migrated,
-            };
+        let end = |outcome| ApplyReport {
+            outcome,
+            steps_done: i,
+            timings: timings.clone(),
+            migrated: migrated.clone(),
+        };
+        if hooks.stop_requested() {
+            return end(ApplyOutcome::Interrupted { before: step.action.to_string() });
         }
         hooks.before_step(i, step);
         let started = d.clock.now();
-        if !settled && touched_instance(&step.action).is_some() {
+        if !settled && !touched_instances(&step.action).is_empty() {
             // Once per run, before the first step that touches an instance: what a killed
             // run left running there (a create, a start) holds Incus's instance lock.
             settled = true;
             let names: Vec<String> = touched.iter().map(|n| (*n).to_string()).collect();
             if let Err(e) = d.incus.wait_for_operations(&names, d.gates.operations_timeout).await {
-                return ApplyReport {
-                    outcome: ApplyOutcome::Failed {
-                        step: step.action.to_string(),
-                        error: e.to_string(),
-                    },
-                    steps_done: i,
-                    timings,
-                    migrated,
-                };
+                return end(ApplyOutcome::Failed {
+                    step: step.action.to_string(),
+                    error: e.to_string(),
+                });
             }
         }
         let result = match &step.action {
-            Action::InstallEdge { config, switch, .. } => {
-                if previous_edge.is_none() {
-                    previous_edge = d.edge.live_config().await.ok().flatten();
-                }
-                let r = d.edge.install(config).await.map_err(StepError::Failed);
-                if r.is_ok() && *switch {
-                    switched = true;
-                }
-                r
+            Action::Promote(switch) => promote(i, step, switch, d, hooks).await,
+            Action::VerifyEdge(check) => {
+                verify_edge(d.probe, check, d.gates.verify_requests, d.gates.probe_timeout)
+                    .await
+                    .map_err(|why| {
+                        StepError::RolledBack(format!(
+                            "{}/{} on {}: {why}; the edge config was updated without moving \
+                             traffic between colors, so there is no other color to go back to",
+                            check.env, check.app, check.color
+                        ))
+                    })
             }
-            Action::VerifyEdge { env, app, release, host, path, listen, color } => verify_edge(
-                d.probe,
-                listen,
-                host,
-                path,
-                release,
-                d.gates.verify_requests,
-                d.gates.probe_timeout,
-            )
-            .await
-            .map_err(|why| StepError::Unhealthy(format!("{env}/{app} on {color}: {why}"))),
-            other => run_step(other, d, hooks).await,
+            Action::HealthGate(gate) => {
+                health_gate(d, &gate.instance, &gate.slot, hooks).await.map_err(|e| match e {
+                    // The gate is on a slot that keeps its traffic (no color change): it was
+                    // rebuilt in place (`in_place_updates`) or started again. Say what is
+                    // true: it still gets the traffic.
+                    StepError::Unhealthy(why) => {
+                        StepError::RolledBack(format!("{why}; {}", still_serving(plan, gate)))
+                    }
+                    other => other,
+                })
+            }
+            other => run_step(other, d).await,
         };
         match result {
             Ok(()) => {
                 if let Action::Migrate { slot, .. } = &step.action {
-                    migrated.push((slot.env.clone(), slot.app.clone(), slot.release.clone()));
+                    migrated.push((slot.env.clone(), slot.app.clone(), slot.release.to_string()));
                 }
                 timings.push((
                     step.action.to_string(),
@@ -233,116 +245,138 @@ pub async fn apply<I: Incus, E: Edge, U: Units, P: Probe, C: Clock, H: Hooks>(
             Err(StepError::Migration(why)) => {
                 // Nothing moved yet: the new release was not started, the serving color
                 // still serves. Ends like a failed gate (the commit is quarantined).
-                return ApplyReport {
-                    outcome: ApplyOutcome::RolledBack {
-                        reason: format!("{why}; traffic was not moved"),
-                    },
-                    steps_done: i,
-                    timings,
-                    migrated,
-                };
+                return end(ApplyOutcome::RolledBack {
+                    reason: format!("{why}; traffic was not moved"),
+                });
             }
             Err(StepError::Failed(error)) => {
-                return ApplyReport {
-                    outcome: ApplyOutcome::Failed { step: step.action.to_string(), error },
-                    steps_done: i,
-                    timings,
-                    migrated,
-                };
+                return end(ApplyOutcome::Failed { step: step.action.to_string(), error });
+            }
+            Err(StepError::FailedAt { step, error }) => {
+                return end(ApplyOutcome::Failed { step, error });
             }
             Err(StepError::Preempted) => {
-                return ApplyReport {
-                    outcome: ApplyOutcome::Preempted { during: step.action.to_string() },
-                    steps_done: i,
-                    timings,
-                    migrated,
-                };
+                return end(ApplyOutcome::Preempted { during: step.action.to_string() });
             }
-            Err(StepError::Unhealthy(why)) => {
-                let mut reason = why;
-                if switched {
-                    let back = plan.fallback_edge.clone().or(previous_edge.clone());
-                    match back {
-                        Some(cfg) => match d.edge.install(&cfg).await {
-                            Ok(()) => reason.push_str("; traffic went back to the previous color"),
-                            Err(e) => {
-                                return ApplyReport {
-                                    outcome: ApplyOutcome::Failed {
-                                        step: "roll back the edge".to_string(),
-                                        error: format!(
-                                            "{reason}; and restoring the previous edge failed: {e}"
-                                        ),
-                                    },
-                                    steps_done: i,
-                                    timings,
-                                    migrated,
-                                };
-                            }
-                        },
-                        None => reason.push_str("; there was no previous edge to go back to"),
-                    }
-                } else if let Action::HealthGate { instance, slot } = &step.action
-                    && !plan.promotions.iter().any(|p| p.env == slot.env && p.app == slot.app)
-                {
-                    // No promotion: the gate is on the serving slot itself, rebuilt in
-                    // place (`in_place_updates`) or started again. Say what is true: it
-                    // still gets the traffic.
-                    let rebuilt = plan.steps.iter().any(|s| {
-                        matches!(&s.action, Action::DeleteInstance { name } if name == instance)
-                    });
-                    let what = if rebuilt {
-                        "was rebuilt in place (in_place_updates: true)"
-                    } else {
-                        "was started again"
-                    };
-                    reason.push_str(&format!(
-                        "; {instance} {what} and still receives {}/{}'s traffic; fix the release or promote the other color",
-                        slot.env, slot.app
-                    ));
-                } else {
-                    reason.push_str("; traffic was not moved");
-                }
-                return ApplyReport {
-                    outcome: ApplyOutcome::RolledBack { reason },
-                    steps_done: i,
-                    timings,
-                    migrated,
-                };
+            Err(StepError::Stopped) => {
+                return end(ApplyOutcome::Interrupted { before: step.action.to_string() });
+            }
+            Err(StepError::Unhealthy(reason) | StepError::RolledBack(reason)) => {
+                return end(ApplyOutcome::RolledBack { reason });
             }
         }
     }
     ApplyReport { outcome: ApplyOutcome::Applied, steps_done: plan.steps.len(), timings, migrated }
 }
 
-/// The instance a step changes or runs something in, if any.
-fn touched_instance(action: &Action) -> Option<&str> {
+/// What is true of a slot that keeps its traffic when its gate fails.
+fn still_serving(plan: &Plan, gate: &Gate) -> String {
+    let Gate { instance, slot } = gate;
+    let rebuilt = plan
+        .steps
+        .iter()
+        .any(|s| matches!(&s.action, Action::DeleteInstance { name } if name == instance));
+    let what =
+        if rebuilt { "was rebuilt in place (in_place_updates: true)" } else { "was started again" };
+    format!(
+        "{instance} {what} and still receives {}/{}'s traffic; fix the release or promote the other color",
+        slot.env, slot.app
+    )
+}
+
+/// A promotion, as one unit: every gate, then the switch, then every check through the
+/// edge; a failed check puts the fallback (or the config live before) back. A stop
+/// request is honoured between gates, never once the switch began.
+async fn promote<I: Incus, E: Edge, U: Units, P: Probe, C: Clock, H: Hooks>(
+    index: usize,
+    step: &Step,
+    switch: &Switch,
+    d: &Drivers<'_, I, E, U, P, C>,
+    hooks: &mut H,
+) -> Result<(), StepError> {
+    for gate in &switch.gates {
+        if hooks.stop_requested() {
+            return Err(StepError::Stopped);
+        }
+        hooks.phase(index, step, Phase::Gate, &gate.instance);
+        health_gate(d, &gate.instance, &gate.slot, hooks).await.map_err(|e| match e {
+            StepError::Unhealthy(why) => {
+                StepError::RolledBack(format!("{why}; traffic was not moved"))
+            }
+            other => other,
+        })?;
+    }
+    if !switch.gates.is_empty() && hooks.stop_requested() {
+        return Err(StepError::Stopped);
+    }
+    let before = match &switch.fallback {
+        Some(_) => None,
+        None => d.edge.live_config().await.ok().flatten(),
+    };
+    hooks.phase(index, step, Phase::Switch, &switch.runs_in);
+    d.edge.install(&switch.config).await.map_err(StepError::Failed)?;
+    hooks.phase(index, step, Phase::Verify, &switch.runs_in);
+    for check in &switch.checks {
+        let Err(why) =
+            verify_edge(d.probe, check, d.gates.verify_requests, d.gates.probe_timeout).await
+        else {
+            continue;
+        };
+        let reason = format!("{}/{} on {}: {why}", check.env, check.app, check.color);
+        hooks.phase(index, step, Phase::Fallback, &switch.runs_in);
+        let Some(back) = switch.fallback.as_ref().or(before.as_ref()) else {
+            return Err(StepError::RolledBack(format!(
+                "{reason}; there was no previous edge to go back to"
+            )));
+        };
+        return match d.edge.install(back).await {
+            Ok(()) => Err(StepError::RolledBack(format!(
+                "{reason}; traffic went back to the previous color"
+            ))),
+            Err(e) => Err(StepError::FailedAt {
+                step: "roll back the edge".to_string(),
+                error: format!("{reason}; and restoring the previous edge failed: {e}"),
+            }),
+        };
+    }
+    Ok(())
+}
+
+/// The instances a step changes or runs something in.
+fn touched_instances(action: &Action) -> Vec<&str> {
     match action {
         Action::Snapshot { instance, .. }
         | Action::DeployRelease { instance, .. }
-        | Action::Migrate { instance, .. }
-        | Action::HealthGate { instance, .. } => Some(instance),
+        | Action::Migrate { instance, .. } => vec![instance],
+        Action::HealthGate(gate) => vec![&gate.instance],
         Action::CreateInstance { name, .. }
         | Action::UpdateInstance { name, .. }
         | Action::StartInstance { name }
-        | Action::DeleteInstance { name } => Some(name),
+        | Action::DeleteInstance { name } => vec![name],
         Action::InstallUnits { target: UnitTarget::Instance(name), .. }
-        | Action::RemoveUnits { target: UnitTarget::Instance(name), .. } => Some(name),
-        Action::InstallEdge { runs_in, .. } if runs_in != "host" => Some(runs_in),
+        | Action::RemoveUnits { target: UnitTarget::Instance(name), .. } => vec![name],
+        Action::InstallEdge { runs_in, .. } if runs_in != "host" => vec![runs_in],
+        Action::Promote(switch) => {
+            let mut names: Vec<&str> = switch.gates.iter().map(|g| g.instance.as_str()).collect();
+            if switch.runs_in != "host" {
+                names.push(&switch.runs_in);
+            }
+            names
+        }
         Action::InstallUnits { .. }
         | Action::RemoveUnits { .. }
         | Action::InstallEdge { .. }
-        | Action::VerifyEdge { .. }
+        | Action::VerifyEdge(_)
         | Action::CreateNetwork { .. }
         | Action::CreateProfile { .. }
         | Action::UpdateProfile { .. }
-        | Action::DeleteProfile { .. } => None,
+        | Action::DeleteProfile { .. } => vec![],
     }
 }
 
-async fn run_step<I: Incus, E: Edge, U: Units, P: Probe, C: Clock, H: Hooks>(
+async fn run_step<I: Incus, E: Edge, U: Units, P: Probe, C: Clock>(
     action: &Action,
     d: &Drivers<'_, I, E, U, P, C>,
-    hooks: &H,
 ) -> Result<(), StepError> {
     let fail = |e: &dyn std::fmt::Display| StepError::Failed(e.to_string());
     match action {
@@ -380,14 +414,9 @@ async fn run_step<I: Incus, E: Edge, U: Units, P: Probe, C: Clock, H: Hooks>(
         }
         Action::CreateInstance { name, image, kind, profiles, config, devices } => {
             let source = image_source(image).map_err(StepError::Failed)?;
-            let kind = if kind == "virtual-machine" {
-                InstanceKind::VirtualMachine
-            } else {
-                InstanceKind::Container
-            };
             let spec = InstanceSpec {
                 name: name.clone(),
-                kind,
+                kind: *kind,
                 source,
                 config: config.clone(),
                 devices: devices.clone(),
@@ -444,17 +473,17 @@ async fn run_step<I: Incus, E: Edge, U: Units, P: Probe, C: Clock, H: Hooks>(
         Action::DeleteInstance { name } => {
             d.incus.delete_instance(name).await.map_err(|e| fail(&e))
         }
-        Action::DeployRelease { instance, slot } => deploy_release(d, instance, slot)
+        Action::DeployRelease { instance, slot, files } => deploy_release(d, instance, slot, files)
             .await
             .map_err(|e| StepError::Failed(redact(&e, d.secrets, slot))),
-        Action::Migrate { instance, slot } => {
+        Action::Migrate { instance, slot, files } => {
             let what = format!(
                 "the migration of {}/{} for release {}",
                 slot.env,
                 slot.app,
-                &slot.release[..slot.release.len().min(10)]
+                slot.release.short()
             );
-            run_migration(d, instance, slot).await.map_err(|e| match e {
+            run_migration(d, instance, slot, files).await.map_err(|e| match e {
                 MigrationError::NotRun(e) => {
                     StepError::Failed(redact(&format!("{what} did not run: {e}"), d.secrets, slot))
                 }
@@ -463,7 +492,6 @@ async fn run_step<I: Incus, E: Edge, U: Units, P: Probe, C: Clock, H: Hooks>(
                 }
             })
         }
-        Action::HealthGate { instance, slot } => health_gate(d, instance, slot, hooks).await,
         Action::InstallUnits { target, files, timers, environments } => {
             let mut private = Vec::new();
             for e in environments {
@@ -486,7 +514,11 @@ async fn run_step<I: Incus, E: Edge, U: Units, P: Probe, C: Clock, H: Hooks>(
         Action::RemoveUnits { target, names } => {
             d.units.remove(target, names).await.map_err(|e| fail(&e))
         }
-        Action::InstallEdge { .. } | Action::VerifyEdge { .. } => Ok(()),
+        Action::InstallEdge { config, .. } => {
+            d.edge.install(config).await.map_err(StepError::Failed)
+        }
+        // Run by `apply` itself (they need the hooks or decide the outcome).
+        Action::HealthGate(_) | Action::VerifyEdge(_) | Action::Promote(_) => Ok(()),
     }
 }
 
@@ -512,8 +544,27 @@ async fn adopt_created<I: Incus>(incus: &I, spec: &InstanceSpec) -> Result<(), S
     Ok(())
 }
 
-/// `images:debian/13` → the public simplestreams server; a bare name → a local alias.
+/// `images:debian/13` → the public simplestreams server; a bare name or `local:NAME` → a
+/// local alias; `https://SERVER/PATH:ALIAS` → a simplestreams mirror (the host's
+/// `incus.images` mapping writes these).
 pub fn image_source(image: &str) -> Result<ImageSource, String> {
+    if let Some(rest) = image.strip_prefix("https://") {
+        // The alias follows the last `:` (a port is digits: an alias never starts with one).
+        return match rest.rsplit_once(':') {
+            Some((server, alias))
+                if !server.is_empty()
+                    && alias.chars().next().is_some_and(|c| !c.is_ascii_digit()) =>
+            {
+                Ok(ImageSource::Simplestreams {
+                    server: format!("https://{server}"),
+                    alias: alias.to_string(),
+                })
+            }
+            _ => Err(format!(
+                "image source `{image}`: a mirror is written `https://SERVER/PATH:ALIAS`"
+            )),
+        };
+    }
     match image.split_once(':') {
         None => Ok(ImageSource::local(image)),
         Some(("images", alias)) => Ok(ImageSource::Simplestreams {
@@ -522,7 +573,7 @@ pub fn image_source(image: &str) -> Result<ImageSource, String> {
         }),
         Some(("local", alias)) => Ok(ImageSource::local(alias)),
         Some((remote, _)) => Err(format!(
-            "unknown image remote `{remote}` in `{image}`: use a local alias, `local:ALIAS` or `images:ALIAS`"
+            "unknown image remote `{remote}` in `{image}`: use a local alias, `local:ALIAS`, `images:ALIAS`, or map it in the host configuration (`incus.images`)"
         )),
     }
 }

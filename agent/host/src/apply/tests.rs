@@ -7,9 +7,10 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use veza_model::manifest::Color;
+use veza_model::manifest::{Color, Release};
 use veza_plan::desired::SlotSpec;
-use veza_plan::plan::Promotion;
+use veza_plan::plan::{EdgeCheck, Gate, Phase, Promotion, Switch};
+use veza_plan::slot::{migration_files, slot_files};
 use veza_plan::{Action, Plan, Step};
 
 use super::*;
@@ -83,13 +84,16 @@ impl World {
     }
 }
 
-/// Hooks that record the steps started and request a stop or report a newer commit when
-/// told to.
+/// Hooks that record the steps started and the phases of promotions, and request a stop
+/// or report a newer commit when told to.
 #[derive(Default)]
 struct Script {
     /// Steps started (`before_step`), by index.
     started: Vec<usize>,
-    /// A stop is requested once this many steps have started.
+    /// Phases entered (`phase`): step index, phase, on what.
+    phases: Vec<(usize, Phase, String)>,
+    /// A stop is requested once this many events (steps started and phases entered)
+    /// happened.
     stop_after: Option<usize>,
     /// A newer commit is there from this look on (counting from 1).
     newer_commit_at: Option<u32>,
@@ -100,8 +104,11 @@ impl Hooks for Script {
     fn before_step(&mut self, index: usize, _: &Step) {
         self.started.push(index);
     }
+    fn phase(&mut self, index: usize, _: &Step, phase: Phase, what: &str) {
+        self.phases.push((index, phase, what.to_string()));
+    }
     fn stop_requested(&self) -> bool {
-        self.stop_after.is_some_and(|n| self.started.len() >= n)
+        self.stop_after.is_some_and(|n| self.started.len() + self.phases.len() >= n)
     }
     fn preempted(&self) -> bool {
         self.looks.set(self.looks.get() + 1);
@@ -116,12 +123,12 @@ const GREEN: &str = "127.0.0.1:18081";
 /// Where the edge listens.
 const LISTEN: &str = "127.0.0.1:18080";
 
-fn release(n: char) -> String {
-    n.to_string().repeat(40)
+fn release(n: char) -> Release {
+    Release::try_from(n.to_string().repeat(40)).expect("a release")
 }
 
 fn ok(n: char) -> Answer {
-    Answer::Release(200, release(n))
+    Answer::Release(200, release(n).to_string())
 }
 
 /// The `color` slot of prod/web with release 2, probed on `GREEN` (rise 2).
@@ -147,23 +154,44 @@ fn slot(color: Color) -> SlotSpec {
     }
 }
 
-fn gate(instance: &str, color: Color) -> Action {
-    Action::HealthGate { instance: instance.into(), slot: slot(color) }
+fn gate(instance: &str, color: Color) -> Gate {
+    Gate { instance: instance.into(), slot: slot(color) }
 }
 
-fn switch() -> Action {
-    Action::InstallEdge { runs_in: "host".into(), config: EDGE_GREEN.into(), switch: true }
+/// prod/web from blue to green as one step: gate → switch → verify, blue's edge as the
+/// fallback.
+fn promote() -> Action {
+    Action::Promote(Switch {
+        promotions: vec![Promotion {
+            env: "prod".into(),
+            app: "web".into(),
+            from: Some(Color::Blue),
+            to: Color::Green,
+            release: release('2'),
+        }],
+        gates: vec![gate("web-green", Color::Green)],
+        runs_in: "host".into(),
+        config: EDGE_GREEN.into(),
+        checks: vec![EdgeCheck {
+            env: "prod".into(),
+            app: "web".into(),
+            color: Color::Green,
+            release: release('2'),
+            host: "web.example".into(),
+            path: "/".into(),
+            listen: LISTEN.into(),
+        }],
+        fallback: Some(EDGE_BLUE.into()),
+    })
 }
 
-fn verify() -> Action {
-    Action::VerifyEdge {
-        env: "prod".into(),
-        app: "web".into(),
-        color: Color::Green,
-        release: release('2'),
-        host: "web.example".into(),
-        path: "/".into(),
-        listen: LISTEN.into(),
+const PROMOTE: &str = "promote prod/web: blue -> green (2222222222) through haproxy on host";
+
+/// The promotion step of `plan` (the first step).
+fn switch_of(plan: &mut Plan) -> &mut Switch {
+    match &mut plan.steps[0].action {
+        Action::Promote(s) => s,
+        other => panic!("not a promotion: {other}"),
     }
 }
 
@@ -176,20 +204,9 @@ fn job_units() -> Action {
     }
 }
 
-/// prod/web from blue to green: gate → switch → verify, then `after`; blue's edge as the
-/// fallback.
+/// The promotion of prod/web to green, then `after`.
 fn promotion(after: Vec<Action>) -> Plan {
-    let mut plan =
-        plan_of([vec![gate("web-green", Color::Green), switch(), verify()], after].concat());
-    plan.promotions.push(Promotion {
-        env: "prod".into(),
-        app: "web".into(),
-        from: Some(Color::Blue),
-        to: Color::Green,
-        release: release('2'),
-    });
-    plan.fallback_edge = Some(EDGE_BLUE.into());
-    plan
+    plan_of([vec![promote()], after].concat())
 }
 
 fn completed(report: &ApplyReport) -> Vec<&str> {
@@ -206,16 +223,18 @@ fn a_promotion_gates_switches_and_verifies() {
     let mut hooks = Script::default();
     let report = w.run(&promotion(Vec::new()), &mut hooks);
     assert_eq!(report.outcome, ApplyOutcome::Applied, "{report:?}");
-    assert_eq!(report.steps_done, 3);
-    assert_eq!(hooks.started, [0, 1, 2], "the journal saw every step");
+    assert_eq!(report.steps_done, 1);
+    assert_eq!(hooks.started, [0], "the journal saw the step");
     assert_eq!(
-        completed(&report),
+        hooks.phases,
         [
-            "wait for web-green to be healthy (/health 200)",
-            "switch edge config (haproxy on host)",
-            "verify prod/web serves green 2222222222 through the edge (Host: web.example)",
-        ]
+            (0, Phase::Gate, "web-green".to_string()),
+            (0, Phase::Switch, "host".to_string()),
+            (0, Phase::Verify, "host".to_string()),
+        ],
+        "and each phase of it, in order"
     );
+    assert_eq!(completed(&report), [PROMOTE]);
     // rise 2 over at least 1 s, probes 200 ms apart: 6 probes, the last one at 1 s.
     assert_eq!(w.probe.requests_to(GREEN), 6, "{:?}", w.probe.requests());
     assert_eq!(w.clock.elapsed(), Duration::from_secs(1));
@@ -314,7 +333,7 @@ fn a_failed_verification_puts_the_previous_edge_back_and_says_why() {
             ApplyOutcome::RolledBack { reason: reason.to_string() },
             "{answers:?}"
         );
-        assert_eq!(report.steps_done, 2, "{answers:?}: the gate and the switch");
+        assert_eq!(report.steps_done, 0, "{answers:?}: the promotion did not complete");
         assert_eq!(w.edge_config(), EDGE_BLUE, "{answers:?}: the fallback edge serves");
         assert_eq!(w.edge.reloads(), 2, "{answers:?}: switched, then back");
         assert!(w.units.calls().is_empty(), "{answers:?}: nothing after the verification ran");
@@ -327,7 +346,7 @@ fn a_fallback_edge_that_cannot_be_installed_fails_the_run_with_both_reasons() {
     w.probe.script(GREEN, [ok('2')]);
     w.probe.script(LISTEN, [Answer::Status(502)]);
     let mut plan = promotion(Vec::new());
-    plan.fallback_edge = Some("# bogus fallback\n".into());
+    switch_of(&mut plan).fallback = Some("# bogus fallback\n".into());
     let report = w.run(&plan, &mut Script::default());
     let ApplyOutcome::Failed { step, error } = &report.outcome else {
         panic!("expected a failure, got {report:?}");
@@ -346,15 +365,19 @@ fn a_fallback_edge_that_cannot_be_installed_fails_the_run_with_both_reasons() {
 // ------------------------------------------------------------ stops, failures, preemption
 
 #[test]
-fn a_stop_is_honoured_between_steps_but_never_between_a_switch_and_its_verification() {
-    // (stop requested once this many steps started, interrupted before, steps done,
-    //  edge serving, requests through the edge)
+fn a_stop_is_honoured_between_steps_and_gates_but_never_once_a_switch_began() {
+    // (stop requested once this many events happened — the promotion step started, its
+    //  gate, switch and verify phases entered —, interrupted before, steps done, edge
+    //  serving, requests through the edge)
+    let units = "install units on host: veza-job-prod-web-backup.service";
     let table = [
-        (0, "wait for web-green to be healthy (/health 200)", 0, EDGE_BLUE, 0),
-        (1, "switch edge config (haproxy on host)", 1, EDGE_BLUE, 0),
-        // Requested during the switch: the verification runs all the same.
-        (2, "install units on host: veza-job-prod-web-backup.service", 3, EDGE_GREEN, 3),
-        (3, "install units on host: veza-job-prod-web-backup.service", 3, EDGE_GREEN, 3),
+        (0, PROMOTE, 0, EDGE_BLUE, 0),
+        // Requested as the promotion starts or during its gate: traffic does not move.
+        (1, PROMOTE, 0, EDGE_BLUE, 0),
+        (2, PROMOTE, 0, EDGE_BLUE, 0),
+        // Requested during the switch or the checks: the promotion completes.
+        (3, units, 1, EDGE_GREEN, 3),
+        (4, units, 1, EDGE_GREEN, 3),
     ];
     for (stop_after, before, done, serving, verified) in table {
         let w = World::new();
@@ -368,7 +391,8 @@ fn a_stop_is_honoured_between_steps_but_never_between_a_switch_and_its_verificat
             "stop after {stop_after}"
         );
         assert_eq!(report.steps_done, done, "stop after {stop_after}");
-        assert_eq!(hooks.started, (0..done).collect::<Vec<_>>(), "stop after {stop_after}");
+        let started = if stop_after == 0 { 0 } else { 1 }; // the promotion only
+        assert_eq!(hooks.started, (0..started).collect::<Vec<_>>(), "stop after {stop_after}");
         assert_eq!(w.edge_config(), serving, "stop after {stop_after}");
         assert_eq!(w.probe.requests_to(LISTEN), verified, "stop after {stop_after}");
         assert!(w.units.calls().is_empty(), "stop after {stop_after}");
@@ -452,12 +476,7 @@ fn a_newer_commit_during_the_health_wait_preempts_the_run() {
     w.probe.script(GREEN, [Answer::Status(503)]);
     let mut hooks = Script { newer_commit_at: Some(4), ..Script::default() };
     let report = w.run(&promotion(Vec::new()), &mut hooks);
-    assert_eq!(
-        report.outcome,
-        ApplyOutcome::Preempted {
-            during: "wait for web-green to be healthy (/health 200)".to_string()
-        }
-    );
+    assert_eq!(report.outcome, ApplyOutcome::Preempted { during: PROMOTE.to_string() });
     assert_eq!(report.steps_done, 0);
     assert_eq!(w.probe.requests_to(GREEN), 3, "a look before each probe; the 4th saw it");
     assert_eq!(w.clock.elapsed(), Duration::from_millis(600));
@@ -470,9 +489,9 @@ fn a_failed_gate_says_whether_the_slot_still_receives_the_traffic() {
     // (the plan, the end of the reason)
     let in_place = plan_of(vec![
         Action::DeleteInstance { name: "web-blue".into() },
-        gate("web-blue", Color::Blue),
+        Action::HealthGate(gate("web-blue", Color::Blue)),
     ]);
-    let started_again = plan_of(vec![gate("web-blue", Color::Blue)]);
+    let started_again = plan_of(vec![Action::HealthGate(gate("web-blue", Color::Blue))]);
     let table = [
         (
             in_place,
@@ -504,9 +523,7 @@ fn a_failed_gate_says_whether_the_slot_still_receives_the_traffic() {
 fn a_rise_the_timeout_cannot_fit_fails_the_gate_without_probing() {
     let w = World::new();
     let mut plan = promotion(Vec::new());
-    if let Action::HealthGate { slot, .. } = &mut plan.steps[0].action {
-        slot.health_rise = 60; // 59 × 200 ms = 11.8 s > 10 s
-    }
+    switch_of(&mut plan).gates[0].slot.health_rise = 60; // 59 × 200 ms = 11.8 s > 10 s
     let report = w.run(&plan, &mut Script::default());
     let ApplyOutcome::RolledBack { reason } = &report.outcome else {
         panic!("expected a roll-back, got {report:?}");
@@ -525,9 +542,7 @@ fn plan_of(actions: Vec<Action>) -> Plan {
     Plan {
         steps: actions.into_iter().map(|action| Step { action, reason: "test".into() }).collect(),
         refusals: Vec::new(),
-        promotions: Vec::new(),
         drift: Vec::new(),
-        fallback_edge: None,
         waiting: Vec::new(),
     }
 }
@@ -536,7 +551,7 @@ fn create(name: &str) -> Action {
     Action::CreateInstance {
         name: name.into(),
         image: "veza-test-busybox".into(),
-        kind: "container".into(),
+        kind: Default::default(),
         profiles: vec!["default".into()],
         config: [("user.veza.app".to_string(), "web".to_string())].into_iter().collect(),
         devices: Default::default(),
@@ -674,6 +689,15 @@ fn image_sources() {
     assert_eq!(image_source("veza-test-busybox").unwrap(), ImageSource::local("veza-test-busybox"));
     assert!(matches!(image_source("images:debian/13").unwrap(), ImageSource::Simplestreams { .. }));
     assert!(image_source("ubuntu:24.04").unwrap_err().contains("unknown image remote"));
+    // A simplestreams mirror, as the host's `incus.images` mapping writes it.
+    assert_eq!(
+        image_source("https://mirror.lan:8443/images:debian/13").unwrap(),
+        ImageSource::Simplestreams {
+            server: "https://mirror.lan:8443/images".into(),
+            alias: "debian/13".into()
+        }
+    );
+    assert!(image_source("https://mirror.lan:8443/images").is_err(), "no alias");
 }
 
 // ------------------------------------------------------------ migrations and secrets
@@ -807,10 +831,13 @@ fn a_successful_migration_is_reported_and_the_deploy_goes_on() {
     let w = World::new();
     running_slot(&w.incus, "web-green");
     let s = migrating_slot(tmp.path());
-    let plan = plan_of(vec![Action::Migrate { instance: "web-green".into(), slot: s.clone() }]);
+    let plan = plan_of(vec![migrate(&s)]);
     let report = run_with_secret(&w, &plan, tmp.path(), "pw");
     assert_eq!(report.outcome, ApplyOutcome::Applied, "{report:?}");
-    assert_eq!(report.migrated, [("prod".to_string(), "web".to_string(), release('2'))]);
+    assert_eq!(
+        report.migrated,
+        [("prod".to_string(), "web".to_string(), release('2').to_string())]
+    );
 }
 
 #[test]
@@ -842,21 +869,61 @@ fn job_environments_are_rendered_into_root_only_files_and_dropped_with_the_env()
     assert!(w.units.private_files().is_empty(), "{:?}", w.units.calls());
 }
 
-/// Migrate, deploy, gate, switch, verify for green.
+fn migrate(s: &SlotSpec) -> Action {
+    let files = migration_files(s).expect("the slot has a migration");
+    Action::Migrate { instance: "web-green".into(), slot: s.clone(), files }
+}
+
+/// Migrate, deploy, then promote green.
 fn promotion_after_deploy(s: &SlotSpec) -> Plan {
-    let mut plan = plan_of(vec![
-        Action::Migrate { instance: "web-green".into(), slot: s.clone() },
-        Action::DeployRelease { instance: "web-green".into(), slot: s.clone() },
-        gate("web-green", Color::Green),
-        switch(),
-        verify(),
+    plan_of(vec![
+        migrate(s),
+        Action::DeployRelease {
+            instance: "web-green".into(),
+            slot: s.clone(),
+            files: slot_files(s),
+        },
+        promote(),
+    ])
+}
+
+#[test]
+fn an_edge_update_that_moves_no_traffic_is_verified_and_says_there_is_no_color_to_go_back_to() {
+    let check = match promote() {
+        Action::Promote(s) => s.checks[0].clone(),
+        _ => unreachable!("promote() is a promotion"),
+    };
+    let plan = plan_of(vec![
+        Action::InstallEdge { runs_in: "host".into(), config: EDGE_GREEN.into() },
+        Action::VerifyEdge(check),
     ]);
-    plan.promotions.push(Promotion {
-        env: "prod".into(),
-        app: "web".into(),
-        from: Some(Color::Blue),
-        to: Color::Green,
-        release: release('2'),
-    });
-    plan
+    // (answers through the edge, outcome)
+    let table = [
+        (ok('2'), None),
+        (
+            Answer::Status(503),
+            Some(
+                "prod/web on green: request 1 through the edge answered 503; the edge config \
+                 was updated without moving traffic between colors, so there is no other color \
+                 to go back to",
+            ),
+        ),
+    ];
+    for (answer, rolled_back) in table {
+        let w = World::new();
+        w.probe.script(LISTEN, [answer.clone()]);
+        let mut hooks = Script::default();
+        let report = w.run(&plan, &mut hooks);
+        match rolled_back {
+            None => assert_eq!(report.outcome, ApplyOutcome::Applied, "{answer:?}"),
+            Some(reason) => assert_eq!(
+                report.outcome,
+                ApplyOutcome::RolledBack { reason: reason.to_string() },
+                "{answer:?}"
+            ),
+        }
+        assert_eq!(w.edge_config(), EDGE_GREEN, "{answer:?}: the update stays");
+        assert_eq!(w.edge.reloads(), 1, "{answer:?}");
+        assert!(hooks.phases.is_empty(), "{answer:?}: not a promotion");
+    }
 }

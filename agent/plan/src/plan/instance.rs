@@ -5,12 +5,13 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use veza_model::manifest::Release;
 
-use super::types::{Action, short};
+use super::types::Action;
 use super::{Builder, KeptSlot};
 use crate::desired::{DesiredInstance, SlotSpec};
 use crate::live::{
     Devices, LiveState, MARK_APP_SPEC, MARK_IMAGE, MARK_KEYS, MARK_PREFIX, MARK_RELEASE,
 };
+use crate::slot::slot_files;
 
 pub(super) fn plan_instance(
     name: &str,
@@ -26,7 +27,7 @@ pub(super) fn plan_instance(
             Action::CreateInstance {
                 name: name.to_string(),
                 image: d.image.clone(),
-                kind: d.kind.to_string(),
+                kind: d.kind,
                 profiles: d.profiles.clone(),
                 config: d.config.clone(),
                 devices: d.devices.clone(),
@@ -36,13 +37,17 @@ pub(super) fn plan_instance(
     };
     let deploy = |b: &mut Builder, deployed: &mut BTreeSet<String>, slot: &SlotSpec| {
         b.step(
-            Action::DeployRelease { instance: name.to_string(), slot: slot.clone() },
+            Action::DeployRelease {
+                instance: name.to_string(),
+                slot: slot.clone(),
+                files: slot_files(slot),
+            },
             format!(
                 "the {} slot of {}/{} runs release {}",
                 slot.color,
                 slot.env,
                 slot.app,
-                short(&slot.release)
+                slot.release.short()
             ),
         );
         deployed.insert(name.to_string());
@@ -69,14 +74,14 @@ pub(super) fn plan_instance(
     {
         rebuild_for.push(format!("image changes from {was} to {now}"));
     }
-    if l.kind.as_str() != d.kind {
+    if l.kind != d.kind {
         rebuild_for.push(format!("type changes from {} to {}", l.kind, d.kind));
     }
     if let Some(slot) = &d.slot {
         if l.release() != Some(slot.release.as_str()) {
-            let was = l.release().map_or("nothing".to_string(), |r| short(r).to_string());
+            let was = l.release().map_or("nothing".to_string(), |r| r.chars().take(10).collect());
             rebuild_for
-                .insert(0, format!("release changes from {was} to {}", short(&slot.release)));
+                .insert(0, format!("release changes from {was} to {}", slot.release.short()));
         }
         if let (Some(was), Some(now)) = (l.app_spec(), d.config.get(MARK_APP_SPEC))
             && was != now
@@ -142,7 +147,7 @@ pub(super) fn plan_instance(
                 b,
                 format!(
                     "recreated for the new {}",
-                    if l.kind.as_str() != d.kind { "type" } else { "image" }
+                    if l.kind != d.kind { "type" } else { "image" }
                 ),
             );
         }
@@ -165,6 +170,24 @@ pub(super) fn plan_instance(
     }
     let config_differs =
         d.config.iter().any(|(k, v)| l.config.get(k) != Some(v)) || !remove_keys.is_empty();
+    // A local device the manifest does not declare, but equal (name and settings) to one
+    // its profiles give the instance, is what `incus launch --network` leaves: removing
+    // it would unplug and plug the same NIC. It is kept, and no difference.
+    let launched_with: Devices = l
+        .devices
+        .iter()
+        .filter(|(n, dev)| !d.devices.contains_key(*n) && d.profile_devices.get(*n) == Some(dev))
+        .map(|(n, dev)| (n.clone(), dev.clone()))
+        .collect();
+    let with_launched;
+    let d = if launched_with.is_empty() {
+        d
+    } else {
+        let mut devices = d.devices.clone();
+        devices.extend(launched_with);
+        with_launched = DesiredInstance { devices, ..d.clone() };
+        &with_launched
+    };
     let changed = config_differs || l.devices != d.devices || l.profiles != d.profiles;
     if changed {
         let reason = describe_instance_diff(l, d, &remove_keys);
@@ -205,7 +228,11 @@ pub(super) fn plan_instance(
         );
         if let Some(slot) = &d.slot {
             b.step(
-                Action::DeployRelease { instance: name.to_string(), slot: slot.clone() },
+                Action::DeployRelease {
+                    instance: name.to_string(),
+                    slot: slot.clone(),
+                    files: slot_files(slot),
+                },
                 "after a stop, the release is unpacked and started again (a slot may have been changed while stopped)",
             );
             deployed.insert(name.to_string());

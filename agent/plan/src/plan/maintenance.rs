@@ -31,10 +31,11 @@
 //!   recreate waits as a whole, with the job units, releases and edge config that go
 //!   into it; a slot's health gate waits with its deploy);
 //! - the deploy of a release whose migration is held;
-//! - every edge step (install, switch, verification) after a held deploy, migration,
-//!   health gate or edge step (the edge runs in an instance whose recreate waits), so
-//!   traffic never moves to a slot that was not brought up and a switch that waits is
-//!   never verified; the plan's promotions and fallback edge go with them;
+//! - every edge step (an edge update, its verification, a promotion) after a held deploy,
+//!   migration, health gate or edge step (the edge runs in an instance whose recreate
+//!   waits), so traffic never moves to a slot that was not brought up and an update that
+//!   waits is never verified; a promotion (one step: gates, switch, checks, fallback)
+//!   waits as a whole;
 //! - deleting a profile that an instance with a held step still uses.
 //!
 //! A step belongs to the environment that declares the resource (an instance or a
@@ -192,22 +193,39 @@ fn is_idle_slot(i: &veza_model::live::LiveInstance, live: &LiveState) -> bool {
     live.active_color(env, app).is_none_or(|c| c.as_str() != color)
 }
 
-/// The instance a step changes or runs something in, if any.
-fn instance_of(action: &Action) -> Option<&str> {
+/// The instances a step changes or runs something in.
+fn instances_of(action: &Action) -> Vec<&str> {
     match action {
         Action::Snapshot { instance, .. }
         | Action::DeployRelease { instance, .. }
-        | Action::Migrate { instance, .. }
-        | Action::HealthGate { instance, .. } => Some(instance),
+        | Action::Migrate { instance, .. } => vec![instance],
+        Action::HealthGate(gate) => vec![&gate.instance],
         Action::CreateInstance { name, .. }
         | Action::UpdateInstance { name, .. }
         | Action::StartInstance { name }
-        | Action::DeleteInstance { name } => Some(name),
+        | Action::DeleteInstance { name } => vec![name],
         Action::InstallUnits { target: UnitTarget::Instance(name), .. }
-        | Action::RemoveUnits { target: UnitTarget::Instance(name), .. } => Some(name),
-        Action::InstallEdge { runs_in, .. } if runs_in != "host" => Some(runs_in),
-        _ => None,
+        | Action::RemoveUnits { target: UnitTarget::Instance(name), .. } => vec![name],
+        Action::InstallEdge { runs_in, .. } if runs_in != "host" => vec![runs_in],
+        Action::Promote(switch) => {
+            let mut names: Vec<&str> = switch.gates.iter().map(|g| g.instance.as_str()).collect();
+            if switch.runs_in != "host" {
+                names.push(&switch.runs_in);
+            }
+            names
+        }
+        _ => Vec::new(),
     }
+}
+
+/// Whether a step acts on the edge (installs its config, switches it, checks through it).
+fn is_edge(action: &Action) -> bool {
+    matches!(action, Action::InstallEdge { .. } | Action::VerifyEdge(_) | Action::Promote(_))
+}
+
+/// The `(env, app, release)` a slot step is about.
+fn release_of(slot: &crate::desired::SlotSpec) -> (String, String, String) {
+    (slot.env.clone(), slot.app.clone(), slot.release.as_str().to_string())
 }
 
 /// The environment a step belongs to: the manifest that declares its instance or
@@ -219,7 +237,7 @@ fn env_of(action: &Action, manifests: &[&Manifest], live: &LiveState) -> Option<
     if let Action::UpdateProfile { name, .. } = action {
         return declaring(&|m| m.incus.profiles.contains_key(name));
     }
-    let name = instance_of(action)?;
+    let name = *instances_of(action).first()?;
     declaring(&|m| m.incus.instances.contains_key(name))
         .or_else(|| live.instances.get(name).and_then(|l| l.env()).map(str::to_string))
 }
@@ -244,7 +262,7 @@ pub fn hold(plan: Plan, live: &LiveState, manifests: &[&Manifest], clock: Window
             Availability::Closed { next_open } => Some(next_open),
         }
     };
-    let Plan { steps, refusals, mut promotions, drift, mut fallback_edge, mut waiting } = plan;
+    let Plan { steps, refusals, drift, mut waiting } = plan;
     let mut kept = Vec::with_capacity(steps.len());
     // Instances whose deletion, creation or release waits: later steps on them wait too.
     let mut blocked: BTreeMap<String, Cause> = BTreeMap::new();
@@ -262,16 +280,16 @@ pub fn hold(plan: Plan, live: &LiveState, manifests: &[&Manifest], clock: Window
             Some(Cause { env, because: d.to_string(), next_open })
         });
         let dependency = || -> Option<Cause> {
-            let on_instance = instance_of(&step.action).and_then(|i| blocked.get(i));
+            let on_instance = instances_of(&step.action).into_iter().find_map(|i| blocked.get(i));
             let by = |c: &Cause, what: String| Cause { because: what, ..c.clone() };
             if let Some(c) = on_instance {
                 return Some(by(c, format!("it goes with `{}`, which waits", c.because)));
             }
             match &step.action {
                 Action::DeployRelease { slot, .. } => unmigrated
-                    .get(&(slot.env.clone(), slot.app.clone(), slot.release.clone()))
+                    .get(&release_of(slot))
                     .map(|c| by(c, "the migration of its release waits".to_string())),
-                a if a.is_edge() => slot_held
+                a if is_edge(a) => slot_held
                     .as_ref()
                     .map(|c| by(c, "a slot it routes to is not brought up yet".to_string()))
                     .or_else(|| {
@@ -299,27 +317,22 @@ pub fn hold(plan: Plan, live: &LiveState, manifests: &[&Manifest], clock: Window
                 blocked.entry(name.clone()).or_insert_with(|| root.clone());
             }
             Action::Migrate { slot, .. } => {
-                unmigrated.insert(
-                    (slot.env.clone(), slot.app.clone(), slot.release.clone()),
-                    root.clone(),
-                );
+                unmigrated.insert(release_of(slot), root.clone());
                 slot_held.get_or_insert_with(|| root.clone());
             }
             Action::DeployRelease { instance, .. } => {
                 blocked.entry(instance.clone()).or_insert_with(|| root.clone());
                 slot_held.get_or_insert_with(|| root.clone());
             }
-            Action::HealthGate { .. } => {
+            Action::HealthGate(_) => {
                 slot_held.get_or_insert_with(|| root.clone());
             }
-            a if a.is_edge() => {
-                promotions.clear();
-                fallback_edge = None;
+            a if is_edge(a) => {
                 edge_held.get_or_insert_with(|| root.clone());
             }
             _ => {}
         }
-        if let Some(i) = instance_of(&step.action) {
+        for i in instances_of(&step.action) {
             held_instances.entry(i.to_string()).or_insert_with(|| root.clone());
         }
         waiting.push(Waiting {
@@ -330,7 +343,7 @@ pub fn hold(plan: Plan, live: &LiveState, manifests: &[&Manifest], clock: Window
             step,
         });
     }
-    Plan { steps: kept, refusals, promotions, drift, fallback_edge, waiting }
+    Plan { steps: kept, refusals, drift, waiting }
 }
 
 #[cfg(test)]

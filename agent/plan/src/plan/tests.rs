@@ -12,7 +12,7 @@ use crate::live::{
     InstanceKind, InstanceStatus, LiveEdge, LiveInstance, LivePool, LiveProfile, LiveState,
     UnitTarget,
 };
-use crate::plan::{Plan, PlanOptions, plan};
+use crate::plan::{Action, Plan, PlanOptions, plan};
 
 const DEMO: &str = include_str!("../../../../manifests/examples/minimal.yaml");
 const PROD: &str = include_str!("../../../../manifests/prod.yaml");
@@ -48,12 +48,28 @@ fn applied(live: &LiveState, plan: &Plan) -> LiveState {
 }
 
 fn check_snapshot(name: &str, plan: &Plan) {
-    let text = plan.to_string();
+    check_text(name, &plan.to_string());
+}
+
+/// The files `plan` writes (run scripts, units, migration wrappers, edge configs, job
+/// units), as rendered by the planner: `snapshots/<name>.files.txt`.
+fn check_files_snapshot(name: &str, plan: &Plan) {
+    let mut text = String::new();
+    for (at, body) in plan.rendered_files() {
+        text.push_str(&format!("==> {at} <==\n{body}"));
+        if !body.ends_with('\n') {
+            text.push('\n');
+        }
+    }
+    check_text(&format!("{name}.files"), &text);
+}
+
+fn check_text(name: &str, text: &str) {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("snapshots")
         .join(format!("{name}.txt"));
     if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
-        std::fs::write(&path, &text).expect("write snapshot");
+        std::fs::write(&path, text).expect("write snapshot");
         return;
     }
     let expected = std::fs::read_to_string(&path).unwrap_or_default();
@@ -100,7 +116,8 @@ fn first_sync_builds_everything_in_order() {
     let ms = manifests(&[DEMO]);
     let p = run(&ms, &live_with_default_pool(), &opts());
     check_snapshot("demo-first-sync", &p);
-    assert_eq!(p.promotions.len(), 1);
+    check_files_snapshot("demo-first-sync", &p);
+    assert_eq!(p.promotions().len(), 1);
     assert!(p.refusals.is_empty());
 }
 
@@ -110,6 +127,7 @@ fn first_sync_of_the_veza_host_detects_the_pool_and_leaves_forgejo_alone() {
     let live = with_foreign_forgejo(live_with_default_pool());
     let p = run(&ms, &live, &opts());
     check_snapshot("veza-first-sync", &p);
+    check_files_snapshot("veza-first-sync", &p);
     let text = serde_json::to_string(&p).expect("plan serializes");
     assert!(text.contains(r#""pool":"ssd""#), "pool: auto must follow forgejo's root disk");
     assert!(!text.contains(r#""name":"forgejo""#), "forgejo is never in a plan");
@@ -156,9 +174,11 @@ fn promotion_deploys_gates_switches_and_verifies() {
         demo_with(|t| with_green_release(t).replace("    active: blue", "    active: green"));
     let p = run(&manifests(&[&promoted]), &live, &opts());
     check_snapshot("demo-promotion", &p);
-    assert_eq!(p.promotions.len(), 1);
-    assert_eq!(p.promotions[0].from, Some(Color::Blue));
-    let fallback = p.fallback_edge.as_deref().expect("a promotion has a fallback edge");
+    check_files_snapshot("demo-promotion", &p);
+    assert_eq!(p.promotions().len(), 1);
+    assert_eq!(p.promotions()[0].from, Some(Color::Blue));
+    let fallback =
+        p.switch().and_then(|s| s.fallback.as_deref()).expect("a promotion has a fallback edge");
     let back = LiveEdge::from_config(fallback.to_string());
     assert_eq!(back.active.get(&("demo".to_string(), "hello".to_string())), Some(&Color::Blue));
 }
@@ -205,7 +225,7 @@ fn rollback_by_git_revert_is_a_promotion_back() {
     let reverted = demo_with(with_green_release);
     let p = run(&manifests(&[&reverted]), &live, &opts());
     check_snapshot("demo-revert", &p);
-    assert_eq!(p.promotions[0].to, Color::Blue);
+    assert_eq!(p.promotions()[0].to, Color::Blue);
 }
 
 #[test]
@@ -237,7 +257,7 @@ fn promotion_is_refused_while_a_gating_job_fails() {
     o.failing_jobs.insert("prod/dr-drill".into(), "last success 9 days ago (max 8d)".into());
     let p = run(&ms, &live, &o);
     check_snapshot("veza-gated-promotion", &p);
-    assert!(p.promotions.is_empty());
+    assert!(p.promotions().is_empty());
 }
 
 #[test]
@@ -622,8 +642,10 @@ fn a_rotated_secret_rebuilds_the_idle_color_and_never_the_serving_one() {
     // The promotion that moves traffic to the rebuilt green is a normal, gated one.
     let promoted = manifests(&[&text.replace("    active: blue", "    active: green")]);
     let p = run(&promoted, &after, &rotated);
-    assert_eq!(p.promotions.len(), 1, "{p}");
-    assert!(p.steps.iter().any(|s| matches!(&s.action, crate::Action::HealthGate { instance, .. } if instance == "demo-hello-green")));
+    assert_eq!(p.promotions().len(), 1, "{p}");
+    let switch = p.switch().expect("a promotion step");
+    assert_eq!(switch.gates.len(), 1, "{p}");
+    assert_eq!(switch.gates[0].instance, "demo-hello-green", "{p}");
 }
 
 #[test]
@@ -647,4 +669,63 @@ fn a_migration_in_a_tools_instance_runs_there() {
         .position(|s| s == "migrate demo/hello for release 1111111111 in tools")
         .expect("migration in tools");
     assert!(create < migrate, "{steps:#?}");
+}
+
+#[test]
+fn a_local_nic_equal_to_the_profiles_is_kept_not_unplugged() {
+    let ms = manifests(&[PROD, STAGING]);
+    let live = with_foreign_forgejo(live_with_default_pool());
+    let after = applied(&live, &run(&ms, &live, &opts()));
+    let nic = |network: &str| -> BTreeMap<String, String> {
+        [("type", "nic"), ("network", network), ("name", "eth0")]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    // (the local eth0 `incus launch --network` left on veza-postgres, whether the plan
+    //  updates the instance)
+    let table = [(nic("net-veza"), false), (nic("incusbr0"), true)];
+    for (local, updates) in table {
+        let mut l = after.clone();
+        let pg = l.instances.get_mut("veza-postgres").expect("created by the first sync");
+        pg.devices.insert("eth0".into(), local.clone());
+        let p = run(&ms, &l, &opts());
+        let update = p.steps.iter().any(
+            |s| matches!(&s.action, Action::UpdateInstance { name, .. } if name == "veza-postgres"),
+        );
+        assert_eq!(update, updates, "{local:?}:\n{p}");
+        if updates {
+            let kept = p.steps.iter().find_map(|s| match &s.action {
+                Action::UpdateInstance { devices, .. } => Some(devices.contains_key("eth0")),
+                _ => None,
+            });
+            assert_eq!(kept, Some(false), "a NIC unlike the profile's goes: {p}");
+        }
+    }
+}
+
+#[test]
+fn the_host_image_mapping_decides_what_incus_is_asked_for_and_the_mark_keeps_the_reference() {
+    let ms = manifests(&[PROD]);
+    let live = with_foreign_forgejo(live_with_default_pool());
+    let mut o = opts();
+    o.images.insert("images:debian/13".into(), "veza-test-debian12".into());
+    let p = run(&ms, &live, &o);
+    let created: Vec<(&str, &str)> = p
+        .steps
+        .iter()
+        .filter_map(|s| match &s.action {
+            Action::CreateInstance { image, config, .. } => {
+                Some((image.as_str(), config["user.veza.image"].as_str()))
+            }
+            _ => None,
+        })
+        .collect();
+    assert!(!created.is_empty());
+    for (image, mark) in created {
+        assert_eq!((image, mark), ("veza-test-debian12", "images:debian/13"));
+    }
+    // Mapped or not, the instances it made are what the manifests ask: nothing to do next.
+    let after = applied(&live, &p);
+    assert!(run(&ms, &after, &o).is_empty(), "{}", run(&ms, &after, &o));
 }

@@ -5,10 +5,11 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::Serialize;
-use veza_model::manifest::Color;
+use veza_model::manifest::{Color, Release};
 
 use crate::desired::{JobEnvironment, SlotSpec};
-use crate::live::{Devices, UnitTarget};
+use crate::live::{Devices, InstanceKind, UnitTarget};
+use crate::slot::{MigrationFiles, SlotFiles};
 
 /// One action.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -36,7 +37,7 @@ pub enum Action {
     CreateInstance {
         name: String,
         image: String,
-        kind: String,
+        kind: InstanceKind,
         profiles: Vec<String>,
         config: BTreeMap<String, String>,
         devices: Devices,
@@ -53,26 +54,27 @@ pub enum Action {
     StartInstance { name: String },
     /// Delete an owned, unprotected instance.
     DeleteInstance { name: String },
-    /// Download the artifact, check its sha256, unpack it in the slot, start the app,
-    /// and mark the slot with the release.
-    DeployRelease { instance: String, slot: SlotSpec },
+    /// Download the artifact, check its sha256, unpack it in the slot, write the app's
+    /// environment (rendered at apply time: it may hold secrets) and `files`, start the
+    /// app, and mark the slot with the release.
+    DeployRelease { instance: String, slot: SlotSpec, files: SlotFiles },
     /// Run the app's migration with the release and its environment, in the slot or the
     /// declared tools instance, before the release is started.
-    Migrate { instance: String, slot: SlotSpec },
-    /// Wait until the slot answers its health check.
-    HealthGate { instance: String, slot: SlotSpec },
-    /// Validate and install the edge config, then reload HAProxy.
-    InstallEdge { runs_in: String, config: String, switch: bool },
-    /// Send requests through the edge and check they reach the expected release.
-    VerifyEdge {
-        env: String,
-        app: String,
-        color: Color,
-        release: String,
-        host: String,
-        path: String,
-        listen: String,
-    },
+    Migrate { instance: String, slot: SlotSpec, files: MigrationFiles },
+    /// Wait until the slot answers its health check (a slot that is not being promoted:
+    /// the serving one rebuilt or started again).
+    HealthGate(Gate),
+    /// Validate and install an edge config that moves no traffic between colors, then
+    /// reload HAProxy.
+    InstallEdge { runs_in: String, config: String },
+    /// Send requests through the edge and check they reach the expected release (after
+    /// an edge update that moves no traffic).
+    VerifyEdge(EdgeCheck),
+    /// Move traffic to other colors as one unit: every gate passes, then the edge config
+    /// is installed, then every check through the edge passes; a failed check installs
+    /// `fallback` (the previous colors). Never interrupted between the switch and its
+    /// checks.
+    Promote(Switch),
     /// Install (or update) job unit files and enable their timers.
     /// Each job's environment file (root-only, beside its unit) is rendered at apply time.
     InstallUnits {
@@ -88,11 +90,106 @@ pub enum Action {
     DeleteProfile { name: String },
 }
 
-impl Action {
-    /// Whether the action touches the edge (a kill between such steps must not leave
-    /// HAProxy half-switched; SIGTERM waits for them).
-    pub fn is_edge(&self) -> bool {
-        matches!(self, Action::InstallEdge { .. } | Action::VerifyEdge { .. })
+/// A slot that must answer its health check.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Gate {
+    /// The slot instance.
+    pub instance: String,
+    /// What runs there and how it is checked.
+    pub slot: SlotSpec,
+}
+
+impl fmt::Display for Gate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "wait for {} to be healthy ({} {})",
+            self.instance, self.slot.health_path, self.slot.expect_status
+        )
+    }
+}
+
+/// Requests sent through the edge to check it reaches the expected release.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EdgeCheck {
+    /// Environment.
+    pub env: String,
+    /// App.
+    pub app: String,
+    /// The color that must answer.
+    pub color: Color,
+    /// The release it must report.
+    pub release: Release,
+    /// `Host` header of the requests.
+    pub host: String,
+    /// Path requested.
+    pub path: String,
+    /// The edge's HTTP listener.
+    pub listen: String,
+}
+
+impl fmt::Display for EdgeCheck {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "verify {}/{} serves {} {} through the edge (Host: {})",
+            self.env,
+            self.app,
+            self.color,
+            self.release.short(),
+            self.host
+        )
+    }
+}
+
+/// A promotion as one unit: gate → switch → verify → fallback.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Switch {
+    /// The color changes it performs.
+    pub promotions: Vec<Promotion>,
+    /// Slots that must be healthy before traffic moves (the promoted colors).
+    pub gates: Vec<Gate>,
+    /// Where HAProxy runs (`host` or an instance).
+    pub runs_in: String,
+    /// The edge config routing to the new colors (every environment of the host).
+    pub config: String,
+    /// Checks through the edge once the config is installed.
+    pub checks: Vec<EdgeCheck>,
+    /// The config routing promoted apps back to their previous colors, installed when a
+    /// check fails; `None` when no promoted app had a previous color (the config live
+    /// before the switch is put back then).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<String>,
+}
+
+impl Switch {
+    /// Whether `env/app` changes color here.
+    pub fn promotes(&self, env: &str, app: &str) -> bool {
+        self.promotions.iter().any(|p| p.env == env && p.app == app)
+    }
+}
+
+/// A phase of a promotion, as the journal and logs name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Waiting for a gate.
+    Gate,
+    /// Installing the new edge config.
+    Switch,
+    /// Checking through the edge.
+    Verify,
+    /// Putting the previous colors back.
+    Fallback,
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Phase::Gate => "gate",
+            Phase::Switch => "switch",
+            Phase::Verify => "verify",
+            Phase::Fallback => "fallback",
+        })
     }
 }
 
@@ -111,32 +208,32 @@ impl fmt::Display for Action {
             Action::UpdateInstance { name, .. } => write!(f, "update instance {name}"),
             Action::StartInstance { name } => write!(f, "start instance {name}"),
             Action::DeleteInstance { name } => write!(f, "delete instance {name}"),
-            Action::DeployRelease { instance, slot } => {
-                write!(f, "deploy release {} to {instance}", short(&slot.release))
+            Action::DeployRelease { instance, slot, .. } => {
+                write!(f, "deploy release {} to {instance}", slot.release.short())
             }
-            Action::Migrate { instance, slot } => write!(
+            Action::Migrate { instance, slot, .. } => write!(
                 f,
                 "migrate {}/{} for release {} in {instance}",
                 slot.env,
                 slot.app,
-                short(&slot.release)
+                slot.release.short()
             ),
-            Action::HealthGate { instance, slot } => {
-                write!(
-                    f,
-                    "wait for {instance} to be healthy ({} {})",
-                    slot.health_path, slot.expect_status
-                )
+            Action::HealthGate(gate) => gate.fmt(f),
+            Action::InstallEdge { runs_in, .. } => {
+                write!(f, "update edge config (haproxy on {runs_in})")
             }
-            Action::InstallEdge { runs_in, switch, .. } => {
-                let what = if *switch { "switch" } else { "update" };
-                write!(f, "{what} edge config (haproxy on {runs_in})")
+            Action::VerifyEdge(check) => check.fmt(f),
+            Action::Promote(s) => {
+                let moves: Vec<String> = s
+                    .promotions
+                    .iter()
+                    .map(|p| {
+                        let from = p.from.map_or("none".to_string(), |c| c.to_string());
+                        format!("{}/{}: {from} -> {} ({})", p.env, p.app, p.to, p.release.short())
+                    })
+                    .collect();
+                write!(f, "promote {} through haproxy on {}", moves.join(", "), s.runs_in)
             }
-            Action::VerifyEdge { env, app, color, release, host, .. } => write!(
-                f,
-                "verify {env}/{app} serves {color} {} through the edge (Host: {host})",
-                short(release)
-            ),
             Action::InstallUnits { target, files, .. } => {
                 let names: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
                 write!(f, "install units on {target}: {}", names.join(", "))
@@ -147,10 +244,6 @@ impl fmt::Display for Action {
             Action::DeleteProfile { name } => write!(f, "delete profile {name}"),
         }
     }
-}
-
-pub(super) fn short(release: &str) -> &str {
-    &release[..release.len().min(10)]
 }
 
 /// One step: an action and why it is needed.
@@ -184,7 +277,7 @@ pub struct Promotion {
     /// Color after.
     pub to: Color,
     /// Release of the new color.
-    pub release: String,
+    pub release: Release,
 }
 
 /// The plan.
@@ -194,14 +287,8 @@ pub struct Plan {
     pub steps: Vec<Step>,
     /// What will not be done.
     pub refusals: Vec<Refusal>,
-    /// Color changes.
-    pub promotions: Vec<Promotion>,
     /// Drift found on detect-only resources (reported, not corrected).
     pub drift: Vec<String>,
-    /// The edge config that routes promoted apps back to their previous color, used
-    /// when a post-switch check fails.
-    #[serde(skip)]
-    pub fallback_edge: Option<String>,
     /// Disruptive steps (and their dependants) held until their environment's next
     /// maintenance window (`super::maintenance::hold`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -212,6 +299,64 @@ impl Plan {
     /// Whether there is nothing to do.
     pub fn is_empty(&self) -> bool {
         self.steps.is_empty()
+    }
+
+    /// The color changes the plan performs (those of its [`Action::Promote`] step).
+    pub fn promotions(&self) -> Vec<&Promotion> {
+        self.switch().map(|s| s.promotions.iter().collect()).unwrap_or_default()
+    }
+
+    /// Every file the plan writes, as rendered: where (`instance:path`, `host:path`, or
+    /// what the text is) and the text. Environment files are not among them: they may
+    /// hold secrets and are rendered at apply time.
+    pub fn rendered_files(&self) -> Vec<(String, &str)> {
+        let mut out = Vec::new();
+        for s in &self.steps {
+            match &s.action {
+                Action::DeployRelease { instance, files, .. } => {
+                    out.push((
+                        format!("{instance}:{}", crate::slot::APP_RUN_SCRIPT),
+                        files.run_script.as_str(),
+                    ));
+                    out.push((
+                        format!("{instance}:/etc/systemd/system/veza-app.service (when PID 1 is systemd)"),
+                        files.unit.as_str(),
+                    ));
+                }
+                Action::Migrate { instance, slot, files } => out.push((
+                    format!("{instance}: the migration of {}/{} (sh -c)", slot.env, slot.app),
+                    files.script.as_str(),
+                )),
+                Action::InstallEdge { runs_in, config } => {
+                    out.push((format!("{runs_in}: haproxy.cfg"), config.as_str()));
+                }
+                Action::Promote(switch) => {
+                    out.push((format!("{}: haproxy.cfg", switch.runs_in), switch.config.as_str()));
+                    if let Some(back) = &switch.fallback {
+                        out.push((
+                            format!("{}: haproxy.cfg when a check fails", switch.runs_in),
+                            back.as_str(),
+                        ));
+                    }
+                }
+                Action::InstallUnits { target, files, .. } => {
+                    for (name, text) in files {
+                        out.push((format!("{target}:{name}"), text.as_str()));
+                    }
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+
+    /// The plan's promotion step, if it moves traffic (at most one: the edge config is
+    /// shared by every environment of the host).
+    pub fn switch(&self) -> Option<&Switch> {
+        self.steps.iter().find_map(|s| match &s.action {
+            Action::Promote(switch) => Some(switch),
+            _ => None,
+        })
     }
 }
 
@@ -226,14 +371,25 @@ impl fmt::Display for Plan {
         }
         for (i, s) in self.steps.iter().enumerate() {
             writeln!(f, "{:>3}. {}", i + 1, s.action)?;
+            if let Action::Promote(switch) = &s.action {
+                for g in &switch.gates {
+                    writeln!(f, "     - {g}")?;
+                }
+                writeln!(f, "     - switch the edge config")?;
+                for c in &switch.checks {
+                    writeln!(f, "     - {c}")?;
+                }
+                let back = if switch.fallback.is_some() {
+                    "the previous colors"
+                } else {
+                    "the config live before"
+                };
+                writeln!(f, "     - on a failed check: {back} back on the edge")?;
+            }
             writeln!(f, "     because {}", s.reason)?;
         }
         for w in &self.waiting {
             write!(f, "{w}")?;
-        }
-        for p in &self.promotions {
-            let from = p.from.map_or("none".to_string(), |c| c.to_string());
-            writeln!(f, "promote {}/{}: {from} -> {} ({})", p.env, p.app, p.to, short(&p.release))?;
         }
         for r in &self.refusals {
             writeln!(f, "refused: {}: {}", r.resource, r.reason)?;

@@ -80,7 +80,8 @@ fn slot_spec(color: Color) -> SlotSpec {
         env: "prod".into(),
         app: "web".into(),
         color,
-        release: "1".repeat(40),
+        release: veza_model::manifest::Release::try_from("1".repeat(40))
+            .unwrap_or_else(|e| panic!("{e}")),
         artifact_url: "https://x/a.tgz".into(),
         sha256: "2".repeat(64),
         install_dir: "/opt/web".into(),
@@ -167,7 +168,7 @@ fn what_interrupts_something_running_is_disruptive_and_nothing_else() {
                 Action::CreateInstance {
                     name: "tools".into(),
                     image: "img2".into(),
-                    kind: "container".into(),
+                    kind: crate::live::InstanceKind::Container,
                     profiles: vec!["default".into()],
                     config: BTreeMap::new(),
                     devices: same.clone(),
@@ -267,10 +268,28 @@ fn what_interrupts_something_running_is_disruptive_and_nothing_else() {
                 Action::DeployRelease {
                     instance: "web-green".into(),
                     slot: slot_spec(Color::Green),
+                    files: crate::slot::slot_files(&slot_spec(Color::Green)),
                 },
-                Action::Migrate { instance: "tools".into(), slot: slot_spec(Color::Green) },
-                Action::HealthGate { instance: "web-green".into(), slot: slot_spec(Color::Green) },
-                Action::InstallEdge { runs_in: "host".into(), config: "c".into(), switch: true },
+                Action::Migrate {
+                    instance: "tools".into(),
+                    slot: slot_spec(Color::Green),
+                    files: crate::slot::MigrationFiles {
+                        scratch: "/s".into(),
+                        release_dir: "/s/r".into(),
+                        env_file: "/s/env".into(),
+                        script: "true".into(),
+                    },
+                },
+                Action::HealthGate(gate()),
+                Action::InstallEdge { runs_in: "host".into(), config: "c".into() },
+                Action::Promote(crate::plan::Switch {
+                    promotions: Vec::new(),
+                    gates: vec![gate()],
+                    runs_in: "host".into(),
+                    config: "c".into(),
+                    checks: Vec::new(),
+                    fallback: None,
+                }),
                 Action::InstallUnits {
                     target: UnitTarget::Instance("tools".into()),
                     files: Vec::new(),
@@ -280,7 +299,7 @@ fn what_interrupts_something_running_is_disruptive_and_nothing_else() {
                 Action::RemoveUnits { target: UnitTarget::Host, names: vec!["x.timer".into()] },
                 Action::DeleteProfile { name: "parked".into() },
             ],
-            vec![None; 10],
+            vec![None; 11],
         ),
     ];
     for (what, actions, want) in table {
@@ -289,13 +308,15 @@ fn what_interrupts_something_running_is_disruptive_and_nothing_else() {
     }
 }
 
+fn gate() -> crate::plan::Gate {
+    crate::plan::Gate { instance: "web-green".into(), slot: slot_spec(Color::Green) }
+}
+
 fn plan_of(actions: Vec<Action>) -> Plan {
     Plan {
         steps: actions.into_iter().map(|action| Step { action, reason: "test".into() }).collect(),
         refusals: Vec::new(),
-        promotions: Vec::new(),
         drift: Vec::new(),
-        fallback_edge: None,
         waiting: Vec::new(),
     }
 }
@@ -457,24 +478,22 @@ fn a_held_recreate_holds_what_depends_on_it_and_the_promotion_waits() {
     };
     let texts = [prod(NIGHTLY, edit), staging(|t| t.replace("image: img,", "image: img2,"))];
     let all = planned(&manifests(&texts), &live);
-    assert_eq!(all.promotions.len(), 1, "{all}");
+    assert_eq!(all.promotions().len(), 1, "{all}");
     let p = held(&texts, &live, NOON, 0);
     check_snapshot("windows-recreate-holds-dependants", &p);
-    assert!(p.promotions.is_empty() && p.fallback_edge.is_none(), "{p}");
-    assert!(!p.steps.iter().any(|s| s.action.is_edge()), "the edge waits too:\n{p}");
+    assert!(p.promotions().is_empty(), "{p}");
+    assert!(!p.steps.iter().any(|s| is_edge(&s.action)), "the edge waits too:\n{p}");
     let waits = waiting(&p);
     for step in [
         "delete instance tools",
         "create instance tools from img2",
         "install units on instance `tools`: veza-job-prod-sweep.service, veza-job-prod-sweep.timer",
         "deploy release 2222222222 to prod-web-green",
-        "switch edge config (haproxy on host)",
+        "promote prod/web: blue -> green (2222222222) through haproxy on host",
     ] {
         assert!(waits.iter().any(|w| w == step), "`{step}` does not wait:\n{p}");
     }
     assert!(waits.iter().any(|w| w.starts_with("migrate prod/web")), "{p}");
-    assert!(waits.iter().any(|w| w.starts_with("wait for prod-web-green")), "{p}");
-    assert!(waits.iter().any(|w| w.starts_with("verify prod/web")), "{p}");
     // Every dependant names what it waits for; the recreate itself says why it waits.
     let because: BTreeMap<String, &str> =
         p.waiting.iter().map(|w| (w.step.action.to_string(), w.because.as_str())).collect();
@@ -482,7 +501,10 @@ fn a_held_recreate_holds_what_depends_on_it_and_the_promotion_waits() {
         ("delete instance tools", "it deletes a plain instance"),
         ("create instance tools from img2", "it goes with `delete instance tools`, which waits"),
         ("deploy release 2222222222 to prod-web-green", "the migration of its release waits"),
-        ("switch edge config (haproxy on host)", "a slot it routes to is not brought up yet"),
+        (
+            "promote prod/web: blue -> green (2222222222) through haproxy on host",
+            "it goes with `deploy release 2222222222 to prod-web-green`, which waits",
+        ),
     ] {
         assert_eq!(because.get(step).copied(), Some(why), "{step}:\n{p}");
     }
@@ -494,11 +516,11 @@ fn a_held_recreate_holds_what_depends_on_it_and_the_promotion_waits() {
     assert_eq!(held(&texts, &live, THREE_AM, 0), all);
 }
 
-/// The edge runs in a plain instance whose recreate waits: the switch waits with it, and
-/// so does its verification (it would check a switch that did not happen); the new
-/// color's health gate runs (it changes nothing), the promotion leaves the plan.
+/// The edge runs in a plain instance whose recreate waits: a promotion through it waits
+/// as a whole (gates, switch, checks); an edge update waits, and so does its
+/// verification (it would check an update that did not happen).
 #[test]
-fn an_edge_in_an_instance_whose_recreate_waits_holds_the_switch_and_its_verification() {
+fn an_edge_in_an_instance_whose_recreate_waits_holds_the_promotion_or_the_update_and_its_check() {
     let base = |t: String| {
         t.replace("green: {}", &format!("green: {{release: {R1}}}"))
             .replace("    migrate: {command: \"{dir}/migrate\", on: tools}\n", "")
@@ -512,24 +534,60 @@ fn an_edge_in_an_instance_whose_recreate_waits_holds_the_switch_and_its_verifica
     };
     let texts = [prod(NIGHTLY, edit)];
     let all = planned(&manifests(&texts), &live);
-    assert_eq!(all.promotions.len(), 1, "{all}");
+    assert_eq!(all.promotions().len(), 1, "{all}");
     let p = held(&texts, &live, NOON, 0);
-    assert!(p.promotions.is_empty() && p.fallback_edge.is_none(), "{p}");
-    assert_eq!(actions(&p.steps), ["wait for prod-web-green to be healthy (/health 200)"], "{p}");
+    assert!(p.promotions().is_empty() && p.steps.is_empty(), "{p}");
     let because: BTreeMap<String, &str> =
         p.waiting.iter().map(|w| (w.step.action.to_string(), w.because.as_str())).collect();
     assert_eq!(
-        because.get("switch edge config (haproxy on tools)").copied(),
+        because
+            .get("promote prod/web: blue -> green (1111111111) through haproxy on tools")
+            .copied(),
         Some("it goes with `delete instance tools`, which waits"),
         "{p}"
     );
+    // An edge update and its check (a plan as the planner makes one when the config
+    // changes without moving traffic).
+    let ms = manifests(&[prod(NIGHTLY, base)]);
+    let refs: Vec<&Manifest> = ms.iter().collect();
+    let check = crate::plan::EdgeCheck {
+        env: "prod".into(),
+        app: "web".into(),
+        color: Color::Blue,
+        release: gate().slot.release,
+        host: "a.fr".into(),
+        path: "/".into(),
+        listen: "0.0.0.0:80".into(),
+    };
+    let update = plan_of(vec![
+        Action::DeleteInstance { name: "tools".into() },
+        Action::InstallEdge { runs_in: "tools".into(), config: "c".into() },
+        Action::VerifyEdge(check),
+        Action::InstallUnits {
+            target: UnitTarget::Host,
+            files: Vec::new(),
+            timers: Vec::new(),
+            environments: Vec::new(),
+        },
+    ]);
+    let p = hold(update, &live, &refs, WindowClock { now: NOON, utc_offset_s: 0 });
+    let because: Vec<(String, &str)> =
+        p.waiting.iter().map(|w| (w.step.action.to_string(), w.because.as_str())).collect();
     assert_eq!(
-        because
-            .get("verify prod/web serves green 1111111111 through the edge (Host: a.fr)")
-            .copied(),
-        Some("it goes with `switch edge config (haproxy on tools)`, which waits"),
-        "{p}"
+        because,
+        [
+            ("delete instance tools".to_string(), "it deletes a plain instance"),
+            (
+                "update edge config (haproxy on tools)".to_string(),
+                "it goes with `delete instance tools`, which waits"
+            ),
+            (
+                "verify prod/web serves blue 1111111111 through the edge (Host: a.fr)".to_string(),
+                "it goes with `update edge config (haproxy on tools)`, which waits"
+            ),
+        ]
     );
+    assert_eq!(actions(&p.steps), ["install units on host: "], "{p}");
 }
 
 /// A profile device edit waits while a plain instance using it runs; a config-only edit
