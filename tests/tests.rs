@@ -16,3 +16,4 @@ mod packaging;
 mod secrets;
 mod signed_source;
 mod tidy;
+mod windows;

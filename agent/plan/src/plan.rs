@@ -20,6 +20,7 @@ use crate::edge::{EdgeEnv, EdgeSettings, render_edge};
 use crate::live::{LiveState, MARK_HOST, UnitTarget};
 
 mod instance;
+pub mod maintenance;
 mod types;
 
 use instance::{diff_reason, plan_instance};
@@ -386,7 +387,7 @@ pub fn plan(
     plan_jobs(&want, live, &mut b);
     plan_prune(&want, live, &mut b);
 
-    Ok(Plan { steps: b.steps, refusals: b.refusals, drift })
+    Ok(Plan { steps: b.steps, refusals: b.refusals, drift, waiting: Vec::new() })
 }
 
 /// Renders the edge for all manifests, with per-env active-color overrides.

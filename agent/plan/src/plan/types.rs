@@ -289,6 +289,10 @@ pub struct Plan {
     pub refusals: Vec<Refusal>,
     /// Drift found on detect-only resources (reported, not corrected).
     pub drift: Vec<String>,
+    /// Disruptive steps (and their dependants) held until their environment's next
+    /// maintenance window (`super::maintenance::hold`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub waiting: Vec<super::maintenance::Waiting>,
 }
 
 impl Plan {
@@ -359,7 +363,11 @@ impl Plan {
 impl fmt::Display for Plan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.steps.is_empty() {
-            writeln!(f, "no changes")?;
+            writeln!(
+                f,
+                "{}",
+                if self.waiting.is_empty() { "no changes" } else { "nothing to apply now" }
+            )?;
         }
         for (i, s) in self.steps.iter().enumerate() {
             writeln!(f, "{:>3}. {}", i + 1, s.action)?;
@@ -379,6 +387,9 @@ impl fmt::Display for Plan {
                 writeln!(f, "     - on a failed check: {back} back on the edge")?;
             }
             writeln!(f, "     because {}", s.reason)?;
+        }
+        for w in &self.waiting {
+            write!(f, "{w}")?;
         }
         for r in &self.refusals {
             writeln!(f, "refused: {}: {}", r.resource, r.reason)?;
