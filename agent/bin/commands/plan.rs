@@ -126,6 +126,7 @@ mod tests {
             waiting: (0..waits).map(|_| waiting()).collect(),
             refusals: (0..refusals).map(|_| refusal()).collect(),
             drift: Vec::new(),
+            edge_takeover: None,
         };
         // (steps, waiting steps, refusals, suspended or report mode, exit code)
         let table = [

@@ -387,7 +387,31 @@ pub fn plan(
     plan_jobs(&want, live, &mut b);
     plan_prune(&want, live, &mut b);
 
-    Ok(Plan { steps: b.steps, refusals: b.refusals, drift, waiting: Vec::new() })
+    let edge_takeover = takeover(&b.steps, live);
+    Ok(Plan { steps: b.steps, refusals: b.refusals, drift, waiting: Vec::new(), edge_takeover })
+}
+
+/// The first line of every config veza-agent renders (`templates/haproxy.cfg.tera`).
+const RENDERED_HEADER: &str = "# The shared HAProxy edge of this host, rendered by veza-agent";
+
+/// When `steps` install the edge over a live config veza-agent did not write: the diff
+/// from that config to the one installed.
+fn takeover(steps: &[Step], live: &LiveState) -> Option<String> {
+    let live_config = live.edge_config()?;
+    if live_config.starts_with(RENDERED_HEADER) {
+        return None;
+    }
+    let new = steps.iter().find_map(|s| match &s.action {
+        Action::InstallEdge { config, .. } | Action::Promote(Switch { config, .. }) => Some(config),
+        _ => None,
+    })?;
+    Some(crate::edge::diff::unified(
+        "haproxy.cfg (live, not written by veza-agent)",
+        live_config,
+        "haproxy.cfg (rendered by veza-agent)",
+        new,
+        3,
+    ))
 }
 
 /// Renders the edge for all manifests, with per-env active-color overrides.

@@ -543,6 +543,7 @@ fn plan_of(actions: Vec<Action>) -> Plan {
         steps: actions.into_iter().map(|action| Step { action, reason: "test".into() }).collect(),
         refusals: Vec::new(),
         drift: Vec::new(),
+        edge_takeover: None,
         waiting: Vec::new(),
     }
 }

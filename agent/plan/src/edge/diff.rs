@@ -22,7 +22,7 @@ pub fn unified(a_name: &str, old: &str, b_name: &str, new: &str, context: usize)
         }
         let from = changed[start].saturating_sub(context);
         let to = (changed[end] + context + 1).min(ops.len());
-        let (mut a_at, mut b_at) = position(&ops[..from]);
+        let (a_at, b_at) = lengths(&ops[..from]);
         let (a_len, b_len) = lengths(&ops[from..to]);
         // Line numbers are 1-based; an empty side is numbered by the line before it.
         let a_first = if a_len == 0 { a_at } else { a_at + 1 };
@@ -30,19 +30,9 @@ pub fn unified(a_name: &str, old: &str, b_name: &str, new: &str, context: usize)
         out.push_str(&format!("@@ -{a_first},{a_len} +{b_first},{b_len} @@\n"));
         for op in &ops[from..to] {
             match op {
-                Op::Same(i, _) => {
-                    out.push_str(&format!(" {}\n", a[*i]));
-                    a_at += 1;
-                    b_at += 1;
-                }
-                Op::Del(i) => {
-                    out.push_str(&format!("-{}\n", a[*i]));
-                    a_at += 1;
-                }
-                Op::Add(j) => {
-                    out.push_str(&format!("+{}\n", b[*j]));
-                    b_at += 1;
-                }
+                Op::Same(i) => out.push_str(&format!(" {}\n", a[*i])),
+                Op::Del(i) => out.push_str(&format!("-{}\n", a[*i])),
+                Op::Add(j) => out.push_str(&format!("+{}\n", b[*j])),
             }
         }
         start = end + 1;
@@ -52,16 +42,12 @@ pub fn unified(a_name: &str, old: &str, b_name: &str, new: &str, context: usize)
 
 #[derive(Debug, Clone, Copy)]
 enum Op {
-    Same(usize, usize),
+    Same(usize),
     Del(usize),
     Add(usize),
 }
 
 /// Lines of `a` and `b` consumed by `ops`.
-fn position(ops: &[Op]) -> (usize, usize) {
-    lengths(ops)
-}
-
 fn lengths(ops: &[Op]) -> (usize, usize) {
     ops.iter().fold((0, 0), |(x, y), op| match op {
         Op::Same(..) => (x + 1, y + 1),
@@ -86,7 +72,7 @@ fn edit_script(a: &[&str], b: &[&str]) -> Vec<Op> {
     let mut ops = Vec::with_capacity(n + m);
     while i < n || j < m {
         if i < n && j < m && a[i] == b[j] {
-            ops.push(Op::Same(i, j));
+            ops.push(Op::Same(i));
             i += 1;
             j += 1;
         } else if j == m || (i < n && lcs[i + 1][j] >= lcs[i][j + 1]) {

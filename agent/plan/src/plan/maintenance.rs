@@ -262,7 +262,7 @@ pub fn hold(plan: Plan, live: &LiveState, manifests: &[&Manifest], clock: Window
             Availability::Closed { next_open } => Some(next_open),
         }
     };
-    let Plan { steps, refusals, drift, mut waiting } = plan;
+    let Plan { steps, refusals, drift, mut waiting, edge_takeover } = plan;
     let mut kept = Vec::with_capacity(steps.len());
     // Instances whose deletion, creation or release waits: later steps on them wait too.
     let mut blocked: BTreeMap<String, Cause> = BTreeMap::new();
@@ -343,7 +343,7 @@ pub fn hold(plan: Plan, live: &LiveState, manifests: &[&Manifest], clock: Window
             step,
         });
     }
-    Plan { steps: kept, refusals, drift, waiting }
+    Plan { steps: kept, refusals, drift, waiting, edge_takeover }
 }
 
 #[cfg(test)]

@@ -729,3 +729,27 @@ fn the_host_image_mapping_decides_what_incus_is_asked_for_and_the_mark_keeps_the
     let after = applied(&live, &p);
     assert!(run(&ms, &after, &o).is_empty(), "{}", run(&ms, &after, &o));
 }
+
+#[test]
+fn replacing_an_edge_config_the_agent_did_not_write_shows_the_diff_once() {
+    let ms = manifests(&[DEMO]);
+    let mut live = live_with_default_pool();
+    let ansible = "# Managed by Ansible: do not edit.\nglobal\n    daemon\nfrontend veza_edge\n    bind *:80\n";
+    live.edge = LiveEdge::from_config(ansible.to_string());
+    let p = run(&ms, &live, &opts());
+    let diff = p.edge_takeover.as_deref().expect("a takeover diff");
+    assert!(diff.starts_with("--- haproxy.cfg (live, not written by veza-agent)\n"), "{diff}");
+    assert!(diff.contains("\n-# Managed by Ansible: do not edit.\n"), "{diff}");
+    assert!(
+        diff.contains("\n+# The shared HAProxy edge of this host, rendered by veza-agent"),
+        "{diff}"
+    );
+    assert!(p.to_string().contains("edge takeover: the live haproxy.cfg was not written"), "{p}");
+    // Once the agent's config is live, a later edge change is an ordinary update.
+    let mut after = applied(&live, &p);
+    let edited = after.edge.config.clone().expect("installed") + "# edited by hand\n";
+    after.edge = LiveEdge::from_config(edited);
+    let again = run(&ms, &after, &opts());
+    assert!(again.steps.iter().any(|s| matches!(s.action, Action::InstallEdge { .. })), "{again}");
+    assert_eq!(again.edge_takeover, None);
+}

@@ -293,6 +293,10 @@ pub struct Plan {
     /// maintenance window (`super::maintenance::hold`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub waiting: Vec<super::maintenance::Waiting>,
+    /// When the plan replaces a live edge config veza-agent did not write (the first
+    /// install after a cutover): the unified diff from it to the rendered config.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub edge_takeover: Option<String>,
 }
 
 impl Plan {
@@ -390,6 +394,15 @@ impl fmt::Display for Plan {
         }
         for w in &self.waiting {
             write!(f, "{w}")?;
+        }
+        if let Some(diff) = &self.edge_takeover {
+            writeln!(
+                f,
+                "edge takeover: the live haproxy.cfg was not written by veza-agent; it is replaced by the rendered one:"
+            )?;
+            for line in diff.lines() {
+                writeln!(f, "  {line}")?;
+            }
         }
         for r in &self.refusals {
             writeln!(f, "refused: {}: {}", r.resource, r.reason)?;

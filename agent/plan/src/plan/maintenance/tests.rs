@@ -314,6 +314,7 @@ fn gate() -> crate::plan::Gate {
 
 fn plan_of(actions: Vec<Action>) -> Plan {
     Plan {
+        edge_takeover: None,
         steps: actions.into_iter().map(|action| Step { action, reason: "test".into() }).collect(),
         refusals: Vec::new(),
         drift: Vec::new(),
