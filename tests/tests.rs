@@ -3,6 +3,7 @@
 //! `tests/host/setup`; they fail, never skip, when a component is missing.
 
 mod confinement;
+mod cutover;
 mod daemon;
 mod e2e;
 mod edge;
