@@ -267,3 +267,40 @@ fn units_zero_randomized_delay_is_omitted() {
     .unwrap();
     assert!(!units.timer.contents.contains("RandomizedDelaySec"), "{}", units.timer.contents);
 }
+
+#[test]
+fn foreign_units_are_read_for_their_timer_and_commands() {
+    // (timer file name, contents, the unit it activates)
+    let timers = [
+        (
+            "pgbackrest-full.timer",
+            "[Unit]\nDescription=x\n[Timer]\nOnCalendar=Sun 02:00\n",
+            "pgbackrest-full.service",
+        ),
+        ("drill.timer", "[Timer]\nUnit=dr-drill.service\nOnCalendar=weekly\n", "dr-drill.service"),
+        (
+            "odd.timer",
+            "[Unit]\nUnit=not-this.service\n[Timer]\n# Unit=commented.service\n",
+            "odd.service",
+        ),
+    ];
+    for (name, text, want) in timers {
+        assert_eq!(timer_unit(name, text), want, "{name}");
+    }
+    // (service contents, its ExecStart commands)
+    let services: [(&str, &[&str]); 4] = [
+        (
+            "[Service]\nType=oneshot\nUser=postgres\nExecStart=/usr/bin/pgbackrest --stanza=veza --type=full backup\n",
+            &["/usr/bin/pgbackrest --stanza=veza --type=full backup"],
+        ),
+        (
+            "[Service]\nExecStart=-/bin/true\nExecStart = /bin/echo  two \n",
+            &["-/bin/true", "/bin/echo  two"],
+        ),
+        ("[Service]\nExecStart=/bin/a\nExecStart=\nExecStart=/bin/b\n", &["/bin/b"]),
+        ("[Unit]\nExecStart=/bin/not-a-service-key\n[Install]\nWantedBy=timers.target\n", &[]),
+    ];
+    for (text, want) in services {
+        assert_eq!(exec_starts(text), want, "{text:?}");
+    }
+}
