@@ -11,6 +11,10 @@ use super::{JobRun, SystemdError, Units};
 #[derive(Debug, Default)]
 struct State {
     files: BTreeMap<UnitTarget, BTreeMap<String, String>>,
+    /// Unit files without the marker (someone else's), by target.
+    foreign: BTreeMap<UnitTarget, BTreeMap<String, String>>,
+    /// Timers enabled by an install (active from then on).
+    active: Vec<(UnitTarget, String)>,
     /// Root-only files beside the units (every target), by name.
     private: BTreeMap<String, String>,
     calls: Vec<String>,
@@ -34,8 +38,21 @@ impl FakeUnits {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Puts someone else's unit file (no marker) at `target`, enabled and active.
+    pub fn set_foreign(&self, target: &UnitTarget, name: &str, contents: &str) {
+        let mut st = self.lock();
+        st.foreign.entry(target.clone()).or_default().insert(name.into(), contents.into());
+        st.active.push((target.clone(), name.to_string()));
+    }
+
+    /// Someone else's unit files at `target` (retired ones under their new name).
+    pub fn foreign_files(&self, target: &UnitTarget) -> BTreeMap<String, String> {
+        self.lock().foreign.get(target).cloned().unwrap_or_default()
+    }
+
     /// Every install and remove so far, as `install TARGET: FILES; enable TIMERS` and
-    /// `remove TARGET: NAMES`.
+    /// `remove TARGET: NAMES`; adoption's reads and retirements as `is-active TARGET:
+    /// UNIT` and `retire TARGET: UNIT`.
     pub fn calls(&self) -> Vec<String> {
         self.lock().calls.clone()
     }
@@ -73,6 +90,7 @@ impl Units for FakeUnits {
             return Err(SystemdError::Verify { target: target.to_string(), diagnostics });
         }
         st.files.entry(target.clone()).or_default().extend(files.iter().cloned());
+        st.active.extend(timers.iter().map(|t| (target.clone(), t.clone())));
         Ok(())
     }
 
@@ -105,6 +123,38 @@ impl Units for FakeUnits {
             }
         }
         Ok(())
+    }
+
+    async fn foreign(&self, target: &UnitTarget) -> Result<BTreeMap<String, String>, SystemdError> {
+        let files = self.lock().foreign.get(target).cloned().unwrap_or_default();
+        Ok(files
+            .iter()
+            .filter(|(name, _)| name.ends_with(".timer"))
+            .flat_map(|(name, text)| {
+                let service = veza_model::units::timer_unit(name, text);
+                let svc = files.get(&service).map(|s| (service, s.clone()));
+                std::iter::once((name.clone(), text.clone())).chain(svc)
+            })
+            .collect())
+    }
+
+    async fn is_active(&self, target: &UnitTarget, unit: &str) -> Result<bool, SystemdError> {
+        let mut st = self.lock();
+        st.calls.push(format!("is-active {target}: {unit}"));
+        Ok(st.active.iter().any(|(t, u)| t == target && u == unit))
+    }
+
+    async fn retire(&self, target: &UnitTarget, unit: &str) -> Result<String, SystemdError> {
+        let mut st = self.lock();
+        st.calls.push(format!("retire {target}: {unit}"));
+        let retired = format!("{unit}{}", super::RETIRED_SUFFIX);
+        st.active.retain(|(t, u)| !(t == target && u == unit));
+        if let Some(files) = st.foreign.get_mut(target)
+            && let Some(text) = files.remove(unit)
+        {
+            files.insert(retired.clone(), text);
+        }
+        Ok(retired)
     }
 
     async fn job_run(
