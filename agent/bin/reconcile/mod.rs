@@ -24,11 +24,13 @@ use veza_state::{AgentState, HistoryEntry, Journal, Outcome, RunRecord, Store};
 use crate::edge::EdgeRuntime;
 
 mod accept;
+mod adopt;
 mod feedback;
 mod hooks;
 mod observe;
 
 pub use accept::{Source, SourceProblem};
+pub use adopt::AdoptionReport;
 use hooks::{JournalHooks, NewerCommit};
 use observe::failing_jobs;
 

@@ -76,6 +76,9 @@ pub enum Outcome {
     Suspended,
     /// The history entry of `veza-agent resume`.
     Resumed,
+    /// The history entry of `veza-agent adopt --apply`: the operator took over what the
+    /// manifests name (marks set, foreign timers replaced).
+    Adopted,
 }
 
 impl Outcome {
@@ -89,6 +92,7 @@ impl Outcome {
             Outcome::NoChange => "no-change",
             Outcome::Suspended => "suspended",
             Outcome::Resumed => "resumed",
+            Outcome::Adopted => "adopted",
         }
     }
 }

@@ -299,8 +299,9 @@ fn a_resource_changed_since_assessed_is_not_marked() {
 
 #[test]
 fn probe_output_of_curl_and_busybox_wget() {
-    // (what the in-slot probe printed, status, X-Release)
-    let cases: [(&str, Option<(u16, Option<&str>)>); 6] = [
+    // (what the in-slot probe printed, status and X-Release)
+    type Case = (&'static str, Option<(u16, Option<&'static str>)>);
+    let cases: [Case; 6] = [
         ("HTTP/1.1 200 OK\r\nX-Release: abc\r\n\r\n", Some((200, Some("abc")))),
         (
             "HTTP/1.1 301 Moved\r\nLocation: /x\r\n\r\nHTTP/1.1 200 OK\r\nx-release: def\r\n\r\n",
