@@ -101,13 +101,16 @@ pub(crate) fn validate_probe_path(path: &str) -> Result<()> {
 }
 
 /// The fixed command of [`Incus::probe_inside`]: prints the status line and headers of
-/// `GET http://127.0.0.1:<port><path>` with curl, else busybox wget; always exits 0.
+/// `GET http://127.0.0.1:<port><path>` with curl, else busybox wget (bounded by
+/// `timeout`, not by wget's `-T`, which crashes the static busybox of Debian 12); always
+/// exits 0.
 pub(crate) fn probe_command(port: u16, path: &str, timeout: std::time::Duration) -> Vec<String> {
     let secs = timeout.as_secs().max(1);
     let url = format!("'http://127.0.0.1:{port}{path}'");
     let script = format!(
         "if command -v curl >/dev/null 2>&1; then curl -s -o /dev/null -D - --max-time {secs} {url}; \
-         else wget -S -T {secs} -O /dev/null {url} 2>&1; fi; exit 0"
+         else t=; command -v timeout >/dev/null 2>&1 && t='timeout {secs}'; \
+         $t wget -S -O /dev/null {url} 2>&1; fi; exit 0"
     );
     vec!["sh".to_string(), "-c".to_string(), script]
 }

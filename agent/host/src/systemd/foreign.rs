@@ -138,7 +138,7 @@ impl<I: Incus> Systemd<'_, I> {
         }
         self.run_in(target, &["systemctl", "disable", "--now", unit]).await?;
         match target {
-            UnitTarget::Host => crate::fs::rename(&self.host_path(unit), &self.host_path(&retired))
+            UnitTarget::Host => veza_fs::rename(&self.host_path(unit), &self.host_path(&retired))
                 .map_err(|e| SystemdError::Io { path: e.path, source: e.source })?,
             UnitTarget::Instance(_) => {
                 let (from, to) = (self.instance_path(unit), self.instance_path(&retired));

@@ -99,7 +99,16 @@ impl IncusClient {
         let Some(fingerprint) = target.get("target").and_then(Value::as_str) else {
             return Ok(None);
         };
-        validate_name("image fingerprint", fingerprint)?;
+        if fingerprint.is_empty()
+            || fingerprint.len() > 64
+            || !fingerprint.bytes().all(|b| b.is_ascii_hexdigit())
+        {
+            return Err(IncusError::Invalid {
+                what: "image fingerprint",
+                value: fingerprint.to_string(),
+                reason: "it must be hexadecimal",
+            });
+        }
         let Some((image, _)) =
             self.get_with_etag::<Value>(&format!("/1.0/images/{fingerprint}")).await?
         else {
