@@ -1039,6 +1039,17 @@ fn suspend_and_report_mode_plan_but_apply_nothing_until_resumed() {
     assert!(headline.contains(&format!("create instance {}-hello-green", h.env)), "{headline}");
     let metrics = std::fs::read_to_string(h.dir.join("veza-agent.prom")).unwrap();
     assert!(metrics.contains("veza_agent_suspended 1"), "{metrics}");
+    // `plan` still shows the plan, says first that nothing will be applied and why, and
+    // exits 4 as `apply` does.
+    let (code, plan, err) = agent(&h, &["plan"]);
+    assert_eq!(code, 4, "{plan}\n{err}");
+    let first = plan.lines().next().unwrap_or_default();
+    assert!(first.starts_with("NOTHING WILL BE APPLIED: suspended by "), "{plan}");
+    assert!(first.contains("db maintenance"), "{plan}");
+    assert!(plan.contains(&format!("create instance {}-hello-green", h.env)), "{plan}");
+    let (code, json, _) = agent(&h, &["plan", "--json"]);
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!((code, &json["applies"]), (4, &serde_json::json!(false)), "{json:#}");
 
     let (code, out, err) = agent(&h, &["resume"]);
     assert_eq!(code, 0, "{out}\n{err}");
@@ -1055,6 +1066,9 @@ fn suspend_and_report_mode_plan_but_apply_nothing_until_resumed() {
     let config = std::fs::read_to_string(&h.config_path).unwrap();
     std::fs::write(&h.config_path, format!("{config}mode: report\n")).unwrap();
     h.commit(&h.manifest("blue", Some(0), Some(1)), "back to blue").unwrap();
+    let (code, plan, _) = agent(&h, &["plan"]);
+    assert_eq!(code, 4, "{plan}");
+    assert!(plan.starts_with("NOTHING WILL BE APPLIED: report mode"), "{plan}");
     let (code, out, err) = agent(&h, &["apply"]);
     assert_eq!(code, 4, "{out}\n{err}");
     assert!(out.contains("report mode"), "{out}");

@@ -4,6 +4,7 @@
 
 mod adopt;
 mod confinement;
+mod cutover;
 mod daemon;
 mod e2e;
 mod edge;
@@ -17,3 +18,4 @@ mod packaging;
 mod secrets;
 mod signed_source;
 mod tidy;
+mod windows;

@@ -78,7 +78,9 @@ enum Command {
     /// the manifests ask for was refused (the outcome line says `N refused (not done)`),
     /// 1 when the revision was rejected or quarantined, a promotion rolled back, or a
     /// step failed, 4 when the host is suspended or in report mode (planned, nothing
-    /// applied).
+    /// applied) or when disruptive steps wait for their environment's maintenance window
+    /// (outcome `waiting`: everything else applied). `--now` (root) runs those steps
+    /// now; the history records who asked.
     Apply(commands::apply::ApplyArgs),
     /// Show what would change (a dry run against live state).
     ///
@@ -88,12 +90,17 @@ enum Command {
     /// mirror in the state directory is updated by the fetch.
     ///
     /// Decides exactly as a sync would (`apply` and `plan` share one decision: quarantined
-    /// commits and job gates included).
+    /// commits, job gates and maintenance windows included: steps that wait for a window
+    /// are listed as `waiting for window: STEP (next opens at TIME)`). When the host is
+    /// suspended or in report mode, the first line says that nothing will be applied and
+    /// why.
     ///
     /// Exit 0 when nothing would change, 2 when changes are pending, 3 when the agent
-    /// would refuse something the manifests ask for, 1 on error or when the revision is
-    /// refused or quarantined (note: 2 differs from the other subcommands, so CI can tell
-    /// pending changes from failures).
+    /// would refuse something the manifests ask for, 4 when changes are pending but an
+    /// apply now would apply none of them (suspended, report mode, or every pending step
+    /// waits for a maintenance window), 1 on error or when the revision is refused or
+    /// quarantined (note: 2 differs from the other subcommands, so CI can tell pending
+    /// changes from failures).
     Plan(commands::plan::PlanArgs),
     /// Take over what the manifests name on a host someone else built (the Ansible pipeline).
     ///
@@ -112,9 +119,9 @@ enum Command {
     /// `--apply` (root) sets the agent's marks on everything `adopt` (through Incus's
     /// update with ETag: no restart, snapshot or recreate), replaces each duplicate timer
     /// with the job's units (installed and active before the foreign timer is disabled
-    /// and renamed `*.replaced-by-veza-agent`), and records who, why and what in the
-    /// history. It asks for confirmation on the terminal unless `--yes`, and is refused,
-    /// changing nothing, while anything is in conflict or refused.
+    /// with `systemctl disable --now`; its files stay), and records who, why and what in
+    /// the history. It asks on the terminal to type `adopt` unless `--yes`, and is
+    /// refused, changing nothing, while anything is in conflict or refused.
     ///
     /// Exit 0 nothing to adopt (or adopted), 2 something to adopt and nothing in the way
     /// (report only), 1 a conflict or refusal, a declined confirmation, not root, or an
@@ -125,9 +132,13 @@ enum Command {
     /// Connects to the daemon's control socket (`STATE_DIR/control.sock`), waits for the
     /// next completed sync and prints its outcome line, as `apply` does.
     ///
-    /// Exit 0 when applied or in sync, 3 when it was with refusals, 4 when suspended or in
-    /// report mode, 1 when the sync did not succeed, 2 when no daemon answers or the
-    /// configuration is unreadable.
+    /// `--now` (root; the daemon checks the caller's credentials) makes that sync run the
+    /// steps that wait for a maintenance window, recorded in the history with who asked.
+    ///
+    /// Exit 0 when applied or in sync, 3 when it was with refusals, 4 when suspended, in
+    /// report mode or when steps wait for a maintenance window, 1 when the sync did not
+    /// succeed, 2 when no daemon answers, the request was refused or the configuration
+    /// is unreadable.
     Sync(commands::sync::SyncArgs),
     /// What runs, from which commit, signed by whom, and what needs a human.
     ///

@@ -6,8 +6,9 @@
 //! conflict or refusal (`--apply` would change nothing), or an error.
 //!
 //! `veza-agent adopt --apply [--yes] [--reason TEXT]` (root): refused with exit 1 when
-//! anything is in conflict or refused (nothing changed); otherwise asks for confirmation
-//! on the terminal (unless `--yes`; exit 2 without a terminal), takes the host lock,
+//! anything is in conflict or refused (nothing changed); otherwise asks the operator to
+//! type `adopt` on the terminal (unless `--yes`; exit 2 without a terminal), takes the
+//! host lock,
 //! sets the marks and replaces the duplicate timers, and records who, why and what in the
 //! history. Exit 0 adopted (or nothing to adopt), 1 not root, refused, declined, or
 //! stopped part-way (recorded), 2 no terminal to confirm on.
@@ -110,14 +111,14 @@ fn confirm(a: &Adoption) -> Option<bool> {
         return None;
     }
     eprint!(
-        "adopt {} instance(s) and profile(s) and replace {} timer(s) on this host? [y/N] ",
+        "this marks {} instance(s) and profile(s) as the agent's and replaces {} timer(s) on this host; type `adopt` to go on: ",
         a.count(veza_plan::adopt::AdoptState::Adopt),
         a.timers.len()
     );
     let _ = std::io::stderr().flush();
     let mut line = String::new();
     std::io::stdin().lock().read_line(&mut line).ok()?;
-    Some(matches!(line.trim().to_ascii_lowercase().as_str(), "y" | "yes"))
+    Some(line.trim() == "adopt")
 }
 
 /// Runs `adopt`.

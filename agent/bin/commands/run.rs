@@ -18,10 +18,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use veza_state::Store;
 
 use crate::commands::common::{ConfigArg, fail, runtime};
@@ -37,12 +36,11 @@ pub struct RunArgs {
     pub max_syncs: Option<u64>,
 }
 
-/// The control socket of the daemon.
-pub fn control_socket(state_dir: &std::path::Path) -> PathBuf {
-    state_dir.join("control.sock")
-}
+mod control;
 
-type Waiter = oneshot::Sender<SyncSummary>;
+pub use control::control_socket;
+pub(crate) use control::request_line;
+use control::{Waiter, serve_control};
 
 /// Runs the daemon.
 pub fn run(args: &RunArgs) -> ExitCode {
@@ -107,8 +105,9 @@ async fn daemon(args: &RunArgs) -> anyhow::Result<()> {
 
 /// What the daemon loop drives: one sync, the schedule, and a configuration reload.
 pub(crate) trait Cycle {
-    /// One sync (never an error: a failure is a `failed` summary).
-    async fn sync(&mut self, stop: &AtomicBool) -> SyncSummary;
+    /// One sync (never an error: a failure is a `failed` summary); `run_now_by`: an
+    /// operator's `sync --now`.
+    async fn sync(&mut self, stop: &AtomicBool, run_now_by: Option<String>) -> SyncSummary;
     /// The poll interval and the most jitter added to it.
     fn schedule(&self) -> (Duration, Duration);
     /// Re-reads the configuration (an invalid one is rejected, the running one kept).
@@ -142,10 +141,12 @@ pub(crate) async fn drive<C: Cycle>(
     let mut syncs = 0u64;
     let mut failures_in_a_row = 0u32;
     loop {
-        let summary = cycle.sync(&inputs.stop).await;
+        // A `sync --now` among the requests this sync answers runs held steps now.
+        let run_now_by = waiters.iter().find_map(|w| w.run_now_by.clone());
+        let summary = cycle.sync(&inputs.stop, run_now_by).await;
         tracing::info!("sync: {summary}");
         for w in waiters.drain(..) {
-            let _ = w.send(summary.clone());
+            let _ = w.reply.send(summary.clone());
         }
         syncs += 1;
         if inputs.stop.load(Ordering::SeqCst) || inputs.max_syncs.is_some_and(|m| syncs >= m) {
@@ -189,8 +190,8 @@ struct AgentCycle {
 }
 
 impl Cycle for AgentCycle {
-    async fn sync(&mut self, stop: &AtomicBool) -> SyncSummary {
-        match self.agent.sync(&self.store, stop).await {
+    async fn sync(&mut self, stop: &AtomicBool, run_now_by: Option<String>) -> SyncSummary {
+        match self.agent.sync(&self.store, stop, run_now_by).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!("sync failed: {e:#}");
@@ -305,36 +306,10 @@ fn jitter(max: Duration) -> Duration {
     if ms == 0 { Duration::ZERO } else { Duration::from_millis(u64::from(nanos) % ms) }
 }
 
-/// Accepts `sync` requests; each gets the summary of the next completed sync.
-async fn serve_control(listener: UnixListener, tx: mpsc::Sender<Waiter>) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            let (read, mut write) = stream.into_split();
-            let mut line = String::new();
-            let mut reader = BufReader::new(read.take(64));
-            if reader.read_line(&mut line).await.is_err() || line.trim() != "sync" {
-                let _ = write.write_all(b"error: unknown request (expected `sync`)\n").await;
-                return;
-            }
-            let (done, wait) = oneshot::channel();
-            if tx.send(done).await.is_err() {
-                return;
-            }
-            if let Ok(summary) = wait.await {
-                let text = serde_json::to_string(&summary).unwrap_or_default();
-                let _ = write.write_all(format!("{text}\n").as_bytes()).await;
-            }
-        });
-    }
-}
-
-use tokio::io::AsyncReadExt as _;
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::sync::oneshot;
 
     #[test]
     fn only_failures_a_retry_may_fix_are_retried_soon() {
@@ -367,6 +342,8 @@ mod tests {
             (Outcome::RolledBack, "green never became healthy", false),
             (Outcome::Applied, "", false),
             (Outcome::NoChange, "", false),
+            // Held for a maintenance window: the next poll (or `sync --now`) runs it.
+            (Outcome::Waiting, "waiting for window, opens at 2026-01-04T02:00:00+01:00", false),
         ];
         for (outcome, reason, want) in table {
             assert_eq!(retry_soon(&summary(outcome, reason)), want, "{outcome:?}: {reason}");
@@ -405,6 +382,8 @@ mod tests {
         reloads: usize,
         poll: Duration,
         stop_after: Option<(usize, Arc<AtomicBool>)>,
+        /// The `--now` each sync ran with.
+        run_now_by: Vec<Option<String>>,
     }
 
     impl Scripted {
@@ -416,6 +395,7 @@ mod tests {
                 reloads: 0,
                 poll,
                 stop_after: None,
+                run_now_by: Vec::new(),
             }
         }
         fn seconds(&self) -> Vec<u64> {
@@ -424,8 +404,9 @@ mod tests {
     }
 
     impl Cycle for Scripted {
-        async fn sync(&mut self, _stop: &AtomicBool) -> SyncSummary {
+        async fn sync(&mut self, _stop: &AtomicBool, run_now_by: Option<String>) -> SyncSummary {
             self.at.push(self.started.elapsed());
+            self.run_now_by.push(run_now_by);
             if let Some((n, stop)) = &self.stop_after
                 && self.at.len() >= *n
             {
@@ -505,12 +486,30 @@ mod tests {
         let (tx, rx) = oneshot::channel();
         let asked = async move {
             tokio::time::sleep(Duration::from_secs(10)).await;
-            handles.requests.send(tx).await.expect("the loop listens");
+            let w = Waiter { reply: tx, run_now_by: None };
+            handles.requests.send(w).await.expect("the loop listens");
             rx.await.expect("answered")
         };
         let ((), answer) = tokio::join!(drive(&mut cycle, inputs, full_jitter), asked);
         assert_eq!(answer.outcome, veza_state::Outcome::NoChange);
         assert_eq!(cycle.seconds(), [0, 10]);
+    }
+
+    /// `sync --now` runs the next sync (only that one) with the operator's override.
+    #[tokio::test(start_paused = true)]
+    async fn a_sync_now_request_overrides_windows_for_the_sync_that_answers_it() {
+        let mut cycle = Scripted::new(Duration::from_secs(60), &[]);
+        let (inputs, handles) = loop_inputs(Some(3));
+        let (tx, rx) = oneshot::channel();
+        let asked = async move {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            let w = Waiter { reply: tx, run_now_by: Some("alice".into()) };
+            handles.requests.send(w).await.expect("the loop listens");
+            rx.await.expect("answered")
+        };
+        let ((), _) = tokio::join!(drive(&mut cycle, inputs, full_jitter), asked);
+        assert_eq!(cycle.seconds(), [0, 10, 73]);
+        assert_eq!(cycle.run_now_by, [None, Some("alice".to_string()), None]);
     }
 
     #[tokio::test(start_paused = true)]

@@ -199,9 +199,17 @@ pub fn build(state: AgentState, seen: Observed) -> Status {
             }
         }
     }
+    // Steps waiting for a maintenance window are expected, not a problem: said in the
+    // headline, listed under `waiting:`.
+    let waiting = match state.waiting.len() {
+        0 => String::new(),
+        _ => format!("; {}", crate::reconcile::waiting_reason(&state.waiting)),
+    };
     let headline = match (&problems.first(), &state.applied) {
         (Some(p), _) => format!("NEEDS ATTENTION: {p}"),
-        (None, Some(a)) => format!("OK: in sync with {} signed by {}", short(&a.commit), a.signer),
+        (None, Some(a)) => {
+            format!("OK: in sync with {} signed by {}{waiting}", short(&a.commit), a.signer)
+        }
         (None, None) => "nothing applied yet".to_string(),
     };
     Status {
@@ -329,6 +337,19 @@ pub fn render(s: &Status, now: i64) -> String {
                 j.next.as_deref().map_or_else(|| "none".to_string(), when),
                 last_run(j, now),
                 if j.problem.is_some() { "  [!]" } else { "" }
+            );
+        }
+    }
+    if !st.waiting.is_empty() {
+        let _ = writeln!(o, "waiting for a maintenance window:");
+        for w in &st.waiting {
+            let _ = writeln!(
+                o,
+                "  {}: {} (next opens at {}) — {}",
+                w.env,
+                w.step,
+                w.next_open.as_deref().unwrap_or("never"),
+                w.because
             );
         }
     }

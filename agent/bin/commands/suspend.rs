@@ -30,6 +30,16 @@ pub struct ResumeArgs {
     pub config: ConfigArg,
 }
 
+/// The operator behind a root-only command (`suspend`, `apply --now`, `sync --now`):
+/// their name, or exit 1 when not root.
+pub fn operator() -> Result<String, ExitCode> {
+    if veza_fs::effective_uid() != Some(0) {
+        eprintln!("error: only root may do this (hint: sudo)");
+        return Err(ExitCode::FAILURE);
+    }
+    Ok(who())
+}
+
 fn state_dir(config: &ConfigArg) -> Result<std::path::PathBuf, ExitCode> {
     if veza_fs::effective_uid() != Some(0) {
         eprintln!("error: only root may suspend or resume the agent (hint: sudo)");

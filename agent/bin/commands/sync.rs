@@ -1,6 +1,8 @@
 //! `veza-agent sync`: asks the running daemon to sync now and prints the outcome.
-//! Exit 0 when applied or in sync, 3 when applied with refusals, 1 otherwise, 2 when no
-//! daemon answers.
+//! Exit 0 when applied or in sync, 3 when applied with refusals, 4 when suspended, in
+//! report mode or when steps wait for a maintenance window, 1 otherwise, 2 when no
+//! daemon answers. `--now` (root) asks the daemon to run the steps that wait for a
+//! window in that sync; the daemon checks the caller is root and records who asked.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -19,10 +21,18 @@ pub struct SyncArgs {
     /// waits for a new color to become healthy can take minutes).
     #[arg(long, default_value_t = 900)]
     pub timeout: u64,
+    /// Run the steps that wait for a maintenance window in this sync (root only;
+    /// recorded in the history with who asked).
+    #[arg(long)]
+    pub now: bool,
 }
 
 /// Runs `sync`.
 pub fn run(args: &SyncArgs) -> ExitCode {
+    let run_now_by = match args.now.then(crate::commands::suspend::operator).transpose() {
+        Ok(by) => by,
+        Err(code) => return code,
+    };
     let config = match load_config(&args.config.config) {
         Ok(c) => c,
         Err(e) => return fail(&e, 2),
@@ -39,7 +49,8 @@ pub fn run(args: &SyncArgs) -> ExitCode {
         }
     };
     let _ = stream.set_read_timeout(Some(Duration::from_secs(args.timeout)));
-    if let Err(e) = stream.write_all(b"sync\n") {
+    let request = crate::commands::run::request_line(run_now_by.as_deref());
+    if let Err(e) = stream.write_all(request.as_bytes()) {
         return fail(&anyhow::anyhow!("cannot send the request: {e}"), 2);
     }
     let mut line = String::new();
@@ -48,6 +59,10 @@ pub fn run(args: &SyncArgs) -> ExitCode {
     }
     let summary: SyncSummary = match serde_json::from_str(line.trim()) {
         Ok(s) => s,
+        Err(_) if line.starts_with("error: ") => {
+            eprint!("{line}");
+            return ExitCode::from(2);
+        }
         Err(e) => {
             return fail(&anyhow::anyhow!("unreadable answer from the daemon ({e}): {line}"), 2);
         }

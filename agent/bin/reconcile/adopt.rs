@@ -12,7 +12,7 @@ use veza_plan::adopt::{Adoption, assess, needs};
 use veza_plan::live::LiveState;
 use veza_state::AgentState;
 
-use super::{Agent, Decision, Source};
+use super::{Agent, Decision, Source, Windows};
 
 /// What `adopt` reports.
 pub struct AdoptionReport {
@@ -34,15 +34,17 @@ impl Agent {
         now: i64,
     ) -> Result<Result<AdoptionReport, String>> {
         let refs: Vec<&Manifest> = source.manifests.iter().collect();
-        let wanted = needs(&refs, live).map_err(|e| anyhow!("adopt: {e}"))?;
+        let images = &self.config.incus.images;
+        let wanted = needs(&refs, live, images).map_err(|e| anyhow!("adopt: {e}"))?;
         let units = self.units();
         let facts = gather(&self.incus, &units, &HttpProbe, &wanted)
             .await
             .map_err(|e| anyhow!("adopt: {e}"))?;
-        let adoption = assess(&refs, live, &facts, &source.secrets.digests())
+        let adoption = assess(&refs, live, &facts, &source.secrets.digests(), images)
             .map_err(|e| anyhow!("adopt: {e}"))?;
-        let after = match self.plan_for(state, source, &adoption.marked(live), now)? {
-            Decision::Plan(p) => p,
+        let at = Windows::at(now, None);
+        let after = match self.plan_for(state, source, &adoption.marked(live), &at)? {
+            Decision::Plan(p, _) => p,
             Decision::Quarantined(reason) => return Ok(Err(reason)),
         };
         Ok(Ok(AdoptionReport { adoption, after }))

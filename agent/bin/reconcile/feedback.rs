@@ -31,6 +31,8 @@ pub fn status_of(summary: &SyncSummary) -> Option<(StatusState, String)> {
         Outcome::Suspended | Outcome::Resumed | Outcome::Adopted => {
             (StatusState::Pending, format!("not applied: {reason}"))
         }
+        // `waiting for window, opens at …; N step(s) held: …`
+        Outcome::Waiting => (StatusState::Pending, format!("{reason}{refused}")),
     })
 }
 
@@ -157,6 +159,15 @@ mod tests {
                 vec![],
                 StatusState::Error,
                 "sync failed: fetch: refused",
+            ),
+            (
+                Outcome::Waiting,
+                Some(
+                    "waiting for window, opens at 2026-01-04T02:00:00+01:00 (prod); 1 step(s) held: delete instance x",
+                ),
+                vec![],
+                StatusState::Pending,
+                "waiting for window, opens at 2026-01-04T02:00:00+01:00 (prod); 1 step(s) held: delete instance x",
             ),
             (
                 Outcome::Suspended,

@@ -28,11 +28,13 @@ mod adopt;
 mod feedback;
 mod hooks;
 mod observe;
+mod windows;
 
 pub use accept::{Source, SourceProblem};
 pub use adopt::AdoptionReport;
 use hooks::{JournalHooks, NewerCommit};
 use observe::failing_jobs;
+pub use windows::{Windows, waiting_reason};
 
 /// Incus server config key mirroring this host's anti-rollback high-water mark, so wiping
 /// the state directory does not reopen rollback.
@@ -87,8 +89,9 @@ impl std::fmt::Display for SyncSummary {
 pub enum Decision {
     /// The commit's promotion was rolled back before: nothing is tried again.
     Quarantined(String),
-    /// The plan to run.
-    Plan(Plan),
+    /// The plan to run (held for the maintenance windows), and the steps that would
+    /// have waited but run now because an operator said `--now`.
+    Plan(Plan, Vec<veza_plan::maintenance::Waiting>),
 }
 
 /// How the stages of one sync ended, for the one exit path that records it.
@@ -162,7 +165,11 @@ impl Agent {
 
     /// Plan options for this host.
     pub fn plan_options(&self) -> PlanOptions {
-        PlanOptions { edge_settings: crate::edge::settings(&self.config), ..PlanOptions::default() }
+        PlanOptions {
+            edge_settings: crate::edge::settings(&self.config),
+            images: self.config.incus.images.clone(),
+            ..PlanOptions::default()
+        }
     }
 
     /// Runs the plan through the drivers.
@@ -198,14 +205,16 @@ impl Agent {
 
     /// What this host would do with a verified revision, given the recorded state and
     /// the live observation: the one decision shared by `sync` and `plan`, so a plan
-    /// never shows what an apply would refuse (quarantine, gated promotions). Pure.
+    /// never shows what an apply would refuse (quarantine, gated promotions) nor what it
+    /// would hold for a maintenance window. Pure: the time and time zone are in `at`.
     pub fn plan_for(
         &self,
         state: &AgentState,
         source: &Source,
         live: &LiveState,
-        now: i64,
+        at: &Windows,
     ) -> Result<Decision, veza_plan::PlanError> {
+        let now = at.clock.now;
         if let Some(q) = state.quarantined.get(&source.commit) {
             return Ok(Decision::Quarantined(format!(
                 "commit is quarantined after a rolled-back promotion ({}); push a newer commit",
@@ -217,19 +226,28 @@ impl Agent {
         opts.secrets = source.secrets.digests();
         opts.migrated = state.migrated();
         let refs: Vec<&Manifest> = source.manifests.iter().collect();
-        veza_plan::plan(&refs, live, &opts).map(Decision::Plan)
+        let plan = veza_plan::plan(&refs, live, &opts)?;
+        let (plan, released) = at.apply_to(plan, live, &refs);
+        Ok(Decision::Plan(plan, released))
     }
 
     /// One full sync with the store locked. `stop` is checked between steps.
+    /// `run_now_by`: an operator's `--now` (disruptive steps run outside their window).
     ///
     /// The stages run in [`Agent::stages`]; whatever they end with, this one exit path
     /// records the run, appends history, saves the state, writes the metrics and only
     /// then clears the apply journal (a kill before the save leaves the journal, so
     /// `status` says the run was interrupted rather than claim the old commit is live).
-    pub async fn sync(&self, store: &Store, stop: &AtomicBool) -> Result<SyncSummary> {
+    pub async fn sync(
+        &self,
+        store: &Store,
+        stop: &AtomicBool,
+        run_now_by: Option<String>,
+    ) -> Result<SyncSummary> {
         let started = Instant::now();
         let started_ms = chrono::Utc::now().timestamp_millis();
         let now = started_ms / 1000;
+        let at = Windows::at(now, run_now_by);
         // A corrupt state file is moved aside here, under the lock; a state written by a
         // newer agent stops the sync (never overwritten).
         let (mut state, recovered) = store.load_or_recover()?;
@@ -245,21 +263,9 @@ impl Agent {
             &mut state,
             Event::Suspension { now: suspension.clone(), commit: applied_commit },
         );
-        let hold = match (&suspension, self.config.mode) {
-            (Some(s), _) => Some(format!(
-                "suspended by {} since {}: {} (`veza-agent resume` lifts it)",
-                s.by,
-                chrono::DateTime::from_timestamp(s.since, 0)
-                    .map_or_else(|| s.since.to_string(), |t| t.to_rfc3339()),
-                s.reason
-            )),
-            (None, Mode::Report) => {
-                Some("report mode (`mode: report` in the configuration)".to_string())
-            }
-            (None, Mode::Apply) => None,
-        };
+        let hold = not_applied_because(suspension.as_ref(), self.config.mode);
         let end =
-            self.stages(&mut state, store, stop, interrupted.as_ref(), hold.as_deref(), now).await;
+            self.stages(&mut state, store, stop, interrupted.as_ref(), hold.as_deref(), &at).await;
         let duration_ms = started.elapsed().as_millis() as u64;
         record(
             &mut state,
@@ -304,7 +310,7 @@ impl Agent {
             // Only a run that planned has refusals of its own (the state keeps the last
             // plan's for status).
             refusals: match end.outcome {
-                Outcome::Applied | Outcome::NoChange => state.refusals.clone(),
+                Outcome::Applied | Outcome::NoChange | Outcome::Waiting => state.refusals.clone(),
                 _ => Vec::new(),
             },
         };
@@ -327,8 +333,9 @@ impl Agent {
         stop: &AtomicBool,
         interrupted: Option<&Journal>,
         hold: Option<&str>,
-        now: i64,
+        at: &Windows,
     ) -> End {
+        let now = at.clock.now;
         let source = match self.source(state, now).await {
             Ok(s) => s,
             Err(SourceProblem::Fetch(e)) => {
@@ -349,8 +356,8 @@ impl Agent {
             Ok(l) => l,
             Err(e) => return End::new(Outcome::Failed, commit, Some(format!("{e:#}"))),
         };
-        let plan = match self.plan_for(state, &source, &live, now) {
-            Ok(Decision::Plan(p)) => p,
+        let (plan, released) = match self.plan_for(state, &source, &live, at) {
+            Ok(Decision::Plan(p, released)) => (p, released),
             Ok(Decision::Quarantined(reason)) => {
                 return End::new(Outcome::RolledBack, commit, Some(reason));
             }
@@ -370,11 +377,17 @@ impl Agent {
                 drift: plan.drift.clone(),
             },
         );
+        let waiting = windows::recorded(&plan.waiting);
+        let waiting_changed = state.waiting != waiting;
+        record(state, Event::Waiting { steps: waiting.clone() });
+        let waits = (!waiting.is_empty()).then(|| windows::waiting_reason(&waiting));
         if let Some(why) = hold
-            && (!plan.is_empty() || interrupted.is_some())
+            && (!plan.is_empty() || waits.is_some() || interrupted.is_some())
         {
             let steps: Vec<String> = plan.steps.iter().map(|s| s.action.to_string()).collect();
-            let reason = format!("{why}; would apply {} step(s), nothing applied", steps.len());
+            let also = waits.as_ref().map(|w| format!("; {w}")).unwrap_or_default();
+            let reason =
+                format!("{why}; would apply {} step(s), nothing applied{also}", steps.len());
             record(state, Event::Held { steps });
             let mut end = End::new(Outcome::Suspended, commit, Some(reason));
             end.steps = 0;
@@ -384,11 +397,17 @@ impl Agent {
             state.applied.as_ref().map(|a| a.commit.as_str()) == Some(source.commit.as_str());
         if plan.is_empty() && interrupted.is_none() {
             self.record_applied(state, &source, &live, now).await;
-            let outcome = if already { Outcome::NoChange } else { Outcome::Applied };
-            let mut end = End::new(outcome, commit, None);
-            if !already {
+            let outcome = match (&waits, already) {
+                (Some(_), _) => Outcome::Waiting,
+                (None, true) => Outcome::NoChange,
+                (None, false) => Outcome::Applied,
+            };
+            let mut end = End::new(outcome, commit, waits.clone());
+            // Worth a history entry: a new commit, or a change of what waits (the daemon
+            // finds the same held steps every poll until the window opens).
+            if !already || waiting_changed {
                 end.history =
-                    Some(history_entry(state, &source.commit, &source.signer, outcome, None));
+                    Some(history_entry(state, &source.commit, &source.signer, outcome, waits));
             }
             return end;
         }
@@ -428,6 +447,7 @@ impl Agent {
             );
         }
         let (outcome, reason) = match &report.outcome {
+            ApplyOutcome::Applied if waits.is_some() => (Outcome::Waiting, waits),
             ApplyOutcome::Applied => (Outcome::Applied, None),
             ApplyOutcome::RolledBack { reason } => (Outcome::RolledBack, Some(reason.clone())),
             ApplyOutcome::Failed { step, error } => {
@@ -440,9 +460,17 @@ impl Agent {
                 (Outcome::Failed, Some(format!("preempted by a newer commit during `{during}`")))
             }
         };
+        // An operator's `--now` is recorded with the run, whatever its outcome.
+        let reason = match at.run_now_by.as_deref().filter(|_| !released.is_empty()) {
+            Some(by) => {
+                let note = windows::override_note(by, &released);
+                Some(reason.map_or_else(|| note.clone(), |r| format!("{r}; {note}")))
+            }
+            None => reason,
+        };
         let live_after = self.observe(&source.manifests).await.unwrap_or(live);
         match outcome {
-            Outcome::Applied => {
+            Outcome::Applied | Outcome::Waiting => {
                 self.record_applied(state, &source, &live_after, now).await;
             }
             Outcome::RolledBack => {
@@ -480,6 +508,27 @@ impl Agent {
         end.preempted = matches!(report.outcome, ApplyOutcome::Preempted { .. });
         end.journaled = true;
         end
+    }
+}
+
+/// Why nothing is applied on this host now, if so: a suspension (`veza-agent suspend`)
+/// or report mode. Shared by `sync` (which then holds its plan) and `plan` (which says so).
+pub fn not_applied_because(
+    suspension: Option<&veza_state::Suspension>,
+    mode: Mode,
+) -> Option<String> {
+    match (suspension, mode) {
+        (Some(s), _) => Some(format!(
+            "suspended by {} since {}: {} (`veza-agent resume` lifts it)",
+            s.by,
+            chrono::DateTime::from_timestamp(s.since, 0)
+                .map_or_else(|| s.since.to_string(), |t| t.to_rfc3339()),
+            s.reason
+        )),
+        (None, Mode::Report) => {
+            Some("report mode (`mode: report` in the configuration)".to_string())
+        }
+        (None, Mode::Apply) => None,
     }
 }
 

@@ -5,7 +5,7 @@
 //! written through the Incus driver's ETag update path (nothing else changes: no restart,
 //! no snapshot, no recreate), then each duplicate foreign timer replaced without a gap
 //! (the job's units installed as the apply engine installs them, their timers checked
-//! active, and only then the foreign timers disabled and renamed).
+//! active, and only then the foreign timers disabled — their files kept).
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -139,7 +139,7 @@ pub struct Adopted {
     pub profiles: Vec<String>,
     /// Instances marked.
     pub instances: Vec<String>,
-    /// Timers replaced: `<foreign timer> on <target> -> <the job's timer> (kept as <name>)`.
+    /// Timers replaced: `<foreign timer> on <target> -> <the job's timer> (disabled, kept)`.
     pub timers: Vec<String>,
 }
 
@@ -242,13 +242,12 @@ pub async fn execute<I: Incus, U: Units>(
             if !retired.insert(d.unit.as_str()) {
                 continue;
             }
-            let kept =
-                units.retire(target, &d.unit).await.map_err(|e| fail(&done, e.to_string()))?;
+            units.retire(target, &d.unit).await.map_err(|e| fail(&done, e.to_string()))?;
             let ours = js
                 .iter()
                 .find(|j| j.env == d.env && j.name == d.name)
                 .map_or(String::new(), |j| j.timer.clone());
-            done.timers.push(format!("{} on {target} -> {ours} (kept as {kept})", d.unit));
+            done.timers.push(format!("{} on {target} -> {ours} (disabled, kept)", d.unit));
         }
     }
     Ok(done)

@@ -9,16 +9,14 @@
 //! diagnostic counts as a failure (verify exits 0 on unknown keys). [`fake`] holds
 //! in-memory units for tests.
 //!
-//! For adoption only, the driver also reads the unit files *without* the marker (timers
-//! and the services they start: `foreign.rs`, read-only, through Incus's file API inside
-//! an instance, so an instance the agent does not own yet can be read) and retires a
-//! foreign timer once the agent's own replacement is active (`disable --now`, then the
-//! file renamed with [`RETIRED_SUFFIX`], never deleted).
+//! For adoption only, the driver also reads the unit files *without* the marker (enabled
+//! timers and the services they start: `foreign.rs`, read-only, through Incus's file API
+//! inside an instance, so an instance the agent does not own yet can be read) and retires
+//! a foreign timer once the agent's own replacement is active (`disable --now`; its files
+//! stay where they are).
 
 pub mod fake;
 mod foreign;
-
-pub use foreign::RETIRED_SUFFIX;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -111,7 +109,8 @@ pub trait Units: Sync {
         target: &UnitTarget,
         names: &[String],
     ) -> impl Future<Output = Result<(), SystemdError>> + Send;
-    /// The timer files at `target` without the agent's marker, and the service file each
+    /// The enabled timer files at `target` without the agent's marker (linked in the
+    /// `<target>.wants/` directory of one of their `WantedBy=`), and the service file each
     /// starts when there is one without the marker too (name → contents). Read-only.
     fn foreign(
         &self,
@@ -123,14 +122,13 @@ pub trait Units: Sync {
         target: &UnitTarget,
         unit: &str,
     ) -> impl Future<Output = Result<bool, SystemdError>> + Send;
-    /// Retires a foreign timer: `systemctl disable --now`, its file renamed with
-    /// [`RETIRED_SUFFIX`] (kept, so going back is a rename and an enable), systemd
-    /// reloaded. Refused for a file carrying the agent's marker. Returns the new name.
+    /// Retires a foreign timer: `systemctl disable --now` (its files stay, so going back
+    /// is `systemctl enable --now`). Refused for a file carrying the agent's marker.
     fn retire(
         &self,
         target: &UnitTarget,
         unit: &str,
-    ) -> impl Future<Output = Result<String, SystemdError>> + Send;
+    ) -> impl Future<Output = Result<(), SystemdError>> + Send;
     /// The last run of `service` and the state of its timer.
     fn job_run(
         &self,
@@ -459,7 +457,7 @@ impl<I: Incus> Units for Systemd<'_, I> {
         self.unit_active(target, unit).await
     }
 
-    async fn retire(&self, target: &UnitTarget, unit: &str) -> Result<String, SystemdError> {
+    async fn retire(&self, target: &UnitTarget, unit: &str) -> Result<(), SystemdError> {
         self.retire_unit(target, unit).await
     }
 

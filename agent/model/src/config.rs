@@ -7,6 +7,7 @@
 
 use schemars::JsonSchema;
 use serde::Deserialize;
+use std::collections::BTreeMap;
 
 use crate::manifest::DurationSpec;
 use crate::parse::{Diagnostic, Positions, Seg, parse_yaml};
@@ -190,6 +191,13 @@ pub struct IncusConfig {
     /// PEM certificate the server presents; pinned, nothing else is accepted.
     #[serde(default)]
     pub server_cert: Option<String>,
+    /// Where this host gets the images the manifests name: image reference as the
+    /// manifests write it (`images:debian/13`) → what Incus is asked for instead: a local
+    /// image alias (`veza-debian13` or `local:veza-debian13`, e.g. on an air-gapped host)
+    /// or a simplestreams mirror as `https://SERVER/PATH:ALIAS`. The manifests (and the
+    /// instances' `user.veza.image` mark) keep the reference; plans show what is used.
+    #[serde(default)]
+    pub images: BTreeMap<String, String>,
 }
 
 /// The edge's files and sockets, on the host or inside the instance it runs in.

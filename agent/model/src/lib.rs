@@ -18,6 +18,7 @@ pub mod schedule;
 pub mod template;
 pub mod units;
 pub mod validate;
+pub mod window;
 
 pub use manifest::Manifest;
 pub use parse::{Diagnostic, FileDiagnostic, Parsed, Pos};

@@ -12,8 +12,10 @@ use std::fmt;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
+mod maintenance;
 mod values;
 
+pub use maintenance::{Maintenance, Window, WindowStart};
 pub use values::{DurationSpec, Release, Sha256Hex};
 
 /// A whole manifest file: one environment on one host.
@@ -40,6 +42,9 @@ pub struct Manifest {
     /// Scheduled jobs (systemd timers), by name.
     #[serde(default)]
     pub jobs: BTreeMap<String, Job>,
+    /// When the environment's disruptive steps may run (none declared: any time).
+    #[serde(default)]
+    pub maintenance: Maintenance,
 }
 
 /// The manifest format version.

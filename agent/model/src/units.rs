@@ -206,6 +206,16 @@ pub fn timer_unit(timer_name: &str, contents: &str) -> String {
     }
 }
 
+/// The targets a unit file is enabled into (`WantedBy=` of its `[Install]` section): an
+/// enabled unit has a link in `<target>.wants/` of its unit directory for each.
+pub fn wanted_by(contents: &str) -> Vec<String> {
+    unit_values(contents, "Install", "WantedBy")
+        .iter()
+        .flat_map(|v| v.split_whitespace())
+        .map(str::to_string)
+        .collect()
+}
+
 /// The commands of a service file's `ExecStart=` lines (its `[Service]` section), as
 /// written; an empty `ExecStart=` resets the list, as in systemd.
 pub fn exec_starts(contents: &str) -> Vec<String> {

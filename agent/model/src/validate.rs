@@ -9,10 +9,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::parse::{Diagnostic, FileDiagnostic, Parsed, Seg};
 
 mod host_set;
+mod maintenance;
 mod manifest;
 mod values;
 
 use host_set::check_host_set;
+use maintenance::check_maintenance;
 use manifest::check_manifest;
 pub use values::is_incus_name;
 
@@ -67,6 +69,7 @@ pub fn validate_set(files: &[(String, Parsed)]) -> Vec<FileDiagnostic> {
         for &i in members {
             let mut rules = Rules { file: i, issues: &mut issues };
             check_manifest(&files[i].1.manifest, &declared, &mut rules);
+            check_maintenance(&files[i].1.manifest, &mut rules);
         }
         check_host_set(files, members, &mut issues);
     }

@@ -39,7 +39,7 @@ mod tests;
 pub mod timers;
 
 use colors::{active_colors, assess_release};
-use image::{ImageFamily, image_family, local_alias};
+use image::{ImageFamily, image_family, local_alias, used_image};
 
 /// What became of a resource the manifests name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -263,13 +263,22 @@ pub(super) fn foreign<'a>(live: &'a LiveState, name: &str) -> Option<&'a LiveIns
     live.instances.get(name).filter(|i| !i.is_owned())
 }
 
-/// The facts [`assess`] will ask for, given the manifests and the observation.
-pub fn needs(manifests: &[&Manifest], live: &LiveState) -> Result<Needs, PlanError> {
+/// The host's image mapping (`incus.images`): reference in the manifests → what Incus is
+/// asked for.
+pub type ImageMap = BTreeMap<String, String>;
+
+/// The facts [`assess`] will ask for, given the manifests, the observation and the host's
+/// image mapping.
+pub fn needs(
+    manifests: &[&Manifest],
+    live: &LiveState,
+    images: &ImageMap,
+) -> Result<Needs, PlanError> {
     let want = desired(manifests, &live.root_pool(), &SecretDigests::new())?;
     let mut n = Needs::default();
-    let images: BTreeSet<&str> =
-        want.instances.values().filter_map(|d| local_alias(&d.image)).collect();
-    n.local_images = images.into_iter().map(str::to_string).collect();
+    let aliases: BTreeSet<&str> =
+        want.instances.values().filter_map(|d| local_alias(used_image(&d.image, images))).collect();
+    n.local_images = aliases.into_iter().map(str::to_string).collect();
     for (name, d) in &want.instances {
         let Some(l) = foreign(live, name) else { continue };
         match &d.slot {
@@ -306,18 +315,20 @@ pub fn needs(manifests: &[&Manifest], live: &LiveState) -> Result<Needs, PlanErr
 
 /// Assesses adoption of what `manifests` name on the host observed as `live`, with the
 /// `facts` gathered for [`needs`]; `secrets` are the digests of the secrets the manifests
-/// reference (they count in an app's spec mark, as in the planner).
+/// reference (they count in an app's spec mark, as in the planner), `images` the host's
+/// image mapping.
 pub fn assess(
     manifests: &[&Manifest],
     live: &LiveState,
     facts: &Facts,
     secrets: &SecretDigests,
+    images: &ImageMap,
 ) -> Result<Adoption, PlanError> {
     let want = desired(manifests, &live.root_pool(), secrets)?;
     let mut out = Adoption::default();
     let serving = active_colors(manifests, live, facts, &mut out);
     for (name, d) in &want.instances {
-        out.instances.push(assess_instance(name, d, live, facts, &serving));
+        out.instances.push(assess_instance(name, d, live, facts, &serving, images));
     }
     for (name, p) in &want.profiles {
         let (state, differences, notes, marks) = match live.profiles.get(name) {
@@ -412,6 +423,7 @@ fn assess_instance(
     live: &LiveState,
     facts: &Facts,
     serving: &BTreeMap<(String, String), BTreeSet<Color>>,
+    images: &ImageMap,
 ) -> InstanceAdoption {
     let mut a = InstanceAdoption {
         name: name.to_string(),
@@ -432,19 +444,21 @@ fn assess_instance(
             l.kind, d.kind
         ));
     }
-    let want_family = image_family(&d.image, &facts.local_images);
+    let want_family = image_family(&d.image, images, &facts.local_images);
+    let named = match images.get(&d.image) {
+        Some(used) => format!("`{}` (mapped to `{used}`)", d.image),
+        None => format!("`{}`", d.image),
+    };
     match (ImageFamily::of_instance(l), want_family) {
         (Some(have), Some(want)) if have != want => a.differences.push(format!(
-            "image: the instance was made from {have} (image.os/image.release), the manifest names `{}` ({want})",
-            d.image
+            "image: the instance was made from {have} (image.os/image.release), the manifest names {named} ({want})"
         )),
         (Some(_), Some(_)) => {}
         (None, _) => a.differences.push(
             "image: the instance records no image family (image.os/image.release): it cannot be compared with the manifest's".to_string(),
         ),
         (Some(_), None) => a.differences.push(format!(
-            "image: the family of `{}` is unknown (no local image with that alias, or a remote other than `images:`)",
-            d.image
+            "image: the family of {named} is unknown (no local image with that alias, or a remote other than `images:` or a mirror)"
         )),
     }
     if l.profiles != d.profiles {

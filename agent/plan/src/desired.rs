@@ -119,6 +119,10 @@ pub struct DesiredInstance {
     pub slot: Option<SlotSpec>,
     /// The app accepts rebuilding its serving slot in place (`in_place_updates`).
     pub in_place_updates: bool,
+    /// The devices its declared profiles give it (a local device equal to one of these,
+    /// by name and settings, changes nothing the instance runs).
+    #[serde(skip)]
+    pub profile_devices: Devices,
 }
 
 /// A job's units at their target.
@@ -322,6 +326,7 @@ pub fn desired(
                     detect_only: inst.detect_only,
                     slot: None,
                     in_place_updates: false,
+                    profile_devices: Devices::new(),
                 },
             );
         }
@@ -416,6 +421,7 @@ pub fn desired(
                         snapshots_keep: 0,
                         detect_only: false,
                         in_place_updates: app.in_place_updates,
+                        profile_devices: Devices::new(),
                         slot: Some(SlotSpec {
                             env: env.clone(),
                             app: app_name.clone(),
@@ -496,6 +502,13 @@ pub fn desired(
                 timer: units.timer.name.clone(),
                 environment,
             });
+        }
+    }
+    for inst in d.instances.values_mut() {
+        for p in &inst.profiles {
+            if let Some(profile) = d.profiles.get(p) {
+                inst.profile_devices.extend(profile.devices.clone());
+            }
         }
     }
     Ok(d)

@@ -16,6 +16,7 @@
 
 use veza_model::manifest::Color;
 
+pub mod diff;
 mod model;
 mod render;
 

@@ -13,4 +13,4 @@ pub mod slot;
 /// observers of `veza-host`.
 pub use veza_model::live;
 
-pub use plan::{Action, Plan, PlanError, PlanOptions, Step, plan};
+pub use plan::{Action, Plan, PlanError, PlanOptions, Step, maintenance, plan};

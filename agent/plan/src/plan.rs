@@ -20,6 +20,7 @@ use crate::edge::{EdgeEnv, EdgeSettings, render_edge};
 use crate::live::{LiveState, MARK_HOST, UnitTarget};
 
 mod instance;
+pub mod maintenance;
 mod types;
 
 use instance::{diff_reason, plan_instance};
@@ -36,6 +37,9 @@ pub struct PlanOptions {
     pub secrets: crate::desired::SecretDigests,
     /// `(env, app, release)` whose migration already ran: not run again.
     pub migrated: BTreeSet<(String, String, String)>,
+    /// The host's image mapping (`incus.images`): reference in the manifests → what
+    /// Incus is asked for when an instance is created.
+    pub images: BTreeMap<String, String>,
 }
 
 /// Why planning failed.
@@ -115,7 +119,12 @@ pub fn plan(
     live: &LiveState,
     opts: &PlanOptions,
 ) -> Result<Plan, PlanError> {
-    let want = desired(manifests, &live.root_pool(), &opts.secrets)?;
+    let mut want = desired(manifests, &live.root_pool(), &opts.secrets)?;
+    for d in want.instances.values_mut() {
+        if let Some(mapped) = opts.images.get(&d.image) {
+            d.image.clone_from(mapped);
+        }
+    }
     let mut b = Builder { steps: Vec::new(), refusals: Vec::new() };
     let mut drift = Vec::new();
 
@@ -378,7 +387,31 @@ pub fn plan(
     plan_jobs(&want, live, &mut b);
     plan_prune(&want, live, &mut b);
 
-    Ok(Plan { steps: b.steps, refusals: b.refusals, drift })
+    let edge_takeover = takeover(&b.steps, live);
+    Ok(Plan { steps: b.steps, refusals: b.refusals, drift, waiting: Vec::new(), edge_takeover })
+}
+
+/// The first line of every config veza-agent renders (`templates/haproxy.cfg.tera`).
+const RENDERED_HEADER: &str = "# The shared HAProxy edge of this host, rendered by veza-agent";
+
+/// When `steps` install the edge over a live config veza-agent did not write: the diff
+/// from that config to the one installed.
+fn takeover(steps: &[Step], live: &LiveState) -> Option<String> {
+    let live_config = live.edge_config()?;
+    if live_config.starts_with(RENDERED_HEADER) {
+        return None;
+    }
+    let new = steps.iter().find_map(|s| match &s.action {
+        Action::InstallEdge { config, .. } | Action::Promote(Switch { config, .. }) => Some(config),
+        _ => None,
+    })?;
+    Some(crate::edge::diff::unified(
+        "haproxy.cfg (live, not written by veza-agent)",
+        live_config,
+        "haproxy.cfg (rendered by veza-agent)",
+        new,
+        3,
+    ))
 }
 
 /// Renders the edge for all manifests, with per-env active-color overrides.

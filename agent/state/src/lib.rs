@@ -76,6 +76,10 @@ pub enum Outcome {
     Suspended,
     /// The history entry of `veza-agent resume`.
     Resumed,
+    /// Applied what may be applied now; disruptive steps wait for their environment's
+    /// maintenance window (`maintenance.windows`). Not a failure: nothing is retried
+    /// before the next poll.
+    Waiting,
     /// The history entry of `veza-agent adopt --apply`: the operator took over what the
     /// manifests name (marks set, foreign timers replaced).
     Adopted,
@@ -92,6 +96,7 @@ impl Outcome {
             Outcome::NoChange => "no-change",
             Outcome::Suspended => "suspended",
             Outcome::Resumed => "resumed",
+            Outcome::Waiting => "waiting",
             Outcome::Adopted => "adopted",
         }
     }
@@ -236,6 +241,9 @@ pub struct AgentState {
     /// What the last plan would have applied but did not (suspended or report mode).
     #[serde(default)]
     pub held: Vec<String>,
+    /// What the last plan holds until a maintenance window opens.
+    #[serde(default)]
+    pub waiting: Vec<WaitingStep>,
     /// Commit statuses not yet accepted by the forge, retried at the next sync.
     #[serde(default)]
     pub statuses_pending: Vec<PendingStatus>,
@@ -245,6 +253,21 @@ pub struct AgentState {
     /// Commit statuses the forge did not accept (a counter).
     #[serde(default)]
     pub status_post_failures_total: u64,
+}
+
+/// A step held until its environment's next maintenance window.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WaitingStep {
+    /// The environment whose window it waits for.
+    pub env: String,
+    /// The step, as printed.
+    pub step: String,
+    /// Why it waits.
+    pub because: String,
+    /// When the window opens, host local time, RFC 3339 (`None`: no window opens again).
+    pub next_open: Option<String>,
+    /// The same, unix seconds.
+    pub next_open_unix: Option<i64>,
 }
 
 /// A commit status waiting to be posted again.
@@ -329,6 +352,7 @@ impl Default for AgentState {
             migrations: BTreeMap::new(),
             suspended: None,
             held: Vec::new(),
+            waiting: Vec::new(),
             statuses_pending: Vec::new(),
             status_posted: None,
             status_post_failures_total: 0,

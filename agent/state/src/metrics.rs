@@ -120,6 +120,19 @@ pub fn render(state: &AgentState, jobs: &[JobMetric], now: i64, stale: bool) -> 
         vec![(String::new(), state.held.len().to_string())],
     );
     metric(
+        "veza_agent_waiting_steps",
+        "Steps the last plan holds until their environment's maintenance window opens.",
+        "gauge",
+        vec![(String::new(), state.waiting.len().to_string())],
+    );
+    let next_open = state.waiting.iter().filter_map(|w| w.next_open_unix).min().unwrap_or(0);
+    metric(
+        "veza_agent_window_next_open_timestamp_seconds",
+        "When the maintenance window the first waiting step needs opens (0: nothing waits).",
+        "gauge",
+        vec![(String::new(), next_open.to_string())],
+    );
+    metric(
         "veza_agent_rejected_revisions_total",
         "Revisions refused (signature, policy, rollback, invalid manifest).",
         "counter",
@@ -201,6 +214,42 @@ mod tests {
             text.contains("veza_agent_job_last_success_age_seconds{job=\"prod/dr-drill\"} 60\n")
         );
         assert!(text.contains("veza_agent_last_run_outcome{outcome=\"none\"} 1\n"));
+    }
+
+    #[test]
+    fn waiting_steps_and_the_next_window_are_gauges() {
+        use crate::WaitingStep;
+        let step = |name: &str, at: Option<i64>| WaitingStep {
+            env: "prod".into(),
+            step: format!("delete instance {name}"),
+            because: "it deletes a plain instance".into(),
+            next_open: at.map(|t| t.to_string()),
+            next_open_unix: at,
+        };
+        // (waiting steps, the two lines)
+        let table: Vec<(Vec<WaitingStep>, [&str; 2])> = vec![
+            (
+                vec![],
+                [
+                    "veza_agent_waiting_steps 0\n",
+                    "veza_agent_window_next_open_timestamp_seconds 0\n",
+                ],
+            ),
+            (
+                vec![step("a", Some(2000)), step("b", Some(1500)), step("c", None)],
+                [
+                    "veza_agent_waiting_steps 3\n",
+                    "veza_agent_window_next_open_timestamp_seconds 1500\n",
+                ],
+            ),
+        ];
+        for (waiting, lines) in table {
+            let state = AgentState { waiting, ..AgentState::default() };
+            let text = render(&state, &[], 1000, false);
+            for line in lines {
+                assert!(text.contains(line), "no {line:?} in\n{text}");
+            }
+        }
     }
 
     #[test]

@@ -83,6 +83,11 @@ pub enum Event {
         /// The steps, as printed.
         steps: Vec<String>,
     },
+    /// The steps the plan holds until a maintenance window opens (empty: none).
+    Waiting {
+        /// The held steps.
+        steps: Vec<crate::WaitingStep>,
+    },
     /// An app's migration succeeded for a release (never run again for it).
     Migrated {
         /// Environment.
@@ -198,6 +203,10 @@ pub fn record(state: &mut AgentState, event: Event) -> Option<HistoryEntry> {
             state.held = steps;
             None
         }
+        Event::Waiting { steps } => {
+            state.waiting = steps;
+            None
+        }
         Event::Planned { refusals, drift } => {
             state.held.clear();
             state.quarantined.clear();
@@ -253,7 +262,7 @@ pub fn record(state: &mut AgentState, event: Event) -> Option<HistoryEntry> {
         }
         Event::Finished(run) => {
             match run.outcome {
-                Outcome::Applied | Outcome::NoChange => state.sync_failures = 0,
+                Outcome::Applied | Outcome::NoChange | Outcome::Waiting => state.sync_failures = 0,
                 Outcome::Failed => state.sync_failures += 1,
                 Outcome::Rejected
                 | Outcome::RolledBack

@@ -87,7 +87,24 @@ pub fn broken_release_artifact(release_id: &str) -> Result<(Vec<u8>, String)> {
     artifact(release_id, true)
 }
 
+/// Like [`release_artifact`], with `extra` executable files `(name, text)` beside the app
+/// (a migration tool, say).
+pub fn release_artifact_with(
+    release_id: &str,
+    extra: &[(&str, &str)],
+) -> Result<(Vec<u8>, String)> {
+    artifact_with(release_id, false, extra)
+}
+
 fn artifact(release_id: &str, broken: bool) -> Result<(Vec<u8>, String)> {
+    artifact_with(release_id, broken, &[])
+}
+
+fn artifact_with(
+    release_id: &str,
+    broken: bool,
+    extra: &[(&str, &str)],
+) -> Result<(Vec<u8>, String)> {
     if release_id.is_empty()
         || !release_id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
     {
@@ -100,7 +117,13 @@ fn artifact(release_id: &str, broken: bool) -> Result<(Vec<u8>, String)> {
     let start = dir.path().join("start.sh");
     std::fs::write(&start, start_script(release_id, broken))?;
     use std::os::unix::fs::PermissionsExt;
-    for f in [&app, &start] {
+    let mut files = vec![app, start];
+    for (name, text) in extra {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text)?;
+        files.push(path);
+    }
+    for f in &files {
         std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o755))?;
     }
     let tarball = dir.path().join("release.tar.gz");
@@ -110,6 +133,7 @@ fn artifact(release_id: &str, broken: bool) -> Result<(Vec<u8>, String)> {
         .arg("-C")
         .arg(dir.path())
         .args(["veza-testapp", "start.sh"])
+        .args(extra.iter().map(|(name, _)| *name))
         .timeout(Duration::from_secs(60))
         .run()?;
     let bytes = std::fs::read(&tarball)?;

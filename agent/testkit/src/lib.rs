@@ -17,7 +17,7 @@ pub mod traffic;
 
 pub use app::{
     HostApp, HttpReply, broken_release_artifact, http_get, http_get_as, release_artifact,
-    testapp_binary,
+    release_artifact_with, testapp_binary,
 };
 pub use haproxy::Haproxy;
 pub use incus::{TestContainer, TestProfile, require_host, sweep_stale};

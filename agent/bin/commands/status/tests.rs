@@ -304,3 +304,33 @@ fn human_and_json_forms_show_jobs() {
     // The raw record stays under `state`.
     assert_eq!(json["state"]["jobs"]["prod/pgbackrest-diff"]["last_exit"], 3);
 }
+
+/// Steps waiting for a maintenance window are expected: the host stays `ok` (exit 0),
+/// the headline says when the window opens, the text lists each step with why.
+#[test]
+fn waiting_steps_show_when_their_window_opens_without_needing_attention() {
+    let mut state = base();
+    state.waiting = vec![veza_state::WaitingStep {
+        env: "prod".into(),
+        step: "snapshot veza-postgres (keep 5)".into(),
+        because: "protected data is snapshotted, then changed".into(),
+        next_open: Some("2026-01-04T02:00:00+01:00".into()),
+        next_open_unix: Some(1_767_488_400),
+    }];
+    let s = build(state, seen());
+    assert_eq!(s.health, "ok");
+    assert!(s.problems.is_empty(), "{:?}", s.problems);
+    assert_eq!(
+        s.headline,
+        "OK: in sync with aaaaaaaaaaaa signed by forgejo@veza; waiting for window, opens at 2026-01-04T02:00:00+01:00 (prod); 1 step(s) held: snapshot veza-postgres (keep 5)"
+    );
+    let text = render(&s, 2000);
+    assert!(
+        text.contains(
+            "waiting for a maintenance window:\n  prod: snapshot veza-postgres (keep 5) (next opens at 2026-01-04T02:00:00+01:00) — protected data is snapshotted, then changed\n"
+        ),
+        "{text}"
+    );
+    let json = serde_json::to_value(&s).expect("serializes");
+    assert_eq!(json["state"]["waiting"][0]["next_open_unix"], 1_767_488_400, "{json:#}");
+}

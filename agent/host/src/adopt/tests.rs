@@ -130,9 +130,9 @@ fn adoption(h: &Host, ms: &[Manifest]) -> (LiveState, Adoption) {
     let rt = runtime().expect("runtime");
     let mut live = rt.block_on(h.incus.observe()).expect("observe");
     live.edge = LiveEdge::from_config(EDGE.to_string());
-    let n = needs(&refs, &live).expect("needs");
+    let n = needs(&refs, &live, &BTreeMap::new()).expect("needs");
     let facts = rt.block_on(gather(&h.incus, &h.units, &h.probe, &n)).expect("gather");
-    let a = assess(&refs, &live, &facts, &SecretDigests::new()).expect("assess");
+    let a = assess(&refs, &live, &facts, &SecretDigests::new(), &BTreeMap::new()).expect("assess");
     (live, a)
 }
 
@@ -212,14 +212,15 @@ fn the_report_only_reads_and_apply_sets_marks_and_replaces_timers_without_a_gap(
         assert!(install < active && active < retire, "{calls:#?}");
     }
     assert!(!calls.iter().any(|c| c.contains("logrotate")), "{calls:#?}");
-    let pg = h.units.foreign_files(&UnitTarget::Instance("veza-postgres".into()));
-    assert!(pg.contains_key("pgbackrest-full.timer.replaced-by-veza-agent"), "{pg:?}");
+    let pg = UnitTarget::Instance("veza-postgres".into());
+    assert!(h.units.foreign_files(&pg).contains_key("pgbackrest-full.timer"), "the file stays");
+    assert!(!rt.block_on(h.units.is_active(&pg, "pgbackrest-full.timer")).expect("read"));
     assert_eq!(done.instances.len(), 4);
     assert_eq!(
         done.timers,
         [
-            "pgbackrest-full.timer on instance `veza-postgres` -> veza-job-prod-backup-full.timer (kept as pgbackrest-full.timer.replaced-by-veza-agent)",
-            "dr-drill.timer on host -> veza-job-prod-dr-drill.timer (kept as dr-drill.timer.replaced-by-veza-agent)",
+            "pgbackrest-full.timer on instance `veza-postgres` -> veza-job-prod-backup-full.timer (disabled, kept)",
+            "dr-drill.timer on host -> veza-job-prod-dr-drill.timer (disabled, kept)",
         ]
     );
 

@@ -559,8 +559,27 @@ async fn adopt_created<I: Incus>(incus: &I, spec: &InstanceSpec) -> Result<(), S
     Ok(())
 }
 
-/// `images:debian/13` → the public simplestreams server; a bare name → a local alias.
+/// `images:debian/13` → the public simplestreams server; a bare name or `local:NAME` → a
+/// local alias; `https://SERVER/PATH:ALIAS` → a simplestreams mirror (the host's
+/// `incus.images` mapping writes these).
 pub fn image_source(image: &str) -> Result<ImageSource, String> {
+    if let Some(rest) = image.strip_prefix("https://") {
+        // The alias follows the last `:` (a port is digits: an alias never starts with one).
+        return match rest.rsplit_once(':') {
+            Some((server, alias))
+                if !server.is_empty()
+                    && alias.chars().next().is_some_and(|c| !c.is_ascii_digit()) =>
+            {
+                Ok(ImageSource::Simplestreams {
+                    server: format!("https://{server}"),
+                    alias: alias.to_string(),
+                })
+            }
+            _ => Err(format!(
+                "image source `{image}`: a mirror is written `https://SERVER/PATH:ALIAS`"
+            )),
+        };
+    }
     match image.split_once(':') {
         None => Ok(ImageSource::local(image)),
         Some(("images", alias)) => Ok(ImageSource::Simplestreams {
@@ -569,7 +588,7 @@ pub fn image_source(image: &str) -> Result<ImageSource, String> {
         }),
         Some(("local", alias)) => Ok(ImageSource::local(alias)),
         Some((remote, _)) => Err(format!(
-            "unknown image remote `{remote}` in `{image}`: use a local alias, `local:ALIAS` or `images:ALIAS`"
+            "unknown image remote `{remote}` in `{image}`: use a local alias, `local:ALIAS`, `images:ALIAS`, or map it in the host configuration (`incus.images`)"
         )),
     }
 }

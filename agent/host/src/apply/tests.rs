@@ -543,6 +543,8 @@ fn plan_of(actions: Vec<Action>) -> Plan {
         steps: actions.into_iter().map(|action| Step { action, reason: "test".into() }).collect(),
         refusals: Vec::new(),
         drift: Vec::new(),
+        edge_takeover: None,
+        waiting: Vec::new(),
     }
 }
 
@@ -688,6 +690,15 @@ fn image_sources() {
     assert_eq!(image_source("veza-test-busybox").unwrap(), ImageSource::local("veza-test-busybox"));
     assert!(matches!(image_source("images:debian/13").unwrap(), ImageSource::Simplestreams { .. }));
     assert!(image_source("ubuntu:24.04").unwrap_err().contains("unknown image remote"));
+    // A simplestreams mirror, as the host's `incus.images` mapping writes it.
+    assert_eq!(
+        image_source("https://mirror.lan:8443/images:debian/13").unwrap(),
+        ImageSource::Simplestreams {
+            server: "https://mirror.lan:8443/images".into(),
+            alias: "debian/13".into()
+        }
+    );
+    assert!(image_source("https://mirror.lan:8443/images").is_err(), "no alias");
 }
 
 // ------------------------------------------------------------ migrations and secrets

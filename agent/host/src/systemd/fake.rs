@@ -13,7 +13,7 @@ struct State {
     files: BTreeMap<UnitTarget, BTreeMap<String, String>>,
     /// Unit files without the marker (someone else's), by target.
     foreign: BTreeMap<UnitTarget, BTreeMap<String, String>>,
-    /// Timers enabled by an install (active from then on).
+    /// Timers enabled (and active): installed ones, and someone else's until retired.
     active: Vec<(UnitTarget, String)>,
     /// Root-only files beside the units (every target), by name.
     private: BTreeMap<String, String>,
@@ -45,7 +45,7 @@ impl FakeUnits {
         st.active.push((target.clone(), name.to_string()));
     }
 
-    /// Someone else's unit files at `target` (retired ones under their new name).
+    /// Someone else's unit files at `target` (retired ones too: they stay, disabled).
     pub fn foreign_files(&self, target: &UnitTarget) -> BTreeMap<String, String> {
         self.lock().foreign.get(target).cloned().unwrap_or_default()
     }
@@ -66,6 +66,11 @@ impl FakeUnits {
     pub fn reject_installs(&self, diagnostics: &str) {
         self.lock().reject = Some(diagnostics.to_string());
     }
+}
+
+/// Whether `unit` is enabled (and active) at `target` in the fake.
+fn st_enabled(active: &[(UnitTarget, String)], target: &UnitTarget, unit: &str) -> bool {
+    active.iter().any(|(t, u)| t == target && u == unit)
 }
 
 impl Units for FakeUnits {
@@ -126,10 +131,14 @@ impl Units for FakeUnits {
     }
 
     async fn foreign(&self, target: &UnitTarget) -> Result<BTreeMap<String, String>, SystemdError> {
-        let files = self.lock().foreign.get(target).cloned().unwrap_or_default();
+        let (files, active) = {
+            let st = self.lock();
+            (st.foreign.get(target).cloned().unwrap_or_default(), st.active.clone())
+        };
         Ok(files
             .iter()
             .filter(|(name, _)| name.ends_with(".timer"))
+            .filter(|(name, _)| st_enabled(&active, target, name))
             .flat_map(|(name, text)| {
                 let service = veza_model::units::timer_unit(name, text);
                 let svc = files.get(&service).map(|s| (service, s.clone()));
@@ -144,17 +153,11 @@ impl Units for FakeUnits {
         Ok(st.active.iter().any(|(t, u)| t == target && u == unit))
     }
 
-    async fn retire(&self, target: &UnitTarget, unit: &str) -> Result<String, SystemdError> {
+    async fn retire(&self, target: &UnitTarget, unit: &str) -> Result<(), SystemdError> {
         let mut st = self.lock();
         st.calls.push(format!("retire {target}: {unit}"));
-        let retired = format!("{unit}{}", super::RETIRED_SUFFIX);
         st.active.retain(|(t, u)| !(t == target && u == unit));
-        if let Some(files) = st.foreign.get_mut(target)
-            && let Some(text) = files.remove(unit)
-        {
-            files.insert(retired.clone(), text);
-        }
-        Ok(retired)
+        Ok(())
     }
 
     async fn job_run(

@@ -1,21 +1,17 @@
-//! Unit files without the agent's marker, for adoption: read (timers and the services
-//! they start), checked active, and retired once the agent's own timer replaced them.
-//! Inside an instance the files are read through Incus's file API (no command runs), so an
-//! instance the agent does not own yet can be read.
+//! Unit files without the agent's marker, for adoption: read (enabled timers and the
+//! services they start), checked active, and retired once the agent's own timer replaced
+//! them (`systemctl disable --now`; the files stay where they are, so going back is
+//! `systemctl enable --now`). Inside an instance the files are read through Incus's file
+//! API (no command runs), so an instance the agent does not own yet can be read.
 
 use std::collections::BTreeMap;
 
-use veza_model::units::timer_unit;
+use veza_model::units::{timer_unit, wanted_by};
 use veza_plan::live::UnitTarget;
 
 use super::{Systemd, SystemdError, is_ours};
 use crate::incus::{ExecRequest, Incus, IncusError};
 use crate::process::Cmd;
-
-/// What a retired foreign timer's file is renamed to end with: systemd no longer loads it
-/// (not a unit suffix), and it is kept for whoever wants it back (`mv` it, `systemctl
-/// daemon-reload`, `systemctl enable --now`).
-pub const RETIRED_SUFFIX: &str = ".replaced-by-veza-agent";
 
 /// The largest foreign unit file read.
 const MAX_UNIT_BYTES: u64 = 64 * 1024;
@@ -61,6 +57,35 @@ impl<I: Incus> Systemd<'_, I> {
         }
     }
 
+    /// Whether `timer` (its text `text`) is enabled at `target`: a link named after it in
+    /// the `<target>.wants/` directory of one of its `WantedBy=` targets.
+    async fn enabled(
+        &self,
+        target: &UnitTarget,
+        timer: &str,
+        text: &str,
+    ) -> Result<bool, SystemdError> {
+        for wants in wanted_by(text).iter().map(|t| format!("{t}.wants")) {
+            if wants.contains('/') || wants.starts_with('.') {
+                continue;
+            }
+            let linked = match target {
+                UnitTarget::Host => {
+                    std::fs::symlink_metadata(self.host_unit_dir.join(&wants).join(timer)).is_ok()
+                }
+                UnitTarget::Instance(inst) => self
+                    .incus
+                    .list_files(inst, &self.instance_path(&wants))
+                    .await?
+                    .is_some_and(|names| names.iter().any(|n| n == timer)),
+            };
+            if linked {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     pub(super) async fn foreign_units(
         &self,
         target: &UnitTarget,
@@ -83,7 +108,7 @@ impl<I: Incus> Systemd<'_, I> {
         let mut out = BTreeMap::new();
         for timer in names.iter().filter(|n| n.ends_with(".timer")) {
             let Some(text) = self.read_unit(target, timer).await? else { continue };
-            if is_ours(&text) {
+            if is_ours(&text) || !self.enabled(target, timer, &text).await? {
                 continue;
             }
             let service = timer_unit(timer, &text);
@@ -125,8 +150,7 @@ impl<I: Incus> Systemd<'_, I> {
         &self,
         target: &UnitTarget,
         unit: &str,
-    ) -> Result<String, SystemdError> {
-        let retired = format!("{unit}{RETIRED_SUFFIX}");
+    ) -> Result<(), SystemdError> {
         if let Some(text) = self.read_unit(target, unit).await?
             && is_ours(&text)
         {
@@ -136,16 +160,6 @@ impl<I: Incus> Systemd<'_, I> {
             };
             return Err(SystemdError::Ours { target: target.to_string(), path });
         }
-        self.run_in(target, &["systemctl", "disable", "--now", unit]).await?;
-        match target {
-            UnitTarget::Host => veza_fs::rename(&self.host_path(unit), &self.host_path(&retired))
-                .map_err(|e| SystemdError::Io { path: e.path, source: e.source })?,
-            UnitTarget::Instance(_) => {
-                let (from, to) = (self.instance_path(unit), self.instance_path(&retired));
-                self.run_in(target, &["mv", "-f", &from, &to]).await.map(drop)?;
-            }
-        }
-        self.run_in(target, &["systemctl", "daemon-reload"]).await?;
-        Ok(retired)
+        self.run_in(target, &["systemctl", "disable", "--now", unit]).await.map(drop)
     }
 }

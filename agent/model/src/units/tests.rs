@@ -303,4 +303,16 @@ fn foreign_units_are_read_for_their_timer_and_commands() {
     for (text, want) in services {
         assert_eq!(exec_starts(text), want, "{text:?}");
     }
+    // (timer contents, the targets it is enabled into)
+    let installs: [(&str, &[&str]); 3] = [
+        ("[Timer]\nOnCalendar=daily\n[Install]\nWantedBy=timers.target\n", &["timers.target"]),
+        (
+            "[Install]\nWantedBy=timers.target multi-user.target\nWantedBy=x.target\n",
+            &["timers.target", "multi-user.target", "x.target"],
+        ),
+        ("[Timer]\nWantedBy=not-install.target\n", &[]),
+    ];
+    for (text, want) in installs {
+        assert_eq!(wanted_by(text), want, "{text:?}");
+    }
 }

@@ -395,3 +395,30 @@ fn values_the_renderers_refuse_fail_validation_at_their_key() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+#[test]
+fn maintenance_windows_last_more_than_zero_and_at_most_a_week() {
+    // (duration, the problem reported at the duration, if any)
+    let cases: &[(&str, Option<&str>)] = &[
+        ("2h", None),
+        ("1m", None),
+        ("7d", None),
+        ("1w", None),
+        ("0s", Some("a:16:38: window duration `0ms` must be more than zero")),
+        ("8d", Some("a:16:38: window duration `8d` is longer than a week (`7d`)")),
+        ("169h", Some("a:16:38: window duration `169h` is longer than a week (`7d`)")),
+    ];
+    for (duration, expect) in cases {
+        let extra = format!(
+            "maintenance:\n  windows:\n    - {{start: \"0 2 * * *\", duration: 1h}}\n    - {{start: \"0 3 * * *\", duration: {duration}}}\n"
+        );
+        let out = check(&[("a", env("prod", "a.fr", "C1", &extra))]);
+        match expect {
+            None => assert!(out.is_empty(), "{duration}: {out:#?}"),
+            Some(e) => assert!(
+                out.len() == 1 && out[0].contains(e),
+                "{duration}: wanted `{e}`, got {out:#?}"
+            ),
+        }
+    }
+}

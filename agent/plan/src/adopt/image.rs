@@ -73,23 +73,33 @@ pub fn local_alias(reference: &str) -> Option<&str> {
     }
 }
 
-/// The family an image reference of a manifest stands for: `images:<os>/<release>[/…]`
-/// by its alias, a local alias (`alias`, `local:alias`) by that image's properties
-/// (`local_images`: alias → properties, read through the Incus driver). `None` when it
-/// cannot be told (an unknown remote, a local alias that does not exist or has no `os`
-/// and `release`). The one resolution of image references, so that a host-level mapping
-/// of references to local images can plug in here.
+/// What Incus is asked for when the manifests name `reference`: the host's mapping
+/// (`incus.images` in the host configuration) applied, as the planner applies it.
+pub fn used_image<'a>(reference: &'a str, images: &'a BTreeMap<String, String>) -> &'a str {
+    images.get(reference).map_or(reference, String::as_str)
+}
+
+/// The family an image reference of a manifest stands for, through the host's mapping
+/// (`images`: reference → a local alias, `images:ALIAS` or a simplestreams mirror
+/// `https://SERVER/PATH:ALIAS`): an alias `<os>/<release>[/…]` by its parts, a local alias
+/// (`alias`, `local:alias`) by that image's properties (`local_images`: alias →
+/// properties, read through the Incus driver). `None` when it cannot be told (an unknown
+/// remote, a local alias that does not exist or has no `os` and `release`). The one
+/// resolution of image references for adoption.
 pub fn image_family(
     reference: &str,
+    images: &BTreeMap<String, String>,
     local_images: &BTreeMap<String, Config>,
 ) -> Option<ImageFamily> {
-    if let Some(alias) = local_alias(reference) {
+    let used = used_image(reference, images);
+    if let Some(alias) = local_alias(used) {
         return ImageFamily::from_properties(local_images.get(alias)?);
     }
-    let (remote, alias) = reference.split_once(':')?;
-    if remote != "images" {
-        return None;
-    }
+    let alias = match used.split_once(':') {
+        Some(("images", alias)) => alias,
+        _ if used.starts_with("https://") => used.rsplit_once(':').map(|(_, a)| a)?,
+        _ => return None,
+    };
     let mut parts = alias.split('/');
     match (parts.next(), parts.next()) {
         (Some(os), Some(release)) if !os.is_empty() && !release.is_empty() => {

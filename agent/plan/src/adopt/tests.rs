@@ -37,6 +37,7 @@ fn manifests() -> Vec<Manifest> {
 struct World {
     live: LiveState,
     facts: Facts,
+    images: BTreeMap<String, String>,
 }
 
 /// Server lines of the Ansible-shaped edge: which slots serve (prod: backend blue,
@@ -174,13 +175,14 @@ fn ansible_world() -> World {
     ]);
     facts.foreign_units.insert(UnitTarget::Host, host);
     facts.local_images.insert("unused".into(), Config::new());
-    World { live, facts }
+    World { live, facts, images: BTreeMap::new() }
 }
 
 fn run(w: &World) -> Adoption {
     let ms = manifests();
     let refs: Vec<&Manifest> = ms.iter().collect();
-    assess(&refs, &w.live, &w.facts, &SecretDigests::new()).unwrap_or_else(|e| panic!("{e}"))
+    assess(&refs, &w.live, &w.facts, &SecretDigests::new(), &w.images)
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn state_of(a: &Adoption, name: &str) -> AdoptState {
@@ -272,7 +274,8 @@ fn an_ansible_built_host_is_adopted_whole_and_the_first_plan_rebuilds_nothing() 
         );
     }
     // And adopting what is owned changes nothing.
-    let again = run(&World { live: a.marked(&w.live), facts: Facts::default() });
+    let again =
+        run(&World { live: a.marked(&w.live), facts: Facts::default(), images: BTreeMap::new() });
     assert_eq!(
         again.count(AdoptState::Owned),
         again.instances.len() + again.profiles.len(),
@@ -301,6 +304,26 @@ fn each_conflict_kind_is_reported_with_its_difference() {
             },
             conflict: Some("veza-redis"),
             says: "image: the instance was made from debian 12 (image.os/image.release), the manifest names `images:debian/13` (debian 13)",
+        },
+        Row {
+            case: "image family through the host's mapping",
+            change: |w| {
+                w.images.insert("images:debian/13".into(), "veza-debian12".into());
+                w.facts.local_images.insert(
+                    "veza-debian12".into(),
+                    Config::from([
+                        ("os".into(), "debian".into()),
+                        ("release".into(), "bookworm".into()),
+                    ]),
+                );
+                for (_, i) in
+                    w.live.instances.iter_mut().filter(|(n, _)| n.as_str() != "veza-postgres")
+                {
+                    i.config.insert("image.release".into(), "bookworm".into());
+                }
+            },
+            conflict: Some("veza-postgres"),
+            says: "image: the instance was made from debian 13 (image.os/image.release), the manifest names `images:debian/13` (mapped to `veza-debian12`) (debian 12)",
         },
         Row {
             case: "no image family recorded",
@@ -568,7 +591,7 @@ fn needs_name_the_facts_to_gather() {
     let w = ansible_world();
     let ms = manifests();
     let refs: Vec<&Manifest> = ms.iter().collect();
-    let n = needs(&refs, &w.live).expect("needs");
+    let n = needs(&refs, &w.live, &BTreeMap::new()).expect("needs");
     assert!(n.local_images.is_empty(), "the manifests name images:debian/13 only");
     assert_eq!(n.snapshots.len(), 11, "{:?}", n.snapshots);
     assert_eq!(n.probes.len(), 8, "{:?}", n.probes);
@@ -606,7 +629,18 @@ fn image_families_compare_like_with_like() {
         ("missing", None),
     ];
     for (reference, want) in cases {
-        assert_eq!(image_family(reference, &local), want, "{reference}");
+        assert_eq!(image_family(reference, &BTreeMap::new(), &local), want, "{reference}");
+    }
+    // Through the host's mapping, as the planner uses it: (mapped to, family)
+    let mapped = [
+        ("veza-test-busybox", fam("busybox", "1:1.35.0")),
+        ("local:missing", None),
+        ("https://mirror.lan/images:debian/12", fam("debian", "12")),
+        ("images:debian/trixie", fam("debian", "13")),
+    ];
+    for (to, want) in mapped {
+        let map = BTreeMap::from([("images:debian/13".to_string(), to.to_string())]);
+        assert_eq!(image_family("images:debian/13", &map, &local), want, "mapped to {to}");
     }
     assert_eq!(ImageFamily::new("Debian", "bookworm"), ImageFamily::new("debian", "12"));
     assert_ne!(ImageFamily::new("debian", "12"), ImageFamily::new("debian", "13"));

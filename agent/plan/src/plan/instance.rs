@@ -170,6 +170,24 @@ pub(super) fn plan_instance(
     }
     let config_differs =
         d.config.iter().any(|(k, v)| l.config.get(k) != Some(v)) || !remove_keys.is_empty();
+    // A local device the manifest does not declare, but equal (name and settings) to one
+    // its profiles give the instance, is what `incus launch --network` leaves: removing
+    // it would unplug and plug the same NIC. It is kept, and no difference.
+    let launched_with: Devices = l
+        .devices
+        .iter()
+        .filter(|(n, dev)| !d.devices.contains_key(*n) && d.profile_devices.get(*n) == Some(dev))
+        .map(|(n, dev)| (n.clone(), dev.clone()))
+        .collect();
+    let with_launched;
+    let d = if launched_with.is_empty() {
+        d
+    } else {
+        let mut devices = d.devices.clone();
+        devices.extend(launched_with);
+        with_launched = DesiredInstance { devices, ..d.clone() };
+        &with_launched
+    };
     let changed = config_differs || l.devices != d.devices || l.profiles != d.profiles;
     if changed {
         let reason = describe_instance_diff(l, d, &remove_keys);

@@ -12,7 +12,7 @@ use crate::live::{
     InstanceKind, InstanceStatus, LiveEdge, LiveInstance, LivePool, LiveProfile, LiveState,
     UnitTarget,
 };
-use crate::plan::{Plan, PlanOptions, plan};
+use crate::plan::{Action, Plan, PlanOptions, plan};
 
 const DEMO: &str = include_str!("../../../../manifests/examples/minimal.yaml");
 const PROD: &str = include_str!("../../../../manifests/prod.yaml");
@@ -669,4 +669,87 @@ fn a_migration_in_a_tools_instance_runs_there() {
         .position(|s| s == "migrate demo/hello for release 1111111111 in tools")
         .expect("migration in tools");
     assert!(create < migrate, "{steps:#?}");
+}
+
+#[test]
+fn a_local_nic_equal_to_the_profiles_is_kept_not_unplugged() {
+    let ms = manifests(&[PROD, STAGING]);
+    let live = with_foreign_forgejo(live_with_default_pool());
+    let after = applied(&live, &run(&ms, &live, &opts()));
+    let nic = |network: &str| -> BTreeMap<String, String> {
+        [("type", "nic"), ("network", network), ("name", "eth0")]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    // (the local eth0 `incus launch --network` left on veza-postgres, whether the plan
+    //  updates the instance)
+    let table = [(nic("net-veza"), false), (nic("incusbr0"), true)];
+    for (local, updates) in table {
+        let mut l = after.clone();
+        let pg = l.instances.get_mut("veza-postgres").expect("created by the first sync");
+        pg.devices.insert("eth0".into(), local.clone());
+        let p = run(&ms, &l, &opts());
+        let update = p.steps.iter().any(
+            |s| matches!(&s.action, Action::UpdateInstance { name, .. } if name == "veza-postgres"),
+        );
+        assert_eq!(update, updates, "{local:?}:\n{p}");
+        if updates {
+            let kept = p.steps.iter().find_map(|s| match &s.action {
+                Action::UpdateInstance { devices, .. } => Some(devices.contains_key("eth0")),
+                _ => None,
+            });
+            assert_eq!(kept, Some(false), "a NIC unlike the profile's goes: {p}");
+        }
+    }
+}
+
+#[test]
+fn the_host_image_mapping_decides_what_incus_is_asked_for_and_the_mark_keeps_the_reference() {
+    let ms = manifests(&[PROD]);
+    let live = with_foreign_forgejo(live_with_default_pool());
+    let mut o = opts();
+    o.images.insert("images:debian/13".into(), "veza-test-debian12".into());
+    let p = run(&ms, &live, &o);
+    let created: Vec<(&str, &str)> = p
+        .steps
+        .iter()
+        .filter_map(|s| match &s.action {
+            Action::CreateInstance { image, config, .. } => {
+                Some((image.as_str(), config["user.veza.image"].as_str()))
+            }
+            _ => None,
+        })
+        .collect();
+    assert!(!created.is_empty());
+    for (image, mark) in created {
+        assert_eq!((image, mark), ("veza-test-debian12", "images:debian/13"));
+    }
+    // Mapped or not, the instances it made are what the manifests ask: nothing to do next.
+    let after = applied(&live, &p);
+    assert!(run(&ms, &after, &o).is_empty(), "{}", run(&ms, &after, &o));
+}
+
+#[test]
+fn replacing_an_edge_config_the_agent_did_not_write_shows_the_diff_once() {
+    let ms = manifests(&[DEMO]);
+    let mut live = live_with_default_pool();
+    let ansible = "# Managed by Ansible: do not edit.\nglobal\n    daemon\nfrontend veza_edge\n    bind *:80\n";
+    live.edge = LiveEdge::from_config(ansible.to_string());
+    let p = run(&ms, &live, &opts());
+    let diff = p.edge_takeover.as_deref().expect("a takeover diff");
+    assert!(diff.starts_with("--- haproxy.cfg (live, not written by veza-agent)\n"), "{diff}");
+    assert!(diff.contains("\n-# Managed by Ansible: do not edit.\n"), "{diff}");
+    assert!(
+        diff.contains("\n+# The shared HAProxy edge of this host, rendered by veza-agent"),
+        "{diff}"
+    );
+    assert!(p.to_string().contains("edge takeover: the live haproxy.cfg was not written"), "{p}");
+    // Once the agent's config is live, a later edge change is an ordinary update.
+    let mut after = applied(&live, &p);
+    let edited = after.edge.config.clone().expect("installed") + "# edited by hand\n";
+    after.edge = LiveEdge::from_config(edited);
+    let again = run(&ms, &after, &opts());
+    assert!(again.steps.iter().any(|s| matches!(s.action, Action::InstallEdge { .. })), "{again}");
+    assert_eq!(again.edge_takeover, None);
 }

@@ -289,6 +289,14 @@ pub struct Plan {
     pub refusals: Vec<Refusal>,
     /// Drift found on detect-only resources (reported, not corrected).
     pub drift: Vec<String>,
+    /// Disruptive steps (and their dependants) held until their environment's next
+    /// maintenance window (`super::maintenance::hold`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub waiting: Vec<super::maintenance::Waiting>,
+    /// When the plan replaces a live edge config veza-agent did not write (the first
+    /// install after a cutover): the unified diff from it to the rendered config.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub edge_takeover: Option<String>,
 }
 
 impl Plan {
@@ -359,7 +367,11 @@ impl Plan {
 impl fmt::Display for Plan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.steps.is_empty() {
-            writeln!(f, "no changes")?;
+            writeln!(
+                f,
+                "{}",
+                if self.waiting.is_empty() { "no changes" } else { "nothing to apply now" }
+            )?;
         }
         for (i, s) in self.steps.iter().enumerate() {
             writeln!(f, "{:>3}. {}", i + 1, s.action)?;
@@ -379,6 +391,18 @@ impl fmt::Display for Plan {
                 writeln!(f, "     - on a failed check: {back} back on the edge")?;
             }
             writeln!(f, "     because {}", s.reason)?;
+        }
+        for w in &self.waiting {
+            write!(f, "{w}")?;
+        }
+        if let Some(diff) = &self.edge_takeover {
+            writeln!(
+                f,
+                "edge takeover: the live haproxy.cfg was not written by veza-agent; it is replaced by the rendered one:"
+            )?;
+            for line in diff.lines() {
+                writeln!(f, "  {line}")?;
+            }
         }
         for r in &self.refusals {
             writeln!(f, "refused: {}: {}", r.resource, r.reason)?;
