@@ -25,13 +25,14 @@ use serde::Serialize;
 use veza_model::Manifest;
 use veza_model::manifest::Color;
 
-use crate::desired::{DesiredInstance, SecretDigests, desired};
+use crate::desired::{DesiredInstance, DesiredProfile, SecretDigests, desired};
 use crate::live::{
-    Config, Devices, LiveInstance, LiveState, MARK_HOST, MARK_MANAGED, MARK_PREFIX, UnitTarget,
+    Config, LiveInstance, LiveState, MARK_HOST, MARK_MANAGED, MARK_PREFIX, UnitTarget,
 };
 use crate::plan::PlanError;
 
 mod colors;
+mod devices;
 pub mod image;
 mod report;
 #[cfg(test)]
@@ -328,15 +329,33 @@ pub fn assess(
     let mut out = Adoption::default();
     let serving = active_colors(manifests, live, facts, &mut out);
     for (name, d) in &want.instances {
-        out.instances.push(assess_instance(name, d, live, facts, &serving, images));
+        out.instances.push(assess_instance(name, d, live, facts, &serving, images, &want.profiles));
     }
     for (name, p) in &want.profiles {
         let (state, differences, notes, marks) = match live.profiles.get(name) {
             None => (AdoptState::Missing, Vec::new(), Vec::new(), Config::new()),
             Some(l) if l.is_owned() => (AdoptState::Owned, Vec::new(), Vec::new(), Config::new()),
             Some(l) => {
-                let differences = device_differences(&l.devices, &p.devices);
+                // What its new devices change for the instances using it that the
+                // manifests do not name (the named ones are judged one by one).
+                let mut differences = Vec::new();
+                for i in live.instances.values().filter(|i| i.profiles.contains(name)) {
+                    if want.instances.contains_key(&i.name) {
+                        continue;
+                    }
+                    let then = devices::after(&i.profiles, &i.devices, &want.profiles, live);
+                    let now = devices::now(&i.profiles, &i.devices, live);
+                    differences.extend(devices::differences(
+                        &format!("instance `{}` (which the manifests do not name)", i.name),
+                        &now,
+                        &then,
+                    ));
+                }
                 let mut notes = Vec::new();
+                let moved = devices::changed(&l.devices, &p.devices);
+                if !moved.is_empty() {
+                    notes.push(format!("the first apply sets its devices {}", moved.join(", ")));
+                }
                 let keys: BTreeSet<&String> = l.config.keys().chain(p.config.keys()).collect();
                 for k in keys.into_iter().filter(|k| !k.starts_with(MARK_PREFIX)) {
                     match (l.config.get(k), p.config.get(k)) {
@@ -390,33 +409,6 @@ pub fn assess(
     Ok(out)
 }
 
-fn show_device(d: Option<&BTreeMap<String, String>>) -> String {
-    match d {
-        None => "none".to_string(),
-        Some(d) => {
-            let kv: Vec<String> = d.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            format!("{{{}}}", kv.join(", "))
-        }
-    }
-}
-
-/// One line per device that differs between `live` and `want` (compared as the planner
-/// compares them: whole string maps, `pool: auto` resolved).
-fn device_differences(live: &Devices, want: &Devices) -> Vec<String> {
-    let names: BTreeSet<&String> = live.keys().chain(want.keys()).collect();
-    names
-        .into_iter()
-        .filter(|n| live.get(*n) != want.get(*n))
-        .map(|n| {
-            format!(
-                "device `{n}`: live {}, manifest {}",
-                show_device(live.get(n)),
-                show_device(want.get(n))
-            )
-        })
-        .collect()
-}
-
 fn assess_instance(
     name: &str,
     d: &DesiredInstance,
@@ -424,6 +416,7 @@ fn assess_instance(
     facts: &Facts,
     serving: &BTreeMap<(String, String), BTreeSet<Color>>,
     images: &ImageMap,
+    profiles: &BTreeMap<String, DesiredProfile>,
 ) -> InstanceAdoption {
     let mut a = InstanceAdoption {
         name: name.to_string(),
@@ -468,7 +461,16 @@ fn assess_instance(
             d.profiles.join(", ")
         ));
     }
-    a.differences.extend(device_differences(&l.devices, &d.devices));
+    let now = devices::now(&l.profiles, &l.devices, live);
+    let then = devices::after(&d.profiles, &d.devices, profiles, live);
+    a.differences.extend(devices::differences("the instance", &now, &then));
+    let own = devices::changed(&l.devices, &d.devices);
+    if !own.is_empty() && now == then {
+        a.notes.push(format!(
+            "the first apply sets its own devices {} as the manifests declare them: what it runs with stays the same",
+            own.join(", ")
+        ));
+    }
     if d.slot.is_none() && !d.protect {
         let mut held = Vec::new();
         if l.config.get(PROTECTION_DELETE).is_some_and(|v| v == "true") {

@@ -284,12 +284,55 @@ fn an_ansible_built_host_is_adopted_whole_and_the_first_plan_rebuilds_nothing() 
     assert!(!again.pending() && !again.blocked(), "{again}");
 }
 
+/// Profiles holding only the root disk and a NIC on each instance (`incus launch --profile P
+/// --network net-veza`, as the seed's pipeline did): adopted, since the NIC only moves
+/// into the profile; the first apply updates profiles and instances in place.
+#[test]
+fn a_nic_that_moves_from_the_instances_into_their_profile_is_no_conflict() {
+    let mut w = ansible_world();
+    let nic: Config = [("type", "nic"), ("network", "net-veza"), ("name", "eth0")]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    for p in w.live.profiles.values_mut() {
+        p.devices.remove("eth0");
+        p.config.clear();
+    }
+    for i in w.live.instances.values_mut() {
+        i.devices.insert("eth0".into(), nic.clone());
+    }
+    let a = run(&w);
+    assert!(!a.blocked(), "{a}");
+    assert_eq!(a.count(AdoptState::Adopt), a.instances.len() + a.profiles.len(), "{a}");
+    let pg = lines_of(&a, "veza-postgres");
+    assert!(pg.contains(&"the first apply sets its own devices eth0 as the manifests declare them: what it runs with stays the same".to_string()), "{pg:#?}");
+    let app = lines_of(&a, "veza-app");
+    assert!(app.contains(&"the first apply sets its devices eth0".to_string()), "{app:#?}");
+    assert!(app.contains(&"the first apply sets limits.cpu: 4".to_string()), "{app:#?}");
+    let ms = manifests();
+    let refs: Vec<&Manifest> = ms.iter().collect();
+    let after = plan(&refs, &a.marked(&w.live), &PlanOptions::default()).expect("plan");
+    assert!(after.refusals.is_empty(), "{after}");
+    for s in &after.steps {
+        assert!(
+            !matches!(
+                s.action,
+                Action::CreateInstance { .. }
+                    | Action::DeleteInstance { .. }
+                    | Action::DeployRelease { .. }
+            ),
+            "{}\n{after}",
+            s.action
+        );
+    }
+}
+
 /// One change to the Ansible-built host, and what adoption says of it.
 struct Row {
     case: &'static str,
     change: fn(&mut World),
-    /// The resource in conflict (`None`: no instance or profile conflict).
-    conflict: Option<&'static str>,
+    /// The resources in conflict, the first one saying `says` (none: a refusal says it).
+    conflict: &'static [&'static str],
     /// Text expected among that resource's differences, or among the refusals.
     says: &'static str,
 }
@@ -302,7 +345,7 @@ fn each_conflict_kind_is_reported_with_its_difference() {
             change: |w| {
                 inst(w, "veza-redis").config.insert("image.release".into(), "bookworm".into());
             },
-            conflict: Some("veza-redis"),
+            conflict: &["veza-redis"],
             says: "image: the instance was made from debian 12 (image.os/image.release), the manifest names `images:debian/13` (debian 13)",
         },
         Row {
@@ -322,7 +365,7 @@ fn each_conflict_kind_is_reported_with_its_difference() {
                     i.config.insert("image.release".into(), "bookworm".into());
                 }
             },
-            conflict: Some("veza-postgres"),
+            conflict: &["veza-postgres"],
             says: "image: the instance was made from debian 13 (image.os/image.release), the manifest names `images:debian/13` (mapped to `veza-debian12`) (debian 12)",
         },
         Row {
@@ -330,13 +373,13 @@ fn each_conflict_kind_is_reported_with_its_difference() {
             change: |w| {
                 inst(w, "veza-staging-redis").config.remove("image.os");
             },
-            conflict: Some("veza-staging-redis"),
+            conflict: &["veza-staging-redis"],
             says: "image: the instance records no image family",
         },
         Row {
             case: "profiles",
             change: |w| inst(w, "veza-minio").profiles = vec!["default".into(), "veza-data".into()],
-            conflict: Some("veza-minio"),
+            conflict: &["veza-minio"],
             says: "profiles: live [default, veza-data], manifest [veza-data]",
         },
         Row {
@@ -345,27 +388,57 @@ fn each_conflict_kind_is_reported_with_its_difference() {
                 let d = inst(w, "veza-haproxy").devices.get_mut("https").expect("https");
                 d.insert("listen".into(), "tcp:0.0.0.0:8443".into());
             },
-            conflict: Some("veza-haproxy"),
-            says: "device `https`: live {connect=tcp:127.0.0.1:443, listen=tcp:0.0.0.0:8443, type=proxy}, manifest {connect=tcp:127.0.0.1:443, listen=tcp:0.0.0.0:443, type=proxy}",
+            conflict: &["veza-haproxy"],
+            says: "device `https`: the instance runs with {connect=tcp:127.0.0.1:443, listen=tcp:0.0.0.0:8443, type=proxy}, the manifests give it {connect=tcp:127.0.0.1:443, listen=tcp:0.0.0.0:443, type=proxy}",
         },
         Row {
-            case: "a local device the manifest does not declare (`incus launch --network`)",
+            case: "a local device that changes what the instance runs with",
             change: |w| {
-                let nic = [("type", "nic"), ("network", "net-veza"), ("name", "eth0")];
+                let nic = [("type", "nic"), ("network", "incusbr0"), ("name", "eth0")];
                 let nic = nic.into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
                 inst(w, "veza-web-green").devices.insert("eth0".into(), nic);
             },
-            conflict: Some("veza-web-green"),
-            says: "device `eth0`: live {name=eth0, network=net-veza, type=nic}, manifest none",
+            conflict: &["veza-web-green"],
+            says: "device `eth0`: the instance runs with {name=eth0, network=incusbr0, type=nic}, the manifests give it {name=eth0, network=net-veza, type=nic}",
         },
         Row {
-            case: "profile device (`pool: auto` resolved as the planner does)",
+            case: "a profile device its instances run with (`pool: auto` resolved as the planner does)",
             change: |w| {
                 let p = w.live.profiles.get_mut("veza-data").expect("profile");
                 p.devices.get_mut("root").expect("root").insert("pool".into(), "slow".into());
             },
-            conflict: Some("veza-data"),
-            says: "device `root`: live {path=/, pool=slow, type=disk}, manifest {path=/, pool=default, type=disk}",
+            conflict: &[
+                "veza-minio",
+                "veza-postgres",
+                "veza-rabbitmq",
+                "veza-redis",
+                "veza-staging-minio",
+                "veza-staging-postgres",
+                "veza-staging-rabbitmq",
+                "veza-staging-redis",
+            ],
+            says: "device `root`: the instance runs with {path=/, pool=slow, type=disk}, the manifests give it {path=/, pool=default, type=disk}",
+        },
+        Row {
+            case: "a profile device that changes an instance the manifests do not name",
+            change: |w| {
+                w.live.profiles.get_mut("veza-app").expect("profile").devices.remove("eth0");
+                let mut forgejo = w.live.instances["veza-backend-tools"].clone();
+                forgejo.name = "forgejo".into();
+                w.live.instances.insert("forgejo".into(), forgejo);
+                // The named ones carry their own eth0 (`incus launch --network`).
+                let nic: Config = [("type", "nic"), ("network", "net-veza"), ("name", "eth0")]
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect();
+                for (name, i) in &mut w.live.instances {
+                    if name != "forgejo" && i.profiles.contains(&"veza-app".to_string()) {
+                        i.devices.insert("eth0".into(), nic.clone());
+                    }
+                }
+            },
+            conflict: &["veza-app"],
+            says: "device `eth0`: instance `forgejo` (which the manifests do not name) runs with none, the manifests give it {name=eth0, network=net-veza, type=nic}",
         },
         Row {
             case: "protected data missing its flag: Incus protection",
@@ -374,7 +447,7 @@ fn each_conflict_kind_is_reported_with_its_difference() {
                     .config
                     .insert("security.protection.delete".into(), "true".into());
             },
-            conflict: Some("veza-backend-tools"),
+            conflict: &["veza-backend-tools"],
             says: "protected data missing its flag: Incus protects it (security.protection.delete=true), but the manifest does not set `protect: true`",
         },
         Row {
@@ -382,13 +455,13 @@ fn each_conflict_kind_is_reported_with_its_difference() {
             change: |w| {
                 w.facts.snapshots.insert("veza-staging-backend-tools".into(), 2);
             },
-            conflict: Some("veza-staging-backend-tools"),
+            conflict: &["veza-staging-backend-tools"],
             says: "protected data missing its flag: it has 2 snapshot(s)",
         },
         Row {
             case: "type",
             change: |w| inst(w, "veza-rabbitmq").kind = InstanceKind::VirtualMachine,
-            conflict: Some("veza-rabbitmq"),
+            conflict: &["veza-rabbitmq"],
             says: "type: the instance is a virtual-machine, the manifest declares a container",
         },
         Row {
@@ -399,7 +472,7 @@ fn each_conflict_kind_is_reported_with_its_difference() {
                     Ok(ProbeAnswer { status: 200, release: None }),
                 );
             },
-            conflict: Some("veza-backend-blue"),
+            conflict: &["veza-backend-blue"],
             says: "release unknown: it serves prod/backend traffic and release 0bd3e563b2 cannot be verified (its health probe answered 200 without X-Release",
         },
         Row {
@@ -411,7 +484,7 @@ fn each_conflict_kind_is_reported_with_its_difference() {
                     Ok(ProbeAnswer { status: 200, release: Some(other) }),
                 );
             },
-            conflict: Some("veza-stream-blue"),
+            conflict: &["veza-stream-blue"],
             says: "its health probe answered 200 with X-Release e97b91f010a2b3c4d5e6f708192a3b4c5d6e7f80",
         },
         Row {
@@ -423,7 +496,7 @@ fn each_conflict_kind_is_reported_with_its_difference() {
                 );
                 w.live.edge = LiveEdge::from_config(cfg);
             },
-            conflict: None,
+            conflict: &[],
             says: "prod/web: the live edge serves blue, the manifest says `active: green`: adoption never moves traffic",
         },
         Row {
@@ -432,7 +505,7 @@ fn each_conflict_kind_is_reported_with_its_difference() {
                 let extra = "\nbackend prod_backend_canary\n    server g veza-backend-green.lxd:8080 check\n";
                 w.live.edge = LiveEdge::from_config(ansible_edge(extra));
             },
-            conflict: None,
+            conflict: &[],
             says: "prod/backend: the live edge sends traffic to both colors",
         },
         Row {
@@ -444,7 +517,7 @@ fn each_conflict_kind_is_reported_with_its_difference() {
                 );
                 w.live.edge = LiveEdge::from_config(cfg);
             },
-            conflict: None,
+            conflict: &[],
             says: "staging/web: no enabled server of the live edge config routes to a slot of it",
         },
     ];
@@ -454,23 +527,19 @@ fn each_conflict_kind_is_reported_with_its_difference() {
         let a = run(&w);
         assert!(a.blocked(), "case `{}`: adoption must be blocked:\n{a}", row.case);
         match row.conflict {
-            Some(name) => {
-                assert_eq!(state_of(&a, name), AdoptState::Conflict, "case `{}`:\n{a}", row.case);
-                let lines = lines_of(&a, name);
-                assert!(
-                    lines.iter().any(|l| l.contains(row.says)),
-                    "case `{}`: {lines:#?}",
-                    row.case
-                );
-                assert_eq!(
-                    a.count(AdoptState::Conflict),
-                    1,
-                    "case `{}`: only {name}:\n{a}",
-                    row.case
-                );
+            [first, ..] => {
+                for name in row.conflict {
+                    let st = state_of(&a, name);
+                    assert_eq!(st, AdoptState::Conflict, "case `{}`: {name}\n{a}", row.case);
+                }
+                let lines = lines_of(&a, first);
+                let found = lines.iter().any(|l| l.contains(row.says));
+                assert!(found, "case `{}`: {lines:#?}", row.case);
+                let n = a.count(AdoptState::Conflict);
+                assert_eq!(n, row.conflict.len(), "case `{}`:\n{a}", row.case);
                 assert!(a.refusals.is_empty(), "case `{}`:\n{a}", row.case);
             }
-            None => {
+            [] => {
                 assert_eq!(a.count(AdoptState::Conflict), 0, "case `{}`:\n{a}", row.case);
                 assert_eq!(a.refusals.len(), 1, "case `{}`:\n{a}", row.case);
                 assert!(a.refusals[0].contains(row.says), "case `{}`: {}", row.case, a.refusals[0]);
