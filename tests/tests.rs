@@ -2,6 +2,7 @@
 //! Real-host tests run against real incusd, haproxy, systemd and git set up by
 //! `tests/host/setup`; they fail, never skip, when a component is missing.
 
+mod adopt;
 mod confinement;
 mod cutover;
 mod daemon;

@@ -102,6 +102,31 @@ enum Command {
     /// quarantined (note: 2 differs from the other subcommands, so CI can tell pending
     /// changes from failures).
     Plan(commands::plan::PlanArgs),
+    /// Take over what the manifests name on a host someone else built (the Ansible pipeline).
+    ///
+    /// Read-only by default, like `plan` (the revision accepted and the host observed the
+    /// same way): for each instance (plain, protected data, app slots) and profile the
+    /// manifests name, `owned` (already marked), `adopt` (exists without the mark and can
+    /// be taken over as it is), `missing` (the first apply creates it) or `conflict`, with
+    /// each difference (image family, profiles, devices, type, protected data missing its
+    /// `protect: true`, a serving slot whose release cannot be verified); the color the
+    /// live edge serves for each app (read from its config, whoever wrote it) and a
+    /// refusal when the manifest's `active:` disagrees (adoption never moves traffic);
+    /// foreign timers whose service runs a manifest job's command; and what the first
+    /// apply after adoption would do. `--json` prints one document with `instances`,
+    /// `profiles`, `active`, `timers`, `refusals`, `first_apply` and `duration_ms`.
+    ///
+    /// `--apply` (root) sets the agent's marks on everything `adopt` (through Incus's
+    /// update with ETag: no restart, snapshot or recreate), replaces each duplicate timer
+    /// with the job's units (installed and active before the foreign timer is disabled
+    /// with `systemctl disable --now`; its files stay), and records who, why and what in
+    /// the history. It asks on the terminal to type `adopt` unless `--yes`, and is
+    /// refused, changing nothing, while anything is in conflict or refused.
+    ///
+    /// Exit 0 nothing to adopt (or adopted), 2 something to adopt and nothing in the way
+    /// (report only), 1 a conflict or refusal, a declined confirmation, not root, or an
+    /// error; with `--apply`, 2 when there is no terminal to confirm on and no `--yes`.
+    Adopt(commands::adopt::AdoptArgs),
     /// Ask the running daemon to sync now and print the outcome.
     ///
     /// Connects to the daemon's control socket (`STATE_DIR/control.sock`), waits for the
@@ -208,6 +233,7 @@ fn main() -> ExitCode {
         Command::Run(args) => commands::run::run(&args),
         Command::Apply(args) => commands::apply::run(&args),
         Command::Plan(args) => commands::plan::run(&args),
+        Command::Adopt(args) => commands::adopt::run(&args),
         Command::Sync(args) => commands::sync::run(&args),
         Command::Status(args) => commands::status::run(&args),
         Command::History(args) => commands::history::run(&args),

@@ -36,6 +36,14 @@ where
     })
 }
 
+/// The person behind a command: the login `sudo` ran for, else the user.
+pub fn who() -> String {
+    ["SUDO_USER", "LOGNAME", "USER"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok().filter(|u| !u.is_empty()))
+        .unwrap_or_else(|| format!("uid {}", veza_fs::effective_uid().unwrap_or(u32::MAX)))
+}
+
 /// Unix time now, in seconds.
 pub fn now() -> i64 {
     chrono::Utc::now().timestamp()

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 use veza_state::Suspension;
 
-use crate::commands::common::{ConfigArg, now};
+use crate::commands::common::{ConfigArg, now, who};
 use crate::reconcile::load_config;
 
 /// Arguments of `suspend`.
@@ -38,14 +38,6 @@ pub fn operator() -> Result<String, ExitCode> {
         return Err(ExitCode::FAILURE);
     }
     Ok(who())
-}
-
-/// The person behind the command: the login `sudo` ran for, else the user.
-fn who() -> String {
-    ["SUDO_USER", "LOGNAME", "USER"]
-        .iter()
-        .find_map(|v| std::env::var(v).ok().filter(|u| !u.is_empty()))
-        .unwrap_or_else(|| format!("uid {}", veza_fs::effective_uid().unwrap_or(u32::MAX)))
 }
 
 fn state_dir(config: &ConfigArg) -> Result<std::path::PathBuf, ExitCode> {

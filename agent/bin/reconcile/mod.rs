@@ -24,12 +24,14 @@ use veza_state::{AgentState, HistoryEntry, Journal, Outcome, RunRecord, Store};
 use crate::edge::EdgeRuntime;
 
 mod accept;
+mod adopt;
 mod feedback;
 mod hooks;
 mod observe;
 mod windows;
 
 pub use accept::{Source, SourceProblem};
+pub use adopt::AdoptionReport;
 use hooks::{JournalHooks, NewerCommit};
 use observe::failing_jobs;
 pub use windows::{Windows, waiting_reason};

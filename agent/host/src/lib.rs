@@ -5,6 +5,7 @@
 /// working.
 pub use veza_fs as fs;
 
+pub mod adopt;
 pub mod apply;
 pub mod artifact;
 pub mod clock;

@@ -8,8 +8,15 @@
 //! checked with `systemd-analyze verify` where it will run before it is enabled, and any
 //! diagnostic counts as a failure (verify exits 0 on unknown keys). [`fake`] holds
 //! in-memory units for tests.
+//!
+//! For adoption only, the driver also reads the unit files *without* the marker (enabled
+//! timers and the services they start: `foreign.rs`, read-only, through Incus's file API
+//! inside an instance, so an instance the agent does not own yet can be read) and retires
+//! a foreign timer once the agent's own replacement is active (`disable --now`; its files
+//! stay where they are).
 
 pub mod fake;
+mod foreign;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -43,6 +50,11 @@ pub enum SystemdError {
         "refusing to overwrite `{path}` on {target}: the file exists without the veza-agent marker on its first line, so it belongs to someone else (hint: rename the job in the manifest, or move that file away if nobody needs it)"
     )]
     Foreign { target: String, path: String },
+    /// Adoption was asked to retire a unit that is the agent's own.
+    #[error(
+        "refusing to retire `{path}` on {target}: it carries the veza-agent marker (remove a job from the manifests instead)"
+    )]
+    Ours { target: String, path: String },
     /// A file could not be written or read on the host.
     #[error("unit directory `{}`: {source}", path.display())]
     Io {
@@ -97,6 +109,26 @@ pub trait Units: Sync {
         target: &UnitTarget,
         names: &[String],
     ) -> impl Future<Output = Result<(), SystemdError>> + Send;
+    /// The enabled timer files at `target` without the agent's marker (linked in the
+    /// `<target>.wants/` directory of one of their `WantedBy=`), and the service file each
+    /// starts when there is one without the marker too (name → contents). Read-only.
+    fn foreign(
+        &self,
+        target: &UnitTarget,
+    ) -> impl Future<Output = Result<BTreeMap<String, String>, SystemdError>> + Send;
+    /// Whether `unit` is active at `target` (`systemctl is-active`).
+    fn is_active(
+        &self,
+        target: &UnitTarget,
+        unit: &str,
+    ) -> impl Future<Output = Result<bool, SystemdError>> + Send;
+    /// Retires a foreign timer: `systemctl disable --now` (its files stay, so going back
+    /// is `systemctl enable --now`). Refused for a file carrying the agent's marker.
+    fn retire(
+        &self,
+        target: &UnitTarget,
+        unit: &str,
+    ) -> impl Future<Output = Result<(), SystemdError>> + Send;
     /// The last run of `service` and the state of its timer.
     fn job_run(
         &self,
@@ -126,7 +158,11 @@ impl<'a, I: Incus> Systemd<'a, I> {
         }
     }
 
-    async fn run_in(&self, target: &UnitTarget, argv: &[&str]) -> Result<String, SystemdError> {
+    pub(super) async fn run_in(
+        &self,
+        target: &UnitTarget,
+        argv: &[&str],
+    ) -> Result<String, SystemdError> {
         match target {
             // Timestamps from `systemctl show` are read as UTC.
             UnitTarget::Host => Ok(Cmd::new(argv[0])
@@ -258,16 +294,16 @@ impl<'a, I: Incus> Systemd<'a, I> {
         }
     }
 
-    fn host_path(&self, name: &str) -> PathBuf {
+    pub(super) fn host_path(&self, name: &str) -> PathBuf {
         self.host_unit_dir.join(name)
     }
 
-    fn instance_path(&self, name: &str) -> String {
+    pub(super) fn instance_path(&self, name: &str) -> String {
         format!("{}/{name}", self.instance_unit_dir)
     }
 }
 
-fn is_ours(contents: &str) -> bool {
+pub(super) fn is_ours(contents: &str) -> bool {
     contents.lines().next().is_some_and(|l| l.starts_with(OWNER_MARKER_PREFIX))
 }
 
@@ -411,6 +447,18 @@ impl<I: Incus> Units for Systemd<'_, I> {
         }
         self.run_in(target, &["systemctl", "daemon-reload"]).await?;
         Ok(())
+    }
+
+    async fn foreign(&self, target: &UnitTarget) -> Result<BTreeMap<String, String>, SystemdError> {
+        self.foreign_units(target).await
+    }
+
+    async fn is_active(&self, target: &UnitTarget, unit: &str) -> Result<bool, SystemdError> {
+        self.unit_active(target, unit).await
+    }
+
+    async fn retire(&self, target: &UnitTarget, unit: &str) -> Result<(), SystemdError> {
+        self.retire_unit(target, unit).await
     }
 
     async fn job_run(

@@ -15,7 +15,10 @@ use crate::manifest::Color;
 
 mod edge;
 
-pub use edge::{ConfigServer, LiveEdge, config_servers};
+pub use edge::{
+    ConfigServer, LiveEdge, SlotInstance, ansible_color_file, ansible_history_file, config_servers,
+    parse_color_history, parse_color_record, serving_colors,
+};
 
 /// The namespace of the agent's marks: a manifest may not set keys in it, and a change of
 /// them alone changes nothing an instance runs.

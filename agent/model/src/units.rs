@@ -178,6 +178,58 @@ pub fn owner(contents: &str) -> Option<(&str, &str)> {
     })
 }
 
+/// The values of `key=` lines in section `[section]` of a unit file, as written
+/// (comments and other sections skipped; continuation lines are not joined).
+fn unit_values<'a>(contents: &'a str, section: &str, key: &str) -> Vec<&'a str> {
+    let mut inside = false;
+    let mut out = Vec::new();
+    for line in contents.lines().map(str::trim) {
+        if line.starts_with('[') {
+            inside = line == format!("[{section}]");
+        } else if inside
+            && !line.starts_with(['#', ';'])
+            && let Some((k, v)) = line.split_once('=')
+            && k.trim() == key
+        {
+            out.push(v.trim());
+        }
+    }
+    out
+}
+
+/// The unit a timer file `timer_name` activates: the `Unit=` of its `[Timer]` section, else
+/// the service of the same name (`x.timer` → `x.service`), as systemd decides.
+pub fn timer_unit(timer_name: &str, contents: &str) -> String {
+    match unit_values(contents, "Timer", "Unit").last() {
+        Some(unit) if !unit.is_empty() => (*unit).to_string(),
+        _ => format!("{}.service", timer_name.strip_suffix(".timer").unwrap_or(timer_name)),
+    }
+}
+
+/// The targets a unit file is enabled into (`WantedBy=` of its `[Install]` section): an
+/// enabled unit has a link in `<target>.wants/` of its unit directory for each.
+pub fn wanted_by(contents: &str) -> Vec<String> {
+    unit_values(contents, "Install", "WantedBy")
+        .iter()
+        .flat_map(|v| v.split_whitespace())
+        .map(str::to_string)
+        .collect()
+}
+
+/// The commands of a service file's `ExecStart=` lines (its `[Service]` section), as
+/// written; an empty `ExecStart=` resets the list, as in systemd.
+pub fn exec_starts(contents: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for v in unit_values(contents, "Service", "ExecStart") {
+        if v.is_empty() {
+            out.clear();
+        } else {
+            out.push(v.to_string());
+        }
+    }
+    out
+}
+
 /// Renders the job's `.service` and `.timer`.
 pub fn render(spec: &JobUnitSpec) -> Result<JobUnits, UnitError> {
     let err = |kind| UnitError { job: format!("{}/{}", spec.env, spec.name), kind };

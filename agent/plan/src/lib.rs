@@ -2,6 +2,7 @@
 //! an ordered, typed plan; and the files the plan installs (HAProxy config, systemd
 //! units), rendered before anything is written. Pure: no IO, no clock, no tokio.
 
+pub mod adopt;
 pub mod desired;
 pub mod edge;
 pub mod plan;

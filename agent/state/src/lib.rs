@@ -80,6 +80,9 @@ pub enum Outcome {
     /// maintenance window (`maintenance.windows`). Not a failure: nothing is retried
     /// before the next poll.
     Waiting,
+    /// The history entry of `veza-agent adopt --apply`: the operator took over what the
+    /// manifests name (marks set, foreign timers replaced).
+    Adopted,
 }
 
 impl Outcome {
@@ -94,6 +97,7 @@ impl Outcome {
             Outcome::Suspended => "suspended",
             Outcome::Resumed => "resumed",
             Outcome::Waiting => "waiting",
+            Outcome::Adopted => "adopted",
         }
     }
 }

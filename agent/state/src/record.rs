@@ -111,6 +111,20 @@ pub enum Event {
         /// When (unix seconds).
         at: i64,
     },
+    /// The operator adopted what the manifests name (`veza-agent adopt --apply`): a
+    /// history entry with who, why and what; the state is not changed.
+    Adopted {
+        /// The commit whose manifests were adopted.
+        commit: String,
+        /// Who: the login (`SUDO_USER`, else `USER`) and the uid.
+        by: String,
+        /// Why, as the operator said.
+        reason: String,
+        /// What was done, one item each (marked instances and profiles, replaced timers).
+        done: Vec<String>,
+        /// Why it stopped part-way, if it did (the entry is then `failed`).
+        error: Option<String>,
+    },
     /// The run ended.
     Finished(RunRecord),
 }
@@ -232,12 +246,29 @@ pub fn record(state: &mut AgentState, event: Event) -> Option<HistoryEntry> {
             }
             None
         }
+        Event::Adopted { commit, by, reason, done, error } => {
+            let what = if done.is_empty() { "nothing".to_string() } else { done.join("; ") };
+            let (outcome, text) = match error {
+                None => (Outcome::Adopted, format!("adopted by {by}: {reason} — {what}")),
+                Some(e) => (
+                    Outcome::Failed,
+                    format!("adoption by {by} stopped part-way: {e} ({reason}) — done: {what}"),
+                ),
+            };
+            Some(HistoryEntry {
+                signer: None,
+                ..history_entry(state, &commit, "", outcome, Some(text))
+            })
+        }
         Event::Finished(run) => {
             match run.outcome {
                 Outcome::Applied | Outcome::NoChange | Outcome::Waiting => state.sync_failures = 0,
                 Outcome::Failed => state.sync_failures += 1,
-                Outcome::Rejected | Outcome::RolledBack | Outcome::Suspended | Outcome::Resumed => {
-                }
+                Outcome::Rejected
+                | Outcome::RolledBack
+                | Outcome::Suspended
+                | Outcome::Resumed
+                | Outcome::Adopted => {}
             }
             state.last_run = Some(run);
             None
@@ -447,6 +478,39 @@ mod tests {
         );
         assert_eq!(h.signer.as_deref(), Some("forgejo"));
     }
+    #[test]
+    fn an_adoption_is_a_history_entry_with_who_why_and_what() {
+        let mut s = AgentState::default();
+        let before = s.clone();
+        let event = |error: Option<&str>| Event::Adopted {
+            commit: "c1".into(),
+            by: "alice (uid 0)".into(),
+            reason: "cutover from Ansible".into(),
+            done: vec!["instance veza-postgres".into(), "timer pgbackrest-full.timer".into()],
+            error: error.map(str::to_string),
+        };
+        // (error, outcome, reason)
+        let cases = [
+            (
+                None,
+                Outcome::Adopted,
+                "adopted by alice (uid 0): cutover from Ansible — instance veza-postgres; timer pgbackrest-full.timer",
+            ),
+            (
+                Some("boom"),
+                Outcome::Failed,
+                "adoption by alice (uid 0) stopped part-way: boom (cutover from Ansible) — done: instance veza-postgres; timer pgbackrest-full.timer",
+            ),
+        ];
+        for (error, outcome, reason) in cases {
+            let h = record(&mut s, event(error)).expect("a history entry");
+            assert_eq!((h.outcome, h.commit.as_str(), h.signer.as_deref()), (outcome, "c1", None));
+            assert_eq!(h.reason.as_deref(), Some(reason));
+        }
+        assert_eq!(s, before, "adoption changes no state");
+        assert_eq!(Outcome::Adopted.as_str(), "adopted");
+    }
+
     #[test]
     fn a_migration_is_remembered_per_release_and_the_oldest_are_forgotten() {
         let mut state = AgentState::default();

@@ -493,23 +493,9 @@ async fn run_step<I: Incus, E: Edge, U: Units, P: Probe, C: Clock>(
             })
         }
         Action::InstallUnits { target, files, timers, environments } => {
-            let mut private = Vec::new();
-            for e in environments {
-                let text = veza_model::template::render_env_file(&e.vars, |name| {
-                    d.secrets.get(&e.env, name)
-                })
-                .map_err(|why| StepError::Failed(format!("{}: {why}", e.file)))?;
-                private.push((e.file.clone(), text));
-            }
-            // A job installed without an environment keeps no file from an older one.
-            let stale: Vec<String> = files
-                .iter()
-                .filter_map(|(n, _)| n.strip_suffix(".service"))
-                .map(|stem| format!("{stem}.env"))
-                .filter(|env| !private.iter().any(|(n, _)| n == env))
-                .collect();
-            d.units.install_private(target, &private, &stale).await.map_err(|e| fail(&e))?;
-            d.units.install(target, files, timers).await.map_err(|e| fail(&e))
+            install_units(d.units, d.secrets, target, files, timers, environments)
+                .await
+                .map_err(StepError::Failed)
         }
         Action::RemoveUnits { target, names } => {
             d.units.remove(target, names).await.map_err(|e| fail(&e))
@@ -520,6 +506,35 @@ async fn run_step<I: Incus, E: Edge, U: Units, P: Probe, C: Clock>(
         // Run by `apply` itself (they need the hooks or decide the outcome).
         Action::HealthGate(_) | Action::VerifyEdge(_) | Action::Promote(_) => Ok(()),
     }
+}
+
+/// Installs jobs' units at `target` and enables their `timers`: each job's environment
+/// file rendered from the secrets and written root-only beside its unit (a stale one
+/// removed), then the unit files, verified, and the timers enabled. The apply engine's
+/// `InstallUnits` step, and what adoption runs to replace a foreign timer.
+pub async fn install_units<U: Units>(
+    units: &U,
+    secrets: &veza_secrets::SecretValues,
+    target: &UnitTarget,
+    files: &[(String, String)],
+    timers: &[String],
+    environments: &[veza_plan::desired::JobEnvironment],
+) -> Result<(), String> {
+    let mut private = Vec::new();
+    for e in environments {
+        let text = veza_model::template::render_env_file(&e.vars, |name| secrets.get(&e.env, name))
+            .map_err(|why| format!("{}: {why}", e.file))?;
+        private.push((e.file.clone(), text));
+    }
+    // A job installed without an environment keeps no file from an older one.
+    let stale: Vec<String> = files
+        .iter()
+        .filter_map(|(n, _)| n.strip_suffix(".service"))
+        .map(|stem| format!("{stem}.env"))
+        .filter(|env| !private.iter().any(|(n, _)| n == env))
+        .collect();
+    units.install_private(target, &private, &stale).await.map_err(|e| e.to_string())?;
+    units.install(target, files, timers).await.map_err(|e| e.to_string())
 }
 
 /// Adopts an owned instance that appeared between the observation and its create step

@@ -22,6 +22,7 @@ use serde_json::Value;
 use super::Result;
 use super::error::IncusError;
 
+mod adopt;
 mod exec_files;
 mod request;
 mod resources;

@@ -105,6 +105,13 @@ pub enum IncusError {
     #[error("{kind} `{name}` already exists; update it instead of creating it")]
     AlreadyExists { kind: ResourceKind, name: String },
 
+    /// What adoption assessed changed before its marks were written, or the resource is
+    /// the agent's already with other marks.
+    #[error(
+        "refusing to adopt {kind} `{name}`: {what}; run `veza-agent adopt` again to see it as it is now"
+    )]
+    Changed { kind: ResourceKind, name: String, what: String },
+
     /// An `If-Match` update kept losing against concurrent changes.
     #[error(
         "gave up updating {kind} `{name}` after {attempts} attempts: it kept changing between \

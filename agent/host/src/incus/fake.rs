@@ -61,6 +61,8 @@ struct State {
     snapshots: BTreeMap<String, Vec<SnapshotInfo>>,
     server_config: Config,
     exec_results: VecDeque<ExecOutput>,
+    images: BTreeMap<String, Config>,
+    probe_answers: BTreeMap<String, ExecOutput>,
     execs: Vec<(String, ExecRequest)>,
     clock: i64,
     operations: Vec<FakeOperation>,
@@ -274,6 +276,16 @@ impl FakeIncus {
     /// Queues the result of the next `exec` (otherwise exit 0 with no output).
     pub fn push_exec_result(&self, output: ExecOutput) {
         self.lock().exec_results.push_back(output);
+    }
+
+    /// Makes `alias` a local image with `properties`.
+    pub fn set_image(&self, alias: &str, properties: Config) {
+        self.lock().images.insert(alias.to_string(), properties);
+    }
+
+    /// What the fixed probe inside `instance` prints (otherwise nothing: no answer).
+    pub fn set_probe_answer(&self, instance: &str, output: ExecOutput) {
+        self.lock().probe_answers.insert(instance.to_string(), output);
     }
 
     /// The commands run so far, with their instance.

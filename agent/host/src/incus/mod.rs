@@ -26,6 +26,7 @@
 //! `dyn Incus`; the futures are `Send`, so generic callers can `tokio::spawn` them.
 //! Only the `default` Incus project is used.
 
+mod adoption;
 mod client;
 mod envelope;
 mod error;
@@ -35,6 +36,10 @@ mod types;
 
 use std::future::Future;
 
+pub(crate) use adoption::{
+    adoption_writes, instance_changes, probe_command, profile_changes, validate_marks,
+    validate_probe_path,
+};
 pub use client::{ClientOptions, IncusClient, RawResponse, Transport};
 pub use error::{IncusError, ResourceKind};
 pub use fake::{FailOn, FakeIncus};
@@ -188,6 +193,55 @@ pub trait Incus: Sync {
         key: &str,
         value: Option<&str>,
     ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Adopts an instance the agent does not own: adds `marks` (only `user.veza.*` keys,
+    /// `user.veza.managed=true` among them) to its config and changes nothing else —
+    /// devices, profiles, Incus's own keys and every other key are sent back as they are,
+    /// with `If-Match` on the ETag just read; no restart, no snapshot, no recreate. Refused
+    /// ([`IncusError::Changed`]) when its type, profiles or local devices are no longer
+    /// those of `seen` (what adoption assessed), or when it is the agent's already with
+    /// other marks. Returns whether anything was written (its marks already there: no).
+    fn mark_instance(
+        &self,
+        name: &str,
+        marks: &Config,
+        seen: &LiveInstance,
+    ) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Adopts a profile the agent does not own, as [`Incus::mark_instance`] does: its
+    /// description, other config keys and devices kept, refused when its config or devices
+    /// are no longer those of `seen`.
+    fn mark_profile(
+        &self,
+        name: &str,
+        marks: &Config,
+        seen: &LiveProfile,
+    ) -> impl Future<Output = Result<bool>> + Send;
+
+    /// The properties (`os`, `release`, …) of the local image an alias names; `None` when
+    /// no local alias has that name.
+    fn image_properties(&self, alias: &str) -> impl Future<Output = Result<Option<Config>>> + Send;
+
+    /// The names in a directory of an instance (owned or not: reading changes nothing);
+    /// `None` when it does not exist.
+    fn list_files(
+        &self,
+        instance: &str,
+        dir: &str,
+    ) -> impl Future<Output = Result<Option<Vec<String>>>> + Send;
+
+    /// Runs the one fixed command the agent runs in an instance it may not own: an HTTP
+    /// `GET` of `http://127.0.0.1:<port><path>` inside it, with `curl` or busybox `wget`,
+    /// printing the status line and headers (`path`: absolute, no whitespace, quotes or
+    /// control characters). It reads, it changes nothing; adoption uses it to see which
+    /// release a slot runs before the slot is the agent's.
+    fn probe_inside(
+        &self,
+        instance: &str,
+        port: u16,
+        path: &str,
+        timeout: std::time::Duration,
+    ) -> impl Future<Output = Result<ExecOutput>> + Send;
 
     /// Waits, for at most `limit`, until no Incus operation still runs on any of
     /// `instances` — the create or start a killed agent left behind holds Incus's

@@ -11,6 +11,10 @@ use super::{JobRun, SystemdError, Units};
 #[derive(Debug, Default)]
 struct State {
     files: BTreeMap<UnitTarget, BTreeMap<String, String>>,
+    /// Unit files without the marker (someone else's), by target.
+    foreign: BTreeMap<UnitTarget, BTreeMap<String, String>>,
+    /// Timers enabled (and active): installed ones, and someone else's until retired.
+    active: Vec<(UnitTarget, String)>,
     /// Root-only files beside the units (every target), by name.
     private: BTreeMap<String, String>,
     calls: Vec<String>,
@@ -34,8 +38,21 @@ impl FakeUnits {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Puts someone else's unit file (no marker) at `target`, enabled and active.
+    pub fn set_foreign(&self, target: &UnitTarget, name: &str, contents: &str) {
+        let mut st = self.lock();
+        st.foreign.entry(target.clone()).or_default().insert(name.into(), contents.into());
+        st.active.push((target.clone(), name.to_string()));
+    }
+
+    /// Someone else's unit files at `target` (retired ones too: they stay, disabled).
+    pub fn foreign_files(&self, target: &UnitTarget) -> BTreeMap<String, String> {
+        self.lock().foreign.get(target).cloned().unwrap_or_default()
+    }
+
     /// Every install and remove so far, as `install TARGET: FILES; enable TIMERS` and
-    /// `remove TARGET: NAMES`.
+    /// `remove TARGET: NAMES`; adoption's reads and retirements as `is-active TARGET:
+    /// UNIT` and `retire TARGET: UNIT`.
     pub fn calls(&self) -> Vec<String> {
         self.lock().calls.clone()
     }
@@ -49,6 +66,11 @@ impl FakeUnits {
     pub fn reject_installs(&self, diagnostics: &str) {
         self.lock().reject = Some(diagnostics.to_string());
     }
+}
+
+/// Whether `unit` is enabled (and active) at `target` in the fake.
+fn st_enabled(active: &[(UnitTarget, String)], target: &UnitTarget, unit: &str) -> bool {
+    active.iter().any(|(t, u)| t == target && u == unit)
 }
 
 impl Units for FakeUnits {
@@ -73,6 +95,7 @@ impl Units for FakeUnits {
             return Err(SystemdError::Verify { target: target.to_string(), diagnostics });
         }
         st.files.entry(target.clone()).or_default().extend(files.iter().cloned());
+        st.active.extend(timers.iter().map(|t| (target.clone(), t.clone())));
         Ok(())
     }
 
@@ -104,6 +127,36 @@ impl Units for FakeUnits {
                 files.remove(name);
             }
         }
+        Ok(())
+    }
+
+    async fn foreign(&self, target: &UnitTarget) -> Result<BTreeMap<String, String>, SystemdError> {
+        let (files, active) = {
+            let st = self.lock();
+            (st.foreign.get(target).cloned().unwrap_or_default(), st.active.clone())
+        };
+        Ok(files
+            .iter()
+            .filter(|(name, _)| name.ends_with(".timer"))
+            .filter(|(name, _)| st_enabled(&active, target, name))
+            .flat_map(|(name, text)| {
+                let service = veza_model::units::timer_unit(name, text);
+                let svc = files.get(&service).map(|s| (service, s.clone()));
+                std::iter::once((name.clone(), text.clone())).chain(svc)
+            })
+            .collect())
+    }
+
+    async fn is_active(&self, target: &UnitTarget, unit: &str) -> Result<bool, SystemdError> {
+        let mut st = self.lock();
+        st.calls.push(format!("is-active {target}: {unit}"));
+        Ok(st.active.iter().any(|(t, u)| t == target && u == unit))
+    }
+
+    async fn retire(&self, target: &UnitTarget, unit: &str) -> Result<(), SystemdError> {
+        let mut st = self.lock();
+        st.calls.push(format!("retire {target}: {unit}"));
+        st.active.retain(|(t, u)| !(t == target && u == unit));
         Ok(())
     }
 

@@ -1,7 +1,12 @@
 //! The edge as observed: the servers a `haproxy.cfg` declares, and from them, once, the
 //! color each app's backend routes to ([`LiveEdge`]). Pure: the caller reads the file.
+//!
+//! A config the agent did not write (the seed's Ansible pipeline) names its backends and
+//! servers its own way: [`serving_colors`] reads which slot instances it routes to by
+//! their addresses, and [`parse_color_record`] / [`parse_color_history`] read the record
+//! Ansible keeps of the active color, for `veza-agent adopt`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -45,6 +50,8 @@ pub struct ConfigServer {
     pub address: String,
     /// `false` when the config renders it `disabled`.
     pub enabled: bool,
+    /// `true` for a `backup` server (it gets traffic only when every other one is down).
+    pub backup: bool,
 }
 
 /// The servers a `haproxy.cfg` declares, read from its `backend` sections
@@ -70,6 +77,7 @@ pub fn config_servers(config: &str) -> Vec<ConfigServer> {
                         server: name.to_string(),
                         address: address.to_string(),
                         enabled: !rest.contains(&"disabled"),
+                        backup: rest.contains(&"backup"),
                     });
                 }
             }
@@ -77,6 +85,100 @@ pub fn config_servers(config: &str) -> Vec<ConfigServer> {
         }
     }
     out
+}
+
+/// A slot instance as the manifests name it (`naming::slot_instance`): what a foreign
+/// edge config's server addresses are matched against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotInstance {
+    /// The instance name, e.g. `veza-backend-blue`.
+    pub instance: String,
+    /// Environment.
+    pub env: String,
+    /// App.
+    pub app: String,
+    /// Color.
+    pub color: Color,
+}
+
+/// The instance a server address names: `<instance>.lxd:<port>`, `<instance>.incus:<port>`
+/// or `<instance>:<port>` (the port optional); `None` for an IP address.
+fn address_instance(address: &str) -> Option<&str> {
+    let host = match address.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        Some(_) => return None,
+        None => address,
+    };
+    let host = host.strip_suffix(".lxd").or_else(|| host.strip_suffix(".incus")).unwrap_or(host);
+    (!host.is_empty() && !host.bytes().all(|b| b.is_ascii_digit() || b == b'.')).then_some(host)
+}
+
+/// The colors `config` sends each app's traffic to, whatever it names its backends and
+/// servers: an app's color serves when a server that is neither `disabled` nor `backup`,
+/// in any backend, has the address of that color's slot instance (`<instance>.lxd:<port>`,
+/// `<instance>.incus:<port>` or `<instance>:<port>`). Every `(env, app)` of `slots` has an
+/// entry: empty when none of its slots serves, both colors when both do.
+pub fn serving_colors(
+    config: &str,
+    slots: &[SlotInstance],
+) -> BTreeMap<(String, String), BTreeSet<Color>> {
+    let mut out: BTreeMap<(String, String), BTreeSet<Color>> =
+        slots.iter().map(|s| ((s.env.clone(), s.app.clone()), BTreeSet::new())).collect();
+    for server in config_servers(config).iter().filter(|s| s.enabled && !s.backup) {
+        let Some(instance) = address_instance(&server.address) else { continue };
+        for slot in slots.iter().filter(|s| s.instance == instance) {
+            out.entry((slot.env.clone(), slot.app.clone())).or_default().insert(slot.color);
+        }
+    }
+    out
+}
+
+/// Where the seed's Ansible pipeline records an environment's active color, inside the
+/// edge's instance (`roles/veza_haproxy_switch`): one word, `blue` or `green`.
+pub fn ansible_color_file(env: &str) -> String {
+    format!("/var/lib/veza/active-color-{env}")
+}
+
+/// Ansible's history of an environment's switches, beside [`ansible_color_file`].
+pub fn ansible_history_file(env: &str) -> String {
+    format!("{}.history", ansible_color_file(env))
+}
+
+fn color_word(word: &str) -> Option<Color> {
+    match word {
+        "blue" => Some(Color::Blue),
+        "green" => Some(Color::Green),
+        _ => None,
+    }
+}
+
+/// The color an [`ansible_color_file`] names: its one word (surrounding whitespace
+/// ignored); `None` for anything else.
+pub fn parse_color_record(text: &str) -> Option<Color> {
+    color_word(text.trim())
+}
+
+/// The last entry of an [`ansible_history_file`]: the color and the 40-hex release it
+/// names. The seed does not show the file's format, so a line is read as
+/// whitespace-separated words holding exactly one color word (`blue`/`green`) and exactly
+/// one 40-hex release, in any order, other words (a timestamp) ignored; `#` comments and
+/// blank lines are skipped. `None` when the last entry is not such a line.
+pub fn parse_color_history(text: &str) -> Option<(Color, String)> {
+    let line = text
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or_default().trim())
+        .rfind(|l| !l.is_empty())?;
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let colors: Vec<Color> = words.iter().filter_map(|w| color_word(w)).collect();
+    let releases: Vec<&str> = words
+        .iter()
+        .copied()
+        .filter(|w| w.len() == 40 && w.bytes().all(|b| b.is_ascii_hexdigit()))
+        .collect();
+    match (colors.as_slice(), releases.as_slice()) {
+        ([color], [release]) => Some((*color, release.to_ascii_lowercase())),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -112,5 +214,176 @@ mod tests {
         ]);
         assert_eq!(edge.active, want);
         assert_eq!(edge.config.as_deref(), Some(cfg));
+    }
+
+    /// An edge config shaped as the seed's `roles/haproxy/templates/haproxy.cfg.j2` renders
+    /// it (commit 5153ab113d): per-env backends `<env>_backend_api`, `<env>_stream_pool`,
+    /// `<env>_web_pool`, host ACLs, sticky cookies suffixed `_<env>`, Forgejo, Talas and
+    /// a 503 default. `{prod_backend}` … are the server lines of each backend.
+    fn ansible_cfg(servers: &[(&str, &str)]) -> String {
+        let mut cfg = String::from(
+            "global\n    log /dev/log local0\n    master-worker\n    stats socket /run/haproxy/admin.sock mode 660 level admin\n\n\
+             defaults\n    mode http\n    timeout connect 5s\n    timeout client 30s\n    timeout server 30s\n\n\
+             frontend fe_https\n    bind *:80\n    bind *:443 ssl crt /etc/haproxy/certs/\n\
+             \x20   acl host_staging hdr(host) -i staging.veza.fr\n\
+             \x20   acl host_prod hdr(host) -i veza.fr www.veza.fr\n\
+             \x20   acl host_forgejo hdr(host) -i forgejo.talas.group\n\
+             \x20   acl host_talas hdr(host) -i talas.fr www.talas.fr\n\
+             \x20   acl is_api path_beg /api\n    acl is_stream_seg path_beg /stream\n\
+             \x20   use_backend prod_backend_api if host_prod is_api\n\
+             \x20   use_backend prod_stream_pool if host_prod is_stream_seg\n\
+             \x20   use_backend prod_web_pool if host_prod\n\
+             \x20   use_backend staging_backend_api if host_staging is_api\n\
+             \x20   use_backend staging_web_pool if host_staging\n\
+             \x20   use_backend forgejo_backend if host_forgejo\n\
+             \x20   use_backend talas_vitrine_backend if host_talas\n\
+             \x20   default_backend default_503\n",
+        );
+        for (backend, lines) in servers {
+            let cookie = backend.split('_').next().unwrap_or_default();
+            cfg.push_str(&format!(
+                "\nbackend {backend}\n    balance roundrobin\n    option httpchk GET /api/v1/health\n    cookie VEZA_SERVERID_{cookie} insert indirect nocache\n{lines}"
+            ));
+        }
+        cfg.push_str(
+            "\nbackend forgejo_backend\n    server forgejo 10.0.20.105:3000 check\n\
+             \nbackend talas_vitrine_backend\n    http-request return status 503\n\
+             \nbackend default_503\n    http-request return status 503\n",
+        );
+        cfg
+    }
+
+    fn slots() -> Vec<SlotInstance> {
+        let mut out = Vec::new();
+        for (env, prefix) in [("prod", "veza-"), ("staging", "veza-staging-")] {
+            for app in ["backend", "web"] {
+                for color in Color::ALL {
+                    out.push(SlotInstance {
+                        instance: naming::slot_instance(prefix, app, color),
+                        env: env.into(),
+                        app: app.into(),
+                        color,
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_colors_a_foreign_config_serves_are_read_from_its_server_addresses() {
+        use Color::{Blue, Green};
+        // (case, backends and their server lines, prod/backend, prod/web, staging/backend,
+        // staging/web)
+        type Row = (&'static str, Vec<(&'static str, &'static str)>, [&'static [Color]; 4]);
+        let rows: Vec<Row> = vec![
+            (
+                "only the active color is listed, in .lxd names",
+                vec![
+                    (
+                        "prod_backend_api",
+                        "    server backend_api_blue veza-backend-blue.lxd:8080 check cookie blue\n",
+                    ),
+                    ("prod_web_pool", "    server web_green veza-web-green.lxd:8081 check\n"),
+                    (
+                        "staging_backend_api",
+                        "    server backend_api_green veza-staging-backend-green.lxd:8080 check\n",
+                    ),
+                    (
+                        "staging_web_pool",
+                        "    server web_blue veza-staging-web-blue.lxd:8081 check\n",
+                    ),
+                ],
+                [&[Blue], &[Green], &[Green], &[Blue]],
+            ),
+            (
+                "the idle color listed but disabled or backup; .incus and bare names",
+                vec![
+                    (
+                        "prod_backend_api",
+                        "    server b veza-backend-blue.incus:8080 check\n    server g veza-backend-green.incus:8080 check disabled\n",
+                    ),
+                    (
+                        "prod_web_pool",
+                        "    server b veza-web-blue:8081 check backup\n    server g veza-web-green:8081 check\n",
+                    ),
+                ],
+                [&[Blue], &[Green], &[], &[]],
+            ),
+            (
+                "both colors enabled, and an app with no server at all",
+                vec![
+                    (
+                        "prod_backend_api",
+                        "    server b veza-backend-blue.lxd:8080 check\n    server g veza-backend-green.lxd:8080 check\n",
+                    ),
+                    ("staging_web_pool", "    server x 10.0.20.31:8081 check\n"),
+                ],
+                [&[Blue, Green], &[], &[], &[]],
+            ),
+            (
+                "a prod name is not a staging one; comments are not servers",
+                vec![(
+                    "staging_backend_api",
+                    "    server b veza-backend-blue.lxd:8080 check\n    # server g veza-staging-backend-green.lxd:8080\n",
+                )],
+                [&[Blue], &[], &[], &[]],
+            ),
+        ];
+        for (case, servers, want) in rows {
+            let got = serving_colors(&ansible_cfg(&servers), &slots());
+            let keys =
+                [("prod", "backend"), ("prod", "web"), ("staging", "backend"), ("staging", "web")];
+            assert_eq!(got.len(), 4, "case `{case}`: {got:?}");
+            for ((env, app), want) in keys.into_iter().zip(want) {
+                let colors: Vec<Color> =
+                    got[&(env.to_string(), app.to_string())].iter().copied().collect();
+                assert_eq!(colors, want, "case `{case}`: {env}/{app}");
+            }
+        }
+        // The agent's own reader sees none of it: these are not its names.
+        let cfg = ansible_cfg(&[(
+            "prod_backend_api",
+            "    server backend-blue veza-backend-blue.lxd:8080 check\n",
+        )]);
+        assert!(LiveEdge::from_config(cfg).active.is_empty());
+    }
+
+    #[test]
+    fn ansible_records_of_the_active_color() {
+        assert_eq!(ansible_color_file("prod"), "/var/lib/veza/active-color-prod");
+        assert_eq!(ansible_history_file("staging"), "/var/lib/veza/active-color-staging.history");
+        // (record text, color)
+        let records = [
+            ("blue\n", Some(Color::Blue)),
+            ("  green  ", Some(Color::Green)),
+            ("", None),
+            ("Blue", None),
+            ("blue green", None),
+            ("red\n", None),
+        ];
+        for (text, want) in records {
+            assert_eq!(parse_color_record(text), want, "{text:?}");
+        }
+        let a = "0bd3e563b2c4f1a9e8d7c6b5a4f3e2d1c0b9a8f7";
+        let b = "e97b91f010a2b3c4d5e6f708192a3b4c5d6e7f80";
+        // (history text, last entry)
+        let histories: Vec<(String, Option<(Color, &str)>)> = vec![
+            (format!("blue {a}\ngreen {b}\n"), Some((Color::Green, b))),
+            (
+                format!("2026-04-29T16:32:49Z green {b}\n2026-04-30T10:00:00Z blue {a}\n\n"),
+                Some((Color::Blue, a)),
+            ),
+            (format!("{a} blue\n# rolled back by hand\n"), Some((Color::Blue, a))),
+            (format!("green {}\n", b.to_uppercase()), Some((Color::Green, b))),
+            (format!("green {b}\nblue\n"), None),
+            (format!("green {b} blue\n"), None),
+            ("green 0bd3e563b2\n".to_string(), None),
+            (String::new(), None),
+        ];
+        for (text, want) in histories {
+            let got = parse_color_history(&text);
+            assert_eq!(got.as_ref().map(|(c, r)| (*c, r.as_str())), want, "{text:?}");
+        }
     }
 }

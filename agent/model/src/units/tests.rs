@@ -267,3 +267,52 @@ fn units_zero_randomized_delay_is_omitted() {
     .unwrap();
     assert!(!units.timer.contents.contains("RandomizedDelaySec"), "{}", units.timer.contents);
 }
+
+#[test]
+fn foreign_units_are_read_for_their_timer_and_commands() {
+    // (timer file name, contents, the unit it activates)
+    let timers = [
+        (
+            "pgbackrest-full.timer",
+            "[Unit]\nDescription=x\n[Timer]\nOnCalendar=Sun 02:00\n",
+            "pgbackrest-full.service",
+        ),
+        ("drill.timer", "[Timer]\nUnit=dr-drill.service\nOnCalendar=weekly\n", "dr-drill.service"),
+        (
+            "odd.timer",
+            "[Unit]\nUnit=not-this.service\n[Timer]\n# Unit=commented.service\n",
+            "odd.service",
+        ),
+    ];
+    for (name, text, want) in timers {
+        assert_eq!(timer_unit(name, text), want, "{name}");
+    }
+    // (service contents, its ExecStart commands)
+    let services: [(&str, &[&str]); 4] = [
+        (
+            "[Service]\nType=oneshot\nUser=postgres\nExecStart=/usr/bin/pgbackrest --stanza=veza --type=full backup\n",
+            &["/usr/bin/pgbackrest --stanza=veza --type=full backup"],
+        ),
+        (
+            "[Service]\nExecStart=-/bin/true\nExecStart = /bin/echo  two \n",
+            &["-/bin/true", "/bin/echo  two"],
+        ),
+        ("[Service]\nExecStart=/bin/a\nExecStart=\nExecStart=/bin/b\n", &["/bin/b"]),
+        ("[Unit]\nExecStart=/bin/not-a-service-key\n[Install]\nWantedBy=timers.target\n", &[]),
+    ];
+    for (text, want) in services {
+        assert_eq!(exec_starts(text), want, "{text:?}");
+    }
+    // (timer contents, the targets it is enabled into)
+    let installs: [(&str, &[&str]); 3] = [
+        ("[Timer]\nOnCalendar=daily\n[Install]\nWantedBy=timers.target\n", &["timers.target"]),
+        (
+            "[Install]\nWantedBy=timers.target multi-user.target\nWantedBy=x.target\n",
+            &["timers.target", "multi-user.target", "x.target"],
+        ),
+        ("[Timer]\nWantedBy=not-install.target\n", &[]),
+    ];
+    for (text, want) in installs {
+        assert_eq!(wanted_by(text), want, "{text:?}");
+    }
+}

@@ -170,6 +170,7 @@ fn prune_keeps_continuity_and_drops_what_would_be_stale() {
         server: srv.into(),
         address: addr.into(),
         enabled,
+        backup: false,
     };
     // (expected servers, kept server names, dropped (name, reason))
     type Case = (Vec<ConfigServer>, Vec<&'static str>, Vec<(&'static str, DropReason)>);

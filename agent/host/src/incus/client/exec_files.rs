@@ -1,16 +1,92 @@
-//! Exec output and file helpers: exec logs fetched under a cap and deleted, and the
-//! parent directories of a pushed file created.
+//! Exec and file helpers: a command run and its output logs fetched under a cap and
+//! deleted, and the parent directories of a pushed file created.
+
+use std::time::Instant;
 
 use hyper::body::Bytes;
 use hyper::{Method, StatusCode};
-use serde_json::Value;
+use serde_json::{Value, json};
 
-use super::super::envelope::{self, ReplyError};
+use super::super::envelope::{self, Reply, ReplyError};
 use super::super::error::IncusError;
+use super::super::types::{ExecOutput, ExecRequest};
 use super::super::{Result, ancestors};
-use super::{IncusClient, files_path};
+use super::{IncusClient, files_path, json_body};
 
 impl IncusClient {
+    /// Runs a command in an instance without the ownership check: for `Incus::exec`
+    /// after its check, and for the fixed probe of `Incus::probe_inside`.
+    pub(super) async fn exec_unchecked(
+        &self,
+        instance: &str,
+        request: &ExecRequest,
+    ) -> Result<ExecOutput> {
+        let mut body = json!({
+            "command": request.command,
+            "environment": request.env,
+            "wait-for-websocket": false,
+            "record-output": true,
+            "interactive": false,
+        });
+        if let Some(obj) = body.as_object_mut() {
+            if let Some(u) = request.user {
+                obj.insert("user".into(), json!(u));
+            }
+            if let Some(g) = request.group {
+                obj.insert("group".into(), json!(g));
+            }
+            if let Some(cwd) = &request.cwd {
+                obj.insert("cwd".into(), json!(cwd));
+            }
+        }
+        let path = format!("/1.0/instances/{instance}/exec");
+        let headers = [("Content-Type", "application/json".to_string())];
+        let resp = self
+            .send(&Method::POST, &path, &headers, json_body(&body), self.options.request_timeout)
+            .await?;
+        let operation = match envelope::parse_reply(resp.status.as_u16(), &resp.body) {
+            Ok(Reply::Async { operation }) => operation,
+            Ok(Reply::Sync(_)) => {
+                return Err(IncusError::Decode {
+                    method: "POST".to_string(),
+                    path,
+                    detail: "expected a background operation for exec".to_string(),
+                    excerpt: envelope::excerpt(&resp.body),
+                });
+            }
+            Err(e) => return Err(self.reply_error(&Method::POST, &path, e)),
+        };
+        let deadline = Instant::now() + request.timeout;
+        let result = match self.wait(&Method::POST, &path, &operation, deadline).await {
+            Ok(v) => v,
+            Err(e @ IncusError::Operation { .. }) => {
+                self.discard_exec_logs(instance, &operation).await;
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
+        let exit =
+            result.get("return").and_then(Value::as_i64).ok_or_else(|| IncusError::Decode {
+                method: "POST".to_string(),
+                path: path.clone(),
+                detail: format!("operation {operation} reported no exit code (`return`)"),
+                excerpt: envelope::excerpt(result.to_string().as_bytes()),
+            })?;
+        let url = |fd: &str| {
+            result.pointer(&format!("/output/{fd}")).and_then(Value::as_str).map(str::to_string)
+        };
+        let shown = request.command.join(" ");
+        let stdout = match url("1") {
+            Some(u) => self.take_log(instance, &u, &format!("stdout of `{shown}`")).await?,
+            None => Vec::new(),
+        };
+        let stderr = match url("2") {
+            Some(u) => self.take_log(instance, &u, &format!("stderr of `{shown}`")).await?,
+            None => Vec::new(),
+        };
+        Ok(ExecOutput { exit_code: i32::try_from(exit).unwrap_or(-1), stdout, stderr })
+    }
+
     /// Fetches (up to `max_output_bytes`) and then deletes one exec output log.
     pub(super) async fn take_log(&self, instance: &str, url: &str, what: &str) -> Result<Vec<u8>> {
         if !url.starts_with(&format!("/1.0/instances/{instance}/logs/")) {

@@ -7,7 +7,7 @@ use hyper::Method;
 use hyper::body::Bytes;
 use serde_json::{Value, json};
 
-use super::super::envelope::{self, Reply, ReplyError};
+use super::super::envelope::{self, ReplyError};
 use super::super::error::{IncusError, ResourceKind};
 use super::super::types::{
     Config, ExecOutput, ExecRequest, FilePush, InstanceSpec, InstanceUpdate, LiveInstance,
@@ -15,11 +15,11 @@ use super::super::types::{
     wire, with_mark,
 };
 use super::super::{
-    Incus, Result, Scope, instance_matches, merged_put_config, profile_matches, refuse_existing,
-    require_deletable, require_owned, snapshot_name, validate_file_path, validate_name,
-    validate_user_key,
+    Incus, Result, Scope, instance_matches, merged_put_config, probe_command, profile_matches,
+    refuse_existing, require_deletable, require_owned, snapshot_name, validate_file_path,
+    validate_name, validate_probe_path, validate_user_key,
 };
-use super::{IncusClient, Tagged, files_path, json_body, unix_now};
+use super::{IncusClient, Tagged, files_path, unix_now};
 
 impl IncusClient {
     pub(super) async fn get_instance(&self, name: &str) -> Result<Option<Tagged<wire::Instance>>> {
@@ -31,7 +31,7 @@ impl IncusClient {
     /// the body to `PUT` with the ETag it read, or `None` when it already matches (no
     /// write: `Ok(false)`). A 412 means someone else wrote in between: read and try
     /// again, up to `etag_attempts` times, then [`IncusError::Conflict`].
-    async fn put_if_changed<F, Fut>(
+    pub(super) async fn put_if_changed<F, Fut>(
         &self,
         kind: ResourceKind,
         name: &str,
@@ -330,70 +330,7 @@ impl Incus for IncusClient {
             });
         }
         self.owned_instance(instance).await?;
-        let mut body = json!({
-            "command": request.command,
-            "environment": request.env,
-            "wait-for-websocket": false,
-            "record-output": true,
-            "interactive": false,
-        });
-        if let Some(obj) = body.as_object_mut() {
-            if let Some(u) = request.user {
-                obj.insert("user".into(), json!(u));
-            }
-            if let Some(g) = request.group {
-                obj.insert("group".into(), json!(g));
-            }
-            if let Some(cwd) = &request.cwd {
-                obj.insert("cwd".into(), json!(cwd));
-            }
-        }
-        let path = format!("/1.0/instances/{instance}/exec");
-        let headers = [("Content-Type", "application/json".to_string())];
-        let resp = self
-            .send(&Method::POST, &path, &headers, json_body(&body), self.options.request_timeout)
-            .await?;
-        let operation = match envelope::parse_reply(resp.status.as_u16(), &resp.body) {
-            Ok(Reply::Async { operation }) => operation,
-            Ok(Reply::Sync(_)) => {
-                return Err(IncusError::Decode {
-                    method: "POST".to_string(),
-                    path,
-                    detail: "expected a background operation for exec".to_string(),
-                    excerpt: envelope::excerpt(&resp.body),
-                });
-            }
-            Err(e) => return Err(self.reply_error(&Method::POST, &path, e)),
-        };
-        let deadline = Instant::now() + request.timeout;
-        let result = match self.wait(&Method::POST, &path, &operation, deadline).await {
-            Ok(v) => v,
-            Err(e @ IncusError::Operation { .. }) => {
-                self.discard_exec_logs(instance, &operation).await;
-                return Err(e);
-            }
-            Err(e) => return Err(e),
-        };
-        let exit =
-            result.get("return").and_then(Value::as_i64).ok_or_else(|| IncusError::Decode {
-                method: "POST".to_string(),
-                path: path.clone(),
-                detail: format!("operation {operation} reported no exit code (`return`)"),
-                excerpt: envelope::excerpt(result.to_string().as_bytes()),
-            })?;
-        let url = |fd: &str| {
-            result.pointer(&format!("/output/{fd}")).and_then(Value::as_str).map(str::to_string)
-        };
-        let shown = request.command.join(" ");
-        let stdout = match url("1") {
-            Some(u) => self.take_log(instance, &u, &format!("stdout of `{shown}`")).await?,
-            None => Vec::new(),
-        };
-        let stderr = match url("2") {
-            Some(u) => self.take_log(instance, &u, &format!("stderr of `{shown}`")).await?,
-            None => Vec::new(),
-        };
-        Ok(ExecOutput { exit_code: i32::try_from(exit).unwrap_or(-1), stdout, stderr })
+        self.exec_unchecked(instance, request).await
     }
 
     async fn push_file(&self, instance: &str, file: &FilePush) -> Result<()> {
@@ -531,6 +468,36 @@ impl Incus for IncusClient {
             }
         }
         Ok(running)
+    }
+
+    async fn mark_instance(&self, name: &str, marks: &Config, seen: &LiveInstance) -> Result<bool> {
+        self.adopt_instance(name, marks, seen).await
+    }
+
+    async fn mark_profile(&self, name: &str, marks: &Config, seen: &LiveProfile) -> Result<bool> {
+        self.adopt_profile(name, marks, seen).await
+    }
+
+    async fn image_properties(&self, alias: &str) -> Result<Option<Config>> {
+        self.local_image_properties(alias).await
+    }
+
+    async fn list_files(&self, instance: &str, dir: &str) -> Result<Option<Vec<String>>> {
+        self.directory(instance, dir).await
+    }
+
+    async fn probe_inside(
+        &self,
+        instance: &str,
+        port: u16,
+        path: &str,
+        timeout: Duration,
+    ) -> Result<ExecOutput> {
+        validate_name("instance name", instance)?;
+        validate_probe_path(path)?;
+        let mut request = ExecRequest::new(probe_command(port, path, timeout));
+        request.timeout = timeout + Duration::from_secs(10);
+        self.exec_unchecked(instance, &request).await
     }
 
     fn api_writes(&self) -> u64 {

@@ -9,8 +9,9 @@ use super::super::types::{
     StateAction, StateChange, with_mark,
 };
 use super::super::{
-    Incus, Result, Scope, instance_matches, merged_put_config, profile_matches, require_deletable,
-    require_owned, snapshot_name, validate_file_path, validate_name, validate_user_key,
+    Incus, Result, Scope, adoption_writes, instance_changes, instance_matches, merged_put_config,
+    profile_changes, profile_matches, require_deletable, require_owned, snapshot_name,
+    validate_file_path, validate_marks, validate_name, validate_probe_path, validate_user_key,
 };
 use super::{FakeIncus, FakeOperation, expand, has_root_disk};
 
@@ -358,6 +359,96 @@ impl Incus for FakeIncus {
             s.operations.retain(|x| x.op.operation != o.op.operation);
         }
         Ok(running.into_iter().map(|o| o.op).collect())
+    }
+
+    async fn mark_instance(&self, name: &str, marks: &Config, seen: &LiveInstance) -> Result<bool> {
+        let mut s = self.lock();
+        validate_marks(marks)?;
+        let inst = s.get_instance(name)?.ok_or_else(|| IncusError::NotFound {
+            kind: ResourceKind::Instance,
+            name: name.to_string(),
+            instance: None,
+        })?;
+        let changes = instance_changes(&inst, seen);
+        if !adoption_writes(ResourceKind::Instance, name, &inst.config, marks, changes)? {
+            return Ok(false);
+        }
+        s.record(format!("PUT /1.0/instances/{name}"), true)?;
+        if let Some(i) = s.live.instances.get_mut(name) {
+            i.config.extend(marks.clone());
+        }
+        Ok(true)
+    }
+
+    async fn mark_profile(&self, name: &str, marks: &Config, seen: &LiveProfile) -> Result<bool> {
+        let mut s = self.lock();
+        validate_marks(marks)?;
+        let p = s.get_profile(name)?.ok_or_else(|| IncusError::NotFound {
+            kind: ResourceKind::Profile,
+            name: name.to_string(),
+            instance: None,
+        })?;
+        let changes = profile_changes(&p, seen);
+        if !adoption_writes(ResourceKind::Profile, name, &p.config, marks, changes)? {
+            return Ok(false);
+        }
+        s.record(format!("PUT /1.0/profiles/{name}"), true)?;
+        if let Some(p) = s.live.profiles.get_mut(name) {
+            p.config.extend(marks.clone());
+        }
+        Ok(true)
+    }
+
+    async fn image_properties(&self, alias: &str) -> Result<Option<Config>> {
+        let mut s = self.lock();
+        s.record(format!("GET /1.0/images/aliases/{alias}"), false)?;
+        Ok(s.images.get(alias).cloned())
+    }
+
+    async fn list_files(&self, instance: &str, dir: &str) -> Result<Option<Vec<String>>> {
+        let mut s = self.lock();
+        validate_name("instance name", instance)?;
+        validate_file_path(dir)?;
+        s.record(format!("GET /1.0/instances/{instance}/files?path={dir}"), false)?;
+        let prefix = format!("{}/", dir.trim_end_matches('/'));
+        let names: Vec<String> = s
+            .files
+            .keys()
+            .filter(|(i, _)| i == instance)
+            .filter_map(|(_, p)| p.strip_prefix(&prefix))
+            .filter_map(|rest| rest.split('/').next())
+            .map(str::to_string)
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        Ok((!names.is_empty()).then_some(names))
+    }
+
+    async fn probe_inside(
+        &self,
+        instance: &str,
+        _port: u16,
+        path: &str,
+        _timeout: std::time::Duration,
+    ) -> Result<ExecOutput> {
+        let mut s = self.lock();
+        validate_name("instance name", instance)?;
+        validate_probe_path(path)?;
+        let inst = s.get_instance(instance)?.ok_or_else(|| IncusError::NotFound {
+            kind: ResourceKind::Instance,
+            name: instance.to_string(),
+            instance: None,
+        })?;
+        s.record(format!("POST /1.0/instances/{instance}/exec"), true)?;
+        if !inst.is_running() {
+            return Err(IncusError::Api {
+                method: "POST".to_string(),
+                path: format!("/1.0/instances/{instance}/exec"),
+                status: 400,
+                message: "Instance is not running".to_string(),
+            });
+        }
+        Ok(s.probe_answers.get(instance).cloned().unwrap_or_default())
     }
 
     fn api_writes(&self) -> u64 {
