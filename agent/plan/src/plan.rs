@@ -18,6 +18,7 @@ use veza_model::naming;
 use crate::desired::{Desired, DesiredInstance, desired};
 use crate::edge::{EdgeEnv, EdgeSettings, render_edge};
 use crate::live::{LiveState, MARK_HOST, UnitTarget};
+use veza_model::live::{SlotInstance, serving_colors};
 
 mod instance;
 pub mod maintenance;
@@ -175,8 +176,9 @@ pub fn plan(
     order.sort_by_key(|(name, d)| (!d.protect, d.slot.is_some(), (*name).clone()));
     let mut deployed: BTreeSet<String> = BTreeSet::new();
     let mut kept: Vec<KeptSlot> = Vec::new();
+    let serving = serving_slots(manifests, live);
     for (name, d) in order {
-        plan_instance(name, d, live, &mut b, &mut drift, &mut deployed, &mut kept);
+        plan_instance(name, d, live, &serving, &mut b, &mut drift, &mut deployed, &mut kept);
     }
     insert_migrations(&mut b.steps, &opts.migrated, live);
     // What an instance that is recreated held is gone with it: the edge's config (when the
@@ -389,6 +391,37 @@ pub fn plan(
 
     let edge_takeover = takeover(&b.steps, live);
     Ok(Plan { steps: b.steps, refusals: b.refusals, drift, waiting: Vec::new(), edge_takeover })
+}
+
+/// The color each app's traffic goes to now: what the agent's own config routes to, or,
+/// under an edge config veza-agent did not write (before its takeover), the slot the
+/// config's serving servers address. A serving slot is never rebuilt in place, whoever
+/// wrote the edge.
+fn serving_slots(manifests: &[&Manifest], live: &LiveState) -> BTreeMap<(String, String), Color> {
+    let mut out = live.edge.active.clone();
+    let Some(config) = live.edge_config().filter(|c| !c.starts_with(RENDERED_HEADER)) else {
+        return out;
+    };
+    let slots: Vec<SlotInstance> = manifests
+        .iter()
+        .flat_map(|m| {
+            let prefix = m.metadata.instance_prefix();
+            m.apps.keys().flat_map(move |app| {
+                [Color::Blue, Color::Green].map(|color| SlotInstance {
+                    instance: naming::slot_instance(&prefix, app, color),
+                    env: m.metadata.name.clone(),
+                    app: app.clone(),
+                    color,
+                })
+            })
+        })
+        .collect();
+    for (key, colors) in serving_colors(config, &slots) {
+        if let (1, Some(color)) = (colors.len(), colors.first()) {
+            out.entry(key).or_insert(*color);
+        }
+    }
+    out
 }
 
 /// The first line of every config veza-agent renders (`templates/haproxy.cfg.tera`).

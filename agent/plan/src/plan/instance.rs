@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use veza_model::manifest::Release;
+use veza_model::manifest::{Color, Release};
 
 use super::types::Action;
 use super::{Builder, KeptSlot};
@@ -13,10 +13,12 @@ use crate::live::{
 };
 use crate::slot::slot_files;
 
+#[allow(clippy::too_many_arguments)] // the planner's accumulators, passed down once
 pub(super) fn plan_instance(
     name: &str,
     d: &DesiredInstance,
     live: &LiveState,
+    serving: &BTreeMap<(String, String), Color>,
     b: &mut Builder,
     drift: &mut Vec<String>,
     deployed: &mut BTreeSet<String>,
@@ -93,8 +95,8 @@ pub(super) fn plan_instance(
         }
         if !rebuild_for.is_empty() {
             // A stopped slot serves nothing, whatever the edge names: it may be rebuilt.
-            let serving =
-                l.is_running() && live.active_color(&slot.env, &slot.app) == Some(slot.color);
+            let serving = l.is_running()
+                && serving.get(&(slot.env.clone(), slot.app.clone())) == Some(&slot.color);
             if serving && !d.in_place_updates {
                 b.refuse(
                     format!("instance {name}"),

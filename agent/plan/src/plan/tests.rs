@@ -753,3 +753,29 @@ fn replacing_an_edge_config_the_agent_did_not_write_shows_the_diff_once() {
     assert!(again.steps.iter().any(|s| matches!(s.action, Action::InstallEdge { .. })), "{again}");
     assert_eq!(again.edge_takeover, None);
 }
+
+#[test]
+fn a_slot_serving_under_a_config_the_agent_did_not_write_is_not_rebuilt_in_place() {
+    let ms = manifests(&[PROD, STAGING]);
+    let live = with_foreign_forgejo(live_with_default_pool());
+    let mut adopted = applied(&live, &run(&ms, &live, &opts()));
+    // Before the takeover: Ansible's config serves prod's backend from blue.
+    adopted.edge = LiveEdge::from_config(
+        "# Managed by Ansible\nbackend prod_backend_api\n    server backend-blue veza-backend-blue.lxd:8080 check\n"
+            .to_string(),
+    );
+    let blue = "0bd3e563b2c4f1a9e8d7c6b5a4f3e2d1c0b9a8f7";
+    let other = "e97b91f010a2b3c4d5e6f708192a3b4c5d6e7f80";
+    let edited = PROD.replace(
+        &format!("      blue:  {{release: {blue}}}"),
+        &format!("      blue:  {{release: {other}}}"),
+    );
+    assert_ne!(edited, PROD);
+    let p = run(&manifests(&[&edited, STAGING]), &adopted, &opts());
+    assert!(
+        p.refusals.iter().any(|r| r.resource == "instance veza-backend-blue"
+            && r.reason.starts_with("it serves prod/backend traffic")),
+        "{p}"
+    );
+    assert!(!p.to_string().contains("delete instance veza-backend-blue"), "{p}");
+}
