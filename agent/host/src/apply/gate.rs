@@ -44,7 +44,7 @@ async fn probe<I: Incus, P: Probe>(
     let secs = timeout.as_secs().max(1);
     let script = format!(
         "if command -v curl >/dev/null 2>&1; then curl -s -o /dev/null -w '%{{http_code}}' --max-time {secs} {u}; \
-         else wget -q -S -T {secs} -O /dev/null {u} 2>&1 | awk '/HTTP\\//{{c=$2}} END{{print c}}'; fi",
+         else timeout {secs} wget -q -S -O /dev/null {u} 2>&1 | awk '/^ *HTTP\\//{{c=$2}} END{{print c}}'; fi",
         u = shell_quote(&url)
     );
     let out = exec_ok(incus, instance, &script, BTreeMap::new()).await?;
