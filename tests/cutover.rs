@@ -29,9 +29,9 @@ use veza_host::process::Cmd;
 use veza_testkit::cli::{Run, agent};
 use veza_testkit::http::GitHttpServer;
 use veza_testkit::repo::{RepoBuilder, SigningKey, allowed_signers};
-use veza_testkit::traffic::Traffic;
 
-/// The edge as the host's proxy devices publish it (stand-ins keep the manifests' ports).
+/// The edge's plain HTTP port as the host's proxy device publishes it (stand-ins keep the
+/// manifests' ports).
 const EDGE_HTTP: &str = "127.0.0.1:80";
 
 const DATA: [&str; 8] = [
@@ -274,27 +274,81 @@ impl Host {
     }
 }
 
-/// The release `host` (a public name the edge routes) serves at `path`, through the edge.
+/// The release `host` (a public name the edge routes) serves at `path`, through the edge
+/// over HTTPS (both Ansible's config and the manifests serve TLS on 443; the manifests
+/// redirect plain HTTP there).
 fn served(host: &str, path: &str) -> String {
-    let r = veza_host::http::get(EDGE_HTTP, host, path, Duration::from_secs(3))
-        .unwrap_or_else(|e| panic!("GET {host}{path} through the edge: {e}"));
-    assert_eq!(r.status, 200, "GET {host}{path}");
-    r.headers.get("x-release").cloned().unwrap_or_default()
+    let out = Cmd::new("curl")
+        .args(["-sk", "-m", "5", "-o", "/dev/null", "-D", "-", "--resolve"])
+        .arg(format!("{host}:443:127.0.0.1"))
+        .arg(format!("https://{host}{path}"))
+        .timeout(Duration::from_secs(10))
+        .run_stdout()
+        .unwrap_or_else(|e| panic!("GET https://{host}{path} through the edge: {e}"));
+    assert!(
+        out.starts_with("HTTP/1.1 200") || out.starts_with("HTTP/2 200"),
+        "{host}{path}:\n{out}"
+    );
+    out.lines()
+        .find_map(|l| l.strip_prefix("x-release: ").or_else(|| l.strip_prefix("X-Release: ")))
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+/// A request loop through the edge over HTTPS for one public name: a bounded shell loop
+/// of `curl` (at most 20 000 requests, 5 ms apart), one status code per line.
+struct HttpsLoop {
+    name: String,
+    pid: u32,
+    out: PathBuf,
+    stop: PathBuf,
+}
+
+impl HttpsLoop {
+    fn start(dir: &Path, host: &str, path: &str) -> HttpsLoop {
+        let tag = format!("{}{}", host, path).replace(['/', '.'], "_");
+        let (out, stop) =
+            (dir.join(format!("load-{tag}.codes")), dir.join(format!("load-{tag}.stop")));
+        let _ = std::fs::remove_file(&stop);
+        let script = format!(
+            "i=0; while [ $i -lt 20000 ] && [ ! -e '{stop}' ]; do \
+             curl -sk -m 3 -o /dev/null -w '%{{http_code}}\\n' --resolve {host}:443:127.0.0.1 'https://{host}{path}' >> '{out}'; \
+             sleep 0.005; i=$((i+1)); done",
+            stop = stop.display(),
+            out = out.display(),
+        );
+        let pid = Cmd::new("sh").args(["-c", &script]).spawn_daemon(None).expect("request loop");
+        HttpsLoop { name: format!("{host}{path}"), pid, out, stop }
+    }
+
+    /// Stops the loop; returns (ok, failed).
+    fn stop(self) -> (u64, u64) {
+        std::fs::write(&self.stop, b"").expect("stop file");
+        let started = Instant::now();
+        while veza_testkit::proc::process_alive(self.pid)
+            && started.elapsed() < Duration::from_secs(10)
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let codes = std::fs::read_to_string(&self.out).unwrap_or_default();
+        let ok = codes.lines().filter(|c| *c == "200").count() as u64;
+        (ok, codes.lines().count() as u64 - ok)
+    }
 }
 
 /// Request loops through the edge for each environment.
 struct Load {
-    loops: Vec<(&'static str, Traffic)>,
+    loops: Vec<HttpsLoop>,
 }
 
 impl Load {
-    fn start() -> Load {
-        let pause = Duration::from_millis(5);
+    fn start(dir: &Path) -> Load {
         Load {
             loops: vec![
-                ("prod /", Traffic::to(EDGE_HTTP, "veza.fr", "/", 1, pause)),
-                ("prod /api", Traffic::to(EDGE_HTTP, "veza.fr", "/api/v1/health", 1, pause)),
-                ("staging /", Traffic::to(EDGE_HTTP, "staging.veza.fr", "/", 1, pause)),
+                HttpsLoop::start(dir, "veza.fr", "/"),
+                HttpsLoop::start(dir, "veza.fr", "/api/v1/health"),
+                HttpsLoop::start(dir, "staging.veza.fr", "/"),
             ],
         }
     }
@@ -302,8 +356,9 @@ impl Load {
     /// Stops the loops; asserts none failed; returns the requests sent.
     fn stop(self, during: &str) -> u64 {
         let mut sent = 0;
-        for (name, t) in self.loops {
-            let (ok, failed) = t.stop();
+        for l in self.loops {
+            let name = l.name.clone();
+            let (ok, failed) = l.stop();
             eprintln!("cutover: {during}: {name}: {ok} ok, {failed} failed");
             assert!(ok > 0, "{during}: no request went through for {name}");
             assert_eq!(failed, 0, "{during}: {failed} requests failed for {name}");
@@ -381,13 +436,17 @@ fn the_ansible_built_r720_is_adopted_taken_over_and_lives_on_with_zero_failed_re
     assert_eq!(plan.code, 2, "{plan}");
     assert!(plan.out.contains("edge takeover: the live haproxy.cfg was not written"), "{plan}");
     assert!(plan.out.contains("-# Managed by Ansible (roles/haproxy"), "{plan}");
-    let load = Load::start();
+    let load = Load::start(h.dir.path());
     let started = Instant::now();
     let first = h.ok(&["apply"]);
     timings.push(("takeover (first apply)".into(), started.elapsed()));
     eprintln!("cutover: first apply: {}", first.out.trim());
     let sent = load.stop("the takeover");
     eprintln!("cutover: takeover: {sent} requests, 0 failed");
+    // What the diff showed: the manifests serve plain HTTP as a redirect to HTTPS.
+    let plain = veza_host::http::get(EDGE_HTTP, "veza.fr", "/", Duration::from_secs(3))
+        .expect("plain HTTP through the edge");
+    assert_eq!(plain.status, 301, "{plain:?}");
     assert_eq!(served("veza.fr", "/api/v1/health"), "0bd3e563b2c4f1a9e8d7c6b5a4f3e2d1c0b9a8f7");
     assert_eq!(served("staging.veza.fr", "/"), "7c9e1b3d5f7a9c2e4b6d8f0a1c3e5b7d9f2a4c6e");
     let watch = veza_testkit::incus::LifecycleWatch::start(&h.dir.path().join("lifecycle.json"))
@@ -434,7 +493,7 @@ fn the_ansible_built_r720_is_adopted_taken_over_and_lives_on_with_zero_failed_re
     assert_eq!(prod2.matches("active: green").count(), 2, "{prod2}");
     h.commit(&prod2, &staging, "prod: new backend, stream and web, promoted");
     let staging_before = served("staging.veza.fr", "/api/v1/health");
-    let load = Load::start();
+    let load = Load::start(h.dir.path());
     let started = Instant::now();
     let promoted = h.ok(&["apply"]);
     timings.push(("prod: three releases deployed and promoted".into(), started.elapsed()));
@@ -453,7 +512,7 @@ fn the_ansible_built_r720_is_adopted_taken_over_and_lives_on_with_zero_failed_re
     let staging2 = staging.replace("    active: green\n  stream:", "    active: blue\n  stream:");
     assert_ne!(staging2, staging);
     h.commit(&prod2, &staging2, "staging: backend back to blue");
-    let load = Load::start();
+    let load = Load::start(h.dir.path());
     let started = Instant::now();
     h.ok(&["apply"]);
     timings.push(("staging: promotion between running colors".into(), started.elapsed()));
