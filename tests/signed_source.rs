@@ -820,7 +820,7 @@ fn real_git_client_through_the_test_server_with_gzip_bodies() {
 /// verdict is `Accepted` (with this host's manifests only) or a `Rejected` of one kind.
 #[test]
 fn acceptance_is_one_decision_with_one_kind_per_refusal() {
-    use veza_source::{Acceptance, Refusal, accept};
+    use veza_source::{Acceptance, Base, Refusal, accept};
     let s = small();
     let manifest = |host: &str, name: &str| {
         format!(
@@ -849,37 +849,92 @@ fn acceptance_is_one_decision_with_one_kind_per_refusal() {
         .unwrap();
     let missing_policy = s._tmp.path().join("no-policy.yaml").display().to_string();
     let unknown = "0123456789abcdef0123456789abcdef01234567";
-    // (case, tip, last applied, signers file, policy, verdict: Ok(signer) or Err(kind))
+    // (case, tip, base: the last applied commit or a preview's, signers file, policy,
+    // verdict: Ok(signer) or Err(kind))
     type Case<'a> =
-        (&'a str, &'a str, Option<&'a str>, &'a Path, Option<&'a str>, Result<&'a str, Refusal>);
-    let table: [Case; 7] = [
-        ("first sync", &a, None, &s.signers_file, None, Ok("forgejo@forge.example")),
-        ("same commit again", &a, Some(&a), &s.signers_file, None, Ok("forgejo@forge.example")),
-        ("invalid manifests", &b, Some(&a), &s.signers_file, None, Err(Refusal::InvalidManifests)),
-        ("rewind to an older commit", &a, Some(&b), &s.signers_file, None, Err(Refusal::Rollback)),
+        (&'a str, &'a str, Base<'a>, &'a Path, Option<&'a str>, Result<&'a str, Refusal>);
+    let table: [Case; 11] = [
+        ("first sync", &a, Base::Nothing, &s.signers_file, None, Ok("forgejo@forge.example")),
         (
-            "last applied never seen",
+            "same commit again",
             &a,
-            Some(unknown),
+            Base::Descends(&a),
+            &s.signers_file,
+            None,
+            Ok("forgejo@forge.example"),
+        ),
+        (
+            "invalid manifests",
+            &b,
+            Base::Descends(&a),
+            &s.signers_file,
+            None,
+            Err(Refusal::InvalidManifests),
+        ),
+        (
+            "rewind to an older commit",
+            &a,
+            Base::Descends(&b),
             &s.signers_file,
             None,
             Err(Refusal::Rollback),
         ),
-        ("untrusted signer", &a, None, &untrusted, None, Err(Refusal::Signature)),
+        (
+            "last applied never seen",
+            &a,
+            Base::Descends(unknown),
+            &s.signers_file,
+            None,
+            Err(Refusal::Rollback),
+        ),
+        ("untrusted signer", &a, Base::Nothing, &untrusted, None, Err(Refusal::Signature)),
         (
             "policy unreadable",
             &a,
-            None,
+            Base::Nothing,
             &s.signers_file,
             Some(&missing_policy),
             Err(Refusal::Policy),
+        ),
+        // A PR head's preview: no ancestry is required, every other check holds.
+        (
+            "preview of an older commit",
+            &a,
+            Base::Compare(&b),
+            &s.signers_file,
+            None,
+            Ok("forgejo@forge.example"),
+        ),
+        (
+            "preview, base not in the mirror",
+            &a,
+            Base::Compare(unknown),
+            &s.signers_file,
+            None,
+            Ok("forgejo@forge.example"),
+        ),
+        (
+            "preview by an untrusted signer",
+            &a,
+            Base::Compare(&b),
+            &untrusted,
+            None,
+            Err(Refusal::Signature),
+        ),
+        (
+            "preview of invalid manifests",
+            &b,
+            Base::Compare(&a),
+            &s.signers_file,
+            None,
+            Err(Refusal::InvalidManifests),
         ),
     ];
     for (case, tip, last, signers, policy, want) in table {
         let acceptance = Acceptance {
             allowed_signers: signers,
             policy,
-            last_applied: last,
+            base: last,
             manifests: &paths,
             host: "r720",
             max_refs: 100,

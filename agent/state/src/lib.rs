@@ -7,12 +7,15 @@
 //! - `history.jsonl`: the bounded deploy history, newest last;
 //! - `journal.json`: the write-ahead journal of the apply in progress, removed when the
 //!   run ends, so a crash leaves a trace the next run reads;
-//! - `lock`: held (`flock`) by the one agent running on the host.
+//! - `lock`: held (`flock`) by the one agent running on the host;
+//! - `previews.json`: the PR previews ([`previews::Previews`]), apart from `state.json`
+//!   so that nothing a preview records is read by the branch's sync.
 //!
 //! A corrupted state file is moved aside (`state.json.corrupt-<time>`) and reported,
 //! never silently trusted.
 
 pub mod metrics;
+pub mod previews;
 pub mod record;
 
 use std::collections::BTreeMap;
@@ -290,6 +293,9 @@ pub struct Suspension {
     pub reason: String,
 }
 
+/// The file that holds the PR previews.
+const PREVIEWS_FILE: &str = "previews.json";
+
 /// The file that holds a suspension.
 const SUSPENSION_FILE: &str = "suspended.json";
 
@@ -464,6 +470,14 @@ impl Store {
         Ok(())
     }
 
+    /// Writes the PR previews (`previews.json`).
+    pub fn save_previews(&self, previews: &previews::Previews) -> Result<(), StateError> {
+        let mut bytes = serde_json::to_vec_pretty(previews).unwrap_or_default();
+        bytes.push(b'\n');
+        write_atomic_if_changed(&self.dir.join(PREVIEWS_FILE), &bytes, 0o644)?;
+        Ok(())
+    }
+
     /// Writes the journal before a step runs.
     pub fn write_journal(&self, journal: &Journal) -> Result<(), StateError> {
         let bytes = serde_json::to_vec_pretty(journal).unwrap_or_default();
@@ -545,6 +559,18 @@ impl Reader {
                     path.display()
                 ),
             })),
+        }
+    }
+
+    /// The PR previews recorded so far; none when the file is missing. A corrupt file is
+    /// reported (the next pass starts from an empty cache and rewrites it).
+    pub fn previews(&self) -> Result<previews::Previews, StateError> {
+        let path = self.dir.join(PREVIEWS_FILE);
+        match std::fs::read(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(previews::Previews::default()),
+            Err(source) => Err(StateError::Dir { path, source }),
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| StateError::Corrupt { path, reason: e.to_string() }),
         }
     }
 
