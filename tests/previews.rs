@@ -39,15 +39,19 @@ fn high_water_mark(h: &DemoHost) -> String {
 /// Commits `manifest` on a branch from the current main (signed or not) and pushes its
 /// head as `refs/pull/<pr>/head`, as Forgejo exposes a PR; main stays where it was.
 fn open_pr(h: &DemoHost, pr: u64, manifest: &str, signed: bool) -> String {
-    h.repo.git(&["checkout", "-q", "-B", &format!("pr{pr}"), "main"]).unwrap();
-    h.repo.write(&h.manifest_path(), manifest).unwrap();
+    h.repo
+        .git(&["checkout", "-q", "-B", &format!("pr{pr}"), "main"])
+        .expect("git in the test repository");
+    h.repo.write(&h.manifest_path(), manifest).expect("git in the test repository");
     let head = if signed {
-        h.repo.commit_signed(&h.forgejo, &format!("PR {pr}")).unwrap()
+        h.repo.commit_signed(&h.forgejo, &format!("PR {pr}")).expect("git in the test repository")
     } else {
-        h.repo.commit_unsigned(&format!("PR {pr}")).unwrap()
+        h.repo.commit_unsigned(&format!("PR {pr}")).expect("git in the test repository")
     };
-    h.repo.git(&["push", "-q", "origin", &format!("HEAD:refs/pull/{pr}/head")]).unwrap();
-    h.repo.checkout("main").unwrap();
+    h.repo
+        .git(&["push", "-q", "origin", &format!("HEAD:refs/pull/{pr}/head")])
+        .expect("git in the test repository");
+    h.repo.checkout("main").expect("git in the test repository");
     head
 }
 

@@ -388,7 +388,7 @@ pub fn previews(o: &mut String, p: &Previews, now: i64) {
     };
     let mut heads: Vec<(&String, &veza_state::previews::PreviewedHead)> =
         p.heads.iter().filter(|(_, h)| h.state != veza_state::previews::MERGED).collect();
-    heads.sort_by(|a, b| b.1.pr.cmp(&a.1.pr));
+    heads.sort_by_key(|h| std::cmp::Reverse(h.1.pr));
     for (head, h) in heads.iter().take(PREVIEWS_SHOWN) {
         let _ = writeln!(
             o,

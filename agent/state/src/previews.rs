@@ -161,8 +161,9 @@ mod tests {
         .map(|(n, c)| (n, head(c)))
         .collect();
         let ids = |v: &[(u64, String)]| -> Vec<u64> { v.iter().map(|(n, _)| *n).collect() };
-        // (cap, heads already in the branch, previewed, merged, left)
-        let table: [(usize, &[char], &[u64], &[u64], usize); 6] = [
+        /// (cap, heads already in the branch, previewed, merged, left)
+        type Case<'a> = (usize, &'a [char], &'a [u64], &'a [u64], usize);
+        let table: [Case; 6] = [
             (10, &[], &[9, 8, 7, 2, 5], &[], 0),
             (3, &[], &[9, 8, 7], &[], 2),
             (1, &[], &[9], &[], 4),
