@@ -114,7 +114,7 @@ impl Agent {
         let now = chrono::Utc::now().timestamp();
         let reader = store.reader();
         let mut cache = reader.previews().unwrap_or_else(|e| {
-            tracing::warn!("previews: {e}; starting from an empty cache");
+            tracing::warn!("{e}");
             Previews::default()
         });
         let mut run = PreviewRun { at: now, ..PreviewRun::default() };

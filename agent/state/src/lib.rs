@@ -55,6 +55,9 @@ pub enum StateError {
     /// A corrupt state file was moved aside by a sync holding the lock.
     #[error("state file `{}` was corrupt ({reason}); it was moved to `{}` and the agent starts from empty state", path.display(), moved_to.display())]
     MovedAside { path: PathBuf, moved_to: PathBuf, reason: String },
+    /// `previews.json` is not valid: the next preview pass starts from an empty cache.
+    #[error("`{}` is corrupt ({reason}); the next preview pass starts from an empty cache (every PR head is previewed again)", path.display())]
+    CorruptPreviews { path: PathBuf, reason: String },
     /// A state file was written by a newer agent.
     #[error("state file `{}` has schema version {found}, newer than this agent's {STATE_SCHEMA_VERSION}; upgrade veza-agent", path.display())]
     TooNew { path: PathBuf, found: u32 },
@@ -570,7 +573,7 @@ impl Reader {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(previews::Previews::default()),
             Err(source) => Err(StateError::Dir { path, source }),
             Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| StateError::Corrupt { path, reason: e.to_string() }),
+                .map_err(|e| StateError::CorruptPreviews { path, reason: e.to_string() }),
         }
     }
 

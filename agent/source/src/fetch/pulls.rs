@@ -5,8 +5,10 @@
 //! `refs/remotes/origin/` and `refs/tags/`, and ancestry is checked by object id.
 //!
 //! The caps of the branch's fetch apply: the refs the remote advertises for the refspec
-//! (`source.max_refs`: every PR head counts) and the bytes of the pack
-//! (`source.max_pack_bytes`).
+//! (`source.max_refs`: every ref under `refs/pull/` counts) and the bytes of the pack
+//! (`source.max_pack_bytes`). The heads of a fetch are those the remote advertised to it
+//! (the fetch's ref mappings): a ref the remote stopped advertising stays in the mirror
+//! (a cache, never pruned) but is never read again.
 
 use std::collections::{HashSet, VecDeque};
 
