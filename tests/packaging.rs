@@ -282,6 +282,9 @@ fn the_default_config_parses_with_and_without_its_commented_examples() {
         ("promotion.health_timeout", c.promotion.health_timeout.is_some()),
         ("promotion.verify_requests", c.promotion.verify_requests.is_some()),
         ("artifacts.max_bytes", c.artifacts.max_bytes.is_some()),
+        ("previews.enabled", c.previews.enabled),
+        ("previews.max_per_poll", c.previews.max_per_poll.is_some()),
+        ("previews.plan_timeout", c.previews.plan_timeout.is_some()),
     ];
     let missing: Vec<&str> = set.iter().filter(|(_, ok)| !ok).map(|(k, _)| *k).collect();
     assert!(missing.is_empty(), "keys without an example in packaging/config.yaml: {missing:?}");

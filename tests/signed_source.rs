@@ -687,6 +687,64 @@ fn a_fetch_brings_only_the_branch_and_the_tips_approvals_within_caps() {
     assert_eq!(fetched.tip, oid(&big));
 }
 
+/// PR heads for previews: fetched by their own call into `refs/veza-preview/pull/<N>/head`,
+/// only well-formed PR refs, within the caps; the branch's tip is never read from there;
+/// a head's approval tags are fetched on demand; the branch's history tells merged heads.
+#[test]
+fn pr_heads_are_fetched_into_their_own_namespace_within_caps() {
+    let s = small();
+    let url = s.server.url("origin.git");
+    let base = s.repo.commit_files_signed(&s.alice, &[("m.yaml", "v: 1\n")], "base").unwrap();
+    let tip = s.repo.commit_files_signed(&s.alice, &[("m.yaml", "v: 2\n")], "tip").unwrap();
+    s.repo.git(&["checkout", "-q", "-b", "feature", &base]).unwrap();
+    let pr = s.repo.commit_files_signed(&s.bob, &[("m.yaml", "v: 3\n")], "a PR").unwrap();
+    s.repo.checkout("main").unwrap();
+    for (name, id) in [
+        ("refs/pull/1/head", &base),
+        ("refs/pull/2/head", &pr),
+        ("refs/pull/x/y/head", &pr),
+        ("refs/pull/3/merge", &tip),
+        // A PR head named like the branch: never taken for it.
+        ("refs/pull/main/head", &pr),
+    ] {
+        s.repo.git(&["push", "-q", "origin", &format!("{id}:{name}")]).unwrap();
+    }
+    s.repo.approve(&s.forgejo, &pr).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut mirror = Mirror::open_or_init(&dir.path().join("m.git")).unwrap();
+    let options = FetchOptions::new("main", FETCH_TIMEOUT);
+    let remotes = std::slice::from_ref(&url);
+    assert_eq!(mirror.fetch(remotes, &options).unwrap().tip, oid(&tip));
+    assert!(!mirror.exists(oid(&pr)), "the branch's fetch brings no PR");
+
+    let pulls = mirror.fetch_pull_heads(remotes, &options).unwrap();
+    assert_eq!(pulls.url, url);
+    let heads: Vec<(u64, String)> =
+        pulls.heads.iter().map(|h| (h.number, h.head.to_string())).collect();
+    assert_eq!(heads, [(1, base.clone()), (2, pr.clone())]);
+    assert!(mirror.exists(oid(&pr)));
+    assert_eq!(mirror.resolve("main").unwrap(), oid(&tip), "the branch is read as before");
+    assert_eq!(mirror.fetch(remotes, &options).unwrap().tip, oid(&tip));
+    // Its approvals come only when asked for.
+    assert!(mirror.tags_pointing_at(oid(&pr), 10).unwrap().is_empty());
+    mirror.fetch_approvals_of(&url, oid(&pr), &options).unwrap();
+    assert_eq!(mirror.tags_pointing_at(oid(&pr), 10).unwrap().len(), 1);
+    // The branch's history: PR 1's head is merged, PR 2's is not.
+    let history = mirror.ancestors(oid(&tip), 1000).unwrap();
+    assert!(history.contains(&oid(&base)) && !history.contains(&oid(&pr)));
+    assert_eq!(mirror.ancestors(oid(&tip), 1).unwrap().len(), 1, "the walk is capped");
+    // Every ref under refs/pull/ the remote advertises counts against source.max_refs.
+    let capped = FetchOptions { max_refs: 4, ..options.clone() };
+    let e = mirror.fetch_pull_heads(remotes, &capped).unwrap_err().to_string();
+    assert!(e.contains("advertised 5 refs, above the cap of 4 (source.max_refs)"), "{e}");
+    // A repository without PRs has no heads to preview.
+    let empty = small();
+    empty.repo.commit_files_signed(&empty.alice, &[("m.yaml", "v: 1\n")], "only").unwrap();
+    let mut other = Mirror::open_or_init(&dir.path().join("o.git")).unwrap();
+    let pulls = other.fetch_pull_heads(&[empty.server.url("origin.git")], &options).unwrap();
+    assert!(pulls.heads.is_empty());
+}
+
 #[test]
 fn remotes_are_tried_in_order_and_a_stalled_one_is_bounded() {
     let s = small();
@@ -820,7 +878,7 @@ fn real_git_client_through_the_test_server_with_gzip_bodies() {
 /// verdict is `Accepted` (with this host's manifests only) or a `Rejected` of one kind.
 #[test]
 fn acceptance_is_one_decision_with_one_kind_per_refusal() {
-    use veza_source::{Acceptance, Refusal, accept};
+    use veza_source::{Acceptance, Base, Refusal, accept};
     let s = small();
     let manifest = |host: &str, name: &str| {
         format!(
@@ -849,37 +907,100 @@ fn acceptance_is_one_decision_with_one_kind_per_refusal() {
         .unwrap();
     let missing_policy = s._tmp.path().join("no-policy.yaml").display().to_string();
     let unknown = "0123456789abcdef0123456789abcdef01234567";
-    // (case, tip, last applied, signers file, policy, verdict: Ok(signer) or Err(kind))
+    // (case, tip, base: the last applied commit or a preview's, signers file, policy,
+    // verdict: Ok(signer) or Err(kind))
     type Case<'a> =
-        (&'a str, &'a str, Option<&'a str>, &'a Path, Option<&'a str>, Result<&'a str, Refusal>);
-    let table: [Case; 7] = [
-        ("first sync", &a, None, &s.signers_file, None, Ok("forgejo@forge.example")),
-        ("same commit again", &a, Some(&a), &s.signers_file, None, Ok("forgejo@forge.example")),
-        ("invalid manifests", &b, Some(&a), &s.signers_file, None, Err(Refusal::InvalidManifests)),
-        ("rewind to an older commit", &a, Some(&b), &s.signers_file, None, Err(Refusal::Rollback)),
+        (&'a str, &'a str, Base<'a>, &'a Path, Option<&'a str>, Result<&'a str, Refusal>);
+    let table: [Case; 12] = [
+        ("first sync", &a, Base::Nothing, &s.signers_file, None, Ok("forgejo@forge.example")),
         (
-            "last applied never seen",
+            "same commit again",
             &a,
-            Some(unknown),
+            Base::Descends(&a),
+            &s.signers_file,
+            None,
+            Ok("forgejo@forge.example"),
+        ),
+        (
+            "invalid manifests",
+            &b,
+            Base::Descends(&a),
+            &s.signers_file,
+            None,
+            Err(Refusal::InvalidManifests),
+        ),
+        (
+            "rewind to an older commit",
+            &a,
+            Base::Descends(&b),
             &s.signers_file,
             None,
             Err(Refusal::Rollback),
         ),
-        ("untrusted signer", &a, None, &untrusted, None, Err(Refusal::Signature)),
+        (
+            "last applied never seen",
+            &a,
+            Base::Descends(unknown),
+            &s.signers_file,
+            None,
+            Err(Refusal::Rollback),
+        ),
+        ("untrusted signer", &a, Base::Nothing, &untrusted, None, Err(Refusal::Signature)),
         (
             "policy unreadable",
             &a,
-            None,
+            Base::Nothing,
             &s.signers_file,
             Some(&missing_policy),
             Err(Refusal::Policy),
+        ),
+        // A PR head's preview: no ancestry is required, every other check holds.
+        (
+            "preview of an older commit",
+            &a,
+            Base::Compare(&b),
+            &s.signers_file,
+            None,
+            Ok("forgejo@forge.example"),
+        ),
+        (
+            "preview, base not in the mirror",
+            &a,
+            Base::Compare(unknown),
+            &s.signers_file,
+            None,
+            Ok("forgejo@forge.example"),
+        ),
+        (
+            "preview by an untrusted signer",
+            &a,
+            Base::Compare(&b),
+            &untrusted,
+            None,
+            Err(Refusal::Signature),
+        ),
+        (
+            "preview, policy unreadable",
+            &a,
+            Base::Compare(&b),
+            &s.signers_file,
+            Some(&missing_policy),
+            Err(Refusal::Policy),
+        ),
+        (
+            "preview of invalid manifests",
+            &b,
+            Base::Compare(&a),
+            &s.signers_file,
+            None,
+            Err(Refusal::InvalidManifests),
         ),
     ];
     for (case, tip, last, signers, policy, want) in table {
         let acceptance = Acceptance {
             allowed_signers: signers,
             policy,
-            last_applied: last,
+            base: last,
             manifests: &paths,
             host: "r720",
             max_refs: 100,

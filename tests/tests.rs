@@ -15,6 +15,7 @@ mod jobs;
 mod jobs_systemd;
 mod manifests;
 mod packaging;
+mod previews;
 mod secrets;
 mod signed_source;
 mod tidy;

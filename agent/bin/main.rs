@@ -72,7 +72,9 @@ enum Command {
     /// the outcome (`applied`, `no-change`, `rejected`, `rolled-back`, `failed`), the
     /// commit, the number of steps and the wall time. Use it for the first sync after
     /// installing. One agent applies at a time: while the daemon holds the state lock,
-    /// `apply` refuses at once; use `sync` instead.
+    /// `apply` refuses at once; use `sync` instead. With `previews.enabled`, the PR
+    /// previews pass follows (as after each of the daemon's syncs) and prints one more
+    /// line: PR heads seen, previewed, statuses posted.
     ///
     /// Exit 0 when applied or already in sync, 3 when applied or in sync but something
     /// the manifests ask for was refused (the outcome line says `N refused (not done)`),
@@ -93,7 +95,8 @@ enum Command {
     /// commits, job gates and maintenance windows included: steps that wait for a window
     /// are listed as `waiting for window: STEP (next opens at TIME)`). When the host is
     /// suspended or in report mode, the first line says that nothing will be applied and
-    /// why.
+    /// why. With `previews.enabled`, what the last PR preview pass said of each PR head
+    /// follows the plan.
     ///
     /// Exit 0 when nothing would change, 2 when changes are pending, 3 when the agent
     /// would refuse something the manifests ask for, 4 when changes are pending but an

@@ -4,7 +4,8 @@
 //! plan refused something (listed under the outcome line), 4 when the host is suspended
 //! or in report mode and the plan was not applied, or when steps wait for a maintenance
 //! window (what may run now ran). `--now` (root) runs those steps at once, recorded in
-//! the history with who asked.
+//! the history with who asked. With `previews.enabled`, the PR previews follow (one more
+//! line; the exit code is the sync's).
 
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
@@ -41,6 +42,10 @@ pub fn run(args: &ApplyArgs) -> ExitCode {
         match agent.sync(&store, &stop, run_now_by).await {
             Ok(summary) => {
                 outln!("{summary}");
+                // PR previews after the outcome is out; they never change the exit code.
+                if let Some(run) = agent.previews(&store, &stop).await {
+                    outln!("{}", crate::reconcile::preview_line(&run));
+                }
                 exit_code(&summary)
             }
             Err(e) => fail(&e, 1),

@@ -5,7 +5,8 @@
 //! of a serving slot), 4 when changes are pending but an apply now would apply none of
 //! them (the host is suspended or in report mode, said on the first line; or every
 //! pending step waits for a maintenance window), 1 on error or when the revision is
-//! refused or quarantined.
+//! refused or quarantined. With `previews.enabled`, what the last preview pass said of
+//! each PR head follows the plan (`previews` in `--json`).
 
 use std::process::ExitCode;
 
@@ -58,6 +59,9 @@ pub fn run(args: &PlanArgs) -> ExitCode {
             }
             Err(e) => return fail(&e.into(), 1),
         };
+        // What the PR previews said, as recorded by the last pass (previews plan in the
+        // pass after a sync, not here).
+        let previews = agent.config.previews.enabled.then(|| reader.previews().unwrap_or_default());
         if args.json {
             let v = serde_json::json!({
                 "commit": source.commit,
@@ -65,6 +69,7 @@ pub fn run(args: &PlanArgs) -> ExitCode {
                 "applies": not_applied.is_none(),
                 "not_applied_because": not_applied,
                 "plan": plan,
+                "previews": previews,
             });
             outln!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
         } else {
@@ -73,6 +78,11 @@ pub fn run(args: &PlanArgs) -> ExitCode {
             }
             outln!("commit {} signed by {}", source.commit, source.signer);
             out!("{plan}");
+            if let Some(p) = &previews {
+                let mut text = String::new();
+                crate::commands::status::previews(&mut text, p, now());
+                out!("{text}");
+            }
         }
         let code = exit_code(&plan, not_applied.is_some());
         if !plan.refusals.is_empty() && code == 3 {

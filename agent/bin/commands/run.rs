@@ -5,6 +5,7 @@
 //! sooner than the next poll: after 5 s, then 10 s, 20 s, … up to the poll interval.
 //! A rejected revision or a rolled-back promotion waits for a new commit instead, and a
 //! failure on credentials waits for the next poll (repeated 401s can lock the account).
+//! PR previews (`previews.enabled`) run after each sync's waiters have their answer.
 //!
 //! Signals: SIGTERM/SIGINT stop between actions (never between an edge switch and its
 //! verification) and exit after recording the run; SIGHUP re-reads the configuration
@@ -108,6 +109,9 @@ pub(crate) trait Cycle {
     /// One sync (never an error: a failure is a `failed` summary); `run_now_by`: an
     /// operator's `sync --now`.
     async fn sync(&mut self, stop: &AtomicBool, run_now_by: Option<String>) -> SyncSummary;
+    /// What follows a sync once its waiters have their answer (the PR previews); skipped
+    /// after a preemption (the newer commit is synced first) and when stopping.
+    async fn after(&mut self, stop: &AtomicBool);
     /// The poll interval and the most jitter added to it.
     fn schedule(&self) -> (Duration, Duration);
     /// Re-reads the configuration (an invalid one is rejected, the running one kept).
@@ -129,7 +133,8 @@ pub(crate) struct Inputs {
     pub max_syncs: Option<u64>,
 }
 
-/// The daemon loop: sync, answer the waiters, wait for the poll (sooner after a failure,
+/// The daemon loop: sync, answer the waiters, run what follows a sync (PR previews: a
+/// `sync` request never waits for them), wait for the poll (sooner after a failure,
 /// at once after a preemption or a `sync` request), re-read the configuration, again;
 /// until `stop`. `jitter` draws the random part of each wait.
 pub(crate) async fn drive<C: Cycle>(
@@ -147,6 +152,9 @@ pub(crate) async fn drive<C: Cycle>(
         tracing::info!("sync: {summary}");
         for w in waiters.drain(..) {
             let _ = w.reply.send(summary.clone());
+        }
+        if !summary.preempted && !inputs.stop.load(Ordering::SeqCst) {
+            cycle.after(&inputs.stop).await;
         }
         syncs += 1;
         if inputs.stop.load(Ordering::SeqCst) || inputs.max_syncs.is_some_and(|m| syncs >= m) {
@@ -205,6 +213,12 @@ impl Cycle for AgentCycle {
                     refusals: Vec::new(),
                 }
             }
+        }
+    }
+
+    async fn after(&mut self, stop: &AtomicBool) {
+        if let Some(run) = self.agent.previews(&self.store, stop).await {
+            tracing::info!("{}", crate::reconcile::preview_line(&run));
         }
     }
 
@@ -384,6 +398,10 @@ mod tests {
         stop_after: Option<(usize, Arc<AtomicBool>)>,
         /// The `--now` each sync ran with.
         run_now_by: Vec<Option<String>>,
+        /// After which sync (1-based) the after-sync work ran.
+        after: Vec<usize>,
+        /// How long the after-sync work takes.
+        after_takes: Duration,
     }
 
     impl Scripted {
@@ -396,6 +414,8 @@ mod tests {
                 poll,
                 stop_after: None,
                 run_now_by: Vec::new(),
+                after: Vec::new(),
+                after_takes: Duration::ZERO,
             }
         }
         fn seconds(&self) -> Vec<u64> {
@@ -423,6 +443,10 @@ mod tests {
                 preempted,
                 refusals: Vec::new(),
             }
+        }
+        async fn after(&mut self, _stop: &AtomicBool) {
+            self.after.push(self.at.len());
+            tokio::time::sleep(self.after_takes).await;
         }
         fn schedule(&self) -> (Duration, Duration) {
             (self.poll, Duration::from_secs(3))
@@ -493,6 +517,34 @@ mod tests {
         let ((), answer) = tokio::join!(drive(&mut cycle, inputs, full_jitter), asked);
         assert_eq!(answer.outcome, veza_state::Outcome::NoChange);
         assert_eq!(cycle.seconds(), [0, 10]);
+    }
+
+    /// PR previews run after a sync, once its waiters have their answer; never right after
+    /// a preempted sync (the newer commit goes first).
+    #[tokio::test(start_paused = true)]
+    async fn previews_follow_a_sync_once_its_waiters_are_answered_never_after_a_preemption() {
+        use veza_state::Outcome::{Applied, NoChange};
+        let mut cycle =
+            Scripted::new(Duration::from_secs(60), &[(NoChange, true), (Applied, false)]);
+        cycle.after_takes = Duration::from_secs(30);
+        let (inputs, handles) = loop_inputs(Some(3));
+        let (tx, rx) = oneshot::channel();
+        let asked = async move {
+            tokio::time::sleep(Duration::from_secs(50)).await;
+            let w = Waiter { reply: tx, run_now_by: None };
+            handles.requests.send(w).await.expect("the loop listens");
+            let answer = rx.await.expect("answered");
+            (answer, tokio::time::Instant::now())
+        };
+        let started = tokio::time::Instant::now();
+        let ((), (answer, answered_at)) =
+            tokio::join!(drive(&mut cycle, inputs, full_jitter), asked);
+        assert_eq!(answer.outcome, NoChange);
+        // Sync 1 was preempted: sync 2 at once, then its previews (30 s); the request at
+        // 50 s is answered at 50 s, before the previews that follow sync 3.
+        assert_eq!(cycle.seconds(), [0, 0, 50]);
+        assert_eq!(cycle.after, [2, 3]);
+        assert_eq!((answered_at - started).as_secs(), 50);
     }
 
     /// `sync --now` runs the next sync (only that one) with the operator's override.

@@ -1,5 +1,6 @@
 //! `veza-agent status`: what runs on this host, from which commit, signed by whom,
-//! whether the last promotion held, how the scheduled jobs went, and what needs a human.
+//! whether the last promotion held, how the scheduled jobs went, what the PR previews
+//! said, and what needs a human.
 //! Human text or `--json`.
 //! Reads the recorded state only (no lock, no network), so it answers instantly even
 //! while the daemon applies.
@@ -8,6 +9,7 @@ use std::collections::BTreeMap;
 use std::process::ExitCode;
 
 use serde::Serialize;
+use veza_state::previews::Previews;
 use veza_state::{AgentState, JobState, Outcome, Reader};
 
 use crate::commands::common::{ConfigArg, fail, now};
@@ -44,6 +46,9 @@ pub struct Status {
     pub state_dir_free_bytes: Option<u64>,
     /// Scheduled jobs by `env/job`, as recorded at the last sync and judged now.
     pub jobs: BTreeMap<String, JobStatus>,
+    /// The PR previews (`previews.json`), when previews are on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previews: Option<Previews>,
     /// The recorded state.
     pub state: AgentState,
 }
@@ -95,6 +100,8 @@ pub struct Observed {
     pub suspension: Option<veza_state::Suspension>,
     /// `mode: report` in the configuration.
     pub report_mode: bool,
+    /// The PR previews recorded, when previews are on.
+    pub previews: Option<Previews>,
 }
 
 /// Builds the status from recorded state. Pure: time, staleness limit and free space
@@ -108,6 +115,7 @@ pub fn build(state: AgentState, seen: Observed) -> Status {
         state_dir_free_bytes,
         suspension,
         report_mode,
+        previews,
     } = seen;
     let mut problems = Vec::new();
     let held = match state.held.len() {
@@ -221,6 +229,7 @@ pub fn build(state: AgentState, seen: Observed) -> Status {
         interrupted,
         state_dir_free_bytes,
         jobs,
+        previews,
         state,
     }
 }
@@ -250,6 +259,7 @@ pub fn run(args: &StatusArgs) -> ExitCode {
             .ok(),
         suspension: reader.suspension(),
         report_mode: config.mode == veza_model::config::Mode::Report,
+        previews: config.previews.enabled.then(|| reader.previews().unwrap_or_default()),
     };
     let status = build(state, seen);
     if args.json {
@@ -353,11 +363,54 @@ pub fn render(s: &Status, now: i64) -> String {
             );
         }
     }
+    if let Some(p) = &s.previews {
+        previews(&mut o, p, now);
+    }
     for p in s.problems.iter().skip(1) {
         let _ = writeln!(o, "also:     {p}");
     }
     o
 }
+
+/// The PR previews: the last pass, what each head got (newest PRs first; at most
+/// [`PREVIEWS_SHOWN`]), and the failure counters. Shared with `plan`.
+pub fn previews(o: &mut String, p: &Previews, now: i64) {
+    use std::fmt::Write;
+    let _ = match &p.last_run {
+        Some(run) => writeln!(
+            o,
+            "{} ({} ago, {} ms)",
+            crate::reconcile::preview_line(run),
+            ago(now - run.at),
+            run.duration_ms
+        ),
+        None => writeln!(o, "previews: no pass yet"),
+    };
+    let mut heads: Vec<(&String, &veza_state::previews::PreviewedHead)> =
+        p.heads.iter().filter(|(_, h)| h.state != veza_state::previews::MERGED).collect();
+    heads.sort_by_key(|h| std::cmp::Reverse(h.1.pr));
+    for (head, h) in heads.iter().take(PREVIEWS_SHOWN) {
+        let _ = writeln!(
+            o,
+            "  #{:<5} {} {:<7} {}{}",
+            h.pr,
+            short(head),
+            h.state,
+            h.description,
+            if h.posted { "" } else { " (status not posted yet)" }
+        );
+    }
+    if heads.len() > PREVIEWS_SHOWN {
+        let _ = writeln!(o, "  … {} more (`status --json`)", heads.len() - PREVIEWS_SHOWN);
+    }
+    let failures: Vec<String> = p.failures_total.iter().map(|(k, n)| format!("{k} {n}")).collect();
+    if !failures.is_empty() {
+        let _ = writeln!(o, "  preview failures so far: {}", failures.join(", "));
+    }
+}
+
+/// Heads listed by the text form of `status`.
+const PREVIEWS_SHOWN: usize = 10;
 
 /// `2026-11-30 02:30 UTC` for an RFC 3339 time, the text itself otherwise.
 fn when(t: &str) -> String {

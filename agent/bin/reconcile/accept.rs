@@ -10,7 +10,7 @@ use veza_model::Manifest;
 use veza_model::config::HostConfig;
 use veza_secrets::Identities;
 use veza_source::fetch::{Credentials, FetchOptions, Mirror};
-use veza_source::{Acceptance, Rejected, Secrets, accept};
+use veza_source::{Acceptance, Base, Rejected, Secrets, accept};
 use veza_state::AgentState;
 
 use super::{Agent, high_water_key};
@@ -119,6 +119,20 @@ pub fn redact(message: &str, token: Option<&str>) -> String {
 }
 
 impl Agent {
+    /// How the manifests repository is fetched: the branch (and its approval tags with a
+    /// trust policy), the credentials, the caps. PR heads are fetched with the same.
+    pub(super) fn fetch_options(&self) -> Result<FetchOptions, String> {
+        let c = &self.config;
+        Ok(FetchOptions {
+            credentials: read_credentials(c)?,
+            ca_file: c.source.ca_file.as_ref().map(PathBuf::from),
+            approval_tags: c.trust.policy.is_some(),
+            max_refs: c.max_refs(),
+            max_pack_bytes: c.max_pack_bytes(),
+            ..FetchOptions::new(c.branch(), c.fetch_timeout())
+        })
+    }
+
     /// Source and verify: fetch the branch, verify the tip, check policy and ancestry,
     /// read and validate the manifests. Pure decisions, effects limited to the mirror.
     pub async fn source(&self, state: &AgentState, now: i64) -> Result<Source, SourceProblem> {
@@ -126,16 +140,8 @@ impl Agent {
         let mirror_dir = self.state_dir().join("mirror.git");
         let mut mirror =
             Mirror::open_or_init(&mirror_dir).map_err(|e| SourceProblem::Fetch(e.to_string()))?;
-        let credentials = read_credentials(c).map_err(SourceProblem::Fetch)?;
-        let secret = credentials.as_ref().map(|c| c.token.clone());
-        let options = FetchOptions {
-            credentials,
-            ca_file: c.source.ca_file.as_ref().map(PathBuf::from),
-            approval_tags: c.trust.policy.is_some(),
-            max_refs: c.max_refs(),
-            max_pack_bytes: c.max_pack_bytes(),
-            ..FetchOptions::new(c.branch(), c.fetch_timeout())
-        };
+        let options = self.fetch_options().map_err(SourceProblem::Fetch)?;
+        let secret = options.credentials.as_ref().map(|c| c.token.clone());
         let fetched = mirror
             .fetch(&c.source.remotes, &options)
             .map_err(|e| SourceProblem::Fetch(redact(&e.to_string(), secret.as_deref())))?;
@@ -158,7 +164,7 @@ impl Agent {
         let acceptance = Acceptance {
             allowed_signers: Path::new(&c.trust.allowed_signers),
             policy: c.trust.policy.as_deref(),
-            last_applied: applied.as_deref(),
+            base: applied.as_deref().map_or(Base::Nothing, Base::Descends),
             manifests: &c.source.manifests,
             host: &c.host,
             max_refs: c.max_refs(),

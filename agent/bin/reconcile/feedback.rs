@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use veza_host::forge::{CommitStatus, StatusClient, StatusState, one_line};
 use veza_host::process::Cmd;
+use veza_model::config::ForgejoStatusConfig;
 use veza_state::{AgentState, Outcome, PendingStatus};
 
 use super::{Agent, SyncSummary};
@@ -36,6 +37,19 @@ pub fn status_of(summary: &SyncSummary) -> Option<(StatusState, String)> {
     })
 }
 
+/// The commit status client of `feedback.forgejo`, with its token read now (first line).
+pub(super) fn status_client(cfg: &ForgejoStatusConfig) -> Result<StatusClient, String> {
+    let token = std::fs::read_to_string(&cfg.token_file)
+        .map_err(|e| format!("status token file `{}` unreadable: {e}", cfg.token_file))?;
+    Ok(StatusClient {
+        api_url: cfg.api_url.clone(),
+        repo: cfg.repo.clone(),
+        token: token.lines().next().unwrap_or_default().trim().to_string(),
+        ca_file: cfg.ca_file.clone(),
+        timeout: Duration::from_secs(5),
+    })
+}
+
 impl Agent {
     /// Posts the status of this sync (and any left from earlier ones) and runs the hook.
     /// Returns whether `state` changed (pending statuses, the failure counter).
@@ -62,28 +76,17 @@ impl Agent {
                 }
             }
             changed |= !queue.is_empty();
-            let token = std::fs::read_to_string(&cfg.token_file)
-                .map(|t| t.lines().next().unwrap_or_default().trim().to_string());
+            let client = status_client(cfg);
             for p in queue {
-                let posted = match &token {
-                    Ok(token) => StatusClient {
-                        api_url: cfg.api_url.clone(),
-                        repo: cfg.repo.clone(),
-                        token: token.clone(),
-                        ca_file: cfg.ca_file.clone(),
-                        timeout: Duration::from_secs(5),
-                    }
-                    .post(&CommitStatus {
+                let posted = client.as_ref().map_err(Clone::clone).and_then(|c| {
+                    c.post(&CommitStatus {
                         sha: p.sha.clone(),
                         state: StatusState::named(&p.state),
                         context: format!("veza-agent/{}", self.config.host),
                         description: p.description.clone(),
                     })
-                    .map_err(|e| e.to_string()),
-                    Err(e) => {
-                        Err(format!("status token file `{}` unreadable: {e}", cfg.token_file))
-                    }
-                };
+                    .map_err(|e| e.to_string())
+                });
                 match posted {
                     Ok(()) => state.status_posted = Some(p),
                     Err(e) => {

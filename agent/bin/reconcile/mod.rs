@@ -1,4 +1,5 @@
-//! One sync, end to end: source → verify → model → observe → plan → apply → record.
+//! One sync, end to end: source → verify → model → observe → plan → apply → record; and,
+//! after it, the PR previews (`preview.rs`), which plan without applying or recording.
 //!
 //! Shared by `plan` (stops after planning), `apply` (one full run) and `run` (the daemon
 //! loop). Every stage returns data the next consumes; only this module decides what a
@@ -28,12 +29,14 @@ mod adopt;
 mod feedback;
 mod hooks;
 mod observe;
+mod preview;
 mod windows;
 
 pub use accept::{Source, SourceProblem};
 pub use adopt::AdoptionReport;
 use hooks::{JournalHooks, NewerCommit};
 use observe::failing_jobs;
+pub use preview::preview_line;
 pub use windows::{Windows, waiting_reason};
 
 /// Incus server config key mirroring this host's anti-rollback high-water mark, so wiping

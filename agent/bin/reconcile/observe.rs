@@ -168,7 +168,12 @@ impl Agent {
             .last_verified_fetch_at
             .is_none_or(|t| now - t > self.config.max_staleness().as_secs() as i64);
         let jobs = veza_state::metrics::job_metrics(state);
-        let text = veza_state::metrics::render(state, &jobs, now, stale);
+        let mut text = veza_state::metrics::render(state, &jobs, now, stale);
+        if self.config.previews.enabled {
+            let previews =
+                veza_state::Reader::new(&self.state_dir()).previews().unwrap_or_default();
+            text.push_str(&veza_state::metrics::render_previews(&previews));
+        }
         // node_exporter's directory belongs to `prometheus`: written without following
         // anything planted there.
         if let Err(e) =

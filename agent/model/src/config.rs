@@ -13,6 +13,13 @@ use crate::manifest::DurationSpec;
 use crate::parse::{Diagnostic, Positions, Seg, parse_yaml};
 use crate::path;
 
+mod feedback;
+
+pub use feedback::{
+    DEFAULT_PREVIEW_PLAN_TIMEOUT, DEFAULT_PREVIEWS_PER_POLL, FeedbackConfig, ForgejoStatusConfig,
+    PreviewsConfig,
+};
+
 /// The default location of the host configuration.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/veza-agent/config.yaml";
 
@@ -60,34 +67,10 @@ pub struct HostConfig {
     /// Where each sync's outcome is reported: a commit status on the forge, a hook.
     #[serde(default)]
     pub feedback: FeedbackConfig,
-}
-
-/// Outcome feedback after each sync.
-#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct FeedbackConfig {
-    /// Post a commit status on the handled commit through Forgejo's API.
+    /// PR previews: what this host would do with each open PR's head, as a commit status
+    /// on the head. Off by default; needs `feedback.forgejo`.
     #[serde(default)]
-    pub forgejo: Option<ForgejoStatusConfig>,
-    /// A command run after each outcome (no shell), with `VEZA_OUTCOME`, `VEZA_COMMIT`,
-    /// `VEZA_REASON`, `VEZA_HOST` and `VEZA_STATE` in its environment; 30 s at most.
-    #[serde(default)]
-    pub hook: Option<String>,
-}
-
-/// Forgejo's commit status API (`POST /repos/{owner}/{repo}/statuses/{sha}`).
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ForgejoStatusConfig {
-    /// The API base, e.g. `https://forgejo.example/api/v1`.
-    pub api_url: String,
-    /// `owner/name` of the manifests repository.
-    pub repo: String,
-    /// A file holding only a token with write access to commit statuses (mode 0600).
-    pub token_file: String,
-    /// A CA bundle for the forge's certificate (an internal CA).
-    #[serde(default)]
-    pub ca_file: Option<String>,
+    pub previews: PreviewsConfig,
 }
 
 /// Whether the agent applies what it plans.
@@ -479,6 +462,9 @@ fn validate_config(c: &HostConfig, pos: &Positions) -> Vec<Diagnostic> {
     }
     if c.poll_interval() < std::time::Duration::from_secs(1) {
         at(path!["poll", "interval"], "poll interval must be at least 1s".to_string());
+    }
+    for (p, message) in feedback::problems(c) {
+        at(p, message);
     }
     out.sort_by_key(|d| d.pos);
     out

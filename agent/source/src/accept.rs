@@ -1,10 +1,11 @@
 //! Acceptance: the one function that decides whether a fetched tip may be read as desired
-//! state. The tip's signature must verify against the host's trust root, the tip must
-//! descend from the last applied commit (looked up by object id only), the trust policy
-//! (if configured) must hold for every path changed since then — every path of the tip on
-//! a host that has applied nothing — and the manifests bound to this host must parse,
-//! validate and use only the capabilities their paths are granted. Only an [`Accepted`]
-//! holds manifests, and only [`accept`] makes one.
+//! state (or previewed). The tip's signature must verify against the host's trust root,
+//! the tip must descend from the last applied commit (looked up by object id only; not a
+//! PR head's preview, [`Base::Compare`]), the trust policy (if configured) must hold for
+//! every path changed since then — every path of the tip on a host that has applied
+//! nothing — and the manifests bound to this host must parse, validate and use only the
+//! capabilities their paths are granted. Only an [`Accepted`] holds manifests, and only
+//! [`accept`] makes one.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -26,9 +27,9 @@ pub struct Acceptance<'a> {
     pub allowed_signers: &'a Path,
     /// The trust policy file, if one is configured, read at each call.
     pub policy: Option<&'a str>,
-    /// The last applied commit id: the anti-rollback high-water mark. `None` only on a
-    /// host that has applied nothing (the caller tells that from "unknown").
-    pub last_applied: Option<&'a str>,
+    /// What the tip is held to besides its signature: descent from the last applied
+    /// commit (the branch), or nothing (a PR head's preview).
+    pub base: Base<'a>,
     /// The manifest files to read from the tip.
     pub manifests: &'a [String],
     /// This host: only manifests with `metadata.host` equal to it are kept.
@@ -42,6 +43,23 @@ pub struct Acceptance<'a> {
     /// `None` checks only that each secret is present and an age file (authors' tools,
     /// which have no host key).
     pub identities: Option<&'a dyn Fn() -> Identities>,
+}
+
+/// What a tip is compared with: the anti-rollback check, and the base of the paths the
+/// trust policy covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Base<'a> {
+    /// A host that has applied nothing (the caller tells that from "unknown"): no
+    /// ancestry to check; the policy covers every path of the tip.
+    Nothing,
+    /// The branch: the tip must descend from this commit, the last applied one (the
+    /// anti-rollback high-water mark); the policy covers the paths changed since.
+    Descends(&'a str),
+    /// A PR head's preview: no ancestry is required (a PR need not descend from what the
+    /// host applied); the policy covers the paths changed since this commit, the last
+    /// applied one, as it would if the head became the branch's tip; every path when that
+    /// commit is not in the mirror.
+    Compare(&'a str),
 }
 
 /// A tip that passed every check, with the manifests read from it.
@@ -140,9 +158,12 @@ pub fn accept(mirror: &Mirror, tip: ObjectId, a: &Acceptance<'_>) -> Result<Acce
     let raw = mirror.raw_commit(tip).map_err(|e| reject(Refusal::Signature, e.to_string()))?;
     let verdict = verify_commit(&raw, &signers, a.now)
         .map_err(|e| reject(Refusal::Signature, e.to_string()))?;
-    let last = match a.last_applied {
-        Some(last) => Some(descends_from(mirror, tip, last).map_err(|(k, d)| reject(k, d))?),
-        None => None,
+    let last = match a.base {
+        Base::Descends(last) => {
+            Some(descends_from(mirror, tip, last).map_err(|(k, d)| reject(k, d))?)
+        }
+        Base::Compare(base) => mirror.commit_by_id(base).ok(),
+        Base::Nothing => None,
     };
     // The approval policy covers the paths changed since the last applied commit; on a
     // host that has applied nothing yet, every path of the tip (a fresh or wiped host is

@@ -9,6 +9,9 @@
 //!   by object id with [`Mirror::commit_by_id`], never through the mirror's refs).
 //! * What a forge may send is capped: the refs it advertises (`max_refs`) and the bytes of
 //!   the pack (`max_pack_bytes`, counted as they arrive; the fetch is interrupted at the cap).
+//! * PR heads (`refs/pull/<N>/head`, for previews) are fetched by a separate call into
+//!   their own namespace, [`PULL_HEADS`] (`pulls.rs`): never confusable with the branch,
+//!   whose tip is only ever read from [`tracking_ref`].
 //! * Several remotes are tried in priority order; the first that succeeds wins and the
 //!   failures of the ones before it are returned alongside.
 //! * Every fetch is bounded: it runs on a worker thread, and a watchdog raises gix's
@@ -30,8 +33,11 @@ pub use gix::object::Kind as ObjectType;
 
 use crate::error::{FetchError, RemoteFailure};
 
+mod pulls;
 mod read;
 mod transfer;
+
+pub use pulls::{PULL_HEADS, PullHead, PullHeads, pull_number};
 
 use transfer::fetch_blocking;
 pub use transfer::is_credentials_failure;
@@ -107,6 +113,19 @@ impl FetchOptions {
             timeout,
             credentials: None,
             ca_file: None,
+        }
+    }
+}
+
+impl FetchOptions {
+    /// The parts the transport needs.
+    fn transfer(&self) -> Transfer {
+        Transfer {
+            timeout: self.timeout,
+            credentials: self.credentials.clone(),
+            ca_file: self.ca_file.clone(),
+            max_refs: self.max_refs,
+            max_pack_bytes: self.max_pack_bytes,
         }
     }
 }
@@ -244,13 +263,7 @@ impl Mirror {
                 }
                 .to_string(),
             };
-            let transfer = Transfer {
-                timeout: options.timeout,
-                credentials: options.credentials.clone(),
-                ca_file: options.ca_file.clone(),
-                max_refs: options.max_refs,
-                max_pack_bytes: options.max_pack_bytes,
-            };
+            let transfer = options.transfer();
             match self.fetch_one(url, &refspecs, transfer.clone()) {
                 Ok(outcome) if !outcome.local_refs.contains(&tracking_ref(&options.branch)) => {
                     failures.push(branch_missing());

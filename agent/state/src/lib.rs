@@ -7,12 +7,15 @@
 //! - `history.jsonl`: the bounded deploy history, newest last;
 //! - `journal.json`: the write-ahead journal of the apply in progress, removed when the
 //!   run ends, so a crash leaves a trace the next run reads;
-//! - `lock`: held (`flock`) by the one agent running on the host.
+//! - `lock`: held (`flock`) by the one agent running on the host;
+//! - `previews.json`: the PR previews ([`previews::Previews`]), apart from `state.json`
+//!   so that nothing a preview records is read by the branch's sync.
 //!
 //! A corrupted state file is moved aside (`state.json.corrupt-<time>`) and reported,
 //! never silently trusted.
 
 pub mod metrics;
+pub mod previews;
 pub mod record;
 
 use std::collections::BTreeMap;
@@ -52,6 +55,9 @@ pub enum StateError {
     /// A corrupt state file was moved aside by a sync holding the lock.
     #[error("state file `{}` was corrupt ({reason}); it was moved to `{}` and the agent starts from empty state", path.display(), moved_to.display())]
     MovedAside { path: PathBuf, moved_to: PathBuf, reason: String },
+    /// `previews.json` is not valid: the next preview pass starts from an empty cache.
+    #[error("`{}` is corrupt ({reason}); the next preview pass starts from an empty cache (every PR head is previewed again)", path.display())]
+    CorruptPreviews { path: PathBuf, reason: String },
     /// A state file was written by a newer agent.
     #[error("state file `{}` has schema version {found}, newer than this agent's {STATE_SCHEMA_VERSION}; upgrade veza-agent", path.display())]
     TooNew { path: PathBuf, found: u32 },
@@ -294,6 +300,9 @@ pub struct Suspension {
     pub reason: String,
 }
 
+/// The file that holds the PR previews.
+const PREVIEWS_FILE: &str = "previews.json";
+
 /// The file that holds a suspension.
 const SUSPENSION_FILE: &str = "suspended.json";
 
@@ -468,6 +477,14 @@ impl Store {
         Ok(())
     }
 
+    /// Writes the PR previews (`previews.json`).
+    pub fn save_previews(&self, previews: &previews::Previews) -> Result<(), StateError> {
+        let mut bytes = serde_json::to_vec_pretty(previews).unwrap_or_default();
+        bytes.push(b'\n');
+        write_atomic_if_changed(&self.dir.join(PREVIEWS_FILE), &bytes, 0o644)?;
+        Ok(())
+    }
+
     /// Writes the journal before a step runs.
     pub fn write_journal(&self, journal: &Journal) -> Result<(), StateError> {
         let bytes = serde_json::to_vec_pretty(journal).unwrap_or_default();
@@ -549,6 +566,18 @@ impl Reader {
                     path.display()
                 ),
             })),
+        }
+    }
+
+    /// The PR previews recorded so far; none when the file is missing. A corrupt file is
+    /// reported (the next pass starts from an empty cache and rewrites it).
+    pub fn previews(&self) -> Result<previews::Previews, StateError> {
+        let path = self.dir.join(PREVIEWS_FILE);
+        match std::fs::read(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(previews::Previews::default()),
+            Err(source) => Err(StateError::Dir { path, source }),
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| StateError::CorruptPreviews { path, reason: e.to_string() }),
         }
     }
 

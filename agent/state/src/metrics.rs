@@ -181,6 +181,53 @@ pub fn render(state: &AgentState, jobs: &[JobMetric], now: i64, stale: bool) -> 
     out
 }
 
+/// The PR preview metrics, appended to [`render`]'s text when previews are on.
+pub fn render_previews(p: &crate::previews::Previews) -> String {
+    let mut out = String::new();
+    let mut metric = |name: &str, help: &str, kind: &str, lines: Vec<(String, String)>| {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        for (labels, value) in lines {
+            let _ = writeln!(out, "{name}{labels} {value}");
+        }
+    };
+    let failures = ["fetch", "plan", "post"]
+        .iter()
+        .map(|k| {
+            (
+                format!("{{kind=\"{k}\"}}"),
+                p.failures_total.get(*k).copied().unwrap_or(0).to_string(),
+            )
+        })
+        .collect();
+    metric(
+        "veza_agent_preview_failures_total",
+        "PR previews that failed: PR heads not fetched, previews ended in error, statuses the forge did not accept.",
+        "counter",
+        failures,
+    );
+    let run = p.last_run.clone().unwrap_or_default();
+    metric(
+        "veza_agent_preview_last_run_timestamp_seconds",
+        "When the last PR preview pass started (0: never).",
+        "gauge",
+        vec![(String::new(), run.at.to_string())],
+    );
+    metric(
+        "veza_agent_preview_heads",
+        "PR heads the remote advertised at the last preview pass.",
+        "gauge",
+        vec![(String::new(), run.heads.to_string())],
+    );
+    metric(
+        "veza_agent_preview_heads_left",
+        "PR heads not previewed yet (over previews.max_per_poll).",
+        "gauge",
+        vec![(String::new(), run.left.to_string())],
+    );
+    out
+}
+
 fn esc(s: &str) -> String {
     s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
@@ -189,6 +236,28 @@ fn esc(s: &str) -> String {
 mod tests {
     use super::*;
     use crate::{AppState, EnvState};
+
+    #[test]
+    fn preview_failures_are_counted_by_kind() {
+        let mut p = crate::previews::Previews::default();
+        let text = render_previews(&p);
+        for kind in ["fetch", "plan", "post"] {
+            let line = format!("veza_agent_preview_failures_total{{kind=\"{kind}\"}} 0\n");
+            assert!(text.contains(&line), "{text}");
+        }
+        assert!(text.contains("veza_agent_preview_last_run_timestamp_seconds 0\n"), "{text}");
+        p.count_failure("post");
+        p.last_run = Some(crate::previews::PreviewRun {
+            at: 1_700_000_000,
+            heads: 4,
+            left: 1,
+            ..Default::default()
+        });
+        let text = render_previews(&p);
+        assert!(text.contains("veza_agent_preview_failures_total{kind=\"post\"} 1\n"), "{text}");
+        assert!(text.contains("veza_agent_preview_heads 4\n"), "{text}");
+        assert!(text.contains("veza_agent_preview_heads_left 1\n"), "{text}");
+    }
 
     #[test]
     fn renders_active_colors_jobs_and_staleness() {

@@ -59,6 +59,7 @@ fn seen() -> Observed {
         state_dir_free_bytes: Some(1 << 30),
         suspension: None,
         report_mode: false,
+        previews: None,
     }
 }
 
@@ -333,4 +334,46 @@ fn waiting_steps_show_when_their_window_opens_without_needing_attention() {
     );
     let json = serde_json::to_value(&s).expect("serializes");
     assert_eq!(json["state"]["waiting"][0]["next_open_unix"], 1_767_488_400, "{json:#}");
+}
+
+/// PR previews are shown, newest PR first, without merged heads and without making the
+/// host need attention; `--json` carries them whole.
+#[test]
+fn previews_show_the_last_pass_and_what_each_head_got() {
+    use veza_state::previews::{MERGED, PreviewRun, PreviewedHead, Previews};
+    let head = |pr: u64, state: &str, description: &str, posted: bool| PreviewedHead {
+        pr,
+        state: state.into(),
+        description: description.into(),
+        at: 1900,
+        posted,
+    };
+    let mut p = Previews::default();
+    p.heads.insert("1".repeat(40), head(7, "success", "would: switch prod/web to green", true));
+    p.heads.insert("2".repeat(40), head(9, "failure", "unsigned, not planned: x", false));
+    p.heads.insert("3".repeat(40), head(3, MERGED, "already in the branch", false));
+    p.count_failure("post");
+    p.last_run = Some(PreviewRun {
+        at: 1880,
+        duration_ms: 420,
+        heads: 3,
+        previewed: 2,
+        posted: 1,
+        left: 0,
+        error: None,
+    });
+    let s = build(base(), Observed { previews: Some(p), ..seen() });
+    assert_eq!(s.health, "ok", "{:?}", s.problems);
+    let text = render(&s, 2000);
+    let want = "previews: 3 PR head(s), 2 previewed, 1 status(es) posted (2m ago, 420 ms)\n  \
+                #9     222222222222 failure unsigned, not planned: x (status not posted yet)\n  \
+                #7     111111111111 success would: switch prod/web to green\n  \
+                preview failures so far: post 1\n";
+    assert!(text.contains(want), "{text}");
+    assert!(!text.contains("333333333333"), "merged heads are not listed:\n{text}");
+    let json = serde_json::to_value(&s).expect("serializes");
+    assert_eq!(json["previews"]["heads"]["1".repeat(40)]["state"], "success", "{json:#}");
+    assert_eq!(json["previews"]["failures_total"]["post"], 1, "{json:#}");
+    let off = serde_json::to_value(build(base(), seen())).expect("serializes");
+    assert!(off.get("previews").is_none(), "no previews key when previews are off: {off:#}");
 }

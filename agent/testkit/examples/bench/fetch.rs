@@ -37,7 +37,7 @@ pub(crate) fn fetch_verify(
         let acceptance = veza_source::Acceptance {
             allowed_signers: &signers,
             policy: None,
-            last_applied: Some(&last),
+            base: veza_source::Base::Descends(&last),
             manifests: std::slice::from_ref(&path),
             host: &host.env,
             max_refs: 10_000,
