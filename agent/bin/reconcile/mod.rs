@@ -495,6 +495,10 @@ impl Agent {
                                     veza_plan::Action::Migrate { slot, .. } => {
                                         Some((slot.env.clone(), slot.app.clone()))
                                     }
+                                    // A new color that failed its gate (no switch planned).
+                                    veza_plan::Action::HealthGate(g) if !g.serving => {
+                                        Some((g.slot.env.clone(), g.slot.app.clone()))
+                                    }
                                     _ => None,
                                 },
                             ))

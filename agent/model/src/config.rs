@@ -393,6 +393,11 @@ fn validate_config(c: &HostConfig, pos: &Positions) -> Vec<Diagnostic> {
             );
         }
     }
+    for (reference, used) in &c.incus.images {
+        if let Err(why) = crate::image::parse(used) {
+            at(path!["incus", "images", reference.as_str()], why);
+        }
+    }
     if c.source.manifests.is_empty() {
         at(path!["source", "manifests"], "list the manifest files this host applies".to_string());
     }

@@ -9,6 +9,7 @@ pub mod capabilities;
 pub mod config;
 pub mod error;
 mod hint;
+pub mod image;
 pub mod lexical;
 pub mod live;
 pub mod manifest;

@@ -271,7 +271,8 @@ pub fn plan(
                     continue;
                 }
             }
-            let gate = Gate { instance: instance.clone(), slot: slot.clone() };
+            let gate =
+                Gate { instance: instance.clone(), slot: slot.clone(), serving: !changes_color };
             if changes_color {
                 promoted_gates.push(gate);
                 promotions.push(Promotion {
@@ -343,7 +344,10 @@ pub fn plan(
                 }
                 Some(render_for(manifests, &merged, &opts.edge_settings)?)
             };
-            let reason = if promotions.iter().all(|p| p.from.is_none()) {
+            let taken_over = live.edge_config().is_some_and(|c| !c.starts_with(RENDERED_HEADER));
+            let reason = if taken_over {
+                "the edge is taken over from a config veza-agent did not write: each app's slot must be healthy, and the edge must serve it, or the config live before comes back".to_string()
+            } else if promotions.iter().all(|p| p.from.is_none()) {
                 "these slots get their first traffic, once healthy".to_string()
             } else {
                 "the manifests change the active color: traffic moves only to healthy slots, and back when the edge does not serve them".to_string()

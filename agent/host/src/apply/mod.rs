@@ -221,11 +221,14 @@ pub async fn apply<I: Incus, E: Edge, U: Units, P: Probe, C: Clock, H: Hooks>(
             }
             Action::HealthGate(gate) => {
                 health_gate(d, &gate.instance, &gate.slot, hooks).await.map_err(|e| match e {
-                    // The gate is on a slot that keeps its traffic (no color change): it was
-                    // rebuilt in place (`in_place_updates`) or started again. Say what is
-                    // true: it still gets the traffic.
-                    StepError::Unhealthy(why) => {
+                    // A slot that keeps its traffic (no color change) was rebuilt in place
+                    // (`in_place_updates`) or started again: it still gets the traffic.
+                    // Any other slot never had it. Say what is true.
+                    StepError::Unhealthy(why) if gate.serving => {
                         StepError::RolledBack(format!("{why}; {}", still_serving(plan, gate)))
+                    }
+                    StepError::Unhealthy(why) => {
+                        StepError::RolledBack(format!("{why}; traffic was not moved"))
                     }
                     other => other,
                 })
@@ -271,7 +274,7 @@ pub async fn apply<I: Incus, E: Edge, U: Units, P: Probe, C: Clock, H: Hooks>(
 
 /// What is true of a slot that keeps its traffic when its gate fails.
 fn still_serving(plan: &Plan, gate: &Gate) -> String {
-    let Gate { instance, slot } = gate;
+    let Gate { instance, slot, .. } = gate;
     let rebuilt = plan
         .steps
         .iter()
@@ -559,36 +562,14 @@ async fn adopt_created<I: Incus>(incus: &I, spec: &InstanceSpec) -> Result<(), S
     Ok(())
 }
 
-/// `images:debian/13` → the public simplestreams server; a bare name or `local:NAME` → a
-/// local alias; `https://SERVER/PATH:ALIAS` → a simplestreams mirror (the host's
-/// `incus.images` mapping writes these).
+/// What Incus is asked for: `images:debian/13` → the public simplestreams server; a bare
+/// name or `local:NAME` → a local alias; `https://SERVER/PATH:ALIAS` → a simplestreams
+/// mirror (the host's `incus.images` mapping writes these). See `veza_model::image`.
 pub fn image_source(image: &str) -> Result<ImageSource, String> {
-    if let Some(rest) = image.strip_prefix("https://") {
-        // The alias follows the last `:` (a port is digits: an alias never starts with one).
-        return match rest.rsplit_once(':') {
-            Some((server, alias))
-                if !server.is_empty()
-                    && alias.chars().next().is_some_and(|c| !c.is_ascii_digit()) =>
-            {
-                Ok(ImageSource::Simplestreams {
-                    server: format!("https://{server}"),
-                    alias: alias.to_string(),
-                })
-            }
-            _ => Err(format!(
-                "image source `{image}`: a mirror is written `https://SERVER/PATH:ALIAS`"
-            )),
-        };
-    }
-    match image.split_once(':') {
-        None => Ok(ImageSource::local(image)),
-        Some(("images", alias)) => Ok(ImageSource::Simplestreams {
-            server: "https://images.linuxcontainers.org".to_string(),
-            alias: alias.to_string(),
-        }),
-        Some(("local", alias)) => Ok(ImageSource::local(alias)),
-        Some((remote, _)) => Err(format!(
-            "unknown image remote `{remote}` in `{image}`: use a local alias, `local:ALIAS`, `images:ALIAS`, or map it in the host configuration (`incus.images`)"
-        )),
-    }
+    Ok(match veza_model::image::parse(image)? {
+        veza_model::image::ImageRef::Local(alias) => ImageSource::local(alias),
+        veza_model::image::ImageRef::Simplestreams { server, alias } => {
+            ImageSource::Simplestreams { server, alias }
+        }
+    })
 }

@@ -154,8 +154,14 @@ fn slot(color: Color) -> SlotSpec {
     }
 }
 
+/// The gate of a slot traffic would move to.
 fn gate(instance: &str, color: Color) -> Gate {
-    Gate { instance: instance.into(), slot: slot(color) }
+    Gate { instance: instance.into(), slot: slot(color), serving: false }
+}
+
+/// The gate of the serving slot, rebuilt or started again.
+fn serving_gate(instance: &str, color: Color) -> Gate {
+    Gate { serving: true, ..gate(instance, color) }
 }
 
 /// prod/web from blue to green as one step: gate → switch → verify, blue's edge as the
@@ -489,9 +495,11 @@ fn a_failed_gate_says_whether_the_slot_still_receives_the_traffic() {
     // (the plan, the end of the reason)
     let in_place = plan_of(vec![
         Action::DeleteInstance { name: "web-blue".into() },
-        Action::HealthGate(gate("web-blue", Color::Blue)),
+        Action::HealthGate(serving_gate("web-blue", Color::Blue)),
     ]);
-    let started_again = plan_of(vec![Action::HealthGate(gate("web-blue", Color::Blue))]);
+    let started_again = plan_of(vec![Action::HealthGate(serving_gate("web-blue", Color::Blue))]);
+    // A new color gated where the edge does not change (a promotion the plan cannot do).
+    let not_switched = plan_of(vec![Action::HealthGate(gate("web-green", Color::Green))]);
     let table = [
         (
             in_place,
@@ -504,6 +512,7 @@ fn a_failed_gate_says_whether_the_slot_still_receives_the_traffic() {
              release or promote the other color",
         ),
         (promotion(Vec::new()), "; traffic was not moved"),
+        (not_switched, "; traffic was not moved"),
     ];
     for (plan, end) in table {
         let w = World::new();

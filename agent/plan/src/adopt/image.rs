@@ -91,14 +91,11 @@ pub fn image_family(
     images: &BTreeMap<String, String>,
     local_images: &BTreeMap<String, Config>,
 ) -> Option<ImageFamily> {
-    let used = used_image(reference, images);
-    if let Some(alias) = local_alias(used) {
-        return ImageFamily::from_properties(local_images.get(alias)?);
-    }
-    let alias = match used.split_once(':') {
-        Some(("images", alias)) => alias,
-        _ if used.starts_with("https://") => used.rsplit_once(':').map(|(_, a)| a)?,
-        _ => return None,
+    let alias = match veza_model::image::parse(used_image(reference, images)).ok()? {
+        veza_model::image::ImageRef::Local(alias) => {
+            return ImageFamily::from_properties(local_images.get(&alias)?);
+        }
+        veza_model::image::ImageRef::Simplestreams { alias, .. } => alias,
     };
     let mut parts = alias.split('/');
     match (parts.next(), parts.next()) {

@@ -7,6 +7,15 @@
 pub fn unified(a_name: &str, old: &str, b_name: &str, new: &str, context: usize) -> String {
     let a: Vec<&str> = old.lines().collect();
     let b: Vec<&str> = new.lines().collect();
+    // The table is |a| × |b|: an edge config is a few hundred lines; a foreign file can be
+    // anything (up to the edge reader's limit), and a plan must stay cheap.
+    if a.len().saturating_mul(b.len()) > MAX_CELLS {
+        return format!(
+            "--- {a_name}\n+++ {b_name}\n(too large to show as a diff: {} and {} lines)\n",
+            a.len(),
+            b.len()
+        );
+    }
     let ops = edit_script(&a, &b);
     if ops.iter().all(|op| matches!(op, Op::Same(..))) {
         return String::new();
@@ -39,6 +48,9 @@ pub fn unified(a_name: &str, old: &str, b_name: &str, new: &str, context: usize)
     }
     out
 }
+
+/// The largest comparison table built (4 M cells, 16 MiB).
+const MAX_CELLS: usize = 4_000_000;
 
 #[derive(Debug, Clone, Copy)]
 enum Op {

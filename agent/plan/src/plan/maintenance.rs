@@ -343,6 +343,10 @@ pub fn hold(plan: Plan, live: &LiveState, manifests: &[&Manifest], clock: Window
             step,
         });
     }
+    // The takeover diff describes an edge step: it goes when that step waits.
+    let edge_takeover = edge_takeover.filter(|_| {
+        kept.iter().any(|s| matches!(s.action, Action::InstallEdge { .. } | Action::Promote(_)))
+    });
     Plan { steps: kept, refusals, drift, waiting, edge_takeover }
 }
 

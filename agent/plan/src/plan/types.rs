@@ -97,6 +97,11 @@ pub struct Gate {
     pub instance: String,
     /// What runs there and how it is checked.
     pub slot: SlotSpec,
+    /// Whether the slot receives its app's traffic (the serving slot rebuilt or started
+    /// again): when its gate fails, it still does. `false` for a slot traffic would move
+    /// to.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub serving: bool,
 }
 
 impl fmt::Display for Gate {

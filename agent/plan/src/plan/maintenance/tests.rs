@@ -309,7 +309,11 @@ fn what_interrupts_something_running_is_disruptive_and_nothing_else() {
 }
 
 fn gate() -> crate::plan::Gate {
-    crate::plan::Gate { instance: "web-green".into(), slot: slot_spec(Color::Green) }
+    crate::plan::Gate {
+        instance: "web-green".into(),
+        slot: slot_spec(Color::Green),
+        serving: false,
+    }
 }
 
 fn plan_of(actions: Vec<Action>) -> Plan {
