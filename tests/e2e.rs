@@ -5,6 +5,8 @@
 use std::time::Duration;
 
 use veza_testkit::demo::DemoHost;
+
+use crate::support::{agent, apply_ok, host};
 use veza_testkit::incus::TrustedClient;
 use veza_testkit::traffic::Traffic;
 
@@ -12,23 +14,6 @@ use veza_testkit::traffic::Traffic;
 fn spawn_apply(h: &DemoHost, log: &std::path::Path) -> u32 {
     let agent = std::path::Path::new(env!("CARGO_BIN_EXE_veza-agent"));
     veza_testkit::cli::spawn(agent, &h.config_path, "apply", log)
-}
-
-fn host() -> DemoHost {
-    DemoHost::new(std::path::Path::new(env!("CARGO_BIN_EXE_veza-agent")), None)
-        .unwrap_or_else(|e| panic!("the real test host is not usable: {e:#}"))
-}
-
-/// Runs `veza-agent ARGS`, returns (exit code, stdout, stderr).
-fn agent(h: &DemoHost, args: &[&str]) -> (i32, String, String) {
-    let out = h.agent(args).expect("veza-agent runs");
-    (out.status.code().unwrap_or(-1), out.stdout_str(), out.stderr_str())
-}
-
-fn apply_ok(h: &DemoHost) -> String {
-    let (code, out, err) = agent(h, &["apply"]);
-    assert_eq!(code, 0, "apply failed:\n{out}\n{err}");
-    out
 }
 
 fn status_json(h: &DemoHost) -> serde_json::Value {

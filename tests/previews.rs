@@ -10,22 +10,7 @@ use std::time::Duration;
 
 use veza_testkit::demo::DemoHost;
 
-fn host() -> DemoHost {
-    DemoHost::new(std::path::Path::new(env!("CARGO_BIN_EXE_veza-agent")), None)
-        .unwrap_or_else(|e| panic!("the real test host is not usable: {e:#}"))
-}
-
-/// Runs `veza-agent ARGS`, returns (exit code, stdout, stderr).
-fn agent(h: &DemoHost, args: &[&str]) -> (i32, String, String) {
-    let out = h.agent(args).expect("veza-agent runs");
-    (out.status.code().unwrap_or(-1), out.stdout_str(), out.stderr_str())
-}
-
-fn apply_ok(h: &DemoHost) -> String {
-    let (code, out, err) = agent(h, &["apply"]);
-    assert_eq!(code, 0, "apply failed:\n{out}\n{err}");
-    out
-}
+use crate::support::{agent, apply_ok, host};
 
 fn high_water_mark(h: &DemoHost) -> String {
     veza_host::process::Cmd::new("incus")

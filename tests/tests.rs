@@ -18,5 +18,6 @@ mod packaging;
 mod previews;
 mod secrets;
 mod signed_source;
+mod support;
 mod tidy;
 mod windows;

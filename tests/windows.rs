@@ -8,16 +8,7 @@ use std::time::Duration;
 use chrono::Timelike as _;
 use veza_testkit::demo::DemoHost;
 
-fn host() -> DemoHost {
-    DemoHost::new(std::path::Path::new(env!("CARGO_BIN_EXE_veza-agent")), None)
-        .unwrap_or_else(|e| panic!("the real test host is not usable: {e:#}"))
-}
-
-/// Runs `veza-agent ARGS`, returns (exit code, stdout, stderr).
-fn agent(h: &DemoHost, args: &[&str]) -> (i32, String, String) {
-    let out = h.agent(args).expect("veza-agent runs");
-    (out.status.code().unwrap_or(-1), out.stdout_str(), out.stderr_str())
-}
+use crate::support::{agent, host};
 
 fn json(h: &DemoHost, args: &[&str]) -> serde_json::Value {
     let (_, out, err) = agent(h, args);

@@ -179,8 +179,7 @@ pub async fn apply<I: Incus, E: Edge, U: Units, P: Probe, C: Clock, H: Hooks>(
 ) -> ApplyReport {
     let mut timings = Vec::new();
     let mut migrated = Vec::new();
-    let touched: BTreeSet<&str> =
-        plan.steps.iter().flat_map(|s| touched_instances(&s.action)).collect();
+    let touched: BTreeSet<&str> = plan.steps.iter().flat_map(|s| s.action.instances()).collect();
     let mut settled = touched.is_empty();
     for (i, step) in plan.steps.iter().enumerate() {
         let end = |outcome| ApplyReport {
@@ -194,7 +193,7 @@ pub async fn apply<I: Incus, E: Edge, U: Units, P: Probe, C: Clock, H: Hooks>(
         }
         hooks.before_step(i, step);
         let started = d.clock.now();
-        if !settled && !touched_instances(&step.action).is_empty() {
+        if !settled && !step.action.instances().is_empty() {
             // Once per run, before the first step that touches an instance: what a killed
             // run left running there (a create, a start) holds Incus's instance lock.
             settled = true;
@@ -343,38 +342,6 @@ async fn promote<I: Incus, E: Edge, U: Units, P: Probe, C: Clock, H: Hooks>(
         };
     }
     Ok(())
-}
-
-/// The instances a step changes or runs something in.
-fn touched_instances(action: &Action) -> Vec<&str> {
-    match action {
-        Action::Snapshot { instance, .. }
-        | Action::DeployRelease { instance, .. }
-        | Action::Migrate { instance, .. } => vec![instance],
-        Action::HealthGate(gate) => vec![&gate.instance],
-        Action::CreateInstance { name, .. }
-        | Action::UpdateInstance { name, .. }
-        | Action::StartInstance { name }
-        | Action::DeleteInstance { name } => vec![name],
-        Action::InstallUnits { target: UnitTarget::Instance(name), .. }
-        | Action::RemoveUnits { target: UnitTarget::Instance(name), .. } => vec![name],
-        Action::InstallEdge { runs_in, .. } if runs_in != "host" => vec![runs_in],
-        Action::Promote(switch) => {
-            let mut names: Vec<&str> = switch.gates.iter().map(|g| g.instance.as_str()).collect();
-            if switch.runs_in != "host" {
-                names.push(&switch.runs_in);
-            }
-            names
-        }
-        Action::InstallUnits { .. }
-        | Action::RemoveUnits { .. }
-        | Action::InstallEdge { .. }
-        | Action::VerifyEdge(_)
-        | Action::CreateNetwork { .. }
-        | Action::CreateProfile { .. }
-        | Action::UpdateProfile { .. }
-        | Action::DeleteProfile { .. } => vec![],
-    }
 }
 
 async fn run_step<I: Incus, E: Edge, U: Units, P: Probe, C: Clock>(

@@ -51,7 +51,6 @@ use veza_model::Manifest;
 use veza_model::live::{Devices, LiveState, MARK_COLOR};
 use veza_model::window::{Availability, availability, local_rfc3339};
 
-use crate::live::UnitTarget;
 use crate::plan::{Action, Plan, Step};
 
 /// The instant and the host's time zone, as the binary read them.
@@ -193,31 +192,6 @@ fn is_idle_slot(i: &veza_model::live::LiveInstance, live: &LiveState) -> bool {
     live.active_color(env, app).is_none_or(|c| c.as_str() != color)
 }
 
-/// The instances a step changes or runs something in.
-fn instances_of(action: &Action) -> Vec<&str> {
-    match action {
-        Action::Snapshot { instance, .. }
-        | Action::DeployRelease { instance, .. }
-        | Action::Migrate { instance, .. } => vec![instance],
-        Action::HealthGate(gate) => vec![&gate.instance],
-        Action::CreateInstance { name, .. }
-        | Action::UpdateInstance { name, .. }
-        | Action::StartInstance { name }
-        | Action::DeleteInstance { name } => vec![name],
-        Action::InstallUnits { target: UnitTarget::Instance(name), .. }
-        | Action::RemoveUnits { target: UnitTarget::Instance(name), .. } => vec![name],
-        Action::InstallEdge { runs_in, .. } if runs_in != "host" => vec![runs_in],
-        Action::Promote(switch) => {
-            let mut names: Vec<&str> = switch.gates.iter().map(|g| g.instance.as_str()).collect();
-            if switch.runs_in != "host" {
-                names.push(&switch.runs_in);
-            }
-            names
-        }
-        _ => Vec::new(),
-    }
-}
-
 /// Whether a step acts on the edge (installs its config, switches it, checks through it).
 fn is_edge(action: &Action) -> bool {
     matches!(action, Action::InstallEdge { .. } | Action::VerifyEdge(_) | Action::Promote(_))
@@ -237,7 +211,7 @@ fn env_of(action: &Action, manifests: &[&Manifest], live: &LiveState) -> Option<
     if let Action::UpdateProfile { name, .. } = action {
         return declaring(&|m| m.incus.profiles.contains_key(name));
     }
-    let name = *instances_of(action).first()?;
+    let name = *action.instances().first()?;
     declaring(&|m| m.incus.instances.contains_key(name))
         .or_else(|| live.instances.get(name).and_then(|l| l.env()).map(str::to_string))
 }
@@ -280,7 +254,7 @@ pub fn hold(plan: Plan, live: &LiveState, manifests: &[&Manifest], clock: Window
             Some(Cause { env, because: d.to_string(), next_open })
         });
         let dependency = || -> Option<Cause> {
-            let on_instance = instances_of(&step.action).into_iter().find_map(|i| blocked.get(i));
+            let on_instance = step.action.instances().into_iter().find_map(|i| blocked.get(i));
             let by = |c: &Cause, what: String| Cause { because: what, ..c.clone() };
             if let Some(c) = on_instance {
                 return Some(by(c, format!("it goes with `{}`, which waits", c.because)));
@@ -332,7 +306,7 @@ pub fn hold(plan: Plan, live: &LiveState, manifests: &[&Manifest], clock: Window
             }
             _ => {}
         }
-        for i in instances_of(&step.action) {
+        for i in step.action.instances() {
             held_instances.entry(i.to_string()).or_insert_with(|| root.clone());
         }
         waiting.push(Waiting {

@@ -90,6 +90,41 @@ pub enum Action {
     DeleteProfile { name: String },
 }
 
+impl Action {
+    /// The instances the step changes or runs something in (`host` is not one).
+    pub fn instances(&self) -> Vec<&str> {
+        match self {
+            Action::Snapshot { instance, .. }
+            | Action::DeployRelease { instance, .. }
+            | Action::Migrate { instance, .. } => vec![instance],
+            Action::HealthGate(gate) => vec![&gate.instance],
+            Action::CreateInstance { name, .. }
+            | Action::UpdateInstance { name, .. }
+            | Action::StartInstance { name }
+            | Action::DeleteInstance { name } => vec![name],
+            Action::InstallUnits { target: UnitTarget::Instance(name), .. }
+            | Action::RemoveUnits { target: UnitTarget::Instance(name), .. } => vec![name],
+            Action::InstallEdge { runs_in, .. } if runs_in != "host" => vec![runs_in],
+            Action::Promote(switch) => {
+                let mut names: Vec<&str> =
+                    switch.gates.iter().map(|g| g.instance.as_str()).collect();
+                if switch.runs_in != "host" {
+                    names.push(&switch.runs_in);
+                }
+                names
+            }
+            Action::InstallUnits { .. }
+            | Action::RemoveUnits { .. }
+            | Action::InstallEdge { .. }
+            | Action::VerifyEdge(_)
+            | Action::CreateNetwork { .. }
+            | Action::CreateProfile { .. }
+            | Action::UpdateProfile { .. }
+            | Action::DeleteProfile { .. } => vec![],
+        }
+    }
+}
+
 /// A slot that must answer its health check.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Gate {

@@ -9,6 +9,7 @@ use veza_model::manifest::Color;
 
 use super::*;
 use crate::desired::SlotSpec;
+use crate::live::UnitTarget;
 use crate::live::{
     InstanceStatus, LiveInstance, LivePool, LiveProfile, MARK_APP, MARK_ENV, MARK_PROTECT,
 };
