@@ -188,3 +188,46 @@ fn a_failed_sync_is_retried_soon_not_at_the_next_poll() {
     d.signal("TERM");
     d.wait_for("the daemon to stop", Duration::from_secs(30), || !d.alive());
 }
+
+/// Issue 19: a suspended daemon goes on polling and planning but applies nothing across a
+/// new signed commit; after `resume` the next poll applies it.
+#[test]
+fn a_suspended_daemon_applies_nothing_until_resumed_then_applies_at_the_next_poll() {
+    let h = host();
+    let first = h.commit(&h.manifest("blue", Some(0), Some(1)), "two slots").unwrap();
+    let d = Daemon::start(&h);
+    d.wait_for("the first sync", Duration::from_secs(90), || {
+        status(&h)["state"]["applied"]["commit"] == first
+    });
+    let out = h.agent(&["suspend", "--reason", "rehearsing the database upgrade"]).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}{}", out.stdout_str(), out.stderr_str());
+    let promote = h.commit(&h.manifest("green", Some(0), Some(1)), "promote green").unwrap();
+    // Polls (2 s apart) see the new commit, plan it and hold it: two of them, at least.
+    d.wait_for("two polls that hold the new commit", Duration::from_secs(30), || {
+        d.log().matches("nothing applied").count() >= 2
+    });
+    let st = status(&h);
+    assert_eq!(st["state"]["applied"]["commit"], first, "applied while suspended: {st:#}");
+    assert_eq!(h.served_release().unwrap(), h.releases[0].id, "traffic moved while suspended");
+
+    let out = h.agent(&["resume"]).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}{}", out.stdout_str(), out.stderr_str());
+    let resumed = Instant::now();
+    d.wait_for("the held commit applied after resume", Duration::from_secs(60), || {
+        status(&h)["state"]["applied"]["commit"] == promote
+    });
+    // The poll after `resume` (2 s + jitter) applied it: no second cycle was needed.
+    let history = h.agent(&["history", "--json"]).unwrap().stdout_str();
+    let entries: serde_json::Value = serde_json::from_str(&history).expect("history JSON");
+    let applied = entries
+        .as_array()
+        .and_then(|e| e.iter().position(|x| x["commit"] == promote.as_str()))
+        .expect("the promotion is in the history");
+    let resumed_at = entries
+        .as_array()
+        .and_then(|e| e.iter().position(|x| x.to_string().contains("resumed")))
+        .expect("the resume is in the history");
+    assert!(applied < resumed_at, "the promotion is recorded after the resume: {entries:#}");
+    eprintln!("applied {:.1} s after resume (poll 2 s)", resumed.elapsed().as_secs_f64());
+    assert_eq!(h.served_release().unwrap(), h.releases[1].id);
+}
