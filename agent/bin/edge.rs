@@ -10,7 +10,7 @@ use veza_host::apply::Edge;
 use veza_host::haproxy::install::{
     EdgePaths, InstallOptions, InstallOutcome, ReloadOutcome, install,
 };
-use veza_host::haproxy::parse::{BackendHealth, edge_health, parse_show_stat};
+use veza_host::haproxy::parse::{BackendHealth, ServerStatus, edge_health, parse_show_stat};
 use veza_host::haproxy::runtime::{
     EdgeRuntime as HaproxyRuntime, HostRuntime, IncusExec, InstanceRuntime,
 };
@@ -133,5 +133,18 @@ impl Edge for EdgeRuntime<'_> {
             .map(|_| ())
             .map_err(|e| e.to_string())
         })
+    }
+    /// From `show stat` through the master socket (the health view `status` shows).
+    async fn server_status(
+        &self,
+        backend: &str,
+        server: &str,
+    ) -> Result<Option<ServerStatus>, String> {
+        let health = self.health().await?;
+        Ok(health
+            .iter()
+            .find(|b| b.backend == backend)
+            .and_then(|b| b.server(server))
+            .map(|s| s.status.clone()))
     }
 }
