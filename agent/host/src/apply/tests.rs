@@ -283,6 +283,10 @@ fn the_gate_opens_after_rise_healthy_probes_over_the_stable_time_and_starts_over
     }
 }
 
+/// Started by this run, HAProxy's `(server, status)`, the slot's answers, probes sent,
+/// the gate's time on the clock in ms.
+type Case = (bool, Option<(&'static str, &'static str)>, Vec<Answer>, usize, u64);
+
 #[test]
 fn a_running_slot_haproxy_holds_up_opens_after_rise_probes_and_any_other_waits_the_full_second() {
     let refused = || Answer::Refused;
@@ -290,7 +294,7 @@ fn a_running_slot_haproxy_holds_up_opens_after_rise_probes_and_any_other_waits_t
     let green_2 = "green-2222222222";
     // (started by this run, HAProxy's status of a server, answers of the slot, probes
     // sent, gate time on the clock in ms)
-    let table: [(bool, Option<(&str, &str)>, Vec<Answer>, usize, u64); 8] = [
+    let table: [Case; 8] = [
         // Two healthy running colors: rise (2) probes, 200 ms apart.
         (false, Some((green_2, "UP")), vec![ok('2')], 2, 200),
         // The agent's probe must agree, `rise` times in a row.
