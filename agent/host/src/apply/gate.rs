@@ -11,7 +11,6 @@ use veza_plan::plan::EdgeCheck;
 use super::deploy::{exec_ok, shell_quote};
 use super::{Drivers, Edge, Hooks, StepError};
 use crate::clock::Clock;
-use crate::haproxy::parse::ServerStatus;
 use crate::http::Probe;
 use crate::incus::Incus;
 
@@ -80,20 +79,6 @@ pub enum EdgeView {
     NotUp,
 }
 
-impl EdgeView {
-    /// The view from a server's `show stat` status (`None`: HAProxy does not know it).
-    pub fn of(status: Option<&ServerStatus>) -> EdgeView {
-        match status {
-            Some(ServerStatus::Up) => EdgeView::Up,
-            None
-            | Some(ServerStatus::Maint { .. } | ServerStatus::NoCheck | ServerStatus::Other(_)) => {
-                EdgeView::Unknown
-            }
-            Some(_) => EdgeView::NotUp,
-        }
-    }
-}
-
 /// When the health gate opens: after `rise` consecutive healthy probes that also span
 /// `stable_for` ([`GATE_STABLE_FOR`], or nothing for a slot HAProxy's checks already
 /// hold healthy, see [`GateRule::for_slot`]). Any failed probe starts the count again.
@@ -146,7 +131,7 @@ pub(super) async fn health_gate<I: Incus, E: Edge, U, P: Probe, C: Clock, H: Hoo
     } else {
         let backend = naming::backend(&slot.env, &slot.app);
         let server = naming::server(slot.color, &slot.release);
-        EdgeView::of(d.edge.server_status(&backend, &server).await.ok().flatten().as_ref())
+        d.edge.server_view(&backend, &server).await.unwrap_or(EdgeView::Unknown)
     };
     let rule = GateRule::for_slot(slot, started_in_run, edge);
     let probe_timeout = Duration::from_millis(slot.health_timeout_ms.max(100));
@@ -289,23 +274,5 @@ mod tests {
         let up = GateRule::for_slot(&slot, false, Up);
         assert!(!GateRule { rise: 2, ..up }.opens(1, ms(5000)));
         assert!(GateRule { rise: 2, ..up }.opens(2, ms(200)));
-    }
-
-    #[test]
-    fn haproxy_statuses_read_as_views() {
-        let table = [
-            (None, EdgeView::Unknown),
-            (Some("UP"), EdgeView::Up),
-            (Some("DOWN"), EdgeView::NotUp),
-            (Some("UP 1/3"), EdgeView::NotUp), // a failed check since it came up
-            (Some("DOWN 1/2"), EdgeView::NotUp),
-            (Some("MAINT"), EdgeView::Unknown), // a `disabled` server is not checked
-            (Some("DRAIN"), EdgeView::NotUp),
-            (Some("no check"), EdgeView::Unknown),
-        ];
-        for (text, view) in table {
-            let status = text.map(ServerStatus::parse);
-            assert_eq!(EdgeView::of(status.as_ref()), view, "{text:?} -> {status:?}");
-        }
     }
 }

@@ -33,7 +33,6 @@ use veza_plan::{Action, Plan, Step};
 
 use crate::artifact::ArtifactStore;
 use crate::clock::{Clock, SystemClock};
-use crate::haproxy::parse::ServerStatus;
 use crate::http::{HttpProbe, Probe};
 
 use crate::incus::{
@@ -59,14 +58,15 @@ pub trait Edge: Sync {
     /// Validates, installs and reloads `config`; on any failure the previous config is
     /// back in place and serving, and the error says why.
     fn install(&self, config: &str) -> impl Future<Output = Result<(), String>> + Send;
-    /// What HAProxy's own health checks say of `server` in `backend` (`show stat`);
-    /// `None` when HAProxy has no view of it (not in the running config, or not running).
-    /// The health gate reads it once, before its probes.
-    fn server_status(
+    /// What HAProxy's own health checks say of `server` in `backend` (from `show stat`,
+    /// through `haproxy::parse::edge_view`); [`EdgeView::Unknown`] when HAProxy has no
+    /// view of it (not in the running config, not checked, or not running). The health
+    /// gate reads it once, before its probes; an error counts as no view.
+    fn server_view(
         &self,
         backend: &str,
         server: &str,
-    ) -> impl Future<Output = Result<Option<ServerStatus>, String>> + Send;
+    ) -> impl Future<Output = Result<EdgeView, String>> + Send;
 }
 
 /// What the caller wants to know or decide during a run.

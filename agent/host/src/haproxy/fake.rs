@@ -9,8 +9,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
 use super::install::{EdgePaths, InstallOptions, install};
-use super::parse::{EMPTY_STATE_FILE, ServerStatus};
+use super::parse::{EMPTY_STATE_FILE, ServerStatus, edge_view};
 use super::runtime::{EdgeError, EdgeRuntime};
+use crate::apply::EdgeView;
 
 /// One recorded operation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -137,7 +138,7 @@ impl FakeEdge {
         self.lock().servers_state = text.to_string();
     }
     /// What HAProxy's own health checks say of `server` in `backend` (its `show stat`
-    /// status), as the apply engine's [`Edge::server_status`](crate::apply::Edge) reads it.
+    /// status), as the apply engine's [`Edge::server_view`](crate::apply::Edge) reads it.
     pub fn set_server_status(&self, backend: &str, server: &str, status: ServerStatus) {
         self.lock().checked.insert((backend.to_string(), server.to_string()), status);
     }
@@ -327,15 +328,11 @@ impl crate::apply::Edge for FakeEdge {
         install(self, &EdgePaths::debian(), config, &opts).map(|_| ()).map_err(|e| e.to_string())
     }
 
-    async fn server_status(
-        &self,
-        backend: &str,
-        server: &str,
-    ) -> Result<Option<ServerStatus>, String> {
+    async fn server_view(&self, backend: &str, server: &str) -> Result<EdgeView, String> {
         let st = self.lock();
         if !st.running {
-            return Ok(None);
+            return Ok(EdgeView::Unknown);
         }
-        Ok(st.checked.get(&(backend.to_string(), server.to_string())).cloned())
+        Ok(edge_view(st.checked.get(&(backend.to_string(), server.to_string()))))
     }
 }
