@@ -6,11 +6,11 @@
 
 use std::path::PathBuf;
 
-use veza_host::apply::Edge;
+use veza_host::apply::{Edge, EdgeView};
 use veza_host::haproxy::install::{
     EdgePaths, InstallOptions, InstallOutcome, ReloadOutcome, install,
 };
-use veza_host::haproxy::parse::{BackendHealth, edge_health, parse_show_stat};
+use veza_host::haproxy::parse::{BackendHealth, edge_health, edge_view, parse_show_stat};
 use veza_host::haproxy::runtime::{
     EdgeRuntime as HaproxyRuntime, HostRuntime, IncusExec, InstanceRuntime,
 };
@@ -133,5 +133,11 @@ impl Edge for EdgeRuntime<'_> {
             .map(|_| ())
             .map_err(|e| e.to_string())
         })
+    }
+    /// From `show stat` through the master socket (the health view `status` shows).
+    async fn server_view(&self, backend: &str, server: &str) -> Result<EdgeView, String> {
+        let health = self.health().await?;
+        let server = health.iter().find(|b| b.backend == backend).and_then(|b| b.server(server));
+        Ok(edge_view(server.map(|s| &s.status)))
     }
 }

@@ -96,8 +96,10 @@ macro_rules! path {
 /// Positions of every node of a document, by key path.
 #[derive(Debug, Default, Clone)]
 pub struct Positions {
-    keys: HashMap<Vec<Seg>, Pos>,
-    values: HashMap<Vec<Seg>, Pos>,
+    /// Where each node's key (or sequence item) and its value start: one map, so that a
+    /// node costs one path clone and one hash (the index is built for every node of every
+    /// manifest, on every load).
+    nodes: HashMap<Vec<Seg>, Node>,
     scalars: HashMap<Vec<Seg>, String>,
 }
 
@@ -118,17 +120,15 @@ impl Positions {
         self.scalars
             .iter()
             .filter(|(path, value)| path.starts_with(under) && value.as_str() == text)
-            .filter_map(|(path, _)| self.values.get(path).copied())
+            .filter_map(|(path, _)| self.nodes.get(path).map(|n| n.value))
             .min()
     }
 
     fn lookup(&self, path: &[Seg], key: bool) -> Pos {
         let mut p = path;
         loop {
-            let hit = if key { self.keys.get(p) } else { self.values.get(p) }
-                .or_else(|| self.keys.get(p));
-            if let Some(pos) = hit {
-                return *pos;
+            if let Some(n) = self.nodes.get(p) {
+                return if key { n.key } else { n.value };
             }
             match p.split_last() {
                 Some((_, rest)) => p = rest,
@@ -136,6 +136,13 @@ impl Positions {
             }
         }
     }
+}
+
+/// The positions of one node.
+#[derive(Debug, Clone, Copy)]
+struct Node {
+    key: Pos,
+    value: Pos,
 }
 
 fn pos_of(m: Marker) -> Pos {
@@ -171,8 +178,7 @@ impl Indexer {
                 let mut p = path.clone();
                 p.push(Seg::Index(*next));
                 *next += 1;
-                self.positions.keys.insert(p.clone(), pos);
-                self.positions.values.insert(p.clone(), pos);
+                self.positions.nodes.insert(p.clone(), Node { key: pos, value: pos });
                 Some(p)
             }
             Some(Frame::Map { path, pending_key, expecting_key }) => {
@@ -183,8 +189,7 @@ impl Indexer {
                 let (k, kpos) = pending_key.take()?;
                 let mut p = path.clone();
                 p.push(Seg::Key(k));
-                self.positions.keys.insert(p.clone(), kpos);
-                self.positions.values.insert(p.clone(), pos);
+                self.positions.nodes.insert(p.clone(), Node { key: kpos, value: pos });
                 Some(p)
             }
         }

@@ -220,6 +220,12 @@ pub fn plan(
     for m in manifests {
         let env = &m.metadata.name;
         let prefix = m.metadata.instance_prefix();
+        // Each app's first route's path, looked up once per environment rather than by a
+        // scan of the routes per app (quadratic in the number of apps).
+        let mut route_paths: BTreeMap<&str, Option<&String>> = BTreeMap::new();
+        for r in m.edge.iter().flat_map(|e| &e.routes) {
+            route_paths.entry(r.app.as_str()).or_insert(r.path_prefix.as_ref());
+        }
         for (app_name, app) in &m.apps {
             let target = app.active;
             let live_active = live.active_color(env, app_name);
@@ -232,7 +238,10 @@ pub fn plan(
             if !changes_color && !redeployed {
                 continue;
             }
-            if b.refusals.iter().any(|r| r.resource == format!("instance {instance}")) {
+            if b.refusals
+                .iter()
+                .any(|r| r.resource.strip_prefix("instance ").is_some_and(|name| name == instance))
+            {
                 // The target slot is a foreign instance: never route traffic to it.
                 match live_active {
                     Some(c) => {
@@ -295,11 +304,11 @@ pub fn plan(
                 );
             }
             if let Some(edge) = &m.edge {
-                let path = edge
-                    .routes
-                    .iter()
-                    .find(|r| &r.app == app_name)
-                    .and_then(|r| r.path_prefix.clone())
+                let path = route_paths
+                    .get(app_name.as_str())
+                    .copied()
+                    .flatten()
+                    .cloned()
                     .unwrap_or_else(|| "/".to_string());
                 let listen =
                     edge.listen.as_ref().map_or("0.0.0.0:80".to_string(), |l| l.http.clone());

@@ -4,11 +4,12 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use veza_model::naming;
 use veza_plan::desired::SlotSpec;
 use veza_plan::plan::EdgeCheck;
 
 use super::deploy::{exec_ok, shell_quote};
-use super::{Drivers, Hooks, StepError};
+use super::{Drivers, Edge, Hooks, StepError};
 use crate::clock::Clock;
 use crate::http::Probe;
 use crate::incus::Incus;
@@ -66,8 +67,21 @@ pub const GATE_STABLE_FOR: Duration = Duration::from_secs(1);
 /// `rise × interval`.
 pub const GATE_PROBE_EVERY: Duration = Duration::from_millis(200);
 
+/// What HAProxy's own health checks said of the gated slot's server when its gate began.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EdgeView {
+    /// HAProxy has no view of it: not in the running config (a new release's server), in
+    /// maintenance (a `disabled` server is not checked), checks off, or no answer.
+    Unknown,
+    /// `UP`: its checks passed `rise` times and none failed since.
+    Up,
+    /// Anything else HAProxy checks: `DOWN`, going up or going down, draining.
+    NotUp,
+}
+
 /// When the health gate opens: after `rise` consecutive healthy probes that also span
-/// [`GATE_STABLE_FOR`]. Any failed probe starts the count again.
+/// `stable_for` ([`GATE_STABLE_FOR`], or nothing for a slot HAProxy's checks already
+/// hold healthy, see [`GateRule::for_slot`]). Any failed probe starts the count again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GateRule {
     /// Consecutive healthy probes required (at least 1).
@@ -77,9 +91,16 @@ pub struct GateRule {
 }
 
 impl GateRule {
-    /// The rule for a slot.
-    pub fn for_slot(slot: &SlotSpec) -> GateRule {
-        GateRule { rise: slot.health_rise.max(1), stable_for: GATE_STABLE_FOR }
+    /// The rule for a slot: `rise` probes in a row always; the [`GATE_STABLE_FOR`] window
+    /// too, unless the slot was running before this run (`started_in_run` false) and
+    /// HAProxy's own checks show its server `UP` — they already watched it pass `rise`
+    /// checks, `inter` apart, so the window would only repeat them.
+    pub fn for_slot(slot: &SlotSpec, started_in_run: bool, edge: EdgeView) -> GateRule {
+        let checked = !started_in_run && edge == EdgeView::Up;
+        GateRule {
+            rise: slot.health_rise.max(1),
+            stable_for: if checked { Duration::ZERO } else { GATE_STABLE_FOR },
+        }
     }
 
     /// The shortest time in which the gate can open: `rise` probes [`GATE_PROBE_EVERY`]
@@ -95,13 +116,24 @@ impl GateRule {
     }
 }
 
-pub(super) async fn health_gate<I: Incus, E, U, P: Probe, C: Clock, H: Hooks>(
+/// The gate of `instance`: [`GateRule::for_slot`] with HAProxy's view of the slot's
+/// server (read once, before the probes; an error reads as no view), then probes
+/// [`GATE_PROBE_EVERY`] until the rule opens or `health_timeout` runs out.
+pub(super) async fn health_gate<I: Incus, E: Edge, U, P: Probe, C: Clock, H: Hooks>(
     d: &Drivers<'_, I, E, U, P, C>,
     instance: &str,
     slot: &SlotSpec,
+    started_in_run: bool,
     hooks: &H,
 ) -> Result<(), StepError> {
-    let rule = GateRule::for_slot(slot);
+    let edge = if started_in_run {
+        EdgeView::Unknown
+    } else {
+        let backend = naming::backend(&slot.env, &slot.app);
+        let server = naming::server(slot.color, &slot.release);
+        d.edge.server_view(&backend, &server).await.unwrap_or(EdgeView::Unknown)
+    };
+    let rule = GateRule::for_slot(slot, started_in_run, edge);
     let probe_timeout = Duration::from_millis(slot.health_timeout_ms.max(100));
     let least = rule.least_time();
     if least >= d.gates.health_timeout {
@@ -213,5 +245,34 @@ mod tests {
         {
             assert_eq!(rule(rise).least_time(), least, "rise {rise}");
         }
+    }
+
+    #[test]
+    fn the_stable_window_is_skipped_only_for_a_running_slot_haproxy_holds_up() {
+        use EdgeView::{NotUp, Unknown, Up};
+        let ms = Duration::from_millis;
+        let mut slot = crate::apply::tests::slot(veza_model::manifest::Color::Green);
+        // (health.rise, started in this run, HAProxy's view, stable_for, least time)
+        let table = [
+            (2, false, Up, ms(0), ms(200)), // two healthy colors: rise probes only
+            (1, false, Up, ms(0), ms(0)),
+            (5, false, Up, ms(0), ms(800)),
+            (2, true, Up, ms(1000), ms(1000)), // just started: HAProxy's UP predates it
+            (2, false, Unknown, ms(1000), ms(1000)), // HAProxy does not know the server
+            (2, false, NotUp, ms(1000), ms(1000)), // HAProxy sees it DOWN or flapping
+            (2, true, Unknown, ms(1000), ms(1000)),
+            (0, false, Up, ms(0), ms(0)), // rise 0 counts as 1
+        ];
+        for (rise, started, view, stable_for, least) in table {
+            slot.health_rise = rise;
+            let r = GateRule::for_slot(&slot, started, view);
+            let case = format!("rise {rise}, started {started}, {view:?}");
+            assert_eq!(r, GateRule { rise: rise.max(1), stable_for }, "{case}");
+            assert_eq!(r.least_time(), least, "{case}");
+        }
+        // A server one probe short of `rise` does not open, whatever HAProxy says.
+        let up = GateRule::for_slot(&slot, false, Up);
+        assert!(!GateRule { rise: 2, ..up }.opens(1, ms(5000)));
+        assert!(GateRule { rise: 2, ..up }.opens(2, ms(200)));
     }
 }

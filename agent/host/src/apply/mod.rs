@@ -46,7 +46,7 @@ mod gate;
 mod tests;
 
 use deploy::{MigrationError, deploy_release, redact, run_migration};
-pub use gate::{GATE_PROBE_EVERY, GATE_STABLE_FOR, GateRule};
+pub use gate::{EdgeView, GATE_PROBE_EVERY, GATE_STABLE_FOR, GateRule};
 use gate::{health_gate, verify_edge};
 pub use veza_plan::slot::{APP_ENV_FILE, APP_RUN_SCRIPT};
 
@@ -58,6 +58,15 @@ pub trait Edge: Sync {
     /// Validates, installs and reloads `config`; on any failure the previous config is
     /// back in place and serving, and the error says why.
     fn install(&self, config: &str) -> impl Future<Output = Result<(), String>> + Send;
+    /// What HAProxy's own health checks say of `server` in `backend` (from `show stat`,
+    /// through `haproxy::parse::edge_view`); [`EdgeView::Unknown`] when HAProxy has no
+    /// view of it (not in the running config, not checked, or not running). The health
+    /// gate reads it once, before its probes; an error counts as no view.
+    fn server_view(
+        &self,
+        backend: &str,
+        server: &str,
+    ) -> impl Future<Output = Result<EdgeView, String>> + Send;
 }
 
 /// What the caller wants to know or decide during a run.
@@ -206,7 +215,7 @@ pub async fn apply<I: Incus, E: Edge, U: Units, P: Probe, C: Clock, H: Hooks>(
             }
         }
         let result = match &step.action {
-            Action::Promote(switch) => promote(i, step, switch, d, hooks).await,
+            Action::Promote(switch) => promote(plan, i, step, switch, d, hooks).await,
             Action::VerifyEdge(check) => {
                 verify_edge(d.probe, check, d.gates.verify_requests, d.gates.probe_timeout)
                     .await
@@ -219,18 +228,21 @@ pub async fn apply<I: Incus, E: Edge, U: Units, P: Probe, C: Clock, H: Hooks>(
                     })
             }
             Action::HealthGate(gate) => {
-                health_gate(d, &gate.instance, &gate.slot, hooks).await.map_err(|e| match e {
-                    // A slot that keeps its traffic (no color change) was rebuilt in place
-                    // (`in_place_updates`) or started again: it still gets the traffic.
-                    // Any other slot never had it. Say what is true.
-                    StepError::Unhealthy(why) if gate.serving => {
-                        StepError::RolledBack(format!("{why}; {}", still_serving(plan, gate)))
-                    }
-                    StepError::Unhealthy(why) => {
-                        StepError::RolledBack(format!("{why}; traffic was not moved"))
-                    }
-                    other => other,
-                })
+                let fresh = started_in_run(plan, &gate.instance);
+                health_gate(d, &gate.instance, &gate.slot, fresh, hooks).await.map_err(
+                    |e| match e {
+                        // A slot that keeps its traffic (no color change) was rebuilt in place
+                        // (`in_place_updates`) or started again: it still gets the traffic.
+                        // Any other slot never had it. Say what is true.
+                        StepError::Unhealthy(why) if gate.serving => {
+                            StepError::RolledBack(format!("{why}; {}", still_serving(plan, gate)))
+                        }
+                        StepError::Unhealthy(why) => {
+                            StepError::RolledBack(format!("{why}; traffic was not moved"))
+                        }
+                        other => other,
+                    },
+                )
             }
             other => run_step(other, d).await,
         };
@@ -290,6 +302,7 @@ fn still_serving(plan: &Plan, gate: &Gate) -> String {
 /// edge; a failed check puts the fallback (or the config live before) back. A stop
 /// request is honoured between gates, never once the switch began.
 async fn promote<I: Incus, E: Edge, U: Units, P: Probe, C: Clock, H: Hooks>(
+    plan: &Plan,
     index: usize,
     step: &Step,
     switch: &Switch,
@@ -301,7 +314,8 @@ async fn promote<I: Incus, E: Edge, U: Units, P: Probe, C: Clock, H: Hooks>(
             return Err(StepError::Stopped);
         }
         hooks.phase(index, step, Phase::Gate, &gate.instance);
-        health_gate(d, &gate.instance, &gate.slot, hooks).await.map_err(|e| match e {
+        let fresh = started_in_run(plan, &gate.instance);
+        health_gate(d, &gate.instance, &gate.slot, fresh, hooks).await.map_err(|e| match e {
             StepError::Unhealthy(why) => {
                 StepError::RolledBack(format!("{why}; traffic was not moved"))
             }
@@ -342,6 +356,16 @@ async fn promote<I: Incus, E: Edge, U: Units, P: Probe, C: Clock, H: Hooks>(
         };
     }
     Ok(())
+}
+
+/// Whether `instance` is (re)started by this run: created, updated, deployed to, started,
+/// or given new units by one of `plan`'s steps. Such a slot's gate keeps the full
+/// stability window ([`GATE_STABLE_FOR`]): HAProxy's view of it predates the change.
+fn started_in_run(plan: &Plan, instance: &str) -> bool {
+    plan.steps.iter().any(|s| match &s.action {
+        Action::Snapshot { .. } | Action::HealthGate(_) | Action::Promote(_) => false,
+        other => other.instances().contains(&instance),
+    })
 }
 
 async fn run_step<I: Incus, E: Edge, U: Units, P: Probe, C: Clock>(

@@ -18,6 +18,7 @@ use crate::artifact::ArtifactStore;
 use crate::clock::FakeClock;
 use crate::haproxy::fake::FakeEdge;
 use crate::haproxy::install::EdgePaths;
+use crate::haproxy::parse::ServerStatus;
 use crate::http::fake::{Answer, ScriptedProbe};
 use veza_model::live::{InstanceStatus, LiveInstance};
 
@@ -132,7 +133,7 @@ fn ok(n: char) -> Answer {
 }
 
 /// The `color` slot of prod/web with release 2, probed on `GREEN` (rise 2).
-fn slot(color: Color) -> SlotSpec {
+pub(super) fn slot(color: Color) -> SlotSpec {
     SlotSpec {
         env: "prod".into(),
         app: "web".into(),
@@ -280,6 +281,71 @@ fn the_gate_opens_after_rise_healthy_probes_over_the_stable_time_and_starts_over
         assert_eq!(w.probe.requests_to(GREEN), probes, "{answers:?}");
         assert_eq!(report.timings[0].1, opened_at, "{answers:?}");
     }
+}
+
+/// Started by this run, HAProxy's `(server, status)`, the slot's answers, probes sent,
+/// the gate's time on the clock in ms.
+type Case = (bool, Option<(&'static str, &'static str)>, Vec<Answer>, usize, u64);
+
+#[test]
+fn a_running_slot_haproxy_holds_up_opens_after_rise_probes_and_any_other_waits_the_full_second() {
+    let refused = || Answer::Refused;
+    // The server prod/web's green slot (release 2) has in the edge's config.
+    let green_2 = "green-2222222222";
+    // (started by this run, HAProxy's status of a server, answers of the slot, probes
+    // sent, gate time on the clock in ms)
+    let table: [Case; 8] = [
+        // Two healthy running colors: rise (2) probes, 200 ms apart.
+        (false, Some((green_2, "UP")), vec![ok('2')], 2, 200),
+        // The agent's probe must agree, `rise` times in a row.
+        (false, Some((green_2, "UP")), vec![refused(), refused(), ok('2')], 4, 600),
+        // HAProxy has no view of the slot: today's rule.
+        (false, None, vec![ok('2')], 6, 1000),
+        // A `disabled` server (MAINT) is not checked.
+        (false, Some((green_2, "MAINT")), vec![ok('2')], 6, 1000),
+        // Another release's server is UP: says nothing of this one.
+        (false, Some(("green-1111111111", "UP")), vec![ok('2')], 6, 1000),
+        // HAProxy sees it DOWN, or a check failed since it came up.
+        (false, Some((green_2, "DOWN")), vec![ok('2')], 6, 1000),
+        (false, Some((green_2, "UP 1/3")), vec![ok('2')], 6, 1000),
+        // Started by this run: HAProxy's UP predates it.
+        (true, Some((green_2, "UP")), vec![ok('2')], 6, 1000),
+    ];
+    for (started, status, answers, probes, opened_at) in table {
+        let case = format!("started {started}, HAProxy {status:?}, answers {answers:?}");
+        let w = World::new();
+        if let Some((server, text)) = status {
+            w.edge.set_server_status("prod_web", server, ServerStatus::parse(text));
+        }
+        w.probe.script(GREEN, answers);
+        w.probe.script(LISTEN, [ok('2')]);
+        let plan = if started {
+            created_by_an_earlier_run(&w.incus, "web-green", "web");
+            plan_of(vec![Action::StartInstance { name: "web-green".into() }, promote()])
+        } else {
+            promotion(Vec::new())
+        };
+        let report = w.run(&plan, &mut Script::default());
+        assert_eq!(report.outcome, ApplyOutcome::Applied, "{case}: {report:?}");
+        assert_eq!(w.probe.requests_to(GREEN), probes, "{case}");
+        let gate_ms = report.timings.iter().find(|(step, _)| step == PROMOTE).map(|t| t.1);
+        assert_eq!(gate_ms, Some(opened_at), "{case}: {:?}", report.timings);
+        assert_eq!(w.edge_config(), EDGE_GREEN, "{case}");
+    }
+}
+
+#[test]
+fn a_slot_haproxy_holds_up_that_the_probe_never_confirms_keeps_the_traffic() {
+    let w = World::new();
+    w.edge.set_server_status("prod_web", "green-2222222222", ServerStatus::Up);
+    w.probe.script(GREEN, [Answer::Status(503)]);
+    let report = w.run(&promotion(Vec::new()), &mut Script::default());
+    let ApplyOutcome::RolledBack { reason } = &report.outcome else {
+        panic!("not rolled back: {report:?}");
+    };
+    assert!(reason.contains("traffic was not moved"), "{reason}");
+    assert_eq!(w.edge_config(), EDGE_BLUE);
+    assert_eq!(w.edge.reloads(), 0);
 }
 
 #[test]

@@ -9,8 +9,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
 use super::install::{EdgePaths, InstallOptions, install};
-use super::parse::EMPTY_STATE_FILE;
+use super::parse::{EMPTY_STATE_FILE, ServerStatus, edge_view};
 use super::runtime::{EdgeError, EdgeRuntime};
+use crate::apply::EdgeView;
 
 /// One recorded operation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,6 +59,8 @@ struct State {
     workers: Vec<u32>,
     next_pid: u32,
     servers_state: String,
+    /// What HAProxy's checks say of a server, by `(backend, server)`.
+    checked: BTreeMap<(String, String), ServerStatus>,
     invalid_marker: String,
     config_path: PathBuf,
 }
@@ -90,6 +93,7 @@ impl FakeEdge {
                 workers: vec![101],
                 next_pid: 102,
                 servers_state: EMPTY_STATE_FILE.to_string(),
+                checked: BTreeMap::new(),
                 invalid_marker: "bogus".to_string(),
                 config_path: PathBuf::from("/etc/haproxy/haproxy.cfg"),
             }),
@@ -132,6 +136,11 @@ impl FakeEdge {
     /// What `@1 show servers state` answers.
     pub fn set_servers_state(&self, text: &str) {
         self.lock().servers_state = text.to_string();
+    }
+    /// What HAProxy's own health checks say of `server` in `backend` (its `show stat`
+    /// status), as the apply engine's [`Edge::server_view`](crate::apply::Edge) reads it.
+    pub fn set_server_status(&self, backend: &str, server: &str, status: ServerStatus) {
+        self.lock().checked.insert((backend.to_string(), server.to_string()), status);
     }
     /// Configs containing this text are invalid (default `bogus`).
     pub fn set_invalid_marker(&self, marker: &str) {
@@ -317,5 +326,13 @@ impl crate::apply::Edge for FakeEdge {
         let opts =
             InstallOptions { poll_interval: std::time::Duration::ZERO, ..Default::default() };
         install(self, &EdgePaths::debian(), config, &opts).map(|_| ()).map_err(|e| e.to_string())
+    }
+
+    async fn server_view(&self, backend: &str, server: &str) -> Result<EdgeView, String> {
+        let st = self.lock();
+        if !st.running {
+            return Ok(EdgeView::Unknown);
+        }
+        Ok(edge_view(st.checked.get(&(backend.to_string(), server.to_string()))))
     }
 }

@@ -12,7 +12,7 @@ use std::fmt;
 mod health;
 mod prune;
 
-pub use health::{BackendHealth, ServerHealth, edge_health};
+pub use health::{BackendHealth, ServerHealth, edge_health, edge_view};
 pub use prune::{DropReason, DroppedServer, EMPTY_STATE_FILE, PrunedState, prune_servers_state};
 
 /// Output that does not have the expected shape.

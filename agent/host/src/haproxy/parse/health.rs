@@ -4,6 +4,8 @@
 use std::collections::BTreeMap;
 
 use veza_model::manifest::Color;
+
+use crate::apply::EdgeView;
 use veza_model::naming;
 
 use super::{AdminState, ServerStatus, ServersState, StatRow, StatType};
@@ -32,6 +34,19 @@ pub struct ServerHealth {
     pub admin: Option<AdminState>,
     /// `address:port`.
     pub addr: Option<String>,
+}
+
+/// What a server's `show stat` status tells the health gate (`None`: HAProxy does not
+/// know the server).
+pub fn edge_view(status: Option<&ServerStatus>) -> EdgeView {
+    match status {
+        Some(ServerStatus::Up) => EdgeView::Up,
+        None
+        | Some(ServerStatus::Maint { .. } | ServerStatus::NoCheck | ServerStatus::Other(_)) => {
+            EdgeView::Unknown
+        }
+        Some(_) => EdgeView::NotUp,
+    }
 }
 
 /// Health of one backend.
@@ -103,4 +118,27 @@ pub fn edge_health(stat: &[StatRow], state: Option<&ServersState>) -> Vec<Backen
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn haproxy_statuses_read_as_views() {
+        let table = [
+            (None, EdgeView::Unknown),
+            (Some("UP"), EdgeView::Up),
+            (Some("DOWN"), EdgeView::NotUp),
+            (Some("UP 1/3"), EdgeView::NotUp), // a failed check since it came up
+            (Some("DOWN 1/2"), EdgeView::NotUp),
+            (Some("MAINT"), EdgeView::Unknown), // a `disabled` server is not checked
+            (Some("DRAIN"), EdgeView::NotUp),
+            (Some("no check"), EdgeView::Unknown),
+        ];
+        for (text, view) in table {
+            let status = text.map(ServerStatus::parse);
+            assert_eq!(edge_view(status.as_ref()), view, "{text:?} -> {status:?}");
+        }
+    }
 }
