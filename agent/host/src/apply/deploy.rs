@@ -140,9 +140,12 @@ where
 {
     let bytes = d.artifacts.fetch(&slot.artifact_url, &slot.sha256).map_err(|e| e.to_string())?;
     let archive = d.artifacts.for_slot(&slot.artifact_url, bytes).map_err(|e| e.to_string())?;
-    let tarball = "/tmp/veza-release.tar";
+    // Not in /tmp: a slot just created may still be booting, and systemd empties /tmp at
+    // boot (tmpfiles `D /tmp`), which would remove the file between push and unpack.
+    let tarball = "/var/lib/veza-agent/release.tar";
     let mut push = FilePush::new(tarball, archive.bytes);
     push.mode = 0o600;
+    push.create_parents = true;
     crate::incus::push_file_verified(d.incus, instance, &push).await.map_err(|e| e.to_string())?;
     let unpack = format!(
         "set -e; rm -rf {target}; mkdir -p {target}; tar {opt} -xf {tarball} -C {target}; rm -f {tarball}",
