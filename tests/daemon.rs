@@ -218,16 +218,28 @@ fn a_suspended_daemon_applies_nothing_until_resumed_then_applies_at_the_next_pol
     });
     // The poll after `resume` (2 s + jitter) applied it: no second cycle was needed.
     let history = h.agent(&["history", "--json"]).unwrap().stdout_str();
-    let entries: serde_json::Value = serde_json::from_str(&history).expect("history JSON");
+    // One JSON entry per line.
+    let entries: Vec<serde_json::Value> =
+        history.lines().map(|l| serde_json::from_str(l).expect("a history entry")).collect();
     let applied = entries
-        .as_array()
-        .and_then(|e| e.iter().position(|x| x["commit"] == promote.as_str()))
-        .expect("the promotion is in the history");
+        .iter()
+        .position(|x| x["commit"] == promote.as_str() && x["outcome"] == "applied")
+        .unwrap_or_else(|| panic!("the promotion is not in the history: {entries:#?}"));
     let resumed_at = entries
-        .as_array()
-        .and_then(|e| e.iter().position(|x| x.to_string().contains("resumed")))
-        .expect("the resume is in the history");
-    assert!(applied < resumed_at, "the promotion is recorded after the resume: {entries:#}");
+        .iter()
+        .position(|x| x["outcome"] == "resumed")
+        .unwrap_or_else(|| panic!("the resume is not in the history: {entries:#?}"));
+    let at = |i: usize| entries[i]["at_ms"].as_i64().unwrap_or_default();
+    assert!(at(applied) >= at(resumed_at), "applied before the resume? {entries:#?}");
+    // Nothing but held syncs between the resume and the promotion's sync.
+    let between = entries
+        .iter()
+        .filter(|x| {
+            let t = x["at_ms"].as_i64().unwrap_or_default();
+            t > at(resumed_at) && t < at(applied)
+        })
+        .count();
+    assert_eq!(between, 0, "a sync ran between the resume and the promotion: {entries:#?}");
     eprintln!("applied {:.1} s after resume (poll 2 s)", resumed.elapsed().as_secs_f64());
     assert_eq!(h.served_release().unwrap(), h.releases[1].id);
 }
