@@ -36,15 +36,27 @@ pub fn job_metrics(state: &AgentState) -> Vec<JobMetric> {
         .collect()
 }
 
+/// Appends one metric in the textfile format: its `HELP` and `TYPE` lines, then one line
+/// per `(labels, value)`.
+fn write_metric(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    kind: &str,
+    lines: Vec<(String, String)>,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+    for (labels, value) in lines {
+        let _ = writeln!(out, "{name}{labels} {value}");
+    }
+}
+
 /// Renders the metrics text. `now` is unix seconds; `stale` is the freshness verdict.
 pub fn render(state: &AgentState, jobs: &[JobMetric], now: i64, stale: bool) -> String {
     let mut out = String::new();
     let mut metric = |name: &str, help: &str, kind: &str, lines: Vec<(String, String)>| {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} {kind}");
-        for (labels, value) in lines {
-            let _ = writeln!(out, "{name}{labels} {value}");
-        }
+        write_metric(&mut out, name, help, kind, lines)
     };
     let mut active = Vec::new();
     for (env, e) in &state.envs {
@@ -185,11 +197,7 @@ pub fn render(state: &AgentState, jobs: &[JobMetric], now: i64, stale: bool) -> 
 pub fn render_previews(p: &crate::previews::Previews) -> String {
     let mut out = String::new();
     let mut metric = |name: &str, help: &str, kind: &str, lines: Vec<(String, String)>| {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} {kind}");
-        for (labels, value) in lines {
-            let _ = writeln!(out, "{name}{labels} {value}");
-        }
+        write_metric(&mut out, name, help, kind, lines)
     };
     let failures = ["fetch", "plan", "post"]
         .iter()

@@ -202,13 +202,6 @@ pub struct Switch {
     pub fallback: Option<String>,
 }
 
-impl Switch {
-    /// Whether `env/app` changes color here.
-    pub fn promotes(&self, env: &str, app: &str) -> bool {
-        self.promotions.iter().any(|p| p.env == env && p.app == app)
-    }
-}
-
 /// A phase of a promotion, as the journal and logs name it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
