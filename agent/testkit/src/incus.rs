@@ -444,18 +444,23 @@ impl LifecycleWatch {
         let pid =
             incus(["monitor", "--type=lifecycle", "--format=json"]).spawn_daemon(Some(log))?;
         let watch = LifecycleWatch { pid, log: log.to_path_buf() };
-        let sentinel = TestProfile::create(&[], serde_json::json!({}))?;
-        for _ in 0..500 {
-            if watch
-                .events()
-                .iter()
-                .any(|e| e.contains(&format!("/1.0/profiles/{}", sentinel.name())))
-            {
+        // A sentinel created before the monitor subscribed is never seen: another one
+        // every 0.5 s until one is (on a loaded machine the monitor takes its time).
+        let mut sentinels = Vec::new();
+        for i in 0..3000 {
+            if i % 50 == 0 {
+                sentinels.push(TestProfile::create(&[], serde_json::json!({}))?);
+            }
+            let events = watch.events();
+            let seen = sentinels.iter().any(|sentinel| {
+                events.iter().any(|e| e.contains(&format!("/1.0/profiles/{}", sentinel.name())))
+            });
+            if seen {
                 return Ok(watch);
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        anyhow::bail!("`incus monitor` recorded nothing within 5s (see {})", log.display())
+        anyhow::bail!("`incus monitor` recorded nothing within 30s (see {})", log.display())
     }
 
     /// The events recorded so far, one JSON document per entry.
