@@ -243,3 +243,90 @@ fn a_suspended_daemon_applies_nothing_until_resumed_then_applies_at_the_next_pol
     eprintln!("applied {:.1} s after resume (poll 2 s)", resumed.elapsed().as_secs_f64());
     assert_eq!(h.served_release().unwrap(), h.releases[1].id);
 }
+
+/// Issue 18: between full readings, a daemon whose commit is applied reuses its last
+/// observation while Incus's event stream reports no change; a change made through Incus
+/// is seen by the very next sync; a change Incus cannot report (a file on the host) waits
+/// for the next full reading (`poll.full_observation`), and nothing is ever applied from a
+/// reused reading.
+#[test]
+fn a_quiet_host_is_not_read_again_until_incus_reports_a_change_or_a_full_reading_is_due() {
+    let h = host();
+    poll_hourly(&h);
+    let text = std::fs::read_to_string(&h.config_path).unwrap();
+    std::fs::write(
+        &h.config_path,
+        text.replace("interval: 1h", "interval: 1h, full_observation: 4s"),
+    )
+    .unwrap();
+    let first = h.commit(&h.manifest("blue", Some(0), Some(1)), "two slots").unwrap();
+    let d = Daemon::start(&h);
+    d.wait_for("the first sync", Duration::from_secs(90), || {
+        status(&h)["state"]["applied"]["commit"] == first
+    });
+    // `sync --json`: the outcome and how the observation stage went.
+    let sync = || -> (String, String) {
+        let out = h.agent(&["sync", "--json"]).unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}{}", out.stdout_str(), out.stderr_str());
+        let v: serde_json::Value = serde_json::from_str(out.stdout_str().trim()).unwrap();
+        let observe = v["stages_us"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s[0].as_str())
+            .filter(|s| s.starts_with("observe ("))
+            .collect::<Vec<_>>()
+            .join(", ");
+        (v["outcome"].as_str().unwrap_or_default().to_string(), observe)
+    };
+    // Read once (the first sync kept its reading), then reused while nothing changes.
+    let (outcome, observe) = sync();
+    assert_eq!(outcome, "no-change");
+    let (outcome, observe2) = sync();
+    assert_eq!(
+        (outcome.as_str(), observe2.as_str()),
+        ("no-change", "observe (reused)"),
+        "{observe}"
+    );
+    // No write, no exec, no file read either. (The watch's own sentinel profiles are
+    // Incus changes, but not of anything this host declares or owns: they do not count.)
+    let watch = veza_testkit::incus::LifecycleWatch::start(&h.dir.join("lifecycle.json")).unwrap();
+    let before = watch.about(&h.env).len();
+    let (_, again) = sync();
+    assert_eq!(again, "observe (reused)");
+    std::thread::sleep(Duration::from_millis(300));
+    let touched = watch.about(&h.env).split_off(before);
+    assert!(touched.is_empty(), "a reused no-change sync touched Incus: {touched:?}");
+    drop(watch);
+
+    // Drift through Incus: the next sync sees it (the event stream) and corrects it.
+    let green = format!("{}-hello-green", h.env);
+    Cmd::new("incus").args(["config", "device", "remove", &green, "veza-upstream"]).run().unwrap();
+    let (outcome, observe) = sync();
+    assert_eq!((outcome.as_str(), observe.as_str()), ("applied", "observe (incus changed)"));
+    let devices =
+        Cmd::new("incus").args(["config", "device", "list", &green]).run_stdout().unwrap();
+    assert!(devices.contains("veza-upstream"), "drift was not corrected: {devices}");
+    // After a change, the next sync reads again (the run's own writes moved the stream),
+    // then reuses.
+    let (outcome, _) = sync();
+    assert_eq!(outcome, "no-change");
+    let (outcome, observe) = sync();
+    assert_eq!((outcome.as_str(), observe.as_str()), ("no-change", "observe (reused)"));
+
+    // Drift Incus cannot report: the edge's config on the host. A reused reading does not
+    // see it; the full reading `full_observation` after the last one does, and repairs it.
+    let cfg = h.haproxy.config_path().to_path_buf();
+    let rendered = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, format!("{rendered}# edited by hand\n")).unwrap();
+    let (outcome, observe) = sync();
+    assert_eq!((outcome.as_str(), observe.as_str()), ("no-change", "observe (reused)"));
+    assert!(std::fs::read_to_string(&cfg).unwrap().ends_with("# edited by hand\n"));
+    std::thread::sleep(Duration::from_secs(4));
+    let (outcome, observe) = sync();
+    assert_eq!((outcome.as_str(), observe.as_str()), ("applied", "observe (full reading due)"));
+    assert_eq!(std::fs::read_to_string(&cfg).unwrap(), rendered, "the edge config was repaired");
+    assert!(h.served_release().is_ok_and(|r| r == h.releases[0].id));
+    d.signal("TERM");
+    d.wait_for("the daemon to stop", Duration::from_secs(30), || !d.alive());
+}
