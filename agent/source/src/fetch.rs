@@ -195,12 +195,6 @@ fn open_options(transfer: Option<&Transfer>) -> gix::open::Options {
     if let Some(ca) = transfer.and_then(|t| t.ca_file.as_ref()) {
         overrides.push(format!("http.sslCAInfo={}", ca.display()));
     }
-    if transfer.is_some() {
-        // Protocol v1: a poll that finds the branch unchanged is one request (the ref
-        // advertisement), where v2 takes two (capabilities, then `ls-refs`). The
-        // advertisement of a manifests repository is small, and capped (`max_refs`).
-        overrides.push("protocol.version=1".to_string());
-    }
     if let Some(t) = transfer.map(|t| t.timeout) {
         // Backstops that end a stuck worker thread; a little longer than the watchdog so
         // that the watchdog, not curl, decides and reports the timeout.
