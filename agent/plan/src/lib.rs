@@ -5,6 +5,8 @@
 pub mod adopt;
 pub mod desired;
 pub mod edge;
+#[cfg(any(test, feature = "fixtures"))]
+pub mod fixtures;
 pub mod plan;
 pub mod simulate;
 pub mod slot;

@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use veza_model::manifest::{Color, Release};
+use veza_model::manifest::Color;
+use veza_plan::fixtures::release;
 use veza_plan::desired::SlotSpec;
 use veza_plan::plan::{EdgeCheck, Gate, Phase, Promotion, Switch};
 use veza_plan::slot::{migration_files, slot_files};
@@ -124,35 +125,13 @@ const GREEN: &str = "127.0.0.1:18081";
 /// Where the edge listens.
 const LISTEN: &str = "127.0.0.1:18080";
 
-fn release(n: char) -> Release {
-    Release::try_from(n.to_string().repeat(40)).expect("a release")
-}
-
 fn ok(n: char) -> Answer {
     Answer::Release(200, release(n).to_string())
 }
 
 /// The `color` slot of prod/web with release 2, probed on `GREEN` (rise 2).
 pub(super) fn slot(color: Color) -> SlotSpec {
-    SlotSpec {
-        env: "prod".into(),
-        app: "web".into(),
-        color,
-        release: release('2'),
-        artifact_url: "https://forge.example/web.tar.gz".into(),
-        sha256: "0".repeat(64),
-        install_dir: "/srv/web".into(),
-        start: "./server".into(),
-        port: 8080,
-        health_path: "/health".into(),
-        expect_status: 200,
-        health_rise: 2,
-        health_timeout_ms: 2000,
-        loopback: Some(GREEN.into()),
-        environment: BTreeMap::new(),
-        secrets: BTreeMap::new(),
-        migrate: None,
-    }
+    SlotSpec { loopback: Some(GREEN.into()), ..veza_plan::fixtures::slot("prod", "web", color, '2') }
 }
 
 /// The gate of a slot traffic would move to.

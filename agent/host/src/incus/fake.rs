@@ -20,7 +20,7 @@ use super::types::{
     Config, Devices, ExecOutput, ExecRequest, InstanceStatus, LiveInstance, LivePool, LiveProfile,
     LiveState, RunningOperation, SnapshotInfo,
 };
-use super::{Result, refuse_existing, require_owned, validate_name};
+use super::{Result, adoption_writes, refuse_existing, require_owned, validate_name};
 
 mod resources;
 
@@ -126,11 +126,7 @@ impl State {
     }
 
     fn owned_instance(&mut self, name: &str) -> Result<LiveInstance> {
-        let inst = self.get_instance(name)?.ok_or_else(|| IncusError::NotFound {
-            kind: ResourceKind::Instance,
-            name: name.to_string(),
-            instance: None,
-        })?;
+        let inst = self.get_instance(name)?.ok_or_else(|| not_found(ResourceKind::Instance, name))?;
         require_owned(ResourceKind::Instance, name, &inst.config)?;
         Ok(inst)
     }
@@ -139,6 +135,30 @@ impl State {
         validate_name("profile name", name)?;
         self.record(format!("GET /1.0/profiles/{name}"), false)?;
         Ok(self.live.profiles.get(name).cloned())
+    }
+
+    /// Adoption's marking write, the same for instances and profiles: `now` is the
+    /// resource as read just before (what changed since it was assessed, its config),
+    /// `config` finds its config in the state to add the marks to. `Ok(false)` when the
+    /// marks are already there (nothing recorded past the read).
+    fn write_marks(
+        &mut self,
+        kind: ResourceKind,
+        name: &str,
+        marks: &Config,
+        now: Option<(Vec<String>, Config)>,
+        config: impl FnOnce(&mut LiveState) -> Option<&mut Config>,
+    ) -> Result<bool> {
+        let (changes, current) = now.ok_or_else(|| not_found(kind, name))?;
+        if !adoption_writes(kind, name, &current, marks, changes)? {
+            return Ok(false);
+        }
+        let collection = if kind == ResourceKind::Instance { "instances" } else { "profiles" };
+        self.record(format!("PUT /1.0/{collection}/{name}"), true)?;
+        if let Some(c) = config(&mut self.live) {
+            c.extend(marks.clone());
+        }
+        Ok(true)
     }
 
     /// Recomputes what incusd derives: expanded devices and profiles' `used_by`.
@@ -175,6 +195,11 @@ impl State {
             None => Ok(()),
         }
     }
+}
+
+/// Incus's 404 for a resource that is not there.
+fn not_found(kind: ResourceKind, name: &str) -> IncusError {
+    IncusError::NotFound { kind, name: name.to_string(), instance: None }
 }
 
 fn expand(profiles: &BTreeMap<String, LiveProfile>, names: &[String], local: &Devices) -> Devices {

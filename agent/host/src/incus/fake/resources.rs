@@ -9,11 +9,11 @@ use super::super::types::{
     StateAction, StateChange, with_mark,
 };
 use super::super::{
-    Incus, Result, Scope, adoption_writes, instance_changes, instance_matches, merged_put_config,
+    Incus, Result, Scope, instance_changes, instance_matches, merged_put_config,
     profile_changes, profile_matches, require_deletable, require_owned, snapshot_name,
     validate_file_path, validate_marks, validate_name, validate_probe_path, validate_user_key,
 };
-use super::{FakeIncus, FakeOperation, expand, has_root_disk};
+use super::{FakeIncus, FakeOperation, expand, has_root_disk, not_found};
 
 impl Incus for FakeIncus {
     async fn observe_scoped(&self, scope: Scope) -> Result<LiveState> {
@@ -157,11 +157,7 @@ impl Incus for FakeIncus {
 
     async fn update_profile(&self, spec: &ProfileSpec) -> Result<bool> {
         let mut s = self.lock();
-        let p = s.get_profile(&spec.name)?.ok_or_else(|| IncusError::NotFound {
-            kind: ResourceKind::Profile,
-            name: spec.name.clone(),
-            instance: None,
-        })?;
+        let p = s.get_profile(&spec.name)?.ok_or_else(|| not_found(ResourceKind::Profile, &spec.name))?;
         require_owned(ResourceKind::Profile, &spec.name, &p.config)?;
         if profile_matches(&p.description, &p.config, &p.devices, spec) {
             return Ok(false);
@@ -235,11 +231,7 @@ impl Incus for FakeIncus {
         validate_name("instance name", instance)?;
         s.record(format!("GET /1.0/instances/{instance}/snapshots?recursion=1"), false)?;
         if !s.live.instances.contains_key(instance) {
-            return Err(IncusError::NotFound {
-                kind: ResourceKind::Instance,
-                name: instance.to_string(),
-                instance: None,
-            });
+            return Err(not_found(ResourceKind::Instance, instance));
         }
         Ok(s.snapshots.get(instance).cloned().unwrap_or_default())
     }
@@ -364,39 +356,19 @@ impl Incus for FakeIncus {
     async fn mark_instance(&self, name: &str, marks: &Config, seen: &LiveInstance) -> Result<bool> {
         let mut s = self.lock();
         validate_marks(marks)?;
-        let inst = s.get_instance(name)?.ok_or_else(|| IncusError::NotFound {
-            kind: ResourceKind::Instance,
-            name: name.to_string(),
-            instance: None,
-        })?;
-        let changes = instance_changes(&inst, seen);
-        if !adoption_writes(ResourceKind::Instance, name, &inst.config, marks, changes)? {
-            return Ok(false);
-        }
-        s.record(format!("PUT /1.0/instances/{name}"), true)?;
-        if let Some(i) = s.live.instances.get_mut(name) {
-            i.config.extend(marks.clone());
-        }
-        Ok(true)
+        let now = s.get_instance(name)?.map(|i| (instance_changes(&i, seen), i.config));
+        s.write_marks(ResourceKind::Instance, name, marks, now, |live| {
+            live.instances.get_mut(name).map(|i| &mut i.config)
+        })
     }
 
     async fn mark_profile(&self, name: &str, marks: &Config, seen: &LiveProfile) -> Result<bool> {
         let mut s = self.lock();
         validate_marks(marks)?;
-        let p = s.get_profile(name)?.ok_or_else(|| IncusError::NotFound {
-            kind: ResourceKind::Profile,
-            name: name.to_string(),
-            instance: None,
-        })?;
-        let changes = profile_changes(&p, seen);
-        if !adoption_writes(ResourceKind::Profile, name, &p.config, marks, changes)? {
-            return Ok(false);
-        }
-        s.record(format!("PUT /1.0/profiles/{name}"), true)?;
-        if let Some(p) = s.live.profiles.get_mut(name) {
-            p.config.extend(marks.clone());
-        }
-        Ok(true)
+        let now = s.get_profile(name)?.map(|p| (profile_changes(&p, seen), p.config));
+        s.write_marks(ResourceKind::Profile, name, marks, now, |live| {
+            live.profiles.get_mut(name).map(|p| &mut p.config)
+        })
     }
 
     async fn image_properties(&self, alias: &str) -> Result<Option<Config>> {

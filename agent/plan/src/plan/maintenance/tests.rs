@@ -77,26 +77,7 @@ fn host() -> LiveState {
 }
 
 fn slot_spec(color: Color) -> SlotSpec {
-    SlotSpec {
-        env: "prod".into(),
-        app: "web".into(),
-        color,
-        release: veza_model::manifest::Release::try_from("1".repeat(40))
-            .unwrap_or_else(|e| panic!("{e}")),
-        artifact_url: "https://x/a.tgz".into(),
-        sha256: "2".repeat(64),
-        install_dir: "/opt/web".into(),
-        start: "/opt/web/start.sh".into(),
-        port: 8080,
-        health_path: "/health".into(),
-        expect_status: 200,
-        health_rise: 1,
-        health_timeout_ms: 1000,
-        loopback: None,
-        environment: BTreeMap::new(),
-        secrets: BTreeMap::new(),
-        migrate: None,
-    }
+    crate::fixtures::slot("prod", "web", color, '1')
 }
 
 /// An update of `name` to these devices and profiles, config unchanged.
