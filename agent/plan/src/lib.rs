@@ -10,6 +10,8 @@ pub mod fixtures;
 pub mod plan;
 pub mod simulate;
 pub mod slot;
+#[cfg(test)]
+mod testing;
 
 /// The live state the planner reads: one model, defined in `veza-model` and filled by the
 /// observers of `veza-host`.
