@@ -59,6 +59,17 @@ impl Daemon {
         }
         panic!("timed out after {limit:?} waiting for {what}; daemon log:\n{}", self.log());
     }
+
+    /// Waits until `status` says `commit` is applied on `h`.
+    fn wait_applied(&self, h: &DemoHost, what: &str, limit: Duration, commit: &str) {
+        self.wait_for(what, limit, || status(h)["state"]["applied"]["commit"] == commit);
+    }
+
+    /// SIGTERM, then waits for the daemon to exit.
+    fn stop(&self) {
+        self.signal("TERM");
+        self.wait_for("the daemon to stop", Duration::from_secs(30), || !self.alive());
+    }
 }
 
 /// Sets the host's poll interval to an hour: only something else can wake the daemon
@@ -79,9 +90,7 @@ fn daemon_polls_answers_sync_keeps_one_agent_and_stops_cleanly() {
     let h = host();
     let first = h.commit(&h.manifest("blue", Some(0), Some(1)), "two slots").unwrap();
     let d = Daemon::start(&h);
-    d.wait_for("the first sync", Duration::from_secs(90), || {
-        status(&h)["state"]["applied"]["commit"] == first
-    });
+    d.wait_applied(&h, "the first sync", Duration::from_secs(90), &first);
     assert_eq!(h.served_release().unwrap(), h.releases[0].id);
 
     // Only one agent per host: a one-off apply is refused while the daemon holds the lock.
@@ -128,8 +137,7 @@ fn daemon_polls_answers_sync_keeps_one_agent_and_stops_cleanly() {
     assert_eq!(out.status.code(), Some(0), "{}", out.stdout_str());
 
     // SIGTERM: the daemon stops, removing its control socket and releasing the lock.
-    d.signal("TERM");
-    d.wait_for("the daemon to stop", Duration::from_secs(30), || !d.alive());
+    d.stop();
     assert!(!h.dir.join("state/control.sock").exists());
     assert!(d.log().contains("veza-agent stopped"), "{}", d.log());
     let out = h.agent(&["apply"]).unwrap();
@@ -152,19 +160,14 @@ fn a_changed_configuration_wakes_the_daemon_without_waiting_for_the_poll() {
     poll_hourly(&h);
     let first = h.commit(&h.manifest("blue", Some(0), None), "blue").unwrap();
     let d = Daemon::start(&h);
-    d.wait_for("the first sync", Duration::from_secs(90), || {
-        status(&h)["state"]["applied"]["commit"] == first
-    });
+    d.wait_applied(&h, "the first sync", Duration::from_secs(90), &first);
     let second = h.commit(&h.manifest("blue", Some(0), Some(1)), "deploy green").unwrap();
     std::thread::sleep(Duration::from_millis(500));
     let edited = std::fs::read_to_string(&h.config_path).unwrap() + "# edited by an operator\n";
     std::fs::write(&h.config_path, edited).unwrap();
-    d.wait_for("the sync woken by the config change", Duration::from_secs(60), || {
-        status(&h)["state"]["applied"]["commit"] == second
-    });
+    d.wait_applied(&h, "the sync woken by the config change", Duration::from_secs(60), &second);
     assert!(d.log().contains("configuration or trust root changed"), "{}", d.log());
-    d.signal("TERM");
-    d.wait_for("the daemon to stop", Duration::from_secs(30), || !d.alive());
+    d.stop();
 }
 
 /// A failed sync is retried after 5 s, not after the poll interval (an hour here): the
@@ -181,12 +184,9 @@ fn a_failed_sync_is_retried_soon_not_at_the_next_poll() {
     });
     assert!(status(&h)["state"]["applied"].is_null());
     h.http.set_fault(veza_testkit::http::Fault::None);
-    d.wait_for("the retried sync", Duration::from_secs(60), || {
-        status(&h)["state"]["applied"]["commit"] == first
-    });
+    d.wait_applied(&h, "the retried sync", Duration::from_secs(60), &first);
     assert!(d.log().contains("sync failed 1 time(s) in a row; retrying in 5"), "{}", d.log());
-    d.signal("TERM");
-    d.wait_for("the daemon to stop", Duration::from_secs(30), || !d.alive());
+    d.stop();
 }
 
 /// Issue 19: a suspended daemon goes on polling and planning but applies nothing across a
@@ -196,9 +196,7 @@ fn a_suspended_daemon_applies_nothing_until_resumed_then_applies_at_the_next_pol
     let h = host();
     let first = h.commit(&h.manifest("blue", Some(0), Some(1)), "two slots").unwrap();
     let d = Daemon::start(&h);
-    d.wait_for("the first sync", Duration::from_secs(90), || {
-        status(&h)["state"]["applied"]["commit"] == first
-    });
+    d.wait_applied(&h, "the first sync", Duration::from_secs(90), &first);
     let out = h.agent(&["suspend", "--reason", "rehearsing the database upgrade"]).unwrap();
     assert_eq!(out.status.code(), Some(0), "{}{}", out.stdout_str(), out.stderr_str());
     let promote = h.commit(&h.manifest("green", Some(0), Some(1)), "promote green").unwrap();
@@ -213,9 +211,7 @@ fn a_suspended_daemon_applies_nothing_until_resumed_then_applies_at_the_next_pol
     let out = h.agent(&["resume"]).unwrap();
     assert_eq!(out.status.code(), Some(0), "{}{}", out.stdout_str(), out.stderr_str());
     let resumed = Instant::now();
-    d.wait_for("the held commit applied after resume", Duration::from_secs(60), || {
-        status(&h)["state"]["applied"]["commit"] == promote
-    });
+    d.wait_applied(&h, "the held commit applied after resume", Duration::from_secs(60), &promote);
     // The poll after `resume` (2 s + jitter) applied it: no second cycle was needed.
     let history = h.agent(&["history", "--json"]).unwrap().stdout_str();
     // One JSON entry per line.

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use veza_testkit::demo::DemoHost;
 
-use crate::support::{agent, apply_ok, host};
+use crate::support::{agent, apply_ok, host, status_forge};
 use veza_testkit::incus::TrustedClient;
 use veza_testkit::traffic::Traffic;
 
@@ -843,13 +843,7 @@ fn the_first_sync_converges_without_instance_config() {
         profiles: vec![owner.clone()],
     };
     // The test's owner marks (for the sweep of a killed run) live in a managed profile.
-    let marks = format!(
-        "{{{}: \"{}\", {}: \"{}\"}}",
-        veza_testkit::incus::OWNER_KEY,
-        std::process::id(),
-        veza_testkit::incus::CREATED_KEY,
-        h.created
-    );
+    let marks = h.owner_marks();
     let app_config = h
         .manifest("blue", Some(0), None)
         .lines()
@@ -1068,10 +1062,6 @@ fn suspend_and_report_mode_plan_but_apply_nothing_until_resumed() {
 #[test]
 fn outcomes_are_posted_as_commit_statuses_and_given_to_the_hook() {
     let h = host();
-    let token = format!("st{}Token", std::process::id());
-    let forge = veza_testkit::forge::StatusServer::start("talas/manifests", &token).unwrap();
-    let token_file = h.dir.join("status-token");
-    std::fs::write(&token_file, format!("{token}\n")).unwrap();
     let hook_log = h.dir.join("hook.log");
     let hook = h.dir.join("hook.sh");
     std::fs::write(
@@ -1084,17 +1074,7 @@ fn outcomes_are_posted_as_commit_statuses_and_given_to_the_hook() {
     .unwrap();
     use std::os::unix::fs::PermissionsExt as _;
     std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let config = std::fs::read_to_string(&h.config_path).unwrap();
-    std::fs::write(
-        &h.config_path,
-        format!(
-            "{config}feedback:\n  forgejo: {{api_url: \"{}\", repo: talas/manifests, token_file: {}}}\n  hook: {}\n",
-            forge.api_url(),
-            token_file.display(),
-            hook.display()
-        ),
-    )
-    .unwrap();
+    let (forge, token) = status_forge(&h, "st", &format!("  hook: {}\n", hook.display()));
 
     let first = h.commit(&h.manifest("blue", Some(0), None), "blue").unwrap();
     apply_ok(&h);

@@ -143,6 +143,19 @@ pub struct Adopted {
     pub timers: Vec<String>,
 }
 
+impl std::fmt::Display for Adopted {
+    /// `N profile(s), N instance(s), N timer(s)`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} profile(s), {} instance(s), {} timer(s)",
+            self.profiles.len(),
+            self.instances.len(),
+            self.timers.len()
+        )
+    }
+}
+
 impl Adopted {
     /// Nothing was done.
     pub fn is_empty(&self) -> bool {
