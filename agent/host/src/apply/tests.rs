@@ -779,6 +779,16 @@ fn migrating_slot(dir: &Path) -> SlotSpec {
     s
 }
 
+/// A world whose green slot runs, and that slot with a migration (see
+/// [`migrating_slot`]), its artifact in the returned directory.
+fn migrating_world() -> (tempfile::TempDir, World, SlotSpec) {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let w = World::new();
+    running_slot(&w.incus, "web-green");
+    let s = migrating_slot(tmp.path());
+    (tmp, w, s)
+}
+
 /// An owned, running slot `name`.
 fn running_slot(fake: &FakeIncus, name: &str) {
     created_by_an_earlier_run(fake, name, "web");
@@ -813,10 +823,7 @@ fn run_with_secret(w: &World, plan: &Plan, dir: &Path, value: &str) -> ApplyRepo
 
 #[test]
 fn a_failing_migration_stops_before_traffic_moves_and_never_quotes_the_secret() {
-    let tmp = tempfile::tempdir().expect("tmp");
-    let w = World::new();
-    running_slot(&w.incus, "web-green");
-    let s = migrating_slot(tmp.path());
+    let (tmp, w, s) = migrating_world();
     let plan = promotion_after_deploy(&s);
     // unpack, then the migration: it fails and prints its connection string.
     w.incus.push_exec_result(ExecOutput::default());
@@ -868,10 +875,7 @@ fn a_failing_migration_stops_before_traffic_moves_and_never_quotes_the_secret() 
 
 #[test]
 fn a_migration_that_cannot_run_is_an_ordinary_failure_retried_next_sync() {
-    let tmp = tempfile::tempdir().expect("tmp");
-    let w = World::new();
-    running_slot(&w.incus, "web-green");
-    let mut s = migrating_slot(tmp.path());
+    let (tmp, w, mut s) = migrating_world();
     s.sha256 = "0".repeat(64); // the artifact does not match: nothing ran
     let report = run_with_secret(&w, &promotion_after_deploy(&s), tmp.path(), "pw");
     assert!(
@@ -882,10 +886,7 @@ fn a_migration_that_cannot_run_is_an_ordinary_failure_retried_next_sync() {
 
 #[test]
 fn a_successful_migration_is_reported_and_the_deploy_goes_on() {
-    let tmp = tempfile::tempdir().expect("tmp");
-    let w = World::new();
-    running_slot(&w.incus, "web-green");
-    let s = migrating_slot(tmp.path());
+    let (tmp, w, s) = migrating_world();
     let plan = plan_of(vec![migrate(&s)]);
     let report = run_with_secret(&w, &plan, tmp.path(), "pw");
     assert_eq!(report.outcome, ApplyOutcome::Applied, "{report:?}");

@@ -137,6 +137,22 @@ impl State {
         Ok(self.live.profiles.get(name).cloned())
     }
 
+    /// The start of every exec in `instance` (`inst`, as just read): `POST …/exec`
+    /// recorded, refused (as incusd does) when the instance is not running.
+    fn begin_exec(&mut self, instance: &str, inst: &LiveInstance) -> Result<()> {
+        let path = format!("/1.0/instances/{instance}/exec");
+        self.record(format!("POST {path}"), true)?;
+        if inst.is_running() {
+            return Ok(());
+        }
+        Err(IncusError::Api {
+            method: "POST".to_string(),
+            path,
+            status: 400,
+            message: "Instance is not running".to_string(),
+        })
+    }
+
     /// Adoption's marking write, the same for instances and profiles: `now` is the
     /// resource as read just before (what changed since it was assessed, its config),
     /// `config` finds its config in the state to add the marks to. `Ok(false)` when the

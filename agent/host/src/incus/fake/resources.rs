@@ -264,15 +264,7 @@ impl Incus for FakeIncus {
             });
         }
         let inst = s.owned_instance(instance)?;
-        s.record(format!("POST /1.0/instances/{instance}/exec"), true)?;
-        if !inst.is_running() {
-            return Err(IncusError::Api {
-                method: "POST".to_string(),
-                path: format!("/1.0/instances/{instance}/exec"),
-                status: 400,
-                message: "Instance is not running".to_string(),
-            });
-        }
+        s.begin_exec(instance, &inst)?;
         s.execs.push((instance.to_string(), request.clone()));
         Ok(s.exec_results.pop_front().unwrap_or_default())
     }
@@ -406,20 +398,9 @@ impl Incus for FakeIncus {
         let mut s = self.lock();
         validate_name("instance name", instance)?;
         validate_probe_path(path)?;
-        let inst = s.get_instance(instance)?.ok_or_else(|| IncusError::NotFound {
-            kind: ResourceKind::Instance,
-            name: instance.to_string(),
-            instance: None,
-        })?;
-        s.record(format!("POST /1.0/instances/{instance}/exec"), true)?;
-        if !inst.is_running() {
-            return Err(IncusError::Api {
-                method: "POST".to_string(),
-                path: format!("/1.0/instances/{instance}/exec"),
-                status: 400,
-                message: "Instance is not running".to_string(),
-            });
-        }
+        let inst =
+            s.get_instance(instance)?.ok_or_else(|| not_found(ResourceKind::Instance, instance))?;
+        s.begin_exec(instance, &inst)?;
         Ok(s.probe_answers.get(instance).cloned().unwrap_or_default())
     }
 
