@@ -162,36 +162,6 @@ fn force_push_to_an_older_commit_is_refused_even_after_the_state_dir_is_wiped() 
 }
 
 #[test]
-fn kill_during_apply_then_restart_converges() {
-    let h = host();
-    h.commit(&h.manifest("blue", Some(0), Some(1)), "two slots").unwrap();
-    // Start the apply and kill -9 it while it works (after the first slot is created).
-    let child = spawn_apply(&h, &h.dir.join("killed-apply.log"));
-    let journal = h.dir.join("state/journal.json");
-    let mut seen = false;
-    for _ in 0..9000 {
-        if std::fs::read_to_string(&journal).is_ok_and(|j| j.contains("\"done\": 1")) {
-            seen = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    veza_host::process::Cmd::new("kill").args(["-9", &child.to_string()]).run().unwrap();
-    assert!(seen, "the apply never reached its second step");
-    std::thread::sleep(Duration::from_millis(300));
-    // The edge still holds a valid config, the journal says where the run stopped, status
-    // tells the operator, and the next run converges.
-    veza_testkit::haproxy::check_config(&h.haproxy.config_path()).unwrap();
-    let st = status_json(&h);
-    assert!(st["interrupted"].as_str().is_some_and(|s| s.contains("deploy release")), "{st:#}");
-    assert!(st["problems"].to_string().contains("was interrupted"), "{st:#}");
-    apply_ok(&h);
-    assert_eq!(h.served_release().unwrap(), h.releases[0].id);
-    let out = apply_ok(&h);
-    assert!(out.starts_with("no-change"), "{out}");
-}
-
-#[test]
 fn a_newer_commit_preempts_a_health_wait() {
     let h = host();
     h.commit(&h.manifest("blue", Some(0), None), "blue").unwrap();

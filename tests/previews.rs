@@ -43,11 +43,8 @@ fn open_pr(h: &DemoHost, pr: u64, manifest: &str, signed: bool) -> String {
 #[test]
 fn pr_heads_are_previewed_read_only_and_posted_once() {
     let h = host();
-    let (forge, token) = status_forge(
-        &h,
-        "pv",
-        "previews: {enabled: true, max_per_poll: 5, plan_timeout: 10s}\n",
-    );
+    let (forge, token) =
+        status_forge(&h, "pv", "previews: {enabled: true, max_per_poll: 5, plan_timeout: 10s}\n");
 
     // The branch: blue serves release 0, green holds release 1.
     let main = h.commit(&h.manifest("blue", Some(0), Some(1)), "blue and green").unwrap();

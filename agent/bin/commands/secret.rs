@@ -93,13 +93,18 @@ fn encrypt(
     for f in to_file {
         let text = std::fs::read_to_string(f).map_err(|e| unreadable(f, e))?;
         lines.extend(
-            text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_string),
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(str::to_string),
         );
     }
-    let recipients: Vec<Recipient> =
-        lines.iter().map(|l| Recipient::parse(l)).collect::<Result<_, _>>().map_err(|e| error(1, e))?;
-    let value =
-        read_limited(input).map_err(|e| error(2, format!("cannot read the value: {e}")))?;
+    let recipients: Vec<Recipient> = lines
+        .iter()
+        .map(|l| Recipient::parse(l))
+        .collect::<Result<_, _>>()
+        .map_err(|e| error(1, e))?;
+    let value = read_limited(input).map_err(|e| error(2, format!("cannot read the value: {e}")))?;
     if value.len() > MAX_CIPHERTEXT_BYTES {
         return Err(error(2, format!("the value is larger than {MAX_CIPHERTEXT_BYTES} bytes")));
     }

@@ -373,7 +373,8 @@ pub fn assess(
                         }
                         (None, Some(w)) => a.notes.push(format!("the first apply sets {k}: {w}")),
                         (Some(v), None) => {
-                            a.notes.push(format!("the first apply removes {k} ({v}): not declared"));
+                            a.notes
+                                .push(format!("the first apply removes {k} ({v}): not declared"));
                         }
                         _ => {}
                     }

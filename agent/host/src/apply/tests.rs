@@ -8,8 +8,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use veza_model::manifest::Color;
-use veza_plan::fixtures::release;
 use veza_plan::desired::SlotSpec;
+use veza_plan::fixtures::release;
 use veza_plan::plan::{EdgeCheck, Gate, Phase, Promotion, Switch};
 use veza_plan::slot::{migration_files, slot_files};
 use veza_plan::{Action, Plan, Step};
@@ -131,7 +131,10 @@ fn ok(n: char) -> Answer {
 
 /// The `color` slot of prod/web with release 2, probed on `GREEN` (rise 2).
 pub(super) fn slot(color: Color) -> SlotSpec {
-    SlotSpec { loopback: Some(GREEN.into()), ..veza_plan::fixtures::slot("prod", "web", color, '2') }
+    SlotSpec {
+        loopback: Some(GREEN.into()),
+        ..veza_plan::fixtures::slot("prod", "web", color, '2')
+    }
 }
 
 /// The gate of a slot traffic would move to.

@@ -126,7 +126,8 @@ impl State {
     }
 
     fn owned_instance(&mut self, name: &str) -> Result<LiveInstance> {
-        let inst = self.get_instance(name)?.ok_or_else(|| not_found(ResourceKind::Instance, name))?;
+        let inst =
+            self.get_instance(name)?.ok_or_else(|| not_found(ResourceKind::Instance, name))?;
         require_owned(ResourceKind::Instance, name, &inst.config)?;
         Ok(inst)
     }

@@ -40,7 +40,8 @@ fn units_of_the_seed_jobs() {
             text.push_str(&format!("==> {} <==\n{}", unit.name, unit.contents));
         }
     }
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("snapshots/seed-job-units.txt");
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("snapshots/seed-job-units.txt");
     if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
         std::fs::write(&path, &text).expect("write the snapshot");
     }

@@ -109,8 +109,7 @@ fn ansible_world() -> World {
     let mut facts = Facts::default();
     for (name, d) in &want.instances {
         let foreign = crate::fixtures::foreign_instance(name, "Debian", "trixie", &d.profiles);
-        live.instances
-            .insert(name.clone(), LiveInstance { devices: d.devices.clone(), ..foreign });
+        live.instances.insert(name.clone(), LiveInstance { devices: d.devices.clone(), ..foreign });
         if let Some(slot) = &d.slot {
             facts.probes.insert(
                 name.clone(),
@@ -297,7 +296,9 @@ fn first_plan_steps(a: &Adoption, live: &LiveState, pick: fn(&Action) -> bool) -
 fn replaces(action: &Action) -> bool {
     matches!(
         action,
-        Action::CreateInstance { .. } | Action::DeleteInstance { .. } | Action::DeployRelease { .. }
+        Action::CreateInstance { .. }
+            | Action::DeleteInstance { .. }
+            | Action::DeployRelease { .. }
     )
 }
 

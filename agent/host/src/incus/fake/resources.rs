@@ -9,9 +9,9 @@ use super::super::types::{
     StateAction, StateChange, with_mark,
 };
 use super::super::{
-    Incus, Result, Scope, instance_changes, instance_matches, merged_put_config,
-    profile_changes, profile_matches, require_deletable, require_owned, snapshot_name,
-    validate_file_path, validate_marks, validate_name, validate_probe_path, validate_user_key,
+    Incus, Result, Scope, instance_changes, instance_matches, merged_put_config, profile_changes,
+    profile_matches, require_deletable, require_owned, snapshot_name, validate_file_path,
+    validate_marks, validate_name, validate_probe_path, validate_user_key,
 };
 use super::{FakeIncus, FakeOperation, expand, has_root_disk, not_found};
 
@@ -157,7 +157,9 @@ impl Incus for FakeIncus {
 
     async fn update_profile(&self, spec: &ProfileSpec) -> Result<bool> {
         let mut s = self.lock();
-        let p = s.get_profile(&spec.name)?.ok_or_else(|| not_found(ResourceKind::Profile, &spec.name))?;
+        let p = s
+            .get_profile(&spec.name)?
+            .ok_or_else(|| not_found(ResourceKind::Profile, &spec.name))?;
         require_owned(ResourceKind::Profile, &spec.name, &p.config)?;
         if profile_matches(&p.description, &p.config, &p.devices, spec) {
             return Ok(false);
