@@ -148,7 +148,8 @@ fn force_push_to_an_older_commit_is_refused_even_after_the_state_dir_is_wiped() 
     let h = host();
     let a = h.commit(&h.manifest("blue", Some(0), None), "A").unwrap();
     apply_ok(&h);
-    h.commit(&h.manifest("blue", Some(0), Some(1)), "B").unwrap();
+    // B changes nothing on the host (one slot is enough): applying it moves the mark.
+    h.commit(&format!("{}# B\n", h.manifest("blue", Some(0), None)), "B").unwrap();
     apply_ok(&h);
     h.repo.force_reset(&a).unwrap();
     let (code, out, _) = agent(&h, &["apply"]);
@@ -627,7 +628,9 @@ fn the_approval_policy_holds_from_the_first_sync_and_counts_signed_tags() {
     assert_eq!(h.served_release().unwrap(), h.releases[0].id);
 
     // The next change is measured against what was applied: it needs its own approvals.
-    let second = h.commit(&h.manifest("blue", Some(0), Some(1)), "release 1 on green").unwrap();
+    // (a change of the manifest that changes nothing on the host: approvals are per commit)
+    let touched = format!("{}# second\n", h.manifest("blue", Some(0), None));
+    let second = h.commit(&touched, "a second change").unwrap();
     let (code, out, err) = agent(&h, &["apply"]);
     assert_ne!(code, 0, "a change without approvals was accepted:\n{out}\n{err}");
     h.repo.approve(&alice, &second).unwrap();
