@@ -50,6 +50,14 @@ fn first_sync_builds_the_environment_and_a_second_sync_changes_nothing() {
     assert_eq!(st["state"]["applied"]["signer"], "forgejo@forge.example");
 }
 
+/// A host whose first sync deployed release 0 on blue and serves it (no green slot).
+fn serving_blue() -> DemoHost {
+    let h = host();
+    h.commit(&h.manifest("blue", Some(0), None), "blue").unwrap();
+    apply_ok(&h);
+    h
+}
+
 fn incus_config(name: &str) -> String {
     veza_host::process::Cmd::new("incus")
         .args(["config", "show", name])
@@ -79,9 +87,7 @@ fn promotion_to_a_healthy_green_switches_with_zero_failed_requests() {
 
 #[test]
 fn promotion_to_a_broken_release_rolls_back_and_is_not_retried() {
-    let h = host();
-    h.commit(&h.manifest("blue", Some(0), None), "blue").unwrap();
-    apply_ok(&h);
+    let h = serving_blue();
     // Release 2's /health answers 503: the gate fails, traffic stays on blue.
     let bad = h.commit(&h.manifest("green", Some(0), Some(2)), "promote broken green").unwrap();
     let (code, out, err) = agent(&h, &["apply"]);
@@ -113,9 +119,7 @@ fn promotion_to_a_broken_release_rolls_back_and_is_not_retried() {
 
 #[test]
 fn unsigned_and_untrusted_commits_change_nothing_and_status_says_why() {
-    let h = host();
-    h.commit(&h.manifest("blue", Some(0), None), "blue").unwrap();
-    apply_ok(&h);
+    let h = serving_blue();
     let edge_before = std::fs::read(h.haproxy.config_path()).unwrap();
 
     let unsigned = h.commit_unsigned(&h.manifest("blue", Some(1), None), "sneaky").unwrap();
@@ -164,9 +168,7 @@ fn force_push_to_an_older_commit_is_refused_even_after_the_state_dir_is_wiped() 
 
 #[test]
 fn a_newer_commit_preempts_a_health_wait() {
-    let h = host();
-    h.commit(&h.manifest("blue", Some(0), None), "blue").unwrap();
-    apply_ok(&h);
+    let h = serving_blue();
     // A promotion to the broken release waits for health (up to 15 s in this config)...
     h.commit(&h.manifest("green", Some(0), Some(2)), "promote broken green").unwrap();
     let log = h.dir.join("preempted-apply.log");
@@ -969,9 +971,7 @@ fn a_kill_when_the_journal_is_cleared_leaves_status_telling_the_truth() {
 /// (a promotion, under a request loop). Report mode (`mode: report`) holds the same way.
 #[test]
 fn suspend_and_report_mode_plan_but_apply_nothing_until_resumed() {
-    let h = host();
-    h.commit(&h.manifest("blue", Some(0), None), "blue").unwrap();
-    apply_ok(&h);
+    let h = serving_blue();
     let (code, out, err) = agent(&h, &["suspend", "--reason", "db maintenance"]);
     assert_eq!(code, 0, "{out}\n{err}");
     h.commit(&h.manifest("green", Some(0), Some(1)), "promote green").unwrap();
