@@ -17,7 +17,7 @@ use super::{FakeIncus, FakeOperation, expand, has_root_disk, not_found};
 
 impl Incus for FakeIncus {
     async fn observe_scoped(&self, scope: Scope) -> Result<LiveState> {
-        let mut s = self.lock();
+        let mut s = self.state.lock();
         for what in ["instances", "profiles", "networks", "storage-pools"] {
             if what != "networks" || scope.networks {
                 s.record(format!("GET /1.0/{what}?recursion=1"), false)?;
@@ -31,11 +31,11 @@ impl Incus for FakeIncus {
     }
 
     async fn instance(&self, name: &str) -> Result<Option<LiveInstance>> {
-        self.lock().get_instance(name)
+        self.state.lock().get_instance(name)
     }
 
     async fn create_instance(&self, spec: &InstanceSpec) -> Result<()> {
-        let mut s = self.lock();
+        let mut s = self.state.lock();
         let existing = s.get_instance(&spec.name)?.map(|i| i.config);
         s.begin_create(ResourceKind::Instance, &spec.name, existing, "instances")?;
         s.check_profiles_exist(&spec.profiles)?;
@@ -68,7 +68,7 @@ impl Incus for FakeIncus {
     }
 
     async fn update_instance(&self, name: &str, update: &InstanceUpdate) -> Result<bool> {
-        let mut s = self.lock();
+        let mut s = self.state.lock();
         let inst = s.owned_instance(name)?;
         if instance_matches(&inst, update) {
             return Ok(false);
@@ -86,7 +86,7 @@ impl Incus for FakeIncus {
     }
 
     async fn change_state(&self, name: &str, change: &StateChange) -> Result<()> {
-        let mut s = self.lock();
+        let mut s = self.state.lock();
         let inst = s.owned_instance(name)?;
         let target = match (change.action, inst.is_running()) {
             (StateAction::Start, true) => return Ok(()),
@@ -100,7 +100,7 @@ impl Incus for FakeIncus {
     }
 
     async fn delete_instance(&self, name: &str) -> Result<()> {
-        let mut s = self.lock();
+        let mut s = self.state.lock();
         let Some(inst) = s.get_instance(name)? else { return Ok(()) };
         require_deletable(name, &inst.config)?;
         if inst.status != InstanceStatus::Stopped {
@@ -116,11 +116,11 @@ impl Incus for FakeIncus {
     }
 
     async fn profile(&self, name: &str) -> Result<Option<LiveProfile>> {
-        self.lock().get_profile(name)
+        self.state.lock().get_profile(name)
     }
 
     async fn create_profile(&self, spec: &ProfileSpec) -> Result<()> {
-        let mut s = self.lock();
+        let mut s = self.state.lock();
         let existing = s.get_profile(&spec.name)?.map(|p| p.config);
         s.begin_create(ResourceKind::Profile, &spec.name, existing, "profiles")?;
         s.live.profiles.insert(
@@ -138,7 +138,7 @@ impl Incus for FakeIncus {
     }
 
     async fn create_network(&self, name: &str, kind: &str, config: &Config) -> Result<()> {
-        let mut s = self.lock();
+        let mut s = self.state.lock();
         let existing = s.live.networks.get(name).map(|n| n.config.clone());
         s.begin_create(ResourceKind::Network, name, existing, "networks")?;
         s.live.networks.insert(
@@ -156,7 +156,7 @@ impl Incus for FakeIncus {
     }
 
     async fn update_profile(&self, spec: &ProfileSpec) -> Result<bool> {
-        let mut s = self.lock();
+        let mut s = self.state.lock();
         let p = s
             .get_profile(&spec.name)?
             .ok_or_else(|| not_found(ResourceKind::Profile, &spec.name))?;
@@ -175,7 +175,7 @@ impl Incus for FakeIncus {
     }
 
     async fn delete_profile(&self, name: &str) -> Result<()> {
-        let mut s = self.lock();
+        let mut s = self.state.lock();
         let Some(p) = s.get_profile(name)? else { return Ok(()) };
         require_owned(ResourceKind::Profile, name, &p.config)?;
         s.record(format!("DELETE /1.0/profiles/{name}"), true)?;
@@ -192,7 +192,7 @@ impl Incus for FakeIncus {
     }
 
     async fn create_snapshot(&self, instance: &str, name: Option<&str>) -> Result<String> {
-        let mut s = self.lock();
+        let mut s = self.state.lock();
         s.owned_instance(instance)?;
         let name = match name {
             Some(n) => {
@@ -229,7 +229,7 @@ impl Incus for FakeIncus {
     }
 
     async fn list_snapshots(&self, instance: &str) -> Result<Vec<SnapshotInfo>> {
-        let mut s = self.lock();
+        let mut s = self.state.lock();
         validate_name("instance name", instance)?;
         s.record(format!("GET /1.0/instances/{instance}/snapshots?recursion=1"), false)?;
         if !s.live.instances.contains_key(instance) {
@@ -239,7 +239,7 @@ impl Incus for FakeIncus {
     }
 
     async fn delete_snapshot(&self, instance: &str, name: &str) -> Result<()> {
-        let mut s = self.lock();
+        let mut s = self.state.lock();
         validate_name("snapshot name", name)?;
         s.owned_instance(instance)?;
         s.record(format!("DELETE /1.0/instances/{instance}/snapshots/{name}"), true)?;
@@ -257,7 +257,7 @@ impl Incus for FakeIncus {
     }
 
     async fn exec(&self, instance: &str, request: &ExecRequest) -> Result<ExecOutput> {
-        let mut s = self.lock();
+        let mut s = self.state.lock();
         if request.command.is_empty() {
             return Err(IncusError::Invalid {
                 what: "command",
@@ -272,7 +272,7 @@ impl Incus for FakeIncus {
     }
 
     async fn push_file(&self, instance: &str, file: &FilePush) -> Result<()> {
-        let mut s = self.lock();
+        let mut s = self.state.lock();
         validate_file_path(&file.path)?;
         s.owned_instance(instance)?;
         s.record(format!("POST /1.0/instances/{instance}/files?path={}", file.path), true)?;
@@ -285,7 +285,7 @@ impl Incus for FakeIncus {
     }
 
     async fn pull_file(&self, instance: &str, path: &str) -> Result<Vec<u8>> {
-        let mut s = self.lock();
+        let mut s = self.state.lock();
         validate_name("instance name", instance)?;
         validate_file_path(path)?;
         s.record(format!("GET /1.0/instances/{instance}/files?path={path}"), false)?;
@@ -299,14 +299,14 @@ impl Incus for FakeIncus {
     }
 
     async fn server_user_config(&self, key: &str) -> Result<Option<String>> {
-        let mut s = self.lock();
+        let mut s = self.state.lock();
         validate_user_key(key)?;
         s.record("GET /1.0".to_string(), false)?;
         Ok(s.server_config.get(key).cloned())
     }
 
     async fn set_server_user_config(&self, key: &str, value: Option<&str>) -> Result<()> {
-        let mut s = self.lock();
+        let mut s = self.state.lock();
         validate_user_key(key)?;
         s.record("GET /1.0".to_string(), false)?;
         if s.server_config.get(key).map(String::as_str) == value {
@@ -325,7 +325,7 @@ impl Incus for FakeIncus {
         instances: &[String],
         limit: std::time::Duration,
     ) -> Result<Vec<RunningOperation>> {
-        let mut s = self.lock();
+        let mut s = self.state.lock();
         if instances.is_empty() {
             return Ok(Vec::new());
         }
@@ -348,7 +348,7 @@ impl Incus for FakeIncus {
     }
 
     async fn mark_instance(&self, name: &str, marks: &Config, seen: &LiveInstance) -> Result<bool> {
-        let mut s = self.lock();
+        let mut s = self.state.lock();
         validate_marks(marks)?;
         let now = s.get_instance(name)?.map(|i| (instance_changes(&i, seen), i.config));
         s.write_marks(ResourceKind::Instance, name, marks, now, |live| {
@@ -357,7 +357,7 @@ impl Incus for FakeIncus {
     }
 
     async fn mark_profile(&self, name: &str, marks: &Config, seen: &LiveProfile) -> Result<bool> {
-        let mut s = self.lock();
+        let mut s = self.state.lock();
         validate_marks(marks)?;
         let now = s.get_profile(name)?.map(|p| (profile_changes(&p, seen), p.config));
         s.write_marks(ResourceKind::Profile, name, marks, now, |live| {
@@ -366,13 +366,13 @@ impl Incus for FakeIncus {
     }
 
     async fn image_properties(&self, alias: &str) -> Result<Option<Config>> {
-        let mut s = self.lock();
+        let mut s = self.state.lock();
         s.record(format!("GET /1.0/images/aliases/{alias}"), false)?;
         Ok(s.images.get(alias).cloned())
     }
 
     async fn list_files(&self, instance: &str, dir: &str) -> Result<Option<Vec<String>>> {
-        let mut s = self.lock();
+        let mut s = self.state.lock();
         validate_name("instance name", instance)?;
         validate_file_path(dir)?;
         s.record(format!("GET /1.0/instances/{instance}/files?path={dir}"), false)?;
@@ -397,7 +397,7 @@ impl Incus for FakeIncus {
         path: &str,
         _timeout: std::time::Duration,
     ) -> Result<ExecOutput> {
-        let mut s = self.lock();
+        let mut s = self.state.lock();
         validate_name("instance name", instance)?;
         validate_probe_path(path)?;
         let inst =
@@ -407,6 +407,6 @@ impl Incus for FakeIncus {
     }
 
     fn api_writes(&self) -> u64 {
-        self.lock().writes
+        self.state.lock().writes
     }
 }
