@@ -53,7 +53,7 @@ fn first_sync_builds_the_environment_and_a_second_sync_changes_nothing() {
 /// A host whose first sync deployed release 0 on blue and serves it (no green slot).
 fn serving_blue() -> DemoHost {
     let h = host();
-    h.commit(&h.manifest("blue", Some(0), None), "blue").unwrap();
+    h.commit(&h.manifest("blue", Some(0), None), "blue").expect("commit blue");
     apply_ok(&h);
     h
 }

@@ -28,10 +28,10 @@ pub fn apply_ok(h: &DemoHost) -> String {
 /// (indented: more of `feedback`). Returns the forge and its token, `<tag><pid>Token`.
 pub fn status_forge(h: &DemoHost, tag: &str, more: &str) -> (StatusServer, String) {
     let token = format!("{tag}{}Token", std::process::id());
-    let forge = StatusServer::start("talas/manifests", &token).unwrap();
+    let forge = StatusServer::start("talas/manifests", &token).expect("the stand-in forge");
     let token_file = h.dir.join("status-token");
-    std::fs::write(&token_file, format!("{token}\n")).unwrap();
-    let config = std::fs::read_to_string(&h.config_path).unwrap();
+    std::fs::write(&token_file, format!("{token}\n")).expect("write the token file");
+    let config = std::fs::read_to_string(&h.config_path).expect("read the config");
     std::fs::write(
         &h.config_path,
         format!(
@@ -40,6 +40,6 @@ pub fn status_forge(h: &DemoHost, tag: &str, more: &str) -> (StatusServer, Strin
             token_file.display(),
         ),
     )
-    .unwrap();
+    .expect("write the config");
     (forge, token)
 }

@@ -50,8 +50,8 @@ fn manifest(h: &DemoHost, green: Option<usize>, role: &str) -> String {
 /// `veza-agent apply`, which must exit `code` with `outcome` and no step, and write
 /// nothing to Incus about this host's environment (watched with `incus monitor`).
 fn apply_writing_nothing(h: &DemoHost, code: i32, outcome: &str) {
-    let watch =
-        veza_testkit::incus::LifecycleWatch::start(&h.dir.join(format!("{outcome}.json"))).unwrap();
+    let watch = veza_testkit::incus::LifecycleWatch::start(&h.dir.join(format!("{outcome}.json")))
+        .expect("watch Incus");
     let (got, out, _) = agent(h, &["apply"]);
     assert_eq!(got, code, "{out}");
     assert!(out.starts_with(outcome) && out.contains("(0 steps"), "{out}");
