@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{Context, Result};
+use futures_util::future::join_all;
 use veza_host::incus::{Incus, Scope};
 use veza_host::systemd::Units;
 use veza_model::Manifest;
@@ -51,14 +52,16 @@ impl Agent {
                 }
             }
         }
-        for t in targets {
-            let ready = match &t {
-                UnitTarget::Host => true,
-                UnitTarget::Instance(i) => {
-                    state.instances.get(i).is_some_and(|x| x.is_running() && x.is_owned())
-                }
-            };
-            if ready && let Ok(files) = units.list(&t).await {
+        targets.retain(|t| match t {
+            UnitTarget::Host => true,
+            UnitTarget::Instance(i) => {
+                state.instances.get(i).is_some_and(|x| x.is_running() && x.is_owned())
+            }
+        });
+        // Each listing is an exec or a directory read of its own: all at once.
+        let listed = join_all(targets.iter().map(|t| units.list(t))).await;
+        for (t, files) in targets.into_iter().zip(listed) {
+            if let Ok(files) = files {
                 state.units.insert(t, files);
             }
         }
@@ -83,13 +86,18 @@ impl Agent {
         }
         let runs_in =
             source.manifests.iter().find_map(|m| m.edge.as_ref().map(|e| e.runs_in.clone()));
-        let health = match &runs_in {
-            Some(r) => self.edge(Some(r)).health().await.unwrap_or_else(|e| {
-                tracing::debug!("edge health unavailable: {e}");
-                Vec::new()
-            }),
-            None => Vec::new(),
+        let health = async {
+            match &runs_in {
+                Some(r) => self.edge(Some(r)).health().await.unwrap_or_else(|e| {
+                    tracing::debug!("edge health unavailable: {e}");
+                    Vec::new()
+                }),
+                None => Vec::new(),
+            }
         };
+        // The edge's health and the jobs' runs are reads of their own: at once.
+        let (health, jobs) =
+            tokio::join!(health, self.observe_jobs(&source.manifests, &state.jobs, now));
         let mut apps = Vec::new();
         for m in &source.manifests {
             let env = &m.metadata.name;
@@ -117,7 +125,6 @@ impl Agent {
                 });
             }
         }
-        let jobs = self.observe_jobs(&source.manifests, &state.jobs, now).await;
         let revision = AppliedRevision {
             commit: source.commit.clone(),
             signer: source.signer.clone(),
@@ -135,29 +142,37 @@ impl Agent {
         now: i64,
     ) -> BTreeMap<String, veza_state::JobState> {
         let units = self.units();
+        let jobs: Vec<(String, &veza_model::manifest::Job, UnitTarget, String, String)> = manifests
+            .iter()
+            .flat_map(|m| {
+                m.jobs.iter().map(|(name, job)| {
+                    let target = if job.on == "host" {
+                        UnitTarget::Host
+                    } else {
+                        UnitTarget::Instance(job.on.clone())
+                    };
+                    let stem = veza_model::units::unit_stem(&m.metadata.name, name);
+                    let key = format!("{}/{name}", m.metadata.name);
+                    (key, job, target, format!("{stem}.service"), format!("{stem}.timer"))
+                })
+            })
+            .collect();
+        // One `systemctl show` per job, each an exec of its own: all at once.
+        let runs = join_all(
+            jobs.iter().map(|(_, _, target, service, timer)| units.job_run(target, service, timer)),
+        )
+        .await;
         let mut out = BTreeMap::new();
-        for m in manifests {
-            for (name, job) in &m.jobs {
-                let key = format!("{}/{name}", m.metadata.name);
-                let target = if job.on == "host" {
-                    UnitTarget::Host
-                } else {
-                    UnitTarget::Instance(job.on.clone())
-                };
-                let stem = veza_model::units::unit_stem(&m.metadata.name, name);
-                let run = units
-                    .job_run(&target, &format!("{stem}.service"), &format!("{stem}.timer"))
-                    .await;
-                let record = crate::jobs::record(
-                    &job.on,
-                    &job.schedule,
-                    job.max_success_age.map(|d| d.get()),
-                    run.as_ref().map_err(ToString::to_string),
-                    prev.get(&key),
-                    now,
-                );
-                out.insert(key, record);
-            }
+        for ((key, job, ..), run) in jobs.into_iter().zip(runs) {
+            let record = crate::jobs::record(
+                &job.on,
+                &job.schedule,
+                job.max_success_age.map(|d| d.get()),
+                run.as_ref().map_err(ToString::to_string),
+                prev.get(&key),
+                now,
+            );
+            out.insert(key, record);
         }
         out
     }
