@@ -144,7 +144,13 @@ pub enum Decision {
 /// The decision rules. `now_ms`: this agent's monotonic clock; `now_unix`: wall time, only
 /// written into the record for humans. `memory` must already hold this read
 /// ([`Memory::saw`]).
-pub fn decide(rules: &Rules, record: &Record, memory: &Memory, now_ms: u64, now_unix: i64) -> Decision {
+pub fn decide(
+    rules: &Rules,
+    record: &Record,
+    memory: &Memory,
+    now_ms: u64,
+    now_unix: i64,
+) -> Decision {
     let fresh = |generation: u64, since: i64| Lease {
         holder: rules.me.clone(),
         generation,
@@ -203,7 +209,12 @@ pub fn decide(rules: &Rules, record: &Record, memory: &Memory, now_ms: u64, now_
 /// Whether `holder` may still write as the holder of `generation` at `now_ms` (the fence
 /// every mutating step passes): the record read just now names it with that generation,
 /// and its own lease, counted from its last write, has not run out.
-pub fn may_write(rules: &Rules, record: &Record, held: Option<Held>, now_ms: u64) -> Result<u64, String> {
+pub fn may_write(
+    rules: &Rules,
+    record: &Record,
+    held: Option<Held>,
+    now_ms: u64,
+) -> Result<u64, String> {
     let Some(h) = held else {
         return Err("this agent does not hold the cluster lease".to_string());
     };
@@ -224,7 +235,9 @@ pub fn may_write(rules: &Rules, record: &Record, held: Option<Held>, now_ms: u64
             "the cluster lease was released (`{LEASE_KEY}` is gone); this agent held generation {}",
             h.generation
         )),
-        Record::Unreadable(raw) => Err(format!("the cluster lease key holds `{raw}`, not this agent's lease")),
+        Record::Unreadable(raw) => {
+            Err(format!("the cluster lease key holds `{raw}`, not this agent's lease"))
+        }
     }
 }
 

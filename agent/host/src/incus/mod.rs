@@ -31,6 +31,7 @@ mod client;
 mod envelope;
 mod error;
 mod fake;
+mod shared;
 mod tls;
 mod types;
 
@@ -43,6 +44,7 @@ pub(crate) use adoption::{
 pub use client::{ClientOptions, IncusClient, RawResponse, Transport};
 pub use error::{IncusError, ResourceKind};
 pub use fake::{FailOn, FakeIncus};
+pub use shared::{SharedConfig, Swap, Versioned};
 pub use types::{
     ExecOutput, ExecRequest, FilePush, ImageSource, InstanceSpec, InstanceUpdate, ProfileSpec,
     RunningOperation, SNAPSHOT_PREFIX, SnapshotInfo, StateAction, StateChange,

@@ -52,8 +52,22 @@ fn decisions() {
         ("free although a held it: take afresh", &Record::Free, 0, held(3, 0), 5, "take a#1.0"),
         ("another holder, just seen", &b3, 1_000, None, 1_000, "follow b#3 in 30000"),
         ("another holder, unchanged 29.999 s", &b3, 1_000, None, 30_999, "follow b#3 in 1"),
-        ("another holder, unchanged a whole TTL: take over", &b3, 1_000, None, 31_000, "take a#4.0"),
-        ("another holder took ours: lost", &b3, 1_000, held(2, 900), 1_000, "follow b#3 in 30000 lost"),
+        (
+            "another holder, unchanged a whole TTL: take over",
+            &b3,
+            1_000,
+            None,
+            31_000,
+            "take a#4.0",
+        ),
+        (
+            "another holder took ours: lost",
+            &b3,
+            1_000,
+            held(2, 900),
+            1_000,
+            "follow b#3 in 30000 lost",
+        ),
         ("ours, fresh: lead", &a3, 0, held(3, 0), 9_999, "lead"),
         ("ours, a third of the TTL: renew", &a3, 0, held(3, 0), 10_000, "renew a#3.8"),
         ("ours, just under the TTL: renew", &a3, 0, held(3, 0), 29_999, "renew a#3.8"),
@@ -77,7 +91,10 @@ fn a_renewal_seen_by_a_standby_restarts_its_wait() {
     let first = lease("b", 3, 7);
     mem.saw(&first.to_value(), 0);
     mem.saw(&first.to_value(), 20_000);
-    assert_eq!(summary(&decide(&r, &Record::Held(first.clone()), &mem, 20_000, 0)), "follow b#3 in 10000");
+    assert_eq!(
+        summary(&decide(&r, &Record::Held(first.clone()), &mem, 20_000, 0)),
+        "follow b#3 in 10000"
+    );
     let renewed = Lease { beat: 8, ..first };
     mem.saw(&renewed.to_value(), 25_000);
     assert_eq!(summary(&decide(&r, &Record::Held(renewed), &mem, 50_000, 0)), "follow b#3 in 5000");
@@ -85,9 +102,25 @@ fn a_renewal_seen_by_a_standby_restarts_its_wait() {
 
 #[test]
 fn what_a_take_writes() {
-    let d = decide(&rules("a"), &Record::Held(lease("b", 3, 7)), &memory(&Record::Held(lease("b", 3, 7)), 0, None), 40_000, 1_765_000_000);
+    let d = decide(
+        &rules("a"),
+        &Record::Held(lease("b", 3, 7)),
+        &memory(&Record::Held(lease("b", 3, 7)), 0, None),
+        40_000,
+        1_765_000_000,
+    );
     let Decision::Take(l) = d else { panic!("expected a take, got {d:?}") };
-    assert_eq!(l, Lease { holder: "a".into(), generation: 4, beat: 0, since: 1_765_000_000, renewed: 1_765_000_000, ttl_s: 30 });
+    assert_eq!(
+        l,
+        Lease {
+            holder: "a".into(),
+            generation: 4,
+            beat: 0,
+            since: 1_765_000_000,
+            renewed: 1_765_000_000,
+            ttl_s: 30
+        }
+    );
     assert_eq!(Record::parse(Some(&l.to_value())), Record::Held(l));
 }
 
@@ -97,9 +130,17 @@ fn records() {
         (None, "free"),
         (Some(""), "free"),
         (Some(" "), "free"),
-        (Some(r#"{"holder":"m1","generation":2,"beat":0,"since":1,"renewed":1,"ttl_s":30}"#), "m1#2"),
+        (
+            Some(r#"{"holder":"m1","generation":2,"beat":0,"since":1,"renewed":1,"ttl_s":30}"#),
+            "m1#2",
+        ),
         (Some(r#"{"holder":"m1","generation":2}"#), "unreadable"),
-        (Some(r#"{"holder":"m1","generation":2,"beat":0,"since":1,"renewed":1,"ttl_s":30,"x":1}"#), "unreadable"),
+        (
+            Some(
+                r#"{"holder":"m1","generation":2,"beat":0,"since":1,"renewed":1,"ttl_s":30,"x":1}"#,
+            ),
+            "unreadable",
+        ),
         (Some("m1"), "unreadable"),
     ];
     for (value, want) in table {
@@ -122,9 +163,21 @@ fn the_fence() {
     );
     let table: Vec<(&str, &Record, Option<Held>, u64, Result<u64, &str>)> = vec![
         ("holder, fresh", &a3, held(3, 0), 29_999, Ok(3)),
-        ("holder, past its TTL", &a3, held(3, 0), 30_000, Err("last renewed 30000 ms ago, past its TTL")),
+        (
+            "holder, past its TTL",
+            &a3,
+            held(3, 0),
+            30_000,
+            Err("last renewed 30000 ms ago, past its TTL"),
+        ),
         ("never held", &a3, None, 0, Err("does not hold")),
-        ("taken by another", &b4, held(3, 0), 1, Err("now held by `b` (generation 4), not by `a` (generation 3)")),
+        (
+            "taken by another",
+            &b4,
+            held(3, 0),
+            1,
+            Err("now held by `b` (generation 4), not by `a` (generation 3)"),
+        ),
         ("retaken by ourselves elsewhere", &a4, held(3, 0), 1, Err("generation 4")),
         ("released", &Record::Free, held(3, 0), 1, Err("released")),
         ("overwritten by hand", &junk, held(3, 0), 1, Err("holds `x`")),

@@ -1,0 +1,67 @@
+//! The host configuration's `cluster` section: the agent runs on a member of an Incus
+//! cluster, beside an agent on every other member, and only the holder of the cluster
+//! lease (`veza_model::lease`) applies. Absent: a single host, no lease.
+
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use super::HostConfig;
+use crate::manifest::DurationSpec;
+use crate::parse::Seg;
+use crate::path;
+
+/// Running on a member of an Incus cluster.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// This agent's name in the lease: the Incus member it runs on (unique in the
+    /// cluster), e.g. `r720-2`.
+    pub member: String,
+    /// How long a lease lasts without a renewal; a standby takes over once it has seen
+    /// the same lease unchanged for this long. Renewed every third of it. Defaults to `30s`.
+    #[serde(default)]
+    pub lease_ttl: Option<DurationSpec>,
+}
+
+/// The default of `cluster.lease_ttl`.
+pub const DEFAULT_LEASE_TTL: std::time::Duration = std::time::Duration::from_secs(30);
+
+impl ClusterConfig {
+    /// The lease's TTL.
+    pub fn lease_ttl(&self) -> std::time::Duration {
+        self.lease_ttl.map_or(DEFAULT_LEASE_TTL, DurationSpec::get)
+    }
+}
+
+/// What is wrong with the `cluster` section, located.
+pub(super) fn problems(c: &HostConfig) -> Vec<(Vec<Seg>, String)> {
+    let mut out = Vec::new();
+    let Some(cl) = &c.cluster else { return out };
+    let ok = !cl.member.is_empty()
+        && cl.member.len() <= 63
+        && cl.member.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    if !ok {
+        out.push((
+            path!["cluster", "member"],
+            format!(
+                "cluster member `{}` must be 1 to 63 ASCII letters, digits, `-` or `.` (the Incus member name)",
+                cl.member
+            ),
+        ));
+    }
+    let ttl = cl.lease_ttl();
+    if ttl < std::time::Duration::from_secs(3) || ttl.subsec_nanos() != 0 {
+        out.push((
+            path!["cluster", "lease_ttl"],
+            "cluster.lease_ttl must be whole seconds, at least 3s".to_string(),
+        ));
+    }
+    if c.incus.endpoint.is_none() {
+        out.push((
+            path!["cluster"],
+            "a cluster member's agent talks to its cluster over HTTPS: set `incus.endpoint` (and its certificates)"
+                .to_string(),
+        ));
+    }
+    out
+}
