@@ -218,6 +218,24 @@ pub fn may_write(
     let Some(h) = held else {
         return Err("this agent does not hold the cluster lease".to_string());
     };
+    match record {
+        Record::Held(l) if l.holder == rules.me && l.generation == h.generation => {}
+        Record::Held(l) => {
+            return Err(format!(
+                "the cluster lease is now held by `{}` (generation {}), not by `{}` (generation {})",
+                l.holder, l.generation, rules.me, h.generation
+            ));
+        }
+        Record::Free => {
+            return Err(format!(
+                "the cluster lease was released (`{LEASE_KEY}` is gone); this agent held generation {}",
+                h.generation
+            ));
+        }
+        Record::Unreadable(raw) => {
+            return Err(format!("the cluster lease key holds `{raw}`, not this agent's lease"));
+        }
+    }
     let age = now_ms.saturating_sub(h.sent_ms);
     if age >= rules.ttl_ms {
         return Err(format!(
@@ -225,20 +243,7 @@ pub fn may_write(
             h.generation, age, rules.ttl_ms
         ));
     }
-    match record {
-        Record::Held(l) if l.holder == rules.me && l.generation == h.generation => Ok(h.generation),
-        Record::Held(l) => Err(format!(
-            "the cluster lease is now held by `{}` (generation {}), not by `{}` (generation {})",
-            l.holder, l.generation, rules.me, h.generation
-        )),
-        Record::Free => Err(format!(
-            "the cluster lease was released (`{LEASE_KEY}` is gone); this agent held generation {}",
-            h.generation
-        )),
-        Record::Unreadable(raw) => {
-            Err(format!("the cluster lease key holds `{raw}`, not this agent's lease"))
-        }
-    }
+    Ok(h.generation)
 }
 
 #[cfg(test)]
