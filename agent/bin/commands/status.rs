@@ -266,6 +266,12 @@ pub fn run(args: &StatusArgs) -> ExitCode {
         outln!("{}", serde_json::to_string_pretty(&status).unwrap_or_default());
     } else {
         out!("{}", render(&status, now));
+        if config.cluster.is_some()
+            && let Some(line) =
+                crate::cluster::status_line(std::path::Path::new(config.state_dir()))
+        {
+            outln!("{line}");
+        }
     }
     if status.problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) }
 }

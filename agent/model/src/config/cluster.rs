@@ -56,12 +56,42 @@ pub(super) fn problems(c: &HostConfig) -> Vec<(Vec<Seg>, String)> {
             "cluster.lease_ttl must be whole seconds, at least 3s".to_string(),
         ));
     }
-    if c.incus.endpoint.is_none() {
-        out.push((
-            path!["cluster"],
-            "a cluster member's agent talks to its cluster over HTTPS: set `incus.endpoint` (and its certificates)"
-                .to_string(),
-        ));
-    }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::parse_config;
+
+    const BASE: &str = "host: r720\nsource:\n  remotes: [https://forge.example/m.git]\n  manifests: [m.yaml]\ntrust:\n  allowed_signers: /etc/a\n";
+
+    #[test]
+    fn the_cluster_section() {
+        // (section, the lease TTL in seconds, or the error)
+        let table: Vec<(&str, Result<u64, &str>)> = vec![
+            ("", Err("absent")),
+            ("cluster:\n  member: r720-1\n", Ok(30)),
+            ("cluster:\n  member: r720-1\n  lease_ttl: 3s\n", Ok(3)),
+            ("cluster:\n  member: r720-1\n  lease_ttl: 2s\n", Err("at least 3s")),
+            ("cluster:\n  member: r720-1\n  lease_ttl: 3500ms\n", Err("whole seconds")),
+            ("cluster:\n  member: r720 1\n", Err("cluster member `r720 1` must be")),
+            ("cluster:\n  member: \"\"\n", Err("must be 1 to 63")),
+            ("cluster:\n  lease_ttl: 3s\n", Err("member")),
+        ];
+        for (section, want) in table {
+            let got = parse_config(format!("{BASE}{section}").as_bytes());
+            match (got, want) {
+                (Ok(c), Ok(secs)) => {
+                    let ttl = c.cluster.map(|cl| cl.lease_ttl().as_secs());
+                    assert_eq!(ttl, Some(secs), "{section}");
+                }
+                (Ok(c), Err("absent")) => assert!(c.cluster.is_none()),
+                (Err(problems), Err(w)) => {
+                    let text: Vec<String> = problems.iter().map(|d| d.message.clone()).collect();
+                    assert!(text.iter().any(|m| m.contains(w)), "{section}: {text:?}");
+                }
+                (got, want) => panic!("{section}: got {:?}, want {want:?}", got.map(|c| c.cluster)),
+            }
+        }
+    }
 }
