@@ -41,13 +41,19 @@ fn summary(d: &Decision) -> String {
     }
 }
 
+/// (case, record, seen since ms, held, now ms, expected decision)
+type DecisionCase<'a> = (&'a str, &'a Record, u64, Option<Held>, u64, &'a str);
+
+/// (case, record, held, now ms, the generation or a part of the refusal)
+type FenceCase<'a> = (&'a str, &'a Record, Option<Held>, u64, Result<u64, &'a str>);
+
 #[test]
 fn decisions() {
     let b3 = Record::Held(lease("b", 3, 7));
     let a3 = Record::Held(lease("a", 3, 7));
     let junk = Record::Unreadable("by hand".to_string());
     // (case, record, seen since ms, held, now ms, expected)
-    let table: Vec<(&str, &Record, u64, Option<Held>, u64, &str)> = vec![
+    let table: Vec<DecisionCase> = vec![
         ("free: take generation 1", &Record::Free, 0, None, 5, "take a#1.0"),
         ("free although a held it: take afresh", &Record::Free, 0, held(3, 0), 5, "take a#1.0"),
         ("another holder, just seen", &b3, 1_000, None, 1_000, "follow b#3 in 30000"),
@@ -161,7 +167,7 @@ fn the_fence() {
         Record::Held(lease("a", 4, 0)),
         Record::Unreadable("x".into()),
     );
-    let table: Vec<(&str, &Record, Option<Held>, u64, Result<u64, &str>)> = vec![
+    let table: Vec<FenceCase> = vec![
         ("holder, fresh", &a3, held(3, 0), 29_999, Ok(3)),
         (
             "holder, past its TTL",
