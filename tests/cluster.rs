@@ -194,3 +194,138 @@ fn takeover_after_the_leaders_member_dies_and_the_mark_survives() {
     cluster(&["start", "1"]);
     cluster(&["up"]);
 }
+
+/// A sync on member `n`'s agent: `veza-agent apply` with that member's configuration.
+fn apply_on(config: &std::path::Path) -> veza_testkit::cli::Run {
+    veza_testkit::cli::agent(
+        std::path::Path::new(env!("CARGO_BIN_EXE_veza-agent")),
+        config,
+        &["apply"],
+    )
+}
+
+#[test]
+#[ignore = "needs the 3-member cluster: run tests/cluster"]
+fn failover_between_two_commits_never_applies_older_than_any_leader() {
+    use veza_testkit::repo::{RepoBuilder, SigningKey, allowed_signers};
+    cluster(&["up"]);
+    let host = "veza-cluster-test";
+    let profile = "vt-cluster-profile";
+    let mark = format!("user.veza-agent.applied.{host}");
+    let rt = runtime().expect("runtime");
+    let step_of = |n: u8| -> Option<String> {
+        rt.block_on(async {
+            let p = member(n).profile(profile).await.expect("read the profile");
+            p.and_then(|p| p.config.get("user.step").cloned())
+        })
+    };
+    // Leftovers of a killed run: the profile, the mark, the lease.
+    rt.block_on(async {
+        let m2 = member(2);
+        if m2.profile(profile).await.expect("read").is_some() {
+            Cmd::new("incus")
+                .args(["profile", "delete", profile])
+                .env("INCUS_DIR", format!("{BASE}/2/incus"))
+                .run()
+                .expect("delete the leftover profile");
+        }
+        m2.set_server_user_config(&mark, None).await.expect("clear the mark");
+        clear_lease(&m2).await;
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = SigningKey::generate(&dir.path().join("keys"), "ops").expect("key");
+    let repos = dir.path().join("repos");
+    let repo = RepoBuilder::with_name(&repos, "manifests.git").expect("repo");
+    let manifest = |step: u32| {
+        format!(
+            "apiVersion: veza-agent/v1\nkind: Environment\nmetadata:\n  name: cl\n  host: {host}\n\
+             incus:\n  profiles:\n    {profile}: {{config: {{user.step: \"{step}\"}}}}\n"
+        )
+    };
+    let c1 = repo.commit_files_signed(&key, &[("cl.yaml", &manifest(1))], "step 1").expect("c1");
+    let server = veza_testkit::http::GitHttpServer::start(&repos).expect("git server");
+    let trust = dir.path().join("allowed_signers");
+    std::fs::write(&trust, allowed_signers(&[("ops@example", &key)])).expect("trust");
+    let config_of = |n: u8| {
+        let path = dir.path().join(format!("member-{n}.yaml"));
+        std::fs::write(
+            &path,
+            format!(
+                "host: {host}\nsource:\n  remotes: [\"{url}\"]\n  branch: main\n  manifests: [cl.yaml]\n\
+                 trust:\n  allowed_signers: {trust}\nstate_dir: {state}\n\
+                 incus:\n  endpoint: https://10.250.77.1{n}:8443\n  client_cert: {BASE}/client.crt\n  \
+                 client_key: {BASE}/client.key\n  server_cert: {BASE}/cluster.crt\n\
+                 cluster:\n  member: veza-cl-{n}\n  lease_ttl: 3s\n",
+                url = server.url("manifests.git"),
+                trust = trust.display(),
+                state = dir.path().join(format!("state-{n}")).display(),
+            ),
+        )
+        .expect("config");
+        path
+    };
+    let (a, b) = (config_of(1), config_of(2));
+
+    // Member 1's agent leads and applies the first commit.
+    let r = apply_on(&a);
+    assert_eq!(r.code, 0, "{r}");
+    assert_eq!(step_of(3).as_deref(), Some("1"));
+    // Member 2's agent, a standby, plans only and says who leads.
+    let r = apply_on(&b);
+    assert!(r.code == 0 || r.code == 4, "{r}");
+    let status = veza_testkit::cli::agent(
+        std::path::Path::new(env!("CARGO_BIN_EXE_veza-agent")),
+        &b,
+        &["status"],
+    );
+    assert!(status.out.contains("cluster:  `veza-cl-1` leads since"), "{status}");
+    assert!(status.out.contains("this member: `veza-cl-2` (standby: plans only)"), "{status}");
+    // A second commit, applied by the leader: the shared mark moves to it.
+    let c2 = repo.commit_files_signed(&key, &[("cl.yaml", &manifest(2))], "step 2").expect("c2");
+    let r = apply_on(&b);
+    assert_eq!(r.code, 4, "the standby holds the change: {r}");
+    assert!(
+        r.out.contains("standby: cluster member `veza-cl-1` leads")
+            || r.err.contains("standby: cluster member `veza-cl-1` leads"),
+        "{r}"
+    );
+    assert_eq!(step_of(2).as_deref(), Some("1"), "the standby applied nothing");
+    let r = apply_on(&a);
+    assert_eq!(r.code, 0, "{r}");
+    assert_eq!(step_of(2).as_deref(), Some("2"));
+    let shared = rt.block_on(async { member(3).server_user_config(&mark).await.expect("mark") });
+    assert_eq!(shared.as_deref(), Some(c2.as_str()));
+
+    // Member 1 dies; the operator hands the lease over at once (runbook) rather than
+    // wait a TTL, and someone pushes the branch back to the first commit.
+    cluster(&["kill", "1"]);
+    rt.block_on(async { clear_lease(&member(2)).await });
+    repo.force_reset(&c1).expect("force-push the first commit back");
+    // Member 2's own state file says c1 was applied (it saw it applied as a standby), but
+    // the mark in the cluster says c2: the new leader refuses the older commit.
+    let r = apply_on(&b);
+    assert_eq!(r.code, 1, "rejected: {r}");
+    assert!(format!("{}{}", r.out, r.err).contains(&c2[..12]), "names the applied commit: {r}");
+    assert_eq!(step_of(2).as_deref(), Some("2"), "nothing older was applied");
+    // A newer commit on top of c2 is applied by the new leader.
+    repo.force_reset(&c2).expect("the branch back at c2");
+    let c3 = repo.commit_files_signed(&key, &[("cl.yaml", &manifest(3))], "step 3").expect("c3");
+    let r = apply_on(&b);
+    assert_eq!(r.code, 0, "{r}");
+    assert_eq!(step_of(3).as_deref(), Some("3"));
+    let shared = rt.block_on(async { member(2).server_user_config(&mark).await.expect("mark") });
+    assert_eq!(shared.as_deref(), Some(c3.as_str()));
+
+    cluster(&["start", "1"]);
+    cluster(&["up"]);
+    rt.block_on(async {
+        let m2 = member(2);
+        m2.set_server_user_config(&mark, None).await.expect("clear the mark");
+        clear_lease(&m2).await;
+    });
+    Cmd::new("incus")
+        .args(["profile", "delete", profile])
+        .env("INCUS_DIR", format!("{BASE}/2/incus"))
+        .run()
+        .expect("delete the profile");
+}
