@@ -280,6 +280,24 @@ fn failover_between_two_commits_never_applies_older_than_any_leader() {
     );
     assert!(status.out.contains("cluster:  `veza-cl-1` leads since"), "{status}");
     assert!(status.out.contains("this member: `veza-cl-2` (standby: plans only)"), "{status}");
+    let json = veza_testkit::cli::agent(
+        std::path::Path::new(env!("CARGO_BIN_EXE_veza-agent")),
+        &b,
+        &["status", "--json"],
+    );
+    let doc: serde_json::Value = serde_json::from_str(&json.out).expect("status --json");
+    assert_eq!(doc["cluster"]["leader"], "veza-cl-1", "{json}");
+    assert_eq!(doc["cluster"]["member"], "veza-cl-2", "{json}");
+    // `plan` on the standby says so first, and takes nothing.
+    let plan = veza_testkit::cli::agent(
+        std::path::Path::new(env!("CARGO_BIN_EXE_veza-agent")),
+        &b,
+        &["plan"],
+    );
+    assert!(
+        plan.out.contains("NOTHING WILL BE APPLIED: standby: cluster member `veza-cl-1` leads"),
+        "{plan}"
+    );
     // A second commit, applied by the leader: the shared mark moves to it.
     let c2 = repo.commit_files_signed(&key, &[("cl.yaml", &manifest(2))], "step 2").expect("c2");
     let r = apply_on(&b);

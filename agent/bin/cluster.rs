@@ -138,6 +138,31 @@ impl ClusterLease {
         }
     }
 
+    /// What `plan` says, read-only (it never takes or renews the lease): why an apply
+    /// now would not apply, when another member holds a lease.
+    pub async fn peek(&self) -> Option<String> {
+        use veza_host::incus::SharedConfig;
+        use veza_model::lease::{LEASE_KEY, Record};
+        let read = match self.keeper.store().shared_user_config(LEASE_KEY).await {
+            Ok(r) => r,
+            Err(e) => return Some(format!("standby: the cluster lease could not be read ({e})")),
+        };
+        match Record::parse(read.value.as_deref()) {
+            Record::Held(l) if l.holder != self.member => Some(format!(
+                "standby: cluster member `{}` leads (lease generation {}, since {}, renewed {})",
+                l.holder,
+                l.generation,
+                rfc3339(l.since),
+                rfc3339(l.renewed)
+            )),
+            Record::Unreadable(_) => Some(format!(
+                "standby: the cluster lease key `{LEASE_KEY}` holds something that is not a lease"
+            )),
+            // Free or this member's: an apply would take it.
+            _ => None,
+        }
+    }
+
     fn keep_renewing(&self) {
         if self.renewing.get().is_some() {
             return;
@@ -180,10 +205,15 @@ impl ClusterLease {
     }
 }
 
+/// Who led at this agent's last look (`cluster.json`), if it recorded one.
+pub fn recorded(state_dir: &Path) -> Option<Recorded> {
+    let bytes = std::fs::read(state_dir.join(STANDING_FILE)).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
 /// The line `status` prints on a cluster member: who led at this agent's last look.
 pub fn status_line(state_dir: &Path) -> Option<String> {
-    let bytes = std::fs::read(state_dir.join(STANDING_FILE)).ok()?;
-    let r: Recorded = serde_json::from_slice(&bytes).ok()?;
+    let r = recorded(state_dir)?;
     Some(match (&r.leader, r.generation, r.since) {
         (Some(leader), Some(g), Some(since)) => format!(
             "cluster:  `{leader}` leads since {} (lease generation {g}); this member: `{}`{}",
