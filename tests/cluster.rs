@@ -7,7 +7,7 @@
 //! Each test clears the lease key first (a killed run's lease would otherwise make the
 //! first take wait a TTL) and leaves every member running.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use veza_host::clock::SystemClock;
@@ -195,155 +195,272 @@ fn takeover_after_the_leaders_member_dies_and_the_mark_survives() {
     cluster(&["up"]);
 }
 
-/// A sync on member `n`'s agent: `veza-agent apply` with that member's configuration.
-fn apply_on(config: &std::path::Path) -> veza_testkit::cli::Run {
-    veza_testkit::cli::agent(
-        std::path::Path::new(env!("CARGO_BIN_EXE_veza-agent")),
-        config,
-        &["apply"],
-    )
+/// `veza-agent ARGS --config CONFIG`.
+fn agent(config: &Path, args: &[&str]) -> veza_testkit::cli::Run {
+    veza_testkit::cli::agent(Path::new(env!("CARGO_BIN_EXE_veza-agent")), config, args)
+}
+
+const HOST: &str = "veza-cluster-test";
+const PROFILE: &str = "vt-cluster-profile";
+
+fn mark_key() -> String {
+    format!("user.veza-agent.applied.{HOST}")
+}
+
+/// A signed manifests repository served over smart HTTP whose one manifest declares the
+/// profile `vt-cluster-profile` with `user.step`, and a configuration per member.
+struct Fixture {
+    dir: tempfile::TempDir,
+    key: veza_testkit::repo::SigningKey,
+    repo: veza_testkit::repo::RepoBuilder,
+    server: veza_testkit::http::GitHttpServer,
+}
+
+impl Fixture {
+    /// Removes what a killed run left (the profile, the mark, the lease) and commits step 1.
+    fn new() -> (Fixture, String) {
+        use veza_testkit::repo::{RepoBuilder, SigningKey};
+        runtime().expect("runtime").block_on(async {
+            let m2 = member(2);
+            if m2.profile(PROFILE).await.expect("read").is_some() {
+                delete_profile();
+            }
+            m2.set_server_user_config(&mark_key(), None).await.expect("clear the mark");
+            clear_lease(&m2).await;
+        });
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = SigningKey::generate(&dir.path().join("keys"), "ops").expect("key");
+        let repos = dir.path().join("repos");
+        let repo = RepoBuilder::with_name(&repos, "manifests.git").expect("repo");
+        let server = veza_testkit::http::GitHttpServer::start(&repos).expect("git server");
+        let f = Fixture { dir, key, repo, server };
+        let c1 = f.commit(1);
+        (f, c1)
+    }
+
+    fn commit(&self, step: u32) -> String {
+        let manifest = format!(
+            "apiVersion: veza-agent/v1\nkind: Environment\nmetadata:\n  name: cl\n  host: {HOST}\n\
+             incus:\n  profiles:\n    {PROFILE}: {{config: {{user.step: \"{step}\"}}}}\n"
+        );
+        self.repo
+            .commit_files_signed(&self.key, &[("cl.yaml", &manifest)], &format!("step {step}"))
+            .expect("commit")
+    }
+
+    /// The configuration of member `n`'s agent (HTTPS to its member, lease TTL 3 s).
+    fn config(&self, n: u8, poll: &str) -> PathBuf {
+        let trust = self.dir.path().join("allowed_signers");
+        std::fs::write(&trust, veza_testkit::repo::allowed_signers(&[("ops@example", &self.key)]))
+            .expect("trust");
+        let path = self.dir.path().join(format!("member-{n}.yaml"));
+        std::fs::write(
+            &path,
+            format!(
+                "host: {HOST}\nsource:\n  remotes: [\"{url}\"]\n  branch: main\n  manifests: [cl.yaml]\n\
+                 trust:\n  allowed_signers: {trust}\nstate_dir: {state}\n{poll}\
+                 incus:\n  endpoint: https://10.250.77.1{n}:8443\n  client_cert: {BASE}/client.crt\n  \
+                 client_key: {BASE}/client.key\n  server_cert: {BASE}/cluster.crt\n\
+                 cluster:\n  member: veza-cl-{n}\n  lease_ttl: 3s\n",
+                url = self.server.url("manifests.git"),
+                trust = trust.display(),
+                state = self.state_dir(n).display(),
+            ),
+        )
+        .expect("config");
+        path
+    }
+
+    fn state_dir(&self, n: u8) -> PathBuf {
+        self.dir.path().join(format!("state-{n}"))
+    }
+
+    /// Who member `n`'s agent last saw leading (`cluster.json`).
+    fn leader_seen_by(&self, n: u8) -> Option<String> {
+        let text = std::fs::read_to_string(self.state_dir(n).join("cluster.json")).ok()?;
+        let doc: serde_json::Value = serde_json::from_str(&text).ok()?;
+        doc["leader"].as_str().map(str::to_string)
+    }
+}
+
+fn delete_profile() {
+    Cmd::new("incus")
+        .args(["profile", "delete", PROFILE])
+        .env("INCUS_DIR", format!("{BASE}/2/incus"))
+        .run()
+        .expect("delete the test profile");
+}
+
+/// After a test: every member running, the mark, the lease and the profile gone.
+fn restore() {
+    cluster(&["start", "1"]);
+    cluster(&["up"]);
+    runtime().expect("runtime").block_on(async {
+        let m2 = member(2);
+        m2.set_server_user_config(&mark_key(), None).await.expect("clear the mark");
+        clear_lease(&m2).await;
+        if m2.profile(PROFILE).await.expect("read").is_some() {
+            delete_profile();
+        }
+    });
+}
+
+fn step_of(n: u8) -> Option<String> {
+    runtime().expect("runtime").block_on(async {
+        let p = member(n).profile(PROFILE).await.expect("read the profile");
+        p.and_then(|p| p.config.get("user.step").cloned())
+    })
+}
+
+fn mark_via(n: u8) -> Option<String> {
+    runtime()
+        .expect("runtime")
+        .block_on(async { member(n).server_user_config(&mark_key()).await.expect("mark") })
 }
 
 #[test]
 #[ignore = "needs the 3-member cluster: run tests/cluster"]
 fn failover_between_two_commits_never_applies_older_than_any_leader() {
-    use veza_testkit::repo::{RepoBuilder, SigningKey, allowed_signers};
     cluster(&["up"]);
-    let host = "veza-cluster-test";
-    let profile = "vt-cluster-profile";
-    let mark = format!("user.veza-agent.applied.{host}");
-    let rt = runtime().expect("runtime");
-    let step_of = |n: u8| -> Option<String> {
-        rt.block_on(async {
-            let p = member(n).profile(profile).await.expect("read the profile");
-            p.and_then(|p| p.config.get("user.step").cloned())
-        })
-    };
-    // Leftovers of a killed run: the profile, the mark, the lease.
-    rt.block_on(async {
-        let m2 = member(2);
-        if m2.profile(profile).await.expect("read").is_some() {
-            Cmd::new("incus")
-                .args(["profile", "delete", profile])
-                .env("INCUS_DIR", format!("{BASE}/2/incus"))
-                .run()
-                .expect("delete the leftover profile");
-        }
-        m2.set_server_user_config(&mark, None).await.expect("clear the mark");
-        clear_lease(&m2).await;
-    });
-    let dir = tempfile::tempdir().expect("tempdir");
-    let key = SigningKey::generate(&dir.path().join("keys"), "ops").expect("key");
-    let repos = dir.path().join("repos");
-    let repo = RepoBuilder::with_name(&repos, "manifests.git").expect("repo");
-    let manifest = |step: u32| {
-        format!(
-            "apiVersion: veza-agent/v1\nkind: Environment\nmetadata:\n  name: cl\n  host: {host}\n\
-             incus:\n  profiles:\n    {profile}: {{config: {{user.step: \"{step}\"}}}}\n"
-        )
-    };
-    let c1 = repo.commit_files_signed(&key, &[("cl.yaml", &manifest(1))], "step 1").expect("c1");
-    let server = veza_testkit::http::GitHttpServer::start(&repos).expect("git server");
-    let trust = dir.path().join("allowed_signers");
-    std::fs::write(&trust, allowed_signers(&[("ops@example", &key)])).expect("trust");
-    let config_of = |n: u8| {
-        let path = dir.path().join(format!("member-{n}.yaml"));
-        std::fs::write(
-            &path,
-            format!(
-                "host: {host}\nsource:\n  remotes: [\"{url}\"]\n  branch: main\n  manifests: [cl.yaml]\n\
-                 trust:\n  allowed_signers: {trust}\nstate_dir: {state}\n\
-                 incus:\n  endpoint: https://10.250.77.1{n}:8443\n  client_cert: {BASE}/client.crt\n  \
-                 client_key: {BASE}/client.key\n  server_cert: {BASE}/cluster.crt\n\
-                 cluster:\n  member: veza-cl-{n}\n  lease_ttl: 3s\n",
-                url = server.url("manifests.git"),
-                trust = trust.display(),
-                state = dir.path().join(format!("state-{n}")).display(),
-            ),
-        )
-        .expect("config");
-        path
-    };
-    let (a, b) = (config_of(1), config_of(2));
+    let (f, c1) = Fixture::new();
+    let (a, b) = (f.config(1, ""), f.config(2, ""));
 
     // Member 1's agent leads and applies the first commit.
-    let r = apply_on(&a);
+    let r = agent(&a, &["apply"]);
     assert_eq!(r.code, 0, "{r}");
     assert_eq!(step_of(3).as_deref(), Some("1"));
     // Member 2's agent, a standby, plans only and says who leads.
-    let r = apply_on(&b);
+    let r = agent(&b, &["apply"]);
     assert!(r.code == 0 || r.code == 4, "{r}");
-    let status = veza_testkit::cli::agent(
-        std::path::Path::new(env!("CARGO_BIN_EXE_veza-agent")),
-        &b,
-        &["status"],
-    );
+    let status = agent(&b, &["status"]);
     assert!(status.out.contains("cluster:  `veza-cl-1` leads since"), "{status}");
     assert!(status.out.contains("this member: `veza-cl-2` (standby: plans only)"), "{status}");
-    let json = veza_testkit::cli::agent(
-        std::path::Path::new(env!("CARGO_BIN_EXE_veza-agent")),
-        &b,
-        &["status", "--json"],
-    );
+    let json = agent(&b, &["status", "--json"]);
     let doc: serde_json::Value = serde_json::from_str(&json.out).expect("status --json");
     assert_eq!(doc["cluster"]["leader"], "veza-cl-1", "{json}");
     assert_eq!(doc["cluster"]["member"], "veza-cl-2", "{json}");
     // `plan` on the standby says so first, and takes nothing.
-    let plan = veza_testkit::cli::agent(
-        std::path::Path::new(env!("CARGO_BIN_EXE_veza-agent")),
-        &b,
-        &["plan"],
-    );
+    let plan = agent(&b, &["plan"]);
     assert!(
         plan.out.contains("NOTHING WILL BE APPLIED: standby: cluster member `veza-cl-1` leads"),
         "{plan}"
     );
     // A second commit, applied by the leader: the shared mark moves to it.
-    let c2 = repo.commit_files_signed(&key, &[("cl.yaml", &manifest(2))], "step 2").expect("c2");
-    let r = apply_on(&b);
+    let c2 = f.commit(2);
+    let r = agent(&b, &["apply"]);
     assert_eq!(r.code, 4, "the standby holds the change: {r}");
     assert!(
-        r.out.contains("standby: cluster member `veza-cl-1` leads")
-            || r.err.contains("standby: cluster member `veza-cl-1` leads"),
+        format!("{}{}", r.out, r.err).contains("standby: cluster member `veza-cl-1` leads"),
         "{r}"
     );
     assert_eq!(step_of(2).as_deref(), Some("1"), "the standby applied nothing");
-    let r = apply_on(&a);
+    let r = agent(&a, &["apply"]);
     assert_eq!(r.code, 0, "{r}");
     assert_eq!(step_of(2).as_deref(), Some("2"));
-    let shared = rt.block_on(async { member(3).server_user_config(&mark).await.expect("mark") });
-    assert_eq!(shared.as_deref(), Some(c2.as_str()));
+    assert_eq!(mark_via(3).as_deref(), Some(c2.as_str()));
 
     // Member 1 dies; the operator hands the lease over at once (runbook) rather than
     // wait a TTL, and someone pushes the branch back to the first commit.
     cluster(&["kill", "1"]);
-    rt.block_on(async { clear_lease(&member(2)).await });
-    repo.force_reset(&c1).expect("force-push the first commit back");
+    runtime().expect("runtime").block_on(async { clear_lease(&member(2)).await });
+    f.repo.force_reset(&c1).expect("force-push the first commit back");
     // Member 2's own state file says c1 was applied (it saw it applied as a standby), but
     // the mark in the cluster says c2: the new leader refuses the older commit.
-    let r = apply_on(&b);
+    let r = agent(&b, &["apply"]);
     assert_eq!(r.code, 1, "rejected: {r}");
     assert!(format!("{}{}", r.out, r.err).contains(&c2[..12]), "names the applied commit: {r}");
     assert_eq!(step_of(2).as_deref(), Some("2"), "nothing older was applied");
     // A newer commit on top of c2 is applied by the new leader.
-    repo.force_reset(&c2).expect("the branch back at c2");
-    let c3 = repo.commit_files_signed(&key, &[("cl.yaml", &manifest(3))], "step 3").expect("c3");
-    let r = apply_on(&b);
+    f.repo.force_reset(&c2).expect("the branch back at c2");
+    let c3 = f.commit(3);
+    let r = agent(&b, &["apply"]);
     assert_eq!(r.code, 0, "{r}");
     assert_eq!(step_of(3).as_deref(), Some("3"));
-    let shared = rt.block_on(async { member(2).server_user_config(&mark).await.expect("mark") });
-    assert_eq!(shared.as_deref(), Some(c3.as_str()));
+    assert_eq!(mark_via(2).as_deref(), Some(c3.as_str()));
+    restore();
+}
 
-    cluster(&["start", "1"]);
+/// A daemon (`veza-agent run`).
+struct Daemon {
+    pid: u32,
+    log: PathBuf,
+}
+
+impl Daemon {
+    fn start(config: &Path, log: PathBuf) -> Daemon {
+        let pid = veza_testkit::cli::spawn(
+            Path::new(env!("CARGO_BIN_EXE_veza-agent")),
+            config,
+            "run",
+            &log,
+        );
+        Daemon { pid, log }
+    }
+
+    fn kill(&self) {
+        veza_testkit::proc::kill_pid(self.pid, "KILL", Duration::from_secs(5));
+    }
+
+    /// Polls `f` every 100 ms for at most `limit`; fails with the daemon's log.
+    fn wait_for(&self, what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if f() {
+                return start.elapsed();
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "timed out after {limit:?} waiting for {what}; daemon log:\n{}",
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        );
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[test]
+#[ignore = "needs the 3-member cluster: run tests/cluster"]
+fn daemons_on_two_members_the_standby_takes_over_when_the_leaders_member_dies() {
     cluster(&["up"]);
-    rt.block_on(async {
-        let m2 = member(2);
-        m2.set_server_user_config(&mark, None).await.expect("clear the mark");
-        clear_lease(&m2).await;
+    let (f, _c1) = Fixture::new();
+    let poll = "poll: {interval: 1h, jitter: 0s}\n";
+    let (a, b) = (f.config(1, poll), f.config(2, poll));
+    let da = Daemon::start(&a, f.dir.path().join("a.log"));
+    da.wait_for("member 1's daemon to lead and apply", Duration::from_secs(60), || {
+        f.leader_seen_by(1).as_deref() == Some("veza-cl-1") && step_of(2).as_deref() == Some("1")
     });
-    Cmd::new("incus")
-        .args(["profile", "delete", profile])
-        .env("INCUS_DIR", format!("{BASE}/2/incus"))
-        .run()
-        .expect("delete the profile");
+    let db = Daemon::start(&b, f.dir.path().join("b.log"));
+    db.wait_for("member 2's daemon to see member 1 lead", Duration::from_secs(60), || {
+        f.leader_seen_by(2).as_deref() == Some("veza-cl-1")
+    });
+    // The leader renews between its polls (hourly here): after three TTLs it still leads.
+    std::thread::sleep(Duration::from_secs(9));
+    assert_eq!(f.leader_seen_by(2).as_deref(), Some("veza-cl-1"), "renewed between polls");
+    // Member 1 dies: its incusd and its agent.
+    cluster(&["kill", "1"]);
+    da.kill();
+    let took =
+        db.wait_for("member 2's daemon to take the lease over", Duration::from_secs(60), || {
+            f.leader_seen_by(2).as_deref() == Some("veza-cl-2")
+        });
+    eprintln!(
+        "cluster: daemon takeover {took:?} after member 1's incusd and agent were killed (TTL 3s)"
+    );
+    // The new leader applies the next commit at its next sync (asked for here).
+    f.commit(2);
+    let r = Cmd::new(env!("CARGO_BIN_EXE_veza-agent"))
+        .args(["sync", "--config"])
+        .arg(&b)
+        .timeout(Duration::from_secs(120))
+        .output()
+        .expect("sync");
+    assert_eq!(r.status.code(), Some(0), "{}{}", r.stdout_str(), r.stderr_str());
+    assert_eq!(step_of(2).as_deref(), Some("2"));
+    drop(db);
+    restore();
 }

@@ -170,12 +170,16 @@ impl ClusterLease {
         let Ok(handle) = tokio::runtime::Handle::try_current() else { return };
         let keeper = Arc::downgrade(&self.keeper);
         let every = self.ttl / 3;
+        let (state_dir, member) = (self.state_dir.clone(), self.member.clone());
         let task = handle.spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
                 let Some(k) = keeper.upgrade() else { return };
-                if let Err(e) = k.step().await {
-                    tracing::warn!("cluster: lease renewal failed: {e}");
+                // A standby's look here also takes an expired lease over: the next sync
+                // applies without waiting for it.
+                match k.step().await {
+                    Ok(standing) => record(&state_dir, &member, &standing),
+                    Err(e) => tracing::warn!("cluster: lease renewal failed: {e}"),
                 }
             }
         });
@@ -183,25 +187,29 @@ impl ClusterLease {
     }
 
     fn record(&self, standing: Option<&Standing>) {
-        let Some(standing) = standing else { return };
-        let leader = match standing {
-            Standing::Leading(l) => Some(l),
-            Standing::Following { leader, .. } => leader.as_ref(),
-        };
-        let rec = Recorded {
-            member: self.member.clone(),
-            leader: leader.map(|l| l.holder.clone()),
-            generation: leader.map(|l| l.generation),
-            since: leader.map(|l| l.since),
-        };
-        let bytes = serde_json::to_vec_pretty(&rec).unwrap_or_default();
-        if let Err(e) = veza_host::fs::write_atomic_if_changed(
-            &self.state_dir.join(STANDING_FILE),
-            &bytes,
-            0o644,
-        ) {
-            tracing::warn!("cluster: could not record who leads: {e}");
+        if let Some(standing) = standing {
+            record(&self.state_dir, &self.member, standing);
         }
+    }
+}
+
+/// Writes who leads into `cluster.json` (nothing when it did not change).
+fn record(state_dir: &Path, member: &str, standing: &Standing) {
+    let leader = match standing {
+        Standing::Leading(l) => Some(l),
+        Standing::Following { leader, .. } => leader.as_ref(),
+    };
+    let rec = Recorded {
+        member: member.to_string(),
+        leader: leader.map(|l| l.holder.clone()),
+        generation: leader.map(|l| l.generation),
+        since: leader.map(|l| l.since),
+    };
+    let bytes = serde_json::to_vec_pretty(&rec).unwrap_or_default();
+    if let Err(e) =
+        veza_host::fs::write_atomic_if_changed(&state_dir.join(STANDING_FILE), &bytes, 0o644)
+    {
+        tracing::warn!("cluster: could not record who leads: {e}");
     }
 }
 
