@@ -59,6 +59,17 @@ impl Daemon {
         }
         panic!("timed out after {limit:?} waiting for {what}; daemon log:\n{}", self.log());
     }
+
+    /// Waits until `status` says `commit` is applied on `h`.
+    fn wait_applied(&self, h: &DemoHost, what: &str, limit: Duration, commit: &str) {
+        self.wait_for(what, limit, || status(h)["state"]["applied"]["commit"] == commit);
+    }
+
+    /// SIGTERM, then waits for the daemon to exit.
+    fn stop(&self) {
+        self.signal("TERM");
+        self.wait_for("the daemon to stop", Duration::from_secs(30), || !self.alive());
+    }
 }
 
 /// Sets the host's poll interval to an hour: only something else can wake the daemon
@@ -74,14 +85,15 @@ fn status(h: &DemoHost) -> serde_json::Value {
     serde_json::from_str(&out.stdout_str()).unwrap_or(serde_json::Value::Null)
 }
 
+/// One slot is enough here: the promotion itself is proven by `e2e` (one-off `apply`) and
+/// in-process (`veza-host`'s `apply/tests.rs`); what this proves is the daemon's wiring —
+/// the poll, the lock, `sync` over the control socket, drift put back, reload and stop.
 #[test]
 fn daemon_polls_answers_sync_keeps_one_agent_and_stops_cleanly() {
     let h = host();
-    let first = h.commit(&h.manifest("blue", Some(0), Some(1)), "two slots").unwrap();
+    let first = h.commit(&h.manifest("blue", Some(0), None), "blue").unwrap();
     let d = Daemon::start(&h);
-    d.wait_for("the first sync", Duration::from_secs(90), || {
-        status(&h)["state"]["applied"]["commit"] == first
-    });
+    d.wait_applied(&h, "the first sync", Duration::from_secs(90), &first);
     assert_eq!(h.served_release().unwrap(), h.releases[0].id);
 
     // Only one agent per host: a one-off apply is refused while the daemon holds the lock.
@@ -89,31 +101,28 @@ fn daemon_polls_answers_sync_keeps_one_agent_and_stops_cleanly() {
     assert_eq!(out.status.code(), Some(1), "{}", out.stdout_str());
     assert!(out.stderr_str().contains("another veza-agent is running"), "{}", out.stderr_str());
 
-    // `sync` triggers a run now and reports its outcome.
-    let promote = h.commit(&h.manifest("green", Some(0), Some(1)), "promote green").unwrap();
+    // `sync` triggers a run now and reports its outcome (a new commit, nothing to change).
+    let touched = format!("{}# touched\n", h.manifest("blue", Some(0), None));
+    let second = h.commit(&touched, "a new commit").unwrap();
     let out = h.agent(&["sync"]).unwrap();
     assert_eq!(out.status.code(), Some(0), "{}{}", out.stdout_str(), out.stderr_str());
     assert!(
-        out.stdout_str().starts_with(&format!("applied {}", &promote[..12]))
-            || status(&h)["state"]["applied"]["commit"] == promote,
+        out.stdout_str().starts_with(&format!("applied {}", &second[..12]))
+            || status(&h)["state"]["applied"]["commit"] == second,
         "{}",
         out.stdout_str()
     );
-    d.wait_for("the promotion", Duration::from_secs(60), || {
-        h.served_release().is_ok_and(|r| r == h.releases[1].id)
-    });
 
-    // Drift: someone removes the green slot's upstream proxy device by hand; the next
-    // cycle puts it back (the edge keeps serving green).
-    let green = format!("{}-hello-green", h.env);
-    Cmd::new("incus").args(["config", "device", "remove", &green, "veza-upstream"]).run().unwrap();
+    // Drift: someone removes the serving slot's upstream proxy device by hand; the next
+    // cycle puts it back (the edge serves blue again).
+    let blue = format!("{}-hello-blue", h.env);
+    Cmd::new("incus").args(["config", "device", "remove", &blue, "veza-upstream"]).run().unwrap();
     let out = h.agent(&["sync"]).unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", out.stdout_str());
-    let devices =
-        Cmd::new("incus").args(["config", "device", "list", &green]).run_stdout().unwrap();
+    let devices = Cmd::new("incus").args(["config", "device", "list", &blue]).run_stdout().unwrap();
     assert!(devices.contains("veza-upstream"), "drift was not corrected: {devices}");
-    d.wait_for("green to serve again", Duration::from_secs(30), || {
-        h.served_release().is_ok_and(|r| r == h.releases[1].id)
+    d.wait_for("blue to serve again", Duration::from_secs(30), || {
+        h.served_release().is_ok_and(|r| r == h.releases[0].id)
     });
 
     // SIGHUP with an invalid configuration: rejected, the old one stays, syncs go on.
@@ -128,8 +137,7 @@ fn daemon_polls_answers_sync_keeps_one_agent_and_stops_cleanly() {
     assert_eq!(out.status.code(), Some(0), "{}", out.stdout_str());
 
     // SIGTERM: the daemon stops, removing its control socket and releasing the lock.
-    d.signal("TERM");
-    d.wait_for("the daemon to stop", Duration::from_secs(30), || !d.alive());
+    d.stop();
     assert!(!h.dir.join("state/control.sock").exists());
     assert!(d.log().contains("veza-agent stopped"), "{}", d.log());
     let out = h.agent(&["apply"]).unwrap();
@@ -152,19 +160,16 @@ fn a_changed_configuration_wakes_the_daemon_without_waiting_for_the_poll() {
     poll_hourly(&h);
     let first = h.commit(&h.manifest("blue", Some(0), None), "blue").unwrap();
     let d = Daemon::start(&h);
-    d.wait_for("the first sync", Duration::from_secs(90), || {
-        status(&h)["state"]["applied"]["commit"] == first
-    });
-    let second = h.commit(&h.manifest("blue", Some(0), Some(1)), "deploy green").unwrap();
+    d.wait_applied(&h, "the first sync", Duration::from_secs(90), &first);
+    // A new commit with nothing to change: only its sync can record it.
+    let touched = format!("{}# touched\n", h.manifest("blue", Some(0), None));
+    let second = h.commit(&touched, "a new commit").unwrap();
     std::thread::sleep(Duration::from_millis(500));
     let edited = std::fs::read_to_string(&h.config_path).unwrap() + "# edited by an operator\n";
     std::fs::write(&h.config_path, edited).unwrap();
-    d.wait_for("the sync woken by the config change", Duration::from_secs(60), || {
-        status(&h)["state"]["applied"]["commit"] == second
-    });
+    d.wait_applied(&h, "the sync woken by the config change", Duration::from_secs(60), &second);
     assert!(d.log().contains("configuration or trust root changed"), "{}", d.log());
-    d.signal("TERM");
-    d.wait_for("the daemon to stop", Duration::from_secs(30), || !d.alive());
+    d.stop();
 }
 
 /// A failed sync is retried after 5 s, not after the poll interval (an hour here): the
@@ -181,41 +186,43 @@ fn a_failed_sync_is_retried_soon_not_at_the_next_poll() {
     });
     assert!(status(&h)["state"]["applied"].is_null());
     h.http.set_fault(veza_testkit::http::Fault::None);
-    d.wait_for("the retried sync", Duration::from_secs(60), || {
-        status(&h)["state"]["applied"]["commit"] == first
-    });
+    d.wait_applied(&h, "the retried sync", Duration::from_secs(60), &first);
     assert!(d.log().contains("sync failed 1 time(s) in a row; retrying in 5"), "{}", d.log());
-    d.signal("TERM");
-    d.wait_for("the daemon to stop", Duration::from_secs(30), || !d.alive());
+    d.stop();
 }
 
 /// Issue 19: a suspended daemon goes on polling and planning but applies nothing across a
-/// new signed commit; after `resume` the next poll applies it.
+/// new signed commit; after `resume` the next poll applies it. The held change is an edge
+/// change (the sticky cookie's name): holding a promotion is `e2e`'s suspend test.
 #[test]
 fn a_suspended_daemon_applies_nothing_until_resumed_then_applies_at_the_next_poll() {
     let h = host();
-    let first = h.commit(&h.manifest("blue", Some(0), Some(1)), "two slots").unwrap();
+    let manifest = h.manifest("blue", Some(0), None);
+    let first = h.commit(&manifest, "blue").unwrap();
     let d = Daemon::start(&h);
-    d.wait_for("the first sync", Duration::from_secs(90), || {
-        status(&h)["state"]["applied"]["commit"] == first
-    });
+    d.wait_applied(&h, "the first sync", Duration::from_secs(90), &first);
     let out = h.agent(&["suspend", "--reason", "rehearsing the database upgrade"]).unwrap();
     assert_eq!(out.status.code(), Some(0), "{}{}", out.stdout_str(), out.stderr_str());
-    let promote = h.commit(&h.manifest("green", Some(0), Some(1)), "promote green").unwrap();
+    let cookie = format!("VEZA_{}_2", h.env);
+    let edited = manifest.replace(
+        &format!("sticky_cookie: VEZA_{}\n", h.env),
+        &format!("sticky_cookie: {cookie}\n"),
+    );
+    assert_ne!(edited, manifest);
+    let change = h.commit(&edited, "rename the sticky cookie").unwrap();
+    let edge = || std::fs::read_to_string(h.haproxy.config_path()).unwrap_or_default();
     // Polls (2 s apart) see the new commit, plan it and hold it: two of them, at least.
     d.wait_for("two polls that hold the new commit", Duration::from_secs(30), || {
         d.log().matches("nothing applied").count() >= 2
     });
     let st = status(&h);
     assert_eq!(st["state"]["applied"]["commit"], first, "applied while suspended: {st:#}");
-    assert_eq!(h.served_release().unwrap(), h.releases[0].id, "traffic moved while suspended");
+    assert!(!edge().contains(&cookie), "the edge changed while suspended:\n{}", edge());
 
     let out = h.agent(&["resume"]).unwrap();
     assert_eq!(out.status.code(), Some(0), "{}{}", out.stdout_str(), out.stderr_str());
     let resumed = Instant::now();
-    d.wait_for("the held commit applied after resume", Duration::from_secs(60), || {
-        status(&h)["state"]["applied"]["commit"] == promote
-    });
+    d.wait_applied(&h, "the held commit applied after resume", Duration::from_secs(60), &change);
     // The poll after `resume` (2 s + jitter) applied it: no second cycle was needed.
     let history = h.agent(&["history", "--json"]).unwrap().stdout_str();
     // One JSON entry per line.
@@ -223,15 +230,15 @@ fn a_suspended_daemon_applies_nothing_until_resumed_then_applies_at_the_next_pol
         history.lines().map(|l| serde_json::from_str(l).expect("a history entry")).collect();
     let applied = entries
         .iter()
-        .position(|x| x["commit"] == promote.as_str() && x["outcome"] == "applied")
-        .unwrap_or_else(|| panic!("the promotion is not in the history: {entries:#?}"));
+        .position(|x| x["commit"] == change.as_str() && x["outcome"] == "applied")
+        .unwrap_or_else(|| panic!("the held change is not in the history: {entries:#?}"));
     let resumed_at = entries
         .iter()
         .position(|x| x["outcome"] == "resumed")
         .unwrap_or_else(|| panic!("the resume is not in the history: {entries:#?}"));
     let at = |i: usize| entries[i]["at_ms"].as_i64().unwrap_or_default();
     assert!(at(applied) >= at(resumed_at), "applied before the resume? {entries:#?}");
-    // Nothing but held syncs between the resume and the promotion's sync.
+    // Nothing but held syncs between the resume and the held change's sync.
     let between = entries
         .iter()
         .filter(|x| {
@@ -239,7 +246,95 @@ fn a_suspended_daemon_applies_nothing_until_resumed_then_applies_at_the_next_pol
             t > at(resumed_at) && t < at(applied)
         })
         .count();
-    assert_eq!(between, 0, "a sync ran between the resume and the promotion: {entries:#?}");
+    assert_eq!(between, 0, "a sync ran between the resume and the held change: {entries:#?}");
     eprintln!("applied {:.1} s after resume (poll 2 s)", resumed.elapsed().as_secs_f64());
-    assert_eq!(h.served_release().unwrap(), h.releases[1].id);
+    assert!(edge().contains(&cookie), "the held change is not in the edge:\n{}", edge());
+    assert_eq!(h.served_release().unwrap(), h.releases[0].id);
+}
+
+/// Issue 18: between full readings, a daemon whose commit is applied reuses its last
+/// observation while Incus's event stream reports no change; a change made through Incus
+/// is seen by the very next sync; a change Incus cannot report (a file on the host) waits
+/// for the next full reading (`poll.full_observation`), and nothing is ever applied from a
+/// reused reading.
+#[test]
+fn a_quiet_host_is_not_read_again_until_incus_reports_a_change_or_a_full_reading_is_due() {
+    let h = host();
+    poll_hourly(&h);
+    let text = std::fs::read_to_string(&h.config_path).unwrap();
+    std::fs::write(
+        &h.config_path,
+        text.replace("interval: 1h", "interval: 1h, full_observation: 4s"),
+    )
+    .unwrap();
+    let first = h.commit(&h.manifest("blue", Some(0), Some(1)), "two slots").unwrap();
+    let d = Daemon::start(&h);
+    d.wait_for("the first sync", Duration::from_secs(90), || {
+        status(&h)["state"]["applied"]["commit"] == first
+    });
+    // `sync --json`: the outcome and how the observation stage went.
+    let sync = || -> (String, String) {
+        let out = h.agent(&["sync", "--json"]).unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}{}", out.stdout_str(), out.stderr_str());
+        let v: serde_json::Value = serde_json::from_str(out.stdout_str().trim()).unwrap();
+        let observe = v["stages_us"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s[0].as_str())
+            .filter(|s| s.starts_with("observe ("))
+            .collect::<Vec<_>>()
+            .join(", ");
+        (v["outcome"].as_str().unwrap_or_default().to_string(), observe)
+    };
+    // Read once (the first sync kept its reading), then reused while nothing changes.
+    let (outcome, observe) = sync();
+    assert_eq!(outcome, "no-change");
+    let (outcome, observe2) = sync();
+    assert_eq!(
+        (outcome.as_str(), observe2.as_str()),
+        ("no-change", "observe (reused)"),
+        "{observe}"
+    );
+    // No write, no exec, no file read either. (The watch's own sentinel profiles are
+    // Incus changes, but not of anything this host declares or owns: they do not count.)
+    let watch = veza_testkit::incus::LifecycleWatch::start(&h.dir.join("lifecycle.json")).unwrap();
+    let before = watch.about(&h.env).len();
+    let (_, again) = sync();
+    assert_eq!(again, "observe (reused)");
+    std::thread::sleep(Duration::from_millis(300));
+    let touched = watch.about(&h.env).split_off(before);
+    assert!(touched.is_empty(), "a reused no-change sync touched Incus: {touched:?}");
+    drop(watch);
+
+    // Drift through Incus: the next sync sees it (the event stream) and corrects it.
+    let green = format!("{}-hello-green", h.env);
+    Cmd::new("incus").args(["config", "device", "remove", &green, "veza-upstream"]).run().unwrap();
+    let (outcome, observe) = sync();
+    assert_eq!((outcome.as_str(), observe.as_str()), ("applied", "observe (incus changed)"));
+    let devices =
+        Cmd::new("incus").args(["config", "device", "list", &green]).run_stdout().unwrap();
+    assert!(devices.contains("veza-upstream"), "drift was not corrected: {devices}");
+    // After a change, the next sync reads again (the run's own writes moved the stream),
+    // then reuses.
+    let (outcome, _) = sync();
+    assert_eq!(outcome, "no-change");
+    let (outcome, observe) = sync();
+    assert_eq!((outcome.as_str(), observe.as_str()), ("no-change", "observe (reused)"));
+
+    // Drift Incus cannot report: the edge's config on the host. A reused reading does not
+    // see it; the full reading `full_observation` after the last one does, and repairs it.
+    let cfg = h.haproxy.config_path().to_path_buf();
+    let rendered = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, format!("{rendered}# edited by hand\n")).unwrap();
+    let (outcome, observe) = sync();
+    assert_eq!((outcome.as_str(), observe.as_str()), ("no-change", "observe (reused)"));
+    assert!(std::fs::read_to_string(&cfg).unwrap().ends_with("# edited by hand\n"));
+    std::thread::sleep(Duration::from_secs(4));
+    let (outcome, observe) = sync();
+    assert_eq!((outcome.as_str(), observe.as_str()), ("applied", "observe (full reading due)"));
+    assert_eq!(std::fs::read_to_string(&cfg).unwrap(), rendered, "the edge config was repaired");
+    assert!(h.served_release().is_ok_and(|r| r == h.releases[0].id));
+    d.signal("TERM");
+    d.wait_for("the daemon to stop", Duration::from_secs(30), || !d.alive());
 }

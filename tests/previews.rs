@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use veza_testkit::demo::DemoHost;
 
-use crate::support::{agent, apply_ok, host};
+use crate::support::{agent, apply_ok, host, status_forge};
 
 fn high_water_mark(h: &DemoHost) -> String {
     veza_host::process::Cmd::new("incus")
@@ -43,21 +43,8 @@ fn open_pr(h: &DemoHost, pr: u64, manifest: &str, signed: bool) -> String {
 #[test]
 fn pr_heads_are_previewed_read_only_and_posted_once() {
     let h = host();
-    let token = format!("pv{}Token", std::process::id());
-    let forge = veza_testkit::forge::StatusServer::start("talas/manifests", &token).unwrap();
-    let token_file = h.dir.join("status-token");
-    std::fs::write(&token_file, format!("{token}\n")).unwrap();
-    let config = std::fs::read_to_string(&h.config_path).unwrap();
-    std::fs::write(
-        &h.config_path,
-        format!(
-            "{config}feedback:\n  forgejo: {{api_url: \"{}\", repo: talas/manifests, token_file: {}}}\n\
-             previews: {{enabled: true, max_per_poll: 5, plan_timeout: 10s}}\n",
-            forge.api_url(),
-            token_file.display(),
-        ),
-    )
-    .unwrap();
+    let (forge, token) =
+        status_forge(&h, "pv", "previews: {enabled: true, max_per_poll: 5, plan_timeout: 10s}\n");
 
     // The branch: blue serves release 0, green holds release 1.
     let main = h.commit(&h.manifest("blue", Some(0), Some(1)), "blue and green").unwrap();

@@ -2,6 +2,7 @@
 //! it.
 
 use veza_testkit::demo::DemoHost;
+use veza_testkit::forge::StatusServer;
 
 /// A simulated host on the real test host (panics when the host is not usable).
 pub fn host() -> DemoHost {
@@ -20,4 +21,25 @@ pub fn apply_ok(h: &DemoHost) -> String {
     let (code, out, err) = agent(h, &["apply"]);
     assert_eq!(code, 0, "apply failed:\n{out}\n{err}");
     out
+}
+
+/// A stand-in Forgejo for commit statuses, the agent of `h` configured to post to it
+/// (`feedback.forgejo`, the token in a file) with `more` appended to its configuration
+/// (indented: more of `feedback`). Returns the forge and its token, `<tag><pid>Token`.
+pub fn status_forge(h: &DemoHost, tag: &str, more: &str) -> (StatusServer, String) {
+    let token = format!("{tag}{}Token", std::process::id());
+    let forge = StatusServer::start("talas/manifests", &token).expect("the stand-in forge");
+    let token_file = h.dir.join("status-token");
+    std::fs::write(&token_file, format!("{token}\n")).expect("write the token file");
+    let config = std::fs::read_to_string(&h.config_path).expect("read the config");
+    std::fs::write(
+        &h.config_path,
+        format!(
+            "{config}feedback:\n  forgejo: {{api_url: \"{}\", repo: talas/manifests, token_file: {}}}\n{more}",
+            forge.api_url(),
+            token_file.display(),
+        ),
+    )
+    .expect("write the config");
+    (forge, token)
 }

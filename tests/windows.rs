@@ -35,13 +35,7 @@ fn snapshots(name: &str) -> usize {
 fn manifest(h: &DemoHost, green: Option<usize>, role: &str) -> String {
     let env = &h.env;
     let closed_hour = (chrono::Local::now().hour() + 12) % 24;
-    let marks = format!(
-        "{{{}: \"{}\", {}: \"{}\"}}",
-        veza_testkit::incus::OWNER_KEY,
-        std::process::id(),
-        veza_testkit::incus::CREATED_KEY,
-        h.created
-    );
+    let marks = h.owner_marks();
     h.manifest("blue", Some(0), green).replace(
         "\napps:\n",
         &format!(
@@ -51,6 +45,19 @@ fn manifest(h: &DemoHost, green: Option<usize>, role: &str) -> String {
              config: {{user.role: {role}}}}}\n\napps:\n"
         ),
     )
+}
+
+/// `veza-agent apply`, which must exit `code` with `outcome` and no step, and write
+/// nothing to Incus about this host's environment (watched with `incus monitor`).
+fn apply_writing_nothing(h: &DemoHost, code: i32, outcome: &str) {
+    let watch = veza_testkit::incus::LifecycleWatch::start(&h.dir.join(format!("{outcome}.json")))
+        .expect("watch Incus");
+    let (got, out, _) = agent(h, &["apply"]);
+    assert_eq!(got, code, "{out}");
+    assert!(out.starts_with(outcome) && out.contains("(0 steps"), "{out}");
+    std::thread::sleep(Duration::from_millis(300));
+    let writes = watch.about(&h.env);
+    assert!(writes.is_empty(), "a sync ending `{outcome}` wrote to Incus:\n{}", writes.join("\n"));
 }
 
 #[test]
@@ -98,14 +105,7 @@ fn a_protected_data_change_waits_for_its_window_until_an_operator_says_now() {
     assert!(metrics.contains("veza_agent_waiting_steps 2\n"), "{metrics}");
 
     // Again: still waiting, nothing written to Incus, no second history entry.
-    let watch = veza_testkit::incus::LifecycleWatch::start(&h.dir.join("held.json")).unwrap();
-    let (code, out, _) = agent(&h, &["apply"]);
-    assert_eq!(code, 4, "{out}");
-    assert!(out.starts_with("waiting") && out.contains("(0 steps"), "{out}");
-    std::thread::sleep(Duration::from_millis(300));
-    let writes = watch.about(&h.env);
-    assert!(writes.is_empty(), "a held sync wrote to Incus:\n{}", writes.join("\n"));
-    drop(watch);
+    apply_writing_nothing(&h, 4, "waiting");
     let (_, history, _) = agent(&h, &["history", "--json"]);
     let waited = history.lines().filter(|l| l.contains("\"waiting\"")).count();
     assert_eq!(waited, 1, "one history entry for the held change:\n{history}");
@@ -121,13 +121,7 @@ fn a_protected_data_change_waits_for_its_window_until_an_operator_says_now() {
     assert_eq!(json(&h, &["status", "--json"])["state"]["waiting"], serde_json::json!([]));
 
     // In sync: the next sync writes nothing.
-    let watch = veza_testkit::incus::LifecycleWatch::start(&h.dir.join("after.json")).unwrap();
-    let (code, out, _) = agent(&h, &["apply"]);
-    assert_eq!(code, 0, "{out}");
-    assert!(out.starts_with("no-change") && out.contains("(0 steps"), "{out}");
-    std::thread::sleep(Duration::from_millis(300));
-    let writes = watch.about(&h.env);
-    assert!(writes.is_empty(), "the no-change sync wrote to Incus:\n{}", writes.join("\n"));
+    apply_writing_nothing(&h, 0, "no-change");
 
     // The daemon: its sync holds the next change (`sync` says so, exit 4); `sync --now`
     // runs it.

@@ -259,23 +259,13 @@ pub fn run(args: &AdoptArgs) -> ExitCode {
         match error {
             None => {
                 if !args.json {
-                    outln!(
-                        "adopted by {by}: {} profile(s), {} instance(s), {} timer(s) replaced ({apply_ms} ms)",
-                        done.profiles.len(),
-                        done.instances.len(),
-                        done.timers.len()
-                    );
+                    outln!("adopted by {by}: {done} replaced ({apply_ms} ms)");
                 }
                 ExitCode::SUCCESS
             }
             Some(e) => {
                 eprintln!("adopt: stopped part-way: {e}");
-                eprintln!(
-                    "  done before it stopped (recorded in the history): {} profile(s), {} instance(s), {} timer(s)",
-                    done.profiles.len(),
-                    done.instances.len(),
-                    done.timers.len()
-                );
+                eprintln!("  done before it stopped (recorded in the history): {done}");
                 ExitCode::FAILURE
             }
         }

@@ -58,7 +58,8 @@ pub fn run(args: &RunArgs) -> ExitCode {
 }
 
 async fn daemon(args: &RunArgs) -> anyhow::Result<()> {
-    let agent = Agent::load(&args.config.config)?;
+    let mut agent = Agent::load(&args.config.config)?;
+    agent.keep_warm();
     let state_dir = agent.state_dir();
     let store = Store::open(&state_dir)?;
     let sock = control_socket(&state_dir);
@@ -96,6 +97,13 @@ async fn daemon(args: &RunArgs) -> anyhow::Result<()> {
     });
     let _watcher = watch_trust_files(&agent, wake.clone());
     tracing::info!(host = %agent.config.host, "veza-agent running; control socket {}", sock.display());
+    if let Some(w) = &agent.warm
+        && !w.wait_connected(Duration::from_secs(2)).await
+    {
+        tracing::info!(
+            "Incus's event stream is not up yet: every poll reads everything until it is"
+        );
+    }
     let mut cycle = AgentCycle { agent, store };
     let inputs = Inputs { requests, reloads, wake, stop, max_syncs: args.max_syncs };
     drive(&mut cycle, inputs, jitter).await;
@@ -150,6 +158,7 @@ pub(crate) async fn drive<C: Cycle>(
         let run_now_by = waiters.iter().find_map(|w| w.run_now_by.clone());
         let summary = cycle.sync(&inputs.stop, run_now_by).await;
         tracing::info!("sync: {summary}");
+        tracing::debug!("sync stages: {}", crate::reconcile::describe_stages(&summary.stages_us));
         for w in waiters.drain(..) {
             let _ = w.reply.send(summary.clone());
         }
@@ -211,6 +220,7 @@ impl Cycle for AgentCycle {
                     duration_ms: 0,
                     preempted: false,
                     refusals: Vec::new(),
+                    stages_us: Vec::new(),
                 }
             }
         }
@@ -285,6 +295,11 @@ fn reload(agent: &mut Agent) {
                 );
                 return;
             }
+            if config != agent.config
+                && let Some(w) = &agent.warm
+            {
+                w.forget();
+            }
             agent.config = config;
         }
         Err(e) => tracing::error!("new configuration rejected, keeping the previous one: {e:#}"),
@@ -336,6 +351,7 @@ mod tests {
             duration_ms: 0,
             preempted: false,
             refusals: Vec::new(),
+            stages_us: Vec::new(),
         };
         // (outcome, reason, retried soon)
         let table = [
@@ -442,6 +458,7 @@ mod tests {
                 duration_ms: 0,
                 preempted,
                 refusals: Vec::new(),
+                stages_us: Vec::new(),
             }
         }
         async fn after(&mut self, _stop: &AtomicBool) {

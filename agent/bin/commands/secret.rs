@@ -66,79 +66,59 @@ fn read_limited(path: Option<&PathBuf>) -> std::io::Result<Vec<u8>> {
 
 /// Runs `secret`.
 pub fn run(args: &SecretArgs) -> ExitCode {
-    match &args.command {
+    let done = match &args.command {
         SecretCommand::Encrypt { to, to_file, input } => encrypt(to, to_file, input.as_ref()),
         SecretCommand::Recipients { file, key } => recipients(file, key.as_ref()),
-    }
+    };
+    done.unwrap_or_else(|code| code)
 }
 
-fn encrypt(to: &[String], to_file: &[PathBuf], input: Option<&PathBuf>) -> ExitCode {
+/// Prints `error: MESSAGE` and gives the exit code that goes with it.
+fn error(code: u8, message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("error: {message}");
+    ExitCode::from(code)
+}
+
+/// The exit code of a file that cannot be read (2).
+fn unreadable(path: &std::path::Path, e: std::io::Error) -> ExitCode {
+    error(2, format!("cannot read {}: {e}", path.display()))
+}
+
+fn encrypt(
+    to: &[String],
+    to_file: &[PathBuf],
+    input: Option<&PathBuf>,
+) -> Result<ExitCode, ExitCode> {
     let mut lines: Vec<String> = to.to_vec();
     for f in to_file {
-        match std::fs::read_to_string(f) {
-            Ok(text) => lines.extend(
-                text.lines()
-                    .map(str::trim)
-                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                    .map(str::to_string),
-            ),
-            Err(e) => {
-                eprintln!("error: cannot read {}: {e}", f.display());
-                return ExitCode::from(2);
-            }
-        }
+        let text = std::fs::read_to_string(f).map_err(|e| unreadable(f, e))?;
+        lines.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(str::to_string),
+        );
     }
-    let mut recipients = Vec::new();
-    for line in &lines {
-        match Recipient::parse(line) {
-            Ok(r) => recipients.push(r),
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::FAILURE;
-            }
-        }
+    let recipients: Vec<Recipient> = lines
+        .iter()
+        .map(|l| Recipient::parse(l))
+        .collect::<Result<_, _>>()
+        .map_err(|e| error(1, e))?;
+    let value = read_limited(input).map_err(|e| error(2, format!("cannot read the value: {e}")))?;
+    if value.len() > MAX_CIPHERTEXT_BYTES {
+        return Err(error(2, format!("the value is larger than {MAX_CIPHERTEXT_BYTES} bytes")));
     }
-    let value = match read_limited(input) {
-        Ok(v) if v.len() > MAX_CIPHERTEXT_BYTES => {
-            eprintln!("error: the value is larger than {MAX_CIPHERTEXT_BYTES} bytes");
-            return ExitCode::from(2);
-        }
-        Ok(v) => v,
-        Err(e) => {
-            eprintln!("error: cannot read the value: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    match veza_secrets::encrypt(&value, &recipients) {
-        Ok(armored) => {
-            out!("{armored}");
-            for r in &recipients {
-                eprintln!("encrypted to {}", r.describe());
-            }
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
+    let armored = veza_secrets::encrypt(&value, &recipients).map_err(|e| error(1, e))?;
+    out!("{armored}");
+    for r in &recipients {
+        eprintln!("encrypted to {}", r.describe());
     }
+    Ok(ExitCode::SUCCESS)
 }
 
-fn recipients(file: &PathBuf, key: Option<&PathBuf>) -> ExitCode {
-    let bytes = match read_limited(Some(file)) {
-        Ok(b) => b,
-        Err(e) => {
-            eprintln!("error: cannot read {}: {e}", file.display());
-            return ExitCode::from(2);
-        }
-    };
-    let ct = match Ciphertext::parse(&bytes) {
-        Ok(ct) => ct,
-        Err(e) => {
-            eprintln!("error: {}: {e}", file.display());
-            return ExitCode::FAILURE;
-        }
-    };
+fn recipients(file: &PathBuf, key: Option<&PathBuf>) -> Result<ExitCode, ExitCode> {
+    let bytes = read_limited(Some(file)).map_err(|e| unreadable(file, e))?;
+    let ct = Ciphertext::parse(&bytes).map_err(|e| error(1, format!("{}: {e}", file.display())))?;
     for s in ct.stanzas() {
         outln!("{s}");
     }
@@ -147,32 +127,24 @@ fn recipients(file: &PathBuf, key: Option<&PathBuf>) -> ExitCode {
         Ok(l) => l,
         Err(e) if key.is_none() => {
             eprintln!("note: no host key to check against ({HOST_PUBLIC_KEY}: {e})");
-            return ExitCode::SUCCESS;
+            return Ok(ExitCode::SUCCESS);
         }
-        Err(e) => {
-            eprintln!("error: cannot read {}: {e}", key_path.display());
-            return ExitCode::from(2);
-        }
+        Err(e) => return Err(unreadable(&key_path, e)),
     };
-    let recipient = match Recipient::parse(&line) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: {}: {e}", key_path.display());
-            return ExitCode::from(2);
-        }
-    };
+    let recipient =
+        Recipient::parse(&line).map_err(|e| error(2, format!("{}: {e}", key_path.display())))?;
     let Some(tag) = veza_secrets::tag_of(&recipient) else {
         outln!(
             "{} cannot be matched: age headers do not name X25519 recipients",
             recipient.describe()
         );
-        return ExitCode::SUCCESS;
+        return Ok(ExitCode::SUCCESS);
     };
     if ct.stanzas().iter().any(|s| s.tag.as_deref() == Some(tag.as_str())) {
         outln!("{} ({}) is a recipient", recipient.describe(), key_path.display());
-        ExitCode::SUCCESS
+        Ok(ExitCode::SUCCESS)
     } else {
         outln!("{} ({}) is NOT a recipient", recipient.describe(), key_path.display());
-        ExitCode::FAILURE
+        Ok(ExitCode::FAILURE)
     }
 }

@@ -324,6 +324,9 @@ pub fn render(s: &Status, now: i64) -> String {
             run.reason.as_ref().map(|r| format!(" — {r}")).unwrap_or_default()
         );
     }
+    if let Some(t) = st.observed_at {
+        let _ = writeln!(o, "observed: health and jobs below as read {} ago", ago(now - t));
+    }
     for (env, e) in &st.envs {
         let _ = writeln!(o, "env {env}:");
         for (app, a) in &e.apps {

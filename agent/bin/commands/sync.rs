@@ -25,6 +25,9 @@ pub struct SyncArgs {
     /// recorded in the history with who asked).
     #[arg(long)]
     pub now: bool,
+    /// Print the daemon's whole answer as JSON (with where the time went, stage by stage).
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Runs `sync`.
@@ -67,6 +70,10 @@ pub fn run(args: &SyncArgs) -> ExitCode {
             return fail(&anyhow::anyhow!("unreadable answer from the daemon ({e}): {line}"), 2);
         }
     };
-    outln!("{summary}");
+    if args.json {
+        outln!("{}", line.trim());
+    } else {
+        outln!("{summary}");
+    }
     crate::commands::apply::exit_code(&summary)
 }

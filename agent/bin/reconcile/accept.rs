@@ -13,7 +13,7 @@ use veza_source::fetch::{Credentials, FetchOptions, Mirror};
 use veza_source::{Acceptance, Base, Rejected, Secrets, accept};
 use veza_state::AgentState;
 
-use super::{Agent, high_water_key};
+use super::{Agent, Laps, high_water_key};
 
 /// A verified revision and the manifests read from it.
 pub struct Source {
@@ -136,6 +136,16 @@ impl Agent {
     /// Source and verify: fetch the branch, verify the tip, check policy and ancestry,
     /// read and validate the manifests. Pure decisions, effects limited to the mirror.
     pub async fn source(&self, state: &AgentState, now: i64) -> Result<Source, SourceProblem> {
+        self.source_timed(state, now, &mut Laps::start()).await
+    }
+
+    /// [`Agent::source`], timing the fetch and the acceptance into `laps`.
+    pub(super) async fn source_timed(
+        &self,
+        state: &AgentState,
+        now: i64,
+        laps: &mut Laps,
+    ) -> Result<Source, SourceProblem> {
         let c = &self.config;
         let mirror_dir = self.state_dir().join("mirror.git");
         let mut mirror =
@@ -146,6 +156,7 @@ impl Agent {
             .fetch(&c.source.remotes, &options)
             .map_err(|e| SourceProblem::Fetch(redact(&e.to_string(), secret.as_deref())))?;
         let commit = fetched.tip.to_string();
+        laps.lap("fetch");
         // Anti-rollback: the tip must descend from the last applied commit, known from the
         // state file or, when that is gone, from the mirror in Incus. Unknown is not "none":
         // without the state file and without Incus, nothing is checked, so nothing is used.
@@ -184,6 +195,7 @@ impl Agent {
             |Rejected { commit, reason, .. }| SourceProblem::Rejected { commit, reason },
         )?;
         let (commit, signer, manifests, secrets) = accepted.into_parts();
+        laps.lap("accept");
         Ok(Source { commit, signer, manifests, secrets })
     }
 }

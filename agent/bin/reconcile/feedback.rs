@@ -130,6 +130,7 @@ mod tests {
             duration_ms: 10,
             preempted: false,
             refusals: Vec::new(),
+            stages_us: Vec::new(),
         };
         /// (outcome, reason, refusals, the status's state, its line)
         type Case<'a> = (Outcome, Option<&'a str>, Vec<&'a str>, StatusState, &'a str);

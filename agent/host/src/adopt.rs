@@ -7,12 +7,16 @@
 //! (the job's units installed as the apply engine installs them, their timers checked
 //! active, and only then the foreign timers disabled — their files kept).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use serde::Serialize;
-use veza_model::live::{LiveState, UnitTarget, ansible_color_file, ansible_history_file};
-use veza_plan::adopt::{AdoptState, Adoption, Facts, Needs, ProbeAnswer, ProbeNeed};
+use veza_model::live::{
+    LiveInstance, LiveProfile, LiveState, UnitTarget, ansible_color_file, ansible_history_file,
+};
+use veza_plan::adopt::{
+    AdoptState, Adoption, Facts, Needs, ProbeAnswer, ProbeNeed, ResourceAdoption,
+};
 use veza_plan::desired::DesiredJob;
 
 use crate::http::Probe;
@@ -143,6 +147,19 @@ pub struct Adopted {
     pub timers: Vec<String>,
 }
 
+impl std::fmt::Display for Adopted {
+    /// `N profile(s), N instance(s), N timer(s)`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} profile(s), {} instance(s), {} timer(s)",
+            self.profiles.len(),
+            self.instances.len(),
+            self.timers.len()
+        )
+    }
+}
+
 impl Adopted {
     /// Nothing was done.
     pub fn is_empty(&self) -> bool {
@@ -157,6 +174,25 @@ pub struct AdoptFailure {
     pub done: Adopted,
     /// What failed.
     pub error: String,
+}
+
+/// Sets the marks of each resource of `items` to adopt, as observed in `observed`, with
+/// `mark`; each one marked is added to `done`. Stops at the first failure.
+async fn mark_all<T>(
+    kind: &str,
+    items: &[ResourceAdoption],
+    observed: &BTreeMap<String, T>,
+    done: &mut Vec<String>,
+    mut mark: impl AsyncFnMut(&ResourceAdoption, &T) -> Result<bool, IncusError>,
+) -> Result<(), String> {
+    for r in items.iter().filter(|r| r.state == AdoptState::Adopt) {
+        let Some(seen) = observed.get(&r.name) else {
+            return Err(format!("{kind} `{}` was not observed", r.name));
+        };
+        mark(r, seen).await.map_err(|e| e.to_string())?;
+        done.push(r.name.clone());
+    }
+    Ok(())
 }
 
 /// Executes `adoption` (assessed on `live`): marks each profile and instance to adopt,
@@ -176,26 +212,19 @@ pub async fn execute<I: Incus, U: Units>(
     if adoption.blocked() {
         return Err(fail(&done, "adoption is blocked by conflicts or refusals".to_string()));
     }
-    for p in adoption.profiles.iter().filter(|p| p.state == AdoptState::Adopt) {
-        let Some(seen) = live.profiles.get(&p.name) else {
-            return Err(fail(&done, format!("profile `{}` was not observed", p.name)));
-        };
-        incus
-            .mark_profile(&p.name, &p.marks, seen)
-            .await
-            .map_err(|e| fail(&done, e.to_string()))?;
-        done.profiles.push(p.name.clone());
-    }
-    for i in adoption.instances.iter().filter(|i| i.state == AdoptState::Adopt) {
-        let Some(seen) = live.instances.get(&i.name) else {
-            return Err(fail(&done, format!("instance `{}` was not observed", i.name)));
-        };
-        incus
-            .mark_instance(&i.name, &i.marks, seen)
-            .await
-            .map_err(|e| fail(&done, e.to_string()))?;
-        done.instances.push(i.name.clone());
-    }
+    let (profiles, instances) = (&adoption.profiles, &adoption.instances);
+    let mark = async |p: &ResourceAdoption, seen: &LiveProfile| {
+        incus.mark_profile(&p.name, &p.marks, seen).await
+    };
+    mark_all("profile", profiles, &live.profiles, &mut done.profiles, mark)
+        .await
+        .map_err(|e| fail(&done, e))?;
+    let mark = async |i: &ResourceAdoption, seen: &LiveInstance| {
+        incus.mark_instance(&i.name, &i.marks, seen).await
+    };
+    mark_all("instance", instances, &live.instances, &mut done.instances, mark)
+        .await
+        .map_err(|e| fail(&done, e))?;
     let mut targets: Vec<&UnitTarget> = Vec::new();
     for t in &adoption.timers {
         if !targets.contains(&&t.at) {

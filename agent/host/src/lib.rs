@@ -9,6 +9,7 @@ pub mod adopt;
 pub mod apply;
 pub mod artifact;
 pub mod clock;
+mod fake_state;
 pub mod forge;
 pub mod haproxy;
 pub mod http;

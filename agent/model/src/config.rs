@@ -26,7 +26,7 @@ pub use feedback::{
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/veza-agent/config.yaml";
 
 /// The whole host configuration.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HostConfig {
     /// This host's name; only manifests whose `metadata.host` equals it are applied.
@@ -90,7 +90,7 @@ pub enum Mode {
 }
 
 /// The host's keys for the manifests' age-encrypted secrets.
-#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SecretsConfig {
     /// Private key files: unencrypted OpenSSH keys or age identity files. Defaults to the
@@ -103,7 +103,7 @@ pub struct SecretsConfig {
 pub const DEFAULT_SECRET_IDENTITY: &str = "/etc/ssh/ssh_host_ed25519_key";
 
 /// The manifests repository.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SourceConfig {
     /// Remote URLs in priority order (`https://`, `http://`, `file://`); the first that answers wins.
@@ -134,7 +134,7 @@ pub struct SourceConfig {
 }
 
 /// The trust root.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TrustConfig {
     /// OpenSSH `allowed_signers` file. Lives on the host, never in the repository.
@@ -148,7 +148,7 @@ pub struct TrustConfig {
 }
 
 /// Polling.
-#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PollConfig {
     /// Time between polls. Defaults to `60s`.
@@ -157,10 +157,18 @@ pub struct PollConfig {
     /// Random extra delay added to each poll, so hosts do not poll in lockstep. Defaults to `10s`.
     #[serde(default)]
     pub jitter: Option<DurationSpec>,
+    /// The daemon reads the whole live state (Incus, the edge's config and health, job
+    /// units) at least this often. Between such reads, while Incus's event stream reports
+    /// no change, a poll whose commit is already applied reuses the last reading; what
+    /// changes inside an instance (a file, a service, HAProxy's health) sends no Incus
+    /// event and is seen at the next full reading. `0s` reads everything at every poll.
+    /// Defaults to `60s`.
+    #[serde(default)]
+    pub full_observation: Option<DurationSpec>,
 }
 
 /// Incus access.
-#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IncusConfig {
     /// Unix socket. Defaults to `/var/lib/incus/unix.socket`.
@@ -189,7 +197,7 @@ pub struct IncusConfig {
 }
 
 /// The edge's files and sockets, on the host or inside the instance it runs in.
-#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EdgeConfig {
     /// Path of `haproxy.cfg`. Defaults to `/etc/haproxy/haproxy.cfg`.
@@ -207,7 +215,7 @@ pub struct EdgeConfig {
 }
 
 /// systemd.
-#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SystemdConfig {
     /// Unit directory. Defaults to `/etc/systemd/system`.
@@ -216,7 +224,7 @@ pub struct SystemdConfig {
 }
 
 /// Metrics.
-#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsConfig {
     /// node_exporter textfile path; no metrics file when absent.
@@ -225,7 +233,7 @@ pub struct MetricsConfig {
 }
 
 /// Release artifact downloads.
-#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ArtifactsConfig {
     /// Largest artifact downloaded; a bigger one is stopped while it streams and nothing
@@ -297,7 +305,7 @@ impl JsonSchema for ByteSize {
 }
 
 /// Promotion gates.
-#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PromotionConfig {
     /// How long a new color may take to become healthy. Defaults to `60s`.
@@ -325,7 +333,12 @@ impl HostConfig {
     pub fn poll_interval(&self) -> std::time::Duration {
         self.poll.interval.map_or(std::time::Duration::from_secs(60), DurationSpec::get)
     }
-    /// Poll jitter.
+    /// The longest a daemon reuses an observation (`poll.full_observation`).
+    pub fn full_observation(&self) -> std::time::Duration {
+        self.poll.full_observation.map_or(std::time::Duration::from_secs(60), DurationSpec::get)
+    }
+
+    /// The most jitter added to a poll.
     pub fn poll_jitter(&self) -> std::time::Duration {
         self.poll.jitter.map_or(std::time::Duration::from_secs(10), DurationSpec::get)
     }

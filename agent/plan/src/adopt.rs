@@ -68,13 +68,15 @@ impl AdoptState {
     }
 }
 
-/// One instance the manifests name.
+/// One instance or profile the manifests name, and what becomes of it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct InstanceAdoption {
-    /// Instance name.
+pub struct ResourceAdoption {
+    /// Instance or profile name.
     pub name: String,
-    /// Environment that declares it.
-    pub env: String,
+    /// The environment that declares it (instances only: a profile is assessed once,
+    /// whichever environments use it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub env: Option<String>,
     /// What becomes of it.
     pub state: AdoptState,
     /// Why it cannot be adopted (`conflict` only), one line each.
@@ -87,21 +89,29 @@ pub struct InstanceAdoption {
     pub marks: Config,
 }
 
-/// One profile the manifests declare.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ProfileAdoption {
-    /// Profile name.
-    pub name: String,
-    /// What becomes of it.
-    pub state: AdoptState,
-    /// Why it cannot be adopted.
-    pub differences: Vec<String>,
-    /// What the first apply changes in it.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub notes: Vec<String>,
-    /// The marks `adopt --apply` sets.
-    #[serde(skip_serializing_if = "Config::is_empty")]
-    pub marks: Config,
+impl ResourceAdoption {
+    /// `name`, not there yet: the first apply creates it.
+    fn missing(name: &str, env: Option<String>) -> ResourceAdoption {
+        ResourceAdoption {
+            name: name.to_string(),
+            env,
+            state: AdoptState::Missing,
+            differences: Vec::new(),
+            notes: Vec::new(),
+            marks: Config::new(),
+        }
+    }
+
+    /// Adopted when nothing differs (keeping its marks), else in conflict (none).
+    fn judged(mut self) -> ResourceAdoption {
+        if self.differences.is_empty() {
+            self.state = AdoptState::Adopt;
+        } else {
+            self.state = AdoptState::Conflict;
+            self.marks.clear();
+        }
+        self
+    }
 }
 
 /// The live active color of an app next to the manifest's.
@@ -152,9 +162,9 @@ pub struct DuplicateTimer {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Adoption {
     /// Every instance the manifests name: plain ones, protected data, slots with a release.
-    pub instances: Vec<InstanceAdoption>,
+    pub instances: Vec<ResourceAdoption>,
     /// Every profile the manifests declare.
-    pub profiles: Vec<ProfileAdoption>,
+    pub profiles: Vec<ResourceAdoption>,
     /// Each app's live active color against the manifest's.
     pub active: Vec<ActiveColor>,
     /// Foreign timers duplicating a manifest job (replaced by the job's units).
@@ -332,57 +342,54 @@ pub fn assess(
         out.instances.push(assess_instance(name, d, live, facts, &serving, images, &want.profiles));
     }
     for (name, p) in &want.profiles {
-        let (state, differences, notes, marks) = match live.profiles.get(name) {
-            None => (AdoptState::Missing, Vec::new(), Vec::new(), Config::new()),
-            Some(l) if l.is_owned() => (AdoptState::Owned, Vec::new(), Vec::new(), Config::new()),
+        let mut a = ResourceAdoption::missing(name, None);
+        match live.profiles.get(name) {
+            None => {}
+            Some(l) if l.is_owned() => a.state = AdoptState::Owned,
             Some(l) => {
                 // What its new devices change for the instances using it that the
                 // manifests do not name (the named ones are judged one by one).
-                let mut differences = Vec::new();
                 for i in live.instances.values().filter(|i| i.profiles.contains(name)) {
                     if want.instances.contains_key(&i.name) {
                         continue;
                     }
                     let then = devices::after(&i.profiles, &i.devices, &want.profiles, live);
                     let now = devices::now(&i.profiles, &i.devices, live);
-                    differences.extend(devices::differences(
+                    a.differences.extend(devices::differences(
                         &format!("instance `{}` (which the manifests do not name)", i.name),
                         &now,
                         &then,
                     ));
                 }
-                let mut notes = Vec::new();
                 let moved = devices::changed(&l.devices, &p.devices);
                 if !moved.is_empty() {
-                    notes.push(format!("the first apply sets its devices {}", moved.join(", ")));
+                    a.notes.push(format!("the first apply sets its devices {}", moved.join(", ")));
                 }
                 let keys: BTreeSet<&String> = l.config.keys().chain(p.config.keys()).collect();
                 for k in keys.into_iter().filter(|k| !k.starts_with(MARK_PREFIX)) {
                     match (l.config.get(k), p.config.get(k)) {
-                        (Some(a), Some(b)) if a != b => {
-                            notes.push(format!("the first apply sets {k}: {a} -> {b}"));
+                        (Some(v), Some(w)) if v != w => {
+                            a.notes.push(format!("the first apply sets {k}: {v} -> {w}"));
                         }
-                        (None, Some(b)) => notes.push(format!("the first apply sets {k}: {b}")),
-                        (Some(a), None) => {
-                            notes.push(format!("the first apply removes {k} ({a}): not declared"));
+                        (None, Some(w)) => a.notes.push(format!("the first apply sets {k}: {w}")),
+                        (Some(v), None) => {
+                            a.notes
+                                .push(format!("the first apply removes {k} ({v}): not declared"));
                         }
                         _ => {}
                     }
                 }
                 if l.description != p.description {
-                    notes.push("the first apply sets its description".to_string());
+                    a.notes.push("the first apply sets its description".to_string());
                 }
-                let state =
-                    if differences.is_empty() { AdoptState::Adopt } else { AdoptState::Conflict };
-                let marks = Config::from([
+                a.marks = Config::from([
                     (MARK_MANAGED.to_string(), "true".to_string()),
                     (MARK_HOST.to_string(), want.host.clone()),
                 ]);
-                (state, differences, notes, marks)
+                a = a.judged();
             }
-        };
-        let marks = if state == AdoptState::Adopt { marks } else { Config::new() };
-        out.profiles.push(ProfileAdoption { name: name.clone(), state, differences, notes, marks });
+        }
+        out.profiles.push(a);
     }
     for m in manifests {
         let env = &m.metadata.name;
@@ -417,15 +424,8 @@ fn assess_instance(
     serving: &BTreeMap<(String, String), BTreeSet<Color>>,
     images: &ImageMap,
     profiles: &BTreeMap<String, DesiredProfile>,
-) -> InstanceAdoption {
-    let mut a = InstanceAdoption {
-        name: name.to_string(),
-        env: d.env.clone(),
-        state: AdoptState::Missing,
-        differences: Vec::new(),
-        notes: Vec::new(),
-        marks: Config::new(),
-    };
+) -> ResourceAdoption {
+    let mut a = ResourceAdoption::missing(name, Some(d.env.clone()));
     let Some(l) = live.instances.get(name) else { return a };
     if l.is_owned() {
         a.state = AdoptState::Owned;
@@ -500,11 +500,5 @@ fn assess_instance(
     if let Some(slot) = &d.slot {
         assess_release(&mut a, l, slot, facts, serving);
     }
-    if a.differences.is_empty() {
-        a.state = AdoptState::Adopt;
-    } else {
-        a.state = AdoptState::Conflict;
-        a.marks.clear();
-    }
-    a
+    a.judged()
 }

@@ -5,9 +5,13 @@
 pub mod adopt;
 pub mod desired;
 pub mod edge;
+#[cfg(any(test, feature = "fixtures"))]
+pub mod fixtures;
 pub mod plan;
 pub mod simulate;
 pub mod slot;
+#[cfg(test)]
+mod testing;
 
 /// The live state the planner reads: one model, defined in `veza-model` and filled by the
 /// observers of `veza-host`.

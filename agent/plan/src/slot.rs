@@ -135,32 +135,17 @@ pub fn migration_files(slot: &SlotSpec) -> Option<MigrationFiles> {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
-    use veza_model::manifest::Release;
+    use veza_model::manifest::Color;
 
     use super::*;
     use crate::desired::MigrateSpec;
 
+    /// prod/backend's green slot, with a directory and a command that need quoting.
     fn slot() -> SlotSpec {
         SlotSpec {
-            env: "prod".into(),
-            app: "backend".into(),
-            color: veza_model::manifest::Color::Green,
-            release: Release::try_from("2".repeat(40)).expect("a release"),
-            artifact_url: "https://forge.example/backend.tar.gz".into(),
-            sha256: "0".repeat(64),
             install_dir: "/srv/it's".into(),
             start: "./bin/server --port 8080 && echo done".into(),
-            port: 8080,
-            health_path: "/health".into(),
-            expect_status: 200,
-            health_rise: 2,
-            health_timeout_ms: 2000,
-            loopback: None,
-            environment: BTreeMap::new(),
-            secrets: BTreeMap::new(),
-            migrate: None,
+            ..crate::fixtures::slot("prod", "backend", Color::Green, '2')
         }
     }
 

@@ -259,6 +259,10 @@ pub struct AgentState {
     /// Commit statuses the forge did not accept (a counter).
     #[serde(default)]
     pub status_post_failures_total: u64,
+    /// When the apps' health and the jobs' runs above were last read from the host (the
+    /// daemon reuses a reading between polls while Incus reports no change).
+    #[serde(default)]
+    pub observed_at: Option<i64>,
 }
 
 /// A step held until its environment's next maintenance window.
@@ -365,6 +369,7 @@ impl Default for AgentState {
             statuses_pending: Vec::new(),
             status_posted: None,
             status_post_failures_total: 0,
+            observed_at: None,
         }
     }
 }

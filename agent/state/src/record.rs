@@ -215,6 +215,8 @@ pub fn record(state: &mut AgentState, event: Event) -> Option<HistoryEntry> {
             None
         }
         Event::Applied { revision, apps, jobs } => {
+            // `applied_at` is the time of this observation.
+            state.observed_at = Some(revision.applied_at);
             if state.applied.as_ref().is_none_or(|a| a.commit != revision.commit) {
                 state.applied = Some(revision);
             }

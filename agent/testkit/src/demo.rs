@@ -172,6 +172,19 @@ impl DemoHost {
         format!("manifests/{}.yaml", self.env)
     }
 
+    /// The test's owner marks as a YAML flow map (`{user.veza-test.owner: "PID",
+    /// user.veza-test.created: "UNIX"}`), for the config of what a manifest creates: the
+    /// sweep of a killed run finds it by them.
+    pub fn owner_marks(&self) -> String {
+        format!(
+            "{{{}: \"{}\", {}: \"{}\"}}",
+            crate::incus::OWNER_KEY,
+            std::process::id(),
+            crate::incus::CREATED_KEY,
+            self.created
+        )
+    }
+
     /// The environment manifest with `active` and the releases (indexes into
     /// [`DemoHost::releases`]) of the blue and green slots.
     pub fn manifest(&self, active: &str, blue: Option<usize>, green: Option<usize>) -> String {
@@ -181,18 +194,17 @@ impl DemoHost {
         };
         let shas: Vec<String> =
             self.releases.iter().map(|r| format!("        {}: {}", r.id, r.sha256)).collect();
-        let created = self.created;
         format!(
             "apiVersion: veza-agent/v1\nkind: Environment\nmetadata:\n  name: {env}\n  host: {env}\n\n\
              apps:\n  hello:\n    image: veza-test-busybox\n    profiles: [default]\n    port: 8080\n\
-             \x20   config: {{user.veza-test.owner: \"{pid}\", user.veza-test.created: \"{created}\"}}\n\
+             \x20   config: {marks}\n\
              \x20   artifact:\n      url: \"file://{art}/{{release}}/hello.tar.gz\"\n      sha256:\n{shas}\n\
              \x20   health: {{path: /health, interval: 1s, timeout: 1s, rise: 1, fall: 2}}\n\
              \x20   upstream:\n      loopback_ports: {{blue: {bp}, green: {gp}}}\n\
              \x20   slots:\n      blue: {blue}\n      green: {green}\n    active: {active}\n\n\
              edge:\n  runs_in: host\n  hosts: [{host}]\n  routes:\n    - {{app: hello}}\n  sticky_cookie: VEZA_{env}\n  listen: {{http: \"127.0.0.1:{ep}\"}}\n",
             env = self.env,
-            pid = std::process::id(),
+            marks = self.owner_marks(),
             art = self.dir.join("artifacts").display(),
             shas = shas.join("\n"),
             bp = self.slot_ports.0,

@@ -6,13 +6,12 @@ use std::collections::BTreeMap;
 
 use veza_model::Manifest;
 use veza_model::live::{
-    Config, InstanceKind, InstanceStatus, LiveEdge, LiveInstance, LiveProfile, LiveState,
-    MARK_MANAGED, MARK_RELEASE, UnitTarget,
+    Config, LiveEdge, LiveProfile, LiveState, MARK_MANAGED, MARK_RELEASE, UnitTarget,
 };
 use veza_plan::adopt::{AdoptState, Adoption, assess, needs};
 use veza_plan::desired::{DesiredJob, SecretDigests, desired};
 
-use super::{execute, gather, parse_probe_output};
+use super::{AdoptFailure, execute, gather, parse_probe_output};
 use crate::http::fake::ScriptedProbe;
 use crate::incus::{ExecOutput, FakeIncus, Incus, runtime};
 use crate::systemd::Units;
@@ -67,23 +66,10 @@ fn host() -> Host {
             used_by: Vec::new(),
         },
     );
+    let profiles = ["veza-app".to_string()];
     for name in ["veza-haproxy", "veza-postgres", "veza-api-blue", "veza-api-green"] {
-        let config = Config::from([
-            ("image.os".to_string(), "debian".to_string()),
-            ("image.release".to_string(), "bookworm".to_string()),
-            ("volatile.uuid".to_string(), format!("uuid-{name}")),
-        ]);
-        live.instances.insert(
-            name.into(),
-            LiveInstance {
-                name: name.into(),
-                kind: InstanceKind::Container,
-                status: InstanceStatus::Running,
-                config,
-                profiles: vec!["veza-app".into()],
-                ..LiveInstance::default()
-            },
-        );
+        let foreign = veza_plan::fixtures::foreign_instance(name, "debian", "bookworm", &profiles);
+        live.instances.insert(name.into(), foreign);
     }
     let incus = FakeIncus::new(live);
     incus.set_image(
@@ -134,6 +120,14 @@ fn adoption(h: &Host, ms: &[Manifest]) -> (LiveState, Adoption) {
     let facts = rt.block_on(gather(&h.incus, &h.units, &h.probe, &n)).expect("gather");
     let a = assess(&refs, &live, &facts, &SecretDigests::new(), &BTreeMap::new()).expect("assess");
     (live, a)
+}
+
+/// Executes `a` (assessed on `live`) without secrets, expecting it to stop part-way.
+fn execute_failing(h: &Host, ms: &[Manifest], a: &Adoption, live: &LiveState) -> AdoptFailure {
+    runtime()
+        .expect("runtime")
+        .block_on(execute(&h.incus, &h.units, &Default::default(), a, live, &jobs(ms, live)))
+        .expect_err("the adoption stops part-way")
 }
 
 fn jobs(ms: &[Manifest], live: &LiveState) -> Vec<DesiredJob> {
@@ -242,10 +236,7 @@ fn a_failed_install_leaves_the_foreign_timers_running() {
     let ms = manifest();
     let (live, a) = adoption(&h, &ms);
     h.units.reject_installs("Unknown key name 'OnCalendar' in section 'Service'");
-    let f = runtime()
-        .expect("runtime")
-        .block_on(execute(&h.incus, &h.units, &Default::default(), &a, &live, &jobs(&ms, &live)))
-        .expect_err("the install fails");
+    let f = execute_failing(&h, &ms, &a, &live);
     assert!(
         f.error.starts_with("installing the job units on instance `veza-postgres`: units rejected"),
         "{}",
@@ -271,10 +262,7 @@ fn a_resource_changed_since_assessed_is_not_marked() {
     edge.devices.insert("http".into(), Config::from([("type".into(), "proxy".into())]));
     h.incus.set_live(changed);
     h.incus.take_calls();
-    let f = runtime()
-        .expect("runtime")
-        .block_on(execute(&h.incus, &h.units, &Default::default(), &a, &live, &jobs(&ms, &live)))
-        .expect_err("refused");
+    let f = execute_failing(&h, &ms, &a, &live);
     assert!(
         f.error.starts_with("refusing to adopt instance `veza-haproxy`: it changed since it was assessed (its devices changed)"),
         "{}",

@@ -273,32 +273,10 @@ where
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
-    use veza_model::manifest::Release;
-
     use super::*;
 
     fn slot() -> SlotSpec {
-        SlotSpec {
-            env: "prod".into(),
-            app: "backend".into(),
-            color: veza_model::manifest::Color::Green,
-            release: Release::try_from("2".repeat(40)).expect("a release"),
-            artifact_url: "https://forge.example/backend.tar.gz".into(),
-            sha256: "0".repeat(64),
-            install_dir: "/srv/app".into(),
-            start: "./bin/server".into(),
-            port: 8080,
-            health_path: "/health".into(),
-            expect_status: 200,
-            health_rise: 2,
-            health_timeout_ms: 2000,
-            loopback: None,
-            environment: BTreeMap::new(),
-            secrets: BTreeMap::new(),
-            migrate: None,
-        }
+        veza_plan::fixtures::slot("prod", "backend", veza_model::manifest::Color::Green, '2')
     }
 
     #[test]

@@ -7,8 +7,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use veza_model::manifest::{Color, Release};
+use veza_model::manifest::Color;
 use veza_plan::desired::SlotSpec;
+use veza_plan::fixtures::release;
 use veza_plan::plan::{EdgeCheck, Gate, Phase, Promotion, Switch};
 use veza_plan::slot::{migration_files, slot_files};
 use veza_plan::{Action, Plan, Step};
@@ -124,10 +125,6 @@ const GREEN: &str = "127.0.0.1:18081";
 /// Where the edge listens.
 const LISTEN: &str = "127.0.0.1:18080";
 
-fn release(n: char) -> Release {
-    Release::try_from(n.to_string().repeat(40)).expect("a release")
-}
-
 fn ok(n: char) -> Answer {
     Answer::Release(200, release(n).to_string())
 }
@@ -135,23 +132,8 @@ fn ok(n: char) -> Answer {
 /// The `color` slot of prod/web with release 2, probed on `GREEN` (rise 2).
 pub(super) fn slot(color: Color) -> SlotSpec {
     SlotSpec {
-        env: "prod".into(),
-        app: "web".into(),
-        color,
-        release: release('2'),
-        artifact_url: "https://forge.example/web.tar.gz".into(),
-        sha256: "0".repeat(64),
-        install_dir: "/srv/web".into(),
-        start: "./server".into(),
-        port: 8080,
-        health_path: "/health".into(),
-        expect_status: 200,
-        health_rise: 2,
-        health_timeout_ms: 2000,
         loopback: Some(GREEN.into()),
-        environment: BTreeMap::new(),
-        secrets: BTreeMap::new(),
-        migrate: None,
+        ..veza_plan::fixtures::slot("prod", "web", color, '2')
     }
 }
 
@@ -800,6 +782,16 @@ fn migrating_slot(dir: &Path) -> SlotSpec {
     s
 }
 
+/// A world whose green slot runs, and that slot with a migration (see
+/// [`migrating_slot`]), its artifact in the returned directory.
+fn migrating_world() -> (tempfile::TempDir, World, SlotSpec) {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let w = World::new();
+    running_slot(&w.incus, "web-green");
+    let s = migrating_slot(tmp.path());
+    (tmp, w, s)
+}
+
 /// An owned, running slot `name`.
 fn running_slot(fake: &FakeIncus, name: &str) {
     created_by_an_earlier_run(fake, name, "web");
@@ -834,10 +826,7 @@ fn run_with_secret(w: &World, plan: &Plan, dir: &Path, value: &str) -> ApplyRepo
 
 #[test]
 fn a_failing_migration_stops_before_traffic_moves_and_never_quotes_the_secret() {
-    let tmp = tempfile::tempdir().expect("tmp");
-    let w = World::new();
-    running_slot(&w.incus, "web-green");
-    let s = migrating_slot(tmp.path());
+    let (tmp, w, s) = migrating_world();
     let plan = promotion_after_deploy(&s);
     // unpack, then the migration: it fails and prints its connection string.
     w.incus.push_exec_result(ExecOutput::default());
@@ -889,10 +878,7 @@ fn a_failing_migration_stops_before_traffic_moves_and_never_quotes_the_secret() 
 
 #[test]
 fn a_migration_that_cannot_run_is_an_ordinary_failure_retried_next_sync() {
-    let tmp = tempfile::tempdir().expect("tmp");
-    let w = World::new();
-    running_slot(&w.incus, "web-green");
-    let mut s = migrating_slot(tmp.path());
+    let (tmp, w, mut s) = migrating_world();
     s.sha256 = "0".repeat(64); // the artifact does not match: nothing ran
     let report = run_with_secret(&w, &promotion_after_deploy(&s), tmp.path(), "pw");
     assert!(
@@ -903,10 +889,7 @@ fn a_migration_that_cannot_run_is_an_ordinary_failure_retried_next_sync() {
 
 #[test]
 fn a_successful_migration_is_reported_and_the_deploy_goes_on() {
-    let tmp = tempfile::tempdir().expect("tmp");
-    let w = World::new();
-    running_slot(&w.incus, "web-green");
-    let s = migrating_slot(tmp.path());
+    let (tmp, w, s) = migrating_world();
     let plan = plan_of(vec![migrate(&s)]);
     let report = run_with_secret(&w, &plan, tmp.path(), "pw");
     assert_eq!(report.outcome, ApplyOutcome::Applied, "{report:?}");

@@ -6,12 +6,12 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
 
 use super::install::{EdgePaths, InstallOptions, install};
 use super::parse::{EMPTY_STATE_FILE, ServerStatus, edge_view};
 use super::runtime::{EdgeError, EdgeRuntime};
 use crate::apply::EdgeView;
+use crate::fake_state::FakeState;
 
 /// One recorded operation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,7 +68,7 @@ struct State {
 /// The fake edge. Cheap to create; safe to share between threads.
 #[derive(Debug)]
 pub struct FakeEdge {
-    state: Mutex<State>,
+    state: FakeState<State>,
 }
 
 impl Default for FakeEdge {
@@ -82,7 +82,7 @@ impl FakeEdge {
     /// `/etc/haproxy/haproxy.cfg`.
     pub fn new() -> FakeEdge {
         FakeEdge {
-            state: Mutex::new(State {
+            state: FakeState::new(State {
                 files: BTreeMap::new(),
                 ops: Vec::new(),
                 faults: Vec::new(),
@@ -100,59 +100,54 @@ impl FakeEdge {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
-        // A test that panicked while holding the lock must not hide the state.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
     /// Sets the path the simulated master loads on reload.
     pub fn set_config_path(&self, path: &Path) {
-        self.lock().config_path = path.to_path_buf();
+        self.state.lock().config_path = path.to_path_buf();
     }
     /// Puts a file in place (not recorded as an operation).
     pub fn set_file(&self, path: &Path, bytes: &[u8]) {
-        self.lock().files.insert(path.to_path_buf(), bytes.to_vec());
+        self.state.lock().files.insert(path.to_path_buf(), bytes.to_vec());
     }
     /// A file's content.
     pub fn file(&self, path: &Path) -> Option<Vec<u8>> {
-        self.lock().files.get(path).cloned()
+        self.state.lock().files.get(path).cloned()
     }
     /// The operations so far.
     pub fn ops(&self) -> Vec<FakeOp> {
-        self.lock().ops.clone()
+        self.state.lock().ops.clone()
     }
     /// Forgets the recorded operations.
     pub fn clear_ops(&self) {
-        self.lock().ops.clear();
+        self.state.lock().ops.clear();
     }
     /// Adds a fault.
     pub fn inject(&self, fault: FakeFault) {
-        self.lock().faults.push(fault);
+        self.state.lock().faults.push(fault);
     }
     /// Starts or stops the simulated HAProxy.
     pub fn set_running(&self, running: bool) {
-        self.lock().running = running;
+        self.state.lock().running = running;
     }
     /// What `@1 show servers state` answers.
     pub fn set_servers_state(&self, text: &str) {
-        self.lock().servers_state = text.to_string();
+        self.state.lock().servers_state = text.to_string();
     }
     /// What HAProxy's own health checks say of `server` in `backend` (its `show stat`
     /// status), as the apply engine's [`Edge::server_view`](crate::apply::Edge) reads it.
     pub fn set_server_status(&self, backend: &str, server: &str, status: ServerStatus) {
-        self.lock().checked.insert((backend.to_string(), server.to_string()), status);
+        self.state.lock().checked.insert((backend.to_string(), server.to_string()), status);
     }
     /// Configs containing this text are invalid (default `bogus`).
     pub fn set_invalid_marker(&self, marker: &str) {
-        self.lock().invalid_marker = marker.to_string();
+        self.state.lock().invalid_marker = marker.to_string();
     }
     /// The master's reload counter.
     pub fn reloads(&self) -> u64 {
-        self.lock().reloads
+        self.state.lock().reloads
     }
     /// Whether the fake validator accepts these bytes.
     pub fn valid(&self, bytes: &[u8]) -> bool {
-        let marker = self.lock().invalid_marker.clone();
+        let marker = self.state.lock().invalid_marker.clone();
         !String::from_utf8_lossy(bytes).contains(&marker)
     }
 
@@ -188,13 +183,13 @@ impl EdgeRuntime for FakeEdge {
     }
 
     fn read_file(&self, path: &Path) -> Result<Option<Vec<u8>>, EdgeError> {
-        let mut st = self.lock();
+        let mut st = self.state.lock();
         st.ops.push(FakeOp::Read(path.to_path_buf()));
         Ok(st.files.get(path).cloned())
     }
 
     fn write_file(&self, path: &Path, bytes: &[u8]) -> Result<(), EdgeError> {
-        let mut st = self.lock();
+        let mut st = self.state.lock();
         st.ops.push(FakeOp::Write(path.to_path_buf()));
         if st.faults.contains(&FakeFault::FailWrite(path.to_path_buf())) {
             return Err(EdgeError::File {
@@ -209,7 +204,7 @@ impl EdgeRuntime for FakeEdge {
     }
 
     fn rename(&self, from: &Path, to: &Path) -> Result<(), EdgeError> {
-        let mut st = self.lock();
+        let mut st = self.state.lock();
         st.ops.push(FakeOp::Rename(from.to_path_buf(), to.to_path_buf()));
         let missing = || std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
         if st.faults.contains(&FakeFault::FailRename) {
@@ -231,7 +226,7 @@ impl EdgeRuntime for FakeEdge {
     }
 
     fn remove_file(&self, path: &Path) -> Result<(), EdgeError> {
-        let mut st = self.lock();
+        let mut st = self.state.lock();
         st.ops.push(FakeOp::Remove(path.to_path_buf()));
         st.files.remove(path);
         Ok(())
@@ -239,7 +234,7 @@ impl EdgeRuntime for FakeEdge {
 
     fn check_config(&self, path: &Path) -> Result<(), EdgeError> {
         let bytes = {
-            let mut st = self.lock();
+            let mut st = self.state.lock();
             st.ops.push(FakeOp::Check(path.to_path_buf()));
             st.files.get(path).cloned()
         };
@@ -262,7 +257,7 @@ impl EdgeRuntime for FakeEdge {
     }
 
     fn master(&self, command: &str) -> Result<String, EdgeError> {
-        let mut st = self.lock();
+        let mut st = self.state.lock();
         st.ops.push(FakeOp::Master(command.to_string()));
         if st.faults.contains(&FakeFault::FailMaster(command.to_string())) {
             return Err(EdgeError::Instance {
@@ -329,7 +324,7 @@ impl crate::apply::Edge for FakeEdge {
     }
 
     async fn server_view(&self, backend: &str, server: &str) -> Result<EdgeView, String> {
-        let st = self.lock();
+        let st = self.state.lock();
         if !st.running {
             return Ok(EdgeView::Unknown);
         }

@@ -3,10 +3,10 @@
 //! every request.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use super::{HttpError, Probe, Reply};
+use crate::fake_state::FakeState;
 
 /// One scripted answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,7 +28,7 @@ struct State {
 /// The scripted probe. Safe to share between threads.
 #[derive(Debug, Default)]
 pub struct ScriptedProbe {
-    state: Mutex<State>,
+    state: FakeState<State>,
 }
 
 impl ScriptedProbe {
@@ -37,26 +37,21 @@ impl ScriptedProbe {
         ScriptedProbe::default()
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
-        // A test that panicked while holding the lock must not hide the state.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
     /// Answers to requests to `addr`, in order, after those already scripted; the last
     /// one repeats.
     pub fn script(&self, addr: &str, answers: impl IntoIterator<Item = Answer>) {
-        self.lock().answers.entry(addr.to_string()).or_default().extend(answers);
+        self.state.lock().answers.entry(addr.to_string()).or_default().extend(answers);
     }
 
     /// Every request so far, as `GET http://ADDR/PATH (Host: HOST)`.
     pub fn requests(&self) -> Vec<String> {
-        self.lock().requests.clone()
+        self.state.lock().requests.clone()
     }
 
     /// How many requests went to `addr`.
     pub fn requests_to(&self, addr: &str) -> usize {
         let prefix = format!("GET http://{addr}/");
-        self.lock().requests.iter().filter(|r| r.starts_with(&prefix)).count()
+        self.state.lock().requests.iter().filter(|r| r.starts_with(&prefix)).count()
     }
 }
 
@@ -68,7 +63,7 @@ impl Probe for ScriptedProbe {
         path: &str,
         _timeout: Duration,
     ) -> Result<Reply, HttpError> {
-        let mut st = self.lock();
+        let mut st = self.state.lock();
         st.requests.push(format!("GET http://{addr}{path} (Host: {host})"));
         let answer = match st.answers.get_mut(addr) {
             Some(queue) if queue.len() > 1 => queue.pop_front(),

@@ -13,14 +13,14 @@
 //! This file holds the state and the test-facing API; `resources` implements the trait.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use super::error::{IncusError, ResourceKind};
 use super::types::{
     Config, Devices, ExecOutput, ExecRequest, InstanceStatus, LiveInstance, LivePool, LiveProfile,
     LiveState, RunningOperation, SnapshotInfo,
 };
-use super::{Result, refuse_existing, require_owned, validate_name};
+use super::{Result, adoption_writes, refuse_existing, require_owned, validate_name};
+use crate::fake_state::FakeState;
 
 mod resources;
 mod shared;
@@ -83,7 +83,7 @@ struct FakeOperation {
 /// An in-memory Incus. See the module documentation.
 #[derive(Debug, Default)]
 pub struct FakeIncus {
-    state: Mutex<State>,
+    state: FakeState<State>,
 }
 
 impl State {
@@ -130,11 +130,8 @@ impl State {
     }
 
     fn owned_instance(&mut self, name: &str) -> Result<LiveInstance> {
-        let inst = self.get_instance(name)?.ok_or_else(|| IncusError::NotFound {
-            kind: ResourceKind::Instance,
-            name: name.to_string(),
-            instance: None,
-        })?;
+        let inst =
+            self.get_instance(name)?.ok_or_else(|| not_found(ResourceKind::Instance, name))?;
         require_owned(ResourceKind::Instance, name, &inst.config)?;
         Ok(inst)
     }
@@ -143,6 +140,46 @@ impl State {
         validate_name("profile name", name)?;
         self.record(format!("GET /1.0/profiles/{name}"), false)?;
         Ok(self.live.profiles.get(name).cloned())
+    }
+
+    /// The start of every exec in `instance` (`inst`, as just read): `POST …/exec`
+    /// recorded, refused (as incusd does) when the instance is not running.
+    fn begin_exec(&mut self, instance: &str, inst: &LiveInstance) -> Result<()> {
+        let path = format!("/1.0/instances/{instance}/exec");
+        self.record(format!("POST {path}"), true)?;
+        if inst.is_running() {
+            return Ok(());
+        }
+        Err(IncusError::Api {
+            method: "POST".to_string(),
+            path,
+            status: 400,
+            message: "Instance is not running".to_string(),
+        })
+    }
+
+    /// Adoption's marking write, the same for instances and profiles: `now` is the
+    /// resource as read just before (what changed since it was assessed, its config),
+    /// `config` finds its config in the state to add the marks to. `Ok(false)` when the
+    /// marks are already there (nothing recorded past the read).
+    fn write_marks(
+        &mut self,
+        kind: ResourceKind,
+        name: &str,
+        marks: &Config,
+        now: Option<(Vec<String>, Config)>,
+        config: impl FnOnce(&mut LiveState) -> Option<&mut Config>,
+    ) -> Result<bool> {
+        let (changes, current) = now.ok_or_else(|| not_found(kind, name))?;
+        if !adoption_writes(kind, name, &current, marks, changes)? {
+            return Ok(false);
+        }
+        let collection = if kind == ResourceKind::Instance { "instances" } else { "profiles" };
+        self.record(format!("PUT /1.0/{collection}/{name}"), true)?;
+        if let Some(c) = config(&mut self.live) {
+            c.extend(marks.clone());
+        }
+        Ok(true)
     }
 
     /// Recomputes what incusd derives: expanded devices and profiles' `used_by`.
@@ -181,6 +218,11 @@ impl State {
     }
 }
 
+/// Incus's 404 for a resource that is not there.
+fn not_found(kind: ResourceKind, name: &str) -> IncusError {
+    IncusError::NotFound { kind, name: name.to_string(), instance: None }
+}
+
 fn expand(profiles: &BTreeMap<String, LiveProfile>, names: &[String], local: &Devices) -> Devices {
     let mut devices = Devices::new();
     for p in names.iter().filter_map(|n| profiles.get(n)) {
@@ -201,7 +243,7 @@ impl FakeIncus {
     pub fn new(live: LiveState) -> FakeIncus {
         let mut state = State { live, clock: 1_800_000_000, ..State::default() };
         state.refresh();
-        FakeIncus { state: Mutex::new(state) }
+        FakeIncus { state: FakeState::new(state) }
     }
 
     /// A fake shaped like the test host: a `dir` pool `default` and a `default` profile
@@ -235,23 +277,20 @@ impl FakeIncus {
         FakeIncus::new(live)
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
     /// Every call so far, in order.
     pub fn calls(&self) -> Vec<String> {
-        self.lock().calls.clone()
+        self.state.lock().calls.clone()
     }
 
     /// The calls so far, clearing the record.
     pub fn take_calls(&self) -> Vec<String> {
-        std::mem::take(&mut self.lock().calls)
+        std::mem::take(&mut self.state.lock().calls)
     }
 
     /// The writing calls so far (POST, PUT, PATCH, DELETE), in order.
     pub fn write_calls(&self) -> Vec<String> {
-        self.lock()
+        self.state
+            .lock()
             .calls
             .iter()
             .filter(|c| !c.starts_with("GET ") && !c.starts_with("HEAD "))
@@ -261,12 +300,12 @@ impl FakeIncus {
 
     /// The current state.
     pub fn live(&self) -> LiveState {
-        self.lock().live.clone()
+        self.state.lock().live.clone()
     }
 
     /// Replaces the state (e.g. to simulate someone else's change).
     pub fn set_live(&self, live: LiveState) {
-        let mut s = self.lock();
+        let mut s = self.state.lock();
         s.live = live;
         s.refresh();
     }
@@ -274,37 +313,37 @@ impl FakeIncus {
     /// Makes a call fail with `error`: the call with index `on`, or the next call whose
     /// line contains `on`. Each injection fires once.
     pub fn fail_on(&self, on: impl Into<FailOn>, error: IncusError) {
-        self.lock().failures.push((on.into(), Some(error)));
+        self.state.lock().failures.push((on.into(), Some(error)));
     }
 
     /// Queues the result of the next `exec` (otherwise exit 0 with no output).
     pub fn push_exec_result(&self, output: ExecOutput) {
-        self.lock().exec_results.push_back(output);
+        self.state.lock().exec_results.push_back(output);
     }
 
     /// Makes `alias` a local image with `properties`.
     pub fn set_image(&self, alias: &str, properties: Config) {
-        self.lock().images.insert(alias.to_string(), properties);
+        self.state.lock().images.insert(alias.to_string(), properties);
     }
 
     /// What the fixed probe inside `instance` prints (otherwise nothing: no answer).
     pub fn set_probe_answer(&self, instance: &str, output: ExecOutput) {
-        self.lock().probe_answers.insert(instance.to_string(), output);
+        self.state.lock().probe_answers.insert(instance.to_string(), output);
     }
 
     /// The commands run so far, with their instance.
     pub fn execs(&self) -> Vec<(String, ExecRequest)> {
-        self.lock().execs.clone()
+        self.state.lock().execs.clone()
     }
 
     /// A file's content as pushed (or set).
     pub fn file(&self, instance: &str, path: &str) -> Option<Vec<u8>> {
-        self.lock().files.get(&(instance.to_string(), path.to_string())).cloned()
+        self.state.lock().files.get(&(instance.to_string(), path.to_string())).cloned()
     }
 
     /// Puts a file in place without a recorded call (e.g. a file the image ships).
     pub fn set_file(&self, instance: &str, path: &str, content: impl Into<Vec<u8>>) {
-        self.lock().files.insert((instance.to_string(), path.to_string()), content.into());
+        self.state.lock().files.insert((instance.to_string(), path.to_string()), content.into());
     }
 
     /// Leaves an operation running on `instance` (as a killed agent's create would), one
@@ -320,7 +359,7 @@ impl FakeIncus {
     }
 
     fn add_operation(&self, instance: &str, description: &str, endless: bool) -> String {
-        let mut s = self.lock();
+        let mut s = self.state.lock();
         let operation = format!("/1.0/operations/fake-{}", s.operations.len() + 1);
         s.operations.push(FakeOperation {
             op: RunningOperation {
@@ -336,6 +375,6 @@ impl FakeIncus {
     /// Sets the clock (unix seconds) used for snapshot names and times; each snapshot
     /// advances it by one second.
     pub fn set_clock(&self, unix: i64) {
-        self.lock().clock = unix;
+        self.state.lock().clock = unix;
     }
 }

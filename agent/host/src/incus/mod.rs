@@ -31,6 +31,7 @@ mod client;
 mod envelope;
 mod error;
 mod fake;
+mod feed;
 mod shared;
 mod tls;
 mod types;
@@ -44,6 +45,7 @@ pub(crate) use adoption::{
 pub use client::{ClientOptions, IncusClient, RawResponse, Transport};
 pub use error::{IncusError, ResourceKind};
 pub use fake::{FailOn, FakeIncus};
+pub use feed::{ChangeFeed, Mark, changes_state};
 pub use shared::{SharedConfig, Swap, Versioned};
 pub use types::{
     ExecOutput, ExecRequest, FilePush, ImageSource, InstanceSpec, InstanceUpdate, ProfileSpec,

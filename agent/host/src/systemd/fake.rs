@@ -2,11 +2,11 @@
 //! injectable rejection.
 
 use std::collections::BTreeMap;
-use std::sync::{Mutex, MutexGuard};
 
 use veza_plan::live::UnitTarget;
 
 use super::{JobRun, SystemdError, Units};
+use crate::fake_state::FakeState;
 
 #[derive(Debug, Default)]
 struct State {
@@ -24,7 +24,7 @@ struct State {
 /// The fake units. Safe to share between threads.
 #[derive(Debug, Default)]
 pub struct FakeUnits {
-    state: Mutex<State>,
+    state: FakeState<State>,
 }
 
 impl FakeUnits {
@@ -33,38 +33,33 @@ impl FakeUnits {
         FakeUnits::default()
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
-        // A test that panicked while holding the lock must not hide the state.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
     /// Puts someone else's unit file (no marker) at `target`, enabled and active.
     pub fn set_foreign(&self, target: &UnitTarget, name: &str, contents: &str) {
-        let mut st = self.lock();
+        let mut st = self.state.lock();
         st.foreign.entry(target.clone()).or_default().insert(name.into(), contents.into());
         st.active.push((target.clone(), name.to_string()));
     }
 
     /// Someone else's unit files at `target` (retired ones too: they stay, disabled).
     pub fn foreign_files(&self, target: &UnitTarget) -> BTreeMap<String, String> {
-        self.lock().foreign.get(target).cloned().unwrap_or_default()
+        self.state.lock().foreign.get(target).cloned().unwrap_or_default()
     }
 
     /// Every install and remove so far, as `install TARGET: FILES; enable TIMERS` and
     /// `remove TARGET: NAMES`; adoption's reads and retirements as `is-active TARGET:
     /// UNIT` and `retire TARGET: UNIT`.
     pub fn calls(&self) -> Vec<String> {
-        self.lock().calls.clone()
+        self.state.lock().calls.clone()
     }
 
     /// The root-only files beside the units (jobs' environment files), by name.
     pub fn private_files(&self) -> BTreeMap<String, String> {
-        self.lock().private.clone()
+        self.state.lock().private.clone()
     }
 
     /// Installs are rejected from now on, as `systemd-analyze verify` would reject them.
     pub fn reject_installs(&self, diagnostics: &str) {
-        self.lock().reject = Some(diagnostics.to_string());
+        self.state.lock().reject = Some(diagnostics.to_string());
     }
 }
 
@@ -75,7 +70,7 @@ fn st_enabled(active: &[(UnitTarget, String)], target: &UnitTarget, unit: &str) 
 
 impl Units for FakeUnits {
     async fn list(&self, target: &UnitTarget) -> Result<BTreeMap<String, String>, SystemdError> {
-        Ok(self.lock().files.get(target).cloned().unwrap_or_default())
+        Ok(self.state.lock().files.get(target).cloned().unwrap_or_default())
     }
 
     async fn install(
@@ -84,7 +79,7 @@ impl Units for FakeUnits {
         files: &[(String, String)],
         timers: &[String],
     ) -> Result<(), SystemdError> {
-        let mut st = self.lock();
+        let mut st = self.state.lock();
         let names: Vec<&str> = files.iter().map(|(name, _)| name.as_str()).collect();
         st.calls.push(format!(
             "install {target}: {}; enable {}",
@@ -106,7 +101,7 @@ impl Units for FakeUnits {
         stale: &[String],
     ) -> Result<(), SystemdError> {
         let names: Vec<&str> = files.iter().map(|(name, _)| name.as_str()).collect();
-        let mut st = self.lock();
+        let mut st = self.state.lock();
         st.calls.push(format!(
             "install private {target}: {}; remove {}",
             names.join(" "),
@@ -120,7 +115,7 @@ impl Units for FakeUnits {
     }
 
     async fn remove(&self, target: &UnitTarget, names: &[String]) -> Result<(), SystemdError> {
-        let mut st = self.lock();
+        let mut st = self.state.lock();
         st.calls.push(format!("remove {target}: {}", names.join(" ")));
         if let Some(files) = st.files.get_mut(target) {
             for name in names {
@@ -132,7 +127,7 @@ impl Units for FakeUnits {
 
     async fn foreign(&self, target: &UnitTarget) -> Result<BTreeMap<String, String>, SystemdError> {
         let (files, active) = {
-            let st = self.lock();
+            let st = self.state.lock();
             (st.foreign.get(target).cloned().unwrap_or_default(), st.active.clone())
         };
         Ok(files
@@ -148,13 +143,13 @@ impl Units for FakeUnits {
     }
 
     async fn is_active(&self, target: &UnitTarget, unit: &str) -> Result<bool, SystemdError> {
-        let mut st = self.lock();
+        let mut st = self.state.lock();
         st.calls.push(format!("is-active {target}: {unit}"));
         Ok(st.active.iter().any(|(t, u)| t == target && u == unit))
     }
 
     async fn retire(&self, target: &UnitTarget, unit: &str) -> Result<(), SystemdError> {
-        let mut st = self.lock();
+        let mut st = self.state.lock();
         st.calls.push(format!("retire {target}: {unit}"));
         st.active.retain(|(t, u)| !(t == target && u == unit));
         Ok(())

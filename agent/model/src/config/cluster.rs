@@ -11,7 +11,7 @@ use crate::parse::Seg;
 use crate::path;
 
 /// Running on a member of an Incus cluster.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
     /// This agent's name in the lease: the Incus member it runs on (unique in the

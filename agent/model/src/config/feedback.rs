@@ -11,7 +11,7 @@ use crate::parse::Seg;
 use crate::path;
 
 /// Outcome feedback after each sync.
-#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FeedbackConfig {
     /// Post a commit status on the handled commit through Forgejo's API.
@@ -24,7 +24,7 @@ pub struct FeedbackConfig {
 }
 
 /// Forgejo's commit status API (`POST /repos/{owner}/{repo}/statuses/{sha}`).
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ForgejoStatusConfig {
     /// The API base, e.g. `https://forgejo.example/api/v1`.
@@ -42,7 +42,7 @@ pub struct ForgejoStatusConfig {
 /// (`refs/pull/<N>/head`, as Forgejo exposes them) are fetched, verified with the
 /// branch's trust rules (not anti-rollback), planned read-only against live state, and
 /// each gets a commit status (context `veza-agent/<host>/preview`).
-#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PreviewsConfig {
     /// Turn previews on. Defaults to `false`.

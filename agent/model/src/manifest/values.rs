@@ -75,17 +75,24 @@ impl Release {
     }
 }
 
+/// `s` when it is `len` lowercase hex digits (a commit id, a digest), else `s` back.
+fn lower_hex(s: String, len: usize) -> Result<String, String> {
+    if s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        Ok(s)
+    } else {
+        Err(s)
+    }
+}
+
 impl TryFrom<String> for Release {
     type Error = String;
     fn try_from(s: String) -> Result<Self, String> {
-        if s.len() == 40 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-            Ok(Release(s))
-        } else {
-            Err(format!(
-                "invalid release `{s}`: expected a full 40-character lowercase hex commit id (got {} characters)",
-                s.chars().count()
-            ))
-        }
+        lower_hex(s, 40).map(Release).map_err(|s| {
+            let n = s.chars().count();
+            format!(
+                "invalid release `{s}`: expected a full 40-character lowercase hex commit id (got {n} characters)"
+            )
+        })
     }
 }
 
@@ -110,11 +117,9 @@ impl Sha256Hex {
 impl TryFrom<String> for Sha256Hex {
     type Error = String;
     fn try_from(s: String) -> Result<Self, String> {
-        if s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-            Ok(Sha256Hex(s))
-        } else {
-            Err(format!("invalid sha256 `{s}`: expected 64 lowercase hex characters"))
-        }
+        lower_hex(s, 64)
+            .map(Sha256Hex)
+            .map_err(|s| format!("invalid sha256 `{s}`: expected 64 lowercase hex characters"))
     }
 }
 

@@ -1,5 +1,5 @@
-//! Tests of the job unit rendering: the seed jobs byte for byte, schedules and time zones,
-//! escaping, and what the renderer refuses.
+//! Tests of the job unit rendering: the seed jobs byte for byte (a snapshot), schedules
+//! and time zones, escaping, and what the renderer refuses.
 
 use super::*;
 use crate::schedule::parse;
@@ -8,145 +8,48 @@ fn spec(env: &str, name: &str, schedule: &str, command: &str) -> JobUnitSpec {
     JobUnitSpec::new(env, name, parse(schedule).unwrap(), command)
 }
 
+/// The seed's jobs (Ansible's pgBackRest timers and the DR drill), service and timer
+/// byte for byte, compared with `agent/model/snapshots/seed-job-units.txt`
+/// (`UPDATE_SNAPSHOTS=1` rewrites it; then review the diff: the snapshot is the contract).
 #[test]
-fn units_seed_pgbackrest_full() {
-    let units = render(&JobUnitSpec {
-        user: Some("postgres".into()),
-        randomized_delay: Some(Duration::from_secs(600)),
-        timeout: Some(Duration::from_secs(6 * 3600)),
-        ..spec(
-            "prod",
-            "pgbackrest-full",
-            "0 2 * * 0",
-            "pgbackrest --stanza=veza --type=full backup",
-        )
-    })
-    .unwrap();
-    assert_eq!(units.service.name, "veza-job-prod-pgbackrest-full.service");
-    assert_eq!(
-        units.service.contents,
-        "\
-# Managed by veza-agent; do not edit. veza-agent-owner: prod/pgbackrest-full
-# Runs job prod/pgbackrest-full when veza-job-prod-pgbackrest-full.timer fires (cron: 0 2 * * 0).
-[Unit]
-Description=veza job prod/pgbackrest-full
-
-[Service]
-Type=oneshot
-User=postgres
-ExecStart=/bin/sh -c 'pgbackrest --stanza=veza --type=full backup'
-TimeoutStartSec=6h
-"
-    );
-    assert_eq!(units.timer.name, "veza-job-prod-pgbackrest-full.timer");
-    assert_eq!(
-        units.timer.contents,
-        "\
-# Managed by veza-agent; do not edit. veza-agent-owner: prod/pgbackrest-full
-# Schedule of job prod/pgbackrest-full (cron: 0 2 * * 0).
-[Unit]
-Description=Timer for veza job prod/pgbackrest-full
-
-[Timer]
-OnCalendar=Sun *-*-* 02:00:00 UTC
-Persistent=true
-RandomizedDelaySec=10min
-AccuracySec=1s
-Unit=veza-job-prod-pgbackrest-full.service
-
-[Install]
-WantedBy=timers.target
-"
-    );
-}
-
-#[test]
-fn units_seed_pgbackrest_diff() {
-    let units = render(&JobUnitSpec {
-        user: Some("postgres".into()),
-        ..spec(
-            "prod",
-            "pgbackrest-diff",
-            "0 2 * * 1-6",
-            "pgbackrest --stanza=veza --type=diff backup",
-        )
-    })
-    .unwrap();
-    assert_eq!(
-        units.service.contents,
-        "\
-# Managed by veza-agent; do not edit. veza-agent-owner: prod/pgbackrest-diff
-# Runs job prod/pgbackrest-diff when veza-job-prod-pgbackrest-diff.timer fires (cron: 0 2 * * 1-6).
-[Unit]
-Description=veza job prod/pgbackrest-diff
-
-[Service]
-Type=oneshot
-User=postgres
-ExecStart=/bin/sh -c 'pgbackrest --stanza=veza --type=diff backup'
-TimeoutStartSec=infinity
-"
-    );
-    assert_eq!(
-        units.timer.contents,
-        "\
-# Managed by veza-agent; do not edit. veza-agent-owner: prod/pgbackrest-diff
-# Schedule of job prod/pgbackrest-diff (cron: 0 2 * * 1-6).
-[Unit]
-Description=Timer for veza job prod/pgbackrest-diff
-
-[Timer]
-OnCalendar=Mon..Sat *-*-* 02:00:00 UTC
-Persistent=true
-AccuracySec=1s
-Unit=veza-job-prod-pgbackrest-diff.service
-
-[Install]
-WantedBy=timers.target
-"
-    );
-}
-
-#[test]
-fn units_seed_dr_drill() {
-    let units = render(&JobUnitSpec {
-        timeout: Some(Duration::from_secs(90 * 60)),
-        persistent: false,
-        description: Some("Veza DR drill: restore the latest backup (100% check)".into()),
-        ..spec("prod", "dr-drill", "0 4 * * 0", "/usr/local/bin/dr-drill.sh")
-    })
-    .unwrap();
-    assert_eq!(
-        units.service.contents,
-        "\
-# Managed by veza-agent; do not edit. veza-agent-owner: prod/dr-drill
-# Runs job prod/dr-drill when veza-job-prod-dr-drill.timer fires (cron: 0 4 * * 0).
-[Unit]
-Description=Veza DR drill: restore the latest backup (100%% check)
-
-[Service]
-Type=oneshot
-ExecStart=/bin/sh -c '/usr/local/bin/dr-drill.sh'
-TimeoutStartSec=1h 30min
-"
-    );
-    assert_eq!(
-        units.timer.contents,
-        "\
-# Managed by veza-agent; do not edit. veza-agent-owner: prod/dr-drill
-# Schedule of job prod/dr-drill (cron: 0 4 * * 0).
-[Unit]
-Description=Timer for Veza DR drill: restore the latest backup (100%% check)
-
-[Timer]
-OnCalendar=Sun *-*-* 04:00:00 UTC
-Persistent=false
-AccuracySec=1s
-Unit=veza-job-prod-dr-drill.service
-
-[Install]
-WantedBy=timers.target
-"
+fn units_of_the_seed_jobs() {
+    let full = "pgbackrest --stanza=veza --type=full backup";
+    let diff = "pgbackrest --stanza=veza --type=diff backup";
+    let jobs = [
+        JobUnitSpec {
+            user: Some("postgres".into()),
+            randomized_delay: Some(Duration::from_secs(600)),
+            timeout: Some(Duration::from_secs(6 * 3600)),
+            ..spec("prod", "pgbackrest-full", "0 2 * * 0", full)
+        },
+        JobUnitSpec {
+            user: Some("postgres".into()),
+            ..spec("prod", "pgbackrest-diff", "0 2 * * 1-6", diff)
+        },
+        JobUnitSpec {
+            timeout: Some(Duration::from_secs(90 * 60)),
+            persistent: false,
+            description: Some("Veza DR drill: restore the latest backup (100% check)".into()),
+            ..spec("prod", "dr-drill", "0 4 * * 0", "/usr/local/bin/dr-drill.sh")
+        },
+    ];
+    let mut text = String::new();
+    for job in &jobs {
+        let units = render(job).unwrap();
+        for unit in [&units.service, &units.timer] {
+            text.push_str(&format!("==> {} <==\n{}", unit.name, unit.contents));
+        }
+    }
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("snapshots/seed-job-units.txt");
+    if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
+        std::fs::write(&path, &text).expect("write the snapshot");
+    }
+    let expected = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        text == expected,
+        "the seed's job units differ from {}:\n{text}\n(rerun with UPDATE_SNAPSHOTS=1 and review the diff)",
+        path.display()
     );
 }
 

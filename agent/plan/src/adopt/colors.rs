@@ -9,7 +9,7 @@ use veza_model::live::{SlotInstance, parse_color_history, parse_color_record, se
 use veza_model::manifest::Color;
 use veza_model::naming;
 
-use super::{ActiveColor, Adoption, Facts, InstanceAdoption, foreign};
+use super::{ActiveColor, Adoption, Facts, ResourceAdoption, foreign};
 use crate::desired::SlotSpec;
 use crate::live::{LiveInstance, LiveState, MARK_RELEASE};
 
@@ -105,7 +105,7 @@ pub(super) fn active_colors(
 /// verified is a conflict (the planner would rebuild it in place), an idle one is adopted
 /// without it (the first apply redeploys it).
 pub(super) fn assess_release(
-    a: &mut InstanceAdoption,
+    a: &mut ResourceAdoption,
     l: &LiveInstance,
     slot: &SlotSpec,
     facts: &Facts,

@@ -4,27 +4,15 @@
 
 use std::fmt;
 
-use super::{AdoptState, Adoption};
+use super::{AdoptState, Adoption, ResourceAdoption};
 
 impl fmt::Display for Adoption {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for p in &self.profiles {
-            writeln!(f, "profile {}: {}", p.name, p.state.as_str())?;
-            for d in &p.differences {
-                writeln!(f, "    difference: {d}")?;
-            }
-            for n in &p.notes {
-                writeln!(f, "    note: {n}")?;
-            }
+            p.write_line("profile", f)?;
         }
         for i in &self.instances {
-            writeln!(f, "instance {} ({}): {}", i.name, i.env, i.state.as_str())?;
-            for d in &i.differences {
-                writeln!(f, "    difference: {d}")?;
-            }
-            for n in &i.notes {
-                writeln!(f, "    note: {n}")?;
-            }
+            i.write_line("instance", f)?;
         }
         for a in &self.active {
             let verdict = if a.agrees { "agrees" } else { "DISAGREES" };
@@ -58,5 +46,23 @@ impl fmt::Display for Adoption {
             self.timers.len(),
             self.refusals.len()
         )
+    }
+}
+
+impl ResourceAdoption {
+    /// `KIND NAME (ENV): STATE`, then its differences and notes indented.
+    fn write_line(&self, kind: &str, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{kind} {}", self.name)?;
+        if let Some(env) = &self.env {
+            write!(f, " ({env})")?;
+        }
+        writeln!(f, ": {}", self.state.as_str())?;
+        for d in &self.differences {
+            writeln!(f, "    difference: {d}")?;
+        }
+        for n in &self.notes {
+            writeln!(f, "    note: {n}")?;
+        }
+        Ok(())
     }
 }

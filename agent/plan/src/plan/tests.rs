@@ -13,22 +13,11 @@ use crate::live::{
     UnitTarget,
 };
 use crate::plan::{Action, Plan, PlanOptions, plan};
+use crate::testing::{check_snapshot, check_text, manifests};
 
 const DEMO: &str = include_str!("../../../../manifests/examples/minimal.yaml");
 const PROD: &str = include_str!("../../../../manifests/prod.yaml");
 const STAGING: &str = include_str!("../../../../manifests/staging.yaml");
-
-fn manifests(texts: &[&str]) -> Vec<Manifest> {
-    let files: Vec<(String, Vec<u8>)> = texts
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (format!("m{i}.yaml"), t.as_bytes().to_vec()))
-        .collect();
-    match veza_model::load(&files) {
-        Ok(parsed) => parsed.into_iter().map(|(_, p)| p.manifest).collect(),
-        Err(e) => panic!("test manifests are invalid: {e:#?}"),
-    }
-}
 
 fn opts() -> PlanOptions {
     PlanOptions { edge_settings: EdgeSettings::default(), ..PlanOptions::default() }
@@ -47,10 +36,6 @@ fn applied(live: &LiveState, plan: &Plan) -> LiveState {
     crate::simulate::applied(live, plan).unwrap_or_else(|e| panic!("{e}"))
 }
 
-fn check_snapshot(name: &str, plan: &Plan) {
-    check_text(name, &plan.to_string());
-}
-
 /// The files `plan` writes (run scripts, units, migration wrappers, edge configs, job
 /// units), as rendered by the planner: `snapshots/<name>.files.txt`.
 fn check_files_snapshot(name: &str, plan: &Plan) {
@@ -62,23 +47,6 @@ fn check_files_snapshot(name: &str, plan: &Plan) {
         }
     }
     check_text(&format!("{name}.files"), &text);
-}
-
-fn check_text(name: &str, text: &str) {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("snapshots")
-        .join(format!("{name}.txt"));
-    if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
-        std::fs::write(&path, text).expect("write snapshot");
-        return;
-    }
-    let expected = std::fs::read_to_string(&path).unwrap_or_default();
-    if expected != text {
-        panic!(
-            "plan `{name}` differs from {}:\n--- expected\n{expected}\n--- actual\n{text}\n(rerun with UPDATE_SNAPSHOTS=1 and review the diff)",
-            path.display()
-        );
-    }
 }
 
 fn pool(name: &str) -> (String, LivePool) {

@@ -72,6 +72,7 @@ pub(crate) fn daemon_rss(
         std::thread::sleep(Duration::from_millis(50));
     }
     daemon_sync(host, "no-change")?;
+    b.figures.push(daemon_no_change(host)?);
     let mut idle = Figure::new(
         "daemon_rss_idle",
         "daemon RSS, idle between no-change polls (VmRSS samples every 100 ms over ~8 s)",
@@ -115,4 +116,52 @@ pub(crate) fn daemon_rss(
     b.figures.push(idle);
     b.figures.push(peak);
     Ok(())
+}
+
+/// The daemon's no-change sync in process, stage by stage, from `veza-agent sync --json`:
+/// the commit is applied and Incus quiet, so the daemon reuses its last reading.
+fn daemon_no_change(host: &DemoHost) -> Result<Figure> {
+    let mut fig = Figure::new(
+        "daemon_no_change_sync_inproc",
+        "no-change sync in the daemon, in process (sum of the stages `sync --json` reports)",
+        "ms",
+    );
+    let mut stages: std::collections::BTreeMap<String, Vec<f64>> = Default::default();
+    let mut order: Vec<String> = Vec::new();
+    for _ in 0..30 {
+        let out = host.agent(&["sync", "--json"])?;
+        let v: serde_json::Value = serde_json::from_str(out.stdout_str().trim())
+            .with_context(|| format!("`sync --json` printed {}", out.stdout_str()))?;
+        if v["outcome"] != "no-change" {
+            bail!("expected a no-change sync: {v}");
+        }
+        let mut total = 0.0;
+        for s in v["stages_us"].as_array().into_iter().flatten() {
+            let (Some(name), Some(us)) = (s[0].as_str(), s[1].as_u64()) else { continue };
+            let ms = us as f64 / 1000.0;
+            total += ms;
+            if !order.iter().any(|o| o == name) {
+                order.push(name.to_string());
+            }
+            stages.entry(name.to_string()).or_default().push(ms);
+        }
+        fig.samples.push(total);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or_default()
+    };
+    let parts: Vec<String> = order
+        .iter()
+        .filter_map(|name| {
+            let v = stages.get_mut(name)?;
+            let n = v.len();
+            Some(format!("{name} {:.2} ms (×{n})", median(v)))
+        })
+        .collect();
+    fig.notes.push(format!("median per stage: {}", parts.join(", ")));
+    fig.notes.push(
+        "`fetch` is two smart-HTTP requests (protocol v2: capabilities, then `ls-refs`), each a `git http-backend` + `git upload-pack` process on the forge side".into(),
+    );
+    Ok(fig)
 }

@@ -9,15 +9,15 @@ use super::super::types::{
     StateAction, StateChange, with_mark,
 };
 use super::super::{
-    Incus, Result, Scope, adoption_writes, instance_changes, instance_matches, merged_put_config,
-    profile_changes, profile_matches, require_deletable, require_owned, snapshot_name,
-    validate_file_path, validate_marks, validate_name, validate_probe_path, validate_user_key,
+    Incus, Result, Scope, instance_changes, instance_matches, merged_put_config, profile_changes,
+    profile_matches, require_deletable, require_owned, snapshot_name, validate_file_path,
+    validate_marks, validate_name, validate_probe_path, validate_user_key,
 };
-use super::{FakeIncus, FakeOperation, expand, has_root_disk};
+use super::{FakeIncus, FakeOperation, expand, has_root_disk, not_found};
 
 impl Incus for FakeIncus {
     async fn observe_scoped(&self, scope: Scope) -> Result<LiveState> {
-        let mut s = self.lock();
+        let mut s = self.state.lock();
         for what in ["instances", "profiles", "networks", "storage-pools"] {
             if what != "networks" || scope.networks {
                 s.record(format!("GET /1.0/{what}?recursion=1"), false)?;
@@ -31,11 +31,11 @@ impl Incus for FakeIncus {
     }
 
     async fn instance(&self, name: &str) -> Result<Option<LiveInstance>> {
-        self.lock().get_instance(name)
+        self.state.lock().get_instance(name)
     }
 
     async fn create_instance(&self, spec: &InstanceSpec) -> Result<()> {
-        let mut s = self.lock();
+        let mut s = self.state.lock();
         let existing = s.get_instance(&spec.name)?.map(|i| i.config);
         s.begin_create(ResourceKind::Instance, &spec.name, existing, "instances")?;
         s.check_profiles_exist(&spec.profiles)?;
@@ -68,7 +68,7 @@ impl Incus for FakeIncus {
     }
 
     async fn update_instance(&self, name: &str, update: &InstanceUpdate) -> Result<bool> {
-        let mut s = self.lock();
+        let mut s = self.state.lock();
         let inst = s.owned_instance(name)?;
         if instance_matches(&inst, update) {
             return Ok(false);
@@ -86,7 +86,7 @@ impl Incus for FakeIncus {
     }
 
     async fn change_state(&self, name: &str, change: &StateChange) -> Result<()> {
-        let mut s = self.lock();
+        let mut s = self.state.lock();
         let inst = s.owned_instance(name)?;
         let target = match (change.action, inst.is_running()) {
             (StateAction::Start, true) => return Ok(()),
@@ -100,7 +100,7 @@ impl Incus for FakeIncus {
     }
 
     async fn delete_instance(&self, name: &str) -> Result<()> {
-        let mut s = self.lock();
+        let mut s = self.state.lock();
         let Some(inst) = s.get_instance(name)? else { return Ok(()) };
         require_deletable(name, &inst.config)?;
         if inst.status != InstanceStatus::Stopped {
@@ -116,11 +116,11 @@ impl Incus for FakeIncus {
     }
 
     async fn profile(&self, name: &str) -> Result<Option<LiveProfile>> {
-        self.lock().get_profile(name)
+        self.state.lock().get_profile(name)
     }
 
     async fn create_profile(&self, spec: &ProfileSpec) -> Result<()> {
-        let mut s = self.lock();
+        let mut s = self.state.lock();
         let existing = s.get_profile(&spec.name)?.map(|p| p.config);
         s.begin_create(ResourceKind::Profile, &spec.name, existing, "profiles")?;
         s.live.profiles.insert(
@@ -138,7 +138,7 @@ impl Incus for FakeIncus {
     }
 
     async fn create_network(&self, name: &str, kind: &str, config: &Config) -> Result<()> {
-        let mut s = self.lock();
+        let mut s = self.state.lock();
         let existing = s.live.networks.get(name).map(|n| n.config.clone());
         s.begin_create(ResourceKind::Network, name, existing, "networks")?;
         s.live.networks.insert(
@@ -156,12 +156,10 @@ impl Incus for FakeIncus {
     }
 
     async fn update_profile(&self, spec: &ProfileSpec) -> Result<bool> {
-        let mut s = self.lock();
-        let p = s.get_profile(&spec.name)?.ok_or_else(|| IncusError::NotFound {
-            kind: ResourceKind::Profile,
-            name: spec.name.clone(),
-            instance: None,
-        })?;
+        let mut s = self.state.lock();
+        let p = s
+            .get_profile(&spec.name)?
+            .ok_or_else(|| not_found(ResourceKind::Profile, &spec.name))?;
         require_owned(ResourceKind::Profile, &spec.name, &p.config)?;
         if profile_matches(&p.description, &p.config, &p.devices, spec) {
             return Ok(false);
@@ -177,7 +175,7 @@ impl Incus for FakeIncus {
     }
 
     async fn delete_profile(&self, name: &str) -> Result<()> {
-        let mut s = self.lock();
+        let mut s = self.state.lock();
         let Some(p) = s.get_profile(name)? else { return Ok(()) };
         require_owned(ResourceKind::Profile, name, &p.config)?;
         s.record(format!("DELETE /1.0/profiles/{name}"), true)?;
@@ -194,7 +192,7 @@ impl Incus for FakeIncus {
     }
 
     async fn create_snapshot(&self, instance: &str, name: Option<&str>) -> Result<String> {
-        let mut s = self.lock();
+        let mut s = self.state.lock();
         s.owned_instance(instance)?;
         let name = match name {
             Some(n) => {
@@ -231,21 +229,17 @@ impl Incus for FakeIncus {
     }
 
     async fn list_snapshots(&self, instance: &str) -> Result<Vec<SnapshotInfo>> {
-        let mut s = self.lock();
+        let mut s = self.state.lock();
         validate_name("instance name", instance)?;
         s.record(format!("GET /1.0/instances/{instance}/snapshots?recursion=1"), false)?;
         if !s.live.instances.contains_key(instance) {
-            return Err(IncusError::NotFound {
-                kind: ResourceKind::Instance,
-                name: instance.to_string(),
-                instance: None,
-            });
+            return Err(not_found(ResourceKind::Instance, instance));
         }
         Ok(s.snapshots.get(instance).cloned().unwrap_or_default())
     }
 
     async fn delete_snapshot(&self, instance: &str, name: &str) -> Result<()> {
-        let mut s = self.lock();
+        let mut s = self.state.lock();
         validate_name("snapshot name", name)?;
         s.owned_instance(instance)?;
         s.record(format!("DELETE /1.0/instances/{instance}/snapshots/{name}"), true)?;
@@ -263,7 +257,7 @@ impl Incus for FakeIncus {
     }
 
     async fn exec(&self, instance: &str, request: &ExecRequest) -> Result<ExecOutput> {
-        let mut s = self.lock();
+        let mut s = self.state.lock();
         if request.command.is_empty() {
             return Err(IncusError::Invalid {
                 what: "command",
@@ -272,21 +266,13 @@ impl Incus for FakeIncus {
             });
         }
         let inst = s.owned_instance(instance)?;
-        s.record(format!("POST /1.0/instances/{instance}/exec"), true)?;
-        if !inst.is_running() {
-            return Err(IncusError::Api {
-                method: "POST".to_string(),
-                path: format!("/1.0/instances/{instance}/exec"),
-                status: 400,
-                message: "Instance is not running".to_string(),
-            });
-        }
+        s.begin_exec(instance, &inst)?;
         s.execs.push((instance.to_string(), request.clone()));
         Ok(s.exec_results.pop_front().unwrap_or_default())
     }
 
     async fn push_file(&self, instance: &str, file: &FilePush) -> Result<()> {
-        let mut s = self.lock();
+        let mut s = self.state.lock();
         validate_file_path(&file.path)?;
         s.owned_instance(instance)?;
         s.record(format!("POST /1.0/instances/{instance}/files?path={}", file.path), true)?;
@@ -299,7 +285,7 @@ impl Incus for FakeIncus {
     }
 
     async fn pull_file(&self, instance: &str, path: &str) -> Result<Vec<u8>> {
-        let mut s = self.lock();
+        let mut s = self.state.lock();
         validate_name("instance name", instance)?;
         validate_file_path(path)?;
         s.record(format!("GET /1.0/instances/{instance}/files?path={path}"), false)?;
@@ -313,14 +299,14 @@ impl Incus for FakeIncus {
     }
 
     async fn server_user_config(&self, key: &str) -> Result<Option<String>> {
-        let mut s = self.lock();
+        let mut s = self.state.lock();
         validate_user_key(key)?;
         s.record("GET /1.0".to_string(), false)?;
         Ok(s.server_config.get(key).cloned())
     }
 
     async fn set_server_user_config(&self, key: &str, value: Option<&str>) -> Result<()> {
-        let mut s = self.lock();
+        let mut s = self.state.lock();
         validate_user_key(key)?;
         s.record("GET /1.0".to_string(), false)?;
         if s.server_config.get(key).map(String::as_str) == value {
@@ -339,7 +325,7 @@ impl Incus for FakeIncus {
         instances: &[String],
         limit: std::time::Duration,
     ) -> Result<Vec<RunningOperation>> {
-        let mut s = self.lock();
+        let mut s = self.state.lock();
         if instances.is_empty() {
             return Ok(Vec::new());
         }
@@ -362,51 +348,31 @@ impl Incus for FakeIncus {
     }
 
     async fn mark_instance(&self, name: &str, marks: &Config, seen: &LiveInstance) -> Result<bool> {
-        let mut s = self.lock();
+        let mut s = self.state.lock();
         validate_marks(marks)?;
-        let inst = s.get_instance(name)?.ok_or_else(|| IncusError::NotFound {
-            kind: ResourceKind::Instance,
-            name: name.to_string(),
-            instance: None,
-        })?;
-        let changes = instance_changes(&inst, seen);
-        if !adoption_writes(ResourceKind::Instance, name, &inst.config, marks, changes)? {
-            return Ok(false);
-        }
-        s.record(format!("PUT /1.0/instances/{name}"), true)?;
-        if let Some(i) = s.live.instances.get_mut(name) {
-            i.config.extend(marks.clone());
-        }
-        Ok(true)
+        let now = s.get_instance(name)?.map(|i| (instance_changes(&i, seen), i.config));
+        s.write_marks(ResourceKind::Instance, name, marks, now, |live| {
+            live.instances.get_mut(name).map(|i| &mut i.config)
+        })
     }
 
     async fn mark_profile(&self, name: &str, marks: &Config, seen: &LiveProfile) -> Result<bool> {
-        let mut s = self.lock();
+        let mut s = self.state.lock();
         validate_marks(marks)?;
-        let p = s.get_profile(name)?.ok_or_else(|| IncusError::NotFound {
-            kind: ResourceKind::Profile,
-            name: name.to_string(),
-            instance: None,
-        })?;
-        let changes = profile_changes(&p, seen);
-        if !adoption_writes(ResourceKind::Profile, name, &p.config, marks, changes)? {
-            return Ok(false);
-        }
-        s.record(format!("PUT /1.0/profiles/{name}"), true)?;
-        if let Some(p) = s.live.profiles.get_mut(name) {
-            p.config.extend(marks.clone());
-        }
-        Ok(true)
+        let now = s.get_profile(name)?.map(|p| (profile_changes(&p, seen), p.config));
+        s.write_marks(ResourceKind::Profile, name, marks, now, |live| {
+            live.profiles.get_mut(name).map(|p| &mut p.config)
+        })
     }
 
     async fn image_properties(&self, alias: &str) -> Result<Option<Config>> {
-        let mut s = self.lock();
+        let mut s = self.state.lock();
         s.record(format!("GET /1.0/images/aliases/{alias}"), false)?;
         Ok(s.images.get(alias).cloned())
     }
 
     async fn list_files(&self, instance: &str, dir: &str) -> Result<Option<Vec<String>>> {
-        let mut s = self.lock();
+        let mut s = self.state.lock();
         validate_name("instance name", instance)?;
         validate_file_path(dir)?;
         s.record(format!("GET /1.0/instances/{instance}/files?path={dir}"), false)?;
@@ -431,27 +397,16 @@ impl Incus for FakeIncus {
         path: &str,
         _timeout: std::time::Duration,
     ) -> Result<ExecOutput> {
-        let mut s = self.lock();
+        let mut s = self.state.lock();
         validate_name("instance name", instance)?;
         validate_probe_path(path)?;
-        let inst = s.get_instance(instance)?.ok_or_else(|| IncusError::NotFound {
-            kind: ResourceKind::Instance,
-            name: instance.to_string(),
-            instance: None,
-        })?;
-        s.record(format!("POST /1.0/instances/{instance}/exec"), true)?;
-        if !inst.is_running() {
-            return Err(IncusError::Api {
-                method: "POST".to_string(),
-                path: format!("/1.0/instances/{instance}/exec"),
-                status: 400,
-                message: "Instance is not running".to_string(),
-            });
-        }
+        let inst =
+            s.get_instance(instance)?.ok_or_else(|| not_found(ResourceKind::Instance, instance))?;
+        s.begin_exec(instance, &inst)?;
         Ok(s.probe_answers.get(instance).cloned().unwrap_or_default())
     }
 
     fn api_writes(&self) -> u64 {
-        self.lock().writes
+        self.state.lock().writes
     }
 }

@@ -8,7 +8,7 @@ use super::FakeIncus;
 impl FakeIncus {
     /// Writes a shared key as someone else would (no call recorded), changing the ETag.
     pub fn set_shared(&self, key: &str, value: Option<&str>) {
-        let mut s = self.lock();
+        let mut s = self.state.lock();
         match value {
             Some(v) => s.project_config.insert(key.to_string(), v.to_string()),
             None => s.project_config.remove(key),
@@ -18,13 +18,13 @@ impl FakeIncus {
 
     /// A shared key's value.
     pub fn shared(&self, key: &str) -> Option<String> {
-        self.lock().project_config.get(key).cloned()
+        self.state.lock().project_config.get(key).cloned()
     }
 }
 
 impl SharedConfig for FakeIncus {
     async fn shared_user_config(&self, key: &str) -> Result<Versioned> {
-        let mut s = self.lock();
+        let mut s = self.state.lock();
         validate_user_key(key)?;
         s.record("GET /1.0/projects/default".to_string(), false)?;
         Ok(Versioned {
@@ -39,7 +39,7 @@ impl SharedConfig for FakeIncus {
         value: Option<&str>,
         etag: &str,
     ) -> Result<Swap> {
-        let mut s = self.lock();
+        let mut s = self.state.lock();
         validate_user_key(key)?;
         s.record("GET /1.0/projects/default".to_string(), false)?;
         if s.project_etag.to_string() != etag {

@@ -14,6 +14,7 @@ use crate::live::{
     InstanceStatus, LiveInstance, LivePool, LiveProfile, MARK_APP, MARK_ENV, MARK_PROTECT,
 };
 use crate::plan::{PlanOptions, plan};
+use crate::testing::{check_snapshot, manifests};
 
 // ------------------------------------------------------------------- classification
 
@@ -77,26 +78,7 @@ fn host() -> LiveState {
 }
 
 fn slot_spec(color: Color) -> SlotSpec {
-    SlotSpec {
-        env: "prod".into(),
-        app: "web".into(),
-        color,
-        release: veza_model::manifest::Release::try_from("1".repeat(40))
-            .unwrap_or_else(|e| panic!("{e}")),
-        artifact_url: "https://x/a.tgz".into(),
-        sha256: "2".repeat(64),
-        install_dir: "/opt/web".into(),
-        start: "/opt/web/start.sh".into(),
-        port: 8080,
-        health_path: "/health".into(),
-        expect_status: 200,
-        health_rise: 1,
-        health_timeout_ms: 1000,
-        loopback: None,
-        environment: BTreeMap::new(),
-        secrets: BTreeMap::new(),
-        migrate: None,
-    }
+    crate::fixtures::slot("prod", "web", color, '1')
 }
 
 /// An update of `name` to these devices and profiles, config unchanged.
@@ -367,18 +349,6 @@ fn staging(edit: impl Fn(String) -> String) -> String {
     )
 }
 
-fn manifests(texts: &[String]) -> Vec<Manifest> {
-    let files: Vec<(String, Vec<u8>)> = texts
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (format!("m{i}.yaml"), t.as_bytes().to_vec()))
-        .collect();
-    match veza_model::load(&files) {
-        Ok(parsed) => parsed.into_iter().map(|(_, p)| p.manifest).collect(),
-        Err(e) => panic!("test manifests are invalid: {e:#?}"),
-    }
-}
-
 fn planned(ms: &[Manifest], live: &LiveState) -> Plan {
     let refs: Vec<&Manifest> = ms.iter().collect();
     plan(&refs, live, &PlanOptions::default()).unwrap_or_else(|e| panic!("planning failed: {e}"))
@@ -407,23 +377,6 @@ fn actions(steps: impl IntoIterator<Item = impl std::borrow::Borrow<Step>>) -> V
 
 fn waiting(p: &Plan) -> Vec<String> {
     actions(p.waiting.iter().map(|w| &w.step))
-}
-
-fn check_snapshot(name: &str, plan: &Plan) {
-    let text = plan.to_string();
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("snapshots")
-        .join(format!("{name}.txt"));
-    if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
-        std::fs::write(&path, &text).expect("write snapshot");
-        return;
-    }
-    let expected = std::fs::read_to_string(&path).unwrap_or_default();
-    assert!(
-        expected == text,
-        "plan `{name}` differs from {}:\n--- expected\n{expected}\n--- actual\n{text}\n(rerun with UPDATE_SNAPSHOTS=1 and review the diff)",
-        path.display()
-    );
 }
 
 /// A change of protected data and a deploy into the idle slot in one commit: outside the
