@@ -285,6 +285,8 @@ fn the_default_config_parses_with_and_without_its_commented_examples() {
         ("previews.enabled", c.previews.enabled),
         ("previews.max_per_poll", c.previews.max_per_poll.is_some()),
         ("previews.plan_timeout", c.previews.plan_timeout.is_some()),
+        ("cluster.member", c.cluster.is_some()),
+        ("cluster.lease_ttl", c.cluster.as_ref().is_some_and(|cl| cl.lease_ttl.is_some())),
     ];
     let missing: Vec<&str> = set.iter().filter(|(_, ok)| !ok).map(|(k, _)| *k).collect();
     assert!(missing.is_empty(), "keys without an example in packaging/config.yaml: {missing:?}");

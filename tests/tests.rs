@@ -3,6 +3,7 @@
 //! `tests/host/setup`; they fail, never skip, when a component is missing.
 
 mod adopt;
+mod cluster;
 mod confinement;
 mod cutover;
 mod daemon;

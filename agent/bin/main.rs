@@ -22,6 +22,7 @@ macro_rules! out {
     }};
 }
 
+mod cluster;
 mod commands;
 mod edge;
 mod jobs;

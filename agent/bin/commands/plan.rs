@@ -37,7 +37,12 @@ pub fn run(args: &PlanArgs) -> ExitCode {
             Err(e @ StateError::TooNew { .. }) => return fail(&e.into(), 1),
             Err(_) => AgentState::default(),
         };
-        let not_applied = not_applied_because(reader.suspension().as_ref(), agent.config.mode);
+        let mut not_applied = not_applied_because(reader.suspension().as_ref(), agent.config.mode);
+        if not_applied.is_none()
+            && let Some(cluster) = &agent.cluster
+        {
+            not_applied = cluster.peek().await;
+        }
         let source = match agent.source(&state, now()).await {
             Ok(s) => s,
             Err(SourceProblem::Fetch(e)) => return fail(&anyhow::anyhow!("fetch failed: {e}"), 1),

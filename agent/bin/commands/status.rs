@@ -49,6 +49,9 @@ pub struct Status {
     /// The PR previews (`previews.json`), when previews are on.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub previews: Option<Previews>,
+    /// On a cluster member: who led at this agent's last look (`cluster.json`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<crate::cluster::Recorded>,
     /// The recorded state.
     pub state: AgentState,
 }
@@ -230,6 +233,7 @@ pub fn build(state: AgentState, seen: Observed) -> Status {
         state_dir_free_bytes,
         jobs,
         previews,
+        cluster: None,
         state,
     }
 }
@@ -261,11 +265,20 @@ pub fn run(args: &StatusArgs) -> ExitCode {
         report_mode: config.mode == veza_model::config::Mode::Report,
         previews: config.previews.enabled.then(|| reader.previews().unwrap_or_default()),
     };
-    let status = build(state, seen);
+    let mut status = build(state, seen);
+    if config.cluster.is_some() {
+        status.cluster = crate::cluster::recorded(std::path::Path::new(config.state_dir()));
+    }
     if args.json {
         outln!("{}", serde_json::to_string_pretty(&status).unwrap_or_default());
     } else {
         out!("{}", render(&status, now));
+        if config.cluster.is_some()
+            && let Some(line) =
+                crate::cluster::status_line(std::path::Path::new(config.state_dir()))
+        {
+            outln!("{line}");
+        }
     }
     if status.problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) }
 }

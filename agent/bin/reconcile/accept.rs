@@ -161,15 +161,24 @@ impl Agent {
         // state file or, when that is gone, from the mirror in Incus. Unknown is not "none":
         // without the state file and without Incus, nothing is checked, so nothing is used.
         let key = high_water_key(&c.host);
-        let applied = match &state.applied {
-            Some(a) => Some(a.commit.clone()),
-            None => self.incus.server_user_config(&key).await.map_err(|e| {
-                SourceProblem::Failed(format!(
-                    "cannot read the anti-rollback mark `{key}` from Incus ({e}), and the state \
-                     file has no applied commit: refusing to use {commit} unchecked (hint: is \
-                     incusd running? `incus info`)"
-                ))
-            })?,
+        // On a cluster the mark is the newest commit any member's agent applied: it wins
+        // over this member's own state file, which may be from before another member led.
+        let applied = match state.applied.as_ref().map(|a| a.commit.clone()) {
+            Some(local) if c.cluster.is_none() => Some(local),
+            local => {
+                let mark = self.incus.server_user_config(&key).await.map_err(|e| {
+                    SourceProblem::Failed(format!(
+                        "cannot read the anti-rollback mark `{key}` from Incus ({e}), and {}: \
+                         refusing to use {commit} unchecked (hint: is incusd running? `incus info`)",
+                        if c.cluster.is_some() {
+                            "on a cluster it is what any member applied last"
+                        } else {
+                            "the state file has no applied commit"
+                        }
+                    ))
+                })?;
+                mark.or(local)
+            }
         };
         let read_keys = || host_identities(c);
         let acceptance = Acceptance {

@@ -165,6 +165,8 @@ pub struct Agent {
     pub config_path: PathBuf,
     /// Incus client (pooled connections).
     pub incus: IncusClient,
+    /// On a cluster member: the lease that decides whether this agent applies.
+    pub cluster: Option<crate::cluster::ClusterLease>,
     /// What the daemon keeps between syncs (`None` for a one-shot command).
     pub warm: Option<Warm>,
 }
@@ -208,7 +210,8 @@ impl Agent {
             ),
             _ => IncusClient::unix(config.incus_socket()),
         };
-        Ok(Agent { config, config_path: config_path.to_path_buf(), incus, warm: None })
+        let cluster = crate::cluster::ClusterLease::new(&config);
+        Ok(Agent { config, config_path: config_path.to_path_buf(), incus, warm: None, cluster })
     }
 
     /// Keeps observations between syncs, driven by Incus's event stream (the daemon; a
@@ -286,8 +289,11 @@ impl Agent {
             probe_timeout: Duration::from_secs(2),
             ..Gates::default()
         };
+        // On a cluster every write passes the lease first (fencing); elsewhere it is open.
+        let fence = crate::cluster::ClusterLease::fence(self.cluster.as_ref());
+        let incus = veza_host::lease::Fenced::new(&self.incus, &fence);
         let drivers = Drivers {
-            incus: &self.incus,
+            incus: &incus,
             edge: &edge,
             units: &units,
             artifacts: &artifacts,
@@ -360,7 +366,12 @@ impl Agent {
             &mut state,
             Event::Suspension { now: suspension.clone(), commit: applied_commit },
         );
-        let hold = not_applied_because(suspension.as_ref(), self.config.mode);
+        let mut hold = not_applied_because(suspension.as_ref(), self.config.mode);
+        if hold.is_none()
+            && let Some(cluster) = &self.cluster
+        {
+            hold = cluster.hold().await;
+        }
         laps.lap("load");
         let found = Found { interrupted: interrupted.as_ref(), hold: hold.as_deref() };
         let end = self.stages(&mut state, store, stop, found, &at, &mut laps).await;

@@ -80,9 +80,19 @@ impl Agent {
         let key = high_water_key(&self.config.host);
         if self.incus.server_user_config(&key).await.ok().flatten().as_deref()
             != Some(source.commit.as_str())
-            && let Err(e) = self.incus.set_server_user_config(&key, Some(&source.commit)).await
+            && let Err(e) = veza_host::lease::Fenced::new(
+                &self.incus,
+                &crate::cluster::ClusterLease::fence(self.cluster.as_ref()),
+            )
+            .set_server_user_config(&key, Some(&source.commit))
+            .await
         {
-            tracing::warn!("could not mirror the high-water mark into Incus: {e}");
+            // A cluster's standby leaves the mark to the leader.
+            if matches!(e, veza_host::incus::IncusError::Fenced { .. }) {
+                tracing::debug!("high-water mark left to the cluster's leader: {e}");
+            } else {
+                tracing::warn!("could not mirror the high-water mark into Incus: {e}");
+            }
         }
         let runs_in =
             source.manifests.iter().find_map(|m| m.edge.as_ref().map(|e| e.runs_in.clone()));

@@ -68,3 +68,13 @@ impl Clock for FakeClock {
         self.advance(duration);
     }
 }
+
+impl<T: Clock> Clock for &T {
+    fn now(&self) -> Instant {
+        (**self).now()
+    }
+
+    fn sleep(&self, duration: Duration) -> impl Future<Output = ()> + Send {
+        (**self).sleep(duration)
+    }
+}

@@ -14,5 +14,6 @@ pub mod forge;
 pub mod haproxy;
 pub mod http;
 pub mod incus;
+pub mod lease;
 pub mod process;
 pub mod systemd;

@@ -13,8 +13,10 @@ use crate::manifest::DurationSpec;
 use crate::parse::{Diagnostic, Positions, Seg, parse_yaml};
 use crate::path;
 
+mod cluster;
 mod feedback;
 
+pub use cluster::{ClusterConfig, DEFAULT_LEASE_TTL};
 pub use feedback::{
     DEFAULT_PREVIEW_PLAN_TIMEOUT, DEFAULT_PREVIEWS_PER_POLL, FeedbackConfig, ForgejoStatusConfig,
     PreviewsConfig,
@@ -71,6 +73,9 @@ pub struct HostConfig {
     /// on the head. Off by default; needs `feedback.forgejo`.
     #[serde(default)]
     pub previews: PreviewsConfig,
+    /// On an Incus cluster: this member's name; only the lease holder applies. Absent: one host.
+    #[serde(default)]
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// Whether the agent applies what it plans.
@@ -481,7 +486,7 @@ fn validate_config(c: &HostConfig, pos: &Positions) -> Vec<Diagnostic> {
     if c.poll_interval() < std::time::Duration::from_secs(1) {
         at(path!["poll", "interval"], "poll interval must be at least 1s".to_string());
     }
-    for (p, message) in feedback::problems(c) {
+    for (p, message) in feedback::problems(c).into_iter().chain(cluster::problems(c)) {
         at(p, message);
     }
     out.sort_by_key(|d| d.pos);

@@ -10,6 +10,7 @@ pub mod config;
 pub mod error;
 mod hint;
 pub mod image;
+pub mod lease;
 pub mod lexical;
 pub mod live;
 pub mod manifest;

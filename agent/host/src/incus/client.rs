@@ -26,6 +26,7 @@ mod adopt;
 mod exec_files;
 mod request;
 mod resources;
+mod shared;
 
 /// A resource as read, with its ETag: the `If-Match` of the write that follows.
 type Tagged<T> = (T, Option<String>);

@@ -119,6 +119,14 @@ pub enum IncusError {
     )]
     Conflict { kind: ResourceKind, name: String, attempts: u32 },
 
+    /// On a cluster, this agent no longer holds the lease (the fence before every write):
+    /// nothing was sent.
+    #[error(
+        "not sent: `{call}`: {reason}; only the cluster lease's holder writes \
+         (`veza-agent status` names it)"
+    )]
+    Fenced { call: String, reason: String },
+
     /// The caller passed a value the driver will not send.
     #[error("invalid {what} `{value}`: {reason}")]
     Invalid { what: &'static str, value: String, reason: &'static str },

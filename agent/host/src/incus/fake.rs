@@ -23,6 +23,7 @@ use super::{Result, adoption_writes, refuse_existing, require_owned, validate_na
 use crate::fake_state::FakeState;
 
 mod resources;
+mod shared;
 
 /// Which recorded call an injected error hits.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,6 +61,9 @@ struct State {
     files: BTreeMap<(String, String), Vec<u8>>,
     snapshots: BTreeMap<String, Vec<SnapshotInfo>>,
     server_config: Config,
+    /// The shared (project) config and its ETag, raised by every write.
+    project_config: Config,
+    project_etag: u64,
     exec_results: VecDeque<ExecOutput>,
     images: BTreeMap<String, Config>,
     probe_answers: BTreeMap<String, ExecOutput>,

@@ -32,6 +32,7 @@ mod envelope;
 mod error;
 mod fake;
 mod feed;
+mod shared;
 mod tls;
 mod types;
 
@@ -45,6 +46,7 @@ pub use client::{ClientOptions, IncusClient, RawResponse, Transport};
 pub use error::{IncusError, ResourceKind};
 pub use fake::{FailOn, FakeIncus};
 pub use feed::{ChangeFeed, Mark, changes_state};
+pub use shared::{SharedConfig, Swap, Versioned};
 pub use types::{
     ExecOutput, ExecRequest, FilePush, ImageSource, InstanceSpec, InstanceUpdate, ProfileSpec,
     RunningOperation, SNAPSHOT_PREFIX, SnapshotInfo, StateAction, StateChange,

@@ -1,0 +1,81 @@
+//! The cluster's shared configuration: `user.*` keys of the `default` project's config,
+//! read with the project's ETag and written by compare-and-swap (`PUT` with `If-Match`).
+//!
+//! Why the project and not the server config (`/1.0`): on an Incus cluster both hold
+//! cluster-wide `user.*` keys, but a project is read from the cluster database on every
+//! `GET`, and its ETag is checked against that read, while `/1.0` answers from each
+//! member's in-memory copy (refreshed by notifications) and carries member-local keys in
+//! its ETag. Verified on Incus 6.0.4 with `tests/host/cluster`: a write through one
+//! member is seen at once through the others, and a `PUT` with a stale `If-Match` through
+//! any member is refused with HTTP 412.
+//!
+//! Incus checks `If-Match` before it opens its write transaction, not inside it: two
+//! writers racing within the same few milliseconds can both pass the check. The lease
+//! (`crate::lease`) therefore reads its take back after a pause before it acts on it.
+
+use std::future::Future;
+
+use super::Result;
+
+/// A key's value and the ETag of the config it was read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Versioned {
+    /// The value (`None`: no such key).
+    pub value: Option<String>,
+    /// The ETag to send back with a swap.
+    pub etag: String,
+}
+
+/// How a compare-and-swap ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Swap {
+    /// Written.
+    Done,
+    /// The config changed since it was read (ETag mismatch, HTTP 412): nothing written.
+    Changed,
+}
+
+/// Cluster-wide `user.*` keys with compare-and-swap.
+pub trait SharedConfig: Sync {
+    /// Reads `key` (a `user.*` key) and the ETag of the config holding it.
+    fn shared_user_config(&self, key: &str) -> impl Future<Output = Result<Versioned>> + Send;
+
+    /// Sets (or with `None` removes) `key` if the config's ETag is still `etag`; every
+    /// other key is sent back as it was read.
+    fn swap_shared_user_config(
+        &self,
+        key: &str,
+        value: Option<&str>,
+        etag: &str,
+    ) -> impl Future<Output = Result<Swap>> + Send;
+}
+
+impl<T: SharedConfig> SharedConfig for &T {
+    fn shared_user_config(&self, key: &str) -> impl Future<Output = Result<Versioned>> + Send {
+        (**self).shared_user_config(key)
+    }
+
+    fn swap_shared_user_config(
+        &self,
+        key: &str,
+        value: Option<&str>,
+        etag: &str,
+    ) -> impl Future<Output = Result<Swap>> + Send {
+        (**self).swap_shared_user_config(key, value, etag)
+    }
+}
+
+impl<T: SharedConfig + Send> SharedConfig for std::sync::Arc<T> {
+    fn shared_user_config(&self, key: &str) -> impl Future<Output = Result<Versioned>> + Send {
+        (**self).shared_user_config(key)
+    }
+
+    fn swap_shared_user_config(
+        &self,
+        key: &str,
+        value: Option<&str>,
+        etag: &str,
+    ) -> impl Future<Output = Result<Swap>> + Send {
+        (**self).swap_shared_user_config(key, value, etag)
+    }
+}

@@ -1,0 +1,196 @@
+//! The cluster lease's driver: one agent per Incus cluster applies, the holder of
+//! `veza_model::lease::LEASE_KEY` in the cluster's shared configuration. [`Keeper::step`]
+//! reads the key, asks the pure rules (`veza_model::lease::decide`) and writes what they
+//! say by compare-and-swap; [`Keeper`] is also the [`Fence`] that [`Fenced`] (an
+//! [`Incus`](crate::incus::Incus) wrapper) passes before every write, so an agent that
+//! lost the lease, or could not renew it in time, sends nothing more.
+//!
+//! A take is read back after [`Keeper::settle`] before it counts: Incus checks `If-Match`
+//! before its write transaction, so two takers racing within milliseconds could both be
+//! told "done"; the later write is the one that stays, and the earlier taker sees it.
+
+use std::future::Future;
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use veza_model::lease::{
+    Decision, Held, LEASE_KEY, Lease, Memory, Record, Rules, decide, may_write,
+};
+
+use crate::clock::Clock;
+use crate::incus::{IncusError, Result, SharedConfig, Swap};
+
+mod fenced;
+
+pub use fenced::Fenced;
+
+/// A check that a write may still be sent.
+pub trait Fence: Sync {
+    /// `Ok` when this agent may write now; the error says why not. `call` names the
+    /// write, for the error.
+    fn check(&self, call: &str) -> impl Future<Output = Result<()>> + Send;
+}
+
+/// Where this agent stands after a look at the lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Standing {
+    /// It holds the lease: it applies.
+    Leading(Lease),
+    /// Another agent holds it (`None`: the key holds something unreadable), or may still.
+    Following {
+        /// The lease seen.
+        leader: Option<Lease>,
+        /// When this agent may take over if the leader stays silent.
+        expires_in: Duration,
+        /// It held the lease until this look.
+        lost: bool,
+    },
+}
+
+impl Standing {
+    /// Whether this agent applies.
+    pub fn leads(&self) -> bool {
+        matches!(self, Standing::Leading(_))
+    }
+}
+
+/// The lease's driver for one agent (see the module documentation).
+pub struct Keeper<S, C> {
+    store: S,
+    clock: C,
+    rules: Rules,
+    start: Instant,
+    settle: Duration,
+    memory: Mutex<Memory>,
+}
+
+/// How many times a step looks again after a swap lost to another write.
+const ATTEMPTS: usize = 3;
+
+impl<S: SharedConfig, C: Clock> Keeper<S, C> {
+    /// A keeper for the agent named `me`, writing leases of `ttl` (whole seconds).
+    pub fn new(store: S, clock: C, me: &str, ttl: Duration) -> Keeper<S, C> {
+        let start = clock.now();
+        Keeper {
+            store,
+            clock,
+            rules: Rules { me: me.to_string(), ttl_ms: ttl.as_secs().max(1) * 1000 },
+            start,
+            settle: Duration::from_millis(500),
+            memory: Mutex::new(Memory::default()),
+        }
+    }
+
+    /// The pause before a take is read back (default 500 ms).
+    pub fn settle(mut self, settle: Duration) -> Self {
+        self.settle = settle;
+        self
+    }
+
+    /// The shared config the lease lives in.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.clock.now().saturating_duration_since(self.start).as_millis())
+            .unwrap_or(u64::MAX)
+    }
+
+    fn memory(&self) -> std::sync::MutexGuard<'_, Memory> {
+        self.memory.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// One look at the lease: read, decide, and take or renew it when the rules say so.
+    pub async fn step(&self) -> Result<Standing> {
+        for _ in 0..ATTEMPTS {
+            let read = self.store.shared_user_config(LEASE_KEY).await?;
+            let now = self.now_ms();
+            let record = Record::parse(read.value.as_deref());
+            let decision = {
+                let mut m = self.memory();
+                m.saw(read.value.as_deref().unwrap_or(""), now);
+                decide(&self.rules, &record, &m, now, unix_now())
+            };
+            let (lease, take) = match decision {
+                Decision::Lead => match record {
+                    Record::Held(l) => return Ok(Standing::Leading(l)),
+                    _ => continue,
+                },
+                Decision::Follow { leader, expires_in_ms, lost } => {
+                    self.memory().held = None;
+                    return Ok(Standing::Following {
+                        leader,
+                        expires_in: Duration::from_millis(expires_in_ms),
+                        lost,
+                    });
+                }
+                Decision::Take(l) => (l, true),
+                Decision::Renew(l) => (l, false),
+            };
+            let value = lease.to_value();
+            let sent = self.now_ms();
+            match self.store.swap_shared_user_config(LEASE_KEY, Some(&value), &read.etag).await? {
+                // Something else wrote since the read (a rival, or any edit of the
+                // project): look again.
+                Swap::Changed => continue,
+                Swap::Done => {}
+            }
+            {
+                let mut m = self.memory();
+                m.held = Some(Held { generation: lease.generation, sent_ms: sent });
+                m.saw(&value, self.now_ms());
+            }
+            if take {
+                self.clock.sleep(self.settle).await;
+                let back = self.store.shared_user_config(LEASE_KEY).await?;
+                if back.value.as_deref() != Some(value.as_str()) {
+                    // A rival's write landed after ours: it holds the lease.
+                    let mut m = self.memory();
+                    m.held = None;
+                    m.saw(back.value.as_deref().unwrap_or(""), self.now_ms());
+                    continue;
+                }
+            }
+            return Ok(Standing::Leading(lease));
+        }
+        Err(IncusError::Conflict {
+            kind: crate::incus::ResourceKind::ServerConfig,
+            name: LEASE_KEY.to_string(),
+            attempts: ATTEMPTS as u32,
+        })
+    }
+
+    /// Gives the lease up (removes the key) if this agent holds it, so a standby takes
+    /// over at its next look instead of after a TTL. Returns whether it was given up.
+    pub async fn release(&self) -> Result<bool> {
+        let read = self.store.shared_user_config(LEASE_KEY).await?;
+        let held = self.memory().held.take();
+        let ours = matches!((Record::parse(read.value.as_deref()), held),
+            (Record::Held(l), Some(h)) if l.holder == self.rules.me && l.generation == h.generation);
+        if !ours {
+            return Ok(false);
+        }
+        Ok(self.store.swap_shared_user_config(LEASE_KEY, None, &read.etag).await? == Swap::Done)
+    }
+}
+
+impl<S: SharedConfig, C: Clock> Fence for Keeper<S, C> {
+    async fn check(&self, call: &str) -> Result<()> {
+        let read = self.store.shared_user_config(LEASE_KEY).await?;
+        let record = Record::parse(read.value.as_deref());
+        let held = self.memory().held;
+        may_write(&self.rules, &record, held, self.now_ms())
+            .map(drop)
+            .map_err(|reason| IncusError::Fenced { call: call.to_string(), reason })
+    }
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests;

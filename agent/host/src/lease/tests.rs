@@ -1,0 +1,167 @@
+//! The lease driver over the fake: two agents with their own clocks take, renew, follow,
+//! take over and lose the lease; the fence stops a writer that lost it; a take that loses
+//! a race is noticed when it is read back.
+
+use std::time::Duration;
+
+use veza_model::lease::{LEASE_KEY, Record};
+use veza_model::live::LiveState;
+
+use super::*;
+use crate::clock::FakeClock;
+use crate::incus::{FakeIncus, Incus, ProfileSpec, Versioned};
+
+const TTL: Duration = Duration::from_secs(30);
+
+fn rt() -> tokio::runtime::Runtime {
+    crate::incus::runtime().expect("runtime")
+}
+
+fn standing(s: &Standing) -> String {
+    match s {
+        Standing::Leading(l) => format!("lead #{}.{}", l.generation, l.beat),
+        Standing::Following { leader, expires_in, lost } => format!(
+            "follow {} in {}ms{}",
+            leader.as_ref().map_or("?".to_string(), |l| format!("{}#{}", l.holder, l.generation)),
+            expires_in.as_millis(),
+            if *lost { " lost" } else { "" }
+        ),
+    }
+}
+
+#[test]
+fn two_agents_take_renew_follow_and_take_over() {
+    let fake = FakeIncus::new(LiveState::default());
+    let (clock_a, clock_b) = (FakeClock::new(), FakeClock::new());
+    let a = Keeper::new(&fake, &clock_a, "a", TTL).settle(Duration::ZERO);
+    let b = Keeper::new(&fake, &clock_b, "b", TTL).settle(Duration::ZERO);
+    // (who looks, after advancing its own clock by ms, what it finds)
+    let script: Vec<(&str, u64, &str)> = vec![
+        ("a", 0, "lead #1.0"),
+        ("b", 0, "follow a#1 in 30000ms"),
+        ("a", 9_000, "lead #1.0"),
+        ("a", 1_000, "lead #1.1"),
+        // b saw beat 0 first, now beat 1: its wait starts again.
+        ("b", 20_000, "follow a#1 in 30000ms"),
+        ("b", 29_999, "follow a#1 in 1ms"),
+        // a is silent (paused, its member dead): b takes over after a whole TTL.
+        ("b", 1, "lead #2.0"),
+        ("a", 1_000, "follow b#2 in 30000ms lost"),
+        ("b", 10_000, "lead #2.1"),
+        ("a", 0, "follow b#2 in 30000ms"),
+    ];
+    rt().block_on(async {
+        for (i, (who, advance, want)) in script.into_iter().enumerate() {
+            let (keeper, clock) = if who == "a" { (&a, &clock_a) } else { (&b, &clock_b) };
+            clock.advance(Duration::from_millis(advance));
+            let got = standing(&keeper.step().await.expect("step"));
+            assert_eq!(got, want, "step {i}: {who}");
+        }
+    });
+}
+
+#[test]
+fn the_fence_stops_a_writer_that_lost_the_lease() {
+    let fake = FakeIncus::new(LiveState::default());
+    let clock = FakeClock::new();
+    let a = Keeper::new(&fake, &clock, "a", TTL).settle(Duration::ZERO);
+    let incus = Fenced::new(&fake, &a);
+    let spec = |name: &str| ProfileSpec {
+        name: name.to_string(),
+        description: String::new(),
+        config: Default::default(),
+        devices: Default::default(),
+    };
+    rt().block_on(async {
+        // Never held: nothing is sent.
+        let e = incus.create_profile(&spec("c0")).await.expect_err("fenced before any take");
+        assert!(e.to_string().contains("does not hold the cluster lease"), "{e}");
+        assert!(a.step().await.expect("take").leads());
+        incus.create_profile(&spec("c1")).await.expect("the holder writes");
+        // Another agent takes the lease over (this one was paused past its TTL).
+        let rival = r#"{"holder":"b","generation":2,"beat":0,"since":1,"renewed":1,"ttl_s":30}"#;
+        fake.set_shared(LEASE_KEY, Some(rival));
+        let e = incus.create_profile(&spec("c2")).await.expect_err("fenced after losing");
+        assert!(matches!(e, IncusError::Fenced { .. }), "{e}");
+        assert!(e.to_string().contains("now held by `b` (generation 2)"), "{e}");
+        // Reads still go through.
+        assert!(incus.profile("c1").await.expect("read").is_some());
+    });
+    let posts: Vec<String> =
+        fake.calls().into_iter().filter(|c| c.starts_with("POST /1.0/profiles")).collect();
+    assert_eq!(posts.len(), 1, "only c1 was created: {posts:?}");
+}
+
+#[test]
+fn the_fence_stops_a_holder_whose_lease_ran_out_on_its_own_clock() {
+    let fake = FakeIncus::new(LiveState::default());
+    let clock = FakeClock::new();
+    let a = Keeper::new(&fake, &clock, "a", TTL).settle(Duration::ZERO);
+    let incus = Fenced::new(&fake, &a);
+    rt().block_on(async {
+        assert!(a.step().await.expect("take").leads());
+        clock.advance(TTL);
+        // The record still names it, but a standby may be taking over now.
+        let e = incus.delete_instance("x").await.expect_err("fenced");
+        assert!(e.to_string().contains("past its TTL"), "{e}");
+        // Its next look takes a new generation (nobody else wrote).
+        assert_eq!(standing(&a.step().await.expect("step")), "lead #2.0");
+        incus.delete_instance("x").await.expect("writes again");
+    });
+}
+
+/// A store on which a rival's take lands just after this agent's (Incus checks
+/// `If-Match` outside its write transaction, so both can be told "done").
+struct Racing<'a> {
+    fake: &'a FakeIncus,
+    rival: &'a str,
+}
+
+impl SharedConfig for Racing<'_> {
+    async fn shared_user_config(&self, key: &str) -> Result<Versioned> {
+        self.fake.shared_user_config(key).await
+    }
+
+    async fn swap_shared_user_config(
+        &self,
+        key: &str,
+        value: Option<&str>,
+        etag: &str,
+    ) -> Result<Swap> {
+        let swapped = self.fake.swap_shared_user_config(key, value, etag).await?;
+        self.fake.set_shared(key, Some(self.rival));
+        Ok(swapped)
+    }
+}
+
+#[test]
+fn a_take_that_lost_a_race_is_seen_when_read_back() {
+    let fake = FakeIncus::new(LiveState::default());
+    let clock = FakeClock::new();
+    let rival = r#"{"holder":"b","generation":1,"beat":0,"since":1,"renewed":1,"ttl_s":30}"#;
+    let a = Keeper::new(Racing { fake: &fake, rival }, &clock, "a", TTL);
+    rt().block_on(async {
+        assert_eq!(standing(&a.step().await.expect("step")), "follow b#1 in 30000ms");
+        // The pause before the read-back was taken on the agent's clock.
+        assert_eq!(clock.elapsed(), Duration::from_millis(500));
+        let e = Fenced::new(&fake, &a).delete_instance("x").await.expect_err("fenced");
+        assert!(e.to_string().contains("does not hold"), "{e}");
+    });
+}
+
+#[test]
+fn released_lease_is_taken_at_the_next_look() {
+    let fake = FakeIncus::new(LiveState::default());
+    let (clock_a, clock_b) = (FakeClock::new(), FakeClock::new());
+    let a = Keeper::new(&fake, &clock_a, "a", TTL).settle(Duration::ZERO);
+    let b = Keeper::new(&fake, &clock_b, "b", TTL).settle(Duration::ZERO);
+    rt().block_on(async {
+        assert!(a.step().await.expect("a takes").leads());
+        assert!(!b.step().await.expect("b follows").leads());
+        assert!(a.release().await.expect("release"));
+        assert_eq!(fake.shared(LEASE_KEY), None);
+        assert!(!b.release().await.expect("b holds nothing"), "b had nothing to release");
+        assert_eq!(standing(&b.step().await.expect("b takes")), "lead #1.0");
+        assert!(matches!(Record::parse(fake.shared(LEASE_KEY).as_deref()), Record::Held(l) if l.holder == "b"));
+    });
+}

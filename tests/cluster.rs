@@ -1,0 +1,466 @@
+//! On the real 3-member Incus cluster of `tests/host/cluster` (run by `tests/cluster`,
+//! which brings it up, runs these and tears it down; `#[ignore]`d in the normal suite,
+//! which has no cluster): the lease's compare-and-swap through different members, its
+//! renewal, a takeover after the leader's member dies (timed), the fence stopping a paused
+//! leader, and the anti-rollback mark shared by every member.
+//!
+//! Each test clears the lease key first (a killed run's lease would otherwise make the
+//! first take wait a TTL) and leaves every member running.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use veza_host::clock::SystemClock;
+use veza_host::incus::{
+    ClientOptions, Incus, IncusClient, IncusError, SharedConfig, Transport, runtime,
+};
+use veza_host::lease::{Fenced, Keeper, Standing};
+use veza_host::process::Cmd;
+use veza_model::lease::LEASE_KEY;
+
+const BASE: &str = "/var/lib/veza-cluster";
+/// The shortest TTL the configuration accepts: takeovers take seconds, not half a minute.
+const TTL: Duration = Duration::from_secs(3);
+
+fn script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/host/cluster")
+}
+
+fn cluster(args: &[&str]) -> String {
+    Cmd::new(script())
+        .args(args)
+        .timeout(Duration::from_secs(180))
+        .run_stdout()
+        .unwrap_or_else(|e| panic!("tests/host/cluster {args:?}: {e}"))
+}
+
+/// The agent's HTTPS client to member `n`, pinning the cluster's certificate.
+fn member(n: u8) -> IncusClient {
+    IncusClient::new(
+        Transport::Https {
+            url: format!("https://10.250.77.1{n}:8443"),
+            client_cert: format!("{BASE}/client.crt").into(),
+            client_key: format!("{BASE}/client.key").into(),
+            server_cert: format!("{BASE}/cluster.crt").into(),
+        },
+        ClientOptions::default(),
+    )
+}
+
+async fn clear_lease(via: &IncusClient) {
+    for _ in 0..5 {
+        let read = via.shared_user_config(LEASE_KEY).await.expect("read the lease");
+        if read.value.is_none() {
+            return;
+        }
+        if via.swap_shared_user_config(LEASE_KEY, None, &read.etag).await.is_ok() {
+            return;
+        }
+    }
+    panic!("could not clear {LEASE_KEY}");
+}
+
+fn who(s: &Standing) -> String {
+    match s {
+        Standing::Leading(l) => format!("lead {}#{}", l.holder, l.generation),
+        Standing::Following { leader, .. } => format!(
+            "follow {}",
+            leader.as_ref().map_or("?".to_string(), |l| format!("{}#{}", l.holder, l.generation))
+        ),
+    }
+}
+
+#[test]
+#[ignore = "needs the 3-member cluster: run tests/cluster"]
+fn cluster_observed_through_one_member() {
+    cluster(&["up"]);
+    runtime().expect("runtime").block_on(async {
+        let live = member(2).observe().await.expect("observe through member 2");
+        assert!(live.pools.contains_key("default"), "the dir pool: {:?}", live.pools);
+        assert!(live.profiles.contains_key("default"), "{:?}", live.profiles);
+    });
+}
+
+#[test]
+#[ignore = "needs the 3-member cluster: run tests/cluster"]
+fn lease_compare_and_swap_across_members() {
+    cluster(&["up"]);
+    runtime().expect("runtime").block_on(async {
+        let (m1, m2, m3) = (member(1), member(2), member(3));
+        clear_lease(&m1).await;
+        // A swap on a stale ETag is refused whichever member it goes through.
+        let before = m2.shared_user_config(LEASE_KEY).await.expect("read");
+        let a = Keeper::new(&m1, SystemClock, "veza-cl-1", TTL);
+        let b = Keeper::new(&m3, SystemClock, "veza-cl-3", TTL);
+        assert_eq!(who(&a.step().await.expect("a")), "lead veza-cl-1#1");
+        assert_eq!(who(&b.step().await.expect("b")), "follow veza-cl-1#1");
+        let stale = m2.swap_shared_user_config(LEASE_KEY, Some("x"), &before.etag).await;
+        assert_eq!(stale.expect("swap"), veza_host::incus::Swap::Changed);
+        // Renewed every third of the TTL: the standby keeps following.
+        for _ in 0..4 {
+            tokio::time::sleep(TTL / 3).await;
+            assert!(a.step().await.expect("a renews").leads());
+            assert_eq!(who(&b.step().await.expect("b")), "follow veza-cl-1#1");
+        }
+        // Released: the standby takes it at its next look.
+        assert!(a.release().await.expect("release"));
+        assert_eq!(who(&b.step().await.expect("b")), "lead veza-cl-3#1");
+        clear_lease(&m1).await;
+    });
+}
+
+#[test]
+#[ignore = "needs the 3-member cluster: run tests/cluster"]
+fn a_paused_leader_is_fenced_once_a_standby_took_over() {
+    cluster(&["up"]);
+    runtime().expect("runtime").block_on(async {
+        let (m2, m3) = (member(2), member(3));
+        clear_lease(&m2).await;
+        let a = Keeper::new(&m2, SystemClock, "veza-cl-2", TTL);
+        let b = Keeper::new(&m3, SystemClock, "veza-cl-3", TTL);
+        assert!(a.step().await.expect("a takes").leads());
+        let key = "user.veza-cluster-test.fenced";
+        Fenced::new(&m2, &a)
+            .set_server_user_config(key, Some("a-1"))
+            .await
+            .expect("the leader writes");
+        // a pauses (no renewal); b takes over after seeing the same lease for a TTL.
+        let started = Instant::now();
+        let mut looks = 0;
+        while !b.step().await.expect("b").leads() {
+            looks += 1;
+            assert!(looks < 40, "b never took over");
+            tokio::time::sleep(TTL / 3).await;
+        }
+        eprintln!(
+            "cluster: standby took over a silent leader's lease after {:?}",
+            started.elapsed()
+        );
+        // a wakes up and writes: the fence refuses, nothing reaches Incus.
+        let e = Fenced::new(&m2, &a)
+            .set_server_user_config(key, Some("a-2"))
+            .await
+            .expect_err("fenced");
+        assert!(matches!(e, IncusError::Fenced { .. }), "{e}");
+        assert!(e.to_string().contains("veza-cl-3"), "{e}");
+        assert_eq!(m3.server_user_config(key).await.expect("read").as_deref(), Some("a-1"));
+        assert_eq!(who(&a.step().await.expect("a")), "follow veza-cl-3#2");
+        m3.set_server_user_config(key, None).await.expect("cleanup");
+        clear_lease(&m3).await;
+    });
+}
+
+#[test]
+#[ignore = "needs the 3-member cluster: run tests/cluster"]
+fn takeover_after_the_leaders_member_dies_and_the_mark_survives() {
+    cluster(&["up"]);
+    let rt = runtime().expect("runtime");
+    let mark = "user.veza-agent.applied.veza-cluster-test";
+    rt.block_on(async {
+        let (m1, m2) = (member(1), member(2));
+        clear_lease(&m2).await;
+        let a = Keeper::new(&m1, SystemClock, "veza-cl-1", TTL);
+        assert!(a.step().await.expect("a takes").leads());
+        // The leader records what it applied (the anti-rollback mark) through its member.
+        Fenced::new(&m1, &a).set_server_user_config(mark, Some("c0ffee")).await.expect("mark");
+    });
+    // The leader's member dies: its incusd and, with it, its agent.
+    let killed = Instant::now();
+    cluster(&["kill", "1"]);
+    rt.block_on(async {
+        let m2 = member(2);
+        let b = Keeper::new(&m2, SystemClock, "veza-cl-2", TTL);
+        let mut looks = 0;
+        loop {
+            match b.step().await {
+                Ok(s) if s.leads() => break,
+                Ok(_) => {}
+                // The database may be electing a new leader for a moment.
+                Err(e) => eprintln!("cluster: standby's look failed (retried): {e}"),
+            }
+            looks += 1;
+            assert!(looks < 90, "no takeover within 30 s of the member's death");
+            tokio::time::sleep(TTL / 3).await;
+        }
+        eprintln!(
+            "cluster: takeover {:?} after member 1's incusd was killed (TTL {TTL:?})",
+            killed.elapsed()
+        );
+        // The new leader reads the mark the dead one wrote: it never applies older.
+        assert_eq!(m2.server_user_config(mark).await.expect("mark").as_deref(), Some("c0ffee"));
+        m2.set_server_user_config(mark, None).await.expect("cleanup");
+        clear_lease(&m2).await;
+    });
+    cluster(&["start", "1"]);
+    cluster(&["up"]);
+}
+
+/// `veza-agent ARGS --config CONFIG`.
+fn agent(config: &Path, args: &[&str]) -> veza_testkit::cli::Run {
+    veza_testkit::cli::agent(Path::new(env!("CARGO_BIN_EXE_veza-agent")), config, args)
+}
+
+const HOST: &str = "veza-cluster-test";
+const PROFILE: &str = "vt-cluster-profile";
+
+fn mark_key() -> String {
+    format!("user.veza-agent.applied.{HOST}")
+}
+
+/// A signed manifests repository served over smart HTTP whose one manifest declares the
+/// profile `vt-cluster-profile` with `user.step`, and a configuration per member.
+struct Fixture {
+    dir: tempfile::TempDir,
+    key: veza_testkit::repo::SigningKey,
+    repo: veza_testkit::repo::RepoBuilder,
+    server: veza_testkit::http::GitHttpServer,
+}
+
+impl Fixture {
+    /// Removes what a killed run left (the profile, the mark, the lease) and commits step 1.
+    fn new() -> (Fixture, String) {
+        use veza_testkit::repo::{RepoBuilder, SigningKey};
+        runtime().expect("runtime").block_on(async {
+            let m2 = member(2);
+            if m2.profile(PROFILE).await.expect("read").is_some() {
+                delete_profile();
+            }
+            m2.set_server_user_config(&mark_key(), None).await.expect("clear the mark");
+            clear_lease(&m2).await;
+        });
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = SigningKey::generate(&dir.path().join("keys"), "ops").expect("key");
+        let repos = dir.path().join("repos");
+        let repo = RepoBuilder::with_name(&repos, "manifests.git").expect("repo");
+        let server = veza_testkit::http::GitHttpServer::start(&repos).expect("git server");
+        let f = Fixture { dir, key, repo, server };
+        let c1 = f.commit(1);
+        (f, c1)
+    }
+
+    fn commit(&self, step: u32) -> String {
+        let manifest = format!(
+            "apiVersion: veza-agent/v1\nkind: Environment\nmetadata:\n  name: cl\n  host: {HOST}\n\
+             incus:\n  profiles:\n    {PROFILE}: {{config: {{user.step: \"{step}\"}}}}\n"
+        );
+        self.repo
+            .commit_files_signed(&self.key, &[("cl.yaml", &manifest)], &format!("step {step}"))
+            .expect("commit")
+    }
+
+    /// The configuration of member `n`'s agent (HTTPS to its member, lease TTL 3 s).
+    fn config(&self, n: u8, poll: &str) -> PathBuf {
+        let trust = self.dir.path().join("allowed_signers");
+        std::fs::write(&trust, veza_testkit::repo::allowed_signers(&[("ops@example", &self.key)]))
+            .expect("trust");
+        let path = self.dir.path().join(format!("member-{n}.yaml"));
+        std::fs::write(
+            &path,
+            format!(
+                "host: {HOST}\nsource:\n  remotes: [\"{url}\"]\n  branch: main\n  manifests: [cl.yaml]\n\
+                 trust:\n  allowed_signers: {trust}\nstate_dir: {state}\n{poll}\
+                 incus:\n  endpoint: https://10.250.77.1{n}:8443\n  client_cert: {BASE}/client.crt\n  \
+                 client_key: {BASE}/client.key\n  server_cert: {BASE}/cluster.crt\n\
+                 cluster:\n  member: veza-cl-{n}\n  lease_ttl: 3s\n",
+                url = self.server.url("manifests.git"),
+                trust = trust.display(),
+                state = self.state_dir(n).display(),
+            ),
+        )
+        .expect("config");
+        path
+    }
+
+    fn state_dir(&self, n: u8) -> PathBuf {
+        self.dir.path().join(format!("state-{n}"))
+    }
+
+    /// Who member `n`'s agent last saw leading (`cluster.json`).
+    fn leader_seen_by(&self, n: u8) -> Option<String> {
+        let text = std::fs::read_to_string(self.state_dir(n).join("cluster.json")).ok()?;
+        let doc: serde_json::Value = serde_json::from_str(&text).ok()?;
+        doc["leader"].as_str().map(str::to_string)
+    }
+}
+
+fn delete_profile() {
+    Cmd::new("incus")
+        .args(["profile", "delete", PROFILE])
+        .env("INCUS_DIR", format!("{BASE}/2/incus"))
+        .run()
+        .expect("delete the test profile");
+}
+
+/// After a test: every member running, the mark, the lease and the profile gone.
+fn restore() {
+    cluster(&["start", "1"]);
+    cluster(&["up"]);
+    runtime().expect("runtime").block_on(async {
+        let m2 = member(2);
+        m2.set_server_user_config(&mark_key(), None).await.expect("clear the mark");
+        clear_lease(&m2).await;
+        if m2.profile(PROFILE).await.expect("read").is_some() {
+            delete_profile();
+        }
+    });
+}
+
+fn step_of(n: u8) -> Option<String> {
+    runtime().expect("runtime").block_on(async {
+        let p = member(n).profile(PROFILE).await.expect("read the profile");
+        p.and_then(|p| p.config.get("user.step").cloned())
+    })
+}
+
+fn mark_via(n: u8) -> Option<String> {
+    runtime()
+        .expect("runtime")
+        .block_on(async { member(n).server_user_config(&mark_key()).await.expect("mark") })
+}
+
+#[test]
+#[ignore = "needs the 3-member cluster: run tests/cluster"]
+fn failover_between_two_commits_never_applies_older_than_any_leader() {
+    cluster(&["up"]);
+    let (f, c1) = Fixture::new();
+    let (a, b) = (f.config(1, ""), f.config(2, ""));
+
+    // Member 1's agent leads and applies the first commit.
+    let r = agent(&a, &["apply"]);
+    assert_eq!(r.code, 0, "{r}");
+    assert_eq!(step_of(3).as_deref(), Some("1"));
+    // Member 2's agent, a standby, plans only and says who leads.
+    let r = agent(&b, &["apply"]);
+    assert!(r.code == 0 || r.code == 4, "{r}");
+    let status = agent(&b, &["status"]);
+    assert!(status.out.contains("cluster:  `veza-cl-1` leads since"), "{status}");
+    assert!(status.out.contains("this member: `veza-cl-2` (standby: plans only)"), "{status}");
+    let json = agent(&b, &["status", "--json"]);
+    let doc: serde_json::Value = serde_json::from_str(&json.out).expect("status --json");
+    assert_eq!(doc["cluster"]["leader"], "veza-cl-1", "{json}");
+    assert_eq!(doc["cluster"]["member"], "veza-cl-2", "{json}");
+    // `plan` on the standby says so first, and takes nothing.
+    let plan = agent(&b, &["plan"]);
+    assert!(
+        plan.out.contains("NOTHING WILL BE APPLIED: standby: cluster member `veza-cl-1` leads"),
+        "{plan}"
+    );
+    // A second commit, applied by the leader: the shared mark moves to it.
+    let c2 = f.commit(2);
+    let r = agent(&b, &["apply"]);
+    assert_eq!(r.code, 4, "the standby holds the change: {r}");
+    assert!(
+        format!("{}{}", r.out, r.err).contains("standby: cluster member `veza-cl-1` leads"),
+        "{r}"
+    );
+    assert_eq!(step_of(2).as_deref(), Some("1"), "the standby applied nothing");
+    let r = agent(&a, &["apply"]);
+    assert_eq!(r.code, 0, "{r}");
+    assert_eq!(step_of(2).as_deref(), Some("2"));
+    assert_eq!(mark_via(3).as_deref(), Some(c2.as_str()));
+
+    // Member 1 dies; the operator hands the lease over at once (runbook) rather than
+    // wait a TTL, and someone pushes the branch back to the first commit.
+    cluster(&["kill", "1"]);
+    runtime().expect("runtime").block_on(async { clear_lease(&member(2)).await });
+    f.repo.force_reset(&c1).expect("force-push the first commit back");
+    // Member 2's own state file says c1 was applied (it saw it applied as a standby), but
+    // the mark in the cluster says c2: the new leader refuses the older commit.
+    let r = agent(&b, &["apply"]);
+    assert_eq!(r.code, 1, "rejected: {r}");
+    assert!(format!("{}{}", r.out, r.err).contains(&c2[..12]), "names the applied commit: {r}");
+    assert_eq!(step_of(2).as_deref(), Some("2"), "nothing older was applied");
+    // A newer commit on top of c2 is applied by the new leader.
+    f.repo.force_reset(&c2).expect("the branch back at c2");
+    let c3 = f.commit(3);
+    let r = agent(&b, &["apply"]);
+    assert_eq!(r.code, 0, "{r}");
+    assert_eq!(step_of(3).as_deref(), Some("3"));
+    assert_eq!(mark_via(2).as_deref(), Some(c3.as_str()));
+    restore();
+}
+
+/// A daemon (`veza-agent run`).
+struct Daemon {
+    pid: u32,
+    log: PathBuf,
+}
+
+impl Daemon {
+    fn start(config: &Path, log: PathBuf) -> Daemon {
+        let pid = veza_testkit::cli::spawn(
+            Path::new(env!("CARGO_BIN_EXE_veza-agent")),
+            config,
+            "run",
+            &log,
+        );
+        Daemon { pid, log }
+    }
+
+    fn kill(&self) {
+        veza_testkit::proc::kill_pid(self.pid, "KILL", Duration::from_secs(5));
+    }
+
+    /// Polls `f` every 100 ms for at most `limit`; fails with the daemon's log.
+    fn wait_for(&self, what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if f() {
+                return start.elapsed();
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "timed out after {limit:?} waiting for {what}; daemon log:\n{}",
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        );
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[test]
+#[ignore = "needs the 3-member cluster: run tests/cluster"]
+fn daemons_on_two_members_the_standby_takes_over_when_the_leaders_member_dies() {
+    cluster(&["up"]);
+    let (f, _c1) = Fixture::new();
+    let poll = "poll: {interval: 1h, jitter: 0s}\n";
+    let (a, b) = (f.config(1, poll), f.config(2, poll));
+    let da = Daemon::start(&a, f.dir.path().join("a.log"));
+    da.wait_for("member 1's daemon to lead and apply", Duration::from_secs(60), || {
+        f.leader_seen_by(1).as_deref() == Some("veza-cl-1") && step_of(2).as_deref() == Some("1")
+    });
+    let db = Daemon::start(&b, f.dir.path().join("b.log"));
+    db.wait_for("member 2's daemon to see member 1 lead", Duration::from_secs(60), || {
+        f.leader_seen_by(2).as_deref() == Some("veza-cl-1")
+    });
+    // The leader renews between its polls (hourly here): after three TTLs it still leads.
+    std::thread::sleep(Duration::from_secs(9));
+    assert_eq!(f.leader_seen_by(2).as_deref(), Some("veza-cl-1"), "renewed between polls");
+    // Member 1 dies: its incusd and its agent.
+    cluster(&["kill", "1"]);
+    da.kill();
+    let took =
+        db.wait_for("member 2's daemon to take the lease over", Duration::from_secs(60), || {
+            f.leader_seen_by(2).as_deref() == Some("veza-cl-2")
+        });
+    eprintln!(
+        "cluster: daemon takeover {took:?} after member 1's incusd and agent were killed (TTL 3s)"
+    );
+    // The new leader applies the next commit at its next sync (asked for here).
+    f.commit(2);
+    let r = Cmd::new(env!("CARGO_BIN_EXE_veza-agent"))
+        .args(["sync", "--config"])
+        .arg(&b)
+        .timeout(Duration::from_secs(120))
+        .output()
+        .expect("sync");
+    assert_eq!(r.status.code(), Some(0), "{}{}", r.stdout_str(), r.stderr_str());
+    assert_eq!(step_of(2).as_deref(), Some("2"));
+    drop(db);
+    restore();
+}
