@@ -240,6 +240,9 @@ impl Agent {
 
     /// Reads the live state, noting the event feed's position first.
     async fn read_live(&self, manifests: &[Manifest]) -> Result<Reading> {
+        if let Some(w) = &self.warm {
+            w.widen();
+        }
         let mark = self.warm.as_ref().and_then(Warm::mark);
         let at = Instant::now();
         let live = self.observe(manifests).await?;

@@ -68,8 +68,8 @@ impl Reuse {
             None => Reuse::NothingKept,
             Some(_) if f.interrupted => Reuse::Interrupted,
             Some(c) if c != f.commit => Reuse::OtherCommit,
-            Some(_) if f.age >= f.full_every => Reuse::TooOld,
             Some(_) if !f.unchanged => Reuse::Changed,
+            Some(_) if f.age >= f.full_every => Reuse::TooOld,
             Some(_) => Reuse::Yes,
         }
     }
@@ -117,23 +117,33 @@ impl Warm {
         full_every: Duration,
         interrupted: bool,
     ) -> (Option<LiveState>, Reuse) {
-        let kept = self.observed.lock().map(|k| k.clone()).unwrap_or(None);
-        // Every event incusd sent before now is counted first (a ping through the stream).
-        let now = match &kept {
-            Some(_) => self.feed.settled_mark().await,
-            None => None,
-        };
-        let decision = Reuse::decide(Facts {
-            kept_commit: kept.as_ref().map(|k| k.commit.as_str()),
+        let kept = self
+            .observed
+            .lock()
+            .ok()
+            .and_then(|k| k.as_ref().map(|k| (k.commit.clone(), k.mark, k.at)));
+        let facts = |unchanged: bool| Facts {
+            kept_commit: kept.as_ref().map(|(c, ..)| c.as_str()),
             commit,
-            age: kept.as_ref().map_or(Duration::MAX, |k| k.at.elapsed()),
+            age: kept.as_ref().map_or(Duration::MAX, |(_, _, at)| at.elapsed()),
             full_every,
-            unchanged: kept.as_ref().is_some_and(|k| now == Some(k.mark)),
+            unchanged,
             interrupted,
-        });
-        match (decision, kept) {
-            (Reuse::Yes, Some(k)) => (Some(k.live), Reuse::Yes),
-            (d, _) => (None, d),
+        };
+        // Only when everything else allows reuse: every event incusd sent before now is
+        // counted first (a ping through the stream), then the feed is compared.
+        let mut decision = Reuse::decide(facts(true));
+        if decision == Reuse::Yes {
+            let now = self.feed.settled_mark().await;
+            decision = Reuse::decide(facts(kept.as_ref().is_some_and(|(_, m, _)| now == Some(*m))));
+        }
+        let live = (decision == Reuse::Yes)
+            .then(|| self.observed.lock().ok().and_then(|k| k.as_ref().map(|k| k.live.clone())))
+            .flatten();
+        match live {
+            Some(live) => (Some(live), Reuse::Yes),
+            None if decision == Reuse::Yes => (None, Reuse::NothingKept),
+            None => (None, decision),
         }
     }
 
@@ -154,6 +164,12 @@ impl Warm {
         if let Ok(mut slot) = self.observed.lock() {
             *slot = kept;
         }
+    }
+
+    /// Counts every Incus event from now on (before a reading: names new in this commit
+    /// are not among the kept ones yet); [`Warm::keep`] narrows it again.
+    pub(super) fn widen(&self) {
+        self.feed.set_interest(None);
     }
 
     /// Forgets the kept observation (a failed sync, a new configuration).
@@ -177,14 +193,16 @@ pub(super) fn interest(
 ) -> Option<BTreeSet<String>> {
     let refs: Vec<&Manifest> = manifests.iter().collect();
     let desired = veza_plan::desired::desired(&refs, &live.root_pool(), secrets).ok()?;
+    let instance = |n: &String| format!("instances/{n}");
+    let profile = |n: &String| format!("profiles/{n}");
     let mut names: BTreeSet<String> = BTreeSet::new();
-    names.extend(desired.instances.into_keys());
-    names.extend(desired.profiles.into_keys());
-    names.extend(desired.networks.into_keys());
-    names.extend(desired.edge_runs_in);
-    names.extend(live.instances.values().filter(|i| i.is_owned()).map(|i| i.name.clone()));
-    names.extend(live.profiles.values().filter(|p| p.is_owned()).map(|p| p.name.clone()));
-    names.extend(live.pools.keys().cloned());
+    names.extend(desired.instances.keys().map(instance));
+    names.extend(desired.profiles.keys().map(profile));
+    names.extend(desired.networks.keys().map(|n| format!("networks/{n}")));
+    names.extend(desired.edge_runs_in.iter().map(instance));
+    names.extend(live.instances.values().filter(|i| i.is_owned()).map(|i| instance(&i.name)));
+    names.extend(live.profiles.values().filter(|p| p.is_owned()).map(|p| profile(&p.name)));
+    names.extend(live.pools.keys().map(|n| format!("storage-pools/{n}")));
     Some(names)
 }
 

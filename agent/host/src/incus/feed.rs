@@ -47,8 +47,17 @@ struct Shared {
 
 impl Shared {
     fn counts(&self, action: &str, source: &str) -> bool {
-        let interest = self.interest.read().map(|i| i.clone()).unwrap_or(None);
-        changes_state(action) && concerns(source, interest.as_ref())
+        if !changes_state(action) {
+            return false;
+        }
+        // A rename is reported under the new name: the old one may be of interest.
+        if action.ends_with("-renamed") {
+            return true;
+        }
+        match self.interest.read() {
+            Ok(interest) => concerns(source, interest.as_ref()),
+            Err(_) => true,
+        }
     }
 }
 
@@ -155,13 +164,21 @@ pub fn changes_state(action: &str) -> bool {
 }
 
 /// Whether an event about `source` (`/1.0/instances/web-blue/snapshots/s1`,
-/// `/1.0/profiles/veza-app`, `/1.0`) concerns one of `interest`: the resource's name is
-/// the third segment; a source without one concerns everything.
+/// `/1.0/profiles/veza-app`, `/1.0`) concerns one of `interest`, written `KIND/NAME`
+/// (`instances/web-blue`, `profiles/veza-app`, `networks/net-veza`,
+/// `storage-pools/default`): the kind and name are the second and third segments.
+/// Projects never count (only the `default` project is used, and its config holds
+/// nothing observed: a cluster's lease is renewed there). A source without a name
+/// concerns everything; so does any event without an interest.
 pub fn concerns(source: &str, interest: Option<&BTreeSet<String>>) -> bool {
     let Some(interest) = interest else { return true };
     let path = source.split('?').next().unwrap_or(source);
-    match path.split('/').nth(3) {
-        Some(name) if !name.is_empty() => interest.contains(name),
+    let mut parts = path.split('/').skip(2);
+    match (parts.next(), parts.next()) {
+        (Some("projects"), _) => false,
+        (Some(kind), Some(name)) if !name.is_empty() => {
+            interest.contains(&format!("{kind}/{name}"))
+        }
         _ => true,
     }
 }
@@ -250,6 +267,8 @@ async fn follow(
                 next_ping += 1;
                 let payload = next_ping.to_be_bytes().to_vec();
                 ws.send(Message::Ping(payload.into())).await.map_err(|e| e.to_string())?;
+                // Callers that gave up (their pong never came) are dropped.
+                waiting.retain(|(_, d)| !d.is_closed());
                 waiting.push((next_ping, done));
             }
         }
@@ -273,6 +292,27 @@ async fn connect(socket: &std::path::Path) -> Result<Stream, String> {
     )
     .await
     .map_err(|e| format!("subscribing to /1.0/events: {e}"))?;
+    // incusd registers the listener after the handshake: one ping answered means it
+    // is in place, so no event sent after the feed says "connected" is missed.
+    let mut ws = ws;
+    {
+        use futures_util::SinkExt;
+        ws.send(Message::Ping(b"subscribed?".to_vec().into())).await.map_err(|e| e.to_string())?;
+    }
+    let answered = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(frame) = ws.next().await {
+            match frame {
+                Ok(Message::Pong(_)) => return Ok(()),
+                Ok(Message::Close(_)) => break,
+                Ok(_) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        Err("the event stream closed before answering a ping".to_string())
+    })
+    .await
+    .map_err(|_| "no answer to a ping on the event stream within 5s".to_string())?;
+    answered?;
     Ok(ws)
 }
 
@@ -325,8 +365,14 @@ mod tests {
 
     #[test]
     fn with_an_interest_only_events_about_those_names_or_no_name_count() {
-        let interest: BTreeSet<String> =
-            ["web-blue", "veza-app", "net-veza", "default"].map(String::from).into();
+        let interest: BTreeSet<String> = [
+            "instances/web-blue",
+            "profiles/veza-app",
+            "networks/net-veza",
+            "storage-pools/default",
+        ]
+        .map(String::from)
+        .into();
         // (source, counts with the interest)
         let table = [
             ("/1.0/instances/web-blue", true),
@@ -337,12 +383,23 @@ mod tests {
             ("/1.0/storage-pools/default/volumes/custom/x", true),
             ("/1.0/instances/someone-elses", false),
             ("/1.0/profiles/vt-sentinel", false),
+            ("/1.0/profiles/web-blue", false),
+            ("/1.0/projects/default", false),
             ("/1.0", true),
             ("", true),
         ];
         for (source, counts) in table {
             assert_eq!(concerns(source, Some(&interest)), counts, "{source}");
-            assert!(concerns(source, None), "without an interest everything counts: {source}");
+            let everything = !source.starts_with("/1.0/projects/");
+            assert_eq!(concerns(source, None), everything, "without an interest: {source}");
         }
+        // A rename counts whatever the names (the event carries the new one).
+        let shared = Shared::default();
+        if let Ok(mut i) = shared.interest.write() {
+            *i = Some(interest);
+        }
+        assert!(shared.counts("instance-renamed", "/1.0/instances/someone-elses"));
+        assert!(!shared.counts("instance-updated", "/1.0/instances/someone-elses"));
+        assert!(!shared.counts("instance-exec", "/1.0/instances/web-blue"));
     }
 }
