@@ -258,18 +258,21 @@ where
     let mut run = FilePush::new(APP_RUN_SCRIPT, files.run_script.clone());
     run.mode = 0o755;
     run.create_parents = true;
-    // The three files go up at once (each pulled back and compared), then one exec
-    // unpacks the release and swaps it in: each round trip to incusd is on the path of
-    // every deploy.
+    // The release goes up beside the app's two files (each pulled back and compared),
+    // then one exec unpacks the release and swaps it in: each round trip to incusd is on
+    // the path of every deploy. The two files share a directory its pushes create, so
+    // they go one after the other (two concurrent creations of it fail).
     let incus = d.incus;
-    let verified = |push: FilePush| async move {
-        crate::incus::push_file_verified(incus, instance, &push).await.map_err(|e| e.to_string())
+    let app_files = async move {
+        push_private(incus, instance, APP_ENV_FILE, env).await?;
+        crate::incus::push_file_verified(incus, instance, &run).await.map_err(|e| e.to_string())
     };
-    tokio::try_join!(
-        verified(tarball),
-        push_private(d.incus, instance, APP_ENV_FILE, env),
-        verified(run),
-    )?;
+    let release = async move {
+        crate::incus::push_file_verified(incus, instance, &tarball)
+            .await
+            .map_err(|e| e.to_string())
+    };
+    tokio::try_join!(release, app_files)?;
     let script = format!("{unpack}\n{}", swap_and_restart_script(&dir, &files.unit));
     exec_ok(d.incus, instance, &script, BTreeMap::new()).await?;
     let live = d
