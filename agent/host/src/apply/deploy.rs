@@ -268,9 +268,7 @@ where
         crate::incus::push_file_verified(incus, instance, &run).await.map_err(|e| e.to_string())
     };
     let release = async move {
-        crate::incus::push_file_verified(incus, instance, &tarball)
-            .await
-            .map_err(|e| e.to_string())
+        crate::incus::push_file_verified(incus, instance, &tarball).await.map_err(|e| e.to_string())
     };
     tokio::try_join!(release, app_files)?;
     let script = format!("{unpack}\n{}", swap_and_restart_script(&dir, &files.unit));

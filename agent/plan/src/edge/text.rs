@@ -113,7 +113,10 @@ pub(super) fn config_text(c: &Ctx) -> String {
 
 fn write_config(o: &mut String, c: &Ctx) -> std::fmt::Result {
     let g = &c.global;
-    writeln!(o, "# The shared HAProxy edge of this host, rendered by veza-agent from the environments")?;
+    writeln!(
+        o,
+        "# The shared HAProxy edge of this host, rendered by veza-agent from the environments"
+    )?;
     writeln!(o, "# {}. Do not edit: the agent replaces this file on every change.", c.env_list)?;
     o.push_str(HEADER);
     o.push_str("\nglobal\n    master-worker\n");

@@ -20,8 +20,11 @@ pub(crate) fn poll_arithmetic(b: &Bench) -> Option<String> {
     let cpu = b.figure("forge_cpu_per_poll")?;
     let cpu_ms = cpu.summary().median;
     let get = |k: &str| cpu.extra.get(k).and_then(Value::as_f64).unwrap_or(f64::NAN);
-    let (requests, up, down) =
-        (get("requests_per_poll"), get("bytes_to_forge_per_poll"), get("bytes_from_forge_per_poll"));
+    let (requests, up, down) = (
+        get("requests_per_poll"),
+        get("bytes_to_forge_per_poll"),
+        get("bytes_from_forge_per_poll"),
+    );
     // A new commit is applied by the first poll after it reaches the forge, and that sync
     // takes as long as a new-commit sync (the process figure: an upper bound for the daemon).
     let sync_ms = b
