@@ -59,8 +59,10 @@ pub(crate) fn poll_arithmetic(b: &Bench) -> Option<String> {
     }
     md.push_str(
         "\nThe p50 target of 5 s from merge to applied needs a mean period under ~9 s: \
-         8 s + 2 s jitter gives 4.5 s plus the sync. A `sync` request on the agent's socket \
-         (a forge webhook relayed to it) applies a merge at once whatever the interval.\n",
+         8 s + 2 s jitter gives 4.5 s plus the sync (the p50 column reads the wait for the next \
+         poll as half a mean period, which slightly understates it when periods vary). \
+         `veza-agent sync` (a request on the daemon's socket, which a webhook receiver on the \
+         host could send) applies a merge at once whatever the interval.\n",
     );
     Some(md)
 }
