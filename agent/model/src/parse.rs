@@ -1,15 +1,19 @@
 //! Strict parsing of manifest bytes into [`Manifest`], with every error located.
 //!
 //! Two passes over the same bytes:
-//! 1. an event pass (yaml-rust2, which never expands aliases) builds a [`Positions`]
-//!    index from each key path to its line and column, and rejects what the typed
-//!    pass should never see (several documents, oversized input, too many aliases);
+//! 1. a guard pass over the events (yaml-rust2, which never expands aliases) rejects what
+//!    the typed pass should never see (several documents, oversized input, too many
+//!    aliases, too deep, keys that are not plain strings);
 //! 2. the typed pass (serde_yaml_ng) deserializes with `deny_unknown_fields`.
 //!
-//! Semantic checks (`validate`) report a key path; the index turns it into `line:col`.
+//! Semantic checks (`validate`) report a key path; [`Positions`] turns it into
+//! `line:col`. Its index (key path → line and column) is built only when a problem is
+//! located, by the same event walk as the guard pass: a manifest that is valid costs no
+//! index (it was most of the parse time of a large manifest).
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::{Arc, OnceLock};
 
 use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
 use yaml_rust2::scanner::Marker;
@@ -93,17 +97,39 @@ macro_rules! path {
     ($($seg:expr),* $(,)?) => { vec![$($crate::parse::Seg::from($seg)),*] };
 }
 
-/// Positions of every node of a document, by key path.
+/// Positions of every node of a document, by key path, built on the first lookup.
 #[derive(Debug, Default, Clone)]
 pub struct Positions {
-    /// Where each node's key (or sequence item) and its value start: one map, so that a
-    /// node costs one path clone and one hash (the index is built for every node of every
-    /// manifest, on every load).
+    /// The document the positions are read from.
+    text: Arc<str>,
+    index: Arc<OnceLock<Index>>,
+}
+
+/// Where each node's key (or sequence item) and its value start: one map, so that a
+/// node costs one path clone and one hash; and every scalar value, for
+/// [`Positions::find_scalar`].
+#[derive(Debug, Default)]
+struct Index {
     nodes: HashMap<Vec<Seg>, Node>,
     scalars: HashMap<Vec<Seg>, String>,
 }
 
 impl Positions {
+    /// The positions of `text`, a document the guard pass of [`parse_yaml`] accepted.
+    fn of(text: &str) -> Positions {
+        Positions { text: Arc::from(text), index: Arc::default() }
+    }
+
+    fn index(&self) -> &Index {
+        self.index.get_or_init(|| {
+            let mut indexer = Indexer { record: true, ..Indexer::default() };
+            // The guard pass accepted this text, so the walk succeeds; were it to fail,
+            // the index holds what was read before the failure.
+            let _ = Parser::new_from_str(&self.text).load(&mut indexer, true);
+            indexer.positions
+        })
+    }
+
     /// Where the key of `path` starts (for a sequence item: where the item starts).
     /// Falls back to the nearest ancestor that is known.
     pub fn key(&self, path: &[Seg]) -> Pos {
@@ -117,17 +143,20 @@ impl Positions {
 
     /// The first scalar value equal to `text` at or below `under`, by position.
     pub fn find_scalar(&self, under: &[Seg], text: &str) -> Option<Pos> {
-        self.scalars
+        let index = self.index();
+        index
+            .scalars
             .iter()
             .filter(|(path, value)| path.starts_with(under) && value.as_str() == text)
-            .filter_map(|(path, _)| self.nodes.get(path).map(|n| n.value))
+            .filter_map(|(path, _)| index.nodes.get(path).map(|n| n.value))
             .min()
     }
 
     fn lookup(&self, path: &[Seg], key: bool) -> Pos {
+        let index = self.index();
         let mut p = path;
         loop {
-            if let Some(n) = self.nodes.get(p) {
+            if let Some(n) = index.nodes.get(p) {
                 return if key { n.key } else { n.value };
             }
             match p.split_last() {
@@ -154,9 +183,12 @@ enum Frame {
     Seq { path: Vec<Seg>, next: usize },
 }
 
+/// The event walk of both passes: the guard pass (`record: false`: the checks only, no
+/// paths built) and the index of [`Positions`] (`record: true`).
 #[derive(Default)]
 struct Indexer {
-    positions: Positions,
+    record: bool,
+    positions: Index,
     stack: Vec<Frame>,
     documents: usize,
     aliases: usize,
@@ -175,9 +207,13 @@ impl Indexer {
         match self.stack.last_mut() {
             None => Some(Vec::new()),
             Some(Frame::Seq { path, next }) => {
-                let mut p = path.clone();
-                p.push(Seg::Index(*next));
+                let index = *next;
                 *next += 1;
+                if !self.record {
+                    return Some(Vec::new());
+                }
+                let mut p = path.clone();
+                p.push(Seg::Index(index));
                 self.positions.nodes.insert(p.clone(), Node { key: pos, value: pos });
                 Some(p)
             }
@@ -187,6 +223,9 @@ impl Indexer {
                 }
                 *expecting_key = true;
                 let (k, kpos) = pending_key.take()?;
+                if !self.record {
+                    return Some(Vec::new());
+                }
                 let mut p = path.clone();
                 p.push(Seg::Key(k));
                 self.positions.nodes.insert(p.clone(), Node { key: kpos, value: pos });
@@ -203,7 +242,9 @@ impl Indexer {
             *pending_key = Some((value, pos));
             return;
         }
-        if let Some(path) = self.node_path(pos) {
+        if let Some(path) = self.node_path(pos)
+            && self.record
+        {
             self.positions.scalars.insert(path, value);
         }
     }
@@ -308,9 +349,9 @@ pub fn parse_yaml<T: serde::de::DeserializeOwned>(
     if indexer.documents == 0 || text.trim().is_empty() {
         return Err(Diagnostic { pos: start, message: format!("{what} is empty") });
     }
-    let value: T =
-        serde_yaml_ng::from_str(text).map_err(|e| serde_diagnostic(&e, &indexer.positions))?;
-    Ok((value, indexer.positions))
+    let positions = Positions::of(text);
+    let value: T = serde_yaml_ng::from_str(text).map_err(|e| serde_diagnostic(&e, &positions))?;
+    Ok((value, positions))
 }
 
 fn serde_diagnostic(e: &serde_yaml_ng::Error, positions: &Positions) -> Diagnostic {
@@ -377,9 +418,7 @@ mod tests {
     #[test]
     fn index_records_keys_values_and_sequence_items() {
         let text = "a:\n  b: 1\n  list:\n    - x\n    - {c: 2}\n";
-        let mut idx = Indexer::default();
-        Parser::new_from_str(text).load(&mut idx, true).unwrap();
-        let p = idx.positions;
+        let p = Positions::of(text);
         assert_eq!(p.key(&path!["a"]), Pos { line: 1, col: 1 });
         assert_eq!(p.key(&path!["a", "b"]), Pos { line: 2, col: 3 });
         assert_eq!(p.value(&path!["a", "b"]), Pos { line: 2, col: 6 });

@@ -1,6 +1,7 @@
 //! How planning cost grows with the number of declared resources: synthetic manifests
 //! with N top-level declarations (N/2 blue/green apps routed by the edge, N/2 plain
-//! instances), parsed and validated with `veza_model::load`, then planned with
+//! instances; at most 1000 per manifest, larger N spread over several environments of
+//! the same host), parsed and validated with `veza_model::load`, then planned with
 //! `veza_plan::plan` against
 //!
 //! - an empty host (the first sync: everything is created), and
@@ -11,7 +12,7 @@
 //! Pure and in-process: no Incus, no IO besides the optional JSON report.
 //!
 //! Run: `cargo run --release -p veza-plan --example plan_scale [-- --runs R] [--json PATH]
-//! [SIZES...]` (sizes default to 10 100 1000).
+//! [SIZES...]` (sizes default to 10 100 1000 10000).
 
 use std::collections::BTreeMap;
 use std::error::Error;
@@ -27,16 +28,30 @@ type Res<T> = Result<T, Box<dyn Error>>;
 const BLUE: &str = "1111111111111111111111111111111111111111";
 const GREEN: &str = "2222222222222222222222222222222222222222";
 
-/// One environment with `apps` apps and `instances` plain instances, an edge instance
-/// (counted among the instances) and one path route per app.
-fn manifest(apps: usize, instances: usize) -> String {
-    let mut m = String::from(
-        "apiVersion: veza-agent/v1\nkind: Environment\nmetadata:\n  name: scale\n  host: bench\n\n",
+/// Most declarations in one synthetic manifest: a manifest is capped at 1 MiB
+/// (`veza_model::parse::MAX_MANIFEST_BYTES`, untrusted input), which ~2700 of these
+/// declarations would pass; larger sizes are spread over several environments of the
+/// same host, as a real host with that many resources would be.
+const PER_MANIFEST: usize = 1000;
+
+/// Environment `k` of the host with `apps` apps and `instances` plain instances and one
+/// path route per app; environment 0 declares the edge instance (counted among its
+/// instances) that every environment's edge runs in.
+fn manifest(k: usize, apps: usize, instances: usize) -> String {
+    let env = if k == 0 { "scale".to_string() } else { format!("scale{k}") };
+    let mut m = format!(
+        "apiVersion: veza-agent/v1\nkind: Environment\nmetadata:\n  name: {env}\n  host: bench\n\n"
     );
-    m.push_str("incus:\n  instances:\n    edge: {image: veza-test-busybox, profiles: [default]}\n");
-    for i in 1..instances {
+    m.push_str("incus:\n  instances:\n");
+    let first = if k == 0 {
+        m.push_str("    edge: {image: veza-test-busybox, profiles: [default]}\n");
+        1
+    } else {
+        0
+    };
+    for i in first..instances {
         m.push_str(&format!(
-            "    i{i:04}: {{image: veza-test-busybox, profiles: [default], config: {{user.bench.index: \"{i}\"}}}}\n"
+            "    k{k}i{i:04}: {{image: veza-test-busybox, profiles: [default], config: {{user.bench.index: \"{i}\"}}}}\n"
         ));
     }
     m.push_str("\napps:\n");
@@ -52,22 +67,34 @@ fn manifest(apps: usize, instances: usize) -> String {
             color = if a % 2 == 0 { "blue" } else { "green" },
         ));
     }
-    m.push_str(
-        "\nedge:\n  runs_in: edge\n  hosts: [scale.example]\n  sticky_cookie: VEZA_scale\n  routes:\n",
-    );
+    m.push_str(&format!(
+        "\nedge:\n  runs_in: edge\n  hosts: [{env}.example]\n  sticky_cookie: VEZA_{env}\n  routes:\n"
+    ));
     for a in 0..apps {
         m.push_str(&format!("    - {{path_prefix: /a{a:04}, app: a{a:04}}}\n"));
     }
     m
 }
 
-fn load(text: &str) -> Res<Vec<Manifest>> {
-    let files = vec![("scale.yaml".to_string(), text.as_bytes().to_vec())];
-    match veza_model::load(&files) {
+/// The manifests of one host declaring `n` resources: `n/2` apps and `n - n/2` plain
+/// instances, at most [`PER_MANIFEST`] declarations per manifest.
+fn manifests(n: usize) -> Vec<(String, Vec<u8>)> {
+    let parts = n.div_ceil(PER_MANIFEST).max(1);
+    (0..parts)
+        .map(|k| {
+            let share = n / parts + usize::from(k < n % parts);
+            let text = manifest(k, share / 2, share - share / 2);
+            (format!("scale{k}.yaml"), text.into_bytes())
+        })
+        .collect()
+}
+
+fn load(files: &[(String, Vec<u8>)]) -> Res<Vec<Manifest>> {
+    match veza_model::load(files) {
         Ok(parsed) => Ok(parsed.into_iter().map(|(_, p)| p.manifest).collect()),
         Err(problems) => {
             let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
-            Err(format!("synthetic manifest rejected:\n{}", text.join("\n")).into())
+            Err(format!("synthetic manifests rejected:\n{}", text.join("\n")).into())
         }
     }
 }
@@ -132,7 +159,7 @@ fn main() -> Res<()> {
         }
     }
     if sizes.is_empty() {
-        sizes = vec![10, 100, 1000];
+        sizes = vec![10, 100, 1000, 10000];
     }
     let runs = runs.max(1);
     let opts = PlanOptions { edge_settings: EdgeSettings::default(), ..PlanOptions::default() };
@@ -157,8 +184,9 @@ fn main() -> Res<()> {
     for &n in &sizes {
         let n = n.max(2);
         let (apps, instances) = (n / 2, n - n / 2);
-        let text = manifest(apps, instances);
-        let (load_t, ms) = time(runs, || load(&text))?;
+        let files = manifests(n);
+        let bytes: usize = files.iter().map(|(_, b)| b.len()).sum();
+        let (load_t, ms) = time(runs, || load(&files))?;
         let refs: Vec<&Manifest> = ms.iter().collect();
         let (first_t, first) = time(runs, || Ok(veza_plan::plan(&refs, &empty, &opts)?))?;
         let live = applied(&empty, &first)?;
@@ -172,7 +200,7 @@ fn main() -> Res<()> {
         println!(
             "{n:>9} {apps:>9} {:>10} {:>12} {:>14.3} {:>16.3} {:>14.3}",
             live.instances.len(),
-            text.len(),
+            bytes,
             l.median,
             f.median,
             i.median
@@ -183,7 +211,8 @@ fn main() -> Res<()> {
             "instances_declared": instances,
             "live_instances": live.instances.len(),
             "first_sync_steps": first.steps.len(),
-            "manifest_bytes": text.len(),
+            "manifests": files.len(),
+            "manifest_bytes": bytes,
             "load": json_stats(&l),
             "plan_first_sync": json_stats(&f),
             "plan_converged": json_stats(&i),

@@ -16,7 +16,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -49,6 +49,10 @@ struct Shared {
     /// `Basic <base64(user:token)>` every request must carry, when set.
     auth: Mutex<Option<String>>,
     log: Mutex<Vec<String>>,
+    /// Bytes received (request heads and bodies) and sent (responses), for the bench's
+    /// forge-side cost of a poll.
+    received: AtomicU64,
+    sent: AtomicU64,
 }
 
 /// A running smart-HTTP server; stops on drop.
@@ -82,6 +86,8 @@ impl GitHttpServer {
             fault: Mutex::new(Fault::None),
             auth: Mutex::new(None),
             log: Mutex::new(Vec::new()),
+            received: AtomicU64::new(0),
+            sent: AtomicU64::new(0),
         });
         let s = Arc::clone(&shared);
         let accept = std::thread::Builder::new()
@@ -125,6 +131,12 @@ impl GitHttpServer {
     /// `auth=none`, `auth=ok` or `auth=wrong` (the credentials themselves are not logged).
     pub fn requests(&self) -> Vec<String> {
         self.shared.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Bytes received and sent so far: request heads and bodies (a chunked body counted
+    /// as decoded), and whole responses.
+    pub fn bytes(&self) -> (u64, u64) {
+        (self.shared.received.load(Ordering::SeqCst), self.shared.sent.load(Ordering::SeqCst))
     }
 }
 
@@ -185,6 +197,7 @@ fn handle_connection(stream: TcpStream, shared: &Shared) {
     };
     let response = match read_request(BufReader::new(stream), &mut writer) {
         Ok(req) => {
+            shared.received.fetch_add((req.head_bytes + req.body.len()) as u64, Ordering::SeqCst);
             let expected = shared.auth.lock().ok().and_then(|a| a.clone());
             let auth = match (req.header("Authorization"), &expected) {
                 (None, _) => "auth=none",
@@ -208,7 +221,9 @@ fn handle_connection(stream: TcpStream, shared: &Shared) {
         }
         Err(e) => plain(400, "Bad Request", &format!("{e:#}\n")),
     };
-    let _ = writer.write_all(&response);
+    if writer.write_all(&response).is_ok() {
+        shared.sent.fetch_add(response.len() as u64, Ordering::SeqCst);
+    }
     let _ = writer.flush();
     let _ = writer.shutdown(std::net::Shutdown::Both);
 }
@@ -218,6 +233,7 @@ struct Request {
     path: String,
     query: String,
     headers: Vec<(String, String)>,
+    head_bytes: usize,
     body: Vec<u8>,
 }
 
@@ -243,6 +259,7 @@ fn read_request(mut r: BufReader<TcpStream>, w: &mut TcpStream) -> Result<Reques
             break;
         }
     }
+    let head_bytes = head.len();
     let text = String::from_utf8(head).context("request head is not UTF-8")?;
     let mut lines = text.lines();
     let request_line = lines.next().context("empty request")?;
@@ -262,6 +279,7 @@ fn read_request(mut r: BufReader<TcpStream>, w: &mut TcpStream) -> Result<Reques
         path: path.to_string(),
         query: query.to_string(),
         headers,
+        head_bytes,
         body: Vec::new(),
     };
     if req.header("Expect").is_some_and(|v| v.eq_ignore_ascii_case("100-continue")) {

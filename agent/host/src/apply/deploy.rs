@@ -138,6 +138,19 @@ async fn unpack_release<I, E, U, P, C>(
 where
     I: Incus + Sync,
 {
+    let (push, unpack) = release_upload(d, slot, target)?;
+    crate::incus::push_file_verified(d.incus, instance, &push).await.map_err(|e| e.to_string())?;
+    exec_ok(d.incus, instance, &unpack, BTreeMap::new()).await.map(|_| ())
+}
+
+/// The artifact (downloaded, or taken from the cache, its digest checked) as a file to
+/// push into a slot, and the script that unpacks it into `target` (a shell-quoted
+/// directory, emptied first) and removes it.
+fn release_upload<I, E, U, P, C>(
+    d: &Drivers<'_, I, E, U, P, C>,
+    slot: &SlotSpec,
+    target: &str,
+) -> Result<(FilePush, String), String> {
     let bytes = d.artifacts.fetch(&slot.artifact_url, &slot.sha256).map_err(|e| e.to_string())?;
     let archive = d.artifacts.for_slot(&slot.artifact_url, bytes).map_err(|e| e.to_string())?;
     // Not in /tmp: a slot just created may still be booting, and systemd empties /tmp at
@@ -146,12 +159,11 @@ where
     let mut push = FilePush::new(tarball, archive.bytes);
     push.mode = 0o600;
     push.create_parents = true;
-    crate::incus::push_file_verified(d.incus, instance, &push).await.map_err(|e| e.to_string())?;
     let unpack = format!(
         "set -e; rm -rf {target}; mkdir -p {target}; tar {opt} -xf {tarball} -C {target}; rm -f {tarball}",
         opt = archive.tar_option,
     );
-    exec_ok(d.incus, instance, &unpack, BTreeMap::new()).await.map(|_| ())
+    Ok((push, unpack))
 }
 
 /// How a migration did not succeed.
@@ -228,9 +240,9 @@ pub(super) fn redact(text: &str, secrets: &SecretValues, slot: &SlotSpec) -> Str
     out
 }
 
-/// Downloads (or takes from the cache) the artifact, checks its digest, unpacks it in
-/// the slot, (re)starts the app under the slot's supervisor, and marks the slot with the
-/// release.
+/// Downloads (or takes from the cache) the artifact, checks its digest, pushes it with
+/// the app's environment file and run script, unpacks it and (re)starts the app under the
+/// slot's supervisor in one exec, and marks the slot with the release.
 pub(super) async fn deploy_release<I, E, U, P, C>(
     d: &Drivers<'_, I, E, U, P, C>,
     instance: &str,
@@ -241,13 +253,25 @@ where
     I: Incus + Sync,
 {
     let dir = shell_quote(&slot.install_dir);
-    unpack_release(d, instance, slot, &format!("{dir}.new")).await?;
-    push_private(d.incus, instance, APP_ENV_FILE, env_file(d.secrets, slot)?).await?;
+    let (tarball, unpack) = release_upload(d, slot, &format!("{dir}.new"))?;
+    let env = env_file(d.secrets, slot)?;
     let mut run = FilePush::new(APP_RUN_SCRIPT, files.run_script.clone());
     run.mode = 0o755;
     run.create_parents = true;
-    crate::incus::push_file_verified(d.incus, instance, &run).await.map_err(|e| e.to_string())?;
-    let script = swap_and_restart_script(&dir, &files.unit);
+    // The release goes up beside the app's two files (each pulled back and compared),
+    // then one exec unpacks the release and swaps it in: each round trip to incusd is on
+    // the path of every deploy. The two files share a directory its pushes create, so
+    // they go one after the other (two concurrent creations of it fail).
+    let incus = d.incus;
+    let app_files = async move {
+        push_private(incus, instance, APP_ENV_FILE, env).await?;
+        crate::incus::push_file_verified(incus, instance, &run).await.map_err(|e| e.to_string())
+    };
+    let release = async move {
+        crate::incus::push_file_verified(incus, instance, &tarball).await.map_err(|e| e.to_string())
+    };
+    tokio::try_join!(release, app_files)?;
+    let script = format!("{unpack}\n{}", swap_and_restart_script(&dir, &files.unit));
     exec_ok(d.incus, instance, &script, BTreeMap::new()).await?;
     let live = d
         .incus

@@ -52,6 +52,8 @@ pub(crate) struct Sizes {
     pub(crate) promotion: usize,
     pub(crate) deploy: usize,
     pub(crate) fetch: usize,
+    /// No-change polls whose forge-side cost is measured (a multiple of 10).
+    pub(crate) forge_polls: usize,
     pub(crate) ansible: usize,
     pub(crate) ansible_promotion: usize,
 }
@@ -65,6 +67,7 @@ impl Sizes {
                 promotion: 2,
                 deploy: 2,
                 fetch: 5,
+                forge_polls: 20,
                 ansible: 2,
                 ansible_promotion: 2,
             }
@@ -75,6 +78,7 @@ impl Sizes {
                 promotion: 8,
                 deploy: 6,
                 fetch: 20,
+                forge_polls: 100,
                 ansible: 8,
                 ansible_promotion: 8,
             }

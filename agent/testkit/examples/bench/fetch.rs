@@ -13,6 +13,81 @@ use crate::agent::Desired;
 use crate::args::Sizes;
 use crate::stats::{Figure, ms};
 
+/// CPU time (user + system) of this process's children that have been waited for, in
+/// milliseconds: `cutime` + `cstime` of `/proc/self/stat`, in clock ticks.
+fn children_cpu_ms(tick_hz: f64) -> Result<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat")?;
+    // Fields after the command name (which may hold spaces) start at field 3 (`state`).
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // cutime and cstime are fields 16 and 17 of the file: 13 and 14 after the name.
+    let ticks = |i: usize| -> Result<f64> {
+        Ok(f.get(i).ok_or_else(|| anyhow::anyhow!("/proc/self/stat: no field {i}"))?.parse()?)
+    };
+    Ok((ticks(13)? + ticks(14)?) * 1000.0 / tick_hz)
+}
+
+/// Item 2 of issue 18: what one no-change poll costs the forge. The test forge runs
+/// `git http-backend` as CGI, a child of this process, so the CPU time of the children
+/// waited for during a run of polls is the forge-side git work; bytes are counted by the
+/// server. Forgejo runs the same `git upload-pack` per request (its own HTTP, routing and
+/// authentication come on top), so this is the git part of its cost.
+fn forge_cost(
+    host: &DemoHost,
+    mirror: &mut Mirror,
+    urls: &[String],
+    opts: &FetchOptions,
+    tip: veza_source::fetch::ObjectId,
+    sizes: &Sizes,
+    b: &mut Bench,
+) -> Result<()> {
+    let tick_hz: f64 = veza_host::process::Cmd::new("getconf")
+        .arg("CLK_TCK")
+        .timeout(Duration::from_secs(10))
+        .run_stdout()
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0);
+    let polls = sizes.forge_polls;
+    let mut cpu = Figure::new(
+        "forge_cpu_per_poll",
+        "forge side of one no-change poll: CPU of `git http-backend` (user + system, mean per poll)",
+        "ms",
+    );
+    let mut wall = Figure::new("forge_poll_wall", "one no-change poll (fetch only), wall", "ms");
+    let requests_before = host.http.requests().len();
+    let (in0, out0) = host.http.bytes();
+    // Series of 10 polls: the children's CPU is counted in clock ticks (10 ms), so a
+    // single poll cannot be measured alone.
+    for _ in 0..polls.div_ceil(10) {
+        let before = children_cpu_ms(tick_hz)?;
+        for _ in 0..10 {
+            let t = Instant::now();
+            if mirror.fetch(urls, opts)?.tip != tip {
+                bail!("the tip moved during the forge-cost polls");
+            }
+            wall.samples.push(ms(t.elapsed()));
+        }
+        cpu.samples.push((children_cpu_ms(tick_hz)? - before) / 10.0);
+    }
+    let n = wall.samples.len() as f64;
+    let requests = (host.http.requests().len() - requests_before) as f64 / n;
+    let (in1, out1) = host.http.bytes();
+    let (up, down) = ((in1 - in0) as f64 / n, (out1 - out0) as f64 / n);
+    let per_request = cpu.summary().median / requests.max(1.0);
+    cpu.extra.insert("requests_per_poll".into(), serde_json::json!(requests));
+    cpu.extra.insert("bytes_to_forge_per_poll".into(), serde_json::json!(up));
+    cpu.extra.insert("bytes_from_forge_per_poll".into(), serde_json::json!(down));
+    cpu.extra.insert("tick_hz".into(), serde_json::json!(tick_hz));
+    cpu.notes.push(format!(
+        "each sample: the children's CPU over 10 polls / 10 (clock ticks of {:.0} ms); {requests:.1} HTTP requests per poll ({per_request:.2} ms CPU each), {up:.0} bytes to the forge and {down:.0} bytes back per poll",
+        1000.0 / tick_hz
+    ));
+    b.figures.push(cpu);
+    b.figures.push(wall);
+    Ok(())
+}
+
 /// Figure 5: the source stage in-process (fetch over smart HTTP into a bare mirror,
 /// ancestry, signature, manifest read + validation), and Incus observe alone.
 pub(crate) fn fetch_verify(
@@ -70,6 +145,7 @@ pub(crate) fn fetch_verify(
         }
         last = tip;
     }
+    forge_cost(host, &mut mirror, &urls, &opts, last, sizes, b)?;
     let how = "gix fetch over smart HTTP (git http-backend on 127.0.0.1) into a bare mirror, ancestry check, SSHSIG ed25519 verification, manifest read + parse + validate: the library calls of `veza-agent`'s source stage, timed in-process (no Incus, no state file)";
     idle.notes.push(how.into());
     fresh.notes.push("as above, the fetch transfers one new commit".into());

@@ -78,18 +78,19 @@ pub(crate) fn write_reports(
     for k in ["veza-agent", "haproxy", "incus", "ansible-core", "rustc"] {
         md.push_str(&format!("| {k} | {} |\n", s(&versions[k])));
     }
-    md.push_str("\n## Figures\n\n| figure | unit | n | median | min | max | p90 |\n|---|---|---:|---:|---:|---:|---:|\n");
+    md.push_str("\n## Figures\n\n| figure | unit | n | median | min | max | p90 | load at start (1/5/15 min) |\n|---|---|---:|---:|---:|---:|---:|---|\n");
     for f in &b.figures {
         let x = f.summary();
         md.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
             f.title,
             f.unit,
             x.n,
             fmt_num(x.median, f.unit),
             fmt_num(x.min, f.unit),
             fmt_num(x.max, f.unit),
-            x.p90.map(|p| fmt_num(p, f.unit)).unwrap_or_else(|| "-".into())
+            x.p90.map(|p| fmt_num(p, f.unit)).unwrap_or_else(|| "-".into()),
+            f.load
         ));
     }
     if !comparisons.is_empty() {
@@ -116,23 +117,28 @@ pub(crate) fn write_reports(
     }
     if let Some(ps) = plan_scale {
         md.push_str(&format!(
-            "\n## Plan for N declared resources (pure, in-process, `agent/plan/examples/plan_scale.rs`, medians of {} runs)\n\nN/2 blue/green apps (both slots, one edge route each) + N/2 plain instances. *load* = parse + validate the manifest; *plan first* = against an empty host; *plan idle* = against the converged host (the cost of a poll that finds nothing to do; checked empty).\n\n| declared | live instances | manifest bytes | load (ms) | plan first (ms) | plan idle (ms) | plan idle per resource (µs) |\n|---:|---:|---:|---:|---:|---:|---:|\n",
+            "\n## Plan for N declared resources (pure, in-process, `agent/plan/examples/plan_scale.rs`, medians of {} runs)\n\nN/2 blue/green apps (both slots, one edge route each) + N/2 plain instances, at most 1000 declarations per manifest (a manifest is capped at 1 MiB; 10000 are 10 environments of one host). *load* = parse + validate the manifest; *plan first* = against an empty host; *plan idle* = against the converged host (the cost of a poll that finds nothing to do; checked empty).\n\n| declared | manifests | live instances | manifest bytes | load (ms) | plan first (ms) | plan idle (ms) | load + plan idle (ms) | load + plan idle per resource (µs) |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
             s(&ps["runs"])
         ));
         for r in ps["sizes"].as_array().into_iter().flatten() {
             let m = |k: &str| r[k]["median_ms"].as_f64().unwrap_or(f64::NAN);
             let n = r["declared"].as_f64().unwrap_or(f64::NAN);
             md.push_str(&format!(
-                "| {} | {} | {} | {:.3} | {:.3} | {:.3} | {:.1} |\n",
+                "| {} | {} | {} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.2} |\n",
                 s(&r["declared"]),
+                s(&r["manifests"]),
                 s(&r["live_instances"]),
                 s(&r["manifest_bytes"]),
                 m("load"),
                 m("plan_first_sync"),
                 m("plan_converged"),
-                m("plan_converged") * 1000.0 / n
+                m("load") + m("plan_converged"),
+                (m("load") + m("plan_converged")) * 1000.0 / n
             ));
         }
+    }
+    if let Some(text) = crate::forge::poll_arithmetic(b) {
+        md.push_str(&text);
     }
     md.push_str("\n## Notes\n\n");
     for f in &b.figures {

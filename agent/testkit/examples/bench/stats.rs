@@ -1,4 +1,5 @@
-//! A figure: a series of samples, summarised (n, median, min, max, p90), and progress lines.
+//! A figure: a series of samples, summarised (n, median, min, max, p90) with the machine's
+//! load when it was measured, and progress lines.
 
 use std::time::Duration;
 
@@ -42,6 +43,8 @@ pub(crate) struct Figure {
     pub(crate) samples: Vec<f64>,
     pub(crate) notes: Vec<String>,
     pub(crate) extra: serde_json::Map<String, Value>,
+    /// The machine's load average (1, 5, 15 min) when the figure's runs started.
+    pub(crate) load: String,
 }
 
 impl Figure {
@@ -53,6 +56,7 @@ impl Figure {
             samples: Vec::new(),
             notes: Vec::new(),
             extra: serde_json::Map::new(),
+            load: crate::machine::loadavg(),
         }
     }
 
@@ -65,7 +69,7 @@ impl Figure {
         let mut v = json!({
             "key": self.key, "title": self.title, "unit": self.unit,
             "n": s.n, "median": s.median, "min": s.min, "max": s.max,
-            "samples": self.samples, "notes": self.notes,
+            "samples": self.samples, "notes": self.notes, "loadavg_at_start": self.load,
         });
         if let (Some(p), Some(o)) = (s.p90, v.as_object_mut()) {
             o.insert("p90".into(), json!(p));
