@@ -19,7 +19,6 @@ use veza_model::manifest::Color;
 pub mod diff;
 mod model;
 mod render;
-mod text;
 
 pub use model::{
     BackendKind, BackendSummary, EdgeApp, EdgeEnv, EdgeExternal, EdgeHealth, EdgeRoute,
@@ -73,4 +72,7 @@ pub enum RenderError {
     /// comment characters could change the meaning of the config).
     #[error("{what} `{value}` cannot be written into haproxy.cfg: {why}")]
     UnsafeValue { what: String, value: String, why: &'static str },
+    /// The shipped template failed (a bug in the project, not in the input).
+    #[error("haproxy.cfg template failed: {message}")]
+    Template { message: String },
 }

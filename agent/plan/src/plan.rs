@@ -437,7 +437,7 @@ fn serving_slots(manifests: &[&Manifest], live: &LiveState) -> BTreeMap<(String,
     out
 }
 
-/// The first line of every config veza-agent renders (`edge/text.rs`).
+/// The first line of every config veza-agent renders (`templates/haproxy.cfg.tera`).
 const RENDERED_HEADER: &str = "# The shared HAProxy edge of this host, rendered by veza-agent";
 
 /// When `steps` install the edge over a live config veza-agent did not write: the diff

@@ -1,9 +1,11 @@
-//! Rendering: the config's context built from [`EdgeEnv`]s and [`EdgeSettings`] (its
-//! text is written by `text`), and the checks that keep every value one safe token.
+//! Rendering: the template context built from [`EdgeEnv`]s and [`EdgeSettings`], the
+//! `haproxy.cfg` text, and the checks that keep every value one safe token.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use serde::Serialize;
+use veza_model::error::error_chain;
 use veza_model::manifest::{Balance, Color};
 use veza_model::naming;
 
@@ -11,11 +13,99 @@ use super::model::{
     BackendKind, BackendSummary, EdgeEnv, EdgeExternal, EdgeSettings, EdgeSummary, RenderedEdge,
     ServerSummary,
 };
-use super::text::{
-    AppBackend, Ctx, DefaultsCtx, ExternalCtx, GlobalCtx, HostAcl, PathAcl, Rule, ServerCtx,
-    config_text,
-};
 use super::{DEFAULT_503_BACKEND, DEFAULT_HTTP_LISTEN, DEFAULT_HTTPS_LISTEN, RenderError};
+
+/// The template shipped with the project.
+const TEMPLATE: &str = include_str!("../../templates/haproxy.cfg.tera");
+const TEMPLATE_NAME: &str = "haproxy.cfg";
+
+// ------------------------------------------------------------------ template context
+
+#[derive(Serialize)]
+struct Ctx {
+    env_list: String,
+    global: GlobalCtx,
+    defaults: DefaultsCtx,
+    binds: Vec<String>,
+    host_acls: Vec<HostAcl>,
+    path_acls: Vec<PathAcl>,
+    redirects: Vec<String>,
+    rules: Vec<Rule>,
+    default_backend: &'static str,
+    app_backends: Vec<AppBackend>,
+    external_backends: Vec<ExternalCtx>,
+}
+
+#[derive(Serialize)]
+struct GlobalCtx {
+    stats_socket: String,
+    server_state_file: String,
+    hard_stop_after: String,
+    log: String,
+    user: Option<String>,
+    group: Option<String>,
+    chroot: Option<String>,
+}
+
+#[derive(Serialize)]
+struct DefaultsCtx {
+    timeout_connect: String,
+    timeout_client: String,
+    timeout_server: String,
+    timeout_http_request: String,
+    timeout_tunnel: String,
+}
+
+#[derive(Serialize)]
+struct HostAcl {
+    name: String,
+    hosts: String,
+}
+
+#[derive(Serialize)]
+struct PathAcl {
+    name: String,
+    criterion: &'static str,
+    value: String,
+}
+
+#[derive(Serialize)]
+struct Rule {
+    backend: String,
+    condition: String,
+}
+
+#[derive(Serialize)]
+struct AppBackend {
+    comment: String,
+    name: String,
+    balance: &'static str,
+    hash_consistent: bool,
+    cookie: Option<String>,
+    health_path: String,
+    expect_status: u16,
+    check_timeout: String,
+    inter: String,
+    fall: u32,
+    rise: u32,
+    servers: Vec<ServerCtx>,
+}
+
+#[derive(Serialize)]
+struct ServerCtx {
+    name: String,
+    address: String,
+    disabled: bool,
+}
+
+#[derive(Serialize)]
+struct ExternalCtx {
+    comment: String,
+    name: String,
+    health_path: Option<String>,
+    check_host: String,
+    servers: Vec<ServerCtx>,
+}
 
 // ------------------------------------------------------------------ rendering
 
@@ -175,12 +265,6 @@ pub fn render_edge(envs: &[EdgeEnv], settings: &EdgeSettings) -> Result<Rendered
         if let Some(cookie) = &env.sticky_cookie {
             token("sticky cookie", cookie)?;
         }
-        // Each app's routes, in manifest order (one pass: an environment has many apps).
-        let mut routes_of: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-        for r in &env.routes {
-            let shown = r.path_prefix.as_deref().unwrap_or("default route");
-            routes_of.entry(r.app.as_str()).or_default().push(shown);
-        }
         for (app_name, app) in &env.apps {
             token("app name", app_name)?;
             let name = naming::backend(&env.name, app_name);
@@ -215,7 +299,12 @@ pub fn render_edge(envs: &[EdgeEnv], settings: &EdgeSettings) -> Result<Rendered
             }
             let h = &app.health;
             token("health path", &h.path)?;
-            let routed = routes_of.remove(app_name.as_str()).unwrap_or_default();
+            let routed: Vec<&str> = env
+                .routes
+                .iter()
+                .filter(|r| &r.app == app_name)
+                .map(|r| r.path_prefix.as_deref().unwrap_or("default route"))
+                .collect();
             let comment = format!(
                 "{}/{}: active {}, routes: {}",
                 env.name,
@@ -358,8 +447,25 @@ pub fn render_edge(envs: &[EdgeEnv], settings: &EdgeSettings) -> Result<Rendered
         app_backends,
         external_backends,
     };
-    let config = config_text(&ctx);
+    let config = render_template(&ctx)?;
     Ok(RenderedEdge { config, summary: EdgeSummary { binds, backends: summary } })
+}
+
+fn render_template(ctx: &Ctx) -> Result<String, RenderError> {
+    // The template is parsed once per process; rendering it is the only per-call work.
+    static TERA: std::sync::OnceLock<Result<tera::Tera, String>> = std::sync::OnceLock::new();
+    let tera = TERA
+        .get_or_init(|| {
+            let mut tera = tera::Tera::default();
+            tera.autoescape_on(Vec::new());
+            tera.add_raw_template(TEMPLATE_NAME, TEMPLATE).map_err(|e| error_chain(&e))?;
+            Ok(tera)
+        })
+        .as_ref()
+        .map_err(|message| RenderError::Template { message: message.clone() })?;
+    let failed = |e: tera::Error| RenderError::Template { message: error_chain(&e) };
+    let context = tera::Context::from_serialize(ctx).map_err(failed)?;
+    tera.render(TEMPLATE_NAME, &context).map_err(failed)
 }
 
 /// Lowercased, checked host names, in input order.
