@@ -623,6 +623,7 @@ fn the_ansible_built_r720_is_adopted_taken_over_and_lives_on_with_zero_failed_re
             // (a helper's container elsewhere on a shared test machine does not count:
             // only events about what this host declares or owns do)
             assert_eq!(observe.as_deref(), Some("observe (reused)"), "{v}");
+            assert!(!stages.iter().any(|s| s[0] == "observe (again)"), "read again: {v}");
         }
         let total: u64 = stages.iter().filter_map(|s| s[1].as_u64()).sum();
         inproc.push(total);

@@ -264,9 +264,12 @@ fn a_quiet_host_is_not_read_again_until_incus_reports_a_change_or_a_full_reading
     let text = std::fs::read_to_string(&h.config_path).unwrap();
     std::fs::write(
         &h.config_path,
-        text.replace("interval: 1h", "interval: 1h, full_observation: 4s"),
+        text.replace("interval: 1h", "interval: 1h, full_observation: 8s"),
     )
     .unwrap();
+    // Started first (it takes its time on a loaded machine); its own sentinel profiles are
+    // Incus changes, but not of anything this host declares or owns: they do not count.
+    let watch = veza_testkit::incus::LifecycleWatch::start(&h.dir.join("lifecycle.json")).unwrap();
     let first = h.commit(&h.manifest("blue", Some(0), Some(1)), "two slots").unwrap();
     let d = Daemon::start(&h);
     d.wait_for("the first sync", Duration::from_secs(90), || {
@@ -296,9 +299,6 @@ fn a_quiet_host_is_not_read_again_until_incus_reports_a_change_or_a_full_reading
         ("no-change", "observe (reused)"),
         "{observe}"
     );
-    // No write, no exec, no file read either. (The watch's own sentinel profiles are
-    // Incus changes, but not of anything this host declares or owns: they do not count.)
-    let watch = veza_testkit::incus::LifecycleWatch::start(&h.dir.join("lifecycle.json")).unwrap();
     let before = watch.about(&h.env).len();
     let (_, again) = sync();
     assert_eq!(again, "observe (reused)");
@@ -330,7 +330,7 @@ fn a_quiet_host_is_not_read_again_until_incus_reports_a_change_or_a_full_reading
     let (outcome, observe) = sync();
     assert_eq!((outcome.as_str(), observe.as_str()), ("no-change", "observe (reused)"));
     assert!(std::fs::read_to_string(&cfg).unwrap().ends_with("# edited by hand\n"));
-    std::thread::sleep(Duration::from_secs(4));
+    std::thread::sleep(Duration::from_secs(8));
     let (outcome, observe) = sync();
     assert_eq!((outcome.as_str(), observe.as_str()), ("applied", "observe (full reading due)"));
     assert_eq!(std::fs::read_to_string(&cfg).unwrap(), rendered, "the edge config was repaired");
