@@ -91,6 +91,13 @@ stop_old() {{
 # The new release in place; the old one is removed only after the app stopped.
 swap() {{ rm -rf {dir}.old; if [ -e {dir} ]; then mv {dir} {dir}.old; fi; mv {dir}.new {dir}; }}
 if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
+    # A slot created a moment ago may still be booting: systemctl needs the manager's
+    # socket (up to 30 s).
+    i=0
+    while [ ! -S /run/systemd/private ] && [ "$i" -lt 300 ]; do
+        sleep 0.1
+        i=$((i+1))
+    done
     if systemctl is-active --quiet veza-app.service; then
         systemctl stop veza-app.service
     else
