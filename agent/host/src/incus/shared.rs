@@ -64,18 +64,3 @@ impl<T: SharedConfig> SharedConfig for &T {
         (**self).swap_shared_user_config(key, value, etag)
     }
 }
-
-impl<T: SharedConfig + Send> SharedConfig for std::sync::Arc<T> {
-    fn shared_user_config(&self, key: &str) -> impl Future<Output = Result<Versioned>> + Send {
-        (**self).shared_user_config(key)
-    }
-
-    fn swap_shared_user_config(
-        &self,
-        key: &str,
-        value: Option<&str>,
-        etag: &str,
-    ) -> impl Future<Output = Result<Swap>> + Send {
-        (**self).swap_shared_user_config(key, value, etag)
-    }
-}
