@@ -208,10 +208,10 @@ fn rendering_is_deterministic_and_independent_of_input_order() {
             ),
             (
                 "    server blue-0bd3e563b2 veza-backend-blue.lxd:8080 check cookie blue-0bd3e563b2",
-                "    server blue-0bd3e563b2 veza-backend-blue.lxd:8080 check cookie blue-0bd3e563b2 disabled"
+                "    server blue-0bd3e563b2 veza-backend-blue.lxd:8080 check weight 0"
             ),
             (
-                "    server green-e97b91f010 veza-backend-green.lxd:8080 check cookie green-e97b91f010 disabled",
+                "    server green-e97b91f010 veza-backend-green.lxd:8080 check weight 0",
                 "    server green-e97b91f010 veza-backend-green.lxd:8080 check cookie green-e97b91f010"
             ),
         ]
@@ -618,10 +618,20 @@ fn color_switch_under_load_drops_no_request() {
         "green\n"
     );
     assert_eq!(edge.reloads(), 3);
-    // The switched-on server was not left waiting for `rise` checks by the state file.
-    assert!(switches.iter().all(|(_, _, r)| {
-        r.dropped_state.iter().any(|d| d.reason == veza_host::haproxy::parse::DropReason::Enabled)
-    }));
+    // Both servers keep their state across every switch (only the config's weights change),
+    // so the switched-on server is serving at once, its checks already passed, and the
+    // switched-off one is still checked.
+    assert!(switches.iter().all(|(_, _, r)| r.dropped_state.is_empty()), "{switches:?}");
+    let stat = parse_show_stat(&edge.runtime.master("@1 show stat").unwrap()).unwrap();
+    let health = edge_health(&stat, None);
+    for server in ["blue-1111111111", "green-2222222222"] {
+        let h = health[0].server(server).unwrap();
+        assert_eq!(
+            (&h.status, h.check_status.as_deref()),
+            (&ServerStatus::Up, Some("L7OK")),
+            "{h:?}"
+        );
+    }
 
     // Same config again: nothing written, no reload.
     assert_eq!(
@@ -853,9 +863,13 @@ fn health_of_real_servers_is_observed() {
     assert_eq!((blue_h.check_status.as_deref(), blue_h.check_code), (Some("L7OK"), Some(200)));
     assert_eq!(blue_h.admin, Some(AdminState(0)));
     assert_eq!(blue_h.addr.as_deref(), Some(format!("127.0.0.1:{}", blue.port).as_str()));
-    let green_h = hello.server(g).unwrap();
-    assert_eq!(green_h.status, ServerStatus::Maint { detail: None });
-    assert!(green_h.admin.is_some_and(|a| a.config_maintenance()), "{green_h:?}");
+    // The standby (`weight 0`) is checked like the active color, so a promotion finds its
+    // health already known.
+    edge.wait_status("demo_hello", g, &ServerStatus::Up, Duration::from_secs(10));
+    let stat = parse_show_stat(&edge.runtime.master("@1 show stat").unwrap()).unwrap();
+    let green_h = edge_health(&stat, Some(&state))[0].server(g).unwrap().clone();
+    assert_eq!((green_h.check_status.as_deref(), green_h.check_code), (Some("L7OK"), Some(200)));
+    assert_eq!(green_h.admin, Some(AdminState(0)), "{green_h:?}");
 
     blue.set_healthy(false);
     edge.wait_status("demo_hello", b, &ServerStatus::Down, Duration::from_secs(10));
@@ -864,6 +878,7 @@ fn health_of_real_servers_is_observed() {
     assert_eq!((blue_h.check_status.as_deref(), blue_h.check_code), (Some("L7STS"), Some(503)));
     assert_eq!(blue_h.check_desc.as_deref(), Some("Layer7 wrong status"));
     assert!(blue_h.last_change_secs.is_some());
+    // The healthy standby still gets nothing: traffic moves only through a promotion.
     assert_eq!(get(port, "demo.localhost", "/", None, Duration::from_secs(2)).unwrap().status, 503);
     blue.set_healthy(true);
     edge.wait_status("demo_hello", b, &ServerStatus::Up, Duration::from_secs(10));

@@ -4,7 +4,9 @@
 //! a host-name ACL per environment selects the environment, path ACLs select the app
 //! within it (path routes before the environment's default route), and each
 //! environment × app gets one backend `<env>_<app>` holding both colors. The active color
-//! is enabled; the other is `disabled`, kept as a standby for an instant switch back.
+//! is enabled; the other is a standby for an instant switch back: `weight 0` and no
+//! persistence cookie, so it gets no request, yet HAProxy keeps checking it and a
+//! promotion finds its health already known (the gate needs no extra wait).
 //! Server names are `<color>-<short release>`, so a new release is a new server and the
 //! server-state file can never pin a stale address onto it.
 //!

@@ -27,7 +27,7 @@ pub struct LiveEdge {
 
 impl LiveEdge {
     /// The edge running `config`: in each app backend (`<env>_<app>`), the color of the
-    /// server that is not `disabled`.
+    /// server that gets traffic (neither `disabled` nor `weight 0`).
     pub fn from_config(config: String) -> LiveEdge {
         let mut active = BTreeMap::new();
         for s in config_servers(&config).iter().filter(|s| s.enabled) {
@@ -48,7 +48,8 @@ pub struct ConfigServer {
     pub server: String,
     /// `address:port` in the config (an IP or a DNS name).
     pub address: String,
-    /// `false` when the config renders it `disabled`.
+    /// `false` when the config gives it no traffic: `disabled`, or `weight 0` (how the
+    /// agent renders the standby color).
     pub enabled: bool,
     /// `true` for a `backup` server (it gets traffic only when every other one is down).
     pub backup: bool,
@@ -76,7 +77,7 @@ pub fn config_servers(config: &str) -> Vec<ConfigServer> {
                         backend: be.to_string(),
                         server: name.to_string(),
                         address: address.to_string(),
-                        enabled: !rest.contains(&"disabled"),
+                        enabled: !rest.contains(&"disabled") && !zero_weight(rest),
                         backup: rest.contains(&"backup"),
                     });
                 }
@@ -85,6 +86,11 @@ pub fn config_servers(config: &str) -> Vec<ConfigServer> {
         }
     }
     out
+}
+
+/// Whether a server line's options say `weight 0` (checked, but no load-balanced traffic).
+fn zero_weight(options: &[&str]) -> bool {
+    options.windows(2).any(|w| w[0] == "weight" && w[1].parse::<u32>() == Ok(0))
 }
 
 /// A slot instance as the manifests name it (`naming::slot_instance`): what a foreign
@@ -114,7 +120,7 @@ fn address_instance(address: &str) -> Option<&str> {
 }
 
 /// The colors `config` sends each app's traffic to, whatever it names its backends and
-/// servers: an app's color serves when a server that is neither `disabled` nor `backup`,
+/// servers: an app's color serves when a server that is neither `disabled`, `weight 0` nor `backup`,
 /// in any backend, has the address of that color's slot instance (`<instance>.lxd:<port>`,
 /// `<instance>.incus:<port>` or `<instance>:<port>`). Every `(env, app)` of `slots` has an
 /// entry: empty when none of its slots serves, both colors when both do.
@@ -187,7 +193,7 @@ mod tests {
 
     #[test]
     fn servers_of_a_config() {
-        let cfg = "global\n    master-worker\nfrontend fe\n    bind 127.0.0.1:1\nbackend be_app # app\n    default-server inter 1s\n    server blue-1 127.0.0.1:18101 check cookie blue-1\n    server green-2 x.lxd:80 check disabled\n    # server ghost 1.2.3.4:5\nbackend other\n    server s 10.0.0.1:3000\nfrontend stats\n    server nope 1.2.3.4:5\n";
+        let cfg = "global\n    master-worker\nfrontend fe\n    bind 127.0.0.1:1\nbackend be_app # app\n    default-server inter 1s\n    server blue-1 127.0.0.1:18101 check cookie blue-1\n    server green-2 x.lxd:80 check disabled\n    # server ghost 1.2.3.4:5\nbackend other\n    server s 10.0.0.1:3000\n    server w0 10.0.0.2:3000 check weight 0\n    server w10 10.0.0.3:3000 check weight 10\nfrontend stats\n    server nope 1.2.3.4:5\n";
         let got: Vec<(String, String, String, bool)> = config_servers(cfg)
             .into_iter()
             .map(|e| (e.backend, e.server, e.address, e.enabled))
@@ -196,6 +202,8 @@ mod tests {
             ("be_app", "blue-1", "127.0.0.1:18101", true),
             ("be_app", "green-2", "x.lxd:80", false),
             ("other", "s", "10.0.0.1:3000", true),
+            ("other", "w0", "10.0.0.2:3000", false), // weight 0: checked, never routed to
+            ("other", "w10", "10.0.0.3:3000", true),
         ];
         assert_eq!(got.len(), want.len(), "{got:?}");
         for (g, w) in got.iter().zip(want) {
@@ -205,7 +213,7 @@ mod tests {
 
     #[test]
     fn the_active_color_is_the_enabled_server_of_each_app_backend() {
-        let cfg = "frontend fe\n    bind :80\nbackend prod_backend\n    server blue-0bd3e563b2 a:1 check disabled\n    server green-e97b91f010 b:1 check\nbackend staging_web\n    server blue-7c9e1b3d5f c:1 check\nbackend staging_api\n    server green-1 d:1 check disabled\nbackend default_503\nbackend forgejo\n    server s1 e:1 check\n";
+        let cfg = "frontend fe\n    bind :80\nbackend prod_backend\n    server blue-0bd3e563b2 a:1 check disabled\n    server green-e97b91f010 b:1 check\nbackend staging_web\n    server blue-7c9e1b3d5f c:1 check\n    server green-8d0c2e4a6b c:2 check weight 0\nbackend staging_api\n    server green-1 d:1 check disabled\nbackend default_503\nbackend forgejo\n    server s1 e:1 check\n";
         let edge = LiveEdge::from_config(cfg.to_string());
         let key = |e: &str, a: &str| (e.to_string(), a.to_string());
         let want = BTreeMap::from([
@@ -297,7 +305,7 @@ mod tests {
                 [&[Blue], &[Green], &[Green], &[Blue]],
             ),
             (
-                "the idle color listed but disabled or backup; .incus and bare names",
+                "the idle color listed but disabled, weight 0 or backup; .incus and bare names",
                 vec![
                     (
                         "prod_backend_api",
@@ -307,8 +315,12 @@ mod tests {
                         "prod_web_pool",
                         "    server b veza-web-blue:8081 check backup\n    server g veza-web-green:8081 check\n",
                     ),
+                    (
+                        "staging_backend_api",
+                        "    server b veza-staging-backend-blue:8080 check weight 0\n    server g veza-staging-backend-green:8080 check weight 1\n",
+                    ),
                 ],
-                [&[Blue], &[Green], &[], &[]],
+                [&[Blue], &[Green], &[Green], &[]],
             ),
             (
                 "both colors enabled, and an app with no server at all",

@@ -316,7 +316,7 @@ pub struct ServerSummary {
     pub color: Option<Color>,
     /// The full release, for app backends.
     pub release: Option<String>,
-    /// `false` when the server is rendered `disabled` (the standby color).
+    /// `false` for the standby color (rendered `weight 0`: checked, never routed to).
     pub enabled: bool,
 }
 

@@ -95,7 +95,9 @@ struct AppBackend {
 struct ServerCtx {
     name: String,
     address: String,
-    disabled: bool,
+    /// The idle color: health-checked by HAProxy but given no traffic (`weight 0`, no
+    /// persistence cookie), so its checks are current when it is promoted.
+    standby: bool,
 }
 
 #[derive(Serialize)]
@@ -287,7 +289,7 @@ pub fn render_edge(envs: &[EdgeEnv], settings: &EdgeSettings) -> Result<Rendered
                 servers.push(ServerCtx {
                     name: server.clone(),
                     address: slot.address.clone(),
-                    disabled: !enabled,
+                    standby: !enabled,
                 });
                 server_summaries.push(ServerSummary {
                     name: server,
@@ -371,7 +373,7 @@ pub fn render_edge(envs: &[EdgeEnv], settings: &EdgeSettings) -> Result<Rendered
             servers.push(ServerCtx {
                 name: server.clone(),
                 address: address.clone(),
-                disabled: false,
+                standby: false,
             });
             server_summaries.push(ServerSummary {
                 name: server,
