@@ -844,6 +844,81 @@ fn sticky_cookies_do_not_leak_across_environments() {
     assert!(r.body.contains("no site is served under this host name"), "{}", r.body);
 }
 
+/// A standby HAProxy still holds DOWN (a slot started moments ago: its checks have not
+/// caught up) is promoted once the health gate proved it healthy: it serves from the
+/// first request, because its stale state line is not carried into the new worker. With
+/// a 60 s check interval and rise 3, HAProxy alone would need minutes to see it up.
+#[test]
+fn a_promoted_standby_haproxy_still_holds_down_serves_from_the_first_request() {
+    let (blue, green) = (Backend::start("blue"), Backend::start("green"));
+    green.set_healthy(false);
+    let port = free_port();
+    let render = |active: Color, s: &EdgeSettings, inter: &str| {
+        let mut r = render_edge(&demo_env(port, &blue, &green, active), s).unwrap();
+        r.config = r.config.replace("inter 1s fall 2 rise 1", inter);
+        r
+    };
+    let edge = Edge::start(|s| render(Color::Blue, s, "inter 200ms fall 1 rise 1"));
+    edge.wait_status(
+        "demo_hello",
+        "green-2222222222",
+        &ServerStatus::Down,
+        Duration::from_secs(10),
+    );
+    // Slow checks from now on; the state (green DOWN) carries over this reload.
+    let slow = "inter 60s fall 2 rise 3";
+    edge.install(&render(Color::Blue, &edge.settings, slow).config).unwrap();
+    edge.wait_status(
+        "demo_hello",
+        "green-2222222222",
+        &ServerStatus::Down,
+        Duration::from_secs(10),
+    );
+    green.set_healthy(true);
+
+    let running = AtomicBool::new(true);
+    let (served, report) = std::thread::scope(|scope| {
+        let looper = scope.spawn(|| {
+            let mut served: BTreeMap<String, usize> = BTreeMap::new();
+            // Bounded: stops when the switch is done, or after 2000 requests.
+            for _ in 0..2000 {
+                let got = match get(port, "demo.localhost", "/", None, Duration::from_secs(2)) {
+                    Ok(r) if r.status == 200 => r.body.trim().to_string(),
+                    Ok(r) => format!("HTTP {}", r.status),
+                    Err(e) => e,
+                };
+                *served.entry(got).or_default() += 1;
+                if !running.load(Ordering::SeqCst) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            served
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        let out = edge.install(&render(Color::Green, &edge.settings, slow).config).unwrap();
+        // Requests right after the switch, still inside the loop.
+        std::thread::sleep(Duration::from_millis(300));
+        running.store(false, Ordering::SeqCst);
+        (looper.join().unwrap(), out)
+    });
+    let InstallOutcome::Installed(report) = report else { panic!("{report:?}") };
+    let failed: usize = served
+        .iter()
+        .filter(|(k, _)| !matches!(k.as_str(), "blue" | "green"))
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(failed, 0, "requests during the switch: {served:?}\n{}", edge.haproxy.log());
+    assert!(served.get("green").copied().unwrap_or(0) > 0, "{served:?}");
+    let dropped: Vec<_> =
+        report.dropped_state.iter().map(|d| (d.server.as_str(), d.reason)).collect();
+    assert_eq!(dropped, [("green-2222222222", veza_host::haproxy::parse::DropReason::Enabled)]);
+    for _ in 0..5 {
+        let r = get(port, "demo.localhost", "/", None, Duration::from_secs(2)).unwrap();
+        assert_eq!((r.status, r.body.as_str()), (200, "green\n"));
+    }
+}
+
 #[test]
 fn health_of_real_servers_is_observed() {
     let (blue, green) = (Backend::start("blue"), Backend::start("green"));

@@ -263,6 +263,9 @@ pub struct ServerStateRow {
     pub since_last_change: u64,
     /// `srv_check_result`: 0 unknown, 1 neutral, 2 failed, 3 passed, 4 condpass.
     pub check_result: u32,
+    /// `srv_iweight`: the weight the loaded config gave it (0 for the standby color);
+    /// `None` when the dump has no such column.
+    pub config_weight: Option<u32>,
 }
 
 /// A parsed `show servers state` dump.
@@ -359,6 +362,7 @@ pub fn parse_servers_state(text: &str) -> Result<ServersState, ParseError> {
             admin: AdminState(u32::try_from(num("srv_admin_state")?).unwrap_or(u32::MAX)),
             since_last_change: num("srv_time_since_last_change")?,
             check_result: u32::try_from(num("srv_check_result")?).unwrap_or(0),
+            config_weight: layout.get(&words, "srv_iweight").and_then(|w| w.parse().ok()),
         });
     }
     Ok(ServersState { version, rows })

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use veza_model::live::ConfigServer;
 
-use super::{ParseError, ServerStateRow, parse_servers_state, state_lines};
+use super::{OpState, ParseError, ServerStateRow, parse_servers_state, state_lines};
 
 /// Why a state line was left out of the state file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -15,8 +15,11 @@ pub enum DropReason {
     NotInConfig,
     /// The config gives it another address or port; the state file would pin the old one.
     AddressChanged,
-    /// The config enables a server that was `disabled`: its stored state is "down in
-    /// maintenance", which would make it wait `rise` checks before taking traffic.
+    /// The config gives traffic to a server that had none and that HAProxy does not hold
+    /// up: a `disabled` one (stored "down in maintenance"), or a `weight 0` standby its
+    /// checks have not (yet) seen up, e.g. a slot started moments ago, which the health
+    /// gate just proved healthy. Its stored state would make it wait `rise` checks before
+    /// taking traffic, with nothing else to serve.
     Enabled,
 }
 
@@ -45,10 +48,12 @@ pub struct PrunedState {
 pub const EMPTY_STATE_FILE: &str = "1\n# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight srv_iweight srv_time_since_last_change srv_check_status srv_check_result srv_check_health srv_check_state srv_agent_state bk_f_forced_id srv_f_forced_id srv_fqdn srv_port srvrecord srv_use_ssl srv_check_port srv_check_addr srv_agent_addr srv_agent_port\n";
 
 /// Keeps the lines of a `show servers state` dump that may safely be applied to the new
-/// config: health and runtime maintenance continuity for servers that keep their name,
-/// address and enabled state. Lines the new config does not know, whose address or port
-/// changed, or that the config switches from `disabled` to enabled are dropped, so those
-/// servers start from the config (enabled servers start up and are checked at once).
+/// config: health and runtime maintenance continuity for servers that keep their name and
+/// address (a promoted `weight 0` standby HAProxy holds up keeps its state and serves at
+/// once; HAProxy takes the new weight from the config, since it changed there). Lines
+/// the new config does not know, whose address or port changed, or that the config gives
+/// traffic while they are not up ([`DropReason::Enabled`]) are dropped, so those servers
+/// start from the config (enabled servers start up and are checked at once).
 /// An empty dump gives [`EMPTY_STATE_FILE`].
 pub fn prune_servers_state(
     dump: &str,
@@ -72,6 +77,13 @@ pub fn prune_servers_state(
             None => Some(DropReason::NotInConfig),
             Some(e) if !same_address(row, &e.address) => Some(DropReason::AddressChanged),
             Some(e) if e.enabled && row.admin.config_maintenance() => Some(DropReason::Enabled),
+            Some(e)
+                if e.enabled
+                    && row.config_weight == Some(0)
+                    && row.op_state != OpState::Running =>
+            {
+                Some(DropReason::Enabled)
+            }
             Some(_) => None,
         };
         match reason {

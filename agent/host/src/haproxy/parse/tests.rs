@@ -220,3 +220,65 @@ fn prune_keeps_continuity_and_drops_what_would_be_stale() {
     assert_eq!(p.text, EMPTY_STATE_FILE);
     assert!(parse_servers_state(EMPTY_STATE_FILE).unwrap().rows.is_empty());
 }
+
+/// A dump of the edge as the agent renders it: the standby color is `weight 0`
+/// (`srv_iweight` 0) and checked. `be_app`: blue serves, green is an UP standby.
+/// `be_new`: blue serves but is DOWN, green is a standby started moments ago (DOWN).
+const STATE_WEIGHTS: &str = "1
+# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight srv_iweight srv_time_since_last_change srv_check_status srv_check_result srv_check_health srv_check_state srv_agent_state bk_f_forced_id srv_f_forced_id srv_fqdn srv_port srvrecord srv_use_ssl srv_check_port srv_check_addr srv_agent_addr srv_agent_port
+3 be_app 1 blue 127.0.0.1 2 0 1 1 44 15 3 3 6 0 0 0 - 18101 - 0 0 - - 0
+3 be_app 2 green 127.0.0.1 2 0 0 0 44 15 3 3 6 0 0 0 - 18102 - 0 0 - - 0
+4 be_new 1 blue 127.0.0.1 0 0 1 1 9 11 2 0 6 0 0 0 - 18201 - 0 0 - - 0
+4 be_new 2 green 127.0.0.1 0 0 0 0 2 11 2 0 6 0 0 0 - 18202 - 0 0 - - 0
+";
+
+#[test]
+fn a_promoted_standby_keeps_its_state_only_when_haproxy_holds_it_up() {
+    let server = |backend: &str, srv: &str, port: u16, enabled: bool| ConfigServer {
+        backend: backend.into(),
+        server: srv.into(),
+        address: format!("127.0.0.1:{port}"),
+        enabled,
+        backup: false,
+    };
+    let (blue_app, green_app, blue_new, green_new) = (
+        |on| server("be_app", "blue", 18101, on),
+        |on| server("be_app", "green", 18102, on),
+        |on| server("be_new", "blue", 18201, on),
+        |on| server("be_new", "green", 18202, on),
+    );
+    // (case, the new config's servers, dropped (backend/server))
+    type Case = (&'static str, Vec<ConfigServer>, Vec<&'static str>);
+    let cases: Vec<Case> = vec![
+        (
+            "same config: everything kept, a DOWN active server stays DOWN",
+            vec![blue_app(true), green_app(false), blue_new(true), green_new(false)],
+            vec![],
+        ),
+        (
+            "promote the UP standby: its state (UP, checks passed) carries over",
+            vec![blue_app(false), green_app(true), blue_new(true), green_new(false)],
+            vec![],
+        ),
+        (
+            "promote a standby HAProxy has not seen up: it starts from the config",
+            vec![blue_app(true), green_app(false), blue_new(false), green_new(true)],
+            vec!["be_new/green"],
+        ),
+    ];
+    for (case, servers, dropped) in cases {
+        let p = prune_servers_state(STATE_WEIGHTS, &servers).unwrap();
+        let got: Vec<String> = p
+            .dropped
+            .iter()
+            .inspect(|d| assert_eq!(d.reason, DropReason::Enabled, "{case}"))
+            .map(|d| format!("{}/{}", d.backend, d.server))
+            .collect();
+        assert_eq!(got, dropped, "{case}");
+        let kept = parse_servers_state(&p.text).unwrap().rows.len();
+        assert_eq!(kept, 4 - dropped.len(), "{case}");
+    }
+    let rows = parse_servers_state(STATE_WEIGHTS).unwrap().rows;
+    let weights: Vec<Option<u32>> = rows.iter().map(|r| r.config_weight).collect();
+    assert_eq!(weights, [Some(1), Some(0), Some(1), Some(0)]);
+}
