@@ -6,11 +6,11 @@
 //! failure at each stage means for the host (keep the last good state) and for the
 //! record (`rejected`, `failed`, `rolled-back`, quarantine).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use veza_host::apply::{ApplyOutcome, ApplyReport, Drivers, Gates, Hooks, apply};
 use veza_host::artifact::ArtifactStore;
 use veza_host::incus::IncusClient;
@@ -28,16 +28,20 @@ mod accept;
 mod adopt;
 mod feedback;
 mod hooks;
+mod load;
 mod observe;
 mod preview;
+mod summary;
 mod warm;
 mod windows;
 
 pub use accept::{Source, SourceProblem};
 pub use adopt::AdoptionReport;
 use hooks::{JournalHooks, NewerCommit};
+pub use load::load_config;
 use observe::failing_jobs;
 pub use preview::preview_line;
+pub use summary::{Laps, SyncSummary, describe_stages};
 pub use warm::Warm;
 pub use windows::{Windows, waiting_reason};
 
@@ -45,87 +49,6 @@ pub use windows::{Windows, waiting_reason};
 /// the state directory does not reopen rollback.
 pub fn high_water_key(host: &str) -> String {
     format!("user.veza-agent.applied.{host}")
-}
-
-/// What a sync did, for the caller (exit codes, `sync` replies, logs).
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct SyncSummary {
-    /// Outcome.
-    pub outcome: Outcome,
-    /// The commit worked on.
-    pub commit: Option<String>,
-    /// Why, when not applied or no-change.
-    pub reason: Option<String>,
-    /// Steps executed.
-    pub steps: usize,
-    /// Wall time in milliseconds.
-    pub duration_ms: u64,
-    /// A newer commit preempted this run: sync again at once.
-    #[serde(default)]
-    pub preempted: bool,
-    /// What the plan refused to do (`resource: reason`): the run is not clean even when
-    /// everything else applied.
-    #[serde(default)]
-    pub refusals: Vec<String>,
-    /// Where the time went, stage by stage, in microseconds (`sync --json`, the daemon's
-    /// debug log, the bench).
-    #[serde(default)]
-    pub stages_us: Vec<(String, u64)>,
-}
-
-/// Laps of one sync: each stage's wall time, in order.
-#[derive(Debug)]
-pub struct Laps {
-    last: Instant,
-    done: Vec<(String, u64)>,
-}
-
-impl Laps {
-    /// Starts timing now.
-    pub fn start() -> Laps {
-        Laps { last: Instant::now(), done: Vec::new() }
-    }
-
-    /// Ends the stage `name` now (the next one starts).
-    pub fn lap(&mut self, name: &str) {
-        let now = Instant::now();
-        self.done.push((name.to_string(), now.duration_since(self.last).as_micros() as u64));
-        self.last = now;
-    }
-
-    /// The stages so far.
-    pub fn into_stages(self) -> Vec<(String, u64)> {
-        self.done
-    }
-}
-
-/// `fetch 2.1 ms, accept 0.4 ms, …` for a log line.
-pub fn describe_stages(stages: &[(String, u64)]) -> String {
-    stages
-        .iter()
-        .map(|(name, us)| format!("{name} {:.1} ms", *us as f64 / 1000.0))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-impl std::fmt::Display for SyncSummary {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.outcome.as_str())?;
-        if let Some(c) = &self.commit {
-            write!(f, " {}", &c[..c.len().min(12)])?;
-        }
-        write!(f, " ({} steps, {} ms)", self.steps, self.duration_ms)?;
-        if let Some(r) = &self.reason {
-            write!(f, ": {r}")?;
-        }
-        if !self.refusals.is_empty() {
-            write!(f, "; {} refused (not done):", self.refusals.len())?;
-            for r in &self.refusals {
-                write!(f, "\n  refused: {r}")?;
-            }
-        }
-        Ok(())
-    }
 }
 
 /// What a verified revision would do on this host (see [`Agent::plan_for`]).
@@ -190,30 +113,6 @@ struct Reading {
 }
 
 impl Agent {
-    /// Loads the configuration and connects nothing yet.
-    pub fn load(config_path: &Path) -> Result<Agent> {
-        let config = load_config(config_path)?;
-        let incus = match (
-            &config.incus.endpoint,
-            &config.incus.client_cert,
-            &config.incus.client_key,
-            &config.incus.server_cert,
-        ) {
-            (Some(url), Some(cert), Some(key), Some(server)) => IncusClient::new(
-                veza_host::incus::Transport::Https {
-                    url: url.clone(),
-                    client_cert: cert.into(),
-                    client_key: key.into(),
-                    server_cert: server.into(),
-                },
-                veza_host::incus::ClientOptions::default(),
-            ),
-            _ => IncusClient::unix(config.incus_socket()),
-        };
-        let cluster = crate::cluster::ClusterLease::new(&config);
-        Ok(Agent { config, config_path: config_path.to_path_buf(), incus, warm: None, cluster })
-    }
-
     /// Keeps observations between syncs, driven by Incus's event stream (the daemon; a
     /// remote incusd over HTTPS has no event feed here, so every poll reads everything).
     pub fn keep_warm(&mut self) {
@@ -695,17 +594,4 @@ pub fn not_applied_because(
         }
         (None, Mode::Apply) => None,
     }
-}
-
-/// Reads and validates the host configuration.
-pub fn load_config(path: &Path) -> Result<HostConfig> {
-    let bytes = std::fs::read(path)
-        .with_context(|| format!("cannot read configuration `{}`", path.display()))?;
-    veza_model::config::parse_config(&bytes).map_err(|problems| {
-        let text: Vec<String> = problems
-            .iter()
-            .map(|d| format!("{}:{}: error: {}", path.display(), d.pos, d.message))
-            .collect();
-        anyhow::anyhow!("invalid configuration:\n{}", text.join("\n"))
-    })
 }
