@@ -39,16 +39,7 @@ impl IncusClient {
             }
             let mut config = inst.config.clone();
             config.extend(marks.clone());
-            let body = json!({
-                "architecture": inst.architecture,
-                "config": config,
-                "devices": inst.devices,
-                "ephemeral": inst.ephemeral,
-                "profiles": inst.profiles,
-                "stateful": inst.stateful,
-                "description": inst.description,
-            });
-            Ok(Some((body, etag)))
+            Ok(Some((inst.put_body(&config, &inst.devices, &inst.profiles), etag)))
         })
         .await
     }

@@ -169,16 +169,8 @@ impl Incus for IncusClient {
             if instance_matches(&live, update) {
                 return Ok(None);
             }
-            let body = json!({
-                "architecture": inst.architecture,
-                "config": merged_put_config(&inst.config, &update.config),
-                "devices": update.devices,
-                "ephemeral": inst.ephemeral,
-                "profiles": update.profiles,
-                "stateful": inst.stateful,
-                "description": inst.description,
-            });
-            Ok(Some((body, etag)))
+            let config = merged_put_config(&inst.config, &update.config);
+            Ok(Some((inst.put_body(&config, &update.devices, &update.profiles), etag)))
         })
         .await
     }
