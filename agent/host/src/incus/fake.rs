@@ -46,12 +46,6 @@ impl From<&str> for FailOn {
     }
 }
 
-impl From<String> for FailOn {
-    fn from(s: String) -> Self {
-        FailOn::Matching(s)
-    }
-}
-
 #[derive(Debug, Default)]
 struct State {
     live: LiveState,
