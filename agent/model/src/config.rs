@@ -293,18 +293,12 @@ impl std::fmt::Display for ByteSize {
     }
 }
 
-impl JsonSchema for ByteSize {
-    fn schema_name() -> std::borrow::Cow<'static, str> {
-        "ByteSize".into()
-    }
-    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-        schemars::json_schema!({
-            "type": "string",
-            "pattern": "^[0-9]+(B|KiB|MiB|GiB|TiB)$",
-            "description": "A size: a number and a unit (B, KiB, MiB, GiB, TiB), e.g. `512MiB`.",
-        })
-    }
-}
+crate::manifest::string_schema!(
+    ByteSize,
+    "ByteSize",
+    pattern: "^[0-9]+(B|KiB|MiB|GiB|TiB)$",
+    "A size: a number and a unit (B, KiB, MiB, GiB, TiB), e.g. `512MiB`."
+);
 
 /// Promotion gates.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, JsonSchema)]
