@@ -513,7 +513,9 @@ pub fn is_loopback_url(url: &str) -> bool {
 mod tests {
     use super::*;
 
-    const GOOD: &str = "host: r720\nsource:\n  remotes: [https://forge.example/veza/manifests.git]\n  manifests: [manifests/prod.yaml]\ntrust:\n  allowed_signers: /etc/veza-agent/allowed_signers\n";
+    /// The smallest valid host configuration; the tests of `cluster` and `feedback`
+    /// extend it too.
+    pub(super) const GOOD: &str = "host: r720\nsource:\n  remotes: [https://forge.example/veza/manifests.git]\n  manifests: [manifests/prod.yaml]\ntrust:\n  allowed_signers: /etc/veza-agent/allowed_signers\n";
 
     #[test]
     fn a_minimal_config_gets_defaults() {
