@@ -540,8 +540,9 @@ impl DemoEdge {
     fn start() -> DemoEdge {
         let (blue, green) = (Backend::start("blue"), Backend::start("green"));
         let port = free_port();
-        let edge =
-            Edge::start(|s| render_edge(&demo_env(port, &blue, &green, Color::Blue), s).unwrap());
+        let edge = Edge::start(|s| {
+            render_edge(&demo_env(port, &blue, &green, Color::Blue), s).expect("the demo renders")
+        });
         DemoEdge { blue, green, port, edge }
     }
 }
