@@ -218,6 +218,11 @@ fn rendering_is_deterministic_and_independent_of_input_order() {
     );
 }
 
+/// An environment like the first of `envs`, named `name`, on the host `name.localhost`.
+fn another_env(envs: &[EdgeEnv], name: &str) -> EdgeEnv {
+    EdgeEnv { name: name.into(), hosts: vec![format!("{name}.localhost")], ..envs[0].clone() }
+}
+
 #[test]
 fn render_errors_name_the_problem() {
     let base = envs_from(&shipped(&["manifests/examples/minimal.yaml"]), &[]);
@@ -251,9 +256,7 @@ fn render_errors_name_the_problem() {
         (
             "listen conflict",
             |e| {
-                let mut other = e[0].clone();
-                other.name = "other".into();
-                other.hosts = vec!["other.localhost".into()];
+                let mut other = another_env(e, "other");
                 other.listen = Some(("127.0.0.1:9".into(), None));
                 e.push(other);
             },
@@ -262,9 +265,7 @@ fn render_errors_name_the_problem() {
         (
             "backend name collision",
             |e| {
-                let mut other = e[0].clone();
-                other.name = "ext".into();
-                other.hosts = vec!["ext.localhost".into()];
+                let mut other = another_env(e, "ext");
                 other.apps = BTreeMap::from([("forgejo".into(), e[0].apps["hello"].clone())]);
                 other.routes[0].app = "forgejo".into();
                 other.external_backends.insert(
@@ -526,6 +527,26 @@ fn demo_env(listen: u16, blue: &Backend, green: &Backend, active: Color) -> Vec<
     envs_from(&[("demo.yaml".into(), yaml.into_bytes())], &[])
 }
 
+/// The demo environment on an edge of its own: both colors' backends running, the edge
+/// on `port` serving blue.
+struct DemoEdge {
+    blue: Backend,
+    green: Backend,
+    port: u16,
+    edge: Edge,
+}
+
+impl DemoEdge {
+    fn start() -> DemoEdge {
+        let (blue, green) = (Backend::start("blue"), Backend::start("green"));
+        let port = free_port();
+        let edge = Edge::start(|s| {
+            render_edge(&demo_env(port, &blue, &green, Color::Blue), s).expect("the demo renders")
+        });
+        DemoEdge { blue, green, port, edge }
+    }
+}
+
 fn free_port() -> u16 {
     veza_testkit::free_port().expect("a free port")
 }
@@ -643,10 +664,7 @@ fn color_switch_under_load_drops_no_request() {
 
 #[test]
 fn invalid_config_is_rejected_and_the_old_one_keeps_serving() {
-    let (blue, green) = (Backend::start("blue"), Backend::start("green"));
-    let port = free_port();
-    let edge =
-        Edge::start(|s| render_edge(&demo_env(port, &blue, &green, Color::Blue), s).unwrap());
+    let DemoEdge { blue, green, port, edge } = DemoEdge::start();
     let live_before = std::fs::read(&edge.paths.config).unwrap();
     let good =
         render_edge(&demo_env(port, &blue, &green, Color::Green), &edge.settings).unwrap().config;
@@ -718,10 +736,7 @@ impl EdgeRuntime for KillMasterOnReload<'_> {
 #[test]
 fn kill_9_of_the_master_mid_reload_leaves_a_valid_config() {
     for before_sending in [true, false] {
-        let (blue, green) = (Backend::start("blue"), Backend::start("green"));
-        let port = free_port();
-        let edge =
-            Edge::start(|s| render_edge(&demo_env(port, &blue, &green, Color::Blue), s).unwrap());
+        let DemoEdge { blue, green, port, edge } = DemoEdge::start();
         let master_pid = edge.haproxy.pid();
         let new = render_edge(&demo_env(port, &blue, &green, Color::Green), &edge.settings)
             .unwrap()
@@ -921,10 +936,7 @@ fn a_promoted_standby_haproxy_still_holds_down_serves_from_the_first_request() {
 
 #[test]
 fn health_of_real_servers_is_observed() {
-    let (blue, green) = (Backend::start("blue"), Backend::start("green"));
-    let port = free_port();
-    let edge =
-        Edge::start(|s| render_edge(&demo_env(port, &blue, &green, Color::Blue), s).unwrap());
+    let DemoEdge { blue, green: _green, port, edge } = DemoEdge::start();
     let (b, g) = ("blue-1111111111", "green-2222222222");
     edge.wait_status("demo_hello", b, &ServerStatus::Up, Duration::from_secs(10));
     let stat = parse_show_stat(&edge.runtime.master("@1 show stat").unwrap()).unwrap();
@@ -962,10 +974,7 @@ fn health_of_real_servers_is_observed() {
 /// Render + validate + reload, ten times, alternating colors: prints the medians.
 #[test]
 fn bench_render_validate_reload() {
-    let (blue, green) = (Backend::start("blue"), Backend::start("green"));
-    let port = free_port();
-    let edge =
-        Edge::start(|s| render_edge(&demo_env(port, &blue, &green, Color::Blue), s).unwrap());
+    let DemoEdge { blue, green, port, edge } = DemoEdge::start();
     let prod_staging = envs_from(&shipped(&["manifests/prod.yaml", "manifests/staging.yaml"]), &[]);
     let mut render_demo = Vec::new();
     let mut render_full = Vec::new();

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use veza_source::fetch::{FetchOptions, Mirror, ObjectId};
 use veza_source::policy::{Policy, collect_approvals};
-use veza_source::{AllowedSigners, FetchError, VerifyError, verify_commit};
+use veza_source::{AllowedSigners, FetchError, ObjectKind, VerifyError, verify_object};
 use veza_testkit::http::{Fault, GitHttpServer, refused_url};
 use veza_testkit::repo::{RepoBuilder, SigningKey, allowed_signers_line, git_verify, noise};
 
@@ -283,7 +283,7 @@ fn run_table(url: &str, mirror_dir: &Path) {
         assert_eq!(fetched.tip, oid(&case.commit), "{branch}");
         assert!(fetched.failures.is_empty());
         let raw = mirror.raw_commit(fetched.tip).expect("run_table");
-        case.expect.check(case.name, &verify_commit(&raw, &w.signers, now()));
+        case.expect.check(case.name, &verify_object(ObjectKind::Commit, &raw, &w.signers, now()));
     }
 }
 
@@ -311,8 +311,12 @@ fn git_verify_commit_agrees_except_for_the_extra_header() {
         let Some(git_good) = case.git_good else { continue };
         let git = git_verify(w.repo.bare(), &w.signers_file, &case.commit, false).unwrap();
         assert_eq!(git.good, git_good, "case {}: git said {}", case.name, git.output);
-        let ours =
-            verify_commit(&w.repo.raw_object("commit", &case.commit).unwrap(), &w.signers, now());
+        let ours = verify_object(
+            ObjectKind::Commit,
+            &w.repo.raw_object("commit", &case.commit).unwrap(),
+            &w.signers,
+            now(),
+        );
         if case.name == "extra-gpgsig-sha256" {
             assert!(git.good && ours.is_err(), "the known exception: git Good, agent refuses");
             continue;
@@ -339,7 +343,7 @@ fn git_verify_commit_agrees_except_for_the_extra_header() {
     assert!(git.good, "{}", git.output);
     let raw = w.repo.raw_object("tag", &w.tag_v1).unwrap();
     assert_eq!(
-        veza_source::verify_tag(&raw, &w.signers, now()).unwrap().principal,
+        veza_source::verify_object(ObjectKind::Tag, &raw, &w.signers, now()).unwrap().principal,
         "alice@example.com"
     );
 }
@@ -510,7 +514,15 @@ fn force_push_back_to_an_older_signed_commit_is_refused() {
     let fetched = mirror.fetch(std::slice::from_ref(&url), &opts).unwrap();
     assert_eq!(fetched.tip, oid(&a), "the mirror follows the force-push");
     // A is validly signed, yet it is not a descendant of B: refused.
-    assert!(verify_commit(&mirror.raw_commit(fetched.tip).unwrap(), &s.signers, now()).is_ok());
+    assert!(
+        verify_object(
+            ObjectKind::Commit,
+            &mirror.raw_commit(fetched.tip).unwrap(),
+            &s.signers,
+            now()
+        )
+        .is_ok()
+    );
     assert!(!mirror.is_descendant(oid(&a), oid(&b), 1000).unwrap());
     let (code, stdout, stderr) = verify_cli(&url, "main", &s.signers_file, &["--after", &b]);
     assert_eq!(code, Some(1), "{stdout}");
@@ -605,7 +617,7 @@ rules:
 
     let evaluate = |mirror: &Mirror| {
         let raw = mirror.raw_commit(tip).unwrap();
-        let verdict = verify_commit(&raw, &s.signers, now()).unwrap();
+        let verdict = verify_object(ObjectKind::Commit, &raw, &s.signers, now()).unwrap();
         let tags = mirror.tags_pointing_at(tip, 100).unwrap();
         let (approvals, ignored) = collect_approvals(
             &merge,

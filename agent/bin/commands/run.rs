@@ -480,6 +480,19 @@ mod tests {
         stop: Arc<AtomicBool>,
     }
 
+    /// A `sync` request (`run_now_by`: a `sync --now` by whom) sent `after` the loop
+    /// started; its answer and when it came.
+    async fn request_at(
+        handles: Handles,
+        after: Duration,
+        run_now_by: Option<String>,
+    ) -> (SyncSummary, tokio::time::Instant) {
+        tokio::time::sleep(after).await;
+        let (reply, rx) = oneshot::channel();
+        handles.requests.send(Waiter { reply, run_now_by }).await.expect("the loop listens");
+        (rx.await.expect("answered"), tokio::time::Instant::now())
+    }
+
     fn loop_inputs(max_syncs: Option<u64>) -> (Inputs, Handles) {
         let (requests_tx, requests) = mpsc::channel(4);
         let (reloads_tx, reloads) = mpsc::channel(4);
@@ -524,14 +537,8 @@ mod tests {
     async fn a_sync_request_is_answered_by_the_next_sync_without_waiting_for_the_poll() {
         let mut cycle = Scripted::new(Duration::from_secs(3600), &[]);
         let (inputs, handles) = loop_inputs(Some(2));
-        let (tx, rx) = oneshot::channel();
-        let asked = async move {
-            tokio::time::sleep(Duration::from_secs(10)).await;
-            let w = Waiter { reply: tx, run_now_by: None };
-            handles.requests.send(w).await.expect("the loop listens");
-            rx.await.expect("answered")
-        };
-        let ((), answer) = tokio::join!(drive(&mut cycle, inputs, full_jitter), asked);
+        let asked = request_at(handles, Duration::from_secs(10), None);
+        let ((), (answer, _)) = tokio::join!(drive(&mut cycle, inputs, full_jitter), asked);
         assert_eq!(answer.outcome, veza_state::Outcome::NoChange);
         assert_eq!(cycle.seconds(), [0, 10]);
     }
@@ -545,14 +552,7 @@ mod tests {
             Scripted::new(Duration::from_secs(60), &[(NoChange, true), (Applied, false)]);
         cycle.after_takes = Duration::from_secs(30);
         let (inputs, handles) = loop_inputs(Some(3));
-        let (tx, rx) = oneshot::channel();
-        let asked = async move {
-            tokio::time::sleep(Duration::from_secs(50)).await;
-            let w = Waiter { reply: tx, run_now_by: None };
-            handles.requests.send(w).await.expect("the loop listens");
-            let answer = rx.await.expect("answered");
-            (answer, tokio::time::Instant::now())
-        };
+        let asked = request_at(handles, Duration::from_secs(50), None);
         let started = tokio::time::Instant::now();
         let ((), (answer, answered_at)) =
             tokio::join!(drive(&mut cycle, inputs, full_jitter), asked);
@@ -569,13 +569,7 @@ mod tests {
     async fn a_sync_now_request_overrides_windows_for_the_sync_that_answers_it() {
         let mut cycle = Scripted::new(Duration::from_secs(60), &[]);
         let (inputs, handles) = loop_inputs(Some(3));
-        let (tx, rx) = oneshot::channel();
-        let asked = async move {
-            tokio::time::sleep(Duration::from_secs(10)).await;
-            let w = Waiter { reply: tx, run_now_by: Some("alice".into()) };
-            handles.requests.send(w).await.expect("the loop listens");
-            rx.await.expect("answered")
-        };
+        let asked = request_at(handles, Duration::from_secs(10), Some("alice".into()));
         let ((), _) = tokio::join!(drive(&mut cycle, inputs, full_jitter), asked);
         assert_eq!(cycle.seconds(), [0, 10, 73]);
         assert_eq!(cycle.run_now_by, [None, Some("alice".to_string()), None]);

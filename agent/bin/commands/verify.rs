@@ -18,7 +18,7 @@ use std::time::Duration;
 use veza_source::accept::descends_from;
 use veza_source::fetch::{Mirror, ObjectId, ObjectType};
 use veza_source::object::{committer_time, parse_tag};
-use veza_source::{AllowedSigners, ObjectKind, Refusal, verify_commit, verify_tag};
+use veza_source::{AllowedSigners, ObjectKind, Refusal, verify_object};
 
 /// Arguments of `verify`.
 #[derive(Debug, clap::Args)]
@@ -164,11 +164,8 @@ fn verify(args: &VerifyArgs) -> Result<String, Failure> {
         })?,
     };
 
-    let verdict = match object_kind {
-        ObjectKind::Commit => verify_commit(&raw, &signers, verify_time),
-        ObjectKind::Tag => verify_tag(&raw, &signers, verify_time),
-    }
-    .map_err(|e| Failure::Rejected(format!("{object_kind} {id}: {e}")))?;
+    let verdict = verify_object(object_kind, &raw, &signers, verify_time)
+        .map_err(|e| Failure::Rejected(format!("{object_kind} {id}: {e}")))?;
 
     let what = match object_kind {
         ObjectKind::Commit => format!("commit {id}"),

@@ -11,7 +11,7 @@ use veza_plan::Step;
 use veza_plan::plan::Phase;
 use veza_source::accept::descends_from;
 use veza_source::fetch::{FetchOptions, Mirror};
-use veza_source::{AllowedSigners, Refusal, verify_commit};
+use veza_source::{AllowedSigners, ObjectKind, Refusal, verify_object};
 use veza_state::{Journal, Store};
 
 pub(super) struct JournalHooks<'a> {
@@ -90,7 +90,8 @@ fn preempts(
     now: i64,
     descends: impl FnOnce() -> Result<bool, String>,
 ) -> Result<(), String> {
-    verify_commit(raw_tip, signers, now).map_err(|e| Refusal::Signature.reason(&e.to_string()))?;
+    verify_object(ObjectKind::Commit, raw_tip, signers, now)
+        .map_err(|e| Refusal::Signature.reason(&e.to_string()))?;
     match descends() {
         Ok(true) => Ok(()),
         Ok(false) => Err("it does not descend from the commit being applied".to_string()),

@@ -293,18 +293,12 @@ impl std::fmt::Display for ByteSize {
     }
 }
 
-impl JsonSchema for ByteSize {
-    fn schema_name() -> std::borrow::Cow<'static, str> {
-        "ByteSize".into()
-    }
-    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-        schemars::json_schema!({
-            "type": "string",
-            "pattern": "^[0-9]+(B|KiB|MiB|GiB|TiB)$",
-            "description": "A size: a number and a unit (B, KiB, MiB, GiB, TiB), e.g. `512MiB`.",
-        })
-    }
-}
+crate::manifest::string_schema!(
+    ByteSize,
+    "ByteSize",
+    pattern: "^[0-9]+(B|KiB|MiB|GiB|TiB)$",
+    "A size: a number and a unit (B, KiB, MiB, GiB, TiB), e.g. `512MiB`."
+);
 
 /// Promotion gates.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, JsonSchema)]
@@ -519,7 +513,9 @@ pub fn is_loopback_url(url: &str) -> bool {
 mod tests {
     use super::*;
 
-    const GOOD: &str = "host: r720\nsource:\n  remotes: [https://forge.example/veza/manifests.git]\n  manifests: [manifests/prod.yaml]\ntrust:\n  allowed_signers: /etc/veza-agent/allowed_signers\n";
+    /// The smallest valid host configuration; the tests of `cluster` and `feedback`
+    /// extend it too.
+    pub(super) const GOOD: &str = "host: r720\nsource:\n  remotes: [https://forge.example/veza/manifests.git]\n  manifests: [manifests/prod.yaml]\ntrust:\n  allowed_signers: /etc/veza-agent/allowed_signers\n";
 
     #[test]
     fn a_minimal_config_gets_defaults() {

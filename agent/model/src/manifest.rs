@@ -16,6 +16,7 @@ mod maintenance;
 mod values;
 
 pub use maintenance::{Maintenance, Window, WindowStart};
+pub(crate) use values::string_schema;
 pub use values::{DurationSpec, Release, Sha256Hex};
 
 /// A whole manifest file: one environment on one host.

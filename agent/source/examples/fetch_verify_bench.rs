@@ -40,7 +40,12 @@ fn main() -> anyhow::Result<()> {
     let poll = |mirror: &mut Mirror, last: ObjectId| -> anyhow::Result<(ObjectId, usize)> {
         let tip = mirror.fetch(&url, &opts)?.tip;
         anyhow::ensure!(mirror.is_descendant(tip, last, 100_000)?, "not a descendant");
-        veza_source::verify_commit(&mirror.raw_commit(tip)?, &signers, now)?;
+        veza_source::verify_object(
+            veza_source::ObjectKind::Commit,
+            &mirror.raw_commit(tip)?,
+            &signers,
+            now,
+        )?;
         let changed =
             if tip == last { 0 } else { mirror.changed_paths(Some(last), tip, 100_000)?.len() };
         Ok((tip, changed))

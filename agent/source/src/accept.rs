@@ -15,7 +15,7 @@ use veza_secrets::{Ciphertext, Identities, SecretValue};
 
 use crate::fetch::{Mirror, ObjectId};
 use crate::policy::{Policy, collect_approvals};
-use crate::{AllowedSigners, FetchError, Refusal, verify_commit};
+use crate::{AllowedSigners, FetchError, ObjectKind, Refusal, verify_object};
 
 /// The longest ancestry walk from the tip to the last applied commit.
 pub const MAX_ANCESTRY_WALK: usize = 100_000;
@@ -156,7 +156,7 @@ pub fn accept(mirror: &Mirror, tip: ObjectId, a: &Acceptance<'_>) -> Result<Acce
     let signers = AllowedSigners::from_file(a.allowed_signers)
         .map_err(|e| reject(Refusal::TrustRoot, e.to_string()))?;
     let raw = mirror.raw_commit(tip).map_err(|e| reject(Refusal::Signature, e.to_string()))?;
-    let verdict = verify_commit(&raw, &signers, a.now)
+    let verdict = verify_object(ObjectKind::Commit, &raw, &signers, a.now)
         .map_err(|e| reject(Refusal::Signature, e.to_string()))?;
     let last = match a.base {
         Base::Descends(last) => {

@@ -24,7 +24,7 @@ pub use accept::{Acceptance, Accepted, Base, Rejected, SecretEntry, Secrets, acc
 pub use allowed_signers::AllowedSigners;
 pub use error::{AllowedSignersError, FetchError, ObjectKind, PolicyError, VerifyError};
 pub use refusal::Refusal;
-pub use verify::{Verdict, verify_commit, verify_tag};
+pub use verify::{Verdict, verify_object};
 
 #[cfg(test)]
 mod fuzz;

@@ -46,9 +46,9 @@ use veza_model::Manifest;
 use veza_model::capabilities::{Grants, Ungranted, check_grants, used_by_set};
 
 use crate::allowed_signers::{AllowedSigners, match_pattern};
-use crate::error::{PolicyError, VerifyError};
+use crate::error::{ObjectKind, PolicyError, VerifyError};
 use crate::object::{parse_tag, split_tag};
-use crate::verify::{Verdict, verify_tag};
+use crate::verify::{Verdict, verify_object};
 
 /// One path rule.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -330,7 +330,8 @@ fn check_approval_tag(
     verify_time: i64,
     approval_ref: Option<&str>,
 ) -> Result<Verdict, String> {
-    let verdict = verify_tag(raw, signers, verify_time).map_err(|e: VerifyError| e.to_string())?;
+    let verdict = verify_object(ObjectKind::Tag, raw, signers, verify_time)
+        .map_err(|e: VerifyError| e.to_string())?;
     let signed = split_tag(raw).map_err(|e| e.to_string())?;
     let info = parse_tag(&signed.payload).map_err(|e| e.to_string())?;
     if info.object_type != "commit" {

@@ -17,7 +17,7 @@
 
 use crate::allowed_signers::{AllowedSigners, Entry, Validity};
 use crate::error::{ObjectKind, VerifyError};
-use crate::object::{Signed, split_commit, split_tag};
+use crate::object::{split_commit, split_tag};
 use crate::sshsig::{PublicKey, SshSig};
 
 /// The SSHSIG namespace git uses for commits and tags.
@@ -38,33 +38,18 @@ pub struct Verdict {
     pub line: usize,
 }
 
-/// Verifies the SSH signature of a raw commit object.
-pub fn verify_commit(
-    raw: &[u8],
-    signers: &AllowedSigners,
-    verify_time: i64,
-) -> Result<Verdict, VerifyError> {
-    let signed = split_commit(raw)?;
-    verify_signed(ObjectKind::Commit, &signed, signers, verify_time)
-}
-
-/// Verifies the SSH signature of a raw annotated tag object.
-pub fn verify_tag(
-    raw: &[u8],
-    signers: &AllowedSigners,
-    verify_time: i64,
-) -> Result<Verdict, VerifyError> {
-    let signed = split_tag(raw)?;
-    verify_signed(ObjectKind::Tag, &signed, signers, verify_time)
-}
-
-/// Verifies an already split object (armor + payload) for namespace `git`.
-pub fn verify_signed(
+/// Verifies the SSH signature of a raw commit or annotated tag object (`kind`) for
+/// namespace `git`.
+pub fn verify_object(
     kind: ObjectKind,
-    signed: &Signed,
+    raw: &[u8],
     signers: &AllowedSigners,
     verify_time: i64,
 ) -> Result<Verdict, VerifyError> {
+    let signed = match kind {
+        ObjectKind::Commit => split_commit(raw)?,
+        ObjectKind::Tag => split_tag(raw)?,
+    };
     let sig = SshSig::from_armor(&signed.armor)?;
     if sig.namespace != GIT_NAMESPACE.as_bytes() {
         return Err(VerifyError::WrongNamespace {
@@ -149,10 +134,12 @@ mod tests {
                 gix::objs::compute_hash(gix::hash::Kind::Sha1, object_kind, &raw).unwrap();
             assert_eq!(computed.to_string(), id, "{file}: object id");
             let result = match kind {
-                "commit" => verify_commit(&raw, &trust, committer_time(&raw).unwrap()),
+                "commit" => {
+                    verify_object(ObjectKind::Commit, &raw, &trust, committer_time(&raw).unwrap())
+                }
                 "tag" => {
                     let t = crate::object::parse_tag(&raw).unwrap().tagger_time.unwrap();
-                    verify_tag(&raw, &trust, t)
+                    verify_object(ObjectKind::Tag, &raw, &trust, t)
                 }
                 other => panic!("unknown kind {other}"),
             };
@@ -202,27 +189,43 @@ mod tests {
         let now = 1_800_000_000; // 2027-01-15
 
         // valid-before 2023-12-31 < commit time 2024-01-01 → expired (git agrees).
-        let e = verify_commit(&raw, &signers("allowed_signers.as_expired"), at_commit).unwrap_err();
+        let e = verify_object(
+            ObjectKind::Commit,
+            &raw,
+            &signers("allowed_signers.as_expired"),
+            at_commit,
+        )
+        .unwrap_err();
         assert!(matches!(e, VerifyError::KeyExpired { .. }), "{e}");
         assert!(e.to_string().contains("2023-12-31T00:00:00Z"), "{e}");
 
         // Window 2023-12-01..2024-01-02 contains the commit time but not "now".
         let win = signers("allowed_signers.as_window");
-        assert_eq!(verify_commit(&raw, &win, at_commit).unwrap().principal, "alice@example.com");
-        assert!(matches!(verify_commit(&raw, &win, now), Err(VerifyError::KeyExpired { .. })));
+        assert_eq!(
+            verify_object(ObjectKind::Commit, &raw, &win, at_commit).unwrap().principal,
+            "alice@example.com"
+        );
         assert!(matches!(
-            verify_commit(&raw, &win, 1_700_000_000),
+            verify_object(ObjectKind::Commit, &raw, &win, now),
+            Err(VerifyError::KeyExpired { .. })
+        ));
+        assert!(matches!(
+            verify_object(ObjectKind::Commit, &raw, &win, 1_700_000_000),
             Err(VerifyError::KeyNotYetValid { .. })
         ));
 
-        let e = verify_commit(&raw, &signers("allowed_signers.as_wrongns"), now).unwrap_err();
+        let e =
+            verify_object(ObjectKind::Commit, &raw, &signers("allowed_signers.as_wrongns"), now)
+                .unwrap_err();
         assert!(
             matches!(e, VerifyError::NamespaceNotAllowed { ref allowed, .. } if allowed == "file"),
             "{e}"
         );
 
         // Wildcard principal: good, and git prints the pattern as the principal too.
-        let v = verify_commit(&raw, &signers("allowed_signers.as_wildcard"), now).unwrap();
+        let v =
+            verify_object(ObjectKind::Commit, &raw, &signers("allowed_signers.as_wildcard"), now)
+                .unwrap();
         assert_eq!(v.principal, "*@example.com");
     }
 
@@ -233,7 +236,8 @@ mod tests {
         let text = format!(
             "old@example.com valid-before=\"20200101Z\" {key}\nns@example.com namespaces=\"file\" {key}\nalice@example.com {key}\n"
         );
-        let v = verify_commit(
+        let v = verify_object(
+            ObjectKind::Commit,
             &vector("commit1.raw"),
             &AllowedSigners::parse(&text).unwrap(),
             1_800_000_000,
@@ -246,13 +250,19 @@ mod tests {
     fn tags_verify_and_reject() {
         let trust = signers("allowed_signers");
         let raw = vector("approval-tag-bob.raw");
-        assert_eq!(verify_tag(&raw, &trust, 1_800_000_000).unwrap().principal, "bob@example.com");
+        assert_eq!(
+            verify_object(ObjectKind::Tag, &raw, &trust, 1_800_000_000).unwrap().principal,
+            "bob@example.com"
+        );
         let mut tampered = raw.clone();
         let pos = tampered.windows(7).position(|w| w == b"approve").unwrap();
         tampered[pos] = b'A';
-        assert!(matches!(verify_tag(&tampered, &trust, 0), Err(VerifyError::BadSignature { .. })));
         assert!(matches!(
-            verify_tag(&vector("commit1.raw"), &trust, 0),
+            verify_object(ObjectKind::Tag, &tampered, &trust, 0),
+            Err(VerifyError::BadSignature { .. })
+        ));
+        assert!(matches!(
+            verify_object(ObjectKind::Tag, &vector("commit1.raw"), &trust, 0),
             Err(VerifyError::Object(crate::error::ObjectError::Malformed { .. }))
         ));
     }

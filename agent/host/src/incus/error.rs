@@ -252,6 +252,16 @@ impl IncusError {
         }
     }
 
+    /// `kind` `name` is not there (Incus's 404), for the client and the fake alike.
+    pub fn not_found(kind: ResourceKind, name: impl Into<String>) -> IncusError {
+        IncusError::NotFound { kind, name: name.into(), instance: None }
+    }
+
+    /// `kind` `name` inside `instance` (a file, a snapshot) is not there.
+    pub fn not_found_in(kind: ResourceKind, name: impl Into<String>, instance: &str) -> IncusError {
+        IncusError::NotFound { kind, name: name.into(), instance: Some(instance.to_string()) }
+    }
+
     /// Whether this is an HTTP 404 from Incus or a `NotFound`.
     pub fn is_not_found(&self) -> bool {
         matches!(self, IncusError::NotFound { .. }) || self.http_status() == Some(404)

@@ -46,12 +46,6 @@ impl From<&str> for FailOn {
     }
 }
 
-impl From<String> for FailOn {
-    fn from(s: String) -> Self {
-        FailOn::Matching(s)
-    }
-}
-
 #[derive(Debug, Default)]
 struct State {
     live: LiveState,
@@ -130,8 +124,9 @@ impl State {
     }
 
     fn owned_instance(&mut self, name: &str) -> Result<LiveInstance> {
-        let inst =
-            self.get_instance(name)?.ok_or_else(|| not_found(ResourceKind::Instance, name))?;
+        let inst = self
+            .get_instance(name)?
+            .ok_or_else(|| IncusError::not_found(ResourceKind::Instance, name))?;
         require_owned(ResourceKind::Instance, name, &inst.config)?;
         Ok(inst)
     }
@@ -170,7 +165,7 @@ impl State {
         now: Option<(Vec<String>, Config)>,
         config: impl FnOnce(&mut LiveState) -> Option<&mut Config>,
     ) -> Result<bool> {
-        let (changes, current) = now.ok_or_else(|| not_found(kind, name))?;
+        let (changes, current) = now.ok_or_else(|| IncusError::not_found(kind, name))?;
         if !adoption_writes(kind, name, &current, marks, changes)? {
             return Ok(false);
         }
@@ -216,11 +211,6 @@ impl State {
             None => Ok(()),
         }
     }
-}
-
-/// Incus's 404 for a resource that is not there.
-fn not_found(kind: ResourceKind, name: &str) -> IncusError {
-    IncusError::NotFound { kind, name: name.to_string(), instance: None }
 }
 
 fn expand(profiles: &BTreeMap<String, LiveProfile>, names: &[String], local: &Devices) -> Devices {

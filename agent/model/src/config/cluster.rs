@@ -62,8 +62,7 @@ pub(super) fn problems(c: &HostConfig) -> Vec<(Vec<Seg>, String)> {
 #[cfg(test)]
 mod tests {
     use crate::config::parse_config;
-
-    const BASE: &str = "host: r720\nsource:\n  remotes: [https://forge.example/m.git]\n  manifests: [m.yaml]\ntrust:\n  allowed_signers: /etc/a\n";
+    use crate::config::tests::GOOD;
 
     #[test]
     fn the_cluster_section() {
@@ -79,7 +78,7 @@ mod tests {
             ("cluster:\n  lease_ttl: 3s\n", Err("member")),
         ];
         for (section, want) in table {
-            let got = parse_config(format!("{BASE}{section}").as_bytes());
+            let got = parse_config(format!("{GOOD}{section}").as_bytes());
             match (got, want) {
                 (Ok(c), Ok(secs)) => {
                     let ttl = c.cluster.map(|cl| cl.lease_ttl().as_secs());

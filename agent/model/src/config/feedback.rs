@@ -105,8 +105,8 @@ mod tests {
     use std::time::Duration;
 
     use crate::config::parse_config;
+    use crate::config::tests::GOOD;
 
-    const GOOD: &str = "host: r720\nsource:\n  remotes: [https://forge.example/veza/manifests.git]\n  manifests: [manifests/prod.yaml]\ntrust:\n  allowed_signers: /etc/veza-agent/allowed_signers\n";
     const FORGE: &str = "feedback:\n  forgejo: {api_url: \"https://forge.example/api/v1\", repo: t/m, token_file: /etc/veza-agent/status-token}\n";
 
     #[test]

@@ -68,14 +68,8 @@ impl fmt::Display for WindowStart {
     }
 }
 
-impl JsonSchema for WindowStart {
-    fn schema_name() -> std::borrow::Cow<'static, str> {
-        "CronStart".into()
-    }
-    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-        schemars::json_schema!({
-            "type": "string",
-            "description": "A classic 5-field cron expression (`m h dom mon dow`) or an `@` macro (`@daily`, `@weekly`, ...).",
-        })
-    }
-}
+super::string_schema!(
+    WindowStart,
+    "CronStart",
+    "A classic 5-field cron expression (`m h dom mon dow`) or an `@` macro (`@daily`, `@weekly`, ...)."
+);

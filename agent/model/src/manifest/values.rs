@@ -123,34 +123,40 @@ impl TryFrom<String> for Sha256Hex {
     }
 }
 
-/// JSON Schema of a string newtype: a named definition with a pattern.
+/// JSON Schema of a string newtype: a named definition, with a pattern when the type has
+/// one (the manifest's newtypes and the host configuration's `ByteSize`).
 macro_rules! string_schema {
-    ($ty:ty, $name:literal, $pattern:literal, $description:literal) => {
+    ($ty:ty, $name:literal, $(pattern: $pattern:literal,)? $description:literal) => {
         impl JsonSchema for $ty {
             fn schema_name() -> std::borrow::Cow<'static, str> {
                 $name.into()
             }
             fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-                schemars::json_schema!({
-                    "type": "string",
-                    "pattern": $pattern,
-                    "description": $description,
-                })
+                let mut schema = schemars::json_schema!({ "type": "string" });
+                $(schema.insert("pattern".into(), $pattern.into());)?
+                schema.insert("description".into(), $description.into());
+                schema
             }
         }
     };
 }
+pub(crate) use string_schema;
 
 string_schema!(
     DurationSpec,
     "Duration",
-    "^[0-9]+(ms|s|m|h|d|w)$",
+    pattern: "^[0-9]+(ms|s|m|h|d|w)$",
     "A duration: a number and a unit (ms, s, m, h, d, w), e.g. `5s` or `8d`."
 );
-string_schema!(Release, "Release", "^[0-9a-f]{40}$", "A release: a full 40-hex commit id.");
+string_schema!(
+    Release,
+    "Release",
+    pattern: "^[0-9a-f]{40}$",
+    "A release: a full 40-hex commit id."
+);
 string_schema!(
     Sha256Hex,
     "Sha256",
-    "^[0-9a-f]{64}$",
+    pattern: "^[0-9a-f]{64}$",
     "A SHA-256 digest in 64 lowercase hex characters."
 );

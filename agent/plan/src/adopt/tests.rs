@@ -66,6 +66,11 @@ fn ansible_edge(extra: &str) -> String {
     cfg
 }
 
+/// The live edge: Ansible's config with `from` replaced by `to`.
+fn live_edge_edited(w: &mut World, from: &str, to: &str) {
+    w.live.edge = LiveEdge::from_config(ansible_edge("").replace(from, to));
+}
+
 fn unit(text: &str) -> String {
     text.to_string()
 }
@@ -477,11 +482,11 @@ fn each_conflict_kind_is_reported_with_its_difference() {
         Row {
             case: "active color disagreement",
             change: |w| {
-                let cfg = ansible_edge("").replace(
+                live_edge_edited(
+                    w,
                     "veza-web-green veza-web-green.lxd",
                     "veza-web-blue veza-web-blue.lxd",
-                );
-                w.live.edge = LiveEdge::from_config(cfg);
+                )
             },
             conflict: &[],
             says: "prod/web: the live edge serves blue, the manifest says `active: green`: adoption never moves traffic",
@@ -498,11 +503,11 @@ fn each_conflict_kind_is_reported_with_its_difference() {
         Row {
             case: "no color serving while foreign slots exist",
             change: |w| {
-                let cfg = ansible_edge("").replace(
+                live_edge_edited(
+                    w,
                     "server veza-staging-web-blue veza-staging-web-blue.lxd:8081 check",
                     "server x 10.0.20.31:8081 check",
-                );
-                w.live.edge = LiveEdge::from_config(cfg);
+                )
             },
             conflict: &[],
             says: "staging/web: no enabled server of the live edge config routes to a slot of it",

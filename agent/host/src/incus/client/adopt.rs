@@ -26,11 +26,7 @@ impl IncusClient {
         let path = format!("/1.0/instances/{name}");
         self.put_if_changed(ResourceKind::Instance, name, &path, move || async move {
             let Some((inst, etag)) = self.get_instance(name).await? else {
-                return Err(IncusError::NotFound {
-                    kind: ResourceKind::Instance,
-                    name: name.to_string(),
-                    instance: None,
-                });
+                return Err(IncusError::not_found(ResourceKind::Instance, name));
             };
             let live = inst.clone().into_live();
             let changes = instance_changes(&live, seen);
@@ -39,16 +35,7 @@ impl IncusClient {
             }
             let mut config = inst.config.clone();
             config.extend(marks.clone());
-            let body = json!({
-                "architecture": inst.architecture,
-                "config": config,
-                "devices": inst.devices,
-                "ephemeral": inst.ephemeral,
-                "profiles": inst.profiles,
-                "stateful": inst.stateful,
-                "description": inst.description,
-            });
-            Ok(Some((body, etag)))
+            Ok(Some((inst.put_body(&config, &inst.devices, &inst.profiles), etag)))
         })
         .await
     }
@@ -63,11 +50,7 @@ impl IncusClient {
         let path = format!("/1.0/profiles/{name}");
         self.put_if_changed(ResourceKind::Profile, name, &path, move || async move {
             let Some((p, etag)) = self.get_profile(name).await? else {
-                return Err(IncusError::NotFound {
-                    kind: ResourceKind::Profile,
-                    name: name.to_string(),
-                    instance: None,
-                });
+                return Err(IncusError::not_found(ResourceKind::Profile, name));
             };
             let live = p.into_live();
             let changes = profile_changes(&live, seen);

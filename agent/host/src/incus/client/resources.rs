@@ -63,11 +63,7 @@ impl IncusClient {
     /// A fresh read of an instance that must exist and be owned.
     pub(super) async fn owned_instance(&self, name: &str) -> Result<Tagged<wire::Instance>> {
         let Some((inst, etag)) = self.get_instance(name).await? else {
-            return Err(IncusError::NotFound {
-                kind: ResourceKind::Instance,
-                name: name.to_string(),
-                instance: None,
-            });
+            return Err(IncusError::not_found(ResourceKind::Instance, name));
         };
         require_owned(ResourceKind::Instance, name, &inst.config)?;
         Ok((inst, etag))
@@ -169,16 +165,8 @@ impl Incus for IncusClient {
             if instance_matches(&live, update) {
                 return Ok(None);
             }
-            let body = json!({
-                "architecture": inst.architecture,
-                "config": merged_put_config(&inst.config, &update.config),
-                "devices": update.devices,
-                "ephemeral": inst.ephemeral,
-                "profiles": update.profiles,
-                "stateful": inst.stateful,
-                "description": inst.description,
-            });
-            Ok(Some((body, etag)))
+            let config = merged_put_config(&inst.config, &update.config);
+            Ok(Some((inst.put_body(&config, &update.devices, &update.profiles), etag)))
         })
         .await
     }
@@ -239,11 +227,7 @@ impl Incus for IncusClient {
         let path = format!("/1.0/profiles/{}", spec.name);
         self.put_if_changed(ResourceKind::Profile, &spec.name, &path, move || async move {
             let Some((p, etag)) = self.get_profile(&spec.name).await? else {
-                return Err(IncusError::NotFound {
-                    kind: ResourceKind::Profile,
-                    name: spec.name.clone(),
-                    instance: None,
-                });
+                return Err(IncusError::not_found(ResourceKind::Profile, &spec.name));
             };
             require_owned(ResourceKind::Profile, &spec.name, &p.config)?;
             if profile_matches(&p.description, &p.config, &p.devices, spec) {
@@ -293,11 +277,7 @@ impl Incus for IncusClient {
         let path = format!("/1.0/instances/{instance}/snapshots?recursion=1");
         let snaps = match self.get_as::<Vec<wire::Snapshot>>(&path).await {
             Err(e) if e.http_status() == Some(404) => {
-                return Err(IncusError::NotFound {
-                    kind: ResourceKind::Instance,
-                    name: instance.to_string(),
-                    instance: None,
-                });
+                return Err(IncusError::not_found(ResourceKind::Instance, instance));
             }
             other => other?,
         };
@@ -312,11 +292,9 @@ impl Incus for IncusClient {
         self.owned_instance(instance).await?;
         let path = format!("/1.0/instances/{instance}/snapshots/{name}");
         match self.call(Method::DELETE, &path, None, None, self.op_deadline()).await {
-            Err(e) if e.http_status() == Some(404) => Err(IncusError::NotFound {
-                kind: ResourceKind::Snapshot,
-                name: name.to_string(),
-                instance: Some(instance.to_string()),
-            }),
+            Err(e) if e.http_status() == Some(404) => {
+                Err(IncusError::not_found_in(ResourceKind::Snapshot, name, instance))
+            }
             other => other.map(drop),
         }
     }
@@ -361,11 +339,11 @@ impl Incus for IncusClient {
         match envelope::parse_reply(resp.status.as_u16(), &resp.body) {
             Ok(_) => Ok(()),
             Err(ReplyError::Api { status: 404, .. }) if !file.create_parents => {
-                Err(IncusError::NotFound {
-                    kind: ResourceKind::File,
-                    name: format!("{} (its parent directory)", file.path),
-                    instance: Some(instance.to_string()),
-                })
+                Err(IncusError::not_found_in(
+                    ResourceKind::File,
+                    format!("{} (its parent directory)", file.path),
+                    instance,
+                ))
             }
             Err(e) => Err(self.reply_error(&Method::POST, &url, e)),
         }
@@ -399,11 +377,7 @@ impl Incus for IncusClient {
             );
             return match e {
                 ReplyError::Api { status: 404, message } if !message.contains("nstance") => {
-                    Err(IncusError::NotFound {
-                        kind: ResourceKind::File,
-                        name: path.to_string(),
-                        instance: Some(instance.to_string()),
-                    })
+                    Err(IncusError::not_found_in(ResourceKind::File, path, instance))
                 }
                 e => Err(self.reply_error(&Method::GET, &url, e)),
             };

@@ -14,11 +14,7 @@ impl IncusClient {
     /// The `default` project as read, with its ETag.
     async fn project(&self) -> Result<(Value, String)> {
         let Some((project, etag)) = self.get_with_etag::<Value>(PROJECT).await? else {
-            return Err(IncusError::NotFound {
-                kind: ResourceKind::ServerConfig,
-                name: "project `default`".to_string(),
-                instance: None,
-            });
+            return Err(IncusError::not_found(ResourceKind::ServerConfig, "project `default`"));
         };
         Ok((project, etag.unwrap_or_default()))
     }

@@ -13,7 +13,7 @@ use super::super::{
     profile_matches, require_deletable, require_owned, snapshot_name, validate_file_path,
     validate_marks, validate_name, validate_probe_path, validate_user_key,
 };
-use super::{FakeIncus, FakeOperation, expand, has_root_disk, not_found};
+use super::{FakeIncus, FakeOperation, expand, has_root_disk};
 
 impl Incus for FakeIncus {
     async fn observe_scoped(&self, scope: Scope) -> Result<LiveState> {
@@ -159,7 +159,7 @@ impl Incus for FakeIncus {
         let mut s = self.state.lock();
         let p = s
             .get_profile(&spec.name)?
-            .ok_or_else(|| not_found(ResourceKind::Profile, &spec.name))?;
+            .ok_or_else(|| IncusError::not_found(ResourceKind::Profile, &spec.name))?;
         require_owned(ResourceKind::Profile, &spec.name, &p.config)?;
         if profile_matches(&p.description, &p.config, &p.devices, spec) {
             return Ok(false);
@@ -233,7 +233,7 @@ impl Incus for FakeIncus {
         validate_name("instance name", instance)?;
         s.record(format!("GET /1.0/instances/{instance}/snapshots?recursion=1"), false)?;
         if !s.live.instances.contains_key(instance) {
-            return Err(not_found(ResourceKind::Instance, instance));
+            return Err(IncusError::not_found(ResourceKind::Instance, instance));
         }
         Ok(s.snapshots.get(instance).cloned().unwrap_or_default())
     }
@@ -247,11 +247,7 @@ impl Incus for FakeIncus {
         let before = snaps.len();
         snaps.retain(|x| x.name != name);
         if snaps.len() == before {
-            return Err(IncusError::NotFound {
-                kind: ResourceKind::Snapshot,
-                name: name.to_string(),
-                instance: Some(instance.to_string()),
-            });
+            return Err(IncusError::not_found_in(ResourceKind::Snapshot, name, instance));
         }
         Ok(())
     }
@@ -289,13 +285,10 @@ impl Incus for FakeIncus {
         validate_name("instance name", instance)?;
         validate_file_path(path)?;
         s.record(format!("GET /1.0/instances/{instance}/files?path={path}"), false)?;
-        s.files.get(&(instance.to_string(), path.to_string())).cloned().ok_or_else(|| {
-            IncusError::NotFound {
-                kind: ResourceKind::File,
-                name: path.to_string(),
-                instance: Some(instance.to_string()),
-            }
-        })
+        s.files
+            .get(&(instance.to_string(), path.to_string()))
+            .cloned()
+            .ok_or_else(|| IncusError::not_found_in(ResourceKind::File, path, instance))
     }
 
     async fn server_user_config(&self, key: &str) -> Result<Option<String>> {
@@ -400,8 +393,9 @@ impl Incus for FakeIncus {
         let mut s = self.state.lock();
         validate_name("instance name", instance)?;
         validate_probe_path(path)?;
-        let inst =
-            s.get_instance(instance)?.ok_or_else(|| not_found(ResourceKind::Instance, instance))?;
+        let inst = s
+            .get_instance(instance)?
+            .ok_or_else(|| IncusError::not_found(ResourceKind::Instance, instance))?;
         s.begin_exec(instance, &inst)?;
         Ok(s.probe_answers.get(instance).cloned().unwrap_or_default())
     }

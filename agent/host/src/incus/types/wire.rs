@@ -41,6 +41,25 @@ impl Instance {
             description: self.description,
         }
     }
+
+    /// The body of a `PUT` of this instance: what it was read with, but `config`,
+    /// `devices` and `profiles` (a `PUT` replaces every field, so none may be left out).
+    pub(crate) fn put_body(
+        &self,
+        config: &Config,
+        devices: &Devices,
+        profiles: &[String],
+    ) -> serde_json::Value {
+        serde_json::json!({
+            "architecture": self.architecture,
+            "config": config,
+            "devices": devices,
+            "ephemeral": self.ephemeral,
+            "profiles": profiles,
+            "stateful": self.stateful,
+            "description": self.description,
+        })
+    }
 }
 
 #[derive(Debug, Deserialize)]
