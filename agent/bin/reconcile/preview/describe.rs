@@ -230,6 +230,7 @@ mod tests {
                 profiles: Vec::new(),
                 config: BTreeMap::new(),
                 devices: BTreeMap::new(),
+                target: None,
             })
             .collect();
         let long = "x".repeat(300);

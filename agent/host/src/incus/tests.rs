@@ -33,6 +33,7 @@ fn foreign(name: &str) -> LiveInstance {
         expanded_devices: Devices::new(),
         profiles: vec!["default".into()],
         description: String::new(),
+        location: None,
     }
 }
 

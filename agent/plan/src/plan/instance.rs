@@ -33,6 +33,8 @@ pub(super) fn plan_instance(
                 profiles: d.profiles.clone(),
                 config: d.config.clone(),
                 devices: d.devices.clone(),
+                // Chosen once the whole plan is known (`super::placement`).
+                target: None,
             },
             reason,
         );

@@ -41,6 +41,10 @@ pub enum Action {
         profiles: Vec<String>,
         config: BTreeMap<String, String>,
         devices: Devices,
+        /// On a cluster, the member it is created on (`POST /1.0/instances?target=`);
+        /// `None` on a single host.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        target: Option<String>,
     },
     /// Set an instance's managed config keys, devices and profiles.
     UpdateInstance {
@@ -235,8 +239,12 @@ impl fmt::Display for Action {
             Action::Snapshot { instance, keep } => {
                 write!(f, "snapshot {instance} (keep {keep})")
             }
-            Action::CreateInstance { name, image, .. } => {
-                write!(f, "create instance {name} from {image}")
+            Action::CreateInstance { name, image, target, .. } => {
+                write!(f, "create instance {name} from {image}")?;
+                match target {
+                    Some(member) => write!(f, " on member {member}"),
+                    None => Ok(()),
+                }
             }
             Action::UpdateInstance { name, .. } => write!(f, "update instance {name}"),
             Action::StartInstance { name } => write!(f, "start instance {name}"),

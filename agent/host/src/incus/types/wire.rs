@@ -26,6 +26,9 @@ pub(crate) struct Instance {
     pub ephemeral: bool,
     #[serde(default)]
     pub stateful: bool,
+    /// The cluster member it lives on; `none` on a single host.
+    #[serde(default)]
+    pub location: String,
 }
 
 impl Instance {
@@ -39,6 +42,28 @@ impl Instance {
             expanded_devices: self.expanded_devices,
             profiles: self.profiles,
             description: self.description,
+            location: (!self.location.is_empty() && self.location != "none")
+                .then_some(self.location),
+        }
+    }
+}
+
+/// A cluster member (`GET /1.0/cluster/members?recursion=1`).
+#[derive(Debug, Deserialize)]
+pub(crate) struct Member {
+    pub server_name: String,
+    #[serde(default)]
+    pub status: String,
+    #[serde(default)]
+    pub message: String,
+}
+
+impl Member {
+    pub(crate) fn into_live(self) -> veza_model::live::LiveMember {
+        veza_model::live::LiveMember {
+            name: self.server_name,
+            status: self.status,
+            message: self.message,
         }
     }
 }

@@ -155,6 +155,7 @@ fn what_interrupts_something_running_is_disruptive_and_nothing_else() {
                     profiles: vec!["default".into()],
                     config: BTreeMap::new(),
                     devices: same.clone(),
+                    target: None,
                 },
             ],
             vec![Some(DeletesInstance), None],
