@@ -217,6 +217,7 @@ mod tests {
                 .collect(),
             drift: Vec::new(),
             edge_takeover: None,
+            cluster: Vec::new(),
         }
     }
 

@@ -602,6 +602,7 @@ fn plan_of(actions: Vec<Action>) -> Plan {
         drift: Vec::new(),
         edge_takeover: None,
         waiting: Vec::new(),
+        cluster: Vec::new(),
     }
 }
 

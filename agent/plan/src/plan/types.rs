@@ -338,6 +338,11 @@ pub struct Plan {
     /// install after a cutover): the unified diff from it to the rendered config.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub edge_takeover: Option<String>,
+    /// On a cluster, what the operator should know about where instances run (an
+    /// instance on an offline member, both colors of an app on one member…;
+    /// `super::placement`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cluster: Vec<String>,
 }
 
 impl Plan {
@@ -450,6 +455,9 @@ impl fmt::Display for Plan {
         }
         for d in &self.drift {
             writeln!(f, "drift (detect-only): {d}")?;
+        }
+        for c in &self.cluster {
+            writeln!(f, "cluster: {c}")?;
         }
         Ok(())
     }

@@ -60,8 +60,12 @@ impl Incus for FakeIncus {
             // What incusd answers for a member it cannot place on.
             let refused = match s.live.members.get(target) {
                 _ if s.live.members.is_empty() => Some("This server is not clustered".to_string()),
-                None => Some(format!("Failed to get cluster member: Member \"{target}\" not found")),
-                Some(m) if !m.is_online() => Some(format!("Target cluster member {target:?} is offline")),
+                None => {
+                    Some(format!("Failed to get cluster member: Member \"{target}\" not found"))
+                }
+                Some(m) if !m.is_online() => {
+                    Some(format!("Target cluster member {target:?} is offline"))
+                }
                 Some(_) => None,
             };
             if let Some(message) = refused {

@@ -303,6 +303,7 @@ fn gate() -> crate::plan::Gate {
 fn plan_of(actions: Vec<Action>) -> Plan {
     Plan {
         edge_takeover: None,
+        cluster: Vec::new(),
         steps: actions.into_iter().map(|action| Step { action, reason: "test".into() }).collect(),
         refusals: Vec::new(),
         drift: Vec::new(),
