@@ -464,3 +464,218 @@ fn daemons_on_two_members_the_standby_takes_over_when_the_leaders_member_dies() 
     drop(db);
     restore();
 }
+
+// ------------------------------------------------------------------------- placement
+
+const R1: &str = "c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1";
+const R2: &str = "c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2";
+const EDGE: &str = "vt-cl-edge";
+const PINNED: &str = "vt-cl-pinned";
+const EXTRA: &str = "vt-cl-extra";
+const BLUE: &str = "vt-cl-web-blue";
+const GREEN: &str = "vt-cl-web-green";
+/// Where the edge listens: the address dnsmasq on the cluster's bridge leases `vt-cl-edge`.
+const EDGE_ADDR: &str = "10.250.77.99:80";
+/// The edge's name for the app (`dns_suffix: vtcl`: dnsmasq on the cluster's bridge).
+const WEB: &str = "web.vtcl";
+
+/// The releases `R1` and `R2` as file:// artifacts under `dir`; their sha256s.
+fn artifacts(dir: &Path) -> [String; 2] {
+    [R1, R2].map(|r| {
+        let (bytes, sha) = veza_testkit::app::release_artifact(r).expect("artifact");
+        std::fs::create_dir_all(dir.join(r)).expect("artifacts dir");
+        std::fs::write(dir.join(r).join("app.tar.gz"), bytes).expect("artifact");
+        sha
+    })
+}
+
+/// The manifest of the placement and promotion tests: the app `web` (blue on `R1`, green
+/// on `R2`, `active`), its two slots and the edge on the cluster's macvlan network (the
+/// bridge's segment, so they reach each other across members; the edge resolves the
+/// slots through dnsmasq on the bridge), the edge and `vt-cl-pinned` on member 1 by
+/// `target:`, and `vt-cl-extra` when asked for (`Some(target)`).
+fn cluster_manifest(
+    art: &Path,
+    shas: &[String; 2],
+    active: &str,
+    extra: Option<Option<&str>>,
+) -> String {
+    let extra = match extra {
+        None => String::new(),
+        Some(None) => format!("    {EXTRA}: {{image: veza-test-busybox, profiles: [default]}}\n"),
+        Some(Some(m)) => {
+            format!("    {EXTRA}: {{image: veza-test-busybox, profiles: [default], target: {m}}}\n")
+        }
+    };
+    format!(
+        r#"apiVersion: veza-agent/v1
+kind: Environment
+metadata: {{name: cl, host: {HOST}, instance_prefix: vt-cl-}}
+incus:
+  networks:
+    vezacl-mac: {{managed: false}}
+  profiles:
+    vt-cl-net:
+      devices:
+        root: {{type: disk, path: /, pool: default}}
+        eth0: {{type: nic, network: vezacl-mac}}
+  instances:
+    {EDGE}:
+      image: veza-test-debian12
+      profiles: [vt-cl-net]
+      target: veza-cl-1
+      devices:
+        resolv: {{type: disk, source: {BASE}/resolv.conf, path: /etc/resolv.conf, readonly: true}}
+    {PINNED}: {{image: veza-test-busybox, profiles: [default], target: veza-cl-1}}
+{extra}apps:
+  web:
+    image: veza-test-debian12
+    profiles: [vt-cl-net]
+    port: 8080
+    artifact:
+      url: "file://{art}/{{release}}/app.tar.gz"
+      sha256:
+        {R1}: {s1}
+        {R2}: {s2}
+    health: {{path: /health, interval: 1s, timeout: 2s, rise: 2, fall: 2}}
+    upstream: {{dns_suffix: vtcl}}
+    slots:
+      blue: {{release: {R1}}}
+      green: {{release: {R2}}}
+    active: {active}
+edge:
+  runs_in: {EDGE}
+  hosts: [{WEB}]
+  routes:
+    - {{app: web}}
+  listen: {{http: "{EDGE_ADDR}"}}
+"#,
+        art = art.display(),
+        s1 = shas[0],
+        s2 = shas[1],
+    )
+}
+
+/// Where `name` lives, as the cluster says (through member `via`).
+fn location(via: u8, name: &str) -> Option<String> {
+    runtime()
+        .expect("runtime")
+        .block_on(async { member(via).instance(name).await.expect("read the instance") })
+        .and_then(|i| i.location)
+}
+
+/// Deletes the instances and the profile of these tests (a killed run's too), by name.
+fn delete_placed() {
+    let incus = |args: &[&str]| {
+        Cmd::new("incus")
+            .args(args)
+            .env("INCUS_DIR", format!("{BASE}/1/incus"))
+            .timeout(Duration::from_secs(120))
+            .run()
+    };
+    for name in [EDGE, PINNED, EXTRA, BLUE, GREEN] {
+        if location(1, name).is_some() {
+            incus(&["delete", "--force", name]).unwrap_or_else(|e| panic!("deleting {name}: {e}"));
+        }
+    }
+    let _ = incus(&["profile", "delete", "vt-cl-net"]);
+}
+
+/// Waits until member `via` sees member `n` with `status` (bounded).
+fn wait_member(via: u8, n: u8, status: &str) -> Duration {
+    let start = Instant::now();
+    let name = format!("veza-cl-{n}");
+    loop {
+        let seen = runtime().expect("runtime").block_on(async {
+            let scope = veza_host::incus::Scope::WITHOUT_NETWORKS.with_members(true);
+            match member(via).observe_scoped(scope).await {
+                Ok(l) => l.members.get(&name).map(|m| m.status.clone()).ok_or_else(String::new),
+                Err(e) => Err(e.to_string()),
+            }
+        });
+        if seen.as_deref() == Ok(status) {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(90),
+            "{name} not {status} after 90 s: {seen:?}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// A fixture whose branch holds the cluster manifest, the artifacts beside it.
+struct Placement {
+    f: Fixture,
+    art: PathBuf,
+    shas: [String; 2],
+}
+
+impl Placement {
+    fn new() -> Placement {
+        let (f, _) = Fixture::new();
+        delete_placed();
+        let art = f.dir.path().join("artifacts");
+        let shas = artifacts(&art);
+        Placement { f, art, shas }
+    }
+
+    fn commit(&self, active: &str, extra: Option<Option<&str>>) -> String {
+        let text = cluster_manifest(&self.art, &self.shas, active, extra);
+        self.f
+            .repo
+            .commit_files_signed(&self.f.key, &[("cl.yaml", &text)], "cluster")
+            .expect("commit")
+    }
+}
+
+#[test]
+#[ignore = "needs the 3-member cluster: run tests/cluster"]
+fn placement_target_anti_affinity_and_an_offline_member() {
+    cluster(&["up"]);
+    let p = Placement::new();
+    // All members online: `target:` is obeyed, the two colors land apart.
+    p.commit("blue", None);
+    let a = p.f.config(1, "");
+    let r = agent(&a, &["apply"]);
+    assert_eq!(r.code, 0, "{r}");
+    assert_eq!(location(2, EDGE).as_deref(), Some("veza-cl-1"), "{r}");
+    assert_eq!(location(2, PINNED).as_deref(), Some("veza-cl-1"), "{r}");
+    let (blue, green) = (location(2, BLUE).expect("blue"), location(2, GREEN).expect("green"));
+    assert_ne!(blue, green, "anti-affinity: both colors on one member\n{r}");
+    assert!(blue != "veza-cl-1" && green != "veza-cl-1", "the least loaded members: {r}");
+    eprintln!("cluster: placed blue on {blue}, green on {green}, {EDGE} and {PINNED} on veza-cl-1");
+
+    // The member of the green (idle) slot dies.
+    let dead: u8 = green.trim_start_matches("veza-cl-").parse().expect("member number");
+    cluster(&["kill", &dead.to_string()]);
+    let offline = wait_member(1, dead, "Offline");
+    eprintln!("cluster: member {dead} reported offline {offline:?} after its incusd was killed");
+
+    // A new instance targeted at the dead member is refused, the instance on it is
+    // reported and left alone, and one without a target goes to a live member.
+    p.commit("blue", Some(Some(&green)));
+    let plan = agent(&a, &["plan"]);
+    let text = format!("{}{}", plan.out, plan.err);
+    let refused =
+        format!("refused: instance {EXTRA}: its `target:` member is `{green}`, which is offline");
+    assert!(text.contains(&refused), "{plan}");
+    let reported = format!("cluster: instance `{GREEN}` is on member `{green}`, which is offline");
+    assert!(text.contains(&reported), "{plan}");
+    let r = agent(&a, &["apply"]);
+    assert_eq!(r.code, 3, "applied but for the refusals: {r}");
+    assert_eq!(location(1, EXTRA), None, "nothing created on the offline member");
+    p.commit("blue", Some(None));
+    let r = agent(&a, &["apply"]);
+    assert_eq!(r.code, 3, "the green slot on the dead member is still not touched: {r}");
+    let extra = location(1, EXTRA).expect("created without a target");
+    assert_ne!(extra, green, "{r}");
+
+    // The member comes back: nothing is refused any more.
+    cluster(&["start", &dead.to_string()]);
+    wait_member(1, dead, "Online");
+    let r = agent(&a, &["apply"]);
+    assert_eq!(r.code, 0, "{r}");
+    delete_placed();
+    restore();
+}

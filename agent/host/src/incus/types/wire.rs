@@ -10,13 +10,13 @@ pub(crate) struct Instance {
     pub kind: Option<InstanceKind>,
     #[serde(default)]
     pub status: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub config: Config,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub devices: Devices,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub expanded_devices: Devices,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub profiles: Vec<String>,
     #[serde(default)]
     pub description: String,
@@ -29,6 +29,16 @@ pub(crate) struct Instance {
     /// The cluster member it lives on; `none` on a single host.
     #[serde(default)]
     pub location: String,
+}
+
+/// `null` read as the empty value: on a cluster, an instance on an offline member is
+/// listed with `null` devices (its member cannot be asked).
+fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
 impl Instance {
