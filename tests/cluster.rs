@@ -474,8 +474,10 @@ const PINNED: &str = "vt-cl-pinned";
 const EXTRA: &str = "vt-cl-extra";
 const BLUE: &str = "vt-cl-web-blue";
 const GREEN: &str = "vt-cl-web-green";
-/// Where the edge listens: the address dnsmasq on the cluster's bridge leases `vt-cl-edge`.
+/// Where the edge listens: the address dnsmasq on the cluster's bridge leases to the
+/// edge's MAC address, `EDGE_MAC`.
 const EDGE_ADDR: &str = "10.250.77.99:80";
+const EDGE_MAC: &str = "10:66:6a:76:7a:99";
 /// The edge's name for the app (`dns_suffix: vtcl`: dnsmasq on the cluster's bridge).
 const WEB: &str = "web.vtcl";
 
@@ -492,7 +494,8 @@ fn artifacts(dir: &Path) -> [String; 2] {
 /// The manifest of the placement and promotion tests: the app `web` (blue on `R1`, green
 /// on `R2`, `active`), its two slots and the edge on the cluster's macvlan network (the
 /// bridge's segment, so they reach each other across members; the edge resolves the
-/// slots through dnsmasq on the bridge), the edge and `vt-cl-pinned` on member 1 by
+/// slots through dnsmasq on the bridge; a slot's app starts once its DHCP lease came, up
+/// to 30 s, or the edge could not resolve it yet), the edge and `vt-cl-pinned` on member 1 by
 /// `target:`, and `vt-cl-extra` when asked for (`Some(target)`).
 fn cluster_manifest(
     art: &Path,
@@ -525,6 +528,7 @@ incus:
       profiles: [vt-cl-net]
       target: veza-cl-1
       devices:
+        eth0: {{type: nic, network: vezacl-mac, options: {{hwaddr: "{EDGE_MAC}"}}}}
         resolv: {{type: disk, source: {BASE}/resolv.conf, path: /etc/resolv.conf, readonly: true}}
     {PINNED}: {{image: veza-test-busybox, profiles: [default], target: veza-cl-1}}
 {extra}apps:
@@ -532,6 +536,7 @@ incus:
     image: veza-test-debian12
     profiles: [vt-cl-net]
     port: 8080
+    start: "i=0; while [ $i -lt 150 ] && ! ls /run/systemd/netif/leases/* >/dev/null 2>&1; do sleep 0.2; i=$((i+1)); done; exec {{dir}}/start.sh"
     artifact:
       url: "file://{art}/{{release}}/app.tar.gz"
       sha256:
