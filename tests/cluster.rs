@@ -684,3 +684,67 @@ fn placement_target_anti_affinity_and_an_offline_member() {
     delete_placed();
     restore();
 }
+
+/// The release the edge serves `WEB` from, by one request (`X-Release`).
+fn served_release() -> Option<String> {
+    let r = veza_host::http::get(EDGE_ADDR, WEB, "/", Duration::from_secs(3)).ok()?;
+    (r.status == 200).then(|| r.headers.get("x-release").cloned()).flatten()
+}
+
+#[test]
+#[ignore = "needs the 3-member cluster: run tests/cluster"]
+fn a_promotion_while_the_new_colors_member_dies_reverts_without_a_failed_request() {
+    cluster(&["up"]);
+    let p = Placement::new();
+    p.commit("blue", None);
+    let a = p.f.config(1, "promotion: {health_timeout: 15s}\n");
+    let r = agent(&a, &["apply"]);
+    assert_eq!(r.code, 0, "{r}");
+    assert_eq!(served_release().as_deref(), Some(R1), "blue serves");
+    let edge = location(1, EDGE).expect("edge");
+    let green = location(1, GREEN).expect("green");
+    assert!(edge != green, "the edge's member survives: {edge}, green on {green}");
+    let dead: u8 = green.trim_start_matches("veza-cl-").parse().expect("member number");
+
+    // Requests through the edge (on member 1) all along; the promotion to green starts,
+    // and green's member dies as soon as the run begins (its journal appears).
+    let traffic =
+        veza_testkit::traffic::Traffic::to(EDGE_ADDR, WEB, "/", 2, Duration::from_millis(20));
+    p.commit("green", None);
+    let journal = p.f.state_dir(1).join("journal.json");
+    let run = {
+        let a = a.clone();
+        std::thread::spawn(move || agent(&a, &["apply"]))
+    };
+    let start = Instant::now();
+    while !journal.exists() {
+        assert!(start.elapsed() < Duration::from_secs(60), "the apply never began");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    cluster(&["kill", &dead.to_string()]);
+    let killed_at = start.elapsed();
+    let r = run.join().expect("the apply's thread");
+    let (ok, failed) = traffic.stop();
+    eprintln!(
+        "cluster: promotion with member {dead} killed {killed_at:?} into the run: exit {}, {ok} requests through the edge, {failed} failed: {}",
+        r.code,
+        r.out.lines().next().unwrap_or("")
+    );
+    // Completed (green serves) or reverted (blue still serves): never in between.
+    let serving = served_release();
+    match r.code {
+        0 => assert_eq!(serving.as_deref(), Some(R2), "completed: green serves\n{r}"),
+        1 => {
+            assert_eq!(serving.as_deref(), Some(R1), "reverted: blue serves\n{r}");
+            assert!(r.out.contains("rolled-back"), "{r}");
+        }
+        c => panic!("exit {c}: neither completed nor reverted\n{r}"),
+    }
+    assert!(ok > 0, "the request loop ran");
+    assert_eq!(failed, 0, "{failed} of {} requests through the edge failed\n{r}", ok + failed);
+
+    cluster(&["start", &dead.to_string()]);
+    wait_member(1, dead, "Online");
+    delete_placed();
+    restore();
+}
