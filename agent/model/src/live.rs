@@ -347,6 +347,16 @@ impl LiveState {
         self.edge.config.as_deref()
     }
 
+    /// Whether `instance` lives on a cluster member that is not online: Incus lists it
+    /// in `Error` with no config (no marks) and cannot change it.
+    pub fn on_offline_member(&self, instance: &LiveInstance) -> bool {
+        instance
+            .location
+            .as_deref()
+            .and_then(|m| self.members.get(m))
+            .is_some_and(|m| !m.is_online())
+    }
+
     /// The color the live edge routes `env`/`app` to, if any.
     pub fn active_color(&self, env: &str, app: &str) -> Option<Color> {
         self.edge.active.get(&(env.to_string(), app.to_string())).copied()

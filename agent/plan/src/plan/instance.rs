@@ -63,6 +63,11 @@ pub(super) fn plan_instance(
         }
         return;
     };
+    if live.on_offline_member(l) {
+        // Unreachable, and listed without its marks: nothing is planned on it here
+        // (`super::placement` reports it and refuses what would touch it).
+        return;
+    }
     if !l.is_owned() {
         b.refuse(
             format!("instance {name}"),

@@ -49,7 +49,15 @@ pub(super) fn place(steps: Vec<Step>, desired: &Desired, live: &LiveState) -> Pl
     if live.members.is_empty() {
         return single_host(steps, want);
     }
-    let mut notes = report(want, desired.edge_runs_in.as_deref(), live);
+    let promoting: Vec<(&str, &str)> = steps
+        .iter()
+        .filter_map(|s| match &s.action {
+            Action::Promote(switch) => Some(switch),
+            _ => None,
+        })
+        .flat_map(|s| s.promotions.iter().map(|p| (p.env.as_str(), p.app.as_str())))
+        .collect();
+    let mut notes = report(want, desired.edge_runs_in.as_deref(), &promoting, live);
     let slots: Slots<'_> = want
         .iter()
         .filter_map(|(name, d)| {
@@ -220,6 +228,7 @@ fn choose(
 fn report(
     want: &BTreeMap<String, DesiredInstance>,
     edge: Option<&str>,
+    promoting: &[(&str, &str)],
     live: &LiveState,
 ) -> Vec<String> {
     let mut notes = Vec::new();
@@ -231,6 +240,12 @@ fn report(
             let serving =
                 d.slot.as_ref().filter(|s| live.active_color(&s.env, &s.app) == Some(s.color));
             notes.push(match serving {
+                Some(s) if promoting.contains(&(s.env.as_str(), s.app.as_str())) => format!(
+                    "instance `{name}` is on member {}: it serves {}/{}, which gets no answer from it until this plan's promotion moves the traffic",
+                    down(m),
+                    s.env,
+                    s.app,
+                ),
                 Some(s) => format!(
                     "instance `{name}` is on member {}: it serves {}/{}, which gets no answer from it; if the member stays down, promote the {} slot (`active: {}`)",
                     down(m),

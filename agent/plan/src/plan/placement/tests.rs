@@ -85,7 +85,8 @@ fn converged(ms: &[Manifest], members: BTreeMap<String, LiveMember>) -> LiveStat
     crate::simulate::applied(&live, &run(ms, &live)).unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// `live` with member `n` down: its instances in `Error`, as Incus reports them.
+/// `live` with member `n` down: its instances in `Error` with no config, devices or
+/// profiles, as Incus lists them.
 fn member_down(mut live: LiveState, n: u8) -> LiveState {
     let name = format!("veza-cl-{n}");
     if let Some(m) = live.members.get_mut(&name) {
@@ -95,6 +96,10 @@ fn member_down(mut live: LiveState, n: u8) -> LiveState {
     for i in live.instances.values_mut() {
         if i.location.as_deref() == Some(name.as_str()) {
             i.status = InstanceStatus::Error;
+            i.config.clear();
+            i.devices.clear();
+            i.expanded_devices.clear();
+            i.profiles.clear();
         }
     }
     live
@@ -150,6 +155,11 @@ fn placement_on_a_cluster() {
         (
             "the serving blue slot's member dies",
             ms.clone(),
+            member_down(three.clone(), member_of(&three, "demo-web-blue")),
+        ),
+        (
+            "the serving blue slot's member stays down: green is promoted",
+            manifest(|t| t.replace("active: blue", "active: green")),
             member_down(three.clone(), member_of(&three, "demo-web-blue")),
         ),
         (
