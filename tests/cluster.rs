@@ -651,7 +651,7 @@ fn placement_and_a_member_lost_during_a_promotion() {
     cluster(&["up"]);
     let p = Placement::new();
     p.commit("blue", None);
-    let a = p.f.config(1, "promotion: {health_timeout: 15s}\n");
+    let a = p.f.config(1, "promotion: {health_timeout: 8s}\n");
     let r = agent(&a, &["apply"]);
     assert_eq!(r.code, 0, "{r}");
     // `target:` is obeyed, the colors land apart, on the least loaded members.
