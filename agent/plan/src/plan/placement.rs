@@ -204,16 +204,11 @@ fn choose(
         _ => online.clone(),
     };
     let before = live.instances.get(name).and_then(|i| i.location.as_deref());
-    let member = before.filter(|b| allowed.contains(b)).map_or_else(
-        || {
-            allowed
-                .iter()
-                .copied()
-                .min_by_key(|m| (load.get(m).copied().unwrap_or(0), *m))
-                .unwrap_or(allowed[0])
-        },
-        |b| b,
-    );
+    let least_loaded =
+        || allowed.iter().copied().min_by_key(|m| (load.get(m).copied().unwrap_or(0), *m));
+    let Some(member) = before.filter(|b| allowed.contains(b)).or_else(least_loaded) else {
+        return Err("no member of the cluster is online: created once one is".to_string());
+    };
     let note = match (&other, d.and_then(|d| d.slot.as_ref())) {
         (Some((sibling, at)), Some(slot)) if at == member => Some(format!(
             "both colors of {}/{} on member `{member}`: `{sibling}` is there and no other member is online; losing `{member}` takes both (once another member is back, delete the idle slot and the next sync recreates it there)",
@@ -232,7 +227,8 @@ fn report(
     live: &LiveState,
 ) -> Vec<String> {
     let mut notes = Vec::new();
-    let mut colors: BTreeMap<(String, String), Vec<(Color, String, &str)>> = BTreeMap::new();
+    // The members of each app's slots, by `(env, app)`.
+    let mut colors: BTreeMap<(&str, &str), Vec<&str>> = BTreeMap::new();
     for (name, d) in want {
         let Some(l) = live.instances.get(name) else { continue };
         let Some(member) = l.location.as_deref() else { continue };
@@ -275,15 +271,11 @@ fn report(
             && d.target.is_none()
             && l.is_owned()
         {
-            colors.entry((slot.env.clone(), slot.app.clone())).or_default().push((
-                slot.color,
-                name.clone(),
-                member,
-            ));
+            colors.entry((slot.env.as_str(), slot.app.as_str())).or_default().push(member);
         }
     }
     for ((env, app), slots) in colors {
-        if let [(_, _, a), (_, _, b)] = slots.as_slice()
+        if let [a, b] = slots.as_slice()
             && a == b
         {
             notes.push(format!(
