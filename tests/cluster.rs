@@ -464,3 +464,270 @@ fn daemons_on_two_members_the_standby_takes_over_when_the_leaders_member_dies() 
     drop(db);
     restore();
 }
+
+// ------------------------------------------------------------------------- placement
+
+const R1: &str = "c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1";
+const R2: &str = "c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2";
+const EDGE: &str = "vt-cl-edge";
+const PINNED: &str = "vt-cl-pinned";
+const EXTRA: &str = "vt-cl-extra";
+const BLUE: &str = "vt-cl-web-blue";
+const GREEN: &str = "vt-cl-web-green";
+/// Where the edge listens: the address dnsmasq on the cluster's bridge leases to the
+/// edge's MAC address, `EDGE_MAC`.
+const EDGE_ADDR: &str = "10.250.77.99:80";
+const EDGE_MAC: &str = "10:66:6a:76:7a:99";
+/// The edge's name for the app (`dns_suffix: vtcl`: dnsmasq on the cluster's bridge).
+const WEB: &str = "web.vtcl";
+
+/// The releases `R1` and `R2` as file:// artifacts under `dir`; their sha256s.
+fn artifacts(dir: &Path) -> [String; 2] {
+    [R1, R2].map(|r| {
+        let (bytes, sha) = veza_testkit::app::release_artifact(r).expect("artifact");
+        std::fs::create_dir_all(dir.join(r)).expect("artifacts dir");
+        std::fs::write(dir.join(r).join("app.tar.gz"), bytes).expect("artifact");
+        sha
+    })
+}
+
+/// The manifest of the placement and promotion tests: the app `web` (blue on `R1`, green
+/// on `R2`, `active`), its two slots and the edge on the cluster's macvlan network (the
+/// bridge's segment, so they reach each other across members; the edge resolves the
+/// slots through dnsmasq on the bridge; a slot's app starts once its DHCP lease came, up
+/// to 30 s, or the edge could not resolve it yet), the edge and `vt-cl-pinned` on member 1 by
+/// `target:`, and `vt-cl-extra` when asked for (`Some(target)`).
+fn cluster_manifest(
+    art: &Path,
+    shas: &[String; 2],
+    active: &str,
+    extra: Option<Option<&str>>,
+) -> String {
+    let extra = match extra {
+        None => String::new(),
+        Some(None) => format!("    {EXTRA}: {{image: veza-test-busybox, profiles: [default]}}\n"),
+        Some(Some(m)) => {
+            format!("    {EXTRA}: {{image: veza-test-busybox, profiles: [default], target: {m}}}\n")
+        }
+    };
+    format!(
+        r#"apiVersion: veza-agent/v1
+kind: Environment
+metadata: {{name: cl, host: {HOST}, instance_prefix: vt-cl-}}
+incus:
+  networks:
+    vezacl-mac: {{managed: false}}
+  profiles:
+    vt-cl-net:
+      devices:
+        root: {{type: disk, path: /, pool: default}}
+        eth0: {{type: nic, network: vezacl-mac}}
+  instances:
+    {EDGE}:
+      image: veza-test-debian12
+      profiles: [vt-cl-net]
+      target: veza-cl-1
+      devices:
+        eth0: {{type: nic, network: vezacl-mac, options: {{hwaddr: "{EDGE_MAC}"}}}}
+        resolv: {{type: disk, source: {BASE}/resolv.conf, path: /etc/resolv.conf, readonly: true}}
+    {PINNED}: {{image: veza-test-busybox, profiles: [default], target: veza-cl-1}}
+{extra}apps:
+  web:
+    image: veza-test-debian12
+    profiles: [vt-cl-net]
+    port: 8080
+    start: "i=0; while [ $i -lt 150 ] && ! ls /run/systemd/netif/leases/* >/dev/null 2>&1; do sleep 0.2; i=$((i+1)); done; exec {{dir}}/start.sh"
+    artifact:
+      url: "file://{art}/{{release}}/app.tar.gz"
+      sha256:
+        {R1}: {s1}
+        {R2}: {s2}
+    health: {{path: /health, interval: 1s, timeout: 2s, rise: 2, fall: 2}}
+    upstream: {{dns_suffix: vtcl}}
+    slots:
+      blue: {{release: {R1}}}
+      green: {{release: {R2}}}
+    active: {active}
+edge:
+  runs_in: {EDGE}
+  hosts: [{WEB}]
+  routes:
+    - {{app: web}}
+  listen: {{http: "{EDGE_ADDR}"}}
+"#,
+        art = art.display(),
+        s1 = shas[0],
+        s2 = shas[1],
+    )
+}
+
+/// Where `name` lives, as the cluster says (through member `via`).
+fn location(via: u8, name: &str) -> Option<String> {
+    runtime()
+        .expect("runtime")
+        .block_on(async { member(via).instance(name).await.expect("read the instance") })
+        .and_then(|i| i.location)
+}
+
+/// Deletes the instances and the profile of these tests (a killed run's too), by name.
+fn delete_placed() {
+    let incus = |args: &[&str]| {
+        Cmd::new("incus")
+            .args(args)
+            .env("INCUS_DIR", format!("{BASE}/1/incus"))
+            .timeout(Duration::from_secs(120))
+            .run()
+    };
+    for name in [EDGE, PINNED, EXTRA, BLUE, GREEN] {
+        if location(1, name).is_some() {
+            incus(&["delete", "--force", name]).unwrap_or_else(|e| panic!("deleting {name}: {e}"));
+        }
+    }
+    let _ = incus(&["profile", "delete", "vt-cl-net"]);
+}
+
+/// Waits until member `via` sees member `n` with `status` (bounded).
+fn wait_member(via: u8, n: u8, status: &str) -> Duration {
+    let start = Instant::now();
+    let name = format!("veza-cl-{n}");
+    loop {
+        let seen = runtime().expect("runtime").block_on(async {
+            let scope = veza_host::incus::Scope::WITHOUT_NETWORKS.with_members(true);
+            match member(via).observe_scoped(scope).await {
+                Ok(l) => l.members.get(&name).map(|m| m.status.clone()).ok_or_else(String::new),
+                Err(e) => Err(e.to_string()),
+            }
+        });
+        if seen.as_deref() == Ok(status) {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(90),
+            "{name} not {status} after 90 s: {seen:?}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// A fixture whose branch holds the cluster manifest, the artifacts beside it.
+struct Placement {
+    f: Fixture,
+    art: PathBuf,
+    shas: [String; 2],
+}
+
+impl Placement {
+    fn new() -> Placement {
+        let (f, _) = Fixture::new();
+        delete_placed();
+        let art = f.dir.path().join("artifacts");
+        let shas = artifacts(&art);
+        Placement { f, art, shas }
+    }
+
+    fn commit(&self, active: &str, extra: Option<Option<&str>>) -> String {
+        let text = cluster_manifest(&self.art, &self.shas, active, extra);
+        self.f
+            .repo
+            .commit_files_signed(&self.f.key, &[("cl.yaml", &text)], "cluster")
+            .expect("commit")
+    }
+}
+
+/// The release the edge serves `WEB` from, by one request (`X-Release`).
+fn served_release() -> Option<String> {
+    let r = veza_host::http::get(EDGE_ADDR, WEB, "/", Duration::from_secs(3)).ok()?;
+    (r.status == 200).then(|| r.headers.get("x-release").cloned()).flatten()
+}
+
+/// One walk through placement and the loss of a member (one test: the instances are
+/// built once): `target:` obeyed and the colors apart; a promotion to green while green's
+/// member dies reverts with no failed request through the edge (on a surviving member);
+/// while that member is offline nothing is scheduled onto it and its instance is
+/// reported; once it is back the promotion completes.
+#[test]
+#[ignore = "needs the 3-member cluster: run tests/cluster"]
+fn placement_and_a_member_lost_during_a_promotion() {
+    cluster(&["up"]);
+    let p = Placement::new();
+    p.commit("blue", None);
+    let a = p.f.config(1, "promotion: {health_timeout: 8s}\n");
+    let r = agent(&a, &["apply"]);
+    assert_eq!(r.code, 0, "{r}");
+    // `target:` is obeyed, the colors land apart, on the least loaded members.
+    assert_eq!(location(2, EDGE).as_deref(), Some("veza-cl-1"), "{r}");
+    assert_eq!(location(2, PINNED).as_deref(), Some("veza-cl-1"), "{r}");
+    let (blue, green) = (location(2, BLUE).expect("blue"), location(2, GREEN).expect("green"));
+    assert_ne!(blue, green, "anti-affinity: both colors on one member\n{r}");
+    assert!(blue != "veza-cl-1" && green != "veza-cl-1", "the least loaded members: {r}");
+    eprintln!("cluster: placed blue on {blue}, green on {green}, {EDGE} and {PINNED} on veza-cl-1");
+    assert_eq!(served_release().as_deref(), Some(R1), "blue serves");
+    let dead: u8 = green.trim_start_matches("veza-cl-").parse().expect("member number");
+
+    // Requests through the edge all along; the promotion to green starts, and green's
+    // member dies as soon as the run begins (its journal appears).
+    let traffic =
+        veza_testkit::traffic::Traffic::to(EDGE_ADDR, WEB, "/", 2, Duration::from_millis(20));
+    p.commit("green", None);
+    let journal = p.f.state_dir(1).join("journal.json");
+    let run = {
+        let a = a.clone();
+        std::thread::spawn(move || agent(&a, &["apply"]))
+    };
+    let start = Instant::now();
+    while !journal.exists() {
+        assert!(start.elapsed() < Duration::from_secs(60), "the apply never began");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    cluster(&["kill", &dead.to_string()]);
+    let killed_at = start.elapsed();
+    let r = run.join().expect("the apply's thread");
+    let (ok, failed) = traffic.stop();
+    eprintln!(
+        "cluster: promotion with member {dead} killed {killed_at:?} into the run: exit {}, {ok} requests through the edge, {failed} failed: {}",
+        r.code,
+        r.out.lines().next().unwrap_or("")
+    );
+    // Completed (green serves) or reverted (blue still serves): never in between.
+    let serving = served_release();
+    match r.code {
+        0 => assert_eq!(serving.as_deref(), Some(R2), "completed: green serves\n{r}"),
+        1 => {
+            assert_eq!(serving.as_deref(), Some(R1), "reverted: blue serves\n{r}");
+            assert!(r.out.contains("rolled-back"), "{r}");
+        }
+        c => panic!("exit {c}: neither completed nor reverted\n{r}"),
+    }
+    assert!(ok > 0, "the request loop ran");
+    assert_eq!(failed, 0, "{failed} of {} requests through the edge failed\n{r}", ok + failed);
+
+    // While the member is offline: an instance targeted at it is refused, the instance on
+    // it is reported and left alone, one without a target goes to a live member.
+    let offline = wait_member(1, dead, "Offline");
+    eprintln!("cluster: member {dead} reported offline {offline:?} after the run");
+    p.commit("green", Some(Some(&green)));
+    let plan = agent(&a, &["plan"]);
+    let text = format!("{}{}", plan.out, plan.err);
+    let refused =
+        format!("refused: instance {EXTRA}: its `target:` member is `{green}`, which is offline");
+    assert!(text.contains(&refused), "{plan}");
+    let reported = format!("cluster: instance `{GREEN}` is on member `{green}`, which is offline");
+    assert!(text.contains(&reported), "{plan}");
+    let skipped = format!("refused: instance {GREEN}: it is on member `{green}`, which is offline");
+    assert!(text.contains(&skipped), "the promotion through it is skipped: {plan}");
+    p.commit("green", Some(None));
+    let r = agent(&a, &["apply"]);
+    assert_eq!(r.code, 3, "applied but for the refusals: {r}");
+    let extra = location(1, EXTRA).expect("created without a target");
+    assert_ne!(extra, green, "{r}");
+    assert_eq!(served_release().as_deref(), Some(R1), "blue still serves");
+
+    // The member is back: the promotion completes.
+    cluster(&["start", &dead.to_string()]);
+    wait_member(1, dead, "Online");
+    let r = agent(&a, &["apply"]);
+    assert_eq!(r.code, 0, "{r}");
+    assert_eq!(served_release().as_deref(), Some(R2), "green serves");
+    delete_placed();
+    restore();
+}

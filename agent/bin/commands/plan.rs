@@ -142,6 +142,7 @@ mod tests {
             refusals: (0..refusals).map(|_| refusal()).collect(),
             drift: Vec::new(),
             edge_takeover: None,
+            cluster: Vec::new(),
         };
         // (steps, waiting steps, refusals, suspended or report mode, exit code)
         let table = [

@@ -24,7 +24,8 @@ impl Agent {
             Scope::EVERYTHING
         } else {
             Scope::WITHOUT_NETWORKS
-        };
+        }
+        .with_members(self.config.cluster.is_some());
         let mut state = self.incus.observe_scoped(scope).await.context("observing Incus")?;
         let runs_in = manifests.iter().find_map(|m| m.edge.as_ref().map(|e| e.runs_in.clone()));
         if let Some(r) = &runs_in {

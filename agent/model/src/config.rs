@@ -16,7 +16,7 @@ use crate::path;
 mod cluster;
 mod feedback;
 
-pub use cluster::{ClusterConfig, DEFAULT_LEASE_TTL};
+pub use cluster::{ClusterConfig, DEFAULT_LEASE_TTL, is_member_name};
 pub use feedback::{
     DEFAULT_PREVIEW_PLAN_TIMEOUT, DEFAULT_PREVIEWS_PER_POLL, FeedbackConfig, ForgejoStatusConfig,
     PreviewsConfig,

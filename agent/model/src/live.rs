@@ -166,6 +166,10 @@ pub struct LiveInstance {
     /// Profiles, in order.
     pub profiles: Vec<String>,
     pub description: String,
+    /// On a cluster, the member it lives on (Incus's `location`); `None` on a single
+    /// host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
 }
 
 impl LiveInstance {
@@ -292,6 +296,29 @@ pub struct LiveState {
     pub edge: LiveEdge,
     /// Unit files carrying the agent's marker, by target and file name.
     pub units: BTreeMap<UnitTarget, BTreeMap<String, String>>,
+    /// The members of the Incus cluster by name, observed only when the agent is
+    /// configured for a cluster (`cluster:`); empty on a single host.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub members: BTreeMap<String, LiveMember>,
+}
+
+/// A member of the Incus cluster, as `GET /1.0/cluster/members?recursion=1` reports it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LiveMember {
+    pub name: String,
+    /// `Online`, `Offline`, `Evacuated`, `Blocked`…: only an `Online` member takes new
+    /// instances or changes.
+    pub status: String,
+    /// What Incus says about it (`Unavailable due to heartbeat timeout`…).
+    #[serde(default)]
+    pub message: String,
+}
+
+impl LiveMember {
+    /// Whether it takes new instances and changes (`status: Online`).
+    pub fn is_online(&self) -> bool {
+        self.status == "Online"
+    }
 }
 
 impl LiveState {
@@ -318,6 +345,16 @@ impl LiveState {
     /// The live edge's config text, if any.
     pub fn edge_config(&self) -> Option<&str> {
         self.edge.config.as_deref()
+    }
+
+    /// Whether `instance` lives on a cluster member that is not online: Incus lists it
+    /// in `Error` with no config (no marks) and cannot change it.
+    pub fn on_offline_member(&self, instance: &LiveInstance) -> bool {
+        instance
+            .location
+            .as_deref()
+            .and_then(|m| self.members.get(m))
+            .is_some_and(|m| !m.is_online())
     }
 
     /// The color the live edge routes `env`/`app` to, if any.

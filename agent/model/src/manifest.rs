@@ -237,6 +237,11 @@ pub struct Instance {
     /// Only report drift on this instance, never correct it.
     #[serde(default)]
     pub detect_only: bool,
+    /// On an Incus cluster, the member it is created on (`incus cluster list`). Without
+    /// it, the agent picks the online member with the fewest instances. Ignored, with a
+    /// note in the plan, on a host that is not configured for a cluster.
+    #[serde(default)]
+    pub target: Option<String>,
 }
 
 /// One of the two colors of a blue/green app.
@@ -415,6 +420,11 @@ pub struct Slot {
     /// The release (40-hex commit id) this slot runs; absent for an empty slot.
     #[serde(default)]
     pub release: Option<Release>,
+    /// On an Incus cluster, the member this color's slot is created on. Without it, the
+    /// two colors of an app are created on different members (anti-affinity), so losing
+    /// one member never takes both.
+    #[serde(default)]
+    pub target: Option<String>,
 }
 
 /// The environment's part of the shared HAProxy edge.

@@ -119,6 +119,10 @@ pub struct DesiredInstance {
     pub slot: Option<SlotSpec>,
     /// The app accepts rebuilding its serving slot in place (`in_place_updates`).
     pub in_place_updates: bool,
+    /// On a cluster, the member the manifest places it on (`target:`); `None`: the
+    /// planner picks one (`plan::placement`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
     /// The devices its declared profiles give it (a local device equal to one of these,
     /// by name and settings, changes nothing the instance runs).
     #[serde(skip)]
@@ -326,6 +330,7 @@ pub fn desired(
                     detect_only: inst.detect_only,
                     slot: None,
                     in_place_updates: false,
+                    target: inst.target.clone(),
                     profile_devices: Devices::new(),
                 },
             );
@@ -421,6 +426,7 @@ pub fn desired(
                         snapshots_keep: 0,
                         detect_only: false,
                         in_place_updates: app.in_place_updates,
+                        target: slot.target.clone(),
                         profile_devices: Devices::new(),
                         slot: Some(SlotSpec {
                             env: env.clone(),

@@ -22,6 +22,7 @@ use veza_model::live::{SlotInstance, serving_colors};
 
 mod instance;
 pub mod maintenance;
+mod placement;
 mod types;
 
 use instance::{diff_reason, plan_instance};
@@ -402,8 +403,18 @@ pub fn plan(
     plan_jobs(&want, live, &mut b);
     plan_prune(&want, live, &mut b);
 
-    let edge_takeover = takeover(&b.steps, live);
-    Ok(Plan { steps: b.steps, refusals: b.refusals, drift, waiting: Vec::new(), edge_takeover })
+    // On a cluster: the member of each creation; nothing onto or on an offline member.
+    let placed = placement::place(b.steps, &want, live);
+    b.refusals.extend(placed.refusals);
+    let edge_takeover = takeover(&placed.steps, live);
+    Ok(Plan {
+        steps: placed.steps,
+        refusals: b.refusals,
+        drift,
+        waiting: Vec::new(),
+        edge_takeover,
+        cluster: placed.notes,
+    })
 }
 
 /// The color each app's traffic goes to now: what the agent's own config routes to, or,

@@ -36,7 +36,7 @@ pub fn applied(live: &LiveState, plan: &Plan) -> Result<LiveState, SimulateError
                 };
                 l.profiles.insert(name.clone(), profile);
             }
-            Action::CreateInstance { name, profiles, config, devices, kind, .. } => {
+            Action::CreateInstance { name, profiles, config, devices, kind, target, .. } => {
                 l.instances.insert(
                     name.clone(),
                     LiveInstance {
@@ -48,6 +48,7 @@ pub fn applied(live: &LiveState, plan: &Plan) -> Result<LiveState, SimulateError
                         expanded_devices: devices.clone(),
                         profiles: profiles.clone(),
                         description: String::new(),
+                        location: target.clone(),
                     },
                 );
             }

@@ -217,6 +217,7 @@ mod tests {
                 .collect(),
             drift: Vec::new(),
             edge_takeover: None,
+            cluster: Vec::new(),
         }
     }
 
@@ -230,6 +231,7 @@ mod tests {
                 profiles: Vec::new(),
                 config: BTreeMap::new(),
                 devices: BTreeMap::new(),
+                target: None,
             })
             .collect();
         let long = "x".repeat(300);

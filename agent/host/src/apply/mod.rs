@@ -406,7 +406,7 @@ async fn run_step<I: Incus, E: Edge, U: Units, P: Probe, C: Clock>(
                 .map(|_| ())
                 .map_err(|e| fail(&e))
         }
-        Action::CreateInstance { name, image, kind, profiles, config, devices } => {
+        Action::CreateInstance { name, image, kind, profiles, config, devices, target } => {
             let source = image_source(image).map_err(StepError::Failed)?;
             let spec = InstanceSpec {
                 name: name.clone(),
@@ -416,6 +416,7 @@ async fn run_step<I: Incus, E: Edge, U: Units, P: Probe, C: Clock>(
                 devices: devices.clone(),
                 profiles: profiles.clone(),
                 start: true,
+                target: target.clone(),
             };
             match d.incus.create_instance(&spec).await {
                 Ok(()) => Ok(()),

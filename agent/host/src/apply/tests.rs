@@ -602,6 +602,7 @@ fn plan_of(actions: Vec<Action>) -> Plan {
         drift: Vec::new(),
         edge_takeover: None,
         waiting: Vec::new(),
+        cluster: Vec::new(),
     }
 }
 
@@ -613,6 +614,7 @@ fn create(name: &str) -> Action {
         profiles: vec!["default".into()],
         config: [("user.veza.app".to_string(), "web".to_string())].into_iter().collect(),
         devices: Default::default(),
+        target: None,
     }
 }
 
@@ -634,6 +636,7 @@ fn created_by_an_earlier_run(fake: &FakeIncus, name: &str, app: &str) {
             expanded_devices: Default::default(),
             profiles: vec!["default".into()],
             description: String::new(),
+            location: None,
         },
     );
     fake.set_live(live);

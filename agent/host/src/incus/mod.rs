@@ -63,13 +63,21 @@ pub type Result<T, E = IncusError> = std::result::Result<T, E>;
 pub struct Scope {
     /// Also list networks (`GET /1.0/networks?recursion=1`).
     pub networks: bool,
+    /// Also list the cluster's members (`GET /1.0/cluster/members?recursion=1`): only
+    /// when the agent is configured for a cluster (a single host answers an error).
+    pub members: bool,
 }
 
 impl Scope {
     /// Instances, profiles, networks and storage pools.
-    pub const EVERYTHING: Scope = Scope { networks: true };
+    pub const EVERYTHING: Scope = Scope { networks: true, members: false };
     /// Instances, profiles and storage pools.
-    pub const WITHOUT_NETWORKS: Scope = Scope { networks: false };
+    pub const WITHOUT_NETWORKS: Scope = Scope { networks: false, members: false };
+
+    /// The same, with the cluster's members too when `on_cluster`.
+    pub fn with_members(self, on_cluster: bool) -> Scope {
+        Scope { members: on_cluster, ..self }
+    }
 }
 
 /// Everything the agent does with Incus. See the module documentation for the rules every

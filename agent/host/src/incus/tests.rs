@@ -33,6 +33,7 @@ fn foreign(name: &str) -> LiveInstance {
         expanded_devices: Devices::new(),
         profiles: vec!["default".into()],
         description: String::new(),
+        location: None,
     }
 }
 
@@ -518,4 +519,23 @@ fn a_read_left_unanswered_is_sent_again_and_a_persistent_stall_is_a_timeout() {
             std::env::temp_dir().join(format!("veza-stub-incusd-{}-{tag}", std::process::id()));
         let _ = std::fs::remove_dir_all(dir);
     }
+}
+
+/// On a cluster, an instance on an offline member is listed with `null` devices and
+/// profiles and the `Error` status; a single host says `location: "none"`.
+#[test]
+fn an_instance_on_an_offline_member_is_read_with_its_location() {
+    let listed = serde_json::json!([
+        {"name": "web-green", "status": "Error", "location": "veza-cl-3", "type": "container",
+         "config": {"user.veza.managed": "true"}, "devices": null, "expanded_devices": null,
+         "profiles": null},
+        {"name": "solo", "status": "Running", "location": "none", "config": {}, "devices": {},
+         "expanded_devices": {}, "profiles": ["default"]},
+    ]);
+    let read: Vec<super::types::wire::Instance> = serde_json::from_value(listed).expect("decoded");
+    let live: Vec<LiveInstance> = read.into_iter().map(|i| i.into_live()).collect();
+    assert_eq!(live[0].location.as_deref(), Some("veza-cl-3"));
+    assert_eq!(live[0].status, InstanceStatus::Error);
+    assert!(live[0].is_owned() && live[0].devices.is_empty() && live[0].profiles.is_empty());
+    assert_eq!(live[1].location, None, "a single host's `none` is no location");
 }

@@ -71,6 +71,9 @@ pub struct InstanceSpec {
     pub profiles: Vec<String>,
     /// Start the instance (on creation in the same operation, and later if it is stopped).
     pub start: bool,
+    /// On a cluster, the member to create it on (`?target=`); `None`: Incus decides (a
+    /// single host).
+    pub target: Option<String>,
 }
 
 impl InstanceSpec {
@@ -84,6 +87,7 @@ impl InstanceSpec {
             devices: Devices::new(),
             profiles: vec!["default".to_string()],
             start: false,
+            target: None,
         }
     }
 

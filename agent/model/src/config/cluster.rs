@@ -33,14 +33,19 @@ impl ClusterConfig {
     }
 }
 
+/// Whether `name` can be an Incus cluster member's name: 1 to 63 ASCII letters, digits,
+/// `-` or `.` (`cluster.member`, a manifest's `target`).
+pub fn is_member_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+}
+
 /// What is wrong with the `cluster` section, located.
 pub(super) fn problems(c: &HostConfig) -> Vec<(Vec<Seg>, String)> {
     let mut out = Vec::new();
     let Some(cl) = &c.cluster else { return out };
-    let ok = !cl.member.is_empty()
-        && cl.member.len() <= 63
-        && cl.member.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
-    if !ok {
+    if !is_member_name(&cl.member) {
         out.push((
             path!["cluster", "member"],
             format!(

@@ -98,6 +98,7 @@ pub(super) fn check_manifest(m: &Manifest, declared: &Declared, r: &mut Rules<'_
                 "a protected instance keeps at least one snapshot",
             );
         }
+        check_target(inst.target.as_deref(), &p, r);
     }
 
     let prefix = m.metadata.instance_prefix();
@@ -231,6 +232,7 @@ pub(super) fn check_manifest(m: &Manifest, declared: &Declared, r: &mut Rules<'_
             Some(_) => {}
         }
         for (color, slot) in &app.slots {
+            check_target(slot.target.as_deref(), &extend(&slots, color.as_str()), r);
             if let Some(release) = &slot.release
                 && !app.artifact.sha256.contains_key(release)
             {
@@ -441,6 +443,18 @@ fn check_env(env: &BTreeMap<String, String>, p: &[Seg], r: &mut Rules<'_>) {
 fn no_secret_in_command(command: &str, p: Vec<Seg>, r: &mut Rules<'_>) {
     if command.contains("{secret:") {
         r.value(p, "secrets are not allowed on a command line (visible in `ps`): set a variable in `env` to `{secret:NAME}` and use the variable");
+    }
+}
+
+/// A cluster member's name (`target:`): Incus names its members like instances.
+fn check_target(target: Option<&str>, p: &[Seg], r: &mut Rules<'_>) {
+    if let Some(member) = target
+        && !crate::config::is_member_name(member)
+    {
+        r.value(
+            extend(p, "target"),
+            format!("invalid cluster member name `{member}`: 1 to 63 ASCII letters, digits, `-` or `.`, as `incus cluster list` shows it"),
+        );
     }
 }
 

@@ -33,6 +33,8 @@ pub(super) fn plan_instance(
                 profiles: d.profiles.clone(),
                 config: d.config.clone(),
                 devices: d.devices.clone(),
+                // Chosen once the whole plan is known (`super::placement`).
+                target: None,
             },
             reason,
         );
@@ -61,6 +63,11 @@ pub(super) fn plan_instance(
         }
         return;
     };
+    if live.on_offline_member(l) {
+        // Unreachable, and listed without its marks: nothing is planned on it here
+        // (`super::placement` reports it and refuses what would touch it).
+        return;
+    }
     if !l.is_owned() {
         b.refuse(
             format!("instance {name}"),

@@ -236,7 +236,7 @@ pub fn hold(plan: Plan, live: &LiveState, manifests: &[&Manifest], clock: Window
             Availability::Closed { next_open } => Some(next_open),
         }
     };
-    let Plan { steps, refusals, drift, mut waiting, edge_takeover } = plan;
+    let Plan { steps, refusals, drift, mut waiting, edge_takeover, cluster } = plan;
     let mut kept = Vec::with_capacity(steps.len());
     // Instances whose deletion, creation or release waits: later steps on them wait too.
     let mut blocked: BTreeMap<String, Cause> = BTreeMap::new();
@@ -321,7 +321,7 @@ pub fn hold(plan: Plan, live: &LiveState, manifests: &[&Manifest], clock: Window
     let edge_takeover = edge_takeover.filter(|_| {
         kept.iter().any(|s| matches!(s.action, Action::InstallEdge { .. } | Action::Promote(_)))
     });
-    Plan { steps: kept, refusals, drift, waiting, edge_takeover }
+    Plan { steps: kept, refusals, drift, waiting, edge_takeover, cluster }
 }
 
 #[cfg(test)]

@@ -41,6 +41,10 @@ pub enum Action {
         profiles: Vec<String>,
         config: BTreeMap<String, String>,
         devices: Devices,
+        /// On a cluster, the member it is created on (`POST /1.0/instances?target=`);
+        /// `None` on a single host.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        target: Option<String>,
     },
     /// Set an instance's managed config keys, devices and profiles.
     UpdateInstance {
@@ -235,8 +239,12 @@ impl fmt::Display for Action {
             Action::Snapshot { instance, keep } => {
                 write!(f, "snapshot {instance} (keep {keep})")
             }
-            Action::CreateInstance { name, image, .. } => {
-                write!(f, "create instance {name} from {image}")
+            Action::CreateInstance { name, image, target, .. } => {
+                write!(f, "create instance {name} from {image}")?;
+                match target {
+                    Some(member) => write!(f, " on member {member}"),
+                    None => Ok(()),
+                }
             }
             Action::UpdateInstance { name, .. } => write!(f, "update instance {name}"),
             Action::StartInstance { name } => write!(f, "start instance {name}"),
@@ -330,6 +338,11 @@ pub struct Plan {
     /// install after a cutover): the unified diff from it to the rendered config.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub edge_takeover: Option<String>,
+    /// On a cluster, what the operator should know about where instances run (an
+    /// instance on an offline member, both colors of an app on one member…;
+    /// `super::placement`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cluster: Vec<String>,
 }
 
 impl Plan {
@@ -442,6 +455,9 @@ impl fmt::Display for Plan {
         }
         for d in &self.drift {
             writeln!(f, "drift (detect-only): {d}")?;
+        }
+        for c in &self.cluster {
+            writeln!(f, "cluster: {c}")?;
         }
         Ok(())
     }

@@ -99,17 +99,26 @@ impl Incus for IncusClient {
                 Ok(Vec::new())
             }
         };
-        let (instances, profiles, networks, pools) = tokio::try_join!(
+        let members = async {
+            if scope.members {
+                self.get_as::<Vec<wire::Member>>("/1.0/cluster/members?recursion=1").await
+            } else {
+                Ok(Vec::new())
+            }
+        };
+        let (instances, profiles, networks, pools, members) = tokio::try_join!(
             self.get_as::<Vec<wire::Instance>>("/1.0/instances?recursion=1"),
             self.get_as::<Vec<wire::Profile>>("/1.0/profiles?recursion=1"),
             networks,
             self.get_as::<Vec<wire::Pool>>("/1.0/storage-pools?recursion=1"),
+            members,
         )?;
         Ok(LiveState {
             instances: instances.into_iter().map(|i| (i.name.clone(), i.into_live())).collect(),
             profiles: profiles.into_iter().map(|p| (p.name.clone(), p.into_live())).collect(),
             networks: networks.into_iter().map(|n| (n.name.clone(), n.into_live())).collect(),
             pools: pools.into_iter().map(|p| (p.name.clone(), p.into_live())).collect(),
+            members: members.into_iter().map(|m| (m.server_name.clone(), m.into_live())).collect(),
             ..LiveState::default()
         })
     }
@@ -134,8 +143,15 @@ impl Incus for IncusClient {
             "profiles": spec.profiles,
             "start": spec.start,
         });
-        match self.call(Method::POST, "/1.0/instances", Some(&body), None, self.op_deadline()).await
-        {
+        // On a cluster, the member it is created on (a name safe in a query string).
+        let path = match &spec.target {
+            Some(member) => {
+                validate_name("cluster member name", member)?;
+                format!("/1.0/instances?target={member}")
+            }
+            None => "/1.0/instances".to_string(),
+        };
+        match self.call(Method::POST, &path, Some(&body), None, self.op_deadline()).await {
             Ok(_) => Ok(()),
             Err(IncusError::Operation { method, path, operation, message, code, .. }) => {
                 let hint = if message.contains("Image not provided")

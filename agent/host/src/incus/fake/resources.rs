@@ -23,9 +23,15 @@ impl Incus for FakeIncus {
                 s.record(format!("GET /1.0/{what}?recursion=1"), false)?;
             }
         }
+        if scope.members {
+            s.record("GET /1.0/cluster/members?recursion=1".to_string(), false)?;
+        }
         let mut live = s.live.clone();
         if !scope.networks {
             live.networks.clear();
+        }
+        if !scope.members {
+            live.members.clear();
         }
         Ok(live)
     }
@@ -50,6 +56,29 @@ impl Incus for FakeIncus {
                 hint: String::new(),
             });
         }
+        if let Some(target) = &spec.target {
+            // What incusd answers for a member it cannot place on.
+            let refused = match s.live.members.get(target) {
+                _ if s.live.members.is_empty() => Some("This server is not clustered".to_string()),
+                None => {
+                    Some(format!("Failed to get cluster member: Member \"{target}\" not found"))
+                }
+                Some(m) if !m.is_online() => {
+                    Some(format!("Target cluster member {target:?} is offline"))
+                }
+                Some(_) => None,
+            };
+            if let Some(message) = refused {
+                return Err(IncusError::Operation {
+                    method: "POST".to_string(),
+                    path: format!("/1.0/instances?target={target}"),
+                    operation: "/1.0/operations/fake".to_string(),
+                    code: 400,
+                    message,
+                    hint: String::new(),
+                });
+            }
+        }
         let mut config = with_mark(&spec.config);
         config.insert("volatile.base_image".to_string(), "fake".to_string());
         let inst = LiveInstance {
@@ -61,6 +90,7 @@ impl Incus for FakeIncus {
             expanded_devices: expanded,
             profiles: spec.profiles.clone(),
             description: String::new(),
+            location: spec.target.clone(),
         };
         s.live.instances.insert(spec.name.clone(), inst);
         s.refresh();

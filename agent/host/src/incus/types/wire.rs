@@ -10,13 +10,13 @@ pub(crate) struct Instance {
     pub kind: Option<InstanceKind>,
     #[serde(default)]
     pub status: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub config: Config,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub devices: Devices,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub expanded_devices: Devices,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub profiles: Vec<String>,
     #[serde(default)]
     pub description: String,
@@ -26,6 +26,19 @@ pub(crate) struct Instance {
     pub ephemeral: bool,
     #[serde(default)]
     pub stateful: bool,
+    /// The cluster member it lives on; `none` on a single host.
+    #[serde(default)]
+    pub location: String,
+}
+
+/// `null` read as the empty value: on a cluster, an instance on an offline member is
+/// listed with `null` devices (its member cannot be asked).
+fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
 impl Instance {
@@ -39,6 +52,28 @@ impl Instance {
             expanded_devices: self.expanded_devices,
             profiles: self.profiles,
             description: self.description,
+            location: (!self.location.is_empty() && self.location != "none")
+                .then_some(self.location),
+        }
+    }
+}
+
+/// A cluster member (`GET /1.0/cluster/members?recursion=1`).
+#[derive(Debug, Deserialize)]
+pub(crate) struct Member {
+    pub server_name: String,
+    #[serde(default)]
+    pub status: String,
+    #[serde(default)]
+    pub message: String,
+}
+
+impl Member {
+    pub(crate) fn into_live(self) -> veza_model::live::LiveMember {
+        veza_model::live::LiveMember {
+            name: self.server_name,
+            status: self.status,
+            message: self.message,
         }
     }
 

@@ -155,6 +155,7 @@ fn what_interrupts_something_running_is_disruptive_and_nothing_else() {
                     profiles: vec!["default".into()],
                     config: BTreeMap::new(),
                     devices: same.clone(),
+                    target: None,
                 },
             ],
             vec![Some(DeletesInstance), None],
@@ -302,6 +303,7 @@ fn gate() -> crate::plan::Gate {
 fn plan_of(actions: Vec<Action>) -> Plan {
     Plan {
         edge_takeover: None,
+        cluster: Vec::new(),
         steps: actions.into_iter().map(|action| Step { action, reason: "test".into() }).collect(),
         refusals: Vec::new(),
         drift: Vec::new(),
