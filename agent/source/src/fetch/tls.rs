@@ -1,0 +1,143 @@
+//! TLS for HTTPS remotes: rustls with `ring` (the provider the Incus client uses too),
+//! HTTP/1.1, and whom the agent trusts:
+//!
+//! * without `source.ca_file`, the system's certificate authorities (the platform
+//!   verifier reads the host's CA store, `ca-certificates` on Debian);
+//! * with it, only the certificates of that file (as git's `http.sslCAInfo`: the file
+//!   replaces the system's CAs). A certificate of the file that the forge presents
+//!   itself, byte for byte, is accepted for the names it carries even when it is marked as
+//!   a CA (a self-signed forge certificate made with `openssl req -x509` is): listing the
+//!   forge's own certificate pins it, as it did with libcurl. Its dates still count:
+//!   webpki checks them before anything else, and an expired or not yet valid certificate
+//!   is refused whatever the file says.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use rustls_platform_verifier::BuilderVerifierExt;
+
+/// The client configuration for a fetch: the CA file's certificates (`Some`) or the
+/// system's. The error says what is wrong with the file, for `FetchError::Remote`.
+pub(super) fn client_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup: {e}"))?;
+    let mut config = match ca_file {
+        None => builder
+            .with_platform_verifier()
+            .map_err(|e| format!("reading the system's CA certificates: {e}"))?
+            .with_no_client_auth(),
+        Some(path) => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(CaFile::read(path, provider)?))
+            .with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// Whether a verification error is about the certificate's validity dates (webpki
+/// checks them first, so any other error means the dates are fine).
+fn about_dates(e: &rustls::Error) -> bool {
+    use rustls::CertificateError as C;
+    matches!(
+        e,
+        rustls::Error::InvalidCertificate(
+            C::Expired | C::ExpiredContext { .. } | C::NotValidYet | C::NotValidYetContext { .. }
+        )
+    )
+}
+
+/// Trusts the certificates of one file: as authorities, and each as the server's own
+/// certificate when the server presents exactly it.
+#[derive(Debug)]
+struct CaFile {
+    webpki: Arc<WebPkiServerVerifier>,
+    certs: Vec<CertificateDer<'static>>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl CaFile {
+    fn read(path: &Path, provider: Arc<CryptoProvider>) -> Result<CaFile, String> {
+        let bad = |why: String| format!("source.ca_file `{}`: {why}", path.display());
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+            .and_then(Iterator::collect)
+            .map_err(|e| bad(e.to_string()))?;
+        let mut roots = rustls::RootCertStore::empty();
+        let (_, ignored) = roots.add_parsable_certificates(certs.iter().cloned());
+        if roots.is_empty() {
+            return Err(bad(format!(
+                "holds no usable PEM certificate ({} found, {ignored} unreadable)",
+                certs.len()
+            )));
+        }
+        let webpki = WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            Arc::clone(&provider),
+        )
+        .build()
+        .map_err(|e| bad(e.to_string()))?;
+        Ok(CaFile { webpki, certs, provider })
+    }
+}
+
+impl ServerCertVerifier for CaFile {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let chained =
+            self.webpki.verify_server_cert(end_entity, intermediates, server_name, ocsp, now);
+        match chained {
+            Err(e) if !about_dates(&e) && self.certs.iter().any(|c| c.as_ref() == end_entity.as_ref()) => {
+                let parsed = rustls::server::ParsedCertificate::try_from(end_entity)?;
+                rustls::client::verify_server_name(&parsed, server_name)?;
+                Ok(ServerCertVerified::assertion())
+            }
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}
