@@ -141,3 +141,57 @@ impl ServerCertVerifier for CaFile {
         self.provider.signature_verification_algorithms.supported_schemes()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Self-signed for `IP:127.0.0.1`, marked `CA:TRUE` as `openssl req -x509` makes
+    /// them, valid from 2026-12-06 to 2126-11-12.
+    const FORGE: &str = include_str!("testdata/forge.crt");
+    /// Another such certificate, for the same address.
+    const OTHER: &str = include_str!("testdata/other.crt");
+
+    fn der(pem: &str) -> CertificateDer<'static> {
+        CertificateDer::from_pem_slice(pem.as_bytes()).expect("test certificate")
+    }
+
+    fn verifier(ca_file: &str) -> Result<CaFile, String> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("ca.pem");
+        std::fs::write(&path, ca_file).expect("write CA file");
+        CaFile::read(&path, Arc::new(rustls::crypto::ring::default_provider()))
+    }
+
+    #[test]
+    fn a_ca_file_trusts_the_forges_own_certificate_for_its_names_and_dates_only() {
+        const JAN_2027: u64 = 1_798_761_600;
+        const JAN_2127: u64 = 4_954_435_200;
+        let both = format!("{FORGE}{OTHER}");
+        // (CA file, presented certificate, server name, now, accepted)
+        let cases = [
+            (FORGE, FORGE, "127.0.0.1", JAN_2027, true),
+            (both.as_str(), OTHER, "127.0.0.1", JAN_2027, true),
+            (FORGE, FORGE, "forge.example", JAN_2027, false),
+            (FORGE, FORGE, "127.0.0.1", JAN_2127, false),
+            (FORGE, OTHER, "127.0.0.1", JAN_2027, false),
+        ];
+        for (i, (file, presented, name, now, accepted)) in cases.into_iter().enumerate() {
+            let name = ServerName::try_from(name.to_string()).expect("server name");
+            let now = UnixTime::since_unix_epoch(std::time::Duration::from_secs(now));
+            let verdict = verifier(file).and_then(|v| {
+                v.verify_server_cert(&der(presented), &[], &name, &[], now)
+                    .map_err(|e| e.to_string())
+            });
+            assert_eq!(verdict.is_ok(), accepted, "case {i}: {verdict:?}");
+        }
+    }
+
+    #[test]
+    fn a_ca_file_without_certificates_is_refused_naming_the_file() {
+        for text in ["", "not a certificate\n"] {
+            let e = verifier(text).expect_err("no certificate");
+            assert!(e.starts_with("source.ca_file `") && e.contains("no usable PEM"), "{e}");
+        }
+    }
+}
