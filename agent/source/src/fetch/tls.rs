@@ -17,9 +17,9 @@ use std::sync::Arc;
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
+use rustls::{DigitallySignedStruct, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
 use rustls_platform_verifier::BuilderVerifierExt;
 
 /// The client configuration for a fetch: the CA file's certificates (`Some`) or the
@@ -78,12 +78,10 @@ impl CaFile {
                 certs.len()
             )));
         }
-        let webpki = WebPkiServerVerifier::builder_with_provider(
-            Arc::new(roots),
-            Arc::clone(&provider),
-        )
-        .build()
-        .map_err(|e| bad(e.to_string()))?;
+        let webpki =
+            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider))
+                .build()
+                .map_err(|e| bad(e.to_string()))?;
         Ok(CaFile { webpki, certs, provider })
     }
 }
@@ -100,7 +98,10 @@ impl ServerCertVerifier for CaFile {
         let chained =
             self.webpki.verify_server_cert(end_entity, intermediates, server_name, ocsp, now);
         match chained {
-            Err(e) if !about_dates(&e) && self.certs.iter().any(|c| c.as_ref() == end_entity.as_ref()) => {
+            Err(e)
+                if !about_dates(&e)
+                    && self.certs.iter().any(|c| c.as_ref() == end_entity.as_ref()) =>
+            {
                 let parsed = rustls::server::ParsedCertificate::try_from(end_entity)?;
                 rustls::client::verify_server_name(&parsed, server_name)?;
                 Ok(ServerCertVerified::assertion())
