@@ -22,6 +22,75 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls_platform_verifier::BuilderVerifierExt;
 
+/// The client configuration for a plain `http://` remote: no TLS is expected, so no CA
+/// is read (the system's store costs several milliseconds per fetch); should a server send
+/// the client to https anyway, every certificate is refused.
+pub(super) fn plain_http_config() -> Result<rustls::ClientConfig, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup: {e}"))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(PlainHttp { provider }))
+        .with_no_client_auth();
+    Ok(config)
+}
+
+/// Refuses every certificate: the verifier of a remote configured as plain http.
+#[derive(Debug)]
+struct PlainHttp {
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for PlainHttp {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Err(rustls::Error::General(
+            "TLS from a remote configured as plain http: use its https:// URL (and \
+             source.ca_file if needed)"
+                .into(),
+        ))
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}
+
 /// The client configuration for a fetch: the CA file's certificates (`Some`) or the
 /// system's. The error says what is wrong with the file, for `FetchError::Remote`.
 pub(super) fn client_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, String> {
@@ -186,6 +255,16 @@ mod tests {
             });
             assert_eq!(verdict.is_ok(), accepted, "case {i}: {verdict:?}");
         }
+    }
+
+    #[test]
+    fn a_plain_http_remote_trusts_no_certificate() {
+        let refuse = PlainHttp { provider: Arc::new(rustls::crypto::ring::default_provider()) };
+        let name = ServerName::try_from("127.0.0.1").expect("server name");
+        let now = UnixTime::since_unix_epoch(std::time::Duration::from_secs(1_798_761_600));
+        let e = refuse.verify_server_cert(&der(FORGE), &[], &name, &[], now).expect_err("refused");
+        assert!(e.to_string().contains("configured as plain http"), "{e}");
+        assert!(plain_http_config().is_ok());
     }
 
     #[test]

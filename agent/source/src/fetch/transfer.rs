@@ -268,9 +268,13 @@ fn http_options(
     let Ok(mut options) = options.downcast::<http::Options>() else {
         return Err(remote_err("unexpected HTTP transport options".to_string()));
     };
-    // Always set, for plain http too: the client is built without a default TLS setup
-    // (and a redirect may lead to https).
-    let tls = tls::client_config(transfer.ca_file.as_deref()).map_err(remote_err)?;
+    // Always set, for plain http too: the client is built without a TLS setup of its own.
+    let tls = if url.starts_with("https://") {
+        tls::client_config(transfer.ca_file.as_deref())
+    } else {
+        tls::plain_http_config()
+    }
+    .map_err(remote_err)?;
     let backstop = transfer.timeout + Duration::from_secs(5);
     let backend = http::reqwest::Options {
         configure_client: Some(Box::new(move |client| {
