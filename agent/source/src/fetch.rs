@@ -15,8 +15,11 @@
 //! * Several remotes are tried in priority order; the first that succeeds wins and the
 //!   failures of the ones before it are returned alongside.
 //! * Every fetch is bounded: it runs on a worker thread, and a watchdog raises gix's
-//!   interrupt flag and gives up when the timeout passes; curl's connect timeout and
-//!   low-speed limit are set to the same bound so a stalled server also ends the worker.
+//!   interrupt flag and gives up when the timeout passes; the HTTP client's connect and
+//!   request timeouts are set a little past the same bound so a stalled server also ends
+//!   the worker.
+//! * HTTP(S) goes through gix's pure-Rust transport (reqwest over hyper and rustls with
+//!   `ring`, `tls.rs`): no libcurl and its TLS libraries mapped into the daemon.
 //! * Reads are bounded too: file sizes are checked from the object header before a blob
 //!   is loaded, tree listings and ancestry walks have caps.
 //!
@@ -35,6 +38,7 @@ use crate::error::{FetchError, RemoteFailure};
 
 mod pulls;
 mod read;
+mod tls;
 mod transfer;
 
 pub use pulls::{PULL_HEADS, PullHead, PullHeads, pull_number};
@@ -190,20 +194,9 @@ fn why(e: impl std::error::Error) -> String {
     out
 }
 
-fn open_options(transfer: Option<&Transfer>) -> gix::open::Options {
-    let mut overrides = Vec::new();
-    if let Some(ca) = transfer.and_then(|t| t.ca_file.as_ref()) {
-        overrides.push(format!("http.sslCAInfo={}", ca.display()));
-    }
-    if let Some(t) = transfer.map(|t| t.timeout) {
-        // Backstops that end a stuck worker thread; a little longer than the watchdog so
-        // that the watchdog, not curl, decides and reports the timeout.
-        let backstop = t + Duration::from_secs(5);
-        overrides.push(format!("gitoxide.http.connectTimeout={}", backstop.as_millis()));
-        overrides.push("http.lowSpeedLimit=1".to_string());
-        overrides.push(format!("http.lowSpeedTime={}", backstop.as_secs()));
-    }
-    gix::open::Options::isolated().config_overrides(overrides)
+/// The mirror's repository options: isolated from the host's git configuration.
+fn open_options() -> gix::open::Options {
+    gix::open::Options::isolated()
 }
 
 /// A git repository opened for reading: the agent's bare mirror or any local repository.
@@ -231,7 +224,7 @@ impl Mirror {
 
     /// Opens an existing repository (bare, or a worktree's `.git`), with isolated config.
     pub fn open(dir: &Path) -> Result<Mirror, FetchError> {
-        let repo = gix::open_opts(dir, open_options(None))
+        let repo = gix::open_opts(dir, open_options())
             .map_err(|e| FetchError::Open { dir: dir.to_path_buf(), reason: why(e) })?;
         Ok(Mirror { dir: dir.to_path_buf(), repo })
     }
@@ -355,7 +348,7 @@ impl Mirror {
             Err(_) => {
                 interrupt.store(true, Ordering::SeqCst);
                 // Give the worker a moment to notice; if it is stuck in I/O, leave it behind
-                // (curl's own timeouts end it) and report the timeout now.
+                // (the HTTP client's own timeout ends it) and report the timeout now.
                 let _ = rx.recv_timeout(INTERRUPT_GRACE);
                 return Err(FetchError::Timeout { url: url.to_string(), timeout });
             }
@@ -363,7 +356,7 @@ impl Mirror {
         let _ = worker.join();
         let outcome = result?;
         // Re-open so that refs and packs written by the worker are visible.
-        self.repo = gix::open_opts(&self.dir, open_options(None))
+        self.repo = gix::open_opts(&self.dir, open_options())
             .map_err(|e| FetchError::Open { dir: self.dir.clone(), reason: why(e) })?;
         Ok(outcome)
     }

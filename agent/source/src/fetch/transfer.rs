@@ -1,11 +1,14 @@
 //! The network side of a fetch: the blocking gix fetch run on the worker thread, the
-//! pack-size cap, and which server may receive the credentials.
+//! HTTP client's settings, the pack-size cap, and which server may receive the credentials.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use super::{FetchOutcome, Transfer, open_options, why};
+use gix::protocol::transport::client::blocking_io::http;
+
+use super::{FetchOutcome, Transfer, open_options, tls, why};
 use crate::error::FetchError;
 
 /// Whether a fetch failure (its message) is about credentials: refused by the forge,
@@ -146,7 +149,7 @@ pub(super) fn fetch_blocking(
         }
         FetchError::Remote { url: url.to_string(), reason }
     };
-    let repo = gix::open_opts(dir, open_options(Some(transfer)))
+    let repo = gix::open_opts(dir, open_options())
         .map_err(|e| FetchError::Open { dir: dir.to_path_buf(), reason: why(e) })?;
     let remote = repo
         .remote_at(url)
@@ -214,8 +217,11 @@ pub(super) fn fetch_blocking(
             next: ctx.into(),
         }))
     };
-    let connection =
+    let mut connection =
         remote.connect(gix::remote::Direction::Fetch).map_err(remote_err)?.with_credentials(answer);
+    if let Some(options) = http_options(&repo, url, transfer)? {
+        connection = connection.with_transport_options(options);
+    }
     let prepared =
         connection.prepare_fetch(gix::progress::Discard, Default::default()).map_err(remote_err)?;
     let advertised = prepared.ref_map().remote_refs.len();
@@ -244,6 +250,43 @@ pub(super) fn fetch_blocking(
         .collect();
     let received_pack = matches!(outcome.status, gix::remote::fetch::Status::Change { .. });
     Ok(FetchOutcome { received_pack, local_refs })
+}
+
+/// The HTTP transport's options for `url` (`None` for other schemes): the client's
+/// TLS configuration ([`tls::client_config`]) and its timeouts, a little longer than the
+/// watchdog's so that the watchdog, not the client, decides and reports the timeout
+/// (they only end a worker the watchdog left behind).
+fn http_options(
+    repo: &gix::Repository,
+    url: &str,
+    transfer: &Transfer,
+) -> Result<Option<Box<dyn std::any::Any>>, FetchError> {
+    let remote_err = |reason: String| FetchError::Remote { url: url.to_string(), reason };
+    let Some(options) = repo.transport_options(url, None).map_err(|e| remote_err(why(e)))? else {
+        return Ok(None);
+    };
+    let Ok(mut options) = options.downcast::<http::Options>() else {
+        return Err(remote_err("unexpected HTTP transport options".to_string()));
+    };
+    // Always set, for plain http too: the client is built without a TLS setup of its own.
+    let tls = if url.starts_with("https://") {
+        tls::client_config(transfer.ca_file.as_deref())
+    } else {
+        tls::plain_http_config()
+    }
+    .map_err(remote_err)?;
+    let backstop = transfer.timeout + Duration::from_secs(5);
+    let backend = http::reqwest::Options {
+        configure_client: Some(Box::new(move |client| {
+            Ok(client
+                .connect_timeout(backstop)
+                .timeout(backstop)
+                .tls_backend_preconfigured(tls.clone()))
+        })),
+        configure_request: None,
+    };
+    options.backend = Some(Arc::new(Mutex::new(backend)));
+    Ok(Some(options))
 }
 
 #[cfg(test)]

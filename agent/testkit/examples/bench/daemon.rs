@@ -54,7 +54,9 @@ pub(crate) fn daemon_rss(
 ) -> Result<()> {
     let log = host.dir.join("daemon.log");
     let state_dir = host.dir.join("state");
+    // As packaging/veza-agent.service runs it (one malloc arena).
     let pid = Cmd::new(agent)
+        .env("MALLOC_ARENA_MAX", "1")
         .args(["run", "--max-syncs", "500", "--config"])
         .arg(&host.config_path)
         .spawn_daemon(Some(&log))?;
