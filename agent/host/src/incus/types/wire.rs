@@ -56,6 +56,25 @@ impl Instance {
                 .then_some(self.location),
         }
     }
+
+    /// The body of a `PUT` of this instance: what it was read with, but `config`,
+    /// `devices` and `profiles` (a `PUT` replaces every field, so none may be left out).
+    pub(crate) fn put_body(
+        &self,
+        config: &Config,
+        devices: &Devices,
+        profiles: &[String],
+    ) -> serde_json::Value {
+        serde_json::json!({
+            "architecture": self.architecture,
+            "config": config,
+            "devices": devices,
+            "ephemeral": self.ephemeral,
+            "profiles": profiles,
+            "stateful": self.stateful,
+            "description": self.description,
+        })
+    }
 }
 
 /// A cluster member (`GET /1.0/cluster/members?recursion=1`).
@@ -75,25 +94,6 @@ impl Member {
             status: self.status,
             message: self.message,
         }
-    }
-
-    /// The body of a `PUT` of this instance: what it was read with, but `config`,
-    /// `devices` and `profiles` (a `PUT` replaces every field, so none may be left out).
-    pub(crate) fn put_body(
-        &self,
-        config: &Config,
-        devices: &Devices,
-        profiles: &[String],
-    ) -> serde_json::Value {
-        serde_json::json!({
-            "architecture": self.architecture,
-            "config": config,
-            "devices": devices,
-            "ephemeral": self.ephemeral,
-            "profiles": profiles,
-            "stateful": self.stateful,
-            "description": self.description,
-        })
     }
 }
 
