@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use veza_source::fetch::{FetchOptions, Mirror, ObjectId};
+use veza_source::fetch::{Credentials, FetchOptions, Mirror, ObjectId};
 use veza_source::policy::{Policy, collect_approvals};
 use veza_source::{AllowedSigners, FetchError, ObjectKind, VerifyError, verify_object};
 use veza_testkit::http::{Fault, GitHttpServer, refused_url};
@@ -491,6 +491,108 @@ fn small() -> Small {
         forgejo,
         _tmp: tmp,
     }
+}
+
+/// A poll first asks the forge one protocol-v2 `ls-refs` (no capability round, no pack
+/// negotiation): when the mirror already holds the branch tip and the tip's approval tags
+/// it lists, that one request is the whole poll. A new commit, a new approval, a
+/// force-push or a failing first remote each make it fetch as before.
+#[test]
+fn a_poll_that_finds_nothing_new_is_one_ls_refs_request() {
+    let s = small();
+    let url = s.server.url("origin.git");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let forge = veza_source::fetch::Forge::new();
+    let mirror_dir = s._tmp.path().join("mirror.git");
+    let mut mirror = Mirror::open_or_init(&mirror_dir).unwrap();
+    let opts = FetchOptions { approval_tags: true, ..FetchOptions::new("main", FETCH_TIMEOUT) };
+    let remotes = std::slice::from_ref(&url);
+    // Polls once; returns (tip, whether the probe sufficed, the requests it made).
+    let poll = |mirror: &mut Mirror| {
+        let before = s.server.requests().len();
+        let fetched = rt.block_on(mirror.poll(&forge, remotes, &opts)).unwrap();
+        (fetched.tip, fetched.probed, s.server.requests().split_off(before))
+    };
+    let a =
+        s.repo.commit_files_signed(&s.alice, &[("manifests/prod.yaml", "v: 1\n")], "A").unwrap();
+
+    // (what happened on the forge, tip after the poll, whether one ls-refs sufficed)
+    let (tip, probed, sent) = poll(&mut mirror);
+    assert_eq!((tip, probed), (oid(&a), false), "an empty mirror fetches: {sent:?}");
+    let (tip, probed, sent) = poll(&mut mirror);
+    assert_eq!((tip, probed), (oid(&a), true), "{sent:?}");
+    assert_eq!(sent.len(), 1, "one request for a poll that finds nothing: {sent:?}");
+    assert!(sent[0].starts_with("POST /origin.git/git-upload-pack?"), "{sent:?}");
+
+    let b = s.repo.commit_files_signed(&s.bob, &[("manifests/prod.yaml", "v: 2\n")], "B").unwrap();
+    let (tip, probed, sent) = poll(&mut mirror);
+    assert_eq!((tip, probed), (oid(&b), false), "a new commit is fetched: {sent:?}");
+    assert!(sent.len() > 2, "probe, then the fetch's own requests: {sent:?}");
+    assert!(poll(&mut mirror).1, "and then held");
+
+    s.repo.approve(&s.alice, &b).unwrap();
+    let (tip, probed, _) = poll(&mut mirror);
+    assert_eq!((tip, probed), (oid(&b), false), "a new approval of the tip is fetched");
+    let approvals = mirror.tags_pointing_at(oid(&b), 10).unwrap();
+    assert_eq!(approvals.len(), 1, "the approval tag is in the mirror");
+    assert!(poll(&mut mirror).1, "and then held");
+
+    s.repo.force_reset(&a).unwrap();
+    let (tip, probed, _) = poll(&mut mirror);
+    assert_eq!((tip, probed), (oid(&a), false), "a force-push is fetched (and judged later)");
+    assert!(poll(&mut mirror).1);
+
+    // A first remote that fails: the probe cannot answer, the fetch goes on to the next.
+    let broken = GitHttpServer::start(s._tmp.path()).unwrap();
+    broken.set_fault(Fault::Error500);
+    let both = [broken.url("origin.git"), url.clone()];
+    let fetched = rt.block_on(mirror.poll(&forge, &both, &opts)).unwrap();
+    assert_eq!((fetched.tip, fetched.probed, fetched.url.as_str()), (oid(&a), false, url.as_str()));
+    assert_eq!(fetched.failures.len(), 1, "{:?}", fetched.failures);
+}
+
+/// Behind HTTPS with a token (Forgejo's private repository): the probe sends the
+/// credentials only after the remote asked for them, then at once on later polls; a
+/// token the remote refuses is not tried again by the probe (the fetch reports it), and a
+/// new token is.
+#[test]
+fn a_private_remote_is_probed_with_its_credentials_once_it_asked() {
+    let s = small();
+    let front = veza_testkit::http::TlsFront::start(s.server.addr()).unwrap();
+    let url = front.url("origin.git");
+    s.server.require_basic_auth(Some(("agent", "right")));
+    s.repo.commit_files_signed(&s.alice, &[("manifests/prod.yaml", "v: 1\n")], "A").unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let forge = veza_source::fetch::Forge::new();
+    let mut mirror = Mirror::open_or_init(&s._tmp.path().join("mirror.git")).unwrap();
+    let with = |token: &str| FetchOptions {
+        credentials: Some(Credentials { username: "agent".into(), token: token.into() }),
+        ca_file: Some(front.ca_file().to_path_buf()),
+        ..FetchOptions::new("main", FETCH_TIMEOUT)
+    };
+    let remotes = std::slice::from_ref(&url);
+    let mut poll = |opts: &FetchOptions| {
+        let before = s.server.requests().len();
+        let result = rt.block_on(mirror.poll(&forge, remotes, opts));
+        let sent = s.server.requests().split_off(before);
+        let auth: Vec<&str> = sent.iter().map(|r| r.rsplit(' ').next().unwrap_or("")).collect();
+        (result.map(|f| f.probed).map_err(|e| e.to_string()), auth.join(","))
+    };
+    let right = with("right");
+    assert_eq!(poll(&right).0, Ok(false), "the first poll fetches");
+    // (poll with, whether one ls-refs sufficed, the auth each request carried)
+    assert_eq!(poll(&right), (Ok(true), "auth=none,auth=ok".to_string()), "asked, then sent");
+    assert_eq!(poll(&right), (Ok(true), "auth=ok".to_string()), "sent at once");
+    let wrong = with("wrong");
+    let tries = |sent: &str| sent.matches("auth=wrong").count();
+    let (result, sent) = poll(&wrong);
+    assert!(result.is_err_and(|e| e.contains("were not accepted")), "{sent}");
+    assert!(sent.starts_with("auth=none,auth=wrong,"), "the probe asked once: {sent}");
+    assert_eq!(tries(&sent), 2, "the probe's try and the fetch's: {sent}");
+    let (result, sent) = poll(&wrong);
+    assert!(result.is_err());
+    assert_eq!(tries(&sent), 1, "only the fetch tried the refused token again: {sent}");
+    assert_eq!(poll(&right), (Ok(true), "auth=none,auth=ok".to_string()), "a new token is tried");
 }
 
 #[test]

@@ -153,7 +153,8 @@ impl Agent {
         let options = self.fetch_options().map_err(SourceProblem::Fetch)?;
         let secret = options.credentials.as_ref().map(|c| c.token.clone());
         let fetched = mirror
-            .fetch(&c.source.remotes, &options)
+            .poll(&self.forge, &c.source.remotes, &options)
+            .await
             .map_err(|e| SourceProblem::Fetch(redact(&e.to_string(), secret.as_deref())))?;
         let commit = fetched.tip.to_string();
         laps.lap("fetch");

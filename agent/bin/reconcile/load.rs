@@ -6,6 +6,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use veza_host::incus::IncusClient;
 use veza_model::config::HostConfig;
+use veza_source::fetch::Forge;
 
 use super::Agent;
 
@@ -31,7 +32,14 @@ impl Agent {
             _ => IncusClient::unix(config.incus_socket()),
         };
         let cluster = crate::cluster::ClusterLease::new(&config);
-        Ok(Agent { config, config_path: config_path.to_path_buf(), incus, warm: None, cluster })
+        Ok(Agent {
+            config,
+            config_path: config_path.to_path_buf(),
+            incus,
+            forge: Forge::new(),
+            warm: None,
+            cluster,
+        })
     }
 }
 

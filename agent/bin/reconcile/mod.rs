@@ -19,6 +19,7 @@ use veza_model::Manifest;
 use veza_model::config::{HostConfig, Mode};
 use veza_plan::live::LiveState;
 use veza_plan::{Plan, PlanOptions};
+use veza_source::fetch::Forge;
 use veza_state::record::{Event, history_entry, record};
 use veza_state::{AgentState, HistoryEntry, Journal, Outcome, RunRecord, Store};
 
@@ -88,6 +89,9 @@ pub struct Agent {
     pub config_path: PathBuf,
     /// Incus client (pooled connections).
     pub incus: IncusClient,
+    /// The forge's HTTP client, kept between polls (each poll first asks it, in one
+    /// `ls-refs`, whether anything changed).
+    pub forge: Forge,
     /// On a cluster member: the lease that decides whether this agent applies.
     pub cluster: Option<crate::cluster::ClusterLease>,
     /// What the daemon keeps between syncs (`None` for a one-shot command).

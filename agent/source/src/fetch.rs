@@ -36,11 +36,13 @@ pub use gix::object::Kind as ObjectType;
 
 use crate::error::{FetchError, RemoteFailure};
 
+mod probe;
 mod pulls;
 mod read;
 mod tls;
 mod transfer;
 
+pub use probe::{Advertised, Forge, ls_refs_request, parse_ls_refs};
 pub use pulls::{PULL_HEADS, PullHead, PullHeads, pull_number};
 
 use transfer::fetch_blocking;
@@ -153,6 +155,9 @@ pub struct Fetched {
     pub tip: ObjectId,
     /// Whether a pack with new objects was received.
     pub received_pack: bool,
+    /// Whether one `ls-refs` showed the mirror already held what the remote advertises,
+    /// so no fetch ran ([`Mirror::poll`]).
+    pub probed: bool,
     /// Remotes tried before `url` that failed.
     pub failures: Vec<RemoteFailure>,
 }
@@ -273,6 +278,7 @@ impl Mirror {
                         url: url.clone(),
                         tip,
                         received_pack: outcome.received_pack,
+                        probed: false,
                         failures,
                     });
                 }
@@ -287,6 +293,58 @@ impl Mirror {
             }
         }
         Err(FetchError::AllRemotesFailed { failures })
+    }
+
+    /// [`Mirror::fetch`], asking the first remote first, in one `ls-refs` request
+    /// (`probe.rs`), whether it advertises anything the mirror does not hold: when it does
+    /// not, nothing is fetched. Any doubt (no tip yet, a probe that failed, a new tip or
+    /// approval) means the full fetch.
+    pub async fn poll(
+        &mut self,
+        forge: &Forge,
+        remotes: &[String],
+        options: &FetchOptions,
+    ) -> Result<Fetched, FetchError> {
+        if let (Some(url), Ok(tip)) =
+            (remotes.first(), self.ref_target(&tracking_ref(&options.branch)))
+        {
+            match forge.ls_refs(url, &probe::prefixes(options, tip), options).await {
+                Ok(advertised) if self.holds(&advertised, options) == Some(tip) => {
+                    return Ok(Fetched {
+                        url: url.clone(),
+                        tip,
+                        received_pack: false,
+                        probed: true,
+                        failures: Vec::new(),
+                    });
+                }
+                Ok(_) => {}
+                Err(e) => tracing::debug!("no ls-refs answer, fetching: {e}"),
+            }
+        }
+        self.fetch(remotes, options)
+    }
+
+    /// The branch tip when the mirror holds everything `advertised` lists: the branch at
+    /// the same commit and, with approvals, each approval tag of that tip at the same
+    /// object (a fetch only adds and moves refs, so refs the remote no longer lists do not
+    /// count).
+    pub fn holds(&self, advertised: &Advertised, options: &FetchOptions) -> Option<ObjectId> {
+        let tip = self.ref_target(&tracking_ref(&options.branch)).ok()?;
+        if advertised.get(&format!("refs/heads/{}", options.branch)) != Some(tip) {
+            return None;
+        }
+        if options.approval_tags {
+            let prefix = approval_tags_of(tip);
+            let held = |name: &str| {
+                let r = self.repo.find_reference(name).ok()?;
+                r.target().try_id().map(ToOwned::to_owned)
+            };
+            if advertised.under(&prefix).any(|(name, id)| held(name) != Some(*id)) {
+                return None;
+            }
+        }
+        Some(tip)
     }
 
     /// Fetches the approval tags of `tip` ([`approval_tags_of`]) from `url`; none is fine.
