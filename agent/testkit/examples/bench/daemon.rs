@@ -163,7 +163,7 @@ fn daemon_no_change(host: &DemoHost) -> Result<Figure> {
         .collect();
     fig.notes.push(format!("median per stage: {}", parts.join(", ")));
     fig.notes.push(
-        "`fetch` is two smart-HTTP requests (protocol v2: capabilities, then `ls-refs`), each a `git http-backend` + `git upload-pack` process on the forge side".into(),
+        "`fetch` is one smart-HTTP request when nothing changed (a protocol-v2 `ls-refs` on the kept client, `Mirror::poll`), a `git http-backend` + `git upload-pack` process on the forge side; the full fetch only runs when the forge advertises something new".into(),
     );
     Ok(fig)
 }

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Result, bail};
 use veza_host::incus::{Incus, IncusClient};
-use veza_source::fetch::{FetchOptions, Mirror};
+use veza_source::fetch::{FetchOptions, Forge, Mirror};
 use veza_testkit::demo::DemoHost;
 
 use crate::Bench;
@@ -31,7 +31,8 @@ fn children_cpu_ms(tick_hz: f64) -> Result<f64> {
 /// `git http-backend` as CGI, a child of this process, so the CPU time of the children
 /// waited for during a run of polls is the forge-side git work; bytes are counted by the
 /// server. Forgejo runs the same `git upload-pack` per request (its own HTTP, routing and
-/// authentication come on top), so this is the git part of its cost.
+/// authentication come on top), so this is the git part of its cost. Measured for the
+/// daemon's poll (one `ls-refs`, `Mirror::poll`) and for the full fetch it replaces.
 fn forge_cost(
     host: &DemoHost,
     mirror: &mut Mirror,
@@ -48,13 +49,47 @@ fn forge_cost(
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(100.0);
-    let polls = sizes.forge_polls;
-    let mut cpu = Figure::new(
-        "forge_cpu_per_poll",
-        "forge side of one no-change poll: CPU of `git http-backend` (user + system, mean per poll)",
-        "ms",
-    );
-    let mut wall = Figure::new("forge_poll_wall", "one no-change poll (fetch only), wall", "ms");
+    let rt = veza_host::incus::runtime()?;
+    let forge = Forge::new();
+    let (cpu, wall) = poll_cost(host, sizes.forge_polls, tick_hz, tip, "poll", || {
+        let fetched = rt.block_on(mirror.poll(&forge, urls, opts))?;
+        if !fetched.probed {
+            bail!("a no-change poll fetched");
+        }
+        Ok(fetched.tip)
+    })?;
+    b.figures.push(cpu);
+    b.figures.push(wall);
+    let (cpu, wall) = poll_cost(host, sizes.forge_polls, tick_hz, tip, "fetch", || {
+        Ok(mirror.fetch(urls, opts)?.tip)
+    })?;
+    b.figures.push(cpu);
+    b.figures.push(wall);
+    Ok(())
+}
+
+/// The forge's CPU per poll and the poll's wall time over `polls` polls of `poll` (which
+/// must keep finding `tip`); `way` is `poll` (the daemon's) or `fetch` (the full fetch).
+fn poll_cost(
+    host: &DemoHost,
+    polls: usize,
+    tick_hz: f64,
+    tip: veza_source::fetch::ObjectId,
+    way: &str,
+    mut poll: impl FnMut() -> Result<veza_source::fetch::ObjectId>,
+) -> Result<(Figure, Figure)> {
+    let (cpu_title, wall_title) = match way {
+        "poll" => (
+            "forge side of one no-change poll (one `ls-refs`, as the daemon polls): CPU of `git http-backend` (user + system, mean per poll)",
+            "one no-change poll (one `ls-refs` on a kept client), wall",
+        ),
+        _ => (
+            "forge side of one full no-change fetch (capabilities + `ls-refs`, what a poll cost before): CPU of `git http-backend`",
+            "one full no-change fetch (gix: capabilities + `ls-refs`), wall",
+        ),
+    };
+    let mut cpu = Figure::new(&format!("forge_cpu_per_{way}"), cpu_title, "ms");
+    let mut wall = Figure::new(&format!("forge_{way}_wall"), wall_title, "ms");
     let requests_before = host.http.requests().len();
     let (in0, out0) = host.http.bytes();
     // Series of 10 polls: the children's CPU is counted in clock ticks (10 ms), so a
@@ -63,7 +98,7 @@ fn forge_cost(
         let before = children_cpu_ms(tick_hz)?;
         for _ in 0..10 {
             let t = Instant::now();
-            if mirror.fetch(urls, opts)?.tip != tip {
+            if poll()? != tip {
                 bail!("the tip moved during the forge-cost polls");
             }
             wall.samples.push(ms(t.elapsed()));
@@ -83,9 +118,7 @@ fn forge_cost(
         "each sample: the children's CPU over 10 polls / 10 (clock ticks of {:.0} ms); {requests:.1} HTTP requests per poll ({per_request:.2} ms CPU each), {up:.0} bytes to the forge and {down:.0} bytes back per poll",
         1000.0 / tick_hz
     ));
-    b.figures.push(cpu);
-    b.figures.push(wall);
-    Ok(())
+    Ok((cpu, wall))
 }
 
 /// Figure 5: the source stage in-process (fetch over smart HTTP into a bare mirror,
