@@ -138,6 +138,6 @@ impl Edge for EdgeRuntime<'_> {
     async fn server_view(&self, backend: &str, server: &str) -> Result<EdgeView, String> {
         let health = self.health().await?;
         let server = health.iter().find(|b| b.backend == backend).and_then(|b| b.server(server));
-        Ok(edge_view(server.map(|s| &s.status)))
+        Ok(edge_view(server.map(|s| &s.status), server.and_then(|s| s.check_status.as_deref())))
     }
 }

@@ -36,11 +36,16 @@ pub struct ServerHealth {
     pub addr: Option<String>,
 }
 
-/// What a server's `show stat` status tells the health gate (`None`: HAProxy does not
-/// know the server).
-pub fn edge_view(status: Option<&ServerStatus>) -> EdgeView {
+/// What a server's `show stat` status and last check tell the health gate (`None`:
+/// HAProxy does not know the server). `UP` counts only with a passed last check
+/// (`L4OK`, `L6OK`, `L7OK`): a server new in the config starts `UP` before its first
+/// check (`INI`), and with `fall 1` nothing in its status says so.
+pub fn edge_view(status: Option<&ServerStatus>, check_status: Option<&str>) -> EdgeView {
     match status {
-        Some(ServerStatus::Up) => EdgeView::Up,
+        Some(ServerStatus::Up) => match check_status {
+            Some("L4OK" | "L6OK" | "L7OK") => EdgeView::Up,
+            _ => EdgeView::Unknown,
+        },
         None
         | Some(ServerStatus::Maint { .. } | ServerStatus::NoCheck | ServerStatus::Other(_)) => {
             EdgeView::Unknown
@@ -126,19 +131,25 @@ mod tests {
 
     #[test]
     fn haproxy_statuses_read_as_views() {
+        // (status, last check, what the gate reads)
         let table = [
-            (None, EdgeView::Unknown),
-            (Some("UP"), EdgeView::Up),
-            (Some("DOWN"), EdgeView::NotUp),
-            (Some("UP 1/3"), EdgeView::NotUp), // a failed check since it came up
-            (Some("DOWN 1/2"), EdgeView::NotUp),
-            (Some("MAINT"), EdgeView::Unknown), // a `disabled` server is not checked
-            (Some("DRAIN"), EdgeView::NotUp),
-            (Some("no check"), EdgeView::Unknown),
+            (None, None, EdgeView::Unknown),
+            (Some("UP"), Some("L7OK"), EdgeView::Up),
+            (Some("UP"), Some("L4OK"), EdgeView::Up),
+            (Some("UP"), Some("L6OK"), EdgeView::Up),
+            // New in the config, not checked yet: `UP` is HAProxy's assumption, not a check.
+            (Some("UP"), Some("INI"), EdgeView::Unknown),
+            (Some("UP"), None, EdgeView::Unknown),
+            (Some("DOWN"), Some("L7STS"), EdgeView::NotUp),
+            (Some("UP 1/3"), Some("L4CON"), EdgeView::NotUp), // a failed check since it came up
+            (Some("DOWN 1/2"), Some("L7OK"), EdgeView::NotUp),
+            (Some("MAINT"), None, EdgeView::Unknown), // a `disabled` server is not checked
+            (Some("DRAIN"), Some("L7OK"), EdgeView::NotUp),
+            (Some("no check"), None, EdgeView::Unknown),
         ];
-        for (text, view) in table {
+        for (text, check, view) in table {
             let status = text.map(ServerStatus::parse);
-            assert_eq!(edge_view(status.as_ref()), view, "{text:?} -> {status:?}");
+            assert_eq!(edge_view(status.as_ref(), check), view, "{text:?} {check:?} -> {status:?}");
         }
     }
 }
