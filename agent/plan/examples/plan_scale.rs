@@ -9,6 +9,9 @@
 //!   like the planner's own tests do; the plan must be empty, which is checked): the cost
 //!   of every poll that finds nothing to do.
 //!
+//! Beside *load*, the floor under it: the YAML parser the manifests are read with
+//! (`serde_yaml_ng`) scanning the same bytes into `IgnoredAny` (no typed value built).
+//!
 //! Pure and in-process: no Incus, no IO besides the optional JSON report.
 //!
 //! Run: `cargo run --release -p veza-plan --example plan_scale [-- --runs R] [--json PATH]
@@ -99,6 +102,14 @@ fn load(files: &[(String, Vec<u8>)]) -> Res<Vec<Manifest>> {
     }
 }
 
+/// The YAML parser alone over the same bytes: every event read, nothing built.
+fn scan(files: &[(String, Vec<u8>)]) -> Res<usize> {
+    for (_, bytes) in files {
+        let _: serde::de::IgnoredAny = serde_yaml_ng::from_slice(bytes)?;
+    }
+    Ok(files.len())
+}
+
 /// What executing `plan` leaves behind, as the planner's specification models its drivers.
 fn applied(live: &LiveState, plan: &Plan) -> Res<LiveState> {
     Ok(veza_plan::simulate::applied(live, plan)?)
@@ -171,11 +182,12 @@ fn main() -> Res<()> {
 
     println!("plan_scale: {runs} runs per median (after one warm-up run)");
     println!(
-        "{:>9} {:>9} {:>10} {:>12} {:>14} {:>16} {:>14}",
+        "{:>9} {:>9} {:>10} {:>12} {:>14} {:>14} {:>16} {:>14}",
         "declared",
         "apps",
         "live inst.",
         "yaml bytes",
+        "yaml scan (ms)",
         "load (ms)",
         "plan first (ms)",
         "plan idle (ms)"
@@ -186,6 +198,7 @@ fn main() -> Res<()> {
         let (apps, instances) = (n / 2, n - n / 2);
         let files = manifests(n);
         let bytes: usize = files.iter().map(|(_, b)| b.len()).sum();
+        let (scan_t, _) = time(runs, || scan(&files))?;
         let (load_t, ms) = time(runs, || load(&files))?;
         let refs: Vec<&Manifest> = ms.iter().collect();
         let (first_t, first) = time(runs, || Ok(veza_plan::plan(&refs, &empty, &opts)?))?;
@@ -197,10 +210,12 @@ fn main() -> Res<()> {
             );
         }
         let (l, f, i) = (stats(&load_t), stats(&first_t), stats(&idle_t));
+        let y = stats(&scan_t);
         println!(
-            "{n:>9} {apps:>9} {:>10} {:>12} {:>14.3} {:>16.3} {:>14.3}",
+            "{n:>9} {apps:>9} {:>10} {:>12} {:>14.3} {:>14.3} {:>16.3} {:>14.3}",
             live.instances.len(),
             bytes,
+            y.median,
             l.median,
             f.median,
             i.median
@@ -213,6 +228,7 @@ fn main() -> Res<()> {
             "first_sync_steps": first.steps.len(),
             "manifests": files.len(),
             "manifest_bytes": bytes,
+            "yaml_scan": json_stats(&y),
             "load": json_stats(&l),
             "plan_first_sync": json_stats(&f),
             "plan_converged": json_stats(&i),

@@ -117,18 +117,19 @@ pub(crate) fn write_reports(
     }
     if let Some(ps) = plan_scale {
         md.push_str(&format!(
-            "\n## Plan for N declared resources (pure, in-process, `agent/plan/examples/plan_scale.rs`, medians of {} runs)\n\nN/2 blue/green apps (both slots, one edge route each) + N/2 plain instances, at most 1000 declarations per manifest (a manifest is capped at 1 MiB; 10000 are 10 environments of one host). *load* = parse + validate the manifest; *plan first* = against an empty host; *plan idle* = against the converged host (the cost of a poll that finds nothing to do; checked empty).\n\n| declared | manifests | live instances | manifest bytes | load (ms) | plan first (ms) | plan idle (ms) | load + plan idle (ms) | load + plan idle per resource (µs) |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+            "\n## Plan for N declared resources (pure, in-process, `agent/plan/examples/plan_scale.rs`, medians of {} runs)\n\nN/2 blue/green apps (both slots, one edge route each) + N/2 plain instances, at most 1000 declarations per manifest (a manifest is capped at 1 MiB; 10000 are 10 environments of one host). *yaml scan* = the YAML parser (`serde_yaml_ng`) reading the same bytes into `IgnoredAny`, the floor under *load*; *load* = parse + validate the manifest; *plan first* = against an empty host; *plan idle* = against the converged host (the cost of a poll that finds nothing to do; checked empty).\n\n| declared | manifests | live instances | manifest bytes | yaml scan (ms) | load (ms) | plan first (ms) | plan idle (ms) | load + plan idle (ms) | load + plan idle per resource (µs) |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
             s(&ps["runs"])
         ));
         for r in ps["sizes"].as_array().into_iter().flatten() {
             let m = |k: &str| r[k]["median_ms"].as_f64().unwrap_or(f64::NAN);
             let n = r["declared"].as_f64().unwrap_or(f64::NAN);
             md.push_str(&format!(
-                "| {} | {} | {} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.2} |\n",
+                "| {} | {} | {} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.2} |\n",
                 s(&r["declared"]),
                 s(&r["manifests"]),
                 s(&r["live_instances"]),
                 s(&r["manifest_bytes"]),
+                m("yaml_scan"),
                 m("load"),
                 m("plan_first_sync"),
                 m("plan_converged"),
