@@ -270,6 +270,19 @@ where
     // the path of every deploy. The two files share a directory its pushes create, so
     // they go one after the other (two concurrent creations of it fail).
     let incus = d.incus;
+    let live = incus
+        .instance(instance)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("instance `{instance}` disappeared"))?;
+    let mut config = live.settable_config();
+    // A slot that runs another release is redeployed in place: its mark goes before its
+    // files change, so that a deploy that stops half-way leaves a slot whose release is
+    // unknown (and deployed again by the next sync), never one that claims the old one.
+    if config.get(MARK_RELEASE).is_some_and(|r| *r != slot.release.as_str()) {
+        config.remove(MARK_RELEASE);
+        set_config(incus, instance, &live, config.clone()).await?;
+    }
     let app_files = async move {
         push_private(incus, instance, APP_ENV_FILE, env).await?;
         crate::incus::push_file_verified(incus, instance, &run).await.map_err(|e| e.to_string())
@@ -280,26 +293,21 @@ where
     tokio::try_join!(release, app_files)?;
     let script = format!("{unpack}\n{}", swap_and_restart_script(&dir, &files.unit));
     exec_ok(d.incus, instance, &script, BTreeMap::new()).await?;
-    let live = d
-        .incus
-        .instance(instance)
-        .await
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("instance `{instance}` disappeared"))?;
-    let mut config = live.settable_config();
     config.insert(MARK_RELEASE.to_string(), slot.release.to_string());
-    d.incus
-        .update_instance(
-            instance,
-            &InstanceUpdate {
-                config,
-                devices: live.devices.clone(),
-                profiles: live.profiles.clone(),
-            },
-        )
-        .await
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+    set_config(d.incus, instance, &live, config).await
+}
+
+/// Writes `config` as the instance's whole configuration, its devices and profiles as
+/// `live` read them.
+async fn set_config<I: Incus + Sync>(
+    incus: &I,
+    instance: &str,
+    live: &veza_model::live::LiveInstance,
+    config: BTreeMap<String, String>,
+) -> Result<(), String> {
+    let update =
+        InstanceUpdate { config, devices: live.devices.clone(), profiles: live.profiles.clone() };
+    incus.update_instance(instance, &update).await.map(|_| ()).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ use crate::haproxy::fake::FakeEdge;
 use crate::haproxy::install::EdgePaths;
 use crate::haproxy::parse::ServerStatus;
 use crate::http::fake::{Answer, ScriptedProbe};
-use veza_model::live::{InstanceStatus, LiveInstance};
+use veza_model::live::{InstanceStatus, LiveInstance, MARK_RELEASE};
 
 use crate::incus::{ExecOutput, FakeIncus, ImageSource, IncusError};
 use crate::systemd::fake::FakeUnits;
@@ -947,6 +947,45 @@ fn promotion_after_deploy(s: &SlotSpec) -> Plan {
         },
         promote(),
     ])
+}
+
+/// The green slot running release 1 (its mark set), and release 2 deployed into it in
+/// place; the unpack-and-restart exec answers `exit_code`.
+fn redeploy_in_place(exit_code: i32) -> (ApplyReport, Option<String>) {
+    let (tmp, w, mut s) = migrating_world();
+    s.migrate = None;
+    let mut live = w.incus.live();
+    let green = live.instances.get_mut("web-green").expect("the green slot");
+    green.config.insert(MARK_RELEASE.into(), release('1').to_string());
+    w.incus.set_live(live);
+    w.incus.push_exec_result(ExecOutput {
+        exit_code,
+        stdout: Vec::new(),
+        stderr: b"veza-app.service: start failed".to_vec(),
+    });
+    let deploy = Action::DeployRelease {
+        instance: "web-green".into(),
+        slot: s.clone(),
+        files: slot_files(&s),
+    };
+    let report = run_with_secret(&w, &plan_of(vec![deploy]), tmp.path(), "pw");
+    let mark = w.incus.live().instances["web-green"].config.get(MARK_RELEASE).cloned();
+    (report, mark)
+}
+
+#[test]
+fn a_release_deployed_in_place_is_marked_only_once_it_runs_and_never_keeps_the_old_mark() {
+    let (report, mark) = redeploy_in_place(0);
+    assert_eq!(report.outcome, ApplyOutcome::Applied, "{report:?}");
+    assert_eq!(mark, Some(release('2').to_string()));
+    // Swapped but not started: the slot claims no release (status: unknown), and the next
+    // sync, seeing a release that differs, deploys it again.
+    let (report, mark) = redeploy_in_place(1);
+    assert!(
+        matches!(&report.outcome, ApplyOutcome::Failed { error, .. } if error.contains("start failed")),
+        "{report:?}"
+    );
+    assert_eq!(mark, None, "the old release's mark is gone");
 }
 
 #[test]

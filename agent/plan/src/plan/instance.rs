@@ -86,9 +86,16 @@ pub(super) fn plan_instance(
     if l.kind != d.kind {
         rebuild_for.push(format!("type changes from {} to {}", l.kind, d.kind));
     }
+    // A running slot whose only change is its release gets the new release in place (the
+    // artifact unpacked beside the old one, swapped in and the app restarted, as the
+    // deploy step does for a new slot): the container, its devices and the proxy it
+    // serves through are kept, and the release gate still checks the slot before any
+    // promotion. Anything Incus or the app's settings change rebuilds it.
+    let mut redeploy = None;
     if let Some(slot) = &d.slot {
-        if l.release() != Some(slot.release.as_str()) {
-            let was = l.release().map_or("nothing".to_string(), |r| r.chars().take(10).collect());
+        let release_changes = l.release() != Some(slot.release.as_str());
+        let was = l.release().map_or("nothing".to_string(), |r| r.chars().take(10).collect());
+        if release_changes {
             rebuild_for
                 .insert(0, format!("release changes from {was} to {}", slot.release.short()));
         }
@@ -100,6 +107,7 @@ pub(super) fn plan_instance(
                     .to_string(),
             );
         }
+        let in_place = release_changes && rebuild_for.len() == 1 && l.is_running();
         if !rebuild_for.is_empty() {
             // A stopped slot serves nothing, whatever the edge names: it may be rebuilt.
             let serving = l.is_running()
@@ -128,13 +136,17 @@ pub(super) fn plan_instance(
                 }
                 return;
             }
-            b.step(
-                Action::DeleteInstance { name: name.to_string() },
-                format!("{}: the slot is rebuilt from its image", rebuild_for.join(", ")),
-            );
-            create(b, format!("rebuild of the {} slot", slot.color));
-            deploy(b, deployed, slot);
-            return;
+            if in_place {
+                redeploy = Some((slot, was));
+            } else {
+                b.step(
+                    Action::DeleteInstance { name: name.to_string() },
+                    format!("{}: the slot is rebuilt from its image", rebuild_for.join(", ")),
+                );
+                create(b, format!("rebuild of the {} slot", slot.color));
+                deploy(b, deployed, slot);
+                return;
+            }
         }
     } else if !rebuild_for.is_empty() {
         let why = rebuild_for.join(", ");
@@ -229,6 +241,23 @@ pub(super) fn plan_instance(
                 reason,
             );
         }
+    }
+    if let Some((slot, was)) = redeploy {
+        b.step(
+            Action::DeployRelease {
+                instance: name.to_string(),
+                slot: slot.clone(),
+                files: slot_files(slot),
+            },
+            format!(
+                "the {} slot of {}/{} runs release {} (was {was}): deployed in place, the container kept",
+                slot.color,
+                slot.env,
+                slot.app,
+                slot.release.short()
+            ),
+        );
+        deployed.insert(name.to_string());
     }
     if !l.is_running() && !d.detect_only {
         b.step(

@@ -196,10 +196,9 @@ fn rollback_by_git_revert_is_a_promotion_back() {
     assert_eq!(p.promotions()[0].to, Color::Blue);
 }
 
-#[test]
-fn release_change_rebuilds_the_slot() {
-    let (_, live) = converged(&[&demo_with(with_green_release)]);
-    let newer = demo_with(|t| {
+/// The demo with release 3333333333 declared on its idle green slot.
+fn demo_with_newer_green() -> String {
+    demo_with(|t| {
         with_green_release(t)
             .replace(
                 &format!("green: {{release: {GREEN}}}"),
@@ -209,9 +208,25 @@ fn release_change_rebuilds_the_slot() {
                 &format!("        {GREEN}: "),
                 "        3333333333333333333333333333333333333333: ",
             )
-    });
-    let p = run(&manifests(&[&newer]), &live, &opts());
+    })
+}
+
+#[test]
+fn a_release_change_is_deployed_in_place_into_the_running_idle_slot() {
+    let (_, live) = converged(&[&demo_with(with_green_release)]);
+    let p = run(&manifests(&[&demo_with_newer_green()]), &live, &opts());
     check_snapshot("demo-release-change", &p);
+}
+
+#[test]
+fn a_release_change_rebuilds_the_idle_slot_when_it_is_stopped() {
+    let (_, mut live) = converged(&[&demo_with(with_green_release)]);
+    let green = live.instances.get_mut("demo-hello-green").expect("the green slot");
+    green.status = veza_model::live::InstanceStatus::Stopped;
+    let p = run(&manifests(&[&demo_with_newer_green()]), &live, &opts());
+    check_snapshot("demo-release-change-stopped-slot", &p);
+    let again = run(&manifests(&[&demo_with_newer_green()]), &applied(&live, &p), &opts());
+    assert!(again.steps.is_empty(), "not converged:\n{again}");
 }
 
 #[test]
@@ -366,10 +381,13 @@ fn edits_incus_cannot_apply_in_place_are_rebuilds_or_refusals() {
             what: "the serving color's release is edited where the app accepts in-place updates",
             before: demo(&with_green_release),
             after: demo(&|t| in_place(new_blue(t))),
+            // Redeployed in place: the interruption is the app's restart, not a new
+            // container.
             steps: &[
-                "delete instance demo-hello-blue",
-                "create instance demo-hello-blue",
                 "deploy release 3333333333 to demo-hello-blue",
+                "wait for demo-hello-blue to be healthy",
+                "update edge config",
+                "verify demo/hello serves blue 3333333333",
             ],
             refused: &[],
             drift: &[],
@@ -378,7 +396,11 @@ fn edits_incus_cannot_apply_in_place_are_rebuilds_or_refusals() {
             what: "the app's port is edited (both colors run with the old one)",
             before: demo(&with_green_release),
             after: demo(&|t| with_green_release(t).replace("    port: 8080", "    port: 9090")),
-            steps: &["delete instance demo-hello-green", "create instance demo-hello-green"],
+            steps: &[
+                "delete instance demo-hello-green",
+                "create instance demo-hello-green",
+                "deploy release 2222222222 to demo-hello-green",
+            ],
             refused: &[
                 "instance demo-hello-blue: it serves demo/hello traffic and its app settings (port, start, install_dir, environment or secrets) change: rebuilding it in place would drop requests",
             ],
@@ -388,11 +410,9 @@ fn edits_incus_cannot_apply_in_place_are_rebuilds_or_refusals() {
             what: "the idle color's release is edited",
             before: demo(&with_green_release),
             after: demo(&new_green),
-            steps: &[
-                "delete instance demo-hello-green",
-                "create instance demo-hello-green",
-                "deploy release 3333333333 to demo-hello-green",
-            ],
+            // The slot runs: the new release is deployed in place, the container kept.
+            // (The edge config names each slot's release.)
+            steps: &["deploy release 3333333333 to demo-hello-green", "update edge config"],
             refused: &[],
             drift: &[],
         },
@@ -413,7 +433,11 @@ fn edits_incus_cannot_apply_in_place_are_rebuilds_or_refusals() {
             what: "a plain instance's type is edited",
             before: veza(&|t| t),
             after: veza(&haproxy_vm),
-            steps: &["delete instance veza-haproxy", "create instance veza-haproxy"],
+            steps: &[
+                "delete instance veza-haproxy",
+                "create instance veza-haproxy",
+                "update edge config",
+            ],
             refused: &[],
             drift: &[],
         },
@@ -444,15 +468,10 @@ fn edits_incus_cannot_apply_in_place_are_rebuilds_or_refusals() {
         let after: Vec<&str> = case.after.iter().map(String::as_str).collect();
         let p = run(&manifests(&after), &live, &opts());
         let steps: Vec<String> = p.steps.iter().map(|s| s.action.to_string()).collect();
-        for want in case.steps {
-            assert!(
-                steps.iter().any(|s| s.starts_with(want)),
-                "{}: no step `{want}` in\n{p}",
-                case.what
-            );
-        }
-        if case.steps.is_empty() {
-            assert!(steps.is_empty(), "{}: unexpected steps\n{p}", case.what);
+        // Every step, in order (each named by how its line starts).
+        assert_eq!(steps.len(), case.steps.len(), "{}: steps\n{p}", case.what);
+        for (got, want) in steps.iter().zip(case.steps) {
+            assert!(got.starts_with(want), "{}: step `{got}`, wanted `{want}…`\n{p}", case.what);
         }
         let refusals: Vec<String> =
             p.refusals.iter().map(|r| format!("{}: {}", r.resource, r.reason)).collect();

@@ -425,8 +425,9 @@ fn protected_data_waits_for_the_window_while_a_slot_deploy_proceeds() {
 /// A recreate of the instance the migration runs in, in the same commit as a promotion:
 /// the recreate waits with everything that goes into the instance (its job units, the
 /// migration), the deploy of the migrated release, its health gate and the edge switch;
-/// the promotion and its fallback edge leave the plan. Creating the new slot proceeds.
-/// Another environment without windows is not held.
+/// the promotion and its fallback edge leave the plan. The idle slot, whose new release
+/// is deployed in place, keeps running its old one meanwhile. Another environment
+/// without windows is not held.
 #[test]
 fn a_held_recreate_holds_what_depends_on_it_and_the_promotion_waits() {
     let base = |t: String| t.replace("green: {}", &format!("green: {{release: {R1}}}"));
