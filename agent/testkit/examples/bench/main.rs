@@ -13,7 +13,7 @@
 //! 2. new-commit sync with a config-only change (one Incus config key of the app);
 //! 3. promotion between two running colors, under a bounded request loop whose failed
 //!    requests are counted;
-//! 4. full slot deploy of a new release on the inactive slot (delete, create, deploy);
+//! 4. slot deploy of a new release on the inactive, running slot (in place);
 //! 5. fetch + verify in-process (the library calls `veza-agent`'s source stage makes),
 //!    with Incus observe alongside for the breakdown of a no-change sync, and the forge's
 //!    side of a no-change poll (CPU of `git http-backend`, bytes each way) with the
@@ -216,7 +216,7 @@ pub(crate) fn run() -> Result<()> {
         apply(&host, &["applied"])?;
     }
     deploy.notes.push(format!(
-        "delete + create (busybox image, proxy device) + download/verify/unpack/start the artifact; steps per run: {steps:?}"
+        "the release deployed in place into the running green slot (artifact from the cache, digest checked, pushed, unpacked, swapped in, app restarted; the container and its proxy device kept); steps per run: {steps:?}"
     ));
     b.figures.push(deploy);
     b.figures.push(deploy_in);
