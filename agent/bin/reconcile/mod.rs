@@ -43,6 +43,7 @@ pub use load::load_config;
 use observe::failing_jobs;
 pub use preview::preview_line;
 pub use summary::{Laps, SyncSummary, describe_stages};
+use warm::Reading;
 pub use warm::Warm;
 pub use windows::{Windows, waiting_reason};
 
@@ -107,51 +108,7 @@ struct Found<'a> {
     hold: Option<&'a str>,
 }
 
-/// One observation of the live state, and where the Incus event feed stood before it
-/// began (what lets the daemon reuse it, `warm.rs`).
-struct Reading {
-    live: LiveState,
-    mark: Option<veza_host::incus::Mark>,
-    at: Instant,
-    reused: bool,
-}
-
 impl Agent {
-    /// Keeps observations between syncs, driven by Incus's event stream (the daemon; a
-    /// remote incusd over HTTPS has no event feed here, so every poll reads everything).
-    pub fn keep_warm(&mut self) {
-        if self.config.incus.endpoint.is_none() {
-            self.warm = Some(Warm::start(PathBuf::from(self.config.incus_socket())));
-        }
-    }
-
-    /// Keeps a reading for the next syncs (the daemon), with the names whose Incus events
-    /// count against it.
-    fn keep(
-        &self,
-        source: &Source,
-        mark: Option<veza_host::incus::Mark>,
-        at: Instant,
-        live: &LiveState,
-    ) {
-        let Some(w) = &self.warm else { return };
-        match warm::interest(&source.manifests, live, &source.secrets.digests()) {
-            Some(names) => w.keep(&source.commit, mark, at, live, names),
-            None => w.forget(),
-        }
-    }
-
-    /// Reads the live state, noting the event feed's position first.
-    async fn read_live(&self, manifests: &[Manifest]) -> Result<Reading> {
-        if let Some(w) = &self.warm {
-            w.widen();
-        }
-        let mark = self.warm.as_ref().and_then(Warm::mark);
-        let at = Instant::now();
-        let live = self.observe(manifests).await?;
-        Ok(Reading { live, mark, at, reused: false })
-    }
-
     /// The state directory.
     pub fn state_dir(&self) -> PathBuf {
         PathBuf::from(self.config.state_dir())

@@ -10,14 +10,22 @@
 //! - a reused observation only ever confirms "nothing to do": a plan from it that is not
 //!   empty is thrown away, and the sync observes afresh before deciding anything
 //!   ([`super::Agent::stages`]). Nothing is ever applied on a reused observation.
+//!
+//! The agent's side is here too: `Agent::keep_warm` (the daemon only), `read_live` (a
+//! fresh [`Reading`], the feed's mark taken first) and `keep` (a reading kept for the
+//! next syncs, with the names whose events count against it).
 
 use std::collections::BTreeSet;
+use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use anyhow::Result;
 use veza_host::incus::{ChangeFeed, Mark};
 use veza_model::Manifest;
 use veza_plan::live::LiveState;
+
+use super::{Agent, Source};
 
 /// The last full observation and when it began.
 #[derive(Debug, Clone)]
@@ -204,6 +212,46 @@ pub(super) fn interest(
     names.extend(live.profiles.values().filter(|p| p.is_owned()).map(|p| profile(&p.name)));
     names.extend(live.pools.keys().map(|n| format!("storage-pools/{n}")));
     Some(names)
+}
+
+/// One observation of the live state, and where the Incus event feed stood before it
+/// began (what lets the daemon reuse it, `warm.rs`).
+pub(super) struct Reading {
+    pub live: LiveState,
+    pub mark: Option<Mark>,
+    pub at: Instant,
+    pub reused: bool,
+}
+
+impl Agent {
+    /// Keeps observations between syncs, driven by Incus's event stream (the daemon; a
+    /// remote incusd over HTTPS has no event feed here, so every poll reads everything).
+    pub fn keep_warm(&mut self) {
+        if self.config.incus.endpoint.is_none() {
+            self.warm = Some(Warm::start(PathBuf::from(self.config.incus_socket())));
+        }
+    }
+
+    /// Keeps a reading for the next syncs (the daemon), with the names whose Incus events
+    /// count against it.
+    pub(super) fn keep(&self, source: &Source, mark: Option<Mark>, at: Instant, live: &LiveState) {
+        let Some(w) = &self.warm else { return };
+        match interest(&source.manifests, live, &source.secrets.digests()) {
+            Some(names) => w.keep(&source.commit, mark, at, live, names),
+            None => w.forget(),
+        }
+    }
+
+    /// Reads the live state, noting the event feed's position first.
+    pub(super) async fn read_live(&self, manifests: &[Manifest]) -> Result<Reading> {
+        if let Some(w) = &self.warm {
+            w.widen();
+        }
+        let mark = self.warm.as_ref().and_then(Warm::mark);
+        let at = Instant::now();
+        let live = self.observe(manifests).await?;
+        Ok(Reading { live, mark, at, reused: false })
+    }
 }
 
 #[cfg(test)]

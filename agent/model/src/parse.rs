@@ -195,6 +195,18 @@ struct Indexer {
     problem: Option<Diagnostic>,
 }
 
+/// The path of the child of `parent` at `seg`, its position recorded; an empty path
+/// when positions are not recorded (the guard pass).
+fn child(record: bool, positions: &mut Index, parent: &[Seg], seg: Seg, node: Node) -> Vec<Seg> {
+    if !record {
+        return Vec::new();
+    }
+    let mut path = parent.to_vec();
+    path.push(seg);
+    positions.nodes.insert(path.clone(), node);
+    path
+}
+
 impl Indexer {
     fn fail(&mut self, pos: Pos, message: String) {
         if self.problem.is_none() {
@@ -209,13 +221,8 @@ impl Indexer {
             Some(Frame::Seq { path, next }) => {
                 let index = *next;
                 *next += 1;
-                if !self.record {
-                    return Some(Vec::new());
-                }
-                let mut p = path.clone();
-                p.push(Seg::Index(index));
-                self.positions.nodes.insert(p.clone(), Node { key: pos, value: pos });
-                Some(p)
+                let node = Node { key: pos, value: pos };
+                Some(child(self.record, &mut self.positions, path, Seg::Index(index), node))
             }
             Some(Frame::Map { path, pending_key, expecting_key }) => {
                 if *expecting_key {
@@ -223,13 +230,8 @@ impl Indexer {
                 }
                 *expecting_key = true;
                 let (k, kpos) = pending_key.take()?;
-                if !self.record {
-                    return Some(Vec::new());
-                }
-                let mut p = path.clone();
-                p.push(Seg::Key(k));
-                self.positions.nodes.insert(p.clone(), Node { key: kpos, value: pos });
-                Some(p)
+                let node = Node { key: kpos, value: pos };
+                Some(child(self.record, &mut self.positions, path, Seg::Key(k), node))
             }
         }
     }

@@ -6,7 +6,6 @@
 //! `user.veza-test.created=<unix seconds>` from the moment it exists, and is deleted
 //! on drop. Nothing is ever selected by name pattern for deletion.
 
-use std::fmt::Write as _;
 use std::path::Path;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -16,12 +15,14 @@ use serde_json::Value;
 use veza_host::process::{Cmd, Output};
 
 use crate::ports::rand_u64;
-use crate::proc::process_alive_since;
 
+mod monitor;
+mod sweep;
 mod trust;
 
+pub use monitor::LifecycleWatch;
+pub use sweep::sweep_stale;
 pub(crate) use trust::self_signed;
-use trust::trust_owner;
 pub use trust::{TrustedClient, https_endpoint, self_signed_certificate};
 
 /// Busybox rootfs plus the host's glibc runtime; loopback is up after boot.
@@ -429,76 +430,6 @@ impl Drop for DeleteOnDrop {
     }
 }
 
-/// Incus lifecycle events (every write: created, updated, started, snapshot-created, ...)
-/// recorded by `incus monitor` from the moment [`LifecycleWatch::start`] returns.
-#[derive(Debug)]
-pub struct LifecycleWatch {
-    pid: u32,
-    log: std::path::PathBuf,
-}
-
-impl LifecycleWatch {
-    /// Starts `incus monitor --type=lifecycle` into `log` and returns once it records
-    /// (a throwaway profile created and seen), so no later event is missed.
-    pub fn start(log: &std::path::Path) -> Result<LifecycleWatch> {
-        let pid =
-            incus(["monitor", "--type=lifecycle", "--format=json"]).spawn_daemon(Some(log))?;
-        let watch = LifecycleWatch { pid, log: log.to_path_buf() };
-        // A sentinel created before the monitor subscribed is never seen: another one
-        // every 0.5 s until one is (on a loaded machine the monitor takes its time).
-        let mut sentinels = Vec::new();
-        for i in 0..3000 {
-            if i % 50 == 0 {
-                sentinels.push(TestProfile::create(&[], serde_json::json!({}))?);
-            }
-            let events = watch.events();
-            let seen = sentinels.iter().any(|sentinel| {
-                events.iter().any(|e| e.contains(&format!("/1.0/profiles/{}", sentinel.name())))
-            });
-            if seen {
-                return Ok(watch);
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        anyhow::bail!("`incus monitor` recorded nothing within 30s (see {})", log.display())
-    }
-
-    /// The events recorded so far, one JSON document per entry.
-    pub fn events(&self) -> Vec<String> {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        // `--format=json` prints one pretty-printed document per event.
-        let mut docs = Vec::new();
-        let stream = serde_json::Deserializer::from_str(&text).into_iter::<Value>();
-        for doc in stream {
-            match doc {
-                Ok(v) => docs.push(v.to_string()),
-                Err(_) => break, // a document still being written
-            }
-        }
-        docs
-    }
-
-    /// The events about an object whose name contains `needle`: `ACTION SOURCE` lines.
-    pub fn about(&self, needle: &str) -> Vec<String> {
-        self.events()
-            .iter()
-            .filter_map(|e| serde_json::from_str::<Value>(e).ok())
-            .filter_map(|e| {
-                let m = e.get("metadata")?;
-                let source = m.get("source")?.as_str()?;
-                let action = m.get("action")?.as_str()?;
-                source.contains(needle).then(|| format!("{action} {source}"))
-            })
-            .collect()
-    }
-}
-
-impl Drop for LifecycleWatch {
-    fn drop(&mut self) {
-        let _ = Cmd::new("kill").args([self.pid.to_string()]).run();
-    }
-}
-
 fn delete_instance(name: &str) {
     delete_quietly("container", name, ["delete", "--force", name]);
 }
@@ -553,68 +484,6 @@ impl Drop for TestProfile {
     }
 }
 
-/// Whether the owner recorded in `config` is dead: its pid is gone, a zombie, or a
-/// newer process reusing the pid. Unmarked objects are never stale.
-fn owner_is_dead(config: &Value) -> bool {
-    let Some(owner) = config.get(OWNER_KEY).and_then(Value::as_str) else { return false };
-    let Ok(pid) = owner.trim().parse::<u32>() else { return false };
-    let created = config.get(CREATED_KEY).and_then(Value::as_str).and_then(|s| s.parse().ok());
-    !process_alive_since(pid, created)
-}
-
-/// Deletes the containers and profiles that carry `user.veza-test.owner` and whose
-/// owning process is dead, and the trust entries of test certificates
-/// (`vt-https-<pid>-<created>`) whose process is dead; returns their names. Unmarked
-/// objects are never touched.
-pub fn sweep_stale() -> Result<Vec<String>> {
-    let mut removed = Vec::new();
-    let mut errors = String::new();
-    // Instances, then profiles: (list, where the owner mark is, the delete command). An
-    // instance's mark may come from a profile (a manifest whose instances declare no
-    // config of their own carries it in an agent-managed profile).
-    let kinds: [(&str, &[&str], &[&str]); 2] = [
-        ("/1.0/instances?recursion=1", &["expanded_config", "config"], &["delete", "--force"]),
-        ("/1.0/profiles?recursion=1", &["config"], &["profile", "delete"]),
-    ];
-    for (list, config_keys, delete) in kinds {
-        for item in query(list)?.as_array().into_iter().flatten() {
-            let name = item.get("name").and_then(Value::as_str);
-            let config = config_keys.iter().find_map(|k| item.get(*k));
-            let (Some(name), Some(config)) = (name, config) else { continue };
-            if owner_is_dead(config) {
-                match incus(delete.iter().copied().chain([name])).run() {
-                    Ok(_) => removed.push(name.to_string()),
-                    Err(e) => {
-                        let _ = writeln!(errors, "{e}");
-                    }
-                }
-            }
-        }
-    }
-    let certificates = query("/1.0/certificates?recursion=1")?;
-    for cert in certificates.as_array().into_iter().flatten() {
-        let (Some(name), Some(fingerprint)) = (
-            cert.get("name").and_then(Value::as_str),
-            cert.get("fingerprint").and_then(Value::as_str),
-        ) else {
-            continue;
-        };
-        let Some((pid, created)) = trust_owner(name) else { continue };
-        if !process_alive_since(pid, created) {
-            match incus(["config", "trust", "remove", fingerprint]).run() {
-                Ok(_) => removed.push(format!("trust {name}")),
-                Err(e) => {
-                    let _ = writeln!(errors, "{e}");
-                }
-            }
-        }
-    }
-    if !errors.is_empty() {
-        bail!("sweep removed {removed:?} but failed on:\n{errors}");
-    }
-    Ok(removed)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -627,19 +496,5 @@ mod tests {
         assert_eq!(a.len(), 13);
         assert!(a.starts_with("vt-"));
         assert!(a[3..].bytes().all(|c| c.is_ascii_hexdigit()));
-    }
-
-    #[test]
-    fn only_marked_objects_with_dead_owners_are_stale() {
-        let me = std::process::id().to_string();
-        let now = unix_now().to_string();
-        assert!(!owner_is_dead(&serde_json::json!({})));
-        assert!(!owner_is_dead(&serde_json::json!({OWNER_KEY: me, CREATED_KEY: now})));
-        assert!(!owner_is_dead(&serde_json::json!({OWNER_KEY: "garbage"})));
-        // pid 0 is never a live owner; pid_max is never a valid pid.
-        assert!(owner_is_dead(&serde_json::json!({OWNER_KEY: "0"})));
-        assert!(owner_is_dead(&serde_json::json!({OWNER_KEY: "4194304"})));
-        // Our own pid, but the record predates our start: the pid was reused.
-        assert!(owner_is_dead(&serde_json::json!({OWNER_KEY: me, CREATED_KEY: "1000"})));
     }
 }

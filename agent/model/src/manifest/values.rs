@@ -3,7 +3,6 @@
 
 use std::fmt;
 
-use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// A duration such as `500ms`, `5s`, `10m`, `4h`, `8d` or `2w`.
@@ -127,7 +126,7 @@ impl TryFrom<String> for Sha256Hex {
 /// one (the manifest's newtypes and the host configuration's `ByteSize`).
 macro_rules! string_schema {
     ($ty:ty, $name:literal, $(pattern: $pattern:literal,)? $description:literal) => {
-        impl JsonSchema for $ty {
+        impl schemars::JsonSchema for $ty {
             fn schema_name() -> std::borrow::Cow<'static, str> {
                 $name.into()
             }

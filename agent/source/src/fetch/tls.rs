@@ -27,77 +27,18 @@ use rustls_platform_verifier::BuilderVerifierExt;
 /// the client to https anyway, every certificate is refused.
 pub(super) fn plain_http_config() -> Result<rustls::ClientConfig, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS setup: {e}"))?
+    let config = builder(&provider)?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(PlainHttp { provider }))
+        .with_custom_certificate_verifier(Arc::new(Verifier { trust: Trust::Nothing, provider }))
         .with_no_client_auth();
     Ok(config)
-}
-
-/// Refuses every certificate: the verifier of a remote configured as plain http.
-#[derive(Debug)]
-struct PlainHttp {
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for PlainHttp {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Err(rustls::Error::General(
-            "TLS from a remote configured as plain http: use its https:// URL (and \
-             source.ca_file if needed)"
-                .into(),
-        ))
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
-    }
 }
 
 /// The client configuration for a fetch: the CA file's certificates (`Some`) or the
 /// system's. The error says what is wrong with the file, for `FetchError::Remote`.
 pub(super) fn client_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS setup: {e}"))?;
+    let builder = builder(&provider)?;
     let mut config = match ca_file {
         None => builder
             .with_platform_verifier()
@@ -105,11 +46,21 @@ pub(super) fn client_config(ca_file: Option<&Path>) -> Result<rustls::ClientConf
             .with_no_client_auth(),
         Some(path) => builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(CaFile::read(path, provider)?))
+            .with_custom_certificate_verifier(Arc::new(Verifier::ca_file(path, provider)?))
             .with_no_client_auth(),
     };
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
+}
+
+/// A client configuration over `provider` with its safe protocol versions, whose verifier
+/// is still to choose.
+fn builder(
+    provider: &Arc<CryptoProvider>,
+) -> Result<rustls::ConfigBuilder<rustls::ClientConfig, rustls::WantsVerifier>, String> {
+    rustls::ClientConfig::builder_with_provider(Arc::clone(provider))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup: {e}"))
 }
 
 /// Whether a verification error is about the certificate's validity dates (webpki
@@ -124,17 +75,27 @@ fn about_dates(e: &rustls::Error) -> bool {
     )
 }
 
-/// Trusts the certificates of one file: as authorities, and each as the server's own
-/// certificate when the server presents exactly it.
+/// Whom the agent's own verifier trusts (the system's CAs are the platform verifier's).
 #[derive(Debug)]
-struct CaFile {
-    webpki: Arc<WebPkiServerVerifier>,
-    certs: Vec<CertificateDer<'static>>,
+enum Trust {
+    /// Nobody: a remote configured as plain http.
+    Nothing,
+    /// The certificates of `source.ca_file`: as authorities, and each as the server's own
+    /// certificate when the server presents exactly it.
+    CaFile { webpki: Arc<WebPkiServerVerifier>, certs: Vec<CertificateDer<'static>> },
+}
+
+/// A server certificate verifier over a [`Trust`]; signatures are checked with the
+/// provider's algorithms.
+#[derive(Debug)]
+struct Verifier {
+    trust: Trust,
     provider: Arc<CryptoProvider>,
 }
 
-impl CaFile {
-    fn read(path: &Path, provider: Arc<CryptoProvider>) -> Result<CaFile, String> {
+impl Verifier {
+    /// Trusts the certificates of the file at `path`.
+    fn ca_file(path: &Path, provider: Arc<CryptoProvider>) -> Result<Verifier, String> {
         let bad = |why: String| format!("source.ca_file `{}`: {why}", path.display());
         let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
             .and_then(Iterator::collect)
@@ -151,11 +112,11 @@ impl CaFile {
             WebPkiServerVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider))
                 .build()
                 .map_err(|e| bad(e.to_string()))?;
-        Ok(CaFile { webpki, certs, provider })
+        Ok(Verifier { trust: Trust::CaFile { webpki, certs }, provider })
     }
 }
 
-impl ServerCertVerifier for CaFile {
+impl ServerCertVerifier for Verifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -164,12 +125,17 @@ impl ServerCertVerifier for CaFile {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let chained =
-            self.webpki.verify_server_cert(end_entity, intermediates, server_name, ocsp, now);
+        let Trust::CaFile { webpki, certs } = &self.trust else {
+            return Err(rustls::Error::General(
+                "TLS from a remote configured as plain http: use its https:// URL (and \
+                 source.ca_file if needed)"
+                    .into(),
+            ));
+        };
+        let chained = webpki.verify_server_cert(end_entity, intermediates, server_name, ocsp, now);
         match chained {
             Err(e)
-                if !about_dates(&e)
-                    && self.certs.iter().any(|c| c.as_ref() == end_entity.as_ref()) =>
+                if !about_dates(&e) && certs.iter().any(|c| c.as_ref() == end_entity.as_ref()) =>
             {
                 let parsed = rustls::server::ParsedCertificate::try_from(end_entity)?;
                 rustls::client::verify_server_name(&parsed, server_name)?;
@@ -226,11 +192,11 @@ mod tests {
         CertificateDer::from_pem_slice(pem.as_bytes()).expect("test certificate")
     }
 
-    fn verifier(ca_file: &str) -> Result<CaFile, String> {
+    fn verifier(ca_file: &str) -> Result<Verifier, String> {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("ca.pem");
         std::fs::write(&path, ca_file).expect("write CA file");
-        CaFile::read(&path, Arc::new(rustls::crypto::ring::default_provider()))
+        Verifier::ca_file(&path, Arc::new(rustls::crypto::ring::default_provider()))
     }
 
     #[test]
@@ -259,7 +225,8 @@ mod tests {
 
     #[test]
     fn a_plain_http_remote_trusts_no_certificate() {
-        let refuse = PlainHttp { provider: Arc::new(rustls::crypto::ring::default_provider()) };
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let refuse = Verifier { trust: Trust::Nothing, provider };
         let name = ServerName::try_from("127.0.0.1").expect("server name");
         let now = UnixTime::since_unix_epoch(std::time::Duration::from_secs(1_798_761_600));
         let e = refuse.verify_server_cert(&der(FORGE), &[], &name, &[], now).expect_err("refused");
