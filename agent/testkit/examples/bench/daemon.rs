@@ -35,6 +35,33 @@ pub(crate) fn rss_kib(pid: u32) -> Result<(u64, u64)> {
     Ok((field("VmRSS:").context("no VmRSS")?, field("VmHWM:").context("no VmHWM")?))
 }
 
+/// What the resident set is made of (`RssAnon`, `RssFile`, `RssShmem`), and the
+/// process's threads, for the report.
+fn rss_parts(pid: u32) -> Result<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    let field = |name: &str| -> String {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map_or_else(|| "?".to_string(), |v| v.trim().to_string())
+    };
+    let mib = |name: &str| -> String {
+        field(name)
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<f64>().ok())
+            .map_or_else(|| "?".to_string(), |k| format!("{:.1}", k / 1024.0))
+    };
+    Ok(format!(
+        "of it anonymous (heap, stacks) {} MiB, file-backed (the binary's and libraries' code pages) {} MiB, shared memory {} MiB; {} threads",
+        mib("RssAnon:"),
+        mib("RssFile:"),
+        mib("RssShmem:"),
+        field("Threads:")
+    ))
+}
+
 pub(crate) fn daemon_sync(host: &DemoHost, expect: &str) -> Result<String> {
     let out = host.agent(&["sync", "--timeout", "120"])?;
     let line = out.stdout_str().trim().to_string();
@@ -86,8 +113,9 @@ pub(crate) fn daemon_rss(
     }
     let (_, hwm_idle) = rss_kib(pid)?;
     idle.notes.push(format!(
-        "poll interval 2 s + jitter, so ~4 no-change syncs fall inside the sampling window; peak so far (VmHWM) {:.1} MiB",
-        hwm_idle as f64 / 1024.0
+        "poll interval 2 s + jitter, so ~4 no-change syncs fall inside the sampling window; peak so far (VmHWM) {:.1} MiB; {}",
+        hwm_idle as f64 / 1024.0,
+        rss_parts(pid)?
     ));
 
     d.rev = "daemon".into();
