@@ -912,7 +912,7 @@ fn an_edit_of_the_serving_color_is_refused_and_drops_no_request() {
     assert_eq!(h.served_release().unwrap(), h.releases[0].id, "blue still runs release 0");
     let st = status_json(&h);
     assert_eq!(st["state"]["envs"][&h.env]["apps"]["hello"]["active"], "blue", "{st:#}");
-    // An app that opts into in-place updates gets its serving slot rebuilt; when the new
+    // An app that opts into in-place updates gets the new release in its serving slot; when the new
     // release is broken, the outcome says the slot still gets the traffic (it does), not
     // that "traffic was not moved".
     let in_place = h
@@ -925,7 +925,7 @@ fn an_edit_of_the_serving_color_is_refused_and_drops_no_request() {
     assert!(!out.contains("traffic was not moved"), "{out}");
     assert!(
         out.contains(&format!(
-            "{}-hello-blue was rebuilt in place (in_place_updates: true) and still receives",
+            "{}-hello-blue was redeployed in place (in_place_updates: true) and still receives",
             h.env
         )),
         "{out}"

@@ -34,6 +34,11 @@ pub const MARK_APP: &str = "user.veza.app";
 pub const MARK_COLOR: &str = "user.veza.color";
 /// Release running in a slot instance (set once the artifact is installed).
 pub const MARK_RELEASE: &str = "user.veza.release";
+/// Set by the agent's own deploy of a release into a slot (`agent`): only such a slot
+/// runs nothing but the agent's app, so only it may take a new release in place. A slot
+/// another tool built (adopted from Ansible, which left its own service enabled in it)
+/// is rebuilt from its image instead.
+pub const MARK_DEPLOYED: &str = "user.veza.deployed";
 /// Protected data instance: never deleted.
 pub const MARK_PROTECT: &str = "user.veza.protect";
 /// Host whose manifests declare an owned profile: profiles are shared by the
@@ -188,6 +193,10 @@ impl LiveInstance {
     /// The release installed in it, for a slot.
     pub fn release(&self) -> Option<&str> {
         self.config.get(MARK_RELEASE).map(String::as_str)
+    }
+    /// Whether the agent itself deployed the release it runs (see [`MARK_DEPLOYED`]).
+    pub fn deployed_by_agent(&self) -> bool {
+        self.config.get(MARK_DEPLOYED).is_some_and(|v| v == "agent")
     }
     /// The digest of its app's start settings, when the agent recorded it.
     pub fn app_spec(&self) -> Option<&str> {

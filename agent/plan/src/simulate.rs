@@ -3,7 +3,8 @@
 //! the planning benchmark. Pure.
 
 use crate::live::{
-    InstanceStatus, LiveEdge, LiveInstance, LiveNetwork, LiveProfile, LiveState, MARK_RELEASE,
+    InstanceStatus, LiveEdge, LiveInstance, LiveNetwork, LiveProfile, LiveState, MARK_DEPLOYED,
+    MARK_RELEASE,
 };
 use crate::plan::{Action, Plan};
 
@@ -69,11 +70,10 @@ pub fn applied(live: &LiveState, plan: &Plan) -> Result<LiveState, SimulateError
                 l.instances.remove(name);
             }
             Action::DeployRelease { instance, slot, .. } => {
-                l.instances
-                    .get_mut(instance)
-                    .ok_or_else(|| missing(instance))?
-                    .config
-                    .insert(MARK_RELEASE.to_string(), slot.release.to_string());
+                let config =
+                    &mut l.instances.get_mut(instance).ok_or_else(|| missing(instance))?.config;
+                config.insert(MARK_RELEASE.to_string(), slot.release.to_string());
+                config.insert(MARK_DEPLOYED.to_string(), "agent".to_string());
             }
             Action::InstallEdge { config, .. }
             | Action::Promote(crate::plan::Switch { config, .. }) => {

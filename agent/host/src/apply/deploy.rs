@@ -4,8 +4,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use veza_model::live::LiveInstance;
 use veza_plan::desired::SlotSpec;
-use veza_plan::live::MARK_RELEASE;
+use veza_plan::live::{MARK_DEPLOYED, MARK_RELEASE};
 use veza_plan::slot::{
     APP_ENV_FILE, APP_RUN_SCRIPT, MIGRATE_NO_DIR, MIGRATE_NO_ENV, MigrationFiles, SlotFiles,
 };
@@ -270,18 +271,12 @@ where
     // the path of every deploy. The two files share a directory its pushes create, so
     // they go one after the other (two concurrent creations of it fail).
     let incus = d.incus;
-    let live = incus
-        .instance(instance)
-        .await
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("instance `{instance}` disappeared"))?;
-    let mut config = live.settable_config();
     // A slot that runs another release is redeployed in place: its mark goes before its
-    // files change, so that a deploy that stops half-way leaves a slot whose release is
-    // unknown (and deployed again by the next sync), never one that claims the old one.
-    if config.get(MARK_RELEASE).is_some_and(|r| *r != slot.release.as_str()) {
-        config.remove(MARK_RELEASE);
-        set_config(incus, instance, &live, config.clone()).await?;
+    // files change, so that a deploy that stops half-way leaves a slot that claims no
+    // release (and is deployed again by the next sync), never one that claims the old one.
+    let claimed = read_instance(incus, instance).await?.config.get(MARK_RELEASE).cloned();
+    if claimed.is_some_and(|r| r != slot.release.as_str()) {
+        set_marks(incus, instance, &[(MARK_RELEASE, None)]).await?;
     }
     let app_files = async move {
         push_private(incus, instance, APP_ENV_FILE, env).await?;
@@ -293,20 +288,35 @@ where
     tokio::try_join!(release, app_files)?;
     let script = format!("{unpack}\n{}", swap_and_restart_script(&dir, &files.unit));
     exec_ok(d.incus, instance, &script, BTreeMap::new()).await?;
-    config.insert(MARK_RELEASE.to_string(), slot.release.to_string());
-    set_config(d.incus, instance, &live, config).await
+    let release = slot.release.to_string();
+    set_marks(d.incus, instance, &[(MARK_RELEASE, Some(&release)), (MARK_DEPLOYED, Some("agent"))])
+        .await
 }
 
-/// Writes `config` as the instance's whole configuration, its devices and profiles as
-/// `live` read them.
-async fn set_config<I: Incus + Sync>(
+async fn read_instance<I: Incus + Sync>(incus: &I, instance: &str) -> Result<LiveInstance, String> {
+    incus
+        .instance(instance)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("instance `{instance}` disappeared"))
+}
+
+/// Sets (`Some`) or removes (`None`) the agent's `marks` on the instance as it is now
+/// (read again: a deploy can take minutes, and a change made meanwhile by hand is kept).
+async fn set_marks<I: Incus + Sync>(
     incus: &I,
     instance: &str,
-    live: &veza_model::live::LiveInstance,
-    config: BTreeMap<String, String>,
+    marks: &[(&str, Option<&str>)],
 ) -> Result<(), String> {
-    let update =
-        InstanceUpdate { config, devices: live.devices.clone(), profiles: live.profiles.clone() };
+    let live = read_instance(incus, instance).await?;
+    let mut config = live.settable_config();
+    for (key, value) in marks {
+        match value {
+            Some(v) => config.insert((*key).to_string(), (*v).to_string()),
+            None => config.remove(*key),
+        };
+    }
+    let update = InstanceUpdate { config, devices: live.devices, profiles: live.profiles };
     incus.update_instance(instance, &update).await.map(|_| ()).map_err(|e| e.to_string())
 }
 

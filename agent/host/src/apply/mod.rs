@@ -286,12 +286,18 @@ pub async fn apply<I: Incus, E: Edge, U: Units, P: Probe, C: Clock, H: Hooks>(
 /// What is true of a slot that keeps its traffic when its gate fails.
 fn still_serving(plan: &Plan, gate: &Gate) -> String {
     let Gate { instance, slot, .. } = gate;
-    let rebuilt = plan
-        .steps
-        .iter()
-        .any(|s| matches!(&s.action, Action::DeleteInstance { name } if name == instance));
-    let what =
-        if rebuilt { "was rebuilt in place (in_place_updates: true)" } else { "was started again" };
+    let done_here =
+        |f: fn(&Action, &str) -> bool| plan.steps.iter().any(|s| f(&s.action, instance));
+    let what = if done_here(|a, i| matches!(a, Action::DeleteInstance { name } if name == i)) {
+        "was rebuilt in place (in_place_updates: true)"
+    } else if done_here(|a, i| matches!(a, Action::StartInstance { name } if name == i)) {
+        "was started again"
+    } else if done_here(|a, i| matches!(a, Action::DeployRelease { instance, .. } if instance == i))
+    {
+        "was redeployed in place (in_place_updates: true)"
+    } else {
+        "was started again"
+    };
     format!(
         "{instance} {what} and still receives {}/{}'s traffic; fix the release or promote the other color",
         slot.env, slot.app

@@ -21,7 +21,7 @@ use crate::haproxy::fake::FakeEdge;
 use crate::haproxy::install::EdgePaths;
 use crate::haproxy::parse::ServerStatus;
 use crate::http::fake::{Answer, ScriptedProbe};
-use veza_model::live::{InstanceStatus, LiveInstance, MARK_RELEASE};
+use veza_model::live::{InstanceStatus, LiveInstance, MARK_DEPLOYED, MARK_RELEASE};
 
 use crate::incus::{ExecOutput, FakeIncus, ImageSource, IncusError};
 use crate::systemd::fake::FakeUnits;
@@ -576,6 +576,35 @@ fn a_failed_gate_says_whether_the_slot_still_receives_the_traffic() {
     }
 }
 
+/// What the failure says of a serving slot the plan redeployed, started or left alone
+/// (the engine's runs above cover the rebuilt and untouched ones end to end).
+#[test]
+fn a_failed_gate_names_what_was_done_to_the_serving_slot() {
+    let deploy = || Action::DeployRelease {
+        instance: "web-blue".into(),
+        slot: slot(Color::Blue),
+        files: slot_files(&slot(Color::Blue)),
+    };
+    let start = || Action::StartInstance { name: "web-blue".into() };
+    let delete = || Action::DeleteInstance { name: "web-blue".into() };
+    let table: [(Vec<Action>, &str); 4] = [
+        (vec![delete(), deploy()], "was rebuilt in place (in_place_updates: true)"),
+        (vec![deploy()], "was redeployed in place (in_place_updates: true)"),
+        (vec![start(), deploy()], "was started again"),
+        (Vec::new(), "was started again"),
+    ];
+    let gate = serving_gate("web-blue", Color::Blue);
+    for (actions, what) in table {
+        let said = still_serving(&plan_of(actions), &gate);
+        assert_eq!(
+            said,
+            format!(
+                "web-blue {what} and still receives prod/web's traffic; fix the release or promote the other color"
+            )
+        );
+    }
+}
+
 #[test]
 fn a_rise_the_timeout_cannot_fit_fails_the_gate_without_probing() {
     let w = World::new();
@@ -951,7 +980,7 @@ fn promotion_after_deploy(s: &SlotSpec) -> Plan {
 
 /// The green slot running release 1 (its mark set), and release 2 deployed into it in
 /// place; the unpack-and-restart exec answers `exit_code`.
-fn redeploy_in_place(exit_code: i32) -> (ApplyReport, Option<String>) {
+fn redeploy_in_place(exit_code: i32) -> (ApplyReport, (Option<String>, Option<String>)) {
     let (tmp, w, mut s) = migrating_world();
     s.migrate = None;
     let mut live = w.incus.live();
@@ -969,15 +998,15 @@ fn redeploy_in_place(exit_code: i32) -> (ApplyReport, Option<String>) {
         files: slot_files(&s),
     };
     let report = run_with_secret(&w, &plan_of(vec![deploy]), tmp.path(), "pw");
-    let mark = w.incus.live().instances["web-green"].config.get(MARK_RELEASE).cloned();
-    (report, mark)
+    let config = w.incus.live().instances["web-green"].config.clone();
+    (report, (config.get(MARK_RELEASE).cloned(), config.get(MARK_DEPLOYED).cloned()))
 }
 
 #[test]
 fn a_release_deployed_in_place_is_marked_only_once_it_runs_and_never_keeps_the_old_mark() {
     let (report, mark) = redeploy_in_place(0);
     assert_eq!(report.outcome, ApplyOutcome::Applied, "{report:?}");
-    assert_eq!(mark, Some(release('2').to_string()));
+    assert_eq!(mark, (Some(release('2').to_string()), Some("agent".to_string())));
     // Swapped but not started: the slot claims no release (status: unknown), and the next
     // sync, seeing a release that differs, deploys it again.
     let (report, mark) = redeploy_in_place(1);
@@ -985,7 +1014,7 @@ fn a_release_deployed_in_place_is_marked_only_once_it_runs_and_never_keeps_the_o
         matches!(&report.outcome, ApplyOutcome::Failed { error, .. } if error.contains("start failed")),
         "{report:?}"
     );
-    assert_eq!(mark, None, "the old release's mark is gone");
+    assert_eq!(mark.0, None, "the old release's mark is gone");
 }
 
 #[test]

@@ -90,7 +90,9 @@ pub(super) fn plan_instance(
     // artifact unpacked beside the old one, swapped in and the app restarted, as the
     // deploy step does for a new slot): the container, its devices and the proxy it
     // serves through are kept, and the release gate still checks the slot before any
-    // promotion. Anything Incus or the app's settings change rebuilds it.
+    // promotion. Only a slot the agent deployed itself: one another tool built (adopted)
+    // may run that tool's own service too. Anything Incus or the app's settings change
+    // rebuilds it.
     let mut redeploy = None;
     if let Some(slot) = &d.slot {
         let release_changes = l.release() != Some(slot.release.as_str());
@@ -107,7 +109,8 @@ pub(super) fn plan_instance(
                     .to_string(),
             );
         }
-        let in_place = release_changes && rebuild_for.len() == 1 && l.is_running();
+        let in_place =
+            release_changes && rebuild_for.len() == 1 && l.is_running() && l.deployed_by_agent();
         if !rebuild_for.is_empty() {
             // A stopped slot serves nothing, whatever the edge names: it may be rebuilt.
             let serving = l.is_running()

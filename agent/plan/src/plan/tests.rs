@@ -219,14 +219,24 @@ fn a_release_change_is_deployed_in_place_into_the_running_idle_slot() {
 }
 
 #[test]
-fn a_release_change_rebuilds_the_idle_slot_when_it_is_stopped() {
-    let (_, mut live) = converged(&[&demo_with(with_green_release)]);
-    let green = live.instances.get_mut("demo-hello-green").expect("the green slot");
-    green.status = veza_model::live::InstanceStatus::Stopped;
-    let p = run(&manifests(&[&demo_with_newer_green()]), &live, &opts());
-    check_snapshot("demo-release-change-stopped-slot", &p);
-    let again = run(&manifests(&[&demo_with_newer_green()]), &applied(&live, &p), &opts());
-    assert!(again.steps.is_empty(), "not converged:\n{again}");
+fn a_release_change_rebuilds_an_idle_slot_that_is_stopped_or_that_the_agent_did_not_deploy() {
+    let stopped = |i: &mut veza_model::live::LiveInstance| {
+        i.status = veza_model::live::InstanceStatus::Stopped;
+    };
+    // Adopted from Ansible: its own service may still run in it.
+    let adopted = |i: &mut veza_model::live::LiveInstance| {
+        i.config.remove(veza_model::live::MARK_DEPLOYED);
+    };
+    let cases: [(&str, &dyn Fn(&mut veza_model::live::LiveInstance)); 2] =
+        [("stopped", &stopped), ("not deployed by the agent", &adopted)];
+    for (what, edit) in cases {
+        let (_, mut live) = converged(&[&demo_with(with_green_release)]);
+        edit(live.instances.get_mut("demo-hello-green").expect("the green slot"));
+        let p = run(&manifests(&[&demo_with_newer_green()]), &live, &opts());
+        check_snapshot("demo-release-change-rebuilds-the-slot", &p);
+        let again = run(&manifests(&[&demo_with_newer_green()]), &applied(&live, &p), &opts());
+        assert!(again.steps.is_empty(), "{what}: not converged:\n{again}");
+    }
 }
 
 #[test]
