@@ -227,8 +227,8 @@ fn a_release_change_rebuilds_an_idle_slot_that_is_stopped_or_that_the_agent_did_
     let adopted = |i: &mut veza_model::live::LiveInstance| {
         i.config.remove(veza_model::live::MARK_DEPLOYED);
     };
-    let cases: [(&str, fn(&mut veza_model::live::LiveInstance)); 2] =
-        [("stopped", stopped), ("not deployed by the agent", adopted)];
+    type Edit = fn(&mut veza_model::live::LiveInstance);
+    let cases: [(&str, Edit); 2] = [("stopped", stopped), ("not deployed by the agent", adopted)];
     for (what, edit) in cases {
         let (_, mut live) = converged(&[&demo_with(with_green_release)]);
         edit(live.instances.get_mut("demo-hello-green").expect("the green slot"));
