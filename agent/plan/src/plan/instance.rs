@@ -39,27 +39,31 @@ pub(super) fn plan_instance(
             reason,
         );
     };
-    let deploy = |b: &mut Builder, deployed: &mut BTreeSet<String>, slot: &SlotSpec| {
-        b.step(
-            Action::DeployRelease {
-                instance: name.to_string(),
-                slot: slot.clone(),
-                files: slot_files(slot),
-            },
-            format!(
-                "the {} slot of {}/{} runs release {}",
-                slot.color,
-                slot.env,
-                slot.app,
-                slot.release.short()
-            ),
-        );
-        deployed.insert(name.to_string());
+    let runs = |slot: &SlotSpec| {
+        format!(
+            "the {} slot of {}/{} runs release {}",
+            slot.color,
+            slot.env,
+            slot.app,
+            slot.release.short()
+        )
     };
+    let deploy =
+        |b: &mut Builder, deployed: &mut BTreeSet<String>, slot: &SlotSpec, reason: String| {
+            b.step(
+                Action::DeployRelease {
+                    instance: name.to_string(),
+                    slot: slot.clone(),
+                    files: slot_files(slot),
+                },
+                reason,
+            );
+            deployed.insert(name.to_string());
+        };
     let Some(l) = live.instances.get(name) else {
         create(b, format!("instance `{name}` does not exist"));
         if let Some(slot) = &d.slot {
-            deploy(b, deployed, slot);
+            deploy(b, deployed, slot, runs(slot));
         }
         return;
     };
@@ -147,7 +151,7 @@ pub(super) fn plan_instance(
                     format!("{}: the slot is rebuilt from its image", rebuild_for.join(", ")),
                 );
                 create(b, format!("rebuild of the {} slot", slot.color));
-                deploy(b, deployed, slot);
+                deploy(b, deployed, slot, runs(slot));
                 return;
             }
         }
@@ -246,21 +250,8 @@ pub(super) fn plan_instance(
         }
     }
     if let Some((slot, was)) = redeploy {
-        b.step(
-            Action::DeployRelease {
-                instance: name.to_string(),
-                slot: slot.clone(),
-                files: slot_files(slot),
-            },
-            format!(
-                "the {} slot of {}/{} runs release {} (was {was}): deployed in place, the container kept",
-                slot.color,
-                slot.env,
-                slot.app,
-                slot.release.short()
-            ),
-        );
-        deployed.insert(name.to_string());
+        let reason = format!("{} (was {was}): deployed in place, the container kept", runs(slot));
+        deploy(b, deployed, slot, reason);
     }
     if !l.is_running() && !d.detect_only {
         b.step(
@@ -268,15 +259,8 @@ pub(super) fn plan_instance(
             format!("instance `{name}` is stopped"),
         );
         if let Some(slot) = &d.slot {
-            b.step(
-                Action::DeployRelease {
-                    instance: name.to_string(),
-                    slot: slot.clone(),
-                    files: slot_files(slot),
-                },
-                "after a stop, the release is unpacked and started again (a slot may have been changed while stopped)",
-            );
-            deployed.insert(name.to_string());
+            let reason = "after a stop, the release is unpacked and started again (a slot may have been changed while stopped)";
+            deploy(b, deployed, slot, reason.to_string());
         }
     }
 }
