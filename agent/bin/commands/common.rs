@@ -12,9 +12,11 @@ pub struct ConfigArg {
 }
 
 /// The runtime every async subcommand runs on: one worker (one sync at a time; what the
-/// agent waits on is IO), multi-threaded so that the edge installer can block in place
-/// (`block_in_place` hands the worker to a new thread while the Incus driver keeps
-/// running). A second worker cost the idle daemon ~0.5 MiB of RSS and gained nothing.
+/// agent waits on is IO). Syncs run in `block_on` on the main thread, so the edge
+/// installer's `block_in_place` blocks only that thread while the worker keeps driving
+/// the Incus connections and the daemon's tasks (a multi-thread runtime is what allows
+/// `block_in_place` at all). A second worker cost the idle daemon ~0.3 MiB of RSS and
+/// gained nothing.
 pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?)
 }

@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use veza_model::live::LiveInstance;
 use veza_plan::desired::SlotSpec;
 use veza_plan::live::{MARK_DEPLOYED, MARK_RELEASE};
 use veza_plan::slot::{
@@ -274,10 +273,13 @@ where
     // A slot that runs another release is redeployed in place: its mark goes before its
     // files change, so that a deploy that stops half-way leaves a slot that claims no
     // release (and is deployed again by the next sync), never one that claims the old one.
-    let claimed = read_instance(incus, instance).await?.config.get(MARK_RELEASE).cloned();
-    if claimed.is_some_and(|r| r != slot.release.as_str()) {
-        set_marks(incus, instance, &[(MARK_RELEASE, None)]).await?;
-    }
+    let new_release = slot.release.as_str();
+    edit_marks(incus, instance, |config| {
+        if config.get(MARK_RELEASE).is_some_and(|r| r != new_release) {
+            config.remove(MARK_RELEASE);
+        }
+    })
+    .await?;
     let app_files = async move {
         push_private(incus, instance, APP_ENV_FILE, env).await?;
         crate::incus::push_file_verified(incus, instance, &run).await.map_err(|e| e.to_string())
@@ -288,33 +290,31 @@ where
     tokio::try_join!(release, app_files)?;
     let script = format!("{unpack}\n{}", swap_and_restart_script(&dir, &files.unit));
     exec_ok(d.incus, instance, &script, BTreeMap::new()).await?;
-    let release = slot.release.to_string();
-    set_marks(d.incus, instance, &[(MARK_RELEASE, Some(&release)), (MARK_DEPLOYED, Some("agent"))])
-        .await
+    edit_marks(d.incus, instance, |config| {
+        config.insert(MARK_RELEASE.to_string(), new_release.to_string());
+        config.insert(MARK_DEPLOYED.to_string(), "agent".to_string());
+    })
+    .await
 }
 
-async fn read_instance<I: Incus + Sync>(incus: &I, instance: &str) -> Result<LiveInstance, String> {
-    incus
+/// Edits the agent's marks on the instance as it is now (read at the call: a deploy can
+/// take minutes, and a change made meanwhile by hand is kept); written only when `edit`
+/// changed something.
+async fn edit_marks<I: Incus + Sync>(
+    incus: &I,
+    instance: &str,
+    edit: impl FnOnce(&mut BTreeMap<String, String>),
+) -> Result<(), String> {
+    let live = incus
         .instance(instance)
         .await
         .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("instance `{instance}` disappeared"))
-}
-
-/// Sets (`Some`) or removes (`None`) the agent's `marks` on the instance as it is now
-/// (read again: a deploy can take minutes, and a change made meanwhile by hand is kept).
-async fn set_marks<I: Incus + Sync>(
-    incus: &I,
-    instance: &str,
-    marks: &[(&str, Option<&str>)],
-) -> Result<(), String> {
-    let live = read_instance(incus, instance).await?;
-    let mut config = live.settable_config();
-    for (key, value) in marks {
-        match value {
-            Some(v) => config.insert((*key).to_string(), (*v).to_string()),
-            None => config.remove(*key),
-        };
+        .ok_or_else(|| format!("instance `{instance}` disappeared"))?;
+    let before = live.settable_config();
+    let mut config = before.clone();
+    edit(&mut config);
+    if config == before {
+        return Ok(());
     }
     let update = InstanceUpdate { config, devices: live.devices, profiles: live.profiles };
     incus.update_instance(instance, &update).await.map(|_| ()).map_err(|e| e.to_string())

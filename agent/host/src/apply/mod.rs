@@ -286,14 +286,14 @@ pub async fn apply<I: Incus, E: Edge, U: Units, P: Probe, C: Clock, H: Hooks>(
 /// What is true of a slot that keeps its traffic when its gate fails.
 fn still_serving(plan: &Plan, gate: &Gate) -> String {
     let Gate { instance, slot, .. } = gate;
-    let done_here =
-        |f: fn(&Action, &str) -> bool| plan.steps.iter().any(|s| f(&s.action, instance));
-    let what = if done_here(|a, i| matches!(a, Action::DeleteInstance { name } if name == i)) {
+    let here = |f: fn(&Action, &str) -> bool| plan.steps.iter().any(|s| f(&s.action, instance));
+    let deleted = here(|a, i| matches!(a, Action::DeleteInstance { name } if name == i));
+    let started = here(|a, i| matches!(a, Action::StartInstance { name } if name == i));
+    let deployed =
+        here(|a, i| matches!(a, Action::DeployRelease { instance, .. } if instance == i));
+    let what = if deleted {
         "was rebuilt in place (in_place_updates: true)"
-    } else if done_here(|a, i| matches!(a, Action::StartInstance { name } if name == i)) {
-        "was started again"
-    } else if done_here(|a, i| matches!(a, Action::DeployRelease { instance, .. } if instance == i))
-    {
+    } else if deployed && !started {
         "was redeployed in place (in_place_updates: true)"
     } else {
         "was started again"

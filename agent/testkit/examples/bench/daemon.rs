@@ -21,44 +21,44 @@ impl Drop for Daemon {
     }
 }
 
-/// `(VmRSS, VmHWM)` of a process in KiB.
-pub(crate) fn rss_kib(pid: u32) -> Result<(u64, u64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .with_context(|| format!("reading /proc/{pid}/status"))?;
-    let field = |name: &str| -> Option<u64> {
-        status
+/// `/proc/PID/status` of a process.
+struct ProcStatus(String);
+
+impl ProcStatus {
+    fn read(pid: u32) -> Result<ProcStatus> {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .map(ProcStatus)
+            .with_context(|| format!("reading /proc/{pid}/status"))
+    }
+    /// The first word of the line `NAME:` (a number of KiB, or a count).
+    fn field(&self, name: &str) -> Option<u64> {
+        self.0
             .lines()
-            .find_map(|l| l.strip_prefix(name))
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
             .and_then(|v| v.split_whitespace().next())
             .and_then(|v| v.parse().ok())
-    };
-    Ok((field("VmRSS:").context("no VmRSS")?, field("VmHWM:").context("no VmHWM")?))
+    }
+    fn mib(&self, name: &str) -> String {
+        self.field(name).map_or_else(|| "?".to_string(), |k| format!("{:.1}", k as f64 / 1024.0))
+    }
+}
+
+/// `(VmRSS, VmHWM)` of a process in KiB.
+pub(crate) fn rss_kib(pid: u32) -> Result<(u64, u64)> {
+    let status = ProcStatus::read(pid)?;
+    Ok((status.field("VmRSS").context("no VmRSS")?, status.field("VmHWM").context("no VmHWM")?))
 }
 
 /// What the resident set is made of (`RssAnon`, `RssFile`, `RssShmem`), and the
 /// process's threads, for the report.
 fn rss_parts(pid: u32) -> Result<String> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .with_context(|| format!("reading /proc/{pid}/status"))?;
-    let field = |name: &str| -> String {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .map_or_else(|| "?".to_string(), |v| v.trim().to_string())
-    };
-    let mib = |name: &str| -> String {
-        field(name)
-            .split_whitespace()
-            .next()
-            .and_then(|v| v.parse::<f64>().ok())
-            .map_or_else(|| "?".to_string(), |k| format!("{:.1}", k / 1024.0))
-    };
+    let status = ProcStatus::read(pid)?;
     Ok(format!(
         "of it anonymous (heap, stacks) {} MiB, file-backed (the binary's and libraries' code pages) {} MiB, shared memory {} MiB; {} threads",
-        mib("RssAnon:"),
-        mib("RssFile:"),
-        mib("RssShmem:"),
-        field("Threads:")
+        status.mib("RssAnon"),
+        status.mib("RssFile"),
+        status.mib("RssShmem"),
+        status.field("Threads").map_or_else(|| "?".to_string(), |n| n.to_string())
     ))
 }
 
