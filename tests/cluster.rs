@@ -1,6 +1,7 @@
 //! On the real 3-member Incus cluster of `tests/host/cluster` (run by `tests/cluster`,
-//! which brings it up, runs these and tears it down; `#[ignore]`d in the normal suite,
-//! which has no cluster): the lease's compare-and-swap through different members, its
+//! which brings it up, runs these and tears it down, and fails unless every one of them
+//! ran and passed; `.ci/run` calls it; `#[ignore]`d in the normal suite, which has no
+//! cluster): the lease's compare-and-swap through different members, its
 //! renewal, a takeover after the leader's member dies (timed), the fence stopping a paused
 //! leader, and the anti-rollback mark shared by every member.
 //!
