@@ -6,6 +6,11 @@
 //!    aliases, too deep, keys that are not plain strings);
 //! 2. the typed pass (serde_yaml_ng) deserializes with `deny_unknown_fields`.
 //!
+//! The guard runs before the typed pass when the text could hold an alias (it has a
+//! `&`, so an anchor), and otherwise only after the typed pass failed, so that a rejected
+//! input gets the guard's diagnostic when it has one. A valid manifest without anchors
+//! is read once (the guard was a third of the time of loading a large manifest).
+//!
 //! Semantic checks (`validate`) report a key path; [`Positions`] turns it into
 //! `line:col`. Its index (key path → line and column) is built only when a problem is
 //! located, by the same event walk as the guard pass: a manifest that is valid costs no
@@ -337,6 +342,30 @@ pub fn parse_yaml<T: serde::de::DeserializeOwned>(
         let col = before.iter().rev().take_while(|b| **b != b'\n').count() + 1;
         Diagnostic { pos: Pos { line, col }, message: format!("{what} is not valid UTF-8") }
     })?;
+    if text.trim().is_empty() {
+        return Err(Diagnostic { pos: start, message: format!("{what} is empty") });
+    }
+    // An alias needs an anchor (`&name`) before it. Without a `&` anywhere the text holds
+    // no alias, and the typed pass alone bounds the rest: it rejects a second document,
+    // its targets are typed structs and maps of bounded depth, and a key that is a
+    // collection is no string. So the guard pass runs first only when an alias is
+    // possible, and otherwise only when the typed pass fails, to report what it finds
+    // first: every input the guard rejects is still rejected with its diagnostic.
+    if text.contains('&') {
+        guard(text, what)?;
+    }
+    let positions = Positions::of(text);
+    match serde_yaml_ng::from_str(text) {
+        Ok(value) => Ok((value, positions)),
+        Err(e) => {
+            guard(text, what)?;
+            Err(serde_diagnostic(&e, &positions))
+        }
+    }
+}
+
+/// The guard pass: the checks the typed pass must never be handed input that fails.
+fn guard(text: &str, what: &str) -> Result<(), Diagnostic> {
     let mut indexer = Indexer::default();
     let mut parser = Parser::new_from_str(text);
     if let Err(e) = parser.load(&mut indexer, true) {
@@ -348,12 +377,13 @@ pub fn parse_yaml<T: serde::de::DeserializeOwned>(
     if let Some(problem) = indexer.problem {
         return Err(problem);
     }
-    if indexer.documents == 0 || text.trim().is_empty() {
-        return Err(Diagnostic { pos: start, message: format!("{what} is empty") });
+    if indexer.documents == 0 {
+        return Err(Diagnostic {
+            pos: Pos { line: 1, col: 1 },
+            message: format!("{what} is empty"),
+        });
     }
-    let positions = Positions::of(text);
-    let value: T = serde_yaml_ng::from_str(text).map_err(|e| serde_diagnostic(&e, &positions))?;
-    Ok((value, positions))
+    Ok(())
 }
 
 fn serde_diagnostic(e: &serde_yaml_ng::Error, positions: &Positions) -> Diagnostic {
@@ -416,6 +446,102 @@ fn with_hint(message: String) -> String {
 #[allow(clippy::useless_vec)] // reason: `path!` builds owned paths, as production code needs
 mod tests {
     use super::*;
+    use crate::config::HostConfig;
+
+    /// The order before the guard was skipped: guard, then the typed pass. The order
+    /// [`parse_yaml`] uses must give the same result for every input.
+    fn guard_first<T: serde::de::DeserializeOwned>(
+        text: &str,
+        what: &str,
+    ) -> Result<T, Diagnostic> {
+        if text.trim().is_empty() {
+            return Err(Diagnostic {
+                pos: Pos { line: 1, col: 1 },
+                message: format!("{what} is empty"),
+            });
+        }
+        guard(text, what)?;
+        serde_yaml_ng::from_str(text).map_err(|e| serde_diagnostic(&e, &Positions::of(text)))
+    }
+
+    const MANIFEST: &str =
+        "apiVersion: veza-agent/v1\nkind: Environment\nmetadata: {name: prod, host: r720}\n";
+
+    /// Each rule of the guard, as `parse` reports it, with and without an anchor in the
+    /// text (so both orders of the passes are exercised).
+    #[test]
+    fn guard_rules_hold_whichever_pass_runs_first() {
+        let deep = format!("a: {}{}", "[".repeat(70), "]".repeat(70));
+        let aliases =
+            format!("{MANIFEST}x: &a 1\ny: [{}]\n", vec!["*a"; MAX_ALIASES + 1].join(", "));
+        let cases: Vec<(&str, String, &str)> = vec![
+            ("empty", String::new(), "1:1: manifest is empty"),
+            ("only a comment", "# nothing\n".into(), "1:1: manifest is empty"),
+            (
+                "two documents",
+                format!("{MANIFEST}---\n{MANIFEST}"),
+                "4:1: the file must hold exactly one YAML document",
+            ),
+            ("too deep", deep.clone(), "1:67: nesting deeper than 64 levels"),
+            (
+                "too deep, anchored",
+                format!("x: &a 1\n{deep}"),
+                "2:67: nesting deeper than 64 levels",
+            ),
+            (
+                "collection key",
+                format!("{MANIFEST}? [a, b]\n: c\n"),
+                "4:3: mapping keys must be plain strings",
+            ),
+            ("too many aliases", aliases, "5:"),
+            ("broken YAML", format!("{MANIFEST}x: [a, b\n"), "invalid YAML: "),
+            ("unknown field", format!("{MANIFEST}apss: {{}}\n"), "4:1: unknown field `apss`"),
+        ];
+        for (name, text, want) in &cases {
+            let got = match parse(text.as_bytes()) {
+                Ok(_) => panic!("{name}: accepted"),
+                Err(d) => format!("{}: {}", d.pos, d.message),
+            };
+            assert!(
+                got.starts_with(want) || got.contains(want),
+                "{name}: got `{got}`, want `{want}`"
+            );
+        }
+    }
+
+    /// Skipping the guard changes no outcome: the same accepted value or the same
+    /// diagnostic as guard-then-typed, for the table above, every invalid example and
+    /// shipped manifest, and each of their prefixes (cut mid-line, mid-flow, mid-key).
+    #[test]
+    fn parse_agrees_with_the_guard_first_order() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let mut texts =
+            vec![MANIFEST.to_string(), format!("{MANIFEST}---\n"), "a: &x [1]\nb: *x\n".into()];
+        for dir in ["manifests", "manifests/examples", "manifests/examples/invalid"] {
+            for entry in std::fs::read_dir(root.join(dir)).into_iter().flatten().flatten() {
+                if entry.path().extension().is_some_and(|e| e == "yaml") {
+                    texts.push(std::fs::read_to_string(entry.path()).unwrap_or_default());
+                }
+            }
+        }
+        assert!(texts.len() > 25, "the corpus was not found: {}", texts.len());
+        let mut inputs = Vec::new();
+        for t in &texts {
+            let cuts: Vec<usize> =
+                (0..t.len()).step_by(37).filter(|i| t.is_char_boundary(*i)).collect();
+            inputs.extend(cuts.into_iter().map(|i| t[..i].to_string()));
+            inputs.push(t.clone());
+        }
+        for text in &inputs {
+            // `Manifest` has no `PartialEq`; its debug form holds every field.
+            let new =
+                parse_yaml::<Manifest>(text.as_bytes(), "manifest").map(|(m, _)| format!("{m:?}"));
+            let old = guard_first::<Manifest>(text, "manifest").map(|m| format!("{m:?}"));
+            assert_eq!(new, old, "manifest:\n{text}");
+            let new = parse_yaml::<HostConfig>(text.as_bytes(), "configuration").map(|(c, _)| c);
+            assert_eq!(new, guard_first::<HostConfig>(text, "configuration"), "config:\n{text}");
+        }
+    }
 
     #[test]
     fn index_records_keys_values_and_sequence_items() {
