@@ -9,6 +9,7 @@
 //! resource, delete protected data, promote while a gating job fails) becomes a
 //! [`Refusal`], reported and never executed.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
 use veza_model::Manifest;
@@ -208,7 +209,7 @@ pub fn plan(
     // A serving slot whose rebuild is refused keeps its live release: the edge goes on
     // naming what really runs there.
     let kept_manifests = keep_live_releases(manifests, &kept);
-    let manifests: Vec<&Manifest> = kept_manifests.iter().collect();
+    let manifests: Vec<&Manifest> = kept_manifests.iter().map(|m| &**m).collect();
     let manifests = manifests.as_slice();
 
     // Promotions, health gates and the edge.
@@ -497,14 +498,18 @@ struct KeptSlot {
     release: Release,
 }
 
-/// The manifests as the edge must see them: kept slots at their live release.
-fn keep_live_releases(manifests: &[&Manifest], kept: &[KeptSlot]) -> Vec<Manifest> {
+/// The manifests as the edge must see them: kept slots at their live release. Only a
+/// manifest with a kept slot is copied.
+fn keep_live_releases<'m>(manifests: &[&'m Manifest], kept: &[KeptSlot]) -> Vec<Cow<'m, Manifest>> {
     manifests
         .iter()
-        .map(|m| {
-            let mut m = (*m).clone();
-            for k in kept.iter().filter(|k| k.env == m.metadata.name) {
-                if let Some(slot) = m.apps.get_mut(&k.app).and_then(|a| a.slots.get_mut(&k.color)) {
+        .map(|&m| {
+            let env = &m.metadata.name;
+            let mut m = Cow::Borrowed(m);
+            for k in kept.iter().filter(|k| &k.env == env) {
+                if let Some(slot) =
+                    m.to_mut().apps.get_mut(&k.app).and_then(|a| a.slots.get_mut(&k.color))
+                {
                     slot.release = Some(k.release.clone());
                 }
             }

@@ -198,9 +198,16 @@ pub fn render_edge(envs: &[EdgeEnv], settings: &EdgeSettings) -> Result<Rendered
         // Routes: path routes in manifest order, then the default route.
         let mut balances: BTreeMap<&str, (Balance, &str)> = BTreeMap::new();
         let mut per_app_count: BTreeMap<&str, usize> = BTreeMap::new();
+        // Each app's routes, as its backend's comment lists them (one pass over the
+        // routes, not one per app).
+        let mut routed_by_app: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
         let mut default_rule = None;
         for route in &env.routes {
             let route_name = route.path_prefix.as_deref().unwrap_or("(default)");
+            routed_by_app
+                .entry(route.app.as_str())
+                .or_default()
+                .push(route.path_prefix.as_deref().unwrap_or("default route"));
             if !env.apps.contains_key(&route.app) {
                 return Err(RenderError::UnknownApp {
                     env: env.name.clone(),
@@ -301,12 +308,7 @@ pub fn render_edge(envs: &[EdgeEnv], settings: &EdgeSettings) -> Result<Rendered
             }
             let h = &app.health;
             token("health path", &h.path)?;
-            let routed: Vec<&str> = env
-                .routes
-                .iter()
-                .filter(|r| &r.app == app_name)
-                .map(|r| r.path_prefix.as_deref().unwrap_or("default route"))
-                .collect();
+            let routed = routed_by_app.get(app_name.as_str()).map_or(&[][..], Vec::as_slice);
             let comment = format!(
                 "{}/{}: active {}, routes: {}",
                 env.name,
