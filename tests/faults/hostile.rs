@@ -1,5 +1,5 @@
-//! Hostile input, signed or not: a manifest over the size cap, a YAML alias bomb, huge
-//! or malformed signatures. Each is refused and nothing changes.
+//! Hostile input, signed or not: a manifest over the size cap, a YAML alias bomb, a
+//! nesting bomb, huge or malformed signatures. Each is refused and nothing changes.
 
 use std::time::{Duration, Instant};
 
@@ -39,6 +39,23 @@ fn yaml_alias_bomb() {
     let c = h.commit(&bomb, "alias bomb").expect("commit");
     assert_rejected(&h, &mut case, &c, "YAML aliases; refusing to expand them", &a);
     assert!(started.elapsed() < Duration::from_secs(60), "rejected without expanding");
+}
+
+#[test]
+fn yaml_nesting_bomb() {
+    let (mut case, h, a) = case_at_baseline(
+        "YAML nesting bomb",
+        "signed manifest nesting 300 000 block sequences (600 kB, under the size cap)",
+    );
+    // yaml-rust2's recursive loader overflowed the stack on this (the agent aborted);
+    // the walk over its events is a loop, and the guard stops counting at 64 levels.
+    let bomb = format!(
+        "apiVersion: veza-agent/v1\nkind: Environment\nmetadata: {{name: {e}, host: {e}}}\nbomb:\n{}x\n",
+        "- ".repeat(300_000),
+        e = h.env
+    );
+    let c = h.commit(&bomb, "nesting bomb").expect("commit");
+    assert_rejected(&h, &mut case, &c, "nesting deeper than 64 levels", &a);
 }
 
 #[test]

@@ -23,6 +23,7 @@
 //! | `two_agents_at_once` | two `apply` started together |
 //! | `manifest_over_the_size_cap` | a signed manifest above 1 MiB |
 //! | `yaml_alias_bomb` | a signed billion-laughs manifest |
+//! | `yaml_nesting_bomb` | a signed manifest nesting 300 000 block sequences (600 kB) |
 //! | `huge_or_malformed_signature` | a commit whose `gpgsig` is garbage, 1 MB, or a truncated SSHSIG |
 //!
 //! Setup applies (not the fault under test) retry once: the shared incusd sometimes

@@ -7,9 +7,13 @@
 //! 2. the typed pass (serde_yaml_ng) deserializes with `deny_unknown_fields`.
 //!
 //! The guard runs before the typed pass when the text could hold an alias (it has a
-//! `&`, so an anchor), and otherwise only after the typed pass failed, so that a rejected
-//! input gets the guard's diagnostic when it has one. A valid manifest without anchors
-//! is read once (the guard was a third of the time of loading a large manifest).
+//! `&`, so an anchor) or is blank, and otherwise only after the typed pass failed, so
+//! that a rejected input gets the guard's diagnostic when it has one. A valid manifest
+//! without anchors is read once (the guard was a third of the time of loading a large
+//! manifest).
+//!
+//! Both event walks are loops over yaml-rust2's event stream, never its recursive
+//! `Parser::load`: a hostile `- - - - …` of 1 MiB nests 500 000 levels deep.
 //!
 //! Semantic checks (`validate`) report a key path; [`Positions`] turns it into
 //! `line:col`. Its index (key path → line and column) is built only when a problem is
@@ -128,9 +132,9 @@ impl Positions {
     fn index(&self) -> &Index {
         self.index.get_or_init(|| {
             let mut indexer = Indexer { record: true, ..Indexer::default() };
-            // The guard pass accepted this text, so the walk succeeds; were it to fail,
-            // the index holds what was read before the failure.
-            let _ = Parser::new_from_str(&self.text).load(&mut indexer, true);
+            // A text the typed pass or the guard accepted, so the walk succeeds; were it
+            // to fail, the index holds what was read before the failure.
+            let _ = walk(&self.text, &mut indexer);
             indexer.positions
         })
     }
@@ -197,7 +201,24 @@ struct Indexer {
     stack: Vec<Frame>,
     documents: usize,
     aliases: usize,
+    /// Collections opened beyond [`MAX_DEPTH`]: counted, not stacked (the walk goes on
+    /// to the end of a hostile text, whose first problem is already recorded).
+    overflow: usize,
     problem: Option<Diagnostic>,
+}
+
+/// Feeds every event of `text` to `indexer`, in order, in a loop: yaml-rust2's own
+/// `Parser::load` recurses once per nesting level.
+fn walk(text: &str, indexer: &mut Indexer) -> Result<(), yaml_rust2::ScanError> {
+    let mut parser = Parser::new_from_str(text);
+    loop {
+        let (event, mark) = parser.next_token()?;
+        let end = event == Event::StreamEnd;
+        indexer.on_event(event, mark);
+        if end {
+            return Ok(());
+        }
+    }
 }
 
 /// The path of the child of `parent` at `seg`, its position recorded; an empty path
@@ -257,8 +278,10 @@ impl Indexer {
     }
 
     fn open(&mut self, pos: Pos, map: bool) {
-        if self.stack.len() >= MAX_DEPTH {
+        if self.overflow > 0 || self.stack.len() >= MAX_DEPTH {
             self.fail(pos, format!("nesting deeper than {MAX_DEPTH} levels"));
+            self.overflow += 1;
+            return;
         }
         match self.node_path(pos) {
             Some(path) => self.stack.push(if map {
@@ -298,7 +321,11 @@ impl MarkedEventReceiver for Indexer {
             Event::MappingStart(..) => self.open(pos, true),
             Event::SequenceStart(..) => self.open(pos, false),
             Event::MappingEnd | Event::SequenceEnd => {
-                self.stack.pop();
+                if self.overflow > 0 {
+                    self.overflow -= 1;
+                } else {
+                    self.stack.pop();
+                }
             }
             _ => {}
         }
@@ -322,6 +349,11 @@ pub fn parse(bytes: &[u8]) -> Result<Parsed, Diagnostic> {
 
 /// Parses any strict YAML document (a manifest, the host configuration) with the same
 /// bounds and located errors. `what` names the document in messages.
+///
+/// `T` must be a typed document as the manifest and the configuration are: structs with
+/// `deny_unknown_fields` and required fields, maps with string-like keys, no free-form
+/// value (`serde_yaml_ng::Value`, `IgnoredAny`, `flatten`). The typed pass is what bounds
+/// depth, documents and keys for a text without anchors (see the module comment).
 pub fn parse_yaml<T: serde::de::DeserializeOwned>(
     bytes: &[u8],
     what: &str,
@@ -342,33 +374,34 @@ pub fn parse_yaml<T: serde::de::DeserializeOwned>(
         let col = before.iter().rev().take_while(|b| **b != b'\n').count() + 1;
         Diagnostic { pos: Pos { line, col }, message: format!("{what} is not valid UTF-8") }
     })?;
-    if text.trim().is_empty() {
-        return Err(Diagnostic { pos: start, message: format!("{what} is empty") });
-    }
     // An alias needs an anchor (`&name`) before it. Without a `&` anywhere the text holds
     // no alias, and the typed pass alone bounds the rest: it rejects a second document,
     // its targets are typed structs and maps of bounded depth, and a key that is a
     // collection is no string. So the guard pass runs first only when an alias is
-    // possible, and otherwise only when the typed pass fails, to report what it finds
-    // first: every input the guard rejects is still rejected with its diagnostic.
-    if text.contains('&') {
+    // possible (or the text is blank), and otherwise only when the typed pass fails, to
+    // report what it finds first: every input the guard rejects is still rejected with
+    // its diagnostic.
+    let guarded = text.contains('&') || text.trim().is_empty();
+    if guarded {
         guard(text, what)?;
     }
     let positions = Positions::of(text);
     match serde_yaml_ng::from_str(text) {
         Ok(value) => Ok((value, positions)),
         Err(e) => {
-            guard(text, what)?;
+            if !guarded {
+                guard(text, what)?;
+            }
             Err(serde_diagnostic(&e, &positions))
         }
     }
 }
 
-/// The guard pass: the checks the typed pass must never be handed input that fails.
+/// The guard pass: what the typed pass must never be handed (see the module comment),
+/// and an empty document.
 fn guard(text: &str, what: &str) -> Result<(), Diagnostic> {
     let mut indexer = Indexer::default();
-    let mut parser = Parser::new_from_str(text);
-    if let Err(e) = parser.load(&mut indexer, true) {
+    if let Err(e) = walk(text, &mut indexer) {
         return Err(Diagnostic {
             pos: pos_of(*e.marker()),
             message: format!("invalid YAML: {}", e.info()),
@@ -377,7 +410,7 @@ fn guard(text: &str, what: &str) -> Result<(), Diagnostic> {
     if let Some(problem) = indexer.problem {
         return Err(problem);
     }
-    if indexer.documents == 0 {
+    if indexer.documents == 0 || text.trim().is_empty() {
         return Err(Diagnostic {
             pos: Pos { line: 1, col: 1 },
             message: format!("{what} is empty"),
@@ -448,18 +481,12 @@ mod tests {
     use super::*;
     use crate::config::HostConfig;
 
-    /// The order before the guard was skipped: guard, then the typed pass. The order
-    /// [`parse_yaml`] uses must give the same result for every input.
+    /// The order before the guard was skipped: guard (with its empty check), then the
+    /// typed pass. [`parse_yaml`] must give the same result for every input.
     fn guard_first<T: serde::de::DeserializeOwned>(
         text: &str,
         what: &str,
     ) -> Result<T, Diagnostic> {
-        if text.trim().is_empty() {
-            return Err(Diagnostic {
-                pos: Pos { line: 1, col: 1 },
-                message: format!("{what} is empty"),
-            });
-        }
         guard(text, what)?;
         serde_yaml_ng::from_str(text).map_err(|e| serde_diagnostic(&e, &Positions::of(text)))
     }
@@ -467,79 +494,99 @@ mod tests {
     const MANIFEST: &str =
         "apiVersion: veza-agent/v1\nkind: Environment\nmetadata: {name: prod, host: r720}\n";
 
-    /// Each rule of the guard, as `parse` reports it, with and without an anchor in the
-    /// text (so both orders of the passes are exercised).
-    #[test]
-    fn guard_rules_hold_whichever_pass_runs_first() {
-        let deep = format!("a: {}{}", "[".repeat(70), "]".repeat(70));
-        let aliases =
-            format!("{MANIFEST}x: &a 1\ny: [{}]\n", vec!["*a"; MAX_ALIASES + 1].join(", "));
-        let cases: Vec<(&str, String, &str)> = vec![
+    /// Each rule of the guard: a manifest valid but for it, and what `parse` says. The
+    /// anchored cases run the guard first; the others run it after the typed pass failed.
+    fn guard_cases() -> Vec<(&'static str, String, &'static str)> {
+        let nested = |depth: usize| format!("{}x{}", "[".repeat(depth), "]".repeat(depth));
+        let config = |value: &str| {
+            format!(
+                "{MANIFEST}incus:\n  instances:\n    web:\n      image: i\n      config:\n        k: {value}\n"
+            )
+        };
+        let aliases = vec!["*a"; MAX_ALIASES + 1].join(", ");
+        vec![
             ("empty", String::new(), "1:1: manifest is empty"),
+            ("blank", " \n\t\n".into(), "manifest is empty"),
             ("only a comment", "# nothing\n".into(), "1:1: manifest is empty"),
+            (
+                "a trailing document",
+                format!("{MANIFEST}---\n"),
+                "4:1: the file must hold exactly one YAML document",
+            ),
             (
                 "two documents",
                 format!("{MANIFEST}---\n{MANIFEST}"),
                 "4:1: the file must hold exactly one YAML document",
             ),
-            ("too deep", deep.clone(), "1:67: nesting deeper than 64 levels"),
+            ("too deep", config(&nested(70)), "9:71: nesting deeper than 64 levels"),
             (
                 "too deep, anchored",
-                format!("x: &a 1\n{deep}"),
-                "2:67: nesting deeper than 64 levels",
+                format!("x: &a 1\n{}", config(&nested(70))),
+                "10:71: nesting deeper than 64 levels",
+            ),
+            // 300 000 block levels in 600 kB: no recursion may follow them.
+            (
+                "too deep, hostile",
+                format!("{}x\n", "- ".repeat(300_000)),
+                "1:129: nesting deeper than 64 levels",
             ),
             (
                 "collection key",
-                format!("{MANIFEST}? [a, b]\n: c\n"),
-                "4:3: mapping keys must be plain strings",
+                format!("{MANIFEST}apps:\n  web:\n    slots:\n      ? [blue]\n      : {{}}\n"),
+                "7:9: mapping keys must be plain strings",
             ),
-            ("too many aliases", aliases, "5:"),
+            (
+                "too many aliases",
+                config(&format!("&a 1\n        j: [{aliases}]")),
+                "more than 64 YAML aliases; refusing to expand them",
+            ),
             ("broken YAML", format!("{MANIFEST}x: [a, b\n"), "invalid YAML: "),
             ("unknown field", format!("{MANIFEST}apss: {{}}\n"), "4:1: unknown field `apss`"),
-        ];
-        for (name, text, want) in &cases {
+        ]
+    }
+
+    #[test]
+    fn guard_rules_hold_whichever_pass_runs_first() {
+        for (name, text, want) in guard_cases() {
             let got = match parse(text.as_bytes()) {
                 Ok(_) => panic!("{name}: accepted"),
                 Err(d) => format!("{}: {}", d.pos, d.message),
             };
-            assert!(
-                got.starts_with(want) || got.contains(want),
-                "{name}: got `{got}`, want `{want}`"
-            );
+            assert!(got.contains(want), "{name}: got `{got}`, want `{want}`");
         }
     }
 
     /// Skipping the guard changes no outcome: the same accepted value or the same
-    /// diagnostic as guard-then-typed, for the table above, every invalid example and
-    /// shipped manifest, and each of their prefixes (cut mid-line, mid-flow, mid-key).
+    /// diagnostic as guard-then-typed, for the guard's cases, every shipped and invalid
+    /// example, and each of the examples' prefixes (cut mid-line, mid-flow, mid-key).
     #[test]
     fn parse_agrees_with_the_guard_first_order() {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-        let mut texts =
-            vec![MANIFEST.to_string(), format!("{MANIFEST}---\n"), "a: &x [1]\nb: *x\n".into()];
+        let mut examples = vec![MANIFEST.to_string(), "a: &x [1]\nb: *x\n".into()];
         for dir in ["manifests", "manifests/examples", "manifests/examples/invalid"] {
             for entry in std::fs::read_dir(root.join(dir)).into_iter().flatten().flatten() {
                 if entry.path().extension().is_some_and(|e| e == "yaml") {
-                    texts.push(std::fs::read_to_string(entry.path()).unwrap_or_default());
+                    examples.push(std::fs::read_to_string(entry.path()).unwrap_or_default());
                 }
             }
         }
-        assert!(texts.len() > 25, "the corpus was not found: {}", texts.len());
-        let mut inputs = Vec::new();
-        for t in &texts {
+        assert!(examples.len() > 25, "the corpus was not found: {}", examples.len());
+        let mut inputs: Vec<String> = guard_cases().into_iter().map(|(_, text, _)| text).collect();
+        for t in &examples {
             let cuts: Vec<usize> =
                 (0..t.len()).step_by(37).filter(|i| t.is_char_boundary(*i)).collect();
             inputs.extend(cuts.into_iter().map(|i| t[..i].to_string()));
             inputs.push(t.clone());
         }
         for text in &inputs {
+            let short = &text[..text.len().min(300)];
             // `Manifest` has no `PartialEq`; its debug form holds every field.
             let new =
                 parse_yaml::<Manifest>(text.as_bytes(), "manifest").map(|(m, _)| format!("{m:?}"));
             let old = guard_first::<Manifest>(text, "manifest").map(|m| format!("{m:?}"));
-            assert_eq!(new, old, "manifest:\n{text}");
+            assert_eq!(new, old, "manifest:\n{short}");
             let new = parse_yaml::<HostConfig>(text.as_bytes(), "configuration").map(|(c, _)| c);
-            assert_eq!(new, guard_first::<HostConfig>(text, "configuration"), "config:\n{text}");
+            assert_eq!(new, guard_first::<HostConfig>(text, "configuration"), "config:\n{short}");
         }
     }
 

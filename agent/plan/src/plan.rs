@@ -507,6 +507,9 @@ fn keep_live_releases<'m>(manifests: &[&'m Manifest], kept: &[KeptSlot]) -> Vec<
             let env = &m.metadata.name;
             let mut m = Cow::Borrowed(m);
             for k in kept.iter().filter(|k| &k.env == env) {
+                if !m.apps.get(&k.app).is_some_and(|a| a.slots.contains_key(&k.color)) {
+                    continue;
+                }
                 if let Some(slot) =
                     m.to_mut().apps.get_mut(&k.app).and_then(|a| a.slots.get_mut(&k.color))
                 {
