@@ -801,6 +801,109 @@ fn a_fetch_brings_only_the_branch_and_the_tips_approvals_within_caps() {
     assert_eq!(fetched.tip, oid(&big));
 }
 
+/// A blob that inflates past [`veza_source::fetch::MAX_OBJECT_BYTES`] (zeros: it
+/// compresses to a few hundred kB, far under the pack cap) is refused while the pack is
+/// indexed, before it is held in memory; the mirror keeps nothing of it, and a history
+/// without it is fetched.
+#[test]
+fn an_object_that_inflates_past_the_limit_is_refused() {
+    let s = small();
+    let url = s.server.url("origin.git");
+    let tip = s.repo.commit_files_signed(&s.alice, &[("m.yaml", "v: 1\n")], "tip").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut mirror = Mirror::open_or_init(&dir.path().join("m.git")).unwrap();
+    let opts = FetchOptions::new("main", FETCH_TIMEOUT);
+    assert_eq!(mirror.fetch(std::slice::from_ref(&url), &opts).unwrap().tip, oid(&tip));
+
+    let zeros = vec![0u8; (veza_source::fetch::MAX_OBJECT_BYTES + (1 << 20)) as usize];
+    std::fs::write(s.repo.work().join("zeros.bin"), &zeros).unwrap();
+    drop(zeros);
+    let bomb = s.repo.commit_signed(&s.alice, "a blob of 65 MiB of zeros").unwrap();
+    let e = mirror.fetch(std::slice::from_ref(&url), &opts).unwrap_err().to_string();
+    assert!(e.contains("too large"), "{e}");
+    assert!(!mirror.exists(oid(&bomb)), "nothing of the refused pack is kept");
+
+    // The branch force-pushed back past it: the next commit is fetched (the forge sends
+    // only what the mirror lacks, which is not the blob).
+    s.repo.git(&["reset", "-q", "--hard", &tip]).unwrap();
+    s.repo.git(&["push", "-q", "-f", "origin", "HEAD:main"]).unwrap();
+    let clean =
+        s.repo.commit_files_signed(&s.alice, &[("m.yaml", "v: 2\n")], "without it").unwrap();
+    assert_eq!(mirror.fetch(&[url], &opts).unwrap().tip, oid(&clean));
+    assert!(!mirror.exists(oid(&bomb)));
+}
+
+/// A commit whose tree `name/name/…/f` nests `levels` directories, written as raw objects
+/// (no file system limit applies), at the tip of `main` in the served repository.
+fn nested_tree_commit(s: &Small, name: &str, levels: usize) -> String {
+    let raw_id = |hex: &str| -> Vec<u8> {
+        (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
+            .collect()
+    };
+    let entry = |mode: &str, name: &str, id: &str| {
+        let mut raw = format!("{mode} {name}\0").into_bytes();
+        raw.extend(raw_id(id));
+        raw
+    };
+    let blob = s.repo.write_raw_object("blob", b"x\n").expect("raw object");
+    let mut tree =
+        s.repo.write_raw_object("tree", &entry("100644", "f", &blob)).expect("raw object");
+    for _ in 0..levels {
+        tree = s.repo.write_raw_object("tree", &entry("40000", name, &tree)).expect("raw object");
+    }
+    let commit = format!(
+        "tree {tree}\nauthor A <a@example.com> 1700000000 +0000\ncommitter A <a@example.com> 1700000000 +0000\n\nnested\n"
+    );
+    let id = s.repo.write_raw_object("commit", commit.as_bytes()).expect("raw object");
+    s.repo.set_ref("refs/heads/main", &id).expect("raw object");
+    id
+}
+
+/// The tree walks (the files of a commit, the paths a commit changes) recurse once per
+/// directory level and keep every path: a tree nested deeper than 64 levels, or with a
+/// path longer than 4096 bytes, is refused by name instead of overflowing the stack or
+/// the memory; a tree within the bounds is read.
+#[test]
+fn tree_walks_refuse_deep_nesting_and_long_paths() {
+    let s = small();
+    let url = s.server.url("origin.git");
+    let dir = tempfile::tempdir().unwrap();
+    let mut mirror = Mirror::open_or_init(&dir.path().join("m.git")).unwrap();
+    let opts = FetchOptions::new("main", FETCH_TIMEOUT);
+    let cases = [
+        ("d", 63, None),
+        ("d", 64, Some("directories nested deeper than 64")),
+        // The forge's git refuses to send trees much deeper (`core.maxTreeDepth`).
+        ("d", 1000, Some("directories nested deeper than 64")),
+        (&"n".repeat(250)[..], 17, Some("a path longer than 4096 bytes")),
+    ];
+    for (name, levels, refused) in cases {
+        let tip = nested_tree_commit(&s, name, levels);
+        let fetched = mirror.fetch(std::slice::from_ref(&url), &opts);
+        assert_eq!(
+            fetched.map(|f| f.tip).map_err(|e| format!("{levels} x {name}: {e}")),
+            Ok(oid(&tip))
+        );
+        let files = mirror.list_files(oid(&tip), 10_000);
+        let changed = mirror.changed_paths(None, oid(&tip), 10_000);
+        match refused {
+            None => {
+                let files = files.unwrap();
+                assert_eq!(files.len(), 1, "{files:?}");
+                assert_eq!(changed.unwrap(), files.keys().cloned().collect::<Vec<_>>());
+            }
+            Some(why) => {
+                for e in [files.map(|_| ()).unwrap_err(), changed.map(|_| ()).unwrap_err()] {
+                    let e = e.to_string();
+                    assert!(e.contains(why) && e.contains(&tip), "{levels} x {name}: {e}");
+                }
+            }
+        }
+    }
+}
+
 /// PR heads for previews: fetched by their own call into `refs/veza-preview/pull/<N>/head`,
 /// only well-formed PR refs, within the caps; the branch's tip is never read from there;
 /// a head's approval tags are fetched on demand; the branch's history tells merged heads.

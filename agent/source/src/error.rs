@@ -258,6 +258,9 @@ pub enum FetchError {
     /// The tree has more files than allowed.
     #[error("commit {commit} has more than {limit} files; refusing to list it")]
     TooManyFiles { commit: String, limit: usize },
+    /// A path of the tree nests too deep, is too long, or the paths add up to too much.
+    #[error("commit {commit} has {what}; refusing to read its tree")]
+    TreeTooLarge { commit: String, what: String },
     /// A commit carries more approval tags than allowed.
     #[error("commit {commit} has more than {limit} approval tags; refusing to read them")]
     TooManyTags { commit: String, limit: usize },

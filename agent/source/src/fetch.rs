@@ -199,9 +199,17 @@ fn why(e: impl std::error::Error) -> String {
     out
 }
 
-/// The mirror's repository options: isolated from the host's git configuration.
+/// The largest object the mirror inflates, in bytes. gix trusts a repository its own
+/// user owns and sets no limit, but a pack is the forge's (or a PR author's) data: a
+/// zero-filled blob of 3 GiB compresses to 3 MiB, well under `source.max_pack_bytes`.
+/// Nothing the agent reads is near this (a manifest is capped at 1 MiB).
+pub const MAX_OBJECT_BYTES: u64 = 64 << 20;
+
+/// The mirror's repository options: isolated from the host's git configuration, and no
+/// object inflated past [`MAX_OBJECT_BYTES`] (while a pack is indexed, and when read).
 fn open_options() -> gix::open::Options {
     gix::open::Options::isolated()
+        .config_overrides([format!("gitoxide.objects.allocLimit={MAX_OBJECT_BYTES}")])
 }
 
 /// A git repository opened for reading: the agent's bare mirror or any local repository.

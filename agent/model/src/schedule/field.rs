@@ -108,7 +108,9 @@ impl Field {
             let mut v = lo;
             while v <= hi {
                 values |= 1 << v;
-                v += step;
+                // A step near `u32::MAX` ends the walk rather than wrap to smaller values.
+                let Some(next) = v.checked_add(step) else { break };
+                v = next;
             }
         }
         if kind == CronField::DayOfWeek && values & (1 << 7) != 0 {

@@ -298,3 +298,13 @@ fn schedule_source_is_trimmed_and_parse_forms_agree() {
     assert_eq!(s.to_string(), "0 2 * * 0");
     assert_eq!(CronSchedule::try_from("0 2 * * 0".to_string()).unwrap(), s);
 }
+
+#[test]
+fn schedule_step_near_the_integer_limit_does_not_wrap() {
+    // `30/4294967295` is minute 30 alone: the walk from 30 stops instead of wrapping to
+    // 29 (and in debug builds, panicking).
+    let s = parse("30/4294967295 * * * *").unwrap();
+    let got = s.next_after(base(), 2);
+    assert_eq!(got, vec![ts("2026-11-29T12:30:00Z"), ts("2026-11-29T13:30:00Z")]);
+    assert_eq!(s.on_calendar(None), vec!["*-*-* *:30:00 UTC".to_string()]);
+}

@@ -234,8 +234,8 @@ impl Mirror {
     ) -> Result<BTreeMap<String, FileEntry>, FetchError> {
         let mut out = BTreeMap::new();
         let tree = self.commit_tree(commit)?;
-        let mut budget = Budget { left: max_files, limit: max_files, commit };
-        self.collect_files(tree, "", &mut out, &mut budget)?;
+        let mut budget = Budget::new(max_files, commit);
+        self.collect_files(tree, "", 1, &mut out, &mut budget)?;
         Ok(out)
     }
 
@@ -243,14 +243,15 @@ impl Mirror {
         &self,
         tree: ObjectId,
         prefix: &str,
+        depth: usize,
         out: &mut BTreeMap<String, FileEntry>,
         budget: &mut Budget,
     ) -> Result<(), FetchError> {
         for (name, item) in self.tree_entries(tree)? {
             budget.spend()?;
-            let path = join(prefix, &name);
+            let path = budget.path(prefix, &name, depth)?;
             match item.kind() {
-                None => self.collect_files(item.id, &path, out, budget)?,
+                None => self.collect_files(item.id, &path, depth + 1, out, budget)?,
                 Some(kind) => {
                     out.insert(path, FileEntry { kind, id: item.id });
                 }
@@ -262,7 +263,8 @@ impl Mirror {
     /// Paths (files, symlinks, submodules) that differ between the trees of `old` and `new`:
     /// added, removed, modified or changed kind. Renames show as remove + add. Equal subtrees
     /// are skipped by id, so the cost is proportional to the change; at most `max_entries`
-    /// tree entries are examined. Without `old` (nothing applied yet), every path of `new`
+    /// tree entries are examined, no deeper than [`MAX_TREE_DEPTH`], with paths within
+    /// [`MAX_PATH_BYTES`] each and [`MAX_PATHS_BYTES`] in all. Without `old` (nothing applied yet), every path of `new`
     /// counts as changed.
     pub fn changed_paths(
         &self,
@@ -276,8 +278,8 @@ impl Mirror {
         };
         let new_tree = self.commit_tree(new)?;
         let mut out = Vec::new();
-        let mut budget = Budget { left: max_entries, limit: max_entries, commit: new };
-        self.diff_trees(old_tree, Some(new_tree), "", &mut out, &mut budget)?;
+        let mut budget = Budget::new(max_entries, new);
+        self.diff_trees(old_tree, Some(new_tree), "", 1, &mut out, &mut budget)?;
         out.sort();
         out.dedup();
         Ok(out)
@@ -288,6 +290,7 @@ impl Mirror {
         old: Option<ObjectId>,
         new: Option<ObjectId>,
         prefix: &str,
+        depth: usize,
         out: &mut Vec<String>,
         budget: &mut Budget,
     ) -> Result<(), FetchError> {
@@ -311,7 +314,7 @@ impl Mirror {
             if o == n {
                 continue;
             }
-            let path = join(prefix, name);
+            let path = budget.path(prefix, name, depth)?;
             let o_tree = o.filter(|i| i.mode.is_tree()).map(|i| i.id);
             let n_tree = n.filter(|i| i.mode.is_tree()).map(|i| i.id);
             let o_file = o.is_some_and(|i| !i.mode.is_tree());
@@ -320,7 +323,7 @@ impl Mirror {
                 out.push(path.clone());
             }
             if o_tree.is_some() || n_tree.is_some() {
-                self.diff_trees(o_tree, n_tree, &path, out, budget)?;
+                self.diff_trees(o_tree, n_tree, &path, depth + 1, out, budget)?;
             }
         }
         Ok(())
@@ -424,13 +427,30 @@ impl TreeItem {
     }
 }
 
+/// Deepest directory nesting a tree walk follows: the walks recurse once per level.
+pub const MAX_TREE_DEPTH: usize = 64;
+/// Longest path a tree walk builds, in bytes (Linux's `PATH_MAX`).
+pub const MAX_PATH_BYTES: usize = 4096;
+/// Most bytes of paths one tree walk builds in all.
+pub const MAX_PATHS_BYTES: usize = 64 << 20;
+
+/// What a tree walk may still examine: entries, and bytes of the paths it builds.
 struct Budget {
     left: usize,
     limit: usize,
+    bytes_left: usize,
     commit: ObjectId,
 }
 
 impl Budget {
+    fn new(limit: usize, commit: ObjectId) -> Budget {
+        Budget { left: limit, limit, bytes_left: MAX_PATHS_BYTES, commit }
+    }
+
+    fn too_large(&self, what: String) -> FetchError {
+        FetchError::TreeTooLarge { commit: self.commit.to_string(), what }
+    }
+
     fn spend(&mut self) -> Result<(), FetchError> {
         if self.left == 0 {
             return Err(FetchError::TooManyFiles {
@@ -440,6 +460,21 @@ impl Budget {
         }
         self.left -= 1;
         Ok(())
+    }
+
+    /// `name` under `prefix`, `depth` levels down, within the path bounds.
+    fn path(&mut self, prefix: &str, name: &[u8], depth: usize) -> Result<String, FetchError> {
+        if depth > MAX_TREE_DEPTH {
+            return Err(self.too_large(format!("directories nested deeper than {MAX_TREE_DEPTH}")));
+        }
+        let path = join(prefix, name);
+        if path.len() > MAX_PATH_BYTES {
+            return Err(self.too_large(format!("a path longer than {MAX_PATH_BYTES} bytes")));
+        }
+        self.bytes_left = self.bytes_left.checked_sub(path.len()).ok_or_else(|| {
+            self.too_large(format!("paths that add up to more than {MAX_PATHS_BYTES} bytes"))
+        })?;
+        Ok(path)
     }
 }
 
