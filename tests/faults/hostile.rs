@@ -5,57 +5,78 @@ use std::time::{Duration, Instant};
 
 use super::*;
 
+/// Commits `manifest(h)` signed on top of the baseline and checks that it is rejected
+/// with `needle` and nothing changes; returns how long the commit and sync took.
+fn signed_manifest_is_rejected(
+    name: &str,
+    fault: &str,
+    needle: &str,
+    manifest: impl Fn(&DemoHost) -> String,
+) -> Duration {
+    let (mut case, h, a) = case_at_baseline(name, fault);
+    let text = manifest(&h);
+    let started = Instant::now();
+    let c = h.commit(&text, name).expect("commit");
+    assert_rejected(&h, &mut case, &c, needle, &a);
+    started.elapsed()
+}
+
+/// The manifest's three required keys, the start of each crafted manifest.
+fn head(h: &DemoHost) -> String {
+    format!(
+        "apiVersion: veza-agent/v1\nkind: Environment\nmetadata: {{name: {e}, host: {e}}}\n",
+        e = h.env
+    )
+}
+
 #[test]
 fn manifest_over_the_size_cap() {
-    let (mut case, h, a) =
-        case_at_baseline("manifest over the size cap", "signed manifest of 1.1 MiB (limit 1 MiB)");
-    let mut big = h.manifest("blue", Some(0), Some(1));
-    while big.len() <= 1024 * 1024 + 100 * 1024 {
-        big.push_str("# padding padding padding padding padding padding padding padding padding\n");
-    }
-    let c = h.commit(&big, "huge manifest").expect("commit");
-    assert_rejected(&h, &mut case, &c, "above the limit of 1048576 bytes", &a);
+    signed_manifest_is_rejected(
+        "manifest over the size cap",
+        "signed manifest of 1.1 MiB (limit 1 MiB)",
+        "above the limit of 1048576 bytes",
+        |h| {
+            let mut big = h.manifest("blue", Some(0), Some(1));
+            while big.len() <= 1024 * 1024 + 100 * 1024 {
+                big.push_str("# padding padding padding padding padding padding padding padding\n");
+            }
+            big
+        },
+    );
 }
 
 #[test]
 fn yaml_alias_bomb() {
-    let (mut case, h, a) = case_at_baseline(
+    let took = signed_manifest_is_rejected(
         "YAML alias bomb",
         "signed billion-laughs manifest (9 levels × 9 aliases)",
+        "YAML aliases; refusing to expand them",
+        |h| {
+            let mut bomb = head(h);
+            bomb.push_str(
+                "a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n",
+            );
+            let names = ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"];
+            for w in names.windows(2) {
+                let refs = vec![format!("*{}", w[0]); 9].join(",");
+                bomb.push_str(&format!("{}: &{} [{refs}]\n", w[1], w[1]));
+            }
+            bomb
+        },
     );
-    let mut bomb = format!(
-        "apiVersion: veza-agent/v1\nkind: Environment\nmetadata: {{name: {e}, host: {e}}}\n",
-        e = h.env
-    );
-    bomb.push_str(
-        "a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n",
-    );
-    let names = ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"];
-    for w in names.windows(2) {
-        let refs = vec![format!("*{}", w[0]); 9].join(",");
-        bomb.push_str(&format!("{}: &{} [{refs}]\n", w[1], w[1]));
-    }
-    let started = Instant::now();
-    let c = h.commit(&bomb, "alias bomb").expect("commit");
-    assert_rejected(&h, &mut case, &c, "YAML aliases; refusing to expand them", &a);
-    assert!(started.elapsed() < Duration::from_secs(60), "rejected without expanding");
+    assert!(took < Duration::from_secs(60), "rejected without expanding");
 }
 
+/// yaml-rust2's recursive loader overflowed the stack on this (the agent aborted); the
+/// walk over its events is a loop, and the guard stops counting at 64 levels.
 #[test]
 fn yaml_nesting_bomb() {
-    let (mut case, h, a) = case_at_baseline(
+    signed_manifest_is_rejected(
         "YAML nesting bomb",
         "signed manifest nesting 300 000 block sequences (600 kB, under the size cap)",
+        "nesting deeper than 64 levels",
+        |h| format!("{}bomb:\n{}x\n", head(h), "- ".repeat(300_000)),
     );
-    // yaml-rust2's recursive loader overflowed the stack on this (the agent aborted);
-    // the walk over its events is a loop, and the guard stops counting at 64 levels.
-    let bomb = format!(
-        "apiVersion: veza-agent/v1\nkind: Environment\nmetadata: {{name: {e}, host: {e}}}\nbomb:\n{}x\n",
-        "- ".repeat(300_000),
-        e = h.env
-    );
-    let c = h.commit(&bomb, "nesting bomb").expect("commit");
-    assert_rejected(&h, &mut case, &c, "nesting deeper than 64 levels", &a);
 }
 
 #[test]
