@@ -246,28 +246,39 @@ impl LiveProfile {
     }
 }
 
-/// One network as observed (`GET /1.0/networks?recursion=1`).
+/// One network as observed (`GET /1.0/networks?recursion=1`, decoded directly: every
+/// field but the name defaults, unknown fields are ignored).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LiveNetwork {
     pub name: String,
-    /// `bridge`, `loopback`, `physical`, …
+    /// `bridge`, `loopback`, `physical`, … (Incus's `type`).
+    #[serde(default, alias = "type")]
     pub kind: String,
     /// Whether Incus manages it (a bridge it created) or merely sees it (a host interface).
+    #[serde(default)]
     pub managed: bool,
+    #[serde(default)]
     pub status: String,
+    #[serde(default)]
     pub description: String,
+    #[serde(default)]
     pub config: Config,
 }
 
-/// One storage pool as observed (`GET /1.0/storage-pools?recursion=1`).
+/// One storage pool as observed (`GET /1.0/storage-pools?recursion=1`, decoded directly as
+/// a network is).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LivePool {
     pub name: String,
     /// `dir`, `zfs`, `btrfs`, `lvm`, …
+    #[serde(default)]
     pub driver: String,
     /// `Created` when usable; anything else (`Unavailable`, `Errored`) is a warning sign.
+    #[serde(default)]
     pub status: String,
+    #[serde(default)]
     pub description: String,
+    #[serde(default)]
     pub config: Config,
 }
 
@@ -385,6 +396,34 @@ mod tests {
 
     fn pool(name: &str, status: &str) -> LivePool {
         LivePool { name: name.into(), status: status.into(), ..LivePool::default() }
+    }
+
+    #[test]
+    fn networks_and_pools_decode_from_incus_replies() {
+        // As incusd 6 answers (research/interfaces.md §1.12, §1.13).
+        let network = r#"{"config":{"ipv4.address":"10.123.45.1/24"},"name":"rsbr0","type":"bridge","used_by":[],"managed":true,"status":"Created","locations":["none"],"project":"default"}"#;
+        let n: LiveNetwork = serde_json::from_str(network).expect("network");
+        let expected = LiveNetwork {
+            name: "rsbr0".into(),
+            kind: "bridge".into(),
+            managed: true,
+            status: "Created".into(),
+            description: String::new(),
+            config: [("ipv4.address".to_string(), "10.123.45.1/24".to_string())].into(),
+        };
+        assert_eq!(n, expected);
+        let p: LivePool = serde_json::from_str(
+            r#"{"config":{"source":"/var/lib/incus/storage-pools/default"},"description":"","name":"default","driver":"dir","used_by":["/1.0/profiles/default"],"status":"Created","locations":["none"]}"#,
+        )
+        .expect("pool");
+        assert_eq!(
+            (p.name.as_str(), p.driver.as_str(), p.status.as_str()),
+            ("default", "dir", "Created")
+        );
+        // Only the name is required.
+        let bare: LiveNetwork = serde_json::from_str(r#"{"name":"lo"}"#).expect("bare network");
+        assert_eq!(bare, LiveNetwork { name: "lo".into(), ..LiveNetwork::default() });
+        assert!(serde_json::from_str::<LivePool>(r#"{"driver":"dir"}"#).is_err());
     }
 
     #[test]

@@ -58,6 +58,8 @@ struct State {
     /// The shared (project) config and its ETag, raised by every write.
     project_config: Config,
     project_etag: u64,
+    /// A rival's write that lands right after the next successful swap of its key.
+    swap_rival: Option<(String, String)>,
     exec_results: VecDeque<ExecOutput>,
     images: BTreeMap<String, Config>,
     probe_answers: BTreeMap<String, ExecOutput>,

@@ -9,12 +9,21 @@ use veza_model::live::LiveState;
 
 use super::*;
 use crate::clock::FakeClock;
-use crate::incus::{FakeIncus, Incus, ProfileSpec, Versioned};
+use crate::incus::{FakeIncus, Incus, ProfileSpec};
 
 const TTL: Duration = Duration::from_secs(30);
 
 fn rt() -> tokio::runtime::Runtime {
     crate::incus::runtime().expect("runtime")
+}
+
+/// A keeper on the fake that takes no pause before reading a take back.
+fn keeper<'a>(
+    fake: &'a FakeIncus,
+    clock: &'a FakeClock,
+    me: &str,
+) -> Keeper<&'a FakeIncus, &'a FakeClock> {
+    Keeper::new(fake, clock, me, TTL).settle(Duration::ZERO)
 }
 
 fn standing(s: &Standing) -> String {
@@ -33,8 +42,8 @@ fn standing(s: &Standing) -> String {
 fn two_agents_take_renew_follow_and_take_over() {
     let fake = FakeIncus::new(LiveState::default());
     let (clock_a, clock_b) = (FakeClock::new(), FakeClock::new());
-    let a = Keeper::new(&fake, &clock_a, "a", TTL).settle(Duration::ZERO);
-    let b = Keeper::new(&fake, &clock_b, "b", TTL).settle(Duration::ZERO);
+    let a = keeper(&fake, &clock_a, "a");
+    let b = keeper(&fake, &clock_b, "b");
     // (who looks, after advancing its own clock by ms, what it finds)
     let script: Vec<(&str, u64, &str)> = vec![
         ("a", 0, "lead #1.0"),
@@ -64,7 +73,7 @@ fn two_agents_take_renew_follow_and_take_over() {
 fn the_fence_stops_a_writer_that_lost_the_lease() {
     let fake = FakeIncus::new(LiveState::default());
     let clock = FakeClock::new();
-    let a = Keeper::new(&fake, &clock, "a", TTL).settle(Duration::ZERO);
+    let a = keeper(&fake, &clock, "a");
     let incus = Fenced::new(&fake, &a);
     let spec = |name: &str| ProfileSpec {
         name: name.to_string(),
@@ -96,7 +105,7 @@ fn the_fence_stops_a_writer_that_lost_the_lease() {
 fn the_fence_stops_a_holder_whose_lease_ran_out_on_its_own_clock() {
     let fake = FakeIncus::new(LiveState::default());
     let clock = FakeClock::new();
-    let a = Keeper::new(&fake, &clock, "a", TTL).settle(Duration::ZERO);
+    let a = keeper(&fake, &clock, "a");
     let incus = Fenced::new(&fake, &a);
     rt().block_on(async {
         assert!(a.step().await.expect("take").leads());
@@ -110,36 +119,14 @@ fn the_fence_stops_a_holder_whose_lease_ran_out_on_its_own_clock() {
     });
 }
 
-/// A store on which a rival's take lands just after this agent's (Incus checks
-/// `If-Match` outside its write transaction, so both can be told "done").
-struct Racing<'a> {
-    fake: &'a FakeIncus,
-    rival: &'a str,
-}
-
-impl SharedConfig for Racing<'_> {
-    async fn shared_user_config(&self, key: &str) -> Result<Versioned> {
-        self.fake.shared_user_config(key).await
-    }
-
-    async fn swap_shared_user_config(
-        &self,
-        key: &str,
-        value: Option<&str>,
-        etag: &str,
-    ) -> Result<Swap> {
-        let swapped = self.fake.swap_shared_user_config(key, value, etag).await?;
-        self.fake.set_shared(key, Some(self.rival));
-        Ok(swapped)
-    }
-}
-
 #[test]
 fn a_take_that_lost_a_race_is_seen_when_read_back() {
     let fake = FakeIncus::new(LiveState::default());
     let clock = FakeClock::new();
     let rival = r#"{"holder":"b","generation":1,"beat":0,"since":1,"renewed":1,"ttl_s":30}"#;
-    let a = Keeper::new(Racing { fake: &fake, rival }, &clock, "a", TTL);
+    // A rival's take lands just after this agent's, and both are told "done".
+    fake.race_next_swap(LEASE_KEY, rival);
+    let a = Keeper::new(&fake, &clock, "a", TTL);
     rt().block_on(async {
         assert_eq!(standing(&a.step().await.expect("step")), "follow b#1 in 30000ms");
         // The pause before the read-back was taken on the agent's clock.
@@ -153,8 +140,8 @@ fn a_take_that_lost_a_race_is_seen_when_read_back() {
 fn released_lease_is_taken_at_the_next_look() {
     let fake = FakeIncus::new(LiveState::default());
     let (clock_a, clock_b) = (FakeClock::new(), FakeClock::new());
-    let a = Keeper::new(&fake, &clock_a, "a", TTL).settle(Duration::ZERO);
-    let b = Keeper::new(&fake, &clock_b, "b", TTL).settle(Duration::ZERO);
+    let a = keeper(&fake, &clock_a, "a");
+    let b = keeper(&fake, &clock_b, "b");
     rt().block_on(async {
         assert!(a.step().await.expect("a takes").leads());
         assert!(!b.step().await.expect("b follows").leads());

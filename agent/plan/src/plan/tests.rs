@@ -368,6 +368,9 @@ fn edits_incus_cannot_apply_in_place_are_rebuilds_or_refusals() {
         refused: &'static [&'static str],
         drift: &'static [&'static str],
     }
+    /// The edge's instance rebuilt: its config is installed again in the new one.
+    const EDGE_REBUILT: &[&str] =
+        &["delete instance veza-haproxy", "create instance veza-haproxy", "update edge config"];
     let demo = |f: &dyn Fn(String) -> String| vec![demo_with(f)];
     let veza = |f: &dyn Fn(String) -> String| vec![f(PROD.to_string()), STAGING.to_string()];
     let watched_before = |t: String| {
@@ -430,12 +433,7 @@ fn edits_incus_cannot_apply_in_place_are_rebuilds_or_refusals() {
             what: "a plain instance's image is edited",
             before: veza(&|t| t),
             after: veza(&haproxy_image),
-            // The edge ran in it: its config is installed again in the new instance.
-            steps: &[
-                "delete instance veza-haproxy",
-                "create instance veza-haproxy",
-                "update edge config",
-            ],
+            steps: EDGE_REBUILT,
             refused: &[],
             drift: &[],
         },
@@ -443,11 +441,7 @@ fn edits_incus_cannot_apply_in_place_are_rebuilds_or_refusals() {
             what: "a plain instance's type is edited",
             before: veza(&|t| t),
             after: veza(&haproxy_vm),
-            steps: &[
-                "delete instance veza-haproxy",
-                "create instance veza-haproxy",
-                "update edge config",
-            ],
+            steps: EDGE_REBUILT,
             refused: &[],
             drift: &[],
         },

@@ -11,8 +11,8 @@ use super::super::envelope::{self, ReplyError};
 use super::super::error::{IncusError, ResourceKind};
 use super::super::types::{
     Config, ExecOutput, ExecRequest, FilePush, InstanceSpec, InstanceUpdate, LiveInstance,
-    LiveProfile, LiveState, ProfileSpec, RunningOperation, SnapshotInfo, StateAction, StateChange,
-    wire, with_mark,
+    LiveNetwork, LivePool, LiveProfile, LiveState, ProfileSpec, RunningOperation, SnapshotInfo,
+    StateAction, StateChange, wire, with_mark,
 };
 use super::super::{
     Incus, Result, Scope, instance_matches, merged_put_config, probe_command, profile_matches,
@@ -94,7 +94,7 @@ impl Incus for IncusClient {
     async fn observe_scoped(&self, scope: Scope) -> Result<LiveState> {
         let networks = async {
             if scope.networks {
-                self.get_as::<Vec<wire::Network>>("/1.0/networks?recursion=1").await
+                self.get_as::<Vec<LiveNetwork>>("/1.0/networks?recursion=1").await
             } else {
                 Ok(Vec::new())
             }
@@ -110,14 +110,14 @@ impl Incus for IncusClient {
             self.get_as::<Vec<wire::Instance>>("/1.0/instances?recursion=1"),
             self.get_as::<Vec<wire::Profile>>("/1.0/profiles?recursion=1"),
             networks,
-            self.get_as::<Vec<wire::Pool>>("/1.0/storage-pools?recursion=1"),
+            self.get_as::<Vec<LivePool>>("/1.0/storage-pools?recursion=1"),
             members,
         )?;
         Ok(LiveState {
             instances: instances.into_iter().map(|i| (i.name.clone(), i.into_live())).collect(),
             profiles: profiles.into_iter().map(|p| (p.name.clone(), p.into_live())).collect(),
-            networks: networks.into_iter().map(|n| (n.name.clone(), n.into_live())).collect(),
-            pools: pools.into_iter().map(|p| (p.name.clone(), p.into_live())).collect(),
+            networks: networks.into_iter().map(|n| (n.name.clone(), n)).collect(),
+            pools: pools.into_iter().map(|p| (p.name.clone(), p)).collect(),
             members: members.into_iter().map(|m| (m.server_name.clone(), m.into_live())).collect(),
             ..LiveState::default()
         })
@@ -229,9 +229,9 @@ impl Incus for IncusClient {
 
     async fn create_network(&self, name: &str, kind: &str, config: &Config) -> Result<()> {
         validate_name("network name", name)?;
-        let networks = self.get_as::<Vec<wire::Network>>("/1.0/networks?recursion=1").await?;
+        let networks = self.get_as::<Vec<LiveNetwork>>("/1.0/networks?recursion=1").await?;
         if let Some(existing) = networks.into_iter().find(|n| n.name == name) {
-            return refuse_existing(ResourceKind::Network, name, &existing.into_live().config);
+            return refuse_existing(ResourceKind::Network, name, &existing.config);
         }
         let body = json!({ "name": name, "type": kind, "config": with_mark(config) });
         self.call(Method::POST, "/1.0/networks", Some(&body), None, self.op_deadline())

@@ -1,5 +1,6 @@
 //! [`SharedConfig`] on the fake: the project config with an ETag that changes on every
-//! write, and [`FakeIncus::set_shared`] for a test playing another writer.
+//! write, [`FakeIncus::set_shared`] for a test playing another writer, and
+//! [`FakeIncus::race_next_swap`] for a writer that lands just after this agent's swap.
 
 use super::super::shared::{SharedConfig, Swap, Versioned};
 use super::super::{Result, validate_user_key};
@@ -14,6 +15,13 @@ impl FakeIncus {
             None => s.project_config.remove(key),
         };
         s.project_etag += 1;
+    }
+
+    /// The next successful swap of `key` is overwritten by `rival` right after, and still
+    /// answers [`Swap::Done`]: Incus checks `If-Match` outside its write transaction, so
+    /// two writers can both be told "done".
+    pub fn race_next_swap(&self, key: &str, rival: &str) {
+        self.state.lock().swap_rival = Some((key.to_string(), rival.to_string()));
     }
 
     /// A shared key's value.
@@ -51,6 +59,10 @@ impl SharedConfig for FakeIncus {
             None => s.project_config.remove(key),
         };
         s.project_etag += 1;
+        if let Some((_, rival)) = s.swap_rival.take_if(|(k, _)| k == key) {
+            s.project_config.insert(key.to_string(), rival);
+            s.project_etag += 1;
+        }
         Ok(Swap::Done)
     }
 }

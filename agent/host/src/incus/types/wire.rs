@@ -123,59 +123,6 @@ impl Profile {
 }
 
 #[derive(Debug, Deserialize)]
-pub(crate) struct Network {
-    pub name: String,
-    #[serde(default, rename = "type")]
-    pub kind: String,
-    #[serde(default)]
-    pub managed: bool,
-    #[serde(default)]
-    pub status: String,
-    #[serde(default)]
-    pub description: String,
-    #[serde(default)]
-    pub config: Config,
-}
-
-impl Network {
-    pub(crate) fn into_live(self) -> LiveNetwork {
-        LiveNetwork {
-            name: self.name,
-            kind: self.kind,
-            managed: self.managed,
-            status: self.status,
-            description: self.description,
-            config: self.config,
-        }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-pub(crate) struct Pool {
-    pub name: String,
-    #[serde(default)]
-    pub driver: String,
-    #[serde(default)]
-    pub status: String,
-    #[serde(default)]
-    pub description: String,
-    #[serde(default)]
-    pub config: Config,
-}
-
-impl Pool {
-    pub(crate) fn into_live(self) -> LivePool {
-        LivePool {
-            name: self.name,
-            driver: self.driver,
-            status: self.status,
-            description: self.description,
-            config: self.config,
-        }
-    }
-}
-
-#[derive(Debug, Deserialize)]
 pub(crate) struct Snapshot {
     pub name: String,
     #[serde(default)]
