@@ -121,6 +121,17 @@ fn try_kill_at(at: At, case: &mut Case) -> Result<(), String> {
     } else {
         assert_nothing_lost(&h, &state, served);
     }
+    // Killed once the new config may be live and before its checks passed: the check
+    // is owed, `status` says so, and `plan` and the next apply promote again (the edge
+    // is not taken as the truth).
+    let owed = matches!(at.phase, Some("switch" | "verify"));
+    let said = st["problems"].to_string().contains("checks through the edge never passed");
+    assert_eq!(said, owed, "{st:#}");
+    let p = agent(&h.config_path, &["plan"]);
+    assert_eq!(p.code, 2, "a plan with steps:\n{p}");
+    if owed {
+        assert!(p.out.contains("promote "), "the promotion is checked again:\n{p}");
+    }
     // The next apply converges, and the one after changes nothing.
     let r = apply_ok(&h);
     assert!(r.out.starts_with(&format!("applied {}", short(&b))), "{r}");

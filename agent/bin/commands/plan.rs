@@ -32,11 +32,15 @@ pub fn run(args: &PlanArgs) -> ExitCode {
         // As a sync decides: a corrupt state file counts as empty (the sync moves it aside
         // and starts from nothing), a state written by a newer agent stops everything.
         let reader = Reader::new(&agent.state_dir());
-        let state = match reader.load() {
+        let mut state = match reader.load() {
             Ok(s) => s,
             Err(e @ StateError::TooNew { .. }) => return fail(&e.into(), 1),
             Err(_) => AgentState::default(),
         };
+        // A kill during a promotion's checks: the sync plans it again, so does `plan`.
+        if let Some(j) = reader.journal() {
+            state.unverified.extend(j.unverified);
+        }
         let mut not_applied = not_applied_because(reader.suspension().as_ref(), agent.config.mode);
         if not_applied.is_none()
             && let Some(cluster) = &agent.cluster

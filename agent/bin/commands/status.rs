@@ -193,6 +193,13 @@ pub fn build(state: AgentState, seen: Observed) -> Status {
         problems
             .push(format!("a run was interrupted at `{i}`; the next sync resumes from live state"));
     }
+    for (app, back) in &state.unverified {
+        problems.push(format!(
+            "{app}: its promotion from {back} got as far as the edge switch and its checks through \
+             the edge never passed (the run was killed, or putting {back} back failed); the \
+             next sync checks it again and goes back to {back} if it fails"
+        ));
+    }
     for r in &state.refusals {
         problems.push(format!("refused: {r}"));
     }
@@ -249,13 +256,18 @@ pub fn run(args: &StatusArgs) -> ExitCode {
         Err(e) => return fail(&e, 2),
     };
     let reader = Reader::new(std::path::Path::new(config.state_dir()));
-    let state = match reader.load() {
+    let mut state = match reader.load() {
         Ok(s) => s,
         Err(e) => return fail(&e.into(), 2),
     };
+    let journal = reader.journal();
+    if let Some(j) = &journal {
+        // A kill between a promotion's switch and the end of its checks.
+        state.unverified.extend(j.unverified.clone());
+    }
     let now = now();
     let seen = Observed {
-        interrupted: reader.journal().and_then(|j| j.current),
+        interrupted: journal.and_then(|j| j.current),
         now,
         max_staleness_s: config.max_staleness().as_secs() as i64,
         state_dir: config.state_dir().to_string(),

@@ -1,14 +1,15 @@
 //! The apply engine's hooks during a sync: the write-ahead journal before each step, the
 //! stop request, and preemption of a health wait by a newer commit that verifies.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use veza_host::apply::Hooks;
 use veza_model::config::HostConfig;
-use veza_plan::Step;
-use veza_plan::plan::Phase;
+use veza_plan::plan::{Phase, Switch};
+use veza_plan::{Action, Step};
 use veza_source::accept::descends_from;
 use veza_source::fetch::{FetchOptions, Mirror};
 use veza_source::{AllowedSigners, ObjectKind, Refusal, verify_object};
@@ -17,6 +18,9 @@ use veza_state::{Journal, Store};
 pub(super) struct JournalHooks<'a> {
     pub(super) store: &'a Store,
     pub(super) journal: Journal,
+    /// The checks through the edge owed before this run (the state's): carried in every
+    /// journal entry until the run's outcome is saved, so a second kill loses none.
+    pub(super) owed: BTreeMap<String, String>,
     pub(super) stop: &'a AtomicBool,
     /// Looks for a newer commit on the branch while a health gate waits.
     pub(super) newer: NewerCommit<'a>,
@@ -103,6 +107,7 @@ impl Hooks for JournalHooks<'_> {
     fn before_step(&mut self, index: usize, step: &Step) {
         self.journal.done = index;
         self.journal.current = Some(step.action.to_string());
+        self.journal.unverified.clone_from(&self.owed);
         tracing::info!(step = index + 1, "{} ({})", step.action, step.reason);
         if let Err(e) = self.store.write_journal(&self.journal) {
             tracing::warn!("journal: {e}");
@@ -111,6 +116,11 @@ impl Hooks for JournalHooks<'_> {
     fn phase(&mut self, index: usize, step: &Step, phase: Phase, what: &str) {
         self.journal.done = index;
         self.journal.current = Some(format!("{}: {phase} {what}", step.action));
+        if let (Phase::Switch, Action::Promote(switch)) = (phase, &step.action) {
+            // Written before the new config is installed: from here until its checks
+            // pass, a kill leaves traffic on colors nobody checked through the edge.
+            self.journal.unverified.extend(unverified_by(switch));
+        }
         tracing::info!(step = index + 1, "{phase} {what}");
         if let Err(e) = self.store.write_journal(&self.journal) {
             tracing::warn!("journal: {e}");
@@ -150,4 +160,16 @@ mod tests {
             }
         }
     }
+}
+
+/// The apps a switch moves to a color that its checks through the edge have still to
+/// prove, by `env/app`, with the color each goes back to. An app promoted for the first
+/// time (nothing to go back to) or without a check through the edge is not among them.
+pub(super) fn unverified_by(switch: &Switch) -> BTreeMap<String, String> {
+    switch
+        .promotions
+        .iter()
+        .filter(|p| switch.checks.iter().any(|c| c.env == p.env && c.app == p.app))
+        .filter_map(|p| Some((format!("{}/{}", p.env, p.app), p.from?.to_string())))
+        .collect()
 }

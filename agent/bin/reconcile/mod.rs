@@ -33,6 +33,7 @@ mod load;
 mod observe;
 mod preview;
 mod summary;
+mod unverified;
 mod warm;
 mod windows;
 
@@ -190,6 +191,8 @@ impl Agent {
         opts.failing_jobs = failing_jobs(state, &source.manifests, now);
         opts.secrets = source.secrets.digests();
         opts.migrated = state.migrated();
+        // A promotion whose checks through the edge are owed is planned again.
+        opts.unchecked = unverified::unchecked(&state.unverified, live);
         let refs: Vec<&Manifest> = source.manifests.iter().collect();
         let plan = veza_plan::plan(&refs, live, &opts)?;
         let (plan, released) = at.apply_to(plan, live, &refs);
@@ -221,6 +224,12 @@ impl Agent {
             tracing::error!("{e}");
         }
         let interrupted = store.reader().journal();
+        if let Some(j) = interrupted.as_ref().filter(|j| !j.unverified.is_empty()) {
+            // Killed between a promotion's switch and the end of its checks.
+            let mut owed = state.unverified.clone();
+            owed.extend(j.unverified.clone());
+            record(&mut state, Event::Unverified(owed));
+        }
         // A suspension (`veza-agent suspend`, a file in the state directory) or report
         // mode: everything up to the plan runs, nothing is applied.
         let suspension = store.reader().suspension();
@@ -403,6 +412,8 @@ impl Agent {
         }
         laps.lap("plan");
         if plan.is_empty() && interrupted.is_none() {
+            // An owed check whose fallback did land owes nothing more.
+            record(state, Event::Unverified(unverified::still_owed(&state.unverified, &live)));
             if !reading.reused {
                 // Health and job runs are read with the rest; a reused reading keeps what
                 // was recorded with it (`status` shows when: `observed_at`).
@@ -437,7 +448,9 @@ impl Agent {
                 steps: plan.steps.iter().map(|s| s.action.to_string()).collect(),
                 done: 0,
                 current: None,
+                unverified: state.unverified.clone(),
             },
+            owed: state.unverified.clone(),
             stop,
             newer: NewerCommit {
                 config: &self.config,
@@ -487,6 +500,14 @@ impl Agent {
             Err(_) => (live, None),
         };
         laps.lap("observe-after");
+        let owed = unverified::after_run(
+            &state.unverified,
+            &plan,
+            report.steps_done,
+            &hooks.journal.unverified,
+            &live_after,
+        );
+        record(state, Event::Unverified(owed));
         match outcome {
             Outcome::Applied | Outcome::Waiting => {
                 self.record_applied(state, &source, &live_after, now).await;

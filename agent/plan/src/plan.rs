@@ -43,6 +43,12 @@ pub struct PlanOptions {
     /// The host's image mapping (`incus.images`): reference in the manifests → what
     /// Incus is asked for when an instance is created.
     pub images: BTreeMap<String, String>,
+    /// Promotions whose edge switch was made and whose checks through the edge never
+    /// passed (a killed run, a fallback that failed to install), by `(env, app)`: the
+    /// color traffic goes back to. Each such app is promoted again from that color, with
+    /// its gate, its checks and its fallback, even when the live config already routes
+    /// to the target.
+    pub unchecked: BTreeMap<(String, String), Color>,
 }
 
 /// Why planning failed.
@@ -230,7 +236,14 @@ pub fn plan(
         }
         for (app_name, app) in &m.apps {
             let target = app.active;
-            let live_active = live.active_color(env, app_name);
+            let routed = live.active_color(env, app_name);
+            // A switch nobody checked counts as not made.
+            let owed = opts
+                .unchecked
+                .get(&(env.clone(), app_name.clone()))
+                .copied()
+                .filter(|back| routed.is_some_and(|r| r != *back));
+            let live_active = owed.or(routed);
             let instance = naming::slot_instance(&prefix, app_name, target);
             let Some(slot) = want.instances.get(&instance).and_then(|d| d.slot.clone()) else {
                 continue;
@@ -340,7 +353,12 @@ pub fn plan(
         None
     } else if let Some(runs_in) = &want.edge_runs_in {
         let config = render_for(manifests, &overrides, &opts.edge_settings)?;
-        (live.edge_config() != Some(config.as_str())).then(|| (runs_in.clone(), config))
+        let recheck = promotions.iter().any(|p| {
+            p.from.is_some_and(|from| {
+                opts.unchecked.get(&(p.env.clone(), p.app.clone())) == Some(&from)
+            })
+        });
+        (recheck || live.edge_config() != Some(config.as_str())).then(|| (runs_in.clone(), config))
     } else {
         None
     };

@@ -265,6 +265,13 @@ pub struct AgentState {
     /// daemon reuses a reading between polls while Incus reports no change).
     #[serde(default)]
     pub observed_at: Option<i64>,
+    /// Promotions whose new edge config was installed but whose checks through the edge
+    /// never passed (a kill during the check, or a fallback that failed to install), by
+    /// `env/app`: the color traffic goes back to should the check fail again. The next
+    /// sync plans each as a promotion from that color, so it is checked before it is
+    /// recorded as applied.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub unverified: BTreeMap<String, String>,
 }
 
 /// A step held until its environment's next maintenance window.
@@ -348,6 +355,7 @@ impl Default for AgentState {
             status_posted: None,
             status_post_failures_total: 0,
             observed_at: None,
+            unverified: BTreeMap::new(),
         }
     }
 }
@@ -384,6 +392,11 @@ pub struct Journal {
     pub done: usize,
     /// The step in progress when the journal was last written.
     pub current: Option<String>,
+    /// While a promotion's new edge config is installed and not yet checked (its switch,
+    /// check and fallback phases): the promoted apps, by `env/app`, with the color each
+    /// goes back to (as [`AgentState::unverified`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub unverified: BTreeMap<String, String>,
 }
 
 #[cfg(test)]

@@ -88,6 +88,9 @@ pub enum Event {
         /// The held steps.
         steps: Vec<crate::WaitingStep>,
     },
+    /// The promotions whose checks through the edge are still owed (`env/app` → the
+    /// color traffic goes back to), as the sync leaves them.
+    Unverified(BTreeMap<String, String>),
     /// An app's migration succeeded for a release (never run again for it).
     Migrated {
         /// Environment.
@@ -205,6 +208,10 @@ pub fn record(state: &mut AgentState, event: Event) -> Option<HistoryEntry> {
         }
         Event::Waiting { steps } => {
             state.waiting = steps;
+            None
+        }
+        Event::Unverified(promotions) => {
+            state.unverified = promotions;
             None
         }
         Event::Planned { refusals, drift } => {

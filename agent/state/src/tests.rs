@@ -106,6 +106,7 @@ fn journal_survives_until_cleared() {
         steps: vec!["a".into()],
         done: 0,
         current: Some("a".into()),
+        unverified: [("prod/web".to_string(), "blue".to_string())].into(),
     };
     store.write_journal(&j).unwrap();
     assert_eq!(store.reader().journal(), Some(j));

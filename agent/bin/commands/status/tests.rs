@@ -138,6 +138,13 @@ fn headlines_say_what_needs_a_human() {
             "NEEDS ATTENTION: promotion of prod/backend rolled back: green never became healthy",
         ),
         (
+            "a promotion's checks through the edge are owed",
+            Box::new(|s| {
+                s.unverified.insert("prod/backend".into(), "blue".into());
+            }),
+            "NEEDS ATTENTION: prod/backend: its promotion from blue got as far as the edge switch and its checks through the edge never passed (the run was killed, or putting blue back failed); the next sync checks it again and goes back to blue if it fails",
+        ),
+        (
             "stale",
             Box::new(|s| s.last_verified_fetch_at = Some(0)),
             "NEEDS ATTENTION: source is stale: last verified fetch 2000 s ago (limit 600 s)",

@@ -151,6 +151,36 @@ fn promotion_deploys_gates_switches_and_verifies() {
     assert_eq!(back.active.get(&("demo".to_string(), "hello".to_string())), Some(&Color::Blue));
 }
 
+/// A promotion whose switch was made and whose checks never passed (a killed run) is
+/// planned again from the color it goes back to, though the live config already routes
+/// to the target: the same switch, its gate, its checks and its fallback; and nothing
+/// when the edge is already back on that color.
+#[test]
+fn an_unchecked_switch_is_promoted_again_with_its_checks_and_fallback() {
+    let promoted =
+        demo_with(|t| with_green_release(t).replace("    active: blue", "    active: green"));
+    let (ms, live) = converged(&[&promoted]);
+    assert!(run(&ms, &live, &opts()).is_empty(), "converged on green");
+    let key = ("demo".to_string(), "hello".to_string());
+    let owed = PlanOptions { unchecked: [(key.clone(), Color::Blue)].into(), ..opts() };
+    let p = run(&ms, &live, &owed);
+    let switch = p.switch().expect("a promotion");
+    assert_eq!(p.promotions().len(), 1, "{p}");
+    assert_eq!((p.promotions()[0].from, p.promotions()[0].to), (Some(Color::Blue), Color::Green));
+    assert_eq!(
+        Some(switch.config.as_str()),
+        live.edge_config(),
+        "the switch installs what is live"
+    );
+    assert_eq!(switch.gates.len(), 1, "{p}");
+    assert_eq!(switch.checks.len(), 1, "{p}");
+    let back = LiveEdge::from_config(switch.fallback.clone().expect("a fallback"));
+    assert_eq!(back.active.get(&key), Some(&Color::Blue));
+    // The edge already back on blue (the fallback landed): an ordinary promotion to green.
+    let (_, on_blue) = converged(&[&demo_with(with_green_release)]);
+    assert_eq!(run(&ms, &on_blue, &owed), run(&ms, &on_blue, &opts()));
+}
+
 /// The observer reads back, from the config text alone, the colors the renderer routed
 /// to: a promotion, a fallback and `simulate` all rely on it.
 #[test]

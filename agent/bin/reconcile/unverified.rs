@@ -1,0 +1,199 @@
+//! Promotions whose checks through the edge are owed. A kill during a promotion's check
+//! (or a fallback that failed to install) leaves the edge routing to a color nobody
+//! checked; the next plan must not take that edge as the truth. The planner is told
+//! which apps owe their checks and promotes them again from the color they go back to:
+//! gate, switch (the config already live), checks, and the fallback to that color. Pure
+//! functions over data, shared by `sync` and `plan` so both decide alike.
+
+use std::collections::BTreeMap;
+
+use veza_model::manifest::Color;
+use veza_plan::live::LiveState;
+use veza_plan::{Action, Plan};
+
+/// `env/app` → the color traffic goes back to, as the state and the journal keep them.
+pub(crate) type Owed = BTreeMap<String, String>;
+
+fn key(env: &str, app: &str) -> String {
+    format!("{env}/{app}")
+}
+
+fn color(name: &str) -> Option<Color> {
+    Color::ALL.into_iter().find(|c| c.as_str() == name)
+}
+
+/// The owed promotions that still matter against `live`: an app whose edge already
+/// routes to the color it goes back to (a fallback that did land) or that the edge no
+/// longer routes at all owes nothing.
+pub(crate) fn still_owed(owed: &Owed, live: &LiveState) -> Owed {
+    owed.iter()
+        .filter(|(k, back)| {
+            let Some((env, app)) = k.split_once('/') else { return false };
+            color(back).is_some_and(|b| live.active_color(env, app).is_some_and(|c| c != b))
+        })
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// The owed checks as the planner takes them ([`veza_plan::PlanOptions::unchecked`]):
+/// `(env, app)` → the color traffic goes back to.
+pub(crate) fn unchecked(owed: &Owed, live: &LiveState) -> BTreeMap<(String, String), Color> {
+    still_owed(owed, live)
+        .iter()
+        .filter_map(|(k, back)| {
+            let (env, app) = k.split_once('/')?;
+            Some(((env.to_string(), app.to_string()), color(back)?))
+        })
+        .collect()
+}
+
+/// What is owed once a run of `plan` ends: what was owed before, less the promotions of
+/// the `done` completed steps (their checks passed), plus what the run left switched and
+/// unchecked (`left`, from the journal: a failed fallback), less what `live_after` shows
+/// already back.
+pub(crate) fn after_run(
+    before: &Owed,
+    plan: &Plan,
+    done: usize,
+    left: &Owed,
+    live_after: &LiveState,
+) -> Owed {
+    let mut owed = before.clone();
+    owed.extend(left.iter().map(|(k, v)| (k.clone(), v.clone())));
+    for step in plan.steps.iter().take(done) {
+        if let Action::Promote(switch) = &step.action {
+            for p in &switch.promotions {
+                owed.remove(&key(&p.env, &p.app));
+            }
+        }
+    }
+    still_owed(&owed, live_after)
+}
+
+#[cfg(test)]
+mod tests {
+    use veza_model::manifest::Release;
+    use veza_plan::Step;
+    use veza_plan::plan::{Promotion, Switch};
+
+    use super::*;
+
+    fn live(active: &[(&str, Color)]) -> LiveState {
+        let mut l = LiveState::default();
+        for (k, c) in active {
+            let (env, app) = k.split_once('/').expect("env/app");
+            l.edge.active.insert((env.into(), app.into()), *c);
+        }
+        l
+    }
+
+    fn owed(pairs: &[(&str, &str)]) -> Owed {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn an_owed_check_stands_until_the_edge_is_back_on_its_color() {
+        use Color::{Blue, Green};
+        // (what, live edge, owed, what the planner is told)
+        let cases: &[(&str, &[(&str, Color)], &[(&str, &str)], &[(&str, Color)])] = &[
+            ("nothing owed", &[("prod/web", Green)], &[], &[]),
+            (
+                "switched, never checked",
+                &[("prod/web", Green), ("prod/api", Green)],
+                &[("prod/web", "blue")],
+                &[("prod/web", Blue)],
+            ),
+            ("the fallback landed", &[("prod/web", Blue)], &[("prod/web", "blue")], &[]),
+            ("the edge no longer routes it", &[], &[("prod/web", "blue")], &[]),
+            (
+                "an unreadable entry",
+                &[("prod/web", Green)],
+                &[("prod/web", "red"), ("web", "blue")],
+                &[],
+            ),
+        ];
+        for (what, edge, o, want) in cases {
+            let want: BTreeMap<(String, String), Color> = live(want).edge.active;
+            assert_eq!(unchecked(&owed(o), &live(edge)), want, "{what}");
+        }
+    }
+
+    fn promote(apps: &[&str]) -> Step {
+        let promotions = apps
+            .iter()
+            .map(|k| {
+                let (env, app) = k.split_once('/').expect("env/app");
+                Promotion {
+                    env: env.into(),
+                    app: app.into(),
+                    from: Some(Color::Blue),
+                    to: Color::Green,
+                    release: Release::try_from("1".repeat(40)).expect("release"),
+                }
+            })
+            .collect();
+        let switch = Switch {
+            promotions,
+            gates: Vec::new(),
+            runs_in: "host".into(),
+            config: String::new(),
+            checks: Vec::new(),
+            fallback: None,
+        };
+        Step { action: Action::Promote(switch), reason: "test".into() }
+    }
+
+    #[test]
+    fn a_run_pays_what_its_completed_promotions_checked_and_owes_what_it_left_unchecked() {
+        use Color::{Blue, Green};
+        let plan = Plan {
+            steps: vec![promote(&["prod/web"])],
+            refusals: Vec::new(),
+            drift: Vec::new(),
+            waiting: Vec::new(),
+            edge_takeover: None,
+            cluster: Vec::new(),
+        };
+        let green = live(&[("prod/web", Green), ("prod/api", Green)]);
+        // (what, owed before, steps done, left by the run, live after, owed after)
+        let cases: &[(
+            &str,
+            &[(&str, &str)],
+            usize,
+            &[(&str, &str)],
+            &LiveState,
+            &[(&str, &str)],
+        )] = &[
+            ("the promotion passed its checks", &[("prod/web", "blue")], 1, &[], &green, &[]),
+            ("killed before it", &[("prod/web", "blue")], 0, &[], &green, &[("prod/web", "blue")]),
+            (
+                "its fallback failed",
+                &[],
+                0,
+                &[("prod/web", "blue")],
+                &green,
+                &[("prod/web", "blue")],
+            ),
+            (
+                "its fallback landed",
+                &[("prod/web", "blue")],
+                0,
+                &[("prod/web", "blue")],
+                &live(&[("prod/web", Blue)]),
+                &[],
+            ),
+            (
+                "another app stays owed",
+                &[("prod/api", "blue")],
+                1,
+                &[],
+                &green,
+                &[("prod/api", "blue")],
+            ),
+        ];
+        for (what, before, done, left, after, want) in cases {
+            let got = after_run(&owed(before), &plan, *done, &owed(left), after);
+            assert_eq!(got, owed(want), "{what}");
+        }
+    }
+}
