@@ -134,6 +134,18 @@ impl Hooks for JournalHooks<'_> {
     }
 }
 
+/// The apps a switch moves to a color that its checks through the edge have still to
+/// prove, by `env/app`, with the color each goes back to. An app promoted for the first
+/// time (nothing to go back to) or without a check through the edge is not among them.
+pub(super) fn unverified_by(switch: &Switch) -> BTreeMap<String, String> {
+    switch
+        .promotions
+        .iter()
+        .filter(|p| switch.checks.iter().any(|c| c.env == p.env && c.app == p.app))
+        .filter_map(|p| Some((format!("{}/{}", p.env, p.app), p.from?.to_string())))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,16 +172,4 @@ mod tests {
             }
         }
     }
-}
-
-/// The apps a switch moves to a color that its checks through the edge have still to
-/// prove, by `env/app`, with the color each goes back to. An app promoted for the first
-/// time (nothing to go back to) or without a check through the edge is not among them.
-pub(super) fn unverified_by(switch: &Switch) -> BTreeMap<String, String> {
-    switch
-        .promotions
-        .iter()
-        .filter(|p| switch.checks.iter().any(|c| c.env == p.env && c.app == p.app))
-        .filter_map(|p| Some((format!("{}/{}", p.env, p.app), p.from?.to_string())))
-        .collect()
 }

@@ -87,7 +87,12 @@ mod tests {
         l
     }
 
-    fn owed(pairs: &[(&str, &str)]) -> Owed {
+    /// `env/app` with a color, as the edge routes them.
+    type Routes<'a> = &'a [(&'a str, Color)];
+    /// `env/app` with the color it goes back to.
+    type Pairs<'a> = &'a [(&'a str, &'a str)];
+
+    fn owed(pairs: Pairs<'_>) -> Owed {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
@@ -95,7 +100,7 @@ mod tests {
     fn an_owed_check_stands_until_the_edge_is_back_on_its_color() {
         use Color::{Blue, Green};
         // (what, live edge, owed, what the planner is told)
-        let cases: &[(&str, &[(&str, Color)], &[(&str, &str)], &[(&str, Color)])] = &[
+        let cases: &[(&str, Routes<'_>, Pairs<'_>, Routes<'_>)] = &[
             ("nothing owed", &[("prod/web", Green)], &[], &[]),
             (
                 "switched, never checked",
@@ -156,14 +161,7 @@ mod tests {
         };
         let green = live(&[("prod/web", Green), ("prod/api", Green)]);
         // (what, owed before, steps done, left by the run, live after, owed after)
-        let cases: &[(
-            &str,
-            &[(&str, &str)],
-            usize,
-            &[(&str, &str)],
-            &LiveState,
-            &[(&str, &str)],
-        )] = &[
+        let cases: &[(&str, Pairs<'_>, usize, Pairs<'_>, &LiveState, Pairs<'_>)] = &[
             ("the promotion passed its checks", &[("prod/web", "blue")], 1, &[], &green, &[]),
             ("killed before it", &[("prod/web", "blue")], 0, &[], &green, &[("prod/web", "blue")]),
             (
