@@ -249,6 +249,21 @@ pub fn plan(
                 continue;
             };
             let changes_color = live_active != Some(target);
+            // The color losing traffic, redeployed in place (`in_place_updates`): it
+            // serves until the switch, and again should the promotion fail or fall back,
+            // so it is gated like any serving slot that was redeployed.
+            if let Some(from) = live_active.filter(|_| changes_color) {
+                let serving = naming::slot_instance(&prefix, app_name, from);
+                if deployed.contains(&serving)
+                    && let Some(slot) = want.instances.get(&serving).and_then(|d| d.slot.clone())
+                {
+                    let release = slot.release.short().to_string();
+                    b.step(
+                        Action::HealthGate(Gate { instance: serving, slot, serving: true }),
+                        format!("the serving slot was redeployed with release {release}"),
+                    );
+                }
+            }
             let redeployed = deployed.contains(&instance);
             if !changes_color && !redeployed {
                 continue;

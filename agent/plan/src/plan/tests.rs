@@ -436,6 +436,22 @@ fn edits_incus_cannot_apply_in_place_are_rebuilds_or_refusals() {
             drift: &[],
         },
         Case {
+            what: "the serving color's release is edited in place in the commit that promotes the other",
+            before: demo(&with_green_release),
+            after: demo(&|t| {
+                in_place(new_blue(t)).replace("    active: blue", "    active: green")
+            }),
+            // Blue serves until the switch, and again should green fail: it is gated
+            // before traffic moves.
+            steps: &[
+                "deploy release 3333333333 to demo-hello-blue",
+                "wait for demo-hello-blue to be healthy",
+                "promote demo/hello: blue -> green (2222222222) through haproxy on host",
+            ],
+            refused: &[],
+            drift: &[],
+        },
+        Case {
             what: "the app's port is edited (both colors run with the old one)",
             before: demo(&with_green_release),
             after: demo(&|t| with_green_release(t).replace("    port: 8080", "    port: 9090")),
