@@ -101,6 +101,10 @@ fn a_protected_data_change_waits_for_its_window_until_an_operator_says_now() {
     assert_eq!(st["health"], "ok", "{st:#}");
     assert!(st["headline"].as_str().unwrap_or_default().contains("waiting for window"), "{st:#}");
     assert_eq!(st["state"]["waiting"].as_array().map(Vec::len), Some(2), "{st:#}");
+    // The releases shown are the slots' own marks: green's, deployed; blue's, unchanged.
+    let releases = &st["state"]["envs"][&h.env]["apps"]["hello"]["releases"];
+    assert_eq!(releases["green"], h.releases[1].id.as_str(), "{st:#}");
+    assert_eq!(releases["blue"], h.releases[0].id.as_str(), "{st:#}");
     let metrics = std::fs::read_to_string(h.dir.join("veza-agent.prom")).unwrap();
     assert!(metrics.contains("veza_agent_waiting_steps 2\n"), "{metrics}");
 

@@ -10,6 +10,8 @@ use veza_host::incus::{Incus, Scope};
 use veza_host::systemd::Units;
 use veza_model::Manifest;
 use veza_model::live::{LiveState, UnitTarget};
+use veza_model::manifest::Color;
+use veza_model::naming;
 use veza_state::record::{Event, ObservedApp, record};
 use veza_state::{AgentState, AppliedRevision};
 
@@ -112,6 +114,7 @@ impl Agent {
         let mut apps = Vec::new();
         for m in &source.manifests {
             let env = &m.metadata.name;
+            let prefix = m.metadata.instance_prefix();
             for (app_name, app) in &m.apps {
                 let backend = veza_model::naming::backend(env, app_name);
                 let mut colors = BTreeMap::new();
@@ -127,10 +130,16 @@ impl Agent {
                     app: app_name.clone(),
                     declared_active: app.active.to_string(),
                     live_active: live.active_color(env, app_name).map(|c| c.to_string()),
-                    releases: app
-                        .slots
-                        .iter()
-                        .filter_map(|(c, s)| Some((c.to_string(), s.release.as_ref()?.to_string())))
+                    // What each slot runs, as its release mark says (written once the
+                    // release runs): a deploy held for a window, or stopped by a failed
+                    // migration, shows the release the slot still runs.
+                    releases: Color::ALL
+                        .into_iter()
+                        .filter_map(|c| {
+                            let slot =
+                                live.instances.get(&naming::slot_instance(&prefix, app_name, c))?;
+                            Some((c.to_string(), slot.release()?.to_string()))
+                        })
                         .collect(),
                     health: colors,
                 });
