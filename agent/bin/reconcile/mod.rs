@@ -495,30 +495,42 @@ impl Agent {
             }
             None => reason,
         };
-        let (live_after, kept_after) = match self.read_live(&source.manifests).await {
-            Ok(r) => (r.live, Some((r.mark, r.at))),
-            Err(_) => (live, None),
-        };
+        let reread = self.read_live(&source.manifests).await;
         laps.lap("observe-after");
         let owed = unverified::after_run(
             &state.unverified,
             &plan,
             report.steps_done,
             &hooks.journal.unverified,
-            &live_after,
+            reread.as_ref().ok().map(|r| &r.live),
         );
         record(state, Event::Unverified(owed));
-        match outcome {
-            Outcome::Applied | Outcome::Waiting => {
-                self.record_applied(state, &source, &live_after, now).await;
-                if let (Some((mark, at)), Outcome::Applied) = (kept_after, outcome) {
-                    self.keep(&source, mark, at, &live_after);
+        // What runs now is only recorded as read: when the host cannot be read back, the
+        // run says so and the next sync, which reads it, records it.
+        let (outcome, reason) = match &reread {
+            Err(e) if matches!(outcome, Outcome::Applied | Outcome::Waiting) => (
+                Outcome::Failed,
+                Some(format!(
+                    "{} step(s) applied, then reading the host back failed: {e:#}; nothing is \
+                     recorded as applied until a sync reads it",
+                    report.steps_done
+                )),
+            ),
+            _ => (outcome, reason),
+        };
+        match (outcome, &reread) {
+            (Outcome::Applied | Outcome::Waiting, Ok(after)) => {
+                self.record_applied(state, &source, &after.live, now).await;
+                if outcome == Outcome::Applied {
+                    self.keep(&source, after.mark, after.at, &after.live);
                 }
             }
-            Outcome::RolledBack => {
+            (Outcome::RolledBack, _) => {
                 // The commit was verified and attempted: it becomes the high-water mark
                 // (only its descendants, e.g. a revert, are accepted next).
-                self.record_applied(state, &source, &live_after, now).await;
+                if let Ok(after) = &reread {
+                    self.record_applied(state, &source, &after.live, now).await;
+                }
                 record(
                     state,
                     Event::RolledBack {

@@ -50,13 +50,13 @@ pub(crate) fn unchecked(owed: &Owed, live: &LiveState) -> BTreeMap<(String, Stri
 /// What is owed once a run of `plan` ends: what was owed before, less the promotions of
 /// the `done` completed steps (their checks passed), plus what the run left switched and
 /// unchecked (`left`, from the journal: a failed fallback), less what `live_after` shows
-/// already back.
+/// already back (nothing when the host could not be read back).
 pub(crate) fn after_run(
     before: &Owed,
     plan: &Plan,
     done: usize,
     left: &Owed,
-    live_after: &LiveState,
+    live_after: Option<&LiveState>,
 ) -> Owed {
     let mut owed = before.clone();
     owed.extend(left.iter().map(|(k, v)| (k.clone(), v.clone())));
@@ -67,7 +67,10 @@ pub(crate) fn after_run(
             }
         }
     }
-    still_owed(&owed, live_after)
+    match live_after {
+        Some(live) => still_owed(&owed, live),
+        None => owed,
+    }
 }
 
 #[cfg(test)]
@@ -160,16 +163,25 @@ mod tests {
             cluster: Vec::new(),
         };
         let green = live(&[("prod/web", Green), ("prod/api", Green)]);
+        let blue = live(&[("prod/web", Blue)]);
         // (what, owed before, steps done, left by the run, live after, owed after)
-        let cases: &[(&str, Pairs<'_>, usize, Pairs<'_>, &LiveState, Pairs<'_>)] = &[
-            ("the promotion passed its checks", &[("prod/web", "blue")], 1, &[], &green, &[]),
-            ("killed before it", &[("prod/web", "blue")], 0, &[], &green, &[("prod/web", "blue")]),
+        type Case<'a> = (&'a str, Pairs<'a>, usize, Pairs<'a>, Option<&'a LiveState>, Pairs<'a>);
+        let cases: &[Case<'_>] = &[
+            ("the promotion passed its checks", &[("prod/web", "blue")], 1, &[], Some(&green), &[]),
+            (
+                "killed before it",
+                &[("prod/web", "blue")],
+                0,
+                &[],
+                Some(&green),
+                &[("prod/web", "blue")],
+            ),
             (
                 "its fallback failed",
                 &[],
                 0,
                 &[("prod/web", "blue")],
-                &green,
+                Some(&green),
                 &[("prod/web", "blue")],
             ),
             (
@@ -177,7 +189,7 @@ mod tests {
                 &[("prod/web", "blue")],
                 0,
                 &[("prod/web", "blue")],
-                &live(&[("prod/web", Blue)]),
+                Some(&blue),
                 &[],
             ),
             (
@@ -185,12 +197,20 @@ mod tests {
                 &[("prod/api", "blue")],
                 1,
                 &[],
-                &green,
+                Some(&green),
                 &[("prod/api", "blue")],
+            ),
+            (
+                "its fallback landed, the host not read back",
+                &[],
+                0,
+                &[("prod/web", "blue")],
+                None,
+                &[("prod/web", "blue")],
             ),
         ];
         for (what, before, done, left, after, want) in cases {
-            let got = after_run(&owed(before), &plan, *done, &owed(left), after);
+            let got = after_run(&owed(before), &plan, *done, &owed(left), *after);
             assert_eq!(got, owed(want), "{what}");
         }
     }
