@@ -97,17 +97,25 @@ impl Store {
         Ok(())
     }
 
-    /// Appends a history entry, keeping the newest [`HISTORY_LIMIT`].
+    /// Appends a history entry, keeping the newest [`HISTORY_LIMIT`] lines. The lines
+    /// already there are kept as they are, whether this agent reads them or not (an entry
+    /// written by a newer agent, a damaged byte); a file that cannot be read is an error,
+    /// never a reason to start the history afresh.
     pub fn append_history(&self, entry: &HistoryEntry) -> Result<(), StateError> {
-        let mut entries = self.reader().history().unwrap_or_default();
-        entries.push(entry.clone());
-        let skip = entries.len().saturating_sub(HISTORY_LIMIT);
-        let mut text = String::new();
-        for e in &entries[skip..] {
-            text.push_str(&serde_json::to_string(e).unwrap_or_default());
-            text.push('\n');
-        }
-        write_atomic_if_changed(&self.dir.join("history.jsonl"), text.as_bytes(), 0o644)?;
+        let path = self.dir.join("history.jsonl");
+        let old = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(source) => return Err(StateError::Dir { path, source }),
+        };
+        let old = String::from_utf8_lossy(&old);
+        let new = serde_json::to_string(entry).unwrap_or_default();
+        let mut lines: Vec<&str> = old.lines().filter(|l| !l.trim().is_empty()).collect();
+        lines.push(&new);
+        let skip = lines.len().saturating_sub(HISTORY_LIMIT);
+        let mut text = lines[skip..].join("\n");
+        text.push('\n');
+        write_atomic_if_changed(&path, text.as_bytes(), 0o644)?;
         Ok(())
     }
 
@@ -173,11 +181,13 @@ impl Reader {
     /// The deploy history, oldest first. Unparseable lines are skipped.
     pub fn history(&self) -> Result<Vec<HistoryEntry>, StateError> {
         let path = self.dir.join("history.jsonl");
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(source) => return Err(StateError::Dir { path, source }),
         };
+        // A line this agent cannot read (a damaged byte, a newer agent's entry) is skipped.
+        let text = String::from_utf8_lossy(&bytes);
         Ok(text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
     }
 

@@ -35,6 +35,41 @@ fn state_round_trips_and_history_is_bounded() {
 }
 
 #[test]
+fn appending_keeps_history_lines_this_agent_cannot_read_and_never_starts_afresh() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let entry = |commit: &str| HistoryEntry {
+        at_ms: 1,
+        commit: commit.into(),
+        signer: None,
+        outcome: Outcome::Applied,
+        reason: None,
+        apps: BTreeMap::new(),
+        duration_ms: 1,
+    };
+    store.append_history(&entry("a")).unwrap();
+    let path = dir.path().join("history.jsonl");
+    // A newer agent's outcome, and a damaged byte.
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes.extend_from_slice(b"{\"at_ms\":2,\"commit\":\"b\",\"outcome\":\"teleported\"}\n");
+    bytes.extend_from_slice(b"{\"damaged\":\"\xff\"}\n");
+    std::fs::write(&path, &bytes).unwrap();
+    assert_eq!(store.reader().history().unwrap().len(), 1, "the readable entry is read");
+    store.append_history(&entry("c")).unwrap();
+    let text = String::from_utf8_lossy(&std::fs::read(&path).unwrap()).into_owned();
+    assert_eq!(text.lines().count(), 4, "{text}");
+    assert!(text.contains("\"outcome\":\"teleported\""), "{text}");
+    let read: Vec<String> =
+        store.reader().history().unwrap().into_iter().map(|e| e.commit).collect();
+    assert_eq!(read, ["a", "c"]);
+    // Unreadable (here: a directory where the file should be): an error, nothing rewritten.
+    std::fs::remove_file(&path).unwrap();
+    std::fs::create_dir(&path).unwrap();
+    assert!(store.append_history(&entry("d")).is_err());
+    assert!(path.is_dir());
+}
+
+#[test]
 fn state_without_jobs_still_loads() {
     let dir = tempfile::tempdir().unwrap();
     let old = br#"{"schema_version":1,"applied":null,"last_verified_fetch_at":5,"last_fetch_error":null,"rejected":null,"quarantined":{},"envs":{},"last_run":null,"sync_failures":0,"rejected_total":2}"#;
