@@ -6,6 +6,7 @@
 //! client running as root (the socket's peer credentials), as `apply --now` is.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt as _, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
@@ -58,20 +59,36 @@ pub(crate) fn request_line(run_now_by: Option<&str>) -> String {
     }
 }
 
+/// How long a client has to send its request line; an idle one is then let go.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The pause after a failed `accept` (no file descriptor left), before the next.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(200);
+
 /// Accepts `sync` requests; each gets the summary of the next completed sync.
 pub(crate) async fn serve_control(listener: UnixListener, tx: mpsc::Sender<Waiter>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors, most likely: pause rather than spin on it.
+                tracing::warn!("control socket: accept failed: {e}");
+                tokio::time::sleep(ACCEPT_PAUSE).await;
+                continue;
+            }
+        };
         let root = stream.peer_cred().is_ok_and(|c| c.uid() == 0);
         let tx = tx.clone();
         tokio::spawn(async move {
             let (read, mut write) = stream.into_split();
             let mut line = String::new();
             let mut reader = BufReader::new(read.take(MAX_REQUEST));
-            let asked = match reader.read_line(&mut line).await {
-                Ok(_) => parse_request(&line, root),
-                Err(e) => Err(format!("unreadable request: {e}")),
-            };
+            let asked =
+                match tokio::time::timeout(REQUEST_TIMEOUT, reader.read_line(&mut line)).await {
+                    Ok(Ok(_)) => parse_request(&line, root),
+                    Ok(Err(e)) => Err(format!("unreadable request: {e}")),
+                    Err(_) => Err(format!("no request line within {REQUEST_TIMEOUT:?}")),
+                };
             let run_now_by = match asked {
                 Ok(by) => by,
                 Err(why) => {
@@ -94,6 +111,25 @@ pub(crate) async fn serve_control(listener: UnixListener, tx: mpsc::Sender<Waite
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_client_is_let_go_and_a_request_still_reaches_the_loop() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("control.sock");
+        let listener = UnixListener::bind(&path).expect("bind");
+        let (tx, mut rx) = mpsc::channel(1);
+        tokio::spawn(serve_control(listener, tx));
+        // Connected, sends nothing: answered with an error once the limit passes.
+        let idle = tokio::net::UnixStream::connect(&path).await.expect("connect");
+        let mut reply = String::new();
+        BufReader::new(idle).read_line(&mut reply).await.expect("reply");
+        assert_eq!(reply, "error: no request line within 5s\n");
+        // A request still gets through to the sync loop.
+        let mut asking = tokio::net::UnixStream::connect(&path).await.expect("connect");
+        asking.write_all(b"sync\n").await.expect("send");
+        let waiter = rx.recv().await.expect("the request reaches the loop");
+        assert_eq!(waiter.run_now_by, None);
+    }
 
     #[test]
     fn requests_are_a_plain_sync_or_a_sync_now_by_root() {
