@@ -24,9 +24,20 @@ pub(super) async fn exec_ok<I: Incus + Sync>(
     script: &str,
     env: BTreeMap<String, String>,
 ) -> Result<String, String> {
+    exec_within(incus, instance, script, env, Duration::from_secs(300)).await
+}
+
+/// [`exec_ok`] that Incus gives up on after `limit`.
+pub(super) async fn exec_within<I: Incus + Sync>(
+    incus: &I,
+    instance: &str,
+    script: &str,
+    env: BTreeMap<String, String>,
+    limit: Duration,
+) -> Result<String, String> {
     let mut req = ExecRequest::sh(script);
     req.env = env;
-    req.timeout = Duration::from_secs(300);
+    req.timeout = limit;
     let out = incus.exec(instance, &req).await.map_err(|e| e.to_string())?;
     if out.exit_code != 0 {
         return Err(format!(

@@ -8,11 +8,15 @@ use veza_model::naming;
 use veza_plan::desired::SlotSpec;
 use veza_plan::plan::EdgeCheck;
 
-use super::deploy::{exec_ok, shell_quote};
+use super::deploy::{exec_within, shell_quote};
 use super::{Drivers, Edge, Hooks, StepError};
 use crate::clock::Clock;
 use crate::http::Probe;
 use crate::incus::Incus;
+
+/// What an in-slot probe's exec may take beyond the probe's own timeout (starting the
+/// shell, Incus's own round trips).
+const EXEC_MARGIN: Duration = Duration::from_secs(5);
 
 /// One probe of a slot's health: on its loopback address from the host, or from inside
 /// the slot for bridge-addressed slots.
@@ -48,7 +52,9 @@ async fn probe<I: Incus, P: Probe>(
          else timeout {secs} wget -q -S -O /dev/null {u} 2>&1 | awk '/^ *HTTP\\//{{c=$2}} END{{print c}}'; fi",
         u = shell_quote(&url)
     );
-    let out = exec_ok(incus, instance, &script, BTreeMap::new()).await?;
+    // The command bounds itself; the exec is bounded too, so a hung exec cannot hold a
+    // gate far past its deadline.
+    let out = exec_within(incus, instance, &script, BTreeMap::new(), timeout + EXEC_MARGIN).await?;
     let code = out.trim();
     if code == slot.expect_status.to_string() {
         Ok(())
@@ -151,6 +157,10 @@ pub(super) async fn health_gate<I: Incus, E: Edge, U, P: Probe, C: Clock, H: Hoo
     while d.clock.now() < deadline {
         if hooks.preempted() {
             return Err(StepError::Preempted);
+        }
+        // Waiting on a slot moves no traffic: a stop request ends the wait.
+        if hooks.stop_requested() {
+            return Err(StepError::Stopped);
         }
         attempts += 1;
         match probe(d.incus, d.probe, instance, slot, probe_timeout).await {

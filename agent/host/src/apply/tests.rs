@@ -99,6 +99,8 @@ struct Script {
     stop_after: Option<usize>,
     /// A newer commit is there from this look on (counting from 1).
     newer_commit_at: Option<u32>,
+    /// A stop is requested from this look on (counting from 1).
+    stop_at_look: Option<u32>,
     looks: Cell<u32>,
 }
 
@@ -111,6 +113,7 @@ impl Hooks for Script {
     }
     fn stop_requested(&self) -> bool {
         self.stop_after.is_some_and(|n| self.started.len() + self.phases.len() >= n)
+            || self.stop_at_look.is_some_and(|n| self.looks.get() >= n)
     }
     fn preempted(&self) -> bool {
         self.looks.set(self.looks.get() + 1);
@@ -536,6 +539,46 @@ fn a_newer_commit_during_the_health_wait_preempts_the_run() {
     assert_eq!(w.clock.elapsed(), Duration::from_millis(600));
     assert_eq!(w.edge_config(), EDGE_BLUE);
     assert_eq!(w.edge.reloads(), 0);
+}
+
+#[test]
+fn a_stop_during_the_health_wait_ends_it_and_moves_no_traffic() {
+    let w = World::new();
+    w.probe.script(GREEN, [Answer::Status(503)]);
+    let mut hooks = Script { stop_at_look: Some(4), ..Script::default() };
+    let report = w.run(&promotion(Vec::new()), &mut hooks);
+    assert_eq!(report.outcome, ApplyOutcome::Interrupted { before: PROMOTE.to_string() });
+    assert_eq!(report.steps_done, 0);
+    assert_eq!(w.probe.requests_to(GREEN), 3, "a look before each probe; the 4th saw it");
+    assert_eq!(w.clock.elapsed(), Duration::from_millis(600), "not the 10 s health timeout");
+    assert_eq!(w.edge_config(), EDGE_BLUE);
+    assert_eq!(w.edge.reloads(), 0);
+}
+
+#[test]
+fn a_probe_from_inside_a_slot_is_an_exec_bounded_by_the_probe_timeout() {
+    let w = World::new();
+    running_slot(&w.incus, "web-green");
+    let healthy = ExecOutput { exit_code: 0, stdout: b"200".to_vec(), stderr: Vec::new() };
+    for _ in 0..20 {
+        w.incus.push_exec_result(healthy.clone());
+    }
+    // Bridge-addressed: probed with curl or wget run inside the slot.
+    let slot = SlotSpec { loopback: None, ..slot(Color::Green) };
+    let plan = plan_of(vec![Action::HealthGate(Gate {
+        instance: "web-green".into(),
+        slot,
+        serving: true,
+    })]);
+    let report = w.run(&plan, &mut Script::default());
+    assert_eq!(report.outcome, ApplyOutcome::Applied);
+    let execs = w.incus.execs();
+    assert!(execs.len() >= 2, "rise 2: {execs:?}");
+    for (instance, request) in execs {
+        assert_eq!(instance, "web-green");
+        // The 2 s probe timeout and 5 s for the exec itself, not the 300 s of a deploy.
+        assert_eq!(request.timeout, Duration::from_secs(7));
+    }
 }
 
 #[test]
