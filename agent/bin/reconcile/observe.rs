@@ -61,12 +61,13 @@ impl Agent {
                 state.instances.get(i).is_some_and(|x| x.is_running() && x.is_owned())
             }
         });
-        // Each listing is an exec or a directory read of its own: all at once.
+        // Each listing is an exec or a directory read of its own: all at once. Unreadable
+        // is not "no units" (a plan from that would install them again at every sync):
+        // fail the observation, as for the edge.
         let listed = join_all(targets.iter().map(|t| units.list(t))).await;
         for (t, files) in targets.into_iter().zip(listed) {
-            if let Ok(files) = files {
-                state.units.insert(t, files);
-            }
+            let files = files.with_context(|| format!("listing the job units on {t}"))?;
+            state.units.insert(t, files);
         }
         Ok(state)
     }
