@@ -115,23 +115,37 @@ impl Edge for EdgeRuntime<'_> {
         })
     }
 
+    /// Installs `config`. When HAProxy does not answer on its master socket, the file is
+    /// left for its next start; that is an install only when there was no config before
+    /// (a first install, HAProxy not started yet). Over an earlier config it is an error:
+    /// a HAProxy running without that socket keeps serving the earlier one, and a switch
+    /// that did not happen must not be taken for one.
     async fn install(&self, config: &str) -> Result<(), String> {
         tokio::task::block_in_place(|| {
             self.with_runtime(|rt| {
-                let outcome = install(rt, &self.paths, config, &InstallOptions::default());
-                if let Ok(InstallOutcome::Installed(report)) = &outcome
+                let earlier =
+                    rt.read_file(&self.paths.config).map_err(|e| e.to_string())?.is_some();
+                let outcome = install(rt, &self.paths, config, &InstallOptions::default())
+                    .map_err(|e| e.to_string())?;
+                if let InstallOutcome::Installed(report) = &outcome
                     && report.reload == ReloadOutcome::NotRunning
                 {
-                    tracing::warn!(
+                    let why = format!(
                         "HAProxy did not answer on its master socket `{socket}` ({location}): the new config is on disk for its next start and is not serving; a HAProxy running without that socket keeps its old config (hint: start HAProxy with `-S {socket}`, or set `edge.master_socket`; runbook, \"HAProxy on the host\")",
                         socket = self.master_socket.display(),
                         location = rt.location(),
                     );
+                    if earlier {
+                        // Until HAProxy answers, the earlier config is what runs: the
+                        // marker makes `live_config` say so, and the next install reload.
+                        rt.write_file(&self.paths.pending(), b"reload pending\n")
+                            .map_err(|e| format!("{why}; and marking it pending failed: {e}"))?;
+                        return Err(why);
+                    }
+                    tracing::warn!("{why}");
                 }
-                outcome
+                Ok(())
             })
-            .map(|_| ())
-            .map_err(|e| e.to_string())
         })
     }
     /// From `show stat` through the master socket (the health view `status` shows).
