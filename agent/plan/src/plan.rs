@@ -245,9 +245,16 @@ pub fn plan(
                 .filter(|back| routed.is_some_and(|r| r != *back));
             let live_active = owed.or(routed);
             let instance = naming::slot_instance(&prefix, app_name, target);
-            let Some(slot) = want.instances.get(&instance).and_then(|d| d.slot.clone()) else {
+            let Some(mut slot) = want.instances.get(&instance).and_then(|d| d.slot.clone()) else {
                 continue;
             };
+            // A kept slot (serving, its rebuild refused) runs its live release: its gate
+            // and checks expect that one.
+            let kept_slot =
+                kept.iter().find(|k| &k.env == env && &k.app == app_name && k.color == target);
+            if let Some(k) = kept_slot {
+                slot.release = k.release.clone();
+            }
             let changes_color = live_active != Some(target);
             // The color losing traffic, redeployed in place (`in_place_updates`): it
             // serves until the switch, and again should the promotion fail or fall back,
@@ -268,9 +275,10 @@ pub fn plan(
             if !changes_color && !redeployed {
                 continue;
             }
-            if b.refusals
-                .iter()
-                .any(|r| r.resource.strip_prefix("instance ").is_some_and(|name| name == instance))
+            if kept_slot.is_none()
+                && b.refusals.iter().any(|r| {
+                    r.resource.strip_prefix("instance ").is_some_and(|name| name == instance)
+                })
             {
                 // The target slot is a foreign instance: never route traffic to it.
                 match live_active {

@@ -815,4 +815,10 @@ fn a_slot_serving_under_a_config_the_agent_did_not_write_is_not_rebuilt_in_place
         "{p}"
     );
     assert!(!p.to_string().contains("delete instance veza-backend-blue"), "{p}");
+    // The takeover gates and checks the kept slot against the release it runs.
+    let switch = p.switch().unwrap_or_else(|| panic!("the takeover is a promotion:\n{p}"));
+    let gate = switch.gates.iter().find(|g| g.instance == "veza-backend-blue").expect("gated");
+    assert_eq!(gate.slot.release.as_str(), blue, "{p}");
+    let check = switch.checks.iter().find(|c| c.env == "prod" && c.app == "backend");
+    assert_eq!(check.map(|c| c.release.as_str()), Some(blue), "{p}");
 }
