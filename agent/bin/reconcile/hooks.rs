@@ -104,16 +104,14 @@ fn preempts(
 }
 
 impl Hooks for JournalHooks<'_> {
-    fn before_step(&mut self, index: usize, step: &Step) {
+    fn before_step(&mut self, index: usize, step: &Step) -> Result<(), String> {
         self.journal.done = index;
         self.journal.current = Some(step.action.to_string());
         self.journal.unverified.clone_from(&self.owed);
         tracing::info!(step = index + 1, "{} ({})", step.action, step.reason);
-        if let Err(e) = self.store.write_journal(&self.journal) {
-            tracing::warn!("journal: {e}");
-        }
+        self.store.write_journal(&self.journal).map_err(|e| e.to_string())
     }
-    fn phase(&mut self, index: usize, step: &Step, phase: Phase, what: &str) {
+    fn phase(&mut self, index: usize, step: &Step, phase: Phase, what: &str) -> Result<(), String> {
         self.journal.done = index;
         self.journal.current = Some(format!("{}: {phase} {what}", step.action));
         if let (Phase::Switch, Action::Promote(switch)) = (phase, &step.action) {
@@ -122,9 +120,10 @@ impl Hooks for JournalHooks<'_> {
             self.journal.unverified.extend(unverified_by(switch));
         }
         tracing::info!(step = index + 1, "{phase} {what}");
-        if let Err(e) = self.store.write_journal(&self.journal) {
+        self.store.write_journal(&self.journal).map_err(|e| {
             tracing::warn!("journal: {e}");
-        }
+            e.to_string()
+        })
     }
     fn stop_requested(&self) -> bool {
         self.stop.load(Ordering::SeqCst)

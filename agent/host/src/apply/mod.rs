@@ -71,12 +71,17 @@ pub trait Edge: Sync {
 
 /// What the caller wants to know or decide during a run.
 pub trait Hooks {
-    /// Called before step `index` runs (write the journal here).
-    fn before_step(&mut self, index: usize, step: &Step);
+    /// Called before step `index` runs (write the journal here). An error (the journal
+    /// could not be written) stops the run before the step: a kill after it would leave
+    /// no record of what was under way.
+    fn before_step(&mut self, index: usize, step: &Step) -> Result<(), String>;
     /// Called when promotion step `index` enters `phase` (on `what`: the gated instance,
-    /// or where the edge runs), so the journal tells how far it got.
-    fn phase(&mut self, index: usize, step: &Step, phase: Phase, what: &str) {
+    /// or where the edge runs), so the journal tells how far it got. An error before the
+    /// switch stops the promotion with traffic where it is; from the switch on, the
+    /// promotion goes on (the journal written at the switch still holds what is owed).
+    fn phase(&mut self, index: usize, step: &Step, phase: Phase, what: &str) -> Result<(), String> {
         let _ = (index, step, phase, what);
+        Ok(())
     }
     /// Whether a stop was requested (checked between steps).
     fn stop_requested(&self) -> bool;
@@ -200,7 +205,12 @@ pub async fn apply<I: Incus, E: Edge, U: Units, P: Probe, C: Clock, H: Hooks>(
         if hooks.stop_requested() {
             return end(ApplyOutcome::Interrupted { before: step.action.to_string() });
         }
-        hooks.before_step(i, step);
+        if let Err(e) = hooks.before_step(i, step) {
+            return end(ApplyOutcome::Failed {
+                step: step.action.to_string(),
+                error: format!("not started: writing the journal failed: {e}"),
+            });
+        }
         let started = d.clock.now();
         if !settled && !step.action.instances().is_empty() {
             // Once per run, before the first step that touches an instance: what a killed
@@ -319,7 +329,7 @@ async fn promote<I: Incus, E: Edge, U: Units, P: Probe, C: Clock, H: Hooks>(
         if hooks.stop_requested() {
             return Err(StepError::Stopped);
         }
-        hooks.phase(index, step, Phase::Gate, &gate.instance);
+        hooks.phase(index, step, Phase::Gate, &gate.instance).map_err(journal_failed)?;
         let fresh = started_in_run(plan, &gate.instance);
         health_gate(d, &gate.instance, &gate.slot, fresh, hooks).await.map_err(|e| match e {
             StepError::Unhealthy(why) => {
@@ -335,9 +345,10 @@ async fn promote<I: Incus, E: Edge, U: Units, P: Probe, C: Clock, H: Hooks>(
         Some(_) => None,
         None => d.edge.live_config().await.ok().flatten(),
     };
-    hooks.phase(index, step, Phase::Switch, &switch.runs_in);
+    hooks.phase(index, step, Phase::Switch, &switch.runs_in).map_err(journal_failed)?;
     d.edge.install(&switch.config).await.map_err(StepError::Failed)?;
-    hooks.phase(index, step, Phase::Verify, &switch.runs_in);
+    // Past the switch: a journal that cannot be written no longer stops anything.
+    let _ = hooks.phase(index, step, Phase::Verify, &switch.runs_in);
     for check in &switch.checks {
         let Err(why) =
             verify_edge(d.probe, check, d.gates.verify_requests, d.gates.probe_timeout).await
@@ -345,7 +356,7 @@ async fn promote<I: Incus, E: Edge, U: Units, P: Probe, C: Clock, H: Hooks>(
             continue;
         };
         let reason = format!("{}/{} on {}: {why}", check.env, check.app, check.color);
-        hooks.phase(index, step, Phase::Fallback, &switch.runs_in);
+        let _ = hooks.phase(index, step, Phase::Fallback, &switch.runs_in);
         let Some(back) = switch.fallback.as_ref().or(before.as_ref()) else {
             return Err(StepError::RolledBack(format!(
                 "{reason}; there was no previous edge to go back to"
@@ -362,6 +373,11 @@ async fn promote<I: Incus, E: Edge, U: Units, P: Probe, C: Clock, H: Hooks>(
         };
     }
     Ok(())
+}
+
+/// A promotion stopped before its switch because the journal could not be written.
+fn journal_failed(e: String) -> StepError {
+    StepError::Failed(format!("traffic was not moved: writing the journal failed: {e}"))
 }
 
 /// Whether `instance` is (re)started by this run: created, updated, deployed to, started,

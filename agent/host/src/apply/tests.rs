@@ -101,15 +101,32 @@ struct Script {
     newer_commit_at: Option<u32>,
     /// A stop is requested from this look on (counting from 1).
     stop_at_look: Option<u32>,
+    /// The journal write of this event (steps started and phases entered, counting
+    /// from 1) fails.
+    journal_fails_at: Option<usize>,
     looks: Cell<u32>,
 }
 
-impl Hooks for Script {
-    fn before_step(&mut self, index: usize, _: &Step) {
-        self.started.push(index);
+impl Script {
+    /// The journal write of the event just recorded.
+    fn journal(&self) -> Result<(), String> {
+        match self.journal_fails_at {
+            Some(n) if self.started.len() + self.phases.len() == n => {
+                Err("No space left on device (os error 28)".into())
+            }
+            _ => Ok(()),
+        }
     }
-    fn phase(&mut self, index: usize, _: &Step, phase: Phase, what: &str) {
+}
+
+impl Hooks for Script {
+    fn before_step(&mut self, index: usize, _: &Step) -> Result<(), String> {
+        self.started.push(index);
+        self.journal()
+    }
+    fn phase(&mut self, index: usize, _: &Step, phase: Phase, what: &str) -> Result<(), String> {
         self.phases.push((index, phase, what.to_string()));
+        self.journal()
     }
     fn stop_requested(&self) -> bool {
         self.stop_after.is_some_and(|n| self.started.len() + self.phases.len() >= n)
@@ -453,6 +470,34 @@ fn a_stop_is_honoured_between_steps_and_gates_but_never_once_a_switch_began() {
         assert_eq!(w.edge_config(), serving, "stop after {stop_after}");
         assert_eq!(w.probe.requests_to(LISTEN), verified, "stop after {stop_after}");
         assert!(w.units.calls().is_empty(), "stop after {stop_after}");
+    }
+}
+
+#[test]
+fn a_journal_that_cannot_be_written_stops_the_run_before_the_switch_never_after() {
+    // (the failing journal write — the promotion started, its gate, switch and verify
+    //  phases entered —, the outcome's error (or none), edge serving)
+    let table = [
+        (1, Some("not started: writing the journal failed: No space left"), EDGE_BLUE),
+        (2, Some("traffic was not moved: writing the journal failed: No space left"), EDGE_BLUE),
+        (3, Some("traffic was not moved: writing the journal failed: No space left"), EDGE_BLUE),
+        (4, None, EDGE_GREEN),
+    ];
+    for (fails_at, error, serving) in table {
+        let w = World::new();
+        w.probe.script(GREEN, [ok('2')]);
+        w.probe.script(LISTEN, [ok('2')]);
+        let mut hooks = Script { journal_fails_at: Some(fails_at), ..Script::default() };
+        let report = w.run(&promotion(Vec::new()), &mut hooks);
+        match (error, &report.outcome) {
+            (None, ApplyOutcome::Applied) => {}
+            (Some(want), ApplyOutcome::Failed { step, error }) => {
+                assert_eq!(step, PROMOTE, "write {fails_at}");
+                assert!(error.starts_with(want), "write {fails_at}: {error}");
+            }
+            (want, got) => panic!("write {fails_at}: want {want:?}, got {got:?}"),
+        }
+        assert_eq!(w.edge_config(), serving, "write {fails_at}");
     }
 }
 
