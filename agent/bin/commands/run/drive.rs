@@ -54,6 +54,7 @@ pub(super) async fn drive<C: Cycle>(
     let mut waiters: Vec<Waiter> = Vec::new();
     let mut syncs = 0u64;
     let mut failures_in_a_row = 0u32;
+    let mut refused_in_a_row = 0u32;
     loop {
         // A `sync --now` among the requests this sync answers runs held steps now.
         let run_now_by = waiters.iter().find_map(|w| w.run_now_by.clone());
@@ -75,11 +76,22 @@ pub(super) async fn drive<C: Cycle>(
         }
         failures_in_a_row =
             if retry_soon(&summary) { failures_in_a_row.saturating_add(1) } else { 0 };
+        refused_in_a_row =
+            if credentials_refused(&summary) { refused_in_a_row.saturating_add(1) } else { 0 };
         let (poll, max_jitter) = cycle.schedule();
-        let pause = next_pause(poll, failures_in_a_row) + jitter(max_jitter);
+        let pause = if refused_in_a_row > 0 {
+            credentials_pause(poll, refused_in_a_row)
+        } else {
+            next_pause(poll, failures_in_a_row)
+        } + jitter(max_jitter);
         if failures_in_a_row > 0 {
             tracing::info!(
                 "sync failed {failures_in_a_row} time(s) in a row; retrying in {pause:?}"
+            );
+        }
+        if refused_in_a_row > 0 {
+            tracing::warn!(
+                "the forge refused the credentials {refused_in_a_row} time(s) in a row; asking again in {pause:?} (a change of the configuration or a `veza-agent sync` asks at once)"
             );
         }
         tokio::select! {
@@ -89,9 +101,13 @@ pub(super) async fn drive<C: Cycle>(
                 while let Ok(w) = inputs.requests.try_recv() {
                     waiters.push(w);
                 }
+                refused_in_a_row = 0;
             }
-            () = inputs.wake.notified() => {}
-            Some(()) = inputs.reloads.recv() => cycle.reload(),
+            () = inputs.wake.notified() => refused_in_a_row = 0,
+            Some(()) = inputs.reloads.recv() => {
+                cycle.reload();
+                refused_in_a_row = 0;
+            }
         }
         if inputs.stop.load(Ordering::SeqCst) {
             break;
@@ -106,6 +122,23 @@ pub(super) async fn drive<C: Cycle>(
 fn retry_soon(summary: &SyncSummary) -> bool {
     summary.outcome == veza_state::Outcome::Failed
         && !summary.reason.as_deref().is_some_and(veza_source::fetch::is_credentials_failure)
+}
+
+/// Whether the forge refused the agent's credentials (or they could not be sent).
+fn credentials_refused(summary: &SyncSummary) -> bool {
+    summary.outcome == veza_state::Outcome::Failed
+        && summary.reason.as_deref().is_some_and(veza_source::fetch::is_credentials_failure)
+}
+
+/// The longest wait between two asks with credentials the forge keeps refusing.
+const CREDENTIALS_MAX_PAUSE: Duration = Duration::from_secs(15 * 60);
+
+/// The wait after the forge refused the credentials `refused` times in a row: the poll
+/// interval, doubling with each further refusal up to [`CREDENTIALS_MAX_PAUSE`] (a forge
+/// locks an account that keeps failing to log in; a poll every few seconds would).
+fn credentials_pause(poll: Duration, refused: u32) -> Duration {
+    let backoff = poll.saturating_mul(1u32 << refused.saturating_sub(1).min(20));
+    backoff.min(CREDENTIALS_MAX_PAUSE).max(poll)
 }
 
 /// First retry delay after a failed sync; it doubles with each further failure.
@@ -167,6 +200,25 @@ mod tests {
     }
 
     #[test]
+    fn refused_credentials_are_asked_again_ever_more_rarely_up_to_a_quarter_hour() {
+        let s = Duration::from_secs;
+        // (poll interval, refusals in a row, pause)
+        let table = [
+            (s(8), 1, s(8)),
+            (s(8), 2, s(16)),
+            (s(8), 3, s(32)),
+            (s(8), 7, s(512)),
+            (s(8), 8, s(900)),
+            (s(8), 40, s(900)),
+            (s(3600), 1, s(3600)),
+            (s(3600), 5, s(3600)),
+        ];
+        for (poll, refused, want) in table {
+            assert_eq!(credentials_pause(poll, refused), want, "{poll:?} × {refused}");
+        }
+    }
+
+    #[test]
     fn failed_syncs_are_retried_sooner_than_the_poll_with_a_doubling_delay() {
         let s = Duration::from_secs;
         // (poll interval, failures in a row, pause)
@@ -204,6 +256,8 @@ mod tests {
         after: Vec<usize>,
         /// How long the after-sync work takes.
         after_takes: Duration,
+        /// Why a sync that did not succeed failed.
+        reason: &'static str,
     }
 
     impl Scripted {
@@ -218,6 +272,7 @@ mod tests {
                 run_now_by: Vec::new(),
                 after: Vec::new(),
                 after_takes: Duration::ZERO,
+                reason: "observing Incus: timed out",
             }
         }
         fn seconds(&self) -> Vec<u64> {
@@ -239,7 +294,7 @@ mod tests {
             SyncSummary {
                 outcome,
                 commit: None,
-                reason: Some("observing Incus: timed out".into()),
+                reason: Some(self.reason.into()),
                 steps: 0,
                 duration_ms: 0,
                 preempted,
@@ -317,6 +372,19 @@ mod tests {
             drive(&mut cycle, inputs, full_jitter).await;
             assert_eq!(cycle.seconds(), want, "{outcomes:?}");
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refused_credentials_are_asked_again_ever_more_rarely_until_someone_asks() {
+        use veza_state::Outcome::Failed;
+        // Poll 8 s + jitter 3 s: refused at 0, again after 8, 16, 32 s (+3 each); a sync
+        // request at 100 s is answered at once, and the next ask waits one poll again.
+        let mut cycle = Scripted::new(Duration::from_secs(8), &[(Failed, false); 6]);
+        cycle.reason = "fetch: the server requires authentication (HTTP 401)";
+        let (inputs, handles) = loop_inputs(Some(6));
+        let asked = request_at(handles, Duration::from_secs(100), None);
+        let ((), _) = tokio::join!(drive(&mut cycle, inputs, full_jitter), asked);
+        assert_eq!(cycle.seconds(), [0, 11, 30, 65, 100, 111]);
     }
 
     #[tokio::test(start_paused = true)]
