@@ -29,7 +29,7 @@ pub fn status_of(summary: &SyncSummary) -> Option<(StatusState, String)> {
         Outcome::RolledBack => (StatusState::Failure, format!("rolled back: {reason}")),
         Outcome::Rejected => (StatusState::Failure, format!("rejected: {reason}")),
         Outcome::Failed => (StatusState::Error, format!("sync failed: {reason}")),
-        Outcome::Suspended | Outcome::Resumed | Outcome::Adopted => {
+        Outcome::Suspended | Outcome::Resumed | Outcome::Adopted | Outcome::Unknown => {
             (StatusState::Pending, format!("not applied: {reason}"))
         }
         // `waiting for window, opens at …; N step(s) held: …`

@@ -91,6 +91,11 @@ pub enum Outcome {
     /// The history entry of `veza-agent adopt --apply`: the operator took over what the
     /// manifests name (marks set, foreign timers replaced).
     Adopted,
+    /// An outcome this agent does not know, written by a newer one (after a downgrade):
+    /// read as such rather than taking the whole state file for corrupt and moving it
+    /// aside (with its quarantine and its record of migrations).
+    #[serde(other)]
+    Unknown,
 }
 
 impl Outcome {
@@ -106,6 +111,7 @@ impl Outcome {
             Outcome::Resumed => "resumed",
             Outcome::Waiting => "waiting",
             Outcome::Adopted => "adopted",
+            Outcome::Unknown => "unknown",
         }
     }
 }

@@ -277,7 +277,8 @@ pub fn record(state: &mut AgentState, event: Event) -> Option<HistoryEntry> {
                 | Outcome::RolledBack
                 | Outcome::Suspended
                 | Outcome::Resumed
-                | Outcome::Adopted => {}
+                | Outcome::Adopted
+                | Outcome::Unknown => {}
             }
             state.last_run = Some(run);
             None

@@ -70,6 +70,16 @@ fn appending_keeps_history_lines_this_agent_cannot_read_and_never_starts_afresh(
 }
 
 #[test]
+fn a_state_with_an_outcome_from_a_newer_agent_loads_and_keeps_its_quarantine() {
+    let dir = tempfile::tempdir().unwrap();
+    let newer = br#"{"schema_version":1,"applied":null,"last_verified_fetch_at":5,"last_fetch_error":null,"rejected":null,"quarantined":{"c":{"commit":"c","reason":"green never became healthy","at":1}},"envs":{},"last_run":{"started_ms":1,"duration_ms":2,"outcome":"teleported","reason":null,"commit":null},"sync_failures":0,"rejected_total":0}"#;
+    std::fs::write(dir.path().join("state.json"), newer).unwrap();
+    let state = Reader::new(dir.path()).load().unwrap();
+    assert_eq!(state.last_run.map(|r| r.outcome), Some(Outcome::Unknown));
+    assert!(state.quarantined.contains_key("c"));
+}
+
+#[test]
 fn state_without_jobs_still_loads() {
     let dir = tempfile::tempdir().unwrap();
     let old = br#"{"schema_version":1,"applied":null,"last_verified_fetch_at":5,"last_fetch_error":null,"rejected":null,"quarantined":{},"envs":{},"last_run":null,"sync_failures":0,"rejected_total":2}"#;
