@@ -102,11 +102,8 @@ impl Agent {
             source.manifests.iter().find_map(|m| m.edge.as_ref().map(|e| e.runs_in.clone()));
         let health = async {
             match &runs_in {
-                Some(r) => self.edge(Some(r)).health().await.unwrap_or_else(|e| {
-                    tracing::debug!("edge health unavailable: {e}");
-                    Vec::new()
-                }),
-                None => Vec::new(),
+                Some(r) => self.edge(Some(r)).health().await,
+                None => Ok(Vec::new()),
             }
         };
         // The edge's health and the jobs' runs are reads of their own: at once.
@@ -119,10 +116,20 @@ impl Agent {
             for (app_name, app) in &m.apps {
                 let backend = veza_model::naming::backend(env, app_name);
                 let mut colors = BTreeMap::new();
-                if let Some(b) = health.iter().find(|b| b.backend == backend) {
-                    for srv in &b.servers {
-                        if let Some(color) = srv.color {
-                            colors.insert(color.to_string(), srv.status_text.clone());
+                match &health {
+                    Ok(health) => {
+                        if let Some(b) = health.iter().find(|b| b.backend == backend) {
+                            for srv in &b.servers {
+                                if let Some(color) = srv.color {
+                                    colors.insert(color.to_string(), srv.status_text.clone());
+                                }
+                            }
+                        }
+                    }
+                    // Unread is not healthy: the serving color says so (status flags it).
+                    Err(e) => {
+                        if let Some(c) = live.active_color(env, app_name) {
+                            colors.insert(c.to_string(), format!("UNKNOWN ({e})"));
                         }
                     }
                 }
