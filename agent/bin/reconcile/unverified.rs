@@ -164,50 +164,17 @@ mod tests {
         };
         let green = live(&[("prod/web", Green), ("prod/api", Green)]);
         let blue = live(&[("prod/web", Blue)]);
+        let (web, api, none): (Pairs, Pairs, Pairs) =
+            (&[("prod/web", "blue")], &[("prod/api", "blue")], &[]);
         // (what, owed before, steps done, left by the run, live after, owed after)
         type Case<'a> = (&'a str, Pairs<'a>, usize, Pairs<'a>, Option<&'a LiveState>, Pairs<'a>);
         let cases: &[Case<'_>] = &[
-            ("the promotion passed its checks", &[("prod/web", "blue")], 1, &[], Some(&green), &[]),
-            (
-                "killed before it",
-                &[("prod/web", "blue")],
-                0,
-                &[],
-                Some(&green),
-                &[("prod/web", "blue")],
-            ),
-            (
-                "its fallback failed",
-                &[],
-                0,
-                &[("prod/web", "blue")],
-                Some(&green),
-                &[("prod/web", "blue")],
-            ),
-            (
-                "its fallback landed",
-                &[("prod/web", "blue")],
-                0,
-                &[("prod/web", "blue")],
-                Some(&blue),
-                &[],
-            ),
-            (
-                "another app stays owed",
-                &[("prod/api", "blue")],
-                1,
-                &[],
-                Some(&green),
-                &[("prod/api", "blue")],
-            ),
-            (
-                "its fallback landed, the host not read back",
-                &[],
-                0,
-                &[("prod/web", "blue")],
-                None,
-                &[("prod/web", "blue")],
-            ),
+            ("the promotion passed its checks", web, 1, none, Some(&green), none),
+            ("killed before it", web, 0, none, Some(&green), web),
+            ("its fallback failed", none, 0, web, Some(&green), web),
+            ("its fallback landed", web, 0, web, Some(&blue), none),
+            ("another app stays owed", api, 1, none, Some(&green), api),
+            ("its fallback landed, the host not read back", none, 0, web, None, web),
         ];
         for (what, before, done, left, after, want) in cases {
             let got = after_run(&owed(before), &plan, *done, &owed(left), *after);

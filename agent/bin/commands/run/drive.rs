@@ -79,11 +79,7 @@ pub(super) async fn drive<C: Cycle>(
         refused_in_a_row =
             if credentials_refused(&summary) { refused_in_a_row.saturating_add(1) } else { 0 };
         let (poll, max_jitter) = cycle.schedule();
-        let pause = if refused_in_a_row > 0 {
-            credentials_pause(poll, refused_in_a_row)
-        } else {
-            next_pause(poll, failures_in_a_row)
-        } + jitter(max_jitter);
+        let pause = next_pause(poll, failures_in_a_row, refused_in_a_row) + jitter(max_jitter);
         if failures_in_a_row > 0 {
             tracing::info!(
                 "sync failed {failures_in_a_row} time(s) in a row; retrying in {pause:?}"
@@ -133,25 +129,21 @@ fn credentials_refused(summary: &SyncSummary) -> bool {
 /// The longest wait between two asks with credentials the forge keeps refusing.
 const CREDENTIALS_MAX_PAUSE: Duration = Duration::from_secs(15 * 60);
 
-/// The wait after the forge refused the credentials `refused` times in a row: the poll
-/// interval, doubling with each further refusal up to [`CREDENTIALS_MAX_PAUSE`] (a forge
-/// locks an account that keeps failing to log in; a poll every few seconds would).
-fn credentials_pause(poll: Duration, refused: u32) -> Duration {
-    let backoff = poll.saturating_mul(1u32 << refused.saturating_sub(1).min(20));
-    backoff.min(CREDENTIALS_MAX_PAUSE).max(poll)
-}
-
 /// First retry delay after a failed sync; it doubles with each further failure.
 const FIRST_RETRY: Duration = Duration::from_secs(5);
 
-/// The wait before the next sync: the poll interval, or after `failures` failed syncs in
-/// a row, `FIRST_RETRY × 2^(failures-1)` when that is shorter.
-fn next_pause(poll: Duration, failures: u32) -> Duration {
-    if failures == 0 {
-        return poll;
+/// The wait before the next sync: the poll interval; after `failures` failed syncs in a
+/// row, `FIRST_RETRY × 2^(failures-1)` when that is shorter; after the forge refused the
+/// credentials `refused` times in a row, the poll interval doubling with each further
+/// refusal up to [`CREDENTIALS_MAX_PAUSE`] (a forge locks an account that keeps failing to
+/// log in; a poll every few seconds would).
+fn next_pause(poll: Duration, failures: u32, refused: u32) -> Duration {
+    let doubled = |base: Duration, n: u32| base.saturating_mul(1u32 << (n - 1).min(20));
+    match (failures, refused) {
+        (_, 1..) => doubled(poll, refused).min(CREDENTIALS_MAX_PAUSE).max(poll),
+        (0, 0) => poll,
+        (1.., 0) => doubled(FIRST_RETRY, failures).min(poll),
     }
-    let backoff = FIRST_RETRY.saturating_mul(1u32 << (failures - 1).min(20));
-    backoff.min(poll)
 }
 
 #[cfg(test)]
@@ -200,41 +192,32 @@ mod tests {
     }
 
     #[test]
-    fn refused_credentials_are_asked_again_ever_more_rarely_up_to_a_quarter_hour() {
+    fn failed_syncs_are_retried_sooner_than_the_poll_and_refused_credentials_later() {
         let s = Duration::from_secs;
-        // (poll interval, refusals in a row, pause)
+        // (poll interval, failures in a row, refusals of the credentials in a row, pause)
         let table = [
-            (s(8), 1, s(8)),
-            (s(8), 2, s(16)),
-            (s(8), 3, s(32)),
-            (s(8), 7, s(512)),
-            (s(8), 8, s(900)),
-            (s(8), 40, s(900)),
-            (s(3600), 1, s(3600)),
-            (s(3600), 5, s(3600)),
+            (s(300), 0, 0, s(300)),
+            (s(300), 1, 0, s(5)),
+            (s(300), 2, 0, s(10)),
+            (s(300), 3, 0, s(20)),
+            (s(300), 6, 0, s(160)),
+            (s(300), 7, 0, s(300)), // capped at the poll interval
+            (s(300), 1000, 0, s(300)),
+            (s(2), 1, 0, s(2)), // a poll shorter than the first retry wins
+            (s(3600), 1, 0, s(5)),
+            // Refused credentials: never sooner than the poll, doubling up to 15 min.
+            (s(8), 0, 1, s(8)),
+            (s(8), 0, 2, s(16)),
+            (s(8), 0, 3, s(32)),
+            (s(8), 0, 7, s(512)),
+            (s(8), 0, 8, s(900)),
+            (s(8), 0, 40, s(900)),
+            (s(3600), 0, 1, s(3600)),
+            (s(3600), 0, 5, s(3600)),
         ];
-        for (poll, refused, want) in table {
-            assert_eq!(credentials_pause(poll, refused), want, "{poll:?} × {refused}");
-        }
-    }
-
-    #[test]
-    fn failed_syncs_are_retried_sooner_than_the_poll_with_a_doubling_delay() {
-        let s = Duration::from_secs;
-        // (poll interval, failures in a row, pause)
-        let table = [
-            (s(300), 0, s(300)),
-            (s(300), 1, s(5)),
-            (s(300), 2, s(10)),
-            (s(300), 3, s(20)),
-            (s(300), 6, s(160)),
-            (s(300), 7, s(300)), // capped at the poll interval
-            (s(300), 1000, s(300)),
-            (s(2), 1, s(2)), // a poll shorter than the first retry wins
-            (s(3600), 1, s(5)),
-        ];
-        for (poll, failures, want) in table {
-            assert_eq!(next_pause(poll, failures), want, "poll {poll:?}, {failures} failures");
+        for (poll, failures, refused, want) in table {
+            let got = next_pause(poll, failures, refused);
+            assert_eq!(got, want, "poll {poll:?}, {failures} failures, {refused} refusals");
         }
     }
 

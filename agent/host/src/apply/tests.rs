@@ -573,31 +573,29 @@ fn a_failing_step_stops_the_run_there_and_names_the_step() {
 }
 
 #[test]
-fn a_newer_commit_during_the_health_wait_preempts_the_run() {
-    let w = World::new();
-    w.probe.script(GREEN, [Answer::Status(503)]);
-    let mut hooks = Script { newer_commit_at: Some(4), ..Script::default() };
-    let report = w.run(&promotion(Vec::new()), &mut hooks);
-    assert_eq!(report.outcome, ApplyOutcome::Preempted { during: PROMOTE.to_string() });
-    assert_eq!(report.steps_done, 0);
-    assert_eq!(w.probe.requests_to(GREEN), 3, "a look before each probe; the 4th saw it");
-    assert_eq!(w.clock.elapsed(), Duration::from_millis(600));
-    assert_eq!(w.edge_config(), EDGE_BLUE);
-    assert_eq!(w.edge.reloads(), 0);
-}
-
-#[test]
-fn a_stop_during_the_health_wait_ends_it_and_moves_no_traffic() {
-    let w = World::new();
-    w.probe.script(GREEN, [Answer::Status(503)]);
-    let mut hooks = Script { stop_at_look: Some(4), ..Script::default() };
-    let report = w.run(&promotion(Vec::new()), &mut hooks);
-    assert_eq!(report.outcome, ApplyOutcome::Interrupted { before: PROMOTE.to_string() });
-    assert_eq!(report.steps_done, 0);
-    assert_eq!(w.probe.requests_to(GREEN), 3, "a look before each probe; the 4th saw it");
-    assert_eq!(w.clock.elapsed(), Duration::from_millis(600), "not the 10 s health timeout");
-    assert_eq!(w.edge_config(), EDGE_BLUE);
-    assert_eq!(w.edge.reloads(), 0);
+fn a_newer_commit_or_a_stop_during_the_health_wait_ends_it_and_moves_no_traffic() {
+    // (hooks that see it at the 4th look, the outcome)
+    let table = [
+        (
+            Script { newer_commit_at: Some(4), ..Script::default() },
+            ApplyOutcome::Preempted { during: PROMOTE.to_string() },
+        ),
+        (
+            Script { stop_at_look: Some(4), ..Script::default() },
+            ApplyOutcome::Interrupted { before: PROMOTE.to_string() },
+        ),
+    ];
+    for (mut hooks, outcome) in table {
+        let w = World::new();
+        w.probe.script(GREEN, [Answer::Status(503)]);
+        let report = w.run(&promotion(Vec::new()), &mut hooks);
+        assert_eq!(report.outcome, outcome);
+        assert_eq!(report.steps_done, 0);
+        assert_eq!(w.probe.requests_to(GREEN), 3, "a look before each probe; the 4th saw it");
+        assert_eq!(w.clock.elapsed(), Duration::from_millis(600), "not the 10 s health timeout");
+        assert_eq!(w.edge_config(), EDGE_BLUE);
+        assert_eq!(w.edge.reloads(), 0);
+    }
 }
 
 #[test]
