@@ -114,10 +114,21 @@ impl Hooks for JournalHooks<'_> {
     fn phase(&mut self, index: usize, step: &Step, phase: Phase, what: &str) -> Result<(), String> {
         self.journal.done = index;
         self.journal.current = Some(format!("{}: {phase} {what}", step.action));
-        if let (Phase::Switch, Action::Promote(switch)) = (phase, &step.action) {
-            // Written before the new config is installed: from here until its checks
-            // pass, a kill leaves traffic on colors nobody checked through the edge.
-            self.journal.unverified.extend(unverified_by(switch));
+        match (phase, &step.action) {
+            (Phase::Switch, Action::Promote(switch)) => {
+                // Written before the new config is installed: from here until its checks
+                // pass, a kill leaves traffic on colors nobody checked through the edge.
+                self.journal.unverified.extend(unverified_by(switch));
+            }
+            (Phase::Checked, Action::Promote(switch)) => {
+                // Checked: nothing of this switch is owed any more.
+                let paid = |k: &String| {
+                    switch.promotions.iter().any(|p| *k == format!("{}/{}", p.env, p.app))
+                };
+                self.journal.unverified.retain(|k, _| !paid(k));
+                self.owed.retain(|k, _| !paid(k));
+            }
+            _ => {}
         }
         tracing::info!(step = index + 1, "{phase} {what}");
         self.store.write_journal(&self.journal).map_err(|e| {

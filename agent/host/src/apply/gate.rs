@@ -130,6 +130,7 @@ pub(super) async fn health_gate<I: Incus, E: Edge, U, P: Probe, C: Clock, H: Hoo
     instance: &str,
     slot: &SlotSpec,
     started_in_run: bool,
+    stoppable: bool,
     hooks: &H,
 ) -> Result<(), StepError> {
     let edge = if started_in_run {
@@ -158,8 +159,10 @@ pub(super) async fn health_gate<I: Incus, E: Edge, U, P: Probe, C: Clock, H: Hoo
         if hooks.preempted() {
             return Err(StepError::Preempted);
         }
-        // Waiting on a slot moves no traffic: a stop request ends the wait.
-        if hooks.stop_requested() {
+        // Waiting on a slot traffic would move to moves nothing: a stop request ends the
+        // wait. A serving slot's gate (after its redeploy) runs to its end: nothing would
+        // gate it again.
+        if stoppable && hooks.stop_requested() {
             return Err(StepError::Stopped);
         }
         attempts += 1;

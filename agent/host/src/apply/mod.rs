@@ -239,8 +239,9 @@ pub async fn apply<I: Incus, E: Edge, U: Units, P: Probe, C: Clock, H: Hooks>(
             }
             Action::HealthGate(gate) => {
                 let fresh = started_in_run(plan, &gate.instance);
-                health_gate(d, &gate.instance, &gate.slot, fresh, hooks).await.map_err(
-                    |e| match e {
+                health_gate(d, &gate.instance, &gate.slot, fresh, !gate.serving, hooks)
+                    .await
+                    .map_err(|e| match e {
                         // A slot that keeps its traffic (no color change) was rebuilt in place
                         // (`in_place_updates`) or started again: it still gets the traffic.
                         // Any other slot never had it. Say what is true.
@@ -251,8 +252,7 @@ pub async fn apply<I: Incus, E: Edge, U: Units, P: Probe, C: Clock, H: Hooks>(
                             StepError::RolledBack(format!("{why}; traffic was not moved"))
                         }
                         other => other,
-                    },
-                )
+                    })
             }
             other => run_step(other, d).await,
         };
@@ -331,12 +331,14 @@ async fn promote<I: Incus, E: Edge, U: Units, P: Probe, C: Clock, H: Hooks>(
         }
         hooks.phase(index, step, Phase::Gate, &gate.instance).map_err(journal_failed)?;
         let fresh = started_in_run(plan, &gate.instance);
-        health_gate(d, &gate.instance, &gate.slot, fresh, hooks).await.map_err(|e| match e {
-            StepError::Unhealthy(why) => {
-                StepError::RolledBack(format!("{why}; traffic was not moved"))
-            }
-            other => other,
-        })?;
+        health_gate(d, &gate.instance, &gate.slot, fresh, true, hooks).await.map_err(
+            |e| match e {
+                StepError::Unhealthy(why) => {
+                    StepError::RolledBack(format!("{why}; traffic was not moved"))
+                }
+                other => other,
+            },
+        )?;
     }
     if !switch.gates.is_empty() && hooks.stop_requested() {
         return Err(StepError::Stopped);
@@ -372,6 +374,8 @@ async fn promote<I: Incus, E: Edge, U: Units, P: Probe, C: Clock, H: Hooks>(
             }),
         };
     }
+    // Every check passed: the journal stops counting the switch as unchecked.
+    let _ = hooks.phase(index, step, Phase::Checked, &switch.runs_in);
     Ok(())
 }
 

@@ -240,6 +240,7 @@ fn a_promotion_gates_switches_and_verifies() {
             (0, Phase::Gate, "web-green".to_string()),
             (0, Phase::Switch, "host".to_string()),
             (0, Phase::Verify, "host".to_string()),
+            (0, Phase::Checked, "host".to_string()),
         ],
         "and each phase of it, in order"
     );
@@ -595,6 +596,29 @@ fn a_newer_commit_or_a_stop_during_the_health_wait_ends_it_and_moves_no_traffic(
         assert_eq!(w.clock.elapsed(), Duration::from_millis(600), "not the 10 s health timeout");
         assert_eq!(w.edge_config(), EDGE_BLUE);
         assert_eq!(w.edge.reloads(), 0);
+    }
+}
+
+#[test]
+fn a_stop_ends_the_wait_on_a_slot_traffic_would_move_to_never_on_a_serving_one() {
+    // A serving slot's gate after its redeploy is not planned again by the next sync: it
+    // runs to its end. (serving, the outcome)
+    let table = [
+        (true, ApplyOutcome::Applied),
+        (
+            false,
+            ApplyOutcome::Interrupted {
+                before: "wait for web-green to be healthy (/health 200)".into(),
+            },
+        ),
+    ];
+    for (serving, outcome) in table {
+        let w = World::new();
+        w.probe.script(GREEN, [ok('2')]);
+        let gate = Gate { instance: "web-green".into(), slot: slot(Color::Green), serving };
+        let mut hooks = Script { stop_at_look: Some(1), ..Script::default() };
+        let report = w.run(&plan_of(vec![Action::HealthGate(gate)]), &mut hooks);
+        assert_eq!(report.outcome, outcome, "serving: {serving}");
     }
 }
 

@@ -217,6 +217,8 @@ pub enum Phase {
     Verify,
     /// Putting the previous colors back.
     Fallback,
+    /// Every check through the edge passed (the end of a promotion that kept its switch).
+    Checked,
 }
 
 impl fmt::Display for Phase {
@@ -226,6 +228,7 @@ impl fmt::Display for Phase {
             Phase::Switch => "switch",
             Phase::Verify => "verify",
             Phase::Fallback => "fallback",
+            Phase::Checked => "checked",
         })
     }
 }
