@@ -123,8 +123,13 @@ impl Edge for EdgeRuntime<'_> {
     async fn install(&self, config: &str) -> Result<(), String> {
         tokio::task::block_in_place(|| {
             self.with_runtime(|rt| {
-                let earlier =
-                    rt.read_file(&self.paths.config).map_err(|e| e.to_string())?.is_some();
+                // What runs, as `live_config` reads it (after an interrupted install, the
+                // previous file).
+                let pending =
+                    rt.read_file(&self.paths.pending()).map_err(|e| e.to_string())?.is_some();
+                let running =
+                    if pending { self.paths.previous() } else { self.paths.config.clone() };
+                let earlier = rt.read_file(&running).map_err(|e| e.to_string())?.is_some();
                 let outcome = install(rt, &self.paths, config, &InstallOptions::default())
                     .map_err(|e| e.to_string())?;
                 if let InstallOutcome::Installed(report) = &outcome

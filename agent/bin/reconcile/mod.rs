@@ -363,6 +363,9 @@ impl Agent {
             let (plan, released) = match self.plan_for(state, &source, &reading.live, at) {
                 Ok(Decision::Plan(p, released)) => (p, released),
                 Ok(Decision::Quarantined(reason)) => {
+                    // Nothing is planned: an owed check whose fallback landed owes nothing.
+                    let owed = unverified::still_owed(&state.unverified, &reading.live);
+                    record(state, Event::Unverified(owed));
                     return End::new(Outcome::RolledBack, commit, Some(reason));
                 }
                 Err(e) => return End::new(Outcome::Failed, commit, Some(format!("plan: {e}"))),
@@ -412,8 +415,10 @@ impl Agent {
         }
         laps.lap("plan");
         if plan.is_empty() && interrupted.is_none() {
-            // An owed check whose fallback did land owes nothing more.
-            record(state, Event::Unverified(unverified::still_owed(&state.unverified, &live)));
+            // Nothing to do: an owed check the planner could not plan again (the color it
+            // goes back to is no longer deployed, the edge is not updated) or whose
+            // fallback landed is no longer owed.
+            record(state, Event::Unverified(Default::default()));
             if !reading.reused {
                 // Health and job runs are read with the rest; a reused reading keeps what
                 // was recorded with it (`status` shows when: `observed_at`).

@@ -2,7 +2,7 @@
 //! (or a fallback that failed to install) leaves the edge routing to a color nobody
 //! checked; the next plan must not take that edge as the truth. The planner is told
 //! which apps owe their checks and promotes them again from the color they go back to:
-//! gate, switch (the config already live), checks, and the fallback to that color. Pure
+//! switch (the config already live), checks, and the fallback to that color. Pure
 //! functions over data, shared by `sync` and `plan` so both decide alike.
 
 use std::collections::BTreeMap;

@@ -45,9 +45,10 @@ pub struct PlanOptions {
     pub images: BTreeMap<String, String>,
     /// Promotions whose edge switch was made and whose checks through the edge never
     /// passed (a killed run, a fallback that failed to install), by `(env, app)`: the
-    /// color traffic goes back to. Each such app is promoted again from that color, with
-    /// its gate, its checks and its fallback, even when the live config already routes
-    /// to the target.
+    /// color traffic goes back to. Each such app is promoted again from that color, even
+    /// when the live config already routes to the target: no gate (the target has the
+    /// traffic), its checks through the edge, and its fallback. An entry whose color is no
+    /// longer deployed is ignored (nothing to go back to).
     pub unchecked: BTreeMap<(String, String), Color>,
 }
 
@@ -237,12 +238,17 @@ pub fn plan(
         for (app_name, app) in &m.apps {
             let target = app.active;
             let routed = live.active_color(env, app_name);
-            // A switch nobody checked counts as not made.
+            // A switch nobody checked counts as not made, while the color it goes back to
+            // is still deployed (a fallback needs it).
             let owed = opts
                 .unchecked
                 .get(&(env.clone(), app_name.clone()))
                 .copied()
-                .filter(|back| routed.is_some_and(|r| r != *back));
+                .filter(|back| routed.is_some_and(|r| r != *back))
+                .filter(|back| {
+                    let back = naming::slot_instance(&prefix, app_name, *back);
+                    want.instances.get(&back).is_some_and(|d| d.slot.is_some())
+                });
             let live_active = owed.or(routed);
             let instance = naming::slot_instance(&prefix, app_name, target);
             let Some(mut slot) = want.instances.get(&instance).and_then(|d| d.slot.clone()) else {
@@ -321,7 +327,11 @@ pub fn plan(
             let gate =
                 Gate { instance: instance.clone(), slot: slot.clone(), serving: !changes_color };
             if changes_color {
-                promoted_gates.push(gate);
+                // An owed switch's target already has the traffic: its checks through the
+                // edge decide, and a failed one puts the fallback back.
+                if owed.is_none() {
+                    promoted_gates.push(gate);
+                }
                 promotions.push(Promotion {
                     env: env.clone(),
                     app: app_name.clone(),

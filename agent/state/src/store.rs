@@ -98,9 +98,9 @@ impl Store {
     }
 
     /// Appends a history entry, keeping the newest [`HISTORY_LIMIT`] lines. The lines
-    /// already there are kept as they are, whether this agent reads them or not (an entry
-    /// written by a newer agent, a damaged byte); a file that cannot be read is an error,
-    /// never a reason to start the history afresh.
+    /// already there are kept whether this agent reads them or not (an entry written by a
+    /// newer agent; a damaged byte becomes U+FFFD); a file that cannot be read is an
+    /// error, never a reason to start the history afresh.
     pub fn append_history(&self, entry: &HistoryEntry) -> Result<(), StateError> {
         let path = self.dir.join("history.jsonl");
         let old = match std::fs::read(&path) {

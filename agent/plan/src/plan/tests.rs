@@ -172,13 +172,20 @@ fn an_unchecked_switch_is_promoted_again_with_its_checks_and_fallback() {
         live.edge_config(),
         "the switch installs what is live"
     );
-    assert_eq!(switch.gates.len(), 1, "{p}");
+    // Green already has the traffic: no gate, its checks decide (and the fallback).
+    assert!(switch.gates.is_empty(), "{p}");
     assert_eq!(switch.checks.len(), 1, "{p}");
     let back = LiveEdge::from_config(switch.fallback.clone().expect("a fallback"));
     assert_eq!(back.active.get(&key), Some(&Color::Blue));
     // The edge already back on blue (the fallback landed): an ordinary promotion to green.
     let (_, on_blue) = converged(&[&demo_with(with_green_release)]);
     assert_eq!(run(&ms, &on_blue, &owed), run(&ms, &on_blue, &opts()));
+    // Blue no longer deployed (`blue: {}`): nothing to go back to, nothing owed.
+    let retired =
+        promoted.replace("blue: {release: 1111111111111111111111111111111111111111}", "blue: {}");
+    assert_ne!(retired, promoted);
+    let retired = manifests(&[&retired]);
+    assert_eq!(run(&retired, &live, &owed), run(&retired, &live, &opts()));
 }
 
 /// The observer reads back, from the config text alone, the colors the renderer routed
