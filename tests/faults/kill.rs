@@ -35,7 +35,7 @@ impl At {
     }
     /// Whether the run is already past this point.
     fn passed(&self, j: &veza_state::Journal) -> bool {
-        const ORDER: [&str; 3] = ["gate", "switch", "verify"];
+        const ORDER: [&str; 4] = ["gate", "switch", "verify", "checked"];
         let rank = |c: Option<&str>| {
             ORDER.iter().position(|p| c.is_some_and(|c| c.contains(&format!(": {p} "))))
         };

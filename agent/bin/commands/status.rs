@@ -262,8 +262,9 @@ pub fn run(args: &StatusArgs) -> ExitCode {
     };
     let journal = reader.journal();
     if let Some(j) = &journal {
-        // A kill between a promotion's switch and the end of its checks.
-        state.unverified.extend(j.unverified.clone());
+        // A killed run's journal holds what is owed (a kill between a promotion's switch
+        // and the end of its checks).
+        state.unverified.clone_from(&j.unverified);
     }
     let now = now();
     let seen = Observed {

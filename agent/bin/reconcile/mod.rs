@@ -224,11 +224,10 @@ impl Agent {
             tracing::error!("{e}");
         }
         let interrupted = store.reader().journal();
-        if let Some(j) = interrupted.as_ref().filter(|j| !j.unverified.is_empty()) {
-            // Killed between a promotion's switch and the end of its checks.
-            let mut owed = state.unverified.clone();
-            owed.extend(j.unverified.clone());
-            record(&mut state, Event::Unverified(owed));
+        if let Some(j) = &interrupted {
+            // A killed run's journal holds what was owed when it died: what it found owed
+            // (the state's), less what its checks paid, plus what it switched unchecked.
+            record(&mut state, Event::Unverified(j.unverified.clone()));
         }
         // A suspension (`veza-agent suspend`, a file in the state directory) or report
         // mode: everything up to the plan runs, nothing is applied.
@@ -415,10 +414,11 @@ impl Agent {
         }
         laps.lap("plan");
         if plan.is_empty() && interrupted.is_none() {
-            // Nothing to do: an owed check the planner could not plan again (the color it
-            // goes back to is no longer deployed, the edge is not updated) or whose
-            // fallback landed is no longer owed.
-            record(state, Event::Unverified(Default::default()));
+            // Nothing to do now: an owed check the planner could not plan again (the color
+            // it goes back to is no longer deployed, the edge is not updated) or whose
+            // fallback landed is no longer owed; one held for a window still is.
+            let owed = unverified::after_empty_plan(&state.unverified, &live, &plan);
+            record(state, Event::Unverified(owed));
             if !reading.reused {
                 // Health and job runs are read with the rest; a reused reading keeps what
                 // was recorded with it (`status` shows when: `observed_at`).

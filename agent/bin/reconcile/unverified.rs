@@ -47,6 +47,14 @@ pub(crate) fn unchecked(owed: &Owed, live: &LiveState) -> BTreeMap<(String, Stri
         .collect()
 }
 
+/// What stays owed when `plan` has no step to run now: nothing, when the planner could
+/// not plan an owed check again (the color it goes back to is no longer deployed, the edge
+/// is not updated); what `live` still shows switched, when steps wait for a maintenance
+/// window (the re-check may be among them).
+pub(crate) fn after_empty_plan(owed: &Owed, live: &LiveState, plan: &Plan) -> Owed {
+    if plan.waiting.is_empty() { Owed::new() } else { still_owed(owed, live) }
+}
+
 /// What is owed once a run of `plan` ends: what was owed before, less the promotions of
 /// the `done` completed steps (their checks passed), plus what the run left switched and
 /// unchecked (`left`, from the journal: a failed fallback), less what `live_after` shows
@@ -126,6 +134,16 @@ mod tests {
         }
     }
 
+    fn waiting() -> veza_plan::maintenance::Waiting {
+        veza_plan::maintenance::Waiting {
+            env: "prod".into(),
+            step: promote(&["prod/web"]),
+            because: "it moves traffic".into(),
+            next_open: None,
+            next_open_unix: None,
+        }
+    }
+
     fn promote(apps: &[&str]) -> Step {
         let promotions = apps
             .iter()
@@ -176,6 +194,14 @@ mod tests {
             ("another app stays owed", api, 1, none, Some(&green), api),
             ("its fallback landed, the host not read back", none, 0, web, None, web),
         ];
+        // A plan with nothing to run now: owed only while steps wait for a window.
+        let mut held = plan.clone();
+        held.steps.clear();
+        let idle = Plan { waiting: Vec::new(), ..held.clone() };
+        held.waiting = vec![waiting()];
+        assert_eq!(after_empty_plan(&owed(web), &green, &idle), owed(none));
+        assert_eq!(after_empty_plan(&owed(web), &green, &held), owed(web));
+        assert_eq!(after_empty_plan(&owed(web), &blue, &held), owed(none));
         for (what, before, done, left, after, want) in cases {
             let got = after_run(&owed(before), &plan, *done, &owed(left), *after);
             assert_eq!(got, owed(want), "{what}");

@@ -328,9 +328,16 @@ pub fn plan(
                 Gate { instance: instance.clone(), slot: slot.clone(), serving: !changes_color };
             if changes_color {
                 // An owed switch's target already has the traffic: its checks through the
-                // edge decide, and a failed one puts the fallback back.
+                // edge decide, and a failed one puts the fallback back. Restarted or
+                // redeployed by this plan, it is gated first, as the serving slot it is.
                 if owed.is_none() {
                     promoted_gates.push(gate);
+                } else if redeployed {
+                    let release = slot.release.short().to_string();
+                    b.step(
+                        Action::HealthGate(Gate { serving: true, ..gate }),
+                        format!("the serving slot was redeployed with release {release}"),
+                    );
                 }
                 promotions.push(Promotion {
                     env: env.clone(),

@@ -177,6 +177,23 @@ fn an_unchecked_switch_is_promoted_again_with_its_checks_and_fallback() {
     assert_eq!(switch.checks.len(), 1, "{p}");
     let back = LiveEdge::from_config(switch.fallback.clone().expect("a fallback"));
     assert_eq!(back.active.get(&key), Some(&Color::Blue));
+    // Green stopped meanwhile (a reboot): started and deployed, then gated as the serving
+    // slot it is, before its checks.
+    let mut stopped = live.clone();
+    if let Some(g) = stopped.instances.get_mut("demo-hello-green") {
+        g.status = InstanceStatus::Stopped;
+    }
+    let steps: Vec<String> =
+        run(&ms, &stopped, &owed).steps.iter().map(|s| s.action.to_string()).collect();
+    assert_eq!(
+        steps,
+        [
+            "start instance demo-hello-green",
+            "deploy release 2222222222 to demo-hello-green",
+            "wait for demo-hello-green to be healthy (/health 200)",
+            "promote demo/hello: blue -> green (2222222222) through haproxy on host",
+        ]
+    );
     // The edge already back on blue (the fallback landed): an ordinary promotion to green.
     let (_, on_blue) = converged(&[&demo_with(with_green_release)]);
     assert_eq!(run(&ms, &on_blue, &owed), run(&ms, &on_blue, &opts()));
