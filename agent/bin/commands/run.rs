@@ -155,9 +155,10 @@ impl Cycle for AgentCycle {
     }
 }
 
-/// Wakes the loop when the configuration or the trust root (allowed signers, policy)
-/// changes on disk, so edits take effect without waiting for the next poll. The files
-/// are re-read at every cycle anyway; the watch only shortens the wait.
+/// Wakes the loop when the configuration, the trust root (allowed signers, policy) or the
+/// forge credentials change on disk, so edits take effect without waiting for the next
+/// poll (or for the back-off after refused credentials). The files are re-read at every
+/// cycle anyway; the watch only shortens the wait.
 fn watch_trust_files(
     agent: &Agent,
     wake: Arc<tokio::sync::Notify>,
@@ -166,6 +167,9 @@ fn watch_trust_files(
     let mut files: Vec<PathBuf> =
         vec![agent.config_path.clone(), PathBuf::from(&agent.config.trust.allowed_signers)];
     if let Some(p) = &agent.config.trust.policy {
+        files.push(PathBuf::from(p));
+    }
+    if let Some(p) = &agent.config.source.credentials_file {
         files.push(PathBuf::from(p));
     }
     let watched = files.clone();
@@ -177,7 +181,9 @@ fn watch_trust_files(
             .any(|p| watched.iter().any(|w| w == p || w.file_name() == p.file_name()));
         if relevant && (event.kind.is_modify() || event.kind.is_create() || event.kind.is_remove())
         {
-            tracing::info!("configuration or trust root changed on disk; syncing now");
+            tracing::info!(
+                "configuration or trust root changed on disk (or the forge credentials); syncing now"
+            );
             wake.notify_one();
         }
     };

@@ -87,7 +87,7 @@ pub(super) async fn drive<C: Cycle>(
         }
         if refused_in_a_row > 0 {
             tracing::warn!(
-                "the forge refused the credentials {refused_in_a_row} time(s) in a row; asking again in {pause:?} (`veza-agent sync` asks at once)"
+                "the forge refused the credentials {refused_in_a_row} time(s) in a row; asking again in {pause:?} (`veza-agent sync`, or a change of the credentials file, asks at once)"
             );
         }
         tokio::select! {
