@@ -37,11 +37,7 @@ pub fn run(args: &PlanArgs) -> ExitCode {
             Err(e @ StateError::TooNew { .. }) => return fail(&e.into(), 1),
             Err(_) => AgentState::default(),
         };
-        // A killed run's journal holds what is owed (a kill during a promotion's checks):
-        // the sync plans it again, so does `plan`.
-        if let Some(j) = reader.journal() {
-            state.unverified = j.unverified;
-        }
+        state.take_owed_from(reader.journal().as_ref());
         let mut not_applied = not_applied_because(reader.suspension().as_ref(), agent.config.mode);
         if not_applied.is_none()
             && let Some(cluster) = &agent.cluster

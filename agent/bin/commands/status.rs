@@ -261,11 +261,7 @@ pub fn run(args: &StatusArgs) -> ExitCode {
         Err(e) => return fail(&e.into(), 2),
     };
     let journal = reader.journal();
-    if let Some(j) = &journal {
-        // A killed run's journal holds what is owed (a kill between a promotion's switch
-        // and the end of its checks).
-        state.unverified.clone_from(&j.unverified);
-    }
+    state.take_owed_from(journal.as_ref());
     let now = now();
     let seen = Observed {
         interrupted: journal.and_then(|j| j.current),

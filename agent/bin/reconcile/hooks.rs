@@ -8,12 +8,14 @@ use std::time::{Duration, Instant};
 
 use veza_host::apply::Hooks;
 use veza_model::config::HostConfig;
-use veza_plan::plan::{Phase, Switch};
+use veza_plan::plan::Phase;
 use veza_plan::{Action, Step};
 use veza_source::accept::descends_from;
 use veza_source::fetch::{FetchOptions, Mirror};
 use veza_source::{AllowedSigners, ObjectKind, Refusal, verify_object};
 use veza_state::{Journal, Store};
+
+use super::unverified;
 
 pub(super) struct JournalHooks<'a> {
     pub(super) store: &'a Store,
@@ -118,15 +120,12 @@ impl Hooks for JournalHooks<'_> {
             (Phase::Switch, Action::Promote(switch)) => {
                 // Written before the new config is installed: from here until its checks
                 // pass, a kill leaves traffic on colors nobody checked through the edge.
-                self.journal.unverified.extend(unverified_by(switch));
+                self.journal.unverified.extend(unverified::switched(switch));
             }
             (Phase::Checked, Action::Promote(switch)) => {
                 // Checked: nothing of this switch is owed any more.
-                let paid = |k: &String| {
-                    switch.promotions.iter().any(|p| *k == format!("{}/{}", p.env, p.app))
-                };
-                self.journal.unverified.retain(|k, _| !paid(k));
-                self.owed.retain(|k, _| !paid(k));
+                unverified::pay(&mut self.journal.unverified, switch);
+                unverified::pay(&mut self.owed, switch);
             }
             _ => {}
         }
@@ -142,18 +141,6 @@ impl Hooks for JournalHooks<'_> {
     fn preempted(&self) -> bool {
         self.newer.check()
     }
-}
-
-/// The apps a switch moves to a color that its checks through the edge have still to
-/// prove, by `env/app`, with the color each goes back to. An app promoted for the first
-/// time (nothing to go back to) or without a check through the edge is not among them.
-pub(super) fn unverified_by(switch: &Switch) -> BTreeMap<String, String> {
-    switch
-        .promotions
-        .iter()
-        .filter(|p| switch.checks.iter().any(|c| c.env == p.env && c.app == p.app))
-        .filter_map(|p| Some((format!("{}/{}", p.env, p.app), p.from?.to_string())))
-        .collect()
 }
 
 #[cfg(test)]

@@ -224,11 +224,7 @@ impl Agent {
             tracing::error!("{e}");
         }
         let interrupted = store.reader().journal();
-        if let Some(j) = &interrupted {
-            // A killed run's journal holds what was owed when it died: what it found owed
-            // (the state's), less what its checks paid, plus what it switched unchecked.
-            record(&mut state, Event::Unverified(j.unverified.clone()));
-        }
+        state.take_owed_from(interrupted.as_ref());
         // A suspension (`veza-agent suspend`, a file in the state directory) or report
         // mode: everything up to the plan runs, nothing is applied.
         let suspension = store.reader().suspension();

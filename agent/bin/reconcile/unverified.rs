@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 
 use veza_model::manifest::Color;
 use veza_plan::live::LiveState;
+use veza_plan::plan::Switch;
 use veza_plan::{Action, Plan};
 
 /// `env/app` → the color traffic goes back to, as the state and the journal keep them.
@@ -16,6 +17,25 @@ pub(crate) type Owed = BTreeMap<String, String>;
 
 fn key(env: &str, app: &str) -> String {
     format!("{env}/{app}")
+}
+
+/// The apps a switch moves to a color that its checks through the edge have still to
+/// prove, with the color each goes back to. An app promoted for the first time (nothing to
+/// go back to) or without a check through the edge is not among them.
+pub(crate) fn switched(switch: &Switch) -> Owed {
+    switch
+        .promotions
+        .iter()
+        .filter(|p| switch.checks.iter().any(|c| c.env == p.env && c.app == p.app))
+        .filter_map(|p| Some((key(&p.env, &p.app), p.from?.to_string())))
+        .collect()
+}
+
+/// Drops from `owed` the apps of a switch whose checks passed.
+pub(crate) fn pay(owed: &mut Owed, switch: &Switch) {
+    for p in &switch.promotions {
+        owed.remove(&key(&p.env, &p.app));
+    }
 }
 
 fn color(name: &str) -> Option<Color> {
@@ -70,9 +90,7 @@ pub(crate) fn after_run(
     owed.extend(left.iter().map(|(k, v)| (k.clone(), v.clone())));
     for step in plan.steps.iter().take(done) {
         if let Action::Promote(switch) = &step.action {
-            for p in &switch.promotions {
-                owed.remove(&key(&p.env, &p.app));
-            }
+            pay(&mut owed, switch);
         }
     }
     match live_after {

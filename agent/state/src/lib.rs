@@ -323,6 +323,15 @@ pub struct Suspension {
 pub const MIGRATIONS_KEPT: usize = 100;
 
 impl AgentState {
+    /// The state as the next sync sees it after a killed run: that run's journal holds
+    /// what is owed (what it found owed, less what its checks paid, plus what it switched
+    /// unchecked). Shared by the sync, `plan` and `status`, so all three agree.
+    pub fn take_owed_from(&mut self, journal: Option<&Journal>) {
+        if let Some(j) = journal {
+            self.unverified.clone_from(&j.unverified);
+        }
+    }
+
     /// `(env, app, release)` of every recorded migration, for the planner.
     pub fn migrated(&self) -> std::collections::BTreeSet<(String, String, String)> {
         let mut out = std::collections::BTreeSet::new();
