@@ -1013,6 +1013,11 @@ fn suspend_and_report_mode_plan_but_apply_nothing_until_resumed() {
 
     let (code, out, err) = agent(&h, &["resume"]);
     assert_eq!(code, 0, "{out}\n{err}");
+    // Resumed, not yet synced: the held steps are still not applied, and status says so.
+    let st = status_json(&h);
+    let headline = st["headline"].as_str().unwrap_or_default();
+    assert!(headline.starts_with("NEEDS ATTENTION: not in sync yet"), "{st:#}");
+    assert!(headline.contains(&format!("create instance {}-hello-green", h.env)), "{headline}");
     let traffic = Traffic::start(&h, 2, Duration::from_millis(5));
     let out = apply_ok(&h);
     let (ok, failed) = traffic.stop();

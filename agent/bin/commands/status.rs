@@ -134,6 +134,15 @@ pub fn build(state: AgentState, seen: Observed) -> Status {
         ));
     } else if report_mode {
         problems.push(format!("report mode (`mode: report`): nothing is applied; {held}"));
+    } else if !state.held.is_empty() {
+        // Resumed (or out of report mode) since the last sync: the steps it held are still
+        // not applied, and the commit recorded as applied is not what the manifests say.
+        problems.push(format!(
+            "not in sync yet: the last sync held back {} step(s): {} (applying has been \
+             resumed since; the next sync applies them, `veza-agent sync` asks for it now)",
+            state.held.len(),
+            state.held.join("; ")
+        ));
     }
     if let Some(free) = state_dir_free_bytes
         && free < LOW_SPACE_BYTES

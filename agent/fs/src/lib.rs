@@ -310,6 +310,35 @@ pub fn remove_if_exists(path: &Path) -> Result<bool, WriteError> {
     }
 }
 
+/// Removes what a killed writer left of its atomic writes of `names` in `dir`: the temp
+/// files `.<name>.<16 hex digits>.tmp` that [`write_atomic_if_changed`] creates and a kill
+/// between create and rename leaves behind. Only for files written under a lock the
+/// caller holds, so no temp file removed can be one a live writer is still filling.
+/// Returns how many were removed; anything else in `dir` is left alone.
+pub fn remove_stale_temps(dir: &Path, names: &[&str]) -> Result<usize, WriteError> {
+    let err = |source| WriteError { path: dir.to_path_buf(), source };
+    let mut removed = 0;
+    for entry in std::fs::read_dir(dir).map_err(err)? {
+        let entry = entry.map_err(err)?;
+        let file = entry.file_name();
+        let Some(file) = file.to_str() else { continue };
+        if names.iter().any(|n| is_temp_of(file, n)) {
+            remove_if_exists(&entry.path())?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+/// Whether `file` is the name of a temp file of an atomic write of `name`.
+fn is_temp_of(file: &str, name: &str) -> bool {
+    file.strip_prefix('.')
+        .and_then(|f| f.strip_prefix(name))
+        .and_then(|f| f.strip_prefix('.'))
+        .and_then(|f| f.strip_suffix(".tmp"))
+        .is_some_and(|hex| hex.len() == 16 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
 /// Opens the lock file `path` (created, mode 0600, when missing; never through a symlink)
 /// and takes an exclusive `flock` on it without waiting: `None` when another process
 /// holds it. The lock lasts as long as the returned file is open.
@@ -348,6 +377,46 @@ mod tests {
         assert_eq!(std::fs::read(&p).unwrap(), b"two");
         let leftovers: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
         assert_eq!(leftovers.len(), 1, "no temp file may remain");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A writer killed between creating its temp file and the rename leaves the temp file;
+    /// the next holder of the lock removes those of the files it writes, and nothing else.
+    #[test]
+    fn stale_temps_of_the_named_files_are_removed_and_nothing_else() {
+        let dir = tempfile_dir();
+        for name in ["state.json", "suspended.json"] {
+            // What a kill leaves: the temp file of a write that never reached its rename.
+            let mut left = AtomicFile::create(&dir.join(name)).unwrap();
+            left.write_all(b"half").unwrap();
+            std::mem::forget(left);
+        }
+        let others = [
+            "state.json",
+            ".state.json.tmp",
+            ".state.json.0123456789abcdeg.tmp",
+            ".state.json.0123456789abcdef.tmp.keep",
+            "state.json.corrupt-1700000000",
+        ];
+        for name in others {
+            std::fs::write(dir.join(name), b"x").unwrap();
+        }
+        let listing = |dir: &Path| {
+            let mut names: Vec<String> = std::fs::read_dir(dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            names
+        };
+        assert_eq!(listing(&dir).len(), others.len() + 2);
+
+        assert_eq!(remove_stale_temps(&dir, &["state.json", "journal.json"]).unwrap(), 1);
+        let left = listing(&dir);
+        assert!(!left.iter().any(|n| is_temp_of(n, "state.json")), "{left:?}");
+        assert!(left.iter().any(|n| is_temp_of(n, "suspended.json")), "{left:?}");
+        assert_eq!(left.len(), others.len() + 1, "{left:?}");
+        assert_eq!(remove_stale_temps(&dir, &["state.json"]).unwrap(), 0);
         std::fs::remove_dir_all(dir).unwrap();
     }
 

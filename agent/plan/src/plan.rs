@@ -16,7 +16,7 @@ use veza_model::Manifest;
 use veza_model::manifest::{Color, Release};
 use veza_model::naming;
 
-use crate::desired::{Desired, DesiredInstance, desired};
+use crate::desired::{Desired, DesiredInstance, SlotSpec, desired};
 use crate::edge::{EdgeEnv, EdgeSettings, render_edge};
 use crate::live::{LiveState, MARK_HOST, UnitTarget};
 use veza_model::live::{SlotInstance, serving_colors};
@@ -71,6 +71,17 @@ struct Builder {
 impl Builder {
     fn step(&mut self, action: Action, reason: impl Into<String>) {
         self.steps.push(Step { action, reason: reason.into() });
+    }
+    /// A health gate on a slot that serves (or serves again on a fallback), redeployed by
+    /// this plan with `slot`'s release: `active` names it the active slot, otherwise the
+    /// serving one (a promotion's source, or an owed switch's target).
+    fn gate_serving(&mut self, instance: String, slot: SlotSpec, active: bool) {
+        let reason = format!(
+            "the {} slot was redeployed with release {}",
+            if active { "active" } else { "serving" },
+            slot.release.short()
+        );
+        self.step(Action::HealthGate(Gate { instance, slot, serving: true }), reason);
     }
     fn refuse(&mut self, resource: impl Into<String>, reason: impl Into<String>) {
         self.refusals.push(Refusal { resource: resource.into(), reason: reason.into() });
@@ -226,6 +237,9 @@ pub fn plan(
     let mut fallback_overrides: BTreeMap<String, BTreeMap<String, Color>> = BTreeMap::new();
     let mut checks = Vec::new();
     let mut blocked_edge: Vec<String> = Vec::new();
+    // Whether an owed switch is promoted again: its config is live already, and is
+    // installed again all the same (the switch's checks and fallback come with it).
+    let mut recheck = false;
     for m in manifests {
         let env = &m.metadata.name;
         let prefix = m.metadata.instance_prefix();
@@ -240,10 +254,9 @@ pub fn plan(
             let routed = live.active_color(env, app_name);
             // A switch nobody checked counts as not made, while the color it goes back to
             // is still deployed (a fallback needs it).
-            let owed = opts
-                .unchecked
-                .get(&(env.clone(), app_name.clone()))
-                .copied()
+            let owed = (!opts.unchecked.is_empty())
+                .then(|| opts.unchecked.get(&(env.clone(), app_name.clone())).copied())
+                .flatten()
                 .filter(|back| routed.is_some_and(|r| r != *back))
                 .filter(|back| {
                     let back = naming::slot_instance(&prefix, app_name, *back);
@@ -270,11 +283,7 @@ pub fn plan(
                 if deployed.contains(&serving)
                     && let Some(slot) = want.instances.get(&serving).and_then(|d| d.slot.clone())
                 {
-                    let release = slot.release.short().to_string();
-                    b.step(
-                        Action::HealthGate(Gate { instance: serving, slot, serving: true }),
-                        format!("the serving slot was redeployed with release {release}"),
-                    );
+                    b.gate_serving(serving, slot, false);
                 }
             }
             let redeployed = deployed.contains(&instance);
@@ -324,21 +333,20 @@ pub fn plan(
                     continue;
                 }
             }
-            let gate =
-                Gate { instance: instance.clone(), slot: slot.clone(), serving: !changes_color };
             if changes_color {
                 // An owed switch's target already has the traffic: its checks through the
                 // edge decide, and a failed one puts the fallback back. Restarted or
                 // redeployed by this plan, it is gated first, as the serving slot it is.
                 if owed.is_none() {
-                    promoted_gates.push(gate);
+                    promoted_gates.push(Gate {
+                        instance: instance.clone(),
+                        slot: slot.clone(),
+                        serving: false,
+                    });
                 } else if redeployed {
-                    let release = slot.release.short().to_string();
-                    b.step(
-                        Action::HealthGate(Gate { serving: true, ..gate }),
-                        format!("the serving slot was redeployed with release {release}"),
-                    );
+                    b.gate_serving(instance.clone(), slot.clone(), false);
                 }
+                recheck |= owed.is_some();
                 promotions.push(Promotion {
                     env: env.clone(),
                     app: app_name.clone(),
@@ -353,10 +361,7 @@ pub fn plan(
                         .insert(app_name.clone(), prev);
                 }
             } else {
-                b.step(
-                    Action::HealthGate(gate),
-                    format!("the active slot was redeployed with release {}", slot.release.short()),
-                );
+                b.gate_serving(instance.clone(), slot.clone(), true);
             }
             if let Some(edge) = &m.edge {
                 let path = route_paths
@@ -393,11 +398,6 @@ pub fn plan(
         None
     } else if let Some(runs_in) = &want.edge_runs_in {
         let config = render_for(manifests, &overrides, &opts.edge_settings)?;
-        let recheck = promotions.iter().any(|p| {
-            p.from.is_some_and(|from| {
-                opts.unchecked.get(&(p.env.clone(), p.app.clone())) == Some(&from)
-            })
-        });
         (recheck || live.edge_config() != Some(config.as_str())).then(|| (runs_in.clone(), config))
     } else {
         None

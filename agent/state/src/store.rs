@@ -16,6 +16,10 @@ use crate::{
 /// The file that holds the PR previews.
 const PREVIEWS_FILE: &str = "previews.json";
 
+/// The files written only under the host lock (the suspension file is not: `suspend`
+/// writes it while the daemon runs).
+const LOCKED_FILES: &[&str] = &["state.json", "history.jsonl", "journal.json", PREVIEWS_FILE];
+
 /// The file that holds a suspension.
 const SUSPENSION_FILE: &str = "suspended.json";
 
@@ -60,6 +64,8 @@ impl Store {
         let Some(lock) = veza_fs::try_lock(&lock_path)? else {
             return Err(StateError::Locked { path: lock_path });
         };
+        // A run killed mid-write left its temp files; under the lock none is being filled.
+        veza_fs::remove_stale_temps(dir, LOCKED_FILES)?;
         Ok(Store { dir: dir.to_path_buf(), _lock: lock })
     }
 

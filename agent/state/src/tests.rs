@@ -116,6 +116,24 @@ fn second_store_on_the_same_dir_is_locked_out() {
     assert!(err.to_string().contains("another veza-agent is running"));
 }
 
+/// A run killed between a temp file's creation and its rename leaves `.state.json.*.tmp`
+/// behind; the next agent to take the lock removes it (the suspension's temp files stay:
+/// `suspend` writes without the lock).
+#[test]
+fn opening_the_store_removes_the_temp_files_of_a_killed_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let left = [".state.json.00112233aabbccdd.tmp", ".journal.json.fedcba9876543210.tmp"];
+    let kept = ".suspended.json.00112233aabbccdd.tmp";
+    for name in left.iter().chain([&kept]) {
+        std::fs::write(dir.path().join(name), b"{\"half").unwrap();
+    }
+    let _store = Store::open(dir.path()).unwrap();
+    for name in left {
+        assert!(!dir.path().join(name).exists(), "{name} was left");
+    }
+    assert!(dir.path().join(kept).exists());
+}
+
 #[test]
 fn corrupt_state_is_reported_by_readers_and_moved_aside_only_under_the_lock() {
     let dir = tempfile::tempdir().unwrap();

@@ -76,10 +76,16 @@ fn a_suspended_or_report_mode_host_says_what_it_would_do() {
         s.headline,
         "NEEDS ATTENTION: suspended by alice since 1970-01-01T00:00:00+00:00: db maintenance; would apply 1 step(s): deploy release 2222222222 to veza-web-green (`veza-agent resume` lifts it)"
     );
-    let s = build(state, Observed { report_mode: true, ..seen() });
+    let s = build(state.clone(), Observed { report_mode: true, ..seen() });
     assert_eq!(
         s.headline,
         "NEEDS ATTENTION: report mode (`mode: report`): nothing is applied; would apply 1 step(s): deploy release 2222222222 to veza-web-green"
+    );
+    // Resumed, before the next sync: what was held is still not applied.
+    let s = build(state, seen());
+    assert_eq!(
+        s.headline,
+        "NEEDS ATTENTION: not in sync yet: the last sync held back 1 step(s): deploy release 2222222222 to veza-web-green (applying has been resumed since; the next sync applies them, `veza-agent sync` asks for it now)"
     );
     assert_eq!(build(base(), seen()).health, "ok");
 }
