@@ -172,6 +172,55 @@ fn a_changed_configuration_wakes_the_daemon_without_waiting_for_the_poll() {
     d.stop();
 }
 
+/// Refused credentials are not asked again at every poll (repeated 401s can lock the
+/// forge account): the daemon backs off, and a fixed credentials file wakes it at once.
+/// Polling hourly, only the file watch can make the second attempt within the test.
+#[test]
+fn refused_credentials_wait_for_a_change_of_the_credentials_file() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let h = host();
+    poll_hourly(&h);
+    let front = veza_testkit::http::TlsFront::start(h.http.addr()).expect("TLS front");
+    let token = format!("tok{}Daemon", std::process::id());
+    h.http.require_basic_auth(Some(("veza-agent", &token)));
+    let first = h.commit(&h.manifest("blue", Some(0), None), "blue").unwrap();
+    let creds = h.dir.join("credentials");
+    std::fs::write(&creds, "veza-agent:wrong-token-xyz\n").unwrap();
+    std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let config = std::fs::read_to_string(&h.config_path).unwrap();
+    let private =
+        config.replacen(&h.http.url("manifests.git"), &front.url("manifests.git"), 1).replacen(
+            "  branch: main\n",
+            &format!(
+                "  branch: main\n  ca_file: {}\n  credentials_file: {}\n",
+                front.ca_file().display(),
+                creds.display()
+            ),
+            1,
+        );
+    assert!(private.contains("https://127.0.0.1:") && private.contains("credentials_file"));
+    std::fs::write(&h.config_path, private).unwrap();
+
+    let d = Daemon::start(&h);
+    d.wait_for("the refused first sync", Duration::from_secs(60), || {
+        d.log().contains("the forge refused the credentials 1 time(s) in a row")
+    });
+    let refused =
+        |h: &DemoHost| h.http.requests().iter().filter(|r| r.ends_with(" auth=wrong")).count();
+    let asked = refused(&h);
+    assert!(asked > 0, "{:#?}", h.http.requests());
+    assert!(status(&h)["state"]["applied"].is_null());
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(refused(&h), asked, "the refused credentials were sent again before any change");
+
+    std::fs::write(&creds, format!("veza-agent:{token}\n")).unwrap();
+    d.wait_applied(&h, "the sync woken by the credentials file", Duration::from_secs(60), &first);
+    assert!(d.log().contains("(or the forge credentials); syncing now"), "{}", d.log());
+    assert!(h.http.requests().iter().any(|r| r.ends_with(" auth=ok")));
+    assert!(!d.log().contains(&token) && !d.log().contains("wrong-token-xyz"), "{}", d.log());
+    d.stop();
+}
+
 /// A failed sync is retried after 5 s, not after the poll interval (an hour here): the
 /// forge is down when the daemon starts, comes back, and the daemon applies on its own.
 #[test]
