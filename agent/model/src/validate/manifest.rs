@@ -150,11 +150,18 @@ pub(super) fn check_manifest(m: &Manifest, declared: &Declared, r: &mut Rules<'_
             );
         }
         if let Some(dir) = &app.artifact.install_dir
-            && (!dir.starts_with('/') || dir.split('/').any(|s| s == "..") || dir == "/")
+            && (!dir.starts_with('/')
+                || dir.split('/').skip(1).any(|s| s.is_empty() || s == "." || s == ".."))
         {
+            // The staging directory is the path with `.new` appended: a trailing `/` would
+            // put it inside the install directory, and the swap would fail once the app
+            // was stopped.
             r.value(
                 extend(&art, "install_dir"),
-                format!("install_dir `{dir}` must be an absolute path below `/`, without `..`"),
+                format!(
+                    "install_dir `{dir}` must be an absolute path below `/`: no `.` or `..`, no \
+                     empty part (`//`) and no trailing `/`"
+                ),
             );
         }
         let health_path = path!["apps", app_name.as_str(), "health", "path"];

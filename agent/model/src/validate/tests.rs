@@ -293,6 +293,21 @@ fn every_rule_reports_where_and_why() {
             "`VEZA_PORT`: names starting with VEZA_ are set by the agent",
         ),
         (
+            "install_dir with a trailing slash (its staging directory would be inside it)",
+            vec![("a", env("prod", "a.fr", "C1", "").replace("    artifact: {", "    artifact: {install_dir: /opt/app/, "))],
+            "install_dir `/opt/app/` must be an absolute path below `/`: no `.` or `..`, no empty part (`//`) and no trailing `/`",
+        ),
+        (
+            "install_dir with `..`",
+            vec![("a", env("prod", "a.fr", "C1", "").replace("    artifact: {", "    artifact: {install_dir: /opt/../etc, "))],
+            "install_dir `/opt/../etc`",
+        ),
+        (
+            "install_dir `/`",
+            vec![("a", env("prod", "a.fr", "C1", "").replace("    artifact: {", "    artifact: {install_dir: /, "))],
+            "install_dir `/`",
+        ),
+        (
             "secret names become file names",
             vec![("a", env("prod", "a.fr", "C1", "").replace("active: blue", "active: blue\n    env: {PW: '{secret:../x}'}"))],
             "invalid secret name `../x`",
