@@ -345,6 +345,21 @@ fn validate_config(c: &HostConfig, pos: &Positions) -> Vec<Diagnostic> {
     for (i, remote) in c.source.remotes.iter().enumerate() {
         let scheme_ok = ["https://", "http://", "file://"].iter().any(|s| remote.starts_with(s))
             || remote.starts_with('/');
+        if let Some((scheme, rest)) = remote.split_once("://")
+            && let authority = rest.split('/').next().unwrap_or_default()
+            && let Some((_, host)) = authority.rsplit_once('@')
+        {
+            // Not echoed: the part before `@` is a password or token.
+            at(
+                path!["source", "remotes", i],
+                format!(
+                    "remote `{scheme}://…@{host}` carries credentials in its URL: they would show \
+                     in every fetch error, the logs and `status` (hint: put `user:token` in \
+                     source.credentials_file, mode 0600)"
+                ),
+            );
+            continue;
+        }
         if !scheme_ok {
             at(
                 path!["source", "remotes", i],
@@ -513,10 +528,23 @@ mod tests {
         assert_eq!(parse_config(GOOD.as_bytes()).unwrap().artifact_max_bytes(), 512 << 20);
     }
 
+    /// A token in a remote's URL is refused without being echoed.
+    #[test]
+    fn credentials_in_a_remote_url_are_refused_and_not_repeated() {
+        let text = GOOD.replace("https://forge", "https://agent:s3cr3t@forge");
+        let Err(problems) = parse_config(text.as_bytes()) else { panic!("accepted") };
+        let said = format!("{problems:?}");
+        assert!(said.contains("credentials_file") && !said.contains("s3cr3t"), "{said}");
+    }
+
     #[test]
     fn problems_are_located() {
         let cases = [
             (GOOD.replace("remotes: [https", "remotes: [ftp"), "3:13: unsupported remote"),
+            (
+                GOOD.replace("https://forge", "https://agent:s3cr3t@forge"),
+                "3:13: remote `https://…@forge.example` carries credentials in its URL",
+            ),
             (
                 GOOD.replace("manifests/prod.yaml", "../prod.yaml"),
                 "4:15: manifest path `../prod.yaml`",

@@ -272,6 +272,14 @@ pub enum FetchError {
     /// Reading from the object database failed.
     #[error("reading {what} failed: {reason}")]
     Odb { what: String, reason: String },
+    /// A tree git itself would not write (`git fsck` refuses it): a name twice, out of
+    /// order, empty, `.`, `..`, `.git` or with a `/`. Such a tree can show one file to a
+    /// reviewer (the forge's view takes the first of two entries) and another to a reader
+    /// that takes the last, so it is never read.
+    #[error(
+        "tree {tree} is malformed ({reason}); git never writes such a tree, so it is not read (hint: a crafted commit; find who pushed it)"
+    )]
+    MalformedTree { tree: String, reason: String },
 }
 
 fn fmt_failures(failures: &[RemoteFailure]) -> String {

@@ -137,10 +137,11 @@ pub enum Event {
 pub fn record(state: &mut AgentState, event: Event) -> Option<HistoryEntry> {
     match event {
         Event::FetchFailed { error } => {
-            state.last_fetch_error = Some(error);
+            state.last_fetch_error = Some(printable(error));
             None
         }
         Event::Rejected { commit, reason, at } => {
+            let reason = printable(reason);
             state.last_fetch_error = None;
             let first_time = state.rejected.as_ref().map(|r| &r.commit) != Some(&commit);
             if first_time {
@@ -245,6 +246,7 @@ pub fn record(state: &mut AgentState, event: Event) -> Option<HistoryEntry> {
             None
         }
         Event::RolledBack { commit, reason, promotions, at } => {
+            let reason = printable(reason);
             state
                 .quarantined
                 .insert(commit.clone(), Rejection { commit, reason: reason.clone(), at });
@@ -269,7 +271,8 @@ pub fn record(state: &mut AgentState, event: Event) -> Option<HistoryEntry> {
                 ..history_entry(state, &commit, "", outcome, Some(text))
             })
         }
-        Event::Finished(run) => {
+        Event::Finished(mut run) => {
+            run.reason = run.reason.map(printable);
             match run.outcome {
                 Outcome::Applied | Outcome::NoChange | Outcome::Waiting => state.sync_failures = 0,
                 Outcome::Failed => state.sync_failures += 1,
@@ -310,6 +313,24 @@ fn envs(prev: &BTreeMap<String, EnvState>, apps: Vec<ObservedApp>) -> BTreeMap<S
     out
 }
 
+/// `text` with every control character but line breaks and tabs written as an escape
+/// (`\u{1b}`): reasons quote what the forge sent (a crafted commit's header, a signature's
+/// namespace), and `status` and `history` print them to an operator's terminal.
+pub fn printable(text: String) -> String {
+    if !text.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+        return text;
+    }
+    text.chars()
+        .map(|c| {
+            if c.is_control() && c != '\n' && c != '\t' {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 /// The history entry of a run on `commit`: `env/app` → `color@release` from the state
 /// as recorded after it.
 pub fn history_entry(
@@ -336,7 +357,7 @@ pub fn history_entry(
         commit: commit.to_string(),
         signer: Some(signer.to_string()),
         outcome,
-        reason,
+        reason: reason.map(printable),
         apps,
         duration_ms: 0,
     }
@@ -393,6 +414,25 @@ mod tests {
             assert_eq!(s.sync_failures, *failures, "{outcomes:?}");
             assert_eq!(s.last_run.as_ref().map(|r| r.outcome), outcomes.last().copied());
         }
+    }
+
+    /// What the forge sent reaches `status` and `history` on an operator's terminal: its
+    /// control characters are recorded as escapes, line breaks and tabs kept.
+    #[test]
+    fn reasons_quoting_the_forge_are_recorded_without_terminal_control_characters() {
+        let crafted = "header `gpgsig\u{1b}]0;owned\u{7}` \r\nnext\tline";
+        let want = "header `gpgsig\\u{1b}]0;owned\\u{7}` \\u{d}\nnext\tline";
+        let mut s = AgentState::default();
+        let entry =
+            record(&mut s, Event::Rejected { commit: "bad".into(), reason: crafted.into(), at: 1 })
+                .expect("history");
+        assert_eq!(entry.reason.as_deref(), Some(want));
+        assert_eq!(s.rejected.as_ref().map(|r| r.reason.as_str()), Some(want));
+        record(&mut s, Event::FetchFailed { error: crafted.into() });
+        assert_eq!(s.last_fetch_error.as_deref(), Some(want));
+        let h = history_entry(&s, "c", "k", Outcome::Failed, Some(crafted.into()));
+        assert_eq!(h.reason.as_deref(), Some(want));
+        assert_eq!(printable("plain".into()), "plain");
     }
 
     #[test]

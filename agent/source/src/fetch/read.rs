@@ -157,6 +157,9 @@ impl Mirror {
         let decoded = t
             .decode()
             .map_err(|e| FetchError::Odb { what: format!("tree {tree}"), reason: why(e) })?;
+        let entries = decoded.entries.iter().map(|e| (e.filename.as_ref(), e.mode.is_tree()));
+        check_tree(entries)
+            .map_err(|reason| FetchError::MalformedTree { tree: tree.to_string(), reason })?;
         Ok(decoded
             .entries
             .iter()
@@ -481,4 +484,63 @@ impl Budget {
 fn join(prefix: &str, name: &[u8]) -> String {
     let name = String::from_utf8_lossy(name);
     if prefix.is_empty() { name.into_owned() } else { format!("{prefix}/{name}") }
+}
+
+/// What `git fsck` requires of a tree's entries (name, is a tree), in their stored order:
+/// every name a plain, new path component, in git's order (a tree sorts as if its name
+/// ended in `/`). The reason of the first violation, if any.
+fn check_tree<'a>(entries: impl IntoIterator<Item = (&'a [u8], bool)>) -> Result<(), String> {
+    let mut names = std::collections::BTreeSet::new();
+    let mut previous: Option<Vec<u8>> = None;
+    for (name, is_tree) in entries {
+        let shown = String::from_utf8_lossy(name).escape_debug().to_string();
+        if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') {
+            return Err(format!("an entry named `{shown}`"));
+        }
+        if name.eq_ignore_ascii_case(b".git") {
+            return Err(format!("an entry named `{shown}`, git's own directory"));
+        }
+        if !names.insert(name) {
+            return Err(format!("`{shown}` appears twice"));
+        }
+        let mut key = name.to_vec();
+        if is_tree {
+            key.push(b'/');
+        }
+        if previous.as_ref().is_some_and(|p| *p >= key) {
+            return Err(format!("`{shown}` is out of order"));
+        }
+        previous = Some(key);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tree_tests {
+    use super::check_tree;
+
+    /// (entries as stored: name, is a tree), and the reason it is refused (`None`: read).
+    #[test]
+    fn only_trees_git_would_write_are_read() {
+        let table: &[(&[(&str, bool)], Option<&str>)] = &[
+            (&[], None),
+            (&[("a", false), ("b", true), ("c", false)], None),
+            // Git's order: a tree sorts as if named `a/`, after `a-b` and `a.yaml`.
+            (&[("a-b", false), ("a.yaml", false), ("a", true)], None),
+            (&[("a.yaml", false), ("a", false)], Some("`a` is out of order")),
+            (&[("a", true), ("a-b", false)], Some("`a-b` is out of order")),
+            // The same name twice: one reader takes the first, another the last.
+            (&[("prod.yaml", false), ("prod.yaml", false)], Some("`prod.yaml` appears twice")),
+            (&[("m", false), ("m", true)], Some("`m` appears twice")),
+            (&[("", false)], Some("an entry named ``")),
+            (&[(".", true)], Some("an entry named `.`")),
+            (&[("..", true)], Some("an entry named `..`")),
+            (&[("a/b", false)], Some("an entry named `a/b`")),
+            (&[(".GIT", true)], Some("an entry named `.GIT`, git's own directory")),
+        ];
+        for (entries, want) in table {
+            let got = check_tree(entries.iter().map(|(n, t)| (n.as_bytes(), *t)));
+            assert_eq!(got.err().as_deref(), *want, "{entries:?}");
+        }
+    }
 }
