@@ -10,9 +10,8 @@ use veza_host::apply::Hooks;
 use veza_model::config::HostConfig;
 use veza_plan::plan::Phase;
 use veza_plan::{Action, Step};
-use veza_source::accept::descends_from;
 use veza_source::fetch::{FetchOptions, Mirror};
-use veza_source::{AllowedSigners, ObjectKind, Refusal, verify_object};
+use veza_source::{Acceptance, Base, accept};
 use veza_state::{Journal, Store};
 
 use super::unverified;
@@ -29,9 +28,13 @@ pub(super) struct JournalHooks<'a> {
 }
 
 /// Checks, at most every few seconds, whether the branch moved past the commit being
-/// applied: a newer commit that verifies preempts a health wait in progress.
+/// applied: a newer commit that the sync itself would accept preempts a health wait in
+/// progress.
 pub(super) struct NewerCommit<'a> {
     pub(super) config: &'a HostConfig,
+    /// The sync's own fetch options (credentials, CA, approval tags); `None` when they
+    /// could not be built (no check, the health wait runs to its end).
+    pub(super) options: Option<FetchOptions>,
     pub(super) mirror_dir: PathBuf,
     pub(super) commit: String,
     pub(super) last_check: std::cell::Cell<Option<Instant>>,
@@ -45,32 +48,31 @@ impl NewerCommit<'_> {
             return false;
         }
         self.last_check.set(Some(Instant::now()));
+        let Some(options) = &self.options else { return false };
         let c = self.config;
         let verdict = tokio::task::block_in_place(|| {
             let mut mirror = Mirror::open_or_init(&self.mirror_dir).ok()?;
             let opts = FetchOptions {
-                max_refs: c.max_refs(),
-                max_pack_bytes: c.max_pack_bytes(),
-                ..FetchOptions::new(c.branch(), c.fetch_timeout().min(Duration::from_secs(10)))
+                timeout: options.timeout.min(Duration::from_secs(10)),
+                ..options.clone()
             };
             let tip = mirror.fetch(&c.source.remotes, &opts).ok()?.tip;
             if tip == self.commit.as_str() {
                 return None;
             }
-            let signers = AllowedSigners::from_file(Path::new(&c.trust.allowed_signers));
-            let raw = mirror.raw_commit(tip).map_err(|e| e.to_string());
-            let descends = || match descends_from(&mirror, tip, &self.commit) {
-                Ok(_) => Ok(true),
-                Err((Refusal::Rollback, _)) => Ok(false),
-                Err((_, why)) => Err(why),
+            // Held to everything the sync holds a tip to: signature, descent from the
+            // commit being applied, the trust policy and its approvals, valid manifests.
+            let acceptance = Acceptance {
+                allowed_signers: Path::new(&c.trust.allowed_signers),
+                policy: c.trust.policy.as_deref(),
+                base: Base::Descends(&self.commit),
+                manifests: &c.source.manifests,
+                host: &c.host,
+                max_refs: c.max_refs(),
+                now: chrono::Utc::now().timestamp(),
+                identities: None,
             };
-            let now = chrono::Utc::now().timestamp();
-            let verdict = match (signers, raw) {
-                (Ok(signers), Ok(raw)) => preempts(&raw, &signers, now, descends),
-                (Err(e), _) => Err(format!("trust root unusable: {e}")),
-                (_, Err(e)) => Err(e),
-            };
-            Some((tip, verdict))
+            Some((tip, accept(&mirror, tip, &acceptance).map(|_| ()).map_err(|r| r.reason)))
         });
         match verdict {
             Some((tip, Ok(()))) => {
@@ -83,25 +85,6 @@ impl NewerCommit<'_> {
             }
             None => false,
         }
-    }
-}
-
-/// Whether a new branch tip (`raw_tip`, another commit than the one being applied) may
-/// preempt a health wait: only when its signature verifies against the trust root and it
-/// descends from the commit being applied. An unsigned or untrusted tip, or a rewind,
-/// never interrupts a promotion (it would be rejected anyway). `Err` says why not.
-fn preempts(
-    raw_tip: &[u8],
-    signers: &AllowedSigners,
-    now: i64,
-    descends: impl FnOnce() -> Result<bool, String>,
-) -> Result<(), String> {
-    verify_object(ObjectKind::Commit, raw_tip, signers, now)
-        .map_err(|e| Refusal::Signature.reason(&e.to_string()))?;
-    match descends() {
-        Ok(true) => Ok(()),
-        Ok(false) => Err("it does not descend from the commit being applied".to_string()),
-        Err(e) => Err(format!("its ancestry is unknown: {e}")),
     }
 }
 
@@ -140,33 +123,5 @@ impl Hooks for JournalHooks<'_> {
     }
     fn preempted(&self) -> bool {
         self.newer.check()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_a_verified_descendant_preempts_a_health_wait() {
-        let vectors = Path::new(env!("CARGO_MANIFEST_DIR")).join("signing/vectors");
-        let read = |name: &str| std::fs::read(vectors.join(name)).expect("signing vector");
-        let signers = AllowedSigners::from_file(&vectors.join("allowed_signers")).expect("trust");
-        // (new tip, its ancestry, preempts?, why not)
-        let table: [(&str, Result<bool, String>, bool, &str); 6] = [
-            ("commit2.raw", Ok(true), true, ""),
-            ("commit2.raw", Ok(false), false, "does not descend"),
-            ("commit2.raw", Err("walk limit".into()), false, "ancestry is unknown"),
-            ("neg-unsigned.raw", Ok(true), false, "signature: commit is not signed"),
-            ("neg-untrusted-key.raw", Ok(true), false, "not in allowed_signers"),
-            ("neg-tampered.raw", Ok(true), false, "bad signature"),
-        ];
-        for (tip, ancestry, want, why) in table {
-            let got = preempts(&read(tip), &signers, 1_800_000_000, || ancestry.clone());
-            assert_eq!(got.is_ok(), want, "{tip} {ancestry:?}: {got:?}");
-            if let Err(e) = got {
-                assert!(e.contains(why), "{tip}: {e}");
-            }
-        }
     }
 }

@@ -455,6 +455,7 @@ impl Agent {
             stop,
             newer: NewerCommit {
                 config: &self.config,
+                options: self.fetch_options().ok(),
                 mirror_dir: self.state_dir().join("mirror.git"),
                 commit: source.commit.clone(),
                 last_check: std::cell::Cell::new(Some(Instant::now())),
