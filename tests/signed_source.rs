@@ -536,6 +536,21 @@ fn a_poll_that_finds_nothing_new_is_one_ls_refs_request() {
     let approvals = mirror.tags_pointing_at(oid(&b), 10).unwrap();
     assert_eq!(approvals.len(), 1, "the approval tag is in the mirror");
     assert!(poll(&mut mirror).1, "and then held");
+    // A withdrawn approval (its tag deleted on the forge) stops counting: the probe sees
+    // the mirror holds a tag the forge no longer lists, and the fetch prunes it.
+    s.repo.approve(&s.bob, &b).unwrap();
+    assert!(!poll(&mut mirror).1);
+    assert_eq!(mirror.tags_pointing_at(oid(&b), 10).unwrap().len(), 2);
+    s.repo.withdraw_approval(&s.alice, &b).unwrap();
+    let (tip, probed, _) = poll(&mut mirror);
+    assert_eq!((tip, probed), (oid(&b), false), "a withdrawn approval is fetched");
+    let left: Vec<String> =
+        mirror.tags_pointing_at(oid(&b), 10).unwrap().into_iter().map(|(name, _)| name).collect();
+    assert_eq!(left, [format!("refs/tags/gitops/approve/{b}/bob")]);
+    assert!(poll(&mut mirror).1, "and then held");
+    s.repo.withdraw_approval(&s.bob, &b).unwrap();
+    assert!(!poll(&mut mirror).1);
+    assert_eq!(mirror.tags_pointing_at(oid(&b), 10).unwrap().len(), 0, "the last one too");
 
     s.repo.force_reset(&a).unwrap();
     let (tip, probed, _) = poll(&mut mirror);

@@ -45,6 +45,10 @@ pub struct Acceptance<'a> {
     pub identities: Option<&'a dyn Fn() -> Identities>,
 }
 
+/// The most approval tags of one tip read: far more approvers than any policy names,
+/// and a bound on what a forge can make the agent hold in memory.
+pub const MAX_APPROVAL_TAGS: usize = 256;
+
 /// What a tip is compared with: the anti-rollback check, and the base of the paths the
 /// trust policy covers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -178,7 +182,7 @@ pub fn accept(mirror: &Mirror, tip: ObjectId, a: &Acceptance<'_>) -> Result<Acce
             .changed_paths(last, tip, 1_000_000)
             .map_err(|e| reject(Refusal::Policy, e.to_string()))?;
         let tags = mirror
-            .tags_pointing_at(tip, a.max_refs)
+            .tags_pointing_at(tip, a.max_refs.min(MAX_APPROVAL_TAGS))
             .map_err(|e| reject(Refusal::Policy, e.to_string()))?;
         let (approvals, _) = collect_approvals(
             &commit,

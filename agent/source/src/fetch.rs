@@ -334,9 +334,9 @@ impl Mirror {
     }
 
     /// The branch tip when the mirror holds everything `advertised` lists: the branch at
-    /// the same commit and, with approvals, each approval tag of that tip at the same
-    /// object (a fetch only adds and moves refs, so refs the remote no longer lists do not
-    /// count).
+    /// the same commit and, with approvals, exactly the approval tags of that tip the
+    /// remote lists, each at the same object (a tag withdrawn on the forge means a fetch,
+    /// which prunes it).
     pub fn holds(&self, advertised: &Advertised, options: &FetchOptions) -> Option<ObjectId> {
         let tip = self.ref_target(&tracking_ref(&options.branch)).ok()?;
         if advertised.get(&format!("refs/heads/{}", options.branch)) != Some(tip) {
@@ -349,6 +349,15 @@ impl Mirror {
                 r.target().try_id().map(ToOwned::to_owned)
             };
             if advertised.under(&prefix).any(|(name, id)| held(name) != Some(*id)) {
+                return None;
+            }
+            // A tag the mirror holds that the remote no longer lists (a withdrawn
+            // approval): the full fetch prunes it.
+            let platform = self.repo.references().ok()?;
+            let mut held_refs = platform.prefixed(prefix.as_str()).ok()?;
+            if held_refs.any(|r| {
+                r.map_or(true, |r| advertised.get(&r.name().as_bstr().to_string()).is_none())
+            }) {
                 return None;
             }
         }
@@ -364,14 +373,34 @@ impl Mirror {
     ) -> Result<(), FetchError> {
         let prefix = approval_tags_of(tip);
         let refspecs = [format!("+{prefix}*:{prefix}*")];
-        match self.fetch_one(url, &refspecs, transfer) {
-            Ok(_) => Ok(()),
+        let fetched = match self.fetch_one(url, &refspecs, transfer) {
+            Ok(outcome) => outcome.local_refs,
             // No approval tag on the tip (a remote speaking protocol v1 lists its other refs).
             Err(FetchError::Remote { reason, .. }) if reason.contains("None of the refspec") => {
-                Ok(())
+                Vec::new()
             }
-            Err(e) => Err(e),
+            Err(e) => return Err(e),
+        };
+        // A fetch only adds and moves refs: an approval withdrawn on the forge (its tag
+        // deleted) would go on counting from the mirror. Only what the remote lists now
+        // stays.
+        self.prune_under(&prefix, &fetched)
+    }
+
+    /// Deletes the mirror's refs under `prefix` that are not in `keep`.
+    fn prune_under(&self, prefix: &str, keep: &[String]) -> Result<(), FetchError> {
+        let odb = |e: String| FetchError::Odb { what: format!("refs under {prefix}"), reason: e };
+        let platform = self.repo.references().map_err(|e| odb(e.to_string()))?;
+        let stale: Vec<gix::Reference<'_>> = platform
+            .prefixed(prefix)
+            .map_err(|e| odb(e.to_string()))?
+            .filter_map(Result::ok)
+            .filter(|r| !keep.iter().any(|k| k.as_str() == r.name().as_bstr()))
+            .collect();
+        for r in stale {
+            r.delete().map_err(|e| odb(e.to_string()))?;
         }
+        Ok(())
     }
 
     /// Fetches arbitrary `refspecs` from one `url` within `timeout`, with the default caps.

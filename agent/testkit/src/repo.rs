@@ -329,6 +329,14 @@ impl RepoBuilder {
         self.tag_signed(key, &name, commit, &message)
     }
 
+    /// Withdraws `key`'s approval of `commit`: its tag deleted here and on the remote.
+    pub fn withdraw_approval(&self, key: &SigningKey, commit: &str) -> Result<()> {
+        let name = format!("gitops/approve/{commit}/{}", key.name);
+        self.git(&["tag", "-d", &name])?;
+        self.git(&["push", "-q", "origin", &format!(":refs/tags/{name}")])?;
+        Ok(())
+    }
+
     /// Resets the worktree branch to `commit` and force-pushes it (history rewrite).
     pub fn force_reset(&self, commit: &str) -> Result<()> {
         self.git(&["reset", "-q", "--hard", commit])?;

@@ -377,7 +377,8 @@ impl Mirror {
     /// Annotated approval tags of `commit` ([`approval_tags_of`]) whose tag object directly
     /// points at it: (ref name, raw tag object). Only that prefix is read, so the cost does
     /// not grow with the repository's other tags. Lightweight tags are skipped (they carry
-    /// no signature); at most `max_tags` are read.
+    /// no signature), and so are tags over [`MAX_APPROVAL_TAG_BYTES`]; at most `max_tags`
+    /// are read (the forge chooses how many there are: they are all held in memory).
     pub fn tags_pointing_at(
         &self,
         commit: ObjectId,
@@ -400,7 +401,7 @@ impl Mirror {
             let Ok(r) = r else { continue };
             let Some(id) = r.target().try_id().map(ToOwned::to_owned) else { continue };
             let Ok(header) = self.repo.find_header(id) else { continue };
-            if header.kind() != gix::object::Kind::Tag || header.size() > 64 * 1024 {
+            if header.kind() != gix::object::Kind::Tag || header.size() > MAX_APPROVAL_TAG_BYTES {
                 continue;
             }
             let (_, data) = self.raw_object(id)?;
@@ -411,6 +412,10 @@ impl Mirror {
         Ok(out)
     }
 }
+/// The largest approval tag read: a signed approval (`gitops-approve-v1`, the ref, an SSH
+/// signature) is under 1 KiB.
+pub const MAX_APPROVAL_TAG_BYTES: u64 = 8 * 1024;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct TreeItem {
     mode: gix::object::tree::EntryMode,
