@@ -428,6 +428,27 @@ fn cli_verdicts_over_http_file_and_local_path() {
     assert_eq!(code, Some(1), "{stderr}");
 }
 
+/// A forge may point a branch at a signed tag of an unsigned commit (git's receive-pack
+/// refuses that; a hostile forge need not): `verify --rev <branch>` checks the commit the
+/// branch names, as the agent would, and only a tag's own name checks the tag.
+#[test]
+fn cli_reads_a_branch_as_its_commit_even_when_it_points_at_a_signed_tag() {
+    let s = small();
+    s.repo.write("manifests/prod.yaml", "v: 1\n").unwrap();
+    let unsigned = s.repo.commit_unsigned("unsigned").unwrap();
+    s.repo.push().unwrap();
+    let tag = s.repo.tag_signed(&s.alice, "signed-tag", &unsigned, "looks fine").unwrap();
+    // Written as a loose ref by hand: git's own tools refuse a tag in `refs/heads/`.
+    std::fs::write(s.repo.bare().join("refs/heads/tagged"), format!("{tag}\n")).unwrap();
+    let url = s.server.url("origin.git");
+    let (code, stdout, stderr) = verify_cli(&url, "tagged", &s.signers_file, &[]);
+    assert_eq!(code, Some(1), "the branch's commit is unsigned: {stdout}{stderr}");
+    assert!(stderr.contains(&unsigned) && stderr.contains("not signed"), "{stderr}");
+    let (code, stdout, stderr) = verify_cli(&url, "signed-tag", &s.signers_file, &[]);
+    assert_eq!(code, Some(0), "the tag itself is signed: {stderr}");
+    assert!(stdout.contains(&format!("tag signed-tag ({tag}) on commit {unsigned}")), "{stdout}");
+}
+
 #[test]
 fn cli_usage_and_io_errors_exit_2() {
     let w = world();

@@ -41,8 +41,9 @@ impl Mirror {
     }
 
     /// Resolves a revision: a full or abbreviated (≥ 4) hex id, a full ref name, or a short
-    /// name tried as `refs/heads/`, `refs/remotes/origin/`, `refs/tags/`. Tags are **not**
-    /// peeled: a tag name resolves to the tag object so that its own signature can be checked.
+    /// name tried as `refs/tags/`, `refs/heads/`, `refs/remotes/origin/` (git's order). Tags
+    /// are **not** peeled: a tag name resolves to the tag object so that its own signature
+    /// can be checked. Any other ref (a branch, `HEAD`) resolves to its commit.
     /// A full 40-hex id is only ever an object id. Not for ancestry checks: see
     /// [`Mirror::commit_by_id`].
     pub fn resolve(&self, rev: &str) -> Result<ObjectId, FetchError> {
@@ -68,7 +69,8 @@ impl Mirror {
         } else if rev == "HEAD" {
             vec!["HEAD".to_string()]
         } else {
-            vec![format!("refs/heads/{rev}"), tracking_ref(rev), format!("refs/tags/{rev}")]
+            // Git's own order: a tag before a branch of the same name.
+            vec![format!("refs/tags/{rev}"), format!("refs/heads/{rev}"), tracking_ref(rev)]
         };
         for name in &candidates {
             if let Ok(Some(mut r)) = self.repo.try_find_reference(name.as_str()) {
@@ -76,7 +78,12 @@ impl Mirror {
                     Some(id) => id.to_owned(),
                     None => r.peel_to_id().map_err(|e| not_found(&why(e)))?.detach(),
                 };
-                return Ok(id);
+                // Only a tag name means the tag object; a branch names its commit, even
+                // when the forge points it at a (signed) tag of an unsigned commit.
+                if name.starts_with("refs/tags/") {
+                    return Ok(id);
+                }
+                return self.peel_to_commit(id);
             }
         }
         Err(not_found("no such object id, branch or tag"))
