@@ -108,7 +108,8 @@ fn unit(slot: &SlotSpec) -> String {
 /// The wrapper of `slot`'s migration, if the app declares one: the release unpacked in a
 /// scratch directory (`{dir}` of the command), the app's environment read from a
 /// root-only file and deleted at once, the command run there with its time limit
-/// (`timeout` when the instance has it), the scratch directory removed on every exit.
+/// (`timeout` when the instance has it: TERM at the limit, KILL 10 s later for a command
+/// that ignores TERM), the scratch directory removed on every exit.
 /// Exits [`MIGRATE_NO_DIR`] or [`MIGRATE_NO_ENV`] when it cannot start the command.
 pub fn migration_files(slot: &SlotSpec) -> Option<MigrationFiles> {
     let m = slot.migrate.as_ref()?;
@@ -120,8 +121,8 @@ pub fn migration_files(slot: &SlotSpec) -> Option<MigrationFiles> {
     let script = format!(
         "trap {cleanup} EXIT\ncd {dir} || exit {MIGRATE_NO_DIR}\nset -a\n. {env} || exit {MIGRATE_NO_ENV}\nset +a\nrm -f {env}\n\
          export VEZA_RELEASE={release} VEZA_RELEASE_DIR={dir} VEZA_ENV={envname} VEZA_APP={app}\n\
-         if command -v timeout >/dev/null 2>&1; then timeout {secs} /bin/sh -c {cmd}; else /bin/sh -c {cmd}; fi\n\
-         rc=$?\n[ $rc -eq 124 ] && echo \"timed out after {secs}s\" >&2\nexit $rc\n",
+         if command -v timeout >/dev/null 2>&1; then timeout -k 10 {secs} /bin/sh -c {cmd}; else /bin/sh -c {cmd}; fi\n\
+         rc=$?\ncase $rc in 124|137|143) echo \"stopped at its time limit of {secs}s (exit $rc)\" >&2;; esac\nexit $rc\n",
         dir = shell_quote(&release_dir),
         env = shell_quote(&env_file),
         release = shell_quote(slot.release.as_str()),
@@ -214,7 +215,7 @@ mod tests {
             "cd '/var/lib/veza-migrate/prod-backend/release' || exit 201\n",
             ". '/var/lib/veza-migrate/prod-backend/env' || exit 202\n",
             "rm -f '/var/lib/veza-migrate/prod-backend/env'\n",
-            "timeout 91 /bin/sh -c '/var/lib/veza-migrate/prod-backend/release/bin/migrate up'",
+            "timeout -k 10 91 /bin/sh -c '/var/lib/veza-migrate/prod-backend/release/bin/migrate up'",
         ];
         let mut at = 0;
         for piece in order {

@@ -14,7 +14,7 @@ use veza_model::template;
 use veza_secrets::SecretValues;
 
 use super::Drivers;
-use crate::incus::{ExecRequest, FilePush, Incus, InstanceUpdate};
+use crate::incus::{ExecRequest, FilePush, Incus, IncusError, InstanceUpdate};
 
 pub(super) use veza_plan::slot::shell_quote;
 
@@ -213,7 +213,20 @@ where
     push_private(d.incus, instance, &files.env_file, env).await.map_err(not_run)?;
     let mut req = ExecRequest::sh(&files.script);
     req.timeout = Duration::from_millis(m.timeout_ms) + Duration::from_secs(30);
-    let out = d.incus.exec(instance, &req).await.map_err(|e| not_run(e.to_string()))?;
+    let out = match d.incus.exec(instance, &req).await {
+        Ok(out) => out,
+        // The wrapper did not return (no `timeout` in the instance, or it hung): the
+        // command may still be running, so a retry could run it twice at once.
+        Err(e @ IncusError::Timeout { .. }) => {
+            return Err(MigrationError::Failed(format!(
+                "`{}` did not finish in `{instance}` within its limit and may still be running \
+                 there ({e}); it is not started again for this commit (hint: `incus exec \
+                 {instance} -- ps`, then a new commit)",
+                m.command
+            )));
+        }
+        Err(e) => return Err(not_run(e.to_string())),
+    };
     let stderr = String::from_utf8_lossy(&out.stderr);
     let tail: Vec<&str> = stderr.trim().lines().rev().take(5).collect();
     let tail: Vec<&str> = tail.into_iter().rev().collect();

@@ -966,6 +966,44 @@ fn run_with_secret(w: &World, plan: &Plan, dir: &Path, value: &str) -> ApplyRepo
     ))
 }
 
+/// A migration whose exec outlived the agent's limit may still be running in the
+/// instance: it fails the step as a migration failure (the commit is not retried, so the
+/// command is never started twice at once), not as a step that "did not run".
+#[test]
+fn a_migration_that_outlived_its_limit_is_never_started_again_for_the_commit() {
+    // Where the migration's exec (the second: the first unpacks) falls among the calls.
+    let (tmp, w, s) = migrating_world();
+    let plan = promotion_after_deploy(&s);
+    run_with_secret(&w, &plan, tmp.path(), "pw");
+    let execs: Vec<usize> = w
+        .incus
+        .calls()
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.ends_with("/exec"))
+        .map(|(i, _)| i)
+        .collect();
+
+    let (tmp, w, _) = migrating_world();
+    let timeout = IncusError::Timeout {
+        method: "POST".into(),
+        path: "/1.0/instances/web-green/exec".into(),
+        operation: None,
+        waited: Duration::from_secs(90),
+    };
+    w.incus.fail_on(execs[1], timeout);
+    let report = run_with_secret(&w, &plan, tmp.path(), "pw");
+    let ApplyOutcome::RolledBack { reason } = &report.outcome else {
+        panic!("a migration that may still run ends as a failed migration: {report:?}")
+    };
+    assert!(
+        reason.starts_with("the migration of prod/web for release 2222222222 failed: `{dir}/migrate --up` did not finish in `web-green` within its limit and may still be running there"),
+        "{reason}"
+    );
+    assert!(report.migrated.is_empty());
+    assert_eq!(w.edge_config(), EDGE_BLUE, "traffic stayed on blue");
+}
+
 #[test]
 fn a_failing_migration_stops_before_traffic_moves_and_never_quotes_the_secret() {
     let (tmp, w, s) = migrating_world();
