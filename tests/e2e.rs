@@ -428,6 +428,7 @@ fn an_edge_without_its_master_socket_is_reported_not_silently_left_on_disk() {
     assert!(config.contains(&socket), "{config}");
     std::fs::write(&h.config_path, config.replace(&socket, &elsewhere)).unwrap();
     h.commit(&h.manifest("blue", Some(0), None), "hello on blue").unwrap();
+    let started_with = std::fs::read(h.haproxy.config_path()).unwrap();
 
     let (code, out, err) = agent(&h, &["apply"]);
 
@@ -441,6 +442,9 @@ fn an_edge_without_its_master_socket_is_reported_not_silently_left_on_disk() {
         "{out}\n{err}"
     );
     assert!(out.starts_with("failed "), "{out}");
+    // The config on disk is the one HAProxy runs: a restart loads nothing unchecked.
+    assert!(out.contains("the earlier config is back in place"), "{out}");
+    assert_eq!(std::fs::read(h.haproxy.config_path()).unwrap(), started_with);
     // Until HAProxy answers, the earlier config counts as live: the next apply tries the
     // switch again rather than take the file on disk for what serves.
     let (code, again, err) = agent(&h, &["apply"]);

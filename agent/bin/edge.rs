@@ -129,7 +129,7 @@ impl Edge for EdgeRuntime<'_> {
                     rt.read_file(&self.paths.pending()).map_err(|e| e.to_string())?.is_some();
                 let running =
                     if pending { self.paths.previous() } else { self.paths.config.clone() };
-                let earlier = rt.read_file(&running).map_err(|e| e.to_string())?.is_some();
+                let earlier = rt.read_file(&running).map_err(|e| e.to_string())?;
                 let outcome = install(rt, &self.paths, config, &InstallOptions::default())
                     .map_err(|e| e.to_string())?;
                 if let InstallOutcome::Installed(report) = &outcome
@@ -140,9 +140,15 @@ impl Edge for EdgeRuntime<'_> {
                         socket = self.master_socket.display(),
                         location = rt.location(),
                     );
-                    if earlier {
-                        // Until HAProxy answers, the earlier config is what runs: the
-                        // marker makes `live_config` say so, and the next install reload.
+                    if let Some(earlier) = earlier {
+                        // Until HAProxy answers, the earlier config is what runs: it goes
+                        // back on disk (a restart must not load a config whose checks
+                        // never ran), and the next sync installs the new one again. Should
+                        // that fail, the marker makes `live_config` say the same.
+                        if rt.write_file(&self.paths.config, &earlier).is_ok() {
+                            let _ = rt.remove_file(&self.paths.pending());
+                            return Err(format!("{why}; the earlier config is back in place"));
+                        }
                         rt.write_file(&self.paths.pending(), b"reload pending\n")
                             .map_err(|e| format!("{why}; and marking it pending failed: {e}"))?;
                         return Err(why);
