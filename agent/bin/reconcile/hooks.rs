@@ -118,6 +118,12 @@ impl Hooks for JournalHooks<'_> {
             e.to_string()
         })
     }
+    fn migrated(&mut self, env: &str, app: &str, release: &str) {
+        self.journal.migrated.push((env.to_string(), app.to_string(), release.to_string()));
+        if let Err(e) = self.store.write_journal(&self.journal) {
+            tracing::warn!("journal: the migration of {env}/{app} ran; recording it failed: {e}");
+        }
+    }
     fn stop_requested(&self) -> bool {
         self.stop.load(Ordering::SeqCst)
     }

@@ -450,6 +450,7 @@ impl Agent {
                 done: 0,
                 current: None,
                 unverified: state.unverified.clone(),
+                migrated: Vec::new(),
             },
             owed: state.unverified.clone(),
             stop,

@@ -329,6 +329,16 @@ impl AgentState {
     pub fn take_owed_from(&mut self, journal: Option<&Journal>) {
         if let Some(j) = journal {
             self.unverified.clone_from(&j.unverified);
+            // And the migrations it completed: each runs at most once per release.
+            for (env, app, release) in &j.migrated {
+                let event = record::Event::Migrated {
+                    env: env.clone(),
+                    app: app.clone(),
+                    release: release.clone(),
+                    at: j.started_ms / 1000,
+                };
+                record::record(self, event);
+            }
         }
     }
 
@@ -412,6 +422,10 @@ pub struct Journal {
     /// goes back to (as [`AgentState::unverified`]).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub unverified: BTreeMap<String, String>,
+    /// The migrations this run completed, `(env, app, release)`: a kill before the run's
+    /// outcome is saved must not make the next sync run one again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub migrated: Vec<(String, String, String)>,
 }
 
 #[cfg(test)]

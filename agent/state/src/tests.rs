@@ -170,9 +170,34 @@ fn journal_survives_until_cleared() {
         done: 0,
         current: Some("a".into()),
         unverified: [("prod/web".to_string(), "blue".to_string())].into(),
+        migrated: vec![("prod".into(), "web".into(), "2222".into())],
     };
     store.write_journal(&j).unwrap();
     assert_eq!(store.reader().journal(), Some(j));
     store.clear_journal().unwrap();
     assert_eq!(store.reader().journal(), None);
+}
+
+/// A run killed after a migration ran and before its outcome was saved: the journal holds
+/// the migration, and the state the next sync (and `plan`, `status`) starts from has it,
+/// so it is not run again for that release.
+#[test]
+fn a_killed_runs_migrations_are_taken_from_its_journal() {
+    let mut state = AgentState::default();
+    let j = Journal {
+        commit: "c".into(),
+        started_ms: 1_700_000_000_000,
+        steps: vec!["migrate prod/web".into(), "deploy".into()],
+        done: 1,
+        current: Some("deploy".into()),
+        unverified: BTreeMap::new(),
+        migrated: vec![("prod".into(), "web".into(), "2222".into())],
+    };
+    assert!(state.migrated().is_empty());
+    state.take_owed_from(Some(&j));
+    let want = ("prod".to_string(), "web".to_string(), "2222".to_string());
+    assert_eq!(state.migrated(), [want].into());
+    assert_eq!(state.migrations["prod/web"]["2222"], 1_700_000_000);
+    state.take_owed_from(None);
+    assert_eq!(state.migrated().len(), 1);
 }

@@ -83,6 +83,12 @@ pub trait Hooks {
         let _ = (index, step, phase, what);
         Ok(())
     }
+    /// Called when a migration step ran to success, at once: a kill before the run's end
+    /// must not forget that it ran (it runs at most once per release). Best effort: the
+    /// run's report still carries it.
+    fn migrated(&mut self, env: &str, app: &str, release: &str) {
+        let _ = (env, app, release);
+    }
     /// Whether a stop was requested (checked between steps).
     fn stop_requested(&self) -> bool;
     /// Whether a newer commit arrived (checked while waiting for health).
@@ -259,6 +265,7 @@ pub async fn apply<I: Incus, E: Edge, U: Units, P: Probe, C: Clock, H: Hooks>(
         match result {
             Ok(()) => {
                 if let Action::Migrate { slot, .. } = &step.action {
+                    hooks.migrated(&slot.env, &slot.app, slot.release.as_str());
                     migrated.push((slot.env.clone(), slot.app.clone(), slot.release.to_string()));
                 }
                 timings.push((

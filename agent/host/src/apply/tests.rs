@@ -104,6 +104,8 @@ struct Script {
     /// The journal write of this event (steps started and phases entered, counting
     /// from 1) fails.
     journal_fails_at: Option<usize>,
+    /// Migrations reported done (`migrated`), with how many steps had started by then.
+    migrated: Vec<(usize, String, String, String)>,
     looks: Cell<u32>,
 }
 
@@ -127,6 +129,9 @@ impl Hooks for Script {
     fn phase(&mut self, index: usize, _: &Step, phase: Phase, what: &str) -> Result<(), String> {
         self.phases.push((index, phase, what.to_string()));
         self.journal()
+    }
+    fn migrated(&mut self, env: &str, app: &str, release: &str) {
+        self.migrated.push((self.started.len(), env.into(), app.into(), release.into()));
     }
     fn stop_requested(&self) -> bool {
         self.stop_after.is_some_and(|n| self.started.len() + self.phases.len() >= n)
@@ -946,6 +951,17 @@ fn running_slot(fake: &FakeIncus, name: &str) {
 
 /// Runs `plan` over `w` with real artifacts from `dir` and the secret `pw` = `value`.
 fn run_with_secret(w: &World, plan: &Plan, dir: &Path, value: &str) -> ApplyReport {
+    run_with_secret_and(w, plan, dir, value, &mut Script::default())
+}
+
+/// [`run_with_secret`] with `hooks`.
+fn run_with_secret_and(
+    w: &World,
+    plan: &Plan,
+    dir: &Path,
+    value: &str,
+    hooks: &mut Script,
+) -> ApplyReport {
     let artifacts = ArtifactStore::new(&dir.join("cache"));
     let mut secrets = veza_secrets::SecretValues::default();
     secrets.insert("prod", "pw", veza_secrets::SecretValue::new(value));
@@ -959,11 +975,7 @@ fn run_with_secret(w: &World, plan: &Plan, dir: &Path, value: &str) -> ApplyRepo
         secrets: &secrets,
         gates: w.gates.clone(),
     };
-    crate::incus::runtime().expect("runtime").block_on(apply(
-        plan,
-        &drivers,
-        &mut Script::default(),
-    ))
+    crate::incus::runtime().expect("runtime").block_on(apply(plan, &drivers, hooks))
 }
 
 /// A migration whose exec outlived the agent's limit may still be running in the
@@ -1070,13 +1082,14 @@ fn a_migration_that_cannot_run_is_an_ordinary_failure_retried_next_sync() {
 #[test]
 fn a_successful_migration_is_reported_and_the_deploy_goes_on() {
     let (tmp, w, s) = migrating_world();
-    let plan = plan_of(vec![migrate(&s)]);
-    let report = run_with_secret(&w, &plan, tmp.path(), "pw");
+    let plan = plan_of(vec![migrate(&s), Action::StartInstance { name: "web-green".into() }]);
+    let mut hooks = Script::default();
+    let report = run_with_secret_and(&w, &plan, tmp.path(), "pw", &mut hooks);
     assert_eq!(report.outcome, ApplyOutcome::Applied, "{report:?}");
-    assert_eq!(
-        report.migrated,
-        [("prod".to_string(), "web".to_string(), release('2').to_string())]
-    );
+    let done = ("prod".to_string(), "web".to_string(), release('2').to_string());
+    assert_eq!(report.migrated, [done.clone()]);
+    // Told at once, before the next step started (the journal keeps it through a kill).
+    assert_eq!(hooks.migrated, [(1, done.0, done.1, done.2)]);
 }
 
 #[test]
