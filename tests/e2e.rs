@@ -153,7 +153,7 @@ fn force_push_to_an_older_commit_is_refused_even_after_the_state_dir_is_wiped() 
     let a = h.commit(&h.manifest("blue", Some(0), None), "A").unwrap();
     apply_ok(&h);
     // B changes nothing on the host (one slot is enough): applying it moves the mark.
-    h.commit(&format!("{}# B\n", h.manifest("blue", Some(0), None)), "B").unwrap();
+    let b = h.commit(&format!("{}# B\n", h.manifest("blue", Some(0), None)), "B").unwrap();
     apply_ok(&h);
     h.repo.force_reset(&a).unwrap();
     let (code, out, _) = agent(&h, &["apply"]);
@@ -164,6 +164,22 @@ fn force_push_to_an_older_commit_is_refused_even_after_the_state_dir_is_wiped() 
     let (code, out, _) = agent(&h, &["apply"]);
     assert_eq!(code, 1, "{out}");
     assert!(out.starts_with("rejected"), "{out}");
+
+    // C fails part-way (green is created, then its artifact's digest does not match):
+    // part of it landed, so the forge may not serve B again to undo that.
+    h.repo.force_reset(&b).unwrap();
+    apply_ok(&h);
+    let broken =
+        h.manifest("blue", Some(0), Some(1)).replace(&h.releases[1].sha256, &"0".repeat(64));
+    h.commit(&broken, "C: green with a wrong digest").unwrap();
+    let (code, out, _) = agent(&h, &["apply"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.starts_with("failed"), "{out}");
+    h.repo.force_reset(&b).unwrap();
+    let (code, out, _) = agent(&h, &["apply"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("does not descend from the last applied commit"), "{out}");
+    assert_eq!(h.served_release().unwrap(), h.releases[0].id);
 }
 
 #[test]

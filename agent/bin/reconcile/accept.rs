@@ -158,13 +158,14 @@ impl Agent {
             .map_err(|e| SourceProblem::Fetch(redact(&e.to_string(), secret.as_deref())))?;
         let commit = fetched.tip.to_string();
         laps.lap("fetch");
-        // Anti-rollback: the tip must descend from the last applied commit, known from the
-        // state file or, when that is gone, from the mirror in Incus. Unknown is not "none":
+        // Anti-rollback: the tip must descend from the last applied commit (or one whose
+        // apply began and failed: part of it may have landed), known from the state file
+        // or, when that is gone, from the mirror in Incus. Unknown is not "none":
         // without the state file and without Incus, nothing is checked, so nothing is used.
         let key = high_water_key(&c.host);
         // On a cluster the mark is the newest commit any member's agent applied: it wins
         // over this member's own state file, which may be from before another member led.
-        let applied = match state.applied.as_ref().map(|a| a.commit.clone()) {
+        let applied = match state.high_water().map(str::to_string) {
             Some(local) if c.cluster.is_none() => Some(local),
             local => {
                 let mark = self.incus.server_user_config(&key).await.map_err(|e| {

@@ -561,6 +561,12 @@ impl Agent {
                     },
                 );
             }
+            (Outcome::Failed, _) => {
+                // Part of the commit may have landed: only its descendants are accepted
+                // next, or the forge could serve the older commit again and undo it.
+                self.mirror_high_water(&source.commit).await;
+                record(state, Event::Attempted { commit: source.commit.clone() });
+            }
             _ => {}
         }
         let mut end = End::new(outcome, commit, reason.clone());

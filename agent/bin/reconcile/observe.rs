@@ -72,23 +72,16 @@ impl Agent {
         Ok(state)
     }
 
-    /// Records `source` as what the host runs, as observed in `live` (the edge's active
-    /// colors and health, the jobs), and mirrors the high-water mark into Incus.
-    pub(super) async fn record_applied(
-        &self,
-        state: &mut AgentState,
-        source: &Source,
-        live: &LiveState,
-        now: i64,
-    ) {
+    /// Mirrors the anti-rollback mark into Incus (`commit`: the newest applied, or
+    /// attempted, commit), so a wiped state directory does not reopen older commits.
+    pub(super) async fn mirror_high_water(&self, commit: &str) {
         let key = high_water_key(&self.config.host);
-        if self.incus.server_user_config(&key).await.ok().flatten().as_deref()
-            != Some(source.commit.as_str())
+        if self.incus.server_user_config(&key).await.ok().flatten().as_deref() != Some(commit)
             && let Err(e) = veza_host::lease::Fenced::new(
                 &self.incus,
                 &crate::cluster::ClusterLease::fence(self.cluster.as_ref()),
             )
-            .set_server_user_config(&key, Some(&source.commit))
+            .set_server_user_config(&key, Some(commit))
             .await
         {
             // A cluster's standby leaves the mark to the leader.
@@ -98,6 +91,18 @@ impl Agent {
                 tracing::warn!("could not mirror the high-water mark into Incus: {e}");
             }
         }
+    }
+
+    /// Records `source` as what the host runs, as observed in `live` (the edge's active
+    /// colors and health, the jobs), and mirrors the high-water mark into Incus.
+    pub(super) async fn record_applied(
+        &self,
+        state: &mut AgentState,
+        source: &Source,
+        live: &LiveState,
+        now: i64,
+    ) {
+        self.mirror_high_water(&source.commit).await;
         let runs_in =
             source.manifests.iter().find_map(|m| m.edge.as_ref().map(|e| e.runs_in.clone()));
         let health = async {

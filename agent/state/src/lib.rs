@@ -252,6 +252,12 @@ pub struct AgentState {
     /// The suspension in force when the last sync ran (`veza-agent suspend`).
     #[serde(default)]
     pub suspended: Option<Suspension>,
+    /// The newest commit a sync began to apply without ending with it applied (a failed
+    /// step, a stop, a preemption; cleared once a commit is applied). Part of it may have
+    /// landed: the next tip must descend from it, not only from [`AgentState::applied`],
+    /// or a forge could serve the older commit again and undo what landed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempted: Option<String>,
     /// What the last plan would have applied but did not (suspended or report mode).
     #[serde(default)]
     pub held: Vec<String>,
@@ -342,6 +348,12 @@ impl AgentState {
         }
     }
 
+    /// The commit every new tip must descend from (the anti-rollback base): the newest
+    /// attempted one, else the last applied one.
+    pub fn high_water(&self) -> Option<&str> {
+        self.attempted.as_deref().or(self.applied.as_ref().map(|a| a.commit.as_str()))
+    }
+
     /// `(env, app, release)` of every recorded migration, for the planner.
     pub fn migrated(&self) -> std::collections::BTreeSet<(String, String, String)> {
         let mut out = std::collections::BTreeSet::new();
@@ -374,6 +386,7 @@ impl Default for AgentState {
             jobs: BTreeMap::new(),
             migrations: BTreeMap::new(),
             suspended: None,
+            attempted: None,
             held: Vec::new(),
             waiting: Vec::new(),
             statuses_pending: Vec::new(),

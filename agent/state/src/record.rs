@@ -61,6 +61,10 @@ pub enum Event {
         /// Drift on detect-only resources.
         drift: Vec<String>,
     },
+    /// The sync began to apply `commit` and did not end with it applied (a failed step, a
+    /// stop, a preemption): part of it may have landed, so it is the anti-rollback base
+    /// until a descendant is applied ([`AgentState::attempted`]).
+    Attempted { commit: String },
     /// The revision is what the host runs now (observed after the apply).
     Applied {
         /// The commit and its signer; `applied_at` is kept when the commit is the same.
@@ -228,8 +232,14 @@ pub fn record(state: &mut AgentState, event: Event) -> Option<HistoryEntry> {
             if state.applied.as_ref().is_none_or(|a| a.commit != revision.commit) {
                 state.applied = Some(revision);
             }
+            // What is applied descends from any commit attempted before it.
+            state.attempted = None;
             state.envs = envs(&state.envs, apps);
             state.jobs = jobs;
+            None
+        }
+        Event::Attempted { commit } => {
+            state.attempted = Some(commit);
             None
         }
         Event::Migrated { env, app, release, at } => {
@@ -414,6 +424,30 @@ mod tests {
             assert_eq!(s.sync_failures, *failures, "{outcomes:?}");
             assert_eq!(s.last_run.as_ref().map(|r| r.outcome), outcomes.last().copied());
         }
+    }
+
+    /// The anti-rollback base: the last applied commit, or a newer one whose apply began
+    /// and failed (part of it may have landed) until a commit is applied again.
+    #[test]
+    fn an_attempted_commit_is_the_anti_rollback_base_until_a_commit_is_applied() {
+        let mut s = AgentState::default();
+        assert_eq!(s.high_water(), None);
+        let applied = |c| Event::Applied {
+            revision: revision(c, 100),
+            apps: Vec::new(),
+            jobs: BTreeMap::new(),
+        };
+        record(&mut s, applied("a"));
+        assert_eq!(s.high_water(), Some("a"));
+        record(&mut s, Event::Attempted { commit: "b".into() });
+        assert_eq!(
+            (s.high_water(), s.applied.as_ref().map(|a| a.commit.as_str())),
+            (Some("b"), Some("a"))
+        );
+        record(&mut s, Event::Attempted { commit: "c".into() });
+        assert_eq!(s.high_water(), Some("c"));
+        record(&mut s, applied("d"));
+        assert_eq!((s.high_water(), s.attempted.as_deref()), (Some("d"), None));
     }
 
     /// What the forge sent reaches `status` and `history` on an operator's terminal: its
