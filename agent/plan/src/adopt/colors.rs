@@ -125,9 +125,14 @@ pub(super) fn assess_release(
         None => Err("it was not probed".to_string()),
     };
     let history = facts.color_histories.get(&slot.env).and_then(|t| parse_color_history(t));
+    // A probe that named another release outranks Ansible's history: the slot runs that.
+    let other_release = matches!(
+        facts.probes.get(&a.name),
+        Some(Ok(p)) if p.release.as_deref().is_some_and(|r| r != release)
+    );
     let verified = match (probed, history) {
         (Ok(how), _) => Ok(how),
-        (Err(_), Some((c, r))) if c == slot.color && r == release => Ok(format!(
+        (Err(_), Some((c, r))) if !other_release && c == slot.color && r == release => Ok(format!(
             "the last entry of Ansible's history (`{}`) names it for {c}",
             veza_model::live::ansible_history_file(&slot.env)
         )),

@@ -546,7 +546,7 @@ fn releases_are_recorded_only_when_verified() {
     let green = "a4c6e8b0d2f4a6c8e0b1d3f5a7c9e2b4d6f8a0c1";
     // (case, change, slot, release recorded, a line of its notes)
     type Case = (&'static str, fn(&mut World), &'static str, Option<&'static str>, &'static str);
-    let cases: [Case; 4] = [
+    let cases: [Case; 5] = [
         (
             "the probe's X-Release",
             |_| {},
@@ -580,6 +580,20 @@ fn releases_are_recorded_only_when_verified() {
             "veza-staging-backend-blue",
             None,
             "release e97b91f010 not verified (its health probe answered 503 without X-Release): not recorded — the first apply redeploys this slot",
+        ),
+        (
+            "a probe naming another release outranks Ansible's history",
+            |w| {
+                w.facts.probes.insert(
+                    "veza-staging-backend-blue".into(),
+                    Ok(ProbeAnswer { status: 200, release: Some("1111111111".into()) }),
+                );
+                let h = "blue e97b91f010a2b3c4d5e6f708192a3b4c5d6e7f80\n";
+                w.facts.color_histories.insert("staging".into(), h.into());
+            },
+            "veza-staging-backend-blue",
+            None,
+            "release e97b91f010 not verified (its health probe answered 200 with X-Release 1111111111): not recorded",
         ),
         (
             "a stopped slot serves nothing",
