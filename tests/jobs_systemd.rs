@@ -400,6 +400,26 @@ fn jobs_systemd_results_failure_success_and_staleness() {
     assert_eq!(after.last_success_at, Some(success_at));
     assert_eq!(after.problem.as_deref(), Some("last run failed (exit-code, exit status 4)"));
 
+    // A run in progress: systemd has already set `Result=success` for it; it is running,
+    // with no result, and the failure before it still stands.
+    let slow = render(&spec("slow", "0 3 * * *", "sleep 30"));
+    f.install(&[&slow]);
+    f.container.exec_ok(&["systemctl", "start", "--no-block", &slow.service.name]).unwrap();
+    let mut run = f.job_run(&slow).0;
+    for _ in 0..50 {
+        if run.running && !run.running_since.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        run = f.job_run(&slow).0;
+    }
+    assert!(run.running && !run.running_since.is_empty(), "{run:?}");
+    assert_eq!((run.result.as_str(), run.exit_status, run.last_start.as_str()), ("", None, ""));
+    let during = agent_jobs::record("c", "0 3 * * *", max_age, Ok(&run), Some(&after), now());
+    assert_eq!(during.last_success_at, Some(success_at), "no success from a run in progress");
+    assert_eq!(during.problem.as_deref(), Some("last run failed (exit-code, exit status 4)"));
+    f.container.exec_ok(&["systemctl", "stop", &slow.service.name]).unwrap();
+
     // A job on an instance that does not exist: status unknown, not a crash.
     let missing = UnitTarget::Instance("vt-no-such-instance".into());
     let err =

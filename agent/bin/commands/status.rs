@@ -454,8 +454,26 @@ fn when(t: &str) -> String {
     }
 }
 
-/// The last run in a few words: `success 2d ago`, `FAILED exit-code (exit status 3) 1h ago`.
+/// The last run in a few words: `success 2d ago`, `FAILED exit-code (exit status 3) 1h ago`,
+/// `running (started 5m ago), before: success 7d ago`.
 fn last_run(j: &JobStatus, now: i64) -> String {
+    let at = |t: &str| match chrono::DateTime::parse_from_rfc3339(t) {
+        Ok(t) => format!("{} ago", ago(now - t.timestamp())),
+        Err(_) => format!("at {t}"),
+    };
+    let finished = last_finished_run(j, now);
+    if !j.running {
+        return finished;
+    }
+    let since = j.running_since.as_deref().map(|t| format!(" (started {})", at(t)));
+    match finished.as_str() {
+        "never ran" => format!("running{}", since.unwrap_or_default()),
+        _ => format!("running{}, before: {finished}", since.unwrap_or_default()),
+    }
+}
+
+/// The last finished run in a few words.
+fn last_finished_run(j: &JobStatus, now: i64) -> String {
     let started = j.last_start.as_deref().map(|t| match chrono::DateTime::parse_from_rfc3339(t) {
         Ok(t) => format!(" {} ago", ago(now - t.timestamp())),
         Err(_) => format!(" at {t}"),

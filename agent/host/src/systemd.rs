@@ -6,8 +6,10 @@
 //! or removed; anything else in the unit directory is never touched: installing over a
 //! file without the marker is refused ([`SystemdError::Foreign`]). Every unit is
 //! checked with `systemd-analyze verify` where it will run before it is enabled, and any
-//! diagnostic counts as a failure (verify exits 0 on unknown keys). [`fake`] holds
-//! in-memory units for tests.
+//! diagnostic counts as a failure (verify exits 0 on unknown keys). Any failure of an
+//! install once it began writing (a write, `verify`, `daemon-reload`, enabling or
+//! restarting a timer) puts the previous files back, so the next plan, which compares
+//! contents, plans the install again. [`fake`] holds in-memory units for tests.
 //!
 //! For adoption only, the driver also reads the unit files *without* the marker (enabled
 //! timers and the services they start: `foreign.rs`, read-only, through Incus's file API
@@ -62,17 +64,52 @@ pub enum SystemdError {
         #[source]
         source: std::io::Error,
     },
+    /// An install failed after it began writing, and undoing it (the previous unit files
+    /// put back, new timers disabled, systemd reloaded) did not fully work either: what is
+    /// left may look installed to the next plan.
+    #[error("{error}; undoing the install did not fully work: {}", problems.join("; "))]
+    NotRestored { error: Box<SystemdError>, problems: Vec<String> },
 }
 
-/// The last run of a job's service.
+impl SystemdError {
+    /// This failure of an install, after the previous files were put back with `problems`
+    /// (none: they all are, and the error is unchanged).
+    fn restored(self, problems: Vec<String>) -> SystemdError {
+        if problems.is_empty() {
+            return self;
+        }
+        match self {
+            SystemdError::Verify { target, diagnostics } => SystemdError::Verify {
+                target,
+                diagnostics: format!("{diagnostics}; {}", problems.join("; ")),
+            },
+            other => SystemdError::NotRestored { error: Box::new(other), problems },
+        }
+    }
+}
+
+/// The last run of a job's service, as [`parse_job_run`] reads it.
+///
+/// systemd sets `Result=` back to `success` when a run starts, so a result is read only
+/// for a finished run: the service at rest (`inactive` or `failed`) and its main process
+/// exited after it started (or the run failed before its main process ran). While a run is
+/// in progress nothing is known of its outcome: `running`, no result.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct JobRun {
-    /// `Result=` of the service (`success`, `exit-code`, …); empty when it never ran.
+    /// `Result=` of the last finished run (`success`, `exit-code`, …); empty when no run
+    /// finished since the target booted, or while one is in progress.
     pub result: String,
-    /// Exit status of the last run.
+    /// Exit status of the last finished run's main process.
     pub exit_status: Option<i32>,
-    /// When the last run started (as systemd prints it), empty when never.
+    /// When the last finished run started (as systemd prints it); empty when none (or
+    /// while a run is in progress: systemd keeps the times of the current run only).
     pub last_start: String,
+    /// Whether a run is in progress (the service is `activating`, `active`,
+    /// `deactivating`, …): its outcome is not known yet.
+    pub running: bool,
+    /// When the run in progress started its main process (as systemd prints it); empty
+    /// when none is in progress or it has not reached its main process yet.
+    pub running_since: String,
     /// `ActiveState=` of the timer.
     pub timer_state: String,
     /// Next elapse as systemd prints it.
@@ -216,7 +253,7 @@ impl<'a, I: Incus> Systemd<'a, I> {
     }
 
     /// Puts back the files `install` replaced (or removes the ones it created); best
-    /// effort, after a failed `verify`.
+    /// effort, after any failure once it started writing.
     async fn restore(
         &self,
         target: &UnitTarget,
@@ -230,9 +267,9 @@ impl<'a, I: Incus> Systemd<'a, I> {
                         .map(drop)
                         .map_err(|e| e.to_string())
                 }
-                (UnitTarget::Host, None) => {
-                    std::fs::remove_file(self.host_path(name)).map_err(|e| e.to_string())
-                }
+                (UnitTarget::Host, None) => crate::fs::remove_if_exists(&self.host_path(name))
+                    .map(drop)
+                    .map_err(|e| e.to_string()),
                 (UnitTarget::Instance(inst), Some(bytes)) => {
                     let push = FilePush::new(self.instance_path(name), bytes.clone());
                     self.incus.push_file(inst, &push).await.map_err(|e| e.to_string())
@@ -292,6 +329,53 @@ impl<'a, I: Incus> Systemd<'a, I> {
                 self.run_in(target, &["rm", "-f", &self.instance_path(name)]).await.map(drop)
             }
         }
+    }
+
+    /// Reloads systemd and enables, starts (or restarts, for a changed schedule) `timers`,
+    /// in order; `tried` gets each timer as its turn comes.
+    async fn activate<'t>(
+        &self,
+        target: &UnitTarget,
+        timers: &'t [String],
+        tried: &mut Vec<&'t String>,
+    ) -> Result<(), SystemdError> {
+        self.run_in(target, &["systemctl", "daemon-reload"]).await?;
+        for timer in timers {
+            tried.push(timer);
+            self.run_in(target, &["systemctl", "enable", "--now", timer]).await?;
+            // A changed schedule is picked up by restarting an already active timer.
+            self.run_in(target, &["systemctl", "restart", timer]).await?;
+        }
+        Ok(())
+    }
+
+    /// Undoes a failed [`Self::activate`] (best effort; what failed, as text): the new
+    /// timers it `tried` disabled and stopped, the previous files put back, systemd reloaded
+    /// with them, and the timers that were there before restarted on their old schedule.
+    async fn deactivate(
+        &self,
+        target: &UnitTarget,
+        previous: &[(String, Option<Vec<u8>>)],
+        tried: &[&String],
+    ) -> Vec<String> {
+        let existed = |timer: &str| previous.iter().any(|(n, old)| n == timer && old.is_some());
+        let mut problems = Vec::new();
+        for timer in tried.iter().filter(|t| !existed(t)) {
+            if let Err(e) = self.run_in(target, &["systemctl", "disable", "--now", timer]).await {
+                problems.push(format!("disabling `{timer}` failed: {e}"));
+            }
+        }
+        problems.extend(self.restore(target, previous).await);
+        if let Err(e) = self.run_in(target, &["systemctl", "daemon-reload"]).await {
+            problems.push(format!("reloading systemd after restoring failed: {e}"));
+            return problems;
+        }
+        for timer in tried.iter().filter(|t| existed(t)) {
+            if let Err(e) = self.run_in(target, &["systemctl", "restart", timer]).await {
+                problems.push(format!("restarting `{timer}` on its previous schedule failed: {e}"));
+            }
+        }
+        problems
     }
 
     pub(super) fn host_path(&self, name: &str) -> PathBuf {
@@ -387,29 +471,29 @@ impl<I: Incus> Units for Systemd<'_, I> {
             }
             previous.push((name.clone(), old));
         }
+        // From the first write on, any failure puts the previous files back: the next plan
+        // compares contents only, so a file left in place would look installed and its
+        // timer would never be enabled.
         let mut paths = Vec::new();
-        for (name, contents) in files {
-            paths.push(self.write_file(target, name, contents, 0o644).await?);
+        for (i, (name, contents)) in files.iter().enumerate() {
+            match self.write_file(target, name, contents, 0o644).await {
+                Ok(path) => paths.push(path),
+                Err(e) => {
+                    let problems = self.restore(target, &previous[..=i]).await;
+                    return Err(e.restored(problems));
+                }
+            }
         }
         if !paths.is_empty()
             && let Err(e) = self.verify(target, &paths).await
         {
             let problems = self.restore(target, &previous).await;
-            return Err(match e {
-                SystemdError::Verify { target, diagnostics } if !problems.is_empty() => {
-                    SystemdError::Verify {
-                        target,
-                        diagnostics: format!("{diagnostics}; {}", problems.join("; ")),
-                    }
-                }
-                other => other,
-            });
+            return Err(e.restored(problems));
         }
-        self.run_in(target, &["systemctl", "daemon-reload"]).await?;
-        for timer in timers {
-            self.run_in(target, &["systemctl", "enable", "--now", timer]).await?;
-            // A changed schedule is picked up by restarting an already active timer.
-            self.run_in(target, &["systemctl", "restart", timer]).await?;
+        let mut tried = Vec::new();
+        if let Err(e) = self.activate(target, timers, &mut tried).await {
+            let problems = self.deactivate(target, &previous, &tried).await;
+            return Err(e.restored(problems));
         }
         Ok(())
     }
@@ -467,51 +551,67 @@ impl<I: Incus> Units for Systemd<'_, I> {
         service: &str,
         timer: &str,
     ) -> Result<JobRun, SystemdError> {
-        let svc = self
-            .run_in(
-                target,
-                &[
-                    "systemctl",
-                    "show",
-                    "-p",
-                    "Result,ExecMainStatus,ExecMainStartTimestamp",
-                    service,
-                ],
-            )
-            .await?;
-        let tim = self
-            .run_in(
-                target,
-                &["systemctl", "show", "-p", "ActiveState,NextElapseUSecRealtime", timer],
-            )
-            .await?;
+        let svc = SERVICE_PROPERTIES.join(",");
+        let svc = self.run_in(target, &["systemctl", "show", "-p", &svc, service]).await?;
+        let tim = TIMER_PROPERTIES.join(",");
+        let tim = self.run_in(target, &["systemctl", "show", "-p", &tim, timer]).await?;
         Ok(parse_job_run(&svc, &tim))
     }
 }
 
-/// Reads `systemctl show` output (properties in systemd's own order).
+/// The properties `job_run` asks `systemctl show` for about a job's service: every one
+/// [`parse_job_run`] reads from the service's text.
+pub const SERVICE_PROPERTIES: [&str; 6] = [
+    "ActiveState",
+    "Result",
+    "ExecMainStatus",
+    "ExecMainStartTimestamp",
+    "ExecMainStartTimestampMonotonic",
+    "ExecMainExitTimestampMonotonic",
+];
+
+/// The properties `job_run` asks `systemctl show` for about a job's timer.
+pub const TIMER_PROPERTIES: [&str; 2] = ["ActiveState", "NextElapseUSecRealtime"];
+
+/// Reads `systemctl show` output of a job's service ([`SERVICE_PROPERTIES`]) and timer
+/// ([`TIMER_PROPERTIES`]), in any order. A run counts as finished, with its `Result=`, only
+/// when the service is at rest (`inactive` or `failed`) and its main process exited after
+/// it started; a service that `failed` before its main process ran (an `ExecStartPre=`, a
+/// sandbox that could not be set up) is a failed run without an exit status. Any other
+/// state is a run in progress, whose `Result=` (reset to `success` when it started) says
+/// nothing yet. An `ActiveState=` that is missing is neither.
 pub fn parse_job_run(service: &str, timer: &str) -> JobRun {
     let props = |text: &str| -> BTreeMap<String, String> {
         text.lines()
             .filter_map(|l| l.split_once('='))
-            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
             .collect()
     };
     let s = props(service);
     let t = props(timer);
-    let started = s.get("ExecMainStartTimestamp").cloned().unwrap_or_default();
+    let get = |key: &str| s.get(key).map_or("", String::as_str);
+    let monotonic = |key: &str| get(key).parse::<u64>().unwrap_or(0);
+    let state = get("ActiveState");
+    let started = get("ExecMainStartTimestamp");
+    let at_rest = matches!(state, "inactive" | "failed");
+    let running = !state.is_empty() && !at_rest;
+    let exit = monotonic("ExecMainExitTimestampMonotonic");
+    let exited =
+        !started.is_empty() && exit != 0 && exit >= monotonic("ExecMainStartTimestampMonotonic");
+    let result = get("Result");
+    let (result, exit_status, last_start) = if at_rest && exited {
+        (result, get("ExecMainStatus").parse().ok(), started)
+    } else if state == "failed" && !result.is_empty() && result != "success" {
+        (result, None, "")
+    } else {
+        ("", None, "")
+    };
     JobRun {
-        result: if started.is_empty() {
-            String::new()
-        } else {
-            s.get("Result").cloned().unwrap_or_default()
-        },
-        exit_status: if started.is_empty() {
-            None
-        } else {
-            s.get("ExecMainStatus").and_then(|v| v.parse().ok())
-        },
-        last_start: started,
+        result: result.to_string(),
+        exit_status,
+        last_start: last_start.to_string(),
+        running,
+        running_since: if running { started.to_string() } else { String::new() },
         timer_state: t.get("ActiveState").cloned().unwrap_or_default(),
         next: t.get("NextElapseUSecRealtime").cloned().unwrap_or_default(),
     }
@@ -521,20 +621,173 @@ pub fn parse_job_run(service: &str, timer: &str) -> JobRun {
 mod tests {
     use super::*;
 
+    /// `systemctl show` of a job's service, as systemd prints it at each point of a run
+    /// (times in UTC; monotonic in µs since boot), then what is read from it.
     #[test]
-    fn job_run_reads_systemctl_show() {
-        let r = parse_job_run(
-            "Result=exit-code\nExecMainStatus=3\nExecMainStartTimestamp=Sun 2026-11-29 22:35:50 UTC\n",
-            "NextElapseUSecRealtime=Sun 2026-11-29 22:36:00 UTC\nActiveState=active\n",
-        );
-        assert_eq!(r.result, "exit-code");
-        assert_eq!(r.exit_status, Some(3));
-        assert_eq!(r.timer_state, "active");
-        assert_eq!(r.next, "Sun 2026-11-29 22:36:00 UTC");
-        // `Result=success` of a service that never ran is not a success.
-        let never =
-            parse_job_run("Result=success\nExecMainStatus=0\nExecMainStartTimestamp=\n", "");
-        assert_eq!((never.result.as_str(), never.exit_status), ("", None));
+    fn job_run_reads_a_result_only_once_the_run_finished() {
+        const T1: &str = "Sun 2026-11-29 22:35:50 UTC";
+        const T2: &str = "Sun 2026-11-29 23:00:00 UTC";
+        const NEXT: &str = "Sun 2026-11-30 22:35:00 UTC";
+        struct Case {
+            what: &'static str,
+            service: String,
+            /// (result, exit status, last start, running, running since)
+            want: (&'static str, Option<i32>, &'static str, bool, &'static str),
+        }
+        let show = |state: &str, result: &str, status: i32, start: &str, mono: (u64, u64)| {
+            format!(
+                "Result={result}\nExecMainStartTimestamp={start}\nExecMainStartTimestampMonotonic={}\nExecMainExitTimestampMonotonic={}\nExecMainStatus={status}\nActiveState={state}\n",
+                mono.0, mono.1
+            )
+        };
+        let cases = [
+            Case {
+                what: "never ran since boot: systemd's `Result=success` is no run",
+                service: show("inactive", "success", 0, "", (0, 0)),
+                want: ("", None, "", false, ""),
+            },
+            Case {
+                what: "a failed run",
+                service: show("failed", "exit-code", 3, T1, (100, 250)),
+                want: ("exit-code", Some(3), T1, false, ""),
+            },
+            Case {
+                what: "a successful run",
+                service: show("inactive", "success", 0, T1, (100, 250)),
+                want: ("success", Some(0), T1, false, ""),
+            },
+            Case {
+                what: "a run in progress: systemd reset `Result=` to success when it started",
+                service: show("activating", "success", 0, T2, (900, 0)),
+                want: ("", None, "", true, T2),
+            },
+            Case {
+                what: "a run whose main process exited, still stopping",
+                service: show("deactivating", "success", 0, T2, (900, 950)),
+                want: ("", None, "", true, T2),
+            },
+            Case {
+                what: "at rest, yet the main process did not exit after this start",
+                service: show("inactive", "success", 0, T2, (900, 250)),
+                want: ("", None, "", false, ""),
+            },
+            Case {
+                what: "failed before its main process ran (an ExecStartPre=)",
+                service: show("failed", "exit-code", 0, "", (0, 0)),
+                want: ("exit-code", None, "", false, ""),
+            },
+            Case {
+                what: "no ActiveState: nothing is known",
+                service: format!(
+                    "Result=success\nExecMainStatus=0\nExecMainStartTimestamp={T1}\nExecMainStartTimestampMonotonic=100\nExecMainExitTimestampMonotonic=250\n"
+                ),
+                want: ("", None, "", false, ""),
+            },
+        ];
+        let timer = format!("NextElapseUSecRealtime={NEXT}\nActiveState=active\n");
+        for case in cases {
+            let r = parse_job_run(&case.service, &timer);
+            let got = (
+                r.result.as_str(),
+                r.exit_status,
+                r.last_start.as_str(),
+                r.running,
+                r.running_since.as_str(),
+            );
+            assert_eq!(got, case.want, "{}", case.what);
+            assert_eq!(
+                (r.timer_state.as_str(), r.next.as_str()),
+                ("active", NEXT),
+                "{}",
+                case.what
+            );
+        }
+    }
+
+    /// What `systemctl show -p A,B UNIT` (`argv`) prints of a unit whose every property is
+    /// in `all`: only the ones asked for.
+    fn systemctl_show(all: &str, argv: &[String]) -> String {
+        let asked: Vec<&str> = argv
+            .iter()
+            .position(|a| a == "-p")
+            .and_then(|i| argv.get(i + 1))
+            .map(|list| list.split(',').collect())
+            .unwrap_or_default();
+        fake::asked_only(all, &asked)
+    }
+
+    /// The driver asks `systemctl show` for every property it reads (each row needs
+    /// some of them): a run in progress read through it (in an instance) is running, not a
+    /// success at its start.
+    #[test]
+    fn job_run_asks_systemctl_for_what_it_reads() {
+        use crate::incus::{ExecOutput, FakeIncus};
+        use veza_model::live::{InstanceStatus, LiveInstance, LiveState, MARK_MANAGED};
+        let mut live = LiveState::default();
+        let db = LiveInstance {
+            name: "db".into(),
+            status: InstanceStatus::Running,
+            config: [(MARK_MANAGED.to_string(), "true".to_string())].into(),
+            ..LiveInstance::default()
+        };
+        live.instances.insert("db".into(), db);
+        let fake = FakeIncus::new(live);
+        let units = Systemd::new(&fake, "/nonexistent");
+        let target = UnitTarget::Instance("db".to_string());
+        let rt = crate::incus::runtime().expect("runtime");
+        let (service, timer) = ("veza-job-prod-drill.service", "veza-job-prod-drill.timer");
+        const AT: &str = "Sun 2026-11-29 04:00:00 UTC";
+        // Every property of the service: its state, result, main exit status, and start
+        // and exit of the main process (monotonic µs).
+        let service_all = |state: &str, result: &str, status: i32, exit: u64| {
+            format!(
+                "Type=oneshot\nRestart=no\nMainPID=0\nResult={result}\nExecMainStartTimestamp={AT}\nExecMainStartTimestampMonotonic=5000000\nExecMainExitTimestamp=\nExecMainExitTimestampMonotonic={exit}\nExecMainPID=4242\nExecMainCode=1\nExecMainStatus={status}\nLoadState=loaded\nActiveState={state}\nSubState=dead\n"
+            )
+        };
+        let timer_all = "Unit=veza-job-prod-drill.service\nNextElapseUSecRealtime=Sun 2026-12-06 04:00:00 UTC\nLastTriggerUSec=Sun 2026-11-29 04:00:00 UTC\nLoadState=loaded\nActiveState=active\nSubState=waiting\n";
+        // (what, the service's properties, then: result, exit status, last start, running)
+        let cases = [
+            (
+                "a drill still running",
+                service_all("activating", "success", 0, 0),
+                ("", None, "", true),
+            ),
+            (
+                "a drill that failed",
+                service_all("failed", "exit-code", 3, 9_000_000),
+                ("exit-code", Some(3), AT, false),
+            ),
+            (
+                "at rest, the main process's last exit before this start",
+                service_all("inactive", "success", 0, 4_000_000),
+                ("", None, "", false),
+            ),
+        ];
+        for (what, all, want) in cases {
+            // First the questions (answered with nothing), then the same questions answered
+            // with only what they asked for.
+            let before = fake.execs().len();
+            rt.block_on(units.job_run(&target, service, timer)).expect("job_run");
+            let asked: Vec<Vec<String>> =
+                fake.execs().into_iter().skip(before).map(|(_, req)| req.command).collect();
+            assert_eq!(asked.len(), 2, "{asked:?}");
+            assert_eq!(asked[0].last().map(String::as_str), Some(service), "{asked:?}");
+            assert_eq!(asked[1].last().map(String::as_str), Some(timer), "{asked:?}");
+            for (all, argv) in [(all.as_str(), &asked[0]), (timer_all, &asked[1])] {
+                let stdout = systemctl_show(all, argv).into_bytes();
+                fake.push_exec_result(ExecOutput { exit_code: 0, stdout, stderr: Vec::new() });
+            }
+            let run = rt.block_on(units.job_run(&target, service, timer)).expect("job_run");
+            let got = (run.result.as_str(), run.exit_status, run.last_start.as_str(), run.running);
+            assert_eq!(got, want, "{what}");
+            let since = if run.running { AT } else { "" };
+            assert_eq!(run.running_since, since, "{what}");
+            assert_eq!(
+                (run.timer_state.as_str(), run.next.as_str()),
+                ("active", "Sun 2026-12-06 04:00:00 UTC"),
+                "{what}"
+            );
+        }
     }
 
     /// A unit file without the marker is never overwritten, in an instance (here) or on the
@@ -569,6 +822,230 @@ mod tests {
         let writes: Vec<String> =
             fake.calls().into_iter().filter(|c| !c.starts_with("GET ")).collect();
         assert!(writes.is_empty(), "nothing is written: {writes:?}");
+    }
+
+    /// Any failure of an install once it began writing puts the previous unit files back
+    /// (so the next plan, which compares contents, installs again), disables the new timers
+    /// it enabled, and reloads systemd with what is on disk again: here in an instance, with
+    /// the commands (`incus exec`) or a file push failing at each point.
+    #[test]
+    fn a_failed_install_puts_the_previous_units_back() {
+        use crate::incus::{ExecOutput, FakeIncus, IncusError};
+        use veza_model::live::{InstanceStatus, LiveInstance, LiveState, MARK_MANAGED};
+        const DIR: &str = "/etc/systemd/system";
+        const SERVICE: &str = "veza-job-prod-backup.service";
+        const TIMER: &str = "veza-job-prod-backup.timer";
+        let ours = |what: &str| format!("{OWNER_MARKER_PREFIX}prod/backup\n# {what}\n");
+        enum Fail {
+            /// The n-th command (0: `systemd-analyze verify`) exits 1.
+            Exec(usize),
+            /// Pushing the timer file fails.
+            PushTimer,
+        }
+        struct Case {
+            what: &'static str,
+            /// Whether the job's units were there before (an update) or not (a new job).
+            update: bool,
+            fail: Fail,
+            /// The commands run, in order, failed one included.
+            commands: &'static [&'static str],
+        }
+        let cases = [
+            Case {
+                what: "daemon-reload fails",
+                update: true,
+                fail: Fail::Exec(1),
+                commands: &[
+                    "systemd-analyze verify",
+                    "systemctl daemon-reload",
+                    "systemctl daemon-reload",
+                ],
+            },
+            Case {
+                what: "enable --now fails",
+                update: true,
+                fail: Fail::Exec(2),
+                commands: &[
+                    "systemd-analyze verify",
+                    "systemctl daemon-reload",
+                    "systemctl enable --now veza-job-prod-backup.timer",
+                    "systemctl daemon-reload",
+                    "systemctl restart veza-job-prod-backup.timer",
+                ],
+            },
+            Case {
+                what: "restart fails",
+                update: true,
+                fail: Fail::Exec(3),
+                commands: &[
+                    "systemd-analyze verify",
+                    "systemctl daemon-reload",
+                    "systemctl enable --now veza-job-prod-backup.timer",
+                    "systemctl restart veza-job-prod-backup.timer",
+                    "systemctl daemon-reload",
+                    "systemctl restart veza-job-prod-backup.timer",
+                ],
+            },
+            Case {
+                what: "the timer's file cannot be pushed",
+                update: true,
+                fail: Fail::PushTimer,
+                commands: &[],
+            },
+            Case {
+                what: "verify rejects the units",
+                update: true,
+                fail: Fail::Exec(0),
+                commands: &["systemd-analyze verify"],
+            },
+            Case {
+                what: "a new job whose timer does not start: disabled, its files removed",
+                update: false,
+                fail: Fail::Exec(2),
+                commands: &[
+                    "systemd-analyze verify",
+                    "systemctl daemon-reload",
+                    "systemctl enable --now veza-job-prod-backup.timer",
+                    "systemctl disable --now veza-job-prod-backup.timer",
+                    "rm -f /etc/systemd/system/veza-job-prod-backup.service",
+                    "rm -f /etc/systemd/system/veza-job-prod-backup.timer",
+                    "systemctl daemon-reload",
+                ],
+            },
+        ];
+        let rt = crate::incus::runtime().expect("runtime");
+        for case in cases {
+            let mut live = LiveState::default();
+            let db = LiveInstance {
+                name: "db".into(),
+                status: InstanceStatus::Running,
+                config: [(MARK_MANAGED.to_string(), "true".to_string())].into(),
+                ..LiveInstance::default()
+            };
+            live.instances.insert("db".into(), db);
+            let fake = FakeIncus::new(live);
+            let before: Vec<(String, String)> = if case.update {
+                [SERVICE, TIMER].map(|n| (n.to_string(), ours(&format!("old {n}")))).into()
+            } else {
+                Vec::new()
+            };
+            for (name, text) in &before {
+                fake.set_file("db", &format!("{DIR}/{name}"), text.as_str());
+            }
+            let failed = ExecOutput { exit_code: 1, stdout: Vec::new(), stderr: b"boom".to_vec() };
+            match case.fail {
+                Fail::Exec(n) => {
+                    for _ in 0..n {
+                        fake.push_exec_result(ExecOutput::default());
+                    }
+                    fake.push_exec_result(failed);
+                }
+                Fail::PushTimer => fake.fail_on(
+                    format!("POST /1.0/instances/db/files?path={DIR}/{TIMER}").as_str(),
+                    IncusError::Invalid { what: "file", value: TIMER.into(), reason: "injected" },
+                ),
+            }
+            let units = Systemd::new(&fake, "/nonexistent");
+            let new = [SERVICE, TIMER].map(|n| (n.to_string(), ours(&format!("new {n}"))));
+            let target = UnitTarget::Instance("db".to_string());
+            let err = rt
+                .block_on(units.install(&target, &new, &[TIMER.to_string()]))
+                .expect_err(case.what);
+            assert!(!matches!(err, SystemdError::NotRestored { .. }), "{}: {err}", case.what);
+            // The commands run (`verify` without its paths).
+            let got: Vec<String> = fake
+                .execs()
+                .into_iter()
+                .map(|(_, req)| req.command.join(" "))
+                .map(|c| match c.strip_prefix("systemd-analyze verify ") {
+                    Some(_) => "systemd-analyze verify".to_string(),
+                    None => c,
+                })
+                .collect();
+            assert_eq!(got, case.commands, "{}: commands", case.what);
+            for (name, old) in &before {
+                let now = fake.file("db", &format!("{DIR}/{name}"));
+                assert_eq!(
+                    now.as_deref().map(String::from_utf8_lossy).as_deref(),
+                    Some(old.as_str()),
+                    "{}: {name} is not what it was before",
+                    case.what
+                );
+            }
+        }
+    }
+
+    /// A failed install says what could not be put back, if anything.
+    #[test]
+    fn a_failed_install_says_what_could_not_be_put_back() {
+        let reload = || SystemdError::Exec {
+            instance: "db".into(),
+            command: "systemctl daemon-reload".into(),
+            code: 1,
+            stderr: "boom".into(),
+        };
+        let verify = || SystemdError::Verify { target: "host".into(), diagnostics: "bad".into() };
+        let lost = || vec!["restoring `x.timer` failed: gone".to_string()];
+        let cases = [
+            (reload().restored(Vec::new()), reload().to_string()),
+            (
+                reload().restored(lost()),
+                "in instance `db`: `systemctl daemon-reload` exited 1: boom; undoing the install did not fully work: restoring `x.timer` failed: gone".to_string(),
+            ),
+            (
+                verify().restored(lost()),
+                "units rejected by `systemd-analyze verify` on host: bad; restoring `x.timer` failed: gone".to_string(),
+            ),
+        ];
+        for (err, want) in cases {
+            assert_eq!(err.to_string(), want);
+        }
+    }
+
+    /// The fake reports a job's runs as systemd does, through the same reading: a run in
+    /// progress is running (systemd set `Result=` back to `success`), never a success.
+    #[test]
+    fn the_fake_reports_runs_as_systemd_does() {
+        use fake::FakeUnits;
+        let units = FakeUnits::new();
+        let target = UnitTarget::Instance("db".into());
+        let (service, timer) = ("veza-job-prod-drill.service", "veza-job-prod-drill.timer");
+        type Event = fn(&FakeUnits, &UnitTarget, &str);
+        // (what happens, then: result, exit status, running, running since)
+        let steps: [(&str, Event, (&str, Option<i32>, bool, &str)); 6] = [
+            ("installed, never ran", |_, _, _| {}, ("", None, false, "")),
+            (
+                "the first run starts",
+                |u, t, s| u.start_run(t, s, 1_000),
+                ("", None, true, "Thu 1970-01-01 00:16:40 UTC"),
+            ),
+            (
+                "it succeeds",
+                |u, t, s| u.finish_run(t, s, "success", 0, 1_600),
+                ("success", Some(0), false, ""),
+            ),
+            (
+                "the next run starts",
+                |u, t, s| u.start_run(t, s, 2_000),
+                ("", None, true, "Thu 1970-01-01 00:33:20 UTC"),
+            ),
+            (
+                "it fails",
+                |u, t, s| u.finish_run(t, s, "exit-code", 3, 2_400),
+                ("exit-code", Some(3), false, ""),
+            ),
+            ("the target reboots", |u, t, _| u.reboot(t), ("", None, false, "")),
+        ];
+        let rt = crate::incus::runtime().expect("runtime");
+        rt.block_on(units.install(&target, &[], &[timer.to_string()])).expect("install");
+        for (what, event, want) in steps {
+            event(&units, &target, service);
+            let run = rt.block_on(units.job_run(&target, service, timer)).expect("job_run");
+            let got =
+                (run.result.as_str(), run.exit_status, run.running, run.running_since.as_str());
+            assert_eq!(got, want, "{what}");
+            assert_eq!(run.timer_state, "active", "{what}");
+        }
     }
 
     #[test]

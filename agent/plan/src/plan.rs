@@ -579,13 +579,36 @@ fn keep_live_releases<'m>(manifests: &[&'m Manifest], kept: &[KeptSlot]) -> Vec<
         .collect()
 }
 
+/// Installs the jobs' units where they are missing or differ, and removes the agent's
+/// units of jobs that left. Units go only into an instance the agent owns that runs, or
+/// that this plan creates or starts; a job whose instance is someone else's, or stays
+/// stopped, is refused ([`units_refused`]).
 fn plan_jobs(want: &Desired, live: &LiveState, b: &mut Builder) {
     let mut by_target: BTreeMap<&UnitTarget, Vec<&crate::desired::DesiredJob>> = BTreeMap::new();
     for j in &want.jobs {
         by_target.entry(&j.target).or_default().push(j);
     }
+    // Instances running once this plan's instance steps ran.
+    let brought_up: BTreeSet<String> = b
+        .steps
+        .iter()
+        .filter_map(|s| match &s.action {
+            Action::CreateInstance { name, .. } | Action::StartInstance { name } => {
+                Some(name.clone())
+            }
+            _ => None,
+        })
+        .collect();
     let empty = BTreeMap::new();
     for (target, jobs) in &by_target {
+        if let UnitTarget::Instance(name) = target
+            && let Some(why) = units_refused(name, live, &brought_up)
+        {
+            for j in jobs {
+                b.refuse(format!("job {}/{}", j.env, j.name), why.clone());
+            }
+            continue;
+        }
         let have = live.units.get(*target).unwrap_or(&empty);
         let mut files = Vec::new();
         let mut timers = Vec::new();
@@ -622,6 +645,37 @@ fn plan_jobs(want: &Desired, live: &LiveState, b: &mut Builder) {
             );
         }
     }
+}
+
+/// Why no job units may be installed in instance `name` by this plan, if so: it is not the
+/// agent's (a foreign instance is never written to: its owner's timers would run the same
+/// backups a second time), or it is not running and `brought_up` (what this plan creates
+/// or starts) does not include it. An instance on an offline cluster member is left to
+/// placement, which refuses every step on it naming the member.
+fn units_refused(name: &str, live: &LiveState, brought_up: &BTreeSet<String>) -> Option<String> {
+    if brought_up.contains(name) {
+        return None;
+    }
+    let Some(l) = live.instances.get(name) else {
+        return Some(format!(
+            "its instance `{name}` does not exist and this plan does not create it; its units are installed once it runs"
+        ));
+    };
+    if live.on_offline_member(l) {
+        return None;
+    }
+    if !l.is_owned() {
+        return Some(format!(
+            "its instance `{name}` is not the agent's (no user.veza.managed mark): no units, secrets or timers are written into it — adopt it first (`veza-agent adopt`, which also retires the instance's own timers that duplicate a job); its units are installed then"
+        ));
+    }
+    if !l.is_running() {
+        return Some(format!(
+            "its instance `{name}` is {} and this plan does not start it: its units are installed once it runs (start it)",
+            l.status.to_string().to_lowercase()
+        ));
+    }
+    None
 }
 
 fn plan_prune(want: &Desired, live: &LiveState, b: &mut Builder) {

@@ -192,13 +192,20 @@ pub struct JobState {
     pub schedule: String,
     /// The timer's next elapse (random delay included); `None` when the timer is not active.
     pub next: Option<String>,
-    /// `Result=` of the last run (`success`, `exit-code`, `timeout`, …); `None` when the
-    /// service has not run since the target booted.
+    /// `Result=` of the last finished run (`success`, `exit-code`, `timeout`, …); `None`
+    /// when no run finished since the target booted. While a run is in progress
+    /// ([`JobState::running`]), the previous record's.
     pub last_result: Option<String>,
-    /// Exit status of the last run.
+    /// Exit status of the last finished run.
     pub last_exit: Option<i32>,
-    /// When the last run started.
+    /// When the last finished run started.
     pub last_start: Option<String>,
+    /// Whether a run was in progress when observed (its outcome not known yet).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub running: bool,
+    /// When the run in progress started, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub running_since: Option<String>,
     /// When the last successful run started (unix seconds).
     pub last_success_at: Option<i64>,
     /// The manifest's `max_success_age`, in seconds.

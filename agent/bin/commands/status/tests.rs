@@ -15,6 +15,8 @@ fn drill(at: i64) -> JobState {
         last_success_at: Some(at),
         max_success_age_s: Some(8 * 86_400),
         first_seen_at: Some(0),
+        running: false,
+        running_since: None,
         problem: None,
     }
 }
@@ -278,6 +280,19 @@ fn human_and_json_forms_show_jobs() {
         },
     );
     st.jobs.insert("prod/report".into(), JobState { target: "host".into(), ..JobState::default() });
+    // A run in progress: the last finished one still shows.
+    st.jobs.insert(
+        "prod/pgbackrest-full".into(),
+        JobState {
+            running: true,
+            running_since: Some("1970-01-01T00:25:00Z".into()),
+            ..drill(2000 - 3600)
+        },
+    );
+    st.jobs.insert(
+        "prod/vacuum".into(),
+        JobState { target: "host".into(), running: true, ..JobState::default() },
+    );
     let s = build(st, seen());
     assert_eq!(s.health, "attention");
     assert_eq!(
@@ -293,6 +308,8 @@ fn human_and_json_forms_show_jobs() {
         "  prod/dr-drill        on host           next 1970-01-03 04:00 UTC  last success 9d ago  [!]\n",
         "  prod/pgbackrest-diff on veza-postgres  next 1970-01-02 02:00 UTC  last FAILED exit-code (exit status 3) 3m ago  [!]\n",
         "  prod/report          on host           next none  last never ran\n",
+        "  prod/pgbackrest-full on host           next 1970-01-03 04:00 UTC  last running (started 8m ago), before: success 60m ago\n",
+        "  prod/vacuum          on host           next none  last running\n",
         "also:     job prod/pgbackrest-diff: last run failed (exit-code, exit status 3)\n",
     ] {
         assert!(text.contains(line), "missing {line:?} in:\n{text}");
@@ -315,6 +332,8 @@ fn human_and_json_forms_show_jobs() {
         })
     );
     assert_eq!(json["jobs"]["prod/report"]["problem"], serde_json::Value::Null);
+    assert_eq!(json["jobs"]["prod/pgbackrest-full"]["running"], true);
+    assert_eq!(json["jobs"]["prod/pgbackrest-full"]["running_since"], "1970-01-01T00:25:00Z");
     // The raw record stays under `state`.
     assert_eq!(json["state"]["jobs"]["prod/pgbackrest-diff"]["last_exit"], 3);
 }

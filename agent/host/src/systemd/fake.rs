@@ -1,11 +1,13 @@
-//! In-memory [`Units`] for tests: unit files per target, a record of every change, and an
-//! injectable rejection.
+//! In-memory [`Units`] for tests: unit files per target, a record of every change, an
+//! injectable rejection, and each job service's runs as systemd reports them (`Result=`
+//! set back to `success` when a run starts, read through the real driver's
+//! [`parse_job_run`](super::parse_job_run) from the properties it asks for).
 
 use std::collections::BTreeMap;
 
 use veza_plan::live::UnitTarget;
 
-use super::{JobRun, SystemdError, Units};
+use super::{JobRun, SERVICE_PROPERTIES, SystemdError, TIMER_PROPERTIES, Units, parse_job_run};
 use crate::fake_state::FakeState;
 
 #[derive(Debug, Default)]
@@ -19,6 +21,64 @@ struct State {
     private: BTreeMap<String, String>,
     calls: Vec<String>,
     reject: Option<String>,
+    /// What systemd knows of each job service's last run.
+    runs: BTreeMap<(UnitTarget, String), ServiceRun>,
+}
+
+/// A service's last run as systemd keeps it: times in unix seconds (the fake's boot is
+/// the epoch, so its monotonic clock is the same number in µs).
+#[derive(Debug, Clone)]
+struct ServiceRun {
+    /// `ActiveState=`.
+    state: &'static str,
+    result: String,
+    status: i32,
+    start: Option<i64>,
+    exit: Option<i64>,
+}
+
+impl ServiceRun {
+    /// Every property the fake knows, as `systemctl show` prints them.
+    fn show(&self) -> String {
+        let realtime = |t: Option<i64>| {
+            t.and_then(|t| chrono::DateTime::from_timestamp(t, 0))
+                .map(|t| t.format("%a %Y-%m-%d %H:%M:%S UTC").to_string())
+                .unwrap_or_default()
+        };
+        let monotonic = |t: Option<i64>| t.map_or(0, |t| t.saturating_mul(1_000_000));
+        format!(
+            "Type=oneshot\nResult={}\nExecMainStartTimestamp={}\nExecMainStartTimestampMonotonic={}\nExecMainExitTimestamp={}\nExecMainExitTimestampMonotonic={}\nExecMainStatus={}\nLoadState=loaded\nActiveState={}\n",
+            self.result,
+            realtime(self.start),
+            monotonic(self.start),
+            realtime(self.exit),
+            monotonic(self.exit),
+            self.status,
+            self.state,
+        )
+    }
+}
+
+impl Default for ServiceRun {
+    /// A service that has not run since boot.
+    fn default() -> ServiceRun {
+        ServiceRun {
+            state: "inactive",
+            result: "success".into(),
+            status: 0,
+            start: None,
+            exit: None,
+        }
+    }
+}
+
+/// The lines of `all` (`systemctl show` of every property) for the properties `asked`,
+/// as `systemctl show -p A,B` prints them.
+pub(super) fn asked_only(all: &str, asked: &[&str]) -> String {
+    all.lines()
+        .filter(|l| l.split_once('=').is_some_and(|(k, _)| asked.contains(&k)))
+        .map(|l| format!("{l}\n"))
+        .collect()
 }
 
 /// The fake units. Safe to share between threads.
@@ -60,6 +120,43 @@ impl FakeUnits {
     /// Installs are rejected from now on, as `systemd-analyze verify` would reject them.
     pub fn reject_installs(&self, diagnostics: &str) {
         self.state.lock().reject = Some(diagnostics.to_string());
+    }
+
+    /// A run of `service` at `target` starts at `at` (unix seconds), as systemd starts
+    /// one: `activating`, `Result=` set back to `success`, the main process's exit
+    /// forgotten.
+    pub fn start_run(&self, target: &UnitTarget, service: &str, at: i64) {
+        let run = ServiceRun {
+            state: "activating",
+            result: "success".into(),
+            status: 0,
+            start: Some(at),
+            exit: None,
+        };
+        self.state.lock().runs.insert((target.clone(), service.to_string()), run);
+    }
+
+    /// The run of `service` at `target` in progress ends at `at` with `result` (`success`,
+    /// `exit-code`, …) and the main process's exit `status`: `inactive`, or `failed`.
+    pub fn finish_run(
+        &self,
+        target: &UnitTarget,
+        service: &str,
+        result: &str,
+        status: i32,
+        at: i64,
+    ) {
+        let mut st = self.state.lock();
+        let run = st.runs.entry((target.clone(), service.to_string())).or_default();
+        run.state = if result == "success" { "inactive" } else { "failed" };
+        run.result = result.to_string();
+        run.status = status;
+        run.exit = Some(at);
+    }
+
+    /// The target rebooted: every service there forgot its last run.
+    pub fn reboot(&self, target: &UnitTarget) {
+        self.state.lock().runs.retain(|(t, _), _| t != target);
     }
 }
 
@@ -157,10 +254,18 @@ impl Units for FakeUnits {
 
     async fn job_run(
         &self,
-        _target: &UnitTarget,
-        _service: &str,
-        _timer: &str,
+        target: &UnitTarget,
+        service: &str,
+        timer: &str,
     ) -> Result<JobRun, SystemdError> {
-        Ok(JobRun::default())
+        let st = self.state.lock();
+        let run = st.runs.get(&(target.clone(), service.to_string())).cloned().unwrap_or_default();
+        let timer_state = if st_enabled(&st.active, target, timer) { "active" } else { "inactive" };
+        let timer_all =
+            format!("NextElapseUSecRealtime=\nLoadState=loaded\nActiveState={timer_state}\n");
+        Ok(parse_job_run(
+            &asked_only(&run.show(), &SERVICE_PROPERTIES),
+            &asked_only(&timer_all, &TIMER_PROPERTIES),
+        ))
     }
 }

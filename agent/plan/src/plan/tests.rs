@@ -846,3 +846,199 @@ fn a_slot_serving_under_a_config_the_agent_did_not_write_is_not_rebuilt_in_place
     let check = switch.checks.iter().find(|c| c.env == "prod" && c.app == "backend");
     assert_eq!(check.map(|c| c.release.as_str()), Some(blue), "{p}");
 }
+
+/// Job units go only into an instance the agent owns that runs, or that the plan creates
+/// or starts: a job on someone else's instance (before adoption: its owner's timers would
+/// run every backup a second time) or on one that stays stopped is refused, not planned
+/// (an install there writes secrets into a foreign container, or fails every sync).
+#[test]
+fn job_units_go_only_into_running_instances_the_agent_owns() {
+    use crate::live::{LiveMember, MARK_MANAGED};
+    type Edit = fn(String) -> String;
+    type LiveEdit = fn(&mut LiveState);
+    struct Case {
+        what: &'static str,
+        /// The prod manifest converged on, then the one planned.
+        before: Edit,
+        after: Edit,
+        live: LiveEdit,
+        /// Where units are installed (`host` or the instance).
+        installs: &'static [&'static str],
+        steps: &'static [&'static str],
+        refused: &'static [&'static str],
+    }
+    const FOREIGN: &str =
+        "instance veza-postgres: an instance with this name exists without the agent's mark";
+    const JOBS_FOREIGN: [&str; 2] = [
+        "job prod/pgbackrest-diff: its instance `veza-postgres` is not the agent's (no user.veza.managed mark): no units, secrets or timers are written into it — adopt it first (`veza-agent adopt`, which also retires the instance's own timers that duplicate a job); its units are installed then",
+        "job prod/pgbackrest-full: its instance `veza-postgres` is not the agent's",
+    ];
+    fn same(t: String) -> String {
+        t
+    }
+    fn watched(t: String) -> String {
+        t.replace(
+            "veza-postgres: {image: images:debian/13, profiles: [veza-data], protect: true, snapshots_keep: 5}",
+            "veza-postgres: {image: images:debian/13, profiles: [veza-data], detect_only: true}",
+        )
+    }
+    fn tools_job(t: String) -> String {
+        t + "  tools-cleanup:\n    schedule: \"0 3 * * *\"\n    on: veza-backend-tools\n    command: /usr/local/bin/cleanup\n"
+    }
+    fn tools_job_new_image(t: String) -> String {
+        tools_job(t).replace(
+            "veza-backend-tools: {image: images:debian/13,",
+            "veza-backend-tools: {image: images:debian/14,",
+        )
+    }
+    /// What the observer sees of an instance it may not list units in: no units.
+    fn unlisted(l: &mut LiveState, name: &str) {
+        l.units.remove(&UnitTarget::Instance(name.into()));
+    }
+    fn foreign(l: &mut LiveState) {
+        unlisted(l, "veza-postgres");
+        let pg = l.instances.get_mut("veza-postgres").expect("postgres");
+        pg.config.retain(|k, _| !k.starts_with("user.veza."));
+    }
+    fn stopped(l: &mut LiveState, name: &str) {
+        unlisted(l, name);
+        l.instances.get_mut(name).expect("instance").status = InstanceStatus::Stopped;
+    }
+    let cases = [
+        Case {
+            what: "postgres is someone else's (not adopted yet)",
+            before: same,
+            after: same,
+            live: foreign,
+            installs: &[],
+            steps: &[],
+            refused: &[FOREIGN, JOBS_FOREIGN[0], JOBS_FOREIGN[1]],
+        },
+        Case {
+            what: "postgres is someone else's and stopped",
+            before: same,
+            after: same,
+            live: |l| {
+                foreign(l);
+                stopped(l, "veza-postgres");
+            },
+            installs: &[],
+            steps: &[],
+            refused: &[FOREIGN, JOBS_FOREIGN[0], JOBS_FOREIGN[1]],
+        },
+        Case {
+            what: "postgres is the agent's and stopped: started, then its units installed",
+            before: same,
+            after: same,
+            live: |l| stopped(l, "veza-postgres"),
+            installs: &["veza-postgres"],
+            steps: &["start instance veza-postgres", "install units on instance `veza-postgres`"],
+            refused: &[],
+        },
+        Case {
+            what: "postgres is the agent's, detect-only and stopped: the agent does not start it",
+            before: watched,
+            after: watched,
+            live: |l| stopped(l, "veza-postgres"),
+            installs: &[],
+            steps: &[],
+            refused: &[
+                "job prod/pgbackrest-diff: its instance `veza-postgres` is stopped and this plan does not start it: its units are installed once it runs (start it)",
+                "job prod/pgbackrest-full: its instance `veza-postgres` is stopped and this plan does not start it",
+            ],
+        },
+        Case {
+            what: "postgres is the agent's and running, its units gone: installed again",
+            before: same,
+            after: same,
+            live: |l| unlisted(l, "veza-postgres"),
+            installs: &["veza-postgres"],
+            steps: &["install units on instance `veza-postgres`"],
+            refused: &[],
+        },
+        Case {
+            what: "a new host: every instance created by the plan gets its units",
+            before: same,
+            after: same,
+            live: |l| *l = with_foreign_forgejo(live_with_default_pool()),
+            installs: &["host", "veza-postgres", "veza-staging-postgres"],
+            steps: &[],
+            refused: &[],
+        },
+        Case {
+            what: "a stopped instance recreated for a new image gets its units",
+            before: tools_job,
+            after: tools_job_new_image,
+            live: |l| stopped(l, "veza-backend-tools"),
+            installs: &["veza-backend-tools"],
+            steps: &[
+                "delete instance veza-backend-tools",
+                "create instance veza-backend-tools",
+                "install units on instance `veza-backend-tools`",
+            ],
+            refused: &[],
+        },
+        Case {
+            what: "postgres on an offline cluster member (listed without its marks): placement says why",
+            before: same,
+            after: same,
+            live: |l| {
+                l.members = [("a", "Online"), ("b", "Offline")]
+                    .map(|(n, s)| {
+                        let m = LiveMember {
+                            name: n.into(),
+                            status: s.into(),
+                            ..LiveMember::default()
+                        };
+                        (n.to_string(), m)
+                    })
+                    .into();
+                for i in l.instances.values_mut() {
+                    i.location = Some("a".into());
+                }
+                foreign(l);
+                let pg = l.instances.get_mut("veza-postgres").expect("postgres");
+                pg.location = Some("b".into());
+                pg.status = InstanceStatus::Error;
+            },
+            installs: &[],
+            steps: &[],
+            refused: &[
+                "instance veza-postgres: it is on member `b`, which is offline: not changed until it is back (skipped: install units on instance `veza-postgres`",
+            ],
+        },
+    ];
+    for case in cases {
+        let (_, mut live) = converged(&[&(case.before)(PROD.to_string()), STAGING]);
+        assert!(live.instances["veza-postgres"].config.contains_key(MARK_MANAGED));
+        (case.live)(&mut live);
+        let ms = manifests(&[&(case.after)(PROD.to_string()), STAGING]);
+        let p = run(&ms, &live, &opts());
+        let mut installs: Vec<String> = p
+            .steps
+            .iter()
+            .filter_map(|s| match &s.action {
+                Action::InstallUnits { target: UnitTarget::Host, .. } => Some("host".to_string()),
+                Action::InstallUnits { target: UnitTarget::Instance(name), .. } => {
+                    Some(name.clone())
+                }
+                _ => None,
+            })
+            .collect();
+        installs.sort();
+        assert_eq!(installs, case.installs, "{}: installs\n{p}", case.what);
+        if !case.steps.is_empty() {
+            let steps: Vec<String> = p.steps.iter().map(|s| s.action.to_string()).collect();
+            assert_eq!(steps.len(), case.steps.len(), "{}: steps\n{p}", case.what);
+            for (got, want) in steps.iter().zip(case.steps) {
+                assert!(got.starts_with(want), "{}: step `{got}`, wanted `{want}…`", case.what);
+            }
+        }
+        let refusals: Vec<String> =
+            p.refusals.iter().map(|r| format!("{}: {}", r.resource, r.reason)).collect();
+        assert_eq!(refusals.len(), case.refused.len(), "{}: refusals {refusals:#?}", case.what);
+        for (got, want) in refusals.iter().zip(case.refused) {
+            assert!(got.starts_with(want), "{}: refusal\n  {got}\nwanted\n  {want}…", case.what);
+        }
+    }
+}
