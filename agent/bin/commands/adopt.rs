@@ -58,7 +58,7 @@ async fn report(
             return Err(ExitCode::from(1));
         }
     };
-    let live = agent.observe(&source.manifests).await.map_err(|e| fail(&e, 1))?;
+    let live = agent.observe(&source.manifests, state).await.map_err(|e| fail(&e, 1))?;
     match agent.adoption(state, &source, &live, now()).await {
         Ok(Ok(r)) => Ok((source, live, r)),
         Ok(Err(reason)) => {

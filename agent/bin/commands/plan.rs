@@ -53,7 +53,7 @@ pub fn run(args: &PlanArgs) -> ExitCode {
                 return ExitCode::from(1);
             }
         };
-        let live = match agent.observe(&source.manifests).await {
+        let live = match agent.observe(&source.manifests, &state).await {
             Ok(l) => l,
             Err(e) => return fail(&e, 1),
         };

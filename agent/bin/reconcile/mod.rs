@@ -348,7 +348,7 @@ impl Agent {
         };
         let mut reading = match kept {
             Some(live) => Reading { live, mark: None, at: Instant::now(), reused: true },
-            None => match self.read_live(&source.manifests).await {
+            None => match self.read_live(&source.manifests, state).await {
                 Ok(r) => r,
                 Err(e) => return End::new(Outcome::Failed, commit, Some(format!("{e:#}"))),
             },
@@ -371,7 +371,7 @@ impl Agent {
             }
             // A kept reading never decides a change: read afresh and plan again.
             tracing::debug!("the kept observation would change something; observing afresh");
-            reading = match self.read_live(&source.manifests).await {
+            reading = match self.read_live(&source.manifests, state).await {
                 Ok(r) => r,
                 Err(e) => return End::new(Outcome::Failed, commit, Some(format!("{e:#}"))),
             };
@@ -498,7 +498,7 @@ impl Agent {
             }
             None => reason,
         };
-        let reread = self.read_live(&source.manifests).await;
+        let reread = self.read_live(&source.manifests, state).await;
         laps.lap("observe-after");
         let owed = unverified::after_run(
             &state.unverified,

@@ -18,8 +18,14 @@ use veza_state::{AgentState, AppliedRevision};
 use super::{Agent, Source, high_water_key};
 
 impl Agent {
-    /// Observe: Incus, the edge's live config, job units.
-    pub async fn observe(&self, manifests: &[Manifest]) -> Result<LiveState> {
+    /// Observe: Incus, the edge's live config, job units (where the manifests' jobs run,
+    /// and where `recorded`'s jobs ran: the units of a target whose jobs all left must be
+    /// seen to be removed).
+    pub async fn observe(
+        &self,
+        manifests: &[Manifest],
+        recorded: &AgentState,
+    ) -> Result<LiveState> {
         // Networks only when a manifest declares some (incusd's network endpoints stall
         // while containers start).
         let scope = if manifests.iter().any(|m| !m.incus.networks.is_empty()) {
@@ -42,19 +48,7 @@ impl Agent {
             }
         }
         let units = self.units();
-        let mut targets: Vec<UnitTarget> = Vec::new();
-        for m in manifests {
-            for job in m.jobs.values() {
-                let t = if job.on == "host" {
-                    UnitTarget::Host
-                } else {
-                    UnitTarget::Instance(job.on.clone())
-                };
-                if !targets.contains(&t) {
-                    targets.push(t);
-                }
-            }
-        }
+        let mut targets = job_targets(manifests, recorded);
         targets.retain(|t| match t {
             UnitTarget::Host => true,
             UnitTarget::Instance(i) => {
@@ -254,23 +248,64 @@ pub fn failing_jobs(
     out
 }
 
+/// Where job units are listed: where the manifests' jobs run, and where the recorded jobs
+/// ran (a target whose jobs all left still holds their units, to be removed).
+fn job_targets(manifests: &[Manifest], recorded: &AgentState) -> Vec<UnitTarget> {
+    let declared = manifests.iter().flat_map(|m| m.jobs.values().map(|j| j.on.as_str()));
+    let ran = recorded.jobs.values().map(|j| j.target.as_str());
+    let mut targets: Vec<UnitTarget> = Vec::new();
+    for on in declared.chain(ran) {
+        let t = if on == "host" { UnitTarget::Host } else { UnitTarget::Instance(on.to_string()) };
+        if !targets.contains(&t) {
+            targets.push(t);
+        }
+    }
+    targets
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn gating_reads_the_recorded_job_health() {
+    fn shipped() -> Vec<Manifest> {
         let prod = include_str!("../../../manifests/prod.yaml");
         let staging = include_str!("../../../manifests/staging.yaml");
         let files = vec![
             ("prod.yaml".to_string(), prod.as_bytes().to_vec()),
             ("staging.yaml".to_string(), staging.as_bytes().to_vec()),
         ];
-        let manifests: Vec<Manifest> = veza_model::load(&files)
+        veza_model::load(&files)
             .unwrap_or_else(|e| panic!("{e:?}"))
             .into_iter()
             .map(|(_, p)| p.manifest)
-            .collect();
+            .collect()
+    }
+
+    /// A target whose jobs all left the manifests is still listed (its units are removed
+    /// by the next plan); each target once.
+    #[test]
+    fn job_units_are_listed_where_jobs_run_and_where_recorded_jobs_ran() {
+        let manifests = shipped();
+        let mut state = AgentState::default();
+        let declared = job_targets(&manifests, &state);
+        assert!(!declared.is_empty());
+        let job = |target: &str| veza_state::JobState {
+            target: target.into(),
+            ..veza_state::JobState::default()
+        };
+        state.jobs.insert("prod/retired".into(), job("veza-old-tools"));
+        state.jobs.insert("prod/other".into(), job("host"));
+        let all = job_targets(&manifests, &state);
+        let old = UnitTarget::Instance("veza-old-tools".into());
+        assert!(all.contains(&old), "{all:?}");
+        assert_eq!(all.len(), declared.len() + 1 - usize::from(declared.contains(&old)));
+        assert!(all.iter().filter(|t| **t == UnitTarget::Host).count() <= 1, "{all:?}");
+        assert!(job_targets(&[], &AgentState::default()).is_empty());
+    }
+
+    #[test]
+    fn gating_reads_the_recorded_job_health() {
+        let manifests = shipped();
         let mut state = AgentState::default();
         assert!(failing_jobs(&state, &manifests, 1_000_000).is_empty(), "unknown jobs do not gate");
         let drill = veza_state::JobState {

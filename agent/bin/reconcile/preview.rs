@@ -269,7 +269,8 @@ impl Agent {
         let source = Source { commit, signer, manifests, secrets };
         let limit = c.previews.plan_timeout();
         let planned = tokio::time::timeout(limit, async {
-            let live = self.observe(&source.manifests).await.map_err(|e| format!("{e:#}"))?;
+            let live =
+                self.observe(&source.manifests, state).await.map_err(|e| format!("{e:#}"))?;
             self.plan_for(state, &source, &live, &Windows::at(now, None))
                 .map_err(|e| format!("plan: {e}"))
         })

@@ -243,13 +243,17 @@ impl Agent {
     }
 
     /// Reads the live state, noting the event feed's position first.
-    pub(super) async fn read_live(&self, manifests: &[Manifest]) -> Result<Reading> {
+    pub(super) async fn read_live(
+        &self,
+        manifests: &[Manifest],
+        recorded: &veza_state::AgentState,
+    ) -> Result<Reading> {
         if let Some(w) = &self.warm {
             w.widen();
         }
         let mark = self.warm.as_ref().and_then(Warm::mark);
         let at = Instant::now();
-        let live = self.observe(manifests).await?;
+        let live = self.observe(manifests, recorded).await?;
         Ok(Reading { live, mark, at, reused: false })
     }
 }
