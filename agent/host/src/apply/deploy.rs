@@ -255,20 +255,54 @@ pub(super) fn redact(text: &str, secrets: &SecretValues, slot: &SlotSpec) -> Str
         if value.is_empty() {
             continue;
         }
-        let encoded: String = value
-            .bytes()
-            .map(|b| {
-                if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                    (b as char).to_string()
-                } else {
-                    format!("%{b:02X}")
-                }
-            })
-            .collect();
         let mark = format!("{{secret:{name}}}");
-        out = out.replace(value, &mark).replace(&encoded, &mark);
+        for form in secret_forms(value) {
+            out = out.replace(&form, &mark);
+        }
     }
     out
+}
+
+/// The ways a secret `value` may be quoted by what a command prints: as is, percent-
+/// encoded in a URL (upper- or lower-case hex; only the characters URLs must encode, or
+/// every non-alphanumeric one), and escaped as the environment file writes it (`\"`,
+/// `\$`, `\\`, `` \` ``). Longest first, so a longer form is replaced whole.
+fn secret_forms(value: &str) -> Vec<String> {
+    let encode = |strict: bool, upper: bool| -> String {
+        value
+            .bytes()
+            .map(|b| {
+                let keep = b.is_ascii_alphanumeric()
+                    || b"-._~".contains(&b)
+                    || (!strict
+                        && b.is_ascii_graphic()
+                        && !b"%/?#[]@:&=+$,;\"<>\\^`{|} '".contains(&b));
+                match (keep, upper) {
+                    (true, _) => (b as char).to_string(),
+                    (false, true) => format!("%{b:02X}"),
+                    (false, false) => format!("%{b:02x}"),
+                }
+            })
+            .collect()
+    };
+    let escaped: String = value
+        .chars()
+        .flat_map(|c| {
+            let esc = matches!(c, '\\' | '"' | '$' | '`').then_some('\\');
+            esc.into_iter().chain(std::iter::once(c))
+        })
+        .collect();
+    let mut forms = vec![
+        value.to_string(),
+        encode(true, true),
+        encode(true, false),
+        encode(false, true),
+        encode(false, false),
+        escaped,
+    ];
+    forms.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+    forms.dedup();
+    forms
 }
 
 /// Downloads (or takes from the cache) the artifact, checks its digest, pushes it with
@@ -362,6 +396,28 @@ mod tests {
             restart.contains(&format!("<<'VEZA_UNIT_END'\n{unit}VEZA_UNIT_END\n")),
             "{restart}"
         );
+    }
+
+    /// Every way a failing command may quote a secret is replaced by its name.
+    #[test]
+    fn a_secret_is_redacted_in_every_form_a_command_may_print_it() {
+        let value = "p@ss/w0rd!$x\"";
+        let mut s = slot();
+        s.secrets.insert("pw".into(), "ab12".into());
+        let mut values = SecretValues::default();
+        values.insert("prod", "pw", veza_secrets::SecretValue::new(value));
+        // (what a command printed, what is recorded)
+        let table = [
+            (format!("raw {value} end"), "raw {secret:pw} end"),
+            ("url p%40ss%2Fw0rd%21%24x%22 end".to_string(), "url {secret:pw} end"),
+            ("lower p%40ss%2fw0rd%21%24x%22 end".to_string(), "lower {secret:pw} end"),
+            // Only what URLs must encode (`!` left as is).
+            ("loose p%40ss%2Fw0rd!%24x%22 end".to_string(), "loose {secret:pw} end"),
+            ("env PW=\"p@ss/w0rd!\\$x\\\"\"".to_string(), "env PW=\"{secret:pw}\""),
+        ];
+        for (printed, want) in table {
+            assert_eq!(redact(&printed, &values, &s), want, "{printed}");
+        }
     }
 
     #[test]
