@@ -22,6 +22,10 @@ pub const MIGRATE_DIR: &str = "/var/lib/veza-migrate";
 pub const MIGRATE_NO_DIR: i32 = 201;
 /// Exit code of the migration wrapper when the environment file cannot be read.
 pub const MIGRATE_NO_ENV: i32 = 202;
+/// The last line the migration wrapper prints to stderr when it exits [`MIGRATE_NO_DIR`]
+/// or [`MIGRATE_NO_ENV`]: a command that itself exits 201 or 202 is still the command's
+/// failure.
+pub const MIGRATE_NOT_STARTED: &str = "veza-migrate: the command was not started";
 
 /// What a deploy writes into a slot besides the release and its environment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -119,7 +123,7 @@ pub fn migration_files(slot: &SlotSpec) -> Option<MigrationFiles> {
     let command = m.command.replace("{dir}", &release_dir);
     let secs = m.timeout_ms.div_ceil(1000).max(1);
     let script = format!(
-        "trap {cleanup} EXIT\ncd {dir} || exit {MIGRATE_NO_DIR}\nset -a\n. {env} || exit {MIGRATE_NO_ENV}\nset +a\nrm -f {env}\n\
+        "trap {cleanup} EXIT\ncd {dir} || {{ echo {NOT_STARTED}; exit {MIGRATE_NO_DIR}; }} >&2\n[ -r {env} ] || {{ echo {NOT_STARTED}; exit {MIGRATE_NO_ENV}; }} >&2\nset -a\n. {env}\nset +a\nrm -f {env}\n\
          export VEZA_RELEASE={release} VEZA_RELEASE_DIR={dir} VEZA_ENV={envname} VEZA_APP={app}\n\
          if command -v timeout >/dev/null 2>&1; then timeout -k 10 {secs} /bin/sh -c {cmd}; else /bin/sh -c {cmd}; fi\n\
          rc=$?\ncase $rc in 124|137|143) echo \"stopped at its time limit of {secs}s (exit $rc)\" >&2;; esac\nexit $rc\n",
@@ -130,6 +134,7 @@ pub fn migration_files(slot: &SlotSpec) -> Option<MigrationFiles> {
         app = shell_quote(&slot.app),
         cmd = shell_quote(&command),
         cleanup = shell_quote(&format!("rm -rf {}", shell_quote(&scratch))),
+        NOT_STARTED = shell_quote(MIGRATE_NOT_STARTED),
     );
     Some(MigrationFiles { scratch, release_dir, env_file, script })
 }
@@ -212,8 +217,9 @@ mod tests {
         // (what must come before what in the wrapper)
         let order = [
             "trap 'rm -rf '\\''/var/lib/veza-migrate/prod-backend'\\''' EXIT\n",
-            "cd '/var/lib/veza-migrate/prod-backend/release' || exit 201\n",
-            ". '/var/lib/veza-migrate/prod-backend/env' || exit 202\n",
+            "cd '/var/lib/veza-migrate/prod-backend/release' || { echo 'veza-migrate: the command was not started'; exit 201; } >&2\n",
+            "[ -r '/var/lib/veza-migrate/prod-backend/env' ] || { echo 'veza-migrate: the command was not started'; exit 202; } >&2\n",
+            ". '/var/lib/veza-migrate/prod-backend/env'\n",
             "rm -f '/var/lib/veza-migrate/prod-backend/env'\n",
             "timeout -k 10 91 /bin/sh -c '/var/lib/veza-migrate/prod-backend/release/bin/migrate up'",
         ];

@@ -7,7 +7,8 @@ use std::time::Duration;
 use veza_plan::desired::SlotSpec;
 use veza_plan::live::{MARK_DEPLOYED, MARK_RELEASE};
 use veza_plan::slot::{
-    APP_ENV_FILE, APP_RUN_SCRIPT, MIGRATE_NO_DIR, MIGRATE_NO_ENV, MigrationFiles, SlotFiles,
+    APP_ENV_FILE, APP_RUN_SCRIPT, MIGRATE_NO_DIR, MIGRATE_NO_ENV, MIGRATE_NOT_STARTED,
+    MigrationFiles, SlotFiles,
 };
 
 use veza_model::template;
@@ -232,10 +233,9 @@ where
     let tail: Vec<&str> = tail.into_iter().rev().collect();
     match out.exit_code {
         0 => Ok(()),
-        MIGRATE_NO_DIR | MIGRATE_NO_ENV => Err(not_run(format!(
-            "the migration could not start in `{instance}`: {}",
-            tail.join(" | ")
-        ))),
+        MIGRATE_NO_DIR | MIGRATE_NO_ENV if tail.last() == Some(&MIGRATE_NOT_STARTED) => Err(
+            not_run(format!("the migration could not start in `{instance}`: {}", tail.join(" | "))),
+        ),
         code => Err(MigrationError::Failed(format!(
             "`{}` exited {code} in `{instance}`: {}",
             m.command,

@@ -1079,6 +1079,38 @@ fn a_migration_that_cannot_run_is_an_ordinary_failure_retried_next_sync() {
     );
 }
 
+/// The wrapper's own "could not start" exits (201, 202) count only with its last line:
+/// a command that itself exits 201 failed as a migration (never retried for the commit).
+#[test]
+fn only_the_wrapper_saying_so_makes_an_exit_201_a_migration_that_did_not_start() {
+    use veza_plan::slot::MIGRATE_NOT_STARTED;
+    // (exit code, stderr, did not start?)
+    let table = [
+        (201, format!("cd: no such directory\n{MIGRATE_NOT_STARTED}\n"), true),
+        (202, format!("{MIGRATE_NOT_STARTED}\n"), true),
+        (201, "migrate: schema lock held\n".to_string(), false),
+        (202, format!("{MIGRATE_NOT_STARTED}\nthen the command's own line\n"), false),
+    ];
+    for (code, stderr, not_started) in table {
+        let (tmp, w, s) = migrating_world();
+        w.incus.push_exec_result(ExecOutput::default());
+        w.incus.push_exec_result(ExecOutput {
+            exit_code: code,
+            stdout: Vec::new(),
+            stderr: stderr.clone().into_bytes(),
+        });
+        let report = run_with_secret(&w, &promotion_after_deploy(&s), tmp.path(), "pw");
+        let got = match &report.outcome {
+            ApplyOutcome::Failed { error, .. } if error.contains("did not run") => true,
+            ApplyOutcome::RolledBack { reason } if reason.contains(&format!("exited {code}")) => {
+                false
+            }
+            other => panic!("{code} {stderr:?}: {other:?}"),
+        };
+        assert_eq!(got, not_started, "{code} {stderr:?}");
+    }
+}
+
 #[test]
 fn a_successful_migration_is_reported_and_the_deploy_goes_on() {
     let (tmp, w, s) = migrating_world();
