@@ -365,18 +365,29 @@ pub fn assess(
                 if !moved.is_empty() {
                     a.notes.push(format!("the first apply sets its devices {}", moved.join(", ")));
                 }
+                // A config change reaches every instance using the profile: for those the
+                // manifests do not name, it is a difference the operator settles first.
+                let others: Vec<String> = live
+                    .instances
+                    .values()
+                    .filter(|i| i.profiles.contains(name) && !want.instances.contains_key(&i.name))
+                    .map(|i| format!("`{}`", i.name))
+                    .collect();
                 let keys: BTreeSet<&String> = l.config.keys().chain(p.config.keys()).collect();
                 for k in keys.into_iter().filter(|k| !k.starts_with(MARK_PREFIX)) {
-                    match (l.config.get(k), p.config.get(k)) {
-                        (Some(v), Some(w)) if v != w => {
-                            a.notes.push(format!("the first apply sets {k}: {v} -> {w}"));
-                        }
-                        (None, Some(w)) => a.notes.push(format!("the first apply sets {k}: {w}")),
-                        (Some(v), None) => {
-                            a.notes
-                                .push(format!("the first apply removes {k} ({v}): not declared"));
-                        }
-                        _ => {}
+                    let change = match (l.config.get(k), p.config.get(k)) {
+                        (Some(v), Some(w)) if v != w => format!("sets {k}: {v} -> {w}"),
+                        (None, Some(w)) => format!("sets {k}: {w}"),
+                        (Some(v), None) => format!("removes {k} ({v}): not declared"),
+                        _ => continue,
+                    };
+                    if others.is_empty() {
+                        a.notes.push(format!("the first apply {change}"));
+                    } else {
+                        a.differences.push(format!(
+                            "the first apply {change}, which changes instance(s) {} (which the manifests do not name) too — declare the key as it is live, or move them off this profile",
+                            others.join(", ")
+                        ));
                     }
                 }
                 if l.description != p.description {

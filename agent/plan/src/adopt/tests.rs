@@ -433,6 +433,18 @@ fn each_conflict_kind_is_reported_with_its_difference() {
             says: "device `eth0`: instance `forgejo` (which the manifests do not name) runs with none, the manifests give it {name=eth0, network=net-veza, type=nic}",
         },
         Row {
+            case: "a profile config key that changes an instance the manifests do not name",
+            change: |w| {
+                let p = w.live.profiles.get_mut("veza-app").expect("profile");
+                p.config.insert("security.nesting".into(), "true".into());
+                let mut forgejo = w.live.instances["veza-backend-tools"].clone();
+                forgejo.name = "forgejo".into();
+                w.live.instances.insert("forgejo".into(), forgejo);
+            },
+            conflict: &["veza-app"],
+            says: "the first apply removes security.nesting (true): not declared, which changes instance(s) `forgejo` (which the manifests do not name) too",
+        },
+        Row {
             case: "protected data missing its flag: Incus protection",
             change: |w| {
                 inst(w, "veza-backend-tools")
