@@ -103,7 +103,7 @@ pub(super) fn active_colors(
 
 /// Records a slot's release when verified; a serving slot whose release cannot be
 /// verified is a conflict (the planner would rebuild it in place), an idle one is adopted
-/// without it (the first apply redeploys it).
+/// without it (the first apply rebuilds it from its image).
 pub(super) fn assess_release(
     a: &mut ResourceAdoption,
     l: &LiveInstance,
@@ -155,7 +155,7 @@ pub(super) fn assess_release(
             slot.color
         )),
         Err(why) => a.notes.push(format!(
-            "release {} not verified ({why}): not recorded — the first apply redeploys this slot, which serves no traffic",
+            "release {} not verified ({why}): not recorded — the first apply rebuilds this slot, which serves no traffic, from its image: its container is deleted and created anew (if it is kept for forensics, `incus copy` it first)",
             slot.release.short()
         )),
     }

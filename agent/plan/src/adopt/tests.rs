@@ -591,7 +591,7 @@ fn releases_are_recorded_only_when_verified() {
             },
             "veza-staging-backend-blue",
             None,
-            "release e97b91f010 not verified (its health probe answered 503 without X-Release): not recorded — the first apply redeploys this slot",
+            "release e97b91f010 not verified (its health probe answered 503 without X-Release): not recorded — the first apply rebuilds this slot, which serves no traffic, from its image: its container is deleted",
         ),
         (
             "a probe naming another release outranks Ansible's history",
