@@ -195,6 +195,70 @@ fn kill_9_in_the_promotion_verify() {
     kill_at(PROMOTE, Some("verify"));
 }
 
+/// The first sync takes the edge over from the config the host was started with (not
+/// written by the agent): killed during its checks through the edge, nothing is recorded
+/// as applied, `status` names the owed check, and the next apply checks it again, with
+/// that config as its fallback, before recording anything.
+#[test]
+fn kill_9_in_the_checks_of_the_edge_takeover() {
+    let mut case = Case::new(
+        "kill -9 in the checks of the edge takeover",
+        "kill -9 of the first `apply` in the verify phase of its promotion (the edge taken over from a config the agent did not write)",
+    );
+    for attempt in 1..=3 {
+        let h = host();
+        let cfg = std::fs::read_to_string(&h.config_path).expect("config");
+        std::fs::write(
+            &h.config_path,
+            replace_once(&cfg, "verify_requests: 5", "verify_requests: 200"),
+        )
+        .expect("write config");
+        let before = edge_bytes(&h);
+        let a = h.commit(&gated_manifest(&h, "blue", Some(0), None), "A: blue").expect("commit");
+        let state = state_dir(&h);
+        let pid = spawn_apply(&h.config_path, &h.dir.join("killed-apply.log"));
+        let killer = Killer::arm(&h.dir, pid);
+        let deadline = Instant::now() + Duration::from_secs(240);
+        let mut caught = None;
+        while process_alive(pid) && Instant::now() < deadline {
+            if let Some(j) = journal(&state)
+                && j.current.as_deref().is_some_and(|c| c.contains(": verify "))
+            {
+                killer.fire();
+                caught = j.current;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        wait_dead(pid);
+        let Some(current) = caught else {
+            case.saw(format!("attempt {attempt}: the checks were missed; retried"));
+            continue;
+        };
+        case.saw(format!("killed in `{current}`"));
+        assert!(edge_bytes(&h) != before, "the agent's config is live");
+        let st = status(&h.config_path);
+        assert!(st["state"]["applied"].is_null(), "{st:#}");
+        assert!(
+            st["problems"].to_string().contains("its checks through the edge never passed"),
+            "{st:#}"
+        );
+        let p = agent(&h.config_path, &["plan"]);
+        assert_eq!(p.code, 2, "a plan with steps:\n{p}");
+        assert!(p.out.contains("an edge switch was never checked through the edge"), "{p}");
+        let r = apply_ok(&h);
+        assert!(r.out.starts_with(&format!("applied {}", short(&a))), "{r}");
+        assert_eq!(h.served_release().expect("edge serves"), h.releases[0].id, "{r}");
+        let st = status(&h.config_path);
+        assert_eq!(st["health"], "ok", "{st:#}");
+        let r = apply_ok(&h);
+        assert!(r.out.starts_with("no-change"), "{r}");
+        case.saw("status named the owed check; the next apply checked it again; then no-change");
+        return;
+    }
+    panic!("could not catch the takeover's checks in 3 attempts");
+}
+
 #[test]
 fn kill_9_between_edge_swap_and_reload() {
     let mut case = Case::new(

@@ -209,6 +209,15 @@ pub fn build(state: AgentState, seen: Observed) -> Status {
              next sync checks it again and goes back to {back} if it fails"
         ));
     }
+    if let Some(e) = &state.unchecked_edge {
+        problems.push(format!(
+            "{}: the edge switch that gave them traffic got as far as installing its config \
+             and its checks through the edge never passed (the run was killed, or putting the \
+             config before it back failed); the next sync checks them again and puts that \
+             config back if they fail",
+            e.apps.join(", ")
+        ));
+    }
     for r in &state.refusals {
         problems.push(format!("refused: {r}"));
     }

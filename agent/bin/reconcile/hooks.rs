@@ -25,6 +25,9 @@ pub(super) struct JournalHooks<'a> {
     pub(super) stop: &'a AtomicBool,
     /// Looks for a newer commit on the branch while a health gate waits.
     pub(super) newer: NewerCommit<'a>,
+    /// The edge config a promotion with no fallback replaces (told just before its
+    /// switch): what its owed checks go back to.
+    pub(super) before: Option<String>,
 }
 
 /// Checks, at most every few seconds, whether the branch moved past the commit being
@@ -104,11 +107,15 @@ impl Hooks for JournalHooks<'_> {
                 // Written before the new config is installed: from here until its checks
                 // pass, a kill leaves traffic on colors nobody checked through the edge.
                 self.journal.unverified.extend(unverified::switched(switch));
+                if let Some(e) = unverified::edge_switched(switch, self.before.as_deref()) {
+                    self.journal.unchecked_edge = Some(e);
+                }
             }
             (Phase::Checked, Action::Promote(switch)) => {
                 // Checked: nothing of this switch is owed any more.
                 unverified::pay(&mut self.journal.unverified, switch);
                 unverified::pay(&mut self.owed, switch);
+                unverified::pay_edge(&mut self.journal.unchecked_edge, switch);
             }
             _ => {}
         }
@@ -117,6 +124,9 @@ impl Hooks for JournalHooks<'_> {
             tracing::warn!("journal: {e}");
             e.to_string()
         })
+    }
+    fn switching_from(&mut self, before: Option<&str>) {
+        self.before = before.map(str::to_string);
     }
     fn migrated(&mut self, env: &str, app: &str, release: &str) {
         self.journal.migrated.push((env.to_string(), app.to_string(), release.to_string()));

@@ -193,6 +193,7 @@ impl Agent {
         opts.migrated = state.migrated();
         // A promotion whose checks through the edge are owed is planned again.
         opts.unchecked = unverified::unchecked(&state.unverified, live);
+        opts.unchecked_edge = unverified::edge_recheck(state.unchecked_edge.as_ref(), live);
         let refs: Vec<&Manifest> = source.manifests.iter().collect();
         let plan = veza_plan::plan(&refs, live, &opts)?;
         let (plan, released) = at.apply_to(plan, live, &refs);
@@ -361,6 +362,9 @@ impl Agent {
                     // Nothing is planned: an owed check whose fallback landed owes nothing.
                     let owed = unverified::still_owed(&state.unverified, &reading.live);
                     record(state, Event::Unverified(owed));
+                    let edge =
+                        unverified::edge_still_owed(state.unchecked_edge.as_ref(), &reading.live);
+                    record(state, Event::UncheckedEdge(edge));
                     return End::new(Outcome::RolledBack, commit, Some(reason));
                 }
                 Err(e) => return End::new(Outcome::Failed, commit, Some(format!("plan: {e}"))),
@@ -415,6 +419,10 @@ impl Agent {
             // fallback landed is no longer owed; one held for a window still is.
             let owed = unverified::after_empty_plan(&state.unverified, &live, &plan);
             record(state, Event::Unverified(owed));
+            let edge = (!plan.waiting.is_empty())
+                .then(|| unverified::edge_still_owed(state.unchecked_edge.as_ref(), &live))
+                .flatten();
+            record(state, Event::UncheckedEdge(edge));
             if !reading.reused {
                 // Health and job runs are read with the rest; a reused reading keeps what
                 // was recorded with it (`status` shows when: `observed_at`).
@@ -451,6 +459,7 @@ impl Agent {
                 current: None,
                 unverified: state.unverified.clone(),
                 migrated: Vec::new(),
+                unchecked_edge: state.unchecked_edge.clone(),
             },
             owed: state.unverified.clone(),
             stop,
@@ -461,6 +470,7 @@ impl Agent {
                 commit: source.commit.clone(),
                 last_check: std::cell::Cell::new(Some(Instant::now())),
             },
+            before: None,
         };
         let report =
             self.apply(&plan, runs_in.as_deref(), &source.secrets.values(), &mut hooks).await;
@@ -508,6 +518,12 @@ impl Agent {
             reread.as_ref().ok().map(|r| &r.live),
         );
         record(state, Event::Unverified(owed));
+        let edge = hooks.journal.unchecked_edge.clone();
+        let edge = match &reread {
+            Ok(r) => unverified::edge_still_owed(edge.as_ref(), &r.live),
+            Err(_) => edge,
+        };
+        record(state, Event::UncheckedEdge(edge));
         // What runs now is only recorded as read: when the host cannot be read back, the
         // run says so and the next sync, which reads it, records it.
         let (outcome, reason) = match &reread {

@@ -9,8 +9,9 @@ use std::collections::BTreeMap;
 
 use veza_model::manifest::Color;
 use veza_plan::live::LiveState;
-use veza_plan::plan::Switch;
+use veza_plan::plan::{EdgeRecheck, Switch};
 use veza_plan::{Action, Plan};
+use veza_state::UncheckedEdge;
 
 /// `env/app` → the color traffic goes back to, as the state and the journal keep them.
 pub(crate) type Owed = BTreeMap<String, String>;
@@ -65,6 +66,55 @@ pub(crate) fn unchecked(owed: &Owed, live: &LiveState) -> BTreeMap<(String, Stri
             Some(((env.to_string(), app.to_string()), color(back)?))
         })
         .collect()
+}
+
+/// The edge switch of `switch` owed its checks, when it has no color to go back to (no
+/// fallback: a takeover, or apps' first traffic) and replaces a config (`before`): its
+/// apps with a check through the edge, and that config. Nothing to go back to (no config
+/// before it), nothing is owed.
+pub(crate) fn edge_switched(switch: &Switch, before: Option<&str>) -> Option<UncheckedEdge> {
+    if switch.fallback.is_some() {
+        return None;
+    }
+    let apps: Vec<String> = switch
+        .promotions
+        .iter()
+        .filter(|p| switch.checks.iter().any(|c| c.env == p.env && c.app == p.app))
+        .map(|p| key(&p.env, &p.app))
+        .collect();
+    let config = before?.to_string();
+    (!apps.is_empty()).then_some(UncheckedEdge { config, apps })
+}
+
+/// Drops from an owed edge switch the apps `switch` checked; nothing is owed once none
+/// is left.
+pub(crate) fn pay_edge(owed: &mut Option<UncheckedEdge>, switch: &Switch) {
+    if let Some(e) = owed {
+        e.apps.retain(|a| !switch.promotions.iter().any(|p| key(&p.env, &p.app) == *a));
+        if e.apps.is_empty() {
+            *owed = None;
+        }
+    }
+}
+
+/// The owed edge switch while it still matters against `live`: not once the config it
+/// replaced is back (its fallback landed), nor on an edge with no config.
+pub(crate) fn edge_still_owed(
+    owed: Option<&UncheckedEdge>,
+    live: &LiveState,
+) -> Option<UncheckedEdge> {
+    owed.filter(|e| live.edge_config().is_some_and(|c| c != e.config)).cloned()
+}
+
+/// The owed edge switch as the planner takes it ([`veza_plan::PlanOptions::unchecked_edge`]).
+pub(crate) fn edge_recheck(owed: Option<&UncheckedEdge>, live: &LiveState) -> Option<EdgeRecheck> {
+    let e = edge_still_owed(owed, live)?;
+    let apps = e
+        .apps
+        .iter()
+        .filter_map(|k| k.split_once('/').map(|(env, app)| (env.to_string(), app.to_string())))
+        .collect();
+    Some(EdgeRecheck { apps, back_to: e.config })
 }
 
 /// What stays owed when `plan` has no step to run now: nothing, when the planner could
@@ -224,5 +274,47 @@ mod tests {
             let got = after_run(&owed(before), &plan, *done, &owed(left), *after);
             assert_eq!(got, owed(want), "{what}");
         }
+    }
+
+    /// A switch with no fallback owes its checks with the config it replaced, until they
+    /// pass or that config is back; the planner is told which apps and what to go back to.
+    #[test]
+    fn an_edge_switch_without_a_fallback_owes_its_checks_with_the_config_before_it() {
+        let Action::Promote(mut switch) = promote(&["prod/web", "prod/api"]).action else {
+            unreachable!()
+        };
+        for p in &mut switch.promotions {
+            p.from = None;
+        }
+        let check = |app: &str| veza_plan::plan::EdgeCheck {
+            env: "prod".into(),
+            app: app.into(),
+            color: Color::Green,
+            release: Release::try_from("1".repeat(40)).expect("release"),
+            host: "x.example".into(),
+            path: "/".into(),
+            listen: "127.0.0.1:80".into(),
+        };
+        switch.checks = vec![check("web")];
+        let before = "# Ansible's edge\n";
+        let owed = edge_switched(&switch, Some(before)).expect("owed");
+        assert_eq!(owed, UncheckedEdge { config: before.into(), apps: vec!["prod/web".into()] });
+        // Nothing to go back to, or a fallback of its own: not owed this way.
+        assert_eq!(edge_switched(&switch, None), None);
+        let with_fallback = Switch { fallback: Some(before.into()), ..switch.clone() };
+        assert_eq!(edge_switched(&with_fallback, Some(before)), None);
+        // Still owed while the live config is another; told to the planner.
+        let mut live = LiveState::default();
+        live.edge = veza_plan::live::LiveEdge::from_config("# the agent's edge\n".into());
+        let told = edge_recheck(Some(&owed), &live).expect("told");
+        assert_eq!(told.apps, [("prod".to_string(), "web".to_string())].into());
+        assert_eq!(told.back_to, before);
+        live.edge = veza_plan::live::LiveEdge::from_config(before.into());
+        assert_eq!(edge_still_owed(Some(&owed), &live), None, "the config before it is back");
+        assert_eq!(edge_still_owed(Some(&owed), &LiveState::default()), None, "no edge");
+        // Its checks passed: paid.
+        let mut paid = Some(owed);
+        pay_edge(&mut paid, &switch);
+        assert_eq!(paid, None);
     }
 }

@@ -50,6 +50,20 @@ pub struct PlanOptions {
     /// traffic), its checks through the edge, and its fallback. An entry whose color is no
     /// longer deployed is ignored (nothing to go back to).
     pub unchecked: BTreeMap<(String, String), Color>,
+    /// An edge switch with no color to go back to (a takeover, apps' first traffic)
+    /// whose checks through the edge never passed. While the live config is not the one
+    /// it replaced, its apps routed to their declared color are promoted again from none:
+    /// no gate, their checks through the edge, and that config back if they fail.
+    pub unchecked_edge: Option<EdgeRecheck>,
+}
+
+/// An edge switch owed its checks ([`PlanOptions::unchecked_edge`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EdgeRecheck {
+    /// The apps it gave traffic, `(env, app)`.
+    pub apps: BTreeSet<(String, String)>,
+    /// The config live before it: what a failed check puts back.
+    pub back_to: String,
 }
 
 /// Why planning failed.
@@ -240,6 +254,11 @@ pub fn plan(
     // Whether an owed switch is promoted again: its config is live already, and is
     // installed again all the same (the switch's checks and fallback come with it).
     let mut recheck = false;
+    // An owed edge switch, while the config it replaced is not back, and whether this
+    // plan promotes any of its apps again.
+    let edge_owed =
+        opts.unchecked_edge.as_ref().filter(|e| live.edge_config() != Some(e.back_to.as_str()));
+    let mut edge_recheck = false;
     for m in manifests {
         let env = &m.metadata.name;
         let prefix = m.metadata.instance_prefix();
@@ -262,7 +281,11 @@ pub fn plan(
                     let back = naming::slot_instance(&prefix, app_name, *back);
                     want.instances.get(&back).is_some_and(|d| d.slot.is_some())
                 });
-            let live_active = owed.or(routed);
+            // Under an owed edge switch, an app it gave traffic counts as having none yet.
+            let first_owed = owed.is_none()
+                && routed == Some(target)
+                && edge_owed.is_some_and(|e| e.apps.contains(&(env.clone(), app_name.clone())));
+            let live_active = if first_owed { None } else { owed.or(routed) };
             let instance = naming::slot_instance(&prefix, app_name, target);
             let Some(mut slot) = want.instances.get(&instance).and_then(|d| d.slot.clone()) else {
                 continue;
@@ -337,7 +360,7 @@ pub fn plan(
                 // An owed switch's target already has the traffic: its checks through the
                 // edge decide, and a failed one puts the fallback back. Restarted or
                 // redeployed by this plan, it is gated first, as the serving slot it is.
-                if owed.is_none() {
+                if owed.is_none() && !first_owed {
                     promoted_gates.push(Gate {
                         instance: instance.clone(),
                         slot: slot.clone(),
@@ -346,7 +369,8 @@ pub fn plan(
                 } else if redeployed {
                     b.gate_serving(instance.clone(), slot.clone(), false);
                 }
-                recheck |= owed.is_some();
+                recheck |= owed.is_some() || first_owed;
+                edge_recheck |= first_owed;
                 promotions.push(Promotion {
                     env: env.clone(),
                     app: app_name.clone(),
@@ -404,7 +428,10 @@ pub fn plan(
     };
     match install {
         Some((runs_in, config)) if !promotions.is_empty() => {
-            let fallback = if fallback_overrides.is_empty() {
+            let fallback = if let Some(e) = edge_owed.filter(|_| edge_recheck) {
+                // What was live before the owed switch: every app's traffic as it was.
+                Some(e.back_to.clone())
+            } else if fallback_overrides.is_empty() {
                 None
             } else {
                 let mut merged = overrides.clone();
@@ -414,7 +441,9 @@ pub fn plan(
                 Some(render_for(manifests, &merged, &opts.edge_settings)?)
             };
             let taken_over = live.edge_config().is_some_and(|c| !c.starts_with(RENDERED_HEADER));
-            let reason = if taken_over {
+            let reason = if edge_recheck {
+                "an edge switch was never checked through the edge (the run was killed, or putting the earlier config back failed): checked again, and the config live before it comes back if the checks fail".to_string()
+            } else if taken_over {
                 "the edge is taken over from a config veza-agent did not write: each app's slot must be healthy, and the edge must serve it, or the config live before comes back".to_string()
             } else if promotions.iter().all(|p| p.from.is_none()) {
                 "these slots get their first traffic, once healthy".to_string()

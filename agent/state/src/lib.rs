@@ -291,6 +291,22 @@ pub struct AgentState {
     /// recorded as applied.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub unverified: BTreeMap<String, String>,
+    /// An edge switch with no color to go back to (taking over a config veza-agent did not
+    /// write, or apps' first traffic) whose checks through the edge never passed: the next
+    /// sync checks it again, and puts the config live before it back if they fail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unchecked_edge: Option<UncheckedEdge>,
+}
+
+/// An edge switch whose checks through the edge never passed, with no color to go back
+/// to: what the edge goes back to should they fail again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UncheckedEdge {
+    /// The config live before the switch (a config veza-agent did not write, on a
+    /// takeover), as the edge read it.
+    pub config: String,
+    /// The apps the switch gave traffic, `env/app`.
+    pub apps: Vec<String>,
 }
 
 /// A step held until its environment's next maintenance window.
@@ -342,6 +358,7 @@ impl AgentState {
     pub fn take_owed_from(&mut self, journal: Option<&Journal>) {
         if let Some(j) = journal {
             self.unverified.clone_from(&j.unverified);
+            self.unchecked_edge.clone_from(&j.unchecked_edge);
             // And the migrations it completed: each runs at most once per release.
             for (env, app, release) in &j.migrated {
                 let event = record::Event::Migrated {
@@ -394,6 +411,7 @@ impl Default for AgentState {
             migrations: BTreeMap::new(),
             suspended: None,
             attempted: None,
+            unchecked_edge: None,
             held: Vec::new(),
             waiting: Vec::new(),
             statuses_pending: Vec::new(),
@@ -442,6 +460,10 @@ pub struct Journal {
     /// goes back to (as [`AgentState::unverified`]).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub unverified: BTreeMap<String, String>,
+    /// From the switch of a promotion with no color to go back to until its checks pass:
+    /// the config live before it (as [`AgentState::unchecked_edge`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unchecked_edge: Option<UncheckedEdge>,
     /// The migrations this run completed, `(env, app, release)`: a kill before the run's
     /// outcome is saved must not make the next sync run one again.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

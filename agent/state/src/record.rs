@@ -95,6 +95,9 @@ pub enum Event {
     /// The promotions whose checks through the edge are still owed (`env/app` → the
     /// color traffic goes back to), as the sync leaves them.
     Unverified(BTreeMap<String, String>),
+    /// The edge switch owed its checks with no color to go back to, if any
+    /// ([`AgentState::unchecked_edge`]).
+    UncheckedEdge(Option<crate::UncheckedEdge>),
     /// An app's migration succeeded for a release (never run again for it).
     Migrated {
         /// Environment.
@@ -213,6 +216,10 @@ pub fn record(state: &mut AgentState, event: Event) -> Option<HistoryEntry> {
         }
         Event::Waiting { steps } => {
             state.waiting = steps;
+            None
+        }
+        Event::UncheckedEdge(owed) => {
+            state.unchecked_edge = owed;
             None
         }
         Event::Unverified(promotions) => {

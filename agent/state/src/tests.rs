@@ -171,6 +171,7 @@ fn journal_survives_until_cleared() {
         current: Some("a".into()),
         unverified: [("prod/web".to_string(), "blue".to_string())].into(),
         migrated: vec![("prod".into(), "web".into(), "2222".into())],
+        unchecked_edge: None,
     };
     store.write_journal(&j).unwrap();
     assert_eq!(store.reader().journal(), Some(j));
@@ -192,6 +193,7 @@ fn a_killed_runs_migrations_are_taken_from_its_journal() {
         current: Some("deploy".into()),
         unverified: BTreeMap::new(),
         migrated: vec![("prod".into(), "web".into(), "2222".into())],
+        unchecked_edge: None,
     };
     assert!(state.migrated().is_empty());
     state.take_owed_from(Some(&j));

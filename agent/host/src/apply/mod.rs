@@ -83,6 +83,12 @@ pub trait Hooks {
         let _ = (index, step, phase, what);
         Ok(())
     }
+    /// Called by a promotion with no fallback (no color to go back to: a takeover, or
+    /// apps' first traffic) just before its switch, with the config live before it: what
+    /// a failed check puts back, and so what a killed run's next sync needs to know.
+    fn switching_from(&mut self, before: Option<&str>) {
+        let _ = before;
+    }
     /// Called when a migration step ran to success, at once: a kill before the run's end
     /// must not forget that it ran (it runs at most once per release). Best effort: the
     /// run's report still carries it.
@@ -352,7 +358,11 @@ async fn promote<I: Incus, E: Edge, U: Units, P: Probe, C: Clock, H: Hooks>(
     }
     let before = match &switch.fallback {
         Some(_) => None,
-        None => d.edge.live_config().await.ok().flatten(),
+        None => {
+            let before = d.edge.live_config().await.ok().flatten();
+            hooks.switching_from(before.as_deref());
+            before
+        }
     };
     hooks.phase(index, step, Phase::Switch, &switch.runs_in).map_err(journal_failed)?;
     d.edge.install(&switch.config).await.map_err(StepError::Failed)?;

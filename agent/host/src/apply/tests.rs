@@ -106,6 +106,9 @@ struct Script {
     journal_fails_at: Option<usize>,
     /// Migrations reported done (`migrated`), with how many steps had started by then.
     migrated: Vec<(usize, String, String, String)>,
+    /// What each promotion with no fallback was told it replaces (`switching_from`), with
+    /// how many phases had been entered by then.
+    before: Vec<(usize, Option<String>)>,
     looks: Cell<u32>,
 }
 
@@ -129,6 +132,9 @@ impl Hooks for Script {
     fn phase(&mut self, index: usize, _: &Step, phase: Phase, what: &str) -> Result<(), String> {
         self.phases.push((index, phase, what.to_string()));
         self.journal()
+    }
+    fn switching_from(&mut self, before: Option<&str>) {
+        self.before.push((self.phases.len(), before.map(str::to_string)));
     }
     fn migrated(&mut self, env: &str, app: &str, release: &str) {
         self.migrated.push((self.started.len(), env.into(), app.into(), release.into()));
@@ -417,6 +423,31 @@ fn a_failed_verification_puts_the_previous_edge_back_and_says_why() {
         assert_eq!(w.edge_config(), EDGE_BLUE, "{answers:?}: the fallback edge serves");
         assert_eq!(w.edge.reloads(), 2, "{answers:?}: switched, then back");
         assert!(w.units.calls().is_empty(), "{answers:?}: nothing after the verification ran");
+    }
+}
+
+/// A promotion with no fallback (first traffic, a takeover) tells its hooks, before its
+/// switch, the config it replaces: what a failed check puts back, and what a killed run's
+/// next sync must know to check it again. One with a fallback does not.
+#[test]
+fn a_promotion_without_a_fallback_tells_what_it_replaces_before_its_switch() {
+    for fallback in [None, Some(EDGE_BLUE.to_string())] {
+        let w = World::new();
+        w.probe.script(GREEN, [ok('2')]);
+        w.probe.script(LISTEN, [Answer::Status(503)]);
+        let mut plan = promotion(Vec::new());
+        switch_of(&mut plan).fallback = fallback.clone();
+        let mut hooks = Script::default();
+        let report = w.run(&plan, &mut hooks);
+        assert!(matches!(report.outcome, ApplyOutcome::RolledBack { .. }), "{report:?}");
+        assert_eq!(w.edge_config(), EDGE_BLUE, "the config before it is back");
+        let switch_at = hooks.phases.iter().position(|(_, p, _)| *p == Phase::Switch);
+        match fallback {
+            None => {
+                assert_eq!(hooks.before, [(switch_at.expect("switched"), Some(EDGE_BLUE.into()))])
+            }
+            Some(_) => assert!(hooks.before.is_empty(), "{:?}", hooks.before),
+        }
     }
 }
 

@@ -205,6 +205,54 @@ fn an_unchecked_switch_is_promoted_again_with_its_checks_and_fallback() {
     assert_eq!(run(&retired, &live, &owed), run(&retired, &live, &opts()));
 }
 
+/// An edge switch with no color to go back to (a takeover, or first traffic) whose checks
+/// never passed: its apps are promoted again from none, with no gate, their checks, and
+/// the config live before it as the fallback, until that config is back.
+#[test]
+fn an_unchecked_edge_switch_is_checked_again_and_falls_back_to_the_config_before_it() {
+    let (ms, live) = converged(&[DEMO]);
+    assert!(run(&ms, &live, &opts()).is_empty(), "converged on blue");
+    let key = ("demo".to_string(), "hello".to_string());
+    let before = "global\n    # the edge Ansible wrote\n".to_string();
+    let owed = PlanOptions {
+        unchecked_edge: Some(crate::plan::EdgeRecheck {
+            apps: [key.clone()].into(),
+            back_to: before.clone(),
+        }),
+        ..opts()
+    };
+    let p = run(&ms, &live, &owed);
+    let switch = p.switch().expect("a promotion");
+    assert_eq!(p.promotions().len(), 1, "{p}");
+    assert_eq!((p.promotions()[0].from, p.promotions()[0].to), (None, Color::Blue));
+    assert_eq!(
+        Some(switch.config.as_str()),
+        live.edge_config(),
+        "the switch installs what is live"
+    );
+    assert!(switch.gates.is_empty(), "blue already has the traffic: {p}");
+    assert_eq!(switch.checks.len(), 1, "{p}");
+    assert_eq!(switch.fallback.as_deref(), Some(before.as_str()));
+    assert!(
+        p.steps.iter().any(|s| s.reason.starts_with("an edge switch was never checked")),
+        "{p}"
+    );
+    // The config before it is live again (its fallback landed): nothing is owed.
+    let mut back = live.clone();
+    back.edge = LiveEdge::from_config(before.clone());
+    let other = PlanOptions { unchecked_edge: None, ..owed.clone() };
+    assert_eq!(run(&ms, &back, &owed), run(&ms, &back, &other));
+    // An app it did not route: planned as ever.
+    let elsewhere = PlanOptions {
+        unchecked_edge: Some(crate::plan::EdgeRecheck {
+            apps: [("demo".to_string(), "other".to_string())].into(),
+            back_to: before,
+        }),
+        ..opts()
+    };
+    assert!(run(&ms, &live, &elsewhere).is_empty());
+}
+
 /// The observer reads back, from the config text alone, the colors the renderer routed
 /// to: a promotion, a fallback and `simulate` all rely on it.
 #[test]
