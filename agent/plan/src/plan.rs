@@ -411,12 +411,28 @@ pub fn plan(
         }
     }
 
+    let foreign_edge = want
+        .edge_runs_in
+        .as_ref()
+        .and_then(|r| live.instances.get(r))
+        .filter(|l| !l.is_owned() && !live.on_offline_member(l));
     let install = if !blocked_edge.is_empty() {
         b.refuse(
             "edge",
             format!(
                 "not updated: {} would have no slot of the agent's to route to",
                 blocked_edge.join(", ")
+            ),
+        );
+        None
+    } else if let Some(l) = foreign_edge {
+        // Never written into someone else's instance (its exec and file API are refused
+        // to the agent anyway): said once, here.
+        b.refuse(
+            "edge",
+            format!(
+                "not updated: it runs in `{}`, an instance that is not the agent's (no user.veza.managed mark) — adopt it first (`veza-agent adopt`)",
+                l.name
             ),
         );
         None

@@ -253,6 +253,37 @@ fn an_unchecked_edge_switch_is_checked_again_and_falls_back_to_the_config_before
     assert!(run(&ms, &live, &elsewhere).is_empty());
 }
 
+/// The edge is never written into an instance the agent does not own (before adoption):
+/// refused once, with the fix, and nothing planned for it.
+#[test]
+fn the_edge_is_not_installed_into_an_instance_the_agent_does_not_own() {
+    let (_, mut live) = converged(&[PROD, STAGING]);
+    let promoted =
+        manifests(&[&PROD.replacen("    active: blue", "    active: green", 1), STAGING]);
+    assert!(run(&promoted, &live, &opts()).switch().is_some(), "a promotion, when owned");
+    live.instances
+        .get_mut("veza-haproxy")
+        .expect("the edge's instance")
+        .config
+        .remove(crate::live::MARK_MANAGED);
+    let p = run(&promoted, &live, &opts());
+    assert!(p.switch().is_none(), "{p}");
+    assert!(
+        !p.steps
+            .iter()
+            .any(|s| matches!(s.action, Action::InstallEdge { .. } | Action::VerifyEdge(_))),
+        "{p}"
+    );
+    let edge: Vec<&str> =
+        p.refusals.iter().filter(|r| r.resource == "edge").map(|r| r.reason.as_str()).collect();
+    assert_eq!(
+        edge,
+        [
+            "not updated: it runs in `veza-haproxy`, an instance that is not the agent's (no user.veza.managed mark) — adopt it first (`veza-agent adopt`)"
+        ]
+    );
+}
+
 /// The observer reads back, from the config text alone, the colors the renderer routed
 /// to: a promotion, a fallback and `simulate` all rely on it.
 #[test]
