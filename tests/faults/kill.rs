@@ -47,19 +47,25 @@ impl At {
     }
 }
 
-/// One attempt at killing `apply` at `at`. `Err` when the journal had already moved past
-/// it at the first look (a step too short to catch): retried.
-fn try_kill_at(at: At, case: &mut Case) -> Result<(), String> {
-    let k = at.step;
+/// A test host whose checks through the edge send 200 requests: long enough for a kill
+/// to land in them.
+fn host_with_long_checks() -> DemoHost {
     let h = host();
-    // 200 requests through the edge make the verification step last long enough to
-    // be caught; the gate step is held open with the unhealthy flag when it is the target.
     let cfg = std::fs::read_to_string(&h.config_path).expect("config");
     std::fs::write(
         &h.config_path,
         replace_once(&cfg, "verify_requests: 5", "verify_requests: 200"),
     )
     .expect("write config");
+    h
+}
+
+/// One attempt at killing `apply` at `at`. `Err` when the journal had already moved past
+/// it at the first look (a step too short to catch): retried.
+fn try_kill_at(at: At, case: &mut Case) -> Result<(), String> {
+    let k = at.step;
+    // The gate step is held open with the unhealthy flag when it is the target.
+    let h = host_with_long_checks();
     let a = h.commit(&gated_manifest(&h, "blue", Some(0), None), "A: blue").expect("commit");
     setup_apply(&h.config_path);
     let b = h.commit(&gated_manifest(&h, "green", Some(0), Some(1)), "B: green").expect("commit");
@@ -206,13 +212,7 @@ fn kill_9_in_the_checks_of_the_edge_takeover() {
         "kill -9 of the first `apply` in the verify phase of its promotion (the edge taken over from a config the agent did not write)",
     );
     for attempt in 1..=3 {
-        let h = host();
-        let cfg = std::fs::read_to_string(&h.config_path).expect("config");
-        std::fs::write(
-            &h.config_path,
-            replace_once(&cfg, "verify_requests: 5", "verify_requests: 200"),
-        )
-        .expect("write config");
+        let h = host_with_long_checks();
         let before = edge_bytes(&h);
         let a = h.commit(&gated_manifest(&h, "blue", Some(0), None), "A: blue").expect("commit");
         let state = state_dir(&h);

@@ -621,6 +621,20 @@ pub fn parse_job_run(service: &str, timer: &str) -> JobRun {
 mod tests {
     use super::*;
 
+    /// A fake Incus holding one running instance `db` the agent owns.
+    fn owned_running_db() -> crate::incus::FakeIncus {
+        use veza_model::live::{InstanceStatus, LiveInstance, LiveState, MARK_MANAGED};
+        let mut live = LiveState::default();
+        let db = LiveInstance {
+            name: "db".into(),
+            status: InstanceStatus::Running,
+            config: [(MARK_MANAGED.to_string(), "true".to_string())].into(),
+            ..LiveInstance::default()
+        };
+        live.instances.insert("db".into(), db);
+        crate::incus::FakeIncus::new(live)
+    }
+
     /// `systemctl show` of a job's service, as systemd prints it at each point of a run
     /// (times in UTC; monotonic in µs since boot), then what is read from it.
     #[test]
@@ -721,17 +735,8 @@ mod tests {
     /// success at its start.
     #[test]
     fn job_run_asks_systemctl_for_what_it_reads() {
-        use crate::incus::{ExecOutput, FakeIncus};
-        use veza_model::live::{InstanceStatus, LiveInstance, LiveState, MARK_MANAGED};
-        let mut live = LiveState::default();
-        let db = LiveInstance {
-            name: "db".into(),
-            status: InstanceStatus::Running,
-            config: [(MARK_MANAGED.to_string(), "true".to_string())].into(),
-            ..LiveInstance::default()
-        };
-        live.instances.insert("db".into(), db);
-        let fake = FakeIncus::new(live);
+        use crate::incus::ExecOutput;
+        let fake = owned_running_db();
         let units = Systemd::new(&fake, "/nonexistent");
         let target = UnitTarget::Instance("db".to_string());
         let rt = crate::incus::runtime().expect("runtime");
@@ -830,8 +835,7 @@ mod tests {
     /// the commands (`incus exec`) or a file push failing at each point.
     #[test]
     fn a_failed_install_puts_the_previous_units_back() {
-        use crate::incus::{ExecOutput, FakeIncus, IncusError};
-        use veza_model::live::{InstanceStatus, LiveInstance, LiveState, MARK_MANAGED};
+        use crate::incus::{ExecOutput, IncusError};
         const DIR: &str = "/etc/systemd/system";
         const SERVICE: &str = "veza-job-prod-backup.service";
         const TIMER: &str = "veza-job-prod-backup.timer";
@@ -915,15 +919,7 @@ mod tests {
         ];
         let rt = crate::incus::runtime().expect("runtime");
         for case in cases {
-            let mut live = LiveState::default();
-            let db = LiveInstance {
-                name: "db".into(),
-                status: InstanceStatus::Running,
-                config: [(MARK_MANAGED.to_string(), "true".to_string())].into(),
-                ..LiveInstance::default()
-            };
-            live.instances.insert("db".into(), db);
-            let fake = FakeIncus::new(live);
+            let fake = owned_running_db();
             let before: Vec<(String, String)> = if case.update {
                 [SERVICE, TIMER].map(|n| (n.to_string(), ours(&format!("old {n}")))).into()
             } else {

@@ -114,6 +114,24 @@ fn applying_the_plan_converges_to_no_changes() {
     }
 }
 
+/// `p`'s steps (when `steps` is given) and refusals, in order, each starting with what is
+/// wanted.
+fn assert_steps_and_refusals(p: &Plan, what: &str, steps: Option<&[&str]>, refused: &[&str]) {
+    if let Some(want) = steps {
+        let got: Vec<String> = p.steps.iter().map(|s| s.action.to_string()).collect();
+        assert_eq!(got.len(), want.len(), "{what}: steps\n{p}");
+        for (got, want) in got.iter().zip(want) {
+            assert!(got.starts_with(want), "{what}: step `{got}`, wanted `{want}…`\n{p}");
+        }
+    }
+    let refusals: Vec<String> =
+        p.refusals.iter().map(|r| format!("{}: {}", r.resource, r.reason)).collect();
+    assert_eq!(refusals.len(), refused.len(), "{what}: refusals {refusals:#?}");
+    for (got, want) in refusals.iter().zip(refused) {
+        assert!(got.starts_with(want), "{what}: refusal\n  {got}\nwanted\n  {want}…");
+    }
+}
+
 fn converged(texts: &[&str]) -> (Vec<Manifest>, LiveState) {
     let ms = manifests(texts);
     let live = with_foreign_forgejo(live_with_default_pool());
@@ -620,18 +638,8 @@ fn edits_incus_cannot_apply_in_place_are_rebuilds_or_refusals() {
         let (_, live) = converged(&before);
         let after: Vec<&str> = case.after.iter().map(String::as_str).collect();
         let p = run(&manifests(&after), &live, &opts());
-        let steps: Vec<String> = p.steps.iter().map(|s| s.action.to_string()).collect();
-        // Every step, in order (each named by how its line starts).
-        assert_eq!(steps.len(), case.steps.len(), "{}: steps\n{p}", case.what);
-        for (got, want) in steps.iter().zip(case.steps) {
-            assert!(got.starts_with(want), "{}: step `{got}`, wanted `{want}…`\n{p}", case.what);
-        }
-        let refusals: Vec<String> =
-            p.refusals.iter().map(|r| format!("{}: {}", r.resource, r.reason)).collect();
-        assert_eq!(refusals.len(), case.refused.len(), "{}: refusals {refusals:#?}", case.what);
-        for (got, want) in refusals.iter().zip(case.refused) {
-            assert!(got.starts_with(want), "{}: refusal\n  {got}\nwanted\n  {want}…", case.what);
-        }
+        // Every step, in order (each named by how its line starts), and every refusal.
+        assert_steps_and_refusals(&p, case.what, Some(case.steps), case.refused);
         // And the plan converges: once applied, the same manifests plan nothing more.
         let again = run(&manifests(&after), &applied(&live, &p), &opts());
         assert!(again.steps.is_empty(), "{}: not converged:\n{again}", case.what);
@@ -1106,18 +1114,7 @@ fn job_units_go_only_into_running_instances_the_agent_owns() {
             .collect();
         installs.sort();
         assert_eq!(installs, case.installs, "{}: installs\n{p}", case.what);
-        if !case.steps.is_empty() {
-            let steps: Vec<String> = p.steps.iter().map(|s| s.action.to_string()).collect();
-            assert_eq!(steps.len(), case.steps.len(), "{}: steps\n{p}", case.what);
-            for (got, want) in steps.iter().zip(case.steps) {
-                assert!(got.starts_with(want), "{}: step `{got}`, wanted `{want}…`", case.what);
-            }
-        }
-        let refusals: Vec<String> =
-            p.refusals.iter().map(|r| format!("{}: {}", r.resource, r.reason)).collect();
-        assert_eq!(refusals.len(), case.refused.len(), "{}: refusals {refusals:#?}", case.what);
-        for (got, want) in refusals.iter().zip(case.refused) {
-            assert!(got.starts_with(want), "{}: refusal\n  {got}\nwanted\n  {want}…", case.what);
-        }
+        let steps = (!case.steps.is_empty()).then_some(case.steps);
+        assert_steps_and_refusals(&p, case.what, steps, case.refused);
     }
 }
