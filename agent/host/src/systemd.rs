@@ -1007,8 +1007,10 @@ mod tests {
         let target = UnitTarget::Instance("db".into());
         let (service, timer) = ("veza-job-prod-drill.service", "veza-job-prod-drill.timer");
         type Event = fn(&FakeUnits, &UnitTarget, &str);
-        // (what happens, then: result, exit status, running, running since)
-        let steps: [(&str, Event, (&str, Option<i32>, bool, &str)); 6] = [
+        /// Result, exit status, running, running since.
+        type Read = (&'static str, Option<i32>, bool, &'static str);
+        // (what happens, then what is read)
+        let steps: [(&str, Event, Read); 6] = [
             ("installed, never ran", |_, _, _| {}, ("", None, false, "")),
             (
                 "the first run starts",

@@ -1150,7 +1150,7 @@ fn a_successful_migration_is_reported_and_the_deploy_goes_on() {
     let report = run_with_secret_and(&w, &plan, tmp.path(), "pw", &mut hooks);
     assert_eq!(report.outcome, ApplyOutcome::Applied, "{report:?}");
     let done = ("prod".to_string(), "web".to_string(), release('2').to_string());
-    assert_eq!(report.migrated, [done.clone()]);
+    assert_eq!(report.migrated, std::slice::from_ref(&done));
     // Told at once, before the next step started (the journal keeps it through a kill).
     assert_eq!(hooks.migrated, [(1, done.0, done.1, done.2)]);
 }

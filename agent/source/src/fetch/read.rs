@@ -534,7 +534,9 @@ mod tree_tests {
     /// (entries as stored: name, is a tree), and the reason it is refused (`None`: read).
     #[test]
     fn only_trees_git_would_write_are_read() {
-        let table: &[(&[(&str, bool)], Option<&str>)] = &[
+        /// Entries as stored (name, is a tree).
+        type Entries<'a> = &'a [(&'a str, bool)];
+        let table: &[(Entries<'_>, Option<&str>)] = &[
             (&[], None),
             (&[("a", false), ("b", true), ("c", false)], None),
             // Git's order: a tree sorts as if named `a/`, after `a-b` and `a.yaml`.
