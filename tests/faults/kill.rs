@@ -133,6 +133,16 @@ fn try_kill_at(at: At, case: &mut Case) -> Result<(), String> {
     let owed = matches!(at.phase, Some("switch" | "verify"));
     let said = st["problems"].to_string().contains("checks through the edge never passed");
     assert_eq!(said, owed, "{st:#}");
+    if at.step == 1 && at.phase.is_none() {
+        // Part of B landed (green created, being deployed): the forge may not serve A
+        // again to undo it, though B was never recorded as applied.
+        h.repo.force_reset(&a).expect("force-push A");
+        let p = agent(&h.config_path, &["plan"]);
+        assert_eq!(p.code, 1, "{p}");
+        assert!(format!("{p}").contains("does not descend from the last applied commit"), "{p}");
+        h.repo.force_reset(&b).expect("push B back");
+        case.saw("a force-push back to A was refused");
+    }
     let p = agent(&h.config_path, &["plan"]);
     assert_eq!(p.code, 2, "a plan with steps:\n{p}");
     if owed {

@@ -64,7 +64,9 @@ impl NewerCommit<'_> {
                 return None;
             }
             // Held to everything the sync holds a tip to: signature, descent from the
-            // commit being applied, the trust policy and its approvals, valid manifests.
+            // commit being applied, the trust policy and its approvals, valid manifests
+            // whose secrets open with this host's keys.
+            let read_keys = || super::accept::host_identities(c);
             let acceptance = Acceptance {
                 allowed_signers: Path::new(&c.trust.allowed_signers),
                 policy: c.trust.policy.as_deref(),
@@ -73,7 +75,7 @@ impl NewerCommit<'_> {
                 host: &c.host,
                 max_refs: c.max_refs(),
                 now: chrono::Utc::now().timestamp(),
-                identities: None,
+                identities: Some(&read_keys),
             };
             Some((tip, accept(&mirror, tip, &acceptance).map(|_| ()).map_err(|r| r.reason)))
         });

@@ -458,7 +458,9 @@ impl Agent {
                 done: 0,
                 current: None,
                 unverified: state.unverified.clone(),
-                migrated: Vec::new(),
+                // A killed run's migrations stay in the journal until a state holding them
+                // is saved: this run may be killed too.
+                migrated: interrupted.map(|j| j.migrated.clone()).unwrap_or_default(),
                 unchecked_edge: state.unchecked_edge.clone(),
             },
             owed: state.unverified.clone(),
@@ -472,6 +474,9 @@ impl Agent {
             },
             before: None,
         };
+        // From its first step on, part of this commit may land: only its descendants may
+        // be accepted next, whatever the run's end (a kill included; the journal names it).
+        self.mirror_high_water(&source.commit).await;
         let report =
             self.apply(&plan, runs_in.as_deref(), &source.secrets.values(), &mut hooks).await;
         laps.lap("apply");
@@ -547,8 +552,11 @@ impl Agent {
             (Outcome::RolledBack, _) => {
                 // The commit was verified and attempted: it becomes the high-water mark
                 // (only its descendants, e.g. a revert, are accepted next).
-                if let Ok(after) = &reread {
-                    self.record_applied(state, &source, &after.live, now).await;
+                match &reread {
+                    Ok(after) => self.record_applied(state, &source, &after.live, now).await,
+                    Err(_) => {
+                        record(state, Event::Attempted { commit: source.commit.clone() });
+                    }
                 }
                 record(
                     state,
@@ -579,8 +587,8 @@ impl Agent {
             }
             (Outcome::Failed, _) => {
                 // Part of the commit may have landed: only its descendants are accepted
-                // next, or the forge could serve the older commit again and undo it.
-                self.mirror_high_water(&source.commit).await;
+                // next, or the forge could serve the older commit again and undo it (the
+                // Incus mark moved before the apply).
                 record(state, Event::Attempted { commit: source.commit.clone() });
             }
             _ => {}

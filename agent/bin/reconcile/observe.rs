@@ -106,8 +106,9 @@ impl Agent {
             }
         };
         // The edge's health and the jobs' runs are reads of their own: at once.
-        let (health, jobs) =
+        let (health, mut jobs) =
             tokio::join!(health, self.observe_jobs(&source.manifests, &state.jobs, now));
+        jobs.extend(retired_still_installed(&state.jobs, &jobs, live));
         let mut apps = Vec::new();
         for m in &source.manifests {
             let env = &m.metadata.name;
@@ -248,6 +249,34 @@ pub fn failing_jobs(
     out
 }
 
+/// The recorded jobs that left the manifests while their units are still installed (a
+/// run that stopped before removing them, a target stopped meanwhile): kept, so their
+/// target is listed again and the units removed once it can be.
+fn retired_still_installed(
+    prev: &BTreeMap<String, veza_state::JobState>,
+    declared: &BTreeMap<String, veza_state::JobState>,
+    live: &LiveState,
+) -> BTreeMap<String, veza_state::JobState> {
+    prev.iter()
+        .filter(|(key, _)| !declared.contains_key(*key))
+        .filter(|(key, j)| {
+            let Some((env, name)) = key.split_once('/') else { return false };
+            let stem = veza_model::units::unit_stem(env, name);
+            let target = if j.target == "host" {
+                UnitTarget::Host
+            } else {
+                UnitTarget::Instance(j.target.clone())
+            };
+            live.units.get(&target).is_some_and(|units| {
+                [format!("{stem}.timer"), format!("{stem}.service")]
+                    .iter()
+                    .any(|n| units.contains_key(n))
+            })
+        })
+        .map(|(k, j)| (k.clone(), j.clone()))
+        .collect()
+}
+
 /// Where job units are listed: where the manifests' jobs run, and where the recorded jobs
 /// ran (a target whose jobs all left still holds their units, to be removed).
 fn job_targets(manifests: &[Manifest], recorded: &AgentState) -> Vec<UnitTarget> {
@@ -301,6 +330,34 @@ mod tests {
         assert_eq!(all.len(), declared.len() + 1 - usize::from(declared.contains(&old)));
         assert!(all.iter().filter(|t| **t == UnitTarget::Host).count() <= 1, "{all:?}");
         assert!(job_targets(&[], &AgentState::default()).is_empty());
+    }
+
+    /// A retired job's record stays while its units are still installed on its target
+    /// (so the target is listed again and the units removed), and goes with them.
+    #[test]
+    fn a_retired_jobs_record_stays_while_its_units_are_installed() {
+        let job = |target: &str| veza_state::JobState {
+            target: target.into(),
+            ..veza_state::JobState::default()
+        };
+        let prev: BTreeMap<String, veza_state::JobState> = [
+            ("prod/backup".to_string(), job("veza-old-tools")),
+            ("prod/drill".to_string(), job("host")),
+            ("prod/kept".to_string(), job("host")),
+        ]
+        .into();
+        let declared: BTreeMap<String, veza_state::JobState> =
+            [("prod/kept".to_string(), job("host"))].into();
+        let mut live = LiveState::default();
+        live.units.insert(
+            UnitTarget::Instance("veza-old-tools".into()),
+            [("veza-job-prod-backup.timer".to_string(), String::new())].into(),
+        );
+        live.units.insert(UnitTarget::Host, BTreeMap::new());
+        let kept = retired_still_installed(&prev, &declared, &live);
+        assert_eq!(kept.keys().collect::<Vec<_>>(), ["prod/backup"]);
+        live.units.clear();
+        assert!(retired_still_installed(&prev, &declared, &live).is_empty());
     }
 
     #[test]

@@ -359,6 +359,10 @@ impl AgentState {
         if let Some(j) = journal {
             self.unverified.clone_from(&j.unverified);
             self.unchecked_edge.clone_from(&j.unchecked_edge);
+            // Its commit began to apply: the anti-rollback base until one is applied.
+            if self.applied.as_ref().is_none_or(|a| a.commit != j.commit) {
+                self.attempted = Some(j.commit.clone());
+            }
             // And the migrations it completed: each runs at most once per release.
             for (env, app, release) in &j.migrated {
                 let event = record::Event::Migrated {

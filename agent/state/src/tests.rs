@@ -200,6 +200,8 @@ fn a_killed_runs_migrations_are_taken_from_its_journal() {
     let want = ("prod".to_string(), "web".to_string(), "2222".to_string());
     assert_eq!(state.migrated(), [want].into());
     assert_eq!(state.migrations["prod/web"]["2222"], 1_700_000_000);
+    // Its commit began to apply: the anti-rollback base.
+    assert_eq!(state.high_water(), Some("c"));
     state.take_owed_from(None);
     assert_eq!(state.migrated().len(), 1);
 }
