@@ -776,9 +776,49 @@ rules:
     assert!(msg.contains("forgejo@forge.example (commit signature)"), "{msg}");
 
     s.repo.approve(&s.alice, &merge).unwrap();
-    mirror.fetch(&[url], &opts).unwrap();
+    mirror.fetch(std::slice::from_ref(&url), &opts).unwrap();
     let ok = evaluate(&mirror).unwrap();
     assert_eq!(ok[0].counted, ["alice@example.com", "bob@example.com"]);
+
+    // The merge's apply began and failed before anything landed: the anti-rollback base is
+    // the merge, but approvals cover what changed since `base`, the last applied commit.
+    // A README edit on top (no approval of its own) does not carry the merge's prod change
+    // in on the merge's approvals.
+    let readme =
+        s.repo.commit_files_signed(&s.forgejo, &[("README.md", "notes\n")], "notes").unwrap();
+    mirror.fetch(&[url], &opts).unwrap();
+    let policy_file = dir.path().join("policy.yaml");
+    std::fs::write(
+        &policy_file,
+        "publishers: [forgejo@forge.example]\napproval_ref: refs/heads/main\nrules:\n  - {name: prod, paths: [\"manifests/prod.yaml\"], principals: [alice@example.com, bob@example.com], threshold: 2}\n  - {name: rest, paths: [\"**\"], principals: [forgejo@forge.example], threshold: 1}\n",
+    )
+    .unwrap();
+    use veza_source::{Acceptance, Base, Refusal, accept};
+    let policy_path = policy_file.display().to_string();
+    let manifests = ["manifests/prod.yaml".to_string()];
+    let verdict = |since: veza_source::PolicySince<'_>| {
+        let acceptance = Acceptance {
+            allowed_signers: &s.signers_file,
+            policy: Some(&policy_path),
+            base: Base::Descends(&merge),
+            policy_since: since,
+            manifests: &manifests,
+            host: "r720",
+            max_refs: 100,
+            now: now(),
+            identities: None,
+        };
+        accept(&mirror, oid(&readme), &acceptance).map(|_| ()).map_err(|r| (r.kind, r.reason))
+    };
+    // Past the policy (only README changed since the merge), stopped by the test's
+    // placeholder manifests.
+    let since_merge = verdict(veza_source::PolicySince::Base).unwrap_err();
+    assert_eq!(since_merge.0, Refusal::InvalidManifests, "{}", since_merge.1);
+    let since_applied = verdict(veza_source::PolicySince::Commit(&base)).unwrap_err();
+    assert_eq!(since_applied.0, Refusal::Policy, "{}", since_applied.1);
+    assert!(since_applied.1.contains("manifests/prod.yaml"), "{}", since_applied.1);
+    let everything = verdict(veza_source::PolicySince::Everything).unwrap_err();
+    assert_eq!(everything.0, Refusal::Policy, "{}", everything.1);
 }
 
 #[test]
@@ -1251,6 +1291,7 @@ fn acceptance_is_one_decision_with_one_kind_per_refusal() {
     ];
     for (case, tip, last, signers, policy, want) in table {
         let acceptance = Acceptance {
+            policy_since: veza_source::PolicySince::Base,
             allowed_signers: signers,
             policy,
             base: last,

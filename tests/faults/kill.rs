@@ -28,7 +28,9 @@ struct At {
 
 impl At {
     fn reached(&self, j: &veza_state::Journal) -> bool {
+        // A journal without a current step is the run's own, written before its first.
         j.done == self.step
+            && j.current.is_some()
             && self.phase.is_none_or(|p| {
                 j.current.as_deref().is_some_and(|c| c.contains(&format!(": {p} ")))
             })

@@ -154,11 +154,14 @@ pub fn run(args: &AdoptArgs) -> ExitCode {
         } else {
             None
         };
-        let state = match Reader::new(&agent.state_dir()).load() {
+        let reader = Reader::new(&agent.state_dir());
+        let mut state = match reader.load() {
             Ok(s) => s,
             Err(e @ StateError::TooNew { .. }) => return fail(&e.into(), 1),
             Err(_) => AgentState::default(),
         };
+        // A killed run's journal holds what it owes and its commit, as for `plan`.
+        state.take_owed_from(reader.journal().as_ref());
         let (source, live, r) = match report(&agent, &state).await {
             Ok(x) => x,
             Err(code) => return code,
@@ -230,7 +233,6 @@ pub fn run(args: &AdoptArgs) -> ExitCode {
             .chain(done.timers.iter().map(|t| format!("timer {t}")))
             .collect();
         let by = format!("{} (uid {})", who(), uid.unwrap_or(u32::MAX));
-        let mut state = state;
         let event = Event::Adopted {
             commit: source.commit.clone(),
             by: by.clone(),

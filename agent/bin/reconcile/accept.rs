@@ -10,7 +10,7 @@ use veza_model::Manifest;
 use veza_model::config::HostConfig;
 use veza_secrets::Identities;
 use veza_source::fetch::{Credentials, FetchOptions, Mirror};
-use veza_source::{Acceptance, Base, Rejected, Secrets, accept};
+use veza_source::{Acceptance, Base, PolicySince, Rejected, Secrets, accept};
 use veza_state::AgentState;
 
 use super::{Agent, Laps, high_water_key};
@@ -187,6 +187,12 @@ impl Agent {
             allowed_signers: Path::new(&c.trust.allowed_signers),
             policy: c.trust.policy.as_deref(),
             base: applied.as_deref().map_or(Base::Nothing, Base::Descends),
+            // Approvals cover what changed since what landed, not since a failed attempt.
+            policy_since: match (&state.attempted, &state.applied) {
+                (None, _) => PolicySince::Base,
+                (Some(_), Some(a)) => PolicySince::Commit(&a.commit),
+                (Some(_), None) => PolicySince::Everything,
+            },
             manifests: &c.source.manifests,
             host: &c.host,
             max_refs: c.max_refs(),

@@ -71,6 +71,7 @@ impl NewerCommit<'_> {
                 allowed_signers: Path::new(&c.trust.allowed_signers),
                 policy: c.trust.policy.as_deref(),
                 base: Base::Descends(&self.commit),
+                policy_since: veza_source::PolicySince::Base,
                 manifests: &c.source.manifests,
                 host: &c.host,
                 max_refs: c.max_refs(),

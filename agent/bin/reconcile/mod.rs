@@ -382,6 +382,7 @@ impl Agent {
             laps.lap("observe (again)");
         };
         let live = reading.live;
+        record(state, Event::UnitTargets(observe::unit_targets(&state.unit_targets, &live)));
         for r in &plan.refusals {
             tracing::warn!(resource = %r.resource, "refused: {}", r.reason);
         }
@@ -474,6 +475,15 @@ impl Agent {
             },
             before: None,
         };
+        // This run's journal replaces a killed run's now, before anything: a kill after
+        // the state is saved must not leave the older journal to be read as owed.
+        if let Err(e) = store.write_journal(&hooks.journal) {
+            return End::new(
+                Outcome::Failed,
+                commit,
+                Some(format!("writing the journal failed, nothing applied: {e}")),
+            );
+        }
         // From its first step on, part of this commit may land: only its descendants may
         // be accepted next, whatever the run's end (a kill included; the journal names it).
         self.mirror_high_water(&source.commit).await;

@@ -1,7 +1,7 @@
 //! Observe: what Incus, the edge and systemd run, as the planner's live types; and what
 //! the host runs after a sync, recorded through `veza_state::record`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -106,9 +106,8 @@ impl Agent {
             }
         };
         // The edge's health and the jobs' runs are reads of their own: at once.
-        let (health, mut jobs) =
+        let (health, jobs) =
             tokio::join!(health, self.observe_jobs(&source.manifests, &state.jobs, now));
-        jobs.extend(retired_still_installed(&state.jobs, &jobs, live));
         let mut apps = Vec::new();
         for m in &source.manifests {
             let env = &m.metadata.name;
@@ -249,41 +248,35 @@ pub fn failing_jobs(
     out
 }
 
-/// The recorded jobs that left the manifests while their units are still installed (a
-/// run that stopped before removing them, a target stopped meanwhile): kept, so their
-/// target is listed again and the units removed once it can be.
-fn retired_still_installed(
-    prev: &BTreeMap<String, veza_state::JobState>,
-    declared: &BTreeMap<String, veza_state::JobState>,
-    live: &LiveState,
-) -> BTreeMap<String, veza_state::JobState> {
-    prev.iter()
-        .filter(|(key, _)| !declared.contains_key(*key))
-        .filter(|(key, j)| {
-            let Some((env, name)) = key.split_once('/') else { return false };
-            let stem = veza_model::units::unit_stem(env, name);
-            let target = if j.target == "host" {
-                UnitTarget::Host
-            } else {
-                UnitTarget::Instance(j.target.clone())
-            };
-            live.units.get(&target).is_some_and(|units| {
-                [format!("{stem}.timer"), format!("{stem}.service")]
-                    .iter()
-                    .any(|n| units.contains_key(n))
-            })
-        })
-        .map(|(k, j)| (k.clone(), j.clone()))
-        .collect()
+/// Where the agent's job units are seen in `live` (`host` or an instance name), and the
+/// targets of `prev` not listed this time (stopped, foreign now, on an offline member)
+/// while their instance exists: [`AgentState::unit_targets`].
+pub(super) fn unit_targets(prev: &BTreeSet<String>, live: &LiveState) -> BTreeSet<String> {
+    let name = |t: &UnitTarget| match t {
+        UnitTarget::Host => "host".to_string(),
+        UnitTarget::Instance(i) => i.clone(),
+    };
+    let listed: BTreeSet<String> = live.units.keys().map(name).collect();
+    let mut seen: BTreeSet<String> =
+        live.units.iter().filter(|(_, u)| !u.is_empty()).map(|(t, _)| name(t)).collect();
+    seen.extend(
+        prev.iter()
+            .filter(|t| !listed.contains(*t))
+            .filter(|t| *t == "host" || live.instances.contains_key(*t))
+            .cloned(),
+    );
+    seen
 }
 
-/// Where job units are listed: where the manifests' jobs run, and where the recorded jobs
-/// ran (a target whose jobs all left still holds their units, to be removed).
+/// Where job units are listed: where the manifests' jobs run, where the recorded jobs ran,
+/// and where the agent's units were last seen (a target whose jobs all left or moved still
+/// holds their units, to be removed).
 fn job_targets(manifests: &[Manifest], recorded: &AgentState) -> Vec<UnitTarget> {
     let declared = manifests.iter().flat_map(|m| m.jobs.values().map(|j| j.on.as_str()));
     let ran = recorded.jobs.values().map(|j| j.target.as_str());
+    let seen = recorded.unit_targets.iter().map(String::as_str);
     let mut targets: Vec<UnitTarget> = Vec::new();
-    for on in declared.chain(ran) {
+    for on in declared.chain(ran).chain(seen) {
         let t = if on == "host" { UnitTarget::Host } else { UnitTarget::Instance(on.to_string()) };
         if !targets.contains(&t) {
             targets.push(t);
@@ -332,32 +325,25 @@ mod tests {
         assert!(job_targets(&[], &AgentState::default()).is_empty());
     }
 
-    /// A retired job's record stays while its units are still installed on its target
-    /// (so the target is listed again and the units removed), and goes with them.
+    /// Where units were seen stays listed until they are seen gone: a target not listed
+    /// this time (stopped, foreign) is kept while its instance exists.
     #[test]
-    fn a_retired_jobs_record_stays_while_its_units_are_installed() {
-        let job = |target: &str| veza_state::JobState {
-            target: target.into(),
-            ..veza_state::JobState::default()
-        };
-        let prev: BTreeMap<String, veza_state::JobState> = [
-            ("prod/backup".to_string(), job("veza-old-tools")),
-            ("prod/drill".to_string(), job("host")),
-            ("prod/kept".to_string(), job("host")),
-        ]
-        .into();
-        let declared: BTreeMap<String, veza_state::JobState> =
-            [("prod/kept".to_string(), job("host"))].into();
+    fn unit_targets_stay_until_their_units_are_seen_gone() {
         let mut live = LiveState::default();
-        live.units.insert(
-            UnitTarget::Instance("veza-old-tools".into()),
-            [("veza-job-prod-backup.timer".to_string(), String::new())].into(),
-        );
-        live.units.insert(UnitTarget::Host, BTreeMap::new());
-        let kept = retired_still_installed(&prev, &declared, &live);
-        assert_eq!(kept.keys().collect::<Vec<_>>(), ["prod/backup"]);
-        live.units.clear();
-        assert!(retired_still_installed(&prev, &declared, &live).is_empty());
+        let units = |names: &[&str]| -> BTreeMap<String, String> {
+            names.iter().map(|n| (n.to_string(), String::new())).collect()
+        };
+        live.units.insert(UnitTarget::Host, units(&["veza-job-prod-drill.timer"]));
+        live.units.insert(UnitTarget::Instance("tools".into()), units(&[]));
+        live.instances.insert("old".into(), veza_model::live::LiveInstance::default());
+        let prev: BTreeSet<String> =
+            ["tools", "old", "deleted"].into_iter().map(String::from).collect();
+        let seen = unit_targets(&prev, &live);
+        // host: units seen; tools: listed, empty (removed); old: not listed, still there;
+        // deleted: its instance is gone, and its units with it.
+        assert_eq!(seen, ["host", "old"].into_iter().map(String::from).collect());
+        let state = AgentState { unit_targets: seen, ..AgentState::default() };
+        assert!(job_targets(&[], &state).contains(&UnitTarget::Instance("old".into())));
     }
 
     #[test]

@@ -254,6 +254,7 @@ impl Agent {
             allowed_signers: Path::new(&c.trust.allowed_signers),
             policy: c.trust.policy.as_deref(),
             base: state.applied.as_ref().map_or(Base::Nothing, |a| Base::Compare(&a.commit)),
+            policy_since: veza_source::PolicySince::Base,
             manifests: &c.source.manifests,
             host: &c.host,
             max_refs: c.max_refs(),

@@ -34,6 +34,10 @@ pub struct Acceptance<'a> {
     pub manifests: &'a [String],
     /// This host: only manifests with `metadata.host` equal to it are kept.
     pub host: &'a str,
+    /// Where the trust policy's diff starts: the base's commit, or, while the base is a
+    /// newer commit whose apply began and failed, the last applied one (an approval of
+    /// what did not land covers nothing), or every path when nothing was applied.
+    pub policy_since: PolicySince<'a>,
     /// The most tags looked at for approvals.
     pub max_refs: usize,
     /// The verification time (unix seconds).
@@ -48,6 +52,18 @@ pub struct Acceptance<'a> {
 /// The most approval tags of one tip read: far more approvers than any policy names,
 /// and a bound on what a forge can make the agent hold in memory.
 pub const MAX_APPROVAL_TAGS: usize = 256;
+
+/// Where the trust policy's diff starts ([`Acceptance::policy_since`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PolicySince<'a> {
+    /// The base's commit (or every path, with [`Base::Nothing`]).
+    #[default]
+    Base,
+    /// This commit.
+    Commit(&'a str),
+    /// Every path of the tip.
+    Everything,
+}
 
 /// What a tip is compared with: the anti-rollback check, and the base of the paths the
 /// trust policy covers.
@@ -178,8 +194,15 @@ pub fn accept(mirror: &Mirror, tip: ObjectId, a: &Acceptance<'_>) -> Result<Acce
             .map_err(|e| reject(Refusal::Policy, format!("`{policy_path}` unreadable: {e}")))?;
         let policy = Policy::from_yaml_str(&text)
             .map_err(|e| reject(Refusal::Policy, format!("`{policy_path}`: {e}")))?;
+        let since = match a.policy_since {
+            PolicySince::Base => last,
+            PolicySince::Commit(c) => {
+                Some(mirror.commit_by_id(c).map_err(|e| reject(Refusal::Policy, e.to_string()))?)
+            }
+            PolicySince::Everything => None,
+        };
         let changed = mirror
-            .changed_paths(last, tip, 1_000_000)
+            .changed_paths(since, tip, 1_000_000)
             .map_err(|e| reject(Refusal::Policy, e.to_string()))?;
         let tags = mirror
             .tags_pointing_at(tip, a.max_refs.min(MAX_APPROVAL_TAGS))

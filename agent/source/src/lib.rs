@@ -20,7 +20,7 @@ pub mod sshsig;
 pub mod time;
 pub mod verify;
 
-pub use accept::{Acceptance, Accepted, Base, Rejected, SecretEntry, Secrets, accept};
+pub use accept::{Acceptance, Accepted, Base, PolicySince, Rejected, SecretEntry, Secrets, accept};
 pub use allowed_signers::AllowedSigners;
 pub use error::{AllowedSignersError, FetchError, ObjectKind, PolicyError, VerifyError};
 pub use refusal::Refusal;

@@ -265,6 +265,12 @@ pub struct AgentState {
     /// or a forge could serve the older commit again and undo what landed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempted: Option<String>,
+    /// Where the agent's job units were last seen (`host` or an instance name): listed
+    /// again at every sync until seen gone, so a target whose jobs all left, or moved
+    /// elsewhere, has its timers removed even when the run that should have removed them
+    /// stopped first or the target was stopped then.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
+    pub unit_targets: std::collections::BTreeSet<String>,
     /// What the last plan would have applied but did not (suspended or report mode).
     #[serde(default)]
     pub held: Vec<String>,
@@ -416,6 +422,7 @@ impl Default for AgentState {
             suspended: None,
             attempted: None,
             unchecked_edge: None,
+            unit_targets: std::collections::BTreeSet::new(),
             held: Vec::new(),
             waiting: Vec::new(),
             statuses_pending: Vec::new(),

@@ -95,6 +95,8 @@ pub enum Event {
     /// The promotions whose checks through the edge are still owed (`env/app` → the
     /// color traffic goes back to), as the sync leaves them.
     Unverified(BTreeMap<String, String>),
+    /// Where the agent's job units are seen now ([`AgentState::unit_targets`]).
+    UnitTargets(std::collections::BTreeSet<String>),
     /// The edge switch owed its checks with no color to go back to, if any
     /// ([`AgentState::unchecked_edge`]).
     UncheckedEdge(Option<crate::UncheckedEdge>),
@@ -216,6 +218,10 @@ pub fn record(state: &mut AgentState, event: Event) -> Option<HistoryEntry> {
         }
         Event::Waiting { steps } => {
             state.waiting = steps;
+            None
+        }
+        Event::UnitTargets(targets) => {
+            state.unit_targets = targets;
             None
         }
         Event::UncheckedEdge(owed) => {

@@ -146,6 +146,7 @@ pub(crate) fn fetch_verify(
             allowed_signers: &signers,
             policy: None,
             base: veza_source::Base::Descends(&last),
+            policy_since: veza_source::PolicySince::Base,
             manifests: std::slice::from_ref(&path),
             host: &host.env,
             max_refs: 10_000,
