@@ -6,8 +6,8 @@
 //! planned-not-applied (exit 4) saying who leads.
 //!
 //! Between syncs a task renews the lease every third of its TTL (the daemon's poll is
-//! usually longer than the TTL); it stops when the agent is dropped (a reload builds a new
-//! one). Each change of who leads is written to `cluster.json` in the state directory,
+//! usually longer than the TTL); it stops when the agent is dropped. The lease is built
+//! once, at start: a configuration reload that changes `cluster` is refused (restart). Each change of who leads is written to `cluster.json` in the state directory,
 //! which `status` reads.
 
 use std::path::{Path, PathBuf};

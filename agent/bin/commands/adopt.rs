@@ -154,6 +154,13 @@ pub fn run(args: &AdoptArgs) -> ExitCode {
         } else {
             None
         };
+        // On a cluster, only the member holding the lease adopts (as it applies).
+        if args.apply
+            && let Some(cluster) = &agent.cluster
+            && let Some(why) = cluster.hold().await
+        {
+            return fail(&anyhow::anyhow!("not adopted: {why}"), 1);
+        }
         let reader = Reader::new(&agent.state_dir());
         let mut state = match reader.load() {
             Ok(s) => s,

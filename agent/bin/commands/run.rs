@@ -209,9 +209,15 @@ fn watch_trust_files(
 fn reload(agent: &mut Agent) {
     match crate::reconcile::load_config(&agent.config_path) {
         Ok(config) => {
-            if config.host != agent.config.host || config.state_dir() != agent.config.state_dir() {
+            if config.host != agent.config.host
+                || config.state_dir() != agent.config.state_dir()
+                || config.cluster != agent.config.cluster
+            {
+                // The lease is built once, at start: a reload that joined or changed a
+                // cluster would apply without it.
                 tracing::warn!(
-                    "`host` and `state_dir` changes need a restart; keeping the running values"
+                    "`host`, `state_dir` and `cluster` changes need a restart \
+                     (`systemctl restart veza-agent`); keeping the running configuration"
                 );
                 return;
             }

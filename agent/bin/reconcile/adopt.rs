@@ -61,7 +61,10 @@ impl Agent {
         let jobs = veza_plan::desired::desired(&refs, &live.root_pool(), &source.secrets.digests())
             .map_err(|e| AdoptFailure { done: Adopted::default(), error: e.to_string() })?
             .jobs;
-        let units = self.units();
-        execute(&self.incus, &units, &source.secrets.values(), adoption, live, &jobs).await
+        // On a cluster, only under the lease the caller holds (every write fenced).
+        let fence = crate::cluster::ClusterLease::fence(self.cluster.as_ref());
+        let incus = veza_host::lease::Fenced::new(&self.incus, &fence);
+        let units = self.units_over(&incus);
+        execute(&incus, &units, &source.secrets.values(), adoption, live, &jobs).await
     }
 }

@@ -120,8 +120,13 @@ impl Agent {
     }
 
     fn units(&self) -> Systemd<'_, IncusClient> {
+        self.units_over(&self.incus)
+    }
+
+    /// The job units' driver over `incus` (the fenced client, when it writes).
+    fn units_over<'i, I: veza_host::incus::Incus>(&self, incus: &'i I) -> Systemd<'i, I> {
         Systemd::new(
-            &self.incus,
+            incus,
             self.config.systemd.unit_dir.clone().unwrap_or_else(|| "/etc/systemd/system".into()),
         )
     }
@@ -143,8 +148,13 @@ impl Agent {
         secrets: &veza_secrets::SecretValues,
         hooks: &mut impl Hooks,
     ) -> ApplyReport {
-        let edge = self.edge(runs_in);
-        let units = self.units();
+        // On a cluster every write passes the lease first (fencing), job units in
+        // instances and the edge's installs included; elsewhere it is open.
+        let fence = crate::cluster::ClusterLease::fence(self.cluster.as_ref());
+        let edge =
+            self.edge(runs_in).fenced(crate::cluster::ClusterLease::fence(self.cluster.as_ref()));
+        let incus = veza_host::lease::Fenced::new(&self.incus, &fence);
+        let units = self.units_over(&incus);
         let artifacts = ArtifactStore::new(&self.state_dir().join("artifacts"))
             .with_max_bytes(self.config.artifact_max_bytes());
         let gates = Gates {
@@ -153,9 +163,6 @@ impl Agent {
             probe_timeout: Duration::from_secs(2),
             ..Gates::default()
         };
-        // On a cluster every write passes the lease first (fencing); elsewhere it is open.
-        let fence = crate::cluster::ClusterLease::fence(self.cluster.as_ref());
-        let incus = veza_host::lease::Fenced::new(&self.incus, &fence);
         let drivers = Drivers {
             incus: &incus,
             edge: &edge,
@@ -486,7 +493,15 @@ impl Agent {
         }
         // From its first step on, part of this commit may land: only its descendants may
         // be accepted next, whatever the run's end (a kill included; the journal names it).
-        self.mirror_high_water(&source.commit).await;
+        // On a cluster the Incus mark is what every member checks: nothing is applied
+        // unless it moved (elsewhere the state file is the mark, and this is a mirror).
+        if let Err(e) = self.mirror_high_water(&source.commit).await
+            && self.cluster.is_some()
+        {
+            let mut end = End::new(Outcome::Failed, commit, Some(format!("{e}; nothing applied")));
+            end.journaled = true; // this run's journal goes: nothing of it ran
+            return end;
+        }
         let report =
             self.apply(&plan, runs_in.as_deref(), &source.secrets.values(), &mut hooks).await;
         laps.lap("apply");

@@ -68,7 +68,9 @@ impl Agent {
 
     /// Mirrors the anti-rollback mark into Incus (`commit`: the newest applied, or
     /// attempted, commit), so a wiped state directory does not reopen older commits.
-    pub(super) async fn mirror_high_water(&self, commit: &str) {
+    /// `Err` when it could not be written (a standby, which leaves it to the leader, is
+    /// not an error): on a cluster the mark is what every member checks against.
+    pub(super) async fn mirror_high_water(&self, commit: &str) -> Result<(), String> {
         let key = high_water_key(&self.config.host);
         if self.incus.server_user_config(&key).await.ok().flatten().as_deref() != Some(commit)
             && let Err(e) = veza_host::lease::Fenced::new(
@@ -83,8 +85,12 @@ impl Agent {
                 tracing::debug!("high-water mark left to the cluster's leader: {e}");
             } else {
                 tracing::warn!("could not mirror the high-water mark into Incus: {e}");
+                return Err(format!(
+                    "writing the anti-rollback mark `{key}` into Incus failed: {e}"
+                ));
             }
         }
+        Ok(())
     }
 
     /// Records `source` as what the host runs, as observed in `live` (the edge's active
@@ -96,7 +102,8 @@ impl Agent {
         live: &LiveState,
         now: i64,
     ) {
-        self.mirror_high_water(&source.commit).await;
+        // Best effort here: the apply already moved it (a failure then stopped a cluster).
+        let _ = self.mirror_high_water(&source.commit).await;
         let runs_in =
             source.manifests.iter().find_map(|m| m.edge.as_ref().map(|e| e.runs_in.clone()));
         let health = async {
