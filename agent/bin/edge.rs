@@ -37,9 +37,6 @@ pub struct EdgeRuntime<'a> {
     runs_in: Option<String>,
     paths: EdgePaths,
     master_socket: PathBuf,
-    /// Passed before every install (a switch, a fallback): on a cluster the lease, so a
-    /// member that lost it during a long health gate switches nothing.
-    fence: Option<crate::cluster::ClusterFence>,
 }
 
 impl<'a> EdgeRuntime<'a> {
@@ -64,13 +61,7 @@ impl<'a> EdgeRuntime<'a> {
             runs_in: runs_in.filter(|r| *r != "host").map(str::to_string),
             paths,
             master_socket,
-            fence: None,
         }
-    }
-
-    /// The same edge, every install passing `fence` first.
-    pub fn fenced(self, fence: crate::cluster::ClusterFence) -> EdgeRuntime<'a> {
-        EdgeRuntime { fence: Some(fence), ..self }
     }
 
     fn with_runtime<T>(&self, f: impl FnOnce(&dyn HaproxyRuntime) -> T) -> T {
@@ -130,10 +121,6 @@ impl Edge for EdgeRuntime<'_> {
     /// a HAProxy running without that socket keeps serving the earlier one, and a switch
     /// that did not happen must not be taken for one.
     async fn install(&self, config: &str) -> Result<(), String> {
-        if let Some(fence) = &self.fence {
-            use veza_host::lease::Fence as _;
-            fence.check("install the edge config").await.map_err(|e| e.to_string())?;
-        }
         tokio::task::block_in_place(|| {
             self.with_runtime(|rt| {
                 // What runs, as `live_config` reads it (after an interrupted install, the

@@ -159,7 +159,13 @@ pub fn run(args: &AdoptArgs) -> ExitCode {
             && let Some(cluster) = &agent.cluster
             && let Some(why) = cluster.hold().await
         {
-            return fail(&anyhow::anyhow!("not adopted: {why}"), 1);
+            return fail(
+                &anyhow::anyhow!(
+                    "not adopted: {why} (hint: run it on the member that leads, within \
+                     `cluster.lease_ttl` of stopping its daemon)"
+                ),
+                1,
+            );
         }
         let reader = Reader::new(&agent.state_dir());
         let mut state = match reader.load() {

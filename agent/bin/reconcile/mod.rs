@@ -148,11 +148,11 @@ impl Agent {
         secrets: &veza_secrets::SecretValues,
         hooks: &mut impl Hooks,
     ) -> ApplyReport {
-        // On a cluster every write passes the lease first (fencing), job units in
-        // instances and the edge's installs included; elsewhere it is open.
+        // On a cluster every Incus write passes the lease first (fencing), job units in
+        // instances included; elsewhere it is open. The edge's installs are not fenced: a
+        // fallback refused by a lease check would leave traffic on a failed color.
         let fence = crate::cluster::ClusterLease::fence(self.cluster.as_ref());
-        let edge =
-            self.edge(runs_in).fenced(crate::cluster::ClusterLease::fence(self.cluster.as_ref()));
+        let edge = self.edge(runs_in);
         let incus = veza_host::lease::Fenced::new(&self.incus, &fence);
         let units = self.units_over(&incus);
         let artifacts = ArtifactStore::new(&self.state_dir().join("artifacts"))

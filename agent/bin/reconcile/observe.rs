@@ -68,8 +68,9 @@ impl Agent {
 
     /// Mirrors the anti-rollback mark into Incus (`commit`: the newest applied, or
     /// attempted, commit), so a wiped state directory does not reopen older commits.
-    /// `Err` when it could not be written (a standby, which leaves it to the leader, is
-    /// not an error): on a cluster the mark is what every member checks against.
+    /// `Err` when it could not be written, the lease refusing it included (a standby
+    /// leaves it to the leader; a leader whose lease lapsed must not apply): on a cluster
+    /// the mark is what every member checks against.
     pub(super) async fn mirror_high_water(&self, commit: &str) -> Result<(), String> {
         let key = high_water_key(&self.config.host);
         if self.incus.server_user_config(&key).await.ok().flatten().as_deref() != Some(commit)
@@ -85,10 +86,8 @@ impl Agent {
                 tracing::debug!("high-water mark left to the cluster's leader: {e}");
             } else {
                 tracing::warn!("could not mirror the high-water mark into Incus: {e}");
-                return Err(format!(
-                    "writing the anti-rollback mark `{key}` into Incus failed: {e}"
-                ));
             }
+            return Err(format!("writing the anti-rollback mark `{key}` into Incus failed: {e}"));
         }
         Ok(())
     }
