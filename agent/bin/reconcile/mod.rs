@@ -433,7 +433,9 @@ impl Agent {
             record(state, Event::UncheckedEdge(edge));
             if !reading.reused {
                 // Health and job runs are read with the rest; a reused reading keeps what
-                // was recorded with it (`status` shows when: `observed_at`).
+                // was recorded with it (`status` shows when: `observed_at`). Nothing ran,
+                // so the mark is mirrored here (best effort: the state file is the mark).
+                let _ = self.mirror_high_water(&source.commit).await;
                 self.record_applied(state, &source, &live, now).await;
                 self.keep(&source, reading.mark, reading.at, &live);
                 laps.lap("observe-record");

@@ -93,7 +93,8 @@ impl Agent {
     }
 
     /// Records `source` as what the host runs, as observed in `live` (the edge's active
-    /// colors and health, the jobs), and mirrors the high-water mark into Incus.
+    /// colors and health, the jobs). The high-water mark is mirrored by the caller: before
+    /// the first step of an apply, or by the sync when a plan had nothing to run.
     pub(super) async fn record_applied(
         &self,
         state: &mut AgentState,
@@ -101,8 +102,6 @@ impl Agent {
         live: &LiveState,
         now: i64,
     ) {
-        // Best effort here: the apply already moved it (a failure then stopped a cluster).
-        let _ = self.mirror_high_water(&source.commit).await;
         let runs_in =
             source.manifests.iter().find_map(|m| m.edge.as_ref().map(|e| e.runs_in.clone()));
         let health = async {
