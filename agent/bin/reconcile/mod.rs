@@ -495,15 +495,9 @@ impl Agent {
         }
         // From its first step on, part of this commit may land: only its descendants may
         // be accepted next, whatever the run's end (a kill included; the journal names it).
-        // On a cluster the Incus mark is what every member checks: nothing is applied
-        // unless it moved (elsewhere the state file is the mark, and this is a mirror).
-        if let Err(e) = self.mirror_high_water(&source.commit).await
-            && self.cluster.is_some()
-        {
-            let mut end = End::new(Outcome::Failed, commit, Some(format!("{e}; nothing applied")));
-            end.journaled = true; // this run's journal goes: nothing of it ran
-            return end;
-        }
+        // Best effort: on a cluster a member down makes every `/1.0` write fail (Incus
+        // notifies each peer), and stopping then would stop every failover apply too.
+        let _ = self.mirror_high_water(&source.commit).await;
         let report =
             self.apply(&plan, runs_in.as_deref(), &source.secrets.values(), &mut hooks).await;
         laps.lap("apply");
