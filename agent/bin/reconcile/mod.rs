@@ -8,11 +8,9 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Result;
-use veza_host::apply::{ApplyOutcome, ApplyReport, Drivers, Gates, Hooks, apply};
-use veza_host::artifact::ArtifactStore;
 use veza_host::incus::IncusClient;
 use veza_host::systemd::Systemd;
 use veza_model::Manifest;
@@ -20,13 +18,14 @@ use veza_model::config::{HostConfig, Mode};
 use veza_plan::live::LiveState;
 use veza_plan::{Plan, PlanOptions};
 use veza_source::fetch::Forge;
-use veza_state::record::{Event, history_entry, record};
+use veza_state::record::{Event, record};
 use veza_state::{AgentState, HistoryEntry, Journal, Outcome, RunRecord, Store};
 
 use crate::edge::EdgeRuntime;
 
 mod accept;
 mod adopt;
+mod execute;
 mod feedback;
 mod hooks;
 mod load;
@@ -39,7 +38,7 @@ mod windows;
 
 pub use accept::{Source, SourceProblem};
 pub use adopt::AdoptionReport;
-use hooks::{JournalHooks, NewerCommit};
+use execute::Planned;
 pub use load::load_config;
 use observe::failing_jobs;
 pub use preview::preview_line;
@@ -138,42 +137,6 @@ impl Agent {
             images: self.config.incus.images.clone(),
             ..PlanOptions::default()
         }
-    }
-
-    /// Runs the plan through the drivers.
-    pub async fn apply(
-        &self,
-        plan: &Plan,
-        runs_in: Option<&str>,
-        secrets: &veza_secrets::SecretValues,
-        hooks: &mut impl Hooks,
-    ) -> ApplyReport {
-        // On a cluster every Incus write passes the lease first (fencing), job units in
-        // instances included; elsewhere it is open. The edge's installs are not fenced: a
-        // fallback refused by a lease check would leave traffic on a failed color.
-        let fence = crate::cluster::ClusterLease::fence(self.cluster.as_ref());
-        let edge = self.edge(runs_in);
-        let incus = veza_host::lease::Fenced::new(&self.incus, &fence);
-        let units = self.units_over(&incus);
-        let artifacts = ArtifactStore::new(&self.state_dir().join("artifacts"))
-            .with_max_bytes(self.config.artifact_max_bytes());
-        let gates = Gates {
-            health_timeout: self.config.health_timeout(),
-            verify_requests: self.config.promotion.verify_requests.unwrap_or(5),
-            probe_timeout: Duration::from_secs(2),
-            ..Gates::default()
-        };
-        let drivers = Drivers {
-            incus: &incus,
-            edge: &edge,
-            units: &units,
-            artifacts: &artifacts,
-            probe: &veza_host::http::HttpProbe,
-            clock: &veza_host::clock::SystemClock,
-            secrets,
-            gates,
-        };
-        apply(plan, &drivers, hooks).await
     }
 
     /// What this host would do with a verified revision, given the recorded state and
@@ -388,8 +351,10 @@ impl Agent {
             };
             laps.lap("observe (again)");
         };
-        let live = reading.live;
-        record(state, Event::UnitTargets(observe::unit_targets(&state.unit_targets, &live)));
+        record(
+            state,
+            Event::UnitTargets(observe::unit_targets(&state.unit_targets, &reading.live)),
+        );
         for r in &plan.refusals {
             tracing::warn!(resource = %r.resource, "refused: {}", r.reason);
         }
@@ -421,205 +386,20 @@ impl Agent {
             return end;
         }
         laps.lap("plan");
+        let planned = Planned {
+            source: &source,
+            plan: &plan,
+            released: &released,
+            interrupted,
+            waits,
+            already,
+            waiting_changed,
+        };
         if plan.is_empty() && interrupted.is_none() {
-            // Nothing to do now: an owed check the planner could not plan again (the color
-            // it goes back to is no longer deployed, the edge is not updated) or whose
-            // fallback landed is no longer owed; one held for a window still is.
-            let owed = unverified::after_empty_plan(&state.unverified, &live, &plan);
-            record(state, Event::Unverified(owed));
-            let edge = (!plan.waiting.is_empty())
-                .then(|| unverified::edge_still_owed(state.unchecked_edge.as_ref(), &live))
-                .flatten();
-            record(state, Event::UncheckedEdge(edge));
-            if !reading.reused {
-                // Health and job runs are read with the rest; a reused reading keeps what
-                // was recorded with it (`status` shows when: `observed_at`). Nothing ran,
-                // so the mark is mirrored here (best effort: the state file is the mark).
-                let _ = self.mirror_high_water(&source.commit).await;
-                self.record_applied(state, &source, &live, now).await;
-                self.keep(&source, reading.mark, reading.at, &live);
-                laps.lap("observe-record");
-            }
-            let outcome = match (&waits, already) {
-                (Some(_), _) => Outcome::Waiting,
-                (None, true) => Outcome::NoChange,
-                (None, false) => Outcome::Applied,
-            };
-            let mut end = End::new(outcome, commit, waits.clone());
-            // Worth a history entry: a new commit, or a change of what waits (the daemon
-            // finds the same held steps every poll until the window opens).
-            if !already || waiting_changed {
-                end.history =
-                    Some(history_entry(state, &source.commit, &source.signer, outcome, waits));
-            }
-            return end;
+            self.settle(state, reading, planned, now, laps).await
+        } else {
+            self.execute(state, store, stop, planned, at, laps).await
         }
-        if let Some(j) = interrupted {
-            tracing::warn!(commit = %j.commit, step = ?j.current, "the previous run was interrupted; re-planned from live state");
-        }
-        let runs_in =
-            source.manifests.iter().find_map(|m| m.edge.as_ref().map(|e| e.runs_in.clone()));
-        let mut hooks = JournalHooks {
-            store,
-            journal: Journal {
-                commit: source.commit.clone(),
-                started_ms: now * 1000,
-                steps: plan.steps.iter().map(|s| s.action.to_string()).collect(),
-                done: 0,
-                current: None,
-                unverified: state.unverified.clone(),
-                // A killed run's migrations stay in the journal until a state holding them
-                // is saved: this run may be killed too.
-                migrated: interrupted.map(|j| j.migrated.clone()).unwrap_or_default(),
-                unchecked_edge: state.unchecked_edge.clone(),
-            },
-            owed: state.unverified.clone(),
-            stop,
-            newer: NewerCommit {
-                config: &self.config,
-                options: self.fetch_options().ok(),
-                mirror_dir: self.state_dir().join("mirror.git"),
-                commit: source.commit.clone(),
-                last_check: std::cell::Cell::new(Some(Instant::now())),
-            },
-            before: None,
-        };
-        // This run's journal replaces a killed run's now, before anything: a kill after
-        // the state is saved must not leave the older journal to be read as owed.
-        if let Err(e) = store.write_journal(&hooks.journal) {
-            return End::new(
-                Outcome::Failed,
-                commit,
-                Some(format!("writing the journal failed, nothing applied: {e}")),
-            );
-        }
-        // From its first step on, part of this commit may land: only its descendants may
-        // be accepted next, whatever the run's end (a kill included; the journal names it).
-        // Best effort: on a cluster a member down makes every `/1.0` write fail (Incus
-        // notifies each peer), and stopping then would stop every failover apply too.
-        let _ = self.mirror_high_water(&source.commit).await;
-        let report =
-            self.apply(&plan, runs_in.as_deref(), &source.secrets.values(), &mut hooks).await;
-        laps.lap("apply");
-        for (env, app, release) in &report.migrated {
-            record(
-                state,
-                Event::Migrated {
-                    env: env.clone(),
-                    app: app.clone(),
-                    release: release.clone(),
-                    at: now,
-                },
-            );
-        }
-        let (outcome, reason) = match &report.outcome {
-            ApplyOutcome::Applied if waits.is_some() => (Outcome::Waiting, waits),
-            ApplyOutcome::Applied => (Outcome::Applied, None),
-            ApplyOutcome::RolledBack { reason } => (Outcome::RolledBack, Some(reason.clone())),
-            ApplyOutcome::Failed { step, error } => {
-                (Outcome::Failed, Some(format!("step `{step}` failed: {error}")))
-            }
-            ApplyOutcome::Interrupted { before } => {
-                (Outcome::Failed, Some(format!("stopped before `{before}` (shutdown requested)")))
-            }
-            ApplyOutcome::Preempted { during } => {
-                (Outcome::Failed, Some(format!("preempted by a newer commit during `{during}`")))
-            }
-        };
-        // An operator's `--now` is recorded with the run, whatever its outcome.
-        let reason = match at.run_now_by.as_deref().filter(|_| !released.is_empty()) {
-            Some(by) => {
-                let note = windows::override_note(by, &released);
-                Some(reason.map_or_else(|| note.clone(), |r| format!("{r}; {note}")))
-            }
-            None => reason,
-        };
-        let reread = self.read_live(&source.manifests, state).await;
-        laps.lap("observe-after");
-        let owed = unverified::after_run(
-            &state.unverified,
-            &plan,
-            report.steps_done,
-            &hooks.journal.unverified,
-            reread.as_ref().ok().map(|r| &r.live),
-        );
-        record(state, Event::Unverified(owed));
-        let edge = hooks.journal.unchecked_edge.clone();
-        let edge = match &reread {
-            Ok(r) => unverified::edge_still_owed(edge.as_ref(), &r.live),
-            Err(_) => edge,
-        };
-        record(state, Event::UncheckedEdge(edge));
-        // What runs now is only recorded as read: when the host cannot be read back, the
-        // run says so and the next sync, which reads it, records it.
-        let (outcome, reason) = match &reread {
-            Err(e) if matches!(outcome, Outcome::Applied | Outcome::Waiting) => (
-                Outcome::Failed,
-                Some(format!(
-                    "{} step(s) applied, then reading the host back failed: {e:#}; nothing is \
-                     recorded as applied until a sync reads it",
-                    report.steps_done
-                )),
-            ),
-            _ => (outcome, reason),
-        };
-        match (outcome, &reread) {
-            (Outcome::Applied | Outcome::Waiting, Ok(after)) => {
-                self.record_applied(state, &source, &after.live, now).await;
-                if outcome == Outcome::Applied {
-                    self.keep(&source, after.mark, after.at, &after.live);
-                }
-            }
-            (Outcome::RolledBack, _) => {
-                // The commit was verified and attempted: it becomes the high-water mark
-                // (only its descendants, e.g. a revert, are accepted next).
-                match &reread {
-                    Ok(after) => self.record_applied(state, &source, &after.live, now).await,
-                    Err(_) => {
-                        record(state, Event::Attempted { commit: source.commit.clone() });
-                    }
-                }
-                record(
-                    state,
-                    Event::RolledBack {
-                        commit: source.commit.clone(),
-                        reason: reason.clone().unwrap_or_default(),
-                        promotions: plan
-                            .promotions()
-                            .into_iter()
-                            .map(|p| (p.env.clone(), p.app.clone()))
-                            // A failed migration stops the deploy of its app.
-                            .chain(plan.steps.get(report.steps_done).and_then(
-                                |s| match &s.action {
-                                    veza_plan::Action::Migrate { slot, .. } => {
-                                        Some((slot.env.clone(), slot.app.clone()))
-                                    }
-                                    // A new color that failed its gate (no switch planned).
-                                    veza_plan::Action::HealthGate(g) if !g.serving => {
-                                        Some((g.slot.env.clone(), g.slot.app.clone()))
-                                    }
-                                    _ => None,
-                                },
-                            ))
-                            .collect(),
-                        at: now,
-                    },
-                );
-            }
-            (Outcome::Failed, _) => {
-                // Part of the commit may have landed: only its descendants are accepted
-                // next, or the forge could serve the older commit again and undo it (the
-                // Incus mark moved before the apply).
-                record(state, Event::Attempted { commit: source.commit.clone() });
-            }
-            _ => {}
-        }
-        let mut end = End::new(outcome, commit, reason.clone());
-        end.history = Some(history_entry(state, &source.commit, &source.signer, outcome, reason));
-        end.steps = report.steps_done;
-        end.preempted = matches!(report.outcome, ApplyOutcome::Preempted { .. });
-        end.journaled = true;
-        end
     }
 }
 
