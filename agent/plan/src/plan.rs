@@ -9,24 +9,27 @@
 //! resource, delete protected data, promote while a gating job fails) becomes a
 //! [`Refusal`], reported and never executed.
 
-use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
 use veza_model::Manifest;
-use veza_model::manifest::{Color, Release};
+use veza_model::manifest::Color;
 use veza_model::naming;
 
-use crate::desired::{Desired, DesiredInstance, SlotSpec, desired};
-use crate::edge::{EdgeEnv, EdgeSettings, render_edge};
-use crate::live::{LiveState, MARK_HOST, UnitTarget};
-use veza_model::live::{SlotInstance, serving_colors};
+use crate::desired::{DesiredInstance, SlotSpec, desired};
+use crate::edge::EdgeSettings;
+use crate::live::{LiveState, UnitTarget};
 
+mod edge_config;
 mod instance;
+mod jobs;
 pub mod maintenance;
 mod placement;
 mod types;
 
+pub use edge_config::render_for;
+use edge_config::{KeptSlot, RENDERED_HEADER, keep_live_releases, serving_slots, takeover};
 use instance::{diff_reason, plan_instance};
+use jobs::{plan_jobs, plan_prune};
 pub use types::{Action, EdgeCheck, Gate, Phase, Plan, Promotion, Refusal, Step, Switch};
 
 /// What the planner needs besides desired and live state.
@@ -519,240 +522,6 @@ pub fn plan(
         edge_takeover,
         cluster: placed.notes,
     })
-}
-
-/// The color each app's traffic goes to now: what the agent's own config routes to, or,
-/// under an edge config veza-agent did not write (before its takeover), the slot the
-/// config's serving servers address. A serving slot is never rebuilt in place, whoever
-/// wrote the edge.
-fn serving_slots(manifests: &[&Manifest], live: &LiveState) -> BTreeMap<(String, String), Color> {
-    let mut out = live.edge.active.clone();
-    let Some(config) = live.edge_config().filter(|c| !c.starts_with(RENDERED_HEADER)) else {
-        return out;
-    };
-    let slots: Vec<SlotInstance> = manifests
-        .iter()
-        .flat_map(|m| {
-            let prefix = m.metadata.instance_prefix();
-            m.apps.keys().flat_map(move |app| {
-                [Color::Blue, Color::Green].map(|color| SlotInstance {
-                    instance: naming::slot_instance(&prefix, app, color),
-                    env: m.metadata.name.clone(),
-                    app: app.clone(),
-                    color,
-                })
-            })
-        })
-        .collect();
-    for (key, colors) in serving_colors(config, &slots) {
-        if let (1, Some(color)) = (colors.len(), colors.first()) {
-            out.entry(key).or_insert(*color);
-        }
-    }
-    out
-}
-
-/// The first line of every config veza-agent renders (`templates/haproxy.cfg.tera`).
-const RENDERED_HEADER: &str = "# The shared HAProxy edge of this host, rendered by veza-agent";
-
-/// When `steps` install the edge over a live config veza-agent did not write: the diff
-/// from that config to the one installed.
-fn takeover(steps: &[Step], live: &LiveState) -> Option<String> {
-    let live_config = live.edge_config()?;
-    if live_config.starts_with(RENDERED_HEADER) {
-        return None;
-    }
-    let new = steps.iter().find_map(|s| match &s.action {
-        Action::InstallEdge { config, .. } | Action::Promote(Switch { config, .. }) => Some(config),
-        _ => None,
-    })?;
-    Some(crate::edge::diff::unified(
-        "haproxy.cfg (live, not written by veza-agent)",
-        live_config,
-        "haproxy.cfg (rendered by veza-agent)",
-        new,
-        3,
-    ))
-}
-
-/// Renders the edge for all manifests, with per-env active-color overrides.
-pub fn render_for(
-    manifests: &[&Manifest],
-    overrides: &BTreeMap<String, BTreeMap<String, Color>>,
-    settings: &EdgeSettings,
-) -> Result<String, PlanError> {
-    let empty = BTreeMap::new();
-    let mut envs: Vec<EdgeEnv> = Vec::new();
-    for m in manifests {
-        let o = overrides.get(&m.metadata.name).unwrap_or(&empty);
-        if let Some(e) = EdgeEnv::from_manifest(m, o)? {
-            envs.push(e);
-        }
-    }
-    Ok(render_edge(&envs, settings)?.config)
-}
-
-/// A serving slot the plan leaves as it is (its rebuild was refused), with the release
-/// it runs.
-struct KeptSlot {
-    env: String,
-    app: String,
-    color: Color,
-    release: Release,
-}
-
-/// The manifests as the edge must see them: kept slots at their live release. Only a
-/// manifest with a kept slot is copied.
-fn keep_live_releases<'m>(manifests: &[&'m Manifest], kept: &[KeptSlot]) -> Vec<Cow<'m, Manifest>> {
-    manifests
-        .iter()
-        .map(|&m| {
-            let env = &m.metadata.name;
-            let mut m = Cow::Borrowed(m);
-            for k in kept.iter().filter(|k| &k.env == env) {
-                if !m.apps.get(&k.app).is_some_and(|a| a.slots.contains_key(&k.color)) {
-                    continue;
-                }
-                if let Some(slot) =
-                    m.to_mut().apps.get_mut(&k.app).and_then(|a| a.slots.get_mut(&k.color))
-                {
-                    slot.release = Some(k.release.clone());
-                }
-            }
-            m
-        })
-        .collect()
-}
-
-/// Installs the jobs' units where they are missing or differ, and removes the agent's
-/// units of jobs that left. Units go only into an instance the agent owns that runs, or
-/// that this plan creates or starts; a job whose instance is someone else's, or stays
-/// stopped, is refused ([`units_refused`]).
-fn plan_jobs(want: &Desired, live: &LiveState, b: &mut Builder) {
-    let mut by_target: BTreeMap<&UnitTarget, Vec<&crate::desired::DesiredJob>> = BTreeMap::new();
-    for j in &want.jobs {
-        by_target.entry(&j.target).or_default().push(j);
-    }
-    // Instances running once this plan's instance steps ran.
-    let brought_up: BTreeSet<String> = b
-        .steps
-        .iter()
-        .filter_map(|s| match &s.action {
-            Action::CreateInstance { name, .. } | Action::StartInstance { name } => {
-                Some(name.clone())
-            }
-            _ => None,
-        })
-        .collect();
-    let empty = BTreeMap::new();
-    for (target, jobs) in &by_target {
-        if let UnitTarget::Instance(name) = target
-            && let Some(why) = units_refused(name, live, &brought_up)
-        {
-            for j in jobs {
-                b.refuse(format!("job {}/{}", j.env, j.name), why.clone());
-            }
-            continue;
-        }
-        let have = live.units.get(*target).unwrap_or(&empty);
-        let mut files = Vec::new();
-        let mut timers = Vec::new();
-        let mut environments = Vec::new();
-        for j in jobs {
-            let stale = j.files.iter().any(|(n, c)| have.get(n) != Some(c));
-            if stale {
-                files.extend(j.files.iter().cloned());
-                timers.push(j.timer.clone());
-                environments.extend(j.environment.clone());
-            }
-        }
-        if !files.is_empty() {
-            let names: Vec<String> =
-                timers.iter().map(|t| t.trim_end_matches(".timer").to_string()).collect();
-            b.step(
-                Action::InstallUnits { target: (*target).clone(), files, timers, environments },
-                format!("job units are missing or differ: {}", names.join(", ")),
-            );
-        }
-    }
-    let wanted: BTreeSet<(&UnitTarget, &str)> = want
-        .jobs
-        .iter()
-        .flat_map(|j| j.files.iter().map(move |(n, _)| (&j.target, n.as_str())))
-        .collect();
-    for (target, files) in &live.units {
-        let gone: Vec<String> =
-            files.keys().filter(|n| !wanted.contains(&(target, n.as_str()))).cloned().collect();
-        if !gone.is_empty() {
-            b.step(
-                Action::RemoveUnits { target: target.clone(), names: gone },
-                "these jobs left the manifests",
-            );
-        }
-    }
-}
-
-/// Why no job units may be installed in instance `name` by this plan, if so: it is not the
-/// agent's (a foreign instance is never written to: its owner's timers would run the same
-/// backups a second time), or it is not running and `brought_up` (what this plan creates
-/// or starts) does not include it. An instance on an offline cluster member is left to
-/// placement, which refuses every step on it naming the member.
-fn units_refused(name: &str, live: &LiveState, brought_up: &BTreeSet<String>) -> Option<String> {
-    if brought_up.contains(name) {
-        return None;
-    }
-    let Some(l) = live.instances.get(name) else {
-        return Some(format!(
-            "its instance `{name}` does not exist and this plan does not create it; its units are installed once it runs"
-        ));
-    };
-    if live.on_offline_member(l) {
-        return None;
-    }
-    if !l.is_owned() {
-        return Some(format!(
-            "its instance `{name}` is not the agent's (no user.veza.managed mark): no units, secrets or timers are written into it — adopt it first (`veza-agent adopt`, which also retires the instance's own timers that duplicate a job); its units are installed then"
-        ));
-    }
-    if !l.is_running() {
-        return Some(format!(
-            "its instance `{name}` is {} and this plan does not start it: its units are installed once it runs (start it)",
-            l.status.to_string().to_lowercase()
-        ));
-    }
-    None
-}
-
-fn plan_prune(want: &Desired, live: &LiveState, b: &mut Builder) {
-    for (name, l) in &live.instances {
-        if want.instances.contains_key(name) || !l.is_owned() {
-            continue;
-        }
-        let env = l.env().unwrap_or("");
-        if !want.envs.iter().any(|e| e == env) {
-            continue; // another host's or a removed environment's: not ours to judge
-        }
-        if l.is_protected() {
-            b.refuse(
-                format!("instance {name}"),
-                "protected data left the manifests; it is never deleted automatically — delete it by hand once its data is safe",
-            );
-        } else {
-            b.step(
-                Action::DeleteInstance { name: name.clone() },
-                format!("`{name}` is no longer declared in environment `{env}`"),
-            );
-        }
-    }
-    for (name, p) in &live.profiles {
-        let ours = p.config.get(MARK_HOST).is_some_and(|h| *h == want.host);
-        if p.is_owned() && ours && !want.profiles.contains_key(name) {
-            b.step(
-                Action::DeleteProfile { name: name.clone() },
-                format!("profile `{name}` is no longer declared"),
-            );
-        }
-    }
 }
 
 #[cfg(test)]

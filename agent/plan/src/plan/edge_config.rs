@@ -1,0 +1,126 @@
+//! The edge as the planner sees it: which color serves each app now (under the agent's
+//! config or one it did not write), the config rendered for the manifests with per-app
+//! color overrides, the manifests as the edge must see them while a serving slot is kept
+//! at its live release, and the diff shown when the agent takes over a foreign config.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
+use veza_model::Manifest;
+use veza_model::live::{SlotInstance, serving_colors};
+use veza_model::manifest::{Color, Release};
+use veza_model::naming;
+
+use super::{Action, PlanError, Step, Switch};
+use crate::edge::{EdgeEnv, EdgeSettings, render_edge};
+use crate::live::LiveState;
+
+/// The color each app's traffic goes to now: what the agent's own config routes to, or,
+/// under an edge config veza-agent did not write (before its takeover), the slot the
+/// config's serving servers address. A serving slot is never rebuilt in place, whoever
+/// wrote the edge.
+pub(super) fn serving_slots(
+    manifests: &[&Manifest],
+    live: &LiveState,
+) -> BTreeMap<(String, String), Color> {
+    let mut out = live.edge.active.clone();
+    let Some(config) = live.edge_config().filter(|c| !c.starts_with(RENDERED_HEADER)) else {
+        return out;
+    };
+    let slots: Vec<SlotInstance> = manifests
+        .iter()
+        .flat_map(|m| {
+            let prefix = m.metadata.instance_prefix();
+            m.apps.keys().flat_map(move |app| {
+                [Color::Blue, Color::Green].map(|color| SlotInstance {
+                    instance: naming::slot_instance(&prefix, app, color),
+                    env: m.metadata.name.clone(),
+                    app: app.clone(),
+                    color,
+                })
+            })
+        })
+        .collect();
+    for (key, colors) in serving_colors(config, &slots) {
+        if let (1, Some(color)) = (colors.len(), colors.first()) {
+            out.entry(key).or_insert(*color);
+        }
+    }
+    out
+}
+
+/// The first line of every config veza-agent renders (`templates/haproxy.cfg.tera`).
+pub(super) const RENDERED_HEADER: &str =
+    "# The shared HAProxy edge of this host, rendered by veza-agent";
+
+/// When `steps` install the edge over a live config veza-agent did not write: the diff
+/// from that config to the one installed.
+pub(super) fn takeover(steps: &[Step], live: &LiveState) -> Option<String> {
+    let live_config = live.edge_config()?;
+    if live_config.starts_with(RENDERED_HEADER) {
+        return None;
+    }
+    let new = steps.iter().find_map(|s| match &s.action {
+        Action::InstallEdge { config, .. } | Action::Promote(Switch { config, .. }) => Some(config),
+        _ => None,
+    })?;
+    Some(crate::edge::diff::unified(
+        "haproxy.cfg (live, not written by veza-agent)",
+        live_config,
+        "haproxy.cfg (rendered by veza-agent)",
+        new,
+        3,
+    ))
+}
+
+/// Renders the edge for all manifests, with per-env active-color overrides.
+pub fn render_for(
+    manifests: &[&Manifest],
+    overrides: &BTreeMap<String, BTreeMap<String, Color>>,
+    settings: &EdgeSettings,
+) -> Result<String, PlanError> {
+    let empty = BTreeMap::new();
+    let mut envs: Vec<EdgeEnv> = Vec::new();
+    for m in manifests {
+        let o = overrides.get(&m.metadata.name).unwrap_or(&empty);
+        if let Some(e) = EdgeEnv::from_manifest(m, o)? {
+            envs.push(e);
+        }
+    }
+    Ok(render_edge(&envs, settings)?.config)
+}
+
+/// A serving slot the plan leaves as it is (its rebuild was refused), with the release
+/// it runs.
+pub(super) struct KeptSlot {
+    pub env: String,
+    pub app: String,
+    pub color: Color,
+    pub release: Release,
+}
+
+/// The manifests as the edge must see them: kept slots at their live release. Only a
+/// manifest with a kept slot is copied.
+pub(super) fn keep_live_releases<'m>(
+    manifests: &[&'m Manifest],
+    kept: &[KeptSlot],
+) -> Vec<Cow<'m, Manifest>> {
+    manifests
+        .iter()
+        .map(|&m| {
+            let env = &m.metadata.name;
+            let mut m = Cow::Borrowed(m);
+            for k in kept.iter().filter(|k| &k.env == env) {
+                if !m.apps.get(&k.app).is_some_and(|a| a.slots.contains_key(&k.color)) {
+                    continue;
+                }
+                if let Some(slot) =
+                    m.to_mut().apps.get_mut(&k.app).and_then(|a| a.slots.get_mut(&k.color))
+                {
+                    slot.release = Some(k.release.clone());
+                }
+            }
+            m
+        })
+        .collect()
+}
