@@ -114,6 +114,10 @@ fn a_container_made_by_hand_is_adopted_in_place_and_then_owned() {
     }
     assert_eq!(config_get(&name, "volatile.uuid"), uuid, "never recreated");
     assert_eq!(init_process(&name), init, "never restarted");
+    // What adoption put in place came from this commit: only its descendants are accepted
+    // from now on, as after an apply that began.
+    let (_, out, _) = agent(&h, &["status"]);
+    assert!(out.contains(&format!("tried:    {commit}")), "{out}");
 
     let (code, out, _) = agent(&h, &["history", "-n", "1"]);
     assert_eq!(code, 0);

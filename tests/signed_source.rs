@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use veza_source::accept::newer_base;
 use veza_source::fetch::{Credentials, FetchOptions, Mirror, ObjectId};
 use veza_source::policy::{Policy, collect_approvals};
 use veza_source::{AllowedSigners, FetchError, ObjectKind, VerifyError, verify_object};
@@ -644,6 +645,15 @@ fn force_push_back_to_an_older_signed_commit_is_refused() {
     let opts = FetchOptions::new("main", FETCH_TIMEOUT);
     assert_eq!(mirror.fetch(std::slice::from_ref(&url), &opts).unwrap().tip, oid(&b));
     assert!(mirror.is_descendant(oid(&b), oid(&a), 1000).unwrap());
+    // Of two bases (a cluster member's own record, the mark in Incus) the newer one wins:
+    // a stale mark never lowers the base, nor does a stale record.
+    let newer = |mine: &str, mark: &str| newer_base(&mirror, mine, mark).to_string();
+    assert_eq!(newer(&b, &a), b, "the record descends from a stale mark");
+    assert_eq!(newer(&a, &b), b, "the mark descends from a stale record");
+    assert_eq!(newer(&a, &a), a);
+    let unknown = "0123456789abcdef0123456789abcdef01234567";
+    assert_eq!(newer(unknown, &a), a, "a record not in the mirror is not newer");
+    assert_eq!(newer(&b, unknown), unknown, "nor is a record over a mark it cannot compare");
     let (code, stdout, stderr) = verify_cli(&url, "main", &s.signers_file, &["--after", &a]);
     assert_eq!(code, Some(0), "{stderr}");
     assert!(stdout.contains(&format!("descends from {a}")), "{stdout}");

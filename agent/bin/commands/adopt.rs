@@ -168,13 +168,26 @@ pub fn run(args: &AdoptArgs) -> ExitCode {
             );
         }
         let reader = Reader::new(&agent.state_dir());
-        let mut state = match reader.load() {
+        let loaded = match &store {
+            // Saved below (the adopted commit becomes the anti-rollback base): a corrupt
+            // file is moved aside first, as a sync does, never overwritten unread.
+            Some(store) => store.load_or_recover().map(|(s, recovered)| {
+                if let Some(e) = recovered {
+                    eprintln!("warning: {e}");
+                }
+                s
+            }),
+            None => reader.load(),
+        };
+        let mut state = match loaded {
             Ok(s) => s,
             Err(e @ StateError::TooNew { .. }) => return fail(&e.into(), 1),
+            Err(e) if store.is_some() => return fail(&e.into(), 1),
             Err(_) => AgentState::default(),
         };
         // A killed run's journal holds what it owes and its commit, as for `plan`.
-        state.take_owed_from(reader.journal().as_ref());
+        let journal = state.unfinished(reader.journal());
+        state.take_owed_from(journal.as_ref());
         let (source, live, r) = match report(&agent, &state).await {
             Ok(x) => x,
             Err(code) => return code,
@@ -230,6 +243,20 @@ pub fn run(args: &AdoptArgs) -> ExitCode {
                     return ExitCode::FAILURE;
                 }
                 Some(true) => {}
+            }
+        }
+        // The adopted commit's marks and units land now: from here on only its descendants
+        // are accepted, as after an apply that began (state file and Incus mark).
+        if state.applied.as_ref().is_none_or(|c| c.commit != source.commit) {
+            record(&mut state, Event::Attempted { commit: source.commit.clone() });
+            if let Err(e) = store.save(&state) {
+                let e = anyhow::anyhow!(
+                    "not adopted, nothing changed: recording the commit failed: {e}"
+                );
+                return fail(&e, 1);
+            }
+            if let Err(e) = agent.mirror_high_water(&source.commit).await {
+                eprintln!("warning: {e}");
             }
         }
         let applied = Instant::now();

@@ -37,7 +37,8 @@ pub fn run(args: &PlanArgs) -> ExitCode {
             Err(e @ StateError::TooNew { .. }) => return fail(&e.into(), 1),
             Err(_) => AgentState::default(),
         };
-        state.take_owed_from(reader.journal().as_ref());
+        let journal = state.unfinished(reader.journal());
+        state.take_owed_from(journal.as_ref());
         let mut not_applied = not_applied_because(reader.suspension().as_ref(), agent.config.mode);
         if not_applied.is_none()
             && let Some(cluster) = &agent.cluster

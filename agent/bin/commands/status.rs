@@ -42,6 +42,9 @@ pub struct Status {
     pub last_fetch_age_s: Option<i64>,
     /// A run that was interrupted (crash) and will be resumed.
     pub interrupted: Option<String>,
+    /// The step of the run in progress now (its journal's writer is running).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub running: Option<String>,
     /// Free bytes on the file system of the state directory (`None`: not measurable).
     pub state_dir_free_bytes: Option<u64>,
     /// Scheduled jobs by `env/job`, as recorded at the last sync and judged now.
@@ -89,8 +92,10 @@ pub const LOW_SPACE_BYTES: u64 = 4 << 20;
 /// What `status` reads besides the recorded state.
 #[derive(Debug, Clone)]
 pub struct Observed {
-    /// The step a crashed run was at (from the journal).
+    /// The step a run was at (from the journal).
     pub interrupted: Option<String>,
+    /// The journal's writer is running: the run is in progress, not interrupted.
+    pub running: bool,
     /// Now, unix seconds.
     pub now: i64,
     /// The configured `trust.max_staleness`, seconds.
@@ -112,6 +117,7 @@ pub struct Observed {
 pub fn build(state: AgentState, seen: Observed) -> Status {
     let Observed {
         interrupted,
+        running,
         now,
         max_staleness_s,
         state_dir,
@@ -198,11 +204,21 @@ pub fn build(state: AgentState, seen: Observed) -> Status {
             problems.push(format!("job {key}: {p}"));
         }
     }
+    let (running, interrupted) = if running { (interrupted, None) } else { (None, interrupted) };
     if let Some(i) = &interrupted {
         problems
             .push(format!("a run was interrupted at `{i}`; the next sync resumes from live state"));
     }
     for (app, back) in &state.unverified {
+        if state.checks_failed.is_some() {
+            problems.push(format!(
+                "{app}: the checks through the edge of its promotion from {back} failed and the \
+                 run was killed while putting {back} back; the next sync reads the edge: back on \
+                 {back}, the commit is quarantined, else it checks again and goes back to {back} \
+                 if they fail"
+            ));
+            continue;
+        }
         problems.push(format!(
             "{app}: its promotion from {back} got as far as the edge switch and its checks through \
              the edge never passed (the run was killed, or putting {back} back failed); the \
@@ -255,6 +271,7 @@ pub fn build(state: AgentState, seen: Observed) -> Status {
         stale,
         last_fetch_age_s: age,
         interrupted,
+        running,
         state_dir_free_bytes,
         jobs,
         previews,
@@ -278,11 +295,13 @@ pub fn run(args: &StatusArgs) -> ExitCode {
         Ok(s) => s,
         Err(e) => return fail(&e.into(), 2),
     };
-    let journal = reader.journal();
+    let journal = state.unfinished(reader.journal());
     state.take_owed_from(journal.as_ref());
     let now = now();
+    let running = journal.as_ref().and_then(|j| j.pid).is_some_and(agent_running);
     let seen = Observed {
         interrupted: journal.and_then(|j| j.current),
+        running,
         now,
         max_staleness_s: config.max_staleness().as_secs() as i64,
         state_dir: config.state_dir().to_string(),
@@ -329,6 +348,16 @@ pub fn render(s: &Status, now: i64) -> String {
         None => {
             let _ = writeln!(o, "commit:   none applied yet");
         }
+    }
+    if let Some(step) = &s.running {
+        let _ = writeln!(o, "running:  a sync is applying now, at `{step}`");
+    }
+    if let Some(c) = &st.attempted {
+        let _ = writeln!(
+            o,
+            "tried:    {c} (its apply began and did not end applied; only its descendants are \
+             accepted next)"
+        );
     }
     let _ = writeln!(
         o,
@@ -510,3 +539,15 @@ fn ago(secs: i64) -> String {
 
 #[cfg(test)]
 mod tests;
+
+/// Whether process `pid` is a veza-agent still running (not a zombie): the writer of a
+/// journal, whose run is then in progress rather than killed.
+fn agent_running(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+    // `pid (comm) state …`: the name may hold spaces and parentheses; the state follows
+    // the last `)`.
+    let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { return false };
+    let comm = &stat[open + 1..close];
+    let state = stat[close + 1..].trim_start().chars().next();
+    comm == "veza-agent" && !matches!(state, Some('Z' | 'X' | 'x'))
+}

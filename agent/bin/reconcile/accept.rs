@@ -164,7 +164,8 @@ impl Agent {
         // without the state file and without Incus, nothing is checked, so nothing is used.
         let key = high_water_key(&c.host);
         // On a cluster the mark is the newest commit any member's agent applied: it wins
-        // over this member's own state file, which may be from before another member led.
+        // over this member's own state file, which may be from before another member led,
+        // unless this member's record descends from it (the mark's write failed).
         let applied = match state.high_water().map(str::to_string) {
             Some(local) if c.cluster.is_none() => Some(local),
             local => {
@@ -179,7 +180,14 @@ impl Agent {
                         }
                     ))
                 })?;
-                mark.or(local)
+                match (mark, local) {
+                    // A mark left behind (its write failed while this member applied a
+                    // newer commit) must not lower the base below what this member applied.
+                    (Some(mark), Some(local)) => {
+                        Some(veza_source::accept::newer_base(&mirror, &local, &mark).to_string())
+                    }
+                    (mark, local) => mark.or(local),
+                }
             }
         };
         let read_keys = || host_identities(c);

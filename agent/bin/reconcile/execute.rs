@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use veza_host::apply::{ApplyOutcome, ApplyReport, Drivers, Gates, Hooks, apply};
 use veza_host::artifact::ArtifactStore;
-use veza_plan::Plan;
 use veza_plan::maintenance::Waiting;
+use veza_plan::{Action, Plan};
 use veza_state::record::{Event, history_entry, record};
 use veza_state::{AgentState, Journal, Outcome, Store};
 
@@ -114,6 +114,8 @@ impl Agent {
                 // is saved: this run may be killed too.
                 migrated: interrupted.map(|j| j.migrated.clone()).unwrap_or_default(),
                 unchecked_edge: state.unchecked_edge.clone(),
+                pid: Some(std::process::id()),
+                checks_failed: false,
             },
             owed: state.unverified.clone(),
             stop,
@@ -122,6 +124,7 @@ impl Agent {
                 options: self.fetch_options().ok(),
                 mirror_dir: self.state_dir().join("mirror.git"),
                 commit: source.commit.clone(),
+                applied: state.applied.as_ref().map(|a| a.commit.clone()),
                 last_check: std::cell::Cell::new(Some(Instant::now())),
             },
             before: None,
@@ -233,37 +236,19 @@ impl Agent {
                 }
             }
             (Outcome::RolledBack, _) => {
-                // The commit was verified and attempted: it becomes the high-water mark
-                // (only its descendants, e.g. a revert, are accepted next).
-                match &reread {
-                    Ok(after) => self.record_applied(state, source, &after.live, now).await,
-                    Err(_) => {
-                        record(state, Event::Attempted { commit: source.commit.clone() });
-                    }
+                // The commit was verified and attempted: it becomes the anti-rollback base
+                // (only its descendants, e.g. a revert, are accepted next), never the
+                // applied commit (status would say it runs).
+                if let Ok(after) = &reread {
+                    self.record_observed(state, source, &after.live, now).await;
                 }
+                record(state, Event::Attempted { commit: source.commit.clone() });
                 record(
                     state,
                     Event::RolledBack {
                         commit: source.commit.clone(),
                         reason: reason.clone().unwrap_or_default(),
-                        promotions: plan
-                            .promotions()
-                            .into_iter()
-                            .map(|p| (p.env.clone(), p.app.clone()))
-                            // A failed migration stops the deploy of its app.
-                            .chain(plan.steps.get(report.steps_done).and_then(
-                                |s| match &s.action {
-                                    veza_plan::Action::Migrate { slot, .. } => {
-                                        Some((slot.env.clone(), slot.app.clone()))
-                                    }
-                                    // A new color that failed its gate (no switch planned).
-                                    veza_plan::Action::HealthGate(g) if !g.serving => {
-                                        Some((g.slot.env.clone(), g.slot.app.clone()))
-                                    }
-                                    _ => None,
-                                },
-                            ))
-                            .collect(),
+                        promotions: rolled_back(plan, report.steps_done),
                         at: now,
                     },
                 );
@@ -318,5 +303,21 @@ impl Agent {
             gates,
         };
         apply(plan, &drivers, hooks).await
+    }
+}
+
+/// The apps whose promotion a rolled-back run gave up, from the step it stopped at: every
+/// promotion of the switch when the switch itself rolled back; only the failing app when
+/// an earlier step stopped the run (a failed migration stops the deploy of its app, a new
+/// color failed its gate): the other promotions of the plan never began.
+fn rolled_back(plan: &Plan, failed_at: usize) -> Vec<(String, String)> {
+    let Some(step) = plan.steps.get(failed_at) else { return Vec::new() };
+    match &step.action {
+        Action::Promote(switch) => {
+            switch.promotions.iter().map(|p| (p.env.clone(), p.app.clone())).collect()
+        }
+        Action::Migrate { slot, .. } => vec![(slot.env.clone(), slot.app.clone())],
+        Action::HealthGate(g) if !g.serving => vec![(g.slot.env.clone(), g.slot.app.clone())],
+        _ => Vec::new(),
     }
 }

@@ -40,6 +40,10 @@ pub(super) struct NewerCommit<'a> {
     pub(super) options: Option<FetchOptions>,
     pub(super) mirror_dir: PathBuf,
     pub(super) commit: String,
+    /// The last applied commit: a preempted run ends attempted, so the sync that follows
+    /// holds the newer tip's approvals to what changed since this commit (none: every
+    /// path), and so does the preemption.
+    pub(super) applied: Option<String>,
     pub(super) last_check: std::cell::Cell<Option<Instant>>,
 }
 
@@ -71,7 +75,10 @@ impl NewerCommit<'_> {
                 allowed_signers: Path::new(&c.trust.allowed_signers),
                 policy: c.trust.policy.as_deref(),
                 base: Base::Descends(&self.commit),
-                policy_since: veza_source::PolicySince::Base,
+                policy_since: match &self.applied {
+                    Some(a) => veza_source::PolicySince::Commit(a),
+                    None => veza_source::PolicySince::Everything,
+                },
                 manifests: &c.source.manifests,
                 host: &c.host,
                 max_refs: c.max_refs(),
@@ -113,6 +120,11 @@ impl Hooks for JournalHooks<'_> {
                 if let Some(e) = unverified::edge_switched(switch, self.before.as_deref()) {
                     self.journal.unchecked_edge = Some(e);
                 }
+            }
+            (Phase::Fallback, Action::Promote(_)) => {
+                // The checks failed: once traffic is back, this commit is not tried again,
+                // even if the run is killed before its rollback is recorded.
+                self.journal.checks_failed = true;
             }
             (Phase::Checked, Action::Promote(switch)) => {
                 // Checked: nothing of this switch is owed any more.

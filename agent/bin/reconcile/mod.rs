@@ -157,6 +157,18 @@ impl Agent {
                 q.reason
             )));
         }
+        if unverified::rolled_back_unrecorded(
+            state.checks_failed.as_deref(),
+            &source.commit,
+            &state.unverified,
+            live,
+        ) {
+            return Ok(Decision::Quarantined(
+                "its promotion's checks through the edge failed and traffic went back (the run \
+                 was killed before recording its rollback); push a newer commit"
+                    .to_string(),
+            ));
+        }
         let mut opts = self.plan_options();
         opts.failing_jobs = failing_jobs(state, &source.manifests, now);
         opts.secrets = source.secrets.digests();
@@ -194,7 +206,12 @@ impl Agent {
         if let Some(e) = recovered {
             tracing::error!("{e}");
         }
-        let interrupted = store.reader().journal();
+        let journal = store.reader().journal();
+        let interrupted = state.unfinished(journal.clone());
+        if journal.is_some() && interrupted.is_none() {
+            // The last run's own journal: it was killed after saving its outcome.
+            store.clear_journal()?;
+        }
         state.take_owed_from(interrupted.as_ref());
         // A suspension (`veza-agent suspend`, a file in the state directory) or report
         // mode: everything up to the plan runs, nothing is applied.
@@ -329,13 +346,34 @@ impl Agent {
             let (plan, released) = match self.plan_for(state, &source, &reading.live, at) {
                 Ok(Decision::Plan(p, released)) => (p, released),
                 Ok(Decision::Quarantined(reason)) => {
+                    if !state.quarantined.contains_key(&source.commit) {
+                        // A killed run's rollback, recorded now (its fallback landed).
+                        let promotions = state
+                            .unverified
+                            .keys()
+                            .filter_map(|k| k.split_once('/'))
+                            .map(|(env, app)| (env.to_string(), app.to_string()))
+                            .collect();
+                        record(
+                            state,
+                            Event::RolledBack {
+                                commit: source.commit.clone(),
+                                reason: reason.clone(),
+                                promotions,
+                                at: now,
+                            },
+                        );
+                    }
                     // Nothing is planned: an owed check whose fallback landed owes nothing.
                     let owed = unverified::still_owed(&state.unverified, &reading.live);
                     record(state, Event::Unverified(owed));
                     let edge =
                         unverified::edge_still_owed(state.unchecked_edge.as_ref(), &reading.live);
                     record(state, Event::UncheckedEdge(edge));
-                    return End::new(Outcome::RolledBack, commit, Some(reason));
+                    let mut end = End::new(Outcome::RolledBack, commit, Some(reason));
+                    // A killed run's journal is taken into this state: cleared once saved.
+                    end.journaled = interrupted.is_some();
+                    return end;
                 }
                 Err(e) => return End::new(Outcome::Failed, commit, Some(format!("plan: {e}"))),
             };

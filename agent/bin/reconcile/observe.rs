@@ -71,7 +71,7 @@ impl Agent {
     /// `Err` when it could not be written, the lease refusing it included (a standby
     /// leaves it to the leader; a leader whose lease lapsed must not apply): on a cluster
     /// the mark is what every member checks against.
-    pub(super) async fn mirror_high_water(&self, commit: &str) -> Result<(), String> {
+    pub(crate) async fn mirror_high_water(&self, commit: &str) -> Result<(), String> {
         let key = high_water_key(&self.config.host);
         if self.incus.server_user_config(&key).await.ok().flatten().as_deref() != Some(commit)
             && let Err(e) = veza_host::lease::Fenced::new(
@@ -102,6 +102,37 @@ impl Agent {
         live: &LiveState,
         now: i64,
     ) {
+        let (apps, jobs) = self.observed(state, source, live, now).await;
+        let revision = AppliedRevision {
+            commit: source.commit.clone(),
+            signer: source.signer.clone(),
+            applied_at: now,
+        };
+        record(state, Event::Applied { revision, apps, jobs });
+    }
+
+    /// Records what runs, as observed in `live`, after a run that did not apply `source`
+    /// as a whole (a rolled-back promotion): the applied commit stays what it was.
+    pub(super) async fn record_observed(
+        &self,
+        state: &mut AgentState,
+        source: &Source,
+        live: &LiveState,
+        now: i64,
+    ) {
+        let (apps, jobs) = self.observed(state, source, live, now).await;
+        record(state, Event::Observed { at: now, apps, jobs });
+    }
+
+    /// Every app of `source`'s manifests as `live` and the edge's health show it, and
+    /// every job's last run.
+    async fn observed(
+        &self,
+        state: &AgentState,
+        source: &Source,
+        live: &LiveState,
+        now: i64,
+    ) -> (Vec<ObservedApp>, BTreeMap<String, veza_state::JobState>) {
         let runs_in =
             source.manifests.iter().find_map(|m| m.edge.as_ref().map(|e| e.runs_in.clone()));
         let health = async {
@@ -157,12 +188,7 @@ impl Agent {
                 });
             }
         }
-        let revision = AppliedRevision {
-            commit: source.commit.clone(),
-            signer: source.signer.clone(),
-            applied_at: now,
-        };
-        record(state, Event::Applied { revision, apps, jobs });
+        (apps, jobs)
     }
 
     /// Every manifest job's last run, next elapse and verdict (`crate::jobs::record`), for

@@ -56,6 +56,20 @@ pub(crate) fn still_owed(owed: &Owed, live: &LiveState) -> Owed {
         .collect()
 }
 
+/// Whether `commit` is a killed run's whose checks through the edge failed (its journal
+/// says so: `checks_failed`) and whose fallback landed (nothing of `owed` is still routed
+/// away from the color it goes back to): it is quarantined as its recorded rollback would
+/// have been. A fallback that did not land leaves the check owed: promoted again from
+/// those colors, checked, and put back again if the checks fail.
+pub(crate) fn rolled_back_unrecorded(
+    checks_failed: Option<&str>,
+    commit: &str,
+    owed: &Owed,
+    live: &LiveState,
+) -> bool {
+    checks_failed == Some(commit) && still_owed(owed, live).is_empty()
+}
+
 /// The owed checks as the planner takes them ([`veza_plan::PlanOptions::unchecked`]):
 /// `(env, app)` → the color traffic goes back to.
 pub(crate) fn unchecked(owed: &Owed, live: &LiveState) -> BTreeMap<(String, String), Color> {
@@ -235,6 +249,26 @@ mod tests {
             fallback: None,
         };
         Step { action: Action::Promote(switch), reason: "test".into() }
+    }
+
+    #[test]
+    fn a_killed_runs_failed_checks_quarantine_its_commit_once_traffic_is_back() {
+        let owed = owed(&[("prod/web", "blue")]);
+        // (the journal's commit with failed checks, the commit planned, live web, quarantined)
+        let table = [
+            (Some("c"), "c", Color::Blue, true),
+            (Some("c"), "c", Color::Green, false),
+            (Some("c"), "d", Color::Blue, false),
+            (None, "c", Color::Blue, false),
+        ];
+        for (failed, commit, web, want) in table {
+            let live = live(&[("prod/web", web)]);
+            assert_eq!(
+                rolled_back_unrecorded(failed, commit, &owed, &live),
+                want,
+                "{failed:?} {commit} {web:?}"
+            );
+        }
     }
 
     #[test]

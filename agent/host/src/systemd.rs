@@ -489,11 +489,17 @@ impl<I: Incus> Units for Systemd<'_, I> {
     }
 
     async fn remove(&self, target: &UnitTarget, names: &[String]) -> Result<(), SystemdError> {
-        let env_files: Vec<String> = names
+        // A job's environment file (its secrets) goes first, named from its service or its
+        // timer: a kill part-way must not leave it behind a service already removed (it is
+        // no unit file: never listed, so never planned for removal again).
+        let mut env_files: Vec<String> = names
             .iter()
-            .filter_map(|n| n.strip_suffix(".service").map(|stem| format!("{stem}.env")))
+            .filter_map(|n| n.strip_suffix(".service").or_else(|| n.strip_suffix(".timer")))
+            .map(|stem| format!("{stem}.env"))
             .collect();
-        let names: Vec<String> = names.iter().cloned().chain(env_files).collect();
+        env_files.sort();
+        env_files.dedup();
+        let names: Vec<String> = env_files.into_iter().chain(names.iter().cloned()).collect();
         let names = &names;
         for name in names {
             if name.ends_with(".timer") {

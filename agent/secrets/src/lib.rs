@@ -421,6 +421,14 @@ impl Recipient {
     /// Parses one public key line.
     pub fn parse(s: &str) -> Result<Recipient, SecretError> {
         let s = s.trim();
+        // A private key given by mistake (an age identity file, an SSH private key) is
+        // never echoed: it opens every secret encrypted to its host.
+        if s.starts_with("AGE-SECRET-KEY-") || s.starts_with("-----BEGIN") {
+            return Err(SecretError::Recipient {
+                recipient: "(a private key, not shown)".to_string(),
+                why: "this is a private key; give the matching public key".to_string(),
+            });
+        }
         let bad =
             |why: String| SecretError::Recipient { recipient: s.chars().take(80).collect(), why };
         if s.starts_with("age1") {

@@ -131,4 +131,14 @@ fn recipients_parse_from_public_key_lines_with_comments() {
         let err = Recipient::parse(bad).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err.starts_with("recipient `"), "{bad:?}: {err}");
     }
+    // A private key given where a public one belongs is refused without being echoed.
+    let age_identity =
+        "AGE-SECRET-KEY-1QQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQ";
+    let ssh_private = include_str!("../testdata/host_ed25519");
+    for private in [age_identity, ssh_private] {
+        let err = Recipient::parse(private).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("this is a private key"), "{err}");
+        let body = private.lines().find(|l| !l.starts_with("-----")).unwrap_or(private);
+        assert!(!err.contains(&body[..20]), "the key is echoed: {err}");
+    }
 }

@@ -295,6 +295,18 @@ fn read_secrets(
     Ok(out)
 }
 
+/// The newer of two anti-rollback bases (full commit ids): `a` when it is `b` or descends
+/// from it, else `b`. On a cluster the mark in Incus (`b`) and a member's own record (`a`)
+/// can disagree when writing the mark failed: the member's record wins only when it is
+/// provably newer, so neither a stale mark nor a stale state file reopens a rollback.
+pub fn newer_base<'a>(mirror: &Mirror, a: &'a str, b: &'a str) -> &'a str {
+    let descends = mirror
+        .commit_by_id(a)
+        .and_then(|a_id| Ok((a_id, mirror.commit_by_id(b)?)))
+        .and_then(|(a_id, b_id)| mirror.is_descendant(a_id, b_id, MAX_ANCESTRY_WALK));
+    if matches!(descends, Ok(true)) { a } else { b }
+}
+
 /// Anti-rollback: `tip` must descend from `last` (a full commit id, looked up by object id
 /// only: a ref the forge names like the id proves nothing). Returns `last`'s object id,
 /// or the kind of refusal and its detail.

@@ -302,6 +302,11 @@ pub struct AgentState {
     /// sync checks it again, and puts the config live before it back if they fail.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unchecked_edge: Option<UncheckedEdge>,
+    /// A killed run's commit whose checks through the edge failed (it was killed during
+    /// the fallback, before its rollback was recorded): taken from its journal, never
+    /// saved. The sync that finds the fallback landed records the rollback (quarantine).
+    #[serde(skip)]
+    pub checks_failed: Option<String>,
 }
 
 /// An edge switch whose checks through the edge never passed, with no color to go back
@@ -358,6 +363,18 @@ pub struct Suspension {
 pub const MIGRATIONS_KEPT: usize = 100;
 
 impl AgentState {
+    /// `journal`, unless it is the journal of the last recorded run: a kill between saving
+    /// that run's outcome and clearing its journal left it, and the run is not
+    /// interrupted (its outcome, and what it owed, are in this state).
+    pub fn unfinished(&self, journal: Option<Journal>) -> Option<Journal> {
+        journal.filter(|j| {
+            !self.last_run.as_ref().is_some_and(|r| {
+                r.commit.as_deref() == Some(j.commit.as_str())
+                    && r.started_ms.div_euclid(1000) * 1000 == j.started_ms
+            })
+        })
+    }
+
     /// The state as the next sync sees it after a killed run: that run's journal holds
     /// what is owed (what it found owed, less what its checks paid, plus what it switched
     /// unchecked). Shared by the sync, `plan` and `status`, so all three agree.
@@ -365,6 +382,7 @@ impl AgentState {
         if let Some(j) = journal {
             self.unverified.clone_from(&j.unverified);
             self.unchecked_edge.clone_from(&j.unchecked_edge);
+            self.checks_failed = j.checks_failed.then(|| j.commit.clone());
             // Its commit began to apply: the anti-rollback base until one is applied.
             if self.applied.as_ref().is_none_or(|a| a.commit != j.commit) {
                 self.attempted = Some(j.commit.clone());
@@ -422,6 +440,7 @@ impl Default for AgentState {
             suspended: None,
             attempted: None,
             unchecked_edge: None,
+            checks_failed: None,
             unit_targets: std::collections::BTreeSet::new(),
             held: Vec::new(),
             waiting: Vec::new(),
@@ -479,6 +498,14 @@ pub struct Journal {
     /// outcome is saved must not make the next sync run one again.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub migrated: Vec<(String, String, String)>,
+    /// The process that writes it: `status` tells a run in progress (this process still
+    /// running) from a killed one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// A promotion's checks through the edge failed and its fallback began: a kill from
+    /// here on must not let the next sync promote the commit again once traffic is back.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub checks_failed: bool,
 }
 
 #[cfg(test)]

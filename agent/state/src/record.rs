@@ -74,6 +74,16 @@ pub enum Event {
         /// Every job, as observed.
         jobs: BTreeMap<String, JobState>,
     },
+    /// What runs, as read after a run that did not apply its commit as a whole (a
+    /// rolled-back promotion): the apps and jobs, the applied commit unchanged.
+    Observed {
+        /// When (unix seconds).
+        at: i64,
+        /// Every app of the manifests, as observed.
+        apps: Vec<ObservedApp>,
+        /// Every job, as observed.
+        jobs: BTreeMap<String, JobState>,
+    },
     /// The suspension read at the start of a sync (`None`: not suspended). A change is a
     /// history entry.
     Suspension {
@@ -234,24 +244,32 @@ pub fn record(state: &mut AgentState, event: Event) -> Option<HistoryEntry> {
         }
         Event::Planned { refusals, drift } => {
             state.held.clear();
-            state.quarantined.clear();
             state.refusals = refusals;
             state.drift = drift;
             None
         }
         Event::Applied { revision, apps, jobs } => {
+            // A newer commit landed: a quarantined one can only come back as a rollback.
+            state.quarantined.retain(|c, _| *c == revision.commit);
+            // What is applied descends from any commit attempted before it.
+            state.attempted = None;
             // `applied_at` is the time of this observation.
-            state.observed_at = Some(revision.applied_at);
+            let at = revision.applied_at;
             if state.applied.as_ref().is_none_or(|a| a.commit != revision.commit) {
                 state.applied = Some(revision);
             }
-            // What is applied descends from any commit attempted before it.
-            state.attempted = None;
+            record(state, Event::Observed { at, apps, jobs })
+        }
+        Event::Observed { at, apps, jobs } => {
+            state.observed_at = Some(at);
             state.envs = envs(&state.envs, apps);
             state.jobs = jobs;
             None
         }
         Event::Attempted { commit } => {
+            // A newer commit's apply began (planning one is not enough: a held plan, or
+            // one that never started, must not let a rolled-back commit be tried again).
+            state.quarantined.retain(|c, _| *c == commit);
             state.attempted = Some(commit);
             None
         }
@@ -524,14 +542,26 @@ mod tests {
             },
         );
         assert!(s.quarantined.contains_key("c2"));
-        record(&mut s, applied(vec![observed("green", Some("blue"))]));
+        let observed_at = |at, apps| Event::Observed { at, apps, jobs: BTreeMap::new() };
+        record(&mut s, observed_at(200, vec![observed("green", Some("blue"))]));
+        assert_eq!(s.applied.as_ref().map(|a| a.commit.as_str()), Some("c1"), "not applied");
+        assert_eq!(s.observed_at, Some(200));
         assert_eq!(app(&s).last_outcome, Some(Outcome::RolledBack), "still visible");
         assert_eq!(app(&s).active.as_deref(), Some("blue"));
-        // ...until a newer plan (quarantine cleared) and a promotion that holds.
+        // Planning a newer commit does not lift the quarantine (it may be held, or never
+        // start)...
         record(&mut s, Event::Planned { refusals: vec!["x: y".into()], drift: vec![] });
-        assert!(s.quarantined.is_empty());
+        assert!(s.quarantined.contains_key("c2"));
         assert_eq!(s.refusals, ["x: y"]);
-        record(&mut s, applied(vec![observed("green", Some("green"))]));
+        // ...attempting the quarantined commit's record again keeps it...
+        record(&mut s, Event::Attempted { commit: "c2".into() });
+        assert!(s.quarantined.contains_key("c2"));
+        // ...an attempt of a newer one lifts it, and a promotion that holds is applied.
+        record(&mut s, Event::Attempted { commit: "c3".into() });
+        assert!(s.quarantined.is_empty());
+        let c3 =
+            |apps| Event::Applied { revision: revision("c3", 300), apps, jobs: BTreeMap::new() };
+        record(&mut s, c3(vec![observed("green", Some("green"))]));
         assert_eq!((app(&s).last_outcome, app(&s).last_reason), (Some(Outcome::Applied), None));
     }
 

@@ -59,7 +59,11 @@ impl Store {
     /// [`StateError::Locked`] when another agent holds it.
     pub fn open(dir: &Path) -> Result<Store, StateError> {
         let derr = |source| StateError::Dir { path: dir.to_path_buf(), source };
-        std::fs::create_dir_all(dir).map_err(derr)?;
+        // Root-only when the agent creates it (a custom `state_dir` the package's units do
+        // not prepare): what the files record may quote the forge and the apps.
+        std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+            .create(dir)
+            .map_err(derr)?;
         let lock_path = dir.join("lock");
         let Some(lock) = veza_fs::try_lock(&lock_path)? else {
             return Err(StateError::Locked { path: lock_path });

@@ -2,6 +2,22 @@
 
 use super::*;
 
+/// A state directory the agent creates is root-only; one that exists keeps its mode.
+#[test]
+fn a_state_directory_the_agent_creates_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let fresh = dir.path().join("custom/state");
+    let _store = Store::open(&fresh).unwrap();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&fresh), 0o700);
+    let shared = dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o750)).unwrap();
+    let _store = Store::open(&shared).unwrap();
+    assert_eq!(mode(&shared), 0o750, "an existing directory is left as it is");
+}
+
 #[test]
 fn state_round_trips_and_history_is_bounded() {
     let dir = tempfile::tempdir().unwrap();
@@ -172,6 +188,8 @@ fn journal_survives_until_cleared() {
         unverified: [("prod/web".to_string(), "blue".to_string())].into(),
         migrated: vec![("prod".into(), "web".into(), "2222".into())],
         unchecked_edge: None,
+        pid: None,
+        checks_failed: false,
     };
     store.write_journal(&j).unwrap();
     assert_eq!(store.reader().journal(), Some(j));
@@ -194,6 +212,8 @@ fn a_killed_runs_migrations_are_taken_from_its_journal() {
         unverified: BTreeMap::new(),
         migrated: vec![("prod".into(), "web".into(), "2222".into())],
         unchecked_edge: None,
+        pid: None,
+        checks_failed: false,
     };
     assert!(state.migrated().is_empty());
     state.take_owed_from(Some(&j));
@@ -204,4 +224,41 @@ fn a_killed_runs_migrations_are_taken_from_its_journal() {
     assert_eq!(state.high_water(), Some("c"));
     state.take_owed_from(None);
     assert_eq!(state.migrated().len(), 1);
+}
+
+/// A journal left by a kill after its run's outcome was saved is not an interrupted run;
+/// any other journal is (another commit, or a run in another second).
+#[test]
+fn the_last_recorded_runs_own_journal_is_not_an_interrupted_run() {
+    let run = |started_ms: i64, commit: &str| RunRecord {
+        started_ms,
+        duration_ms: 5,
+        outcome: Outcome::Applied,
+        reason: None,
+        commit: Some(commit.to_string()),
+    };
+    let journal = Journal {
+        commit: "c".into(),
+        started_ms: 1_700_000_000_000,
+        steps: vec!["a".into()],
+        done: 1,
+        current: Some("a".into()),
+        unverified: BTreeMap::new(),
+        migrated: Vec::new(),
+        unchecked_edge: None,
+        pid: None,
+        checks_failed: false,
+    };
+    // (last recorded run, the journal still counts)
+    let table = [
+        (None, true),
+        (Some(run(1_700_000_000_417, "c")), false),
+        (Some(run(1_700_000_000_417, "d")), true),
+        (Some(run(1_699_999_999_417, "c")), true),
+        (Some(run(1_700_000_001_000, "c")), true),
+    ];
+    for (last_run, counts) in table {
+        let state = AgentState { last_run: last_run.clone(), ..AgentState::default() };
+        assert_eq!(state.unfinished(Some(journal.clone())).is_some(), counts, "{last_run:?}");
+    }
 }

@@ -55,6 +55,7 @@ fn base() -> AgentState {
 fn seen() -> Observed {
     Observed {
         interrupted: None,
+        running: false,
         now: 2000,
         max_staleness_s: 600,
         state_dir: "/var/lib/veza-agent".into(),
@@ -90,6 +91,24 @@ fn a_suspended_or_report_mode_host_says_what_it_would_do() {
         "NEEDS ATTENTION: not in sync yet: the last sync held back 1 step(s): deploy release 2222222222 to veza-web-green (applying has been resumed since; the next sync applies them, `veza-agent sync` asks for it now)"
     );
     assert_eq!(build(base(), seen()).health, "ok");
+}
+
+/// A journal whose writer still runs is a run in progress, not a killed one; once the
+/// writer is gone the same journal is an interrupted run that needs attention.
+#[test]
+fn a_journal_is_a_run_in_progress_while_its_writer_runs() {
+    let at = Some("deploy release 2222222222 to veza-web-green".to_string());
+    let s = build(base(), Observed { interrupted: at.clone(), running: true, ..seen() });
+    assert_eq!(
+        (s.health, s.running.as_deref(), s.interrupted.as_deref()),
+        ("ok", at.as_deref(), None)
+    );
+    assert!(render(&s, 2000).contains("running:  a sync is applying now, at `deploy release"));
+    let s = build(base(), Observed { interrupted: at.clone(), running: false, ..seen() });
+    assert_eq!((s.health, s.running, s.interrupted.as_deref()), ("attention", None, at.as_deref()));
+    assert!(s.headline.contains("a run was interrupted at `deploy release"), "{}", s.headline);
+    // This test's own process is no veza-agent, and no process has pid 0.
+    assert!(!agent_running(std::process::id()) && !agent_running(0));
 }
 
 #[test]
@@ -151,6 +170,14 @@ fn headlines_say_what_needs_a_human() {
                 s.unverified.insert("prod/backend".into(), "blue".into());
             }),
             "NEEDS ATTENTION: prod/backend: its promotion from blue got as far as the edge switch and its checks through the edge never passed (the run was killed, or putting blue back failed); the next sync checks it again and goes back to blue if it fails",
+        ),
+        (
+            "a killed run's checks failed during its fallback",
+            Box::new(|s| {
+                s.unverified.insert("prod/backend".into(), "blue".into());
+                s.checks_failed = Some("c".repeat(40));
+            }),
+            "NEEDS ATTENTION: prod/backend: the checks through the edge of its promotion from blue failed and the run was killed while putting blue back; the next sync reads the edge: back on blue, the commit is quarantined, else it checks again and goes back to blue if they fail",
         ),
         (
             "stale",

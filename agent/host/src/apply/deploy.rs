@@ -211,7 +211,18 @@ where
     let not_run = MigrationError::NotRun;
     unpack_release(d, instance, slot, &shell_quote(&files.release_dir)).await.map_err(not_run)?;
     let env = env_file(d.secrets, slot).map_err(not_run)?;
-    push_private(d.incus, instance, &files.env_file, env).await.map_err(not_run)?;
+    // The wrapper removes the scratch directory (the environment file with the secrets
+    // in it) on every exit; when it never ran, it is removed here (best effort).
+    let remove_scratch = || async {
+        let rm = ExecRequest::sh(format!("rm -rf {}", shell_quote(&files.scratch)));
+        if let Err(e) = d.incus.exec(instance, &rm).await {
+            tracing::warn!("removing {} in `{instance}` failed: {e}", files.scratch);
+        }
+    };
+    if let Err(e) = push_private(d.incus, instance, &files.env_file, env).await {
+        remove_scratch().await;
+        return Err(not_run(e));
+    }
     let mut req = ExecRequest::sh(&files.script);
     req.timeout = Duration::from_millis(m.timeout_ms) + Duration::from_secs(30);
     let out = match d.incus.exec(instance, &req).await {
@@ -226,7 +237,10 @@ where
                 m.command
             )));
         }
-        Err(e) => return Err(not_run(e.to_string())),
+        Err(e) => {
+            remove_scratch().await;
+            return Err(not_run(e.to_string()));
+        }
     };
     let stderr = String::from_utf8_lossy(&out.stderr);
     let tail: Vec<&str> = stderr.trim().lines().rev().take(5).collect();
@@ -248,7 +262,9 @@ where
 /// a URL) replaced by `{secret:NAME}`: what a failing command printed may quote its
 /// environment (`could not connect to postgres://veza:PW@…`), and errors are recorded.
 pub(super) fn redact(text: &str, secrets: &SecretValues, slot: &SlotSpec) -> String {
-    let mut out = text.to_string();
+    // Every form of every secret, longest first across all of them: a secret that holds
+    // another (`veza` in `veza-Zq9!x`) is replaced whole before the shorter one is.
+    let mut forms: Vec<(String, String)> = Vec::new();
     for name in slot.secrets.keys() {
         let Some(value) = secrets.get(&slot.env, name) else { continue };
         let value = value.strip_suffix('\n').unwrap_or(value);
@@ -256,9 +272,12 @@ pub(super) fn redact(text: &str, secrets: &SecretValues, slot: &SlotSpec) -> Str
             continue;
         }
         let mark = format!("{{secret:{name}}}");
-        for form in secret_forms(value) {
-            out = out.replace(&form, &mark);
-        }
+        forms.extend(secret_forms(value).into_iter().map(|f| (f, mark.clone())));
+    }
+    forms.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
+    let mut out = text.to_string();
+    for (form, mark) in forms {
+        out = out.replace(&form, &mark);
     }
     out
 }
@@ -418,6 +437,11 @@ mod tests {
         for (printed, want) in table {
             assert_eq!(redact(&printed, &values, &s), want, "{printed}");
         }
+        // A secret that holds another is replaced whole, whichever name sorts first.
+        s.secrets.insert("a_user".into(), "cd34".into());
+        values.insert("prod", "a_user", veza_secrets::SecretValue::new("p@ss"));
+        let printed = format!("postgres://p@ss:{value}@db");
+        assert_eq!(redact(&printed, &values, &s), "postgres://{secret:a_user}:{secret:pw}@db");
     }
 
     #[test]

@@ -359,7 +359,13 @@ async fn promote<I: Incus, E: Edge, U: Units, P: Probe, C: Clock, H: Hooks>(
     let before = match &switch.fallback {
         Some(_) => None,
         None => {
-            let before = d.edge.live_config().await.ok().flatten();
+            // What the owed checks go back to: unread is not "nothing before" (a failed
+            // check would then leave traffic on the new config with nothing owed).
+            let before = d.edge.live_config().await.map_err(|e| {
+                StepError::Failed(format!(
+                    "reading the live edge config before the switch failed: {e}; traffic was not moved"
+                ))
+            })?;
             hooks.switching_from(before.as_deref());
             before
         }

@@ -17,7 +17,7 @@ use veza_plan::{Action, Plan, Step};
 use super::*;
 use crate::artifact::ArtifactStore;
 use crate::clock::FakeClock;
-use crate::haproxy::fake::FakeEdge;
+use crate::haproxy::fake::{FakeEdge, FakeFault};
 use crate::haproxy::install::EdgePaths;
 use crate::haproxy::parse::ServerStatus;
 use crate::http::fake::{Answer, ScriptedProbe};
@@ -449,6 +449,26 @@ fn a_promotion_without_a_fallback_tells_what_it_replaces_before_its_switch() {
             Some(_) => assert!(hooks.before.is_empty(), "{:?}", hooks.before),
         }
     }
+}
+
+/// What a promotion with no fallback replaces must be known before it switches: when the
+/// live config cannot be read, no traffic moves (a failed check would otherwise have
+/// nothing to go back to, and a killed run nothing owed).
+#[test]
+fn a_promotion_without_a_fallback_that_cannot_read_the_live_edge_moves_no_traffic() {
+    let w = World::new();
+    w.probe.script(GREEN, [ok('2')]);
+    w.edge.inject(FakeFault::FailRead(EdgePaths::debian().config));
+    let mut plan = promotion(Vec::new());
+    switch_of(&mut plan).fallback = None;
+    let mut hooks = Script::default();
+    let report = w.run(&plan, &mut hooks);
+    let ApplyOutcome::Failed { error, .. } = &report.outcome else {
+        panic!("expected a failure, got {report:?}");
+    };
+    assert!(error.contains("injected read failure") && error.contains("traffic was not moved"), "{error}");
+    assert!(hooks.phases.iter().all(|(_, p, _)| *p != Phase::Switch), "{:?}", hooks.phases);
+    assert_eq!(w.edge_config(), EDGE_BLUE, "the edge is as it was");
 }
 
 #[test]

@@ -33,6 +33,8 @@ pub enum FakeOp {
 /// A fault to inject.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FakeFault {
+    /// Every read of this path fails.
+    FailRead(PathBuf),
     /// Every write to this path fails.
     FailWrite(PathBuf),
     /// Every rename fails.
@@ -185,6 +187,14 @@ impl EdgeRuntime for FakeEdge {
     fn read_file(&self, path: &Path) -> Result<Option<Vec<u8>>, EdgeError> {
         let mut st = self.state.lock();
         st.ops.push(FakeOp::Read(path.to_path_buf()));
+        if st.faults.contains(&FakeFault::FailRead(path.to_path_buf())) {
+            return Err(EdgeError::File {
+                location: "fake".into(),
+                op: "read",
+                path: path.to_path_buf(),
+                source: std::io::Error::other("injected read failure"),
+            });
+        }
         Ok(st.files.get(path).cloned())
     }
 
