@@ -102,9 +102,10 @@ fn promotion_to_a_broken_release_rolls_back_and_is_not_retried() {
     // The failed slot is kept for forensics.
     assert!(incus_config(&format!("{}-hello-green", h.env)).contains(&h.releases[2].id));
     // The commit is quarantined: the next sync does not retry it.
+    // It did nothing, and says so: not `rolled-back` again.
     let (code, out, _) = agent(&h, &["apply"]);
     assert_eq!(code, 1);
-    assert!(out.contains("quarantined"), "{out}");
+    assert!(out.starts_with(&format!("quarantined {}", &bad[..12])), "{out}");
     assert!(out.contains("(0 steps"), "{out}");
     // `plan` decides as `apply` does: it shows no promotion for the quarantined commit.
     let (code, out, err) = agent(&h, &["plan"]);

@@ -233,6 +233,26 @@ fn lifecycle_create_observe_device_snapshot_exec_files_delete() {
         c.push_file(&n, &more).await.unwrap();
         assert_eq!(c.pull_file(&n, &file.path).await.unwrap().len(), 70_004);
         push_file_verified(&c, &n, &FilePush::new(&file.path, b"short".to_vec())).await.unwrap();
+        // A private (0600) file is private before its content is written, new or over a
+        // file with a wider mode (Incus would keep that mode).
+        let mode_of = |path: &'static str| {
+            let c = &c;
+            let n = &n;
+            async move {
+                let req = ExecRequest::sh(format!("stat -c %a {path}"));
+                c.exec(n, &req).await.unwrap().stdout_str().trim().to_string()
+            }
+        };
+        let mut secret = FilePush::new("/etc/veza-app/env", b"PW=s3cret\n".to_vec());
+        secret.mode = 0o600;
+        secret.create_parents = true;
+        push_file_verified(&c, &n, &secret).await.unwrap();
+        assert_eq!(mode_of("/etc/veza-app/env").await, "600");
+        c.exec(&n, &ExecRequest::sh("chmod 644 /etc/veza-app/env")).await.unwrap();
+        push_file_verified(&c, &n, &secret).await.unwrap();
+        assert_eq!(mode_of("/etc/veza-app/env").await, "600", "a wider mode is not kept");
+        push_file_verified(&c, &n, &secret).await.unwrap();
+        assert_eq!(mode_of("/etc/veza-app/env").await, "600");
         let err = c.pull_file(&n, "/opt/veza").await.unwrap_err();
         assert!(matches!(err, IncusError::NotAFile { .. }), "{err}");
         let err = c.pull_file(&n, "/nope/x").await.unwrap_err();

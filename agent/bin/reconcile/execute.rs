@@ -63,7 +63,7 @@ impl Agent {
             // was recorded with it (`status` shows when: `observed_at`). Nothing ran,
             // so the mark is mirrored here (best effort: the state file is the mark).
             let _ = self.mirror_high_water(&source.commit).await;
-            self.record_applied(state, source, live, now).await;
+            self.record_seen(state, source, live, now, true).await;
             self.keep(source, reading.mark, reading.at, live);
             laps.lap("observe-record");
         }
@@ -230,7 +230,7 @@ impl Agent {
         };
         match (outcome, &reread) {
             (Outcome::Applied | Outcome::Waiting, Ok(after)) => {
-                self.record_applied(state, source, &after.live, now).await;
+                self.record_seen(state, source, &after.live, now, true).await;
                 if outcome == Outcome::Applied {
                     self.keep(source, after.mark, after.at, &after.live);
                 }
@@ -240,7 +240,7 @@ impl Agent {
                 // (only its descendants, e.g. a revert, are accepted next), never the
                 // applied commit (status would say it runs).
                 if let Ok(after) = &reread {
-                    self.record_observed(state, source, &after.live, now).await;
+                    self.record_seen(state, source, &after.live, now, false).await;
                 }
                 record(state, Event::Attempted { commit: source.commit.clone() });
                 record(

@@ -18,6 +18,11 @@ const MAX_PENDING: usize = 20;
 /// The status a sync's outcome gives its commit. Pure.
 pub fn status_of(summary: &SyncSummary) -> Option<(StatusState, String)> {
     summary.commit.as_ref()?;
+    // The commit's status is the one its rollback posted: a poll that only finds it
+    // quarantined says nothing new (nor replaces that status while it waits).
+    if summary.outcome == Outcome::Quarantined {
+        return None;
+    }
     let reason = summary.reason.clone().unwrap_or_default();
     let refused = match summary.refusals.len() {
         0 => String::new(),
@@ -26,7 +31,9 @@ pub fn status_of(summary: &SyncSummary) -> Option<(StatusState, String)> {
     Some(match summary.outcome {
         Outcome::Applied => (StatusState::Success, format!("applied{refused}")),
         Outcome::NoChange => (StatusState::Success, format!("in sync{refused}")),
-        Outcome::RolledBack => (StatusState::Failure, format!("rolled back: {reason}")),
+        Outcome::RolledBack | Outcome::Quarantined => {
+            (StatusState::Failure, format!("rolled back: {reason}"))
+        }
         Outcome::Rejected => (StatusState::Failure, format!("rejected: {reason}")),
         Outcome::Failed => (StatusState::Error, format!("sync failed: {reason}")),
         Outcome::Suspended | Outcome::Resumed | Outcome::Adopted | Outcome::Unknown => {

@@ -346,7 +346,8 @@ impl Agent {
             let (plan, released) = match self.plan_for(state, &source, &reading.live, at) {
                 Ok(Decision::Plan(p, released)) => (p, released),
                 Ok(Decision::Quarantined(reason)) => {
-                    if !state.quarantined.contains_key(&source.commit) {
+                    let recorded = state.quarantined.contains_key(&source.commit);
+                    if !recorded {
                         // A killed run's rollback, recorded now (its fallback landed).
                         let promotions = state
                             .unverified
@@ -370,7 +371,10 @@ impl Agent {
                     let edge =
                         unverified::edge_still_owed(state.unchecked_edge.as_ref(), &reading.live);
                     record(state, Event::UncheckedEdge(edge));
-                    let mut end = End::new(Outcome::RolledBack, commit, Some(reason));
+                    // Rolled back by an earlier run: this one did nothing (unless it is
+                    // the killed run's rollback, recorded just now).
+                    let outcome = if recorded { Outcome::Quarantined } else { Outcome::RolledBack };
+                    let mut end = End::new(outcome, commit, Some(reason));
                     // A killed run's journal is taken into this state: cleared once saved.
                     end.journaled = interrupted.is_some();
                     return end;

@@ -92,36 +92,31 @@ impl Agent {
         Ok(())
     }
 
-    /// Records `source` as what the host runs, as observed in `live` (the edge's active
-    /// colors and health, the jobs). The high-water mark is mirrored by the caller: before
-    /// the first step of an apply, or by the sync when a plan had nothing to run.
-    pub(super) async fn record_applied(
+    /// Records what runs, as observed in `live` (the edge's active colors and health, the
+    /// jobs), and with `applied`, `source` as what the host runs; without, the observation
+    /// alone, after a run that did not apply `source` as a whole (a rolled-back promotion).
+    /// The high-water mark is mirrored by the caller: before the first step of an apply,
+    /// or by the sync when a plan had nothing to run.
+    pub(super) async fn record_seen(
         &self,
         state: &mut AgentState,
         source: &Source,
         live: &LiveState,
         now: i64,
+        applied: bool,
     ) {
         let (apps, jobs) = self.observed(state, source, live, now).await;
-        let revision = AppliedRevision {
-            commit: source.commit.clone(),
-            signer: source.signer.clone(),
-            applied_at: now,
+        let event = if applied {
+            let revision = AppliedRevision {
+                commit: source.commit.clone(),
+                signer: source.signer.clone(),
+                applied_at: now,
+            };
+            Event::Applied { revision, apps, jobs }
+        } else {
+            Event::Observed { at: now, apps, jobs }
         };
-        record(state, Event::Applied { revision, apps, jobs });
-    }
-
-    /// Records what runs, as observed in `live`, after a run that did not apply `source`
-    /// as a whole (a rolled-back promotion): the applied commit stays what it was.
-    pub(super) async fn record_observed(
-        &self,
-        state: &mut AgentState,
-        source: &Source,
-        live: &LiveState,
-        now: i64,
-    ) {
-        let (apps, jobs) = self.observed(state, source, live, now).await;
-        record(state, Event::Observed { at: now, apps, jobs });
+        record(state, event);
     }
 
     /// Every app of `source`'s manifests as `live` and the edge's health show it, and
@@ -204,11 +199,7 @@ impl Agent {
             .iter()
             .flat_map(|m| {
                 m.jobs.iter().map(|(name, job)| {
-                    let target = if job.on == "host" {
-                        UnitTarget::Host
-                    } else {
-                        UnitTarget::Instance(job.on.clone())
-                    };
+                    let target = UnitTarget::from_on(&job.on);
                     let stem = veza_model::units::unit_stem(&m.metadata.name, name);
                     let key = format!("{}/{name}", m.metadata.name);
                     (key, job, target, format!("{stem}.service"), format!("{stem}.timer"))
@@ -283,10 +274,7 @@ pub fn failing_jobs(
 /// targets of `prev` not listed this time (stopped, foreign now, on an offline member)
 /// while their instance exists: [`AgentState::unit_targets`].
 pub(super) fn unit_targets(prev: &BTreeSet<String>, live: &LiveState) -> BTreeSet<String> {
-    let name = |t: &UnitTarget| match t {
-        UnitTarget::Host => "host".to_string(),
-        UnitTarget::Instance(i) => i.clone(),
-    };
+    let name = |t: &UnitTarget| t.as_on().to_string();
     let listed: BTreeSet<String> = live.units.keys().map(name).collect();
     let mut seen: BTreeSet<String> =
         live.units.iter().filter(|(_, u)| !u.is_empty()).map(|(t, _)| name(t)).collect();
@@ -308,7 +296,7 @@ fn job_targets(manifests: &[Manifest], recorded: &AgentState) -> Vec<UnitTarget>
     let seen = recorded.unit_targets.iter().map(String::as_str);
     let mut targets: Vec<UnitTarget> = Vec::new();
     for on in declared.chain(ran).chain(seen) {
-        let t = if on == "host" { UnitTarget::Host } else { UnitTarget::Instance(on.to_string()) };
+        let t = UnitTarget::from_on(on);
         if !targets.contains(&t) {
             targets.push(t);
         }

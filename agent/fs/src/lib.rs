@@ -330,6 +330,34 @@ pub fn remove_stale_temps(dir: &Path, names: &[&str]) -> Result<usize, WriteErro
     Ok(removed)
 }
 
+/// As [`remove_stale_temps`], for the temp files of every file whose name starts with
+/// `prefix`: the caller's own files in a shared directory (the agent's job units and
+/// their environment files in the host's unit directory), written only under its lock.
+pub fn remove_stale_temps_prefixed(dir: &Path, prefix: &str) -> Result<usize, WriteError> {
+    let err = |source| WriteError { path: dir.to_path_buf(), source };
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(source) => return Err(err(source)),
+    };
+    let mut removed = 0;
+    for entry in entries {
+        let entry = entry.map_err(err)?;
+        let file = entry.file_name();
+        let Some(file) = file.to_str() else { continue };
+        let name = file
+            .strip_prefix('.')
+            .and_then(|f| f.strip_suffix(".tmp"))
+            .and_then(|f| f.rsplit_once('.'))
+            .map(|(name, _)| name);
+        if name.is_some_and(|n| n.starts_with(prefix) && is_temp_of(file, n)) {
+            remove_if_exists(&entry.path())?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
 /// Whether `file` is the name of a temp file of an atomic write of `name`.
 fn is_temp_of(file: &str, name: &str) -> bool {
     file.strip_prefix('.')
@@ -417,6 +445,30 @@ mod tests {
         assert!(left.iter().any(|n| is_temp_of(n, "suspended.json")), "{left:?}");
         assert_eq!(left.len(), others.len() + 1, "{left:?}");
         assert_eq!(remove_stale_temps(&dir, &["state.json"]).unwrap(), 0);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// In a shared directory, only the temp files of the caller's own names (a prefix)
+    /// are removed.
+    #[test]
+    fn stale_temps_under_a_prefix_are_removed_and_nothing_else() {
+        let dir = tempfile_dir();
+        let files = [
+            (".veza-job-prod-drill.env.0123456789abcdef.tmp", false),
+            (".veza-job-prod-drill.timer.fedcba9876543210.tmp", false),
+            (".ssh.service.0123456789abcdef.tmp", true),
+            (".veza-job-x.env.tmp", true),
+            ("veza-job-prod-drill.env", true),
+            (".veza-job-prod-drill.env.0123456789abcdef.tmp.keep", true),
+        ];
+        for (name, _) in files {
+            std::fs::write(dir.join(name), b"x").unwrap();
+        }
+        assert_eq!(remove_stale_temps_prefixed(&dir, "veza-job-").unwrap(), 2);
+        for (name, kept) in files {
+            assert_eq!(dir.join(name).exists(), kept, "{name}");
+        }
+        assert_eq!(remove_stale_temps_prefixed(&dir.join("missing"), "veza-job-").unwrap(), 0);
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -29,6 +29,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use veza_model::units::OWNER_MARKER_PREFIX;
+
+/// The start of every job unit and environment file the agent writes.
+const JOB_UNIT_PREFIX: &str = "veza-job-";
 use veza_plan::live::UnitTarget;
 
 use crate::incus::{ExecRequest, FilePush, Incus};
@@ -413,6 +416,12 @@ impl<I: Incus> Units for Systemd<'_, I> {
         files: &[(String, String)],
         timers: &[String],
     ) -> Result<(), SystemdError> {
+        if let UnitTarget::Host = target {
+            // What a killed install left (temp files, an environment file's secrets
+            // among them): only the agent writes `veza-job-*`, under its lock.
+            crate::fs::remove_stale_temps_prefixed(&self.host_unit_dir, JOB_UNIT_PREFIX)
+                .map_err(|e| SystemdError::Io { path: e.path, source: e.source })?;
+        }
         // Keep what was there, so files rejected by `verify` never stay in place (a unit
         // left behind would look installed to the next plan and never be enabled). A file
         // that is there without the marker is someone else's: refused before writing any.
@@ -500,6 +509,10 @@ impl<I: Incus> Units for Systemd<'_, I> {
         env_files.sort();
         env_files.dedup();
         let names: Vec<String> = env_files.into_iter().chain(names.iter().cloned()).collect();
+        if let UnitTarget::Host = target {
+            crate::fs::remove_stale_temps_prefixed(&self.host_unit_dir, JOB_UNIT_PREFIX)
+                .map_err(|e| SystemdError::Io { path: e.path, source: e.source })?;
+        }
         let names = &names;
         for name in names {
             if name.ends_with(".timer") {

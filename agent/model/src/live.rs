@@ -291,6 +291,21 @@ pub enum UnitTarget {
     Instance(String),
 }
 
+impl UnitTarget {
+    /// The target a job's `on:` names: `host`, or an instance.
+    pub fn from_on(on: &str) -> UnitTarget {
+        if on == "host" { UnitTarget::Host } else { UnitTarget::Instance(on.to_string()) }
+    }
+
+    /// As a job's `on:` (and the state's records) write it: `host`, or the instance name.
+    pub fn as_on(&self) -> &str {
+        match self {
+            UnitTarget::Host => "host",
+            UnitTarget::Instance(i) => i,
+        }
+    }
+}
+
 impl fmt::Display for UnitTarget {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

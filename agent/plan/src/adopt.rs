@@ -405,15 +405,11 @@ pub fn assess(
     for m in manifests {
         let env = &m.metadata.name;
         for (job_name, job) in &m.jobs {
-            let at = if job.on == "host" {
-                UnitTarget::Host
-            } else {
-                UnitTarget::Instance(job.on.clone())
-            };
+            let at = UnitTarget::from_on(&job.on);
             let Some(files) = facts.foreign_units.get(&at) else { continue };
             for (unit, service) in timers::duplicates(files, &job.command) {
                 out.timers.push(DuplicateTimer {
-                    target: timers::target_name(&at),
+                    target: at.as_on().to_string(),
                     unit,
                     service,
                     job: format!("{env}/{job_name}"),

@@ -499,11 +499,7 @@ pub fn desired(
             d.jobs.push(DesiredJob {
                 env: env.clone(),
                 name: name.clone(),
-                target: if job.on == "host" {
-                    UnitTarget::Host
-                } else {
-                    UnitTarget::Instance(job.on.clone())
-                },
+                target: UnitTarget::from_on(&job.on),
                 files: files.into_iter().map(|f| (f.name, f.contents)).collect(),
                 timer: units.timer.name.clone(),
                 environment,

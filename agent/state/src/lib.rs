@@ -73,6 +73,9 @@ pub enum Outcome {
     Applied,
     /// A promotion failed a health gate; traffic went back to the previous color.
     RolledBack,
+    /// The revision's promotion was rolled back by an earlier run: it is not tried again
+    /// (nothing was done).
+    Quarantined,
     /// The revision was refused before anything was applied (signature, policy, rollback, invalid manifest).
     Rejected,
     /// Applying failed; the last good edge was kept.
@@ -104,6 +107,7 @@ impl Outcome {
         match self {
             Outcome::Applied => "applied",
             Outcome::RolledBack => "rolled-back",
+            Outcome::Quarantined => "quarantined",
             Outcome::Rejected => "rejected",
             Outcome::Failed => "failed",
             Outcome::NoChange => "no-change",
@@ -473,7 +477,7 @@ pub struct HistoryEntry {
 }
 
 /// The write-ahead journal of an apply in progress.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Journal {
     /// The commit being applied.
     pub commit: String,

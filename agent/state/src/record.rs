@@ -319,6 +319,7 @@ pub fn record(state: &mut AgentState, event: Event) -> Option<HistoryEntry> {
                 Outcome::Failed => state.sync_failures += 1,
                 Outcome::Rejected
                 | Outcome::RolledBack
+                | Outcome::Quarantined
                 | Outcome::Suspended
                 | Outcome::Resumed
                 | Outcome::Adopted

@@ -187,9 +187,7 @@ fn journal_survives_until_cleared() {
         current: Some("a".into()),
         unverified: [("prod/web".to_string(), "blue".to_string())].into(),
         migrated: vec![("prod".into(), "web".into(), "2222".into())],
-        unchecked_edge: None,
-        pid: None,
-        checks_failed: false,
+        ..Journal::default()
     };
     store.write_journal(&j).unwrap();
     assert_eq!(store.reader().journal(), Some(j));
@@ -209,11 +207,8 @@ fn a_killed_runs_migrations_are_taken_from_its_journal() {
         steps: vec!["migrate prod/web".into(), "deploy".into()],
         done: 1,
         current: Some("deploy".into()),
-        unverified: BTreeMap::new(),
         migrated: vec![("prod".into(), "web".into(), "2222".into())],
-        unchecked_edge: None,
-        pid: None,
-        checks_failed: false,
+        ..Journal::default()
     };
     assert!(state.migrated().is_empty());
     state.take_owed_from(Some(&j));
@@ -243,11 +238,7 @@ fn the_last_recorded_runs_own_journal_is_not_an_interrupted_run() {
         steps: vec!["a".into()],
         done: 1,
         current: Some("a".into()),
-        unverified: BTreeMap::new(),
-        migrated: Vec::new(),
-        unchecked_edge: None,
-        pid: None,
-        checks_failed: false,
+        ..Journal::default()
     };
     // (last recorded run, the journal still counts)
     let table = [

@@ -466,7 +466,10 @@ fn a_promotion_without_a_fallback_that_cannot_read_the_live_edge_moves_no_traffi
     let ApplyOutcome::Failed { error, .. } = &report.outcome else {
         panic!("expected a failure, got {report:?}");
     };
-    assert!(error.contains("injected read failure") && error.contains("traffic was not moved"), "{error}");
+    assert!(
+        error.contains("injected read failure") && error.contains("traffic was not moved"),
+        "{error}"
+    );
     assert!(hooks.phases.iter().all(|(_, p, _)| *p != Phase::Switch), "{:?}", hooks.phases);
     assert_eq!(w.edge_config(), EDGE_BLUE, "the edge is as it was");
 }

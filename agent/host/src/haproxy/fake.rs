@@ -179,6 +179,16 @@ impl FakeEdge {
     }
 }
 
+/// The error of an injected file fault.
+fn injected(op: &'static str, path: &Path) -> EdgeError {
+    EdgeError::File {
+        location: "fake".into(),
+        op,
+        path: path.to_path_buf(),
+        source: std::io::Error::other(format!("injected {op} failure")),
+    }
+}
+
 impl EdgeRuntime for FakeEdge {
     fn location(&self) -> String {
         "fake".to_string()
@@ -188,12 +198,7 @@ impl EdgeRuntime for FakeEdge {
         let mut st = self.state.lock();
         st.ops.push(FakeOp::Read(path.to_path_buf()));
         if st.faults.contains(&FakeFault::FailRead(path.to_path_buf())) {
-            return Err(EdgeError::File {
-                location: "fake".into(),
-                op: "read",
-                path: path.to_path_buf(),
-                source: std::io::Error::other("injected read failure"),
-            });
+            return Err(injected("read", path));
         }
         Ok(st.files.get(path).cloned())
     }
@@ -202,12 +207,7 @@ impl EdgeRuntime for FakeEdge {
         let mut st = self.state.lock();
         st.ops.push(FakeOp::Write(path.to_path_buf()));
         if st.faults.contains(&FakeFault::FailWrite(path.to_path_buf())) {
-            return Err(EdgeError::File {
-                location: "fake".into(),
-                op: "write",
-                path: path.to_path_buf(),
-                source: std::io::Error::other("injected write failure"),
-            });
+            return Err(injected("write", path));
         }
         st.files.insert(path.to_path_buf(), bytes.to_vec());
         Ok(())

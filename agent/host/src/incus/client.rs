@@ -21,6 +21,7 @@ use serde_json::Value;
 
 use super::Result;
 use super::error::IncusError;
+use super::types::FilePush;
 
 mod adopt;
 mod exec_files;
@@ -217,6 +218,19 @@ pub(crate) fn encode_query(value: &str) -> String {
 
 fn files_path(instance: &str, path: &str) -> String {
     format!("/1.0/instances/{instance}/files?path={}", encode_query(path))
+}
+
+/// The headers of a file push: `file`'s type, owner and mode, written over or appended to.
+fn file_headers(file: &FilePush, append: bool) -> [(&'static str, String); 6] {
+    [
+        // Without this Content-Type Incus writes an empty file and still says "Success".
+        ("Content-Type", "application/octet-stream".to_string()),
+        ("X-Incus-type", "file".to_string()),
+        ("X-Incus-uid", file.uid.to_string()),
+        ("X-Incus-gid", file.gid.to_string()),
+        ("X-Incus-mode", format!("{:04o}", file.mode & 0o7777)),
+        ("X-Incus-write", if append { "append" } else { "overwrite" }.to_string()),
+    ]
 }
 
 fn unix_now() -> i64 {

@@ -12,8 +12,6 @@ use std::collections::BTreeMap;
 
 use veza_model::units::{exec_starts, timer_unit};
 
-use crate::live::UnitTarget;
-
 /// `command` as compared: see the module documentation.
 pub fn normalise_command(command: &str) -> Vec<String> {
     let command = command.trim().trim_start_matches(['-', '@', ':', '+', '!']).trim();
@@ -63,12 +61,4 @@ pub fn duplicates(foreign: &BTreeMap<String, String>, command: &str) -> Vec<(Str
                 .then(|| (name.clone(), service))
         })
         .collect()
-}
-
-/// How a target is written in the report: `host`, or the instance name.
-pub fn target_name(target: &UnitTarget) -> String {
-    match target {
-        UnitTarget::Host => "host".to_string(),
-        UnitTarget::Instance(i) => i.clone(),
-    }
 }

@@ -1,5 +1,6 @@
 //! Exec and file helpers: a command run and its output logs fetched under a cap and
-//! deleted, and the parent directories of a pushed file created.
+//! deleted, the parent directories of a pushed file created, and a private file made
+//! private before its content is written.
 
 use std::time::Instant;
 
@@ -9,9 +10,9 @@ use serde_json::{Value, json};
 
 use super::super::envelope::{self, Reply, ReplyError};
 use super::super::error::IncusError;
-use super::super::types::{ExecOutput, ExecRequest};
+use super::super::types::{ExecOutput, ExecRequest, FilePush};
 use super::super::{Result, ancestors};
-use super::{IncusClient, files_path, json_body};
+use super::{IncusClient, file_headers, files_path, json_body};
 
 impl IncusClient {
     /// Runs a command in an instance without the ownership check: for `Incus::exec`
@@ -140,6 +141,45 @@ impl IncusClient {
                 let _ = self.call(Method::DELETE, url, None, None, self.op_deadline()).await;
             }
         }
+    }
+
+    /// Makes `file.path` an empty file of `file`'s (private) mode before its content is
+    /// written: Incus creates a new file with mode 0644, writes it, and only then applies
+    /// the mode, and it never changes the mode of a file that exists. So a secret pushed
+    /// to a new path would be world-readable while it is written (for good, if the write
+    /// failed), and one pushed over a wider-moded file would stay world-readable. An empty
+    /// file is created first; one with a wider mode is deleted and created again.
+    pub(super) async fn prepare_private(&self, instance: &str, file: &FilePush) -> Result<()> {
+        let url = files_path(instance, &file.path);
+        let resp =
+            self.send(&Method::HEAD, &url, &[], Bytes::new(), self.options.request_timeout).await?;
+        let mode = resp
+            .header("x-incus-mode")
+            .and_then(|m| u32::from_str_radix(m.trim(), 8).ok())
+            .unwrap_or(0o777);
+        match resp.status {
+            StatusCode::NOT_FOUND => {}
+            s if s.is_success() && mode & 0o077 == 0 => return Ok(()),
+            s if s.is_success() => {
+                // A wider mode (or none readable): removed, then created private.
+                self.call(Method::DELETE, &url, None, None, self.op_deadline()).await?;
+            }
+            s => {
+                return Err(IncusError::Api {
+                    method: "HEAD".to_string(),
+                    path: url,
+                    status: s.as_u16(),
+                    message: "unexpected reply to a file check".to_string(),
+                });
+            }
+        }
+        let headers = file_headers(file, false);
+        let resp = self
+            .send(&Method::POST, &url, &headers, Bytes::new(), self.options.request_timeout)
+            .await?;
+        envelope::parse_reply(resp.status.as_u16(), &resp.body)
+            .map(drop)
+            .map_err(|e| self.reply_error(&Method::POST, &url, e))
     }
 
     pub(super) async fn file_type(&self, instance: &str, path: &str) -> Result<Option<String>> {

@@ -19,7 +19,7 @@ use super::super::{
     refuse_existing, require_deletable, require_owned, snapshot_name, validate_file_path,
     validate_name, validate_probe_path, validate_user_key,
 };
-use super::{IncusClient, Tagged, files_path, unix_now};
+use super::{IncusClient, Tagged, file_headers, files_path, unix_now};
 
 impl IncusClient {
     pub(super) async fn get_instance(&self, name: &str) -> Result<Option<Tagged<wire::Instance>>> {
@@ -333,16 +333,11 @@ impl Incus for IncusClient {
         if file.create_parents {
             self.make_parents(instance, &file.path).await?;
         }
+        if file.mode & 0o077 == 0 && !file.append && !file.content.is_empty() {
+            self.prepare_private(instance, file).await?;
+        }
         let url = files_path(instance, &file.path);
-        // Without this Content-Type Incus writes an empty file and still says "Success".
-        let headers = [
-            ("Content-Type", "application/octet-stream".to_string()),
-            ("X-Incus-type", "file".to_string()),
-            ("X-Incus-uid", file.uid.to_string()),
-            ("X-Incus-gid", file.gid.to_string()),
-            ("X-Incus-mode", format!("{:04o}", file.mode & 0o7777)),
-            ("X-Incus-write", if file.append { "append" } else { "overwrite" }.to_string()),
-        ];
+        let headers = file_headers(file, file.append);
         let resp = self
             .send(
                 &Method::POST,
