@@ -107,6 +107,8 @@ fn promotion_to_a_broken_release_rolls_back_and_is_not_retried() {
     assert_eq!(code, 1);
     assert!(out.starts_with(&format!("quarantined {}", &bad[..12])), "{out}");
     assert!(out.contains("(0 steps"), "{out}");
+    let metrics = std::fs::read_to_string(h.dir.join("veza-agent.prom")).unwrap_or_default();
+    assert!(metrics.contains("veza_agent_quarantined 1\n"), "{metrics}");
     // `plan` decides as `apply` does: it shows no promotion for the quarantined commit.
     let (code, out, err) = agent(&h, &["plan"]);
     assert_eq!(code, 1, "{out}\n{err}");

@@ -234,12 +234,12 @@ fn lifecycle_create_observe_device_snapshot_exec_files_delete() {
         assert_eq!(c.pull_file(&n, &file.path).await.unwrap().len(), 70_004);
         push_file_verified(&c, &n, &FilePush::new(&file.path, b"short".to_vec())).await.unwrap();
         // A private (0600) file is private before its content is written, new or over a
-        // file with a wider mode (Incus would keep that mode).
+        // file with a wider mode or another owner (Incus would keep either).
         let mode_of = |path: &'static str| {
             let c = &c;
             let n = &n;
             async move {
-                let req = ExecRequest::sh(format!("stat -c %a {path}"));
+                let req = ExecRequest::sh(format!("stat -c '%a %u' {path}"));
                 c.exec(n, &req).await.unwrap().stdout_str().trim().to_string()
             }
         };
@@ -247,12 +247,15 @@ fn lifecycle_create_observe_device_snapshot_exec_files_delete() {
         secret.mode = 0o600;
         secret.create_parents = true;
         push_file_verified(&c, &n, &secret).await.unwrap();
-        assert_eq!(mode_of("/etc/veza-app/env").await, "600");
+        assert_eq!(mode_of("/etc/veza-app/env").await, "600 0");
         c.exec(&n, &ExecRequest::sh("chmod 644 /etc/veza-app/env")).await.unwrap();
         push_file_verified(&c, &n, &secret).await.unwrap();
-        assert_eq!(mode_of("/etc/veza-app/env").await, "600", "a wider mode is not kept");
+        assert_eq!(mode_of("/etc/veza-app/env").await, "600 0", "a wider mode is not kept");
+        c.exec(&n, &ExecRequest::sh("chown 1000 /etc/veza-app/env")).await.unwrap();
         push_file_verified(&c, &n, &secret).await.unwrap();
-        assert_eq!(mode_of("/etc/veza-app/env").await, "600");
+        assert_eq!(mode_of("/etc/veza-app/env").await, "600 0", "another owner is not kept");
+        push_file_verified(&c, &n, &secret).await.unwrap();
+        assert_eq!(mode_of("/etc/veza-app/env").await, "600 0");
         let err = c.pull_file(&n, "/opt/veza").await.unwrap_err();
         assert!(matches!(err, IncusError::NotAFile { .. }), "{err}");
         let err = c.pull_file(&n, "/nope/x").await.unwrap_err();

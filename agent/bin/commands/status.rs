@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::process::ExitCode;
 
 use serde::Serialize;
+use veza_host::process::stamp;
 use veza_state::previews::Previews;
 use veza_state::{AgentState, JobState, Outcome, Reader};
 
@@ -204,12 +205,15 @@ pub fn build(state: AgentState, seen: Observed) -> Status {
             problems.push(format!("job {key}: {p}"));
         }
     }
+    let in_progress = running;
     let (running, interrupted) = if running { (interrupted, None) } else { (None, interrupted) };
     if let Some(i) = &interrupted {
         problems
             .push(format!("a run was interrupted at `{i}`; the next sync resumes from live state"));
     }
-    for (app, back) in &state.unverified {
+    // While a run is in progress, what it owes is what it is checking now: not a problem.
+    let owed = if in_progress { BTreeMap::new() } else { state.unverified.clone() };
+    for (app, back) in &owed {
         if state.checks_failed.is_some() {
             problems.push(format!(
                 "{app}: the checks through the edge of its promotion from {back} failed and the \
@@ -225,7 +229,7 @@ pub fn build(state: AgentState, seen: Observed) -> Status {
              next sync checks it again and goes back to {back} if it fails"
         ));
     }
-    if let Some(e) = &state.unchecked_edge {
+    if let Some(e) = state.unchecked_edge.as_ref().filter(|_| !in_progress) {
         problems.push(format!(
             "{}: the edge switch that gave them traffic got as far as installing its config \
              and its checks through the edge never passed (the run was killed, or putting the \
@@ -298,7 +302,11 @@ pub fn run(args: &StatusArgs) -> ExitCode {
     let journal = state.unfinished(reader.journal());
     state.take_owed_from(journal.as_ref());
     let now = now();
-    let running = journal.as_ref().and_then(|j| j.pid).is_some_and(agent_running);
+    let running = journal.as_ref().is_some_and(|j| {
+        j.pid.is_some_and(|pid| {
+            stamp::still_running(pid, j.pid_start, j.boot_id.as_deref(), "veza-agent")
+        })
+    });
     let seen = Observed {
         interrupted: journal.and_then(|j| j.current),
         running,
@@ -539,15 +547,3 @@ fn ago(secs: i64) -> String {
 
 #[cfg(test)]
 mod tests;
-
-/// Whether process `pid` is a veza-agent still running (not a zombie): the writer of a
-/// journal, whose run is then in progress rather than killed.
-fn agent_running(pid: u32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
-    // `pid (comm) state …`: the name may hold spaces and parentheses; the state follows
-    // the last `)`.
-    let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { return false };
-    let comm = &stat[open + 1..close];
-    let state = stat[close + 1..].trim_start().chars().next();
-    comm == "veza-agent" && !matches!(state, Some('Z' | 'X' | 'x'))
-}

@@ -33,6 +33,8 @@ pub(super) struct Planned<'a> {
     pub already: bool,
     /// What waits for a window changed since the last sync.
     pub waiting_changed: bool,
+    /// When the run started (unix milliseconds), as its run record will say.
+    pub started_ms: i64,
 }
 
 impl Agent {
@@ -93,7 +95,7 @@ impl Agent {
         at: &super::Windows,
         laps: &mut Laps,
     ) -> End {
-        let Planned { source, plan, released, interrupted, waits, .. } = planned;
+        let Planned { source, plan, released, interrupted, waits, started_ms, .. } = planned;
         let now = at.clock.now;
         let commit = Some(source.commit.clone());
         if let Some(j) = interrupted {
@@ -101,11 +103,12 @@ impl Agent {
         }
         let runs_in =
             source.manifests.iter().find_map(|m| m.edge.as_ref().map(|e| e.runs_in.clone()));
+        let stamp = veza_host::process::stamp::own();
         let mut hooks = JournalHooks {
             store,
             journal: Journal {
                 commit: source.commit.clone(),
-                started_ms: now * 1000,
+                started_ms,
                 steps: plan.steps.iter().map(|s| s.action.to_string()).collect(),
                 done: 0,
                 current: None,
@@ -114,7 +117,9 @@ impl Agent {
                 // is saved: this run may be killed too.
                 migrated: interrupted.map(|j| j.migrated.clone()).unwrap_or_default(),
                 unchecked_edge: state.unchecked_edge.clone(),
-                pid: Some(std::process::id()),
+                pid: stamp.as_ref().map(|s| s.pid).or(Some(std::process::id())),
+                pid_start: stamp.as_ref().map(|s| s.start_ticks),
+                boot_id: stamp.map(|s| s.boot_id),
                 checks_failed: false,
             },
             owed: state.unverified.clone(),

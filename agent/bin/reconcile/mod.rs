@@ -18,7 +18,7 @@ use veza_model::config::{HostConfig, Mode};
 use veza_plan::live::LiveState;
 use veza_plan::{Plan, PlanOptions};
 use veza_source::fetch::Forge;
-use veza_state::record::{Event, record};
+use veza_state::record::{Event, history_entry, record};
 use veza_state::{AgentState, HistoryEntry, Journal, Outcome, RunRecord, Store};
 
 use crate::edge::EdgeRuntime;
@@ -106,6 +106,9 @@ struct Found<'a> {
     interrupted: Option<&'a Journal>,
     /// Why nothing is applied now (suspended, report mode), if so.
     hold: Option<&'a str>,
+    /// When this run started (unix milliseconds): its journal and its run record carry
+    /// it, so a journal is matched to the run that wrote it exactly.
+    started_ms: i64,
 }
 
 impl Agent {
@@ -160,7 +163,7 @@ impl Agent {
         if unverified::rolled_back_unrecorded(
             state.checks_failed.as_deref(),
             &source.commit,
-            &state.unverified,
+            (&state.unverified, state.unchecked_edge.as_ref()),
             live,
         ) {
             return Ok(Decision::Quarantined(
@@ -228,7 +231,7 @@ impl Agent {
             hold = cluster.hold().await;
         }
         laps.lap("load");
-        let found = Found { interrupted: interrupted.as_ref(), hold: hold.as_deref() };
+        let found = Found { interrupted: interrupted.as_ref(), hold: hold.as_deref(), started_ms };
         let end = self.stages(&mut state, store, stop, found, &at, &mut laps).await;
         if !matches!(end.outcome, Outcome::Applied | Outcome::NoChange)
             && let Some(w) = &self.warm
@@ -306,7 +309,7 @@ impl Agent {
         at: &Windows,
         laps: &mut Laps,
     ) -> End {
-        let Found { interrupted, hold } = found;
+        let Found { interrupted, hold, started_ms } = found;
         let now = at.clock.now;
         let source = match self.source_timed(state, now, laps).await {
             Ok(s) => s,
@@ -347,13 +350,19 @@ impl Agent {
                 Ok(Decision::Plan(p, released)) => (p, released),
                 Ok(Decision::Quarantined(reason)) => {
                     let recorded = state.quarantined.contains_key(&source.commit);
+                    let mut history = None;
                     if !recorded {
-                        // A killed run's rollback, recorded now (its fallback landed).
+                        // A killed run's rollback, recorded now (its fallback landed): the
+                        // apps its switch left owed, with or without a color to go back to.
+                        let edge_apps = state.unchecked_edge.iter().flat_map(|e| &e.apps);
                         let promotions = state
                             .unverified
                             .keys()
+                            .chain(edge_apps)
                             .filter_map(|k| k.split_once('/'))
                             .map(|(env, app)| (env.to_string(), app.to_string()))
+                            .collect::<std::collections::BTreeSet<_>>()
+                            .into_iter()
                             .collect();
                         record(
                             state,
@@ -364,6 +373,13 @@ impl Agent {
                                 at: now,
                             },
                         );
+                        history = Some(history_entry(
+                            state,
+                            &source.commit,
+                            &source.signer,
+                            Outcome::RolledBack,
+                            Some(reason.clone()),
+                        ));
                     }
                     // Nothing is planned: an owed check whose fallback landed owes nothing.
                     let owed = unverified::still_owed(&state.unverified, &reading.live);
@@ -375,6 +391,7 @@ impl Agent {
                     // the killed run's rollback, recorded just now).
                     let outcome = if recorded { Outcome::Quarantined } else { Outcome::RolledBack };
                     let mut end = End::new(outcome, commit, Some(reason));
+                    end.history = history;
                     // A killed run's journal is taken into this state: cleared once saved.
                     end.journaled = interrupted.is_some();
                     return end;
@@ -436,6 +453,7 @@ impl Agent {
             waits,
             already,
             waiting_changed,
+            started_ms,
         };
         if plan.is_empty() && interrupted.is_none() {
             self.settle(state, reading, planned, now, laps).await

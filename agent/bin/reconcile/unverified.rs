@@ -58,16 +58,21 @@ pub(crate) fn still_owed(owed: &Owed, live: &LiveState) -> Owed {
 
 /// Whether `commit` is a killed run's whose checks through the edge failed (its journal
 /// says so: `checks_failed`) and whose fallback landed (nothing of `owed` is still routed
-/// away from the color it goes back to): it is quarantined as its recorded rollback would
+/// away from the color it goes back to, and an owed edge switch with no color to go back
+/// to has its config before it back): it is quarantined as its recorded rollback would
 /// have been. A fallback that did not land leaves the check owed: promoted again from
-/// those colors, checked, and put back again if the checks fail.
+/// those colors (or the config before it), checked, and put back again if the checks
+/// fail.
 pub(crate) fn rolled_back_unrecorded(
     checks_failed: Option<&str>,
     commit: &str,
-    owed: &Owed,
+    owed: (&Owed, Option<&UncheckedEdge>),
     live: &LiveState,
 ) -> bool {
-    checks_failed == Some(commit) && still_owed(owed, live).is_empty()
+    let (owed, edge) = owed;
+    checks_failed == Some(commit)
+        && still_owed(owed, live).is_empty()
+        && edge_still_owed(edge, live).is_none()
 }
 
 /// The owed checks as the planner takes them ([`veza_plan::PlanOptions::unchecked`]):
@@ -253,20 +258,46 @@ mod tests {
 
     #[test]
     fn a_killed_runs_failed_checks_quarantine_its_commit_once_traffic_is_back() {
-        let owed = owed(&[("prod/web", "blue")]);
-        // (the journal's commit with failed checks, the commit planned, live web, quarantined)
-        let table = [
-            (Some("c"), "c", Color::Blue, true),
-            (Some("c"), "c", Color::Green, false),
-            (Some("c"), "d", Color::Blue, false),
-            (None, "c", Color::Blue, false),
+        let web_owed = owed(&[("prod/web", "blue")]);
+        // A first-traffic switch (no color to go back to) over a config it replaced.
+        let before = "# Ansible's edge\n";
+        let edge_owed = UncheckedEdge { config: before.into(), apps: vec!["prod/api".to_string()] };
+        let ours = "# the agent's edge\n";
+        // (what, the journal's commit with failed checks, the commit planned, owed, live
+        // web, live config, quarantined)
+        type Row<'a> =
+            (&'a str, Option<&'a str>, &'a str, Option<&'a UncheckedEdge>, Color, &'a str, bool);
+        let table: &[Row<'_>] = &[
+            ("its fallback landed", Some("c"), "c", None, Color::Blue, ours, true),
+            ("its fallback did not land", Some("c"), "c", None, Color::Green, ours, false),
+            ("another commit", Some("c"), "d", None, Color::Blue, ours, false),
+            ("its checks did not fail", None, "c", None, Color::Blue, ours, false),
+            (
+                "the config before it is back",
+                Some("c"),
+                "c",
+                Some(&edge_owed),
+                Color::Blue,
+                before,
+                true,
+            ),
+            (
+                "its config is still live",
+                Some("c"),
+                "c",
+                Some(&edge_owed),
+                Color::Blue,
+                ours,
+                false,
+            ),
         ];
-        for (failed, commit, web, want) in table {
-            let live = live(&[("prod/web", web)]);
+        for (what, failed, commit, edge, web, config, want) in table {
+            let mut live = live(&[("prod/web", *web)]);
+            live.edge.config = Some(config.to_string());
             assert_eq!(
-                rolled_back_unrecorded(failed, commit, &owed, &live),
-                want,
-                "{failed:?} {commit} {web:?}"
+                rolled_back_unrecorded(*failed, commit, (&web_owed, *edge), &live),
+                *want,
+                "{what}"
             );
         }
     }

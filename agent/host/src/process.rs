@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod stamp;
+
 /// How a command failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ProcessError {

@@ -229,7 +229,15 @@ impl Mirror {
     pub fn open_or_init(dir: &Path) -> Result<Mirror, FetchError> {
         let open_err = |reason: String| FetchError::Open { dir: dir.to_path_buf(), reason };
         if !dir.join("HEAD").exists() {
-            std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
+            // Root-only, the parents it creates too (the state directory, when `plan` or
+            // `verify` runs before any sync made it): what is recorded beside the mirror
+            // may quote the forge and the apps.
+            std::os::unix::fs::DirBuilderExt::mode(
+                std::fs::DirBuilder::new().recursive(true),
+                0o700,
+            )
+            .create(dir)
+            .map_err(|e| open_err(e.to_string()))?;
             gix::init_bare(dir).map_err(|e| open_err(format!("init: {}", why(e))))?;
         }
         Self::open(dir)

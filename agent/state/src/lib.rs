@@ -373,8 +373,7 @@ impl AgentState {
     pub fn unfinished(&self, journal: Option<Journal>) -> Option<Journal> {
         journal.filter(|j| {
             !self.last_run.as_ref().is_some_and(|r| {
-                r.commit.as_deref() == Some(j.commit.as_str())
-                    && r.started_ms.div_euclid(1000) * 1000 == j.started_ms
+                r.commit.as_deref() == Some(j.commit.as_str()) && r.started_ms == j.started_ms
             })
         })
     }
@@ -506,6 +505,13 @@ pub struct Journal {
     /// running) from a killed one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
+    /// With `pid`, when that process started (clock ticks after boot) and in which boot:
+    /// a later process given the same pid (after a reboot, or once pids wrap) is not
+    /// taken for the writer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid_start: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_id: Option<String>,
     /// A promotion's checks through the edge failed and its fallback began: a kill from
     /// here on must not let the next sync promote the commit again once traffic is back.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]

@@ -107,6 +107,17 @@ pub fn render(state: &AgentState, jobs: &[JobMetric], now: i64, stale: bool) -> 
         "gauge",
         vec![(String::new(), state.sync_failures.to_string())],
     );
+    let tip_quarantined = state
+        .last_run
+        .as_ref()
+        .and_then(|r| r.commit.as_ref())
+        .is_some_and(|c| state.quarantined.contains_key(c));
+    metric(
+        "veza_agent_quarantined",
+        "1 while the newest commit is quarantined after a rolled-back promotion (until a newer commit).",
+        "gauge",
+        vec![(String::new(), u8::from(tip_quarantined).to_string())],
+    );
     metric(
         "veza_agent_suspended",
         "1 while an operator has suspended applying (`veza-agent suspend`).",
@@ -291,6 +302,35 @@ mod tests {
             text.contains("veza_agent_job_last_success_age_seconds{job=\"prod/dr-drill\"} 60\n")
         );
         assert!(text.contains("veza_agent_last_run_outcome{outcome=\"none\"} 1\n"));
+    }
+
+    /// `veza_agent_quarantined` stays 1 for as long as the newest commit is quarantined
+    /// (the last run's outcome says `rolled-back` once, then `quarantined`).
+    #[test]
+    fn a_quarantined_tip_is_a_gauge_until_a_newer_commit_runs() {
+        use crate::{Outcome, Rejection, RunRecord};
+        let run = |commit: &str, outcome| RunRecord {
+            started_ms: 1_000,
+            duration_ms: 1,
+            outcome,
+            reason: None,
+            commit: Some(commit.into()),
+        };
+        let mut state = AgentState::default();
+        let q = Rejection { commit: "bad".into(), reason: "green failed".into(), at: 1 };
+        state.quarantined.insert("bad".into(), q);
+        // (last run, gauge)
+        let table = [
+            (None, "0"),
+            (Some(run("bad", Outcome::RolledBack)), "1"),
+            (Some(run("bad", Outcome::Quarantined)), "1"),
+            (Some(run("good", Outcome::Applied)), "0"),
+        ];
+        for (last_run, want) in table {
+            state.last_run = last_run.clone();
+            let text = render(&state, &[], 0, false);
+            assert!(text.contains(&format!("veza_agent_quarantined {want}\n")), "{last_run:?}");
+        }
     }
 
     #[test]

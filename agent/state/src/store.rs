@@ -23,6 +23,14 @@ const LOCKED_FILES: &[&str] = &["state.json", "history.jsonl", "journal.json", P
 /// The file that holds a suspension.
 const SUSPENSION_FILE: &str = "suspended.json";
 
+/// Creates the state directory `dir` (and missing parents) root-only when the agent
+/// creates it (a custom `state_dir` the package's units do not prepare): what the files
+/// record may quote the forge and the apps. An existing directory is left as it is.
+fn create_private(dir: &Path) -> std::io::Result<()> {
+    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+        .create(dir)
+}
+
 /// Suspends the host whose state lives in `dir`: written atomically (root-only), read by
 /// every sync. Needs no lock, so it works while the daemon runs.
 pub fn suspend(dir: &Path, s: &Suspension) -> Result<(), StateError> {
@@ -30,8 +38,7 @@ pub fn suspend(dir: &Path, s: &Suspension) -> Result<(), StateError> {
         path: dir.join(SUSPENSION_FILE),
         reason: e.to_string(),
     })?;
-    std::fs::create_dir_all(dir)
-        .map_err(|source| StateError::Dir { path: dir.to_path_buf(), source })?;
+    create_private(dir).map_err(|source| StateError::Dir { path: dir.to_path_buf(), source })?;
     veza_fs::write_atomic_if_changed(&dir.join(SUSPENSION_FILE), &json, 0o600)?;
     Ok(())
 }
@@ -59,11 +66,7 @@ impl Store {
     /// [`StateError::Locked`] when another agent holds it.
     pub fn open(dir: &Path) -> Result<Store, StateError> {
         let derr = |source| StateError::Dir { path: dir.to_path_buf(), source };
-        // Root-only when the agent creates it (a custom `state_dir` the package's units do
-        // not prepare): what the files record may quote the forge and the apps.
-        std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
-            .create(dir)
-            .map_err(derr)?;
+        create_private(dir).map_err(derr)?;
         let lock_path = dir.join("lock");
         let Some(lock) = veza_fs::try_lock(&lock_path)? else {
             return Err(StateError::Locked { path: lock_path });

@@ -16,6 +16,11 @@ fn a_state_directory_the_agent_creates_is_private() {
     std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o750)).unwrap();
     let _store = Store::open(&shared).unwrap();
     assert_eq!(mode(&shared), 0o750, "an existing directory is left as it is");
+    // `suspend` before any sync creates it root-only as well.
+    let suspended = dir.path().join("custom/suspended");
+    let s = Suspension { since: 1, by: "ops".into(), reason: "db maintenance".into() };
+    suspend(&suspended, &s).unwrap();
+    assert_eq!(mode(&suspended), 0o700);
 }
 
 #[test]
@@ -222,7 +227,8 @@ fn a_killed_runs_migrations_are_taken_from_its_journal() {
 }
 
 /// A journal left by a kill after its run's outcome was saved is not an interrupted run;
-/// any other journal is (another commit, or a run in another second).
+/// any other journal is (another commit, or another run: even one that started in the
+/// same second, such as an operator's `sync --now` right after a poll).
 #[test]
 fn the_last_recorded_runs_own_journal_is_not_an_interrupted_run() {
     let run = |started_ms: i64, commit: &str| RunRecord {
@@ -234,7 +240,7 @@ fn the_last_recorded_runs_own_journal_is_not_an_interrupted_run() {
     };
     let journal = Journal {
         commit: "c".into(),
-        started_ms: 1_700_000_000_000,
+        started_ms: 1_700_000_000_417,
         steps: vec!["a".into()],
         done: 1,
         current: Some("a".into()),
@@ -245,8 +251,9 @@ fn the_last_recorded_runs_own_journal_is_not_an_interrupted_run() {
         (None, true),
         (Some(run(1_700_000_000_417, "c")), false),
         (Some(run(1_700_000_000_417, "d")), true),
+        (Some(run(1_700_000_000_016, "c")), true),
         (Some(run(1_699_999_999_417, "c")), true),
-        (Some(run(1_700_000_001_000, "c")), true),
+        (Some(run(1_700_000_001_417, "c")), true),
     ];
     for (last_run, counts) in table {
         let state = AgentState { last_run: last_run.clone(), ..AgentState::default() };

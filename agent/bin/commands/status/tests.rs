@@ -107,8 +107,20 @@ fn a_journal_is_a_run_in_progress_while_its_writer_runs() {
     let s = build(base(), Observed { interrupted: at.clone(), running: false, ..seen() });
     assert_eq!((s.health, s.running, s.interrupted.as_deref()), ("attention", None, at.as_deref()));
     assert!(s.headline.contains("a run was interrupted at `deploy release"), "{}", s.headline);
-    // This test's own process is no veza-agent, and no process has pid 0.
-    assert!(!agent_running(std::process::id()) && !agent_running(0));
+    // What the journal owes (its switch's checks, being run now) is a problem only once
+    // its writer is gone.
+    let mut owing = base();
+    owing.unverified.insert("prod/web".into(), "blue".into());
+    owing.unchecked_edge = Some(veza_state::UncheckedEdge {
+        config: "# before\n".into(),
+        apps: vec!["prod/api".into()],
+    });
+    let s = build(owing.clone(), Observed { interrupted: at.clone(), running: true, ..seen() });
+    assert_eq!(s.health, "ok", "{:?}", s.problems);
+    let s = build(owing, Observed { interrupted: at.clone(), running: false, ..seen() });
+    let problems = s.problems.join("\n");
+    assert!(problems.contains("prod/web: its promotion from blue"), "{problems}");
+    assert!(problems.contains("prod/api: the edge switch"), "{problems}");
 }
 
 #[test]

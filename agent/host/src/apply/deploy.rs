@@ -237,9 +237,20 @@ where
                 m.command
             )));
         }
-        Err(e) => {
+        // Incus refused the exec, or could not be reached: nothing started.
+        Err(e) if exec_never_started(&e) => {
             remove_scratch().await;
             return Err(not_run(e.to_string()));
+        }
+        // Anything after the exec operation exists (its wait, its output): the command may
+        // have run, or still run (incusd restarted under it), from the scratch directory.
+        Err(e) => {
+            return Err(MigrationError::Failed(format!(
+                "`{}` was started in `{instance}` and its end was not seen ({e}): it may have run, \
+                 or still run; it is not started again for this commit (hint: `incus exec \
+                 {instance} -- ps`, then a new commit)",
+                m.command
+            )));
         }
     };
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -255,6 +266,18 @@ where
             m.command,
             tail.join(" | ")
         ))),
+    }
+}
+
+/// Whether an exec failed before its operation existed: the request was refused by Incus
+/// or never reached it (the errors of the exec `POST` itself; its wait and its output are
+/// read with `GET`s).
+fn exec_never_started(e: &IncusError) -> bool {
+    match e {
+        IncusError::Connect { method, path, .. } | IncusError::Api { method, path, .. } => {
+            method == "POST" && path.ends_with("/exec")
+        }
+        _ => false,
     }
 }
 

@@ -1032,11 +1032,13 @@ fn run_with_secret_and(
     crate::incus::runtime().expect("runtime").block_on(apply(plan, &drivers, hooks))
 }
 
-/// A migration whose exec outlived the agent's limit may still be running in the
-/// instance: it fails the step as a migration failure (the commit is not retried, so the
-/// command is never started twice at once), not as a step that "did not run".
+/// A migration whose exec failed once its operation existed (its limit passed, incusd
+/// restarted under it, its wait or its output could not be read) may have run or still
+/// run: the step fails as a migration failure (the commit is not retried, so the command
+/// never runs twice at once) and its scratch directory is left to the wrapper. Only an
+/// exec Incus refused or never received did not run: retried, its scratch removed.
 #[test]
-fn a_migration_that_outlived_its_limit_is_never_started_again_for_the_commit() {
+fn a_migration_whose_exec_may_have_started_is_never_started_again_for_the_commit() {
     // Where the migration's exec (the second: the first unpacks) falls among the calls.
     let (tmp, w, s) = migrating_world();
     let plan = promotion_after_deploy(&s);
@@ -1049,25 +1051,86 @@ fn a_migration_that_outlived_its_limit_is_never_started_again_for_the_commit() {
         .filter(|(_, c)| c.ends_with("/exec"))
         .map(|(i, _)| i)
         .collect();
-
-    let (tmp, w, _) = migrating_world();
-    let timeout = IncusError::Timeout {
-        method: "POST".into(),
-        path: "/1.0/instances/web-green/exec".into(),
-        operation: None,
-        waited: Duration::from_secs(90),
-    };
-    w.incus.fail_on(execs[1], timeout);
-    let report = run_with_secret(&w, &plan, tmp.path(), "pw");
-    let ApplyOutcome::RolledBack { reason } = &report.outcome else {
-        panic!("a migration that may still run ends as a failed migration: {report:?}")
-    };
-    assert!(
-        reason.starts_with("the migration of prod/web for release 2222222222 failed: `{dir}/migrate --up` did not finish in `web-green` within its limit and may still be running there"),
-        "{reason}"
-    );
-    assert!(report.migrated.is_empty());
-    assert_eq!(w.edge_config(), EDGE_BLUE, "traffic stayed on blue");
+    let exec = "/1.0/instances/web-green/exec".to_string();
+    let op = "/1.0/operations/1".to_string();
+    // (what, the error, how the failure reads: `None` for "did not run")
+    let table: Vec<(&str, IncusError, Option<&str>)> = vec![
+        (
+            "outlived its limit",
+            IncusError::Timeout {
+                method: "POST".into(),
+                path: exec.clone(),
+                operation: None,
+                waited: Duration::from_secs(90),
+            },
+            Some("did not finish in `web-green` within its limit and may still be running there"),
+        ),
+        (
+            "incusd restarted during its wait",
+            IncusError::Transport {
+                endpoint: "unix".into(),
+                method: "GET".into(),
+                path: format!("{op}/wait?timeout=30"),
+                detail: "connection reset".into(),
+            },
+            Some("was started in `web-green` and its end was not seen"),
+        ),
+        (
+            "its operation was lost",
+            IncusError::OperationLost { method: "POST".into(), path: exec.clone(), operation: op },
+            Some("may have run, or still run"),
+        ),
+        (
+            "Incus refused the exec",
+            IncusError::Api {
+                method: "POST".into(),
+                path: exec.clone(),
+                status: 500,
+                message: "instance is not running".into(),
+            },
+            None,
+        ),
+        (
+            "Incus could not be reached",
+            IncusError::Connect {
+                endpoint: "unix".into(),
+                method: "POST".into(),
+                path: exec,
+                detail: "connection refused".into(),
+            },
+            None,
+        ),
+    ];
+    for (what, error, reads) in table {
+        let (tmp, w, _) = migrating_world();
+        w.incus.fail_on(execs[1], error);
+        let report = run_with_secret(&w, &plan, tmp.path(), "pw");
+        let scratch_removed = w.incus.execs().iter().any(|(_, r)| {
+            r.command.last().is_some_and(|c| c == "rm -rf '/var/lib/veza-migrate/prod-web'")
+        });
+        match reads {
+            Some(reads) => {
+                let ApplyOutcome::RolledBack { reason } = &report.outcome else {
+                    panic!("{what}: a migration that may have run ends as failed: {report:?}")
+                };
+                assert!(
+                    reason.starts_with("the migration of prod/web for release 2222222222 failed: `{dir}/migrate --up`")
+                        && reason.contains(reads),
+                    "{what}: {reason}"
+                );
+                assert!(!scratch_removed, "{what}: the scratch directory is the wrapper's");
+            }
+            None => {
+                assert!(
+                    matches!(&report.outcome, ApplyOutcome::Failed { error, .. } if error.contains("did not run")),
+                    "{what}: {report:?}"
+                );
+                assert!(scratch_removed, "{what}: the scratch directory is removed");
+            }
+        }
+        assert!(report.migrated.is_empty(), "{what}");
+        assert_eq!(w.edge_config(), EDGE_BLUE, "{what}: traffic stayed on blue");
+    }
 }
 
 #[test]

@@ -147,8 +147,9 @@ impl IncusClient {
     /// written: Incus creates a new file with mode 0644, writes it, and only then applies
     /// the mode, and it never changes the mode of a file that exists. So a secret pushed
     /// to a new path would be world-readable while it is written (for good, if the write
-    /// failed), and one pushed over a wider-moded file would stay world-readable. An empty
-    /// file is created first; one with a wider mode is deleted and created again.
+    /// failed), and one pushed over a wider-moded file would stay world-readable; nor does
+    /// it change an existing file's owner. An empty file is created first; one with a
+    /// wider mode or another owner is deleted and created again.
     pub(super) async fn prepare_private(&self, instance: &str, file: &FilePush) -> Result<()> {
         let url = files_path(instance, &file.path);
         let resp =
@@ -157,11 +158,15 @@ impl IncusClient {
             .header("x-incus-mode")
             .and_then(|m| u32::from_str_radix(m.trim(), 8).ok())
             .unwrap_or(0o777);
+        let id = |name: &str| resp.header(name).and_then(|v| v.trim().parse::<u32>().ok());
+        let owner = (id("x-incus-uid"), id("x-incus-gid"));
+        let private = mode & 0o077 == 0 && owner == (Some(file.uid), Some(file.gid));
         match resp.status {
             StatusCode::NOT_FOUND => {}
-            s if s.is_success() && mode & 0o077 == 0 => return Ok(()),
+            s if s.is_success() && private => return Ok(()),
             s if s.is_success() => {
-                // A wider mode (or none readable): removed, then created private.
+                // A wider mode or another owner (or either unreadable): removed, then
+                // created private, owned as asked.
                 self.call(Method::DELETE, &url, None, None, self.op_deadline()).await?;
             }
             s => {
