@@ -45,15 +45,27 @@ pub struct ClusterLease {
     ttl: Duration,
     state_dir: PathBuf,
     renewing: OnceLock<AbortOnDrop>,
+    /// The generation the last [`ClusterLease::hold`] found this member leading under:
+    /// the run it let apply writes under that generation only.
+    led: std::sync::Mutex<Option<u64>>,
 }
 
-/// The fence the apply engine's Incus driver passes: open when not on a cluster.
-pub struct ClusterFence(Option<Arc<LeaseKeeper>>);
+/// The fence the apply engine's Incus driver passes: open when not on a cluster; on a
+/// cluster, the lease as [`ClusterLease::hold`] found it at the start of the run
+/// (`None`: it did not lead then, and nothing is written).
+pub struct ClusterFence(Option<(Arc<LeaseKeeper>, Option<u64>)>);
 
 impl Fence for ClusterFence {
     async fn check(&self, call: &str) -> veza_host::incus::Result<()> {
         match &self.0 {
-            Some(keeper) => keeper.check(call).await,
+            Some((keeper, Some(generation))) => keeper.check_pinned(call, *generation).await,
+            Some((keeper, None)) => {
+                keeper.check(call).await?;
+                Err(veza_host::incus::IncusError::Fenced {
+                    call: call.to_string(),
+                    reason: "this run did not start as the cluster's leader".to_string(),
+                })
+            }
             None => Ok(()),
         }
     }
@@ -91,12 +103,18 @@ impl ClusterLease {
             ttl,
             state_dir: PathBuf::from(config.state_dir()),
             renewing: OnceLock::new(),
+            led: std::sync::Mutex::new(None),
         })
     }
 
-    /// The fence for the apply engine.
+    /// The fence for the apply engine: pinned to the generation the run's
+    /// [`ClusterLease::hold`] found.
     pub fn fence(lease: Option<&ClusterLease>) -> ClusterFence {
-        ClusterFence(lease.map(|l| Arc::clone(&l.keeper)))
+        ClusterFence(lease.map(|l| (Arc::clone(&l.keeper), *l.led())))
+    }
+
+    fn led(&self) -> std::sync::MutexGuard<'_, Option<u64>> {
+        self.led.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Looks at the lease (taking or renewing it when due) and says why this agent must
@@ -105,6 +123,10 @@ impl ClusterLease {
         self.keep_renewing();
         let standing = self.keeper.step().await;
         self.record(standing.as_ref().ok());
+        *self.led() = match &standing {
+            Ok(Standing::Leading(l)) => Some(l.generation),
+            _ => None,
+        };
         match standing {
             Ok(Standing::Leading(l)) => {
                 tracing::debug!(generation = l.generation, "cluster: this member leads");

@@ -175,14 +175,42 @@ impl<S: SharedConfig, C: Clock> Keeper<S, C> {
     }
 }
 
-impl<S: SharedConfig, C: Clock> Fence for Keeper<S, C> {
-    async fn check(&self, call: &str) -> Result<()> {
+impl<S: SharedConfig, C: Clock> Keeper<S, C> {
+    /// The generation of the lease this agent holds, as its last look left it.
+    pub fn held_generation(&self) -> Option<u64> {
+        self.memory().held.map(|h| h.generation)
+    }
+
+    /// The fence's check, returning the generation this agent may write as.
+    async fn may_write_now(&self, call: &str) -> Result<u64> {
         let read = self.store.shared_user_config(LEASE_KEY).await?;
         let record = Record::parse(read.value.as_deref());
         let held = self.memory().held;
         may_write(&self.rules, &record, held, self.now_ms())
-            .map(drop)
             .map_err(|reason| IncusError::Fenced { call: call.to_string(), reason })
+    }
+
+    /// [`Fence::check`], and only under the lease generation `pinned` (the one a run
+    /// planned under): a lease lost and taken again while the run went on (its renewal
+    /// lapsed, and another member may have applied in between) passes the plain check,
+    /// but the run's plan is stale and its writes are not sent.
+    pub async fn check_pinned(&self, call: &str, pinned: u64) -> Result<()> {
+        let generation = self.may_write_now(call).await?;
+        if generation == pinned {
+            return Ok(());
+        }
+        Err(IncusError::Fenced {
+            call: call.to_string(),
+            reason: format!(
+                "this run planned under cluster lease generation {pinned}, and this agent now                  holds generation {generation} (the lease lapsed and was taken again: another                  member may have applied in between); the next sync plans again"
+            ),
+        })
+    }
+}
+
+impl<S: SharedConfig, C: Clock> Fence for Keeper<S, C> {
+    async fn check(&self, call: &str) -> Result<()> {
+        self.may_write_now(call).await.map(drop)
     }
 }
 

@@ -119,6 +119,29 @@ fn the_fence_stops_a_holder_whose_lease_ran_out_on_its_own_clock() {
     });
 }
 
+/// A run pins the generation it planned under: once the lease lapsed and was taken again
+/// (even by this agent), that run's writes are refused; the next run's pass.
+#[test]
+fn a_pinned_fence_refuses_writes_under_a_later_generation() {
+    let fake = FakeIncus::new(LiveState::default());
+    let clock = FakeClock::new();
+    let a = keeper(&fake, &clock, "a");
+    rt().block_on(async {
+        let e = a.check_pinned("delete instance x", 1).await.expect_err("never held");
+        assert!(e.to_string().contains("does not hold"), "{e}");
+        assert!(a.step().await.expect("take").leads());
+        let pinned = a.held_generation().expect("held");
+        a.check_pinned("delete instance x", pinned).await.expect("the run's own lease");
+        clock.advance(TTL);
+        assert_eq!(standing(&a.step().await.expect("step")), "lead #2.0");
+        a.check("delete instance x").await.expect("the plain fence passes");
+        let e = a.check_pinned("delete instance x", pinned).await.expect_err("stale run");
+        assert!(matches!(e, IncusError::Fenced { .. }), "{e}");
+        assert!(e.to_string().contains("planned under cluster lease generation 1"), "{e}");
+        a.check_pinned("delete instance x", 2).await.expect("a run planned under generation 2");
+    });
+}
+
 #[test]
 fn a_take_that_lost_a_race_is_seen_when_read_back() {
     let fake = FakeIncus::new(LiveState::default());
