@@ -46,6 +46,13 @@ pub struct Status {
     /// The step of the run in progress now (its journal's writer is running).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub running: Option<String>,
+    /// How long the run in progress has been running, seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub running_for_s: Option<i64>,
+    /// What the run in progress is checking through the edge (`env/app`): owed, and
+    /// a problem, once it is no longer running.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub checking: Vec<String>,
     /// Free bytes on the file system of the state directory (`None`: not measurable).
     pub state_dir_free_bytes: Option<u64>,
     /// Scheduled jobs by `env/job`, as recorded at the last sync and judged now.
@@ -90,6 +97,10 @@ impl std::ops::Deref for JobStatus {
 /// without being able to record why, so `status` says so itself.
 pub const LOW_SPACE_BYTES: u64 = 4 << 20;
 
+/// A run in progress for this long (seconds) is a problem: stuck, or its process lived on
+/// after a failed save left its journal.
+pub const STUCK_RUN_S: i64 = 3600;
+
 /// What `status` reads besides the recorded state.
 #[derive(Debug, Clone)]
 pub struct Observed {
@@ -97,6 +108,8 @@ pub struct Observed {
     pub interrupted: Option<String>,
     /// The journal's writer is running: the run is in progress, not interrupted.
     pub running: bool,
+    /// When the journal's run started (unix seconds).
+    pub run_started: Option<i64>,
     /// Now, unix seconds.
     pub now: i64,
     /// The configured `trust.max_staleness`, seconds.
@@ -119,6 +132,7 @@ pub fn build(state: AgentState, seen: Observed) -> Status {
     let Observed {
         interrupted,
         running,
+        run_started,
         now,
         max_staleness_s,
         state_dir,
@@ -211,7 +225,26 @@ pub fn build(state: AgentState, seen: Observed) -> Status {
         problems
             .push(format!("a run was interrupted at `{i}`; the next sync resumes from live state"));
     }
-    // While a run is in progress, what it owes is what it is checking now: not a problem.
+    // While a run is in progress, what it owes is what it is checking now: not a problem,
+    // unless the run has gone on for so long that it is more likely stuck (or its writer
+    // lives on after a save that failed and left its journal).
+    let running_for_s = run_started.filter(|_| in_progress).map(|t| (now - t).max(0));
+    if let Some(age) = running_for_s.filter(|a| *a >= STUCK_RUN_S) {
+        problems.push(format!(
+            "a sync has been applying for {} (its process still runs): if `journalctl -u \
+             veza-agent` shows it stuck or a failed save, restart the agent; the next sync \
+             resumes from live state",
+            ago(age)
+        ));
+    }
+    let stuck = running_for_s.is_some_and(|a| a >= STUCK_RUN_S);
+    let in_progress = in_progress && !stuck;
+    let checking: Vec<String> = if in_progress {
+        let edge_apps = state.unchecked_edge.iter().flat_map(|e| e.apps.iter());
+        state.unverified.keys().chain(edge_apps).cloned().collect()
+    } else {
+        Vec::new()
+    };
     let owed = if in_progress { BTreeMap::new() } else { state.unverified.clone() };
     for (app, back) in &owed {
         if state.checks_failed.is_some() {
@@ -276,6 +309,8 @@ pub fn build(state: AgentState, seen: Observed) -> Status {
         last_fetch_age_s: age,
         interrupted,
         running,
+        running_for_s,
+        checking,
         state_dir_free_bytes,
         jobs,
         previews,
@@ -308,6 +343,7 @@ pub fn run(args: &StatusArgs) -> ExitCode {
         })
     });
     let seen = Observed {
+        run_started: journal.as_ref().map(|j| j.started_ms.div_euclid(1000)),
         interrupted: journal.and_then(|j| j.current),
         running,
         now,
@@ -358,7 +394,13 @@ pub fn render(s: &Status, now: i64) -> String {
         }
     }
     if let Some(step) = &s.running {
-        let _ = writeln!(o, "running:  a sync is applying now, at `{step}`");
+        let since = s.running_for_s.map(|a| format!(" (for {})", ago(a))).unwrap_or_default();
+        let checking = if s.checking.is_empty() {
+            String::new()
+        } else {
+            format!("; checking through the edge: {}", s.checking.join(", "))
+        };
+        let _ = writeln!(o, "running:  a sync is applying now{since}, at `{step}`{checking}");
     }
     if let Some(c) = &st.attempted {
         let _ = writeln!(

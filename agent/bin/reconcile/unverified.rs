@@ -300,6 +300,10 @@ mod tests {
                 "{what}"
             );
         }
+        // First traffic with no config before it: nothing is owed and there is nothing to
+        // go back to; quarantined at once, as the run itself would have recorded it.
+        let nothing = (&Owed::new(), None);
+        assert!(rolled_back_unrecorded(Some("c"), "c", nothing, &LiveState::default()));
     }
 
     #[test]

@@ -373,7 +373,12 @@ impl AgentState {
     pub fn unfinished(&self, journal: Option<Journal>) -> Option<Journal> {
         journal.filter(|j| {
             !self.last_run.as_ref().is_some_and(|r| {
-                r.commit.as_deref() == Some(j.commit.as_str()) && r.started_ms == j.started_ms
+                r.commit.as_deref() == Some(j.commit.as_str())
+                    && (r.started_ms == j.started_ms
+                        // A journal of an agent before 2026-12 gave whole seconds.
+                        || (j.pid_start.is_none()
+                            && j.started_ms % 1000 == 0
+                            && r.started_ms.div_euclid(1000) * 1000 == j.started_ms))
             })
         })
     }

@@ -107,11 +107,13 @@ pub fn render(state: &AgentState, jobs: &[JobMetric], now: i64, stale: bool) -> 
         "gauge",
         vec![(String::new(), state.sync_failures.to_string())],
     );
-    let tip_quarantined = state
-        .last_run
-        .as_ref()
-        .and_then(|r| r.commit.as_ref())
-        .is_some_and(|c| state.quarantined.contains_key(c));
+    // The commit last tried (a rollback records it as attempted), or the last run's: a
+    // sync that failed before it had a commit (the forge unreachable) changes nothing.
+    let tip_quarantined =
+        [state.attempted.as_ref(), state.last_run.as_ref().and_then(|r| r.commit.as_ref())]
+            .into_iter()
+            .flatten()
+            .any(|c| state.quarantined.contains_key(c));
     metric(
         "veza_agent_quarantined",
         "1 while the newest commit is quarantined after a rolled-back promotion (until a newer commit).",
@@ -319,15 +321,19 @@ mod tests {
         let mut state = AgentState::default();
         let q = Rejection { commit: "bad".into(), reason: "green failed".into(), at: 1 };
         state.quarantined.insert("bad".into(), q);
-        // (last run, gauge)
+        let failed = RunRecord { commit: None, ..run("-", Outcome::Failed) };
+        // (last run, attempted commit, gauge)
         let table = [
-            (None, "0"),
-            (Some(run("bad", Outcome::RolledBack)), "1"),
-            (Some(run("bad", Outcome::Quarantined)), "1"),
-            (Some(run("good", Outcome::Applied)), "0"),
+            (None, None, "0"),
+            (Some(run("bad", Outcome::RolledBack)), Some("bad"), "1"),
+            (Some(run("bad", Outcome::Quarantined)), Some("bad"), "1"),
+            (Some(failed), Some("bad"), "1"),
+            (Some(run("good", Outcome::Applied)), None, "0"),
+            (Some(run("newer", Outcome::Failed)), Some("newer"), "0"),
         ];
-        for (last_run, want) in table {
+        for (last_run, attempted, want) in table {
             state.last_run = last_run.clone();
+            state.attempted = attempted.map(str::to_string);
             let text = render(&state, &[], 0, false);
             assert!(text.contains(&format!("veza_agent_quarantined {want}\n")), "{last_run:?}");
         }

@@ -259,4 +259,11 @@ fn the_last_recorded_runs_own_journal_is_not_an_interrupted_run() {
         let state = AgentState { last_run: last_run.clone(), ..AgentState::default() };
         assert_eq!(state.unfinished(Some(journal.clone())).is_some(), counts, "{last_run:?}");
     }
+    // A journal written by an earlier agent (whole seconds, no writer stamp) still
+    // matches its run; one with a stamp must match to the millisecond.
+    let old = Journal { started_ms: 1_700_000_000_000, ..journal.clone() };
+    let stamped = Journal { pid_start: Some(7), ..old.clone() };
+    let state = AgentState { last_run: Some(run(1_700_000_000_417, "c")), ..AgentState::default() };
+    assert!(state.unfinished(Some(old)).is_none());
+    assert!(state.unfinished(Some(stamped)).is_some());
 }

@@ -56,6 +56,7 @@ fn seen() -> Observed {
     Observed {
         interrupted: None,
         running: false,
+        run_started: None,
         now: 2000,
         max_staleness_s: 600,
         state_dir: "/var/lib/veza-agent".into(),
@@ -115,8 +116,30 @@ fn a_journal_is_a_run_in_progress_while_its_writer_runs() {
         config: "# before\n".into(),
         apps: vec!["prod/api".into()],
     });
-    let s = build(owing.clone(), Observed { interrupted: at.clone(), running: true, ..seen() });
+    let running =
+        Observed { interrupted: at.clone(), running: true, run_started: Some(1880), ..seen() };
+    let s = build(owing.clone(), running.clone());
     assert_eq!(s.health, "ok", "{:?}", s.problems);
+    assert!(
+        render(&s, 2000).contains("running:  a sync is applying now (for 2m), at `deploy release 2222222222 to veza-web-green`; checking through the edge: prod/web, prod/api"),
+        "{}",
+        render(&s, 2000)
+    );
+    // Running for an hour: more likely stuck (or alive after a failed save), and what it
+    // owes is shown as owed.
+    let stuck = Observed { run_started: Some(2000 - STUCK_RUN_S), ..running };
+    let s = build(owing.clone(), stuck);
+    assert_eq!(s.health, "attention");
+    assert!(
+        s.problems.iter().any(|p| p.starts_with("a sync has been applying for 60m")),
+        "{:?}",
+        s.problems
+    );
+    assert!(
+        s.problems.iter().any(|p| p.starts_with("prod/web: its promotion from blue")),
+        "{:?}",
+        s.problems
+    );
     let s = build(owing, Observed { interrupted: at.clone(), running: false, ..seen() });
     let problems = s.problems.join("\n");
     assert!(problems.contains("prod/web: its promotion from blue"), "{problems}");

@@ -237,8 +237,8 @@ where
                 m.command
             )));
         }
-        // Incus refused the exec, or could not be reached: nothing started.
-        Err(e) if exec_never_started(&e) => {
+        // Never sent, refused by Incus, or Incus could not be reached: nothing started.
+        Err(e) if !exec_may_have_started(&e) => {
             remove_scratch().await;
             return Err(not_run(e.to_string()));
         }
@@ -269,13 +269,23 @@ where
     }
 }
 
-/// Whether an exec failed before its operation existed: the request was refused by Incus
-/// or never reached it (the errors of the exec `POST` itself; its wait and its output are
-/// read with `GET`s).
-fn exec_never_started(e: &IncusError) -> bool {
+/// Whether an exec that failed may have started its command: the operation existed (its
+/// wait, its result or its output failed: incusd restarted under it, the limit passed),
+/// or the exec `POST` itself went out and its answer was lost or unreadable. Not when the
+/// exec was never sent (the cluster fence, the ownership check before it) or Incus
+/// refused it or could not be reached.
+fn exec_may_have_started(e: &IncusError) -> bool {
     match e {
-        IncusError::Connect { method, path, .. } | IncusError::Api { method, path, .. } => {
-            method == "POST" && path.ends_with("/exec")
+        IncusError::Operation { .. } | IncusError::OperationLost { .. } => true,
+        IncusError::Timeout { path, .. }
+        | IncusError::Decode { path, .. }
+        | IncusError::Transport { path, .. }
+        | IncusError::Connect { path, .. }
+        | IncusError::Api { path, .. } => {
+            let after = path.starts_with("/1.0/operations/") || path.contains("/logs/");
+            let sent = path.ends_with("/exec")
+                && !matches!(e, IncusError::Connect { .. } | IncusError::Api { .. });
+            after || sent
         }
         _ => false,
     }

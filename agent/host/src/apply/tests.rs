@@ -1100,6 +1100,34 @@ fn a_migration_whose_exec_may_have_started_is_never_started_again_for_the_commit
             },
             None,
         ),
+        (
+            "the ownership check before the exec could not read the instance",
+            IncusError::Connect {
+                endpoint: "unix".into(),
+                method: "GET".into(),
+                path: "/1.0/instances/web-green".into(),
+                detail: "connection refused".into(),
+            },
+            None,
+        ),
+        (
+            "the cluster fence refused the exec",
+            IncusError::Fenced {
+                call: "exec in web-green".into(),
+                reason: "the cluster lease is now held by `b`".into(),
+            },
+            None,
+        ),
+        (
+            "its output could not be read",
+            IncusError::Transport {
+                endpoint: "unix".into(),
+                method: "GET".into(),
+                path: "/1.0/instances/web-green/logs/exec_1.stdout".into(),
+                detail: "connection reset".into(),
+            },
+            Some("may have run, or still run"),
+        ),
     ];
     for (what, error, reads) in table {
         let (tmp, w, _) = migrating_world();
