@@ -17,7 +17,7 @@ use veza_host::incus::{
 };
 use veza_host::lease::{Fenced, Keeper, Standing};
 use veza_host::process::Cmd;
-use veza_model::lease::LEASE_KEY;
+use veza_model::lease::{LEASE_KEY, Record};
 
 const BASE: &str = "/var/lib/veza-cluster";
 /// The shortest TTL the configuration accepts: takeovers take seconds, not half a minute.
@@ -103,9 +103,9 @@ fn lease_compare_and_swap_across_members() {
             assert!(a.step().await.expect("a renews").leads());
             assert_eq!(who(&b.step().await.expect("b")), "follow veza-cl-1#1");
         }
-        // Released: the standby takes it at its next look.
+        // Given up: the standby takes it at its next look, with the next generation.
         assert!(a.release().await.expect("release"));
-        assert_eq!(who(&b.step().await.expect("b")), "lead veza-cl-3#1");
+        assert_eq!(who(&b.step().await.expect("b")), "lead veza-cl-3#2");
         clear_lease(&m1).await;
     });
 }
@@ -462,6 +462,57 @@ fn daemons_on_two_members_the_standby_takes_over_when_the_leaders_member_dies() 
         .expect("sync");
     assert_eq!(r.status.code(), Some(0), "{}{}", r.stdout_str(), r.stderr_str());
     assert_eq!(step_of(2).as_deref(), Some("2"));
+    // A member that applies nothing gives the lease up at once (a standby need not wait a
+    // TTL), and takes no part until resumed: at its sync while suspended, then, resumed
+    // and leading again, at a clean stop.
+    let lease = || {
+        runtime().expect("runtime").block_on(async {
+            let v = member(2).shared_user_config(LEASE_KEY).await.expect("read the lease").value;
+            match Record::parse(v.as_deref()) {
+                Record::Held(l) if l.released() => {
+                    format!("given up by {}#{}", l.holder, l.generation)
+                }
+                Record::Held(l) => format!("{}#{}", l.holder, l.generation),
+                other => format!("{other:?}"),
+            }
+        })
+    };
+    let agent_b = |args: &[&str]| {
+        let r = Cmd::new(env!("CARGO_BIN_EXE_veza-agent"))
+            .args(args)
+            .args(["--config"])
+            .arg(&b)
+            .timeout(Duration::from_secs(120))
+            .output()
+            .expect("veza-agent");
+        (r.status.code(), format!("{}{}", r.stdout_str(), r.stderr_str()))
+    };
+    let leading = lease();
+    assert!(leading.starts_with("veza-cl-2#"), "member 2 leads: {leading}");
+    let (code, out) = agent_b(&["suspend", "--reason", "cluster test"]);
+    assert_eq!(code, Some(0), "{out}");
+    f.commit(3);
+    let (code, out) = agent_b(&["sync"]);
+    assert_eq!(code, Some(4), "a suspended sync holds step 3: {out}");
+    assert_eq!(lease(), format!("given up by {leading}"));
+    // Its renewal task takes nothing back while it is suspended (three TTL/3 looks).
+    std::thread::sleep(Duration::from_millis(3_500));
+    assert_eq!(lease(), format!("given up by {leading}"), "still given up");
+    assert_eq!(step_of(2).as_deref(), Some("2"), "nothing applied while suspended");
+    let (code, out) = agent_b(&["resume"]);
+    assert_eq!(code, Some(0), "{out}");
+    let (code, out) = agent_b(&["sync"]);
+    assert_eq!(code, Some(0), "resumed: {out}");
+    assert_eq!(step_of(2).as_deref(), Some("3"), "applied once resumed");
+    let again = lease();
+    assert!(again.starts_with("veza-cl-2#") && again != leading, "a new generation: {again}");
+    veza_testkit::proc::kill_pid(db.pid, "TERM", Duration::from_secs(20));
+    assert_eq!(
+        lease(),
+        format!("given up by {again}"),
+        "given up at a clean stop; daemon log:\n{}",
+        std::fs::read_to_string(&db.log).unwrap_or_default()
+    );
     drop(db);
     restore();
 }

@@ -107,6 +107,8 @@ fn secrets_reach_the_app_only_and_migrations_run_once_before_traffic_moves() {
     assert!(served(&h).contains(&format!("env-sha256={}", sha256(&url("blue", &value)))));
     assert_eq!(in_slot(&blue, "cat /root/migrations.log"), format!("{r0}\n"));
     assert_eq!(in_slot(&blue, "stat -c '%a %u' /etc/veza-app/env"), "600 0\n");
+    // Its output (which may quote its environment) is root-only too.
+    assert_eq!(in_slot(&blue, "stat -c '%a %u' /var/log/veza-app.log"), "600 0\n");
     // A second sync changes nothing and migrates nothing.
     let (code, second) = agent(&h, &["apply"]);
     assert_eq!(code, 0, "{second}");

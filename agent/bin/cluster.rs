@@ -121,6 +121,7 @@ impl ClusterLease {
     /// not apply, if so. Starts the renewal task at the first call.
     pub async fn hold(&self) -> Option<String> {
         self.keep_renewing();
+        self.keeper.rejoin();
         let standing = self.keeper.step().await;
         self.record(standing.as_ref().ok());
         *self.led() = match &standing {
@@ -133,10 +134,19 @@ impl ClusterLease {
                 None
             }
             Ok(Standing::Following { leader, expires_in, lost }) => {
-                if lost {
+                if lost && leader.as_ref().is_none_or(|l| l.holder != self.member) {
                     tracing::warn!("cluster: this member lost the lease");
                 }
                 Some(match leader {
+                    Some(l) if l.holder == self.member => format!(
+                        "standby: another agent writes the cluster lease as this member `{}` \
+                         (generation {}, since {}): is `cluster.member` set to the same name on \
+                         two hosts? Each member needs its own name; this one applies nothing \
+                         while the other renews it",
+                        l.holder,
+                        l.generation,
+                        rfc3339(l.since)
+                    ),
                     Some(l) => format!(
                         "standby: cluster member `{}` leads (lease generation {}, since {}); \
                          this member (`{}`) takes over if that lease is not renewed within {} s",
@@ -160,6 +170,27 @@ impl ClusterLease {
         }
     }
 
+    /// Gives the lease up while this member must not apply (`why`: suspended, report
+    /// mode, stopping), so a standby takes over at its next look rather than after a TTL;
+    /// neither this call nor the renewal task takes it again until the next
+    /// [`ClusterLease::hold`].
+    pub async fn stand_aside(&self, why: &str) {
+        *self.led() = None;
+        match self.keeper.stand_aside().await {
+            Ok(true) => {
+                tracing::info!("cluster: gave the lease up ({why}); a standby takes over");
+                let aside =
+                    Standing::Following { leader: None, expires_in: Duration::ZERO, lost: true };
+                self.record(Some(&aside));
+            }
+            Ok(false) => {}
+            Err(e) => tracing::warn!(
+                "cluster: could not give the lease up ({why}): {e}; a standby takes over once \
+                 it expires"
+            ),
+        }
+    }
+
     /// What `plan` says, read-only (it never takes or renews the lease): why an apply
     /// now would not apply, when another member holds a lease.
     pub async fn peek(&self) -> Option<String> {
@@ -170,7 +201,7 @@ impl ClusterLease {
             Err(e) => return Some(format!("standby: the cluster lease could not be read ({e})")),
         };
         match Record::parse(read.value.as_deref()) {
-            Record::Held(l) if l.holder != self.member => Some(format!(
+            Record::Held(l) if l.holder != self.member && !l.released() => Some(format!(
                 "standby: cluster member `{}` leads (lease generation {}, since {}, renewed {})",
                 l.holder,
                 l.generation,
@@ -252,7 +283,8 @@ pub fn status_line(state_dir: &Path) -> Option<String> {
             if *leader == r.member { " (leader, applies)" } else { " (standby: plans only)" }
         ),
         _ => format!(
-            "cluster:  the lease key is unreadable; this member: `{}` (standby: plans only)",
+            "cluster:  no member held the lease at the last look (given up, free or \
+             unreadable); this member: `{}` (plans only until it takes the lease)",
             r.member
         ),
     })
@@ -291,7 +323,7 @@ mod tests {
             ),
             (
                 Recorded { member: "m2".into(), leader: None, generation: None, since: None },
-                "cluster:  the lease key is unreadable; this member: `m2` (standby: plans only)",
+                "cluster:  no member held the lease at the last look (given up, free or unreadable); this member: `m2` (plans only until it takes the lease)",
             ),
         ];
         for (rec, want) in table {

@@ -161,8 +161,10 @@ pub fn run(args: &AdoptArgs) -> ExitCode {
         {
             return fail(
                 &anyhow::anyhow!(
-                    "not adopted: {why} (hint: run it on the member that leads, within \
-                     `cluster.lease_ttl` of stopping its daemon)"
+                    "not adopted: {why} (hint: a stopped or suspended agent gives the lease \
+                     up: suspend the other members' agents first (`veza-agent suspend`, then \
+                     `veza-agent sync` there), stop this member's daemon, adopt, start it \
+                     again, then resume the others)"
                 ),
                 1,
             );

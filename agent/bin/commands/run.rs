@@ -109,6 +109,10 @@ async fn daemon(args: &RunArgs) -> anyhow::Result<()> {
     let mut cycle = AgentCycle { agent, store };
     let inputs = Inputs { requests, reloads, wake, stop, max_syncs: args.max_syncs };
     drive(&mut cycle, inputs, jitter).await;
+    if let Some(cluster) = &cycle.agent.cluster {
+        // A clean stop hands the lease on now rather than after its TTL.
+        cluster.stand_aside("the agent is stopping").await;
+    }
     let _ = veza_fs::remove_if_exists(&sock);
     tracing::info!("veza-agent stopped");
     Ok(())

@@ -225,10 +225,12 @@ impl Agent {
             Event::Suspension { now: suspension.clone(), commit: applied_commit },
         );
         let mut hold = not_applied_because(suspension.as_ref(), self.config.mode);
-        if hold.is_none()
-            && let Some(cluster) = &self.cluster
-        {
-            hold = cluster.hold().await;
+        if let Some(cluster) = &self.cluster {
+            match &hold {
+                None => hold = cluster.hold().await,
+                // A member that applies nothing gives the lease to one that does.
+                Some(why) => cluster.stand_aside(why).await,
+            }
         }
         laps.lap("load");
         let found = Found { interrupted: interrupted.as_ref(), hold: hold.as_deref(), started_ms };

@@ -11,6 +11,7 @@
 
 use std::future::Future;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use veza_model::lease::{
@@ -62,6 +63,11 @@ pub struct Keeper<S, C> {
     start: Instant,
     settle: Duration,
     memory: Mutex<Memory>,
+    /// Standing aside ([`Keeper::stand_aside`]): a look writes nothing.
+    aside: AtomicBool,
+    /// One look or release at a time (the renewal task and a sync both look): a look in
+    /// flight never races a release.
+    turn: tokio::sync::Mutex<()>,
 }
 
 /// How many times a step looks again after a swap lost to another write.
@@ -78,6 +84,8 @@ impl<S: SharedConfig, C: Clock> Keeper<S, C> {
             start,
             settle: Duration::from_millis(500),
             memory: Mutex::new(Memory::default()),
+            aside: AtomicBool::new(false),
+            turn: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -103,10 +111,22 @@ impl<S: SharedConfig, C: Clock> Keeper<S, C> {
 
     /// One look at the lease: read, decide, and take or renew it when the rules say so.
     pub async fn step(&self) -> Result<Standing> {
+        let _turn = self.turn.lock().await;
         for _ in 0..ATTEMPTS {
             let read = self.store.shared_user_config(LEASE_KEY).await?;
             let now = self.now_ms();
             let record = Record::parse(read.value.as_deref());
+            if self.aside.load(Ordering::SeqCst) {
+                // Standing aside: nothing is written, whoever holds the record leads.
+                let mut m = self.memory();
+                m.held = None;
+                m.saw(read.value.as_deref().unwrap_or(""), now);
+                let leader = match record {
+                    Record::Held(l) if !l.released() => Some(l),
+                    _ => None,
+                };
+                return Ok(Standing::Following { leader, expires_in: Duration::ZERO, lost: false });
+            }
             let decision = {
                 let mut m = self.memory();
                 m.saw(read.value.as_deref().unwrap_or(""), now);
@@ -118,7 +138,12 @@ impl<S: SharedConfig, C: Clock> Keeper<S, C> {
                     _ => continue,
                 },
                 Decision::Follow { leader, expires_in_ms, lost } => {
-                    self.memory().held = None;
+                    // Another agent writing under this member's name: the generation
+                    // held is kept, so the next look follows it again rather than take it
+                    // back as this agent's own lease from an earlier run.
+                    if leader.as_ref().is_none_or(|l| l.holder != self.rules.me) {
+                        self.memory().held = None;
+                    }
                     return Ok(Standing::Following {
                         leader,
                         expires_in: Duration::from_millis(expires_in_ms),
@@ -130,7 +155,15 @@ impl<S: SharedConfig, C: Clock> Keeper<S, C> {
             };
             let value = lease.to_value();
             let sent = self.now_ms();
-            match self.store.swap_shared_user_config(LEASE_KEY, Some(&value), &read.etag).await? {
+            if take {
+                // Until the answer comes: a take that landed although its answer was lost
+                // is this agent's own, not another agent's of the same name.
+                self.memory().pending = Some(lease.generation);
+            }
+            let swapped =
+                self.store.swap_shared_user_config(LEASE_KEY, Some(&value), &read.etag).await?;
+            self.memory().pending = None;
+            match swapped {
                 // Something else wrote since the read (a rival, or any edit of the
                 // project): look again.
                 Swap::Changed => continue,
@@ -161,17 +194,57 @@ impl<S: SharedConfig, C: Clock> Keeper<S, C> {
         })
     }
 
-    /// Gives the lease up (removes the key) if this agent holds it, so a standby takes
-    /// over at its next look instead of after a TTL. Returns whether it was given up.
+    /// Stands aside while this agent must not apply (suspended, report mode, stopping):
+    /// gives the lease up ([`Keeper::release`]) and, until [`Keeper::rejoin`], no look
+    /// renews or takes it (a look in flight finishes first: looks and releases take
+    /// turns). Returns whether a lease was given up.
+    pub async fn stand_aside(&self) -> Result<bool> {
+        self.aside.store(true, Ordering::SeqCst);
+        self.release().await
+    }
+
+    /// Whether this agent stands aside.
+    pub fn aside(&self) -> bool {
+        self.aside.load(Ordering::SeqCst)
+    }
+
+    /// Ends [`Keeper::stand_aside`]: the next look takes or renews the lease as usual.
+    pub fn rejoin(&self) {
+        self.aside.store(false, Ordering::SeqCst);
+    }
+
+    /// Gives the lease up if this agent holds it, so a standby takes over at its next look
+    /// instead of after a TTL: the record is kept with a TTL of 0 ([`Lease::given_up`]),
+    /// so the next take raises the generation (deleting the key would let generations
+    /// start again at 1, and a stale run's pinned generation come back). Returns whether
+    /// it was given up.
     pub async fn release(&self) -> Result<bool> {
-        let read = self.store.shared_user_config(LEASE_KEY).await?;
+        let _turn = self.turn.lock().await;
         let held = self.memory().held.take();
-        let ours = matches!((Record::parse(read.value.as_deref()), held),
-            (Record::Held(l), Some(h)) if l.holder == self.rules.me && l.generation == h.generation);
-        if !ours {
-            return Ok(false);
+        for _ in 0..ATTEMPTS {
+            let read = self.store.shared_user_config(LEASE_KEY).await?;
+            let lease = match (Record::parse(read.value.as_deref()), held) {
+                (Record::Held(l), Some(h))
+                    if l.holder == self.rules.me
+                        && l.generation == h.generation
+                        && !l.released() =>
+                {
+                    l
+                }
+                _ => return Ok(false),
+            };
+            let value = lease.given_up(unix_now()).to_value();
+            match self.store.swap_shared_user_config(LEASE_KEY, Some(&value), &read.etag).await? {
+                Swap::Done => return Ok(true),
+                // Another edit of the project's config came between: look again.
+                Swap::Changed => continue,
+            }
         }
-        Ok(self.store.swap_shared_user_config(LEASE_KEY, None, &read.etag).await? == Swap::Done)
+        Err(IncusError::Conflict {
+            kind: crate::incus::ResourceKind::ServerConfig,
+            name: LEASE_KEY.to_string(),
+            attempts: ATTEMPTS as u32,
+        })
     }
 }
 
@@ -202,7 +275,9 @@ impl<S: SharedConfig, C: Clock> Keeper<S, C> {
         Err(IncusError::Fenced {
             call: call.to_string(),
             reason: format!(
-                "this run planned under cluster lease generation {pinned}, and this agent now                  holds generation {generation} (the lease lapsed and was taken again: another                  member may have applied in between); the next sync plans again"
+                "this run planned under cluster lease generation {pinned}, and this agent now \
+                 holds generation {generation} (the lease lapsed and was taken again: another \
+                 member may have applied in between); the next sync plans again"
             ),
         })
     }

@@ -39,6 +39,18 @@ impl Lease {
     pub fn to_value(&self) -> String {
         serde_json::to_string(self).unwrap_or_default()
     }
+
+    /// Whether its holder gave it up (a TTL of 0): anyone may take it at once. The key is
+    /// kept, not deleted, so the next take raises the generation: a run that planned under
+    /// an earlier one never finds its generation current again.
+    pub fn released(&self) -> bool {
+        self.ttl_s == 0
+    }
+
+    /// This lease given up at `now_unix`.
+    pub fn given_up(&self, now_unix: i64) -> Lease {
+        Lease { beat: self.beat + 1, renewed: now_unix, ttl_s: 0, ..self.clone() }
+    }
 }
 
 /// What the lease key was found to hold.
@@ -82,6 +94,10 @@ pub struct Memory {
     pub seen: Option<(String, u64)>,
     /// The lease this agent holds.
     pub held: Option<Held>,
+    /// The generation of a take this agent sent and has no answer for (the swap failed
+    /// in transit, and may have landed): a record of it is this agent's, not another
+    /// agent's of the same name.
+    pub pending: Option<u64>,
 }
 
 impl Memory {
@@ -151,6 +167,8 @@ pub fn decide(
     now_ms: u64,
     now_unix: i64,
 ) -> Decision {
+    // A take raises the generation above any seen or held: never one used before.
+    let next = |seen: u64| seen.max(memory.held.map_or(0, |h| h.generation)) + 1;
     let fresh = |generation: u64, since: i64| Lease {
         holder: rules.me.clone(),
         generation,
@@ -159,42 +177,55 @@ pub fn decide(
         renewed: now_unix,
         ttl_s: rules.ttl_ms / 1000,
     };
+    // Another holder's lease: followed until it stays unchanged for its whole TTL.
+    let follow = |l: &Lease| {
+        let ttl = l.ttl_s.saturating_mul(1000);
+        let waited = memory.unchanged_for(&l.to_value(), now_ms);
+        if waited >= ttl {
+            Decision::Take(fresh(next(l.generation), now_unix))
+        } else {
+            Decision::Follow {
+                leader: Some(l.clone()),
+                expires_in_ms: ttl - waited,
+                lost: memory.held.is_some(),
+            }
+        }
+    };
     match record {
-        Record::Free => Decision::Take(fresh(1, now_unix)),
+        Record::Free => Decision::Take(fresh(next(0), now_unix)),
+        // Given up by its holder (this member's too): taken at once.
+        Record::Held(l) if l.released() => Decision::Take(fresh(next(l.generation), now_unix)),
         Record::Held(l) if l.holder == rules.me => match memory.held {
             Some(h) if h.generation == l.generation => {
                 let age = now_ms.saturating_sub(h.sent_ms);
                 if age >= rules.ttl_ms {
                     // Not renewed in time: a standby may be taking it over right now.
                     // Take a new generation (the swap fails if one already wrote).
-                    Decision::Take(fresh(l.generation + 1, now_unix))
+                    Decision::Take(fresh(next(l.generation), now_unix))
                 } else if age >= rules.renew_after_ms() {
                     Decision::Renew(Lease { beat: l.beat + 1, renewed: now_unix, ..l.clone() })
                 } else {
                     Decision::Lead
                 }
             }
-            // This member's lease from an earlier run of the agent (one agent per
-            // member: the host lock): a new generation fences whatever the old one began.
-            _ => Decision::Take(fresh(l.generation + 1, now_unix)),
-        },
-        Record::Held(l) => {
-            let ttl = l.ttl_s.saturating_mul(1000);
-            let waited = memory.unchanged_for(&l.to_value(), now_ms);
-            if waited >= ttl {
-                Decision::Take(fresh(l.generation + 1, now_unix))
-            } else {
-                Decision::Follow {
-                    leader: Some(l.clone()),
-                    expires_in_ms: ttl - waited,
-                    lost: memory.held.is_some(),
-                }
+            // A newer generation under this member's name than the one this agent holds:
+            // another agent writes as this member (`cluster.member` set alike on two
+            // hosts). Taking it back each look would make both apply in turn: it is
+            // followed as another holder's (the operator is told, see `hold`).
+            // (Unless it is this agent's own take whose answer was lost.)
+            Some(h) if l.generation > h.generation && memory.pending != Some(l.generation) => {
+                follow(l)
             }
-        }
+            // This member's lease from an earlier run of the agent (one agent per
+            // member: the host lock), or its own take whose answer was lost: a new
+            // generation fences whatever the old one began.
+            _ => Decision::Take(fresh(next(l.generation), now_unix)),
+        },
+        Record::Held(l) => follow(l),
         Record::Unreadable(raw) => {
             let waited = memory.unchanged_for(raw, now_ms);
             if waited >= rules.ttl_ms {
-                Decision::Take(fresh(1, now_unix))
+                Decision::Take(fresh(next(0), now_unix))
             } else {
                 Decision::Follow {
                     leader: None,
@@ -219,6 +250,12 @@ pub fn may_write(
         return Err("this agent does not hold the cluster lease".to_string());
     };
     match record {
+        Record::Held(l) if l.released() => {
+            return Err(format!(
+                "the cluster lease was given up by `{}` (generation {}); this agent held generation {}",
+                l.holder, l.generation, h.generation
+            ));
+        }
         Record::Held(l) if l.holder == rules.me && l.generation == h.generation => {}
         Record::Held(l) => {
             return Err(format!(

@@ -14,6 +14,8 @@ pub const APP_RUN_SCRIPT: &str = "/etc/veza-app/run";
 /// The app's environment file inside the slot: root-owned, mode 0600, read by the run
 /// script (so by either supervisor), never passed on a command line.
 pub const APP_ENV_FILE: &str = "/etc/veza-app/env";
+/// Where the app's output goes (root only, as its environment: an app may print it).
+pub const APP_LOG: &str = "/var/log/veza-app.log";
 
 /// Where a migration unpacks its release and keeps its environment while it runs.
 pub const MIGRATE_DIR: &str = "/var/lib/veza-migrate";
@@ -88,7 +90,8 @@ fn run_script(slot: &SlotSpec) -> String {
     out.push_str(&format!(
         "cd {} || exit 1\n\
          echo \"$$ $(sed 's/.*) //' /proc/$$/stat | cut -d' ' -f20)\" > /run/veza-app.pid\n\
-         exec >>/var/log/veza-app.log 2>&1 </dev/null\nexec /bin/sh -c {}\n",
+         (umask 077; : >>{APP_LOG}) && chmod 0600 {APP_LOG}\n\
+         exec >>{APP_LOG} 2>&1 </dev/null\nexec /bin/sh -c {}\n",
         shell_quote(&slot.install_dir),
         shell_quote(&slot.start)
     ));
@@ -177,6 +180,7 @@ mod tests {
             "export VEZA_RELEASE='{r}'\nexport VEZA_PORT='8080'\nexport VEZA_LISTEN='0.0.0.0:8080'\n\
              export VEZA_ENV='prod'\nexport VEZA_APP='backend'\ncd '/srv/it'\\''s' || exit 1\n\
              echo \"$$ $(sed 's/.*) //' /proc/$$/stat | cut -d' ' -f20)\" > /run/veza-app.pid\n\
+             (umask 077; : >>/var/log/veza-app.log) && chmod 0600 /var/log/veza-app.log\n\
              exec >>/var/log/veza-app.log 2>&1 </dev/null\n\
              exec /bin/sh -c './bin/server --port 8080 && echo done'\n",
             r = "2".repeat(40)

@@ -139,6 +139,41 @@ fn a_pinned_fence_refuses_writes_under_a_later_generation() {
         assert!(matches!(e, IncusError::Fenced { .. }), "{e}");
         assert!(e.to_string().contains("planned under cluster lease generation 1"), "{e}");
         a.check_pinned("delete instance x", 2).await.expect("a run planned under generation 2");
+        // Given up and taken again: the generation goes on rising, so a run pinned to an
+        // earlier one never passes again.
+        assert!(a.release().await.expect("release"));
+        assert_eq!(standing(&a.step().await.expect("step")), "lead #3.0");
+        for stale in [1, 2] {
+            a.check_pinned("delete instance x", stale).await.expect_err("stale run");
+        }
+    });
+}
+
+/// Two agents configured with the same member name do not take the lease from each other
+/// at every look (both would apply in turn): the one that finds a newer generation under
+/// its name than it holds follows, and its writes are fenced.
+#[test]
+fn two_agents_with_one_member_name_do_not_take_turns() {
+    let fake = FakeIncus::new(LiveState::default());
+    let (clock_a, clock_b) = (FakeClock::new(), FakeClock::new());
+    let a = keeper(&fake, &clock_a, "m");
+    let b = keeper(&fake, &clock_b, "m");
+    rt().block_on(async {
+        assert_eq!(standing(&a.step().await.expect("a")), "lead #1.0");
+        // b starts: a lease under its name it did not write is its own from an earlier
+        // run (it cannot tell yet): it takes a new generation.
+        assert_eq!(standing(&b.step().await.expect("b")), "lead #2.0");
+        // a finds generation 2 under its name while it holds 1: it follows, and keeps
+        // following while b renews.
+        for (i, advance) in [1_000, 10_000, 10_000, 10_000].into_iter().enumerate() {
+            clock_a.advance(Duration::from_millis(advance));
+            clock_b.advance(Duration::from_millis(advance));
+            let got_a = standing(&a.step().await.expect("a"));
+            assert!(got_a.starts_with("follow m#2"), "look {i}: {got_a}");
+            assert!(b.step().await.expect("b").leads(), "look {i}");
+            let e = a.check("delete instance x").await.expect_err("a is fenced");
+            assert!(e.to_string().contains("now held by `m` (generation 2)"), "{e}");
+        }
     });
 }
 
@@ -159,8 +194,11 @@ fn a_take_that_lost_a_race_is_seen_when_read_back() {
     });
 }
 
+/// A leader that stands aside (suspended, report mode, stopping) gives the lease up at
+/// once (only the holder can), and neither renews nor takes it back until it rejoins;
+/// then it follows whoever took it.
 #[test]
-fn released_lease_is_taken_at_the_next_look() {
+fn a_leader_standing_aside_gives_the_lease_up_until_it_rejoins() {
     let fake = FakeIncus::new(LiveState::default());
     let (clock_a, clock_b) = (FakeClock::new(), FakeClock::new());
     let a = keeper(&fake, &clock_a, "a");
@@ -168,10 +206,29 @@ fn released_lease_is_taken_at_the_next_look() {
     rt().block_on(async {
         assert!(a.step().await.expect("a takes").leads());
         assert!(!b.step().await.expect("b follows").leads());
-        assert!(a.release().await.expect("release"));
-        assert_eq!(fake.shared(LEASE_KEY), None);
+        assert!(a.stand_aside().await.expect("stand aside"), "a held it");
+        let given_up = fake.shared(LEASE_KEY);
+        assert!(
+            matches!(Record::parse(given_up.as_deref()), Record::Held(l) if l.released() && l.generation == 1),
+            "given up at once, its generation kept: {given_up:?}"
+        );
+        // Its renewal looks write nothing, even on a given-up key and past a whole TTL.
+        for _ in 0..2 {
+            clock_a.advance(TTL);
+            assert_eq!(standing(&a.step().await.expect("a looks")), "follow ? in 0ms");
+            assert_eq!(fake.shared(LEASE_KEY), given_up);
+            a.check("delete instance x").await.expect_err("fenced while aside");
+        }
+        // Only the holder gives it up; the standby takes it at its next look, with the
+        // next generation.
         assert!(!b.release().await.expect("b holds nothing"), "b had nothing to release");
-        assert_eq!(standing(&b.step().await.expect("b takes")), "lead #1.0");
-        assert!(matches!(Record::parse(fake.shared(LEASE_KEY).as_deref()), Record::Held(l) if l.holder == "b"));
+        assert_eq!(standing(&b.step().await.expect("b takes")), "lead #2.0");
+        assert!(matches!(Record::parse(fake.shared(LEASE_KEY).as_deref()), Record::Held(l) if l.holder == "b" && !l.released()));
+        clock_a.advance(TTL);
+        assert_eq!(standing(&a.step().await.expect("a looks")), "follow b#2 in 0ms");
+        a.rejoin();
+        assert_eq!(standing(&a.step().await.expect("a rejoins")), "follow b#2 in 30000ms");
+        assert!(!a.stand_aside().await.expect("nothing held"), "a held nothing to give up");
+        assert!(b.step().await.expect("b renews or leads").leads());
     });
 }

@@ -24,7 +24,7 @@ fn memory(record: &Record, since_ms: u64, held: Option<Held>) -> Memory {
         Record::Held(l) => l.to_value(),
         Record::Unreadable(raw) => raw.clone(),
     };
-    Memory { seen: Some((value, since_ms)), held }
+    Memory { seen: Some((value, since_ms)), held, pending: None }
 }
 
 /// The kind of decision and the (holder, generation, beat) it writes, if any.
@@ -52,10 +52,35 @@ fn decisions() {
     let b3 = Record::Held(lease("b", 3, 7));
     let a3 = Record::Held(lease("a", 3, 7));
     let junk = Record::Unreadable("by hand".to_string());
+    let b3_given_up = Record::Held(lease("b", 3, 7).given_up(2000));
+    let a3_given_up = Record::Held(lease("a", 3, 7).given_up(2000));
     // (case, record, seen since ms, held, now ms, expected)
     let table: Vec<DecisionCase> = vec![
         ("free: take generation 1", &Record::Free, 0, None, 5, "take a#1.0"),
-        ("free although a held it: take afresh", &Record::Free, 0, held(3, 0), 5, "take a#1.0"),
+        (
+            "free although a held it: above what it held",
+            &Record::Free,
+            0,
+            held(3, 0),
+            5,
+            "take a#4.0",
+        ),
+        (
+            "given up by another, just seen: taken at once",
+            &b3_given_up,
+            1_000,
+            None,
+            1_000,
+            "take a#4.0",
+        ),
+        (
+            "given up by this member: taken again, a new generation",
+            &a3_given_up,
+            0,
+            None,
+            0,
+            "take a#4.0",
+        ),
         ("another holder, just seen", &b3, 1_000, None, 1_000, "follow b#3 in 30000"),
         ("another holder, unchanged 29.999 s", &b3, 1_000, None, 30_999, "follow b#3 in 1"),
         (
@@ -79,7 +104,23 @@ fn decisions() {
         ("ours, just under the TTL: renew", &a3, 0, held(3, 0), 29_999, "renew a#3.8"),
         ("ours, past the TTL: a new generation", &a3, 0, held(3, 0), 30_000, "take a#4.0"),
         ("ours from an earlier run: a new generation", &a3, 0, None, 0, "take a#4.0"),
-        ("ours but another generation: a new one", &a3, 0, held(2, 0), 0, "take a#4.0"),
+        ("ours at an older generation: above both", &a3, 0, held(4, 0), 0, "take a#5.0"),
+        (
+            "ours at a newer generation than held: another agent named `a`: followed",
+            &a3,
+            0,
+            held(2, 0),
+            0,
+            "follow a#3 in 30000 lost",
+        ),
+        (
+            "another agent named `a` fell silent a whole TTL: taken over",
+            &a3,
+            0,
+            held(2, 0),
+            30_000,
+            "take a#4.0",
+        ),
         ("unreadable, just seen", &junk, 500, None, 500, "follow ? in 30000"),
         ("unreadable a whole TTL: take generation 1", &junk, 500, None, 30_500, "take a#1.0"),
     ];
@@ -88,6 +129,18 @@ fn decisions() {
         let got = summary(&decide(&rules("a"), record, &mem, now, 2000));
         assert_eq!(got, want, "{case}");
     }
+}
+
+/// A take whose answer was lost (it may have landed): finding it under this member's
+/// name is this agent's own lease, taken again with a new generation, not another agent
+/// of the same name to follow.
+#[test]
+fn a_take_whose_answer_was_lost_is_not_another_agent_of_the_same_name() {
+    let a3 = Record::Held(lease("a", 3, 0));
+    let mut mem = memory(&a3, 0, held(2, 0));
+    assert_eq!(summary(&decide(&rules("a"), &a3, &mem, 0, 0)), "follow a#3 in 30000 lost");
+    mem.pending = Some(3);
+    assert_eq!(summary(&decide(&rules("a"), &a3, &mem, 0, 0)), "take a#4.0");
 }
 
 #[test]
@@ -162,6 +215,7 @@ fn records() {
 #[test]
 fn the_fence() {
     let a3 = Record::Held(lease("a", 3, 7));
+    let a3_given_up = Record::Held(lease("a", 3, 7).given_up(2000));
     let (b4, a4, junk) = (
         Record::Held(lease("b", 4, 0)),
         Record::Held(lease("a", 4, 0)),
@@ -186,6 +240,13 @@ fn the_fence() {
         ),
         ("retaken by ourselves elsewhere", &a4, held(3, 0), 1, Err("generation 4")),
         ("released", &Record::Free, held(3, 0), 1, Err("released")),
+        (
+            "given up (by itself, or by a later holder)",
+            &a3_given_up,
+            held(3, 0),
+            1,
+            Err("given up by `a` (generation 3)"),
+        ),
         ("overwritten by hand", &junk, held(3, 0), 1, Err("holds `x`")),
     ];
     for (case, record, held, now, want) in table {
