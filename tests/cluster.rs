@@ -157,13 +157,16 @@ fn takeover_after_the_leaders_member_dies_and_the_mark_survives() {
     cluster(&["up"]);
     let rt = runtime().expect("runtime");
     let mark = "user.veza-agent.applied.veza-cluster-test";
+    // A value of this run's own: a member's view of the server config left over from an
+    // earlier run (Incus serves it from memory) can never make the write a no-op.
+    let value = format!("c0ffee-{}", std::process::id());
     rt.block_on(async {
         let (m1, m2) = (member(1), member(2));
         clear_lease(&m2).await;
         let a = Keeper::new(&m1, SystemClock, "veza-cl-1", TTL);
         assert!(a.step().await.expect("a takes").leads());
         // The leader records what it applied (the anti-rollback mark) through its member.
-        Fenced::new(&m1, &a).set_server_user_config(mark, Some("c0ffee")).await.expect("mark");
+        Fenced::new(&m1, &a).set_server_user_config(mark, Some(&value)).await.expect("mark");
     });
     // The leader's member dies: its incusd and, with it, its agent.
     let killed = Instant::now();
@@ -188,7 +191,7 @@ fn takeover_after_the_leaders_member_dies_and_the_mark_survives() {
             killed.elapsed()
         );
         // The new leader reads the mark the dead one wrote: it never applies older.
-        assert_eq!(m2.server_user_config(mark).await.expect("mark").as_deref(), Some("c0ffee"));
+        assert_eq!(m2.server_user_config(mark).await.expect("mark"), Some(value.clone()));
         m2.set_server_user_config(mark, None).await.expect("cleanup");
         clear_lease(&m2).await;
     });
