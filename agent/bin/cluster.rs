@@ -107,6 +107,11 @@ impl ClusterLease {
         })
     }
 
+    /// The lease's TTL.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
     /// The fence for the apply engine: pinned to the generation the run's
     /// [`ClusterLease::hold`] found.
     pub fn fence(lease: Option<&ClusterLease>) -> ClusterFence {

@@ -121,11 +121,17 @@ impl<S: SharedConfig, C: Clock> Keeper<S, C> {
                 let mut m = self.memory();
                 m.held = None;
                 m.saw(read.value.as_deref().unwrap_or(""), now);
+                // (This member's own lease, left by a release that failed, leads nothing:
+                // it expires.)
                 let leader = match record {
-                    Record::Held(l) if !l.released() => Some(l),
+                    Record::Held(l) if !l.released() && l.holder != self.rules.me => Some(l),
                     _ => None,
                 };
                 return Ok(Standing::Following { leader, expires_in: Duration::ZERO, lost: false });
+            }
+            if let Record::Held(l) = &record {
+                let mut m = self.memory();
+                m.max_generation = m.max_generation.max(l.generation);
             }
             let decision = {
                 let mut m = self.memory();

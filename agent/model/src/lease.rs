@@ -98,6 +98,9 @@ pub struct Memory {
     /// in transit, and may have landed): a record of it is this agent's, not another
     /// agent's of the same name.
     pub pending: Option<u64>,
+    /// The highest generation seen in the key: a take goes above it even after the key
+    /// was deleted or overwritten by hand.
+    pub max_generation: u64,
 }
 
 impl Memory {
@@ -168,7 +171,9 @@ pub fn decide(
     now_unix: i64,
 ) -> Decision {
     // A take raises the generation above any seen or held: never one used before.
-    let next = |seen: u64| seen.max(memory.held.map_or(0, |h| h.generation)) + 1;
+    let next = |seen: u64| {
+        seen.max(memory.held.map_or(0, |h| h.generation)).max(memory.max_generation) + 1
+    };
     let fresh = |generation: u64, since: i64| Lease {
         holder: rules.me.clone(),
         generation,

@@ -24,7 +24,7 @@ fn memory(record: &Record, since_ms: u64, held: Option<Held>) -> Memory {
         Record::Held(l) => l.to_value(),
         Record::Unreadable(raw) => raw.clone(),
     };
-    Memory { seen: Some((value, since_ms)), held, pending: None }
+    Memory { seen: Some((value, since_ms)), held, pending: None, max_generation: 0 }
 }
 
 /// The kind of decision and the (holder, generation, beat) it writes, if any.
@@ -141,6 +141,19 @@ fn a_take_whose_answer_was_lost_is_not_another_agent_of_the_same_name() {
     assert_eq!(summary(&decide(&rules("a"), &a3, &mem, 0, 0)), "follow a#3 in 30000 lost");
     mem.pending = Some(3);
     assert_eq!(summary(&decide(&rules("a"), &a3, &mem, 0, 0)), "take a#4.0");
+}
+
+/// A key deleted or overwritten by hand does not make generations start again: a take
+/// goes above the highest generation this agent saw.
+#[test]
+fn a_take_goes_above_every_generation_seen() {
+    let junk = Record::Unreadable("by hand".to_string());
+    let mut mem = memory(&Record::Free, 0, None);
+    mem.max_generation = 7;
+    assert_eq!(summary(&decide(&rules("a"), &Record::Free, &mem, 0, 0)), "take a#8.0");
+    let mut mem = memory(&junk, 0, None);
+    mem.max_generation = 7;
+    assert_eq!(summary(&decide(&rules("a"), &junk, &mem, TTL, 0)), "take a#8.0");
 }
 
 #[test]
