@@ -209,11 +209,6 @@ impl<S: SharedConfig, C: Clock> Keeper<S, C> {
         self.release().await
     }
 
-    /// Whether this agent stands aside.
-    pub fn aside(&self) -> bool {
-        self.aside.load(Ordering::SeqCst)
-    }
-
     /// Ends [`Keeper::stand_aside`]: the next look takes or renews the lease as usual.
     pub fn rejoin(&self) {
         self.aside.store(false, Ordering::SeqCst);
