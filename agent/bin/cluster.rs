@@ -107,11 +107,6 @@ impl ClusterLease {
         })
     }
 
-    /// The lease's TTL.
-    pub fn ttl(&self) -> Duration {
-        self.ttl
-    }
-
     /// The fence for the apply engine: pinned to the generation the run's
     /// [`ClusterLease::hold`] found.
     pub fn fence(lease: Option<&ClusterLease>) -> ClusterFence {
@@ -193,6 +188,16 @@ impl ClusterLease {
                 "cluster: could not give the lease up ({why}): {e}; a standby takes over once \
                  it expires"
             ),
+        }
+    }
+
+    /// Gives the lease up as this process ends (a daemon's clean stop, the end of a
+    /// one-shot `apply` or `adopt --apply`: nothing renews it afterwards), waiting at
+    /// most one TTL (a call stuck on an Incus that does not answer: the lease then
+    /// expires on its own).
+    pub async fn hand_on(&self, why: &str) {
+        if tokio::time::timeout(self.ttl, self.stand_aside(why)).await.is_err() {
+            tracing::warn!("cluster: giving the lease up took too long; it expires after its TTL");
         }
     }
 

@@ -110,12 +110,8 @@ async fn daemon(args: &RunArgs) -> anyhow::Result<()> {
     let inputs = Inputs { requests, reloads, wake, stop, max_syncs: args.max_syncs };
     drive(&mut cycle, inputs, jitter).await;
     if let Some(cluster) = &cycle.agent.cluster {
-        // A clean stop hands the lease on now rather than after its TTL; never longer than
-        // that TTL (a renewal stuck on an Incus that does not answer goes first).
-        let handed_on = cluster.stand_aside("the agent is stopping");
-        if tokio::time::timeout(cluster.ttl(), handed_on).await.is_err() {
-            tracing::warn!("cluster: giving the lease up took too long; it expires after its TTL");
-        }
+        // A clean stop hands the lease on now rather than after its TTL.
+        cluster.hand_on("the agent is stopping").await;
     }
     let _ = veza_fs::remove_if_exists(&sock);
     tracing::info!("veza-agent stopped");

@@ -219,7 +219,7 @@ pub fn build(state: AgentState, seen: Observed) -> Status {
             problems.push(format!("job {key}: {p}"));
         }
     }
-    let in_progress = running;
+    let writer_runs = running;
     let (running, interrupted) = if running { (interrupted, None) } else { (None, interrupted) };
     if let Some(i) = &interrupted {
         problems
@@ -228,7 +228,7 @@ pub fn build(state: AgentState, seen: Observed) -> Status {
     // While a run is in progress, what it owes is what it is checking now: not a problem,
     // unless the run has gone on for so long that it is more likely stuck (or its writer
     // lives on after a save that failed and left its journal).
-    let running_for_s = run_started.filter(|_| in_progress).map(|t| (now - t).max(0));
+    let running_for_s = run_started.filter(|_| writer_runs).map(|t| (now - t).max(0));
     if let Some(age) = running_for_s.filter(|a| *a >= STUCK_RUN_S) {
         problems.push(format!(
             "a sync has been applying for {} (its process still runs): if `journalctl -u \
@@ -237,14 +237,10 @@ pub fn build(state: AgentState, seen: Observed) -> Status {
             ago(age)
         ));
     }
+    // What a run owes is its checks in progress only while it runs and is not stuck.
     let stuck = running_for_s.is_some_and(|a| a >= STUCK_RUN_S);
-    let in_progress = in_progress && !stuck;
-    let checking: Vec<String> = if in_progress {
-        let edge_apps = state.unchecked_edge.iter().flat_map(|e| e.apps.iter());
-        state.unverified.keys().chain(edge_apps).cloned().collect()
-    } else {
-        Vec::new()
-    };
+    let in_progress = writer_runs && !stuck;
+    let checking = if in_progress { state.owed_apps() } else { Vec::new() };
     let owed = if in_progress { BTreeMap::new() } else { state.unverified.clone() };
     for (app, back) in &owed {
         if state.checks_failed.is_some() {

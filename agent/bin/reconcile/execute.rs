@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use veza_host::apply::{ApplyOutcome, ApplyReport, Drivers, Gates, Hooks, apply};
 use veza_host::artifact::ArtifactStore;
 use veza_plan::maintenance::Waiting;
+use veza_plan::live::LiveState;
 use veza_plan::{Action, Plan};
 use veza_state::record::{Event, history_entry, record};
 use veza_state::{AgentState, Journal, Outcome, Store};
@@ -35,6 +36,50 @@ pub(super) struct Planned<'a> {
     pub waiting_changed: bool,
     /// When the run started (unix milliseconds), as its run record will say.
     pub started_ms: i64,
+}
+
+/// The end of a sync whose commit is quarantined: nothing is planned. A killed run's
+/// rollback whose fallback landed (`reason` not recorded yet) is recorded now, with its
+/// history entry and the apps its switch left owed, with or without a color to go back
+/// to; an owed check whose fallback landed owes nothing any more. `interrupted`: a killed
+/// run's journal was taken into this state (cleared once it is saved).
+pub(super) fn quarantined(
+    state: &mut AgentState,
+    source: &Source,
+    live: &LiveState,
+    reason: String,
+    interrupted: bool,
+    now: i64,
+) -> End {
+    let recorded = state.quarantined.contains_key(&source.commit);
+    let mut history = None;
+    if !recorded {
+        let promotions = state
+            .owed_apps()
+            .iter()
+            .filter_map(|k| k.split_once('/'))
+            .map(|(env, app)| (env.to_string(), app.to_string()))
+            .collect();
+        let commit = source.commit.clone();
+        record(state, Event::RolledBack { commit, reason: reason.clone(), promotions, at: now });
+        history = Some(history_entry(
+            state,
+            &source.commit,
+            &source.signer,
+            Outcome::RolledBack,
+            Some(reason.clone()),
+        ));
+    }
+    record(state, Event::Unverified(unverified::still_owed(&state.unverified, live)));
+    let edge = unverified::edge_still_owed(state.unchecked_edge.as_ref(), live);
+    record(state, Event::UncheckedEdge(edge));
+    // Rolled back by an earlier run, this one did nothing (unless it is the killed run's
+    // rollback, recorded just now).
+    let outcome = if recorded { Outcome::Quarantined } else { Outcome::RolledBack };
+    let mut end = End::new(outcome, Some(source.commit.clone()), Some(reason));
+    end.history = history;
+    end.journaled = interrupted;
+    end
 }
 
 impl Agent {

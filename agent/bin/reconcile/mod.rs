@@ -18,7 +18,7 @@ use veza_model::config::{HostConfig, Mode};
 use veza_plan::live::LiveState;
 use veza_plan::{Plan, PlanOptions};
 use veza_source::fetch::Forge;
-use veza_state::record::{Event, history_entry, record};
+use veza_state::record::{Event, record};
 use veza_state::{AgentState, HistoryEntry, Journal, Outcome, RunRecord, Store};
 
 use crate::edge::EdgeRuntime;
@@ -38,7 +38,7 @@ mod windows;
 
 pub use accept::{Source, SourceProblem};
 pub use adopt::AdoptionReport;
-use execute::Planned;
+use execute::{Planned, quarantined};
 pub use load::load_config;
 use observe::failing_jobs;
 pub use preview::preview_line;
@@ -351,52 +351,8 @@ impl Agent {
             let (plan, released) = match self.plan_for(state, &source, &reading.live, at) {
                 Ok(Decision::Plan(p, released)) => (p, released),
                 Ok(Decision::Quarantined(reason)) => {
-                    let recorded = state.quarantined.contains_key(&source.commit);
-                    let mut history = None;
-                    if !recorded {
-                        // A killed run's rollback, recorded now (its fallback landed): the
-                        // apps its switch left owed, with or without a color to go back to.
-                        let edge_apps = state.unchecked_edge.iter().flat_map(|e| &e.apps);
-                        let promotions = state
-                            .unverified
-                            .keys()
-                            .chain(edge_apps)
-                            .filter_map(|k| k.split_once('/'))
-                            .map(|(env, app)| (env.to_string(), app.to_string()))
-                            .collect::<std::collections::BTreeSet<_>>()
-                            .into_iter()
-                            .collect();
-                        record(
-                            state,
-                            Event::RolledBack {
-                                commit: source.commit.clone(),
-                                reason: reason.clone(),
-                                promotions,
-                                at: now,
-                            },
-                        );
-                        history = Some(history_entry(
-                            state,
-                            &source.commit,
-                            &source.signer,
-                            Outcome::RolledBack,
-                            Some(reason.clone()),
-                        ));
-                    }
-                    // Nothing is planned: an owed check whose fallback landed owes nothing.
-                    let owed = unverified::still_owed(&state.unverified, &reading.live);
-                    record(state, Event::Unverified(owed));
-                    let edge =
-                        unverified::edge_still_owed(state.unchecked_edge.as_ref(), &reading.live);
-                    record(state, Event::UncheckedEdge(edge));
-                    // Rolled back by an earlier run: this one did nothing (unless it is
-                    // the killed run's rollback, recorded just now).
-                    let outcome = if recorded { Outcome::Quarantined } else { Outcome::RolledBack };
-                    let mut end = End::new(outcome, commit, Some(reason));
-                    end.history = history;
-                    // A killed run's journal is taken into this state: cleared once saved.
-                    end.journaled = interrupted.is_some();
-                    return end;
+                    let interrupted = interrupted.is_some();
+                    return quarantined(state, &source, &reading.live, reason, interrupted, now);
                 }
                 Err(e) => return End::new(Outcome::Failed, commit, Some(format!("plan: {e}"))),
             };

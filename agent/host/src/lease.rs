@@ -221,13 +221,14 @@ impl<S: SharedConfig, C: Clock> Keeper<S, C> {
     /// it was given up.
     pub async fn release(&self) -> Result<bool> {
         let _turn = self.turn.lock().await;
-        let held = self.memory().held.take();
+        // Holding nothing (a member that stays aside, sync after sync): nothing to ask.
+        let Some(held) = self.memory().held.take() else { return Ok(false) };
         for _ in 0..ATTEMPTS {
             let read = self.store.shared_user_config(LEASE_KEY).await?;
-            let lease = match (Record::parse(read.value.as_deref()), held) {
-                (Record::Held(l), Some(h))
+            let lease = match Record::parse(read.value.as_deref()) {
+                Record::Held(l)
                     if l.holder == self.rules.me
-                        && l.generation == h.generation
+                        && l.generation == held.generation
                         && !l.released() =>
                 {
                     l

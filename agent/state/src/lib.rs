@@ -408,6 +408,15 @@ impl AgentState {
         }
     }
 
+    /// The apps whose checks through the edge a run left owed, `env/app`, sorted and once
+    /// each: those with a color to go back to ([`AgentState::unverified`]) and those an
+    /// unchecked edge switch gave traffic ([`AgentState::unchecked_edge`]).
+    pub fn owed_apps(&self) -> Vec<String> {
+        let edge = self.unchecked_edge.iter().flat_map(|e| e.apps.iter());
+        let apps: std::collections::BTreeSet<&String> = self.unverified.keys().chain(edge).collect();
+        apps.into_iter().cloned().collect()
+    }
+
     /// The commit every new tip must descend from (the anti-rollback base): the newest
     /// attempted one, else the last applied one.
     pub fn high_water(&self) -> Option<&str> {

@@ -121,7 +121,7 @@ fn a_journal_is_a_run_in_progress_while_its_writer_runs() {
     let s = build(owing.clone(), running.clone());
     assert_eq!(s.health, "ok", "{:?}", s.problems);
     assert!(
-        render(&s, 2000).contains("running:  a sync is applying now (for 2m), at `deploy release 2222222222 to veza-web-green`; checking through the edge: prod/web, prod/api"),
+        render(&s, 2000).contains("running:  a sync is applying now (for 2m), at `deploy release 2222222222 to veza-web-green`; checking through the edge: prod/api, prod/web"),
         "{}",
         render(&s, 2000)
     );

@@ -233,6 +233,12 @@ fn a_leader_standing_aside_gives_the_lease_up_until_it_rejoins() {
         fake.set_shared(LEASE_KEY, None);
         assert_eq!(standing(&b.step().await.expect("b takes")), "lead #4.0");
         assert!(b.release().await.expect("b gives it up"));
+        // a still thinks it holds generation 3 (it has not looked since): it reads the
+        // lease and finds nothing of its own to give up.
         assert!(!a.stand_aside().await.expect("nothing held"), "a held nothing to give up");
+        // A member that stays aside, sync after sync, holds nothing: it asks nothing.
+        fake.take_calls();
+        assert!(!a.stand_aside().await.expect("nothing held"), "still nothing");
+        assert_eq!(fake.take_calls(), Vec::<String>::new(), "no request for a lease not held");
     });
 }
