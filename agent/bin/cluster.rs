@@ -191,10 +191,10 @@ impl ClusterLease {
         }
     }
 
-    /// Gives the lease up as this process ends (a daemon's clean stop, the end of a
-    /// one-shot `apply` or `adopt --apply`: nothing renews it afterwards), waiting at
-    /// most one TTL (a call stuck on an Incus that does not answer: the lease then
-    /// expires on its own).
+    /// Gives the lease up as the daemon stops cleanly, waiting at most one TTL (a call
+    /// stuck on an Incus that does not answer: the lease then expires on its own). A
+    /// one-shot `apply` keeps the lease it took until its TTL: another member's one-shot
+    /// run within that time stands by, so one-shot runs do not take turns.
     pub async fn hand_on(&self, why: &str) {
         if tokio::time::timeout(self.ttl, self.stand_aside(why)).await.is_err() {
             tracing::warn!("cluster: giving the lease up took too long; it expires after its TTL");

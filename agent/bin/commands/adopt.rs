@@ -135,196 +135,183 @@ pub fn run(args: &AdoptArgs) -> ExitCode {
         return ExitCode::from(2);
     }
     with_agent(&args.config, |agent| async move {
-        let code = adopt(&agent, args, reason, uid).await;
-        // On a cluster, nothing renews the lease the adoption took once this process
-        // ends: a standby (or this member's daemon) takes it at its next look.
+        let started = Instant::now();
+        // With --apply, the host lock first: nothing else applies between the report and
+        // the marks.
+        let store = if args.apply {
+            match Store::open(&agent.state_dir()) {
+                Ok(s) => Some(s),
+                Err(e @ StateError::Locked { .. }) => {
+                    return fail(
+                        &anyhow::anyhow!(
+                            "{e} (hint: stop the daemon first, `systemctl stop veza-agent`)"
+                        ),
+                        1,
+                    );
+                }
+                Err(e) => return fail(&e.into(), 1),
+            }
+        } else {
+            None
+        };
+        // On a cluster, only the member holding the lease adopts (as it applies).
         if args.apply
             && let Some(cluster) = &agent.cluster
+            && let Some(why) = cluster.hold().await
         {
-            cluster.hand_on("an adoption ended").await;
+            return fail(
+                &anyhow::anyhow!(
+                    "not adopted: {why} (hint: a stopped or suspended agent gives the lease \
+                     up: suspend the other members' agents first (`veza-agent suspend`, then \
+                     `veza-agent sync` there), stop this member's daemon, adopt, start it \
+                     again, then resume the others)"
+                ),
+                1,
+            );
         }
-        code
-    })
-}
-
-/// The adoption report, and with `--apply` the adoption, under the host lock.
-async fn adopt(agent: &Agent, args: &AdoptArgs, reason: &str, uid: Option<u32>) -> ExitCode {
-    let started = Instant::now();
-    // With --apply, the host lock first: nothing else applies between the report and
-    // the marks.
-    let store = if args.apply {
-        match Store::open(&agent.state_dir()) {
-            Ok(s) => Some(s),
-            Err(e @ StateError::Locked { .. }) => {
-                return fail(
-                    &anyhow::anyhow!(
-                        "{e} (hint: stop the daemon first, `systemctl stop veza-agent`)"
-                    ),
-                    1,
-                );
+        let reader = Reader::new(&agent.state_dir());
+        let loaded = match &store {
+            // Saved below (the adopted commit becomes the anti-rollback base): a corrupt
+            // file is moved aside first, as a sync does, never overwritten unread.
+            Some(store) => store.load_or_recover().map(|(s, recovered)| {
+                if let Some(e) = recovered {
+                    eprintln!("warning: {e}");
+                }
+                s
+            }),
+            None => reader.load(),
+        };
+        let mut state = match loaded {
+            Ok(s) => s,
+            Err(e @ StateError::TooNew { .. }) => return fail(&e.into(), 1),
+            Err(e) if store.is_some() => return fail(&e.into(), 1),
+            Err(_) => AgentState::default(),
+        };
+        // A killed run's journal holds what it owes and its commit, as for `plan`.
+        let journal = state.unfinished(reader.journal());
+        state.take_owed_from(journal.as_ref());
+        let (source, live, r) = match report(&agent, &state).await {
+            Ok(x) => x,
+            Err(code) => return code,
+        };
+        let ms = started.elapsed().as_millis();
+        let a = &r.adoption;
+        let Some(store) = store else {
+            if args.json {
+                outln!("{}", json(&source, &r, ms, None));
+            } else {
+                print_text(&source, &r, ms);
             }
-            Err(e) => return fail(&e.into(), 1),
-        }
-    } else {
-        None
-    };
-    // On a cluster, only the member holding the lease adopts (as it applies).
-    if args.apply
-        && let Some(cluster) = &agent.cluster
-        && let Some(why) = cluster.hold().await
-    {
-        return fail(
-            &anyhow::anyhow!(
-                "not adopted: {why} (hint: a stopped or suspended agent gives the lease \
-                 up: suspend the other members' agents first (`veza-agent suspend`, then \
-                 `veza-agent sync` there), stop this member's daemon, adopt, start it \
-                 again, then resume the others)"
-            ),
-            1,
-        );
-    }
-    let reader = Reader::new(&agent.state_dir());
-    let loaded = match &store {
-        // Saved below (the adopted commit becomes the anti-rollback base): a corrupt
-        // file is moved aside first, as a sync does, never overwritten unread.
-        Some(store) => store.load_or_recover().map(|(s, recovered)| {
-            if let Some(e) = recovered {
-                eprintln!("warning: {e}");
-            }
-            s
-        }),
-        None => reader.load(),
-    };
-    let mut state = match loaded {
-        Ok(s) => s,
-        Err(e @ StateError::TooNew { .. }) => return fail(&e.into(), 1),
-        Err(e) if store.is_some() => return fail(&e.into(), 1),
-        Err(_) => AgentState::default(),
-    };
-    // A killed run's journal holds what it owes and its commit, as for `plan`.
-    let journal = state.unfinished(reader.journal());
-    state.take_owed_from(journal.as_ref());
-    let (source, live, r) = match report(&agent, &state).await {
-        Ok(x) => x,
-        Err(code) => return code,
-    };
-    let ms = started.elapsed().as_millis();
-    let a = &r.adoption;
-    let Some(store) = store else {
-        if args.json {
-            outln!("{}", json(&source, &r, ms, None));
-        } else {
+            return if a.blocked() {
+                ExitCode::from(1)
+            } else if a.pending() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        };
+        if !args.json {
             print_text(&source, &r, ms);
         }
-        return if a.blocked() {
-            ExitCode::from(1)
-        } else if a.pending() {
-            ExitCode::from(2)
-        } else {
-            ExitCode::SUCCESS
-        };
-    };
-    if !args.json {
-        print_text(&source, &r, ms);
-    }
-    if a.blocked() {
-        if args.json {
-            outln!("{}", json(&source, &r, ms, None));
-        }
-        eprintln!(
-            "adopt: refused, nothing changed: {} conflict(s), {} refusal(s) (listed above); resolve them, then adopt again",
-            a.count(veza_plan::adopt::AdoptState::Conflict),
-            a.refusals.len()
-        );
-        return ExitCode::from(1);
-    }
-    if !a.pending() {
-        if args.json {
-            outln!("{}", json(&source, &r, ms, Some(serde_json::json!({}))));
-        } else {
-            outln!("nothing to adopt");
-        }
-        return ExitCode::SUCCESS;
-    }
-    if !args.yes {
-        match confirm(a) {
-            None => {
-                eprintln!(
-                    "error: adopt --apply asks for confirmation on a terminal; pass --yes to adopt without asking"
-                );
-                return ExitCode::from(2);
+        if a.blocked() {
+            if args.json {
+                outln!("{}", json(&source, &r, ms, None));
             }
-            Some(false) => {
-                eprintln!("not adopted: nothing changed");
-                return ExitCode::FAILURE;
-            }
-            Some(true) => {}
-        }
-    }
-    // The adopted commit's marks and units land now: from here on only its descendants
-    // are accepted, as after an apply that began (state file and Incus mark).
-    if state.applied.as_ref().is_none_or(|c| c.commit != source.commit) {
-        record(&mut state, Event::Attempted { commit: source.commit.clone() });
-        if let Err(e) = store.save(&state) {
-            let e = anyhow::anyhow!(
-                "not adopted, nothing changed: recording the commit failed: {e}"
+            eprintln!(
+                "adopt: refused, nothing changed: {} conflict(s), {} refusal(s) (listed above); resolve them, then adopt again",
+                a.count(veza_plan::adopt::AdoptState::Conflict),
+                a.refusals.len()
             );
-            return fail(&e, 1);
+            return ExitCode::from(1);
         }
-        if let Err(e) = agent.mirror_high_water(&source.commit).await {
-            eprintln!("warning: {e}");
-        }
-    }
-    let applied = Instant::now();
-    let result = agent.adopt(&source, a, &live).await;
-    let (done, error) = match &result {
-        Ok(d) => (d.clone(), None),
-        Err(f) => (f.done.clone(), Some(f.error.clone())),
-    };
-    let items: Vec<String> = done
-        .profiles
-        .iter()
-        .map(|p| format!("profile {p}"))
-        .chain(done.instances.iter().map(|i| format!("instance {i}")))
-        .chain(done.timers.iter().map(|t| format!("timer {t}")))
-        .collect();
-    let by = format!("{} (uid {})", who(), uid.unwrap_or(u32::MAX));
-    let event = Event::Adopted {
-        commit: source.commit.clone(),
-        by: by.clone(),
-        reason: reason.to_string(),
-        done: items,
-        error: error.clone(),
-    };
-    if let Some(mut entry) = record(&mut state, event) {
-        entry.at_ms = chrono::Utc::now().timestamp_millis();
-        entry.duration_ms = applied.elapsed().as_millis() as u64;
-        if let Err(e) = store.append_history(&entry) {
-            eprintln!("warning: the history could not record the adoption: {e}");
-        }
-    }
-    let apply_ms = applied.elapsed().as_millis();
-    if args.json {
-        let mut d = serde_json::to_value(&done).unwrap_or_default();
-        if let (Some(obj), Some(e)) = (d.as_object_mut(), &error) {
-            obj.insert("error".to_string(), serde_json::json!(e));
-        }
-        if let Some(obj) = d.as_object_mut() {
-            obj.insert("duration_ms".to_string(), serde_json::json!(apply_ms));
-        }
-        outln!("{}", json(&source, &r, ms, Some(d)));
-    }
-    match error {
-        None => {
-            if !args.json {
-                outln!("adopted by {by}: {done} replaced ({apply_ms} ms)");
+        if !a.pending() {
+            if args.json {
+                outln!("{}", json(&source, &r, ms, Some(serde_json::json!({}))));
+            } else {
+                outln!("nothing to adopt");
             }
-            ExitCode::SUCCESS
+            return ExitCode::SUCCESS;
         }
-        Some(e) => {
-            eprintln!("adopt: stopped part-way: {e}");
-            eprintln!("  done before it stopped (recorded in the history): {done}");
-            ExitCode::FAILURE
+        if !args.yes {
+            match confirm(a) {
+                None => {
+                    eprintln!(
+                        "error: adopt --apply asks for confirmation on a terminal; pass --yes to adopt without asking"
+                    );
+                    return ExitCode::from(2);
+                }
+                Some(false) => {
+                    eprintln!("not adopted: nothing changed");
+                    return ExitCode::FAILURE;
+                }
+                Some(true) => {}
+            }
         }
-    }
+        // The adopted commit's marks and units land now: from here on only its descendants
+        // are accepted, as after an apply that began (state file and Incus mark).
+        if state.applied.as_ref().is_none_or(|c| c.commit != source.commit) {
+            record(&mut state, Event::Attempted { commit: source.commit.clone() });
+            if let Err(e) = store.save(&state) {
+                let e = anyhow::anyhow!(
+                    "not adopted, nothing changed: recording the commit failed: {e}"
+                );
+                return fail(&e, 1);
+            }
+            if let Err(e) = agent.mirror_high_water(&source.commit).await {
+                eprintln!("warning: {e}");
+            }
+        }
+        let applied = Instant::now();
+        let result = agent.adopt(&source, a, &live).await;
+        let (done, error) = match &result {
+            Ok(d) => (d.clone(), None),
+            Err(f) => (f.done.clone(), Some(f.error.clone())),
+        };
+        let items: Vec<String> = done
+            .profiles
+            .iter()
+            .map(|p| format!("profile {p}"))
+            .chain(done.instances.iter().map(|i| format!("instance {i}")))
+            .chain(done.timers.iter().map(|t| format!("timer {t}")))
+            .collect();
+        let by = format!("{} (uid {})", who(), uid.unwrap_or(u32::MAX));
+        let event = Event::Adopted {
+            commit: source.commit.clone(),
+            by: by.clone(),
+            reason: reason.to_string(),
+            done: items,
+            error: error.clone(),
+        };
+        if let Some(mut entry) = record(&mut state, event) {
+            entry.at_ms = chrono::Utc::now().timestamp_millis();
+            entry.duration_ms = applied.elapsed().as_millis() as u64;
+            if let Err(e) = store.append_history(&entry) {
+                eprintln!("warning: the history could not record the adoption: {e}");
+            }
+        }
+        let apply_ms = applied.elapsed().as_millis();
+        if args.json {
+            let mut d = serde_json::to_value(&done).unwrap_or_default();
+            if let (Some(obj), Some(e)) = (d.as_object_mut(), &error) {
+                obj.insert("error".to_string(), serde_json::json!(e));
+            }
+            if let Some(obj) = d.as_object_mut() {
+                obj.insert("duration_ms".to_string(), serde_json::json!(apply_ms));
+            }
+            outln!("{}", json(&source, &r, ms, Some(d)));
+        }
+        match error {
+            None => {
+                if !args.json {
+                    outln!("adopted by {by}: {done} replaced ({apply_ms} ms)");
+                }
+                ExitCode::SUCCESS
+            }
+            Some(e) => {
+                eprintln!("adopt: stopped part-way: {e}");
+                eprintln!("  done before it stopped (recorded in the history): {done}");
+                ExitCode::FAILURE
+            }
+        }
+    })
 }

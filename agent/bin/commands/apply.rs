@@ -5,8 +5,7 @@
 //! or in report mode and the plan was not applied, or when steps wait for a maintenance
 //! window (what may run now ran). `--now` (root) runs those steps at once, recorded in
 //! the history with who asked. With `previews.enabled`, the PR previews follow (one more
-//! line; the exit code is the sync's). On a cluster member, the lease it took is given
-//! up before it exits.
+//! line; the exit code is the sync's).
 
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
@@ -40,13 +39,7 @@ pub fn run(args: &ApplyArgs) -> ExitCode {
             Err(e) => return fail(&e.into(), 1),
         };
         let stop = AtomicBool::new(false);
-        let synced = agent.sync(&store, &stop, run_now_by).await;
-        // Nothing renews the lease once this process ends: a standby (or this member's
-        // daemon) takes it at its next look rather than after a TTL.
-        if let Some(cluster) = &agent.cluster {
-            cluster.hand_on("a one-shot apply ended").await;
-        }
-        match synced {
+        match agent.sync(&store, &stop, run_now_by).await {
             Ok(summary) => {
                 outln!("{summary}");
                 // PR previews after the outcome is out; they never change the exit code.
