@@ -14,9 +14,8 @@ use std::time::{Duration, Instant};
 use veza_host::clock::SystemClock;
 use veza_host::incus::{
     ClientOptions, Incus, IncusClient, IncusError, SharedConfig, Transport, runtime,
-    set_shared_user_config,
 };
-use veza_host::lease::{Fence, Fenced, Keeper, Standing};
+use veza_host::lease::{Fenced, Keeper, Standing};
 use veza_host::process::Cmd;
 use veza_model::lease::{LEASE_KEY, Record};
 
@@ -166,10 +165,8 @@ fn takeover_after_the_leaders_member_dies_and_the_mark_survives() {
         clear_lease(&m2).await;
         let a = Keeper::new(&m1, SystemClock, "veza-cl-1", TTL);
         assert!(a.step().await.expect("a takes").leads());
-        // The leader records what it applied (the anti-rollback mark) through its member,
-        // in the `default` project's config, as the agent does.
-        a.check("set the mark").await.expect("the leader");
-        set_shared_user_config(&m1, mark, Some(&value)).await.expect("mark");
+        // The leader records what it applied (the anti-rollback mark) through its member.
+        Fenced::new(&m1, &a).set_server_user_config(mark, Some(&value)).await.expect("mark");
     });
     // The leader's member dies: its incusd and, with it, its agent.
     let killed = Instant::now();
@@ -194,9 +191,8 @@ fn takeover_after_the_leaders_member_dies_and_the_mark_survives() {
             killed.elapsed()
         );
         // The new leader reads the mark the dead one wrote: it never applies older.
-        let read = m2.shared_user_config(mark).await.expect("mark");
-        assert_eq!(read.value, Some(value.clone()));
-        set_shared_user_config(&m2, mark, None).await.expect("cleanup");
+        assert_eq!(m2.server_user_config(mark).await.expect("mark"), Some(value.clone()));
+        m2.set_server_user_config(mark, None).await.expect("cleanup");
         clear_lease(&m2).await;
     });
     cluster(&["start", "1"]);
@@ -233,7 +229,7 @@ impl Fixture {
             if m2.profile(PROFILE).await.expect("read").is_some() {
                 delete_profile();
             }
-            clear_mark(&m2).await;
+            m2.set_server_user_config(&mark_key(), None).await.expect("clear the mark");
             clear_lease(&m2).await;
         });
         let dir = tempfile::tempdir().expect("tempdir");
@@ -305,7 +301,7 @@ fn restore() {
     cluster(&["up"]);
     runtime().expect("runtime").block_on(async {
         let m2 = member(2);
-            clear_mark(&m2).await;
+        m2.set_server_user_config(&mark_key(), None).await.expect("clear the mark");
         clear_lease(&m2).await;
         if m2.profile(PROFILE).await.expect("read").is_some() {
             delete_profile();
@@ -323,13 +319,7 @@ fn step_of(n: u8) -> Option<String> {
 fn mark_via(n: u8) -> Option<String> {
     runtime()
         .expect("runtime")
-        .block_on(async { member(n).shared_user_config(&mark_key()).await.expect("mark").value })
-}
-
-/// Removes the agent's anti-rollback mark, and one where agents before 2026-12 kept it.
-async fn clear_mark(via: &IncusClient) {
-    set_shared_user_config(via, &mark_key(), None).await.expect("clear the mark");
-    via.set_server_user_config(&mark_key(), None).await.expect("clear the old mark");
+        .block_on(async { member(n).server_user_config(&mark_key()).await.expect("mark") })
 }
 
 #[test]

@@ -58,12 +58,6 @@ fn serving_blue() -> DemoHost {
     h
 }
 
-/// `incus ARGS`' output, trimmed.
-fn incus(args: &[&str]) -> String {
-    let out = veza_host::process::Cmd::new("incus").args(args.iter().copied()).run_stdout();
-    out.unwrap_or_else(|e| panic!("incus {args:?}: {e}")).trim().to_string()
-}
-
 fn incus_config(name: &str) -> String {
     veza_host::process::Cmd::new("incus")
         .args(["config", "show", name])
@@ -173,23 +167,11 @@ fn force_push_to_an_older_commit_is_refused_even_after_the_state_dir_is_wiped() 
     let (code, out, _) = agent(&h, &["apply"]);
     assert_eq!(code, 1, "{out}");
     assert!(out.starts_with("rejected"), "{out}");
-    // The mark in the `default` project's config; one in the server config, where agents
-    // before 2026-12 kept it, is still read when the project holds none.
-    let key = format!("user.veza-agent.applied.{}", h.env);
-    assert_eq!(incus(&["project", "get", "default", &key]), b);
-    incus(&["project", "unset", "default", &key]);
-    incus(&["config", "set", &key, &b]);
-    let (code, out, _) = agent(&h, &["apply"]);
-    assert_eq!(code, 1, "{out}");
-    assert!(out.starts_with("rejected"), "the old place's mark refuses A too: {out}");
 
     // C fails part-way (green is created, then its artifact's digest does not match):
     // part of it landed, so the forge may not serve B again to undo that.
     h.repo.force_reset(&b).unwrap();
     apply_ok(&h);
-    // Written again in the project, and the old place's mark removed.
-    assert_eq!(incus(&["project", "get", "default", &key]), b);
-    assert_eq!(incus(&["config", "get", &key]), "");
     let broken =
         h.manifest("blue", Some(0), Some(1)).replace(&h.releases[1].sha256, &"0".repeat(64));
     h.commit(&broken, "C: green with a wrong digest").unwrap();
@@ -508,7 +490,7 @@ impl MinimalExample {
                 .output();
         }
         let _ = veza_host::process::Cmd::new("incus")
-            .args(["project", "unset", "default", "user.veza-agent.applied.localhost"])
+            .args(["config", "unset", "user.veza-agent.applied.localhost"])
             .timeout(Duration::from_secs(30))
             .output();
     }

@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
+use veza_host::incus::Incus;
 use veza_model::Manifest;
 use veza_model::config::HostConfig;
 use veza_secrets::Identities;
@@ -168,7 +169,7 @@ impl Agent {
         let applied = match state.high_water().map(str::to_string) {
             Some(local) if c.cluster.is_none() => Some(local),
             local => {
-                let mark = self.read_high_water().await.map_err(|e| {
+                let mark = self.incus.server_user_config(&key).await.map_err(|e| {
                     SourceProblem::Failed(format!(
                         "cannot read the anti-rollback mark `{key}` from Incus ({e}), and {}: \
                          refusing to use {commit} unchecked (hint: is incusd running? `incus info`)",

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use futures_util::future::join_all;
-use veza_host::incus::{Incus, Scope, SharedConfig};
+use veza_host::incus::{Incus, Scope};
 use veza_host::systemd::Units;
 use veza_model::Manifest;
 use veza_model::live::{LiveState, UnitTarget};
@@ -66,40 +66,21 @@ impl Agent {
         Ok(state)
     }
 
-    /// Reads the anti-rollback mark from Incus: the `default` project's config (read from
-    /// the cluster database at every request), else the server config, where agents
-    /// before 2026-12 kept it (each member answers that one from memory: a member that
-    /// missed a change could answer an older mark).
-    pub(crate) async fn read_high_water(&self) -> veza_host::incus::Result<Option<String>> {
-        let key = high_water_key(&self.config.host);
-        match self.incus.shared_user_config(&key).await?.value {
-            Some(mark) => Ok(Some(mark)),
-            None => self.incus.server_user_config(&key).await,
-        }
-    }
-
     /// Mirrors the anti-rollback mark into Incus (`commit`: the newest applied, or
     /// attempted, commit), so a wiped state directory does not reopen older commits.
     /// `Err` when it could not be written, the lease refusing it included (a standby
     /// leaves it to the leader; a leader whose lease lapsed must not apply): on a cluster
-    /// the mark is what every member checks against. A mark in the old place (the server
-    /// config) is removed once the new one is written: resetting the mark by hand is then
-    /// one `incus project unset`.
+    /// the mark is what every member checks against.
     pub(crate) async fn mirror_high_water(&self, commit: &str) -> Result<(), String> {
         let key = high_water_key(&self.config.host);
-        let read = self.incus.shared_user_config(&key).await;
-        if read.ok().and_then(|r| r.value).as_deref() == Some(commit) {
-            return Ok(());
-        }
-        let fence = crate::cluster::ClusterLease::fence(self.cluster.as_ref());
-        let written = async {
-            veza_host::lease::Fence::check(&fence, &format!("set project config {key}")).await?;
-            veza_host::incus::set_shared_user_config(&self.incus, &key, Some(commit)).await?;
-            veza_host::lease::Fenced::new(&self.incus, &fence)
-                .set_server_user_config(&key, None)
-                .await
-        };
-        if let Err(e) = written.await {
+        if self.incus.server_user_config(&key).await.ok().flatten().as_deref() != Some(commit)
+            && let Err(e) = veza_host::lease::Fenced::new(
+                &self.incus,
+                &crate::cluster::ClusterLease::fence(self.cluster.as_ref()),
+            )
+            .set_server_user_config(&key, Some(commit))
+            .await
+        {
             // A cluster's standby leaves the mark to the leader.
             if matches!(e, veza_host::incus::IncusError::Fenced { .. }) {
                 tracing::debug!("high-water mark left to the cluster's leader: {e}");

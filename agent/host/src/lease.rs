@@ -194,7 +194,7 @@ impl<S: SharedConfig, C: Clock> Keeper<S, C> {
             return Ok(Standing::Leading(lease));
         }
         Err(IncusError::Conflict {
-            kind: crate::incus::ResourceKind::SharedConfig,
+            kind: crate::incus::ResourceKind::ServerConfig,
             name: LEASE_KEY.to_string(),
             attempts: ATTEMPTS as u32,
         })
@@ -243,7 +243,7 @@ impl<S: SharedConfig, C: Clock> Keeper<S, C> {
             }
         }
         Err(IncusError::Conflict {
-            kind: crate::incus::ResourceKind::SharedConfig,
+            kind: crate::incus::ResourceKind::ServerConfig,
             name: LEASE_KEY.to_string(),
             attempts: ATTEMPTS as u32,
         })

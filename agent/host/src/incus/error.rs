@@ -14,7 +14,6 @@ pub enum ResourceKind {
     Snapshot,
     File,
     ServerConfig,
-    SharedConfig,
 }
 
 impl fmt::Display for ResourceKind {
@@ -26,7 +25,6 @@ impl fmt::Display for ResourceKind {
             ResourceKind::Snapshot => "snapshot",
             ResourceKind::File => "file",
             ResourceKind::ServerConfig => "server config key",
-            ResourceKind::SharedConfig => "config key of project `default`",
         })
     }
 }
