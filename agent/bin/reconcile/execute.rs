@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use veza_host::apply::{ApplyOutcome, ApplyReport, Drivers, Gates, Hooks, apply};
 use veza_host::artifact::ArtifactStore;
-use veza_plan::maintenance::Waiting;
 use veza_plan::live::LiveState;
+use veza_plan::maintenance::Waiting;
 use veza_plan::{Action, Plan};
 use veza_state::record::{Event, history_entry, record};
 use veza_state::{AgentState, Journal, Outcome, Store};

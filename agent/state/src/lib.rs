@@ -413,7 +413,8 @@ impl AgentState {
     /// unchecked edge switch gave traffic ([`AgentState::unchecked_edge`]).
     pub fn owed_apps(&self) -> Vec<String> {
         let edge = self.unchecked_edge.iter().flat_map(|e| e.apps.iter());
-        let apps: std::collections::BTreeSet<&String> = self.unverified.keys().chain(edge).collect();
+        let apps: std::collections::BTreeSet<&String> =
+            self.unverified.keys().chain(edge).collect();
         apps.into_iter().cloned().collect()
     }
 
