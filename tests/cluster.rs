@@ -211,6 +211,11 @@ fn mark_key() -> String {
     format!("user.veza-agent.applied.{HOST}")
 }
 
+/// The cluster's record of the checks through the edge this host's leader owes.
+fn owed_key() -> String {
+    format!("user.veza-agent.owed.{HOST}")
+}
+
 /// A signed manifests repository served over smart HTTP whose one manifest declares the
 /// profile `vt-cluster-profile` with `user.step`, and a configuration per member.
 struct Fixture {
@@ -230,6 +235,7 @@ impl Fixture {
                 delete_profile();
             }
             m2.set_server_user_config(&mark_key(), None).await.expect("clear the mark");
+            m2.set_server_user_config(&owed_key(), None).await.expect("clear the owed");
             clear_lease(&m2).await;
         });
         let dir = tempfile::tempdir().expect("tempdir");
@@ -302,6 +308,7 @@ fn restore() {
     runtime().expect("runtime").block_on(async {
         let m2 = member(2);
         m2.set_server_user_config(&mark_key(), None).await.expect("clear the mark");
+        m2.set_server_user_config(&owed_key(), None).await.expect("clear the owed");
         clear_lease(&m2).await;
         if m2.profile(PROFILE).await.expect("read").is_some() {
             delete_profile();
@@ -783,6 +790,71 @@ fn placement_and_a_member_lost_during_a_promotion() {
     let r = agent(&a, &["apply"]);
     assert_eq!(r.code, 0, "{r}");
     assert_eq!(served_release().as_deref(), Some(R2), "green serves");
+    assert_eq!(owed_via(2), None, "nothing owed after a checked promotion");
+
+    leader_killed_during_checks_the_next_leader_checks_again(&p);
     delete_placed();
     restore();
+}
+
+/// The leader's agent is killed (-9) during the checks through the edge of its promotion
+/// back to blue; blue then breaks. Member 2's agent, leading next with a state of its own,
+/// finds the switch owed in the cluster (shared before the switch), checks blue through
+/// the edge again and puts green back: a color nobody checked does not go on serving.
+fn leader_killed_during_checks_the_next_leader_checks_again(p: &Placement) {
+    // Long checks (400 requests through the edge), so that the kill lands in them.
+    let a = p.f.config(1, "promotion: {health_timeout: 8s, verify_requests: 400}\n");
+    p.commit("blue", Some(None));
+    let journal = p.f.state_dir(1).join("journal.json");
+    let log = p.f.dir.path().join("apply-killed.log");
+    let pid =
+        veza_testkit::cli::spawn(Path::new(env!("CARGO_BIN_EXE_veza-agent")), &a, "apply", &log);
+    let start = Instant::now();
+    let in_checks = || {
+        let text = std::fs::read_to_string(&journal).unwrap_or_default();
+        let doc: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        doc["current"].as_str().is_some_and(|c| c.contains(": verify "))
+    };
+    while !in_checks() {
+        let log = std::fs::read_to_string(&log).unwrap_or_default();
+        assert!(start.elapsed() < Duration::from_secs(90), "the checks never began:\n{log}");
+        assert!(veza_testkit::proc::process_alive(pid), "the apply ended first:\n{log}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    veza_testkit::proc::kill_pid(pid, "KILL", Duration::from_secs(5));
+    // Shared before the switch: green is what blue's checks would go back to.
+    let log = std::fs::read_to_string(&log).unwrap_or_default();
+    let seen = [owed_via(1), owed_via(2), owed_via(3)];
+    assert_eq!(seen[1].as_deref(), Some(r#"{"cl/web":"green"}"#), "{seen:?}\n{log}");
+    assert_eq!(served_release().as_deref(), Some(R1), "the switch to blue was made");
+    // Blue breaks: the edge's checks take it down.
+    Cmd::new("incus")
+        .args(["exec", BLUE, "--", "touch", "/opt/veza/web/unhealthy"])
+        .env("INCUS_DIR", format!("{BASE}/1/incus"))
+        .timeout(Duration::from_secs(60))
+        .run()
+        .expect("break blue");
+    let start = Instant::now();
+    while served_release().as_deref() == Some(R1) {
+        assert!(start.elapsed() < Duration::from_secs(30), "blue still answers");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Member 1's agent is gone; the lease handed over at once (runbook) rather than after
+    // its TTL. Member 2's agent has a state of its own: what it owes comes from the cluster.
+    runtime().expect("runtime").block_on(async { clear_lease(&member(2)).await });
+    let b = p.f.config(2, "promotion: {health_timeout: 8s}\n");
+    let plan = agent(&b, &["plan"]);
+    assert!(plan.out.contains("promote cl/web: green -> blue"), "plan and apply agree: {plan}");
+    let r = agent(&b, &["apply"]);
+    assert_eq!(r.code, 1, "{r}");
+    assert!(r.out.starts_with("rolled-back"), "{r}");
+    assert_eq!(served_release().as_deref(), Some(R2), "green serves again\n{r}");
+    assert_eq!(owed_via(3), None, "nothing owed once traffic is back\n{r}");
+}
+
+/// The cluster's record of the checks this host's leader owes, through member `n`.
+fn owed_via(n: u8) -> Option<String> {
+    runtime()
+        .expect("runtime")
+        .block_on(async { member(n).server_user_config(&owed_key()).await.expect("owed") })
 }

@@ -45,6 +45,10 @@ pub fn run(args: &PlanArgs) -> ExitCode {
         {
             not_applied = cluster.peek().await;
         }
+        // As a leading sync: what a leader before it left owed is planned too.
+        if not_applied.is_none() {
+            agent.take_shared_owed(&mut state).await;
+        }
         let source = match agent.source(&state, now()).await {
             Ok(s) => s,
             Err(SourceProblem::Fetch(e)) => return fail(&anyhow::anyhow!("fetch failed: {e}"), 1),

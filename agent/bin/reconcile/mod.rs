@@ -31,6 +31,7 @@ mod hooks;
 mod load;
 mod observe;
 mod preview;
+mod shared;
 mod summary;
 mod unverified;
 mod warm;
@@ -232,6 +233,8 @@ impl Agent {
                 Some(why) => cluster.stand_aside(why).await,
             }
         }
+        // On a cluster, the leader takes up what a leader before it left owed (`shared.rs`).
+        let shared = if hold.is_none() { self.take_shared_owed(&mut state).await } else { None };
         laps.lap("load");
         let found = Found { interrupted: interrupted.as_ref(), hold: hold.as_deref(), started_ms };
         let end = self.stages(&mut state, store, stop, found, &at, &mut laps).await;
@@ -271,6 +274,14 @@ impl Agent {
         }
         self.write_metrics(&state, now);
         save?;
+        // What is still owed, shared again once it changed (a run that applied may have
+        // shared more before its switch).
+        if let Some(seen) = shared
+            && (state.unverified != seen || end.journaled)
+            && let Err(e) = self.share_owed(&state.unverified).await
+        {
+            tracing::warn!("cluster: {e}");
+        }
         if end.journaled {
             store.clear_journal()?;
         }

@@ -32,6 +32,20 @@ pub(crate) fn switched(switch: &Switch) -> Owed {
         .collect()
 }
 
+/// What a cluster's leader shares before running `plan` (`shared.rs`): what it owes, and
+/// every app the plan's switch moves from a color, with that color, as [`switched`] will
+/// owe them once the switch begins. `None` when the switch leaves nothing owed that way
+/// (no switch, or none from a color with a check through the edge).
+pub(crate) fn before_run(owed: &Owed, plan: &Plan) -> Option<Owed> {
+    let switched = switched(plan.switch()?);
+    if switched.is_empty() {
+        return None;
+    }
+    let mut all = owed.clone();
+    all.extend(switched);
+    Some(all)
+}
+
 /// Drops from `owed` the apps of a switch whose checks passed.
 pub(crate) fn pay(owed: &mut Owed, switch: &Switch) {
     for p in &switch.promotions {
@@ -231,6 +245,66 @@ mod tests {
         }
     }
 
+    fn check(app: &str) -> veza_plan::plan::EdgeCheck {
+        veza_plan::plan::EdgeCheck {
+            env: "prod".into(),
+            app: app.into(),
+            color: Color::Green,
+            release: Release::try_from("1".repeat(40)).expect("release"),
+            host: "x.example".into(),
+            path: "/".into(),
+            listen: "127.0.0.1:80".into(),
+        }
+    }
+
+    fn plan_of(steps: Vec<Step>) -> Plan {
+        Plan {
+            steps,
+            refusals: Vec::new(),
+            drift: Vec::new(),
+            waiting: Vec::new(),
+            edge_takeover: None,
+            cluster: Vec::new(),
+        }
+    }
+
+    /// Before a run, a cluster's leader shares what a kill after its switch would leave
+    /// owed: the apps switched from a color with a check through the edge, with what it
+    /// owes already (its own color kept for an app in both).
+    #[test]
+    fn a_cluster_leader_shares_before_its_run_what_its_switch_would_leave_owed() {
+        let checked = |apps: &[&str], checks: &[&str]| {
+            let mut step = promote(apps);
+            if let Action::Promote(s) = &mut step.action {
+                s.checks = checks.iter().map(|a| check(a)).collect();
+            }
+            plan_of(vec![step])
+        };
+        let (web, api, none): (Pairs, Pairs, Pairs) =
+            (&[("prod/web", "blue")], &[("prod/api", "green")], &[]);
+        // (what, owed, plan, shared)
+        let cases: Vec<(&str, Pairs, Plan, Option<Owed>)> = vec![
+            ("no switch", api, plan_of(Vec::new()), None),
+            ("a switch without checks", api, checked(&["prod/web"], &[]), None),
+            ("a checked switch", none, checked(&["prod/web"], &["web"]), Some(owed(web))),
+            (
+                "and what is owed already",
+                api,
+                checked(&["prod/web"], &["web"]),
+                Some(owed(&[("prod/web", "blue"), ("prod/api", "green")])),
+            ),
+        ];
+        for (what, before, plan, want) in cases {
+            assert_eq!(before_run(&owed(before), &plan), want, "{what}");
+        }
+        // From no color (first traffic): owed with the config before it, not shared.
+        let mut first = checked(&["prod/web"], &["web"]);
+        if let Action::Promote(s) = &mut first.steps[0].action {
+            s.promotions[0].from = None;
+        }
+        assert_eq!(before_run(&Owed::new(), &first), None);
+    }
+
     fn promote(apps: &[&str]) -> Step {
         let promotions = apps
             .iter()
@@ -309,14 +383,7 @@ mod tests {
     #[test]
     fn a_run_pays_what_its_completed_promotions_checked_and_owes_what_it_left_unchecked() {
         use Color::{Blue, Green};
-        let plan = Plan {
-            steps: vec![promote(&["prod/web"])],
-            refusals: Vec::new(),
-            drift: Vec::new(),
-            waiting: Vec::new(),
-            edge_takeover: None,
-            cluster: Vec::new(),
-        };
+        let plan = plan_of(vec![promote(&["prod/web"])]);
         let green = live(&[("prod/web", Green), ("prod/api", Green)]);
         let blue = live(&[("prod/web", Blue)]);
         let (web, api, none): (Pairs, Pairs, Pairs) =
@@ -355,15 +422,6 @@ mod tests {
         for p in &mut switch.promotions {
             p.from = None;
         }
-        let check = |app: &str| veza_plan::plan::EdgeCheck {
-            env: "prod".into(),
-            app: app.into(),
-            color: Color::Green,
-            release: Release::try_from("1".repeat(40)).expect("release"),
-            host: "x.example".into(),
-            path: "/".into(),
-            listen: "127.0.0.1:80".into(),
-        };
         switch.checks = vec![check("web")];
         let before = "# Ansible's edge\n";
         let owed = edge_switched(&switch, Some(before)).expect("owed");
