@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use veza_host::clock::SystemClock;
 use veza_host::incus::{
     ClientOptions, Incus, IncusClient, IncusError, SharedConfig, Transport, runtime,
+    set_shared_user_config,
 };
 use veza_host::lease::{Fenced, Keeper, Standing};
 use veza_host::process::Cmd;
@@ -157,16 +158,18 @@ fn takeover_after_the_leaders_member_dies_and_the_mark_survives() {
     cluster(&["up"]);
     let rt = runtime().expect("runtime");
     let mark = "user.veza-agent.applied.veza-cluster-test";
-    // A value of this run's own: a member's view of the server config left over from an
-    // earlier run (Incus serves it from memory) can never make the write a no-op.
+    // A value of this run's own: one left by an earlier run can never make the write a
+    // no-op.
     let value = format!("c0ffee-{}", std::process::id());
     rt.block_on(async {
         let (m1, m2) = (member(1), member(2));
         clear_lease(&m2).await;
         let a = Keeper::new(&m1, SystemClock, "veza-cl-1", TTL);
         assert!(a.step().await.expect("a takes").leads());
-        // The leader records what it applied (the anti-rollback mark) through its member.
-        Fenced::new(&m1, &a).set_server_user_config(mark, Some(&value)).await.expect("mark");
+        // The leader records what it applied (the anti-rollback mark) through its member,
+        // in the `default` project's config, under its lease, as the agent does.
+        let pinned = a.held_generation().expect("held");
+        a.write_shared(mark, Some(&value), pinned).await.expect("mark");
     });
     // The leader's member dies: its incusd and, with it, its agent.
     let killed = Instant::now();
@@ -191,8 +194,9 @@ fn takeover_after_the_leaders_member_dies_and_the_mark_survives() {
             killed.elapsed()
         );
         // The new leader reads the mark the dead one wrote: it never applies older.
-        assert_eq!(m2.server_user_config(mark).await.expect("mark"), Some(value.clone()));
-        m2.set_server_user_config(mark, None).await.expect("cleanup");
+        let read = m2.shared_user_config(mark).await.expect("mark");
+        assert_eq!(read.value, Some(value.clone()));
+        set_shared_user_config(&m2, mark, None).await.expect("cleanup");
         clear_lease(&m2).await;
     });
     cluster(&["start", "1"]);
@@ -234,8 +238,7 @@ impl Fixture {
             if m2.profile(PROFILE).await.expect("read").is_some() {
                 delete_profile();
             }
-            m2.set_server_user_config(&mark_key(), None).await.expect("clear the mark");
-            m2.set_server_user_config(&owed_key(), None).await.expect("clear the owed");
+            clear_mark(&m2).await;
             clear_lease(&m2).await;
         });
         let dir = tempfile::tempdir().expect("tempdir");
@@ -307,8 +310,7 @@ fn restore() {
     cluster(&["up"]);
     runtime().expect("runtime").block_on(async {
         let m2 = member(2);
-        m2.set_server_user_config(&mark_key(), None).await.expect("clear the mark");
-        m2.set_server_user_config(&owed_key(), None).await.expect("clear the owed");
+        clear_mark(&m2).await;
         clear_lease(&m2).await;
         if m2.profile(PROFILE).await.expect("read").is_some() {
             delete_profile();
@@ -326,7 +328,15 @@ fn step_of(n: u8) -> Option<String> {
 fn mark_via(n: u8) -> Option<String> {
     runtime()
         .expect("runtime")
-        .block_on(async { member(n).server_user_config(&mark_key()).await.expect("mark") })
+        .block_on(async { member(n).shared_user_config(&mark_key()).await.expect("mark").value })
+}
+
+/// Removes the agent's anti-rollback mark (both places), and the cluster's record of owed
+/// checks.
+async fn clear_mark(via: &IncusClient) {
+    set_shared_user_config(via, &mark_key(), None).await.expect("clear the mark");
+    via.set_server_user_config(&mark_key(), None).await.expect("clear the old mark");
+    set_shared_user_config(via, &owed_key(), None).await.expect("clear the owed checks");
 }
 
 #[test]
@@ -856,5 +866,5 @@ fn leader_killed_during_checks_the_next_leader_checks_again(p: &Placement) {
 fn owed_via(n: u8) -> Option<String> {
     runtime()
         .expect("runtime")
-        .block_on(async { member(n).server_user_config(&owed_key()).await.expect("owed") })
+        .block_on(async { member(n).shared_user_config(&owed_key()).await.expect("owed").value })
 }

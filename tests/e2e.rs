@@ -58,6 +58,12 @@ fn serving_blue() -> DemoHost {
     h
 }
 
+/// `incus ARGS`' output, trimmed.
+fn incus(args: &[&str]) -> String {
+    let out = veza_host::process::Cmd::new("incus").args(args.iter().copied()).run_stdout();
+    out.unwrap_or_else(|e| panic!("incus {args:?}: {e}")).trim().to_string()
+}
+
 fn incus_config(name: &str) -> String {
     veza_host::process::Cmd::new("incus")
         .args(["config", "show", name])
@@ -167,11 +173,34 @@ fn force_push_to_an_older_commit_is_refused_even_after_the_state_dir_is_wiped() 
     let (code, out, _) = agent(&h, &["apply"]);
     assert_eq!(code, 1, "{out}");
     assert!(out.starts_with("rejected"), "{out}");
+    // The mark is in the `default` project's config, its copy for agents before 2026-12 in
+    // the server config; the copy counts when it provably descends from the project's (an
+    // older agent applied after it), never to lower it.
+    let key = format!("user.veza-agent.applied.{}", h.env);
+    assert_eq!(incus(&["project", "get", "default", &key]), b);
+    assert_eq!(incus(&["config", "get", &key]), b, "the copy");
+    // (project, copy): B is the newest of each pair, and A is refused.
+    for (project, copy) in [(None, Some(&b)), (Some(&a), Some(&b)), (Some(&b), Some(&a))] {
+        match project {
+            Some(c) => incus(&["project", "set", "default", &key, c]),
+            None => incus(&["project", "unset", "default", &key]),
+        };
+        match copy {
+            Some(c) => incus(&["config", "set", &key, c]),
+            None => incus(&["config", "unset", &key]),
+        };
+        let (code, out, _) = agent(&h, &["apply"]);
+        assert_eq!(code, 1, "{project:?} {copy:?}: {out}");
+        assert!(out.starts_with("rejected"), "{project:?} {copy:?}: {out}");
+    }
 
     // C fails part-way (green is created, then its artifact's digest does not match):
     // part of it landed, so the forge may not serve B again to undo that.
     h.repo.force_reset(&b).unwrap();
     apply_ok(&h);
+    // Written again in both places.
+    assert_eq!(incus(&["project", "get", "default", &key]), b);
+    assert_eq!(incus(&["config", "get", &key]), b);
     let broken =
         h.manifest("blue", Some(0), Some(1)).replace(&h.releases[1].sha256, &"0".repeat(64));
     h.commit(&broken, "C: green with a wrong digest").unwrap();
@@ -489,6 +518,10 @@ impl MinimalExample {
                 .timeout(Duration::from_secs(60))
                 .output();
         }
+        let _ = veza_host::process::Cmd::new("incus")
+            .args(["project", "unset", "default", "user.veza-agent.applied.localhost"])
+            .timeout(Duration::from_secs(30))
+            .output();
         let _ = veza_host::process::Cmd::new("incus")
             .args(["config", "unset", "user.veza-agent.applied.localhost"])
             .timeout(Duration::from_secs(30))

@@ -12,8 +12,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use veza_host::incus::{
     ClientOptions, Ensured, ExecRequest, FilePush, Incus, IncusClient, IncusError, InstanceSpec,
-    ProfileSpec, ResourceKind, StateChange, Transport, ensure_instance, ensure_profile,
-    prune_snapshots, push_file_verified, runtime, verify_file,
+    ProfileSpec, ResourceKind, SharedConfig, StateChange, Transport, ensure_instance,
+    ensure_profile, prune_snapshots, push_file_verified, runtime, set_shared_user_config,
+    verify_file,
 };
 use veza_host::process::Cmd;
 use veza_model::live::{
@@ -96,6 +97,7 @@ impl Drop for Cleanup {
         }
         for k in &self.server_keys {
             let _ = incus_cli(&["config", "unset", k]).output();
+            let _ = incus_cli(&["project", "unset", "default", k]).output();
         }
     }
 }
@@ -617,6 +619,36 @@ fn server_user_config_round_trips() {
         c.set_server_user_config(&key, None).await.unwrap();
         assert_eq!(c.server_user_config(&key).await.unwrap(), None);
         let err = c.set_server_user_config("core.https_address", Some(":8443")).await.unwrap_err();
+        assert!(matches!(err, IncusError::Invalid { .. }), "{err}");
+    });
+}
+
+/// The anti-rollback mark's place: the `default` project's config, written only when it
+/// changes, every other key of the project kept.
+#[test]
+fn shared_user_config_round_trips() {
+    require_incus().unwrap();
+    let key = format!("user.veza-test.shared-{}", std::process::id());
+    let other = format!("{key}-other");
+    let _cleanup = Cleanup::default().server_key(&key).server_key(&other);
+    runtime().unwrap().block_on(async {
+        let c = IncusClient::local();
+        let value = |k: &str| {
+            let k = k.to_string();
+            let c = &c;
+            async move { c.shared_user_config(&k).await.unwrap().value }
+        };
+        assert_eq!(value(&key).await, None);
+        set_shared_user_config(&c, &other, Some("kept")).await.unwrap();
+        set_shared_user_config(&c, &key, Some("abc123")).await.unwrap();
+        assert_eq!(value(&key).await.as_deref(), Some("abc123"));
+        let writes = c.writes();
+        set_shared_user_config(&c, &key, Some("abc123")).await.unwrap();
+        assert_eq!(c.writes(), writes, "an unchanged value is not written");
+        set_shared_user_config(&c, &key, None).await.unwrap();
+        assert_eq!(value(&key).await, None);
+        assert_eq!(value(&other).await.as_deref(), Some("kept"), "other keys are kept");
+        let err = set_shared_user_config(&c, "features.images", Some("false")).await.unwrap_err();
         assert!(matches!(err, IncusError::Invalid { .. }), "{err}");
     });
 }

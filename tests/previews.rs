@@ -14,9 +14,9 @@ use crate::support::{agent, apply_ok, host, status_forge};
 
 fn high_water_mark(h: &DemoHost) -> String {
     veza_host::process::Cmd::new("incus")
-        .args(["config", "get", &format!("user.veza-agent.applied.{}", h.env)])
+        .args(["project", "get", "default", &format!("user.veza-agent.applied.{}", h.env)])
         .run_stdout()
-        .unwrap_or_else(|e| panic!("incus config get: {e}"))
+        .unwrap_or_else(|e| panic!("incus project get: {e}"))
         .trim()
         .to_string()
 }

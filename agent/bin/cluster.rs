@@ -71,6 +71,24 @@ impl Fence for ClusterFence {
     }
 }
 
+impl ClusterFence {
+    /// Writes `key` of the shared config (the `default` project's; `None` removes it): on
+    /// a cluster as the lease's holder that planned this run ([`LeaseKeeper::write_shared`]:
+    /// fenced, and never racing this agent's own renewals), else directly.
+    pub async fn write_shared(
+        &self,
+        incus: &veza_host::incus::IncusClient,
+        key: &str,
+        value: Option<&str>,
+    ) -> veza_host::incus::Result<()> {
+        match &self.0 {
+            Some((keeper, Some(generation))) => keeper.write_shared(key, value, *generation).await,
+            Some(_) => self.check(&format!("set {key} in the project's config")).await,
+            None => veza_host::incus::set_shared_user_config(incus, key, value).await,
+        }
+    }
+}
+
 struct AbortOnDrop(tokio::task::AbortHandle);
 
 impl Drop for AbortOnDrop {

@@ -5,7 +5,6 @@
 
 use std::path::{Path, PathBuf};
 
-use veza_host::incus::Incus;
 use veza_model::Manifest;
 use veza_model::config::HostConfig;
 use veza_secrets::Identities;
@@ -169,7 +168,7 @@ impl Agent {
         let applied = match state.high_water().map(str::to_string) {
             Some(local) if c.cluster.is_none() => Some(local),
             local => {
-                let mark = self.incus.server_user_config(&key).await.map_err(|e| {
+                let mark = self.read_high_water().await.map_err(|e| {
                     SourceProblem::Failed(format!(
                         "cannot read the anti-rollback mark `{key}` from Incus ({e}), and {}: \
                          refusing to use {commit} unchecked (hint: is incusd running? `incus info`)",
@@ -180,6 +179,15 @@ impl Agent {
                         }
                     ))
                 })?;
+                // The copy older agents read and write (the server config) counts only when
+                // it provably descends from the project's mark (an older agent in a
+                // cluster being upgraded applied after it).
+                let mark = match mark {
+                    (Some(project), Some(copy)) => {
+                        Some(veza_source::accept::newer_base(&mirror, &copy, &project).to_string())
+                    }
+                    (project, copy) => project.or(copy),
+                };
                 match (mark, local) {
                     // A mark left behind (its write failed while this member applied a
                     // newer commit) must not lower the base below what this member applied.

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use futures_util::future::join_all;
-use veza_host::incus::{Incus, Scope};
+use veza_host::incus::{Incus, Scope, SharedConfig};
 use veza_host::systemd::Units;
 use veza_model::Manifest;
 use veza_model::live::{LiveState, UnitTarget};
@@ -66,21 +66,29 @@ impl Agent {
         Ok(state)
     }
 
+    /// Reads the anti-rollback mark from Incus: `(the default project's, the server
+    /// config's)`. The project's is read from the cluster database at every request; the
+    /// server config, where agents before 2026-12 kept it, is answered by each member from
+    /// memory (a member that missed a change answers an older mark): it counts only when
+    /// it provably descends from the project's (`accept.rs`).
+    pub(crate) async fn read_high_water(
+        &self,
+    ) -> veza_host::incus::Result<(Option<String>, Option<String>)> {
+        let key = high_water_key(&self.config.host);
+        let project = self.incus.shared_user_config(&key).await?.value;
+        Ok((project, self.incus.server_user_config(&key).await?))
+    }
+
     /// Mirrors the anti-rollback mark into Incus (`commit`: the newest applied, or
     /// attempted, commit), so a wiped state directory does not reopen older commits.
     /// `Err` when it could not be written, the lease refusing it included (a standby
     /// leaves it to the leader; a leader whose lease lapsed must not apply): on a cluster
-    /// the mark is what every member checks against.
+    /// the mark is what every member checks against. Its copy in the server config, for
+    /// agents before 2026-12, is written after it (best effort).
     pub(crate) async fn mirror_high_water(&self, commit: &str) -> Result<(), String> {
         let key = high_water_key(&self.config.host);
-        if self.incus.server_user_config(&key).await.ok().flatten().as_deref() != Some(commit)
-            && let Err(e) = veza_host::lease::Fenced::new(
-                &self.incus,
-                &crate::cluster::ClusterLease::fence(self.cluster.as_ref()),
-            )
-            .set_server_user_config(&key, Some(commit))
-            .await
-        {
+        let fence = crate::cluster::ClusterLease::fence(self.cluster.as_ref());
+        if let Err(e) = fence.write_shared(&self.incus, &key, Some(commit)).await {
             // A cluster's standby leaves the mark to the leader.
             if matches!(e, veza_host::incus::IncusError::Fenced { .. }) {
                 tracing::debug!("high-water mark left to the cluster's leader: {e}");
@@ -88,6 +96,12 @@ impl Agent {
                 tracing::warn!("could not mirror the high-water mark into Incus: {e}");
             }
             return Err(format!("writing the anti-rollback mark `{key}` into Incus failed: {e}"));
+        }
+        let copy = veza_host::lease::Fenced::new(&self.incus, &fence)
+            .set_server_user_config(&key, Some(commit))
+            .await;
+        if let Err(e) = copy {
+            tracing::debug!("the anti-rollback mark's copy for older agents: {e}");
         }
         Ok(())
     }

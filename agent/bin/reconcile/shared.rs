@@ -3,21 +3,22 @@
 //! switch and the switch's checks, the next leader (another member's agent) would find
 //! the edge routing to a color nobody checked and plan nothing. So, on a cluster:
 //!
-//! - before a run whose plan switches traffic, the leader writes into the cluster's
-//!   server config (`user.veza-agent.owed.<host>`, beside the anti-rollback mark) what it
-//!   owes and every app the switch moves from a color, with that color: what a kill after
-//!   the switch would leave owed. An app whose switch never happened owes nothing: the
-//!   next leader finds the edge still on the color it goes back to
-//!   ([`unverified::still_owed`]);
-//! - every leading sync adds what the key holds to its own owed checks, so it plans them
-//!   again (switch, checks, the fallback if they fail), and writes back what is still
-//!   owed at its end (the key removed when nothing is).
+//! - before a run whose plan switches traffic from a color, the leader writes into the
+//!   shared config (`user.veza-agent.owed.<host>` in the `default` project's, beside the
+//!   lease and the anti-rollback mark) what it owes and every app the switch moves from a
+//!   color, with that color ([`super::unverified::before_run`]). An app whose switch never
+//!   happened owes nothing: the next leader finds the edge still on the color it goes
+//!   back to ([`super::unverified::still_owed`]);
+//! - every leading sync (and `plan`, where this member would apply) adds what the key
+//!   holds to its own owed checks, so it plans them again (switch, checks, the fallback if
+//!   they fail); a sync writes back what is still owed at its end (the key removed when
+//!   nothing is).
 //!
 //! A standby neither reads nor writes the key. What is shared is only the promotions with
 //! a color to go back to: an edge switch with none (a takeover, first traffic) and the
 //! record of migrations stay in the member's own state.
 
-use veza_host::incus::Incus;
+use veza_host::incus::SharedConfig;
 use veza_state::AgentState;
 
 use super::Agent;
@@ -45,7 +46,7 @@ fn parse(key: &str, value: Option<&str>) -> Result<Owed, String> {
         Some(v) => serde_json::from_str(v).map_err(|e| {
             format!(
                 "the cluster's record of owed checks `{key}` is not the agent's ({e}): fix or \
-                 remove it (`incus config unset {key}`); the checks it named are not re-run"
+                 remove it (`incus project unset default {key}`); the checks it named are not re-run"
             )
         }),
     }
@@ -60,8 +61,8 @@ impl Agent {
     pub(crate) async fn take_shared_owed(&self, state: &mut AgentState) -> Option<Owed> {
         self.cluster.as_ref()?;
         let key = owed_key(&self.config.host);
-        let read = self.incus.server_user_config(&key).await.map_err(|e| e.to_string());
-        match read.and_then(|v| parse(&key, v.as_deref())) {
+        let read = self.incus.shared_user_config(&key).await.map_err(|e| e.to_string());
+        match read.and_then(|v| parse(&key, v.value.as_deref())) {
             Ok(shared) => {
                 merge(&mut state.unverified, &shared);
                 Some(shared)
@@ -73,9 +74,9 @@ impl Agent {
         }
     }
 
-    /// Writes `owed` as the cluster's record (removed when empty), through the lease's
-    /// fence: a member that does not lead writes nothing. Incus skips a write of what it
-    /// holds already.
+    /// Writes `owed` as the cluster's record (removed when empty), as the lease's holder
+    /// that planned this run: a member that does not lead writes nothing. Nothing is
+    /// written when the record holds it already.
     pub(super) async fn share_owed(&self, owed: &Owed) -> Result<(), String> {
         let key = owed_key(&self.config.host);
         let value = match owed.is_empty() {
@@ -83,8 +84,8 @@ impl Agent {
             false => Some(serde_json::to_string(owed).map_err(|e| e.to_string())?),
         };
         let fence = crate::cluster::ClusterLease::fence(self.cluster.as_ref());
-        veza_host::lease::Fenced::new(&self.incus, &fence)
-            .set_server_user_config(&key, value.as_deref())
+        fence
+            .write_shared(&self.incus, &key, value.as_deref())
             .await
             .map_err(|e| format!("writing the cluster's record of owed checks `{key}`: {e}"))
     }
@@ -133,6 +134,6 @@ mod tests {
         assert_eq!(parse(&key, Some(&written)), Ok(owed(&[("prod/web", "blue")])));
         let e = parse(&key, Some("prod/web=blue")).expect_err("not JSON");
         assert!(e.contains("`user.veza-agent.owed.r720` is not the agent's"), "{e}");
-        assert!(e.contains("incus config unset user.veza-agent.owed.r720"), "{e}");
+        assert!(e.contains("incus project unset default user.veza-agent.owed.r720"), "{e}");
     }
 }

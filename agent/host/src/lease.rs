@@ -194,7 +194,7 @@ impl<S: SharedConfig, C: Clock> Keeper<S, C> {
             return Ok(Standing::Leading(lease));
         }
         Err(IncusError::Conflict {
-            kind: crate::incus::ResourceKind::ServerConfig,
+            kind: crate::incus::ResourceKind::SharedConfig,
             name: LEASE_KEY.to_string(),
             attempts: ATTEMPTS as u32,
         })
@@ -243,7 +243,7 @@ impl<S: SharedConfig, C: Clock> Keeper<S, C> {
             }
         }
         Err(IncusError::Conflict {
-            kind: crate::incus::ResourceKind::ServerConfig,
+            kind: crate::incus::ResourceKind::SharedConfig,
             name: LEASE_KEY.to_string(),
             attempts: ATTEMPTS as u32,
         })
@@ -263,6 +263,16 @@ impl<S: SharedConfig, C: Clock> Keeper<S, C> {
         let held = self.memory().held;
         may_write(&self.rules, &record, held, self.now_ms())
             .map_err(|reason| IncusError::Fenced { call: call.to_string(), reason })
+    }
+
+    /// Writes `key` of the shared config (`None` removes it) as the holder of lease
+    /// generation `pinned`: only once the fence passed ([`Keeper::check_pinned`]), and
+    /// under the lease's turn, so that no renewal of this agent's (a write of the whole
+    /// config) comes between the read and the write and undoes either.
+    pub async fn write_shared(&self, key: &str, value: Option<&str>, pinned: u64) -> Result<()> {
+        let _turn = self.turn.lock().await;
+        self.check_pinned(&format!("set {key} in the project's config"), pinned).await?;
+        crate::incus::set_shared_user_config(&self.store, key, value).await
     }
 
     /// [`Fence::check`], and only under the lease generation `pinned` (the one a run

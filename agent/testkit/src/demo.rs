@@ -278,11 +278,12 @@ impl Drop for DemoHost {
                 .timeout(Duration::from_secs(60))
                 .run();
         }
+        // The anti-rollback mark, and where agents before 2026-12 kept it.
         let key = format!("user.veza-agent.applied.{}", self.env);
-        let _ = Cmd::new("incus")
-            .args(["config", "unset", &key])
-            .timeout(Duration::from_secs(30))
-            .run();
+        for args in [&["project", "unset", "default", &key][..], &["config", "unset", &key]] {
+            let _ =
+                Cmd::new("incus").args(args.iter().copied()).timeout(Duration::from_secs(30)).run();
+        }
     }
 }
 

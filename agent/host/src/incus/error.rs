@@ -14,6 +14,7 @@ pub enum ResourceKind {
     Snapshot,
     File,
     ServerConfig,
+    SharedConfig,
 }
 
 impl fmt::Display for ResourceKind {
@@ -25,6 +26,7 @@ impl fmt::Display for ResourceKind {
             ResourceKind::Snapshot => "snapshot",
             ResourceKind::File => "file",
             ResourceKind::ServerConfig => "server config key",
+            ResourceKind::SharedConfig => "config key of project `default`",
         })
     }
 }

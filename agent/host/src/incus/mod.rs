@@ -46,7 +46,7 @@ pub use client::{ClientOptions, IncusClient, RawResponse, Transport};
 pub use error::{IncusError, ResourceKind};
 pub use fake::{FailOn, FakeIncus};
 pub use feed::{ChangeFeed, Mark, changes_state};
-pub use shared::{SharedConfig, Swap, Versioned};
+pub use shared::{SharedConfig, Swap, Versioned, set_shared_user_config};
 pub use types::{
     ExecOutput, ExecRequest, FilePush, ImageSource, InstanceSpec, InstanceUpdate, ProfileSpec,
     RunningOperation, SNAPSHOT_PREFIX, SnapshotInfo, StateAction, StateChange,

@@ -15,7 +15,7 @@
 
 use std::future::Future;
 
-use super::Result;
+use super::{IncusError, ResourceKind, Result};
 
 /// A key's value and the ETag of the config it was read from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,4 +63,32 @@ impl<T: SharedConfig> SharedConfig for &T {
     ) -> impl Future<Output = Result<Swap>> + Send {
         (**self).swap_shared_user_config(key, value, etag)
     }
+}
+
+/// How many compare-and-swaps [`set_shared_user_config`] tries before it gives up.
+const ATTEMPTS: u32 = 5;
+
+/// Sets (or with `None` removes) `key` in the shared config, reading it first: nothing is
+/// written when it already holds `value`, and another edit of the config between the read
+/// and the write (the lease's renewals, another key) is read again and retried.
+pub async fn set_shared_user_config(
+    store: &impl SharedConfig,
+    key: &str,
+    value: Option<&str>,
+) -> Result<()> {
+    for _ in 0..ATTEMPTS {
+        let read = store.shared_user_config(key).await?;
+        if read.value.as_deref() == value {
+            return Ok(());
+        }
+        match store.swap_shared_user_config(key, value, &read.etag).await? {
+            Swap::Done => return Ok(()),
+            Swap::Changed => continue,
+        }
+    }
+    Err(IncusError::Conflict {
+        kind: ResourceKind::SharedConfig,
+        name: key.to_string(),
+        attempts: ATTEMPTS,
+    })
 }

@@ -242,3 +242,32 @@ fn a_leader_standing_aside_gives_the_lease_up_until_it_rejoins() {
         assert_eq!(fake.take_calls(), Vec::<String>::new(), "no request for a lease not held");
     });
 }
+
+/// The leader writes a shared key (the anti-rollback mark) under its lease; once the lease
+/// lapsed and another agent took it, the same write is refused and nothing is sent.
+#[test]
+fn a_shared_key_is_written_only_under_the_pinned_lease() {
+    let fake = FakeIncus::new(LiveState::default());
+    let (clock_a, clock_b) = (FakeClock::new(), FakeClock::new());
+    let a = keeper(&fake, &clock_a, "a");
+    let b = keeper(&fake, &clock_b, "b");
+    let key = "user.veza-agent.applied.h";
+    rt().block_on(async {
+        assert!(a.step().await.expect("a takes").leads());
+        let pinned = a.held_generation().expect("held");
+        a.write_shared(key, Some("c1"), pinned).await.expect("the leader writes");
+        assert_eq!(fake.shared(key).as_deref(), Some("c1"));
+        // The lease and the key live side by side: the lease is still a's.
+        assert!(a.step().await.expect("a renews").leads());
+        assert_eq!(fake.shared(key).as_deref(), Some("c1"));
+        // a falls silent; b takes over after a whole TTL.
+        assert!(!b.step().await.expect("b follows").leads());
+        clock_b.advance(TTL);
+        assert!(b.step().await.expect("b takes over").leads());
+        fake.take_calls();
+        let e = a.write_shared(key, Some("c0"), pinned).await.expect_err("fenced");
+        assert!(matches!(e, IncusError::Fenced { .. }), "{e}");
+        assert_eq!(fake.shared(key).as_deref(), Some("c1"), "nothing written");
+        assert!(fake.take_calls().iter().all(|c| c.starts_with("GET")), "only the fence's read");
+    });
+}
