@@ -174,12 +174,12 @@ fn force_push_to_an_older_commit_is_refused_even_after_the_state_dir_is_wiped() 
     assert_eq!(code, 1, "{out}");
     assert!(out.starts_with("rejected"), "{out}");
     // The mark is in the `default` project's config, its copy for agents before 2026-12 in
-    // the server config; the copy counts when it provably descends from the project's (an
-    // older agent applied after it), never to lower it.
+    // the server config; the newer of the two counts, and B, which the forge no longer
+    // serves, wins over A either way (A is refused as a rewrite of history).
     let key = format!("user.veza-agent.applied.{}", h.env);
     assert_eq!(incus(&["project", "get", "default", &key]), b);
     assert_eq!(incus(&["config", "get", &key]), b, "the copy");
-    // (project, copy): B is the newest of each pair, and A is refused.
+    // (project, copy): A is refused with B in either place.
     for (project, copy) in [(None, Some(&b)), (Some(&a), Some(&b)), (Some(&b), Some(&a))] {
         match project {
             Some(c) => incus(&["project", "set", "default", &key, c]),

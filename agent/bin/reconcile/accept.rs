@@ -179,12 +179,12 @@ impl Agent {
                         }
                     ))
                 })?;
-                // The copy older agents read and write (the server config) counts only when
-                // it provably descends from the project's mark (an older agent in a
-                // cluster being upgraded applied after it).
+                // With its copy for older agents (the server config): the newer of the two
+                // (an older agent in a cluster being upgraded applied after the project's
+                // mark), and one the history no longer holds over one it does.
                 let mark = match mark {
                     (Some(project), Some(copy)) => {
-                        Some(veza_source::accept::newer_base(&mirror, &copy, &project).to_string())
+                        Some(veza_source::accept::newest_mark(&mirror, &project, &copy).to_string())
                     }
                     (project, copy) => project.or(copy),
                 };

@@ -69,8 +69,8 @@ impl Agent {
     /// Reads the anti-rollback mark from Incus: `(the default project's, the server
     /// config's)`. The project's is read from the cluster database at every request; the
     /// server config, where agents before 2026-12 kept it, is answered by each member from
-    /// memory (a member that missed a change answers an older mark): it counts only when
-    /// it provably descends from the project's (`accept.rs`).
+    /// memory (a member that missed a change answers an older mark): the newer of the two
+    /// counts ([`veza_source::accept::newest_mark`]).
     pub(crate) async fn read_high_water(
         &self,
     ) -> veza_host::incus::Result<(Option<String>, Option<String>)> {

@@ -307,6 +307,27 @@ pub fn newer_base<'a>(mirror: &Mirror, a: &'a str, b: &'a str) -> &'a str {
     if matches!(descends, Ok(true)) { a } else { b }
 }
 
+/// The newest of two marks that should be one commit (the anti-rollback mark and its copy
+/// for older agents): the one that provably descends from the other; when neither does
+/// (they diverged, or the mirror no longer holds one: history rewritten), the one the
+/// mirror does not hold, so that the tip is refused as a rewrite, else `a`. Never the
+/// older of two comparable marks, and never a way around one the history lost.
+pub fn newest_mark<'a>(mirror: &Mirror, a: &'a str, b: &'a str) -> &'a str {
+    let descends = |x: &str, y: &str| {
+        let ids = mirror.commit_by_id(x).and_then(|x| Ok((x, mirror.commit_by_id(y)?)));
+        ids.and_then(|(x, y)| mirror.is_descendant(x, y, MAX_ANCESTRY_WALK)).unwrap_or(false)
+    };
+    if descends(a, b) {
+        a
+    } else if descends(b, a) {
+        b
+    } else if mirror.commit_by_id(b).is_err() {
+        b
+    } else {
+        a
+    }
+}
+
 /// Anti-rollback: `tip` must descend from `last` (a full commit id, looked up by object id
 /// only: a ref the forge names like the id proves nothing). Returns `last`'s object id,
 /// or the kind of refusal and its detail.
