@@ -319,9 +319,7 @@ pub fn newest_mark<'a>(mirror: &Mirror, a: &'a str, b: &'a str) -> &'a str {
     };
     if descends(a, b) {
         a
-    } else if descends(b, a) {
-        b
-    } else if mirror.commit_by_id(b).is_err() {
+    } else if descends(b, a) || mirror.commit_by_id(b).is_err() {
         b
     } else {
         a
