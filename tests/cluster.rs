@@ -31,7 +31,7 @@ fn script() -> PathBuf {
 fn cluster(args: &[&str]) -> String {
     Cmd::new(script())
         .args(args)
-        .timeout(Duration::from_secs(180))
+        .timeout(Duration::from_secs(240))
         .run_stdout()
         .unwrap_or_else(|e| panic!("tests/host/cluster {args:?}: {e}"))
 }
