@@ -849,8 +849,8 @@ fn leader_killed_during_checks_the_next_leader_checks_again(p: &Placement) {
         assert!(start.elapsed() < Duration::from_secs(30), "blue still answers");
         std::thread::sleep(Duration::from_millis(200));
     }
-    // Member 1's agent is gone; the lease handed over at once (runbook) rather than after
-    // its TTL. Member 2's agent has a state of its own: what it owes comes from the cluster.
+    // Member 1's agent is gone; the test clears its lease rather than wait out its TTL.
+    // Member 2's agent has a state of its own: what it owes comes from the cluster.
     runtime().expect("runtime").block_on(async { clear_lease(&member(2)).await });
     let b = p.f.config(2, "promotion: {health_timeout: 8s}\n");
     let plan = agent(&b, &["plan"]);

@@ -45,9 +45,11 @@ pub fn run(args: &PlanArgs) -> ExitCode {
         {
             not_applied = cluster.peek().await;
         }
-        // As a leading sync: what a leader before it left owed is planned too.
-        if not_applied.is_none() {
-            agent.take_shared_owed(&mut state).await;
+        // As a leading sync: the cluster's record of owed checks is planned too.
+        if not_applied.is_none()
+            && let Err(e) = agent.take_shared_owed(&mut state).await
+        {
+            not_applied = Some(e);
         }
         let source = match agent.source(&state, now()).await {
             Ok(s) => s,

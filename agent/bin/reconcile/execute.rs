@@ -179,6 +179,15 @@ impl Agent {
             },
             before: None,
         };
+        // On a cluster, what a kill after the switch would leave owed is shared first, so
+        // that a leader taking over checks it (`shared.rs`); a switch the next leader
+        // could not know to check is not made.
+        if self.cluster.is_some()
+            && let Some(owed) = unverified::before_run(&state.unverified, plan)
+            && let Err(e) = self.share_owed(&owed).await
+        {
+            return End::new(Outcome::Failed, commit, Some(format!("{e}; nothing applied")));
+        }
         // This run's journal replaces a killed run's now, before anything: a kill after
         // the state is saved must not leave the older journal to be read as owed.
         if let Err(e) = store.write_journal(&hooks.journal) {
@@ -193,17 +202,6 @@ impl Agent {
         // Best effort: on a cluster a member down makes every `/1.0` write fail (Incus
         // notifies each peer), and stopping then would stop every failover apply too.
         let _ = self.mirror_high_water(&source.commit).await;
-        // On a cluster, what a kill after the switch would leave owed is shared first, so
-        // a leader taking over checks it (`shared.rs`). Best effort, as the mark.
-        if self.cluster.is_some()
-            && let Some(owed) = unverified::before_run(&state.unverified, plan)
-            && let Err(e) = self.share_owed(&owed).await
-        {
-            tracing::warn!(
-                "cluster: {e}; a leader taking over after a kill during the switch's checks \
-                 would not check it again"
-            );
-        }
         let report =
             self.apply(plan, runs_in.as_deref(), &source.secrets.values(), &mut hooks).await;
         laps.lap("apply");

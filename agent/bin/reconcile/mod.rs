@@ -48,8 +48,9 @@ use warm::Reading;
 pub use warm::Warm;
 pub use windows::{Windows, waiting_reason};
 
-/// Incus server config key mirroring this host's anti-rollback high-water mark, so wiping
-/// the state directory does not reopen rollback.
+/// The `default` project's config key (and its copy's in the server config) mirroring this
+/// host's anti-rollback high-water mark, so wiping the state directory does not reopen
+/// rollback.
 pub fn high_water_key(host: &str) -> String {
     format!("user.veza-agent.applied.{host}")
 }
@@ -233,8 +234,15 @@ impl Agent {
                 Some(why) => cluster.stand_aside(why).await,
             }
         }
-        // On a cluster, the leader takes up what a leader before it left owed (`shared.rs`).
-        let shared = if hold.is_none() { self.take_shared_owed(&mut state).await } else { None };
+        // On a cluster, the leader takes up the cluster's record of owed checks (`shared.rs`);
+        // one it cannot read holds everything back.
+        let mut shared = None;
+        if hold.is_none() {
+            match self.take_shared_owed(&mut state).await {
+                Ok(read) => shared = read,
+                Err(e) => hold = Some(e),
+            }
+        }
         laps.lap("load");
         let found = Found { interrupted: interrupted.as_ref(), hold: hold.as_deref(), started_ms };
         let end = self.stages(&mut state, store, stop, found, &at, &mut laps).await;

@@ -88,7 +88,15 @@ impl Agent {
     pub(crate) async fn mirror_high_water(&self, commit: &str) -> Result<(), String> {
         let key = high_water_key(&self.config.host);
         let fence = crate::cluster::ClusterLease::fence(self.cluster.as_ref());
-        if let Err(e) = fence.write_shared(&self.incus, &key, Some(commit)).await {
+        let written = fence.write_shared(&self.incus, &key, Some(commit)).await;
+        // The copy is written whatever became of the mark (fenced on its own).
+        let copy = veza_host::lease::Fenced::new(&self.incus, &fence)
+            .set_server_user_config(&key, Some(commit))
+            .await;
+        if let Err(e) = copy {
+            tracing::debug!("the anti-rollback mark's copy for older agents: {e}");
+        }
+        if let Err(e) = written {
             // A cluster's standby leaves the mark to the leader.
             if matches!(e, veza_host::incus::IncusError::Fenced { .. }) {
                 tracing::debug!("high-water mark left to the cluster's leader: {e}");
@@ -96,12 +104,6 @@ impl Agent {
                 tracing::warn!("could not mirror the high-water mark into Incus: {e}");
             }
             return Err(format!("writing the anti-rollback mark `{key}` into Incus failed: {e}"));
-        }
-        let copy = veza_host::lease::Fenced::new(&self.incus, &fence)
-            .set_server_user_config(&key, Some(commit))
-            .await;
-        if let Err(e) = copy {
-            tracing::debug!("the anti-rollback mark's copy for older agents: {e}");
         }
         Ok(())
     }

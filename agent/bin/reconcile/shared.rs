@@ -9,10 +9,12 @@
 //!   color, with that color ([`super::unverified::before_run`]). An app whose switch never
 //!   happened owes nothing: the next leader finds the edge still on the color it goes
 //!   back to ([`super::unverified::still_owed`]);
-//! - every leading sync (and `plan`, where this member would apply) adds what the key
-//!   holds to its own owed checks, so it plans them again (switch, checks, the fallback if
-//!   they fail); a sync writes back what is still owed at its end (the key removed when
-//!   nothing is).
+//! - every leading sync (and `plan`, where this member would apply) takes what the key
+//!   holds as its owed checks, so it plans them again (switch, checks, the fallback if
+//!   they fail), and writes back what is still owed at its end when that changed (the key
+//!   removed when nothing is). A run whose record cannot be written before its switch
+//!   does not run, and a sync that cannot read it applies nothing: the record is the
+//!   truth, and an entry of a member's own that it no longer holds was checked since.
 //!
 //! A standby neither reads nor writes the key. What is shared is only the promotions with
 //! a color to go back to: an edge switch with none (a takeover, first traffic) and the
@@ -24,18 +26,10 @@ use veza_state::AgentState;
 use super::Agent;
 use super::unverified::Owed;
 
-/// The Incus server config key holding, on a cluster, the checks through the edge that
+/// The key of the `default` project's config holding, on a cluster, the checks through the edge that
 /// `host`'s leader owes (JSON: `env/app` → the color traffic goes back to).
 pub fn owed_key(host: &str) -> String {
     format!("user.veza-agent.owed.{host}")
-}
-
-/// Adds to `owed` what another agent left owed in the cluster; an app this agent owes
-/// itself keeps its own color.
-fn merge(owed: &mut Owed, shared: &Owed) {
-    for (app, back) in shared {
-        owed.entry(app.clone()).or_insert_with(|| back.clone());
-    }
 }
 
 /// The key's value as read: `None` (no key) is nothing owed; a value that is not the
@@ -53,30 +47,34 @@ fn parse(key: &str, value: Option<&str>) -> Result<Owed, String> {
 }
 
 impl Agent {
-    /// On a cluster member that leads (or would: `plan`): adds what the cluster's record
-    /// holds to `state`'s owed checks, as a sync and `plan` both do so that they agree.
-    /// Returns the record as read, to compare with at the sync's end; `None` when this is
-    /// no cluster or the record cannot be read (nothing is then written back, so nothing
-    /// is lost).
-    pub(crate) async fn take_shared_owed(&self, state: &mut AgentState) -> Option<Owed> {
-        self.cluster.as_ref()?;
-        let key = owed_key(&self.config.host);
-        let read = self.incus.shared_user_config(&key).await.map_err(|e| e.to_string());
-        match read.and_then(|v| parse(&key, v.value.as_deref())) {
-            Ok(shared) => {
-                merge(&mut state.unverified, &shared);
-                Some(shared)
-            }
-            Err(e) => {
-                tracing::warn!("cluster: reading `{key}`: {e}");
-                None
-            }
+    /// On a cluster member that leads (or would: `plan`): the cluster's record becomes
+    /// `state`'s owed checks (the record is the truth: every leader writes it before its
+    /// switch, and a run whose record cannot be written does not switch; an entry of this
+    /// member's own that the record no longer holds was checked by a leader since), as a
+    /// sync and `plan` both do, so that they agree. Returns the record as read, to compare
+    /// with at the sync's end, or `None` when this is no cluster; `Err` (nothing is then
+    /// applied, and nothing written) when the record cannot be read.
+    pub(crate) async fn take_shared_owed(
+        &self,
+        state: &mut AgentState,
+    ) -> Result<Option<Owed>, String> {
+        if self.cluster.is_none() {
+            return Ok(None);
         }
+        let key = owed_key(&self.config.host);
+        let read =
+            self.incus.shared_user_config(&key).await.map_err(|e| {
+                format!("cannot read the cluster's record of owed checks `{key}`: {e}")
+            })?;
+        let shared = parse(&key, read.value.as_deref())?;
+        state.unverified.clone_from(&shared);
+        Ok(Some(shared))
     }
 
     /// Writes `owed` as the cluster's record (removed when empty), as the lease's holder
-    /// that planned this run: a member that does not lead writes nothing. Nothing is
-    /// written when the record holds it already.
+    /// that planned this run, in one compare-and-swap with the lease's read
+    /// ([`veza_host::lease::Keeper::write_shared`]): a member that does not lead writes
+    /// nothing. Nothing is written when the record holds it already.
     pub(super) async fn share_owed(&self, owed: &Owed) -> Result<(), String> {
         let key = owed_key(&self.config.host);
         let value = match owed.is_empty() {
@@ -97,30 +95,6 @@ mod tests {
 
     fn owed(pairs: &[(&str, &str)]) -> Owed {
         pairs.iter().map(|(a, c)| (a.to_string(), c.to_string())).collect()
-    }
-
-    #[test]
-    fn what_another_leader_left_is_added_and_this_agents_own_color_wins() {
-        // (own, shared, merged)
-        let table = [
-            (owed(&[]), owed(&[]), owed(&[])),
-            (owed(&[]), owed(&[("prod/web", "blue")]), owed(&[("prod/web", "blue")])),
-            (
-                owed(&[("prod/api", "green")]),
-                owed(&[("prod/web", "blue")]),
-                owed(&[("prod/api", "green"), ("prod/web", "blue")]),
-            ),
-            (
-                owed(&[("prod/web", "green")]),
-                owed(&[("prod/web", "blue")]),
-                owed(&[("prod/web", "green")]),
-            ),
-        ];
-        for (own, shared, want) in table {
-            let mut got = own.clone();
-            merge(&mut got, &shared);
-            assert_eq!(got, want, "own {own:?} + shared {shared:?}");
-        }
     }
 
     #[test]

@@ -258,21 +258,51 @@ impl<S: SharedConfig, C: Clock> Keeper<S, C> {
 
     /// The fence's check, returning the generation this agent may write as.
     async fn may_write_now(&self, call: &str) -> Result<u64> {
+        self.may_write_versioned(call).await.map(|(generation, _)| generation)
+    }
+
+    /// [`Keeper::may_write_now`], with the ETag of the config the lease was read from.
+    async fn may_write_versioned(&self, call: &str) -> Result<(u64, String)> {
         let read = self.store.shared_user_config(LEASE_KEY).await?;
         let record = Record::parse(read.value.as_deref());
         let held = self.memory().held;
-        may_write(&self.rules, &record, held, self.now_ms())
-            .map_err(|reason| IncusError::Fenced { call: call.to_string(), reason })
+        let generation = may_write(&self.rules, &record, held, self.now_ms())
+            .map_err(|reason| IncusError::Fenced { call: call.to_string(), reason })?;
+        Ok((generation, read.etag))
     }
 
     /// Writes `key` of the shared config (`None` removes it) as the holder of lease
-    /// generation `pinned`: only once the fence passed ([`Keeper::check_pinned`]), and
-    /// under the lease's turn, so that no renewal of this agent's (a write of the whole
-    /// config) comes between the read and the write and undoes either.
+    /// generation `pinned`, in one compare-and-swap with the fence's own read: the lease
+    /// and the key are read (one project, one ETag), the fence decided on that lease
+    /// ([`Keeper::check_pinned`]'s rule), and the write sent with that ETag, so a lease
+    /// taken by another member since is seen (the swap is refused, the fence read again).
+    /// Under the lease's turn: no renewal of this agent's comes between. Nothing is
+    /// written when the key holds `value` already.
     pub async fn write_shared(&self, key: &str, value: Option<&str>, pinned: u64) -> Result<()> {
         let _turn = self.turn.lock().await;
-        self.check_pinned(&format!("set {key} in the project's config"), pinned).await?;
-        crate::incus::set_shared_user_config(&self.store, key, value).await
+        let call = format!("set {key} in the project's config");
+        for _ in 0..ATTEMPTS {
+            let (generation, etag) = self.may_write_versioned(&call).await?;
+            if generation != pinned {
+                return Err(stale_run(&call, pinned, generation));
+            }
+            let read = self.store.shared_user_config(key).await?;
+            if read.etag != etag {
+                continue; // Edited between the two reads: look again.
+            }
+            if read.value.as_deref() == value {
+                return Ok(());
+            }
+            match self.store.swap_shared_user_config(key, value, &etag).await? {
+                Swap::Done => return Ok(()),
+                Swap::Changed => continue,
+            }
+        }
+        Err(IncusError::Conflict {
+            kind: crate::incus::ResourceKind::SharedConfig,
+            name: key.to_string(),
+            attempts: ATTEMPTS as u32,
+        })
     }
 
     /// [`Fence::check`], and only under the lease generation `pinned` (the one a run
@@ -284,20 +314,26 @@ impl<S: SharedConfig, C: Clock> Keeper<S, C> {
         if generation == pinned {
             return Ok(());
         }
-        Err(IncusError::Fenced {
-            call: call.to_string(),
-            reason: format!(
-                "this run planned under cluster lease generation {pinned}, and this agent now \
-                 holds generation {generation} (the lease lapsed and was taken again: another \
-                 member may have applied in between); the next sync plans again"
-            ),
-        })
+        Err(stale_run(call, pinned, generation))
     }
 }
 
 impl<S: SharedConfig, C: Clock> Fence for Keeper<S, C> {
     async fn check(&self, call: &str) -> Result<()> {
         self.may_write_now(call).await.map(drop)
+    }
+}
+
+/// A run's write refused: the lease it planned under (`pinned`) lapsed and this agent
+/// took it again as `generation`.
+fn stale_run(call: &str, pinned: u64, generation: u64) -> IncusError {
+    IncusError::Fenced {
+        call: call.to_string(),
+        reason: format!(
+            "this run planned under cluster lease generation {pinned}, and this agent now holds \
+             generation {generation} (the lease lapsed and was taken again: another member may \
+             have applied in between); the next sync plans again"
+        ),
     }
 }
 

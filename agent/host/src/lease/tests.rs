@@ -26,6 +26,27 @@ fn keeper<'a>(
     Keeper::new(fake, clock, me, TTL).settle(Duration::ZERO)
 }
 
+/// One fake Incus and two agents' own clocks.
+struct World {
+    fake: FakeIncus,
+    clock_a: FakeClock,
+    clock_b: FakeClock,
+}
+
+type FakeKeeper<'a> = Keeper<&'a FakeIncus, &'a FakeClock>;
+
+impl World {
+    fn new() -> World {
+        let fake = FakeIncus::new(LiveState::default());
+        World { fake, clock_a: FakeClock::new(), clock_b: FakeClock::new() }
+    }
+
+    /// Two agents named `a` and `b` on the fake, each on its own clock.
+    fn keepers(&self, a: &str, b: &str) -> (FakeKeeper<'_>, FakeKeeper<'_>) {
+        (keeper(&self.fake, &self.clock_a, a), keeper(&self.fake, &self.clock_b, b))
+    }
+}
+
 fn standing(s: &Standing) -> String {
     match s {
         Standing::Leading(l) => format!("lead #{}.{}", l.generation, l.beat),
@@ -40,10 +61,9 @@ fn standing(s: &Standing) -> String {
 
 #[test]
 fn two_agents_take_renew_follow_and_take_over() {
-    let fake = FakeIncus::new(LiveState::default());
-    let (clock_a, clock_b) = (FakeClock::new(), FakeClock::new());
-    let a = keeper(&fake, &clock_a, "a");
-    let b = keeper(&fake, &clock_b, "b");
+    let w = World::new();
+    let (a, b) = w.keepers("a", "b");
+    let (clock_a, clock_b) = (&w.clock_a, &w.clock_b);
     // (who looks, after advancing its own clock by ms, what it finds)
     let script: Vec<(&str, u64, &str)> = vec![
         ("a", 0, "lead #1.0"),
@@ -71,10 +91,9 @@ fn two_agents_take_renew_follow_and_take_over() {
 
 #[test]
 fn the_fence_stops_a_writer_that_lost_the_lease() {
-    let fake = FakeIncus::new(LiveState::default());
-    let clock = FakeClock::new();
-    let a = keeper(&fake, &clock, "a");
-    let incus = Fenced::new(&fake, &a);
+    let w = World::new();
+    let ((a, _), fake) = (w.keepers("a", "b"), &w.fake);
+    let incus = Fenced::new(fake, &a);
     let spec = |name: &str| ProfileSpec {
         name: name.to_string(),
         description: String::new(),
@@ -103,10 +122,9 @@ fn the_fence_stops_a_writer_that_lost_the_lease() {
 
 #[test]
 fn the_fence_stops_a_holder_whose_lease_ran_out_on_its_own_clock() {
-    let fake = FakeIncus::new(LiveState::default());
-    let clock = FakeClock::new();
-    let a = keeper(&fake, &clock, "a");
-    let incus = Fenced::new(&fake, &a);
+    let w = World::new();
+    let ((a, _), fake, clock) = (w.keepers("a", "b"), &w.fake, &w.clock_a);
+    let incus = Fenced::new(fake, &a);
     rt().block_on(async {
         assert!(a.step().await.expect("take").leads());
         clock.advance(TTL);
@@ -123,9 +141,8 @@ fn the_fence_stops_a_holder_whose_lease_ran_out_on_its_own_clock() {
 /// (even by this agent), that run's writes are refused; the next run's pass.
 #[test]
 fn a_pinned_fence_refuses_writes_under_a_later_generation() {
-    let fake = FakeIncus::new(LiveState::default());
-    let clock = FakeClock::new();
-    let a = keeper(&fake, &clock, "a");
+    let w = World::new();
+    let ((a, _), clock) = (w.keepers("a", "b"), &w.clock_a);
     rt().block_on(async {
         let e = a.check_pinned("delete instance x", 1).await.expect_err("never held");
         assert!(e.to_string().contains("does not hold"), "{e}");
@@ -153,10 +170,9 @@ fn a_pinned_fence_refuses_writes_under_a_later_generation() {
 /// its name than it holds follows, and its writes are fenced.
 #[test]
 fn two_agents_with_one_member_name_do_not_take_turns() {
-    let fake = FakeIncus::new(LiveState::default());
-    let (clock_a, clock_b) = (FakeClock::new(), FakeClock::new());
-    let a = keeper(&fake, &clock_a, "m");
-    let b = keeper(&fake, &clock_b, "m");
+    let w = World::new();
+    let (a, b) = w.keepers("m", "m");
+    let (clock_a, clock_b) = (&w.clock_a, &w.clock_b);
     rt().block_on(async {
         assert_eq!(standing(&a.step().await.expect("a")), "lead #1.0");
         // b starts: a lease under its name it did not write is its own from an earlier
@@ -198,10 +214,9 @@ fn a_take_that_lost_a_race_is_seen_when_read_back() {
 /// then it follows whoever took it.
 #[test]
 fn a_leader_standing_aside_gives_the_lease_up_until_it_rejoins() {
-    let fake = FakeIncus::new(LiveState::default());
-    let (clock_a, clock_b) = (FakeClock::new(), FakeClock::new());
-    let a = keeper(&fake, &clock_a, "a");
-    let b = keeper(&fake, &clock_b, "b");
+    let w = World::new();
+    let ((a, b), fake) = (w.keepers("a", "b"), &w.fake);
+    let clock_a = &w.clock_a;
     rt().block_on(async {
         assert!(a.step().await.expect("a takes").leads());
         assert!(!b.step().await.expect("b follows").leads());
@@ -247,10 +262,9 @@ fn a_leader_standing_aside_gives_the_lease_up_until_it_rejoins() {
 /// lapsed and another agent took it, the same write is refused and nothing is sent.
 #[test]
 fn a_shared_key_is_written_only_under_the_pinned_lease() {
-    let fake = FakeIncus::new(LiveState::default());
-    let (clock_a, clock_b) = (FakeClock::new(), FakeClock::new());
-    let a = keeper(&fake, &clock_a, "a");
-    let b = keeper(&fake, &clock_b, "b");
+    let w = World::new();
+    let ((a, b), fake) = (w.keepers("a", "b"), &w.fake);
+    let clock_b = &w.clock_b;
     let key = "user.veza-agent.applied.h";
     rt().block_on(async {
         assert!(a.step().await.expect("a takes").leads());
@@ -268,6 +282,6 @@ fn a_shared_key_is_written_only_under_the_pinned_lease() {
         let e = a.write_shared(key, Some("c0"), pinned).await.expect_err("fenced");
         assert!(matches!(e, IncusError::Fenced { .. }), "{e}");
         assert_eq!(fake.shared(key).as_deref(), Some("c1"), "nothing written");
-        assert!(fake.take_calls().iter().all(|c| c.starts_with("GET")), "only the fence's read");
+        assert_eq!(fake.take_calls(), ["GET /1.0/projects/default"], "only the fence's read");
     });
 }
