@@ -235,17 +235,20 @@ impl Agent {
             }
         }
         // On a cluster, the leader takes up the cluster's record of owed checks (`shared.rs`);
-        // one it cannot read holds everything back.
-        let mut shared = None;
+        // one it cannot read fails the sync before anything.
+        let (mut shared, mut unreadable) = (None, None);
         if hold.is_none() {
             match self.take_shared_owed(&mut state).await {
                 Ok(read) => shared = read,
-                Err(e) => hold = Some(e),
+                Err(e) => unreadable = Some(e),
             }
         }
         laps.lap("load");
         let found = Found { interrupted: interrupted.as_ref(), hold: hold.as_deref(), started_ms };
-        let end = self.stages(&mut state, store, stop, found, &at, &mut laps).await;
+        let end = match unreadable {
+            Some(e) => End::new(Outcome::Failed, None, Some(format!("{e}; nothing applied"))),
+            None => self.stages(&mut state, store, stop, found, &at, &mut laps).await,
+        };
         if !matches!(end.outcome, Outcome::Applied | Outcome::NoChange)
             && let Some(w) = &self.warm
         {
