@@ -812,6 +812,11 @@ fn placement_and_a_member_lost_during_a_promotion() {
 /// finds the switch owed in the cluster (shared before the switch), checks blue through
 /// the edge again and puts green back: a color nobody checked does not go on serving.
 fn leader_killed_during_checks_the_next_leader_checks_again(p: &Placement) {
+    // Every member seen online first: right after a member's restart another one's
+    // heartbeat may lag, and a member seen offline has its instances left alone.
+    for n in 1..=3 {
+        wait_member(1, n, "Online");
+    }
     // Long checks (400 requests through the edge), so that the kill lands in them.
     let a = p.f.config(1, "promotion: {health_timeout: 8s, verify_requests: 400}\n");
     p.commit("blue", Some(None));
