@@ -1,9 +1,9 @@
 //! On the real 3-member Incus cluster of `tests/host/cluster` (run by `tests/cluster`,
 //! which brings it up, runs these and tears it down, and fails unless every one of them
-//! ran and passed; `.ci/run` calls it; `#[ignore]`d in the normal suite, which has no
-//! cluster): the lease's compare-and-swap through different members, its
-//! renewal, a takeover after the leader's member dies (timed), the fence stopping a paused
-//! leader, and the anti-rollback mark shared by every member.
+//! ran and passed; `tests/run` calls it first, then runs the rest of the suite without
+//! them, by module name `real_cluster::`): the lease's compare-and-swap through different
+//! members, its renewal, a takeover after the leader's member dies (timed), the fence
+//! stopping a paused leader, and the anti-rollback mark shared by every member.
 //!
 //! Each test clears the lease key first (a killed run's lease would otherwise make the
 //! first take wait a TTL) and leaves every member running.
@@ -73,7 +73,6 @@ fn who(s: &Standing) -> String {
 }
 
 #[test]
-#[ignore = "needs the 3-member cluster: run tests/cluster"]
 fn cluster_observed_through_one_member() {
     cluster(&["up"]);
     runtime().expect("runtime").block_on(async {
@@ -84,7 +83,6 @@ fn cluster_observed_through_one_member() {
 }
 
 #[test]
-#[ignore = "needs the 3-member cluster: run tests/cluster"]
 fn lease_compare_and_swap_across_members() {
     cluster(&["up"]);
     runtime().expect("runtime").block_on(async {
@@ -112,7 +110,6 @@ fn lease_compare_and_swap_across_members() {
 }
 
 #[test]
-#[ignore = "needs the 3-member cluster: run tests/cluster"]
 fn a_paused_leader_is_fenced_once_a_standby_took_over() {
     cluster(&["up"]);
     runtime().expect("runtime").block_on(async {
@@ -153,7 +150,6 @@ fn a_paused_leader_is_fenced_once_a_standby_took_over() {
 }
 
 #[test]
-#[ignore = "needs the 3-member cluster: run tests/cluster"]
 fn takeover_after_the_leaders_member_dies_and_the_mark_survives() {
     cluster(&["up"]);
     let rt = runtime().expect("runtime");
@@ -340,7 +336,6 @@ async fn clear_mark(via: &IncusClient) {
 }
 
 #[test]
-#[ignore = "needs the 3-member cluster: run tests/cluster"]
 fn failover_between_two_commits_never_applies_older_than_any_leader() {
     cluster(&["up"]);
     let (f, c1) = Fixture::new();
@@ -445,7 +440,6 @@ impl Drop for Daemon {
 }
 
 #[test]
-#[ignore = "needs the 3-member cluster: run tests/cluster"]
 fn daemons_on_two_members_the_standby_takes_over_when_the_leaders_member_dies() {
     cluster(&["up"]);
     let (f, _c1) = Fixture::new();
@@ -718,7 +712,6 @@ fn served_release() -> Option<String> {
 /// while that member is offline nothing is scheduled onto it and its instance is
 /// reported; once it is back the promotion completes.
 #[test]
-#[ignore = "needs the 3-member cluster: run tests/cluster"]
 fn placement_and_a_member_lost_during_a_promotion() {
     cluster(&["up"]);
     let p = Placement::new();
