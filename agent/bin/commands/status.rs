@@ -229,7 +229,8 @@ pub fn build(state: AgentState, seen: Observed) -> Status {
     // unless the run has gone on for so long that it is more likely stuck (or its writer
     // lives on after a save that failed and left its journal).
     let running_for_s = run_started.filter(|_| writer_runs).map(|t| (now - t).max(0));
-    if let Some(age) = running_for_s.filter(|a| *a >= STUCK_RUN_S) {
+    let stuck_for = running_for_s.filter(|a| *a >= STUCK_RUN_S);
+    if let Some(age) = stuck_for {
         problems.push(format!(
             "a sync has been applying for {} (its process still runs): if `journalctl -u \
              veza-agent` shows it stuck or a failed save, restart the agent; the next sync \
@@ -238,8 +239,7 @@ pub fn build(state: AgentState, seen: Observed) -> Status {
         ));
     }
     // What a run owes is its checks in progress only while it runs and is not stuck.
-    let stuck = running_for_s.is_some_and(|a| a >= STUCK_RUN_S);
-    let in_progress = writer_runs && !stuck;
+    let in_progress = writer_runs && stuck_for.is_none();
     let checking = if in_progress { state.owed_apps() } else { Vec::new() };
     let owed = if in_progress { BTreeMap::new() } else { state.unverified.clone() };
     for (app, back) in &owed {

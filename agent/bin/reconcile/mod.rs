@@ -236,19 +236,14 @@ impl Agent {
         }
         // On a cluster, the leader takes up the cluster's record of owed checks (`shared.rs`);
         // one it cannot read fails the sync before anything.
-        let (mut shared, mut unreadable) = (None, None);
-        if hold.is_none() {
-            match self.take_shared_owed(&mut state).await {
-                Ok(read) => shared = read,
-                Err(e) => unreadable = Some(e),
-            }
-        }
+        let taken = if hold.is_none() { self.take_shared_owed(&mut state).await } else { Ok(None) };
         laps.lap("load");
         let found = Found { interrupted: interrupted.as_ref(), hold: hold.as_deref(), started_ms };
-        let end = match unreadable {
-            Some(e) => End::new(Outcome::Failed, None, Some(format!("{e}; nothing applied"))),
-            None => self.stages(&mut state, store, stop, found, &at, &mut laps).await,
+        let end = match &taken {
+            Err(e) => End::new(Outcome::Failed, None, Some(format!("{e}; nothing applied"))),
+            Ok(_) => self.stages(&mut state, store, stop, found, &at, &mut laps).await,
         };
+        let shared = taken.ok().flatten();
         if !matches!(end.outcome, Outcome::Applied | Outcome::NoChange)
             && let Some(w) = &self.warm
         {

@@ -89,11 +89,13 @@ impl Agent {
         let key = high_water_key(&self.config.host);
         let fence = crate::cluster::ClusterLease::fence(self.cluster.as_ref());
         let written = fence.write_shared(&self.incus, &key, Some(commit)).await;
-        // The copy is written whatever became of the mark (fenced on its own).
-        let copy = veza_host::lease::Fenced::new(&self.incus, &fence)
-            .set_server_user_config(&key, Some(commit))
-            .await;
-        if let Err(e) = copy {
+        // The copy is written whatever became of the mark (fenced on its own), and only
+        // when it changes: its fence would cost a read of the lease at every sync.
+        if self.incus.server_user_config(&key).await.ok().flatten().as_deref() != Some(commit)
+            && let Err(e) = veza_host::lease::Fenced::new(&self.incus, &fence)
+                .set_server_user_config(&key, Some(commit))
+                .await
+        {
             tracing::debug!("the anti-rollback mark's copy for older agents: {e}");
         }
         if let Err(e) = written {

@@ -19,6 +19,7 @@ use veza_model::lease::{
 };
 
 use crate::clock::Clock;
+use crate::incus::shared::{kept_changing, swap_if_changed};
 use crate::incus::{IncusError, Result, SharedConfig, Swap};
 
 mod fenced;
@@ -193,11 +194,7 @@ impl<S: SharedConfig, C: Clock> Keeper<S, C> {
             }
             return Ok(Standing::Leading(lease));
         }
-        Err(IncusError::Conflict {
-            kind: crate::incus::ResourceKind::SharedConfig,
-            name: LEASE_KEY.to_string(),
-            attempts: ATTEMPTS as u32,
-        })
+        Err(kept_changing(LEASE_KEY, ATTEMPTS as u32))
     }
 
     /// Stands aside while this agent must not apply (suspended, report mode, stopping):
@@ -242,11 +239,7 @@ impl<S: SharedConfig, C: Clock> Keeper<S, C> {
                 Swap::Changed => continue,
             }
         }
-        Err(IncusError::Conflict {
-            kind: crate::incus::ResourceKind::SharedConfig,
-            name: LEASE_KEY.to_string(),
-            attempts: ATTEMPTS as u32,
-        })
+        Err(kept_changing(LEASE_KEY, ATTEMPTS as u32))
     }
 }
 
@@ -282,27 +275,16 @@ impl<S: SharedConfig, C: Clock> Keeper<S, C> {
         let _turn = self.turn.lock().await;
         let call = format!("set {key} in the project's config");
         for _ in 0..ATTEMPTS {
-            let (generation, etag) = self.may_write_versioned(&call).await?;
-            if generation != pinned {
-                return Err(stale_run(&call, pinned, generation));
-            }
+            let etag = self.may_write_pinned(&call, pinned).await?;
             let read = self.store.shared_user_config(key).await?;
-            if read.etag != etag {
-                continue; // Edited between the two reads: look again.
-            }
-            if read.value.as_deref() == value {
+            // Edited between the two reads: look again.
+            if read.etag == etag
+                && swap_if_changed(&self.store, key, value, &read).await? == Swap::Done
+            {
                 return Ok(());
             }
-            match self.store.swap_shared_user_config(key, value, &etag).await? {
-                Swap::Done => return Ok(()),
-                Swap::Changed => continue,
-            }
         }
-        Err(IncusError::Conflict {
-            kind: crate::incus::ResourceKind::SharedConfig,
-            name: key.to_string(),
-            attempts: ATTEMPTS as u32,
-        })
+        Err(kept_changing(key, ATTEMPTS as u32))
     }
 
     /// [`Fence::check`], and only under the lease generation `pinned` (the one a run
@@ -310,30 +292,29 @@ impl<S: SharedConfig, C: Clock> Keeper<S, C> {
     /// lapsed, and another member may have applied in between) passes the plain check,
     /// but the run's plan is stale and its writes are not sent.
     pub async fn check_pinned(&self, call: &str, pinned: u64) -> Result<()> {
-        let generation = self.may_write_now(call).await?;
+        self.may_write_pinned(call, pinned).await.map(drop)
+    }
+
+    /// [`Keeper::check_pinned`], returning the ETag of the config the lease was read from.
+    async fn may_write_pinned(&self, call: &str, pinned: u64) -> Result<String> {
+        let (generation, etag) = self.may_write_versioned(call).await?;
         if generation == pinned {
-            return Ok(());
+            return Ok(etag);
         }
-        Err(stale_run(call, pinned, generation))
+        Err(IncusError::Fenced {
+            call: call.to_string(),
+            reason: format!(
+                "this run planned under cluster lease generation {pinned}, and this agent now \
+                 holds generation {generation} (the lease lapsed and was taken again: another \
+                 member may have applied in between); the next sync plans again"
+            ),
+        })
     }
 }
 
 impl<S: SharedConfig, C: Clock> Fence for Keeper<S, C> {
     async fn check(&self, call: &str) -> Result<()> {
         self.may_write_now(call).await.map(drop)
-    }
-}
-
-/// A run's write refused: the lease it planned under (`pinned`) lapsed and this agent
-/// took it again as `generation`.
-fn stale_run(call: &str, pinned: u64, generation: u64) -> IncusError {
-    IncusError::Fenced {
-        call: call.to_string(),
-        reason: format!(
-            "this run planned under cluster lease generation {pinned}, and this agent now holds \
-             generation {generation} (the lease lapsed and was taken again: another member may \
-             have applied in between); the next sync plans again"
-        ),
     }
 }
 

@@ -300,11 +300,14 @@ fn read_secrets(
 /// can disagree when writing the mark failed: the member's record wins only when it is
 /// provably newer, so neither a stale mark nor a stale state file reopens a rollback.
 pub fn newer_base<'a>(mirror: &Mirror, a: &'a str, b: &'a str) -> &'a str {
-    let descends = mirror
-        .commit_by_id(a)
-        .and_then(|a_id| Ok((a_id, mirror.commit_by_id(b)?)))
-        .and_then(|(a_id, b_id)| mirror.is_descendant(a_id, b_id, MAX_ANCESTRY_WALK));
-    if matches!(descends, Ok(true)) { a } else { b }
+    if descends(mirror, a, b) { a } else { b }
+}
+
+/// Whether commit `a` is `b` or provably descends from it (both in the mirror, within the
+/// ancestry walk's bound).
+fn descends(mirror: &Mirror, a: &str, b: &str) -> bool {
+    let ids = mirror.commit_by_id(a).and_then(|a| Ok((a, mirror.commit_by_id(b)?)));
+    ids.and_then(|(a, b)| mirror.is_descendant(a, b, MAX_ANCESTRY_WALK)).unwrap_or(false)
 }
 
 /// The newest of two marks that should be one commit (the anti-rollback mark and its copy
@@ -313,13 +316,9 @@ pub fn newer_base<'a>(mirror: &Mirror, a: &'a str, b: &'a str) -> &'a str {
 /// mirror does not hold, so that the tip is refused as a rewrite, else `a`. Never the
 /// older of two comparable marks, and never a way around one the history lost.
 pub fn newest_mark<'a>(mirror: &Mirror, a: &'a str, b: &'a str) -> &'a str {
-    let descends = |x: &str, y: &str| {
-        let ids = mirror.commit_by_id(x).and_then(|x| Ok((x, mirror.commit_by_id(y)?)));
-        ids.and_then(|(x, y)| mirror.is_descendant(x, y, MAX_ANCESTRY_WALK)).unwrap_or(false)
-    };
-    if descends(a, b) {
+    if descends(mirror, a, b) {
         a
-    } else if descends(b, a) || mirror.commit_by_id(b).is_err() {
+    } else if descends(mirror, b, a) || mirror.commit_by_id(b).is_err() {
         b
     } else {
         a

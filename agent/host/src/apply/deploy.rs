@@ -277,18 +277,19 @@ where
 fn exec_may_have_started(e: &IncusError) -> bool {
     match e {
         IncusError::Operation { .. } | IncusError::OperationLost { .. } => true,
+        // The exec `POST` went out (its answer lost or unreadable), or what follows it.
         IncusError::Timeout { path, .. }
         | IncusError::Decode { path, .. }
-        | IncusError::Transport { path, .. }
-        | IncusError::Connect { path, .. }
-        | IncusError::Api { path, .. } => {
-            let after = path.starts_with("/1.0/operations/") || path.contains("/logs/");
-            let sent = path.ends_with("/exec")
-                && !matches!(e, IncusError::Connect { .. } | IncusError::Api { .. });
-            after || sent
-        }
+        | IncusError::Transport { path, .. } => path.ends_with("/exec") || after_exec(path),
+        // Refused or unreachable: only what follows the exec counts.
+        IncusError::Connect { path, .. } | IncusError::Api { path, .. } => after_exec(path),
         _ => false,
     }
+}
+
+/// A request made once an exec's operation existed: its wait, or its output logs.
+fn after_exec(path: &str) -> bool {
+    path.starts_with("/1.0/operations/") || path.contains("/logs/")
 }
 
 /// `text` with every secret value of `slot` (as is, and percent-encoded as it would be in

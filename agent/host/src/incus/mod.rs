@@ -32,7 +32,7 @@ mod envelope;
 mod error;
 mod fake;
 mod feed;
-mod shared;
+pub(crate) mod shared;
 mod tls;
 mod types;
 

@@ -78,17 +78,28 @@ pub async fn set_shared_user_config(
 ) -> Result<()> {
     for _ in 0..ATTEMPTS {
         let read = store.shared_user_config(key).await?;
-        if read.value.as_deref() == value {
+        if swap_if_changed(store, key, value, &read).await? == Swap::Done {
             return Ok(());
         }
-        match store.swap_shared_user_config(key, value, &read.etag).await? {
-            Swap::Done => return Ok(()),
-            Swap::Changed => continue,
-        }
     }
-    Err(IncusError::Conflict {
-        kind: ResourceKind::SharedConfig,
-        name: key.to_string(),
-        attempts: ATTEMPTS,
-    })
+    Err(kept_changing(key, ATTEMPTS))
+}
+
+/// One compare-and-swap of `key` to `value` against `read` (its value and the config's
+/// ETag): `Done` without a write when it holds `value` already.
+pub(crate) async fn swap_if_changed(
+    store: &impl SharedConfig,
+    key: &str,
+    value: Option<&str>,
+    read: &Versioned,
+) -> Result<Swap> {
+    if read.value.as_deref() == value {
+        return Ok(Swap::Done);
+    }
+    store.swap_shared_user_config(key, value, &read.etag).await
+}
+
+/// `key` could not be written in `attempts` compare-and-swaps: the config kept changing.
+pub(crate) fn kept_changing(key: &str, attempts: u32) -> IncusError {
+    IncusError::Conflict { kind: ResourceKind::SharedConfig, name: key.to_string(), attempts }
 }
