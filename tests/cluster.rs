@@ -19,6 +19,7 @@ use veza_host::incus::{
 use veza_host::lease::{Fenced, Keeper, Standing};
 use veza_host::process::Cmd;
 use veza_model::lease::{LEASE_KEY, Record};
+use veza_model::live::InstanceStatus;
 
 const BASE: &str = "/var/lib/veza-cluster";
 /// The shortest TTL the configuration accepts: takeovers take seconds, not half a minute.
@@ -675,6 +676,25 @@ fn wait_member(via: u8, n: u8, status: &str) -> Duration {
     }
 }
 
+/// Waits (bounded) until member 1 lists `name` with a state: a member just restarted is
+/// seen online before it serves its instances ("Server isn't ready yet").
+fn wait_instance_state(name: &str) {
+    let start = Instant::now();
+    loop {
+        let state = runtime().expect("runtime").block_on(async {
+            let scope = veza_host::incus::Scope::WITHOUT_NETWORKS;
+            let live = member(1).observe_scoped(scope).await;
+            // An instance its member does not serve yet is listed in `Error`.
+            live.map(|l| l.instances.get(name).is_some_and(|i| i.status != InstanceStatus::Error))
+        });
+        if matches!(state, Ok(true)) {
+            return;
+        }
+        assert!(start.elapsed() < Duration::from_secs(150), "{name} unreadable: {state:?}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 /// A fixture whose branch holds the cluster manifest, the artifacts beside it.
 struct Placement {
     f: Fixture,
@@ -790,6 +810,7 @@ fn placement_and_a_member_lost_during_a_promotion() {
     // The member is back: the promotion completes.
     cluster(&["start", &dead.to_string()]);
     wait_member(1, dead, "Online");
+    wait_instance_state(GREEN);
     let r = agent(&a, &["apply"]);
     assert_eq!(r.code, 0, "{r}");
     assert_eq!(served_release().as_deref(), Some(R2), "green serves");
