@@ -254,6 +254,7 @@ mod tests {
             host: "x.example".into(),
             path: "/".into(),
             listen: "127.0.0.1:80".into(),
+            tls: false,
         }
     }
 

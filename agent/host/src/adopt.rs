@@ -51,8 +51,10 @@ async fn probe_slot<I: Incus, P: Probe>(
 ) -> Result<ProbeAnswer, String> {
     let timeout = Duration::from_millis(need.timeout_ms.max(100));
     if let Some(addr) = &need.loopback {
-        let r =
-            probe.get(addr, "localhost", &need.path, timeout).await.map_err(|e| e.to_string())?;
+        let r = probe
+            .get(addr, "localhost", &need.path, timeout, false)
+            .await
+            .map_err(|e| e.to_string())?;
         return Ok(ProbeAnswer { status: r.status, release: r.headers.get("x-release").cloned() });
     }
     let out = incus

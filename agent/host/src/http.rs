@@ -1,7 +1,8 @@
 //! A minimal HTTP/1.1 client for the agent's own probes: slot health checks and
-//! verification requests through the edge. Plain TCP to the addresses the manifests
-//! name (loopback in tests); bounded in time and size. [`Probe`] is that client as the
-//! apply engine takes it from its drivers; [`fake`] scripts its answers for tests.
+//! verification requests through the edge. Plain TCP, or TLS for the edge of an
+//! environment that terminates it, to the addresses the manifests name (loopback in
+//! tests); bounded in time and size. [`Probe`] is that client as the apply engine takes it
+//! from its drivers; [`fake`] scripts its answers for tests.
 
 pub mod fake;
 
@@ -27,8 +28,10 @@ pub struct Reply {
 
 /// Why a request failed.
 #[derive(Debug, thiserror::Error)]
-#[error("GET http://{addr}{path} (Host: {host}): {detail}")]
+#[error("GET {scheme}://{addr}{path} (Host: {host}): {detail}")]
 pub struct HttpError {
+    /// `http` or `https`.
+    pub scheme: &'static str,
     /// Address.
     pub addr: String,
     /// Host header.
@@ -39,12 +42,29 @@ pub struct HttpError {
     pub detail: String,
 }
 
-/// `GET path` on `addr` (`host:port`) with a `Host:` header and optional cookie.
+/// `GET path` on `addr` (`host:port`) with a `Host:` header, over plain TCP.
 /// `0.0.0.0` and `[::]` are probed on loopback. `timeout` bounds the whole exchange
 /// (connect, request, headers and body): an app that answers one byte at a time cannot
 /// stall a sync or a shutdown.
 pub fn get(addr: &str, host: &str, path: &str, timeout: Duration) -> Result<Reply, HttpError> {
+    exchange(addr, host, path, timeout, false)
+}
+
+/// [`get`] over TLS, `host` as the server name (SNI), any server certificate accepted
+/// (the edge's checks: where it routes, not who it is).
+pub fn get_tls(addr: &str, host: &str, path: &str, timeout: Duration) -> Result<Reply, HttpError> {
+    exchange(addr, host, path, timeout, true)
+}
+
+fn exchange(
+    addr: &str,
+    host: &str,
+    path: &str,
+    timeout: Duration,
+    tls: bool,
+) -> Result<Reply, HttpError> {
     let err = |detail: String| HttpError {
+        scheme: if tls { "https" } else { "http" },
         addr: addr.to_string(),
         host: host.to_string(),
         path: path.to_string(),
@@ -62,12 +82,24 @@ pub fn get(addr: &str, host: &str, path: &str, timeout: Duration) -> Result<Repl
     };
     // What is left of the deadline, or `None` once it passed.
     let left = || deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero());
-    let mut stream =
+    let tcp =
         TcpStream::connect_timeout(&sock, timeout).map_err(|e| err(format!("connect: {e}")))?;
+    // The socket's timeouts are set through a second handle to it, under TLS too.
+    let socket = tcp.try_clone().map_err(|e| err(e.to_string()))?;
+    let mut stream: Box<dyn ReadWrite> = if tls {
+        let config = crate::tls::edge_check().map_err(&err)?;
+        let name = rustls_pki_types::ServerName::try_from(host.to_string())
+            .map_err(|e| err(format!("`{host}` is no TLS server name: {e}")))?;
+        let conn =
+            rustls::ClientConnection::new(config, name).map_err(|e| err(format!("TLS: {e}")))?;
+        Box::new(rustls::StreamOwned::new(conn, tcp))
+    } else {
+        Box::new(tcp)
+    };
     let req = format!(
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: veza-agent\r\nAccept: */*\r\nConnection: close\r\n\r\n"
     );
-    stream
+    socket
         .set_write_timeout(Some(left().ok_or_else(|| late(&[]))?))
         .map_err(|e| err(e.to_string()))?;
     stream.write_all(req.as_bytes()).map_err(|e| err(format!("send: {e}")))?;
@@ -75,7 +107,7 @@ pub fn get(addr: &str, host: &str, path: &str, timeout: Duration) -> Result<Repl
     let mut buf = [0u8; 8192];
     while (raw.len() as u64) < MAX_RESPONSE {
         let Some(wait) = left() else { return Err(late(&raw)) };
-        stream.set_read_timeout(Some(wait)).map_err(|e| err(e.to_string()))?;
+        socket.set_read_timeout(Some(wait)).map_err(|e| err(e.to_string()))?;
         match stream.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => {
@@ -86,23 +118,32 @@ pub fn get(addr: &str, host: &str, path: &str, timeout: Duration) -> Result<Repl
                 return Err(late(&raw));
             }
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            // A TLS peer that closes without `close_notify` after its reply (HAProxy may):
+            // the reply is whole when it parses.
+            Err(e) if tls && e.kind() == ErrorKind::UnexpectedEof => break,
             Err(e) => return Err(err(format!("read: {e}"))),
         }
     }
     parse_reply(&raw).ok_or_else(|| err(format!("malformed response ({} bytes)", raw.len())))
 }
 
+/// A byte stream both ways: plain TCP or TLS over it.
+trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
+
 /// The requests the apply engine sends on its own: a slot's health probe on its loopback
 /// address and the verification requests through the edge after a switch. The engine
 /// takes it from its drivers so that tests can script the answers ([`fake::ScriptedProbe`]).
 pub trait Probe: Sync {
-    /// `GET path` on `addr` with a `Host:` header, bounded by `timeout` (as [`get`]).
+    /// `GET path` on `addr` with a `Host:` header, bounded by `timeout` (as [`get`]);
+    /// over TLS when `tls` (as [`get_tls`]).
     fn get(
         &self,
         addr: &str,
         host: &str,
         path: &str,
         timeout: Duration,
+        tls: bool,
     ) -> impl Future<Output = Result<Reply, HttpError>> + Send;
 }
 
@@ -117,8 +158,9 @@ impl Probe for HttpProbe {
         host: &str,
         path: &str,
         timeout: Duration,
+        tls: bool,
     ) -> Result<Reply, HttpError> {
-        get(addr, host, path, timeout)
+        exchange(addr, host, path, timeout, tls)
     }
 }
 
@@ -158,6 +200,85 @@ mod tests {
             serve(s, buf[..n].to_vec())
         });
         (addr, server)
+    }
+
+    /// A self-signed certificate for `edge.test` (valid until 2126) and its key, as an
+    /// edge's `tls.cert_dir` would hold them.
+    const EDGE_CERT: &str = "-----BEGIN CERTIFICATE-----
+MIIBlDCCATugAwIBAgIUNGoXBKZeW3l+ch9KmKDjtNjjssAwCgYIKoZIzj0EAwIw
+FDESMBAGA1UEAwwJZWRnZS50ZXN0MCAXDTI2MTIwNzE4MjExMVoYDzIxMjYxMTEz
+MTgyMTExWjAUMRIwEAYDVQQDDAllZGdlLnRlc3QwWTATBgcqhkjOPQIBBggqhkjO
+PQMBBwNCAAQbd2/Ids1T6+4urEZ8LbyCXHztOGxfsg1gUjqu6Jyq4q6xgga25smx
+m3lKI97tZDj1Br8S181Qm2ZGj+hme9Ojo2kwZzAdBgNVHQ4EFgQU1mGCzECfZnL1
+ZFc3G7Yl9QFR5n8wHwYDVR0jBBgwFoAU1mGCzECfZnL1ZFc3G7Yl9QFR5n8wDwYD
+VR0TAQH/BAUwAwEB/zAUBgNVHREEDTALggllZGdlLnRlc3QwCgYIKoZIzj0EAwID
+RwAwRAIgJKKLQZDSvh/DZuntZkWajMdDJ8YbdBCcy5piL9EQTJMCIDp3XQS77OGt
+8JgEoth6i7r/EvafON5J/DE6ROnHXR+h
+-----END CERTIFICATE-----
+";
+    const EDGE_KEY: &str = "-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgK5HC31cVTnEtBhdT
+ox1QCaL/zqXpRRb9MGLZxNiJCo2hRANCAAQbd2/Ids1T6+4urEZ8LbyCXHztOGxf
+sg1gUjqu6Jyq4q6xgga25smxm3lKI97tZDj1Br8S181Qm2ZGj+hme9Oj
+-----END PRIVATE KEY-----
+";
+
+    /// A TLS server on a free loopback port for one connection: answers `reply` after
+    /// reading the request's head, and returns the SNI name the client sent.
+    fn serve_tls_once(reply: &'static str) -> (String, std::thread::JoinHandle<Option<String>>) {
+        use rustls_pki_types::pem::PemObject;
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+        let cert = CertificateDer::from_pem_slice(EDGE_CERT.as_bytes()).unwrap();
+        let key = PrivateKeyDer::from_pem_slice(EDGE_KEY.as_bytes()).unwrap();
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert], key)
+            .unwrap();
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let server = std::thread::spawn(move || {
+            let (tcp, _) = l.accept().unwrap();
+            tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let conn = rustls::ServerConnection::new(std::sync::Arc::new(config)).unwrap();
+            let mut tls = rustls::StreamOwned::new(conn, tcp);
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                match tls.read(&mut byte) {
+                    Ok(1) => head.push(byte[0]),
+                    _ => return None,
+                }
+            }
+            tls.write_all(reply.as_bytes()).ok()?;
+            tls.conn.send_close_notify();
+            tls.flush().ok()?;
+            tls.conn.server_name().map(str::to_string)
+        });
+        (addr, server)
+    }
+
+    /// An edge that terminates TLS: the check reaches it over TLS (the host name as SNI,
+    /// its self-signed certificate accepted), and plain HTTP to it gets no reply.
+    #[test]
+    fn a_check_over_tls_reaches_an_edge_with_its_own_certificate() {
+        let (addr, server) =
+            serve_tls_once("HTTP/1.1 200 OK\r\nX-Release: r2\r\nContent-Length: 2\r\n\r\nok");
+        let r = get_tls(&addr, "edge.test", "/", Duration::from_secs(5)).unwrap();
+        assert_eq!((r.status, r.headers.get("x-release").map(String::as_str)), (200, Some("r2")));
+        assert_eq!(r.body, b"ok");
+        assert_eq!(server.join().unwrap().as_deref(), Some("edge.test"), "SNI");
+
+        let (addr, _server) = serve_tls_once("HTTP/1.1 200 OK\r\n\r\n");
+        let e = get(&addr, "edge.test", "/", Duration::from_millis(800)).unwrap_err();
+        assert!(e.to_string().starts_with(&format!("GET http://{addr}/ ")), "{e}");
+        let e = get_tls("127.0.0.1:1", "edge.test", "/", Duration::from_millis(800)).unwrap_err();
+        assert!(
+            e.to_string().starts_with("GET https://127.0.0.1:1/ (Host: edge.test): connect"),
+            "{e}"
+        );
     }
 
     #[test]

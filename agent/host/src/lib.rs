@@ -17,3 +17,4 @@ pub mod incus;
 pub mod lease;
 pub mod process;
 pub mod systemd;
+mod tls;

@@ -27,7 +27,9 @@ mod placement;
 mod types;
 
 pub use edge_config::render_for;
-use edge_config::{KeptSlot, RENDERED_HEADER, keep_live_releases, serving_slots, takeover};
+use edge_config::{
+    KeptSlot, RENDERED_HEADER, edge_listen, keep_live_releases, serving_slots, takeover,
+};
 use instance::{diff_reason, plan_instance};
 use jobs::{plan_jobs, plan_prune};
 pub use types::{Action, EdgeCheck, Gate, Phase, Plan, Promotion, Refusal, Step, Switch};
@@ -397,8 +399,8 @@ pub fn plan(
                     .flatten()
                     .cloned()
                     .unwrap_or_else(|| "/".to_string());
-                let listen =
-                    edge.listen.as_ref().map_or("0.0.0.0:80".to_string(), |l| l.http.clone());
+                let tls = edge.tls.is_some();
+                let listen = edge_listen(manifests, tls);
                 if let Some(host) = edge.hosts.first() {
                     checks.push(EdgeCheck {
                         env: env.clone(),
@@ -408,6 +410,7 @@ pub fn plan(
                         host: host.clone(),
                         path,
                         listen,
+                        tls,
                     });
                 }
             }

@@ -29,7 +29,7 @@ async fn probe<I: Incus, P: Probe>(
 ) -> Result<(), String> {
     if let Some(addr) = &slot.loopback {
         let r = http
-            .get(addr, "localhost", &slot.health_path, timeout)
+            .get(addr, "localhost", &slot.health_path, timeout, false)
             .await
             .map_err(|e| e.to_string())?;
         if r.status != slot.expect_status {
@@ -156,12 +156,12 @@ pub(super) async fn health_gate<I: Incus, E: Edge, U, P: Probe, C: Clock, H: Hoo
     let mut streak = 0u32;
     let mut healthy_since = None;
     while d.clock.now() < deadline {
-        if hooks.preempted() {
+        // Waiting on a slot traffic would move to moves nothing: a newer commit or a stop
+        // request ends the wait. A serving slot's gate (after its redeploy) runs to its
+        // end: its release mark is written, so nothing would gate it again.
+        if stoppable && hooks.preempted() {
             return Err(StepError::Preempted);
         }
-        // Waiting on a slot traffic would move to moves nothing: a stop request ends the
-        // wait. A serving slot's gate (after its redeploy) runs to its end: nothing would
-        // gate it again.
         if stoppable && hooks.stop_requested() {
             return Err(StepError::Stopped);
         }
@@ -197,8 +197,9 @@ pub(super) async fn health_gate<I: Incus, E: Edge, U, P: Probe, C: Clock, H: Hoo
     )))
 }
 
-/// Requests through the edge: every one must succeed (< 500) and, when the app reports
-/// its release in `X-Release`, reach the expected release.
+/// Requests through the edge (over TLS to an environment that terminates it): every one
+/// must succeed (< 500) and, when the app reports its release in `X-Release`, reach the
+/// expected release.
 pub(super) async fn verify_edge<P: Probe>(
     http: &P,
     check: &EdgeCheck,
@@ -208,7 +209,7 @@ pub(super) async fn verify_edge<P: Probe>(
     let release = check.release.as_str();
     for i in 0..n.max(1) {
         let r = http
-            .get(&check.listen, &check.host, &check.path, timeout)
+            .get(&check.listen, &check.host, &check.path, timeout, check.tls)
             .await
             .map_err(|e| e.to_string())?;
         if r.status >= 500 {

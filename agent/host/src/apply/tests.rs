@@ -200,6 +200,7 @@ fn promote() -> Action {
             host: "web.example".into(),
             path: "/".into(),
             listen: LISTEN.into(),
+            tls: false,
         }],
         fallback: Some(EDGE_BLUE.into()),
     })
@@ -272,6 +273,20 @@ fn a_promotion_gates_switches_and_verifies() {
         ["GET /1.0/operations?recursion=1"],
         "a look at the operations, no exec: a loopback slot is probed from the host"
     );
+}
+
+/// An environment that terminates TLS at the edge is checked over TLS: its plain HTTP
+/// may answer only a redirect, which reaches no slot.
+#[test]
+fn the_checks_of_an_environment_with_tls_go_over_tls() {
+    let w = World::new();
+    w.probe.script(GREEN, [ok('2')]);
+    w.probe.script(LISTEN, [ok('2')]);
+    let mut plan = promotion(Vec::new());
+    switch_of(&mut plan).checks[0].tls = true;
+    let report = w.run(&plan, &mut Script::default());
+    assert_eq!(report.outcome, ApplyOutcome::Applied, "{report:?}");
+    assert_eq!(w.probe.requests()[6..], ["GET https://127.0.0.1:18080/ (Host: web.example)"; 3]);
 }
 
 #[test]
@@ -659,25 +674,24 @@ fn a_newer_commit_or_a_stop_during_the_health_wait_ends_it_and_moves_no_traffic(
 }
 
 #[test]
-fn a_stop_ends_the_wait_on_a_slot_traffic_would_move_to_never_on_a_serving_one() {
-    // A serving slot's gate after its redeploy is not planned again by the next sync: it
-    // runs to its end. (serving, the outcome)
+fn a_stop_or_a_newer_commit_ends_the_wait_on_a_slot_traffic_would_move_to_never_on_a_serving_one() {
+    // A serving slot's gate after its redeploy is not planned again by the next sync (its
+    // release mark is written): it runs to its end. (serving, hooks, the outcome)
+    let wait = "wait for web-green to be healthy (/health 200)";
+    let stop = || Script { stop_at_look: Some(1), ..Script::default() };
+    let newer = || Script { newer_commit_at: Some(1), ..Script::default() };
     let table = [
-        (true, ApplyOutcome::Applied),
-        (
-            false,
-            ApplyOutcome::Interrupted {
-                before: "wait for web-green to be healthy (/health 200)".into(),
-            },
-        ),
+        (true, stop(), ApplyOutcome::Applied),
+        (true, newer(), ApplyOutcome::Applied),
+        (false, stop(), ApplyOutcome::Interrupted { before: wait.into() }),
+        (false, newer(), ApplyOutcome::Preempted { during: wait.into() }),
     ];
-    for (serving, outcome) in table {
+    for (serving, mut hooks, outcome) in table {
         let w = World::new();
         w.probe.script(GREEN, [ok('2')]);
         let gate = Gate { instance: "web-green".into(), slot: slot(Color::Green), serving };
-        let mut hooks = Script { stop_at_look: Some(1), ..Script::default() };
         let report = w.run(&plan_of(vec![Action::HealthGate(gate)]), &mut hooks);
-        assert_eq!(report.outcome, outcome, "serving: {serving}");
+        assert_eq!(report.outcome, outcome, "serving: {serving}, stop: {:?}", hooks.stop_at_look);
     }
 }
 

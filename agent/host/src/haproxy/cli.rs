@@ -105,19 +105,16 @@ mod tests {
     use super::*;
     use std::os::unix::net::UnixListener;
 
-    fn sock(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!(
-            "veza-cli-{}-{name}-{:?}",
-            std::process::id(),
-            Instant::now()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        dir.join("s.sock")
+    /// A socket path in a fresh temporary directory, removed when the guard drops.
+    fn sock() -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        (dir, path)
     }
 
     #[test]
     fn sends_one_line_half_closes_and_reads_to_eof() {
-        let path = sock("echo");
+        let (_dir, path) = sock();
         let listener = UnixListener::bind(&path).unwrap();
         let server = std::thread::spawn(move || {
             let (mut s, _) = listener.accept().unwrap();
@@ -133,7 +130,7 @@ mod tests {
 
     #[test]
     fn times_out_when_the_server_never_closes() {
-        let path = sock("stall");
+        let (_dir, path) = sock();
         let listener = UnixListener::bind(&path).unwrap();
         let server = std::thread::spawn(move || {
             let (s, _) = listener.accept().unwrap();

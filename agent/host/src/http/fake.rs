@@ -43,15 +43,19 @@ impl ScriptedProbe {
         self.state.lock().answers.entry(addr.to_string()).or_default().extend(answers);
     }
 
-    /// Every request so far, as `GET http://ADDR/PATH (Host: HOST)`.
+    /// Every request so far, as `GET http://ADDR/PATH (Host: HOST)` (`https` over TLS).
     pub fn requests(&self) -> Vec<String> {
         self.state.lock().requests.clone()
     }
 
     /// How many requests went to `addr`.
     pub fn requests_to(&self, addr: &str) -> usize {
-        let prefix = format!("GET http://{addr}/");
-        self.state.lock().requests.iter().filter(|r| r.starts_with(&prefix)).count()
+        let to = format!("{addr}/");
+        let st = self.state.lock();
+        st.requests
+            .iter()
+            .filter(|r| r.split_once("://").is_some_and(|(_, u)| u.starts_with(&to)))
+            .count()
     }
 }
 
@@ -62,9 +66,11 @@ impl Probe for ScriptedProbe {
         host: &str,
         path: &str,
         _timeout: Duration,
+        tls: bool,
     ) -> Result<Reply, HttpError> {
+        let scheme = if tls { "https" } else { "http" };
         let mut st = self.state.lock();
-        st.requests.push(format!("GET http://{addr}{path} (Host: {host})"));
+        st.requests.push(format!("GET {scheme}://{addr}{path} (Host: {host})"));
         let answer = match st.answers.get_mut(addr) {
             Some(queue) if queue.len() > 1 => queue.pop_front(),
             Some(queue) => queue.front().cloned(),
@@ -79,6 +85,7 @@ impl Probe for ScriptedProbe {
             Answer::Status(status) => Ok(reply(status, None)),
             Answer::Release(status, release) => Ok(reply(status, Some(release))),
             Answer::Refused => Err(HttpError {
+                scheme,
                 addr: addr.to_string(),
                 host: host.to_string(),
                 path: path.to_string(),

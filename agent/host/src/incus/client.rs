@@ -255,7 +255,7 @@ impl IncusClient {
         let http = match &transport {
             Transport::Unix { .. } => Http::Unix(builder.build(UnixConnector)),
             Transport::Https { client_cert, client_key, server_cert, .. } => {
-                match super::tls::client_config(client_cert, client_key, server_cert) {
+                match crate::tls::client_config(client_cert, client_key, server_cert) {
                     Ok(config) => {
                         let connector = hyper_rustls::HttpsConnectorBuilder::new()
                             .with_tls_config(config)

@@ -33,7 +33,6 @@ mod error;
 mod fake;
 mod feed;
 pub(crate) mod shared;
-mod tls;
 mod types;
 
 use std::future::Future;

@@ -12,7 +12,7 @@ use veza_model::manifest::{Color, Release};
 use veza_model::naming;
 
 use super::{Action, PlanError, Step, Switch};
-use crate::edge::{EdgeEnv, EdgeSettings, render_edge};
+use crate::edge::{DEFAULT_HTTP_LISTEN, DEFAULT_HTTPS_LISTEN, EdgeEnv, EdgeSettings, render_edge};
 use crate::live::LiveState;
 
 /// The color each app's traffic goes to now: what the agent's own config routes to, or,
@@ -88,6 +88,18 @@ pub fn render_for(
         }
     }
     Ok(render_edge(&envs, settings)?.config)
+}
+
+/// Where the shared edge listens, as [`render_for`] binds it: the one `listen` the
+/// environments declare (the render refuses two different ones), else the defaults; its
+/// HTTPS address when `tls`.
+pub(super) fn edge_listen(manifests: &[&Manifest], tls: bool) -> String {
+    let declared = manifests.iter().find_map(|m| m.edge.as_ref()?.listen.as_ref());
+    if tls {
+        declared.and_then(|l| l.https.clone()).unwrap_or_else(|| DEFAULT_HTTPS_LISTEN.to_string())
+    } else {
+        declared.map_or_else(|| DEFAULT_HTTP_LISTEN.to_string(), |l| l.http.clone())
+    }
 }
 
 /// A serving slot the plan leaves as it is (its rebuild was refused), with the release

@@ -169,6 +169,52 @@ fn promotion_deploys_gates_switches_and_verifies() {
     assert_eq!(back.active.get(&("demo".to_string(), "hello".to_string())), Some(&Color::Blue));
 }
 
+/// The checks through the edge take the path clients take: over TLS to the shared edge's
+/// HTTPS listener when the environment terminates TLS (its plain HTTP may only redirect,
+/// which reaches no slot), else to its HTTP one; the listener the edge binds, the one any
+/// environment declares, else the default.
+#[test]
+fn the_checks_go_where_the_edge_listens_over_tls_when_the_environment_has_it() {
+    let listen = "  listen: {http: \"127.0.0.1:18100\"}";
+    let tls = "  tls: {cert_dir: /etc/haproxy/certs}";
+    // (what, the edit of the edge, the check's listener, over TLS)
+    let table = [
+        ("plain HTTP, declared", listen.to_string(), "127.0.0.1:18100", false),
+        ("TLS, default HTTPS", format!("{listen}\n{tls}"), "0.0.0.0:443", true),
+        (
+            "TLS, declared HTTPS",
+            format!("  listen: {{http: \"127.0.0.1:18100\", https: \"127.0.0.1:18143\"}}\n{tls}"),
+            "127.0.0.1:18143",
+            true,
+        ),
+        ("plain HTTP, default", String::new(), "0.0.0.0:80", false),
+    ];
+    for (what, edge, want, over_tls) in table {
+        let edited = |t: String| with_green_release(t).replace(listen, &edge);
+        let (_, live) = converged(&[&demo_with(edited)]);
+        let promoted = demo_with(|t| edited(t).replace("    active: blue", "    active: green"));
+        let p = run(&manifests(&[&promoted]), &live, &opts());
+        let switch = p.switch().unwrap_or_else(|| panic!("{what}: a promotion\n{p}"));
+        let check = &switch.checks[0];
+        assert_eq!((check.listen.as_str(), check.tls), (want, over_tls), "{what}");
+        assert_eq!(
+            check.to_string().ends_with("(Host: demo.localhost, HTTPS)"),
+            over_tls,
+            "{what}"
+        );
+    }
+    // An environment that declares no listener is checked where another one's binds it.
+    let declared = PROD.replace(
+        "  tls: {cert_dir: /etc/haproxy/certs}",
+        "  tls: {cert_dir: /etc/haproxy/certs}\n  listen: {http: \"10.0.0.1:80\", https: \"10.0.0.1:443\"}",
+    );
+    assert_ne!(declared, PROD);
+    let ms = manifests(&[STAGING, &declared]);
+    let ms: Vec<&Manifest> = ms.iter().collect();
+    assert_eq!(super::edge_listen(&ms, true), "10.0.0.1:443");
+    assert_eq!(super::edge_listen(&ms, false), "10.0.0.1:80");
+}
+
 /// A promotion whose switch was made and whose checks never passed (a killed run) is
 /// planned again from the color it goes back to, though the live config already routes
 /// to the target: the same switch, its gate, its checks and its fallback; and nothing

@@ -168,20 +168,26 @@ pub struct EdgeCheck {
     pub host: String,
     /// Path requested.
     pub path: String,
-    /// The edge's HTTP listener.
+    /// Where the requests go: the shared edge's HTTPS listener when `tls`, else its HTTP
+    /// one.
     pub listen: String,
+    /// Over TLS: the environment terminates TLS at the edge, whose plain HTTP may answer
+    /// only a redirect (which reaches no slot and proves nothing).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub tls: bool,
 }
 
 impl fmt::Display for EdgeCheck {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "verify {}/{} serves {} {} through the edge (Host: {})",
+            "verify {}/{} serves {} {} through the edge (Host: {}{})",
             self.env,
             self.app,
             self.color,
             self.release.short(),
-            self.host
+            self.host,
+            if self.tls { ", HTTPS" } else { "" }
         )
     }
 }

@@ -520,6 +520,7 @@ fn an_edge_in_an_instance_whose_recreate_waits_holds_the_promotion_or_the_update
         host: "a.fr".into(),
         path: "/".into(),
         listen: "0.0.0.0:80".into(),
+        tls: false,
     };
     let update = plan_of(vec![
         Action::DeleteInstance { name: "tools".into() },

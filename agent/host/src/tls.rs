@@ -1,6 +1,8 @@
-//! TLS for the HTTPS transport: a client certificate for authentication, and the server
-//! certificate pinned (incusd presents a self-signed certificate; trusting a CA would be
-//! both wrong and weaker). rustls with `ring`.
+//! TLS clients, rustls with `ring`:
+//! - the HTTPS transport to a remote incusd: a client certificate for authentication, and
+//!   the server certificate pinned (incusd presents a self-signed certificate; trusting a
+//!   CA would be both wrong and weaker);
+//! - the checks through the edge of an environment that terminates TLS ([`edge_check`]).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -11,10 +13,11 @@ use rustls::{DigitallySignedStruct, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
-/// Accepts exactly one server certificate, byte for byte.
+/// Accepts exactly one server certificate, byte for byte, or (`cert: None`, the edge's
+/// checks) any; the handshake's signatures are verified either way.
 #[derive(Debug)]
 struct Pinned {
-    cert: CertificateDer<'static>,
+    cert: Option<CertificateDer<'static>>,
     algorithms: WebPkiSupportedAlgorithms,
 }
 
@@ -27,7 +30,7 @@ impl ServerCertVerifier for Pinned {
         _ocsp: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        if end_entity.as_ref() == self.cert.as_ref() {
+        if self.cert.as_ref().is_none_or(|c| c.as_ref() == end_entity.as_ref()) {
             Ok(ServerCertVerified::assertion())
         } else {
             Err(rustls::Error::General(
@@ -77,7 +80,8 @@ pub(crate) fn client_config(
         .map_err(|e| format!("client key `{}`: {e}", client_key.display()))?;
     let pinned = CertificateDer::from_pem_file(server_cert)
         .map_err(|e| format!("server certificate `{}`: {e}", server_cert.display()))?;
-    let verifier = Pinned { cert: pinned, algorithms: provider.signature_verification_algorithms };
+    let verifier =
+        Pinned { cert: Some(pinned), algorithms: provider.signature_verification_algorithms };
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS setup: {e}"))?
@@ -86,4 +90,28 @@ pub(crate) fn client_config(
         .with_client_auth_cert(certs, key)
         .map_err(|e| format!("client certificate and key do not match: {e}"))?;
     Ok(config)
+}
+
+/// The client configuration of the checks through the edge over HTTPS: any server
+/// certificate. A check asks whether the edge routes a host's requests to the color it
+/// should, over the path clients take (an environment with `tls` may answer plain HTTP
+/// with a redirect only); the certificates are the edge's own, from the manifests'
+/// `tls.cert_dir` on the edge's machine, which the agent does not hold. Built once.
+pub(crate) fn edge_check() -> Result<Arc<rustls::ClientConfig>, String> {
+    static CONFIG: std::sync::OnceLock<Result<Arc<rustls::ClientConfig>, String>> =
+        std::sync::OnceLock::new();
+    CONFIG
+        .get_or_init(|| {
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let verifier =
+                Pinned { cert: None, algorithms: provider.signature_verification_algorithms };
+            let config = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .map_err(|e| format!("TLS setup: {e}"))?
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(verifier))
+                .with_no_client_auth();
+            Ok(Arc::new(config))
+        })
+        .clone()
 }
