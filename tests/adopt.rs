@@ -52,6 +52,7 @@ fn a_container_made_by_hand_is_adopted_in_place_and_then_owned() {
          incus:\n  instances:\n    {name}: {{image: {BUSYBOX_IMAGE}, profiles: [default], protect: true}}\n",
         env = h.env
     );
+    let previous = h.commit(&format!("{manifest}# a first draft\n"), "draft").expect("commit");
     let commit = h.commit(&manifest, "name the container made by hand").expect("commit");
 
     // Today's refusal: the planner never touches an instance without its mark.
@@ -90,6 +91,17 @@ fn a_container_made_by_hand_is_adopted_in_place_and_then_owned() {
         v["duration_ms"]
     );
 
+    // A run on the previous commit was killed: its journal makes that commit the base
+    // until adoption makes this one the base, for good (the journal is in the state then).
+    let state_dir = h.dir.join("state");
+    let killed = veza_state::Journal {
+        commit: previous,
+        started_ms: 1_000,
+        steps: vec!["create instance".into()],
+        ..veza_state::Journal::default()
+    };
+    veza_state::Store::open(&state_dir).and_then(|s| s.write_journal(&killed)).expect("journal");
+
     let uuid = config_get(&name, "volatile.uuid");
     let init = init_process(&name);
     // No terminal and no --yes: nothing is done.
@@ -118,6 +130,7 @@ fn a_container_made_by_hand_is_adopted_in_place_and_then_owned() {
     // from now on, as after an apply that began.
     let (_, out, _) = agent(&h, &["status"]);
     assert!(out.contains(&format!("tried:    {commit}")), "{out}");
+    assert_eq!(veza_state::Reader::new(&state_dir).journal(), None, "taken into the state");
 
     let (code, out, _) = agent(&h, &["history", "-n", "1"]);
     assert_eq!(code, 0);

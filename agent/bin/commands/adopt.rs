@@ -257,6 +257,17 @@ pub fn run(args: &AdoptArgs) -> ExitCode {
                 );
                 return fail(&e, 1);
             }
+            // The state now holds what a killed run's journal held (taken above): left
+            // behind, the next sync would take it again, its older commit as the base.
+            if journal.is_some()
+                && let Err(e) = store.clear_journal()
+            {
+                let e = anyhow::anyhow!(
+                    "not adopted, nothing changed: removing the journal of the killed run \
+                     (its contents are in the state now) failed: {e}"
+                );
+                return fail(&e, 1);
+            }
             if let Err(e) = agent.mirror_high_water(&source.commit).await {
                 eprintln!("warning: {e}");
             }

@@ -42,7 +42,7 @@ pub fn run(args: &HistoryArgs) -> ExitCode {
         outln!(
             "{when}  {:<11} {}  {:<24} {:>6} ms  {}{}",
             e.outcome.as_str(),
-            &e.commit[..e.commit.len().min(12)],
+            veza_model::manifest::short_id(&e.commit, 12),
             e.signer.as_deref().unwrap_or("-"),
             e.duration_ms,
             apps.join(" "),

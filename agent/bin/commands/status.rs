@@ -316,7 +316,7 @@ pub fn build(state: AgentState, seen: Observed) -> Status {
 }
 
 fn short(c: &str) -> &str {
-    &c[..c.len().min(12)]
+    veza_model::manifest::short_id(c, 12)
 }
 
 /// Runs `status`.
@@ -440,7 +440,7 @@ pub fn render(s: &Status, now: i64) -> String {
                     let health = a.health.get(c).map(|h| format!(" {h}")).unwrap_or_default();
                     format!(
                         "{c}={}{}{health}",
-                        &r[..r.len().min(10)],
+                        veza_model::manifest::short_id(r, 10),
                         if c == active { "*" } else { "" }
                     )
                 })

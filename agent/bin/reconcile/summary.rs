@@ -70,7 +70,7 @@ impl std::fmt::Display for SyncSummary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}", self.outcome.as_str())?;
         if let Some(c) = &self.commit {
-            write!(f, " {}", &c[..c.len().min(12)])?;
+            write!(f, " {}", veza_model::manifest::short_id(c, 12))?;
         }
         write!(f, " ({} steps, {} ms)", self.steps, self.duration_ms)?;
         if let Some(r) = &self.reason {

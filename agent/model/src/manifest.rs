@@ -17,7 +17,7 @@ mod values;
 
 pub use maintenance::{Maintenance, Window, WindowStart};
 pub(crate) use values::string_schema;
-pub use values::{DurationSpec, Release, Sha256Hex};
+pub use values::{DurationSpec, Release, Sha256Hex, short_id};
 
 /// A whole manifest file: one environment on one host.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]

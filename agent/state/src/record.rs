@@ -389,7 +389,7 @@ pub fn history_entry(
             let release = a
                 .releases
                 .get(&color)
-                .map(|r| r[..r.len().min(10)].to_string())
+                .map(|r| r.chars().take(10).collect::<String>())
                 .unwrap_or_default();
             apps.insert(format!("{env}/{app}"), format!("{color}@{release}"));
         }
@@ -430,6 +430,29 @@ mod tests {
                 ("green".to_string(), "2".repeat(40)),
             ]),
             health: BTreeMap::from([("blue".to_string(), "UP".to_string())]),
+        }
+    }
+
+    /// A release read back from a slot's mark is whatever the mark holds (anyone with
+    /// access to Incus can set it): the history shows its first ten characters, however
+    /// many bytes they take.
+    #[test]
+    fn the_history_shows_a_releases_first_characters_whatever_they_are() {
+        for (release, shown) in [
+            ("1".repeat(40), "blue@1111111111".to_string()),
+            ("éééééééééééé".to_string(), "blue@éééééééééé".to_string()),
+            ("abcdefghiéj".to_string(), "blue@abcdefghié".to_string()),
+            ("short".to_string(), "blue@short".to_string()),
+        ] {
+            let mut state = AgentState::default();
+            let app = AppState {
+                active: Some("blue".into()),
+                releases: BTreeMap::from([("blue".to_string(), release.clone())]),
+                ..AppState::default()
+            };
+            state.envs.entry("prod".into()).or_default().apps.insert("web".into(), app);
+            let entry = history_entry(&state, "c", "s", Outcome::Applied, None);
+            assert_eq!(entry.apps.get("prod/web"), Some(&shown), "{release}");
         }
     }
 

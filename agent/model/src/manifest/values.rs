@@ -74,6 +74,13 @@ impl Release {
     }
 }
 
+/// The first `n` characters of an id read back from the host or the state (a release
+/// mark, a commit), as shown to humans. Unlike [`Release::short`], the id is not known to
+/// be hex (anyone with access to Incus can set a mark): never cuts inside a character.
+pub fn short_id(id: &str, n: usize) -> &str {
+    id.char_indices().nth(n).map_or(id, |(end, _)| &id[..end])
+}
+
 /// `s` when it is `len` lowercase hex digits (a commit id, a digest), else `s` back.
 fn lower_hex(s: String, len: usize) -> Result<String, String> {
     if s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
@@ -159,3 +166,24 @@ string_schema!(
     pattern: "^[0-9a-f]{64}$",
     "A SHA-256 digest in 64 lowercase hex characters."
 );
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_short_id_is_its_first_characters_never_part_of_one() {
+        // (id, n, shown)
+        let table = [
+            ("0123456789abcdef", 10, "0123456789"),
+            ("0123", 10, "0123"),
+            ("", 10, ""),
+            ("ééééééééééé", 10, "éééééééééé"),
+            ("abcdefghié", 9, "abcdefghi"),
+            ("abcdefghié", 10, "abcdefghié"),
+        ];
+        for (id, n, shown) in table {
+            assert_eq!(short_id(id, n), shown, "{id} {n}");
+        }
+    }
+}
