@@ -264,6 +264,8 @@ pub fn plan(
     let edge_owed =
         opts.unchecked_edge.as_ref().filter(|e| live.edge_config() != Some(e.back_to.as_str()));
     let mut edge_recheck = false;
+    // Whether a promotion's fallback is the config live before its switch.
+    let mut fallback_live = false;
     for m in manifests {
         let env = &m.metadata.name;
         let prefix = m.metadata.instance_prefix();
@@ -291,6 +293,11 @@ pub fn plan(
                 && routed == Some(target)
                 && edge_owed.is_some_and(|e| e.apps.contains(&(env.clone(), app_name.clone())));
             let live_active = if first_owed { None } else { owed.or(routed) };
+            // Whether the manifests declare a slot of `color` for this app.
+            let declared = |color| {
+                let name = naming::slot_instance(&prefix, app_name, color);
+                want.instances.get(&name).is_some_and(|d| d.slot.is_some())
+            };
             let instance = naming::slot_instance(&prefix, app_name, target);
             let Some(mut slot) = want.instances.get(&instance).and_then(|d| d.slot.clone()) else {
                 continue;
@@ -324,7 +331,7 @@ pub fn plan(
                 })
             {
                 // The target slot is a foreign instance: never route traffic to it.
-                match live_active {
+                match live_active.filter(|c| declared(*c)) {
                     Some(c) => {
                         overrides.entry(env.clone()).or_default().insert(app_name.clone(), c);
                     }
@@ -355,8 +362,12 @@ pub fn plan(
                             live_active.map_or("none".to_string(), |c| c.to_string())
                         ),
                     );
-                    if let Some(c) = live_active {
-                        overrides.entry(env.clone()).or_default().insert(app_name.clone(), c);
+                    match live_active.filter(|c| declared(*c)) {
+                        Some(c) => {
+                            overrides.entry(env.clone()).or_default().insert(app_name.clone(), c);
+                        }
+                        // Its color is emptied: no config routes there any more.
+                        None => blocked_edge.push(format!("{env}/{app_name}")),
                     }
                     continue;
                 }
@@ -383,11 +394,17 @@ pub fn plan(
                     to: target,
                     release: slot.release.clone(),
                 });
-                if let Some(prev) = live_active {
-                    fallback_overrides
-                        .entry(env.clone())
-                        .or_default()
-                        .insert(app_name.clone(), prev);
+                match live_active {
+                    // The manifests empty the color traffic leaves: the fallback is the
+                    // config live before the switch (it routes there while that slot runs).
+                    Some(prev) if !declared(prev) => fallback_live = true,
+                    Some(prev) => {
+                        fallback_overrides
+                            .entry(env.clone())
+                            .or_default()
+                            .insert(app_name.clone(), prev);
+                    }
+                    None => {}
                 }
             } else {
                 b.gate_serving(instance.clone(), slot.clone(), true);
@@ -453,6 +470,8 @@ pub fn plan(
             let fallback = if let Some(e) = edge_owed.filter(|_| edge_recheck) {
                 // What was live before the owed switch: every app's traffic as it was.
                 Some(e.back_to.clone())
+            } else if fallback_live {
+                live.edge_config().map(str::to_string)
             } else if fallback_overrides.is_empty() {
                 None
             } else {

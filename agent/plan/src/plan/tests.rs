@@ -1164,3 +1164,42 @@ fn job_units_go_only_into_running_instances_the_agent_owns() {
         assert_steps_and_refusals(&p, case.what, steps, case.refused);
     }
 }
+
+/// A commit that moves traffic off a color and empties that color at once: the promotion
+/// falls back to the config live before its switch (it routes to the old slot, deleted
+/// only after the checks passed), and a promotion held by its gating jobs leaves the edge
+/// as it is (no config can route to an emptied color), both said, never a failed render.
+#[test]
+fn moving_traffic_off_a_color_and_emptying_it_in_one_commit() {
+    let (_, live) = converged(&[&demo_with(with_green_release)]);
+    let blue = "      blue: {release: 1111111111111111111111111111111111111111}";
+    let flipped = |t: String| {
+        with_green_release(t)
+            .replace("    active: blue", "    active: green")
+            .replace(blue, "      blue: {}")
+    };
+    let ms = manifests(&[&demo_with(flipped)]);
+    let p = run(&ms, &live, &opts());
+    let switch = p.switch().unwrap_or_else(|| panic!("a promotion\n{p}"));
+    assert_eq!(switch.fallback.as_deref(), live.edge_config(), "the config live before\n{p}");
+    let steps: Vec<String> = p.steps.iter().map(|s| s.action.to_string()).collect();
+    assert!(steps[0].starts_with("promote demo/hello: blue -> green"), "{p}");
+    assert_eq!(steps[1], "delete instance demo-hello-blue", "after the checks passed\n{p}");
+
+    let gated = |t: String| {
+        let jobs = "\njobs:\n  backup: {schedule: \"@daily\", on: host, command: /bin/true}\n";
+        flipped(t).replace("    active: green", "    active: green\n    gate_on_jobs: [backup]")
+            + jobs
+    };
+    let ms = manifests(&[&demo_with(gated)]);
+    let failing = PlanOptions {
+        failing_jobs: [("demo/backup".to_string(), "failed".to_string())].into(),
+        ..opts()
+    };
+    let p = run(&ms, &live, &failing);
+    assert!(p.switch().is_none(), "{p}");
+    let refused: Vec<String> =
+        p.refusals.iter().map(|r| format!("{}: {}", r.resource, r.reason)).collect();
+    assert!(refused.iter().any(|r| r.starts_with("promotion demo/hello: gated on jobs")), "{p}");
+    assert!(refused.iter().any(|r| r.starts_with("edge: not updated: demo/hello")), "{p}");
+}
