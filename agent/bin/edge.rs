@@ -83,7 +83,26 @@ impl EdgeRuntime<'_> {
     /// [`Edge::live_config`]) and the color each app's backend routes to; no config
     /// observed gives an empty [`LiveEdge`].
     pub async fn observe(&self) -> Result<LiveEdge, String> {
-        Ok(self.live_config().await?.map(LiveEdge::from_config).unwrap_or_default())
+        let (config, pending) = self.running()?;
+        let mut edge = config.map(LiveEdge::from_config).unwrap_or_default();
+        edge.unconfirmed = pending;
+        Ok(edge)
+    }
+
+    /// The config HAProxy runs, and whether an install was interrupted between its swap
+    /// and its confirmed reload (its `.reload-pending` marker is still there): then the
+    /// config is the previous file, not the one on disk, and HAProxy may run either.
+    fn running(&self) -> Result<(Option<String>, bool), String> {
+        tokio::task::block_in_place(|| {
+            self.with_runtime(|rt| {
+                let pending = rt.read_file(&self.paths.pending())?.is_some();
+                let running =
+                    if pending { self.paths.previous() } else { self.paths.config.clone() };
+                let text = rt.read_file(&running)?;
+                Ok((text.map(|b| String::from_utf8_lossy(&b).into_owned()), pending))
+            })
+            .map_err(|e: veza_host::haproxy::runtime::EdgeError| e.to_string())
+        })
     }
 
     /// Per-backend, per-server health as HAProxy sees it (`@1 show stat`).
@@ -99,20 +118,11 @@ impl EdgeRuntime<'_> {
 
 impl Edge for EdgeRuntime<'_> {
     /// The config HAProxy runs. After an install interrupted between the swap and the
-    /// confirmed reload (its `.reload-pending` marker is still there), that is the
-    /// previous file, not the one on disk: reporting it makes the plan install again,
-    /// and the installer then reloads instead of taking the unchanged file as applied.
+    /// confirmed reload, that is the previous file, not the one on disk ([`Self::running`];
+    /// the planner then installs again, and the installer reloads instead of taking an
+    /// unchanged file as applied).
     async fn live_config(&self) -> Result<Option<String>, String> {
-        tokio::task::block_in_place(|| {
-            self.with_runtime(|rt| {
-                let pending = rt.read_file(&self.paths.pending())?.is_some();
-                let running =
-                    if pending { self.paths.previous() } else { self.paths.config.clone() };
-                rt.read_file(&running)
-            })
-            .map(|b| b.map(|b| String::from_utf8_lossy(&b).into_owned()))
-            .map_err(|e| e.to_string())
-        })
+        Ok(self.running()?.0)
     }
 
     /// Installs `config`. When HAProxy does not answer on its master socket, the file is

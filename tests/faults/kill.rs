@@ -9,6 +9,8 @@ use veza_host::process::Cmd;
 use veza_testkit::proc::{Killer, process_alive, wait_dead};
 use veza_testkit::report::Case;
 
+use veza_testkit::traffic::Traffic;
+
 use super::*;
 
 /// Steps of the promotion plan the kill cases interrupt (blue on 0 → green on 1 active):
@@ -324,6 +326,41 @@ fn kill_9_between_edge_swap_and_reload() {
         break;
     }
     assert!(caught, "never caught the window between the swap and the reload");
+}
+
+/// The state a kill between the edge's swap and its confirmed reload leaves (the new
+/// config on disk, the one before it in `.prev`, the reload marker), followed by a commit
+/// going back to the config from before: that config goes back on disk and is reloaded,
+/// though it is what the marker says may still run. Made deterministic (no kill: the
+/// window is the one `kill_9_between_edge_swap_and_reload` catches), with requests
+/// through the edge all along.
+#[test]
+fn an_interrupted_install_then_a_revert_puts_the_reverted_config_back() {
+    let h = host();
+    baseline(&h);
+    h.commit(&h.manifest("blue", Some(0), Some(1)), "green deployed").expect("commit");
+    setup_apply(&h.config_path);
+    let blue_config = edge_bytes(&h);
+    let load = Traffic::start(&h, 1, Duration::from_millis(5));
+    h.commit(&h.manifest("green", Some(0), Some(1)), "promote green").expect("commit");
+    apply_ok(&h);
+    assert_eq!(h.served_release().expect("edge serves"), h.releases[1].id);
+    // As if killed right after the swap to green: the marker and the previous file.
+    let config = h.haproxy.config_path();
+    let marker = PathBuf::from(format!("{}.reload-pending", config.display()));
+    std::fs::write(format!("{}.prev", config.display()), &blue_config).expect("prev");
+    std::fs::write(&marker, "reload pending\n").expect("marker");
+
+    let revert = h.commit(&h.manifest("blue", Some(0), Some(1)), "back to blue").expect("commit");
+    let r = apply_ok(&h);
+    assert!(r.out.starts_with(&format!("applied {}", short(&revert))), "{r}");
+    assert_eq!(edge_bytes(&h), blue_config, "the reverted config is on disk:\n{r}");
+    assert!(!marker.exists(), "the reload marker was consumed");
+    assert_eq!(h.served_release().expect("edge serves"), h.releases[0].id, "{r}");
+    let r = apply_ok(&h);
+    assert!(r.out.starts_with("no-change"), "{r}");
+    let (ok, bad) = load.stop();
+    assert!(ok > 0 && bad == 0, "{ok} requests through the edge, {bad} failed");
 }
 
 /// The Incus operations still running on `instance` (`GET /1.0/operations?recursion=1`):

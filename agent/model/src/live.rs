@@ -504,7 +504,7 @@ mod tests {
     fn the_active_color_is_what_the_edge_summary_says() {
         let active = BTreeMap::from([(("prod".to_string(), "web".to_string()), Color::Green)]);
         let live = LiveState {
-            edge: LiveEdge { config: Some("cfg".into()), active },
+            edge: LiveEdge { config: Some("cfg".into()), active, unconfirmed: false },
             ..LiveState::default()
         };
         assert_eq!(live.active_color("prod", "web"), Some(Color::Green));

@@ -461,7 +461,9 @@ pub fn plan(
         None
     } else if let Some(runs_in) = &want.edge_runs_in {
         let config = render_for(manifests, &overrides, &opts.edge_settings)?;
-        (recheck || live.edge_config() != Some(config.as_str())).then(|| (runs_in.clone(), config))
+        // Installed again when an interrupted install left HAProxy running either config.
+        let changed = live.edge.unconfirmed || live.edge_config() != Some(config.as_str());
+        (recheck || changed).then(|| (runs_in.clone(), config))
     } else {
         None
     };

@@ -23,6 +23,11 @@ pub struct LiveEdge {
     pub config: Option<String>,
     /// Colors receiving traffic, by `(env, app)`.
     pub active: BTreeMap<(String, String), Color>,
+    /// An install was interrupted between its swap and its confirmed reload: `config` is
+    /// the one before it, and HAProxy may run either, so the planner installs its config
+    /// again whatever it is (the installer reloads).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unconfirmed: bool,
 }
 
 impl LiveEdge {
@@ -35,7 +40,7 @@ impl LiveEdge {
                 active.insert((slot.env.to_string(), slot.app.to_string()), slot.color);
             }
         }
-        LiveEdge { config: Some(config), active }
+        LiveEdge { config: Some(config), active, unconfirmed: false }
     }
 }
 
