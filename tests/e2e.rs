@@ -703,6 +703,26 @@ fn the_approval_policy_holds_from_the_first_sync_and_counts_signed_tags() {
     h.repo.approve(&bob, &second).unwrap();
     let out = apply_ok(&h);
     assert!(out.starts_with(&format!("applied {}", &second[..12])), "{out}");
+
+    // An approved change that does not land (release 2 is broken: rolled back) becomes
+    // the anti-rollback base, not where approvals are measured from; nor once the state
+    // directory is gone: a publisher's commit on top of it that touches no manifest still
+    // brings that change, which never landed, and needs its approvals.
+    let third = h.commit(&h.manifest("green", Some(0), Some(2)), "broken green").unwrap();
+    h.repo.approve(&alice, &third).unwrap();
+    h.repo.approve(&bob, &third).unwrap();
+    let (code, out, err) = agent(&h, &["apply"]);
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(out.starts_with(&format!("rolled-back {}", &third[..12])), "{out}");
+    std::fs::remove_dir_all(h.dir.join("state")).unwrap();
+    h.repo.write("README.md", "how to deploy\n").unwrap();
+    let fourth = h.repo.commit_signed(&h.forgejo, "docs").unwrap();
+    h.repo.push().unwrap();
+    let (code, out, err) = agent(&h, &["apply"]);
+    assert_ne!(code, 0, "a change that never landed went in unapproved:\n{out}\n{err}");
+    let said = format!("{out}{err}");
+    assert!(said.contains(&fourth[..12]) && said.contains("rule `environment`"), "{said}");
+    assert_eq!(h.served_release().unwrap(), h.releases[0].id, "traffic stayed on blue");
 }
 
 /// A private manifests repository behind HTTPS with an internal CA (Forgejo answers 401

@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
+use veza_host::incus::SharedConfig;
 use veza_model::Manifest;
 use veza_model::config::HostConfig;
 use veza_secrets::Identities;
@@ -12,7 +13,7 @@ use veza_source::fetch::{Credentials, FetchOptions, Mirror};
 use veza_source::{Acceptance, Base, PolicySince, Rejected, Secrets, accept};
 use veza_state::AgentState;
 
-use super::{Agent, Laps, high_water_key};
+use super::{Agent, Laps, high_water_key, landed_key};
 
 /// A verified revision and the manifests read from it.
 pub struct Source {
@@ -198,16 +199,40 @@ impl Agent {
                 }
             }
         };
+        // Approvals cover what changed since what landed, not since a failed attempt:
+        // this host's own record, and on a cluster (or once the state file is gone) the
+        // one every leader writes, which the mark above is not (it moves before an apply).
+        let own = state.applied.as_ref().map(|a| a.commit.clone());
+        let landed = if c.cluster.is_none() && state.high_water().is_some() {
+            own
+        } else {
+            let key = landed_key(&c.host);
+            let mark = self.incus.shared_user_config(&key).await.map_err(|e| {
+                SourceProblem::Failed(format!(
+                    "cannot read `{key}` (the last commit that landed) from Incus ({e}): \
+                     refusing to judge {commit}'s approvals without it (hint: is incusd \
+                     running? `incus info`)"
+                ))
+            })?;
+            match (mark.value, own) {
+                (Some(mark), Some(own)) => {
+                    Some(veza_source::accept::newer_base(&mirror, own.as_str(), &mark).to_string())
+                }
+                (mark, own) => mark.or(own),
+            }
+        };
         let read_keys = || host_identities(c);
         let acceptance = Acceptance {
             allowed_signers: Path::new(&c.trust.allowed_signers),
             policy: c.trust.policy.as_deref(),
             base: applied.as_deref().map_or(Base::Nothing, Base::Descends),
-            // Approvals cover what changed since what landed, not since a failed attempt.
-            policy_since: match (&state.attempted, &state.applied) {
-                (None, _) => PolicySince::Base,
-                (Some(_), Some(a)) => PolicySince::Commit(&a.commit),
-                (Some(_), None) => PolicySince::Everything,
+            policy_since: match (&landed, &state.attempted) {
+                (Some(l), _) => PolicySince::Commit(l),
+                (None, Some(_)) => PolicySince::Everything,
+                // Nothing landed that this host knows of: a first sync (the base is
+                // nothing: every path), or a mark written by agents before 2026-12, which
+                // recorded no landed commit (the diff since the mark, as they judged it).
+                (None, None) => PolicySince::Base,
             },
             manifests: &c.source.manifests,
             host: &c.host,

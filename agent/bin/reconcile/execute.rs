@@ -111,6 +111,9 @@ impl Agent {
             // so the mark is mirrored here (best effort: the state file is the mark).
             let _ = self.mirror_high_water(&source.commit).await;
             self.record_seen(state, source, live, now, true).await;
+            if waits.is_none() {
+                self.mirror_landed(&source.commit).await;
+            }
             self.keep(source, reading.mark, reading.at, live);
             laps.lap("observe-record");
         }
@@ -291,6 +294,7 @@ impl Agent {
             (Outcome::Applied | Outcome::Waiting, Ok(after)) => {
                 self.record_seen(state, source, &after.live, now, true).await;
                 if outcome == Outcome::Applied {
+                    self.mirror_landed(&source.commit).await;
                     self.keep(source, after.mark, after.at, &after.live);
                 }
             }

@@ -55,6 +55,14 @@ pub fn high_water_key(host: &str) -> String {
     format!("user.veza-agent.applied.{host}")
 }
 
+/// The `default` project's config key holding the last commit that landed on this host
+/// (applied as a whole): where the trust policy's diff starts for a cluster member, or a
+/// wiped host, with no record of its own. The anti-rollback mark may name a commit whose
+/// apply failed, and an approval of what did not land covers nothing.
+pub fn landed_key(host: &str) -> String {
+    format!("user.veza-agent.landed.{host}")
+}
+
 /// What a verified revision would do on this host (see [`Agent::plan_for`]).
 #[derive(Debug)]
 pub enum Decision {

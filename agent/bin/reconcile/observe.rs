@@ -15,7 +15,7 @@ use veza_model::naming;
 use veza_state::record::{Event, ObservedApp, record};
 use veza_state::{AgentState, AppliedRevision};
 
-use super::{Agent, Source, high_water_key};
+use super::{Agent, Source, high_water_key, landed_key};
 
 impl Agent {
     /// Observe: Incus, the edge's live config, job units (where the manifests' jobs run,
@@ -108,6 +108,17 @@ impl Agent {
             return Err(format!("writing the anti-rollback mark `{key}` into Incus failed: {e}"));
         }
         Ok(())
+    }
+
+    /// Mirrors `commit`, just recorded as applied, as the last commit that landed
+    /// ([`landed_key`]), fenced as the mark. Best effort: a missing or older one only
+    /// asks for more approvals (the diff since it is longer).
+    pub(super) async fn mirror_landed(&self, commit: &str) {
+        let key = landed_key(&self.config.host);
+        let fence = crate::cluster::ClusterLease::fence(self.cluster.as_ref());
+        if let Err(e) = fence.write_shared(&self.incus, &key, Some(commit)).await {
+            tracing::warn!("could not record `{key}` (the last commit that landed) in Incus: {e}");
+        }
     }
 
     /// Records what runs, as observed in `live` (the edge's active colors and health, the
