@@ -526,6 +526,10 @@ impl MinimalExample {
             .args(["config", "unset", "user.veza-agent.applied.localhost"])
             .timeout(Duration::from_secs(30))
             .output();
+        let _ = veza_host::process::Cmd::new("incus")
+            .args(["project", "unset", "default", "user.veza-agent.landed.localhost"])
+            .timeout(Duration::from_secs(30))
+            .output();
     }
 }
 

@@ -227,6 +227,9 @@ impl Agent {
             policy: c.trust.policy.as_deref(),
             base: applied.as_deref().map_or(Base::Nothing, Base::Descends),
             policy_since: match (&landed, &state.attempted) {
+                // One the fetched history does not hold (rewritten, or another
+                // repository's): every path.
+                (Some(l), _) if mirror.commit_by_id(l).is_err() => PolicySince::Everything,
                 (Some(l), _) => PolicySince::Commit(l),
                 (None, Some(_)) => PolicySince::Everything,
                 // Nothing landed that this host knows of: a first sync (the base is

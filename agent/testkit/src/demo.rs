@@ -278,9 +278,15 @@ impl Drop for DemoHost {
                 .timeout(Duration::from_secs(60))
                 .run();
         }
-        // The anti-rollback mark, and where agents before 2026-12 kept it.
+        // The anti-rollback mark, where agents before 2026-12 kept it, and the last
+        // commit that landed.
         let key = format!("user.veza-agent.applied.{}", self.env);
-        for args in [&["project", "unset", "default", &key][..], &["config", "unset", &key]] {
+        let landed = format!("user.veza-agent.landed.{}", self.env);
+        for args in [
+            &["project", "unset", "default", &key][..],
+            &["config", "unset", &key],
+            &["project", "unset", "default", &landed],
+        ] {
             let _ =
                 Cmd::new("incus").args(args.iter().copied()).timeout(Duration::from_secs(30)).run();
         }
