@@ -264,8 +264,10 @@ pub fn plan(
     let edge_owed =
         opts.unchecked_edge.as_ref().filter(|e| live.edge_config() != Some(e.back_to.as_str()));
     let mut edge_recheck = false;
-    // Whether a promotion's fallback is the config live before its switch.
-    let mut fallback_live = false;
+    // Whether an app promoted has no color of the manifests to go back to (its first
+    // traffic, or its previous color emptied): then the fallback is the config live
+    // before the switch, for every app (the engine reads it, and a kill owes it).
+    let mut no_color_back = false;
     for m in manifests {
         let env = &m.metadata.name;
         let prefix = m.metadata.instance_prefix();
@@ -395,16 +397,15 @@ pub fn plan(
                     release: slot.release.clone(),
                 });
                 match live_active {
-                    // The manifests empty the color traffic leaves: the fallback is the
-                    // config live before the switch (it routes there while that slot runs).
-                    Some(prev) if !declared(prev) => fallback_live = true,
-                    Some(prev) => {
+                    Some(prev) if declared(prev) => {
                         fallback_overrides
                             .entry(env.clone())
                             .or_default()
                             .insert(app_name.clone(), prev);
                     }
-                    None => {}
+                    // First traffic, or a color the manifests empty: no config rendered
+                    // from them routes as before.
+                    _ => no_color_back = true,
                 }
             } else {
                 b.gate_serving(instance.clone(), slot.clone(), true);
@@ -472,9 +473,7 @@ pub fn plan(
             let fallback = if let Some(e) = edge_owed.filter(|_| edge_recheck) {
                 // What was live before the owed switch: every app's traffic as it was.
                 Some(e.back_to.clone())
-            } else if fallback_live {
-                live.edge_config().map(str::to_string)
-            } else if fallback_overrides.is_empty() {
+            } else if no_color_back || fallback_overrides.is_empty() {
                 None
             } else {
                 let mut merged = overrides.clone();

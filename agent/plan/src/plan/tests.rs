@@ -1165,9 +1165,36 @@ fn job_units_go_only_into_running_instances_the_agent_owns() {
     }
 }
 
+/// One switch that moves an app to its other color and gives another app its first
+/// traffic: the fallback is the config live before it, for both (a config rendered from
+/// the manifests would keep the new app routed to a slot whose check failed).
+#[test]
+fn a_switch_with_an_apps_first_traffic_falls_back_to_the_config_before_it() {
+    let (_, live) = converged(&[&demo_with(with_green_release)]);
+    let hello = &DEMO[DEMO.find("  hello:\n").expect("hello")..DEMO.find("\nedge:").expect("edge")];
+    let api = hello
+        .replace("  hello:", "  api:")
+        .replace("blue: 18101, green: 18102", "blue: 18103, green: 18104");
+    let both = demo_with(|t| {
+        with_green_release(t)
+            .replace("    active: blue", "    active: green")
+            .replace("\nedge:", &format!("{api}\nedge:"))
+            .replace(
+                "    - {app: hello}",
+                "    - {path_prefix: /api, app: api}\n    - {app: hello}",
+            )
+    });
+    let p = run(&manifests(&[&both]), &live, &opts());
+    let switch = p.switch().unwrap_or_else(|| panic!("a promotion\n{p}"));
+    let moves: Vec<(&str, Option<Color>)> =
+        switch.promotions.iter().map(|m| (m.app.as_str(), m.from)).collect();
+    assert_eq!(moves, [("api", None), ("hello", Some(Color::Blue))], "{p}");
+    assert_eq!(switch.fallback, None, "the config live before, read at the switch\n{p}");
+}
+
 /// A commit that moves traffic off a color and empties that color at once: the promotion
 /// falls back to the config live before its switch (it routes to the old slot, deleted
-/// only after the checks passed), and a promotion held by its gating jobs leaves the edge
+/// only after the checks passed; a kill owes it, as a first traffic's), and a promotion held by its gating jobs leaves the edge
 /// as it is (no config can route to an emptied color), both said, never a failed render.
 #[test]
 fn moving_traffic_off_a_color_and_emptying_it_in_one_commit() {
@@ -1181,7 +1208,8 @@ fn moving_traffic_off_a_color_and_emptying_it_in_one_commit() {
     let ms = manifests(&[&demo_with(flipped)]);
     let p = run(&ms, &live, &opts());
     let switch = p.switch().unwrap_or_else(|| panic!("a promotion\n{p}"));
-    assert_eq!(switch.fallback.as_deref(), live.edge_config(), "the config live before\n{p}");
+    assert_eq!(switch.fallback, None, "the config live before, read at the switch\n{p}");
+    assert!(p.to_string().contains("on a failed check: the config live before back"), "{p}");
     let steps: Vec<String> = p.steps.iter().map(|s| s.action.to_string()).collect();
     assert!(steps[0].starts_with("promote demo/hello: blue -> green"), "{p}");
     assert_eq!(steps[1], "delete instance demo-hello-blue", "after the checks passed\n{p}");
