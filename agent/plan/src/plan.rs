@@ -345,7 +345,19 @@ pub fn plan(
                 );
                 continue;
             }
-            if changes_color && live_active.is_some() {
+            // Where traffic goes now: the agent's routing, or under a config it did not
+            // write (a takeover), the one color that config serves from.
+            let foreign: Vec<Color> = serving
+                .iter()
+                .filter(|(e, a, _)| live_active.is_none() && e == env && a == app_name)
+                .map(|(_, _, c)| *c)
+                .collect();
+            let now_on = live_active.or(match foreign.as_slice() {
+                [one] => Some(*one),
+                _ => None,
+            });
+            let moves_traffic = live_active.is_some() || foreign.iter().any(|c| *c != target);
+            if changes_color && moves_traffic {
                 let failing: Vec<String> = app
                     .gate_on_jobs
                     .iter()
@@ -361,10 +373,10 @@ pub fn plan(
                         format!(
                             "gated on jobs that are failing or stale ({}); traffic stays on {}",
                             failing.join("; "),
-                            live_active.map_or("none".to_string(), |c| c.to_string())
+                            now_on.map_or("both colors".to_string(), |c| c.to_string())
                         ),
                     );
-                    match live_active.filter(|c| declared(*c)) {
+                    match now_on.filter(|c| declared(*c)) {
                         Some(c) => {
                             overrides.entry(env.clone()).or_default().insert(app_name.clone(), c);
                         }

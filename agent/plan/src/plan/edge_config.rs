@@ -4,7 +4,7 @@
 //! at its live release, and the diff shown when the agent takes over a foreign config.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use veza_model::Manifest;
 use veza_model::live::{SlotInstance, serving_colors};
@@ -15,15 +15,17 @@ use super::{Action, PlanError, Step, Switch};
 use crate::edge::{DEFAULT_HTTP_LISTEN, DEFAULT_HTTPS_LISTEN, EdgeEnv, EdgeSettings, render_edge};
 use crate::live::LiveState;
 
-/// The color each app's traffic goes to now: what the agent's own config routes to, or,
-/// under an edge config veza-agent did not write (before its takeover), the slot the
-/// config's serving servers address. A serving slot is never rebuilt in place, whoever
+/// The colors each app's traffic goes to now, `(env, app, color)`: what the agent's own
+/// config routes to, or, under an edge config veza-agent did not write (before its
+/// takeover), every slot the config's serving servers address (both, when it balances
+/// to both). A serving slot is never rebuilt in place, whoever
 /// wrote the edge.
 pub(super) fn serving_slots(
     manifests: &[&Manifest],
     live: &LiveState,
-) -> BTreeMap<(String, String), Color> {
-    let mut out = live.edge.active.clone();
+) -> BTreeSet<(String, String, Color)> {
+    let mut out: BTreeSet<(String, String, Color)> =
+        live.edge.active.iter().map(|((env, app), c)| (env.clone(), app.clone(), *c)).collect();
     let Some(config) = live.edge_config().filter(|c| !c.starts_with(RENDERED_HEADER)) else {
         return out;
     };
@@ -41,10 +43,9 @@ pub(super) fn serving_slots(
             })
         })
         .collect();
-    for (key, colors) in serving_colors(config, &slots) {
-        if let (1, Some(color)) = (colors.len(), colors.first()) {
-            out.entry(key).or_insert(*color);
-        }
+    // Every color it balances to: a config that enables both serves from both.
+    for ((env, app), colors) in serving_colors(config, &slots) {
+        out.extend(colors.into_iter().map(|c| (env.clone(), app.clone(), c)));
     }
     out
 }

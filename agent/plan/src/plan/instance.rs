@@ -18,7 +18,7 @@ pub(super) fn plan_instance(
     name: &str,
     d: &DesiredInstance,
     live: &LiveState,
-    serving: &BTreeMap<(String, String), Color>,
+    serving: &BTreeSet<(String, String, Color)>,
     b: &mut Builder,
     drift: &mut Vec<String>,
     deployed: &mut BTreeSet<String>,
@@ -118,7 +118,7 @@ pub(super) fn plan_instance(
         if !rebuild_for.is_empty() {
             // A stopped slot serves nothing, whatever the edge names: it may be rebuilt.
             let serving = l.is_running()
-                && serving.get(&(slot.env.clone(), slot.app.clone())) == Some(&slot.color);
+                && serving.contains(&(slot.env.clone(), slot.app.clone(), slot.color));
             if serving && !d.in_place_updates {
                 b.refuse(
                     format!("instance {name}"),

@@ -948,6 +948,65 @@ fn replacing_an_edge_config_the_agent_did_not_write_shows_the_diff_once() {
     assert_eq!(again.edge_takeover, None);
 }
 
+/// A takeover that moves an app off the color the config it replaces serves from is a
+/// move of traffic like any other: held while the app's gating jobs fail (the takeover
+/// keeps it where it is), done once they pass.
+#[test]
+fn a_takeover_moving_an_app_waits_for_its_gating_jobs() {
+    let ms = manifests(&[PROD, STAGING]);
+    let live = with_foreign_forgejo(live_with_default_pool());
+    let mut adopted = applied(&live, &run(&ms, &live, &opts()));
+    // Ansible's config serves prod's backend from green; the manifests say blue.
+    adopted.edge = LiveEdge::from_config(
+        "# Managed by Ansible\nbackend prod_backend_api\n    server backend-green veza-backend-green.lxd:8080 check\n"
+            .to_string(),
+    );
+    let key = ("prod".to_string(), "backend".to_string());
+    let failing = PlanOptions {
+        failing_jobs: [("prod/dr-drill".to_string(), "failed".to_string())].into(),
+        ..opts()
+    };
+    // (options, the backend's color in the installed config, refused)
+    for (o, routed, refused) in [(opts(), Color::Blue, false), (failing, Color::Green, true)] {
+        let p = run(&ms, &adopted, &o);
+        let switch = p.switch().unwrap_or_else(|| panic!("the takeover is a promotion\n{p}"));
+        let config = LiveEdge::from_config(switch.config.clone());
+        assert_eq!(config.active.get(&key), Some(&routed), "{p}");
+        let said = p.refusals.iter().any(|r| {
+            r.resource == "promotion prod/backend"
+                && r.reason.starts_with("gated on jobs that are failing or stale (dr-drill: failed); traffic stays on green")
+        });
+        assert_eq!(said, refused, "{p}");
+    }
+}
+
+/// Under a config the agent did not write that balances an app to both colors, both
+/// slots serve: neither is rebuilt in place (Ansible's HAProxy still sends it requests).
+#[test]
+fn both_slots_serving_under_a_foreign_config_are_kept() {
+    let ms = manifests(&[PROD, STAGING]);
+    let live = with_foreign_forgejo(live_with_default_pool());
+    let mut adopted = applied(&live, &run(&ms, &live, &opts()));
+    adopted.edge = LiveEdge::from_config(
+        "# Managed by Ansible\nbackend prod_backend_api\n    server backend-blue veza-backend-blue.lxd:8080 check\n    server backend-green veza-backend-green.lxd:8080 check\n"
+            .to_string(),
+    );
+    let blue = "0bd3e563b2c4f1a9e8d7c6b5a4f3e2d1c0b9a8f7";
+    let green = "e97b91f010a2b3c4d5e6f708192a3b4c5d6e7f80";
+    let edited = PROD.replace(
+        &format!("      green: {{release: {green}}}"),
+        &format!("      green: {{release: {blue}}}"),
+    );
+    assert_ne!(edited, PROD);
+    let p = run(&manifests(&[&edited, STAGING]), &adopted, &opts());
+    assert!(
+        p.refusals.iter().any(|r| r.resource == "instance veza-backend-green"
+            && r.reason.starts_with("it serves prod/backend traffic")),
+        "{p}"
+    );
+    assert!(!p.to_string().contains("delete instance veza-backend-green"), "{p}");
+}
+
 #[test]
 fn a_slot_serving_under_a_config_the_agent_did_not_write_is_not_rebuilt_in_place() {
     let ms = manifests(&[PROD, STAGING]);
