@@ -592,6 +592,23 @@ fn the_ansible_built_r720_is_adopted_taken_over_and_lives_on_with_zero_failed_re
     let log = sh_in("veza-r720-host", "cat /var/log/veza-standin.log");
     assert_eq!(runs(&log), before + 1, "the agent's drill unit ran the drill once:\n{log}");
 
+    // A timer stopped by hand (as a kill between writing a job's units and enabling its
+    // timer leaves it): the next sync sees it, the one after enables it again; then there
+    // is nothing to do.
+    let timer = "veza-job-prod-pgbackrest-diff.timer";
+    sh_in("veza-postgres", &format!("systemctl disable --now {timer}"));
+    let seen = h.ok(&["apply"]);
+    assert!(seen.out.starts_with("no-change"), "{seen}");
+    // (exit 1: the host needs attention)
+    let st: Value = serde_json::from_str(&h.agent(&["status", "--json"]).out).expect("status");
+    let problem = &st["state"]["jobs"]["prod/pgbackrest-diff"]["problem"];
+    assert!(problem.to_string().contains("the job is not scheduled"), "{st:#}");
+    let again = h.ok(&["apply"]);
+    assert!(again.out.contains("(1 steps"), "{again}");
+    assert_eq!(sh_in("veza-postgres", &format!("systemctl is-active {timer}")).trim(), "active");
+    let quiet = h.ok(&["apply"]);
+    assert!(quiet.out.starts_with("no-change"), "{quiet}");
+
     // The data containers never moved.
     let data_after: Vec<_> = DATA.iter().map(|d| data_fingerprint(d)).collect();
     assert_eq!(data_after, data_before, "data containers: uuid, data checksum, PID 1 start");

@@ -76,6 +76,7 @@ pub fn record(
                     job.last_success_at = Some(job.last_success_at.map_or(t, |p| p.max(t)));
                 }
             }
+            job.unscheduled = !matches!(run.timer_state.as_str(), "active" | "");
             match run.timer_state.as_str() {
                 "active" => None,
                 "" => Some("timer state unknown: the job may not be scheduled".to_string()),

@@ -363,6 +363,51 @@ fn an_interrupted_install_then_a_revert_puts_the_reverted_config_back() {
     assert!(ok > 0 && bad == 0, "{ok} requests through the edge, {bad} failed");
 }
 
+/// A run killed during a migration (`systemctl restart` past `TimeoutStopSec`, an OOM):
+/// the command may still run in its instance, so the next sync never starts it again for
+/// that commit (quarantined, saying why); it ran once.
+#[test]
+fn kill_9_during_a_migration_never_runs_it_twice() {
+    let h = host();
+    baseline(&h);
+    let manifest = h.manifest("blue", Some(0), Some(1)).replacen(
+        "    port: 8080\n",
+        "    port: 8080\n    migrate: {command: 'sleep 4; echo {release} >> /root/migrations.log'}\n",
+        1,
+    );
+    let b = h.commit(&manifest, "green with a slow migration").expect("commit");
+    let state = state_dir(&h);
+    let log = h.dir.join("killed-apply.log");
+    let pid = spawn_apply(&h.config_path, &log);
+    let killer = Killer::arm(&h.dir, pid);
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        assert!(Instant::now() < deadline, "apply never reached the migration");
+        assert!(
+            process_alive(pid),
+            "apply ended before its migration:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        if journal(&state).is_some_and(|j| j.migrating.is_some()) {
+            killer.fire();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    wait_dead(pid);
+    let r = agent(&h.config_path, &["apply"]);
+    assert_eq!(r.code, 1, "{r}");
+    assert!(r.out.starts_with(&format!("quarantined {}", short(&b))), "{r}");
+    let st = status(&h.config_path);
+    assert!(st.to_string().contains("the agent stopped during the migration of"), "{st:#}");
+    // The killed run's command ends on its own (or was ended with its exec): once at most.
+    std::thread::sleep(Duration::from_secs(6));
+    let green = h.slots()[1].clone();
+    let ran = incus_sh(&green, "cat /root/migrations.log 2>/dev/null || true").expect("read");
+    assert!(ran.lines().count() <= 1, "the migration ran again:\n{ran}");
+    assert_eq!(h.served_release().expect("edge serves"), h.releases[0].id, "traffic stayed");
+}
+
 /// The Incus operations still running on `instance` (`GET /1.0/operations?recursion=1`):
 /// their descriptions. An error (incusd slow under the other suites' load) is an empty
 /// answer: the caller polls again within its deadline.

@@ -169,6 +169,7 @@ impl Agent {
                 pid_start: stamp.as_ref().map(|s| s.start_ticks),
                 boot_id: stamp.map(|s| s.boot_id),
                 checks_failed: false,
+                migrating: None,
             },
             owed: state.unverified.clone(),
             stop,

@@ -106,6 +106,15 @@ impl Hooks for JournalHooks<'_> {
         self.journal.done = index;
         self.journal.current = Some(step.action.to_string());
         self.journal.unverified.clone_from(&self.owed);
+        self.journal.migrating = match &step.action {
+            Action::Migrate { instance, slot, .. } => Some(format!(
+                "the migration of {}/{} for release {} in `{instance}`",
+                slot.env,
+                slot.app,
+                slot.release.short()
+            )),
+            _ => None,
+        };
         tracing::info!(step = index + 1, "{} ({})", step.action, step.reason);
         self.store.write_journal(&self.journal).map_err(|e| e.to_string())
     }
@@ -145,6 +154,7 @@ impl Hooks for JournalHooks<'_> {
     }
     fn migrated(&mut self, env: &str, app: &str, release: &str) {
         self.journal.migrated.push((env.to_string(), app.to_string(), release.to_string()));
+        self.journal.migrating = None;
         if let Err(e) = self.store.write_journal(&self.journal) {
             tracing::warn!("journal: the migration of {env}/{app} ran; recording it failed: {e}");
         }

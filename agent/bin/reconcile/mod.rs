@@ -184,6 +184,8 @@ impl Agent {
         }
         let mut opts = self.plan_options();
         opts.failing_jobs = failing_jobs(state, &source.manifests, now);
+        opts.unscheduled_jobs =
+            state.jobs.iter().filter(|(_, j)| j.unscheduled).map(|(k, _)| k.clone()).collect();
         opts.secrets = source.secrets.digests();
         opts.migrated = state.migrated();
         // A promotion whose checks through the edge are owed is planned again.

@@ -116,8 +116,13 @@ impl Agent {
     pub(super) async fn mirror_landed(&self, commit: &str) {
         let key = landed_key(&self.config.host);
         let fence = crate::cluster::ClusterLease::fence(self.cluster.as_ref());
-        if let Err(e) = fence.write_shared(&self.incus, &key, Some(commit)).await {
-            tracing::warn!("could not record `{key}` (the last commit that landed) in Incus: {e}");
+        match fence.write_shared(&self.incus, &key, Some(commit)).await {
+            Ok(()) => {}
+            // A cluster's standby leaves it to the leader.
+            Err(e @ veza_host::incus::IncusError::Fenced { .. }) => {
+                tracing::debug!("`{key}` left to the cluster's leader: {e}");
+            }
+            Err(e) => tracing::warn!("could not record `{key}` (the last commit that landed): {e}"),
         }
     }
 

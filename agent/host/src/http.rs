@@ -80,34 +80,30 @@ fn exchange(
     let late = |raw: &[u8]| {
         err(format!("no complete reply within {timeout:?} (received {} bytes)", raw.len()))
     };
-    // What is left of the deadline, or `None` once it passed.
-    let left = || deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero());
     let tcp =
         TcpStream::connect_timeout(&sock, timeout).map_err(|e| err(format!("connect: {e}")))?;
-    // The socket's timeouts are set through a second handle to it, under TLS too.
-    let socket = tcp.try_clone().map_err(|e| err(e.to_string()))?;
+    let socket = Deadlined { tcp, deadline };
     let mut stream: Box<dyn ReadWrite> = if tls {
         let config = crate::tls::edge_check().map_err(&err)?;
         let name = rustls_pki_types::ServerName::try_from(host.to_string())
             .map_err(|e| err(format!("`{host}` is no TLS server name: {e}")))?;
         let conn =
             rustls::ClientConnection::new(config, name).map_err(|e| err(format!("TLS: {e}")))?;
-        Box::new(rustls::StreamOwned::new(conn, tcp))
+        Box::new(rustls::StreamOwned::new(conn, socket))
     } else {
-        Box::new(tcp)
+        Box::new(socket)
     };
     let req = format!(
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: veza-agent\r\nAccept: */*\r\nConnection: close\r\n\r\n"
     );
-    socket
-        .set_write_timeout(Some(left().ok_or_else(|| late(&[]))?))
-        .map_err(|e| err(e.to_string()))?;
-    stream.write_all(req.as_bytes()).map_err(|e| err(format!("send: {e}")))?;
+    // Under TLS, the first write runs the handshake: bounded by the deadline too.
+    stream.write_all(req.as_bytes()).map_err(|e| match e.kind() {
+        ErrorKind::WouldBlock | ErrorKind::TimedOut => late(&[]),
+        _ => err(format!("send: {e}")),
+    })?;
     let mut raw = Vec::new();
     let mut buf = [0u8; 8192];
     while (raw.len() as u64) < MAX_RESPONSE {
-        let Some(wait) = left() else { return Err(late(&raw)) };
-        socket.set_read_timeout(Some(wait)).map_err(|e| err(e.to_string()))?;
         match stream.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => {
@@ -130,6 +126,41 @@ fn exchange(
 /// A byte stream both ways: plain TCP or TLS over it.
 trait ReadWrite: Read + Write {}
 impl<T: Read + Write> ReadWrite for T {}
+
+/// A TCP stream whose every read and write waits at most until `deadline` (`TimedOut`
+/// once it passed): one deadline for the whole exchange, however many socket reads a
+/// reply (or a TLS handshake and record) takes.
+struct Deadlined {
+    tcp: TcpStream,
+    deadline: Instant,
+}
+
+impl Deadlined {
+    /// What is left of the deadline, or `TimedOut` once it passed.
+    fn left(&self) -> std::io::Result<Duration> {
+        self.deadline
+            .checked_duration_since(Instant::now())
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| std::io::Error::from(ErrorKind::TimedOut))
+    }
+}
+
+impl Read for Deadlined {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.tcp.set_read_timeout(Some(self.left()?))?;
+        self.tcp.read(buf)
+    }
+}
+
+impl Write for Deadlined {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.tcp.set_write_timeout(Some(self.left()?))?;
+        self.tcp.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.tcp.flush()
+    }
+}
 
 /// The requests the apply engine sends on its own: a slot's health probe on its loopback
 /// address and the verification requests through the edge after a switch. The engine

@@ -41,6 +41,9 @@ pub struct PlanOptions {
     pub edge_settings: EdgeSettings,
     /// Failing or stale jobs (`env/job` → why), for promotion gates.
     pub failing_jobs: BTreeMap<String, String>,
+    /// Jobs (`env/job`) whose timer was last seen not active: their units are installed
+    /// again (which enables and starts the timer).
+    pub unscheduled_jobs: BTreeSet<String>,
     /// Digests of the secrets the manifests reference (never their values).
     pub secrets: crate::desired::SecretDigests,
     /// `(env, app, release)` whose migration already ran: not run again.
@@ -268,6 +271,8 @@ pub fn plan(
     // traffic, or its previous color emptied): then the fallback is the config live
     // before the switch, for every app (the engine reads it, and a kill owes it).
     let mut no_color_back = false;
+    // Whether an owed switch of an app with a color to go back to is promoted again.
+    let mut owed_again = false;
     for m in manifests {
         let env = &m.metadata.name;
         let prefix = m.metadata.instance_prefix();
@@ -400,6 +405,7 @@ pub fn plan(
                     b.gate_serving(instance.clone(), slot.clone(), false);
                 }
                 recheck |= owed.is_some() || first_owed;
+                owed_again |= owed.is_some();
                 edge_recheck |= first_owed;
                 promotions.push(Promotion {
                     env: env.clone(),
@@ -485,7 +491,10 @@ pub fn plan(
             let fallback = if let Some(e) = edge_owed.filter(|_| edge_recheck) {
                 // What was live before the owed switch: every app's traffic as it was.
                 Some(e.back_to.clone())
-            } else if no_color_back || fallback_overrides.is_empty() {
+            } else if (no_color_back && !owed_again) || fallback_overrides.is_empty() {
+                // The config live before; not under an owed re-check, whose live config is
+                // the unchecked switch itself (its colors are rendered back, below; an app
+                // with none stays routed then, as before its switch was owed).
                 None
             } else {
                 let mut merged = overrides.clone();
@@ -542,8 +551,17 @@ pub fn plan(
         }
     }
 
-    plan_jobs(&want, live, &mut b);
-    plan_prune(&want, live, &mut b);
+    plan_jobs(&want, live, &opts.unscheduled_jobs, &mut b);
+    // The slots serving now, by instance name, for the prune.
+    let serving_by_name: BTreeMap<String, (String, String, Color)> = serving
+        .iter()
+        .filter_map(|(env, app, color)| {
+            let m = manifests.iter().find(|m| &m.metadata.name == env)?;
+            let name = naming::slot_instance(&m.metadata.instance_prefix(), app, *color);
+            Some((name, (env.clone(), app.clone(), *color)))
+        })
+        .collect();
+    plan_prune(&want, live, &serving_by_name, &mut b);
 
     // On a cluster: the member of each creation; nothing onto or on an offline member.
     let placed = placement::place(b.steps, &want, live);

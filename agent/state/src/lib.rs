@@ -219,6 +219,11 @@ pub struct JobState {
     pub first_seen_at: Option<i64>,
     /// Why the job needed a human when it was observed (failed, stale, status unknown).
     pub problem: Option<String>,
+    /// Its timer was seen loaded but not active (disabled or stopped by hand, or a kill
+    /// between writing its units and enabling them): the next plan installs its units
+    /// again, though their files are as they should be.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub unscheduled: bool,
 }
 
 /// The agent's state, as stored in `state.json`.
@@ -395,6 +400,18 @@ impl AgentState {
             if self.applied.as_ref().is_none_or(|a| a.commit != j.commit) {
                 self.attempted = Some(j.commit.clone());
             }
+            // A migration it was running: as one whose end was not seen, never started
+            // again for this commit (a newer commit runs it, once a human looked).
+            if let Some(what) = &j.migrating {
+                let reason = format!(
+                    "the agent stopped during {what}: it may have run, or still run there; it \
+                     is not started again for this commit (hint: `incus exec` into that \
+                     instance and look with `ps`, then push a new commit)"
+                );
+                let at = j.started_ms / 1000;
+                let rejection = Rejection { commit: j.commit.clone(), reason, at };
+                self.quarantined.insert(j.commit.clone(), rejection);
+            }
             // And the migrations it completed: each runs at most once per release.
             for (env, app, release) in &j.migrated {
                 let event = record::Event::Migrated {
@@ -531,6 +548,11 @@ pub struct Journal {
     /// here on must not let the next sync promote the commit again once traffic is back.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub checks_failed: bool,
+    /// A migration step began and its end is not recorded yet (`the migration of
+    /// prod/web for release … in \`instance\``): after a kill, its command may have run or
+    /// still run, so it is not started again for this commit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migrating: Option<String>,
 }
 
 #[cfg(test)]

@@ -229,6 +229,32 @@ fn a_killed_runs_migrations_are_taken_from_its_journal() {
 /// A journal left by a kill after its run's outcome was saved is not an interrupted run;
 /// any other journal is (another commit, or another run: even one that started in the
 /// same second, such as an operator's `sync --now` right after a poll).
+/// A run killed during a migration: its command may have run or still run, so its
+/// commit is quarantined as a migration whose end was not seen; one killed after the
+/// migration ended is not.
+#[test]
+fn a_run_killed_during_a_migration_quarantines_its_commit() {
+    let what = "the migration of prod/web for release 2222222222 in `web-tools`";
+    for (migrating, quarantined) in [(Some(what.to_string()), true), (None, false)] {
+        let mut state = AgentState::default();
+        let j = Journal {
+            commit: "c".into(),
+            started_ms: 1_700_000_000_000,
+            current: Some("migrate".into()),
+            migrating,
+            ..Journal::default()
+        };
+        state.take_owed_from(Some(&j));
+        let q = state.quarantined.get("c");
+        assert_eq!(q.is_some(), quarantined, "{q:?}");
+        if let Some(q) = q {
+            assert!(q.reason.starts_with(&format!("the agent stopped during {what}")), "{q:?}");
+            assert!(q.reason.contains("not started again for this commit"), "{q:?}");
+            assert_eq!(q.at, 1_700_000_000);
+        }
+    }
+}
+
 #[test]
 fn the_last_recorded_runs_own_journal_is_not_an_interrupted_run() {
     let run = |started_ms: i64, commit: &str| RunRecord {

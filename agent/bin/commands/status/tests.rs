@@ -18,6 +18,7 @@ fn drill(at: i64) -> JobState {
         running: false,
         running_since: None,
         problem: None,
+        unscheduled: false,
     }
 }
 

@@ -210,16 +210,21 @@ pub fn install(
 ) -> Result<InstallOutcome, InstallError> {
     let prepare = |step| move |source| InstallError::Prepare { step, source };
     let live = rt.read_file(&paths.config).map_err(prepare("read the live config"))?;
+    let pending =
+        rt.read_file(&paths.pending()).map_err(prepare("read the reload marker"))?.is_some();
+    // After an install interrupted between the swap and the confirmation, the config on
+    // disk may never have run: what a failed reload puts back is the one before it, kept.
+    let confirmed = if pending {
+        rt.read_file(&paths.previous()).map_err(prepare("read the previous config"))?
+    } else {
+        live.clone()
+    };
     if live.as_deref() == Some(config.as_bytes()) {
-        let pending = rt.read_file(&paths.pending()).map_err(prepare("read the reload marker"))?;
-        if pending.is_none() {
+        if !pending {
             return Ok(InstallOutcome::Unchanged);
         }
-        // An earlier install was interrupted between the swap and the confirmation.
         let before = master_processes(rt)?;
-        let previous =
-            rt.read_file(&paths.previous()).map_err(prepare("read the previous config"))?;
-        return finish(rt, paths, before, previous.as_deref(), Vec::new(), Duration::ZERO, opts);
+        return finish(rt, paths, before, confirmed.as_deref(), Vec::new(), Duration::ZERO, opts);
     }
 
     let candidate = paths.candidate();
@@ -253,7 +258,7 @@ pub fn install(
             .map_err(|source| InstallError::Parse { step: "read the server state", source })?;
         rt.write_file(&paths.server_state_file, pruned.text.as_bytes())
             .map_err(prepare("write the server-state file"))?;
-        if let Some(old) = &live {
+        if let Some(old) = live.as_ref().filter(|_| !pending) {
             rt.write_file(&paths.previous(), old).map_err(prepare("keep the previous config"))?;
         }
         rt.write_file(&paths.pending(), b"reload pending\n")
@@ -270,7 +275,7 @@ pub fn install(
         }
     };
     // The new, validated config is live on disk.
-    finish(rt, paths, before, live.as_deref(), dropped_state, validate_time, opts)
+    finish(rt, paths, before, confirmed.as_deref(), dropped_state, validate_time, opts)
 }
 
 /// Reloads the live config (when HAProxy runs) and clears the reload marker; on failure
@@ -579,6 +584,25 @@ mod tests {
         assert_eq!(f.reloads(), 1);
         // And the run after that is a no-op.
         assert_eq!(install(&f, &paths(), NEW, &opts()).unwrap(), InstallOutcome::Unchanged);
+    }
+
+    /// After an interrupted install, the config on disk may never have run: a new
+    /// install keeps the one before it as the previous config, and a refused reload puts
+    /// that one back.
+    #[test]
+    fn after_an_interrupted_install_a_refused_reload_puts_back_the_config_before_it() {
+        let third = "# third config\nbackend be\n    server blue-3333333333 127.0.0.1:3 check\n";
+        let f = fake();
+        f.set_file(&paths().config, NEW.as_bytes());
+        f.set_file(&paths().previous(), OLD.as_bytes());
+        f.set_file(&paths().pending(), b"reload pending\n");
+        f.inject(FakeFault::ReloadRefusedOnce);
+        let err = install(&f, &paths(), third, &opts()).unwrap_err();
+        let InstallError::ReloadFailed { restore, .. } = &err else { panic!("{err}") };
+        assert_eq!(restore, &Restore::Reloaded);
+        assert_eq!(f.file(&paths().config).as_deref(), Some(OLD.as_bytes()));
+        assert_eq!(f.file(&paths().previous()).as_deref(), Some(OLD.as_bytes()));
+        assert_eq!(f.file(&paths().pending()), None);
     }
 
     #[test]

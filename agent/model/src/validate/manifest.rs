@@ -406,6 +406,12 @@ pub(super) fn check_manifest(m: &Manifest, declared: &Declared, r: &mut Rules<'_
                 unknown_ref("instance", &job.on, declared.instances.iter()) + " (or `host`)",
             );
         }
+        if job.timeout.is_some_and(|t| t.get().is_zero()) {
+            r.value(
+                extend(&p, "timeout"),
+                "a time limit of 0 would stop every run at once: leave `timeout` out for none",
+            );
+        }
         if job.command.trim().is_empty() || job.command.contains(['\n', '\0']) {
             r.value(extend(&p, "command"), "command must be one non-empty line");
         }

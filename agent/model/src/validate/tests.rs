@@ -399,6 +399,11 @@ fn values_the_renderers_refuse_fail_validation_at_their_key() {
             "    active: blue\njobs:\n  b: {schedule: \"0 3\\n* * *\", on: host, command: x}\n",
             "a:13:17: invalid schedule `0 3\\n* * *`: it contains a newline or another control character",
         ),
+        (
+            "    active: blue\n",
+            "    active: blue\njobs:\n  b: {schedule: \"@daily\", on: host, command: x, timeout: 0s}\n",
+            "a:13:58: a time limit of 0 would stop every run at once: leave `timeout` out for none",
+        ),
     ];
     let mut failures = Vec::new();
     for (from, to, expect) in cases {

@@ -3,15 +3,23 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::{Action, Builder};
-use crate::desired::Desired;
-use crate::live::{LiveState, MARK_HOST, UnitTarget};
+use veza_model::manifest::Color;
 
-/// Installs the jobs' units where they are missing or differ, and removes the agent's
-/// units of jobs that left. Units go only into an instance the agent owns that runs, or
+use super::{Action, Builder, Switch};
+use crate::desired::Desired;
+use crate::live::{LiveEdge, LiveState, MARK_HOST, UnitTarget};
+
+/// Installs the jobs' units where they are missing or differ, or where the job's timer
+/// was last seen not active (`unscheduled`, `env/job`), and removes the agent's units of
+/// jobs that left. Units go only into an instance the agent owns that runs, or
 /// that this plan creates or starts; a job whose instance is someone else's, or stays
 /// stopped, is refused ([`units_refused`]).
-pub(super) fn plan_jobs(want: &Desired, live: &LiveState, b: &mut Builder) {
+pub(super) fn plan_jobs(
+    want: &Desired,
+    live: &LiveState,
+    unscheduled: &BTreeSet<String>,
+    b: &mut Builder,
+) {
     let mut by_target: BTreeMap<&UnitTarget, Vec<&crate::desired::DesiredJob>> = BTreeMap::new();
     for j in &want.jobs {
         by_target.entry(&j.target).or_default().push(j);
@@ -41,20 +49,31 @@ pub(super) fn plan_jobs(want: &Desired, live: &LiveState, b: &mut Builder) {
         let mut files = Vec::new();
         let mut timers = Vec::new();
         let mut environments = Vec::new();
+        let (mut differ, mut inactive) = (Vec::new(), Vec::new());
         for j in jobs {
-            let stale = j.files.iter().any(|(n, c)| have.get(n) != Some(c));
-            if stale {
-                files.extend(j.files.iter().cloned());
-                timers.push(j.timer.clone());
-                environments.extend(j.environment.clone());
+            let name = j.timer.trim_end_matches(".timer").to_string();
+            if j.files.iter().any(|(n, c)| have.get(n) != Some(c)) {
+                differ.push(name);
+            } else if unscheduled.contains(&format!("{}/{}", j.env, j.name)) {
+                inactive.push(name);
+            } else {
+                continue;
             }
+            files.extend(j.files.iter().cloned());
+            timers.push(j.timer.clone());
+            environments.extend(j.environment.clone());
         }
         if !files.is_empty() {
-            let names: Vec<String> =
-                timers.iter().map(|t| t.trim_end_matches(".timer").to_string()).collect();
+            let mut why = Vec::new();
+            if !differ.is_empty() {
+                why.push(format!("job units are missing or differ: {}", differ.join(", ")));
+            }
+            if !inactive.is_empty() {
+                why.push(format!("timers were seen not active: {}", inactive.join(", ")));
+            }
             b.step(
                 Action::InstallUnits { target: (*target).clone(), files, timers, environments },
-                format!("job units are missing or differ: {}", names.join(", ")),
+                why.join("; "),
             );
         }
     }
@@ -106,7 +125,23 @@ fn units_refused(name: &str, live: &LiveState, brought_up: &BTreeSet<String>) ->
     None
 }
 
-pub(super) fn plan_prune(want: &Desired, live: &LiveState, b: &mut Builder) {
+/// Deletes the owned instances and profiles that left the manifests. A slot that serves
+/// traffic (`serving`: slot instance → `(env, app, color)`) is deleted only when this
+/// plan's edge step moves its app off it (the delete runs after that step, which ends the
+/// run if its checks fail): otherwise (its promotion held, refused or not planned) the
+/// edge still routes to it.
+pub(super) fn plan_prune(
+    want: &Desired,
+    live: &LiveState,
+    serving: &BTreeMap<String, (String, String, Color)>,
+    b: &mut Builder,
+) {
+    let edge_after = b.steps.iter().find_map(|s| match &s.action {
+        Action::InstallEdge { config, .. } | Action::Promote(Switch { config, .. }) => {
+            Some(LiveEdge::from_config(config.clone()))
+        }
+        _ => None,
+    });
     for (name, l) in &live.instances {
         if want.instances.contains_key(name) || !l.is_owned() {
             continue;
@@ -115,7 +150,18 @@ pub(super) fn plan_prune(want: &Desired, live: &LiveState, b: &mut Builder) {
         if !want.envs.iter().any(|e| e == env) {
             continue; // another host's or a removed environment's: not ours to judge
         }
-        if l.is_protected() {
+        let still_served = serving.get(name).filter(|(env, app, color)| {
+            let key = (env.clone(), app.clone());
+            edge_after.as_ref().is_none_or(|e| e.active.get(&key) == Some(color))
+        });
+        if let Some((env, app, color)) = still_served {
+            b.refuse(
+                format!("instance {name}"),
+                format!(
+                    "it serves {env}/{app} traffic ({color}) and this plan does not move it off: deleted once traffic has moved"
+                ),
+            );
+        } else if l.is_protected() {
             b.refuse(
                 format!("instance {name}"),
                 "protected data left the manifests; it is never deleted automatically — delete it by hand once its data is safe",

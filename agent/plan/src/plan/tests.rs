@@ -1039,6 +1039,25 @@ fn a_slot_serving_under_a_config_the_agent_did_not_write_is_not_rebuilt_in_place
     assert_eq!(check.map(|c| c.release.as_str()), Some(blue), "{p}");
 }
 
+/// A job whose timer was last seen not active has its units installed again (which
+/// enables and starts the timer), though their files are as they should be; the others
+/// at its target are left alone.
+#[test]
+fn a_job_whose_timer_was_seen_not_active_is_installed_again() {
+    let (ms, live) = converged(&[PROD, STAGING]);
+    assert!(run(&ms, &live, &opts()).is_empty(), "converged");
+    let o = PlanOptions { unscheduled_jobs: ["prod/pgbackrest-diff".to_string()].into(), ..opts() };
+    let p = run(&ms, &live, &o);
+    assert_eq!(p.steps.len(), 1, "{p}");
+    let Action::InstallUnits { target, timers, .. } = &p.steps[0].action else { panic!("{p}") };
+    assert_eq!(target.as_on(), "veza-postgres", "{p}");
+    assert_eq!(timers, &["veza-job-prod-pgbackrest-diff.timer".to_string()], "{p}");
+    assert_eq!(
+        p.steps[0].reason, "timers were seen not active: veza-job-prod-pgbackrest-diff",
+        "{p}"
+    );
+}
+
 /// Job units go only into an instance the agent owns that runs, or that the plan creates
 /// or starts: a job on someone else's instance (before adoption: its owner's timers would
 /// run every backup a second time) or on one that stays stopped is refused, not planned
@@ -1249,6 +1268,18 @@ fn a_switch_with_an_apps_first_traffic_falls_back_to_the_config_before_it() {
         switch.promotions.iter().map(|m| (m.app.as_str(), m.from)).collect();
     assert_eq!(moves, [("api", None), ("hello", Some(Color::Blue))], "{p}");
     assert_eq!(switch.fallback, None, "the config live before, read at the switch\n{p}");
+
+    // Hello's switch to green owed (a killed run): the live config is that unchecked
+    // switch, so the fallback is rendered with hello on blue.
+    let greened =
+        demo_with(|t| with_green_release(t).replace("    active: blue", "    active: green"));
+    let (_, switched) = converged(&[&greened]);
+    let key = ("demo".to_string(), "hello".to_string());
+    let owed = PlanOptions { unchecked: [(key.clone(), Color::Blue)].into(), ..opts() };
+    let p = run(&manifests(&[&both]), &switched, &owed);
+    let switch = p.switch().unwrap_or_else(|| panic!("a promotion\n{p}"));
+    let back = LiveEdge::from_config(switch.fallback.clone().expect("a rendered fallback"));
+    assert_eq!(back.active.get(&key), Some(&Color::Blue), "{p}");
 }
 
 /// A commit that moves traffic off a color and empties that color at once: the promotion
@@ -1289,4 +1320,10 @@ fn moving_traffic_off_a_color_and_emptying_it_in_one_commit() {
         p.refusals.iter().map(|r| format!("{}: {}", r.resource, r.reason)).collect();
     assert!(refused.iter().any(|r| r.starts_with("promotion demo/hello: gated on jobs")), "{p}");
     assert!(refused.iter().any(|r| r.starts_with("edge: not updated: demo/hello")), "{p}");
+    // Blue still serves: not deleted while its promotion is held.
+    assert!(!p.to_string().contains("delete instance demo-hello-blue"), "{p}");
+    assert!(
+        refused.iter().any(|r| r.starts_with("instance demo-hello-blue: it serves demo/hello")),
+        "{p}"
+    );
 }
