@@ -312,6 +312,24 @@ sg1gUjqu6Jyq4q6xgga25smxm3lKI97tZDj1Br8S181Qm2ZGj+hme9Oj
         );
     }
 
+    /// A peer that accepts the connection and never answers the TLS handshake: the check
+    /// fails at its deadline, not never.
+    #[test]
+    fn a_tls_handshake_never_answered_fails_at_the_deadline() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let server = std::thread::spawn(move || {
+            let (s, _) = l.accept().unwrap();
+            std::thread::sleep(Duration::from_secs(3));
+            drop(s);
+        });
+        let started = Instant::now();
+        let e = get_tls(&addr, "edge.test", "/", Duration::from_millis(500)).unwrap_err();
+        assert!(started.elapsed() < Duration::from_millis(2500), "{:?}", started.elapsed());
+        assert!(e.to_string().contains("no complete reply within 500ms"), "{e}");
+        server.join().unwrap();
+    }
+
     #[test]
     fn parses_status_headers_and_body() {
         let r = parse_reply(
