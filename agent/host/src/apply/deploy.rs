@@ -100,8 +100,13 @@ stop_old() {{
     done
     kill -KILL -"$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
 }}
-# The new release in place; the old one is removed only after the app stopped.
-swap() {{ rm -rf {dir}.old; if [ -e {dir} ]; then mv {dir} {dir}.old; fi; mv {dir}.new {dir}; }}
+# The new release in place, with its environment and run script (pushed beside theirs:
+# a deploy that fails before this point leaves the old release with its own); the old
+# release is removed only after the app stopped.
+swap() {{
+    rm -rf {dir}.old; if [ -e {dir} ]; then mv {dir} {dir}.old; fi; mv {dir}.new {dir}
+    mv -f {env}.new {env}; mv -f {run}.new {run}
+}}
 if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
     # A slot created a moment ago may still be booting: systemctl needs the manager's
     # socket (up to 30 s).
@@ -143,6 +148,7 @@ else
 fi
 "#,
         run = APP_RUN_SCRIPT,
+        env = APP_ENV_FILE,
     )
 }
 
@@ -373,7 +379,7 @@ where
     let dir = shell_quote(&slot.install_dir);
     let (tarball, unpack) = release_upload(d, slot, &format!("{dir}.new"))?;
     let env = env_file(d.secrets, slot)?;
-    let mut run = FilePush::new(APP_RUN_SCRIPT, files.run_script.clone());
+    let mut run = FilePush::new(format!("{APP_RUN_SCRIPT}.new"), files.run_script.clone());
     run.mode = 0o755;
     run.create_parents = true;
     // The release goes up beside the app's two files (each pulled back and compared),
@@ -392,7 +398,7 @@ where
     })
     .await?;
     let app_files = async move {
-        push_private(incus, instance, APP_ENV_FILE, env).await?;
+        push_private(incus, instance, &format!("{APP_ENV_FILE}.new"), env).await?;
         crate::incus::push_file_verified(incus, instance, &run).await.map_err(|e| e.to_string())
     };
     let release = async move {

@@ -11,7 +11,7 @@ use veza_model::manifest::Color;
 use veza_plan::desired::SlotSpec;
 use veza_plan::fixtures::release;
 use veza_plan::plan::{EdgeCheck, Gate, Phase, Promotion, Switch};
-use veza_plan::slot::{migration_files, slot_files};
+use veza_plan::slot::{APP_ENV_FILE, APP_RUN_SCRIPT, migration_files, slot_files};
 use veza_plan::{Action, Plan, Step};
 
 use super::*;
@@ -1367,6 +1367,39 @@ fn a_release_deployed_in_place_is_marked_only_once_it_runs_and_never_keeps_the_o
         "{report:?}"
     );
     assert_eq!(mark.0, None, "the old release's mark is gone");
+}
+
+/// A deploy pushes the app's environment and run script beside the ones in place, and
+/// its unpack-and-swap exec moves them in with the release: a deploy that fails before the
+/// swap leaves the old release with its own environment and start command.
+#[test]
+fn a_deploy_that_fails_before_its_swap_leaves_the_old_environment_in_place() {
+    let (tmp, w, mut s) = migrating_world();
+    s.migrate = None;
+    w.incus.set_file("web-green", APP_ENV_FILE, b"OLD=1\n".to_vec());
+    w.incus.set_file("web-green", APP_RUN_SCRIPT, b"#!/bin/sh\nold\n".to_vec());
+    w.incus.push_exec_result(ExecOutput {
+        exit_code: 2,
+        stdout: Vec::new(),
+        stderr: b"tar: short read".to_vec(),
+    });
+    let deploy = Action::DeployRelease {
+        instance: "web-green".into(),
+        slot: s.clone(),
+        files: slot_files(&s),
+    };
+    let report = run_with_secret(&w, &plan_of(vec![deploy]), tmp.path(), "pw");
+    assert!(matches!(report.outcome, ApplyOutcome::Failed { .. }), "{report:?}");
+    assert_eq!(w.incus.file("web-green", APP_ENV_FILE), Some(b"OLD=1\n".to_vec()));
+    assert_eq!(w.incus.file("web-green", APP_RUN_SCRIPT), Some(b"#!/bin/sh\nold\n".to_vec()));
+    let pushed = w.incus.file("web-green", &format!("{APP_ENV_FILE}.new")).expect("pushed");
+    assert!(!pushed.is_empty());
+    let (_, exec) = w.incus.execs().pop().expect("the unpack-and-swap exec");
+    let script = exec.command.join(" ");
+    let unpacked = script.find(".new").expect("unpacks beside");
+    let moved = script.find(&format!("mv -f {APP_ENV_FILE}.new {APP_ENV_FILE}")).expect("moves in");
+    assert!(unpacked < moved, "{script}");
+    assert!(script.contains(&format!("mv -f {APP_RUN_SCRIPT}.new {APP_RUN_SCRIPT}")), "{script}");
 }
 
 #[test]
