@@ -202,8 +202,14 @@ fn jobs_systemd_install_change_and_prune_in_a_container() {
     assert_eq!(f.property(&backup.timer.name, "Persistent"), "yes");
     assert_eq!(f.property(&backup.timer.name, "AccuracyUSec"), "1s");
 
+    // Its last elapse 40 days ago, as a `Persistent=` stamp says (every 40 days hold a 1st
+    // of the month and a Monday): the new schedule's elapses since then are not "missed".
+    let stamp = format!("/var/lib/systemd/timers/stamp-{}", backup.timer.name);
+    f.container.exec_ok(&["touch", "-d", "40 days ago", &stamp]).expect("the stamp");
+
     // Change one schedule (to cron's day-of-month OR day-of-week: two OnCalendar= lines):
-    // updated in place, systemd reloaded, the new next elapse in effect.
+    // updated in place, systemd reloaded, the new next elapse in effect, and no run for
+    // an elapse of the new schedule before the change.
     let backup2_spec =
         spec("backup", "0 5 1 * mon", "echo backup >> /var/log/veza-test-backup.log");
     let backup2 = render(&backup2_spec);
@@ -221,6 +227,13 @@ fn jobs_systemd_install_change_and_prune_in_a_container() {
     }
     f.assert_scheduled(&backup2, &backup2_spec.schedule);
     f.assert_scheduled(&tick, &tick_spec.schedule);
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        f.property(&backup2.service.name, "ExecMainStartTimestampMonotonic"),
+        "0",
+        "the changed schedule fired at once for a run it took as missed"
+    );
+    assert!(!f.exists("/var/log/veza-test-backup.log"));
 
     // Units the agent does not own, even named like its own: one without the marker, one
     // with the marker text below the first line. Never listed, never removed.

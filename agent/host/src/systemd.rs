@@ -309,17 +309,24 @@ impl<'a, I: Incus> Systemd<'a, I> {
         }
     }
 
-    /// Reloads systemd and enables, starts (or restarts, for a changed schedule) `timers`,
-    /// in order; `tried` gets each timer as its turn comes.
+    /// Reloads systemd and enables and starts (or restarts) `timers`, in order; those
+    /// `rescheduled` (their file new or changed) are stopped and their persistent stamp
+    /// cleared first. `tried` gets each timer as its turn comes.
     async fn activate<'t>(
         &self,
         target: &UnitTarget,
         timers: &'t [String],
+        rescheduled: &[&String],
         tried: &mut Vec<&'t String>,
     ) -> Result<(), SystemdError> {
         self.run_in(target, &["systemctl", "daemon-reload"]).await?;
         for timer in timers {
             tried.push(timer);
+            if rescheduled.contains(&timer) {
+                // `clean` wants the timer inactive.
+                self.run_in(target, &["systemctl", "stop", timer]).await?;
+                self.run_in(target, &["systemctl", "clean", "--what=state", timer]).await?;
+            }
             self.run_in(target, &["systemctl", "enable", "--now", timer]).await?;
             // A changed schedule is picked up by restarting an already active timer.
             self.run_in(target, &["systemctl", "restart", timer]).await?;
@@ -474,8 +481,19 @@ impl<I: Incus> Units for Systemd<'_, I> {
             let problems = self.restore(target, &previous).await;
             return Err(e.restored(problems));
         }
+        // A timer whose file is new or changed starts afresh: a `Persistent=` stamp left
+        // from before (its last elapse, or a removed job's of the same name) would make
+        // systemd fire it at once for an elapse of the new schedule "missed" since then.
+        let rescheduled: Vec<&String> = timers
+            .iter()
+            .filter(|t| {
+                let new = files.iter().find(|(n, _)| n == *t).map(|(_, c)| c.as_bytes());
+                let old = previous.iter().find(|(n, _)| n == *t).and_then(|(_, o)| o.as_deref());
+                new.is_some() && new != old
+            })
+            .collect();
         let mut tried = Vec::new();
-        if let Err(e) = self.activate(target, timers, &mut tried).await {
+        if let Err(e) = self.activate(target, timers, &rescheduled, &mut tried).await {
             let problems = self.deactivate(target, &previous, &tried).await;
             return Err(e.restored(problems));
         }
@@ -719,12 +737,27 @@ mod tests {
                 ],
             },
             Case {
-                what: "enable --now fails",
+                what: "clearing the changed timer's stamp fails",
                 update: true,
-                fail: Fail::Exec(2),
+                fail: Fail::Exec(3),
                 commands: &[
                     "systemd-analyze verify",
                     "systemctl daemon-reload",
+                    "systemctl stop veza-job-prod-backup.timer",
+                    "systemctl clean --what=state veza-job-prod-backup.timer",
+                    "systemctl daemon-reload",
+                    "systemctl restart veza-job-prod-backup.timer",
+                ],
+            },
+            Case {
+                what: "enable --now fails",
+                update: true,
+                fail: Fail::Exec(4),
+                commands: &[
+                    "systemd-analyze verify",
+                    "systemctl daemon-reload",
+                    "systemctl stop veza-job-prod-backup.timer",
+                    "systemctl clean --what=state veza-job-prod-backup.timer",
                     "systemctl enable --now veza-job-prod-backup.timer",
                     "systemctl daemon-reload",
                     "systemctl restart veza-job-prod-backup.timer",
@@ -733,10 +766,12 @@ mod tests {
             Case {
                 what: "restart fails",
                 update: true,
-                fail: Fail::Exec(3),
+                fail: Fail::Exec(5),
                 commands: &[
                     "systemd-analyze verify",
                     "systemctl daemon-reload",
+                    "systemctl stop veza-job-prod-backup.timer",
+                    "systemctl clean --what=state veza-job-prod-backup.timer",
                     "systemctl enable --now veza-job-prod-backup.timer",
                     "systemctl restart veza-job-prod-backup.timer",
                     "systemctl daemon-reload",
@@ -758,10 +793,12 @@ mod tests {
             Case {
                 what: "a new job whose timer does not start: disabled, its files removed",
                 update: false,
-                fail: Fail::Exec(2),
+                fail: Fail::Exec(4),
                 commands: &[
                     "systemd-analyze verify",
                     "systemctl daemon-reload",
+                    "systemctl stop veza-job-prod-backup.timer",
+                    "systemctl clean --what=state veza-job-prod-backup.timer",
                     "systemctl enable --now veza-job-prod-backup.timer",
                     "systemctl disable --now veza-job-prod-backup.timer",
                     "rm -f /etc/systemd/system/veza-job-prod-backup.service",
