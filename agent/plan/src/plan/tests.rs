@@ -948,19 +948,29 @@ fn replacing_an_edge_config_the_agent_did_not_write_shows_the_diff_once() {
     assert_eq!(again.edge_takeover, None);
 }
 
+/// The host converged on prod and staging, its edge then under Ansible's config, whose
+/// backend for prod's backend app serves from `colors`.
+fn under_ansible(colors: &[&str]) -> LiveState {
+    let ms = manifests(&[PROD, STAGING]);
+    let live = with_foreign_forgejo(live_with_default_pool());
+    let mut adopted = applied(&live, &run(&ms, &live, &opts()));
+    let servers: String = colors
+        .iter()
+        .map(|c| format!("    server backend-{c} veza-backend-{c}.lxd:8080 check\n"))
+        .collect();
+    adopted.edge =
+        LiveEdge::from_config(format!("# Managed by Ansible\nbackend prod_backend_api\n{servers}"));
+    adopted
+}
+
 /// A takeover that moves an app off the color the config it replaces serves from is a
 /// move of traffic like any other: held while the app's gating jobs fail (the takeover
 /// keeps it where it is), done once they pass.
 #[test]
 fn a_takeover_moving_an_app_waits_for_its_gating_jobs() {
     let ms = manifests(&[PROD, STAGING]);
-    let live = with_foreign_forgejo(live_with_default_pool());
-    let mut adopted = applied(&live, &run(&ms, &live, &opts()));
     // Ansible's config serves prod's backend from green; the manifests say blue.
-    adopted.edge = LiveEdge::from_config(
-        "# Managed by Ansible\nbackend prod_backend_api\n    server backend-green veza-backend-green.lxd:8080 check\n"
-            .to_string(),
-    );
+    let adopted = under_ansible(&["green"]);
     let key = ("prod".to_string(), "backend".to_string());
     let failing = PlanOptions {
         failing_jobs: [("prod/dr-drill".to_string(), "failed".to_string())].into(),
@@ -984,13 +994,7 @@ fn a_takeover_moving_an_app_waits_for_its_gating_jobs() {
 /// slots serve: neither is rebuilt in place (Ansible's HAProxy still sends it requests).
 #[test]
 fn both_slots_serving_under_a_foreign_config_are_kept() {
-    let ms = manifests(&[PROD, STAGING]);
-    let live = with_foreign_forgejo(live_with_default_pool());
-    let mut adopted = applied(&live, &run(&ms, &live, &opts()));
-    adopted.edge = LiveEdge::from_config(
-        "# Managed by Ansible\nbackend prod_backend_api\n    server backend-blue veza-backend-blue.lxd:8080 check\n    server backend-green veza-backend-green.lxd:8080 check\n"
-            .to_string(),
-    );
+    let adopted = under_ansible(&["blue", "green"]);
     let blue = "0bd3e563b2c4f1a9e8d7c6b5a4f3e2d1c0b9a8f7";
     let green = "e97b91f010a2b3c4d5e6f708192a3b4c5d6e7f80";
     let edited = PROD.replace(
@@ -1009,14 +1013,8 @@ fn both_slots_serving_under_a_foreign_config_are_kept() {
 
 #[test]
 fn a_slot_serving_under_a_config_the_agent_did_not_write_is_not_rebuilt_in_place() {
-    let ms = manifests(&[PROD, STAGING]);
-    let live = with_foreign_forgejo(live_with_default_pool());
-    let mut adopted = applied(&live, &run(&ms, &live, &opts()));
     // Before the takeover: Ansible's config serves prod's backend from blue.
-    adopted.edge = LiveEdge::from_config(
-        "# Managed by Ansible\nbackend prod_backend_api\n    server backend-blue veza-backend-blue.lxd:8080 check\n"
-            .to_string(),
-    );
+    let adopted = under_ansible(&["blue"]);
     let blue = "0bd3e563b2c4f1a9e8d7c6b5a4f3e2d1c0b9a8f7";
     let other = "e97b91f010a2b3c4d5e6f708192a3b4c5d6e7f80";
     let edited = PROD.replace(
