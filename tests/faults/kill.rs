@@ -395,6 +395,11 @@ fn kill_9_during_a_migration_never_runs_it_twice() {
         std::thread::sleep(Duration::from_millis(20));
     }
     wait_dead(pid);
+    // Recorded as that commit's rollback (history, commit status), then never tried again.
+    let r = agent(&h.config_path, &["apply"]);
+    assert_eq!(r.code, 1, "{r}");
+    assert!(r.out.starts_with(&format!("rolled-back {}", short(&b))), "{r}");
+    assert!(r.out.contains("the agent stopped during the migration of"), "{r}");
     let r = agent(&h.config_path, &["apply"]);
     assert_eq!(r.code, 1, "{r}");
     assert!(r.out.starts_with(&format!("quarantined {}", short(&b))), "{r}");

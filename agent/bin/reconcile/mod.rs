@@ -170,6 +170,15 @@ impl Agent {
                 q.reason
             )));
         }
+        if let Some((commit, what)) = &state.migration_unseen
+            && *commit == source.commit
+        {
+            return Ok(Decision::Quarantined(format!(
+                "the agent stopped during {what}: it may have run, or still run there; it is not \
+                 started again for this commit (hint: `incus exec` into that instance and look \
+                 with `ps`, then push a newer commit)"
+            )));
+        }
         if unverified::rolled_back_unrecorded(
             state.checks_failed.as_deref(),
             &source.commit,

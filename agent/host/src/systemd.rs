@@ -29,13 +29,17 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use veza_model::units::OWNER_MARKER_PREFIX;
-
-/// The start of every job unit and environment file the agent writes.
-const JOB_UNIT_PREFIX: &str = "veza-job-";
 use veza_plan::live::UnitTarget;
 
 use crate::incus::{ExecRequest, FilePush, Incus};
 use crate::process::Cmd;
+
+/// The start of every job unit and environment file the agent writes.
+const JOB_UNIT_PREFIX: &str = "veza-job-";
+
+/// Where systemd keeps the last elapse of each system timer with `Persistent=true`
+/// (`stamp-NAME.timer`), read when the timer starts.
+const TIMER_STAMPS: &str = "/var/lib/systemd/timers";
 
 /// Why a unit operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -311,7 +315,7 @@ impl<'a, I: Incus> Systemd<'a, I> {
 
     /// Reloads systemd and enables and starts (or restarts) `timers`, in order; those
     /// `rescheduled` (their file new or changed) are stopped and their persistent stamp
-    /// cleared first. `tried` gets each timer as its turn comes.
+    /// (in [`TIMER_STAMPS`]) removed first. `tried` gets each timer as its turn comes.
     async fn activate<'t>(
         &self,
         target: &UnitTarget,
@@ -323,9 +327,12 @@ impl<'a, I: Incus> Systemd<'a, I> {
         for timer in timers {
             tried.push(timer);
             if rescheduled.contains(&timer) {
-                // `clean` wants the timer inactive.
+                // Stopped, the timer reads its stamp again when it starts. (`systemctl
+                // clean --what=state` does the same, but only from systemd 243 on, and
+                // fails for a timer without `Persistent=`.)
                 self.run_in(target, &["systemctl", "stop", timer]).await?;
-                self.run_in(target, &["systemctl", "clean", "--what=state", timer]).await?;
+                let stamp = format!("{TIMER_STAMPS}/stamp-{timer}");
+                self.run_in(target, &["rm", "-f", &stamp]).await?;
             }
             self.run_in(target, &["systemctl", "enable", "--now", timer]).await?;
             // A changed schedule is picked up by restarting an already active timer.
@@ -737,14 +744,14 @@ mod tests {
                 ],
             },
             Case {
-                what: "clearing the changed timer's stamp fails",
+                what: "removing the changed timer's stamp fails",
                 update: true,
                 fail: Fail::Exec(3),
                 commands: &[
                     "systemd-analyze verify",
                     "systemctl daemon-reload",
                     "systemctl stop veza-job-prod-backup.timer",
-                    "systemctl clean --what=state veza-job-prod-backup.timer",
+                    "rm -f /var/lib/systemd/timers/stamp-veza-job-prod-backup.timer",
                     "systemctl daemon-reload",
                     "systemctl restart veza-job-prod-backup.timer",
                 ],
@@ -757,7 +764,7 @@ mod tests {
                     "systemd-analyze verify",
                     "systemctl daemon-reload",
                     "systemctl stop veza-job-prod-backup.timer",
-                    "systemctl clean --what=state veza-job-prod-backup.timer",
+                    "rm -f /var/lib/systemd/timers/stamp-veza-job-prod-backup.timer",
                     "systemctl enable --now veza-job-prod-backup.timer",
                     "systemctl daemon-reload",
                     "systemctl restart veza-job-prod-backup.timer",
@@ -771,7 +778,7 @@ mod tests {
                     "systemd-analyze verify",
                     "systemctl daemon-reload",
                     "systemctl stop veza-job-prod-backup.timer",
-                    "systemctl clean --what=state veza-job-prod-backup.timer",
+                    "rm -f /var/lib/systemd/timers/stamp-veza-job-prod-backup.timer",
                     "systemctl enable --now veza-job-prod-backup.timer",
                     "systemctl restart veza-job-prod-backup.timer",
                     "systemctl daemon-reload",
@@ -798,7 +805,7 @@ mod tests {
                     "systemd-analyze verify",
                     "systemctl daemon-reload",
                     "systemctl stop veza-job-prod-backup.timer",
-                    "systemctl clean --what=state veza-job-prod-backup.timer",
+                    "rm -f /var/lib/systemd/timers/stamp-veza-job-prod-backup.timer",
                     "systemctl enable --now veza-job-prod-backup.timer",
                     "systemctl disable --now veza-job-prod-backup.timer",
                     "rm -f /etc/systemd/system/veza-job-prod-backup.service",

@@ -28,7 +28,8 @@ mod types;
 
 pub use edge_config::render_for;
 use edge_config::{
-    KeptSlot, RENDERED_HEADER, edge_listen, keep_live_releases, serving_slots, takeover,
+    KeptSlot, RENDERED_HEADER, edge_listen, keep_live_releases, keep_serving_slots,
+    serving_instances, serving_slots, takeover,
 };
 use instance::{diff_reason, plan_instance};
 use jobs::{plan_jobs, plan_prune};
@@ -552,23 +553,18 @@ pub fn plan(
     }
 
     plan_jobs(&want, live, &opts.unscheduled_jobs, &mut b);
-    // The slots serving now, by instance name, for the prune.
-    let serving_by_name: BTreeMap<String, (String, String, Color)> = serving
-        .iter()
-        .filter_map(|(env, app, color)| {
-            let m = manifests.iter().find(|m| &m.metadata.name == env)?;
-            let name = naming::slot_instance(&m.metadata.instance_prefix(), app, *color);
-            Some((name, (env.clone(), app.clone(), *color)))
-        })
-        .collect();
-    plan_prune(&want, live, &serving_by_name, &mut b);
+    plan_prune(&want, live, &mut b);
 
     // On a cluster: the member of each creation; nothing onto or on an offline member.
     let placed = placement::place(b.steps, &want, live);
     b.refusals.extend(placed.refusals);
-    let edge_takeover = takeover(&placed.steps, live);
+    // A serving slot goes only with the edge step that moves its traffic off it.
+    let serving = serving_instances(manifests, live);
+    let (steps, kept) = keep_serving_slots(placed.steps, &serving, live);
+    b.refusals.extend(kept);
+    let edge_takeover = takeover(&steps, live);
     Ok(Plan {
-        steps: placed.steps,
+        steps,
         refusals: b.refusals,
         drift,
         waiting: Vec::new(),

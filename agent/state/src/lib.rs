@@ -316,6 +316,11 @@ pub struct AgentState {
     /// saved. The sync that finds the fallback landed records the rollback (quarantine).
     #[serde(skip)]
     pub checks_failed: Option<String>,
+    /// A killed run's commit and the migration it was running (`the migration of …`),
+    /// whose end nobody saw: taken from its journal, never saved. That commit is not
+    /// tried again (its rollback is recorded by the sync that finds it).
+    #[serde(skip)]
+    pub migration_unseen: Option<(String, String)>,
 }
 
 /// An edge switch whose checks through the edge never passed, with no color to go back
@@ -402,16 +407,7 @@ impl AgentState {
             }
             // A migration it was running: as one whose end was not seen, never started
             // again for this commit (a newer commit runs it, once a human looked).
-            if let Some(what) = &j.migrating {
-                let reason = format!(
-                    "the agent stopped during {what}: it may have run, or still run there; it \
-                     is not started again for this commit (hint: `incus exec` into that \
-                     instance and look with `ps`, then push a new commit)"
-                );
-                let at = j.started_ms / 1000;
-                let rejection = Rejection { commit: j.commit.clone(), reason, at };
-                self.quarantined.insert(j.commit.clone(), rejection);
-            }
+            self.migration_unseen = j.migrating.clone().map(|what| (j.commit.clone(), what));
             // And the migrations it completed: each runs at most once per release.
             for (env, app, release) in &j.migrated {
                 let event = record::Event::Migrated {
@@ -476,6 +472,7 @@ impl Default for AgentState {
             attempted: None,
             unchecked_edge: None,
             checks_failed: None,
+            migration_unseen: None,
             unit_targets: std::collections::BTreeSet::new(),
             held: Vec::new(),
             waiting: Vec::new(),

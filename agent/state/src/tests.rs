@@ -229,29 +229,24 @@ fn a_killed_runs_migrations_are_taken_from_its_journal() {
 /// A journal left by a kill after its run's outcome was saved is not an interrupted run;
 /// any other journal is (another commit, or another run: even one that started in the
 /// same second, such as an operator's `sync --now` right after a poll).
-/// A run killed during a migration: its command may have run or still run, so its
-/// commit is quarantined as a migration whose end was not seen; one killed after the
-/// migration ended is not.
+/// A run killed during a migration: its command may have run or still run, so the next
+/// sync is told which commit and which migration (it records that commit's rollback and
+/// never tries it again); one killed after the migration ended tells nothing.
 #[test]
-fn a_run_killed_during_a_migration_quarantines_its_commit() {
+fn a_run_killed_during_a_migration_names_it_and_its_commit() {
     let what = "the migration of prod/web for release 2222222222 in `web-tools`";
-    for (migrating, quarantined) in [(Some(what.to_string()), true), (None, false)] {
+    for migrating in [Some(what.to_string()), None] {
         let mut state = AgentState::default();
         let j = Journal {
             commit: "c".into(),
             started_ms: 1_700_000_000_000,
             current: Some("migrate".into()),
-            migrating,
+            migrating: migrating.clone(),
             ..Journal::default()
         };
         state.take_owed_from(Some(&j));
-        let q = state.quarantined.get("c");
-        assert_eq!(q.is_some(), quarantined, "{q:?}");
-        if let Some(q) = q {
-            assert!(q.reason.starts_with(&format!("the agent stopped during {what}")), "{q:?}");
-            assert!(q.reason.contains("not started again for this commit"), "{q:?}");
-            assert_eq!(q.at, 1_700_000_000);
-        }
+        assert_eq!(state.migration_unseen, migrating.map(|w| ("c".to_string(), w)));
+        assert!(state.quarantined.is_empty(), "recorded by the sync, with its history");
     }
 }
 

@@ -11,9 +11,9 @@ use veza_model::live::{SlotInstance, serving_colors};
 use veza_model::manifest::{Color, Release};
 use veza_model::naming;
 
-use super::{Action, PlanError, Step, Switch};
+use super::{Action, PlanError, Refusal, Step, Switch};
 use crate::edge::{DEFAULT_HTTP_LISTEN, DEFAULT_HTTPS_LISTEN, EdgeEnv, EdgeSettings, render_edge};
-use crate::live::LiveState;
+use crate::live::{LiveEdge, LiveState};
 
 /// The colors each app's traffic goes to now, `(env, app, color)`: what the agent's own
 /// config routes to, or, under an edge config veza-agent did not write (before its
@@ -48,6 +48,71 @@ pub(super) fn serving_slots(
         out.extend(colors.into_iter().map(|c| (env.clone(), app.clone(), c)));
     }
     out
+}
+
+/// [`serving_slots`] by slot instance name: instance → `(env, app, color)`.
+pub(super) fn serving_instances(
+    manifests: &[&Manifest],
+    live: &LiveState,
+) -> BTreeMap<String, (String, String, Color)> {
+    serving_slots(manifests, live)
+        .into_iter()
+        .filter_map(|(env, app, color)| {
+            let m = manifests.iter().find(|m| m.metadata.name == env)?;
+            let name = naming::slot_instance(&m.metadata.instance_prefix(), &app, color);
+            Some((name, (env, app, color)))
+        })
+        .collect()
+}
+
+/// `steps` without the deletion of a running slot that serves traffic (`serving`, by
+/// instance) and leaves for good (not created again: a rebuild is judged by the planner
+/// with the slot), unless an edge step among them moves its app off it first (a deletion
+/// runs after that step, and a run whose checks fail stops there), with a refusal for
+/// each one kept. Run once the steps are final (placement may drop an edge step).
+pub(super) fn keep_serving_slots(
+    steps: Vec<Step>,
+    serving: &BTreeMap<String, (String, String, Color)>,
+    live: &LiveState,
+) -> (Vec<Step>, Vec<Refusal>) {
+    let created: std::collections::BTreeSet<String> = steps
+        .iter()
+        .filter_map(|s| match &s.action {
+            Action::CreateInstance { name, .. } => Some(name.clone()),
+            _ => None,
+        })
+        .collect();
+    let edge_after = steps.iter().find_map(|s| match &s.action {
+        Action::InstallEdge { config, .. } | Action::Promote(Switch { config, .. }) => {
+            Some(LiveEdge::from_config(config.clone()))
+        }
+        _ => None,
+    });
+    let mut refusals = Vec::new();
+    let kept = steps
+        .into_iter()
+        .filter(|s| {
+            let Action::DeleteInstance { name } = &s.action else { return true };
+            let running = live.instances.get(name).is_some_and(|l| l.is_running());
+            let Some((env, app, color)) =
+                serving.get(name).filter(|_| running && !created.contains(name))
+            else {
+                return true;
+            };
+            let key = (env.clone(), app.clone());
+            let moved = edge_after.as_ref().is_some_and(|e| e.active.get(&key) != Some(color));
+            if !moved {
+                refusals.push(Refusal {
+                    resource: format!("instance {name}"),
+                    reason: format!(
+                        "it serves {env}/{app} traffic ({color}) and this plan does not move it off: deleted once traffic has moved"
+                    ),
+                });
+            }
+            moved
+        })
+        .collect();
+    (kept, refusals)
 }
 
 /// The first line of every config veza-agent renders (`templates/haproxy.cfg.tera`).

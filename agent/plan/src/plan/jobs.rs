@@ -3,11 +3,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use veza_model::manifest::Color;
-
-use super::{Action, Builder, Switch};
+use super::{Action, Builder};
 use crate::desired::Desired;
-use crate::live::{LiveEdge, LiveState, MARK_HOST, UnitTarget};
+use crate::live::{LiveState, MARK_HOST, UnitTarget};
 
 /// Installs the jobs' units where they are missing or differ, or where the job's timer
 /// was last seen not active (`unscheduled`, `env/job`), and removes the agent's units of
@@ -125,23 +123,10 @@ fn units_refused(name: &str, live: &LiveState, brought_up: &BTreeSet<String>) ->
     None
 }
 
-/// Deletes the owned instances and profiles that left the manifests. A slot that serves
-/// traffic (`serving`: slot instance → `(env, app, color)`) is deleted only when this
-/// plan's edge step moves its app off it (the delete runs after that step, which ends the
-/// run if its checks fail): otherwise (its promotion held, refused or not planned) the
-/// edge still routes to it.
-pub(super) fn plan_prune(
-    want: &Desired,
-    live: &LiveState,
-    serving: &BTreeMap<String, (String, String, Color)>,
-    b: &mut Builder,
-) {
-    let edge_after = b.steps.iter().find_map(|s| match &s.action {
-        Action::InstallEdge { config, .. } | Action::Promote(Switch { config, .. }) => {
-            Some(LiveEdge::from_config(config.clone()))
-        }
-        _ => None,
-    });
+/// Deletes the owned instances and profiles that left the manifests (a slot that serves
+/// traffic is kept afterwards unless the plan's edge step moves its app off it:
+/// [`super::edge_config::keep_serving_slots`]).
+pub(super) fn plan_prune(want: &Desired, live: &LiveState, b: &mut Builder) {
     for (name, l) in &live.instances {
         if want.instances.contains_key(name) || !l.is_owned() {
             continue;
@@ -150,18 +135,7 @@ pub(super) fn plan_prune(
         if !want.envs.iter().any(|e| e == env) {
             continue; // another host's or a removed environment's: not ours to judge
         }
-        let still_served = serving.get(name).filter(|(env, app, color)| {
-            let key = (env.clone(), app.clone());
-            edge_after.as_ref().is_none_or(|e| e.active.get(&key) == Some(color))
-        });
-        if let Some((env, app, color)) = still_served {
-            b.refuse(
-                format!("instance {name}"),
-                format!(
-                    "it serves {env}/{app} traffic ({color}) and this plan does not move it off: deleted once traffic has moved"
-                ),
-            );
-        } else if l.is_protected() {
+        if l.is_protected() {
             b.refuse(
                 format!("instance {name}"),
                 "protected data left the manifests; it is never deleted automatically — delete it by hand once its data is safe",

@@ -229,6 +229,15 @@ struct Cause {
 /// windows are the manifests' (`maintenance.windows`); the order of what remains is kept.
 pub fn hold(plan: Plan, live: &LiveState, manifests: &[&Manifest], clock: WindowClock) -> Plan {
     let disruptions = classify(&plan, live);
+    let serving = super::edge_config::serving_instances(manifests, live);
+    let created: BTreeSet<String> = plan
+        .steps
+        .iter()
+        .filter_map(|s| match &s.action {
+            Action::CreateInstance { name, .. } => Some(name.clone()),
+            _ => None,
+        })
+        .collect();
     let closed = |env: &str| -> Option<Option<i64>> {
         let m = manifests.iter().find(|m| m.metadata.name == env)?;
         match availability(&m.maintenance.windows, clock.now, clock.utc_offset_s)? {
@@ -271,6 +280,14 @@ pub fn hold(plan: Plan, live: &LiveState, manifests: &[&Manifest], clock: Window
                             .as_ref()
                             .map(|c| by(c, format!("it goes with `{}`, which waits", c.because)))
                     }),
+                // A serving slot goes only once the edge step moving traffic off it ran.
+                Action::DeleteInstance { name }
+                    if serving.contains_key(name) && !created.contains(name) =>
+                {
+                    edge_held.as_ref().map(|c| {
+                        by(c, format!("traffic leaves it with `{}`, which waits", c.because))
+                    })
+                }
                 Action::DeleteProfile { name } => held_instances
                     .iter()
                     .find(|(i, _)| {

@@ -481,6 +481,30 @@ fn a_held_recreate_holds_what_depends_on_it_and_the_promotion_waits() {
 /// The edge runs in a plain instance whose recreate waits: a promotion through it waits
 /// as a whole (gates, switch, checks); an edge update waits, and so does its
 /// verification (it would check an update that did not happen).
+/// A held promotion whose commit also empties the color traffic leaves: that slot still
+/// serves, so its deletion waits with the promotion.
+#[test]
+fn a_serving_slot_emptied_with_a_held_promotion_waits_with_it() {
+    let base = |t: String| t.replace("green: {}", &format!("green: {{release: {R1}}}"));
+    let live = converged(&[prod(NIGHTLY, base), staging(|t| t)]);
+    let edit = |t: String| {
+        base(t)
+            .replace("tools: {image: img,", "tools: {image: img2,")
+            .replace(&format!("green: {{release: {R1}}}"), &format!("green: {{release: {R2}}}"))
+            .replace(&format!("blue: {{release: {R1}}}"), "blue: {}")
+            .replace("active: blue", "active: green")
+    };
+    let texts = [prod(NIGHTLY, edit), staging(|t| t)];
+    let all = planned(&manifests(&texts), &live);
+    assert!(actions(&all.steps).iter().any(|s| s == "delete instance prod-web-blue"), "{all}");
+    let p = held(&texts, &live, NOON, 0);
+    assert!(p.promotions().is_empty(), "{p}");
+    let because: BTreeMap<String, &str> =
+        p.waiting.iter().map(|w| (w.step.action.to_string(), w.because.as_str())).collect();
+    let why = because.get("delete instance prod-web-blue").copied().unwrap_or_default();
+    assert!(why.starts_with("traffic leaves it with `promote prod/web: blue -> green"), "{p}");
+}
+
 #[test]
 fn an_edge_in_an_instance_whose_recreate_waits_holds_the_promotion_or_the_update_and_its_check() {
     let base = |t: String| {
