@@ -404,9 +404,20 @@ where
     let release = async move {
         crate::incus::push_file_verified(incus, instance, &tarball).await.map_err(|e| e.to_string())
     };
-    tokio::try_join!(release, app_files)?;
     let script = format!("{unpack}\n{}", swap_and_restart_script(&dir, &files.unit));
-    exec_ok(d.incus, instance, &script, BTreeMap::new()).await?;
+    let swapped = match tokio::try_join!(release, app_files) {
+        Ok(_) => exec_ok(d.incus, instance, &script, BTreeMap::new()).await.map(drop),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = swapped {
+        // What was pushed for a swap that did not happen goes (the environment holds
+        // secrets); after the swap there is nothing left to remove.
+        let rm = ExecRequest::sh(format!("rm -f {APP_ENV_FILE}.new {APP_RUN_SCRIPT}.new"));
+        if let Err(rm_err) = d.incus.exec(instance, &rm).await {
+            tracing::warn!("removing the pushed environment in `{instance}` failed: {rm_err}");
+        }
+        return Err(e);
+    }
     edit_marks(d.incus, instance, |config| {
         config.insert(MARK_RELEASE.to_string(), new_release.to_string());
         config.insert(MARK_DEPLOYED.to_string(), "agent".to_string());

@@ -1394,8 +1394,15 @@ fn a_deploy_that_fails_before_its_swap_leaves_the_old_environment_in_place() {
     assert_eq!(w.incus.file("web-green", APP_RUN_SCRIPT), Some(b"#!/bin/sh\nold\n".to_vec()));
     let pushed = w.incus.file("web-green", &format!("{APP_ENV_FILE}.new")).expect("pushed");
     assert!(!pushed.is_empty());
-    let (_, exec) = w.incus.execs().pop().expect("the unpack-and-swap exec");
-    let script = exec.command.join(" ");
+    let mut execs: Vec<String> =
+        w.incus.execs().into_iter().map(|(_, e)| e.command.join(" ")).collect();
+    // The environment pushed for the swap that failed is removed (it holds secrets).
+    let removed = execs.pop().expect("the removal");
+    assert!(
+        removed.ends_with(&format!("rm -f {APP_ENV_FILE}.new {APP_RUN_SCRIPT}.new")),
+        "{removed}"
+    );
+    let script = execs.pop().expect("the unpack-and-swap exec");
     let unpacked = script.find(".new").expect("unpacks beside");
     let moved = script.find(&format!("mv -f {APP_ENV_FILE}.new {APP_ENV_FILE}")).expect("moves in");
     assert!(unpacked < moved, "{script}");

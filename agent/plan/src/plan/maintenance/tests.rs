@@ -422,6 +422,20 @@ fn protected_data_waits_for_the_window_while_a_slot_deploy_proceeds() {
     }
 }
 
+/// prod's green slot deployed with release 1.
+fn green_on_r1(t: String) -> String {
+    t.replace("green: {}", &format!("green: {{release: {R1}}}"))
+}
+
+/// From [`green_on_r1`]: the tools instance (the migration's) recreated from a new image,
+/// and green on release 2 promoted.
+fn tools_recreated_and_green_promoted(t: String) -> String {
+    green_on_r1(t)
+        .replace("tools: {image: img,", "tools: {image: img2,")
+        .replace(&format!("green: {{release: {R1}}}"), &format!("green: {{release: {R2}}}"))
+        .replace("active: blue", "active: green")
+}
+
 /// A recreate of the instance the migration runs in, in the same commit as a promotion:
 /// the recreate waits with everything that goes into the instance (its job units, the
 /// migration), the deploy of the migrated release, its health gate and the edge switch;
@@ -430,15 +444,11 @@ fn protected_data_waits_for_the_window_while_a_slot_deploy_proceeds() {
 /// without windows is not held.
 #[test]
 fn a_held_recreate_holds_what_depends_on_it_and_the_promotion_waits() {
-    let base = |t: String| t.replace("green: {}", &format!("green: {{release: {R1}}}"));
-    let live = converged(&[prod(NIGHTLY, base), staging(|t| t)]);
-    let edit = |t: String| {
-        base(t)
-            .replace("tools: {image: img,", "tools: {image: img2,")
-            .replace(&format!("green: {{release: {R1}}}"), &format!("green: {{release: {R2}}}"))
-            .replace("active: blue", "active: green")
-    };
-    let texts = [prod(NIGHTLY, edit), staging(|t| t.replace("image: img,", "image: img2,"))];
+    let live = converged(&[prod(NIGHTLY, green_on_r1), staging(|t| t)]);
+    let texts = [
+        prod(NIGHTLY, tools_recreated_and_green_promoted),
+        staging(|t| t.replace("image: img,", "image: img2,")),
+    ];
     let all = planned(&manifests(&texts), &live);
     assert_eq!(all.promotions().len(), 1, "{all}");
     let p = held(&texts, &live, NOON, 0);
@@ -478,21 +488,14 @@ fn a_held_recreate_holds_what_depends_on_it_and_the_promotion_waits() {
     assert_eq!(held(&texts, &live, THREE_AM, 0), all);
 }
 
-/// The edge runs in a plain instance whose recreate waits: a promotion through it waits
-/// as a whole (gates, switch, checks); an edge update waits, and so does its
-/// verification (it would check an update that did not happen).
 /// A held promotion whose commit also empties the color traffic leaves: that slot still
 /// serves, so its deletion waits with the promotion.
 #[test]
 fn a_serving_slot_emptied_with_a_held_promotion_waits_with_it() {
-    let base = |t: String| t.replace("green: {}", &format!("green: {{release: {R1}}}"));
-    let live = converged(&[prod(NIGHTLY, base), staging(|t| t)]);
+    let live = converged(&[prod(NIGHTLY, green_on_r1), staging(|t| t)]);
     let edit = |t: String| {
-        base(t)
-            .replace("tools: {image: img,", "tools: {image: img2,")
-            .replace(&format!("green: {{release: {R1}}}"), &format!("green: {{release: {R2}}}"))
+        tools_recreated_and_green_promoted(t)
             .replace(&format!("blue: {{release: {R1}}}"), "blue: {}")
-            .replace("active: blue", "active: green")
     };
     let texts = [prod(NIGHTLY, edit), staging(|t| t)];
     let all = planned(&manifests(&texts), &live);
@@ -505,6 +508,9 @@ fn a_serving_slot_emptied_with_a_held_promotion_waits_with_it() {
     assert!(why.starts_with("traffic leaves it with `promote prod/web: blue -> green"), "{p}");
 }
 
+/// The edge runs in a plain instance whose recreate waits: a promotion through it waits
+/// as a whole (gates, switch, checks); an edge update waits, and so does its
+/// verification (it would check an update that did not happen).
 #[test]
 fn an_edge_in_an_instance_whose_recreate_waits_holds_the_promotion_or_the_update_and_its_check() {
     let base = |t: String| {
